@@ -1,0 +1,7 @@
+//! Host backends: every side effect an actor has on the host goes through one of these traits,
+//! each with a real Linux implementation and a recording fake for unit tests.
+
+pub mod disks;
+pub mod firewall;
+pub mod links;
+pub mod processes;

@@ -1,0 +1,11 @@
+//! hearth's actors. Each concern is an actix actor that owns its state exclusively; the only
+//! way in is a typed message to its mailbox (see `DESIGN.md`). Host side effects go through the
+//! small traits in [`host`], with a real (Linux) and an in-memory (fake) implementation each.
+#![warn(missing_docs)]
+
+pub mod dns;
+pub mod firecracker;
+pub mod host;
+pub mod nat;
+pub mod snapshot;
+pub mod tap_pool;

@@ -1,0 +1,2 @@
+//! hearth-agent (being written).
+fn main() {}

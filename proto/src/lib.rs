@@ -1,0 +1,7 @@
+//! Every type that crosses a process boundary in hearth, shared by both ends: Firecracker API
+//! bodies (hearth's client and `firecracker-sim`), the guest agent protocol (the agent and the
+//! readiness probe), and hearth's own HTTP bodies (hearthd and hearthctl).
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod firecracker;

@@ -1,0 +1,2 @@
+//! firecracker-sim (being written).
+fn main() {}

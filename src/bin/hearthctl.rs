@@ -1,0 +1,2 @@
+//! hearthctl: the hearth CLI (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! hearthd: the hearth daemon (being wired up).
+fn main() {}

@@ -1,0 +1,403 @@
+//! hearthd's configuration: a TOML file where every field has a default, validated as a whole
+//! before anything touches the host. Host-derived defaults (egress interface, upstream resolvers)
+//! are filled in by [`Config::resolve_host_defaults`] from `/proc/net/route` and `/etc/resolv.conf`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Errors in reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("Cannot read config file {path}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("Invalid config file {path}: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A field has a value hearth cannot use.
+    #[error("Invalid config value for `{field}`: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `network.bridge`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole configuration of hearthd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where hearth keeps its state (SQLite store, images, per-VM run directories and disks).
+    pub data_dir: PathBuf,
+    /// Bridge, TAP pool, NAT and isolation.
+    pub network: NetworkConfig,
+    /// The DNS server on the bridge gateway.
+    pub dns: DnsConfig,
+}
+
+/// Host networking settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Name of the bridge hearth owns (at most 15 bytes).
+    pub bridge: String,
+    /// The bridge subnet; the gateway is its first host address, guests get the rest.
+    pub cidr: Ipv4Net,
+    /// Prefix of the TAP names hearth creates; a number is appended (`hth0`, `hth1`, ...).
+    pub tap_prefix: String,
+    /// How many unleased TAPs to keep ready.
+    pub pool_size: u32,
+    /// MTU of the bridge and TAPs.
+    pub mtu: u32,
+    /// Owner uid of the TAPs, so a non-root Firecracker can open them.
+    pub tap_owner: Option<u32>,
+    /// Owner gid of the TAPs.
+    pub tap_group: Option<u32>,
+    /// Interface NATed traffic leaves by. Default: the interface of the default route.
+    pub egress_interface: Option<String>,
+    /// Make every TAP an isolated bridge port, so guests cannot reach each other.
+    pub isolate_guests: bool,
+    /// Drop traffic from guests to the host itself, except DNS to the gateway.
+    pub block_guest_to_host: bool,
+    /// Drop packets from a guest whose source IP/MAC is not its lease's.
+    pub anti_spoofing: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "hearth0".into(),
+            // Inside 172.16.0.0/12 but near its top, where Docker (172.17+ counting up) and
+            // most VPNs do not reach.
+            cidr: "172.31.240.0/24".parse().expect("valid literal"),
+            tap_prefix: "hth".into(),
+            pool_size: 16,
+            mtu: 1500,
+            tap_owner: None,
+            tap_group: None,
+            egress_interface: None,
+            isolate_guests: true,
+            block_guest_to_host: true,
+            anti_spoofing: true,
+        }
+    }
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone whose names are VMs: `<vm>.<zone>`.
+    pub zone: String,
+    /// Resolvers for every other name. Default: the `nameserver`s of `/etc/resolv.conf`.
+    pub upstreams: Vec<SocketAddr>,
+    /// Port to serve on (the gateway address, UDP and TCP).
+    pub port: u16,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            zone: "vm.internal".into(),
+            upstreams: Vec::new(),
+            port: 53,
+        }
+    }
+}
+
+impl Config {
+    /// Default configuration with `data_dir = /var/lib/hearth`.
+    pub fn new() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/hearth"),
+            ..Self::default()
+        }
+    }
+
+    /// Reads, parses and validates a TOML file. Host-derived defaults are not filled in.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        if config.data_dir.as_os_str().is_empty() {
+            config.data_dir = PathBuf::from("/var/lib/hearth");
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field and cross-field rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.network;
+        validate_ifname("network.bridge", &n.bridge)?;
+        if n.tap_prefix.is_empty() || n.tap_prefix.len() > 8 {
+            return Err(invalid(
+                "network.tap_prefix",
+                format!(
+                    "{:?} must be 1 to 8 bytes, leaving room for the TAP number",
+                    n.tap_prefix
+                ),
+            ));
+        }
+        validate_ifname("network.tap_prefix", &n.tap_prefix)?;
+        if n.cidr.prefix_len() > 29 {
+            return Err(invalid(
+                "network.cidr",
+                format!("{} leaves too few guest addresses (need /29 or wider)", n.cidr),
+            ));
+        }
+        if n.cidr.network() != n.cidr.addr() {
+            return Err(invalid(
+                "network.cidr",
+                format!("{} has host bits set; did you mean {}?", n.cidr, n.cidr.trunc()),
+            ));
+        }
+        if !(68..=65535).contains(&n.mtu) {
+            return Err(invalid("network.mtu", format!("{} is outside 68..=65535", n.mtu)));
+        }
+        let guests = guest_capacity(n.cidr);
+        if n.pool_size > guests {
+            return Err(invalid(
+                "network.pool_size",
+                format!("{} exceeds the {} guest addresses of {}", n.pool_size, guests, n.cidr),
+            ));
+        }
+        if let Some(egress) = &n.egress_interface {
+            validate_ifname("network.egress_interface", egress)?;
+            if egress == &n.bridge {
+                return Err(invalid(
+                    "network.egress_interface",
+                    "must not be the bridge itself".into(),
+                ));
+            }
+        }
+        validate_zone(&self.dns.zone)?;
+        if self.dns.port == 0 {
+            return Err(invalid("dns.port", "must not be 0".into()));
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(invalid(
+                "data_dir",
+                format!("{} must be an absolute path", self.data_dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills the defaults that come from the host: the egress interface from the default
+    /// route and the upstream resolvers from resolv.conf. Missing sources are not errors:
+    /// the field stays empty and the caller decides (NAT without egress is refused later).
+    pub fn resolve_host_defaults(&mut self) {
+        if self.network.egress_interface.is_none() {
+            if let Ok(routes) = std::fs::read_to_string("/proc/net/route") {
+                self.network.egress_interface = default_route_interface(&routes);
+            }
+        }
+        if self.dns.upstreams.is_empty() {
+            if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+                self.dns.upstreams = resolv_conf_nameservers(&resolv);
+            }
+        }
+    }
+
+    /// The gateway address: the first host address of the bridge subnet.
+    pub fn gateway(&self) -> Ipv4Addr {
+        gateway_of(self.network.cidr)
+    }
+}
+
+/// The first host address of `net`, which hearth gives the bridge.
+pub fn gateway_of(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + 1)
+}
+
+/// How many guest addresses `net` has: all hosts but the gateway.
+pub fn guest_capacity(net: Ipv4Net) -> u32 {
+    let hosts = 1u64 << (32 - net.prefix_len());
+    // minus network, broadcast and gateway
+    u32::try_from(hosts.saturating_sub(3)).unwrap_or(u32::MAX)
+}
+
+fn invalid(field: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { field, reason }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`; not `.` or `..`.
+fn validate_ifname(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{name:?} is not a valid interface name (1-15 printable bytes, no '/' or ':')"),
+        ))
+    }
+}
+
+/// A DNS zone: dot-separated labels of letters, digits and hyphens, each 1-63 bytes.
+fn validate_zone(zone: &str) -> Result<(), ConfigError> {
+    let zone = zone.strip_suffix('.').unwrap_or(zone);
+    let ok = !zone.is_empty()
+        && zone.len() <= 200
+        && zone.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "dns.zone",
+            format!("{zone:?} is not a valid DNS zone (labels of letters, digits, '-')"),
+        ))
+    }
+}
+
+/// The interface of the IPv4 default route in `/proc/net/route` text, if any.
+pub fn default_route_interface(proc_net_route: &str) -> Option<String> {
+    proc_net_route.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let iface = cols.next()?;
+        let dest = cols.next()?;
+        let _gateway = cols.next()?;
+        let _flags = cols.next()?;
+        let mask = line.split_whitespace().nth(7)?;
+        (dest == "00000000" && mask == "00000000").then(|| iface.to_owned())
+    })
+}
+
+/// The `nameserver` addresses of resolv.conf text, as port-53 socket addresses.
+pub fn resolv_conf_nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            // Drop a zone index such as fe80::1%eth0: not expressible in SocketAddr.
+            let addr = words.next()?.split('%').next()?;
+            addr.parse::<IpAddr>().ok()
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_valid_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.network.bridge, "hearth0");
+        assert_eq!(c.dns.zone, "vm.internal");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/hearth"));
+        assert_eq!(c.gateway(), Ipv4Addr::new(172, 31, 240, 1));
+        assert!(c.network.isolate_guests && c.network.anti_spoofing);
+    }
+
+    #[test]
+    fn overrides_are_read() {
+        let c = Config::parse(
+            "data_dir = \"/tmp/h\"\n[network]\nbridge = \"br9\"\ncidr = \"10.9.0.0/16\"\npool_size = 4\n[dns]\nzone = \"vms.example\"\nupstreams = [\"10.0.0.2:53\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.network.bridge, "br9");
+        assert_eq!(c.network.pool_size, 4);
+        assert_eq!(c.dns.upstreams, vec!["10.0.0.2:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[network]\nbrige = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("brige"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (text, field) in [
+            ("[network]\nbridge = \"a-very-long-bridge-name\"", "network.bridge"),
+            ("[network]\nbridge = \"a/b\"", "network.bridge"),
+            ("[network]\ntap_prefix = \"\"", "network.tap_prefix"),
+            ("[network]\ntap_prefix = \"waytoolongprefix\"", "network.tap_prefix"),
+            ("[network]\ncidr = \"10.0.0.0/30\"", "network.cidr"),
+            ("[network]\ncidr = \"10.0.0.5/24\"", "network.cidr"),
+            ("[network]\nmtu = 10", "network.mtu"),
+            ("[network]\ncidr = \"10.0.0.0/29\"\npool_size = 6", "network.pool_size"),
+            ("[network]\negress_interface = \"hearth0\"", "network.egress_interface"),
+            ("[dns]\nzone = \"bad_zone\"", "dns.zone"),
+            ("[dns]\nzone = \"-a.b\"", "dns.zone"),
+            ("[dns]\nport = 0", "dns.port"),
+            ("data_dir = \"relative\"", "data_dir"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_route_is_found() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     ens3\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_interface(table).as_deref(), Some("ens3"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn nameservers_are_parsed() {
+        let text = "# comment\nsearch example\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver bogus\n";
+        assert_eq!(
+            resolv_conf_nameservers(text),
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn capacity_excludes_gateway() {
+        assert_eq!(guest_capacity("10.0.0.0/24".parse().unwrap()), 253);
+        assert_eq!(guest_capacity("10.0.0.0/29".parse().unwrap()), 5);
+    }
+}

@@ -1,0 +1,7 @@
+//! hearth: the daemon (`hearthd`) and CLI (`hearthctl`) around the actors of `hearth-actors`.
+//! This crate holds what the binaries share: configuration, logging, and (later) the store,
+//! the HTTP API and the daemon's wiring.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod logging;
