@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod images;
 pub mod logging;

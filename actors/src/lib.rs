@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod firecracker;
 pub mod host;
+pub mod lease;
 pub mod nat;
 pub mod snapshot;
 pub mod tap_pool;

@@ -1,0 +1,139 @@
+//! The network lease a VM holds: its TAP, guest MAC and IP, and the bridge gateway. Made by
+//! `TapPoolActor`, consumed by `FirecrackerActor` (interface + `ip=` boot argument), `NatActor`
+//! (per-guest rules) and the supervisor's store.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The guest MAC hearth gives the guest at `ip`: `06:00:<ip octets>`, a locally
+    /// administered unicast address (bit 1 of the first octet set, bit 0 clear) that is unique
+    /// per guest IP and needs no allocation table.
+    pub fn for_guest(ip: Ipv4Addr) -> Self {
+        let o = ip.octets();
+        MacAddr([0x06, 0x00, o[0], o[1], o[2], o[3]])
+    }
+
+    /// True for a locally administered unicast address.
+    pub fn is_local_unicast(&self) -> bool {
+        self.0[0] & 0b11 == 0b10
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// A MAC address that is not six colon-separated hex octets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid MAC address {0:?}: expected six hex octets separated by ':'")]
+pub struct ParseMacError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = ParseMacError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(|| ParseMacError(s.into()))?;
+            if part.len() != 2 {
+                return Err(ParseMacError(s.into()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| ParseMacError(s.into()))?;
+        }
+        if parts.next().is_some() {
+            return Err(ParseMacError(s.into()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a VM needs to be on hearth's bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetLease {
+    /// The TAP device name (at most 15 bytes), already attached to the bridge and up.
+    pub tap: String,
+    /// The MAC the guest's interface gets (given to Firecracker, not to the TAP).
+    pub mac: MacAddr,
+    /// The guest's IPv4 address.
+    pub guest_ip: Ipv4Addr,
+    /// The bridge's address: the guest's default gateway and DNS server.
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the bridge subnet.
+    pub prefix_len: u8,
+}
+
+impl NetLease {
+    /// The kernel `ip=` boot argument that configures the guest's eth0 statically:
+    /// `ip=<client>::<gw>:<netmask>::eth0:off:<dns>`.
+    pub fn kernel_ip_arg(&self) -> String {
+        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0));
+        format!(
+            "ip={}::{}:{}::eth0:off:{}",
+            self.guest_ip, self.gateway, mask, self.gateway
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_mac_is_local_unicast_and_encodes_ip() {
+        let mac = MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 5));
+        assert!(mac.is_local_unicast());
+        assert_eq!(mac.to_string(), "06:00:ac:1f:f0:05");
+        assert_eq!("06:00:ac:1f:f0:05".parse::<MacAddr>().unwrap(), mac);
+    }
+
+    #[test]
+    fn bad_macs_are_rejected() {
+        for s in ["", "06:00", "06:00:ac:1f:f0:05:07", "zz:00:00:00:00:00", "6:0:0:0:0:0"] {
+            assert!(s.parse::<MacAddr>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn kernel_ip_arg_has_mask_and_dns() {
+        let lease = NetLease {
+            tap: "hth0".into(),
+            mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 5)),
+            guest_ip: Ipv4Addr::new(172, 31, 240, 5),
+            gateway: Ipv4Addr::new(172, 31, 240, 1),
+            prefix_len: 24,
+        };
+        assert_eq!(
+            lease.kernel_ip_arg(),
+            "ip=172.31.240.5::172.31.240.1:255.255.255.0::eth0:off:172.31.240.1"
+        );
+    }
+}
