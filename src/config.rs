@@ -173,23 +173,36 @@ impl Config {
         if n.cidr.prefix_len() > 29 {
             return Err(invalid(
                 "network.cidr",
-                format!("{} leaves too few guest addresses (need /29 or wider)", n.cidr),
+                format!(
+                    "{} leaves too few guest addresses (need /29 or wider)",
+                    n.cidr
+                ),
             ));
         }
         if n.cidr.network() != n.cidr.addr() {
             return Err(invalid(
                 "network.cidr",
-                format!("{} has host bits set; did you mean {}?", n.cidr, n.cidr.trunc()),
+                format!(
+                    "{} has host bits set; did you mean {}?",
+                    n.cidr,
+                    n.cidr.trunc()
+                ),
             ));
         }
         if !(68..=65535).contains(&n.mtu) {
-            return Err(invalid("network.mtu", format!("{} is outside 68..=65535", n.mtu)));
+            return Err(invalid(
+                "network.mtu",
+                format!("{} is outside 68..=65535", n.mtu),
+            ));
         }
         let guests = guest_capacity(n.cidr);
         if n.pool_size > guests {
             return Err(invalid(
                 "network.pool_size",
-                format!("{} exceeds the {} guest addresses of {}", n.pool_size, guests, n.cidr),
+                format!(
+                    "{} exceeds the {} guest addresses of {}",
+                    n.pool_size, guests, n.cidr
+                ),
             ));
         }
         if let Some(egress) = &n.egress_interface {
@@ -281,7 +294,9 @@ fn validate_zone(zone: &str) -> Result<(), ConfigError> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
@@ -348,22 +363,36 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse("[network]\nbrige = \"x\"\n").unwrap_err().to_string();
+        let err = Config::parse("[network]\nbrige = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("brige"), "{err}");
     }
 
     #[test]
     fn bad_values_name_their_field() {
         for (text, field) in [
-            ("[network]\nbridge = \"a-very-long-bridge-name\"", "network.bridge"),
+            (
+                "[network]\nbridge = \"a-very-long-bridge-name\"",
+                "network.bridge",
+            ),
             ("[network]\nbridge = \"a/b\"", "network.bridge"),
             ("[network]\ntap_prefix = \"\"", "network.tap_prefix"),
-            ("[network]\ntap_prefix = \"waytoolongprefix\"", "network.tap_prefix"),
+            (
+                "[network]\ntap_prefix = \"waytoolongprefix\"",
+                "network.tap_prefix",
+            ),
             ("[network]\ncidr = \"10.0.0.0/30\"", "network.cidr"),
             ("[network]\ncidr = \"10.0.0.5/24\"", "network.cidr"),
             ("[network]\nmtu = 10", "network.mtu"),
-            ("[network]\ncidr = \"10.0.0.0/29\"\npool_size = 6", "network.pool_size"),
-            ("[network]\negress_interface = \"hearth0\"", "network.egress_interface"),
+            (
+                "[network]\ncidr = \"10.0.0.0/29\"\npool_size = 6",
+                "network.pool_size",
+            ),
+            (
+                "[network]\negress_interface = \"hearth0\"",
+                "network.egress_interface",
+            ),
             ("[dns]\nzone = \"bad_zone\"", "dns.zone"),
             ("[dns]\nzone = \"-a.b\"", "dns.zone"),
             ("[dns]\nport = 0", "dns.port"),
@@ -376,7 +405,8 @@ mod tests {
 
     #[test]
     fn default_route_is_found() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                      eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
                      ens3\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(default_route_interface(table).as_deref(), Some("ens3"));

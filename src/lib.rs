@@ -6,3 +6,4 @@
 pub mod config;
 pub mod images;
 pub mod logging;
+pub mod preflight;

@@ -10,14 +10,20 @@ pub fn root_logger(level: Level) -> Logger {
     if std::io::stderr().is_terminal() {
         let decorator = slog_term::TermDecorator::new().stderr().build();
         let drain = slog_term::FullFormat::new(decorator).build().fuse();
-        let drain = slog_async::Async::new(drain).build().filter_level(level).fuse();
+        let drain = slog_async::Async::new(drain)
+            .build()
+            .filter_level(level)
+            .fuse();
         Logger::root(drain, o!())
     } else {
         let drain = slog_json::Json::new(std::io::stderr())
             .add_default_keys()
             .build()
             .fuse();
-        let drain = slog_async::Async::new(drain).build().filter_level(level).fuse();
+        let drain = slog_async::Async::new(drain)
+            .build()
+            .filter_level(level)
+            .fuse();
         Logger::root(drain, o!())
     }
 }

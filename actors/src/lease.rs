@@ -95,7 +95,11 @@ impl NetLease {
     /// The kernel `ip=` boot argument that configures the guest's eth0 statically:
     /// `ip=<client>::<gw>:<netmask>::eth0:off:<dns>`.
     pub fn kernel_ip_arg(&self) -> String {
-        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0));
+        let mask = Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        );
         format!(
             "ip={}::{}:{}::eth0:off:{}",
             self.guest_ip, self.gateway, mask, self.gateway
@@ -117,7 +121,13 @@ mod tests {
 
     #[test]
     fn bad_macs_are_rejected() {
-        for s in ["", "06:00", "06:00:ac:1f:f0:05:07", "zz:00:00:00:00:00", "6:0:0:0:0:0"] {
+        for s in [
+            "",
+            "06:00",
+            "06:00:ac:1f:f0:05:07",
+            "zz:00:00:00:00:00",
+            "6:0:0:0:0:0",
+        ] {
             assert!(s.parse::<MacAddr>().is_err(), "{s}");
         }
     }

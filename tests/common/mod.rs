@@ -5,7 +5,10 @@
 //! has entered the namespace; start the actix system (a current-thread runtime) inside that
 //! closure and everything it spawns, threads and child processes, lives in the namespace too.
 //! Examples reuse this file with `#[path = "../tests/common/mod.rs"]`.
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -120,7 +123,9 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Deleting the namespace destroys every interface in it; iptables state goes with it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -158,7 +163,9 @@ pub fn test_logger() -> slog::Logger {
 }
 
 fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages hearth needs to build, run and test. Run as root.
+#   build:   pkg-config, libclang-dev + clang (bindgen for the ipset/devicemapper -sys crates),
+#            libipset-dev (libipset for in-process ipset), libdevmapper-dev
+#   run:     iptables, ipset, iproute2
+#   tests:   dnsutils (dig), dnsperf + dnsmasq-base (DNS benchmark and upstream server in tests),
+#            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images)
+set -euo pipefail
+packages=(
+  pkg-config clang libclang-dev libipset-dev libdevmapper-dev
+  iptables ipset iproute2
+  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi

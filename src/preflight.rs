@@ -1,0 +1,125 @@
+//! Host prerequisites, checked before hearthd touches anything, so a missing piece is reported
+//! plainly ("no /dev/kvm", "iptables not found") instead of as an obscure failure later.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// How much a missing prerequisite matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// hearthd cannot do its main job without it.
+    Fatal,
+    /// Some feature is unavailable (e.g. VMs cannot boot, NAT is off).
+    Degraded,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What was checked, e.g. `/dev/kvm`.
+    pub what: String,
+    /// `None` when present and usable, else what is wrong and how bad it is.
+    pub problem: Option<(Severity, String)>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            None => write!(f, "ok       {}", self.what),
+            Some((Severity::Fatal, why)) => write!(f, "MISSING  {}: {why}", self.what),
+            Some((Severity::Degraded, why)) => write!(f, "degraded {}: {why}", self.what),
+        }
+    }
+}
+
+/// Runs every check. `firecracker_bin` is the configured binary, if any (else PATH is searched).
+pub fn check_host(firecracker_bin: Option<&Path>) -> Vec<Finding> {
+    let mut out = vec![
+        check(
+            "root (CAP_NET_ADMIN)",
+            nix::unistd::geteuid().is_root(),
+            Severity::Fatal,
+            "hearthd creates bridges, TAPs and firewall rules; run it as root",
+        ),
+        check(
+            "/dev/net/tun",
+            Path::new("/dev/net/tun").exists(),
+            Severity::Fatal,
+            "the TUN/TAP driver is not available (modprobe tun)",
+        ),
+        check(
+            "/dev/kvm",
+            Path::new("/dev/kvm").exists(),
+            Severity::Degraded,
+            "KVM is not available: Firecracker cannot boot guests",
+        ),
+    ];
+    for tool in ["iptables", "iptables-restore"] {
+        out.push(check(
+            tool,
+            find_in_path(tool).is_some(),
+            Severity::Fatal,
+            "not found in PATH (apt-get install iptables)",
+        ));
+    }
+    let fc = match firecracker_bin {
+        Some(p) => p.is_file().then(|| p.to_owned()),
+        None => find_in_path("firecracker"),
+    };
+    out.push(check(
+        "firecracker binary",
+        fc.is_some(),
+        Severity::Degraded,
+        "not found (set firecracker_bin in the config): VMs cannot be started",
+    ));
+    out
+}
+
+fn check(what: &str, ok: bool, severity: Severity, why: &str) -> Finding {
+    Finding {
+        what: what.to_owned(),
+        problem: (!ok).then(|| (severity, why.to_owned())),
+    }
+}
+
+/// The first executable file called `name` in `$PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_render_plainly() {
+        let ok = check("x", true, Severity::Fatal, "why");
+        assert_eq!(ok.to_string(), "ok       x");
+        let bad = check("/dev/kvm", false, Severity::Degraded, "no kvm");
+        assert_eq!(bad.to_string(), "degraded /dev/kvm: no kvm");
+    }
+
+    #[test]
+    fn path_search_finds_sh_and_not_nonsense() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("definitely-not-a-binary-hearth").is_none());
+    }
+
+    #[test]
+    fn missing_configured_firecracker_is_reported() {
+        let findings = check_host(Some(Path::new("/nonexistent/firecracker")));
+        let fc = findings
+            .iter()
+            .find(|f| f.what == "firecracker binary")
+            .unwrap();
+        assert!(matches!(fc.problem, Some((Severity::Degraded, _))));
+    }
+}
