@@ -157,9 +157,9 @@ struct RawRequest<'a> {
 #[derive(Serialize, Deserialize)]
 struct RawResponse<T> {
     v: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     ok: Option<T>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorBody>,
 }
 
@@ -219,13 +219,17 @@ pub fn encode_error(error: &ErrorBody) -> Vec<u8> {
 
 /// Decodes a response line: the `ok` payload, or [`AgentProtoError::Remote`] for an error.
 pub fn decode_response<T: DeserializeOwned>(line: &[u8]) -> Result<T, AgentProtoError> {
-    let raw: RawResponse<T> = serde_json::from_slice(trim_line(line)?)
+    // Two steps, so a peer of another version is reported as such even when its `ok` has
+    // another shape.
+    let raw: RawResponse<serde_json::Value> = serde_json::from_slice(trim_line(line)?)
         .map_err(|source| AgentProtoError::Malformed { source })?;
     if raw.v != PROTOCOL_VERSION {
         return Err(AgentProtoError::UnsupportedVersion { got: raw.v });
     }
     match (raw.ok, raw.error) {
-        (Some(ok), None) => Ok(ok),
+        (Some(ok), None) => {
+            serde_json::from_value(ok).map_err(|source| AgentProtoError::Malformed { source })
+        }
         (None, Some(e)) => Err(AgentProtoError::Remote {
             code: e.code,
             message: e.message,
@@ -267,9 +271,18 @@ mod tests {
 
     #[test]
     fn ping_request_wire_format() {
-        assert_eq!(encode_request(&Request::Ping), b"{\"v\":1,\"op\":\"ping\"}\n");
-        assert_eq!(decode_request(b"{\"v\":1,\"op\":\"ping\"}\n").unwrap(), Request::Ping);
-        assert_eq!(decode_request(b"{\"op\":\"ping\",\"v\":1}\r\n").unwrap(), Request::Ping);
+        assert_eq!(
+            encode_request(&Request::Ping),
+            b"{\"v\":1,\"op\":\"ping\"}\n"
+        );
+        assert_eq!(
+            decode_request(b"{\"v\":1,\"op\":\"ping\"}\n").unwrap(),
+            Request::Ping
+        );
+        assert_eq!(
+            decode_request(b"{\"op\":\"ping\",\"v\":1}\r\n").unwrap(),
+            Request::Ping
+        );
     }
 
     #[test]
