@@ -1,0 +1,15 @@
+//! hearth-agent: the guest agent. It listens on AF_VSOCK (port
+//! [`hearth_proto::agent::DEFAULT_PORT`] unless told otherwise) and answers the agent protocol
+//! of [`hearth_proto::agent`]: `ping` -> agent version, guest boot id and uptime. The host's
+//! readiness probe reaches it through Firecracker's hybrid vsock socket.
+//!
+//! The connection handling ([`serve_connection`]) is generic over the stream, so the same code
+//! serves vsock in the guest and a Unix socket (`--unix PATH`) for local tests.
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod serve;
+pub mod sysinfo;
+
+pub use args::{parse_args, Args, Listen};
+pub use serve::{handle_request, serve_connection};
