@@ -1,0 +1,676 @@
+//! The stack thread: owns the smoltcp interface, the TAP device and every socket, and drives
+//! the operations the handle asked for (each with its own deadline) until they finish.
+//!
+//! The loop: poll the interface, take new commands, advance every pending operation (which
+//! may queue packets), poll again to send them, then sleep in `poll(2)` on the TAP and the
+//! wake-up socket for at most [`MAX_SLEEP`] or until smoltcp's next timer.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::{icmp, tcp, udp};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint,
+};
+
+use super::device::{arp_request, TapDevice};
+use super::dns::{self, AnswerError};
+use super::{NetConfig, NetstackError};
+
+/// Longest sleep between two turns of the loop; also the granularity of deadlines.
+const MAX_SLEEP: Duration = Duration::from_millis(20);
+/// How often an unanswered DNS query or echo request is sent again.
+const RESEND: Duration = Duration::from_secs(1);
+/// How often an unanswered ARP request is sent again.
+const ARP_RESEND: Duration = Duration::from_millis(500);
+/// TCP buffer size, each way.
+const TCP_BUF: usize = 64 * 1024;
+/// Most bytes a TCP exchange collects before it is cut off.
+const MAX_REPLY: usize = 16 * 1024 * 1024;
+/// How long a closed TCP socket may take to finish its FIN handshake before it is dropped.
+const LINGER: Duration = Duration::from_secs(5);
+
+type Reply<T> = Sender<Result<T, NetstackError>>;
+
+/// A request from the handle.
+pub(crate) enum Command {
+    Resolve {
+        name: String,
+        server: Ipv4Addr,
+        timeout: Duration,
+        reply: Reply<Ipv4Addr>,
+    },
+    TcpConnect {
+        peer: SocketAddrV4,
+        payload: Vec<u8>,
+        timeout: Duration,
+        reply: Reply<Vec<u8>>,
+    },
+    Ping {
+        addr: Ipv4Addr,
+        timeout: Duration,
+        reply: Reply<Duration>,
+    },
+    SendRawFrame {
+        frame: Vec<u8>,
+        reply: Reply<()>,
+    },
+    NeighborMac {
+        ip: Ipv4Addr,
+        timeout: Duration,
+        reply: Reply<[u8; 6]>,
+    },
+    ServeTcp {
+        port: u16,
+        response: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+/// An operation in flight.
+enum Op {
+    Resolve {
+        socket: SocketHandle,
+        name: String,
+        server: Ipv4Addr,
+        id: u16,
+        query: Vec<u8>,
+        next_send: Instant,
+        deadline: Deadline,
+        reply: Reply<Ipv4Addr>,
+    },
+    Tcp {
+        socket: SocketHandle,
+        peer: SocketAddrV4,
+        payload: Vec<u8>,
+        sent: usize,
+        established: bool,
+        peer_fin: bool,
+        received: Vec<u8>,
+        deadline: Deadline,
+        reply: Reply<Vec<u8>>,
+    },
+    Ping {
+        socket: SocketHandle,
+        addr: Ipv4Addr,
+        ident: u16,
+        sent: Vec<Instant>,
+        next_send: Instant,
+        deadline: Deadline,
+        reply: Reply<Duration>,
+    },
+    Neighbor {
+        ip: Ipv4Addr,
+        next_send: Instant,
+        deadline: Deadline,
+        reply: Reply<[u8; 6]>,
+    },
+}
+
+/// A TCP port the guest serves.
+struct Listener {
+    socket: SocketHandle,
+    port: u16,
+    response: Vec<u8>,
+}
+
+pub(crate) struct Stack {
+    config: NetConfig,
+    device: TapDevice,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    commands: Receiver<Command>,
+    wake: UnixStream,
+    ops: Vec<Op>,
+    listeners: Vec<Listener>,
+    /// Closed TCP sockets finishing their FIN handshake, dropped when done or at the instant.
+    lingering: Vec<(SocketHandle, Instant)>,
+    next_port: u16,
+}
+
+impl Stack {
+    pub(crate) fn new(
+        tap: File,
+        config: NetConfig,
+        commands: Receiver<Command>,
+        wake: UnixStream,
+    ) -> Self {
+        let mut device = TapDevice::new(tap, config.vnet_hdr);
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        iface_config.random_seed = rand::random();
+        let mut iface = Interface::new(iface_config, &mut device, SmolInstant::now());
+        iface.update_ip_addrs(|addrs| {
+            // One address fits the default capacity; validate() checked it.
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len));
+        });
+        if let Some(gw) = config.gateway {
+            // An empty route table always has room for the default route.
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        Stack {
+            config,
+            device,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            commands,
+            wake,
+            ops: Vec::new(),
+            listeners: Vec::new(),
+            lingering: Vec::new(),
+            next_port: 49_152 + rand::random::<u16>() % 16_000,
+        }
+    }
+
+    /// Runs until told to stop or the handle is gone.
+    pub(crate) fn run(mut self) {
+        loop {
+            self.poll_iface();
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                    Ok(command) => self.start(command),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            let ops = std::mem::take(&mut self.ops);
+            for op in ops {
+                if let Some(op) = self.advance(op, now) {
+                    self.ops.push(op);
+                }
+            }
+            self.serve_listeners();
+            self.reap_lingering(now);
+            self.poll_iface();
+            let delay = self
+                .iface
+                .poll_delay(SmolInstant::now(), &self.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            self.sleep(delay);
+        }
+    }
+
+    fn poll_iface(&mut self) {
+        self.iface
+            .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+    }
+
+    /// Waits until the TAP is readable, a command is signalled, or `delay` passes.
+    fn sleep(&mut self, delay: Duration) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.device.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = delay.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call, and both
+        // fds are owned by this thread's structures. An error (EINTR) just ends the sleep.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let mut drain = [0u8; 64];
+        while matches!((&self.wake).read(&mut drain), Ok(n) if n > 0) {}
+    }
+
+    fn ephemeral_port(&mut self) -> u16 {
+        let port = self.next_port;
+        self.next_port = if port >= 65_000 { 49_152 } else { port + 1 };
+        port
+    }
+
+    fn start(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Shutdown => {}
+            Command::SendRawFrame { frame, reply } => {
+                let result = self
+                    .device
+                    .write_frame(&frame)
+                    .map_err(|source| NetstackError::Tap {
+                        op: "write",
+                        source,
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Resolve {
+                name,
+                server,
+                timeout,
+                reply,
+            } => {
+                let deadline = Deadline::after(now, timeout);
+                let mut socket = udp::Socket::new(
+                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8 * 1500]),
+                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4 * 600]),
+                );
+                let port = self.ephemeral_port();
+                if let Err(e) = socket.bind(port) {
+                    let _ = reply.send(Err(socket_error("bind", e)));
+                    return;
+                }
+                let id = rand::random();
+                self.ops.push(Op::Resolve {
+                    socket: self.sockets.add(socket),
+                    query: dns::build_query(id, &name),
+                    name,
+                    server,
+                    id,
+                    next_send: now,
+                    deadline,
+                    reply,
+                });
+            }
+            Command::TcpConnect {
+                peer,
+                payload,
+                timeout,
+                reply,
+            } => {
+                let deadline = Deadline::after(now, timeout);
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+                    tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+                );
+                let port = self.ephemeral_port();
+                let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
+                if let Err(e) = socket.connect(self.iface.context(), remote, port) {
+                    let _ = reply.send(Err(socket_error("connect", e)));
+                    return;
+                }
+                self.ops.push(Op::Tcp {
+                    socket: self.sockets.add(socket),
+                    peer,
+                    payload,
+                    sent: 0,
+                    established: false,
+                    peer_fin: false,
+                    received: Vec::new(),
+                    deadline,
+                    reply,
+                });
+            }
+            Command::Ping {
+                addr,
+                timeout,
+                reply,
+            } => {
+                let deadline = Deadline::after(now, timeout);
+                let mut socket = icmp::Socket::new(
+                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 256]),
+                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
+                );
+                let ident = rand::random();
+                if let Err(e) = socket.bind(icmp::Endpoint::Ident(ident)) {
+                    let _ = reply.send(Err(socket_error("bind", e)));
+                    return;
+                }
+                self.ops.push(Op::Ping {
+                    socket: self.sockets.add(socket),
+                    addr,
+                    ident,
+                    sent: Vec::new(),
+                    next_send: now,
+                    deadline,
+                    reply,
+                });
+            }
+            Command::NeighborMac { ip, timeout, reply } => self.ops.push(Op::Neighbor {
+                ip,
+                next_send: now,
+                deadline: Deadline::after(now, timeout),
+                reply,
+            }),
+            Command::ServeTcp {
+                port,
+                response,
+                reply,
+            } => {
+                let result = self.listen(port).map(|socket| {
+                    self.listeners.push(Listener {
+                        socket,
+                        port,
+                        response,
+                    })
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn listen(&mut self, port: u16) -> Result<SocketHandle, NetstackError> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+        );
+        socket.listen(port).map_err(|e| socket_error("listen", e))?;
+        Ok(self.sockets.add(socket))
+    }
+
+    /// Moves `op` on; returns it when it is still pending, after replying when it is done.
+    fn advance(&mut self, op: Op, now: Instant) -> Option<Op> {
+        match op {
+            Op::Resolve {
+                socket,
+                name,
+                server,
+                id,
+                query,
+                mut next_send,
+                deadline,
+                reply,
+            } => {
+                let s = self.sockets.get_mut::<udp::Socket>(socket);
+                let mut result = None;
+                let mut buf = [0u8; 1500];
+                while let Ok((n, meta)) = s.recv_slice(&mut buf) {
+                    if meta.endpoint.addr != IpAddress::Ipv4(server) || meta.endpoint.port != 53 {
+                        continue;
+                    }
+                    result = match dns::parse_answer(id, &buf[..n]) {
+                        Ok(ip) => Some(Ok(ip)),
+                        Err(AnswerError::NotOurs) => continue,
+                        Err(AnswerError::NotFound) => {
+                            Some(Err(NetstackError::NameNotFound { name: name.clone() }))
+                        }
+                        Err(AnswerError::Rcode(rcode)) => Some(Err(NetstackError::DnsRcode {
+                            name: name.clone(),
+                            rcode,
+                        })),
+                        Err(AnswerError::Malformed(reason)) => {
+                            Some(Err(NetstackError::DnsMalformed {
+                                name: name.clone(),
+                                reason,
+                            }))
+                        }
+                    };
+                    break;
+                }
+                if result.is_none() && deadline.passed(now) {
+                    result = Some(Err(
+                        deadline.error(format!("Resolving {name:?} via {server}"))
+                    ));
+                }
+                if let Some(result) = result {
+                    self.sockets.remove(socket);
+                    let _ = reply.send(result);
+                    return None;
+                }
+                if now >= next_send {
+                    // A full send buffer just skips this round; the next one retries.
+                    let _ = s.send_slice(&query, IpEndpoint::new(IpAddress::Ipv4(server), 53));
+                    next_send = now + RESEND;
+                }
+                Some(Op::Resolve {
+                    socket,
+                    name,
+                    server,
+                    id,
+                    query,
+                    next_send,
+                    deadline,
+                    reply,
+                })
+            }
+            Op::Tcp {
+                socket,
+                peer,
+                payload,
+                mut sent,
+                mut established,
+                mut peer_fin,
+                mut received,
+                deadline,
+                reply,
+            } => {
+                let s = self.sockets.get_mut::<tcp::Socket>(socket);
+                let state = s.state();
+                if !matches!(state, tcp::State::Closed | tcp::State::SynSent) {
+                    established = true;
+                }
+                // States only reached after the peer's FIN (the loop sees each of them, since
+                // only this function closes our side).
+                if matches!(
+                    state,
+                    tcp::State::CloseWait
+                        | tcp::State::LastAck
+                        | tcp::State::Closing
+                        | tcp::State::TimeWait
+                ) {
+                    peer_fin = true;
+                }
+                if established && sent < payload.len() && s.can_send() {
+                    sent += s.send_slice(&payload[sent..]).unwrap_or(0);
+                    if sent == payload.len() {
+                        s.close(); // half-close: the peer sees EOF, we keep reading
+                    }
+                } else if established
+                    && payload.is_empty()
+                    && sent == 0
+                    && state == tcp::State::Established
+                {
+                    s.close();
+                    sent = 1; // marks the (empty) request as sent
+                }
+                let mut buf = [0u8; 4096];
+                while s.can_recv() && received.len() < MAX_REPLY {
+                    match s.recv_slice(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => received.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let result = if !established && state == tcp::State::Closed {
+                    Some(Err(NetstackError::ConnectionRefused { addr: peer }))
+                } else if peer_fin && !s.can_recv() {
+                    Some(Ok(std::mem::take(&mut received)))
+                } else if established && state == tcp::State::Closed {
+                    Some(Err(NetstackError::ConnectionReset { addr: peer }))
+                } else if deadline.passed(now) {
+                    s.abort();
+                    Some(Err(deadline.error(format!("TCP exchange with {peer}"))))
+                } else {
+                    None
+                };
+                match result {
+                    Some(result) => {
+                        let s = self.sockets.get_mut::<tcp::Socket>(socket);
+                        if s.is_open() {
+                            s.close();
+                        }
+                        self.lingering.push((socket, now + LINGER));
+                        let _ = reply.send(result);
+                        None
+                    }
+                    None => Some(Op::Tcp {
+                        socket,
+                        peer,
+                        payload,
+                        sent,
+                        established,
+                        peer_fin,
+                        received,
+                        deadline,
+                        reply,
+                    }),
+                }
+            }
+            Op::Ping {
+                socket,
+                addr,
+                ident,
+                mut sent,
+                mut next_send,
+                deadline,
+                reply,
+            } => {
+                let s = self.sockets.get_mut::<icmp::Socket>(socket);
+                let mut rtt = None;
+                while let Ok((data, from)) = s.recv() {
+                    if from != IpAddress::Ipv4(addr) {
+                        continue;
+                    }
+                    let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+                        continue;
+                    };
+                    if let Ok(Icmpv4Repr::EchoReply {
+                        ident: got, seq_no, ..
+                    }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+                    {
+                        if got == ident {
+                            if let Some(at) = sent.get(usize::from(seq_no)) {
+                                rtt = Some(now.saturating_duration_since(*at));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let result = match rtt {
+                    Some(rtt) => Some(Ok(rtt)),
+                    None if deadline.passed(now) => {
+                        Some(Err(deadline.error(format!("Ping {addr}"))))
+                    }
+                    None => None,
+                };
+                if let Some(result) = result {
+                    self.sockets.remove(socket);
+                    let _ = reply.send(result);
+                    return None;
+                }
+                if now >= next_send && sent.len() < usize::from(u16::MAX) {
+                    let request = Icmpv4Repr::EchoRequest {
+                        ident,
+                        seq_no: sent.len() as u16,
+                        data: b"hearth-guest-ping",
+                    };
+                    if let Ok(buf) = s.send(request.buffer_len(), IpAddress::Ipv4(addr)) {
+                        let mut packet = Icmpv4Packet::new_unchecked(buf);
+                        request.emit(&mut packet, &ChecksumCapabilities::default());
+                        sent.push(now);
+                    }
+                    next_send = now + RESEND;
+                }
+                Some(Op::Ping {
+                    socket,
+                    addr,
+                    ident,
+                    sent,
+                    next_send,
+                    deadline,
+                    reply,
+                })
+            }
+            Op::Neighbor {
+                ip,
+                mut next_send,
+                deadline,
+                reply,
+            } => {
+                if let Some(mac) = self.device.arp_seen.get(&ip) {
+                    let _ = reply.send(Ok(*mac));
+                    return None;
+                }
+                if deadline.passed(now) {
+                    let _ = reply.send(Err(deadline.error(format!("ARP for {ip}"))));
+                    return None;
+                }
+                if now >= next_send {
+                    let frame = arp_request(self.config.mac, self.config.ip, ip);
+                    // A failed write is retried on the next round.
+                    let _ = self.device.write_frame(&frame);
+                    next_send = now + ARP_RESEND;
+                }
+                Some(Op::Neighbor {
+                    ip,
+                    next_send,
+                    deadline,
+                    reply,
+                })
+            }
+        }
+    }
+
+    /// Answers connected listeners, handing each port to a fresh listening socket.
+    fn serve_listeners(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.listeners.len() {
+            let socket = self.listeners[i].socket;
+            let s = self.sockets.get_mut::<tcp::Socket>(socket);
+            match s.state() {
+                tcp::State::Listen | tcp::State::SynReceived => continue,
+                tcp::State::Established | tcp::State::CloseWait if s.can_send() => {
+                    // The send buffer holds 64 KiB; serve_tcp rejects larger responses.
+                    let _ = s.send_slice(&self.listeners[i].response);
+                    s.close();
+                }
+                tcp::State::Established | tcp::State::CloseWait => continue,
+                _ => s.abort(), // reset before a response could be sent
+            }
+            self.lingering.push((socket, now + LINGER));
+            // The port was accepted when first listened on, so this cannot fail.
+            if let Ok(fresh) = self.listen(self.listeners[i].port) {
+                self.listeners[i].socket = fresh;
+            }
+        }
+    }
+
+    fn reap_lingering(&mut self, now: Instant) {
+        let sockets = &mut self.sockets;
+        self.lingering.retain(|&(handle, until)| {
+            let state = sockets.get_mut::<tcp::Socket>(handle).state();
+            let done = matches!(state, tcp::State::Closed | tcp::State::TimeWait) || now >= until;
+            if done {
+                sockets.remove(handle);
+            }
+            !done
+        });
+    }
+}
+
+/// When an operation gives up, and the timeout it was given (for the error).
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn after(now: Instant, timeout: Duration) -> Self {
+        Deadline {
+            at: now + timeout,
+            timeout,
+        }
+    }
+
+    fn passed(&self, now: Instant) -> bool {
+        now >= self.at
+    }
+
+    fn error(&self, op: String) -> NetstackError {
+        NetstackError::Timeout {
+            op,
+            after: self.timeout,
+        }
+    }
+}
+
+fn socket_error(op: &'static str, e: impl std::fmt::Display) -> NetstackError {
+    NetstackError::Socket {
+        op,
+        reason: e.to_string(),
+    }
+}
