@@ -1,0 +1,313 @@
+//! An in-memory [`Firewall`] for unit tests: records every call, keeps set membership (it
+//! understands the `ipset restore` lines hearth writes), serves canned `iptables -S` listings,
+//! and fails chosen operations on demand. Clones share one state, so a test keeps a clone to
+//! inspect what the actor did.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Firewall, FirewallError, SetEntry, Table};
+use crate::lease::MacAddr;
+
+/// The operations of the trait, to choose which one fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeOp {
+    /// [`Firewall::interface_exists`].
+    InterfaceExists,
+    /// [`Firewall::ip_forward`] and [`Firewall::set_ip_forward`].
+    IpForward,
+    /// [`Firewall::list_rules`].
+    ListRules,
+    /// [`Firewall::restore_rules`].
+    RestoreRules,
+    /// [`Firewall::restore_sets`].
+    RestoreSets,
+    /// [`Firewall::add_to_set`].
+    AddToSet,
+    /// [`Firewall::remove_from_set`].
+    RemoveFromSet,
+    /// [`Firewall::destroy_set`].
+    DestroySet,
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCall {
+    /// `interface_exists(name)`.
+    InterfaceExists(String),
+    /// `set_ip_forward(on)`.
+    SetIpForward(bool),
+    /// `list_rules(table)`.
+    ListRules(Table),
+    /// `restore_rules(text)`.
+    RestoreRules(String),
+    /// `restore_sets(text)`.
+    RestoreSets(String),
+    /// `add_to_set(set, entry)`.
+    AddToSet(String, SetEntry),
+    /// `remove_from_set(set, entry)`.
+    RemoveFromSet(String, SetEntry),
+    /// `destroy_set(set)`.
+    DestroySet(String),
+}
+
+/// What the fake holds.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// Every call, in order (also the failed ones).
+    pub calls: Vec<FakeCall>,
+    /// Interfaces that exist.
+    pub interfaces: HashSet<String>,
+    /// IPv4 forwarding.
+    pub ip_forward: bool,
+    /// What `list_rules` returns per table (empty when unset).
+    pub listings: HashMap<Table, String>,
+    /// Sets and their members.
+    pub sets: BTreeMap<String, BTreeSet<SetEntry>>,
+    /// Operations that fail, with the error text they report.
+    pub failures: HashMap<FakeOp, String>,
+}
+
+/// The fake backend; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeFirewall {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeFirewall {
+    /// An empty fake: no interfaces, no sets, forwarding off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks and returns the shared state, to arrange or inspect it.
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        // A panic while holding the lock can only come from a failing test; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes an interface exist.
+    pub fn add_interface(&self, name: &str) {
+        self.state().interfaces.insert(name.to_owned());
+    }
+
+    /// Makes `op` fail with `message` until [`FakeFirewall::heal`] is called.
+    pub fn fail(&self, op: FakeOp, message: &str) {
+        self.state().failures.insert(op, message.to_owned());
+    }
+
+    /// Makes every operation succeed again.
+    pub fn heal(&self) {
+        self.state().failures.clear();
+    }
+
+    /// The members of a set, or `None` when it does not exist.
+    pub fn set(&self, name: &str) -> Option<BTreeSet<SetEntry>> {
+        self.state().sets.get(name).cloned()
+    }
+
+    /// The texts given to `restore_rules`, in order.
+    pub fn restored_rules(&self) -> Vec<String> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::RestoreRules(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many calls were recorded.
+    pub fn call_count(&self) -> usize {
+        self.state().calls.len()
+    }
+
+    fn enter(&self, op: FakeOp, call: FakeCall) -> Result<MutexGuard<'_, FakeState>, FirewallError> {
+        let mut state = self.state();
+        state.calls.push(call);
+        match state.failures.get(&op) {
+            Some(message) => Err(FirewallError::Command {
+                command: format!("fake {op:?}"),
+                status: "exit status: 1".into(),
+                stderr: message.clone(),
+            }),
+            None => Ok(state),
+        }
+    }
+}
+
+/// Parses an `ipset` entry: `ip` or `ip,mac`.
+fn parse_entry(text: &str) -> Option<SetEntry> {
+    match text.split_once(',') {
+        None => text.parse::<Ipv4Addr>().ok().map(SetEntry::Ip),
+        Some((ip, mac)) => Some(SetEntry::IpMac(ip.parse().ok()?, mac.parse::<MacAddr>().ok()?)),
+    }
+}
+
+/// Adds with the kernel's `-exist` semantics (an `ip,mac` entry replaces the IP's MAC).
+fn add_entry(members: &mut BTreeSet<SetEntry>, entry: SetEntry) {
+    if let SetEntry::IpMac(ip, _) = entry {
+        members.retain(|e| e.ip() != ip);
+    }
+    members.insert(entry);
+}
+
+fn apply_set_line(state: &mut FakeState, line: &str) -> Result<(), String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let missing = |name: &str| format!("The set with the given name does not exist: {name}");
+    match words.as_slice() {
+        [] => Ok(()),
+        ["create", name, ..] => {
+            let exist = words.contains(&"-exist");
+            if state.sets.contains_key(*name) && !exist {
+                return Err(format!("Set cannot be created: set with the same name already exists: {name}"));
+            }
+            state.sets.entry((*name).to_owned()).or_default();
+            Ok(())
+        }
+        ["add", name, entry, ..] => {
+            let entry = parse_entry(entry).ok_or_else(|| format!("Bad entry {entry}"))?;
+            let members = state.sets.get_mut(*name).ok_or_else(|| missing(name))?;
+            add_entry(members, entry);
+            Ok(())
+        }
+        ["swap", a, b] => {
+            let sa = state.sets.remove(*a).ok_or_else(|| missing(a))?;
+            let Some(sb) = state.sets.remove(*b) else {
+                state.sets.insert((*a).to_owned(), sa);
+                return Err(missing(b));
+            };
+            state.sets.insert((*a).to_owned(), sb);
+            state.sets.insert((*b).to_owned(), sa);
+            Ok(())
+        }
+        ["destroy", name] => state.sets.remove(*name).map(drop).ok_or_else(|| missing(name)),
+        ["flush", name] => {
+            state.sets.get_mut(*name).ok_or_else(|| missing(name))?.clear();
+            Ok(())
+        }
+        _ => Err(format!("Unknown ipset line {line:?}")),
+    }
+}
+
+impl Firewall for FakeFirewall {
+    fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError> {
+        let state = self.enter(FakeOp::InterfaceExists, FakeCall::InterfaceExists(name.into()))?;
+        Ok(state.interfaces.contains(name))
+    }
+
+    fn ip_forward(&mut self) -> Result<bool, FirewallError> {
+        let state = self.state();
+        if let Some(message) = state.failures.get(&FakeOp::IpForward) {
+            return Err(FirewallError::Command {
+                command: "fake IpForward".into(),
+                status: "exit status: 1".into(),
+                stderr: message.clone(),
+            });
+        }
+        Ok(state.ip_forward)
+    }
+
+    fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError> {
+        let mut state = self.enter(FakeOp::IpForward, FakeCall::SetIpForward(on))?;
+        state.ip_forward = on;
+        Ok(())
+    }
+
+    fn list_rules(&mut self, table: Table) -> Result<String, FirewallError> {
+        let state = self.enter(FakeOp::ListRules, FakeCall::ListRules(table))?;
+        Ok(state.listings.get(&table).cloned().unwrap_or_default())
+    }
+
+    fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.enter(FakeOp::RestoreRules, FakeCall::RestoreRules(text.into()))
+            .map(drop)
+    }
+
+    fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError> {
+        let mut state = self.enter(FakeOp::RestoreSets, FakeCall::RestoreSets(text.into()))?;
+        // Like `ipset restore`, lines before a failing one stay applied.
+        for (n, line) in text.lines().enumerate() {
+            apply_set_line(&mut state, line).map_err(|e| FirewallError::Command {
+                command: "fake ipset restore".into(),
+                status: "exit status: 1".into(),
+                stderr: format!("Error in line {}: {e}", n + 1),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
+        let mut state = self.enter(FakeOp::AddToSet, FakeCall::AddToSet(set.into(), entry))?;
+        let members = state.sets.get_mut(set).ok_or_else(|| FirewallError::Ipset {
+            op: format!("add {entry} to {set}"),
+            message: "The set with the given name does not exist".into(),
+        })?;
+        add_entry(members, entry);
+        Ok(())
+    }
+
+    fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
+        let mut state =
+            self.enter(FakeOp::RemoveFromSet, FakeCall::RemoveFromSet(set.into(), entry))?;
+        let members = state.sets.get_mut(set).ok_or_else(|| FirewallError::Ipset {
+            op: format!("del {entry} from {set}"),
+            message: "The set with the given name does not exist".into(),
+        })?;
+        members.retain(|e| e.ip() != entry.ip());
+        Ok(())
+    }
+
+    fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {
+        let mut state = self.enter(FakeOp::DestroySet, FakeCall::DestroySet(set.into()))?;
+        state.sets.remove(set);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+
+    #[test]
+    fn restore_lines_build_and_swap_sets() {
+        let mut fw = FakeFirewall::new();
+        fw.restore_sets(
+            "create s hash:ip -exist\ncreate t hash:ip\nadd t 10.0.0.2\nswap t s\ndestroy t\n",
+        )
+        .unwrap();
+        assert_eq!(fw.set("s").unwrap(), BTreeSet::from([SetEntry::Ip(ip(2))]));
+        assert!(fw.set("t").is_none());
+    }
+
+    #[test]
+    fn ip_mac_add_replaces_the_mac_and_del_is_idempotent() {
+        let mut fw = FakeFirewall::new();
+        fw.restore_sets("create g bitmap:ip,mac range 10.0.0.0/24\n").unwrap();
+        let a = MacAddr::for_guest(ip(2));
+        let b = MacAddr([6, 0, 0, 0, 0, 9]);
+        fw.add_to_set("g", SetEntry::IpMac(ip(2), a)).unwrap();
+        fw.add_to_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
+        assert_eq!(fw.set("g").unwrap(), BTreeSet::from([SetEntry::IpMac(ip(2), b)]));
+        fw.remove_from_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
+        fw.remove_from_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
+        assert!(fw.set("g").unwrap().is_empty());
+    }
+
+    #[test]
+    fn injected_failure_is_reported_and_recorded() {
+        let mut fw = FakeFirewall::new();
+        fw.fail(FakeOp::RestoreRules, "boom");
+        let err = fw.restore_rules("*nat\nCOMMIT\n").unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert_eq!(fw.call_count(), 1);
+        fw.heal();
+        fw.restore_rules("*nat\nCOMMIT\n").unwrap();
+    }
+}

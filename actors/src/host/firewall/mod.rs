@@ -1,0 +1,183 @@
+//! The firewall backend of `NatActor`: iptables rules and kernel ipsets.
+//!
+//! Two kinds of operations, with very different costs:
+//! - setup and reconcile, rare and atomic: [`Firewall::restore_rules`] feeds a whole ruleset to
+//!   `iptables-restore --noflush` and [`Firewall::restore_sets`] feeds `ipset restore`; these
+//!   are the only places a process is spawned;
+//! - per-VM changes, frequent and cheap: [`Firewall::add_to_set`] and
+//!   [`Firewall::remove_from_set`] talk to the kernel in-process over netlink (libipset), so
+//!   enabling NAT for a guest costs no process and no rule, whatever the number of guests.
+//!
+//! [`linux::LinuxFirewall`] is the real backend, [`fake::FakeFirewall`] the recording fake.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::lease::MacAddr;
+
+pub mod fake;
+pub mod linux;
+
+/// Errors of the firewall backend. Each names the command or operation that failed and
+/// carries the tool's or kernel's own error text.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// A program could not be started (usually: not installed).
+    #[error("Cannot run `{command}` (is it installed?)")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The spawn error.
+        source: std::io::Error,
+    },
+    /// A program ran and reported failure.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
+    /// An in-process ipset operation failed (libipset's message, e.g. a missing kernel
+    /// feature or a set that does not exist).
+    #[error("ipset {op} failed: {message}")]
+    Ipset {
+        /// The operation, e.g. `add 172.31.240.5 to hearth-nat`.
+        op: String,
+        /// libipset's message.
+        message: String,
+    },
+    /// Reading or writing a sysctl failed.
+    #[error("Cannot access {path}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Looking up a network interface failed for another reason than its absence.
+    #[error("Cannot look up interface {name}")]
+    Interface {
+        /// The interface name.
+        name: String,
+        /// The error of `if_nametoindex`.
+        source: nix::Error,
+    },
+}
+
+/// An iptables table hearth writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// The `nat` table (masquerading).
+    Nat,
+    /// The `filter` table (forwarding and input policy).
+    Filter,
+}
+
+impl Table {
+    /// The table's name as iptables spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One member of a set hearth manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetEntry {
+    /// An address, in a `hash:ip` set.
+    Ip(Ipv4Addr),
+    /// An address and the MAC it must come from, in a `bitmap:ip,mac` set.
+    IpMac(Ipv4Addr, MacAddr),
+}
+
+impl SetEntry {
+    /// The entry's IP address.
+    pub fn ip(&self) -> Ipv4Addr {
+        match *self {
+            SetEntry::Ip(ip) | SetEntry::IpMac(ip, _) => ip,
+        }
+    }
+}
+
+impl fmt::Display for SetEntry {
+    /// The entry as `ipset` writes it: `ip` or `ip,mac`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetEntry::Ip(ip) => write!(f, "{ip}"),
+            SetEntry::IpMac(ip, mac) => write!(f, "{ip},{mac}"),
+        }
+    }
+}
+
+/// The host side of the firewall. Implementations act on the network namespace of the
+/// calling thread.
+pub trait Firewall {
+    /// Whether a network interface of that name exists.
+    fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError>;
+
+    /// Whether IPv4 forwarding is on (`/proc/sys/net/ipv4/ip_forward`, per namespace).
+    fn ip_forward(&mut self) -> Result<bool, FirewallError>;
+
+    /// Turns IPv4 forwarding on or off.
+    fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError>;
+
+    /// The rules of a table as `iptables -S` prints them.
+    fn list_rules(&mut self, table: Table) -> Result<String, FirewallError>;
+
+    /// Applies an `iptables-restore` text with `--noflush`, atomically per table.
+    fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError>;
+
+    /// Applies an `ipset restore` text.
+    fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError>;
+
+    /// Adds an entry to a set, in-process. Adding a present entry succeeds; for an
+    /// `ip,mac` entry whose IP is present with another MAC, the MAC is replaced.
+    fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
+
+    /// Removes an entry from a set, in-process. Removing an absent entry succeeds.
+    fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
+
+    /// Destroys a set, in-process. Destroying an absent set succeeds.
+    fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError>;
+}
+
+impl<F: Firewall + ?Sized> Firewall for Box<F> {
+    fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError> {
+        (**self).interface_exists(name)
+    }
+    fn ip_forward(&mut self) -> Result<bool, FirewallError> {
+        (**self).ip_forward()
+    }
+    fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError> {
+        (**self).set_ip_forward(on)
+    }
+    fn list_rules(&mut self, table: Table) -> Result<String, FirewallError> {
+        (**self).list_rules(table)
+    }
+    fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {
+        (**self).restore_rules(text)
+    }
+    fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError> {
+        (**self).restore_sets(text)
+    }
+    fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
+        (**self).add_to_set(set, entry)
+    }
+    fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
+        (**self).remove_from_set(set, entry)
+    }
+    fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {
+        (**self).destroy_set(set)
+    }
+}

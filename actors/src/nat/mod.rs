@@ -1,0 +1,429 @@
+//! `NatActor`: owns hearth's firewall state on the host, i.e. its own iptables chains
+//! (`HEARTH-POSTROUTING` in nat, `HEARTH-FORWARD` and `HEARTH-INPUT` in filter, each reached by
+//! one jump from the built-in chain) and two kernel ipsets: `hearth-nat` (guests whose
+//! traffic is masqueraded out of the egress interface) and, under anti-spoofing,
+//! `hearth-guests` (the (IP, MAC) pair each lease may send from).
+//!
+//! The rules are static: they depend only on the configuration and match the sets, so
+//! per-guest messages ([`EnsureNat`], [`RegisterGuest`], [`UnregisterGuest`]) are in-process
+//! set updates over netlink, with no process spawned and a cost independent of the number of
+//! guests. [`Reconcile`] rewrites everything atomically (`iptables-restore --noflush`, set
+//! rebuild + swap); [`Teardown`] removes it all.
+//!
+//! What the rules give guests: NAT guests reach the egress interface (and get replies);
+//! other guests reach nothing beyond the bridge; nothing unasked enters the guest subnet by
+//! forwarding; with `isolate_guests`, guests cannot route to each other via the gateway;
+//! with `block_guest_to_host`, guests reach the host only for DNS on the gateway; with
+//! `anti_spoofing`, IP packets whose (source IP, source MAC) is not a registered lease are
+//! dropped. Not covered: ARP spoofing and other non-IP traffic at L2 (that needs ebtables /
+//! bridge filtering), IPv6 (hearth's guests are IPv4-only; IPv6 forwarding is left as is).
+//!
+//! Handlers are synchronous: per-guest ones take tens of microseconds; `Reconcile` and
+//! `Teardown` spawn `iptables`/`ipset` (tens of milliseconds), so start the actor on its own
+//! `Arbiter` when that matters to neighbours.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use actix::{Actor, Context, Handler};
+use ipnet::Ipv4Net;
+use slog::{debug, info, Logger};
+
+use crate::host::firewall::{Firewall, FirewallError, SetEntry, Table};
+use crate::lease::MacAddr;
+
+mod messages;
+pub mod rules;
+
+pub use messages::{EnsureNat, GuestSpec, Reconcile, RegisterGuest, Teardown, UnregisterGuest};
+use rules::{Listings, GUEST_SET, NAT_SET};
+
+/// Errors of `NatActor`.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// The configuration cannot be used; nothing was touched.
+    #[error("Invalid NAT config `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// NAT was set up without an egress interface.
+    #[error("NAT needs an egress interface: none configured and no default route found")]
+    NoEgress,
+    /// The configured egress interface does not exist.
+    #[error("Egress interface {interface} does not exist")]
+    EgressMissing {
+        /// The interface name.
+        interface: String,
+    },
+    /// A guest address the bridge subnet cannot hold, or a contradictory desired state;
+    /// nothing was changed.
+    #[error("Invalid guest {ip}: {reason}")]
+    InvalidGuest {
+        /// The guest address.
+        ip: Ipv4Addr,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A per-guest message came before the first successful `Reconcile`.
+    #[error("Cannot {op} before the firewall is set up (send Reconcile first)")]
+    NotReady {
+        /// The operation refused.
+        op: &'static str,
+    },
+    /// The host refused a change.
+    #[error("Cannot {step}")]
+    Firewall {
+        /// What hearth was doing.
+        step: String,
+        /// The backend's error (names the command or ipset operation).
+        source: FirewallError,
+    },
+}
+
+fn step(step: impl Into<String>) -> impl FnOnce(FirewallError) -> NatError {
+    let step = step.into();
+    move |source| NatError::Firewall { step, source }
+}
+
+/// The actor's configuration (from hearthd's `[network]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// hearth's bridge, where guests' traffic comes in.
+    pub bridge: String,
+    /// The bridge subnet.
+    pub cidr: Ipv4Net,
+    /// The bridge's own address (guests' gateway and DNS server).
+    pub gateway: Ipv4Addr,
+    /// The interface NATed traffic leaves by; required by `Reconcile`.
+    pub egress: Option<String>,
+    /// Drop guest-to-guest traffic routed through the gateway.
+    pub isolate_guests: bool,
+    /// Drop guest-to-host traffic except DNS to the gateway.
+    pub block_guest_to_host: bool,
+    /// Drop IP packets from the bridge whose source (IP, MAC) is not a registered lease.
+    pub anti_spoofing: bool,
+}
+
+/// Interface names end up in iptables-restore text: allow only plain names.
+fn check_ifname(field: &'static str, name: &str) -> Result<(), NatError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NatError::InvalidConfig {
+            field,
+            reason: format!("{name:?} must be 1-15 bytes of letters, digits, '-', '_', '.', '@'"),
+        })
+    }
+}
+
+impl NatConfig {
+    /// Checks every field; the actor refuses a config that fails.
+    pub fn validate(&self) -> Result<(), NatError> {
+        check_ifname("bridge", &self.bridge)?;
+        if let Some(egress) = &self.egress {
+            check_ifname("egress", egress)?;
+            if egress == &self.bridge {
+                return Err(NatError::InvalidConfig {
+                    field: "egress",
+                    reason: "must not be the bridge".into(),
+                });
+            }
+        }
+        if self.cidr.prefix_len() > 30 {
+            return Err(NatError::InvalidConfig {
+                field: "cidr",
+                reason: format!("{} has no room for guests", self.cidr),
+            });
+        }
+        if !self.cidr.contains(&self.gateway) {
+            return Err(NatError::InvalidConfig {
+                field: "gateway",
+                reason: format!("{} is outside {}", self.gateway, self.cidr),
+            });
+        }
+        if self.anti_spoofing && self.cidr.prefix_len() < 16 {
+            return Err(NatError::InvalidConfig {
+                field: "cidr",
+                reason: format!(
+                    "{} is wider than /16, the most the anti-spoofing bitmap set holds",
+                    self.cidr
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Why `ip` cannot be a guest of this bridge, if it cannot.
+    fn guest_problem(&self, ip: Ipv4Addr) -> Option<String> {
+        let net = self.cidr.trunc();
+        if !net.contains(&ip) {
+            Some(format!("outside the bridge subnet {net}"))
+        } else if ip == net.network() || ip == net.broadcast() {
+            Some(format!("is the network or broadcast address of {net}"))
+        } else if ip == self.gateway {
+            Some("is the gateway".into())
+        } else {
+            None
+        }
+    }
+
+    fn check_guest(&self, ip: Ipv4Addr) -> Result<(), NatError> {
+        match self.guest_problem(ip) {
+            Some(reason) => Err(NatError::InvalidGuest { ip, reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks a desired state as a whole: every address a guest address, no address twice.
+pub fn validate_desired(config: &NatConfig, desired: &[GuestSpec]) -> Result<(), NatError> {
+    let mut seen = BTreeSet::new();
+    for g in desired {
+        config.check_guest(g.ip)?;
+        if !seen.insert(g.ip) {
+            return Err(NatError::InvalidGuest {
+                ip: g.ip,
+                reason: "listed twice in the desired state".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The actor owning hearth's firewall chains and sets. See the module docs.
+pub struct NatActor {
+    config: NatConfig,
+    firewall: Box<dyn Firewall>,
+    log: Logger,
+    /// A `Reconcile` succeeded and no `Teardown` followed.
+    ready: bool,
+    /// Guests in the NAT set.
+    nat: BTreeSet<Ipv4Addr>,
+    /// Registered leases.
+    guests: BTreeMap<Ipv4Addr, MacAddr>,
+    /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
+    enabled_forwarding: bool,
+}
+
+impl NatActor {
+    /// A NAT actor over `firewall`. Validates the config; touches nothing on the host.
+    pub fn new(
+        config: NatConfig,
+        firewall: Box<dyn Firewall>,
+        log: Logger,
+    ) -> Result<Self, NatError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            firewall,
+            log,
+            ready: false,
+            nat: BTreeSet::new(),
+            guests: BTreeMap::new(),
+            enabled_forwarding: false,
+        })
+    }
+
+    fn listings(&mut self) -> Result<Listings, NatError> {
+        Ok(Listings {
+            nat: self
+                .firewall
+                .list_rules(Table::Nat)
+                .map_err(step("list the nat table"))?,
+            filter: self
+                .firewall
+                .list_rules(Table::Filter)
+                .map_err(step("list the filter table"))?,
+        })
+    }
+
+    fn reconcile(&mut self, desired: &[GuestSpec]) -> Result<(), NatError> {
+        validate_desired(&self.config, desired)?;
+        let egress = self.config.egress.clone().ok_or(NatError::NoEgress)?;
+        let exists = self
+            .firewall
+            .interface_exists(&egress)
+            .map_err(step(format!("look up egress interface {egress}")))?;
+        if !exists {
+            return Err(NatError::EgressMissing { interface: egress });
+        }
+        let forwarding = self
+            .firewall
+            .ip_forward()
+            .map_err(step("read IPv4 forwarding"))?;
+        if !forwarding {
+            self.firewall
+                .set_ip_forward(true)
+                .map_err(step("enable IPv4 forwarding"))?;
+            self.enabled_forwarding = true;
+        }
+
+        let (nat, guests) = rules::set_members(desired);
+        let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat);
+        if self.config.anti_spoofing {
+            sets += &rules::set_rebuild_text(GUEST_SET, &rules::guest_set_kind(&self.config), &guests);
+        }
+        self.firewall
+            .restore_sets(&sets)
+            .map_err(step("rebuild hearth's ipsets"))?;
+
+        let current = self.listings()?;
+        let text = rules::restore_text(&self.config, &egress, &current);
+        self.firewall
+            .restore_rules(&text)
+            .map_err(step("install hearth's iptables chains"))?;
+
+        if !self.config.anti_spoofing {
+            // No rule references the guest set any more: drop one an earlier config made.
+            for set in [GUEST_SET.to_owned(), rules::temp_set(GUEST_SET)] {
+                self.firewall
+                    .destroy_set(&set)
+                    .map_err(step(format!("destroy ipset {set}")))?;
+            }
+        }
+
+        self.ready = true;
+        self.nat = desired.iter().filter(|g| g.nat).map(|g| g.ip).collect();
+        self.guests = desired.iter().map(|g| (g.ip, g.mac)).collect();
+        info!(self.log, "firewall reconciled";
+            "egress" => &egress, "guests" => desired.len(), "nat" => self.nat.len());
+        Ok(())
+    }
+
+    fn ensure_nat(&mut self, msg: &EnsureNat) -> Result<(), NatError> {
+        self.config.check_guest(msg.guest_ip)?;
+        if !self.ready {
+            return Err(NatError::NotReady { op: "change NAT" });
+        }
+        let entry = SetEntry::Ip(msg.guest_ip);
+        if msg.enable {
+            self.firewall
+                .add_to_set(NAT_SET, entry)
+                .map_err(step(format!("enable NAT for {}", msg.guest_ip)))?;
+            self.nat.insert(msg.guest_ip);
+        } else {
+            self.firewall
+                .remove_from_set(NAT_SET, entry)
+                .map_err(step(format!("disable NAT for {}", msg.guest_ip)))?;
+            self.nat.remove(&msg.guest_ip);
+        }
+        debug!(self.log, "NAT changed"; "guest" => %msg.guest_ip, "tap" => &msg.tap, "enabled" => msg.enable);
+        Ok(())
+    }
+
+    fn register(&mut self, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NatError> {
+        self.config.check_guest(ip)?;
+        if !self.ready {
+            return Err(NatError::NotReady { op: "register a guest" });
+        }
+        if self.config.anti_spoofing {
+            self.firewall
+                .add_to_set(GUEST_SET, SetEntry::IpMac(ip, mac))
+                .map_err(step(format!("register guest {ip} ({mac})")))?;
+        }
+        self.guests.insert(ip, mac);
+        debug!(self.log, "guest registered"; "guest" => %ip, "mac" => %mac);
+        Ok(())
+    }
+
+    fn unregister(&mut self, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NatError> {
+        self.config.check_guest(ip)?;
+        if !self.ready {
+            // Nothing of this run is on the host; the next Reconcile clears older leftovers.
+            self.guests.remove(&ip);
+            self.nat.remove(&ip);
+            return Ok(());
+        }
+        self.firewall
+            .remove_from_set(NAT_SET, SetEntry::Ip(ip))
+            .map_err(step(format!("disable NAT for {ip}")))?;
+        self.nat.remove(&ip);
+        if self.config.anti_spoofing {
+            self.firewall
+                .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
+                .map_err(step(format!("unregister guest {ip}")))?;
+        }
+        self.guests.remove(&ip);
+        debug!(self.log, "guest unregistered"; "guest" => %ip);
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<(), NatError> {
+        let current = self.listings()?;
+        if let Some(text) = rules::teardown_text(&current) {
+            self.firewall
+                .restore_rules(&text)
+                .map_err(step("remove hearth's iptables chains"))?;
+        }
+        for set in [NAT_SET, GUEST_SET] {
+            for name in [set.to_owned(), rules::temp_set(set)] {
+                self.firewall
+                    .destroy_set(&name)
+                    .map_err(step(format!("destroy ipset {name}")))?;
+            }
+        }
+        if self.enabled_forwarding {
+            self.firewall
+                .set_ip_forward(false)
+                .map_err(step("restore IPv4 forwarding"))?;
+            self.enabled_forwarding = false;
+        }
+        self.ready = false;
+        self.nat.clear();
+        self.guests.clear();
+        info!(self.log, "firewall torn down");
+        Ok(())
+    }
+}
+
+impl Actor for NatActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Reconcile> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, msg: Reconcile, _: &mut Context<Self>) -> Self::Result {
+        self.reconcile(&msg.desired)
+    }
+}
+
+impl Handler<EnsureNat> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, msg: EnsureNat, _: &mut Context<Self>) -> Self::Result {
+        self.ensure_nat(&msg)
+    }
+}
+
+impl Handler<RegisterGuest> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, msg: RegisterGuest, _: &mut Context<Self>) -> Self::Result {
+        self.register(msg.lease.guest_ip, msg.lease.mac)
+    }
+}
+
+impl Handler<UnregisterGuest> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, msg: UnregisterGuest, _: &mut Context<Self>) -> Self::Result {
+        self.unregister(msg.lease.guest_ip, msg.lease.mac)
+    }
+}
+
+impl Handler<Teardown> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, _: Teardown, _: &mut Context<Self>) -> Self::Result {
+        self.teardown()
+    }
+}
