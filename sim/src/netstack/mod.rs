@@ -29,6 +29,7 @@ mod device;
 mod dns;
 pub mod frames;
 mod stack;
+mod tap;
 
 use std::fs::File;
 use std::io::Write;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 pub use config::{parse_kernel_ip_arg, KernelIpConfig, NetConfig, VnetHdr};
 pub use frames::FrameAddrs;
+pub use tap::open_tap;
 
 use stack::{Command, Stack};
 
