@@ -1,0 +1,277 @@
+//! The real [`Links`]: rtnetlink for links, addresses and bridge ports, TUN ioctls for TAPs.
+//! Everything acts in the network namespace of the thread that created the [`LinuxLinks`]
+//! (the netlink socket) and of the thread polling the futures (the TUN ioctls); hearth runs
+//! both on the actor's thread.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
+
+use super::{
+    check_ifname, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec,
+    TapSpec,
+};
+
+/// [`Links`] over a netlink socket and `/dev/net/tun`.
+#[derive(Clone)]
+pub struct LinuxLinks {
+    handle: Handle,
+}
+
+impl LinuxLinks {
+    /// Opens a netlink socket in the calling thread's network namespace and spawns its
+    /// connection task on the current tokio runtime (call it inside the actix `System` that
+    /// runs the actor).
+    pub fn new() -> Result<Self, LinksError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| LinksError::Socket { source })?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+}
+
+impl std::fmt::Debug for LinuxLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxLinks").finish_non_exhaustive()
+    }
+}
+
+impl Links for LinuxLinks {
+    fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            check_ifname(&spec.name)?;
+            let (index, created) = match link_by_name(&handle, &spec.name).await? {
+                Some(link) if kind_of(&link) == LinkKind::Bridge => (link.header.index, false),
+                Some(_) => return Err(LinksError::NotABridge { name: spec.name }),
+                None => {
+                    let add = handle
+                        .link()
+                        .add(LinkBridge::new(&spec.name).mtu(spec.mtu).build())
+                        .execute()
+                        .await;
+                    let created = match add {
+                        Ok(()) => true,
+                        // Lost a race with someone creating it: adopt below if it is a bridge.
+                        Err(e) if errno(&e) == libc::EEXIST => false,
+                        Err(source) => {
+                            return Err(LinksError::Netlink {
+                                op: "add bridge",
+                                link: spec.name,
+                                source,
+                            })
+                        }
+                    };
+                    match link_by_name(&handle, &spec.name).await? {
+                        Some(link) if kind_of(&link) == LinkKind::Bridge => {
+                            (link.header.index, created)
+                        }
+                        Some(_) => return Err(LinksError::NotABridge { name: spec.name }),
+                        None => return Err(LinksError::NotFound { name: spec.name }),
+                    }
+                }
+            };
+            let configured = configure_bridge(&handle, index, &spec).await;
+            if configured.is_err() && created {
+                // Undo our creation; the original error is what matters.
+                let _ = handle.link().del(index).execute().await;
+            }
+            configured.map(|()| index)
+        })
+    }
+
+    fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32> {
+        Box::pin(async move {
+            tun::create_persistent_tap(&spec)?;
+            nix::net::if_::if_nametoindex(spec.name.as_str()).map_err(|_| LinksError::NotFound {
+                name: spec.name.clone(),
+            })
+        })
+    }
+
+    fn attach_port(&self, name: &str, index: u32, spec: PortSpec) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            handle
+                .link()
+                .change(
+                    LinkUnspec::new_with_index(index)
+                        .controller(spec.bridge_index)
+                        .mtu(spec.mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "attach to bridge",
+                    link: name.clone(),
+                    source,
+                })?;
+            // Port attributes need the port enslaved first: the kernel hands them to the
+            // current master's slave_changelink.
+            handle
+                .link()
+                .set_port(LinkBridgePort::new(index).isolated(spec.isolated).build())
+                .execute()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "set bridge port isolation",
+                    link: name,
+                    source,
+                })
+        })
+    }
+
+    fn delete_link(&self, name: &str) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let Some(link) = link_by_name(&handle, &name).await? else {
+                return Ok(());
+            };
+            match handle.link().del(link.header.index).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno(&e) == libc::ENODEV => Ok(()),
+                Err(source) => Err(LinksError::Netlink {
+                    op: "delete link",
+                    link: name,
+                    source,
+                }),
+            }
+        })
+    }
+
+    fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>> {
+        let handle = self.handle.clone();
+        let prefix = prefix.to_owned();
+        Box::pin(async move {
+            let links: Vec<LinkMessage> = handle
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "list links",
+                    link: format!("{prefix}*"),
+                    source,
+                })?;
+            Ok(links
+                .iter()
+                .filter_map(|link| {
+                    let name = name_of(link)?;
+                    name.starts_with(&prefix).then(|| LinkEntry {
+                        name,
+                        index: link.header.index,
+                        kind: kind_of(link),
+                        master: master_of(link),
+                    })
+                })
+                .collect())
+        })
+    }
+}
+
+/// MTU up, link up, gateway address present.
+async fn configure_bridge(
+    handle: &Handle,
+    index: u32,
+    spec: &BridgeSpec,
+) -> Result<(), LinksError> {
+    let netlink = |op: &'static str| {
+        let link = spec.name.clone();
+        move |source| LinksError::Netlink { op, link, source }
+    };
+    handle
+        .link()
+        .change(LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build())
+        .execute()
+        .await
+        .map_err(netlink("set bridge mtu and up"))?;
+    let addresses: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("list addresses"))?;
+    let wanted = IpAddr::V4(spec.gateway);
+    let present = addresses.iter().any(|a| {
+        a.header.index == index
+            && a.header.prefix_len == spec.prefix_len
+            && a.attributes.iter().any(|attr| {
+                matches!(attr, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == wanted)
+            })
+    });
+    if present {
+        return Ok(());
+    }
+    match handle
+        .address()
+        .add(index, wanted, spec.prefix_len)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == libc::EEXIST => Ok(()),
+        Err(e) => Err(netlink("add address")(e)),
+    }
+}
+
+/// The link called `name`, or `None` if there is none.
+async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, LinksError> {
+    check_ifname(name)?;
+    let mut links = handle.link().get().match_name(name).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == libc::ENODEV => Ok(None),
+        Err(source) => Err(LinksError::Netlink {
+            op: "get link",
+            link: name.into(),
+            source,
+        }),
+    }
+}
+
+/// The positive errno of a netlink error, or 0 for other errors.
+fn errno(e: &rtnetlink::Error) -> i32 {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.raw_code().abs(),
+        _ => 0,
+    }
+}
+
+fn name_of(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn master_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) if *index != 0 => Some(*index),
+        _ => None,
+    })
+}
+
+fn kind_of(link: &LinkMessage) -> LinkKind {
+    let kind = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    match kind {
+        Some(InfoKind::Tun) => LinkKind::Tap,
+        Some(InfoKind::Bridge) => LinkKind::Bridge,
+        _ => LinkKind::Other,
+    }
+}

@@ -1,0 +1,207 @@
+//! Network links hearth owns on the host: its bridge and its persistent TAP devices.
+//!
+//! [`Links`] is the narrow interface `TapPoolActor` uses; [`linux::LinuxLinks`] implements it
+//! with rtnetlink and the TUN ioctls (never by spawning `ip`), [`fake::FakeLinks`] in memory
+//! for unit tests. Every method is idempotent where the kernel allows it, so a restarted
+//! daemon can re-run them over what it finds.
+//!
+//! The futures are `!Send` on purpose: TAP creation and netlink sockets act in the network
+//! namespace of the thread that runs them, so they must stay on the actor's thread.
+
+pub mod fake;
+pub mod linux;
+mod tun;
+
+use std::net::Ipv4Addr;
+
+use futures::future::LocalBoxFuture;
+
+/// What the bridge must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// The address the bridge carries: the guests' gateway.
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the bridge subnet.
+    pub prefix_len: u8,
+    /// MTU of the bridge.
+    pub mtu: u32,
+}
+
+/// How to create a persistent TAP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    /// Interface name (at most 15 bytes). Creation fails if the name is taken.
+    pub name: String,
+    /// Owner uid allowed to open the TAP (TUNSETOWNER), if any.
+    pub owner: Option<u32>,
+    /// Group gid allowed to open the TAP (TUNSETGROUP), if any.
+    pub group: Option<u32>,
+}
+
+/// How a TAP is attached to the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Interface index of the bridge.
+    pub bridge_index: u32,
+    /// MTU of the port.
+    pub mtu: u32,
+    /// Whether the port is an isolated bridge port (IFLA_BRPORT_ISOLATED): isolated ports
+    /// cannot exchange frames with each other, only with non-isolated ports (the bridge itself).
+    pub isolated: bool,
+}
+
+/// What kind of link an existing interface is, as far as hearth cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A TUN/TAP device.
+    Tap,
+    /// A Linux bridge.
+    Bridge,
+    /// Anything else (veth, dummy, physical, ...).
+    Other,
+}
+
+/// An interface found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEntry {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Link kind.
+    pub kind: LinkKind,
+    /// Index of the master (bridge) it is enslaved to, if any.
+    pub master: Option<u32>,
+}
+
+/// Errors of the link backends.
+#[derive(Debug, thiserror::Error)]
+pub enum LinksError {
+    /// A netlink request failed.
+    #[error("Netlink {op} failed for {link}")]
+    Netlink {
+        /// What was being done, e.g. `"add address"`.
+        op: &'static str,
+        /// The interface concerned.
+        link: String,
+        /// The netlink error.
+        source: rtnetlink::Error,
+    },
+    /// The netlink socket could not be opened.
+    #[error("Cannot open a netlink socket")]
+    Socket {
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A link with the bridge's name exists but is not a bridge.
+    #[error("Link {name} exists but is not a bridge")]
+    NotABridge {
+        /// The interface name.
+        name: String,
+    },
+    /// The interface name is already taken.
+    #[error("Link {name} already exists")]
+    Exists {
+        /// The interface name.
+        name: String,
+    },
+    /// The interface does not exist.
+    #[error("Link {name} does not exist")]
+    NotFound {
+        /// The interface name.
+        name: String,
+    },
+    /// The interface name is empty, too long or contains a NUL byte.
+    #[error("Invalid interface name {name:?}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// A TUN/TAP system call failed.
+    #[error("TUN {op} failed for {name}")]
+    Tun {
+        /// The step, e.g. `"TUNSETIFF"`.
+        op: &'static str,
+        /// The TAP name.
+        name: String,
+        /// The errno.
+        source: nix::Error,
+    },
+    /// A failure injected into the fake backend.
+    #[error("Injected failure of {op} on {name}")]
+    Injected {
+        /// The fake operation.
+        op: &'static str,
+        /// The interface name.
+        name: String,
+    },
+}
+
+/// A future returned by a [`Links`] method; runs on the caller's thread (and namespace).
+pub type LinksFuture<T> = LocalBoxFuture<'static, Result<T, LinksError>>;
+
+/// The host operations on hearth's bridge and TAPs.
+pub trait Links {
+    /// Creates the bridge if missing (up, MTU, gateway address) or adopts an existing one,
+    /// bringing it up and adding the address if missing. Returns the bridge's index.
+    /// An existing non-bridge link with that name is [`LinksError::NotABridge`].
+    /// If this call created the bridge and a later step fails, it deletes it again.
+    fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32>;
+
+    /// Creates a persistent TAP (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), down and detached,
+    /// and returns its index. Fails with [`LinksError::Exists`] if the name is taken; on
+    /// failure nothing is left behind.
+    fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32>;
+
+    /// Attaches the link (`name`, `index`) to the bridge, sets its MTU and isolation, and
+    /// brings it up. Idempotent.
+    fn attach_port(&self, name: &str, index: u32, spec: PortSpec) -> LinksFuture<()>;
+
+    /// Deletes the link; a link that does not exist is not an error.
+    fn delete_link(&self, name: &str) -> LinksFuture<()>;
+
+    /// Lists the links whose name starts with `prefix`.
+    fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
+}
+
+/// Checks a Linux interface name: 1 to 15 bytes, no NUL, `/`, `:` or whitespace.
+pub fn check_ifname(name: &str) -> Result<(), LinksError> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(LinksError::InvalidName { name: name.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        for good in ["hth0", "hearth0", "a", "abcdefghijklmno"] {
+            assert!(check_ifname(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "abcdefghijklmnop",
+            "a/b",
+            "a b",
+            "a:b",
+            ".",
+            "..",
+            "a\0b",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
+}

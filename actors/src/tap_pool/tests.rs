@@ -1,0 +1,1 @@
+//! Actor tests against the fake links.
