@@ -59,8 +59,7 @@ pub fn chain_rules(config: &NatConfig, egress: &str, chain: &str) -> Vec<String>
     let br = &config.bridge;
     let cidr = config.cidr.trunc();
     let gw = config.gateway;
-    let anti_spoof =
-        format!("-A {chain} -i {br} -m set ! --match-set {GUEST_SET} src,src -j DROP");
+    let anti_spoof = format!("-A {chain} -i {br} -m set ! --match-set {GUEST_SET} src,src -j DROP");
     let mut rules = Vec::new();
     match chain {
         CHAIN_POSTROUTING => rules.push(format!(
@@ -80,7 +79,11 @@ pub fn chain_rules(config: &NatConfig, egress: &str, chain: &str) -> Vec<String>
                 "-A {chain} -i {br} -o {egress} -m set --match-set {NAT_SET} src -j ACCEPT"
             ));
             // Guest to guest routed through the gateway.
-            let hairpin = if config.isolate_guests { "DROP" } else { "ACCEPT" };
+            let hairpin = if config.isolate_guests {
+                "DROP"
+            } else {
+                "ACCEPT"
+            };
             rules.push(format!("-A {chain} -i {br} -o {br} -j {hairpin}"));
             // Everything else from guests, and anything unasked into the guest subnet.
             rules.push(format!("-A {chain} -i {br} -j DROP"));
@@ -296,10 +299,17 @@ mod tests {
     #[test]
     fn restore_text_declares_chains_and_one_jump_each() {
         let text = restore_text(&config(), "eth0", &Listings::default());
-        assert!(text.starts_with("*nat\n:HEARTH-POSTROUTING - [0:0]\n"), "{text}");
+        assert!(
+            text.starts_with("*nat\n:HEARTH-POSTROUTING - [0:0]\n"),
+            "{text}"
+        );
         assert!(text.contains("*filter\n:HEARTH-FORWARD - [0:0]\n:HEARTH-INPUT - [0:0]\n"));
         for (_, builtin, chain) in HOOKS {
-            assert_eq!(text.matches(&format!("-I {builtin} 1 -j {chain}\n")).count(), 1);
+            assert_eq!(
+                text.matches(&format!("-I {builtin} 1 -j {chain}\n"))
+                    .count(),
+                1
+            );
         }
         assert!(!text.contains("-D "));
         assert_eq!(text.matches("COMMIT\n").count(), 2);
@@ -347,7 +357,11 @@ mod tests {
     fn sets_are_rebuilt_through_a_swapped_scratch_set() {
         let ip = Ipv4Addr::new(172, 31, 240, 7);
         let desired = [
-            GuestSpec { ip, mac: MacAddr::for_guest(ip), nat: true },
+            GuestSpec {
+                ip,
+                mac: MacAddr::for_guest(ip),
+                nat: true,
+            },
             GuestSpec {
                 ip: Ipv4Addr::new(172, 31, 240, 8),
                 mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 8)),
@@ -363,6 +377,9 @@ mod tests {
              create hearth-nat-tmp hash:ip family inet -exist\nflush hearth-nat-tmp\n\
              add hearth-nat-tmp 172.31.240.7\nswap hearth-nat-tmp hearth-nat\ndestroy hearth-nat-tmp\n"
         );
-        assert_eq!(guest_set_kind(&config()), "bitmap:ip,mac range 172.31.240.0/24");
+        assert_eq!(
+            guest_set_kind(&config()),
+            "bitmap:ip,mac range 172.31.240.0/24"
+        );
     }
 }

@@ -124,7 +124,11 @@ impl FakeFirewall {
         self.state().calls.len()
     }
 
-    fn enter(&self, op: FakeOp, call: FakeCall) -> Result<MutexGuard<'_, FakeState>, FirewallError> {
+    fn enter(
+        &self,
+        op: FakeOp,
+        call: FakeCall,
+    ) -> Result<MutexGuard<'_, FakeState>, FirewallError> {
         let mut state = self.state();
         state.calls.push(call);
         match state.failures.get(&op) {
@@ -142,7 +146,10 @@ impl FakeFirewall {
 fn parse_entry(text: &str) -> Option<SetEntry> {
     match text.split_once(',') {
         None => text.parse::<Ipv4Addr>().ok().map(SetEntry::Ip),
-        Some((ip, mac)) => Some(SetEntry::IpMac(ip.parse().ok()?, mac.parse::<MacAddr>().ok()?)),
+        Some((ip, mac)) => Some(SetEntry::IpMac(
+            ip.parse().ok()?,
+            mac.parse::<MacAddr>().ok()?,
+        )),
     }
 }
 
@@ -162,7 +169,9 @@ fn apply_set_line(state: &mut FakeState, line: &str) -> Result<(), String> {
         ["create", name, ..] => {
             let exist = words.contains(&"-exist");
             if state.sets.contains_key(*name) && !exist {
-                return Err(format!("Set cannot be created: set with the same name already exists: {name}"));
+                return Err(format!(
+                    "Set cannot be created: set with the same name already exists: {name}"
+                ));
             }
             state.sets.entry((*name).to_owned()).or_default();
             Ok(())
@@ -183,9 +192,17 @@ fn apply_set_line(state: &mut FakeState, line: &str) -> Result<(), String> {
             state.sets.insert((*b).to_owned(), sa);
             Ok(())
         }
-        ["destroy", name] => state.sets.remove(*name).map(drop).ok_or_else(|| missing(name)),
+        ["destroy", name] => state
+            .sets
+            .remove(*name)
+            .map(drop)
+            .ok_or_else(|| missing(name)),
         ["flush", name] => {
-            state.sets.get_mut(*name).ok_or_else(|| missing(name))?.clear();
+            state
+                .sets
+                .get_mut(*name)
+                .ok_or_else(|| missing(name))?
+                .clear();
             Ok(())
         }
         _ => Err(format!("Unknown ipset line {line:?}")),
@@ -194,7 +211,10 @@ fn apply_set_line(state: &mut FakeState, line: &str) -> Result<(), String> {
 
 impl Firewall for FakeFirewall {
     fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError> {
-        let state = self.enter(FakeOp::InterfaceExists, FakeCall::InterfaceExists(name.into()))?;
+        let state = self.enter(
+            FakeOp::InterfaceExists,
+            FakeCall::InterfaceExists(name.into()),
+        )?;
         Ok(state.interfaces.contains(name))
     }
 
@@ -241,21 +261,29 @@ impl Firewall for FakeFirewall {
 
     fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
         let mut state = self.enter(FakeOp::AddToSet, FakeCall::AddToSet(set.into(), entry))?;
-        let members = state.sets.get_mut(set).ok_or_else(|| FirewallError::Ipset {
-            op: format!("add {entry} to {set}"),
-            message: "The set with the given name does not exist".into(),
-        })?;
+        let members = state
+            .sets
+            .get_mut(set)
+            .ok_or_else(|| FirewallError::Ipset {
+                op: format!("add {entry} to {set}"),
+                message: "The set with the given name does not exist".into(),
+            })?;
         add_entry(members, entry);
         Ok(())
     }
 
     fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError> {
-        let mut state =
-            self.enter(FakeOp::RemoveFromSet, FakeCall::RemoveFromSet(set.into(), entry))?;
-        let members = state.sets.get_mut(set).ok_or_else(|| FirewallError::Ipset {
-            op: format!("del {entry} from {set}"),
-            message: "The set with the given name does not exist".into(),
-        })?;
+        let mut state = self.enter(
+            FakeOp::RemoveFromSet,
+            FakeCall::RemoveFromSet(set.into(), entry),
+        )?;
+        let members = state
+            .sets
+            .get_mut(set)
+            .ok_or_else(|| FirewallError::Ipset {
+                op: format!("del {entry} from {set}"),
+                message: "The set with the given name does not exist".into(),
+            })?;
         members.retain(|e| e.ip() != entry.ip());
         Ok(())
     }
@@ -289,12 +317,16 @@ mod tests {
     #[test]
     fn ip_mac_add_replaces_the_mac_and_del_is_idempotent() {
         let mut fw = FakeFirewall::new();
-        fw.restore_sets("create g bitmap:ip,mac range 10.0.0.0/24\n").unwrap();
+        fw.restore_sets("create g bitmap:ip,mac range 10.0.0.0/24\n")
+            .unwrap();
         let a = MacAddr::for_guest(ip(2));
         let b = MacAddr([6, 0, 0, 0, 0, 9]);
         fw.add_to_set("g", SetEntry::IpMac(ip(2), a)).unwrap();
         fw.add_to_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
-        assert_eq!(fw.set("g").unwrap(), BTreeSet::from([SetEntry::IpMac(ip(2), b)]));
+        assert_eq!(
+            fw.set("g").unwrap(),
+            BTreeSet::from([SetEntry::IpMac(ip(2), b)])
+        );
         fw.remove_from_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
         fw.remove_from_set("g", SetEntry::IpMac(ip(2), b)).unwrap();
         assert!(fw.set("g").unwrap().is_empty());

@@ -241,7 +241,10 @@ mod tests {
     fn argv_waits_for_the_xtables_lock() {
         assert_eq!(list_args(Table::Nat), ["-w", "10", "-t", "nat", "-S"]);
         assert_eq!(restore_args(), ["-w", "10", "--noflush"]);
-        assert_eq!(IptablesFlavor::Legacy.iptables_restore(), "iptables-legacy-restore");
+        assert_eq!(
+            IptablesFlavor::Legacy.iptables_restore(),
+            "iptables-legacy-restore"
+        );
         assert_eq!(IptablesFlavor::default().iptables(), "iptables");
     }
 
@@ -249,7 +252,10 @@ mod tests {
     fn missing_binary_is_named() {
         let err = run("hearth-no-such-binary", &["-x"], None).unwrap_err();
         assert!(matches!(err, FirewallError::Spawn { .. }));
-        assert!(err.to_string().contains("hearth-no-such-binary -x"), "{err}");
+        assert!(
+            err.to_string().contains("hearth-no-such-binary -x"),
+            "{err}"
+        );
     }
 
     #[test]

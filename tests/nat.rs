@@ -1,0 +1,482 @@
+//! Privileged tests of `NatActor` with the real firewall backend, each in its own network
+//! namespace with a veth "egress" interface and a bridge made here. They assert the rule and
+//! set state (`iptables -S`, `ipset list`), for both iptables flavours; real packets through
+//! these rules are tested elsewhere.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use actix::{Actor, Addr};
+use common::NetNs;
+use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
+use hearth_actors::host::firewall::Table;
+use hearth_actors::lease::{MacAddr, NetLease};
+use hearth_actors::nat::rules::{self, HOOKS};
+use hearth_actors::nat::{
+    EnsureNat, GuestSpec, NatActor, NatConfig, NatError, Reconcile, RegisterGuest, Teardown,
+    UnregisterGuest,
+};
+
+const FLAVORS: [IptablesFlavor; 2] = [IptablesFlavor::Nft, IptablesFlavor::Legacy];
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, 240, n)
+}
+
+fn config() -> NatConfig {
+    NatConfig {
+        bridge: "hearth0".into(),
+        cidr: "172.31.240.0/24".parse().unwrap(),
+        gateway: ip(1),
+        egress: Some("wan0".into()),
+        isolate_guests: true,
+        block_guest_to_host: true,
+        anti_spoofing: true,
+    }
+}
+
+fn guest(n: u8, nat: bool) -> GuestSpec {
+    GuestSpec {
+        ip: ip(n),
+        mac: MacAddr::for_guest(ip(n)),
+        nat,
+    }
+}
+
+fn lease(n: u8, mac: MacAddr) -> NetLease {
+    NetLease {
+        tap: format!("hth{n}"),
+        mac,
+        guest_ip: ip(n),
+        gateway: ip(1),
+        prefix_len: 24,
+    }
+}
+
+/// A namespace with a `wan0` (the egress) and the bridge `hearth0` at the gateway.
+fn namespace() -> NetNs {
+    let ns = NetNs::new("hnat");
+    // No dummy driver on every kernel: one end of a veth pair stands for the uplink.
+    ns.exec_ok(&[
+        "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p",
+    ]);
+    ns.exec_ok(&["ip", "link", "set", "wan0", "up"]);
+    ns.exec_ok(&["ip", "link", "add", "hearth0", "type", "bridge"]);
+    ns.exec_ok(&["ip", "addr", "add", "172.31.240.1/24", "dev", "hearth0"]);
+    ns.exec_ok(&["ip", "link", "set", "hearth0", "up"]);
+    ns
+}
+
+/// Starts a NAT actor on the current thread's namespace.
+fn start(config: NatConfig, flavor: IptablesFlavor) -> Addr<NatActor> {
+    NatActor::new(
+        config,
+        Box::new(LinuxFirewall::new(flavor)),
+        common::test_logger(),
+    )
+    .unwrap()
+    .start()
+}
+
+/// `iptables -S` of a whole table.
+fn table(ns: &NetNs, flavor: IptablesFlavor, table: Table) -> String {
+    ns.exec_ok(&[flavor.iptables(), "-w", "-t", table.name(), "-S"])
+}
+
+/// The rules of one chain, without its `-N` / `-P` line.
+fn chain(ns: &NetNs, flavor: IptablesFlavor, t: Table, chain: &str) -> Vec<String> {
+    ns.exec_ok(&[flavor.iptables(), "-w", "-t", t.name(), "-S", chain])
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The members of a set as `ipset list` prints them (MACs lower-cased).
+fn members(ns: &NetNs, set: &str) -> BTreeSet<String> {
+    let out = ns.exec_ok(&["ipset", "list", set]);
+    out.lines()
+        .skip_while(|l| !l.starts_with("Members:"))
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn set_names(ns: &NetNs) -> Vec<String> {
+    ns.exec_ok(&["ipset", "list", "-n"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
+    items.into_iter().map(str::to_owned).collect()
+}
+
+/// hearth's chains hold exactly the computed rules, and each built-in chain's first rule is
+/// the only jump to hearth's chain.
+fn assert_chains_exact(ns: &NetNs, flavor: IptablesFlavor, config: &NatConfig) {
+    for (t, builtin, ours) in HOOKS {
+        assert_eq!(
+            chain(ns, flavor, t, ours),
+            rules::chain_rules(config, "wan0", ours),
+            "{flavor:?} {ours}"
+        );
+        let jump = format!("-A {builtin} -j {ours}");
+        let rules = chain(ns, flavor, t, builtin);
+        assert_eq!(
+            rules.first(),
+            Some(&jump),
+            "{flavor:?} {builtin}: {rules:?}"
+        );
+        let to_ours = rules
+            .iter()
+            .filter(|r| r.ends_with(&format!("-j {ours}")))
+            .count();
+        assert_eq!(to_ours, 1, "{flavor:?} {builtin}: {rules:?}");
+    }
+}
+
+fn ensure(n: u8, enable: bool) -> EnsureNat {
+    EnsureNat {
+        guest_ip: ip(n),
+        tap: format!("hth{n}"),
+        enable,
+    }
+}
+
+#[test]
+fn set_membership_is_exact_after_repeated_ensure_and_disable() {
+    require_privileged!();
+    for flavor in FLAVORS {
+        let owner = namespace();
+        let ns = &owner;
+        ns.block_on(move || async move {
+            let nat = start(config(), flavor);
+            nat.send(Reconcile { desired: vec![] })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_chains_exact(ns, flavor, &config());
+            assert_eq!(
+                ns.exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+                "1"
+            );
+            assert!(members(ns, "hearth-nat").is_empty());
+
+            for _ in 0..3 {
+                nat.send(ensure(5, true)).await.unwrap().unwrap();
+            }
+            nat.send(ensure(6, true)).await.unwrap().unwrap();
+            assert_eq!(
+                members(ns, "hearth-nat"),
+                strings(["172.31.240.5", "172.31.240.6"])
+            );
+            for _ in 0..3 {
+                nat.send(ensure(5, false)).await.unwrap().unwrap();
+            }
+            assert_eq!(members(ns, "hearth-nat"), strings(["172.31.240.6"]));
+
+            // Anti-spoofing pairs: registering again with another MAC replaces it.
+            let other = MacAddr([0x06, 0, 0, 0, 0, 0x42]);
+            nat.send(RegisterGuest {
+                lease: lease(6, MacAddr::for_guest(ip(6))),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            nat.send(RegisterGuest {
+                lease: lease(6, other),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                members(ns, "hearth-guests"),
+                strings(["172.31.240.6,06:00:00:00:00:42"])
+            );
+            for _ in 0..2 {
+                nat.send(UnregisterGuest {
+                    lease: lease(6, other),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            }
+            assert!(members(ns, "hearth-guests").is_empty());
+            assert!(members(ns, "hearth-nat").is_empty());
+
+            // Per-guest changes never touched the rules; a second reconcile keeps one jump each.
+            assert_chains_exact(ns, flavor, &config());
+            nat.send(Reconcile {
+                desired: vec![guest(7, true)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_chains_exact(ns, flavor, &config());
+            assert_eq!(members(ns, "hearth-nat"), strings(["172.31.240.7"]));
+            assert_eq!(
+                members(ns, "hearth-guests"),
+                strings(["172.31.240.7,06:00:ac:1f:f0:07"])
+            );
+            assert_eq!(set_names(&ns).len(), 2, "no scratch set left");
+        });
+    }
+}
+
+#[test]
+fn reconcile_after_a_crash_removes_stale_state_and_keeps_foreign_rules() {
+    require_privileged!();
+    for flavor in FLAVORS {
+        let owner = namespace();
+        let ns = &owner;
+        let ipt = flavor.iptables();
+        ns.block_on(move || async move {
+            let first = start(config(), flavor);
+            first
+                .send(Reconcile {
+                    desired: vec![guest(5, true), guest(6, false)],
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        });
+        // Leftovers and damage a crash or a hand could leave, plus rules hearth did not make.
+        for argv in [
+            vec!["ipset", "add", "hearth-nat", "172.31.240.99"],
+            vec![
+                "ipset",
+                "add",
+                "hearth-guests",
+                "172.31.240.98,06:00:00:00:00:98",
+            ],
+            vec!["ipset", "create", "hearth-nat-tmp", "hash:ip"],
+            vec!["ipset", "add", "hearth-nat-tmp", "172.31.240.97"],
+            vec![ipt, "-w", "-A", "HEARTH-FORWARD", "-j", "ACCEPT"],
+            vec![ipt, "-w", "-A", "FORWARD", "-j", "HEARTH-FORWARD"],
+            vec![
+                ipt,
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-j",
+                "HEARTH-POSTROUTING",
+            ],
+            vec![
+                ipt,
+                "-w",
+                "-A",
+                "FORWARD",
+                "-s",
+                "10.9.9.9/32",
+                "-j",
+                "ACCEPT",
+            ],
+            vec![
+                ipt, "-w", "-I", "INPUT", "1", "-p", "tcp", "-m", "tcp", "--dport", "22", "-j",
+                "ACCEPT",
+            ],
+            vec![
+                ipt,
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan0",
+                "-j",
+                "MASQUERADE",
+            ],
+        ] {
+            ns.exec_ok(&argv);
+        }
+        ns.block_on(move || async move {
+            // A new actor, as after a restart, reconciles to the store's view.
+            let second = start(config(), flavor);
+            second
+                .send(Reconcile {
+                    desired: vec![guest(6, true), guest(8, false)],
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        });
+        assert_chains_exact(ns, flavor, &config());
+        assert_eq!(members(ns, "hearth-nat"), strings(["172.31.240.6"]));
+        assert_eq!(
+            members(ns, "hearth-guests"),
+            strings([
+                "172.31.240.6,06:00:ac:1f:f0:06",
+                "172.31.240.8,06:00:ac:1f:f0:08"
+            ])
+        );
+        assert_eq!(set_names(&ns), ["hearth-nat", "hearth-guests"]);
+        let forward = chain(ns, flavor, Table::Filter, "FORWARD");
+        assert!(
+            forward.contains(&"-A FORWARD -s 10.9.9.9/32 -j ACCEPT".to_owned()),
+            "{forward:?}"
+        );
+        let input = chain(ns, flavor, Table::Filter, "INPUT");
+        assert_eq!(
+            input[1], "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT",
+            "{input:?}"
+        );
+        let post = chain(ns, flavor, Table::Nat, "POSTROUTING");
+        assert!(
+            post.contains(&"-A POSTROUTING -o wan0 -j MASQUERADE".to_owned()),
+            "{post:?}"
+        );
+    }
+}
+
+#[test]
+fn teardown_leaves_nothing_but_foreign_rules() {
+    require_privileged!();
+    for flavor in FLAVORS {
+        let owner = namespace();
+        let ns = &owner;
+        let ipt = flavor.iptables();
+        ns.exec_ok(&[
+            ipt,
+            "-w",
+            "-A",
+            "FORWARD",
+            "-s",
+            "10.9.9.9/32",
+            "-j",
+            "ACCEPT",
+        ]);
+        let before = (
+            table(ns, flavor, Table::Nat),
+            table(ns, flavor, Table::Filter),
+        );
+        ns.block_on(move || async move {
+            let nat = start(config(), flavor);
+            nat.send(Reconcile {
+                desired: vec![guest(5, true)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            nat.send(ensure(6, true)).await.unwrap().unwrap();
+            assert!(table(ns, flavor, Table::Filter).contains("HEARTH-INPUT"));
+            nat.send(Teardown).await.unwrap().unwrap();
+            // Twice is fine: nothing left to remove.
+            nat.send(Teardown).await.unwrap().unwrap();
+        });
+        let after = (
+            table(ns, flavor, Table::Nat),
+            table(ns, flavor, Table::Filter),
+        );
+        assert_eq!(after, before, "{flavor:?}");
+        assert!(set_names(&ns).is_empty());
+        assert_eq!(
+            ns.exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+            "0"
+        );
+    }
+}
+
+#[test]
+fn teardown_by_a_fresh_actor_cleans_a_crashed_run() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    let flavor = IptablesFlavor::System;
+    ns.block_on(move || async move {
+        let nat = start(config(), flavor);
+        nat.send(Reconcile {
+            desired: vec![guest(5, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    });
+    ns.exec_ok(&["iptables", "-w", "-I", "INPUT", "1", "-j", "HEARTH-INPUT"]);
+    ns.block_on(move || async move {
+        let nat = start(config(), flavor);
+        nat.send(Teardown).await.unwrap().unwrap();
+    });
+    for t in [Table::Nat, Table::Filter] {
+        let text = table(ns, flavor, t);
+        assert!(!text.contains("HEARTH"), "{text}");
+    }
+    assert!(set_names(&ns).is_empty());
+}
+
+#[test]
+fn missing_egress_interface_is_a_clear_error_and_changes_nothing() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    let flavor = IptablesFlavor::System;
+    let before = (
+        table(ns, flavor, Table::Nat),
+        table(ns, flavor, Table::Filter),
+    );
+    ns.block_on(move || async move {
+        let nat = start(
+            NatConfig {
+                egress: Some("wan9".into()),
+                ..config()
+            },
+            flavor,
+        );
+        let err = nat
+            .send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, NatError::EgressMissing { .. }), "{err}");
+        assert_eq!(err.to_string(), "Egress interface wan9 does not exist");
+        let err = nat.send(ensure(5, true)).await.unwrap().unwrap_err();
+        assert!(matches!(err, NatError::NotReady { .. }), "{err}");
+    });
+    let after = (
+        table(ns, flavor, Table::Nat),
+        table(ns, flavor, Table::Filter),
+    );
+    assert_eq!(after, before);
+    assert!(set_names(&ns).is_empty());
+}
+
+#[test]
+fn switching_anti_spoofing_off_removes_its_rules_and_set() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    let flavor = IptablesFlavor::System;
+    let relaxed = NatConfig {
+        anti_spoofing: false,
+        block_guest_to_host: false,
+        isolate_guests: false,
+        ..config()
+    };
+    let relaxed_config = relaxed.clone();
+    ns.block_on(move || async move {
+        let nat = start(config(), flavor);
+        nat.send(Reconcile {
+            desired: vec![guest(5, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let nat = start(relaxed_config, flavor);
+        nat.send(Reconcile {
+            desired: vec![guest(5, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    });
+    assert_chains_exact(ns, flavor, &relaxed);
+    assert!(chain(ns, flavor, Table::Filter, "HEARTH-INPUT").is_empty());
+    assert_eq!(set_names(&ns), ["hearth-nat"]);
+}
