@@ -1,0 +1,148 @@
+//! The request handler the hickory server calls for every query: it reads the current table
+//! snapshot (never a lock), answers hearth's names from it, and hands every other name to the
+//! [`Forwarder`]. Replies are built from records already in the table, so a zone answer
+//! allocates nothing beyond what hickory itself does per request.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::Record;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use super::forward::Forwarder;
+use super::table::{RecordTable, Resolution};
+
+/// The largest UDP payload hearth advertises in its own EDNS record.
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// Answers queries from the current [`RecordTable`] snapshot, forwarding the rest.
+#[derive(Clone)]
+pub struct DnsRequestHandler {
+    table: Arc<ArcSwap<RecordTable>>,
+    forwarder: Arc<Forwarder>,
+}
+
+impl DnsRequestHandler {
+    /// A handler reading `table` (swapped by the actor) and forwarding through `forwarder`.
+    pub fn new(table: Arc<ArcSwap<RecordTable>>, forwarder: Arc<Forwarder>) -> Self {
+        Self { table, forwarder }
+    }
+}
+
+/// The response code and sections of a reply from hearth's own zones.
+pub fn zone_reply<'t>(
+    resolution: &Resolution<'t>,
+) -> (ResponseCode, &'t [Record], Option<&'t Record>) {
+    match resolution {
+        Resolution::Answer(records) => (ResponseCode::NoError, records, None),
+        Resolution::NoData(soa) => (ResponseCode::NoError, &[], *soa),
+        Resolution::NxDomain(soa) => (ResponseCode::NXDomain, &[], Some(*soa)),
+        Resolution::Forward => (ResponseCode::ServFail, &[], None),
+    }
+}
+
+/// The EDNS record of a reply: present only when the query had one (RFC 6891), with the
+/// client's payload size (at least 512, at most [`MAX_UDP_PAYLOAD`]).
+fn reply_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref()?;
+    let mut edns = Edns::new();
+    edns.set_max_payload(request.max_payload().min(MAX_UDP_PAYLOAD));
+    Some(edns)
+}
+
+fn serve_failed(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsRequestHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let edns = reply_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let meta = &request.metadata;
+
+        if meta.op_code != OpCode::Query {
+            let reply = builder.error_msg(meta, ResponseCode::NotImp);
+            return response
+                .send_response(reply)
+                .await
+                .unwrap_or_else(|_| serve_failed(request));
+        }
+        let Ok(info) = request.request_info() else {
+            // Not exactly one question.
+            let reply = builder.error_msg(meta, ResponseCode::FormErr);
+            return response
+                .send_response(reply)
+                .await
+                .unwrap_or_else(|_| serve_failed(request));
+        };
+        let query = info.query;
+
+        let table = self.table.load_full();
+        let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
+        if resolution != Resolution::Forward {
+            let (code, answers, soa) = zone_reply(&resolution);
+            let mut reply_meta = Metadata::response_from_request(meta);
+            reply_meta.authoritative = true;
+            reply_meta.recursion_available = true;
+            reply_meta.response_code = code;
+            let reply = builder.build(
+                reply_meta,
+                answers.iter(),
+                std::iter::empty(),
+                soa,
+                std::iter::empty(),
+            );
+            return response
+                .send_response(reply)
+                .await
+                .unwrap_or_else(|_| serve_failed(request));
+        }
+        // Not held while waiting for upstreams: a replaced table is freed promptly.
+        drop(table);
+
+        let upstream: Message = match self
+            .forwarder
+            .forward(request.as_slice(), query.name())
+            .await
+        {
+            Ok(reply) => reply,
+            Err(_) => {
+                let reply = builder.error_msg(meta, ResponseCode::ServFail);
+                return response
+                    .send_response(reply)
+                    .await
+                    .unwrap_or_else(|_| serve_failed(request));
+            }
+        };
+        let mut reply_meta = upstream.metadata;
+        reply_meta.id = meta.id;
+        reply_meta.recursion_desired = meta.recursion_desired;
+        reply_meta.recursion_available = true;
+        let reply = builder.build(
+            reply_meta,
+            upstream.answers.iter(),
+            upstream.authorities.iter(),
+            std::iter::empty(),
+            upstream.additionals.iter(),
+        );
+        response
+            .send_response(reply)
+            .await
+            .unwrap_or_else(|_| serve_failed(request))
+    }
+}

@@ -1,0 +1,250 @@
+//! `DnsActor`: the DNS server on the bridge gateway, and the name -> IP table it answers from.
+//!
+//! Guests ask the gateway for `<vm>.<zone>` (an A record, short TTL), for the PTR of a guest
+//! IP, or for any other name, which is forwarded to the upstream resolvers. The supervisor
+//! rebuilds the whole map from the VMs alive and sends it as [`ReplaceRecords`]; the actor
+//! builds a new immutable [`RecordTable`](table::RecordTable) off to the side and swaps it in
+//! with one atomic pointer store, so the request handler (on its own threads, see
+//! [`server`]) only ever reads a complete snapshot and never takes a lock.
+//!
+//! Flow: [`Start`] binds UDP + TCP on the listen address and starts the worker threads;
+//! [`Stop`] stops them and resolves once the ports are free; [`ReplaceRecords`] swaps the
+//! table whether or not the server runs.
+
+mod forward;
+mod handler;
+mod messages;
+mod server;
+pub mod table;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
+use slog::{info, Logger};
+
+pub use self::forward::ForwardError;
+pub use self::messages::{ReplaceRecords, Start, Stop};
+
+use self::forward::Forwarder;
+use self::handler::DnsRequestHandler;
+use self::server::RunningServer;
+use self::table::{RecordTable, ZoneConfig};
+
+/// Errors of the DNS actor.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A VM name is not a valid DNS label.
+    #[error("Invalid VM name {name:?} for DNS: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two VM names are the same once lower-cased.
+    #[error("Duplicate VM name {name:?} for DNS (names are case-insensitive)")]
+    DuplicateName {
+        /// The name, lower case.
+        name: String,
+    },
+    /// A VM's address cannot be a guest address.
+    #[error("Invalid address {ip} for VM name {name:?}")]
+    InvalidAddress {
+        /// The VM name.
+        name: String,
+        /// The address given.
+        ip: Ipv4Addr,
+    },
+    /// The configured zone is not a valid domain name.
+    #[error("Invalid DNS zone {zone:?}: {reason}")]
+    InvalidZone {
+        /// The zone as configured.
+        zone: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The listen address could not be bound (address not on this host, port in use...).
+    #[error("Cannot bind DNS {protocol} socket on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker thread or its runtime could not be started.
+    #[error("Cannot start DNS worker thread")]
+    Spawn {
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Settings of the DNS actor; the listen address comes with [`Start`].
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// The zone whose names are VMs: `<vm>.<zone>`.
+    pub zone: String,
+    /// Resolvers for every other name, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// The guest subnet: PTR queries for it are answered here (NXDOMAIN for unknown IPs).
+    /// Without it only known guest IPs get a PTR and other reverse names are forwarded.
+    pub guest_subnet: Option<Ipv4Net>,
+    /// TTL of VM records, and the negative-caching TTL of the zone.
+    pub ttl: u32,
+    /// How long to wait for one upstream answer.
+    pub upstream_timeout: Duration,
+    /// How many times the list of upstreams is tried before answering SERVFAIL.
+    pub upstream_rounds: u32,
+    /// Worker threads serving queries (each with its own socket on the shared port).
+    pub workers: usize,
+}
+
+impl DnsOptions {
+    /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers.
+    pub fn new(zone: impl Into<String>, upstreams: Vec<SocketAddr>) -> Self {
+        Self {
+            zone: zone.into(),
+            upstreams,
+            guest_subnet: None,
+            ttl: 5,
+            upstream_timeout: Duration::from_secs(1),
+            upstream_rounds: 2,
+            workers: 2,
+        }
+    }
+}
+
+/// The DNS actor: owns the server threads and the table they read.
+pub struct DnsActor {
+    zone: ZoneConfig,
+    /// The snapshot the request handlers read; only this actor stores into it.
+    table: Arc<ArcSwap<RecordTable>>,
+    forwarder: Arc<Forwarder>,
+    workers: usize,
+    /// Incremented per table, the SOA serial.
+    serial: u32,
+    server: Option<RunningServer>,
+    logger: Logger,
+}
+
+impl DnsActor {
+    /// A stopped DNS actor with an empty table. Fails when the zone is not a valid name.
+    pub fn new(options: DnsOptions, logger: Logger) -> Result<Self, DnsError> {
+        let zone = ZoneConfig::new(&options.zone, options.ttl, options.guest_subnet)?;
+        let table = Arc::new(ArcSwap::from_pointee(RecordTable::empty(&zone)));
+        let forwarder = Arc::new(Forwarder::new(
+            options.upstreams,
+            options.upstream_timeout,
+            options.upstream_rounds,
+        ));
+        Ok(Self {
+            zone,
+            table,
+            forwarder,
+            workers: options.workers.max(1),
+            serial: 0,
+            server: None,
+            logger,
+        })
+    }
+
+    /// Binds `listen` and starts serving; returns the old server (to be stopped) if any.
+    fn start_server(
+        &mut self,
+        listen: SocketAddr,
+    ) -> Result<(SocketAddr, Option<RunningServer>), DnsError> {
+        let sockets = server::bind(listen, self.workers)?;
+        let local = sockets.local_addr();
+        let handler = DnsRequestHandler::new(self.table.clone(), self.forwarder.clone());
+        let running = RunningServer::spawn(sockets, handler, &self.logger)?;
+        info!(self.logger, "DNS serving"; "listen" => %local, "workers" => self.workers);
+        Ok((local, self.server.replace(running)))
+    }
+}
+
+impl Actor for DnsActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Dropping the server signals its workers to close their sockets.
+        self.server = None;
+    }
+}
+
+impl Handler<Start> for DnsActor {
+    type Result = AtomicResponse<Self, Result<SocketAddr, DnsError>>;
+
+    fn handle(&mut self, msg: Start, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(running) = &self.server {
+            if running.local_addr() == msg.listen {
+                let local = running.local_addr();
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(local))));
+            }
+        }
+        match self.start_server(msg.listen) {
+            Err(e) => AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+            Ok((local, old)) => AtomicResponse::new(Box::pin(
+                async move {
+                    if let Some(old) = old {
+                        old.stop().await;
+                    }
+                    Ok(local)
+                }
+                .into_actor(self),
+            )),
+        }
+    }
+}
+
+impl Handler<Stop> for DnsActor {
+    type Result = AtomicResponse<Self, Result<(), DnsError>>;
+
+    fn handle(&mut self, _msg: Stop, _ctx: &mut Self::Context) -> Self::Result {
+        let running = self.server.take();
+        if let Some(running) = &running {
+            info!(self.logger, "DNS stopping"; "listen" => %running.local_addr());
+        }
+        AtomicResponse::new(Box::pin(
+            async move {
+                if let Some(running) = running {
+                    running.stop().await;
+                }
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<ReplaceRecords> for DnsActor {
+    type Result = Result<(), DnsError>;
+
+    fn handle(&mut self, msg: ReplaceRecords, _ctx: &mut Self::Context) -> Self::Result {
+        let serial = self.serial.wrapping_add(1);
+        let table = RecordTable::build(&self.zone, &msg.records, serial)?;
+        let names = table.len();
+        // The old table is freed by whoever drops the last reference: here, or a request
+        // handler that was still answering from it.
+        self.table.store(Arc::new(table));
+        self.serial = serial;
+        slog::debug!(self.logger, "DNS records replaced"; "names" => names, "serial" => serial);
+        Ok(())
+    }
+}
+
+/// Convenience for callers holding a `HashMap<String, Ipv4Addr>` built elsewhere.
+impl From<HashMap<String, Ipv4Addr>> for ReplaceRecords {
+    fn from(records: HashMap<String, Ipv4Addr>) -> Self {
+        Self { records }
+    }
+}

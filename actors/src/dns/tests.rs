@@ -1,0 +1,405 @@
+//! Actor tests on 127.0.0.1 with random ports (no root needed): real queries over UDP and TCP
+//! against the running server, a fake upstream resolver, start/stop/rebind, and the
+//! atomicity of [`ReplaceRecords`].
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use super::*;
+
+fn logger() -> Logger {
+    Logger::root(slog::Discard, slog::o!())
+}
+
+fn options(upstreams: Vec<SocketAddr>) -> DnsOptions {
+    let mut options = DnsOptions::new("vm.internal", upstreams);
+    options.guest_subnet = Some("10.0.0.0/24".parse().unwrap());
+    options.upstream_timeout = Duration::from_millis(200);
+    options
+}
+
+fn records(pairs: &[(&str, Ipv4Addr)]) -> ReplaceRecords {
+    ReplaceRecords {
+        records: pairs.iter().map(|(n, ip)| (n.to_string(), *ip)).collect(),
+    }
+}
+
+fn request(name: &str, qtype: RecordType) -> Message {
+    let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    msg
+}
+
+/// One query over UDP with a blocking socket (the server runs on its own threads).
+pub(super) fn query_udp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let msg = request(name, qtype);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(&msg.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let (len, _) = socket.recv_from(&mut buf).expect("DNS reply within 5 s");
+        let reply = Message::from_vec(&buf[..len]).unwrap();
+        if reply.metadata.id == msg.metadata.id {
+            return reply;
+        }
+    }
+}
+
+fn query_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    use std::io::{Read, Write};
+    let msg = request(name, qtype).to_vec().unwrap();
+    let mut stream = std::net::TcpStream::connect(server).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&(msg.len() as u16).to_be_bytes()).unwrap();
+    stream.write_all(&msg).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn a_answers(reply: &Message) -> Vec<Ipv4Addr> {
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect()
+}
+
+fn soa_in_authority(reply: &Message) -> bool {
+    reply
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA)
+}
+
+async fn start(upstreams: Vec<SocketAddr>) -> (Addr<DnsActor>, SocketAddr) {
+    let actor = DnsActor::new(options(upstreams), logger()).unwrap().start();
+    let addr = actor
+        .send(Start {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    (actor, addr)
+}
+
+/// Runs a blocking client call off the actix thread.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[actix::test]
+async fn answers_a_aaaa_ptr_and_nxdomain() {
+    let (actor, server) = start(vec![]).await;
+    let web = Ipv4Addr::new(10, 0, 0, 2);
+    actor.send(records(&[("Web", web)])).await.unwrap().unwrap();
+
+    let (a, a_upper, aaaa, nx, ptr, ptr_unknown, tcp) = blocking(move || {
+        (
+            query_udp(server, "web.vm.internal.", RecordType::A),
+            query_udp(server, "WEB.VM.Internal.", RecordType::A),
+            query_udp(server, "web.vm.internal.", RecordType::AAAA),
+            query_udp(server, "nope.vm.internal.", RecordType::A),
+            query_udp(server, "2.0.0.10.in-addr.arpa.", RecordType::PTR),
+            query_udp(server, "9.0.0.10.in-addr.arpa.", RecordType::PTR),
+            query_tcp(server, "web.vm.internal.", RecordType::A),
+        )
+    })
+    .await;
+
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(a.metadata.authoritative);
+    assert_eq!(a_answers(&a), [web]);
+    assert_eq!(a.answers[0].ttl, 5);
+    assert_eq!(a.answers[0].name.to_ascii(), "web.vm.internal.");
+    assert_eq!(a_answers(&a_upper), [web]);
+
+    assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+    assert!(aaaa.answers.is_empty());
+    assert!(soa_in_authority(&aaaa));
+
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(nx.answers.is_empty());
+    assert!(soa_in_authority(&nx));
+
+    assert_eq!(ptr.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        ptr.answers.iter().map(|r| &r.data).collect::<Vec<_>>(),
+        [&RData::PTR(PTR(
+            Name::from_ascii("web.vm.internal.").unwrap()
+        ))]
+    );
+    assert_eq!(ptr_unknown.metadata.response_code, ResponseCode::NXDomain);
+
+    assert_eq!(a_answers(&tcp), [web]);
+    actor.send(Stop).await.unwrap().unwrap();
+}
+
+#[actix::test]
+async fn bad_names_are_rejected_and_table_unchanged() {
+    let (actor, server) = start(vec![]).await;
+    let web = Ipv4Addr::new(10, 0, 0, 2);
+    actor.send(records(&[("web", web)])).await.unwrap().unwrap();
+
+    for bad in ["bad_name", "-x", "a.b", ""] {
+        let err = actor
+            .send(records(&[("db", Ipv4Addr::new(10, 0, 0, 3)), (bad, web)]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::InvalidName { name, .. } if name == bad),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let (web_reply, db_reply) = blocking(move || {
+        (
+            query_udp(server, "web.vm.internal.", RecordType::A),
+            query_udp(server, "db.vm.internal.", RecordType::A),
+        )
+    })
+    .await;
+    assert_eq!(a_answers(&web_reply), [web]);
+    assert_eq!(db_reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+/// Every generation holds the same 50 names, each with an IP encoding (generation, index).
+/// A client querying in a loop while the tables are replaced must always get an answer
+/// (never NXDOMAIN from a half-built table), for the right index, and never see a
+/// generation older than one it has already seen.
+#[actix::test]
+async fn replace_records_is_atomic() {
+    const NAMES: u8 = 50;
+    const GENERATIONS: u8 = 200;
+    let (actor, server) = start(vec![]).await;
+    let generation = |g: u8| ReplaceRecords {
+        records: (0..NAMES)
+            .map(|i| (format!("n{i}"), Ipv4Addr::new(10, 0, g, i)))
+            .collect::<HashMap<_, _>>(),
+    };
+    actor.send(generation(0)).await.unwrap().unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0u8;
+            let mut queries = 0u32;
+            let mut i = 0u8;
+            while !done.load(Ordering::Relaxed) {
+                let reply = query_udp(server, &format!("n{i}.vm.internal."), RecordType::A);
+                let ips = a_answers(&reply);
+                assert_eq!(ips.len(), 1, "n{i}: {reply:?}");
+                let [_, _, g, idx] = ips[0].octets();
+                assert_eq!(idx, i, "answer for the wrong name");
+                assert!(g >= seen, "saw generation {g} after {seen}");
+                seen = g;
+                queries += 1;
+                i = (i + 1) % NAMES;
+            }
+            (queries, seen)
+        })
+    };
+    for g in 1..=GENERATIONS {
+        actor.send(generation(g)).await.unwrap().unwrap();
+        tokio::task::yield_now().await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let (queries, last) = blocking(move || client.join().unwrap()).await;
+    assert!(queries > 0);
+    assert!(last <= GENERATIONS);
+}
+
+#[actix::test]
+async fn stop_frees_ports_and_start_rebinds() {
+    let (actor, first) = start(vec![]).await;
+    actor
+        .send(records(&[("web", Ipv4Addr::new(10, 0, 0, 2))]))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Same address again: nothing changes.
+    let again = actor.send(Start { listen: first }).await.unwrap().unwrap();
+    assert_eq!(again, first);
+
+    // A new address: the old one is released, the new one serves.
+    let second = actor
+        .send(Start {
+            listen: "127.0.0.2:0".parse().unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.ip(), Ipv4Addr::new(127, 0, 0, 2));
+    assert!(UdpSocket::bind(first).is_ok(), "old UDP port still bound");
+    assert!(TcpListener::bind(first).is_ok(), "old TCP port still bound");
+    let reply = blocking(move || query_udp(second, "web.vm.internal.", RecordType::A)).await;
+    assert_eq!(a_answers(&reply), [Ipv4Addr::new(10, 0, 0, 2)]);
+
+    // Stop: both ports can be bound by someone else (no SO_REUSEPORT) right away.
+    actor.send(Stop).await.unwrap().unwrap();
+    let udp = UdpSocket::bind(second).expect("UDP port freed by Stop");
+    let tcp = TcpListener::bind(second).expect("TCP port freed by Stop");
+    drop((udp, tcp));
+    // Stopping twice is harmless; starting on the same address works again.
+    actor.send(Stop).await.unwrap().unwrap();
+    let third = actor.send(Start { listen: second }).await.unwrap().unwrap();
+    assert_eq!(third, second);
+    actor.send(Stop).await.unwrap().unwrap();
+}
+
+#[actix::test]
+async fn bind_errors_name_the_address_and_keep_the_old_server() {
+    let (actor, server) = start(vec![]).await;
+
+    // A port held by someone else.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let err = actor
+        .send(Start { listen: taken_addr })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(&err, DnsError::Bind { addr, .. } if *addr == taken_addr));
+    assert!(err.to_string().contains(&taken_addr.to_string()), "{err}");
+
+    // An address not on this host.
+    let absent: SocketAddr = "192.0.2.1:5353".parse().unwrap();
+    let err = actor
+        .send(Start { listen: absent })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("192.0.2.1:5353"), "{err}");
+
+    // The server started first still answers.
+    let reply = blocking(move || query_udp(server, "x.vm.internal.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+/// A fake upstream resolver on 127.0.0.1: answers every A query with 10.9.9.9 over TCP; over
+/// UDP too, unless `truncate`, when it answers with TC set and no records.
+fn fake_upstream(truncate: bool) -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).unwrap();
+    let answer = move |query: &[u8], tc: bool| -> Vec<u8> {
+        let query = Message::from_vec(query).unwrap();
+        let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+        reply.metadata.recursion_available = true;
+        reply.add_queries(query.queries.clone());
+        if tc {
+            reply.metadata.truncation = true;
+        } else {
+            reply.add_answer(Record::from_rdata(
+                query.queries[0].name().clone(),
+                60,
+                RData::A(A(Ipv4Addr::new(10, 9, 9, 9))),
+            ));
+        }
+        reply.to_vec().unwrap()
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((len, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&answer(&buf[..len], truncate), from);
+        }
+    });
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if stream.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if stream.read_exact(&mut buf).is_err() {
+                continue;
+            }
+            let reply = answer(&buf, false);
+            let _ = stream.write_all(&(reply.len() as u16).to_be_bytes());
+            let _ = stream.write_all(&reply);
+        }
+    });
+    addr
+}
+
+#[actix::test]
+async fn other_names_are_forwarded() {
+    let upstream = fake_upstream(false);
+    let (_actor, server) = start(vec![upstream]).await;
+    let (reply, outside_ptr) = blocking(move || {
+        (
+            query_udp(server, "example.test.", RecordType::A),
+            query_udp(server, "8.8.8.8.in-addr.arpa.", RecordType::A),
+        )
+    })
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(!reply.metadata.authoritative);
+    assert!(reply.metadata.recursion_available);
+    assert_eq!(a_answers(&reply), [Ipv4Addr::new(10, 9, 9, 9)]);
+    assert_eq!(reply.answers[0].name.to_ascii(), "example.test.");
+    // Reverse names outside the guest subnet are not ours either.
+    assert_eq!(a_answers(&outside_ptr), [Ipv4Addr::new(10, 9, 9, 9)]);
+}
+
+#[actix::test]
+async fn truncated_upstream_answer_is_retried_over_tcp() {
+    let upstream = fake_upstream(true);
+    let (_actor, server) = start(vec![upstream]).await;
+    let reply = blocking(move || query_udp(server, "big.example.test.", RecordType::A)).await;
+    assert!(!reply.metadata.truncation);
+    assert_eq!(a_answers(&reply), [Ipv4Addr::new(10, 9, 9, 9)]);
+}
+
+#[actix::test]
+async fn no_upstream_answer_is_servfail() {
+    // One upstream that never answers, one closed port.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_actor, server) = start(vec![silent.local_addr().unwrap(), closed]).await;
+    let started = Instant::now();
+    let reply = blocking(move || query_udp(server, "example.test.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    // 2 rounds x 200 ms for the silent one; the closed one fails at once. Generous bound:
+    // the point is that the client gets SERVFAIL rather than its own timeout.
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Without any upstream: SERVFAIL at once.
+    let (_actor, server) = start(vec![]).await;
+    let reply = blocking(move || query_udp(server, "example.test.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[actix::test]
+async fn invalid_zone_is_rejected() {
+    let err = DnsActor::new(DnsOptions::new("bad_zone.internal", vec![]), logger())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("bad_zone.internal"), "{err}");
+}
