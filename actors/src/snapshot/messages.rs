@@ -1,0 +1,44 @@
+//! The messages `SnapshotActor` answers.
+
+use std::path::PathBuf;
+
+use actix::Message;
+
+use crate::host::disks::{DiskEntry, VmDisk};
+
+use super::SnapshotError;
+
+/// Makes `vm`'s copy-on-write root disk from the base root filesystem `image`. The disk is
+/// recorded in the ledger before anything is made; on error nothing is left behind. A VM that
+/// already has a disk (even a half-made one left by a crash) is refused with
+/// [`SnapshotError::DiskExists`]: remove it first.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmDisk, SnapshotError>")]
+pub struct CreateDisk {
+    /// The VM (1-64 of `[A-Za-z0-9._-]`, not starting with `.`).
+    pub vm: String,
+    /// The base root filesystem (an ext4 image from the image store).
+    pub image: PathBuf,
+    /// Disk size in bytes, a whole number of 512-byte sectors, not smaller than the image;
+    /// `None` keeps the image's size.
+    pub size: Option<u64>,
+}
+
+/// Removes every trace of `vm`'s disk: device-mapper and loop devices, files, ledger record.
+/// Idempotent: answers `Ok(false)` when there was nothing to remove, `Ok(true)` otherwise, so
+/// it can serve as a saga's undo and as the leak sweep's cleanup. Works from what exists on
+/// the host, so it also removes disks made before a daemon restart. Fails (changing what it
+/// could not remove) when the disk is still in use, e.g. Firecracker still holds it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<bool, SnapshotError>")]
+pub struct RemoveDisk {
+    /// The VM whose disk to remove.
+    pub vm: String,
+}
+
+/// Lists the disks that exist on the host (scanned from the ledger, the disks directory and
+/// the dm devices, not from memory), complete or half-made, sorted by VM. The daemon's leak
+/// sweep removes those that belong to no VM.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<DiskEntry>, SnapshotError>")]
+pub struct ListDisks {}
