@@ -1,0 +1,224 @@
+//! Turns an HTTP request into a VMM action, the way Firecracker's `ParsedRequest` does:
+//! route on method + first path segment, check path IDs, deserialise the body into the shared
+//! `hearth_proto::firecracker` types (unknown fields rejected), and compare path and body IDs.
+//! Errors here carry Firecracker's wording and never reach the VMM.
+
+use hearth_proto::firecracker::{
+    self as fc, BootSource, Drive, InstanceActionInfo, Logger, MachineConfig, MachineConfigUpdate,
+    Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface, Vm, Vsock,
+};
+use serde::de::DeserializeOwned;
+
+use crate::http::Request;
+
+/// What a request asks the VMM to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `GET /vm/config`.
+    GetVmConfig,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `PUT /drives/{id}`.
+    PutDrive(Drive),
+    /// `PATCH /drives/{id}`.
+    PatchDrive(PartialDrive),
+    /// `PUT /network-interfaces/{id}`.
+    PutNet(NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNet(PartialNetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(Vsock),
+    /// `PUT /actions`.
+    Action(InstanceActionInfo),
+    /// `PATCH /vm`.
+    PatchVm(Vm),
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /metrics`.
+    PutMetrics(Metrics),
+    /// An endpoint real Firecracker has but the simulator does not model (balloon, mmds,
+    /// snapshot, ...): answered as `NotSupported`.
+    NotSimulated(String),
+}
+
+/// A request rejected before reaching the VMM: Firecracker's `RequestError`, as the
+/// `fault_message` text (always status 400).
+pub type ParseError = String;
+
+/// Firecracker's `checked_id` plus "missing ID" handling.
+fn path_id(id: Option<&str>) -> Result<&str, ParseError> {
+    let id = id.ok_or_else(|| fc::ValidationError::EmptyId.to_string())?;
+    fc::check_id(id).map_err(|e| e.to_string())?;
+    Ok(id)
+}
+
+fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ParseError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        format!("An error occurred when deserializing the json body of a request: {e}.")
+    })
+}
+
+fn same_id(path: &str, body: &str) -> Result<(), ParseError> {
+    fc::check_path_id(path, body).map_err(|e| e.to_string())
+}
+
+/// Parses a request into an [`Action`].
+pub fn parse(req: &Request) -> Result<Action, ParseError> {
+    let path = req.path.split('?').next().unwrap_or_default();
+    let mut tokens = path.trim_start_matches('/').split_terminator('/');
+    let first = tokens.next().unwrap_or("");
+    let method = req.method.as_str();
+    let b = req.body.as_deref();
+    match (method, first, b) {
+        ("GET", "", None) => Ok(Action::GetInstanceInfo),
+        ("GET", "version", None) => Ok(Action::GetVersion),
+        ("GET", "vm", None) if tokens.next() == Some("config") => Ok(Action::GetVmConfig),
+        ("GET", "machine-config", None) => Ok(Action::GetMachineConfig),
+        ("GET", "balloon" | "mmds", None) => Ok(Action::NotSimulated(format!("GET /{first}"))),
+        ("GET", _, Some(_)) => Err("GET request cannot have a body.".into()),
+        ("PUT", "actions", Some(b)) => Ok(Action::Action(body(b)?)),
+        ("PUT", "boot-source", Some(b)) => Ok(Action::PutBootSource(body(b)?)),
+        ("PUT", "drives", Some(b)) => {
+            let id = path_id(tokens.next())?;
+            let d: Drive = body(b)?;
+            same_id(id, &d.drive_id)?;
+            Ok(Action::PutDrive(d))
+        }
+        ("PUT", "logger", Some(b)) => Ok(Action::PutLogger(body(b)?)),
+        ("PUT", "machine-config", Some(b)) => Ok(Action::PutMachineConfig(body(b)?)),
+        ("PUT", "metrics", Some(b)) => Ok(Action::PutMetrics(body(b)?)),
+        ("PUT", "network-interfaces", Some(b)) => {
+            let id = path_id(tokens.next())?;
+            let n: NetworkInterface = body(b)?;
+            same_id(id, &n.iface_id)?;
+            Ok(Action::PutNet(n))
+        }
+        ("PUT", "vsock", Some(b)) => Ok(Action::PutVsock(body(b)?)),
+        (
+            "PUT",
+            "balloon" | "cpu-config" | "pmem" | "serial" | "mmds" | "snapshot" | "entropy"
+            | "hotplug",
+            Some(_),
+        ) => Ok(Action::NotSimulated(format!("PUT /{first}"))),
+        ("PUT", _, None) => Err("Empty PUT request.".into()),
+        ("PATCH", "drives", Some(b)) => {
+            let id = path_id(tokens.next())?;
+            let d: PartialDrive = body(b)?;
+            same_id(id, &d.drive_id)?;
+            Ok(Action::PatchDrive(d))
+        }
+        ("PATCH", "machine-config", Some(b)) => {
+            let u: MachineConfigUpdate = body(b)?;
+            u.validate().map_err(|e| e.to_string())?;
+            Ok(Action::PatchMachineConfig(u))
+        }
+        ("PATCH", "network-interfaces", Some(b)) => {
+            let id = path_id(tokens.next())?;
+            let n: PartialNetworkInterface = body(b)?;
+            same_id(id, &n.iface_id)?;
+            Ok(Action::PatchNet(n))
+        }
+        ("PATCH", "vm", Some(b)) => Ok(Action::PatchVm(body(b)?)),
+        ("PATCH", "balloon" | "mmds" | "hotplug", Some(_)) => {
+            Ok(Action::NotSimulated(format!("PATCH /{first}")))
+        }
+        ("PATCH", _, None) => Err("Empty PATCH request.".into()),
+        (m, uri, _) => Err(format!("Invalid request method and/or path: {m} {uri}.")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, body: Option<&str>) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+            close: false,
+        }
+    }
+
+    #[test]
+    fn routes_the_boot_sequence() {
+        assert_eq!(
+            parse(&req("GET", "/", None)).unwrap(),
+            Action::GetInstanceInfo
+        );
+        assert_eq!(
+            parse(&req("GET", "/vm/config", None)).unwrap(),
+            Action::GetVmConfig
+        );
+        assert!(matches!(
+            parse(&req(
+                "PUT",
+                "/machine-config",
+                Some(r#"{"vcpu_count":1,"mem_size_mib":64}"#)
+            )),
+            Ok(Action::PutMachineConfig(_))
+        ));
+        assert!(matches!(
+            parse(&req(
+                "PUT",
+                "/drives/rootfs",
+                Some(r#"{"drive_id":"rootfs","is_root_device":true,"path_on_host":"/x"}"#)
+            )),
+            Ok(Action::PutDrive(_))
+        ));
+    }
+
+    #[test]
+    fn firecracker_parse_errors() {
+        let e = parse(&req("GET", "/nope", None)).unwrap_err();
+        assert_eq!(e, "Invalid request method and/or path: GET nope.");
+        let e = parse(&req("PUT", "/boot-source", None)).unwrap_err();
+        assert_eq!(e, "Empty PUT request.");
+        let e = parse(&req("GET", "/", Some("{}"))).unwrap_err();
+        assert_eq!(e, "GET request cannot have a body.");
+        let e = parse(&req(
+            "PUT",
+            "/drives/a-b",
+            Some(r#"{"drive_id":"a-b","is_root_device":true}"#),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "API Resource IDs can only contain alphanumeric characters and underscores."
+        );
+        let e = parse(&req(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id":"eth1","host_dev_name":"tap0"}"#),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "The id from the path does not match the id from the body!"
+        );
+        let e = parse(&req(
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid":3,"uds_path":"/v","extra":1}"#),
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("An error occurred when deserializing the json body of a request: unknown field `extra`"),
+            "{e}"
+        );
+        let e = parse(&req("PATCH", "/machine-config", Some("{}"))).unwrap_err();
+        assert_eq!(e, "Empty PATCH request.");
+        let e = parse(&req("PUT", "/drives", Some("{}"))).unwrap_err();
+        assert_eq!(e, "The ID cannot be empty.");
+    }
+}

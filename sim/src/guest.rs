@@ -1,0 +1,260 @@
+//! The simulated guest as seen from the host through hybrid vsock (`docs/vsock.md`,
+//! `devices/virtio/vsock/unix/muxer.rs`): once the guest has booted, connections to `uds_path`
+//! are accepted; the host writes `CONNECT <port>\n`; if the guest agent listens on that port
+//! the muxer answers `OK <host_port>\n` (host ports count up from 2^30) and the connection
+//! then speaks hearth's agent protocol (`hearth_proto::agent`); otherwise it is closed
+//! without `OK`.
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hearth_proto::agent::{self, AgentProtoError, PingReply, Request};
+
+use crate::knobs::Knobs;
+
+/// The first host-side port the muxer hands out.
+pub const FIRST_HOST_PORT: u32 = 1 << 30;
+/// How long a host may take to send `CONNECT`, and how long the muxer waits for the guest.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
+/// The longest `CONNECT` line accepted.
+const MAX_CONNECT_LINE: usize = 32;
+
+/// Guest state the VMM thread writes and the vsock threads read.
+#[derive(Debug)]
+pub struct Guest {
+    /// When the guest finished booting.
+    booted_at: OnceLock<Instant>,
+    /// Whether the vCPUs are paused (`PATCH /vm`).
+    paused: AtomicBool,
+    /// A fresh boot id, as `/proc/sys/kernel/random/boot_id` would give.
+    boot_id: String,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Guest {
+    /// A guest that has not booted.
+    pub fn new() -> Self {
+        let r: [u8; 16] = rand::random();
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let boot_id = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        );
+        Self {
+            booted_at: OnceLock::new(),
+            paused: AtomicBool::new(false),
+            boot_id,
+        }
+    }
+
+    /// Marks the guest booted (once).
+    pub fn set_booted(&self) {
+        let _ = self.booted_at.set(Instant::now());
+    }
+
+    /// Whether the guest has booted.
+    pub fn booted(&self) -> bool {
+        self.booted_at.get().is_some()
+    }
+
+    /// Pauses or resumes the vCPUs.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the guest runs (not paused), up to `timeout`.
+    fn wait_running(&self, timeout: Duration) -> bool {
+        let end = Instant::now().checked_add(timeout);
+        while self.paused() {
+            if end.is_some_and(|end| Instant::now() >= end) {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn ping_reply(&self) -> PingReply {
+        let uptime = self
+            .booted_at
+            .get()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        PingReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            boot_id: self.boot_id.clone(),
+            uptime_ms: uptime.as_millis() as u64,
+        }
+    }
+}
+
+/// Parses `CONNECT <port>` (case-insensitive keyword), without the newline.
+pub fn parse_connect(line: &str) -> Option<u32> {
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let kw = parts.next()?;
+    let port = parts.next()?;
+    if !kw.eq_ignore_ascii_case("connect") || parts.next().is_some() {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// Serves host-initiated connections on the vsock listener, on a thread of its own, from
+/// the moment the guest has booted until the process exits.
+pub fn spawn_muxer(listener: UnixListener, guest: Arc<Guest>, knobs: Knobs) {
+    let next_port = Arc::new(AtomicU32::new(FIRST_HOST_PORT));
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(stream) = conn else { continue };
+            let (guest, knobs, next_port) = (guest.clone(), knobs.clone(), next_port.clone());
+            thread::spawn(move || serve_connection(stream, &guest, &knobs, &next_port));
+        }
+    });
+}
+
+/// Reads the `CONNECT` line byte by byte, so nothing after the newline is consumed.
+fn read_connect_line(stream: &mut UnixStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() <= MAX_CONNECT_LINE {
+        match stream.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => return String::from_utf8(line).ok(),
+            Ok(1) => line.push(byte[0]),
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn serve_connection(mut stream: UnixStream, guest: &Guest, knobs: &Knobs, next_port: &AtomicU32) {
+    if stream.set_read_timeout(Some(CONNECT_TIMEOUT)).is_err() {
+        return;
+    }
+    let Some(port) = read_connect_line(&mut stream)
+        .as_deref()
+        .and_then(parse_connect)
+    else {
+        return;
+    };
+    // Nobody listens on that guest port: the guest answers RST and the muxer closes the
+    // host stream without `OK`. A paused guest never answers: the request times out.
+    if knobs.no_agent || port != knobs.agent_port || !guest.wait_running(CONNECT_TIMEOUT) {
+        return;
+    }
+    let host_port = next_port.fetch_add(1, Ordering::SeqCst);
+    if stream
+        .write_all(format!("OK {host_port}\n").as_bytes())
+        .is_err()
+        || stream.set_read_timeout(None).is_err()
+    {
+        return;
+    }
+    serve_agent(stream, guest, knobs);
+}
+
+/// hearth's agent protocol, one request line and one response line at a time.
+fn serve_agent(stream: UnixStream, guest: &Guest, knobs: &Knobs) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let line = match agent::read_line(&mut reader) {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(AgentProtoError::Io { .. }) => return,
+            Err(e) => {
+                let _ = writer.write_all(&agent::encode_error(&e.to_error_body()));
+                return;
+            }
+        };
+        if knobs.agent_silent {
+            continue;
+        }
+        // A paused guest answers once it runs again.
+        guest.wait_running(Duration::MAX);
+        let out = match agent::decode_request(&line) {
+            Ok(Request::Ping) => agent::encode_ok(&guest.ping_reply()),
+            Err(e) => agent::encode_error(&e.to_error_body()),
+        };
+        if writer.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+
+    use super::*;
+
+    #[test]
+    fn connect_lines() {
+        assert_eq!(parse_connect("CONNECT 52"), Some(52));
+        assert_eq!(parse_connect("connect 1024\r"), Some(1024));
+        assert_eq!(parse_connect("CONNECT"), None);
+        assert_eq!(parse_connect("CONNECT x"), None);
+        assert_eq!(parse_connect("CONNECT 52 53"), None);
+        assert_eq!(parse_connect("OPEN 52"), None);
+    }
+
+    fn exchange(knobs: Knobs, port: u32) -> (Option<String>, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = Arc::new(Guest::new());
+        guest.set_booted();
+        spawn_muxer(listener, guest, knobs);
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        let got = match r.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        };
+        (got, s, dir)
+    }
+
+    #[test]
+    fn agent_port_gets_ok_and_answers_ping() {
+        let (ok, mut s, _dir) = exchange(Knobs::default(), 52);
+        assert_eq!(ok.as_deref(), Some("OK 1073741824\n"));
+        s.write_all(&agent::encode_request(&Request::Ping)).unwrap();
+        let mut r = BufReader::new(s);
+        let line = agent::read_line(&mut r).unwrap().unwrap();
+        let reply: PingReply = agent::decode_response(&line).unwrap();
+        assert_eq!(reply.boot_id.len(), 36);
+    }
+
+    #[test]
+    fn other_ports_are_closed_without_ok() {
+        let (got, _s, _dir) = exchange(Knobs::default(), 53);
+        assert_eq!(got, None);
+        let knobs = Knobs {
+            no_agent: true,
+            ..Knobs::default()
+        };
+        let (got, _s, _dir) = exchange(knobs, 52);
+        assert_eq!(got, None);
+    }
+}

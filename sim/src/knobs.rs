@@ -1,0 +1,165 @@
+//! Behaviour knobs that make the simulated guest misbehave on purpose, read from the
+//! environment (`FC_SIM_*`), so the command line stays exactly Firecracker's. Each knob is
+//! documented in `docs/sim.md`.
+
+use std::time::Duration;
+
+/// Everything the environment can tune. `Default` is a well-behaved guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knobs {
+    /// `FC_SIM_STARTUP_DELAY_MS`: wait before binding the API socket (Firecracker takes
+    /// 6-60 ms).
+    pub startup_delay: Duration,
+    /// `FC_SIM_API_DELAY_MS`: extra latency added to every API request.
+    pub api_delay: Duration,
+    /// `FC_SIM_BOOT_DELAY_MS`: from `InstanceStart` to the guest being up (agent listening,
+    /// vsock served). Default 50 ms.
+    pub boot_delay: Duration,
+    /// `FC_SIM_REBOOT_DELAY_MS`: from `SendCtrlAltDel` (on a booted guest) to the process
+    /// exiting 0. Default 50 ms.
+    pub reboot_delay: Duration,
+    /// `FC_SIM_IGNORE_CTRL_ALT_DEL=1`: the guest ignores Ctrl+Alt+Del (like a guest without
+    /// an i8042 driver, or any guest on a PVM host); the process stays alive.
+    pub ignore_ctrl_alt_del: bool,
+    /// `FC_SIM_CRASH_AFTER_MS`: the VMM dies this long after `InstanceStart`.
+    pub crash_after: Option<Duration>,
+    /// `FC_SIM_CRASH_CODE`: the exit code of that crash. Default 1 (a vCPU error).
+    pub crash_code: i32,
+    /// `FC_SIM_AGENT_PORT`: the guest vsock port the agent listens on. Default 52.
+    pub agent_port: u32,
+    /// `FC_SIM_NO_AGENT=1`: nothing listens in the guest; `CONNECT` is closed without `OK`.
+    pub no_agent: bool,
+    /// `FC_SIM_AGENT_SILENT=1`: the agent accepts the connection (`OK ...`) but never answers.
+    pub agent_silent: bool,
+    /// `FC_SIM_NETSTACK=1`: run the userspace guest network stack on the first TAP after boot.
+    pub netstack: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            startup_delay: Duration::ZERO,
+            api_delay: Duration::ZERO,
+            boot_delay: Duration::from_millis(50),
+            reboot_delay: Duration::from_millis(50),
+            ignore_ctrl_alt_del: false,
+            crash_after: None,
+            crash_code: 1,
+            agent_port: hearth_proto::agent::DEFAULT_PORT,
+            no_agent: false,
+            agent_silent: false,
+            netstack: false,
+        }
+    }
+}
+
+/// A knob whose value does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid value {value:?} for {name}")]
+pub struct KnobError {
+    /// The variable's name.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+}
+
+impl Knobs {
+    /// Reads the knobs from the process environment.
+    pub fn from_env() -> Result<Self, KnobError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the knobs through `get` (a test passes a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, KnobError> {
+        let mut k = Knobs::default();
+        let num = |name: &'static str| -> Result<Option<u64>, KnobError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| KnobError { name, value: v }),
+            }
+        };
+        let flag = |name: &'static str| -> Result<bool, KnobError> {
+            match get(name).as_deref().map(str::trim) {
+                None | Some("") | Some("0") => Ok(false),
+                Some("1") => Ok(true),
+                Some(v) => Err(KnobError {
+                    name,
+                    value: v.to_owned(),
+                }),
+            }
+        };
+        let ms = Duration::from_millis;
+        if let Some(v) = num("FC_SIM_STARTUP_DELAY_MS")? {
+            k.startup_delay = ms(v);
+        }
+        if let Some(v) = num("FC_SIM_API_DELAY_MS")? {
+            k.api_delay = ms(v);
+        }
+        if let Some(v) = num("FC_SIM_BOOT_DELAY_MS")? {
+            k.boot_delay = ms(v);
+        }
+        if let Some(v) = num("FC_SIM_REBOOT_DELAY_MS")? {
+            k.reboot_delay = ms(v);
+        }
+        k.crash_after = num("FC_SIM_CRASH_AFTER_MS")?.map(ms);
+        if let Some(v) = num("FC_SIM_CRASH_CODE")? {
+            k.crash_code = i32::try_from(v).map_err(|_| KnobError {
+                name: "FC_SIM_CRASH_CODE",
+                value: v.to_string(),
+            })?;
+        }
+        if let Some(v) = num("FC_SIM_AGENT_PORT")? {
+            k.agent_port = u32::try_from(v).map_err(|_| KnobError {
+                name: "FC_SIM_AGENT_PORT",
+                value: v.to_string(),
+            })?;
+        }
+        k.ignore_ctrl_alt_del = flag("FC_SIM_IGNORE_CTRL_ALT_DEL")?;
+        k.no_agent = flag("FC_SIM_NO_AGENT")?;
+        k.agent_silent = flag("FC_SIM_AGENT_SILENT")?;
+        k.netstack = flag("FC_SIM_NETSTACK")?;
+        Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn knobs(pairs: &[(&str, &str)]) -> Result<Knobs, KnobError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Knobs::from_lookup(|n| map.get(n).cloned())
+    }
+
+    #[test]
+    fn defaults_are_a_well_behaved_guest() {
+        assert_eq!(knobs(&[]).unwrap(), Knobs::default());
+        assert_eq!(Knobs::default().agent_port, 52);
+    }
+
+    #[test]
+    fn parses_values_and_rejects_garbage() {
+        let k = knobs(&[
+            ("FC_SIM_BOOT_DELAY_MS", "250"),
+            ("FC_SIM_IGNORE_CTRL_ALT_DEL", "1"),
+            ("FC_SIM_CRASH_AFTER_MS", "10"),
+            ("FC_SIM_AGENT_PORT", "1024"),
+        ])
+        .unwrap();
+        assert_eq!(k.boot_delay, Duration::from_millis(250));
+        assert!(k.ignore_ctrl_alt_del);
+        assert_eq!(k.crash_after, Some(Duration::from_millis(10)));
+        assert_eq!(k.agent_port, 1024);
+        assert!(knobs(&[("FC_SIM_BOOT_DELAY_MS", "soon")]).is_err());
+        assert!(knobs(&[("FC_SIM_NO_AGENT", "yes")]).is_err());
+    }
+}

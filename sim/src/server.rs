@@ -1,0 +1,89 @@
+//! The API server: one thread accepting on the API socket, one thread per connection (at most
+//! [`MAX_CONNECTIONS`], like micro-http; more get 503), each sending parsed actions to the VMM
+//! thread and waiting for its answer, so API calls are synchronous as in Firecracker.
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use crate::api::{self, Action};
+use crate::http::{write_response, HttpError, RequestReader, Response};
+
+/// micro-http's connection limit.
+pub const MAX_CONNECTIONS: usize = 10;
+
+/// An action for the VMM thread and where to send its response.
+pub type VmmRequest = (Action, mpsc::Sender<Response>);
+
+/// The text Firecracker logs when the API socket cannot be bound.
+pub fn bind_error_message(path: &str) -> String {
+    format!("Failed to open the API socket at: {path}. Check that it is not already used.")
+}
+
+/// Binds the API socket. Like Firecracker, an existing file at `path` is an error
+/// (`AddrInUse`) and is never removed.
+pub fn bind(path: &str) -> io::Result<UnixListener> {
+    UnixListener::bind(path)
+}
+
+/// Serves the API on `listener` from a thread of its own.
+pub fn spawn(listener: UnixListener, vmm: mpsc::Sender<VmmRequest>, api_delay: Duration) {
+    let open = Arc::new(AtomicUsize::new(0));
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut stream) = conn else { continue };
+            if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, Ordering::SeqCst);
+                let _ = write_response(
+                    &mut stream,
+                    &Response::fault(503, "Too many open connections."),
+                );
+                continue;
+            }
+            let (vmm, open) = (vmm.clone(), open.clone());
+            thread::spawn(move || {
+                serve_connection(stream, &vmm, api_delay);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+}
+
+fn serve_connection(stream: UnixStream, vmm: &mpsc::Sender<VmmRequest>, api_delay: Duration) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = RequestReader::new(stream);
+    loop {
+        let req = match reader.next_request() {
+            Ok(req) => req,
+            Err(HttpError::Malformed { reason }) => {
+                let _ = write_response(&mut writer, &Response::fault(400, &reason));
+                return;
+            }
+            Err(HttpError::Closed | HttpError::Io { .. }) => return,
+        };
+        if !api_delay.is_zero() {
+            thread::sleep(api_delay);
+        }
+        let resp = match api::parse(&req) {
+            Err(msg) => Response::fault(400, &msg),
+            Ok(action) => {
+                let (tx, rx) = mpsc::channel();
+                if vmm.send((action, tx)).is_err() {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(resp) => resp,
+                    Err(_) => return,
+                }
+            }
+        };
+        if write_response(&mut writer, &resp).is_err() || req.close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The simulated VMM: the state behind the API, owned by one thread (like Firecracker's VMM
+//! thread) that handles one [`Action`] at a time and fires timers (guest boot, reboot, crash).
+//! Pre-boot and post-boot rules, file opening at PUT time, TAP and vsock setup, and the error
+//! texts follow `firecracker/NOTES.md`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hearth_proto::firecracker::{
+    net::parse_mac, ActionType, BootSource, Drive, FirecrackerVersion, HugePages, InstanceInfo,
+    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmConfigFile, VmState, Vsock,
+    DEFAULT_BOOT_ARGS,
+};
+
+use crate::api::Action;
+use crate::guest::{self, Guest};
+use crate::http::Response;
+use crate::knobs::Knobs;
+use crate::log::{Log, MetricsSink};
+use crate::tap::{open_tap, Tap};
+
+/// The version the simulator reports (`GET /version`, `GET /`, `--version`).
+pub const SIM_VERSION: &str = "1.17.0-sim";
+
+const NOT_AFTER_BOOT: &str = "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_BOOT: &str =
+    "The requested operation is not supported before starting the microVM.";
+
+/// Something scheduled on the VMM thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// The guest has booted: agent up, vsock served.
+    BootDone,
+    /// The guest rebooted after Ctrl+Alt+Del (`reboot=k`): exit 0.
+    Reboot,
+    /// The VMM dies (`FC_SIM_CRASH_AFTER_MS`).
+    Crash,
+}
+
+/// Startup options from the command line that the VMM needs.
+#[derive(Clone, Debug, Default)]
+pub struct VmmOptions {
+    /// `--id`.
+    pub id: String,
+    /// `--boot-timer`.
+    pub boot_timer: bool,
+    /// `--enable-pci`.
+    pub enable_pci: bool,
+}
+
+/// A configured drive and its open backing file.
+#[derive(Debug)]
+struct DriveDev {
+    config: Drive,
+    _file: File,
+}
+
+/// A configured network interface and its attached TAP.
+#[derive(Debug)]
+struct NetDev {
+    config: NetworkInterface,
+    tap: Tap,
+}
+
+/// The VMM state.
+#[derive(Debug)]
+pub struct Vmm {
+    opts: VmmOptions,
+    knobs: Knobs,
+    state: InstanceState,
+    machine: MachineConfig,
+    boot: Option<(BootSource, File, Option<File>)>,
+    drives: Vec<DriveDev>,
+    nets: Vec<NetDev>,
+    vsock: Option<(Vsock, UnixListener)>,
+    logger: Option<Logger>,
+    metrics_cfg: Option<Metrics>,
+    metrics: Option<MetricsSink>,
+    /// The log; `main` configures it from the command line.
+    pub log: Log,
+    guest: Arc<Guest>,
+    started_at: Option<Instant>,
+    ctrl_alt_del_pending: bool,
+    timers: Vec<(Instant, Timer)>,
+    api_requests: u64,
+    exit: Option<i32>,
+}
+
+fn filled(m: MachineConfig) -> MachineConfig {
+    MachineConfig {
+        smt: Some(m.smt.unwrap_or(false)),
+        track_dirty_pages: Some(m.track_dirty_pages.unwrap_or(false)),
+        huge_pages: Some(m.huge_pages.unwrap_or(HugePages::None)),
+        ..m
+    }
+}
+
+impl Vmm {
+    /// A fresh, not started VMM.
+    pub fn new(opts: VmmOptions, knobs: Knobs) -> Self {
+        let log = Log::new(&opts.id);
+        Self {
+            opts,
+            knobs,
+            state: InstanceState::NotStarted,
+            machine: filled(MachineConfig::default()),
+            boot: None,
+            drives: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            logger: None,
+            metrics_cfg: None,
+            metrics: None,
+            log,
+            guest: Arc::new(Guest::new()),
+            started_at: None,
+            ctrl_alt_del_pending: false,
+            timers: Vec::new(),
+            api_requests: 0,
+            exit: None,
+        }
+    }
+
+    /// The shared guest state.
+    pub fn guest(&self) -> Arc<Guest> {
+        self.guest.clone()
+    }
+
+    /// The exit code, once the VMM has stopped.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit
+    }
+
+    /// When the next timer fires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.iter().map(|(t, _)| *t).min()
+    }
+
+    /// The kernel command line the guest sees: `boot_args` (or the default), with `pci=off`
+    /// added unless `--enable-pci`.
+    pub fn kernel_cmdline(&self) -> Option<String> {
+        let args = self
+            .boot
+            .as_ref()
+            .map(|(b, _, _)| b.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))?;
+        Some(
+            if self.opts.enable_pci || args.split(' ').any(|a| a == "pci=off") {
+                args.to_owned()
+            } else {
+                format!("{args} pci=off")
+            },
+        )
+    }
+
+    /// The TAP file descriptors and names, in configuration order (for a guest netstack).
+    pub fn taps(&self) -> impl Iterator<Item = &Tap> {
+        self.nets.iter().map(|n| &n.tap)
+    }
+
+    /// Handles one API action; the response is what Firecracker would answer.
+    pub fn handle(&mut self, action: Action) -> Response {
+        self.api_requests += 1;
+        let result = self.dispatch(action);
+        match result {
+            Ok(None) => Response::no_content(),
+            Ok(Some(body)) => Response::ok(body),
+            Err(msg) => {
+                self.log.error(&format!(
+                    "Received Error. Status code: 400 Bad Request. Message: {msg}"
+                ));
+                Response::fault(400, &msg)
+            }
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.state != InstanceState::NotStarted
+    }
+
+    fn pre_boot(&self) -> Result<(), String> {
+        if self.started() {
+            return Err(NOT_AFTER_BOOT.into());
+        }
+        Ok(())
+    }
+
+    fn post_boot(&self) -> Result<(), String> {
+        if !self.started() {
+            return Err(NOT_BEFORE_BOOT.into());
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, action: Action) -> Result<Option<String>, String> {
+        let json = |v: &dyn erased::Ser| Ok(Some(v.to_json()));
+        match action {
+            Action::GetInstanceInfo => json(&InstanceInfo {
+                app_name: "Firecracker".into(),
+                id: self.opts.id.clone(),
+                state: self.state,
+                vmm_version: SIM_VERSION.into(),
+            }),
+            Action::GetVersion => json(&FirecrackerVersion {
+                firecracker_version: SIM_VERSION.into(),
+            }),
+            Action::GetMachineConfig => json(&self.machine),
+            Action::GetVmConfig => json(&self.vm_config()),
+            Action::PutMachineConfig(m) => {
+                self.pre_boot()?;
+                m.validate()
+                    .map_err(|e| format!("Machine config error: {e}"))?;
+                self.machine = filled(m);
+                Ok(None)
+            }
+            Action::PatchMachineConfig(u) => {
+                self.pre_boot()?;
+                let next = self.machine.apply(&u);
+                next.validate()
+                    .map_err(|e| format!("Machine config error: {e}"))?;
+                self.machine = filled(next);
+                Ok(None)
+            }
+            Action::PutBootSource(b) => self.put_boot_source(b),
+            Action::PutDrive(d) => self.put_drive(d),
+            Action::PatchDrive(p) => {
+                self.post_boot()?;
+                p.validate().map_err(|e| format!("Drive config error: {e}"))?;
+                let idx = self
+                    .drives
+                    .iter()
+                    .position(|d| d.config.drive_id == p.drive_id)
+                    .ok_or_else(|| {
+                        format!("Drive config error: Unable to patch the block device: Device {} not found.", p.drive_id)
+                    })?;
+                if let Some(path) = &p.path_on_host {
+                    let read_only = self.drives[idx].config.is_read_only.unwrap_or(false);
+                    let file = open_backing(path, read_only).map_err(|e| {
+                        format!("Drive config error: Unable to patch the block device: {e} {path}")
+                    })?;
+                    self.drives[idx]._file = file;
+                    self.drives[idx].config.path_on_host = Some(path.clone());
+                }
+                if p.rate_limiter.is_some() {
+                    self.drives[idx].config.rate_limiter = p.rate_limiter;
+                }
+                Ok(None)
+            }
+            Action::PutNet(n) => self.put_net(n),
+            Action::PatchNet(p) => {
+                self.post_boot()?;
+                p.validate()
+                    .map_err(|e| format!("Network config error: {e}"))?;
+                let dev = self
+                    .nets
+                    .iter_mut()
+                    .find(|d| d.config.iface_id == p.iface_id)
+                    .ok_or_else(|| {
+                        "Network config error: Unable to update the net device: Invalid interface ID - not found.".to_owned()
+                    })?;
+                if p.rx_rate_limiter.is_some() {
+                    dev.config.rx_rate_limiter = p.rx_rate_limiter;
+                }
+                if p.tx_rate_limiter.is_some() {
+                    dev.config.tx_rate_limiter = p.tx_rate_limiter;
+                }
+                Ok(None)
+            }
+            Action::PutVsock(v) => self.put_vsock(v),
+            Action::Action(a) => self.action(a.action_type),
+            Action::PatchVm(vm) => {
+                self.post_boot()?;
+                match vm.state {
+                    VmState::Paused => {
+                        self.state = InstanceState::Paused;
+                        self.guest.set_paused(true);
+                    }
+                    VmState::Resumed => {
+                        self.state = InstanceState::Running;
+                        self.guest.set_paused(false);
+                        self.maybe_schedule_reboot();
+                    }
+                }
+                Ok(None)
+            }
+            Action::PutLogger(l) => {
+                self.pre_boot()?;
+                self.log
+                    .configure(l.log_path.as_deref(), l.level, l.show_level)
+                    .map_err(|e| format!("Logger error: Failed to open target file: {e}"))?;
+                self.logger = Some(l);
+                Ok(None)
+            }
+            Action::PutMetrics(m) => {
+                self.pre_boot()?;
+                self.init_metrics(m)?;
+                Ok(None)
+            }
+            Action::NotSimulated(what) => Err(format!(
+                "The requested operation is not supported: firecracker-sim does not simulate {what}."
+            )),
+        }
+    }
+
+    /// Initialises metrics (`--metrics-path` or `PUT /metrics`); only once.
+    pub fn init_metrics(&mut self, m: Metrics) -> Result<(), String> {
+        if self.metrics.is_some() {
+            return Err("Metrics error: Reinitialization of metrics not allowed.".into());
+        }
+        let sink = MetricsSink::open(&m.metrics_path, m.emit_id.unwrap_or(false), &self.opts.id)
+            .map_err(|e| format!("Metrics error: Failed to open target file: {e}"))?;
+        self.metrics = Some(sink);
+        self.metrics_cfg = Some(m);
+        Ok(())
+    }
+
+    fn vm_config(&self) -> VmConfigFile {
+        VmConfigFile {
+            boot_source: self.boot.as_ref().map(|(b, _, _)| b.clone()),
+            drives: self.drives.iter().map(|d| d.config.clone()).collect(),
+            machine_config: Some(self.machine.clone()),
+            network_interfaces: self.nets.iter().map(|n| n.config.clone()).collect(),
+            vsock: self.vsock.as_ref().map(|(v, _)| v.clone()),
+            logger: self.logger.clone(),
+            metrics: self.metrics_cfg.clone(),
+        }
+    }
+
+    fn put_boot_source(&mut self, b: BootSource) -> Result<Option<String>, String> {
+        self.pre_boot()?;
+        let kernel = File::open(&b.kernel_image_path)
+            .map_err(|e| format!("Boot source error: The kernel file cannot be opened: {e}"))?;
+        let initrd = match &b.initrd_path {
+            Some(p) => Some(File::open(p).map_err(|e| {
+                format!("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. {e}")
+            })?),
+            None => None,
+        };
+        self.boot = Some((b, kernel, initrd));
+        Ok(None)
+    }
+
+    fn put_drive(&mut self, d: Drive) -> Result<Option<String>, String> {
+        self.pre_boot()?;
+        d.validate()
+            .map_err(|e| format!("Drive config error: {e}"))?;
+        let existing = self
+            .drives
+            .iter()
+            .position(|x| x.config.drive_id == d.drive_id);
+        let other_root = self
+            .drives
+            .iter()
+            .any(|x| x.config.is_root_device && x.config.drive_id != d.drive_id);
+        if d.is_root_device && other_root {
+            return Err("Drive config error: A root block device already exists!".into());
+        }
+        let Some(path) = &d.path_on_host else {
+            return Err(
+                "The requested operation is not supported: firecracker-sim does not simulate vhost-user-block drives."
+                    .into(),
+            );
+        };
+        let file = open_backing(path, d.is_read_only.unwrap_or(false)).map_err(|e| {
+            format!("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {path}")
+        })?;
+        let dev = DriveDev {
+            config: d,
+            _file: file,
+        };
+        match existing {
+            Some(i) => self.drives[i] = dev,
+            None => self.drives.push(dev),
+        }
+        Ok(None)
+    }
+
+    fn put_net(&mut self, n: NetworkInterface) -> Result<Option<String>, String> {
+        self.pre_boot()?;
+        n.validate()
+            .map_err(|e| format!("Network config error: {e}"))?;
+        if let Some(mac) = &n.guest_mac {
+            let want = parse_mac(mac).map_err(|e| format!("Network config error: {e}"))?;
+            let clash = self.nets.iter().any(|d| {
+                d.config.iface_id != n.iface_id
+                    && d.config
+                        .guest_mac
+                        .as_deref()
+                        .and_then(|m| parse_mac(m).ok())
+                        == Some(want)
+            });
+            if clash {
+                return Err(format!(
+                    "Network config error: The MAC address is already in use: {mac}"
+                ));
+            }
+        }
+        // A re-PUT replaces the device: the old TAP is closed first, as in Firecracker.
+        self.nets.retain(|d| d.config.iface_id != n.iface_id);
+        let tap = open_tap(&n.host_dev_name).map_err(|e| {
+            format!("Network config error: Could not create the network device: Open tap device failed: {e}")
+        })?;
+        self.nets.push(NetDev { config: n, tap });
+        Ok(None)
+    }
+
+    fn put_vsock(&mut self, v: Vsock) -> Result<Option<String>, String> {
+        self.pre_boot()?;
+        v.validate()
+            .map_err(|e| format!("Vsock config error: {e}"))?;
+        // Firecracker drops the old device and removes its socket before creating the new one.
+        if let Some((old, _listener)) = self.vsock.take() {
+            let _ = std::fs::remove_file(&old.uds_path);
+        }
+        let listener = UnixListener::bind(&v.uds_path).map_err(|e| {
+            format!("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}")
+        })?;
+        self.vsock = Some((v, listener));
+        Ok(None)
+    }
+
+    fn action(&mut self, action: ActionType) -> Result<Option<String>, String> {
+        match action {
+            ActionType::InstanceStart => {
+                self.pre_boot()?;
+                if self.boot.is_none() {
+                    return Err(
+                        "Start microvm error: Cannot start microvm without kernel configuration."
+                            .into(),
+                    );
+                }
+                let now = Instant::now();
+                self.state = InstanceState::Running;
+                self.started_at = Some(now);
+                self.timers
+                    .push((now + self.knobs.boot_delay, Timer::BootDone));
+                if let Some(after) = self.knobs.crash_after {
+                    self.timers.push((now + after, Timer::Crash));
+                }
+                let cmdline = self.kernel_cmdline().unwrap_or_default();
+                self.log
+                    .info(&format!("Starting microVM, kernel command line: {cmdline}"));
+                Ok(None)
+            }
+            ActionType::SendCtrlAltDel => {
+                self.post_boot()?;
+                if !self.knobs.ignore_ctrl_alt_del {
+                    self.ctrl_alt_del_pending = true;
+                    self.maybe_schedule_reboot();
+                }
+                Ok(None)
+            }
+            ActionType::FlushMetrics => {
+                self.post_boot()?;
+                if let Some(m) = &mut self.metrics {
+                    // A full FIFO loses the line, as in Firecracker.
+                    let _ = m.flush(self.api_requests);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Schedules the reboot once a pending Ctrl+Alt+Del can reach a running guest.
+    fn maybe_schedule_reboot(&mut self) {
+        let scheduled = self.timers.iter().any(|(_, t)| *t == Timer::Reboot);
+        if self.ctrl_alt_del_pending && self.guest.booted() && !self.guest.paused() && !scheduled {
+            self.timers
+                .push((Instant::now() + self.knobs.reboot_delay, Timer::Reboot));
+        }
+    }
+
+    /// Fires the timers that are due.
+    pub fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(t, _)| *t <= now);
+        self.timers = later;
+        for (_, timer) in due {
+            match timer {
+                Timer::BootDone => self.boot_done(),
+                Timer::Reboot => {
+                    if self.guest.paused() {
+                        continue;
+                    }
+                    self.log.info("Vmm is stopping.");
+                    self.exit.get_or_insert(0);
+                }
+                Timer::Crash => {
+                    self.log.error(&format!(
+                        "Firecracker exiting with error. exit_code={}",
+                        self.knobs.crash_code
+                    ));
+                    self.exit.get_or_insert(self.knobs.crash_code);
+                }
+            }
+        }
+    }
+
+    fn boot_done(&mut self) {
+        self.guest.set_booted();
+        if self.opts.boot_timer {
+            let us = self
+                .started_at
+                .map(|t| t.elapsed().as_micros())
+                .unwrap_or(0);
+            self.log.info(&format!(
+                "Guest-boot-time = {us:>6} us {} ms, {:>6} CPU us {} CPU ms",
+                us / 1000,
+                0,
+                0
+            ));
+        }
+        if let Some((_, listener)) = &self.vsock {
+            match listener.try_clone() {
+                Ok(l) => guest::spawn_muxer(l, self.guest.clone(), self.knobs.clone()),
+                Err(e) => self.log.error(&format!("Cannot serve vsock: {e}")),
+            }
+        }
+        self.maybe_schedule_reboot();
+    }
+}
+
+fn open_backing(path: &str, read_only: bool) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(!read_only).open(path)
+}
+
+/// Serialising a body for a 200 response without making `dispatch` generic.
+mod erased {
+    /// A serialisable response body.
+    pub trait Ser {
+        /// The JSON text.
+        fn to_json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

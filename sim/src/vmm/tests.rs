@@ -1,0 +1,266 @@
+//! Unit tests of the VMM state machine, without sockets or processes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_proto::firecracker::{
+    ActionType, BootSource, Drive, InstanceActionInfo, MachineConfig, MachineConfigUpdate, Metrics,
+    Vm, VmState, Vsock,
+};
+
+use super::*;
+
+fn vmm() -> Vmm {
+    let knobs = Knobs {
+        boot_delay: Duration::ZERO,
+        reboot_delay: Duration::ZERO,
+        ..Knobs::default()
+    };
+    let mut v = Vmm::new(
+        VmmOptions {
+            id: "vm1".into(),
+            ..Default::default()
+        },
+        knobs,
+    );
+    v.log
+        .configure(None, Some(hearth_proto::firecracker::LogLevel::Off), None)
+        .unwrap();
+    v
+}
+
+fn fault(r: Response) -> String {
+    assert_eq!(r.status, 400, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+    v["fault_message"].as_str().unwrap().to_owned()
+}
+
+fn boot_source(dir: &Path) -> Action {
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, b"kernel").unwrap();
+    Action::PutBootSource(BootSource {
+        kernel_image_path: k.to_str().unwrap().into(),
+        boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
+        initrd_path: None,
+    })
+}
+
+fn start() -> Action {
+    Action::Action(InstanceActionInfo::new(ActionType::InstanceStart))
+}
+
+fn drive(dir: &Path, id: &str, root: bool) -> Drive {
+    let p = dir.join(id);
+    std::fs::write(&p, b"disk").unwrap();
+    Drive {
+        drive_id: id.into(),
+        is_root_device: root,
+        path_on_host: Some(p.to_str().unwrap().into()),
+        is_read_only: Some(false),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn start_needs_a_kernel_and_succeeds_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    assert_eq!(
+        fault(v.handle(start())),
+        "Start microvm error: Cannot start microvm without kernel configuration."
+    );
+    assert_eq!(v.handle(boot_source(dir.path())).status, 204);
+    assert_eq!(v.handle(start()).status, 204);
+    assert_eq!(v.state, InstanceState::Running);
+    assert_eq!(fault(v.handle(start())), NOT_AFTER_BOOT);
+    assert_eq!(fault(v.handle(boot_source(dir.path()))), NOT_AFTER_BOOT);
+}
+
+#[test]
+fn missing_kernel_file_is_reported() {
+    let mut v = vmm();
+    let msg = fault(v.handle(Action::PutBootSource(BootSource {
+        kernel_image_path: "/nonexistent/vmlinux".into(),
+        ..Default::default()
+    })));
+    assert!(
+        msg.starts_with("Boot source error: The kernel file cannot be opened: No such file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn machine_config_rules_and_patch() {
+    let mut v = vmm();
+    let bad = MachineConfig {
+        vcpu_count: 3,
+        smt: Some(true),
+        ..MachineConfig::default()
+    };
+    assert!(fault(v.handle(Action::PutMachineConfig(bad))).starts_with("Machine config error:"));
+    let patch = MachineConfigUpdate {
+        mem_size_mib: Some(256),
+        ..Default::default()
+    };
+    assert_eq!(v.handle(Action::PatchMachineConfig(patch)).status, 204);
+    let got = v.handle(Action::GetMachineConfig);
+    assert_eq!(
+        got.body.as_deref(),
+        Some(
+            r#"{"vcpu_count":1,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}"#
+        )
+    );
+}
+
+#[test]
+fn one_root_device_and_files_opened_at_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    assert_eq!(
+        v.handle(Action::PutDrive(drive(dir.path(), "rootfs", true)))
+            .status,
+        204
+    );
+    // Re-PUT of the same root drive replaces it.
+    assert_eq!(
+        v.handle(Action::PutDrive(drive(dir.path(), "rootfs", true)))
+            .status,
+        204
+    );
+    assert_eq!(
+        fault(v.handle(Action::PutDrive(drive(dir.path(), "other", true)))),
+        "Drive config error: A root block device already exists!"
+    );
+    let mut missing = drive(dir.path(), "data", false);
+    missing.path_on_host = Some("/nonexistent/disk".into());
+    let msg = fault(v.handle(Action::PutDrive(missing)));
+    assert!(msg.contains("No such file or directory"), "{msg}");
+    assert_eq!(v.drives.len(), 1);
+}
+
+#[test]
+fn vsock_binds_at_put_and_refuses_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let path = dir.path().join("v.sock");
+    let vs = Vsock {
+        guest_cid: 3,
+        uds_path: path.to_str().unwrap().into(),
+        vsock_id: None,
+    };
+    assert_eq!(v.handle(Action::PutVsock(vs.clone())).status, 204);
+    assert!(path.exists());
+    // Re-PUT replaces the device (the old socket is removed first).
+    assert_eq!(v.handle(Action::PutVsock(vs)).status, 204);
+    let taken = dir.path().join("taken");
+    std::fs::write(&taken, b"").unwrap();
+    let msg = fault(v.handle(Action::PutVsock(Vsock {
+        guest_cid: 3,
+        uds_path: taken.to_str().unwrap().into(),
+        vsock_id: None,
+    })));
+    assert!(
+        msg.starts_with("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: "),
+        "{msg}"
+    );
+    let msg = fault(v.handle(Action::PutVsock(Vsock {
+        guest_cid: 2,
+        uds_path: "/tmp/x".into(),
+        vsock_id: None,
+    })));
+    assert!(msg.starts_with("Vsock config error:"), "{msg}");
+}
+
+#[test]
+fn ctrl_alt_del_before_boot_fails_after_boot_reboots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let cad = || Action::Action(InstanceActionInfo::new(ActionType::SendCtrlAltDel));
+    assert_eq!(fault(v.handle(cad())), NOT_BEFORE_BOOT);
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    assert_eq!(v.handle(cad()).status, 204);
+    // Boot, then the reboot: both timers are due immediately with zero delays.
+    v.fire_timers();
+    assert!(v.guest.booted());
+    v.fire_timers();
+    assert_eq!(v.exit_code(), Some(0));
+}
+
+#[test]
+fn pause_defers_the_reboot_and_ignore_knob_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    v.fire_timers();
+    let pause = |s| Action::PatchVm(Vm { state: s });
+    assert_eq!(v.handle(pause(VmState::Paused)).status, 204);
+    assert_eq!(v.state, InstanceState::Paused);
+    v.handle(Action::Action(InstanceActionInfo::new(
+        ActionType::SendCtrlAltDel,
+    )));
+    v.fire_timers();
+    assert_eq!(v.exit_code(), None);
+    v.handle(pause(VmState::Resumed));
+    v.fire_timers();
+    assert_eq!(v.exit_code(), Some(0));
+
+    let mut v = vmm();
+    v.knobs.ignore_ctrl_alt_del = true;
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    v.fire_timers();
+    v.handle(Action::Action(InstanceActionInfo::new(
+        ActionType::SendCtrlAltDel,
+    )));
+    v.fire_timers();
+    assert_eq!(v.exit_code(), None);
+    assert_eq!(v.next_deadline(), None);
+}
+
+#[test]
+fn metrics_only_once_and_logger_pre_boot_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let m = Metrics {
+        metrics_path: dir.path().join("m").to_str().unwrap().into(),
+        ..Default::default()
+    };
+    assert_eq!(v.handle(Action::PutMetrics(m.clone())).status, 204);
+    assert_eq!(
+        fault(v.handle(Action::PutMetrics(m))),
+        "Metrics error: Reinitialization of metrics not allowed."
+    );
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    assert_eq!(
+        fault(v.handle(Action::PutLogger(Default::default()))),
+        NOT_AFTER_BOOT
+    );
+    assert_eq!(
+        v.handle(Action::Action(InstanceActionInfo::new(
+            ActionType::FlushMetrics
+        )))
+        .status,
+        204
+    );
+    let text = std::fs::read_to_string(dir.path().join("m")).unwrap();
+    assert!(text.contains("utc_timestamp_ms"), "{text}");
+}
+
+#[test]
+fn pci_off_is_added_unless_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    v.handle(boot_source(dir.path()));
+    assert_eq!(
+        v.kernel_cmdline().as_deref(),
+        Some("console=ttyS0 reboot=k panic=1 pci=off")
+    );
+    v.opts.enable_pci = true;
+    assert_eq!(
+        v.kernel_cmdline().as_deref(),
+        Some("console=ttyS0 reboot=k panic=1")
+    );
+}
