@@ -177,6 +177,14 @@ fn raw_frames_reach_the_host_as_built() {
         .expect("send frame");
     let from = sink.wait_for(b"raw-hello", Duration::from_secs(5));
     assert_eq!(from, Some(SocketAddrV4::new(GUEST, 4444).into()));
+    // Arrived packets are captured: the host's echo request shows up with the host's MAC.
+    assert!(host_pings(&ns, GUEST));
+    let echo = guest
+        .wait_for_packet(Duration::from_secs(2), |p| {
+            p.src_ip == HOST && p.protocol == 1
+        })
+        .expect("capture");
+    assert_eq!(echo.map(|p| p.src_mac), Some(host_mac));
     assert!(matches!(
         guest.send_raw_frame(&[0u8; 10]),
         Err(NetstackError::BadFrame { len: 10 })

@@ -4,7 +4,7 @@
 //! completed here. ARP packets are snooped on the way in so the stack can tell tests the
 //! MAC behind an address (for hand-built frames).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Ipv4Addr;
@@ -13,6 +13,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
 
+use super::capture::{self, CapturedPacket};
 use super::config::VnetHdr;
 
 /// Largest frame we read: a full 64 KiB GSO frame plus any header, so nothing is truncated.
@@ -27,6 +28,8 @@ pub(crate) struct TapDevice {
     rx_buf: Vec<u8>,
     /// IPv4 -> MAC, from every ARP packet seen on the TAP.
     pub(crate) arp_seen: HashMap<Ipv4Addr, [u8; 6]>,
+    /// The last IPv4 packets that arrived.
+    pub(crate) captured: VecDeque<CapturedPacket>,
     /// Frames read and written, for debugging.
     pub(crate) frames_in: u64,
     pub(crate) frames_out: u64,
@@ -45,6 +48,7 @@ impl TapDevice {
             vnet,
             rx_buf: vec![0; RX_BUF],
             arp_seen: HashMap::new(),
+            captured: VecDeque::new(),
             frames_in: 0,
             frames_out: 0,
         }
@@ -62,6 +66,7 @@ impl TapDevice {
                     complete_checksum(hdr, frame);
                     let frame = frame.to_vec();
                     self.snoop_arp(&frame);
+                    capture::record(&mut self.captured, &frame);
                     return Some(frame);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod capture;
 mod config;
 mod device;
 mod dns;
@@ -40,6 +41,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use capture::{CapturedPacket, CAPTURE_PAYLOAD};
 pub use config::{parse_kernel_ip_arg, KernelIpConfig, NetConfig, VnetHdr};
 pub use frames::FrameAddrs;
 pub use tap::open_tap;
@@ -312,6 +314,35 @@ impl GuestStack {
                 reply,
             },
         )
+    }
+
+    /// The IPv4 packets that arrived on the TAP so far (the last 1024), whatever the stack
+    /// did with them.
+    pub fn captured(&self) -> Result<Vec<CapturedPacket>, NetstackError> {
+        self.request(
+            "Reading the capture".into(),
+            self.config.timeout,
+            |_, reply| Command::Captured { reply },
+        )
+    }
+
+    /// Waits up to `timeout` for an arrived packet matching `pred` (checking every 20 ms);
+    /// None when none came.
+    pub fn wait_for_packet(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&CapturedPacket) -> bool,
+    ) -> Result<Option<CapturedPacket>, NetstackError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.captured()?.into_iter().find(|p| pred(p)) {
+                return Ok(Some(p));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the stack thread and waits for it (what dropping the handle does).

@@ -21,6 +21,7 @@ use smoltcp::wire::{
     EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint,
 };
 
+use super::capture::CapturedPacket;
 use super::device::{arp_request, TapDevice};
 use super::dns::{self, AnswerError};
 use super::{NetConfig, NetstackError};
@@ -72,6 +73,9 @@ pub(crate) enum Command {
         port: u16,
         response: Vec<u8>,
         reply: Reply<()>,
+    },
+    Captured {
+        reply: Reply<Vec<CapturedPacket>>,
     },
     Shutdown,
 }
@@ -238,6 +242,9 @@ impl Stack {
         let now = Instant::now();
         match command {
             Command::Shutdown => {}
+            Command::Captured { reply } => {
+                let _ = reply.send(Ok(self.device.captured.iter().cloned().collect()));
+            }
             Command::SendRawFrame { frame, reply } => {
                 let result = self
                     .device
