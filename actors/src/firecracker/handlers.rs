@@ -1,0 +1,628 @@
+//! One `impl Handler` per message of [`FirecrackerActor`], plus the async steps they share.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, MessageResult, ResponseFuture,
+    WrapFuture,
+};
+use hearth_proto::firecracker::{ActionType, InstanceActionInfo, InstanceInfo, InstanceState};
+use tokio::sync::watch;
+
+use crate::host::processes::{ExitStatus, Process, Signal, SpawnSpec};
+
+use super::api_client::{wait_for_socket, ApiClient};
+use super::command::LaunchArgs;
+use super::config::ApiBodies;
+use super::console::ConsoleCapture;
+use super::messages::*;
+use super::readiness::{self, ProbeOutcome};
+use super::run_dir::set_socket_access;
+use super::stop::{run_ladder, rungs, StopOutcome, StopPlan, StopRung};
+use super::{FirecrackerActor, FirecrackerError, Owned, VmState};
+
+type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
+
+fn fail<T: 'static>(e: FirecrackerError) -> Atomic<T> {
+    AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))))
+}
+
+/// The PUTs of a configuration, in Firecracker's order.
+async fn configure_api(
+    api: &mut ApiClient,
+    bodies: &ApiBodies,
+    vsock_socket: PathBuf,
+    group: Option<u32>,
+) -> Result<(), FirecrackerError> {
+    api.put("/machine-config", &bodies.machine).await?;
+    api.put("/boot-source", &bodies.boot).await?;
+    api.put(&format!("/drives/{}", bodies.root.drive_id), &bodies.root)
+        .await?;
+    if let Some(net) = &bodies.net {
+        api.put(&format!("/network-interfaces/{}", net.iface_id), net)
+            .await?;
+    }
+    if let Some(vsock) = &bodies.vsock {
+        api.put("/vsock", vsock).await?;
+        if let Some(gid) = group {
+            set_socket_access(&vsock_socket, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// InstanceStart, then `GET /` with a short backoff (20 µs doubling to 1 ms) until Running.
+/// Firecracker answers InstanceStart after the VM is built, so the first GET usually succeeds.
+async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), FirecrackerError> {
+    api.put(
+        "/actions",
+        &InstanceActionInfo::new(ActionType::InstanceStart),
+    )
+    .await?;
+    let start = Instant::now();
+    let mut delay = Duration::from_micros(20);
+    loop {
+        let info: InstanceInfo = api.get("/").await?;
+        if info.state == InstanceState::Running {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(FirecrackerError::NotRunning {
+                state: format!("{:?}", info.state),
+                waited: start.elapsed(),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(1));
+    }
+}
+
+impl FirecrackerActor {
+    /// The synchronous part of a spawn: run dir, console, fork/exec, exit watch.
+    fn spawn_now(&mut self, ctx: &mut Context<Self>) -> Result<Duration, FirecrackerError> {
+        if !self.state.can_spawn() {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "spawn",
+            });
+        }
+        let t0 = Instant::now();
+        self.run_dir.prepare()?;
+        let fifo = self.run_dir.console_fifo();
+        let console = ConsoleCapture::start(
+            &fifo,
+            &self.run_dir.console_log(),
+            self.settings.console_cap,
+        )
+        .map_err(|source| FirecrackerError::RunDir {
+            path: fifo.clone(),
+            source,
+        })?;
+        let spec = SpawnSpec {
+            program: self.binary.path.clone(),
+            args: LaunchArgs::for_run_dir(&self.run_dir, &self.vm_id, self.settings.log_level)
+                .args(),
+            cwd: self.run_dir.path().to_path_buf(),
+            stdio: fifo,
+        };
+        let process = self.processes.spawn(&spec)?;
+        let start_time = match self.processes.identity(process.pid()) {
+            Ok(id) => id.start_time,
+            Err(e) => {
+                let _ = process.signal(Signal::Kill);
+                return Err(e.into());
+            }
+        };
+        slog::info!(self.log, "spawned firecracker"; "pid" => process.pid());
+        self.console = Some(console);
+        self.watch_exit(ctx, process, start_time);
+        self.state = VmState::Spawning;
+        self.stop_rung = None;
+        Ok(t0.elapsed())
+    }
+
+    /// Starts the task that waits on the pidfd and reports the exit to this actor.
+    fn watch_exit(&mut self, ctx: &mut Context<Self>, process: Arc<dyn Process>, start_time: u64) {
+        let (tx, rx) = watch::channel(None);
+        let wait = process.wait();
+        let me = ctx.address().downgrade();
+        let pid = process.pid();
+        let waiter = actix::spawn(async move {
+            let status = wait.await.unwrap_or(ExitStatus::Unknown);
+            tx.send_replace(Some(status));
+            if let Some(addr) = me.upgrade() {
+                addr.do_send(ProcessExited { pid, status });
+            }
+        });
+        if let Some(old) = self.owned.take() {
+            old.waiter.abort();
+        }
+        self.owned = Some(Owned {
+            process,
+            start_time,
+            exit: rx,
+            waiter,
+        });
+    }
+
+    /// The future that waits for the API socket and connects to it.
+    fn api_ready(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(ApiClient, Duration), FirecrackerError>> + 'static
+    {
+        let socket = self.run_dir.api_socket();
+        let timeout = self.settings.api_timeout;
+        let group = self.settings.socket_group;
+        let exit = self.owned.as_ref().map(|o| o.exit.clone());
+        let console = self.run_dir.console_log();
+        async move {
+            let t0 = Instant::now();
+            let stream = wait_for_socket(&socket, timeout, || {
+                let status = exit.as_ref().and_then(|rx| *rx.borrow())?;
+                Some(FirecrackerError::ExitedEarly {
+                    phase: "its API socket appeared",
+                    status,
+                    console: console.clone(),
+                })
+            })
+            .await?;
+            if let Some(gid) = group {
+                set_socket_access(&socket, gid)?;
+            }
+            Ok((ApiClient::with_stream(&socket, stream), t0.elapsed()))
+        }
+    }
+
+    /// After a failed spawn or boot: SIGKILL the process; its exit is reported as `Stopped`.
+    fn kill_after_failure(&mut self, e: &FirecrackerError) {
+        if let Some(o) = &self.owned {
+            slog::warn!(self.log, "killing firecracker after failure"; "pid" => o.process.pid(), "error" => %e);
+            self.stop_rung = Some(StopRung::Sigkill);
+            if let Err(err) = o.process.signal(Signal::Kill) {
+                slog::error!(self.log, "SIGKILL failed"; "error" => %err);
+            }
+        }
+    }
+
+    fn take_api(&mut self, op: &'static str) -> Result<ApiClient, FirecrackerError> {
+        self.api.take().ok_or(FirecrackerError::InvalidState {
+            state: self.state,
+            op,
+        })
+    }
+
+    fn stop_with(&mut self, plan: StopPlan) -> Atomic<StopOutcome> {
+        let Some(owned) = self.owned.as_ref().filter(|_| self.state.can_stop()) else {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "stop",
+            });
+        };
+        let process = owned.process.clone();
+        let exit = owned.exit.clone();
+        let guest_started = self.state == VmState::Running && self.api.is_some();
+        let steps = rungs(&plan, guest_started);
+        let mut client = if guest_started { self.api.take() } else { None };
+        let previous = self.state;
+        self.state = VmState::Stopping;
+        let fut = async move {
+            let api = client.as_mut();
+            let res = run_ladder(&steps, &*process, exit, move || async move {
+                match api {
+                    Some(c) => {
+                        c.put(
+                            "/actions",
+                            &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            })
+            .await;
+            (client, res)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |(client, res), act, _| {
+                act.api = client;
+                match res {
+                    Ok(outcome) => {
+                        slog::info!(act.log, "stopped"; "rung" => %outcome.rung, "status" => %outcome.status, "ms" => outcome.elapsed.as_millis());
+                        act.stop_rung = Some(outcome.rung);
+                        Ok(outcome)
+                    }
+                    Err(e) => {
+                        act.state = previous;
+                        Err(e)
+                    }
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<SpawnProcess> for FirecrackerActor {
+    type Result = Atomic<SpawnInfo>;
+
+    fn handle(&mut self, _msg: SpawnProcess, ctx: &mut Context<Self>) -> Self::Result {
+        let spawn = match self.spawn_now(ctx) {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        AtomicResponse::new(Box::pin(self.api_ready().into_actor(self).map(
+            move |res, act, _| match res {
+                Ok((client, api_ready)) => {
+                    act.api = Some(client);
+                    act.state = VmState::Spawned;
+                    let record = act.record().ok_or(FirecrackerError::InvalidState {
+                        state: act.state,
+                        op: "record",
+                    })?;
+                    Ok(SpawnInfo {
+                        record,
+                        spawn,
+                        api_ready,
+                    })
+                }
+                Err(e) => {
+                    act.kill_after_failure(&e);
+                    Err(e)
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<ConfigureVm> for FirecrackerActor {
+    type Result = Atomic<Duration>;
+
+    fn handle(&mut self, msg: ConfigureVm, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.can_configure() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "configure",
+            });
+        }
+        let vsock = self.run_dir.vsock_socket();
+        let bodies = match msg.config.api_bodies(&vsock) {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let mut client = match self.take_api("configure") {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let group = self.settings.socket_group;
+        let fut = async move {
+            let t0 = Instant::now();
+            let res = configure_api(&mut client, &bodies, vsock, group).await;
+            (client, res.map(|()| t0.elapsed()))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(client, res), act, _| {
+                act.api = Some(client);
+                if res.is_ok() {
+                    act.state = VmState::Configured;
+                }
+                res
+            },
+        )))
+    }
+}
+
+impl Handler<StartVm> for FirecrackerActor {
+    type Result = Atomic<Duration>;
+
+    fn handle(&mut self, _msg: StartVm, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.can_start() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "start",
+            });
+        }
+        let mut client = match self.take_api("start") {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let timeout = self.settings.start_timeout;
+        let fut = async move {
+            let t0 = Instant::now();
+            let res = start_instance(&mut client, timeout).await;
+            (client, res.map(|()| t0.elapsed()))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(client, res), act, _| {
+                act.api = Some(client);
+                if res.is_ok() {
+                    act.state = VmState::Running;
+                }
+                res
+            },
+        )))
+    }
+}
+
+impl Handler<ProbeReady> for FirecrackerActor {
+    type Result = ResponseFuture<Result<ProbeOutcome, FirecrackerError>>;
+
+    fn handle(&mut self, msg: ProbeReady, _ctx: &mut Context<Self>) -> Self::Result {
+        let state = self.state;
+        let uds = self.run_dir.vsock_socket();
+        Box::pin(async move {
+            if !state.is_running() {
+                return Err(FirecrackerError::InvalidState { state, op: "probe" });
+            }
+            readiness::probe(&uds, msg.port, msg.timeout).await
+        })
+    }
+}
+
+impl Handler<BootVm> for FirecrackerActor {
+    type Result = Atomic<BootReport>;
+
+    fn handle(&mut self, msg: BootVm, ctx: &mut Context<Self>) -> Self::Result {
+        // Validate everything before creating anything.
+        let vsock = self.run_dir.vsock_socket();
+        let bodies = match msg.config.api_bodies(&vsock) {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let spawn = match self.spawn_now(ctx) {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        let api_ready = self.api_ready();
+        let group = self.settings.socket_group;
+        let start_timeout = self.settings.start_timeout;
+        let probe = msg.config.probe;
+        let fut = async move {
+            let mut timings = BootTimings {
+                spawn,
+                ..BootTimings::default()
+            };
+            let (mut client, d) = api_ready.await?;
+            timings.api_ready = d;
+            let t = Instant::now();
+            configure_api(&mut client, &bodies, vsock.clone(), group).await?;
+            timings.configured = t.elapsed();
+            let t = Instant::now();
+            start_instance(&mut client, start_timeout).await?;
+            timings.started = t.elapsed();
+            let agent = match probe {
+                Some(p) => {
+                    let out = readiness::probe(&vsock, p.port, p.timeout).await?;
+                    timings.agent_ready = Some(out.elapsed);
+                    Some(out.reply)
+                }
+                None => None,
+            };
+            Ok((client, timings, agent))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| match res {
+            Ok((client, timings, agent)) => {
+                act.api = Some(client);
+                act.state = VmState::Running;
+                let record = act.record().ok_or(FirecrackerError::InvalidState {
+                    state: act.state,
+                    op: "record",
+                })?;
+                slog::info!(act.log, "booted"; "pid" => record.pid, "ms" => timings.total().as_secs_f64() * 1e3);
+                Ok(BootReport {
+                    record,
+                    timings,
+                    agent,
+                })
+            }
+            Err(e) => {
+                act.kill_after_failure(&e);
+                Err(e)
+            }
+        })))
+    }
+}
+
+impl Handler<SendCtrlAltDel> for FirecrackerActor {
+    type Result = Atomic<()>;
+
+    fn handle(&mut self, _msg: SendCtrlAltDel, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.is_running() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "send Ctrl+Alt+Del to",
+            });
+        }
+        let mut client = match self.take_api("send Ctrl+Alt+Del to") {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let fut = async move {
+            let res = client
+                .put(
+                    "/actions",
+                    &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
+                )
+                .await;
+            (client, res)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(client, res), act, _| {
+                act.api = Some(client);
+                res
+            },
+        )))
+    }
+}
+
+impl Handler<StopVm> for FirecrackerActor {
+    type Result = Atomic<StopOutcome>;
+
+    fn handle(&mut self, msg: StopVm, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stop_with(msg.plan)
+    }
+}
+
+impl Handler<KillVm> for FirecrackerActor {
+    type Result = Atomic<StopOutcome>;
+
+    fn handle(&mut self, _msg: KillVm, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stop_with(StopPlan::KILL)
+    }
+}
+
+impl FirecrackerActor {
+    /// Checks that `record` describes a live process that is this VM's Firecracker. Sends
+    /// nothing to the process.
+    fn verify_adoptable(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Arc<dyn Process>, FirecrackerError> {
+        let pid = record.pid;
+        let mismatch = |reason: String| FirecrackerError::AdoptMismatch { pid, reason };
+        let api = self.run_dir.api_socket();
+        if record.api_socket != api {
+            return Err(mismatch(format!(
+                "recorded API socket {} is not this VM's {}",
+                record.api_socket.display(),
+                api.display()
+            )));
+        }
+        // Pin the process first, then read /proc: if it is still alive afterwards, what we
+        // read describes the pinned process.
+        let process = self
+            .processes
+            .open(pid)
+            .map_err(|e| mismatch(e.to_string()))?;
+        let id = self
+            .processes
+            .identity(pid)
+            .map_err(|e| mismatch(e.to_string()))?;
+        if id.start_time != record.start_time {
+            return Err(mismatch(format!(
+                "start time {} differs from the recorded {} (pid reused)",
+                id.start_time, record.start_time
+            )));
+        }
+        let api_str = api.to_string_lossy();
+        if !id.cmdline.iter().any(|a| *a == api_str) {
+            return Err(mismatch(format!(
+                "command line {:?} lacks {api_str}",
+                id.cmdline
+            )));
+        }
+        let argv0 = id.cmdline.first().map(std::path::Path::new);
+        let same_binary = argv0.is_some_and(|a| {
+            a == self.binary.path || a.file_name() == self.binary.path.file_name()
+        });
+        if !same_binary {
+            return Err(mismatch(format!(
+                "command line {:?} does not run {}",
+                id.cmdline,
+                self.binary.path.display()
+            )));
+        }
+        if process.has_exited() {
+            return Err(mismatch("it exited during verification".into()));
+        }
+        Ok(process)
+    }
+}
+
+impl Handler<AdoptProcess> for FirecrackerActor {
+    type Result = Atomic<AdoptInfo>;
+
+    fn handle(&mut self, msg: AdoptProcess, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.can_spawn() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "adopt",
+            });
+        }
+        let process = match self.verify_adoptable(&msg.record) {
+            Ok(p) => p,
+            Err(e) => {
+                slog::warn!(self.log, "not adopting"; "error" => %e);
+                return fail(e);
+            }
+        };
+        let socket = self.run_dir.api_socket();
+        let fut = async move {
+            let mut client = ApiClient::new(&socket);
+            let info: InstanceInfo = client.get("/").await?;
+            Ok((client, info))
+        };
+        let start_time = msg.record.start_time;
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |res: Result<(ApiClient, InstanceInfo), FirecrackerError>, act, ctx| {
+                let (client, info) = res?;
+                let is_child = process.is_child();
+                act.watch_exit(ctx, process, start_time);
+                act.api = Some(client);
+                act.stop_rung = None;
+                act.state = match info.state {
+                    InstanceState::NotStarted => VmState::Spawned,
+                    InstanceState::Running | InstanceState::Paused => VmState::Running,
+                };
+                let fifo = act.run_dir.console_fifo();
+                match ConsoleCapture::start(&fifo, &act.run_dir.console_log(), act.settings.console_cap) {
+                    Ok(c) => act.console = Some(c),
+                    Err(e) => slog::warn!(act.log, "console capture not resumed"; "error" => %e),
+                }
+                slog::info!(act.log, "adopted firecracker"; "pid" => msg.record.pid, "state" => ?info.state);
+                Ok(AdoptInfo {
+                    vmm_state: serde_json::to_value(info.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    is_child,
+                })
+            },
+        )))
+    }
+}
+
+impl Handler<GetProcessRecord> for FirecrackerActor {
+    type Result = MessageResult<GetProcessRecord>;
+
+    fn handle(&mut self, _msg: GetProcessRecord, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.record())
+    }
+}
+
+impl Handler<ProcessExited> for FirecrackerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessExited, _ctx: &mut Context<Self>) {
+        if self.owned.as_ref().map(|o| o.process.pid()) != Some(msg.pid) {
+            return;
+        }
+        self.owned = None;
+        self.api = None;
+        self.state = VmState::Exited;
+        if let Some(console) = self.console.take() {
+            // Drains the last output (the writer is gone) off the actor's thread.
+            std::thread::spawn(move || console.finish());
+        }
+        if let Err(e) = self.run_dir.remove_sockets() {
+            slog::warn!(self.log, "cannot remove sockets"; "error" => %e);
+        }
+        let event = match self.stop_rung.take() {
+            Some(rung) if rung != StopRung::AlreadyExited => VmProcessEvent::Stopped {
+                vm_id: self.vm_id.clone(),
+                pid: msg.pid,
+                rung,
+                status: msg.status,
+            },
+            _ => {
+                slog::warn!(self.log, "firecracker exited unexpectedly"; "pid" => msg.pid, "status" => %msg.status);
+                VmProcessEvent::ExitedUnexpectedly {
+                    vm_id: self.vm_id.clone(),
+                    pid: msg.pid,
+                    status: msg.status,
+                }
+            }
+        };
+        self.events.do_send(event);
+    }
+}

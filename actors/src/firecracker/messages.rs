@@ -1,0 +1,193 @@
+//! The messages [`super::FirecrackerActor`] answers, the event it sends its owner, and the
+//! records and reports they carry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::Message;
+use hearth_proto::agent::PingReply;
+
+use crate::host::processes::ExitStatus;
+
+use super::config::VmConfig;
+use super::readiness::ProbeOutcome;
+use super::stop::{StopOutcome, StopPlan, StopRung};
+use super::FirecrackerError;
+
+/// What the supervisor records (before and after spawning) to recognise the process again
+/// after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// The process id.
+    pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot).
+    pub start_time: u64,
+    /// Its API socket.
+    pub api_socket: PathBuf,
+    /// The binary it runs.
+    pub binary: PathBuf,
+}
+
+/// What spawning produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnInfo {
+    /// The record to persist.
+    pub record: ProcessRecord,
+    /// From the request to the process existing (run dir, console, fork/exec).
+    pub spawn: Duration,
+    /// From the process existing to its API socket accepting connections.
+    pub api_ready: Duration,
+}
+
+/// Per-phase durations of a boot (each phase on its own, not cumulative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BootTimings {
+    /// Run dir, console, fork/exec.
+    pub spawn: Duration,
+    /// Until the API socket accepted a connection.
+    pub api_ready: Duration,
+    /// machine-config, boot-source, drive, network, vsock.
+    pub configured: Duration,
+    /// InstanceStart until `GET /` says Running.
+    pub started: Duration,
+    /// Until the guest agent answered (None when the probe is opted out).
+    pub agent_ready: Option<Duration>,
+}
+
+impl BootTimings {
+    /// The whole boot.
+    pub fn total(&self) -> Duration {
+        self.spawn
+            + self.api_ready
+            + self.configured
+            + self.started
+            + self.agent_ready.unwrap_or_default()
+    }
+}
+
+/// What a boot produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootReport {
+    /// The record to persist.
+    pub record: ProcessRecord,
+    /// Phase durations.
+    pub timings: BootTimings,
+    /// The agent's answer, unless the probe was opted out.
+    pub agent: Option<PingReply>,
+}
+
+/// Sent to the actor's owner when the process ends.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum VmProcessEvent {
+    /// The process ended because hearth stopped it.
+    Stopped {
+        /// The VM.
+        vm_id: String,
+        /// The process.
+        pid: u32,
+        /// The rung that ended it.
+        rung: StopRung,
+        /// Its exit status.
+        status: ExitStatus,
+    },
+    /// The process ended on its own (crash, guest reboot, external kill).
+    ExitedUnexpectedly {
+        /// The VM.
+        vm_id: String,
+        /// The process.
+        pid: u32,
+        /// Its exit status (`Unknown` for an adopted process).
+        status: ExitStatus,
+    },
+}
+
+/// Prepares the run directory and starts Firecracker; resolves when its API socket accepts
+/// connections.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SpawnInfo, FirecrackerError>")]
+pub struct SpawnProcess {}
+
+/// Configures the spawned VM: machine, kernel and boot args, root drive, network, vsock.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Duration, FirecrackerError>")]
+pub struct ConfigureVm {
+    /// The configuration.
+    pub config: VmConfig,
+}
+
+/// InstanceStart, then waits for `GET /` to report Running.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Duration, FirecrackerError>")]
+pub struct StartVm {}
+
+/// Probes the guest agent over hybrid vsock until it answers or `timeout` passes.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ProbeOutcome, FirecrackerError>")]
+pub struct ProbeReady {
+    /// The agent's vsock port.
+    pub port: u32,
+    /// How long to keep trying.
+    pub timeout: Duration,
+}
+
+/// Spawn, configure, start and (unless `config.probe` is `None`) probe, timing each phase.
+/// On failure the process is killed and the run directory's sockets removed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BootReport, FirecrackerError>")]
+pub struct BootVm {
+    /// The configuration.
+    pub config: VmConfig,
+}
+
+/// Asks the guest to shut down (x86 Ctrl+Alt+Del); does not wait.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct SendCtrlAltDel {}
+
+/// Stops the process by the ladder in `plan`; the answer says which rung ended it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<StopOutcome, FirecrackerError>")]
+pub struct StopVm {
+    /// Graces per rung.
+    pub plan: StopPlan,
+}
+
+/// SIGKILL at once.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<StopOutcome, FirecrackerError>")]
+pub struct KillVm {}
+
+/// Takes over a running process recorded earlier, without restarting it: verifies pid, start
+/// time and command line, then pings the API. A process failing verification is not touched.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AdoptInfo, FirecrackerError>")]
+pub struct AdoptProcess {
+    /// What was recorded.
+    pub record: ProcessRecord,
+}
+
+/// What adoption found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptInfo {
+    /// The VM state Firecracker reports (`Running`, `Not started`, `Paused`).
+    pub vmm_state: String,
+    /// Whether the process is our child (its exit code will be known).
+    pub is_child: bool,
+}
+
+/// The current process record, if a process is owned.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<ProcessRecord>")]
+pub struct GetProcessRecord {}
+
+/// Internal: the process has exited (sent by the actor's own wait task).
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ProcessExited {
+    /// The process that exited.
+    pub pid: u32,
+    /// How.
+    pub status: ExitStatus,
+}

@@ -1,0 +1,192 @@
+//! The readiness probe: reach the guest agent through Firecracker's hybrid vsock socket and
+//! ping it with the agent protocol. One attempt is: connect to the vsock UDS, send
+//! `CONNECT <port>\n` in one write, expect `OK <host port>\n`, send a ping line, read the
+//! reply. Attempts repeat with a short backoff (200 µs doubling to 20 ms) until the deadline.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hearth_proto::agent::{decode_response, encode_request, PingReply, Request, MAX_LINE};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::FirecrackerError;
+
+/// Firecracker gives up on a host-initiated connection after 2 s; one attempt waits a bit
+/// longer for the `OK`, so a slow guest is not cut off early.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// A successful probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// The agent's answer.
+    pub reply: PingReply,
+    /// How many attempts it took.
+    pub attempts: u32,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Parses Firecracker's `OK <host port>` acknowledgement.
+pub fn parse_ok_line(line: &str) -> Option<u32> {
+    line.trim_end().strip_prefix("OK ")?.parse().ok()
+}
+
+async fn read_bounded_line(reader: &mut BufReader<UnixStream>) -> Result<String, String> {
+    let mut line = Vec::new();
+    let n = (&mut *reader)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    if n == 0 {
+        return Err("connection closed".into());
+    }
+    if !line.ends_with(b"\n") {
+        return Err("line too long or truncated".into());
+    }
+    String::from_utf8(line).map_err(|_| "reply is not UTF-8".into())
+}
+
+/// One probe attempt; `Err` carries why it failed (for the final timeout error).
+pub async fn attempt(uds: &Path, port: u32) -> Result<PingReply, String> {
+    let stream = UnixStream::connect(uds)
+        .await
+        .map_err(|e| format!("connect {}: {e}", uds.display()))?;
+    let mut reader = BufReader::new(stream);
+    // One write: Firecracker reads the CONNECT line from a single packet.
+    reader
+        .get_mut()
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| format!("write CONNECT: {e}"))?;
+    let ok = read_bounded_line(&mut reader)
+        .await
+        .map_err(|e| format!("no OK for port {port} ({e}): is the agent listening?"))?;
+    if parse_ok_line(&ok).is_none() {
+        return Err(format!("expected \"OK <port>\", got {:?}", ok.trim_end()));
+    }
+    reader
+        .get_mut()
+        .write_all(&encode_request(&Request::Ping))
+        .await
+        .map_err(|e| format!("write ping: {e}"))?;
+    let line = read_bounded_line(&mut reader)
+        .await
+        .map_err(|e| format!("ping reply: {e}"))?;
+    decode_response::<PingReply>(line.as_bytes()).map_err(|e| format!("ping reply: {e}"))
+}
+
+/// Probes until the agent answers or `timeout` passes.
+pub async fn probe(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<ProbeOutcome, FirecrackerError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut delay = Duration::from_micros(200);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let last_error =
+            match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), attempt(uds, port)).await {
+                Ok(Ok(reply)) => {
+                    return Ok(ProbeOutcome {
+                        reply,
+                        attempts,
+                        elapsed: start.elapsed(),
+                    })
+                }
+                Ok(Err(e)) => e,
+                Err(_) => "attempt timed out waiting for the agent".to_string(),
+            };
+        let now = Instant::now();
+        if now + delay >= deadline {
+            return Err(FirecrackerError::ReadinessTimeout {
+                waited: start.elapsed(),
+                attempts,
+                last_error,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_proto::agent::encode_ok;
+    use tokio::net::UnixListener;
+
+    #[test]
+    fn ok_lines() {
+        assert_eq!(parse_ok_line("OK 1073741824\n"), Some(1_073_741_824));
+        assert_eq!(parse_ok_line("OK x\n"), None);
+        assert_eq!(parse_ok_line("NOPE\n"), None);
+    }
+
+    /// A hybrid-vsock stand-in: the first `refuse` connections are closed without OK.
+    async fn fake_muxer(listener: UnixListener, refuse: usize, silent: bool) {
+        let mut n = 0;
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "CONNECT 52\n");
+            n += 1;
+            if n <= refuse {
+                continue;
+            }
+            r.get_mut().write_all(b"OK 1073741824\n").await.unwrap();
+            if silent {
+                std::future::pending::<()>().await;
+            }
+            let mut req = String::new();
+            r.read_line(&mut req).await.unwrap();
+            let reply = PingReply {
+                version: "t".into(),
+                boot_id: "b".into(),
+                uptime_ms: 5,
+            };
+            r.get_mut().write_all(&encode_ok(&reply)).await.unwrap();
+        }
+    }
+
+    #[actix::test]
+    async fn retries_until_the_agent_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        tokio::spawn(fake_muxer(listener, 3, false));
+        let out = probe(&uds, 52, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out.attempts, 4);
+        assert_eq!(out.reply.uptime_ms, 5);
+    }
+
+    #[actix::test]
+    async fn silent_agent_times_out_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        tokio::spawn(fake_muxer(listener, 0, true));
+        match probe(&uds, 52, Duration::from_millis(100)).await {
+            Err(FirecrackerError::ReadinessTimeout { last_error, .. }) => {
+                assert!(last_error.contains("timed out"), "{last_error}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[actix::test]
+    async fn missing_socket_times_out_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = probe(&dir.path().join("none"), 52, Duration::from_millis(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FirecrackerError::ReadinessTimeout { attempts, .. } if attempts > 1));
+    }
+}

@@ -1,0 +1,234 @@
+//! The per-VM run directory `<base>/<vm id>/` and the files in it: the API socket, the vsock
+//! socket (and Firecracker's `<vsock>_<port>` sockets beside it), the console FIFO and log, and
+//! Firecracker's log and metrics files. Names are short on purpose: every socket path must fit
+//! in `sun_path` (108 bytes with the NUL), which is checked before anything is created.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::FirecrackerError;
+
+/// The longest socket path Linux accepts (`sun_path` is 108 bytes including the NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// The longest `_<port>` suffix Firecracker appends to the vsock path (`_4294967295`).
+const MAX_PORT_SUFFIX: &str = "_4294967295";
+
+/// Checks a VM id the way Firecracker checks `--id`: 1-64 ASCII alphanumerics or `-`.
+pub fn validate_vm_id(id: &str) -> Result<(), FirecrackerError> {
+    let ok =
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FirecrackerError::InvalidId { id: id.into() })
+    }
+}
+
+/// Checks that a socket path fits in `sun_path`.
+pub fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(FirecrackerError::SocketPathTooLong {
+            path: path.into(),
+            len,
+            max: SUN_PATH_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// One VM's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory of `vm_id` under `base`, after checking the id and that every socket
+    /// path (including the longest possible vsock port socket) fits in `sun_path`.
+    /// Creates nothing.
+    pub fn new(base: &Path, vm_id: &str) -> Result<Self, FirecrackerError> {
+        validate_vm_id(vm_id)?;
+        let rd = RunDir {
+            dir: base.join(vm_id),
+        };
+        check_socket_path(&rd.api_socket())?;
+        let mut longest = rd.vsock_socket().into_os_string();
+        longest.push(MAX_PORT_SUFFIX);
+        check_socket_path(Path::new(&longest))?;
+        Ok(rd)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Firecracker's API socket (`--api-sock`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// The hybrid vsock socket (`uds_path`).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("v.sock")
+    }
+
+    /// The socket Firecracker connects to for a guest-initiated connection to host port `port`.
+    pub fn vsock_port_socket(&self, port: u32) -> PathBuf {
+        let mut p = self.vsock_socket().into_os_string();
+        p.push(format!("_{port}"));
+        p.into()
+    }
+
+    /// The FIFO Firecracker's stdout/stderr (the serial console) are connected to.
+    pub fn console_fifo(&self) -> PathBuf {
+        self.dir.join("console.fifo")
+    }
+
+    /// The capped console log the pump writes.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Firecracker's own log (`--log-path`).
+    pub fn firecracker_log(&self) -> PathBuf {
+        self.dir.join("firecracker.log")
+    }
+
+    /// Firecracker's metrics (`--metrics-path`).
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.json")
+    }
+
+    /// Creates the directory (mode 0750) and removes stale sockets left by a previous process
+    /// (Firecracker refuses to bind over them and never unlinks them). Only call this when no
+    /// live process owns the directory.
+    pub fn prepare(&self) -> Result<(), FirecrackerError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FirecrackerError::RunDir { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&self.dir)
+            .map_err(err(&self.dir))?;
+        for stale in self.stale_sockets().map_err(err(&self.dir))? {
+            remove_if_exists(&stale).map_err(err(&stale))?;
+        }
+        Ok(())
+    }
+
+    /// The API socket, the vsock socket and any `v.sock_<port>` socket present now.
+    pub fn stale_sockets(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut out = vec![self.api_socket(), self.vsock_socket()];
+        let prefix = "v.sock_";
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with(prefix)) {
+                out.push(self.dir.join(name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the sockets and the console FIFO after the process is gone (logs stay).
+    pub fn remove_sockets(&self) -> std::io::Result<()> {
+        for path in self.stale_sockets()? {
+            remove_if_exists(&path)?;
+        }
+        remove_if_exists(&self.console_fifo())
+    }
+}
+
+/// Gives a socket to group `gid` with mode 0660, so members of that group can use it.
+pub fn set_socket_access(path: &Path, gid: u32) -> Result<(), FirecrackerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| FirecrackerError::SocketAccess {
+        path: path.into(),
+        source,
+    };
+    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+        .map_err(|e| err(e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)
+}
+
+/// Removes a file; a missing file is fine.
+pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_firecracker_rules() {
+        for ok in ["a", "vm-1", "ABC123", &"x".repeat(64)] {
+            validate_vm_id(ok).unwrap();
+        }
+        for bad in ["", "vm_1", "vm.1", "vm/1", "vm 1", "é", &"x".repeat(65)] {
+            assert!(matches!(
+                validate_vm_id(bad),
+                Err(FirecrackerError::InvalidId { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn socket_paths_are_checked_up_front() {
+        let rd = RunDir::new(Path::new("/run/hearth/vms"), "vm-1").unwrap();
+        assert_eq!(rd.api_socket(), Path::new("/run/hearth/vms/vm-1/api.sock"));
+        assert_eq!(
+            rd.vsock_port_socket(52),
+            Path::new("/run/hearth/vms/vm-1/v.sock_52")
+        );
+        // "/<b>/<id>/v.sock_4294967295" must fit: 1 + b + 1 + 64 + 7 + 11 <= 107.
+        let base = format!("/{}", "b".repeat(23));
+        let id = "i".repeat(64);
+        assert!(RunDir::new(Path::new(&base), &id).is_ok());
+        let base = format!("/{}", "b".repeat(24));
+        match RunDir::new(Path::new(&base), &id) {
+            Err(FirecrackerError::SocketPathTooLong { len, max, path }) => {
+                assert_eq!((len, max), (108, 107));
+                assert!(path.to_str().unwrap().ends_with("v.sock_4294967295"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepare_removes_stale_sockets_only() {
+        let base = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(base.path(), "vm-1").unwrap();
+        rd.prepare().unwrap();
+        for p in [rd.api_socket(), rd.vsock_socket(), rd.vsock_port_socket(52)] {
+            std::os::unix::net::UnixListener::bind(&p).unwrap();
+        }
+        std::fs::write(rd.console_log(), b"old console").unwrap();
+        rd.prepare().unwrap();
+        assert!(!rd.api_socket().exists());
+        assert!(!rd.vsock_socket().exists());
+        assert!(!rd.vsock_port_socket(52).exists());
+        assert!(rd.console_log().exists());
+    }
+
+    #[test]
+    fn socket_access_sets_group_and_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let gid = nix::unistd::getegid().as_raw();
+        set_socket_access(&sock, gid).unwrap();
+        let md = std::fs::metadata(&sock).unwrap();
+        assert_eq!(md.gid(), gid);
+        assert_eq!(md.permissions().mode() & 0o777, 0o660);
+        assert!(set_socket_access(&dir.path().join("missing"), gid).is_err());
+    }
+}
