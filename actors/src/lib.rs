@@ -9,4 +9,5 @@ pub mod host;
 pub mod lease;
 pub mod nat;
 pub mod snapshot;
+pub mod supervisor;
 pub mod tap_pool;

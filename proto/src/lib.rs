@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod api;
 pub mod firecracker;

@@ -1,0 +1,266 @@
+//! The supervisor's persistence port: the VM table, the resource ledger, events and
+//! idempotency keys. hearthd implements it with SQLite (`hearth::store`); tests use
+//! [`MemoryLedger`]. Every side effect the supervisor makes is preceded by a ledger write.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
+
+use crate::lease::NetLease;
+
+/// A failed ledger operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// A VM with that name exists already.
+    #[error("A VM named {0:?} already exists")]
+    Exists(String),
+    /// No VM with that name.
+    #[error("No VM named {0:?}")]
+    NotFound(String),
+    /// The storage failed.
+    #[error("State storage failed: {0}")]
+    Storage(String),
+}
+
+/// A VM's root disk as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRecord {
+    /// The disk's path (file or block device).
+    pub path: PathBuf,
+    /// Which backend made it (`copy`, `dm`).
+    pub backend: String,
+}
+
+/// A VM's VMM process as recorded: paths and CID before spawn, pid and start time after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// Its pid, once spawned.
+    pub pid: Option<u32>,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), once spawned.
+    pub start_time: Option<u64>,
+    /// The API socket path.
+    pub api_socket: PathBuf,
+    /// The binary it runs.
+    pub binary: PathBuf,
+    /// The guest's vsock CID.
+    pub vsock_cid: u32,
+}
+
+/// One VM with its ledger rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    /// What the VM was created with (its name included).
+    pub spec: CreateVm,
+    /// Its lifecycle state.
+    pub state: VmState,
+    /// Whether NAT is wanted.
+    pub nat: bool,
+    /// Why it failed, if it did.
+    pub last_error: Option<String>,
+    /// Its network lease, if it holds one.
+    pub lease: Option<NetLease>,
+    /// Its root disk, if recorded.
+    pub disk: Option<DiskRecord>,
+    /// Its VMM process, if recorded.
+    pub process: Option<ProcessRecord>,
+}
+
+/// The persistence port. Writes are durable when they return.
+pub trait Ledger {
+    /// Records a new VM in `Creating`; `Exists` if the name is taken.
+    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError>;
+    /// Sets a VM's state and last error.
+    fn set_state(&mut self, vm: &str, state: VmState, last_error: Option<&str>)
+        -> Result<(), LedgerError>;
+    /// Sets whether NAT is wanted.
+    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError>;
+    /// Records the lease a VM holds.
+    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), LedgerError>;
+    /// Forgets a VM's lease.
+    fn clear_lease(&mut self, vm: &str) -> Result<(), LedgerError>;
+    /// Records a VM's disk (before it is made).
+    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), LedgerError>;
+    /// Forgets a VM's disk.
+    fn clear_disk(&mut self, vm: &str) -> Result<(), LedgerError>;
+    /// Records a VM's process.
+    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), LedgerError>;
+    /// Forgets a VM's process.
+    fn clear_process(&mut self, vm: &str) -> Result<(), LedgerError>;
+    /// Removes a VM and its rows.
+    fn delete_vm(&mut self, vm: &str) -> Result<(), LedgerError>;
+    /// Every VM, ordered by name.
+    fn load_all(&mut self) -> Result<Vec<VmRecord>, LedgerError>;
+    /// Appends an event; returns it with its sequence number.
+    fn append_event(
+        &mut self,
+        vm: &str,
+        state: VmState,
+        reason: EventReason,
+        detail: Option<&str>,
+    ) -> Result<Event, LedgerError>;
+    /// Events after `since`, oldest first, at most `limit`.
+    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, LedgerError>;
+    /// The (request hash, response) stored under an idempotency key.
+    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError>;
+    /// Stores the response to a keyed request.
+    fn put_idempotent_response(
+        &mut self,
+        key: &str,
+        request_hash: &str,
+        response: &str,
+    ) -> Result<(), LedgerError>;
+}
+
+/// An in-memory ledger for tests and examples; can be told to fail writes.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    vms: BTreeMap<String, VmRecord>,
+    events: Vec<Event>,
+    keys: BTreeMap<String, (String, String)>,
+    /// When set, every write fails with this message.
+    pub fail_writes: Option<String>,
+}
+
+impl MemoryLedger {
+    fn check(&self) -> Result<(), LedgerError> {
+        match &self.fail_writes {
+            Some(msg) => Err(LedgerError::Storage(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn vm(&mut self, vm: &str) -> Result<&mut VmRecord, LedgerError> {
+        self.check()?;
+        self.vms
+            .get_mut(vm)
+            .ok_or_else(|| LedgerError::NotFound(vm.to_owned()))
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError> {
+        self.check()?;
+        if self.vms.contains_key(&spec.name) {
+            return Err(LedgerError::Exists(spec.name.clone()));
+        }
+        self.vms.insert(
+            spec.name.clone(),
+            VmRecord {
+                spec: spec.clone(),
+                state: VmState::Creating,
+                nat: spec.nat,
+                last_error: None,
+                lease: None,
+                disk: None,
+                process: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn set_state(
+        &mut self,
+        vm: &str,
+        state: VmState,
+        last_error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let r = self.vm(vm)?;
+        r.state = state;
+        r.last_error = last_error.map(str::to_owned);
+        Ok(())
+    }
+
+    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError> {
+        self.vm(vm)?.nat = nat;
+        Ok(())
+    }
+
+    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), LedgerError> {
+        self.vm(vm)?.lease = Some(lease.clone());
+        Ok(())
+    }
+
+    fn clear_lease(&mut self, vm: &str) -> Result<(), LedgerError> {
+        self.vm(vm)?.lease = None;
+        Ok(())
+    }
+
+    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), LedgerError> {
+        self.vm(vm)?.disk = Some(disk.clone());
+        Ok(())
+    }
+
+    fn clear_disk(&mut self, vm: &str) -> Result<(), LedgerError> {
+        self.vm(vm)?.disk = None;
+        Ok(())
+    }
+
+    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), LedgerError> {
+        self.vm(vm)?.process = Some(process.clone());
+        Ok(())
+    }
+
+    fn clear_process(&mut self, vm: &str) -> Result<(), LedgerError> {
+        self.vm(vm)?.process = None;
+        Ok(())
+    }
+
+    fn delete_vm(&mut self, vm: &str) -> Result<(), LedgerError> {
+        self.check()?;
+        self.vms
+            .remove(vm)
+            .map(|_| ())
+            .ok_or_else(|| LedgerError::NotFound(vm.to_owned()))
+    }
+
+    fn load_all(&mut self) -> Result<Vec<VmRecord>, LedgerError> {
+        Ok(self.vms.values().cloned().collect())
+    }
+
+    fn append_event(
+        &mut self,
+        vm: &str,
+        state: VmState,
+        reason: EventReason,
+        detail: Option<&str>,
+    ) -> Result<Event, LedgerError> {
+        self.check()?;
+        let event = Event {
+            seq: self.events.len() as u64 + 1,
+            at_ms: 0,
+            vm: vm.to_owned(),
+            state,
+            reason,
+            detail: detail.map(str::to_owned),
+        };
+        self.events.push(event.clone());
+        Ok(event)
+    }
+
+    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, LedgerError> {
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.seq > since)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
+        Ok(self.keys.get(key).cloned())
+    }
+
+    fn put_idempotent_response(
+        &mut self,
+        key: &str,
+        request_hash: &str,
+        response: &str,
+    ) -> Result<(), LedgerError> {
+        self.check()?;
+        self.keys
+            .insert(key.to_owned(), (request_hash.to_owned(), response.to_owned()));
+        Ok(())
+    }
+}

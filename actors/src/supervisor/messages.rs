@@ -1,0 +1,188 @@
+//! The messages [`super::VmSupervisor`] answers. Every lifecycle message names the VM; answers
+//! are `Result<_, SupervisorError>`. Mutating messages may carry an [`Idempotency`] key so a
+//! retried request after a lost response has exactly one effect.
+
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use hearth_proto::api::{self, Event, VmInfo, VmState};
+
+use super::metrics::Histogram;
+use super::SupervisorError;
+
+/// An idempotency key and a digest of the request it came with. The same key with the same
+/// digest returns the first answer again; with another digest it is a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The client's key (`Idempotency-Key` header).
+    pub key: String,
+    /// A digest of the method, path and body.
+    pub request_hash: String,
+}
+
+/// Creates a VM: record intent -> disk -> lease -> spawn/configure/start -> NAT -> DNS ->
+/// readiness. Any failure undoes every earlier step in reverse and leaves the VM `failed`.
+/// Answers once the VM is running (or unready, or failed).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct CreateVm {
+    /// What to create.
+    pub spec: api::CreateVm,
+    /// Makes a retried create a no-op.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// What a lifecycle action on an existing VM does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    /// Start a stopped, crashed or failed VM: it keeps its disk and gets a lease again.
+    Start,
+    /// The stop ladder: Ctrl+Alt+Del, SIGTERM, SIGKILL.
+    Stop,
+    /// SIGKILL at once.
+    Kill,
+    /// Stop (if running), then start.
+    Restart,
+}
+
+impl VmAction {
+    /// The operation's name, for errors and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Stop => "stop",
+            VmAction::Kill => "kill",
+            VmAction::Restart => "restart",
+        }
+    }
+}
+
+/// Runs a lifecycle action; answers with the VM after it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct RunAction {
+    /// The VM.
+    pub name: String,
+    /// The action.
+    pub action: VmAction,
+    /// Makes a retried action a no-op.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// Deletes a VM: stops it if needed, then frees its lease, disk, run directory and records.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub struct DeleteVm {
+    /// The VM.
+    pub name: String,
+}
+
+/// Switches NAT for a VM (running or stopped; applied to the kernel set while it holds a lease).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct SetNat {
+    /// The VM.
+    pub name: String,
+    /// On or off.
+    pub enabled: bool,
+}
+
+/// One VM.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct GetVm {
+    /// The VM.
+    pub name: String,
+}
+
+/// All VMs, optionally only those carrying a label `key=value`, ordered by name.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<VmInfo>")]
+pub struct ListVms {
+    /// Label filter.
+    pub label: Option<(String, String)>,
+}
+
+/// Answers when the VM reaches `state`, or with `Timeout` after `timeout` (long poll).
+/// Answers at once with `InvalidState` if the VM is in a state from which `state` can no longer
+/// come without a user action (e.g. waiting for `running` on a `failed` VM).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct WaitForState {
+    /// The VM.
+    pub name: String,
+    /// The state to wait for.
+    pub state: VmState,
+    /// How long to wait.
+    pub timeout: Duration,
+}
+
+/// Persisted events after `since`, oldest first.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<Event>, SupervisorError>")]
+pub struct EventsSince {
+    /// Sequence number to resume after (0 for all).
+    pub since: u64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Every event from now on is sent to `subscriber` (until it is dropped).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// Who gets them.
+    pub subscriber: Recipient<EventPublished>,
+}
+
+/// An event, as published to subscribers.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct EventPublished {
+    /// The event.
+    pub event: Event,
+}
+
+/// Reconciles after (re)start: re-adopts live VMM processes, marks dead ones, sweeps leaks,
+/// initialises the TAP pool from the leases in use, reconciles NAT and rebuilds DNS.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<OpenReport, SupervisorError>")]
+pub struct Open {}
+
+/// What `Open` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// VMs whose process was verified and taken over.
+    pub adopted: Vec<String>,
+    /// VMs whose process was gone (marked crashed, or stopped if they were stopping).
+    pub dead: Vec<String>,
+    /// VMs whose create or delete was cut short and was finished or undone.
+    pub repaired: Vec<String>,
+    /// Leaked resources removed (TAPs, disks, run directories), by name.
+    pub swept: Vec<String>,
+}
+
+/// Stops accepting work, waits for in-flight operations, and either leaves VMs running
+/// (default) or stops them.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub struct Close {
+    /// Stop every VM before answering.
+    pub stop_vms: bool,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Message)]
+#[rtype(result = "SupervisorMetrics")]
+pub struct GetMetrics {}
+
+/// What the metrics endpoint exposes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SupervisorMetrics {
+    /// VM counts by state.
+    pub vms_by_state: Vec<(VmState, u64)>,
+    /// Create phase latencies, by phase name.
+    pub phase_seconds: Vec<(&'static str, Histogram)>,
+    /// Errors by operation.
+    pub errors: Vec<(&'static str, u64)>,
+}

@@ -1,0 +1,372 @@
+//! hearth's own HTTP API bodies (`/v1/...`), shared by hearthd and hearthctl, and the VM
+//! lifecycle state machine both sides reason about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a VM is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The create saga is running (disk, lease, process).
+    Creating,
+    /// The process is being spawned, configured and started, or is waiting for readiness.
+    Starting,
+    /// Started, and the agent answered (or the probe is disabled).
+    Running,
+    /// Started, but the agent did not answer within the readiness timeout.
+    Unready,
+    /// The stop ladder is running.
+    Stopping,
+    /// Stopped on request; the disk is kept, the network lease released.
+    Stopped,
+    /// The process exited without being asked to.
+    Crashed,
+    /// A create or start failed; `last_error` says why. Everything it made was undone.
+    Failed,
+    /// Delete is running.
+    Deleting,
+}
+
+impl VmState {
+    /// Every state, for tests and metrics.
+    pub const ALL: [VmState; 9] = [
+        VmState::Creating,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Unready,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Crashed,
+        VmState::Failed,
+        VmState::Deleting,
+    ];
+
+    /// The name used on the wire and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "creating",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Unready => "unready",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Crashed => "crashed",
+            VmState::Failed => "failed",
+            VmState::Deleting => "deleting",
+        }
+    }
+
+    /// A VMM process exists for the VM in this state (it may need stopping).
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Unready | VmState::Stopping
+        )
+    }
+
+    /// `start` is allowed: the VM is at rest.
+    pub fn can_start(self) -> bool {
+        matches!(self, VmState::Stopped | VmState::Crashed | VmState::Failed)
+    }
+
+    /// `stop` (and `kill`) is allowed: a process is up and not already being stopped.
+    pub fn can_stop(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Unready)
+    }
+
+    /// `restart` is allowed.
+    pub fn can_restart(self) -> bool {
+        self.can_stop() || self.can_start()
+    }
+
+    /// `delete` is allowed: anything but a lifecycle step already in flight.
+    pub fn can_delete(self) -> bool {
+        !matches!(
+            self,
+            VmState::Creating | VmState::Stopping | VmState::Deleting
+        )
+    }
+
+    /// NAT can be switched: the VM holds a network lease.
+    pub fn can_set_nat(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Unready | VmState::Stopped
+        )
+    }
+
+    /// The VM counts as alive for DNS (its name resolves).
+    pub fn is_alive(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Unready)
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VmState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VmState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown VM state {s:?}"))
+    }
+}
+
+/// `POST /v1/vms`: what a VM is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// The VM's name: a DNS label (1-63 of `a-z`, `0-9`, `-`), unique on the host.
+    pub name: String,
+    /// Name of a kernel image in the image store.
+    pub kernel: String,
+    /// Name of a root filesystem image in the image store.
+    pub rootfs: String,
+    /// Number of vCPUs (1-32).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Root disk size in bytes; default: the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<u64>,
+    /// Extra kernel command-line arguments (hearth always adds `reboot=k panic=1` and `ip=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    /// Give the guest outbound access through NAT.
+    #[serde(default)]
+    pub nat: bool,
+    /// Wait for the guest agent before calling the VM running.
+    #[serde(default = "default_true")]
+    pub ready_probe: bool,
+    /// Free-form labels, filterable on list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory() -> u32 {
+    128
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A field of a request body that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid `{field}`: {reason}")]
+pub struct FieldError {
+    /// The field's name.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl CreateVm {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_vm_name(&self.name)?;
+        for (field, image) in [("kernel", &self.kernel), ("rootfs", &self.rootfs)] {
+            if image.is_empty() {
+                return Err(FieldError {
+                    field,
+                    reason: "must name an image".into(),
+                });
+            }
+        }
+        if !(1..=32).contains(&self.vcpus) {
+            return Err(FieldError {
+                field: "vcpus",
+                reason: format!("{} is outside 1..=32", self.vcpus),
+            });
+        }
+        if self.memory_mib < 16 {
+            return Err(FieldError {
+                field: "memory_mib",
+                reason: format!("{} MiB is too small (minimum 16)", self.memory_mib),
+            });
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 63 || k.contains('=') || v.len() > 255 {
+                return Err(FieldError {
+                    field: "labels",
+                    reason: format!("label {k:?} must be 1-63 bytes without '=', value at most 255"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// VM names double as DNS labels: 1-63 of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+pub fn validate_vm_name(name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError {
+            field: "name",
+            reason: format!(
+                "{name:?} must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
+            ),
+        })
+    }
+}
+
+/// A VM as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM's name.
+    pub name: String,
+    /// Its lifecycle state.
+    pub state: VmState,
+    /// What it was created with.
+    pub spec: CreateVm,
+    /// Guest IP while it holds a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<Ipv4Addr>,
+    /// TAP device while it holds a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// The VMM's pid while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Whether NAT is on.
+    pub nat: bool,
+    /// Why the VM is failed/crashed/unready, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `PUT /v1/vms/{name}/nat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNat {
+    /// NAT on or off.
+    pub enabled: bool,
+}
+
+/// Why a lifecycle event happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventReason {
+    /// A user request.
+    User,
+    /// The VMM process exited on its own.
+    Crash,
+    /// hearthd restarted and reconciled.
+    Restart,
+    /// The guest agent did not answer in time.
+    ReadinessTimeout,
+    /// A step of a lifecycle operation failed.
+    Error,
+}
+
+/// One lifecycle event, persisted with a sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic sequence number (resume with `?since=`).
+    pub seq: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    /// The VM it concerns.
+    pub vm: String,
+    /// The state entered.
+    pub state: VmState,
+    /// Why.
+    pub reason: EventReason,
+    /// Detail, e.g. an error message or an exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The error body of every non-2xx response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `not_found`, `conflict`, `invalid_field`.
+    pub code: String,
+    /// A human message.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> CreateVm {
+        serde_json::from_str(&format!(
+            r#"{{"name":"{name}","kernel":"k","rootfs":"r"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn create_defaults_and_unknown_fields() {
+        let s = spec("web-1");
+        assert_eq!((s.vcpus, s.memory_mib, s.nat, s.ready_probe), (1, 128, false, true));
+        s.validate().unwrap();
+        let err = serde_json::from_str::<CreateVm>(r#"{"name":"a","kernel":"k","rootfs":"r","cpus":2}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("cpus"), "{err}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (mutate, field) in [
+            (Box::new(|s: &mut CreateVm| s.name = "Web".into()) as Box<dyn Fn(&mut CreateVm)>, "name"),
+            (Box::new(|s: &mut CreateVm| s.name = "-a".into()), "name"),
+            (Box::new(|s: &mut CreateVm| s.name = "a".repeat(64)), "name"),
+            (Box::new(|s: &mut CreateVm| s.kernel.clear()), "kernel"),
+            (Box::new(|s: &mut CreateVm| s.vcpus = 0), "vcpus"),
+            (Box::new(|s: &mut CreateVm| s.memory_mib = 1), "memory_mib"),
+            (Box::new(|s: &mut CreateVm| {
+                s.labels.insert("a=b".into(), "c".into());
+            }), "labels"),
+        ] {
+            let mut s = spec("ok");
+            mutate(&mut s);
+            assert_eq!(s.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn each_state_has_its_allowed_operations() {
+        use VmState::*;
+        for st in VmState::ALL {
+            assert_eq!(st.as_str().parse::<VmState>().unwrap(), st);
+            let expect_start = matches!(st, Stopped | Crashed | Failed);
+            assert_eq!(st.can_start(), expect_start, "{st}");
+            let expect_stop = matches!(st, Starting | Running | Unready);
+            assert_eq!(st.can_stop(), expect_stop, "{st}");
+            assert_eq!(st.can_delete(), !matches!(st, Creating | Stopping | Deleting), "{st}");
+            assert_eq!(st.is_alive(), expect_stop, "{st}");
+        }
+        assert!("zombie".parse::<VmState>().is_err());
+    }
+}
