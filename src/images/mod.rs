@@ -1,0 +1,532 @@
+//! The image store: kernels and base root filesystems under `<data_dir>/images/`, imported
+//! from a path (copied, checked, sha256 recorded), listed and removed.
+//!
+//! Layout: one directory per image, `<data_dir>/images/<name>/`, holding `image` (the data)
+//! and `meta.json` ([`ImageMeta`]; the metadata moves to the SQLite store later, only
+//! [`meta`] changes then). An import is all-or-nothing: it copies into a temporary directory
+//! `<data_dir>/images/.import-<name>-<pid>-<n>/` (names never start with `.`, so it can never
+//! be taken for an image), checks the copy, writes and `fsync`s both files, then renames the
+//! directory into place with `RENAME_NOREPLACE` (so two imports of one name cannot both win).
+//! Any failure removes the temporary directory; temporaries left by a crash are removed by
+//! [`ImageStore::open`].
+//!
+//! Checks on import: a safe name ([`detect::name_problem`]), a regular file, and for a kernel
+//! an x86_64 ELF `vmlinux` or a `bzImage`, for a root filesystem an ext4 image that is a whole
+//! number of 512-byte sectors and holds its whole filesystem ([`detect`]).
+
+pub mod detect;
+pub mod meta;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use self::detect::KernelFormat;
+pub use self::meta::ImageMeta;
+
+/// What an image is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A guest kernel (`vmlinux` or `bzImage`).
+    Kernel,
+    /// A base root filesystem (ext4).
+    Rootfs,
+}
+
+/// The format an image was recognised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// An x86_64 ELF `vmlinux`.
+    Elf,
+    /// A `bzImage`.
+    BzImage,
+    /// An ext4 filesystem image.
+    Ext4,
+}
+
+/// Errors of the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    /// The name cannot be used.
+    #[error("Invalid image name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An image of that name exists already.
+    #[error("Image {name} already exists")]
+    Exists {
+        /// The name.
+        name: String,
+    },
+    /// No image of that name.
+    #[error("Image {name} not found")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// The image is used by a VM and cannot be removed.
+    #[error("Image {name} is in use")]
+    InUse {
+        /// The name.
+        name: String,
+    },
+    /// The source cannot be read.
+    #[error("Cannot read {path}")]
+    Source {
+        /// The source path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The source is not a regular file.
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The source path.
+        path: PathBuf,
+    },
+    /// The source is not a kernel Firecracker can boot.
+    #[error("{path} is not a kernel: {reason}")]
+    NotAKernel {
+        /// The source path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The source is not an ext4 root filesystem image.
+    #[error("{path} is not an ext4 image: {reason}")]
+    NotExt4 {
+        /// The source path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The root filesystem is not a whole number of 512-byte sectors.
+    #[error("{path} is {size} bytes, not a whole number of 512-byte sectors")]
+    NotSectors {
+        /// The source path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The source changed size while it was copied.
+    #[error("{path} changed while it was imported")]
+    SourceChanged {
+        /// The source path.
+        path: PathBuf,
+    },
+    /// A file operation in the store failed.
+    #[error("Cannot {op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A metadata file is unreadable.
+    #[error("Cannot parse image metadata {path}")]
+    Meta {
+        /// The metadata file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImagesError {
+    let path = path.to_path_buf();
+    move |source| ImagesError::Io { op, path, source }
+}
+
+/// File name of an image's data inside its directory.
+pub const DATA_FILE: &str = "image";
+const TEMP_PREFIX: &str = ".import-";
+const TRASH_PREFIX: &str = ".remove-";
+const CHUNK: usize = 1 << 20;
+const BLOCK: usize = 4096;
+
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+/// The image store under a data directory.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) `<data_dir>/images/`, removing temporaries left by a crash.
+    /// Call it once, before any import runs.
+    pub fn open(data_dir: &Path) -> Result<Self, ImagesError> {
+        let dir = data_dir.join("images");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TEMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(ImageStore { dir })
+    }
+
+    /// The store's directory, `<data_dir>/images`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn checked_dir(&self, name: &str) -> Result<PathBuf, ImagesError> {
+        if let Some(reason) = detect::name_problem(name) {
+            return Err(ImagesError::InvalidName {
+                name: name.into(),
+                reason,
+            });
+        }
+        Ok(self.dir.join(name))
+    }
+
+    /// The data file of image `name` (what Firecracker's `kernel_image_path` or the
+    /// snapshot's base points at). Fails if there is no such image.
+    pub fn path(&self, name: &str) -> Result<PathBuf, ImagesError> {
+        self.get(name).map(|_| {
+            self.checked_dir(name)
+                .expect("checked by get")
+                .join(DATA_FILE)
+        })
+    }
+
+    /// The metadata of image `name`.
+    pub fn get(&self, name: &str) -> Result<ImageMeta, ImagesError> {
+        let dir = self.checked_dir(name)?;
+        meta::read(&dir)?.ok_or_else(|| ImagesError::NotFound { name: name.into() })
+    }
+
+    /// Every image, sorted by name.
+    pub fn list(&self) -> Result<Vec<ImageMeta>, ImagesError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err("read", &self.dir))? {
+            let entry = entry.map_err(io_err("read", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if detect::name_problem(name).is_some() {
+                continue;
+            }
+            if let Some(m) = meta::read(&entry.path())? {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Imports the file `src` as image `name` of `kind`: copies it (keeping holes), checks
+    /// the copy, records its sha256, and makes it visible atomically. `progress(copied, total)`
+    /// is called after every MiB copied (and once at the end). On any error nothing is left in
+    /// the store.
+    pub fn import(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        src: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ImageMeta, ImagesError> {
+        let final_dir = self.checked_dir(name)?;
+        if final_dir.symlink_metadata().is_ok() {
+            return Err(ImagesError::Exists { name: name.into() });
+        }
+        let source_err = |source| ImagesError::Source {
+            path: src.into(),
+            source,
+        };
+        let mut input = File::open(src).map_err(source_err)?;
+        let md = input.metadata().map_err(source_err)?;
+        if !md.is_file() {
+            return Err(ImagesError::NotAFile { path: src.into() });
+        }
+        let total = md.len();
+        // Refuse early, before copying, what cannot pass; the copy is checked again below.
+        let mut header = vec![0u8; detect::HEADER_LEN.min(total as usize)];
+        input.read_exact(&mut header).map_err(source_err)?;
+        let format = check(kind, src, &header, total)?;
+
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}{name}-{}-{n}", std::process::id()));
+        fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
+        let result = self.fill(
+            &tmp,
+            &final_dir,
+            name,
+            kind,
+            format,
+            src,
+            &input,
+            total,
+            &mut progress,
+        );
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one private step of import")]
+    fn fill(
+        &self,
+        tmp: &Path,
+        final_dir: &Path,
+        name: &str,
+        kind: ImageKind,
+        format: ImageFormat,
+        src: &Path,
+        input: &File,
+        total: u64,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<ImageMeta, ImagesError> {
+        let data = tmp.join(DATA_FILE);
+        let out = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&data)
+            .map_err(io_err("create", &data))?;
+        let sha256 = copy_sparse_hashing(input, &out, total, src, &data, progress)?;
+        // Check what was copied, not what the source was when we first looked.
+        let mut header = vec![0u8; detect::HEADER_LEN.min(total as usize)];
+        out.read_exact_at(&mut header, 0)
+            .map_err(io_err("read", &data))?;
+        check(kind, src, &header, total)?;
+        out.sync_all().map_err(io_err("sync", &data))?;
+        let meta = ImageMeta {
+            name: name.into(),
+            kind,
+            format,
+            size: total,
+            sha256,
+            source: src.into(),
+            imported_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        meta::write(tmp, &meta)?;
+        File::open(tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", tmp))?;
+        match nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            tmp,
+            nix::fcntl::AT_FDCWD,
+            final_dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => {
+                return Err(ImagesError::Exists { name: name.into() })
+            }
+            Err(e) => return Err(io_err("rename", tmp)(e.into())),
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", &self.dir))?;
+        Ok(meta)
+    }
+
+    /// Removes image `name` unless `in_use(name)` says a VM uses it (the caller knows which
+    /// images its VMs were made from). The image disappears atomically (renamed away, then
+    /// deleted).
+    pub fn remove(&self, name: &str, in_use: impl Fn(&str) -> bool) -> Result<(), ImagesError> {
+        let dir = self.checked_dir(name)?;
+        self.get(name)?;
+        if in_use(name) {
+            return Err(ImagesError::InUse { name: name.into() });
+        }
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let trash = self
+            .dir
+            .join(format!("{TRASH_PREFIX}{name}-{}-{n}", std::process::id()));
+        fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
+        fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))
+    }
+}
+
+/// Checks an image's header and size for `kind`; the format it was recognised as.
+fn check(kind: ImageKind, src: &Path, header: &[u8], len: u64) -> Result<ImageFormat, ImagesError> {
+    match kind {
+        ImageKind::Kernel => detect::detect_kernel(header)
+            .map(|f| match f {
+                KernelFormat::Elf => ImageFormat::Elf,
+                KernelFormat::BzImage => ImageFormat::BzImage,
+            })
+            .map_err(|reason| ImagesError::NotAKernel {
+                path: src.into(),
+                reason,
+            }),
+        ImageKind::Rootfs => {
+            if len % 512 != 0 {
+                return Err(ImagesError::NotSectors {
+                    path: src.into(),
+                    size: len,
+                });
+            }
+            detect::check_ext4(header, len)
+                .map(|_| ImageFormat::Ext4)
+                .map_err(|reason| ImagesError::NotExt4 {
+                    path: src.into(),
+                    reason,
+                })
+        }
+    }
+}
+
+/// Copies `total` bytes of `input` to `out`, hashing everything and writing only the 4 KiB
+/// blocks that are not all zero (so holes stay holes); returns the hex sha256.
+fn copy_sparse_hashing(
+    input: &File,
+    out: &File,
+    total: u64,
+    src: &Path,
+    dst: &Path,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<String, ImagesError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos: u64 = 0;
+    while pos < total {
+        let want = (total - pos).min(CHUNK as u64) as usize;
+        let chunk = &mut buf[..want];
+        input.read_exact_at(chunk, pos).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                ImagesError::SourceChanged { path: src.into() }
+            } else {
+                ImagesError::Source {
+                    path: src.into(),
+                    source: e,
+                }
+            }
+        })?;
+        hasher.update(&*chunk);
+        write_nonzero(out, chunk, pos).map_err(io_err("write", dst))?;
+        pos += want as u64;
+        progress(pos, total);
+    }
+    out.set_len(total).map_err(io_err("resize", dst))?;
+    if total == 0 {
+        progress(0, 0);
+    }
+    if input.metadata().map(|m| m.len()).ok() != Some(total) {
+        return Err(ImagesError::SourceChanged { path: src.into() });
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Writes the runs of non-zero 4 KiB blocks of `chunk` at `pos`.
+fn write_nonzero(out: &File, chunk: &[u8], pos: u64) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut off = 0;
+    while off < chunk.len() {
+        let end = (off + BLOCK).min(chunk.len());
+        let zero = chunk[off..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(off),
+            (true, Some(s)) => {
+                out.write_all_at(&chunk[s..off], pos + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        off = end;
+    }
+    if let Some(s) = run_start {
+        out.write_all_at(&chunk[s..], pos + s as u64)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detect::tests::{bzimage, elf, ext4};
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store() -> (tempfile::TempDir, ImageStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8], len: u64) -> PathBuf {
+        let p = dir.join(name);
+        let f = File::create(&p).unwrap();
+        f.write_all_at(bytes, 0).unwrap();
+        f.set_len(len).unwrap();
+        p
+    }
+
+    #[test]
+    fn import_keeps_holes_and_hashes_everything() {
+        let (dir, s) = store();
+        let mut sb = ext4(1024, 0x40);
+        sb.resize(8192, 0);
+        sb[5000] = 1;
+        let src = write(dir.path(), "src.ext4", &sb, 4 << 20);
+        let mut calls = Vec::new();
+        let m = s
+            .import("root", ImageKind::Rootfs, &src, |c, t| calls.push((c, t)))
+            .unwrap();
+        assert_eq!(
+            calls,
+            [
+                (1 << 20, 4 << 20),
+                (2 << 20, 4 << 20),
+                (3 << 20, 4 << 20),
+                (4 << 20, 4 << 20)
+            ]
+        );
+        let expect = format!("{:x}", Sha256::digest(fs::read(&src).unwrap()));
+        assert_eq!(m.sha256, expect);
+        let data = s.path("root").unwrap();
+        assert_eq!(fs::read(&data).unwrap(), fs::read(&src).unwrap());
+        assert!(fs::metadata(&data).unwrap().blocks() * 512 <= 64 * 1024);
+    }
+
+    #[test]
+    fn write_nonzero_skips_zero_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = File::create(&p).unwrap();
+        let mut chunk = vec![0u8; 5 * BLOCK + 100];
+        chunk[BLOCK + 1] = 7;
+        chunk[5 * BLOCK + 50] = 9;
+        write_nonzero(&f, &chunk, 0).unwrap();
+        f.set_len(chunk.len() as u64).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), chunk);
+    }
+
+    #[test]
+    fn kernels_of_both_formats() {
+        let (dir, s) = store();
+        let k1 = write(dir.path(), "vmlinux", &elf(2, 62), 1 << 16);
+        let k2 = write(dir.path(), "bzImage", &bzimage(), 1 << 16);
+        let m1 = s.import("k1", ImageKind::Kernel, &k1, |_, _| {}).unwrap();
+        let m2 = s.import("k2", ImageKind::Kernel, &k2, |_, _| {}).unwrap();
+        assert_eq!(
+            (m1.format, m2.format),
+            (ImageFormat::Elf, ImageFormat::BzImage)
+        );
+        let names: Vec<_> = s.list().unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["k1", "k2"]);
+    }
+}
