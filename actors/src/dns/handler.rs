@@ -10,7 +10,8 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::Record;
+use hickory_server::proto::rr::rdata::PTR;
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
@@ -34,16 +35,28 @@ impl DnsRequestHandler {
     }
 }
 
-/// The response code and sections of a reply from hearth's own zones.
+/// The response code and sections of a reply from hearth's own zones; `ptrs` are the
+/// records made by [`ptr_records`] for a [`Resolution::Ptr`].
 pub fn zone_reply<'t>(
     resolution: &Resolution<'t>,
+    ptrs: &'t [Record],
 ) -> (ResponseCode, &'t [Record], Option<&'t Record>) {
     match resolution {
         Resolution::Answer(records) => (ResponseCode::NoError, records, None),
+        Resolution::Ptr(_) => (ResponseCode::NoError, ptrs, None),
         Resolution::NoData(soa) => (ResponseCode::NoError, &[], *soa),
         Resolution::NxDomain(soa) => (ResponseCode::NXDomain, &[], Some(*soa)),
         Resolution::Forward => (ResponseCode::ServFail, &[], None),
     }
+}
+
+/// One PTR record per name, owned by the query name `qname` (as asked, lower-cased).
+pub fn ptr_records(qname: &LowerName, names: &[Name], ttl: u32) -> Vec<Record> {
+    let owner = Name::from(qname);
+    names
+        .iter()
+        .map(|name| Record::from_rdata(owner.clone(), ttl, RData::PTR(PTR(name.clone()))))
+        .collect()
 }
 
 /// The EDNS record of a reply: present only when the query had one (RFC 6891), with the
@@ -95,7 +108,11 @@ impl RequestHandler for DnsRequestHandler {
         let table = self.table.load_full();
         let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
         if resolution != Resolution::Forward {
-            let (code, answers, soa) = zone_reply(&resolution);
+            let ptrs = match &resolution {
+                Resolution::Ptr(names) => ptr_records(query.name(), names, table.ttl()),
+                _ => Vec::new(),
+            };
+            let (code, answers, soa) = zone_reply(&resolution, &ptrs);
             let mut reply_meta = Metadata::response_from_request(meta);
             reply_meta.authoritative = true;
             reply_meta.recursion_available = true;

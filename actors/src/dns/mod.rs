@@ -229,13 +229,14 @@ impl Handler<Stop> for DnsActor {
 impl Handler<ReplaceRecords> for DnsActor {
     type Result = Result<(), DnsError>;
 
-    fn handle(&mut self, msg: ReplaceRecords, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReplaceRecords, ctx: &mut Self::Context) -> Self::Result {
         let serial = self.serial.wrapping_add(1);
         let table = RecordTable::build(&self.zone, &msg.records, serial)?;
         let names = table.len();
-        // The old table is freed by whoever drops the last reference: here, or a request
-        // handler that was still answering from it.
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        // Freeing 1000 names takes a while: do it after the reply has gone out (unless a
+        // request handler still answering from the old table frees it last).
+        ctx.spawn(fut::wrap_future(async move { drop(old) }));
         self.serial = serial;
         slog::debug!(self.logger, "DNS records replaced"; "names" => names, "serial" => serial);
         Ok(())

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use hickory_proto::rr::rdata::{A, PTR, SOA};
+use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use ipnet::Ipv4Net;
 
@@ -148,6 +148,8 @@ pub fn reverse_zone_name(net: Ipv4Net) -> Name {
 pub enum Resolution<'t> {
     /// NOERROR with these answers (authoritative).
     Answer(&'t [Record]),
+    /// NOERROR with one PTR record per name, owned by the query name.
+    Ptr(&'t [Name]),
     /// NOERROR without answers: the name exists but has no record of the asked type. Carries
     /// the zone's SOA for the authority section when there is one.
     NoData(Option<&'t Record>),
@@ -163,10 +165,13 @@ pub struct RecordTable {
     /// The forward zone, lower case, fully qualified.
     zone: LowerName,
     zone_labels: u8,
+    ttl: u32,
     /// VM label (lower case) -> its A record.
     hosts: HashMap<Box<[u8]>, [Record; 1]>,
-    /// Guest IP -> PTR records, one per name with that IP, sorted by name.
-    ptrs: HashMap<Ipv4Addr, Vec<Record>>,
+    /// Guest IP -> the names that have it, sorted. PTR records are made per query, with the
+    /// query's own name as owner: building 1000 reverse names up front would double the cost
+    /// of a table.
+    ptrs: HashMap<Ipv4Addr, Vec<Name>>,
     /// The forward zone's SOA.
     soa: [Record; 1],
     /// The guest subnet and its reverse zone's SOA.
@@ -183,7 +188,8 @@ impl RecordTable {
         }
     }
 
-    /// Builds a table from `records` (VM name -> guest IP), validating every name first.
+    /// Builds a table from `records` (VM name -> guest IP). The first invalid entry fails the
+    /// whole build (the table in use is not touched by a build).
     ///
     /// Names are single DNS labels, case-insensitive. Two names that differ only in case are
     /// rejected. Duplicate IPs are allowed (A records are per name); the PTR of such an IP
@@ -195,9 +201,9 @@ impl RecordTable {
         serial: u32,
     ) -> Result<Self, DnsError> {
         let ttl = config.ttl;
-        // Validate everything before building anything, in a stable order so the error names
-        // the same entry every time.
-        let mut entries: Vec<(String, Ipv4Addr)> = Vec::with_capacity(records.len());
+        let zone = &config.zone;
+        let mut hosts: HashMap<Box<[u8]>, [Record; 1]> = HashMap::with_capacity(records.len());
+        let mut ptrs: HashMap<Ipv4Addr, Vec<Name>> = HashMap::with_capacity(records.len());
         for (name, ip) in records {
             let label = validate_label(name).map_err(|reason| DnsError::InvalidName {
                 name: name.clone(),
@@ -209,34 +215,25 @@ impl RecordTable {
                     ip: *ip,
                 });
             }
-            entries.push((label, *ip));
-        }
-        entries.sort_unstable();
-        if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(DnsError::DuplicateName {
-                name: w[0].0.clone(),
-            });
-        }
-
-        let zone = &config.zone;
-        let mut hosts = HashMap::with_capacity(entries.len());
-        let mut ptrs: HashMap<Ipv4Addr, Vec<Record>> = HashMap::with_capacity(entries.len());
-        for (label, ip) in entries {
             let fqdn = zone
                 .prepend_label(label.as_bytes())
                 .map_err(|e| DnsError::InvalidName {
-                    name: label.clone(),
+                    name: name.clone(),
                     reason: e.to_string(),
                 })?;
-            ptrs.entry(ip).or_default().push(Record::from_rdata(
-                Name::from(ip),
-                ttl,
-                RData::PTR(PTR(fqdn.clone())),
-            ));
-            hosts.insert(
-                label.into_bytes().into_boxed_slice(),
-                [Record::from_rdata(fqdn, ttl, RData::A(A(ip)))],
-            );
+            ptrs.entry(*ip).or_default().push(fqdn.clone());
+            let a = [Record::from_rdata(fqdn, ttl, RData::A(A(*ip)))];
+            if hosts
+                .insert(label.into_bytes().into_boxed_slice(), a)
+                .is_some()
+            {
+                return Err(DnsError::DuplicateName {
+                    name: name.to_ascii_lowercase(),
+                });
+            }
+        }
+        for names in ptrs.values_mut().filter(|names| names.len() > 1) {
+            names.sort_unstable_by(|a, b| a.cmp_case(b));
         }
 
         let soa = soa_record(zone.clone(), zone, ttl, serial);
@@ -246,11 +243,17 @@ impl RecordTable {
         Ok(Self {
             zone: LowerName::new(zone),
             zone_labels: zone.num_labels(),
+            ttl,
             hosts,
             ptrs,
             soa: [soa],
             reverse,
         })
+    }
+
+    /// The TTL of every record in the table.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
     }
 
     /// How many names the table holds.
@@ -269,11 +272,9 @@ impl RecordTable {
             return self.resolve_forward_zone(name, qtype, qclass);
         }
         if let Some(ip) = ptr_name_to_ipv4(name) {
-            if let Some(records) = self.ptrs.get(&ip) {
+            if let Some(names) = self.ptrs.get(&ip) {
                 return match (qclass, qtype) {
-                    (DNSClass::IN, RecordType::PTR | RecordType::ANY) => {
-                        Resolution::Answer(records)
-                    }
+                    (DNSClass::IN, RecordType::PTR | RecordType::ANY) => Resolution::Ptr(names),
                     _ => Resolution::NoData(self.reverse.as_ref().map(|(_, soa)| soa)),
                 };
             }
@@ -433,17 +434,14 @@ mod tests {
         assert_eq!(a[0].ttl, 5);
         assert_eq!(a[0].data, RData::A(A(Ipv4Addr::new(10, 0, 0, 2))));
 
-        let Resolution::Answer(ptr) = table.resolve(
+        let Resolution::Ptr(ptr) = table.resolve(
             &lower("2.0.0.10.in-addr.arpa."),
             RecordType::PTR,
             DNSClass::IN,
         ) else {
             panic!("no PTR answer");
         };
-        assert_eq!(
-            ptr[0].data,
-            RData::PTR(PTR(Name::from_ascii("web.vm.internal.").unwrap()))
-        );
+        assert_eq!(ptr, [Name::from_ascii("web.vm.internal.").unwrap()]);
     }
 
     #[test]
@@ -532,20 +530,14 @@ mod tests {
             1,
         )
         .unwrap();
-        let Resolution::Answer(ptr) = table.resolve(
+        let Resolution::Ptr(ptr) = table.resolve(
             &lower("2.0.0.10.in-addr.arpa."),
             RecordType::PTR,
             DNSClass::IN,
         ) else {
             panic!("no PTR answer");
         };
-        let names: Vec<_> = ptr
-            .iter()
-            .map(|r| match &r.data {
-                RData::PTR(PTR(n)) => n.to_ascii(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let names: Vec<_> = ptr.iter().map(Name::to_ascii).collect();
         assert_eq!(names, ["a.vm.internal.", "b.vm.internal."]);
     }
 }
