@@ -139,8 +139,9 @@ impl Handler<ReleaseTap> for TapPoolActor {
         }
         self.leased.remove(&lease.tap);
         self.ips.release(lease.guest_ip);
-        let room = self.free.len() + usize::from(self.refilling) < self.target();
-        if self.phase == Phase::Ready && room {
+        // A refill in flight is not counted: if the pool turns out full when it lands, the
+        // refilled TAP is the one deleted (never a good TAP lost to a refill that fails).
+        if self.phase == Phase::Ready && self.free.len() < self.target() {
             self.free.push_back(lease.tap);
             return Box::pin(fut::ready(Ok(())));
         }

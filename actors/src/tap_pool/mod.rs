@@ -337,22 +337,27 @@ impl TapPoolActor {
         };
         self.refilling = true;
         self.in_flight += 1;
-        let work = provision(
-            self.links.clone(),
-            self.config.tap_spec(&name),
-            self.config.port_spec(self.bridge_index),
-        );
+        let links = self.links.clone();
+        let tap = self.config.tap_spec(&name);
+        let port = self.config.port_spec(self.bridge_index);
+        let work = async move {
+            // Let the reply that triggered this refill reach its caller before the TAP
+            // ioctls run on this thread.
+            tokio::task::yield_now().await;
+            provision(links, tap, port).await
+        };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(work).map(move |res, act, ctx| {
                 act.refilling = false;
                 act.in_flight -= 1;
                 match res {
-                    Ok(()) if act.phase == Phase::Ready => {
+                    Ok(()) if act.phase == Phase::Ready && act.free.len() < act.target() => {
                         debug!(act.log, "pool TAP ready"; "tap" => &name);
                         act.refill_failures = 0;
                         act.free.push_back(name);
                         act.refill(ctx);
                     }
+                    // Torn down, or releases filled the pool meanwhile.
                     Ok(()) => act.delete_in_background(name, ctx),
                     Err(err) => {
                         act.forget_failed_name(&name, &err);

@@ -278,6 +278,22 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
 }
 
 #[actix::test]
+async fn refill_landing_on_a_full_pool_is_deleted() {
+    let fake = FakeLinks::new();
+    let addr = started(1, &fake).await;
+    fake.set_create_delay(Some(Duration::from_millis(50)));
+    let a = acquire(&addr).await.unwrap();
+    // The release refills the pool before the background creation lands.
+    addr.send(ReleaseTap { lease: a.clone() })
+        .await
+        .unwrap()
+        .unwrap();
+    let s = wait_status(&addr, |s| s.pending == 0).await;
+    assert_eq!((s.free_taps, s.leased), (1, 0));
+    assert_eq!(taps(&fake), std::slice::from_ref(&a.tap));
+}
+
+#[actix::test]
 async fn empty_pool_creates_on_demand_and_failed_attach_is_undone() {
     let fake = FakeLinks::new();
     let addr = started(0, &fake).await;
@@ -464,7 +480,7 @@ async fn teardown_deletes_pool_taps_keeps_leased_and_refuses_acquire() {
         .unwrap();
     assert_eq!(report.deleted_taps, ["hth1", "hth2"]);
     assert_eq!((report.leased_kept, report.bridge_removed), (1, false));
-    assert_eq!(taps(&fake), [a.tap.clone()]);
+    assert_eq!(taps(&fake), std::slice::from_ref(&a.tap));
     assert!(matches!(acquire(&addr).await, Err(TapPoolError::TornDown)));
     // Releasing after teardown deletes the TAP; a second teardown removes the bridge.
     addr.send(ReleaseTap { lease: a }).await.unwrap().unwrap();

@@ -61,7 +61,7 @@ impl Links for LinuxLinks {
                             return Err(LinksError::Netlink {
                                 op: "add bridge",
                                 link: spec.name,
-                                source,
+                                source: Box::new(source),
                             })
                         }
                     };
@@ -110,7 +110,7 @@ impl Links for LinuxLinks {
                 .map_err(|source| LinksError::Netlink {
                     op: "attach to bridge",
                     link: name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             // Port attributes need the port enslaved first: the kernel hands them to the
             // current master's slave_changelink.
@@ -122,7 +122,7 @@ impl Links for LinuxLinks {
                 .map_err(|source| LinksError::Netlink {
                     op: "set bridge port isolation",
                     link: name,
-                    source,
+                    source: Box::new(source),
                 })
         })
     }
@@ -140,7 +140,7 @@ impl Links for LinuxLinks {
                 Err(source) => Err(LinksError::Netlink {
                     op: "delete link",
                     link: name,
-                    source,
+                    source: Box::new(source),
                 }),
             }
         })
@@ -159,7 +159,7 @@ impl Links for LinuxLinks {
                 .map_err(|source| LinksError::Netlink {
                     op: "list links",
                     link: format!("{prefix}*"),
-                    source,
+                    source: Box::new(source),
                 })?;
             Ok(links
                 .iter()
@@ -185,7 +185,11 @@ async fn configure_bridge(
 ) -> Result<(), LinksError> {
     let netlink = |op: &'static str| {
         let link = spec.name.clone();
-        move |source| LinksError::Netlink { op, link, source }
+        move |source| LinksError::Netlink {
+            op,
+            link,
+            source: Box::new(source),
+        }
     };
     handle
         .link()
@@ -234,7 +238,7 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
         Err(source) => Err(LinksError::Netlink {
             op: "get link",
             link: name.into(),
-            source,
+            source: Box::new(source),
         }),
     }
 }

@@ -86,8 +86,8 @@ pub enum LinksError {
         op: &'static str,
         /// The interface concerned.
         link: String,
-        /// The netlink error.
-        source: rtnetlink::Error,
+        /// The netlink error (boxed: it can carry a whole message).
+        source: Box<rtnetlink::Error>,
     },
     /// The netlink socket could not be opened.
     #[error("Cannot open a netlink socket")]

@@ -1,0 +1,293 @@
+//! `TapPoolActor` over the real kernel (rtnetlink + TUN ioctls), each test in its own network
+//! namespace. `ip` is used here only to observe and to plant links, never by the code under test.
+
+mod common;
+
+use std::rc::Rc;
+
+use actix::{Actor, Addr};
+use hearth_actors::host::links::linux::LinuxLinks;
+use hearth_actors::host::links::LinksError;
+use hearth_actors::lease::NetLease;
+use hearth_actors::tap_pool::{
+    AcquireTap, GetStatus, Initialize, PoolStatus, ReleaseTap, TapPoolActor, TapPoolConfig,
+    TapPoolError, Teardown,
+};
+
+use common::NetNs;
+
+fn config(pool_size: u32) -> TapPoolConfig {
+    TapPoolConfig {
+        bridge: "hbr0".into(),
+        cidr: "10.77.0.0/24".parse().unwrap(),
+        tap_prefix: "hth".into(),
+        pool_size,
+        mtu: 1400,
+        tap_owner: Some(4321),
+        tap_group: None,
+        isolate: true,
+    }
+}
+
+/// A pool actor over the real kernel; call inside `ns.block_on`.
+fn start(config: TapPoolConfig) -> Addr<TapPoolActor> {
+    let links = LinuxLinks::new().expect("netlink socket");
+    TapPoolActor::new(config, Rc::new(links), common::test_logger())
+        .expect("valid config")
+        .start()
+}
+
+async fn initialize(addr: &Addr<TapPoolActor>, used: Vec<NetLease>) -> PoolStatus {
+    addr.send(Initialize { used })
+        .await
+        .unwrap()
+        .expect("initialize")
+}
+
+async fn wait_idle(addr: &Addr<TapPoolActor>, free: usize) -> PoolStatus {
+    for _ in 0..2000 {
+        let s = addr.send(GetStatus {}).await.unwrap();
+        if s.pending == 0 && s.free_taps == free {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("pool never settled at {free} free TAPs");
+}
+
+/// Names of the links in the namespace whose name starts with `prefix`.
+fn links_named(ns: &NetNs, prefix: &str) -> Vec<String> {
+    let out = ns.exec_ok(&["ip", "-o", "link", "show"]);
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Asserts that `tap` is a persistent TAP enslaved to hbr0, up, with MTU 1400, the owner, and
+/// the given isolation.
+fn assert_pool_tap(ns: &NetNs, tap: &str, isolated: bool) {
+    let d = ns.exec_ok(&["ip", "-d", "link", "show", tap]);
+    for needle in [
+        "tun type tap",
+        "pi off",
+        "vnet_hdr on",
+        "persist on",
+        "user 4321",
+        "master hbr0",
+        "mtu 1400",
+        if isolated {
+            "isolated on"
+        } else {
+            "isolated off"
+        },
+    ] {
+        assert!(d.contains(needle), "{tap}: no {needle:?} in\n{d}");
+    }
+    let flags = d
+        .split('<')
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or("");
+    assert!(flags.split(',').any(|f| f == "UP"), "{tap} not up: {d}");
+}
+
+#[test]
+fn bridge_and_pool_taps_are_set_up() {
+    require_privileged!();
+    let ns = NetNs::new("tp-setup");
+    ns.block_on(|| async {
+        let addr = start(config(3));
+        let s = initialize(&addr, vec![]).await;
+        assert_eq!((s.free_taps, s.leased, s.free_ips), (3, 0, 253));
+
+        let bridge = ns.exec_ok(&["ip", "-d", "link", "show", "hbr0"]);
+        assert!(bridge.contains("bridge "), "{bridge}");
+        assert!(bridge.contains("mtu 1400"), "{bridge}");
+        assert!(bridge.contains(",UP"), "{bridge}");
+        let addrs = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "hbr0"]);
+        assert!(addrs.contains("inet 10.77.0.1/24"), "{addrs}");
+
+        assert_eq!(links_named(&ns, "hth"), ["hth0", "hth1", "hth2"]);
+        for tap in ["hth0", "hth1", "hth2"] {
+            assert_pool_tap(&ns, tap, true);
+        }
+    });
+}
+
+#[test]
+fn isolation_can_be_turned_off() {
+    require_privileged!();
+    let ns = NetNs::new("tp-noiso");
+    ns.block_on(|| async {
+        let addr = start(TapPoolConfig {
+            isolate: false,
+            ..config(1)
+        });
+        initialize(&addr, vec![]).await;
+        assert_pool_tap(&ns, "hth0", false);
+    });
+}
+
+#[test]
+fn acquire_release_refill_and_teardown() {
+    require_privileged!();
+    let ns = NetNs::new("tp-cycle");
+    ns.block_on(|| async {
+        let addr = start(config(2));
+        initialize(&addr, vec![]).await;
+        let a = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        let b = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        assert_eq!((a.tap.as_str(), b.tap.as_str()), ("hth0", "hth1"));
+        assert_eq!(a.guest_ip.to_string(), "10.77.0.2");
+        assert_eq!(a.mac.to_string(), "06:00:0a:4d:00:02");
+        // The pool refills itself in the background.
+        let s = wait_idle(&addr, 2).await;
+        assert_eq!(s.leased, 2);
+        assert_eq!(links_named(&ns, "hth"), ["hth0", "hth1", "hth2", "hth3"]);
+        assert_pool_tap(&ns, "hth3", true);
+
+        // Pool full: released TAPs are deleted; a fresh IP comes after the last one.
+        addr.send(ReleaseTap { lease: a.clone() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(links_named(&ns, "hth"), ["hth1", "hth2", "hth3"]);
+        let c = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        assert_eq!(c.guest_ip.to_string(), "10.77.0.4");
+
+        let unknown = addr.send(ReleaseTap { lease: a }).await.unwrap();
+        assert!(matches!(unknown, Err(TapPoolError::UnknownLease { .. })));
+
+        wait_idle(&addr, 2).await;
+        addr.send(ReleaseTap { lease: b }).await.unwrap().unwrap();
+        addr.send(ReleaseTap { lease: c }).await.unwrap().unwrap();
+        let report = addr
+            .send(Teardown {
+                remove_bridge: true,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(report.bridge_removed);
+        assert!(
+            links_named(&ns, "h").is_empty(),
+            "{:?}",
+            links_named(&ns, "h")
+        );
+    });
+}
+
+#[test]
+fn restart_adopts_leases_reclaims_strays_and_recreates_missing_taps() {
+    require_privileged!();
+    let ns = NetNs::new("tp-restart");
+    let leases = ns.block_on(|| async {
+        let addr = start(config(2));
+        initialize(&addr, vec![]).await;
+        let a = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        let b = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        wait_idle(&addr, 2).await;
+        vec![a, b]
+    });
+    // The first daemon is gone (its System stopped); its TAPs persist. Plant a stray TAP,
+    // a foreign link with the prefix, and lose one leased TAP.
+    assert_eq!(links_named(&ns, "hth"), ["hth0", "hth1", "hth2", "hth3"]);
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth9", "mode", "tap"]);
+    // (This kernel has no dummy driver; a bridge serves as the foreign link.)
+    ns.exec_ok(&["ip", "link", "add", "hth5", "type", "bridge"]);
+    ns.exec_ok(&["ip", "link", "del", "hth1"]);
+
+    ns.block_on(|| async {
+        let addr = start(config(2));
+        let s = initialize(&addr, leases.clone()).await;
+        assert_eq!((s.leased, s.free_taps, s.free_ips), (2, 2, 251));
+        // hth2, hth3 reclaimed (lowest numbers), hth9 deleted, hth1 re-created, hth5 untouched.
+        assert_eq!(
+            links_named(&ns, "hth"),
+            ["hth0", "hth1", "hth2", "hth3", "hth5"]
+        );
+        for tap in ["hth0", "hth1", "hth2", "hth3"] {
+            assert_pool_tap(&ns, tap, true);
+        }
+        let foreign = ns.exec_ok(&["ip", "-d", "link", "show", "hth5"]);
+        assert!(
+            foreign.contains("bridge ") && !foreign.contains("master"),
+            "{foreign}"
+        );
+        // The bridge address was not added twice.
+        let addrs = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "hbr0"]);
+        assert_eq!(addrs.lines().count(), 1, "{addrs}");
+
+        // The adopted leases are live: release one, acquire continues after the last IP.
+        addr.send(ReleaseTap {
+            lease: leases[0].clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let c = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        assert_eq!(c.guest_ip.to_string(), "10.77.0.4");
+        assert_eq!(c.tap, "hth2");
+    });
+}
+
+#[test]
+fn second_actor_over_same_namespace_changes_nothing() {
+    require_privileged!();
+    let ns = NetNs::new("tp-idem");
+    ns.block_on(|| async {
+        let first = start(config(3));
+        initialize(&first, vec![]).await;
+        let lease = first.send(AcquireTap {}).await.unwrap().unwrap();
+        wait_idle(&first, 3).await;
+        let before = ns.exec_ok(&["ip", "-o", "link", "show"]);
+
+        let second = start(config(3));
+        let s = initialize(&second, vec![lease]).await;
+        assert_eq!((s.leased, s.free_taps), (1, 3));
+        let after = ns.exec_ok(&["ip", "-o", "link", "show"]);
+        let indexes = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split(": ").take(2).collect::<Vec<_>>().join(":"))
+                .collect()
+        };
+        assert_eq!(
+            indexes(&before),
+            indexes(&after),
+            "same links, same indexes"
+        );
+    });
+}
+
+#[test]
+fn existing_non_bridge_with_bridge_name_is_refused() {
+    require_privileged!();
+    let ns = NetNs::new("tp-notbr");
+    ns.exec_ok(&[
+        "ip", "link", "add", "hbr0", "type", "veth", "peer", "name", "hpeer0",
+    ]);
+    ns.block_on(|| async {
+        let addr = start(config(2));
+        let err = addr
+            .send(Initialize { used: vec![] })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TapPoolError::Host {
+                    source: LinksError::NotABridge { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(links_named(&ns, "hth").is_empty());
+    });
+}
