@@ -223,7 +223,7 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
                 members(ns, "hearth-guests"),
                 strings(["172.31.240.7,06:00:ac:1f:f0:07"])
             );
-            assert_eq!(set_names(&ns).len(), 2, "no scratch set left");
+            assert_eq!(set_names(ns).len(), 2, "no scratch set left");
         });
     }
 }
@@ -317,7 +317,7 @@ fn reconcile_after_a_crash_removes_stale_state_and_keeps_foreign_rules() {
                 "172.31.240.8,06:00:ac:1f:f0:08"
             ])
         );
-        assert_eq!(set_names(&ns), ["hearth-nat", "hearth-guests"]);
+        assert_eq!(set_names(ns), ["hearth-nat", "hearth-guests"]);
         let forward = chain(ns, flavor, Table::Filter, "FORWARD");
         assert!(
             forward.contains(&"-A FORWARD -s 10.9.9.9/32 -j ACCEPT".to_owned()),
@@ -376,7 +376,7 @@ fn teardown_leaves_nothing_but_foreign_rules() {
             table(ns, flavor, Table::Filter),
         );
         assert_eq!(after, before, "{flavor:?}");
-        assert!(set_names(&ns).is_empty());
+        assert!(set_names(ns).is_empty());
         assert_eq!(
             ns.exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
             "0"
@@ -408,7 +408,7 @@ fn teardown_by_a_fresh_actor_cleans_a_crashed_run() {
         let text = table(ns, flavor, t);
         assert!(!text.contains("HEARTH"), "{text}");
     }
-    assert!(set_names(&ns).is_empty());
+    assert!(set_names(ns).is_empty());
 }
 
 #[test]
@@ -444,7 +444,7 @@ fn missing_egress_interface_is_a_clear_error_and_changes_nothing() {
         table(ns, flavor, Table::Filter),
     );
     assert_eq!(after, before);
-    assert!(set_names(&ns).is_empty());
+    assert!(set_names(ns).is_empty());
 }
 
 #[test]
@@ -478,5 +478,5 @@ fn switching_anti_spoofing_off_removes_its_rules_and_set() {
     });
     assert_chains_exact(ns, flavor, &relaxed);
     assert!(chain(ns, flavor, Table::Filter, "HEARTH-INPUT").is_empty());
-    assert_eq!(set_names(&ns), ["hearth-nat"]);
+    assert_eq!(set_names(ns), ["hearth-nat"]);
 }
