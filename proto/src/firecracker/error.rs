@@ -87,7 +87,7 @@ pub enum ValidationError {
         drive_id: String,
     },
     /// A PATCH body that changes nothing.
-    #[error("Empty {what} update: at least one field must be given.")]
+    #[error("Empty PATCH request.")]
     EmptyUpdate {
         /// The resource being patched.
         what: &'static str,
