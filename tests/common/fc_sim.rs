@@ -1,0 +1,82 @@
+//! Helpers for tests and examples that run `firecracker-sim` under `FirecrackerActor`:
+//! locating the simulator binary, wrapping it with per-VM knobs, collecting VM events.
+//!
+//! The simulator is found at `$HEARTH_FC_SIM` if set, else next to the running test or example
+//! binary (`target/<profile>/firecracker-sim`, two levels above `target/<profile>/deps/..` or
+//! one above `target/<profile>/examples/..`). Build it first with
+//! `cargo build -p firecracker-sim` (add `--release` for release-profile runs).
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use actix::{Actor, Context, Handler};
+use hearth_actors::firecracker::VmProcessEvent;
+use tokio::sync::mpsc;
+
+/// The path of the `firecracker-sim` binary; panics with instructions when it is missing.
+pub fn sim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEARTH_FC_SIM") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if matches!(
+        dir.file_name().and_then(|n| n.to_str()),
+        Some("deps" | "examples")
+    ) {
+        dir.pop();
+    }
+    let sim = dir.join("firecracker-sim");
+    assert!(
+        sim.exists(),
+        "{} not found: run `cargo build -p firecracker-sim` (with --release for release runs) \
+         or set HEARTH_FC_SIM",
+        sim.display()
+    );
+    sim
+}
+
+/// Writes an executable wrapper `dir/<name>` that sets `env` (the simulator's `FC_SIM_*`
+/// knobs) and execs the simulator, optionally with SIGTERM ignored (inherited across exec).
+/// Same pid, no extra process: what the actor spawns is the simulator itself.
+pub fn sim_wrapper(dir: &Path, name: &str, env: &[(&str, &str)], ignore_sigterm: bool) -> PathBuf {
+    let mut script = String::from("#!/bin/sh\n");
+    if ignore_sigterm {
+        script.push_str("trap '' TERM\n");
+    }
+    for (k, v) in env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str(&format!("exec '{}' \"$@\"\n", sim_binary().display()));
+    let path = dir.join(name);
+    std::fs::write(&path, script).expect("write wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// An actor that forwards `VmProcessEvent`s into a channel.
+pub struct EventSink(pub mpsc::UnboundedSender<VmProcessEvent>);
+
+impl Actor for EventSink {
+    type Context = Context<Self>;
+}
+
+impl Handler<VmProcessEvent> for EventSink {
+    type Result = ();
+    fn handle(&mut self, ev: VmProcessEvent, _: &mut Context<Self>) {
+        let _ = self.0.send(ev);
+    }
+}
+
+/// A started sink and the receiving end of its events.
+pub fn event_sink() -> (
+    actix::Recipient<VmProcessEvent>,
+    mpsc::UnboundedReceiver<VmProcessEvent>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (EventSink(tx).start().recipient(), rx)
+}

@@ -1,0 +1,561 @@
+//! Integration tests of `FirecrackerActor` against `firecracker-sim` (build it first:
+//! `cargo build -p firecracker-sim`; see `tests/common/fc_sim.rs`). Tests that put a TAP on
+//! the VM need root and run in their own network namespace; the others run unprivileged in
+//! a temporary run directory.
+
+mod common;
+#[path = "common/fc_sim.rs"]
+mod fc_sim;
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
+use hearth_actors::firecracker::{
+    cid_for_guest_ip, AdoptProcess, BootVm, ConfigureVm, FirecrackerActor, FirecrackerError,
+    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeConfig, ProbeReady,
+    SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
+};
+use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
+use hearth_actors::lease::{MacAddr, NetLease};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A temporary run base with a kernel and rootfs file for the simulator.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fc")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"not a kernel").unwrap();
+        std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn settings(&self) -> FirecrackerSettings {
+        FirecrackerSettings::new(self.path().join("vms"))
+    }
+
+    fn binary(&self, path: PathBuf) -> FirecrackerBinary {
+        binary::resolve(Some(&path), &LinuxProcesses).unwrap()
+    }
+
+    fn wrapper(&self, name: &str, env: &[(&str, &str)], ignore_sigterm: bool) -> FirecrackerBinary {
+        self.binary(fc_sim::sim_wrapper(self.path(), name, env, ignore_sigterm))
+    }
+
+    fn config(&self, net: Option<NetLease>, probe: Option<ProbeConfig>) -> VmConfig {
+        let ip = Ipv4Addr::new(172, 31, 240, 5);
+        VmConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: self.path().join("vmlinux"),
+            initrd: None,
+            extra_boot_args: String::new(),
+            rootfs: self.path().join("rootfs.ext4"),
+            rootfs_read_only: false,
+            rootfs_rate_limiter: None,
+            net: net.map(|lease| NetConfig {
+                lease,
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            }),
+            vsock_cid: cid_for_guest_ip(ip),
+            probe,
+        }
+    }
+
+    fn actor(
+        &self,
+        vm: &str,
+        bin: FirecrackerBinary,
+    ) -> (
+        actix::Addr<FirecrackerActor>,
+        UnboundedReceiver<VmProcessEvent>,
+    ) {
+        let (events, rx) = fc_sim::event_sink();
+        let actor = FirecrackerActor::new(
+            vm,
+            bin,
+            Arc::new(LinuxProcesses),
+            self.settings(),
+            events,
+            common::test_logger(),
+        )
+        .unwrap();
+        (actor.start(), rx)
+    }
+}
+
+fn lease(tap: &str) -> NetLease {
+    let ip = Ipv4Addr::new(172, 31, 240, 5);
+    NetLease {
+        tap: tap.into(),
+        mac: MacAddr::for_guest(ip),
+        guest_ip: ip,
+        gateway: Ipv4Addr::new(172, 31, 240, 1),
+        prefix_len: 24,
+    }
+}
+
+fn probe(timeout: Duration) -> Option<ProbeConfig> {
+    Some(ProbeConfig { port: 52, timeout })
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 only checks existence; a zombie counts as gone for our purposes.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no VM event within 10 s")
+        .expect("event channel closed")
+}
+
+/// Opens a TAP the way Firecracker does, holding it busy while the fd lives.
+fn open_tap(name: &str) -> OwnedFd {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF with a properly sized, initialised ifreq.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    f.into()
+}
+
+#[test]
+fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
+    require_privileged!();
+    let ns = common::NetNs::new("fc-boot");
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+    let fx = Fixture::new();
+    ns.block_on(|| async {
+        let (vm, mut events) = fx.actor("vm-1", fx.binary(fc_sim::sim_binary()));
+        let cfg = fx.config(Some(lease("hth0")), probe(Duration::from_secs(5)));
+        let report = vm.send(BootVm { config: cfg }).await.unwrap().unwrap();
+        let agent = report.agent.expect("agent reply");
+        assert_eq!(agent.boot_id.len(), 36, "{agent:?}");
+        assert!(alive(report.record.pid));
+        assert!(report.timings.agent_ready.is_some());
+        assert_eq!(
+            vm.send(GetProcessRecord {}).await.unwrap(),
+            Some(report.record.clone())
+        );
+        let rd = fx.path().join("vms/vm-1");
+        assert!(rd.join("api.sock").exists());
+        assert!(rd.join("v.sock").exists());
+        assert!(rd.join("console.log").exists());
+
+        let out = vm
+            .send(StopVm {
+                plan: StopPlan::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (out.rung, out.status),
+            (StopRung::CtrlAltDel, ExitStatus::Code(0))
+        );
+        match next_event(&mut events).await {
+            VmProcessEvent::Stopped {
+                rung, status, pid, ..
+            } => {
+                assert_eq!(
+                    (rung, status, pid),
+                    (StopRung::CtrlAltDel, ExitStatus::Code(0), report.record.pid)
+                );
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        assert!(
+            !rd.join("api.sock").exists(),
+            "sockets are removed after exit"
+        );
+        assert!(!rd.join("v.sock").exists());
+    });
+}
+
+#[actix::test]
+async fn ignored_ctrl_alt_del_escalates_to_sigterm() {
+    let fx = Fixture::new();
+    let bin = fx.wrapper("fc-nocad", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], false);
+    let (vm, mut events) = fx.actor("vm-term", bin);
+    let report = vm
+        .send(BootVm {
+            config: fx.config(None, None),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let plan = StopPlan {
+        ctrl_alt_del_grace: Some(MS * 200),
+        term_grace: Some(Duration::from_secs(5)),
+    };
+    let out = vm.send(StopVm { plan }).await.unwrap().unwrap();
+    assert_eq!(out.rung, StopRung::Sigterm);
+    assert_eq!(out.status, ExitStatus::Signal(libc::SIGTERM));
+    assert!(matches!(
+        next_event(&mut events).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigterm,
+            ..
+        }
+    ));
+    assert!(!alive(report.record.pid));
+}
+
+#[actix::test]
+async fn ignored_sigterm_escalates_to_sigkill() {
+    let fx = Fixture::new();
+    let bin = fx.wrapper("fc-stubborn", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], true);
+    let (vm, mut events) = fx.actor("vm-kill", bin);
+    vm.send(BootVm {
+        config: fx.config(None, None),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let plan = StopPlan {
+        ctrl_alt_del_grace: Some(MS * 100),
+        term_grace: Some(MS * 200),
+    };
+    let out = vm.send(StopVm { plan }).await.unwrap().unwrap();
+    assert_eq!(
+        (out.rung, out.status),
+        (StopRung::Sigkill, ExitStatus::Signal(libc::SIGKILL))
+    );
+    assert!(matches!(
+        next_event(&mut events).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigkill,
+            ..
+        }
+    ));
+}
+
+#[actix::test]
+async fn kill_goes_straight_to_sigkill() {
+    let fx = Fixture::new();
+    let (vm, mut events) = fx.actor("vm-k", fx.binary(fc_sim::sim_binary()));
+    vm.send(BootVm {
+        config: fx.config(None, None),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let out = vm.send(KillVm {}).await.unwrap().unwrap();
+    assert_eq!(
+        (out.rung, out.status),
+        (StopRung::Sigkill, ExitStatus::Signal(libc::SIGKILL))
+    );
+    assert!(out.notes.is_empty());
+    assert!(matches!(
+        next_event(&mut events).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigkill,
+            ..
+        }
+    ));
+}
+
+#[actix::test]
+async fn unexpected_exit_is_reported() {
+    let fx = Fixture::new();
+    let bin = fx.wrapper(
+        "fc-crash",
+        &[("FC_SIM_CRASH_AFTER_MS", "100"), ("FC_SIM_CRASH_CODE", "2")],
+        false,
+    );
+    let (vm, mut events) = fx.actor("vm-crash", bin);
+    let report = vm
+        .send(BootVm {
+            config: fx.config(None, None),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    match next_event(&mut events).await {
+        VmProcessEvent::ExitedUnexpectedly { pid, status, vm_id } => {
+            assert_eq!(
+                (pid, status, vm_id.as_str()),
+                (report.record.pid, ExitStatus::Code(2), "vm-crash")
+            );
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    // Nothing left to stop; a new process can be spawned.
+    assert!(matches!(
+        vm.send(KillVm {}).await.unwrap(),
+        Err(FirecrackerError::InvalidState { .. })
+    ));
+    vm.send(SpawnProcess {}).await.unwrap().unwrap();
+    vm.send(KillVm {}).await.unwrap().unwrap();
+}
+
+#[actix::test]
+async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
+    let fx = Fixture::new();
+    let bin = fx.binary(fc_sim::sim_binary());
+    let (vm, _events) = fx.actor("vm-adopt", bin.clone());
+    let report = vm
+        .send(BootVm {
+            config: fx.config(None, None),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let record = report.record.clone();
+    drop(vm);
+    // Let the old actor stop (its exit waiter is aborted, the VM keeps running).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(alive(record.pid));
+
+    let (vm2, mut events2) = fx.actor("vm-adopt", bin.clone());
+    // A recycled pid: same pid, different start time. Refused, and not signalled.
+    let mut wrong = record.clone();
+    wrong.start_time += 1;
+    match vm2.send(AdoptProcess { record: wrong }).await.unwrap() {
+        Err(FirecrackerError::AdoptMismatch { reason, .. }) => {
+            assert!(reason.contains("start time"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(alive(record.pid));
+    // Another VM's socket in the record is refused too.
+    let mut other = record.clone();
+    other.api_socket = fx.path().join("vms/other/api.sock");
+    assert!(matches!(
+        vm2.send(AdoptProcess { record: other }).await.unwrap(),
+        Err(FirecrackerError::AdoptMismatch { .. })
+    ));
+
+    let info = vm2
+        .send(AdoptProcess {
+            record: record.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.vmm_state, "Running");
+    assert_eq!(
+        vm2.send(GetProcessRecord {}).await.unwrap(),
+        Some(record.clone())
+    );
+    // The adopted VM answers the API and stops by the ladder.
+    let out = vm2.send(KillVm {}).await.unwrap().unwrap();
+    assert_eq!(out.rung, StopRung::Sigkill);
+    assert!(matches!(
+        next_event(&mut events2).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigkill,
+            ..
+        }
+    ));
+    assert!(!alive(record.pid));
+}
+
+#[actix::test]
+async fn stale_sockets_are_removed_before_spawning() {
+    let fx = Fixture::new();
+    let rd = fx.path().join("vms/vm-stale");
+    std::fs::create_dir_all(&rd).unwrap();
+    // Left behind by a dead process: Firecracker would fail with AddrInUse on these.
+    let _a = std::os::unix::net::UnixListener::bind(rd.join("api.sock")).unwrap();
+    let _v = std::os::unix::net::UnixListener::bind(rd.join("v.sock")).unwrap();
+    let (vm, _events) = fx.actor("vm-stale", fx.binary(fc_sim::sim_binary()));
+    vm.send(BootVm {
+        config: fx.config(None, None),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    vm.send(KillVm {}).await.unwrap().unwrap();
+}
+
+#[actix::test]
+async fn socket_path_too_long_is_refused_up_front() {
+    let fx = Fixture::new();
+    let base = fx.path().join("x".repeat(90));
+    let (events, _rx) = fc_sim::event_sink();
+    let err = FirecrackerActor::new(
+        "vm-1",
+        fx.binary(fc_sim::sim_binary()),
+        Arc::new(LinuxProcesses),
+        FirecrackerSettings::new(&base),
+        events,
+        common::test_logger(),
+    )
+    .err()
+    .expect("too long");
+    assert!(
+        matches!(err, FirecrackerError::SocketPathTooLong { max: 107, .. }),
+        "{err}"
+    );
+    assert!(!base.exists(), "nothing was created");
+}
+
+#[actix::test]
+async fn missing_binary_is_a_clear_error() {
+    let fx = Fixture::new();
+    let err = binary::resolve(Some(&fx.path().join("firecracker")), &LinuxProcesses).unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::BinaryNotExecutable { .. }),
+        "{err}"
+    );
+    // A binary that vanished after resolution fails at spawn, leaving nothing running.
+    let gone = FirecrackerBinary {
+        path: fx.path().join("gone"),
+        version: binary::MIN_VERSION,
+    };
+    let (vm, _events) = fx.actor("vm-gone", gone);
+    match vm.send(SpawnProcess {}).await.unwrap() {
+        Err(FirecrackerError::Process { source }) => {
+            assert!(source.to_string().contains("gone"), "{source}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A binary printing something else is refused at resolution.
+    let liar = fx.path().join("liar");
+    std::fs::write(&liar, "#!/bin/sh\necho 'Firecracker v0.25.0'\n").unwrap();
+    std::fs::set_permissions(&liar, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert!(matches!(
+        binary::resolve(Some(&liar), &LinuxProcesses),
+        Err(FirecrackerError::VersionTooOld { .. })
+    ));
+}
+
+#[test]
+fn busy_tap_fails_configuration_and_leaks_nothing() {
+    require_privileged!();
+    let ns = common::NetNs::new("fc-busy");
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+    let fx = Fixture::new();
+    ns.block_on(|| async {
+        let _holder = open_tap("hth0");
+        let (vm, mut events) = fx.actor("vm-busy", fx.binary(fc_sim::sim_binary()));
+        let err = vm
+            .send(BootVm {
+                config: fx.config(Some(lease("hth0")), None),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        match &err {
+            FirecrackerError::Api {
+                status,
+                fault_message,
+                uri,
+                ..
+            } => {
+                assert_eq!(*status, 400);
+                assert_eq!(uri, "/network-interfaces/eth0");
+                assert!(
+                    fault_message.contains("Open tap device failed"),
+                    "{fault_message}"
+                );
+            }
+            e => panic!("unexpected {e}"),
+        }
+        // The failed boot's process is killed and reported.
+        assert!(matches!(
+            next_event(&mut events).await,
+            VmProcessEvent::Stopped {
+                rung: StopRung::Sigkill,
+                ..
+            }
+        ));
+    });
+}
+
+#[actix::test]
+async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
+    let fx = Fixture::new();
+    let bin = fx.wrapper("fc-silent", &[("FC_SIM_AGENT_SILENT", "1")], false);
+    let (vm, _events) = fx.actor("vm-silent", bin);
+    vm.send(SpawnProcess {}).await.unwrap().unwrap();
+    vm.send(ConfigureVm {
+        config: fx.config(None, probe(MS * 300)),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    vm.send(StartVm {}).await.unwrap().unwrap();
+    let err = vm
+        .send(ProbeReady {
+            port: 52,
+            timeout: MS * 300,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::ReadinessTimeout { .. }),
+        "{err}"
+    );
+    let pid = vm.send(GetProcessRecord {}).await.unwrap().unwrap().pid;
+    assert!(alive(pid));
+    vm.send(KillVm {}).await.unwrap().unwrap();
+
+    // BootVm treats a probe timeout as a failed boot: the process is killed.
+    let bin = fx.wrapper("fc-noagent", &[("FC_SIM_NO_AGENT", "1")], false);
+    let (vm, mut events) = fx.actor("vm-noagent", bin);
+    let err = vm
+        .send(BootVm {
+            config: fx.config(None, probe(MS * 300)),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    match err {
+        FirecrackerError::ReadinessTimeout { last_error, .. } => {
+            assert!(last_error.contains("no OK"), "{last_error}")
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigkill,
+            ..
+        }
+    ));
+}
