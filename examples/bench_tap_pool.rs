@@ -131,6 +131,14 @@ async fn acquire(n: usize) {
         idle.push(t.elapsed());
         leases.push(lease);
     }
+    // Baseline: a no-op message round trip under the same conditions.
+    let mut noop = Vec::new();
+    for _ in 0..n / 2 {
+        wait_idle(&addr).await;
+        let t = Instant::now();
+        addr.send(GetStatus {}).await.unwrap();
+        noop.push(t.elapsed());
+    }
     // Warm pool, back to back: the refill keeps running on the same thread meanwhile.
     wait_idle(&addr).await;
     let mut busy = Vec::new();
@@ -141,6 +149,7 @@ async fn acquire(n: usize) {
         leases.push(lease);
     }
     let left = addr.send(GetStatus {}).await.unwrap();
+    report("GetStatus round trip (baseline)", &mut noop);
     report("Acquire, warm pool, refill idle", &mut idle);
     report("Acquire, warm pool, back to back", &mut busy);
     println!(
@@ -159,13 +168,19 @@ async fn acquire(n: usize) {
             .expect("release");
         release.push(t.elapsed());
     }
-    report("Release (to pool or delete)", &mut release);
+    report("Release (deletes in background)", &mut release);
+    let t = Instant::now();
     addr.send(Teardown {
         remove_bridge: true,
     })
     .await
     .unwrap()
     .expect("teardown");
+    println!(
+        "{:<34} {:.1} ms (waits for the background deletions)",
+        "Teardown",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 async fn wait_idle(addr: &Addr<TapPoolActor>) {

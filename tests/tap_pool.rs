@@ -156,6 +156,7 @@ fn acquire_release_refill_and_teardown() {
             .await
             .unwrap()
             .unwrap();
+        wait_idle(&addr, 2).await;
         assert_eq!(links_named(&ns, "hth"), ["hth1", "hth2", "hth3"]);
         let c = addr.send(AcquireTap {}).await.unwrap().unwrap();
         assert_eq!(c.guest_ip.to_string(), "10.77.0.4");

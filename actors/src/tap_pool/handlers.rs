@@ -126,7 +126,7 @@ impl Handler<AcquireTap> for TapPoolActor {
 impl Handler<ReleaseTap> for TapPoolActor {
     type Result = ResponseActFuture<Self, Result<(), TapPoolError>>;
 
-    fn handle(&mut self, msg: ReleaseTap, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReleaseTap, ctx: &mut Context<Self>) -> Self::Result {
         let lease = msg.lease;
         if self.phase == Phase::New {
             return Box::pin(fut::ready(Err(TapPoolError::NotInitialized)));
@@ -145,25 +145,10 @@ impl Handler<ReleaseTap> for TapPoolActor {
             self.free.push_back(lease.tap);
             return Box::pin(fut::ready(Ok(())));
         }
-        // Pool full (or torn down): delete the TAP; the name stays taken until it is gone.
-        self.in_flight += 1;
-        let tap = lease.tap;
-        let work = self.links.delete_link(&tap);
-        Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
-            act.in_flight -= 1;
-            match res {
-                Ok(()) => act.names.release(&tap),
-                Err(err) => {
-                    // The lease is released either way; the TAP stays usable.
-                    warn!(act.log, "cannot delete released TAP; keeping it"; "tap" => &tap, "error" => %err);
-                    if act.phase == Phase::Ready {
-                        act.free.push_back(tap);
-                    }
-                }
-            }
-            act.notify_if_idle();
-            Ok(())
-        }))
+        // Pool full (or torn down): delete the TAP in the background (deleting a netdev
+        // waits for an RCU grace period, tens of ms); its name stays taken until it is gone.
+        self.delete_in_background(lease.tap, ctx);
+        Box::pin(fut::ready(Ok(())))
     }
 }
 

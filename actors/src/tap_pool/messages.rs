@@ -25,8 +25,9 @@ pub struct Initialize {
 #[rtype(result = "Result<NetLease, TapPoolError>")]
 pub struct AcquireTap {}
 
-/// Gives a lease back: its IP is freed and its TAP returns to the pool (or is deleted when the
-/// pool is full). A lease this actor does not hold is refused and changes nothing.
+/// Gives a lease back: its IP is freed and its TAP returns to the pool, or, when the pool is
+/// full, is deleted in the background (`GetStatus::pending` counts it; `Teardown` waits for
+/// it). Replies at once. A lease this actor does not hold is refused and changes nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), TapPoolError>")]
 pub struct ReleaseTap {

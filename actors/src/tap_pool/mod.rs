@@ -392,6 +392,11 @@ impl TapPoolActor {
             act.in_flight -= 1;
             match res {
                 Ok(()) => act.names.release(&name),
+                // The TAP is still attached and usable: keep it in the pool if there is one.
+                Err(err) if act.phase == Phase::Ready => {
+                    warn!(act.log, "cannot delete TAP; keeping it in the pool"; "tap" => &name, "error" => %err);
+                    act.free.push_back(name);
+                }
                 Err(err) => warn!(act.log, "cannot delete TAP; left in place"; "tap" => &name, "error" => %err),
             }
             act.notify_if_idle();

@@ -255,11 +255,12 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
     let addr = started(1, &fake).await;
     let a = acquire(&addr).await.unwrap();
     wait_status(&addr, |s| s.free_taps == 1 && s.pending == 0).await;
-    // Pool full: a's TAP is deleted.
+    // Pool full: a's TAP is deleted, in the background.
     addr.send(ReleaseTap { lease: a.clone() })
         .await
         .unwrap()
         .unwrap();
+    wait_status(&addr, |s| s.pending == 0).await;
     assert!(fake.link(&a.tap).is_none());
     assert!(fake.calls().contains(&LinksCall::DeleteLink(a.tap.clone())));
     let s = status(&addr).await;
@@ -291,6 +292,20 @@ async fn refill_landing_on_a_full_pool_is_deleted() {
     let s = wait_status(&addr, |s| s.pending == 0).await;
     assert_eq!((s.free_taps, s.leased), (1, 0));
     assert_eq!(taps(&fake), std::slice::from_ref(&a.tap));
+}
+
+#[actix::test]
+async fn failed_delete_of_released_tap_keeps_it_in_the_pool() {
+    let fake = FakeLinks::new();
+    let addr = started(1, &fake).await;
+    let a = acquire(&addr).await.unwrap();
+    wait_status(&addr, |s| s.pending == 0 && s.free_taps == 1).await;
+    fake.fail(FakeOp::DeleteLink, Some(&a.tap), 1);
+    let release = ReleaseTap { lease: a.clone() };
+    addr.send(release).await.unwrap().unwrap();
+    let s = wait_status(&addr, |s| s.pending == 0).await;
+    assert_eq!((s.free_taps, s.leased, s.free_ips), (2, 0, 5));
+    assert!(fake.link(&a.tap).is_some());
 }
 
 #[actix::test]
@@ -484,6 +499,7 @@ async fn teardown_deletes_pool_taps_keeps_leased_and_refuses_acquire() {
     assert!(matches!(acquire(&addr).await, Err(TapPoolError::TornDown)));
     // Releasing after teardown deletes the TAP; a second teardown removes the bridge.
     addr.send(ReleaseTap { lease: a }).await.unwrap().unwrap();
+    wait_status(&addr, |s| s.pending == 0).await;
     assert!(taps(&fake).is_empty());
     let report = addr
         .send(Teardown {

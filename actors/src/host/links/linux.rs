@@ -1,10 +1,12 @@
 //! The real [`Links`]: rtnetlink for links, addresses and bridge ports, TUN ioctls for TAPs.
-//! Everything acts in the network namespace of the thread that created the [`LinuxLinks`]
-//! (the netlink socket) and of the thread polling the futures (the TUN ioctls); hearth runs
-//! both on the actor's thread.
+//! Everything acts in the network namespace of the thread that created the [`LinuxLinks`]:
+//! the netlink socket is opened there, and the TUN ioctls run on a worker thread it spawns
+//! (threads inherit their creator's namespace).
 
 use std::net::IpAddr;
+use std::sync::mpsc;
 
+use futures::channel::oneshot;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
@@ -19,17 +21,53 @@ use super::{
 #[derive(Clone)]
 pub struct LinuxLinks {
     handle: Handle,
+    tun: TunWorker,
+}
+
+/// A thread that runs the blocking TUN ioctls (registering a netdev can take milliseconds
+/// under the RTNL lock), so they never stall the actor's thread. Created by the thread that
+/// creates [`LinuxLinks`], it shares that thread's network namespace. It exits when the last
+/// clone of its sender is dropped.
+#[derive(Clone)]
+struct TunWorker {
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl TunWorker {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("hearth-tun".into())
+            .spawn(move || queue.into_iter().for_each(|job| job()))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the worker; `None` if the worker is gone.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = Option<T>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.jobs.send(Box::new(move || {
+            let _ = tx.send(f());
+        }));
+        async move {
+            sent.ok()?;
+            rx.await.ok()
+        }
+    }
 }
 
 impl LinuxLinks {
-    /// Opens a netlink socket in the calling thread's network namespace and spawns its
-    /// connection task on the current tokio runtime (call it inside the actix `System` that
-    /// runs the actor).
+    /// Opens a netlink socket and starts the TUN worker thread, both in the calling thread's
+    /// network namespace, and spawns the netlink connection task on the current tokio runtime
+    /// (call it inside the actix `System` that runs the actor).
     pub fn new() -> Result<Self, LinksError> {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|source| LinksError::Socket { source })?;
+        let tun = TunWorker::start().map_err(|source| LinksError::Socket { source })?;
         tokio::spawn(connection);
-        Ok(Self { handle })
+        Ok(Self { handle, tun })
     }
 }
 
@@ -84,12 +122,13 @@ impl Links for LinuxLinks {
     }
 
     fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32> {
-        Box::pin(async move {
+        let name = spec.name.clone();
+        let work = self.tun.run(move || {
             tun::create_persistent_tap(&spec)?;
-            nix::net::if_::if_nametoindex(spec.name.as_str()).map_err(|_| LinksError::NotFound {
-                name: spec.name.clone(),
-            })
-        })
+            nix::net::if_::if_nametoindex(spec.name.as_str())
+                .map_err(|_| LinksError::NotFound { name: spec.name })
+        });
+        Box::pin(async move { work.await.unwrap_or(Err(LinksError::WorkerGone { name })) })
     }
 
     fn attach_port(&self, name: &str, index: u32, spec: PortSpec) -> LinksFuture<()> {

@@ -5,8 +5,8 @@
 //! for unit tests. Every method is idempotent where the kernel allows it, so a restarted
 //! daemon can re-run them over what it finds.
 //!
-//! The futures are `!Send` on purpose: TAP creation and netlink sockets act in the network
-//! namespace of the thread that runs them, so they must stay on the actor's thread.
+//! The futures are `!Send`: they are polled on the actor's thread, whose network namespace the
+//! backend was created in.
 
 pub mod fake;
 pub mod linux;
@@ -128,6 +128,12 @@ pub enum LinksError {
         name: String,
         /// The errno.
         source: nix::Error,
+    },
+    /// The TUN worker thread is gone (it panicked).
+    #[error("TUN worker thread is gone; cannot create {name}")]
+    WorkerGone {
+        /// The TAP name.
+        name: String,
     },
     /// A failure injected into the fake backend.
     #[error("Injected failure of {op} on {name}")]
