@@ -107,6 +107,27 @@ pub struct Guest {
     pub stack: Arc<GuestStack>,
 }
 
+impl Guest {
+    /// Runs a blocking call on the guest's stack off the actor thread (see [`blocking`]).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&GuestStack) -> T + Send + 'static,
+    ) -> T {
+        let stack = self.stack.clone();
+        blocking(move || f(&stack)).await
+    }
+
+    /// The guest's IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.lease.guest_ip
+    }
+
+    /// The guest's MAC.
+    pub fn mac(&self) -> [u8; 6] {
+        self.lease.mac.0
+    }
+}
+
 impl Hearth {
     /// Starts the actors as hearthd would with `switches`: the pool initialised (bridge up),
     /// the firewall reconciled with no guests, DNS serving on the gateway.
