@@ -12,7 +12,7 @@ use std::process::Command;
 
 use actix::Addr;
 use hearth_actors::host::disks::block::{probe_dm, BlockOps, LinuxBlock};
-use hearth_actors::host::disks::copy::CopyDisks;
+use hearth_actors::host::disks::copy::{CopyDisks, CopyMethod};
 use hearth_actors::host::disks::dm::DmDisks;
 use hearth_actors::host::disks::ledger::{DiskRecord, FileRole, Ledger};
 use hearth_actors::host::disks::{open_backend, BackendChoice, BackendKind, DiskState, Disks};
@@ -340,6 +340,100 @@ async fn auto_backend_says_which_and_works() {
             .unwrap()
             .unwrap());
     }
+}
+
+/// A loop-mounted XFS with reflink support in a temporary directory, unmounted on drop (the
+/// loop device is auto-cleared by the unmount, the image removed with the directory).
+struct XfsMount {
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl XfsMount {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("xfs.img");
+        File::create(&img).unwrap().set_len(512 * MIB).unwrap();
+        let out = Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img)
+            .output()
+            .expect("run mkfs.xfs (xfsprogs)");
+        assert!(
+            out.status.success(),
+            "mkfs.xfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        XfsMount { _dir: dir, mnt }
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks_free() * st.fragment_size()
+}
+
+#[test]
+fn copy_backend_reflinks_where_the_filesystem_can() {
+    require_privileged!();
+    if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        let msg = "copy_backend_reflinks_where_the_filesystem_can: mkfs.xfs (xfsprogs) is missing";
+        if std::env::var("HEARTH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("{msg}; install xfsprogs");
+        }
+        eprintln!("SKIP {msg}");
+        return;
+    }
+    let xfs = XfsMount::new();
+    let base = make_base(&xfs.mnt);
+    let base_hash = sha256(&base);
+    let disks = xfs.mnt.join("disks");
+    fs::create_dir(&disks).unwrap();
+    let mut backend = CopyDisks::new(&disks);
+    let free_before = free_bytes(&xfs.mnt);
+    let disk = backend
+        .create(&hearth_actors::host::disks::DiskSpec {
+            vm: "web".into(),
+            base: base.clone(),
+            size: Some(128 * MIB),
+        })
+        .unwrap();
+    assert_eq!(backend.last_method(), Some(CopyMethod::Reflink));
+    // Shared extents: the 8 MiB of data in the base were not copied.
+    let used = free_before.saturating_sub(free_bytes(&xfs.mnt));
+    assert!(used < 2 * MIB, "reflink used {used} bytes");
+    assert_eq!(fs::metadata(&disk.path).unwrap().len(), 128 * MIB);
+    fsck_ok(&disk.path);
+    let f = fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
+    f.write_all_at(&[0x5A; 65536], 4 * MIB).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(
+        sha256(&base),
+        base_hash,
+        "a write to the reflink reached the base"
+    );
+    assert!(backend.remove("web").unwrap());
+    assert_eq!(fs::read_dir(&disks).unwrap().count(), 0);
 }
 
 /// True when device-mapper works; otherwise prints the one allowed SKIP of this file (also
