@@ -71,8 +71,12 @@ pub trait Ledger {
     /// Records a new VM in `Creating`; `Exists` if the name is taken.
     fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError>;
     /// Sets a VM's state and last error.
-    fn set_state(&mut self, vm: &str, state: VmState, last_error: Option<&str>)
-        -> Result<(), LedgerError>;
+    fn set_state(
+        &mut self,
+        vm: &str,
+        state: VmState,
+        last_error: Option<&str>,
+    ) -> Result<(), LedgerError>;
     /// Sets whether NAT is wanted.
     fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError>;
     /// Records the lease a VM holds.
@@ -259,8 +263,10 @@ impl Ledger for MemoryLedger {
         response: &str,
     ) -> Result<(), LedgerError> {
         self.check()?;
-        self.keys
-            .insert(key.to_owned(), (request_hash.to_owned(), response.to_owned()));
+        self.keys.insert(
+            key.to_owned(),
+            (request_hash.to_owned(), response.to_owned()),
+        );
         Ok(())
     }
 }

@@ -1,10 +1,412 @@
-//! `VmSupervisor`: owns the VM table and orchestrates lifecycles (being written).
+//! `VmSupervisor`: owns the VM table and orchestrates lifecycles.
+//!
+//! Message flow: a lifecycle message ([`CreateVm`], [`RunAction`], [`DeleteVm`], [`SetNat`])
+//! takes the VM's operation lock (so operations on one VM run in order while different VMs
+//! proceed in parallel), checks the state, then runs a saga (`saga.rs`) that talks to the other
+//! actors. The saga never touches this actor's state directly: every change (state, lease,
+//! disk, process) goes back through the internal [`Commit`] message, whose handler writes the
+//! ledger first, then the in-memory table, then publishes the event and wakes waiters. Each
+//! saga step registers its undo; a failure runs them in reverse.
+//!
+//! Process exits arrive from each VM's `FirecrackerActor` as `VmProcessEvent`s; an unexpected
+//! exit of a live VM becomes `crashed` and its network lease is given back.
 
 mod error;
+mod handlers;
 pub mod images;
 pub mod ledger;
 mod messages;
 pub mod metrics;
+mod open;
+mod saga;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient};
+use hearth_proto::api::{EventReason, VmInfo, VmState};
+use slog::Logger;
+use tokio::sync::oneshot;
+
+use crate::dns::DnsActor;
+use crate::firecracker::{FirecrackerActor, FirecrackerBinary, FirecrackerSettings, StopPlan};
+use crate::host::processes::Processes;
+use crate::lease::NetLease;
+use crate::nat::NatActor;
+use crate::snapshot::SnapshotActor;
+use crate::tap_pool::TapPoolActor;
 
 pub use error::SupervisorError;
+pub use images::{ImageCatalog, ImageKind, StaticImages};
+pub use ledger::{DiskRecord, Ledger, LedgerError, MemoryLedger, ProcessRecord, VmRecord};
 pub use messages::*;
+use metrics::Histogram;
+
+/// The actors the supervisor drives.
+#[derive(Clone)]
+pub struct SupervisorDeps {
+    /// Leases.
+    pub tap_pool: Addr<TapPoolActor>,
+    /// Per-guest firewall state.
+    pub nat: Addr<NatActor>,
+    /// The name table.
+    pub dns: Addr<DnsActor>,
+    /// Root disks.
+    pub snapshot: Addr<SnapshotActor>,
+}
+
+/// How VMM processes are made.
+#[derive(Clone)]
+pub struct VmmFactory {
+    /// The Firecracker binary; `None` when none was found (creates then fail with 503).
+    pub binary: Option<FirecrackerBinary>,
+    /// The process backend.
+    pub processes: Arc<dyn Processes>,
+    /// Run directories, timeouts, console cap.
+    pub settings: FirecrackerSettings,
+}
+
+/// Lifecycle tunables.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// The stop ladder's graces.
+    pub stop_plan: StopPlan,
+    /// How long a new VM's agent has to answer before the VM is `unready`.
+    pub ready_timeout: Duration,
+    /// The agent's vsock port.
+    pub agent_port: u32,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            stop_plan: StopPlan::default(),
+            ready_timeout: Duration::from_secs(30),
+            agent_port: hearth_proto::agent::DEFAULT_PORT,
+        }
+    }
+}
+
+/// One VM in the table.
+struct VmEntry {
+    record: VmRecord,
+    /// Held for the whole of an operation on this VM.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// The VM's process actor, while it has one.
+    vmm: Option<Addr<FirecrackerActor>>,
+    /// The pid a requested stop is ending: its exit is expected, not a crash.
+    stopping_pid: Option<u32>,
+}
+
+impl VmEntry {
+    fn new(record: VmRecord) -> Self {
+        Self {
+            record,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            vmm: None,
+            stopping_pid: None,
+        }
+    }
+
+    fn info(&self) -> VmInfo {
+        let r = &self.record;
+        VmInfo {
+            name: r.spec.name.clone(),
+            state: r.state,
+            spec: r.spec.clone(),
+            guest_ip: r.lease.as_ref().map(|l| l.guest_ip),
+            tap: r.lease.as_ref().map(|l| l.tap.clone()),
+            pid: r.process.as_ref().and_then(|p| p.pid),
+            nat: r.nat,
+            last_error: r.last_error.clone(),
+        }
+    }
+}
+
+struct Waiter {
+    name: String,
+    state: VmState,
+    tx: oneshot::Sender<Result<VmInfo, SupervisorError>>,
+}
+
+/// The actor: see the module documentation.
+pub struct VmSupervisor {
+    deps: SupervisorDeps,
+    vmm: VmmFactory,
+    settings: SupervisorSettings,
+    ledger: Box<dyn Ledger>,
+    images: Box<dyn ImageCatalog>,
+    log: Logger,
+    vms: BTreeMap<String, VmEntry>,
+    /// Idempotency keys whose request is still running.
+    keys_in_flight: BTreeSet<String>,
+    subscribers: Vec<Recipient<EventPublished>>,
+    waiters: Vec<Waiter>,
+    phases: HashMap<&'static str, Histogram>,
+    errors: HashMap<&'static str, u64>,
+    closing: bool,
+}
+
+impl VmSupervisor {
+    /// A supervisor over `ledger`. Nothing happens until [`Open`].
+    pub fn new(
+        deps: SupervisorDeps,
+        vmm: VmmFactory,
+        settings: SupervisorSettings,
+        ledger: Box<dyn Ledger>,
+        images: Box<dyn ImageCatalog>,
+        log: Logger,
+    ) -> Self {
+        Self {
+            deps,
+            vmm,
+            settings,
+            ledger,
+            images,
+            log: log.new(slog::o!("actor" => "supervisor")),
+            vms: BTreeMap::new(),
+            keys_in_flight: BTreeSet::new(),
+            subscribers: Vec::new(),
+            waiters: Vec::new(),
+            phases: HashMap::new(),
+            errors: HashMap::new(),
+            closing: false,
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<&VmEntry, SupervisorError> {
+        self.vms.get(name).ok_or_else(|| SupervisorError::NotFound {
+            name: name.to_owned(),
+        })
+    }
+
+    /// The process actor for `name`, made on first use.
+    fn vmm_for(
+        &mut self,
+        name: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<Addr<FirecrackerActor>, SupervisorError> {
+        if let Some(addr) = self.vms.get(name).and_then(|e| e.vmm.clone()) {
+            return Ok(addr);
+        }
+        let binary = self
+            .vmm
+            .binary
+            .clone()
+            .ok_or_else(|| SupervisorError::Unavailable {
+                what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
+            })?;
+        let actor = FirecrackerActor::new(
+            name,
+            binary,
+            self.vmm.processes.clone(),
+            self.vmm.settings.clone(),
+            ctx.address().recipient(),
+            self.log.clone(),
+        )
+        .map_err(|e| SupervisorError::Step {
+            step: "prepare the VMM",
+            message: e.to_string(),
+        })?;
+        let addr = actor.start();
+        if let Some(entry) = self.vms.get_mut(name) {
+            entry.vmm = Some(addr.clone());
+        }
+        Ok(addr)
+    }
+
+    /// The run directory of a VM's process.
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.vmm.settings.run_base.join(name)
+    }
+
+    /// Applies one change: ledger first (durable), then memory, then events and waiters.
+    fn apply(&mut self, vm: &str, change: Change) -> Result<(), SupervisorError> {
+        match &change {
+            Change::Insert(spec) => self.ledger.insert_vm(spec)?,
+            Change::State { state, error, .. } => {
+                self.ledger.set_state(vm, *state, error.as_deref())?
+            }
+            Change::Nat(on) => self.ledger.set_nat(vm, *on)?,
+            Change::Lease(Some(l)) => self.ledger.put_lease(vm, l)?,
+            Change::Lease(None) => self.ledger.clear_lease(vm)?,
+            Change::Disk(Some(d)) => self.ledger.put_disk(vm, d)?,
+            Change::Disk(None) => self.ledger.clear_disk(vm)?,
+            Change::Process(Some(p)) => self.ledger.put_process(vm, p)?,
+            Change::Process(None) => self.ledger.clear_process(vm)?,
+            Change::Remove => self.ledger.delete_vm(vm)?,
+        }
+        match change {
+            Change::Insert(spec) => {
+                let record = VmRecord {
+                    nat: spec.nat,
+                    spec,
+                    state: VmState::Creating,
+                    last_error: None,
+                    lease: None,
+                    disk: None,
+                    process: None,
+                };
+                self.vms.insert(vm.to_owned(), VmEntry::new(record));
+                self.publish(vm, VmState::Creating, EventReason::User, None);
+            }
+            Change::State {
+                state,
+                error,
+                reason,
+            } => {
+                if let Some(e) = self.vms.get_mut(vm) {
+                    e.record.state = state;
+                    e.record.last_error = error.clone();
+                }
+                self.publish(vm, state, reason, error.as_deref());
+            }
+            Change::Nat(on) => self.with_record(vm, |r| r.nat = on),
+            Change::Lease(l) => self.with_record(vm, |r| r.lease = l),
+            Change::Disk(d) => self.with_record(vm, |r| r.disk = d),
+            Change::Process(p) => self.with_record(vm, |r| r.process = p),
+            Change::Remove => {
+                self.vms.remove(vm);
+                self.publish(vm, VmState::Deleting, EventReason::User, Some("deleted"));
+                for w in std::mem::take(&mut self.waiters) {
+                    if w.name == vm {
+                        let _ =
+                            w.tx.send(Err(SupervisorError::NotFound { name: vm.into() }));
+                    } else {
+                        self.waiters.push(w);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn with_record(&mut self, vm: &str, f: impl FnOnce(&mut VmRecord)) {
+        if let Some(e) = self.vms.get_mut(vm) {
+            f(&mut e.record);
+        }
+    }
+
+    /// Persists an event, sends it to subscribers, and answers waiters of this VM.
+    fn publish(&mut self, vm: &str, state: VmState, reason: EventReason, detail: Option<&str>) {
+        match self.ledger.append_event(vm, state, reason, detail) {
+            Ok(event) => {
+                self.subscribers.retain(|s| {
+                    s.try_send(EventPublished {
+                        event: event.clone(),
+                    })
+                    .is_ok()
+                });
+            }
+            Err(e) => slog::error!(self.log, "cannot persist event"; "vm" => vm, "error" => %e),
+        }
+        let info = self.vms.get(vm).map(VmEntry::info);
+        for w in std::mem::take(&mut self.waiters) {
+            if w.tx.is_closed() {
+                continue;
+            }
+            match &info {
+                Some(info) if w.name == vm && w.state == state => {
+                    let _ = w.tx.send(Ok(info.clone()));
+                }
+                Some(info) if w.name == vm && unreachable_from(state, w.state) => {
+                    let _ = w.tx.send(Err(SupervisorError::InvalidState {
+                        name: vm.to_owned(),
+                        state: info.state,
+                        op: "wait for that state",
+                    }));
+                }
+                _ => self.waiters.push(w),
+            }
+        }
+    }
+
+    /// The name table DNS should serve: every VM that is alive and holds a lease.
+    fn dns_records(&self) -> HashMap<String, std::net::Ipv4Addr> {
+        self.vms
+            .values()
+            .filter(|e| e.record.state.is_alive())
+            .filter_map(|e| {
+                e.record
+                    .lease
+                    .as_ref()
+                    .map(|l| (e.record.spec.name.clone(), l.guest_ip))
+            })
+            .collect()
+    }
+
+    fn observe(&mut self, phase: &'static str, d: Duration) {
+        self.phases.entry(phase).or_default().observe(d);
+    }
+
+    fn count_error(&mut self, op: &'static str) {
+        *self.errors.entry(op).or_default() += 1;
+    }
+}
+
+/// Whether a VM that just entered `now` can reach `wanted` without a new user action.
+fn unreachable_from(now: VmState, wanted: VmState) -> bool {
+    use VmState::*;
+    match wanted {
+        Running | Unready => matches!(now, Stopped | Crashed | Failed),
+        Stopped => matches!(now, Failed | Crashed),
+        _ => false,
+    }
+}
+
+impl Actor for VmSupervisor {
+    type Context = Context<Self>;
+}
+
+/// A change to one VM's record. Sagas send these as [`Commit`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Change {
+    Insert(hearth_proto::api::CreateVm),
+    State {
+        state: VmState,
+        error: Option<String>,
+        reason: EventReason,
+    },
+    Nat(bool),
+    Lease(Option<NetLease>),
+    Disk(Option<DiskRecord>),
+    Process(Option<ProcessRecord>),
+    Remove,
+}
+
+/// Internal: applies a change (from a saga running outside the actor's state).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub(crate) struct Commit {
+    vm: String,
+    change: Change,
+}
+
+impl Handler<Commit> for VmSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
+        self.apply(&msg.vm, msg.change)
+    }
+}
+
+/// Internal: records a phase duration for the metrics.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ObservePhase {
+    phase: &'static str,
+    took: Duration,
+}
+
+impl Handler<ObservePhase> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ObservePhase, _ctx: &mut Context<Self>) {
+        self.observe(msg.phase, msg.took);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,644 @@
+//! One `impl Handler` per supervisor message. Lifecycle handlers take the VM's operation lock
+//! first ([`VmSupervisor::locked`]), check the state once they hold it, then run a saga.
+
+use std::collections::HashMap;
+
+use actix::fut::{ready, ActorFutureExt, WrapFuture};
+use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture, ResponseFuture};
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use hearth_proto::api::{Event, VmInfo, VmState};
+
+use super::saga::{self, BootPlan, Ports};
+use super::{
+    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ImageKind, ListVms,
+    RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction, VmSupervisor,
+    WaitForState, Waiter,
+};
+use crate::dns::ReplaceRecords;
+use crate::firecracker::{RunDir, VmProcessEvent};
+use crate::host::processes::ExitStatus;
+
+type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
+
+fn fail<T: 'static>(
+    e: SupervisorError,
+) -> ResponseActFuture<VmSupervisor, Result<T, SupervisorError>> {
+    Box::pin(ready(Err(e)))
+}
+
+impl VmSupervisor {
+    pub(super) fn ports(&self, ctx: &mut Context<Self>) -> Ports {
+        Ports {
+            me: ctx.address(),
+            deps: self.deps.clone(),
+            settings: self.settings.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    /// Waits for `name`'s operation lock, then calls `start` (which checks the state and
+    /// returns the saga to run), runs it, and answers with `finish`. The lock is held until
+    /// the saga ends, so operations on one VM never overlap.
+    fn locked<T: 'static>(
+        &mut self,
+        name: &str,
+        start: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<Saga, SupervisorError> + 'static,
+        finish: impl FnOnce(&mut Self) -> Result<T, SupervisorError> + 'static,
+    ) -> ResponseActFuture<Self, Result<T, SupervisorError>> {
+        let lock = match self.entry(name) {
+            Ok(e) => e.lock.clone(),
+            Err(e) => return fail(e),
+        };
+        Box::pin(
+            async move { lock.lock_owned().await }
+                .into_actor(self)
+                .then(move |guard, act, ctx| {
+                    let fut: ResponseActFuture<Self, Result<T, SupervisorError>> =
+                        match start(act, ctx) {
+                            Ok(saga) => Box::pin(saga.into_actor(act).map(move |res, act, _| {
+                                drop(guard);
+                                res.and_then(|()| finish(act))
+                            })),
+                            Err(e) => fail(e),
+                        };
+                    fut
+                }),
+        )
+    }
+
+    fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
+        self.entry(name).map(super::VmEntry::info)
+    }
+
+    /// The boot plan of `name` as it stands (images resolved, a fresh process actor).
+    fn boot_plan(
+        &mut self,
+        name: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<BootPlan, SupervisorError> {
+        let entry = self.entry(name)?;
+        let spec = entry.record.spec.clone();
+        let disk = entry.record.disk.as_ref().map(|d| d.path.clone());
+        let kernel = self.resolve_image(ImageKind::Kernel, &spec.kernel)?;
+        let rootfs_base = self.resolve_image(ImageKind::Rootfs, &spec.rootfs)?;
+        let binary = self
+            .vmm
+            .binary
+            .as_ref()
+            .map(|b| b.path.clone())
+            .ok_or_else(|| SupervisorError::Unavailable {
+                what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
+            })?;
+        let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
+            .map_err(|e| SupervisorError::Step {
+                step: "run directory",
+                message: e.to_string(),
+            })?
+            .api_socket();
+        // A fresh process actor per boot: the previous one may still be winding down.
+        if let Some(e) = self.vms.get_mut(name) {
+            e.vmm = None;
+        }
+        let vmm = self.vmm_for(name, ctx)?;
+        Ok(BootPlan {
+            spec,
+            kernel,
+            rootfs_base,
+            disk,
+            vmm,
+            api_socket,
+            binary,
+        })
+    }
+
+    fn resolve_image(
+        &self,
+        kind: ImageKind,
+        name: &str,
+    ) -> Result<std::path::PathBuf, SupervisorError> {
+        self.images
+            .resolve(kind, name)
+            .ok_or_else(|| SupervisorError::UnknownImage {
+                kind: kind.as_str(),
+                image: name.to_owned(),
+            })
+    }
+
+    /// `Some(answer)` when the key was seen with the same request; a conflict when it was
+    /// seen with another or is still running; `None` when it is new (now marked in flight).
+    fn idempotent_replay(
+        &mut self,
+        key: &Option<Idempotency>,
+    ) -> Result<Option<VmInfo>, SupervisorError> {
+        let Some(k) = key else { return Ok(None) };
+        if self.keys_in_flight.contains(&k.key) {
+            return Err(SupervisorError::Conflict {
+                message: "A request with this Idempotency-Key is still in progress".into(),
+            });
+        }
+        match self.ledger.idempotent_response(&k.key)? {
+            Some((hash, response)) if hash == k.request_hash => serde_json::from_str(&response)
+                .map(Some)
+                .map_err(|e| SupervisorError::Step {
+                    step: "idempotent replay",
+                    message: e.to_string(),
+                }),
+            Some(_) => Err(SupervisorError::Conflict {
+                message: "This Idempotency-Key was used with a different request".into(),
+            }),
+            None => {
+                self.keys_in_flight.insert(k.key.clone());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores the answer to a keyed request (success only: a failed request may be retried).
+    fn idempotent_store(
+        &mut self,
+        key: Option<Idempotency>,
+        answer: &Result<VmInfo, SupervisorError>,
+    ) {
+        let Some(k) = key else { return };
+        self.keys_in_flight.remove(&k.key);
+        if let Ok(info) = answer {
+            let json = serde_json::to_string(info).expect("VmInfo serialises");
+            if let Err(e) = self
+                .ledger
+                .put_idempotent_response(&k.key, &k.request_hash, &json)
+            {
+                slog::warn!(self.log, "idempotency key not stored"; "error" => %e);
+            }
+        }
+    }
+
+    fn check_open(&self) -> Result<(), SupervisorError> {
+        if self.closing {
+            return Err(SupervisorError::Unavailable {
+                what: "hearthd is shutting down".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<CreateVm> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: CreateVm, _ctx: &mut Context<Self>) -> Self::Result {
+        let name = msg.spec.name.clone();
+        let key = msg.idempotency;
+        let prepared = (|| {
+            self.check_open()?;
+            msg.spec.validate()?;
+            if let Some(info) = self.idempotent_replay(&key)? {
+                return Ok(Err(info));
+            }
+            Ok(Ok(()))
+        })();
+        match prepared {
+            Err(e) => return fail(e),
+            Ok(Err(replayed)) => return Box::pin(ready(Ok(replayed))),
+            Ok(Ok(())) => {}
+        }
+        let started = (|| {
+            if self.vms.contains_key(&name) {
+                return Err(SupervisorError::Conflict {
+                    message: format!("A VM named {name:?} already exists"),
+                });
+            }
+            // Refuse before recording anything when the images or the binary are missing.
+            self.resolve_image(ImageKind::Kernel, &msg.spec.kernel)?;
+            self.resolve_image(ImageKind::Rootfs, &msg.spec.rootfs)?;
+            if self.vmm.binary.is_none() {
+                return Err(SupervisorError::Unavailable {
+                    what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
+                });
+            }
+            self.apply(&name, Change::Insert(msg.spec.clone()))
+        })();
+        if let Err(e) = started {
+            self.idempotent_store(key, &Err(e.clone()));
+            self.count_error("create");
+            return fail(e);
+        }
+        let n = name.clone();
+        Box::pin(
+            self.locked(
+                &name.clone(),
+                move |act, ctx| {
+                    let plan = act.boot_plan(&n, ctx);
+                    let ports = act.ports(ctx);
+                    match plan {
+                        Ok(plan) => {
+                            Ok(saga::boot(ports, plan).map(|r| r.map(|_| ())).boxed_local())
+                        }
+                        Err(e) => {
+                            let n = n.clone();
+                            Ok(async move {
+                                ports
+                                    .set_state(
+                                        &n,
+                                        VmState::Failed,
+                                        Some(e.to_string()),
+                                        hearth_proto::api::EventReason::Error,
+                                    )
+                                    .await?;
+                                Err(e)
+                            }
+                            .boxed_local())
+                        }
+                    }
+                },
+                move |act| act.info_of(&name),
+            )
+            .map(move |res, act, _| {
+                if res.is_err() {
+                    act.count_error("create");
+                }
+                act.idempotent_store(key, &res);
+                res
+            }),
+        )
+    }
+}
+
+impl Handler<RunAction> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: RunAction, _ctx: &mut Context<Self>) -> Self::Result {
+        let key = msg.idempotency;
+        let replay = self
+            .check_open()
+            .and_then(|()| self.idempotent_replay(&key));
+        match replay {
+            Err(e) => return fail(e),
+            Ok(Some(info)) => return Box::pin(ready(Ok(info))),
+            Ok(None) => {}
+        }
+        let name = msg.name.clone();
+        let action = msg.action;
+        let n = name.clone();
+        let op = action.as_str();
+        Box::pin(
+            self.locked(
+                &name.clone(),
+                move |act, ctx| act.start_action(&n, action, ctx),
+                move |act| act.info_of(&name),
+            )
+            .map(move |res, act, _| {
+                if res.is_err() {
+                    act.count_error(op);
+                }
+                act.idempotent_store(key, &res);
+                res
+            }),
+        )
+    }
+}
+
+impl VmSupervisor {
+    /// Checks that `action` is allowed now and returns its saga. Runs under the VM's lock.
+    fn start_action(
+        &mut self,
+        name: &str,
+        action: VmAction,
+        ctx: &mut Context<Self>,
+    ) -> Result<Saga, SupervisorError> {
+        let entry = self.entry(name)?;
+        let state = entry.record.state;
+        let allowed = match action {
+            VmAction::Start => state.can_start(),
+            VmAction::Stop | VmAction::Kill => state.can_stop(),
+            VmAction::Restart => state.can_restart(),
+        };
+        if !allowed {
+            return Err(SupervisorError::InvalidState {
+                name: name.to_owned(),
+                state,
+                op: action.as_str(),
+            });
+        }
+        let ports = self.ports(ctx);
+        let lease = entry.record.lease.clone();
+        let vmm = entry.vmm.clone();
+        let pid = entry.record.process.as_ref().and_then(|p| p.pid);
+        let n = name.to_owned();
+        let stop_first = matches!(action, VmAction::Stop | VmAction::Kill)
+            || (action == VmAction::Restart && state.can_stop());
+        if stop_first {
+            if let Some(e) = self.vms.get_mut(name) {
+                e.stopping_pid = pid;
+            }
+        }
+        let kill = action == VmAction::Kill;
+        let stop_saga = stop_first.then(|| saga::stop(ports.clone(), n.clone(), vmm, lease, kill));
+        let boot_plan = match action {
+            VmAction::Start | VmAction::Restart => Some(self.boot_plan(name, ctx)?),
+            _ => None,
+        };
+        Ok(async move {
+            if let Some(stop) = stop_saga {
+                stop.await?;
+            }
+            if let Some(plan) = boot_plan {
+                saga::boot(ports, plan).await?;
+            }
+            Ok(())
+        }
+        .boxed_local())
+    }
+}
+
+impl Handler<DeleteVm> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
+
+    fn handle(&mut self, msg: DeleteVm, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_open() {
+            return fail(e);
+        }
+        let name = msg.name;
+        let n = name.clone();
+        self.locked(
+            &name,
+            move |act, ctx| {
+                let run_dir = act.run_dir(&n);
+                let entry = act.entry(&n)?;
+                let state = entry.record.state;
+                if !state.can_delete() {
+                    return Err(SupervisorError::InvalidState {
+                        name: n.clone(),
+                        state,
+                        op: "delete",
+                    });
+                }
+                let ports = act.ports(ctx);
+                let lease = entry.record.lease.clone();
+                let has_disk = entry.record.disk.is_some();
+                let vmm = entry.vmm.clone();
+                let running = state.has_process();
+                let pid = entry.record.process.as_ref().and_then(|p| p.pid);
+                if running {
+                    if let Some(e) = act.vms.get_mut(&n) {
+                        e.stopping_pid = pid;
+                    }
+                }
+                let n = n.clone();
+                Ok(async move {
+                    let lease = if running {
+                        saga::stop(ports.clone(), n.clone(), vmm, lease, false).await?;
+                        None
+                    } else {
+                        lease
+                    };
+                    saga::delete(ports, n, lease, has_disk, run_dir).await
+                }
+                .boxed_local())
+            },
+            |_| Ok(()),
+        )
+    }
+}
+
+impl Handler<SetNat> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: SetNat, _ctx: &mut Context<Self>) -> Self::Result {
+        let name = msg.name;
+        let n = name.clone();
+        let enabled = msg.enabled;
+        self.locked(
+            &name.clone(),
+            move |act, ctx| {
+                let entry = act.entry(&n)?;
+                if entry.record.state == VmState::Deleting {
+                    return Err(SupervisorError::InvalidState {
+                        name: n.clone(),
+                        state: entry.record.state,
+                        op: "set NAT",
+                    });
+                }
+                let lease = entry.record.lease.clone();
+                let ports = act.ports(ctx);
+                let n = n.clone();
+                Ok(async move {
+                    if let Some(lease) = lease {
+                        ports
+                            .deps
+                            .nat
+                            .send(crate::nat::EnsureNat {
+                                guest_ip: lease.guest_ip,
+                                tap: lease.tap.clone(),
+                                enable: enabled,
+                            })
+                            .await
+                            .map_err(|e| SupervisorError::Step {
+                                step: "nat",
+                                message: e.to_string(),
+                            })?
+                            .map_err(|e| SupervisorError::Step {
+                                step: "nat",
+                                message: e.to_string(),
+                            })?;
+                    }
+                    ports.commit(&n, Change::Nat(enabled)).await
+                }
+                .boxed_local())
+            },
+            move |act| act.info_of(&name),
+        )
+    }
+}
+
+impl Handler<GetVm> for VmSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: GetVm, _ctx: &mut Context<Self>) -> Self::Result {
+        self.info_of(&msg.name)
+    }
+}
+
+impl Handler<ListVms> for VmSupervisor {
+    type Result = actix::MessageResult<ListVms>;
+
+    fn handle(&mut self, msg: ListVms, _ctx: &mut Context<Self>) -> Self::Result {
+        let list = self
+            .vms
+            .values()
+            .filter(|e| match &msg.label {
+                Some((k, v)) => e.record.spec.labels.get(k) == Some(v),
+                None => true,
+            })
+            .map(super::VmEntry::info)
+            .collect();
+        actix::MessageResult(list)
+    }
+}
+
+impl Handler<WaitForState> for VmSupervisor {
+    type Result = ResponseFuture<Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: WaitForState, _ctx: &mut Context<Self>) -> Self::Result {
+        let info = match self.info_of(&msg.name) {
+            Ok(info) => info,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        if info.state == msg.state {
+            return Box::pin(async move { Ok(info) });
+        }
+        if super::unreachable_from(info.state, msg.state) {
+            return Box::pin(async move {
+                Err(SupervisorError::InvalidState {
+                    name: info.name,
+                    state: info.state,
+                    op: "wait for that state",
+                })
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.push(Waiter {
+            name: msg.name.clone(),
+            state: msg.state,
+            tx,
+        });
+        Box::pin(async move {
+            match tokio::time::timeout(msg.timeout, rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(SupervisorError::Unavailable {
+                    what: "The supervisor stopped".into(),
+                }),
+                Err(_) => Err(SupervisorError::Timeout {
+                    name: msg.name,
+                    state: msg.state,
+                }),
+            }
+        })
+    }
+}
+
+impl Handler<EventsSince> for VmSupervisor {
+    type Result = Result<Vec<Event>, SupervisorError>;
+
+    fn handle(&mut self, msg: EventsSince, _ctx: &mut Context<Self>) -> Self::Result {
+        Ok(self.ledger.events_since(msg.since, msg.limit)?)
+    }
+}
+
+impl Handler<Subscribe> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) {
+        self.subscribers.push(msg.subscriber);
+    }
+}
+
+impl Handler<GetMetrics> for VmSupervisor {
+    type Result = actix::MessageResult<GetMetrics>;
+
+    fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut counts: HashMap<VmState, u64> = HashMap::new();
+        for e in self.vms.values() {
+            *counts.entry(e.record.state).or_default() += 1;
+        }
+        let mut phase_seconds: Vec<_> = self.phases.iter().map(|(k, v)| (*k, v.clone())).collect();
+        phase_seconds.sort_by_key(|(k, _)| *k);
+        let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
+        errors.sort();
+        actix::MessageResult(SupervisorMetrics {
+            vms_by_state: VmState::ALL
+                .into_iter()
+                .map(|s| (s, counts.get(&s).copied().unwrap_or(0)))
+                .collect(),
+            phase_seconds,
+            errors,
+        })
+    }
+}
+
+/// Internal: hands DNS the table of live VMs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub(super) struct RebuildDns {}
+
+impl Handler<RebuildDns> for VmSupervisor {
+    type Result = ResponseFuture<Result<(), SupervisorError>>;
+
+    fn handle(&mut self, _msg: RebuildDns, _ctx: &mut Context<Self>) -> Self::Result {
+        // Sent now, so tables reach DNS in the order they were computed.
+        let sent = self.deps.dns.send(ReplaceRecords {
+            records: self.dns_records(),
+        });
+        Box::pin(async move {
+            sent.await
+                .map_err(|e| SupervisorError::Step {
+                    step: "dns",
+                    message: e.to_string(),
+                })?
+                .map_err(|e| SupervisorError::Step {
+                    step: "dns",
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+impl Handler<VmProcessEvent> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: VmProcessEvent, ctx: &mut Context<Self>) {
+        let VmProcessEvent::ExitedUnexpectedly { vm_id, pid, status } = msg else {
+            // A requested stop: its saga records the outcome.
+            return;
+        };
+        let Some(entry) = self.vms.get(&vm_id) else {
+            return;
+        };
+        if entry.stopping_pid == Some(pid) {
+            return;
+        }
+        slog::warn!(self.log, "VMM exited unexpectedly"; "vm" => &vm_id, "pid" => pid, "status" => %status);
+        let n = vm_id.clone();
+        let fut = self.locked(
+            &vm_id,
+            move |act, ctx| {
+                let entry = act.entry(&n)?;
+                let current = entry.record.process.as_ref().and_then(|p| p.pid);
+                // Already handled (a saga undid it, or a newer process runs).
+                if current != Some(pid) || !entry.record.state.has_process() {
+                    return Ok(async { Ok(()) }.boxed_local());
+                }
+                let ports = act.ports(ctx);
+                let lease = entry.record.lease.clone();
+                let n = n.clone();
+                let clean_exit = matches!(status, ExitStatus::Code(0));
+                Ok(async move {
+                    if clean_exit {
+                        // The guest shut itself down (reboot=k): a stop, not a crash.
+                        saga::release_network(&ports, &n, lease).await?;
+                        ports.commit(&n, Change::Process(None)).await?;
+                        ports
+                            .set_state(
+                                &n,
+                                VmState::Stopped,
+                                Some("the guest shut down".into()),
+                                hearth_proto::api::EventReason::Crash,
+                            )
+                            .await?;
+                        ports.rebuild_dns().await;
+                        Ok(())
+                    } else {
+                        saga::crashed(ports, n, lease, format!("VMM exited: {status}")).await
+                    }
+                }
+                .boxed_local())
+            },
+            |_| Ok(()),
+        );
+        ctx.spawn(fut.map(move |res, act, _| {
+            if let Err(e) = res {
+                slog::error!(act.log, "crash handling failed"; "vm" => &vm_id, "error" => %e);
+            }
+        }));
+    }
+}

@@ -1,0 +1,404 @@
+//! `Open` and `Close`. Open reconciles the host with the ledger after a (re)start: live VMM
+//! processes are verified and adopted (never restarted), dead ones are marked, operations a
+//! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
+//! processes are swept, and the TAP pool, NAT and DNS are rebuilt from the VMs that live.
+//! [`plan_repairs`] decides; the handler carries the plan out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::{Addr, Context, Handler, ResponseActFuture};
+use futures::FutureExt;
+use hearth_proto::api::{EventReason, VmState};
+use slog::{info, warn};
+
+use super::saga::Ports;
+use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
+use crate::firecracker::{
+    AdoptProcess, FirecrackerActor, KillVm, ProcessRecord as FcRecord, StopVm,
+};
+use crate::host::processes::Signal;
+use crate::lease::NetLease;
+use crate::nat::{GuestSpec, Reconcile};
+use crate::snapshot::{ListDisks, RemoveDisk};
+use crate::tap_pool::Initialize;
+
+/// What adopting a VM's recorded process found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Adoption {
+    /// Verified and taken over; Firecracker reports this VM state (`Running`, ...).
+    Adopted { vmm_state: String },
+    /// Gone, or not the process that was recorded.
+    Gone,
+}
+
+/// What to do to make the host and the table agree.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct RepairPlan {
+    /// Adopted processes to SIGKILL (an interrupted create, boot or delete).
+    pub kill: Vec<String>,
+    /// Adopted processes to stop by the ladder (an interrupted stop).
+    pub stop: Vec<String>,
+    /// Disks to remove (an interrupted create or delete).
+    pub remove_disk: Vec<String>,
+    /// VMs to forget after the above (an interrupted delete).
+    pub forget: Vec<String>,
+    /// Changes to record.
+    pub changes: Vec<(String, Change)>,
+    /// Leases still in use, for the TAP pool.
+    pub used: Vec<NetLease>,
+    /// Desired per-guest firewall state.
+    pub guests: Vec<GuestSpec>,
+    /// The report.
+    pub report: OpenReport,
+}
+
+fn state(state: VmState, error: Option<&str>) -> Change {
+    Change::State {
+        state,
+        error: error.map(str::to_owned),
+        reason: EventReason::Restart,
+    }
+}
+
+/// Decides the repairs from the recorded VMs and what adoption found.
+pub(super) fn plan_repairs(
+    records: &[VmRecord],
+    adoptions: &BTreeMap<String, Adoption>,
+) -> RepairPlan {
+    let mut plan = RepairPlan::default();
+    for r in records {
+        let name = r.spec.name.clone();
+        let adopted = match adoptions.get(&name) {
+            Some(Adoption::Adopted { vmm_state }) => Some(vmm_state.as_str()),
+            _ => None,
+        };
+        let had_process = r.process.is_some();
+        let mut alive = false;
+        match r.state {
+            VmState::Creating | VmState::Deleting => {
+                if adopted.is_some() {
+                    plan.kill.push(name.clone());
+                }
+                if r.disk.is_some() || r.state == VmState::Creating {
+                    // A create cut short may have made the disk before recording it.
+                    plan.remove_disk.push(name.clone());
+                }
+                if r.state == VmState::Deleting {
+                    plan.forget.push(name.clone());
+                } else {
+                    plan.changes.push((
+                        name.clone(),
+                        state(VmState::Failed, Some("interrupted by a hearthd restart")),
+                    ));
+                }
+                plan.report.repaired.push(name.clone());
+            }
+            VmState::Stopping => {
+                if adopted.is_some() {
+                    plan.stop.push(name.clone());
+                }
+                plan.changes
+                    .push((name.clone(), state(VmState::Stopped, None)));
+                plan.report.repaired.push(name.clone());
+            }
+            VmState::Starting | VmState::Running | VmState::Unready => match adopted {
+                Some("Running") => {
+                    alive = true;
+                    plan.report.adopted.push(name.clone());
+                }
+                Some(_) => {
+                    // Spawned but never started: the boot was cut short.
+                    plan.kill.push(name.clone());
+                    plan.changes.push((
+                        name.clone(),
+                        state(
+                            VmState::Failed,
+                            Some("boot interrupted by a hearthd restart"),
+                        ),
+                    ));
+                    plan.report.repaired.push(name.clone());
+                }
+                None => {
+                    plan.changes.push((
+                        name.clone(),
+                        state(
+                            VmState::Crashed,
+                            Some("the VMM process was gone at restart"),
+                        ),
+                    ));
+                    plan.report.dead.push(name.clone());
+                }
+            },
+            VmState::Stopped | VmState::Crashed | VmState::Failed => {
+                if adopted.is_some() {
+                    plan.kill.push(name.clone());
+                }
+            }
+        }
+        if alive {
+            if let Some(lease) = &r.lease {
+                plan.used.push(lease.clone());
+                plan.guests.push(GuestSpec {
+                    ip: lease.guest_ip,
+                    mac: lease.mac,
+                    nat: r.nat,
+                });
+            }
+        } else {
+            if r.lease.is_some() {
+                plan.changes.push((name.clone(), Change::Lease(None)));
+            }
+            if had_process {
+                plan.changes.push((name.clone(), Change::Process(None)));
+            }
+        }
+    }
+    plan
+}
+
+impl Handler<Open> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<OpenReport, SupervisorError>>;
+
+    fn handle(&mut self, _msg: Open, ctx: &mut Context<Self>) -> Self::Result {
+        let records = match self.ledger.load_all() {
+            Ok(r) => r,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        };
+        let mut candidates: Vec<(String, Addr<FirecrackerActor>, FcRecord)> = Vec::new();
+        for r in &records {
+            self.vms
+                .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
+            let Some(p) = &r.process else { continue };
+            let (Some(pid), Some(start_time)) = (p.pid, p.start_time) else {
+                continue;
+            };
+            match self.vmm_for(&r.spec.name, ctx) {
+                Ok(addr) => candidates.push((
+                    r.spec.name.clone(),
+                    addr,
+                    FcRecord {
+                        pid,
+                        start_time,
+                        api_socket: p.api_socket.clone(),
+                        binary: p.binary.clone(),
+                    },
+                )),
+                Err(e) => warn!(self.log, "cannot adopt"; "vm" => &r.spec.name, "error" => %e),
+            }
+        }
+        let log = self.log.clone();
+        let adopt = async move {
+            let mut found = BTreeMap::new();
+            for (name, addr, record) in candidates {
+                let adoption = match addr.send(AdoptProcess { record }).await {
+                    Ok(Ok(info)) => Adoption::Adopted {
+                        vmm_state: info.vmm_state,
+                    },
+                    Ok(Err(e)) => {
+                        info!(log, "not adopted"; "vm" => &name, "why" => %e);
+                        Adoption::Gone
+                    }
+                    Err(e) => {
+                        warn!(log, "not adopted"; "vm" => &name, "why" => %e);
+                        Adoption::Gone
+                    }
+                };
+                found.insert(name, adoption);
+            }
+            found
+        };
+        Box::pin(adopt.into_actor(self).then(move |adoptions, act, ctx| {
+            let plan = plan_repairs(&records, &adoptions);
+            let ports = act.ports(ctx);
+            let vmms: BTreeMap<String, Addr<FirecrackerActor>> = act
+                .vms
+                .iter()
+                .filter_map(|(n, e)| e.vmm.clone().map(|a| (n.clone(), a)))
+                .collect();
+            let known: BTreeSet<String> = act.vms.keys().cloned().collect();
+            let run_base = act.vmm.settings.run_base.clone();
+            let processes = act.vmm.processes.clone();
+            execute(ports, plan, vmms, known, run_base, processes)
+                .boxed_local()
+                .into_actor(act)
+        }))
+    }
+}
+
+async fn execute(
+    p: Ports,
+    mut plan: RepairPlan,
+    vmms: BTreeMap<String, Addr<FirecrackerActor>>,
+    known: BTreeSet<String>,
+    run_base: std::path::PathBuf,
+    processes: std::sync::Arc<dyn crate::host::processes::Processes>,
+) -> Result<OpenReport, SupervisorError> {
+    // Processes first, so the TAPs they held are free before the pool reclaims them.
+    for name in &plan.kill {
+        if let Some(vmm) = vmms.get(name) {
+            let _ = vmm.send(KillVm {}).await;
+        }
+    }
+    for name in &plan.stop {
+        if let Some(vmm) = vmms.get(name) {
+            let _ = vmm
+                .send(StopVm {
+                    plan: p.settings.stop_plan,
+                })
+                .await;
+        }
+    }
+    for (name, change) in std::mem::take(&mut plan.changes) {
+        p.commit(&name, change).await?;
+    }
+    for name in &plan.remove_disk {
+        match p.deps.snapshot.send(RemoveDisk { vm: name.clone() }).await {
+            Ok(Ok(_)) => p.commit(name, Change::Disk(None)).await?,
+            Ok(Err(e)) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
+            Err(e) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
+        }
+    }
+    for name in &plan.forget {
+        let _ = std::fs::remove_dir_all(run_base.join(name));
+        p.commit(name, Change::Remove).await?;
+    }
+    let live: BTreeSet<&String> = known.iter().filter(|n| !plan.forget.contains(n)).collect();
+
+    // Leaks: disks, run directories and VMM processes that belong to no VM.
+    match p.deps.snapshot.send(ListDisks {}).await {
+        Ok(Ok(disks)) => {
+            for d in disks.into_iter().filter(|d| !live.contains(&d.vm)) {
+                if let Ok(Ok(_)) = p.deps.snapshot.send(RemoveDisk { vm: d.vm.clone() }).await {
+                    plan.report.swept.push(format!("disk {}", d.vm));
+                }
+            }
+        }
+        Ok(Err(e)) => warn!(p.log, "cannot list disks"; "error" => %e),
+        Err(e) => warn!(p.log, "cannot list disks"; "error" => %e),
+    }
+    for pid in stray_processes(&run_base, &live) {
+        if let Ok(proc_) = processes.open(pid) {
+            if proc_.signal(Signal::Kill).is_ok() {
+                plan.report.swept.push(format!("process {pid}"));
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir(&run_base) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) && std::fs::remove_dir_all(entry.path()).is_ok() {
+                plan.report.swept.push(format!("run directory {name}"));
+            }
+        }
+    }
+
+    // Rebuild the network around the VMs that live.
+    let pool = p
+        .deps
+        .tap_pool
+        .send(Initialize { used: plan.used })
+        .await
+        .map_err(|e| step("tap pool", e))?
+        .map_err(|e| step("tap pool", e))?;
+    info!(p.log, "tap pool ready"; "free" => pool.free_taps, "leased" => pool.leased);
+    p.deps
+        .nat
+        .send(Reconcile {
+            desired: plan.guests,
+        })
+        .await
+        .map_err(|e| step("firewall", e))?
+        .map_err(|e| step("firewall", e))?;
+    p.rebuild_dns().await;
+    Ok(plan.report)
+}
+
+fn step(step: &'static str, e: impl std::fmt::Display) -> SupervisorError {
+    SupervisorError::Step {
+        step,
+        message: e.to_string(),
+    }
+}
+
+/// Pids of processes whose command line puts their API socket under `run_base/<vm>/` for a
+/// VM that is not in `live`: VMM processes hearth spawned and then lost track of.
+fn stray_processes(run_base: &Path, live: &BTreeSet<&String>) -> Vec<u32> {
+    let base = run_base.to_string_lossy().into_owned();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            owner_vm(&args, &base).is_some_and(|vm| !live.contains(&vm))
+        })
+        .collect()
+}
+
+/// The VM a VMM command line belongs to: the directory under `base` of its `--api-sock`.
+pub(super) fn owner_vm(args: &[String], base: &str) -> Option<String> {
+    let sock = args
+        .windows(2)
+        .find(|w| w[0] == "--api-sock")
+        .map(|w| w[1].clone())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--api-sock=").map(str::to_owned))
+        })?;
+    let rest = sock.strip_prefix(base)?.strip_prefix('/')?;
+    let vm = rest.split('/').next()?;
+    (!vm.is_empty()).then(|| vm.to_owned())
+}
+
+impl Handler<Close> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
+
+    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) -> Self::Result {
+        self.closing = true;
+        let locks: Vec<_> = self.vms.values().map(|e| e.lock.clone()).collect();
+        let to_stop: Vec<_> = if msg.stop_vms {
+            self.vms
+                .values()
+                .filter(|e| e.record.state.can_stop())
+                .map(|e| {
+                    (
+                        e.record.spec.name.clone(),
+                        e.vmm.clone(),
+                        e.record.lease.clone(),
+                        e.record.process.as_ref().and_then(|p| p.pid),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (name, _, _, pid) in &to_stop {
+            if let Some(e) = self.vms.get_mut(name) {
+                e.stopping_pid = *pid;
+            }
+        }
+        let ports = self.ports(ctx);
+        Box::pin(
+            async move {
+                // In-flight operations finish first.
+                for lock in locks {
+                    drop(lock.lock_owned().await);
+                }
+                for (name, vmm, lease, _) in to_stop {
+                    super::saga::stop(ports.clone(), name, vmm, lease, false).await?;
+                }
+                Ok(())
+            }
+            .into_actor(self),
+        )
+    }
+}

@@ -1,0 +1,469 @@
+//! The lifecycle sagas. They run outside the supervisor's state: they talk to the other actors
+//! and send every change back to the supervisor as a [`Commit`] (ledger first, then memory).
+//! Each step that has an effect pushes its [`Undo`]; a failure runs the undos in reverse.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix::{Addr, MailboxError};
+use hearth_proto::api::{CreateVm, EventReason, VmState};
+use slog::{info, warn, Logger};
+
+use super::{
+    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, SupervisorDeps, SupervisorError,
+    SupervisorSettings, VmSupervisor,
+};
+use crate::firecracker::{
+    cid_for_guest_ip, ConfigureVm, FirecrackerActor, KillVm, NetConfig, ProbeReady, SpawnProcess,
+    StartVm, StopVm, VmConfig,
+};
+use crate::lease::NetLease;
+use crate::nat::{EnsureNat, RegisterGuest, UnregisterGuest};
+use crate::snapshot::{CreateDisk, RemoveDisk};
+use crate::tap_pool::{AcquireTap, ReleaseTap};
+
+/// What a saga needs: the supervisor's address (for commits) and the other actors.
+#[derive(Clone)]
+pub(super) struct Ports {
+    pub me: Addr<VmSupervisor>,
+    pub deps: SupervisorDeps,
+    pub settings: SupervisorSettings,
+    pub log: Logger,
+}
+
+fn mailbox(step: &'static str) -> impl FnOnce(MailboxError) -> SupervisorError {
+    move |e| SupervisorError::Step {
+        step,
+        message: format!("actor unavailable: {e}"),
+    }
+}
+
+fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> SupervisorError {
+    move |e| SupervisorError::Step {
+        step,
+        message: e.to_string(),
+    }
+}
+
+impl Ports {
+    pub async fn commit(&self, vm: &str, change: Change) -> Result<(), SupervisorError> {
+        self.me
+            .send(Commit {
+                vm: vm.to_owned(),
+                change,
+            })
+            .await
+            .map_err(mailbox("record state"))?
+    }
+
+    pub async fn set_state(
+        &self,
+        vm: &str,
+        state: VmState,
+        error: Option<String>,
+        reason: EventReason,
+    ) -> Result<(), SupervisorError> {
+        self.commit(
+            vm,
+            Change::State {
+                state,
+                error,
+                reason,
+            },
+        )
+        .await
+    }
+
+    async fn observe(&self, phase: &'static str, took: Duration) {
+        let _ = self.me.send(ObservePhase { phase, took }).await;
+    }
+
+    /// Hands DNS the table of live VMs. A DNS failure is logged, not fatal: names are
+    /// rebuilt whole on the next change.
+    pub async fn rebuild_dns(&self) {
+        match self.me.send(super::handlers::RebuildDns {}).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(self.log, "DNS table not updated"; "error" => %e),
+            Err(e) => warn!(self.log, "DNS table not updated"; "error" => %e),
+        }
+    }
+}
+
+/// The undo of one saga step.
+pub(super) enum Undo {
+    Disk,
+    Lease(NetLease),
+    Guest(NetLease),
+    Nat(NetLease),
+    Process(Addr<FirecrackerActor>),
+}
+
+/// Runs undos in reverse order; each failure is logged and the rest still run.
+pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        let (what, res) = match u {
+            Undo::Process(vmm) => {
+                // Not spawned yet, or already gone: nothing to kill is fine.
+                let _ = vmm.send(KillVm {}).await;
+                ("process", p.commit(vm, Change::Process(None)).await)
+            }
+            Undo::Nat(lease) => ("nat", nat_switch(p, &lease, false).await),
+            Undo::Guest(lease) => ("guest registration", unregister(p, &lease).await),
+            Undo::Lease(lease) => ("lease", release_lease(p, vm, lease).await),
+            Undo::Disk => ("disk", remove_disk(p, vm).await),
+        };
+        if let Err(e) = res {
+            warn!(p.log, "undo step failed"; "vm" => vm, "step" => what, "error" => %e);
+        }
+    }
+}
+
+async fn nat_switch(p: &Ports, lease: &NetLease, enable: bool) -> Result<(), SupervisorError> {
+    p.deps
+        .nat
+        .send(EnsureNat {
+            guest_ip: lease.guest_ip,
+            tap: lease.tap.clone(),
+            enable,
+        })
+        .await
+        .map_err(mailbox("nat"))?
+        .map_err(step("nat"))
+}
+
+async fn unregister(p: &Ports, lease: &NetLease) -> Result<(), SupervisorError> {
+    p.deps
+        .nat
+        .send(UnregisterGuest {
+            lease: lease.clone(),
+        })
+        .await
+        .map_err(mailbox("guest firewall"))?
+        .map_err(step("guest firewall"))
+}
+
+async fn release_lease(p: &Ports, vm: &str, lease: NetLease) -> Result<(), SupervisorError> {
+    p.deps
+        .tap_pool
+        .send(ReleaseTap { lease })
+        .await
+        .map_err(mailbox("release lease"))?
+        .map_err(step("release lease"))?;
+    p.commit(vm, Change::Lease(None)).await
+}
+
+async fn remove_disk(p: &Ports, vm: &str) -> Result<(), SupervisorError> {
+    p.deps
+        .snapshot
+        .send(RemoveDisk { vm: vm.to_owned() })
+        .await
+        .map_err(mailbox("remove disk"))?
+        .map_err(step("remove disk"))?;
+    p.commit(vm, Change::Disk(None)).await
+}
+
+/// Gives back everything network a VM holds: NAT, guest registration, lease.
+pub(super) async fn release_network(
+    p: &Ports,
+    vm: &str,
+    lease: Option<NetLease>,
+) -> Result<(), SupervisorError> {
+    let Some(lease) = lease else { return Ok(()) };
+    // Unregistering removes the guest from the NAT set too.
+    unregister(p, &lease).await?;
+    release_lease(p, vm, lease).await
+}
+
+/// What booting a VM needs.
+pub(super) struct BootPlan {
+    pub spec: CreateVm,
+    pub kernel: PathBuf,
+    pub rootfs_base: PathBuf,
+    /// The disk already made (a start), or `None` to make one (a create, or a failed VM).
+    pub disk: Option<PathBuf>,
+    pub vmm: Addr<FirecrackerActor>,
+    pub api_socket: PathBuf,
+    pub binary: PathBuf,
+}
+
+/// Disk (if needed) -> lease -> guest registration -> spawn -> configure -> start -> NAT ->
+/// DNS -> readiness. Answers the final state (running or unready); on failure every step is
+/// undone in reverse and the VM is left `failed` with the cause.
+pub(super) async fn boot(p: Ports, plan: BootPlan) -> Result<VmState, SupervisorError> {
+    let vm = plan.spec.name.clone();
+    let mut undo = Vec::new();
+    let started = Instant::now();
+    let result = boot_steps(&p, &plan, &mut undo).await;
+    match result {
+        Ok(state) => {
+            p.observe("total", started.elapsed()).await;
+            info!(p.log, "VM up"; "vm" => &vm, "state" => %state,
+                "ms" => started.elapsed().as_secs_f64() * 1e3);
+            Ok(state)
+        }
+        Err(e) => {
+            warn!(p.log, "boot failed, undoing"; "vm" => &vm, "error" => %e);
+            run_undo(&p, &vm, undo).await;
+            p.set_state(
+                &vm,
+                VmState::Failed,
+                Some(e.to_string()),
+                EventReason::Error,
+            )
+            .await?;
+            p.rebuild_dns().await;
+            Err(e)
+        }
+    }
+}
+
+async fn boot_steps(
+    p: &Ports,
+    plan: &BootPlan,
+    undo: &mut Vec<Undo>,
+) -> Result<VmState, SupervisorError> {
+    let vm = plan.spec.name.as_str();
+    let mut t = Instant::now();
+    let lap = |t: &mut Instant| {
+        let d = t.elapsed();
+        *t = Instant::now();
+        d
+    };
+
+    let disk_path = match &plan.disk {
+        Some(path) => path.clone(),
+        None => {
+            let disk = p
+                .deps
+                .snapshot
+                .send(CreateDisk {
+                    vm: vm.to_owned(),
+                    image: plan.rootfs_base.clone(),
+                    size: plan.spec.disk_size,
+                })
+                .await
+                .map_err(mailbox("disk"))?
+                .map_err(step("disk"))?;
+            undo.push(Undo::Disk);
+            p.commit(
+                vm,
+                Change::Disk(Some(DiskRecord {
+                    path: disk.path.clone(),
+                    backend: disk.backend.to_string(),
+                })),
+            )
+            .await?;
+            p.observe("disk", lap(&mut t)).await;
+            disk.path
+        }
+    };
+
+    let lease = p
+        .deps
+        .tap_pool
+        .send(AcquireTap {})
+        .await
+        .map_err(mailbox("network lease"))?
+        .map_err(step("network lease"))?;
+    undo.push(Undo::Lease(lease.clone()));
+    p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
+    p.deps
+        .nat
+        .send(RegisterGuest {
+            lease: lease.clone(),
+        })
+        .await
+        .map_err(mailbox("guest firewall"))?
+        .map_err(step("guest firewall"))?;
+    undo.push(Undo::Guest(lease.clone()));
+    p.observe("lease", lap(&mut t)).await;
+
+    let vsock_cid = cid_for_guest_ip(lease.guest_ip).ok_or_else(|| SupervisorError::Step {
+        step: "vsock",
+        message: format!("no vsock CID for {}", lease.guest_ip),
+    })?;
+    let mut record = ProcessRecord {
+        pid: None,
+        start_time: None,
+        api_socket: plan.api_socket.clone(),
+        binary: plan.binary.clone(),
+        vsock_cid,
+    };
+    // Recorded before the spawn, so a crash mid-spawn leaves a trace to sweep.
+    p.commit(vm, Change::Process(Some(record.clone()))).await?;
+    undo.push(Undo::Process(plan.vmm.clone()));
+    p.set_state(vm, VmState::Starting, None, EventReason::User)
+        .await?;
+
+    let spawned = plan
+        .vmm
+        .send(SpawnProcess {})
+        .await
+        .map_err(mailbox("spawn"))?
+        .map_err(step("spawn"))?;
+    record.pid = Some(spawned.record.pid);
+    record.start_time = Some(spawned.record.start_time);
+    p.commit(vm, Change::Process(Some(record))).await?;
+    lap(&mut t);
+    p.observe("spawn", spawned.spawn).await;
+    p.observe("api_ready", spawned.api_ready).await;
+
+    let config = VmConfig {
+        vcpu_count: plan.spec.vcpus,
+        mem_size_mib: u64::from(plan.spec.memory_mib),
+        kernel: plan.kernel.clone(),
+        initrd: None,
+        extra_boot_args: plan.spec.boot_args.clone().unwrap_or_default(),
+        rootfs: disk_path,
+        rootfs_read_only: false,
+        rootfs_rate_limiter: None,
+        net: Some(NetConfig {
+            lease: lease.clone(),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }),
+        vsock_cid: Some(vsock_cid),
+        probe: None,
+    };
+    let took = plan
+        .vmm
+        .send(ConfigureVm { config })
+        .await
+        .map_err(mailbox("configure"))?
+        .map_err(step("configure"))?;
+    p.observe("configure", took).await;
+    let took = plan
+        .vmm
+        .send(StartVm {})
+        .await
+        .map_err(mailbox("start"))?
+        .map_err(step("start"))?;
+    p.observe("start", took).await;
+    lap(&mut t);
+
+    if plan.spec.nat {
+        nat_switch(p, &lease, true).await?;
+        undo.push(Undo::Nat(lease.clone()));
+    }
+    p.rebuild_dns().await;
+    p.observe("nat_dns", lap(&mut t)).await;
+
+    if !plan.spec.ready_probe {
+        p.set_state(vm, VmState::Running, None, EventReason::User)
+            .await?;
+        return Ok(VmState::Running);
+    }
+    let probe = plan
+        .vmm
+        .send(ProbeReady {
+            port: p.settings.agent_port,
+            timeout: p.settings.ready_timeout,
+        })
+        .await
+        .map_err(mailbox("readiness"))?;
+    p.observe("ready", lap(&mut t)).await;
+    match probe {
+        Ok(_) => {
+            p.set_state(vm, VmState::Running, None, EventReason::User)
+                .await?;
+            Ok(VmState::Running)
+        }
+        Err(e) => {
+            // The VM runs; only its agent is silent. Not a failure: nothing is undone.
+            p.set_state(
+                vm,
+                VmState::Unready,
+                Some(e.to_string()),
+                EventReason::ReadinessTimeout,
+            )
+            .await?;
+            Ok(VmState::Unready)
+        }
+    }
+}
+
+/// Stops a VM's process (ladder or kill), then gives back its network and records it stopped.
+pub(super) async fn stop(
+    p: Ports,
+    vm: String,
+    vmm: Option<Addr<FirecrackerActor>>,
+    lease: Option<NetLease>,
+    kill: bool,
+) -> Result<(), SupervisorError> {
+    p.set_state(&vm, VmState::Stopping, None, EventReason::User)
+        .await?;
+    let detail = match vmm {
+        Some(vmm) => {
+            let outcome = if kill {
+                vmm.send(KillVm {}).await
+            } else {
+                vmm.send(StopVm {
+                    plan: p.settings.stop_plan,
+                })
+                .await
+            }
+            .map_err(mailbox("stop"))?;
+            match outcome {
+                Ok(o) => Some(format!("ended by {} ({})", o.rung, o.status)),
+                // No process left to stop (it exited meanwhile): the VM is stopped all the same.
+                Err(e) => Some(format!("no process to stop: {e}")),
+            }
+        }
+        None => None,
+    };
+    release_network(&p, &vm, lease).await?;
+    p.commit(&vm, Change::Process(None)).await?;
+    p.set_state(&vm, VmState::Stopped, None, EventReason::User)
+        .await?;
+    if let Some(d) = detail {
+        info!(p.log, "VM stopped"; "vm" => &vm, "how" => d);
+    }
+    p.rebuild_dns().await;
+    Ok(())
+}
+
+/// After an unexpected exit: give back the network and record the crash.
+pub(super) async fn crashed(
+    p: Ports,
+    vm: String,
+    lease: Option<NetLease>,
+    detail: String,
+) -> Result<(), SupervisorError> {
+    if let Err(e) = release_network(&p, &vm, lease).await {
+        warn!(p.log, "network not released after crash"; "vm" => &vm, "error" => %e);
+    }
+    p.commit(&vm, Change::Process(None)).await?;
+    p.set_state(&vm, VmState::Crashed, Some(detail), EventReason::Crash)
+        .await?;
+    p.rebuild_dns().await;
+    Ok(())
+}
+
+/// Frees everything a (stopped) VM holds and forgets it.
+pub(super) async fn delete(
+    p: Ports,
+    vm: String,
+    lease: Option<NetLease>,
+    has_disk: bool,
+    run_dir: PathBuf,
+) -> Result<(), SupervisorError> {
+    p.set_state(&vm, VmState::Deleting, None, EventReason::User)
+        .await?;
+    release_network(&p, &vm, lease).await?;
+    if has_disk {
+        remove_disk(&p, &vm).await?;
+    }
+    match std::fs::remove_dir_all(&run_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(SupervisorError::Step {
+                step: "remove run directory",
+                message: format!("{}: {e}", run_dir.display()),
+            })
+        }
+    }
+    p.commit(&vm, Change::Remove).await?;
+    p.rebuild_dns().await;
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! Supervisor unit tests: the repair plan after a restart (pure), command-line ownership, the
+//! refusal paths that must change nothing, and long polls — against fake backends. Full
+//! lifecycles with a VMM run in `tests/supervisor.rs` with firecracker-sim in a namespace.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use hearth_proto::api::{self, VmState};
+
+use super::open::{owner_vm, plan_repairs, Adoption};
+use super::*;
+use crate::dns::{DnsActor, DnsOptions};
+use crate::firecracker::{FirecrackerSettings, VmmVersion};
+use crate::host::disks::fake::FakeDisks;
+use crate::host::firewall::fake::FakeFirewall;
+use crate::host::links::fake::FakeLinks;
+use crate::host::processes::fake::FakeProcesses;
+use crate::lease::MacAddr;
+use crate::nat::{NatActor, NatConfig};
+use crate::snapshot::SnapshotActor;
+use crate::tap_pool::{TapPoolActor, TapPoolConfig};
+
+fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn spec(name: &str) -> api::CreateVm {
+    serde_json::from_value(serde_json::json!({"name": name, "kernel": "vmlinux", "rootfs": "base"}))
+        .unwrap()
+}
+
+fn lease(n: u8) -> NetLease {
+    let ip = Ipv4Addr::new(172, 31, 240, n);
+    NetLease {
+        tap: format!("hth{n}"),
+        mac: MacAddr::for_guest(ip),
+        guest_ip: ip,
+        gateway: Ipv4Addr::new(172, 31, 240, 1),
+        prefix_len: 24,
+    }
+}
+
+fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> VmRecord {
+    VmRecord {
+        spec: spec(name),
+        state,
+        nat: true,
+        last_error: None,
+        lease: lease_n.map(lease),
+        disk: Some(DiskRecord {
+            path: format!("/d/{name}.img").into(),
+            backend: "copy".into(),
+        }),
+        process: pid.map(|pid| ProcessRecord {
+            pid: Some(pid),
+            start_time: Some(1),
+            api_socket: format!("/run/hearth/vms/{name}/api.sock").into(),
+            binary: "/usr/bin/firecracker".into(),
+            vsock_cid: 3,
+        }),
+    }
+}
+
+fn adopted(state: &str) -> Adoption {
+    Adoption::Adopted {
+        vmm_state: state.into(),
+    }
+}
+
+#[test]
+fn running_vm_with_live_process_is_adopted_and_keeps_its_lease() {
+    let records = vec![record("a", VmState::Running, Some(5), Some(100))];
+    let plan = plan_repairs(
+        &records,
+        &BTreeMap::from([("a".into(), adopted("Running"))]),
+    );
+    assert_eq!(plan.report.adopted, vec!["a"]);
+    assert_eq!(plan.used, vec![lease(5)]);
+    assert_eq!(plan.guests.len(), 1);
+    assert!(plan.guests[0].nat);
+    assert!(plan.kill.is_empty() && plan.changes.is_empty());
+}
+
+#[test]
+fn running_vm_whose_process_is_gone_is_crashed_and_loses_its_lease() {
+    let records = vec![record("a", VmState::Running, Some(5), Some(100))];
+    let plan = plan_repairs(&records, &BTreeMap::from([("a".into(), Adoption::Gone)]));
+    assert_eq!(plan.report.dead, vec!["a"]);
+    assert!(plan.used.is_empty() && plan.guests.is_empty());
+    assert!(
+        plan.kill.is_empty(),
+        "a process that failed verification is never signalled"
+    );
+    assert!(plan.changes.iter().any(|(_, c)| matches!(
+        c,
+        Change::State {
+            state: VmState::Crashed,
+            ..
+        }
+    )));
+    assert!(plan
+        .changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::Lease(None))));
+    assert!(plan
+        .changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::Process(None))));
+}
+
+#[test]
+fn interrupted_create_is_undone() {
+    let records = vec![record("a", VmState::Creating, Some(5), Some(100))];
+    let plan = plan_repairs(
+        &records,
+        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+    );
+    assert_eq!(plan.kill, vec!["a"]);
+    assert_eq!(plan.remove_disk, vec!["a"]);
+    assert!(plan.used.is_empty());
+    assert!(plan.changes.iter().any(|(_, c)| matches!(
+        c,
+        Change::State {
+            state: VmState::Failed,
+            ..
+        }
+    )));
+    assert_eq!(plan.report.repaired, vec!["a"]);
+}
+
+#[test]
+fn interrupted_delete_is_finished() {
+    let records = vec![record("a", VmState::Deleting, None, None)];
+    let plan = plan_repairs(&records, &BTreeMap::new());
+    assert_eq!(plan.remove_disk, vec!["a"]);
+    assert_eq!(plan.forget, vec!["a"]);
+}
+
+#[test]
+fn interrupted_boot_is_killed_and_failed() {
+    let records = vec![record("a", VmState::Starting, Some(5), Some(100))];
+    let plan = plan_repairs(
+        &records,
+        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+    );
+    assert_eq!(plan.kill, vec!["a"]);
+    assert!(plan.used.is_empty());
+}
+
+#[test]
+fn interrupted_stop_is_finished_by_the_ladder() {
+    let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
+    let plan = plan_repairs(
+        &records,
+        &BTreeMap::from([("a".into(), adopted("Running"))]),
+    );
+    assert_eq!(plan.stop, vec!["a"]);
+    assert!(plan.used.is_empty());
+    assert!(plan.changes.iter().any(|(_, c)| matches!(
+        c,
+        Change::State {
+            state: VmState::Stopped,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn stopped_vm_is_left_alone() {
+    let records = vec![record("a", VmState::Stopped, None, None)];
+    let plan = plan_repairs(&records, &BTreeMap::new());
+    assert_eq!(plan, super::open::RepairPlan::default());
+}
+
+#[test]
+fn vmm_command_lines_are_attributed_to_their_vm() {
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let base = "/run/hearth/vms";
+    assert_eq!(
+        owner_vm(
+            &args(&[
+                "firecracker",
+                "--api-sock",
+                "/run/hearth/vms/web/api.sock",
+                "--id",
+                "web"
+            ]),
+            base
+        ),
+        Some("web".into())
+    );
+    assert_eq!(
+        owner_vm(
+            &args(&["firecracker", "--api-sock=/run/hearth/vms/db/api.sock"]),
+            base
+        ),
+        Some("db".into())
+    );
+    assert_eq!(
+        owner_vm(&args(&["firecracker", "--api-sock", "/tmp/x.sock"]), base),
+        None
+    );
+    assert_eq!(owner_vm(&args(&["sleep", "10"]), base), None);
+    // A sibling directory that merely shares the prefix is not ours.
+    assert_eq!(
+        owner_vm(
+            &args(&["fc", "--api-sock", "/run/hearth/vms-old/a/api.sock"]),
+            base
+        ),
+        None
+    );
+}
+
+/// A supervisor over fake backends; `with_binary` decides whether a VMM binary "exists".
+fn supervisor(with_binary: bool, ledger: MemoryLedger) -> (Addr<VmSupervisor>, FakeDisks) {
+    let tap_pool = TapPoolActor::new(
+        TapPoolConfig::default(),
+        std::rc::Rc::new(FakeLinks::new()),
+        log(),
+    )
+    .unwrap()
+    .start();
+    let firewall = FakeFirewall::new();
+    firewall.add_interface("eth0");
+    firewall.add_interface("hearth0");
+    let nat = NatActor::new(
+        NatConfig {
+            bridge: "hearth0".into(),
+            cidr: "172.31.240.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 31, 240, 1),
+            egress: Some("eth0".into()),
+            isolate_guests: true,
+            block_guest_to_host: true,
+            anti_spoofing: true,
+        },
+        Box::new(firewall),
+        log(),
+    )
+    .unwrap()
+    .start();
+    let dns = DnsActor::new(DnsOptions::new("vm.internal", vec![]), log())
+        .unwrap()
+        .start();
+    let disks = FakeDisks::new(1 << 20);
+    let snapshot = SnapshotActor::new(Box::new(disks.clone()), log()).start();
+    let vmm = VmmFactory {
+        binary: with_binary.then(|| crate::firecracker::FirecrackerBinary {
+            path: PathBuf::from("/usr/bin/firecracker"),
+            version: VmmVersion {
+                major: 1,
+                minor: 12,
+                patch: 0,
+            },
+        }),
+        processes: Arc::new(FakeProcesses::new()),
+        settings: FirecrackerSettings::new("/nonexistent/hearth-test/vms"),
+    };
+    let images = StaticImages(BTreeMap::from([
+        (
+            (ImageKind::Kernel, "vmlinux".into()),
+            PathBuf::from("/img/vmlinux"),
+        ),
+        (
+            (ImageKind::Rootfs, "base".into()),
+            PathBuf::from("/img/base.ext4"),
+        ),
+    ]));
+    let sup = VmSupervisor::new(
+        SupervisorDeps {
+            tap_pool,
+            nat,
+            dns,
+            snapshot,
+        },
+        vmm,
+        SupervisorSettings::default(),
+        Box::new(ledger),
+        Box::new(images),
+        log(),
+    )
+    .start();
+    (sup, disks)
+}
+
+#[actix::test]
+async fn create_refusals_name_the_problem_and_record_nothing() {
+    let (sup, disks) = supervisor(false, MemoryLedger::default());
+    let send = |spec| {
+        sup.send(CreateVm {
+            spec,
+            idempotency: None,
+        })
+    };
+
+    let err = send(api::CreateVm {
+        vcpus: 0,
+        ..spec("a")
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::InvalidField(f) if f.field == "vcpus"),
+        "{err}"
+    );
+
+    let err = send(api::CreateVm {
+        kernel: "nope".into(),
+        ..spec("a")
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(
+        err,
+        SupervisorError::UnknownImage {
+            kind: "kernel",
+            image: "nope".into()
+        }
+    );
+
+    let err = send(spec("a")).await.unwrap().unwrap_err();
+    assert!(matches!(err, SupervisorError::Unavailable { .. }), "{err}");
+
+    assert!(sup.send(ListVms { label: None }).await.unwrap().is_empty());
+    assert!(
+        disks.calls().is_empty(),
+        "no disk was made: {:?}",
+        disks.calls()
+    );
+}
+
+#[actix::test]
+async fn unknown_vms_are_not_found() {
+    let (sup, _) = supervisor(true, MemoryLedger::default());
+    for res in [
+        sup.send(GetVm { name: "x".into() })
+            .await
+            .unwrap()
+            .map(|_| ()),
+        sup.send(DeleteVm { name: "x".into() }).await.unwrap(),
+        sup.send(RunAction {
+            name: "x".into(),
+            action: VmAction::Start,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .map(|_| ()),
+    ] {
+        assert_eq!(res, Err(SupervisorError::NotFound { name: "x".into() }));
+    }
+}
+
+/// A ledger holding one stopped VM, so actions can be tried without a VMM.
+fn ledger_with_stopped(name: &str) -> MemoryLedger {
+    let mut l = MemoryLedger::default();
+    l.insert_vm(&spec(name)).unwrap();
+    l.set_state(name, VmState::Stopped, None).unwrap();
+    l
+}
+
+#[actix::test]
+async fn open_loads_the_table_and_actions_check_the_state() {
+    let (sup, _) = supervisor(true, ledger_with_stopped("a"));
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert!(report.adopted.is_empty() && report.dead.is_empty());
+    let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Stopped);
+
+    let err = sup
+        .send(RunAction {
+            name: "a".into(),
+            action: VmAction::Stop,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SupervisorError::InvalidState {
+            name: "a".into(),
+            state: VmState::Stopped,
+            op: "stop"
+        }
+    );
+    // NAT can be switched on a stopped VM; it is applied when it next gets a lease.
+    let info = sup
+        .send(SetNat {
+            name: "a".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(info.nat);
+}
+
+#[actix::test]
+async fn waiting_times_out_or_answers_at_once() {
+    let (sup, _) = supervisor(true, ledger_with_stopped("a"));
+    sup.send(Open {}).await.unwrap().unwrap();
+    let now = sup
+        .send(WaitForState {
+            name: "a".into(),
+            state: VmState::Stopped,
+            timeout: Duration::from_millis(10),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.state, VmState::Stopped);
+    // From stopped, running cannot come without a start: refused at once, not after 10 s.
+    let err = sup
+        .send(WaitForState {
+            name: "a".into(),
+            state: VmState::Running,
+            timeout: Duration::from_secs(10),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::InvalidState { .. }), "{err}");
+    let err = sup
+        .send(WaitForState {
+            name: "a".into(),
+            state: VmState::Deleting,
+            timeout: Duration::from_millis(20),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::Timeout { .. }), "{err}");
+}
+
+#[actix::test]
+async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
+    let mut ledger = ledger_with_stopped("a");
+    ledger
+        .put_disk(
+            "a",
+            &DiskRecord {
+                path: "/d/a.img".into(),
+                backend: "copy".into(),
+            },
+        )
+        .unwrap();
+    let (sup, disks) = supervisor(true, ledger);
+    sup.send(Open {}).await.unwrap().unwrap();
+    sup.send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sup.send(ListVms { label: None }).await.unwrap().is_empty());
+    assert!(
+        disks
+            .calls()
+            .iter()
+            .any(|c| c.contains("remove") && c.contains('a')),
+        "{:?}",
+        disks.calls()
+    );
+    let events = sup
+        .send(EventsSince {
+            since: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(events.last().unwrap().state, VmState::Deleting);
+}
+
+#[actix::test]
+async fn idempotency_key_reused_with_other_request_conflicts() {
+    let mut ledger = ledger_with_stopped("a");
+    ledger
+        .put_idempotent_response("k1", "hash-a", "{}")
+        .unwrap();
+    let (sup, _) = supervisor(true, ledger);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = sup
+        .send(RunAction {
+            name: "a".into(),
+            action: VmAction::Start,
+            idempotency: Some(Idempotency {
+                key: "k1".into(),
+                request_hash: "hash-b".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::Conflict { .. }), "{err}");
+}
