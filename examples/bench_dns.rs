@@ -40,6 +40,8 @@ struct Perf {
     qps: f64,
     completed: String,
     rcodes: String,
+    /// CPU time the server process spent per completed query (microseconds).
+    cpu_us_per_query: f64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -90,6 +92,39 @@ fn dnsperf(server: &str, queries: &std::path::Path, seconds: u64, rate: Option<&
     perf
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// A dnsperf throughput run against `server`, with the CPU used by process `pid` meanwhile.
+fn measured(pid: u32, server: &str, queries: &std::path::Path, seconds: u64) -> Perf {
+    let before = cpu_time(pid);
+    let mut perf = dnsperf(server, queries, seconds, None);
+    let used = cpu_time(pid).saturating_sub(before);
+    let completed: f64 = perf
+        .completed
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    if completed > 0.0 {
+        perf.cpu_us_per_query = used.as_secs_f64() * 1e6 / completed;
+    }
+    perf
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -98,9 +133,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn print_perf(label: &str, throughput: &[Perf], latency: &Perf) {
     let runs: Vec<String> = throughput.iter().map(|p| format!("{:.0}", p.qps)).collect();
     println!(
-        "{label:<8} median {:>7.0} qps (runs: {})  | at {LATENCY_QPS} qps: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        "{label:<8} median {:>7.0} qps (runs: {}), {:.1} us CPU/query  | at {LATENCY_QPS} qps: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
         median(throughput.iter().map(|p| p.qps).collect()),
         runs.join(", "),
+        median(throughput.iter().map(|p| p.cpu_us_per_query).collect()),
         latency.p50_ms,
         latency.p99_ms,
         latency.max_ms,
@@ -207,12 +243,13 @@ fn main() {
         assert!(ready, "dnsmasq did not start answering within 5 s");
 
         let q = queries_path.clone();
+        let (hearth_pid, dnsmasq_pid) = (std::process::id(), dnsmasq.id());
         let (hearth, reference) = tokio::task::spawn_blocking(move || {
             let mut hearth = Vec::new();
             let mut reference = Vec::new();
             for _ in 0..rounds {
-                hearth.push(dnsperf(HEARTH_IP, &q, seconds, None));
-                reference.push(dnsperf(DNSMASQ_IP, &q, seconds, None));
+                hearth.push(measured(hearth_pid, HEARTH_IP, &q, seconds));
+                reference.push(measured(dnsmasq_pid, DNSMASQ_IP, &q, seconds));
             }
             let hearth_latency = dnsperf(HEARTH_IP, &q, seconds.min(5), Some(LATENCY_QPS));
             let reference_latency = dnsperf(DNSMASQ_IP, &q, seconds.min(5), Some(LATENCY_QPS));

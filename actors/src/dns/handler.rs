@@ -163,3 +163,74 @@ impl RequestHandler for DnsRequestHandler {
             .unwrap_or_else(|_| serve_failed(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+
+    use hickory_server::proto::rr::{DNSClass, RecordType};
+
+    use super::*;
+    use crate::dns::table::ZoneConfig;
+
+    fn table() -> RecordTable {
+        let config = ZoneConfig::new("vm.internal", 5, Some("10.0.0.0/24".parse().unwrap()));
+        let records: HashMap<String, Ipv4Addr> = [
+            ("web".to_string(), Ipv4Addr::new(10, 0, 0, 2)),
+            ("db".to_string(), Ipv4Addr::new(10, 0, 0, 2)),
+        ]
+        .into();
+        RecordTable::build(&config.unwrap(), &records, 1).unwrap()
+    }
+
+    fn lower(name: &str) -> LowerName {
+        LowerName::new(&Name::from_ascii(name).unwrap())
+    }
+
+    #[test]
+    fn zone_replies_carry_code_answers_and_soa() {
+        let table = table();
+        let reply = |name: &str, qtype| {
+            let resolution = table.resolve(&lower(name), qtype, DNSClass::IN);
+            let (code, answers, soa) = zone_reply(&resolution, &[]);
+            (code, answers.len(), soa.map(|r| r.record_type()))
+        };
+        assert_eq!(
+            reply("web.vm.internal.", RecordType::A),
+            (ResponseCode::NoError, 1, None)
+        );
+        assert_eq!(
+            reply("web.vm.internal.", RecordType::AAAA),
+            (ResponseCode::NoError, 0, Some(RecordType::SOA))
+        );
+        assert_eq!(
+            reply("nope.vm.internal.", RecordType::A),
+            (ResponseCode::NXDomain, 0, Some(RecordType::SOA))
+        );
+    }
+
+    #[test]
+    fn ptr_records_are_owned_by_the_query_name() {
+        let table = table();
+        let qname = lower("2.0.0.10.in-addr.arpa.");
+        let Resolution::Ptr(names) = table.resolve(&qname, RecordType::PTR, DNSClass::IN) else {
+            panic!("no PTR");
+        };
+        let records = ptr_records(&qname, names, table.ttl());
+        let (code, answers, soa) = zone_reply(&Resolution::Ptr(names), &records);
+        assert_eq!((code, soa), (ResponseCode::NoError, None));
+        let targets: Vec<String> = answers
+            .iter()
+            .map(|r| {
+                assert_eq!(r.name.to_ascii(), "2.0.0.10.in-addr.arpa.");
+                assert_eq!(r.ttl, 5);
+                match &r.data {
+                    RData::PTR(PTR(name)) => name.to_ascii(),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(targets, ["db.vm.internal.", "web.vm.internal."]);
+    }
+}
