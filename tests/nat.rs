@@ -480,3 +480,49 @@ fn switching_anti_spoofing_off_removes_its_rules_and_set() {
     assert!(chain(ns, flavor, Table::Filter, "HEARTH-INPUT").is_empty());
     assert_eq!(set_names(ns), ["hearth-nat"]);
 }
+
+#[test]
+fn changing_the_subnet_swaps_in_a_guest_set_with_the_new_range() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    let flavor = IptablesFlavor::System;
+    let wider = NatConfig {
+        cidr: "172.31.0.0/16".parse().unwrap(),
+        gateway: Ipv4Addr::new(172, 31, 0, 1),
+        ..config()
+    };
+    let wider_config = wider.clone();
+    ns.block_on(move || async move {
+        let nat = start(config(), flavor);
+        nat.send(Reconcile {
+            desired: vec![guest(5, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let nat = start(wider_config, flavor);
+        let moved = GuestSpec {
+            ip: Ipv4Addr::new(172, 31, 7, 9),
+            mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 7, 9)),
+            nat: true,
+        };
+        nat.send(Reconcile {
+            desired: vec![moved],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    });
+    let header = ns.exec_ok(&["ipset", "list", "hearth-guests"]);
+    assert!(
+        header.contains("range 172.31.0.0-172.31.255.255"),
+        "{header}"
+    );
+    assert_eq!(
+        members(ns, "hearth-guests"),
+        strings(["172.31.7.9,06:00:ac:1f:07:09"])
+    );
+    assert_eq!(members(ns, "hearth-nat"), strings(["172.31.7.9"]));
+    assert_chains_exact(ns, flavor, &wider);
+}

@@ -267,10 +267,11 @@ impl NatActor {
         }
 
         let (nat, guests) = rules::set_members(desired);
-        let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat);
+        let existing = self.firewall.list_sets().map_err(step("list ipsets"))?;
+        let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat, &existing);
         if self.config.anti_spoofing {
-            sets +=
-                &rules::set_rebuild_text(GUEST_SET, &rules::guest_set_kind(&self.config), &guests);
+            let kind = rules::guest_set_kind(&self.config);
+            sets += &rules::set_rebuild_text(GUEST_SET, &kind, &guests, &existing);
         }
         self.firewall
             .restore_sets(&sets)

@@ -199,15 +199,25 @@ pub fn set_members(desired: &[GuestSpec]) -> (BTreeSet<SetEntry>, BTreeSet<SetEn
     (nat, guests)
 }
 
-/// The `ipset restore` text that rebuilds `set` to hold exactly `members`: ensure the set
-/// exists, fill a scratch set (also clearing one a crash left behind), swap it in atomically
-/// (rules referencing the set see old or new members, never a mix) and destroy the scratch.
-pub fn set_rebuild_text(set: &str, kind: &str, members: &BTreeSet<SetEntry>) -> String {
+/// The `ipset restore` text that rebuilds `set` to hold exactly `members`: create the set if
+/// it is not among `existing`, fill a fresh scratch set (destroying one a crash left behind),
+/// swap it in atomically (rules referencing the set see the old or the new members, never a
+/// mix; a swap keeps working when the bitmap's range changed) and destroy the scratch.
+pub fn set_rebuild_text(
+    set: &str,
+    kind: &str,
+    members: &BTreeSet<SetEntry>,
+    existing: &[String],
+) -> String {
     let tmp = temp_set(set);
     let mut text = String::new();
-    let _ = writeln!(text, "create {set} {kind} -exist");
-    let _ = writeln!(text, "create {tmp} {kind} -exist");
-    let _ = writeln!(text, "flush {tmp}");
+    if !existing.iter().any(|s| s == set) {
+        let _ = writeln!(text, "create {set} {kind}");
+    }
+    if existing.iter().any(|s| *s == tmp) {
+        let _ = writeln!(text, "destroy {tmp}");
+    }
+    let _ = writeln!(text, "create {tmp} {kind}");
     for member in members {
         let _ = writeln!(text, "add {tmp} {member}");
     }
@@ -372,10 +382,17 @@ mod tests {
         assert_eq!(nat, BTreeSet::from([SetEntry::Ip(ip)]));
         assert_eq!(guests.len(), 2);
         assert_eq!(
-            set_rebuild_text(NAT_SET, &nat_set_kind(), &nat),
-            "create hearth-nat hash:ip family inet -exist\n\
-             create hearth-nat-tmp hash:ip family inet -exist\nflush hearth-nat-tmp\n\
+            set_rebuild_text(NAT_SET, &nat_set_kind(), &nat, &[]),
+            "create hearth-nat hash:ip family inet\n\
+             create hearth-nat-tmp hash:ip family inet\n\
              add hearth-nat-tmp 172.31.240.7\nswap hearth-nat-tmp hearth-nat\ndestroy hearth-nat-tmp\n"
+        );
+        // An existing set is kept (swapped into); a crash's scratch set is replaced.
+        let existing = [NAT_SET.to_owned(), temp_set(NAT_SET)];
+        assert_eq!(
+            set_rebuild_text(NAT_SET, &nat_set_kind(), &BTreeSet::new(), &existing),
+            "destroy hearth-nat-tmp\ncreate hearth-nat-tmp hash:ip family inet\n\
+             swap hearth-nat-tmp hearth-nat\ndestroy hearth-nat-tmp\n"
         );
         assert_eq!(
             guest_set_kind(&config()),

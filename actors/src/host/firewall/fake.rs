@@ -21,6 +21,8 @@ pub enum FakeOp {
     ListRules,
     /// [`Firewall::restore_rules`].
     RestoreRules,
+    /// [`Firewall::list_sets`].
+    ListSets,
     /// [`Firewall::restore_sets`].
     RestoreSets,
     /// [`Firewall::add_to_set`].
@@ -42,6 +44,8 @@ pub enum FakeCall {
     ListRules(Table),
     /// `restore_rules(text)`.
     RestoreRules(String),
+    /// `list_sets()`.
+    ListSets,
     /// `restore_sets(text)`.
     RestoreSets(String),
     /// `add_to_set(set, entry)`.
@@ -244,6 +248,11 @@ impl Firewall for FakeFirewall {
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {
         self.enter(FakeOp::RestoreRules, FakeCall::RestoreRules(text.into()))
             .map(drop)
+    }
+
+    fn list_sets(&mut self) -> Result<Vec<String>, FirewallError> {
+        let state = self.enter(FakeOp::ListSets, FakeCall::ListSets)?;
+        Ok(state.sets.keys().cloned().collect())
     }
 
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError> {

@@ -185,6 +185,11 @@ impl Firewall for LinuxFirewall {
         run(self.flavor.iptables_restore(), &restore_args(), Some(text)).map(drop)
     }
 
+    fn list_sets(&mut self) -> Result<Vec<String>, FirewallError> {
+        let out = run("ipset", &["list", "-n"], None)?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError> {
         run("ipset", &["restore"], Some(text)).map(drop)
     }

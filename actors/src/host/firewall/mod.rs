@@ -138,6 +138,9 @@ pub trait Firewall {
     /// Applies an `iptables-restore` text with `--noflush`, atomically per table.
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError>;
 
+    /// The names of the existing sets (`ipset list -n`).
+    fn list_sets(&mut self) -> Result<Vec<String>, FirewallError>;
+
     /// Applies an `ipset restore` text.
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError>;
 
@@ -167,6 +170,9 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {
         (**self).restore_rules(text)
+    }
+    fn list_sets(&mut self) -> Result<Vec<String>, FirewallError> {
+        (**self).list_sets()
     }
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError> {
         (**self).restore_sets(text)
