@@ -1,7 +1,7 @@
 //! The real [`Links`]: rtnetlink for links, addresses and bridge ports, TUN ioctls for TAPs.
 //! Everything acts in the network namespace of the thread that created the [`LinuxLinks`]:
-//! the netlink socket is opened there, and the TUN ioctls run on a worker thread it spawns
-//! (threads inherit their creator's namespace).
+//! the system calls run on a backend thread it spawns, and threads inherit their creator's
+//! namespace.
 
 use std::net::IpAddr;
 use std::sync::mpsc;
@@ -21,28 +21,61 @@ use super::{
 #[derive(Clone)]
 pub struct LinuxLinks {
     handle: Handle,
-    tun: TunWorker,
+    worker: Worker,
 }
 
-/// A thread that runs the blocking TUN ioctls (registering a netdev can take milliseconds
-/// under the RTNL lock), so they never stall the actor's thread. Created by the thread that
-/// creates [`LinuxLinks`], it shares that thread's network namespace. It exits when the last
-/// clone of its sender is dropped.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The backend's own thread. The kernel does its work inside our system calls: registering a
+/// TAP (TUNSETIFF) or deleting a link (RTM_DELLINK, which waits for an RCU grace period)
+/// blocks the calling thread for up to tens of milliseconds. So the netlink socket and its
+/// connection task, and the TUN ioctls, all live on this thread, never on the actor's. It is
+/// spawned by the thread creating [`LinuxLinks`] and so shares its network namespace; it
+/// exits when the last clone is dropped.
 #[derive(Clone)]
-struct TunWorker {
-    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
-impl TunWorker {
-    fn start() -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+impl Worker {
+    /// Starts the thread with a netlink connection on it; returns the worker and the handle.
+    fn start() -> Result<(Self, Handle), LinksError> {
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
-            .name("hearth-tun".into())
-            .spawn(move || queue.into_iter().for_each(|job| job()))?;
-        Ok(Self { jobs })
+            .name("hearth-links".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                runtime.block_on(async move {
+                    // The socket is created here, in this runtime (and namespace).
+                    let (connection, handle, _) = match rtnetlink::new_connection() {
+                        Ok(c) => c,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    tokio::spawn(connection);
+                    let _ = ready_tx.send(Ok(handle));
+                    while let Some(job) = queue.recv().await {
+                        job();
+                    }
+                });
+            })
+            .map_err(|source| LinksError::Socket { source })?;
+        let handle = ready_rx
+            .recv()
+            .map_err(|_| LinksError::Socket {
+                source: std::io::Error::other("backend thread died"),
+            })?
+            .map_err(|source| LinksError::Socket { source })?;
+        Ok((Self { jobs }, handle))
     }
 
-    /// Runs `f` on the worker; `None` if the worker is gone.
+    /// Runs the blocking `f` on the backend thread; `None` if the thread is gone.
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -59,15 +92,12 @@ impl TunWorker {
 }
 
 impl LinuxLinks {
-    /// Opens a netlink socket and starts the TUN worker thread, both in the calling thread's
-    /// network namespace, and spawns the netlink connection task on the current tokio runtime
-    /// (call it inside the actix `System` that runs the actor).
+    /// Starts the backend thread (netlink socket + TUN ioctls) in the calling thread's
+    /// network namespace. Needs no runtime; the futures it returns can be polled on any
+    /// executor.
     pub fn new() -> Result<Self, LinksError> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| LinksError::Socket { source })?;
-        let tun = TunWorker::start().map_err(|source| LinksError::Socket { source })?;
-        tokio::spawn(connection);
-        Ok(Self { handle, tun })
+        let (worker, handle) = Worker::start()?;
+        Ok(Self { handle, worker })
     }
 }
 
@@ -123,7 +153,7 @@ impl Links for LinuxLinks {
 
     fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32> {
         let name = spec.name.clone();
-        let work = self.tun.run(move || {
+        let work = self.worker.run(move || {
             tun::create_persistent_tap(&spec)?;
             nix::net::if_::if_nametoindex(spec.name.as_str())
                 .map_err(|_| LinksError::NotFound { name: spec.name })

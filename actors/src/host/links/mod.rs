@@ -129,8 +129,8 @@ pub enum LinksError {
         /// The errno.
         source: nix::Error,
     },
-    /// The TUN worker thread is gone (it panicked).
-    #[error("TUN worker thread is gone; cannot create {name}")]
+    /// The backend thread is gone (it panicked).
+    #[error("Link backend thread is gone; cannot create {name}")]
     WorkerGone {
         /// The TAP name.
         name: String,
