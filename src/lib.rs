@@ -3,6 +3,8 @@
 //! the HTTP API and the daemon's wiring.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod images;
 pub mod logging;

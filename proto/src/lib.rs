@@ -5,4 +5,6 @@
 
 pub mod agent;
 pub mod api;
+pub mod api_health;
+pub mod api_images;
 pub mod firecracker;

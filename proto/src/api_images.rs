@@ -1,0 +1,70 @@
+//! hearth's HTTP bodies for the image store (`/v1/images`), shared by hearthd and hearthctl.
+//! Images are imported server-side from a path on the host: the body names the file, hearthd
+//! copies it into its store.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What an image is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A guest kernel (`vmlinux` or `bzImage`).
+    Kernel,
+    /// A base root filesystem (ext4).
+    Rootfs,
+}
+
+impl ImageKind {
+    /// `kernel` or `rootfs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Kernel => "kernel",
+            ImageKind::Rootfs => "rootfs",
+        }
+    }
+}
+
+impl std::str::FromStr for ImageKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kernel" => Ok(ImageKind::Kernel),
+            "rootfs" => Ok(ImageKind::Rootfs),
+            _ => Err(format!("unknown image kind {s:?} (kernel or rootfs)")),
+        }
+    }
+}
+
+/// `POST /v1/images`: import the file at `path` (on hearthd's host) as image `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImage {
+    /// The image's name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`.
+    pub name: String,
+    /// Kernel or root filesystem.
+    pub kind: ImageKind,
+    /// Absolute path of the source file, as hearthd sees it.
+    pub path: PathBuf,
+}
+
+/// An image as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The image's name.
+    pub name: String,
+    /// Kernel or root filesystem.
+    pub kind: ImageKind,
+    /// The format it was recognised as: `elf`, `bzimage` or `ext4`.
+    pub format: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+    /// The path it was imported from.
+    pub source: PathBuf,
+    /// When it was imported, seconds since the Unix epoch.
+    pub imported_unix: u64,
+}

@@ -1,0 +1,272 @@
+//! [`ApiError`]: every way a request can fail, and the one place that maps each to an HTTP
+//! status and a stable error code. Every non-2xx answer has the body
+//! `{"error":{"code","message"}}` ([`ErrorBody`]).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use hearth_actors::supervisor::SupervisorError;
+use hearth_proto::api::{ErrorBody, ErrorDetail};
+
+use crate::images::ImagesError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The supervisor refused or failed the operation.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The image store refused or failed the operation.
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+    /// A query parameter, path segment or header is invalid.
+    #[error("Invalid `{param}`: {reason}")]
+    InvalidParam {
+        /// The parameter's name.
+        param: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The body is not valid JSON for this request (the message names the bad field).
+    #[error("Invalid request body: {message}")]
+    InvalidBody {
+        /// The parser's message.
+        message: String,
+    },
+    /// The body is larger than the limit.
+    #[error("Request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The body is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The TCP listener needs a bearer token and the request lacks the right one.
+    #[error("Missing or wrong bearer token")]
+    Unauthorized,
+    /// No route has this path.
+    #[error("No such endpoint: {path}")]
+    NoRoute {
+        /// The path asked for.
+        path: String,
+    },
+    /// The path exists but not with this method.
+    #[error("Method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// The supervisor's mailbox is closed (hearthd is shutting down).
+    #[error("The supervisor is not answering")]
+    SupervisorGone,
+    /// The image store is not configured.
+    #[error("No image store is configured")]
+    NoImageStore,
+    /// A blocking task of the server failed.
+    #[error("Internal error: {what}")]
+    Internal {
+        /// What failed.
+        what: String,
+    },
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(_: actix::MailboxError) -> Self {
+        ApiError::SupervisorGone
+    }
+}
+
+impl ApiError {
+    /// The HTTP status and the stable error code of this error. The one place where domain
+    /// errors meet HTTP.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use SupervisorError as S;
+        match self {
+            ApiError::Supervisor(e) => match e {
+                S::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
+                S::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                S::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+                S::InvalidState { .. } => (StatusCode::CONFLICT, "invalid_state"),
+                S::UnknownImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_image"),
+                S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+                S::Step { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "step_failed"),
+                S::Ledger(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            },
+            ApiError::Images(e) => match e {
+                ImagesError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+                ImagesError::Exists { .. } => (StatusCode::CONFLICT, "conflict"),
+                ImagesError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                ImagesError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
+                ImagesError::Source { .. } | ImagesError::NotAFile { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_field")
+                }
+                ImagesError::NotAKernel { .. }
+                | ImagesError::NotExt4 { .. }
+                | ImagesError::NotSectors { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_image")
+                }
+                ImagesError::SourceChanged { .. } => (StatusCode::CONFLICT, "conflict"),
+                ImagesError::Io { .. } | ImagesError::Meta { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+                }
+            },
+            ApiError::InvalidParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::SupervisorGone | ApiError::NoImageStore => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The message shown to clients: the error and, for image source errors, its cause
+    /// (e.g. "No such file or directory"), which the top-level message leaves out.
+    fn message(&self) -> String {
+        match self {
+            ApiError::Images(ImagesError::Source { source, .. }) => {
+                format!("Invalid `path`: {self}: {source}")
+            }
+            ApiError::Images(ImagesError::NotAFile { .. }) => format!("Invalid `path`: {self}"),
+            ApiError::Images(ImagesError::InvalidName { .. }) => format!("Invalid `name`: {self}"),
+            _ => self.to_string(),
+        }
+    }
+
+    /// The JSON error body of this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.status_and_code().1.to_owned(),
+                message: self.message(),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_actors::supervisor::ledger::LedgerError;
+    use hearth_proto::api::{FieldError, VmState};
+
+    #[test]
+    fn supervisor_errors_map_to_their_status() {
+        let cases: Vec<(SupervisorError, u16, &str)> = vec![
+            (
+                FieldError {
+                    field: "vcpus",
+                    reason: "0 is outside 1..=32".into(),
+                }
+                .into(),
+                400,
+                "invalid_field",
+            ),
+            (SupervisorError::NotFound { name: "a".into() }, 404, "not_found"),
+            (
+                SupervisorError::Conflict {
+                    message: "taken".into(),
+                },
+                409,
+                "conflict",
+            ),
+            (
+                SupervisorError::InvalidState {
+                    name: "a".into(),
+                    state: VmState::Stopped,
+                    op: "stop",
+                },
+                409,
+                "invalid_state",
+            ),
+            (
+                SupervisorError::UnknownImage {
+                    kind: "kernel",
+                    image: "k".into(),
+                },
+                422,
+                "unknown_image",
+            ),
+            (
+                SupervisorError::Unavailable {
+                    what: "No free address".into(),
+                },
+                503,
+                "unavailable",
+            ),
+            (
+                SupervisorError::Timeout {
+                    name: "a".into(),
+                    state: VmState::Running,
+                },
+                408,
+                "timeout",
+            ),
+            (
+                SupervisorError::Step {
+                    step: "disk",
+                    message: "full".into(),
+                },
+                500,
+                "step_failed",
+            ),
+            (
+                LedgerError::Storage("disk I/O".into()).into(),
+                500,
+                "storage",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let api = ApiError::from(err.clone());
+            assert_eq!(api.status_and_code().0.as_u16(), status, "{err:?}");
+            let body = api.body();
+            assert_eq!(body.error.code, code, "{err:?}");
+            assert_eq!(body.error.message, err.to_string());
+        }
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let api = ApiError::from(SupervisorError::from(FieldError {
+            field: "memory_mib",
+            reason: "too small".into(),
+        }));
+        assert!(api.body().error.message.contains("`memory_mib`"));
+    }
+
+    #[test]
+    fn image_source_errors_name_the_path_and_cause() {
+        let err = ApiError::from(ImagesError::Source {
+            path: "/nope".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(err.status_and_code().0, StatusCode::BAD_REQUEST);
+        let msg = err.body().error.message;
+        assert!(msg.contains("`path`") && msg.contains("/nope"), "{msg}");
+    }
+}

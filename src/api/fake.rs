@@ -1,0 +1,329 @@
+//! [`FakeSupervisor`]: an in-memory stand-in for `VmSupervisor` answering every message the
+//! API sends, for tests of the HTTP layer and of hearthctl. VMs are "running" as soon as they
+//! are created; idempotency keys, events and subscriptions behave like the real ones. Tests
+//! steer it with [`FailNext`] (the next lifecycle message fails with a chosen error) and
+//! [`ForceState`].
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use hearth_actors::supervisor::metrics::Histogram;
+use hearth_actors::supervisor::{self as sup, Idempotency, SupervisorError, VmAction};
+use hearth_proto::api::{Event, EventReason, VmInfo, VmState};
+
+/// The next lifecycle message (create, action, delete, nat, get) fails with `error`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FailNext {
+    /// The error to answer with.
+    pub error: SupervisorError,
+}
+
+/// Puts a VM into `state` (and records an event), as if its lifecycle had moved.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub struct ForceState {
+    /// The VM.
+    pub name: String,
+    /// Its new state.
+    pub state: VmState,
+}
+
+/// The in-memory supervisor.
+#[derive(Default)]
+pub struct FakeSupervisor {
+    vms: BTreeMap<String, VmInfo>,
+    events: Vec<Event>,
+    keys: BTreeMap<String, (String, VmInfo)>,
+    subscribers: Vec<Recipient<sup::EventPublished>>,
+    fail_next: Option<SupervisorError>,
+    creates: Histogram,
+    errors: u64,
+}
+
+impl Actor for FakeSupervisor {
+    type Context = Context<Self>;
+}
+
+impl FakeSupervisor {
+    fn take_failure(&mut self) -> Result<(), SupervisorError> {
+        match self.fail_next.take() {
+            Some(e) => {
+                self.errors += 1;
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn publish(&mut self, vm: &str, state: VmState) {
+        let event = Event {
+            seq: self.events.len() as u64 + 1,
+            at_ms: 1_700_000_000_000 + self.events.len() as u64,
+            vm: vm.to_owned(),
+            state,
+            reason: EventReason::User,
+            detail: None,
+        };
+        self.events.push(event.clone());
+        self.subscribers.retain(|s| s.connected());
+        for s in &self.subscribers {
+            s.do_send(sup::EventPublished {
+                event: event.clone(),
+            });
+        }
+    }
+
+    fn set_state(&mut self, name: &str, state: VmState) -> Result<VmInfo, SupervisorError> {
+        let vm = self.vms.get_mut(name).ok_or_else(|| SupervisorError::NotFound {
+            name: name.to_owned(),
+        })?;
+        vm.state = state;
+        vm.pid = state.has_process().then_some(4242);
+        let info = vm.clone();
+        self.publish(name, state);
+        Ok(info)
+    }
+
+    fn vm(&self, name: &str) -> Result<&VmInfo, SupervisorError> {
+        self.vms.get(name).ok_or_else(|| SupervisorError::NotFound {
+            name: name.to_owned(),
+        })
+    }
+
+    /// The stored answer of a keyed request, a conflict, or `None` to go ahead.
+    fn replay(&self, key: &Option<Idempotency>) -> Option<Result<VmInfo, SupervisorError>> {
+        let key = key.as_ref()?;
+        let (hash, info) = self.keys.get(&key.key)?;
+        Some(if *hash == key.request_hash {
+            Ok(info.clone())
+        } else {
+            Err(SupervisorError::Conflict {
+                message: format!(
+                    "Idempotency key {:?} was used with another request",
+                    key.key
+                ),
+            })
+        })
+    }
+
+    fn remember(&mut self, key: Option<Idempotency>, res: &Result<VmInfo, SupervisorError>) {
+        if let (Some(key), Ok(info)) = (key, res) {
+            self.keys.insert(key.key, (key.request_hash, info.clone()));
+        }
+    }
+}
+
+impl Handler<FailNext> for FakeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FailNext, _: &mut Self::Context) {
+        self.fail_next = Some(msg.error);
+    }
+}
+
+impl Handler<ForceState> for FakeSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: ForceState, _: &mut Self::Context) -> Self::Result {
+        self.set_state(&msg.name, msg.state).map(|_| ())
+    }
+}
+
+impl Handler<sup::CreateVm> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::CreateVm, _: &mut Self::Context) -> Self::Result {
+        if let Some(res) = self.replay(&msg.idempotency) {
+            return res;
+        }
+        self.take_failure()?;
+        msg.spec.validate()?;
+        let name = msg.spec.name.clone();
+        if self.vms.contains_key(&name) {
+            return Err(SupervisorError::Conflict {
+                message: format!("A VM named {name:?} already exists"),
+            });
+        }
+        let n = self.vms.len() as u8;
+        self.vms.insert(
+            name.clone(),
+            VmInfo {
+                name: name.clone(),
+                state: VmState::Creating,
+                nat: msg.spec.nat,
+                spec: msg.spec,
+                guest_ip: Some(Ipv4Addr::new(172, 30, 0, 2 + n)),
+                tap: Some(format!("hth{n}")),
+                pid: None,
+                last_error: None,
+            },
+        );
+        self.publish(&name, VmState::Creating);
+        self.creates.observe(Duration::from_millis(3));
+        let res = self.set_state(&name, VmState::Running);
+        self.remember(msg.idempotency, &res);
+        res
+    }
+}
+
+impl Handler<sup::RunAction> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::RunAction, _: &mut Self::Context) -> Self::Result {
+        if let Some(res) = self.replay(&msg.idempotency) {
+            return res;
+        }
+        self.take_failure()?;
+        let state = self.vm(&msg.name)?.state;
+        let allowed = match msg.action {
+            VmAction::Start => state.can_start(),
+            VmAction::Stop | VmAction::Kill => state.can_stop(),
+            VmAction::Restart => state.can_restart(),
+        };
+        if !allowed {
+            return Err(SupervisorError::InvalidState {
+                name: msg.name,
+                state,
+                op: msg.action.as_str(),
+            });
+        }
+        let res = match msg.action {
+            VmAction::Start | VmAction::Restart => self.set_state(&msg.name, VmState::Running),
+            VmAction::Stop | VmAction::Kill => self.set_state(&msg.name, VmState::Stopped),
+        };
+        self.remember(msg.idempotency, &res);
+        res
+    }
+}
+
+impl Handler<sup::DeleteVm> for FakeSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: sup::DeleteVm, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        let state = self.vm(&msg.name)?.state;
+        if !state.can_delete() {
+            return Err(SupervisorError::InvalidState {
+                name: msg.name,
+                state,
+                op: "delete",
+            });
+        }
+        self.vms.remove(&msg.name);
+        self.publish(&msg.name, VmState::Deleting);
+        Ok(())
+    }
+}
+
+impl Handler<sup::SetNat> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::SetNat, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        vm.nat = msg.enabled;
+        Ok(vm.clone())
+    }
+}
+
+impl Handler<sup::GetVm> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::GetVm, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name).cloned()
+    }
+}
+
+impl Handler<sup::ListVms> for FakeSupervisor {
+    type Result = MessageResult<sup::ListVms>;
+
+    fn handle(&mut self, msg: sup::ListVms, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.vms
+                .values()
+                .filter(|vm| match &msg.label {
+                    Some((k, v)) => vm.spec.labels.get(k) == Some(v),
+                    None => true,
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+impl Handler<sup::WaitForState> for FakeSupervisor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: sup::WaitForState, _: &mut Self::Context) -> Self::Result {
+        // Polls its own table every 10 ms until the state comes or the time is up.
+        let deadline = std::time::Instant::now() + msg.timeout;
+        wait_loop(self, msg.name, msg.state, deadline)
+    }
+}
+
+fn wait_loop(
+    act: &mut FakeSupervisor,
+    name: String,
+    want: VmState,
+    deadline: std::time::Instant,
+) -> ResponseActFuture<FakeSupervisor, Result<VmInfo, SupervisorError>> {
+    match act.vm(&name) {
+        Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        Ok(vm) if vm.state == want => return Box::pin(actix::fut::ready(Ok(vm.clone()))),
+        Ok(_) => {}
+    }
+    if std::time::Instant::now() >= deadline {
+        return Box::pin(actix::fut::ready(Err(SupervisorError::Timeout {
+            name,
+            state: want,
+        })));
+    }
+    Box::pin(
+        actix::clock::sleep(Duration::from_millis(10))
+            .into_actor(act)
+            .then(move |(), act, _| wait_loop(act, name, want, deadline)),
+    )
+}
+
+impl Handler<sup::EventsSince> for FakeSupervisor {
+    type Result = Result<Vec<Event>, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::EventsSince, _: &mut Self::Context) -> Self::Result {
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.seq > msg.since)
+            .take(msg.limit as usize)
+            .cloned()
+            .collect())
+    }
+}
+
+impl Handler<sup::Subscribe> for FakeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: sup::Subscribe, _: &mut Self::Context) {
+        self.subscribers.push(msg.subscriber);
+    }
+}
+
+impl Handler<sup::GetMetrics> for FakeSupervisor {
+    type Result = MessageResult<sup::GetMetrics>;
+
+    fn handle(&mut self, _: sup::GetMetrics, _: &mut Self::Context) -> Self::Result {
+        let mut by_state: BTreeMap<&'static str, (VmState, u64)> = BTreeMap::new();
+        for vm in self.vms.values() {
+            by_state.entry(vm.state.as_str()).or_insert((vm.state, 0)).1 += 1;
+        }
+        MessageResult(sup::SupervisorMetrics {
+            vms_by_state: by_state.into_values().collect(),
+            phase_seconds: vec![("create", self.creates.clone())],
+            errors: vec![("create", self.errors)],
+        })
+    }
+}

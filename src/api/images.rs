@@ -1,0 +1,101 @@
+//! `/v1/images` handlers over the image store. Imports read a file on hearthd's host (the
+//! body names it); the copy and hash run on the blocking pool. Removal is refused while a VM's
+//! spec names the image.
+
+use std::collections::BTreeSet;
+
+use actix_web::web::{self, Data, Path};
+use actix_web::{HttpRequest, HttpResponse};
+use hearth_actors::supervisor as sup;
+use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage};
+
+use super::body::JsonBody;
+use super::query::Params;
+use super::{ApiError, ApiState};
+use crate::images::{self, ImageFormat, ImageMeta, ImageStore};
+
+/// The wire form of an image's metadata.
+pub fn info(meta: ImageMeta) -> ImageInfo {
+    ImageInfo {
+        name: meta.name,
+        kind: match meta.kind {
+            images::ImageKind::Kernel => ImageKind::Kernel,
+            images::ImageKind::Rootfs => ImageKind::Rootfs,
+        },
+        format: match meta.format {
+            ImageFormat::Elf => "elf",
+            ImageFormat::BzImage => "bzimage",
+            ImageFormat::Ext4 => "ext4",
+        }
+        .to_owned(),
+        size: meta.size,
+        sha256: meta.sha256,
+        source: meta.source,
+        imported_unix: meta.imported_unix,
+    }
+}
+
+fn store(state: &ApiState) -> Result<ImageStore, ApiError> {
+    state.images.clone().ok_or(ApiError::NoImageStore)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, images::ImagesError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f)
+        .await
+        .map_err(|e| ApiError::Internal {
+            what: format!("image task: {e}"),
+        })?
+        .map_err(ApiError::from)
+}
+
+/// `POST /v1/images` with `{name, kind, path}`: imports the file; 201 with the image.
+pub async fn import(
+    state: Data<ApiState>,
+    req: HttpRequest,
+    body: JsonBody<ImportImage>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let store = store(&state)?;
+    let ImportImage { name, kind, path } = body.value;
+    if !path.is_absolute() {
+        return Err(ApiError::InvalidParam {
+            param: "path".into(),
+            reason: format!("{} is not an absolute path", path.display()),
+        });
+    }
+    let kind = match kind {
+        ImageKind::Kernel => images::ImageKind::Kernel,
+        ImageKind::Rootfs => images::ImageKind::Rootfs,
+    };
+    let meta = blocking(move || store.import(&name, kind, &path, |_, _| {})).await?;
+    Ok(HttpResponse::Created().json(info(meta)))
+}
+
+/// `GET /v1/images`: every image, sorted by name.
+pub async fn list(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let store = store(&state)?;
+    let list = blocking(move || store.list()).await?;
+    let list: Vec<ImageInfo> = list.into_iter().map(info).collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `DELETE /v1/images/{name}`: 204, or 409 while a VM was made from it.
+pub async fn delete(
+    state: Data<ApiState>,
+    req: HttpRequest,
+    name: Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let store = store(&state)?;
+    let vms = state.ports.list.send(sup::ListVms { label: None }).await?;
+    let used: BTreeSet<String> = vms
+        .into_iter()
+        .flat_map(|vm| [vm.spec.kernel, vm.spec.rootfs])
+        .collect();
+    let name = name.into_inner();
+    blocking(move || store.remove(&name, |n| used.contains(n))).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,121 @@
+//! `GET /metrics`: the supervisor's counters in the Prometheus text exposition format (0.0.4):
+//! VMs by state, create-phase latency histograms, and errors by operation.
+
+use std::fmt::Write;
+
+use actix_web::http::header;
+use actix_web::web::Data;
+use actix_web::{HttpRequest, HttpResponse};
+use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
+use hearth_actors::supervisor::{GetMetrics, SupervisorMetrics};
+use hearth_proto::api::VmState;
+
+use super::query::Params;
+use super::{ApiError, ApiState};
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value (`\`, `"` and newlines).
+fn escape(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
+    let value = escape(value);
+    let mut cumulative = 0;
+    for (bound, count) in BUCKETS.iter().zip(h.counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count()
+    );
+    let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count());
+}
+
+/// Renders `m` as Prometheus text. Every state appears, with 0 when no VM is in it.
+pub fn render(m: &SupervisorMetrics) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP hearth_vms VMs by lifecycle state.\n# TYPE hearth_vms gauge\n");
+    for state in VmState::ALL {
+        let n = m
+            .vms_by_state
+            .iter()
+            .filter(|(s, _)| *s == state)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        let _ = writeln!(out, "hearth_vms{{state=\"{state}\"}} {n}");
+    }
+    out.push_str(
+        "# HELP hearth_create_phase_seconds Latency of each phase of VM creation.\n\
+         # TYPE hearth_create_phase_seconds histogram\n",
+    );
+    for (phase, h) in &m.phase_seconds {
+        histogram(&mut out, "hearth_create_phase_seconds", "phase", phase, h);
+    }
+    out.push_str(
+        "# HELP hearth_errors_total Failed supervisor operations, by operation.\n\
+         # TYPE hearth_errors_total counter\n",
+    );
+    for (op, n) in &m.errors {
+        let _ = writeln!(out, "hearth_errors_total{{op=\"{}\"}} {n}", escape(op));
+    }
+    out
+}
+
+/// `GET /metrics`.
+pub async fn metrics(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let m = state.ports.metrics.send(GetMetrics {}).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, CONTENT_TYPE))
+        .body(render(&m)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_counts_histograms_and_errors() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let m = SupervisorMetrics {
+            vms_by_state: vec![(VmState::Running, 3), (VmState::Failed, 1)],
+            phase_seconds: vec![("disk", h)],
+            errors: vec![("create", 2)],
+        };
+        let text = render(&m);
+        assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");
+        assert!(text.contains("hearth_vms{state=\"failed\"} 1\n"));
+        assert!(text.contains("hearth_vms{state=\"stopped\"} 0\n"));
+        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.0005\"} 1\n"));
+        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"5\"} 2\n"));
+        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"+Inf\"} 3\n"));
+        assert!(text.contains("hearth_create_phase_seconds_count{phase=\"disk\"} 3\n"));
+        assert!(text.contains("hearth_errors_total{op=\"create\"} 2\n"));
+        // Every sample line is `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,56 @@
+//! hearthd's HTTP control endpoint: a JSON API under `/v1` (VMs, images, events, health),
+//! Prometheus metrics at `/metrics` and an OpenAPI document at `/v1/openapi.json`.
+//!
+//! Requests flow one way: a handler parses and checks the request (body size, content type,
+//! unknown fields, query parameters), turns it into one supervisor message, sends it through
+//! [`SupervisorPorts`] and renders the answer. Every error, whatever its source, becomes
+//! [`ApiError`], which alone decides the HTTP status and the `{"error":{"code","message"}}` body.
+//! Image endpoints call the image store (`crate::images`) on the blocking pool.
+//!
+//! [`server`] owns the listeners: a Unix socket by default, and an optional TCP listener that
+//! requires a bearer token.
+
+pub mod body;
+pub mod error;
+pub mod events;
+pub mod fake;
+pub mod images;
+pub mod metrics;
+pub mod openapi;
+pub mod ports;
+pub mod query;
+pub mod routes;
+pub mod server;
+pub mod sse;
+pub mod vms;
+
+pub use error::ApiError;
+pub use ports::SupervisorPorts;
+pub use server::{ApiConfig, ApiServer, ApiServerError};
+
+use crate::images::ImageStore;
+
+/// Default maximum size of a JSON request body, bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler shares: the way to the supervisor and the image store.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The supervisor's mailboxes.
+    pub ports: SupervisorPorts,
+    /// The image store; `None` makes the image endpoints answer 503.
+    pub images: Option<ImageStore>,
+    /// Maximum size of a JSON request body, bytes.
+    pub body_limit: usize,
+}
+
+impl ApiState {
+    /// State over `ports` and `images` with the default body limit.
+    pub fn new(ports: SupervisorPorts, images: Option<ImageStore>) -> Self {
+        ApiState {
+            ports,
+            images,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The route table. Every endpoint is registered through [`Routes::add`], which also records
+//! it, so the OpenAPI document can be checked against what is really served
+//! ([`registered`]). Paths with several methods become one resource whose other methods
+//! answer 405; unknown paths answer 404, both with the JSON error body.
+
+use actix_web::http::Method;
+use actix_web::web::{self, Data, ServiceConfig};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, Route};
+use hearth_actors::supervisor as sup;
+use hearth_proto::api_health::Health;
+
+use super::query::Params;
+use super::{events, images, metrics, openapi, vms, ApiError, ApiState};
+
+/// Routes being registered, grouped by path in registration order.
+#[derive(Default)]
+pub struct Routes {
+    resources: Vec<(&'static str, Vec<(Method, Route)>)>,
+}
+
+impl Routes {
+    /// Registers `handler` for `method` on `path`.
+    pub fn add<F, Args>(&mut self, method: Method, path: &'static str, handler: F) -> &mut Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let route = web::route().method(method.clone()).to(handler);
+        match self.resources.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, routes)) => routes.push((method, route)),
+            None => self.resources.push((path, vec![(method, route)])),
+        }
+        self
+    }
+
+    /// Every (method, path) registered.
+    pub fn table(&self) -> Vec<(Method, &'static str)> {
+        self.resources
+            .iter()
+            .flat_map(|(path, routes)| routes.iter().map(|(m, _)| (m.clone(), *path)))
+            .collect()
+    }
+
+    /// Installs the routes and the JSON 404/405 answers into `cfg`.
+    pub fn install(self, cfg: &mut ServiceConfig) {
+        for (path, routes) in self.resources {
+            let mut resource = web::resource(path);
+            for (_, route) in routes {
+                resource = resource.route(route);
+            }
+            cfg.service(resource.default_service(web::to(method_not_allowed)));
+        }
+        cfg.default_service(web::to(no_route));
+    }
+}
+
+/// Every endpoint of the API.
+pub fn api_routes() -> Routes {
+    let mut r = Routes::default();
+    r.add(Method::POST, "/v1/vms", vms::create)
+        .add(Method::GET, "/v1/vms", vms::list)
+        .add(Method::GET, "/v1/vms/{name}", vms::get)
+        .add(Method::DELETE, "/v1/vms/{name}", vms::delete)
+        .add(Method::POST, "/v1/vms/{name}/start", vms::start)
+        .add(Method::POST, "/v1/vms/{name}/stop", vms::stop)
+        .add(Method::POST, "/v1/vms/{name}/kill", vms::kill)
+        .add(Method::POST, "/v1/vms/{name}/restart", vms::restart)
+        .add(Method::PUT, "/v1/vms/{name}/nat", vms::set_nat)
+        .add(Method::GET, "/v1/vms/{name}/wait", vms::wait)
+        .add(Method::POST, "/v1/images", images::import)
+        .add(Method::GET, "/v1/images", images::list)
+        .add(Method::DELETE, "/v1/images/{name}", images::delete)
+        .add(Method::GET, "/v1/events", events::list)
+        .add(Method::GET, "/v1/events/stream", events::stream)
+        .add(Method::GET, "/v1/health", health)
+        .add(Method::GET, "/v1/openapi.json", openapi_json)
+        .add(Method::GET, "/metrics", metrics::metrics);
+    r
+}
+
+/// Every (method, path) the API serves.
+pub fn registered() -> Vec<(Method, &'static str)> {
+    api_routes().table()
+}
+
+/// Installs every endpoint into `cfg`.
+pub fn configure(cfg: &mut ServiceConfig) {
+    api_routes().install(cfg);
+}
+
+/// `GET /v1/health`: 200 when the supervisor answers.
+pub async fn health(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let vms = state.ports.list.send(sup::ListVms { label: None }).await?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        vms: vms.len() as u64,
+    }))
+}
+
+/// `GET /v1/openapi.json`.
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(openapi::document())
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NoRoute {
+        path: req.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}

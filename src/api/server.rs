@@ -1,0 +1,328 @@
+//! The listeners: a Unix socket (mode 0660 by default, optional group), and an optional TCP
+//! listener on which every request must carry `Authorization: Bearer <token>`.
+//!
+//! A socket file left by a dead hearthd is removed; one another process still answers on is
+//! not (startup fails), nor is a path that is not a socket. The socket is removed again when
+//! the server stops through [`ApiServer::stop`].
+
+use std::any::Any;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Extensions, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::web::Data;
+use actix_web::{App, HttpServer};
+use sha2::{Digest, Sha256};
+
+use super::{routes, ApiError, ApiState};
+
+/// The default socket path (overridden by `HEARTH_SOCKET` in hearthctl).
+pub const DEFAULT_SOCKET: &str = "/run/hearth/hearthd.sock";
+
+/// Where and how the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The Unix socket's path.
+    pub socket: PathBuf,
+    /// The socket file's mode.
+    pub socket_mode: u32,
+    /// The socket file's group (a name or a numeric gid); `None` keeps the process's group.
+    pub socket_group: Option<String>,
+    /// An extra TCP listener; needs `token`.
+    pub tcp: Option<SocketAddr>,
+    /// The bearer token the TCP listener requires.
+    pub token: Option<String>,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: DEFAULT_SOCKET.into(),
+            socket_mode: 0o660,
+            socket_group: None,
+            tcp: None,
+            token: None,
+            workers: 2,
+        }
+    }
+}
+
+/// Why the API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    /// Another process answers on the socket path.
+    #[error("Another process (hearthd?) is listening on {path}")]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket is at the socket path.
+    #[error("{path} exists and is not a socket")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A TCP listener was asked for without a token.
+    #[error("The TCP listener on {addr} needs a bearer token (api.token)")]
+    NoToken {
+        /// The TCP address.
+        addr: SocketAddr,
+    },
+    /// The socket group does not exist.
+    #[error("No group named {group:?}")]
+    UnknownGroup {
+        /// The name given.
+        group: String,
+    },
+    /// A file or socket operation failed.
+    #[error("Cannot {op} {what}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path or address.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn io_err(op: &'static str, what: impl ToString) -> impl FnOnce(io::Error) -> ApiServerError {
+    let what = what.to_string();
+    move |source| ApiServerError::Io { op, what, source }
+}
+
+/// Makes `path` free for a new socket: removes a stale socket nobody answers on, refuses a
+/// live one or a non-socket, creates the parent directory.
+pub fn clear_socket_path(path: &Path) -> Result<(), ApiServerError> {
+    match path.symlink_metadata() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", path.display())(e)),
+        Ok(md) if !md.file_type().is_socket() => {
+            return Err(ApiServerError::NotASocket { path: path.into() })
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(ApiServerError::SocketInUse { path: path.into() }),
+            Err(_) => std::fs::remove_file(path).map_err(io_err("remove", path.display()))?,
+        },
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err("create", parent.display()))?;
+    }
+    Ok(())
+}
+
+fn resolve_group(group: &str) -> Result<nix::unistd::Gid, ApiServerError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(ApiServerError::UnknownGroup {
+            group: group.into(),
+        }),
+    }
+}
+
+/// Binds the Unix socket with its mode and group.
+fn bind_socket(config: &ApiConfig) -> Result<UnixListener, ApiServerError> {
+    let path = &config.socket;
+    clear_socket_path(path)?;
+    let gid = config.socket_group.as_deref().map(resolve_group).transpose()?;
+    let listener = UnixListener::bind(path).map_err(io_err("bind", path.display()))?;
+    let result = (|| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+            .map_err(io_err("chmod", path.display()))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(gid))
+                .map_err(|e| io_err("chown", path.display())(e.into()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// Marks connections accepted on the TCP listener.
+#[derive(Debug, Clone, Copy)]
+struct ViaTcp;
+
+/// The digest of the bearer token (compared digest to digest, so the comparison does not
+/// leak the token's length or a matching prefix through timing).
+#[derive(Clone)]
+struct TokenDigest([u8; 32]);
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets requests on the Unix socket through; on TCP requires the bearer token.
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.conn_data::<ViaTcp>().is_some() {
+        let expected = req.app_data::<TokenDigest>().cloned();
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| digest(t.trim().as_bytes()));
+        match (expected, given) {
+            (Some(expected), Some(given)) if same(&expected.0, &given) => {}
+            _ => return Err(ApiError::Unauthorized.into()),
+        }
+    }
+    next.call(req).await
+}
+
+/// A running API server.
+pub struct ApiServer {
+    handle: ServerHandle,
+    socket: PathBuf,
+    tcp: Option<SocketAddr>,
+}
+
+impl ApiServer {
+    /// Binds the listeners and starts serving `state`; the returned `Server` future must be
+    /// spawned (or awaited) on the actix system. Signals are left to the caller.
+    pub fn start(
+        config: &ApiConfig,
+        state: ApiState,
+    ) -> Result<(ApiServer, actix_web::dev::Server), ApiServerError> {
+        let token = match (config.tcp, &config.token) {
+            (Some(addr), None) => return Err(ApiServerError::NoToken { addr }),
+            (Some(addr), Some(t)) if t.trim().is_empty() => {
+                return Err(ApiServerError::NoToken { addr })
+            }
+            (_, t) => t.as_ref().map(|t| TokenDigest(digest(t.trim().as_bytes()))),
+        };
+        let tcp_listener = match config.tcp {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr).map_err(io_err("bind", addr))?,
+            ),
+            None => None,
+        };
+        let tcp = tcp_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(io_err("inspect", "the TCP listener"))?;
+        let uds = bind_socket(config)?;
+        let data = Data::new(state);
+        let server = HttpServer::new(move || {
+            let mut app = App::new()
+                .app_data(data.clone())
+                .wrap(from_fn(authenticate));
+            if let Some(t) = token.clone() {
+                app = app.app_data(t);
+            }
+            app.configure(routes::configure)
+        })
+        .workers(config.workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(5)
+        .on_connect(|conn: &dyn Any, ext: &mut Extensions| {
+            if conn.is::<actix_web::rt::net::TcpStream>() {
+                ext.insert(ViaTcp);
+            }
+        });
+        let socket = config.socket.clone();
+        let server = server
+            .listen_uds(uds)
+            .map_err(io_err("listen on", socket.display()));
+        let mut server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        };
+        if let Some(l) = tcp_listener {
+            server = match server.listen(l) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&socket);
+                    return Err(io_err("listen on", "the TCP listener")(e));
+                }
+            };
+        }
+        let server = server.run();
+        Ok((
+            ApiServer {
+                handle: server.handle(),
+                socket,
+                tcp,
+            },
+            server,
+        ))
+    }
+
+    /// The TCP listener's address, if there is one (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The Unix socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 5 s), removes the socket.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_sockets_are_removed_live_ones_and_files_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/api.sock");
+        clear_socket_path(&path).unwrap();
+        assert!(path.parent().unwrap().is_dir());
+
+        let live = UnixListener::bind(&path).unwrap();
+        assert!(matches!(
+            clear_socket_path(&path),
+            Err(ApiServerError::SocketInUse { .. })
+        ));
+        drop(live);
+        // The file stays behind when a listener dies: it is stale now.
+        assert!(path.exists());
+        clear_socket_path(&path).unwrap();
+        assert!(!path.exists());
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            clear_socket_path(&path),
+            Err(ApiServerError::NotASocket { .. })
+        ));
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(&digest(b"abc"), &digest(b"abc")));
+        assert!(!same(&digest(b"abc"), &digest(b"abd")));
+    }
+}
