@@ -19,6 +19,7 @@ use crate::guest::{self, Guest};
 use crate::http::Response;
 use crate::knobs::Knobs;
 use crate::log::{Log, MetricsSink};
+use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::tap::{open_tap, Tap};
 
 /// The version the simulator reports (`GET /version`, `GET /`, `--version`).
@@ -64,6 +65,15 @@ struct NetDev {
     tap: Tap,
 }
 
+/// The running guest network stack (`FC_SIM_NETSTACK=1`), kept alive with the VMM.
+struct GuestNet(GuestStack);
+
+impl std::fmt::Debug for GuestNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestNet({})", self.0.config().ip)
+    }
+}
+
 /// The VMM state.
 #[derive(Debug)]
 pub struct Vmm {
@@ -81,6 +91,7 @@ pub struct Vmm {
     /// The log; `main` configures it from the command line.
     pub log: Log,
     guest: Arc<Guest>,
+    guest_net: Option<GuestNet>,
     started_at: Option<Instant>,
     ctrl_alt_del_pending: bool,
     timers: Vec<(Instant, Timer)>,
@@ -115,6 +126,7 @@ impl Vmm {
             metrics: None,
             log,
             guest: Arc::new(Guest::new()),
+            guest_net: None,
             started_at: None,
             ctrl_alt_del_pending: false,
             timers: Vec::new(),
@@ -517,7 +529,40 @@ impl Vmm {
                 Err(e) => self.log.error(&format!("Cannot serve vsock: {e}")),
             }
         }
+        if self.knobs.netstack {
+            if let Err(e) = self.start_guest_net() {
+                self.log
+                    .error(&format!("Cannot start the guest network stack: {e}"));
+            }
+        }
         self.maybe_schedule_reboot();
+    }
+
+    /// Runs the userspace guest network stack on the first TAP, configured from the kernel's
+    /// `ip=` argument and the interface's guest MAC (random when not given, as a guest would).
+    fn start_guest_net(&mut self) -> Result<(), String> {
+        let dev = self.nets.first().ok_or("no network interface configured")?;
+        let cmdline = self.kernel_cmdline().unwrap_or_default();
+        let mac = match dev.config.guest_mac.as_deref() {
+            Some(m) => parse_mac(m).map_err(|e| e.to_string())?,
+            None => {
+                let mut m: [u8; 6] = rand::random();
+                m[0] = (m[0] & 0xfe) | 0x02;
+                m
+            }
+        };
+        let mut config =
+            NetConfig::from_kernel_cmdline(mac, &cmdline).map_err(|e| e.to_string())?;
+        config.vnet_hdr = VnetHdr::V1Len12;
+        let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
+        let stack = GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?;
+        self.log.info(&format!(
+            "Guest network stack up on {} as {}",
+            dev.tap.name,
+            stack.config().ip
+        ));
+        self.guest_net = Some(GuestNet(stack));
+        Ok(())
     }
 }
 

@@ -96,3 +96,39 @@ fn invalid_mtu_and_long_names_are_refused() {
          Invalid interface name"
     );
 }
+
+#[test]
+fn netstack_knob_answers_ping_on_the_tap() {
+    require_privileged!();
+    let ns = NetNs::new("simtap");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start_in(
+        dir,
+        &[],
+        &[("FC_SIM_NETSTACK", "1"), ("FC_SIM_BOOT_DELAY_MS", "0")],
+        Some(&["ip", "netns", "exec", ns.name()]),
+    );
+    sim.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        &bodies::valid("NetworkInterface", 0, ""),
+    );
+    ns.exec_ok(&["ip", "addr", "add", "10.77.0.1/24", "dev", "simtap0"]);
+    ns.exec_ok(&["ip", "link", "set", "simtap0", "up"]);
+    let kernel = sim.file("vmlinux");
+    sim.ok(
+        "PUT",
+        "/boot-source",
+        &format!(
+            r#"{{"kernel_image_path":"{kernel}","boot_args":"reboot=k panic=1 ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off"}}"#
+        ),
+    );
+    sim.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || ns
+            .exec(&["ping", "-c1", "-W1", "10.77.0.2"])
+            .status
+            .success()),
+        "the simulated guest never answered ping"
+    );
+}
