@@ -9,3 +9,4 @@ pub mod config;
 pub mod images;
 pub mod logging;
 pub mod preflight;
+pub mod store;

@@ -1,0 +1,69 @@
+//! Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema one version forward. Never edit a released entry; append.
+const MIGRATIONS: &[&str] = &[
+    // 1: VMs and the resource ledger, events, idempotency keys.
+    "CREATE TABLE vms (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        nat INTEGER NOT NULL,
+        last_error TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE leases (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        tap TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL,
+        guest_ip TEXT NOT NULL UNIQUE,
+        gateway TEXT NOT NULL,
+        prefix_len INTEGER NOT NULL
+    );
+    CREATE TABLE disks (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        path TEXT NOT NULL,
+        backend TEXT NOT NULL
+    );
+    CREATE TABLE processes (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        pid INTEGER,
+        start_time INTEGER,
+        api_socket TEXT NOT NULL,
+        binary TEXT NOT NULL,
+        vsock_cid INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        vm TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        response TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );",
+];
+
+/// Brings the schema to the newest version, each step in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

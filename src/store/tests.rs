@@ -1,0 +1,174 @@
+//! Store tests: each ledger row round-trips, names are unique, migrations are idempotent and
+//! refuse a newer schema, and state survives reopening the file.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use hearth_actors::lease::{MacAddr, NetLease};
+use hearth_proto::api::{CreateVm, EventReason, VmState};
+
+use super::*;
+
+fn spec(name: &str) -> CreateVm {
+    serde_json::from_value(serde_json::json!({"name": name, "kernel": "k", "rootfs": "r"})).unwrap()
+}
+
+fn lease(n: u8) -> NetLease {
+    let ip = Ipv4Addr::new(172, 31, 240, n);
+    NetLease {
+        tap: format!("hth{n}"),
+        mac: MacAddr::for_guest(ip),
+        guest_ip: ip,
+        gateway: Ipv4Addr::new(172, 31, 240, 1),
+        prefix_len: 24,
+    }
+}
+
+fn process() -> ProcessRecord {
+    ProcessRecord {
+        pid: Some(4242),
+        start_time: Some(123_456),
+        api_socket: PathBuf::from("/run/hearth/vms/a/api.sock"),
+        binary: PathBuf::from("/usr/bin/firecracker"),
+        vsock_cid: 3,
+    }
+}
+
+#[test]
+fn ledger_rows_round_trip() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    s.put_lease("a", &lease(5)).unwrap();
+    s.put_disk(
+        "a",
+        &DiskRecord {
+            path: "/var/lib/hearth/disks/a.img".into(),
+            backend: "copy".into(),
+        },
+    )
+    .unwrap();
+    s.put_process("a", &process()).unwrap();
+    s.set_state("a", VmState::Running, None).unwrap();
+    s.set_nat("a", true).unwrap();
+
+    let all = s.load_all().unwrap();
+    assert_eq!(all.len(), 1);
+    let vm = &all[0];
+    assert_eq!(vm.spec.name, "a");
+    assert_eq!(vm.state, VmState::Running);
+    assert!(vm.nat);
+    assert_eq!(vm.lease.as_ref(), Some(&lease(5)));
+    assert_eq!(vm.disk.as_ref().unwrap().backend, "copy");
+    assert_eq!(vm.process.as_ref(), Some(&process()));
+
+    s.clear_lease("a").unwrap();
+    s.clear_process("a").unwrap();
+    s.clear_disk("a").unwrap();
+    let vm = &s.load_all().unwrap()[0];
+    assert!(vm.lease.is_none() && vm.process.is_none() && vm.disk.is_none());
+}
+
+#[test]
+fn names_are_unique_and_missing_vms_are_named() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    assert!(matches!(s.insert_vm(&spec("a")), Err(StoreError::Exists(n)) if n == "a"));
+    assert!(matches!(
+        s.set_state("zz", VmState::Stopped, None),
+        Err(StoreError::NotFound(n)) if n == "zz"
+    ));
+    assert!(matches!(s.delete_vm("zz"), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn two_vms_cannot_hold_the_same_ip_or_tap() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    s.insert_vm(&spec("b")).unwrap();
+    s.put_lease("a", &lease(5)).unwrap();
+    assert!(s.put_lease("b", &lease(5)).is_err());
+    // The clash changed nothing: a keeps its lease, b has none.
+    let all = s.load_all().unwrap();
+    assert_eq!(all[0].lease, Some(lease(5)));
+    assert_eq!(all[1].lease, None);
+    // Updating a's own lease works.
+    s.put_lease("a", &lease(6)).unwrap();
+    assert_eq!(s.load_all().unwrap()[0].lease, Some(lease(6)));
+}
+
+#[test]
+fn delete_removes_ledger_rows() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    s.put_lease("a", &lease(5)).unwrap();
+    s.put_process("a", &process()).unwrap();
+    s.delete_vm("a").unwrap();
+    assert!(s.load_all().unwrap().is_empty());
+    // The freed IP can be recorded for another VM.
+    s.insert_vm(&spec("b")).unwrap();
+    s.put_lease("b", &lease(5)).unwrap();
+}
+
+#[test]
+fn events_are_sequenced_and_resumable() {
+    let s = Store::open_in_memory().unwrap();
+    let e1 = s
+        .append_event("a", VmState::Creating, EventReason::User, None)
+        .unwrap();
+    let e2 = s
+        .append_event(
+            "a",
+            VmState::Crashed,
+            EventReason::Crash,
+            Some("exit code 1"),
+        )
+        .unwrap();
+    assert!(e2.seq > e1.seq);
+    let after = s.events_since(e1.seq, 100).unwrap();
+    assert_eq!(after, vec![e2.clone()]);
+    assert_eq!(s.events_since(0, 1).unwrap(), vec![e1]);
+}
+
+#[test]
+fn idempotency_keys_store_request_hash_and_response() {
+    let s = Store::open_in_memory().unwrap();
+    assert_eq!(s.idempotent_response("k").unwrap(), None);
+    s.put_idempotent_response("k", "h1", "{}").unwrap();
+    assert_eq!(
+        s.idempotent_response("k").unwrap(),
+        Some(("h1".to_owned(), "{}".to_owned()))
+    );
+}
+
+#[test]
+fn state_survives_reopen_and_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_vm(&spec("a")).unwrap();
+        s.put_lease("a", &lease(7)).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.load_all().unwrap()[0].lease, Some(lease(7)));
+    drop(s);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn corrupt_rows_are_reported_not_panicked_on() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    s.conn
+        .execute("UPDATE vms SET state = 'zombie' WHERE name = 'a'", [])
+        .unwrap();
+    let err = s.load_all().unwrap_err().to_string();
+    assert!(err.contains("zombie") && err.contains("\"a\""), "{err}");
+}
