@@ -214,7 +214,7 @@ pub fn set_rebuild_text(
     if !existing.iter().any(|s| s == set) {
         let _ = writeln!(text, "create {set} {kind}");
     }
-    if existing.iter().any(|s| *s == tmp) {
+    if existing.contains(&tmp) {
         let _ = writeln!(text, "destroy {tmp}");
     }
     let _ = writeln!(text, "create {tmp} {kind}");
