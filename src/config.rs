@@ -41,8 +41,17 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where hearth keeps its state (SQLite store, images, per-VM run directories and disks).
+    /// Where hearth keeps its state (SQLite store, images, disks).
     pub data_dir: PathBuf,
+    /// Where per-VM run directories (API and vsock sockets, console) go. Keep it short:
+    /// socket paths under it must fit in 108 bytes.
+    pub run_dir: PathBuf,
+    /// The Firecracker binary. Default: `firecracker` in `PATH`.
+    pub firecracker_bin: Option<PathBuf>,
+    /// VM lifecycle settings.
+    pub vm: VmConfig,
+    /// The control endpoint.
+    pub api: ApiConfig,
     /// Bridge, TAP pool, NAT and isolation.
     pub network: NetworkConfig,
     /// The DNS server on the bridge gateway.
@@ -119,11 +128,68 @@ impl Default for DnsConfig {
     }
 }
 
+/// VM lifecycle settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// How long a new VM's guest agent has to answer before the VM is `unready`, seconds.
+    pub ready_timeout_secs: u64,
+    /// The guest agent's vsock port.
+    pub agent_port: u32,
+    /// Stop ladder: how long after Ctrl+Alt+Del before SIGTERM, seconds.
+    pub shutdown_grace_secs: u64,
+    /// Stop ladder: how long after SIGTERM before SIGKILL, seconds.
+    pub term_grace_secs: u64,
+    /// Stop every VM when hearthd exits (default: leave them running; they are re-adopted).
+    pub stop_on_exit: bool,
+    /// Root disk backend: `auto` (device-mapper where it works, else copy), `dm` or `copy`.
+    pub disk_backend: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            ready_timeout_secs: 30,
+            agent_port: 52,
+            shutdown_grace_secs: 10,
+            term_grace_secs: 5,
+            stop_on_exit: false,
+            disk_backend: "auto".into(),
+        }
+    }
+}
+
+/// The control endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The Unix socket hearthctl talks to (mode 0660).
+    pub socket: PathBuf,
+    /// Group (gid) that may use the socket; default: root's only.
+    pub socket_group: Option<u32>,
+    /// Optional TCP listener, e.g. `127.0.0.1:7070`; requires `token`.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Bearer token required on the TCP listener (or env `HEARTH_API_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/hearth/hearthd.sock"),
+            socket_group: None,
+            tcp_listen: None,
+            token: None,
+        }
+    }
+}
+
 impl Config {
-    /// Default configuration with `data_dir = /var/lib/hearth`.
+    /// Default configuration with `data_dir = /var/lib/hearth`, `run_dir = /run/hearth/vms`.
     pub fn new() -> Self {
         Self {
             data_dir: PathBuf::from("/var/lib/hearth"),
+            run_dir: PathBuf::from("/run/hearth/vms"),
             ..Self::default()
         }
     }
@@ -149,8 +215,12 @@ impl Config {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
         })?;
+        let defaults = Config::new();
         if config.data_dir.as_os_str().is_empty() {
-            config.data_dir = PathBuf::from("/var/lib/hearth");
+            config.data_dir = defaults.data_dir;
+        }
+        if config.run_dir.as_os_str().is_empty() {
+            config.run_dir = defaults.run_dir;
         }
         config.validate()?;
         Ok(config)
@@ -218,10 +288,53 @@ impl Config {
         if self.dns.port == 0 {
             return Err(invalid("dns.port", "must not be 0".into()));
         }
-        if !self.data_dir.is_absolute() {
+        for (field, path) in [
+            ("data_dir", &self.data_dir),
+            ("run_dir", &self.run_dir),
+            ("api.socket", &self.api.socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
+        // `<run_dir>/<63-byte VM name>/v.sock_<port>` must fit in sun_path (108 bytes).
+        let longest = self.run_dir.as_os_str().len() + 1 + 63 + "/v.sock_4294967295".len();
+        if longest >= 108 {
             return Err(invalid(
-                "data_dir",
-                format!("{} must be an absolute path", self.data_dir.display()),
+                "run_dir",
+                format!(
+                    "{} is too long: VM socket paths under it could pass the 107-byte limit",
+                    self.run_dir.display()
+                ),
+            ));
+        }
+        if let Some(bin) = &self.firecracker_bin {
+            if !bin.is_absolute() {
+                return Err(invalid(
+                    "firecracker_bin",
+                    format!("{} must be an absolute path", bin.display()),
+                ));
+            }
+        }
+        if self.vm.agent_port == 0 {
+            return Err(invalid("vm.agent_port", "must not be 0".into()));
+        }
+        if !["auto", "dm", "copy"].contains(&self.vm.disk_backend.as_str()) {
+            return Err(invalid(
+                "vm.disk_backend",
+                format!("{:?} is not one of auto, dm, copy", self.vm.disk_backend),
+            ));
+        }
+        if self.api.tcp_listen.is_some()
+            && self.api.token.as_deref().unwrap_or("").is_empty()
+            && std::env::var("HEARTH_API_TOKEN").map_or(true, |t| t.is_empty())
+        {
+            return Err(invalid(
+                "api.token",
+                "a TCP listener requires a bearer token (api.token or HEARTH_API_TOKEN)".into(),
             ));
         }
         Ok(())
@@ -346,6 +459,9 @@ mod tests {
         assert_eq!(c.network.bridge, "hearth0");
         assert_eq!(c.dns.zone, "vm.internal");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/hearth"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/hearth/vms"));
+        assert_eq!(c.api.socket, PathBuf::from("/run/hearth/hearthd.sock"));
+        assert_eq!(c.vm.disk_backend, "auto");
         assert_eq!(c.gateway(), Ipv4Addr::new(172, 31, 240, 1));
         assert!(c.network.isolate_guests && c.network.anti_spoofing);
     }
@@ -397,6 +513,14 @@ mod tests {
             ("[dns]\nzone = \"-a.b\"", "dns.zone"),
             ("[dns]\nport = 0", "dns.port"),
             ("data_dir = \"relative\"", "data_dir"),
+            (
+                "run_dir = \"/a/very/long/run/directory/path/that/goes/on/and/on\"",
+                "run_dir",
+            ),
+            ("firecracker_bin = \"firecracker\"", "firecracker_bin"),
+            ("[vm]\ndisk_backend = \"zfs\"", "vm.disk_backend"),
+            ("[vm]\nagent_port = 0", "vm.agent_port"),
+            ("[api]\ntcp_listen = \"127.0.0.1:7070\"", "api.token"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
