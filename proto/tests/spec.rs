@@ -399,17 +399,16 @@ fn cases() -> Vec<Case> {
                 "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
                 "vsock": {"guest_cid": 3, "uds_path": "/v.sock"},
                 "logger": {"level": "Info"},
-                "metrics": {"metrics_path": "/m"}
+                "metrics": {"metrics_path": "/m"},
+                "balloon": {"amount_mib": 0, "deflate_on_oom": false},
+                "cpu-config": {"kvm_capabilities": ["!56"]},
+                "memory-hotplug": {"total_size_mib": 1024},
+                "mmds-config": {"network_interfaces": ["eth0"]},
+                "pmem": [{"id": "pmem0", "path_on_host": "/p"}],
+                "entropy": {}
             }),
             min: v(VmConfigFile::default()),
-            omitted: &[
-                "balloon",
-                "cpu-config",
-                "memory-hotplug",
-                "mmds-config",
-                "pmem",
-                "entropy",
-            ],
+            omitted: &[],
             extra_required: &[],
         },
     ]

@@ -175,6 +175,13 @@ fn boot_from_config(vmm: &mut Vmm, text: &str) -> Result<(), String> {
     let cfg: VmConfigFile = serde_json::from_str(text).map_err(|e| {
         format!("Configuration for VMM from one single json failed: Invalid JSON: {e}")
     })?;
+    let unmodelled = cfg.unmodelled();
+    if !unmodelled.is_empty() {
+        return Err(format!(
+            "The requested operation is not supported: firecracker-sim does not simulate {}.",
+            unmodelled.join(", ")
+        ));
+    }
     let Some(boot) = cfg.boot_source else {
         return Err("Configuration for VMM from one single json failed: Invalid JSON: missing field `boot-source`".into());
     };

@@ -336,6 +336,7 @@ impl Vmm {
             vsock: self.vsock.as_ref().map(|(v, _)| v.clone()),
             logger: self.logger.clone(),
             metrics: self.metrics_cfg.clone(),
+            ..VmConfigFile::default()
         }
     }
 

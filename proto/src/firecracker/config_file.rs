@@ -1,6 +1,8 @@
 //! The `--config-file` JSON (Firecracker's `VmmConfig`, kebab-case keys), which is also the
-//! shape of `GET /vm/config` (`definitions/FullVmConfiguration`). Only the resources hearth
-//! uses are modelled; others (balloon, mmds-config, entropy, pmem, ...) are rejected as unknown.
+//! shape of `GET /vm/config` (`definitions/FullVmConfiguration`). The resources hearth uses are
+//! typed; the others (balloon, cpu-config, memory-hotplug, mmds-config, pmem, entropy) are kept
+//! as raw JSON so that a real Firecracker's `GET /vm/config` (which lists them, often as
+//! `null`) still parses.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +47,55 @@ pub struct VmConfigFile {
     /// The metrics target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// The balloon device (not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<serde_json::Value>,
+    /// The custom CPU template (not modelled).
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<serde_json::Value>,
+    /// The hotpluggable memory device (not modelled).
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
+    /// The MMDS configuration (not modelled).
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<serde_json::Value>,
+    /// The virtio-pmem devices (not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<serde_json::Value>,
+    /// The entropy device (not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<serde_json::Value>,
+}
+
+impl VmConfigFile {
+    /// The spec keys of the resources present but not modelled (hearth and the simulator do
+    /// not use them).
+    pub fn unmodelled(&self) -> Vec<&'static str> {
+        [
+            ("balloon", &self.balloon),
+            ("cpu-config", &self.cpu_config),
+            ("memory-hotplug", &self.memory_hotplug),
+            ("mmds-config", &self.mmds_config),
+            ("pmem", &self.pmem),
+            ("entropy", &self.entropy),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k)
+        .collect()
+    }
 }
 
 impl VmConfigFile {
@@ -88,5 +139,13 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
         assert!(serde_json::from_str::<VmConfigFile>(r#"{"machine_config":{}}"#).is_err());
+    }
+
+    #[test]
+    fn real_firecracker_vm_config_with_nulls_parses() {
+        let json = r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"/k","initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[]}"#;
+        let c: VmConfigFile = serde_json::from_str(json).unwrap();
+        assert_eq!(c.unmodelled(), vec!["pmem"]);
+        assert_eq!(c.machine_config.unwrap().vcpu_count, 1);
     }
 }
