@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 /// The addressing of a hand-built frame; any field may be forged.
@@ -63,6 +64,73 @@ pub fn tcp_syn_frame(addrs: FrameAddrs, src_port: u16, dst_port: u16, seq: u32) 
             &ChecksumCapabilities::default(),
         )
     })
+}
+
+/// An Ethernet + IPv4 + ICMP echo request frame.
+pub fn icmp_echo_frame(addrs: FrameAddrs, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoRequest {
+        ident,
+        seq_no,
+        data,
+    };
+    ipv4_frame(addrs, IpProtocol::Icmp, icmp.buffer_len(), |buf| {
+        icmp.emit(
+            &mut Icmpv4Packet::new_unchecked(buf),
+            &ChecksumCapabilities::default(),
+        )
+    })
+}
+
+/// An ARP request from `src_mac`/`src_ip` for `target`, broadcast.
+pub fn arp_request(src_mac: [u8; 6], src_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        ArpOperation::Request,
+        src_mac,
+        src_ip,
+        EthernetAddress::BROADCAST.0,
+        target,
+    )
+}
+
+/// An ARP reply telling `dst_mac`/`dst_ip` that `src_ip` is at `src_mac`.
+pub fn arp_reply(
+    src_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    dst_mac: [u8; 6],
+    dst_ip: Ipv4Addr,
+) -> Vec<u8> {
+    arp_frame(ArpOperation::Reply, src_mac, src_ip, dst_mac, dst_ip)
+}
+
+fn arp_frame(
+    operation: ArpOperation,
+    src_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    dst_mac: [u8; 6],
+    dst_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr: EthernetAddress(src_mac),
+        source_protocol_addr: src_ip,
+        // A request's target hardware address is unknown: zero, as Linux sends it.
+        target_hardware_addr: EthernetAddress(if operation == ArpOperation::Request {
+            [0; 6]
+        } else {
+            dst_mac
+        }),
+        target_protocol_addr: dst_ip,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
 }
 
 fn ipv4_frame(
@@ -127,6 +195,50 @@ mod tests {
         assert!(udp.verify_checksum(&s, &d));
         assert_eq!(udp.dst_port(), 9000);
         assert_eq!(udp.payload(), b"forged");
+    }
+
+    #[test]
+    fn arp_frames_parse_back() {
+        let req = arp_request([6, 0, 0, 0, 0, 2], addrs().src_ip, addrs().dst_ip);
+        let eth = EthernetFrame::new_checked(&req[..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            target_protocol_addr,
+            target_hardware_addr,
+            ..
+        } = repr
+        else {
+            panic!("{repr:?}")
+        };
+        assert_eq!(operation, ArpOperation::Request);
+        assert_eq!(target_protocol_addr, addrs().dst_ip);
+        assert_eq!(target_hardware_addr, EthernetAddress([0; 6]));
+        let reply = arp_reply(
+            addrs().src_mac,
+            addrs().src_ip,
+            addrs().dst_mac,
+            addrs().dst_ip,
+        );
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        assert_eq!(eth.dst_addr(), EthernetAddress(addrs().dst_mac));
+    }
+
+    #[test]
+    fn icmp_echo_frame_parses_back() {
+        let f = icmp_echo_frame(addrs(), 7, 9, b"ping");
+        let (ip, _, _) = ip_of(&f);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::EchoRequest {
+                ident: 7,
+                seq_no: 9,
+                data: b"ping"
+            }
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ mod dns;
 pub mod frames;
 mod stack;
 mod tap;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::io::Write;

@@ -22,8 +22,9 @@ use smoltcp::wire::{
 };
 
 use super::capture::CapturedPacket;
-use super::device::{arp_request, TapDevice};
+use super::device::TapDevice;
 use super::dns::{self, AnswerError};
+use super::frames::arp_request;
 use super::{NetConfig, NetstackError};
 
 /// Longest sleep between two turns of the loop; also the granularity of deadlines.
