@@ -248,7 +248,9 @@ fn read_head(r: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), Clien
     let mut line = String::new();
     r.read_line(&mut line)?;
     if line.is_empty() {
-        return Err(ClientError::Protocol("connection closed before an answer".into()));
+        return Err(ClientError::Protocol(
+            "connection closed before an answer".into(),
+        ));
     }
     let mut parts = line.split_whitespace();
     let status = match (parts.next(), parts.next()) {
@@ -450,7 +452,9 @@ mod tests {
             body: br#"{"error":{"code":"not_found","message":"No VM named \"a\""}}"#.to_vec(),
         };
         match r.ok().unwrap_err() {
-            ClientError::Api { status, code, .. } => assert_eq!((status, code.as_str()), (404, "not_found")),
+            ClientError::Api { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (404, "not_found"))
+            }
             e => panic!("{e}"),
         }
     }
@@ -461,6 +465,10 @@ mod tests {
         let c = Client::new(dir.path().join("none.sock"));
         let e = c.request("GET", "/v1/health", &[], None).unwrap_err();
         assert!(e.is_unreachable());
-        assert!(e.to_string().starts_with("hearthd is not running (no socket at "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("hearthd is not running (no socket at "),
+            "{e}"
+        );
     }
 }

@@ -187,7 +187,11 @@ mod tests {
                 400,
                 "invalid_field",
             ),
-            (SupervisorError::NotFound { name: "a".into() }, 404, "not_found"),
+            (
+                SupervisorError::NotFound { name: "a".into() },
+                404,
+                "not_found",
+            ),
             (
                 SupervisorError::Conflict {
                     message: "taken".into(),

@@ -77,9 +77,12 @@ impl FakeSupervisor {
     }
 
     fn set_state(&mut self, name: &str, state: VmState) -> Result<VmInfo, SupervisorError> {
-        let vm = self.vms.get_mut(name).ok_or_else(|| SupervisorError::NotFound {
-            name: name.to_owned(),
-        })?;
+        let vm = self
+            .vms
+            .get_mut(name)
+            .ok_or_else(|| SupervisorError::NotFound {
+                name: name.to_owned(),
+            })?;
         vm.state = state;
         vm.pid = state.has_process().then_some(4242);
         let info = vm.clone();

@@ -101,8 +101,12 @@ mod tests {
         assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");
         assert!(text.contains("hearth_vms{state=\"failed\"} 1\n"));
         assert!(text.contains("hearth_vms{state=\"stopped\"} 0\n"));
-        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.0005\"} 1\n"));
-        assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.005\"} 2\n"));
+        assert!(
+            text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.0005\"} 1\n")
+        );
+        assert!(
+            text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"0.005\"} 2\n")
+        );
         assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"5\"} 2\n"));
         assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("hearth_create_phase_seconds_count{phase=\"disk\"} 3\n"));

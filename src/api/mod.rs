@@ -22,6 +22,7 @@ pub mod query;
 pub mod routes;
 pub mod server;
 pub mod sse;
+pub mod testing;
 pub mod vms;
 
 pub use error::ApiError;

@@ -34,7 +34,10 @@ impl Params {
                 let reason = if allowed.is_empty() {
                     "this endpoint takes no query parameters".to_owned()
                 } else {
-                    format!("unknown parameter (expected one of: {})", allowed.join(", "))
+                    format!(
+                        "unknown parameter (expected one of: {})",
+                        allowed.join(", ")
+                    )
                 };
                 return Err(invalid(k, reason));
             }
@@ -67,9 +70,7 @@ impl Params {
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `h` (`500ms`, `30s`, `2m`);
 /// a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -125,10 +126,20 @@ mod tests {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in ["", "s", "-1s", "1.5s", "3d", "10 s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "1.5s",
+            "3d",
+            "10 s",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(parse_duration("18446744073709551615h").unwrap_err().contains("too long"));
+        assert!(parse_duration("18446744073709551615h")
+            .unwrap_err()
+            .contains("too long"));
     }
 
     #[test]
@@ -140,8 +151,14 @@ mod tests {
         let e = wait_timeout(Some("soon")).unwrap_err().to_string();
         assert!(e.contains("`timeout`"), "{e}");
         assert_eq!(wait_state(Some("running")).unwrap(), VmState::Running);
-        assert!(wait_state(None).unwrap_err().to_string().contains("`state`"));
-        assert!(wait_state(Some("up")).unwrap_err().to_string().contains("`state`"));
+        assert!(wait_state(None)
+            .unwrap_err()
+            .to_string()
+            .contains("`state`"));
+        assert!(wait_state(Some("up"))
+            .unwrap_err()
+            .to_string()
+            .contains("`state`"));
     }
 
     #[test]
@@ -149,14 +166,25 @@ mod tests {
         let p = Params::parse("since=5&limit=10", &["since", "limit"]).unwrap();
         assert_eq!(p.u64_or("since", 0).unwrap(), 5);
         assert_eq!(p.u64_or("other", 7).unwrap(), 7);
-        let e = Params::parse("sinse=5", &["since"]).unwrap_err().to_string();
+        let e = Params::parse("sinse=5", &["since"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`sinse`"), "{e}");
-        let e = Params::parse("since=1&since=2", &["since"]).unwrap_err().to_string();
+        let e = Params::parse("since=1&since=2", &["since"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("more than once"), "{e}");
         let p = Params::parse("since=x", &["since"]).unwrap();
-        assert!(p.u64_or("since", 0).unwrap_err().to_string().contains("`since`"));
+        assert!(p
+            .u64_or("since", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("`since`"));
         let p = Params::parse("label=role%3Dweb", &["label"]).unwrap();
-        assert_eq!(parse_label(p.get("label").unwrap()).unwrap(), ("role".into(), "web".into()));
+        assert_eq!(
+            parse_label(p.get("label").unwrap()).unwrap(),
+            ("role".into(), "web".into())
+        );
         assert!(parse_label("=x").is_err());
         assert!(parse_label("x").is_err());
     }

@@ -135,7 +135,11 @@ fn resolve_group(group: &str) -> Result<nix::unistd::Gid, ApiServerError> {
 fn bind_socket(config: &ApiConfig) -> Result<UnixListener, ApiServerError> {
     let path = &config.socket;
     clear_socket_path(path)?;
-    let gid = config.socket_group.as_deref().map(resolve_group).transpose()?;
+    let gid = config
+        .socket_group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()?;
     let listener = UnixListener::bind(path).map_err(io_err("bind", path.display()))?;
     let result = (|| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
@@ -213,9 +217,7 @@ impl ApiServer {
             (_, t) => t.as_ref().map(|t| TokenDigest(digest(t.trim().as_bytes()))),
         };
         let tcp_listener = match config.tcp {
-            Some(addr) => Some(
-                std::net::TcpListener::bind(addr).map_err(io_err("bind", addr))?,
-            ),
+            Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(io_err("bind", addr))?),
             None => None,
         };
         let tcp = tcp_listener

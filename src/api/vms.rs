@@ -17,9 +17,7 @@ pub async fn create(
     body: JsonBody<api::CreateVm>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
-    body.value
-        .validate()
-        .map_err(sup::SupervisorError::from)?;
+    body.value.validate().map_err(sup::SupervisorError::from)?;
     let idempotency = idempotency(&req, &body.raw)?;
     let info = state
         .ports
