@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use actix::{Actor, Addr};
 use hearth_actors::host::links::linux::LinuxLinks;
-use hearth_actors::host::links::LinksError;
+use hearth_actors::host::links::{BridgeSpec, LinkKind, Links, LinksError, PortSpec, TapSpec};
 use hearth_actors::lease::NetLease;
 use hearth_actors::tap_pool::{
     AcquireTap, GetStatus, Initialize, PoolStatus, ReleaseTap, TapPoolActor, TapPoolConfig,
@@ -290,5 +290,73 @@ fn existing_non_bridge_with_bridge_name_is_refused() {
             "{err}"
         );
         assert!(links_named(&ns, "hth").is_empty());
+    });
+}
+
+#[test]
+fn backend_refuses_taken_names_and_tolerates_missing_links() {
+    require_privileged!();
+    let ns = NetNs::new("tp-backend");
+    ns.exec_ok(&["ip", "link", "add", "hth8", "type", "bridge"]);
+    ns.block_on(|| async {
+        let links = LinuxLinks::new().unwrap();
+        let spec = |name: &str| TapSpec {
+            name: name.into(),
+            owner: None,
+            group: None,
+        };
+        // A taken name (here by a bridge) is refused, and the link is left alone.
+        let err = links.create_tap(spec("hth8")).await.unwrap_err();
+        assert!(matches!(err, LinksError::Exists { .. }), "{err}");
+        let bad = links
+            .create_tap(spec("way-too-long-name"))
+            .await
+            .unwrap_err();
+        assert!(matches!(bad, LinksError::InvalidName { .. }), "{bad}");
+
+        let bridge = links
+            .ensure_bridge(BridgeSpec {
+                name: "hbr0".into(),
+                gateway: "10.77.0.1".parse().unwrap(),
+                prefix_len: 24,
+                mtu: 1500,
+            })
+            .await
+            .unwrap();
+        let index = links.create_tap(spec("hth0")).await.unwrap();
+        let again = links.create_tap(spec("hth0")).await.unwrap_err();
+        assert!(matches!(again, LinksError::Exists { .. }), "{again}");
+        // Attaching to a bridge that does not exist fails and leaves the TAP detached.
+        let port = |bridge_index| PortSpec {
+            bridge_index,
+            mtu: 1500,
+            isolated: true,
+        };
+        assert!(links
+            .attach_port("hth0", index, port(999_999))
+            .await
+            .is_err());
+        links
+            .attach_port("hth0", index, port(bridge))
+            .await
+            .unwrap();
+
+        let mut listed = links.list_links("hth").await.unwrap();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let summary: Vec<_> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.kind, l.master))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("hth0", LinkKind::Tap, Some(bridge)),
+                ("hth8", LinkKind::Bridge, None)
+            ]
+        );
+
+        links.delete_link("hth0").await.unwrap();
+        links.delete_link("hth0").await.unwrap(); // already gone: fine
+        assert_eq!(links_named(&ns, "hth"), ["hth8"]);
     });
 }

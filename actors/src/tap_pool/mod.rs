@@ -341,8 +341,8 @@ impl TapPoolActor {
         let tap = self.config.tap_spec(&name);
         let port = self.config.port_spec(self.bridge_index);
         let work = async move {
-            // Let the reply that triggered this refill reach its caller before the TAP
-            // ioctls run on this thread.
+            // Let the reply that triggered this refill reach its caller before the backend
+            // is handed work.
             tokio::task::yield_now().await;
             provision(links, tap, port).await
         };
