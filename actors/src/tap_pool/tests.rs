@@ -160,6 +160,45 @@ async fn messages_before_initialize_and_second_initialize_are_refused() {
 }
 
 #[actix::test]
+async fn initialize_is_atomic_acquire_sent_meanwhile_waits_for_it() {
+    let fake = FakeLinks::new();
+    fake.set_create_delay(Some(Duration::from_millis(20)));
+    let addr = start(config(2), &fake);
+    // Both queued at once: without AtomicResponse the acquire would run mid-Initialize
+    // and be refused as NotInitialized.
+    let init = addr.send(Initialize { used: vec![] });
+    let acq = addr.send(AcquireTap {});
+    let (init, acq) = futures::join!(init, acq);
+    assert_eq!(init.unwrap().unwrap().free_taps, 2);
+    assert_eq!(acq.unwrap().unwrap().tap, "hth0");
+}
+
+#[actix::test]
+async fn concurrent_on_demand_acquires_get_distinct_taps_and_ips() {
+    let fake = FakeLinks::new();
+    let addr = started(0, &fake).await;
+    fake.set_create_delay(Some(Duration::from_millis(20)));
+    let (a, b, c) = futures::join!(acquire(&addr), acquire(&addr), acquire(&addr));
+    let mut got: Vec<_> = [a, b, c]
+        .into_iter()
+        .map(|l| {
+            let l = l.unwrap();
+            (l.tap, l.guest_ip)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("hth0".to_string(), ip(2)),
+            ("hth1".to_string(), ip(3)),
+            ("hth2".to_string(), ip(4))
+        ]
+    );
+    assert_eq!(status(&addr).await.leased, 3);
+}
+
+#[actix::test]
 async fn warm_acquire_is_in_memory_and_not_blocked_by_refill() {
     let fake = FakeLinks::new();
     let addr = started(2, &fake).await;
