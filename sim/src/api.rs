@@ -49,6 +49,8 @@ pub enum Action {
     /// An endpoint real Firecracker has but the simulator does not model (balloon, mmds,
     /// snapshot, ...): answered as `NotSupported`.
     NotSimulated(String),
+    /// A request rejected by [`parse`]; the VMM thread logs it and answers 400 with this text.
+    Rejected(ParseError),
 }
 
 /// A request rejected before reaching the VMM: Firecracker's `RequestError`, as the

@@ -69,19 +69,13 @@ fn serve_connection(stream: UnixStream, vmm: &mpsc::Sender<VmmRequest>, api_dela
         if !api_delay.is_zero() {
             thread::sleep(api_delay);
         }
-        let resp = match api::parse(&req) {
-            Err(msg) => Response::fault(400, &msg),
-            Ok(action) => {
-                let (tx, rx) = mpsc::channel();
-                if vmm.send((action, tx)).is_err() {
-                    return;
-                }
-                match rx.recv() {
-                    Ok(resp) => resp,
-                    Err(_) => return,
-                }
-            }
-        };
+        // Rejected requests go to the VMM thread too, which owns the log.
+        let action = api::parse(&req).unwrap_or_else(Action::Rejected);
+        let (tx, rx) = mpsc::channel();
+        if vmm.send((action, tx)).is_err() {
+            return;
+        }
+        let Ok(resp) = rx.recv() else { return };
         if write_response(&mut writer, &resp).is_err() || req.close {
             return;
         }

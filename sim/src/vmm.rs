@@ -309,6 +309,7 @@ impl Vmm {
                 self.init_metrics(m)?;
                 Ok(None)
             }
+            Action::Rejected(msg) => Err(msg),
             Action::NotSimulated(what) => Err(format!(
                 "The requested operation is not supported: firecracker-sim does not simulate {what}."
             )),

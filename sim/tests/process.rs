@@ -223,3 +223,50 @@ fn config_file_boots_without_api() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn bad_log_level_exits_152_and_log_path_gets_the_log() {
+    let out = run(&["--level", "Loud"]);
+    assert_eq!(out.status.code(), Some(152));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fc.log");
+    let sim = Sim::start_in(
+        dir,
+        &["--id", "vm-log", "--log-path", log.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("[vm-log:main] Running Firecracker v1.17.0-sim")
+    }));
+    // API errors are logged too.
+    let _ = sim.fault("PUT", "/drives", Some("{}"));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Message: The ID cannot be empty.")
+    }));
+}
+
+#[test]
+fn eleventh_connection_gets_503() {
+    let sim = Sim::start(&[], &[]);
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let mut c = sim.client();
+            // Make sure each connection is being served before opening the next.
+            assert_eq!(c.req("GET", "/", None).0, 200);
+            c
+        })
+        .collect();
+    let (status, body) = sim.req("GET", "/", None);
+    assert_eq!(status, 503, "{body}");
+    drop(clients);
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .req("GET", "/", None)
+        .0
+        == 200));
+}
