@@ -360,3 +360,23 @@ fn backend_refuses_taken_names_and_tolerates_missing_links() {
         assert_eq!(links_named(&ns, "hth"), ["hth8"]);
     });
 }
+
+#[test]
+fn empty_pool_makes_taps_on_demand() {
+    require_privileged!();
+    let ns = NetNs::new("tp-ondemand");
+    ns.block_on(|| async {
+        let addr = start(config(0));
+        initialize(&addr, vec![]).await;
+        assert!(links_named(&ns, "hth").is_empty());
+        let a = addr.send(AcquireTap {}).await.unwrap().unwrap();
+        assert_eq!(a.tap, "hth0");
+        assert_pool_tap(&ns, "hth0", true);
+        addr.send(ReleaseTap { lease: a }).await.unwrap().unwrap();
+        wait_idle(&addr, 0).await;
+        assert!(
+            links_named(&ns, "hth").is_empty(),
+            "pool of 0 keeps nothing"
+        );
+    });
+}
