@@ -6,7 +6,6 @@
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod daemon;
 pub mod images;
 pub mod logging;
 pub mod preflight;

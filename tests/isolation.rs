@@ -20,7 +20,7 @@ use guest::{PeerEchoServer, UdpSink};
 use hearth_net::{Guest, Hearth, Net, Switches, EGRESS_IP, GATEWAY, UPSTREAM_IP};
 
 /// How long a negative check waits for traffic that must not come.
-const NEGATIVE: Duration = Duration::from_secs(2);
+const NEGATIVE: Duration = Duration::from_secs(3);
 /// The port guest B serves on.
 const B_PORT: u16 = 8080;
 /// The UDP port routed test datagrams go to.

@@ -206,7 +206,7 @@ fn dropping_the_handle_stops_the_guest() {
 }
 
 #[test]
-fn guests_from_one_config_validate_it() {
+fn spawn_rejects_an_invalid_config() {
     // Not privileged: spawning with a bad config fails before touching the fd.
     let fd = std::fs::File::open("/dev/null")
         .expect("open /dev/null")

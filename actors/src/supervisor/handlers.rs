@@ -384,8 +384,17 @@ impl Handler<DeleteVm> for VmSupervisor {
                         e.stopping_pid = pid;
                     }
                 }
-                let vmm = if running { vmm } else { None };
-                Ok(saga::delete(ports, n.clone(), vmm, lease, has_disk, run_dir).boxed_local())
+                let n = n.clone();
+                Ok(async move {
+                    let lease = if running {
+                        saga::stop(ports.clone(), n.clone(), vmm, lease, false).await?;
+                        None
+                    } else {
+                        lease
+                    };
+                    saga::delete(ports, n, lease, has_disk, run_dir).await
+                }
+                .boxed_local())
             },
             |_| Ok(()),
         )

@@ -382,29 +382,6 @@ async fn boot_steps(
     }
 }
 
-/// Ends a VM's process by the ladder (or SIGKILL); answers how it ended, for the log.
-async fn end_process(
-    p: &Ports,
-    vmm: Option<Addr<FirecrackerActor>>,
-    kill: bool,
-) -> Result<Option<String>, SupervisorError> {
-    let Some(vmm) = vmm else { return Ok(None) };
-    let outcome = if kill {
-        vmm.send(KillVm {}).await
-    } else {
-        vmm.send(StopVm {
-            plan: p.settings.stop_plan,
-        })
-        .await
-    }
-    .map_err(mailbox("stop"))?;
-    Ok(Some(match outcome {
-        Ok(o) => format!("ended by {} ({})", o.rung, o.status),
-        // No process left to stop (it exited meanwhile): stopped all the same.
-        Err(e) => format!("no process to stop: {e}"),
-    }))
-}
-
 /// Stops a VM's process (ladder or kill), then gives back its network and records it stopped.
 pub(super) async fn stop(
     p: Ports,
@@ -415,13 +392,31 @@ pub(super) async fn stop(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
-    let how = end_process(&p, vmm, kill).await?;
+    let detail = match vmm {
+        Some(vmm) => {
+            let outcome = if kill {
+                vmm.send(KillVm {}).await
+            } else {
+                vmm.send(StopVm {
+                    plan: p.settings.stop_plan,
+                })
+                .await
+            }
+            .map_err(mailbox("stop"))?;
+            match outcome {
+                Ok(o) => Some(format!("ended by {} ({})", o.rung, o.status)),
+                // No process left to stop (it exited meanwhile): the VM is stopped all the same.
+                Err(e) => Some(format!("no process to stop: {e}")),
+            }
+        }
+        None => None,
+    };
     release_network(&p, &vm, lease).await?;
     p.commit(&vm, Change::Process(None)).await?;
     p.set_state(&vm, VmState::Stopped, None, EventReason::User)
         .await?;
-    if let Some(how) = how {
-        info!(p.log, "VM stopped"; "vm" => &vm, "how" => how);
+    if let Some(d) = detail {
+        info!(p.log, "VM stopped"; "vm" => &vm, "how" => d);
     }
     p.rebuild_dns().await;
     Ok(())
@@ -444,22 +439,16 @@ pub(super) async fn crashed(
     Ok(())
 }
 
-/// Deletes a VM: `deleting` is recorded first (so a restart finishes the job), then the
-/// process is stopped by the ladder, and the network, disk and run directory are freed.
+/// Frees everything a (stopped) VM holds and forgets it.
 pub(super) async fn delete(
     p: Ports,
     vm: String,
-    vmm: Option<Addr<FirecrackerActor>>,
     lease: Option<NetLease>,
     has_disk: bool,
     run_dir: PathBuf,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
-    if let Some(how) = end_process(&p, vmm, false).await? {
-        info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
-        p.commit(&vm, Change::Process(None)).await?;
-    }
     release_network(&p, &vm, lease).await?;
     if has_disk {
         remove_disk(&p, &vm).await?;
