@@ -366,6 +366,25 @@ mod tests {
     }
 
     #[test]
+    fn busy_device_fails_removal_keeps_it_listed_and_a_retry_finishes() {
+        let f = fixture();
+        let mut d = DmDisks::new(&f.disks, FakeBlock::default(), log());
+        d.create(&spec("a", &f.base, None)).unwrap();
+        // Firecracker still holds the device: the (retried) remove gives up with EBUSY.
+        d.block.fail_on("dm_remove");
+        assert!(matches!(d.remove("a"), Err(DisksError::Injected { .. })));
+        let list = d.list().unwrap();
+        assert_eq!(
+            list.len(),
+            1,
+            "a disk that could not be removed stays listed"
+        );
+        assert!(d.remove("a").unwrap());
+        assert!(d.block().is_empty(), "{:?}", d.block());
+        assert_eq!(std::fs::read_dir(&f.disks).unwrap().count(), 0);
+    }
+
+    #[test]
     fn restart_finds_and_removes_leftovers() {
         let f = fixture();
         let mut d = DmDisks::new(&f.disks, FakeBlock::default(), log());

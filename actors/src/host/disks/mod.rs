@@ -250,6 +250,11 @@ pub trait Disks: Send {
     fn list(&mut self) -> Result<Vec<DiskEntry>, DisksError>;
 }
 
+/// The disks directory of a data directory: `<data_dir>/disks`.
+pub fn disks_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("disks")
+}
+
 /// Which backend `choice` resolves to, given whether device-mapper answered (`Err(reason)`
 /// when not), and the sentence to log about it.
 pub fn choose_backend(
