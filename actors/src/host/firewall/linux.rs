@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use ipset::types::{BitmapIpMac, EnvOption, HashIp, IpDataType, MacDataType};
 use ipset::Session;
@@ -59,7 +60,9 @@ pub fn restore_args() -> Vec<&'static str> {
     vec!["-w", XTABLES_WAIT_SECS, "--noflush"]
 }
 
-/// The firewall of the calling thread's network namespace.
+/// The firewall of the calling thread's network namespace. The libipset sessions (one per
+/// set, kept for speed) bind their netlink socket to the namespace of the thread that first
+/// uses them: keep one `LinuxFirewall` on one thread (the actor's).
 pub struct LinuxFirewall {
     flavor: IptablesFlavor,
     ip_sets: HashMap<String, Session<HashIp>>,
@@ -97,7 +100,12 @@ impl LinuxFirewall {
 /// A libipset session on one set, with `-exist` semantics: adding a present entry and
 /// deleting an absent one are not errors, and adding `ip,mac` replaces the MAC.
 fn new_session<T: ipset::types::SetType>(set: &str) -> Session<T> {
+    // libipset registers its set types in a process-wide list on first use; keep two
+    // threads (two actors, parallel tests) from doing that at once.
+    static LIBIPSET_INIT: Mutex<()> = Mutex::new(());
+    let guard = LIBIPSET_INIT.lock().unwrap_or_else(|p| p.into_inner());
     let mut session = Session::new(set.to_owned());
+    drop(guard);
     session.set_option(EnvOption::Exist);
     session
 }
