@@ -217,9 +217,9 @@ async fn main() {
     let a = args();
     let tmp = tempfile::tempdir_in(".").unwrap();
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let fs_type = Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir.parent().unwrap_or(&dir))
+    let fs_type = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "-T"])
+        .arg(&dir)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
