@@ -3,17 +3,23 @@
 //! [`Forwarder`]. Replies are built from records already in the table, so a zone answer
 //! allocates nothing beyond what hickory itself does per request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode,
 };
+use hickory_server::proto::op::{LowerQuery, MessageType};
 use hickory_server::proto::rr::rdata::PTR;
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
@@ -77,6 +83,178 @@ fn serve_failed(request: &Request) -> ResponseInfo {
     })
 }
 
+/// What [`DnsRequestHandler::answer_udp`] did with a datagram.
+pub enum UdpAnswer {
+    /// The reply is in the output buffer.
+    Reply,
+    /// Not hearth's name: answer later with [`DnsRequestHandler::forward_udp`].
+    Forward(Box<Request>),
+    /// Not a query (too short, or a response): no reply at all.
+    Ignore,
+}
+
+impl DnsRequestHandler {
+    /// The UDP fast path: parses `raw` and, unless it must be forwarded, encodes the reply
+    /// into `out` synchronously, without a task, a lock or a reference count.
+    pub fn answer_udp(&self, raw: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> UdpAnswer {
+        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+            return UdpAnswer::Ignore;
+        };
+        if header.metadata.message_type != MessageType::Query {
+            return UdpAnswer::Ignore;
+        }
+        let request = match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
+            Ok(request) => request,
+            Err(_) => {
+                encode_header_only(&header.metadata, ResponseCode::FormErr, out);
+                return UdpAnswer::Reply;
+            }
+        };
+        let edns = reply_edns(&request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let meta = &request.metadata;
+        let max_size = udp_max_size(&request);
+        let query = match single_query(&request) {
+            Ok(query) => query,
+            Err(code) => {
+                encode(builder.error_msg(meta, code), max_size, meta, out);
+                return UdpAnswer::Reply;
+            }
+        };
+        let table = self.table.load();
+        let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
+        if resolution == Resolution::Forward {
+            return UdpAnswer::Forward(Box::new(request));
+        }
+        let ptrs = match &resolution {
+            Resolution::Ptr(names) => ptr_records(query.name(), names, table.ttl()),
+            _ => Vec::new(),
+        };
+        let (code, answers, soa) = zone_reply(&resolution, &ptrs);
+        let reply = builder.build(
+            zone_metadata(meta, code),
+            answers.iter(),
+            std::iter::empty(),
+            soa,
+            std::iter::empty(),
+        );
+        encode(reply, max_size, meta, out);
+        UdpAnswer::Reply
+    }
+
+    /// Forwards a request [`answer_udp`](Self::answer_udp) handed back and encodes the reply
+    /// (the upstream's answer, or SERVFAIL) into `out`.
+    pub async fn forward_udp(&self, request: &Request, out: &mut Vec<u8>) {
+        let edns = reply_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let meta = &request.metadata;
+        let max_size = udp_max_size(request);
+        let Ok(query) = single_query(request) else {
+            encode(
+                builder.error_msg(meta, ResponseCode::FormErr),
+                max_size,
+                meta,
+                out,
+            );
+            return;
+        };
+        match self
+            .forwarder
+            .forward(request.as_slice(), query.name())
+            .await
+        {
+            Ok(upstream) => {
+                let reply = builder.build(
+                    forwarded_metadata(meta, &upstream),
+                    upstream.answers.iter(),
+                    upstream.authorities.iter(),
+                    std::iter::empty(),
+                    upstream.additionals.iter(),
+                );
+                encode(reply, max_size, meta, out);
+            }
+            Err(_) => encode(
+                builder.error_msg(meta, ResponseCode::ServFail),
+                max_size,
+                meta,
+                out,
+            ),
+        }
+    }
+}
+
+/// The one question of a standard query, or the response code refusing it.
+fn single_query(request: &Request) -> Result<&LowerQuery, ResponseCode> {
+    if request.metadata.op_code != OpCode::Query {
+        return Err(ResponseCode::NotImp);
+    }
+    match request.queries.queries() {
+        [query] => Ok(query),
+        _ => Err(ResponseCode::FormErr),
+    }
+}
+
+/// Header of a reply from hearth's own zones.
+fn zone_metadata(request: &Metadata, code: ResponseCode) -> Metadata {
+    let mut meta = Metadata::response_from_request(request);
+    meta.authoritative = true;
+    meta.recursion_available = true;
+    meta.response_code = code;
+    meta
+}
+
+/// Header of a forwarded reply: the upstream's, with the client's ID and RD bit.
+fn forwarded_metadata(request: &Metadata, upstream: &Message) -> Metadata {
+    let mut meta = upstream.metadata;
+    meta.id = request.id;
+    meta.recursion_desired = request.recursion_desired;
+    meta.recursion_available = true;
+    meta
+}
+
+/// The largest UDP reply the client accepts (RFC 6891; 512 without EDNS).
+fn udp_max_size(request: &Request) -> u16 {
+    match &request.edns {
+        Some(_) => request.max_payload().min(MAX_UDP_PAYLOAD),
+        None => 512,
+    }
+}
+
+/// Encodes `response` into `out` (truncated, with TC set, beyond `max_size`); a reply that
+/// cannot be encoded becomes a bare SERVFAIL.
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    max_size: u16,
+    request: &Metadata,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let mut encoder = BinEncoder::new(out);
+    encoder.set_max_size(max_size);
+    if response.destructive_emit(&mut encoder).is_err() {
+        encode_header_only(request, ResponseCode::ServFail, out);
+    }
+}
+
+fn encode_header_only(request: &Metadata, code: ResponseCode, out: &mut Vec<u8>) {
+    out.clear();
+    let mut metadata = Metadata::response_from_request(request);
+    metadata.response_code = code;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    // A 12-byte header always fits.
+    let _ = header.emit(&mut BinEncoder::new(out));
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for DnsRequestHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -87,23 +265,15 @@ impl RequestHandler for DnsRequestHandler {
         let edns = reply_edns(request);
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let meta = &request.metadata;
-
-        if meta.op_code != OpCode::Query {
-            let reply = builder.error_msg(meta, ResponseCode::NotImp);
-            return response
-                .send_response(reply)
-                .await
-                .unwrap_or_else(|_| serve_failed(request));
-        }
-        let Ok(info) = request.request_info() else {
-            // Not exactly one question.
-            let reply = builder.error_msg(meta, ResponseCode::FormErr);
-            return response
-                .send_response(reply)
-                .await
-                .unwrap_or_else(|_| serve_failed(request));
+        let query = match single_query(request) {
+            Ok(query) => query,
+            Err(code) => {
+                return response
+                    .send_response(builder.error_msg(meta, code))
+                    .await
+                    .unwrap_or_else(|_| serve_failed(request));
+            }
         };
-        let query = info.query;
 
         let table = self.table.load_full();
         let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
@@ -113,12 +283,8 @@ impl RequestHandler for DnsRequestHandler {
                 _ => Vec::new(),
             };
             let (code, answers, soa) = zone_reply(&resolution, &ptrs);
-            let mut reply_meta = Metadata::response_from_request(meta);
-            reply_meta.authoritative = true;
-            reply_meta.recursion_available = true;
-            reply_meta.response_code = code;
             let reply = builder.build(
-                reply_meta,
+                zone_metadata(meta, code),
                 answers.iter(),
                 std::iter::empty(),
                 soa,
@@ -146,12 +312,8 @@ impl RequestHandler for DnsRequestHandler {
                     .unwrap_or_else(|_| serve_failed(request));
             }
         };
-        let mut reply_meta = upstream.metadata;
-        reply_meta.id = meta.id;
-        reply_meta.recursion_desired = meta.recursion_desired;
-        reply_meta.recursion_available = true;
         let reply = builder.build(
-            reply_meta,
+            forwarded_metadata(meta, &upstream),
             upstream.answers.iter(),
             upstream.authorities.iter(),
             std::iter::empty(),

@@ -3,13 +3,18 @@
 //!
 //! Each worker thread has its own current-thread tokio runtime and its own UDP socket; the
 //! sockets share the port through `SO_REUSEPORT`, so the kernel spreads queries over the
-//! workers without any shared queue. Worker 0 also serves TCP. Threads are spawned from the
+//! workers without any shared queue. UDP queries for hearth's names are answered inline by the
+//! worker's receive loop (no task, no channel); forwarded ones become tasks. Worker 0 also
+//! serves TCP through hickory's [`Server`], with the same [`RequestHandler`] logic.
+//!
+//! [`RequestHandler`]: hickory_server::server::RequestHandler Threads are spawned from the
 //! actor's thread, so they inherit its network namespace. Sockets are bound synchronously by
 //! [`bind`] (so a bind error is returned to the caller); [`RunningServer::stop`] ends the
 //! workers and resolves once every socket is closed.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
@@ -17,13 +22,15 @@ use slog::{error, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::oneshot;
 
-use super::handler::DnsRequestHandler;
+use super::handler::{DnsRequestHandler, UdpAnswer};
 use super::DnsError;
 
 /// How long a TCP client may stay idle before its connection is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
+/// Queries larger than this are cut (and then fail to parse): real queries are far smaller.
+const MAX_QUERY_SIZE: usize = 4096;
 /// Attempts at finding a port free for both UDP and TCP when port 0 is asked for.
 const EPHEMERAL_ATTEMPTS: usize = 16;
 
@@ -179,36 +186,83 @@ struct Worker {
 }
 
 impl Worker {
-    async fn serve(self, stop: oneshot::Receiver<()>) {
-        let mut server = Server::new(self.handler);
-        match tokio::net::UdpSocket::from_std(self.udp) {
-            Ok(socket) => server.register_socket(socket),
+    async fn serve(self, mut stop: oneshot::Receiver<()>) {
+        let udp = match tokio::net::UdpSocket::from_std(self.udp) {
+            Ok(socket) => Arc::new(socket),
             Err(e) => {
                 error!(self.logger, "Cannot serve UDP socket"; "error" => %e);
                 return;
             }
-        }
+        };
+        // TCP goes through hickory's server, with the same request handler.
+        let mut tcp_server = None;
         if let Some(tcp) = self.tcp {
             match tokio::net::TcpListener::from_std(tcp) {
                 Ok(listener) => {
-                    server.register_listener(listener, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER)
+                    let mut server = Server::new(self.handler.clone());
+                    server.register_listener(listener, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+                    tcp_server = Some(server);
                 }
                 Err(e) => error!(self.logger, "Cannot serve TCP listener"; "error" => %e),
             }
         }
         tokio::select! {
             // Either a Stop, or the RunningServer was dropped.
-            _ = stop => {}
-            result = server.block_until_done() => {
-                if let Err(e) = result {
-                    error!(self.logger, "DNS server ended"; "error" => %e);
-                }
-                return;
+            _ = &mut stop => {}
+            () = serve_udp(udp, self.handler, &self.logger) => {}
+        }
+        if let Some(mut server) = tcp_server {
+            server.shutdown_token().cancel();
+            if let Err(e) = server.block_until_done().await {
+                error!(self.logger, "DNS TCP server shutdown failed"; "error" => %e);
             }
         }
-        server.shutdown_token().cancel();
-        if let Err(e) = server.block_until_done().await {
-            error!(self.logger, "DNS server shutdown failed"; "error" => %e);
+    }
+}
+
+/// The UDP loop of one worker: local names are answered inline, one datagram after the
+/// other; forwarded queries become tasks, so a slow upstream never holds up local answers.
+async fn serve_udp(
+    socket: Arc<tokio::net::UdpSocket>,
+    handler: DnsRequestHandler,
+    logger: &Logger,
+) {
+    let mut buf = vec![0u8; MAX_QUERY_SIZE];
+    let mut out = Vec::with_capacity(512);
+    loop {
+        let (len, src) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here; they concern one client.
+                slog::debug!(logger, "UDP receive failed"; "error" => %e);
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            continue;
         }
+        match handler.answer_udp(&buf[..len], src, &mut out) {
+            UdpAnswer::Ignore => {}
+            UdpAnswer::Reply => send(&socket, &out, src, logger).await,
+            UdpAnswer::Forward(request) => {
+                let (socket, handler, logger) = (socket.clone(), handler.clone(), logger.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(512);
+                    handler.forward_udp(&request, &mut out).await;
+                    send(&socket, &out, src, &logger).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send(socket: &tokio::net::UdpSocket, reply: &[u8], to: SocketAddr, logger: &Logger) {
+    // Nearly always ready: try without a trip through the reactor first.
+    let result = match socket.try_send_to(reply, to) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(reply, to).await,
+        other => other,
+    };
+    if let Err(e) = result {
+        slog::debug!(logger, "UDP send failed"; "to" => %to, "error" => %e);
     }
 }
