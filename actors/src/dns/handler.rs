@@ -395,4 +395,84 @@ mod tests {
             .collect();
         assert_eq!(targets, ["db.vm.internal.", "web.vm.internal."]);
     }
+
+    fn handler() -> DnsRequestHandler {
+        let forwarder = Forwarder::new(vec![], std::time::Duration::from_millis(10), 1);
+        DnsRequestHandler::new(
+            Arc::new(ArcSwap::from_pointee(table())),
+            Arc::new(forwarder),
+        )
+    }
+
+    fn query_bytes(name: &str, qtype: RecordType, edit: impl FnOnce(&mut Message)) -> Vec<u8> {
+        let mut msg = Message::new(42, MessageType::Query, OpCode::Query);
+        msg.add_query(hickory_server::proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            qtype,
+        ));
+        edit(&mut msg);
+        msg.to_vec().unwrap()
+    }
+
+    fn answer(raw: &[u8]) -> Option<Message> {
+        let mut out = Vec::new();
+        let src = "127.0.0.1:5000".parse().unwrap();
+        match handler().answer_udp(raw, src, &mut out) {
+            UdpAnswer::Reply => Some(Message::from_vec(&out).unwrap()),
+            UdpAnswer::Forward(_) => panic!("forwarded"),
+            UdpAnswer::Ignore => None,
+        }
+    }
+
+    #[test]
+    fn udp_fast_path_answers_and_echoes_edns() {
+        let reply = answer(&query_bytes("web.vm.internal.", RecordType::A, |m| {
+            m.metadata.recursion_desired = true;
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            m.set_edns(edns);
+        }))
+        .unwrap();
+        assert_eq!(reply.metadata.id, 42);
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+        assert!(reply.metadata.authoritative && reply.metadata.recursion_desired);
+        assert_eq!(reply.answers.len(), 1);
+        assert_eq!(reply.edns.map(|e| e.max_payload()), Some(1232));
+
+        let plain = answer(&query_bytes("web.vm.internal.", RecordType::A, |_| {})).unwrap();
+        assert!(plain.edns.is_none());
+    }
+
+    #[test]
+    fn udp_fast_path_refuses_what_it_cannot_answer() {
+        // Not a standard query: NOTIMP.
+        let notify = answer(&query_bytes("web.vm.internal.", RecordType::A, |m| {
+            m.metadata.op_code = OpCode::Notify;
+        }))
+        .unwrap();
+        assert_eq!(notify.metadata.response_code, ResponseCode::NotImp);
+        // Two questions: FORMERR.
+        let two = answer(&query_bytes("web.vm.internal.", RecordType::A, |m| {
+            m.add_query(hickory_server::proto::op::Query::query(
+                Name::from_ascii("db.vm.internal.").unwrap(),
+                RecordType::A,
+            ));
+        }))
+        .unwrap();
+        assert_eq!(two.metadata.response_code, ResponseCode::FormErr);
+        // A header followed by garbage: FORMERR with the query's ID.
+        let mut garbage = query_bytes("web.vm.internal.", RecordType::A, |_| {});
+        garbage.truncate(15);
+        let bad = answer(&garbage).unwrap();
+        assert_eq!(
+            (bad.metadata.id, bad.metadata.response_code),
+            (42, ResponseCode::FormErr)
+        );
+        // Responses and runts get no reply at all (no reflection loops).
+        let response = query_bytes("web.vm.internal.", RecordType::A, |m| {
+            m.metadata.message_type = MessageType::Response;
+        });
+        assert!(answer(&response).is_none());
+        assert!(answer(&[1, 2, 3]).is_none());
+    }
 }
