@@ -8,8 +8,8 @@ use slog::{debug, info, Logger};
 
 use super::rules::{self, Listings, GUEST_SET, NAT_SET};
 use super::{
-    step, validate_desired, EnsureNat, GuestSpec, NatConfig, NatError, Reconcile, RegisterGuest,
-    Teardown, UnregisterGuest,
+    step, validate_desired, EnsureNat, GetStatus, GuestSpec, NatConfig, NatError, NatStatus,
+    Reconcile, RegisterGuest, Teardown, UnregisterGuest,
 };
 use crate::host::firewall::{Firewall, SetEntry, Table};
 use crate::lease::MacAddr;
@@ -245,6 +245,18 @@ impl Handler<Teardown> for NatActor {
 
     fn handle(&mut self, _: Teardown, _: &mut Context<Self>) -> Self::Result {
         self.teardown()
+    }
+}
+
+impl Handler<GetStatus> for NatActor {
+    type Result = Result<NatStatus, NatError>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        Ok(NatStatus {
+            ready: self.ready,
+            nat: self.nat.clone(),
+            guests: self.guests.clone(),
+        })
     }
 }
 
@@ -502,6 +514,43 @@ mod tests {
         }
         assert!(fake.set(GUEST_SET).unwrap().is_empty());
         assert!(nat_set(&fake).is_empty());
+        let status = addr.send(GetStatus).await.unwrap().unwrap();
+        assert_eq!(
+            status,
+            NatStatus {
+                ready: true,
+                ..NatStatus::default()
+            }
+        );
+    }
+
+    #[actix::test]
+    async fn status_mirrors_what_was_put_on_the_host() {
+        let (addr, _fake) = start(config());
+        assert_eq!(
+            addr.send(GetStatus).await.unwrap().unwrap(),
+            NatStatus::default()
+        );
+        addr.send(Reconcile {
+            desired: vec![guest(2, true), guest(3, false)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        addr.send(ensure(3, true)).await.unwrap().unwrap();
+        addr.send(ensure(2, false)).await.unwrap().unwrap();
+        let status = addr.send(GetStatus).await.unwrap().unwrap();
+        assert!(status.ready);
+        assert_eq!(status.nat, BTreeSet::from([ip(3)]));
+        assert_eq!(
+            status.guests.keys().copied().collect::<Vec<_>>(),
+            [ip(2), ip(3)]
+        );
+        addr.send(Teardown).await.unwrap().unwrap();
+        assert_eq!(
+            addr.send(GetStatus).await.unwrap().unwrap(),
+            NatStatus::default()
+        );
     }
 
     #[actix::test]

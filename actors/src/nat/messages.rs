@@ -1,5 +1,6 @@
 //! The messages `NatActor` answers.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use actix::Message;
@@ -66,3 +67,20 @@ pub struct UnregisterGuest {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), NatError>")]
 pub struct Teardown;
+
+/// Asks what the actor has put on the host: whether it is set up, which guests are NATed and
+/// which leases are registered.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NatStatus, NatError>")]
+pub struct GetStatus;
+
+/// The answer to [`GetStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatStatus {
+    /// A `Reconcile` succeeded and no `Teardown` followed.
+    pub ready: bool,
+    /// Guests in the NAT set.
+    pub nat: BTreeSet<Ipv4Addr>,
+    /// Registered leases (IP -> MAC).
+    pub guests: BTreeMap<Ipv4Addr, MacAddr>,
+}

@@ -15,10 +15,21 @@
 //! forwarding; with `isolate_guests`, guests cannot route to each other via the gateway;
 //! with `block_guest_to_host`, guests reach the host only for DNS on the gateway; with
 //! `anti_spoofing`, IP packets whose (source IP, source MAC) is not a registered lease are
-//! dropped. Not covered: ARP spoofing and other non-IP traffic at L2 (that needs ebtables /
-//! bridge filtering), IPv6 (hearth's guests are IPv4-only; IPv6 forwarding is left as is).
+//! dropped (a guest must be registered before it sends anything). When the kernel passes
+//! bridged frames through iptables (`br_netfilter`, `bridge-nf-call-iptables=1`, as on the
+//! development hosts), guest-to-guest frames on the bridge also meet `HEARTH-FORWARD`, so
+//! isolation and anti-spoofing hold at L2 for IP too; without it, L2 isolation is the TAP
+//! pool's isolated bridge ports. ICMP to the gateway is dropped under `block_guest_to_host`.
+//! Not covered: ARP spoofing and other non-IP traffic at L2 (needs ebtables / nft bridge
+//! filtering), IPv6 (guests are IPv4-only; IPv6 forwarding is left as is), inbound port
+//! forwarding to guests.
 //!
-//! Handlers are synchronous: per-guest ones take tens of microseconds; `Reconcile` and
+//! Reconcile is atomic per table (`iptables-restore` commits nat, then filter); the jump
+//! fix-ups are computed from an `iptables -S` read just before, so a rule another program
+//! adds in between is not seen (but is never removed either). [`GetStatus`] tells what this
+//! actor put on the host.
+//!
+//! Handlers are synchronous: per-guest ones take ~10 microseconds; `Reconcile` and
 //! `Teardown` spawn `iptables`/`ipset` (tens of milliseconds), so start the actor on its own
 //! `Arbiter` when that matters to neighbours.
 
@@ -34,7 +45,9 @@ mod messages;
 pub mod rules;
 
 pub use handlers::NatActor;
-pub use messages::{EnsureNat, GuestSpec, Reconcile, RegisterGuest, Teardown, UnregisterGuest};
+pub use messages::{
+    EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, Teardown, UnregisterGuest,
+};
 
 /// Errors of `NatActor`.
 #[derive(Debug, thiserror::Error)]
