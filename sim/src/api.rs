@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::http::Request;
 
 /// What a request asks the VMM to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Action {
     /// `GET /`.
     GetInstanceInfo,
@@ -49,33 +49,64 @@ pub enum Action {
     /// An endpoint real Firecracker has but the simulator does not model (balloon, mmds,
     /// snapshot, ...): answered as `NotSupported`.
     NotSimulated(String),
-    /// A request rejected by [`parse`]; the VMM thread logs it and answers 400 with this text.
-    Rejected(ParseError),
+    /// A request rejected by [`parse`]; the VMM thread logs it and answers 400.
+    Rejected(RequestError),
 }
 
-/// A request rejected before reaching the VMM: Firecracker's `RequestError`, as the
-/// `fault_message` text (always status 400).
-pub type ParseError = String;
+/// A request rejected before reaching the VMM: Firecracker's `RequestError`. `Display` is
+/// Firecracker's `fault_message` (always status 400).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A path ID breaking the ID rules, IDs that differ, or an empty PATCH.
+    #[error("{source}")]
+    Invalid {
+        /// The broken rule.
+        #[from]
+        source: fc::ValidationError,
+    },
+    /// The body is not valid JSON for the resource (unknown field, wrong type, bad enum...).
+    #[error("An error occurred when deserializing the json body of a request: {source}.")]
+    Body {
+        /// The serde error.
+        #[from]
+        source: serde_json::Error,
+    },
+    /// A `GET` with a body.
+    #[error("GET request cannot have a body.")]
+    GetWithBody,
+    /// A `PUT` without a body.
+    #[error("Empty PUT request.")]
+    EmptyPut,
+    /// A `PATCH` without a body.
+    #[error("Empty PATCH request.")]
+    EmptyPatch,
+    /// No such endpoint for that method.
+    #[error("Invalid request method and/or path: {method} {path}.")]
+    InvalidPathMethod {
+        /// The method.
+        method: String,
+        /// The first path segment, as Firecracker reports it.
+        path: String,
+    },
+}
 
 /// Firecracker's `checked_id` plus "missing ID" handling.
-fn path_id(id: Option<&str>) -> Result<&str, ParseError> {
-    let id = id.ok_or_else(|| fc::ValidationError::EmptyId.to_string())?;
-    fc::check_id(id).map_err(|e| e.to_string())?;
+fn path_id(id: Option<&str>) -> Result<&str, RequestError> {
+    let id = id.ok_or(fc::ValidationError::EmptyId)?;
+    fc::check_id(id)?;
     Ok(id)
 }
 
-fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ParseError> {
-    serde_json::from_slice(raw).map_err(|e| {
-        format!("An error occurred when deserializing the json body of a request: {e}.")
-    })
+fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RequestError> {
+    Ok(serde_json::from_slice(raw)?)
 }
 
-fn same_id(path: &str, body: &str) -> Result<(), ParseError> {
-    fc::check_path_id(path, body).map_err(|e| e.to_string())
+fn same_id(path: &str, body: &str) -> Result<(), RequestError> {
+    Ok(fc::check_path_id(path, body)?)
 }
 
 /// Parses a request into an [`Action`].
-pub fn parse(req: &Request) -> Result<Action, ParseError> {
+pub fn parse(req: &Request) -> Result<Action, RequestError> {
     let path = req.path.split('?').next().unwrap_or_default();
     let mut tokens = path.trim_start_matches('/').split_terminator('/');
     let first = tokens.next().unwrap_or("");
@@ -87,7 +118,7 @@ pub fn parse(req: &Request) -> Result<Action, ParseError> {
         ("GET", "vm", None) if tokens.next() == Some("config") => Ok(Action::GetVmConfig),
         ("GET", "machine-config", None) => Ok(Action::GetMachineConfig),
         ("GET", "balloon" | "mmds", None) => Ok(Action::NotSimulated(format!("GET /{first}"))),
-        ("GET", _, Some(_)) => Err("GET request cannot have a body.".into()),
+        ("GET", _, Some(_)) => Err(RequestError::GetWithBody),
         ("PUT", "actions", Some(b)) => Ok(Action::Action(body(b)?)),
         ("PUT", "boot-source", Some(b)) => Ok(Action::PutBootSource(body(b)?)),
         ("PUT", "drives", Some(b)) => {
@@ -112,7 +143,7 @@ pub fn parse(req: &Request) -> Result<Action, ParseError> {
             | "hotplug",
             Some(_),
         ) => Ok(Action::NotSimulated(format!("PUT /{first}"))),
-        ("PUT", _, None) => Err("Empty PUT request.".into()),
+        ("PUT", _, None) => Err(RequestError::EmptyPut),
         ("PATCH", "drives", Some(b)) => {
             let id = path_id(tokens.next())?;
             let d: PartialDrive = body(b)?;
@@ -121,7 +152,7 @@ pub fn parse(req: &Request) -> Result<Action, ParseError> {
         }
         ("PATCH", "machine-config", Some(b)) => {
             let u: MachineConfigUpdate = body(b)?;
-            u.validate().map_err(|e| e.to_string())?;
+            u.validate()?;
             Ok(Action::PatchMachineConfig(u))
         }
         ("PATCH", "network-interfaces", Some(b)) => {
@@ -134,8 +165,11 @@ pub fn parse(req: &Request) -> Result<Action, ParseError> {
         ("PATCH", "balloon" | "mmds" | "hotplug", Some(_)) => {
             Ok(Action::NotSimulated(format!("PATCH /{first}")))
         }
-        ("PATCH", _, None) => Err("Empty PATCH request.".into()),
-        (m, uri, _) => Err(format!("Invalid request method and/or path: {m} {uri}.")),
+        ("PATCH", _, None) => Err(RequestError::EmptyPatch),
+        (m, uri, _) => Err(RequestError::InvalidPathMethod {
+            method: m.to_owned(),
+            path: uri.to_owned(),
+        }),
     }
 }
 
@@ -154,14 +188,14 @@ mod tests {
 
     #[test]
     fn routes_the_boot_sequence() {
-        assert_eq!(
-            parse(&req("GET", "/", None)).unwrap(),
-            Action::GetInstanceInfo
-        );
-        assert_eq!(
-            parse(&req("GET", "/vm/config", None)).unwrap(),
-            Action::GetVmConfig
-        );
+        assert!(matches!(
+            parse(&req("GET", "/", None)),
+            Ok(Action::GetInstanceInfo)
+        ));
+        assert!(matches!(
+            parse(&req("GET", "/vm/config", None)),
+            Ok(Action::GetVmConfig)
+        ));
         assert!(matches!(
             parse(&req(
                 "PUT",
@@ -182,45 +216,43 @@ mod tests {
 
     #[test]
     fn firecracker_parse_errors() {
-        let e = parse(&req("GET", "/nope", None)).unwrap_err();
+        let err = |r: Request| parse(&r).unwrap_err().to_string();
+        let e = err(req("GET", "/nope", None));
         assert_eq!(e, "Invalid request method and/or path: GET nope.");
-        let e = parse(&req("PUT", "/boot-source", None)).unwrap_err();
+        let e = err(req("PUT", "/boot-source", None));
         assert_eq!(e, "Empty PUT request.");
-        let e = parse(&req("GET", "/", Some("{}"))).unwrap_err();
+        let e = err(req("GET", "/", Some("{}")));
         assert_eq!(e, "GET request cannot have a body.");
-        let e = parse(&req(
+        let e = err(req(
             "PUT",
             "/drives/a-b",
             Some(r#"{"drive_id":"a-b","is_root_device":true}"#),
-        ))
-        .unwrap_err();
+        ));
         assert_eq!(
             e,
             "API Resource IDs can only contain alphanumeric characters and underscores."
         );
-        let e = parse(&req(
+        let e = err(req(
             "PUT",
             "/network-interfaces/eth0",
             Some(r#"{"iface_id":"eth1","host_dev_name":"tap0"}"#),
-        ))
-        .unwrap_err();
+        ));
         assert_eq!(
             e,
             "The id from the path does not match the id from the body!"
         );
-        let e = parse(&req(
+        let e = err(req(
             "PUT",
             "/vsock",
             Some(r#"{"guest_cid":3,"uds_path":"/v","extra":1}"#),
-        ))
-        .unwrap_err();
+        ));
         assert!(
             e.starts_with("An error occurred when deserializing the json body of a request: unknown field `extra`"),
             "{e}"
         );
-        let e = parse(&req("PATCH", "/machine-config", Some("{}"))).unwrap_err();
+        let e = err(req("PATCH", "/machine-config", Some("{}")));
         assert_eq!(e, "Empty PATCH request.");
-        let e = parse(&req("PUT", "/drives", Some("{}"))).unwrap_err();
+        let e = err(req("PUT", "/drives", Some("{}")));
         assert_eq!(e, "The ID cannot be empty.");
     }
 }

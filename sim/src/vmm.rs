@@ -22,12 +22,11 @@ use crate::log::{Log, MetricsSink};
 use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::tap::{open_tap, Tap};
 
+mod error;
+pub use error::VmmError;
+
 /// The version the simulator reports (`GET /version`, `GET /`, `--version`).
 pub const SIM_VERSION: &str = "1.17.0-sim";
-
-const NOT_AFTER_BOOT: &str = "The requested operation is not supported after starting the microVM.";
-const NOT_BEFORE_BOOT: &str =
-    "The requested operation is not supported before starting the microVM.";
 
 /// Something scheduled on the VMM thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,7 +177,8 @@ impl Vmm {
         match result {
             Ok(None) => Response::no_content(),
             Ok(Some(body)) => Response::ok(body),
-            Err(msg) => {
+            Err(err) => {
+                let msg = err.to_string();
                 self.log.error(&format!(
                     "Received Error. Status code: 400 Bad Request. Message: {msg}"
                 ));
@@ -191,21 +191,21 @@ impl Vmm {
         self.state != InstanceState::NotStarted
     }
 
-    fn pre_boot(&self) -> Result<(), String> {
+    fn pre_boot(&self) -> Result<(), VmmError> {
         if self.started() {
-            return Err(NOT_AFTER_BOOT.into());
+            return Err(VmmError::NotSupportedPostBoot);
         }
         Ok(())
     }
 
-    fn post_boot(&self) -> Result<(), String> {
+    fn post_boot(&self) -> Result<(), VmmError> {
         if !self.started() {
-            return Err(NOT_BEFORE_BOOT.into());
+            return Err(VmmError::NotSupportedPreBoot);
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, action: Action) -> Result<Option<String>, String> {
+    fn dispatch(&mut self, action: Action) -> Result<Option<String>, VmmError> {
         let json = |v: &dyn erased::Ser| Ok(Some(v.to_json()));
         match action {
             Action::GetInstanceInfo => json(&InstanceInfo {
@@ -222,7 +222,7 @@ impl Vmm {
             Action::PutMachineConfig(m) => {
                 self.pre_boot()?;
                 m.validate()
-                    .map_err(|e| format!("Machine config error: {e}"))?;
+                    .map_err(|source| VmmError::MachineConfig { source })?;
                 self.machine = filled(m);
                 Ok(None)
             }
@@ -230,7 +230,7 @@ impl Vmm {
                 self.pre_boot()?;
                 let next = self.machine.apply(&u);
                 next.validate()
-                    .map_err(|e| format!("Machine config error: {e}"))?;
+                    .map_err(|source| VmmError::MachineConfig { source })?;
                 self.machine = filled(next);
                 Ok(None)
             }
@@ -238,18 +238,22 @@ impl Vmm {
             Action::PutDrive(d) => self.put_drive(d),
             Action::PatchDrive(p) => {
                 self.post_boot()?;
-                p.validate().map_err(|e| format!("Drive config error: {e}"))?;
+                p.validate()
+                    .map_err(|source| VmmError::DriveConfig { source })?;
                 let idx = self
                     .drives
                     .iter()
                     .position(|d| d.config.drive_id == p.drive_id)
-                    .ok_or_else(|| {
-                        format!("Drive config error: Unable to patch the block device: Device {} not found.", p.drive_id)
+                    .ok_or_else(|| VmmError::DriveNotFound {
+                        drive_id: p.drive_id.clone(),
                     })?;
                 if let Some(path) = &p.path_on_host {
                     let read_only = self.drives[idx].config.is_read_only.unwrap_or(false);
-                    let file = open_backing(path, read_only).map_err(|e| {
-                        format!("Drive config error: Unable to patch the block device: {e} {path}")
+                    let file = open_backing(path, read_only).map_err(|source| {
+                        VmmError::DrivePatchFile {
+                            path: path.clone(),
+                            source,
+                        }
                     })?;
                     self.drives[idx]._file = file;
                     self.drives[idx].config.path_on_host = Some(path.clone());
@@ -263,13 +267,13 @@ impl Vmm {
             Action::PatchNet(p) => {
                 self.post_boot()?;
                 p.validate()
-                    .map_err(|e| format!("Network config error: {e}"))?;
+                    .map_err(|source| VmmError::NetConfig { source })?;
                 let dev = self
                     .nets
                     .iter_mut()
                     .find(|d| d.config.iface_id == p.iface_id)
-                    .ok_or_else(|| {
-                        "Network config error: Unable to update the net device: Invalid interface ID - not found.".to_owned()
+                    .ok_or_else(|| VmmError::NetNotFound {
+                        iface_id: p.iface_id.clone(),
                     })?;
                 if p.rx_rate_limiter.is_some() {
                     dev.config.rx_rate_limiter = p.rx_rate_limiter;
@@ -300,7 +304,7 @@ impl Vmm {
                 self.pre_boot()?;
                 self.log
                     .configure(l.log_path.as_deref(), l.level, l.show_level)
-                    .map_err(|e| format!("Logger error: Failed to open target file: {e}"))?;
+                    .map_err(|source| VmmError::LoggerFile { source })?;
                 self.logger = Some(l);
                 Ok(None)
             }
@@ -309,20 +313,18 @@ impl Vmm {
                 self.init_metrics(m)?;
                 Ok(None)
             }
-            Action::Rejected(msg) => Err(msg),
-            Action::NotSimulated(what) => Err(format!(
-                "The requested operation is not supported: firecracker-sim does not simulate {what}."
-            )),
+            Action::Rejected(source) => Err(VmmError::Request { source }),
+            Action::NotSimulated(what) => Err(VmmError::NotSimulated { what }),
         }
     }
 
     /// Initialises metrics (`--metrics-path` or `PUT /metrics`); only once.
-    pub fn init_metrics(&mut self, m: Metrics) -> Result<(), String> {
+    pub fn init_metrics(&mut self, m: Metrics) -> Result<(), VmmError> {
         if self.metrics.is_some() {
-            return Err("Metrics error: Reinitialization of metrics not allowed.".into());
+            return Err(VmmError::MetricsTwice);
         }
         let sink = MetricsSink::open(&m.metrics_path, m.emit_id.unwrap_or(false), &self.opts.id)
-            .map_err(|e| format!("Metrics error: Failed to open target file: {e}"))?;
+            .map_err(|source| VmmError::MetricsFile { source })?;
         self.metrics = Some(sink);
         self.metrics_cfg = Some(m);
         Ok(())
@@ -341,24 +343,22 @@ impl Vmm {
         }
     }
 
-    fn put_boot_source(&mut self, b: BootSource) -> Result<Option<String>, String> {
+    fn put_boot_source(&mut self, b: BootSource) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
-        let kernel = File::open(&b.kernel_image_path)
-            .map_err(|e| format!("Boot source error: The kernel file cannot be opened: {e}"))?;
+        let kernel =
+            File::open(&b.kernel_image_path).map_err(|source| VmmError::KernelFile { source })?;
         let initrd = match &b.initrd_path {
-            Some(p) => Some(File::open(p).map_err(|e| {
-                format!("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. {e}")
-            })?),
+            Some(p) => Some(File::open(p).map_err(|source| VmmError::InitrdFile { source })?),
             None => None,
         };
         self.boot = Some((b, kernel, initrd));
         Ok(None)
     }
 
-    fn put_drive(&mut self, d: Drive) -> Result<Option<String>, String> {
+    fn put_drive(&mut self, d: Drive) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
         d.validate()
-            .map_err(|e| format!("Drive config error: {e}"))?;
+            .map_err(|source| VmmError::DriveConfig { source })?;
         let existing = self
             .drives
             .iter()
@@ -368,16 +368,18 @@ impl Vmm {
             .iter()
             .any(|x| x.config.is_root_device && x.config.drive_id != d.drive_id);
         if d.is_root_device && other_root {
-            return Err("Drive config error: A root block device already exists!".into());
+            return Err(VmmError::RootDeviceExists);
         }
         let Some(path) = &d.path_on_host else {
-            return Err(
-                "The requested operation is not supported: firecracker-sim does not simulate vhost-user-block drives."
-                    .into(),
-            );
+            return Err(VmmError::NotSimulated {
+                what: "vhost-user-block drives".into(),
+            });
         };
-        let file = open_backing(path, d.is_read_only.unwrap_or(false)).map_err(|e| {
-            format!("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {path}")
+        let file = open_backing(path, d.is_read_only.unwrap_or(false)).map_err(|source| {
+            VmmError::DriveFile {
+                path: path.clone(),
+                source,
+            }
         })?;
         let dev = DriveDev {
             config: d,
@@ -390,12 +392,12 @@ impl Vmm {
         Ok(None)
     }
 
-    fn put_net(&mut self, n: NetworkInterface) -> Result<Option<String>, String> {
+    fn put_net(&mut self, n: NetworkInterface) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
         n.validate()
-            .map_err(|e| format!("Network config error: {e}"))?;
+            .map_err(|source| VmmError::NetConfig { source })?;
         if let Some(mac) = &n.guest_mac {
-            let want = parse_mac(mac).map_err(|e| format!("Network config error: {e}"))?;
+            let want = parse_mac(mac).map_err(|source| VmmError::NetConfig { source })?;
             let clash = self.nets.iter().any(|d| {
                 d.config.iface_id != n.iface_id
                     && d.config
@@ -405,44 +407,38 @@ impl Vmm {
                         == Some(want)
             });
             if clash {
-                return Err(format!(
-                    "Network config error: The MAC address is already in use: {mac}"
-                ));
+                return Err(VmmError::MacInUse { mac: mac.clone() });
             }
         }
         // A re-PUT replaces the device: the old TAP is closed first, as in Firecracker.
         self.nets.retain(|d| d.config.iface_id != n.iface_id);
-        let tap = open_tap(&n.host_dev_name).map_err(|e| {
-            format!("Network config error: Could not create the network device: Open tap device failed: {e}")
-        })?;
+        let tap = open_tap(&n.host_dev_name).map_err(|source| VmmError::OpenTap { source })?;
         self.nets.push(NetDev { config: n, tap });
         Ok(None)
     }
 
-    fn put_vsock(&mut self, v: Vsock) -> Result<Option<String>, String> {
+    fn put_vsock(&mut self, v: Vsock) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
         v.validate()
-            .map_err(|e| format!("Vsock config error: {e}"))?;
+            .map_err(|source| VmmError::VsockConfig { source })?;
         // Firecracker drops the old device and removes its socket before creating the new one.
         if let Some((old, _listener)) = self.vsock.take() {
             let _ = std::fs::remove_file(&old.uds_path);
         }
-        let listener = UnixListener::bind(&v.uds_path).map_err(|e| {
-            format!("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}")
+        let listener = UnixListener::bind(&v.uds_path).map_err(|source| VmmError::VsockBind {
+            path: v.uds_path.clone(),
+            source,
         })?;
         self.vsock = Some((v, listener));
         Ok(None)
     }
 
-    fn action(&mut self, action: ActionType) -> Result<Option<String>, String> {
+    fn action(&mut self, action: ActionType) -> Result<Option<String>, VmmError> {
         match action {
             ActionType::InstanceStart => {
                 self.pre_boot()?;
                 if self.boot.is_none() {
-                    return Err(
-                        "Start microvm error: Cannot start microvm without kernel configuration."
-                            .into(),
-                    );
+                    return Err(VmmError::MissingKernel);
                 }
                 let now = Instant::now();
                 self.state = InstanceState::Running;

@@ -10,6 +10,10 @@ use hearth_proto::firecracker::{
 
 use super::*;
 
+const NOT_AFTER_BOOT: &str = "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_BOOT: &str =
+    "The requested operation is not supported before starting the microVM.";
+
 fn vmm() -> Vmm {
     let knobs = Knobs {
         boot_delay: Duration::ZERO,

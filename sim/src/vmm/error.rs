@@ -1,0 +1,140 @@
+//! Why the VMM refused an action. Each `Display` is the `fault_message` Firecracker returns for
+//! the same mistake (its `VmmActionError` prefix included), so texts repeat their source on
+//! purpose: fidelity to Firecracker comes first.
+
+use std::io;
+
+use hearth_proto::firecracker::ValidationError;
+
+use crate::api::RequestError;
+use crate::tap::TapError;
+
+/// A refused action.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The request did not parse (see [`RequestError`]).
+    #[error("{source}")]
+    Request {
+        /// The parse error.
+        source: RequestError,
+    },
+    /// A pre-boot-only call after `InstanceStart`.
+    #[error("The requested operation is not supported after starting the microVM.")]
+    NotSupportedPostBoot,
+    /// A post-boot-only call before `InstanceStart`.
+    #[error("The requested operation is not supported before starting the microVM.")]
+    NotSupportedPreBoot,
+    /// An endpoint or feature the simulator does not model.
+    #[error("The requested operation is not supported: firecracker-sim does not simulate {what}.")]
+    NotSimulated {
+        /// What was asked for.
+        what: String,
+    },
+    /// A machine configuration breaking the vCPU or memory rules.
+    #[error("Machine config error: {source}")]
+    MachineConfig {
+        /// The broken rule.
+        source: ValidationError,
+    },
+    /// The kernel image cannot be opened.
+    #[error("Boot source error: The kernel file cannot be opened: {source}")]
+    KernelFile {
+        /// The open error.
+        source: io::Error,
+    },
+    /// The initrd cannot be opened.
+    #[error("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. {source}")]
+    InitrdFile {
+        /// The open error.
+        source: io::Error,
+    },
+    /// `InstanceStart` without `PUT /boot-source`.
+    #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
+    MissingKernel,
+    /// A drive body breaking a rule.
+    #[error("Drive config error: {source}")]
+    DriveConfig {
+        /// The broken rule.
+        source: ValidationError,
+    },
+    /// A second root device.
+    #[error("Drive config error: A root block device already exists!")]
+    RootDeviceExists,
+    /// The drive's backing file cannot be opened.
+    #[error("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {source} {path}")]
+    DriveFile {
+        /// The backing file.
+        path: String,
+        /// The open error.
+        source: io::Error,
+    },
+    /// `PATCH /drives/{id}` for a drive that does not exist.
+    #[error("Drive config error: Unable to patch the block device: Device {drive_id} not found.")]
+    DriveNotFound {
+        /// The drive ID.
+        drive_id: String,
+    },
+    /// The new backing file of a `PATCH /drives/{id}` cannot be opened.
+    #[error("Drive config error: Unable to patch the block device: {source} {path}")]
+    DrivePatchFile {
+        /// The backing file.
+        path: String,
+        /// The open error.
+        source: io::Error,
+    },
+    /// A network interface body breaking a rule.
+    #[error("Network config error: {source}")]
+    NetConfig {
+        /// The broken rule.
+        source: ValidationError,
+    },
+    /// Another interface already uses this guest MAC.
+    #[error("Network config error: The MAC address is already in use: {mac}")]
+    MacInUse {
+        /// The MAC, as given.
+        mac: String,
+    },
+    /// The TAP cannot be attached.
+    #[error("Network config error: Could not create the network device: Open tap device failed: {source}")]
+    OpenTap {
+        /// Why.
+        source: TapError,
+    },
+    /// `PATCH /network-interfaces/{id}` for an interface that does not exist.
+    #[error(
+        "Network config error: Unable to update the net device: Invalid interface ID - not found."
+    )]
+    NetNotFound {
+        /// The interface ID.
+        iface_id: String,
+    },
+    /// A vsock body breaking a rule.
+    #[error("Vsock config error: {source}")]
+    VsockConfig {
+        /// The broken rule.
+        source: ValidationError,
+    },
+    /// `uds_path` cannot be bound (an existing file, a path too long...).
+    #[error("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {source}")]
+    VsockBind {
+        /// The socket path.
+        path: String,
+        /// The bind error.
+        source: io::Error,
+    },
+    /// The log target cannot be opened.
+    #[error("Logger error: Failed to open target file: {source}")]
+    LoggerFile {
+        /// The open error.
+        source: io::Error,
+    },
+    /// Metrics were already initialised.
+    #[error("Metrics error: Reinitialization of metrics not allowed.")]
+    MetricsTwice,
+    /// The metrics target cannot be opened.
+    #[error("Metrics error: Failed to open target file: {source}")]
+    MetricsFile {
+        /// The open error.
+        source: io::Error,
+    },
+}
