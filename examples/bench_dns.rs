@@ -1,8 +1,9 @@
 //! Benchmark of `DnsActor` against dnsmasq, both serving the same 1000 names in one private
 //! network namespace; also times `ReplaceRecords` of 1000 names while queries run.
 //!
-//! Run as root: `cargo run --release --example bench_dns [-- SECONDS]` (default 10 s per
-//! dnsperf run). Needs `dnsperf` and `dnsmasq` on PATH. See docs/bench/dns.md.
+//! Run as root: `cargo run --release --example bench_dns [-- SECONDS [ROUNDS [WORKERS [RATE]]]]`
+//! (defaults: 10 s per dnsperf run, 3 rounds, 2 hearth workers, latency measured at 20000
+//! qps). Needs `dnsperf`, `dnsmasq` and `dig` on PATH. See docs/bench/dns.md.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix::Actor;
+use hearth_actors::dns::table::{RecordTable, ZoneConfig};
 use hearth_actors::dns::{DnsActor, DnsOptions, ReplaceRecords, Start, Stop};
 
 const NAMES: usize = 1000;
@@ -21,8 +23,8 @@ const ZONE: &str = "vm.internal";
 /// Where hearth serves, and where dnsmasq serves, inside the namespace.
 const HEARTH_IP: &str = "10.53.0.1";
 const DNSMASQ_IP: &str = "10.53.0.2";
-/// The fixed query rate of the latency runs (well below either server's saturation).
-const LATENCY_QPS: &str = "20000";
+/// The default fixed query rate of the latency runs (well below either server's saturation).
+const LATENCY_QPS: u32 = 20000;
 
 fn guest_ip(i: usize, generation: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, generation, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -130,10 +132,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn print_perf(label: &str, throughput: &[Perf], latency: &Perf) {
+fn print_perf(label: &str, throughput: &[Perf], latency: &Perf, rate: u32) {
     let runs: Vec<String> = throughput.iter().map(|p| format!("{:.0}", p.qps)).collect();
     println!(
-        "{label:<8} median {:>7.0} qps (runs: {}), {:.1} us CPU/query  | at {LATENCY_QPS} qps: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        "{label:<8} median {:>7.0} qps (runs: {}), {:.1} us CPU/query  | at {rate} qps: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
         median(throughput.iter().map(|p| p.qps).collect()),
         runs.join(", "),
         median(throughput.iter().map(|p| p.cpu_us_per_query).collect()),
@@ -182,6 +184,10 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let workers: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let rate: u32 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LATENCY_QPS);
 
     let mut queries = tempfile::NamedTempFile::new().expect("temp file");
     let mut hosts = tempfile::NamedTempFile::new().expect("temp file");
@@ -251,14 +257,43 @@ fn main() {
                 hearth.push(measured(hearth_pid, HEARTH_IP, &q, seconds));
                 reference.push(measured(dnsmasq_pid, DNSMASQ_IP, &q, seconds));
             }
-            let hearth_latency = dnsperf(HEARTH_IP, &q, seconds.min(5), Some(LATENCY_QPS));
-            let reference_latency = dnsperf(DNSMASQ_IP, &q, seconds.min(5), Some(LATENCY_QPS));
+            let rate = rate.to_string();
+            let hearth_latency = dnsperf(HEARTH_IP, &q, seconds.min(5), Some(&rate));
+            let reference_latency = dnsperf(DNSMASQ_IP, &q, seconds.min(5), Some(&rate));
             ((hearth, hearth_latency), (reference, reference_latency))
         })
         .await
         .expect("dnsperf thread");
         let _ = dnsmasq.kill();
         let _ = dnsmasq.wait();
+
+        // ReplaceRecords of 1000 names with no queries running, for reference.
+        let mut idle = Vec::new();
+        for i in 0..200u8 {
+            let msg = ReplaceRecords {
+                records: records(i % 200 + 1),
+            };
+            let t = Instant::now();
+            actor
+                .send(msg)
+                .await
+                .expect("mailbox")
+                .expect("valid records");
+            idle.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        idle.sort();
+        // The table build alone (what the handler does besides the swap), same inputs.
+        let zone = ZoneConfig::new(ZONE, 5, None).expect("valid zone");
+        let mut builds = Vec::new();
+        for i in 0..200u8 {
+            let input = records(i % 200 + 1);
+            let t = Instant::now();
+            let table = RecordTable::build(&zone, &input, 1).expect("valid records");
+            builds.push(t.elapsed());
+            drop(table);
+        }
+        builds.sort();
 
         // ReplaceRecords of 1000 names, timed while dnsperf saturates hearth.
         let q = queries_path.clone();
@@ -286,14 +321,26 @@ fn main() {
         actor.send(Stop).await.expect("mailbox").expect("stop");
 
         println!();
-        print_perf("hearth", &hearth.0, &hearth.1);
-        print_perf("dnsmasq", &reference.0, &reference.1);
+        print_perf("hearth", &hearth.0, &hearth.1, rate);
+        print_perf("dnsmasq", &reference.0, &reference.1, rate);
         println!(
             "\nReplaceRecords of {NAMES} names under load ({} swaps, send -> reply): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
             times.len(),
             percentile(&times, 0.5).as_secs_f64() * 1000.0,
             percentile(&times, 0.99).as_secs_f64() * 1000.0,
             percentile(&times, 1.0).as_secs_f64() * 1000.0,
+        );
+        println!(
+            "ReplaceRecords of {NAMES} names, no queries ({} swaps):        p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            idle.len(),
+            percentile(&idle, 0.5).as_secs_f64() * 1000.0,
+            percentile(&idle, 0.99).as_secs_f64() * 1000.0,
+            percentile(&idle, 1.0).as_secs_f64() * 1000.0,
+        );
+        println!(
+            "  of which RecordTable::build alone:                       p50 {:.3} ms  p99 {:.3} ms",
+            percentile(&builds, 0.5).as_secs_f64() * 1000.0,
+            percentile(&builds, 0.99).as_secs_f64() * 1000.0,
         );
         println!(
             "hearth during the swaps: {:.0} qps, completed {}, response codes {}",

@@ -5,7 +5,9 @@
 //! Everything here is pure: building, label validation, PTR name parsing, and [`RecordTable::resolve`],
 //! which decides what a query gets (an answer, NODATA, NXDOMAIN or forwarding).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
 
 use hickory_proto::rr::rdata::{A, SOA};
@@ -143,6 +145,61 @@ pub fn reverse_zone_name(net: Ipv4Net) -> Name {
     name
 }
 
+/// The names that have one IP: nearly always one, which then needs no allocation of its own.
+#[derive(Debug)]
+enum PtrNames {
+    One([Name; 1]),
+    Many(Vec<Name>),
+}
+
+impl PtrNames {
+    fn push(&mut self, name: Name) {
+        match self {
+            PtrNames::One([first]) => {
+                *self = PtrNames::Many(vec![first.clone(), name]);
+            }
+            PtrNames::Many(names) => names.push(name),
+        }
+    }
+
+    fn as_slice(&self) -> &[Name] {
+        match self {
+            PtrNames::One(one) => one,
+            PtrNames::Many(many) => many,
+        }
+    }
+}
+
+/// FNV-1a: a fast hash for the table's short keys. Flooding is not a concern: the keys are
+/// the supervisor's VM names and guest IPs; clients only look names up.
+#[derive(Debug, Clone, Copy, Default)]
+struct FnvBuildHasher;
+
+impl BuildHasher for FnvBuildHasher {
+    type Hasher = FnvHasher;
+
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+/// The state of one FNV-1a hash.
+#[derive(Debug)]
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// What a query gets from the table.
 #[derive(Debug, PartialEq)]
 pub enum Resolution<'t> {
@@ -167,11 +224,11 @@ pub struct RecordTable {
     zone_labels: u8,
     ttl: u32,
     /// VM label (lower case) -> its A record.
-    hosts: HashMap<Box<[u8]>, [Record; 1]>,
+    hosts: HashMap<Box<[u8]>, [Record; 1], FnvBuildHasher>,
     /// Guest IP -> the names that have it, sorted. PTR records are made per query, with the
     /// query's own name as owner: building 1000 reverse names up front would double the cost
     /// of a table.
-    ptrs: HashMap<Ipv4Addr, Vec<Name>>,
+    ptrs: HashMap<Ipv4Addr, PtrNames, FnvBuildHasher>,
     /// The forward zone's SOA.
     soa: [Record; 1],
     /// The guest subnet and its reverse zone's SOA.
@@ -202,8 +259,9 @@ impl RecordTable {
     ) -> Result<Self, DnsError> {
         let ttl = config.ttl;
         let zone = &config.zone;
-        let mut hosts: HashMap<Box<[u8]>, [Record; 1]> = HashMap::with_capacity(records.len());
-        let mut ptrs: HashMap<Ipv4Addr, Vec<Name>> = HashMap::with_capacity(records.len());
+        let mut hosts = HashMap::with_capacity_and_hasher(records.len(), FnvBuildHasher);
+        let mut ptrs: HashMap<Ipv4Addr, PtrNames, FnvBuildHasher> =
+            HashMap::with_capacity_and_hasher(records.len(), FnvBuildHasher);
         for (name, ip) in records {
             let label = validate_label(name).map_err(|reason| DnsError::InvalidName {
                 name: name.clone(),
@@ -221,7 +279,12 @@ impl RecordTable {
                     name: name.clone(),
                     reason: e.to_string(),
                 })?;
-            ptrs.entry(*ip).or_default().push(fqdn.clone());
+            match ptrs.entry(*ip) {
+                Entry::Vacant(slot) => {
+                    slot.insert(PtrNames::One([fqdn.clone()]));
+                }
+                Entry::Occupied(mut slot) => slot.get_mut().push(fqdn.clone()),
+            }
             let a = [Record::from_rdata(fqdn, ttl, RData::A(A(*ip)))];
             if hosts
                 .insert(label.into_bytes().into_boxed_slice(), a)
@@ -232,8 +295,10 @@ impl RecordTable {
                 });
             }
         }
-        for names in ptrs.values_mut().filter(|names| names.len() > 1) {
-            names.sort_unstable_by(|a, b| a.cmp_case(b));
+        for names in ptrs.values_mut() {
+            if let PtrNames::Many(names) = names {
+                names.sort_unstable_by(|a, b| a.cmp_case(b));
+            }
         }
 
         let soa = soa_record(zone.clone(), zone, ttl, serial);
@@ -272,7 +337,7 @@ impl RecordTable {
             return self.resolve_forward_zone(name, qtype, qclass);
         }
         if let Some(ip) = ptr_name_to_ipv4(name) {
-            if let Some(names) = self.ptrs.get(&ip) {
+            if let Some(names) = self.ptrs.get(&ip).map(PtrNames::as_slice) {
                 return match (qclass, qtype) {
                     (DNSClass::IN, RecordType::PTR | RecordType::ANY) => Resolution::Ptr(names),
                     _ => Resolution::NoData(self.reverse.as_ref().map(|(_, soa)| soa)),
