@@ -141,7 +141,7 @@ pub trait Process: Send + Sync + fmt::Debug {
 
 /// The host's processes.
 pub trait Processes: Send + Sync {
-    /// Starts a process in its own session (so it survives hearthd and its terminal), with
+    /// Starts a process in its own process group (so signals aimed at hearthd's group miss it), with
     /// stdin from /dev/null and stdout/stderr to `spec.stdio`.
     fn spawn(&self, spec: &SpawnSpec) -> Result<Arc<dyn Process>, ProcessError>;
     /// Opens a handle on an existing process (for adoption). The returned handle refers to
