@@ -436,6 +436,77 @@ fn copy_backend_reflinks_where_the_filesystem_can() {
     assert_eq!(fs::read_dir(&disks).unwrap().count(), 0);
 }
 
+/// The loop-device half of the `dm` backend, for real (loop devices exist even where
+/// device-mapper does not): a read-only attach of the base that reads back the base and refuses
+/// writes, a read-write attach of a sparse COW file, both found again from sysfs by backing
+/// file (as after a daemon restart), then detached.
+#[test]
+fn loop_devices_attach_find_and_detach() {
+    require_privileged!();
+    let s = setup();
+    let base_hash = sha256(&s.base);
+    let cow = s.disks.join("web.cow");
+    File::create(&cow).unwrap().set_len(8 * MIB).unwrap();
+    let mut block = LinuxBlock::new();
+    let base_loop = block.attach_loop(&s.base, true).unwrap();
+    let cow_loop = match block.attach_loop(&cow, false) {
+        Ok(l) => l,
+        Err(e) => {
+            block.detach_loop(&base_loop).unwrap();
+            panic!("attach cow: {e}");
+        }
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(base_loop.read_only && !cow_loop.read_only);
+        assert_eq!(
+            LinuxBlock::new().find_loops(&s.base).unwrap(),
+            [base_loop.clone()]
+        );
+        assert_eq!(
+            LinuxBlock::new().find_loops(&cow).unwrap(),
+            [cow_loop.clone()]
+        );
+        assert_eq!(sha256(&base_loop.path), base_hash);
+        let w = fs::OpenOptions::new().write(true).open(&base_loop.path);
+        let refused = match w {
+            Err(_) => true,
+            Ok(f) => f
+                .write_all_at(&[1; 512], 0)
+                .and_then(|_| f.sync_all())
+                .is_err(),
+        };
+        assert!(refused, "the base's loop device accepted a write");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&cow_loop.path)
+            .unwrap();
+        f.write_all_at(&[0x77; 4096], MIB).unwrap();
+        f.sync_all().unwrap();
+    }));
+    block.detach_loop(&cow_loop).unwrap();
+    block.detach_loop(&base_loop).unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    let mut back = [0u8; 4096];
+    File::open(&cow)
+        .unwrap()
+        .read_exact_at(&mut back, MIB)
+        .unwrap();
+    assert_eq!(
+        back, [0x77; 4096],
+        "write through the loop device did not reach the file"
+    );
+    assert_eq!(sha256(&s.base), base_hash);
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        || {
+            LinuxBlock::new().find_loops(&s.base).unwrap().is_empty()
+                && LinuxBlock::new().find_loops(&cow).unwrap().is_empty()
+        }
+    ));
+}
+
 /// True when device-mapper works; otherwise prints the one allowed SKIP of this file (also
 /// under `HEARTH_REQUIRE_PRIVILEGED=1`), naming the missing kernel feature.
 fn dm_or_skip(test: &str) -> bool {

@@ -200,11 +200,9 @@ impl ImageStore {
     /// The data file of image `name` (what Firecracker's `kernel_image_path` or the
     /// snapshot's base points at). Fails if there is no such image.
     pub fn path(&self, name: &str) -> Result<PathBuf, ImagesError> {
-        self.get(name).map(|_| {
-            self.checked_dir(name)
-                .expect("checked by get")
-                .join(DATA_FILE)
-        })
+        let dir = self.checked_dir(name)?;
+        self.get(name)?;
+        Ok(dir.join(DATA_FILE))
     }
 
     /// The metadata of image `name`.

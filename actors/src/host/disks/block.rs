@@ -19,6 +19,8 @@ pub struct LoopDev {
     pub path: PathBuf,
     /// Its device number.
     pub dev: DevNum,
+    /// Attached read-only.
+    pub read_only: bool,
 }
 
 /// The kernel block-device operations the `dm` backend needs.
@@ -29,7 +31,8 @@ pub trait BlockOps: Send {
     /// Detaches the loop device `dev`.
     fn detach_loop(&mut self, dev: &LoopDev) -> Result<(), DisksError>;
 
-    /// The loop devices whose backing file is `file`.
+    /// The loop devices whose backing file is `file` (found in sysfs, so also those attached
+    /// before a daemon restart).
     fn find_loops(&mut self, file: &Path) -> Result<Vec<LoopDev>, DisksError>;
 
     /// Creates the dm device `name` with `table` and activates it; returns its device number.
@@ -84,12 +87,14 @@ impl LinuxBlock {
     }
 
     fn dm(&mut self) -> Result<&DM, DisksError> {
-        if self.dm.is_none() {
-            self.dm = Some(DM::new().map_err(|e| DisksError::DmUnavailable {
-                reason: e.to_string(),
-            })?);
+        match &mut self.dm {
+            Some(dm) => Ok(dm),
+            slot @ None => Ok(
+                slot.insert(DM::new().map_err(|e| DisksError::DmUnavailable {
+                    reason: e.to_string(),
+                })?),
+            ),
         }
-        Ok(self.dm.as_ref().expect("set above"))
     }
 }
 
@@ -125,14 +130,24 @@ impl BlockOps for LinuxBlock {
             move |source| DisksError::Loop { op, path, source }
         };
         let control = LoopControl::open().map_err(err("open /dev/loop-control for"))?;
-        let dev = control.next_free().map_err(err("find a free"))?;
-        dev.with()
-            .read_only(read_only)
-            .attach(file)
-            .map_err(err("attach"))?;
+        // Another process may take the free device between LOOP_CTL_GET_FREE and LOOP_SET_FD
+        // (EBUSY): ask for another one a few times.
+        let mut attempts = 0;
+        let dev = loop {
+            let dev = control.next_free().map_err(err("find a free"))?;
+            match dev.with().read_only(read_only).attach(file) {
+                Ok(()) => break dev,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 5 => attempts += 1,
+                Err(e) => return Err(err("attach")(e)),
+            }
+        };
         let path = dev.path().unwrap_or_default();
         match loop_num(&dev, file) {
-            Ok(num) => Ok(LoopDev { path, dev: num }),
+            Ok(num) => Ok(LoopDev {
+                path,
+                dev: num,
+                read_only,
+            }),
             Err(e) => {
                 let _ = dev.detach();
                 Err(e)
@@ -176,9 +191,11 @@ impl BlockOps for LinuxBlock {
             else {
                 continue;
             };
+            let read_only = fs::read_to_string(sys.join("ro")).is_ok_and(|ro| ro.trim() == "1");
             out.push(LoopDev {
                 path: Path::new("/dev").join(&name),
                 dev,
+                read_only,
             });
         }
         Ok(out)

@@ -69,9 +69,10 @@ impl<B: BlockOps> DmDisks<B> {
             b.users.insert(vm.into());
             return Ok(b.dev.dev);
         }
-        // After a restart the base may still be attached from the previous run: reuse it, and
-        // count the VMs the ledger says use it.
-        let dev = match self.block.find_loops(base)?.into_iter().next() {
+        // After a restart the base may still be attached (read-only) from the previous run:
+        // reuse it, and count the VMs the ledger says use it.
+        let attached = self.block.find_loops(base)?;
+        let dev = match attached.into_iter().find(|l| l.read_only) {
             Some(dev) => dev,
             None => self.block.attach_loop(base, true)?,
         };

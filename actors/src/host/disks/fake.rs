@@ -104,6 +104,7 @@ impl BlockOps for FakeBlock {
                 major: 7,
                 minor: self.next_minor,
             },
+            read_only,
         };
         *self.attaches.entry(file.into()).or_default() += 1;
         self.loops.push(FakeLoop {
