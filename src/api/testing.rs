@@ -13,10 +13,11 @@ use super::fake::FakeSupervisor;
 use super::{ApiConfig, ApiServer, ApiServerError, ApiState, SupervisorPorts};
 use crate::images::ImageStore;
 
-/// A running API over a fake supervisor; stopped (socket removed) on drop.
-pub struct TestServer {
-    /// The fake, to steer it (`FailNext`, `ForceState`).
-    pub fake: Addr<FakeSupervisor>,
+/// A running API; stopped (socket removed) on drop. `T` is what the test keeps of the
+/// supervisor: by default the fake's address, to steer it (`FailNext`, `ForceState`).
+pub struct TestServer<T = Addr<FakeSupervisor>> {
+    /// The supervisor's handle.
+    pub supervisor: T,
     /// The Unix socket.
     pub socket: PathBuf,
     /// The TCP listener, if configured.
@@ -28,12 +29,27 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts the API on `<dir>/hearthd.sock` with an image store under `dir`; `adjust` may
-    /// change the configuration (socket, TCP, token, mode) first.
+    /// Starts the API over a new [`FakeSupervisor`] on `<dir>/hearthd.sock` with an image
+    /// store under `dir`; `adjust` may change the configuration (socket, TCP, token, mode).
     pub fn start(
         dir: &Path,
         adjust: impl FnOnce(&mut ApiConfig),
     ) -> Result<TestServer, ApiServerError> {
+        Self::start_with(dir, adjust, || {
+            let fake = FakeSupervisor::default().start();
+            (SupervisorPorts::new(&fake), fake)
+        })
+    }
+}
+
+impl<T: Send + 'static> TestServer<T> {
+    /// Like [`TestServer::start`], over the supervisor `make` starts (it runs inside the
+    /// server's actix system) and returns with the handle the test keeps.
+    pub fn start_with(
+        dir: &Path,
+        adjust: impl FnOnce(&mut ApiConfig),
+        make: impl FnOnce() -> (SupervisorPorts, T) + Send + 'static,
+    ) -> Result<TestServer<T>, ApiServerError> {
         let mut config = ApiConfig {
             socket: dir.join("hearthd.sock"),
             workers: 1,
@@ -48,12 +64,12 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
-                let fake = FakeSupervisor::default().start();
-                let state = ApiState::new(SupervisorPorts::new(&fake), store);
+                let (ports, handle) = make();
+                let state = ApiState::new(ports, store);
                 match ApiServer::start(&config, state) {
                     Ok((api, server)) => {
                         actix::spawn(server);
-                        let _ = ready_tx.send(Ok((fake, api.tcp_addr())));
+                        let _ = ready_tx.send(Ok((handle, api.tcp_addr())));
                         let _ = stop_rx.await;
                         api.stop().await;
                     }
@@ -68,7 +84,7 @@ impl TestServer {
             what: "the test server thread".into(),
             source: std::io::Error::other("thread ended"),
         });
-        let (fake, tcp) = match ready.and_then(|r| r) {
+        let (supervisor, tcp) = match ready.and_then(|r| r) {
             Ok(v) => v,
             Err(e) => {
                 let _ = thread.join();
@@ -76,7 +92,7 @@ impl TestServer {
             }
         };
         Ok(TestServer {
-            fake,
+            supervisor,
             socket,
             tcp,
             images,
@@ -86,7 +102,7 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
+impl<T> Drop for TestServer<T> {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
