@@ -460,11 +460,11 @@ fn loop_devices_attach_find_and_detach() {
         assert!(base_loop.read_only && !cow_loop.read_only);
         assert_eq!(
             LinuxBlock::new().find_loops(&s.base).unwrap(),
-            [base_loop.clone()]
+            std::slice::from_ref(&base_loop)
         );
         assert_eq!(
             LinuxBlock::new().find_loops(&cow).unwrap(),
-            [cow_loop.clone()]
+            std::slice::from_ref(&cow_loop)
         );
         assert_eq!(sha256(&base_loop.path), base_hash);
         let w = fs::OpenOptions::new().write(true).open(&base_loop.path);
