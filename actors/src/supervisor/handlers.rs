@@ -80,6 +80,7 @@ impl VmSupervisor {
         let entry = self.entry(name)?;
         let spec = entry.record.spec.clone();
         let disk = entry.record.disk.as_ref().map(|d| d.path.clone());
+        let creating = entry.record.state == VmState::Creating;
         let kernel = self.resolve_image(ImageKind::Kernel, &spec.kernel)?;
         let rootfs_base = self.resolve_image(ImageKind::Rootfs, &spec.rootfs)?;
         let binary = self
@@ -106,6 +107,7 @@ impl VmSupervisor {
             kernel,
             rootfs_base,
             disk,
+            creating,
             vmm,
             api_socket,
             binary,
@@ -384,17 +386,8 @@ impl Handler<DeleteVm> for VmSupervisor {
                         e.stopping_pid = pid;
                     }
                 }
-                let n = n.clone();
-                Ok(async move {
-                    let lease = if running {
-                        saga::stop(ports.clone(), n.clone(), vmm, lease, false).await?;
-                        None
-                    } else {
-                        lease
-                    };
-                    saga::delete(ports, n, lease, has_disk, run_dir).await
-                }
-                .boxed_local())
+                let vmm = if running { vmm } else { None };
+                Ok(saga::delete(ports, n.clone(), vmm, lease, has_disk, run_dir).boxed_local())
             },
             |_| Ok(()),
         )

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Addr, Context, Handler, ResponseActFuture};
@@ -50,6 +51,9 @@ pub(super) struct RepairPlan {
     pub used: Vec<NetLease>,
     /// Desired per-guest firewall state.
     pub guests: Vec<GuestSpec>,
+    /// VMs whose adopted process keeps running; any other VMM process carrying hearth's
+    /// marker is a stray to sweep.
+    pub alive: BTreeSet<String>,
     /// The report.
     pub report: OpenReport,
 }
@@ -103,19 +107,34 @@ pub(super) fn plan_repairs(
                     .push((name.clone(), state(VmState::Stopped, None)));
                 plan.report.repaired.push(name.clone());
             }
-            VmState::Starting | VmState::Running | VmState::Unready => match adopted {
+            VmState::Starting => {
+                // A boot (create or start) was cut short before it was confirmed: end it and
+                // let the user start again, rather than guess how far it got.
+                if adopted.is_some() {
+                    plan.kill.push(name.clone());
+                }
+                plan.changes.push((
+                    name.clone(),
+                    state(
+                        VmState::Failed,
+                        Some("boot interrupted by a hearthd restart"),
+                    ),
+                ));
+                plan.report.repaired.push(name.clone());
+            }
+            VmState::Running | VmState::Unready => match adopted {
                 Some("Running") => {
                     alive = true;
                     plan.report.adopted.push(name.clone());
                 }
                 Some(_) => {
-                    // Spawned but never started: the boot was cut short.
+                    // Alive but not running a guest: nothing to keep.
                     plan.kill.push(name.clone());
                     plan.changes.push((
                         name.clone(),
                         state(
                             VmState::Failed,
-                            Some("boot interrupted by a hearthd restart"),
+                            Some("the VMM was not running a guest at restart"),
                         ),
                     ));
                     plan.report.repaired.push(name.clone());
@@ -138,6 +157,7 @@ pub(super) fn plan_repairs(
             }
         }
         if alive {
+            plan.alive.insert(name.clone());
             if let Some(lease) = &r.lease {
                 plan.used.push(lease.clone());
                 plan.guests.push(GuestSpec {
@@ -278,9 +298,14 @@ async fn execute(
         Ok(Err(e)) => warn!(p.log, "cannot list disks"; "error" => %e),
         Err(e) => warn!(p.log, "cannot list disks"; "error" => %e),
     }
-    for pid in stray_processes(&run_base, &live) {
+    // Processes: only those of VMs whose process was adopted may run; e.g. one spawned but
+    // never recorded, or one that failed verification yet carries our marker, is a stray.
+    let alive: BTreeSet<&String> = plan.alive.iter().collect();
+    for pid in stray_processes(&run_base, &alive) {
         if let Ok(proc_) = processes.open(pid) {
             if proc_.signal(Signal::Kill).is_ok() {
+                // Wait for it to die, so the TAP it held is free before the pool reclaims it.
+                let _ = tokio::time::timeout(Duration::from_secs(2), proc_.wait()).await;
                 plan.report.swept.push(format!("process {pid}"));
             }
         }
@@ -323,8 +348,8 @@ fn step(step: &'static str, e: impl std::fmt::Display) -> SupervisorError {
 }
 
 /// Pids of processes whose command line puts their API socket under `run_base/<vm>/` for a
-/// VM that is not in `live`: VMM processes hearth spawned and then lost track of.
-fn stray_processes(run_base: &Path, live: &BTreeSet<&String>) -> Vec<u32> {
+/// VM that is not in `keep`: VMM processes hearth spawned and then lost track of.
+fn stray_processes(run_base: &Path, keep: &BTreeSet<&String>) -> Vec<u32> {
     let base = run_base.to_string_lossy().into_owned();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -339,7 +364,7 @@ fn stray_processes(run_base: &Path, live: &BTreeSet<&String>) -> Vec<u32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            owner_vm(&args, &base).is_some_and(|vm| !live.contains(&vm))
+            owner_vm(&args, &base).is_some_and(|vm| !keep.contains(&vm))
         })
         .collect()
 }

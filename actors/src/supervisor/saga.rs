@@ -181,6 +181,9 @@ pub(super) struct BootPlan {
     pub rootfs_base: PathBuf,
     /// The disk already made (a start), or `None` to make one (a create, or a failed VM).
     pub disk: Option<PathBuf>,
+    /// This boot is a create: the VM stays `creating` until it is up, so a restart that finds
+    /// it cut short removes the disk too (a cut-short start keeps it).
+    pub creating: bool,
     pub vmm: Addr<FirecrackerActor>,
     pub api_socket: PathBuf,
     pub binary: PathBuf,
@@ -292,8 +295,10 @@ async fn boot_steps(
     // Recorded before the spawn, so a crash mid-spawn leaves a trace to sweep.
     p.commit(vm, Change::Process(Some(record.clone()))).await?;
     undo.push(Undo::Process(plan.vmm.clone()));
-    p.set_state(vm, VmState::Starting, None, EventReason::User)
-        .await?;
+    if !plan.creating {
+        p.set_state(vm, VmState::Starting, None, EventReason::User)
+            .await?;
+    }
 
     let spawned = plan
         .vmm
@@ -351,6 +356,7 @@ async fn boot_steps(
     if !plan.spec.ready_probe {
         p.set_state(vm, VmState::Running, None, EventReason::User)
             .await?;
+        p.rebuild_dns().await;
         return Ok(VmState::Running);
     }
     let probe = plan
@@ -362,11 +368,11 @@ async fn boot_steps(
         .await
         .map_err(mailbox("readiness"))?;
     p.observe("ready", lap(&mut t)).await;
-    match probe {
+    let state = match probe {
         Ok(_) => {
             p.set_state(vm, VmState::Running, None, EventReason::User)
                 .await?;
-            Ok(VmState::Running)
+            VmState::Running
         }
         Err(e) => {
             // The VM runs; only its agent is silent. Not a failure: nothing is undone.
@@ -377,9 +383,35 @@ async fn boot_steps(
                 EventReason::ReadinessTimeout,
             )
             .await?;
-            Ok(VmState::Unready)
+            VmState::Unready
         }
+    };
+    // The name resolves from the final state on (a create was not yet alive before).
+    p.rebuild_dns().await;
+    Ok(state)
+}
+
+/// Ends a VM's process by the ladder (or SIGKILL); answers how it ended, for the log.
+async fn end_process(
+    p: &Ports,
+    vmm: Option<Addr<FirecrackerActor>>,
+    kill: bool,
+) -> Result<Option<String>, SupervisorError> {
+    let Some(vmm) = vmm else { return Ok(None) };
+    let outcome = if kill {
+        vmm.send(KillVm {}).await
+    } else {
+        vmm.send(StopVm {
+            plan: p.settings.stop_plan,
+        })
+        .await
     }
+    .map_err(mailbox("stop"))?;
+    Ok(Some(match outcome {
+        Ok(o) => format!("ended by {} ({})", o.rung, o.status),
+        // No process left to stop (it exited meanwhile): stopped all the same.
+        Err(e) => format!("no process to stop: {e}"),
+    }))
 }
 
 /// Stops a VM's process (ladder or kill), then gives back its network and records it stopped.
@@ -392,31 +424,13 @@ pub(super) async fn stop(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
-    let detail = match vmm {
-        Some(vmm) => {
-            let outcome = if kill {
-                vmm.send(KillVm {}).await
-            } else {
-                vmm.send(StopVm {
-                    plan: p.settings.stop_plan,
-                })
-                .await
-            }
-            .map_err(mailbox("stop"))?;
-            match outcome {
-                Ok(o) => Some(format!("ended by {} ({})", o.rung, o.status)),
-                // No process left to stop (it exited meanwhile): the VM is stopped all the same.
-                Err(e) => Some(format!("no process to stop: {e}")),
-            }
-        }
-        None => None,
-    };
+    let how = end_process(&p, vmm, kill).await?;
     release_network(&p, &vm, lease).await?;
     p.commit(&vm, Change::Process(None)).await?;
     p.set_state(&vm, VmState::Stopped, None, EventReason::User)
         .await?;
-    if let Some(d) = detail {
-        info!(p.log, "VM stopped"; "vm" => &vm, "how" => d);
+    if let Some(how) = how {
+        info!(p.log, "VM stopped"; "vm" => &vm, "how" => how);
     }
     p.rebuild_dns().await;
     Ok(())
@@ -439,16 +453,22 @@ pub(super) async fn crashed(
     Ok(())
 }
 
-/// Frees everything a (stopped) VM holds and forgets it.
+/// Deletes a VM: `deleting` is recorded first (so a restart finishes the job), then the
+/// process is stopped by the ladder, and the network, disk and run directory are freed.
 pub(super) async fn delete(
     p: Ports,
     vm: String,
+    vmm: Option<Addr<FirecrackerActor>>,
     lease: Option<NetLease>,
     has_disk: bool,
     run_dir: PathBuf,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
+    if let Some(how) = end_process(&p, vmm, false).await? {
+        info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
+        p.commit(&vm, Change::Process(None)).await?;
+    }
     release_network(&p, &vm, lease).await?;
     if has_disk {
         remove_disk(&p, &vm).await?;

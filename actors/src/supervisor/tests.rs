@@ -79,6 +79,7 @@ fn running_vm_with_live_process_is_adopted_and_keeps_its_lease() {
         &BTreeMap::from([("a".into(), adopted("Running"))]),
     );
     assert_eq!(plan.report.adopted, vec!["a"]);
+    assert!(plan.alive.contains("a"));
     assert_eq!(plan.used, vec![lease(5)]);
     assert_eq!(plan.guests.len(), 1);
     assert!(plan.guests[0].nat);
@@ -148,7 +149,20 @@ fn interrupted_boot_is_killed_and_failed() {
         &BTreeMap::from([("a".into(), adopted("Not started"))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
-    assert!(plan.used.is_empty());
+    assert!(plan.used.is_empty() && plan.alive.is_empty());
+    // Even if the VMM had started the guest: an unconfirmed boot is not kept.
+    let plan = plan_repairs(
+        &records,
+        &BTreeMap::from([("a".into(), adopted("Running"))]),
+    );
+    assert_eq!(plan.kill, vec!["a"]);
+    assert!(plan.changes.iter().any(|(_, c)| matches!(
+        c,
+        Change::State {
+            state: VmState::Failed,
+            ..
+        }
+    )));
 }
 
 #[test]
