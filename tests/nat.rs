@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use actix::{Actor, Addr};
 use common::NetNs;
 use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
-use hearth_actors::host::firewall::Table;
+use hearth_actors::host::firewall::{Firewall, SetEntry, Table};
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_actors::nat::rules::{self, HOOKS};
 use hearth_actors::nat::{
@@ -525,4 +525,42 @@ fn changing_the_subnet_swaps_in_a_guest_set_with_the_new_range() {
     );
     assert_eq!(members(ns, "hearth-nat"), strings(["172.31.7.9"]));
     assert_chains_exact(ns, flavor, &wider);
+}
+
+#[test]
+fn backend_errors_name_the_command_or_operation_and_the_tool_text() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    for flavor in FLAVORS {
+        ns.run(|| {
+            let mut fw = LinuxFirewall::new(flavor);
+            let err = fw
+                .restore_rules("*filter\n-A HEARTH-NOPE -j ACCEPT\nCOMMIT\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flavor.iptables_restore()), "{err}");
+            // The tool's own text, pointing at the failing line.
+            assert!(err.contains("line 2") || err.contains("line: 2"), "{err}");
+
+            let err = fw
+                .add_to_set("hearth-absent", SetEntry::Ip(ip(5)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("add 172.31.240.5 to hearth-absent"), "{err}");
+            assert!(err.contains("does not exist"), "{err}");
+
+            let err = fw
+                .restore_sets("create hearth-x hash:nope\n")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ipset restore") && err.contains("hash:nope"),
+                "{err}"
+            );
+
+            // Absent things are fine to remove.
+            fw.destroy_set("hearth-absent").unwrap();
+        });
+    }
 }
