@@ -37,10 +37,18 @@ pub fn spawn(listener: UnixListener, vmm: mpsc::Sender<VmmRequest>, api_delay: D
             let Ok(mut stream) = conn else { continue };
             if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                 open.fetch_sub(1, Ordering::SeqCst);
-                let _ = write_response(
-                    &mut stream,
-                    &Response::fault(503, "Too many open connections."),
-                );
+                // Read the request first, so a client that writes before reading sees the
+                // 503 rather than a broken pipe.
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                    if let Ok(reader) = stream.try_clone() {
+                        let _ = RequestReader::new(reader).next_request();
+                    }
+                    let _ = write_response(
+                        &mut stream,
+                        &Response::fault(503, "Too many open connections."),
+                    );
+                });
                 continue;
             }
             let (vmm, open) = (vmm.clone(), open.clone());

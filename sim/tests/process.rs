@@ -270,3 +270,32 @@ fn eleventh_connection_gets_503() {
         .0
         == 200));
 }
+
+#[test]
+fn config_file_with_api_boots_and_reports_running() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vmlinux"), b"k").unwrap();
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source":{},"drives":[]}}"#,
+            bodies::valid("BootSource", 0, dir.path().to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let sim = Sim::start_in(dir, &["--config-file", &cfg], &[], None);
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .req("GET", "/", None)
+        .1
+        .contains(r#""state":"Running""#)));
+    assert_eq!(
+        sim.fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#)
+        ),
+        "The requested operation is not supported after starting the microVM."
+    );
+}

@@ -37,7 +37,8 @@ pub use vm::{Vm, VmState};
 pub use vsock::Vsock;
 
 /// Checks an API resource ID (drive, network interface) the way Firecracker's `checked_id`
-/// does: not empty, and only alphanumerics and `_` (no hyphen).
+/// does: not empty, and only alphanumerics and `_` (no hyphen). Alphanumeric is
+/// `char::is_alphanumeric`, as in Firecracker, so non-ASCII letters pass too.
 pub fn check_id(id: &str) -> Result<(), ValidationError> {
     if id.is_empty() {
         return Err(ValidationError::EmptyId);
@@ -77,6 +78,8 @@ mod tests {
             check_id("a/b"),
             Err(ValidationError::InvalidId { .. })
         ));
+        // Firecracker uses `char::is_alphanumeric`, so non-ASCII letters pass, as there.
+        assert!(check_id("disk_é").is_ok());
     }
 
     #[test]
