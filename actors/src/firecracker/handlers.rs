@@ -177,7 +177,8 @@ impl FirecrackerActor {
 
     /// After a failed spawn or boot: SIGKILL the process; its exit is reported as `Stopped`.
     fn kill_after_failure(&mut self, e: &FirecrackerError) {
-        if let Some(o) = &self.owned {
+        // A process that already died is reported as such, not as stopped by us.
+        if let Some(o) = self.owned.as_ref().filter(|o| o.exit.borrow().is_none()) {
             slog::warn!(self.log, "killing firecracker after failure"; "pid" => o.process.pid(), "error" => %e);
             self.stop_rung = Some(StopRung::Sigkill);
             if let Err(err) = o.process.signal(Signal::Kill) {
