@@ -32,12 +32,27 @@ const MAX_UDP_PAYLOAD: u16 = 4096;
 pub struct DnsRequestHandler {
     table: Arc<ArcSwap<RecordTable>>,
     forwarder: Arc<Forwarder>,
+    max_forwards: usize,
 }
 
 impl DnsRequestHandler {
-    /// A handler reading `table` (swapped by the actor) and forwarding through `forwarder`.
-    pub fn new(table: Arc<ArcSwap<RecordTable>>, forwarder: Arc<Forwarder>) -> Self {
-        Self { table, forwarder }
+    /// A handler reading `table` (swapped by the actor) and forwarding through `forwarder`,
+    /// at most `max_forwards` UDP queries at a time per worker.
+    pub fn new(
+        table: Arc<ArcSwap<RecordTable>>,
+        forwarder: Arc<Forwarder>,
+        max_forwards: usize,
+    ) -> Self {
+        Self {
+            table,
+            forwarder,
+            max_forwards,
+        }
+    }
+
+    /// How many forwarded UDP queries one worker keeps in flight; beyond, SERVFAIL at once.
+    pub fn max_forwards(&self) -> usize {
+        self.max_forwards
     }
 }
 
@@ -180,6 +195,22 @@ impl DnsRequestHandler {
                 out,
             ),
         }
+    }
+}
+
+impl DnsRequestHandler {
+    /// Encodes a bare error reply (e.g. SERVFAIL when too many queries are being forwarded)
+    /// to a request [`answer_udp`](Self::answer_udp) handed back.
+    pub fn fail_udp(&self, request: &Request, code: ResponseCode, out: &mut Vec<u8>) {
+        let edns = reply_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let meta = &request.metadata;
+        encode(
+            builder.error_msg(meta, code),
+            udp_max_size(request),
+            meta,
+            out,
+        );
     }
 }
 
@@ -401,6 +432,7 @@ mod tests {
         DnsRequestHandler::new(
             Arc::new(ArcSwap::from_pointee(table())),
             Arc::new(forwarder),
+            1,
         )
     }
 

@@ -107,10 +107,14 @@ pub struct DnsOptions {
     pub upstream_rounds: u32,
     /// Worker threads serving queries (each with its own socket on the shared port).
     pub workers: usize,
+    /// Forwarded UDP queries each worker keeps in flight (each holds a socket); beyond
+    /// that, SERVFAIL at once.
+    pub max_forwards: usize,
 }
 
 impl DnsOptions {
-    /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers.
+    /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers, 256
+    /// forwarded queries in flight per worker.
     pub fn new(zone: impl Into<String>, upstreams: Vec<SocketAddr>) -> Self {
         Self {
             zone: zone.into(),
@@ -120,6 +124,7 @@ impl DnsOptions {
             upstream_timeout: Duration::from_secs(1),
             upstream_rounds: 2,
             workers: 2,
+            max_forwards: 256,
         }
     }
 }
@@ -131,6 +136,7 @@ pub struct DnsActor {
     table: Arc<ArcSwap<RecordTable>>,
     forwarder: Arc<Forwarder>,
     workers: usize,
+    max_forwards: usize,
     /// Incremented per table, the SOA serial.
     serial: u32,
     server: Option<RunningServer>,
@@ -152,6 +158,7 @@ impl DnsActor {
             table,
             forwarder,
             workers: options.workers.max(1),
+            max_forwards: options.max_forwards.max(1),
             serial: 0,
             server: None,
             logger,
@@ -165,7 +172,11 @@ impl DnsActor {
     ) -> Result<(SocketAddr, Option<RunningServer>), DnsError> {
         let sockets = server::bind(listen, self.workers)?;
         let local = sockets.local_addr();
-        let handler = DnsRequestHandler::new(self.table.clone(), self.forwarder.clone());
+        let handler = DnsRequestHandler::new(
+            self.table.clone(),
+            self.forwarder.clone(),
+            self.max_forwards,
+        );
         let running = RunningServer::spawn(sockets, handler, &self.logger)?;
         info!(self.logger, "DNS serving"; "listen" => %local, "workers" => self.workers);
         Ok((local, self.server.replace(running)))

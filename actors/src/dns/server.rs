@@ -17,10 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::Server;
 use slog::{error, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use super::handler::{DnsRequestHandler, UdpAnswer};
 use super::DnsError;
@@ -229,6 +230,7 @@ async fn serve_udp(
 ) {
     let mut buf = vec![0u8; MAX_QUERY_SIZE];
     let mut out = Vec::with_capacity(512);
+    let forwards = Arc::new(Semaphore::new(handler.max_forwards().max(1)));
     loop {
         let (len, src) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -245,11 +247,19 @@ async fn serve_udp(
             UdpAnswer::Ignore => {}
             UdpAnswer::Reply => send(&socket, &out, src, logger).await,
             UdpAnswer::Forward(request) => {
+                // Each forwarded query holds a socket until answered: bound them, so a
+                // flood from a guest costs SERVFAILs, not the process's file descriptors.
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    handler.fail_udp(&request, ResponseCode::ServFail, &mut out);
+                    send(&socket, &out, src, logger).await;
+                    continue;
+                };
                 let (socket, handler, logger) = (socket.clone(), handler.clone(), logger.clone());
                 tokio::spawn(async move {
                     let mut out = Vec::with_capacity(512);
                     handler.forward_udp(&request, &mut out).await;
                     send(&socket, &out, src, &logger).await;
+                    drop(permit);
                 });
             }
         }

@@ -403,3 +403,37 @@ async fn invalid_zone_is_rejected() {
         .unwrap();
     assert!(err.to_string().contains("bad_zone.internal"), "{err}");
 }
+
+#[actix::test]
+async fn forwards_in_flight_are_bounded() {
+    // One worker, one forward at a time, an upstream that never answers: while the first
+    // query waits for it, a second one gets SERVFAIL at once instead of a socket.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut options = options(vec![silent.local_addr().unwrap()]);
+    options.workers = 1;
+    options.max_forwards = 1;
+    options.upstream_timeout = Duration::from_secs(2);
+    options.upstream_rounds = 1;
+    let actor = DnsActor::new(options, logger()).unwrap().start();
+    let server = actor
+        .send(Start {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let (first, second, elapsed) = blocking(move || {
+        let first = std::thread::spawn(move || query_udp(server, "one.test.", RecordType::A));
+        // Wait until the first query is at the upstream, i.e. holds the only permit.
+        let mut buf = [0u8; 512];
+        silent.recv_from(&mut buf).unwrap();
+        let started = Instant::now();
+        let second = query_udp(server, "two.test.", RecordType::A);
+        let elapsed = started.elapsed();
+        (first.join().unwrap(), second, elapsed)
+    })
+    .await;
+    assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
+}
