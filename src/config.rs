@@ -196,11 +196,19 @@ impl Config {
 
     /// Reads, parses and validates a TOML file. Host-derived defaults are not filled in.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_overrides(path, &[])
+    }
+
+    /// [`Config::load`] with `overrides` applied before validation.
+    pub fn load_with_overrides(
+        path: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        Self::parse_with_overrides(&text, overrides).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -211,10 +219,26 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_overrides(text, &[])
+    }
+
+    /// Parses TOML text, applies `overrides` (dotted key, value) on top, then validates.
+    /// A value is read as a TOML value (`32`, `true`, `["a"]`), else taken as a string.
+    pub fn parse_with_overrides(
+        text: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (key, value) in overrides {
+            set_dotted(&mut table, key, value).map_err(parse_err)?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let defaults = Config::new();
         if config.data_dir.as_os_str().is_empty() {
             config.data_dir = defaults.data_dir;
@@ -360,6 +384,56 @@ impl Config {
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.network.cidr)
     }
+}
+
+/// Overrides from the environment: `HEARTH__NETWORK__POOL_SIZE=32` sets `network.pool_size`
+/// (sections and keys separated by `__`, lower-cased), `HEARTH__DATA_DIR=...` a top-level key.
+pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("HEARTH__")?;
+            let key = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            (!key.is_empty()).then_some((key, v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parses a `--set key=value` argument.
+pub fn parse_override(arg: &str) -> Result<(String, String), String> {
+    let (k, v) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not KEY=VALUE (e.g. network.pool_size=32)"))?;
+    if k.is_empty() || k.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{k:?} is not a dotted key (e.g. network.pool_size)"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+    let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().ok_or_else(|| format!("empty key {key:?}"))?;
+    let mut node = table;
+    for part in parts {
+        node = node
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}`: `{part}` is not a section"))?;
+    }
+    node.insert(last.to_owned(), value);
+    Ok(())
 }
 
 /// The first host address of `net`, which hearth gives the bridge.
@@ -525,6 +599,57 @@ mod tests {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn overrides_apply_on_top_and_are_validated() {
+        let overrides = vec![
+            ("network.pool_size".to_owned(), "4".to_owned()),
+            ("dns.zone".to_owned(), "vms.test".to_owned()),
+            ("firecracker_bin".to_owned(), "/opt/fc".to_owned()),
+        ];
+        let c = Config::parse_with_overrides("[network]\npool_size = 9\n", &overrides).unwrap();
+        assert_eq!(c.network.pool_size, 4);
+        assert_eq!(c.dns.zone, "vms.test");
+        assert_eq!(c.firecracker_bin, Some(PathBuf::from("/opt/fc")));
+        let bad = vec![("network.mtu".to_owned(), "5".to_owned())];
+        let err = Config::parse_with_overrides("", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("network.mtu"), "{err}");
+        let unknown = vec![("network.nope".to_owned(), "1".to_owned())];
+        let err = Config::parse_with_overrides("", &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let not_section = vec![("data_dir.x".to_owned(), "1".to_owned())];
+        let err = Config::parse_with_overrides("data_dir = \"/a\"", &not_section)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a section"), "{err}");
+    }
+
+    #[test]
+    fn env_and_flag_overrides_are_read() {
+        let env = vec![
+            ("HEARTH__NETWORK__POOL_SIZE".to_owned(), "8".to_owned()),
+            ("HEARTH__DATA_DIR".to_owned(), "/srv/h".to_owned()),
+            ("HEARTH_LOG".to_owned(), "debug".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        assert_eq!(
+            env_overrides(env.into_iter()),
+            vec![
+                ("data_dir".to_owned(), "/srv/h".to_owned()),
+                ("network.pool_size".to_owned(), "8".to_owned())
+            ]
+        );
+        assert_eq!(
+            parse_override("vm.stop_on_exit=true").unwrap(),
+            ("vm.stop_on_exit".to_owned(), "true".to_owned())
+        );
+        assert!(parse_override("novalue").is_err());
+        assert!(parse_override("a..b=1").is_err());
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! hearthd: the hearth daemon. Loads and validates the configuration, checks the host, then
-//! brings up host networking through the actors.
+//! hearthd: the hearth daemon. Loads and validates the configuration, checks the host, builds
+//! the actors, reconciles with what survived the last run, serves the control API, and on
+//! SIGINT/SIGTERM closes cleanly (VMs keep running unless `vm.stop_on_exit`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use hearth::api::{self, ApiServer, ApiState, SupervisorPorts};
 use hearth::config::Config;
+use hearth::images::ImageStore;
 use hearth::preflight::{self, Severity};
+use slog::{info, warn};
 
 /// The hearth daemon: turns a Linux host with KVM into a Firecracker microVM host.
 #[derive(Debug, Parser)]
@@ -15,12 +19,26 @@ struct Args {
     /// Configuration file (TOML). Without it, every setting takes its default.
     #[arg(long, env = "HEARTH_CONFIG")]
     config: Option<PathBuf>,
+    /// The control socket (overrides `api.socket`).
+    #[arg(long, env = "HEARTH_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The state directory (overrides `data_dir`).
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The Firecracker binary (overrides `firecracker_bin`).
+    #[arg(long, env = "HEARTH_FIRECRACKER_BIN")]
+    firecracker_bin: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "HEARTH_LOG", default_value = "info")]
     log_level: String,
     /// Check the configuration and the host's prerequisites, print them, and exit.
     #[arg(long)]
     check: bool,
+    /// Set any configuration key, e.g. `--set network.pool_size=32` (repeatable). Environment
+    /// variables `HEARTH__SECTION__KEY=value` do the same; flags win over the environment,
+    /// both win over the file.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = hearth::config::parse_override)]
+    set: Vec<(String, String)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,24 +46,38 @@ fn main() -> anyhow::Result<()> {
     let level = hearth::logging::parse_level(&args.log_level).map_err(anyhow::Error::msg)?;
     let log = hearth::logging::root_logger(level);
 
+    let mut overrides = hearth::config::env_overrides(std::env::vars());
+    overrides.extend(args.set.iter().cloned());
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::new(),
+        Some(path) => Config::load_with_overrides(path, &overrides)?,
+        None => Config::parse_with_overrides("", &overrides)?,
     };
+    if let Some(socket) = args.socket {
+        config.api.socket = socket;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(bin) = args.firecracker_bin {
+        config.firecracker_bin = Some(bin);
+    }
     config.resolve_host_defaults();
     config.validate().context("Invalid configuration")?;
 
-    let findings = preflight::check_host(None);
+    let findings = preflight::check_host(config.firecracker_bin.as_deref());
     if args.check {
         for f in &findings {
             println!("{f}");
         }
-        println!("{}", toml::to_string_pretty(&config)?);
+        println!(
+            "\n# effective configuration\n{}",
+            toml::to_string_pretty(&config)?
+        );
         return Ok(());
     }
     for f in &findings {
         if let Some((severity, why)) = &f.problem {
-            slog::warn!(log, "host prerequisite"; "what" => &f.what, "problem" => why,
+            warn!(log, "host prerequisite"; "what" => &f.what, "problem" => why,
                 "fatal" => *severity == Severity::Fatal);
         }
     }
@@ -53,9 +85,63 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .any(|f| matches!(f.problem, Some((Severity::Fatal, _))))
     {
-        anyhow::bail!("The host lacks a prerequisite hearthd cannot run without (see the log, or run hearthd --check)");
+        anyhow::bail!(
+            "The host lacks a prerequisite hearthd cannot run without (run hearthd --check)"
+        );
     }
-    slog::info!(log, "configuration"; "bridge" => &config.network.bridge,
-        "cidr" => %config.network.cidr, "zone" => &config.dns.zone);
+    if config.network.egress_interface.is_none() {
+        warn!(
+            log,
+            "no egress interface (no default route, none configured): NAT will be refused"
+        );
+    }
+
+    actix::System::new().block_on(run(config, log))
+}
+
+async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
+    let daemon = hearth::daemon::start(&config, &log).await?;
+
+    let images = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+    let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images));
+    let api_config = api::ApiConfig {
+        socket: config.api.socket.clone(),
+        socket_group: config.api.socket_group.map(|g| g.to_string()),
+        tcp: config.api.tcp_listen,
+        token: config
+            .api
+            .token
+            .clone()
+            .or_else(|| std::env::var("HEARTH_API_TOKEN").ok()),
+        ..api::ApiConfig::default()
+    };
+    if let Some(parent) = api_config.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("Cannot create {}", parent.display()))?;
+    }
+    let (server, serving) = ApiServer::start(&api_config, state)?;
+    actix::spawn(serving);
+    info!(log, "hearthd ready"; "socket" => %api_config.socket.display(),
+        "dns" => %daemon.dns_addr, "adopted" => daemon.report.adopted.len());
+    // Tell systemd (Type=notify) we are up; a no-op outside systemd.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    wait_for_signal().await?;
+    info!(log, "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    server.stop().await;
+    hearth::daemon::stop(&daemon, &config).await?;
+    info!(log, "stopped"; "vms_left_running" => !config.vm.stop_on_exit);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("Cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("Cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     Ok(())
 }
