@@ -159,9 +159,14 @@ impl Client {
         body: Option<&[u8]>,
     ) -> Result<StreamResponse, ClientError> {
         let mut conn = self.connect()?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\nAccept: application/json\r\n"
-        );
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n");
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+        {
+            head.push_str("Accept: application/json\r\n");
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }

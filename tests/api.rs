@@ -934,3 +934,59 @@ mod real_supervisor {
         assert!(vms.is_empty());
     }
 }
+
+#[test]
+fn streamed_import_reports_progress_then_the_result() {
+    use hearth_proto::api_images::{ImportUpdate, NDJSON};
+    let (d, _s, c) = server();
+    let src = kernel_file(d.path());
+    let updates = |body: serde_json::Value| -> Vec<ImportUpdate> {
+        let r = c
+            .stream(
+                "POST",
+                "/v1/images",
+                &[("Accept", NDJSON)],
+                Some(body.to_string().as_bytes()),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.body
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect()
+    };
+    let got = updates(json!({"name": "k", "kind": "kernel", "path": src}));
+    assert_eq!(
+        got[0],
+        ImportUpdate::Progress {
+            copied: 64 * 1024,
+            total: 64 * 1024
+        }
+    );
+    match got.last().unwrap() {
+        ImportUpdate::Image(img) => assert_eq!((img.name.as_str(), img.size), ("k", 64 * 1024)),
+        other => panic!("{other:?}"),
+    }
+    // A failure found while importing comes as the last line; nothing is stored.
+    let got = updates(json!({"name": "r", "kind": "rootfs", "path": src}));
+    match got.last().unwrap() {
+        ImportUpdate::Error(e) => assert_eq!(e.code, "invalid_image"),
+        other => panic!("{other:?}"),
+    }
+    let list: Vec<ImageInfo> = c.get("/v1/images").unwrap();
+    assert_eq!(list.len(), 1);
+    // Refusals that need no copying are plain HTTP errors.
+    let r = c
+        .request(
+            "POST",
+            "/v1/images",
+            &[("Accept", NDJSON)],
+            Some(
+                json!({"name": "x", "kind": "kernel", "path": "rel"})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

@@ -150,7 +150,7 @@ fn images_and_vms_through_the_cli() {
         ),
         1,
     );
-    assert!(err.contains("HTTP 409"), "{err}");
+    assert!(err.contains("Image k already exists (conflict)"), "{err}");
 
     // VMs.
     let out = ok(&ctl(

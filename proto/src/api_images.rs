@@ -68,3 +68,24 @@ pub struct ImageInfo {
     /// When it was imported, seconds since the Unix epoch.
     pub imported_unix: u64,
 }
+
+/// The media type of a streamed import: one JSON [`ImportUpdate`] per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a streamed `POST /v1/images` (asked for with `Accept: application/x-ndjson`):
+/// progress lines, then exactly one `image` or `error` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportUpdate {
+    /// Bytes copied so far out of the total.
+    Progress {
+        /// Bytes copied.
+        copied: u64,
+        /// The source's size.
+        total: u64,
+    },
+    /// The import finished: the image.
+    Image(ImageInfo),
+    /// The import failed; nothing was stored.
+    Error(crate::api::ErrorDetail),
+}

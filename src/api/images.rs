@@ -1,13 +1,21 @@
 //! `/v1/images` handlers over the image store. Imports read a file on hearthd's host (the
 //! body names it); the copy and hash run on the blocking pool. Removal is refused while a VM's
 //! spec names the image.
+//!
+//! An import asked for with `Accept: application/x-ndjson` answers 200 at once and streams
+//! [`ImportUpdate`] lines: progress after every MiB copied (the store's progress callback),
+//! then the image or the error. Checks that need no copying (name syntax, absolute path,
+//! store configured) still fail with a plain HTTP error first. A client that disconnects does
+//! not cancel the copy; the image is stored all the same.
 
 use std::collections::BTreeSet;
 
-use actix_web::web::{self, Data, Path};
+use actix_web::http::header;
+use actix_web::web::{self, Bytes, Data, Path};
 use actix_web::{HttpRequest, HttpResponse};
+use futures::{SinkExt, StreamExt};
 use hearth_actors::supervisor as sup;
-use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage};
+use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
 
 use super::body::JsonBody;
 use super::query::Params;
@@ -65,12 +73,70 @@ pub async fn import(
             reason: format!("{} is not an absolute path", path.display()),
         });
     }
+    if let Some(reason) = images::detect::name_problem(&name) {
+        return Err(ApiError::InvalidParam {
+            param: "name".into(),
+            reason: format!("{name:?}: {reason}"),
+        });
+    }
     let kind = match kind {
         ImageKind::Kernel => images::ImageKind::Kernel,
         ImageKind::Rootfs => images::ImageKind::Rootfs,
     };
+    if wants_ndjson(&req) {
+        return Ok(import_streamed(store, name, kind, path));
+    }
     let meta = blocking(move || store.import(&name, kind, &path, |_, _| {})).await?;
     Ok(HttpResponse::Created().json(info(meta)))
+}
+
+/// Whether the client accepts the streamed form of an import.
+fn wants_ndjson(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(NDJSON))
+            })
+        })
+}
+
+/// Runs the import on the blocking pool and answers with its updates as they come.
+fn import_streamed(
+    store: ImageStore,
+    name: String,
+    kind: images::ImageKind,
+    path: std::path::PathBuf,
+) -> HttpResponse {
+    // Progress lines may be dropped when the client reads slowly (the next one supersedes
+    // them); the final line is always delivered.
+    let (tx, rx) = futures::channel::mpsc::channel::<ImportUpdate>(16);
+    let mut progress = tx.clone();
+    let mut last = tx;
+    actix_web::rt::spawn(async move {
+        let result = blocking(move || {
+            store.import(&name, kind, &path, |copied, total| {
+                let _ = progress.try_send(ImportUpdate::Progress { copied, total });
+            })
+        })
+        .await;
+        let update = match result {
+            Ok(meta) => ImportUpdate::Image(info(meta)),
+            Err(e) => ImportUpdate::Error(e.body().error),
+        };
+        let _ = last.send(update).await;
+    });
+    let lines = rx.map(|update| {
+        let mut line = serde_json::to_vec(&update).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, NDJSON))
+        .streaming(lines)
 }
 
 /// `GET /v1/images`: every image, sorted by name.

@@ -158,8 +158,14 @@ pub fn document() -> Value {
                 "post": {
                     "operationId": "importImage",
                     "summary": "Import a file on hearthd's host into the image store",
+                    "description": "With `Accept: application/x-ndjson` the answer is 200 at \
+                                    once and streams ImportUpdate lines: progress, then the \
+                                    image or the error.",
                     "requestBody": json_body("ImportImage"),
                     "responses": {
+                        "200": {"description": "Streamed import (Accept: application/x-ndjson)",
+                            "content": {"application/x-ndjson":
+                                {"schema": schema("ImportUpdate")}}},
                         "201": json_response("The image", schema("ImageInfo")),
                         "400": error_response("Invalid name or path"),
                         "409": error_response("An image of that name exists"),
@@ -320,6 +326,19 @@ fn schemas() -> Value {
                 "source": {"type": "string"},
                 "imported_unix": {"type": "integer"},
             }
+        },
+        "ImportUpdate": {
+            "description": "One line of a streamed import",
+            "oneOf": [
+                {"type": "object", "required": ["progress"], "properties": {"progress": {
+                    "type": "object", "required": ["copied", "total"],
+                    "properties": {"copied": {"type": "integer"}, "total": {"type": "integer"}}}}},
+                {"type": "object", "required": ["image"],
+                 "properties": {"image": schema("ImageInfo")}},
+                {"type": "object", "required": ["error"],
+                 "properties": {"error": {"type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            ]
         },
         "Health": {
             "type": "object", "required": ["status", "version", "vms"],

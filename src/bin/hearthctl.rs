@@ -7,18 +7,17 @@
 //! 4 the connection failed mid-request or the answer was malformed.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hearth::client::{Client, ClientError, SseReader};
 use hearth_proto::api::{CreateVm, Event, SetNat, VmInfo, VmState};
 use hearth_proto::api_health::Health;
-use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage};
+use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
 
 /// The hearth CLI: manage microVMs and images through hearthd.
 #[derive(Debug, Parser)]
@@ -288,18 +287,8 @@ fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
                 Kind::Kernel => ImageKind::Kernel,
                 Kind::Rootfs => ImageKind::Rootfs,
             };
-            let size = std::fs::metadata(&path).ok().map(|m| m.len());
-            let spinner = Spinner::start(format!(
-                "Importing {name} from {}{}",
-                path.display(),
-                size.map(|s| format!(" ({})", human_size(s)))
-                    .unwrap_or_default()
-            ));
             let started = Instant::now();
-            let res: Result<ImageInfo, _> =
-                c.send_json("POST", "/v1/images", &[], &ImportImage { name, kind, path });
-            spinner.stop();
-            let img = res?;
+            let img = import(c, &ImportImage { name, kind, path })?;
             if json {
                 print_json(&img);
             } else {
@@ -658,43 +647,96 @@ fn utc(ms: u64) -> String {
     )
 }
 
-/// A spinner with the elapsed time on stderr while a server-side operation runs (only when
-/// stderr is a terminal).
-struct Spinner {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Spinner {
-    fn start(label: String) -> Spinner {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::io::stderr().is_terminal().then(|| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let frames = ['|', '/', '-', '\\'];
-                let started = Instant::now();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    eprint!(
-                        "\r{} {label} {:.0}s ",
-                        frames[i % frames.len()],
-                        started.elapsed().as_secs_f64()
-                    );
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                eprint!("\r\x1b[2K");
-            })
-        });
-        Spinner { stop, thread }
+/// Imports through the streamed form of `POST /v1/images`, drawing a progress bar on stderr
+/// (when it is a terminal) from the server's progress lines.
+fn import(c: &Client, request: &ImportImage) -> Result<ImageInfo, Failure> {
+    let body = serde_json::to_vec(request).map_err(ClientError::from)?;
+    let mut resp = c.stream("POST", "/v1/images", &[("Accept", NDJSON)], Some(&body))?;
+    if resp.status != 200 {
+        // A refusal before the copy started (or a server that does not stream).
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.body, &mut body).map_err(ClientError::Io)?;
+        let answer = hearth::client::Response {
+            status: resp.status,
+            headers: resp.headers,
+            body,
+        };
+        return Ok(answer.ok()?.json()?);
     }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    let mut bar = ProgressBar::new(&request.name);
+    let mut result = None;
+    for line in resp.body.lines() {
+        let line = line.map_err(ClientError::Io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<ImportUpdate>(&line).map_err(ClientError::Decode)? {
+            ImportUpdate::Progress { copied, total } => bar.draw(copied, total),
+            ImportUpdate::Image(img) => result = Some(Ok(img)),
+            ImportUpdate::Error(e) => result = Some(Err(e)),
         }
     }
+    bar.clear();
+    match result {
+        Some(Ok(img)) => Ok(img),
+        Some(Err(e)) => Err(Failure {
+            code: 1,
+            message: format!("{} ({})", e.message, e.code),
+        }),
+        None => Err(Failure {
+            code: 4,
+            message: "The import stream ended without a result (hearthd stopped?)".into(),
+        }),
+    }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    label: String,
+    enabled: bool,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(label: &str) -> Self {
+        ProgressBar {
+            label: label.to_owned(),
+            enabled: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, copied: u64, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        eprint!("\r{} {}", bar(copied, total, 30), self.label);
+        self.drawn = true;
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// `[#####-----]  50%  32.0 MiB / 64.0 MiB` with a bar `width` characters wide.
+fn bar(copied: u64, total: u64, width: usize) -> String {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        (copied as f64 / total as f64).clamp(0.0, 1.0)
+    };
+    let filled = (fraction * width as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}%  {} / {}",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        fraction * 100.0,
+        human_size(copied),
+        human_size(total)
+    )
 }
 
 #[cfg(test)]
@@ -707,6 +749,11 @@ mod tests {
         assert_eq!(utc(1_709_210_096_000), "2024-02-29 12:34:56");
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(64 << 20), "64.0 MiB");
+        assert_eq!(
+            bar(32 << 20, 64 << 20, 10),
+            "[#####-----]  50%  32.0 MiB / 64.0 MiB"
+        );
+        assert_eq!(bar(0, 0, 4), "[####] 100%  0 B / 0 B");
         assert_eq!(enc("role=web x/y"), "role%3Dweb%20x%2Fy");
         assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_label("=b").is_err());
