@@ -3,13 +3,21 @@
 //! Guests ask the gateway for `<vm>.<zone>` (an A record, short TTL), for the PTR of a guest
 //! IP, or for any other name, which is forwarded to the upstream resolvers. The supervisor
 //! rebuilds the whole map from the VMs alive and sends it as [`ReplaceRecords`]; the actor
-//! builds a new immutable [`RecordTable`](table::RecordTable) off to the side and swaps it in
+//! builds a new immutable [`table::RecordTable`] off to the side and swaps it in
 //! with one atomic pointer store, so the request handler (on its own threads, see
-//! [`server`]) only ever reads a complete snapshot and never takes a lock.
+//! `server.rs`) only ever reads a complete snapshot and never takes a lock.
 //!
 //! Flow: [`Start`] binds UDP + TCP on the listen address and starts the worker threads;
 //! [`Stop`] stops them and resolves once the ports are free; [`ReplaceRecords`] swaps the
 //! table whether or not the server runs.
+//!
+//! Files: `messages.rs` (the messages), this file (options, errors, the actor, its
+//! handlers), `table.rs` (the pure table: validation, building, resolution), `handler.rs`
+//! (turning a resolution into a reply; hickory's `RequestHandler`), `forward.rs` (upstream
+//! forwarding), `server.rs` (sockets and worker threads), `tests.rs` (actor tests).
+//!
+//! The sockets are the only host effect and need no privilege on loopback, so the actor is
+//! tested against the real thing (`tests.rs`) rather than behind a fake.
 
 mod forward;
 mod handler;
