@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use actix::{Actor, Context, Handler};
-use slog::{debug, info, Logger};
+use slog::{debug, info, warn, Logger};
 
 use super::rules::{self, Listings, GUEST_SET, NAT_SET};
 use super::{
@@ -71,17 +71,6 @@ impl NatActor {
         if !exists {
             return Err(NatError::EgressMissing { interface: egress });
         }
-        let forwarding = self
-            .firewall
-            .ip_forward()
-            .map_err(step("read IPv4 forwarding"))?;
-        if !forwarding {
-            self.firewall
-                .set_ip_forward(true)
-                .map_err(step("enable IPv4 forwarding"))?;
-            self.enabled_forwarding = true;
-        }
-
         let (nat, guests) = rules::set_members(desired);
         let existing = self.firewall.list_sets().map_err(step("list ipsets"))?;
         let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat, &existing);
@@ -93,11 +82,23 @@ impl NatActor {
             .restore_sets(&sets)
             .map_err(step("rebuild hearth's ipsets"))?;
 
-        let current = self.listings()?;
-        let text = rules::restore_text(&self.config, &egress, &current);
-        self.firewall
-            .restore_rules(&text)
-            .map_err(step("install hearth's iptables chains"))?;
+        let installed = self.listings().and_then(|current| {
+            let text = rules::restore_text(&self.config, &egress, &current);
+            self.firewall
+                .restore_rules(&text)
+                .map_err(step("install hearth's iptables chains"))
+        });
+        if let Err(err) = installed {
+            // Sets this call created are referenced by no rule: take them back.
+            for set in [NAT_SET, GUEST_SET] {
+                if !existing.iter().any(|s| s == set) {
+                    if let Err(e) = self.firewall.destroy_set(set) {
+                        warn!(self.log, "cannot remove new ipset after failure"; "set" => set, "error" => %e);
+                    }
+                }
+            }
+            return Err(err);
+        }
 
         if !self.config.anti_spoofing {
             // No rule references the guest set any more: drop one an earlier config made.
@@ -106,6 +107,18 @@ impl NatActor {
                     .destroy_set(&set)
                     .map_err(step(format!("destroy ipset {set}")))?;
             }
+        }
+
+        // Forwarding last: guests' packets are never routed before the rules guard them.
+        let forwarding = self
+            .firewall
+            .ip_forward()
+            .map_err(step("read IPv4 forwarding"))?;
+        if !forwarding {
+            self.firewall
+                .set_ip_forward(true)
+                .map_err(step("enable IPv4 forwarding"))?;
+            self.enabled_forwarding = true;
         }
 
         self.ready = true;
@@ -462,6 +475,9 @@ mod tests {
         assert_eq!(err.to_string(), "Cannot install hearth's iptables chains");
         let source = std::error::Error::source(&err).unwrap().to_string();
         assert!(source.contains("Couldn't load match `set'"), "{source}");
+        // The sets this first reconcile made are gone again, forwarding untouched.
+        assert!(fake.state().sets.is_empty());
+        assert!(!fake.state().ip_forward);
         // Not ready: per-guest messages are still refused.
         let err = addr.send(ensure(5, true)).await.unwrap().unwrap_err();
         assert!(matches!(err, NatError::NotReady { .. }));
