@@ -390,10 +390,17 @@ fn open_sweeps_temporaries_left_by_a_crash() {
     s.store
         .import("k", ImageKind::Kernel, &k, |_, _| {})
         .unwrap();
-    let crashed = s.store.dir().join(".import-k2-1234-0");
+    // Temporaries of a dead process go; those of a live one (this test's) stay.
+    let dead = u32::MAX;
+    let live = s
+        .store
+        .dir()
+        .join(format!(".import-k3-{}-7", std::process::id()));
+    fs::create_dir(&live).unwrap();
+    let crashed = s.store.dir().join(format!(".import-k2-{dead}-0"));
     fs::create_dir(&crashed).unwrap();
     fs::write(crashed.join("image"), b"half").unwrap();
-    let removing = s.store.dir().join(".remove-old-1234-1");
+    let removing = s.store.dir().join(format!(".remove-old-{dead}-1"));
     fs::create_dir(&removing).unwrap();
     assert_eq!(
         s.store.list().unwrap().len(),
@@ -402,5 +409,6 @@ fn open_sweeps_temporaries_left_by_a_crash() {
     );
     let store = ImageStore::open(&s.dir.path().join("data")).unwrap();
     assert!(!crashed.exists() && !removing.exists());
+    assert!(live.exists(), "a live process's import was swept");
     assert_eq!(store.list().unwrap().len(), 1);
 }

@@ -166,15 +166,17 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) `<data_dir>/images/`, removing temporaries left by a crash.
-    /// Call it once, before any import runs.
+    /// Opens (creating if needed) `<data_dir>/images/`, removing temporaries left by a crash:
+    /// those whose process (the pid in their name) is gone, so another process importing into
+    /// the same store at the same time keeps its own.
     pub fn open(data_dir: &Path) -> Result<Self, ImagesError> {
         let dir = data_dir.join("images");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(TEMP_PREFIX) || name.starts_with(TRASH_PREFIX) {
+            let ours = name.starts_with(TEMP_PREFIX) || name.starts_with(TRASH_PREFIX);
+            if ours && !temp_owner_alive(&name) {
                 let path = entry.path();
                 fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
             }
@@ -357,6 +359,17 @@ impl ImageStore {
             .join(format!("{TRASH_PREFIX}{name}-{}-{n}", std::process::id()));
         fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))
+    }
+}
+
+/// True when the process that made the temporary `name` (`.import-<image>-<pid>-<n>`) is
+/// still running.
+fn temp_owner_alive(name: &str) -> bool {
+    let mut parts = name.rsplitn(3, '-');
+    let (_n, pid) = (parts.next(), parts.next());
+    match pid.and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
     }
 }
 
