@@ -355,8 +355,12 @@ mod tests {
         assert!(fake.state().ip_forward);
         // Forwarding is switched on only once the rules guard the bridge.
         let calls = fake.state().calls.clone();
-        let rules_at = calls.iter().position(|c| matches!(c, FakeCall::RestoreRules(_)));
-        let forward_at = calls.iter().position(|c| *c == FakeCall::SetIpForward(true));
+        let rules_at = calls
+            .iter()
+            .position(|c| matches!(c, FakeCall::RestoreRules(_)));
+        let forward_at = calls
+            .iter()
+            .position(|c| *c == FakeCall::SetIpForward(true));
         assert!(rules_at.unwrap() < forward_at.unwrap(), "{calls:?}");
         let restored = fake.restored_rules();
         assert_eq!(restored.len(), 1);
