@@ -15,7 +15,7 @@
     reason = "each example uses a different part of the helpers"
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,12 +45,29 @@ pub struct VmHost {
     pub dir: tempfile::TempDir,
     /// hearthd's configuration for this host (`firecracker-sim`, egress `wan0`).
     pub config: Config,
+    /// A data directory outside `dir` (see [`VmHost::with_data_dir`]), removed on drop.
+    external_data: Option<PathBuf>,
 }
 
 impl VmHost {
     /// Creates the namespaces, the directories and the image store. `rootfs_mib` is the size
     /// of the ext4 base image (mostly holes: `mkfs.ext4` writes only metadata).
     pub fn new(prefix: &str, rootfs_mib: u64) -> anyhow::Result<Self> {
+        Self::with_data_dir(prefix, rootfs_mib, None)
+    }
+
+    /// Like [`VmHost::new`], with the data directory (store, images, disks) at `data_dir`
+    /// (which must not exist yet; e.g. on a tmpfs), removed again on drop.
+    pub fn with_data_dir(
+        prefix: &str,
+        rootfs_mib: u64,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        if let Some(d) = data_dir {
+            if d.exists() {
+                bail!("{} exists; give a path that does not", d.display());
+            }
+        }
         // A short path: socket paths under the run directory must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix(prefix)
@@ -69,7 +86,9 @@ impl VmHost {
         ns.exec_ok(&["ip", "route", "add", "default", "via", UPSTREAM_ADDR]);
 
         let mut config = Config::new();
-        config.data_dir = dir.path().join("data");
+        config.data_dir = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("data"));
         config.run_dir = dir.path().join("run");
         config.firecracker_bin = Some(fc_sim::sim_binary());
         config.network.egress_interface = Some("wan0".into());
@@ -82,6 +101,7 @@ impl VmHost {
             upstream,
             dir,
             config,
+            external_data: data_dir.map(Path::to_path_buf),
         };
         host.import_images(rootfs_mib)?;
         Ok(host)
@@ -160,6 +180,9 @@ impl Drop for VmHost {
             eprintln!("cleanup: killed {} leftover VMM processes", pids.len());
             // Bounded: a SIGKILLed process is gone within milliseconds.
             common::wait_until(Duration::from_secs(5), || self.vmm_pids().is_empty());
+        }
+        if let Some(d) = &self.external_data {
+            let _ = std::fs::remove_dir_all(d);
         }
         // Then the fields drop: both namespaces are deleted, the directory removed.
     }

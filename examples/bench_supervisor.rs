@@ -1,0 +1,519 @@
+//! Benchmark of VM creation through `VmSupervisor`, in-process: this process plays hearthd
+//! (`hearth::daemon::start`: SQLite store, image store, TAP pool, NAT, DNS, one
+//! `FirecrackerActor` per VM) and `firecracker-sim` is the VMM, all inside a private network
+//! namespace with an upstream namespace behind its egress veth. Never the host's network.
+//!
+//! Stages, for N VMs (default 200):
+//! 1. sequential: N creates one after another; each create's round trip is timed here and its
+//!    phase times are read exactly from the supervisor's histograms (a `GetMetrics` snapshot
+//!    before and after: one observation per phase). Probes of 20 create+delete cycles run at
+//!    10 VMs running and at N running (latency against the number of VMs). Then CPU time and
+//!    peak RSS of this process with N VMs running, and a concurrent delete of all.
+//! 2. concurrent: N creates with `--concurrency` in flight (default 8): throughput and round
+//!    trips; then all are deleted again.
+//!
+//! "hearth's own share" of a create = its round trip minus the phases spent waiting on the
+//! VMM process (spawn + api_ready + configure + start + ready). See docs/bench/supervisor.md.
+//!
+//! Needs root. Build the simulator in release first:
+//!
+//! ```text
+//! cargo build --release -p firecracker-sim
+//! sudo cargo run --release --example bench_supervisor -- 200
+//! sudo cargo run --release --example bench_supervisor -- 1000
+//! ```
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/fc_sim.rs"]
+mod fc_sim;
+#[path = "../tests/common/vm_host.rs"]
+mod vm_host;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use futures::stream::{self, StreamExt};
+use hearth::config::Config;
+use hearth::daemon;
+use hearth_actors::supervisor::{CreateVm, DeleteVm, GetMetrics, ListVms, VmSupervisor};
+use hearth_proto::api::{self, VmState};
+use slog::Drain;
+use vm_host::VmHost;
+
+/// Phases spent waiting on the VMM process (its start-up, API answers, the guest's boot).
+const VMM_PHASES: [&str; 5] = ["spawn", "api_ready", "configure", "start", "ready"];
+
+/// Probe creates per probe point.
+const PROBES: usize = 20;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Number of VMs.
+    #[arg(default_value_t = 200)]
+    n: usize,
+    /// Creates in flight in the concurrent stage.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Deletes in flight when deleting everything.
+    #[arg(long, default_value_t = 16)]
+    delete_concurrency: usize,
+    /// Unleased TAPs the pool keeps warm.
+    #[arg(long, default_value_t = 32)]
+    pool_size: u32,
+    /// Bridge subnet (room for N guests plus the probe and the pool).
+    #[arg(long, default_value = "172.31.0.0/20")]
+    cidr: ipnet::Ipv4Net,
+    /// Simulated guest boot time (`FC_SIM_BOOT_DELAY_MS`); default: the simulator's (50 ms).
+    #[arg(long)]
+    boot_delay_ms: Option<u64>,
+    /// Put the data directory (SQLite store, disks) here instead of the temporary directory,
+    /// e.g. a tmpfs to see what fsync costs. Must not exist yet; it is removed afterwards.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Skip the concurrent stage.
+    #[arg(long)]
+    sequential_only: bool,
+}
+
+fn logger() -> slog::Logger {
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Warning).fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+/// CPU time (user + system) of this process's threads, children excluded.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A `Vm*` line of /proc/self/status, in KiB.
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Latency samples by series name, in insertion order of first use.
+#[derive(Default)]
+struct Samples {
+    order: Vec<String>,
+    series: BTreeMap<String, Vec<Duration>>,
+}
+
+impl Samples {
+    fn push(&mut self, name: &str, d: Duration) {
+        if !self.series.contains_key(name) {
+            self.order.push(name.to_owned());
+        }
+        self.series.entry(name.to_owned()).or_default().push(d);
+    }
+
+    fn get(&self, name: &str) -> Vec<Duration> {
+        let mut v = self.series.get(name).cloned().unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn print(&self, title: &str) {
+        println!("{title}");
+        println!(
+            "  {:28} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "series", "n", "p50 ms", "p99 ms", "mean ms", "max ms"
+        );
+        for name in &self.order {
+            let v = self.get(name);
+            let mean = v.iter().sum::<Duration>() / v.len().max(1) as u32;
+            println!(
+                "  {:28} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                name,
+                v.len(),
+                ms(pct(&v, 50.0)),
+                ms(pct(&v, 99.0)),
+                ms(mean),
+                ms(*v.last().unwrap_or(&Duration::ZERO))
+            );
+        }
+    }
+}
+
+fn spec(name: &str) -> api::CreateVm {
+    api::CreateVm {
+        name: name.into(),
+        kernel: vm_host::KERNEL.into(),
+        rootfs: vm_host::ROOTFS.into(),
+        vcpus: 1,
+        memory_mib: 128,
+        disk_size: None,
+        boot_args: None,
+        nat: false,
+        ready_probe: true,
+        labels: BTreeMap::new(),
+    }
+}
+
+fn vm_name(i: usize) -> String {
+    format!("vm-{i:05}")
+}
+
+/// One create, timed; with `phases`, its exact phase times are added to `samples` and
+/// hearth's own share is derived.
+async fn create_one(
+    sup: &Addr<VmSupervisor>,
+    name: &str,
+    samples: &mut Samples,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let before = sup.send(GetMetrics {}).await?;
+    let t = Instant::now();
+    let vm = sup
+        .send(CreateVm {
+            spec: spec(name),
+            idempotency: None,
+        })
+        .await?
+        .with_context(|| format!("create {name}"))?;
+    let round = t.elapsed();
+    if vm.state != VmState::Running {
+        bail!("{name} is {} ({:?})", vm.state, vm.last_error);
+    }
+    let after = sup.send(GetMetrics {}).await?;
+    let delta = vm_host::phase_delta(&before, &after);
+    let mut vmm = Duration::ZERO;
+    let mut phase_sum = Duration::ZERO;
+    let mut saga = Duration::ZERO;
+    for (phase, count, d) in &delta {
+        if *count != 1 {
+            bail!("{name}: phase {phase} observed {count} times, expected once");
+        }
+        if *phase == "total" {
+            saga = *d;
+            continue;
+        }
+        phase_sum += *d;
+        if VMM_PHASES.contains(phase) {
+            vmm += *d;
+        }
+        samples.push(&format!("{prefix}phase {phase}"), *d);
+    }
+    samples.push(&format!("{prefix}phase total (saga)"), saga);
+    samples.push(
+        &format!("{prefix}saga minus phases"),
+        saga.saturating_sub(phase_sum),
+    );
+    samples.push(
+        &format!("{prefix}round trip minus saga"),
+        round.saturating_sub(saga),
+    );
+    samples.push(&format!("{prefix}VMM-side (5 phases)"), vmm);
+    samples.push(
+        &format!("{prefix}hearth's own share"),
+        round.saturating_sub(vmm),
+    );
+    samples.push(&format!("{prefix}round trip"), round);
+    Ok(())
+}
+
+async fn delete_one(sup: &Addr<VmSupervisor>, name: String) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    sup.send(DeleteVm { name: name.clone() })
+        .await?
+        .with_context(|| format!("delete {name}"))?;
+    Ok(t.elapsed())
+}
+
+/// Deletes every listed VM, `concurrency` at a time; answers (count, wall time, latencies).
+async fn delete_all(
+    sup: &Addr<VmSupervisor>,
+    concurrency: usize,
+) -> anyhow::Result<(usize, Duration, Vec<Duration>)> {
+    let names: Vec<String> = sup
+        .send(ListVms { label: None })
+        .await?
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<Duration>> = stream::iter(names)
+        .map(|name| delete_one(sup, name))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    let mut took = Vec::with_capacity(results.len());
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(d) => took.push(d),
+            Err(e) => {
+                eprintln!("{e:#}");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    took.sort();
+    Ok((took.len(), wall, took))
+}
+
+/// `PROBES` create+delete cycles of a VM beside those running, timed.
+async fn probe(sup: &Addr<VmSupervisor>, label: &str, samples: &mut Samples) -> anyhow::Result<()> {
+    for i in 0..PROBES {
+        let name = format!("probe-{i}");
+        create_one(sup, &name, samples, label).await?;
+        delete_one(sup, name).await?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench_supervisor needs root: it creates network namespaces, a bridge and TAPs");
+    }
+    if args.n < 10 {
+        bail!("N must be at least 10 (the first probe runs at 10 VMs)");
+    }
+    if let Some(ms) = args.boot_delay_ms {
+        // Inherited by every VMM this process spawns. Set before any thread starts.
+        std::env::set_var("FC_SIM_BOOT_DELAY_MS", ms.to_string());
+    }
+    let mut host = VmHost::with_data_dir("hbsup", 16, args.data_dir.as_deref())?;
+    host.config.network.cidr = args.cidr;
+    host.config.network.pool_size = args.pool_size;
+    // This kernel has no device-mapper; say so instead of relying on `auto`.
+    host.config.vm.disk_backend = "copy".into();
+    let config = host.config.clone();
+    config.validate()?;
+    println!(
+        "bench_supervisor: N={} concurrency={} pool_size={} cidr={} boot delay {} ms, data dir {}",
+        args.n,
+        args.concurrency,
+        args.pool_size,
+        args.cidr,
+        args.boot_delay_ms
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "50 (sim default)".into()),
+        config.data_dir.display()
+    );
+    println!(
+        "firecracker-sim: {}",
+        config
+            .firecracker_bin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    let result = host.ns.block_on(|| run(&args, &config));
+    let leaks = host.leaks();
+    println!("left after the run: {leaks}");
+    drop(host);
+    result
+}
+
+async fn run(args: &Args, config: &Config) -> anyhow::Result<()> {
+    let log = logger();
+    let rss_start = status_kib("VmRSS");
+    let d = daemon::start(config, &log).await?;
+    let sup = d.supervisor.clone();
+    let outcome = stages(args, &sup, rss_start).await;
+    // Whatever happened, every VM is deleted before the daemon stops.
+    let cleanup = delete_all(&sup, args.delete_concurrency).await;
+    daemon::stop(&d, config).await?;
+    outcome?;
+    cleanup.map(|_| ())
+}
+
+async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow::Result<()> {
+    let n = args.n;
+    // Warm-up (untimed): first spawn, caches, SQLite pages.
+    let mut scratch = Samples::default();
+    for i in 0..3 {
+        let name = format!("warm-{i}");
+        create_one(sup, &name, &mut scratch, "").await?;
+        delete_one(sup, name).await?;
+    }
+
+    // Stage 1: sequential creates, probes at 10 and at N running.
+    println!("\n== stage 1: {n} sequential creates");
+    let mut seq = Samples::default();
+    let mut probes = Samples::default();
+    let rss_before = status_kib("VmRSS");
+    let cpu0 = cpu_time();
+    let mut seq_wall = Duration::ZERO;
+    let mut seq_cpu = Duration::ZERO;
+    for i in 0..n {
+        if i == 10 {
+            probe(sup, "at 10: ", &mut probes).await?;
+        }
+        let c = cpu_time();
+        let t = Instant::now();
+        create_one(sup, &vm_name(i), &mut seq, "").await?;
+        seq_wall += t.elapsed();
+        seq_cpu += cpu_time() - c;
+    }
+    let running = sup.send(ListVms { label: None }).await?.len();
+    probe(sup, &format!("at {running}: "), &mut probes).await?;
+    let cpu_stage = cpu_time() - cpu0;
+    let rss_n = status_kib("VmRSS");
+    let hwm_n = status_kib("VmHWM");
+
+    seq.print(&format!(
+        "create latency, sequential ({n} creates; phases exact per create)"
+    ));
+    println!(
+        "  sequential throughput: {:.1} creates/s ({n} in {:.2} s of create round trips)",
+        n as f64 / seq_wall.as_secs_f64(),
+        seq_wall.as_secs_f64()
+    );
+    probes.print(&format!(
+        "latency against VMs running ({PROBES} create+delete probes each)"
+    ));
+    let p10 = pct(&probes.get("at 10: round trip"), 50.0);
+    let pn = pct(&probes.get(&format!("at {running}: round trip")), 50.0);
+    let s10 = pct(&probes.get("at 10: hearth's own share"), 50.0);
+    let sn = pct(
+        &probes.get(&format!("at {running}: hearth's own share")),
+        50.0,
+    );
+    println!(
+        "  p50 round trip at {running} / at 10: {:.3} ms / {:.3} ms = {:.2}x (target <= 1.2x)",
+        ms(pn),
+        ms(p10),
+        pn.as_secs_f64() / p10.as_secs_f64()
+    );
+    println!(
+        "  p50 hearth's own share at {running} / at 10: {:.3} ms / {:.3} ms = {:.2}x",
+        ms(sn),
+        ms(s10),
+        sn.as_secs_f64() / s10.as_secs_f64()
+    );
+    println!("resources of this process (hearthd's part; VMM processes excluded)");
+    println!(
+        "  CPU time in {n} sequential creates: {:.3} s = {:.3} ms per create; whole stage incl. probes {:.3} s",
+        seq_cpu.as_secs_f64(),
+        ms(seq_cpu) / n as f64,
+        cpu_stage.as_secs_f64()
+    );
+    println!(
+        "  RSS: {:.1} MiB before the daemon, {:.1} MiB before the creates, {:.1} MiB with {running} VMs running (peak VmHWM {:.1} MiB)",
+        mib(rss_start),
+        mib(rss_before),
+        mib(rss_n),
+        mib(hwm_n)
+    );
+    println!(
+        "  RSS growth per running VM: {:.1} KiB",
+        rss_n.saturating_sub(rss_before) as f64 / running as f64
+    );
+
+    let cpu_d = cpu_time();
+    let (deleted, wall, took) = delete_all(sup, args.delete_concurrency).await?;
+    println!(
+        "delete all: {deleted} in {:.2} s ({:.1}/s, {} in flight), p50 {:.2} ms p99 {:.2} ms, CPU {:.3} ms per delete",
+        wall.as_secs_f64(),
+        deleted as f64 / wall.as_secs_f64(),
+        args.delete_concurrency,
+        ms(pct(&took, 50.0)),
+        ms(pct(&took, 99.0)),
+        ms(cpu_time() - cpu_d) / deleted.max(1) as f64
+    );
+
+    if args.sequential_only {
+        return Ok(());
+    }
+
+    // Stage 2: concurrent creates.
+    let k = args.concurrency.max(1);
+    println!("\n== stage 2: {n} creates, {k} in flight");
+    let cpu0 = cpu_time();
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<Duration>> = stream::iter(0..n)
+        .map(|i| async move {
+            let name = vm_name(i);
+            let t = Instant::now();
+            let vm = sup
+                .send(CreateVm {
+                    spec: spec(&name),
+                    idempotency: None,
+                })
+                .await?
+                .with_context(|| format!("create {name}"))?;
+            if vm.state != VmState::Running {
+                bail!("{name} is {} ({:?})", vm.state, vm.last_error);
+            }
+            Ok(t.elapsed())
+        })
+        .buffer_unordered(k)
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    let cpu = cpu_time() - cpu0;
+    let mut took = Vec::with_capacity(n);
+    for r in results {
+        took.push(r?);
+    }
+    took.sort();
+    println!(
+        "  throughput: {:.1} creates/s ({n} in {:.2} s)",
+        n as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    println!(
+        "  round trip p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        ms(pct(&took, 50.0)),
+        ms(pct(&took, 99.0)),
+        ms(*took.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "  CPU time: {:.3} s = {:.3} ms per create; RSS {:.1} MiB (peak VmHWM {:.1} MiB)",
+        cpu.as_secs_f64(),
+        ms(cpu) / n as f64,
+        mib(status_kib("VmRSS")),
+        mib(status_kib("VmHWM"))
+    );
+    let (deleted, wall, took) = delete_all(sup, args.delete_concurrency).await?;
+    println!(
+        "delete all: {deleted} in {:.2} s ({:.1}/s), p50 {:.2} ms p99 {:.2} ms",
+        wall.as_secs_f64(),
+        deleted as f64 / wall.as_secs_f64(),
+        ms(pct(&took, 50.0)),
+        ms(pct(&took, 99.0))
+    );
+    Ok(())
+}
