@@ -2,8 +2,6 @@
 //! check and serde's strict parsing (unknown fields are refused by name), keeping the raw bytes
 //! so [`idempotency`] can digest the request.
 
-use std::marker::PhantomData;
-
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut};
@@ -65,7 +63,6 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         let mut payload = payload.take();
-        let _t: PhantomData<T> = PhantomData;
         Box::pin(async move {
             if !json {
                 return Err(ApiError::UnsupportedMediaType);

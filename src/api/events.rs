@@ -56,7 +56,8 @@ fn resume_point(req: &HttpRequest, params: &Params) -> Result<u64, ApiError> {
 pub async fn stream(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string(), &["since"])?;
     let since = resume_point(&req, &params)?;
-    let body = sse::event_stream(state.ports.clone(), since).await?;
+    let shutdown = req.app_data::<sse::StreamShutdown>().cloned();
+    let body = sse::event_stream(state.ports.clone(), since, shutdown).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -8,7 +8,8 @@
 //! Image endpoints call the image store (`crate::images`) on the blocking pool.
 //!
 //! [`server`] owns the listeners: a Unix socket by default, and an optional TCP listener that
-//! requires a bearer token.
+//! requires a bearer token. [`fake`] and [`testing`] hold an in-memory supervisor and a
+//! ready-made server over it, for the tests of this API and of hearthctl.
 
 pub mod body;
 pub mod error;

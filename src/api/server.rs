@@ -20,6 +20,7 @@ use actix_web::web::Data;
 use actix_web::{App, HttpServer};
 use sha2::{Digest, Sha256};
 
+use super::sse::StreamShutdown;
 use super::{routes, ApiError, ApiState};
 
 /// The default socket path (overridden by `HEARTH_SOCKET` in hearthctl).
@@ -198,6 +199,7 @@ async fn authenticate(
 /// A running API server.
 pub struct ApiServer {
     handle: ServerHandle,
+    shutdown: tokio::sync::watch::Sender<bool>,
     socket: PathBuf,
     tcp: Option<SocketAddr>,
 }
@@ -227,9 +229,11 @@ impl ApiServer {
             .map_err(io_err("inspect", "the TCP listener"))?;
         let uds = bind_socket(config)?;
         let data = Data::new(state);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(data.clone())
+                .app_data(StreamShutdown(shutdown_rx.clone()))
                 .wrap(from_fn(authenticate));
             if let Some(t) = token.clone() {
                 app = app.app_data(t);
@@ -268,6 +272,7 @@ impl ApiServer {
         Ok((
             ApiServer {
                 handle: server.handle(),
+                shutdown,
                 socket,
                 tcp,
             },
@@ -285,8 +290,10 @@ impl ApiServer {
         &self.socket
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to 5 s), removes the socket.
+    /// Stops accepting, ends event streams, lets in-flight requests finish (up to 5 s),
+    /// removes the socket.
     pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
         self.handle.stop(true).await;
         let _ = std::fs::remove_file(&self.socket);
     }

@@ -6,7 +6,8 @@
 //! Ordering without gaps or repeats: the stream subscribes *before* it reads the backlog (both
 //! messages go through the supervisor's mailbox in order), buffers live events meanwhile, and
 //! drops any event whose `seq` it has already sent. A client too slow to drain
-//! [`LIVE_BUFFER`] live events is disconnected; it resumes from its last id.
+//! [`LIVE_BUFFER`] live events is disconnected; it resumes from its last id. Streams end when
+//! the server stops ([`StreamShutdown`]), so they do not hold up a shutdown.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +27,21 @@ pub const LIVE_BUFFER: usize = 4096;
 pub const PAGE: u32 = 256;
 /// Interval of keep-alive comments.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Tells open streams that the server is stopping (app data of the server).
+#[derive(Clone)]
+pub struct StreamShutdown(pub tokio::sync::watch::Receiver<bool>);
+
+/// Resolves once `shutdown` says the server stops; never without one.
+async fn stopped(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = shutdown {
+        // An error means the server's handle is gone without a stop: keep serving.
+        if rx.wait_for(|stop| *stop).await.is_ok() {
+            return;
+        }
+    }
+    futures::future::pending::<()>().await;
+}
 
 /// One event as an SSE frame: `id: <seq>` and one `data:` line of JSON.
 pub fn frame(event: &Event) -> Bytes {
@@ -71,13 +87,16 @@ struct StreamState {
     ready: VecDeque<Event>,
     live: mpsc::Receiver<Event>,
     keepalive: tokio::time::Interval,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Subscribes to the supervisor, then returns the SSE byte stream of every event after
-/// `since`. Fails only if the supervisor does not take the subscription.
+/// `since`, until `shutdown` says the server stops. Fails only if the supervisor does not
+/// take the subscription.
 pub async fn event_stream(
     ports: SupervisorPorts,
     since: u64,
+    shutdown: Option<StreamShutdown>,
 ) -> Result<impl Stream<Item = Result<Bytes, ApiError>>, ApiError> {
     let (tx, live) = mpsc::channel(LIVE_BUFFER);
     let forwarder = Forwarder { tx }.start();
@@ -94,6 +113,7 @@ pub async fn event_stream(
         ready: VecDeque::new(),
         live,
         keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
+        shutdown: shutdown.map(|s| s.0),
     };
     Ok(futures::stream::unfold(state, next_frame))
 }
@@ -134,6 +154,7 @@ async fn next_frame(mut st: StreamState) -> Option<(Result<Bytes, ApiError>, Str
             _ = st.keepalive.tick() => {
                 return Some((Ok(Bytes::from_static(b": keepalive\n\n")), st));
             }
+            _ = stopped(&mut st.shutdown) => return None,
         }
     }
 }
