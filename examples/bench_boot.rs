@@ -30,6 +30,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use hearth_actors::firecracker::command::LaunchArgs;
 use hearth_actors::firecracker::config::ApiBodies;
+use hearth_actors::firecracker::{api_client, readiness};
 use hearth_actors::firecracker::{
     binary, cid_for_guest_ip, BootTimings, BootVm, FirecrackerActor, FirecrackerSettings, KillVm,
     NetConfig, ProbeConfig, RunDir, VmConfig, VmProcessEvent,
@@ -144,7 +145,7 @@ fn put<T: serde::Serialize>(
 }
 
 fn raw_probe(uds: &Path) -> anyhow::Result<PingReply> {
-    let mut delay = Duration::from_micros(200);
+    let mut delay = readiness::PROBE_BACKOFF_FIRST;
     loop {
         let attempt = (|| -> anyhow::Result<PingReply> {
             let mut s = BufReader::new(UnixStream::connect(uds)?);
@@ -163,7 +164,7 @@ fn raw_probe(uds: &Path) -> anyhow::Result<PingReply> {
             return Ok(r);
         }
         std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(20));
+        delay = (delay * 2).min(readiness::PROBE_BACKOFF_MAX);
     }
 }
 
@@ -182,13 +183,13 @@ fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies) -> anyhow::Result<BootTi
         .spawn()?;
     t.spawn = t0.elapsed();
     let t1 = Instant::now();
-    let mut delay = Duration::from_micros(100);
+    let mut delay = api_client::SOCKET_BACKOFF_FIRST;
     let stream = loop {
         match UnixStream::connect(rd.api_socket()) {
             Ok(s) => break s,
             Err(_) => {
                 std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(2));
+                delay = (delay * 2).min(api_client::SOCKET_BACKOFF_MAX);
             }
         }
     };

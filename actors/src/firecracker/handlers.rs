@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::host::processes::{ExitStatus, Process, Signal, SpawnSpec};
 
 use super::api_client::{wait_for_socket, ApiClient};
+use super::backoff::Backoff;
 use super::command::LaunchArgs;
 use super::config::ApiBodies;
 use super::console::ConsoleCapture;
@@ -62,7 +63,7 @@ async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), Fi
     )
     .await?;
     let start = Instant::now();
-    let mut delay = Duration::from_micros(20);
+    let mut backoff = Backoff::new(Duration::from_micros(20), Duration::from_millis(1));
     loop {
         let info: InstanceInfo = api.get("/").await?;
         if info.state == InstanceState::Running {
@@ -74,8 +75,7 @@ async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), Fi
                 waited: start.elapsed(),
             });
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(1));
+        backoff.wait().await;
     }
 }
 

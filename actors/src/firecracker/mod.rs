@@ -14,6 +14,7 @@
 //! [`readiness`] (the vsock probe), [`api_client`] (HTTP over the Unix socket), [`console`].
 
 pub mod api_client;
+pub mod backoff;
 pub mod binary;
 pub mod command;
 pub mod config;

@@ -1,7 +1,8 @@
 //! The readiness probe: reach the guest agent through Firecracker's hybrid vsock socket and
 //! ping it with the agent protocol. One attempt is: connect to the vsock UDS, send
 //! `CONNECT <port>\n` in one write, expect `OK <host port>\n`, send a ping line, read the
-//! reply. Attempts repeat with a short backoff (200 µs doubling to 20 ms) until the deadline.
+//! reply. Attempts repeat with a short precise backoff ([`PROBE_BACKOFF_FIRST`] doubling to
+//! [`PROBE_BACKOFF_MAX`]) until the deadline.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,11 +11,18 @@ use hearth_proto::agent::{decode_response, encode_request, PingReply, Request, M
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::backoff::Backoff;
 use super::FirecrackerError;
 
 /// Firecracker gives up on a host-initiated connection after 2 s; one attempt waits a bit
 /// longer for the `OK`, so a slow guest is not cut off early.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// First retry delay of the probe.
+pub const PROBE_BACKOFF_FIRST: Duration = Duration::from_micros(100);
+/// Largest retry delay of the probe (a real guest takes 100+ ms to boot; a few attempts per
+/// 10 ms cost nothing and bound the detection lag).
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(5);
 
 /// A successful probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +93,7 @@ pub async fn probe(
 ) -> Result<ProbeOutcome, FirecrackerError> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut delay = Duration::from_micros(200);
+    let mut backoff = Backoff::new(PROBE_BACKOFF_FIRST, PROBE_BACKOFF_MAX);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -103,15 +111,14 @@ pub async fn probe(
                 Err(_) => "attempt timed out waiting for the agent".to_string(),
             };
         let now = Instant::now();
-        if now + delay >= deadline {
+        if now + backoff.current() >= deadline {
             return Err(FirecrackerError::ReadinessTimeout {
                 waited: start.elapsed(),
                 attempts,
                 last_error,
             });
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(20));
+        backoff.wait().await;
     }
 }
 
