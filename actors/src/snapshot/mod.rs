@@ -12,11 +12,15 @@
 mod messages;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use actix::{Actor, Addr, Arbiter, Context, Handler};
 
 pub use self::messages::{CreateDisk, ListDisks, RemoveDisk};
-use crate::host::disks::{BackendKind, DiskEntry, DiskSpec, Disks, DisksError, VmDisk};
+use crate::host::disks::{
+    disks_dir, open_backend, BackendChoice, BackendKind, DiskEntry, DiskSpec, Disks, DisksError,
+    VmDisk,
+};
 
 /// Errors of [`SnapshotActor`].
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,14 @@ pub enum SnapshotError {
         /// Why.
         source: DisksError,
     },
+    /// The disk backend cannot be opened (e.g. `dm` configured where the kernel has none).
+    #[error("Cannot open the {choice:?} disk backend")]
+    Open {
+        /// The configured backend.
+        choice: BackendChoice,
+        /// Why.
+        source: DisksError,
+    },
 }
 
 impl SnapshotError {
@@ -92,6 +104,18 @@ impl SnapshotActor {
             disks: BTreeMap::new(),
             log,
         }
+    }
+
+    /// An actor with the real backend `choice` (`auto` probes device-mapper and logs its
+    /// pick) keeping disks under `<data_dir>/disks/`, created if missing.
+    pub fn open(
+        choice: BackendChoice,
+        data_dir: &Path,
+        log: slog::Logger,
+    ) -> Result<Self, SnapshotError> {
+        let backend = open_backend(choice, &disks_dir(data_dir), &log)
+            .map_err(|source| SnapshotError::Open { choice, source })?;
+        Ok(Self::new(backend, log))
     }
 
     /// The backend in use.
@@ -295,6 +319,15 @@ mod tests {
         fake.fail_on_nth("list", 2);
         let err = addr.send(ListDisks {}).await.unwrap().unwrap_err();
         assert!(matches!(err, SnapshotError::List { .. }), "{err}");
+    }
+
+    #[actix::test]
+    async fn open_copy_backend_under_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let actor = SnapshotActor::open(BackendChoice::Copy, dir.path(), log).unwrap();
+        assert_eq!(actor.backend(), BackendKind::Copy);
+        assert!(dir.path().join("disks").is_dir());
     }
 
     #[actix::test]

@@ -167,6 +167,14 @@ mod tests {
     }
 
     #[test]
+    fn longest_vm_name_makes_valid_dm_names() {
+        let vm = "x".repeat(super::super::ledger::MAX_VM_NAME);
+        for name in [snapshot_name(&vm), origin_name(&vm)] {
+            devicemapper::DmName::new(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
     fn dm_names_round_trip() {
         assert_eq!(snapshot_name("web"), "hearth-web");
         assert_eq!(origin_name("web"), "hearth-web:origin");
