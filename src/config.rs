@@ -283,6 +283,17 @@ impl Config {
                 ),
             ));
         }
+        if n.anti_spoofing && n.cidr.prefix_len() < 16 {
+            // The anti-spoofing set is a bitmap:ip,mac (the kernels hearth targets do not all
+            // have hash:ip,mac), which holds at most a /16.
+            return Err(invalid(
+                "network.cidr",
+                format!(
+                    "{} is wider than /16, the most anti-spoofing supports; narrow it or set network.anti_spoofing = false",
+                    n.cidr
+                ),
+            ));
+        }
         if !(68..=65535).contains(&n.mtu) {
             return Err(invalid(
                 "network.mtu",
@@ -575,6 +586,7 @@ mod tests {
             ("[network]\ncidr = \"10.0.0.0/30\"", "network.cidr"),
             ("[network]\ncidr = \"10.0.0.5/24\"", "network.cidr"),
             ("[network]\nmtu = 10", "network.mtu"),
+            ("[network]\ncidr = \"10.0.0.0/8\"", "network.cidr"),
             (
                 "[network]\ncidr = \"10.0.0.0/29\"\npool_size = 6",
                 "network.pool_size",
