@@ -283,6 +283,20 @@ mod tests {
     }
 
     #[test]
+    fn read_write_fallback_copies_a_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = sparse_base(dir.path());
+        let out = dir.path().join("out");
+        let (src, dst) = (File::open(&base).unwrap(), File::create(&out).unwrap());
+        rw_copy(&src, &dst, 2 << 20, 65536).unwrap();
+        let got = std::fs::read(&out).unwrap();
+        assert_eq!(got.len(), (2 << 20) + 65536);
+        assert!(got[(2 << 20)..].iter().all(|&b| b == 0xCD));
+        // Reading past the end is an error, not a silent short copy.
+        assert!(rw_copy(&src, &dst, (4 << 20) - 10, 100).is_err());
+    }
+
+    #[test]
     fn create_list_remove() {
         let dir = tempfile::tempdir().unwrap();
         let base = sparse_base(dir.path());
