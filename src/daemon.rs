@@ -1,0 +1,196 @@
+//! hearthd's wiring: builds every actor from the configuration with the Linux backends, opens
+//! the store, reconciles (`Open`), starts DNS on the gateway, and on shutdown closes the
+//! supervisor (VMs keep running unless `vm.stop_on_exit`). The actors run on the calling
+//! thread's actix system.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use anyhow::Context as _;
+use hearth_actors::dns::{self, DnsActor, DnsOptions};
+use hearth_actors::firecracker::{self, FirecrackerSettings, StopPlan};
+use hearth_actors::host::disks::{open_backend, BackendChoice};
+use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
+use hearth_actors::host::links::linux::LinuxLinks;
+use hearth_actors::host::processes::linux::LinuxProcesses;
+use hearth_actors::nat::{NatActor, NatConfig};
+use hearth_actors::snapshot::SnapshotActor;
+use hearth_actors::supervisor::{
+    self, ImageCatalog, ImageKind, OpenReport, SupervisorDeps, SupervisorSettings, VmSupervisor,
+    VmmFactory,
+};
+use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
+use slog::{info, warn, Logger};
+
+use crate::config::Config;
+use crate::images::{self, ImageStore};
+use crate::store::Store;
+
+/// The running daemon's handles.
+pub struct Daemon {
+    /// The supervisor: every lifecycle goes through it.
+    pub supervisor: Addr<VmSupervisor>,
+    /// The DNS actor (serving on the gateway).
+    pub dns: Addr<DnsActor>,
+    /// What `Open` found.
+    pub report: OpenReport,
+    /// Where DNS listens.
+    pub dns_addr: SocketAddr,
+}
+
+/// Image names the supervisor asks for, resolved in the image store (kind checked).
+struct StoreImages(ImageStore);
+
+impl ImageCatalog for StoreImages {
+    fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
+        let meta = self.0.get(name).ok()?;
+        let wanted = match kind {
+            ImageKind::Kernel => images::ImageKind::Kernel,
+            ImageKind::Rootfs => images::ImageKind::Rootfs,
+        };
+        if meta.kind != wanted {
+            return None;
+        }
+        self.0.path(name).ok()
+    }
+}
+
+/// Builds the actors, reconciles, and starts DNS. Call inside an actix system.
+pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
+    for dir in [&config.data_dir, &config.run_dir] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("Cannot create directory {}", dir.display()))?;
+    }
+    let net = &config.network;
+    let gateway = config.gateway();
+
+    let store = Store::open(&config.data_dir.join("state.db"))?;
+    let image_store = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+
+    let links = LinuxLinks::new().context("Cannot open a netlink socket")?;
+    let tap_pool = TapPoolActor::new(
+        TapPoolConfig {
+            bridge: net.bridge.clone(),
+            cidr: net.cidr,
+            tap_prefix: net.tap_prefix.clone(),
+            pool_size: net.pool_size,
+            mtu: net.mtu,
+            tap_owner: net.tap_owner,
+            tap_group: net.tap_group,
+            isolate: net.isolate_guests,
+        },
+        Rc::new(links),
+        log.clone(),
+    )?
+    .start();
+    let nat = NatActor::new(
+        NatConfig {
+            bridge: net.bridge.clone(),
+            cidr: net.cidr,
+            gateway,
+            egress: net.egress_interface.clone(),
+            isolate_guests: net.isolate_guests,
+            block_guest_to_host: net.block_guest_to_host,
+            anti_spoofing: net.anti_spoofing,
+        },
+        Box::new(LinuxFirewall::new(IptablesFlavor::System)),
+        log.clone(),
+    )?
+    .start();
+    let mut dns_options = DnsOptions::new(config.dns.zone.clone(), config.dns.upstreams.clone());
+    dns_options.guest_subnet = Some(net.cidr);
+    let dns = DnsActor::new(dns_options, log.clone())?.start();
+
+    let choice: BackendChoice = config
+        .vm
+        .disk_backend
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let disks = open_backend(choice, &config.data_dir.join("disks"), log)?;
+    let snapshot = SnapshotActor::new(disks, log.clone()).start();
+
+    let processes = Arc::new(LinuxProcesses::new());
+    let binary = match firecracker::binary::resolve(config.firecracker_bin.as_deref(), &*processes)
+    {
+        Ok(b) => {
+            info!(log, "firecracker binary"; "path" => %b.path.display(), "version" => %b.version);
+            Some(b)
+        }
+        Err(e) => {
+            warn!(log, "no usable Firecracker binary: VMs cannot be created until one is configured";
+                "error" => %e);
+            None
+        }
+    };
+
+    let supervisor = VmSupervisor::new(
+        SupervisorDeps {
+            tap_pool,
+            nat,
+            dns: dns.clone(),
+            snapshot,
+        },
+        VmmFactory {
+            binary,
+            processes,
+            settings: FirecrackerSettings::new(&config.run_dir),
+        },
+        SupervisorSettings {
+            stop_plan: StopPlan {
+                ctrl_alt_del_grace: Some(Duration::from_secs(config.vm.shutdown_grace_secs)),
+                term_grace: Some(Duration::from_secs(config.vm.term_grace_secs)),
+            },
+            ready_timeout: Duration::from_secs(config.vm.ready_timeout_secs),
+            agent_port: config.vm.agent_port,
+        },
+        Box::new(store),
+        Box::new(StoreImages(image_store)),
+        log.clone(),
+    )
+    .start();
+
+    let report = supervisor
+        .send(supervisor::Open {})
+        .await
+        .context("The supervisor stopped")??;
+    info!(log, "reconciled"; "adopted" => report.adopted.len(), "dead" => report.dead.len(),
+        "repaired" => report.repaired.len(), "swept" => report.swept.len());
+
+    // The bridge (and so the gateway address) exists once `Open` initialised the pool.
+    let dns_addr = dns
+        .send(dns::Start {
+            listen: SocketAddr::new(gateway.into(), config.dns.port),
+        })
+        .await
+        .context("The DNS actor stopped")??;
+    info!(log, "DNS serving"; "addr" => %dns_addr, "zone" => &config.dns.zone);
+
+    Ok(Daemon {
+        supervisor,
+        dns,
+        report,
+        dns_addr,
+    })
+}
+
+/// Stops taking work, lets in-flight operations finish, stops VMs if configured, stops DNS.
+/// Host networking (bridge, pool, rules) stays: running VMs still use it.
+pub async fn stop(daemon: &Daemon, config: &Config) -> anyhow::Result<()> {
+    daemon
+        .supervisor
+        .send(supervisor::Close {
+            stop_vms: config.vm.stop_on_exit,
+        })
+        .await
+        .context("The supervisor stopped")??;
+    daemon
+        .dns
+        .send(dns::Stop)
+        .await
+        .context("The DNS actor stopped")??;
+    Ok(())
+}
