@@ -308,3 +308,31 @@ fn images_and_vms_through_the_cli() {
     );
     assert!(ok(&ctl(&sock, &["health"])).contains("is ok (0 VMs)"));
 }
+
+#[test]
+fn follow_exits_3_when_hearthd_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), |_| {}).unwrap();
+    let sock = s.socket.clone();
+    ok(&ctl(
+        &sock,
+        &["vm", "create", "a", "--kernel", "k", "--rootfs", "r"],
+    ));
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_hearthctl"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["events", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.trim_start().starts_with("1  "), "{first}");
+    assert!(first.contains(" a "), "{first}");
+    drop(s);
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("hearthd is not running"), "{err}");
+}

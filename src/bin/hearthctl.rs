@@ -552,36 +552,41 @@ fn events(c: &Client, json: bool, follow: bool, since: u64) -> Out {
             }
         }
     }
-    let stream = c.stream(
-        "GET",
-        &format!("/v1/events/stream?since={since}"),
-        &[],
-        None,
-    )?;
-    if !(200..300).contains(&stream.status) {
-        let mut body = Vec::new();
-        let mut r = stream.body;
-        let _ = std::io::Read::read_to_end(&mut r, &mut body);
-        return Err(hearth::client::Response {
-            status: stream.status,
-            headers: stream.headers,
-            body,
+    // Follow, reconnecting when a stream ends (hearthd drops clients that fall far behind and
+    // ends streams when it stops) and resuming after the last event printed. If hearthd is
+    // gone the reconnect fails (exit 3); a stream that keeps ending at once is given up on.
+    let mut last = since;
+    let mut empty_streams = 0;
+    loop {
+        let stream = c.stream("GET", &format!("/v1/events/stream?since={last}"), &[], None)?;
+        if !(200..300).contains(&stream.status) {
+            let mut body = Vec::new();
+            let mut r = stream.body;
+            let _ = std::io::Read::read_to_end(&mut r, &mut body);
+            let answer = hearth::client::Response {
+                status: stream.status,
+                headers: stream.headers,
+                body,
+            };
+            answer.ok()?;
+            return Err(usage("unexpected answer".into()));
         }
-        .ok()
-        .err()
-        .map(Failure::from)
-        .unwrap_or_else(|| usage("unexpected answer".into())));
+        let before = last;
+        for frame in SseReader::new(stream.body) {
+            let Ok(frame) = frame else { break };
+            let e: Event = serde_json::from_str(&frame.data).map_err(ClientError::Decode)?;
+            print_event(json, &e);
+            last = e.seq;
+        }
+        empty_streams = if last == before { empty_streams + 1 } else { 0 };
+        if empty_streams >= 5 {
+            return Err(Failure {
+                code: 4,
+                message: "The event stream keeps ending (see hearthd's log)".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200 * empty_streams));
     }
-    for frame in SseReader::new(stream.body) {
-        let frame = frame.map_err(|e| Failure::from(ClientError::Io(e)))?;
-        let e: Event =
-            serde_json::from_str(&frame.data).map_err(|e| Failure::from(ClientError::Decode(e)))?;
-        print_event(json, &e);
-    }
-    Err(Failure {
-        code: 4,
-        message: "The event stream ended (hearthd stopped?)".into(),
-    })
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
