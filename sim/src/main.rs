@@ -245,9 +245,14 @@ fn event_loop(
                 Err(_) => return ExitCode::from(2),
             },
         };
-        if let Some((action, reply)) = msg {
-            let resp = vmm.handle(action);
-            let _ = reply.send(resp);
+        if let Some(call) = msg {
+            vmm.log.write(
+                LogLevel::Info,
+                "fc_api",
+                &format!("The API server received a {}.", call.describe),
+            );
+            let resp = vmm.handle(call.action);
+            let _ = call.reply.send(resp);
         }
     }
 }

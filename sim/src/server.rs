@@ -10,13 +10,38 @@ use std::thread;
 use std::time::Duration;
 
 use crate::api::{self, Action};
-use crate::http::{write_response, HttpError, RequestReader, Response};
+use crate::http::{write_response, HttpError, Request, RequestReader, Response};
 
 /// micro-http's connection limit.
 pub const MAX_CONNECTIONS: usize = 10;
 
-/// An action for the VMM thread and where to send its response.
-pub type VmmRequest = (Action, mpsc::Sender<Response>);
+/// One API call for the VMM thread.
+#[derive(Debug)]
+pub struct VmmRequest {
+    /// What to do.
+    pub action: Action,
+    /// How Firecracker describes the request in its log
+    /// (`Put request on "/drives/rootfs" with body "{...}"`).
+    pub describe: String,
+    /// Where to send the response.
+    pub reply: mpsc::Sender<Response>,
+}
+
+/// Firecracker's description of a request for its log (`parsed_request.rs` `describe`).
+pub fn describe(req: &Request) -> String {
+    let mut method = req.method.to_ascii_lowercase();
+    if let Some(first) = method.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    match &req.body {
+        None => format!("{method} request on {:?}", req.path),
+        Some(body) => format!(
+            "{method} request on {:?} with body {:?}",
+            req.path,
+            String::from_utf8_lossy(body)
+        ),
+    }
+}
 
 /// The text Firecracker logs when the API socket cannot be bound.
 pub fn bind_error_message(path: &str) -> String {
@@ -79,13 +104,40 @@ fn serve_connection(stream: UnixStream, vmm: &mpsc::Sender<VmmRequest>, api_dela
         }
         // Rejected requests go to the VMM thread too, which owns the log.
         let action = api::parse(&req).unwrap_or_else(Action::Rejected);
-        let (tx, rx) = mpsc::channel();
-        if vmm.send((action, tx)).is_err() {
+        let (reply, rx) = mpsc::channel();
+        let call = VmmRequest {
+            action,
+            describe: describe(&req),
+            reply,
+        };
+        if vmm.send(call).is_err() {
             return;
         }
         let Ok(resp) = rx.recv() else { return };
         if write_response(&mut writer, &resp).is_err() || req.close {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_requests_like_firecracker() {
+        let mut req = Request {
+            method: "PUT".into(),
+            path: "/actions".into(),
+            body: Some(br#"{"action_type":"InstanceStart"}"#.to_vec()),
+            close: false,
+        };
+        assert_eq!(
+            describe(&req),
+            r#"Put request on "/actions" with body "{\"action_type\":\"InstanceStart\"}""#
+        );
+        req.method = "GET".into();
+        req.body = None;
+        assert_eq!(describe(&req), r#"Get request on "/actions""#);
     }
 }

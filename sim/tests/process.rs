@@ -249,6 +249,10 @@ fn bad_log_level_exits_152_and_log_path_gets_the_log() {
             .unwrap_or_default()
             .contains("Message: The ID cannot be empty.")
     }));
+    // Every call is logged as Firecracker describes it.
+    assert!(std::fs::read_to_string(&log).unwrap().contains(
+        r#"[vm-log:fc_api] The API server received a Put request on "/drives" with body "{}"."#
+    ));
 }
 
 #[test]

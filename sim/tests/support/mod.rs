@@ -71,10 +71,13 @@ impl Sim {
             .stderr(Stdio::piped());
         let child = cmd.spawn().expect("spawn firecracker-sim");
         let mut sim = Sim { child, sock, dir };
+        // The socket file appears at bind(2), before listen(2), as with Firecracker: wait
+        // until it accepts connections.
         assert!(
-            wait_until(Duration::from_secs(10), || sim.sock.exists()
+            wait_until(Duration::from_secs(10), || UnixStream::connect(&sim.sock)
+                .is_ok()
                 || sim.child.try_wait().unwrap().is_some()),
-            "API socket never appeared"
+            "API socket never accepted connections"
         );
         assert!(sim.child.try_wait().unwrap().is_none(), "sim exited early");
         sim
@@ -203,7 +206,13 @@ impl Client {
 /// Connects to a hybrid vsock socket and sends `CONNECT <port>`; returns the stream and the
 /// muxer's answer line (`None` when the stream was closed without one).
 pub fn vsock_connect(uds: &Path, port: u32) -> (BufReader<UnixStream>, Option<String>) {
-    let mut s = UnixStream::connect(uds).unwrap();
+    // Like the API socket, the vsock socket exists from bind(2), just before listen(2).
+    let mut conn = None;
+    wait_until(Duration::from_secs(5), || {
+        conn = UnixStream::connect(uds).ok();
+        conn.is_some()
+    });
+    let mut s = conn.expect("vsock socket never accepted connections");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let mut r = BufReader::new(s);
