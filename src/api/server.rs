@@ -111,7 +111,11 @@ pub fn clear_socket_path(path: &Path) -> Result<(), ApiServerError> {
         }
         Ok(_) => match UnixStream::connect(path) {
             Ok(_) => return Err(ApiServerError::SocketInUse { path: path.into() }),
-            Err(_) => std::fs::remove_file(path).map_err(io_err("remove", path.display()))?,
+            // Nobody listens: a dead hearthd's socket.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(io_err("remove", path.display()))?
+            }
+            Err(e) => return Err(io_err("probe", path.display())(e)),
         },
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
