@@ -58,6 +58,9 @@ struct Args {
     /// Skip the no-actor baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Where the run directories go; hearth's belong on tmpfs (/run/hearth), like this default.
+    #[arg(long, default_value = "/dev/shm")]
+    work_dir: PathBuf,
 }
 
 fn logger() -> slog::Logger {
@@ -257,7 +260,9 @@ fn main() -> anyhow::Result<()> {
     }
     // Simulator knobs, inherited by every VMM this process spawns (set before any thread).
     std::env::set_var("FC_SIM_BOOT_DELAY_MS", args.sim_boot_delay_ms.to_string());
-    let work = tempfile::Builder::new().prefix("bb").tempdir_in("/tmp")?;
+    let work = tempfile::Builder::new()
+        .prefix("bb")
+        .tempdir_in(&args.work_dir)?;
     std::fs::write(work.path().join("vmlinux"), b"dummy kernel")?;
     std::fs::write(work.path().join("rootfs.ext4"), vec![0u8; 1 << 20])?;
     let fc = args.firecracker.clone().unwrap_or_else(fc_sim::sim_binary);
