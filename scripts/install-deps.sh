@@ -4,12 +4,13 @@
 #            libipset-dev (libipset for in-process ipset), libdevmapper-dev
 #   run:     iptables, ipset, iproute2
 #   tests:   dnsutils (dig), dnsperf + dnsmasq-base (DNS benchmark and upstream server in tests),
-#            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images)
+#            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images), xfsprogs (a reflink-capable
+#            filesystem for the copy backend's reflink test)
 set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
   iptables ipset iproute2
-  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs
+  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs
 )
 missing=()
 for p in "${packages[@]}"; do
