@@ -15,9 +15,13 @@ use std::time::Duration;
 
 use firecracker_sim::netstack::NetstackError;
 use guest::PeerEchoServer;
+use hearth_actors::nat::{GuestSpec, Reconcile, Teardown as NatTeardown};
+use hearth_actors::tap_pool::{AcquireTap, GetStatus};
 use hearth_net::{blocking, Hearth, Net, Switches, EGRESS_IP, UPSTREAM_IP};
 
 const PORT: u16 = 8000;
+/// How long a check waits for traffic that must not get through.
+const NEGATIVE: Duration = Duration::from_secs(3);
 
 #[test]
 fn guest_resolves_another_vm_and_reaches_upstream_through_nat() {
@@ -53,10 +57,9 @@ fn guest_resolves_another_vm_and_reaches_upstream_through_nat() {
         // NAT off for the guest: no way out.
         hearth.set_nat(&a.lease, false).await;
         let guest = a.stack.clone();
-        let cut = blocking(move || {
-            guest.tcp_connect_within(UPSTREAM_IP, PORT, b"no-nat", Duration::from_secs(2))
-        })
-        .await;
+        let cut =
+            blocking(move || guest.tcp_connect_within(UPSTREAM_IP, PORT, b"no-nat", NEGATIVE))
+                .await;
         assert!(
             matches!(cut, Err(NetstackError::Timeout { .. })),
             "NAT disabled, yet: {cut:?}"
@@ -80,5 +83,120 @@ fn guest_resolves_another_vm_and_reaches_upstream_through_nat() {
             .iter()
             .all(|p| p.ip() == std::net::IpAddr::V4(EGRESS_IP)),
         "{peers:?}"
+    );
+}
+
+#[test]
+fn reconcile_keeps_listed_guests_and_cuts_the_rest() {
+    require_privileged!();
+    let net = Net::new("hdp-rec");
+    let _server = PeerEchoServer::start(&net.upstream, SocketAddrV4::new(UPSTREAM_IP, PORT));
+    net.host.block_on(|| async {
+        let hearth = Hearth::start(Switches::DEFAULTS).await;
+        let a = hearth.add_guest(true).await;
+        let b = hearth.add_guest(true).await;
+        hearth.set_records(&[("vma", a.ip())]).await;
+        // The desired state lists A only (as after a restart where B's VM is gone).
+        let desired = vec![GuestSpec {
+            ip: a.ip(),
+            mac: a.lease.mac,
+            nat: true,
+        }];
+        hearth
+            .nat
+            .send(Reconcile { desired })
+            .await
+            .expect("NAT mailbox")
+            .expect("Reconcile");
+        let kept = a.call(|g| g.tcp_connect(UPSTREAM_IP, PORT, b"a")).await;
+        assert!(kept.is_ok(), "{kept:?}");
+        let kept_dns = a.call(|g| g.resolve("vma.vm.internal")).await;
+        assert_eq!(kept_dns.expect("A resolves"), a.ip());
+        // B is unknown now: under anti-spoofing nothing it sends is accepted, DNS included.
+        let cut = b
+            .call(|g| g.tcp_connect_within(UPSTREAM_IP, PORT, b"b", NEGATIVE))
+            .await;
+        assert!(matches!(cut, Err(NetstackError::Timeout { .. })), "{cut:?}");
+        let cut_dns = b
+            .call(|g| g.resolve_within("vma.vm.internal", NEGATIVE))
+            .await;
+        assert!(
+            matches!(cut_dns, Err(NetstackError::Timeout { .. })),
+            "{cut_dns:?}"
+        );
+    });
+}
+
+#[test]
+fn nat_teardown_takes_guests_offline() {
+    require_privileged!();
+    let net = Net::new("hdp-td");
+    let _server = PeerEchoServer::start(&net.upstream, SocketAddrV4::new(UPSTREAM_IP, PORT));
+    net.host.block_on(|| async {
+        let hearth = Hearth::start(Switches::DEFAULTS).await;
+        let a = hearth.add_guest(true).await;
+        let before = a.call(|g| g.tcp_connect(UPSTREAM_IP, PORT, b"a")).await;
+        assert!(before.is_ok(), "{before:?}");
+        hearth
+            .nat
+            .send(NatTeardown)
+            .await
+            .expect("NAT mailbox")
+            .expect("Teardown");
+        // No masquerading and no forwarding any more: the guest cannot get out.
+        let after = a
+            .call(|g| g.tcp_connect_within(UPSTREAM_IP, PORT, b"a", NEGATIVE))
+            .await;
+        assert!(
+            matches!(after, Err(NetstackError::Timeout { .. })),
+            "{after:?}"
+        );
+    });
+}
+
+/// The bridge's MAC is the guests' gateway MAC: it must not change while guests run. Left
+/// kernel-assigned, a bridge takes the lowest MAC among its ports, so attaching a pool TAP
+/// with a lower (random) MAC changes it and cuts off every guest that learnt the old one.
+#[test]
+#[ignore = "TapPoolActor bug: the bridge MAC is not set explicitly (reported to the lead)"]
+fn bridge_mac_stays_put_as_the_pool_refills() {
+    require_privileged!();
+    let net = Net::new("hdp-mac");
+    let (before, after) = net.host.block_on(|| async {
+        let hearth = Hearth::start_unpinned(Switches::DEFAULTS).await;
+        let before = hearth_net::bridge_mac();
+        // Each acquire makes the pool attach a fresh TAP in the background.
+        let mut leases = Vec::new();
+        for _ in 0..12 {
+            leases.push(
+                hearth
+                    .taps
+                    .send(AcquireTap {})
+                    .await
+                    .expect("mailbox")
+                    .expect("AcquireTap"),
+            );
+        }
+        let refilled = async {
+            for _ in 0..200 {
+                let status = hearth.taps.send(GetStatus {}).await.expect("mailbox");
+                if status.pending == 0 && status.free_taps >= 2 {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(refilled.await, "the pool did not refill");
+        (before, hearth_net::bridge_mac())
+    });
+    // Explicitly set (NET_ADDR_SET = 3), the MAC can no longer follow the ports.
+    let assign = net
+        .host
+        .exec_ok(&["cat", "/sys/class/net/hearth0/addr_assign_type"]);
+    assert_eq!(assign.trim(), "3", "the bridge MAC is kernel-assigned");
+    assert_eq!(
+        before, after,
+        "the bridge MAC changed as TAPs were attached"
     );
 }
