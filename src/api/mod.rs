@@ -44,15 +44,25 @@ pub struct ApiState {
     pub images: Option<ImageStore>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
+    /// The access log: one line per request (debug for successes, info for client errors,
+    /// warn for server errors).
+    pub log: slog::Logger,
 }
 
 impl ApiState {
-    /// State over `ports` and `images` with the default body limit.
+    /// State over `ports` and `images` with the default body limit and no log.
     pub fn new(ports: SupervisorPorts, images: Option<ImageStore>) -> Self {
         ApiState {
             ports,
             images,
             body_limit: DEFAULT_BODY_LIMIT,
+            log: slog::Logger::root(slog::Discard, slog::o!()),
         }
+    }
+
+    /// The same state, logging requests to `log`.
+    pub fn with_logger(mut self, log: slog::Logger) -> Self {
+        self.log = log.new(slog::o!("component" => "api"));
+        self
     }
 }

@@ -200,6 +200,40 @@ async fn authenticate(
     next.call(req).await
 }
 
+/// Logs every request with its status and duration (outermost, so refusals by
+/// [`authenticate`] are logged too).
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let log = req.app_data::<Data<ApiState>>().map(|s| s.log.clone());
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let via_tcp = req.conn_data::<ViaTcp>().is_some();
+    let res = next.call(req).await;
+    if let Some(log) = log {
+        let (status, error) = match &res {
+            Ok(r) => (r.status(), r.response().error().map(|e| e.to_string())),
+            Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let error = error.unwrap_or_default();
+        let transport = if via_tcp { "tcp" } else { "unix" };
+        if status.is_server_error() {
+            slog::warn!(log, "request"; "method" => %method, "path" => &path,
+                "status" => status.as_u16(), "ms" => ms, "via" => transport, "error" => &error);
+        } else if status.is_client_error() {
+            slog::info!(log, "request"; "method" => %method, "path" => &path,
+                "status" => status.as_u16(), "ms" => ms, "via" => transport, "error" => &error);
+        } else {
+            slog::debug!(log, "request"; "method" => %method, "path" => &path,
+                "status" => status.as_u16(), "ms" => ms, "via" => transport);
+        }
+    }
+    res
+}
+
 /// A running API server.
 pub struct ApiServer {
     handle: ServerHandle,
@@ -238,7 +272,8 @@ impl ApiServer {
             let mut app = App::new()
                 .app_data(data.clone())
                 .app_data(StreamShutdown(shutdown_rx.clone()))
-                .wrap(from_fn(authenticate));
+                .wrap(from_fn(authenticate))
+                .wrap(from_fn(access_log));
             if let Some(t) = token.clone() {
                 app = app.app_data(t);
             }

@@ -1,0 +1,177 @@
+//! Image endpoints: import (plain and streamed), list, remove, refusals.
+
+use std::io::BufRead;
+
+use hearth_proto::api_images::ImageInfo;
+use serde_json::json;
+
+use super::{error_of, post, server};
+
+fn kernel_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut elf = vec![0u8; 64 * 1024];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little-endian
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86_64
+    let p = dir.join("vmlinux");
+    std::fs::write(&p, elf).unwrap();
+    p
+}
+
+#[test]
+fn images_import_list_and_remove() {
+    let (d, _s, c) = server();
+    let src = kernel_file(d.path());
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "k", "kind": "kernel", "path": src}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let img: ImageInfo = r.json().unwrap();
+    assert_eq!(
+        (img.format.as_str(), img.size, img.sha256.len()),
+        ("elf", 64 * 1024, 64)
+    );
+    let list: Vec<ImageInfo> = c.get("/v1/images").unwrap();
+    assert_eq!(list, [img]);
+
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "k", "kind": "kernel", "path": src}),
+    );
+    assert_eq!(r.status, 409);
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "r", "kind": "rootfs", "path": src}),
+    );
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (422, "invalid_image")
+    );
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "x", "kind": "kernel", "path": "rel/vmlinux"}),
+    );
+    assert!(error_of(&r).error.message.contains("`path`"));
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "x", "kind": "kernel", "path": "/nonexistent"}),
+    );
+    let e = error_of(&r).error;
+    assert_eq!(r.status, 400);
+    assert!(
+        e.message.contains("`path`") && e.message.contains("/nonexistent"),
+        "{}",
+        e.message
+    );
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": ".hidden", "kind": "kernel", "path": src}),
+    );
+    assert!(error_of(&r).error.message.contains("`name`"));
+    let r = post(
+        &c,
+        "/v1/images",
+        &[],
+        json!({"name": "x", "kind": "initrd", "path": src}),
+    );
+    assert_eq!(r.status, 400);
+
+    // In use by a VM: refused; once the VM is gone: removed.
+    let r = post(
+        &c,
+        "/v1/vms",
+        &[],
+        json!({"name": "a", "kernel": "k", "rootfs": "r"}),
+    );
+    assert_eq!(r.status, 201);
+    let r = c.request("DELETE", "/v1/images/k", &[], None).unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "in_use")
+    );
+    assert_eq!(
+        c.request("DELETE", "/v1/vms/a", &[], None).unwrap().status,
+        204
+    );
+    assert_eq!(
+        c.request("DELETE", "/v1/images/k", &[], None)
+            .unwrap()
+            .status,
+        204
+    );
+    assert_eq!(
+        c.request("DELETE", "/v1/images/k", &[], None)
+            .unwrap()
+            .status,
+        404
+    );
+}
+
+#[test]
+fn streamed_import_reports_progress_then_the_result() {
+    use hearth_proto::api_images::{ImportUpdate, NDJSON};
+    let (d, _s, c) = server();
+    let src = kernel_file(d.path());
+    let updates = |body: serde_json::Value| -> Vec<ImportUpdate> {
+        let r = c
+            .stream(
+                "POST",
+                "/v1/images",
+                &[("Accept", NDJSON)],
+                Some(body.to_string().as_bytes()),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.body
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect()
+    };
+    let got = updates(json!({"name": "k", "kind": "kernel", "path": src}));
+    assert_eq!(
+        got[0],
+        ImportUpdate::Progress {
+            copied: 64 * 1024,
+            total: 64 * 1024
+        }
+    );
+    match got.last().unwrap() {
+        ImportUpdate::Image(img) => assert_eq!((img.name.as_str(), img.size), ("k", 64 * 1024)),
+        other => panic!("{other:?}"),
+    }
+    // A failure found while importing comes as the last line; nothing is stored.
+    let got = updates(json!({"name": "r", "kind": "rootfs", "path": src}));
+    match got.last().unwrap() {
+        ImportUpdate::Error(e) => assert_eq!(e.code, "invalid_image"),
+        other => panic!("{other:?}"),
+    }
+    let list: Vec<ImageInfo> = c.get("/v1/images").unwrap();
+    assert_eq!(list.len(), 1);
+    // Refusals that need no copying are plain HTTP errors.
+    let r = c
+        .request(
+            "POST",
+            "/v1/images",
+            &[("Accept", NDJSON)],
+            Some(
+                json!({"name": "x", "kind": "kernel", "path": "rel"})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

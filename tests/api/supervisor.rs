@@ -1,0 +1,216 @@
+//! The same server over the real `VmSupervisor` with fake host backends and no Firecracker
+//! binary: proves the ports fit the real actor and its answers map as documented.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+use hearth::api::testing::TestServer;
+use hearth::api::SupervisorPorts;
+use hearth::client::{Client, SseReader};
+use hearth_actors::dns::{DnsActor, DnsOptions};
+use hearth_actors::firecracker::FirecrackerSettings;
+use hearth_actors::host::disks::fake::FakeDisks;
+use hearth_actors::host::firewall::fake::FakeFirewall;
+use hearth_actors::host::links::fake::FakeLinks;
+use hearth_actors::host::processes::fake::FakeProcesses;
+use hearth_actors::nat::{NatActor, NatConfig};
+use hearth_actors::snapshot::SnapshotActor;
+use hearth_actors::supervisor::{
+    ImageKind, Ledger, MemoryLedger, Open, StaticImages, SupervisorDeps, SupervisorSettings,
+    VmSupervisor, VmmFactory,
+};
+use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
+use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
+use serde_json::json;
+
+use super::{error_of, post};
+
+fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn supervisor(ledger: MemoryLedger) -> Addr<VmSupervisor> {
+    let tap_pool = TapPoolActor::new(
+        TapPoolConfig::default(),
+        std::rc::Rc::new(FakeLinks::new()),
+        log(),
+    )
+    .unwrap()
+    .start();
+    let firewall = FakeFirewall::new();
+    firewall.add_interface("eth0");
+    firewall.add_interface("hearth0");
+    let nat = NatActor::new(
+        NatConfig {
+            bridge: "hearth0".into(),
+            cidr: "172.31.240.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 31, 240, 1),
+            egress: Some("eth0".into()),
+            isolate_guests: true,
+            block_guest_to_host: true,
+            anti_spoofing: true,
+        },
+        Box::new(firewall),
+        log(),
+    )
+    .unwrap()
+    .start();
+    let dns = DnsActor::new(DnsOptions::new("vm.internal", vec![]), log())
+        .unwrap()
+        .start();
+    let snapshot = SnapshotActor::new(Box::new(FakeDisks::new(1 << 20)), log()).start();
+    let vmm = VmmFactory {
+        binary: None,
+        processes: Arc::new(FakeProcesses::new()),
+        settings: FirecrackerSettings::new("/nonexistent/hearth-api-test/vms"),
+    };
+    let images = StaticImages(BTreeMap::from([
+        (
+            (ImageKind::Kernel, "vmlinux".into()),
+            PathBuf::from("/img/vmlinux"),
+        ),
+        (
+            (ImageKind::Rootfs, "base".into()),
+            PathBuf::from("/img/base.ext4"),
+        ),
+    ]));
+    VmSupervisor::new(
+        SupervisorDeps {
+            tap_pool,
+            nat,
+            dns,
+            snapshot,
+        },
+        vmm,
+        SupervisorSettings::default(),
+        Box::new(ledger),
+        Box::new(images),
+        log(),
+    )
+    .start()
+}
+
+#[test]
+fn real_supervisor_answers_map_as_documented() {
+    let mut ledger = MemoryLedger::default();
+    let spec: CreateVm =
+        serde_json::from_value(json!({"name": "old", "kernel": "vmlinux", "rootfs": "base"}))
+            .unwrap();
+    ledger.insert_vm(&spec).unwrap();
+    ledger.set_state("old", VmState::Stopped, None).unwrap();
+    ledger
+        .append_event("old", VmState::Stopped, EventReason::User, None)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(
+        dir.path(),
+        |_| {},
+        move || {
+            let sup = supervisor(ledger);
+            (SupervisorPorts::new(&sup), sup)
+        },
+    )
+    .unwrap();
+    futures::executor::block_on(s.supervisor.send(Open {}))
+        .unwrap()
+        .unwrap();
+    let c = Client::new(&s.socket);
+
+    let vms: Vec<VmInfo> = c.get("/v1/vms").unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(
+        (vms[0].name.as_str(), vms[0].state),
+        ("old", VmState::Stopped)
+    );
+
+    let r = c.request("POST", "/v1/vms/old/stop", &[], None).unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "invalid_state")
+    );
+    let r = c.request("GET", "/v1/vms/nope", &[], None).unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (404, "not_found")
+    );
+    let r = post(
+        &c,
+        "/v1/vms",
+        &[],
+        json!({"name": "new", "kernel": "nokernel", "rootfs": "base"}),
+    );
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (422, "unknown_image")
+    );
+    let r = post(
+        &c,
+        "/v1/vms",
+        &[],
+        json!({"name": "old", "kernel": "vmlinux", "rootfs": "base"}),
+    );
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "conflict")
+    );
+    let r = c
+        .request(
+            "GET",
+            "/v1/vms/old/wait?state=stopped&timeout=1s",
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // `running` cannot come from `stopped` without a start: refused at once.
+    let r = c
+        .request(
+            "GET",
+            "/v1/vms/old/wait?state=running&timeout=10s",
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "invalid_state")
+    );
+    // `deleting` could come: the long poll runs out.
+    let r = c
+        .request(
+            "GET",
+            "/v1/vms/old/wait?state=deleting&timeout=100ms",
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (408, "timeout")
+    );
+
+    let events: Vec<hearth_proto::api::Event> = c.get("/v1/events").unwrap();
+    assert_eq!(events[0].seq, 1);
+    let stream = c
+        .stream("GET", "/v1/events/stream?since=0", &[], None)
+        .unwrap();
+    let first = SseReader::new(stream.body).next().unwrap().unwrap();
+    assert_eq!(first.id.as_deref(), Some("1"));
+
+    let metrics = c.request("GET", "/metrics", &[], None).unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains("hearth_vms{state=\"stopped\"} 1\n"), "{text}");
+
+    assert_eq!(
+        c.request("DELETE", "/v1/vms/old", &[], None)
+            .unwrap()
+            .status,
+        204
+    );
+    let vms: Vec<VmInfo> = c.get("/v1/vms").unwrap();
+    assert!(vms.is_empty());
+}
