@@ -23,7 +23,6 @@ use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about,
     after_help = "Exit codes: 0 ok, 1 API error, 2 usage, \
     3 hearthd not reachable, 4 connection failed mid-request"
 )]
