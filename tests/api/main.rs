@@ -607,3 +607,33 @@ fn tcp_listener_requires_a_token() {
     // The Unix socket needs no token.
     let _: Health = Client::new(&s.socket).get("/v1/health").unwrap();
 }
+
+#[test]
+fn socket_group_by_name_or_gid() {
+    use std::os::unix::fs::MetadataExt;
+    // As root, a group the process is not in (daemon, gid 1); otherwise the process's own.
+    let gid = if nix::unistd::geteuid().is_root() {
+        1
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), |c| c.socket_group = Some(gid.to_string())).unwrap();
+    assert_eq!(std::fs::metadata(&s.socket).unwrap().gid(), gid);
+    drop(s);
+    if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        let s =
+            TestServer::start(dir.path(), |c| c.socket_group = Some(group.name.clone())).unwrap();
+        assert_eq!(std::fs::metadata(&s.socket).unwrap().gid(), gid);
+    }
+    let err = TestServer::start(dir.path(), |c| {
+        c.socket_group = Some("no-such-group-hearth".into())
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, ApiServerError::UnknownGroup { .. }), "{err}");
+    assert!(
+        !dir.path().join("hearthd.sock").exists(),
+        "nothing left behind"
+    );
+}
