@@ -205,6 +205,22 @@ fn real_supervisor_answers_map_as_documented() {
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(text.contains("hearth_vms{state=\"stopped\"} 1\n"), "{text}");
 
+    // No Firecracker binary: a valid create is refused as unavailable (503).
+    let r = post(
+        &c,
+        "/v1/vms",
+        &[("Idempotency-Key", "k1")],
+        json!({"name": "fresh", "kernel": "vmlinux", "rootfs": "base"}),
+    );
+    let e = error_of(&r).error;
+    assert_eq!(
+        (r.status, e.code.as_str()),
+        (503, "unavailable"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("Firecracker"), "{}", e.message);
+
     assert_eq!(
         c.request("DELETE", "/v1/vms/old", &[], None)
             .unwrap()
