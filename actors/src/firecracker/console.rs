@@ -62,6 +62,8 @@ impl ConsoleCapture {
         let log = log.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("console-pump".into())
+            // The 64 KiB buffer is on the heap; one pump per VM should cost little memory.
+            .stack_size(64 * 1024)
             .spawn(move || pump(reader, stop_rx, &log, cap))?;
         Ok(ConsoleCapture {
             keepalive: Some(keepalive),

@@ -95,27 +95,30 @@ pub async fn probe(
     let deadline = start + timeout;
     let mut backoff = Backoff::new(PROBE_BACKOFF_FIRST, PROBE_BACKOFF_MAX);
     let mut attempts = 0;
+    let mut last_error: Option<String> = None;
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let last_error =
-            match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), attempt(uds, port)).await {
-                Ok(Ok(reply)) => {
-                    return Ok(ProbeOutcome {
-                        reply,
-                        attempts,
-                        elapsed: start.elapsed(),
-                    })
-                }
-                Ok(Err(e)) => e,
-                Err(_) => "attempt timed out waiting for the agent".to_string(),
-            };
+        let cut_by_deadline = left < ATTEMPT_TIMEOUT;
+        match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), attempt(uds, port)).await {
+            Ok(Ok(reply)) => {
+                return Ok(ProbeOutcome {
+                    reply,
+                    attempts,
+                    elapsed: start.elapsed(),
+                })
+            }
+            Ok(Err(e)) => last_error = Some(e),
+            // An attempt cut short by the overall deadline says less than the one before it.
+            Err(_) if cut_by_deadline && last_error.is_some() => {}
+            Err(_) => last_error = Some("attempt timed out waiting for the agent".to_string()),
+        }
         let now = Instant::now();
         if now + backoff.current() >= deadline {
             return Err(FirecrackerError::ReadinessTimeout {
                 waited: start.elapsed(),
                 attempts,
-                last_error,
+                last_error: last_error.unwrap_or_default(),
             });
         }
         backoff.wait().await;

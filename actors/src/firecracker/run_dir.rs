@@ -103,8 +103,8 @@ impl RunDir {
     }
 
     /// Creates the directory (mode 0750) and removes stale sockets left by a previous process
-    /// (Firecracker refuses to bind over them and never unlinks them). Only call this when no
-    /// live process owns the directory.
+    /// (Firecracker refuses to bind over them and never unlinks them) and the old console FIFO.
+    /// Only call this when no live process owns the directory.
     pub fn prepare(&self) -> Result<(), FirecrackerError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
@@ -118,7 +118,10 @@ impl RunDir {
         for stale in self.stale_sockets().map_err(err(&self.dir))? {
             remove_if_exists(&stale).map_err(err(&stale))?;
         }
-        Ok(())
+        // A fresh console FIFO too: an old one may hold a dead VM's unread output, or may
+        // not even be a FIFO any more.
+        let fifo = self.console_fifo();
+        remove_if_exists(&fifo).map_err(err(&fifo))
     }
 
     /// The API socket, the vsock socket and any `v.sock_<port>` socket present now.
@@ -211,7 +214,9 @@ mod tests {
             std::os::unix::net::UnixListener::bind(&p).unwrap();
         }
         std::fs::write(rd.console_log(), b"old console").unwrap();
+        std::fs::write(rd.console_fifo(), b"not a fifo").unwrap();
         rd.prepare().unwrap();
+        assert!(!rd.console_fifo().exists());
         assert!(!rd.api_socket().exists());
         assert!(!rd.vsock_socket().exists());
         assert!(!rd.vsock_port_socket(52).exists());
