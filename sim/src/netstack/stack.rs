@@ -81,44 +81,59 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// An operation in flight.
+/// An operation in flight; each kind advances in its own method of [`Stack`].
 enum Op {
-    Resolve {
-        socket: SocketHandle,
-        name: String,
-        server: Ipv4Addr,
-        id: u16,
-        query: Vec<u8>,
-        next_send: Instant,
-        deadline: Deadline,
-        reply: Reply<Ipv4Addr>,
-    },
-    Tcp {
-        socket: SocketHandle,
-        peer: SocketAddrV4,
-        payload: Vec<u8>,
-        sent: usize,
-        established: bool,
-        peer_fin: bool,
-        received: Vec<u8>,
-        deadline: Deadline,
-        reply: Reply<Vec<u8>>,
-    },
-    Ping {
-        socket: SocketHandle,
-        addr: Ipv4Addr,
-        ident: u16,
-        sent: Vec<Instant>,
-        next_send: Instant,
-        deadline: Deadline,
-        reply: Reply<Duration>,
-    },
-    Neighbor {
-        ip: Ipv4Addr,
-        next_send: Instant,
-        deadline: Deadline,
-        reply: Reply<[u8; 6]>,
-    },
+    Resolve(ResolveOp),
+    Tcp(TcpOp),
+    Ping(PingOp),
+    Neighbor(NeighborOp),
+}
+
+/// A DNS A query, retransmitted every [`RESEND`] until answered.
+struct ResolveOp {
+    socket: SocketHandle,
+    name: String,
+    server: Ipv4Addr,
+    id: u16,
+    query: Vec<u8>,
+    next_send: Instant,
+    deadline: Deadline,
+    reply: Reply<Ipv4Addr>,
+}
+
+/// A TCP exchange: connect, send the payload, half-close, read until the peer closes.
+struct TcpOp {
+    socket: SocketHandle,
+    peer: SocketAddrV4,
+    payload: Vec<u8>,
+    sent: usize,
+    /// The handshake completed (the socket left `SynSent`).
+    established: bool,
+    /// The peer's FIN arrived.
+    peer_fin: bool,
+    received: Vec<u8>,
+    deadline: Deadline,
+    reply: Reply<Vec<u8>>,
+}
+
+/// ICMP echo requests, one every [`RESEND`], until one is answered.
+struct PingOp {
+    socket: SocketHandle,
+    addr: Ipv4Addr,
+    ident: u16,
+    /// When each sequence number was sent.
+    sent: Vec<Instant>,
+    next_send: Instant,
+    deadline: Deadline,
+    reply: Reply<Duration>,
+}
+
+/// An ARP request, repeated every [`ARP_RESEND`], until the address is seen.
+struct NeighborOp {
+    ip: Ipv4Addr,
+    next_send: Instant,
+    deadline: Deadline,
+    reply: Reply<[u8; 6]>,
 }
 
 /// A TCP port the guest serves.
@@ -273,7 +288,7 @@ impl Stack {
                     return;
                 }
                 let id = rand::random();
-                self.ops.push(Op::Resolve {
+                self.ops.push(Op::Resolve(ResolveOp {
                     socket: self.sockets.add(socket),
                     query: dns::build_query(id, &name),
                     name,
@@ -282,7 +297,7 @@ impl Stack {
                     next_send: now,
                     deadline,
                     reply,
-                });
+                }));
             }
             Command::TcpConnect {
                 peer,
@@ -301,7 +316,7 @@ impl Stack {
                     let _ = reply.send(Err(socket_error("connect", e)));
                     return;
                 }
-                self.ops.push(Op::Tcp {
+                self.ops.push(Op::Tcp(TcpOp {
                     socket: self.sockets.add(socket),
                     peer,
                     payload,
@@ -311,7 +326,7 @@ impl Stack {
                     received: Vec::new(),
                     deadline,
                     reply,
-                });
+                }));
             }
             Command::Ping {
                 addr,
@@ -328,7 +343,7 @@ impl Stack {
                     let _ = reply.send(Err(socket_error("bind", e)));
                     return;
                 }
-                self.ops.push(Op::Ping {
+                self.ops.push(Op::Ping(PingOp {
                     socket: self.sockets.add(socket),
                     addr,
                     ident,
@@ -336,14 +351,16 @@ impl Stack {
                     next_send: now,
                     deadline,
                     reply,
-                });
+                }));
             }
-            Command::NeighborMac { ip, timeout, reply } => self.ops.push(Op::Neighbor {
-                ip,
-                next_send: now,
-                deadline: Deadline::after(now, timeout),
-                reply,
-            }),
+            Command::NeighborMac { ip, timeout, reply } => {
+                self.ops.push(Op::Neighbor(NeighborOp {
+                    ip,
+                    next_send: now,
+                    deadline: Deadline::after(now, timeout),
+                    reply,
+                }))
+            }
             Command::ServeTcp {
                 port,
                 response,
@@ -370,246 +387,187 @@ impl Stack {
         Ok(self.sockets.add(socket))
     }
 
-    /// Moves `op` on; returns it when it is still pending, after replying when it is done.
+    /// Moves `op` on; returns it while pending, or drops it once it has replied.
     fn advance(&mut self, op: Op, now: Instant) -> Option<Op> {
         match op {
-            Op::Resolve {
-                socket,
-                name,
-                server,
-                id,
-                query,
-                mut next_send,
-                deadline,
-                reply,
-            } => {
-                let s = self.sockets.get_mut::<udp::Socket>(socket);
-                let mut result = None;
-                let mut buf = [0u8; 1500];
-                while let Ok((n, meta)) = s.recv_slice(&mut buf) {
-                    if meta.endpoint.addr != IpAddress::Ipv4(server) || meta.endpoint.port != 53 {
-                        continue;
-                    }
-                    result = match dns::parse_answer(id, &buf[..n]) {
-                        Ok(ip) => Some(Ok(ip)),
-                        Err(AnswerError::NotOurs) => continue,
-                        Err(AnswerError::NotFound) => {
-                            Some(Err(NetstackError::NameNotFound { name: name.clone() }))
-                        }
-                        Err(AnswerError::Rcode(rcode)) => Some(Err(NetstackError::DnsRcode {
-                            name: name.clone(),
-                            rcode,
-                        })),
-                        Err(AnswerError::Malformed(reason)) => {
-                            Some(Err(NetstackError::DnsMalformed {
-                                name: name.clone(),
-                                reason,
-                            }))
-                        }
-                    };
-                    break;
-                }
-                if result.is_none() && deadline.passed(now) {
-                    result = Some(Err(
-                        deadline.error(format!("Resolving {name:?} via {server}"))
-                    ));
-                }
-                if let Some(result) = result {
-                    self.sockets.remove(socket);
-                    let _ = reply.send(result);
-                    return None;
-                }
-                if now >= next_send {
-                    // A full send buffer just skips this round; the next one retries.
-                    let _ = s.send_slice(&query, IpEndpoint::new(IpAddress::Ipv4(server), 53));
-                    next_send = now + RESEND;
-                }
-                Some(Op::Resolve {
-                    socket,
-                    name,
-                    server,
-                    id,
-                    query,
-                    next_send,
-                    deadline,
-                    reply,
-                })
+            Op::Resolve(mut r) => self.advance_resolve(&mut r, now).then_some(Op::Resolve(r)),
+            Op::Tcp(mut t) => self.advance_tcp(&mut t, now).then_some(Op::Tcp(t)),
+            Op::Ping(mut p) => self.advance_ping(&mut p, now).then_some(Op::Ping(p)),
+            Op::Neighbor(mut n) => self
+                .advance_neighbor(&mut n, now)
+                .then_some(Op::Neighbor(n)),
+        }
+    }
+
+    /// Reads answers, gives up at the deadline, (re)sends the query; true while pending.
+    fn advance_resolve(&mut self, op: &mut ResolveOp, now: Instant) -> bool {
+        let s = self.sockets.get_mut::<udp::Socket>(op.socket);
+        let mut result = None;
+        let mut buf = [0u8; 1500];
+        while let Ok((n, meta)) = s.recv_slice(&mut buf) {
+            if meta.endpoint.addr != IpAddress::Ipv4(op.server) || meta.endpoint.port != 53 {
+                continue;
             }
-            Op::Tcp {
-                socket,
-                peer,
-                payload,
-                mut sent,
-                mut established,
-                mut peer_fin,
-                mut received,
-                deadline,
-                reply,
-            } => {
-                let s = self.sockets.get_mut::<tcp::Socket>(socket);
-                let state = s.state();
-                if !matches!(state, tcp::State::Closed | tcp::State::SynSent) {
-                    established = true;
+            let name = || op.name.clone();
+            result = match dns::parse_answer(op.id, &buf[..n]) {
+                Ok(ip) => Some(Ok(ip)),
+                Err(AnswerError::NotOurs) => continue,
+                Err(AnswerError::NotFound) => {
+                    Some(Err(NetstackError::NameNotFound { name: name() }))
                 }
-                // States only reached after the peer's FIN (the loop sees each of them, since
-                // only this function closes our side).
-                if matches!(
-                    state,
-                    tcp::State::CloseWait
-                        | tcp::State::LastAck
-                        | tcp::State::Closing
-                        | tcp::State::TimeWait
-                ) {
-                    peer_fin = true;
-                }
-                if established && sent < payload.len() && s.can_send() {
-                    sent += s.send_slice(&payload[sent..]).unwrap_or(0);
-                    if sent == payload.len() {
-                        s.close(); // half-close: the peer sees EOF, we keep reading
-                    }
-                } else if established
-                    && payload.is_empty()
-                    && sent == 0
-                    && state == tcp::State::Established
-                {
-                    s.close();
-                    sent = 1; // marks the (empty) request as sent
-                }
-                let mut buf = [0u8; 4096];
-                while s.can_recv() && received.len() < MAX_REPLY {
-                    match s.recv_slice(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => received.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let result = if !established && state == tcp::State::Closed {
-                    Some(Err(NetstackError::ConnectionRefused { addr: peer }))
-                } else if peer_fin && !s.can_recv() {
-                    Some(Ok(std::mem::take(&mut received)))
-                } else if established && state == tcp::State::Closed {
-                    Some(Err(NetstackError::ConnectionReset { addr: peer }))
-                } else if deadline.passed(now) {
-                    s.abort();
-                    Some(Err(deadline.error(format!("TCP exchange with {peer}"))))
-                } else {
-                    None
-                };
-                match result {
-                    Some(result) => {
-                        let s = self.sockets.get_mut::<tcp::Socket>(socket);
-                        if s.is_open() {
-                            s.close();
-                        }
-                        self.lingering.push((socket, now + LINGER));
-                        let _ = reply.send(result);
-                        None
-                    }
-                    None => Some(Op::Tcp {
-                        socket,
-                        peer,
-                        payload,
-                        sent,
-                        established,
-                        peer_fin,
-                        received,
-                        deadline,
-                        reply,
-                    }),
-                }
+                Err(AnswerError::Rcode(rcode)) => Some(Err(NetstackError::DnsRcode {
+                    name: name(),
+                    rcode,
+                })),
+                Err(AnswerError::Malformed(reason)) => Some(Err(NetstackError::DnsMalformed {
+                    name: name(),
+                    reason,
+                })),
+            };
+            break;
+        }
+        if result.is_none() && op.deadline.passed(now) {
+            let what = format!("Resolving {:?} via {}", op.name, op.server);
+            result = Some(Err(op.deadline.error(what)));
+        }
+        if let Some(result) = result {
+            self.sockets.remove(op.socket);
+            let _ = op.reply.send(result);
+            return false;
+        }
+        if now >= op.next_send {
+            // A full send buffer just skips this round; the next one retries.
+            let server = IpEndpoint::new(IpAddress::Ipv4(op.server), 53);
+            let _ = s.send_slice(&op.query, server);
+            op.next_send = now + RESEND;
+        }
+        true
+    }
+
+    /// Sends what the window takes, collects what arrived, and decides; true while pending.
+    fn advance_tcp(&mut self, op: &mut TcpOp, now: Instant) -> bool {
+        let s = self.sockets.get_mut::<tcp::Socket>(op.socket);
+        let state = s.state();
+        if !matches!(state, tcp::State::Closed | tcp::State::SynSent) {
+            op.established = true;
+        }
+        // States only reached after the peer's FIN. Each lasts until this method acts (only
+        // it closes our side) or a timer runs out, so the loop cannot miss them.
+        if matches!(
+            state,
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) {
+            op.peer_fin = true;
+        }
+        if op.established && op.sent < op.payload.len() && s.can_send() {
+            op.sent += s.send_slice(&op.payload[op.sent..]).unwrap_or(0);
+            if op.sent == op.payload.len() {
+                s.close(); // half-close: the peer sees EOF, we keep reading
             }
-            Op::Ping {
-                socket,
-                addr,
-                ident,
-                mut sent,
-                mut next_send,
-                deadline,
-                reply,
-            } => {
-                let s = self.sockets.get_mut::<icmp::Socket>(socket);
-                let mut rtt = None;
-                while let Ok((data, from)) = s.recv() {
-                    if from != IpAddress::Ipv4(addr) {
-                        continue;
-                    }
-                    let Ok(packet) = Icmpv4Packet::new_checked(data) else {
-                        continue;
-                    };
-                    if let Ok(Icmpv4Repr::EchoReply {
-                        ident: got, seq_no, ..
-                    }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
-                    {
-                        if got == ident {
-                            if let Some(at) = sent.get(usize::from(seq_no)) {
-                                rtt = Some(now.saturating_duration_since(*at));
-                                break;
-                            }
-                        }
-                    }
-                }
-                let result = match rtt {
-                    Some(rtt) => Some(Ok(rtt)),
-                    None if deadline.passed(now) => {
-                        Some(Err(deadline.error(format!("Ping {addr}"))))
-                    }
-                    None => None,
-                };
-                if let Some(result) = result {
-                    self.sockets.remove(socket);
-                    let _ = reply.send(result);
-                    return None;
-                }
-                if now >= next_send && sent.len() < usize::from(u16::MAX) {
-                    let request = Icmpv4Repr::EchoRequest {
-                        ident,
-                        seq_no: sent.len() as u16,
-                        data: b"hearth-guest-ping",
-                    };
-                    if let Ok(buf) = s.send(request.buffer_len(), IpAddress::Ipv4(addr)) {
-                        let mut packet = Icmpv4Packet::new_unchecked(buf);
-                        request.emit(&mut packet, &ChecksumCapabilities::default());
-                        sent.push(now);
-                    }
-                    next_send = now + RESEND;
-                }
-                Some(Op::Ping {
-                    socket,
-                    addr,
-                    ident,
-                    sent,
-                    next_send,
-                    deadline,
-                    reply,
-                })
-            }
-            Op::Neighbor {
-                ip,
-                mut next_send,
-                deadline,
-                reply,
-            } => {
-                if let Some(mac) = self.device.arp_seen.get(&ip) {
-                    let _ = reply.send(Ok(*mac));
-                    return None;
-                }
-                if deadline.passed(now) {
-                    let _ = reply.send(Err(deadline.error(format!("ARP for {ip}"))));
-                    return None;
-                }
-                if now >= next_send {
-                    let frame = arp_request(self.config.mac, self.config.ip, ip);
-                    // A failed write is retried on the next round.
-                    let _ = self.device.write_frame(&frame);
-                    next_send = now + ARP_RESEND;
-                }
-                Some(Op::Neighbor {
-                    ip,
-                    next_send,
-                    deadline,
-                    reply,
-                })
+        } else if op.payload.is_empty() && state == tcp::State::Established {
+            s.close(); // nothing to send: half-close at once
+        }
+        let mut buf = [0u8; 4096];
+        while s.can_recv() && op.received.len() < MAX_REPLY {
+            match s.recv_slice(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => op.received.extend_from_slice(&buf[..n]),
             }
         }
+        let result = if !op.established && state == tcp::State::Closed {
+            Err(NetstackError::ConnectionRefused { addr: op.peer })
+        } else if op.peer_fin && !s.can_recv() {
+            Ok(std::mem::take(&mut op.received))
+        } else if op.established && state == tcp::State::Closed {
+            Err(NetstackError::ConnectionReset { addr: op.peer })
+        } else if op.deadline.passed(now) {
+            s.abort();
+            Err(op.deadline.error(format!("TCP exchange with {}", op.peer)))
+        } else {
+            return true;
+        };
+        if s.is_open() {
+            s.close();
+        }
+        self.lingering.push((op.socket, now + LINGER));
+        let _ = op.reply.send(result);
+        false
+    }
+
+    /// Looks for the echo reply, gives up at the deadline, sends the next request; true
+    /// while pending.
+    fn advance_ping(&mut self, op: &mut PingOp, now: Instant) -> bool {
+        let s = self.sockets.get_mut::<icmp::Socket>(op.socket);
+        let mut rtt = None;
+        while let Ok((data, from)) = s.recv() {
+            if from != IpAddress::Ipv4(op.addr) {
+                continue;
+            }
+            let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+                continue;
+            };
+            let caps = ChecksumCapabilities::default();
+            if let Ok(Icmpv4Repr::EchoReply { ident, seq_no, .. }) =
+                Icmpv4Repr::parse(&packet, &caps)
+            {
+                if let Some(at) = op
+                    .sent
+                    .get(usize::from(seq_no))
+                    .filter(|_| ident == op.ident)
+                {
+                    rtt = Some(now.saturating_duration_since(*at));
+                    break;
+                }
+            }
+        }
+        let result = match rtt {
+            Some(rtt) => Ok(rtt),
+            None if op.deadline.passed(now) => Err(op.deadline.error(format!("Ping {}", op.addr))),
+            None => {
+                if now >= op.next_send && op.sent.len() < usize::from(u16::MAX) {
+                    let request = Icmpv4Repr::EchoRequest {
+                        ident: op.ident,
+                        seq_no: op.sent.len() as u16,
+                        data: b"hearth-guest-ping",
+                    };
+                    if let Ok(buf) = s.send(request.buffer_len(), IpAddress::Ipv4(op.addr)) {
+                        let caps = ChecksumCapabilities::default();
+                        request.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
+                        op.sent.push(now);
+                    }
+                    op.next_send = now + RESEND;
+                }
+                return true;
+            }
+        };
+        self.sockets.remove(op.socket);
+        let _ = op.reply.send(result);
+        false
+    }
+
+    /// Answers from the ARP snoop table, gives up at the deadline, (re)sends the request;
+    /// true while pending.
+    fn advance_neighbor(&mut self, op: &mut NeighborOp, now: Instant) -> bool {
+        if let Some(mac) = self.device.arp_seen.get(&op.ip) {
+            let _ = op.reply.send(Ok(*mac));
+            return false;
+        }
+        if op.deadline.passed(now) {
+            let _ = op
+                .reply
+                .send(Err(op.deadline.error(format!("ARP for {}", op.ip))));
+            return false;
+        }
+        if now >= op.next_send {
+            let frame = arp_request(self.config.mac, self.config.ip, op.ip);
+            // A failed write is retried on the next round.
+            let _ = self.device.write_frame(&frame);
+            op.next_send = now + ARP_RESEND;
+        }
+        true
     }
 
     /// Answers connected listeners, handing each port to a fresh listening socket.
