@@ -412,6 +412,46 @@ async fn stale_sockets_are_removed_before_spawning() {
 }
 
 #[actix::test]
+async fn sockets_are_given_to_the_configured_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fx = Fixture::new();
+    // Root can hand the sockets to any group (1 = daemon); others only to their own.
+    let gid = if nix::unistd::geteuid().is_root() {
+        1
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let mut settings = fx.settings();
+    settings.socket_group = Some(gid);
+    let (events, _rx) = fc_sim::event_sink();
+    let vm = FirecrackerActor::new(
+        "vm-group",
+        fx.binary(fc_sim::sim_binary()),
+        Arc::new(LinuxProcesses),
+        settings,
+        events,
+        common::test_logger(),
+    )
+    .unwrap()
+    .start();
+    vm.send(BootVm {
+        config: fx.config(None, None),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for name in ["api.sock", "v.sock"] {
+        let md = std::fs::metadata(fx.path().join("vms/vm-group").join(name)).unwrap();
+        assert_eq!(
+            (md.gid(), md.permissions().mode() & 0o777),
+            (gid, 0o660),
+            "{name}"
+        );
+    }
+    vm.send(KillVm {}).await.unwrap().unwrap();
+}
+
+#[actix::test]
 async fn socket_path_too_long_is_refused_up_front() {
     let fx = Fixture::new();
     let base = fx.path().join("x".repeat(90));

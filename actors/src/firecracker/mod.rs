@@ -211,12 +211,12 @@ impl Actor for FirecrackerActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // The VM outlives its actor (and hearthd): stop the console pump and the exit waiter,
-        // leave the process running so it can be adopted.
+        // The VM outlives its actor (and hearthd): stop the console pump, leave the process
+        // running so it can be adopted.
+        // The exit waiter is left running: it holds only a weak address, and for a child it
+        // reaps the process when it exits, so no zombie is left if nobody adopts it (an
+        // adopting actor then sees an unknown status).
         self.console = None;
-        if let Some(o) = self.owned.take() {
-            o.waiter.abort();
-        }
     }
 }
 
