@@ -1,4 +1,4 @@
-//! Helpers for data-plane tests with a simulated guest: a guest stack on a TAP, a dnsmasq in a
+//! Helpers for data-plane tests with a simulated guest: a guest's config, a dnsmasq in a
 //! namespace, a TCP server that echoes the peer address it saw, and a UDP sink that records
 //! what reaches it. Every server runs for a bounded time and stops when dropped.
 //!
@@ -19,23 +19,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use firecracker_sim::netstack::{open_tap, GuestStack, NetConfig, VnetHdr};
+use firecracker_sim::netstack::NetConfig;
 
 use crate::common::NetNs;
 
 /// Longest any helper server lives, whatever the test does.
 const SERVER_LIFETIME: Duration = Duration::from_secs(120);
-
-/// Runs a guest stack on TAP `tap` in `ns` (created if it does not exist, attached if it
-/// does, e.g. a leased persistent TAP), Firecracker-style with a 12-byte virtio-net header.
-pub fn start_guest(ns: &NetNs, tap: &str, mut config: NetConfig) -> GuestStack {
-    config.vnet_hdr = VnetHdr::V1Len12;
-    let tap = tap.to_string();
-    let fd = ns
-        .run(move || open_tap(&tap, VnetHdr::V1Len12))
-        .expect("open TAP");
-    GuestStack::spawn(fd, config).expect("spawn guest stack")
-}
 
 /// A guest's config: MAC derived from the address as hearth does (`06:00:<ip>`), /24-or-given
 /// prefix, gateway and DNS on the gateway, 3 s timeouts.
