@@ -176,10 +176,9 @@ fn main() -> anyhow::Result<()> {
             }
             Err(e) => println!("boot failed: {e}"),
         }
-        println!(
-            "console log  {}",
-            work.path().join("vms/boot-vm/console.log").display()
-        );
+        let console = work.path().join("vms/boot-vm/console.log");
+        let bytes = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        println!("console log  {bytes} bytes (removed with the work directory)");
         pool.send(ReleaseTap { lease }).await??;
         pool.send(Teardown {
             remove_bridge: true,
