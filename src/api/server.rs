@@ -329,12 +329,13 @@ impl ApiServer {
         &self.socket
     }
 
-    /// Stops accepting, ends event streams, lets in-flight requests finish (up to 5 s),
-    /// removes the socket.
+    /// Removes the socket (so clients see at once that hearthd is gone), stops accepting,
+    /// ends event streams, and lets in-flight requests finish (up to 5 s).
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        self.handle.stop(true).await;
         let _ = std::fs::remove_file(&self.socket);
+        let stopped = self.handle.stop(true);
+        let _ = self.shutdown.send(true);
+        stopped.await;
     }
 }
 

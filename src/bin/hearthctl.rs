@@ -557,7 +557,16 @@ fn events(c: &Client, json: bool, follow: bool, since: u64) -> Out {
     let mut last = since;
     let mut empty_streams = 0;
     loop {
-        let stream = c.stream("GET", &format!("/v1/events/stream?since={last}"), &[], None)?;
+        let stream = match c.stream("GET", &format!("/v1/events/stream?since={last}"), &[], None) {
+            Ok(stream) => stream,
+            Err(e) if e.is_unreachable() || empty_streams >= 4 => return Err(e.into()),
+            // Caught hearthd mid-shutdown or a dropped connection: try again.
+            Err(_) => {
+                empty_streams += 1;
+                std::thread::sleep(std::time::Duration::from_millis(200 * empty_streams));
+                continue;
+            }
+        };
         if !(200..300).contains(&stream.status) {
             let mut body = Vec::new();
             let mut r = stream.body;
