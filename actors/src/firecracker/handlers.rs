@@ -227,7 +227,10 @@ impl FirecrackerActor {
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
             move |(client, res), act, _| {
-                act.api = client;
+                // Give back the connection if the ladder borrowed it.
+                if client.is_some() {
+                    act.api = client;
+                }
                 match res {
                     Ok(outcome) => {
                         slog::info!(act.log, "stopped"; "rung" => %outcome.rung, "status" => %outcome.status, "ms" => outcome.elapsed.as_millis());
