@@ -200,3 +200,44 @@ fn bridge_mac_stays_put_as_the_pool_refills() {
         "the bridge MAC changed as TAPs were attached"
     );
 }
+
+/// Nothing unasked enters the guest subnet: a host upstream that routes to the guests
+/// through hearth's host cannot open a connection to a guest's service, which the host
+/// itself can reach.
+#[test]
+fn outside_cannot_connect_into_guests() {
+    require_privileged!();
+    let net = Net::new("hdp-in");
+    net.upstream.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        hearth_net::CIDR,
+        "via",
+        &EGRESS_IP.to_string(),
+    ]);
+    net.host.block_on(|| async {
+        let hearth = Hearth::start(Switches::DEFAULTS).await;
+        let a = hearth.add_guest(true).await;
+        a.call(|g| g.serve_tcp(8080, b"guest-a"))
+            .await
+            .expect("listen");
+        let target = SocketAddrV4::new(a.ip(), 8080);
+        let fetch = || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect_timeout(&target.into(), NEGATIVE)?;
+            s.set_read_timeout(Some(NEGATIVE))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        };
+        // The control: the host reaches the guest's service.
+        assert_eq!(net.host.run(fetch).expect("host to guest"), "guest-a");
+        // From outside, the SYN is dropped on the way in.
+        let inbound = net.upstream.run(fetch);
+        assert!(
+            matches!(&inbound, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{inbound:?}"
+        );
+    });
+}
