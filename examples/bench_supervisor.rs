@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use common::NetNs;
 use futures::stream::{self, StreamExt};
 use hearth::config::Config;
 use hearth::daemon;
@@ -47,6 +48,9 @@ use vm_host::VmHost;
 
 /// Phases spent waiting on the VMM process (its start-up, API answers, the guest's boot).
 const VMM_PHASES: [&str; 5] = ["spawn", "api_ready", "configure", "start", "ready"];
+
+/// Ports a Linux bridge can hold.
+const BRIDGE_PORTS: usize = 1023;
 
 /// Probe creates per probe point.
 const PROBES: usize = 20;
@@ -62,9 +66,10 @@ struct Args {
     /// Deletes in flight when deleting everything.
     #[arg(long, default_value_t = 16)]
     delete_concurrency: usize,
-    /// Unleased TAPs the pool keeps warm.
-    #[arg(long, default_value_t = 32)]
-    pool_size: u32,
+    /// Unleased TAPs the pool keeps warm. Default: 32, or fewer so that N VMs, one probe and
+    /// the pool fit in the 1023 ports a Linux bridge can hold.
+    #[arg(long)]
+    pool_size: Option<u32>,
     /// Bridge subnet (room for N guests plus the probe and the pool).
     #[arg(long, default_value = "172.31.0.0/20")]
     cidr: ipnet::Ipv4Net,
@@ -291,6 +296,43 @@ async fn delete_all(
     Ok((took.len(), wall, took))
 }
 
+/// Prints this process's RSS now, and again after asking the allocator to give free memory
+/// back (`malloc_trim`): a drop there is memory the allocator kept, not memory hearth holds.
+fn rss_after(what: &str) {
+    let rss = status_kib("VmRSS");
+    // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+    println!(
+        "  RSS after {what}: {:.1} MiB, {:.1} MiB after malloc_trim",
+        mib(rss),
+        mib(status_kib("VmRSS"))
+    );
+}
+
+/// TAP devices in the namespace, counted with `ip` (the pool's own view is not reachable
+/// through the daemon's handles).
+fn tap_count(ns: &NetNs) -> usize {
+    String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link", "show", "type", "tun"]).stdout)
+        .lines()
+        .count()
+}
+
+/// Waits (at most 120 s) until the pool's background TAP deletions have brought the TAP count
+/// down to `target`; prints how long that took, so the next stage starts from a settled host.
+async fn settle_taps(ns: &NetNs, target: usize) {
+    let t = Instant::now();
+    let start = tap_count(ns);
+    let mut now = start;
+    while now > target && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = tap_count(ns);
+    }
+    println!(
+        "  background TAP deletions: {start} TAPs -> {now} in {:.2} s after the deletes answered",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// `PROBES` create+delete cycles of a VM beside those running, timed.
 async fn probe(sup: &Addr<VmSupervisor>, label: &str, samples: &mut Samples) -> anyhow::Result<()> {
     for i in 0..PROBES {
@@ -313,9 +355,19 @@ fn main() -> anyhow::Result<()> {
         // Inherited by every VMM this process spawns. Set before any thread starts.
         std::env::set_var("FC_SIM_BOOT_DELAY_MS", ms.to_string());
     }
+    // A Linux bridge holds at most 1023 ports (BR_MAX_PORTS - 1; the 1024th attach fails
+    // with EXFULL): N guests, one probe and the warm pool must fit.
+    let room = BRIDGE_PORTS.saturating_sub(args.n + 1);
+    if room == 0 {
+        bail!(
+            "N={} leaves no bridge port for the pool: a bridge holds {BRIDGE_PORTS} ports",
+            args.n
+        );
+    }
+    let pool_size = args.pool_size.unwrap_or(32.min(room as u32));
     let mut host = VmHost::with_data_dir("hbsup", 16, args.data_dir.as_deref())?;
     host.config.network.cidr = args.cidr;
-    host.config.network.pool_size = args.pool_size;
+    host.config.network.pool_size = pool_size;
     // This kernel has no device-mapper; say so instead of relying on `auto`.
     host.config.vm.disk_backend = "copy".into();
     let config = host.config.clone();
@@ -324,7 +376,7 @@ fn main() -> anyhow::Result<()> {
         "bench_supervisor: N={} concurrency={} pool_size={} cidr={} boot delay {} ms, data dir {}",
         args.n,
         args.concurrency,
-        args.pool_size,
+        pool_size,
         args.cidr,
         args.boot_delay_ms
             .map(|d| d.to_string())
@@ -339,19 +391,21 @@ fn main() -> anyhow::Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
-    let result = host.ns.block_on(|| run(&args, &config));
+    let result = host
+        .ns
+        .block_on(|| run(&args, &config, &host.ns, pool_size as usize));
     let leaks = host.leaks();
     println!("left after the run: {leaks}");
     drop(host);
     result
 }
 
-async fn run(args: &Args, config: &Config) -> anyhow::Result<()> {
+async fn run(args: &Args, config: &Config, ns: &NetNs, pool: usize) -> anyhow::Result<()> {
     let log = logger();
     let rss_start = status_kib("VmRSS");
     let d = daemon::start(config, &log).await?;
     let sup = d.supervisor.clone();
-    let outcome = stages(args, &sup, rss_start).await;
+    let outcome = stages(args, &sup, ns, pool, rss_start).await;
     // Whatever happened, every VM is deleted before the daemon stops.
     let cleanup = delete_all(&sup, args.delete_concurrency).await;
     daemon::stop(&d, config).await?;
@@ -359,8 +413,15 @@ async fn run(args: &Args, config: &Config) -> anyhow::Result<()> {
     cleanup.map(|_| ())
 }
 
-async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow::Result<()> {
+async fn stages(
+    args: &Args,
+    sup: &Addr<VmSupervisor>,
+    ns: &NetNs,
+    pool: usize,
+    rss_start: u64,
+) -> anyhow::Result<()> {
     let n = args.n;
+    settle_taps(ns, pool).await;
     // Warm-up (untimed): first spawn, caches, SQLite pages.
     let mut scratch = Samples::default();
     for i in 0..3 {
@@ -453,6 +514,8 @@ async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow
         ms(pct(&took, 99.0)),
         ms(cpu_time() - cpu_d) / deleted.max(1) as f64
     );
+    rss_after("deleting all");
+    settle_taps(ns, pool).await;
 
     if args.sequential_only {
         return Ok(());
@@ -462,6 +525,7 @@ async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow
     let k = args.concurrency.max(1);
     println!("\n== stage 2: {n} creates, {k} in flight");
     let cpu0 = cpu_time();
+    let before = sup.send(GetMetrics {}).await?;
     let t = Instant::now();
     let results: Vec<anyhow::Result<Duration>> = stream::iter(0..n)
         .map(|i| async move {
@@ -484,6 +548,7 @@ async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow
         .await;
     let wall = t.elapsed();
     let cpu = cpu_time() - cpu0;
+    let after = sup.send(GetMetrics {}).await?;
     let mut took = Vec::with_capacity(n);
     for r in results {
         took.push(r?);
@@ -500,6 +565,22 @@ async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow
         ms(pct(&took, 99.0)),
         ms(*took.last().unwrap_or(&Duration::ZERO))
     );
+    println!("  supervisor phases (histogram buckets: p50/p99 are bucket upper bounds)");
+    for phase in vm_host::PHASES {
+        let h = vm_host::histogram_delta(&before, &after, phase);
+        let bound = |p| {
+            vm_host::bucket_percentile(&h, p)
+                .map(|d| format!("<= {:.1}", ms(d)))
+                .unwrap_or_else(|| "> 5000".into())
+        };
+        println!(
+            "    {phase:10} n {:5} mean {:9.3} ms  p50 {:>10} ms  p99 {:>10} ms",
+            h.count(),
+            h.sum * 1e3 / h.count().max(1) as f64,
+            bound(50.0),
+            bound(99.0)
+        );
+    }
     println!(
         "  CPU time: {:.3} s = {:.3} ms per create; RSS {:.1} MiB (peak VmHWM {:.1} MiB)",
         cpu.as_secs_f64(),
@@ -515,5 +596,7 @@ async fn stages(args: &Args, sup: &Addr<VmSupervisor>, rss_start: u64) -> anyhow
         ms(pct(&took, 50.0)),
         ms(pct(&took, 99.0))
     );
+    rss_after("deleting all");
+    settle_taps(ns, pool).await;
     Ok(())
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use hearth::config::Config;
 use hearth::images::{ImageKind, ImageStore};
+use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
 use hearth_actors::supervisor::SupervisorMetrics;
 
 use crate::common::{self, NetNs};
@@ -280,4 +281,44 @@ pub fn phase_delta(
             )
         })
         .collect()
+}
+
+/// The observations of `phase` made between two metric snapshots, as a histogram.
+pub fn histogram_delta(
+    before: &SupervisorMetrics,
+    after: &SupervisorMetrics,
+    phase: &str,
+) -> Histogram {
+    let find = |m: &SupervisorMetrics| {
+        m.phase_seconds
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default()
+    };
+    let (b, a) = (find(before), find(after));
+    let mut d = Histogram::default();
+    for (i, c) in d.counts.iter_mut().enumerate() {
+        *c = a.counts[i].saturating_sub(b.counts[i]);
+    }
+    d.overflow = a.overflow.saturating_sub(b.overflow);
+    d.sum = (a.sum - b.sum).max(0.0);
+    d
+}
+
+/// The upper bound of the bucket holding the `p`th percentile (`None`: above the last bucket).
+pub fn bucket_percentile(h: &Histogram, p: f64) -> Option<Duration> {
+    let n = h.count();
+    if n == 0 {
+        return Some(Duration::ZERO);
+    }
+    let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in h.counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(Duration::from_secs_f64(BUCKETS[i]));
+        }
+    }
+    None
 }
