@@ -369,6 +369,65 @@ mod tests {
         assert!(path.exists());
     }
 
+    /// Collects log lines as `LEVEL msg key=value...`.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Kv(String);
+
+    impl slog::Serializer for Kv {
+        fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+            self.0.push_str(&format!(" {key}={val}"));
+            Ok(())
+        }
+    }
+
+    impl slog::Drain for Lines {
+        type Ok = ();
+        type Err = slog::Never;
+
+        fn log(&self, r: &slog::Record, kv: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            use slog::KV;
+            let mut line = Kv(format!("{} {}", r.level().as_short_str(), r.msg()));
+            let _ = r.kv().serialize(r, &mut line);
+            let _ = kv.serialize(r, &mut line);
+            self.0.lock().unwrap().push(line.0);
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn requests_are_logged_with_status_and_level() {
+        use actix::Actor;
+        use actix_web::test::{call_service, init_service, TestRequest};
+
+        let lines = Lines::default();
+        let fake = super::super::fake::FakeSupervisor::default().start();
+        let state = ApiState::new(super::super::SupervisorPorts::new(&fake), None)
+            .with_logger(slog::Logger::root(lines.clone(), slog::o!()));
+        let app = init_service(
+            App::new()
+                .app_data(Data::new(state))
+                .wrap(from_fn(authenticate))
+                .wrap(from_fn(access_log))
+                .configure(routes::configure),
+        )
+        .await;
+        let ok = call_service(&app, TestRequest::get().uri("/v1/health").to_request()).await;
+        assert_eq!(ok.status(), 200);
+        let missing = call_service(&app, TestRequest::get().uri("/v1/vms/x").to_request()).await;
+        assert_eq!(missing.status(), 404);
+        let no_store = call_service(&app, TestRequest::get().uri("/v1/images").to_request()).await;
+        assert_eq!(no_store.status(), 503);
+        let lines = lines.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("DEBG request") && lines[0].contains("status=200"));
+        assert!(lines[1].starts_with("INFO request") && lines[1].contains("status=404"));
+        assert!(lines[1].contains("error=No VM named"), "{}", lines[1]);
+        assert!(lines[2].starts_with("WARN request") && lines[2].contains("status=503"));
+        assert!(lines[2].contains("component=api"), "{}", lines[2]);
+    }
+
     #[test]
     fn token_comparison() {
         assert!(same(&digest(b"abc"), &digest(b"abc")));
