@@ -112,6 +112,8 @@ impl FirecrackerActor {
             Ok(id) => id.start_time,
             Err(e) => {
                 let _ = process.signal(Signal::Kill);
+                // Reap it in the background so no zombie is left.
+                actix::spawn(process.wait());
                 return Err(e.into());
             }
         };
