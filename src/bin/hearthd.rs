@@ -103,7 +103,8 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let daemon = hearth::daemon::start(&config, &log).await?;
 
     let images = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
-    let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images));
+    let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
+        .with_logger(log.clone());
     let api_config = api::ApiConfig {
         socket: config.api.socket.clone(),
         socket_group: config.api.socket_group.map(|g| g.to_string()),
