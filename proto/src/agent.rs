@@ -12,12 +12,26 @@
 //! <- {"v":1,"error":{"code":"unknown_op","message":"Unknown op \"pong\""}}
 //! ```
 //!
-//! The shape of `ok` depends on the op ([`PingReply`] for `ping`). A peer that receives a
+//! Two diagnostic ops let a test drive the guest's network from the host (their arguments sit
+//! beside `op`):
+//!
+//! ```text
+//! -> {"v":1,"op":"resolve","name":"db.vm.internal"}
+//! <- {"v":1,"ok":{"addrs":["172.31.240.3"]}}
+//! -> {"v":1,"op":"connect","addr":"10.98.0.2","port":8080,"send":"hi","timeout_ms":2000}
+//! <- {"v":1,"ok":{"received":"10.98.0.1:40000","truncated":false}}
+//! <- {"v":1,"error":{"code":"timeout","message":"TCP exchange with 10.98.0.2:8080 timed out"}}
+//! ```
+//!
+//! The shape of `ok` depends on the op ([`PingReply`] for `ping`, [`ResolveReply`] for
+//! `resolve`, [`ConnectReply`] for `connect`). A peer that receives a
 //! version it does not speak answers with the error code [`codes::UNSUPPORTED_VERSION`] and
 //! keeps the connection open. Both ends use the `encode_*`/`decode_*` helpers below, so the
 //! wire format lives in exactly one place.
 
 use std::io::{self, BufRead};
+use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -28,8 +42,22 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on unless told otherwise (`--port`).
 pub const DEFAULT_PORT: u32 = 52;
 
-/// The longest line either end accepts, including the `\n`.
+/// The longest request line an agent accepts, including the `\n` (and the longest response
+/// line the ping probe needs).
 pub const MAX_LINE: usize = 4096;
+
+/// The most bytes of a `connect` exchange an agent returns in [`ConnectReply::received`].
+pub const MAX_RECEIVED: usize = 64 * 1024;
+
+/// The longest response line [`decode_response`] and [`read_response_line`] accept: a
+/// [`ConnectReply`] of [`MAX_RECEIVED`] bytes, each escaped as `\u00XX` in the worst case.
+pub const MAX_RESPONSE_LINE: usize = 6 * MAX_RECEIVED + 1024;
+
+/// The longest `timeout_ms` a diagnostic request may ask for (one minute).
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// The `timeout_ms` of a diagnostic request that does not give one.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// Error codes carried in [`ErrorBody::code`].
 pub mod codes {
@@ -41,13 +69,27 @@ pub mod codes {
     pub const UNKNOWN_OP: &str = "unknown_op";
     /// The agent failed while handling a valid request.
     pub const INTERNAL: &str = "internal";
+    /// `resolve`: the name does not resolve to any IPv4 address (or the resolver failed).
+    pub const RESOLVE_FAILED: &str = "resolve_failed";
+    /// `connect`: the peer answered the connection attempt with a reset.
+    pub const CONNECT_REFUSED: &str = "connect_refused";
+    /// `connect`: the connection failed otherwise (reset mid-exchange, unreachable...).
+    pub const CONNECT_FAILED: &str = "connect_failed";
+    /// `resolve` or `connect`: the operation did not finish within `timeout_ms`.
+    pub const TIMEOUT: &str = "timeout";
+    /// `resolve` or `connect`: the guest has no network to use.
+    pub const NO_NETWORK: &str = "no_network";
 }
 
 /// A request from the host to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Liveness and identity: answered with a [`PingReply`].
     Ping,
+    /// Diagnostic: resolve a name with the guest's resolver; answered with a [`ResolveReply`].
+    Resolve(ResolveRequest),
+    /// Diagnostic: a TCP exchange from the guest; answered with a [`ConnectReply`].
+    Connect(ConnectRequest),
 }
 
 impl Request {
@@ -55,6 +97,87 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Ping => "ping",
+            Request::Resolve(_) => "resolve",
+            Request::Connect(_) => "connect",
+        }
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+/// The arguments of `resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The name to resolve (IPv4 `A` records).
+    pub name: String,
+    /// How long the lookup may take, 1..=[`MAX_TIMEOUT_MS`]; [`DEFAULT_TIMEOUT_MS`] when absent.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The arguments of `connect`: connect to `addr:port`, send `send`, half-close, and return
+/// what the peer sends until it closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// The peer's IPv4 address.
+    pub addr: Ipv4Addr,
+    /// The peer's TCP port (not 0).
+    pub port: u16,
+    /// The bytes to send (UTF-8); empty when absent.
+    #[serde(default)]
+    pub send: String,
+    /// How long the whole exchange may take, 1..=[`MAX_TIMEOUT_MS`]; [`DEFAULT_TIMEOUT_MS`]
+    /// when absent.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl ResolveRequest {
+    /// The timeout as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl ConnectRequest {
+    /// The timeout as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The agent's answer to [`Request::Resolve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveReply {
+    /// The name's IPv4 addresses, without duplicates (never empty: no address is the error
+    /// [`codes::RESOLVE_FAILED`]).
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// The agent's answer to [`Request::Connect`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectReply {
+    /// What the peer sent, decoded as lossy UTF-8, at most [`MAX_RECEIVED`] bytes of it.
+    pub received: String,
+    /// Whether the peer sent more than [`MAX_RECEIVED`] bytes (the rest was not read).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+impl ConnectReply {
+    /// The reply for the bytes a peer sent: capped at [`MAX_RECEIVED`], lossy UTF-8.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let truncated = bytes.len() > MAX_RECEIVED;
+        let kept = &bytes[..bytes.len().min(MAX_RECEIVED)];
+        ConnectReply {
+            received: String::from_utf8_lossy(kept).into_owned(),
+            truncated,
         }
     }
 }
@@ -82,6 +205,16 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+impl ErrorBody {
+    /// An error body with this code (one of [`codes`]) and message.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Errors encoding, decoding or reading protocol lines.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentProtoError {
@@ -103,6 +236,14 @@ pub enum AgentProtoError {
     UnsupportedVersion {
         /// The version the peer sent.
         got: u32,
+    },
+    /// The request's arguments are missing, of the wrong type, or out of range.
+    #[error("Invalid arguments for {op:?}: {reason}")]
+    InvalidArguments {
+        /// The op.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
     },
     /// The request names an op this end does not know.
     #[error("Unknown op {op:?}")]
@@ -147,12 +288,28 @@ impl AgentProtoError {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A request as read: the envelope, with the op's arguments left in `args`.
+#[derive(Deserialize)]
 struct RawRequest<'a> {
     v: u32,
     #[serde(borrow)]
     op: std::borrow::Cow<'a, str>,
+    #[serde(flatten)]
+    args: serde_json::Map<String, serde_json::Value>,
 }
+
+/// A request as written: the arguments' fields follow `v` and `op`.
+#[derive(Serialize)]
+struct RawRequestOut<'a, T> {
+    v: u32,
+    op: &'a str,
+    #[serde(flatten)]
+    args: T,
+}
+
+/// `ping` has no arguments.
+#[derive(Serialize)]
+struct NoArgs {}
 
 #[derive(Serialize, Deserialize)]
 struct RawResponse<T> {
@@ -170,9 +327,9 @@ fn to_line<T: Serialize>(value: &T) -> Vec<u8> {
     line
 }
 
-fn trim_line(line: &[u8]) -> Result<&[u8], AgentProtoError> {
-    if line.len() > MAX_LINE {
-        return Err(AgentProtoError::LineTooLong { max: MAX_LINE });
+fn trim_line(line: &[u8], max: usize) -> Result<&[u8], AgentProtoError> {
+    if line.len() > max {
+        return Err(AgentProtoError::LineTooLong { max });
     }
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     Ok(line.strip_suffix(b"\r").unwrap_or(line))
@@ -180,21 +337,74 @@ fn trim_line(line: &[u8]) -> Result<&[u8], AgentProtoError> {
 
 /// Encodes a request as one line, `\n` included.
 pub fn encode_request(req: &Request) -> Vec<u8> {
-    to_line(&RawRequest {
-        v: PROTOCOL_VERSION,
-        op: req.op().into(),
+    fn out<T: Serialize>(op: &str, args: T) -> Vec<u8> {
+        to_line(&RawRequestOut {
+            v: PROTOCOL_VERSION,
+            op,
+            args,
+        })
+    }
+    match req {
+        Request::Ping => out(req.op(), NoArgs {}),
+        Request::Resolve(r) => out(req.op(), r),
+        Request::Connect(c) => out(req.op(), c),
+    }
+}
+
+fn check_timeout(op: &'static str, timeout_ms: u64) -> Result<(), AgentProtoError> {
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        return Err(AgentProtoError::InvalidArguments {
+            op,
+            reason: format!("timeout_ms {timeout_ms} is not in 1..={MAX_TIMEOUT_MS}"),
+        });
+    }
+    Ok(())
+}
+
+fn args<T: DeserializeOwned>(
+    op: &'static str,
+    args: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, AgentProtoError> {
+    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| {
+        AgentProtoError::InvalidArguments {
+            op,
+            reason: e.to_string(),
+        }
     })
 }
 
 /// Decodes one request line (with or without its `\n`).
 pub fn decode_request(line: &[u8]) -> Result<Request, AgentProtoError> {
-    let raw: RawRequest<'_> = serde_json::from_slice(trim_line(line)?)
+    let raw: RawRequest<'_> = serde_json::from_slice(trim_line(line, MAX_LINE)?)
         .map_err(|source| AgentProtoError::Malformed { source })?;
     if raw.v != PROTOCOL_VERSION {
         return Err(AgentProtoError::UnsupportedVersion { got: raw.v });
     }
     match raw.op.as_ref() {
+        // Extra fields on ping were always ignored; keep it that way.
         "ping" => Ok(Request::Ping),
+        "resolve" => {
+            let r: ResolveRequest = args("resolve", raw.args)?;
+            check_timeout("resolve", r.timeout_ms)?;
+            if r.name.is_empty() || r.name.len() > 253 {
+                return Err(AgentProtoError::InvalidArguments {
+                    op: "resolve",
+                    reason: format!("name of {} bytes is not 1..=253 bytes long", r.name.len()),
+                });
+            }
+            Ok(Request::Resolve(r))
+        }
+        "connect" => {
+            let c: ConnectRequest = args("connect", raw.args)?;
+            check_timeout("connect", c.timeout_ms)?;
+            if c.port == 0 {
+                return Err(AgentProtoError::InvalidArguments {
+                    op: "connect",
+                    reason: "port 0".into(),
+                });
+            }
+            Ok(Request::Connect(c))
+        }
         other => Err(AgentProtoError::UnknownOp { op: other.into() }),
     }
 }
@@ -221,8 +431,9 @@ pub fn encode_error(error: &ErrorBody) -> Vec<u8> {
 pub fn decode_response<T: DeserializeOwned>(line: &[u8]) -> Result<T, AgentProtoError> {
     // Two steps, so a peer of another version is reported as such even when its `ok` has
     // another shape.
-    let raw: RawResponse<serde_json::Value> = serde_json::from_slice(trim_line(line)?)
-        .map_err(|source| AgentProtoError::Malformed { source })?;
+    let raw: RawResponse<serde_json::Value> =
+        serde_json::from_slice(trim_line(line, MAX_RESPONSE_LINE)?)
+            .map_err(|source| AgentProtoError::Malformed { source })?;
     if raw.v != PROTOCOL_VERSION {
         return Err(AgentProtoError::UnsupportedVersion { got: raw.v });
     }
@@ -242,6 +453,18 @@ pub fn decode_response<T: DeserializeOwned>(line: &[u8]) -> Result<T, AgentProto
 /// buffered reader. `Ok(None)` at a clean end of stream; an over-long line is an error and
 /// leaves the reader mid-line, so the caller should close the connection.
 pub fn read_line<R: BufRead>(reader: &mut R) -> Result<Option<Vec<u8>>, AgentProtoError> {
+    read_line_limited(reader, MAX_LINE)
+}
+
+/// [`read_line`] for a response line, which may be up to [`MAX_RESPONSE_LINE`] bytes long.
+pub fn read_response_line<R: BufRead>(reader: &mut R) -> Result<Option<Vec<u8>>, AgentProtoError> {
+    read_line_limited(reader, MAX_RESPONSE_LINE)
+}
+
+fn read_line_limited<R: BufRead>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, AgentProtoError> {
     let mut line = Vec::new();
     loop {
         let buf = reader
@@ -254,8 +477,8 @@ pub fn read_line<R: BufRead>(reader: &mut R) -> Result<Option<Vec<u8>>, AgentPro
             Some(i) => (i + 1, true),
             None => (buf.len(), false),
         };
-        if line.len() + take > MAX_LINE {
-            return Err(AgentProtoError::LineTooLong { max: MAX_LINE });
+        if line.len() + take > max {
+            return Err(AgentProtoError::LineTooLong { max });
         }
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
@@ -355,5 +578,125 @@ mod tests {
             read_line(&mut r),
             Err(AgentProtoError::LineTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn diagnostic_requests_round_trip() {
+        let resolve = Request::Resolve(ResolveRequest {
+            name: "db.vm.internal".into(),
+            timeout_ms: 1500,
+        });
+        let line = encode_request(&resolve);
+        assert_eq!(
+            line,
+            b"{\"v\":1,\"op\":\"resolve\",\"name\":\"db.vm.internal\",\"timeout_ms\":1500}\n"
+        );
+        assert_eq!(decode_request(&line).unwrap(), resolve);
+        let connect = Request::Connect(ConnectRequest {
+            addr: Ipv4Addr::new(10, 98, 0, 2),
+            port: 8080,
+            send: "hi \u{e9}\n".into(),
+            timeout_ms: 2000,
+        });
+        assert_eq!(decode_request(&encode_request(&connect)).unwrap(), connect);
+    }
+
+    #[test]
+    fn diagnostic_defaults() {
+        assert_eq!(
+            decode_request(b"{\"v\":1,\"op\":\"resolve\",\"name\":\"a\"}").unwrap(),
+            Request::Resolve(ResolveRequest {
+                name: "a".into(),
+                timeout_ms: DEFAULT_TIMEOUT_MS
+            })
+        );
+        assert_eq!(
+            decode_request(b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":1}")
+                .unwrap(),
+            Request::Connect(ConnectRequest {
+                addr: Ipv4Addr::new(1, 2, 3, 4),
+                port: 1,
+                send: String::new(),
+                timeout_ms: DEFAULT_TIMEOUT_MS
+            })
+        );
+        // Ping still ignores extra fields, as before.
+        assert_eq!(
+            decode_request(b"{\"v\":1,\"op\":\"ping\",\"x\":1}").unwrap(),
+            Request::Ping
+        );
+    }
+
+    #[test]
+    fn bad_diagnostic_arguments_are_bad_requests() {
+        let bad: &[&[u8]] = &[
+            b"{\"v\":1,\"op\":\"resolve\"}",
+            b"{\"v\":1,\"op\":\"resolve\",\"name\":\"\"}",
+            b"{\"v\":1,\"op\":\"resolve\",\"name\":7}",
+            b"{\"v\":1,\"op\":\"resolve\",\"name\":\"a\",\"timeout_ms\":0}",
+            b"{\"v\":1,\"op\":\"resolve\",\"name\":\"a\",\"extra\":1}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\"}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"::1\",\"port\":1}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"host\",\"port\":1}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":0}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":70000}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":1,\"timeout_ms\":60001}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":1,\"send\":[1]}",
+            b"{\"v\":1,\"op\":\"connect\",\"addr\":\"1.2.3.4\",\"port\":1,\"timeout_ms\":-1}",
+        ];
+        for line in bad {
+            let e = decode_request(line).unwrap_err();
+            assert_eq!(
+                e.to_error_body().code,
+                codes::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let long = format!(
+            "{{\"v\":1,\"op\":\"resolve\",\"name\":\"{}\"}}",
+            "a".repeat(300)
+        );
+        assert!(matches!(
+            decode_request(long.as_bytes()),
+            Err(AgentProtoError::InvalidArguments { op: "resolve", .. })
+        ));
+    }
+
+    #[test]
+    fn diagnostic_replies_round_trip() {
+        let r = ResolveReply {
+            addrs: vec![Ipv4Addr::new(172, 31, 240, 3)],
+        };
+        let line = encode_ok(&r);
+        assert_eq!(line, b"{\"v\":1,\"ok\":{\"addrs\":[\"172.31.240.3\"]}}\n");
+        assert_eq!(decode_response::<ResolveReply>(&line).unwrap(), r);
+        let c = ConnectReply::from_bytes(b"10.98.0.1:40000\xff");
+        assert_eq!(c.received, "10.98.0.1:40000\u{fffd}");
+        assert!(!c.truncated);
+        assert_eq!(decode_response::<ConnectReply>(&encode_ok(&c)).unwrap(), c);
+        let e = decode_response::<ConnectReply>(&encode_error(&ErrorBody::new(
+            codes::TIMEOUT,
+            "TCP exchange timed out",
+        )))
+        .unwrap_err();
+        assert!(matches!(e, AgentProtoError::Remote { ref code, .. } if code == codes::TIMEOUT));
+    }
+
+    #[test]
+    fn connect_reply_is_capped_and_fits_a_response_line() {
+        // The worst case for the line: control bytes, escaped as \u00XX.
+        let c = ConnectReply::from_bytes(&vec![1u8; MAX_RECEIVED + 10]);
+        assert!(c.truncated);
+        assert_eq!(c.received.len(), MAX_RECEIVED);
+        let line = encode_ok(&c);
+        assert!(line.len() <= MAX_RESPONSE_LINE, "{}", line.len());
+        let mut r = io::Cursor::new(line.clone());
+        assert_eq!(read_response_line(&mut r).unwrap().unwrap(), line);
+        assert!(matches!(
+            read_line(&mut io::Cursor::new(line.clone())),
+            Err(AgentProtoError::LineTooLong { max: MAX_LINE })
+        ));
+        assert_eq!(decode_response::<ConnectReply>(&line).unwrap(), c);
     }
 }
