@@ -1,6 +1,7 @@
 //! hearth-agent: the guest agent. It listens on AF_VSOCK (port
 //! [`hearth_proto::agent::DEFAULT_PORT`] unless told otherwise) and answers the agent protocol
-//! of [`hearth_proto::agent`]: `ping` -> agent version, guest boot id and uptime. The host's
+//! of [`hearth_proto::agent`]: `ping` -> agent version, guest boot id and uptime; the
+//! diagnostic `resolve` and `connect` ([`net`]) let a test drive the guest's network. The host's
 //! readiness probe reaches it through Firecracker's hybrid vsock socket.
 //!
 //! The connection handling ([`serve_connection`]) is generic over the stream, so the same code
@@ -8,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod net;
 pub mod serve;
 pub mod sysinfo;
 

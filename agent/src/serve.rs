@@ -9,7 +9,7 @@ use hearth_proto::agent::{
     PingReply, Request,
 };
 
-use crate::sysinfo;
+use crate::{net, sysinfo};
 
 /// Answers one request line with one response line (`\n` included).
 pub fn handle_request(line: &[u8]) -> Vec<u8> {
@@ -20,6 +20,14 @@ pub fn handle_request(line: &[u8]) -> Vec<u8> {
                 code: codes::INTERNAL.into(),
                 message: e.to_string(),
             }),
+        },
+        Ok(Request::Resolve(r)) => match net::resolve(&r) {
+            Ok(reply) => encode_ok(&reply),
+            Err(e) => encode_error(&e),
+        },
+        Ok(Request::Connect(c)) => match net::connect(&c) {
+            Ok(reply) => encode_ok(&reply),
+            Err(e) => encode_error(&e),
         },
         Err(e) => encode_error(&e.to_error_body()),
     }
