@@ -303,9 +303,12 @@ fn rss_after(what: &str) {
     // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
     unsafe { libc::malloc_trim(0) };
     println!(
-        "  RSS after {what}: {:.1} MiB, {:.1} MiB after malloc_trim",
+        "  RSS after {what}: {:.1} MiB, {:.1} MiB after malloc_trim (anon {:.1}, file {:.1}, shmem {:.1})",
         mib(rss),
-        mib(status_kib("VmRSS"))
+        mib(status_kib("VmRSS")),
+        mib(status_kib("RssAnon")),
+        mib(status_kib("RssFile")),
+        mib(status_kib("RssShmem"))
     );
 }
 
@@ -497,6 +500,12 @@ async fn stages(
         mib(rss_before),
         mib(rss_n),
         mib(hwm_n)
+    );
+    println!(
+        "  RSS with {running} VMs: anon {:.1} MiB, file {:.1} MiB, shmem {:.1} MiB",
+        mib(status_kib("RssAnon")),
+        mib(status_kib("RssFile")),
+        mib(status_kib("RssShmem"))
     );
     println!(
         "  RSS growth per running VM: {:.1} KiB",
