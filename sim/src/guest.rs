@@ -3,7 +3,8 @@
 //! are accepted; the host writes `CONNECT <port>\n`; if the guest agent listens on that port
 //! the muxer answers `OK <host_port>\n` (host ports count up from 2^30) and the connection
 //! then speaks hearth's agent protocol (`hearth_proto::agent`); otherwise it is closed
-//! without `OK`.
+//! without `OK`. The diagnostic `resolve` and `connect` ops use the userspace guest network
+//! stack (`FC_SIM_NETSTACK=1`, [`Guest::set_net`]); without it they answer `no_network`.
 
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,9 +13,13 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hearth_proto::agent::{self, AgentProtoError, PingReply, Request};
+use hearth_proto::agent::{
+    self, codes, AgentProtoError, ConnectReply, ConnectRequest, ErrorBody, PingReply, Request,
+    ResolveReply, ResolveRequest,
+};
 
 use crate::knobs::Knobs;
+use crate::netstack::{GuestStack, NetstackError};
 
 /// The first host-side port the muxer hands out.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
@@ -32,6 +37,17 @@ pub struct Guest {
     paused: AtomicBool,
     /// A fresh boot id, as `/proc/sys/kernel/random/boot_id` would give.
     boot_id: String,
+    /// The guest's network stack, once it runs.
+    net: OnceLock<GuestNet>,
+}
+
+/// The guest network stack as the agent uses it.
+struct GuestNet(Arc<GuestStack>);
+
+impl std::fmt::Debug for GuestNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestNet({})", self.0.config().ip)
+    }
 }
 
 impl Default for Guest {
@@ -57,6 +73,7 @@ impl Guest {
             booted_at: OnceLock::new(),
             paused: AtomicBool::new(false),
             boot_id,
+            net: OnceLock::new(),
         }
     }
 
@@ -68,6 +85,38 @@ impl Guest {
     /// Whether the guest has booted.
     pub fn booted(&self) -> bool {
         self.booted_at.get().is_some()
+    }
+
+    /// Gives the agent the guest's network stack (once; later calls are ignored).
+    pub fn set_net(&self, stack: Arc<GuestStack>) {
+        let _ = self.net.set(GuestNet(stack));
+    }
+
+    /// `resolve` through the guest stack's DNS client.
+    fn resolve(&self, req: &ResolveRequest) -> Result<ResolveReply, ErrorBody> {
+        let net = self.network()?;
+        let addr = net
+            .resolve_within(&req.name, req.timeout())
+            .map_err(to_error_body)?;
+        Ok(ResolveReply { addrs: vec![addr] })
+    }
+
+    /// `connect` through the guest stack's TCP.
+    fn connect(&self, req: &ConnectRequest) -> Result<ConnectReply, ErrorBody> {
+        let net = self.network()?;
+        let received = net
+            .tcp_connect_within(req.addr, req.port, req.send.as_bytes(), req.timeout())
+            .map_err(to_error_body)?;
+        Ok(ConnectReply::from_bytes(&received))
+    }
+
+    fn network(&self) -> Result<&GuestStack, ErrorBody> {
+        self.net.get().map(|n| &*n.0).ok_or_else(|| {
+            ErrorBody::new(
+                codes::NO_NETWORK,
+                "The guest has no network (set FC_SIM_NETSTACK=1 and configure an interface)",
+            )
+        })
     }
 
     /// Pauses or resumes the vCPUs.
@@ -104,6 +153,33 @@ impl Guest {
             uptime_ms: uptime.as_millis() as u64,
         }
     }
+}
+
+/// The agent protocol's error for a failed guest stack operation.
+pub fn to_error_body(e: NetstackError) -> ErrorBody {
+    let code = match &e {
+        NetstackError::Timeout { .. } => codes::TIMEOUT,
+        NetstackError::ConnectionRefused { .. } => codes::CONNECT_REFUSED,
+        NetstackError::ConnectionReset { .. } => codes::CONNECT_FAILED,
+        NetstackError::InvalidName { .. }
+        | NetstackError::NoDnsServer
+        | NetstackError::NameNotFound { .. }
+        | NetstackError::DnsRcode { .. }
+        | NetstackError::DnsMalformed { .. } => codes::RESOLVE_FAILED,
+        _ => codes::INTERNAL,
+    };
+    ErrorBody::new(code, e.to_string())
+}
+
+/// Answers one decoded request.
+fn answer(guest: &Guest, request: Result<Request, AgentProtoError>) -> Vec<u8> {
+    let result = match request {
+        Ok(Request::Ping) => return agent::encode_ok(&guest.ping_reply()),
+        Ok(Request::Resolve(r)) => guest.resolve(&r).map(|r| agent::encode_ok(&r)),
+        Ok(Request::Connect(c)) => guest.connect(&c).map(|c| agent::encode_ok(&c)),
+        Err(e) => Err(e.to_error_body()),
+    };
+    result.unwrap_or_else(|e| agent::encode_error(&e))
 }
 
 /// Parses `CONNECT <port>` (case-insensitive keyword), without the newline.
@@ -190,10 +266,7 @@ fn serve_agent(stream: UnixStream, guest: &Guest, knobs: &Knobs) {
         }
         // A paused guest answers once it runs again.
         guest.wait_running(Duration::MAX);
-        let out = match agent::decode_request(&line) {
-            Ok(Request::Ping) => agent::encode_ok(&guest.ping_reply()),
-            Err(e) => agent::encode_error(&e.to_error_body()),
-        };
+        let out = answer(guest, agent::decode_request(&line));
         if writer.write_all(&out).is_err() {
             return;
         }
@@ -256,5 +329,66 @@ mod tests {
         };
         let (got, _s, _dir) = exchange(knobs, 52);
         assert_eq!(got, None);
+    }
+
+    #[test]
+    fn diagnostics_without_a_network_answer_no_network() {
+        let (ok, mut s, _dir) = exchange(Knobs::default(), 52);
+        assert!(ok.is_some());
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let requests = [
+            Request::Resolve(ResolveRequest {
+                name: "db.vm.internal".into(),
+                timeout_ms: 100,
+            }),
+            Request::Connect(ConnectRequest {
+                addr: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                port: 80,
+                send: String::new(),
+                timeout_ms: 100,
+            }),
+        ];
+        for req in requests {
+            s.write_all(&agent::encode_request(&req)).unwrap();
+            let line = agent::read_response_line(&mut r).unwrap().unwrap();
+            match agent::decode_response::<ConnectReply>(&line) {
+                Err(AgentProtoError::Remote { code, .. }) => assert_eq!(code, codes::NO_NETWORK),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // A bad request is answered and the connection stays open.
+        s.write_all(b"{\"v\":1,\"op\":\"connect\",\"port\":1}\n")
+            .unwrap();
+        let line = agent::read_line(&mut r).unwrap().unwrap();
+        assert!(matches!(
+            agent::decode_response::<ConnectReply>(&line),
+            Err(AgentProtoError::Remote { ref code, .. }) if code == codes::BAD_REQUEST
+        ));
+    }
+
+    #[test]
+    fn stack_errors_map_to_codes() {
+        let peer = "10.0.0.1:80".parse().unwrap();
+        let code = |e| to_error_body(e).code;
+        assert_eq!(
+            code(NetstackError::Timeout {
+                op: "x".into(),
+                after: Duration::from_millis(1)
+            }),
+            codes::TIMEOUT
+        );
+        assert_eq!(
+            code(NetstackError::ConnectionRefused { addr: peer }),
+            codes::CONNECT_REFUSED
+        );
+        assert_eq!(
+            code(NetstackError::ConnectionReset { addr: peer }),
+            codes::CONNECT_FAILED
+        );
+        assert_eq!(
+            code(NetstackError::NameNotFound { name: "a".into() }),
+            codes::RESOLVE_FAILED
+        );
+        assert_eq!(code(NetstackError::Stopped), codes::INTERNAL);
     }
 }

@@ -65,7 +65,7 @@ struct NetDev {
 }
 
 /// The running guest network stack (`FC_SIM_NETSTACK=1`), kept alive with the VMM.
-struct GuestNet(GuestStack);
+struct GuestNet(Arc<GuestStack>);
 
 impl std::fmt::Debug for GuestNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -553,12 +553,13 @@ impl Vmm {
             NetConfig::from_kernel_cmdline(mac, &cmdline).map_err(|e| e.to_string())?;
         config.vnet_hdr = VnetHdr::V1Len12;
         let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
-        let stack = GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?;
+        let stack = Arc::new(GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?);
         self.log.info(&format!(
             "Guest network stack up on {} as {}",
             dev.tap.name,
             stack.config().ip
         ));
+        self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())
     }
