@@ -156,14 +156,14 @@ fn nat_teardown_takes_guests_offline() {
 
 /// The bridge's MAC is the guests' gateway MAC: it must not change while guests run. Left
 /// kernel-assigned, a bridge takes the lowest MAC among its ports, so attaching a pool TAP
-/// with a lower (random) MAC changes it and cuts off every guest that learnt the old one.
+/// with a lower (random) MAC would change it and cut off every guest that learnt the old one;
+/// the pool sets it explicitly.
 #[test]
-#[ignore = "TapPoolActor bug: the bridge MAC is not set explicitly (reported to the lead)"]
 fn bridge_mac_stays_put_as_the_pool_refills() {
     require_privileged!();
     let net = Net::new("hdp-mac");
     let (before, after) = net.host.block_on(|| async {
-        let hearth = Hearth::start_unpinned(Switches::DEFAULTS).await;
+        let hearth = Hearth::start(Switches::DEFAULTS).await;
         let before = hearth_net::bridge_mac();
         // Each acquire makes the pool attach a fresh TAP in the background.
         let mut leases = Vec::new();

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use actix::{Actor, Addr};
 use hearth_actors::host::links::linux::LinuxLinks;
 use hearth_actors::host::links::{BridgeSpec, LinkKind, Links, LinksError, PortSpec, TapSpec};
-use hearth_actors::lease::NetLease;
+use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_actors::tap_pool::{
     AcquireTap, GetStatus, Initialize, PoolStatus, ReleaseTap, TapPoolActor, TapPoolConfig,
     TapPoolError, Teardown,
@@ -109,6 +109,8 @@ fn bridge_and_pool_taps_are_set_up() {
         assert!(bridge.contains("bridge "), "{bridge}");
         assert!(bridge.contains("mtu 1400"), "{bridge}");
         assert!(bridge.contains(",UP"), "{bridge}");
+        // Set explicitly (0a:00:<gateway>), so it cannot follow the ports' MACs.
+        assert!(bridge.contains("link/ether 0a:00:0a:4d:00:01"), "{bridge}");
         let addrs = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "hbr0"]);
         assert!(addrs.contains("inet 10.77.0.1/24"), "{addrs}");
 
@@ -320,6 +322,7 @@ fn backend_refuses_taken_names_and_tolerates_missing_links() {
                 gateway: "10.77.0.1".parse().unwrap(),
                 prefix_len: 24,
                 mtu: 1500,
+                mac: MacAddr::for_gateway("10.77.0.1".parse().unwrap()),
             })
             .await
             .unwrap();

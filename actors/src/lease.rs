@@ -21,6 +21,15 @@ impl MacAddr {
         MacAddr([0x06, 0x00, o[0], o[1], o[2], o[3]])
     }
 
+    /// The MAC hearth gives its bridge (the guests' gateway at `gateway`): `0a:00:<ip octets>`,
+    /// locally administered unicast, never a guest's (those start `06:00`). Set explicitly,
+    /// because a bridge left to pick its own MAC takes its lowest port's and changes it as
+    /// TAPs come and go, which breaks guests' cached ARP entry for the gateway.
+    pub fn for_gateway(gateway: Ipv4Addr) -> Self {
+        let o = gateway.octets();
+        MacAddr([0x0a, 0x00, o[0], o[1], o[2], o[3]])
+    }
+
     /// True for a locally administered unicast address.
     pub fn is_local_unicast(&self) -> bool {
         self.0[0] & 0b11 == 0b10
@@ -117,6 +126,15 @@ mod tests {
         assert!(mac.is_local_unicast());
         assert_eq!(mac.to_string(), "06:00:ac:1f:f0:05");
         assert_eq!("06:00:ac:1f:f0:05".parse::<MacAddr>().unwrap(), mac);
+    }
+
+    #[test]
+    fn gateway_mac_is_local_unicast_and_never_a_guests() {
+        let ip = Ipv4Addr::new(172, 31, 240, 1);
+        let gw = MacAddr::for_gateway(ip);
+        assert!(gw.is_local_unicast());
+        assert_ne!(gw, MacAddr::for_guest(ip));
+        assert_eq!(gw.to_string(), "0a:00:ac:1f:f0:01");
     }
 
     #[test]

@@ -129,22 +129,10 @@ impl Guest {
 }
 
 impl Hearth {
-    /// Starts the actors as hearthd would with `switches`: the pool initialised (bridge up),
-    /// the firewall reconciled with no guests, DNS serving on the gateway.
-    ///
-    /// Workaround: the bridge's MAC is then pinned (set explicitly to its current value).
-    /// hearth leaves it kernel-assigned, so it follows the lowest port MAC and changes when
-    /// a pool refill attaches a TAP with a lower one; a guest that learnt the old MAC is cut
-    /// off until its ARP entry expires. `bridge_mac_stays_put_as_the_pool_refills` (in
-    /// `tests/dataplane.rs`) shows the bug; drop the pinning once the TAP pool sets the MAC.
+    /// Starts the actors as hearthd would with `switches`: the pool initialised (bridge up,
+    /// its MAC set by the pool), the firewall reconciled with no guests, DNS serving on the
+    /// gateway.
     pub async fn start(switches: Switches) -> Hearth {
-        let hearth = Self::start_unpinned(switches).await;
-        pin_bridge_mac();
-        hearth
-    }
-
-    /// [`start`](Self::start) without the bridge MAC workaround.
-    pub async fn start_unpinned(switches: Switches) -> Hearth {
         let log = common::test_logger();
         let cidr = CIDR.parse().expect("CIDR");
         let links = Rc::new(LinuxLinks::new().expect("netlink"));
@@ -251,12 +239,6 @@ pub fn bridge_mac() -> String {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no MAC in {out}"))
         .to_string()
-}
-
-/// Sets the bridge's MAC explicitly to its current value, so ports can no longer change it.
-fn pin_bridge_mac() {
-    let mac = bridge_mac();
-    ip(&["link", "set", "dev", BRIDGE, "address", &mac]);
 }
 
 /// Runs `ip` in this thread's namespace and returns its stdout; panics when it fails.

@@ -253,6 +253,7 @@ async fn initialize_host(
         gateway: super::ips::IpPool::new(config.cidr).gateway(),
         prefix_len: config.cidr.prefix_len(),
         mtu: config.mtu,
+        mac: crate::lease::MacAddr::for_gateway(super::ips::IpPool::new(config.cidr).gateway()),
     };
     let bridge_index = links
         .ensure_bridge(bridge)

@@ -262,10 +262,16 @@ async fn configure_bridge(
     };
     handle
         .link()
-        .change(LinkUnspec::new_with_index(index).mtu(spec.mtu).up().build())
+        .change(
+            LinkUnspec::new_with_index(index)
+                .mtu(spec.mtu)
+                .address(spec.mac.0.to_vec())
+                .up()
+                .build(),
+        )
         .execute()
         .await
-        .map_err(netlink("set bridge mtu and up"))?;
+        .map_err(netlink("set bridge mtu, address and up"))?;
     let addresses: Vec<_> = handle
         .address()
         .get()

@@ -27,6 +27,9 @@ pub struct BridgeSpec {
     pub prefix_len: u8,
     /// MTU of the bridge.
     pub mtu: u32,
+    /// The bridge's MAC, set explicitly so it does not follow its ports (see
+    /// [`crate::lease::MacAddr::for_gateway`]).
+    pub mac: crate::lease::MacAddr,
 }
 
 /// How to create a persistent TAP.
