@@ -54,13 +54,16 @@ pub fn check_host(firecracker_bin: Option<&Path>) -> Vec<Finding> {
             "KVM is not available: Firecracker cannot boot guests",
         ),
     ];
-    for tool in ["iptables", "iptables-restore"] {
+    for tool in ["iptables", "iptables-restore", "ipset"] {
         out.push(check(
             tool,
             find_in_path(tool).is_some(),
             Severity::Fatal,
-            "not found in PATH (apt-get install iptables)",
+            "not found in PATH (apt-get install iptables ipset)",
         ));
+    }
+    if nix::unistd::geteuid().is_root() && find_in_path("iptables").is_some() {
+        out.push(iptables_works());
     }
     let fc = match firecracker_bin {
         Some(p) => p.is_file().then(|| p.to_owned()),
@@ -73,6 +76,30 @@ pub fn check_host(firecracker_bin: Option<&Path>) -> Vec<Finding> {
         "not found (set firecracker_bin in the config): VMs cannot be started",
     ));
     out
+}
+
+/// Whether iptables can read the filter table here (kernel modules, nft/legacy backends): the
+/// `iptables` crate runs the real binary, as hearth's firewall setup will.
+pub fn iptables_works() -> Finding {
+    let what = "iptables usable (filter table)";
+    let result = iptables::new(false)
+        .and_then(|ipt| ipt.chain_exists("filter", "FORWARD"))
+        .map_err(|e| e.to_string());
+    match result {
+        Ok(true) => check(what, true, Severity::Fatal, ""),
+        Ok(false) => check(
+            what,
+            false,
+            Severity::Fatal,
+            "the filter table has no FORWARD chain",
+        ),
+        Err(e) => check(
+            what,
+            false,
+            Severity::Fatal,
+            &format!("iptables failed: {e}"),
+        ),
+    }
 }
 
 fn check(what: &str, ok: bool, severity: Severity, why: &str) -> Finding {
