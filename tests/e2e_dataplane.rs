@@ -245,8 +245,32 @@ fn guests_resolve_reach_upstream_through_nat_and_stay_isolated() {
     // (e): guests cannot reach each other. Nothing listens on db's port 80, so a SYN that
     // arrived would be answered by a reset (`connect_refused`); a timeout shows it was dropped
     // on the way. The same holds the other way round.
+    // Control: from the host, db's port 80 does answer with a reset.
+    let from_host = h.ns.run(|| {
+        std::net::TcpStream::connect_timeout(&SocketAddr::from((db_ip, 80)), Duration::from_secs(5))
+    });
+    match from_host {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("host -> db:80 should be refused by db's stack, got {other:?}"),
+    }
     let out = connect(&h, "web", db_ip, 80, "", NEGATIVE_MS);
     assert_eq!(code(out), codes::TIMEOUT, "web -> db");
     let out = connect(&h, "db", web_ip, 80, "", NEGATIVE_MS);
     assert_eq!(code(out), codes::TIMEOUT, "db -> web");
+}
+
+#[test]
+fn without_the_guest_stack_diagnostics_answer_no_network() {
+    require_privileged!();
+    let h = HearthHost::start(&[], "");
+    let vm = h.ctl_ok(&[
+        "vm", "create", "solo", "--kernel", "vmlinux", "--rootfs", "base", "--nat",
+    ]);
+    assert_eq!(vm["state"], "running", "{vm}");
+    assert_eq!(
+        code(resolve(&h, "solo", "solo.vm.internal")),
+        codes::NO_NETWORK
+    );
+    let out = connect(&h, "solo", UPSTREAM_IP, 80, "", NEGATIVE_MS);
+    assert_eq!(code(out), codes::NO_NETWORK);
 }
