@@ -52,6 +52,7 @@ async fn tap_create(n: usize) {
             gateway: "10.123.0.1".parse().unwrap(),
             prefix_len: 16,
             mtu: 1500,
+            mac: hearth_actors::lease::MacAddr::for_gateway("10.123.0.1".parse().unwrap()),
         })
         .await
         .expect("bridge");
