@@ -317,13 +317,22 @@ fn rss_after(what: &str) {
     // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
     unsafe { libc::malloc_trim(0) };
     println!(
-        "  RSS after {what}: {:.1} MiB, {:.1} MiB after malloc_trim (anon {:.1}, file {:.1}, shmem {:.1})",
+        "  RSS after {what}: {:.1} MiB, {:.1} MiB after malloc_trim (anon {:.1}, file {:.1}, shmem {:.1}); {} open fds, {} threads",
         mib(rss),
         mib(status_kib("VmRSS")),
         mib(status_kib("RssAnon")),
         mib(status_kib("RssFile")),
-        mib(status_kib("RssShmem"))
+        mib(status_kib("RssShmem")),
+        open_fds(),
+        status_kib("Threads")
     );
+}
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// TAP devices in the namespace, counted with `ip` (the pool's own view is not reachable
@@ -452,6 +461,11 @@ async fn stages(
     let mut seq = Samples::default();
     let mut probes = Samples::default();
     let rss_before = status_kib("VmRSS");
+    println!(
+        "  before the creates: {} open fds, {} threads",
+        open_fds(),
+        status_kib("Threads")
+    );
     let cpu0 = cpu_time();
     let mut seq_wall = Duration::ZERO;
     let mut seq_cpu = Duration::ZERO;
