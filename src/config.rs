@@ -144,6 +144,9 @@ pub struct VmConfig {
     pub stop_on_exit: bool,
     /// Root disk backend: `auto` (device-mapper where it works, else copy), `dm` or `copy`.
     pub disk_backend: String,
+    /// Give each VM's API and vsock sockets to this group (gid), mode 0660, so tools outside
+    /// hearthd (e.g. a metrics scraper) can use them. Default: root only.
+    pub socket_group: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -155,6 +158,7 @@ impl Default for VmConfig {
             term_grace_secs: 5,
             stop_on_exit: false,
             disk_backend: "auto".into(),
+            socket_group: None,
         }
     }
 }
@@ -549,6 +553,13 @@ mod tests {
         assert_eq!(c.vm.disk_backend, "auto");
         assert_eq!(c.gateway(), Ipv4Addr::new(172, 31, 240, 1));
         assert!(c.network.isolate_guests && c.network.anti_spoofing);
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid_and_matches_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hearthd.example.toml"));
+        let example = Config::load(path).unwrap();
+        assert_eq!(example, Config::parse("").unwrap());
     }
 
     #[test]

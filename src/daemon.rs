@@ -137,7 +137,10 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         VmmFactory {
             binary,
             processes,
-            settings: FirecrackerSettings::new(&config.run_dir),
+            settings: FirecrackerSettings {
+                socket_group: config.vm.socket_group,
+                ..FirecrackerSettings::new(&config.run_dir)
+            },
         },
         SupervisorSettings {
             stop_plan: StopPlan {

@@ -327,6 +327,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             vms_by_state: by_state.into_values().collect(),
             phase_seconds: vec![("create", self.creates.clone())],
             errors: vec![("create", self.errors)],
+            pool: None,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! `GET /metrics`: the supervisor's counters in the Prometheus text exposition format (0.0.4):
-//! VMs by state, create-phase latency histograms, and errors by operation.
+//! VMs by state, create-phase latency histograms, errors by operation, and TAP pool occupancy.
 
 use std::fmt::Write;
 
@@ -69,6 +69,23 @@ pub fn render(m: &SupervisorMetrics) -> String {
     for (op, n) in &m.errors {
         let _ = writeln!(out, "hearth_errors_total{{op=\"{}\"}} {n}", escape(op));
     }
+    if let Some(pool) = &m.pool {
+        out.push_str(
+            "# HELP hearth_pool_taps TAP devices in the pool, by whether they are leased.\n\
+             # TYPE hearth_pool_taps gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "hearth_pool_taps{{leased=\"false\"}} {}",
+            pool.free_taps
+        );
+        let _ = writeln!(out, "hearth_pool_taps{{leased=\"true\"}} {}", pool.leased);
+        out.push_str(
+            "# HELP hearth_pool_free_ips Guest addresses not leased.\n\
+             # TYPE hearth_pool_free_ips gauge\n",
+        );
+        let _ = writeln!(out, "hearth_pool_free_ips {}", pool.free_ips);
+    }
     out
 }
 
@@ -96,6 +113,11 @@ mod tests {
             vms_by_state: vec![(VmState::Running, 3), (VmState::Failed, 1)],
             phase_seconds: vec![("disk", h)],
             errors: vec![("create", 2)],
+            pool: Some(hearth_actors::supervisor::PoolOccupancy {
+                free_taps: 16,
+                leased: 3,
+                free_ips: 250,
+            }),
         };
         let text = render(&m);
         assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");
@@ -111,6 +133,12 @@ mod tests {
         assert!(text.contains("hearth_create_phase_seconds_bucket{phase=\"disk\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("hearth_create_phase_seconds_count{phase=\"disk\"} 3\n"));
         assert!(text.contains("hearth_errors_total{op=\"create\"} 2\n"));
+        assert!(
+            text.contains("hearth_pool_taps{leased=\"false\"} 16\n"),
+            "{text}"
+        );
+        assert!(text.contains("hearth_pool_taps{leased=\"true\"} 3\n"));
+        assert!(text.contains("hearth_pool_free_ips 250\n"));
         // Every sample line is `name{labels} value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

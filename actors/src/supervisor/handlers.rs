@@ -12,8 +12,8 @@ use hearth_proto::api::{Event, VmInfo, VmState};
 use super::saga::{self, BootPlan, Ports};
 use super::{
     Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ImageKind, ListVms,
-    RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction, VmSupervisor,
-    WaitForState, Waiter,
+    PoolOccupancy, RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction,
+    VmSupervisor, WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
 use crate::firecracker::{RunDir, VmProcessEvent};
@@ -527,7 +527,7 @@ impl Handler<Subscribe> for VmSupervisor {
 }
 
 impl Handler<GetMetrics> for VmSupervisor {
-    type Result = actix::MessageResult<GetMetrics>;
+    type Result = ResponseFuture<SupervisorMetrics>;
 
     fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Context<Self>) -> Self::Result {
         let mut counts: HashMap<VmState, u64> = HashMap::new();
@@ -538,13 +538,24 @@ impl Handler<GetMetrics> for VmSupervisor {
         phase_seconds.sort_by_key(|(k, _)| *k);
         let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
         errors.sort();
-        actix::MessageResult(SupervisorMetrics {
+        let mut metrics = SupervisorMetrics {
             vms_by_state: VmState::ALL
                 .into_iter()
                 .map(|s| (s, counts.get(&s).copied().unwrap_or(0)))
                 .collect(),
             phase_seconds,
             errors,
+            pool: None,
+        };
+        let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
+        Box::pin(async move {
+            // The pool's status is a memory read; a pool that is gone just leaves it out.
+            metrics.pool = pool.await.ok().map(|s| PoolOccupancy {
+                free_taps: s.free_taps as u64,
+                leased: s.leased as u64,
+                free_ips: u64::from(s.free_ips),
+            });
+            metrics
         })
     }
 }

@@ -185,4 +185,17 @@ pub struct SupervisorMetrics {
     pub phase_seconds: Vec<(&'static str, Histogram)>,
     /// Errors by operation.
     pub errors: Vec<(&'static str, u64)>,
+    /// The TAP pool's occupancy, when the pool answered.
+    pub pool: Option<PoolOccupancy>,
+}
+
+/// The TAP pool's occupancy, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolOccupancy {
+    /// Warm, unleased TAPs.
+    pub free_taps: u64,
+    /// Leased TAPs.
+    pub leased: u64,
+    /// Guest addresses still free.
+    pub free_ips: u64,
 }
