@@ -52,6 +52,8 @@ pub struct Config {
     pub vm: VmConfig,
     /// The control endpoint.
     pub api: ApiConfig,
+    /// The state database.
+    pub store: StoreConfig,
     /// Bridge, TAP pool, NAT and isolation.
     pub network: NetworkConfig,
     /// The DNS server on the bridge gateway.
@@ -161,6 +163,15 @@ impl Default for VmConfig {
             socket_group: None,
         }
     }
+}
+
+/// The state database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `normal` (survives any crash of hearthd; the default) or `full` (also survives power
+    /// loss, at an fsync per commit).
+    pub synchronous: crate::store::Durability,
 }
 
 /// The control endpoint.
@@ -617,6 +628,7 @@ mod tests {
             ("firecracker_bin = \"firecracker\"", "firecracker_bin"),
             ("[vm]\ndisk_backend = \"zfs\"", "vm.disk_backend"),
             ("[vm]\nagent_port = 0", "vm.agent_port"),
+            ("[store]\nsynchronous = \"off\"", "synchronous"),
             ("[api]\ntcp_listen = \"127.0.0.1:7070\"", "api.token"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();

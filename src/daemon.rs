@@ -68,7 +68,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
     let net = &config.network;
     let gateway = config.gateway();
 
-    let store = Store::open(&config.data_dir.join("state.db"))?;
+    let store = Store::open_with(&config.data_dir.join("state.db"), config.store.synchronous)?;
     let image_store = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
 
     let links = LinuxLinks::new().context("Cannot open a netlink socket")?;

@@ -163,6 +163,24 @@ fn state_survives_reopen_and_newer_schema_is_refused() {
 }
 
 #[test]
+fn durability_sets_the_sqlite_synchronous_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    for (durability, expected) in [(Durability::Normal, 1), (Durability::Full, 2)] {
+        let s = Store::open_with(&dir.path().join("s.db"), durability).unwrap();
+        let mode: i64 = s
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, expected, "{durability:?}");
+        let journal: String = s
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+    }
+}
+
+#[test]
 fn corrupt_rows_are_reported_not_panicked_on() {
     let s = Store::open_in_memory().unwrap();
     s.insert_vm(&spec("a")).unwrap();
