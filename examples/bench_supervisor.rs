@@ -530,10 +530,12 @@ async fn stages(
         mib(hwm_n)
     );
     println!(
-        "  RSS with {running} VMs: anon {:.1} MiB, file {:.1} MiB, shmem {:.1} MiB",
+        "  RSS with {running} VMs: anon {:.1} MiB, file {:.1} MiB, shmem {:.1} MiB; {} open fds, {} threads",
         mib(status_kib("RssAnon")),
         mib(status_kib("RssFile")),
-        mib(status_kib("RssShmem"))
+        mib(status_kib("RssShmem")),
+        open_fds(),
+        status_kib("Threads")
     );
     println!(
         "  RSS growth per running VM: {:.1} KiB",
