@@ -71,7 +71,7 @@ struct Args {
     #[arg(long)]
     pool_size: Option<u32>,
     /// Bridge subnet (room for N guests plus the probe and the pool).
-    #[arg(long, default_value = "172.31.0.0/20")]
+    #[arg(long, default_value = "172.31.0.0/22")]
     cidr: ipnet::Ipv4Net,
     /// Simulated guest boot time (`FC_SIM_BOOT_DELAY_MS`); default: the simulator's (50 ms).
     #[arg(long)]

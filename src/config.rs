@@ -298,6 +298,17 @@ impl Config {
                 ),
             ));
         }
+        if n.cidr.prefix_len() < 22 {
+            // One bridge takes at most 1023 ports (the kernel refuses the 1024th), so a wider
+            // subnet would promise guests the bridge cannot attach.
+            return Err(invalid(
+                "network.cidr",
+                format!(
+                    "{} is wider than /22: one bridge holds at most 1023 TAPs, so a /22 (1021 guests) is the widest subnet that can be used",
+                    n.cidr
+                ),
+            ));
+        }
         if n.anti_spoofing && n.cidr.prefix_len() < 16 {
             // The anti-spoofing set is a bitmap:ip,mac (the kernels hearth targets do not all
             // have hash:ip,mac), which holds at most a /16.
@@ -576,7 +587,7 @@ mod tests {
     #[test]
     fn overrides_are_read() {
         let c = Config::parse(
-            "data_dir = \"/tmp/h\"\n[network]\nbridge = \"br9\"\ncidr = \"10.9.0.0/16\"\npool_size = 4\n[dns]\nzone = \"vms.example\"\nupstreams = [\"10.0.0.2:53\"]\n",
+            "data_dir = \"/tmp/h\"\n[network]\nbridge = \"br9\"\ncidr = \"10.9.0.0/22\"\npool_size = 4\n[dns]\nzone = \"vms.example\"\nupstreams = [\"10.0.0.2:53\"]\n",
         )
         .unwrap();
         assert_eq!(c.network.bridge, "br9");
@@ -609,6 +620,7 @@ mod tests {
             ("[network]\ncidr = \"10.0.0.5/24\"", "network.cidr"),
             ("[network]\nmtu = 10", "network.mtu"),
             ("[network]\ncidr = \"10.0.0.0/8\"", "network.cidr"),
+            ("[network]\ncidr = \"10.0.0.0/21\"", "network.cidr"),
             (
                 "[network]\ncidr = \"10.0.0.0/29\"\npool_size = 6",
                 "network.pool_size",

@@ -350,7 +350,11 @@ async fn boot_steps(
         nat_switch(p, &lease, true).await?;
         undo.push(Undo::Nat(lease.clone()));
     }
-    p.rebuild_dns().await;
+    if !plan.creating {
+        // A start is alive (`starting`) from here on; a create only once it is confirmed,
+        // where the final rebuild below publishes it.
+        p.rebuild_dns().await;
+    }
     p.observe("nat_dns", lap(&mut t)).await;
 
     if !plan.spec.ready_probe {
