@@ -75,7 +75,10 @@ impl VmState {
 
     /// `stop` (and `kill`) is allowed: a process is up and not already being stopped.
     pub fn can_stop(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Unready)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Unready
+        )
     }
 
     /// `restart` is allowed.
@@ -101,7 +104,10 @@ impl VmState {
 
     /// The VM counts as alive for DNS (its name resolves).
     pub fn is_alive(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Unready)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Unready
+        )
     }
 }
 
@@ -203,7 +209,9 @@ impl CreateVm {
             if k.is_empty() || k.len() > 63 || k.contains('=') || v.len() > 255 {
                 return Err(FieldError {
                     field: "labels",
-                    reason: format!("label {k:?} must be 1-63 bytes without '=', value at most 255"),
+                    reason: format!(
+                        "label {k:?} must be 1-63 bytes without '=', value at most 255"
+                    ),
                 });
             }
         }
@@ -320,34 +328,41 @@ mod tests {
     use super::*;
 
     fn spec(name: &str) -> CreateVm {
-        serde_json::from_str(&format!(
-            r#"{{"name":"{name}","kernel":"k","rootfs":"r"}}"#
-        ))
-        .unwrap()
+        serde_json::from_str(&format!(r#"{{"name":"{name}","kernel":"k","rootfs":"r"}}"#)).unwrap()
     }
 
     #[test]
     fn create_defaults_and_unknown_fields() {
         let s = spec("web-1");
-        assert_eq!((s.vcpus, s.memory_mib, s.nat, s.ready_probe), (1, 128, false, true));
+        assert_eq!(
+            (s.vcpus, s.memory_mib, s.nat, s.ready_probe),
+            (1, 128, false, true)
+        );
         s.validate().unwrap();
-        let err = serde_json::from_str::<CreateVm>(r#"{"name":"a","kernel":"k","rootfs":"r","cpus":2}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<CreateVm>(r#"{"name":"a","kernel":"k","rootfs":"r","cpus":2}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("cpus"), "{err}");
     }
 
     #[test]
     fn bad_fields_are_named() {
         for (mutate, field) in [
-            (Box::new(|s: &mut CreateVm| s.name = "Web".into()) as Box<dyn Fn(&mut CreateVm)>, "name"),
+            (
+                Box::new(|s: &mut CreateVm| s.name = "Web".into()) as Box<dyn Fn(&mut CreateVm)>,
+                "name",
+            ),
             (Box::new(|s: &mut CreateVm| s.name = "-a".into()), "name"),
             (Box::new(|s: &mut CreateVm| s.name = "a".repeat(64)), "name"),
             (Box::new(|s: &mut CreateVm| s.kernel.clear()), "kernel"),
             (Box::new(|s: &mut CreateVm| s.vcpus = 0), "vcpus"),
             (Box::new(|s: &mut CreateVm| s.memory_mib = 1), "memory_mib"),
-            (Box::new(|s: &mut CreateVm| {
-                s.labels.insert("a=b".into(), "c".into());
-            }), "labels"),
+            (
+                Box::new(|s: &mut CreateVm| {
+                    s.labels.insert("a=b".into(), "c".into());
+                }),
+                "labels",
+            ),
         ] {
             let mut s = spec("ok");
             mutate(&mut s);
@@ -364,7 +379,11 @@ mod tests {
             assert_eq!(st.can_start(), expect_start, "{st}");
             let expect_stop = matches!(st, Starting | Running | Unready);
             assert_eq!(st.can_stop(), expect_stop, "{st}");
-            assert_eq!(st.can_delete(), !matches!(st, Creating | Stopping | Deleting), "{st}");
+            assert_eq!(
+                st.can_delete(),
+                !matches!(st, Creating | Stopping | Deleting),
+                "{st}"
+            );
             assert_eq!(st.is_alive(), expect_stop, "{st}");
         }
         assert!("zombie".parse::<VmState>().is_err());
