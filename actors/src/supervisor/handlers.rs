@@ -81,6 +81,7 @@ impl VmSupervisor {
         let spec = entry.record.spec.clone();
         let disk = entry.record.disk.as_ref().map(|d| d.path.clone());
         let creating = entry.record.state == VmState::Creating;
+        let stale_lease = entry.record.lease.clone();
         let kernel = self.resolve_image(ImageKind::Kernel, &spec.kernel)?;
         let rootfs_base = self.resolve_image(ImageKind::Rootfs, &spec.rootfs)?;
         let binary = self
@@ -108,6 +109,7 @@ impl VmSupervisor {
             rootfs_base,
             disk,
             creating,
+            stale_lease,
             vmm,
             api_socket,
             binary,
@@ -335,9 +337,17 @@ impl VmSupervisor {
             }
         }
         let kill = action == VmAction::Kill;
-        let stop_saga = stop_first.then(|| saga::stop(ports.clone(), n.clone(), vmm, lease, kill));
+        let stop_saga =
+            stop_first.then(|| saga::stop(ports.clone(), n.clone(), vmm, lease, kill, state));
         let boot_plan = match action {
-            VmAction::Start | VmAction::Restart => Some(self.boot_plan(name, ctx)?),
+            VmAction::Start | VmAction::Restart => {
+                let mut plan = self.boot_plan(name, ctx)?;
+                if stop_first {
+                    // The stop gives the current lease back (or fails, and no boot follows).
+                    plan.stale_lease = None;
+                }
+                Some(plan)
+            }
             _ => None,
         };
         Ok(async move {
@@ -387,7 +397,10 @@ impl Handler<DeleteVm> for VmSupervisor {
                     }
                 }
                 let vmm = if running { vmm } else { None };
-                Ok(saga::delete(ports, n.clone(), vmm, lease, has_disk, run_dir).boxed_local())
+                Ok(
+                    saga::delete(ports, n.clone(), vmm, lease, has_disk, run_dir, state)
+                        .boxed_local(),
+                )
             },
             |_| Ok(()),
         )
@@ -417,23 +430,7 @@ impl Handler<SetNat> for VmSupervisor {
                 let n = n.clone();
                 Ok(async move {
                     if let Some(lease) = lease {
-                        ports
-                            .deps
-                            .nat
-                            .send(crate::nat::EnsureNat {
-                                guest_ip: lease.guest_ip,
-                                tap: lease.tap.clone(),
-                                enable: enabled,
-                            })
-                            .await
-                            .map_err(|e| SupervisorError::Step {
-                                step: "nat",
-                                message: e.to_string(),
-                            })?
-                            .map_err(|e| SupervisorError::Step {
-                                step: "nat",
-                                message: e.to_string(),
-                            })?;
+                        saga::nat_switch(&ports, &lease, enabled).await?;
                     }
                     ports.commit(&n, Change::Nat(enabled)).await
                 }

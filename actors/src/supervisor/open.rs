@@ -400,13 +400,14 @@ impl Handler<Close> for VmSupervisor {
                         e.vmm.clone(),
                         e.record.lease.clone(),
                         e.record.process.as_ref().and_then(|p| p.pid),
+                        e.record.state,
                     )
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        for (name, _, _, pid) in &to_stop {
+        for (name, _, _, pid, _) in &to_stop {
             if let Some(e) = self.vms.get_mut(name) {
                 e.stopping_pid = *pid;
             }
@@ -418,8 +419,8 @@ impl Handler<Close> for VmSupervisor {
                 for lock in locks {
                     drop(lock.lock_owned().await);
                 }
-                for (name, vmm, lease, _) in to_stop {
-                    super::saga::stop(ports.clone(), name, vmm, lease, false).await?;
+                for (name, vmm, lease, _, state) in to_stop {
+                    super::saga::stop(ports.clone(), name, vmm, lease, false, state).await?;
                 }
                 Ok(())
             }

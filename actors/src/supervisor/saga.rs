@@ -14,8 +14,8 @@ use super::{
     SupervisorSettings, VmSupervisor,
 };
 use crate::firecracker::{
-    cid_for_guest_ip, ConfigureVm, FirecrackerActor, KillVm, NetConfig, ProbeReady, SpawnProcess,
-    StartVm, StopVm, VmConfig,
+    cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
+    ProbeReady, SpawnProcess, StartVm, StopVm, VmConfig,
 };
 use crate::lease::NetLease;
 use crate::nat::{EnsureNat, RegisterGuest, UnregisterGuest};
@@ -118,7 +118,11 @@ pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
     }
 }
 
-async fn nat_switch(p: &Ports, lease: &NetLease, enable: bool) -> Result<(), SupervisorError> {
+pub(super) async fn nat_switch(
+    p: &Ports,
+    lease: &NetLease,
+    enable: bool,
+) -> Result<(), SupervisorError> {
     p.deps
         .nat
         .send(EnsureNat {
@@ -184,6 +188,9 @@ pub(super) struct BootPlan {
     /// This boot is a create: the VM stays `creating` until it is up, so a restart that finds
     /// it cut short removes the disk too (a cut-short start keeps it).
     pub creating: bool,
+    /// A lease still recorded from before (its release failed when the VM stopped): given
+    /// back before a new one is taken.
+    pub stale_lease: Option<NetLease>,
     pub vmm: Addr<FirecrackerActor>,
     pub api_socket: PathBuf,
     pub binary: PathBuf,
@@ -261,6 +268,7 @@ async fn boot_steps(
         }
     };
 
+    release_network(p, vm, plan.stale_lease.clone()).await?;
     let lease = p
         .deps
         .tap_pool
@@ -395,7 +403,9 @@ async fn boot_steps(
     Ok(state)
 }
 
-/// Ends a VM's process by the ladder (or SIGKILL); answers how it ended, for the log.
+/// Ends a VM's process by the ladder (or SIGKILL); answers how it ended, for the log. Only
+/// "there is no process" counts as ended: any other failure (e.g. it survived SIGKILL) means
+/// the process may still run, and is an error so it is never recorded as gone.
 async fn end_process(
     p: &Ports,
     vmm: Option<Addr<FirecrackerActor>>,
@@ -411,33 +421,54 @@ async fn end_process(
         .await
     }
     .map_err(mailbox("stop"))?;
-    Ok(Some(match outcome {
-        Ok(o) => format!("ended by {} ({})", o.rung, o.status),
-        // No process left to stop (it exited meanwhile): stopped all the same.
-        Err(e) => format!("no process to stop: {e}"),
-    }))
+    match outcome {
+        Ok(o) => Ok(Some(format!("ended by {} ({})", o.rung, o.status))),
+        // It exited meanwhile (or never ran): stopped all the same.
+        Err(e @ FirecrackerError::InvalidState { .. }) => {
+            Ok(Some(format!("no process to stop: {e}")))
+        }
+        Err(e) => Err(SupervisorError::Step {
+            step: "stop",
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Stops a VM's process (ladder or kill), then gives back its network and records it stopped.
+/// If the process cannot be ended, the VM goes back to `previous` (it still runs), so the
+/// stop can be retried; if only the network release fails, the VM is `stopped` with the
+/// cause and keeps the lease record, which the next start or delete releases first.
 pub(super) async fn stop(
     p: Ports,
     vm: String,
     vmm: Option<Addr<FirecrackerActor>>,
     lease: Option<NetLease>,
     kill: bool,
+    previous: VmState,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
-    let how = end_process(&p, vmm, kill).await?;
-    release_network(&p, &vm, lease).await?;
+    let how = match end_process(&p, vmm, kill).await {
+        Ok(how) => how,
+        Err(e) => {
+            p.set_state(&vm, previous, Some(e.to_string()), EventReason::Error)
+                .await?;
+            return Err(e);
+        }
+    };
     p.commit(&vm, Change::Process(None)).await?;
-    p.set_state(&vm, VmState::Stopped, None, EventReason::User)
-        .await?;
     if let Some(how) = how {
         info!(p.log, "VM stopped"; "vm" => &vm, "how" => how);
     }
+    let released = release_network(&p, &vm, lease).await;
+    let error = released
+        .as_ref()
+        .err()
+        .map(|e| format!("network not released: {e}"));
+    p.set_state(&vm, VmState::Stopped, error, EventReason::User)
+        .await?;
     p.rebuild_dns().await;
-    Ok(())
+    released
 }
 
 /// After an unexpected exit: give back the network and record the crash.
@@ -458,7 +489,10 @@ pub(super) async fn crashed(
 }
 
 /// Deletes a VM: `deleting` is recorded first (so a restart finishes the job), then the
-/// process is stopped by the ladder, and the network, disk and run directory are freed.
+/// process is stopped by the ladder, and the network, disk and run directory are freed. If the
+/// process cannot be ended the VM goes back to `previous`; if freeing something else fails it
+/// becomes `failed` with the cause, keeping the records of what is left, so delete can be
+/// retried (it never stays stuck in `deleting`).
 pub(super) async fn delete(
     p: Ports,
     vm: String,
@@ -466,28 +500,56 @@ pub(super) async fn delete(
     lease: Option<NetLease>,
     has_disk: bool,
     run_dir: PathBuf,
+    previous: VmState,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
-    if let Some(how) = end_process(&p, vmm, false).await? {
-        info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
-        p.commit(&vm, Change::Process(None)).await?;
-    }
-    release_network(&p, &vm, lease).await?;
-    if has_disk {
-        remove_disk(&p, &vm).await?;
-    }
-    match std::fs::remove_dir_all(&run_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(SupervisorError::Step {
-                step: "remove run directory",
-                message: format!("{}: {e}", run_dir.display()),
-            })
+    match end_process(&p, vmm, false).await {
+        Ok(Some(how)) => {
+            info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
+            p.commit(&vm, Change::Process(None)).await?;
         }
+        Ok(None) => {}
+        Err(e) => {
+            p.set_state(&vm, previous, Some(e.to_string()), EventReason::Error)
+                .await?;
+            return Err(e);
+        }
+    }
+    if let Err(e) = free_resources(&p, &vm, lease, has_disk, &run_dir).await {
+        p.set_state(
+            &vm,
+            VmState::Failed,
+            Some(e.to_string()),
+            EventReason::Error,
+        )
+        .await?;
+        p.rebuild_dns().await;
+        return Err(e);
     }
     p.commit(&vm, Change::Remove).await?;
     p.rebuild_dns().await;
     Ok(())
+}
+
+/// Network, disk and run directory of a VM whose process is gone.
+async fn free_resources(
+    p: &Ports,
+    vm: &str,
+    lease: Option<NetLease>,
+    has_disk: bool,
+    run_dir: &std::path::Path,
+) -> Result<(), SupervisorError> {
+    release_network(p, vm, lease).await?;
+    if has_disk {
+        remove_disk(p, vm).await?;
+    }
+    match std::fs::remove_dir_all(run_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SupervisorError::Step {
+            step: "remove run directory",
+            message: format!("{}: {e}", run_dir.display()),
+        }),
+    }
 }

@@ -512,3 +512,46 @@ async fn idempotency_key_reused_with_other_request_conflicts() {
         .unwrap_err();
     assert!(matches!(err, SupervisorError::Conflict { .. }), "{err}");
 }
+
+#[actix::test]
+async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
+    let mut ledger = ledger_with_stopped("a");
+    ledger
+        .put_disk(
+            "a",
+            &DiskRecord {
+                path: "/d/a.img".into(),
+                backend: "copy".into(),
+            },
+        )
+        .unwrap();
+    let (sup, disks) = supervisor(true, ledger);
+    sup.send(Open {}).await.unwrap().unwrap();
+    disks.fail_on_nth("remove", 1);
+
+    let err = sup
+        .send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SupervisorError::Step {
+                step: "remove disk",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed);
+    assert!(info.last_error.unwrap().contains("remove disk"));
+
+    // The disk record was kept, so the retry removes it and the VM is gone.
+    sup.send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sup.send(ListVms { label: None }).await.unwrap().is_empty());
+}
