@@ -31,9 +31,16 @@ pub struct ForceState {
     pub state: VmState,
 }
 
+/// How many `WaitForState` requests have arrived so far (lets a test wait until a long
+/// poll is really waiting, instead of sleeping).
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct CountWaits;
+
 /// The in-memory supervisor.
 #[derive(Default)]
 pub struct FakeSupervisor {
+    waits: u64,
     vms: BTreeMap<String, VmInfo>,
     events: Vec<Event>,
     keys: BTreeMap<String, (String, VmInfo)>,
@@ -124,6 +131,14 @@ impl Handler<FailNext> for FakeSupervisor {
 
     fn handle(&mut self, msg: FailNext, _: &mut Self::Context) {
         self.fail_next = Some(msg.error);
+    }
+}
+
+impl Handler<CountWaits> for FakeSupervisor {
+    type Result = u64;
+
+    fn handle(&mut self, _: CountWaits, _: &mut Self::Context) -> u64 {
+        self.waits
     }
 }
 
@@ -263,6 +278,7 @@ impl Handler<sup::WaitForState> for FakeSupervisor {
     type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: sup::WaitForState, _: &mut Self::Context) -> Self::Result {
+        self.waits += 1;
         // Polls its own table every 10 ms until the state comes or the time is up.
         let deadline = std::time::Instant::now() + msg.timeout;
         wait_loop(self, msg.name, msg.state, deadline)

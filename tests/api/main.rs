@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use hearth::api::fake::{FailNext, ForceState};
+use hearth::api::fake::{CountWaits, FailNext, ForceState};
 use hearth::api::openapi;
 use hearth::api::testing::TestServer;
 use hearth::api::ApiServerError;
@@ -412,7 +412,16 @@ fn wait_answers_or_times_out() {
             c.request("GET", "/v1/vms/a/wait?state=crashed&timeout=20s", &[], None)
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    // Change the state only once the long poll is waiting, so the waiting path is what
+    // answers (not an already-reached state).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while futures::executor::block_on(s.supervisor.send(CountWaits)).unwrap() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wait never reached the supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     futures::executor::block_on(s.supervisor.send(ForceState {
         name: "a".into(),
         state: VmState::Crashed,
