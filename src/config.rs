@@ -491,21 +491,13 @@ fn invalid(field: &'static str, reason: String) -> ConfigError {
 
 /// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`; not `.` or `..`.
 fn validate_ifname(field: &'static str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
+    // The same rule the links backend applies when it creates the interface.
+    hearth_actors::host::links::check_ifname(name).map_err(|_| {
+        invalid(
             field,
             format!("{name:?} is not a valid interface name (1-15 printable bytes, no '/' or ':')"),
-        ))
-    }
+        )
+    })
 }
 
 /// A DNS zone: dot-separated labels of letters, digits and hyphens, each 1-63 bytes.
