@@ -1,97 +1,15 @@
 //! The same server over the real `VmSupervisor` with fake host backends and no Firecracker
 //! binary: proves the ports fit the real actor and its answers map as documented.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use actix::{Actor, Addr};
 use hearth::api::testing::TestServer;
 use hearth::api::SupervisorPorts;
 use hearth::client::{Client, SseReader};
-use hearth_actors::dns::{DnsActor, DnsOptions};
-use hearth_actors::firecracker::FirecrackerSettings;
-use hearth_actors::host::disks::fake::FakeDisks;
-use hearth_actors::host::firewall::fake::FakeFirewall;
-use hearth_actors::host::links::fake::FakeLinks;
-use hearth_actors::host::processes::fake::FakeProcesses;
-use hearth_actors::nat::{NatActor, NatConfig};
-use hearth_actors::snapshot::SnapshotActor;
-use hearth_actors::supervisor::{
-    ImageKind, Ledger, MemoryLedger, Open, StaticImages, SupervisorDeps, SupervisorSettings,
-    VmSupervisor, VmmFactory,
-};
-use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
+use hearth_actors::supervisor::testing::supervisor_over_fakes;
+use hearth_actors::supervisor::{Ledger, MemoryLedger, Open};
 use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
 use serde_json::json;
 
 use super::{error_of, post};
-
-fn log() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
-fn supervisor(ledger: MemoryLedger) -> Addr<VmSupervisor> {
-    let tap_pool = TapPoolActor::new(
-        TapPoolConfig::default(),
-        std::rc::Rc::new(FakeLinks::new()),
-        log(),
-    )
-    .unwrap()
-    .start();
-    let firewall = FakeFirewall::new();
-    firewall.add_interface("eth0");
-    firewall.add_interface("hearth0");
-    let nat = NatActor::new(
-        NatConfig {
-            bridge: "hearth0".into(),
-            cidr: "172.31.240.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 31, 240, 1),
-            egress: Some("eth0".into()),
-            isolate_guests: true,
-            block_guest_to_host: true,
-            anti_spoofing: true,
-        },
-        Box::new(firewall),
-        log(),
-    )
-    .unwrap()
-    .start();
-    let dns = DnsActor::new(DnsOptions::new("vm.internal", vec![]), log())
-        .unwrap()
-        .start();
-    let snapshot = SnapshotActor::new(Box::new(FakeDisks::new(1 << 20)), log()).start();
-    let vmm = VmmFactory {
-        binary: None,
-        processes: Arc::new(FakeProcesses::new()),
-        settings: FirecrackerSettings::new("/nonexistent/hearth-api-test/vms"),
-    };
-    let images = StaticImages(BTreeMap::from([
-        (
-            (ImageKind::Kernel, "vmlinux".into()),
-            PathBuf::from("/img/vmlinux"),
-        ),
-        (
-            (ImageKind::Rootfs, "base".into()),
-            PathBuf::from("/img/base.ext4"),
-        ),
-    ]));
-    VmSupervisor::new(
-        SupervisorDeps {
-            tap_pool,
-            nat,
-            dns,
-            snapshot,
-        },
-        vmm,
-        SupervisorSettings::default(),
-        Box::new(ledger),
-        Box::new(images),
-        log(),
-    )
-    .start()
-}
 
 #[test]
 fn real_supervisor_answers_map_as_documented() {
@@ -110,7 +28,7 @@ fn real_supervisor_answers_map_as_documented() {
         dir.path(),
         |_| {},
         move || {
-            let sup = supervisor(ledger);
+            let (sup, _disks) = supervisor_over_fakes(false, ledger);
             (SupervisorPorts::new(&sup), sup)
         },
     )

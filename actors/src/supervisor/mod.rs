@@ -19,6 +19,8 @@ mod messages;
 pub mod metrics;
 mod open;
 mod saga;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

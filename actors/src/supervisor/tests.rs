@@ -1,32 +1,18 @@
 //! Supervisor unit tests: the repair plan after a restart (pure), command-line ownership, the
 //! refusal paths that must change nothing, and long polls — against fake backends. Full
-//! lifecycles with a VMM run in `tests/supervisor.rs` with firecracker-sim in a namespace.
+//! lifecycles with a VMM run in `tests/e2e.rs` (hearthd with firecracker-sim in a namespace).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use hearth_proto::api::{self, VmState};
 
 use super::open::{owner_vm, plan_repairs, Adoption};
 use super::*;
-use crate::dns::{DnsActor, DnsOptions};
-use crate::firecracker::{FirecrackerSettings, VmmVersion};
 use crate::host::disks::fake::FakeDisks;
-use crate::host::firewall::fake::FakeFirewall;
-use crate::host::links::fake::FakeLinks;
-use crate::host::processes::fake::FakeProcesses;
 use crate::lease::MacAddr;
-use crate::nat::{NatActor, NatConfig};
-use crate::snapshot::SnapshotActor;
-use crate::tap_pool::{TapPoolActor, TapPoolConfig};
-
-fn log() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
 
 fn spec(name: &str) -> api::CreateVm {
     serde_json::from_value(serde_json::json!({"name": name, "kernel": "vmlinux", "rootfs": "base"}))
@@ -229,75 +215,8 @@ fn vmm_command_lines_are_attributed_to_their_vm() {
     );
 }
 
-/// A supervisor over fake backends; `with_binary` decides whether a VMM binary "exists".
 fn supervisor(with_binary: bool, ledger: MemoryLedger) -> (Addr<VmSupervisor>, FakeDisks) {
-    let tap_pool = TapPoolActor::new(
-        TapPoolConfig::default(),
-        std::rc::Rc::new(FakeLinks::new()),
-        log(),
-    )
-    .unwrap()
-    .start();
-    let firewall = FakeFirewall::new();
-    firewall.add_interface("eth0");
-    firewall.add_interface("hearth0");
-    let nat = NatActor::new(
-        NatConfig {
-            bridge: "hearth0".into(),
-            cidr: "172.31.240.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 31, 240, 1),
-            egress: Some("eth0".into()),
-            isolate_guests: true,
-            block_guest_to_host: true,
-            anti_spoofing: true,
-        },
-        Box::new(firewall),
-        log(),
-    )
-    .unwrap()
-    .start();
-    let dns = DnsActor::new(DnsOptions::new("vm.internal", vec![]), log())
-        .unwrap()
-        .start();
-    let disks = FakeDisks::new(1 << 20);
-    let snapshot = SnapshotActor::new(Box::new(disks.clone()), log()).start();
-    let vmm = VmmFactory {
-        binary: with_binary.then(|| crate::firecracker::FirecrackerBinary {
-            path: PathBuf::from("/usr/bin/firecracker"),
-            version: VmmVersion {
-                major: 1,
-                minor: 12,
-                patch: 0,
-            },
-        }),
-        processes: Arc::new(FakeProcesses::new()),
-        settings: FirecrackerSettings::new("/nonexistent/hearth-test/vms"),
-    };
-    let images = StaticImages(BTreeMap::from([
-        (
-            (ImageKind::Kernel, "vmlinux".into()),
-            PathBuf::from("/img/vmlinux"),
-        ),
-        (
-            (ImageKind::Rootfs, "base".into()),
-            PathBuf::from("/img/base.ext4"),
-        ),
-    ]));
-    let sup = VmSupervisor::new(
-        SupervisorDeps {
-            tap_pool,
-            nat,
-            dns,
-            snapshot,
-        },
-        vmm,
-        SupervisorSettings::default(),
-        Box::new(ledger),
-        Box::new(images),
-        log(),
-    )
-    .start();
-    (sup, disks)
+    super::testing::supervisor_over_fakes(with_binary, ledger)
 }
 
 #[actix::test]
