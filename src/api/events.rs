@@ -6,7 +6,7 @@ use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use hearth_actors::supervisor as sup;
 
-use super::query::Params;
+use super::query::{self, Params};
 use super::{sse, ApiError, ApiState};
 
 /// Most events one `GET /v1/events` returns.
@@ -16,7 +16,7 @@ pub const MAX_LIMIT: u64 = 1000;
 /// (default and maximum 1000).
 pub async fn list(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string(), &["since", "limit"])?;
-    let since = params.u64_or("since", 0)?;
+    let since = params.seq_or("since", 0)?;
     let limit = params.u64_or("limit", MAX_LIMIT)?;
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::InvalidParam {
@@ -46,8 +46,9 @@ fn resume_point(req: &HttpRequest, params: &Params) -> Result<u64, ApiError> {
             .ok_or_else(|| ApiError::InvalidParam {
                 param: "Last-Event-ID".into(),
                 reason: "must be an event sequence number".into(),
-            }),
-        None => params.u64_or("since", 0),
+            })
+            .and_then(|n| query::check_seq("Last-Event-ID", n)),
+        None => params.seq_or("since", 0),
     }
 }
 

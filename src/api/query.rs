@@ -56,6 +56,13 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `name` as an event sequence number (0..=[`MAX_SEQ`]), or `default`. Sequence numbers
+    /// are stored as SQLite integers (`i64`); a larger value could only wrap.
+    pub fn seq_or(&self, name: &str, default: u64) -> Result<u64, ApiError> {
+        let n = self.u64_or(name, default)?;
+        check_seq(name, n)
+    }
+
     /// `name` as an unsigned number, or `default`.
     pub fn u64_or(&self, name: &str, default: u64) -> Result<u64, ApiError> {
         match self.get(name) {
@@ -65,6 +72,17 @@ impl Params {
                 .map_err(|_| invalid(name, format!("{v:?} is not a non-negative integer"))),
         }
     }
+}
+
+/// Largest event sequence number a client may name (`since`, `Last-Event-ID`).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Refuses a sequence number above [`MAX_SEQ`], naming `param`.
+pub fn check_seq(param: &str, n: u64) -> Result<u64, ApiError> {
+    if n > MAX_SEQ {
+        return Err(invalid(param, format!("{n} is outside 0..={MAX_SEQ}")));
+    }
+    Ok(n)
 }
 
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `h` (`500ms`, `30s`, `2m`);
@@ -180,6 +198,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`since`"));
+        let p = Params::parse("since=9223372036854775807", &["since"]).unwrap();
+        assert_eq!(p.seq_or("since", 0).unwrap(), MAX_SEQ);
+        for big in ["9223372036854775808", "18446744073709551615"] {
+            let p = Params::parse(&format!("since={big}"), &["since"]).unwrap();
+            let e = p.seq_or("since", 0).unwrap_err().to_string();
+            assert!(e.contains("`since`") && e.contains("outside"), "{e}");
+        }
         let p = Params::parse("label=role%3Dweb", &["label"]).unwrap();
         assert_eq!(
             parse_label(p.get("label").unwrap()).unwrap(),

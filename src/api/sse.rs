@@ -118,6 +118,12 @@ pub async fn event_stream(
     Ok(futures::stream::unfold(state, next_frame))
 }
 
+/// Whether a backlog page read after `last` lets the stream progress: it is empty (the
+/// backlog is done) or holds an event after `last`.
+fn page_advances(events: &[Event], last: u64) -> bool {
+    events.is_empty() || events.iter().any(|e| e.seq > last)
+}
+
 async fn next_frame(mut st: StreamState) -> Option<(Result<Bytes, ApiError>, StreamState)> {
     loop {
         if let Some(event) = st.ready.pop_front() {
@@ -138,6 +144,11 @@ async fn next_frame(mut st: StreamState) -> Option<(Result<Bytes, ApiError>, Str
                 .await;
             match page {
                 Ok(Ok(events)) => {
+                    // A full page that brings nothing new would be asked for again and
+                    // again: end the stream rather than spin without progress.
+                    if !page_advances(&events, st.last) {
+                        return None;
+                    }
                     st.backlog_done = events.len() < PAGE as usize;
                     st.ready.extend(events);
                     continue;
@@ -163,6 +174,26 @@ async fn next_frame(mut st: StreamState) -> Option<(Result<Bytes, ApiError>, Str
 mod tests {
     use super::*;
     use hearth_proto::api::{EventReason, VmState};
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            at_ms: 0,
+            vm: "a".into(),
+            state: VmState::Running,
+            reason: EventReason::User,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn pages_without_new_events_stop_the_stream() {
+        assert!(page_advances(&[], 5));
+        assert!(page_advances(&[event(6)], 5));
+        assert!(page_advances(&[event(4), event(6)], 5));
+        // What a wrapped `since` made the store return: old events, forever.
+        assert!(!page_advances(&[event(1), event(2)], 5));
+    }
 
     #[test]
     fn frames_carry_the_sequence_number() {

@@ -133,11 +133,16 @@ pub(super) fn events_since(
     since: u64,
     limit: u32,
 ) -> Result<Vec<Event>, StoreError> {
+    // Sequence numbers are SQLite integers: nothing lies above i64::MAX, and `as i64` would
+    // wrap a larger `since` negative and return the log from its start.
+    let Ok(since) = i64::try_from(since) else {
+        return Ok(Vec::new());
+    };
     let mut stmt = conn.prepare(
         "SELECT seq, at_ms, vm, state, reason, detail FROM events
          WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![since as i64, limit], |r| {
+    let rows = stmt.query_map(params![since, limit], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, i64>(1)?,

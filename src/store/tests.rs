@@ -129,6 +129,21 @@ fn events_are_sequenced_and_resumable() {
     assert_eq!(s.events_since(0, 1).unwrap(), vec![e1]);
 }
 
+/// Issue 9, finding 1: a `since` above `i64::MAX` wrapped negative and returned the log from
+/// its start, which made an event stream ask for the same page forever.
+#[test]
+fn events_since_beyond_i64_is_empty() {
+    let s = Store::open_in_memory().unwrap();
+    for _ in 0..3 {
+        s.append_event("a", VmState::Creating, EventReason::User, None)
+            .unwrap();
+    }
+    for since in [i64::MAX as u64 + 1, u64::MAX] {
+        assert_eq!(s.events_since(since, 2).unwrap(), vec![], "{since}");
+    }
+    assert_eq!(s.events_since(i64::MAX as u64, 2).unwrap(), vec![]);
+}
+
 #[test]
 fn idempotency_keys_store_request_hash_and_response() {
     let s = Store::open_in_memory().unwrap();
