@@ -89,11 +89,13 @@ pub enum ImagesError {
         /// Why.
         source: io::Error,
     },
-    /// The source is not a regular file.
-    #[error("{path} is not a regular file")]
+    /// The source is not a regular file (a directory, FIFO, socket, device or symlink).
+    #[error("{path} is not a regular file but {what}")]
     NotAFile {
         /// The source path.
         path: PathBuf,
+        /// What it is, e.g. "a FIFO".
+        what: &'static str,
     },
     /// The source is not a kernel Firecracker can boot.
     #[error("{path} is not a kernel: {reason}")]
@@ -250,12 +252,8 @@ impl ImageStore {
             path: src.into(),
             source,
         };
-        let mut input = File::open(src).map_err(source_err)?;
-        let md = input.metadata().map_err(source_err)?;
-        if !md.is_file() {
-            return Err(ImagesError::NotAFile { path: src.into() });
-        }
-        let total = md.len();
+        let mut input = open_regular(src)?;
+        let total = input.metadata().map_err(source_err)?.len();
         // Refuse early, before copying, what cannot pass; the copy is checked again below.
         let mut header = vec![0u8; detect::HEADER_LEN.min(total as usize)];
         input.read_exact(&mut header).map_err(source_err)?;
@@ -360,6 +358,61 @@ impl ImageStore {
         fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))
     }
+}
+
+/// What a file type is, for [`ImagesError::NotAFile`]; `None` for a regular file.
+fn not_regular(ft: fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if ft.is_file() {
+        return None;
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link (name the file it points to)"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a file"
+    })
+}
+
+/// Opens `src` for reading only if it is a regular file. Opening is what hangs on a FIFO
+/// (until a writer comes) or has side effects on a device, so the type is checked before
+/// (`lstat`), and again on the descriptor (`fstat`) in case the path was swapped meanwhile;
+/// `O_NOFOLLOW` refuses a symlink put there, `O_NONBLOCK` keeps a FIFO from blocking the open.
+fn open_regular(src: &Path) -> Result<File, ImagesError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let source_err = |source| ImagesError::Source {
+        path: src.into(),
+        source,
+    };
+    let refuse = |what| ImagesError::NotAFile {
+        path: src.into(),
+        what,
+    };
+    let before = src.symlink_metadata().map_err(source_err)?;
+    if let Some(what) = not_regular(before.file_type()) {
+        return Err(refuse(what));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse("a symbolic link (name the file it points to)"),
+            _ => source_err(e),
+        })?;
+    let md = file.metadata().map_err(source_err)?;
+    if let Some(what) = not_regular(md.file_type()) {
+        return Err(refuse(what));
+    }
+    Ok(file)
 }
 
 /// True when the process that made the temporary `name` (`.import-<image>-<pid>-<n>`) is
@@ -524,6 +577,50 @@ mod tests {
         write_nonzero(&f, &chunk, 0).unwrap();
         f.set_len(chunk.len() as u64).unwrap();
         assert_eq!(fs::read(&p).unwrap(), chunk);
+    }
+
+    /// Issue 9, finding 2: importing a FIFO blocked in `open` for ever (until a writer
+    /// came). Now refused, like devices, sockets and symlinks, without opening it blocking.
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let (dir, s) = store();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let kernel = write(dir.path(), "vmlinux", &elf(2, 62), 1 << 16);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&kernel, &link).unwrap();
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        // Run on a thread: before the fix the FIFO's open never returns.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cases = [
+            (fifo, "a FIFO"),
+            (PathBuf::from("/dev/null"), "a character device"),
+            (link, "a symbolic link"),
+            (sock, "a socket"),
+            (dir.path().to_path_buf(), "a directory"),
+        ];
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            for (path, what) in cases {
+                let r = s2.import("k", ImageKind::Kernel, &path, |_, _| {});
+                let _ = tx.send((path, what, r));
+            }
+        });
+        for _ in 0..5 {
+            let (path, what, r) = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("an import of a special file hangs");
+            match r {
+                Err(e @ ImagesError::NotAFile { .. }) => {
+                    assert!(e.to_string().contains(what), "{}: {e}", path.display())
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        assert!(s.list().unwrap().is_empty());
+        s.import("k", ImageKind::Kernel, &kernel, |_, _| {})
+            .unwrap();
     }
 
     #[test]

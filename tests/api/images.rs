@@ -175,3 +175,38 @@ fn streamed_import_reports_progress_then_the_result() {
         .unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// Issue 9, finding 2: importing a FIFO never answered (the open blocked until a writer
+/// came); device nodes were opened as root the same way. Now 422 at once, nothing stored.
+#[test]
+fn special_files_are_refused_with_422() {
+    let (d, _s, c) = server();
+    let fifo = d.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (std::path::Path::new("/dev/zero"), "a character device"),
+    ] {
+        // The client's own timeout (if any) is long; a hang shows as the test never ending.
+        let r = post(
+            &c,
+            "/v1/images",
+            &[],
+            json!({"name": "k", "kind": "kernel", "path": path}),
+        );
+        let e = error_of(&r).error;
+        assert_eq!(
+            (r.status, e.code.as_str()),
+            (422, "invalid_image"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains(what) && e.message.contains("`path`"),
+            "{}",
+            e.message
+        );
+    }
+    let list: Vec<ImageInfo> = c.get("/v1/images").unwrap();
+    assert!(list.is_empty());
+}
