@@ -181,6 +181,24 @@ pub struct FieldError {
     pub reason: String,
 }
 
+/// Most vCPUs a VM may have (Firecracker's limit).
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest memory, MiB.
+pub const MIN_MEMORY_MIB: u32 = 16;
+/// Most guest memory, MiB (1 TiB): beyond what any host here backs, and far from the sizes
+/// that overflow when Firecracker turns MiB into bytes.
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// Disks are whole 512-byte sectors.
+pub const SECTOR: u64 = 512;
+/// Largest root disk, bytes (8 TiB): a sparse file of that size fits ext4 (whose limit is
+/// 16 TiB) and xfs, and a device-mapper table; `2^63` or `u64::MAX` fit nothing.
+pub const MAX_DISK_SIZE: u64 = 8 << 40;
+/// Longest `boot_args`, bytes. Firecracker refuses a command line of 2048 bytes or more
+/// ("Invalid cmdline capacity", measured against v1.17.0-dev) and adds to it what hearth
+/// and it need (`console=ttyS0 reboot=k panic=1`, the `ip=` argument, `pci=off` and one
+/// `virtio_mmio.device=...` per device, about 300 bytes); 1024 leaves room for all of it.
+pub const MAX_BOOT_ARGS: usize = 1024;
+
 impl CreateVm {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -193,30 +211,71 @@ impl CreateVm {
                 });
             }
         }
-        if !(1..=32).contains(&self.vcpus) {
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(FieldError {
                 field: "vcpus",
-                reason: format!("{} is outside 1..=32", self.vcpus),
+                reason: format!("{} is outside 1..={MAX_VCPUS}", self.vcpus),
             });
         }
-        if self.memory_mib < 16 {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(FieldError {
                 field: "memory_mib",
-                reason: format!("{} MiB is too small (minimum 16)", self.memory_mib),
+                reason: format!(
+                    "{} MiB is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                    self.memory_mib
+                ),
             });
         }
+        if let Some(size) = self.disk_size {
+            if !(SECTOR..=MAX_DISK_SIZE).contains(&size) || size % SECTOR != 0 {
+                return Err(FieldError {
+                    field: "disk_size",
+                    reason: format!(
+                        "{size} must be a multiple of {SECTOR} in {SECTOR}..={MAX_DISK_SIZE} \
+                         (and at least the root filesystem image's size)"
+                    ),
+                });
+            }
+        }
+        if let Some(args) = &self.boot_args {
+            check_boot_args(args)?;
+        }
         for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > 63 || k.contains('=') || v.len() > 255 {
+            let key_len = k.chars().count();
+            if key_len == 0 || key_len > 63 || k.contains('=') || v.chars().count() > 255 {
                 return Err(FieldError {
                     field: "labels",
                     reason: format!(
-                        "label {k:?} must be 1-63 bytes without '=', value at most 255"
+                        "label {k:?} must be 1-63 characters without '=', value at most 255"
                     ),
                 });
             }
         }
         Ok(())
     }
+}
+
+/// `boot_args`: at most [`MAX_BOOT_ARGS`] bytes of printable ASCII (a kernel command line
+/// is ASCII; Firecracker refuses anything else).
+pub fn check_boot_args(args: &str) -> Result<(), FieldError> {
+    if args.len() > MAX_BOOT_ARGS {
+        return Err(FieldError {
+            field: "boot_args",
+            reason: format!(
+                "{} bytes is outside the allowed length 0..={MAX_BOOT_ARGS}",
+                args.len()
+            ),
+        });
+    }
+    if let Some(c) = args.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(FieldError {
+            field: "boot_args",
+            reason: format!(
+                "{c:?} is not allowed: printable ASCII (space to '~') only, 0..={MAX_BOOT_ARGS} bytes"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// VM names double as DNS labels: 1-63 of `a-z`, `0-9` and `-`, not starting or ending with `-`.
@@ -357,6 +416,43 @@ mod tests {
             (Box::new(|s: &mut CreateVm| s.kernel.clear()), "kernel"),
             (Box::new(|s: &mut CreateVm| s.vcpus = 0), "vcpus"),
             (Box::new(|s: &mut CreateVm| s.memory_mib = 1), "memory_mib"),
+            // Issue 9, finding 3: these gave 500 `step_failed` and left a failed VM.
+            (
+                Box::new(|s: &mut CreateVm| s.memory_mib = u32::MAX),
+                "memory_mib",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.disk_size = Some(0)),
+                "disk_size",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.disk_size = Some(1000)),
+                "disk_size",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.disk_size = Some(1 << 63)),
+                "disk_size",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.disk_size = Some(u64::MAX)),
+                "disk_size",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.boot_args = Some("a".repeat(60_000))),
+                "boot_args",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.boot_args = Some("a".repeat(MAX_BOOT_ARGS + 1))),
+                "boot_args",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.boot_args = Some("init=/x\u{0}".into())),
+                "boot_args",
+            ),
+            (
+                Box::new(|s: &mut CreateVm| s.boot_args = Some("quiet\nfoo".into())),
+                "boot_args",
+            ),
             (
                 Box::new(|s: &mut CreateVm| {
                     s.labels.insert("a=b".into(), "c".into());
@@ -368,6 +464,15 @@ mod tests {
             mutate(&mut s);
             assert_eq!(s.validate().unwrap_err().field, field);
         }
+        // The bounds themselves are accepted.
+        let mut s = spec("ok");
+        s.memory_mib = MAX_MEMORY_MIB;
+        s.disk_size = Some(MAX_DISK_SIZE);
+        s.boot_args = Some("a".repeat(MAX_BOOT_ARGS));
+        s.labels.insert("é".repeat(63), "ü".repeat(255));
+        s.validate().unwrap();
+        s.disk_size = Some(SECTOR);
+        s.validate().unwrap();
     }
 
     #[test]

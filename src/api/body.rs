@@ -12,7 +12,7 @@ use hearth_actors::supervisor::Idempotency;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiState, DEFAULT_BODY_LIMIT};
+use super::{ApiError, ApiState, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};
 
 /// Name of the header carrying a client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -37,7 +37,15 @@ pub fn is_json(content_type: &str) -> bool {
 }
 
 /// Parses `raw` as `T`; the error message is serde's, which names unknown or mistyped fields.
+/// Bodies are JSON objects only: serde would also take an array as a struct's fields in
+/// order (`["name","k","r"]`), which no client means.
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(ApiError::InvalidBody {
+            message: "the body must be a JSON object".into(),
+        });
+    }
     serde_json::from_slice(raw).map_err(|e| ApiError::InvalidBody {
         message: e.to_string(),
     })
@@ -48,9 +56,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<actix_web::web::Data<ApiState>>()
-            .map_or(DEFAULT_BODY_LIMIT, |s| s.body_limit);
+        let state = req.app_data::<actix_web::web::Data<ApiState>>();
+        let limit = state.map_or(DEFAULT_BODY_LIMIT, |s| s.body_limit);
+        let deadline = state.map_or(DEFAULT_BODY_TIMEOUT, |s| s.body_timeout);
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -70,16 +78,26 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if declared.is_some_and(|n| n > limit) {
                 return Err(ApiError::TooLarge { limit });
             }
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::InvalidBody {
-                    message: e.to_string(),
-                })?;
-                if buf.len() + chunk.len() > limit {
-                    return Err(ApiError::TooLarge { limit });
+            let read = async {
+                let mut buf = BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| ApiError::InvalidBody {
+                        message: e.to_string(),
+                    })?;
+                    if buf.len() + chunk.len() > limit {
+                        return Err(ApiError::TooLarge { limit });
+                    }
+                    buf.extend_from_slice(&chunk);
                 }
-                buf.extend_from_slice(&chunk);
-            }
+                Ok(buf)
+            };
+            // A client that sends part of a body and stalls would otherwise hold the
+            // connection (and a worker's attention) for ever.
+            let buf = tokio::time::timeout(deadline, read).await.map_err(|_| {
+                ApiError::BodyTimeout {
+                    secs: deadline.as_secs_f64(),
+                }
+            })??;
             let raw = buf.freeze();
             let value = parse(&raw)?;
             Ok(JsonBody { value, raw })
@@ -161,6 +179,25 @@ mod tests {
             let err = check_key(bad).unwrap_err();
             assert!(err.to_string().contains(IDEMPOTENCY_KEY), "{err}");
         }
+    }
+
+    /// Issue 9, finding 4: `["name","k","r"]` created a VM.
+    #[test]
+    fn bodies_are_objects_only() {
+        for bad in [
+            &br#"["a","k","r"]"#[..],
+            b" [true]",
+            b"true",
+            b"1",
+            b"\"x\"",
+            b"null",
+        ] {
+            let err = parse::<hearth_proto::api::CreateVm>(bad).unwrap_err();
+            assert!(err.to_string().contains("JSON object"), "{err}");
+        }
+        let err = parse::<hearth_proto::api::SetNat>(b"[true]").unwrap_err();
+        assert!(err.to_string().contains("JSON object"), "{err}");
+        parse::<hearth_proto::api::SetNat>(b" {\"enabled\": true}").unwrap();
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub enum ApiError {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The client did not send the whole body in time.
+    #[error("The request body did not arrive within {secs} s")]
+    BodyTimeout {
+        /// The deadline, seconds.
+        secs: f64,
+    },
     /// The body is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -51,12 +57,14 @@ pub enum ApiError {
         path: String,
     },
     /// The path exists but not with this method.
-    #[error("Method {method} is not allowed on {path}")]
+    #[error("Method {method} is not allowed on {path} (allowed: {})", allow.join(", "))]
     MethodNotAllowed {
         /// The method used.
         method: String,
         /// The path.
         path: String,
+        /// The methods the path has (the `Allow` header).
+        allow: Vec<String>,
     },
     /// The supervisor's mailbox is closed (hearthd is shutting down).
     #[error("The supervisor is not answering")]
@@ -100,10 +108,9 @@ impl ApiError {
                 ImagesError::Exists { .. } => (StatusCode::CONFLICT, "conflict"),
                 ImagesError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 ImagesError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
-                ImagesError::Source { .. } | ImagesError::NotAFile { .. } => {
-                    (StatusCode::BAD_REQUEST, "invalid_field")
-                }
-                ImagesError::NotAKernel { .. }
+                ImagesError::Source { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+                ImagesError::NotAFile { .. }
+                | ImagesError::NotAKernel { .. }
                 | ImagesError::NotExt4 { .. }
                 | ImagesError::NotSectors { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_image")
@@ -116,6 +123,7 @@ impl ApiError {
             ApiError::InvalidParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -162,8 +170,18 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // The rest of the body may still come: the connection cannot be reused.
+            ApiError::BodyTimeout { .. } => {
+                res.force_close();
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                res.insert_header((header::ALLOW, allow.join(", ")));
+            }
+            _ => {}
         }
         res.json(self.body())
     }

@@ -95,7 +95,15 @@ pub async fn metrics(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResp
     let m = state.ports.metrics.send(GetMetrics {}).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, CONTENT_TYPE))
-        .body(render(&m)))
+        .body(render(&m) + &render_log_drops(crate::logging::dropped())))
+}
+
+/// The count of log records dropped because the log writer fell behind.
+pub fn render_log_drops(dropped: u64) -> String {
+    format!(
+        "# HELP hearth_log_dropped_total Log records dropped because the log writer fell \
+         behind.\n# TYPE hearth_log_dropped_total counter\nhearth_log_dropped_total {dropped}\n"
+    )
 }
 
 #[cfg(test)]
@@ -144,6 +152,16 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
         }
+    }
+
+    #[test]
+    fn log_drops_are_a_counter() {
+        let text = render_log_drops(7);
+        assert!(
+            text.contains("# TYPE hearth_log_dropped_total counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\nhearth_log_dropped_total 7\n"), "{text}");
     }
 
     #[test]

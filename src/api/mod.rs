@@ -35,6 +35,9 @@ use crate::images::ImageStore;
 /// Default maximum size of a JSON request body, bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
+/// Default time a client has to send a whole request body once its headers are in.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every handler shares: the way to the supervisor and the image store.
 #[derive(Clone)]
 pub struct ApiState {
@@ -44,6 +47,8 @@ pub struct ApiState {
     pub images: Option<ImageStore>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
+    /// Time a client has to send a whole request body ([`DEFAULT_BODY_TIMEOUT`]).
+    pub body_timeout: std::time::Duration,
     /// The access log: one line per request (debug for successes, info for client errors,
     /// warn for server errors).
     pub log: slog::Logger,
@@ -56,6 +61,7 @@ impl ApiState {
             ports,
             images,
             body_limit: DEFAULT_BODY_LIMIT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             log: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }

@@ -46,10 +46,16 @@ impl Routes {
     pub fn install(self, cfg: &mut ServiceConfig) {
         for (path, routes) in self.resources {
             let mut resource = web::resource(path);
-            for (_, route) in routes {
+            let mut allow: Vec<String> = Vec::new();
+            for (method, route) in routes {
+                allow.push(method.to_string());
                 resource = resource.route(route);
             }
-            cfg.service(resource.default_service(web::to(method_not_allowed)));
+            let allow = std::rc::Rc::new(allow);
+            cfg.service(resource.default_service(web::to(move |req: HttpRequest| {
+                let allow = allow.clone();
+                async move { method_not_allowed(req, &allow) }
+            })));
         }
         cfg.default_service(web::to(no_route));
     }
@@ -111,9 +117,11 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     })
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// 405 naming the methods the path has (also sent as `Allow`, RFC 9110 section 15.5.6).
+fn method_not_allowed(req: HttpRequest, allow: &[String]) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed {
         method: req.method().to_string(),
         path: req.path().to_owned(),
+        allow: allow.to_vec(),
     })
 }

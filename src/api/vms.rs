@@ -18,6 +18,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     body.value.validate().map_err(sup::SupervisorError::from)?;
+    check_disk_fits(&state, &body.value).await?;
     let idempotency = idempotency(&req, &body.raw)?;
     let info = state
         .ports
@@ -28,6 +29,36 @@ pub async fn create(
         })
         .await??;
     Ok(HttpResponse::Created().json(info))
+}
+
+/// Refuses a `disk_size` smaller than the root filesystem image (the disk is a copy of it).
+/// An unknown image is left to the supervisor, which answers 422 for it.
+async fn check_disk_fits(state: &ApiState, spec: &api::CreateVm) -> Result<(), ApiError> {
+    let (Some(size), Some(store)) = (spec.disk_size, state.images.clone()) else {
+        return Ok(());
+    };
+    let rootfs = spec.rootfs.clone();
+    let meta = actix_web::web::block(move || store.get(&rootfs).ok())
+        .await
+        .map_err(|e| ApiError::Internal {
+            what: format!("image task: {e}"),
+        })?;
+    match meta {
+        Some(meta) if size < meta.size => Err(sup::SupervisorError::from(api::FieldError {
+            field: "disk_size",
+            reason: format!(
+                "{size} is smaller than the root filesystem image {} ({} bytes); allowed: \
+                 a multiple of {} in {}..={}",
+                meta.name,
+                meta.size,
+                api::SECTOR,
+                meta.size,
+                api::MAX_DISK_SIZE
+            ),
+        })
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// `GET /v1/vms[?label=key=value]`: every VM, ordered by name.

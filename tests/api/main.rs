@@ -2,6 +2,7 @@
 //! over the fake supervisor, driven with hearth's client and with raw HTTP. Image endpoints
 //! are in `images.rs`; the same server over the real `VmSupervisor` in `supervisor.rs`.
 
+mod hostile;
 mod images;
 mod supervisor;
 

@@ -97,6 +97,20 @@ fn real_supervisor_answers_map_as_documented() {
         (r.status, error_of(&r).error.code.as_str()),
         (409, "invalid_state")
     );
+    // Issue 9, finding 7: `creating` never comes back once left: 409 at once, not 408
+    // when the timeout runs out.
+    let r = c
+        .request(
+            "GET",
+            "/v1/vms/old/wait?state=creating&timeout=10m",
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "invalid_state")
+    );
     // `deleting` could come: the long poll runs out.
     let r = c
         .request(

@@ -354,6 +354,8 @@ fn unreachable_from(now: VmState, wanted: VmState) -> bool {
     match wanted {
         Running | Unready => matches!(now, Stopped | Crashed | Failed),
         Stopped => matches!(now, Failed | Crashed),
+        // A VM is created once: after `creating` it never comes back.
+        Creating => now != Creating,
         _ => false,
     }
 }
