@@ -139,13 +139,17 @@ pub struct CreateVm {
     /// Name of a root filesystem image in the image store.
     pub rootfs: String,
     /// Number of vCPUs (1-32).
-    #[serde(default = "default_vcpus")]
+    #[serde(default = "default_vcpus", deserialize_with = "whole::number")]
     pub vcpus: u8,
     /// Guest memory in MiB.
-    #[serde(default = "default_memory")]
+    #[serde(default = "default_memory", deserialize_with = "whole::number")]
     pub memory_mib: u32,
     /// Root disk size in bytes; default: the image's size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::optional"
+    )]
     pub disk_size: Option<u64>,
     /// Extra kernel command-line arguments (hearth always adds `reboot=k panic=1` and `ip=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +163,81 @@ pub struct CreateVm {
     /// Free-form labels, filterable on list.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Integer fields as JSON Schema defines integers: any number with no fractional part, so
+/// `2.0` is 2 (a generated client may send it), while `2.5`, negatives and values beyond the
+/// field's type are refused naming what was expected.
+mod whole {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    struct Whole<T>(PhantomData<T>);
+
+    impl<T: TryFrom<u64>> Visitor<'_> for Whole<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(
+                f,
+                "a whole number from 0 to {}",
+                max::<T>().map_or("?".into(), |m| m.to_string())
+            )
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            let u =
+                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
+            self.visit_u64(u)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            // 2^64 is the first float above u64::MAX.
+            if v.fract() != 0.0 || !(0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                return Err(E::invalid_value(de::Unexpected::Float(v), &self));
+            }
+            self.visit_u64(v as u64)
+        }
+    }
+
+    /// The largest value of `T`, for messages.
+    fn max<T: TryFrom<u64>>() -> Option<u64> {
+        [u8::MAX as u64, u16::MAX as u64, u32::MAX as u64, u64::MAX]
+            .into_iter()
+            .take_while(|m| T::try_from(*m).is_ok())
+            .last()
+    }
+
+    pub fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(Whole(PhantomData))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        struct Opt<T>(PhantomData<T>);
+        impl<'de, T: TryFrom<u64>> Visitor<'de> for Opt<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+                number(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt(PhantomData))
+    }
 }
 
 fn default_vcpus() -> u8 {
@@ -402,6 +481,41 @@ mod tests {
             serde_json::from_str::<CreateVm>(r#"{"name":"a","kernel":"k","rootfs":"r","cpus":2}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("cpus"), "{err}");
+    }
+
+    /// JSON Schema's integers include `2.0`; a generated client sent `disk_size: 135770112.0`
+    /// and got 400 for a schema-valid body.
+    #[test]
+    fn whole_floats_are_integers() {
+        let s: CreateVm = serde_json::from_str(
+            r#"{"name":"a","kernel":"k","rootfs":"r","vcpus":2.0,"memory_mib":256.0,"disk_size":1048576.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.vcpus, s.memory_mib, s.disk_size),
+            (2, 256, Some(1 << 20))
+        );
+        let s: CreateVm =
+            serde_json::from_str(r#"{"name":"a","kernel":"k","rootfs":"r","disk_size":null}"#)
+                .unwrap();
+        assert_eq!(s.disk_size, None);
+        for (field, bad) in [
+            ("vcpus", "2.5"),
+            ("vcpus", "256"),
+            ("vcpus", "-1"),
+            ("memory_mib", "4294967296"),
+            ("disk_size", "1e300"),
+            ("disk_size", "18446744073709551616.0"),
+            ("disk_size", "-512"),
+            ("disk_size", "\"512\""),
+        ] {
+            let json = format!(r#"{{"name":"a","kernel":"k","rootfs":"r","{field}":{bad}}}"#);
+            let err = serde_json::from_str::<CreateVm>(&json).unwrap_err();
+            assert!(
+                err.to_string().contains("whole number"),
+                "{field}={bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -108,9 +108,11 @@ impl ApiError {
                 ImagesError::Exists { .. } => (StatusCode::CONFLICT, "conflict"),
                 ImagesError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 ImagesError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
-                ImagesError::Source { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
-                ImagesError::NotAFile { .. }
-                | ImagesError::NotAKernel { .. }
+                // The request is well formed; what its path names cannot be imported.
+                ImagesError::Source { .. } | ImagesError::NotAFile { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_source")
+                }
+                ImagesError::NotAKernel { .. }
                 | ImagesError::NotExt4 { .. }
                 | ImagesError::NotSectors { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_image")
@@ -287,7 +289,10 @@ mod tests {
             path: "/nope".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
-        assert_eq!(err.status_and_code().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_source")
+        );
         let msg = err.body().error.message;
         assert!(msg.contains("`path`") && msg.contains("/nope"), "{msg}");
     }

@@ -3,6 +3,11 @@
 
 use serde_json::{json, Value};
 
+use super::body::MAX_KEY_LEN;
+use super::events::MAX_LIMIT;
+use super::query::MAX_SEQ;
+use hearth_proto::api;
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -22,50 +27,135 @@ fn json_body(name: &str) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": schema(name)}}})
 }
 
-fn name_param() -> Value {
-    json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}})
+/// The pattern of a VM name (a DNS label); `hearth_proto::api::validate_vm_name` enforces it.
+const VM_NAME: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// The pattern of an image name; `crate::images::detect::name_problem` enforces it.
+const IMAGE_NAME: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
+
+fn vm_name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "schema": {"type": "string", "pattern": VM_NAME}})
+}
+
+fn image_name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "schema": {"type": "string", "pattern": IMAGE_NAME}})
 }
 
 fn idempotency_param() -> Value {
     json!({
         "name": "Idempotency-Key", "in": "header", "required": false,
         "description": "Makes a retried request a no-op: the same key with the same request \
-                        returns the first answer; with another request, 409.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255}
+                        returns the first answer; with another request, 409. 1-255 visible \
+                        ASCII characters (else 400).",
+        "schema": {"type": "string", "pattern": format!("^[!-~]{{1,{MAX_KEY_LEN}}}$")}
     })
 }
 
+/// Error statuses most operations can answer besides their own: 400 for an unknown or
+/// repeated query parameter, 401 on the TCP listener without the token, 503 while hearthd
+/// shuts down (the supervisor no longer answers).
+const COMMON: [(&str, &str); 3] = [
+    (
+        "400",
+        "Invalid query parameter (unknown, repeated or malformed)",
+    ),
+    ("401", "Missing or wrong bearer token (TCP listener only)"),
+    (
+        "503",
+        "hearthd is shutting down, or a dependency is missing or exhausted",
+    ),
+];
+
+/// Statuses of an operation that reads a JSON body: 408 when the body does not arrive in
+/// time, 413 above the size limit, 415 when it is not application/json.
+const BODY: [(&str, &str); 3] = [
+    ("408", "The body did not arrive within the deadline"),
+    ("413", "Body too large"),
+    ("415", "Not application/json"),
+];
+
+/// A responses object: `ok` as given, [`COMMON`] errors, then `errors` (which win over
+/// [`COMMON`] descriptions).
+fn responses(ok: &[(&str, Value)], errors: &[(&str, &str)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (code, v) in ok {
+        out.insert((*code).to_owned(), v.clone());
+    }
+    for (code, description) in COMMON.iter().chain(errors) {
+        out.insert((*code).to_owned(), error_response(description));
+    }
+    Value::Object(out)
+}
+
+/// Links from a response carrying a VM to every operation on it (for clients and for
+/// stateful testing).
+fn vm_links() -> Value {
+    let name = json!({"name": "$response.body#/name"});
+    let mut links = serde_json::Map::new();
+    for op in [
+        "getVm",
+        "deleteVm",
+        "startVm",
+        "stopVm",
+        "killVm",
+        "restartVm",
+        "setNat",
+        "waitVm",
+    ] {
+        links.insert(
+            op.to_owned(),
+            json!({"operationId": op, "parameters": name}),
+        );
+    }
+    Value::Object(links)
+}
+
 fn action(verb: &str, summary: &str) -> Value {
+    let mut ok = json_response("The VM after the action", schema("VmInfo"));
+    ok["links"] = vm_links();
     json!({"post": {
         "operationId": format!("{verb}Vm"),
         "summary": summary,
-        "parameters": [name_param(), idempotency_param()],
-        "responses": {
-            "200": json_response("The VM after the action", schema("VmInfo")),
-            "404": error_response("No such VM"),
-            "409": error_response("Not allowed in the VM's state, or key reused"),
-            "500": error_response("A step failed and was undone"),
-        }
+        "parameters": [vm_name_param(), idempotency_param()],
+        "responses": responses(&[("200", ok)], &[
+            ("400", "Invalid query parameter or Idempotency-Key"),
+            ("404", "No such VM"),
+            ("409", "Not allowed in the VM's state, or the idempotency key was used for \
+                     another request"),
+            ("500", "A step failed and was undone"),
+        ]),
     }})
 }
 
 /// The document served at `GET /v1/openapi.json`.
 pub fn document() -> Value {
     let vm = schema("VmInfo");
+    let mut vm_created = json_response("The VM", vm.clone());
+    vm_created["links"] = vm_links();
+    let mut image_created = json_response("The image", schema("ImageInfo"));
+    image_created["links"] = json!({"deleteImage": {"operationId": "deleteImage",
+        "parameters": {"name": "$response.body#/name"}}});
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "hearthd control API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Every error has the body {\"error\":{\"code\",\"message\"}}. JSON \
-                            bodies are limited to 64 KiB, must be sent as application/json \
-                            (else 415), and unknown fields are refused (400)."
+            "description": format!("Every error has the body {{\"error\":{{\"code\",\"message\"}}}}. \
+                            JSON bodies are objects, limited to 64 KiB, must be sent as \
+                            application/json (else 415) within {}s of the headers (else \
+                            408), and unknown fields are refused (400). Unknown or repeated \
+                            query parameters are refused (400). A method a path does not \
+                            have answers 405 with an Allow header. On the Unix socket no \
+                            token is needed; on the TCP listener every request needs the \
+                            bearer token (else 401).", super::DEFAULT_BODY_TIMEOUT.as_secs())
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                 "description": "Required on the TCP listener only."}},
             "schemas": schemas(),
         },
+        "security": [{"bearer": []}],
         "paths": {
             "/v1/vms": {
                 "post": {
@@ -73,47 +163,41 @@ pub fn document() -> Value {
                     "summary": "Create and boot a VM; answers once it is running, unready or failed",
                     "parameters": [idempotency_param()],
                     "requestBody": json_body("CreateVm"),
-                    "responses": {
-                        "201": json_response("The VM", vm.clone()),
-                        "400": error_response("Invalid body or field"),
-                        "409": error_response("Name taken, or idempotency key reused"),
-                        "413": error_response("Body too large"),
-                        "415": error_response("Not application/json"),
-                        "422": error_response("Unknown image"),
-                        "503": error_response("A dependency is missing or exhausted"),
-                    }
+                    "responses": responses(&[("201", vm_created)], &[
+                        ("400", "Invalid body, field, query parameter or Idempotency-Key"),
+                        ("409", "Name taken, or idempotency key reused"),
+                        ("422", "Unknown image"),
+                        ("500", "A step failed and was undone"),
+                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
                 },
                 "get": {
                     "operationId": "listVms",
                     "summary": "List VMs, ordered by name",
                     "parameters": [{"name": "label", "in": "query", "required": false,
                         "description": "Only VMs carrying this label, as key=value",
-                        "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": json_response("The VMs", json!({"type": "array", "items": vm})),
-                        "400": error_response("Invalid parameter"),
-                    }
+                        "schema": {"type": "string", "pattern": "^[^=]+=.*$"}}],
+                    "responses": responses(
+                        &[("200", json_response("The VMs", json!({"type": "array", "items": vm})))],
+                        &[]),
                 }
             },
             "/v1/vms/{name}": {
                 "get": {
                     "operationId": "getVm",
                     "summary": "One VM",
-                    "parameters": [name_param()],
-                    "responses": {
-                        "200": json_response("The VM", vm.clone()),
-                        "404": error_response("No such VM"),
-                    }
+                    "parameters": [vm_name_param()],
+                    "responses": responses(&[("200", json_response("The VM", vm.clone()))],
+                        &[("404", "No such VM")]),
                 },
                 "delete": {
                     "operationId": "deleteVm",
                     "summary": "Stop the VM if needed and free everything it holds",
-                    "parameters": [name_param()],
-                    "responses": {
-                        "204": {"description": "Deleted"},
-                        "404": error_response("No such VM"),
-                        "409": error_response("A lifecycle step is in flight"),
-                    }
+                    "parameters": [vm_name_param()],
+                    "responses": responses(&[("204", json!({"description": "Deleted"}))], &[
+                        ("404", "No such VM"),
+                        ("409", "A lifecycle step is in flight"),
+                        ("500", "A step failed; the VM is left to retry the delete"),
+                    ]),
                 }
             },
             "/v1/vms/{name}/start": action("start", "Start a stopped, crashed or failed VM"),
@@ -124,13 +208,16 @@ pub fn document() -> Value {
                 "put": {
                     "operationId": "setNat",
                     "summary": "Switch outbound NAT",
-                    "parameters": [name_param()],
+                    "parameters": [vm_name_param()],
                     "requestBody": json_body("SetNat"),
-                    "responses": {
-                        "200": json_response("The VM", vm.clone()),
-                        "400": error_response("Invalid body"),
-                        "404": error_response("No such VM"),
-                    }
+                    "responses": responses(&[("200", json_response("The VM", vm.clone()))], &[
+                        ("400", "Invalid body or query parameter"),
+                        ("404", "No such VM"),
+                        ("409", "The VM holds no network lease in its state"),
+                        ("500", "The firewall change failed"),
+                        ("503", "NAT is unavailable (no egress interface), or hearthd is \
+                                 shutting down"),
+                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
                 }
             },
             "/v1/vms/{name}/wait": {
@@ -138,20 +225,20 @@ pub fn document() -> Value {
                     "operationId": "waitVm",
                     "summary": "Long poll until the VM is in a state",
                     "parameters": [
-                        name_param(),
+                        vm_name_param(),
                         {"name": "state", "in": "query", "required": true,
                          "schema": schema("VmState")},
                         {"name": "timeout", "in": "query", "required": false,
-                         "description": "Like 500ms, 30s or 2m; default 30s, at most 10m",
-                         "schema": {"type": "string"}},
+                         "description": "Like 500ms, 30s or 2m (a bare number is seconds); \
+                                         default 30s, at most 10m",
+                         "schema": {"type": "string", "pattern": WAIT_TIMEOUT}},
                     ],
-                    "responses": {
-                        "200": json_response("The VM, in the state", vm),
-                        "400": error_response("Invalid parameter"),
-                        "404": error_response("No such VM"),
-                        "408": error_response("Timed out"),
-                        "409": error_response("The state can no longer come"),
-                    }
+                    "responses": responses(&[("200", json_response("The VM, in the state", vm))], &[
+                        ("400", "Invalid or missing parameter"),
+                        ("404", "No such VM"),
+                        ("408", "Timed out"),
+                        ("409", "The state can no longer come"),
+                    ]),
                 }
             },
             "/v1/images": {
@@ -160,35 +247,44 @@ pub fn document() -> Value {
                     "summary": "Import a file on hearthd's host into the image store",
                     "description": "With `Accept: application/x-ndjson` the answer is 200 at \
                                     once and streams ImportUpdate lines: progress, then the \
-                                    image or the error.",
+                                    image or the error. Only regular files are imported: a \
+                                    FIFO, device, socket, directory or symlink is 422.",
                     "requestBody": json_body("ImportImage"),
-                    "responses": {
-                        "200": {"description": "Streamed import (Accept: application/x-ndjson)",
+                    "responses": responses(&[
+                        ("200", json!({"description": "Streamed import (Accept: application/x-ndjson)",
                             "content": {"application/x-ndjson":
-                                {"schema": schema("ImportUpdate")}}},
-                        "201": json_response("The image", schema("ImageInfo")),
-                        "400": error_response("Invalid name or path"),
-                        "409": error_response("An image of that name exists"),
-                        "422": error_response("Not a kernel or ext4 image"),
-                    }
+                                {"schema": schema("ImportUpdate")}}})),
+                        ("201", image_created),
+                    ], &[
+                        ("400", "Invalid name, relative path or unknown field"),
+                        ("409", "An image of that name exists, or the source changed"),
+                        ("422", "The path cannot be read or is not a regular file (invalid_source), or \
+                                 the file is not a kernel or ext4 image (invalid_image)"),
+                        ("500", "The store failed to write"),
+                        ("503", "No image store is configured"),
+                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
                 },
                 "get": {
                     "operationId": "listImages",
                     "summary": "List images, sorted by name",
-                    "responses": {"200": json_response("The images",
-                        json!({"type": "array", "items": schema("ImageInfo")}))}
+                    "responses": responses(&[("200", json_response("The images",
+                        json!({"type": "array", "items": schema("ImageInfo")})))],
+                        &[("500", "The store failed to read"),
+                          ("503", "No image store is configured")]),
                 }
             },
             "/v1/images/{name}": {
                 "delete": {
                     "operationId": "deleteImage",
                     "summary": "Remove an image no VM uses",
-                    "parameters": [name_param()],
-                    "responses": {
-                        "204": {"description": "Removed"},
-                        "404": error_response("No such image"),
-                        "409": error_response("A VM uses it"),
-                    }
+                    "parameters": [image_name_param()],
+                    "responses": responses(&[("204", json!({"description": "Removed"}))], &[
+                        ("400", "Invalid image name or query parameter"),
+                        ("404", "No such image"),
+                        ("409", "A VM uses it"),
+                        ("500", "The store failed to remove it"),
+                        ("503", "No image store is configured, or hearthd is shutting down"),
+                    ]),
                 }
             },
             "/v1/events": {
@@ -197,12 +293,14 @@ pub fn document() -> Value {
                     "summary": "Persisted lifecycle events after a sequence number",
                     "parameters": [
                         {"name": "since", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
                         {"name": "limit", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
                     ],
-                    "responses": {"200": json_response("The events",
-                        json!({"type": "array", "items": schema("Event")}))}
+                    "responses": responses(&[("200", json_response("The events",
+                        json!({"type": "array", "items": schema("Event")})))],
+                        &[("400", "Invalid since or limit, or unknown parameter"),
+                          ("500", "The event log cannot be read")]),
                 }
             },
             "/v1/events/stream": {
@@ -213,43 +311,51 @@ pub fn document() -> Value {
                                 and one `data:` line holding an Event",
                     "parameters": [
                         {"name": "since", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
                         {"name": "Last-Event-ID", "in": "header", "required": false,
-                         "schema": {"type": "integer", "minimum": 0}},
+                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
                     ],
-                    "responses": {"200": {"description": "The stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                    "responses": responses(&[("200", json!({"description": "The stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}))],
+                        &[("400", "Invalid since or Last-Event-ID, or unknown parameter")]),
                 }
             },
             "/v1/health": {
                 "get": {
                     "operationId": "health",
                     "summary": "hearthd is up and its supervisor answers",
-                    "responses": {
-                        "200": json_response("Healthy", schema("Health")),
-                        "503": error_response("The supervisor is not answering"),
-                    }
+                    "responses": responses(&[("200", json_response("Healthy", schema("Health")))],
+                        &[("503", "The supervisor is not answering")]),
                 }
             },
             "/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",
                     "summary": "This document",
-                    "responses": {"200": {"description": "The OpenAPI document"}}
+                    "responses": {
+                        "200": {"description": "The OpenAPI document",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": error_response("Missing or wrong bearer token (TCP listener only)"),
+                    }
                 }
             },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus metrics: VMs by state, create-phase latency \
-                                histograms, errors by operation",
-                    "responses": {"200": {"description": "Text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}}
+                                histograms, errors by operation, dropped log records",
+                    "responses": responses(&[("200", json!({"description": "Text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}))], &[]),
                 }
             }
         }
     })
 }
+
+/// The `wait` timeout as a pattern: only values up to [`super::query::MAX_WAIT`] (10m)
+/// match (`0`-`99999ms`, `0`-`599` or `600` seconds, `0`-`10m`), so a generated client never
+/// sends one the server refuses for its length.
+const WAIT_TIMEOUT: &str = "^([0-9]{1,5}ms|[0-5]?[0-9]{1,2}s?|600s?|[0-9]m|10m)$";
 
 fn schemas() -> Value {
     let states: Vec<&str> = hearth_proto::api::VmState::ALL
@@ -262,16 +368,28 @@ fn schemas() -> Value {
             "type": "object", "additionalProperties": false,
             "required": ["name", "kernel", "rootfs"],
             "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
-                "kernel": {"type": "string", "description": "Kernel image name"},
-                "rootfs": {"type": "string", "description": "Root filesystem image name"},
-                "vcpus": {"type": "integer", "minimum": 1, "maximum": 32, "default": 1},
-                "memory_mib": {"type": "integer", "minimum": 16, "default": 128},
-                "disk_size": {"type": "integer", "minimum": 0},
-                "boot_args": {"type": "string"},
+                "name": {"type": "string", "pattern": VM_NAME},
+                "kernel": {"type": "string", "pattern": IMAGE_NAME,
+                    "description": "Kernel image name"},
+                "rootfs": {"type": "string", "pattern": IMAGE_NAME,
+                    "description": "Root filesystem image name"},
+                "vcpus": {"type": "integer", "minimum": 1, "maximum": api::MAX_VCPUS,
+                    "default": 1},
+                "memory_mib": {"type": "integer", "minimum": api::MIN_MEMORY_MIB,
+                    "maximum": api::MAX_MEMORY_MIB, "default": 128},
+                "disk_size": {"type": "integer", "minimum": api::SECTOR,
+                    "maximum": api::MAX_DISK_SIZE, "multipleOf": api::SECTOR,
+                    "description": "Root disk size in bytes, whole 512-byte sectors, at least \
+                                    the root filesystem image's size (else 400); default: \
+                                    the image's size"},
+                "boot_args": {"type": "string", "maxLength": api::MAX_BOOT_ARGS,
+                    "pattern": "^[ -~]*$",
+                    "description": "Extra kernel arguments, printable ASCII"},
                 "nat": {"type": "boolean", "default": false},
                 "ready_probe": {"type": "boolean", "default": true},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "labels": {"type": "object",
+                    "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": "^[^=]*$"},
+                    "additionalProperties": {"type": "string", "maxLength": 255}},
             }
         },
         "VmInfo": {
@@ -309,9 +427,10 @@ fn schemas() -> Value {
             "type": "object", "additionalProperties": false,
             "required": ["name", "kind", "path"],
             "properties": {
-                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"},
+                "name": {"type": "string", "pattern": IMAGE_NAME},
                 "kind": {"type": "string", "enum": ["kernel", "rootfs"]},
-                "path": {"type": "string", "description": "Absolute path on hearthd's host"},
+                "path": {"type": "string", "pattern": "^/",
+                    "description": "Absolute path of a regular file on hearthd's host"},
             }
         },
         "ImageInfo": {
@@ -386,6 +505,30 @@ mod tests {
             .collect();
         registered.sort();
         assert_eq!(operations(&document()), registered);
+    }
+
+    /// Issue 9: the document declares what the server answers: 401 everywhere (TCP), 400
+    /// wherever query parameters are parsed, the body statuses on operations with a body.
+    #[test]
+    fn every_operation_declares_its_error_statuses() {
+        let doc = document();
+        assert_eq!(doc["security"], json!([{"bearer": []}]));
+        for (method, path) in operations(&doc) {
+            let op = &doc["paths"][&path][method.to_lowercase()];
+            let has = |code: &str| op["responses"][code].is_object();
+            assert!(has("401"), "{method} {path}");
+            if path != "/v1/openapi.json" {
+                assert!(has("400") && has("503"), "{method} {path}");
+            }
+            if op["requestBody"].is_object() {
+                for code in ["408", "413", "415"] {
+                    assert!(has(code), "{method} {path} {code}");
+                }
+            }
+        }
+        let create = &doc["components"]["schemas"]["CreateVm"]["properties"];
+        assert_eq!(create["disk_size"]["maximum"], json!(api::MAX_DISK_SIZE));
+        assert_eq!(create["boot_args"]["maxLength"], json!(api::MAX_BOOT_ARGS));
     }
 
     #[test]

@@ -68,7 +68,8 @@ fn images_import_list_and_remove() {
         json!({"name": "x", "kind": "kernel", "path": "/nonexistent"}),
     );
     let e = error_of(&r).error;
-    assert_eq!(r.status, 400);
+    // Well formed, but nothing to import there: 422 (the schema cannot say which paths exist).
+    assert_eq!((r.status, e.code.as_str()), (422, "invalid_source"));
     assert!(
         e.message.contains("`path`") && e.message.contains("/nonexistent"),
         "{}",
@@ -197,7 +198,7 @@ fn special_files_are_refused_with_422() {
         let e = error_of(&r).error;
         assert_eq!(
             (r.status, e.code.as_str()),
-            (422, "invalid_image"),
+            (422, "invalid_source"),
             "{}",
             e.message
         );

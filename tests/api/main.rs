@@ -513,7 +513,7 @@ fn metrics_are_prometheus_text() {
 fn openapi_lists_exactly_the_served_routes() {
     let (_d, _s, c) = server();
     let doc: serde_json::Value = c.get("/v1/openapi.json").unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let mut registered: Vec<(String, String)> = hearth::api::routes::registered()
         .into_iter()
         .map(|(m, p)| (m.to_string(), p.to_owned()))
