@@ -204,6 +204,7 @@ EXCLUDES=()
 for p in "${EXCLUDE_PATHS[@]}"; do EXCLUDES+=(--exclude-path "$p"); done
 
 rc=0
+cd "$WORK" # schemathesis keeps its example database in the current directory
 ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
     "http://127.0.0.1:$PORT/v1/openapi.json" \
     --checks all \
