@@ -40,6 +40,9 @@ pub struct Daemon {
     pub report: OpenReport,
     /// Where DNS listens.
     pub dns_addr: SocketAddr,
+    /// The image store the supervisor resolves images in; the API must use this one (its
+    /// removals are serialized with those resolutions).
+    pub images: ImageStore,
 }
 
 /// Image names the supervisor asks for, resolved in the image store (kind checked).
@@ -47,15 +50,12 @@ struct StoreImages(ImageStore);
 
 impl ImageCatalog for StoreImages {
     fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
-        let meta = self.0.get(name).ok()?;
-        let wanted = match kind {
+        let kind = match kind {
             ImageKind::Kernel => images::ImageKind::Kernel,
             ImageKind::Rootfs => images::ImageKind::Rootfs,
         };
-        if meta.kind != wanted {
-            return None;
-        }
-        self.0.path(name).ok()
+        // Serialized with image removals by the store (one store, shared with the API).
+        self.0.resolve(kind, name)
     }
 }
 
@@ -151,7 +151,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             agent_port: config.vm.agent_port,
         },
         Box::new(store),
-        Box::new(StoreImages(image_store)),
+        Box::new(StoreImages(image_store.clone())),
         log.clone(),
     )
     .start();
@@ -177,6 +177,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         dns,
         report,
         dns_addr,
+        images: image_store,
     })
 }
 

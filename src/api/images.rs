@@ -1,6 +1,7 @@
 //! `/v1/images` handlers over the image store. Imports read a file on hearthd's host (the
 //! body names it); the copy and hash run on the blocking pool. Removal is refused while a VM's
-//! spec names the image.
+//! spec names the image, or while a create that resolved it may not be listed yet
+//! ([`ImageStore::begin_removal`]).
 //!
 //! An import asked for with `Accept: application/x-ndjson` answers 200 at once and streams
 //! [`ImportUpdate`] lines: progress after every MiB copied (the store's progress callback),
@@ -156,12 +157,15 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let store = store(&state)?;
+    let name = name.into_inner();
+    // Begin before listing: a create that resolves the image after this point makes the
+    // removal fail as in use even if its VM is not in the list (issue 8).
+    let removal = blocking(move || store.begin_removal(&name)).await?;
     let vms = state.ports.list.send(sup::ListVms { label: None }).await?;
     let used: BTreeSet<String> = vms
         .into_iter()
         .flat_map(|vm| [vm.spec.kernel, vm.spec.rootfs])
         .collect();
-    let name = name.into_inner();
-    blocking(move || store.remove(&name, |n| used.contains(n))).await?;
+    blocking(move || removal.finish(|n| used.contains(n))).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Parser;
 use hearth::api::{self, ApiServer, ApiState, SupervisorPorts};
 use hearth::config::Config;
-use hearth::images::ImageStore;
 use hearth::preflight::{self, Severity};
 use slog::{info, warn};
 
@@ -102,7 +101,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let daemon = hearth::daemon::start(&config, &log).await?;
 
-    let images = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+    let images = daemon.images.clone();
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
         .with_logger(log.clone());
     let api_config = api::ApiConfig {

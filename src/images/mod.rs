@@ -17,11 +17,13 @@
 pub mod detect;
 pub mod meta;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -161,10 +163,29 @@ const BLOCK: usize = 4096;
 
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
-/// The image store under a data directory.
+/// The image store under a data directory. Clones share one [`Guard`]: keep one store per
+/// data directory in a process (hearthd builds it once and hands clones to the supervisor's
+/// image port and to the API).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    guard: Arc<Mutex<Guard>>,
+}
+
+/// What serializes a create's image resolution with removals: the removals in progress, by
+/// image name. A removal that began before a resolution of its image and finishes after it
+/// is refused (the create's VM may not be in the list of VMs the removal checked).
+#[derive(Debug, Default)]
+struct Guard {
+    removing: HashMap<String, Removing>,
+}
+
+#[derive(Debug, Default)]
+struct Removing {
+    /// Removals of this name in progress.
+    removers: usize,
+    /// A resolution of this name happened since the oldest of them began.
+    resolved: bool,
 }
 
 impl ImageStore {
@@ -183,7 +204,44 @@ impl ImageStore {
                 fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
             }
         }
-        Ok(ImageStore { dir })
+        Ok(ImageStore {
+            dir,
+            guard: Arc::default(),
+        })
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Guard> {
+        // The guard holds counters only: a panic elsewhere cannot leave them half-updated.
+        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data file of image `name` if it exists and is of `kind`: what a create (or a
+    /// start) boots from. Serialized with removals: an image resolved here is not removed
+    /// by a removal that was already under way (see [`ImageStore::begin_removal`]).
+    pub fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
+        let mut guard = self.guard();
+        let meta = self.get(name).ok().filter(|m| m.kind == kind)?;
+        if let Some(r) = guard.removing.get_mut(name) {
+            r.resolved = true;
+        }
+        Some(self.dir.join(&meta.name).join(DATA_FILE))
+    }
+
+    /// Starts removing image `name` (which must exist). The caller then lists the VMs that
+    /// use images, and calls [`Removal::finish`] with that list: a create that resolved the
+    /// image after this call, whose VM the list may miss, makes the removal fail as in use.
+    pub fn begin_removal(&self, name: &str) -> Result<Removal, ImagesError> {
+        self.checked_dir(name)?;
+        self.get(name)?;
+        self.guard()
+            .removing
+            .entry(name.to_owned())
+            .or_default()
+            .removers += 1;
+        Ok(Removal {
+            store: self.clone(),
+            name: name.to_owned(),
+        })
     }
 
     /// The store's directory, `<data_dir>/images`.
@@ -342,21 +400,56 @@ impl ImageStore {
         Ok(meta)
     }
 
-    /// Removes image `name` unless `in_use(name)` says a VM uses it (the caller knows which
-    /// images its VMs were made from). The image disappears atomically (renamed away, then
-    /// deleted).
+    /// Removes image `name` unless `in_use(name)` says a VM uses it: [`Self::begin_removal`]
+    /// then [`Removal::finish`], for callers whose `in_use` is already current.
     pub fn remove(&self, name: &str, in_use: impl Fn(&str) -> bool) -> Result<(), ImagesError> {
-        let dir = self.checked_dir(name)?;
-        self.get(name)?;
-        if in_use(name) {
-            return Err(ImagesError::InUse { name: name.into() });
-        }
-        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        let trash = self
-            .dir
-            .join(format!("{TRASH_PREFIX}{name}-{}-{n}", std::process::id()));
-        fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
+        self.begin_removal(name)?.finish(in_use)
+    }
+}
+
+/// A removal under way ([`ImageStore::begin_removal`]); dropping it abandons the removal.
+#[derive(Debug)]
+pub struct Removal {
+    store: ImageStore,
+    name: String,
+}
+
+impl Removal {
+    /// Removes the image unless `in_use(name)` says a VM uses it, or a resolution of it
+    /// happened since the removal began. The image disappears atomically (renamed away under
+    /// the guard, so no resolution sees it half-removed, then deleted).
+    pub fn finish(self, in_use: impl Fn(&str) -> bool) -> Result<(), ImagesError> {
+        let name = &self.name;
+        let trash = {
+            let guard = self.store.guard();
+            let resolved = guard.removing.get(name).is_some_and(|r| r.resolved);
+            if resolved || in_use(name) {
+                return Err(ImagesError::InUse { name: name.clone() });
+            }
+            let dir = self.store.checked_dir(name)?;
+            self.store.get(name)?;
+            let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+            let trash = self
+                .store
+                .dir
+                .join(format!("{TRASH_PREFIX}{name}-{}-{n}", std::process::id()));
+            fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
+            drop(guard);
+            trash
+        };
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))
+    }
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let mut guard = self.store.guard();
+        if let Some(r) = guard.removing.get_mut(&self.name) {
+            r.removers -= 1;
+            if r.removers == 0 {
+                guard.removing.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -621,6 +714,66 @@ mod tests {
         assert!(s.list().unwrap().is_empty());
         s.import("k", ImageKind::Kernel, &kernel, |_, _| {})
             .unwrap();
+    }
+
+    /// Issue 8: removal raced with create. The removal listed the VMs, a create resolved
+    /// the image (its VM not in that list), then the removal deleted the image under it.
+    #[test]
+    fn a_resolution_during_a_removal_keeps_the_image() {
+        let (dir, s) = store();
+        let k = write(dir.path(), "vmlinux", &elf(2, 62), 1 << 16);
+        s.import("k", ImageKind::Kernel, &k, |_, _| {}).unwrap();
+        let removal = s.begin_removal("k").unwrap();
+        let vms_listed: Vec<&str> = vec![]; // the list the removal got: no VM yet
+        let path = s
+            .resolve(ImageKind::Kernel, "k")
+            .expect("the create resolves");
+        let err = removal.finish(|n| vms_listed.contains(&n)).unwrap_err();
+        assert!(matches!(err, ImagesError::InUse { .. }), "{err}");
+        assert!(path.exists(), "the image the create resolved was removed");
+        // The next removal, with a list that has no VM using it, succeeds; then nothing
+        // resolves it.
+        s.remove("k", |_| false).unwrap();
+        assert_eq!(s.resolve(ImageKind::Kernel, "k"), None);
+        assert!(s.guard().removing.is_empty());
+    }
+
+    /// The same race run for real between threads: a "create" resolves the image and then
+    /// records its VM; a "removal" begins, reads the VM records, and finishes. Whatever the
+    /// interleaving, an image a create resolved is never removed while its VM exists.
+    #[test]
+    fn creates_and_removals_in_parallel_never_lose_an_image() {
+        let (dir, s) = store();
+        let k = write(dir.path(), "vmlinux", &elf(2, 62), 1 << 16);
+        for round in 0..100 {
+            s.import("k", ImageKind::Kernel, &k, |_, _| {}).unwrap();
+            let vms = Arc::new(Mutex::new(Vec::<String>::new()));
+            let (s1, v1) = (s.clone(), vms.clone());
+            let create = std::thread::spawn(move || {
+                let got = s1.resolve(ImageKind::Kernel, "k");
+                if got.is_some() {
+                    v1.lock().unwrap().push("k".to_owned());
+                }
+                got
+            });
+            let (s2, v2) = (s.clone(), vms.clone());
+            let remove = std::thread::spawn(move || {
+                let removal = s2.begin_removal("k")?;
+                let listed = v2.lock().unwrap().clone();
+                removal.finish(|n| listed.iter().any(|u| u == n))
+            });
+            let resolved = create.join().unwrap();
+            let removed = remove.join().unwrap();
+            if let Some(path) = resolved {
+                assert!(
+                    path.exists(),
+                    "round {round}: resolved, then removed ({removed:?})"
+                );
+                assert!(removed.is_err(), "round {round}");
+                s.remove("k", |_| false).unwrap();
+            }
+            assert!(s.list().unwrap().is_empty(), "round {round}");
+        }
     }
 
     #[test]
