@@ -18,7 +18,8 @@
 #   HEARTH_BIN_DIR     where hearthd, hearthctl and firecracker-sim are (target/debug)
 #   HEARTHD, HEARTHCTL, HEARTH_FC_SIM   each binary on its own
 #   SCHEMATHESIS       the schemathesis command (st)
-#   FUZZ_MAX_EXAMPLES  examples per operation and phase (default 40)
+#   FUZZ_MAX_EXAMPLES  examples per operation and phase (default 200)
+#   FUZZ_BUDGET        seconds schemathesis may run before the run counts as hung (240)
 #   FUZZ_SEED          schemathesis seed (default: random, printed)
 #   FUZZ_KEEP          1 keeps the work directory (logs, reports) after the run
 set -euo pipefail
@@ -29,7 +30,8 @@ HEARTHD=${HEARTHD:-$BIN/hearthd}
 HEARTHCTL=${HEARTHCTL:-$BIN/hearthctl}
 FC_SIM=${HEARTH_FC_SIM:-$BIN/firecracker-sim}
 ST=${SCHEMATHESIS:-st}
-MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-40}
+MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-200}
+BUDGET=${FUZZ_BUDGET:-240}
 SEED=${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}
 # Longer than any answer but a long poll (whose timeout the config below bounds): a request
 # still open after this is a hang.
@@ -80,7 +82,7 @@ cleanup() {
     fi
     # VMMs hearthd spawned and left (it adopts rather than kills them on exit).
     for p in /proc/[0-9]*; do
-        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$WORK/run/"; then
+        if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "$WORK/run/"; then
             kill -KILL "${p#/proc/}" 2>/dev/null || true
         fi
     done
@@ -205,7 +207,7 @@ for p in "${EXCLUDE_PATHS[@]}"; do EXCLUDES+=(--exclude-path "$p"); done
 
 rc=0
 cd "$WORK" # schemathesis keeps its example database in the current directory
-ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
+timeout --kill-after=10 "$BUDGET" ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
     "http://127.0.0.1:$PORT/v1/openapi.json" \
     --checks all \
     --phases examples,coverage,fuzzing,stateful \
@@ -215,6 +217,9 @@ ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
     --no-color \
     --report junit --report-dir "$WORK/report" \
     "${EXCLUDES[@]}" || rc=$?
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "fuzz-api: schemathesis did not finish within ${BUDGET}s: a hang" >&2
+fi
 
 # --- the excluded stream, probed by hand: hostile resume points answer 400 at once, a valid
 # one streams; nothing may pin hearthd (health is checked right after).

@@ -218,3 +218,28 @@ fn method_not_allowed_says_what_is() {
         "{out}"
     );
 }
+
+/// Finding 5, for handlers that do not read a body: the answer comes at once, and the
+/// connection, still owed the rest of the body, is not kept for ever.
+#[test]
+fn unread_partial_bodies_do_not_hold_the_connection() {
+    let (_d, s, _c) = server();
+    for path in ["/v1/vms/x/start", "/v1/health"] {
+        let method = if path.ends_with("start") { "POST" } else { "GET" };
+        let mut conn = UnixStream::connect(&s.socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        conn.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"a\":"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("{path}: the connection stayed open: {e} after {out:?}"));
+        assert!(out.starts_with("HTTP/1.1 "), "{path}: {out}");
+    }
+}
