@@ -66,6 +66,11 @@ pub fn detect_kernel(header: &[u8]) -> Result<KernelFormat, String> {
         if header.get(5).copied() != Some(ELFDATA2LSB) {
             return Err("ELF file is not little-endian (expected an x86_64 vmlinux)".into());
         }
+        // `/proc/kcore` is an x86_64 ELF too, "sized" as the kernel's whole address space:
+        // importing it would copy terabytes.
+        if u16_at(header, 16) == Some(ET_CORE) {
+            return Err("ELF core file (such as /proc/kcore), not a kernel".into());
+        }
         return match u16_at(header, 18) {
             Some(EM_X86_64) => Ok(KernelFormat::Elf),
             Some(m) => Err(format!(
@@ -79,6 +84,9 @@ pub fn detect_kernel(header: &[u8]) -> Result<KernelFormat, String> {
     }
     Err("neither an ELF vmlinux (no \\x7fELF magic) nor a bzImage (no \"HdrS\" at 0x202)".into())
 }
+
+/// ELF `e_type` of a core file.
+const ET_CORE: u16 = 4;
 
 const SB: usize = 1024;
 const EXT_MAGIC: u16 = 0xEF53;
@@ -196,6 +204,10 @@ pub(crate) mod tests {
         assert!(e.contains("183") && e.contains("x86_64"), "{e}");
         let e = detect_kernel(b"\x7fELF").unwrap_err();
         assert!(e.contains("64-bit"), "{e}");
+        let mut core = elf(2, 62);
+        core[16] = 4; // ET_CORE, as /proc/kcore
+        let e = detect_kernel(&core).unwrap_err();
+        assert!(e.contains("core"), "{e}");
         let e = detect_kernel(&elf(2, 62)[..18]).unwrap_err();
         assert!(e.contains("truncated"), "{e}");
         let e = detect_kernel(&[0u8; 4096]).unwrap_err();
