@@ -321,6 +321,11 @@ impl Vmm {
     /// Initialises metrics (`--metrics-path` or `PUT /metrics`); only once.
     pub fn init_metrics(&mut self, m: Metrics) -> Result<(), VmmError> {
         if self.metrics.is_some() {
+            // Firecracker opens (creates) the target before refusing the second init.
+            let _ = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&m.metrics_path);
             return Err(VmmError::MetricsTwice);
         }
         let sink = MetricsSink::open(&m.metrics_path, m.emit_id.unwrap_or(false), &self.opts.id)
@@ -355,8 +360,23 @@ impl Vmm {
         Ok(None)
     }
 
+    /// After boot, a new drive or interface is a hot-plug: refused before anything else
+    /// unless `--enable-pci` (and then not simulated); other pre-boot calls are refused
+    /// outright.
+    fn hot_plug(&self) -> Result<(), VmmError> {
+        if !self.started() {
+            return Ok(());
+        }
+        if !self.opts.enable_pci {
+            return Err(VmmError::PciNotEnabled);
+        }
+        Err(VmmError::NotSimulated {
+            what: "PCI hot-plug".into(),
+        })
+    }
+
     fn put_drive(&mut self, d: Drive) -> Result<Option<String>, VmmError> {
-        self.pre_boot()?;
+        self.hot_plug()?;
         d.validate()
             .map_err(|source| VmmError::DriveConfig { source })?;
         let existing = self
@@ -393,7 +413,11 @@ impl Vmm {
     }
 
     fn put_net(&mut self, n: NetworkInterface) -> Result<Option<String>, VmmError> {
-        self.pre_boot()?;
+        self.hot_plug()?;
+        // Firecracker checks the MTU when it builds the device, with its own text.
+        if let Some(mtu) = n.mtu.filter(|m| !(68..=65535).contains(m)) {
+            return Err(VmmError::MtuOutOfRange { mtu });
+        }
         n.validate()
             .map_err(|source| VmmError::NetConfig { source })?;
         if let Some(mac) = &n.guest_mac {
@@ -419,8 +443,7 @@ impl Vmm {
 
     fn put_vsock(&mut self, v: Vsock) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
-        v.validate()
-            .map_err(|source| VmmError::VsockConfig { source })?;
+        // No CID check: the spec says >= 3, but Firecracker accepts any u32 (0, 1 and 2 too).
         // Firecracker drops the old device and removes its socket before creating the new one.
         if let Some((old, _listener)) = self.vsock.take() {
             let _ = std::fs::remove_file(&old.uds_path);

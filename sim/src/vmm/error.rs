@@ -108,12 +108,6 @@ pub enum VmmError {
         /// The interface ID.
         iface_id: String,
     },
-    /// A vsock body breaking a rule.
-    #[error("Vsock config error: {source}")]
-    VsockConfig {
-        /// The broken rule.
-        source: ValidationError,
-    },
     /// `uds_path` cannot be bound (an existing file, a path too long...).
     #[error("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {source}")]
     VsockBind {
@@ -129,8 +123,17 @@ pub enum VmmError {
         source: io::Error,
     },
     /// Metrics were already initialised.
-    #[error("Metrics error: Reinitialization of metrics not allowed.")]
+    #[error("Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed.")]
     MetricsTwice,
+    /// An MTU outside 68..=65535 (checked when the device is built, hence the prefix).
+    #[error("Network config error: Could not create the network device: MTU {mtu} is out of range [68, 65535]")]
+    MtuOutOfRange {
+        /// The rejected MTU.
+        mtu: u32,
+    },
+    /// A drive or network interface added after boot: a hot-plug, which needs `--enable-pci`.
+    #[error("PCI is not enabled")]
+    PciNotEnabled,
     /// The metrics target cannot be opened.
     #[error("Metrics error: Failed to open target file: {source}")]
     MetricsFile {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hearth_proto::firecracker::{
     ActionType, BootSource, Drive, InstanceActionInfo, MachineConfig, MachineConfigUpdate, Metrics,
-    Vm, VmState, Vsock,
+    NetworkInterface, Vm, VmState, Vsock,
 };
 
 use super::*;
@@ -167,12 +167,62 @@ fn vsock_binds_at_put_and_refuses_existing_files() {
         msg.starts_with("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: "),
         "{msg}"
     );
-    let msg = fault(v.handle(Action::PutVsock(Vsock {
-        guest_cid: 2,
-        uds_path: "/tmp/x".into(),
-        vsock_id: None,
-    })));
-    assert!(msg.starts_with("Vsock config error:"), "{msg}");
+    // The spec says >= 3; the real binary accepts any CID, 0 to 2 included.
+    for cid in [0, 2, u32::MAX] {
+        let vs = Vsock {
+            guest_cid: cid,
+            uds_path: dir
+                .path()
+                .join(format!("v{cid}.sock"))
+                .to_str()
+                .unwrap()
+                .into(),
+            vsock_id: None,
+        };
+        assert_eq!(v.handle(Action::PutVsock(vs)).status, 204, "CID {cid}");
+    }
+}
+
+#[test]
+fn after_boot_new_devices_need_pci_and_instance_info_is_in_firecrackers_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    // A hot-plug: the real binary refuses it for PCI before looking at the body.
+    let mut missing = drive(dir.path(), "data", false);
+    missing.path_on_host = Some("/nonexistent/disk".into());
+    assert_eq!(
+        fault(v.handle(Action::PutDrive(missing))),
+        "PCI is not enabled"
+    );
+    let net = NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: "nosuchtap".into(),
+        ..Default::default()
+    };
+    assert_eq!(fault(v.handle(Action::PutNet(net))), "PCI is not enabled");
+    assert_eq!(
+        v.handle(Action::GetInstanceInfo).body.as_deref(),
+        Some(
+            r#"{"id":"vm1","state":"Running","vmm_version":"1.17.0-sim","app_name":"Firecracker"}"#
+        )
+    );
+}
+
+#[test]
+fn mtu_out_of_range_uses_firecrackers_text() {
+    let mut v = vmm();
+    let net = NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: "nosuchtap".into(),
+        mtu: Some(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutNet(net))),
+        "Network config error: Could not create the network device: MTU 10 is out of range [68, 65535]"
+    );
 }
 
 #[test]
@@ -232,9 +282,21 @@ fn metrics_only_once_and_logger_pre_boot_only() {
         ..Default::default()
     };
     assert_eq!(v.handle(Action::PutMetrics(m.clone())).status, 204);
+    let second = Metrics {
+        metrics_path: dir.path().join("m2").to_str().unwrap().into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutMetrics(second))),
+        "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed."
+    );
+    assert!(
+        dir.path().join("m2").exists(),
+        "opened before the refusal, as Firecracker does"
+    );
     assert_eq!(
         fault(v.handle(Action::PutMetrics(m))),
-        "Metrics error: Reinitialization of metrics not allowed."
+        "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed."
     );
     v.handle(boot_source(dir.path()));
     v.handle(start());
