@@ -77,15 +77,3 @@ pub fn write_minimal_vmlinux(path: &Path) {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layout() {
-        let k = minimal_vmlinux();
-        assert_eq!(&k[..4], b"\x7fELF");
-        assert_eq!(k.len(), CODE_OFFSET as usize + CODE.len());
-        assert_eq!(u64::from_le_bytes(k[24..32].try_into().unwrap()), LOAD_ADDR);
-    }
-}
