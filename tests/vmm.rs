@@ -316,6 +316,58 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     vm.send(SpawnProcess {}).await.unwrap().unwrap();
     let rd = fx.run_dir("vm-api");
     let mut api = ApiClient::new(&rd.api_socket());
+    let body_error = |body: &[u8]| -> String {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["fault_message"].as_str().unwrap_or_default().to_owned()
+    };
+    let resp = api
+        .request(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(br#"{"iface_id":"eth0","host_dev_name":"tapy0","guest_mac":"zz:00:00:00:00:00"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status, body_error(&resp.body).as_str()),
+        (
+            400,
+            "An error occurred when deserializing the json body of a request: The provided MAC \
+             address is invalid. at line 1 column 75."
+        )
+    );
+    let resp = api
+        .request(
+            "PUT",
+            "/boot-source",
+            Some(br#"{"kernel_image_path":"/k","bogus":1}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status, body_error(&resp.body).as_str()),
+        (
+            400,
+            "An error occurred when deserializing the json body of a request: unknown field \
+             `bogus`, expected one of `kernel_image_path`, `initrd_path`, `boot_args` at line 1 \
+             column 33."
+        )
+    );
+    let resp = api
+        .request(
+            "PUT",
+            "/drives/d3",
+            Some(br#"{"drive_id":"d3","is_root_device":false}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status, body_error(&resp.body).as_str()),
+        (
+            400,
+            "Drive config error: Unable to create the virtio block device: Invalid block config."
+        )
+    );
     // The spec says CID >= 3; Firecracker accepts 2 (and any u32).
     api.put(
         "/vsock",
@@ -391,6 +443,72 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
 vmm_test!(
     api_answers_match_the_real_binary,
     api_answers_match_the_real_binary
+);
+
+/// After boot: patches of unknown devices and bad files, hot-plugs without PCI, and pause,
+/// Ctrl+Alt+Del while paused, resume, answered alike by both VMMs.
+async fn post_boot_answers_match_the_real_binary(vmm: Vmm) {
+    let fx = Fixture::new(&vmm);
+    let (vm, _events) = fx.actor("vm-post", vmm.binary_ignoring_ctrl_alt_del(fx.path()));
+    bring_up(&vm, fx.config(None)).await;
+    let rd = fx.run_dir("vm-post");
+    let mut api = ApiClient::new(&rd.api_socket());
+    let cases: [(&str, &str, &[u8], &str); 4] = [
+        (
+            "PATCH",
+            "/drives/nope",
+            br#"{"drive_id":"nope"}"#,
+            "Drive config error: Unable to patch the block device: Failed perform action on \
+             device: Device not found Please verify the request arguments.",
+        ),
+        (
+            "PATCH",
+            "/drives/rootfs",
+            br#"{"drive_id":"rootfs","path_on_host":"/nonexistent"}"#,
+            "Drive config error: Unable to patch the block device: Block: Virtio backend error: \
+             Error manipulating the backing file: No such file or directory (os error 2) \
+             /nonexistent Please verify the request arguments.",
+        ),
+        (
+            "PATCH",
+            "/network-interfaces/nope",
+            br#"{"iface_id":"nope"}"#,
+            "Network config error: Unable to update the net device: Failed perform action on \
+             device: Device not found",
+        ),
+        (
+            "PUT",
+            "/drives/x",
+            br#"{"drive_id":"x","is_root_device":false,"path_on_host":"/nonexistent"}"#,
+            "PCI is not enabled",
+        ),
+    ];
+    for (method, uri, body, want) in cases {
+        let resp = api.request(method, uri, Some(body)).await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(
+            (resp.status, v["fault_message"].as_str().unwrap_or_default()),
+            (400, want),
+            "{method} {uri}"
+        );
+    }
+    let pause = |state: &str| serde_json::json!({ "state": state });
+    api.patch("/vm", &pause("Paused")).await.unwrap();
+    assert_eq!(vmm_state(&rd.api_socket()).await, "Paused");
+    api.put(
+        "/actions",
+        &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
+    )
+    .await
+    .expect("Ctrl+Alt+Del is accepted while paused");
+    api.patch("/vm", &pause("Resumed")).await.unwrap();
+    tokio::time::sleep(MS * 200).await;
+    assert_eq!(vmm_state(&rd.api_socket()).await, "Running");
+    vm.send(KillVm {}).await.unwrap().unwrap();
+}
+vmm_test!(
+    post_boot_answers_match_the_real_binary,
+    post_boot_answers_match_the_real_binary
 );
 
 /// A guest that ignores Ctrl+Alt+Del (the real binary's guest never boots; the simulator is

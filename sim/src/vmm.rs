@@ -377,6 +377,9 @@ impl Vmm {
 
     fn put_drive(&mut self, d: Drive) -> Result<Option<String>, VmmError> {
         self.hot_plug()?;
+        if d.path_on_host.is_some() == d.socket.is_some() {
+            return Err(VmmError::InvalidBlockConfig);
+        }
         d.validate()
             .map_err(|source| VmmError::DriveConfig { source })?;
         let existing = self

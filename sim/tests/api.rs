@@ -200,6 +200,25 @@ fn request_validation_errors_use_firecracker_wording() {
         ),
         "the real binary's field order: {msg}"
     );
+    let msg = sim.fault(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path":"/k","bogus":1}"#),
+    );
+    assert!(
+        msg.contains("expected one of `kernel_image_path`, `initrd_path`, `boot_args`"),
+        "the real binary's field order: {msg}"
+    );
+    // A bad MAC is a body error, with its position, as in the real binary.
+    assert_eq!(
+        sim.fault(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id":"eth0","host_dev_name":"tapy0","guest_mac":"zz:00:00:00:00:00"}"#)
+        ),
+        "An error occurred when deserializing the json body of a request: The provided MAC \
+         address is invalid. at line 1 column 75."
+    );
 
     // Path ID rules: charset (no hyphen) and path == body.
     let rootfs = valid("Drive", 0, &d);

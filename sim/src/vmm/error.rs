@@ -57,6 +57,9 @@ pub enum VmmError {
         /// The broken rule.
         source: ValidationError,
     },
+    /// A drive with neither a backing file nor a vhost-user socket (or both).
+    #[error("Drive config error: Unable to create the virtio block device: Invalid block config.")]
+    InvalidBlockConfig,
     /// A second root device.
     #[error("Drive config error: A root block device already exists!")]
     RootDeviceExists,
@@ -69,13 +72,13 @@ pub enum VmmError {
         source: io::Error,
     },
     /// `PATCH /drives/{id}` for a drive that does not exist.
-    #[error("Drive config error: Unable to patch the block device: Device {drive_id} not found.")]
+    #[error("Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments.")]
     DriveNotFound {
         /// The drive ID.
         drive_id: String,
     },
     /// The new backing file of a `PATCH /drives/{id}` cannot be opened.
-    #[error("Drive config error: Unable to patch the block device: {source} {path}")]
+    #[error("Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: {source} {path} Please verify the request arguments.")]
     DrivePatchFile {
         /// The backing file.
         path: String,
@@ -101,9 +104,7 @@ pub enum VmmError {
         source: TapError,
     },
     /// `PATCH /network-interfaces/{id}` for an interface that does not exist.
-    #[error(
-        "Network config error: Unable to update the net device: Invalid interface ID - not found."
-    )]
+    #[error("Network config error: Unable to update the net device: Failed perform action on device: Device not found")]
     NetNotFound {
         /// The interface ID.
         iface_id: String,
@@ -135,7 +136,7 @@ pub enum VmmError {
     #[error("PCI is not enabled")]
     PciNotEnabled,
     /// The metrics target cannot be opened.
-    #[error("Metrics error: Failed to open target file: {source}")]
+    #[error("Metrics error: Cannot initialize the metrics system due to bad user input: {source}")]
     MetricsFile {
         /// The open error.
         source: io::Error,

@@ -211,6 +211,51 @@ fn after_boot_new_devices_need_pci_and_instance_info_is_in_firecrackers_order() 
 }
 
 #[test]
+fn patch_and_block_config_errors_use_firecrackers_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let neither = Drive {
+        drive_id: "d3".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutDrive(neither))),
+        "Drive config error: Unable to create the virtio block device: Invalid block config."
+    );
+    let bad_metrics = Metrics {
+        metrics_path: "/nonexistent/dir/m".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutMetrics(bad_metrics))),
+        "Metrics error: Cannot initialize the metrics system due to bad user input: No such file or directory (os error 2)"
+    );
+    v.handle(Action::PutDrive(drive(dir.path(), "d2", false)));
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    let patch = |id: &str, path: Option<&str>| {
+        Action::PatchDrive(
+            serde_json::from_value(serde_json::json!({"drive_id": id, "path_on_host": path}))
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        fault(v.handle(patch("nope", None))),
+        "Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments."
+    );
+    assert_eq!(
+        fault(v.handle(patch("d2", Some("/nonexistent")))),
+        "Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent Please verify the request arguments."
+    );
+    let net_patch =
+        Action::PatchNet(serde_json::from_value(serde_json::json!({"iface_id": "nope"})).unwrap());
+    assert_eq!(
+        fault(v.handle(net_patch)),
+        "Network config error: Unable to update the net device: Failed perform action on device: Device not found"
+    );
+}
+
+#[test]
 fn mtu_out_of_range_uses_firecrackers_text() {
     let mut v = vmm();
     let net = NetworkInterface {
