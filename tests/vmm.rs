@@ -445,6 +445,44 @@ vmm_test!(
     api_answers_match_the_real_binary
 );
 
+/// A kernel image the loader refuses (here the zero-filled root disk) fails `StartVm` with the
+/// real loader's 400 and text, and the VM stays `Not started`.
+async fn unloadable_kernel_fails_the_start(vmm: Vmm) {
+    let fx = Fixture::new(&vmm);
+    let (vm, _events) = fx.actor("vm-badk", vmm.binary());
+    let mut config = fx.config(None);
+    config.kernel = fx.path().join("rootfs.ext4");
+    vm.send(SpawnProcess {}).await.unwrap().unwrap();
+    vm.send(ConfigureVm { config }).await.unwrap().unwrap();
+    match vm.send(StartVm {}).await.unwrap() {
+        Err(FirecrackerError::Api {
+            status,
+            fault_message,
+            uri,
+            ..
+        }) => assert_eq!(
+            (status, uri.as_str(), fault_message.as_str()),
+            (
+                400,
+                "/actions",
+                "Start microvm error: System configuration error: Cannot load kernel due to \
+                 invalid memory configuration or invalid kernel image: Kernel Loader: failed to \
+                 load bzImage kernel image: Kernel Loader: Invalid bzImage"
+            )
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        vmm_state(&fx.run_dir("vm-badk").api_socket()).await,
+        "Not started"
+    );
+    vm.send(KillVm {}).await.unwrap().unwrap();
+}
+vmm_test!(
+    unloadable_kernel_fails_the_start,
+    unloadable_kernel_fails_the_start
+);
+
 /// After boot: patches of unknown devices and bad files, hot-plugs without PCI, and pause,
 /// Ctrl+Alt+Del while paused, resume, answered alike by both VMMs.
 async fn post_boot_answers_match_the_real_binary(vmm: Vmm) {

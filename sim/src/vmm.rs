@@ -463,9 +463,12 @@ impl Vmm {
         match action {
             ActionType::InstanceStart => {
                 self.pre_boot()?;
-                if self.boot.is_none() {
+                let Some((_, kernel, _)) = &self.boot else {
                     return Err(VmmError::MissingKernel);
-                }
+                };
+                // Refused as the real loader refuses it; the VM stays "Not started".
+                crate::kernel::check(kernel, self.machine.mem_size_mib)
+                    .map_err(|why| VmmError::KernelRefused { why })?;
                 let now = Instant::now();
                 self.state = InstanceState::Running;
                 self.started_at = Some(now);

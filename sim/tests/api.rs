@@ -20,7 +20,7 @@ fn dir(sim: &Sim) -> String {
 fn full_boot_sequence_answers_204_and_reports_state() {
     let sim = Sim::start(&["--id", "vm-1"], &[]);
     let d = dir(&sim);
-    sim.file("vmlinux");
+    sim.kernel();
     sim.file("rootfs.ext4");
     sim.file("data.ext4");
 

@@ -116,7 +116,7 @@ fn netstack_knob_answers_ping_on_the_tap() {
     );
     ns.exec_ok(&["ip", "addr", "add", "10.77.0.1/24", "dev", "simtap0"]);
     ns.exec_ok(&["ip", "link", "set", "simtap0", "up"]);
-    let kernel = sim.file("vmlinux");
+    let kernel = sim.kernel();
     sim.ok(
         "PUT",
         "/boot-source",

@@ -48,6 +48,12 @@ pub enum VmmError {
         /// The open error.
         source: io::Error,
     },
+    /// `InstanceStart` with a kernel image the loader refuses (see [`crate::kernel`]).
+    #[error("Start microvm error: System configuration error: {why}")]
+    KernelRefused {
+        /// The loader's reason.
+        why: String,
+    },
     /// `InstanceStart` without `PUT /boot-source`.
     #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
     MissingKernel,

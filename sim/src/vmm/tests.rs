@@ -41,7 +41,7 @@ fn fault(r: Response) -> String {
 
 fn boot_source(dir: &Path) -> Action {
     let k = dir.join("vmlinux");
-    std::fs::write(&k, b"kernel").unwrap();
+    std::fs::write(&k, crate::kernel::minimal_vmlinux()).unwrap();
     Action::PutBootSource(BootSource {
         kernel_image_path: k.to_str().unwrap().into(),
         boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
