@@ -210,6 +210,26 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
 
     let mut api = ApiClient::new(&rd.api_socket());
     let got: Value = api.get("/vm/config").await.unwrap();
+    // The real binary's full form: absent resources as null, drive defaults filled in, and
+    // logger and metrics never reported.
+    for key in [
+        "balloon",
+        "cpu-config",
+        "logger",
+        "metrics",
+        "mmds-config",
+        "entropy",
+    ] {
+        assert!(got.get(key).is_some_and(Value::is_null), "{key}: {got}");
+    }
+    assert_eq!(
+        (
+            &got["drives"][0]["cache_type"],
+            &got["drives"][0]["io_engine"]
+        ),
+        (&Value::from("Unsafe"), &Value::from("Sync")),
+        "{got}"
+    );
     let mc = &got["machine-config"];
     assert_eq!(
         (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use hearth_proto::firecracker::{
     net::parse_mac, ActionType, BootSource, Drive, FirecrackerVersion, HugePages, InstanceInfo,
-    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmConfigFile, VmState, Vsock,
+    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmState, Vsock,
     DEFAULT_BOOT_ARGS,
 };
 
@@ -23,6 +23,7 @@ use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::tap::{open_tap, Tap};
 
 mod error;
+mod vm_config;
 pub use error::VmmError;
 
 /// The version the simulator reports (`GET /version`, `GET /`, `--version`).
@@ -218,7 +219,13 @@ impl Vmm {
                 firecracker_version: SIM_VERSION.into(),
             }),
             Action::GetMachineConfig => json(&self.machine),
-            Action::GetVmConfig => json(&self.vm_config()),
+            Action::GetVmConfig => json(&vm_config::FullVmConfig::new(
+                self.boot.as_ref().map(|(b, _, _)| b),
+                self.drives.iter().map(|d| &d.config),
+                &self.machine,
+                self.nets.iter().map(|n| &n.config),
+                self.vsock.as_ref().map(|(v, _)| v),
+            )),
             Action::PutMachineConfig(m) => {
                 self.pre_boot()?;
                 m.validate()
@@ -333,19 +340,6 @@ impl Vmm {
         self.metrics = Some(sink);
         self.metrics_cfg = Some(m);
         Ok(())
-    }
-
-    fn vm_config(&self) -> VmConfigFile {
-        VmConfigFile {
-            boot_source: self.boot.as_ref().map(|(b, _, _)| b.clone()),
-            drives: self.drives.iter().map(|d| d.config.clone()).collect(),
-            machine_config: Some(self.machine.clone()),
-            network_interfaces: self.nets.iter().map(|n| n.config.clone()).collect(),
-            vsock: self.vsock.as_ref().map(|(v, _)| v.clone()),
-            logger: self.logger.clone(),
-            metrics: self.metrics_cfg.clone(),
-            ..VmConfigFile::default()
-        }
     }
 
     fn put_boot_source(&mut self, b: BootSource) -> Result<Option<String>, VmmError> {

@@ -375,3 +375,45 @@ fn pci_off_is_added_unless_enabled() {
         Some("console=ttyS0 reboot=k panic=1")
     );
 }
+
+#[test]
+fn vm_config_is_in_the_real_binarys_full_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let empty = v.handle(Action::GetVmConfig);
+    assert_eq!(
+        empty.body.as_deref(),
+        Some(concat!(
+            r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","#,
+            r#""initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"#,
+            r#""machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"#,
+            r#""track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"#,
+            r#""mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"#,
+            r#""pmem":[],"memory-hotplug":null}"#
+        ))
+    );
+    let mut d = drive(dir.path(), "d2", true);
+    d.rate_limiter =
+        Some(serde_json::from_str(r#"{"bandwidth":{"size":1000,"refill_time":100}}"#).unwrap());
+    v.handle(Action::PutDrive(d));
+    let m = Metrics {
+        metrics_path: dir.path().join("m").to_str().unwrap().into(),
+        ..Default::default()
+    };
+    v.handle(Action::PutMetrics(m));
+    let body: serde_json::Value =
+        serde_json::from_str(v.handle(Action::GetVmConfig).body.as_deref().unwrap()).unwrap();
+    let path = dir.path().join("d2");
+    assert_eq!(
+        body["drives"][0],
+        serde_json::json!({"drive_id": "d2", "partuuid": null, "is_root_device": true,
+            "cache_type": "Unsafe", "is_read_only": false, "path_on_host": path.to_str().unwrap(),
+            "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": null, "refill_time": 100},
+                "ops": null},
+            "io_engine": "Sync", "socket": null})
+    );
+    assert!(
+        body["metrics"].is_null(),
+        "not reported, as in the real binary"
+    );
+}
