@@ -192,6 +192,8 @@ fn fault(r: Result<(), FirecrackerError>) -> (u16, String) {
 /// metrics targets are `--log-path`/`--metrics-path`, checked by their files.
 async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+    // Free before the VMM takes it (so the EBUSY below is the VMM's doing).
+    drop(tuntap::try_open_tap("hth0").expect("hth0 is free"));
     let fx = Fixture::new(&vmm);
     let (vm, mut events) = fx.actor("vm-cfg", vmm.binary());
     let mut config = fx.config(Some(NetConfig {
@@ -279,9 +281,11 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     );
     assert!(rd.vsock_socket().exists(), "vsock is bound at PUT /vsock");
 
-    // The TAP is attached: Firecracker holds it, so a second open is refused (EBUSY).
-    let busy = ns.exec(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
-    assert!(!busy.status.success(), "hth0 should be held by the VMM");
+    // The TAP is attached: Firecracker holds it, so another open is refused (EBUSY).
+    match tuntap::try_open_tap("hth0") {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}"),
+        Ok(_) => panic!("hth0 is not held by the VMM"),
+    }
 
     // Metrics go to `--metrics-path`: a flush writes one JSON line there.
     api.put(

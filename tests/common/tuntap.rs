@@ -9,11 +9,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// Opens TAP `name` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (as Firecracker does); the TAP
 /// stays busy (EBUSY for any other opener) while the returned fd lives.
 pub fn open_tap(name: &str) -> OwnedFd {
+    try_open_tap(name).unwrap_or_else(|e| panic!("TUNSETIFF {name}: {e}"))
+}
+
+/// Like [`open_tap`], returning the error (EBUSY when another process holds the TAP).
+pub fn try_open_tap(name: &str) -> std::io::Result<OwnedFd> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/net/tun")
-        .expect("open /dev/net/tun");
+        .open("/dev/net/tun")?;
     #[repr(C)]
     struct IfReq {
         name: [u8; 16],
@@ -29,11 +33,8 @@ pub fn open_tap(name: &str) -> OwnedFd {
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF with a properly sized, initialised ifreq.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
-    assert_eq!(
-        rc,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    f.into()
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f.into())
 }
