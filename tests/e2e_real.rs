@@ -2,7 +2,8 @@
 //! named by `HEARTH_FIRECRACKER_REAL`) and `hearthctl`, inside private network namespaces.
 //! Create without the readiness probe (no guest boots here), stop (the guest ignores
 //! Ctrl+Alt+Del, so the ladder escalates to SIGTERM), start, adoption after `kill -9` of
-//! hearthd (same pid, API ping), delete, and zero leaks. Without the variable the test prints
+//! hearthd (same pid, API ping), the exit status reported when a VMM dies on its own, delete,
+//! and zero leaks. Without the variable the test prints
 //! a SKIP line; under `HEARTH_REQUIRE_REAL_FIRECRACKER=1` that is a failure.
 //!
 //! The guest kernel is the generated minimal `vmlinux` (`tests/common/vmlinux.rs`), which the
@@ -109,6 +110,41 @@ fn hearthd_drives_the_real_binary_with_zero_leaks() {
     );
     assert_eq!(vmm_state(&api), "Running");
 
+    // The exit status hearth reports when the real VMM dies on its own: its own child's
+    // signal, and "unknown" for one it adopted (not its child).
+    let b = h.ctl_ok(&[
+        "vm",
+        "create",
+        "b",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    let pid_b = b["pid"].as_u64().expect("pid");
+    for (vm, pid, want) in [
+        ("b", pid_b, "VMM exited: signal 15"),
+        ("a", pid2, "VMM exited: unknown status (not a child)"),
+    ] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(10), || h.state(vm).as_deref()
+                == Some("crashed")),
+            "{vm} not crashed: {:?}\n{}",
+            h.state(vm),
+            h.log()
+        );
+        let got = h.ctl_ok(&["vm", "get", vm]);
+        assert_eq!(got["last_error"].as_str(), Some(want), "{got}");
+    }
+    assert_eq!(h.leaks().vmm_processes, 0);
+
+    h.ctl_ok(&["vm", "rm", "b"]);
     h.ctl_ok(&["vm", "rm", "a"]);
     assert_eq!(h.ctl_ok(&["vm", "list"]), serde_json::json!([]));
     assert!(
