@@ -119,6 +119,29 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// A failed test leaves its VMM running (an actor that goes away never kills it, so it
+    /// can be adopted): kill whatever still runs from this fixture's directory.
+    fn drop(&mut self) {
+        let needle = format!("{}/", self.path().display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn lease(tap: &str) -> NetLease {
     NetLease {
         tap: tap.into(),
