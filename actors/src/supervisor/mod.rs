@@ -98,7 +98,8 @@ struct VmEntry {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// The VM's process actor, while it has one.
     vmm: Option<Addr<FirecrackerActor>>,
-    /// The pid a requested stop is ending: its exit is expected, not a crash.
+    /// The pid a requested stop is ending while its ladder runs: its exit is expected, not a
+    /// crash. Set and cleared by the stop itself (`saga::end_process`).
     stopping_pid: Option<u32>,
 }
 
@@ -391,6 +392,24 @@ impl Handler<Commit> for VmSupervisor {
 
     fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
         self.apply(&msg.vm, msg.change)
+    }
+}
+
+/// Internal: sets (or with `None` clears) the pid whose exit a running stop expects.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ExpectExit {
+    vm: String,
+    pid: Option<u32>,
+}
+
+impl Handler<ExpectExit> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
+        if let Some(e) = self.vms.get_mut(&msg.vm) {
+            e.stopping_pid = msg.pid;
+        }
     }
 }
 

@@ -74,6 +74,18 @@ impl Ports {
         .await
     }
 
+    /// Marks `pid` as the process a requested stop is ending (its exit is not a crash), or
+    /// clears the mark with `None` once the stop is over, whatever its outcome.
+    async fn expect_exit(&self, vm: &str, pid: Option<u32>) {
+        let _ = self
+            .me
+            .send(super::ExpectExit {
+                vm: vm.to_owned(),
+                pid,
+            })
+            .await;
+    }
+
     async fn observe(&self, phase: &'static str, took: Duration) {
         let _ = self.me.send(ObservePhase { phase, took }).await;
     }
@@ -408,10 +420,15 @@ async fn boot_steps(
 /// the process may still run, and is an error so it is never recorded as gone.
 async fn end_process(
     p: &Ports,
+    vm: &str,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     kill: bool,
 ) -> Result<Option<String>, SupervisorError> {
     let Some(vmm) = vmm else { return Ok(None) };
+    // Only while the ladder runs is an exit of this pid expected: a stop that fails leaves
+    // the process running, and its later death is a crash again.
+    p.expect_exit(vm, pid).await;
     let outcome = if kill {
         vmm.send(KillVm {}).await
     } else {
@@ -419,9 +436,9 @@ async fn end_process(
             plan: p.settings.stop_plan,
         })
         .await
-    }
-    .map_err(mailbox("stop"))?;
-    match outcome {
+    };
+    p.expect_exit(vm, None).await;
+    match outcome.map_err(mailbox("stop"))? {
         Ok(o) => Ok(Some(format!("ended by {} ({})", o.rung, o.status))),
         // It exited meanwhile (or never ran): stopped all the same.
         Err(e @ FirecrackerError::InvalidState { .. }) => {
@@ -442,13 +459,14 @@ pub(super) async fn stop(
     p: Ports,
     vm: String,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     lease: Option<NetLease>,
     kill: bool,
     previous: VmState,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
-    let how = match end_process(&p, vmm, kill).await {
+    let how = match end_process(&p, &vm, vmm, pid, kill).await {
         Ok(how) => how,
         Err(e) => {
             p.set_state(&vm, previous, Some(e.to_string()), EventReason::Error)
@@ -493,10 +511,15 @@ pub(super) async fn crashed(
 /// process cannot be ended the VM goes back to `previous`; if freeing something else fails it
 /// becomes `failed` with the cause, keeping the records of what is left, so delete can be
 /// retried (it never stays stuck in `deleting`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 pub(super) async fn delete(
     p: Ports,
     vm: String,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     lease: Option<NetLease>,
     has_disk: bool,
     run_dir: PathBuf,
@@ -504,7 +527,7 @@ pub(super) async fn delete(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
-    match end_process(&p, vmm, false).await {
+    match end_process(&p, &vm, vmm, pid, false).await {
         Ok(Some(how)) => {
             info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
             p.commit(&vm, Change::Process(None)).await?;

@@ -152,14 +152,26 @@ fn interrupted_boot_is_killed_and_failed() {
 }
 
 #[test]
-fn interrupted_stop_is_finished_by_the_ladder() {
+fn interrupted_stop_is_left_stopping_for_the_background_ladder() {
     let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
         &BTreeMap::from([("a".into(), adopted("Running"))]),
     );
     assert_eq!(plan.stop, vec!["a"]);
-    assert!(plan.used.is_empty());
+    // Until the ladder ends it the process runs: its TAP and firewall entry stay, it is not
+    // swept as a stray, and nothing is recorded yet (the stop records `stopped` itself).
+    assert_eq!(plan.used, vec![lease(5)]);
+    assert_eq!(plan.guests.len(), 1);
+    assert!(plan.alive.contains("a"));
+    assert!(plan.kill.is_empty() && plan.changes.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn interrupted_stop_whose_process_is_gone_is_stopped() {
+    let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
+    let plan = plan_repairs(&records, &BTreeMap::from([("a".into(), Adoption::Gone)]));
+    assert!(plan.stop.is_empty() && plan.used.is_empty() && plan.alive.is_empty());
     assert!(plan.changes.iter().any(|(_, c)| matches!(
         c,
         Change::State {
@@ -167,6 +179,10 @@ fn interrupted_stop_is_finished_by_the_ladder() {
             ..
         }
     )));
+    assert!(plan
+        .changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::Lease(None))));
 }
 
 #[test]
