@@ -93,10 +93,7 @@ impl VmSupervisor {
                 what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
             })?;
         let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
-            .map_err(|e| SupervisorError::Step {
-                step: "run directory",
-                message: e.to_string(),
-            })?
+            .map_err(|e| SupervisorError::step("run directory", e))?
             .api_socket();
         // A fresh process actor per boot: the previous one may still be winding down.
         if let Some(e) = self.vms.get_mut(name) {
@@ -144,10 +141,7 @@ impl VmSupervisor {
         match self.ledger.idempotent_response(&k.key)? {
             Some((hash, response)) if hash == k.request_hash => serde_json::from_str(&response)
                 .map(Some)
-                .map_err(|e| SupervisorError::Step {
-                    step: "idempotent replay",
-                    message: e.to_string(),
-                }),
+                .map_err(|e| SupervisorError::step("idempotent replay", e)),
             Some(_) => Err(SupervisorError::Conflict {
                 message: "This Idempotency-Key was used with a different request".into(),
             }),
@@ -562,14 +556,8 @@ impl Handler<RebuildDns> for VmSupervisor {
         });
         Box::pin(async move {
             sent.await
-                .map_err(|e| SupervisorError::Step {
-                    step: "dns",
-                    message: e.to_string(),
-                })?
-                .map_err(|e| SupervisorError::Step {
-                    step: "dns",
-                    message: e.to_string(),
-                })
+                .map_err(|e| SupervisorError::step("dns", e))?
+                .map_err(|e| SupervisorError::step("dns", e))
         })
     }
 }

@@ -40,7 +40,7 @@ use crate::nat::NatActor;
 use crate::snapshot::SnapshotActor;
 use crate::tap_pool::TapPoolActor;
 
-pub use error::SupervisorError;
+pub use error::{StepCause, SupervisorError};
 pub use images::{ImageCatalog, ImageKind, StaticImages};
 pub use ledger::{DiskRecord, Ledger, LedgerError, MemoryLedger, ProcessRecord, VmRecord};
 pub use messages::*;
@@ -209,10 +209,7 @@ impl VmSupervisor {
             ctx.address().recipient(),
             self.log.clone(),
         )
-        .map_err(|e| SupervisorError::Step {
-            step: "prepare the VMM",
-            message: e.to_string(),
-        })?;
+        .map_err(|e| SupervisorError::step("prepare the VMM", e))?;
         let addr = actor.start();
         if let Some(entry) = self.vms.get_mut(name) {
             entry.vmm = Some(addr.clone());

@@ -403,11 +403,8 @@ fn remove_sockets(run_base: &Path, vm: &str) -> std::io::Result<()> {
     }
 }
 
-fn step(step: &'static str, e: impl std::fmt::Display) -> SupervisorError {
-    SupervisorError::Step {
-        step,
-        message: e.to_string(),
-    }
+fn step(step: &'static str, e: impl Into<super::StepCause>) -> SupervisorError {
+    SupervisorError::step(step, e)
 }
 
 /// Pids of processes whose command line puts their API socket under `run_base/<vm>/` for a

@@ -10,8 +10,8 @@ use hearth_proto::api::{CreateVm, EventReason, VmState};
 use slog::{info, warn, Logger};
 
 use super::{
-    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, SupervisorDeps, SupervisorError,
-    SupervisorSettings, VmSupervisor,
+    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, StepCause, SupervisorDeps,
+    SupervisorError, SupervisorSettings, VmSupervisor,
 };
 use crate::firecracker::{
     cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
@@ -32,17 +32,11 @@ pub(super) struct Ports {
 }
 
 fn mailbox(step: &'static str) -> impl FnOnce(MailboxError) -> SupervisorError {
-    move |e| SupervisorError::Step {
-        step,
-        message: format!("actor unavailable: {e}"),
-    }
+    move |e| SupervisorError::step(step, e)
 }
 
-fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> SupervisorError {
-    move |e| SupervisorError::Step {
-        step,
-        message: e.to_string(),
-    }
+fn step<E: Into<StepCause>>(step: &'static str) -> impl FnOnce(E) -> SupervisorError {
+    move |e| SupervisorError::step(step, e)
 }
 
 impl Ports {
@@ -301,10 +295,8 @@ async fn boot_steps(
     undo.push(Undo::Guest(lease.clone()));
     p.observe("lease", lap(&mut t)).await;
 
-    let vsock_cid = cid_for_guest_ip(lease.guest_ip).ok_or_else(|| SupervisorError::Step {
-        step: "vsock",
-        message: format!("no vsock CID for {}", lease.guest_ip),
-    })?;
+    let vsock_cid = cid_for_guest_ip(lease.guest_ip)
+        .ok_or_else(|| SupervisorError::step("vsock", StepCause::NoVsockCid(lease.guest_ip)))?;
     let mut record = ProcessRecord {
         pid: None,
         start_time: None,
@@ -444,10 +436,7 @@ async fn end_process(
         Err(e @ FirecrackerError::InvalidState { .. }) => {
             Ok(Some(format!("no process to stop: {e}")))
         }
-        Err(e) => Err(SupervisorError::Step {
-            step: "stop",
-            message: e.to_string(),
-        }),
+        Err(e) => Err(SupervisorError::step("stop", e)),
     }
 }
 
@@ -570,9 +559,12 @@ async fn free_resources(
     match std::fs::remove_dir_all(run_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SupervisorError::Step {
-            step: "remove run directory",
-            message: format!("{}: {e}", run_dir.display()),
-        }),
+        Err(e) => Err(SupervisorError::step(
+            "remove run directory",
+            StepCause::Io {
+                path: run_dir.to_path_buf(),
+                source: std::sync::Arc::new(e),
+            },
+        )),
     }
 }

@@ -490,3 +490,51 @@ async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
         .unwrap();
     assert!(sup.send(ListVms { label: None }).await.unwrap().is_empty());
 }
+
+/// An exhausted address pool is a typed cause (`TapPoolError::IpsExhausted`), not a string,
+/// so the HTTP layer can answer 503; the failed create is undone (its disk removed).
+#[actix::test]
+async fn an_exhausted_pool_fails_the_create_with_the_pools_own_error() {
+    let pool = crate::tap_pool::TapPoolConfig {
+        cidr: "172.31.240.0/29".parse().unwrap(),
+        pool_size: 1,
+        ..Default::default()
+    };
+    let (sup, disks, tap_pool) =
+        super::testing::supervisor_with_pool(true, MemoryLedger::default(), pool);
+    sup.send(Open {}).await.unwrap().unwrap();
+    // Every guest address of the /29 is leased by someone else.
+    while tap_pool
+        .send(crate::tap_pool::AcquireTap {})
+        .await
+        .unwrap()
+        .is_ok()
+    {}
+
+    let err = sup
+        .send(CreateVm {
+            spec: spec("a"),
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    match &err {
+        SupervisorError::Step {
+            step: "network lease",
+            source: StepCause::Pool(cause),
+        } => assert!(
+            matches!(**cause, crate::tap_pool::TapPoolError::IpsExhausted { .. }),
+            "{cause:?}"
+        ),
+        other => panic!("not the pool's error: {other:?}"),
+    }
+    assert!(err.to_string().contains("No free guest IP"), "{err}");
+    let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed);
+    assert!(
+        disks.calls().iter().any(|c| c.contains("remove")),
+        "the disk was undone: {:?}",
+        disks.calls()
+    );
+}
