@@ -12,6 +12,7 @@ use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmState};
+use hearth_proto::firecracker::InstanceState;
 use slog::{info, warn};
 
 use super::saga::Ports;
@@ -28,8 +29,8 @@ use crate::tap_pool::Initialize;
 /// What adopting a VM's recorded process found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Adoption {
-    /// Verified and taken over; Firecracker reports this VM state (`Running`, ...).
-    Adopted { vmm_state: String },
+    /// Verified and taken over; Firecracker reports this VM state.
+    Adopted { vmm_state: InstanceState },
     /// Gone, or not the process that was recorded.
     Gone,
 }
@@ -77,7 +78,7 @@ pub(super) fn plan_repairs(
     for r in records {
         let name = r.spec.name.clone();
         let adopted = match adoptions.get(&name) {
-            Some(Adoption::Adopted { vmm_state }) => Some(vmm_state.as_str()),
+            Some(Adoption::Adopted { vmm_state }) => Some(*vmm_state),
             _ => None,
         };
         let had_process = r.process.is_some();
@@ -130,7 +131,7 @@ pub(super) fn plan_repairs(
                 plan.report.repaired.push(name.clone());
             }
             VmState::Running | VmState::Unready => match adopted {
-                Some("Running") => {
+                Some(InstanceState::Running) => {
                     alive = true;
                     plan.report.adopted.push(name.clone());
                 }

@@ -265,7 +265,7 @@ async fn boot_steps(
                 vm,
                 Change::Disk(Some(DiskRecord {
                     path: disk.path.clone(),
-                    backend: disk.backend.to_string(),
+                    backend: disk.backend,
                 })),
             )
             .await?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use hearth_proto::api::{self, VmState};
+use hearth_proto::firecracker::InstanceState;
 
 use super::open::{owner_vm, plan_repairs, Adoption};
 use super::*;
@@ -39,7 +40,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
         lease: lease_n.map(lease),
         disk: Some(DiskRecord {
             path: format!("/d/{name}.img").into(),
-            backend: "copy".into(),
+            backend: crate::host::disks::BackendKind::Copy,
         }),
         process: pid.map(|pid| ProcessRecord {
             pid: Some(pid),
@@ -51,10 +52,8 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
     }
 }
 
-fn adopted(state: &str) -> Adoption {
-    Adoption::Adopted {
-        vmm_state: state.into(),
-    }
+fn adopted(vmm_state: InstanceState) -> Adoption {
+    Adoption::Adopted { vmm_state }
 }
 
 #[test]
@@ -62,7 +61,7 @@ fn running_vm_with_live_process_is_adopted_and_keeps_its_lease() {
     let records = vec![record("a", VmState::Running, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.report.adopted, vec!["a"]);
     assert!(plan.alive.contains("a"));
@@ -104,7 +103,7 @@ fn interrupted_create_is_undone() {
     let records = vec![record("a", VmState::Creating, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::NotStarted))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert_eq!(plan.remove_disk, vec!["a"]);
@@ -132,14 +131,14 @@ fn interrupted_boot_is_killed_and_failed() {
     let records = vec![record("a", VmState::Starting, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::NotStarted))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert!(plan.used.is_empty() && plan.alive.is_empty());
     // Even if the VMM had started the guest: an unconfirmed boot is not kept.
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert!(plan.changes.iter().any(|(_, c)| matches!(
@@ -156,7 +155,7 @@ fn interrupted_stop_is_left_stopping_for_the_background_ladder() {
     let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.stop, vec!["a"]);
     // Until the ladder ends it the process runs: its TAP and firewall entry stay, it is not
@@ -395,7 +394,7 @@ async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
             "a",
             &DiskRecord {
                 path: "/d/a.img".into(),
-                backend: "copy".into(),
+                backend: crate::host::disks::BackendKind::Copy,
             },
         )
         .unwrap();
@@ -456,7 +455,7 @@ async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
             "a",
             &DiskRecord {
                 path: "/d/a.img".into(),
-                backend: "copy".into(),
+                backend: crate::host::disks::BackendKind::Copy,
             },
         )
         .unwrap();
@@ -537,4 +536,20 @@ async fn an_exhausted_pool_fails_the_create_with_the_pools_own_error() {
         "the disk was undone: {:?}",
         disks.calls()
     );
+}
+
+#[test]
+fn a_running_vm_is_kept_only_if_its_vmm_runs_a_guest() {
+    let records = vec![record("a", VmState::Running, Some(5), Some(100))];
+    for vmm_state in [InstanceState::Paused, InstanceState::NotStarted] {
+        let plan = plan_repairs(
+            &records,
+            &BTreeMap::from([("a".into(), adopted(vmm_state))]),
+        );
+        assert_eq!(plan.kill, vec!["a"], "{vmm_state:?}");
+        assert!(
+            plan.alive.is_empty() && plan.used.is_empty(),
+            "{vmm_state:?}"
+        );
+    }
 }
