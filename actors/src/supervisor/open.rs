@@ -1,7 +1,10 @@
 //! `Open` and `Close`. Open reconciles the host with the ledger after a (re)start: live VMM
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
-//! processes are swept, and the TAP pool, NAT and DNS are rebuilt from the VMs that live.
+//! processes are swept, VMs left without a process lose their stale sockets, and the TAP
+//! pool, NAT and DNS are rebuilt from the VMs that live. Stops a crash cut short are the
+//! exception: their ladder can take the whole grace, so their VMs stay `stopping` and the
+//! ladder runs in the background once `Open` has answered (hearthd serves meanwhile).
 //! [`plan_repairs`] decides; the handler carries the plan out.
 
 use std::collections::{BTreeMap, BTreeSet};
