@@ -305,7 +305,10 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(info.vmm_state, "Running");
+    assert_eq!(
+        info.vmm_state,
+        hearth_proto::firecracker::InstanceState::Running
+    );
     assert_eq!(
         vm2.send(GetProcessRecord {}).await.unwrap(),
         Some(record.clone())
