@@ -739,7 +739,10 @@ async fn adopts_after_the_owner_is_gone(vmm: Vmm) {
         .await
         .unwrap()
         .expect("adopt");
-    assert_eq!(info.vmm_state, "Running");
+    assert_eq!(
+        info.vmm_state,
+        hearth_proto::firecracker::InstanceState::Running
+    );
     assert_eq!(
         vm2.send(GetProcessRecord {}).await.unwrap(),
         Some(record.clone())
