@@ -73,7 +73,11 @@ impl ConsoleCapture {
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(fifo)?;
-        let reader = AsyncFd::with_interest(reader, tokio::io::Interest::READABLE)?;
+        // SAFETY: the File moves into the AsyncFd, so the fd stays open and unchanged while
+        // it is registered.
+        let reader =
+            unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
         let sink = LogSink::new(log, cap);
         let task = tokio::spawn(pump(reader, sink));
         Ok(ConsoleCapture {
