@@ -26,6 +26,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
@@ -47,6 +50,9 @@ pub struct ConsoleCapture {
     keepalive: Option<File>,
     /// The pump task; aborted when the capture is dropped.
     task: Option<JoinHandle<()>>,
+    /// Set by [`ConsoleCapture::close`]: the VMM is gone, so once the FIFO is empty the pump
+    /// is done even if a writer remains (the next VMM's capture may already hold the FIFO).
+    closed: Arc<AtomicBool>,
 }
 
 /// Creates the FIFO if it is not there yet (mode 0600).
@@ -79,16 +85,19 @@ impl ConsoleCapture {
             unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?;
         let sink = LogSink::new(log, cap);
-        let task = tokio::spawn(pump(reader, sink));
+        let closed = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(pump(reader, sink, closed.clone()));
         Ok(ConsoleCapture {
             keepalive: Some(keepalive),
             task: Some(task),
+            closed,
         })
     }
 
-    /// Lets the pump finish: it drains what is buffered and exits at end of file (once the
-    /// VMM, the other writer, is gone). Does not wait for it.
+    /// Lets the pump finish (call once the VMM has exited): it drains what is buffered and
+    /// exits at end of file, or as soon as the FIFO is empty. Does not wait for it.
     pub fn close(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.keepalive = None;
     }
 
@@ -133,13 +142,17 @@ enum Copied {
     Eof,
 }
 
-/// Copies the FIFO into the log until end of file (or a read error).
-async fn pump(reader: AsyncFd<File>, mut sink: LogSink) {
+/// Copies the FIFO into the log until end of file (or a read error), or until it is empty
+/// once `closed` is set.
+async fn pump(reader: AsyncFd<File>, mut sink: LogSink, closed: Arc<AtomicBool>) {
     loop {
         let Ok(mut guard) = reader.readable().await else {
             return;
         };
         match sink.copy_from(guard.get_inner()) {
+            // Closed means the VMM is gone: empty now is empty for good, whoever else holds a
+            // write end (a new capture of the same FIFO, when the VM is started again).
+            Ok(Copied::Empty) if closed.load(Ordering::Acquire) => return,
             // Readiness is edge-triggered: only clear it once the FIFO said EAGAIN.
             Ok(Copied::Empty) => guard.clear_ready(),
             Ok(Copied::More) => {
@@ -343,6 +356,36 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(std::fs::read(&log).unwrap(), b"last words\n");
+    }
+
+    #[tokio::test]
+    async fn drain_ends_although_the_next_capture_already_holds_the_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("console.fifo");
+        let log = dir.path().join("console.log");
+        let capture = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let mut vmm = vmm_end(&fifo);
+        vmm.write_all(b"first run\n").unwrap();
+        drop(vmm);
+        let task = capture.task.as_ref().unwrap().abort_handle();
+        capture.drain();
+        // The VM is started again before the old pump ran: a new writer holds the FIFO, so
+        // the old pump never sees end of file.
+        let next = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old pump never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Whatever the new VMM writes goes through the new pump.
+        let mut vmm = vmm_end(&fifo);
+        vmm.write_all(b"second run\n").unwrap();
+        drop(vmm);
+        next.finish().await;
+        assert_eq!(std::fs::read(&log).unwrap(), b"first run\nsecond run\n");
     }
 
     #[tokio::test]
