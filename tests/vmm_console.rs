@@ -36,7 +36,11 @@ impl Fixture {
             .prefix("fcc")
             .tempdir_in("/tmp")
             .unwrap();
-        std::fs::write(dir.path().join("vmlinux"), b"not a kernel").unwrap();
+        std::fs::write(
+            dir.path().join("vmlinux"),
+            firecracker_sim::kernel::minimal_vmlinux(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
         Fixture { dir }
     }
