@@ -118,21 +118,13 @@ pub struct NatConfig {
     pub anti_spoofing: bool,
 }
 
-/// Interface names end up in iptables-restore text: allow only plain names.
+/// Interface names end up in iptables-restore and nft texts: the links backend's validator
+/// (the one every part of hearth uses) allows only names safe there.
 fn check_ifname(field: &'static str, name: &str) -> Result<(), NatError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(NatError::InvalidConfig {
-            field,
-            reason: format!("{name:?} must be 1-15 bytes of letters, digits, '-', '_', '.', '@'"),
-        })
-    }
+    crate::host::links::check_ifname(name).map_err(|_| NatError::InvalidConfig {
+        field,
+        reason: format!("{name:?} must be 1-15 bytes of letters, digits, '-', '_', '.', '@'"),
+    })
 }
 
 impl NatConfig {

@@ -175,7 +175,14 @@ pub trait Links {
     fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
 }
 
-/// Checks a Linux interface name: 1 to 15 bytes, no NUL, `/`, `:` or whitespace.
+/// Checks an interface name hearth uses or is given (bridge, TAP names and prefix, egress):
+/// 1 to 15 bytes of ASCII letters, digits, `-`, `_`, `.` and `@`, not `.` or `..`.
+///
+/// The one validator for interface names: the configuration, every actor and the backends
+/// call it, so a name accepted at one step is never refused at another. It is stricter than
+/// the kernel (which takes any byte but NUL, `/`, `:` and whitespace) because the names end
+/// up in iptables-restore and nft texts, where `+` is a wildcard, `*` a glob, `!` a negation
+/// and quotes or `#` change the parse.
 pub fn check_ifname(name: &str) -> Result<(), LinksError> {
     let ok = !name.is_empty()
         && name.len() < libc::IFNAMSIZ
@@ -183,7 +190,7 @@ pub fn check_ifname(name: &str) -> Result<(), LinksError> {
         && name != ".."
         && name
             .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -197,7 +204,7 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        for good in ["hth0", "hearth0", "a", "abcdefghijklmno"] {
+        for good in ["hth0", "hearth0", "a", "abcdefghijklmno", "br-1_x.2", "v@1"] {
             assert!(check_ifname(good).is_ok(), "{good}");
         }
         for bad in [
@@ -209,6 +216,12 @@ mod tests {
             ".",
             "..",
             "a\0b",
+            "eth+",
+            "br*",
+            "a!b",
+            "a\"b",
+            "a#b",
+            "a,b",
         ] {
             assert!(check_ifname(bad).is_err(), "{bad:?}");
         }
