@@ -25,9 +25,10 @@ pub struct Initialize {
 #[rtype(result = "Result<NetLease, TapPoolError>")]
 pub struct AcquireTap {}
 
-/// Gives a lease back: its IP is freed and its TAP returns to the pool, or, when the pool is
-/// full, is deleted in the background (`GetStatus::pending` counts it; `Teardown` waits for
-/// it). Replies at once. A lease this actor does not hold is refused and changes nothing.
+/// Gives a lease back: its pinned neighbour entry is removed (one netlink message), then its
+/// IP is freed and its TAP returns to the pool, or, when the pool is full, is deleted in the
+/// background (`GetStatus::pending` counts it; `Teardown` waits for it). A lease this actor
+/// does not hold is refused and changes nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), TapPoolError>")]
 pub struct ReleaseTap {

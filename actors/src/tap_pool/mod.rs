@@ -9,6 +9,11 @@
 //! a time, with the name reserved synchronously and committed when the TAP is ready, so
 //! neither `AcquireTap` nor anything else waits on it.
 //!
+//! The host's neighbour entry of every leased address is pinned on the bridge (permanent,
+//! so a guest's ARP cannot redirect the host's traffic for another guest's address): pinned
+//! before `AcquireTap` answers, removed before a released address can be leased again, and
+//! made to match the leases in use by `Initialize`.
+//!
 //! All host effects go through [`Links`]; the pure decisions (IPs, names, start-up plan) live
 //! in `ips` and `plan` and are tested on their own.
 
@@ -403,6 +408,20 @@ impl TapPoolActor {
         }));
     }
 
+    /// Takes an unleased, attached TAP back: into the pool when it is short, else deleted
+    /// in the background. A refill in flight is not counted: if the pool turns out full when
+    /// it lands, the refilled TAP is the one deleted (never a good TAP lost to a refill that
+    /// fails).
+    fn return_free(&mut self, tap: String, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Ready && self.free.len() < self.target() {
+            self.free.push_back(tap);
+        } else {
+            // Deleting a netdev waits for an RCU grace period (tens of ms); its name stays
+            // taken until it is gone.
+            self.delete_in_background(tap, ctx);
+        }
+    }
+
     fn notify_if_idle(&mut self) {
         if self.in_flight == 0 {
             for waiter in self.idle_waiters.drain(..) {
@@ -437,6 +456,22 @@ async fn provision(links: Rc<dyn Links>, tap: TapSpec, port: PortSpec) -> Result
         });
     }
     Ok(())
+}
+
+/// Pins the host's neighbour entry for a lease on the bridge, so no ARP a guest sends can
+/// redirect the host's traffic for that address (see `host::links::Links::pin_neighbour`).
+async fn pin(
+    links: Rc<dyn Links>,
+    bridge_index: u32,
+    lease: &NetLease,
+) -> Result<(), TapPoolError> {
+    links
+        .pin_neighbour(bridge_index, lease.guest_ip, lease.mac)
+        .await
+        .map_err(TapPoolError::host(
+            "pin the neighbour entry of",
+            &lease.guest_ip.to_string(),
+        ))
 }
 
 /// True if a failed creation left a link holding the name (someone else's, or ours that

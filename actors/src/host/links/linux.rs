@@ -3,18 +3,24 @@
 //! the system calls run on a backend thread it spawns, and threads inherit their creator's
 //! namespace.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 
 use futures::channel::oneshot;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 
+use crate::lease::MacAddr;
+
 use super::{
-    check_ifname, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec,
-    TapSpec,
+    check_ifname, sysctl, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture,
+    PortSpec, TapSpec,
 };
 
 /// [`Links`] over a netlink socket and `/dev/net/tun`.
@@ -108,8 +114,86 @@ impl std::fmt::Debug for LinuxLinks {
 }
 
 impl Links for LinuxLinks {
+    fn pin_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            handle
+                .neighbours()
+                .add(index, IpAddr::V4(ip))
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "pin neighbour",
+                    link: format!("{ip} on link {index}"),
+                    source: Box::new(source),
+                })
+        })
+    }
+
+    fn unpin_neighbour(&self, index: u32, ip: Ipv4Addr) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let mut message = NeighbourMessage::default();
+            message.header.family = AddressFamily::Inet;
+            message.header.ifindex = index;
+            message
+                .attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            match handle.neighbours().del(message).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno(&e) == libc::ENOENT => Ok(()),
+                Err(source) => Err(LinksError::Netlink {
+                    op: "unpin neighbour",
+                    link: format!("{ip} on link {index}"),
+                    source: Box::new(source),
+                }),
+            }
+        })
+    }
+
+    fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let entries: Vec<NeighbourMessage> = handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "list neighbours",
+                    link: format!("link {index}"),
+                    source: Box::new(source),
+                })?;
+            Ok(entries
+                .iter()
+                .filter(|n| {
+                    n.header.ifindex == index && n.header.state == NeighbourState::Permanent
+                })
+                .filter_map(|n| {
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    })?;
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(b) => {
+                            <[u8; 6]>::try_from(b.as_slice()).ok()
+                        }
+                        _ => None,
+                    })?;
+                    Some((ip, MacAddr(mac)))
+                })
+                .collect())
+        })
+    }
+
     fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32> {
         let handle = self.handle.clone();
+        let worker = self.worker.clone();
         Box::pin(async move {
             check_ifname(&spec.name)?;
             let (index, created) = match link_by_name(&handle, &spec.name).await? {
@@ -142,7 +226,20 @@ impl Links for LinuxLinks {
                     }
                 }
             };
-            let configured = configure_bridge(&handle, index, &spec).await;
+            // IPv6 off before `configure_bridge` brings the bridge up (a new bridge is down).
+            let name = spec.name.clone();
+            let ipv6_off = worker
+                .run(move || sysctl::disable_ipv6(&name))
+                .await
+                .unwrap_or_else(|| {
+                    Err(LinksError::WorkerGone {
+                        name: spec.name.clone(),
+                    })
+                });
+            let configured = match ipv6_off {
+                Ok(()) => configure_bridge(&handle, index, &spec).await,
+                Err(e) => Err(e),
+            };
             if configured.is_err() && created {
                 // Undo our creation; the original error is what matters.
                 let _ = handle.link().del(index).execute().await;

@@ -10,9 +10,13 @@
 
 pub mod fake;
 pub mod linux;
+pub mod routes;
+mod sysctl;
 mod tun;
 
 use std::net::Ipv4Addr;
+
+use crate::lease::MacAddr;
 
 use futures::future::LocalBoxFuture;
 
@@ -132,6 +136,14 @@ pub enum LinksError {
         /// The errno.
         source: nix::Error,
     },
+    /// Writing a per-interface sysctl failed (e.g. turning IPv6 off).
+    #[error("Cannot write {path}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The backend thread is gone (it panicked).
     #[error("Link backend thread is gone; cannot create {name}")]
     WorkerGone {
@@ -155,12 +167,14 @@ pub type LinksFuture<T> = LocalBoxFuture<'static, Result<T, LinksError>>;
 pub trait Links {
     /// Creates the bridge if missing (up, MTU, gateway address) or adopts an existing one,
     /// bringing it up and adding the address if missing. Returns the bridge's index.
+    /// IPv6 is turned off on it (guests are IPv4-only: no link-local address for them to
+    /// reach the host by), before it comes up when this call creates it.
     /// An existing non-bridge link with that name is [`LinksError::NotABridge`].
     /// If this call created the bridge and a later step fails, it deletes it again.
     fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32>;
 
     /// Creates a persistent TAP (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), down and detached,
-    /// and returns its index. Fails with [`LinksError::Exists`] if the name is taken; on
+    /// with IPv6 turned off (before anything brings it up), and returns its index. Fails with [`LinksError::Exists`] if the name is taken; on
     /// failure nothing is left behind.
     fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32>;
 
@@ -173,6 +187,17 @@ pub trait Links {
 
     /// Lists the links whose name starts with `prefix`.
     fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
+
+    /// Pins the host's neighbour entry for `ip` on the link `index` to `mac` (a permanent
+    /// entry, which ARP cannot change), replacing whatever entry was there.
+    fn pin_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> LinksFuture<()>;
+
+    /// Removes the host's neighbour entry for `ip` on the link `index`; an absent entry is
+    /// not an error.
+    fn unpin_neighbour(&self, index: u32, ip: Ipv4Addr) -> LinksFuture<()>;
+
+    /// The permanent IPv4 neighbour entries on the link `index`.
+    fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>>;
 }
 
 /// Checks an interface name hearth uses or is given (bridge, TAP names and prefix, egress):
