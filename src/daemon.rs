@@ -93,6 +93,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             cidr: net.cidr,
             gateway,
             egress: net.egress_interface.clone(),
+            guest_ports: net.tap_prefix.clone(),
             isolate_guests: net.isolate_guests,
             block_guest_to_host: net.block_guest_to_host,
             anti_spoofing: net.anti_spoofing,

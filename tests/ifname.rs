@@ -31,6 +31,7 @@ fn nat_accepts(bridge: &str, egress: Option<&str>) -> bool {
         cidr: defaults.network.cidr,
         gateway: defaults.gateway(),
         egress: egress.map(str::to_owned),
+        guest_ports: "hth".into(),
         isolate_guests: true,
         block_guest_to_host: true,
         anti_spoofing: true,

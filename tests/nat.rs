@@ -31,6 +31,7 @@ fn config() -> NatConfig {
         cidr: "172.31.240.0/24".parse().unwrap(),
         gateway: ip(1),
         egress: Some("wan0".into()),
+        guest_ports: "hth".into(),
         isolate_guests: true,
         block_guest_to_host: true,
         anti_spoofing: true,
@@ -39,6 +40,7 @@ fn config() -> NatConfig {
 
 fn guest(n: u8, nat: bool) -> GuestSpec {
     GuestSpec {
+        tap: format!("hth{n}"),
         ip: ip(n),
         mac: MacAddr::for_guest(ip(n)),
         nat,
@@ -503,6 +505,7 @@ fn changing_the_subnet_swaps_in_a_guest_set_with_the_new_range() {
         .unwrap();
         let nat = start(wider_config, flavor);
         let moved = GuestSpec {
+            tap: "hth9".into(),
             ip: Ipv4Addr::new(172, 31, 7, 9),
             mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 7, 9)),
             nat: true,

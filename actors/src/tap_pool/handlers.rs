@@ -194,9 +194,9 @@ impl Handler<ReleaseTap> for TapPoolActor {
         self.leased.remove(&lease.tap);
         // The address is free again only once its pinned neighbour entry is gone (so an
         // unpin can never remove the pin of the address's next lease); TAP likewise.
-        let work = self
-            .links
-            .unpin_neighbour(self.bridge_index, lease.guest_ip);
+        let work =
+            self.links
+                .unpin_neighbour(self.bridge_index, &lease.tap, lease.guest_ip, lease.mac);
         Box::pin(work.into_actor(self).map(move |res, act, ctx| {
             if let Err(err) = res {
                 // Left pinned: it holds the MAC the address's next lease gets anyway, and the
@@ -322,7 +322,6 @@ async fn initialize_host(
         .await
         .map_err(TapPoolError::host("list links", &config.tap_prefix))?;
     let plan = plan_initialize(&config, &used, &existing)?;
-    reconcile_pins(&links, (&config.bridge, bridge_index), &used, &log).await?;
     let port = config.port_spec(bridge_index);
 
     let mut names = TapNames::new(&config.tap_prefix);
@@ -339,6 +338,8 @@ async fn initialize_host(
         provision(links.clone(), config.tap_spec(tap), port).await?;
         info!(log, "re-created missing leased TAP"; "tap" => tap);
     }
+    // Every leased TAP exists again: pin the leases on their ports.
+    reconcile_pins(&links, (&config.bridge, bridge_index), &used, &log).await?;
     let mut free = Vec::new();
     for (tap, index) in plan.reclaim {
         match links.attach_port(&tap, index, port).await {
@@ -401,8 +402,10 @@ async fn reconcile_pins(
         ))?;
     for (ip, mac) in pinned {
         if !used.iter().any(|l| l.guest_ip == ip && l.mac == mac) {
+            // Its forwarding entry, if any, is on a TAP this run may not know: the pin of the
+            // address's next lease moves it (same MAC), and it goes with its TAP.
             links
-                .unpin_neighbour(bridge_index, ip)
+                .unpin_neighbour(bridge_index, "", ip, mac)
                 .await
                 .map_err(TapPoolError::host(
                     "unpin stale neighbour entry",

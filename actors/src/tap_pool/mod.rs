@@ -466,7 +466,7 @@ async fn pin(
     lease: &NetLease,
 ) -> Result<(), TapPoolError> {
     links
-        .pin_neighbour(bridge_index, lease.guest_ip, lease.mac)
+        .pin_neighbour(bridge_index, &lease.tap, lease.guest_ip, lease.mac)
         .await
         .map_err(TapPoolError::host(
             "pin the neighbour entry of",

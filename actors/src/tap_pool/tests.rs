@@ -216,8 +216,8 @@ async fn warm_acquire_is_in_memory_and_not_blocked_by_refill() {
     assert_eq!(
         fake.calls(),
         [
-            LinksCall::PinNeighbour(bridge, ip(2), a.mac),
-            LinksCall::PinNeighbour(bridge, ip(3), b.mac)
+            LinksCall::PinNeighbour(bridge, "hth0".into(), ip(2), a.mac),
+            LinksCall::PinNeighbour(bridge, "hth1".into(), ip(3), b.mac)
         ]
     );
     let s = status(&addr).await;
@@ -235,6 +235,10 @@ async fn neighbour_pins_follow_leases() {
     assert_eq!(
         fake.neighbours(),
         [((bridge, a.guest_ip), a.mac), ((bridge, b.guest_ip), b.mac)].into()
+    );
+    assert_eq!(
+        fake.forwarding(),
+        [(a.mac, a.tap.clone()), (b.mac, b.tap.clone())].into()
     );
     addr.send(ReleaseTap { lease: a.clone() })
         .await

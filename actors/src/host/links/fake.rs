@@ -23,10 +23,10 @@ pub enum LinksCall {
     DeleteLink(String),
     /// `list_links(prefix)`.
     ListLinks(String),
-    /// `pin_neighbour(index, ip, mac)`.
-    PinNeighbour(u32, Ipv4Addr, MacAddr),
-    /// `unpin_neighbour(index, ip)`.
-    UnpinNeighbour(u32, Ipv4Addr),
+    /// `pin_neighbour(bridge, port, ip, mac)`.
+    PinNeighbour(u32, String, Ipv4Addr, MacAddr),
+    /// `unpin_neighbour(bridge, port, ip, mac)`.
+    UnpinNeighbour(u32, String, Ipv4Addr, MacAddr),
     /// `pinned_neighbours(index)`.
     PinnedNeighbours(u32),
 }
@@ -90,6 +90,8 @@ struct State {
     failures: Vec<Failure>,
     create_delay: Option<Duration>,
     neighbours: BTreeMap<(u32, Ipv4Addr), MacAddr>,
+    /// Static forwarding entries: MAC -> port name.
+    fdb: BTreeMap<MacAddr, String>,
 }
 
 impl State {
@@ -209,6 +211,11 @@ impl FakeLinks {
         self.lock().neighbours.clone()
     }
 
+    /// The static bridge forwarding entries pinned (MAC -> port).
+    pub fn forwarding(&self) -> BTreeMap<MacAddr, String> {
+        self.lock().fdb.clone()
+    }
+
     /// Plants a pinned neighbour entry as if an earlier run (or someone else) made it.
     pub fn plant_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) {
         self.lock().neighbours.insert((index, ip), mac);
@@ -293,8 +300,9 @@ impl Links for FakeLinks {
             s.calls.push(LinksCall::DeleteLink(name.clone()));
             s.injected(FakeOp::DeleteLink, &name)?;
             if let Some(link) = s.links.remove(&name) {
-                // The kernel drops a link's neighbour entries with it.
+                // The kernel drops a link's neighbour and forwarding entries with it.
                 s.neighbours.retain(|(index, _), _| *index != link.index);
+                s.fdb.retain(|_, port| *port != name);
             }
             Ok(())
         })
@@ -320,24 +328,47 @@ impl Links for FakeLinks {
         })
     }
 
-    fn pin_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> LinksFuture<()> {
+    fn pin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
         let this = self.clone();
+        let port = port.to_owned();
         Box::pin(async move {
             let mut s = this.lock();
-            s.calls.push(LinksCall::PinNeighbour(index, ip, mac));
+            s.calls
+                .push(LinksCall::PinNeighbour(bridge, port.clone(), ip, mac));
             s.injected(FakeOp::PinNeighbour, &ip.to_string())?;
-            s.neighbours.insert((index, ip), mac);
+            if !s.links.contains_key(&port) {
+                return Err(LinksError::NotFound { name: port });
+            }
+            s.neighbours.insert((bridge, ip), mac);
+            s.fdb.insert(mac, port);
             Ok(())
         })
     }
 
-    fn unpin_neighbour(&self, index: u32, ip: Ipv4Addr) -> LinksFuture<()> {
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
         let this = self.clone();
+        let port = port.to_owned();
         Box::pin(async move {
             let mut s = this.lock();
-            s.calls.push(LinksCall::UnpinNeighbour(index, ip));
+            s.calls
+                .push(LinksCall::UnpinNeighbour(bridge, port.clone(), ip, mac));
             s.injected(FakeOp::UnpinNeighbour, &ip.to_string())?;
-            s.neighbours.remove(&(index, ip));
+            s.neighbours.remove(&(bridge, ip));
+            if s.fdb.get(&mac) == Some(&port) {
+                s.fdb.remove(&mac);
+            }
             Ok(())
         })
     }

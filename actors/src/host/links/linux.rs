@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
@@ -114,43 +114,98 @@ impl std::fmt::Debug for LinuxLinks {
 }
 
 impl Links for LinuxLinks {
-    fn pin_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> LinksFuture<()> {
+    fn pin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
         let handle = self.handle.clone();
+        let port = port.to_owned();
         Box::pin(async move {
+            let netlink = |op: &'static str| {
+                let link = format!("{ip} ({mac}) on {port}");
+                move |source| LinksError::Netlink {
+                    op,
+                    link,
+                    source: Box::new(source),
+                }
+            };
+            let port_index = link_by_name(&handle, &port)
+                .await?
+                .ok_or_else(|| LinksError::NotFound { name: port.clone() })?
+                .header
+                .index;
+            // The forwarding entry first: from the moment the host stops asking ARP, its
+            // frames for `mac` go to this port only.
             handle
                 .neighbours()
-                .add(index, IpAddr::V4(ip))
+                .add_bridge(port_index, &mac.0)
+                .state(NeighbourState::Noarp)
+                .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("pin bridge forwarding entry"))?;
+            handle
+                .neighbours()
+                .add(bridge, IpAddr::V4(ip))
                 .link_layer_address(&mac.0)
                 .state(NeighbourState::Permanent)
                 .replace()
                 .execute()
                 .await
-                .map_err(|source| LinksError::Netlink {
-                    op: "pin neighbour",
-                    link: format!("{ip} on link {index}"),
-                    source: Box::new(source),
-                })
+                .map_err(netlink("pin neighbour"))
         })
     }
 
-    fn unpin_neighbour(&self, index: u32, ip: Ipv4Addr) -> LinksFuture<()> {
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
         let handle = self.handle.clone();
+        let port = port.to_owned();
         Box::pin(async move {
+            let absent_ok = |op: &'static str, res: Result<(), rtnetlink::Error>| match res {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENODEV | libc::EINVAL) => Ok(()),
+                Err(source) => Err(LinksError::Netlink {
+                    op,
+                    link: format!("{ip} ({mac}) on {port}"),
+                    source: Box::new(source),
+                }),
+            };
             let mut message = NeighbourMessage::default();
             message.header.family = AddressFamily::Inet;
-            message.header.ifindex = index;
+            message.header.ifindex = bridge;
             message
                 .attributes
                 .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-            match handle.neighbours().del(message).execute().await {
-                Ok(()) => Ok(()),
-                Err(e) if errno(&e) == libc::ENOENT => Ok(()),
-                Err(source) => Err(LinksError::Netlink {
-                    op: "unpin neighbour",
-                    link: format!("{ip} on link {index}"),
-                    source: Box::new(source),
-                }),
+            absent_ok(
+                "unpin neighbour",
+                handle.neighbours().del(message).execute().await,
+            )?;
+            if port.is_empty() {
+                return Ok(());
             }
+            if let Some(link) = link_by_name(&handle, &port).await? {
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = link.header.index;
+                message.header.flags = NeighbourFlags::Controller;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                absent_ok(
+                    "unpin bridge forwarding entry",
+                    handle.neighbours().del(message).execute().await,
+                )?;
+            }
+            Ok(())
         })
     }
 

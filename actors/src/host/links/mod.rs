@@ -188,13 +188,23 @@ pub trait Links {
     /// Lists the links whose name starts with `prefix`.
     fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
 
-    /// Pins the host's neighbour entry for `ip` on the link `index` to `mac` (a permanent
-    /// entry, which ARP cannot change), replacing whatever entry was there.
-    fn pin_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> LinksFuture<()>;
+    /// Pins a guest's address on the bridge `bridge`: the host's neighbour entry for `ip`
+    /// becomes `mac`, permanently (ARP cannot change it), and the bridge's forwarding entry
+    /// for `mac` points at the port `port`, statically and sticky (it neither ages out, which
+    /// would flood the host's frames for a quiet guest to every port, nor moves to another
+    /// port). Replaces whatever entries were there.
+    fn pin_neighbour(&self, bridge: u32, port: &str, ip: Ipv4Addr, mac: MacAddr)
+        -> LinksFuture<()>;
 
-    /// Removes the host's neighbour entry for `ip` on the link `index`; an absent entry is
-    /// not an error.
-    fn unpin_neighbour(&self, index: u32, ip: Ipv4Addr) -> LinksFuture<()>;
+    /// Removes what [`Links::pin_neighbour`] made; absent entries (or an absent port) are not
+    /// errors. An empty `port` removes only the neighbour entry.
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()>;
 
     /// The permanent IPv4 neighbour entries on the link `index`.
     fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>>;
