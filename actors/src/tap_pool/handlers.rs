@@ -222,14 +222,11 @@ impl Handler<Teardown> for TapPoolActor {
         let taps: Vec<String> = self.free.drain(..).collect();
         let links = self.links.clone();
         let delete_free = async move {
-            let mut deleted = Vec::new();
-            let mut failed = Vec::new();
-            for tap in taps {
-                match links.delete_link(&tap).await {
-                    Ok(()) => deleted.push(tap),
-                    Err(err) => failed.push((tap, err)),
-                }
-            }
+            let failed = links.delete_links(taps.clone()).await;
+            let deleted = taps
+                .into_iter()
+                .filter(|tap| !failed.iter().any(|(f, _)| f == tap))
+                .collect::<Vec<_>>();
             (deleted, failed)
         };
         let remove_bridge = msg.remove_bridge;

@@ -367,7 +367,9 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
         .unwrap();
     wait_status(&addr, |s| s.pending == 0).await;
     assert!(fake.link(&a.tap).is_none());
-    assert!(fake.calls().contains(&LinksCall::DeleteLink(a.tap.clone())));
+    assert!(fake
+        .calls()
+        .contains(&LinksCall::DeleteLinks(vec![a.tap.clone()])));
     let s = status(&addr).await;
     assert_eq!((s.free_taps, s.leased, s.free_ips), (1, 0, 5));
 

@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::future::LocalBoxFuture;
+
 use crate::lease::MacAddr;
 
 use super::{BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec, TapSpec};
@@ -21,6 +23,8 @@ pub enum LinksCall {
     AttachPort(String),
     /// `delete_link(name)`.
     DeleteLink(String),
+    /// `delete_links(names)`.
+    DeleteLinks(Vec<String>),
     /// `list_links(prefix)`.
     ListLinks(String),
     /// `pin_neighbour(bridge, port, ip, mac)`.
@@ -305,6 +309,30 @@ impl Links for FakeLinks {
                 s.fdb.retain(|_, port| *port != name);
             }
             Ok(())
+        })
+    }
+
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut s = this.lock();
+            s.calls.push(LinksCall::DeleteLinks(names.clone()));
+            let mut failed = Vec::new();
+            for name in names {
+                // A failure injected for `delete_link` applies to batch members too.
+                if let Err(e) = s.injected(FakeOp::DeleteLink, &name) {
+                    failed.push((name, e));
+                    continue;
+                }
+                if let Some(link) = s.links.remove(&name) {
+                    s.neighbours.retain(|(index, _), _| *index != link.index);
+                    s.fdb.retain(|_, port| *port != name);
+                }
+            }
+            failed
         })
     }
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
@@ -351,19 +352,66 @@ impl Links for LinuxLinks {
     fn delete_link(&self, name: &str) -> LinksFuture<()> {
         let handle = self.handle.clone();
         let name = name.to_owned();
+        Box::pin(async move { delete_one(&handle, &name).await })
+    }
+
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>> {
+        let handle = self.handle.clone();
         Box::pin(async move {
-            let Some(link) = link_by_name(&handle, &name).await? else {
-                return Ok(());
-            };
-            match handle.link().del(link.header.index).execute().await {
-                Ok(()) => Ok(()),
-                Err(e) if errno(&e) == libc::ENODEV => Ok(()),
-                Err(source) => Err(LinksError::Netlink {
-                    op: "delete link",
-                    link: name,
-                    source: Box::new(source),
-                }),
+            // Move the links into a link group of their own, then delete the group with one
+            // RTM_DELLINK: the kernel unregisters them together (one grace period).
+            let group = next_delete_group();
+            let mut grouped = Vec::new();
+            let mut failed = Vec::new();
+            for name in names {
+                let link = match link_by_name(&handle, &name).await {
+                    Ok(Some(link)) => link,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        failed.push((name, e));
+                        continue;
+                    }
+                };
+                let index = link.header.index;
+                let set = handle
+                    .link()
+                    .change(LinkUnspec::new_with_index(index).link_group(group).build())
+                    .execute()
+                    .await;
+                match set {
+                    Ok(()) => grouped.push(name),
+                    Err(e) if errno(&e) == libc::ENODEV => {}
+                    Err(source) => failed.push((
+                        name,
+                        LinksError::Netlink {
+                            op: "move to the deletion group",
+                            link: format!("link {index}"),
+                            source: Box::new(source),
+                        },
+                    )),
+                }
             }
+            if grouped.is_empty() {
+                return failed;
+            }
+            let mut del = handle.link().del(0);
+            del.message_mut()
+                .attributes
+                .push(LinkAttribute::Group(group));
+            if del.execute().await.is_err() {
+                // The group delete failed (e.g. a link of the group is not deletable): one
+                // at a time, so each failure is named.
+                for name in grouped {
+                    let res = delete_one(&handle, &name).await;
+                    if let Err(e) = res {
+                        failed.push((name, e));
+                    }
+                }
+            }
+            failed
         })
     }
 
@@ -396,6 +444,33 @@ impl Links for LinuxLinks {
                 .collect())
         })
     }
+}
+
+/// Deletes the link called `name`; an absent link is not an error.
+async fn delete_one(handle: &Handle, name: &str) -> Result<(), LinksError> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == libc::ENODEV => Ok(()),
+        Err(source) => Err(LinksError::Netlink {
+            op: "delete link",
+            link: name.to_owned(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// A link group number for one batch deletion: `0x4854` ("HT") in the high half, so hearth's
+/// groups stay clear of the small numbers administrators use, and a per-process counter with
+/// the pid in the low half, so two batches (or two hearth processes) never share one.
+fn next_delete_group() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let low = (std::process::id().wrapping_mul(97).wrapping_add(n)) & 0xffff;
+    0x4854_0000 | low.max(1)
 }
 
 /// MTU up, link up, gateway address present.

@@ -185,6 +185,15 @@ pub trait Links {
     /// Deletes the link; a link that does not exist is not an error.
     fn delete_link(&self, name: &str) -> LinksFuture<()>;
 
+    /// Deletes many links at once; links that do not exist are not errors. Returns the links
+    /// that could not be deleted, with why (empty: all gone). Deleting a netdev waits for an
+    /// RCU grace period (~16 ms); this pays it once for the whole batch where the kernel
+    /// allows it, instead of once per link.
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>>;
+
     /// Lists the links whose name starts with `prefix`.
     fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
 
