@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
-use actix::{AtomicResponse, Context, Handler, MessageResult, ResponseActFuture};
+use actix::{AsyncContext, AtomicResponse, Context, Handler, MessageResult, ResponseActFuture};
 use futures::channel::oneshot;
 use slog::{info, warn, Logger};
 
@@ -180,7 +180,7 @@ impl Handler<AcquireTap> for TapPoolActor {
 impl Handler<ReleaseTap> for TapPoolActor {
     type Result = ResponseActFuture<Self, Result<(), TapPoolError>>;
 
-    fn handle(&mut self, msg: ReleaseTap, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReleaseTap, ctx: &mut Context<Self>) -> Self::Result {
         let lease = msg.lease;
         if self.phase == Phase::New {
             return Box::pin(fut::ready(Err(TapPoolError::NotInitialized)));
@@ -192,12 +192,15 @@ impl Handler<ReleaseTap> for TapPoolActor {
             })));
         }
         self.leased.remove(&lease.tap);
-        // The address is free again only once its pinned neighbour entry is gone (so an
-        // unpin can never remove the pin of the address's next lease); TAP likewise.
+        // Replies at once. The address is free again only once its pinned entries are gone
+        // (so an unpin can never remove the pin of the address's next lease); TAP likewise.
+        // Counted as background work, so `Teardown` waits for it.
+        self.in_flight += 1;
         let work =
             self.links
                 .unpin_neighbour(self.bridge_index, &lease.tap, lease.guest_ip, lease.mac);
-        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            act.in_flight -= 1;
             if let Err(err) = res {
                 // Left pinned: it holds the MAC the address's next lease gets anyway, and the
                 // next `Initialize` removes it if the address is not leased then.
@@ -205,8 +208,9 @@ impl Handler<ReleaseTap> for TapPoolActor {
             }
             act.ips.release(lease.guest_ip);
             act.return_free(lease.tap, ctx);
-            Ok(())
-        }))
+            act.notify_if_idle();
+        }));
+        Box::pin(fut::ready(Ok(())))
     }
 }
 

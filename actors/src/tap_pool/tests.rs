@@ -244,6 +244,7 @@ async fn neighbour_pins_follow_leases() {
         .await
         .unwrap()
         .unwrap();
+    wait_status(&addr, |s| s.pending == 0).await;
     assert_eq!(fake.neighbours(), [((bridge, b.guest_ip), b.mac)].into());
 }
 
@@ -380,8 +381,8 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
         .await
         .unwrap()
         .unwrap();
+    wait_status(&addr, |s| s.free_taps == 1).await;
     assert!(fake.link(&b.tap).is_some());
-    assert_eq!(status(&addr).await.free_taps, 1);
     assert_eq!(acquire(&addr).await.unwrap().tap, b.tap);
 }
 
