@@ -213,7 +213,6 @@ async fn demo(ns: &NetNs) -> anyhow::Result<()> {
             gateway,
             egress: Some("wan0".into()),
             guest_ports: "hth".into(),
-            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,

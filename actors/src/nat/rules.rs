@@ -384,7 +384,7 @@ mod tests {
             mac: MacAddr::for_guest(ip),
             nat: false,
         };
-        let text = bridge_table_text(&config(), &[g.clone()]);
+        let text = bridge_table_text(&config(), std::slice::from_ref(&g));
         assert!(text.starts_with(
             "table bridge hearth\ndelete table bridge hearth\ntable bridge hearth {\n"
         ));
