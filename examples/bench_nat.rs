@@ -34,6 +34,7 @@ fn config() -> NatConfig {
         cidr: "172.31.240.0/21".parse().expect("literal"),
         gateway: Ipv4Addr::new(172, 31, 240, 1),
         egress: Some("wan0".into()),
+        guest_ports: "hth".into(),
         isolate_guests: true,
         block_guest_to_host: true,
         anti_spoofing: true,
@@ -108,7 +109,7 @@ fn main() {
 
         for population in [10u32, 1000] {
             let desired: Vec<GuestSpec> = (0..population)
-                .map(|n| GuestSpec { ip: guest_ip(n), mac: MacAddr::for_guest(guest_ip(n)), nat: true })
+                .map(|n| GuestSpec { tap: format!("hth{n}"), ip: guest_ip(n), mac: MacAddr::for_guest(guest_ip(n)), nat: true })
                 .collect();
             let start = Instant::now();
             nat.send(Reconcile { desired }).await.expect("mailbox").expect("reconcile");

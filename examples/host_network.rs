@@ -212,6 +212,7 @@ async fn demo(ns: &NetNs) -> anyhow::Result<()> {
             cidr,
             gateway,
             egress: Some("wan0".into()),
+            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,

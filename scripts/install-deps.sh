@@ -2,14 +2,15 @@
 # Installs the Debian/Ubuntu packages hearth needs to build, run and test. Run as root.
 #   build:   pkg-config, libclang-dev + clang (bindgen for the ipset/devicemapper -sys crates),
 #            libipset-dev (libipset for in-process ipset), libdevmapper-dev
-#   run:     iptables, ipset, iproute2
+#   run:     iptables, ipset, iproute2, nftables (nft: hearth's bridge-family table filtering
+#            ARP and non-IPv4 frames from guest ports)
 #   tests:   dnsutils (dig), dnsperf + dnsmasq-base (DNS benchmark and upstream server in tests),
 #            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images), xfsprogs (a reflink-capable
 #            filesystem for the copy backend's reflink test)
 set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
-  iptables ipset iproute2
+  iptables ipset iproute2 nftables
   dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs
 )
 missing=()

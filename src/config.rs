@@ -515,13 +515,15 @@ fn invalid(field: &'static str, reason: String) -> ConfigError {
     ConfigError::Invalid { field, reason }
 }
 
-/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`; not `.` or `..`.
+/// Interface names: the one rule every actor applies (`host::links::check_ifname`).
 fn validate_ifname(field: &'static str, name: &str) -> Result<(), ConfigError> {
     // The same rule the links backend applies when it creates the interface.
     hearth_actors::host::links::check_ifname(name).map_err(|_| {
         invalid(
             field,
-            format!("{name:?} is not a valid interface name (1-15 printable bytes, no '/' or ':')"),
+            format!(
+                "{name:?} is not a valid interface name (1-15 bytes of letters, digits, '-', '_', '.', '@')"
+            ),
         )
     })
 }

@@ -93,6 +93,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             cidr: net.cidr,
             gateway,
             egress: net.egress_interface.clone(),
+            guest_ports: net.tap_prefix.clone(),
             isolate_guests: net.isolate_guests,
             block_guest_to_host: net.block_guest_to_host,
             anti_spoofing: net.anti_spoofing,
@@ -101,6 +102,8 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         log.clone(),
     )?
     .start();
+    // Without an egress interface hearthd serves without NAT and picks one up later.
+    crate::egress::follow(nat.clone(), net.egress_interface.clone(), log.clone());
     let mut dns_options = DnsOptions::new(config.dns.zone.clone(), config.dns.upstreams.clone());
     dns_options.guest_subnet = Some(net.cidr);
     let dns = DnsActor::new(dns_options, log.clone())?.start();

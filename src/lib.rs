@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod egress;
 pub mod images;
 pub mod logging;
 pub mod preflight;

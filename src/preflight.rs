@@ -54,12 +54,12 @@ pub fn check_host(firecracker_bin: Option<&Path>) -> Vec<Finding> {
             "KVM is not available: Firecracker cannot boot guests",
         ),
     ];
-    for tool in ["iptables", "iptables-restore", "ipset"] {
+    for tool in ["iptables", "iptables-restore", "ipset", "nft"] {
         out.push(check(
             tool,
             find_in_path(tool).is_some(),
             Severity::Fatal,
-            "not found in PATH (apt-get install iptables ipset)",
+            "not found in PATH (apt-get install iptables ipset nftables)",
         ));
     }
     if nix::unistd::geteuid().is_root() && find_in_path("iptables").is_some() {

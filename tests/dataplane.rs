@@ -98,6 +98,7 @@ fn reconcile_keeps_listed_guests_and_cuts_the_rest() {
         hearth.set_records(&[("vma", a.ip())]).await;
         // The desired state lists A only (as after a restart where B's VM is gone).
         let desired = vec![GuestSpec {
+            tap: a.lease.tap.clone(),
             ip: a.ip(),
             mac: a.lease.mac,
             nat: true,

@@ -254,6 +254,8 @@ fn crash_is_reported_and_cleaned_up() {
             .contains("exit code 1"),
         "{vm}"
     );
+    // The lease's TAP goes back (or away) in the background once its pins are removed.
+    common::wait_until(Duration::from_secs(5), || h.leaks().taps == daemon::POOL);
     let l = h.leaks();
     assert_eq!(
         (l.vmm_processes, l.guest_set, l.taps),

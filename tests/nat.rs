@@ -15,8 +15,8 @@ use hearth_actors::host::firewall::{Firewall, SetEntry, Table};
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_actors::nat::rules::{self, HOOKS};
 use hearth_actors::nat::{
-    EnsureNat, GuestSpec, NatActor, NatConfig, NatError, Reconcile, RegisterGuest, Teardown,
-    UnregisterGuest,
+    EnsureNat, GetStatus, GuestSpec, NatActor, NatConfig, NatError, Reconcile, RegisterGuest,
+    SetEgress, Teardown, UnregisterGuest,
 };
 
 const FLAVORS: [IptablesFlavor; 2] = [IptablesFlavor::Nft, IptablesFlavor::Legacy];
@@ -31,6 +31,7 @@ fn config() -> NatConfig {
         cidr: "172.31.240.0/24".parse().unwrap(),
         gateway: ip(1),
         egress: Some("wan0".into()),
+        guest_ports: "hth".into(),
         isolate_guests: true,
         block_guest_to_host: true,
         anti_spoofing: true,
@@ -39,6 +40,7 @@ fn config() -> NatConfig {
 
 fn guest(n: u8, nat: bool) -> GuestSpec {
     GuestSpec {
+        tap: format!("hth{n}"),
         ip: ip(n),
         mac: MacAddr::for_guest(ip(n)),
         nat,
@@ -122,7 +124,7 @@ fn assert_chains_exact(ns: &NetNs, flavor: IptablesFlavor, config: &NatConfig) {
     for (t, builtin, ours) in HOOKS {
         assert_eq!(
             chain(ns, flavor, t, ours),
-            rules::chain_rules(config, "wan0", ours),
+            rules::chain_rules(config, Some("wan0"), ours),
             "{flavor:?} {ours}"
         );
         let jump = format!("-A {builtin} -j {ours}");
@@ -412,15 +414,11 @@ fn teardown_by_a_fresh_actor_cleans_a_crashed_run() {
 }
 
 #[test]
-fn missing_egress_interface_is_a_clear_error_and_changes_nothing() {
+fn missing_egress_interface_refuses_nat_until_it_exists() {
     require_privileged!();
     let owner = namespace();
     let ns = &owner;
     let flavor = IptablesFlavor::System;
-    let before = (
-        table(ns, flavor, Table::Nat),
-        table(ns, flavor, Table::Filter),
-    );
     ns.block_on(move || async move {
         let nat = start(
             NatConfig {
@@ -429,22 +427,40 @@ fn missing_egress_interface_is_a_clear_error_and_changes_nothing() {
             },
             flavor,
         );
-        let err = nat
-            .send(Reconcile { desired: vec![] })
-            .await
-            .unwrap()
-            .unwrap_err();
+        // Everything but NAT is installed; NAT is refused, naming the interface.
+        nat.send(Reconcile {
+            desired: vec![guest(5, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let err = nat.send(ensure(6, true)).await.unwrap().unwrap_err();
         assert!(matches!(err, NatError::EgressMissing { .. }), "{err}");
-        assert_eq!(err.to_string(), "Egress interface wan9 does not exist");
-        let err = nat.send(ensure(5, true)).await.unwrap().unwrap_err();
-        assert!(matches!(err, NatError::NotReady { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "NAT needs egress interface wan9, which does not exist"
+        );
+        // The interface appears: re-checking it turns NAT on, the earlier flag included.
+        let out = std::process::Command::new("ip")
+            .args([
+                "link", "add", "wan9", "type", "veth", "peer", "name", "wan9p",
+            ])
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "{out:?}");
+        nat.send(SetEgress {
+            interface: Some("wan9".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        nat.send(ensure(6, true)).await.unwrap().unwrap();
+        let status = nat.send(GetStatus).await.unwrap().unwrap();
+        assert_eq!(status.egress.as_deref(), Some("wan9"));
+        assert_eq!(status.nat, BTreeSet::from([ip(5), ip(6)]));
     });
-    let after = (
-        table(ns, flavor, Table::Nat),
-        table(ns, flavor, Table::Filter),
-    );
-    assert_eq!(after, before);
-    assert!(set_names(ns).is_empty());
+    let masquerade = table(ns, flavor, Table::Nat);
+    assert!(masquerade.contains("-o wan9"), "{masquerade}");
 }
 
 #[test]
@@ -503,6 +519,7 @@ fn changing_the_subnet_swaps_in_a_guest_set_with_the_new_range() {
         .unwrap();
         let nat = start(wider_config, flavor);
         let moved = GuestSpec {
+            tap: "hth9".into(),
             ip: Ipv4Addr::new(172, 31, 7, 9),
             mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 7, 9)),
             nat: true,

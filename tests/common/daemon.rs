@@ -42,12 +42,24 @@ impl HearthHost {
     /// Starts hearthd with the simulator's `knobs` (`FC_SIM_*` variables) and extra config
     /// text appended to the `[vm]` section.
     pub fn start(knobs: &[(&str, &str)], vm_config: &str) -> Self {
-        Self::start_with_vmm(&fc_sim::sim_binary(), knobs, vm_config)
+        Self::start_with(&fc_sim::sim_binary(), knobs, vm_config, true)
     }
 
     /// Like [`HearthHost::start`], with `fc` as hearthd's Firecracker binary (the simulator
     /// or the real one).
     pub fn start_with_vmm(fc: &Path, knobs: &[(&str, &str)], vm_config: &str) -> Self {
+        Self::start_with(fc, knobs, vm_config, true)
+    }
+
+    /// Like [`HearthHost::start_with_vmm`], with or without a default route in hearthd's
+    /// namespace (without: an offline host; `wan0` and the upstream exist, hearthd just has
+    /// no route).
+    pub fn start_with(
+        fc: &Path,
+        knobs: &[(&str, &str)],
+        vm_config: &str,
+        default_route: bool,
+    ) -> Self {
         // A short path: socket paths under the run directory must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("he")
@@ -63,7 +75,9 @@ impl HearthHost {
             "up0",
             "10.98.0.2/24",
         );
-        ns.exec_ok(&["ip", "route", "add", "default", "via", "10.98.0.2"]);
+        if default_route {
+            ns.exec_ok(&["ip", "route", "add", "default", "via", "10.98.0.2"]);
+        }
         // Knobs reach the simulator through hearthd's environment, which its children
         // inherit; the binary is the simulator itself, as a real firecracker would be.
         let knobs: Vec<(String, String)> = knobs
@@ -222,6 +236,12 @@ impl HearthHost {
                 .count(),
             guest_set: set_members(&self.ns, "hearth-guests"),
             nat_set: set_members(&self.ns, "hearth-nat"),
+            port_bindings: lease_elements(&self.ns),
+            pinned_neighbours: self
+                .ns
+                .exec_ok(&["ip", "-4", "neigh", "show", "nud", "permanent"])
+                .lines()
+                .count(),
         }
     }
 }
@@ -256,6 +276,10 @@ pub struct Leaks {
     pub guest_set: usize,
     /// Members of the NAT set.
     pub nat_set: usize,
+    /// Leases in hearth's nftables bridge table (port, MAC, IP bound together).
+    pub port_bindings: usize,
+    /// Permanent (pinned) IPv4 neighbour entries.
+    pub pinned_neighbours: usize,
 }
 
 impl Leaks {
@@ -268,8 +292,19 @@ impl Leaks {
             taps: POOL,
             guest_set: 0,
             nat_set: 0,
+            port_bindings: 0,
+            pinned_neighbours: 0,
         }
     }
+}
+
+/// Elements of hearth's nft `leases` set (each `"tap" . mac . ip`: one `" . ` apiece, which
+/// the set's type line has not); 0 when the table does not exist.
+fn lease_elements(ns: &NetNs) -> usize {
+    let out = ns.exec(&["nft", "list", "set", "bridge", "hearth", "leases"]);
+    String::from_utf8_lossy(&out.stdout)
+        .matches("\" . ")
+        .count()
 }
 
 fn count_entries(dir: &Path) -> usize {

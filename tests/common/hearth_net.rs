@@ -155,6 +155,7 @@ impl Hearth {
             cidr,
             gateway: GATEWAY,
             egress: Some(EGRESS_IF.into()),
+            guest_ports: "hth".into(),
             isolate_guests: switches.isolate_guests,
             block_guest_to_host: switches.block_guest_to_host,
             anti_spoofing: switches.anti_spoofing,

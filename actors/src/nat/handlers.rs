@@ -8,8 +8,8 @@ use slog::{debug, info, warn, Logger};
 
 use super::rules::{self, Listings, GUEST_SET, NAT_SET};
 use super::{
-    step, validate_desired, EnsureNat, GetStatus, GuestSpec, NatConfig, NatError, NatStatus,
-    Reconcile, RegisterGuest, Teardown, UnregisterGuest,
+    check_ifname, step, validate_desired, EnsureNat, GetStatus, GuestSpec, NatConfig, NatError,
+    NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown, UnregisterGuest,
 };
 use crate::host::firewall::{Firewall, SetEntry, Table};
 use crate::lease::MacAddr;
@@ -23,8 +23,10 @@ pub struct NatActor {
     ready: bool,
     /// Guests in the NAT set.
     nat: BTreeSet<Ipv4Addr>,
-    /// Registered leases.
-    guests: BTreeMap<Ipv4Addr, MacAddr>,
+    /// Registered leases: MAC and TAP by IP.
+    guests: BTreeMap<Ipv4Addr, (MacAddr, String)>,
+    /// The egress interface the installed rules NAT out of (`None`: NAT refused).
+    egress: Option<String>,
     /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
     enabled_forwarding: bool,
 }
@@ -44,8 +46,52 @@ impl NatActor {
             ready: false,
             nat: BTreeSet::new(),
             guests: BTreeMap::new(),
+            egress: None,
             enabled_forwarding: false,
         })
+    }
+
+    /// Why NAT is refused now, if it is.
+    fn no_egress(&self) -> Option<NatError> {
+        if self.egress.is_some() {
+            return None;
+        }
+        Some(match &self.config.egress {
+            Some(interface) => NatError::EgressMissing {
+                interface: interface.clone(),
+            },
+            None => NatError::NoEgress,
+        })
+    }
+
+    /// The configured egress interface if it exists; `None` (NAT refused) otherwise.
+    fn usable_egress(&mut self) -> Result<Option<String>, NatError> {
+        let Some(egress) = self.config.egress.clone() else {
+            warn!(self.log, "no egress interface (none configured, no default route): NAT refused until one appears");
+            return Ok(None);
+        };
+        let exists = self
+            .firewall
+            .interface_exists(&egress)
+            .map_err(step(format!("look up egress interface {egress}")))?;
+        if !exists {
+            warn!(self.log, "egress interface does not exist: NAT refused until it does"; "egress" => &egress);
+            return Ok(None);
+        }
+        Ok(Some(egress))
+    }
+
+    /// The desired state this actor holds now (for a rewrite with another egress).
+    fn current_desired(&self) -> Vec<GuestSpec> {
+        self.guests
+            .iter()
+            .map(|(ip, (mac, tap))| GuestSpec {
+                tap: tap.clone(),
+                ip: *ip,
+                mac: *mac,
+                nat: self.nat.contains(ip),
+            })
+            .collect()
     }
 
     fn listings(&mut self) -> Result<Listings, NatError> {
@@ -63,14 +109,7 @@ impl NatActor {
 
     fn reconcile(&mut self, desired: &[GuestSpec]) -> Result<(), NatError> {
         validate_desired(&self.config, desired)?;
-        let egress = self.config.egress.clone().ok_or(NatError::NoEgress)?;
-        let exists = self
-            .firewall
-            .interface_exists(&egress)
-            .map_err(step(format!("look up egress interface {egress}")))?;
-        if !exists {
-            return Err(NatError::EgressMissing { interface: egress });
-        }
+        let egress = self.usable_egress()?;
         let (nat, guests) = rules::set_members(desired);
         let existing = self.firewall.list_sets().map_err(step("list ipsets"))?;
         let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat, &existing);
@@ -83,7 +122,7 @@ impl NatActor {
             .map_err(step("rebuild hearth's ipsets"))?;
 
         let installed = self.listings().and_then(|current| {
-            let text = rules::restore_text(&self.config, &egress, &current);
+            let text = rules::restore_text(&self.config, egress.as_deref(), &current);
             self.firewall
                 .restore_rules(&text)
                 .map_err(step("install hearth's iptables chains"))
@@ -109,6 +148,10 @@ impl NatActor {
             }
         }
 
+        self.firewall
+            .apply_nft(&rules::bridge_table_text(&self.config, desired))
+            .map_err(step("install hearth's nftables bridge table"))?;
+
         // Forwarding last: guests' packets are never routed before the rules guard them.
         let forwarding = self
             .firewall
@@ -123,9 +166,13 @@ impl NatActor {
 
         self.ready = true;
         self.nat = desired.iter().filter(|g| g.nat).map(|g| g.ip).collect();
-        self.guests = desired.iter().map(|g| (g.ip, g.mac)).collect();
+        self.guests = desired
+            .iter()
+            .map(|g| (g.ip, (g.mac, g.tap.clone())))
+            .collect();
+        self.egress = egress;
         info!(self.log, "firewall reconciled";
-            "egress" => &egress, "guests" => desired.len(), "nat" => self.nat.len());
+            "egress" => ?self.egress, "guests" => desired.len(), "nat" => self.nat.len());
         Ok(())
     }
 
@@ -136,6 +183,9 @@ impl NatActor {
         }
         let entry = SetEntry::Ip(msg.guest_ip);
         if msg.enable {
+            if let Some(err) = self.no_egress() {
+                return Err(err);
+            }
             self.firewall
                 .add_to_set(NAT_SET, entry)
                 .map_err(step(format!("enable NAT for {}", msg.guest_ip)))?;
@@ -150,8 +200,12 @@ impl NatActor {
         Ok(())
     }
 
-    fn register(&mut self, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NatError> {
+    fn register(&mut self, ip: Ipv4Addr, mac: MacAddr, tap: &str) -> Result<(), NatError> {
         self.config.check_guest(ip)?;
+        crate::host::links::check_ifname(tap).map_err(|_| NatError::InvalidGuest {
+            ip,
+            reason: format!("TAP {tap:?} is not a valid interface name"),
+        })?;
         if !self.ready {
             return Err(NatError::NotReady {
                 op: "register a guest",
@@ -161,13 +215,38 @@ impl NatActor {
             self.firewall
                 .add_to_set(GUEST_SET, SetEntry::IpMac(ip, mac))
                 .map_err(step(format!("register guest {ip} ({mac})")))?;
+            // A guest registered again on another TAP or MAC: its old element goes.
+            let old = self.guests.get(&ip).cloned();
+            let element = rules::lease_element(tap, mac, ip);
+            let mut text = String::new();
+            if let Some((old_mac, old_tap)) =
+                old.as_ref().filter(|(m, t)| (*m, t.as_str()) != (mac, tap))
+            {
+                text += &rules::remove_lease_text(&rules::lease_element(old_tap, *old_mac, ip));
+            }
+            text += &rules::add_lease_text(&element);
+            if let Err(e) = self.firewall.apply_nft(&text) {
+                // Undo the set entry: the guest stays as registered as it was before.
+                let undo = match old {
+                    Some((old_mac, _)) => self
+                        .firewall
+                        .add_to_set(GUEST_SET, SetEntry::IpMac(ip, old_mac)),
+                    None => self
+                        .firewall
+                        .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac)),
+                };
+                if let Err(u) = undo {
+                    warn!(self.log, "cannot undo guest set entry"; "guest" => %ip, "error" => %u);
+                }
+                return Err(step(format!("register guest {ip} on port {tap}"))(e));
+            }
         }
-        self.guests.insert(ip, mac);
-        debug!(self.log, "guest registered"; "guest" => %ip, "mac" => %mac);
+        self.guests.insert(ip, (mac, tap.to_owned()));
+        debug!(self.log, "guest registered"; "guest" => %ip, "mac" => %mac, "tap" => tap);
         Ok(())
     }
 
-    fn unregister(&mut self, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NatError> {
+    fn unregister(&mut self, ip: Ipv4Addr, mac: MacAddr, tap: &str) -> Result<(), NatError> {
         self.config.check_guest(ip)?;
         if !self.ready {
             // Nothing of this run is on the host; the next Reconcile clears older leftovers.
@@ -183,9 +262,45 @@ impl NatActor {
             self.firewall
                 .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
                 .map_err(step(format!("unregister guest {ip}")))?;
+            // The element registered (which may name another TAP than the caller's lease).
+            let (mac, tap) = self
+                .guests
+                .get(&ip)
+                .map(|(m, t)| (*m, t.clone()))
+                .unwrap_or((mac, tap.to_owned()));
+            if crate::host::links::check_ifname(&tap).is_ok() {
+                self.firewall
+                    .apply_nft(&rules::remove_lease_text(&rules::lease_element(
+                        &tap, mac, ip,
+                    )))
+                    .map_err(step(format!("unregister guest {ip} from port {tap}")))?;
+            }
         }
         self.guests.remove(&ip);
         debug!(self.log, "guest unregistered"; "guest" => %ip);
+        Ok(())
+    }
+
+    fn set_egress(&mut self, interface: Option<String>) -> Result<(), NatError> {
+        if let Some(name) = &interface {
+            check_ifname("egress", name)?;
+            if name == &self.config.bridge {
+                return Err(NatError::InvalidConfig {
+                    field: "egress",
+                    reason: "must not be the bridge".into(),
+                });
+            }
+        }
+        self.config.egress = interface;
+        if !self.ready {
+            return Ok(());
+        }
+        let desired = self.current_desired();
+        let before = self.egress.clone();
+        self.reconcile(&desired)?;
+        if self.egress != before {
+            info!(self.log, "egress interface changed"; "from" => ?before, "to" => ?self.egress);
+        }
         Ok(())
     }
 
@@ -196,6 +311,9 @@ impl NatActor {
                 .restore_rules(&text)
                 .map_err(step("remove hearth's iptables chains"))?;
         }
+        self.firewall
+            .apply_nft(&rules::bridge_teardown_text())
+            .map_err(step("remove hearth's nftables bridge table"))?;
         for set in [NAT_SET, GUEST_SET] {
             for name in [set.to_owned(), rules::temp_set(set)] {
                 self.firewall
@@ -212,6 +330,7 @@ impl NatActor {
         self.ready = false;
         self.nat.clear();
         self.guests.clear();
+        self.egress = None;
         info!(self.log, "firewall torn down");
         Ok(())
     }
@@ -241,7 +360,7 @@ impl Handler<RegisterGuest> for NatActor {
     type Result = Result<(), NatError>;
 
     fn handle(&mut self, msg: RegisterGuest, _: &mut Context<Self>) -> Self::Result {
-        self.register(msg.lease.guest_ip, msg.lease.mac)
+        self.register(msg.lease.guest_ip, msg.lease.mac, &msg.lease.tap)
     }
 }
 
@@ -249,7 +368,15 @@ impl Handler<UnregisterGuest> for NatActor {
     type Result = Result<(), NatError>;
 
     fn handle(&mut self, msg: UnregisterGuest, _: &mut Context<Self>) -> Self::Result {
-        self.unregister(msg.lease.guest_ip, msg.lease.mac)
+        self.unregister(msg.lease.guest_ip, msg.lease.mac, &msg.lease.tap)
+    }
+}
+
+impl Handler<SetEgress> for NatActor {
+    type Result = Result<(), NatError>;
+
+    fn handle(&mut self, msg: SetEgress, _: &mut Context<Self>) -> Self::Result {
+        self.set_egress(msg.interface)
     }
 }
 
@@ -268,7 +395,12 @@ impl Handler<GetStatus> for NatActor {
         Ok(NatStatus {
             ready: self.ready,
             nat: self.nat.clone(),
-            guests: self.guests.clone(),
+            guests: self
+                .guests
+                .iter()
+                .map(|(ip, (mac, _))| (*ip, *mac))
+                .collect(),
+            egress: self.egress.clone(),
         })
     }
 }
@@ -290,6 +422,7 @@ mod tests {
             cidr: "172.31.240.0/24".parse().unwrap(),
             gateway: ip(1),
             egress: Some("eth0".into()),
+            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,
@@ -298,6 +431,7 @@ mod tests {
 
     fn guest(n: u8, nat: bool) -> GuestSpec {
         GuestSpec {
+            tap: format!("hth{n}"),
             ip: ip(n),
             mac: MacAddr::for_guest(ip(n)),
             nat,
@@ -366,7 +500,7 @@ mod tests {
         assert_eq!(restored.len(), 1);
         assert_eq!(
             restored[0],
-            rules::restore_text(&config(), "eth0", &Listings::default())
+            rules::restore_text(&config(), Some("eth0"), &Listings::default())
         );
     }
 
@@ -443,33 +577,147 @@ mod tests {
     }
 
     #[actix::test]
-    async fn missing_egress_is_a_clear_error() {
+    async fn without_egress_everything_but_nat_is_installed() {
         let (addr, fake) = start(NatConfig {
             egress: None,
             ..config()
         });
-        let err = addr
-            .send(Reconcile { desired: vec![] })
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, NatError::NoEgress));
-        assert_eq!(fake.call_count(), 0);
+        addr.send(Reconcile {
+            desired: vec![guest(2, true)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let rules = fake.restored_rules().pop().unwrap();
+        assert_eq!(
+            rules,
+            rules::restore_text(&config(), None, &Listings::default())
+        );
+        assert!(
+            !rules.contains("MASQUERADE") && rules.contains("-j DROP"),
+            "{rules}"
+        );
+        assert_eq!(fake.applied_nft().len(), 1);
+        // NAT is refused with the reason; turning it off is fine.
+        let err = addr.send(ensure(3, true)).await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, NatError::NoEgress) && err.is_unavailable(),
+            "{err}"
+        );
+        addr.send(ensure(2, false)).await.unwrap().unwrap();
+        assert_eq!(addr.send(GetStatus).await.unwrap().unwrap().egress, None);
 
-        let (addr, fake) = start(NatConfig {
+        // A configured interface that does not exist: the same, naming it.
+        let (addr, _fake) = start(NatConfig {
             egress: Some("wan9".into()),
             ..config()
         });
+        addr.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        let err = addr.send(ensure(3, true)).await.unwrap().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "NAT needs egress interface wan9, which does not exist"
+        );
+        assert!(err.is_unavailable());
+    }
+
+    #[actix::test]
+    async fn set_egress_turns_nat_on_and_keeps_guests() {
+        let (addr, fake) = start(NatConfig {
+            egress: None,
+            ..config()
+        });
+        addr.send(Reconcile {
+            desired: vec![guest(2, true), guest(3, false)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let err = addr
-            .send(Reconcile { desired: vec![] })
+            .send(SetEgress {
+                interface: Some("eth+".into()),
+            })
             .await
             .unwrap()
             .unwrap_err();
-        assert_eq!(err.to_string(), "Egress interface wan9 does not exist");
+        assert!(err.to_string().contains("`egress`"), "{err}");
+        addr.send(SetEgress {
+            interface: Some("eth0".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let status = addr.send(GetStatus).await.unwrap().unwrap();
+        assert_eq!(status.egress.as_deref(), Some("eth0"));
+        assert_eq!(status.nat, BTreeSet::from([ip(2)]));
+        assert_eq!(status.guests.len(), 2);
+        let rules = fake.restored_rules().pop().unwrap();
+        assert!(rules.contains("-o eth0 -m set --match-set hearth-nat src -j MASQUERADE"));
+        addr.send(ensure(3, true)).await.unwrap().unwrap();
         assert_eq!(
-            fake.state().calls,
-            [FakeCall::InterfaceExists("wan9".into())]
+            nat_set(&fake),
+            BTreeSet::from([SetEntry::Ip(ip(2)), SetEntry::Ip(ip(3))])
         );
+    }
+
+    #[actix::test]
+    async fn bridge_table_follows_registrations_and_goes_at_teardown() {
+        let (addr, fake) = ready(config(), vec![guest(2, false)]).await;
+        let table = fake.applied_nft().pop().unwrap();
+        assert_eq!(
+            table,
+            rules::bridge_table_text(&config(), &[guest(2, false)])
+        );
+        assert!(table.contains(&rules::lease_element(
+            "hth2",
+            MacAddr::for_guest(ip(2)),
+            ip(2)
+        )));
+        addr.send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
+        let element = rules::lease_element("hth6", MacAddr::for_guest(ip(6)), ip(6));
+        assert_eq!(
+            fake.applied_nft().pop().unwrap(),
+            rules::add_lease_text(&element)
+        );
+        addr.send(UnregisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fake.applied_nft().pop().unwrap(),
+            rules::remove_lease_text(&element)
+        );
+        addr.send(Teardown).await.unwrap().unwrap();
+        assert_eq!(
+            fake.applied_nft().pop().unwrap(),
+            rules::bridge_teardown_text()
+        );
+    }
+
+    #[actix::test]
+    async fn failed_port_binding_undoes_the_registration() {
+        let (addr, fake) = ready(config(), vec![]).await;
+        fake.fail(FakeOp::ApplyNft, "Could not process rule");
+        let err = addr
+            .send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("port hth6"), "{err}");
+        assert!(fake.set(GUEST_SET).unwrap().is_empty());
+        assert!(addr
+            .send(GetStatus)
+            .await
+            .unwrap()
+            .unwrap()
+            .guests
+            .is_empty());
     }
 
     #[actix::test]
@@ -544,6 +792,7 @@ mod tests {
             status,
             NatStatus {
                 ready: true,
+                egress: Some("eth0".into()),
                 ..NatStatus::default()
             }
         );

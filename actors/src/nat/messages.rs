@@ -9,8 +9,10 @@ use super::NatError;
 use crate::lease::{MacAddr, NetLease};
 
 /// One guest of the desired state given to [`Reconcile`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GuestSpec {
+    /// The guest's TAP (the bridge port its frames must come from under anti-spoofing).
+    pub tap: String,
     /// The guest's leased IPv4 address.
     pub ip: Ipv4Addr,
     /// The guest's leased MAC (the only source MAC accepted from `ip` under anti-spoofing).
@@ -62,7 +64,18 @@ pub struct UnregisterGuest {
     pub lease: NetLease,
 }
 
-/// Removes everything hearth made: the jumps, hearth's chains, the sets; turns IPv4
+/// Sets the egress interface (hearthd sends it when a default route appears, or the
+/// configured interface may have appeared) and, once set up, rewrites the rules for it.
+/// NAT works from then on if the interface exists; a guest's NAT flag set before is honoured.
+/// Sending the current value again re-checks that the interface exists.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), NatError>")]
+pub struct SetEgress {
+    /// The interface NATed traffic leaves by, or `None` to refuse NAT.
+    pub interface: Option<String>,
+}
+
+/// Removes everything hearth made: the jumps, hearth's chains, the sets, the bridge table; turns IPv4
 /// forwarding back off if this actor turned it on. Works also when nothing was set up.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), NatError>")]
@@ -83,4 +96,6 @@ pub struct NatStatus {
     pub nat: BTreeSet<Ipv4Addr>,
     /// Registered leases (IP -> MAC).
     pub guests: BTreeMap<Ipv4Addr, MacAddr>,
+    /// The egress interface NAT uses now (`None`: NAT is refused).
+    pub egress: Option<String>,
 }

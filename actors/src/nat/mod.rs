@@ -20,9 +20,22 @@
 //! development hosts), guest-to-guest frames on the bridge also meet `HEARTH-FORWARD`, so
 //! isolation and anti-spoofing hold at L2 for IP too; without it, L2 isolation is the TAP
 //! pool's isolated bridge ports. ICMP to the gateway is dropped under `block_guest_to_host`.
-//! Not covered: ARP spoofing and other non-IP traffic at L2 (needs ebtables / nft bridge
-//! filtering), IPv6 (guests are IPv4-only; IPv6 forwarding is left as is), inbound port
+//! Below IP, hearth's nftables `bridge` table (`rules::bridge_table_text`, applied with
+//! `nft -f`) filters what guests' ports send before the bridge sees it: anything but IPv4 and
+//! ARP is dropped (guests are IPv4-only, so IPv6 never reaches the host; the TAP pool also
+//! turns IPv6 off on the bridge and the TAPs), and under anti-spoofing ARP and IPv4 frames
+//! must come from the port's lease (TAP, MAC, IP), so a guest can neither answer ARP for
+//! another guest's (or the gateway's) address nor take over another guest's MAC. Why nft and
+//! not ebtables: the `bridge` family works the same on hosts whose iptables is the legacy or
+//! the nft flavour (ebtables-legacy needs the x_tables ebtables modules, ebtables-nft is nft
+//! underneath anyway), and a table is replaced or removed as one transaction. Per-lease
+//! updates spawn `nft` (a few ms per guest registration). Not covered: inbound port
 //! forwarding to guests.
+//!
+//! Without an egress interface (none configured and no default route, or the configured one
+//! missing), everything but NAT is installed: `EnsureNat` enabling NAT answers
+//! [`NatError::NoEgress`] / [`NatError::EgressMissing`] until [`SetEgress`] (hearthd sends it
+//! when a default route appears) names one that exists.
 //!
 //! Reconcile is atomic per table (`iptables-restore` commits nat, then filter); the jump
 //! fix-ups are computed from an `iptables -S` read just before, so a rule another program
@@ -46,7 +59,8 @@ pub mod rules;
 
 pub use handlers::NatActor;
 pub use messages::{
-    EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, Teardown, UnregisterGuest,
+    EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown,
+    UnregisterGuest,
 };
 
 /// Errors of `NatActor`.
@@ -60,11 +74,11 @@ pub enum NatError {
         /// What is wrong with it.
         reason: String,
     },
-    /// NAT was set up without an egress interface.
+    /// NAT was asked for without an egress interface.
     #[error("NAT needs an egress interface: none configured and no default route found")]
     NoEgress,
-    /// The configured egress interface does not exist.
-    #[error("Egress interface {interface} does not exist")]
+    /// The configured egress interface does not exist (NAT is refused until it does).
+    #[error("NAT needs egress interface {interface}, which does not exist")]
     EgressMissing {
         /// The interface name.
         interface: String,
@@ -94,6 +108,14 @@ pub enum NatError {
     },
 }
 
+impl NatError {
+    /// True when the request is fine but the host cannot serve it now (no egress interface):
+    /// the API's 503 `unavailable`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, NatError::NoEgress | NatError::EgressMissing { .. })
+    }
+}
+
 pub(crate) fn step(step: impl Into<String>) -> impl FnOnce(FirewallError) -> NatError {
     let step = step.into();
     move |source| NatError::Firewall { step, source }
@@ -108,8 +130,11 @@ pub struct NatConfig {
     pub cidr: Ipv4Net,
     /// The bridge's own address (guests' gateway and DNS server).
     pub gateway: Ipv4Addr,
-    /// The interface NATed traffic leaves by; required by `Reconcile`.
+    /// The interface NATed traffic leaves by; without one (or while it does not exist) NAT
+    /// is refused and everything else works.
     pub egress: Option<String>,
+    /// The name prefix of guests' TAPs (the bridge ports the bridge-family filter applies to).
+    pub guest_ports: String,
     /// Drop guest-to-guest traffic routed through the gateway.
     pub isolate_guests: bool,
     /// Drop guest-to-host traffic except DNS to the gateway.
@@ -118,27 +143,29 @@ pub struct NatConfig {
     pub anti_spoofing: bool,
 }
 
-/// Interface names end up in iptables-restore text: allow only plain names.
+/// Interface names end up in iptables-restore and nft texts: the links backend's validator
+/// (the one every part of hearth uses) allows only names safe there.
 fn check_ifname(field: &'static str, name: &str) -> Result<(), NatError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(NatError::InvalidConfig {
-            field,
-            reason: format!("{name:?} must be 1-15 bytes of letters, digits, '-', '_', '.', '@'"),
-        })
-    }
+    crate::host::links::check_ifname(name).map_err(|_| NatError::InvalidConfig {
+        field,
+        reason: format!("{name:?} must be 1-15 bytes of letters, digits, '-', '_', '.', '@'"),
+    })
 }
 
 impl NatConfig {
     /// Checks every field; the actor refuses a config that fails.
     pub fn validate(&self) -> Result<(), NatError> {
         check_ifname("bridge", &self.bridge)?;
+        check_ifname("guest_ports", &self.guest_ports)?;
+        if self.bridge.starts_with(&self.guest_ports) {
+            return Err(NatError::InvalidConfig {
+                field: "guest_ports",
+                reason: format!(
+                    "{:?} also matches the bridge {:?}",
+                    self.guest_ports, self.bridge
+                ),
+            });
+        }
         if let Some(egress) = &self.egress {
             check_ifname("egress", egress)?;
             if egress == &self.bridge {
@@ -219,6 +246,7 @@ mod tests {
             cidr: "172.31.240.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(172, 31, 240, 1),
             egress: Some("eth0".into()),
+            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,

@@ -54,30 +54,35 @@ impl Listings {
 }
 
 /// The rules of hearth's chain `chain`, as `iptables -S <chain>` prints them (without the
-/// `-N` line). `egress` is the interface NATed traffic leaves by.
-pub fn chain_rules(config: &NatConfig, egress: &str, chain: &str) -> Vec<String> {
+/// `-N` line). `egress` is the interface NATed traffic leaves by; without one, no guest
+/// traffic is masqueraded or forwarded out (everything else is the same).
+pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec<String> {
     let br = &config.bridge;
     let cidr = config.cidr.trunc();
     let gw = config.gateway;
     let anti_spoof = format!("-A {chain} -i {br} -m set ! --match-set {GUEST_SET} src,src -j DROP");
     let mut rules = Vec::new();
     match chain {
-        CHAIN_POSTROUTING => rules.push(format!(
-            "-A {chain} -s {cidr} -o {egress} -m set --match-set {NAT_SET} src -j MASQUERADE"
-        )),
+        CHAIN_POSTROUTING => rules.extend(egress.map(|egress| {
+            format!(
+                "-A {chain} -s {cidr} -o {egress} -m set --match-set {NAT_SET} src -j MASQUERADE"
+            )
+        })),
         CHAIN_FORWARD => {
             if config.anti_spoofing {
                 rules.push(anti_spoof);
             }
-            // Replies to NAT guests' connections.
-            rules.push(format!(
-                "-A {chain} -i {egress} -o {br} -m set --match-set {NAT_SET} dst \
-                 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-            ));
-            // NAT guests out to the egress interface, nowhere else.
-            rules.push(format!(
-                "-A {chain} -i {br} -o {egress} -m set --match-set {NAT_SET} src -j ACCEPT"
-            ));
+            if let Some(egress) = egress {
+                // Replies to NAT guests' connections.
+                rules.push(format!(
+                    "-A {chain} -i {egress} -o {br} -m set --match-set {NAT_SET} dst \
+                     -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                ));
+                // NAT guests out to the egress interface, nowhere else.
+                rules.push(format!(
+                    "-A {chain} -i {br} -o {egress} -m set --match-set {NAT_SET} src -j ACCEPT"
+                ));
+            }
             // Guest to guest routed through the gateway.
             let hairpin = if config.isolate_guests {
                 "DROP"
@@ -134,7 +139,7 @@ fn has_chain(listing: &str, chain: &str) -> bool {
 /// The `iptables-restore --noflush` text that makes hearth's chains hold exactly
 /// [`chain_rules`] and each built-in chain jump to its hearth chain exactly once, first.
 /// Rules hearth did not make are not touched.
-pub fn restore_text(config: &NatConfig, egress: &str, current: &Listings) -> String {
+pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings) -> String {
     let mut text = String::new();
     for table in [Table::Nat, Table::Filter] {
         let hooks = HOOKS.iter().filter(|(t, _, _)| *t == table);
@@ -226,6 +231,77 @@ pub fn set_rebuild_text(
     text
 }
 
+/// hearth's table in the nftables `bridge` family: filters the frames guests' ports send
+/// into the bridge (prerouting: before the bridge learns their source MAC, forwards them or
+/// hands them to the host).
+pub const BRIDGE_TABLE: &str = "hearth";
+/// The set of leases in [`BRIDGE_TABLE`]: (TAP, MAC, IPv4) each guest port may send from.
+pub const LEASE_SET: &str = "leases";
+
+/// One element of [`LEASE_SET`]: `"<tap>" . <mac> . <ip>`.
+pub fn lease_element(tap: &str, mac: crate::lease::MacAddr, ip: std::net::Ipv4Addr) -> String {
+    format!("\"{tap}\" . {mac} . {ip}")
+}
+
+/// The `nft -f` text that replaces hearth's bridge table as one transaction (creating it
+/// first makes the delete valid when it does not exist yet). From a port named
+/// `<guest_ports>*`:
+/// - every frame that is neither IPv4 nor ARP is dropped (guests are IPv4-only: no IPv6 to
+///   the host's link-local addresses, no other protocols);
+/// - under anti-spoofing, an ARP frame whose Ethernet source, ARP sender MAC and sender IP
+///   are not the port's lease is dropped, and so is an IPv4 frame whose Ethernet source and
+///   source IP are not (which also keeps a guest from moving another guest's MAC to its port
+///   in the bridge's forwarding table).
+pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
+    let ports = &config.guest_ports;
+    let mut text = format!(
+        "table bridge {BRIDGE_TABLE}\ndelete table bridge {BRIDGE_TABLE}\n\
+         table bridge {BRIDGE_TABLE} {{\n\
+         \tset {LEASE_SET} {{\n\t\ttype ifname . ether_addr . ipv4_addr\n"
+    );
+    if config.anti_spoofing && !desired.is_empty() {
+        let elements: Vec<String> = desired
+            .iter()
+            .map(|g| lease_element(&g.tap, g.mac, g.ip))
+            .collect();
+        let _ = writeln!(text, "\t\telements = {{ {} }}", elements.join(", "));
+    }
+    text.push_str("\t}\n");
+    text.push_str(
+        "\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n",
+    );
+    let _ = writeln!(text, "\t\tiifname != \"{ports}*\" return");
+    text.push_str("\t\tether type != { ip, arp } drop\n");
+    if config.anti_spoofing {
+        text.push_str(
+            "\t\tether type arp iifname . ether saddr . arp saddr ip != @leases drop\n\
+             \t\tether type arp iifname . arp saddr ether . arp saddr ip != @leases drop\n\
+             \t\tether type ip iifname . ether saddr . ip saddr != @leases drop\n",
+        );
+    }
+    text.push_str("\t}\n}\n");
+    text
+}
+
+/// The `nft -f` text that adds a lease to [`LEASE_SET`] (adding a present one is a no-op).
+pub fn add_lease_text(element: &str) -> String {
+    format!("add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n")
+}
+
+/// The `nft -f` text that removes a lease from [`LEASE_SET`]; adding it first makes the
+/// removal valid when it is absent (nft 1.0.6 has no `destroy`).
+pub fn remove_lease_text(element: &str) -> String {
+    format!(
+        "add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n\
+         delete element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n"
+    )
+}
+
+/// The `nft -f` text that removes hearth's bridge table, present or not.
+pub fn bridge_teardown_text() -> String {
+    format!("table bridge {BRIDGE_TABLE}\ndelete table bridge {BRIDGE_TABLE}\n")
+}
+
 /// The ipset type (with creation options) of the NAT set.
 pub fn nat_set_kind() -> String {
     "hash:ip family inet".to_owned()
@@ -249,6 +325,7 @@ mod tests {
             cidr: "172.31.240.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(172, 31, 240, 1),
             egress: Some("eth0".into()),
+            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,
@@ -258,7 +335,7 @@ mod tests {
     #[test]
     fn forward_chain_has_every_switch_on() {
         assert_eq!(
-            chain_rules(&config(), "eth0", CHAIN_FORWARD),
+            chain_rules(&config(), Some("eth0"), CHAIN_FORWARD),
             [
                 "-A HEARTH-FORWARD -i hearth0 -m set ! --match-set hearth-guests src,src -j DROP",
                 "-A HEARTH-FORWARD -i eth0 -o hearth0 -m set --match-set hearth-nat dst -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -273,7 +350,7 @@ mod tests {
     #[test]
     fn input_chain_allows_only_dns_to_the_gateway() {
         assert_eq!(
-            chain_rules(&config(), "eth0", CHAIN_INPUT),
+            chain_rules(&config(), Some("eth0"), CHAIN_INPUT),
             [
                 "-A HEARTH-INPUT -i hearth0 -m set ! --match-set hearth-guests src,src -j DROP",
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p udp -m udp --dport 53 -j ACCEPT",
@@ -292,23 +369,72 @@ mod tests {
             anti_spoofing: false,
             ..config()
         };
-        assert!(chain_rules(&c, "eth0", CHAIN_INPUT).is_empty());
-        let fwd = chain_rules(&c, "eth0", CHAIN_FORWARD);
+        assert!(chain_rules(&c, Some("eth0"), CHAIN_INPUT).is_empty());
+        let fwd = chain_rules(&c, Some("eth0"), CHAIN_FORWARD);
         assert!(fwd.iter().all(|r| !r.contains(GUEST_SET)));
         assert!(fwd.contains(&"-A HEARTH-FORWARD -i hearth0 -o hearth0 -j ACCEPT".to_owned()));
     }
 
     #[test]
+    fn bridge_table_drops_non_ipv4_and_binds_ports_to_leases() {
+        let ip = Ipv4Addr::new(172, 31, 240, 7);
+        let g = GuestSpec {
+            tap: "hth3".into(),
+            ip,
+            mac: MacAddr::for_guest(ip),
+            nat: false,
+        };
+        let text = bridge_table_text(&config(), std::slice::from_ref(&g));
+        assert!(text.starts_with(
+            "table bridge hearth\ndelete table bridge hearth\ntable bridge hearth {\n"
+        ));
+        for line in [
+            "elements = { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }",
+            "iifname != \"hth*\" return",
+            "ether type != { ip, arp } drop",
+            "ether type arp iifname . ether saddr . arp saddr ip != @leases drop",
+            "ether type arp iifname . arp saddr ether . arp saddr ip != @leases drop",
+            "ether type ip iifname . ether saddr . ip saddr != @leases drop",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        // Without anti-spoofing, only the protocol wall stays.
+        let open = NatConfig {
+            anti_spoofing: false,
+            ..config()
+        };
+        let text = bridge_table_text(&open, &[g]);
+        assert!(text.contains("ether type != { ip, arp } drop"));
+        assert!(
+            !text.contains("@leases") && !text.contains("elements"),
+            "{text}"
+        );
+        assert_eq!(
+            remove_lease_text("\"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7"),
+            "add element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n\
+             delete element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n"
+        );
+    }
+
+    #[test]
+    fn without_egress_nothing_is_masqueraded_or_forwarded_out() {
+        assert!(chain_rules(&config(), None, CHAIN_POSTROUTING).is_empty());
+        let fwd = chain_rules(&config(), None, CHAIN_FORWARD);
+        assert!(fwd.iter().all(|r| !r.contains("ACCEPT")), "{fwd:?}");
+        assert!(fwd.contains(&"-A HEARTH-FORWARD -i hearth0 -j DROP".to_owned()));
+    }
+
+    #[test]
     fn masquerade_only_for_nat_set_out_of_egress() {
         assert_eq!(
-            chain_rules(&config(), "eth0", CHAIN_POSTROUTING),
+            chain_rules(&config(), Some("eth0"), CHAIN_POSTROUTING),
             ["-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o eth0 -m set --match-set hearth-nat src -j MASQUERADE"]
         );
     }
 
     #[test]
     fn restore_text_declares_chains_and_one_jump_each() {
-        let text = restore_text(&config(), "eth0", &Listings::default());
+        let text = restore_text(&config(), Some("eth0"), &Listings::default());
         assert!(
             text.starts_with("*nat\n:HEARTH-POSTROUTING - [0:0]\n"),
             "{text}"
@@ -335,7 +461,7 @@ mod tests {
                      -A INPUT -i hearth0 -j HEARTH-INPUT\n"
                 .into(),
         };
-        let text = restore_text(&config(), "eth0", &current);
+        let text = restore_text(&config(), Some("eth0"), &current);
         assert_eq!(text.matches("-D FORWARD -j HEARTH-FORWARD\n").count(), 2);
         assert!(text.contains("-D INPUT -i hearth0 -j HEARTH-INPUT\n"));
         // Foreign rules and look-alike chain names are not touched.
@@ -368,11 +494,13 @@ mod tests {
         let ip = Ipv4Addr::new(172, 31, 240, 7);
         let desired = [
             GuestSpec {
+                tap: "hth7".into(),
                 ip,
                 mac: MacAddr::for_guest(ip),
                 nat: true,
             },
             GuestSpec {
+                tap: "hth8".into(),
                 ip: Ipv4Addr::new(172, 31, 240, 8),
                 mac: MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 8)),
                 nat: false,

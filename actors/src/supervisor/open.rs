@@ -172,6 +172,7 @@ pub(super) fn plan_repairs(
             if let Some(lease) = &r.lease {
                 plan.used.push(lease.clone());
                 plan.guests.push(GuestSpec {
+                    tap: lease.tap.clone(),
                     ip: lease.guest_ip,
                     mac: lease.mac,
                     nat: r.nat,

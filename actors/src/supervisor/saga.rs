@@ -138,7 +138,16 @@ pub(super) async fn nat_switch(
         })
         .await
         .map_err(mailbox("nat"))?
-        .map_err(step("nat"))
+        .map_err(|e| {
+            // No egress interface: the request is fine, the host cannot serve it now (503).
+            if e.is_unavailable() {
+                SupervisorError::Unavailable {
+                    what: e.to_string(),
+                }
+            } else {
+                step("nat")(e)
+            }
+        })
 }
 
 async fn unregister(p: &Ports, lease: &NetLease) -> Result<(), SupervisorError> {

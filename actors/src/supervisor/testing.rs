@@ -58,6 +58,7 @@ pub fn supervisor_with_pool(
             cidr: "172.31.240.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(172, 31, 240, 1),
             egress: Some("eth0".into()),
+            guest_ports: "hth".into(),
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,

@@ -3,17 +3,40 @@
 use std::rc::Rc;
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
-use actix::{AtomicResponse, Context, Handler, MessageResult, ResponseActFuture};
+use actix::{AsyncContext, AtomicResponse, Context, Handler, MessageResult, ResponseActFuture};
 use futures::channel::oneshot;
 use slog::{info, warn, Logger};
 
 use super::plan::{plan_initialize, validate_used, TapNames};
 use super::{
-    provision, AcquireTap, GetStatus, Initialize, Phase, PoolStatus, ReleaseTap, TapPoolActor,
+    pin, provision, AcquireTap, GetStatus, Initialize, Phase, PoolStatus, ReleaseTap, TapPoolActor,
     TapPoolConfig, TapPoolError, Teardown, TeardownReport,
 };
 use crate::host::links::{BridgeSpec, Links};
 use crate::lease::NetLease;
+
+/// Why an on-demand TAP could not be leased.
+enum OnDemand {
+    /// Making the TAP failed (nothing left of it, or `keeps_name` says what is).
+    Provision(TapPoolError),
+    /// The TAP was made and attached, but its lease's neighbour entry could not be pinned.
+    Pin(PinFailed),
+}
+
+/// A pin failure after a successful provision.
+struct PinFailed(TapPoolError);
+
+impl From<TapPoolError> for OnDemand {
+    fn from(err: TapPoolError) -> Self {
+        OnDemand::Provision(err)
+    }
+}
+
+impl From<PinFailed> for OnDemand {
+    fn from(err: PinFailed) -> Self {
+        OnDemand::Pin(err)
+    }
+}
 
 /// What the host work of `Initialize` hands back to be committed.
 struct InitOutcome {
@@ -77,11 +100,25 @@ impl Handler<AcquireTap> for TapPoolActor {
             })));
         };
         if let Some(tap) = self.free.pop_front() {
-            // Warm pool: all in memory.
+            // Warm pool: one netlink message (the neighbour pin); TAP and IP stay reserved
+            // (neither free nor leased) until it is done.
             let lease = self.lease_for(tap, ip);
-            self.leased.insert(lease.tap.clone(), lease.clone());
             self.refill(ctx);
-            return Box::pin(fut::ready(Ok(lease)));
+            let work = {
+                let (links, index, lease) = (self.links.clone(), self.bridge_index, lease.clone());
+                async move { pin(links, index, &lease).await }
+            };
+            return Box::pin(work.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(()) => {
+                    act.leased.insert(lease.tap.clone(), lease.clone());
+                    Ok(lease)
+                }
+                Err(err) => {
+                    act.ips.release(ip);
+                    act.return_free(lease.tap, ctx);
+                    Err(err)
+                }
+            }));
         }
         // Empty pool: make a TAP on demand; IP and name are reserved now, committed or given
         // back when the TAP is ready or has failed.
@@ -92,34 +129,51 @@ impl Handler<AcquireTap> for TapPoolActor {
             })));
         };
         self.in_flight += 1;
-        let work = provision(
-            self.links.clone(),
-            self.config.tap_spec(&name),
-            self.config.port_spec(self.bridge_index),
-        );
-        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
-            act.in_flight -= 1;
-            let out = match res {
-                Ok(()) if act.phase == Phase::Ready => {
-                    let lease = act.lease_for(name, ip);
-                    act.leased.insert(lease.tap.clone(), lease.clone());
-                    Ok(lease)
-                }
-                Ok(()) => {
-                    act.ips.release(ip);
-                    act.delete_in_background(name, ctx);
-                    Err(TapPoolError::TornDown)
-                }
-                Err(err) => {
-                    act.ips.release(ip);
-                    act.forget_failed_name(&name, &err);
-                    Err(err)
-                }
-            };
-            act.notify_if_idle();
-            act.refill(ctx);
-            out
-        }))
+        let lease = self.lease_for(name.clone(), ip);
+        let work = {
+            let links = self.links.clone();
+            let (tap, port) = (
+                self.config.tap_spec(&name),
+                self.config.port_spec(self.bridge_index),
+            );
+            let (index, lease) = (self.bridge_index, lease.clone());
+            async move {
+                provision(links.clone(), tap, port).await?;
+                // Made, but not pinned: the TAP exists and goes back to the pool.
+                pin(links, index, &lease).await.map_err(PinFailed)?;
+                Ok(())
+            }
+        };
+        Box::pin(
+            work.into_actor(self)
+                .map(move |res: Result<(), OnDemand>, act, ctx| {
+                    act.in_flight -= 1;
+                    let out = match res {
+                        Ok(()) if act.phase == Phase::Ready => {
+                            act.leased.insert(lease.tap.clone(), lease.clone());
+                            Ok(lease)
+                        }
+                        Ok(()) => {
+                            act.ips.release(ip);
+                            act.delete_in_background(name, ctx);
+                            Err(TapPoolError::TornDown)
+                        }
+                        Err(OnDemand::Pin(PinFailed(err))) => {
+                            act.ips.release(ip);
+                            act.return_free(name, ctx);
+                            Err(err)
+                        }
+                        Err(OnDemand::Provision(err)) => {
+                            act.ips.release(ip);
+                            act.forget_failed_name(&name, &err);
+                            Err(err)
+                        }
+                    };
+                    act.notify_if_idle();
+                    act.refill(ctx);
+                    out
+                }),
+        )
     }
 }
 
@@ -138,16 +192,24 @@ impl Handler<ReleaseTap> for TapPoolActor {
             })));
         }
         self.leased.remove(&lease.tap);
-        self.ips.release(lease.guest_ip);
-        // A refill in flight is not counted: if the pool turns out full when it lands, the
-        // refilled TAP is the one deleted (never a good TAP lost to a refill that fails).
-        if self.phase == Phase::Ready && self.free.len() < self.target() {
-            self.free.push_back(lease.tap);
-            return Box::pin(fut::ready(Ok(())));
-        }
-        // Pool full (or torn down): delete the TAP in the background (deleting a netdev
-        // waits for an RCU grace period, tens of ms); its name stays taken until it is gone.
-        self.delete_in_background(lease.tap, ctx);
+        // Replies at once. The address is free again only once its pinned entries are gone
+        // (so an unpin can never remove the pin of the address's next lease); TAP likewise.
+        // Counted as background work, so `Teardown` waits for it.
+        self.in_flight += 1;
+        let work =
+            self.links
+                .unpin_neighbour(self.bridge_index, &lease.tap, lease.guest_ip, lease.mac);
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            act.in_flight -= 1;
+            if let Err(err) = res {
+                // Left pinned: it holds the MAC the address's next lease gets anyway, and the
+                // next `Initialize` removes it if the address is not leased then.
+                warn!(act.log, "cannot unpin neighbour entry"; "ip" => %lease.guest_ip, "error" => %err);
+            }
+            act.ips.release(lease.guest_ip);
+            act.return_free(lease.tap, ctx);
+            act.notify_if_idle();
+        }));
         Box::pin(fut::ready(Ok(())))
     }
 }
@@ -164,14 +226,11 @@ impl Handler<Teardown> for TapPoolActor {
         let taps: Vec<String> = self.free.drain(..).collect();
         let links = self.links.clone();
         let delete_free = async move {
-            let mut deleted = Vec::new();
-            let mut failed = Vec::new();
-            for tap in taps {
-                match links.delete_link(&tap).await {
-                    Ok(()) => deleted.push(tap),
-                    Err(err) => failed.push((tap, err)),
-                }
-            }
+            let failed = links.delete_links(taps.clone()).await;
+            let deleted = taps
+                .into_iter()
+                .filter(|tap| !failed.iter().any(|(f, _)| f == tap))
+                .collect::<Vec<_>>();
             (deleted, failed)
         };
         let remove_bridge = msg.remove_bridge;
@@ -280,6 +339,8 @@ async fn initialize_host(
         provision(links.clone(), config.tap_spec(tap), port).await?;
         info!(log, "re-created missing leased TAP"; "tap" => tap);
     }
+    // Every leased TAP exists again: pin the leases on their ports.
+    reconcile_pins(&links, (&config.bridge, bridge_index), &used, &log).await?;
     let mut free = Vec::new();
     for (tap, index) in plan.reclaim {
         match links.attach_port(&tap, index, port).await {
@@ -323,4 +384,39 @@ async fn initialize_host(
         free,
         names,
     })
+}
+
+/// Makes the bridge's pinned neighbour entries exactly those of the leases in use: removes
+/// the ones a crash left behind (released addresses, wrong MACs), pins the rest.
+async fn reconcile_pins(
+    links: &Rc<dyn Links>,
+    (bridge, bridge_index): (&str, u32),
+    used: &[NetLease],
+    log: &Logger,
+) -> Result<(), TapPoolError> {
+    let pinned = links
+        .pinned_neighbours(bridge_index)
+        .await
+        .map_err(TapPoolError::host(
+            "list the pinned neighbour entries of",
+            bridge,
+        ))?;
+    for (ip, mac) in pinned {
+        if !used.iter().any(|l| l.guest_ip == ip && l.mac == mac) {
+            // Its forwarding entry, if any, is on a TAP this run may not know: the pin of the
+            // address's next lease moves it (same MAC), and it goes with its TAP.
+            links
+                .unpin_neighbour(bridge_index, "", ip, mac)
+                .await
+                .map_err(TapPoolError::host(
+                    "unpin stale neighbour entry",
+                    &ip.to_string(),
+                ))?;
+            info!(log, "removed stale pinned neighbour entry"; "ip" => %ip, "mac" => %mac);
+        }
+    }
+    for lease in used {
+        pin(links.clone(), bridge_index, lease).await?;
+    }
+    Ok(())
 }

@@ -19,15 +19,18 @@ pub struct Initialize {
     pub used: Vec<NetLease>,
 }
 
-/// Leases a TAP (attached to the bridge, up) with a fresh guest IP and its MAC. From a warm
-/// pool this is purely in memory; from an empty pool a TAP is made on demand.
+/// Leases a TAP (attached to the bridge, up) with a fresh guest IP and its MAC, its
+/// neighbour and forwarding entries pinned. From a warm pool that pin is the only host work
+/// (a few netlink requests); from an empty pool a TAP is made on demand.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<NetLease, TapPoolError>")]
 pub struct AcquireTap {}
 
-/// Gives a lease back: its IP is freed and its TAP returns to the pool, or, when the pool is
-/// full, is deleted in the background (`GetStatus::pending` counts it; `Teardown` waits for
-/// it). Replies at once. A lease this actor does not hold is refused and changes nothing.
+/// Gives a lease back; replies at once. In the background, its pinned neighbour and
+/// forwarding entries are removed, then its IP is freed and its TAP returns to the pool, or,
+/// when the pool is full, is deleted (batched with other deletions; `GetStatus::pending`
+/// counts all of it; `Teardown` waits for it). A lease this actor does not hold is refused
+/// and changes nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), TapPoolError>")]
 pub struct ReleaseTap {

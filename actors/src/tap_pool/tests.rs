@@ -106,14 +106,14 @@ async fn initialize_sets_up_bridge_and_fills_pool_with_attached_isolated_taps() 
 
     let bridge = fake.link("hbr0").unwrap();
     assert_eq!(bridge.kind, LinkKind::Bridge);
-    assert!(bridge.up);
+    assert!(bridge.up && bridge.ipv6_off);
     assert_eq!(bridge.mtu, 1400);
     assert_eq!(bridge.addresses, vec![(ip(1), 29)]);
     assert_eq!(taps(&fake), ["hth0", "hth1", "hth2"]);
     for tap in taps(&fake) {
         let l = fake.link(&tap).unwrap();
         assert_eq!(l.master, Some(bridge.index), "{tap}");
-        assert!(l.up && l.isolated, "{tap}");
+        assert!(l.up && l.isolated && l.ipv6_off, "{tap}");
         assert_eq!((l.mtu, l.owner), (1400, Some(1000)), "{tap}");
     }
 }
@@ -211,9 +211,76 @@ async fn warm_acquire_is_in_memory_and_not_blocked_by_refill() {
     assert_eq!((a.guest_ip, b.guest_ip), (ip(2), ip(3)));
     assert_eq!(a.mac, MacAddr::for_guest(ip(2)));
     assert_eq!((a.gateway, a.prefix_len), (ip(1), 29));
-    assert!(fake.calls().is_empty(), "no host call: {:?}", fake.calls());
+    // The only host calls: one neighbour pin per lease (no TAP made or touched).
+    let bridge = fake.link("hbr0").unwrap().index;
+    assert_eq!(
+        fake.calls(),
+        [
+            LinksCall::PinNeighbour(bridge, "hth0".into(), ip(2), a.mac),
+            LinksCall::PinNeighbour(bridge, "hth1".into(), ip(3), b.mac)
+        ]
+    );
     let s = status(&addr).await;
     assert_eq!((s.free_taps, s.leased, s.pending), (0, 2, 1));
+}
+
+#[actix::test]
+async fn neighbour_pins_follow_leases() {
+    let fake = FakeLinks::new();
+    let addr = started(1, &fake).await;
+    let bridge = fake.link("hbr0").unwrap().index;
+    // One from the warm pool, one made on demand.
+    let a = acquire(&addr).await.unwrap();
+    let b = acquire(&addr).await.unwrap();
+    assert_eq!(
+        fake.neighbours(),
+        [((bridge, a.guest_ip), a.mac), ((bridge, b.guest_ip), b.mac)].into()
+    );
+    assert_eq!(
+        fake.forwarding(),
+        [(a.mac, a.tap.clone()), (b.mac, b.tap.clone())].into()
+    );
+    addr.send(ReleaseTap { lease: a.clone() })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_status(&addr, |s| s.pending == 0).await;
+    assert_eq!(fake.neighbours(), [((bridge, b.guest_ip), b.mac)].into());
+}
+
+#[actix::test]
+async fn failed_pin_refuses_the_lease_and_keeps_tap_and_ip() {
+    let fake = FakeLinks::new();
+    let addr = started(1, &fake).await;
+    fake.fail(FakeOp::PinNeighbour, None, 1);
+    let err = acquire(&addr).await.unwrap_err();
+    assert!(err.to_string().contains("pin the neighbour entry"), "{err}");
+    let s = status(&addr).await;
+    assert_eq!((s.free_taps, s.leased, s.free_ips), (1, 0, 5));
+    assert!(fake.neighbours().is_empty());
+    let a = acquire(&addr).await.unwrap();
+    assert_eq!(a.tap, "hth0");
+}
+
+#[actix::test]
+async fn initialize_pins_used_leases_and_removes_stale_pins() {
+    let fake = FakeLinks::new();
+    let bridge = fake.plant("hbr0", LinkKind::Bridge);
+    fake.plant("hth4", LinkKind::Tap);
+    // A crash left the pin of a released address, and one with a wrong MAC.
+    fake.plant_neighbour(bridge, ip(5), MacAddr::for_guest(ip(5)));
+    fake.plant_neighbour(bridge, ip(2), MacAddr([6, 0, 0, 0, 0, 1]));
+    let addr = start(config(1), &fake);
+    addr.send(Initialize {
+        used: vec![used("hth4", 2)],
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        fake.neighbours(),
+        [((bridge, ip(2)), MacAddr::for_guest(ip(2)))].into()
+    );
 }
 
 #[actix::test]
@@ -301,7 +368,9 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
         .unwrap();
     wait_status(&addr, |s| s.pending == 0).await;
     assert!(fake.link(&a.tap).is_none());
-    assert!(fake.calls().contains(&LinksCall::DeleteLink(a.tap.clone())));
+    assert!(fake
+        .calls()
+        .contains(&LinksCall::DeleteLinks(vec![a.tap.clone()])));
     let s = status(&addr).await;
     assert_eq!((s.free_taps, s.leased, s.free_ips), (1, 0, 5));
 
@@ -312,8 +381,8 @@ async fn release_returns_tap_to_pool_or_deletes_it_when_full() {
         .await
         .unwrap()
         .unwrap();
+    wait_status(&addr, |s| s.free_taps == 1).await;
     assert!(fake.link(&b.tap).is_some());
-    assert_eq!(status(&addr).await.free_taps, 1);
     assert_eq!(acquire(&addr).await.unwrap().tap, b.tap);
 }
 

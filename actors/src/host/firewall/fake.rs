@@ -31,6 +31,8 @@ pub enum FakeOp {
     RemoveFromSet,
     /// [`Firewall::destroy_set`].
     DestroySet,
+    /// [`Firewall::apply_nft`].
+    ApplyNft,
 }
 
 /// One recorded call.
@@ -54,6 +56,8 @@ pub enum FakeCall {
     RemoveFromSet(String, SetEntry),
     /// `destroy_set(set)`.
     DestroySet(String),
+    /// `apply_nft(text)`.
+    ApplyNft(String),
 }
 
 /// What the fake holds.
@@ -109,6 +113,18 @@ impl FakeFirewall {
     /// The members of a set, or `None` when it does not exist.
     pub fn set(&self, name: &str) -> Option<BTreeSet<SetEntry>> {
         self.state().sets.get(name).cloned()
+    }
+
+    /// The texts given to `apply_nft`, in order.
+    pub fn applied_nft(&self) -> Vec<String> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::ApplyNft(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The texts given to `restore_rules`, in order.
@@ -301,6 +317,11 @@ impl Firewall for FakeFirewall {
         let mut state = self.enter(FakeOp::DestroySet, FakeCall::DestroySet(set.into()))?;
         state.sets.remove(set);
         Ok(())
+    }
+
+    fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.enter(FakeOp::ApplyNft, FakeCall::ApplyNft(text.into()))
+            .map(drop)
     }
 }
 

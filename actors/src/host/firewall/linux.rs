@@ -1,6 +1,6 @@
 //! The real firewall backend: `iptables-restore`/`iptables -S` (nft or legacy flavour) for the
-//! static rules, `ipset restore` for atomic set rebuilds, and libipset (the `ipset` crate)
-//! in-process for per-guest set membership.
+//! static rules, `ipset restore` for atomic set rebuilds, libipset (the `ipset` crate)
+//! in-process for per-guest set membership, and `nft -f -` for the bridge-family table.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -235,6 +235,10 @@ impl Firewall for LinuxFirewall {
             op: format!("del {entry} from {set}"),
             message: ipset_message(e),
         })
+    }
+
+    fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
+        run("nft", &["-f", "-"], Some(text)).map(drop)
     }
 
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {

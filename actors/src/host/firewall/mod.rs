@@ -8,6 +8,9 @@
 //!   [`Firewall::remove_from_set`] talk to the kernel in-process over netlink (libipset), so
 //!   enabling NAT for a guest costs no process and no rule, whatever the number of guests.
 //!
+//! Below IP, [`Firewall::apply_nft`] feeds `nft -f -` (one atomic transaction) for hearth's
+//! `bridge`-family table, which filters what guests' ports send (ARP, non-IPv4 frames).
+//!
 //! [`linux::LinuxFirewall`] is the real backend, [`fake::FakeFirewall`] the recording fake.
 
 use std::fmt;
@@ -153,6 +156,9 @@ pub trait Firewall {
 
     /// Destroys a set, in-process. Destroying an absent set succeeds.
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError>;
+
+    /// Applies an `nft -f` text as one transaction (all of it or nothing).
+    fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError>;
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -185,5 +191,8 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {
         (**self).destroy_set(set)
+    }
+    fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
+        (**self).apply_nft(text)
     }
 }

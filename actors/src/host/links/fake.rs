@@ -6,6 +6,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::future::LocalBoxFuture;
+
+use crate::lease::MacAddr;
+
 use super::{BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec, TapSpec};
 
 /// One call made to the fake, in order.
@@ -19,8 +23,16 @@ pub enum LinksCall {
     AttachPort(String),
     /// `delete_link(name)`.
     DeleteLink(String),
+    /// `delete_links(names)`.
+    DeleteLinks(Vec<String>),
     /// `list_links(prefix)`.
     ListLinks(String),
+    /// `pin_neighbour(bridge, port, ip, mac)`.
+    PinNeighbour(u32, String, Ipv4Addr, MacAddr),
+    /// `unpin_neighbour(bridge, port, ip, mac)`.
+    UnpinNeighbour(u32, String, Ipv4Addr, MacAddr),
+    /// `pinned_neighbours(index)`.
+    PinnedNeighbours(u32),
 }
 
 /// The operations a failure can be injected into.
@@ -36,6 +48,10 @@ pub enum FakeOp {
     DeleteLink,
     /// [`Links::list_links`].
     ListLinks,
+    /// [`Links::pin_neighbour`] (matched by the IP as text).
+    PinNeighbour,
+    /// [`Links::unpin_neighbour`] (matched by the IP as text).
+    UnpinNeighbour,
 }
 
 /// A link in the fake's table.
@@ -59,6 +75,8 @@ pub struct FakeLink {
     pub owner: Option<u32>,
     /// TAP group gid.
     pub group: Option<u32>,
+    /// IPv6 turned off (true for what the backend creates or adopts as a bridge).
+    pub ipv6_off: bool,
 }
 
 #[derive(Debug)]
@@ -75,6 +93,9 @@ struct State {
     calls: Vec<LinksCall>,
     failures: Vec<Failure>,
     create_delay: Option<Duration>,
+    neighbours: BTreeMap<(u32, Ipv4Addr), MacAddr>,
+    /// Static forwarding entries: MAC -> port name.
+    fdb: BTreeMap<MacAddr, String>,
 }
 
 impl State {
@@ -111,6 +132,7 @@ impl State {
                 addresses: Vec::new(),
                 owner: None,
                 group: None,
+                ipv6_off: false,
             },
         );
         index
@@ -124,6 +146,8 @@ fn op_name(op: FakeOp) -> &'static str {
         FakeOp::AttachPort => "attach_port",
         FakeOp::DeleteLink => "delete_link",
         FakeOp::ListLinks => "list_links",
+        FakeOp::PinNeighbour => "pin_neighbour",
+        FakeOp::UnpinNeighbour => "unpin_neighbour",
     }
 }
 
@@ -186,6 +210,21 @@ impl FakeLinks {
         self.lock().failures.clear();
     }
 
+    /// The pinned neighbour entries, by (link index, IP).
+    pub fn neighbours(&self) -> BTreeMap<(u32, Ipv4Addr), MacAddr> {
+        self.lock().neighbours.clone()
+    }
+
+    /// The static bridge forwarding entries pinned (MAC -> port).
+    pub fn forwarding(&self) -> BTreeMap<MacAddr, String> {
+        self.lock().fdb.clone()
+    }
+
+    /// Plants a pinned neighbour entry as if an earlier run (or someone else) made it.
+    pub fn plant_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) {
+        self.lock().neighbours.insert((index, ip), mac);
+    }
+
     /// Makes each TAP creation take `delay` before it completes.
     pub fn set_create_delay(&self, delay: Option<Duration>) {
         self.lock().create_delay = delay;
@@ -205,6 +244,7 @@ impl Links for FakeLinks {
                 None => s.add(&spec.name, LinkKind::Bridge, spec.mtu),
             };
             let link = s.links.get_mut(&spec.name).expect("just ensured");
+            link.ipv6_off = true;
             link.up = true;
             link.mtu = spec.mtu;
             if !link.addresses.contains(&(spec.gateway, spec.prefix_len)) {
@@ -231,6 +271,7 @@ impl Links for FakeLinks {
             let link = s.links.get_mut(&spec.name).expect("just added");
             link.owner = spec.owner;
             link.group = spec.group;
+            link.ipv6_off = true;
             Ok(index)
         })
     }
@@ -262,8 +303,36 @@ impl Links for FakeLinks {
             let mut s = this.lock();
             s.calls.push(LinksCall::DeleteLink(name.clone()));
             s.injected(FakeOp::DeleteLink, &name)?;
-            s.links.remove(&name);
+            if let Some(link) = s.links.remove(&name) {
+                // The kernel drops a link's neighbour and forwarding entries with it.
+                s.neighbours.retain(|(index, _), _| *index != link.index);
+                s.fdb.retain(|_, port| *port != name);
+            }
             Ok(())
+        })
+    }
+
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut s = this.lock();
+            s.calls.push(LinksCall::DeleteLinks(names.clone()));
+            let mut failed = Vec::new();
+            for name in names {
+                // A failure injected for `delete_link` applies to batch members too.
+                if let Err(e) = s.injected(FakeOp::DeleteLink, &name) {
+                    failed.push((name, e));
+                    continue;
+                }
+                if let Some(link) = s.links.remove(&name) {
+                    s.neighbours.retain(|(index, _), _| *index != link.index);
+                    s.fdb.retain(|_, port| *port != name);
+                }
+            }
+            failed
         })
     }
 
@@ -283,6 +352,64 @@ impl Links for FakeLinks {
                     kind: link.kind,
                     master: link.master,
                 })
+                .collect())
+        })
+    }
+
+    fn pin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
+        let this = self.clone();
+        let port = port.to_owned();
+        Box::pin(async move {
+            let mut s = this.lock();
+            s.calls
+                .push(LinksCall::PinNeighbour(bridge, port.clone(), ip, mac));
+            s.injected(FakeOp::PinNeighbour, &ip.to_string())?;
+            if !s.links.contains_key(&port) {
+                return Err(LinksError::NotFound { name: port });
+            }
+            s.neighbours.insert((bridge, ip), mac);
+            s.fdb.insert(mac, port);
+            Ok(())
+        })
+    }
+
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
+        let this = self.clone();
+        let port = port.to_owned();
+        Box::pin(async move {
+            let mut s = this.lock();
+            s.calls
+                .push(LinksCall::UnpinNeighbour(bridge, port.clone(), ip, mac));
+            s.injected(FakeOp::UnpinNeighbour, &ip.to_string())?;
+            s.neighbours.remove(&(bridge, ip));
+            if s.fdb.get(&mac) == Some(&port) {
+                s.fdb.remove(&mac);
+            }
+            Ok(())
+        })
+    }
+
+    fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut s = this.lock();
+            s.calls.push(LinksCall::PinnedNeighbours(index));
+            Ok(s.neighbours
+                .iter()
+                .filter(|((i, _), _)| *i == index)
+                .map(|((_, ip), mac)| (*ip, *mac))
                 .collect())
         })
     }

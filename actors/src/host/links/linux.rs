@@ -3,18 +3,25 @@
 //! the system calls run on a backend thread it spawns, and threads inherit their creator's
 //! namespace.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 
+use crate::lease::MacAddr;
+
 use super::{
-    check_ifname, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec,
-    TapSpec,
+    check_ifname, sysctl, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture,
+    PortSpec, TapSpec,
 };
 
 /// [`Links`] over a netlink socket and `/dev/net/tun`.
@@ -108,8 +115,141 @@ impl std::fmt::Debug for LinuxLinks {
 }
 
 impl Links for LinuxLinks {
+    fn pin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        let port = port.to_owned();
+        Box::pin(async move {
+            let netlink = |op: &'static str| {
+                let link = format!("{ip} ({mac}) on {port}");
+                move |source| LinksError::Netlink {
+                    op,
+                    link,
+                    source: Box::new(source),
+                }
+            };
+            let port_index = link_by_name(&handle, &port)
+                .await?
+                .ok_or_else(|| LinksError::NotFound { name: port.clone() })?
+                .header
+                .index;
+            // The forwarding entry first: from the moment the host stops asking ARP, its
+            // frames for `mac` go to this port only.
+            handle
+                .neighbours()
+                .add_bridge(port_index, &mac.0)
+                .state(NeighbourState::Noarp)
+                .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("pin bridge forwarding entry"))?;
+            handle
+                .neighbours()
+                .add(bridge, IpAddr::V4(ip))
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink("pin neighbour"))
+        })
+    }
+
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()> {
+        let handle = self.handle.clone();
+        let port = port.to_owned();
+        Box::pin(async move {
+            let absent_ok = |op: &'static str, res: Result<(), rtnetlink::Error>| match res {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENODEV | libc::EINVAL) => Ok(()),
+                Err(source) => Err(LinksError::Netlink {
+                    op,
+                    link: format!("{ip} ({mac}) on {port}"),
+                    source: Box::new(source),
+                }),
+            };
+            let mut message = NeighbourMessage::default();
+            message.header.family = AddressFamily::Inet;
+            message.header.ifindex = bridge;
+            message
+                .attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            absent_ok(
+                "unpin neighbour",
+                handle.neighbours().del(message).execute().await,
+            )?;
+            if port.is_empty() {
+                return Ok(());
+            }
+            if let Some(link) = link_by_name(&handle, &port).await? {
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = link.header.index;
+                message.header.flags = NeighbourFlags::Controller;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                absent_ok(
+                    "unpin bridge forwarding entry",
+                    handle.neighbours().del(message).execute().await,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let entries: Vec<NeighbourMessage> = handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| LinksError::Netlink {
+                    op: "list neighbours",
+                    link: format!("link {index}"),
+                    source: Box::new(source),
+                })?;
+            Ok(entries
+                .iter()
+                .filter(|n| {
+                    n.header.ifindex == index && n.header.state == NeighbourState::Permanent
+                })
+                .filter_map(|n| {
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    })?;
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(b) => {
+                            <[u8; 6]>::try_from(b.as_slice()).ok()
+                        }
+                        _ => None,
+                    })?;
+                    Some((ip, MacAddr(mac)))
+                })
+                .collect())
+        })
+    }
+
     fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32> {
         let handle = self.handle.clone();
+        let worker = self.worker.clone();
         Box::pin(async move {
             check_ifname(&spec.name)?;
             let (index, created) = match link_by_name(&handle, &spec.name).await? {
@@ -142,7 +282,20 @@ impl Links for LinuxLinks {
                     }
                 }
             };
-            let configured = configure_bridge(&handle, index, &spec).await;
+            // IPv6 off before `configure_bridge` brings the bridge up (a new bridge is down).
+            let name = spec.name.clone();
+            let ipv6_off = worker
+                .run(move || sysctl::disable_ipv6(&name))
+                .await
+                .unwrap_or_else(|| {
+                    Err(LinksError::WorkerGone {
+                        name: spec.name.clone(),
+                    })
+                });
+            let configured = match ipv6_off {
+                Ok(()) => configure_bridge(&handle, index, &spec).await,
+                Err(e) => Err(e),
+            };
             if configured.is_err() && created {
                 // Undo our creation; the original error is what matters.
                 let _ = handle.link().del(index).execute().await;
@@ -199,19 +352,66 @@ impl Links for LinuxLinks {
     fn delete_link(&self, name: &str) -> LinksFuture<()> {
         let handle = self.handle.clone();
         let name = name.to_owned();
+        Box::pin(async move { delete_one(&handle, &name).await })
+    }
+
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>> {
+        let handle = self.handle.clone();
         Box::pin(async move {
-            let Some(link) = link_by_name(&handle, &name).await? else {
-                return Ok(());
-            };
-            match handle.link().del(link.header.index).execute().await {
-                Ok(()) => Ok(()),
-                Err(e) if errno(&e) == libc::ENODEV => Ok(()),
-                Err(source) => Err(LinksError::Netlink {
-                    op: "delete link",
-                    link: name,
-                    source: Box::new(source),
-                }),
+            // Move the links into a link group of their own, then delete the group with one
+            // RTM_DELLINK: the kernel unregisters them together (one grace period).
+            let group = next_delete_group();
+            let mut grouped = Vec::new();
+            let mut failed = Vec::new();
+            for name in names {
+                let link = match link_by_name(&handle, &name).await {
+                    Ok(Some(link)) => link,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        failed.push((name, e));
+                        continue;
+                    }
+                };
+                let index = link.header.index;
+                let set = handle
+                    .link()
+                    .change(LinkUnspec::new_with_index(index).link_group(group).build())
+                    .execute()
+                    .await;
+                match set {
+                    Ok(()) => grouped.push(name),
+                    Err(e) if errno(&e) == libc::ENODEV => {}
+                    Err(source) => failed.push((
+                        name,
+                        LinksError::Netlink {
+                            op: "move to the deletion group",
+                            link: format!("link {index}"),
+                            source: Box::new(source),
+                        },
+                    )),
+                }
             }
+            if grouped.is_empty() {
+                return failed;
+            }
+            let mut del = handle.link().del(0);
+            del.message_mut()
+                .attributes
+                .push(LinkAttribute::Group(group));
+            if del.execute().await.is_err() {
+                // The group delete failed (e.g. a link of the group is not deletable): one
+                // at a time, so each failure is named.
+                for name in grouped {
+                    let res = delete_one(&handle, &name).await;
+                    if let Err(e) = res {
+                        failed.push((name, e));
+                    }
+                }
+            }
+            failed
         })
     }
 
@@ -244,6 +444,33 @@ impl Links for LinuxLinks {
                 .collect())
         })
     }
+}
+
+/// Deletes the link called `name`; an absent link is not an error.
+async fn delete_one(handle: &Handle, name: &str) -> Result<(), LinksError> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == libc::ENODEV => Ok(()),
+        Err(source) => Err(LinksError::Netlink {
+            op: "delete link",
+            link: name.to_owned(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// A link group number for one batch deletion: `0x4854` ("HT") in the high half, so hearth's
+/// groups stay clear of the small numbers administrators use, and a per-process counter with
+/// the pid in the low half, so two batches (or two hearth processes) never share one.
+fn next_delete_group() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let low = (std::process::id().wrapping_mul(97).wrapping_add(n)) & 0xffff;
+    0x4854_0000 | low.max(1)
 }
 
 /// MTU up, link up, gateway address present.

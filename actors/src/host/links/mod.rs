@@ -10,9 +10,13 @@
 
 pub mod fake;
 pub mod linux;
+pub mod routes;
+mod sysctl;
 mod tun;
 
 use std::net::Ipv4Addr;
+
+use crate::lease::MacAddr;
 
 use futures::future::LocalBoxFuture;
 
@@ -132,6 +136,14 @@ pub enum LinksError {
         /// The errno.
         source: nix::Error,
     },
+    /// Writing a per-interface sysctl failed (e.g. turning IPv6 off).
+    #[error("Cannot write {path}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The backend thread is gone (it panicked).
     #[error("Link backend thread is gone; cannot create {name}")]
     WorkerGone {
@@ -155,12 +167,14 @@ pub type LinksFuture<T> = LocalBoxFuture<'static, Result<T, LinksError>>;
 pub trait Links {
     /// Creates the bridge if missing (up, MTU, gateway address) or adopts an existing one,
     /// bringing it up and adding the address if missing. Returns the bridge's index.
+    /// IPv6 is turned off on it (guests are IPv4-only: no link-local address for them to
+    /// reach the host by), before it comes up when this call creates it.
     /// An existing non-bridge link with that name is [`LinksError::NotABridge`].
     /// If this call created the bridge and a later step fails, it deletes it again.
     fn ensure_bridge(&self, spec: BridgeSpec) -> LinksFuture<u32>;
 
     /// Creates a persistent TAP (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), down and detached,
-    /// and returns its index. Fails with [`LinksError::Exists`] if the name is taken; on
+    /// with IPv6 turned off (before anything brings it up), and returns its index. Fails with [`LinksError::Exists`] if the name is taken; on
     /// failure nothing is left behind.
     fn create_tap(&self, spec: TapSpec) -> LinksFuture<u32>;
 
@@ -171,11 +185,48 @@ pub trait Links {
     /// Deletes the link; a link that does not exist is not an error.
     fn delete_link(&self, name: &str) -> LinksFuture<()>;
 
+    /// Deletes many links at once; links that do not exist are not errors. Returns the links
+    /// that could not be deleted, with why (empty: all gone). Deleting a netdev waits for an
+    /// RCU grace period (~16 ms); this pays it once for the whole batch where the kernel
+    /// allows it, instead of once per link.
+    fn delete_links(
+        &self,
+        names: Vec<String>,
+    ) -> LocalBoxFuture<'static, Vec<(String, LinksError)>>;
+
     /// Lists the links whose name starts with `prefix`.
     fn list_links(&self, prefix: &str) -> LinksFuture<Vec<LinkEntry>>;
+
+    /// Pins a guest's address on the bridge `bridge`: the host's neighbour entry for `ip`
+    /// becomes `mac`, permanently (ARP cannot change it), and the bridge's forwarding entry
+    /// for `mac` points at the port `port`, statically and sticky (it neither ages out, which
+    /// would flood the host's frames for a quiet guest to every port, nor moves to another
+    /// port). Replaces whatever entries were there.
+    fn pin_neighbour(&self, bridge: u32, port: &str, ip: Ipv4Addr, mac: MacAddr)
+        -> LinksFuture<()>;
+
+    /// Removes what [`Links::pin_neighbour`] made; absent entries (or an absent port) are not
+    /// errors. An empty `port` removes only the neighbour entry.
+    fn unpin_neighbour(
+        &self,
+        bridge: u32,
+        port: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> LinksFuture<()>;
+
+    /// The permanent IPv4 neighbour entries on the link `index`.
+    fn pinned_neighbours(&self, index: u32) -> LinksFuture<Vec<(Ipv4Addr, MacAddr)>>;
 }
 
-/// Checks a Linux interface name: 1 to 15 bytes, no NUL, `/`, `:` or whitespace.
+/// Checks an interface name hearth uses or is given (bridge, TAP names and prefix, egress):
+/// 1 to 15 bytes of ASCII letters, digits, `-`, `_`, `.` and `@`, not `.` or `..`.
+///
+/// The one validator for interface names: the configuration, every actor and the backends
+/// call it, so a name accepted at one step is never refused at another. It is stricter than
+/// the kernel (which takes any byte but NUL, `/`, `:` and whitespace) because the names end
+/// up in iptables-restore and nft texts, where `+` is a wildcard, `*` a glob, `!` a negation
+/// and quotes or `#` change the parse.
 pub fn check_ifname(name: &str) -> Result<(), LinksError> {
     let ok = !name.is_empty()
         && name.len() < libc::IFNAMSIZ
@@ -183,7 +234,7 @@ pub fn check_ifname(name: &str) -> Result<(), LinksError> {
         && name != ".."
         && name
             .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -197,7 +248,7 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        for good in ["hth0", "hearth0", "a", "abcdefghijklmno"] {
+        for good in ["hth0", "hearth0", "a", "abcdefghijklmno", "br-1_x.2", "v@1"] {
             assert!(check_ifname(good).is_ok(), "{good}");
         }
         for bad in [
@@ -209,6 +260,12 @@ mod tests {
             ".",
             "..",
             "a\0b",
+            "eth+",
+            "br*",
+            "a!b",
+            "a\"b",
+            "a#b",
+            "a,b",
         ] {
             assert!(check_ifname(bad).is_err(), "{bad:?}");
         }

@@ -62,6 +62,9 @@ pub(super) fn create_persistent_tap(spec: &TapSpec) -> Result<(), LinksError> {
         unsafe { tun_set_group(fd.as_raw_fd(), libc::c_ulong::from(gid)) }
             .map_err(tun_err("TUNSETGROUP"))?;
     }
+    // Before the TAP is persistent (a failure still takes it away with our descriptor) and
+    // before anything brings it up: it never gets an IPv6 link-local address.
+    super::sysctl::disable_ipv6(&spec.name)?;
     // SAFETY: as above.
     unsafe { tun_set_persist(fd.as_raw_fd(), 1) }.map_err(tun_err("TUNSETPERSIST"))?;
     // Dropping fd detaches us; the persistent device stays.
