@@ -6,12 +6,12 @@
 #            ARP and non-IPv4 frames from guest ports)
 #   tests:   dnsutils (dig), dnsperf + dnsmasq-base (DNS benchmark and upstream server in tests),
 #            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images), xfsprogs (a reflink-capable
-#            filesystem for the copy backend's reflink test)
+#            filesystem for the copy backend's reflink test), curl (scripts/fuzz-api.sh)
 set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
   iptables ipset iproute2 nftables
-  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs
+  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs curl
 )
 missing=()
 for p in "${packages[@]}"; do
