@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hearth::client::{Client, ClientError, SseReader};
-use hearth_proto::api::{CreateVm, Event, SetNat, VmInfo, VmState};
+use hearth_proto::api::{parse_label, CreateVm, Event, SetNat, VmInfo, VmState};
 use hearth_proto::api_health::Health;
 use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
 
@@ -189,13 +189,6 @@ enum VmCmd {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not key=value")),
-    }
 }
 
 fn parse_state(s: &str) -> Result<VmState, String> {
@@ -768,7 +761,5 @@ mod tests {
         );
         assert_eq!(bar(0, 0, 4), "[####] 100%  0 B / 0 B");
         assert_eq!(enc("role=web x/y"), "role%3Dweb%20x%2Fy");
-        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
-        assert!(parse_label("=b").is_err());
     }
 }
