@@ -67,3 +67,12 @@ pub enum SupervisorError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
+
+impl SupervisorError {
+    /// No Firecracker binary was found at start-up, so no VM can be created or started.
+    pub fn no_firecracker_binary() -> Self {
+        SupervisorError::Unavailable {
+            what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
+        }
+    }
+}
