@@ -3,19 +3,29 @@
 //! the same way with blocking std code and no actor (fork/exec, a tight connect loop, the same
 //! API calls on one connection, the same vsock probe). The difference is what the actor adds.
 //!
+//! The actor is driven as the supervisor's saga drives it: `SpawnProcess`, `ConfigureVm`,
+//! `StartVm`, then `ProbeReady` (skipped with `--no-probe`). The headline is spawn→`Running`
+//! p50 of hearth next to the baseline's, and their ratio (target ≤ 1.1×).
+//!
 //! Runs inside a network namespace it creates, with one TAP leased from `TapPoolActor`. The
 //! simulator's guest boot delay is set to 0 (`--sim-boot-delay-ms`) so the agent phase
-//! measures the probe itself. Needs root.
+//! measures the probe itself. The kernel defaults to the generated minimal `vmlinux` of
+//! `tests/common/vmlinux.rs` (the real loader accepts it; no guest boots), the root disk to a
+//! 1 MiB file. Needs root.
 //!
 //! ```text
 //! cargo build --release -p firecracker-sim
 //! cargo run --release --example bench_boot -- --boots 200
+//! cargo run --release --example bench_boot -- --boots 200 --no-probe \
+//!     --firecracker ../shared/firecracker/bin/firecracker
 //! ```
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/fc_sim.rs"]
 mod fc_sim;
+#[path = "../tests/common/vmlinux.rs"]
+mod vmlinux;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -32,8 +42,9 @@ use hearth_actors::firecracker::command::LaunchArgs;
 use hearth_actors::firecracker::config::ApiBodies;
 use hearth_actors::firecracker::{api_client, readiness};
 use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, BootTimings, BootVm, FirecrackerActor, FirecrackerSettings, KillVm,
-    NetConfig, ProbeConfig, RunDir, VmConfig, VmProcessEvent,
+    binary, cid_for_guest_ip, BootTimings, ConfigureVm, FirecrackerActor, FirecrackerSettings,
+    KillVm, NetConfig, ProbeConfig, ProbeReady, RunDir, SpawnProcess, StartVm, VmConfig,
+    VmProcessEvent,
 };
 use hearth_actors::host::links::linux::LinuxLinks;
 use hearth_actors::host::processes::LinuxProcesses;
@@ -58,6 +69,15 @@ struct Args {
     /// Skip the no-actor baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// The guest kernel (default: a generated minimal x86-64 vmlinux that only halts).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The root disk (default: a 1 MiB file of zeros).
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Skip the agent probe (no guest agent answers on the real binary here).
+    #[arg(long)]
+    no_probe: bool,
     /// Where the run directories go; hearth's belong on tmpfs (/run/hearth), like this default.
     #[arg(long, default_value = "/dev/shm")]
     work_dir: PathBuf,
@@ -73,14 +93,14 @@ fn logger() -> slog::Logger {
     )
 }
 
-fn config(work: &Path, lease: &NetLease) -> VmConfig {
+fn config(kernel: &Path, rootfs: &Path, lease: &NetLease, probe: bool) -> VmConfig {
     VmConfig {
         vcpu_count: 1,
         mem_size_mib: 128,
-        kernel: work.join("vmlinux"),
+        kernel: kernel.to_path_buf(),
         initrd: None,
         extra_boot_args: String::new(),
-        rootfs: work.join("rootfs.ext4"),
+        rootfs: rootfs.to_path_buf(),
         rootfs_read_only: false,
         rootfs_rate_limiter: None,
         net: Some(NetConfig {
@@ -89,11 +109,17 @@ fn config(work: &Path, lease: &NetLease) -> VmConfig {
             tx_rate_limiter: None,
         }),
         vsock_cid: cid_for_guest_ip(lease.guest_ip),
-        probe: Some(ProbeConfig {
+        probe: probe.then_some(ProbeConfig {
             port: 52,
             timeout: Duration::from_secs(10),
         }),
     }
+}
+
+/// One boot's phases and its spawn→`Running` wall time.
+struct Sample {
+    phases: BootTimings,
+    to_running: Duration,
 }
 
 /// One blocking HTTP exchange on a kept-alive connection.
@@ -172,7 +198,7 @@ fn raw_probe(uds: &Path) -> anyhow::Result<PingReply> {
 }
 
 /// The baseline: the same VMM, arguments and calls, with no actor, no console pump, no pidfd.
-fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies) -> anyhow::Result<BootTimings> {
+fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies, probe: bool) -> anyhow::Result<Sample> {
     let mut t = BootTimings::default();
     let t0 = Instant::now();
     for s in rd.stale_sockets()? {
@@ -217,12 +243,52 @@ fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies) -> anyhow::Result<BootTi
     )?;
     http(&mut conn, "GET", "/", None)?;
     t.started = t3.elapsed();
-    let t4 = Instant::now();
-    raw_probe(&rd.vsock_socket())?;
-    t.agent_ready = Some(t4.elapsed());
+    let to_running = t0.elapsed();
+    if probe {
+        let t4 = Instant::now();
+        raw_probe(&rd.vsock_socket())?;
+        t.agent_ready = Some(t4.elapsed());
+    }
     child.kill()?;
     child.wait()?;
-    Ok(t)
+    Ok(Sample {
+        phases: t,
+        to_running,
+    })
+}
+
+/// Hearth's boot, as the saga does it: spawn, configure, start, then the probe if asked.
+async fn actor_boot(vm: &actix::Addr<FirecrackerActor>, cfg: &VmConfig) -> anyhow::Result<Sample> {
+    let t0 = Instant::now();
+    let spawned = vm.send(SpawnProcess {}).await??;
+    let configured = vm
+        .send(ConfigureVm {
+            config: cfg.clone(),
+        })
+        .await??;
+    let started = vm.send(StartVm {}).await??;
+    let to_running = t0.elapsed();
+    let agent_ready = match cfg.probe {
+        Some(p) => Some(
+            vm.send(ProbeReady {
+                port: p.port,
+                timeout: p.timeout,
+            })
+            .await??
+            .elapsed,
+        ),
+        None => None,
+    };
+    Ok(Sample {
+        phases: BootTimings {
+            spawn: spawned.spawn,
+            api_ready: spawned.api_ready,
+            configured,
+            started,
+            agent_ready,
+        },
+        to_running,
+    })
 }
 
 fn pct(mut v: Vec<Duration>, p: usize) -> Duration {
@@ -263,8 +329,27 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("bb")
         .tempdir_in(&args.work_dir)?;
-    std::fs::write(work.path().join("vmlinux"), b"dummy kernel")?;
-    std::fs::write(work.path().join("rootfs.ext4"), vec![0u8; 1 << 20])?;
+    let kernel = match &args.kernel {
+        Some(k) => k
+            .canonicalize()
+            .with_context(|| format!("--kernel {}", k.display()))?,
+        None => {
+            let k = work.path().join("vmlinux");
+            vmlinux::write_minimal_vmlinux(&k);
+            k
+        }
+    };
+    let rootfs = match &args.rootfs {
+        Some(r) => r
+            .canonicalize()
+            .with_context(|| format!("--rootfs {}", r.display()))?,
+        None => {
+            let r = work.path().join("rootfs.ext4");
+            std::fs::write(&r, vec![0u8; 1 << 20])?;
+            r
+        }
+    };
+    let probe = !args.no_probe;
     let fc = args.firecracker.clone().unwrap_or_else(fc_sim::sim_binary);
     let ns = common::NetNs::new("hearth-benchboot");
     let log = logger();
@@ -281,14 +366,16 @@ fn main() -> anyhow::Result<()> {
         .start();
         pool.send(Initialize { used: vec![] }).await??;
         let lease = pool.send(AcquireTap {}).await??;
-        let cfg = config(work.path(), &lease);
+        let cfg = config(&kernel, &rootfs, &lease, probe);
         println!(
-            "bench_boot: {} boots each, {} {}, TAP {} in netns, sim boot delay {} ms",
+            "bench_boot: {} boots each, {} {}, kernel {}, TAP {} in netns, sim boot delay {} ms{}",
             args.boots,
             bin.path.display(),
             bin.version,
+            kernel.display(),
             lease.tap,
-            args.sim_boot_delay_ms
+            args.sim_boot_delay_ms,
+            if probe { "" } else { ", no probe" }
         );
 
         let raw_rd = RunDir::new(&work.path().join("vms"), "raw")?;
@@ -308,12 +395,7 @@ fn main() -> anyhow::Result<()> {
                 log.clone(),
             )?
             .start();
-            let report = vm
-                .send(BootVm {
-                    config: cfg.clone(),
-                })
-                .await??;
-            actor_t.push(report.timings);
+            actor_t.push(actor_boot(&vm, &cfg).await?);
             vm.send(KillVm {}).await??;
             // The TAP is free again once the process is gone.
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
@@ -322,21 +404,22 @@ fn main() -> anyhow::Result<()> {
             }
             // Interleaved, so both variants see the same machine noise.
             if !args.no_baseline {
-                raw_v.push(raw_boot(&bin.path, &raw_rd, &raw_bodies)?);
+                raw_v.push(raw_boot(&bin.path, &raw_rd, &raw_bodies, probe)?);
             }
         }
 
         let raw_t = (!args.no_baseline).then_some(raw_v);
 
         println!("\nphase (ms)     actor p50  p99      baseline p50  p99   actor-baseline p50");
-        type Get = fn(&BootTimings) -> Duration;
-        let phases: [(&str, Get); 6] = [
-            ("spawn", |t| t.spawn),
-            ("api ready", |t| t.api_ready),
-            ("configured", |t| t.configured),
-            ("started", |t| t.started),
-            ("agent ready", |t| t.agent_ready.unwrap_or_default()),
-            ("total", |t| t.total()),
+        type Get = fn(&Sample) -> Duration;
+        let phases: [(&str, Get); 7] = [
+            ("spawn", |s| s.phases.spawn),
+            ("api ready", |s| s.phases.api_ready),
+            ("configured", |s| s.phases.configured),
+            ("started", |s| s.phases.started),
+            ("to Running", |s| s.to_running),
+            ("agent ready", |s| s.phases.agent_ready.unwrap_or_default()),
+            ("total", |s| s.phases.total()),
         ];
         for (name, get) in phases {
             row(
@@ -344,6 +427,23 @@ fn main() -> anyhow::Result<()> {
                 actor_t.iter().map(get).collect(),
                 raw_t.as_ref().map(|r| r.iter().map(get).collect()),
             );
+        }
+        let hearth = pct(actor_t.iter().map(|s| s.to_running).collect(), 50);
+        match &raw_t {
+            Some(r) => {
+                let raw = pct(r.iter().map(|s| s.to_running).collect(), 50);
+                println!(
+                    "\nspawn→Running p50: hearth {:.3} ms, minimal client {:.3} ms, ratio {:.3}× \
+                     (target ≤ 1.1×)",
+                    hearth.as_secs_f64() * 1e3,
+                    raw.as_secs_f64() * 1e3,
+                    hearth.as_secs_f64() / raw.as_secs_f64()
+                );
+            }
+            None => println!(
+                "\nspawn→Running p50: hearth {:.3} ms",
+                hearth.as_secs_f64() * 1e3
+            ),
         }
         pool.send(ReleaseTap { lease }).await??;
         pool.send(Teardown {

@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         Some(k) => k.clone(),
         None => {
             let k = work.path().join("vmlinux");
-            std::fs::write(&k, b"dummy kernel for firecracker-sim")?;
+            std::fs::write(&k, firecracker_sim::kernel::minimal_vmlinux())?;
             k
         }
     };

@@ -109,13 +109,16 @@ ip -n "$NS" link set wan0 up
 ip -n "$NS" link set wan1 up
 ip -n "$NS" route add default via 10.98.0.2 dev wan0
 
-# --- images: a kernel the store accepts (the simulator boots anything) and a real ext4.
+# --- images: the smallest x86-64 ELF vmlinux that Firecracker (and so the simulator, which
+# checks kernels as its loader does) starts: one PT_LOAD at 1 MiB holding `cli; hlt; jmp`
+# (the same image as firecracker_sim::kernel::minimal_vmlinux), and a real ext4.
 python3 - "$WORK/vmlinux" <<'EOF'
-import sys
-elf = bytearray(4096)
-elf[0:4] = b"\x7fELF"
-elf[4], elf[5], elf[6], elf[16], elf[18], elf[20] = 2, 1, 1, 2, 0x3E, 1
-open(sys.argv[1], "wb").write(elf)
+import struct, sys
+HIMEM, CODE_OFF, HALT = 0x100000, 0x1000, b"\xfa\xf4\xeb\xfd"
+ehdr = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + struct.pack(
+    "<HHIQQQIHHHHHH", 2, 0x3E, 1, HIMEM, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+phdr = struct.pack("<IIQQQQQQ", 1, 5, CODE_OFF, HIMEM, HIMEM, len(HALT), len(HALT), 0x1000)
+open(sys.argv[1], "wb").write((ehdr + phdr).ljust(CODE_OFF, b"\0") + HALT)
 EOF
 truncate -s 16M "$WORK/rootfs.ext4"
 mkfs.ext4 -q -F "$WORK/rootfs.ext4"

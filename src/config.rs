@@ -115,9 +115,35 @@ pub struct DnsConfig {
     /// The zone whose names are VMs: `<vm>.<zone>`.
     pub zone: String,
     /// Resolvers for every other name. Default: the `nameserver`s of `/etc/resolv.conf`.
+    /// Each is an address with an optional port (`10.0.0.2` means `10.0.0.2:53`).
+    #[serde(deserialize_with = "upstreams")]
     pub upstreams: Vec<SocketAddr>,
     /// Port to serve on (the gateway address, UDP and TCP).
     pub port: u16,
+}
+
+/// Parses one upstream resolver: `ip:port`, `[v6]:port`, or a bare address on port 53 (what
+/// a resolv.conf `nameserver` line holds).
+fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| {
+            format!(
+                "invalid upstream resolver {text:?}: expected an IP address with an optional \
+                 port, e.g. \"10.0.0.2\" or \"10.0.0.2:53\""
+            )
+        })
+}
+
+fn upstreams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|t| parse_upstream(t).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Default for DnsConfig {
@@ -585,6 +611,31 @@ mod tests {
         assert_eq!(c.network.bridge, "br9");
         assert_eq!(c.network.pool_size, 4);
         assert_eq!(c.dns.upstreams, vec!["10.0.0.2:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_bare_upstream_address_defaults_to_port_53() {
+        let c = Config::parse(
+            "[dns]\nupstreams = [\"10.0.0.2\", \"10.0.0.3:5353\", \"fd00::1\", \"[fd00::2]:54\"]\n",
+        )
+        .unwrap();
+        let want: Vec<SocketAddr> = [
+            "10.0.0.2:53",
+            "10.0.0.3:5353",
+            "[fd00::1]:53",
+            "[fd00::2]:54",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(c.dns.upstreams, want);
+        let err = Config::parse("[dns]\nupstreams = [\"resolver.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("resolver.example") && err.contains("upstream"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! Integration tests of `FirecrackerActor` against `firecracker-sim` (build it first:
-//! `cargo build -p firecracker-sim`; see `tests/common/fc_sim.rs`). Tests that put a TAP on
-//! the VM need root and run in their own network namespace; the others run unprivileged in
-//! a temporary run directory.
+//! Integration tests of `FirecrackerActor` that only the simulator can run: a guest agent that
+//! answers, guest reboots, crashes and ignored signals on demand (the `FC_SIM_*` knobs), and
+//! the actor's own refusals. Behaviour both VMMs share is tested against both in
+//! `tests/vmm.rs`. Build the simulator first: `cargo build -p firecracker-sim` (see
+//! `tests/common/fc_sim.rs`). Tests that put a TAP on the VM need root and run in their own
+//! network namespace; the others run unprivileged in a temporary run directory.
+//!
+//! The VM is brought up as the supervisor's saga does (`SpawnProcess`, `ConfigureVm`,
+//! `StartVm`, `ProbeReady`); only the last test covers `BootVm`.
 
 mod common;
 #[path = "common/fc_sim.rs"]
 mod fc_sim;
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +21,9 @@ use actix::Actor;
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
     cid_for_guest_ip, AdoptProcess, BootVm, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeConfig, ProbeReady,
-    SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
+    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeConfig, ProbeOutcome,
+    ProbeReady, ProcessRecord, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig,
+    VmProcessEvent,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
@@ -37,7 +42,11 @@ impl Fixture {
             .prefix("fc")
             .tempdir_in("/tmp")
             .unwrap();
-        std::fs::write(dir.path().join("vmlinux"), b"not a kernel").unwrap();
+        std::fs::write(
+            dir.path().join("vmlinux"),
+            firecracker_sim::kernel::minimal_vmlinux(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
         Fixture { dir }
     }
@@ -129,34 +138,28 @@ async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEven
         .expect("event channel closed")
 }
 
-/// Opens a TAP the way Firecracker does, holding it busy while the fd lives.
-fn open_tap(name: &str) -> OwnedFd {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .unwrap();
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
+/// Brings the VM up as the saga does: spawn, configure, start, and probe when `config.probe`.
+async fn bring_up(
+    vm: &actix::Addr<FirecrackerActor>,
+    config: VmConfig,
+) -> (ProcessRecord, Option<ProbeOutcome>) {
+    let probe = config.probe;
+    let record = vm.send(SpawnProcess {}).await.unwrap().unwrap().record;
+    vm.send(ConfigureVm { config }).await.unwrap().unwrap();
+    vm.send(StartVm {}).await.unwrap().unwrap();
+    let outcome = match probe {
+        Some(p) => Some(
+            vm.send(ProbeReady {
+                port: p.port,
+                timeout: p.timeout,
+            })
+            .await
+            .unwrap()
+            .unwrap(),
+        ),
+        None => None,
     };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF with a properly sized, initialised ifreq.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
-    assert_eq!(
-        rc,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    f.into()
+    (record, outcome)
 }
 
 #[test]
@@ -168,14 +171,13 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
     ns.block_on(|| async {
         let (vm, mut events) = fx.actor("vm-1", fx.binary(fc_sim::sim_binary()));
         let cfg = fx.config(Some(lease("hth0")), probe(Duration::from_secs(5)));
-        let report = vm.send(BootVm { config: cfg }).await.unwrap().unwrap();
-        let agent = report.agent.expect("agent reply");
+        let (record, probed) = bring_up(&vm, cfg).await;
+        let agent = probed.expect("agent reply").reply;
         assert_eq!(agent.boot_id.len(), 36, "{agent:?}");
-        assert!(alive(report.record.pid));
-        assert!(report.timings.agent_ready.is_some());
+        assert!(alive(record.pid));
         assert_eq!(
             vm.send(GetProcessRecord {}).await.unwrap(),
-            Some(report.record.clone())
+            Some(record.clone())
         );
         let rd = fx.path().join("vms/vm-1");
         assert!(rd.join("api.sock").exists());
@@ -199,7 +201,7 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
             } => {
                 assert_eq!(
                     (rung, status, pid),
-                    (StopRung::CtrlAltDel, ExitStatus::Code(0), report.record.pid)
+                    (StopRung::CtrlAltDel, ExitStatus::Code(0), record.pid)
                 );
             }
             e => panic!("unexpected {e:?}"),
@@ -213,45 +215,11 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
 }
 
 #[actix::test]
-async fn ignored_ctrl_alt_del_escalates_to_sigterm() {
-    let fx = Fixture::new();
-    let bin = fx.wrapper("fc-nocad", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], false);
-    let (vm, mut events) = fx.actor("vm-term", bin);
-    let report = vm
-        .send(BootVm {
-            config: fx.config(None, None),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let plan = StopPlan {
-        ctrl_alt_del_grace: Some(MS * 200),
-        term_grace: Some(Duration::from_secs(5)),
-    };
-    let out = vm.send(StopVm { plan }).await.unwrap().unwrap();
-    assert_eq!(out.rung, StopRung::Sigterm);
-    assert_eq!(out.status, ExitStatus::Signal(libc::SIGTERM));
-    assert!(matches!(
-        next_event(&mut events).await,
-        VmProcessEvent::Stopped {
-            rung: StopRung::Sigterm,
-            ..
-        }
-    ));
-    assert!(!alive(report.record.pid));
-}
-
-#[actix::test]
 async fn ignored_sigterm_escalates_to_sigkill() {
     let fx = Fixture::new();
     let bin = fx.wrapper("fc-stubborn", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], true);
     let (vm, mut events) = fx.actor("vm-kill", bin);
-    vm.send(BootVm {
-        config: fx.config(None, None),
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    bring_up(&vm, fx.config(None, None)).await;
     let plan = StopPlan {
         ctrl_alt_del_grace: Some(MS * 100),
         term_grace: Some(MS * 200),
@@ -271,31 +239,6 @@ async fn ignored_sigterm_escalates_to_sigkill() {
 }
 
 #[actix::test]
-async fn kill_goes_straight_to_sigkill() {
-    let fx = Fixture::new();
-    let (vm, mut events) = fx.actor("vm-k", fx.binary(fc_sim::sim_binary()));
-    vm.send(BootVm {
-        config: fx.config(None, None),
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let out = vm.send(KillVm {}).await.unwrap().unwrap();
-    assert_eq!(
-        (out.rung, out.status),
-        (StopRung::Sigkill, ExitStatus::Signal(libc::SIGKILL))
-    );
-    assert!(out.notes.is_empty());
-    assert!(matches!(
-        next_event(&mut events).await,
-        VmProcessEvent::Stopped {
-            rung: StopRung::Sigkill,
-            ..
-        }
-    ));
-}
-
-#[actix::test]
 async fn unexpected_exit_is_reported() {
     let fx = Fixture::new();
     let bin = fx.wrapper(
@@ -304,18 +247,12 @@ async fn unexpected_exit_is_reported() {
         false,
     );
     let (vm, mut events) = fx.actor("vm-crash", bin);
-    let report = vm
-        .send(BootVm {
-            config: fx.config(None, None),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let (record, _) = bring_up(&vm, fx.config(None, None)).await;
     match next_event(&mut events).await {
         VmProcessEvent::ExitedUnexpectedly { pid, status, vm_id } => {
             assert_eq!(
                 (pid, status, vm_id.as_str()),
-                (report.record.pid, ExitStatus::Code(2), "vm-crash")
+                (record.pid, ExitStatus::Code(2), "vm-crash")
             );
         }
         e => panic!("unexpected {e:?}"),
@@ -334,14 +271,7 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
     let fx = Fixture::new();
     let bin = fx.binary(fc_sim::sim_binary());
     let (vm, _events) = fx.actor("vm-adopt", bin.clone());
-    let report = vm
-        .send(BootVm {
-            config: fx.config(None, None),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let record = report.record.clone();
+    let (record, _) = bring_up(&vm, fx.config(None, None)).await;
     drop(vm);
     // Let the old actor stop (its exit waiter is aborted, the VM keeps running).
     for _ in 0..10 {
@@ -375,7 +305,10 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(info.vmm_state, "Running");
+    assert_eq!(
+        info.vmm_state,
+        hearth_proto::firecracker::InstanceState::Running
+    );
     assert_eq!(
         vm2.send(GetProcessRecord {}).await.unwrap(),
         Some(record.clone())
@@ -391,24 +324,6 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
         }
     ));
     assert!(!alive(record.pid));
-}
-
-#[actix::test]
-async fn stale_sockets_are_removed_before_spawning() {
-    let fx = Fixture::new();
-    let rd = fx.path().join("vms/vm-stale");
-    std::fs::create_dir_all(&rd).unwrap();
-    // Left behind by a dead process: Firecracker would fail with AddrInUse on these.
-    let _a = std::os::unix::net::UnixListener::bind(rd.join("api.sock")).unwrap();
-    let _v = std::os::unix::net::UnixListener::bind(rd.join("v.sock")).unwrap();
-    let (vm, _events) = fx.actor("vm-stale", fx.binary(fc_sim::sim_binary()));
-    vm.send(BootVm {
-        config: fx.config(None, None),
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    vm.send(KillVm {}).await.unwrap().unwrap();
 }
 
 #[actix::test]
@@ -434,12 +349,7 @@ async fn sockets_are_given_to_the_configured_group() {
     )
     .unwrap()
     .start();
-    vm.send(BootVm {
-        config: fx.config(None, None),
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    bring_up(&vm, fx.config(None, None)).await;
     for name in ["api.sock", "v.sock"] {
         let md = std::fs::metadata(fx.path().join("vms/vm-group").join(name)).unwrap();
         assert_eq!(
@@ -501,49 +411,6 @@ async fn missing_binary_is_a_clear_error() {
         binary::resolve(Some(&liar), &LinuxProcesses),
         Err(FirecrackerError::VersionTooOld { .. })
     ));
-}
-
-#[test]
-fn busy_tap_fails_configuration_and_leaks_nothing() {
-    require_privileged!();
-    let ns = common::NetNs::new("fc-busy");
-    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
-    let fx = Fixture::new();
-    ns.block_on(|| async {
-        let _holder = open_tap("hth0");
-        let (vm, mut events) = fx.actor("vm-busy", fx.binary(fc_sim::sim_binary()));
-        let err = vm
-            .send(BootVm {
-                config: fx.config(Some(lease("hth0")), None),
-            })
-            .await
-            .unwrap()
-            .unwrap_err();
-        match &err {
-            FirecrackerError::Api {
-                status,
-                fault_message,
-                uri,
-                ..
-            } => {
-                assert_eq!(*status, 400);
-                assert_eq!(uri, "/network-interfaces/eth0");
-                assert!(
-                    fault_message.contains("Open tap device failed"),
-                    "{fault_message}"
-                );
-            }
-            e => panic!("unexpected {e}"),
-        }
-        // The failed boot's process is killed and reported.
-        assert!(matches!(
-            next_event(&mut events).await,
-            VmProcessEvent::Stopped {
-                rung: StopRung::Sigkill,
-                ..
-            }
-        ));
-    });
 }
 
 #[actix::test]

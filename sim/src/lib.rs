@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod guest;
 pub mod http;
+pub mod kernel;
 pub mod knobs;
 pub mod log;
 pub mod netstack;

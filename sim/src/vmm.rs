@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use hearth_proto::firecracker::{
     net::parse_mac, ActionType, BootSource, Drive, FirecrackerVersion, HugePages, InstanceInfo,
-    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmConfigFile, VmState, Vsock,
+    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmState, Vsock,
     DEFAULT_BOOT_ARGS,
 };
 
@@ -23,6 +23,7 @@ use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::tap::{open_tap, Tap};
 
 mod error;
+mod vm_config;
 pub use error::VmmError;
 
 /// The version the simulator reports (`GET /version`, `GET /`, `--version`).
@@ -218,7 +219,13 @@ impl Vmm {
                 firecracker_version: SIM_VERSION.into(),
             }),
             Action::GetMachineConfig => json(&self.machine),
-            Action::GetVmConfig => json(&self.vm_config()),
+            Action::GetVmConfig => json(&vm_config::FullVmConfig::new(
+                self.boot.as_ref().map(|(b, _, _)| b),
+                self.drives.iter().map(|d| &d.config),
+                &self.machine,
+                self.nets.iter().map(|n| &n.config),
+                self.vsock.as_ref().map(|(v, _)| v),
+            )),
             Action::PutMachineConfig(m) => {
                 self.pre_boot()?;
                 m.validate()
@@ -321,6 +328,11 @@ impl Vmm {
     /// Initialises metrics (`--metrics-path` or `PUT /metrics`); only once.
     pub fn init_metrics(&mut self, m: Metrics) -> Result<(), VmmError> {
         if self.metrics.is_some() {
+            // Firecracker opens (creates) the target before refusing the second init.
+            let _ = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&m.metrics_path);
             return Err(VmmError::MetricsTwice);
         }
         let sink = MetricsSink::open(&m.metrics_path, m.emit_id.unwrap_or(false), &self.opts.id)
@@ -328,19 +340,6 @@ impl Vmm {
         self.metrics = Some(sink);
         self.metrics_cfg = Some(m);
         Ok(())
-    }
-
-    fn vm_config(&self) -> VmConfigFile {
-        VmConfigFile {
-            boot_source: self.boot.as_ref().map(|(b, _, _)| b.clone()),
-            drives: self.drives.iter().map(|d| d.config.clone()).collect(),
-            machine_config: Some(self.machine.clone()),
-            network_interfaces: self.nets.iter().map(|n| n.config.clone()).collect(),
-            vsock: self.vsock.as_ref().map(|(v, _)| v.clone()),
-            logger: self.logger.clone(),
-            metrics: self.metrics_cfg.clone(),
-            ..VmConfigFile::default()
-        }
     }
 
     fn put_boot_source(&mut self, b: BootSource) -> Result<Option<String>, VmmError> {
@@ -355,8 +354,26 @@ impl Vmm {
         Ok(None)
     }
 
+    /// After boot, a new drive or interface is a hot-plug: refused before anything else
+    /// unless `--enable-pci` (and then not simulated); other pre-boot calls are refused
+    /// outright.
+    fn hot_plug(&self) -> Result<(), VmmError> {
+        if !self.started() {
+            return Ok(());
+        }
+        if !self.opts.enable_pci {
+            return Err(VmmError::PciNotEnabled);
+        }
+        Err(VmmError::NotSimulated {
+            what: "PCI hot-plug".into(),
+        })
+    }
+
     fn put_drive(&mut self, d: Drive) -> Result<Option<String>, VmmError> {
-        self.pre_boot()?;
+        self.hot_plug()?;
+        if d.path_on_host.is_some() == d.socket.is_some() {
+            return Err(VmmError::InvalidBlockConfig);
+        }
         d.validate()
             .map_err(|source| VmmError::DriveConfig { source })?;
         let existing = self
@@ -393,7 +410,11 @@ impl Vmm {
     }
 
     fn put_net(&mut self, n: NetworkInterface) -> Result<Option<String>, VmmError> {
-        self.pre_boot()?;
+        self.hot_plug()?;
+        // Firecracker checks the MTU when it builds the device, with its own text.
+        if let Some(mtu) = n.mtu.filter(|m| !(68..=65535).contains(m)) {
+            return Err(VmmError::MtuOutOfRange { mtu });
+        }
         n.validate()
             .map_err(|source| VmmError::NetConfig { source })?;
         if let Some(mac) = &n.guest_mac {
@@ -419,8 +440,7 @@ impl Vmm {
 
     fn put_vsock(&mut self, v: Vsock) -> Result<Option<String>, VmmError> {
         self.pre_boot()?;
-        v.validate()
-            .map_err(|source| VmmError::VsockConfig { source })?;
+        // No CID check: the spec says >= 3, but Firecracker accepts any u32 (0, 1 and 2 too).
         // Firecracker drops the old device and removes its socket before creating the new one.
         if let Some((old, _listener)) = self.vsock.take() {
             let _ = std::fs::remove_file(&old.uds_path);
@@ -437,9 +457,12 @@ impl Vmm {
         match action {
             ActionType::InstanceStart => {
                 self.pre_boot()?;
-                if self.boot.is_none() {
+                let Some((_, kernel, _)) = &self.boot else {
                     return Err(VmmError::MissingKernel);
-                }
+                };
+                // Refused as the real loader refuses it; the VM stays "Not started".
+                crate::kernel::check(kernel, self.machine.mem_size_mib)
+                    .map_err(|why| VmmError::KernelRefused { why })?;
                 let now = Instant::now();
                 self.state = InstanceState::Running;
                 self.started_at = Some(now);

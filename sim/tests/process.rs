@@ -185,7 +185,11 @@ fn agent_knobs_port_and_silence() {
 fn config_file_boots_without_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    std::fs::write(dir.path().join("vmlinux"), b"k").unwrap();
+    std::fs::write(
+        dir.path().join("vmlinux"),
+        firecracker_sim::kernel::minimal_vmlinux(),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("rootfs.ext4"), b"r").unwrap();
     let cfg = format!(
         r#"{{"boot-source":{},"drives":[{}],"machine-config":{},"vsock":{}}}"#,
@@ -278,7 +282,11 @@ fn eleventh_connection_gets_503() {
 #[test]
 fn config_file_with_api_boots_and_reports_running() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("vmlinux"), b"k").unwrap();
+    std::fs::write(
+        dir.path().join("vmlinux"),
+        firecracker_sim::kernel::minimal_vmlinux(),
+    )
+    .unwrap();
     let cfg = dir.path().join("vm.json");
     std::fs::write(
         &cfg,

@@ -4,7 +4,12 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use hearth_actors::supervisor::SupervisorError;
+use hearth_actors::firecracker::FirecrackerError;
+use hearth_actors::host::disks::DisksError;
+use hearth_actors::nat::NatError;
+use hearth_actors::snapshot::SnapshotError;
+use hearth_actors::supervisor::{StepCause, SupervisorError};
+use hearth_actors::tap_pool::TapPoolError;
 use hearth_proto::api::{ErrorBody, ErrorDetail};
 
 use crate::images::ImagesError;
@@ -100,7 +105,7 @@ impl ApiError {
                 S::UnknownImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_image"),
                 S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-                S::Step { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "step_failed"),
+                S::Step { source, .. } => step_status(source),
                 S::Ledger(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             },
             ApiError::Images(e) => match e {
@@ -162,6 +167,51 @@ impl ApiError {
                 message: self.message(),
             },
         }
+    }
+}
+
+/// The status of a failed lifecycle step, from its typed cause: a dependency that is
+/// exhausted, missing or shutting down is 503 (retry later or elsewhere), a request the disk
+/// backend refuses is the client's (400/422), anything else is hearth's failure (500).
+fn step_status(cause: &StepCause) -> (StatusCode, &'static str) {
+    const UNAVAILABLE: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    const FAILED: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "step_failed");
+    match cause {
+        StepCause::ActorGone(_) => UNAVAILABLE,
+        StepCause::Pool(e) => match **e {
+            TapPoolError::IpsExhausted { .. }
+            | TapPoolError::NamesExhausted { .. }
+            | TapPoolError::NotInitialized
+            | TapPoolError::TornDown => UNAVAILABLE,
+            _ => FAILED,
+        },
+        StepCause::Nat(e) => match **e {
+            NatError::NoEgress | NatError::EgressMissing { .. } | NatError::NotReady { .. } => {
+                UNAVAILABLE
+            }
+            _ => FAILED,
+        },
+        StepCause::Vmm(e) => match **e {
+            FirecrackerError::BinaryNotFound { .. }
+            | FirecrackerError::BinaryNotExecutable { .. } => UNAVAILABLE,
+            _ => FAILED,
+        },
+        StepCause::Disk(e) => match &**e {
+            SnapshotError::InvalidRequest { source, .. } => match source {
+                DisksError::TooSmall { .. } | DisksError::SizeNotSectors { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_field")
+                }
+                DisksError::BaseNotSectors { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_image")
+                }
+                _ => FAILED,
+            },
+            _ => FAILED,
+        },
+        StepCause::Dns(_)
+        | StepCause::Io { .. }
+        | StepCause::NoVsockCid(_)
+        | StepCause::Replay(_) => FAILED,
     }
 }
 
@@ -252,12 +302,54 @@ mod tests {
                 "timeout",
             ),
             (
-                SupervisorError::Step {
-                    step: "disk",
-                    message: "full".into(),
-                },
+                SupervisorError::step(
+                    "disk",
+                    SnapshotError::Remove {
+                        vm: "a".into(),
+                        source: DisksError::Io {
+                            op: "remove",
+                            path: "/d/a.img".into(),
+                            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                        },
+                    },
+                ),
                 500,
                 "step_failed",
+            ),
+            (
+                SupervisorError::step(
+                    "network lease",
+                    TapPoolError::IpsExhausted {
+                        cidr: "172.31.240.0/29".parse().unwrap(),
+                        leased: 5,
+                    },
+                ),
+                503,
+                "unavailable",
+            ),
+            (
+                SupervisorError::step("nat", NatError::NoEgress),
+                503,
+                "unavailable",
+            ),
+            (
+                SupervisorError::step("spawn", actix::MailboxError::Closed),
+                503,
+                "unavailable",
+            ),
+            (
+                SupervisorError::step(
+                    "disk",
+                    SnapshotError::InvalidRequest {
+                        vm: "a".into(),
+                        source: DisksError::TooSmall {
+                            requested: 512,
+                            base: 1024,
+                        },
+                    },
+                ),
+                400,
+                "invalid_field",
             ),
             (
                 LedgerError::Storage("disk I/O".into()).into(),
@@ -272,6 +364,28 @@ mod tests {
             assert_eq!(body.error.code, code, "{err:?}");
             assert_eq!(body.error.message, err.to_string());
         }
+    }
+
+    #[test]
+    fn step_messages_carry_the_whole_cause() {
+        let err = SupervisorError::step(
+            "disk",
+            SnapshotError::Create {
+                vm: "a".into(),
+                source: DisksError::Io {
+                    op: "copy",
+                    path: "/d/a.img".into(),
+                    // ENOSPC on Linux.
+                    source: std::io::Error::from_raw_os_error(28),
+                },
+            },
+        );
+        let msg = ApiError::from(err).body().error.message;
+        assert!(
+            msg.starts_with("disk failed: Cannot create the disk of VM a: Cannot copy /d/a.img: "),
+            "{msg}"
+        );
+        assert!(msg.contains("No space left on device"), "{msg}");
     }
 
     #[test]

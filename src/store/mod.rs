@@ -202,7 +202,7 @@ impl Store {
         self.conn.execute(
             "INSERT INTO disks (vm, path, backend) VALUES (?1, ?2, ?3)
              ON CONFLICT(vm) DO UPDATE SET path = excluded.path, backend = excluded.backend",
-            params![vm, disk.path.to_string_lossy(), disk.backend],
+            params![vm, disk.path.to_string_lossy(), disk.backend.to_string()],
         )?;
         Ok(())
     }

@@ -102,7 +102,9 @@ impl RawRow {
         let disk = match (&self.disk_path, &self.disk_backend) {
             (Some(path), Some(backend)) => Some(DiskRecord {
                 path: PathBuf::from(path),
-                backend: backend.clone(),
+                backend: backend
+                    .parse()
+                    .map_err(|e| corrupt(format!("disk backend: {e}")))?,
             }),
             _ => None,
         };

@@ -34,6 +34,34 @@ fn process() -> ProcessRecord {
     }
 }
 
+/// The backend column is parsed where it is read: a value hearth does not know (a
+/// hand-edited or newer database) is refused with a message naming the VM and the value.
+#[test]
+fn an_unknown_disk_backend_is_refused_at_load_naming_it() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&spec("a")).unwrap();
+    s.put_disk(
+        "a",
+        &DiskRecord {
+            path: "/d/a.img".into(),
+            backend: hearth_actors::host::disks::BackendKind::Dm,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.load_all().unwrap()[0].disk.as_ref().unwrap().backend,
+        hearth_actors::host::disks::BackendKind::Dm
+    );
+    s.conn
+        .execute("UPDATE disks SET backend = 'zfs' WHERE vm = 'a'", [])
+        .unwrap();
+    let err = s.load_all().unwrap_err().to_string();
+    assert!(
+        err.contains("\"a\"") && err.contains("zfs") && err.contains("expected dm or copy"),
+        "{err}"
+    );
+}
+
 #[test]
 fn ledger_rows_round_trip() {
     let s = Store::open_in_memory().unwrap();
@@ -43,7 +71,7 @@ fn ledger_rows_round_trip() {
         "a",
         &DiskRecord {
             path: "/var/lib/hearth/disks/a.img".into(),
-            backend: "copy".into(),
+            backend: hearth_actors::host::disks::BackendKind::Copy,
         },
     )
     .unwrap();
@@ -58,7 +86,10 @@ fn ledger_rows_round_trip() {
     assert_eq!(vm.state, VmState::Running);
     assert!(vm.nat);
     assert_eq!(vm.lease.as_ref(), Some(&lease(5)));
-    assert_eq!(vm.disk.as_ref().unwrap().backend, "copy");
+    assert_eq!(
+        vm.disk.as_ref().unwrap().backend,
+        hearth_actors::host::disks::BackendKind::Copy
+    );
     assert_eq!(vm.process.as_ref(), Some(&process()));
 
     s.clear_lease("a").unwrap();

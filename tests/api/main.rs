@@ -198,12 +198,15 @@ fn every_supervisor_error_has_its_status() {
             "timeout",
         ),
         (
-            SupervisorError::Step {
-                step: "disk",
-                message: "full".into(),
-            },
-            500,
-            "step_failed",
+            SupervisorError::step(
+                "network lease",
+                hearth_actors::tap_pool::TapPoolError::IpsExhausted {
+                    cidr: "172.31.240.0/29".parse().unwrap(),
+                    leased: 5,
+                },
+            ),
+            503,
+            "unavailable",
         ),
         (LedgerError::Storage("I/O".into()).into(), 500, "storage"),
     ];

@@ -19,6 +19,9 @@ use serde_json::Value;
 use crate::common::{self, NetNs};
 use crate::fc_sim;
 
+#[path = "vmlinux.rs"]
+mod vmlinux;
+
 /// TAPs kept warm by the test daemons.
 pub const POOL: usize = 2;
 
@@ -39,6 +42,12 @@ impl HearthHost {
     /// Starts hearthd with the simulator's `knobs` (`FC_SIM_*` variables) and extra config
     /// text appended to the `[vm]` section.
     pub fn start(knobs: &[(&str, &str)], vm_config: &str) -> Self {
+        Self::start_with_vmm(&fc_sim::sim_binary(), knobs, vm_config)
+    }
+
+    /// Like [`HearthHost::start`], with `fc` as hearthd's Firecracker binary (the simulator
+    /// or the real one).
+    pub fn start_with_vmm(fc: &Path, knobs: &[(&str, &str)], vm_config: &str) -> Self {
         // A short path: socket paths under the run directory must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("he")
@@ -57,7 +66,6 @@ impl HearthHost {
         ns.exec_ok(&["ip", "route", "add", "default", "via", "10.98.0.2"]);
         // Knobs reach the simulator through hearthd's environment, which its children
         // inherit; the binary is the simulator itself, as a real firecracker would be.
-        let fc = fc_sim::sim_binary();
         let knobs: Vec<(String, String)> = knobs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -295,18 +303,10 @@ pub fn vmm_pids(run: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// A kernel the image store accepts (an x86_64 ELF header; the simulator boots anything) and
-/// a real ext4 root filesystem.
+/// A kernel that the image store and Firecracker's loader accept (the generated minimal
+/// `vmlinux`, so the real binary reaches `Running` too) and a real ext4 root filesystem.
 fn write_images(dir: &Path) {
-    let mut elf = vec![0u8; 4096];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2; // 64-bit
-    elf[5] = 1; // little endian
-    elf[6] = 1; // version
-    elf[16] = 2; // ET_EXEC
-    elf[18] = 0x3e; // x86_64
-    elf[20] = 1;
-    std::fs::write(dir.join("vmlinux"), elf).expect("write kernel");
+    vmlinux::write_minimal_vmlinux(&dir.join("vmlinux"));
     let rootfs = dir.join("rootfs.ext4");
     std::fs::File::create(&rootfs)
         .and_then(|f| f.set_len(16 << 20))

@@ -112,15 +112,11 @@ impl VmHost {
     fn import_images(&self, rootfs_mib: u64) -> anyhow::Result<()> {
         let src = self.dir.path().join("src");
         std::fs::create_dir_all(&src)?;
-        let mut elf = vec![0u8; 4096];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2; // 64-bit
-        elf[5] = 1; // little endian
-        elf[6] = 1; // version
-        elf[16] = 2; // ET_EXEC
-        elf[18] = 0x3e; // x86_64
-        elf[20] = 1;
-        std::fs::write(src.join("vmlinux"), elf)?;
+        // A kernel the image store and Firecracker's loader (and so the simulator) accept.
+        std::fs::write(
+            src.join("vmlinux"),
+            firecracker_sim::kernel::minimal_vmlinux(),
+        )?;
         let rootfs = src.join("rootfs.ext4");
         std::fs::File::create(&rootfs)?.set_len(rootfs_mib << 20)?;
         let out = Command::new("mkfs.ext4")

@@ -577,10 +577,7 @@ impl Handler<AdoptProcess> for FirecrackerActor {
                 }
                 slog::info!(act.log, "adopted firecracker"; "pid" => msg.record.pid, "state" => ?info.state);
                 Ok(AdoptInfo {
-                    vmm_state: serde_json::to_value(info.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    vmm_state: info.state,
                     is_child,
                 })
             },

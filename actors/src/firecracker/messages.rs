@@ -170,8 +170,8 @@ pub struct AdoptProcess {
 /// What adoption found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoptInfo {
-    /// The VM state Firecracker reports (`Running`, `Not started`, `Paused`).
-    pub vmm_state: String,
+    /// The VM state Firecracker reports.
+    pub vmm_state: hearth_proto::firecracker::InstanceState,
     /// Whether the process is our child (its exit code will be known).
     pub is_child: bool,
 }

@@ -1,8 +1,18 @@
-//! The supervisor's error type. The HTTP layer maps each variant to one status code.
+//! The supervisor's error type. The HTTP layer maps each variant (and, for a failed step, its
+//! typed cause) to one status code.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::MailboxError;
 use hearth_proto::api::{FieldError, VmState};
 
 use super::ledger::LedgerError;
+use crate::dns::DnsError;
+use crate::firecracker::FirecrackerError;
+use crate::nat::NatError;
+use crate::snapshot::SnapshotError;
+use crate::tap_pool::TapPoolError;
 
 /// Why a supervisor operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,13 +65,14 @@ pub enum SupervisorError {
         /// The state waited for.
         state: VmState,
     },
-    /// A lifecycle step failed; what it had done was undone (HTTP 500).
-    #[error("{step} failed: {message}")]
+    /// A lifecycle step failed; what it had done was undone. The status follows the cause
+    /// (e.g. an exhausted address pool is 503, a broken VMM 500).
+    #[error("{step} failed: {}", source.chain())]
     Step {
         /// The step, e.g. `disk`, `network lease`, `boot`.
         step: &'static str,
-        /// The underlying error.
-        message: String,
+        /// The underlying error, typed.
+        source: StepCause,
     },
     /// The state store failed (HTTP 500).
     #[error(transparent)]
@@ -74,5 +85,106 @@ impl SupervisorError {
         SupervisorError::Unavailable {
             what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
         }
+    }
+
+    /// A failed `step` caused by `cause`.
+    pub fn step(step: &'static str, cause: impl Into<StepCause>) -> Self {
+        SupervisorError::Step {
+            step,
+            source: cause.into(),
+        }
+    }
+}
+
+/// What made a lifecycle step fail: the error of the actor or host call, kept whole (shared,
+/// so the supervisor's answers stay cloneable).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepCause {
+    /// The TAP pool (e.g. every guest address is leased).
+    #[error(transparent)]
+    Pool(Arc<TapPoolError>),
+    /// The per-guest firewall (e.g. no egress interface for NAT).
+    #[error(transparent)]
+    Nat(Arc<NatError>),
+    /// The VM's root disk.
+    #[error(transparent)]
+    Disk(Arc<SnapshotError>),
+    /// The VMM process or its API.
+    #[error(transparent)]
+    Vmm(Arc<FirecrackerError>),
+    /// The name table.
+    #[error(transparent)]
+    Dns(Arc<DnsError>),
+    /// The actor that does the step is gone (hearthd is shutting down).
+    #[error("actor unavailable: {0}")]
+    ActorGone(MailboxError),
+    /// A file of the VM's run directory.
+    #[error("{}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: Arc<std::io::Error>,
+    },
+    /// A guest address has no vsock CID (outside the range CIDs are derived from).
+    #[error("no vsock CID for {0}")]
+    NoVsockCid(std::net::Ipv4Addr),
+    /// A stored idempotent answer does not parse.
+    #[error("stored answer does not parse")]
+    Replay(#[source] Arc<serde_json::Error>),
+}
+
+impl StepCause {
+    /// The cause and each of its sources, joined by ": " (the actors' errors keep their
+    /// causes as sources, not in their own message).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            let text = e.to_string();
+            // `transparent` variants already show their inner message.
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            next = e.source();
+        }
+        out
+    }
+}
+
+/// Causes compare by kind and message: the wrapped errors (I/O, process) have no equality of
+/// their own, and two causes that read the same are the same to a caller.
+impl PartialEq for StepCause {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for StepCause {}
+
+macro_rules! cause_from {
+    ($($err:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$err> for StepCause {
+            fn from(e: $err) -> Self {
+                StepCause::$variant(Arc::new(e))
+            }
+        }
+    )*};
+}
+
+cause_from!(
+    TapPoolError => Pool,
+    NatError => Nat,
+    SnapshotError => Disk,
+    FirecrackerError => Vmm,
+    DnsError => Dns,
+    serde_json::Error => Replay,
+);
+
+impl From<MailboxError> for StepCause {
+    fn from(e: MailboxError) -> Self {
+        StepCause::ActorGone(e)
     }
 }

@@ -40,7 +40,7 @@ impl VmSupervisor {
     /// Waits for `name`'s operation lock, then calls `start` (which checks the state and
     /// returns the saga to run), runs it, and answers with `finish`. The lock is held until
     /// the saga ends, so operations on one VM never overlap.
-    fn locked<T: 'static>(
+    pub(super) fn locked<T: 'static>(
         &mut self,
         name: &str,
         start: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<Saga, SupervisorError> + 'static,
@@ -91,10 +91,7 @@ impl VmSupervisor {
             .map(|b| b.path.clone())
             .ok_or_else(SupervisorError::no_firecracker_binary)?;
         let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
-            .map_err(|e| SupervisorError::Step {
-                step: "run directory",
-                message: e.to_string(),
-            })?
+            .map_err(|e| SupervisorError::step("run directory", e))?
             .api_socket();
         // A fresh process actor per boot: the previous one may still be winding down.
         if let Some(e) = self.vms.get_mut(name) {
@@ -142,10 +139,7 @@ impl VmSupervisor {
         match self.ledger.idempotent_response(&k.key)? {
             Some((hash, response)) if hash == k.request_hash => serde_json::from_str(&response)
                 .map(Some)
-                .map_err(|e| SupervisorError::Step {
-                    step: "idempotent replay",
-                    message: e.to_string(),
-                }),
+                .map_err(|e| SupervisorError::step("idempotent replay", e)),
             Some(_) => Err(SupervisorError::Conflict {
                 message: "This Idempotency-Key was used with a different request".into(),
             }),
@@ -327,14 +321,9 @@ impl VmSupervisor {
         let n = name.to_owned();
         let stop_first = matches!(action, VmAction::Stop | VmAction::Kill)
             || (action == VmAction::Restart && state.can_stop());
-        if stop_first {
-            if let Some(e) = self.vms.get_mut(name) {
-                e.stopping_pid = pid;
-            }
-        }
         let kill = action == VmAction::Kill;
         let stop_saga =
-            stop_first.then(|| saga::stop(ports.clone(), n.clone(), vmm, lease, kill, state));
+            stop_first.then(|| saga::stop(ports.clone(), n.clone(), vmm, pid, lease, kill, state));
         let boot_plan = match action {
             VmAction::Start | VmAction::Restart => {
                 let mut plan = self.boot_plan(name, ctx)?;
@@ -387,14 +376,9 @@ impl Handler<DeleteVm> for VmSupervisor {
                 let vmm = entry.vmm.clone();
                 let running = state.has_process();
                 let pid = entry.record.process.as_ref().and_then(|p| p.pid);
-                if running {
-                    if let Some(e) = act.vms.get_mut(&n) {
-                        e.stopping_pid = pid;
-                    }
-                }
                 let vmm = if running { vmm } else { None };
                 Ok(
-                    saga::delete(ports, n.clone(), vmm, lease, has_disk, run_dir, state)
+                    saga::delete(ports, n.clone(), vmm, pid, lease, has_disk, run_dir, state)
                         .boxed_local(),
                 )
             },
@@ -568,14 +552,8 @@ impl Handler<RebuildDns> for VmSupervisor {
         });
         Box::pin(async move {
             sent.await
-                .map_err(|e| SupervisorError::Step {
-                    step: "dns",
-                    message: e.to_string(),
-                })?
-                .map_err(|e| SupervisorError::Step {
-                    step: "dns",
-                    message: e.to_string(),
-                })
+                .map_err(|e| SupervisorError::step("dns", e))?
+                .map_err(|e| SupervisorError::step("dns", e))
         })
     }
 }
@@ -608,17 +586,24 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                 let ports = act.ports(ctx);
                 let lease = entry.record.lease.clone();
                 let n = n.clone();
-                let clean_exit = matches!(status, ExitStatus::Code(0));
+                // The guest shut itself down (reboot=k), or a VM being stopped ended: a stop,
+                // not a crash.
+                let stopped = match (status, entry.record.state) {
+                    (ExitStatus::Code(0), _) => Some("the guest shut down".to_owned()),
+                    (status, VmState::Stopping) => {
+                        Some(format!("the VMM exited while stopping: {status}"))
+                    }
+                    _ => None,
+                };
                 Ok(async move {
-                    if clean_exit {
-                        // The guest shut itself down (reboot=k): a stop, not a crash.
+                    if let Some(detail) = stopped {
                         saga::release_network(&ports, &n, lease).await?;
                         ports.commit(&n, Change::Process(None)).await?;
                         ports
                             .set_state(
                                 &n,
                                 VmState::Stopped,
-                                Some("the guest shut down".into()),
+                                Some(detail),
                                 hearth_proto::api::EventReason::Crash,
                             )
                             .await?;

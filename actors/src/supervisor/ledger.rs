@@ -28,8 +28,8 @@ pub enum LedgerError {
 pub struct DiskRecord {
     /// The disk's path (file or block device).
     pub path: PathBuf,
-    /// Which backend made it (`copy`, `dm`).
-    pub backend: String,
+    /// Which backend made it.
+    pub backend: crate::host::disks::BackendKind,
 }
 
 /// A VM's VMM process as recorded: paths and CID before spawn, pid and start time after.

@@ -40,7 +40,7 @@ use crate::nat::NatActor;
 use crate::snapshot::SnapshotActor;
 use crate::tap_pool::TapPoolActor;
 
-pub use error::SupervisorError;
+pub use error::{StepCause, SupervisorError};
 pub use images::{ImageCatalog, ImageKind, StaticImages};
 pub use ledger::{DiskRecord, Ledger, LedgerError, MemoryLedger, ProcessRecord, VmRecord};
 pub use messages::*;
@@ -98,7 +98,8 @@ struct VmEntry {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// The VM's process actor, while it has one.
     vmm: Option<Addr<FirecrackerActor>>,
-    /// The pid a requested stop is ending: its exit is expected, not a crash.
+    /// The pid a requested stop is ending while its ladder runs: its exit is expected, not a
+    /// crash. Set and cleared by the stop itself (`saga::end_process`).
     stopping_pid: Option<u32>,
 }
 
@@ -206,10 +207,7 @@ impl VmSupervisor {
             ctx.address().recipient(),
             self.log.clone(),
         )
-        .map_err(|e| SupervisorError::Step {
-            step: "prepare the VMM",
-            message: e.to_string(),
-        })?;
+        .map_err(|e| SupervisorError::step("prepare the VMM", e))?;
         let addr = actor.start();
         if let Some(entry) = self.vms.get_mut(name) {
             entry.vmm = Some(addr.clone());
@@ -391,6 +389,24 @@ impl Handler<Commit> for VmSupervisor {
 
     fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
         self.apply(&msg.vm, msg.change)
+    }
+}
+
+/// Internal: sets (or with `None` clears) the pid whose exit a running stop expects.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ExpectExit {
+    vm: String,
+    pid: Option<u32>,
+}
+
+impl Handler<ExpectExit> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
+        if let Some(e) = self.vms.get_mut(&msg.vm) {
+            e.stopping_pid = msg.pid;
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! `Open` and `Close`. Open reconciles the host with the ledger after a (re)start: live VMM
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
-//! processes are swept, and the TAP pool, NAT and DNS are rebuilt from the VMs that live.
+//! processes are swept, VMs left without a process lose their stale sockets, and the TAP
+//! pool, NAT and DNS are rebuilt from the VMs that live. Stops a crash cut short are the
+//! exception: their ladder can take the whole grace, so their VMs stay `stopping` and the
+//! ladder runs in the background once `Open` has answered (hearthd serves meanwhile).
 //! [`plan_repairs`] decides; the handler carries the plan out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,15 +12,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
-use actix::{Addr, Context, Handler, ResponseActFuture};
+use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmState};
+use hearth_proto::firecracker::InstanceState;
 use slog::{info, warn};
 
 use super::saga::Ports;
 use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
 use crate::firecracker::{
-    AdoptProcess, FirecrackerActor, KillVm, ProcessRecord as FcRecord, StopVm,
+    AdoptProcess, FirecrackerActor, KillVm, ProcessRecord as FcRecord, RunDir,
 };
 use crate::host::processes::Signal;
 use crate::lease::NetLease;
@@ -28,8 +32,8 @@ use crate::tap_pool::Initialize;
 /// What adopting a VM's recorded process found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Adoption {
-    /// Verified and taken over; Firecracker reports this VM state (`Running`, ...).
-    Adopted { vmm_state: String },
+    /// Verified and taken over; Firecracker reports this VM state.
+    Adopted { vmm_state: InstanceState },
     /// Gone, or not the process that was recorded.
     Gone,
 }
@@ -39,7 +43,8 @@ pub(super) enum Adoption {
 pub(super) struct RepairPlan {
     /// Adopted processes to SIGKILL (an interrupted create, boot or delete).
     pub kill: Vec<String>,
-    /// Adopted processes to stop by the ladder (an interrupted stop).
+    /// Adopted processes to stop by the ladder (an interrupted stop), in the background
+    /// after `Open` answers.
     pub stop: Vec<String>,
     /// Disks to remove (an interrupted create or delete).
     pub remove_disk: Vec<String>,
@@ -51,8 +56,9 @@ pub(super) struct RepairPlan {
     pub used: Vec<NetLease>,
     /// Desired per-guest firewall state.
     pub guests: Vec<GuestSpec>,
-    /// VMs whose adopted process keeps running; any other VMM process carrying hearth's
-    /// marker is a stray to sweep.
+    /// VMs whose adopted process keeps running (for now, for those in `stop`); any other
+    /// VMM process carrying hearth's marker is a stray to sweep, and any other VM's run
+    /// directory loses its sockets and console FIFO.
     pub alive: BTreeSet<String>,
     /// The report.
     pub report: OpenReport,
@@ -75,7 +81,7 @@ pub(super) fn plan_repairs(
     for r in records {
         let name = r.spec.name.clone();
         let adopted = match adoptions.get(&name) {
-            Some(Adoption::Adopted { vmm_state }) => Some(vmm_state.as_str()),
+            Some(Adoption::Adopted { vmm_state }) => Some(*vmm_state),
             _ => None,
         };
         let had_process = r.process.is_some();
@@ -101,10 +107,15 @@ pub(super) fn plan_repairs(
             }
             VmState::Stopping => {
                 if adopted.is_some() {
+                    // Finished in the background once hearthd serves (the ladder can take
+                    // the whole grace): until then the VM is `stopping` and keeps its process
+                    // and network, like any VM being stopped.
                     plan.stop.push(name.clone());
+                    alive = true;
+                } else {
+                    plan.changes
+                        .push((name.clone(), state(VmState::Stopped, None)));
                 }
-                plan.changes
-                    .push((name.clone(), state(VmState::Stopped, None)));
                 plan.report.repaired.push(name.clone());
             }
             VmState::Starting => {
@@ -123,7 +134,7 @@ pub(super) fn plan_repairs(
                 plan.report.repaired.push(name.clone());
             }
             VmState::Running | VmState::Unready => match adopted {
-                Some("Running") => {
+                Some(InstanceState::Running) => {
                     alive = true;
                     plan.report.adopted.push(name.clone());
                 }
@@ -209,26 +220,29 @@ impl Handler<Open> for VmSupervisor {
             }
         }
         let log = self.log.clone();
-        let adopt = async move {
-            let mut found = BTreeMap::new();
-            for (name, addr, record) in candidates {
-                let adoption = match addr.send(AdoptProcess { record }).await {
-                    Ok(Ok(info)) => Adoption::Adopted {
-                        vmm_state: info.vmm_state,
-                    },
-                    Ok(Err(e)) => {
-                        info!(log, "not adopted"; "vm" => &name, "why" => %e);
-                        Adoption::Gone
-                    }
-                    Err(e) => {
-                        warn!(log, "not adopted"; "vm" => &name, "why" => %e);
-                        Adoption::Gone
-                    }
-                };
-                found.insert(name, adoption);
-            }
-            found
-        };
+        // Each VM's actor verifies and pings its own process: all at once, so a restart
+        // with many VMs waits for the slowest answer, not for the sum of them.
+        let adopt =
+            futures::future::join_all(candidates.into_iter().map(move |(name, addr, record)| {
+                let log = log.clone();
+                async move {
+                    let adoption = match addr.send(AdoptProcess { record }).await {
+                        Ok(Ok(info)) => Adoption::Adopted {
+                            vmm_state: info.vmm_state,
+                        },
+                        Ok(Err(e)) => {
+                            info!(log, "not adopted"; "vm" => &name, "why" => %e);
+                            Adoption::Gone
+                        }
+                        Err(e) => {
+                            warn!(log, "not adopted"; "vm" => &name, "why" => %e);
+                            Adoption::Gone
+                        }
+                    };
+                    (name, adoption)
+                }
+            }))
+            .map(|found| found.into_iter().collect::<BTreeMap<_, _>>());
         Box::pin(adopt.into_actor(self).then(move |adoptions, act, ctx| {
             let plan = plan_repairs(&records, &adoptions);
             let ports = act.ports(ctx);
@@ -243,10 +257,53 @@ impl Handler<Open> for VmSupervisor {
             execute(ports, plan, vmms, known, run_base, processes)
                 .boxed_local()
                 .into_actor(act)
+                .map(|res, act, ctx| {
+                    let (report, stops) = res?;
+                    for name in stops {
+                        act.finish_interrupted_stop(name, ctx);
+                    }
+                    Ok(report)
+                })
         }))
     }
 }
 
+impl VmSupervisor {
+    /// Runs the ladder of a stop that a restart cut short, in the background under the VM's
+    /// lock: the VM stays `stopping` (and answers reads) until its process is gone. An exit
+    /// meanwhile ends the ladder early and is recorded as the stop's outcome.
+    fn finish_interrupted_stop(&mut self, name: String, ctx: &mut Context<Self>) {
+        let n = name.clone();
+        let fut = self.locked(
+            &name,
+            move |act, ctx| {
+                let entry = act.entry(&n)?;
+                if entry.record.state != VmState::Stopping {
+                    return Ok(async { Ok(()) }.boxed_local());
+                }
+                let pid = entry.record.process.as_ref().and_then(|p| p.pid);
+                Ok(super::saga::stop(
+                    act.ports(ctx),
+                    n.clone(),
+                    entry.vmm.clone(),
+                    pid,
+                    entry.record.lease.clone(),
+                    false,
+                    // A stop that cannot end the process leaves the VM as it was before.
+                    VmState::Running,
+                )
+                .boxed_local())
+            },
+            |_| Ok(()),
+        );
+        ctx.spawn(fut.map(move |res, act, _| match res {
+            Ok(()) => info!(act.log, "interrupted stop finished"; "vm" => &name),
+            Err(e) => warn!(act.log, "interrupted stop failed"; "vm" => &name, "error" => %e),
+        }));
+    }
+}
+
+/// Carries out `plan` except its stops, and answers the report and the VMs to stop.
 async fn execute(
     p: Ports,
     mut plan: RepairPlan,
@@ -254,22 +311,16 @@ async fn execute(
     known: BTreeSet<String>,
     run_base: std::path::PathBuf,
     processes: std::sync::Arc<dyn crate::host::processes::Processes>,
-) -> Result<OpenReport, SupervisorError> {
-    // Processes first, so the TAPs they held are free before the pool reclaims them.
-    for name in &plan.kill {
-        if let Some(vmm) = vmms.get(name) {
-            let _ = vmm.send(KillVm {}).await;
-        }
-    }
-    for name in &plan.stop {
-        if let Some(vmm) = vmms.get(name) {
-            let _ = vmm
-                .send(StopVm {
-                    plan: p.settings.stop_plan,
-                })
-                .await;
-        }
-    }
+) -> Result<(OpenReport, Vec<String>), SupervisorError> {
+    // Processes first, so the TAPs they held are free before the pool reclaims them. SIGKILL
+    // takes no grace: all at once.
+    futures::future::join_all(
+        plan.kill
+            .iter()
+            .filter_map(|name| vmms.get(name))
+            .map(|vmm| vmm.send(KillVm {})),
+    )
+    .await;
     for (name, change) in std::mem::take(&mut plan.changes) {
         p.commit(&name, change).await?;
     }
@@ -310,6 +361,13 @@ async fn execute(
             }
         }
     }
+    // VMs left without a process keep their run directory (logs) but not the sockets and
+    // FIFO of the process that is gone, as a normal stop leaves them.
+    for name in live.iter().filter(|n| !plan.alive.contains(**n)) {
+        if let Err(e) = remove_sockets(&run_base, name) {
+            warn!(p.log, "stale sockets not removed"; "vm" => name.as_str(), "error" => %e);
+        }
+    }
     if let Ok(dir) = std::fs::read_dir(&run_base) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -337,14 +395,20 @@ async fn execute(
         .map_err(|e| step("firewall", e))?
         .map_err(|e| step("firewall", e))?;
     p.rebuild_dns().await;
-    Ok(plan.report)
+    Ok((plan.report, plan.stop))
 }
 
-fn step(step: &'static str, e: impl std::fmt::Display) -> SupervisorError {
-    SupervisorError::Step {
-        step,
-        message: e.to_string(),
+/// Removes the sockets and console FIFO from `run_base/<vm>` (a missing directory is fine).
+fn remove_sockets(run_base: &Path, vm: &str) -> std::io::Result<()> {
+    let dir = RunDir::new(run_base, vm).map_err(std::io::Error::other)?;
+    match dir.remove_sockets() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
+}
+
+fn step(step: &'static str, e: impl Into<super::StepCause>) -> SupervisorError {
+    SupervisorError::step(step, e)
 }
 
 /// Pids of processes whose command line puts their API socket under `run_base/<vm>/` for a
@@ -407,11 +471,6 @@ impl Handler<Close> for VmSupervisor {
         } else {
             Vec::new()
         };
-        for (name, _, _, pid, _) in &to_stop {
-            if let Some(e) = self.vms.get_mut(name) {
-                e.stopping_pid = *pid;
-            }
-        }
         let ports = self.ports(ctx);
         Box::pin(
             async move {
@@ -419,8 +478,8 @@ impl Handler<Close> for VmSupervisor {
                 for lock in locks {
                     drop(lock.lock_owned().await);
                 }
-                for (name, vmm, lease, _, state) in to_stop {
-                    super::saga::stop(ports.clone(), name, vmm, lease, false, state).await?;
+                for (name, vmm, lease, pid, state) in to_stop {
+                    super::saga::stop(ports.clone(), name, vmm, pid, lease, false, state).await?;
                 }
                 Ok(())
             }

@@ -10,8 +10,8 @@ use hearth_proto::api::{CreateVm, EventReason, VmState};
 use slog::{info, warn, Logger};
 
 use super::{
-    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, SupervisorDeps, SupervisorError,
-    SupervisorSettings, VmSupervisor,
+    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, StepCause, SupervisorDeps,
+    SupervisorError, SupervisorSettings, VmSupervisor,
 };
 use crate::firecracker::{
     cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
@@ -32,17 +32,11 @@ pub(super) struct Ports {
 }
 
 fn mailbox(step: &'static str) -> impl FnOnce(MailboxError) -> SupervisorError {
-    move |e| SupervisorError::Step {
-        step,
-        message: format!("actor unavailable: {e}"),
-    }
+    move |e| SupervisorError::step(step, e)
 }
 
-fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> SupervisorError {
-    move |e| SupervisorError::Step {
-        step,
-        message: e.to_string(),
-    }
+fn step<E: Into<StepCause>>(step: &'static str) -> impl FnOnce(E) -> SupervisorError {
+    move |e| SupervisorError::step(step, e)
 }
 
 impl Ports {
@@ -72,6 +66,18 @@ impl Ports {
             },
         )
         .await
+    }
+
+    /// Marks `pid` as the process a requested stop is ending (its exit is not a crash), or
+    /// clears the mark with `None` once the stop is over, whatever its outcome.
+    async fn expect_exit(&self, vm: &str, pid: Option<u32>) {
+        let _ = self
+            .me
+            .send(super::ExpectExit {
+                vm: vm.to_owned(),
+                pid,
+            })
+            .await;
     }
 
     async fn observe(&self, phase: &'static str, took: Duration) {
@@ -259,7 +265,7 @@ async fn boot_steps(
                 vm,
                 Change::Disk(Some(DiskRecord {
                     path: disk.path.clone(),
-                    backend: disk.backend.to_string(),
+                    backend: disk.backend,
                 })),
             )
             .await?;
@@ -289,10 +295,8 @@ async fn boot_steps(
     undo.push(Undo::Guest(lease.clone()));
     p.observe("lease", lap(&mut t)).await;
 
-    let vsock_cid = cid_for_guest_ip(lease.guest_ip).ok_or_else(|| SupervisorError::Step {
-        step: "vsock",
-        message: format!("no vsock CID for {}", lease.guest_ip),
-    })?;
+    let vsock_cid = cid_for_guest_ip(lease.guest_ip)
+        .ok_or_else(|| SupervisorError::step("vsock", StepCause::NoVsockCid(lease.guest_ip)))?;
     let mut record = ProcessRecord {
         pid: None,
         start_time: None,
@@ -408,10 +412,15 @@ async fn boot_steps(
 /// the process may still run, and is an error so it is never recorded as gone.
 async fn end_process(
     p: &Ports,
+    vm: &str,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     kill: bool,
 ) -> Result<Option<String>, SupervisorError> {
     let Some(vmm) = vmm else { return Ok(None) };
+    // Only while the ladder runs is an exit of this pid expected: a stop that fails leaves
+    // the process running, and its later death is a crash again.
+    p.expect_exit(vm, pid).await;
     let outcome = if kill {
         vmm.send(KillVm {}).await
     } else {
@@ -419,18 +428,15 @@ async fn end_process(
             plan: p.settings.stop_plan,
         })
         .await
-    }
-    .map_err(mailbox("stop"))?;
-    match outcome {
+    };
+    p.expect_exit(vm, None).await;
+    match outcome.map_err(mailbox("stop"))? {
         Ok(o) => Ok(Some(format!("ended by {} ({})", o.rung, o.status))),
         // It exited meanwhile (or never ran): stopped all the same.
         Err(e @ FirecrackerError::InvalidState { .. }) => {
             Ok(Some(format!("no process to stop: {e}")))
         }
-        Err(e) => Err(SupervisorError::Step {
-            step: "stop",
-            message: e.to_string(),
-        }),
+        Err(e) => Err(SupervisorError::step("stop", e)),
     }
 }
 
@@ -442,13 +448,14 @@ pub(super) async fn stop(
     p: Ports,
     vm: String,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     lease: Option<NetLease>,
     kill: bool,
     previous: VmState,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
-    let how = match end_process(&p, vmm, kill).await {
+    let how = match end_process(&p, &vm, vmm, pid, kill).await {
         Ok(how) => how,
         Err(e) => {
             p.set_state(&vm, previous, Some(e.to_string()), EventReason::Error)
@@ -493,10 +500,15 @@ pub(super) async fn crashed(
 /// process cannot be ended the VM goes back to `previous`; if freeing something else fails it
 /// becomes `failed` with the cause, keeping the records of what is left, so delete can be
 /// retried (it never stays stuck in `deleting`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 pub(super) async fn delete(
     p: Ports,
     vm: String,
     vmm: Option<Addr<FirecrackerActor>>,
+    pid: Option<u32>,
     lease: Option<NetLease>,
     has_disk: bool,
     run_dir: PathBuf,
@@ -504,7 +516,7 @@ pub(super) async fn delete(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
-    match end_process(&p, vmm, false).await {
+    match end_process(&p, &vm, vmm, pid, false).await {
         Ok(Some(how)) => {
             info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
             p.commit(&vm, Change::Process(None)).await?;
@@ -547,9 +559,12 @@ async fn free_resources(
     match std::fs::remove_dir_all(run_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SupervisorError::Step {
-            step: "remove run directory",
-            message: format!("{}: {e}", run_dir.display()),
-        }),
+        Err(e) => Err(SupervisorError::step(
+            "remove run directory",
+            StepCause::Io {
+                path: run_dir.to_path_buf(),
+                source: std::sync::Arc::new(e),
+            },
+        )),
     }
 }

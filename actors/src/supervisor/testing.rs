@@ -35,13 +35,20 @@ pub fn supervisor_over_fakes(
     with_binary: bool,
     ledger: MemoryLedger,
 ) -> (Addr<VmSupervisor>, FakeDisks) {
-    let tap_pool = TapPoolActor::new(
-        TapPoolConfig::default(),
-        std::rc::Rc::new(FakeLinks::new()),
-        log(),
-    )
-    .unwrap()
-    .start();
+    let (sup, disks, _) = supervisor_with_pool(with_binary, ledger, TapPoolConfig::default());
+    (sup, disks)
+}
+
+/// [`supervisor_over_fakes`] with the TAP pool configured by `pool` (its subnet must lie in
+/// 172.31.240.0/24), also answering the pool's address (e.g. to lease every address first).
+pub fn supervisor_with_pool(
+    with_binary: bool,
+    ledger: MemoryLedger,
+    pool: TapPoolConfig,
+) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
+    let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
+        .unwrap()
+        .start();
     let firewall = FakeFirewall::new();
     firewall.add_interface("eth0");
     firewall.add_interface("hearth0");
@@ -89,7 +96,7 @@ pub fn supervisor_over_fakes(
     ]));
     let sup = VmSupervisor::new(
         SupervisorDeps {
-            tap_pool,
+            tap_pool: tap_pool.clone(),
             nat,
             dns,
             snapshot,
@@ -101,5 +108,5 @@ pub fn supervisor_over_fakes(
         log(),
     )
     .start();
-    (sup, disks)
+    (sup, disks, tap_pool)
 }

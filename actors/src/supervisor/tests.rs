@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use hearth_proto::api::{self, VmState};
+use hearth_proto::firecracker::InstanceState;
 
 use super::open::{owner_vm, plan_repairs, Adoption};
 use super::*;
@@ -39,7 +40,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
         lease: lease_n.map(lease),
         disk: Some(DiskRecord {
             path: format!("/d/{name}.img").into(),
-            backend: "copy".into(),
+            backend: crate::host::disks::BackendKind::Copy,
         }),
         process: pid.map(|pid| ProcessRecord {
             pid: Some(pid),
@@ -51,10 +52,8 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
     }
 }
 
-fn adopted(state: &str) -> Adoption {
-    Adoption::Adopted {
-        vmm_state: state.into(),
-    }
+fn adopted(vmm_state: InstanceState) -> Adoption {
+    Adoption::Adopted { vmm_state }
 }
 
 #[test]
@@ -62,7 +61,7 @@ fn running_vm_with_live_process_is_adopted_and_keeps_its_lease() {
     let records = vec![record("a", VmState::Running, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.report.adopted, vec!["a"]);
     assert!(plan.alive.contains("a"));
@@ -104,7 +103,7 @@ fn interrupted_create_is_undone() {
     let records = vec![record("a", VmState::Creating, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::NotStarted))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert_eq!(plan.remove_disk, vec!["a"]);
@@ -132,14 +131,14 @@ fn interrupted_boot_is_killed_and_failed() {
     let records = vec![record("a", VmState::Starting, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Not started"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::NotStarted))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert!(plan.used.is_empty() && plan.alive.is_empty());
     // Even if the VMM had started the guest: an unconfirmed boot is not kept.
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.kill, vec!["a"]);
     assert!(plan.changes.iter().any(|(_, c)| matches!(
@@ -152,14 +151,26 @@ fn interrupted_boot_is_killed_and_failed() {
 }
 
 #[test]
-fn interrupted_stop_is_finished_by_the_ladder() {
+fn interrupted_stop_is_left_stopping_for_the_background_ladder() {
     let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
     let plan = plan_repairs(
         &records,
-        &BTreeMap::from([("a".into(), adopted("Running"))]),
+        &BTreeMap::from([("a".into(), adopted(InstanceState::Running))]),
     );
     assert_eq!(plan.stop, vec!["a"]);
-    assert!(plan.used.is_empty());
+    // Until the ladder ends it the process runs: its TAP and firewall entry stay, it is not
+    // swept as a stray, and nothing is recorded yet (the stop records `stopped` itself).
+    assert_eq!(plan.used, vec![lease(5)]);
+    assert_eq!(plan.guests.len(), 1);
+    assert!(plan.alive.contains("a"));
+    assert!(plan.kill.is_empty() && plan.changes.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn interrupted_stop_whose_process_is_gone_is_stopped() {
+    let records = vec![record("a", VmState::Stopping, Some(5), Some(100))];
+    let plan = plan_repairs(&records, &BTreeMap::from([("a".into(), Adoption::Gone)]));
+    assert!(plan.stop.is_empty() && plan.used.is_empty() && plan.alive.is_empty());
     assert!(plan.changes.iter().any(|(_, c)| matches!(
         c,
         Change::State {
@@ -167,6 +178,10 @@ fn interrupted_stop_is_finished_by_the_ladder() {
             ..
         }
     )));
+    assert!(plan
+        .changes
+        .iter()
+        .any(|(_, c)| matches!(c, Change::Lease(None))));
 }
 
 #[test]
@@ -379,7 +394,7 @@ async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
             "a",
             &DiskRecord {
                 path: "/d/a.img".into(),
-                backend: "copy".into(),
+                backend: crate::host::disks::BackendKind::Copy,
             },
         )
         .unwrap();
@@ -440,7 +455,7 @@ async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
             "a",
             &DiskRecord {
                 path: "/d/a.img".into(),
-                backend: "copy".into(),
+                backend: crate::host::disks::BackendKind::Copy,
             },
         )
         .unwrap();
@@ -473,4 +488,68 @@ async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
         .unwrap()
         .unwrap();
     assert!(sup.send(ListVms { label: None }).await.unwrap().is_empty());
+}
+
+/// An exhausted address pool is a typed cause (`TapPoolError::IpsExhausted`), not a string,
+/// so the HTTP layer can answer 503; the failed create is undone (its disk removed).
+#[actix::test]
+async fn an_exhausted_pool_fails_the_create_with_the_pools_own_error() {
+    let pool = crate::tap_pool::TapPoolConfig {
+        cidr: "172.31.240.0/29".parse().unwrap(),
+        pool_size: 1,
+        ..Default::default()
+    };
+    let (sup, disks, tap_pool) =
+        super::testing::supervisor_with_pool(true, MemoryLedger::default(), pool);
+    sup.send(Open {}).await.unwrap().unwrap();
+    // Every guest address of the /29 is leased by someone else.
+    while tap_pool
+        .send(crate::tap_pool::AcquireTap {})
+        .await
+        .unwrap()
+        .is_ok()
+    {}
+
+    let err = sup
+        .send(CreateVm {
+            spec: spec("a"),
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    match &err {
+        SupervisorError::Step {
+            step: "network lease",
+            source: StepCause::Pool(cause),
+        } => assert!(
+            matches!(**cause, crate::tap_pool::TapPoolError::IpsExhausted { .. }),
+            "{cause:?}"
+        ),
+        other => panic!("not the pool's error: {other:?}"),
+    }
+    assert!(err.to_string().contains("No free guest IP"), "{err}");
+    let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed);
+    assert!(
+        disks.calls().iter().any(|c| c.contains("remove")),
+        "the disk was undone: {:?}",
+        disks.calls()
+    );
+}
+
+#[test]
+fn a_running_vm_is_kept_only_if_its_vmm_runs_a_guest() {
+    let records = vec![record("a", VmState::Running, Some(5), Some(100))];
+    for vmm_state in [InstanceState::Paused, InstanceState::NotStarted] {
+        let plan = plan_repairs(
+            &records,
+            &BTreeMap::from([("a".into(), adopted(vmm_state))]),
+        );
+        assert_eq!(plan.kill, vec!["a"], "{vmm_state:?}");
+        assert!(
+            plan.alive.is_empty() && plan.used.is_empty(),
+            "{vmm_state:?}"
+        );
+    }
 }

@@ -13,12 +13,13 @@ pub const DEFAULT_BOOT_ARGS: &str =
 pub struct BootSource {
     /// Host level path to the kernel image used to boot the guest.
     pub kernel_image_path: String,
-    /// Kernel boot arguments.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_args: Option<String>,
+    // Firecracker's field order (its "expected one of" lists follow it).
     /// Host level path to the initrd image used to boot the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<String>,
+    /// Kernel boot arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
 }
 
 impl BootSource {

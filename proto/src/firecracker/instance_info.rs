@@ -18,8 +18,7 @@ pub enum InstanceState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceInfo {
-    /// Application name (`Firecracker`).
-    pub app_name: String,
+    // In Firecracker's order, so serialised bodies match its byte for byte.
     /// MicroVM / instance ID.
     pub id: String,
     /// The current detailed state (Not started, Running, Paused) of the Firecracker instance.
@@ -27,6 +26,8 @@ pub struct InstanceInfo {
     pub state: InstanceState,
     /// MicroVM hypervisor build version.
     pub vmm_version: String,
+    /// Application name (`Firecracker`).
+    pub app_name: String,
 }
 
 /// Describes the Firecracker version.

@@ -62,12 +62,8 @@ impl fmt::Display for LogLevel {
 impl<'de> Deserialize<'de> for LogLevel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        LogLevel::parse(&text).ok_or_else(|| {
-            serde::de::Error::unknown_variant(
-                &text,
-                &["Error", "Warning", "Info", "Debug", "Trace", "Off"],
-            )
-        })
+        // Firecracker's own text for an unknown level (its `LevelFilter` parse error).
+        LogLevel::parse(&text).ok_or_else(|| serde::de::Error::custom("Invalid LevelFilter"))
     }
 }
 

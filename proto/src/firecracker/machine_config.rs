@@ -58,6 +58,10 @@ pub struct MachineConfig {
     /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
+    /// The CPU template (deprecated). Declared here, as in Firecracker, so the "expected one
+    /// of" list of an unknown-field error names the fields in Firecracker's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<CpuTemplate>,
     /// Enable dirty page tracking. If this is enabled, then incremental guest memory snapshots
     /// can be created. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,9 +69,6 @@ pub struct MachineConfig {
     /// Which huge pages configuration should be used to back guest memory. Default `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
-    /// The CPU template (deprecated).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<CpuTemplate>,
 }
 
 impl Default for MachineConfig {

@@ -1,9 +1,19 @@
 //! `PUT /network-interfaces/{iface_id}` ([`NetworkInterface`]) and
 //! `PATCH /network-interfaces/{iface_id}` ([`PartialNetworkInterface`]).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{check_id, RateLimiter, ValidationError};
+
+/// Deserialises an optional MAC, refusing a malformed one with Firecracker's text.
+fn checked_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let mac = Option::<String>::deserialize(d)?;
+    if let Some(m) = &mac {
+        parse_mac(m)
+            .map_err(|_| serde::de::Error::custom("The provided MAC address is invalid."))?;
+    }
+    Ok(mac)
+}
 
 /// The smallest MTU Firecracker accepts.
 pub const MIN_MTU: u32 = 68;
@@ -19,8 +29,13 @@ pub struct NetworkInterface {
     pub iface_id: String,
     /// Host level path for the guest network interface (the TAP name, at most 15 bytes).
     pub host_dev_name: String,
-    /// The guest's MAC address, `xx:xx:xx:xx:xx:xx`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The guest's MAC address, `xx:xx:xx:xx:xx:xx`. Checked while deserialising, as
+    /// Firecracker does (so a bad one is a body error with its position).
+    #[serde(
+        default,
+        deserialize_with = "checked_mac",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub guest_mac: Option<String>,
     /// MTU to advertise to the guest via VIRTIO_NET_F_MTU. When set, a compatible guest
     /// driver will configure the interface with this MTU. When absent, VIRTIO_NET_F_MTU is

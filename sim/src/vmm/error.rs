@@ -48,6 +48,12 @@ pub enum VmmError {
         /// The open error.
         source: io::Error,
     },
+    /// `InstanceStart` with a kernel image the loader refuses (see [`crate::kernel`]).
+    #[error("Start microvm error: System configuration error: {why}")]
+    KernelRefused {
+        /// The loader's reason.
+        why: String,
+    },
     /// `InstanceStart` without `PUT /boot-source`.
     #[error("Start microvm error: Cannot start microvm without kernel configuration.")]
     MissingKernel,
@@ -57,6 +63,9 @@ pub enum VmmError {
         /// The broken rule.
         source: ValidationError,
     },
+    /// A drive with neither a backing file nor a vhost-user socket (or both).
+    #[error("Drive config error: Unable to create the virtio block device: Invalid block config.")]
+    InvalidBlockConfig,
     /// A second root device.
     #[error("Drive config error: A root block device already exists!")]
     RootDeviceExists,
@@ -69,13 +78,13 @@ pub enum VmmError {
         source: io::Error,
     },
     /// `PATCH /drives/{id}` for a drive that does not exist.
-    #[error("Drive config error: Unable to patch the block device: Device {drive_id} not found.")]
+    #[error("Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments.")]
     DriveNotFound {
         /// The drive ID.
         drive_id: String,
     },
     /// The new backing file of a `PATCH /drives/{id}` cannot be opened.
-    #[error("Drive config error: Unable to patch the block device: {source} {path}")]
+    #[error("Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: {source} {path} Please verify the request arguments.")]
     DrivePatchFile {
         /// The backing file.
         path: String,
@@ -101,18 +110,10 @@ pub enum VmmError {
         source: TapError,
     },
     /// `PATCH /network-interfaces/{id}` for an interface that does not exist.
-    #[error(
-        "Network config error: Unable to update the net device: Invalid interface ID - not found."
-    )]
+    #[error("Network config error: Unable to update the net device: Failed perform action on device: Device not found")]
     NetNotFound {
         /// The interface ID.
         iface_id: String,
-    },
-    /// A vsock body breaking a rule.
-    #[error("Vsock config error: {source}")]
-    VsockConfig {
-        /// The broken rule.
-        source: ValidationError,
     },
     /// `uds_path` cannot be bound (an existing file, a path too long...).
     #[error("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: {source}")]
@@ -129,10 +130,19 @@ pub enum VmmError {
         source: io::Error,
     },
     /// Metrics were already initialised.
-    #[error("Metrics error: Reinitialization of metrics not allowed.")]
+    #[error("Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed.")]
     MetricsTwice,
+    /// An MTU outside 68..=65535 (checked when the device is built, hence the prefix).
+    #[error("Network config error: Could not create the network device: MTU {mtu} is out of range [68, 65535]")]
+    MtuOutOfRange {
+        /// The rejected MTU.
+        mtu: u32,
+    },
+    /// A drive or network interface added after boot: a hot-plug, which needs `--enable-pci`.
+    #[error("PCI is not enabled")]
+    PciNotEnabled,
     /// The metrics target cannot be opened.
-    #[error("Metrics error: Failed to open target file: {source}")]
+    #[error("Metrics error: Cannot initialize the metrics system due to bad user input: {source}")]
     MetricsFile {
         /// The open error.
         source: io::Error,

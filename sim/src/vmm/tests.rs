@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hearth_proto::firecracker::{
     ActionType, BootSource, Drive, InstanceActionInfo, MachineConfig, MachineConfigUpdate, Metrics,
-    Vm, VmState, Vsock,
+    NetworkInterface, Vm, VmState, Vsock,
 };
 
 use super::*;
@@ -41,7 +41,7 @@ fn fault(r: Response) -> String {
 
 fn boot_source(dir: &Path) -> Action {
     let k = dir.join("vmlinux");
-    std::fs::write(&k, b"kernel").unwrap();
+    std::fs::write(&k, crate::kernel::minimal_vmlinux()).unwrap();
     Action::PutBootSource(BootSource {
         kernel_image_path: k.to_str().unwrap().into(),
         boot_args: Some("console=ttyS0 reboot=k panic=1".into()),
@@ -167,12 +167,107 @@ fn vsock_binds_at_put_and_refuses_existing_files() {
         msg.starts_with("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: "),
         "{msg}"
     );
-    let msg = fault(v.handle(Action::PutVsock(Vsock {
-        guest_cid: 2,
-        uds_path: "/tmp/x".into(),
-        vsock_id: None,
-    })));
-    assert!(msg.starts_with("Vsock config error:"), "{msg}");
+    // The spec says >= 3; the real binary accepts any CID, 0 to 2 included.
+    for cid in [0, 2, u32::MAX] {
+        let vs = Vsock {
+            guest_cid: cid,
+            uds_path: dir
+                .path()
+                .join(format!("v{cid}.sock"))
+                .to_str()
+                .unwrap()
+                .into(),
+            vsock_id: None,
+        };
+        assert_eq!(v.handle(Action::PutVsock(vs)).status, 204, "CID {cid}");
+    }
+}
+
+#[test]
+fn after_boot_new_devices_need_pci_and_instance_info_is_in_firecrackers_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    // A hot-plug: the real binary refuses it for PCI before looking at the body.
+    let mut missing = drive(dir.path(), "data", false);
+    missing.path_on_host = Some("/nonexistent/disk".into());
+    assert_eq!(
+        fault(v.handle(Action::PutDrive(missing))),
+        "PCI is not enabled"
+    );
+    let net = NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: "nosuchtap".into(),
+        ..Default::default()
+    };
+    assert_eq!(fault(v.handle(Action::PutNet(net))), "PCI is not enabled");
+    assert_eq!(
+        v.handle(Action::GetInstanceInfo).body.as_deref(),
+        Some(
+            r#"{"id":"vm1","state":"Running","vmm_version":"1.17.0-sim","app_name":"Firecracker"}"#
+        )
+    );
+}
+
+#[test]
+fn patch_and_block_config_errors_use_firecrackers_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let neither = Drive {
+        drive_id: "d3".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutDrive(neither))),
+        "Drive config error: Unable to create the virtio block device: Invalid block config."
+    );
+    let bad_metrics = Metrics {
+        metrics_path: "/nonexistent/dir/m".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutMetrics(bad_metrics))),
+        "Metrics error: Cannot initialize the metrics system due to bad user input: No such file or directory (os error 2)"
+    );
+    v.handle(Action::PutDrive(drive(dir.path(), "d2", false)));
+    v.handle(boot_source(dir.path()));
+    v.handle(start());
+    let patch = |id: &str, path: Option<&str>| {
+        Action::PatchDrive(
+            serde_json::from_value(serde_json::json!({"drive_id": id, "path_on_host": path}))
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        fault(v.handle(patch("nope", None))),
+        "Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments."
+    );
+    assert_eq!(
+        fault(v.handle(patch("d2", Some("/nonexistent")))),
+        "Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent Please verify the request arguments."
+    );
+    let net_patch =
+        Action::PatchNet(serde_json::from_value(serde_json::json!({"iface_id": "nope"})).unwrap());
+    assert_eq!(
+        fault(v.handle(net_patch)),
+        "Network config error: Unable to update the net device: Failed perform action on device: Device not found"
+    );
+}
+
+#[test]
+fn mtu_out_of_range_uses_firecrackers_text() {
+    let mut v = vmm();
+    let net = NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: "nosuchtap".into(),
+        mtu: Some(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutNet(net))),
+        "Network config error: Could not create the network device: MTU 10 is out of range [68, 65535]"
+    );
 }
 
 #[test]
@@ -232,9 +327,21 @@ fn metrics_only_once_and_logger_pre_boot_only() {
         ..Default::default()
     };
     assert_eq!(v.handle(Action::PutMetrics(m.clone())).status, 204);
+    let second = Metrics {
+        metrics_path: dir.path().join("m2").to_str().unwrap().into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        fault(v.handle(Action::PutMetrics(second))),
+        "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed."
+    );
+    assert!(
+        dir.path().join("m2").exists(),
+        "opened before the refusal, as Firecracker does"
+    );
     assert_eq!(
         fault(v.handle(Action::PutMetrics(m))),
-        "Metrics error: Reinitialization of metrics not allowed."
+        "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed."
     );
     v.handle(boot_source(dir.path()));
     v.handle(start());
@@ -266,5 +373,47 @@ fn pci_off_is_added_unless_enabled() {
     assert_eq!(
         v.kernel_cmdline().as_deref(),
         Some("console=ttyS0 reboot=k panic=1")
+    );
+}
+
+#[test]
+fn vm_config_is_in_the_real_binarys_full_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vmm();
+    let empty = v.handle(Action::GetVmConfig);
+    assert_eq!(
+        empty.body.as_deref(),
+        Some(concat!(
+            r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","#,
+            r#""initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"#,
+            r#""machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"#,
+            r#""track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"#,
+            r#""mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"#,
+            r#""pmem":[],"memory-hotplug":null}"#
+        ))
+    );
+    let mut d = drive(dir.path(), "d2", true);
+    d.rate_limiter =
+        Some(serde_json::from_str(r#"{"bandwidth":{"size":1000,"refill_time":100}}"#).unwrap());
+    v.handle(Action::PutDrive(d));
+    let m = Metrics {
+        metrics_path: dir.path().join("m").to_str().unwrap().into(),
+        ..Default::default()
+    };
+    v.handle(Action::PutMetrics(m));
+    let body: serde_json::Value =
+        serde_json::from_str(v.handle(Action::GetVmConfig).body.as_deref().unwrap()).unwrap();
+    let path = dir.path().join("d2");
+    assert_eq!(
+        body["drives"][0],
+        serde_json::json!({"drive_id": "d2", "partuuid": null, "is_root_device": true,
+            "cache_type": "Unsafe", "is_read_only": false, "path_on_host": path.to_str().unwrap(),
+            "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": null, "refill_time": 100},
+                "ops": null},
+            "io_engine": "Sync", "socket": null})
+    );
+    assert!(
+        body["metrics"].is_null(),
+        "not reported, as in the real binary"
     );
 }

@@ -95,6 +95,13 @@ impl Sim {
         p.to_str().unwrap().to_owned()
     }
 
+    /// Writes the minimal kernel Firecracker's loader accepts to `vmlinux` and returns its path.
+    pub fn kernel(&self) -> String {
+        let p = self.path("vmlinux");
+        std::fs::write(&p, firecracker_sim::kernel::minimal_vmlinux()).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
     /// A new API connection.
     pub fn client(&self) -> Client {
         Client::connect(&self.sock)
@@ -121,7 +128,7 @@ impl Sim {
 
     /// Configures a kernel and starts the VM.
     pub fn boot(&self) {
-        let kernel = self.file("vmlinux");
+        let kernel = self.kernel();
         self.ok(
             "PUT",
             "/boot-source",

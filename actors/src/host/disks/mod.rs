@@ -48,6 +48,23 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// A recorded backend name that is neither `dm` nor `copy`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Unknown disk backend {0:?}: expected dm or copy")]
+pub struct ParseBackendKindError(pub String);
+
+impl FromStr for BackendKind {
+    type Err = ParseBackendKindError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dm" => Ok(BackendKind::Dm),
+            "copy" => Ok(BackendKind::Copy),
+            other => Err(ParseBackendKindError(other.into())),
+        }
+    }
+}
+
 /// The backend a daemon is configured with: one of the two, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
