@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hearth_proto::firecracker::FaultBody;
-use http::{header, Method, Request, StatusCode, Uri};
+use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body as _;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
+
+pub use http::Method;
 
 use super::backoff::Backoff;
 use super::FirecrackerError;
@@ -25,7 +27,7 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// A Firecracker API resource hearth calls. Device ids are checked before use, so a path is
+/// A Firecracker API resource hearth (or its tests) calls. Device ids are checked before use, so a path is
 /// never built from text that could change its meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint<'a> {
@@ -43,6 +45,14 @@ pub enum Endpoint<'a> {
     NetworkInterface(&'a str),
     /// `/vsock`.
     Vsock,
+    /// `/logger`.
+    Logger,
+    /// `/metrics`.
+    Metrics,
+    /// `/vm`: pause and resume.
+    Vm,
+    /// `/vm/config`: the whole configuration.
+    VmConfig,
 }
 
 impl Endpoint<'_> {
@@ -71,6 +81,10 @@ impl Endpoint<'_> {
             Endpoint::Drive(id) => with_id("/drives", id),
             Endpoint::NetworkInterface(id) => with_id("/network-interfaces", id),
             Endpoint::Vsock => Ok("/vsock".into()),
+            Endpoint::Logger => Ok("/logger".into()),
+            Endpoint::Metrics => Ok("/metrics".into()),
+            Endpoint::Vm => Ok("/vm".into()),
+            Endpoint::VmConfig => Ok("/vm/config".into()),
         }
     }
 }
@@ -217,7 +231,7 @@ impl ApiClient {
         &mut self,
         method: Method,
         endpoint: Endpoint<'_>,
-        body: Option<Vec<u8>>,
+        body: Option<&[u8]>,
     ) -> Result<Response, FirecrackerError> {
         let path = endpoint.path()?;
         let result = self.exchange(&method, &path, body).await;
@@ -231,7 +245,7 @@ impl ApiClient {
         &mut self,
         method: &Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<&[u8]>,
     ) -> Result<Response, FirecrackerError> {
         let uri: Uri = path
             .parse()
@@ -245,7 +259,7 @@ impl ApiClient {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
             .map_err(|e| protocol(method, path, &format!("cannot build request: {e}")))?;
         let sender = self.sender(method, path).await?;
         let resp = sender
@@ -294,7 +308,7 @@ impl ApiClient {
         let path = endpoint.path()?;
         let json = serde_json::to_vec(body)
             .map_err(|e| protocol(&method, &path, &format!("cannot encode body: {e}")))?;
-        let resp = self.request(method.clone(), endpoint, Some(json)).await?;
+        let resp = self.request(method.clone(), endpoint, Some(&json)).await?;
         check_status(&method, &path, &resp)
     }
 
