@@ -84,7 +84,7 @@ fn main() {
         let r = c
             .request(
                 Method::GET,
-                &format!("/v1/vms/vm-{i}/wait?state=running&timeout=1s"),
+                format!("/v1/vms/vm-{i}/wait?state=running&timeout=1s"),
                 &[],
                 None,
             )

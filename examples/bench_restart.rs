@@ -269,12 +269,7 @@ fn run(args: &Args, daemon: &mut Daemon, socket: &Path, host: &VmHost) -> anyhow
     for i in 0..args.stops {
         let c = Client::new(socket);
         std::thread::spawn(move || {
-            let _ = c.request(
-                Method::POST,
-                &format!("/v1/vms/{}/stop", name(i)),
-                &[],
-                None,
-            );
+            let _ = c.request(Method::POST, format!("/v1/vms/{}/stop", name(i)), &[], None);
         });
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -112,7 +112,7 @@ fn vm_lifecycle_round_trip() {
     );
     for action in ["start", "restart", "kill"] {
         let r = c
-            .request(Method::POST, &format!("/v1/vms/web/{action}"), &[], None)
+            .request(Method::POST, format!("/v1/vms/web/{action}"), &[], None)
             .unwrap();
         assert_eq!(r.status, 200, "{action}");
     }
@@ -428,7 +428,7 @@ fn wait_answers_or_times_out() {
         ("state=sleeping", "`state`"),
     ] {
         let r = c
-            .request(Method::GET, &format!("/v1/vms/a/wait?{query}"), &[], None)
+            .request(Method::GET, format!("/v1/vms/a/wait?{query}"), &[], None)
             .unwrap();
         assert_eq!(r.status, 400, "{query}");
         assert!(error_of(&r).error.message.contains(param), "{query}");
