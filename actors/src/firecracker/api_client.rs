@@ -24,7 +24,8 @@ use super::FirecrackerError;
 
 /// The largest response body accepted (Firecracker's answers are a few hundred bytes).
 pub const MAX_BODY: usize = 1 << 20;
-/// The largest response head (status line and headers) accepted.
+/// The largest response head (status line and headers) accepted; hyper's read buffer, which
+/// it requires to be at least 8 KiB.
 const MAX_HEAD: usize = 16 * 1024;
 
 /// A Firecracker API resource hearth (or its tests) calls. Device ids are checked before use, so a path is
@@ -207,7 +208,7 @@ impl ApiClient {
         };
         if let Some(stream) = stream {
             let (sender, conn) = http1::Builder::new()
-                .max_buf_size(MAX_HEAD.max(8192))
+                .max_buf_size(MAX_HEAD)
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| io(hyper_io(e)))?;

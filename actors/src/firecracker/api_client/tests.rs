@@ -186,6 +186,36 @@ async fn a_garbage_answer_is_a_protocol_error() {
     server.await.unwrap();
 }
 
+#[actix::test]
+async fn refuses_an_endless_header() {
+    let (_dir, sock, listener) = socket();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = BufReader::new(stream);
+        read_request(&mut conn).await.unwrap();
+        conn.get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\nX-Long: ")
+            .await
+            .unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 64 << 20 && conn.get_mut().write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let err = ApiClient::new(&sock)
+        .get::<serde_json::Value>(Endpoint::Instance)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::ApiProtocol { .. }),
+        "{err:?}"
+    );
+    let sent = server.await.unwrap();
+    assert!(sent < 64 << 20, "the server sent everything: {sent} bytes");
+}
+
 #[test]
 fn endpoint_paths() {
     assert_eq!(Endpoint::Instance.path().unwrap(), "/");
