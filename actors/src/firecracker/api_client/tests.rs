@@ -107,8 +107,12 @@ async fn reconnects_after_firecracker_closes_the_connection() {
     let mut client = ApiClient::new(&sock);
     let body = serde_json::json!({});
     client.put(Endpoint::Actions, &body).await.unwrap();
-    // Let the connection task see the close.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Let the connection task see the close (it runs on this thread).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(&client.conn, Conn::Http(s) if s.is_closed()) {
+        assert!(Instant::now() < deadline, "the close was never seen");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     client.put(Endpoint::Actions, &body).await.unwrap();
     server.await.unwrap();
 }
