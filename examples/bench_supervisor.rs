@@ -9,8 +9,10 @@
 //!    before and after: one observation per phase). Probes of 20 create+delete cycles run at
 //!    10 VMs running and at N running (latency against the number of VMs). Then CPU time and
 //!    peak RSS of this process with N VMs running, and a concurrent delete of all.
+//!    Right after that delete, `--after-delete` creates (default 200, `--concurrency` in
+//!    flight) measure creates/s while the deleted VMs' TAPs are still being released.
 //! 2. concurrent: N creates with `--concurrency` in flight (default 8): throughput and round
-//!    trips; then all are deleted again.
+//!    trips, RSS and threads in this second round; then all are deleted again.
 //!
 //! "hearth's own share" of a create = its round trip minus the phases spent waiting on the
 //! VMM process (spawn + api_ready + configure + start + ready). See docs/bench/supervisor.md.
@@ -83,6 +85,10 @@ struct Args {
     /// Skip the concurrent stage.
     #[arg(long)]
     sequential_only: bool,
+    /// Creates (with `--concurrency` in flight) started right after the first mass delete,
+    /// while the TAP pool is still releasing the deleted VMs' TAPs; 0 skips this burst.
+    #[arg(long, default_value_t = 200)]
+    after_delete: usize,
 }
 
 fn logger() -> slog::Logger {
@@ -324,7 +330,7 @@ fn rss_after(what: &str) {
         mib(status_kib("RssFile")),
         mib(status_kib("RssShmem")),
         open_fds(),
-        status_kib("Threads")
+        threads()
     );
 }
 
@@ -357,6 +363,45 @@ async fn settle_taps(ns: &NetNs, target: usize) {
         "  background TAP deletions: {start} TAPs -> {now} in {:.2} s after the deletes answered",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// Creates the VMs `names`, `k` in flight; answers (wall time, sorted round trips).
+async fn create_concurrently(
+    sup: &Addr<VmSupervisor>,
+    names: Vec<String>,
+    k: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<Duration>> = stream::iter(names)
+        .map(|name| async move {
+            let t = Instant::now();
+            let vm = sup
+                .send(CreateVm {
+                    spec: spec(&name),
+                    idempotency: None,
+                })
+                .await?
+                .with_context(|| format!("create {name}"))?;
+            if vm.state != VmState::Running {
+                bail!("{name} is {} ({:?})", vm.state, vm.last_error);
+            }
+            Ok(t.elapsed())
+        })
+        .buffer_unordered(k.max(1))
+        .collect()
+        .await;
+    let wall = t.elapsed();
+    let mut took = Vec::with_capacity(results.len());
+    for r in results {
+        took.push(r?);
+    }
+    took.sort();
+    Ok((wall, took))
+}
+
+/// This process's threads (`Threads` of /proc/self/status).
+fn threads() -> u64 {
+    status_kib("Threads")
 }
 
 /// `PROBES` create+delete cycles of a VM beside those running, timed.
@@ -464,7 +509,7 @@ async fn stages(
     println!(
         "  before the creates: {} open fds, {} threads",
         open_fds(),
-        status_kib("Threads")
+        threads()
     );
     let cpu0 = cpu_time();
     let mut seq_wall = Duration::ZERO;
@@ -535,7 +580,7 @@ async fn stages(
         mib(status_kib("RssFile")),
         mib(status_kib("RssShmem")),
         open_fds(),
-        status_kib("Threads")
+        threads()
     );
     println!(
         "  RSS growth per running VM: {:.1} KiB",
@@ -554,6 +599,27 @@ async fn stages(
         ms(cpu_time() - cpu_d) / deleted.max(1) as f64
     );
     rss_after("deleting all");
+
+    // Creates right after a mass delete: the deleted VMs' TAPs are still being released.
+    if args.after_delete > 0 {
+        let m = args.after_delete;
+        let k = args.concurrency.max(1);
+        let taps = tap_count(ns);
+        let names = (0..m).map(|i| format!("after-{i:04}")).collect();
+        match create_concurrently(sup, names, k).await {
+            Ok((wall, took)) => println!(
+                "creates right after deleting {deleted} VMs: {m} with {k} in flight in {:.2} s = {:.1} creates/s; round trip p50 {:.2} ms p99 {:.2} ms ({taps} TAPs when they started, {} when they ended)",
+                wall.as_secs_f64(),
+                m as f64 / wall.as_secs_f64(),
+                ms(pct(&took, 50.0)),
+                ms(pct(&took, 99.0)),
+                tap_count(ns)
+            ),
+            // Reported, not fatal: the stages after it still say what they measure.
+            Err(e) => println!("creates right after deleting {deleted} VMs: FAILED: {e:#}"),
+        }
+        delete_all(sup, args.delete_concurrency).await?;
+    }
     settle_taps(ns, pool).await;
 
     if args.sequential_only {
@@ -566,34 +632,9 @@ async fn stages(
     let cpu0 = cpu_time();
     let children0 = children_cpu_time();
     let before = sup.send(GetMetrics {}).await?;
-    let t = Instant::now();
-    let results: Vec<anyhow::Result<Duration>> = stream::iter(0..n)
-        .map(|i| async move {
-            let name = vm_name(i);
-            let t = Instant::now();
-            let vm = sup
-                .send(CreateVm {
-                    spec: spec(&name),
-                    idempotency: None,
-                })
-                .await?
-                .with_context(|| format!("create {name}"))?;
-            if vm.state != VmState::Running {
-                bail!("{name} is {} ({:?})", vm.state, vm.last_error);
-            }
-            Ok(t.elapsed())
-        })
-        .buffer_unordered(k)
-        .collect()
-        .await;
-    let wall = t.elapsed();
+    let (wall, took) = create_concurrently(sup, (0..n).map(vm_name).collect(), k).await?;
     let cpu = cpu_time() - cpu0;
     let after = sup.send(GetMetrics {}).await?;
-    let mut took = Vec::with_capacity(n);
-    for r in results {
-        took.push(r?);
-    }
-    took.sort();
     println!(
         "  throughput: {:.1} creates/s ({n} in {:.2} s)",
         n as f64 / wall.as_secs_f64(),
@@ -622,11 +663,13 @@ async fn stages(
         );
     }
     println!(
-        "  CPU time: {:.3} s = {:.3} ms per create; RSS {:.1} MiB (peak VmHWM {:.1} MiB)",
+        "  CPU time: {:.3} s = {:.3} ms per create; RSS with {n} VMs (second round) {:.1} MiB (peak VmHWM {:.1} MiB); {} open fds, {} threads",
         cpu.as_secs_f64(),
         ms(cpu) / n as f64,
         mib(status_kib("VmRSS")),
-        mib(status_kib("VmHWM"))
+        mib(status_kib("VmHWM")),
+        open_fds(),
+        threads()
     );
     let (deleted, wall, took) = delete_all(sup, args.delete_concurrency).await?;
     println!(

@@ -1,6 +1,6 @@
 //! The serial console capture. Firecracker's stdout/stderr (the guest's ttyS0) go to a FIFO in
-//! the run directory; a pump thread copies it into `console.log`, rotating once to
-//! `console.log.1` whenever the log reaches the cap, so at most twice the cap is kept.
+//! the run directory; a pump task on the async runtime copies it into `console.log`, rotating
+//! once to `console.log.1` whenever the log reaches the cap, so at most twice the cap is kept.
 //!
 //! Why a FIFO and not a pipe to hearthd or a plain file:
 //! - a pipe dies with hearthd; Firecracker's next console write would then get SIGPIPE, which
@@ -11,19 +11,36 @@
 //!   with EAGAIN and console output is dropped rather than stalling the VMM. A restarted
 //!   hearthd re-opens the FIFO by name and resumes the pump (see `Adopt`).
 //!
+//! Why a task and not a thread: a thread per VM made 1000 VMs cost 1000 threads, their stacks
+//! and buffers, and glibc kept the stacks after the VMs were gone. The pump is a tokio task
+//! waiting on the non-blocking FIFO with `AsyncFd` (epoll), so any number of consoles share the
+//! runtime's thread; the read buffer lives on that thread's stack only while a wake-up copies.
+//! The log writes are plain `write(2)`s to a regular file (page cache), bounded per wake-up.
+//!
 //! The pump stops at end of file, which comes when the VMM has exited and hearth drops its
-//! own write end ([`ConsoleCapture::close`]), or at once when the capture is dropped (the
-//! actor went away; the FIFO keeps the rest for whoever adopts the VM).
+//! own write end ([`ConsoleCapture::close`], [`ConsoleCapture::drain`]), or at once when the
+//! capture is dropped (the actor went away; the FIFO keeps the rest for whoever adopts the VM).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
 
 /// The default console log cap: 4 MiB (plus one rotated file).
 pub const DEFAULT_CAP: u64 = 4 << 20;
+
+/// Bytes read per `read(2)`; the buffer is on the stack of the copying call, never kept.
+const CHUNK: usize = 16 * 1024;
+
+/// Bytes copied per wake-up before the pump yields, so a console that never pauses cannot
+/// hold the runtime's thread (every other VM's actor runs there too).
+const BUDGET: usize = 256 * 1024;
 
 /// A running console pump.
 #[derive(Debug)]
@@ -31,9 +48,11 @@ pub struct ConsoleCapture {
     /// hearth's write end: keeps the pump from seeing end of file while the VMM may still
     /// be starting; dropped when the VMM has exited.
     keepalive: Option<File>,
-    /// Dropping this wakes the pump and makes it exit without draining.
-    stop: Option<std::os::fd::OwnedFd>,
-    thread: Option<JoinHandle<()>>,
+    /// The pump task; aborted when the capture is dropped.
+    task: Option<JoinHandle<()>>,
+    /// Set by [`ConsoleCapture::close`]: the VMM is gone, so once the FIFO is empty the pump
+    /// is done even if a writer remains (the next VMM's capture may already hold the FIFO).
+    closed: Arc<AtomicBool>,
 }
 
 /// Creates the FIFO if it is not there yet (mode 0600).
@@ -46,87 +65,101 @@ pub fn ensure_fifo(path: &Path) -> std::io::Result<()> {
 }
 
 impl ConsoleCapture {
-    /// Starts pumping `fifo` into `log` (created if missing, appended to otherwise).
+    /// Starts pumping `fifo` into `log` (created if missing, appended to otherwise). Must be
+    /// called inside a tokio runtime (an actix arbiter is one): the pump is a task on it.
     pub fn start(fifo: &Path, log: &Path, cap: u64) -> std::io::Result<Self> {
         ensure_fifo(fifo)?;
-        // Non-blocking so the open does not wait for a writer; the pump polls before reading.
+        // Non-blocking: the open does not wait for a writer, and reads answer EAGAIN when the
+        // FIFO is empty, which is what AsyncFd needs. std opens with O_CLOEXEC.
         let reader = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(fifo)?;
-        let (stop_rx, stop_tx) = nix::unistd::pipe()?;
         let keepalive = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(fifo)?;
-        let log = log.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("console-pump".into())
-            // The 64 KiB buffer is on the heap; one pump per VM should cost little memory.
-            .stack_size(64 * 1024)
-            .spawn(move || pump(reader, stop_rx, &log, cap))?;
+        // SAFETY: the File moves into the AsyncFd, so the fd stays open and unchanged while
+        // it is registered.
+        let reader =
+            unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        let sink = LogSink::new(log, cap);
+        let closed = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(pump(reader, sink, closed.clone()));
         Ok(ConsoleCapture {
             keepalive: Some(keepalive),
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            task: Some(task),
+            closed,
         })
     }
 
-    /// Lets the pump finish: it drains what is buffered and exits at end of file (once the
-    /// VMM, the other writer, is gone). Does not wait for it.
+    /// Lets the pump finish (call once the VMM has exited): it drains what is buffered and
+    /// exits at end of file, or as soon as the FIFO is empty. Does not wait for it.
     pub fn close(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.keepalive = None;
     }
 
-    /// Closes and waits for the pump to drain (only call once the VMM has exited).
-    pub fn finish(mut self) {
+    /// Closes and lets the pump drain the rest in the background (call once the VMM has
+    /// exited): unlike dropping the capture, this does not stop the pump.
+    pub fn drain(mut self) {
         self.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Detached: the task ends by itself at end of file.
+        drop(self.task.take());
+    }
+
+    /// Closes and waits for the pump to drain (only call once the VMM has exited).
+    pub async fn finish(mut self) {
+        self.close();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
         }
     }
 
-    /// Whether the pump thread has ended.
+    /// Whether the pump task has ended.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 }
 
 impl Drop for ConsoleCapture {
     fn drop(&mut self) {
-        // Wake the pump and let it go; do not join (it may be mid-write).
-        self.stop = None;
+        // Stop the pump where it is: the rest stays in the FIFO for whoever adopts the VM.
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
-/// Waits until `fifo` is readable (or hung up), or `stop` is closed. Returns false on stop.
-fn wait_readable(fifo: &File, stop: &std::os::fd::OwnedFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: fifo.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+/// What one wake-up of the pump found.
+enum Copied {
+    /// The FIFO is empty for now (EAGAIN).
+    Empty,
+    /// The budget ran out with data left.
+    More,
+    /// End of file: no writer is left.
+    Eof,
+}
+
+/// Copies the FIFO into the log until end of file (or a read error), or until it is empty
+/// once `closed` is set.
+async fn pump(reader: AsyncFd<File>, mut sink: LogSink, closed: Arc<AtomicBool>) {
     loop {
-        // SAFETY: two valid pollfds, infinite timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let Ok(mut guard) = reader.readable().await else {
+            return;
+        };
+        match sink.copy_from(guard.get_inner()) {
+            // Closed means the VMM is gone: empty now is empty for good, whoever else holds a
+            // write end (a new capture of the same FIFO, when the VM is started again).
+            Ok(Copied::Empty) if closed.load(Ordering::Acquire) => return,
+            // Readiness is edge-triggered: only clear it once the FIFO said EAGAIN.
+            Ok(Copied::Empty) => guard.clear_ready(),
+            Ok(Copied::More) => {
+                drop(guard);
+                tokio::task::yield_now().await;
             }
-            return false;
-        }
-        if fds[1].revents != 0 {
-            return false;
-        }
-        if fds[0].revents != 0 {
-            return true;
+            Ok(Copied::Eof) | Err(_) => return,
         }
     }
 }
@@ -143,43 +176,59 @@ fn open_log(log: &Path) -> std::io::Result<(File, u64)> {
     Ok((f, len))
 }
 
-/// Copies `reader` into `log` until end of file, rotating at `cap`. Write errors drop data
-/// but keep draining, so the VMM is never throttled by a full disk.
-fn pump(mut reader: File, stop: std::os::fd::OwnedFd, log: &Path, cap: u64) {
-    let mut out = open_log(log).ok();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if !wait_readable(&reader, &stop) {
-            return;
+/// The capped log: `console.log`, renamed to `console.log.1` when it reaches the cap.
+struct LogSink {
+    path: PathBuf,
+    cap: u64,
+    /// The open log and its length; `None` after an error (re-opened on the next write).
+    out: Option<(File, u64)>,
+}
+
+impl LogSink {
+    fn new(path: &Path, cap: u64) -> Self {
+        LogSink {
+            path: path.to_path_buf(),
+            cap,
+            out: open_log(path).ok(),
         }
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return,
-        };
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            let Some((file, len)) = out.as_mut() else {
-                out = open_log(log).ok();
-                break;
+    }
+
+    /// Reads what the FIFO holds (up to [`BUDGET`]) and appends it to the log. Only read
+    /// errors are returned: write errors drop data but keep draining, so the VMM is never
+    /// throttled by a full disk.
+    fn copy_from(&mut self, mut reader: &File) -> std::io::Result<Copied> {
+        let mut buf = [0u8; CHUNK];
+        let mut copied = 0;
+        while copied < BUDGET {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(Copied::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Copied::Empty),
+                Err(e) => return Err(e),
             };
-            let room = cap.saturating_sub(*len) as usize;
+            self.write(&buf[..n]);
+            copied += n;
+        }
+        Ok(Copied::More)
+    }
+
+    /// Appends `data`, rotating at the cap.
+    fn write(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let Some((file, len)) = self.out.as_mut() else {
+                self.out = open_log(&self.path).ok();
+                return;
+            };
+            let room = self.cap.saturating_sub(*len) as usize;
             if room == 0 {
-                let _ = std::fs::rename(log, rotated(log));
-                out = open_log(log).ok();
+                let _ = std::fs::rename(&self.path, rotated(&self.path));
+                self.out = open_log(&self.path).ok();
                 continue;
             }
             let take = room.min(data.len());
             if file.write_all(&data[..take]).is_err() {
-                break;
+                return;
             }
             *len += take as u64;
             data = &data[take..];
@@ -190,26 +239,35 @@ fn pump(mut reader: File, stop: std::os::fd::OwnedFd, log: &Path, cap: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn pump_copies_and_rotates_once() {
+    /// The VMM's end, opened like the process backend does.
+    fn vmm_end(fifo: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .unwrap()
+    }
+
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn pump_copies_and_rotates_once() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("console.fifo");
         let log = dir.path().join("console.log");
         let cap = 100;
         let capture = ConsoleCapture::start(&fifo, &log, cap).unwrap();
-        // The VMM's end, opened like the process backend does.
-        let mut vmm = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
+        let mut vmm = vmm_end(&fifo);
         for i in 0..25u8 {
             vmm.write_all(&[b'a' + i; 10]).unwrap();
         }
         drop(vmm);
-        capture.finish();
+        capture.finish().await;
         let cur = std::fs::read(&log).unwrap();
         let old = std::fs::read(rotated(&log)).unwrap();
         assert_eq!(old.len(), 100);
@@ -217,22 +275,133 @@ mod tests {
         assert_eq!(&cur[40..], &[b'a' + 24; 10]);
     }
 
-    #[test]
-    fn dropping_the_capture_stops_the_pump_while_the_writer_lives() {
+    #[tokio::test]
+    async fn output_written_while_running_arrives_and_log_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("console.fifo");
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, b"earlier\n").unwrap();
+        let capture = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let mut vmm = vmm_end(&fifo);
+        // More than one read chunk and more than one wake-up's budget; a full FIFO makes the
+        // writer wait for the pump, as the VMM's console would drop output.
+        let mut sent = Vec::new();
+        for i in 0..40u32 {
+            let piece = vec![b'0' + (i % 10) as u8; 10_000];
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                match vmm.write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            sent.extend_from_slice(&piece);
+        }
+        // It arrives while the writer is still open (the pump does not wait for the end).
+        let want = b"earlier\n".len() + sent.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&log).unwrap().len() < want as u64 {
+            assert!(std::time::Instant::now() < deadline, "pump stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!capture.is_finished());
+        drop(vmm);
+        capture.finish().await;
+        let got = std::fs::read(&log).unwrap();
+        assert_eq!(&got[..8], b"earlier\n");
+        assert!(got[8..] == sent[..], "log differs from what was written");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_capture_stops_the_pump_while_the_writer_lives() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("console.fifo");
         let log = dir.path().join("console.log");
         let capture = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
-        let _vmm = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
-        let thread = {
-            let mut capture = capture;
-            capture.thread.take().unwrap()
-        };
-        thread.join().unwrap();
+        let mut vmm = vmm_end(&fifo);
+        let task = capture.task.as_ref().unwrap().abort_handle();
+        drop(capture);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "pump still running");
+            tokio::task::yield_now().await;
+        }
+        // What the VMM writes now stays in the FIFO for an adopter.
+        vmm.write_all(b"kept").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(vmm.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"kept");
+    }
+
+    #[tokio::test]
+    async fn drain_finishes_in_the_background_after_the_vmm_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("console.fifo");
+        let log = dir.path().join("console.log");
+        let capture = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let mut vmm = vmm_end(&fifo);
+        vmm.write_all(b"last words\n").unwrap();
+        drop(vmm);
+        let task = capture.task.as_ref().unwrap().abort_handle();
+        capture.drain();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pump never saw end of file"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(std::fs::read(&log).unwrap(), b"last words\n");
+    }
+
+    #[tokio::test]
+    async fn drain_ends_although_the_next_capture_already_holds_the_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("console.fifo");
+        let log = dir.path().join("console.log");
+        let capture = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let mut vmm = vmm_end(&fifo);
+        vmm.write_all(b"first run\n").unwrap();
+        drop(vmm);
+        let task = capture.task.as_ref().unwrap().abort_handle();
+        capture.drain();
+        // The VM is started again before the old pump ran: a new writer holds the FIFO, so
+        // the old pump never sees end of file.
+        let next = ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old pump never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Whatever the new VMM writes goes through the new pump.
+        let mut vmm = vmm_end(&fifo);
+        vmm.write_all(b"second run\n").unwrap();
+        drop(vmm);
+        next.finish().await;
+        assert_eq!(std::fs::read(&log).unwrap(), b"first run\nsecond run\n");
+    }
+
+    #[tokio::test]
+    async fn many_consoles_add_no_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = threads();
+        let captures: Vec<_> = (0..64)
+            .map(|i| {
+                let fifo = dir.path().join(format!("c{i}.fifo"));
+                let log = dir.path().join(format!("c{i}.log"));
+                ConsoleCapture::start(&fifo, &log, 1 << 20).unwrap()
+            })
+            .collect();
+        // One thread per console made this 64 more; other tests of this binary run in
+        // parallel threads, so allow them some.
+        assert!(threads() < before + 16, "{} -> {}", before, threads());
+        drop(captures);
     }
 }

@@ -604,8 +604,8 @@ impl Handler<ProcessExited> for FirecrackerActor {
         self.api = None;
         self.state = VmState::Exited;
         if let Some(console) = self.console.take() {
-            // Drains the last output (the writer is gone) off the actor's thread.
-            std::thread::spawn(move || console.finish());
+            // The writer is gone: the pump task copies the last output and ends.
+            console.drain();
         }
         if let Err(e) = self.run_dir.remove_sockets() {
             slog::warn!(self.log, "cannot remove sockets"; "error" => %e);

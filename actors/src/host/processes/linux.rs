@@ -1,5 +1,5 @@
-//! The real process backend: `std::process::Command` plus pidfds (`pidfd_open`,
-//! `pidfd_send_signal`, `waitid(P_PIDFD)`) and /proc.
+//! The real process backend: `posix_spawn` with only stdio passed on (see [`super::spawn`]),
+//! pidfds (`pidfd_open`, `pidfd_send_signal`, `waitid(P_PIDFD)`) and /proc.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 
+use super::spawn;
 use super::{ExitStatus, Process, ProcessError, ProcessIdentity, Processes, Signal, SpawnSpec};
 
 /// Processes on this Linux host.
@@ -148,33 +149,24 @@ impl Processes for LinuxProcesses {
             .custom_flags(libc::O_NONBLOCK)
             .open(&spec.stdio)
             .map_err(spawn_err)?;
-        let err = out.try_clone().map_err(spawn_err)?;
-        let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // Its own process group: a Ctrl-C or `kill -- -<pgid>` aimed at hearthd's group never
-        // reaches the VM. Not `setsid` in a `pre_exec`: any pre_exec closure forces std to
-        // fork() (copying hearthd's page tables, ~1-2 ms for a large daemon) instead of
-        // posix_spawn (vfork-like), and hearthd runs without a controlling terminal anyway.
-        // No PR_SET_PDEATHSIG: the VM must outlive hearthd.
-        cmd.process_group(0);
-        let child = cmd.spawn().map_err(spawn_err)?;
-        let pid = child.id();
+        // Only stdio reaches the VMM: see `spawn` (closefrom(3), own process group).
+        let pid = spawn::spawn_closed(&spec.program, &spec.args, &spec.cwd, out.as_fd())
+            .map_err(spawn_err)?
+            .pid;
+        drop(out);
         // Our unreaped child cannot be recycled, so this pidfd is certainly for it.
         let pidfd = match pidfd_open(pid) {
             Ok(fd) => fd,
             Err(e) => {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
+                // SAFETY: kill and waitpid on our own unreaped child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                    libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+                }
                 return Err(e);
             }
         };
-        // Dropping `Child` neither kills nor reaps; the pidfd's waitid reaps.
-        drop(child);
+        // The pidfd's waitid reaps it.
         Ok(Arc::new(LinuxProcess {
             pid,
             pidfd,
@@ -220,14 +212,18 @@ impl Processes for LinuxProcesses {
     }
 
     fn version_output(&self, program: &Path) -> Result<String, ProcessError> {
-        let out = Command::new(program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ProcessError::Spawn {
-                program: program.to_path_buf(),
-                source,
-            })?;
+        let mut cmd = Command::new(program);
+        cmd.arg("--version").stdin(Stdio::null());
+        // Nothing of hearthd's but stdio: runs once at start-up, so the fork() that a
+        // pre_exec costs does not matter here.
+        // SAFETY: close_range is async-signal-safe and touches only the child's fd table.
+        unsafe {
+            cmd.pre_exec(|| spawn::mark_cloexec_from(3));
+        }
+        let out = cmd.output().map_err(|source| ProcessError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        })?;
         if !out.status.success() {
             return Err(ProcessError::Version {
                 program: program.to_path_buf(),
@@ -320,6 +316,49 @@ mod tests {
         std::fs::write(&spec.stdio, b"").unwrap();
         let p = LinuxProcesses.spawn(&spec).unwrap();
         assert_eq!(p.wait().await.unwrap(), ExitStatus::Code(7));
+    }
+
+    #[actix::test]
+    async fn adopted_process_that_is_not_our_child_is_waited_through_its_pidfd() {
+        // The shell starts `sleep` in the background and exits: the sleep is re-parented
+        // (to init or a subreaper), as a VMM is after hearthd restarts.
+        let out = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let p = LinuxProcesses.open(pid).unwrap();
+        assert!(!p.is_child());
+        assert!(!p.has_exited());
+        let wait = p.wait();
+        p.signal(Signal::Kill).unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("the pidfd never became readable")
+            .unwrap();
+        // Not our child: the status belongs to its parent.
+        assert_eq!(status, ExitStatus::Unknown);
+        assert!(p.has_exited());
+    }
+
+    #[actix::test]
+    async fn spawned_child_holds_only_stdio() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SpawnSpec {
+            program: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            cwd: dir.path().into(),
+            stdio: dir.path().join("out"),
+        };
+        std::fs::write(&spec.stdio, b"").unwrap();
+        let p = LinuxProcesses.spawn(&spec).unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+            .unwrap()
+            .count();
+        let wait = p.wait();
+        p.signal(Signal::Kill).unwrap();
+        assert_eq!(wait.await.unwrap(), ExitStatus::Signal(libc::SIGKILL));
+        assert_eq!(fds, 3, "stdin, stdout and stderr only");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod fake;
 pub mod linux;
+pub mod spawn;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -142,7 +143,7 @@ pub trait Process: Send + Sync + fmt::Debug {
 /// The host's processes.
 pub trait Processes: Send + Sync {
     /// Starts a process in its own process group (so signals aimed at hearthd's group miss it), with
-    /// stdin from /dev/null and stdout/stderr to `spec.stdio`.
+    /// stdin from /dev/null, stdout/stderr to `spec.stdio`, and no other descriptor of hearthd's.
     fn spawn(&self, spec: &SpawnSpec) -> Result<Arc<dyn Process>, ProcessError>;
     /// Opens a handle on an existing process (for adoption). The returned handle refers to
     /// whatever process has `pid` now; check [`Processes::identity`] before trusting it.

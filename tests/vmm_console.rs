@@ -1,0 +1,244 @@
+//! The console capture and exit reporting of a VMM spawned by `FirecrackerActor` with the real
+//! process backend, end to end: what the VMM writes to stdout/stderr reaches `console.log`
+//! while it runs and after it exits, the exit status is reported, and an adopting actor
+//! resumes the pump where the FIFO kept the output nobody read. The pumps are tasks on the
+//! actor's runtime (no thread per VM: see `actors/src/firecracker/console.rs`).
+//!
+//! The "VMM" is a shell script around `firecracker-sim` (build it first:
+//! `cargo build -p firecracker-sim`), so that it writes to the console before and after the
+//! simulator runs. Unprivileged.
+
+mod common;
+#[path = "common/fc_sim.rs"]
+mod fc_sim;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use hearth_actors::firecracker::{
+    binary, cid_for_guest_ip, AdoptProcess, BootVm, FirecrackerActor, FirecrackerSettings, KillVm,
+    StopRung, VmConfig, VmProcessEvent,
+};
+use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fcc")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(
+            dir.path().join("vmlinux"),
+            firecracker_sim::kernel::minimal_vmlinux(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A script that answers `--version` as the simulator, otherwise runs `body` (with
+    /// `$SIM` the simulator).
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let text = format!(
+            "#!/bin/sh\nSIM='{}'\ncase \"$1\" in --version) exec \"$SIM\" \"$@\";; esac\n{body}\n",
+            fc_sim::sim_binary().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn actor(
+        &self,
+        vm: &str,
+        program: &Path,
+    ) -> (
+        actix::Addr<FirecrackerActor>,
+        UnboundedReceiver<VmProcessEvent>,
+    ) {
+        let bin = binary::resolve(Some(program), &LinuxProcesses).unwrap();
+        let (events, rx) = fc_sim::event_sink();
+        let actor = FirecrackerActor::new(
+            vm,
+            bin,
+            Arc::new(LinuxProcesses),
+            FirecrackerSettings::new(self.path().join("vms")),
+            events,
+            common::test_logger(),
+        )
+        .unwrap();
+        (actor.start(), rx)
+    }
+
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: self.path().join("vmlinux"),
+            initrd: None,
+            extra_boot_args: String::new(),
+            rootfs: self.path().join("rootfs.ext4"),
+            rootfs_read_only: false,
+            rootfs_rate_limiter: None,
+            net: None,
+            vsock_cid: cid_for_guest_ip(std::net::Ipv4Addr::new(172, 31, 240, 5)),
+            probe: None,
+        }
+    }
+}
+
+/// Waits (without blocking the runtime, which runs the pump) until `log` contains `needle`.
+async fn log_contains(log: &Path, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("{} holds: {text:?}", log.display());
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no VM event within 10 s")
+        .expect("event channel closed")
+}
+
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+#[actix::test]
+async fn console_is_logged_while_the_vmm_runs_and_drained_after_it_exits() {
+    let fx = Fixture::new();
+    // The simulator crashes 1.5 s after InstanceStart with code 7; the script then writes its
+    // last words and exits 3, which is the status the actor reports (the script is the VMM).
+    let vmm = fx.script(
+        "fc-console",
+        "echo 'console: early words'\n\
+         FC_SIM_CRASH_AFTER_MS=1500 FC_SIM_CRASH_CODE=7 \"$SIM\" \"$@\"\n\
+         rc=$?\n\
+         echo \"console: last words after exit $rc\" >&2\n\
+         exit 3",
+    );
+    let (vm, mut events) = fx.actor("vm-con", &vmm);
+    let report = vm
+        .send(BootVm {
+            config: fx.config(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let log = fx.path().join("vms/vm-con/console.log");
+    assert!(
+        log_contains(&log, "console: early words", Duration::from_secs(5)).await,
+        "output written while the VMM runs reaches the log"
+    );
+    assert!(alive(report.record.pid), "it was logged while running");
+    match next_event(&mut events).await {
+        VmProcessEvent::ExitedUnexpectedly { pid, status, .. } => {
+            assert_eq!((pid, status), (report.record.pid, ExitStatus::Code(3)));
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    assert!(
+        log_contains(
+            &log,
+            "console: last words after exit 7",
+            Duration::from_secs(5)
+        )
+        .await,
+        "output written just before the exit is drained into the log"
+    );
+}
+
+#[actix::test]
+async fn adopting_actor_resumes_the_console_pump() {
+    let fx = Fixture::new();
+    // The simulator itself: adoption checks the command line against the binary.
+    let vmm = fc_sim::sim_binary();
+    let (vm, _events) = fx.actor("vm-ado", &vmm);
+    let report = vm
+        .send(BootVm {
+            config: fx.config(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let record = report.record.clone();
+    drop(vm);
+    // Let the old actor stop: its pump stops with it, the VM keeps running.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(alive(record.pid));
+    let run_dir = fx.path().join("vms/vm-ado");
+    // Written while nobody pumps (as the VMM would while hearthd is down): the FIFO keeps it.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(run_dir.join("console.fifo"))
+        .unwrap();
+    writer.write_all(b"console: while nobody pumped\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = run_dir.join("console.log");
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !before.contains("while nobody pumped"),
+        "the old pump stopped with its actor"
+    );
+
+    let (vm2, mut events2) = fx.actor("vm-ado", &vmm);
+    let info = vm2
+        .send(AdoptProcess {
+            record: record.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        info.vmm_state,
+        hearth_proto::firecracker::InstanceState::Running
+    );
+    assert!(
+        log_contains(&log, "console: while nobody pumped", Duration::from_secs(5)).await,
+        "the adopter copies what the FIFO kept"
+    );
+    writer.write_all(b"console: after adoption\n").unwrap();
+    assert!(log_contains(&log, "console: after adoption", Duration::from_secs(5)).await);
+    drop(writer);
+
+    let out = vm2.send(KillVm {}).await.unwrap().unwrap();
+    assert_eq!(
+        (out.rung, out.status),
+        (StopRung::Sigkill, ExitStatus::Signal(libc::SIGKILL))
+    );
+    assert!(matches!(
+        next_event(&mut events2).await,
+        VmProcessEvent::Stopped {
+            rung: StopRung::Sigkill,
+            ..
+        }
+    ));
+}
