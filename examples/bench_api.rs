@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hearth::api::testing::TestServer;
-use hearth::client::{Client, SseReader};
+use hearth::client::{Client, Method, SseReader};
 use hearth_proto::api::VmInfo;
 
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
@@ -38,7 +38,9 @@ fn main() {
     let mut health = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        let r = c.request("GET", "/v1/health", &[], None).expect("health");
+        let r = c
+            .request(Method::GET, "/v1/health", &[], None)
+            .expect("health");
         assert_eq!(r.status, 200);
         health.push(t.elapsed());
     }
@@ -52,7 +54,7 @@ fn main() {
         let t = Instant::now();
         let r = c
             .request(
-                "POST",
+                Method::POST,
                 "/v1/vms",
                 &[("Idempotency-Key", &key)],
                 Some(body.as_bytes()),
@@ -67,7 +69,7 @@ fn main() {
     let mut size = 0;
     for _ in 0..100 {
         let t = Instant::now();
-        let r = c.request("GET", "/v1/vms", &[], None).expect("list");
+        let r = c.request(Method::GET, "/v1/vms", &[], None).expect("list");
         let vms: Vec<VmInfo> = r.json().expect("list body");
         lists.push(t.elapsed());
         assert_eq!(vms.len(), 1000);
@@ -81,8 +83,8 @@ fn main() {
         let t = Instant::now();
         let r = c
             .request(
-                "GET",
-                &format!("/v1/vms/vm-{i}/wait?state=running&timeout=1s"),
+                Method::GET,
+                format!("/v1/vms/vm-{i}/wait?state=running&timeout=1s"),
                 &[],
                 None,
             )
@@ -95,7 +97,7 @@ fn main() {
     // 1000 creates made 2000 events: replay them all through the SSE stream.
     let t = Instant::now();
     let stream = c
-        .stream("GET", "/v1/events/stream?since=0", &[], None)
+        .stream(Method::GET, "/v1/events/stream?since=0", &[], None)
         .expect("stream");
     let mut n = 0;
     for e in SseReader::new(stream.body) {
@@ -114,7 +116,7 @@ fn main() {
 
     let t = Instant::now();
     let r = c
-        .request("GET", "/v1/events?since=0&limit=1000", &[], None)
+        .request(Method::GET, "/v1/events?since=0&limit=1000", &[], None)
         .expect("events");
     let page: Vec<serde_json::Value> = r.json().expect("events body");
     println!(

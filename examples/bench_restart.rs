@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use hearth::client::Client;
+use hearth::client::{Client, Method};
 use hearth_proto::api::{self, VmInfo, VmState};
 use vm_host::VmHost;
 
@@ -132,7 +132,7 @@ impl Drop for Daemon {
 fn wait_healthy(client: &Client, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(r) = client.request("GET", "/v1/health", &[], None) {
+        if let Ok(r) = client.request(Method::GET, "/v1/health", &[], None) {
             if r.ok().is_ok() {
                 return Ok(());
             }
@@ -251,7 +251,7 @@ fn run(args: &Args, daemon: &mut Daemon, socket: &Path, host: &VmHost) -> anyhow
 
     let t = Instant::now();
     let failed = parallel(args.n, args.concurrency, |i| {
-        let _: VmInfo = client.send_json("POST", "/v1/vms", &[], &spec(i))?;
+        let _: VmInfo = client.send_json(Method::POST, "/v1/vms", &[], &spec(i))?;
         Ok(())
     });
     if failed > 0 {
@@ -269,7 +269,7 @@ fn run(args: &Args, daemon: &mut Daemon, socket: &Path, host: &VmHost) -> anyhow
     for i in 0..args.stops {
         let c = Client::new(socket);
         std::thread::spawn(move || {
-            let _ = c.request("POST", &format!("/v1/vms/{}/stop", name(i)), &[], None);
+            let _ = c.request(Method::POST, format!("/v1/vms/{}/stop", name(i)), &[], None);
         });
     }
     let deadline = Instant::now() + Duration::from_secs(60);

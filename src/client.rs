@@ -1,15 +1,35 @@
-//! A small blocking HTTP/1.1 client over hearthd's Unix socket, used by hearthctl. One
-//! connection per request (`Connection: close`); bodies framed by `Content-Length`,
-//! `Transfer-Encoding: chunked` or the end of the connection. [`Client::stream`] hands back
-//! the body as it arrives, for the server-sent event stream ([`SseReader`]).
+//! hearthctl's client of hearthd: HTTP/1.1 (hyper) over hearthd's Unix socket, blocking for
+//! its callers on a small current-thread runtime. One connection per request
+//! (`Connection: close`); methods are [`Method`]s and targets [`ApiPath`]s, whose parts are
+//! percent-encoded. [`Client::request`] reads at most [`MAX_BODY`] bytes of an answer;
+//! [`Client::stream`] hands back the body as it arrives (server-sent events through
+//! [`SseReader`], NDJSON through [`BoundedLines`]), each line at most [`MAX_LINE`] bytes, so a
+//! broken daemon cannot make hearthctl allocate without bound.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::fmt::Display;
+use std::future::Future;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::OnceLock;
 
+use bytes::{Buf, Bytes};
 use hearth_proto::api::ErrorBody;
+use http::{header, HeaderName, HeaderValue, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::UnixStream;
+use tokio::runtime::Runtime;
+
+pub use http::Method;
+
+/// The largest answer [`Client::request`] reads (event pages and VM lists are far smaller).
+pub const MAX_BODY: usize = 16 << 20;
+/// The longest line of a streamed answer (one event, one progress update).
+pub const MAX_LINE: usize = 1 << 20;
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +54,15 @@ pub enum ClientError {
     /// The answer is not HTTP this client understands.
     #[error("Malformed answer from hearthd: {0}")]
     Protocol(String),
+    /// The answer is longer than this client reads.
+    #[error("Answer from hearthd larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The request could not be built (a bad path or header); nothing was sent.
+    #[error("Invalid request: {0}")]
+    InvalidRequest(String),
     /// hearthd answered with an error.
     #[error("{message} (HTTP {status}, {code})")]
     Api {
@@ -57,6 +86,89 @@ impl ClientError {
             ClientError::NotRunning { .. } | ClientError::PermissionDenied { .. }
         )
     }
+}
+
+impl From<hyper::Error> for ClientError {
+    fn from(e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() {
+            ClientError::Protocol(e.to_string())
+        } else {
+            ClientError::Io(io::Error::other(e))
+        }
+    }
+}
+
+/// A request target on hearthd: a literal base path, then segments and query pairs that are
+/// percent-encoded (everything but unreserved characters), so a name can never change the
+/// path's meaning. `From<&str>` takes an already-encoded target as it is (checked when sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPath(String);
+
+impl ApiPath {
+    /// Starts at `base`, e.g. `/v1/vms`.
+    pub fn new(base: &'static str) -> Self {
+        ApiPath(base.to_owned())
+    }
+
+    /// Appends `/` and `segment`, encoded.
+    pub fn segment(mut self, segment: &str) -> Self {
+        self.0.push('/');
+        self.0.push_str(&encode(segment));
+        self
+    }
+
+    /// Appends the query pair `key=value`, both encoded.
+    pub fn query(mut self, key: &str, value: impl Display) -> Self {
+        self.0.push(if self.0.contains('?') { '&' } else { '?' });
+        self.0.push_str(&encode(key));
+        self.0.push('=');
+        self.0.push_str(&encode(&value.to_string()));
+        self
+    }
+
+    /// The target as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn uri(&self) -> Result<Uri, ClientError> {
+        self.0
+            .parse::<Uri>()
+            .ok()
+            .filter(|u| u.scheme().is_none() && u.path().starts_with('/'))
+            .ok_or_else(|| ClientError::InvalidRequest(format!("bad path {:?}", self.0)))
+    }
+}
+
+impl From<&str> for ApiPath {
+    fn from(s: &str) -> Self {
+        ApiPath(s.to_owned())
+    }
+}
+
+impl From<String> for ApiPath {
+    fn from(s: String) -> Self {
+        ApiPath(s)
+    }
+}
+
+impl From<&String> for ApiPath {
+    fn from(s: &String) -> Self {
+        ApiPath(s.clone())
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An answer: status, headers (names lower-case) and the whole body.
@@ -116,8 +228,37 @@ pub struct StreamResponse {
     pub status: u16,
     /// The headers, names lower-cased.
     pub headers: Vec<(String, String)>,
-    /// The body, de-chunked.
+    /// The body, as it arrives.
     pub body: Box<dyn BufRead + Send>,
+}
+
+impl StreamResponse {
+    /// Reads the rest of the body (at most [`MAX_BODY`] bytes) into a [`Response`].
+    pub fn into_response(self) -> Result<Response, ClientError> {
+        let mut body = Vec::new();
+        self.body.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
+        if body.len() > MAX_BODY {
+            return Err(ClientError::TooLarge { limit: MAX_BODY });
+        }
+        Ok(Response {
+            status: self.status,
+            headers: self.headers,
+            body,
+        })
+    }
+}
+
+/// The runtime every client's I/O runs on: one per process, current-thread, driven only
+/// while a caller blocks on it; nothing is spawned on it.
+fn runtime() -> Result<&'static Runtime, ClientError> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 impl Client {
@@ -133,8 +274,8 @@ impl Client {
         &self.socket
     }
 
-    fn connect(&self) -> Result<UnixStream, ClientError> {
-        UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
+    fn connect_error(&self, e: io::Error) -> ClientError {
+        match e.kind() {
             io::ErrorKind::NotFound => ClientError::NotRunning {
                 socket: self.socket.clone(),
                 reason: "no socket",
@@ -147,98 +288,116 @@ impl Client {
                 socket: self.socket.clone(),
             },
             _ => ClientError::Io(e),
-        })
+        }
+    }
+
+    fn build(
+        method: Method,
+        path: &ApiPath,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path.uri()?)
+            .header(header::HOST, "hearthd")
+            .header(header::CONNECTION, "close");
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+        {
+            req = req.header(header::ACCEPT, "application/json");
+        }
+        for (k, v) in headers {
+            let name = HeaderName::try_from(*k)
+                .map_err(|_| ClientError::InvalidRequest(format!("bad header name {k:?}")))?;
+            let value = HeaderValue::try_from(*v)
+                .map_err(|_| ClientError::InvalidRequest(format!("bad value for {k}")))?;
+            req = req.header(name, value);
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        } else if matches!(method, Method::POST | Method::PUT) {
+            // hyper leaves out `Content-Length: 0`; hearthd's POSTs expect it.
+            req = req.header(header::CONTENT_LENGTH, "0");
+        }
+        req.body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+            .map_err(|e| ClientError::InvalidRequest(e.to_string()))
+    }
+
+    /// Connects and sends `req`; returns the answer's head with its body still to read, and
+    /// the connection, which must be driven (see [`drive`]) while the body is read.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, Option<Conn>), ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let mut conn = Some(Box::pin(conn));
+        let resp = drive(&mut conn, sender.send_request(req)).await?;
+        Ok((resp, conn))
     }
 
     /// Sends a request and returns the answer with its body still to read.
     pub fn stream(
         &self,
-        method: &str,
-        path: &str,
+        method: Method,
+        path: impl Into<ApiPath>,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<StreamResponse, ClientError> {
-        let mut conn = self.connect()?;
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nHost: hearthd\r\nConnection: close\r\n");
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
-        {
-            head.push_str("Accept: application/json\r\n");
-        }
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if let Some(b) = body {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
-        } else if matches!(method, "POST" | "PUT") {
-            head.push_str("Content-Length: 0\r\n");
-        }
-        head.push_str("\r\n");
-        conn.write_all(head.as_bytes())?;
-        if let Some(b) = body {
-            conn.write_all(b)?;
-        }
-        let mut reader = BufReader::new(conn);
-        let (status, headers) = read_head(&mut reader)?;
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let body: Box<dyn BufRead + Send> = if header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        {
-            Box::new(BufReader::new(Chunked::new(reader)))
-        } else if let Some(len) = header("content-length") {
-            let len: u64 = len
-                .trim()
-                .parse()
-                .map_err(|_| ClientError::Protocol(format!("bad Content-Length {len:?}")))?;
-            Box::new(reader.take(len))
-        } else {
-            Box::new(reader)
-        };
+        let req = Self::build(method, &path.into(), headers, body)?;
+        let rt = runtime()?;
+        let (resp, conn) = rt.block_on(self.send(req))?;
+        let (status, headers) = head(&resp);
+        let body = BufReader::new(BlockingBody {
+            rt,
+            conn,
+            body: resp.into_body(),
+            chunk: Bytes::new(),
+            done: false,
+        });
         Ok(StreamResponse {
             status,
             headers,
-            body,
+            body: Box::new(body),
         })
     }
 
-    /// Sends a request and reads the whole answer.
+    /// Sends a request and reads the whole answer (at most [`MAX_BODY`] bytes).
     pub fn request(
         &self,
-        method: &str,
-        path: &str,
+        method: Method,
+        path: impl Into<ApiPath>,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Response, ClientError> {
-        let mut s = self.stream(method, path, headers, body)?;
-        let mut buf = Vec::new();
-        s.body.read_to_end(&mut buf)?;
-        Ok(Response {
-            status: s.status,
-            headers: s.headers,
-            body: buf,
+        let req = Self::build(method, &path.into(), headers, body)?;
+        runtime()?.block_on(async {
+            let (resp, mut conn) = self.send(req).await?;
+            let (status, headers) = head(&resp);
+            let body = drive(&mut conn, read_body(resp.into_body(), MAX_BODY)).await?;
+            Ok(Response {
+                status,
+                headers,
+                body,
+            })
         })
     }
 
     /// `GET path`, 2xx required, body parsed.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.request("GET", path, &[], None)?.ok()?.json()
+    pub fn get<T: DeserializeOwned>(&self, path: impl Into<ApiPath>) -> Result<T, ClientError> {
+        self.request(Method::GET, path, &[], None)?.ok()?.json()
     }
 
     /// `method path` with a JSON body, 2xx required, body parsed.
     pub fn send_json<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: &str,
-        path: &str,
+        method: Method,
+        path: impl Into<ApiPath>,
         headers: &[(&str, &str)],
         body: &B,
     ) -> Result<T, ClientError> {
@@ -249,96 +408,119 @@ impl Client {
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), ClientError> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(ClientError::Protocol(
-            "connection closed before an answer".into(),
-        ));
-    }
-    let mut parts = line.split_whitespace();
-    let status = match (parts.next(), parts.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code
-            .parse::<u16>()
-            .map_err(|_| ClientError::Protocol(format!("bad status line {line:?}")))?,
-        _ => return Err(ClientError::Protocol(format!("bad status line {line:?}"))),
-    };
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(ClientError::Protocol("headers cut short".into()));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| ClientError::Protocol(format!("bad header line {l:?}")))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    Ok((status, headers))
+fn head(resp: &http::Response<Incoming>) -> (u16, Vec<(String, String)>) {
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).trim().to_owned(),
+            )
+        })
+        .collect();
+    (resp.status().as_u16(), headers)
 }
 
-/// Reads a `Transfer-Encoding: chunked` body as plain bytes.
-struct Chunked<R> {
-    inner: R,
-    left: u64,
+/// Reads a whole body, refusing one longer than `limit` bytes: up front when its
+/// `Content-Length` says so, else once the bytes received pass the limit.
+async fn read_body(body: Incoming, limit: usize) -> Result<Vec<u8>, ClientError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ClientError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) => match e.downcast::<hyper::Error>() {
+            Ok(e) => Err((*e).into()),
+            Err(_) => Err(ClientError::TooLarge { limit }),
+        },
+    }
+}
+
+/// One connection's I/O: hyper's side of the socket.
+type Conn = Pin<Box<hyper::client::conn::http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>;
+
+/// Runs `work` while driving `conn` (until it ends), so no task outlives the request: when
+/// the caller drops the connection, the socket closes at once. The connection's own result
+/// is not needed: its failures reach `work` through hyper's sender and body.
+async fn drive<F: Future>(conn: &mut Option<Conn>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if conn
+            .as_mut()
+            .is_some_and(|c| c.as_mut().poll(cx).is_ready())
+        {
+            *conn = None;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// A body read by blocking on the runtime for each frame, driving its connection meanwhile.
+struct BlockingBody {
+    rt: &'static Runtime,
+    conn: Option<Conn>,
+    body: Incoming,
+    chunk: Bytes,
     done: bool,
 }
 
-impl<R: BufRead> Chunked<R> {
-    fn new(inner: R) -> Self {
-        Chunked {
-            inner,
-            left: 0,
-            done: false,
-        }
-    }
-
-    fn line(&mut self) -> io::Result<String> {
-        let mut line = String::new();
-        self.inner.read_line(&mut line)?;
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-    }
-}
-
-fn bad(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-impl<R: BufRead> Read for Chunked<R> {
+impl Read for BlockingBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            let line = self.line()?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            if size.is_empty() {
-                return Err(bad("connection closed inside a chunked body".into()));
-            }
-            self.left = u64::from_str_radix(size, 16)
-                .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
-            if self.left == 0 {
-                // Trailers until an empty line.
-                while !self.line()?.is_empty() {}
-                self.done = true;
-                return Ok(0);
+        while self.chunk.is_empty() && !self.done && !buf.is_empty() {
+            match self.rt.block_on(drive(&mut self.conn, self.body.frame())) {
+                None => self.done = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.chunk = data;
+                    }
+                }
+                Some(Err(e)) => return Err(io::Error::other(e)),
             }
         }
-        let want = buf.len().min(self.left as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(bad("connection closed inside a chunk".into()));
-        }
-        self.left -= n as u64;
-        if self.left == 0 {
-            self.line()?;
-        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
         Ok(n)
+    }
+}
+
+/// Reads one line (up to and including `\n`) into `line`, refusing one longer than
+/// [`MAX_LINE`]; `Ok(0)` at the end of the stream.
+pub fn read_line_bounded(r: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    let n = r.take(MAX_LINE as u64 + 1).read_line(line)?;
+    if n > MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("line longer than {MAX_LINE} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
+/// The lines of a stream (without their line ends), each at most [`MAX_LINE`] bytes.
+pub struct BoundedLines<R> {
+    inner: R,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    /// Lines of `inner`.
+    pub fn new(inner: R) -> Self {
+        BoundedLines { inner }
+    }
+}
+
+impl<R: BufRead> Iterator for BoundedLines<R> {
+    type Item = io::Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = String::new();
+        match read_line_bounded(&mut self.inner, &mut line) {
+            Err(e) => Some(Err(e)),
+            Ok(0) => None,
+            Ok(_) => Some(Ok(line.trim_end_matches(['\r', '\n']).to_owned())),
+        }
     }
 }
 
@@ -352,6 +534,7 @@ pub struct SseEvent {
 }
 
 /// Splits a server-sent event stream into events (comments and unknown fields skipped).
+/// Each line is at most [`MAX_LINE`] bytes, and so is each event's data.
 pub struct SseReader<R> {
     inner: R,
 }
@@ -372,7 +555,7 @@ impl<R: BufRead> Iterator for SseReader<R> {
         let mut line = String::new();
         loop {
             line.clear();
-            match self.inner.read_line(&mut line) {
+            match read_line_bounded(&mut self.inner, &mut line) {
                 Err(e) => return Some(Err(e)),
                 Ok(0) => return None,
                 Ok(_) => {}
@@ -393,6 +576,12 @@ impl<R: BufRead> Iterator for SseReader<R> {
             match field {
                 "id" => id = Some(value.to_owned()),
                 "data" => match &mut data {
+                    Some(d) if d.len() + value.len() >= MAX_LINE => {
+                        return Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("event data longer than {MAX_LINE} bytes"),
+                        )))
+                    }
                     Some(d) => {
                         d.push('\n');
                         d.push_str(value);
@@ -406,74 +595,4 @@ impl<R: BufRead> Iterator for SseReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dechunks() {
-        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
-        let mut out = String::new();
-        Chunked::new(&raw[..]).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello, world");
-        let mut out = Vec::new();
-        let cut = b"5\r\nhel";
-        assert!(Chunked::new(&cut[..]).read_to_end(&mut out).is_err());
-    }
-
-    #[test]
-    fn parses_heads() {
-        let mut r = &b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nX-A: b c\r\n\r\n{}"[..];
-        let (status, headers) = read_head(&mut r).unwrap();
-        assert_eq!(status, 404);
-        assert_eq!(headers[1], ("x-a".into(), "b c".into()));
-        assert_eq!(r, b"{}");
-        assert!(read_head(&mut &b"SSH-2.0\r\n\r\n"[..]).is_err());
-    }
-
-    #[test]
-    fn splits_sse() {
-        let raw = ": hi\n\nid: 1\ndata: {\"a\":1}\n\nid: 2\ndata: x\ndata: y\n\n: keepalive\n\n";
-        let events: Vec<_> = SseReader::new(raw.as_bytes()).map(Result::unwrap).collect();
-        assert_eq!(
-            events,
-            [
-                SseEvent {
-                    id: Some("1".into()),
-                    data: "{\"a\":1}".into()
-                },
-                SseEvent {
-                    id: Some("2".into()),
-                    data: "x\ny".into()
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn error_bodies_become_api_errors() {
-        let r = Response {
-            status: 404,
-            headers: vec![],
-            body: br#"{"error":{"code":"not_found","message":"No VM named \"a\""}}"#.to_vec(),
-        };
-        match r.ok().unwrap_err() {
-            ClientError::Api { status, code, .. } => {
-                assert_eq!((status, code.as_str()), (404, "not_found"))
-            }
-            e => panic!("{e}"),
-        }
-    }
-
-    #[test]
-    fn missing_socket_is_not_running() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Client::new(dir.path().join("none.sock"));
-        let e = c.request("GET", "/v1/health", &[], None).unwrap_err();
-        assert!(e.is_unreachable());
-        assert!(
-            e.to_string()
-                .starts_with("hearthd is not running (no socket at "),
-            "{e}"
-        );
-    }
-}
+mod tests;

@@ -5,7 +5,7 @@
 
 use hearth::api::testing::TestServer;
 use hearth::api::SupervisorPorts;
-use hearth::client::Client;
+use hearth::client::{Client, Method};
 use hearth_actors::supervisor::testing::supervisor_with_pool;
 use hearth_actors::supervisor::{GetVm, MemoryLedger, Open};
 use hearth_actors::tap_pool::{AcquireTap, TapPoolConfig};
@@ -39,7 +39,12 @@ fn an_exhausted_address_pool_answers_503_unavailable() {
     let c = Client::new(&s.socket);
     let body = json!({"name": "a", "kernel": "vmlinux", "rootfs": "base", "ready_probe": false});
     let r = c
-        .request("POST", "/v1/vms", &[], Some(body.to_string().as_bytes()))
+        .request(
+            Method::POST,
+            "/v1/vms",
+            &[],
+            Some(body.to_string().as_bytes()),
+        )
         .unwrap();
     let err: ErrorBody = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(

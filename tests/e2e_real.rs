@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use daemon::{HearthHost, Leaks};
+use hearth_actors::firecracker::api_client::Endpoint;
 use hearth_actors::firecracker::ApiClient;
 use serde_json::Value;
 
@@ -31,7 +32,7 @@ fn vmm_state(api: &Path) -> String {
         .build()
         .unwrap();
     let info: Value = rt
-        .block_on(ApiClient::new(api).get("/"))
+        .block_on(ApiClient::new(api).get(Endpoint::Instance))
         .unwrap_or_else(|e| panic!("GET / on {}: {e}", api.display()));
     info["state"].as_str().unwrap_or_default().to_owned()
 }

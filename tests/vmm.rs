@@ -29,6 +29,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
+    api_client::{Endpoint, Method},
     cid_for_guest_ip, AdoptProcess, ApiClient, ConfigureVm, FirecrackerActor, FirecrackerError,
     FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeReady, RunDir, SendCtrlAltDel,
     SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
@@ -192,7 +193,10 @@ async fn bring_up(vm: &Addr<FirecrackerActor>, config: VmConfig) -> u32 {
 
 /// `GET /` through the VM's API socket: the instance state.
 async fn vmm_state(api: &Path) -> String {
-    let info: Value = ApiClient::new(api).get("/").await.expect("GET /");
+    let info: Value = ApiClient::new(api)
+        .get(Endpoint::Instance)
+        .await
+        .expect("GET /");
     info["state"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -234,7 +238,7 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     assert_eq!(vmm_state(&rd.api_socket()).await, "Running");
 
     let mut api = ApiClient::new(&rd.api_socket());
-    let got: Value = api.get("/vm/config").await.unwrap();
+    let got: Value = api.get(Endpoint::VmConfig).await.unwrap();
     // The real binary's full form: absent resources as null, drive defaults filled in, and
     // logger and metrics never reported.
     for key in [
@@ -312,7 +316,7 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
 
     // Metrics go to `--metrics-path`: a flush writes one JSON line there.
     api.put(
-        "/actions",
+        Endpoint::Actions,
         &InstanceActionInfo::new(ActionType::FlushMetrics),
     )
     .await
@@ -326,7 +330,7 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     assert!(rd.firecracker_log().exists());
     let (status, msg) = fault(
         api.put(
-            "/logger",
+            Endpoint::Logger,
             &Logger {
                 log_path: Some("/tmp/x".into()),
                 ..Logger::default()
@@ -369,8 +373,8 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     };
     let resp = api
         .request(
-            "PUT",
-            "/network-interfaces/eth0",
+            Method::PUT,
+            Endpoint::NetworkInterface("eth0"),
             Some(br#"{"iface_id":"eth0","host_dev_name":"tapy0","guest_mac":"zz:00:00:00:00:00"}"#),
         )
         .await
@@ -385,8 +389,8 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     );
     let resp = api
         .request(
-            "PUT",
-            "/boot-source",
+            Method::PUT,
+            Endpoint::BootSource,
             Some(br#"{"kernel_image_path":"/k","bogus":1}"#),
         )
         .await
@@ -402,8 +406,8 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     );
     let resp = api
         .request(
-            "PUT",
-            "/drives/d3",
+            Method::PUT,
+            Endpoint::Drive("d3"),
             Some(br#"{"drive_id":"d3","is_root_device":false}"#),
         )
         .await
@@ -417,7 +421,7 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     );
     // The spec says CID >= 3; Firecracker accepts 2 (and any u32).
     api.put(
-        "/vsock",
+        Endpoint::Vsock,
         &Vsock {
             guest_cid: 2,
             uds_path: fx.path().join("v2.sock").to_str().unwrap().into(),
@@ -428,7 +432,7 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     .expect("guest_cid 2 is accepted");
     let (status, msg) = fault(
         api.put(
-            "/network-interfaces/eth9",
+            Endpoint::NetworkInterface("eth9"),
             &NetworkInterface {
                 iface_id: "eth9".into(),
                 host_dev_name: "nosuchtap9".into(),
@@ -443,7 +447,7 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
         (400, "Network config error: Could not create the network device: MTU 10 is out of range [68, 65535]")
     );
     let resp = api
-        .request("PUT", "/logger", Some(br#"{"level":"Loud"}"#))
+        .request(Method::PUT, Endpoint::Logger, Some(br#"{"level":"Loud"}"#))
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&resp.body).unwrap();
@@ -454,7 +458,7 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     let second = fx.path().join("metrics2");
     let (status, msg) = fault(
         api.put(
-            "/metrics",
+            Endpoint::Metrics,
             &Metrics {
                 metrics_path: second.to_str().unwrap().into(),
                 ..Default::default()
@@ -469,7 +473,7 @@ async fn api_answers_match_the_real_binary(vmm: Vmm) {
     // Ctrl+Alt+Del before boot is refused (the actor refuses it earlier still).
     let (status, msg) = fault(
         api.put(
-            "/actions",
+            Endpoint::Actions,
             &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
         )
         .await,
@@ -538,55 +542,55 @@ async fn post_boot_answers_match_the_real_binary(vmm: Vmm) {
     bring_up(&vm, fx.config(None)).await;
     let rd = fx.run_dir("vm-post");
     let mut api = ApiClient::new(&rd.api_socket());
-    let cases: [(&str, &str, &[u8], &str); 4] = [
+    let cases: [(Method, Endpoint, &[u8], &str); 4] = [
         (
-            "PATCH",
-            "/drives/nope",
+            Method::PATCH,
+            Endpoint::Drive("nope"),
             br#"{"drive_id":"nope"}"#,
             "Drive config error: Unable to patch the block device: Failed perform action on \
              device: Device not found Please verify the request arguments.",
         ),
         (
-            "PATCH",
-            "/drives/rootfs",
+            Method::PATCH,
+            Endpoint::Drive("rootfs"),
             br#"{"drive_id":"rootfs","path_on_host":"/nonexistent"}"#,
             "Drive config error: Unable to patch the block device: Block: Virtio backend error: \
              Error manipulating the backing file: No such file or directory (os error 2) \
              /nonexistent Please verify the request arguments.",
         ),
         (
-            "PATCH",
-            "/network-interfaces/nope",
+            Method::PATCH,
+            Endpoint::NetworkInterface("nope"),
             br#"{"iface_id":"nope"}"#,
             "Network config error: Unable to update the net device: Failed perform action on \
              device: Device not found",
         ),
         (
-            "PUT",
-            "/drives/x",
+            Method::PUT,
+            Endpoint::Drive("x"),
             br#"{"drive_id":"x","is_root_device":false,"path_on_host":"/nonexistent"}"#,
             "PCI is not enabled",
         ),
     ];
     for (method, uri, body, want) in cases {
-        let resp = api.request(method, uri, Some(body)).await.unwrap();
+        let resp = api.request(method.clone(), uri, Some(body)).await.unwrap();
         let v: Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(
             (resp.status, v["fault_message"].as_str().unwrap_or_default()),
             (400, want),
-            "{method} {uri}"
+            "{method} {uri:?}"
         );
     }
     let pause = |state: &str| serde_json::json!({ "state": state });
-    api.patch("/vm", &pause("Paused")).await.unwrap();
+    api.patch(Endpoint::Vm, &pause("Paused")).await.unwrap();
     assert_eq!(vmm_state(&rd.api_socket()).await, "Paused");
     api.put(
-        "/actions",
+        Endpoint::Actions,
         &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
     )
     .await
     .expect("Ctrl+Alt+Del is accepted while paused");
-    api.patch("/vm", &pause("Resumed")).await.unwrap();
+    api.patch(Endpoint::Vm, &pause("Resumed")).await.unwrap();
     tokio::time::sleep(MS * 200).await;
     assert_eq!(vmm_state(&rd.api_socket()).await, "Running");
     vm.send(KillVm {}).await.unwrap().unwrap();

@@ -357,6 +357,16 @@ pub fn check_boot_args(args: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A label filter or assignment `key=value` (the `label` query parameter of `GET /v1/vms`,
+/// hearthctl's `--label`): split at the first `=`, the key not empty; the value may be empty
+/// and may itself contain `=`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
 /// VM names double as DNS labels: 1-63 of `a-z`, `0-9` and `-`, not starting or ending with `-`.
 pub fn validate_vm_name(name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
@@ -606,5 +616,19 @@ mod tests {
             assert_eq!(st.is_alive(), expect_stop, "{st}");
         }
         assert!("zombie".parse::<VmState>().is_err());
+    }
+
+    #[test]
+    fn labels_parse_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_label("role=web").unwrap(),
+            ("role".into(), "web".into())
+        );
+        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(parse_label("a=").unwrap(), ("a".into(), String::new()));
+        for bad in ["=x", "=", "x", ""] {
+            let e = parse_label(bad).unwrap_err();
+            assert!(e.contains("is not key=value"), "{bad:?}: {e}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Query strings: strict parsing (unknown parameters are refused by name), durations such as
-//! `500ms`, `30s` or `2m`, and label filters `key=value`. Plain functions, unit-tested.
+//! Query strings: strict parsing (unknown parameters are refused by name) and durations such
+//! as `500ms`, `30s` or `2m`; label filters are a wire rule, `hearth_proto::api::parse_label`.
+//! Plain functions, unit-tested.
 
 use std::time::Duration;
 
@@ -125,17 +126,10 @@ pub fn wait_state(value: Option<&str>) -> Result<VmState, ApiError> {
     v.parse().map_err(|e: String| invalid("state", e))
 }
 
-/// A label filter `key=value`.
-pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not key=value")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_proto::api::parse_label;
 
     #[test]
     fn durations() {
@@ -210,7 +204,5 @@ mod tests {
             parse_label(p.get("label").unwrap()).unwrap(),
             ("role".into(), "web".into())
         );
-        assert!(parse_label("=x").is_err());
-        assert!(parse_label("x").is_err());
     }
 }

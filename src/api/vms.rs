@@ -66,7 +66,7 @@ pub async fn list(state: Data<ApiState>, req: HttpRequest) -> Result<HttpRespons
     let params = Params::parse(req.query_string(), &["label"])?;
     let label = params
         .get("label")
-        .map(query::parse_label)
+        .map(api::parse_label)
         .transpose()
         .map_err(|reason| ApiError::InvalidParam {
             param: "label".into(),

@@ -7,15 +7,14 @@
 //! 4 the connection failed mid-request or the answer was malformed.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hearth::client::{Client, ClientError, SseReader};
-use hearth_proto::api::{CreateVm, Event, SetNat, VmInfo, VmState};
+use hearth::client::{ApiPath, BoundedLines, Client, ClientError, Method, SseReader};
+use hearth_proto::api::{parse_label, CreateVm, Event, SetNat, VmInfo, VmState};
 use hearth_proto::api_health::Health;
 use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
 
@@ -191,13 +190,6 @@ enum VmCmd {
     },
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not key=value")),
-    }
-}
-
 fn parse_state(s: &str) -> Result<VmState, String> {
     s.parse()
 }
@@ -241,19 +233,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (for path segments and query values).
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn print_json<T: serde::Serialize>(value: &T) {
     println!(
         "{}",
@@ -267,7 +246,7 @@ fn run(c: &Client, json: bool, command: Command) -> Out {
         Command::Vm(cmd) => vm(c, json, cmd),
         Command::Events { follow, since } => events(c, json, follow, since),
         Command::Health => {
-            let h: Health = c.get("/v1/health")?;
+            let h: Health = c.get(ApiPath::new("/v1/health"))?;
             if json {
                 print_json(&h);
             } else {
@@ -303,7 +282,7 @@ fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
             }
         }
         ImageCmd::List => {
-            let list: Vec<ImageInfo> = c.get("/v1/images")?;
+            let list: Vec<ImageInfo> = c.get(ApiPath::new("/v1/images"))?;
             if json {
                 print_json(&list);
             } else {
@@ -325,8 +304,13 @@ fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
             }
         }
         ImageCmd::Rm { name } => {
-            c.request("DELETE", &format!("/v1/images/{}", enc(&name)), &[], None)?
-                .ok()?;
+            c.request(
+                Method::DELETE,
+                ApiPath::new("/v1/images").segment(&name),
+                &[],
+                None,
+            )?
+            .ok()?;
             if !json {
                 println!("Removed image {name}");
             }
@@ -394,7 +378,12 @@ fn labels(l: &BTreeMap<String, String>) -> String {
 fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
     let action = |name: &str, verb: &str| -> Out {
         let vm: VmInfo = c
-            .request("POST", &format!("/v1/vms/{}/{verb}", enc(name)), &[], None)?
+            .request(
+                Method::POST,
+                ApiPath::new("/v1/vms").segment(name).segment(verb),
+                &[],
+                None,
+            )?
             .ok()?
             .json()?;
         if json {
@@ -435,15 +424,15 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
                 .map(|k| ("Idempotency-Key", k))
                 .into_iter()
                 .collect();
-            let vm: VmInfo = c.send_json("POST", "/v1/vms", &headers, &spec)?;
+            let vm: VmInfo = c.send_json(Method::POST, ApiPath::new("/v1/vms"), &headers, &spec)?;
             show_vm(json, &vm);
         }
         VmCmd::List { label } => {
             let path = match label {
-                Some((k, v)) => format!("/v1/vms?label={}", enc(&format!("{k}={v}"))),
-                None => "/v1/vms".into(),
+                Some((k, v)) => ApiPath::new("/v1/vms").query("label", format!("{k}={v}")),
+                None => ApiPath::new("/v1/vms"),
             };
-            let vms: Vec<VmInfo> = c.get(&path)?;
+            let vms: Vec<VmInfo> = c.get(path)?;
             if json {
                 print_json(&vms);
             } else {
@@ -469,7 +458,7 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
             }
         }
         VmCmd::Get { name } => {
-            let vm: VmInfo = c.get(&format!("/v1/vms/{}", enc(&name)))?;
+            let vm: VmInfo = c.get(ApiPath::new("/v1/vms").segment(&name))?;
             show_vm(json, &vm);
         }
         VmCmd::Start { name } => action(&name, "start")?,
@@ -477,8 +466,13 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
         VmCmd::Kill { name } => action(&name, "kill")?,
         VmCmd::Restart { name } => action(&name, "restart")?,
         VmCmd::Rm { name } => {
-            c.request("DELETE", &format!("/v1/vms/{}", enc(&name)), &[], None)?
-                .ok()?;
+            c.request(
+                Method::DELETE,
+                ApiPath::new("/v1/vms").segment(&name),
+                &[],
+                None,
+            )?
+            .ok()?;
             if !json {
                 println!("Deleted {name}");
             }
@@ -486,8 +480,8 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
         VmCmd::Nat { name, state } => {
             let enabled = matches!(state, OnOff::On);
             let vm: VmInfo = c.send_json(
-                "PUT",
-                &format!("/v1/vms/{}/nat", enc(&name)),
+                Method::PUT,
+                ApiPath::new("/v1/vms").segment(&name).segment("nat"),
                 &[],
                 &SetNat { enabled },
             )?;
@@ -502,11 +496,13 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
             state,
             timeout,
         } => {
-            let vm: VmInfo = c.get(&format!(
-                "/v1/vms/{}/wait?state={state}&timeout={}",
-                enc(&name),
-                enc(&timeout)
-            ))?;
+            let vm: VmInfo = c.get(
+                ApiPath::new("/v1/vms")
+                    .segment(&name)
+                    .segment("wait")
+                    .query("state", state)
+                    .query("timeout", &timeout),
+            )?;
             if json {
                 print_json(&vm);
             } else {
@@ -541,7 +537,11 @@ fn events(c: &Client, json: bool, follow: bool, since: u64) -> Out {
     if !follow {
         let mut since = since;
         loop {
-            let page: Vec<Event> = c.get(&format!("/v1/events?since={since}&limit=1000"))?;
+            let page: Vec<Event> = c.get(
+                ApiPath::new("/v1/events")
+                    .query("since", since)
+                    .query("limit", 1000),
+            )?;
             for e in &page {
                 print_event(json, e);
             }
@@ -557,7 +557,8 @@ fn events(c: &Client, json: bool, follow: bool, since: u64) -> Out {
     let mut last = since;
     let mut empty_streams = 0;
     loop {
-        let stream = match c.stream("GET", &format!("/v1/events/stream?since={last}"), &[], None) {
+        let path = ApiPath::new("/v1/events/stream").query("since", last);
+        let stream = match c.stream(Method::GET, path, &[], None) {
             Ok(stream) => stream,
             Err(e) if e.is_unreachable() || empty_streams >= 4 => return Err(e.into()),
             // Caught hearthd mid-shutdown or a dropped connection: try again.
@@ -568,15 +569,7 @@ fn events(c: &Client, json: bool, follow: bool, since: u64) -> Out {
             }
         };
         if !(200..300).contains(&stream.status) {
-            let mut body = Vec::new();
-            let mut r = stream.body;
-            let _ = std::io::Read::read_to_end(&mut r, &mut body);
-            let answer = hearth::client::Response {
-                status: stream.status,
-                headers: stream.headers,
-                body,
-            };
-            answer.ok()?;
+            stream.into_response()?.ok()?;
             return Err(usage("unexpected answer".into()));
         }
         let before = last;
@@ -664,21 +657,19 @@ fn utc(ms: u64) -> String {
 /// (when it is a terminal) from the server's progress lines.
 fn import(c: &Client, request: &ImportImage) -> Result<ImageInfo, Failure> {
     let body = serde_json::to_vec(request).map_err(ClientError::from)?;
-    let mut resp = c.stream("POST", "/v1/images", &[("Accept", NDJSON)], Some(&body))?;
+    let resp = c.stream(
+        Method::POST,
+        ApiPath::new("/v1/images"),
+        &[("Accept", NDJSON)],
+        Some(&body),
+    )?;
     if resp.status != 200 {
         // A refusal before the copy started (or a server that does not stream).
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut resp.body, &mut body).map_err(ClientError::Io)?;
-        let answer = hearth::client::Response {
-            status: resp.status,
-            headers: resp.headers,
-            body,
-        };
-        return Ok(answer.ok()?.json()?);
+        return Ok(resp.into_response()?.ok()?.json()?);
     }
     let mut bar = ProgressBar::new(&request.name);
     let mut result = None;
-    for line in resp.body.lines() {
+    for line in BoundedLines::new(resp.body) {
         let line = line.map_err(ClientError::Io)?;
         if line.trim().is_empty() {
             continue;
@@ -767,8 +758,5 @@ mod tests {
             "[#####-----]  50%  32.0 MiB / 64.0 MiB"
         );
         assert_eq!(bar(0, 0, 4), "[####] 100%  0 B / 0 B");
-        assert_eq!(enc("role=web x/y"), "role%3Dweb%20x%2Fy");
-        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
-        assert!(parse_label("=b").is_err());
     }
 }

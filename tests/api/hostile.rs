@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use hearth::client::Method;
 use hearth_proto::api::{VmInfo, MAX_BOOT_ARGS, MAX_DISK_SIZE};
 use serde_json::json;
 
@@ -22,7 +23,7 @@ fn sequence_numbers_beyond_i64_are_refused() {
             format!("/v1/events?since={since}&limit=2"),
             format!("/v1/events/stream?since={since}"),
         ] {
-            let r = c.request("GET", &path, &[], None).unwrap();
+            let r = c.request(Method::GET, &path, &[], None).unwrap();
             let e = error_of(&r).error;
             assert_eq!(
                 (r.status, e.code.as_str()),
@@ -33,7 +34,7 @@ fn sequence_numbers_beyond_i64_are_refused() {
         }
         let r = c
             .request(
-                "GET",
+                Method::GET,
                 "/v1/events/stream",
                 &[("Last-Event-ID", since)],
                 None,
@@ -45,7 +46,12 @@ fn sequence_numbers_beyond_i64_are_refused() {
     }
     // The largest allowed value is simply past every event.
     let r = c
-        .request("GET", "/v1/events?since=9223372036854775807", &[], None)
+        .request(
+            Method::GET,
+            "/v1/events?since=9223372036854775807",
+            &[],
+            None,
+        )
         .unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"[]"[..]));
 }
@@ -151,7 +157,7 @@ fn disk_smaller_than_the_image_is_refused() {
 fn bodies_must_be_objects() {
     let (_d, _s, c) = server();
     let r = c
-        .request("POST", "/v1/vms", &[], Some(br#"["a","k","r"]"#))
+        .request(Method::POST, "/v1/vms", &[], Some(br#"["a","k","r"]"#))
         .unwrap();
     let e = error_of(&r).error;
     assert_eq!((r.status, e.code.as_str()), (400, "invalid_body"));
@@ -159,7 +165,7 @@ fn bodies_must_be_objects() {
     assert!(c.get::<Vec<VmInfo>>("/v1/vms").unwrap().is_empty());
     create(&c, "b");
     let r = c
-        .request("PUT", "/v1/vms/b/nat", &[], Some(b"[true]"))
+        .request(Method::PUT, "/v1/vms/b/nat", &[], Some(b"[true]"))
         .unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
@@ -195,12 +201,12 @@ fn partial_bodies_time_out() {
 fn method_not_allowed_says_what_is() {
     let (_d, s, c) = server();
     for (method, path, allow) in [
-        ("PATCH", "/v1/vms", "POST, GET"),
-        ("PUT", "/v1/vms/x", "GET, DELETE"),
-        ("DELETE", "/v1/health", "GET"),
-        ("GET", "/v1/vms/x/start", "POST"),
+        (Method::PATCH, "/v1/vms", "POST, GET"),
+        (Method::PUT, "/v1/vms/x", "GET, DELETE"),
+        (Method::DELETE, "/v1/health", "GET"),
+        (Method::GET, "/v1/vms/x/start", "POST"),
     ] {
-        let r = c.request(method, path, &[], None).unwrap();
+        let r = c.request(method.clone(), path, &[], None).unwrap();
         assert_eq!(
             (r.status, error_of(&r).error.code.as_str()),
             (405, "method_not_allowed"),

@@ -2,6 +2,7 @@
 
 use std::io::BufRead;
 
+use hearth::client::Method;
 use hearth_proto::api_images::ImageInfo;
 use serde_json::json;
 
@@ -98,23 +99,27 @@ fn images_import_list_and_remove() {
         json!({"name": "a", "kernel": "k", "rootfs": "r"}),
     );
     assert_eq!(r.status, 201);
-    let r = c.request("DELETE", "/v1/images/k", &[], None).unwrap();
+    let r = c
+        .request(Method::DELETE, "/v1/images/k", &[], None)
+        .unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (409, "in_use")
     );
     assert_eq!(
-        c.request("DELETE", "/v1/vms/a", &[], None).unwrap().status,
-        204
-    );
-    assert_eq!(
-        c.request("DELETE", "/v1/images/k", &[], None)
+        c.request(Method::DELETE, "/v1/vms/a", &[], None)
             .unwrap()
             .status,
         204
     );
     assert_eq!(
-        c.request("DELETE", "/v1/images/k", &[], None)
+        c.request(Method::DELETE, "/v1/images/k", &[], None)
+            .unwrap()
+            .status,
+        204
+    );
+    assert_eq!(
+        c.request(Method::DELETE, "/v1/images/k", &[], None)
             .unwrap()
             .status,
         404
@@ -129,7 +134,7 @@ fn streamed_import_reports_progress_then_the_result() {
     let updates = |body: serde_json::Value| -> Vec<ImportUpdate> {
         let r = c
             .stream(
-                "POST",
+                Method::POST,
                 "/v1/images",
                 &[("Accept", NDJSON)],
                 Some(body.to_string().as_bytes()),
@@ -164,7 +169,7 @@ fn streamed_import_reports_progress_then_the_result() {
     // Refusals that need no copying are plain HTTP errors.
     let r = c
         .request(
-            "POST",
+            Method::POST,
             "/v1/images",
             &[("Accept", NDJSON)],
             Some(

@@ -15,7 +15,7 @@ use hearth::api::fake::{CountWaits, FailNext, ForceState};
 use hearth::api::openapi;
 use hearth::api::testing::TestServer;
 use hearth::api::ApiServerError;
-use hearth::client::{Client, ClientError, Response, SseReader};
+use hearth::client::{Client, ClientError, Method, Response, SseReader};
 use hearth_actors::supervisor::ledger::LedgerError;
 use hearth_actors::supervisor::SupervisorError;
 use hearth_proto::api::{ErrorBody, Event, FieldError, VmInfo, VmState};
@@ -30,8 +30,13 @@ fn server() -> (tempfile::TempDir, TestServer, Client) {
 }
 
 fn post(c: &Client, path: &str, headers: &[(&str, &str)], body: serde_json::Value) -> Response {
-    c.request("POST", path, headers, Some(body.to_string().as_bytes()))
-        .unwrap()
+    c.request(
+        Method::POST,
+        path,
+        headers,
+        Some(body.to_string().as_bytes()),
+    )
+    .unwrap()
 }
 
 fn create(c: &Client, name: &str) -> VmInfo {
@@ -91,32 +96,39 @@ fn vm_lifecycle_round_trip() {
     assert_eq!(front.len(), 1);
 
     let stopped: VmInfo = c
-        .request("POST", "/v1/vms/web/stop", &[], None)
+        .request(Method::POST, "/v1/vms/web/stop", &[], None)
         .unwrap()
         .ok()
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
-    let again = c.request("POST", "/v1/vms/web/stop", &[], None).unwrap();
+    let again = c
+        .request(Method::POST, "/v1/vms/web/stop", &[], None)
+        .unwrap();
     assert_eq!(
         (again.status, error_of(&again).error.code.as_str()),
         (409, "invalid_state")
     );
     for action in ["start", "restart", "kill"] {
         let r = c
-            .request("POST", &format!("/v1/vms/web/{action}"), &[], None)
+            .request(Method::POST, format!("/v1/vms/web/{action}"), &[], None)
             .unwrap();
         assert_eq!(r.status, 200, "{action}");
     }
     let nat: VmInfo = c
-        .send_json("PUT", "/v1/vms/web/nat", &[], &json!({"enabled": true}))
+        .send_json(
+            Method::PUT,
+            "/v1/vms/web/nat",
+            &[],
+            &json!({"enabled": true}),
+        )
         .unwrap();
     assert!(nat.nat);
-    let del = c.request("DELETE", "/v1/vms/web", &[], None).unwrap();
+    let del = c.request(Method::DELETE, "/v1/vms/web", &[], None).unwrap();
     assert_eq!(del.status, 204);
     assert!(del.body.is_empty());
-    let gone = c.request("GET", "/v1/vms/web", &[], None).unwrap();
+    let gone = c.request(Method::GET, "/v1/vms/web", &[], None).unwrap();
     assert_eq!(
         (gone.status, error_of(&gone).error.code.as_str()),
         (404, "not_found")
@@ -201,7 +213,7 @@ fn every_supervisor_error_has_its_status() {
     for (error, status, code) in cases {
         let message = error.to_string();
         futures::executor::block_on(s.supervisor.send(FailNext { error })).unwrap();
-        let r = c.request("GET", "/v1/vms/a", &[], None).unwrap();
+        let r = c.request(Method::GET, "/v1/vms/a", &[], None).unwrap();
         assert_eq!(r.status, status, "{code}");
         assert_eq!(r.header("content-type"), Some("application/json"));
         let body = error_of(&r);
@@ -242,13 +254,18 @@ fn bodies_are_checked() {
         .message
         .contains("missing field `rootfs`"));
     let r = c
-        .request("POST", "/v1/vms", &[], Some(b"{not json"))
+        .request(Method::POST, "/v1/vms", &[], Some(b"{not json"))
         .unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (400, "invalid_body")
     );
-    let r = c.send_json::<_, VmInfo>("PUT", "/v1/vms/a/nat", &[], &json!({"enabled": "yes"}));
+    let r = c.send_json::<_, VmInfo>(
+        Method::PUT,
+        "/v1/vms/a/nat",
+        &[],
+        &json!({"enabled": "yes"}),
+    );
     assert!(
         matches!(r, Err(ClientError::Api { status: 400, .. })),
         "{r:?}"
@@ -282,7 +299,7 @@ fn bodies_are_checked() {
         "x".repeat(70_000)
     );
     let r = c
-        .request("POST", "/v1/vms", &[], Some(big.as_bytes()))
+        .request(Method::POST, "/v1/vms", &[], Some(big.as_bytes()))
         .unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
@@ -302,20 +319,22 @@ fn bodies_are_checked() {
     assert!(all.is_empty(), "a refused request created nothing");
 
     // Query parameters and routes.
-    let r = c.request("GET", "/v1/vms?lable=a=b", &[], None).unwrap();
+    let r = c
+        .request(Method::GET, "/v1/vms?lable=a=b", &[], None)
+        .unwrap();
     let e = error_of(&r).error;
     assert_eq!((r.status, e.code.as_str()), (400, "invalid_parameter"));
     assert!(e.message.contains("`lable`"), "{}", e.message);
     let r = c
-        .request("GET", "/v1/vms?label=nolabel", &[], None)
+        .request(Method::GET, "/v1/vms?label=nolabel", &[], None)
         .unwrap();
     assert!(error_of(&r).error.message.contains("`label`"));
-    let r = c.request("GET", "/v1/nothing", &[], None).unwrap();
+    let r = c.request(Method::GET, "/v1/nothing", &[], None).unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (404, "no_route")
     );
-    let r = c.request("PATCH", "/v1/vms", &[], None).unwrap();
+    let r = c.request(Method::PATCH, "/v1/vms", &[], None).unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (405, "method_not_allowed")
@@ -354,20 +373,20 @@ fn idempotent_create_and_actions() {
 
     let stop_key = [("Idempotency-Key", "stop-1")];
     let r = c
-        .request("POST", "/v1/vms/a/stop", &stop_key, None)
+        .request(Method::POST, "/v1/vms/a/stop", &stop_key, None)
         .unwrap();
     assert_eq!(r.status, 200);
     let r = c
-        .request("POST", "/v1/vms/a/stop", &stop_key, None)
+        .request(Method::POST, "/v1/vms/a/stop", &stop_key, None)
         .unwrap();
     assert_eq!(r.status, 200, "a retried stop replays, not invalid_state");
     let r = c
-        .request("POST", "/v1/vms/a/kill", &stop_key, None)
+        .request(Method::POST, "/v1/vms/a/kill", &stop_key, None)
         .unwrap();
     assert_eq!(r.status, 409, "the key was bound to stop");
     let r = c
         .request(
-            "POST",
+            Method::POST,
             "/v1/vms/a/start",
             &[("Idempotency-Key", "bad key")],
             None,
@@ -382,12 +401,17 @@ fn wait_answers_or_times_out() {
     let (_d, s, c) = server();
     create(&c, "a");
     let r = c
-        .request("GET", "/v1/vms/a/wait?state=running&timeout=1s", &[], None)
+        .request(
+            Method::GET,
+            "/v1/vms/a/wait?state=running&timeout=1s",
+            &[],
+            None,
+        )
         .unwrap();
     assert_eq!(r.status, 200);
     let r = c
         .request(
-            "GET",
+            Method::GET,
             "/v1/vms/a/wait?state=stopped&timeout=100ms",
             &[],
             None,
@@ -404,7 +428,7 @@ fn wait_answers_or_times_out() {
         ("state=sleeping", "`state`"),
     ] {
         let r = c
-            .request("GET", &format!("/v1/vms/a/wait?{query}"), &[], None)
+            .request(Method::GET, format!("/v1/vms/a/wait?{query}"), &[], None)
             .unwrap();
         assert_eq!(r.status, 400, "{query}");
         assert!(error_of(&r).error.message.contains(param), "{query}");
@@ -413,7 +437,12 @@ fn wait_answers_or_times_out() {
     let waiter = {
         let c = c.clone();
         std::thread::spawn(move || {
-            c.request("GET", "/v1/vms/a/wait?state=crashed&timeout=20s", &[], None)
+            c.request(
+                Method::GET,
+                "/v1/vms/a/wait?state=crashed&timeout=20s",
+                &[],
+                None,
+            )
         })
     };
     // Change the state only once the long poll is waiting, so the waiting path is what
@@ -444,11 +473,13 @@ fn event_stream_replays_then_follows_and_resumes() {
     create(&c, "b"); // events 3, 4
     let page: Vec<Event> = c.get("/v1/events?since=1&limit=2").unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
-    let r = c.request("GET", "/v1/events?limit=0", &[], None).unwrap();
+    let r = c
+        .request(Method::GET, "/v1/events?limit=0", &[], None)
+        .unwrap();
     assert_eq!(r.status, 400);
 
     let stream = c
-        .stream("GET", "/v1/events/stream?since=2", &[], None)
+        .stream(Method::GET, "/v1/events/stream?since=2", &[], None)
         .unwrap();
     assert_eq!(stream.status, 200);
     assert!(stream
@@ -476,7 +507,7 @@ fn event_stream_replays_then_follows_and_resumes() {
     // A reconnecting client resumes from Last-Event-ID (it wins over ?since=).
     let stream = c
         .stream(
-            "GET",
+            Method::GET,
             "/v1/events/stream?since=0",
             &[("Last-Event-ID", "5")],
             None,
@@ -486,7 +517,12 @@ fn event_stream_replays_then_follows_and_resumes() {
     let e = events.next().unwrap().unwrap();
     assert_eq!(e.id.as_deref(), Some("6"));
     let r = c
-        .request("GET", "/v1/events/stream", &[("Last-Event-ID", "x")], None)
+        .request(
+            Method::GET,
+            "/v1/events/stream",
+            &[("Last-Event-ID", "x")],
+            None,
+        )
         .unwrap();
     assert_eq!(r.status, 400);
     // Stopping the server ends open streams cleanly (they do not hold up the shutdown).
@@ -498,7 +534,7 @@ fn event_stream_replays_then_follows_and_resumes() {
 fn metrics_are_prometheus_text() {
     let (_d, _s, c) = server();
     create(&c, "a");
-    let r = c.request("GET", "/metrics", &[], None).unwrap();
+    let r = c.request(Method::GET, "/metrics", &[], None).unwrap();
     assert_eq!(r.status, 200);
     assert!(r
         .header("content-type")
@@ -529,7 +565,8 @@ fn openapi_lists_exactly_the_served_routes() {
             continue; // never ends; covered by the stream test
         }
         let path = path.replace("{name}", "nope");
-        let r = c.request(&method, &path, &[], None).unwrap();
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = c.request(m, &path, &[], None).unwrap();
         let code = if r.status >= 400 {
             error_of(&r).error.code
         } else {

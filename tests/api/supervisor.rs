@@ -3,7 +3,7 @@
 
 use hearth::api::testing::TestServer;
 use hearth::api::SupervisorPorts;
-use hearth::client::{Client, SseReader};
+use hearth::client::{Client, Method, SseReader};
 use hearth_actors::supervisor::testing::supervisor_over_fakes;
 use hearth_actors::supervisor::{Ledger, MemoryLedger, Open};
 use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
@@ -45,12 +45,14 @@ fn real_supervisor_answers_map_as_documented() {
         ("old", VmState::Stopped)
     );
 
-    let r = c.request("POST", "/v1/vms/old/stop", &[], None).unwrap();
+    let r = c
+        .request(Method::POST, "/v1/vms/old/stop", &[], None)
+        .unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (409, "invalid_state")
     );
-    let r = c.request("GET", "/v1/vms/nope", &[], None).unwrap();
+    let r = c.request(Method::GET, "/v1/vms/nope", &[], None).unwrap();
     assert_eq!(
         (r.status, error_of(&r).error.code.as_str()),
         (404, "not_found")
@@ -77,7 +79,7 @@ fn real_supervisor_answers_map_as_documented() {
     );
     let r = c
         .request(
-            "GET",
+            Method::GET,
             "/v1/vms/old/wait?state=stopped&timeout=1s",
             &[],
             None,
@@ -87,7 +89,7 @@ fn real_supervisor_answers_map_as_documented() {
     // `running` cannot come from `stopped` without a start: refused at once.
     let r = c
         .request(
-            "GET",
+            Method::GET,
             "/v1/vms/old/wait?state=running&timeout=10s",
             &[],
             None,
@@ -101,7 +103,7 @@ fn real_supervisor_answers_map_as_documented() {
     // when the timeout runs out (which it did before, after the 5 s).
     let r = c
         .request(
-            "GET",
+            Method::GET,
             "/v1/vms/old/wait?state=creating&timeout=5s",
             &[],
             None,
@@ -114,7 +116,7 @@ fn real_supervisor_answers_map_as_documented() {
     // `deleting` could come: the long poll runs out.
     let r = c
         .request(
-            "GET",
+            Method::GET,
             "/v1/vms/old/wait?state=deleting&timeout=100ms",
             &[],
             None,
@@ -128,12 +130,12 @@ fn real_supervisor_answers_map_as_documented() {
     let events: Vec<hearth_proto::api::Event> = c.get("/v1/events").unwrap();
     assert_eq!(events[0].seq, 1);
     let stream = c
-        .stream("GET", "/v1/events/stream?since=0", &[], None)
+        .stream(Method::GET, "/v1/events/stream?since=0", &[], None)
         .unwrap();
     let first = SseReader::new(stream.body).next().unwrap().unwrap();
     assert_eq!(first.id.as_deref(), Some("1"));
 
-    let metrics = c.request("GET", "/metrics", &[], None).unwrap();
+    let metrics = c.request(Method::GET, "/metrics", &[], None).unwrap();
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(text.contains("hearth_vms{state=\"stopped\"} 1\n"), "{text}");
 
@@ -154,7 +156,7 @@ fn real_supervisor_answers_map_as_documented() {
     assert!(e.message.contains("Firecracker"), "{}", e.message);
 
     assert_eq!(
-        c.request("DELETE", "/v1/vms/old", &[], None)
+        c.request(Method::DELETE, "/v1/vms/old", &[], None)
             .unwrap()
             .status,
         204

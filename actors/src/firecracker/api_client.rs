@@ -1,39 +1,119 @@
-//! A minimal HTTP/1.1 client for Firecracker's API socket: one keep-alive connection,
-//! `Content-Length` bodies only (Firecracker never sends chunked), JSON in and out. Errors
-//! carry the status and Firecracker's `fault_message`.
+//! hearth's client of Firecracker's API socket: HTTP/1.1 (hyper) over one keep-alive Unix
+//! stream, JSON in and out, typed methods and [`Endpoint`]s. Every response body is read
+//! through a [`MAX_BODY`] limit, so a broken or hostile VMM cannot make hearth allocate
+//! without bound. Errors carry the status and Firecracker's `fault_message`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hearth_proto::firecracker::FaultBody;
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body as _;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+pub use http::Method;
 
 use super::backoff::Backoff;
 use super::FirecrackerError;
 
-/// The largest response body accepted.
-const MAX_BODY: usize = 1 << 20;
-/// The longest header line accepted.
-const MAX_HEADER_LINE: usize = 8192;
+/// The largest response body accepted (Firecracker's answers are a few hundred bytes).
+pub const MAX_BODY: usize = 1 << 20;
+/// The largest response head (status line and headers) accepted; hyper's read buffer, which
+/// it requires to be at least 8 KiB.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A Firecracker API resource hearth (or its tests) calls. Device ids are checked before use, so a path is
+/// never built from text that could change its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    /// `/`: the instance's state.
+    Instance,
+    /// `/actions`: InstanceStart, SendCtrlAltDel.
+    Actions,
+    /// `/machine-config`.
+    MachineConfig,
+    /// `/boot-source`.
+    BootSource,
+    /// `/drives/{drive_id}`.
+    Drive(&'a str),
+    /// `/network-interfaces/{iface_id}`.
+    NetworkInterface(&'a str),
+    /// `/vsock`.
+    Vsock,
+    /// `/logger`.
+    Logger,
+    /// `/metrics`.
+    Metrics,
+    /// `/vm`: pause and resume.
+    Vm,
+    /// `/vm/config`: the whole configuration.
+    VmConfig,
+}
+
+impl Endpoint<'_> {
+    /// The request path. An id that is empty or holds anything but ASCII letters, digits,
+    /// `_` and `-` (Firecracker's own rule is stricter) is refused.
+    pub fn path(&self) -> Result<String, FirecrackerError> {
+        let with_id = |prefix: &str, id: &str| {
+            let ok = !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if ok {
+                Ok(format!("{prefix}/{id}"))
+            } else {
+                Err(FirecrackerError::InvalidConfig {
+                    what: "device id",
+                    detail: format!("{id:?} may hold only ASCII letters, digits, '_' and '-'"),
+                })
+            }
+        };
+        match self {
+            Endpoint::Instance => Ok("/".into()),
+            Endpoint::Actions => Ok("/actions".into()),
+            Endpoint::MachineConfig => Ok("/machine-config".into()),
+            Endpoint::BootSource => Ok("/boot-source".into()),
+            Endpoint::Drive(id) => with_id("/drives", id),
+            Endpoint::NetworkInterface(id) => with_id("/network-interfaces", id),
+            Endpoint::Vsock => Ok("/vsock".into()),
+            Endpoint::Logger => Ok("/logger".into()),
+            Endpoint::Metrics => Ok("/metrics".into()),
+            Endpoint::Vm => Ok("/vm".into()),
+            Endpoint::VmConfig => Ok("/vm/config".into()),
+        }
+    }
+}
 
 /// One keep-alive connection to a Firecracker API socket.
 #[derive(Debug)]
 pub struct ApiClient {
     socket: PathBuf,
-    conn: Option<BufReader<UnixStream>>,
+    conn: Conn,
 }
 
-/// A parsed response.
+#[derive(Debug)]
+enum Conn {
+    /// Connect on the next request.
+    None,
+    /// Connected (by [`wait_for_socket`]); the HTTP handshake happens on the next request.
+    Stream(UnixStream),
+    /// Ready for requests.
+    Http(SendRequest<Full<Bytes>>),
+}
+
+/// A response read in full.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The HTTP status.
     pub status: u16,
-    /// The body.
+    /// The body (at most [`MAX_BODY`] bytes).
     pub body: Vec<u8>,
-    close: bool,
 }
 
 /// First retry delay while waiting for the API socket.
@@ -62,7 +142,7 @@ pub async fn wait_for_socket(
                 ) => {}
             Err(source) => {
                 return Err(FirecrackerError::ApiIo {
-                    method: "CONNECT",
+                    method: Method::CONNECT,
                     uri: socket.display().to_string(),
                     source,
                 })
@@ -86,7 +166,7 @@ impl ApiClient {
     pub fn new(socket: &Path) -> Self {
         ApiClient {
             socket: socket.into(),
-            conn: None,
+            conn: Conn::None,
         }
     }
 
@@ -94,7 +174,7 @@ impl ApiClient {
     pub fn with_stream(socket: &Path, stream: UnixStream) -> Self {
         ApiClient {
             socket: socket.into(),
-            conn: Some(BufReader::new(stream)),
+            conn: Conn::Stream(stream),
         }
     }
 
@@ -103,355 +183,211 @@ impl ApiClient {
         &self.socket
     }
 
+    /// The sender of the live connection, connecting (or reconnecting, when Firecracker
+    /// closed the idle one) first.
+    async fn sender(
+        &mut self,
+        method: &Method,
+        path: &str,
+    ) -> Result<&mut SendRequest<Full<Bytes>>, FirecrackerError> {
+        let io = |source| FirecrackerError::ApiIo {
+            method: method.clone(),
+            uri: path.into(),
+            source,
+        };
+        if matches!(&self.conn, Conn::Http(s) if s.is_closed()) {
+            self.conn = Conn::None;
+        }
+        let stream = match std::mem::replace(&mut self.conn, Conn::None) {
+            Conn::Http(s) => {
+                self.conn = Conn::Http(s);
+                None
+            }
+            Conn::Stream(s) => Some(s),
+            Conn::None => Some(UnixStream::connect(&self.socket).await.map_err(io)?),
+        };
+        if let Some(stream) = stream {
+            let (sender, conn) = http1::Builder::new()
+                .max_buf_size(MAX_HEAD)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| io(hyper_io(e)))?;
+            // The connection task ends when the sender is dropped or Firecracker hangs up.
+            tokio::spawn(conn);
+            self.conn = Conn::Http(sender);
+        }
+        match &mut self.conn {
+            Conn::Http(s) => Ok(s),
+            _ => Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no connection",
+            ))),
+        }
+    }
+
     /// Sends one request and reads its response. On any I/O or framing error the connection
     /// is dropped (the next request reconnects); requests are never retried automatically,
     /// since `PUT /actions` is not idempotent.
     pub async fn request(
         &mut self,
-        method: &'static str,
-        uri: &str,
+        method: Method,
+        endpoint: Endpoint<'_>,
         body: Option<&[u8]>,
     ) -> Result<Response, FirecrackerError> {
-        let io = |source| FirecrackerError::ApiIo {
-            method,
-            uri: uri.to_string(),
-            source,
-        };
-        if self.conn.is_none() {
-            let s = UnixStream::connect(&self.socket).await.map_err(io)?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let result = async {
-            let conn = self.conn.as_mut().ok_or_else(|| {
-                io(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "no connection",
-                ))
-            })?;
-            let head = encode_head(method, uri, body.map_or(0, <[u8]>::len));
-            let mut msg = head.into_bytes();
-            msg.extend_from_slice(body.unwrap_or_default());
-            conn.get_mut().write_all(&msg).await.map_err(io)?;
-            read_response(conn, method, uri).await
-        }
-        .await;
-        match &result {
-            Ok(r) if !r.close => {}
-            _ => self.conn = None,
+        let path = endpoint.path()?;
+        let result = self.exchange(&method, &path, body).await;
+        if result.is_err() {
+            self.conn = Conn::None;
         }
         result
     }
 
-    /// `PUT uri` with a JSON body; success is any 2xx.
-    pub async fn put<T: Serialize>(&mut self, uri: &str, body: &T) -> Result<(), FirecrackerError> {
-        self.send_json("PUT", uri, body).await
+    async fn exchange(
+        &mut self,
+        method: &Method,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, FirecrackerError> {
+        let uri: Uri = path
+            .parse()
+            .map_err(|e| protocol(method, path, &format!("bad path: {e}")))?;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::HOST, "localhost")
+            .header(header::ACCEPT, "application/json");
+        if body.is_some() || method != Method::GET {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+            .map_err(|e| protocol(method, path, &format!("cannot build request: {e}")))?;
+        let sender = self.sender(method, path).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| io_error(method, path, e))?;
+        let status = resp.status();
+        let body = read_body(resp.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => {
+                    protocol(method, path, &format!("body larger than {MAX_BODY} bytes"))
+                }
+                BodyError::Http(e) => io_error(method, path, e),
+            })?;
+        Ok(Response {
+            status: status.as_u16(),
+            body,
+        })
     }
 
-    /// `PATCH uri` with a JSON body; success is any 2xx.
-    pub async fn patch<T: Serialize>(
+    /// `PUT endpoint` with a JSON body; success is any 2xx.
+    pub async fn put<T: Serialize>(
         &mut self,
-        uri: &str,
+        endpoint: Endpoint<'_>,
         body: &T,
     ) -> Result<(), FirecrackerError> {
-        self.send_json("PATCH", uri, body).await
+        self.send_json(Method::PUT, endpoint, body).await
+    }
+
+    /// `PATCH endpoint` with a JSON body; success is any 2xx.
+    pub async fn patch<T: Serialize>(
+        &mut self,
+        endpoint: Endpoint<'_>,
+        body: &T,
+    ) -> Result<(), FirecrackerError> {
+        self.send_json(Method::PATCH, endpoint, body).await
     }
 
     async fn send_json<T: Serialize>(
         &mut self,
-        method: &'static str,
-        uri: &str,
+        method: Method,
+        endpoint: Endpoint<'_>,
         body: &T,
     ) -> Result<(), FirecrackerError> {
-        let json = serde_json::to_vec(body).map_err(|e| FirecrackerError::ApiProtocol {
-            method,
-            uri: uri.into(),
-            detail: format!("cannot encode body: {e}"),
-        })?;
-        let resp = self.request(method, uri, Some(&json)).await?;
-        check_status(method, uri, &resp)
+        let path = endpoint.path()?;
+        let json = serde_json::to_vec(body)
+            .map_err(|e| protocol(&method, &path, &format!("cannot encode body: {e}")))?;
+        let resp = self.request(method.clone(), endpoint, Some(&json)).await?;
+        check_status(&method, &path, &resp)
     }
 
-    /// `GET uri`, decoding the JSON body.
-    pub async fn get<T: DeserializeOwned>(&mut self, uri: &str) -> Result<T, FirecrackerError> {
-        let resp = self.request("GET", uri, None).await?;
-        check_status("GET", uri, &resp)?;
-        serde_json::from_slice(&resp.body).map_err(|e| FirecrackerError::ApiProtocol {
-            method: "GET",
-            uri: uri.into(),
-            detail: format!("cannot decode body: {e}"),
-        })
+    /// `GET endpoint`, decoding the JSON body.
+    pub async fn get<T: DeserializeOwned>(
+        &mut self,
+        endpoint: Endpoint<'_>,
+    ) -> Result<T, FirecrackerError> {
+        let path = endpoint.path()?;
+        let resp = self.request(Method::GET, endpoint, None).await?;
+        check_status(&Method::GET, &path, &resp)?;
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| protocol(&Method::GET, &path, &format!("cannot decode body: {e}")))
     }
 }
 
-fn encode_head(method: &str, uri: &str, len: usize) -> String {
-    let mut head =
-        format!("{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
-    if len > 0 || method != "GET" {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {len}\r\n"
-        ));
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// The connection failed or the framing was broken.
+    Http(hyper::Error),
+}
+
+/// Reads a whole body, refusing one longer than `limit` bytes: up front when its
+/// `Content-Length` says so, else as soon as the bytes received pass the limit.
+pub async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(BodyError::TooLarge);
     }
-    head.push_str("\r\n");
-    head
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) => match e.downcast::<hyper::Error>() {
+            Ok(e) => Err(BodyError::Http(*e)),
+            Err(_) => Err(BodyError::TooLarge),
+        },
+    }
+}
+
+fn hyper_io(e: hyper::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+fn io_error(method: &Method, path: &str, e: hyper::Error) -> FirecrackerError {
+    if e.is_parse() || e.is_parse_status() {
+        return protocol(method, path, &e.to_string());
+    }
+    FirecrackerError::ApiIo {
+        method: method.clone(),
+        uri: path.into(),
+        source: hyper_io(e),
+    }
+}
+
+fn protocol(method: &Method, path: &str, detail: &str) -> FirecrackerError {
+    FirecrackerError::ApiProtocol {
+        method: method.clone(),
+        uri: path.into(),
+        detail: detail.into(),
+    }
 }
 
 /// Maps a non-2xx response to [`FirecrackerError::Api`] with the `fault_message`.
-pub fn check_status(
-    method: &'static str,
-    uri: &str,
-    resp: &Response,
-) -> Result<(), FirecrackerError> {
-    if (200..300).contains(&resp.status) {
+pub fn check_status(method: &Method, path: &str, resp: &Response) -> Result<(), FirecrackerError> {
+    if StatusCode::from_u16(resp.status).is_ok_and(|s| s.is_success()) {
         return Ok(());
     }
     let fault_message = serde_json::from_slice::<FaultBody>(&resp.body)
         .map(|f| f.fault_message)
         .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).trim().to_string());
     Err(FirecrackerError::Api {
-        method,
-        uri: uri.into(),
+        method: method.clone(),
+        uri: path.into(),
         status: resp.status,
         fault_message,
     })
 }
 
-/// The parts of a response head hearth cares about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    /// The status code.
-    pub status: u16,
-    /// `Content-Length`, if present.
-    pub content_length: Option<usize>,
-    /// `Connection: close` was sent.
-    pub close: bool,
-}
-
-/// Parses a status line (`HTTP/1.1 204 No Content`).
-pub fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok()
-}
-
-/// Applies one header line to `head`; returns false for a malformed line.
-pub fn parse_header(line: &str, head: &mut Head) -> bool {
-    let Some((name, value)) = line.split_once(':') else {
-        return false;
-    };
-    let value = value.trim();
-    if name.eq_ignore_ascii_case("content-length") {
-        match value.parse() {
-            Ok(n) => head.content_length = Some(n),
-            Err(_) => return false,
-        }
-    } else if name.eq_ignore_ascii_case("connection") {
-        head.close = value.eq_ignore_ascii_case("close");
-    } else if name.eq_ignore_ascii_case("transfer-encoding")
-        && !value.eq_ignore_ascii_case("identity")
-    {
-        return false;
-    }
-    true
-}
-
-async fn read_line(
-    conn: &mut BufReader<UnixStream>,
-    method: &'static str,
-    uri: &str,
-) -> Result<String, FirecrackerError> {
-    let mut line = Vec::new();
-    let n = (&mut *conn)
-        .take(MAX_HEADER_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|source| FirecrackerError::ApiIo {
-            method,
-            uri: uri.into(),
-            source,
-        })?;
-    if n == 0 {
-        return Err(FirecrackerError::ApiIo {
-            method,
-            uri: uri.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed before the response",
-            ),
-        });
-    }
-    if !line.ends_with(b"\n") {
-        return Err(protocol(method, uri, "header line too long or truncated"));
-    }
-    String::from_utf8(line).map_err(|_| protocol(method, uri, "header is not UTF-8"))
-}
-
-fn protocol(method: &'static str, uri: &str, detail: &str) -> FirecrackerError {
-    FirecrackerError::ApiProtocol {
-        method,
-        uri: uri.into(),
-        detail: detail.into(),
-    }
-}
-
-async fn read_response(
-    conn: &mut BufReader<UnixStream>,
-    method: &'static str,
-    uri: &str,
-) -> Result<Response, FirecrackerError> {
-    let status_line = read_line(conn, method, uri).await?;
-    let status = parse_status_line(&status_line)
-        .ok_or_else(|| protocol(method, uri, &format!("bad status line {status_line:?}")))?;
-    let mut head = Head {
-        status,
-        content_length: None,
-        close: false,
-    };
-    loop {
-        let line = read_line(conn, method, uri).await?;
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        if !parse_header(line, &mut head) {
-            return Err(protocol(method, uri, &format!("bad header {line:?}")));
-        }
-    }
-    let len = head.content_length.unwrap_or(0);
-    if len > MAX_BODY {
-        return Err(protocol(method, uri, "body too large"));
-    }
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body)
-        .await
-        .map_err(|source| FirecrackerError::ApiIo {
-            method,
-            uri: uri.into(),
-            source,
-        })?;
-    Ok(Response {
-        status,
-        body,
-        close: head.close,
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::UnixListener;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line("HTTP/1.1 204 No Content\r\n"), Some(204));
-        assert_eq!(parse_status_line("HTTP/1.0 400 Bad Request"), Some(400));
-        assert_eq!(parse_status_line("HTTP/1.1 200"), Some(200));
-        assert_eq!(parse_status_line("SPDY 200 OK"), None);
-        assert_eq!(parse_status_line("HTTP/1.1 20 OK"), None);
-    }
-
-    #[test]
-    fn headers() {
-        let mut h = Head {
-            status: 200,
-            content_length: None,
-            close: false,
-        };
-        assert!(parse_header("Content-Length: 12", &mut h));
-        assert!(parse_header("connection: Close", &mut h));
-        assert_eq!((h.content_length, h.close), (Some(12), true));
-        assert!(!parse_header("Content-Length: x", &mut h));
-        assert!(!parse_header("Transfer-Encoding: chunked", &mut h));
-        assert!(!parse_header("garbage", &mut h));
-    }
-
-    #[test]
-    fn request_head() {
-        assert_eq!(
-            encode_head("PUT", "/actions", 2),
-            "PUT /actions HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
-        );
-        assert!(!encode_head("GET", "/", 0).contains("Content-Length"));
-    }
-
-    /// A canned server: answers each request (read up to the blank line plus Content-Length)
-    /// with the next canned response, on one connection.
-    async fn serve(listener: UnixListener, responses: Vec<&'static str>) -> Vec<String> {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn = BufReader::new(stream);
-        let mut seen = Vec::new();
-        for resp in responses {
-            let mut req = String::new();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                conn.read_line(&mut line).await.unwrap();
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.trim().parse().unwrap();
-                }
-                req.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            conn.read_exact(&mut body).await.unwrap();
-            req.push_str(std::str::from_utf8(&body).unwrap());
-            seen.push(req);
-            conn.get_mut().write_all(resp.as_bytes()).await.unwrap();
-        }
-        seen
-    }
-
-    #[actix::test]
-    async fn keep_alive_and_faults() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("api.sock");
-        let listener = UnixListener::bind(&sock).unwrap();
-        let server = tokio::spawn(serve(
-            listener,
-            vec![
-                "HTTP/1.1 204 No Content\r\n\r\n",
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"fault_message\":\"No way.\"}",
-                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"a\":\"b c\"}\n",
-            ],
-        ));
-        let mut client = ApiClient::new(&sock);
-        client
-            .put("/vsock", &serde_json::json!({"x": 1}))
-            .await
-            .unwrap();
-        match client.put("/drives/a", &serde_json::json!({})).await {
-            Err(FirecrackerError::Api {
-                status,
-                fault_message,
-                ..
-            }) => assert_eq!((status, fault_message.as_str()), (400, "No way.")),
-            other => panic!("unexpected {other:?}"),
-        }
-        let v: serde_json::Value = client.get("/").await.unwrap();
-        assert_eq!(v["a"], "b c");
-        let seen = server.await.unwrap();
-        assert!(seen[0].starts_with("PUT /vsock HTTP/1.1\r\n"));
-        assert!(seen[0].ends_with("\r\n\r\n{\"x\":1}"));
-        assert!(seen[2].starts_with("GET / HTTP/1.1\r\n"));
-    }
-
-    #[actix::test]
-    async fn socket_wait_times_out_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("none.sock");
-        let err = wait_for_socket(&sock, Duration::from_millis(20), || None)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, FirecrackerError::ApiSocketTimeout { .. }));
-    }
-}
+mod tests;

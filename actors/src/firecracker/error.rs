@@ -105,7 +105,7 @@ pub enum FirecrackerError {
     #[error("{method} {uri} failed with HTTP {status}: {fault_message}")]
     Api {
         /// The method.
-        method: &'static str,
+        method: http::Method,
         /// The request path.
         uri: String,
         /// The HTTP status.
@@ -117,7 +117,7 @@ pub enum FirecrackerError {
     #[error("{method} {uri}: API connection failed")]
     ApiIo {
         /// The method.
-        method: &'static str,
+        method: http::Method,
         /// The request path.
         uri: String,
         /// The I/O error.
@@ -128,7 +128,7 @@ pub enum FirecrackerError {
     #[error("{method} {uri}: unexpected response: {detail}")]
     ApiProtocol {
         /// The method.
-        method: &'static str,
+        method: http::Method,
         /// The request path.
         uri: String,
         /// What was wrong.

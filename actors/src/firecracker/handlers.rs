@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::host::processes::{ExitStatus, Process, Signal, SpawnSpec};
 
-use super::api_client::{wait_for_socket, ApiClient};
+use super::api_client::{wait_for_socket, ApiClient, Endpoint};
 use super::backoff::Backoff;
 use super::command::LaunchArgs;
 use super::config::ApiBodies;
@@ -37,16 +37,16 @@ async fn configure_api(
     vsock_socket: PathBuf,
     group: Option<u32>,
 ) -> Result<(), FirecrackerError> {
-    api.put("/machine-config", &bodies.machine).await?;
-    api.put("/boot-source", &bodies.boot).await?;
-    api.put(&format!("/drives/{}", bodies.root.drive_id), &bodies.root)
+    api.put(Endpoint::MachineConfig, &bodies.machine).await?;
+    api.put(Endpoint::BootSource, &bodies.boot).await?;
+    api.put(Endpoint::Drive(&bodies.root.drive_id), &bodies.root)
         .await?;
     if let Some(net) = &bodies.net {
-        api.put(&format!("/network-interfaces/{}", net.iface_id), net)
+        api.put(Endpoint::NetworkInterface(&net.iface_id), net)
             .await?;
     }
     if let Some(vsock) = &bodies.vsock {
-        api.put("/vsock", vsock).await?;
+        api.put(Endpoint::Vsock, vsock).await?;
         if let Some(gid) = group {
             set_socket_access(&vsock_socket, gid)?;
         }
@@ -58,14 +58,14 @@ async fn configure_api(
 /// Firecracker answers InstanceStart after the VM is built, so the first GET usually succeeds.
 async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), FirecrackerError> {
     api.put(
-        "/actions",
+        Endpoint::Actions,
         &InstanceActionInfo::new(ActionType::InstanceStart),
     )
     .await?;
     let start = Instant::now();
     let mut backoff = Backoff::new(Duration::from_micros(20), Duration::from_millis(1));
     loop {
-        let info: InstanceInfo = api.get("/").await?;
+        let info: InstanceInfo = api.get(Endpoint::Instance).await?;
         if info.state == InstanceState::Running {
             return Ok(());
         }
@@ -216,7 +216,7 @@ impl FirecrackerActor {
                 match api {
                     Some(c) => {
                         c.put(
-                            "/actions",
+                            Endpoint::Actions,
                             &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
                         )
                         .await
@@ -446,7 +446,7 @@ impl Handler<SendCtrlAltDel> for FirecrackerActor {
         let fut = async move {
             let res = client
                 .put(
-                    "/actions",
+                    Endpoint::Actions,
                     &InstanceActionInfo::new(ActionType::SendCtrlAltDel),
                 )
                 .await;
@@ -555,7 +555,7 @@ impl Handler<AdoptProcess> for FirecrackerActor {
         let socket = self.run_dir.api_socket();
         let fut = async move {
             let mut client = ApiClient::new(&socket);
-            let info: InstanceInfo = client.get("/").await?;
+            let info: InstanceInfo = client.get(Endpoint::Instance).await?;
             Ok((client, info))
         };
         let start_time = msg.record.start_time;

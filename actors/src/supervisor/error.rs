@@ -80,6 +80,13 @@ pub enum SupervisorError {
 }
 
 impl SupervisorError {
+    /// No Firecracker binary was found at start-up, so no VM can be created or started.
+    pub fn no_firecracker_binary() -> Self {
+        SupervisorError::Unavailable {
+            what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
+        }
+    }
+
     /// A failed `step` caused by `cause`.
     pub fn step(step: &'static str, cause: impl Into<StepCause>) -> Self {
         SupervisorError::Step {

@@ -89,9 +89,7 @@ impl VmSupervisor {
             .binary
             .as_ref()
             .map(|b| b.path.clone())
-            .ok_or_else(|| SupervisorError::Unavailable {
-                what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
-            })?;
+            .ok_or_else(SupervisorError::no_firecracker_binary)?;
         let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
             .map_err(|e| SupervisorError::step("run directory", e))?
             .api_socket();
@@ -210,9 +208,7 @@ impl Handler<CreateVm> for VmSupervisor {
             self.resolve_image(ImageKind::Kernel, &msg.spec.kernel)?;
             self.resolve_image(ImageKind::Rootfs, &msg.spec.rootfs)?;
             if self.vmm.binary.is_none() {
-                return Err(SupervisorError::Unavailable {
-                    what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
-                });
+                return Err(SupervisorError::no_firecracker_binary());
             }
             self.apply(&name, Change::Insert(msg.spec.clone()))
         })();

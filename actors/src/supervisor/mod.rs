@@ -198,9 +198,7 @@ impl VmSupervisor {
             .vmm
             .binary
             .clone()
-            .ok_or_else(|| SupervisorError::Unavailable {
-                what: "No Firecracker binary: set firecracker_bin in the configuration".into(),
-            })?;
+            .ok_or_else(SupervisorError::no_firecracker_binary)?;
         let actor = FirecrackerActor::new(
             name,
             binary,
