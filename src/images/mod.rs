@@ -738,9 +738,11 @@ mod tests {
         assert!(s.guard().removing.is_empty());
     }
 
-    /// The same race run for real between threads: a "create" resolves the image and then
+    /// The same race run for real between threads: a "create" resolves the image and
     /// records its VM; a "removal" begins, reads the VM records, and finishes. Whatever the
-    /// interleaving, an image a create resolved is never removed while its VM exists.
+    /// interleaving, an image a create resolved is never removed while its VM exists. The
+    /// supervisor resolves and records a create in one handler, so a `ListVms` sees both or
+    /// neither: the create holds the VM list's lock across the two, as the mailbox does.
     #[test]
     fn creates_and_removals_in_parallel_never_lose_an_image() {
         let (dir, s) = store();
@@ -750,9 +752,10 @@ mod tests {
             let vms = Arc::new(Mutex::new(Vec::<String>::new()));
             let (s1, v1) = (s.clone(), vms.clone());
             let create = std::thread::spawn(move || {
+                let mut listed = v1.lock().unwrap();
                 let got = s1.resolve(ImageKind::Kernel, "k");
                 if got.is_some() {
-                    v1.lock().unwrap().push("k".to_owned());
+                    listed.push("k".to_owned());
                 }
                 got
             });
