@@ -217,7 +217,10 @@ async fn adopting_actor_resumes_the_console_pump() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(info.vmm_state, "Running");
+    assert_eq!(
+        info.vmm_state,
+        hearth_proto::firecracker::InstanceState::Running
+    );
     assert!(
         log_contains(&log, "console: while nobody pumped", Duration::from_secs(5)).await,
         "the adopter copies what the FIFO kept"
