@@ -20,14 +20,14 @@ use hearth_actors::host::processes::linux::LinuxProcesses;
 use hearth_actors::nat::{NatActor, NatConfig};
 use hearth_actors::snapshot::SnapshotActor;
 use hearth_actors::supervisor::{
-    self, ImageCatalog, ImageKind, OpenReport, SupervisorDeps, SupervisorSettings, VmSupervisor,
-    VmmFactory,
+    self, ImageCatalog, OpenReport, SupervisorDeps, SupervisorSettings, VmSupervisor, VmmFactory,
 };
 use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
+use hearth_proto::api_images::ImageKind;
 use slog::{info, warn, Logger};
 
 use crate::config::Config;
-use crate::images::{self, ImageStore};
+use crate::images::ImageStore;
 use crate::store::Store;
 
 /// The running daemon's handles.
@@ -50,10 +50,6 @@ struct StoreImages(ImageStore);
 
 impl ImageCatalog for StoreImages {
     fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
-        let kind = match kind {
-            ImageKind::Kernel => images::ImageKind::Kernel,
-            ImageKind::Rootfs => images::ImageKind::Rootfs,
-        };
         // Serialized with image removals by the store (one store, shared with the API).
         self.0.resolve(kind, name)
     }

@@ -27,10 +27,7 @@ use crate::images::{self, ImageFormat, ImageMeta, ImageStore};
 pub fn info(meta: ImageMeta) -> ImageInfo {
     ImageInfo {
         name: meta.name,
-        kind: match meta.kind {
-            images::ImageKind::Kernel => ImageKind::Kernel,
-            images::ImageKind::Rootfs => ImageKind::Rootfs,
-        },
+        kind: meta.kind,
         format: match meta.format {
             ImageFormat::Elf => "elf",
             ImageFormat::BzImage => "bzimage",
@@ -80,10 +77,6 @@ pub async fn import(
             reason: format!("{name:?}: {reason}"),
         });
     }
-    let kind = match kind {
-        ImageKind::Kernel => images::ImageKind::Kernel,
-        ImageKind::Rootfs => images::ImageKind::Rootfs,
-    };
     if wants_ndjson(&req) {
         return Ok(import_streamed(store, name, kind, path));
     }
@@ -109,7 +102,7 @@ fn wants_ndjson(req: &HttpRequest) -> bool {
 fn import_streamed(
     store: ImageStore,
     name: String,
-    kind: images::ImageKind,
+    kind: ImageKind,
     path: std::path::PathBuf,
 ) -> HttpResponse {
     // Progress lines may be dropped when the client reads slowly (the next one supersedes

@@ -26,21 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hearth_proto::api_images::ImageKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::detect::KernelFormat;
 pub use self::meta::ImageMeta;
-
-/// What an image is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageKind {
-    /// A guest kernel (`vmlinux` or `bzImage`).
-    Kernel,
-    /// A base root filesystem (ext4).
-    Rootfs,
-}
 
 /// The format an image was recognised as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

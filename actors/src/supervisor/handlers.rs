@@ -8,10 +8,11 @@ use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture, Response
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use hearth_proto::api::{Event, VmInfo, VmState};
+use hearth_proto::api_images::ImageKind;
 
 use super::saga::{self, BootPlan, Ports};
 use super::{
-    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ImageKind, ListVms,
+    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ListVms,
     PoolOccupancy, RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction,
     VmSupervisor, WaitForState, Waiter,
 };

@@ -4,24 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The two kinds of image a VM boots from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ImageKind {
-    /// A guest kernel.
-    Kernel,
-    /// A base root filesystem.
-    Rootfs,
-}
-
-impl ImageKind {
-    /// `kernel` or `rootfs`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageKind::Kernel => "kernel",
-            ImageKind::Rootfs => "rootfs",
-        }
-    }
-}
+use hearth_proto::api_images::ImageKind;
 
 /// Resolves image names.
 ///

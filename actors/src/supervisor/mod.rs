@@ -41,7 +41,7 @@ use crate::snapshot::SnapshotActor;
 use crate::tap_pool::TapPoolActor;
 
 pub use error::{StepCause, SupervisorError};
-pub use images::{ImageCatalog, ImageKind, StaticImages};
+pub use images::{ImageCatalog, StaticImages};
 pub use ledger::{DiskRecord, Ledger, LedgerError, MemoryLedger, ProcessRecord, VmRecord};
 pub use messages::*;
 use metrics::Histogram;

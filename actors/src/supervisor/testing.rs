@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
+use hearth_proto::api_images::ImageKind;
 
 use super::{
-    ImageKind, MemoryLedger, StaticImages, SupervisorDeps, SupervisorSettings, VmSupervisor,
-    VmmFactory,
+    MemoryLedger, StaticImages, SupervisorDeps, SupervisorSettings, VmSupervisor, VmmFactory,
 };
 use crate::dns::{DnsActor, DnsOptions};
 use crate::firecracker::{FirecrackerSettings, VmmVersion};
