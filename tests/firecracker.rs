@@ -22,8 +22,8 @@ use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
     cid_for_guest_ip, AdoptProcess, BootVm, ConfigureVm, FirecrackerActor, FirecrackerError,
     FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeConfig, ProbeOutcome,
-    ProbeReady, ProcessRecord, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig,
-    VmProcessEvent,
+    ProbeReady, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
+    VmmProcess,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
@@ -142,7 +142,7 @@ async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEven
 async fn bring_up(
     vm: &actix::Addr<FirecrackerActor>,
     config: VmConfig,
-) -> (ProcessRecord, Option<ProbeOutcome>) {
+) -> (VmmProcess, Option<ProbeOutcome>) {
     let probe = config.probe;
     let record = vm.send(SpawnProcess {}).await.unwrap().unwrap().record;
     vm.send(ConfigureVm { config }).await.unwrap().unwrap();

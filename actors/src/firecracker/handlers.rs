@@ -480,10 +480,7 @@ impl Handler<KillVm> for FirecrackerActor {
 impl FirecrackerActor {
     /// Checks that `record` describes a live process that is this VM's Firecracker. Sends
     /// nothing to the process.
-    fn verify_adoptable(
-        &self,
-        record: &ProcessRecord,
-    ) -> Result<Arc<dyn Process>, FirecrackerError> {
+    fn verify_adoptable(&self, record: &VmmProcess) -> Result<Arc<dyn Process>, FirecrackerError> {
         let pid = record.pid;
         let mismatch = |reason: String| FirecrackerError::AdoptMismatch { pid, reason };
         let api = self.run_dir.api_socket();

@@ -199,8 +199,8 @@ impl FirecrackerActor {
         &self.run_dir
     }
 
-    fn record(&self) -> Option<ProcessRecord> {
-        self.owned.as_ref().map(|o| ProcessRecord {
+    fn record(&self) -> Option<VmmProcess> {
+        self.owned.as_ref().map(|o| VmmProcess {
             pid: o.process.pid(),
             start_time: o.start_time,
             api_socket: self.run_dir.api_socket(),
@@ -402,7 +402,7 @@ mod tests {
                 cmdline: vec!["/usr/bin/sleep".into(), api.display().to_string()],
             },
         );
-        let record = |pid, start_time| ProcessRecord {
+        let record = |pid, start_time| VmmProcess {
             pid,
             start_time,
             api_socket: api.clone(),

@@ -20,9 +20,7 @@ use slog::{info, warn};
 
 use super::saga::Ports;
 use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
-use crate::firecracker::{
-    AdoptProcess, FirecrackerActor, KillVm, ProcessRecord as FcRecord, RunDir,
-};
+use crate::firecracker::{AdoptProcess, FirecrackerActor, KillVm, RunDir, VmmProcess};
 use crate::host::processes::Signal;
 use crate::lease::NetLease;
 use crate::nat::{GuestSpec, Reconcile};
@@ -197,7 +195,7 @@ impl Handler<Open> for VmSupervisor {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         };
-        let mut candidates: Vec<(String, Addr<FirecrackerActor>, FcRecord)> = Vec::new();
+        let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
         for r in &records {
             self.vms
                 .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
@@ -209,7 +207,7 @@ impl Handler<Open> for VmSupervisor {
                 Ok(addr) => candidates.push((
                     r.spec.name.clone(),
                     addr,
-                    FcRecord {
+                    VmmProcess {
                         pid,
                         start_time,
                         api_socket: p.api_socket.clone(),
