@@ -582,10 +582,10 @@ impl Handler<AdoptProcess> for FirecrackerActor {
     }
 }
 
-impl Handler<GetProcessRecord> for FirecrackerActor {
-    type Result = MessageResult<GetProcessRecord>;
+impl Handler<GetVmmProcess> for FirecrackerActor {
+    type Result = MessageResult<GetVmmProcess>;
 
-    fn handle(&mut self, _msg: GetProcessRecord, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: GetVmmProcess, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.record())
     }
 }

@@ -177,10 +177,10 @@ pub struct AdoptInfo {
     pub is_child: bool,
 }
 
-/// The current process record, if a process is owned.
+/// The owned VMM process ([`VmmProcess`]), if any.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<VmmProcess>")]
-pub struct GetProcessRecord {}
+pub struct GetVmmProcess {}
 
 /// Internal: the process has exited (sent by the actor's own wait task).
 #[doc(hidden)]

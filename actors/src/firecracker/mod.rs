@@ -325,7 +325,7 @@ mod tests {
         s.fake.fail_spawn("no fork for you");
         let err = s.vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
         assert!(matches!(err, FirecrackerError::Process { .. }), "{err}");
-        assert_eq!(s.vm.send(GetProcessRecord {}).await.unwrap(), None);
+        assert_eq!(s.vm.send(GetVmmProcess {}).await.unwrap(), None);
         // It can be retried: the state is still Idle.
         let err = s.vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
         assert!(matches!(err, FirecrackerError::Process { .. }));
@@ -421,6 +421,6 @@ mod tests {
             }
         }
         assert!(s.fake.signals().is_empty());
-        assert_eq!(s.vm.send(GetProcessRecord {}).await.unwrap(), None);
+        assert_eq!(s.vm.send(GetVmmProcess {}).await.unwrap(), None);
     }
 }
