@@ -139,7 +139,7 @@ impl VmSupervisor {
                 message: "A request with this Idempotency-Key is still in progress".into(),
             });
         }
-        match self.ledger.idempotent_response(&k.key)? {
+        match self.store.idempotent_response(&k.key)? {
             Some((hash, response)) if hash == k.request_hash => serde_json::from_str(&response)
                 .map(Some)
                 .map_err(|e| SupervisorError::step("idempotent replay", e)),
@@ -164,7 +164,7 @@ impl VmSupervisor {
         if let Ok(info) = answer {
             let json = serde_json::to_string(info).expect("VmInfo serialises");
             if let Err(e) = self
-                .ledger
+                .store
                 .put_idempotent_response(&k.key, &k.request_hash, &json)
             {
                 slog::warn!(self.log, "idempotency key not stored"; "error" => %e);
@@ -496,7 +496,7 @@ impl Handler<EventsSince> for VmSupervisor {
     type Result = Result<Vec<Event>, SupervisorError>;
 
     fn handle(&mut self, msg: EventsSince, _ctx: &mut Context<Self>) -> Self::Result {
-        Ok(self.ledger.events_since(msg.since, msg.limit)?)
+        Ok(self.store.events_since(msg.since, msg.limit)?)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `Open` and `Close`. Open reconciles the host with the ledger after a (re)start: live VMM
+//! `Open` and `Close`. Open reconciles the host with the store after a (re)start: live VMM
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
 //! processes are swept, VMs left without a process lose their stale sockets, and the TAP
@@ -191,7 +191,7 @@ impl Handler<Open> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<OpenReport, SupervisorError>>;
 
     fn handle(&mut self, _msg: Open, ctx: &mut Context<Self>) -> Self::Result {
-        let records = match self.ledger.load_all() {
+        let records = match self.store.load_all() {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         };
