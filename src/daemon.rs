@@ -45,13 +45,11 @@ pub struct Daemon {
     pub images: ImageStore,
 }
 
-/// Image names the supervisor asks for, resolved in the image store (kind checked).
-struct StoreImages(ImageStore);
-
-impl ImageCatalog for StoreImages {
+/// The image store is the supervisor's image catalog (kind checked).
+impl ImageCatalog for ImageStore {
     fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
         // Serialized with image removals by the store (one store, shared with the API).
-        self.0.resolve(kind, name)
+        ImageStore::resolve(self, kind, name)
     }
 }
 
@@ -147,7 +145,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             agent_port: config.vm.agent_port,
         },
         Box::new(store),
-        Box::new(StoreImages(image_store.clone())),
+        Box::new(image_store.clone()),
         log.clone(),
     )
     .start();

@@ -1,5 +1,7 @@
 //! The image store: kernels and base root filesystems under `<data_dir>/images/`, imported
-//! from a path (copied, checked, sha256 recorded), listed and removed.
+//! from a path (copied, checked, sha256 recorded), listed and removed. The supervisor sees it
+//! only through its image catalog port (`hearth_actors::supervisor::ImageCatalog`), which
+//! resolves names to files.
 //!
 //! Layout: one directory per image, `<data_dir>/images/<name>/`, holding `image` (the data)
 //! and `meta.json` ([`ImageMeta`]; the metadata moves to the SQLite store later, only

@@ -119,7 +119,7 @@ impl VmSupervisor {
         kind: ImageKind,
         name: &str,
     ) -> Result<std::path::PathBuf, SupervisorError> {
-        self.images
+        self.catalog
             .resolve(kind, name)
             .ok_or_else(|| SupervisorError::UnknownImage {
                 kind: kind.as_str(),

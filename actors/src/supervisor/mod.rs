@@ -11,9 +11,9 @@
 //! Process exits arrive from each VM's `FirecrackerActor` as `VmProcessEvent`s; an unexpected
 //! exit of a live VM becomes `crashed` and its network lease is given back.
 
+pub mod catalog;
 mod error;
 mod handlers;
-pub mod images;
 mod messages;
 pub mod metrics;
 mod open;
@@ -40,8 +40,8 @@ use crate::nat::NatActor;
 use crate::snapshot::SnapshotActor;
 use crate::tap_pool::TapPoolActor;
 
+pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
-pub use images::{ImageCatalog, StaticImages};
 pub use messages::*;
 use metrics::Histogram;
 pub use store::{DiskRecord, MemoryVmStore, ProcessRecord, VmRecord, VmStore, VmStoreError};
@@ -140,7 +140,7 @@ pub struct VmSupervisor {
     vmm: VmmFactory,
     settings: SupervisorSettings,
     store: Box<dyn VmStore>,
-    images: Box<dyn ImageCatalog>,
+    catalog: Box<dyn ImageCatalog>,
     log: Logger,
     vms: BTreeMap<String, VmEntry>,
     /// Idempotency keys whose request is still running.
@@ -159,7 +159,7 @@ impl VmSupervisor {
         vmm: VmmFactory,
         settings: SupervisorSettings,
         store: Box<dyn VmStore>,
-        images: Box<dyn ImageCatalog>,
+        catalog: Box<dyn ImageCatalog>,
         log: Logger,
     ) -> Self {
         Self {
@@ -167,7 +167,7 @@ impl VmSupervisor {
             vmm,
             settings,
             store,
-            images,
+            catalog,
             log: log.new(slog::o!("actor" => "supervisor")),
             vms: BTreeMap::new(),
             keys_in_flight: BTreeSet::new(),

@@ -1,5 +1,6 @@
-//! The supervisor's image port: turns the image names a VM spec carries into files. hearthd
-//! implements it with its image store (`hearth::images`); tests use [`StaticImages`].
+//! The supervisor's image *catalog* port: turns the image names a VM spec carries into files.
+//! hearthd implements it with its image *store* (`hearth::images::ImageStore`, which imports,
+//! checks and removes images); tests use [`StaticImages`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
