@@ -21,19 +21,14 @@ use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, 
 use super::body::JsonBody;
 use super::query::Params;
 use super::{ApiError, ApiState};
-use crate::images::{self, ImageFormat, ImageMeta, ImageStore};
+use crate::images::{self, ImageMeta, ImageStore};
 
 /// The wire form of an image's metadata.
 pub fn info(meta: ImageMeta) -> ImageInfo {
     ImageInfo {
         name: meta.name,
         kind: meta.kind,
-        format: match meta.format {
-            ImageFormat::Elf => "elf",
-            ImageFormat::BzImage => "bzimage",
-            ImageFormat::Ext4 => "ext4",
-        }
-        .to_owned(),
+        format: meta.format,
         size: meta.size,
         sha256: meta.sha256,
         source: meta.source,

@@ -313,7 +313,7 @@ fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
                             vec![
                                 i.name.clone(),
                                 i.kind.as_str().into(),
-                                i.format.clone(),
+                                i.format.to_string(),
                                 human_size(i.size),
                                 i.sha256.chars().take(12).collect(),
                                 utc(i.imported_unix * 1000),

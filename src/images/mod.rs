@@ -28,24 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hearth_proto::api_images::ImageKind;
-use serde::{Deserialize, Serialize};
+use hearth_proto::api_images::{ImageFormat, ImageKind};
 use sha2::{Digest, Sha256};
 
 pub use self::detect::KernelFormat;
 pub use self::meta::ImageMeta;
-
-/// The format an image was recognised as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    /// An x86_64 ELF `vmlinux`.
-    Elf,
-    /// A `bzImage`.
-    BzImage,
-    /// An ext4 filesystem image.
-    Ext4,
-}
 
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]
