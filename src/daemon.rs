@@ -20,14 +20,14 @@ use hearth_actors::host::processes::linux::LinuxProcesses;
 use hearth_actors::nat::{NatActor, NatConfig};
 use hearth_actors::snapshot::SnapshotActor;
 use hearth_actors::supervisor::{
-    self, ImageCatalog, ImageKind, OpenReport, SupervisorDeps, SupervisorSettings, VmSupervisor,
-    VmmFactory,
+    self, ImageCatalog, OpenReport, SupervisorDeps, SupervisorSettings, VmSupervisor, VmmFactory,
 };
 use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
+use hearth_proto::api_images::ImageKind;
 use slog::{info, warn, Logger};
 
 use crate::config::Config;
-use crate::images::{self, ImageStore};
+use crate::images::ImageStore;
 use crate::store::Store;
 
 /// The running daemon's handles.
@@ -45,17 +45,11 @@ pub struct Daemon {
     pub images: ImageStore,
 }
 
-/// Image names the supervisor asks for, resolved in the image store (kind checked).
-struct StoreImages(ImageStore);
-
-impl ImageCatalog for StoreImages {
+/// The image store is the supervisor's image catalog (kind checked).
+impl ImageCatalog for ImageStore {
     fn resolve(&self, kind: ImageKind, name: &str) -> Option<PathBuf> {
-        let kind = match kind {
-            ImageKind::Kernel => images::ImageKind::Kernel,
-            ImageKind::Rootfs => images::ImageKind::Rootfs,
-        };
         // Serialized with image removals by the store (one store, shared with the API).
-        self.0.resolve(kind, name)
+        ImageStore::resolve(self, kind, name)
     }
 }
 
@@ -154,7 +148,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             agent_port: config.vm.agent_port,
         },
         Box::new(store),
-        Box::new(StoreImages(image_store.clone())),
+        Box::new(image_store.clone()),
         log.clone(),
     )
     .start();

@@ -7,7 +7,7 @@ use hearth::api::testing::TestServer;
 use hearth::api::SupervisorPorts;
 use hearth::client::{Client, Method};
 use hearth_actors::supervisor::testing::supervisor_with_pool;
-use hearth_actors::supervisor::{GetVm, MemoryLedger, Open};
+use hearth_actors::supervisor::{GetVm, MemoryVmStore, Open};
 use hearth_actors::tap_pool::{AcquireTap, TapPoolConfig};
 use hearth_proto::api::{ErrorBody, VmState};
 use serde_json::json;
@@ -24,7 +24,8 @@ fn an_exhausted_address_pool_answers_503_unavailable() {
                 pool_size: 1,
                 ..Default::default()
             };
-            let (sup, _disks, tap_pool) = supervisor_with_pool(true, MemoryLedger::default(), pool);
+            let (sup, _disks, tap_pool) =
+                supervisor_with_pool(true, MemoryVmStore::default(), pool);
             (SupervisorPorts::new(&sup), (sup, tap_pool))
         },
     )

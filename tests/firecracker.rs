@@ -21,9 +21,8 @@ use actix::Actor;
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
     cid_for_guest_ip, AdoptProcess, BootVm, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeConfig, ProbeOutcome,
-    ProbeReady, ProcessRecord, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig,
-    VmProcessEvent,
+    FirecrackerSettings, GetVmmProcess, KillVm, NetConfig, ProbeConfig, ProbeOutcome, ProbeReady,
+    SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent, VmmProcess,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
@@ -142,7 +141,7 @@ async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEven
 async fn bring_up(
     vm: &actix::Addr<FirecrackerActor>,
     config: VmConfig,
-) -> (ProcessRecord, Option<ProbeOutcome>) {
+) -> (VmmProcess, Option<ProbeOutcome>) {
     let probe = config.probe;
     let record = vm.send(SpawnProcess {}).await.unwrap().unwrap().record;
     vm.send(ConfigureVm { config }).await.unwrap().unwrap();
@@ -176,7 +175,7 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
         assert_eq!(agent.boot_id.len(), 36, "{agent:?}");
         assert!(alive(record.pid));
         assert_eq!(
-            vm.send(GetProcessRecord {}).await.unwrap(),
+            vm.send(GetVmmProcess {}).await.unwrap(),
             Some(record.clone())
         );
         let rd = fx.path().join("vms/vm-1");
@@ -310,7 +309,7 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
         hearth_proto::firecracker::InstanceState::Running
     );
     assert_eq!(
-        vm2.send(GetProcessRecord {}).await.unwrap(),
+        vm2.send(GetVmmProcess {}).await.unwrap(),
         Some(record.clone())
     );
     // The adopted VM answers the API and stops by the ladder.
@@ -438,7 +437,7 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
         matches!(err, FirecrackerError::ReadinessTimeout { .. }),
         "{err}"
     );
-    let pid = vm.send(GetProcessRecord {}).await.unwrap().unwrap().pid;
+    let pid = vm.send(GetVmmProcess {}).await.unwrap().unwrap().pid;
     assert!(alive(pid));
     vm.send(KillVm {}).await.unwrap().unwrap();
 

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hearth::images::{ImageFormat, ImageKind, ImageStore, ImagesError};
+use hearth::images::{ImageStore, ImagesError};
+use hearth_proto::api_images::{ImageFormat, ImageKind};
 
 const MIB: u64 = 1 << 20;
 

@@ -14,7 +14,7 @@ use actix::Addr;
 use hearth_actors::host::disks::block::{probe_dm, BlockOps, LinuxBlock};
 use hearth_actors::host::disks::copy::{CopyDisks, CopyMethod};
 use hearth_actors::host::disks::dm::DmDisks;
-use hearth_actors::host::disks::ledger::{DiskRecord, FileRole, Ledger};
+use hearth_actors::host::disks::layout::{DiskManifest, DisksDir, FileRole};
 use hearth_actors::host::disks::{open_backend, BackendChoice, BackendKind, DiskState, Disks};
 use hearth_actors::snapshot::{CreateDisk, ListDisks, RemoveDisk, SnapshotActor, SnapshotError};
 
@@ -264,19 +264,18 @@ async fn bad_requests_fail_clearly_and_leave_nothing() {
 #[actix::test]
 async fn half_made_disk_from_a_crash_is_listed_and_removed() {
     let s = setup();
-    // What a crash in the middle of the copy leaves: the record and a partial copy.
-    let ledger = Ledger::new(&s.disks);
-    ledger
-        .write(&DiskRecord {
-            vm: "crashed".into(),
-            backend: BackendKind::Copy,
-            base: s.base.clone(),
-            size: 64 * MIB,
-        })
-        .unwrap();
-    fs::write(ledger.path("crashed", FileRole::Part), vec![1u8; 4096]).unwrap();
-    // And a stray copy with no record at all.
-    fs::write(ledger.path("stray", FileRole::Image), b"x").unwrap();
+    // What a crash in the middle of the copy leaves: the manifest and a partial copy.
+    let dir = DisksDir::new(&s.disks);
+    dir.write(&DiskManifest {
+        vm: "crashed".into(),
+        backend: BackendKind::Copy,
+        base: s.base.clone(),
+        size: 64 * MIB,
+    })
+    .unwrap();
+    fs::write(dir.path("crashed", FileRole::Part), vec![1u8; 4096]).unwrap();
+    // And a stray copy with no manifest at all.
+    fs::write(dir.path("stray", FileRole::Image), b"x").unwrap();
 
     let addr = start_copy(&s.disks);
     let list = addr.send(ListDisks {}).await.unwrap().unwrap();

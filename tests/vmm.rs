@@ -31,7 +31,7 @@ use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
     api_client::{Endpoint, Method},
     cid_for_guest_ip, AdoptProcess, ApiClient, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeReady, RunDir, SendCtrlAltDel,
+    FirecrackerSettings, GetVmmProcess, KillVm, NetConfig, ProbeReady, RunDir, SendCtrlAltDel,
     SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
@@ -644,7 +644,7 @@ async fn stop_ladder_escalates_to_sigterm(vmm: Vmm) {
     assert!(!alive(pid));
     assert!(!rd.api_socket().exists(), "api.sock is removed after exit");
     assert!(!rd.vsock_socket().exists(), "v.sock is removed after exit");
-    assert_eq!(vm.send(GetProcessRecord {}).await.unwrap(), None);
+    assert_eq!(vm.send(GetVmmProcess {}).await.unwrap(), None);
 }
 vmm_test!(
     stop_ladder_escalates_to_sigterm,
@@ -721,7 +721,7 @@ async fn adopts_after_the_owner_is_gone(vmm: Vmm) {
     let bin = vmm.binary();
     let (vm, _events) = fx.actor("vm-adopt", bin.clone());
     bring_up(&vm, fx.config(None)).await;
-    let record = vm.send(GetProcessRecord {}).await.unwrap().expect("record");
+    let record = vm.send(GetVmmProcess {}).await.unwrap().expect("record");
     drop(vm);
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -748,7 +748,7 @@ async fn adopts_after_the_owner_is_gone(vmm: Vmm) {
         hearth_proto::firecracker::InstanceState::Running
     );
     assert_eq!(
-        vm2.send(GetProcessRecord {}).await.unwrap(),
+        vm2.send(GetVmmProcess {}).await.unwrap(),
         Some(record.clone())
     );
 

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// What an image is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an image is for. The one image kind of hearth: the API, the image store (whose
+/// `meta.json` spells it the same way) and the supervisor's image catalog all use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageKind {
     /// A guest kernel (`vmlinux` or `bzImage`).
@@ -38,6 +39,36 @@ impl std::str::FromStr for ImageKind {
     }
 }
 
+/// The format an image was recognised as on import; also what the image store's `meta.json`
+/// records, spelled the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// An x86_64 ELF `vmlinux`.
+    Elf,
+    /// A `bzImage`.
+    BzImage,
+    /// An ext4 filesystem image.
+    Ext4,
+}
+
+impl ImageFormat {
+    /// `elf`, `bzimage` or `ext4`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Elf => "elf",
+            ImageFormat::BzImage => "bzimage",
+            ImageFormat::Ext4 => "ext4",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `POST /v1/images`: import the file at `path` (on hearthd's host) as image `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,7 +89,7 @@ pub struct ImageInfo {
     /// Kernel or root filesystem.
     pub kind: ImageKind,
     /// The format it was recognised as: `elf`, `bzimage` or `ext4`.
-    pub format: String,
+    pub format: ImageFormat,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256 of the content, lowercase hex.

@@ -372,10 +372,10 @@ fn cases() -> Vec<Case> {
             def: "Vm",
             round_trip: through::<Vm>,
             max: v(Vm {
-                state: VmState::Paused,
+                state: VmPauseState::Paused,
             }),
             min: v(Vm {
-                state: VmState::Resumed,
+                state: VmPauseState::Resumed,
             }),
             omitted: &[],
             extra_required: &[],

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use hearth_proto::firecracker::{
     net::parse_mac, ActionType, BootSource, Drive, FirecrackerVersion, HugePages, InstanceInfo,
-    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmState, Vsock,
+    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmPauseState, Vsock,
     DEFAULT_BOOT_ARGS,
 };
 
@@ -295,11 +295,11 @@ impl Vmm {
             Action::PatchVm(vm) => {
                 self.post_boot()?;
                 match vm.state {
-                    VmState::Paused => {
+                    VmPauseState::Paused => {
                         self.state = InstanceState::Paused;
                         self.guest.set_paused(true);
                     }
-                    VmState::Resumed => {
+                    VmPauseState::Resumed => {
                         self.state = InstanceState::Running;
                         self.guest.set_paused(false);
                         self.maybe_schedule_reboot();

@@ -106,7 +106,7 @@ impl ApiError {
                 S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
                 S::Step { source, .. } => step_status(source),
-                S::Ledger(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+                S::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             },
             ApiError::Images(e) => match e {
                 ImagesError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
@@ -242,7 +242,7 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_actors::supervisor::ledger::LedgerError;
+    use hearth_actors::supervisor::store::VmStoreError;
     use hearth_proto::api::{FieldError, VmState};
 
     #[test]
@@ -352,7 +352,7 @@ mod tests {
                 "invalid_field",
             ),
             (
-                LedgerError::Storage("disk I/O".into()).into(),
+                VmStoreError::Storage("disk I/O".into()).into(),
                 500,
                 "storage",
             ),

@@ -21,22 +21,14 @@ use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, 
 use super::body::JsonBody;
 use super::query::Params;
 use super::{ApiError, ApiState};
-use crate::images::{self, ImageFormat, ImageMeta, ImageStore};
+use crate::images::{self, ImageMeta, ImageStore};
 
 /// The wire form of an image's metadata.
 pub fn info(meta: ImageMeta) -> ImageInfo {
     ImageInfo {
         name: meta.name,
-        kind: match meta.kind {
-            images::ImageKind::Kernel => ImageKind::Kernel,
-            images::ImageKind::Rootfs => ImageKind::Rootfs,
-        },
-        format: match meta.format {
-            ImageFormat::Elf => "elf",
-            ImageFormat::BzImage => "bzimage",
-            ImageFormat::Ext4 => "ext4",
-        }
-        .to_owned(),
+        kind: meta.kind,
+        format: meta.format,
         size: meta.size,
         sha256: meta.sha256,
         source: meta.source,
@@ -80,10 +72,6 @@ pub async fn import(
             reason: format!("{name:?}: {reason}"),
         });
     }
-    let kind = match kind {
-        ImageKind::Kernel => images::ImageKind::Kernel,
-        ImageKind::Rootfs => images::ImageKind::Rootfs,
-    };
     if wants_ndjson(&req) {
         return Ok(import_streamed(store, name, kind, path));
     }
@@ -109,7 +97,7 @@ fn wants_ndjson(req: &HttpRequest) -> bool {
 fn import_streamed(
     store: ImageStore,
     name: String,
-    kind: images::ImageKind,
+    kind: ImageKind,
     path: std::path::PathBuf,
 ) -> HttpResponse {
     // Progress lines may be dropped when the client reads slowly (the next one supersedes

@@ -28,7 +28,7 @@ pub mod vms;
 
 pub use error::ApiError;
 pub use ports::SupervisorPorts;
-pub use server::{ApiConfig, ApiServer, ApiServerError};
+pub use server::{ApiServer, ApiServerError, ApiSettings};
 
 use crate::images::ImageStore;
 

@@ -26,9 +26,10 @@ use super::{routes, ApiError, ApiState};
 /// The default socket path (overridden by `HEARTH_SOCKET` in hearthctl).
 pub const DEFAULT_SOCKET: &str = "/run/hearth/hearthd.sock";
 
-/// Where and how the API listens.
+/// Where and how the API listens, resolved from the config file's `[api]` section
+/// ([`crate::config::ApiConfig`]) and the environment by hearthd.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiConfig {
+pub struct ApiSettings {
     /// The Unix socket's path.
     pub socket: PathBuf,
     /// The socket file's mode.
@@ -43,9 +44,9 @@ pub struct ApiConfig {
     pub workers: usize,
 }
 
-impl Default for ApiConfig {
+impl Default for ApiSettings {
     fn default() -> Self {
-        ApiConfig {
+        ApiSettings {
             socket: DEFAULT_SOCKET.into(),
             socket_mode: 0o660,
             socket_group: None,
@@ -137,7 +138,7 @@ fn resolve_group(group: &str) -> Result<nix::unistd::Gid, ApiServerError> {
 }
 
 /// Binds the Unix socket with its mode and group.
-fn bind_socket(config: &ApiConfig) -> Result<UnixListener, ApiServerError> {
+fn bind_socket(config: &ApiSettings) -> Result<UnixListener, ApiServerError> {
     let path = &config.socket;
     clear_socket_path(path)?;
     let gid = config
@@ -246,7 +247,7 @@ impl ApiServer {
     /// Binds the listeners and starts serving `state`; the returned `Server` future must be
     /// spawned (or awaited) on the actix system. Signals are left to the caller.
     pub fn start(
-        config: &ApiConfig,
+        config: &ApiSettings,
         state: ApiState,
     ) -> Result<(ApiServer, actix_web::dev::Server), ApiServerError> {
         let token = match (config.tcp, &config.token) {

@@ -10,7 +10,7 @@ use actix::{Actor, Addr};
 use futures::channel::oneshot;
 
 use super::fake::FakeSupervisor;
-use super::{ApiConfig, ApiServer, ApiServerError, ApiState, SupervisorPorts};
+use super::{ApiServer, ApiServerError, ApiSettings, ApiState, SupervisorPorts};
 use crate::images::ImageStore;
 
 /// A running API; stopped (socket removed) on drop. `T` is what the test keeps of the
@@ -33,7 +33,7 @@ impl TestServer {
     /// store under `dir`; `adjust` may change the configuration (socket, TCP, token, mode).
     pub fn start(
         dir: &Path,
-        adjust: impl FnOnce(&mut ApiConfig),
+        adjust: impl FnOnce(&mut ApiSettings),
     ) -> Result<TestServer, ApiServerError> {
         Self::start_with(dir, adjust, || {
             let fake = FakeSupervisor::default().start();
@@ -47,13 +47,13 @@ impl<T: Send + 'static> TestServer<T> {
     /// server's actix system) and returns with the handle the test keeps.
     pub fn start_with(
         dir: &Path,
-        adjust: impl FnOnce(&mut ApiConfig),
+        adjust: impl FnOnce(&mut ApiSettings),
         make: impl FnOnce() -> (SupervisorPorts, T) + Send + 'static,
     ) -> Result<TestServer<T>, ApiServerError> {
-        let mut config = ApiConfig {
+        let mut config = ApiSettings {
             socket: dir.join("hearthd.sock"),
             workers: 1,
-            ..ApiConfig::default()
+            ..ApiSettings::default()
         };
         adjust(&mut config);
         let socket = config.socket.clone();

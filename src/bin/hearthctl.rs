@@ -62,12 +62,6 @@ enum Command {
     Health,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Kind {
-    Kernel,
-    Rootfs,
-}
-
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
     /// Import a file on hearthd's host into the image store (hearthd copies it).
@@ -77,8 +71,8 @@ enum ImageCmd {
         /// The file (made absolute here; hearthd reads it).
         path: PathBuf,
         /// What the image is.
-        #[arg(long, value_enum)]
-        kind: Kind,
+        #[arg(long, value_parser = image_kind_parser())]
+        kind: ImageKind,
     },
     /// List images.
     #[command(alias = "ls")]
@@ -257,14 +251,19 @@ fn run(c: &Client, json: bool, command: Command) -> Out {
     }
 }
 
+/// `--kind`: proto's [`ImageKind`], spelled as on the wire, its values listed in `--help`.
+fn image_kind_parser() -> impl clap::builder::TypedValueParser<Value = ImageKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(
+        [ImageKind::Kernel, ImageKind::Rootfs].map(ImageKind::as_str),
+    )
+    .try_map(|s| s.parse::<ImageKind>())
+}
+
 fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
     match cmd {
         ImageCmd::Import { name, path, kind } => {
             let path = absolute(&path)?;
-            let kind = match kind {
-                Kind::Kernel => ImageKind::Kernel,
-                Kind::Rootfs => ImageKind::Rootfs,
-            };
             let started = Instant::now();
             let img = import(c, &ImportImage { name, kind, path })?;
             if json {
@@ -293,7 +292,7 @@ fn image(c: &Client, json: bool, cmd: ImageCmd) -> Out {
                             vec![
                                 i.name.clone(),
                                 i.kind.as_str().into(),
-                                i.format.clone(),
+                                i.format.to_string(),
                                 human_size(i.size),
                                 i.sha256.chars().take(12).collect(),
                                 utc(i.imported_unix * 1000),

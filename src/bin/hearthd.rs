@@ -104,7 +104,7 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let images = daemon.images.clone();
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
         .with_logger(log.clone());
-    let api_config = api::ApiConfig {
+    let api_settings = api::ApiSettings {
         socket: config.api.socket.clone(),
         socket_group: config.api.socket_group.map(|g| g.to_string()),
         tcp: config.api.tcp_listen,
@@ -113,15 +113,15 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
             .token
             .clone()
             .or_else(|| std::env::var("HEARTH_API_TOKEN").ok()),
-        ..api::ApiConfig::default()
+        ..api::ApiSettings::default()
     };
-    if let Some(parent) = api_config.socket.parent() {
+    if let Some(parent) = api_settings.socket.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("Cannot create {}", parent.display()))?;
     }
-    let (server, serving) = ApiServer::start(&api_config, state)?;
+    let (server, serving) = ApiServer::start(&api_settings, state)?;
     actix::spawn(serving);
-    info!(log, "hearthd ready"; "socket" => %api_config.socket.display(),
+    info!(log, "hearthd ready"; "socket" => %api_settings.socket.display(),
         "dns" => %daemon.dns_addr, "adopted" => daemon.report.adopted.len());
     // Tell systemd (Type=notify) we are up; a no-op outside systemd.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{io_err, ImageFormat, ImageKind, ImagesError};
+use hearth_proto::api_images::{ImageFormat, ImageKind};
+
+use super::{io_err, ImagesError};
 
 /// File name of an image's metadata inside its directory.
 pub const META_FILE: &str = "meta.json";

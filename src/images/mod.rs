@@ -1,5 +1,7 @@
 //! The image store: kernels and base root filesystems under `<data_dir>/images/`, imported
-//! from a path (copied, checked, sha256 recorded), listed and removed.
+//! from a path (copied, checked, sha256 recorded), listed and removed. The supervisor sees it
+//! only through its image catalog port (`hearth_actors::supervisor::ImageCatalog`), which
+//! resolves names to files.
 //!
 //! Layout: one directory per image, `<data_dir>/images/<name>/`, holding `image` (the data)
 //! and `meta.json` ([`ImageMeta`]; the metadata moves to the SQLite store later, only
@@ -26,33 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use hearth_proto::api_images::{ImageFormat, ImageKind};
 use sha2::{Digest, Sha256};
 
 pub use self::detect::KernelFormat;
 pub use self::meta::ImageMeta;
-
-/// What an image is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageKind {
-    /// A guest kernel (`vmlinux` or `bzImage`).
-    Kernel,
-    /// A base root filesystem (ext4).
-    Rootfs,
-}
-
-/// The format an image was recognised as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    /// An x86_64 ELF `vmlinux`.
-    Elf,
-    /// A `bzImage`.
-    BzImage,
-    /// An ext4 filesystem image.
-    Ext4,
-}
 
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]

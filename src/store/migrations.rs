@@ -6,7 +6,7 @@ use super::StoreError;
 
 /// Each entry moves the schema one version forward. Never edit a released entry; append.
 const MIGRATIONS: &[&str] = &[
-    // 1: VMs and the resource ledger, events, idempotency keys.
+    // 1: VMs and the resources they hold, events, idempotency keys.
     "CREATE TABLE vms (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,

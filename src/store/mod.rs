@@ -1,7 +1,8 @@
 //! hearthd's state: an embedded SQLite database (WAL, synchronous writes) holding the VM table
-//! and the resource ledger. Every side effect is preceded by a ledger row (lease, disk, process),
-//! so after a crash at any instant hearthd can tell what it owns. Also the persisted event log
-//! and the idempotency keys of API requests.
+//! and the resources each VM holds. Every side effect is preceded by a resource row (lease,
+//! disk, process), so after a crash at any instant hearthd can tell what it owns. Also the
+//! persisted event log and the idempotency keys of API requests. [`Store`] implements the
+//! supervisor's store port, `supervisor::VmStore`.
 
 mod migrations;
 mod records;
@@ -14,7 +15,7 @@ use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use hearth_actors::supervisor::{DiskRecord, ProcessRecord, VmRecord};
-use hearth_actors::supervisor::{Ledger, LedgerError};
+use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +242,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a VM and its ledger rows.
+    /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         for table in ["leases", "disks", "processes"] {
@@ -255,7 +256,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every VM with its ledger rows, ordered by name.
+    /// Every VM with its resource rows, ordered by name.
     pub fn load_all(&self) -> Result<Vec<VmRecord>, StoreError> {
         records::load_all(&self.conn)
     }
@@ -327,19 +328,19 @@ impl Store {
     }
 }
 
-impl From<StoreError> for LedgerError {
+impl From<StoreError> for VmStoreError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Exists(name) => LedgerError::Exists(name),
-            StoreError::NotFound(name) => LedgerError::NotFound(name),
-            other => LedgerError::Storage(other.to_string()),
+            StoreError::Exists(name) => VmStoreError::Exists(name),
+            StoreError::NotFound(name) => VmStoreError::NotFound(name),
+            other => VmStoreError::Storage(other.to_string()),
         }
     }
 }
 
 /// The supervisor's persistence port, on SQLite.
-impl Ledger for Store {
-    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError> {
+impl VmStore for Store {
+    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), VmStoreError> {
         Ok(Store::insert_vm(self, spec)?)
     }
     fn set_state(
@@ -347,34 +348,34 @@ impl Ledger for Store {
         vm: &str,
         state: VmState,
         last_error: Option<&str>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), VmStoreError> {
         Ok(Store::set_state(self, vm, state, last_error)?)
     }
-    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError> {
+    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), VmStoreError> {
         Ok(Store::set_nat(self, vm, nat)?)
     }
-    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), LedgerError> {
+    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), VmStoreError> {
         Ok(Store::put_lease(self, vm, lease)?)
     }
-    fn clear_lease(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_lease(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_lease(self, vm)?)
     }
-    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), LedgerError> {
+    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), VmStoreError> {
         Ok(Store::put_disk(self, vm, disk)?)
     }
-    fn clear_disk(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_disk(self, vm)?)
     }
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), LedgerError> {
+    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError> {
         Ok(Store::put_process(self, vm, process)?)
     }
-    fn clear_process(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_process(self, vm)?)
     }
-    fn delete_vm(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::delete_vm(self, vm)?)
     }
-    fn load_all(&mut self) -> Result<Vec<VmRecord>, LedgerError> {
+    fn load_all(&mut self) -> Result<Vec<VmRecord>, VmStoreError> {
         Ok(Store::load_all(self)?)
     }
     fn append_event(
@@ -383,13 +384,13 @@ impl Ledger for Store {
         state: VmState,
         reason: EventReason,
         detail: Option<&str>,
-    ) -> Result<Event, LedgerError> {
+    ) -> Result<Event, VmStoreError> {
         Ok(Store::append_event(self, vm, state, reason, detail)?)
     }
-    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, LedgerError> {
+    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, VmStoreError> {
         Ok(Store::events_since(self, since, limit)?)
     }
-    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
+    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, VmStoreError> {
         Ok(Store::idempotent_response(self, key)?)
     }
     fn put_idempotent_response(
@@ -397,7 +398,7 @@ impl Ledger for Store {
         key: &str,
         request_hash: &str,
         response: &str,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), VmStoreError> {
         Ok(Store::put_idempotent_response(
             self,
             key,

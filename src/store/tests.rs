@@ -1,4 +1,4 @@
-//! Store tests: each ledger row round-trips, names are unique, migrations are idempotent and
+//! Store tests: each resource row round-trips, names are unique, migrations are idempotent and
 //! refuse a newer schema, and state survives reopening the file.
 
 use std::net::Ipv4Addr;
@@ -63,7 +63,7 @@ fn an_unknown_disk_backend_is_refused_at_load_naming_it() {
 }
 
 #[test]
-fn ledger_rows_round_trip() {
+fn resource_rows_round_trip() {
     let s = Store::open_in_memory().unwrap();
     s.insert_vm(&spec("a")).unwrap();
     s.put_lease("a", &lease(5)).unwrap();
@@ -128,7 +128,7 @@ fn two_vms_cannot_hold_the_same_ip_or_tap() {
 }
 
 #[test]
-fn delete_removes_ledger_rows() {
+fn delete_removes_resource_rows() {
     let s = Store::open_in_memory().unwrap();
     s.insert_vm(&spec("a")).unwrap();
     s.put_lease("a", &lease(5)).unwrap();

@@ -16,7 +16,7 @@ use hearth::api::openapi;
 use hearth::api::testing::TestServer;
 use hearth::api::ApiServerError;
 use hearth::client::{Client, ClientError, Method, Response, SseReader};
-use hearth_actors::supervisor::ledger::LedgerError;
+use hearth_actors::supervisor::store::VmStoreError;
 use hearth_actors::supervisor::SupervisorError;
 use hearth_proto::api::{ErrorBody, Event, FieldError, VmInfo, VmState};
 use hearth_proto::api_health::Health;
@@ -208,7 +208,7 @@ fn every_supervisor_error_has_its_status() {
             503,
             "unavailable",
         ),
-        (LedgerError::Storage("I/O".into()).into(), 500, "storage"),
+        (VmStoreError::Storage("I/O".into()).into(), 500, "storage"),
     ];
     for (error, status, code) in cases {
         let message = error.to_string();

@@ -5,7 +5,7 @@ use hearth::api::testing::TestServer;
 use hearth::api::SupervisorPorts;
 use hearth::client::{Client, Method, SseReader};
 use hearth_actors::supervisor::testing::supervisor_over_fakes;
-use hearth_actors::supervisor::{Ledger, MemoryLedger, Open};
+use hearth_actors::supervisor::{MemoryVmStore, Open, VmStore};
 use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
 use serde_json::json;
 
@@ -13,13 +13,13 @@ use super::{error_of, post};
 
 #[test]
 fn real_supervisor_answers_map_as_documented() {
-    let mut ledger = MemoryLedger::default();
+    let mut store = MemoryVmStore::default();
     let spec: CreateVm =
         serde_json::from_value(json!({"name": "old", "kernel": "vmlinux", "rootfs": "base"}))
             .unwrap();
-    ledger.insert_vm(&spec).unwrap();
-    ledger.set_state("old", VmState::Stopped, None).unwrap();
-    ledger
+    store.insert_vm(&spec).unwrap();
+    store.set_state("old", VmState::Stopped, None).unwrap();
+    store
         .append_event("old", VmState::Stopped, EventReason::User, None)
         .unwrap();
 
@@ -28,7 +28,7 @@ fn real_supervisor_answers_map_as_documented() {
         dir.path(),
         |_| {},
         move || {
-            let (sup, _disks) = supervisor_over_fakes(false, ledger);
+            let (sup, _disks) = supervisor_over_fakes(false, store);
             (SupervisorPorts::new(&sup), sup)
         },
     )

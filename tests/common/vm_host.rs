@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use hearth::config::Config;
-use hearth::images::{ImageKind, ImageStore};
+use hearth::images::ImageStore;
 use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
 use hearth_actors::supervisor::SupervisorMetrics;
+use hearth_proto::api_images::ImageKind;
 
 use crate::common::{self, NetNs};
 use crate::fc_sim;

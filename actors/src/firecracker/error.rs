@@ -142,11 +142,11 @@ pub enum FirecrackerError {
         /// What is wrong.
         detail: String,
     },
-    /// The operation is not allowed in the VM's current state.
+    /// The operation is not allowed in the VMM process's current state.
     #[error("Cannot {op} a VM that is {state}")]
     InvalidState {
         /// The current state.
-        state: super::VmState,
+        state: super::VmmState,
         /// The attempted operation.
         op: &'static str,
     },

@@ -22,7 +22,7 @@ use super::messages::*;
 use super::readiness::{self, ProbeOutcome};
 use super::run_dir::set_socket_access;
 use super::stop::{run_ladder, rungs, StopOutcome, StopPlan, StopRung};
-use super::{FirecrackerActor, FirecrackerError, Owned, VmState};
+use super::{FirecrackerActor, FirecrackerError, Owned, VmmState};
 
 type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
 
@@ -120,7 +120,7 @@ impl FirecrackerActor {
         slog::info!(self.log, "spawned firecracker"; "pid" => process.pid());
         self.console = Some(console);
         self.watch_exit(ctx, process, start_time);
-        self.state = VmState::Spawning;
+        self.state = VmmState::Spawning;
         self.stop_rung = None;
         Ok(t0.elapsed())
     }
@@ -205,11 +205,11 @@ impl FirecrackerActor {
         };
         let process = owned.process.clone();
         let exit = owned.exit.clone();
-        let guest_started = self.state == VmState::Running && self.api.is_some();
+        let guest_started = self.state == VmmState::Running && self.api.is_some();
         let steps = rungs(&plan, guest_started);
         let mut client = if guest_started { self.api.take() } else { None };
         let previous = self.state;
-        self.state = VmState::Stopping;
+        self.state = VmmState::Stopping;
         let fut = async move {
             let api = client.as_mut();
             let res = run_ladder(&steps, &*process, exit, move || async move {
@@ -261,7 +261,7 @@ impl Handler<SpawnProcess> for FirecrackerActor {
             move |res, act, _| match res {
                 Ok((client, api_ready)) => {
                     act.api = Some(client);
-                    act.state = VmState::Spawned;
+                    act.state = VmmState::Spawned;
                     let record = act.record().ok_or(FirecrackerError::InvalidState {
                         state: act.state,
                         op: "record",
@@ -310,7 +310,7 @@ impl Handler<ConfigureVm> for FirecrackerActor {
             |(client, res), act, _| {
                 act.api = Some(client);
                 if res.is_ok() {
-                    act.state = VmState::Configured;
+                    act.state = VmmState::Configured;
                 }
                 res
             },
@@ -342,7 +342,7 @@ impl Handler<StartVm> for FirecrackerActor {
             |(client, res), act, _| {
                 act.api = Some(client);
                 if res.is_ok() {
-                    act.state = VmState::Running;
+                    act.state = VmmState::Running;
                 }
                 res
             },
@@ -409,7 +409,7 @@ impl Handler<BootVm> for FirecrackerActor {
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| match res {
             Ok((client, timings, agent)) => {
                 act.api = Some(client);
-                act.state = VmState::Running;
+                act.state = VmmState::Running;
                 let record = act.record().ok_or(FirecrackerError::InvalidState {
                     state: act.state,
                     op: "record",
@@ -480,10 +480,7 @@ impl Handler<KillVm> for FirecrackerActor {
 impl FirecrackerActor {
     /// Checks that `record` describes a live process that is this VM's Firecracker. Sends
     /// nothing to the process.
-    fn verify_adoptable(
-        &self,
-        record: &ProcessRecord,
-    ) -> Result<Arc<dyn Process>, FirecrackerError> {
+    fn verify_adoptable(&self, record: &VmmProcess) -> Result<Arc<dyn Process>, FirecrackerError> {
         let pid = record.pid;
         let mismatch = |reason: String| FirecrackerError::AdoptMismatch { pid, reason };
         let api = self.run_dir.api_socket();
@@ -567,8 +564,8 @@ impl Handler<AdoptProcess> for FirecrackerActor {
                 act.api = Some(client);
                 act.stop_rung = None;
                 act.state = match info.state {
-                    InstanceState::NotStarted => VmState::Spawned,
-                    InstanceState::Running | InstanceState::Paused => VmState::Running,
+                    InstanceState::NotStarted => VmmState::Spawned,
+                    InstanceState::Running | InstanceState::Paused => VmmState::Running,
                 };
                 let fifo = act.run_dir.console_fifo();
                 match ConsoleCapture::start(&fifo, &act.run_dir.console_log(), act.settings.console_cap) {
@@ -585,10 +582,10 @@ impl Handler<AdoptProcess> for FirecrackerActor {
     }
 }
 
-impl Handler<GetProcessRecord> for FirecrackerActor {
-    type Result = MessageResult<GetProcessRecord>;
+impl Handler<GetVmmProcess> for FirecrackerActor {
+    type Result = MessageResult<GetVmmProcess>;
 
-    fn handle(&mut self, _msg: GetProcessRecord, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: GetVmmProcess, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.record())
     }
 }
@@ -602,7 +599,7 @@ impl Handler<ProcessExited> for FirecrackerActor {
         }
         self.owned = None;
         self.api = None;
-        self.state = VmState::Exited;
+        self.state = VmmState::Exited;
         if let Some(console) = self.console.take() {
             // The writer is gone: the pump task copies the last output and ends.
             console.drain();

@@ -14,10 +14,11 @@ use super::readiness::ProbeOutcome;
 use super::stop::{StopOutcome, StopPlan, StopRung};
 use super::FirecrackerError;
 
-/// What the supervisor records (before and after spawning) to recognise the process again
-/// after a restart.
+/// A spawned VMM process as its `FirecrackerActor` knows it: enough to recognise it again after
+/// a restart and adopt it. The supervisor stores it (with the guest's CID) as its own
+/// `supervisor::ProcessRecord`, whose pid is unknown before the spawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRecord {
+pub struct VmmProcess {
     /// The process id.
     pub pid: u32,
     /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot).
@@ -32,7 +33,7 @@ pub struct ProcessRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnInfo {
     /// The record to persist.
-    pub record: ProcessRecord,
+    pub record: VmmProcess,
     /// From the request to the process existing (run dir, console, fork/exec).
     pub spawn: Duration,
     /// From the process existing to its API socket accepting connections.
@@ -69,7 +70,7 @@ impl BootTimings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootReport {
     /// The record to persist.
-    pub record: ProcessRecord,
+    pub record: VmmProcess,
     /// Phase durations.
     pub timings: BootTimings,
     /// The agent's answer, unless the probe was opted out.
@@ -164,7 +165,7 @@ pub struct KillVm {}
 #[rtype(result = "Result<AdoptInfo, FirecrackerError>")]
 pub struct AdoptProcess {
     /// What was recorded.
-    pub record: ProcessRecord,
+    pub record: VmmProcess,
 }
 
 /// What adoption found.
@@ -176,10 +177,10 @@ pub struct AdoptInfo {
     pub is_child: bool,
 }
 
-/// The current process record, if a process is owned.
+/// The owned VMM process ([`VmmProcess`]), if any.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<ProcessRecord>")]
-pub struct GetProcessRecord {}
+#[rtype(result = "Option<VmmProcess>")]
+pub struct GetVmmProcess {}
 
 /// Internal: the process has exited (sent by the actor's own wait task).
 #[doc(hidden)]

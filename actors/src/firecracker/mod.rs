@@ -46,9 +46,11 @@ pub use readiness::ProbeOutcome;
 pub use run_dir::RunDir;
 pub use stop::{StopOutcome, StopPlan, StopRung};
 
-/// Where a VM's process is in its life.
+/// Where a VM's VMM process is in its life, as its `FirecrackerActor` tracks it. Not the VM's
+/// lifecycle state (`hearth_proto::api::VmState`, the supervisor's), nor what Firecracker
+/// reports (`hearth_proto::firecracker::InstanceState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VmState {
+pub enum VmmState {
     /// No process.
     Idle,
     /// Spawned; its API socket is not up yet.
@@ -65,42 +67,42 @@ pub enum VmState {
     Exited,
 }
 
-impl VmState {
+impl VmmState {
     /// A new process may be spawned (or adopted).
     pub fn can_spawn(self) -> bool {
-        matches!(self, VmState::Idle | VmState::Exited)
+        matches!(self, VmmState::Idle | VmmState::Exited)
     }
     /// The VM may be configured.
     pub fn can_configure(self) -> bool {
-        self == VmState::Spawned
+        self == VmmState::Spawned
     }
     /// The VM may be started.
     pub fn can_start(self) -> bool {
-        self == VmState::Configured
+        self == VmmState::Configured
     }
     /// The guest may be probed or sent Ctrl+Alt+Del.
     pub fn is_running(self) -> bool {
-        self == VmState::Running
+        self == VmmState::Running
     }
     /// A process exists that can be stopped.
     pub fn can_stop(self) -> bool {
         matches!(
             self,
-            VmState::Spawning | VmState::Spawned | VmState::Configured | VmState::Running
+            VmmState::Spawning | VmmState::Spawned | VmmState::Configured | VmmState::Running
         )
     }
 }
 
-impl fmt::Display for VmState {
+impl fmt::Display for VmmState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            VmState::Idle => "idle",
-            VmState::Spawning => "spawning",
-            VmState::Spawned => "spawned",
-            VmState::Configured => "configured",
-            VmState::Running => "running",
-            VmState::Stopping => "stopping",
-            VmState::Exited => "exited",
+            VmmState::Idle => "idle",
+            VmmState::Spawning => "spawning",
+            VmmState::Spawned => "spawned",
+            VmmState::Configured => "configured",
+            VmmState::Running => "running",
+            VmmState::Stopping => "stopping",
+            VmmState::Exited => "exited",
         })
     }
 }
@@ -155,7 +157,7 @@ pub struct FirecrackerActor {
     settings: FirecrackerSettings,
     run_dir: RunDir,
     events: Recipient<VmProcessEvent>,
-    state: VmState,
+    state: VmmState,
     owned: Option<Owned>,
     /// The API connection; `None` while a handler has it, or when there is no process.
     api: Option<ApiClient>,
@@ -184,7 +186,7 @@ impl FirecrackerActor {
             settings,
             run_dir,
             events,
-            state: VmState::Idle,
+            state: VmmState::Idle,
             owned: None,
             api: None,
             console: None,
@@ -197,8 +199,8 @@ impl FirecrackerActor {
         &self.run_dir
     }
 
-    fn record(&self) -> Option<ProcessRecord> {
-        self.owned.as_ref().map(|o| ProcessRecord {
+    fn record(&self) -> Option<VmmProcess> {
+        self.owned.as_ref().map(|o| VmmProcess {
             pid: o.process.pid(),
             start_time: o.start_time,
             api_socket: self.run_dir.api_socket(),
@@ -279,18 +281,18 @@ mod tests {
 
     #[test]
     fn state_predicates() {
-        use VmState::*;
+        use VmmState::*;
         let all = [
             Idle, Spawning, Spawned, Configured, Running, Stopping, Exited,
         ];
         let pick =
-            |f: fn(VmState) -> bool| all.iter().copied().filter(|s| f(*s)).collect::<Vec<_>>();
-        assert_eq!(pick(VmState::can_spawn), [Idle, Exited]);
-        assert_eq!(pick(VmState::can_configure), [Spawned]);
-        assert_eq!(pick(VmState::can_start), [Configured]);
-        assert_eq!(pick(VmState::is_running), [Running]);
+            |f: fn(VmmState) -> bool| all.iter().copied().filter(|s| f(*s)).collect::<Vec<_>>();
+        assert_eq!(pick(VmmState::can_spawn), [Idle, Exited]);
+        assert_eq!(pick(VmmState::can_configure), [Spawned]);
+        assert_eq!(pick(VmmState::can_start), [Configured]);
+        assert_eq!(pick(VmmState::is_running), [Running]);
         assert_eq!(
-            pick(VmState::can_stop),
+            pick(VmmState::can_stop),
             [Spawning, Spawned, Configured, Running]
         );
     }
@@ -307,7 +309,7 @@ mod tests {
                 matches!(
                     err,
                     FirecrackerError::InvalidState {
-                        state: VmState::Idle,
+                        state: VmmState::Idle,
                         ..
                     }
                 ),
@@ -323,7 +325,7 @@ mod tests {
         s.fake.fail_spawn("no fork for you");
         let err = s.vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
         assert!(matches!(err, FirecrackerError::Process { .. }), "{err}");
-        assert_eq!(s.vm.send(GetProcessRecord {}).await.unwrap(), None);
+        assert_eq!(s.vm.send(GetVmmProcess {}).await.unwrap(), None);
         // It can be retried: the state is still Idle.
         let err = s.vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
         assert!(matches!(err, FirecrackerError::Process { .. }));
@@ -400,7 +402,7 @@ mod tests {
                 cmdline: vec!["/usr/bin/sleep".into(), api.display().to_string()],
             },
         );
-        let record = |pid, start_time| ProcessRecord {
+        let record = |pid, start_time| VmmProcess {
             pid,
             start_time,
             api_socket: api.clone(),
@@ -419,6 +421,6 @@ mod tests {
             }
         }
         assert!(s.fake.signals().is_empty());
-        assert_eq!(s.vm.send(GetProcessRecord {}).await.unwrap(), None);
+        assert_eq!(s.vm.send(GetVmmProcess {}).await.unwrap(), None);
     }
 }

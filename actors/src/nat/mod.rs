@@ -1,3 +1,8 @@
+//! The whole of hearth's host firewall lives here, not only NAT: masquerading, guest
+//! isolation, guest-to-host blocking and anti-spoofing are all this module's rules, and no
+//! other module writes firewall state (the `host::firewall` backends only carry out what
+//! [`NatActor`] decides). The name is historical.
+//!
 //! `NatActor`: owns hearth's firewall state on the host, i.e. its own iptables chains
 //! (`HEARTH-POSTROUTING` in nat, `HEARTH-FORWARD` and `HEARTH-INPUT` in filter, each reached by
 //! one jump from the built-in chain) and two kernel ipsets: `hearth-nat` (guests whose

@@ -9,7 +9,7 @@ use crate::host::disks::{DiskEntry, VmDisk};
 use super::SnapshotError;
 
 /// Makes `vm`'s copy-on-write root disk from the base root filesystem `image`. The disk is
-/// recorded in the ledger before anything is made; on error nothing is left behind. A VM that
+/// recorded in its manifest before anything is made; on error nothing is left behind. A VM that
 /// already has a disk (even a half-made one left by a crash) is refused with
 /// [`SnapshotError::DiskExists`]: remove it first.
 #[derive(Debug, Message)]
@@ -24,7 +24,7 @@ pub struct CreateDisk {
     pub size: Option<u64>,
 }
 
-/// Removes every trace of `vm`'s disk: device-mapper and loop devices, files, ledger record.
+/// Removes every trace of `vm`'s disk: device-mapper and loop devices, files, manifest.
 /// Idempotent: answers `Ok(false)` when there was nothing to remove, `Ok(true)` otherwise, so
 /// it can serve as a saga's undo and as the leak sweep's cleanup. Works from what exists on
 /// the host, so it also removes disks made before a daemon restart. Fails (changing what it
@@ -36,7 +36,7 @@ pub struct RemoveDisk {
     pub vm: String,
 }
 
-/// Lists the disks that exist on the host (scanned from the ledger, the disks directory and
+/// Lists the disks that exist on the host (scanned from the manifests, the disks directory and
 /// the dm devices, not from memory), complete or half-made, sorted by VM. The daemon's leak
 /// sweep removes those that belong to no VM.
 #[derive(Debug, Message)]

@@ -8,6 +8,11 @@
 //! time, so loop and device-mapper operations never interleave. Handlers block on disk I/O
 //! (a sparse copy of the base when reflinks are unavailable), so run the actor on its own
 //! arbiter with [`SnapshotActor::start_dedicated`].
+//!
+//! "Snapshot" here means the device-mapper snapshot (or copy) a VM's root disk is made of.
+//! Firecracker's memory snapshots (`PUT /snapshot/create`, `/snapshot/load`) are a different
+//! thing and are not handled here: they belong with the VMM process, not with its disk (hearth
+//! does not take them yet; when it does, `FirecrackerActor` and the supervisor's sagas will).
 
 mod messages;
 

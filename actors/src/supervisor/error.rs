@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix::MailboxError;
 use hearth_proto::api::{FieldError, VmState};
 
-use super::ledger::LedgerError;
+use super::store::VmStoreError;
 use crate::dns::DnsError;
 use crate::firecracker::FirecrackerError;
 use crate::nat::NatError;
@@ -76,7 +76,7 @@ pub enum SupervisorError {
     },
     /// The state store failed (HTTP 500).
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Store(#[from] VmStoreError),
 }
 
 impl SupervisorError {

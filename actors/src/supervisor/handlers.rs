@@ -8,10 +8,11 @@ use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture, Response
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use hearth_proto::api::{Event, VmInfo, VmState};
+use hearth_proto::api_images::ImageKind;
 
 use super::saga::{self, BootPlan, Ports};
 use super::{
-    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ImageKind, ListVms,
+    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ListVms,
     PoolOccupancy, RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction,
     VmSupervisor, WaitForState, Waiter,
 };
@@ -116,7 +117,7 @@ impl VmSupervisor {
         kind: ImageKind,
         name: &str,
     ) -> Result<std::path::PathBuf, SupervisorError> {
-        self.images
+        self.catalog
             .resolve(kind, name)
             .ok_or_else(|| SupervisorError::UnknownImage {
                 kind: kind.as_str(),
@@ -136,7 +137,7 @@ impl VmSupervisor {
                 message: "A request with this Idempotency-Key is still in progress".into(),
             });
         }
-        match self.ledger.idempotent_response(&k.key)? {
+        match self.store.idempotent_response(&k.key)? {
             Some((hash, response)) if hash == k.request_hash => serde_json::from_str(&response)
                 .map(Some)
                 .map_err(|e| SupervisorError::step("idempotent replay", e)),
@@ -161,7 +162,7 @@ impl VmSupervisor {
         if let Ok(info) = answer {
             let json = serde_json::to_string(info).expect("VmInfo serialises");
             if let Err(e) = self
-                .ledger
+                .store
                 .put_idempotent_response(&k.key, &k.request_hash, &json)
             {
                 slog::warn!(self.log, "idempotency key not stored"; "error" => %e);
@@ -491,7 +492,7 @@ impl Handler<EventsSince> for VmSupervisor {
     type Result = Result<Vec<Event>, SupervisorError>;
 
     fn handle(&mut self, msg: EventsSince, _ctx: &mut Context<Self>) -> Self::Result {
-        Ok(self.ledger.events_since(msg.since, msg.limit)?)
+        Ok(self.store.events_since(msg.since, msg.limit)?)
     }
 }
 

@@ -5,20 +5,20 @@
 //! proceed in parallel), checks the state, then runs a saga (`saga.rs`) that talks to the other
 //! actors. The saga never touches this actor's state directly: every change (state, lease,
 //! disk, process) goes back through the internal [`Commit`] message, whose handler writes the
-//! ledger first, then the in-memory table, then publishes the event and wakes waiters. Each
+//! store first, then the in-memory table, then publishes the event and wakes waiters. Each
 //! saga step registers its undo; a failure runs them in reverse.
 //!
 //! Process exits arrive from each VM's `FirecrackerActor` as `VmProcessEvent`s; an unexpected
 //! exit of a live VM becomes `crashed` and its network lease is given back.
 
+pub mod catalog;
 mod error;
 mod handlers;
-pub mod images;
-pub mod ledger;
 mod messages;
 pub mod metrics;
 mod open;
 mod saga;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -40,11 +40,11 @@ use crate::nat::NatActor;
 use crate::snapshot::SnapshotActor;
 use crate::tap_pool::TapPoolActor;
 
+pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
-pub use images::{ImageCatalog, ImageKind, StaticImages};
-pub use ledger::{DiskRecord, Ledger, LedgerError, MemoryLedger, ProcessRecord, VmRecord};
 pub use messages::*;
 use metrics::Histogram;
+pub use store::{DiskRecord, MemoryVmStore, ProcessRecord, VmRecord, VmStore, VmStoreError};
 
 /// The actors the supervisor drives.
 #[derive(Clone)]
@@ -139,8 +139,8 @@ pub struct VmSupervisor {
     deps: SupervisorDeps,
     vmm: VmmFactory,
     settings: SupervisorSettings,
-    ledger: Box<dyn Ledger>,
-    images: Box<dyn ImageCatalog>,
+    store: Box<dyn VmStore>,
+    catalog: Box<dyn ImageCatalog>,
     log: Logger,
     vms: BTreeMap<String, VmEntry>,
     /// Idempotency keys whose request is still running.
@@ -153,21 +153,21 @@ pub struct VmSupervisor {
 }
 
 impl VmSupervisor {
-    /// A supervisor over `ledger`. Nothing happens until [`Open`].
+    /// A supervisor over `store`. Nothing happens until [`Open`].
     pub fn new(
         deps: SupervisorDeps,
         vmm: VmmFactory,
         settings: SupervisorSettings,
-        ledger: Box<dyn Ledger>,
-        images: Box<dyn ImageCatalog>,
+        store: Box<dyn VmStore>,
+        catalog: Box<dyn ImageCatalog>,
         log: Logger,
     ) -> Self {
         Self {
             deps,
             vmm,
             settings,
-            ledger,
-            images,
+            store,
+            catalog,
             log: log.new(slog::o!("actor" => "supervisor")),
             vms: BTreeMap::new(),
             keys_in_flight: BTreeSet::new(),
@@ -220,21 +220,21 @@ impl VmSupervisor {
         self.vmm.settings.run_base.join(name)
     }
 
-    /// Applies one change: ledger first (durable), then memory, then events and waiters.
+    /// Applies one change: store first (durable), then memory, then events and waiters.
     fn apply(&mut self, vm: &str, change: Change) -> Result<(), SupervisorError> {
         match &change {
-            Change::Insert(spec) => self.ledger.insert_vm(spec)?,
+            Change::Insert(spec) => self.store.insert_vm(spec)?,
             Change::State { state, error, .. } => {
-                self.ledger.set_state(vm, *state, error.as_deref())?
+                self.store.set_state(vm, *state, error.as_deref())?
             }
-            Change::Nat(on) => self.ledger.set_nat(vm, *on)?,
-            Change::Lease(Some(l)) => self.ledger.put_lease(vm, l)?,
-            Change::Lease(None) => self.ledger.clear_lease(vm)?,
-            Change::Disk(Some(d)) => self.ledger.put_disk(vm, d)?,
-            Change::Disk(None) => self.ledger.clear_disk(vm)?,
-            Change::Process(Some(p)) => self.ledger.put_process(vm, p)?,
-            Change::Process(None) => self.ledger.clear_process(vm)?,
-            Change::Remove => self.ledger.delete_vm(vm)?,
+            Change::Nat(on) => self.store.set_nat(vm, *on)?,
+            Change::Lease(Some(l)) => self.store.put_lease(vm, l)?,
+            Change::Lease(None) => self.store.clear_lease(vm)?,
+            Change::Disk(Some(d)) => self.store.put_disk(vm, d)?,
+            Change::Disk(None) => self.store.clear_disk(vm)?,
+            Change::Process(Some(p)) => self.store.put_process(vm, p)?,
+            Change::Process(None) => self.store.clear_process(vm)?,
+            Change::Remove => self.store.delete_vm(vm)?,
         }
         match change {
             Change::Insert(spec) => {
@@ -289,7 +289,7 @@ impl VmSupervisor {
 
     /// Persists an event, sends it to subscribers, and answers waiters of this VM.
     fn publish(&mut self, vm: &str, state: VmState, reason: EventReason, detail: Option<&str>) {
-        match self.ledger.append_event(vm, state, reason, detail) {
+        match self.store.append_event(vm, state, reason, detail) {
             Ok(event) => {
                 self.subscribers.retain(|s| {
                     s.try_send(EventPublished {

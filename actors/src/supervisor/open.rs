@@ -1,4 +1,4 @@
-//! `Open` and `Close`. Open reconciles the host with the ledger after a (re)start: live VMM
+//! `Open` and `Close`. Open reconciles the host with the store after a (re)start: live VMM
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
 //! processes are swept, VMs left without a process lose their stale sockets, and the TAP
@@ -20,9 +20,7 @@ use slog::{info, warn};
 
 use super::saga::Ports;
 use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
-use crate::firecracker::{
-    AdoptProcess, FirecrackerActor, KillVm, ProcessRecord as FcRecord, RunDir,
-};
+use crate::firecracker::{AdoptProcess, FirecrackerActor, KillVm, RunDir, VmmProcess};
 use crate::host::processes::Signal;
 use crate::lease::NetLease;
 use crate::nat::{GuestSpec, Reconcile};
@@ -194,11 +192,11 @@ impl Handler<Open> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<OpenReport, SupervisorError>>;
 
     fn handle(&mut self, _msg: Open, ctx: &mut Context<Self>) -> Self::Result {
-        let records = match self.ledger.load_all() {
+        let records = match self.store.load_all() {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         };
-        let mut candidates: Vec<(String, Addr<FirecrackerActor>, FcRecord)> = Vec::new();
+        let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
         for r in &records {
             self.vms
                 .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
@@ -210,7 +208,7 @@ impl Handler<Open> for VmSupervisor {
                 Ok(addr) => candidates.push((
                     r.spec.name.clone(),
                     addr,
-                    FcRecord {
+                    VmmProcess {
                         pid,
                         start_time,
                         api_socket: p.api_socket.clone(),

@@ -1,5 +1,5 @@
 //! The lifecycle sagas. They run outside the supervisor's state: they talk to the other actors
-//! and send every change back to the supervisor as a [`Commit`] (ledger first, then memory).
+//! and send every change back to the supervisor as a [`Commit`] (store first, then memory).
 //! Each step that has an effect pushes its [`Undo`]; a failure runs the undos in reverse.
 
 use std::path::PathBuf;

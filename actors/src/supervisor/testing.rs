@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
+use hearth_proto::api_images::ImageKind;
 
 use super::{
-    ImageKind, MemoryLedger, StaticImages, SupervisorDeps, SupervisorSettings, VmSupervisor,
-    VmmFactory,
+    MemoryVmStore, StaticImages, SupervisorDeps, SupervisorSettings, VmSupervisor, VmmFactory,
 };
 use crate::dns::{DnsActor, DnsOptions};
 use crate::firecracker::{FirecrackerSettings, VmmVersion};
@@ -28,14 +28,14 @@ fn log() -> slog::Logger {
 }
 
 /// Starts a supervisor over fake host backends (pool, firewall, DNS on no socket, disks,
-/// processes) and `ledger`, with the images `vmlinux` (kernel) and `base` (rootfs).
+/// processes) and `store`, with the images `vmlinux` (kernel) and `base` (rootfs).
 /// `with_binary` decides whether a VMM binary "exists"; the fake disks are returned to
 /// inspect or make fail. Call inside an actix system.
 pub fn supervisor_over_fakes(
     with_binary: bool,
-    ledger: MemoryLedger,
+    store: MemoryVmStore,
 ) -> (Addr<VmSupervisor>, FakeDisks) {
-    let (sup, disks, _) = supervisor_with_pool(with_binary, ledger, TapPoolConfig::default());
+    let (sup, disks, _) = supervisor_with_pool(with_binary, store, TapPoolConfig::default());
     (sup, disks)
 }
 
@@ -43,7 +43,7 @@ pub fn supervisor_over_fakes(
 /// 172.31.240.0/24), also answering the pool's address (e.g. to lease every address first).
 pub fn supervisor_with_pool(
     with_binary: bool,
-    ledger: MemoryLedger,
+    store: MemoryVmStore,
     pool: TapPoolConfig,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
@@ -104,7 +104,7 @@ pub fn supervisor_with_pool(
         },
         vmm,
         SupervisorSettings::default(),
-        Box::new(ledger),
+        Box::new(store),
         Box::new(images),
         log(),
     )

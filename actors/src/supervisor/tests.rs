@@ -230,13 +230,13 @@ fn vmm_command_lines_are_attributed_to_their_vm() {
     );
 }
 
-fn supervisor(with_binary: bool, ledger: MemoryLedger) -> (Addr<VmSupervisor>, FakeDisks) {
-    super::testing::supervisor_over_fakes(with_binary, ledger)
+fn supervisor(with_binary: bool, store: MemoryVmStore) -> (Addr<VmSupervisor>, FakeDisks) {
+    super::testing::supervisor_over_fakes(with_binary, store)
 }
 
 #[actix::test]
 async fn create_refusals_name_the_problem_and_record_nothing() {
-    let (sup, disks) = supervisor(false, MemoryLedger::default());
+    let (sup, disks) = supervisor(false, MemoryVmStore::default());
     let send = |spec| {
         sup.send(CreateVm {
             spec,
@@ -284,7 +284,7 @@ async fn create_refusals_name_the_problem_and_record_nothing() {
 
 #[actix::test]
 async fn unknown_vms_are_not_found() {
-    let (sup, _) = supervisor(true, MemoryLedger::default());
+    let (sup, _) = supervisor(true, MemoryVmStore::default());
     for res in [
         sup.send(GetVm { name: "x".into() })
             .await
@@ -304,9 +304,9 @@ async fn unknown_vms_are_not_found() {
     }
 }
 
-/// A ledger holding one stopped VM, so actions can be tried without a VMM.
-fn ledger_with_stopped(name: &str) -> MemoryLedger {
-    let mut l = MemoryLedger::default();
+/// A store holding one stopped VM, so actions can be tried without a VMM.
+fn store_with_stopped(name: &str) -> MemoryVmStore {
+    let mut l = MemoryVmStore::default();
     l.insert_vm(&spec(name)).unwrap();
     l.set_state(name, VmState::Stopped, None).unwrap();
     l
@@ -314,7 +314,7 @@ fn ledger_with_stopped(name: &str) -> MemoryLedger {
 
 #[actix::test]
 async fn open_loads_the_table_and_actions_check_the_state() {
-    let (sup, _) = supervisor(true, ledger_with_stopped("a"));
+    let (sup, _) = supervisor(true, store_with_stopped("a"));
     let report = sup.send(Open {}).await.unwrap().unwrap();
     assert!(report.adopted.is_empty() && report.dead.is_empty());
     let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
@@ -351,7 +351,7 @@ async fn open_loads_the_table_and_actions_check_the_state() {
 
 #[actix::test]
 async fn waiting_times_out_or_answers_at_once() {
-    let (sup, _) = supervisor(true, ledger_with_stopped("a"));
+    let (sup, _) = supervisor(true, store_with_stopped("a"));
     sup.send(Open {}).await.unwrap().unwrap();
     let now = sup
         .send(WaitForState {
@@ -388,8 +388,8 @@ async fn waiting_times_out_or_answers_at_once() {
 
 #[actix::test]
 async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
-    let mut ledger = ledger_with_stopped("a");
-    ledger
+    let mut store = store_with_stopped("a");
+    store
         .put_disk(
             "a",
             &DiskRecord {
@@ -398,7 +398,7 @@ async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
             },
         )
         .unwrap();
-    let (sup, disks) = supervisor(true, ledger);
+    let (sup, disks) = supervisor(true, store);
     sup.send(Open {}).await.unwrap().unwrap();
     sup.send(DeleteVm { name: "a".into() })
         .await
@@ -426,11 +426,9 @@ async fn delete_of_a_stopped_vm_frees_its_disk_and_forgets_it() {
 
 #[actix::test]
 async fn idempotency_key_reused_with_other_request_conflicts() {
-    let mut ledger = ledger_with_stopped("a");
-    ledger
-        .put_idempotent_response("k1", "hash-a", "{}")
-        .unwrap();
-    let (sup, _) = supervisor(true, ledger);
+    let mut store = store_with_stopped("a");
+    store.put_idempotent_response("k1", "hash-a", "{}").unwrap();
+    let (sup, _) = supervisor(true, store);
     sup.send(Open {}).await.unwrap().unwrap();
     let err = sup
         .send(RunAction {
@@ -449,8 +447,8 @@ async fn idempotency_key_reused_with_other_request_conflicts() {
 
 #[actix::test]
 async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
-    let mut ledger = ledger_with_stopped("a");
-    ledger
+    let mut store = store_with_stopped("a");
+    store
         .put_disk(
             "a",
             &DiskRecord {
@@ -459,7 +457,7 @@ async fn a_failed_delete_leaves_a_retryable_vm_not_one_stuck_deleting() {
             },
         )
         .unwrap();
-    let (sup, disks) = supervisor(true, ledger);
+    let (sup, disks) = supervisor(true, store);
     sup.send(Open {}).await.unwrap().unwrap();
     disks.fail_on_nth("remove", 1);
 
@@ -500,7 +498,7 @@ async fn an_exhausted_pool_fails_the_create_with_the_pools_own_error() {
         ..Default::default()
     };
     let (sup, disks, tap_pool) =
-        super::testing::supervisor_with_pool(true, MemoryLedger::default(), pool);
+        super::testing::supervisor_with_pool(true, MemoryVmStore::default(), pool);
     sup.send(Open {}).await.unwrap().unwrap();
     // Every guest address of the /29 is leased by someone else.
     while tap_pool

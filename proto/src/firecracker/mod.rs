@@ -33,7 +33,7 @@ pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpd
 pub use metrics::Metrics;
 pub use net::{NetworkInterface, PartialNetworkInterface};
 pub use rate_limiter::{RateLimiter, TokenBucket};
-pub use vm::{Vm, VmState};
+pub use vm::{Vm, VmPauseState};
 pub use vsock::Vsock;
 
 /// Checks an API resource ID (drive, network interface) the way Firecracker's `checked_id`

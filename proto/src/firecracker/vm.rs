@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The desired microVM state.
+/// The state `PATCH /vm` asks for (Firecracker's `Vm.state`): paused or resumed vCPUs. Not
+/// hearth's VM lifecycle state ([`crate::api::VmState`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VmState {
+pub enum VmPauseState {
     /// Pause the vCPUs.
     Paused,
     /// Resume the vCPUs.
@@ -16,5 +17,5 @@ pub enum VmState {
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// The desired state.
-    pub state: VmState,
+    pub state: VmPauseState,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hearth_proto::firecracker::{
     ActionType, BootSource, Drive, InstanceActionInfo, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, Vm, VmState, Vsock,
+    NetworkInterface, Vm, VmPauseState, Vsock,
 };
 
 use super::*;
@@ -294,14 +294,14 @@ fn pause_defers_the_reboot_and_ignore_knob_keeps_running() {
     v.handle(start());
     v.fire_timers();
     let pause = |s| Action::PatchVm(Vm { state: s });
-    assert_eq!(v.handle(pause(VmState::Paused)).status, 204);
+    assert_eq!(v.handle(pause(VmPauseState::Paused)).status, 204);
     assert_eq!(v.state, InstanceState::Paused);
     v.handle(Action::Action(InstanceActionInfo::new(
         ActionType::SendCtrlAltDel,
     )));
     v.fire_timers();
     assert_eq!(v.exit_code(), None);
-    v.handle(pause(VmState::Resumed));
+    v.handle(pause(VmPauseState::Resumed));
     v.fire_timers();
     assert_eq!(v.exit_code(), Some(0));
 

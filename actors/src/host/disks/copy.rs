@@ -2,9 +2,9 @@
 //! (`FICLONE`: instant, shares extents until written) where the filesystem supports it, else a
 //! sparse copy that keeps the base's holes (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), grown
 //! to the requested size with `set_len`. The copy is made as `<vm>.img.part` and renamed when
-//! complete, after the ledger record (see [`super::ledger`]).
+//! complete, after the manifest (see [`super::layout`]).
 //!
-//! Data is not `fsync`ed: a disk that did not survive a host crash is found by the ledger
+//! Data is not `fsync`ed: a disk that did not survive a host crash is found by the directory scan
 //! (its VM is gone too) and removed, so durability would only cost time.
 
 use std::fs::File;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::unistd::Whence;
 
-use super::ledger::{check_vm_name, DiskRecord, FileRole, Ledger};
+use super::layout::{check_vm_name, DiskManifest, DisksDir, FileRole};
 use super::{disk_sizes, BackendKind, DiskEntry, DiskSpec, DiskState, Disks, DisksError, VmDisk};
 
 mod ioctl {
@@ -128,7 +128,7 @@ fn rw_copy(src: &File, dst: &File, off: i64, len: i64) -> io::Result<()> {
 /// The `copy` backend over a disks directory.
 #[derive(Debug)]
 pub struct CopyDisks {
-    ledger: Ledger,
+    dir: DisksDir,
     last_method: Option<CopyMethod>,
 }
 
@@ -136,7 +136,7 @@ impl CopyDisks {
     /// The backend for disks under `dir` (which must exist).
     pub fn new(dir: &Path) -> Self {
         CopyDisks {
-            ledger: Ledger::new(dir),
+            dir: DisksDir::new(dir),
             last_method: None,
         }
     }
@@ -147,13 +147,13 @@ impl CopyDisks {
     }
 
     fn make(&mut self, spec: &DiskSpec, size: u64) -> Result<PathBuf, DisksError> {
-        let part = self.ledger.path(&spec.vm, FileRole::Part);
-        let image = self.ledger.path(&spec.vm, FileRole::Image);
+        let part = self.dir.path(&spec.vm, FileRole::Part);
+        let image = self.dir.path(&spec.vm, FileRole::Image);
         let src = File::open(&spec.base).map_err(|source| DisksError::Base {
             path: spec.base.clone(),
             source,
         })?;
-        let dst = Ledger::create_new(&part)?;
+        let dst = DisksDir::create_new(&part)?;
         let io = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| DisksError::Io { op, path, source }
@@ -173,12 +173,12 @@ impl Disks for CopyDisks {
     fn create(&mut self, spec: &DiskSpec) -> Result<VmDisk, DisksError> {
         check_vm_name(&spec.vm)?;
         let (size, _) = disk_sizes(spec)?;
-        if self.ledger.exists(&spec.vm) {
+        if self.dir.exists(&spec.vm) {
             return Err(DisksError::Exists {
                 vm: spec.vm.clone(),
             });
         }
-        self.ledger.write(&DiskRecord {
+        self.dir.write(&DiskManifest {
             vm: spec.vm.clone(),
             backend: BackendKind::Copy,
             base: spec.base.clone(),
@@ -201,30 +201,30 @@ impl Disks for CopyDisks {
     fn remove(&mut self, vm: &str) -> Result<bool, DisksError> {
         check_vm_name(vm)?;
         let mut removed = false;
-        // The record goes last, so a crash midway still leaves it to find.
+        // The manifest goes last, so a crash midway still leaves it to find.
         for role in [
             FileRole::Part,
             FileRole::Image,
             FileRole::Cow,
-            FileRole::RecordTmp,
-            FileRole::Record,
+            FileRole::ManifestTmp,
+            FileRole::Manifest,
         ] {
-            removed |= self.ledger.remove_file(vm, role)?;
+            removed |= self.dir.remove_file(vm, role)?;
         }
         Ok(removed)
     }
 
     fn list(&mut self) -> Result<Vec<DiskEntry>, DisksError> {
         Ok(self
-            .ledger
+            .dir
             .scan()?
             .into_iter()
             .map(|(vm, found)| {
                 let image = found.files.get(&FileRole::Image).cloned();
-                let ready = found.record.is_some()
+                let ready = found.manifest.is_some()
                     && image.is_some()
                     && !found.files.contains_key(&FileRole::Part);
-                let record = found.record.as_ref();
+                let record = found.manifest.as_ref();
                 DiskEntry {
                     backend: record.map_or(BackendKind::Copy, |r| r.backend),
                     path: image.or_else(|| found.files.get(&FileRole::Part).cloned()),
@@ -344,15 +344,15 @@ mod tests {
     fn half_made_disk_is_listed_as_partial() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = CopyDisks::new(dir.path());
-        d.ledger
-            .write(&DiskRecord {
+        d.dir
+            .write(&DiskManifest {
                 vm: "crashed".into(),
                 backend: BackendKind::Copy,
                 base: "/b".into(),
                 size: 512,
             })
             .unwrap();
-        std::fs::write(d.ledger.path("crashed", FileRole::Part), b"half").unwrap();
+        std::fs::write(d.dir.path("crashed", FileRole::Part), b"half").unwrap();
         let list = d.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].state, DiskState::Partial);

@@ -2,20 +2,20 @@
 //!
 //! Per base image, one read-only loop device, shared by every VM made from it and detached
 //! when the last of them is removed (reference-counted by VM name; after a daemon restart the
-//! count is rebuilt from the ledger). Per VM: a sparse COW file `<vm>.cow` sized so the guest
+//! count is rebuilt from the manifests). Per VM: a sparse COW file `<vm>.cow` sized so the guest
 //! can overwrite every chunk ([`table::cow_bytes`]), on its own loop device, and the dm device
 //! `hearth-<vm>` with `0 <sectors> snapshot <base> <cow> P 8`. A disk larger than its base
 //! snapshots a `hearth-<vm>:origin` device instead: the base `linear`, then `zero`.
 //! Firecracker gets `/dev/dm-<minor>` (devtmpfs names it; no udev needed).
 //!
 //! Creation undoes itself on error through [`Disks::remove`], which works from what exists
-//! (ledger, dm names, loop backing files), not from memory, so it also cleans up after a crash.
+//! (manifests, dm names, loop backing files), not from memory, so it also cleans up after a crash.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::block::{dm_node, BlockOps, LoopDev};
-use super::ledger::{check_vm_name, DiskRecord, FileRole, Ledger};
+use super::layout::{check_vm_name, DiskManifest, DisksDir, FileRole};
 use super::table::{self, DevNum};
 use super::{disk_sizes, BackendKind, DiskEntry, DiskSpec, DiskState, Disks, DisksError, VmDisk};
 
@@ -29,7 +29,7 @@ struct BaseLoop {
 /// The `dm` backend over a disks directory and some [`BlockOps`].
 #[derive(Debug)]
 pub struct DmDisks<B: BlockOps> {
-    ledger: Ledger,
+    dir: DisksDir,
     block: B,
     log: slog::Logger,
     bases: HashMap<PathBuf, BaseLoop>,
@@ -39,7 +39,7 @@ impl<B: BlockOps> DmDisks<B> {
     /// The backend for disks under `dir` (which must exist).
     pub fn new(dir: &Path, block: B, log: slog::Logger) -> Self {
         DmDisks {
-            ledger: Ledger::new(dir),
+            dir: DisksDir::new(dir),
             block,
             log,
             bases: HashMap::new(),
@@ -51,13 +51,13 @@ impl<B: BlockOps> DmDisks<B> {
         &self.block
     }
 
-    /// The VMs the ledger says use `base` with this backend, other than `except`.
-    fn ledger_users(&self, base: &Path, except: &str) -> Result<BTreeSet<String>, DisksError> {
+    /// The VMs the manifests say use `base` with this backend, other than `except`.
+    fn manifest_users(&self, base: &Path, except: &str) -> Result<BTreeSet<String>, DisksError> {
         Ok(self
-            .ledger
+            .dir
             .scan()?
             .into_iter()
-            .filter_map(|(vm, found)| found.record.map(|r| (vm, r)))
+            .filter_map(|(vm, found)| found.manifest.map(|r| (vm, r)))
             .filter(|(vm, r)| vm != except && r.backend == BackendKind::Dm && r.base == base)
             .map(|(vm, _)| vm)
             .collect())
@@ -70,13 +70,13 @@ impl<B: BlockOps> DmDisks<B> {
             return Ok(b.dev.dev);
         }
         // After a restart the base may still be attached (read-only) from the previous run:
-        // reuse it, and count the VMs the ledger says use it.
+        // reuse it, and count the VMs the manifests say use it.
         let attached = self.block.find_loops(base)?;
         let dev = match attached.into_iter().find(|l| l.read_only) {
             Some(dev) => dev,
             None => self.block.attach_loop(base, true)?,
         };
-        let mut users = self.ledger_users(base, vm)?;
+        let mut users = self.manifest_users(base, vm)?;
         users.insert(vm.into());
         let num = dev.dev;
         slog::debug!(self.log, "base attached"; "base" => %base.display(), "loop" => %dev.path.display());
@@ -91,7 +91,7 @@ impl<B: BlockOps> DmDisks<B> {
                 b.users.remove(vm);
                 b.users.is_empty()
             }
-            None => self.ledger_users(base, vm)?.is_empty(),
+            None => self.manifest_users(base, vm)?.is_empty(),
         };
         if last {
             let devs = match self.bases.remove(base) {
@@ -116,8 +116,8 @@ impl<B: BlockOps> DmDisks<B> {
         let size_sectors = size / table::SECTOR;
         let base_sectors = base_len / table::SECTOR;
         let base_dev = self.acquire_base(base, vm)?;
-        let cow = self.ledger.path(vm, FileRole::Cow);
-        Ledger::create_new(&cow)?
+        let cow = self.dir.path(vm, FileRole::Cow);
+        DisksDir::create_new(&cow)?
             .set_len(table::cow_bytes(size))
             .map_err(|source| DisksError::Io {
                 op: "resize",
@@ -154,12 +154,12 @@ impl<B: BlockOps> Disks for DmDisks<B> {
             .dm_list()?
             .iter()
             .any(|(n, _)| *n == name || *n == table::origin_name(&spec.vm));
-        if dm_taken || self.ledger.exists(&spec.vm) {
+        if dm_taken || self.dir.exists(&spec.vm) {
             return Err(DisksError::Exists {
                 vm: spec.vm.clone(),
             });
         }
-        self.ledger.write(&DiskRecord {
+        self.dir.write(&DiskManifest {
             vm: spec.vm.clone(),
             backend: BackendKind::Dm,
             base: base.clone(),
@@ -184,10 +184,10 @@ impl<B: BlockOps> Disks for DmDisks<B> {
 
     fn remove(&mut self, vm: &str) -> Result<bool, DisksError> {
         check_vm_name(vm)?;
-        let record = self.ledger.read(vm).ok().flatten();
+        let record = self.dir.read(vm).ok().flatten();
         let mut removed = self.block.dm_remove(&table::snapshot_name(vm))?;
         removed |= self.block.dm_remove(&table::origin_name(vm))?;
-        let cow = self.ledger.path(vm, FileRole::Cow);
+        let cow = self.dir.path(vm, FileRole::Cow);
         for dev in self.block.find_loops(&cow)? {
             self.block.detach_loop(&dev)?;
             removed = true;
@@ -201,14 +201,14 @@ impl<B: BlockOps> Disks for DmDisks<B> {
         if let Some(base) = base {
             self.release_base(&base, vm)?;
         }
-        for role in [FileRole::Cow, FileRole::RecordTmp, FileRole::Record] {
-            removed |= self.ledger.remove_file(vm, role)?;
+        for role in [FileRole::Cow, FileRole::ManifestTmp, FileRole::Manifest] {
+            removed |= self.dir.remove_file(vm, role)?;
         }
         Ok(removed)
     }
 
     fn list(&mut self) -> Result<Vec<DiskEntry>, DisksError> {
-        let mut found = self.ledger.scan()?;
+        let mut found = self.dir.scan()?;
         let mut devs: BTreeMap<String, Option<DevNum>> = BTreeMap::new();
         for (name, dev) in self.block.dm_list()? {
             let Some(vm) = table::vm_of_dm_name(&name) else {
@@ -225,12 +225,12 @@ impl<B: BlockOps> Disks for DmDisks<B> {
             .map(|(vm, f)| {
                 let dev = devs.get(&vm).copied().flatten();
                 let ready =
-                    f.record.is_some() && f.files.contains_key(&FileRole::Cow) && dev.is_some();
+                    f.manifest.is_some() && f.files.contains_key(&FileRole::Cow) && dev.is_some();
                 DiskEntry {
                     backend: BackendKind::Dm,
                     path: dev.map(dm_node),
-                    base: f.record.as_ref().map(|r| r.base.clone()),
-                    size: f.record.as_ref().map(|r| r.size),
+                    base: f.manifest.as_ref().map(|r| r.base.clone()),
+                    size: f.manifest.as_ref().map(|r| r.size),
                     state: if ready {
                         DiskState::Ready
                     } else {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::block::{BlockOps, LoopDev};
-use super::ledger::check_vm_name;
+use super::layout::check_vm_name;
 use super::table::{DevNum, TargetLine, DM_PREFIX};
 use super::{check_sizes, BackendKind, DiskEntry, DiskSpec, DiskState, Disks, DisksError, VmDisk};
 

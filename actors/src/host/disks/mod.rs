@@ -11,7 +11,7 @@
 //! - [`fake::FakeDisks`]: an in-memory backend that records calls and injects errors, for
 //!   unit tests of the actor.
 //!
-//! Every backend records a disk in the ledger ([`ledger`]) before making anything, so a daemon
+//! Every backend writes a disk's manifest ([`layout`]) before making anything, so a daemon
 //! restarted after a crash finds (with [`Disks::list`]) and removes every disk, also half-made
 //! ones. [`open_backend`] picks `dm` when device-mapper works and `copy` otherwise.
 
@@ -19,7 +19,7 @@ pub mod block;
 pub mod copy;
 pub mod dm;
 pub mod fake;
-pub mod ledger;
+pub mod layout;
 pub mod table;
 
 use std::fmt;
@@ -112,7 +112,7 @@ pub struct VmDisk {
 /// What a backend is asked to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
-    /// The VM (a safe name, see [`ledger::check_vm_name`]).
+    /// The VM (a safe name, see [`layout::check_vm_name`]).
     pub vm: String,
     /// The base root filesystem image.
     pub base: PathBuf,
@@ -131,7 +131,7 @@ pub enum DiskState {
     Partial,
 }
 
-/// A disk found on the host by [`Disks::list`] (from the ledger, files and dm devices, not
+/// A disk found on the host by [`Disks::list`] (from the manifests, files and dm devices, not
 /// from memory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskEntry {
@@ -141,7 +141,7 @@ pub struct DiskEntry {
     pub backend: BackendKind,
     /// Its device or file, when it exists.
     pub path: Option<PathBuf>,
-    /// The base it was made from, when the ledger says.
+    /// The base it was made from, when the manifest says.
     pub base: Option<PathBuf>,
     /// Its size in bytes, when known.
     pub size: Option<u64>,
@@ -206,10 +206,10 @@ pub enum DisksError {
         /// Why.
         source: io::Error,
     },
-    /// A ledger record is unreadable.
-    #[error("Cannot parse disk record {path}")]
-    Ledger {
-        /// The record.
+    /// A disk manifest is unreadable.
+    #[error("Cannot parse disk manifest {path}")]
+    Manifest {
+        /// The manifest.
         path: PathBuf,
         /// Why.
         source: serde_json::Error,
@@ -255,14 +255,14 @@ pub trait Disks: Send {
     fn backend(&self) -> BackendKind;
 
     /// Records, then makes, the disk of `spec.vm`. On error nothing is left behind: neither
-    /// files, devices nor ledger record.
+    /// files, devices nor manifest.
     fn create(&mut self, spec: &DiskSpec) -> Result<VmDisk, DisksError>;
 
-    /// Removes every trace of `vm`'s disk (devices, files, then the ledger record). Returns
+    /// Removes every trace of `vm`'s disk (devices, files, then the manifest). Returns
     /// `false` when there was nothing to remove, so removal is idempotent.
     fn remove(&mut self, vm: &str) -> Result<bool, DisksError>;
 
-    /// The disks that exist on the host, complete or half-made, found from the ledger, the
+    /// The disks that exist on the host, complete or half-made, found from the manifests, the
     /// files and devices (not from memory), sorted by VM.
     fn list(&mut self) -> Result<Vec<DiskEntry>, DisksError>;
 }

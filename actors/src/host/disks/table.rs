@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn longest_vm_name_makes_valid_dm_names() {
-        let vm = "x".repeat(super::super::ledger::MAX_VM_NAME);
+        let vm = "x".repeat(super::super::layout::MAX_VM_NAME);
         for name in [snapshot_name(&vm), origin_name(&vm)] {
             devicemapper::DmName::new(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

@@ -1,27 +1,11 @@
-//! The supervisor's image port: turns the image names a VM spec carries into files. hearthd
-//! implements it with its image store (`hearth::images`); tests use [`StaticImages`].
+//! The supervisor's image *catalog* port: turns the image names a VM spec carries into files.
+//! hearthd implements it with its image *store* (`hearth::images::ImageStore`, which imports,
+//! checks and removes images); tests use [`StaticImages`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The two kinds of image a VM boots from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ImageKind {
-    /// A guest kernel.
-    Kernel,
-    /// A base root filesystem.
-    Rootfs,
-}
-
-impl ImageKind {
-    /// `kernel` or `rootfs`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageKind::Kernel => "kernel",
-            ImageKind::Rootfs => "rootfs",
-        }
-    }
-}
+use hearth_proto::api_images::ImageKind;
 
 /// Resolves image names.
 ///

@@ -1,6 +1,7 @@
-//! The supervisor's persistence port: the VM table, the resource ledger, events and
+//! The supervisor's store port: the VM table, the resources each VM holds, events and
 //! idempotency keys. hearthd implements it with SQLite (`hearth::store`); tests use
-//! [`MemoryLedger`]. Every side effect the supervisor makes is preceded by a ledger write.
+//! [`MemoryVmStore`]. Every side effect the supervisor makes is preceded by a store write.
+//! (Not to be confused with the disk backends' own bookkeeping, `host::disks::layout`.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,9 +10,9 @@ use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 
 use crate::lease::NetLease;
 
-/// A failed ledger operation.
+/// A failed store operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LedgerError {
+pub enum VmStoreError {
     /// A VM with that name exists already.
     #[error("A VM named {0:?} already exists")]
     Exists(String),
@@ -47,7 +48,7 @@ pub struct ProcessRecord {
     pub vsock_cid: u32,
 }
 
-/// One VM with its ledger rows.
+/// One VM with its resource rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmRecord {
     /// What the VM was created with (its name included).
@@ -67,34 +68,34 @@ pub struct VmRecord {
 }
 
 /// The persistence port. Writes are durable when they return.
-pub trait Ledger {
+pub trait VmStore {
     /// Records a new VM in `Creating`; `Exists` if the name is taken.
-    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError>;
+    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), VmStoreError>;
     /// Sets a VM's state and last error.
     fn set_state(
         &mut self,
         vm: &str,
         state: VmState,
         last_error: Option<&str>,
-    ) -> Result<(), LedgerError>;
+    ) -> Result<(), VmStoreError>;
     /// Sets whether NAT is wanted.
-    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError>;
+    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), VmStoreError>;
     /// Records the lease a VM holds.
-    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), LedgerError>;
+    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), VmStoreError>;
     /// Forgets a VM's lease.
-    fn clear_lease(&mut self, vm: &str) -> Result<(), LedgerError>;
+    fn clear_lease(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Records a VM's disk (before it is made).
-    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), LedgerError>;
+    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), VmStoreError>;
     /// Forgets a VM's disk.
-    fn clear_disk(&mut self, vm: &str) -> Result<(), LedgerError>;
+    fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Records a VM's process.
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), LedgerError>;
+    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError>;
     /// Forgets a VM's process.
-    fn clear_process(&mut self, vm: &str) -> Result<(), LedgerError>;
+    fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Removes a VM and its rows.
-    fn delete_vm(&mut self, vm: &str) -> Result<(), LedgerError>;
+    fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Every VM, ordered by name.
-    fn load_all(&mut self) -> Result<Vec<VmRecord>, LedgerError>;
+    fn load_all(&mut self) -> Result<Vec<VmRecord>, VmStoreError>;
     /// Appends an event; returns it with its sequence number.
     fn append_event(
         &mut self,
@@ -102,23 +103,23 @@ pub trait Ledger {
         state: VmState,
         reason: EventReason,
         detail: Option<&str>,
-    ) -> Result<Event, LedgerError>;
+    ) -> Result<Event, VmStoreError>;
     /// Events after `since`, oldest first, at most `limit`.
-    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, LedgerError>;
+    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, VmStoreError>;
     /// The (request hash, response) stored under an idempotency key.
-    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError>;
+    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, VmStoreError>;
     /// Stores the response to a keyed request.
     fn put_idempotent_response(
         &mut self,
         key: &str,
         request_hash: &str,
         response: &str,
-    ) -> Result<(), LedgerError>;
+    ) -> Result<(), VmStoreError>;
 }
 
-/// An in-memory ledger for tests and examples; can be told to fail writes.
+/// An in-memory store for tests and examples; can be told to fail writes.
 #[derive(Debug, Default)]
-pub struct MemoryLedger {
+pub struct MemoryVmStore {
     vms: BTreeMap<String, VmRecord>,
     events: Vec<Event>,
     keys: BTreeMap<String, (String, String)>,
@@ -126,27 +127,27 @@ pub struct MemoryLedger {
     pub fail_writes: Option<String>,
 }
 
-impl MemoryLedger {
-    fn check(&self) -> Result<(), LedgerError> {
+impl MemoryVmStore {
+    fn check(&self) -> Result<(), VmStoreError> {
         match &self.fail_writes {
-            Some(msg) => Err(LedgerError::Storage(msg.clone())),
+            Some(msg) => Err(VmStoreError::Storage(msg.clone())),
             None => Ok(()),
         }
     }
 
-    fn vm(&mut self, vm: &str) -> Result<&mut VmRecord, LedgerError> {
+    fn vm(&mut self, vm: &str) -> Result<&mut VmRecord, VmStoreError> {
         self.check()?;
         self.vms
             .get_mut(vm)
-            .ok_or_else(|| LedgerError::NotFound(vm.to_owned()))
+            .ok_or_else(|| VmStoreError::NotFound(vm.to_owned()))
     }
 }
 
-impl Ledger for MemoryLedger {
-    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), LedgerError> {
+impl VmStore for MemoryVmStore {
+    fn insert_vm(&mut self, spec: &CreateVm) -> Result<(), VmStoreError> {
         self.check()?;
         if self.vms.contains_key(&spec.name) {
-            return Err(LedgerError::Exists(spec.name.clone()));
+            return Err(VmStoreError::Exists(spec.name.clone()));
         }
         self.vms.insert(
             spec.name.clone(),
@@ -168,57 +169,57 @@ impl Ledger for MemoryLedger {
         vm: &str,
         state: VmState,
         last_error: Option<&str>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), VmStoreError> {
         let r = self.vm(vm)?;
         r.state = state;
         r.last_error = last_error.map(str::to_owned);
         Ok(())
     }
 
-    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), LedgerError> {
+    fn set_nat(&mut self, vm: &str, nat: bool) -> Result<(), VmStoreError> {
         self.vm(vm)?.nat = nat;
         Ok(())
     }
 
-    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), LedgerError> {
+    fn put_lease(&mut self, vm: &str, lease: &NetLease) -> Result<(), VmStoreError> {
         self.vm(vm)?.lease = Some(lease.clone());
         Ok(())
     }
 
-    fn clear_lease(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_lease(&mut self, vm: &str) -> Result<(), VmStoreError> {
         self.vm(vm)?.lease = None;
         Ok(())
     }
 
-    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), LedgerError> {
+    fn put_disk(&mut self, vm: &str, disk: &DiskRecord) -> Result<(), VmStoreError> {
         self.vm(vm)?.disk = Some(disk.clone());
         Ok(())
     }
 
-    fn clear_disk(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError> {
         self.vm(vm)?.disk = None;
         Ok(())
     }
 
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), LedgerError> {
+    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError> {
         self.vm(vm)?.process = Some(process.clone());
         Ok(())
     }
 
-    fn clear_process(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {
         self.vm(vm)?.process = None;
         Ok(())
     }
 
-    fn delete_vm(&mut self, vm: &str) -> Result<(), LedgerError> {
+    fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         self.check()?;
         self.vms
             .remove(vm)
             .map(|_| ())
-            .ok_or_else(|| LedgerError::NotFound(vm.to_owned()))
+            .ok_or_else(|| VmStoreError::NotFound(vm.to_owned()))
     }
 
-    fn load_all(&mut self) -> Result<Vec<VmRecord>, LedgerError> {
+    fn load_all(&mut self) -> Result<Vec<VmRecord>, VmStoreError> {
         Ok(self.vms.values().cloned().collect())
     }
 
@@ -228,7 +229,7 @@ impl Ledger for MemoryLedger {
         state: VmState,
         reason: EventReason,
         detail: Option<&str>,
-    ) -> Result<Event, LedgerError> {
+    ) -> Result<Event, VmStoreError> {
         self.check()?;
         let event = Event {
             seq: self.events.len() as u64 + 1,
@@ -242,7 +243,7 @@ impl Ledger for MemoryLedger {
         Ok(event)
     }
 
-    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, LedgerError> {
+    fn events_since(&mut self, since: u64, limit: u32) -> Result<Vec<Event>, VmStoreError> {
         Ok(self
             .events
             .iter()
@@ -252,7 +253,7 @@ impl Ledger for MemoryLedger {
             .collect())
     }
 
-    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, LedgerError> {
+    fn idempotent_response(&mut self, key: &str) -> Result<Option<(String, String)>, VmStoreError> {
         Ok(self.keys.get(key).cloned())
     }
 
@@ -261,7 +262,7 @@ impl Ledger for MemoryLedger {
         key: &str,
         request_hash: &str,
         response: &str,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), VmStoreError> {
         self.check()?;
         self.keys.insert(
             key.to_owned(),

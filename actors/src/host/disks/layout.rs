@@ -1,20 +1,22 @@
-//! The disk ledger: the file naming convention under the disks directory, and the per-VM
-//! record written (atomically) before anything else is made, so a daemon that crashed
-//! at any instant can find every disk it owns, complete or not.
+//! The disk backends' bookkeeping on disk: the file naming convention under the disks
+//! directory ([`DisksDir`]), and the per-VM manifest ([`DiskManifest`]) written (atomically)
+//! before anything else is made, so a daemon that crashed at any instant can find every disk
+//! it owns, complete or not. (The supervisor's record of a VM's disk is a different thing:
+//! `supervisor::DiskRecord`, kept in hearthd's SQLite store.)
 //!
 //! Layout of `<data_dir>/disks/` (VM names never start with `.` and never contain `/` or `:`):
 //!
 //! | file | meaning |
 //! |------|---------|
-//! | `<vm>.json` | the record ([`DiskRecord`]): backend, base, size. Written first, removed last. |
-//! | `.<vm>.json.tmp` | a record being written (renamed into place after `fsync`) |
+//! | `<vm>.json` | the manifest ([`DiskManifest`]): backend, base, size. Written first, removed last. |
+//! | `.<vm>.json.tmp` | a manifest being written (renamed into place after `fsync`) |
 //! | `<vm>.img.part` | `copy`: the copy being made; renamed to `<vm>.img` when complete |
 //! | `<vm>.img` | `copy`: the finished disk |
 //! | `<vm>.cow` | `dm`: the sparse copy-on-write store of the snapshot |
 //!
 //! plus, for `dm`, the device-mapper devices `hearth-<vm>` and `hearth-<vm>:origin` and the
 //! loop devices backed by `<vm>.cow` and by the base. Any of these files without the others is
-//! a half-made (or half-removed) disk: [`Ledger::scan`] reports it so it can be removed.
+//! a half-made (or half-removed) disk: [`DisksDir::scan`] reports it so it can be removed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -54,10 +56,10 @@ pub fn check_vm_name(vm: &str) -> Result<(), DisksError> {
     }
 }
 
-/// What the ledger records about a disk before it is made.
+/// What the backend writes down about a disk before it makes it (`<vm>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DiskRecord {
+pub struct DiskManifest {
     /// The VM.
     pub vm: String,
     /// The backend making it.
@@ -72,9 +74,9 @@ pub struct DiskRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FileRole {
     /// `<vm>.json`
-    Record,
+    Manifest,
     /// `.<vm>.json.tmp`
-    RecordTmp,
+    ManifestTmp,
     /// `<vm>.img.part`
     Part,
     /// `<vm>.img`
@@ -86,11 +88,11 @@ pub enum FileRole {
 /// Which VM and role a file name in the disks directory has, or `None` for foreign files.
 pub fn parse_file_name(name: &str) -> Option<(String, FileRole)> {
     let (vm, role) = if let Some(rest) = name.strip_prefix('.') {
-        (rest.strip_suffix(".json.tmp")?, FileRole::RecordTmp)
+        (rest.strip_suffix(".json.tmp")?, FileRole::ManifestTmp)
     } else if let Some(vm) = name.strip_suffix(".img.part") {
         (vm, FileRole::Part)
     } else if let Some(vm) = name.strip_suffix(".json") {
-        (vm, FileRole::Record)
+        (vm, FileRole::Manifest)
     } else if let Some(vm) = name.strip_suffix(".img") {
         (vm, FileRole::Image)
     } else if let Some(vm) = name.strip_suffix(".cow") {
@@ -105,22 +107,22 @@ pub fn parse_file_name(name: &str) -> Option<(String, FileRole)> {
 /// What the disks directory holds for one VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
-    /// The record, when present and readable.
-    pub record: Option<DiskRecord>,
+    /// The manifest, when present and readable.
+    pub manifest: Option<DiskManifest>,
     /// Every file of the VM, by role.
     pub files: BTreeMap<FileRole, PathBuf>,
 }
 
 /// The disks directory and its naming convention.
 #[derive(Debug, Clone)]
-pub struct Ledger {
+pub struct DisksDir {
     dir: PathBuf,
 }
 
-impl Ledger {
-    /// The ledger of the disks directory `dir`.
+impl DisksDir {
+    /// The disks directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Ledger { dir: dir.into() }
+        DisksDir { dir: dir.into() }
     }
 
     /// The disks directory.
@@ -131,28 +133,28 @@ impl Ledger {
     /// Path of `vm`'s file in `role`.
     pub fn path(&self, vm: &str, role: FileRole) -> PathBuf {
         self.dir.join(match role {
-            FileRole::Record => format!("{vm}.json"),
-            FileRole::RecordTmp => format!(".{vm}.json.tmp"),
+            FileRole::Manifest => format!("{vm}.json"),
+            FileRole::ManifestTmp => format!(".{vm}.json.tmp"),
             FileRole::Part => format!("{vm}.img.part"),
             FileRole::Image => format!("{vm}.img"),
             FileRole::Cow => format!("{vm}.cow"),
         })
     }
 
-    /// Writes `record` atomically: temp file, then rename over `<vm>.json`. Not `fsync`ed, on
-    /// purpose: the record only has to survive a crash of the daemon (the page cache does),
+    /// Writes `manifest` atomically: temp file, then rename over `<vm>.json`. Not `fsync`ed, on
+    /// purpose: the manifest only has to survive a crash of the daemon (the page cache does),
     /// and after a host crash any disk file that survived is still found by its name alone
-    /// ([`Ledger::scan`] lists `<vm>.*` files with or without a record); dm and loop devices
+    /// ([`DisksDir::scan`] lists `<vm>.*` files with or without a manifest); dm and loop devices
     /// do not survive a host crash at all. Skipping the two `fsync`s keeps a reflink
     /// `CreateDisk` in the low milliseconds.
-    pub fn write(&self, record: &DiskRecord) -> Result<(), DisksError> {
-        let tmp = self.path(&record.vm, FileRole::RecordTmp);
-        let path = self.path(&record.vm, FileRole::Record);
+    pub fn write(&self, manifest: &DiskManifest) -> Result<(), DisksError> {
+        let tmp = self.path(&manifest.vm, FileRole::ManifestTmp);
+        let path = self.path(&manifest.vm, FileRole::Manifest);
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| DisksError::Io { op, path, source }
         };
-        let body = serde_json::to_vec_pretty(record).map_err(|source| DisksError::Ledger {
+        let body = serde_json::to_vec_pretty(manifest).map_err(|source| DisksError::Manifest {
             path: path.clone(),
             source,
         })?;
@@ -167,13 +169,13 @@ impl Ledger {
         result
     }
 
-    /// Reads `vm`'s record, `None` when there is none.
-    pub fn read(&self, vm: &str) -> Result<Option<DiskRecord>, DisksError> {
-        let path = self.path(vm, FileRole::Record);
+    /// Reads `vm`'s manifest, `None` when there is none.
+    pub fn read(&self, vm: &str) -> Result<Option<DiskManifest>, DisksError> {
+        let path = self.path(vm, FileRole::Manifest);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|source| DisksError::Ledger { path, source }),
+                .map_err(|source| DisksError::Manifest { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(DisksError::Io {
                 op: "read",
@@ -186,8 +188,8 @@ impl Ledger {
     /// True when `vm` has any file in the directory.
     pub fn exists(&self, vm: &str) -> bool {
         [
-            FileRole::Record,
-            FileRole::RecordTmp,
+            FileRole::Manifest,
+            FileRole::ManifestTmp,
             FileRole::Part,
             FileRole::Image,
             FileRole::Cow,
@@ -210,7 +212,7 @@ impl Ledger {
         }
     }
 
-    /// Everything the directory holds, by VM. An unreadable record counts as absent (the VM
+    /// Everything the directory holds, by VM. An unreadable manifest counts as absent (the VM
     /// is still listed, so it can be removed).
     pub fn scan(&self) -> Result<BTreeMap<String, Found>, DisksError> {
         let mut out: BTreeMap<String, Found> = BTreeMap::new();
@@ -240,8 +242,8 @@ impl Ledger {
             out.entry(vm).or_default().files.insert(role, entry.path());
         }
         for (vm, found) in out.iter_mut() {
-            if found.files.contains_key(&FileRole::Record) {
-                found.record = self.read(vm).ok().flatten();
+            if found.files.contains_key(&FileRole::Manifest) {
+                found.manifest = self.read(vm).ok().flatten();
             }
         }
         Ok(out)
@@ -291,10 +293,10 @@ mod tests {
 
     #[test]
     fn file_names_parse_back() {
-        let l = Ledger::new("/d");
+        let l = DisksDir::new("/d");
         for role in [
-            FileRole::Record,
-            FileRole::RecordTmp,
+            FileRole::Manifest,
+            FileRole::ManifestTmp,
             FileRole::Part,
             FileRole::Image,
             FileRole::Cow,
@@ -309,10 +311,10 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trip_and_scan() {
+    fn manifest_round_trip_and_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::new(dir.path());
-        let rec = DiskRecord {
+        let l = DisksDir::new(dir.path());
+        let rec = DiskManifest {
             vm: "web".into(),
             backend: BackendKind::Copy,
             base: "/images/base.ext4".into(),
@@ -321,16 +323,16 @@ mod tests {
         assert_eq!(l.read("web").unwrap(), None);
         l.write(&rec).unwrap();
         assert_eq!(l.read("web").unwrap(), Some(rec.clone()));
-        assert!(!l.path("web", FileRole::RecordTmp).exists());
+        assert!(!l.path("web", FileRole::ManifestTmp).exists());
         fs::write(l.path("db", FileRole::Part), b"half").unwrap();
         fs::write(dir.path().join("unrelated.txt"), b"x").unwrap();
         let found = l.scan().unwrap();
         assert_eq!(found.keys().collect::<Vec<_>>(), ["db", "web"]);
-        assert_eq!(found["web"].record, Some(rec));
-        assert_eq!(found["db"].record, None);
+        assert_eq!(found["web"].manifest, Some(rec));
+        assert_eq!(found["db"].manifest, None);
         assert!(found["db"].files.contains_key(&FileRole::Part));
         assert!(l.exists("db") && l.exists("web") && !l.exists("mail"));
-        assert!(l.remove_file("web", FileRole::Record).unwrap());
-        assert!(!l.remove_file("web", FileRole::Record).unwrap());
+        assert!(l.remove_file("web", FileRole::Manifest).unwrap());
+        assert!(!l.remove_file("web", FileRole::Manifest).unwrap());
     }
 }
