@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Message;
-use hearth_proto::agent::PingReply;
 
 use crate::host::processes::ExitStatus;
 
@@ -37,43 +36,6 @@ pub struct SpawnInfo {
     pub spawn: Duration,
     /// From the process existing to its API socket accepting connections.
     pub api_ready: Duration,
-}
-
-/// Per-phase durations of a boot (each phase on its own, not cumulative).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BootTimings {
-    /// Run dir, console, fork/exec.
-    pub spawn: Duration,
-    /// Until the API socket accepted a connection.
-    pub api_ready: Duration,
-    /// machine-config, boot-source, drive, network, vsock.
-    pub configured: Duration,
-    /// InstanceStart until `GET /` says Running.
-    pub started: Duration,
-    /// Until the guest agent answered (None when the probe is opted out).
-    pub agent_ready: Option<Duration>,
-}
-
-impl BootTimings {
-    /// The whole boot.
-    pub fn total(&self) -> Duration {
-        self.spawn
-            + self.api_ready
-            + self.configured
-            + self.started
-            + self.agent_ready.unwrap_or_default()
-    }
-}
-
-/// What a boot produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootReport {
-    /// The record to persist.
-    pub record: ProcessRecord,
-    /// Phase durations.
-    pub timings: BootTimings,
-    /// The agent's answer, unless the probe was opted out.
-    pub agent: Option<PingReply>,
 }
 
 /// Sent to the actor's owner when the process ends.
@@ -129,15 +91,6 @@ pub struct ProbeReady {
     pub port: u32,
     /// How long to keep trying.
     pub timeout: Duration,
-}
-
-/// Spawn, configure, start and (unless `config.probe` is `None`) probe, timing each phase.
-/// On failure the process is killed and the run directory's sockets removed.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<BootReport, FirecrackerError>")]
-pub struct BootVm {
-    /// The configuration.
-    pub config: VmConfig,
 }
 
 /// Asks the guest to shut down (x86 Ctrl+Alt+Del); does not wait.

@@ -1,9 +1,11 @@
 //! `FirecrackerActor`: one actor per VM, owning one Firecracker process: its pidfd, its API
 //! connection, its run directory (sockets, console FIFO and log, Firecracker log and metrics).
 //!
-//! Message flow: [`SpawnProcess`] -> [`ConfigureVm`] -> [`StartVm`] -> [`ProbeReady`] (or all
-//! four as [`BootVm`], with per-phase timings), then [`StopVm`] / [`KillVm`], or
-//! [`AdoptProcess`] after a supervisor restart. Handlers that use the API connection are
+//! Message flow: [`SpawnProcess`] -> [`ConfigureVm`] -> [`StartVm`] -> [`ProbeReady`], then
+//! [`StopVm`] / [`KillVm`], or [`AdoptProcess`] after a supervisor restart. There is one boot
+//! pipeline: the supervisor's saga sends these messages one by one (recording the pid between
+//! spawn and configure, and treating a silent agent as `unready`, not as a failed boot);
+//! examples and tests bring VMs up with the same messages. Handlers that use the API connection are
 //! `AtomicResponse`s: the connection is moved into the future and back, and the mailbox waits,
 //! so requests never interleave. A wait task per process watches the pidfd; when the process
 //! exits it tells the actor ([`ProcessExited`]), which reports [`VmProcessEvent::Stopped`] (we
@@ -39,7 +41,7 @@ use crate::host::processes::{ExitStatus, Process, Processes};
 
 pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
-pub use config::{cid_for_guest_ip, NetConfig, ProbeConfig, VmConfig};
+pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
 pub use error::FirecrackerError;
 pub use messages::*;
 pub use readiness::ProbeOutcome;

@@ -340,7 +340,6 @@ async fn boot_steps(
             tx_rate_limiter: None,
         }),
         vsock_cid: Some(vsock_cid),
-        probe: None,
     };
     let took = plan
         .vmm
