@@ -129,6 +129,34 @@ pub struct AdoptInfo {
     pub is_child: bool,
 }
 
+/// Kills a VMM process that uses this VM's run directory (its command line names this VM's
+/// API socket) but is not the process this actor owns: a stray, e.g. spawned and never
+/// recorded before a crash of hearthd, or one that failed adoption. The pid is pinned (pidfd)
+/// and its command line checked before the SIGKILL; then the answer waits up to `wait` for it
+/// to go, so what it held (its TAP) is free afterwards.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct KillStray {
+    /// The process.
+    pub pid: u32,
+    /// How long to wait for it to exit after SIGKILL.
+    pub wait: Duration,
+}
+
+/// Removes what a gone process leaves in the run directory (sockets, console FIFO), as an
+/// exit does; logs stay. A missing directory is fine. Refused while a process of this actor
+/// still runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct RemoveStaleSockets {}
+
+/// Removes the whole run directory, logs included (a deleted VM, or a directory left by a VM
+/// that no longer exists). A missing directory is fine. Refused while a process of this actor
+/// still runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct RemoveRunDir {}
+
 /// The current process record, if a process is owned.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<ProcessRecord>")]

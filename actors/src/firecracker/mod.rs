@@ -423,4 +423,112 @@ mod tests {
         assert!(s.fake.signals().is_empty());
         assert_eq!(s.vm.send(GetProcessRecord {}).await.unwrap(), None);
     }
+
+    fn fc_identity(pid: u32, args: &[String]) -> (u32, ProcessIdentity) {
+        let mut cmdline = vec!["/usr/bin/firecracker".to_string()];
+        cmdline.extend(args.iter().cloned());
+        (
+            pid,
+            ProcessIdentity {
+                start_time: 1,
+                cmdline,
+            },
+        )
+    }
+
+    #[actix::test]
+    async fn only_a_vmm_using_this_run_directory_is_killed_as_a_stray() {
+        let s = setup();
+        let api = s.dir.path().join("vm-1/api.sock").display().to_string();
+        for (pid, id) in [
+            fc_identity(77, &["--api-sock".into(), api.clone()]),
+            fc_identity(78, &["--api-sock".into(), "/elsewhere/api.sock".into()]),
+            fc_identity(80, &[format!("--api-sock={api}")]),
+        ] {
+            s.fake.set_identity(pid, id);
+        }
+        let kill = |pid| KillStray {
+            pid,
+            wait: Duration::from_secs(1),
+        };
+        for (pid, why) in [(78, "does not use"), (79, "No process")] {
+            match s.vm.send(kill(pid)).await.unwrap() {
+                Err(FirecrackerError::NotAStray { reason, .. }) => {
+                    assert!(reason.contains(why), "{reason} lacks {why}")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            s.fake.signals().is_empty(),
+            "refused pids are not signalled"
+        );
+        s.vm.send(kill(77)).await.unwrap().unwrap();
+        s.vm.send(kill(80)).await.unwrap().unwrap();
+        let killed: Vec<_> = s
+            .fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::host::processes::fake::FakeCall::Signal { pid, signal } => {
+                    Some((pid, signal))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(killed, vec![(77, Signal::Kill), (80, Signal::Kill)]);
+    }
+
+    #[actix::test]
+    async fn run_directory_is_cleaned_only_once_the_process_is_gone() {
+        let mut s = setup();
+        let pending = s.vm.send(SpawnProcess {});
+        while s.fake.calls().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Something listening on the API socket is all the fake VMM needs to be "up".
+        let api = s.dir.path().join("vm-1/api.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&api).unwrap();
+        let pid = pending.await.unwrap().unwrap().record.pid;
+        let log = s.dir.path().join("vm-1/firecracker.log");
+        std::fs::write(&log, b"kept until the directory goes").unwrap();
+
+        for err in [
+            s.vm.send(RemoveRunDir {}).await.unwrap().unwrap_err(),
+            s.vm.send(RemoveStaleSockets {}).await.unwrap().unwrap_err(),
+        ] {
+            assert!(
+                matches!(err, FirecrackerError::InvalidState { .. }),
+                "{err}"
+            );
+        }
+        let own =
+            s.vm.send(KillStray {
+                pid,
+                wait: Duration::from_secs(1),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(own, FirecrackerError::NotAStray { .. }), "{own}");
+        assert!(
+            api.exists() && log.exists(),
+            "nothing removed while it runs"
+        );
+        assert!(s.fake.signals().is_empty());
+
+        s.vm.send(KillVm {}).await.unwrap().unwrap();
+        assert!(matches!(
+            s.events.recv().await.unwrap(),
+            VmProcessEvent::Stopped { .. }
+        ));
+        std::os::unix::net::UnixListener::bind(&api).unwrap();
+        s.vm.send(RemoveStaleSockets {}).await.unwrap().unwrap();
+        assert!(!api.exists() && log.exists(), "sockets go, logs stay");
+        s.vm.send(RemoveRunDir {}).await.unwrap().unwrap();
+        assert!(!s.dir.path().join("vm-1").exists());
+        assert!(s.dir.path().exists());
+        // Idempotent: a missing directory is fine.
+        s.vm.send(RemoveRunDir {}).await.unwrap().unwrap();
+    }
 }
