@@ -21,8 +21,9 @@ use actix::Actor;
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
     cid_for_guest_ip, AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetProcessRecord, KillVm, NetConfig, ProbeOutcome, ProbeReady,
-    ProcessRecord, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
+    FirecrackerSettings, GetProcessRecord, KillStray, KillVm, NetConfig, ProbeOutcome, ProbeReady,
+    ProcessRecord, RemoveRunDir, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig,
+    VmProcessEvent,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
@@ -256,6 +257,58 @@ async fn unexpected_exit_is_reported() {
     ));
     vm.send(SpawnProcess {}).await.unwrap().unwrap();
     vm.send(KillVm {}).await.unwrap().unwrap();
+}
+
+/// A VMM whose actor is gone (the process runs on, as after a crash of hearthd between spawn
+/// and record) is killed as a stray by a new actor for the same VM, which then removes the run
+/// directory; a process that does not use that run directory is refused and left running.
+#[actix::test]
+async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
+    let fx = Fixture::new();
+    let bin = fx.binary(fc_sim::sim_binary());
+    let (vm, _events) = fx.actor("vm-stray", bin.clone());
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
+    drop(vm);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(alive(record.pid));
+
+    let (owner, mut events) = fx.actor("vm-stray", bin);
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let wait = Duration::from_secs(5);
+    match owner
+        .send(KillStray {
+            pid: sleeper.id(),
+            wait,
+        })
+        .await
+        .unwrap()
+    {
+        Err(FirecrackerError::NotAStray { reason, .. }) => {
+            assert!(reason.contains("does not use"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(alive(sleeper.id()), "a refused process is not signalled");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+
+    owner
+        .send(KillStray {
+            pid: record.pid,
+            wait,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!alive(record.pid));
+    assert!(events.try_recv().is_err(), "a stray is not this actor's VM");
+    owner.send(RemoveRunDir {}).await.unwrap().unwrap();
+    assert!(!fx.path().join("vms/vm-stray").exists());
 }
 
 #[actix::test]
