@@ -152,7 +152,8 @@ pub struct RemoveStaleSockets {}
 
 /// Removes the whole run directory, logs included (a deleted VM, or a directory left by a VM
 /// that no longer exists). A missing directory is fine. Refused while a process of this actor
-/// still runs.
+/// still runs; a stray using the directory is not this actor's process, so kill it first
+/// ([`KillStray`]), as `Open` does.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), FirecrackerError>")]
 pub struct RemoveRunDir {}

@@ -5,7 +5,13 @@
 //! [`StopVm`] / [`KillVm`], or [`AdoptProcess`] after a supervisor restart. There is one boot
 //! pipeline: the supervisor's saga sends these messages one by one (recording the pid between
 //! spawn and configure, and treating a silent agent as `unready`, not as a failed boot);
-//! examples and tests bring VMs up with the same messages. Handlers that use the API connection are
+//! examples and tests bring VMs up with the same messages.
+//!
+//! The actor owns its run directory and every VMM process using it: it alone removes what a
+//! gone process left ([`RemoveStaleSockets`]), the whole directory ([`RemoveRunDir`]), and kills
+//! a VMM found using the directory that it does not own ([`KillStray`], after checking the
+//! process's command line through its pidfd), so no other actor signals a process or deletes
+//! these files. Handlers that use the API connection are
 //! `AtomicResponse`s: the connection is moved into the future and back, and the mailbox waits,
 //! so requests never interleave. A wait task per process watches the pidfd; when the process
 //! exits it tells the actor ([`ProcessExited`]), which reports [`VmProcessEvent::Stopped`] (we
