@@ -364,7 +364,11 @@ async fn execute(
     // The actor owning its run directory kills it and waits for it to die, so the TAP it
     // held is free before the pool reclaims it.
     let alive: BTreeSet<&String> = plan.alive.iter().collect();
-    for (vm, pid) in stray_processes(&*processes, &run_base, &alive) {
+    let strays = stray_processes(&*processes, &run_base, &alive).unwrap_or_else(|e| {
+        warn!(p.log, "cannot look for stray VMM processes"; "error" => %e);
+        Vec::new()
+    });
+    for (vm, pid) in strays {
         let killed = async {
             let owner = p.run_dir_owner(&vm).await?;
             owner
@@ -448,16 +452,18 @@ fn stray_processes(
     processes: &dyn Processes,
     run_base: &Path,
     keep: &BTreeSet<&String>,
-) -> Vec<(String, u32)> {
+) -> Result<Vec<(String, u32)>, crate::host::processes::ProcessError> {
     let base = run_base.to_string_lossy().into_owned();
-    let pids = processes.list().unwrap_or_default();
-    pids.into_iter()
+    let pids = processes.list()?;
+    Ok(pids
+        .into_iter()
         .filter_map(|pid| {
+            // A process that exits meanwhile has no identity: not a stray any more.
             let id = processes.identity(pid).ok()?;
             let vm = owner_vm(&id.cmdline, &base)?;
             (!keep.contains(&vm)).then_some((vm, pid))
         })
-        .collect()
+        .collect())
 }
 
 /// The VM a VMM command line belongs to: the directory under `base` of its `--api-sock`.
