@@ -42,9 +42,8 @@ use hearth_actors::firecracker::command::LaunchArgs;
 use hearth_actors::firecracker::config::ApiBodies;
 use hearth_actors::firecracker::{api_client, readiness};
 use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, BootTimings, ConfigureVm, FirecrackerActor, FirecrackerSettings,
-    KillVm, NetConfig, ProbeConfig, ProbeReady, RunDir, SpawnProcess, StartVm, VmConfig,
-    VmProcessEvent,
+    binary, cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerSettings, KillVm,
+    NetConfig, ProbeReady, RunDir, SpawnProcess, StartVm, VmConfig, VmProcessEvent,
 };
 use hearth_actors::host::links::linux::LinuxLinks;
 use hearth_actors::host::processes::LinuxProcesses;
@@ -93,7 +92,7 @@ fn logger() -> slog::Logger {
     )
 }
 
-fn config(kernel: &Path, rootfs: &Path, lease: &NetLease, probe: bool) -> VmConfig {
+fn config(kernel: &Path, rootfs: &Path, lease: &NetLease) -> VmConfig {
     VmConfig {
         vcpu_count: 1,
         mem_size_mib: 128,
@@ -109,10 +108,34 @@ fn config(kernel: &Path, rootfs: &Path, lease: &NetLease, probe: bool) -> VmConf
             tx_rate_limiter: None,
         }),
         vsock_cid: cid_for_guest_ip(lease.guest_ip),
-        probe: probe.then_some(ProbeConfig {
-            port: 52,
-            timeout: Duration::from_secs(10),
-        }),
+    }
+}
+
+/// How long the agent probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-phase durations of one boot (each phase on its own, not cumulative).
+#[derive(Debug, Clone, Copy, Default)]
+struct BootTimings {
+    /// Run dir, console, fork/exec.
+    spawn: Duration,
+    /// Until the API socket accepted a connection.
+    api_ready: Duration,
+    /// machine-config, boot-source, drive, network, vsock.
+    configured: Duration,
+    /// InstanceStart until `GET /` says Running.
+    started: Duration,
+    /// Until the guest agent answered (None when the probe is skipped).
+    agent_ready: Option<Duration>,
+}
+
+impl BootTimings {
+    fn total(&self) -> Duration {
+        self.spawn
+            + self.api_ready
+            + self.configured
+            + self.started
+            + self.agent_ready.unwrap_or_default()
     }
 }
 
@@ -258,7 +281,11 @@ fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies, probe: bool) -> anyhow::
 }
 
 /// Hearth's boot, as the saga does it: spawn, configure, start, then the probe if asked.
-async fn actor_boot(vm: &actix::Addr<FirecrackerActor>, cfg: &VmConfig) -> anyhow::Result<Sample> {
+async fn actor_boot(
+    vm: &actix::Addr<FirecrackerActor>,
+    cfg: &VmConfig,
+    probe: bool,
+) -> anyhow::Result<Sample> {
     let t0 = Instant::now();
     let spawned = vm.send(SpawnProcess {}).await??;
     let configured = vm
@@ -268,16 +295,16 @@ async fn actor_boot(vm: &actix::Addr<FirecrackerActor>, cfg: &VmConfig) -> anyho
         .await??;
     let started = vm.send(StartVm {}).await??;
     let to_running = t0.elapsed();
-    let agent_ready = match cfg.probe {
-        Some(p) => Some(
-            vm.send(ProbeReady {
-                port: p.port,
-                timeout: p.timeout,
+    let agent_ready = if probe {
+        let out = vm
+            .send(ProbeReady {
+                port: 52,
+                timeout: PROBE_TIMEOUT,
             })
-            .await??
-            .elapsed,
-        ),
-        None => None,
+            .await??;
+        Some(out.elapsed)
+    } else {
+        None
     };
     Ok(Sample {
         phases: BootTimings {
@@ -366,7 +393,7 @@ fn main() -> anyhow::Result<()> {
         .start();
         pool.send(Initialize { used: vec![] }).await??;
         let lease = pool.send(AcquireTap {}).await??;
-        let cfg = config(&kernel, &rootfs, &lease, probe);
+        let cfg = config(&kernel, &rootfs, &lease);
         println!(
             "bench_boot: {} boots each, {} {}, kernel {}, TAP {} in netns, sim boot delay {} ms{}",
             args.boots,
@@ -395,7 +422,7 @@ fn main() -> anyhow::Result<()> {
                 log.clone(),
             )?
             .start();
-            actor_t.push(actor_boot(&vm, &cfg).await?);
+            actor_t.push(actor_boot(&vm, &cfg, probe).await?);
             vm.send(KillVm {}).await??;
             // The TAP is free again once the process is gone.
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {

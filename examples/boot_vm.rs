@@ -1,4 +1,6 @@
-//! Boots one VM with `FirecrackerActor` and prints each phase's duration.
+//! Boots one VM with `FirecrackerActor` and prints each phase's duration. The VM is brought up
+//! as the supervisor's saga does it: `SpawnProcess`, `ConfigureVm`, `StartVm`, then
+//! `ProbeReady` (a silent agent is reported, and the VM is still stopped cleanly).
 //!
 //! By default it runs `firecracker-sim` (build it first: `cargo build -p firecracker-sim`)
 //! inside a private network namespace it creates, with a TAP leased from `TapPoolActor`, a
@@ -24,8 +26,8 @@ use actix::Actor;
 use anyhow::{bail, Context};
 use clap::Parser;
 use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, BootVm, FirecrackerActor, FirecrackerSettings, NetConfig,
-    ProbeConfig, StopPlan, StopVm, VmConfig,
+    binary, cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerSettings, NetConfig,
+    ProbeReady, SpawnProcess, StartVm, StopPlan, StopVm, VmConfig,
 };
 use hearth_actors::host::links::linux::LinuxLinks;
 use hearth_actors::host::processes::LinuxProcesses;
@@ -65,6 +67,49 @@ fn logger() -> slog::Logger {
 
 fn ms(d: Duration) -> String {
     format!("{:8.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Spawn, configure, start and (unless `--no-probe`) probe, printing each phase.
+async fn boot(
+    vm: &actix::Addr<FirecrackerActor>,
+    config: VmConfig,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let spawned = vm.send(SpawnProcess {}).await??;
+    println!("pid          {}", spawned.record.pid);
+    println!("spawn        {}", ms(spawned.spawn));
+    println!("api ready    {}", ms(spawned.api_ready));
+    let mut total = spawned.spawn + spawned.api_ready;
+    let configured = vm.send(ConfigureVm { config }).await??;
+    println!("configured   {}", ms(configured));
+    let started = vm.send(StartVm {}).await??;
+    println!("started      {}", ms(started));
+    total += configured + started;
+    if args.no_probe {
+        println!("agent ready  (probe skipped)");
+    } else {
+        let probed = vm
+            .send(ProbeReady {
+                port: hearth_proto::agent::DEFAULT_PORT,
+                timeout: Duration::from_millis(args.probe_timeout_ms),
+            })
+            .await?;
+        match probed {
+            Ok(out) => {
+                println!("agent ready  {}", ms(out.elapsed));
+                total += out.elapsed;
+                let agent = out.reply;
+                println!(
+                    "agent        v{} boot_id {} uptime {} ms",
+                    agent.version, agent.boot_id, agent.uptime_ms
+                );
+            }
+            // The VM runs; only its agent is silent (the supervisor calls this `unready`).
+            Err(e) => println!("agent        not ready: {e}"),
+        }
+    }
+    println!("total        {}", ms(total));
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,44 +182,23 @@ fn main() -> anyhow::Result<()> {
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
             }),
-            probe: (!args.no_probe).then_some(ProbeConfig {
-                port: hearth_proto::agent::DEFAULT_PORT,
-                timeout: Duration::from_millis(args.probe_timeout_ms),
-            }),
         };
-        let result = vm.send(BootVm { config }).await?;
-        match &result {
-            Ok(report) => {
-                let t = report.timings;
-                println!("pid          {}", report.record.pid);
-                println!("spawn        {}", ms(t.spawn));
-                println!("api ready    {}", ms(t.api_ready));
-                println!("configured   {}", ms(t.configured));
-                println!("started      {}", ms(t.started));
-                match t.agent_ready {
-                    Some(d) => println!("agent ready  {}", ms(d)),
-                    None => println!("agent ready  (probe skipped)"),
-                }
-                println!("total        {}", ms(t.total()));
-                if let Some(agent) = &report.agent {
-                    println!(
-                        "agent        v{} boot_id {} uptime {} ms",
-                        agent.version, agent.boot_id, agent.uptime_ms
-                    );
-                }
-                let plan = StopPlan {
-                    ctrl_alt_del_grace: Some(Duration::from_secs(3)),
-                    term_grace: Some(Duration::from_secs(2)),
-                };
-                let out = vm.send(StopVm { plan }).await??;
-                println!(
-                    "stopped by   {} ({}) in {}",
-                    out.rung,
-                    out.status,
-                    ms(out.elapsed)
-                );
-            }
-            Err(e) => println!("boot failed: {e}"),
+        let result = boot(&vm, config, &args).await;
+        if let Err(e) = &result {
+            println!("boot failed: {e:#}");
+        }
+        // Whatever happened, a process that was spawned is stopped (a no-op otherwise).
+        let plan = StopPlan {
+            ctrl_alt_del_grace: Some(Duration::from_secs(3)),
+            term_grace: Some(Duration::from_secs(2)),
+        };
+        if let Ok(out) = vm.send(StopVm { plan }).await? {
+            println!(
+                "stopped by   {} ({}) in {}",
+                out.rung,
+                out.status,
+                ms(out.elapsed)
+            );
         }
         let console = work.path().join("vms/boot-vm/console.log");
         let bytes = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);

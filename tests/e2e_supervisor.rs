@@ -3,7 +3,8 @@
 //! - a stop that never ran (a restart refused) does not hide a later crash of the VMM;
 //! - after a `kill -9` in the middle of a stop, the restarted hearthd serves at once while the
 //!   interrupted stop finishes in the background (and an exit meanwhile is its outcome);
-//! - VMs repaired at restart lose the sockets and FIFO of their dead process.
+//! - VMs repaired at restart lose the sockets and FIFO of their dead process;
+//! - a stray VMM using a leaked run directory is killed at restart and the directory removed.
 
 mod common;
 #[path = "common/daemon.rs"]
@@ -181,6 +182,49 @@ fn vms_repaired_at_restart_lose_their_stale_sockets() {
         assert!(!run.join(f).exists(), "{f} is still in {}", run.display());
     }
     assert!(run.join("console.log").exists(), "the logs stay");
+    h.ctl_ok(&["vm", "rm", "a"]);
+    assert_eq!(h.leaks(), Leaks::none());
+}
+
+/// A VMM that uses the run directory of a VM hearthd does not know (spawned, say, just before
+/// a crash wiped its record) is a stray: at restart it is killed, by the actor owning that run
+/// directory, and the leaked directory is removed, while an adopted VM keeps running.
+#[test]
+fn a_stray_vmm_and_its_leaked_run_directory_are_swept_at_restart() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[], "");
+    let vm = h.ctl_ok(&[
+        "vm", "create", "a", "--kernel", "vmlinux", "--rootfs", "base",
+    ]);
+    let pid = vm["pid"].as_u64().unwrap();
+    h.kill9();
+    let ghost = h.path("run/ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    let mut stray = std::process::Command::new(fc_sim::sim_binary())
+        .arg("--api-sock")
+        .arg(ghost.join("api.sock"))
+        .arg("--id")
+        .arg("ghost")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || ghost.join("api.sock").exists()),
+        "the stray VMM serves its API"
+    );
+
+    h.launch();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || stray
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the stray VMM was killed"
+    );
+    assert!(!ghost.exists(), "the leaked run directory is removed");
+    assert_eq!(h.state("a").as_deref(), Some("running"));
+    assert!(alive(pid), "the adopted VMM is not a stray");
     h.ctl_ok(&["vm", "rm", "a"]);
     assert_eq!(h.leaks(), Leaks::none());
 }

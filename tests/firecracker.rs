@@ -6,7 +6,7 @@
 //! network namespace; the others run unprivileged in a temporary run directory.
 //!
 //! The VM is brought up as the supervisor's saga does (`SpawnProcess`, `ConfigureVm`,
-//! `StartVm`, `ProbeReady`); only the last test covers `BootVm`.
+//! `StartVm`, `ProbeReady`): that is the only boot pipeline.
 
 mod common;
 #[path = "common/fc_sim.rs"]
@@ -20,9 +20,10 @@ use std::time::Duration;
 use actix::Actor;
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
-    cid_for_guest_ip, AdoptProcess, BootVm, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetVmmProcess, KillVm, NetConfig, ProbeConfig, ProbeOutcome, ProbeReady,
-    SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent, VmmProcess,
+    cid_for_guest_ip, AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerError,
+    FirecrackerSettings, GetVmmProcess, KillStray, KillVm, NetConfig, ProbeOutcome, ProbeReady,
+    RemoveRunDir, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
+    VmmProcess,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
@@ -66,7 +67,7 @@ impl Fixture {
         self.binary(fc_sim::sim_wrapper(self.path(), name, env, ignore_sigterm))
     }
 
-    fn config(&self, net: Option<NetLease>, probe: Option<ProbeConfig>) -> VmConfig {
+    fn config(&self, net: Option<NetLease>) -> VmConfig {
         let ip = Ipv4Addr::new(172, 31, 240, 5);
         VmConfig {
             vcpu_count: 1,
@@ -83,7 +84,6 @@ impl Fixture {
                 tx_rate_limiter: None,
             }),
             vsock_cid: cid_for_guest_ip(ip),
-            probe,
         }
     }
 
@@ -120,10 +120,6 @@ fn lease(tap: &str) -> NetLease {
     }
 }
 
-fn probe(timeout: Duration) -> Option<ProbeConfig> {
-    Some(ProbeConfig { port: 52, timeout })
-}
-
 fn alive(pid: u32) -> bool {
     // Signal 0 only checks existence; a zombie counts as gone for our purposes.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -137,24 +133,22 @@ async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEven
         .expect("event channel closed")
 }
 
-/// Brings the VM up as the saga does: spawn, configure, start, and probe when `config.probe`.
+/// Brings the VM up as the saga does: spawn, configure, start, and probe the agent on port 52
+/// for up to `probe` when given.
 async fn bring_up(
     vm: &actix::Addr<FirecrackerActor>,
     config: VmConfig,
+    probe: Option<Duration>,
 ) -> (VmmProcess, Option<ProbeOutcome>) {
-    let probe = config.probe;
     let record = vm.send(SpawnProcess {}).await.unwrap().unwrap().record;
     vm.send(ConfigureVm { config }).await.unwrap().unwrap();
     vm.send(StartVm {}).await.unwrap().unwrap();
     let outcome = match probe {
-        Some(p) => Some(
-            vm.send(ProbeReady {
-                port: p.port,
-                timeout: p.timeout,
-            })
-            .await
-            .unwrap()
-            .unwrap(),
+        Some(timeout) => Some(
+            vm.send(ProbeReady { port: 52, timeout })
+                .await
+                .unwrap()
+                .unwrap(),
         ),
         None => None,
     };
@@ -169,8 +163,8 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
     let fx = Fixture::new();
     ns.block_on(|| async {
         let (vm, mut events) = fx.actor("vm-1", fx.binary(fc_sim::sim_binary()));
-        let cfg = fx.config(Some(lease("hth0")), probe(Duration::from_secs(5)));
-        let (record, probed) = bring_up(&vm, cfg).await;
+        let cfg = fx.config(Some(lease("hth0")));
+        let (record, probed) = bring_up(&vm, cfg, Some(Duration::from_secs(5))).await;
         let agent = probed.expect("agent reply").reply;
         assert_eq!(agent.boot_id.len(), 36, "{agent:?}");
         assert!(alive(record.pid));
@@ -218,7 +212,7 @@ async fn ignored_sigterm_escalates_to_sigkill() {
     let fx = Fixture::new();
     let bin = fx.wrapper("fc-stubborn", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], true);
     let (vm, mut events) = fx.actor("vm-kill", bin);
-    bring_up(&vm, fx.config(None, None)).await;
+    bring_up(&vm, fx.config(None), None).await;
     let plan = StopPlan {
         ctrl_alt_del_grace: Some(MS * 100),
         term_grace: Some(MS * 200),
@@ -246,7 +240,7 @@ async fn unexpected_exit_is_reported() {
         false,
     );
     let (vm, mut events) = fx.actor("vm-crash", bin);
-    let (record, _) = bring_up(&vm, fx.config(None, None)).await;
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
     match next_event(&mut events).await {
         VmProcessEvent::ExitedUnexpectedly { pid, status, vm_id } => {
             assert_eq!(
@@ -265,12 +259,64 @@ async fn unexpected_exit_is_reported() {
     vm.send(KillVm {}).await.unwrap().unwrap();
 }
 
+/// A VMM whose actor is gone (the process runs on, as after a crash of hearthd between spawn
+/// and record) is killed as a stray by a new actor for the same VM, which then removes the run
+/// directory; a process that does not use that run directory is refused and left running.
+#[actix::test]
+async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
+    let fx = Fixture::new();
+    let bin = fx.binary(fc_sim::sim_binary());
+    let (vm, _events) = fx.actor("vm-stray", bin.clone());
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
+    drop(vm);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(alive(record.pid));
+
+    let (owner, mut events) = fx.actor("vm-stray", bin);
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let wait = Duration::from_secs(5);
+    match owner
+        .send(KillStray {
+            pid: sleeper.id(),
+            wait,
+        })
+        .await
+        .unwrap()
+    {
+        Err(FirecrackerError::NotAStray { reason, .. }) => {
+            assert!(reason.contains("does not use"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(alive(sleeper.id()), "a refused process is not signalled");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+
+    owner
+        .send(KillStray {
+            pid: record.pid,
+            wait,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!alive(record.pid));
+    assert!(events.try_recv().is_err(), "a stray is not this actor's VM");
+    owner.send(RemoveRunDir {}).await.unwrap().unwrap();
+    assert!(!fx.path().join("vms/vm-stray").exists());
+}
+
 #[actix::test]
 async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
     let fx = Fixture::new();
     let bin = fx.binary(fc_sim::sim_binary());
     let (vm, _events) = fx.actor("vm-adopt", bin.clone());
-    let (record, _) = bring_up(&vm, fx.config(None, None)).await;
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
     drop(vm);
     // Let the old actor stop (its exit waiter is aborted, the VM keeps running).
     for _ in 0..10 {
@@ -348,7 +394,7 @@ async fn sockets_are_given_to_the_configured_group() {
     )
     .unwrap()
     .start();
-    bring_up(&vm, fx.config(None, None)).await;
+    bring_up(&vm, fx.config(None), None).await;
     for name in ["api.sock", "v.sock"] {
         let md = std::fs::metadata(fx.path().join("vms/vm-group").join(name)).unwrap();
         assert_eq!(
@@ -419,7 +465,7 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
     let (vm, _events) = fx.actor("vm-silent", bin);
     vm.send(SpawnProcess {}).await.unwrap().unwrap();
     vm.send(ConfigureVm {
-        config: fx.config(None, probe(MS * 300)),
+        config: fx.config(None),
     })
     .await
     .unwrap()
@@ -441,12 +487,15 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
     assert!(alive(pid));
     vm.send(KillVm {}).await.unwrap().unwrap();
 
-    // BootVm treats a probe timeout as a failed boot: the process is killed.
+    // A VMM with no agent listening on the port: the probe times out naming why (the VMM
+    // refused the CONNECT), and the VM is left running as well (the saga marks it `unready`).
     let bin = fx.wrapper("fc-noagent", &[("FC_SIM_NO_AGENT", "1")], false);
     let (vm, mut events) = fx.actor("vm-noagent", bin);
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
     let err = vm
-        .send(BootVm {
-            config: fx.config(None, probe(MS * 300)),
+        .send(ProbeReady {
+            port: 52,
+            timeout: MS * 300,
         })
         .await
         .unwrap()
@@ -457,6 +506,9 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
         }
         e => panic!("unexpected {e}"),
     }
+    assert!(alive(record.pid));
+    assert!(events.try_recv().is_err(), "no exit was reported");
+    vm.send(KillVm {}).await.unwrap().unwrap();
     assert!(matches!(
         next_event(&mut events).await,
         VmProcessEvent::Stopped {

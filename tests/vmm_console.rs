@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, AdoptProcess, BootVm, FirecrackerActor, FirecrackerSettings, KillVm,
-    StopRung, VmConfig, VmProcessEvent,
+    binary, cid_for_guest_ip, AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerSettings,
+    KillVm, SpawnProcess, StartVm, StopRung, VmConfig, VmProcessEvent, VmmProcess,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -96,7 +96,6 @@ impl Fixture {
             rootfs_rate_limiter: None,
             net: None,
             vsock_cid: cid_for_guest_ip(std::net::Ipv4Addr::new(172, 31, 240, 5)),
-            probe: None,
         }
     }
 }
@@ -124,6 +123,17 @@ async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEven
         .expect("event channel closed")
 }
 
+/// Brings the VM up as the supervisor's saga does: spawn, configure, start.
+async fn bring_up(vm: &Addr<FirecrackerActor>, config: VmConfig) -> VmmProcess {
+    let spawned = vm.send(SpawnProcess {}).await.unwrap().expect("spawn");
+    vm.send(ConfigureVm { config })
+        .await
+        .unwrap()
+        .expect("configure");
+    vm.send(StartVm {}).await.unwrap().expect("start");
+    spawned.record
+}
+
 fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.is_empty() && !stat.contains(") Z ")
@@ -143,22 +153,16 @@ async fn console_is_logged_while_the_vmm_runs_and_drained_after_it_exits() {
          exit 3",
     );
     let (vm, mut events) = fx.actor("vm-con", &vmm);
-    let report = vm
-        .send(BootVm {
-            config: fx.config(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let record = bring_up(&vm, fx.config()).await;
     let log = fx.path().join("vms/vm-con/console.log");
     assert!(
         log_contains(&log, "console: early words", Duration::from_secs(5)).await,
         "output written while the VMM runs reaches the log"
     );
-    assert!(alive(report.record.pid), "it was logged while running");
+    assert!(alive(record.pid), "it was logged while running");
     match next_event(&mut events).await {
         VmProcessEvent::ExitedUnexpectedly { pid, status, .. } => {
-            assert_eq!((pid, status), (report.record.pid, ExitStatus::Code(3)));
+            assert_eq!((pid, status), (record.pid, ExitStatus::Code(3)));
         }
         e => panic!("unexpected {e:?}"),
     }
@@ -179,14 +183,7 @@ async fn adopting_actor_resumes_the_console_pump() {
     // The simulator itself: adoption checks the command line against the binary.
     let vmm = fc_sim::sim_binary();
     let (vm, _events) = fx.actor("vm-ado", &vmm);
-    let report = vm
-        .send(BootVm {
-            config: fx.config(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let record = report.record.clone();
+    let record = bring_up(&vm, fx.config()).await;
     drop(vm);
     // Let the old actor stop: its pump stops with it, the VM keeps running.
     for _ in 0..10 {

@@ -208,10 +208,7 @@ fn step_status(cause: &StepCause) -> (StatusCode, &'static str) {
             },
             _ => FAILED,
         },
-        StepCause::Dns(_)
-        | StepCause::Io { .. }
-        | StepCause::NoVsockCid(_)
-        | StepCause::Replay(_) => FAILED,
+        StepCause::Dns(_) | StepCause::NoVsockCid(_) | StepCause::Replay(_) => FAILED,
     }
 }
 

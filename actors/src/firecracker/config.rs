@@ -4,7 +4,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use hearth_proto::firecracker::{
     BootSource, Drive, MachineConfig, NetworkInterface, RateLimiter, Vsock,
@@ -35,24 +34,6 @@ pub struct NetConfig {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
-/// The guest agent readiness probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeConfig {
-    /// The agent's vsock port.
-    pub port: u32,
-    /// How long to keep trying.
-    pub timeout: Duration,
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        ProbeConfig {
-            port: hearth_proto::agent::DEFAULT_PORT,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Everything needed to configure one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -75,10 +56,8 @@ pub struct VmConfig {
     /// The network interface, if any.
     pub net: Option<NetConfig>,
     /// The guest vsock CID (see [`cid_for_guest_ip`]); `None` = no vsock device, which also
-    /// means no readiness probe.
+    /// means no readiness probe (`ProbeReady` reaches the agent through it).
     pub vsock_cid: Option<u32>,
-    /// The readiness probe; `None` opts out.
-    pub probe: Option<ProbeConfig>,
 }
 
 /// The full kernel command line: [`BASE_BOOT_ARGS`], the lease's `ip=` argument, then the
@@ -203,12 +182,6 @@ impl VmConfig {
                 Ok::<_, FirecrackerError>(v)
             })
             .transpose()?;
-        if self.probe.is_some() && vsock.is_none() {
-            return Err(FirecrackerError::InvalidConfig {
-                what: "probe",
-                detail: "the readiness probe needs a vsock device (vsock_cid)".into(),
-            });
-        }
         Ok(ApiBodies {
             machine,
             boot,
@@ -250,7 +223,6 @@ mod tests {
                 tx_rate_limiter: None,
             }),
             vsock_cid: cid_for_guest_ip(Ipv4Addr::new(172, 31, 240, 5)),
-            probe: Some(ProbeConfig::default()),
         }
     }
 
@@ -304,13 +276,13 @@ mod tests {
                 ..
             })
         ));
+        // No vsock device is a valid configuration (the VM then cannot be probed).
         let mut c = config();
         c.vsock_cid = None;
-        assert!(matches!(
-            c.api_bodies(std::path::Path::new("/r/v.sock")),
-            Err(FirecrackerError::InvalidConfig { what: "probe", .. })
-        ));
-        c.probe = None;
-        assert!(c.api_bodies(std::path::Path::new("/r/v.sock")).is_ok());
+        assert!(c
+            .api_bodies(std::path::Path::new("/r/v.sock"))
+            .unwrap()
+            .vsock
+            .is_none());
     }
 }

@@ -76,6 +76,15 @@ pub enum FirecrackerError {
         #[source]
         source: std::io::Error,
     },
+    /// Removing (part of) the run directory after the process is gone failed.
+    #[error("Cannot remove {path}")]
+    RunDirRemoval {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A process operation failed.
     #[error("Process operation failed")]
     Process {
@@ -174,6 +183,15 @@ pub enum FirecrackerError {
         /// The pid.
         pid: u32,
         /// What did not match.
+        reason: String,
+    },
+    /// The process to kill as a stray is not one: it is this VM's own process, or it does not
+    /// use this VM's run directory (any more); it was not touched.
+    #[error("Refusing to kill pid {pid} as a stray: {reason}")]
+    NotAStray {
+        /// The pid.
+        pid: u32,
+        /// Why it is not a stray of this VM.
         reason: String,
     },
     /// Changing a socket's owner or mode failed.

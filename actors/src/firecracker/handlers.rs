@@ -365,70 +365,6 @@ impl Handler<ProbeReady> for FirecrackerActor {
     }
 }
 
-impl Handler<BootVm> for FirecrackerActor {
-    type Result = Atomic<BootReport>;
-
-    fn handle(&mut self, msg: BootVm, ctx: &mut Context<Self>) -> Self::Result {
-        // Validate everything before creating anything.
-        let vsock = self.run_dir.vsock_socket();
-        let bodies = match msg.config.api_bodies(&vsock) {
-            Ok(b) => b,
-            Err(e) => return fail(e),
-        };
-        let spawn = match self.spawn_now(ctx) {
-            Ok(d) => d,
-            Err(e) => return fail(e),
-        };
-        let api_ready = self.api_ready();
-        let group = self.settings.socket_group;
-        let start_timeout = self.settings.start_timeout;
-        let probe = msg.config.probe;
-        let fut = async move {
-            let mut timings = BootTimings {
-                spawn,
-                ..BootTimings::default()
-            };
-            let (mut client, d) = api_ready.await?;
-            timings.api_ready = d;
-            let t = Instant::now();
-            configure_api(&mut client, &bodies, vsock.clone(), group).await?;
-            timings.configured = t.elapsed();
-            let t = Instant::now();
-            start_instance(&mut client, start_timeout).await?;
-            timings.started = t.elapsed();
-            let agent = match probe {
-                Some(p) => {
-                    let out = readiness::probe(&vsock, p.port, p.timeout).await?;
-                    timings.agent_ready = Some(out.elapsed);
-                    Some(out.reply)
-                }
-                None => None,
-            };
-            Ok((client, timings, agent))
-        };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, _| match res {
-            Ok((client, timings, agent)) => {
-                act.api = Some(client);
-                act.state = VmmState::Running;
-                let record = act.record().ok_or(FirecrackerError::InvalidState {
-                    state: act.state,
-                    op: "record",
-                })?;
-                slog::info!(act.log, "booted"; "pid" => record.pid, "ms" => timings.total().as_secs_f64() * 1e3);
-                Ok(BootReport {
-                    record,
-                    timings,
-                    agent,
-                })
-            }
-            Err(e) => {
-                act.kill_after_failure(&e);
-                Err(e)
-            }
-        })))
-    }
-}
-
 impl Handler<SendCtrlAltDel> for FirecrackerActor {
     type Result = Atomic<()>;
 
@@ -579,6 +515,116 @@ impl Handler<AdoptProcess> for FirecrackerActor {
                 })
             },
         )))
+    }
+}
+
+impl FirecrackerActor {
+    /// Whether a process of this actor may still run (spawned or adopted, exit not seen).
+    fn has_live_process(&self) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|o| o.exit.borrow().is_none())
+    }
+
+    /// Checks that `pid` is a VMM using this VM's run directory that this actor does not own,
+    /// and pins it. Sends nothing to the process.
+    fn verify_stray(&self, pid: u32) -> Result<Arc<dyn Process>, FirecrackerError> {
+        let refuse = |reason: String| FirecrackerError::NotAStray { pid, reason };
+        if self.owned.as_ref().is_some_and(|o| o.process.pid() == pid) {
+            return Err(refuse("it is the process this VM owns".into()));
+        }
+        // Pin first, then read /proc: if it is still alive afterwards, what we read describes
+        // the pinned process (not a recycled pid).
+        let process = self
+            .processes
+            .open(pid)
+            .map_err(|e| refuse(e.to_string()))?;
+        let id = self
+            .processes
+            .identity(pid)
+            .map_err(|e| refuse(e.to_string()))?;
+        let api = self.run_dir.api_socket();
+        let api = api.to_string_lossy();
+        let uses_api = id
+            .cmdline
+            .iter()
+            .any(|a| *a == api || a.strip_prefix("--api-sock=") == Some(&*api));
+        if !uses_api {
+            return Err(refuse(format!(
+                "its command line {:?} does not use {api}",
+                id.cmdline
+            )));
+        }
+        if process.has_exited() {
+            return Err(refuse("it exited during verification".into()));
+        }
+        Ok(process)
+    }
+}
+
+impl Handler<KillStray> for FirecrackerActor {
+    type Result = ResponseFuture<Result<(), FirecrackerError>>;
+
+    fn handle(&mut self, msg: KillStray, _ctx: &mut Context<Self>) -> Self::Result {
+        let verified = self.verify_stray(msg.pid);
+        let log = self.log.clone();
+        Box::pin(async move {
+            let process = verified?;
+            slog::warn!(log, "killing a stray firecracker"; "pid" => msg.pid);
+            process.signal(Signal::Kill)?;
+            // Not our child in general: the wait only observes the exit.
+            if tokio::time::timeout(msg.wait, process.wait())
+                .await
+                .is_err()
+            {
+                return Err(FirecrackerError::DidNotDie {
+                    pid: msg.pid,
+                    waited: msg.wait,
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Handler<RemoveStaleSockets> for FirecrackerActor {
+    type Result = Result<(), FirecrackerError>;
+
+    fn handle(&mut self, _msg: RemoveStaleSockets, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.has_live_process() {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "remove the sockets of",
+            });
+        }
+        self.run_dir
+            .remove_sockets()
+            .map_err(|source| FirecrackerError::RunDirRemoval {
+                path: self.run_dir.path().to_path_buf(),
+                source,
+            })
+    }
+}
+
+impl Handler<RemoveRunDir> for FirecrackerActor {
+    type Result = Result<(), FirecrackerError>;
+
+    fn handle(&mut self, _msg: RemoveRunDir, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.has_live_process() {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "remove the run directory of",
+            });
+        }
+        self.console = None;
+        self.run_dir
+            .remove()
+            .map_err(|source| FirecrackerError::RunDirRemoval {
+                path: self.run_dir.path().to_path_buf(),
+                source,
+            })?;
+        slog::info!(self.log, "run directory removed"; "path" => %self.run_dir.path().display());
+        Ok(())
     }
 }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::Message;
-use hearth_proto::agent::PingReply;
 
 use crate::host::processes::ExitStatus;
 
@@ -38,43 +37,6 @@ pub struct SpawnInfo {
     pub spawn: Duration,
     /// From the process existing to its API socket accepting connections.
     pub api_ready: Duration,
-}
-
-/// Per-phase durations of a boot (each phase on its own, not cumulative).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BootTimings {
-    /// Run dir, console, fork/exec.
-    pub spawn: Duration,
-    /// Until the API socket accepted a connection.
-    pub api_ready: Duration,
-    /// machine-config, boot-source, drive, network, vsock.
-    pub configured: Duration,
-    /// InstanceStart until `GET /` says Running.
-    pub started: Duration,
-    /// Until the guest agent answered (None when the probe is opted out).
-    pub agent_ready: Option<Duration>,
-}
-
-impl BootTimings {
-    /// The whole boot.
-    pub fn total(&self) -> Duration {
-        self.spawn
-            + self.api_ready
-            + self.configured
-            + self.started
-            + self.agent_ready.unwrap_or_default()
-    }
-}
-
-/// What a boot produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootReport {
-    /// The record to persist.
-    pub record: VmmProcess,
-    /// Phase durations.
-    pub timings: BootTimings,
-    /// The agent's answer, unless the probe was opted out.
-    pub agent: Option<PingReply>,
 }
 
 /// Sent to the actor's owner when the process ends.
@@ -132,15 +94,6 @@ pub struct ProbeReady {
     pub timeout: Duration,
 }
 
-/// Spawn, configure, start and (unless `config.probe` is `None`) probe, timing each phase.
-/// On failure the process is killed and the run directory's sockets removed.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<BootReport, FirecrackerError>")]
-pub struct BootVm {
-    /// The configuration.
-    pub config: VmConfig,
-}
-
 /// Asks the guest to shut down (x86 Ctrl+Alt+Del); does not wait.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), FirecrackerError>")]
@@ -177,7 +130,36 @@ pub struct AdoptInfo {
     pub is_child: bool,
 }
 
-/// The owned VMM process ([`VmmProcess`]), if any.
+/// Kills a VMM process that uses this VM's run directory (its command line names this VM's
+/// API socket) but is not the process this actor owns: a stray, e.g. spawned and never
+/// recorded before a crash of hearthd, or one that failed adoption. The pid is pinned (pidfd)
+/// and its command line checked before the SIGKILL; then the answer waits up to `wait` for it
+/// to go, so what it held (its TAP) is free afterwards.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct KillStray {
+    /// The process.
+    pub pid: u32,
+    /// How long to wait for it to exit after SIGKILL.
+    pub wait: Duration,
+}
+
+/// Removes what a gone process leaves in the run directory (sockets, console FIFO), as an
+/// exit does; logs stay. A missing directory is fine. Refused while a process of this actor
+/// still runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct RemoveStaleSockets {}
+
+/// Removes the whole run directory, logs included (a deleted VM, or a directory left by a VM
+/// that no longer exists). A missing directory is fine. Refused while a process of this actor
+/// still runs; a stray using the directory is not this actor's process, so kill it first
+/// ([`KillStray`]), as `Open` does.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct RemoveRunDir {}
+
+/// The current process record, if a process is owned.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<VmmProcess>")]
 pub struct GetVmmProcess {}

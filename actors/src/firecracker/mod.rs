@@ -1,9 +1,17 @@
 //! `FirecrackerActor`: one actor per VM, owning one Firecracker process: its pidfd, its API
 //! connection, its run directory (sockets, console FIFO and log, Firecracker log and metrics).
 //!
-//! Message flow: [`SpawnProcess`] -> [`ConfigureVm`] -> [`StartVm`] -> [`ProbeReady`] (or all
-//! four as [`BootVm`], with per-phase timings), then [`StopVm`] / [`KillVm`], or
-//! [`AdoptProcess`] after a supervisor restart. Handlers that use the API connection are
+//! Message flow: [`SpawnProcess`] -> [`ConfigureVm`] -> [`StartVm`] -> [`ProbeReady`], then
+//! [`StopVm`] / [`KillVm`], or [`AdoptProcess`] after a supervisor restart. There is one boot
+//! pipeline: the supervisor's saga sends these messages one by one (recording the pid between
+//! spawn and configure, and treating a silent agent as `unready`, not as a failed boot);
+//! examples and tests bring VMs up with the same messages.
+//!
+//! The actor owns its run directory and every VMM process using it: it alone removes what a
+//! gone process left ([`RemoveStaleSockets`]), the whole directory ([`RemoveRunDir`]), and kills
+//! a VMM found using the directory that it does not own ([`KillStray`], after checking the
+//! process's command line through its pidfd), so no other actor signals a process or deletes
+//! these files. Handlers that use the API connection are
 //! `AtomicResponse`s: the connection is moved into the future and back, and the mailbox waits,
 //! so requests never interleave. A wait task per process watches the pidfd; when the process
 //! exits it tells the actor ([`ProcessExited`]), which reports [`VmProcessEvent::Stopped`] (we
@@ -39,7 +47,7 @@ use crate::host::processes::{ExitStatus, Process, Processes};
 
 pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
-pub use config::{cid_for_guest_ip, NetConfig, ProbeConfig, VmConfig};
+pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
 pub use error::FirecrackerError;
 pub use messages::*;
 pub use readiness::ProbeOutcome;
@@ -422,5 +430,113 @@ mod tests {
         }
         assert!(s.fake.signals().is_empty());
         assert_eq!(s.vm.send(GetVmmProcess {}).await.unwrap(), None);
+    }
+
+    fn fc_identity(pid: u32, args: &[String]) -> (u32, ProcessIdentity) {
+        let mut cmdline = vec!["/usr/bin/firecracker".to_string()];
+        cmdline.extend(args.iter().cloned());
+        (
+            pid,
+            ProcessIdentity {
+                start_time: 1,
+                cmdline,
+            },
+        )
+    }
+
+    #[actix::test]
+    async fn only_a_vmm_using_this_run_directory_is_killed_as_a_stray() {
+        let s = setup();
+        let api = s.dir.path().join("vm-1/api.sock").display().to_string();
+        for (pid, id) in [
+            fc_identity(77, &["--api-sock".into(), api.clone()]),
+            fc_identity(78, &["--api-sock".into(), "/elsewhere/api.sock".into()]),
+            fc_identity(80, &[format!("--api-sock={api}")]),
+        ] {
+            s.fake.set_identity(pid, id);
+        }
+        let kill = |pid| KillStray {
+            pid,
+            wait: Duration::from_secs(1),
+        };
+        for (pid, why) in [(78, "does not use"), (79, "No process")] {
+            match s.vm.send(kill(pid)).await.unwrap() {
+                Err(FirecrackerError::NotAStray { reason, .. }) => {
+                    assert!(reason.contains(why), "{reason} lacks {why}")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            s.fake.signals().is_empty(),
+            "refused pids are not signalled"
+        );
+        s.vm.send(kill(77)).await.unwrap().unwrap();
+        s.vm.send(kill(80)).await.unwrap().unwrap();
+        let killed: Vec<_> = s
+            .fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::host::processes::fake::FakeCall::Signal { pid, signal } => {
+                    Some((pid, signal))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(killed, vec![(77, Signal::Kill), (80, Signal::Kill)]);
+    }
+
+    #[actix::test]
+    async fn run_directory_is_cleaned_only_once_the_process_is_gone() {
+        let mut s = setup();
+        let pending = s.vm.send(SpawnProcess {});
+        while s.fake.calls().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Something listening on the API socket is all the fake VMM needs to be "up".
+        let api = s.dir.path().join("vm-1/api.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&api).unwrap();
+        let pid = pending.await.unwrap().unwrap().record.pid;
+        let log = s.dir.path().join("vm-1/firecracker.log");
+        std::fs::write(&log, b"kept until the directory goes").unwrap();
+
+        for err in [
+            s.vm.send(RemoveRunDir {}).await.unwrap().unwrap_err(),
+            s.vm.send(RemoveStaleSockets {}).await.unwrap().unwrap_err(),
+        ] {
+            assert!(
+                matches!(err, FirecrackerError::InvalidState { .. }),
+                "{err}"
+            );
+        }
+        let own =
+            s.vm.send(KillStray {
+                pid,
+                wait: Duration::from_secs(1),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(own, FirecrackerError::NotAStray { .. }), "{own}");
+        assert!(
+            api.exists() && log.exists(),
+            "nothing removed while it runs"
+        );
+        assert!(s.fake.signals().is_empty());
+
+        s.vm.send(KillVm {}).await.unwrap().unwrap();
+        assert!(matches!(
+            s.events.recv().await.unwrap(),
+            VmProcessEvent::Stopped { .. }
+        ));
+        std::os::unix::net::UnixListener::bind(&api).unwrap();
+        s.vm.send(RemoveStaleSockets {}).await.unwrap().unwrap();
+        assert!(!api.exists() && log.exists(), "sockets go, logs stay");
+        s.vm.send(RemoveRunDir {}).await.unwrap().unwrap();
+        assert!(!s.dir.path().join("vm-1").exists());
+        assert!(s.dir.path().exists());
+        // Idempotent: a missing directory is fine.
+        s.vm.send(RemoveRunDir {}).await.unwrap().unwrap();
     }
 }

@@ -137,13 +137,42 @@ impl RunDir {
         Ok(out)
     }
 
-    /// Removes the sockets and the console FIFO after the process is gone (logs stay).
-    pub fn remove_sockets(&self) -> std::io::Result<()> {
-        for path in self.stale_sockets()? {
+    /// Removes the sockets and the console FIFO after the process is gone (logs stay); a
+    /// missing directory is fine. Only the directory's `FirecrackerActor` calls this.
+    pub(super) fn remove_sockets(&self) -> std::io::Result<()> {
+        let stale = match self.stale_sockets() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        for path in stale {
             remove_if_exists(&path)?;
         }
         remove_if_exists(&self.console_fifo())
     }
+
+    /// Removes the directory and everything in it; a missing directory is fine. Only the
+    /// directory's `FirecrackerActor` calls this, when no process of it runs.
+    pub(super) fn remove(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The names of the entries under `base` (run directories of VMs, live or leaked); a missing
+/// `base` has none. Reads only: the directories are removed by their `FirecrackerActor`.
+pub fn list(base: &Path) -> std::io::Result<Vec<String>> {
+    let dir = match std::fs::read_dir(base) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other?,
+    };
+    let mut names = Vec::new();
+    for entry in dir {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Gives a socket to group `gid` with mode 0660, so members of that group can use it.
@@ -221,6 +250,25 @@ mod tests {
         assert!(!rd.vsock_socket().exists());
         assert!(!rd.vsock_port_socket(52).exists());
         assert!(rd.console_log().exists());
+    }
+
+    #[test]
+    fn removal_of_sockets_then_of_the_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(base.path(), "vm-1").unwrap();
+        // Nothing there yet: both are no-ops.
+        rd.remove_sockets().unwrap();
+        rd.remove().unwrap();
+        rd.prepare().unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(rd.api_socket()).unwrap();
+        std::fs::write(rd.console_fifo(), b"").unwrap();
+        std::fs::write(rd.console_log(), b"last words").unwrap();
+        rd.remove_sockets().unwrap();
+        assert!(!rd.api_socket().exists() && !rd.console_fifo().exists());
+        assert!(rd.console_log().exists(), "logs stay");
+        rd.remove().unwrap();
+        assert!(!rd.path().exists());
+        assert!(base.path().exists(), "only the VM's directory goes");
     }
 
     #[test]

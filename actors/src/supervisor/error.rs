@@ -1,7 +1,6 @@
 //! The supervisor's error type. The HTTP layer maps each variant (and, for a failed step, its
 //! typed cause) to one status code.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::MailboxError;
@@ -118,14 +117,6 @@ pub enum StepCause {
     /// The actor that does the step is gone (hearthd is shutting down).
     #[error("actor unavailable: {0}")]
     ActorGone(MailboxError),
-    /// A file of the VM's run directory.
-    #[error("{}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The OS error.
-        source: Arc<std::io::Error>,
-    },
     /// A guest address has no vsock CID (outside the range CIDs are derived from).
     #[error("no vsock CID for {0}")]
     NoVsockCid(std::net::Ipv4Addr),

@@ -361,7 +361,6 @@ impl Handler<DeleteVm> for VmSupervisor {
         self.locked(
             &name,
             move |act, ctx| {
-                let run_dir = act.run_dir(&n);
                 let entry = act.entry(&n)?;
                 let state = entry.record.state;
                 if !state.can_delete() {
@@ -378,10 +377,7 @@ impl Handler<DeleteVm> for VmSupervisor {
                 let running = state.has_process();
                 let pid = entry.record.process.as_ref().and_then(|p| p.pid);
                 let vmm = if running { vmm } else { None };
-                Ok(
-                    saga::delete(ports, n.clone(), vmm, pid, lease, has_disk, run_dir, state)
-                        .boxed_local(),
-                )
+                Ok(saga::delete(ports, n.clone(), vmm, pid, lease, has_disk, state).boxed_local())
             },
             |_| Ok(()),
         )

@@ -10,6 +10,18 @@
 //!
 //! Process exits arrive from each VM's `FirecrackerActor` as `VmProcessEvent`s; an unexpected
 //! exit of a live VM becomes `crashed` and its network lease is given back.
+//!
+//! The supervisor has no effect on processes or run directories of its own. Each run directory
+//! `<run_base>/<vm>/` and every VMM process using it belong to that VM's `FirecrackerActor`:
+//! a delete asks it to remove the directory (`RemoveRunDir`), and `Open` asks it to clear a gone
+//! process's sockets (`RemoveStaleSockets`) and to kill a stray VMM found using its directory
+//! (`KillStray`). A VM with no process actor at that moment (stopped before this hearthd started,
+//! or a leaked directory of a VM no longer in the table) gets one for the job through the
+//! internal [`RunDirOwner`] message: made from the same factory, not kept, and stopped once the
+//! answer is dropped. The shared `Processes` backend is only read here, to attribute VMM
+//! command lines to run directories; every signal goes through the owning actor. Without a
+//! Firecracker binary no such actor can be made: run directories and strays are then left alone
+//! (with a warning) until an `Open` with a binary sweeps them.
 
 pub mod catalog;
 mod error;
@@ -23,7 +35,6 @@ pub mod store;
 pub mod testing;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,6 +205,19 @@ impl VmSupervisor {
         if let Some(addr) = self.vms.get(name).and_then(|e| e.vmm.clone()) {
             return Ok(addr);
         }
+        let addr = self.new_vmm(name, ctx)?;
+        if let Some(entry) = self.vms.get_mut(name) {
+            entry.vmm = Some(addr.clone());
+        }
+        Ok(addr)
+    }
+
+    /// A new process actor for `name` (run directory `<run_base>/<name>/`), not recorded.
+    fn new_vmm(
+        &self,
+        name: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<Addr<FirecrackerActor>, SupervisorError> {
         let binary = self
             .vmm
             .binary
@@ -208,16 +232,7 @@ impl VmSupervisor {
             self.log.clone(),
         )
         .map_err(|e| SupervisorError::step("prepare the VMM", e))?;
-        let addr = actor.start();
-        if let Some(entry) = self.vms.get_mut(name) {
-            entry.vmm = Some(addr.clone());
-        }
-        Ok(addr)
-    }
-
-    /// The run directory of a VM's process.
-    fn run_dir(&self, name: &str) -> PathBuf {
-        self.vmm.settings.run_base.join(name)
+        Ok(actor.start())
     }
 
     /// Applies one change: store first (durable), then memory, then events and waiters.
@@ -406,6 +421,25 @@ impl Handler<ExpectExit> for VmSupervisor {
     fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
         if let Some(e) = self.vms.get_mut(&msg.vm) {
             e.stopping_pid = msg.pid;
+        }
+    }
+}
+
+/// Internal: the actor that owns `vm`'s run directory (and any VMM process using it): the VM's
+/// process actor if it has one, else a new one that is not kept (see the module docs).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Addr<FirecrackerActor>, SupervisorError>")]
+pub(crate) struct RunDirOwner {
+    vm: String,
+}
+
+impl Handler<RunDirOwner> for VmSupervisor {
+    type Result = Result<Addr<FirecrackerActor>, SupervisorError>;
+
+    fn handle(&mut self, msg: RunDirOwner, ctx: &mut Context<Self>) -> Self::Result {
+        match self.vms.get(&msg.vm).and_then(|e| e.vmm.clone()) {
+            Some(addr) => Ok(addr),
+            None => self.new_vmm(&msg.vm, ctx),
         }
     }
 }

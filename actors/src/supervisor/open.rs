@@ -2,13 +2,17 @@
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
 //! processes are swept, VMs left without a process lose their stale sockets, and the TAP
-//! pool, NAT and DNS are rebuilt from the VMs that live. Stops a crash cut short are the
+//! pool, NAT and DNS are rebuilt from the VMs that live. Run directories and the processes
+//! using them are touched only by the `FirecrackerActor` owning them (see the supervisor's
+//! module docs): a stray is a VMM whose `--api-sock` lies in `<run_base>/<vm>/` for a VM whose
+//! process was not adopted, and that VM's actor kills it (`KillStray`). Stops a crash cut short are the
 //! exception: their ladder can take the whole grace, so their VMs stay `stopping` and the
 //! ladder runs in the background once `Open` has answered (hearthd serves meanwhile).
 //! [`plan_repairs`] decides; the handler carries the plan out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -20,8 +24,11 @@ use slog::{info, warn};
 
 use super::saga::Ports;
 use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
-use crate::firecracker::{AdoptProcess, FirecrackerActor, KillVm, RunDir, VmmProcess};
-use crate::host::processes::Signal;
+use crate::firecracker::{
+    run_dir, AdoptProcess, FirecrackerActor, KillStray, KillVm, RemoveRunDir, RemoveStaleSockets,
+    VmmProcess,
+};
+use crate::host::processes::Processes;
 use crate::lease::NetLease;
 use crate::nat::{GuestSpec, Reconcile};
 use crate::snapshot::{ListDisks, RemoveDisk};
@@ -302,6 +309,9 @@ impl VmSupervisor {
     }
 }
 
+/// How long a stray VMM has to exit after SIGKILL before `Open` goes on without it.
+const STRAY_KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// Carries out `plan` except its stops, and answers the report and the VMs to stop.
 async fn execute(
     p: Ports,
@@ -309,7 +319,7 @@ async fn execute(
     vmms: BTreeMap<String, Addr<FirecrackerActor>>,
     known: BTreeSet<String>,
     run_base: std::path::PathBuf,
-    processes: std::sync::Arc<dyn crate::host::processes::Processes>,
+    processes: Arc<dyn Processes>,
 ) -> Result<(OpenReport, Vec<String>), SupervisorError> {
     // Processes first, so the TAPs they held are free before the pool reclaims them. SIGKILL
     // takes no grace: all at once.
@@ -331,7 +341,9 @@ async fn execute(
         }
     }
     for name in &plan.forget {
-        let _ = std::fs::remove_dir_all(run_base.join(name));
+        if let Err(e) = clean_run_dir(&p, name, RemoveRunDir {}).await {
+            warn!(p.log, "run directory not removed"; "vm" => name.as_str(), "error" => %e);
+        }
         p.commit(name, Change::Remove).await?;
     }
     let live: BTreeSet<&String> = known.iter().filter(|n| !plan.forget.contains(n)).collect();
@@ -350,30 +362,49 @@ async fn execute(
     }
     // Processes: only those of VMs whose process was adopted may run; e.g. one spawned but
     // never recorded, or one that failed verification yet carries our marker, is a stray.
+    // The actor owning its run directory kills it and waits for it to die, so the TAP it
+    // held is free before the pool reclaims it.
     let alive: BTreeSet<&String> = plan.alive.iter().collect();
-    for pid in stray_processes(&run_base, &alive) {
-        if let Ok(proc_) = processes.open(pid) {
-            if proc_.signal(Signal::Kill).is_ok() {
-                // Wait for it to die, so the TAP it held is free before the pool reclaims it.
-                let _ = tokio::time::timeout(Duration::from_secs(2), proc_.wait()).await;
-                plan.report.swept.push(format!("process {pid}"));
-            }
+    let strays = stray_processes(&*processes, &run_base, &alive).unwrap_or_else(|e| {
+        warn!(p.log, "cannot look for stray VMM processes"; "error" => %e);
+        Vec::new()
+    });
+    for (vm, pid) in strays {
+        let killed = async {
+            let owner = p.run_dir_owner(&vm).await?;
+            owner
+                .send(KillStray {
+                    pid,
+                    wait: STRAY_KILL_WAIT,
+                })
+                .await
+                .map_err(|e| step("kill stray", e))?
+                .map_err(|e| step("kill stray", e))
+        };
+        match killed.await {
+            Ok(()) => plan.report.swept.push(format!("process {pid}")),
+            Err(e) => warn!(p.log, "stray not killed"; "vm" => &vm, "pid" => pid, "error" => %e),
         }
     }
     // VMs left without a process keep their run directory (logs) but not the sockets and
     // FIFO of the process that is gone, as a normal stop leaves them.
     for name in live.iter().filter(|n| !plan.alive.contains(**n)) {
-        if let Err(e) = remove_sockets(&run_base, name) {
+        if let Err(e) = clean_run_dir(&p, name, RemoveStaleSockets {}).await {
             warn!(p.log, "stale sockets not removed"; "vm" => name.as_str(), "error" => %e);
         }
     }
-    if let Ok(dir) = std::fs::read_dir(&run_base) {
-        for entry in dir.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) && std::fs::remove_dir_all(entry.path()).is_ok() {
-                plan.report.swept.push(format!("run directory {name}"));
+    match run_dir::list(&run_base) {
+        Ok(names) => {
+            for name in names.into_iter().filter(|n| !live.contains(n)) {
+                match clean_run_dir(&p, &name, RemoveRunDir {}).await {
+                    Ok(()) => plan.report.swept.push(format!("run directory {name}")),
+                    Err(e) => {
+                        warn!(p.log, "leaked run directory left"; "name" => &name, "error" => %e)
+                    }
+                }
             }
         }
+        Err(e) => warn!(p.log, "cannot list run directories"; "error" => %e),
     }
 
     // Rebuild the network around the VMs that live.
@@ -397,39 +428,43 @@ async fn execute(
     Ok((plan.report, plan.stop))
 }
 
-/// Removes the sockets and console FIFO from `run_base/<vm>` (a missing directory is fine).
-fn remove_sockets(run_base: &Path, vm: &str) -> std::io::Result<()> {
-    let dir = RunDir::new(run_base, vm).map_err(std::io::Error::other)?;
-    match dir.remove_sockets() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
+/// Has the actor owning `vm`'s run directory carry out `msg` (a removal) on it.
+async fn clean_run_dir<M>(p: &Ports, vm: &str, msg: M) -> Result<(), SupervisorError>
+where
+    M: actix::Message<Result = Result<(), crate::firecracker::FirecrackerError>> + Send + 'static,
+    FirecrackerActor: Handler<M>,
+{
+    p.run_dir_owner(vm)
+        .await?
+        .send(msg)
+        .await
+        .map_err(|e| step("clean run directory", e))?
+        .map_err(|e| step("clean run directory", e))
 }
 
 fn step(step: &'static str, e: impl Into<super::StepCause>) -> SupervisorError {
     SupervisorError::step(step, e)
 }
 
-/// Pids of processes whose command line puts their API socket under `run_base/<vm>/` for a
-/// VM that is not in `keep`: VMM processes hearth spawned and then lost track of.
-fn stray_processes(run_base: &Path, keep: &BTreeSet<&String>) -> Vec<u32> {
+/// `(vm, pid)` of every process whose command line puts its API socket under `run_base/<vm>/`
+/// for a VM that is not in `keep`: VMM processes hearth spawned and then lost track of. Only
+/// reads (the process list and command lines).
+fn stray_processes(
+    processes: &dyn Processes,
+    run_base: &Path,
+    keep: &BTreeSet<&String>,
+) -> Result<Vec<(String, u32)>, crate::host::processes::ProcessError> {
     let base = run_base.to_string_lossy().into_owned();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            owner_vm(&args, &base).is_some_and(|vm| !keep.contains(&vm))
+    let pids = processes.list()?;
+    Ok(pids
+        .into_iter()
+        .filter_map(|pid| {
+            // A process that exits meanwhile has no identity: not a stray any more.
+            let id = processes.identity(pid).ok()?;
+            let vm = owner_vm(&id.cmdline, &base)?;
+            (!keep.contains(&vm)).then_some((vm, pid))
         })
-        .collect()
+        .collect())
 }
 
 /// The VM a VMM command line belongs to: the directory under `base` of its `--api-sock`.

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::firecracker::{
     cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
-    ProbeReady, SpawnProcess, StartVm, StopVm, VmConfig,
+    ProbeReady, RemoveRunDir, SpawnProcess, StartVm, StopVm, VmConfig,
 };
 use crate::lease::NetLease;
 use crate::nat::{EnsureNat, RegisterGuest, UnregisterGuest};
@@ -78,6 +78,14 @@ impl Ports {
                 pid,
             })
             .await;
+    }
+
+    /// The actor owning `vm`'s run directory (see [`super::RunDirOwner`]).
+    pub async fn run_dir_owner(&self, vm: &str) -> Result<Addr<FirecrackerActor>, SupervisorError> {
+        self.me
+            .send(super::RunDirOwner { vm: vm.to_owned() })
+            .await
+            .map_err(mailbox("run directory"))?
     }
 
     async fn observe(&self, phase: &'static str, took: Duration) {
@@ -349,7 +357,6 @@ async fn boot_steps(
             tx_rate_limiter: None,
         }),
         vsock_cid: Some(vsock_cid),
-        probe: None,
     };
     let took = plan
         .vmm
@@ -505,14 +512,11 @@ pub(super) async fn crashed(
 }
 
 /// Deletes a VM: `deleting` is recorded first (so a restart finishes the job), then the
-/// process is stopped by the ladder, and the network, disk and run directory are freed. If the
+/// process is stopped by the ladder, and the network, disk and run directory (by the actor
+/// that owns it) are freed. If the
 /// process cannot be ended the VM goes back to `previous`; if freeing something else fails it
 /// becomes `failed` with the cause, keeping the records of what is left, so delete can be
 /// retried (it never stays stuck in `deleting`).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
 pub(super) async fn delete(
     p: Ports,
     vm: String,
@@ -520,7 +524,6 @@ pub(super) async fn delete(
     pid: Option<u32>,
     lease: Option<NetLease>,
     has_disk: bool,
-    run_dir: PathBuf,
     previous: VmState,
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
@@ -537,7 +540,7 @@ pub(super) async fn delete(
             return Err(e);
         }
     }
-    if let Err(e) = free_resources(&p, &vm, lease, has_disk, &run_dir).await {
+    if let Err(e) = free_resources(&p, &vm, lease, has_disk).await {
         p.set_state(
             &vm,
             VmState::Failed,
@@ -559,21 +562,23 @@ async fn free_resources(
     vm: &str,
     lease: Option<NetLease>,
     has_disk: bool,
-    run_dir: &std::path::Path,
 ) -> Result<(), SupervisorError> {
     release_network(p, vm, lease).await?;
     if has_disk {
         remove_disk(p, vm).await?;
     }
-    match std::fs::remove_dir_all(run_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SupervisorError::step(
-            "remove run directory",
-            StepCause::Io {
-                path: run_dir.to_path_buf(),
-                source: std::sync::Arc::new(e),
-            },
-        )),
-    }
+    let owner = match p.run_dir_owner(vm).await {
+        Ok(owner) => owner,
+        // No actor can be made (no Firecracker binary): the directory holds no live process's
+        // files and is swept as leaked by the next `Open` that has a binary.
+        Err(e) => {
+            warn!(p.log, "run directory left in place"; "vm" => vm, "error" => %e);
+            return Ok(());
+        }
+    };
+    owner
+        .send(RemoveRunDir {})
+        .await
+        .map_err(mailbox("remove run directory"))?
+        .map_err(step("remove run directory"))
 }

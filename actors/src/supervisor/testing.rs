@@ -46,6 +46,24 @@ pub fn supervisor_with_pool(
     store: MemoryVmStore,
     pool: TapPoolConfig,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
+    supervisor_with(
+        with_binary,
+        store,
+        pool,
+        FakeProcesses::new(),
+        PathBuf::from("/nonexistent/hearth-test/vms"),
+    )
+}
+
+/// [`supervisor_with_pool`] over the given fake processes (to plant VMMs or inspect
+/// signals) and run directories under `run_base`.
+pub fn supervisor_with(
+    with_binary: bool,
+    store: MemoryVmStore,
+    pool: TapPoolConfig,
+    processes: FakeProcesses,
+    run_base: PathBuf,
+) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
         .unwrap()
         .start();
@@ -82,8 +100,8 @@ pub fn supervisor_with_pool(
                 patch: 0,
             },
         }),
-        processes: Arc::new(FakeProcesses::new()),
-        settings: FirecrackerSettings::new("/nonexistent/hearth-test/vms"),
+        processes: Arc::new(processes),
+        settings: FirecrackerSettings::new(run_base),
     };
     let images = StaticImages(BTreeMap::from([
         (

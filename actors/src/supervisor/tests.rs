@@ -551,3 +551,70 @@ fn a_running_vm_is_kept_only_if_its_vmm_runs_a_guest() {
         );
     }
 }
+
+/// `Open` with a stopped VM `a` (its run directory still holding a dead process's socket, and
+/// a log), a leaked run directory `ghost` of no VM, and a VMM nobody adopted using each: every
+/// stray is killed by the actor owning its run directory, `ghost`'s directory is removed, `a`
+/// keeps its log but not the socket, and an unrelated process is left alone. Deleting `a`
+/// then removes its directory too.
+#[actix::test]
+async fn open_sweeps_strays_and_run_directories_through_their_owners() {
+    use crate::host::processes::{fake::FakeCall, FakeProcesses, ProcessIdentity, Signal};
+    let run = tempfile::tempdir().unwrap();
+    let base = run.path().join("vms");
+    for dir in ["a", "ghost"] {
+        std::fs::create_dir_all(base.join(dir)).unwrap();
+        std::fs::write(base.join(dir).join("api.sock"), b"").unwrap();
+        std::fs::write(base.join(dir).join("console.log"), b"words").unwrap();
+    }
+    let fake = FakeProcesses::new();
+    let vmm = |args: Vec<String>| ProcessIdentity {
+        start_time: 1,
+        cmdline: [vec!["/usr/bin/firecracker".to_string()], args].concat(),
+    };
+    let api = |vm: &str| base.join(vm).join("api.sock").display().to_string();
+    fake.set_identity(71, vmm(vec!["--api-sock".into(), api("a")]));
+    fake.set_identity(72, vmm(vec![format!("--api-sock={}", api("ghost"))]));
+    fake.set_identity(
+        90,
+        vmm(vec!["--api-sock".into(), "/elsewhere/x/api.sock".into()]),
+    );
+    let (sup, _, _) = super::testing::supervisor_with(
+        true,
+        store_with_stopped("a"),
+        crate::tap_pool::TapPoolConfig::default(),
+        fake.clone(),
+        base.clone(),
+    );
+
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    for swept in ["process 71", "process 72", "run directory ghost"] {
+        assert!(
+            report.swept.iter().any(|s| s == swept),
+            "{swept} not in {:?}",
+            report.swept
+        );
+    }
+    let signals: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Signal { pid, signal } => Some((pid, signal)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals, vec![(71, Signal::Kill), (72, Signal::Kill)]);
+    assert!(!base.join("ghost").exists());
+    assert!(
+        !base.join("a/api.sock").exists(),
+        "the dead process's socket goes"
+    );
+    assert!(base.join("a/console.log").exists(), "the VM's log stays");
+
+    sup.send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!base.join("a").exists());
+    assert!(base.exists());
+}

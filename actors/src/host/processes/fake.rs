@@ -222,6 +222,19 @@ impl Processes for FakeProcesses {
             .ok_or(ProcessError::NoSuchProcess { pid })
     }
 
+    fn list(&self) -> Result<Vec<u32>, ProcessError> {
+        let st = self.lock();
+        // Every process /proc would show: registered or spawned, and not exited.
+        let mut pids: Vec<u32> = st
+            .identities
+            .keys()
+            .copied()
+            .filter(|pid| st.processes.get(pid).is_none_or(|tx| tx.borrow().is_none()))
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
     fn version_output(&self, program: &Path) -> Result<String, ProcessError> {
         let mut st = self.lock();
         st.calls.push(FakeCall::Version(program.to_path_buf()));
@@ -257,5 +270,28 @@ mod tests {
         assert!(p.has_exited());
         assert_eq!(p.wait().await.unwrap(), ExitStatus::Signal(libc::SIGKILL));
         assert_eq!(fake.signals(), vec![Signal::Term, Signal::Kill]);
+    }
+
+    #[actix::test]
+    async fn list_shows_registered_and_running_processes() {
+        let fake = FakeProcesses::new();
+        fake.set_identity(
+            7,
+            ProcessIdentity {
+                start_time: 1,
+                cmdline: vec!["/x".into()],
+            },
+        );
+        let spec = SpawnSpec {
+            program: "/fc".into(),
+            args: vec![],
+            cwd: "/".into(),
+            stdio: "/dev/null".into(),
+        };
+        let a = fake.spawn(&spec).unwrap();
+        let b = fake.spawn(&spec).unwrap();
+        assert_eq!(fake.list().unwrap(), vec![7, a.pid(), b.pid()]);
+        fake.exit(a.pid(), ExitStatus::Code(0));
+        assert_eq!(fake.list().unwrap(), vec![7, b.pid()]);
     }
 }

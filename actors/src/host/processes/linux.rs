@@ -211,6 +211,16 @@ impl Processes for LinuxProcesses {
         })
     }
 
+    fn list(&self) -> Result<Vec<u32>, ProcessError> {
+        let dir = std::fs::read_dir("/proc").map_err(|source| ProcessError::List { source })?;
+        let mut pids: Vec<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
     fn version_output(&self, program: &Path) -> Result<String, ProcessError> {
         let mut cmd = Command::new(program);
         cmd.arg("--version").stdin(Stdio::null());
@@ -282,6 +292,28 @@ mod tests {
         let me = LinuxProcesses.identity(std::process::id()).unwrap();
         assert!(me.start_time > 0);
         assert!(!me.cmdline.is_empty());
+    }
+
+    #[actix::test]
+    async fn list_holds_live_processes_only() {
+        let pids = LinuxProcesses.list().unwrap();
+        assert!(pids.contains(&std::process::id()));
+        assert!(pids.windows(2).all(|w| w[0] < w[1]), "ascending");
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SpawnSpec {
+            program: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            cwd: dir.path().into(),
+            stdio: dir.path().join("out"),
+        };
+        std::fs::write(&spec.stdio, b"").unwrap();
+        let p = LinuxProcesses.spawn(&spec).unwrap();
+        assert!(LinuxProcesses.list().unwrap().contains(&p.pid()));
+        let wait = p.wait();
+        p.signal(Signal::Kill).unwrap();
+        wait.await.unwrap();
+        // Reaped: gone from /proc.
+        assert!(!LinuxProcesses.list().unwrap().contains(&p.pid()));
     }
 
     #[actix::test]

@@ -112,6 +112,13 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// The host's processes could not be listed.
+    #[error("Cannot list processes")]
+    List {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An injected failure (fake backend only).
     #[error("Injected failure: {0}")]
     Injected(String),
@@ -150,6 +157,9 @@ pub trait Processes: Send + Sync {
     fn open(&self, pid: u32) -> Result<Arc<dyn Process>, ProcessError>;
     /// Reads a process's start time and command line.
     fn identity(&self, pid: u32) -> Result<ProcessIdentity, ProcessError>;
+    /// The pids of the host's processes now, ascending (a snapshot: any may exit at once, so
+    /// read [`Processes::identity`] and pin with [`Processes::open`] before acting on one).
+    fn list(&self) -> Result<Vec<u32>, ProcessError>;
     /// Runs `program --version` and returns its stdout.
     fn version_output(&self, program: &std::path::Path) -> Result<String, ProcessError>;
 }
