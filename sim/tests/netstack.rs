@@ -3,8 +3,8 @@
 //! resolves names from a dnsmasq, talks TCP both ways, and sends hand-built frames; each
 //! virtio-net header framing (none, 10, 12 bytes) carries traffic.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
+use hearth_testkit::require_privileged;
 #[path = "../../tests/common/guest.rs"]
 mod guest;
 
