@@ -15,7 +15,7 @@
 pub mod body;
 pub mod error;
 pub mod events;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod images;
 pub mod metrics;
@@ -25,7 +25,7 @@ pub mod query;
 pub mod routes;
 pub mod server;
 pub mod sse;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod testing;
 pub mod vms;
 

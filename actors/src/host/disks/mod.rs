@@ -18,7 +18,7 @@
 pub mod block;
 pub mod copy;
 pub mod dm;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod ledger;
 pub mod table;
