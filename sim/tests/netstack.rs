@@ -4,9 +4,8 @@
 //! virtio-net header framing (none, 10, 12 bytes) carries traffic.
 
 use hearth_testkit as common;
+use hearth_testkit::guest;
 use hearth_testkit::require_privileged;
-#[path = "../../tests/common/guest.rs"]
-mod guest;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::time::Duration;

@@ -4,9 +4,13 @@
 //!   network namespaces they create;
 //! - [`wait_until`]: the one polling helper, a condition and a deadline;
 //! - [`bodies`]: every Firecracker request body the simulator's tests send, also validated
-//!   against the spec by `hearth-proto`'s tests.
+//!   against the spec by `hearth-proto`'s tests;
+//! - [`guest`] (feature `sim`): a simulated guest's config and the servers data-plane tests
+//!   talk to.
 
 pub mod bodies;
+#[cfg(feature = "sim")]
+pub mod guest;
 mod netns;
 mod wait;
 
