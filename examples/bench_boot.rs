@@ -20,8 +20,7 @@
 //!     --firecracker ../shared/firecracker/bin/firecracker
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 #[path = "../tests/common/fc_sim.rs"]
 mod fc_sim;
 #[path = "../tests/common/vmlinux.rs"]

@@ -5,8 +5,7 @@
 //! (defaults: 10 s per dnsperf run, 3 rounds, 2 hearth workers, latency measured at 20000
 //! qps). Needs `dnsperf`, `dnsmasq` and `dig` on PATH. See docs/bench/dns.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -7,8 +7,7 @@
 //! `cargo run --release --example bench_nat [-- <iterations> [nft|legacy]]` (default: 2000
 //! iterations, the system's `iptables`); described in docs/bench/nat.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 
 use std::net::Ipv4Addr;
 use std::process::Command;

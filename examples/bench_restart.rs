@@ -22,8 +22,7 @@
 //! sudo cargo run --release --example bench_restart -- 1000 --stops 50
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 #[path = "../tests/common/fc_sim.rs"]
 mod fc_sim;
 #[path = "../tests/common/vm_host.rs"]

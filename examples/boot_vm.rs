@@ -12,8 +12,7 @@
 //! cargo run --example boot_vm -- --firecracker /usr/bin/firecracker --kernel vmlinux --rootfs rootfs.ext4
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 #[path = "../tests/common/fc_sim.rs"]
 mod fc_sim;
 

@@ -13,8 +13,7 @@
 //! sudo cargo run --example host_network
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

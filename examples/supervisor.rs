@@ -15,8 +15,7 @@
 //! sudo cargo run --example supervisor
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
 #[path = "../tests/common/fc_sim.rs"]
 mod fc_sim;
 #[path = "../tests/common/vm_host.rs"]

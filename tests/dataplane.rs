@@ -5,8 +5,7 @@
 //! NAT is enabled for it.
 
 mod common;
-#[path = "common/guest.rs"]
-mod guest;
+use hearth_testkit::guest;
 #[path = "common/hearth_net.rs"]
 mod hearth_net;
 

@@ -7,8 +7,7 @@
 //! the firewall is the real `NatActor`; DNS the real `DnsActor` (see `common/hearth_net.rs`).
 
 mod common;
-#[path = "common/guest.rs"]
-mod guest;
+use hearth_testkit::guest;
 #[path = "common/hearth_net.rs"]
 mod hearth_net;
 

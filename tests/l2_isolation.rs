@@ -9,8 +9,6 @@
 //!   get the host's traffic for that address: the victim still does.
 
 mod common;
-#[path = "common/guest.rs"]
-mod guest;
 #[path = "common/hearth_net.rs"]
 mod hearth_net;
 

@@ -11,8 +11,7 @@
 //! name it (`.ci/run` sets it to `../shared/firecracker/firecracker.yaml`). Unset, each test
 //! prints a SKIP line saying so and passes; set to a file that cannot be read, it fails.
 
-#[path = "../../sim/tests/support/bodies.rs"]
-mod bodies;
+use hearth_testkit::bodies;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

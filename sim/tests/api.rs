@@ -1,8 +1,7 @@
 //! The simulator's HTTP API end to end: spawns the built binary and checks the boot sequence,
 //! Firecracker's validation errors and their texts, and the pre-/post-boot rules.
 
-#[path = "support/bodies.rs"]
-mod bodies;
+use hearth_testkit::bodies;
 mod support;
 
 use std::time::Duration;

@@ -3,10 +3,9 @@
 //! resolves names from a dnsmasq, talks TCP both ways, and sends hand-built frames; each
 //! virtio-net header framing (none, 10, 12 bytes) carries traffic.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-#[path = "../../tests/common/guest.rs"]
-mod guest;
+use hearth_testkit as common;
+use hearth_testkit::guest;
+use hearth_testkit::require_privileged;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! on Ctrl+Alt+Del, the crash knob, `--config-file`/`--no-api`, and hybrid vsock with the
 //! agent protocol.
 
-#[path = "support/bodies.rs"]
-mod bodies;
+use hearth_testkit::bodies;
 mod support;
 
 use std::io::Write;

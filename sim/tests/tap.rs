@@ -3,10 +3,9 @@
 //! another VMM is busy (EBUSY) with Firecracker's error text, a missing TAP is created, a
 //! re-PUT replaces the device, and duplicate guest MACs are refused.
 
-#[path = "support/bodies.rs"]
-mod bodies;
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use hearth_testkit as common;
+use hearth_testkit::bodies;
+use hearth_testkit::require_privileged;
 mod support;
 
 use common::NetNs;

@@ -9,11 +9,13 @@
 //!
 //! [`server`] owns the listeners: a Unix socket by default, and an optional TCP listener that
 //! requires a bearer token. [`fake`] and [`testing`] hold an in-memory supervisor and a
-//! ready-made server over it, for the tests of this API and of hearthctl.
+//! ready-made server over it, for the tests of this API and of hearthctl (only with the
+//! `testing` feature, so release binaries carry no fake).
 
 pub mod body;
 pub mod error;
 pub mod events;
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod images;
 pub mod metrics;
@@ -23,6 +25,7 @@ pub mod query;
 pub mod routes;
 pub mod server;
 pub mod sse;
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod testing;
 pub mod vms;
 

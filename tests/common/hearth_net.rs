@@ -3,8 +3,7 @@
 //! stands for the outside world (the host's egress side), and guests (the simulated guest
 //! stack of `firecracker-sim`) on leased TAPs.
 //!
-//! Include it with `mod common; #[path = "common/guest.rs"] mod guest;
-//! #[path = "common/hearth_net.rs"] mod hearth_net;`. Run [`Hearth::start`] and
+//! Include it with `mod common; #[path = "common/hearth_net.rs"] mod hearth_net;`. Run [`Hearth::start`] and
 //! [`Hearth::add_guest`] inside `net.host.block_on(..)`; guests' blocking calls go through
 //! [`blocking`] so the actors keep running meanwhile.
 #![allow(

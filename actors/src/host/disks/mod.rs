@@ -18,6 +18,7 @@
 pub mod block;
 pub mod copy;
 pub mod dm;
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod layout;
 pub mod table;

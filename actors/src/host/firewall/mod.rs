@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 
 use crate::lease::MacAddr;
 
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
 

@@ -8,6 +8,7 @@
 //! The futures are `!Send`: they are polled on the actor's thread, whose network namespace the
 //! backend was created in.
 
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
 pub mod routes;

@@ -7,6 +7,7 @@
 //! through `pidfd_send_signal`, exit is observed as pidfd readiness, and for a child the exit
 //! status is collected with `waitid(P_PIDFD)`.
 
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
 pub mod spawn;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+#[cfg(any(test, doc, feature = "testing"))]
 pub use fake::FakeProcesses;
 pub use linux::LinuxProcesses;
 

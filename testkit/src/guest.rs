@@ -2,13 +2,7 @@
 //! namespace, a TCP server that echoes the peer address it saw, and a UDP sink that records
 //! what reaches it. Every server runs for a bounded time and stops when dropped.
 //!
-//! Test files include it next to the harness:
-//! `mod common; #[path = "common/guest.rs"] mod guest;`
-//! (from `sim/tests`: `#[path = "../../tests/common/guest.rs"]`).
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
+//! Only with the `sim` feature (it speaks `firecracker-sim`'s network config).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -21,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use firecracker_sim::netstack::NetConfig;
 
-use crate::common::NetNs;
+use crate::NetNs;
 
 /// Longest any helper server lives, whatever the test does.
 const SERVER_LIFETIME: Duration = Duration::from_secs(120);

@@ -3,10 +3,6 @@
 //! (`proto/tests/spec.rs`) validates [`VALID`] against the schema and checks that the schema
 //! rejects every body in [`SCHEMA_INVALID`]; the simulator tests send both.
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the corpus"
-)]
 /// Bodies the spec accepts.
 pub const VALID: &[(&str, &str)] = &[
     (

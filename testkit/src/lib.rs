@@ -1,0 +1,28 @@
+//! Test support shared by hearth's crates (a dev-dependency only, never in a release binary):
+//!
+//! - [`NetNs`], [`veth`], [`privileged`]: the harness for privileged tests, which run inside
+//!   network namespaces they create;
+//! - [`wait_until`]: the one polling helper, a condition and a deadline;
+//! - [`bodies`]: every Firecracker request body the simulator's tests send, also validated
+//!   against the spec by `hearth-proto`'s tests;
+//! - [`guest`] (feature `sim`): a simulated guest's config and the servers data-plane tests
+//!   talk to.
+
+pub mod bodies;
+#[cfg(feature = "sim")]
+pub mod guest;
+mod netns;
+mod wait;
+
+pub use netns::{privileged, test_logger, veth, NetNs};
+pub use wait::wait_until;
+
+/// Skips the calling test (returns from it) unless it is privileged; see [`privileged`].
+#[macro_export]
+macro_rules! require_privileged {
+    () => {
+        if !$crate::privileged(module_path!()) {
+            return;
+        }
+    };
+}
