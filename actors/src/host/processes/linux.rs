@@ -384,9 +384,19 @@ mod tests {
         };
         std::fs::write(&spec.stdio, b"").unwrap();
         let p = LinuxProcesses.spawn(&spec).unwrap();
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
-            .unwrap()
-            .count();
+        // The dynamic loader and libc open files for a moment while `sleep` starts (libraries,
+        // the locale): wait until it is settled. An inherited descriptor would stay for good.
+        let count = || {
+            std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+                .unwrap()
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut fds = count();
+        while fds != 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            fds = count();
+        }
         let wait = p.wait();
         p.signal(Signal::Kill).unwrap();
         assert_eq!(wait.await.unwrap(), ExitStatus::Signal(libc::SIGKILL));
