@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture, ResponseFuture};
+use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use hearth_proto::api::{Event, VmInfo, VmState};
@@ -12,12 +12,12 @@ use hearth_proto::api_images::ImageKind;
 
 use super::saga::{self, BootPlan, Ports};
 use super::{
-    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ListVms,
-    PoolOccupancy, RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction,
-    VmSupervisor, WaitForState, Waiter,
+    Change, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm, Idempotency,
+    ListVms, ObservePhase, PoolOccupancy, RebuildDns, RunAction, RunDirOwner, SetNat, Subscribe,
+    SupervisorError, SupervisorMetrics, VmAction, VmSupervisor, WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
-use crate::firecracker::{RunDir, VmProcessEvent};
+use crate::firecracker::{FirecrackerActor, RunDir, VmProcessEvent};
 use crate::host::processes::ExitStatus;
 
 type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
@@ -534,11 +534,6 @@ impl Handler<GetMetrics> for VmSupervisor {
     }
 }
 
-/// Internal: hands DNS the table of live VMs.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-pub(super) struct RebuildDns {}
-
 impl Handler<RebuildDns> for VmSupervisor {
     type Result = ResponseFuture<Result<(), SupervisorError>>;
 
@@ -619,5 +614,42 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                 slog::error!(act.log, "crash handling failed"; "vm" => &vm_id, "error" => %e);
             }
         }));
+    }
+}
+
+impl Handler<Commit> for VmSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
+        self.apply(&msg.vm, msg.change)
+    }
+}
+
+impl Handler<ExpectExit> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
+        if let Some(e) = self.vms.get_mut(&msg.vm) {
+            e.stopping_pid = msg.pid;
+        }
+    }
+}
+
+impl Handler<RunDirOwner> for VmSupervisor {
+    type Result = Result<Addr<FirecrackerActor>, SupervisorError>;
+
+    fn handle(&mut self, msg: RunDirOwner, ctx: &mut Context<Self>) -> Self::Result {
+        match self.vms.get(&msg.vm).and_then(|e| e.vmm.clone()) {
+            Some(addr) => Ok(addr),
+            None => self.new_vmm(&msg.vm, ctx),
+        }
+    }
+}
+
+impl Handler<ObservePhase> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ObservePhase, _ctx: &mut Context<Self>) {
+        self.observe(msg.phase, msg.took);
     }
 }
