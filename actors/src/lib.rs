@@ -7,6 +7,7 @@ pub mod dns;
 pub mod firecracker;
 pub mod host;
 pub mod lease;
+pub mod mac;
 pub mod nat;
 pub mod snapshot;
 pub mod supervisor;

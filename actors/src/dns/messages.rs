@@ -35,3 +35,10 @@ pub struct ReplaceRecords {
     /// `<name>.<zone>`. Several names may share an IP; its PTR then lists them all.
     pub records: HashMap<String, Ipv4Addr>,
 }
+
+/// Convenience for callers holding a `HashMap<String, Ipv4Addr>` built elsewhere.
+impl From<HashMap<String, Ipv4Addr>> for ReplaceRecords {
+    fn from(records: HashMap<String, Ipv4Addr>) -> Self {
+        Self { records }
+    }
+}

@@ -11,24 +11,24 @@
 //! [`Stop`] stops them and resolves once the ports are free; [`ReplaceRecords`] swaps the
 //! table whether or not the server runs.
 //!
-//! Files: `messages.rs` (the messages), this file (options, errors, the actor, its
-//! handlers), `table.rs` (the pure table: validation, building, resolution), `handler.rs`
-//! (turning a resolution into a reply; hickory's `RequestHandler`), `forward.rs` (upstream
+//! Files: `messages.rs` (the messages), this file (options, errors, the actor),
+//! `handlers.rs` (its message handlers), `table.rs` (the pure table: validation, building,
+//! resolution), `request.rs` (turning a resolution into a reply; hickory's `RequestHandler`), `forward.rs` (upstream
 //! forwarding), `server.rs` (sockets and worker threads), `tests.rs` (actor tests).
 //!
 //! The sockets are the only host effect and need no privilege on loopback, so the actor is
 //! tested against the real thing (`tests.rs`) rather than behind a fake.
 
 mod forward;
-mod handler;
+mod handlers;
 mod messages;
+mod request;
 mod server;
 pub mod table;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub use self::forward::ForwardError;
 pub use self::messages::{ReplaceRecords, Start, Stop};
 
 use self::forward::Forwarder;
-use self::handler::DnsRequestHandler;
+use self::request::DnsRequestHandler;
 use self::server::RunningServer;
 use self::table::{RecordTable, ZoneConfig};
 
@@ -197,74 +197,5 @@ impl Actor for DnsActor {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Dropping the server signals its workers to close their sockets.
         self.server = None;
-    }
-}
-
-impl Handler<Start> for DnsActor {
-    type Result = AtomicResponse<Self, Result<SocketAddr, DnsError>>;
-
-    fn handle(&mut self, msg: Start, _ctx: &mut Self::Context) -> Self::Result {
-        if let Some(running) = &self.server {
-            if running.local_addr() == msg.listen {
-                let local = running.local_addr();
-                return AtomicResponse::new(Box::pin(fut::ready(Ok(local))));
-            }
-        }
-        match self.start_server(msg.listen) {
-            Err(e) => AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
-            Ok((local, old)) => AtomicResponse::new(Box::pin(
-                async move {
-                    if let Some(old) = old {
-                        old.stop().await;
-                    }
-                    Ok(local)
-                }
-                .into_actor(self),
-            )),
-        }
-    }
-}
-
-impl Handler<Stop> for DnsActor {
-    type Result = AtomicResponse<Self, Result<(), DnsError>>;
-
-    fn handle(&mut self, _msg: Stop, _ctx: &mut Self::Context) -> Self::Result {
-        let running = self.server.take();
-        if let Some(running) = &running {
-            info!(self.logger, "DNS stopping"; "listen" => %running.local_addr());
-        }
-        AtomicResponse::new(Box::pin(
-            async move {
-                if let Some(running) = running {
-                    running.stop().await;
-                }
-                Ok(())
-            }
-            .into_actor(self),
-        ))
-    }
-}
-
-impl Handler<ReplaceRecords> for DnsActor {
-    type Result = Result<(), DnsError>;
-
-    fn handle(&mut self, msg: ReplaceRecords, ctx: &mut Self::Context) -> Self::Result {
-        let serial = self.serial.wrapping_add(1);
-        let table = RecordTable::build(&self.zone, &msg.records, serial)?;
-        let names = table.len();
-        let old = self.table.swap(Arc::new(table));
-        // Freeing 1000 names takes a while: do it after the reply has gone out (unless a
-        // request handler still answering from the old table frees it last).
-        ctx.spawn(fut::wrap_future(async move { drop(old) }));
-        self.serial = serial;
-        slog::debug!(self.logger, "DNS records replaced"; "names" => names, "serial" => serial);
-        Ok(())
-    }
-}
-
-/// Convenience for callers holding a `HashMap<String, Ipv4Addr>` built elsewhere.
-impl From<HashMap<String, Ipv4Addr>> for ReplaceRecords {
-    fn from(records: HashMap<String, Ipv4Addr>) -> Self {
-        Self { records }
     }
 }

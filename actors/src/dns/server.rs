@@ -23,7 +23,7 @@ use slog::{error, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::handler::{DnsRequestHandler, UdpAnswer};
+use super::request::{DnsRequestHandler, UdpAnswer};
 use super::DnsError;
 
 /// How long a TCP client may stay idle before its connection is closed.

@@ -54,18 +54,21 @@
 //! `Teardown` spawn `iptables`/`ipset` (tens of milliseconds), so start the actor on its own
 //! `Arbiter` when that matters to neighbours.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use actix::{Actor, Context};
 use ipnet::Ipv4Net;
+use slog::{debug, info, warn, Logger};
 
-use crate::host::firewall::FirewallError;
+use crate::host::firewall::{Firewall, FirewallError, SetEntry, Table};
+use crate::lease::MacAddr;
+use rules::{Listings, GUEST_SET, NAT_SET};
 
 mod handlers;
 mod messages;
 pub mod rules;
 
-pub use handlers::NatActor;
 pub use messages::{
     EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown,
     UnregisterGuest,
@@ -244,85 +247,331 @@ pub fn validate_desired(config: &NatConfig, desired: &[GuestSpec]) -> Result<(),
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The actor owning hearth's firewall chains and sets. See the module docs.
+pub struct NatActor {
+    config: NatConfig,
+    firewall: Box<dyn Firewall>,
+    log: Logger,
+    /// A `Reconcile` succeeded and no `Teardown` followed.
+    ready: bool,
+    /// Guests in the NAT set.
+    nat: BTreeSet<Ipv4Addr>,
+    /// Registered leases: MAC and TAP by IP.
+    guests: BTreeMap<Ipv4Addr, (MacAddr, String)>,
+    /// The egress interface the installed rules NAT out of (`None`: NAT refused).
+    egress: Option<String>,
+    /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
+    enabled_forwarding: bool,
+}
 
-    fn config() -> NatConfig {
-        NatConfig {
-            bridge: "hearth0".into(),
-            cidr: "172.31.240.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 31, 240, 1),
-            egress: Some("eth0".into()),
-            guest_ports: "hth".into(),
-            isolate_guests: true,
-            block_guest_to_host: true,
-            anti_spoofing: true,
-        }
+impl NatActor {
+    /// A NAT actor over `firewall`. Validates the config; touches nothing on the host.
+    pub fn new(
+        config: NatConfig,
+        firewall: Box<dyn Firewall>,
+        log: Logger,
+    ) -> Result<Self, NatError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            firewall,
+            log,
+            ready: false,
+            nat: BTreeSet::new(),
+            guests: BTreeMap::new(),
+            egress: None,
+            enabled_forwarding: false,
+        })
     }
 
-    #[test]
-    fn bad_configs_are_refused() {
-        for (c, field) in [
-            (
-                NatConfig {
-                    bridge: "br 0".into(),
-                    ..config()
-                },
-                "bridge",
-            ),
-            (
-                NatConfig {
-                    bridge: "".into(),
-                    ..config()
-                },
-                "bridge",
-            ),
-            (
-                NatConfig {
-                    egress: Some("eth+".into()),
-                    ..config()
-                },
-                "egress",
-            ),
-            (
-                NatConfig {
-                    egress: Some("hearth0".into()),
-                    ..config()
-                },
-                "egress",
-            ),
-            (
-                NatConfig {
-                    gateway: Ipv4Addr::new(10, 0, 0, 1),
-                    ..config()
-                },
-                "gateway",
-            ),
-            (
-                NatConfig {
-                    cidr: "172.16.0.0/12".parse().unwrap(),
-                    ..config()
-                },
-                "cidr",
-            ),
-            (
-                NatConfig {
-                    cidr: "172.31.240.0/31".parse().unwrap(),
-                    ..config()
-                },
-                "cidr",
-            ),
-        ] {
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(&format!("`{field}`")), "{err}");
+    /// Why NAT is refused now, if it is.
+    fn no_egress(&self) -> Option<NatError> {
+        if self.egress.is_some() {
+            return None;
         }
-        let wide = NatConfig {
-            cidr: "172.16.0.0/12".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 16, 0, 1),
-            anti_spoofing: false,
-            ..config()
+        Some(match &self.config.egress {
+            Some(interface) => NatError::EgressMissing {
+                interface: interface.clone(),
+            },
+            None => NatError::NoEgress,
+        })
+    }
+
+    /// The configured egress interface if it exists; `None` (NAT refused) otherwise.
+    fn usable_egress(&mut self) -> Result<Option<String>, NatError> {
+        let Some(egress) = self.config.egress.clone() else {
+            warn!(self.log, "no egress interface (none configured, no default route): NAT refused until one appears");
+            return Ok(None);
         };
-        wide.validate().unwrap();
+        let exists = self
+            .firewall
+            .interface_exists(&egress)
+            .map_err(step(format!("look up egress interface {egress}")))?;
+        if !exists {
+            warn!(self.log, "egress interface does not exist: NAT refused until it does"; "egress" => &egress);
+            return Ok(None);
+        }
+        Ok(Some(egress))
+    }
+
+    /// The desired state this actor holds now (for a rewrite with another egress).
+    fn current_desired(&self) -> Vec<GuestSpec> {
+        self.guests
+            .iter()
+            .map(|(ip, (mac, tap))| GuestSpec {
+                tap: tap.clone(),
+                ip: *ip,
+                mac: *mac,
+                nat: self.nat.contains(ip),
+            })
+            .collect()
+    }
+
+    fn listings(&mut self) -> Result<Listings, NatError> {
+        Ok(Listings {
+            nat: self
+                .firewall
+                .list_rules(Table::Nat)
+                .map_err(step("list the nat table"))?,
+            filter: self
+                .firewall
+                .list_rules(Table::Filter)
+                .map_err(step("list the filter table"))?,
+        })
+    }
+
+    fn reconcile(&mut self, desired: &[GuestSpec]) -> Result<(), NatError> {
+        validate_desired(&self.config, desired)?;
+        let egress = self.usable_egress()?;
+        let (nat, guests) = rules::set_members(desired);
+        let existing = self.firewall.list_sets().map_err(step("list ipsets"))?;
+        let mut sets = rules::set_rebuild_text(NAT_SET, &rules::nat_set_kind(), &nat, &existing);
+        if self.config.anti_spoofing {
+            let kind = rules::guest_set_kind(&self.config);
+            sets += &rules::set_rebuild_text(GUEST_SET, &kind, &guests, &existing);
+        }
+        self.firewall
+            .restore_sets(&sets)
+            .map_err(step("rebuild hearth's ipsets"))?;
+
+        let installed = self.listings().and_then(|current| {
+            let text = rules::restore_text(&self.config, egress.as_deref(), &current);
+            self.firewall
+                .restore_rules(&text)
+                .map_err(step("install hearth's iptables chains"))
+        });
+        if let Err(err) = installed {
+            // Sets this call created are referenced by no rule: take them back.
+            for set in [NAT_SET, GUEST_SET] {
+                if !existing.iter().any(|s| s == set) {
+                    if let Err(e) = self.firewall.destroy_set(set) {
+                        warn!(self.log, "cannot remove new ipset after failure"; "set" => set, "error" => %e);
+                    }
+                }
+            }
+            return Err(err);
+        }
+
+        if !self.config.anti_spoofing {
+            // No rule references the guest set any more: drop one an earlier config made.
+            for set in [GUEST_SET.to_owned(), rules::temp_set(GUEST_SET)] {
+                self.firewall
+                    .destroy_set(&set)
+                    .map_err(step(format!("destroy ipset {set}")))?;
+            }
+        }
+
+        self.firewall
+            .apply_nft(&rules::bridge_table_text(&self.config, desired))
+            .map_err(step("install hearth's nftables bridge table"))?;
+
+        // Forwarding last: guests' packets are never routed before the rules guard them.
+        let forwarding = self
+            .firewall
+            .ip_forward()
+            .map_err(step("read IPv4 forwarding"))?;
+        if !forwarding {
+            self.firewall
+                .set_ip_forward(true)
+                .map_err(step("enable IPv4 forwarding"))?;
+            self.enabled_forwarding = true;
+        }
+
+        self.ready = true;
+        self.nat = desired.iter().filter(|g| g.nat).map(|g| g.ip).collect();
+        self.guests = desired
+            .iter()
+            .map(|g| (g.ip, (g.mac, g.tap.clone())))
+            .collect();
+        self.egress = egress;
+        info!(self.log, "firewall reconciled";
+            "egress" => ?self.egress, "guests" => desired.len(), "nat" => self.nat.len());
+        Ok(())
+    }
+
+    fn ensure_nat(&mut self, msg: &EnsureNat) -> Result<(), NatError> {
+        self.config.check_guest(msg.guest_ip)?;
+        if !self.ready {
+            return Err(NatError::NotReady { op: "change NAT" });
+        }
+        let entry = SetEntry::Ip(msg.guest_ip);
+        if msg.enable {
+            if let Some(err) = self.no_egress() {
+                return Err(err);
+            }
+            self.firewall
+                .add_to_set(NAT_SET, entry)
+                .map_err(step(format!("enable NAT for {}", msg.guest_ip)))?;
+            self.nat.insert(msg.guest_ip);
+        } else {
+            self.firewall
+                .remove_from_set(NAT_SET, entry)
+                .map_err(step(format!("disable NAT for {}", msg.guest_ip)))?;
+            self.nat.remove(&msg.guest_ip);
+        }
+        debug!(self.log, "NAT changed"; "guest" => %msg.guest_ip, "tap" => &msg.tap, "enabled" => msg.enable);
+        Ok(())
+    }
+
+    fn register(&mut self, ip: Ipv4Addr, mac: MacAddr, tap: &str) -> Result<(), NatError> {
+        self.config.check_guest(ip)?;
+        crate::host::links::check_ifname(tap).map_err(|_| NatError::InvalidGuest {
+            ip,
+            reason: format!("TAP {tap:?} is not a valid interface name"),
+        })?;
+        if !self.ready {
+            return Err(NatError::NotReady {
+                op: "register a guest",
+            });
+        }
+        if self.config.anti_spoofing {
+            self.firewall
+                .add_to_set(GUEST_SET, SetEntry::IpMac(ip, mac))
+                .map_err(step(format!("register guest {ip} ({mac})")))?;
+            // A guest registered again on another TAP or MAC: its old element goes.
+            let old = self.guests.get(&ip).cloned();
+            let element = rules::lease_element(tap, mac, ip);
+            let mut text = String::new();
+            if let Some((old_mac, old_tap)) =
+                old.as_ref().filter(|(m, t)| (*m, t.as_str()) != (mac, tap))
+            {
+                text += &rules::remove_lease_text(&rules::lease_element(old_tap, *old_mac, ip));
+            }
+            text += &rules::add_lease_text(&element);
+            if let Err(e) = self.firewall.apply_nft(&text) {
+                // Undo the set entry: the guest stays as registered as it was before.
+                let undo = match old {
+                    Some((old_mac, _)) => self
+                        .firewall
+                        .add_to_set(GUEST_SET, SetEntry::IpMac(ip, old_mac)),
+                    None => self
+                        .firewall
+                        .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac)),
+                };
+                if let Err(u) = undo {
+                    warn!(self.log, "cannot undo guest set entry"; "guest" => %ip, "error" => %u);
+                }
+                return Err(step(format!("register guest {ip} on port {tap}"))(e));
+            }
+        }
+        self.guests.insert(ip, (mac, tap.to_owned()));
+        debug!(self.log, "guest registered"; "guest" => %ip, "mac" => %mac, "tap" => tap);
+        Ok(())
+    }
+
+    fn unregister(&mut self, ip: Ipv4Addr, mac: MacAddr, tap: &str) -> Result<(), NatError> {
+        self.config.check_guest(ip)?;
+        if !self.ready {
+            // Nothing of this run is on the host; the next Reconcile clears older leftovers.
+            self.guests.remove(&ip);
+            self.nat.remove(&ip);
+            return Ok(());
+        }
+        self.firewall
+            .remove_from_set(NAT_SET, SetEntry::Ip(ip))
+            .map_err(step(format!("disable NAT for {ip}")))?;
+        self.nat.remove(&ip);
+        if self.config.anti_spoofing {
+            self.firewall
+                .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
+                .map_err(step(format!("unregister guest {ip}")))?;
+            // The element registered (which may name another TAP than the caller's lease).
+            let (mac, tap) = self
+                .guests
+                .get(&ip)
+                .map(|(m, t)| (*m, t.clone()))
+                .unwrap_or((mac, tap.to_owned()));
+            if crate::host::links::check_ifname(&tap).is_ok() {
+                self.firewall
+                    .apply_nft(&rules::remove_lease_text(&rules::lease_element(
+                        &tap, mac, ip,
+                    )))
+                    .map_err(step(format!("unregister guest {ip} from port {tap}")))?;
+            }
+        }
+        self.guests.remove(&ip);
+        debug!(self.log, "guest unregistered"; "guest" => %ip);
+        Ok(())
+    }
+
+    fn set_egress(&mut self, interface: Option<String>) -> Result<(), NatError> {
+        if let Some(name) = &interface {
+            check_ifname("egress", name)?;
+            if name == &self.config.bridge {
+                return Err(NatError::InvalidConfig {
+                    field: "egress",
+                    reason: "must not be the bridge".into(),
+                });
+            }
+        }
+        self.config.egress = interface;
+        if !self.ready {
+            return Ok(());
+        }
+        let desired = self.current_desired();
+        let before = self.egress.clone();
+        self.reconcile(&desired)?;
+        if self.egress != before {
+            info!(self.log, "egress interface changed"; "from" => ?before, "to" => ?self.egress);
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<(), NatError> {
+        let current = self.listings()?;
+        if let Some(text) = rules::teardown_text(&current) {
+            self.firewall
+                .restore_rules(&text)
+                .map_err(step("remove hearth's iptables chains"))?;
+        }
+        self.firewall
+            .apply_nft(&rules::bridge_teardown_text())
+            .map_err(step("remove hearth's nftables bridge table"))?;
+        for set in [NAT_SET, GUEST_SET] {
+            for name in [set.to_owned(), rules::temp_set(set)] {
+                self.firewall
+                    .destroy_set(&name)
+                    .map_err(step(format!("destroy ipset {name}")))?;
+            }
+        }
+        if self.enabled_forwarding {
+            self.firewall
+                .set_ip_forward(false)
+                .map_err(step("restore IPv4 forwarding"))?;
+            self.enabled_forwarding = false;
+        }
+        self.ready = false;
+        self.nat.clear();
+        self.guests.clear();
+        self.egress = None;
+        info!(self.log, "firewall torn down");
+        Ok(())
     }
 }
+
+impl Actor for NatActor {
+    type Context = Context<Self>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,17 +14,20 @@
 //! thing and are not handled here: they belong with the VMM process, not with its disk (hearth
 //! does not take them yet; when it does, `FirecrackerActor` and the supervisor's sagas will).
 
+mod handlers;
 mod messages;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use actix::{Actor, Addr, Arbiter, Context, Handler};
+use actix::{Actor, Addr, Arbiter, Context};
 
 pub use self::messages::{CreateDisk, ListDisks, RemoveDisk};
 use crate::host::disks::{
-    disks_dir, open_backend, BackendChoice, BackendKind, DiskEntry, DiskSpec, Disks, DisksError,
-    VmDisk,
+    disks_dir, open_backend, BackendChoice, BackendKind, Disks, DisksError, VmDisk,
 };
 
 /// Errors of [`SnapshotActor`].
@@ -138,209 +141,4 @@ impl SnapshotActor {
 
 impl Actor for SnapshotActor {
     type Context = Context<Self>;
-}
-
-impl Handler<CreateDisk> for SnapshotActor {
-    type Result = Result<VmDisk, SnapshotError>;
-
-    fn handle(&mut self, msg: CreateDisk, _: &mut Context<Self>) -> Self::Result {
-        if self.disks.contains_key(&msg.vm) {
-            return Err(SnapshotError::DiskExists { vm: msg.vm });
-        }
-        let started = std::time::Instant::now();
-        let spec = DiskSpec {
-            vm: msg.vm.clone(),
-            base: msg.image,
-            size: msg.size,
-        };
-        let disk = self
-            .backend
-            .create(&spec)
-            .map_err(|e| SnapshotError::from_create(&msg.vm, e))?;
-        slog::info!(self.log, "disk created"; "vm" => &disk.vm, "path" => %disk.path.display(),
-            "size" => disk.size, "ms" => started.elapsed().as_secs_f64() * 1e3);
-        self.disks.insert(msg.vm, disk.clone());
-        Ok(disk)
-    }
-}
-
-impl Handler<RemoveDisk> for SnapshotActor {
-    type Result = Result<bool, SnapshotError>;
-
-    fn handle(&mut self, msg: RemoveDisk, _: &mut Context<Self>) -> Self::Result {
-        let removed = self
-            .backend
-            .remove(&msg.vm)
-            .map_err(|source| match source {
-                DisksError::InvalidVmName { .. } => SnapshotError::InvalidRequest {
-                    vm: msg.vm.clone(),
-                    source,
-                },
-                source => SnapshotError::Remove {
-                    vm: msg.vm.clone(),
-                    source,
-                },
-            })?;
-        self.disks.remove(&msg.vm);
-        if removed {
-            slog::info!(self.log, "disk removed"; "vm" => &msg.vm);
-        }
-        Ok(removed)
-    }
-}
-
-impl Handler<ListDisks> for SnapshotActor {
-    type Result = Result<Vec<DiskEntry>, SnapshotError>;
-
-    fn handle(&mut self, _: ListDisks, _: &mut Context<Self>) -> Self::Result {
-        self.backend
-            .list()
-            .map_err(|source| SnapshotError::List { source })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::*;
-    use crate::host::disks::fake::FakeDisks;
-    use crate::host::disks::DiskState;
-
-    const BASE: u64 = 1 << 20;
-
-    fn start() -> (Addr<SnapshotActor>, FakeDisks) {
-        let fake = FakeDisks::new(BASE);
-        let log = slog::Logger::root(slog::Discard, slog::o!());
-        let addr = SnapshotActor::new(Box::new(fake.clone()), log).start();
-        (addr, fake)
-    }
-
-    fn create(vm: &str, size: Option<u64>) -> CreateDisk {
-        CreateDisk {
-            vm: vm.into(),
-            image: PathBuf::from("/images/base.ext4"),
-            size,
-        }
-    }
-
-    #[actix::test]
-    async fn create_list_remove() {
-        let (addr, fake) = start();
-        let disk = addr
-            .send(create("web", Some(2 * BASE)))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(disk.vm, "web");
-        assert_eq!(disk.size, 2 * BASE);
-        let list = addr.send(ListDisks {}).await.unwrap().unwrap();
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].state, DiskState::Ready);
-        assert!(addr
-            .send(RemoveDisk { vm: "web".into() })
-            .await
-            .unwrap()
-            .unwrap());
-        assert!(!addr
-            .send(RemoveDisk { vm: "web".into() })
-            .await
-            .unwrap()
-            .unwrap());
-        assert!(addr.send(ListDisks {}).await.unwrap().unwrap().is_empty());
-        assert_eq!(
-            fake.calls(),
-            ["create web", "list", "remove web", "remove web", "list"]
-        );
-    }
-
-    #[actix::test]
-    async fn second_disk_for_a_vm_is_refused_without_touching_the_host() {
-        let (addr, fake) = start();
-        addr.send(create("web", None)).await.unwrap().unwrap();
-        let err = addr.send(create("web", None)).await.unwrap().unwrap_err();
-        assert!(matches!(err, SnapshotError::DiskExists { .. }), "{err}");
-        assert_eq!(fake.calls(), ["create web"]);
-    }
-
-    #[actix::test]
-    async fn leftover_from_a_crash_is_listed_refused_and_removable() {
-        let (addr, fake) = start();
-        fake.add_partial("crashed");
-        let list = addr.send(ListDisks {}).await.unwrap().unwrap();
-        assert_eq!(list[0].state, DiskState::Partial);
-        let err = addr
-            .send(create("crashed", None))
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, SnapshotError::DiskExists { .. }), "{err}");
-        assert!(addr
-            .send(RemoveDisk {
-                vm: "crashed".into()
-            })
-            .await
-            .unwrap()
-            .unwrap());
-        addr.send(create("crashed", None)).await.unwrap().unwrap();
-    }
-
-    #[actix::test]
-    async fn bad_requests_are_invalid_and_change_nothing() {
-        let (addr, fake) = start();
-        for msg in [
-            create("../etc", None),
-            create("web", Some(BASE / 2)),
-            create("web", Some(BASE + 1)),
-        ] {
-            let err = addr.send(msg).await.unwrap().unwrap_err();
-            assert!(matches!(err, SnapshotError::InvalidRequest { .. }), "{err}");
-        }
-        let err = addr
-            .send(RemoveDisk { vm: "a/b".into() })
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, SnapshotError::InvalidRequest { .. }), "{err}");
-        assert!(fake.with(|s| s.disks.is_empty()));
-    }
-
-    #[actix::test]
-    async fn host_failures_are_reported_and_state_kept() {
-        let (addr, fake) = start();
-        fake.fail_on_nth("create", 1);
-        let err = addr.send(create("web", None)).await.unwrap().unwrap_err();
-        assert!(matches!(err, SnapshotError::Create { .. }), "{err}");
-        // Not recorded in memory, so a retry goes to the host again and succeeds.
-        addr.send(create("web", None)).await.unwrap().unwrap();
-        fake.fail_on_nth("remove", 1);
-        let err = addr
-            .send(RemoveDisk { vm: "web".into() })
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, SnapshotError::Remove { .. }), "{err}");
-        assert_eq!(addr.send(ListDisks {}).await.unwrap().unwrap().len(), 1);
-        fake.fail_on_nth("list", 2);
-        let err = addr.send(ListDisks {}).await.unwrap().unwrap_err();
-        assert!(matches!(err, SnapshotError::List { .. }), "{err}");
-    }
-
-    #[actix::test]
-    async fn open_copy_backend_under_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = slog::Logger::root(slog::Discard, slog::o!());
-        let actor = SnapshotActor::open(BackendChoice::Copy, dir.path(), log).unwrap();
-        assert_eq!(actor.backend(), BackendKind::Copy);
-        assert!(dir.path().join("disks").is_dir());
-    }
-
-    #[actix::test]
-    async fn dedicated_arbiter_serves_messages() {
-        let fake = FakeDisks::new(BASE);
-        let log = slog::Logger::root(slog::Discard, slog::o!());
-        let addr = SnapshotActor::new(Box::new(fake.clone()), log).start_dedicated();
-        addr.send(create("a", None)).await.unwrap().unwrap();
-        assert_eq!(addr.send(ListDisks {}).await.unwrap().unwrap().len(), 1);
-    }
 }

@@ -1,23 +1,26 @@
 //! One `impl Handler` per supervisor message. Lifecycle handlers take the VM's operation lock
 //! first ([`VmSupervisor::locked`]), check the state once they hold it, then run a saga.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture, ResponseFuture};
+use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture, ResponseFuture};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use hearth_proto::api::{Event, VmInfo, VmState};
 use hearth_proto::api_images::ImageKind;
+use slog::{info, warn};
 
+use super::open::{execute, plan_repairs, Adoption};
 use super::saga::{self, BootPlan, Ports};
 use super::{
-    Change, CreateVm, DeleteVm, EventsSince, GetMetrics, GetVm, Idempotency, ListVms,
-    PoolOccupancy, RunAction, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction,
+    Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
+    Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns, RunAction,
+    RunDirOwner, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction, VmEntry,
     VmSupervisor, WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
-use crate::firecracker::{RunDir, VmProcessEvent};
+use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
 use crate::host::processes::ExitStatus;
 
 type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
@@ -534,11 +537,6 @@ impl Handler<GetMetrics> for VmSupervisor {
     }
 }
 
-/// Internal: hands DNS the table of live VMs.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-pub(super) struct RebuildDns {}
-
 impl Handler<RebuildDns> for VmSupervisor {
     type Result = ResponseFuture<Result<(), SupervisorError>>;
 
@@ -619,5 +617,161 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                 slog::error!(act.log, "crash handling failed"; "vm" => &vm_id, "error" => %e);
             }
         }));
+    }
+}
+
+impl Handler<Commit> for VmSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
+        self.apply(&msg.vm, msg.change)
+    }
+}
+
+impl Handler<ExpectExit> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
+        if let Some(e) = self.vms.get_mut(&msg.vm) {
+            e.stopping_pid = msg.pid;
+        }
+    }
+}
+
+impl Handler<RunDirOwner> for VmSupervisor {
+    type Result = Result<Addr<FirecrackerActor>, SupervisorError>;
+
+    fn handle(&mut self, msg: RunDirOwner, ctx: &mut Context<Self>) -> Self::Result {
+        match self.vms.get(&msg.vm).and_then(|e| e.vmm.clone()) {
+            Some(addr) => Ok(addr),
+            None => self.new_vmm(&msg.vm, ctx),
+        }
+    }
+}
+
+impl Handler<ObservePhase> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ObservePhase, _ctx: &mut Context<Self>) {
+        self.observe(msg.phase, msg.took);
+    }
+}
+
+impl Handler<Open> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<OpenReport, SupervisorError>>;
+
+    fn handle(&mut self, _msg: Open, ctx: &mut Context<Self>) -> Self::Result {
+        let records = match self.store.load_all() {
+            Ok(r) => r,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        };
+        let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
+        for r in &records {
+            self.vms
+                .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
+            let Some(p) = &r.process else { continue };
+            let (Some(pid), Some(start_time)) = (p.pid, p.start_time) else {
+                continue;
+            };
+            match self.vmm_for(&r.spec.name, ctx) {
+                Ok(addr) => candidates.push((
+                    r.spec.name.clone(),
+                    addr,
+                    VmmProcess {
+                        pid,
+                        start_time,
+                        api_socket: p.api_socket.clone(),
+                        binary: p.binary.clone(),
+                    },
+                )),
+                Err(e) => warn!(self.log, "cannot adopt"; "vm" => &r.spec.name, "error" => %e),
+            }
+        }
+        let log = self.log.clone();
+        // Each VM's actor verifies and pings its own process: all at once, so a restart
+        // with many VMs waits for the slowest answer, not for the sum of them.
+        let adopt =
+            futures::future::join_all(candidates.into_iter().map(move |(name, addr, record)| {
+                let log = log.clone();
+                async move {
+                    let adoption = match addr.send(AdoptProcess { record }).await {
+                        Ok(Ok(info)) => Adoption::Adopted {
+                            vmm_state: info.vmm_state,
+                        },
+                        Ok(Err(e)) => {
+                            info!(log, "not adopted"; "vm" => &name, "why" => %e);
+                            Adoption::Gone
+                        }
+                        Err(e) => {
+                            warn!(log, "not adopted"; "vm" => &name, "why" => %e);
+                            Adoption::Gone
+                        }
+                    };
+                    (name, adoption)
+                }
+            }))
+            .map(|found| found.into_iter().collect::<BTreeMap<_, _>>());
+        Box::pin(adopt.into_actor(self).then(move |adoptions, act, ctx| {
+            let plan = plan_repairs(&records, &adoptions);
+            let ports = act.ports(ctx);
+            let vmms: BTreeMap<String, Addr<FirecrackerActor>> = act
+                .vms
+                .iter()
+                .filter_map(|(n, e)| e.vmm.clone().map(|a| (n.clone(), a)))
+                .collect();
+            let known: BTreeSet<String> = act.vms.keys().cloned().collect();
+            let run_base = act.vmm.settings.run_base.clone();
+            let processes = act.vmm.processes.clone();
+            execute(ports, plan, vmms, known, run_base, processes)
+                .boxed_local()
+                .into_actor(act)
+                .map(|res, act, ctx| {
+                    let (report, stops) = res?;
+                    for name in stops {
+                        act.finish_interrupted_stop(name, ctx);
+                    }
+                    Ok(report)
+                })
+        }))
+    }
+}
+
+impl Handler<Close> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
+
+    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) -> Self::Result {
+        self.closing = true;
+        let locks: Vec<_> = self.vms.values().map(|e| e.lock.clone()).collect();
+        let to_stop: Vec<_> = if msg.stop_vms {
+            self.vms
+                .values()
+                .filter(|e| e.record.state.can_stop())
+                .map(|e| {
+                    (
+                        e.record.spec.name.clone(),
+                        e.vmm.clone(),
+                        e.record.lease.clone(),
+                        e.record.process.as_ref().and_then(|p| p.pid),
+                        e.record.state,
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ports = self.ports(ctx);
+        Box::pin(
+            async move {
+                // In-flight operations finish first.
+                for lock in locks {
+                    drop(lock.lock_owned().await);
+                }
+                for (name, vmm, lease, pid, state) in to_stop {
+                    super::saga::stop(ports.clone(), name, vmm, pid, lease, false, state).await?;
+                }
+                Ok(())
+            }
+            .into_actor(self),
+        )
     }
 }

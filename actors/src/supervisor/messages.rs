@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use actix::{Message, Recipient};
+use actix::{Addr, Message, Recipient};
 use hearth_proto::api::{self, Event, VmInfo, VmState};
 
 use super::metrics::Histogram;
-use super::SupervisorError;
+use super::{Change, SupervisorError};
+use crate::firecracker::FirecrackerActor;
 
 /// An idempotency key and a digest of the request it came with. The same key with the same
 /// digest returns the first answer again; with another digest it is a conflict.
@@ -199,3 +200,42 @@ pub struct PoolOccupancy {
     /// Guest addresses still free.
     pub free_ips: u64,
 }
+
+// Internal messages: sent by the supervisor's own sagas back to it.
+
+/// Internal: applies a change (from a saga running outside the actor's state).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub(crate) struct Commit {
+    pub(super) vm: String,
+    pub(super) change: Change,
+}
+
+/// Internal: sets (or with `None` clears) the pid whose exit a running stop expects.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ExpectExit {
+    pub(super) vm: String,
+    pub(super) pid: Option<u32>,
+}
+
+/// Internal: the actor that owns `vm`'s run directory (and any VMM process using it): the VM's
+/// process actor if it has one, else a new one that is not kept (see the module docs).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Addr<FirecrackerActor>, SupervisorError>")]
+pub(crate) struct RunDirOwner {
+    pub(super) vm: String,
+}
+
+/// Internal: records a phase duration for the metrics.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ObservePhase {
+    pub(super) phase: &'static str,
+    pub(super) took: Duration,
+}
+
+/// Internal: hands DNS the table of live VMs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub(super) struct RebuildDns {}

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient};
+use actix::{Actor, Addr, AsyncContext, Context, Recipient};
 use hearth_proto::api::{EventReason, VmInfo, VmState};
 use slog::Logger;
 use tokio::sync::oneshot;
@@ -389,75 +389,6 @@ pub(crate) enum Change {
     Disk(Option<DiskRecord>),
     Process(Option<ProcessRecord>),
     Remove,
-}
-
-/// Internal: applies a change (from a saga running outside the actor's state).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-pub(crate) struct Commit {
-    vm: String,
-    change: Change,
-}
-
-impl Handler<Commit> for VmSupervisor {
-    type Result = Result<(), SupervisorError>;
-
-    fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
-        self.apply(&msg.vm, msg.change)
-    }
-}
-
-/// Internal: sets (or with `None` clears) the pid whose exit a running stop expects.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct ExpectExit {
-    vm: String,
-    pid: Option<u32>,
-}
-
-impl Handler<ExpectExit> for VmSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ExpectExit, _ctx: &mut Context<Self>) {
-        if let Some(e) = self.vms.get_mut(&msg.vm) {
-            e.stopping_pid = msg.pid;
-        }
-    }
-}
-
-/// Internal: the actor that owns `vm`'s run directory (and any VMM process using it): the VM's
-/// process actor if it has one, else a new one that is not kept (see the module docs).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Addr<FirecrackerActor>, SupervisorError>")]
-pub(crate) struct RunDirOwner {
-    vm: String,
-}
-
-impl Handler<RunDirOwner> for VmSupervisor {
-    type Result = Result<Addr<FirecrackerActor>, SupervisorError>;
-
-    fn handle(&mut self, msg: RunDirOwner, ctx: &mut Context<Self>) -> Self::Result {
-        match self.vms.get(&msg.vm).and_then(|e| e.vmm.clone()) {
-            Some(addr) => Ok(addr),
-            None => self.new_vmm(&msg.vm, ctx),
-        }
-    }
-}
-
-/// Internal: records a phase duration for the metrics.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct ObservePhase {
-    phase: &'static str,
-    took: Duration,
-}
-
-impl Handler<ObservePhase> for VmSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ObservePhase, _ctx: &mut Context<Self>) {
-        self.observe(msg.phase, msg.took);
-    }
 }
 
 #[cfg(test)]

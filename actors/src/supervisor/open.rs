@@ -1,4 +1,4 @@
-//! `Open` and `Close`. Open reconciles the host with the store after a (re)start: live VMM
+//! Opening and closing (the `Open` and `Close` handlers are in `handlers.rs`). Open reconciles the host with the store after a (re)start: live VMM
 //! processes are verified and adopted (never restarted), dead ones are marked, operations a
 //! crash cut short are finished or undone, leaked TAPs, disks, run directories and stray VMM
 //! processes are swept, VMs left without a process lose their stale sockets, and the TAP
@@ -8,25 +8,24 @@
 //! process was not adopted, and that VM's actor kills it (`KillStray`). Stops a crash cut short are the
 //! exception: their ladder can take the whole grace, so their VMs stay `stopping` and the
 //! ladder runs in the background once `Open` has answered (hearthd serves meanwhile).
-//! [`plan_repairs`] decides; the handler carries the plan out.
+//! [`plan_repairs`] decides; [`execute`] carries the plan out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::fut::{ActorFutureExt, WrapFuture};
-use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture};
+use actix::fut::ActorFutureExt;
+use actix::{Addr, AsyncContext, Context, Handler};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmState};
 use hearth_proto::firecracker::InstanceState;
 use slog::{info, warn};
 
 use super::saga::Ports;
-use super::{Change, Close, Open, OpenReport, SupervisorError, VmEntry, VmRecord, VmSupervisor};
+use super::{Change, OpenReport, SupervisorError, VmRecord, VmSupervisor};
 use crate::firecracker::{
-    run_dir, AdoptProcess, FirecrackerActor, KillStray, KillVm, RemoveRunDir, RemoveStaleSockets,
-    VmmProcess,
+    run_dir, FirecrackerActor, KillStray, KillVm, RemoveRunDir, RemoveStaleSockets,
 };
 use crate::host::processes::Processes;
 use crate::lease::NetLease;
@@ -195,90 +194,11 @@ pub(super) fn plan_repairs(
     plan
 }
 
-impl Handler<Open> for VmSupervisor {
-    type Result = ResponseActFuture<Self, Result<OpenReport, SupervisorError>>;
-
-    fn handle(&mut self, _msg: Open, ctx: &mut Context<Self>) -> Self::Result {
-        let records = match self.store.load_all() {
-            Ok(r) => r,
-            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
-        };
-        let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
-        for r in &records {
-            self.vms
-                .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
-            let Some(p) = &r.process else { continue };
-            let (Some(pid), Some(start_time)) = (p.pid, p.start_time) else {
-                continue;
-            };
-            match self.vmm_for(&r.spec.name, ctx) {
-                Ok(addr) => candidates.push((
-                    r.spec.name.clone(),
-                    addr,
-                    VmmProcess {
-                        pid,
-                        start_time,
-                        api_socket: p.api_socket.clone(),
-                        binary: p.binary.clone(),
-                    },
-                )),
-                Err(e) => warn!(self.log, "cannot adopt"; "vm" => &r.spec.name, "error" => %e),
-            }
-        }
-        let log = self.log.clone();
-        // Each VM's actor verifies and pings its own process: all at once, so a restart
-        // with many VMs waits for the slowest answer, not for the sum of them.
-        let adopt =
-            futures::future::join_all(candidates.into_iter().map(move |(name, addr, record)| {
-                let log = log.clone();
-                async move {
-                    let adoption = match addr.send(AdoptProcess { record }).await {
-                        Ok(Ok(info)) => Adoption::Adopted {
-                            vmm_state: info.vmm_state,
-                        },
-                        Ok(Err(e)) => {
-                            info!(log, "not adopted"; "vm" => &name, "why" => %e);
-                            Adoption::Gone
-                        }
-                        Err(e) => {
-                            warn!(log, "not adopted"; "vm" => &name, "why" => %e);
-                            Adoption::Gone
-                        }
-                    };
-                    (name, adoption)
-                }
-            }))
-            .map(|found| found.into_iter().collect::<BTreeMap<_, _>>());
-        Box::pin(adopt.into_actor(self).then(move |adoptions, act, ctx| {
-            let plan = plan_repairs(&records, &adoptions);
-            let ports = act.ports(ctx);
-            let vmms: BTreeMap<String, Addr<FirecrackerActor>> = act
-                .vms
-                .iter()
-                .filter_map(|(n, e)| e.vmm.clone().map(|a| (n.clone(), a)))
-                .collect();
-            let known: BTreeSet<String> = act.vms.keys().cloned().collect();
-            let run_base = act.vmm.settings.run_base.clone();
-            let processes = act.vmm.processes.clone();
-            execute(ports, plan, vmms, known, run_base, processes)
-                .boxed_local()
-                .into_actor(act)
-                .map(|res, act, ctx| {
-                    let (report, stops) = res?;
-                    for name in stops {
-                        act.finish_interrupted_stop(name, ctx);
-                    }
-                    Ok(report)
-                })
-        }))
-    }
-}
-
 impl VmSupervisor {
     /// Runs the ladder of a stop that a restart cut short, in the background under the VM's
     /// lock: the VM stays `stopping` (and answers reads) until its process is gone. An exit
     /// meanwhile ends the ladder early and is recorded as the stop's outcome.
-    fn finish_interrupted_stop(&mut self, name: String, ctx: &mut Context<Self>) {
+    pub(super) fn finish_interrupted_stop(&mut self, name: String, ctx: &mut Context<Self>) {
         let n = name.clone();
         let fut = self.locked(
             &name,
@@ -313,7 +233,7 @@ impl VmSupervisor {
 const STRAY_KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Carries out `plan` except its stops, and answers the report and the VMs to stop.
-async fn execute(
+pub(super) async fn execute(
     p: Ports,
     mut plan: RepairPlan,
     vmms: BTreeMap<String, Addr<FirecrackerActor>>,
@@ -480,44 +400,4 @@ pub(super) fn owner_vm(args: &[String], base: &str) -> Option<String> {
     let rest = sock.strip_prefix(base)?.strip_prefix('/')?;
     let vm = rest.split('/').next()?;
     (!vm.is_empty()).then(|| vm.to_owned())
-}
-
-impl Handler<Close> for VmSupervisor {
-    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
-
-    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) -> Self::Result {
-        self.closing = true;
-        let locks: Vec<_> = self.vms.values().map(|e| e.lock.clone()).collect();
-        let to_stop: Vec<_> = if msg.stop_vms {
-            self.vms
-                .values()
-                .filter(|e| e.record.state.can_stop())
-                .map(|e| {
-                    (
-                        e.record.spec.name.clone(),
-                        e.vmm.clone(),
-                        e.record.lease.clone(),
-                        e.record.process.as_ref().and_then(|p| p.pid),
-                        e.record.state,
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let ports = self.ports(ctx);
-        Box::pin(
-            async move {
-                // In-flight operations finish first.
-                for lock in locks {
-                    drop(lock.lock_owned().await);
-                }
-                for (name, vmm, lease, pid, state) in to_stop {
-                    super::saga::stop(ports.clone(), name, vmm, pid, lease, false, state).await?;
-                }
-                Ok(())
-            }
-            .into_actor(self),
-        )
-    }
 }

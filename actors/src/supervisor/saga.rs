@@ -95,7 +95,7 @@ impl Ports {
     /// Hands DNS the table of live VMs. A DNS failure is logged, not fatal: names are
     /// rebuilt whole on the next change.
     pub async fn rebuild_dns(&self) {
-        match self.me.send(super::handlers::RebuildDns {}).await {
+        match self.me.send(super::RebuildDns {}).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(self.log, "DNS table not updated"; "error" => %e),
             Err(e) => warn!(self.log, "DNS table not updated"; "error" => %e),

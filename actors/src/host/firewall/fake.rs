@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Firewall, FirewallError, SetEntry, Table};
-use crate::lease::MacAddr;
+use crate::mac::MacAddr;
 
 /// The operations of the trait, to choose which one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

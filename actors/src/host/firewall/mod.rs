@@ -16,7 +16,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::lease::MacAddr;
+use crate::mac::MacAddr;
 
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;

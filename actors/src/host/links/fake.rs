@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 
-use crate::lease::MacAddr;
+use crate::mac::MacAddr;
 
 use super::{BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture, PortSpec, TapSpec};
 

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 
-use crate::lease::MacAddr;
+use crate::mac::MacAddr;
 
 use super::{
     check_ifname, sysctl, tun, BridgeSpec, LinkEntry, LinkKind, Links, LinksError, LinksFuture,

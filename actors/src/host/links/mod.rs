@@ -17,7 +17,7 @@ mod tun;
 
 use std::net::Ipv4Addr;
 
-use crate::lease::MacAddr;
+use crate::mac::MacAddr;
 
 use futures::future::LocalBoxFuture;
 
@@ -33,8 +33,8 @@ pub struct BridgeSpec {
     /// MTU of the bridge.
     pub mtu: u32,
     /// The bridge's MAC, set explicitly so it does not follow its ports (see
-    /// [`crate::lease::MacAddr::for_gateway`]).
-    pub mac: crate::lease::MacAddr,
+    /// [`crate::mac::MacAddr::for_gateway`]).
+    pub mac: crate::mac::MacAddr,
 }
 
 /// How to create a persistent TAP.
