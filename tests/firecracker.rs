@@ -29,6 +29,8 @@ use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use common::actor::{alive, next_event};
+
 const MS: Duration = Duration::from_millis(1);
 
 /// A temporary run base with a kernel and rootfs file for the simulator.
@@ -118,19 +120,6 @@ fn lease(tap: &str) -> NetLease {
         gateway: Ipv4Addr::new(172, 31, 240, 1),
         prefix_len: 24,
     }
-}
-
-fn alive(pid: u32) -> bool {
-    // Signal 0 only checks existence; a zombie counts as gone for our purposes.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z ")
-}
-
-async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no VM event within 10 s")
-        .expect("event channel closed")
 }
 
 /// Brings the VM up as the saga does: spawn, configure, start, and probe the agent on port 52

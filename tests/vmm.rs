@@ -43,6 +43,8 @@ use hearth_proto::firecracker::{
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use common::actor::{alive, bring_up, next_event};
+
 use common::NetNs;
 use vmm::Vmm;
 
@@ -167,29 +169,6 @@ fn limiter(bytes: u64, ops: u64) -> RateLimiter {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z ")
-}
-
-async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no VM event within 10 s")
-        .expect("event channel closed")
-}
-
-/// What the saga does to bring a VM up: spawn, configure, start. Returns the pid.
-async fn bring_up(vm: &Addr<FirecrackerActor>, config: VmConfig) -> u32 {
-    let spawned = vm.send(SpawnProcess {}).await.unwrap().expect("spawn");
-    vm.send(ConfigureVm { config })
-        .await
-        .unwrap()
-        .expect("configure");
-    vm.send(StartVm {}).await.unwrap().expect("start");
-    spawned.record.pid
-}
-
 /// `GET /` through the VM's API socket: the instance state.
 async fn vmm_state(api: &Path) -> String {
     let info: Value = ApiClient::new(api)
@@ -231,7 +210,7 @@ async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     config.mem_size_mib = 256;
     config.extra_boot_args = "quiet".into();
     config.rootfs_rate_limiter = Some(limiter(4_000_000, 400));
-    let pid = bring_up(&vm, config.clone()).await;
+    let pid = bring_up(&vm, config.clone()).await.pid;
     assert!(alive(pid));
     let rd = fx.run_dir("vm-cfg");
     assert_eq!(vmm_state(&rd.api_socket()).await, "Running");
@@ -605,7 +584,7 @@ vmm_test!(
 async fn stop_ladder_escalates_to_sigterm(vmm: Vmm) {
     let fx = Fixture::new(&vmm);
     let (vm, mut events) = fx.actor("vm-term", vmm.binary_ignoring_ctrl_alt_del(fx.path()));
-    let pid = bring_up(&vm, fx.config(None)).await;
+    let pid = bring_up(&vm, fx.config(None)).await.pid;
     let rd = fx.run_dir("vm-term");
 
     // Proof that the guest ignores it: still Running, still alive, well after the request.
@@ -654,7 +633,7 @@ vmm_test!(
 async fn kill_is_sigkill(vmm: Vmm) {
     let fx = Fixture::new(&vmm);
     let (vm, mut events) = fx.actor("vm-kill", vmm.binary());
-    let pid = bring_up(&vm, fx.config(None)).await;
+    let pid = bring_up(&vm, fx.config(None)).await.pid;
     let out = vm.send(KillVm {}).await.unwrap().unwrap();
     assert_eq!(
         (out.rung, out.status),
@@ -678,7 +657,7 @@ vmm_test!(kill_is_sigkill, kill_is_sigkill);
 async fn exit_status_of_an_unexpected_exit(vmm: Vmm) {
     let fx = Fixture::new(&vmm);
     let (vm, mut events) = fx.actor("vm-exit", vmm.binary());
-    let pid = bring_up(&vm, fx.config(None)).await;
+    let pid = bring_up(&vm, fx.config(None)).await.pid;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -700,7 +679,7 @@ async fn exit_status_of_an_unexpected_exit(vmm: Vmm) {
         Err(FirecrackerError::InvalidState { .. })
     ));
     // A fresh process starts in the same run directory (stale api.sock and v.sock removed).
-    let again = bring_up(&vm, fx.config(None)).await;
+    let again = bring_up(&vm, fx.config(None)).await.pid;
     assert_ne!(again, pid);
     vm.send(KillVm {}).await.unwrap().unwrap();
 }
@@ -849,7 +828,7 @@ async fn readiness_times_out_cleanly(vmm: Vmm) {
         Vmm::Real(p) => p.clone(),
     };
     let (vm, _events) = fx.actor("vm-probe", bin);
-    let pid = bring_up(&vm, fx.config(None)).await;
+    let pid = bring_up(&vm, fx.config(None)).await.pid;
     let err = vm
         .send(ProbeReady {
             port: 52,

@@ -18,13 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerSettings,
-    KillVm, SpawnProcess, StartVm, StopRung, VmConfig, VmProcessEvent, VmmProcess,
+    binary, cid_for_guest_ip, AdoptProcess, FirecrackerActor, FirecrackerSettings, KillVm,
+    StopRung, VmConfig, VmProcessEvent,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use common::actor::{alive, bring_up, next_event};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -114,29 +116,6 @@ async fn log_contains(log: &Path, needle: &str, timeout: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-async fn next_event(rx: &mut UnboundedReceiver<VmProcessEvent>) -> VmProcessEvent {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no VM event within 10 s")
-        .expect("event channel closed")
-}
-
-/// Brings the VM up as the supervisor's saga does: spawn, configure, start.
-async fn bring_up(vm: &Addr<FirecrackerActor>, config: VmConfig) -> VmmProcess {
-    let spawned = vm.send(SpawnProcess {}).await.unwrap().expect("spawn");
-    vm.send(ConfigureVm { config })
-        .await
-        .unwrap()
-        .expect("configure");
-    vm.send(StartVm {}).await.unwrap().expect("start");
-    spawned.record
-}
-
-fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z ")
 }
 
 #[actix::test]

@@ -7,6 +7,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod actor;
+
 pub use hearth_testkit::{privileged, test_logger, veth, wait_until, NetNs};
 
 /// Skips the calling test (returns from it) unless it is privileged. Forwards to
