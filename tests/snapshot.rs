@@ -399,7 +399,7 @@ fn copy_backend_reflinks_where_the_filesystem_can() {
         if std::env::var("HEARTH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
             panic!("{msg}; install xfsprogs");
         }
-        eprintln!("SKIP {msg}");
+        hearth_testkit::skip!("SKIP {msg}");
         return;
     }
     let xfs = XfsMount::new();

@@ -221,9 +221,14 @@ fn simulated_vmm_holds_only_stdio_and_its_own_descriptors() {
 #[test]
 fn real_vmm_holds_only_stdio_and_its_own_descriptors() {
     let Some(real) = std::env::var_os(REAL_VAR) else {
-        println!(
-            "SKIP: set {REAL_VAR}=/path/to/firecracker (e.g. ../shared/firecracker/bin/firecracker) \
-             to check the real binary's descriptors"
+        assert!(
+            std::env::var("HEARTH_REQUIRE_REAL_FIRECRACKER").as_deref() != Ok("1"),
+            "HEARTH_REQUIRE_REAL_FIRECRACKER=1 but {REAL_VAR} is not set"
+        );
+        hearth_testkit::skip!(
+            "SKIP: real_vmm_holds_only_stdio_and_its_own_descriptors: set \
+             {REAL_VAR}=/path/to/firecracker (e.g. ../shared/firecracker/bin/firecracker) to \
+             check the real binary's descriptors"
         );
         return;
     };

@@ -33,7 +33,7 @@ fn spec_path() -> Option<PathBuf> {
                 .name()
                 .unwrap_or("spec test")
                 .to_owned();
-            eprintln!(
+            hearth_testkit::skip!(
                 "SKIP: {test}: set {SPEC_VAR}=/path/to/firecracker.yaml (Firecracker's OpenAPI \
                  spec) to check the API types against it"
             );

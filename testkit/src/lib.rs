@@ -12,6 +12,7 @@ pub mod bodies;
 #[cfg(feature = "sim")]
 pub mod guest;
 mod netns;
+pub mod skip;
 mod wait;
 
 pub use netns::{privileged, test_logger, veth, NetNs};

@@ -20,7 +20,9 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("HEARTH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("{test}: needs root, and HEARTH_REQUIRE_PRIVILEGED=1 forbids skipping");
     }
-    eprintln!("SKIP {test}: needs root (set HEARTH_REQUIRE_PRIVILEGED=1 to make this a failure)");
+    crate::skip!(
+        "SKIP {test}: needs root (set HEARTH_REQUIRE_PRIVILEGED=1 to make this a failure)"
+    );
     false
 }
 

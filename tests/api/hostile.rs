@@ -118,7 +118,9 @@ fn disk_smaller_than_the_image_is_refused() {
         .arg(&img)
         .status();
     if !ok.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP disk_smaller_than_the_image_is_refused: mkfs.ext4 is not installed");
+        hearth_testkit::skip!(
+            "SKIP disk_smaller_than_the_image_is_refused: mkfs.ext4 is not installed"
+        );
         return;
     }
     let r = post(

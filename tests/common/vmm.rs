@@ -76,7 +76,7 @@ pub fn real_firecracker(test: &str) -> Option<PathBuf> {
         if required {
             panic!("{test}: {REQUIRE_REAL_VAR}=1 but {REAL_VAR} is not set");
         }
-        eprintln!(
+        hearth_testkit::skip!(
             "SKIP: {test}: no real Firecracker binary; set {REAL_VAR}=/path/to/firecracker \
              to run against the real binary"
         );
@@ -93,7 +93,7 @@ pub fn real_firecracker(test: &str) -> Option<PathBuf> {
                 path.display()
             );
         }
-        eprintln!(
+        hearth_testkit::skip!(
             "SKIP: {test}: {REAL_VAR}={} is not an executable file; set \
              {REAL_VAR}=/path/to/firecracker to run against the real binary",
             path.display()
