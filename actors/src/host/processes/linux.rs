@@ -270,6 +270,18 @@ pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// `sleep 30` in `dir`, its output to `dir/out`.
+    fn sleep_spec(dir: &Path) -> SpawnSpec {
+        let spec = SpawnSpec {
+            program: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            cwd: dir.into(),
+            stdio: dir.join("out"),
+        };
+        std::fs::write(&spec.stdio, b"").unwrap();
+        spec
+    }
+
     #[test]
     fn stat_fields_survive_odd_comm() {
         let stat = "1234 (fire (cr) acker) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 50";
@@ -300,13 +312,7 @@ mod tests {
         assert!(pids.contains(&std::process::id()));
         assert!(pids.windows(2).all(|w| w[0] < w[1]), "ascending");
         let dir = tempfile::tempdir().unwrap();
-        let spec = SpawnSpec {
-            program: "/bin/sleep".into(),
-            args: vec!["30".into()],
-            cwd: dir.path().into(),
-            stdio: dir.path().join("out"),
-        };
-        std::fs::write(&spec.stdio, b"").unwrap();
+        let spec = sleep_spec(dir.path());
         let p = LinuxProcesses.spawn(&spec).unwrap();
         assert!(LinuxProcesses.list().unwrap().contains(&p.pid()));
         let wait = p.wait();
@@ -319,13 +325,7 @@ mod tests {
     #[actix::test]
     async fn spawn_signal_wait_child() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = SpawnSpec {
-            program: "/bin/sleep".into(),
-            args: vec!["30".into()],
-            cwd: dir.path().into(),
-            stdio: dir.path().join("out"),
-        };
-        std::fs::write(&spec.stdio, b"").unwrap();
+        let spec = sleep_spec(dir.path());
         let p = LinuxProcesses.spawn(&spec).unwrap();
         assert!(p.is_child());
         assert!(!p.has_exited());
@@ -376,13 +376,7 @@ mod tests {
     #[actix::test]
     async fn spawned_child_holds_only_stdio() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = SpawnSpec {
-            program: "/bin/sleep".into(),
-            args: vec!["30".into()],
-            cwd: dir.path().into(),
-            stdio: dir.path().join("out"),
-        };
-        std::fs::write(&spec.stdio, b"").unwrap();
+        let spec = sleep_spec(dir.path());
         let p = LinuxProcesses.spawn(&spec).unwrap();
         // The dynamic loader and libc open files for a moment while `sleep` starts (libraries,
         // the locale): wait until it is settled. An inherited descriptor would stay for good.
