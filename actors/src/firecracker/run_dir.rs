@@ -137,6 +137,16 @@ impl RunDir {
         Ok(out)
     }
 
+    /// Whether a socket or the console FIFO of a process is still here (a read, no change):
+    /// lets `Open` ask the directory's owner to clean only directories that need it.
+    pub fn has_process_files(&self) -> bool {
+        let present = |p: &Path| p.symlink_metadata().is_ok();
+        present(&self.console_fifo())
+            || self
+                .stale_sockets()
+                .is_ok_and(|sockets| sockets.iter().any(|p| present(p)))
+    }
+
     /// Removes the sockets and the console FIFO after the process is gone (logs stay); a
     /// missing directory is fine. Only the directory's `FirecrackerActor` calls this.
     pub(super) fn remove_sockets(&self) -> std::io::Result<()> {

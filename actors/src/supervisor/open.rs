@@ -308,7 +308,13 @@ pub(super) async fn execute(
     }
     // VMs left without a process keep their run directory (logs) but not the sockets and
     // FIFO of the process that is gone, as a normal stop leaves them.
-    for name in live.iter().filter(|n| !plan.alive.contains(**n)) {
+    // Only directories that still hold them: asking an owner means starting an actor.
+    let holds_process_files =
+        |name: &str| run_dir::RunDir::new(&run_base, name).is_ok_and(|d| d.has_process_files());
+    for name in live
+        .iter()
+        .filter(|n| !plan.alive.contains(**n) && holds_process_files(n))
+    {
         if let Err(e) = clean_run_dir(&p, name, RemoveStaleSockets {}).await {
             warn!(p.log, "stale sockets not removed"; "vm" => name.as_str(), "error" => %e);
         }
