@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 use actix::{Actor, Addr};
@@ -465,9 +466,14 @@ fn a_bridge_out_of_ports_is_named_as_such() {
     // that leaves nothing behind.
     let ns = NetNs::new("tp-exfull");
     ns.exec_ok(&["ip", "link", "add", "hbr0", "type", "bridge"]);
-    let batch: String = (0..hearth_actors::host::links::BRIDGE_MAX_PORTS)
-        .map(|i| format!("tuntap add dev full{i} mode tap\nlink set full{i} master hbr0\n"))
-        .collect();
+    let mut batch = String::new();
+    for i in 0..hearth_actors::host::links::BRIDGE_MAX_PORTS {
+        writeln!(
+            batch,
+            "tuntap add dev full{i} mode tap\nlink set full{i} master hbr0"
+        )
+        .unwrap();
+    }
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), batch).unwrap();
     ns.exec_ok(&["ip", "-batch", &file.path().display().to_string()]);

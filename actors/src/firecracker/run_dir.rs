@@ -163,6 +163,10 @@ impl RunDir {
     /// Removes the directory of a VM that no `FirecrackerActor` can own (none exists without a
     /// Firecracker binary, and removing files needs none): the supervisor's delete calls this
     /// once it has checked that no process uses the directory. A missing directory is fine.
+    ///
+    /// # Errors
+    ///
+    /// [`FirecrackerError::RunDirRemoval`] when something in it cannot be removed.
     pub fn remove_unowned(&self) -> Result<(), FirecrackerError> {
         self.remove()
             .map_err(|source| FirecrackerError::RunDirRemoval {

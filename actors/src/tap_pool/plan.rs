@@ -70,11 +70,13 @@ impl TapNames {
 
     /// How many names are taken: every TAP of the pool that is, or is about to be, a port of
     /// the bridge (and foreign links with the prefix, so never fewer).
+    #[must_use]
     pub fn len(&self) -> usize {
         self.taken.len()
     }
 
     /// True if no name is taken.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.taken.is_empty()
     }

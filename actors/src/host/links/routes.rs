@@ -14,6 +14,10 @@ use super::LinksError;
 /// deleted without a route message. The stream yields `()` per message (an overrun of the
 /// socket buffer included) and ends when the socket closes; what changed is for the caller
 /// to read.
+///
+/// # Errors
+///
+/// [`LinksError::Socket`] when the netlink socket cannot be opened.
 pub fn route_changes() -> Result<impl Stream<Item = ()> + Unpin, LinksError> {
     let (connection, _handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route, MulticastGroup::Link])
