@@ -173,9 +173,10 @@ async fn batch_delete(n: usize) {
     );
 }
 
-/// A pool of 16 with `n` leases out (most TAPs made on demand); all `n` released back to
-/// back (all but 16 deleted in the background), then 100 acquires right away, each of which
-/// has to create a TAP once the 16 warm ones are gone.
+/// A pool of 16 with `n` leases out (most TAPs made on demand, at most a bridge's 1023); all
+/// released back to back (all but 16 deleted in the background), then 100 acquires right away:
+/// past the 16 warm TAPs, each takes back a TAP still queued for deletion, or creates one
+/// (waiting for a running deletion to free ports if the bridge is full).
 async fn mass_release(n: usize, one_by_one: bool) {
     let config = TapPoolConfig {
         bridge: "hbench3".into(),
@@ -253,7 +254,7 @@ async fn mass_release(n: usize, one_by_one: bool) {
         drained.as_secs_f64() * 1e3
     );
     println!(
-        "{:<34} {after} acquires in {:.1} ms ({:.0}/s; past the 16 warm TAPs, each creates one)",
+        "{:<34} {after} acquires in {:.1} ms ({:.0}/s; past the 16 warm TAPs: one queued for deletion, or a new one)",
         "  acquire right after",
         acquired.as_secs_f64() * 1e3,
         after as f64 / acquired.as_secs_f64()
