@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::{GuestSpec, NatConfig};
-use crate::host::firewall::{SetEntry, Table};
+use crate::host::firewall::{PortLease, SetEntry, Table};
 
 /// hearth's chain in the nat table, jumped to from `POSTROUTING`.
 pub const CHAIN_POSTROUTING: &str = "HEARTH-POSTROUTING";
@@ -238,9 +238,13 @@ pub const BRIDGE_TABLE: &str = "hearth";
 /// The set of leases in [`BRIDGE_TABLE`]: (TAP, MAC, IPv4) each guest port may send from.
 pub const LEASE_SET: &str = "leases";
 
-/// One element of [`LEASE_SET`]: `"<tap>" . <mac> . <ip>`.
-pub fn lease_element(tap: &str, mac: crate::lease::MacAddr, ip: std::net::Ipv4Addr) -> String {
-    format!("\"{tap}\" . {mac} . {ip}")
+/// One element of [`LEASE_SET`]: the guest's TAP, MAC and IP.
+pub fn lease_element(guest: &GuestSpec) -> PortLease {
+    PortLease {
+        port: guest.tap.clone(),
+        mac: guest.mac,
+        ip: guest.ip,
+    }
 }
 
 /// The `nft -f` text that replaces hearth's bridge table as one transaction (creating it
@@ -262,7 +266,7 @@ pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
     if config.anti_spoofing && !desired.is_empty() {
         let elements: Vec<String> = desired
             .iter()
-            .map(|g| lease_element(&g.tap, g.mac, g.ip))
+            .map(|g| lease_element(g).to_string())
             .collect();
         let _ = writeln!(text, "\t\telements = {{ {} }}", elements.join(", "));
     }
@@ -281,20 +285,6 @@ pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
     }
     text.push_str("\t}\n}\n");
     text
-}
-
-/// The `nft -f` text that adds a lease to [`LEASE_SET`] (adding a present one is a no-op).
-pub fn add_lease_text(element: &str) -> String {
-    format!("add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n")
-}
-
-/// The `nft -f` text that removes a lease from [`LEASE_SET`]; adding it first makes the
-/// removal valid when it is absent (nft 1.0.6 has no `destroy`).
-pub fn remove_lease_text(element: &str) -> String {
-    format!(
-        "add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n\
-         delete element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n"
-    )
 }
 
 /// The `nft -f` text that removes hearth's bridge table, present or not.
@@ -408,11 +398,6 @@ mod tests {
         assert!(
             !text.contains("@leases") && !text.contains("elements"),
             "{text}"
-        );
-        assert_eq!(
-            remove_lease_text("\"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7"),
-            "add element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n\
-             delete element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n"
         );
     }
 

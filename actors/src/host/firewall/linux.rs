@@ -1,6 +1,7 @@
 //! The real firewall backend: `iptables-restore`/`iptables -S` (nft or legacy flavour) for the
 //! static rules, `ipset restore` for atomic set rebuilds, libipset (the `ipset` crate)
-//! in-process for per-guest set membership, and `nft -f -` for the bridge-family table.
+//! in-process for per-guest set membership, `nft -f -` for the bridge-family table as a whole
+//! and nf_tables netlink ([`super::nft_netlink`]) in-process for its per-guest elements.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,7 +11,8 @@ use std::sync::Mutex;
 use ipset::types::{BitmapIpMac, EnvOption, HashIp, IpDataType, MacDataType};
 use ipset::Session;
 
-use super::{Firewall, FirewallError, SetEntry, Table};
+use super::nft_netlink::{NftError, NftSocket};
+use super::{Firewall, FirewallError, LeaseChange, SetEntry, Table};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -61,12 +63,13 @@ pub fn restore_args() -> Vec<&'static str> {
 }
 
 /// The firewall of the calling thread's network namespace. The libipset sessions (one per
-/// set, kept for speed) bind their netlink socket to the namespace of the thread that first
-/// uses them: keep one `LinuxFirewall` on one thread (the actor's).
+/// set, kept for speed) and the nf_tables socket bind their netlink socket to the namespace of
+/// the thread that first uses them: keep one `LinuxFirewall` on one thread (the actor's).
 pub struct LinuxFirewall {
     flavor: IptablesFlavor,
     ip_sets: HashMap<String, Session<HashIp>>,
     ip_mac_sets: HashMap<String, Session<BitmapIpMac>>,
+    nft: Option<NftSocket>,
 }
 
 impl LinuxFirewall {
@@ -76,6 +79,7 @@ impl LinuxFirewall {
             flavor,
             ip_sets: HashMap::new(),
             ip_mac_sets: HashMap::new(),
+            nft: None,
         }
     }
 
@@ -239,6 +243,36 @@ impl Firewall for LinuxFirewall {
 
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
         run("nft", &["-f", "-"], Some(text)).map(drop)
+    }
+
+    fn update_port_leases(
+        &mut self,
+        table: &str,
+        set: &str,
+        changes: &[LeaseChange],
+    ) -> Result<(), FirewallError> {
+        let err = |source| FirewallError::Nftables {
+            set: format!("bridge {table} {set}"),
+            source,
+        };
+        let socket = match &mut self.nft {
+            Some(socket) => socket,
+            None => {
+                let socket = NftSocket::open().map_err(|source| {
+                    err(NftError::Io {
+                        what: "open a netlink socket to nf_tables".into(),
+                        source,
+                    })
+                })?;
+                self.nft.insert(socket)
+            }
+        };
+        let result = socket.apply(table, set, changes);
+        if let Err(NftError::Io { .. }) = result {
+            // A socket in an unknown state: the next call opens a fresh one.
+            self.nft = None;
+        }
+        result.map_err(err)
     }
 
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {
