@@ -275,13 +275,8 @@ impl NftSocket {
         socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
         let timeout = TimeVal::seconds(ANSWER_SECS);
         socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
-        // Sequence numbers start from the clock, so answers to another socket's batches
-        // (none: each socket has its own port id) or to this one's timed-out batch are told apart.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(1);
-        Ok(Self { fd, seq })
+        // Answers are matched to messages by sequence number; each socket has its own.
+        Ok(Self { fd, seq: 1 })
     }
 
     /// Applies `changes` to `table`'s set `set` as one transaction and waits for the
@@ -357,7 +352,7 @@ impl NftSocket {
                     // The batch as a whole was refused (e.g. nf_tables unavailable).
                     return Err(NftError::Refused {
                         what: "begin the transaction".into(),
-                        source: io::Error::from_raw_os_error(-answer.error),
+                        source: io::Error::from_raw_os_error(answer.error.saturating_neg()),
                     });
                 }
                 if let Some(at) = pending.iter().position(|s| s.seq == answer.seq) {
@@ -373,7 +368,7 @@ impl NftSocket {
             None => Ok(()),
             Some((what, error)) => Err(NftError::Refused {
                 what,
-                source: io::Error::from_raw_os_error(-error),
+                source: io::Error::from_raw_os_error(error.saturating_neg()),
             }),
         }
     }
