@@ -742,11 +742,11 @@ fn lease_update_failures_name_the_set_and_apply_nothing() {
 
 /// An error and its sources, joined.
 fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
+    let mut parts = vec![err.to_string()];
     let mut source = err.source();
     while let Some(e) = source {
-        text += &format!(": {e}");
+        parts.push(e.to_string());
         source = e.source();
     }
-    text
+    parts.join(": ")
 }

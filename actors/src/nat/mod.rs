@@ -15,7 +15,7 @@
 //! The iptables rules are static: they depend only on the configuration and match the sets,
 //! so per-guest messages ([`EnsureNat`], [`RegisterGuest`], [`UnregisterGuest`]) are
 //! in-process set updates over netlink and a cost independent of the number of guests; so are
-//! the bridge table's per-guest elements (one nf_tables netlink transaction each, no `nft`
+//! the bridge table's per-guest elements (one `nf_tables` netlink transaction each, no `nft`
 //! process). [`Reconcile`] rewrites everything atomically (`iptables-restore --noflush`, set
 //! rebuild + swap, the bridge table replaced by one `nft -f`); [`Teardown`] removes it all.
 //!
@@ -36,7 +36,7 @@
 //! must come from the port's lease (TAP, MAC, IP), so a guest can neither answer ARP for
 //! another guest's (or the gateway's) address nor take over another guest's MAC. Why nft and
 //! not ebtables: the `bridge` family works the same on hosts whose iptables is the legacy or
-//! the nft flavour (ebtables-legacy needs the x_tables ebtables modules, ebtables-nft is nft
+//! the nft flavour (ebtables-legacy needs the `x_tables` ebtables modules, ebtables-nft is nft
 //! underneath anyway), and a table is replaced or removed as one transaction. Per-lease
 //! updates are in-process netlink transactions (`host::firewall::nft_netlink`, tens of
 //! microseconds), answered only once the kernel has committed the element. Not covered:
@@ -124,6 +124,7 @@ pub enum NatError {
 impl NatError {
     /// True when the request is fine but the host cannot serve it now (no egress interface):
     /// the API's 503 `unavailable`.
+    #[must_use]
     pub fn is_unavailable(&self) -> bool {
         matches!(self, NatError::NoEgress | NatError::EgressMissing { .. })
     }
@@ -143,7 +144,7 @@ pub struct NatConfig {
     pub cidr: Ipv4Net,
     /// The bridge's own address (guests' gateway and DNS server).
     pub gateway: Ipv4Addr,
-    /// The interface NATed traffic leaves by; without one (or while it does not exist) NAT
+    /// The interface masqueraded traffic leaves by; without one (or while it does not exist) NAT
     /// is refused and everything else works.
     pub egress: Option<String>,
     /// The name prefix of guests' TAPs (the bridge ports the bridge-family filter applies to).
@@ -167,6 +168,9 @@ fn check_ifname(field: &'static str, name: &str) -> Result<(), NatError> {
 
 impl NatConfig {
     /// Checks every field; the actor refuses a config that fails.
+    ///
+    /// # Errors
+    /// [`NatError::InvalidConfig`] naming the first field that is wrong.
     pub fn validate(&self) -> Result<(), NatError> {
         check_ifname("bridge", &self.bridge)?;
         check_ifname("guest_ports", &self.guest_ports)?;
@@ -235,6 +239,9 @@ impl NatConfig {
 }
 
 /// Checks a desired state as a whole: every address a guest address, no address twice.
+///
+/// # Errors
+/// [`NatError::InvalidGuest`] naming the first address that is wrong.
 pub fn validate_desired(config: &NatConfig, desired: &[GuestSpec]) -> Result<(), NatError> {
     let mut seen = BTreeSet::new();
     for g in desired {
@@ -268,6 +275,9 @@ pub struct NatActor {
 
 impl NatActor {
     /// A NAT actor over `firewall`. Validates the config; touches nothing on the host.
+    ///
+    /// # Errors
+    /// The config's problem ([`NatConfig::validate`]).
     pub fn new(
         config: NatConfig,
         firewall: Box<dyn Firewall>,

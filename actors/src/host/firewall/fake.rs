@@ -99,6 +99,7 @@ pub struct FakeFirewall {
 
 impl FakeFirewall {
     /// An empty fake: no interfaces, no sets, forwarding off.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -106,7 +107,9 @@ impl FakeFirewall {
     /// Locks and returns the shared state, to arrange or inspect it.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         // A panic while holding the lock can only come from a failing test; keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes an interface exist.
@@ -125,11 +128,13 @@ impl FakeFirewall {
     }
 
     /// The members of a set, or `None` when it does not exist.
+    #[must_use]
     pub fn set(&self, name: &str) -> Option<BTreeSet<SetEntry>> {
         self.state().sets.get(name).cloned()
     }
 
     /// The texts given to `apply_nft`, in order.
+    #[must_use]
     pub fn applied_nft(&self) -> Vec<String> {
         self.state()
             .calls
@@ -142,6 +147,7 @@ impl FakeFirewall {
     }
 
     /// The elements of a bridge-family nftables set, or `None` when it does not exist.
+    #[must_use]
     pub fn port_leases(&self, table: &str, set: &str) -> Option<BTreeSet<PortLease>> {
         self.state()
             .port_leases
@@ -150,6 +156,7 @@ impl FakeFirewall {
     }
 
     /// The change lists given to `update_port_leases`, in order.
+    #[must_use]
     pub fn lease_updates(&self) -> Vec<Vec<LeaseChange>> {
         self.state()
             .calls
@@ -162,6 +169,7 @@ impl FakeFirewall {
     }
 
     /// The texts given to `restore_rules`, in order.
+    #[must_use]
     pub fn restored_rules(&self) -> Vec<String> {
         self.state()
             .calls
@@ -174,6 +182,7 @@ impl FakeFirewall {
     }
 
     /// How many calls were recorded.
+    #[must_use]
     pub fn call_count(&self) -> usize {
         self.state().calls.len()
     }

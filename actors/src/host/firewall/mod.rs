@@ -94,6 +94,7 @@ pub enum Table {
 
 impl Table {
     /// The table's name as iptables spells it.
+    #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Table::Nat => "nat",
@@ -119,6 +120,7 @@ pub enum SetEntry {
 
 impl SetEntry {
     /// The entry's IP address.
+    #[must_use]
     pub fn ip(&self) -> Ipv4Addr {
         match *self {
             SetEntry::Ip(ip) | SetEntry::IpMac(ip, _) => ip,
@@ -168,42 +170,78 @@ pub enum LeaseChange {
 /// calling thread.
 pub trait Firewall {
     /// Whether a network interface of that name exists.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError>;
 
     /// Whether IPv4 forwarding is on (`/proc/sys/net/ipv4/ip_forward`, per namespace).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn ip_forward(&mut self) -> Result<bool, FirewallError>;
 
     /// Turns IPv4 forwarding on or off.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError>;
 
     /// The rules of a table as `iptables -S` prints them.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn list_rules(&mut self, table: Table) -> Result<String, FirewallError>;
 
     /// Applies an `iptables-restore` text with `--noflush`, atomically per table.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError>;
 
     /// The names of the existing sets (`ipset list -n`).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn list_sets(&mut self) -> Result<Vec<String>, FirewallError>;
 
     /// Applies an `ipset restore` text.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError>;
 
     /// Adds an entry to a set, in-process. Adding a present entry succeeds; for an
     /// `ip,mac` entry whose IP is present with another MAC, the MAC is replaced.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
 
     /// Removes an entry from a set, in-process. Removing an absent entry succeeds.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
 
     /// Destroys a set, in-process. Destroying an absent set succeeds.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError>;
 
     /// Applies an `nft -f` text as one transaction (all of it or nothing).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError>;
 
     /// Applies `changes`, in order, to the set `set` of the `bridge`-family nftables table
     /// `table`, in-process, as one transaction (all of them or none). Returns once the
     /// kernel has committed them.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn update_port_leases(
         &mut self,
         table: &str,

@@ -21,7 +21,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 
 use super::{LeaseChange, PortLease};
 
-/// The nfnetlink subsystem of nf_tables (`NFNL_SUBSYS_NFTABLES`).
+/// The nfnetlink subsystem of `nf_tables` (`NFNL_SUBSYS_NFTABLES`).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFNL_MSG_BATCH_BEGIN` / `_END` (`NLMSG_MIN_TYPE` and the next).
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -302,9 +302,9 @@ impl NftSocket {
             .seq
             .wrapping_add(u32::try_from(steps.len()).unwrap_or(u32::MAX))
             .wrapping_add(2);
-        let sent =
+        let written =
             socket::send(self.fd.as_raw_fd(), &buf, MsgFlags::empty()).map_err(io::Error::from);
-        match sent {
+        match written {
             Ok(n) if n == buf.len() => {}
             Ok(n) => {
                 return Err(NftError::Io {
@@ -459,8 +459,8 @@ mod tests {
         let (buf, steps) = batch("hearth", "leases", &changes, 100).unwrap();
         let msgs = messages(&buf);
         let kinds: Vec<u16> = msgs.iter().map(|m| m.0).collect();
-        let newelem = (10 << 8) | 12;
-        let delelem = (10 << 8) | 14;
+        let newelem = 0x0a0c; // NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
+        let delelem = 0x0a0e; // ... | NFT_MSG_DELSETELEM
         assert_eq!(kinds, [0x10, newelem, delelem, newelem, 0x11]);
         assert_eq!(
             msgs.iter().map(|m| m.2).collect::<Vec<_>>(),
