@@ -4,7 +4,7 @@
 //! refused: the stream ends with an `ERROR` frame. Entries extracted before the refused one
 //! stay (the stream is not spooled).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use hearth_proto::agent::frame::{write_frame, Frame};
@@ -13,7 +13,7 @@ use hearth_proto::agent::{codes, ArchiveSummary, ErrorBody};
 use super::data::DataReader;
 
 /// Reads the host's frames from `reader` and extracts them into `dir`; answers `DONE` or
-/// `ERROR` on `conn`.
+/// `ERROR` on `conn` (after an `ERROR`, the rest of the host's stream is read and dropped).
 pub fn receive<R: Read, W: Write>(dir: &Path, reader: R, conn: &mut W) {
     let mut data = DataReader::new(reader);
     let result = extract(dir, &mut data).and_then(|summary| {
@@ -27,12 +27,23 @@ pub fn receive<R: Read, W: Write>(dir: &Path, reader: R, conn: &mut W) {
             }
         }
     });
-    let last = match result {
-        Ok(summary) => Frame::done(&summary),
-        // A framing or host failure says so rather than the tar error it caused.
-        Err(e) => Frame::error(&data.failure.take().unwrap_or(e)),
-    };
-    let _ = write_frame(conn, &last).and_then(|()| conn.flush());
+    match result {
+        Ok(summary) => {
+            let _ = write_frame(conn, &Frame::done(&summary)).and_then(|()| conn.flush());
+        }
+        Err(e) => {
+            // A framing or host failure says so rather than the tar error it caused.
+            let broken = data.failure.take();
+            let stream_ok = broken.is_none();
+            let _ =
+                write_frame(conn, &Frame::error(&broken.unwrap_or(e))).and_then(|()| conn.flush());
+            // The host may still be sending: read its frames to their END, so it is not cut
+            // off mid-write (a reset could lose the ERROR frame on its side).
+            if stream_ok {
+                let _ = io::copy(&mut data, &mut io::sink());
+            }
+        }
+    }
 }
 
 fn archive_error(msg: &str) -> ErrorBody {
