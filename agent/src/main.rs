@@ -19,6 +19,10 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     ensure_std_fds();
+    // Orphans of session processes become ours, as they would if we ran as PID 1: the reaper
+    // reaps them, and this path is exercised outside a guest too.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let table = Arc::new(Table::new());
     match args.listen {
         Listen::Vsock { port } => {

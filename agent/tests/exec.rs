@@ -351,3 +351,78 @@ fn a_hostile_host_ends_only_its_own_stream() {
         matches!(e, AgentProtoError::Remote { ref code, .. } if code == codes::NO_SUCH_SESSION)
     );
 }
+
+#[test]
+fn orphans_are_reaped_and_do_not_steal_a_sessions_status() {
+    let agent = Agent::start();
+    // The shell leaves a background child behind; it is reparented to the agent (a child
+    // subreaper, as PID 1 would be) and must be reaped, while the session's own status is kept.
+    let (out, _, exit) = agent.run(sh("sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!; exit 5"));
+    assert_eq!(exit.code, 5);
+    let orphan: u32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, agent.pid(), "the orphan is the agent's");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan {orphan} was never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_session_table_is_bounded() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let mut ids = Vec::new();
+    for _ in 0..hearth_agent::exec::MAX_RUNNING {
+        let s: ExecStarted = c
+            .call(&Request::Exec(ExecRequest::new(argv(&["sleep", "60"]))))
+            .unwrap();
+        ids.push(s.id);
+    }
+    let e = c
+        .call::<ExecStarted>(&Request::Exec(ExecRequest::new(argv(&["true"]))))
+        .unwrap_err();
+    assert!(
+        matches!(e, AgentProtoError::Remote { ref code, .. } if code == codes::TOO_MANY_SESSIONS),
+        "{e:?}"
+    );
+    for id in &ids {
+        let _: Empty = c
+            .call(&Request::Signal(SignalRequest {
+                id: id.clone(),
+                signal: 9,
+            }))
+            .unwrap();
+    }
+    for id in &ids {
+        agent.wait_exit(id);
+    }
+    // Room again, and only the newest exited sessions are kept.
+    let _: ExecStarted = c
+        .call(&Request::Exec(ExecRequest::new(argv(&["true"]))))
+        .unwrap();
+    let list: ExecList = c.call(&Request::Execs).unwrap();
+    let exited = list.execs.iter().filter(|e| e.exit.is_some()).count();
+    assert!(
+        exited <= hearth_agent::exec::MAX_EXITED,
+        "{exited} exited kept"
+    );
+    assert!(list.execs.iter().any(|e| &e.id == ids.last().unwrap()));
+    assert!(
+        !list.execs.iter().any(|e| e.id == ids[0]),
+        "the oldest was dropped"
+    );
+}
