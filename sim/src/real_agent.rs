@@ -22,6 +22,10 @@ pub struct RealAgent {
 
 impl RealAgent {
     /// Starts `bin --unix <private tmp dir>/agent.sock`; its stderr goes to the simulator's.
+    ///
+    /// # Errors
+    ///
+    /// Creating its directory or spawning it failed.
     pub fn spawn(bin: &Path) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "fc-sim-agent-{}-{:08x}",
@@ -56,6 +60,7 @@ impl RealAgent {
     }
 
     /// The agent's socket.
+    #[must_use]
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -75,6 +80,10 @@ impl Drop for RealAgent {
 }
 
 /// Connects to the agent's socket, retrying until `timeout` (it may still be starting).
+///
+/// # Errors
+///
+/// The last connection error once `timeout` passed.
 pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     loop {
