@@ -71,7 +71,7 @@ fn the_real_agent_serves_exec_through_hybrid_vsock() {
     let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(reply.boot_id, host_boot_id.trim());
 
-    // An attached exec with stdin: frames pass both ways, and a half-close is passed on.
+    // An attached exec with stdin: frames pass both ways until the agent closes after EXIT.
     let mut req = ExecRequest::new(vec!["cat".into()]);
     req.stdin = true;
     req.attach = true;
