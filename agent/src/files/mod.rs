@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod get;
+pub mod journal;
 pub mod put;
 
 use std::io;
