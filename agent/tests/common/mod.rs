@@ -32,11 +32,12 @@ impl Agent {
     pub fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_hearth-agent"))
-            .arg("--unix")
-            .arg(&sock)
-            .spawn()
-            .unwrap();
+        // HEARTH_AGENT_BIN runs the tests against another build (e.g. the static release one).
+        let bin = std::env::var_os("HEARTH_AGENT_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_hearth-agent")),
+            PathBuf::from,
+        );
+        let child = Command::new(bin).arg("--unix").arg(&sock).spawn().unwrap();
         let a = Agent {
             child,
             sock,
