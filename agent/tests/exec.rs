@@ -173,20 +173,33 @@ fn detach_then_attach_replays_without_loss_or_duplication() {
     };
     // First attach: read a few frames, then go away mid-stream (detach).
     let mut c = attach(false);
-    let first = c.frame().unwrap();
-    assert_eq!(first.kind, FrameKind::Stdout);
+    let mut first = Vec::new();
+    while first.len() < 4 {
+        let f = c.frame().unwrap();
+        assert_eq!(f.kind, FrameKind::Stdout);
+        first.extend_from_slice(&f.payload);
+    }
     assert!(
-        first.payload.starts_with(b"0\n1\n"),
+        first.starts_with(b"0\n1\n"),
         "the replay starts at the beginning"
     );
     drop(c);
-    std::thread::sleep(Duration::from_millis(50));
-    let info: ExecInfo = agent
-        .call(&Request::ExecInfo(hearth_proto::agent::SessionRef {
-            id: started.id.clone(),
-        }))
-        .unwrap();
-    assert!(!info.attached, "closing the connection detaches");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: ExecInfo = agent
+            .call(&Request::ExecInfo(hearth_proto::agent::SessionRef {
+                id: started.id.clone(),
+            }))
+            .unwrap();
+        if !info.attached {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closing the connection never detached"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Second attach: everything kept (the ring is large enough) exactly once, then EXIT.
     let (out, _, exit) = attach(false).collect();
     assert_eq!(exit.code, 0);
@@ -278,7 +291,7 @@ fn ring_overflow_while_detached_keeps_the_newest_bytes() {
     req.ring_bytes = Some(65536);
     let started: ExecStarted = agent.call(&Request::Exec(req)).unwrap();
     agent.wait_exit(&started.id);
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let mut c = agent.connect();
     let _: ExecInfo = c
         .call(&Request::Attach(AttachRequest {
@@ -289,8 +302,15 @@ fn ring_overflow_while_detached_keeps_the_newest_bytes() {
     let (out, _, exit) = c.collect();
     assert_eq!(exit.code, 0);
     let all = numbers(100_000);
-    assert_eq!(out.len(), 65536);
-    assert_eq!(out, all[all.len() - 65536..]);
+    // The newest bytes, contiguous, to the end: the front was dropped. Exactly the ring's
+    // 64 KiB when the pipe was drained before the attach (it is, unless the machine is
+    // very busy: output read after the attach is appended, never dropped).
+    assert!(all.ends_with(&out), "not the stream's tail");
+    assert!(
+        out.len() >= 65536 && out.len() < all.len(),
+        "{} bytes",
+        out.len()
+    );
 }
 
 #[test]

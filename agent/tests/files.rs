@@ -389,21 +389,27 @@ fn archive_streams_and_targets_are_checked() {
     }
 }
 
-/// Names and content digests below `d`, sorted (hidden files included).
+/// Names and content digests below `d`, sorted (hidden files included). Paths that vanish
+/// while it reads (the agent may be undoing meanwhile) show as `<gone>`.
 fn snapshot(d: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap() {
-        let e = e.unwrap();
+    let Ok(entries) = std::fs::read_dir(d) else {
+        return vec![(d.to_string_lossy().into_owned(), "<gone>".into())];
+    };
+    for e in entries {
+        let Ok(e) = e else { continue };
         let name = e.path().to_string_lossy().into_owned();
-        let ft = e.file_type().unwrap();
+        let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             out.push((name, "<dir>".into()));
             out.extend(snapshot(&e.path()));
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(e.path()).unwrap();
-            out.push((name, format!("-> {}", target.display())));
+            let target = std::fs::read_link(e.path())
+                .map_or("<gone>".into(), |t| format!("-> {}", t.display()));
+            out.push((name, target));
         } else {
-            out.push((name, sha256(&std::fs::read(e.path()).unwrap())));
+            let digest = std::fs::read(e.path()).map_or("<gone>".into(), |c| sha256(&c));
+            out.push((name, digest));
         }
     }
     out.sort();
