@@ -134,7 +134,7 @@ fn the_agent_is_stopped_when_the_vmm_exits() {
         &[],
         &[
             ("FC_SIM_AGENT_BIN", bin.to_str().unwrap()),
-            ("FC_SIM_CRASH_AFTER_MS", "400"),
+            ("FC_SIM_CRASH_AFTER_MS", "2000"),
         ],
     );
     let d = sim.dir.path().to_str().unwrap().to_owned();
