@@ -447,3 +447,17 @@ fn the_session_table_is_bounded() {
         "the oldest was dropped"
     );
 }
+
+#[test]
+fn a_background_child_holding_the_pipe_does_not_hold_back_exit() {
+    let agent = Agent::start();
+    let start = std::time::Instant::now();
+    // The background sleep inherits stdout and keeps the pipe open for 30 s.
+    let (out, _, exit) = agent.run(sh("sleep 30 & echo started"));
+    assert_eq!((out.as_slice(), exit.code), (&b"started\n"[..], 0));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "EXIT waited for the background child: {:?}",
+        start.elapsed()
+    );
+}
