@@ -461,3 +461,33 @@ fn a_background_child_holding_the_pipe_does_not_hold_back_exit() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_busy_stdout_does_not_starve_stderr() {
+    let agent = Agent::start();
+    // 4 MiB on stdout, one stderr line, 16 MiB more on stdout. With a slow reader the stdout
+    // ring stays full, yet the stderr line must come right after the stdout written before it
+    // (4 MiB, plus what the ring and pipe held), not after all 20 MiB.
+    let mut req = sh("head -c 4194304 /dev/zero; echo early >&2; head -c 16777216 /dev/zero");
+    req.attach = true;
+    let mut c = agent.connect();
+    let _: ExecStarted = c.call(&Request::Exec(req)).unwrap();
+    let mut stdout_before_stderr = 0usize;
+    loop {
+        let f = c.frame().unwrap();
+        match f.kind {
+            FrameKind::Stdout => stdout_before_stderr += f.payload.len(),
+            FrameKind::Stderr => {
+                assert_eq!(f.payload, b"early\n");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        stdout_before_stderr < 7 << 20,
+        "stderr came after {stdout_before_stderr} bytes of stdout"
+    );
+    c.send(&Frame::signal(9));
+}

@@ -57,6 +57,8 @@ enum Next {
 }
 
 fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
+    // Streams take turns, so a busy stdout cannot starve stderr.
+    let mut turn = 0;
     loop {
         let mut st = session.lock();
         let next = loop {
@@ -75,7 +77,7 @@ fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
             if let Some(e) = a.end.take() {
                 break Next::Fail(e);
             }
-            if let Some(i) = (0..2).find(|&i| a.sent[i] < ends[i]) {
+            if let Some(i) = [turn, 1 - turn].into_iter().find(|&i| a.sent[i] < ends[i]) {
                 let from = a.sent[i];
                 break Next::Data(i, from, st.rings[i].read_at(from, MAX_PAYLOAD));
             }
@@ -87,6 +89,7 @@ fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
         drop(st);
         match next {
             Next::Data(i, from, chunk) => {
+                turn = 1 - i;
                 let kind = if i == 0 {
                     FrameKind::Stdout
                 } else {
