@@ -4,10 +4,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 /// A host connection (a Unix socket in tests and the simulator, vsock in a guest).
-pub trait Conn: Read + Write + Send + Sized + 'static {
+pub trait Conn: Read + Write + AsFd + Send + Sized + 'static {
     /// Another handle to the same connection.
     ///
     /// # Errors

@@ -491,3 +491,49 @@ fn a_busy_stdout_does_not_starve_stderr() {
     );
     c.send(&Frame::signal(9));
 }
+
+#[test]
+fn a_takeover_closes_a_host_that_stopped_reading() {
+    let agent = Agent::start();
+    // The first host never reads: its sender blocks once the socket buffers are full.
+    let mut req = sh("head -c 50000000 /dev/zero; sleep 100");
+    req.attach = true;
+    let mut first = agent.connect();
+    let started: ExecStarted = first.call(&Request::Exec(req)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = agent.connect();
+    let _: ExecInfo = second
+        .call(&Request::Attach(AttachRequest {
+            id: started.id.clone(),
+            stdin: false,
+        }))
+        .unwrap();
+    // The second host gets the stream...
+    let mut got = 0;
+    while got < 8 << 20 {
+        let f = second.frame().unwrap();
+        assert_eq!(f.kind, FrameKind::Stdout);
+        got += f.payload.len();
+    }
+    // ...and the first one's connection is shut down under its stuck sender. Checked
+    // without reading (reading would unblock the sender): the socket reports a hang-up.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&first.w);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on a socket we own.
+    let r = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
+    assert!(
+        r == 1 && pfd.revents & libc::POLLHUP != 0,
+        "the taken-over connection was never closed (revents {:#x})",
+        pfd.revents
+    );
+    let _: Empty = agent
+        .call(&Request::Signal(SignalRequest {
+            id: started.id,
+            signal: 9,
+        }))
+        .unwrap();
+}

@@ -37,6 +37,9 @@ pub struct Attachment {
     pub sent: [u64; 2],
     /// Set when the stream must end with this error (a bad host frame).
     pub end: Option<ErrorBody>,
+    /// A handle on the host's connection, to close it when a takeover finds its sender stuck
+    /// on a host that stopped reading.
+    pub closer: Option<OwnedFd>,
 }
 
 /// The mutable part of a session.
@@ -95,6 +98,7 @@ impl Session {
             gen: 0,
             sent: [0, 0],
             end: None,
+            closer: None,
         });
         Arc::new(Session {
             id,
