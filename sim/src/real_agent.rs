@@ -40,13 +40,18 @@ impl RealAgent {
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
+        let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        // SAFETY: prctl and getppid are async-signal-safe; the closure only copies a pid.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // The agent dies with the thread that spawned it (the VMM thread, which lives
                 // as long as the process): a SIGKILLed simulator leaves no agent behind.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
+                }
+                // The simulator died before the prctl took effect: nobody will kill us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
                 }
                 Ok(())
             });
