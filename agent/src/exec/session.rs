@@ -196,6 +196,13 @@ impl Session {
             };
             // SAFETY: one pollfd.
             let r = unsafe { libc::poll(&raw mut pfd, 1, 200) };
+            if r < 0 {
+                // EINTR; anything else would repeat forever, so give up on the stream.
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
             if r == 0 {
                 let st = self.lock();
                 if st.exited_at.is_some_and(|t| t.elapsed() >= DRAIN_GRACE) {
