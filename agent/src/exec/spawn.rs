@@ -371,3 +371,49 @@ unsafe fn child(
         fail(STAGE_EXEC, 126)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(argv: &[&str]) -> ExecRequest {
+        ExecRequest::new(argv.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn environment_defaults_then_overrides() {
+        let mut r = req(&["ls"]);
+        let env = environment(&r);
+        assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
+        assert!(env.iter().any(|e| e.starts_with("HOME=")));
+        assert!(
+            !env.iter().any(|e| e.starts_with("TERM=")),
+            "TERM only with a PTY"
+        );
+        r.tty = true;
+        r.env = vec!["PATH=/x".into(), "A=1".into(), "A=2".into(), "E=".into()];
+        let env = environment(&r);
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"PATH=/x".to_string()));
+        assert!(env.contains(&"A=2".to_string()) && !env.contains(&"A=1".to_string()));
+        assert!(env.contains(&"E=".to_string()));
+    }
+
+    #[test]
+    fn commands_are_looked_up_in_the_requests_path() {
+        let mut r = req(&["tool"]);
+        r.env = vec!["PATH=/a::/b/".into()];
+        let p = prepare(&r).unwrap();
+        let c: Vec<&str> = p.candidates.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(c, ["/a/tool", "./tool", "/b/tool"]);
+        // A name with a slash is used as it is.
+        let p = prepare(&req(&["./run.sh"])).unwrap();
+        assert_eq!(p.candidates.len(), 1);
+        assert_eq!(p.workdir.to_str().unwrap(), "/");
+        // gid defaults to uid.
+        let mut r = req(&["id"]);
+        r.uid = Some(65534);
+        let p = prepare(&r).unwrap();
+        assert_eq!((p.uid, p.gid), (Some(65534), Some(65534)));
+    }
+}
