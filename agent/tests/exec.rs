@@ -537,3 +537,33 @@ fn a_takeover_closes_a_host_that_stopped_reading() {
         }))
         .unwrap();
 }
+
+#[test]
+fn output_before_the_first_attach_is_kept() {
+    let agent = Agent::start();
+    // Create, then attach a moment later, as hosts do: 6.9 MB of output, far more than the
+    // 1 MiB ring, and none of it may be lost in between.
+    let started: ExecStarted = agent.call(&Request::Exec(sh("seq 0 999999"))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let info: ExecInfo = agent
+        .call(&Request::ExecInfo(hearth_proto::agent::SessionRef {
+            id: started.id.clone(),
+        }))
+        .unwrap();
+    assert!(!info.attached, "a held place is not an attached host");
+    assert!(info.exit.is_none(), "the process waits for its first host");
+    let mut c = agent.connect();
+    let _: ExecInfo = c
+        .call(&Request::Attach(AttachRequest {
+            id: started.id,
+            stdin: false,
+        }))
+        .unwrap();
+    let (out, _, exit) = c.collect();
+    assert_eq!(exit.code, 0);
+    assert_eq!(out.len(), numbers(1_000_000).len());
+    assert!(
+        out == numbers(1_000_000),
+        "output lost or reordered before the first attach"
+    );
+}

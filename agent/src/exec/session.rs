@@ -23,6 +23,12 @@ pub const MIN_RING: usize = hearth_proto::agent::frame::MAX_PAYLOAD;
 /// child) keeps its pipe or PTY open.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a session started without a host keeps every byte for its first attach (the
+/// process blocks on a full ring meanwhile): hosts create a session, then attach to it, and
+/// output in between must not be dropped. After that, with nobody attached, the rings drop
+/// their oldest bytes.
+pub const FIRST_ATTACH_HOLD: Duration = Duration::from_secs(2);
+
 /// Stdout's index in the per-stream arrays.
 pub const STDOUT: usize = 0;
 /// Stderr's index in the per-stream arrays.
@@ -40,6 +46,8 @@ pub struct Attachment {
     /// A handle on the host's connection, to close it when a takeover finds its sender stuck
     /// on a host that stopped reading.
     pub closer: Option<OwnedFd>,
+    /// No host yet: the place is held for the first attach ([`FIRST_ATTACH_HOLD`]).
+    pub held: bool,
 }
 
 /// The mutable part of a session.
@@ -85,7 +93,8 @@ pub struct Session {
 
 impl Session {
     /// A session not started yet; `attach` reserves the first attachment for the `exec`'s own
-    /// connection, so no output is dropped before it starts reading.
+    /// connection, so no output is dropped before it starts reading. Without it, the place is
+    /// held for the first `attach` for [`FIRST_ATTACH_HOLD`].
     #[must_use]
     pub fn new(id: SessionId, req: &ExecRequest, attach: bool) -> Arc<Self> {
         let cap = usize::try_from(
@@ -94,11 +103,12 @@ impl Session {
         )
         .unwrap_or(usize::MAX)
         .max(MIN_RING);
-        let attach = attach.then_some(Attachment {
+        let attach = Some(Attachment {
             gen: 0,
             sent: [0, 0],
             end: None,
             closer: None,
+            held: !attach,
         });
         Arc::new(Session {
             id,
@@ -167,6 +177,10 @@ impl Session {
         self.spawn_pump(STDOUT, spawned.stdout);
         if let Some(err) = spawned.stderr {
             self.spawn_pump(STDERR, err);
+        }
+        if self.lock().attach.as_ref().is_some_and(|a| a.held) {
+            let me = self.clone();
+            std::thread::spawn(move || me.release_hold());
         }
         if let Some(ms) = req.timeout_ms {
             let me = self.clone();
@@ -269,6 +283,26 @@ impl Session {
         self.notify();
     }
 
+    /// Ends the hold for the first attach, if no host came within [`FIRST_ATTACH_HOLD`].
+    fn release_hold(&self) {
+        let deadline = Instant::now() + FIRST_ATTACH_HOLD;
+        let mut st = self.lock();
+        while st.attach.as_ref().is_some_and(|a| a.held) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.attach = None;
+                drop(st);
+                self.notify();
+                return;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     fn enforce_timeout(&self, after: Duration) {
         let deadline = Instant::now() + after;
         let mut st = self.lock();
@@ -326,7 +360,7 @@ impl Session {
             stdin_open,
             pid: self.pid().unsigned_abs(),
             started_uptime_ms: self.started_uptime_ms,
-            attached: st.attach.is_some(),
+            attached: st.attach.as_ref().is_some_and(|a| !a.held),
             exit: st.exit,
         }
     }

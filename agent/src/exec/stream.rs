@@ -26,6 +26,7 @@ pub fn attach(session: &Session) -> u64 {
         sent,
         end: None,
         closer: None,
+        held: false,
     });
     drop(st);
     session.notify();
