@@ -28,6 +28,7 @@ impl RealAgent {
     ///
     /// Creating its directory or spawning it failed.
     pub fn spawn(bin: &Path) -> io::Result<Self> {
+        remove_stale_dirs(&std::env::temp_dir());
         let dir = std::env::temp_dir().join(format!(
             "fc-sim-agent-{}-{:08x}",
             std::process::id(),
@@ -85,6 +86,28 @@ impl Drop for RealAgent {
     }
 }
 
+/// Removes the agent directories of simulators that are gone (a SIGKILLed simulator cannot
+/// remove its own): `fc-sim-agent-<pid>-<rand>` whose pid no longer runs.
+fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fc-sim-agent-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Connects to the agent's socket, retrying until `timeout` (it may still be starting).
 ///
 /// # Errors
@@ -126,6 +149,24 @@ fn copy_then_close(mut from: UnixStream, mut to: UnixStream) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn stale_agent_dirs_of_dead_simulators_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A pid that cannot run (above the kernel's pid_max limit of 2^22).
+        let dead = tmp.path().join("fc-sim-agent-99999999-0000abcd");
+        let alive = tmp
+            .path()
+            .join(format!("fc-sim-agent-{}-0000abcd", std::process::id()));
+        let other = tmp.path().join("fc-sim-agent-notapid");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(dead.join("agent.sock"), b"").unwrap();
+        remove_stale_dirs(tmp.path());
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+    }
 
     #[test]
     fn a_host_half_close_ends_the_connection_as_in_firecracker() {
