@@ -86,7 +86,7 @@ impl Drop for RealAgent {
     }
 }
 
-/// Removes the agent directories of simulators that are gone (a simulator killed by `SIGKILL` cannot
+/// Removes the agent directories of simulators that are gone (one killed by `SIGKILL` cannot
 /// remove its own): `fc-sim-agent-<pid>-<rand>` whose pid no longer runs.
 fn remove_stale_dirs(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
