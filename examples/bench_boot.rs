@@ -10,7 +10,7 @@
 //! Runs inside a network namespace it creates, with one TAP leased from `TapPoolActor`. The
 //! simulator's guest boot delay is set to 0 (`--sim-boot-delay-ms`) so the agent phase
 //! measures the probe itself. The kernel defaults to the generated minimal `vmlinux` of
-//! `tests/common/vmlinux.rs` (the real loader accepts it; no guest boots), the root disk to a
+//! `hearth_testkit::vmlinux` (the real loader accepts it; no guest boots), the root disk to a
 //! 1 MiB file. Needs root.
 //!
 //! ```text
@@ -21,10 +21,8 @@
 //! ```
 
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vmlinux.rs"]
-mod vmlinux;
+use hearth_testkit::fc_sim;
+use hearth_testkit::vmlinux;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -22,11 +22,7 @@
 //! sudo cargo run --release --example bench_restart -- 1000 --stops 50
 //! ```
 
-use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
+use hearth::vm_host;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -25,11 +25,8 @@
 //! sudo cargo run --release --example bench_supervisor -- 1000
 //! ```
 
+use hearth::vm_host;
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,8 +13,7 @@
 //! ```
 
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::path::PathBuf;
 use std::rc::Rc;

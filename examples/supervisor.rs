@@ -15,11 +15,8 @@
 //! sudo cargo run --example supervisor
 //! ```
 
+use hearth::vm_host;
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -4,10 +4,7 @@
 //! create and of a delete, and the same-name create race.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
 
 use std::time::Duration;
 

@@ -7,10 +7,8 @@
 //! - a stray VMM using a leaked run directory is killed at restart and the directory removed.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
+use hearth_testkit::fc_sim;
 
 use std::time::Duration;
 

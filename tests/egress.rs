@@ -5,10 +5,8 @@
 //! needs an egress interface".
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
+use hearth_testkit::fc_sim;
 
 use std::time::Duration;
 

@@ -2,15 +2,14 @@
 //! answers, guest reboots, crashes and ignored signals on demand (the `FC_SIM_*` knobs), and
 //! the actor's own refusals. Behaviour both VMMs share is tested against both in
 //! `tests/vmm.rs`. Build the simulator first: `cargo build -p firecracker-sim` (see
-//! `tests/common/fc_sim.rs`). Tests that put a TAP on the VM need root and run in their own
+//! `hearth_testkit::fc_sim`). Tests that put a TAP on the VM need root and run in their own
 //! network namespace; the others run unprivileged in a temporary run directory.
 //!
 //! The VM is brought up as the supervisor's saga does (`SpawnProcess`, `ConfigureVm`,
 //! `StartVm`, `ProbeReady`): that is the only boot pipeline.
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

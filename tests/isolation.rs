@@ -7,9 +7,8 @@
 //! the firewall is the real `NatActor`; DNS the real `DnsActor` (see `common/hearth_net.rs`).
 
 mod common;
+use common::hearth_net;
 use hearth_testkit::guest;
-#[path = "common/hearth_net.rs"]
-mod hearth_net;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;

@@ -9,8 +9,7 @@
 //!   get the host's traffic for that address: the victim still does.
 
 mod common;
-#[path = "common/hearth_net.rs"]
-mod hearth_net;
+use common::hearth_net;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

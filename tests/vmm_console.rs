@@ -9,8 +9,7 @@
 //! simulator runs. Unprivileged.
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -17,10 +17,8 @@
 //! The tests of this file take one lock: the checks read this whole process's descriptor table.
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
-#[path = "common/vm_host.rs"]
-mod vm_host;
+use hearth::vm_host;
+use hearth_testkit::fc_sim;
 
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};

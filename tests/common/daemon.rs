@@ -3,12 +3,7 @@
 //! `firecracker-sim` as the VMM, and `hearthctl` to drive it. Also counts everything hearth
 //! could leak (processes, run directories, disks, TAPs, set members).
 //!
-//! Include with `mod common; #[path = "common/fc_sim.rs"] mod fc_sim;
-//! #[path = "common/daemon.rs"] mod daemon;`.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
+//! Use with `mod common; use common::daemon;`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,11 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{self, NetNs};
-use crate::fc_sim;
-
-#[path = "vmlinux.rs"]
-mod vmlinux;
+use hearth_testkit::{self as common, fc_sim, vmlinux, NetNs};
 
 /// TAPs kept warm by the test daemons.
 pub const POOL: usize = 2;

@@ -6,15 +6,11 @@
 //! binary is a failure instead. The real binary needs `/dev/kvm`, so its cases are also
 //! privileged (root).
 //!
-//! Include with `#[path = "common/vmm.rs"] mod vmm;` next to `fc_sim` and `vmlinux`.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
+//! Use with `mod common; use common::vmm;`.
 
 use std::path::{Path, PathBuf};
 
-use crate::fc_sim;
+use hearth_testkit::fc_sim;
 
 /// Names the real Firecracker binary.
 pub const REAL_VAR: &str = "HEARTH_FIRECRACKER_REAL";
@@ -115,16 +111,16 @@ macro_rules! vmm_test {
 
             #[test]
             fn sim() {
-                actix::System::new().block_on($body($crate::vmm::Vmm::Sim));
+                actix::System::new().block_on($body($crate::common::vmm::Vmm::Sim));
             }
 
             #[test]
             fn real() {
-                let Some(bin) = $crate::vmm::real_firecracker(module_path!()) else {
+                let Some(bin) = $crate::common::vmm::real_firecracker(module_path!()) else {
                     return;
                 };
                 $crate::require_privileged!();
-                actix::System::new().block_on($body($crate::vmm::Vmm::Real(bin)));
+                actix::System::new().block_on($body($crate::common::vmm::Vmm::Real(bin)));
             }
         }
     };
@@ -136,17 +132,17 @@ macro_rules! vmm_test {
             fn sim() {
                 $crate::require_privileged!();
                 let ns = $crate::common::NetNs::new("vmm");
-                ns.block_on(|| $body($crate::vmm::Vmm::Sim, &ns));
+                ns.block_on(|| $body($crate::common::vmm::Vmm::Sim, &ns));
             }
 
             #[test]
             fn real() {
-                let Some(bin) = $crate::vmm::real_firecracker(module_path!()) else {
+                let Some(bin) = $crate::common::vmm::real_firecracker(module_path!()) else {
                     return;
                 };
                 $crate::require_privileged!();
                 let ns = $crate::common::NetNs::new("vmm");
-                ns.block_on(|| $body($crate::vmm::Vmm::Real(bin), &ns));
+                ns.block_on(|| $body($crate::common::vmm::Vmm::Real(bin), &ns));
             }
         }
     };

@@ -8,26 +8,21 @@
 //! would outlive this process), then deletes both namespaces and the directory, so nothing is
 //! left behind on failure either.
 //!
-//! Include with `mod common; #[path = "common/fc_sim.rs"] mod fc_sim;
-//! #[path = "common/vm_host.rs"] mod vm_host;` (paths relative to the including file).
-#![allow(
-    dead_code,
-    reason = "each example uses a different part of the helpers"
-)]
+//! Test support: only with the `testing` feature, which the crate's own tests and examples
+//! get through its dev-dependency on itself, so release binaries do not carry it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use hearth::config::Config;
-use hearth::images::ImageStore;
 use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
 use hearth_actors::supervisor::SupervisorMetrics;
 use hearth_proto::api_images::ImageKind;
+use hearth_testkit::{self as common, fc_sim, NetNs};
 
-use crate::common::{self, NetNs};
-use crate::fc_sim;
+use crate::config::Config;
+use crate::images::ImageStore;
 
 /// Name of the kernel image in the store.
 pub const KERNEL: &str = "vmlinux";
@@ -116,7 +111,7 @@ impl VmHost {
         // A kernel the image store and Firecracker's loader (and so the simulator) accept.
         std::fs::write(
             src.join("vmlinux"),
-            firecracker_sim::kernel::minimal_vmlinux(),
+            hearth_testkit::vmlinux::minimal_vmlinux(),
         )?;
         let rootfs = src.join("rootfs.ext4");
         std::fs::File::create(&rootfs)?.set_len(rootfs_mib << 20)?;
