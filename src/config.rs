@@ -49,7 +49,7 @@ pub struct Config {
     /// The Firecracker binary. Default: `firecracker` in `PATH`.
     pub firecracker_bin: Option<PathBuf>,
     /// VM lifecycle settings.
-    pub vm: VmConfig,
+    pub vm: VmLifecycleConfig,
     /// The control endpoint.
     pub api: ApiConfig,
     /// The state database.
@@ -156,10 +156,11 @@ impl Default for DnsConfig {
     }
 }
 
-/// VM lifecycle settings.
+/// The `[vm]` section: VM lifecycle settings for every VM (one VM's Firecracker setup is
+/// `hearth_actors::firecracker::VmConfig`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct VmConfig {
+pub struct VmLifecycleConfig {
     /// How long a new VM's guest agent has to answer before the VM is `unready`, seconds.
     pub ready_timeout_secs: u64,
     /// The guest agent's vsock port.
@@ -177,7 +178,7 @@ pub struct VmConfig {
     pub socket_group: Option<u32>,
 }
 
-impl Default for VmConfig {
+impl Default for VmLifecycleConfig {
     fn default() -> Self {
         Self {
             ready_timeout_secs: 30,
@@ -454,7 +455,7 @@ impl DnsConfig {
     }
 }
 
-impl VmConfig {
+impl VmLifecycleConfig {
     /// Checks the `[vm]` section.
     fn validate(&self) -> Result<(), ConfigError> {
         if self.agent_port == 0 {

@@ -14,7 +14,7 @@ use hearth_actors::lease::NetLease;
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use hearth_actors::supervisor::{DiskRecord, ProcessRecord, VmRecord};
+pub use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
 use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
@@ -216,7 +216,7 @@ impl Store {
     }
 
     /// Records a VM's VMM process: paths before spawn, pid and start time right after.
-    pub fn put_process(&self, vm: &str, p: &ProcessRecord) -> Result<(), StoreError> {
+    pub fn put_process(&self, vm: &str, p: &VmmProcessRecord) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO processes (vm, pid, start_time, api_socket, binary, vsock_cid)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -366,7 +366,7 @@ impl VmStore for Store {
     fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_disk(self, vm)?)
     }
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError> {
+    fn put_process(&mut self, vm: &str, process: &VmmProcessRecord) -> Result<(), VmStoreError> {
         Ok(Store::put_process(self, vm, process)?)
     }
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {

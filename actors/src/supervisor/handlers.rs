@@ -17,7 +17,7 @@ use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
     Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns, RunAction,
     RunDirOwner, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction, VmEntry,
-    VmSupervisor, WaitForState, Waiter,
+    VmSupervisor, VmmProcessRecord, WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
@@ -669,21 +669,11 @@ impl Handler<Open> for VmSupervisor {
         for r in &records {
             self.vms
                 .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
-            let Some(p) = &r.process else { continue };
-            let (Some(pid), Some(start_time)) = (p.pid, p.start_time) else {
+            let Some(process) = r.process.as_ref().and_then(VmmProcessRecord::spawned) else {
                 continue;
             };
             match self.vmm_for(&r.spec.name, ctx) {
-                Ok(addr) => candidates.push((
-                    r.spec.name.clone(),
-                    addr,
-                    VmmProcess {
-                        pid,
-                        start_time,
-                        api_socket: p.api_socket.clone(),
-                        binary: p.binary.clone(),
-                    },
-                )),
+                Ok(addr) => candidates.push((r.spec.name.clone(), addr, process)),
                 Err(e) => warn!(self.log, "cannot adopt"; "vm" => &r.spec.name, "error" => %e),
             }
         }

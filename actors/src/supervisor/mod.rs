@@ -55,7 +55,7 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
-pub use store::{DiskRecord, MemoryVmStore, ProcessRecord, VmRecord, VmStore, VmStoreError};
+pub use store::{DiskRecord, MemoryVmStore, VmRecord, VmStore, VmStoreError, VmmProcessRecord};
 
 /// The actors the supervisor drives.
 #[derive(Clone)]
@@ -387,7 +387,7 @@ pub(crate) enum Change {
     Nat(bool),
     Lease(Option<NetLease>),
     Disk(Option<DiskRecord>),
-    Process(Option<ProcessRecord>),
+    Process(Option<VmmProcessRecord>),
     Remove,
 }
 

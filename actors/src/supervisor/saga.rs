@@ -10,8 +10,8 @@ use hearth_proto::api::{CreateVm, EventReason, VmState};
 use slog::{info, warn, Logger};
 
 use super::{
-    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, StepCause, SupervisorDeps,
-    SupervisorError, SupervisorSettings, VmSupervisor,
+    Change, Commit, DiskRecord, ObservePhase, StepCause, SupervisorDeps, SupervisorError,
+    SupervisorSettings, VmSupervisor, VmmProcessRecord,
 };
 use crate::firecracker::{
     cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
@@ -354,7 +354,7 @@ impl Boot<'_> {
         let vm = plan.spec.name.as_str();
         let vsock_cid = cid_for_guest_ip(lease.guest_ip)
             .ok_or_else(|| SupervisorError::step("vsock", StepCause::NoVsockCid(lease.guest_ip)))?;
-        let mut record = ProcessRecord {
+        let mut record = VmmProcessRecord {
             pid: None,
             start_time: None,
             api_socket: plan.api_socket.clone(),
@@ -373,8 +373,7 @@ impl Boot<'_> {
             .await
             .map_err(mailbox("spawn"))?
             .map_err(step("spawn"))?;
-        record.pid = Some(spawned.record.pid);
-        record.start_time = Some(spawned.record.start_time);
+        record.set_spawned(&spawned.record);
         p.commit(vm, Change::Process(Some(record))).await?;
         self.lap();
         p.observe("spawn", spawned.spawn).await;

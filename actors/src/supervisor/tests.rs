@@ -42,7 +42,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
             path: format!("/d/{name}.img").into(),
             backend: crate::host::disks::BackendKind::Copy,
         }),
-        process: pid.map(|pid| ProcessRecord {
+        process: pid.map(|pid| VmmProcessRecord {
             pid: Some(pid),
             start_time: Some(1),
             api_socket: format!("/run/hearth/vms/{name}/api.sock").into(),
