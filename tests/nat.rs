@@ -18,43 +18,12 @@ use hearth_actors::nat::{
     EnsureNat, GetStatus, GuestSpec, NatActor, NatConfig, NatError, Reconcile, RegisterGuest,
     SetEgress, Teardown, UnregisterGuest,
 };
+use hearth_actors::testing::{guest, ip, lease, nat_config};
 
 const FLAVORS: [IptablesFlavor; 2] = [IptablesFlavor::Nft, IptablesFlavor::Legacy];
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(172, 31, 240, n)
-}
-
 fn config() -> NatConfig {
-    NatConfig {
-        bridge: "hearth0".into(),
-        cidr: "172.31.240.0/24".parse().unwrap(),
-        gateway: ip(1),
-        egress: Some("wan0".into()),
-        guest_ports: "hth".into(),
-        isolate_guests: true,
-        block_guest_to_host: true,
-        anti_spoofing: true,
-    }
-}
-
-fn guest(n: u8, nat: bool) -> GuestSpec {
-    GuestSpec {
-        tap: format!("hth{n}"),
-        ip: ip(n),
-        mac: MacAddr::for_guest(ip(n)),
-        nat,
-    }
-}
-
-fn lease(n: u8, mac: MacAddr) -> NetLease {
-    NetLease {
-        tap: format!("hth{n}"),
-        mac,
-        guest_ip: ip(n),
-        gateway: ip(1),
-        prefix_len: 24,
-    }
+    nat_config("wan0")
 }
 
 /// A namespace with a `wan0` (the egress) and the bridge `hearth0` at the gateway.
@@ -184,14 +153,15 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
 
             // Anti-spoofing pairs: registering again with another MAC replaces it.
             let other = MacAddr([0x06, 0, 0, 0, 0, 0x42]);
+            nat.send(RegisterGuest { lease: lease(6) })
+                .await
+                .unwrap()
+                .unwrap();
             nat.send(RegisterGuest {
-                lease: lease(6, MacAddr::for_guest(ip(6))),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-            nat.send(RegisterGuest {
-                lease: lease(6, other),
+                lease: NetLease {
+                    mac: other,
+                    ..lease(6)
+                },
             })
             .await
             .unwrap()
@@ -202,7 +172,10 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
             );
             for _ in 0..2 {
                 nat.send(UnregisterGuest {
-                    lease: lease(6, other),
+                    lease: NetLease {
+                        mac: other,
+                        ..lease(6)
+                    },
                 })
                 .await
                 .unwrap()

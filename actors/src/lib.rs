@@ -12,3 +12,5 @@ pub mod nat;
 pub mod snapshot;
 pub mod supervisor;
 pub mod tap_pool;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
