@@ -343,7 +343,7 @@ impl Config {
     /// the field stays empty and the caller decides (NAT without egress is refused later).
     pub fn resolve_host_defaults(&mut self) {
         if self.network.egress_interface.is_none() {
-            if let Ok(routes) = std::fs::read_to_string("/proc/net/route") {
+            if let Ok(routes) = hearth_actors::host::procfs::read_to_string("net/route") {
                 self.network.egress_interface = default_route_interface(&routes);
             }
         }

@@ -14,7 +14,7 @@ use crate::config::default_route_interface;
 /// The interface of this thread's network namespace's IPv4 default route, if any.
 fn current_default_route() -> Option<String> {
     // thread-self: the namespace of this thread, which is the one the actors run in.
-    std::fs::read_to_string("/proc/thread-self/net/route")
+    hearth_actors::host::procfs::read_to_string("thread-self/net/route")
         .ok()
         .and_then(|table| default_route_interface(&table))
 }
@@ -45,10 +45,10 @@ pub fn follow(nat: Addr<NatActor>, fixed: Option<String>, log: Logger) {
                         .await
                     {
                         Ok(Ok(())) => {
-                            info!(log, "egress interface set"; "egress" => &interface)
+                            info!(log, "egress interface set"; "egress" => &interface);
                         }
                         Ok(Err(e)) => {
-                            warn!(log, "cannot use egress interface"; "egress" => &interface, "error" => %e)
+                            warn!(log, "cannot use egress interface"; "egress" => &interface, "error" => %e);
                         }
                         Err(_) => return,
                     }

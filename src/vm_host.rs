@@ -1,7 +1,7 @@
 //! An in-process hearth host for examples and benchmarks that drive `VmSupervisor` directly
 //! (the calling process plays hearthd): a private "host" namespace with an "upstream"
 //! namespace behind its egress veth `wan0` and a default route, a short temporary directory
-//! with the data and run directories, an image store holding a kernel (`vmlinux`, an x86_64
+//! with the data and run directories, an image store holding a kernel (`vmlinux`, an `x86_64`
 //! ELF header: the simulator boots anything) and a real ext4 root filesystem (`base`), and a
 //! [`Config`] pointing at `firecracker-sim`. Dropping the host SIGKILLs every VMM process
 //! whose API socket lies under its run directory (they run in their own process groups and
@@ -10,6 +10,10 @@
 //!
 //! Test support: only with the `testing` feature, which the crate's own tests and examples
 //! get through its dev-dependency on itself, so release binaries do not carry it.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "test support: it runs mkfs.ext4 and removes the host directory it made"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,9 +87,7 @@ impl VmHost {
         ns.exec_ok(&["ip", "route", "add", "default", "via", UPSTREAM_ADDR]);
 
         let mut config = Config::new();
-        config.data_dir = data_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.path().join("data"));
+        config.data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         config.run_dir = dir.path().join("run");
         config.firecracker_bin = Some(fc_sim::sim_binary());
         config.network.egress_interface = Some("wan0".into());
@@ -214,7 +216,7 @@ impl std::fmt::Display for Leaks {
 }
 
 fn count_entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
 
 /// Pids of processes with `<run>/` on their command line.
@@ -228,8 +230,7 @@ pub fn vmm_pids(run: &Path) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
         })
         .collect()
 }
@@ -258,8 +259,7 @@ pub fn phase_delta(
         m.phase_seconds
             .iter()
             .find(|(p, _)| *p == phase)
-            .map(|(_, h)| (h.count(), h.sum))
-            .unwrap_or((0, 0.0))
+            .map_or((0, 0.0), |(_, h)| (h.count(), h.sum))
     };
     PHASES
         .iter()

@@ -5,6 +5,10 @@
 //!   interrupted stop finishes in the background (and an exit meanwhile is its outcome);
 //! - VMs repaired at restart lose the sockets and FIFO of their dead process;
 //! - a stray VMM using a leaked run directory is killed at restart and the directory removed.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
 use common::daemon;

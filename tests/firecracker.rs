@@ -7,6 +7,10 @@
 //!
 //! The VM is brought up as the supervisor's saga does (`SpawnProcess`, `ConfigureVm`,
 //! `StartVm`, `ProbeReady`): that is the only boot pipeline.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
 use hearth_testkit::fc_sim;
@@ -194,7 +198,7 @@ async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
         .unwrap()
     {
         Err(FirecrackerError::NotAStray { reason, .. }) => {
-            assert!(reason.contains("does not use"), "{reason}")
+            assert!(reason.contains("does not use"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -235,7 +239,7 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
     wrong.start_time += 1;
     match vm2.send(AdoptProcess { record: wrong }).await.unwrap() {
         Err(FirecrackerError::AdoptMismatch { reason, .. }) => {
-            assert!(reason.contains("start time"), "{reason}")
+            assert!(reason.contains("start time"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -349,7 +353,7 @@ async fn missing_binary_is_a_clear_error() {
     let (vm, _events) = fx.actor("vm-gone", gone);
     match vm.send(SpawnProcess {}).await.unwrap() {
         Err(FirecrackerError::Process { source }) => {
-            assert!(source.to_string().contains("gone"), "{source}")
+            assert!(source.to_string().contains("gone"), "{source}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -407,7 +411,7 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
         .unwrap_err();
     match err {
         FirecrackerError::ReadinessTimeout { last_error, .. } => {
-            assert!(last_error.contains("no OK"), "{last_error}")
+            assert!(last_error.contains("no OK"), "{last_error}");
         }
         e => panic!("unexpected {e}"),
     }

@@ -2,6 +2,10 @@
 //! namespace with a veth "egress" interface and a bridge made here. They assert the rule and
 //! set state (`iptables -S`, `ipset list`), for both iptables flavours; real packets through
 //! these rules are tested elsewhere.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
 
@@ -204,6 +208,10 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one crash-and-restart scenario, read top to bottom"
+)]
 fn reconcile_after_a_crash_removes_stale_state_and_keeps_foreign_rules() {
     require_privileged!();
     for flavor in FLAVORS {

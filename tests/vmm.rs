@@ -191,6 +191,10 @@ fn fault(r: Result<(), FirecrackerError>) -> (u16, String) {
 /// command line) is accepted, `InstanceStart` reaches `Running`, and the VMM's own view
 /// (`GET /vm/config`) holds what was sent. Hearth attaches no extra drives; the log and
 /// metrics targets are `--log-path`/`--metrics-path`, checked by their files.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one configure sequence and its checks, read top to bottom"
+)]
 async fn configure_calls_reach_the_vmm(vmm: Vmm, ns: &NetNs) {
     ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
     // Free before the VMM takes it (so the EBUSY below is the VMM's doing).
@@ -335,6 +339,10 @@ vmm_test!(
 /// Requests the two VMMs must refuse (or accept) alike, on a spawned, unconfigured process
 /// (hearth's own `--metrics-path` already initialised metrics). Each line here was a
 /// disagreement the simulator had with the real binary.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of API requests and the answers both VMMs must give"
+)]
 async fn api_answers_match_the_real_binary(vmm: Vmm) {
     let fx = Fixture::new(&vmm);
     let (vm, _events) = fx.actor("vm-api", vmm.binary());
@@ -611,7 +619,7 @@ async fn stop_ladder_escalates_to_sigterm(vmm: Vmm) {
             assert_eq!(
                 (rung, status, p),
                 (StopRung::Sigterm, ExitStatus::Signal(libc::SIGTERM), pid)
-            )
+            );
         }
         e => panic!("unexpected {e:?}"),
     }

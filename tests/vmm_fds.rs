@@ -173,7 +173,9 @@ impl HearthdLike {
 /// Spawns `program` with a `FirecrackerActor` (as hearthd does) while hearthd-like
 /// descriptors are open, and checks the VMM's descriptor table once its API answers.
 fn spawned_vmm_holds_nothing_of_ours(program: PathBuf) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::Builder::new()
         .prefix("fd")
         .tempdir_in("/tmp")
@@ -242,7 +244,9 @@ fn real_vmm_holds_only_stdio_and_its_own_descriptors() {
 #[test]
 fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
     require_privileged!();
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut host = vm_host::VmHost::new("hvfd", 16).expect("host");
     host.config.network.pool_size = 1;
     host.config.vm.disk_backend = "copy".into();
@@ -263,7 +267,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             // NAT and the guest set: libipset sessions and their netlink sockets.
             nat: true,
             ready_probe: true,
-            labels: Default::default(),
+            labels: std::collections::BTreeMap::default(),
         };
         let created = d
             .supervisor

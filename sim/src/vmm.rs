@@ -207,6 +207,10 @@ impl Vmm {
     }
 
     /// `PATCH /drives/{id}`: after boot, a new backing file or rate limiter.
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "`_file` only holds the backing file open; replacing it is its one use"
+    )]
     fn patch_drive(&mut self, p: PartialDrive) -> Result<Option<String>, VmmError> {
         self.post_boot()?;
         p.validate()
@@ -544,10 +548,7 @@ impl Vmm {
     fn boot_done(&mut self) {
         self.guest.set_booted();
         if self.opts.boot_timer {
-            let us = self
-                .started_at
-                .map(|t| t.elapsed().as_micros())
-                .unwrap_or(0);
+            let us = self.started_at.map_or(0, |t| t.elapsed().as_micros());
             self.log.info(&format!(
                 "Guest-boot-time = {us:>6} us {} ms, {:>6} CPU us {} CPU ms",
                 us / 1000,
@@ -575,13 +576,12 @@ impl Vmm {
     fn start_guest_net(&mut self) -> Result<(), String> {
         let dev = self.nets.first().ok_or("no network interface configured")?;
         let cmdline = self.kernel_cmdline().unwrap_or_default();
-        let mac = match dev.config.guest_mac.as_deref() {
-            Some(m) => parse_mac(m).map_err(|e| e.to_string())?,
-            None => {
-                let mut m: [u8; 6] = rand::random();
-                m[0] = (m[0] & 0xfe) | 0x02;
-                m
-            }
+        let mac = if let Some(m) = dev.config.guest_mac.as_deref() {
+            parse_mac(m).map_err(|e| e.to_string())?
+        } else {
+            let mut m: [u8; 6] = rand::random();
+            m[0] = (m[0] & 0xfe) | 0x02;
+            m
         };
         let mut config =
             NetConfig::from_kernel_cmdline(mac, &cmdline).map_err(|e| e.to_string())?;

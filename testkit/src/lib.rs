@@ -10,6 +10,10 @@
 //! - [`fc_sim`]: the `firecracker-sim` binary for tests and examples that spawn it, and
 //!   (feature `actors`) a sink for a `FirecrackerActor`'s events;
 //! - [`vmlinux`] (feature `sim`): the smallest guest kernel Firecracker's loader accepts.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "test support: it runs ip, dnsmasq and the simulator, and removes what it made"
+)]
 
 pub mod bodies;
 pub mod fc_sim;

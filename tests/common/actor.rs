@@ -48,6 +48,10 @@ impl Fixture {
     }
 
     /// The VMM binary at `path`, checked as hearthd checks it.
+    #[expect(
+        clippy::unused_self,
+        reason = "a method so tests build every VMM part through the fixture alike"
+    )]
     pub fn binary(&self, path: PathBuf) -> FirecrackerBinary {
         binary::resolve(Some(&path), &LinuxProcesses).unwrap()
     }

@@ -4,6 +4,10 @@
 //! could leak (processes, run directories, disks, TAPs, set members).
 //!
 //! Use with `mod common; use common::daemon;`.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -299,7 +303,7 @@ fn lease_elements(ns: &NetNs) -> usize {
 }
 
 fn count_entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
 
 fn set_members(ns: &NetNs, set: &str) -> usize {
@@ -321,8 +325,7 @@ pub fn vmm_pids(run: &Path) -> Vec<u32> {
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|pid| {
                     std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                        .unwrap_or(false)
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 })
                 .collect()
         })

@@ -6,6 +6,10 @@
 //! Use it with `mod common; use common::hearth_net;`. Run [`Hearth::start`] and
 //! [`Hearth::add_guest`] inside `net.host.block_on(..)`; guests' blocking calls go through
 //! [`blocking`] so the actors keep running meanwhile.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -69,9 +69,10 @@ impl Vmm {
 pub fn real_firecracker(test: &str) -> Option<PathBuf> {
     let required = std::env::var(REQUIRE_REAL_VAR).as_deref() == Ok("1");
     let Some(path) = std::env::var_os(REAL_VAR).filter(|p| !p.is_empty()) else {
-        if required {
-            panic!("{test}: {REQUIRE_REAL_VAR}=1 but {REAL_VAR} is not set");
-        }
+        assert!(
+            !required,
+            "{test}: {REQUIRE_REAL_VAR}=1 but {REAL_VAR} is not set"
+        );
         hearth_testkit::skip!(
             "SKIP: {test}: no real Firecracker binary; set {REAL_VAR}=/path/to/firecracker \
              to run against the real binary"
@@ -80,15 +81,13 @@ pub fn real_firecracker(test: &str) -> Option<PathBuf> {
     };
     let path = PathBuf::from(path);
     let executable = std::fs::metadata(&path)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-        .unwrap_or(false);
+        .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
-        if required {
-            panic!(
-                "{test}: {REAL_VAR}={} is not an executable file",
-                path.display()
-            );
-        }
+        assert!(
+            !required,
+            "{test}: {REAL_VAR}={} is not an executable file",
+            path.display()
+        );
         hearth_testkit::skip!(
             "SKIP: {test}: {REAL_VAR}={} is not an executable file; set \
              {REAL_VAR}=/path/to/firecracker to run against the real binary",

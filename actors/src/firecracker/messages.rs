@@ -79,7 +79,7 @@ pub struct ConfigureVm {
     pub config: VmConfig,
 }
 
-/// InstanceStart, then waits for `GET /` to report Running.
+/// `InstanceStart`, then waits for `GET /` to report Running.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Duration, FirecrackerError>")]
 pub struct StartVm {}

@@ -35,7 +35,7 @@
 //! must come from the port's lease (TAP, MAC, IP), so a guest can neither answer ARP for
 //! another guest's (or the gateway's) address nor take over another guest's MAC. Why nft and
 //! not ebtables: the `bridge` family works the same on hosts whose iptables is the legacy or
-//! the nft flavour (ebtables-legacy needs the x_tables ebtables modules, ebtables-nft is nft
+//! the nft flavour (ebtables-legacy needs the `x_tables` ebtables modules, ebtables-nft is nft
 //! underneath anyway), and a table is replaced or removed as one transaction. Per-lease
 //! updates spawn `nft` (a few ms per guest registration). Not covered: inbound port
 //! forwarding to guests.

@@ -79,7 +79,7 @@ async fn reconcile_replaces_stale_members() {
         .set(GUEST_SET)
         .unwrap()
         .iter()
-        .map(|e| e.ip())
+        .map(super::super::host::firewall::SetEntry::ip)
         .collect();
     assert_eq!(guests, [ip(3), ip(4)]);
 }
@@ -451,7 +451,7 @@ fn bad_configs_are_refused() {
         ),
         (
             NatConfig {
-                bridge: "".into(),
+                bridge: String::new(),
                 ..config()
             },
             "bridge",

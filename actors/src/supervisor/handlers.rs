@@ -132,7 +132,7 @@ impl VmSupervisor {
     /// seen with another or is still running; `None` when it is new (now marked in flight).
     fn idempotent_replay(
         &mut self,
-        key: &Option<Idempotency>,
+        key: Option<&Idempotency>,
     ) -> Result<Option<VmInfo>, SupervisorError> {
         let Some(k) = key else { return Ok(None) };
         if self.keys_in_flight.contains(&k.key) {
@@ -192,7 +192,7 @@ impl Handler<CreateVm> for VmSupervisor {
         let prepared = (|| {
             self.check_open()?;
             msg.spec.validate()?;
-            if let Some(info) = self.idempotent_replay(&key)? {
+            if let Some(info) = self.idempotent_replay(key.as_ref())? {
                 return Ok(Err(info));
             }
             Ok(Ok(()))
@@ -269,7 +269,7 @@ impl Handler<RunAction> for VmSupervisor {
         let key = msg.idempotency;
         let replay = self
             .check_open()
-            .and_then(|()| self.idempotent_replay(&key));
+            .and_then(|()| self.idempotent_replay(key.as_ref()));
         match replay {
             Err(e) => return fail(e),
             Ok(Some(info)) => return Box::pin(ready(Ok(info))),
@@ -514,7 +514,7 @@ impl Handler<GetMetrics> for VmSupervisor {
         let mut phase_seconds: Vec<_> = self.phases.iter().map(|(k, v)| (*k, v.clone())).collect();
         phase_seconds.sort_by_key(|(k, _)| *k);
         let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
-        errors.sort();
+        errors.sort_unstable();
         let mut metrics = SupervisorMetrics {
             vms_by_state: VmState::ALL
                 .into_iter()

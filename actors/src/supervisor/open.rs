@@ -417,7 +417,7 @@ async fn sweep_run_dirs(
                 match clean_run_dir(p, &name, RemoveRunDir {}).await {
                     Ok(()) => report.swept.push(format!("run directory {name}")),
                     Err(e) => {
-                        warn!(p.log, "leaked run directory left"; "name" => &name, "error" => %e)
+                        warn!(p.log, "leaked run directory left"; "name" => &name, "error" => %e);
                     }
                 }
             }

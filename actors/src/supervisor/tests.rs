@@ -193,7 +193,11 @@ fn stopped_vm_is_left_alone() {
 
 #[test]
 fn vmm_command_lines_are_attributed_to_their_vm() {
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let args = |v: &[&str]| {
+        v.iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>()
+    };
     let base = "/run/hearth/vms";
     assert_eq!(
         owner_vm(

@@ -214,8 +214,7 @@ impl Stack {
             let delay = self
                 .iface
                 .poll_delay(SmolInstant::now(), &self.sockets)
-                .map(|d| Duration::from_micros(d.total_micros()))
-                .unwrap_or(MAX_SLEEP)
+                .map_or(MAX_SLEEP, |d| Duration::from_micros(d.total_micros()))
                 .min(MAX_SLEEP);
             self.sleep(delay);
         }
@@ -294,7 +293,7 @@ impl Stack {
                     next_send: now,
                     deadline: Deadline::after(now, timeout),
                     reply,
-                }))
+                }));
             }
             Command::ServeTcp {
                 port,
@@ -306,7 +305,7 @@ impl Stack {
                         socket,
                         port,
                         response,
-                    })
+                    });
                 });
                 let _ = reply.send(result);
             }

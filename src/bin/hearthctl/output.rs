@@ -29,7 +29,12 @@ pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
         println!("{}", out.trim_end());
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(
+        headers
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
+    );
     for row in rows {
         line(row);
     }

@@ -184,11 +184,11 @@ fn list(c: &Client, json: bool, label: Option<(String, String)>) -> Out {
                 vec![
                     vm.name.clone(),
                     vm.state.to_string(),
-                    vm.guest_ip.map(|i| i.to_string()).unwrap_or("-".into()),
+                    vm.guest_ip.map_or("-".into(), |i| i.to_string()),
                     on_off(vm.nat).into(),
                     vm.spec.vcpus.to_string(),
                     format!("{} MiB", vm.spec.memory_mib),
-                    vm.pid.map(|p| p.to_string()).unwrap_or("-".into()),
+                    vm.pid.map_or("-".into(), |p| p.to_string()),
                     labels(&vm.spec.labels),
                 ]
             })

@@ -92,7 +92,9 @@ impl FakeFirewall {
     /// Locks and returns the shared state, to arrange or inspect it.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         // A panic while holding the lock can only come from a failing test; keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes an interface exist.

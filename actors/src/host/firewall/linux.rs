@@ -23,9 +23,9 @@ pub enum IptablesFlavor {
     /// `iptables` / `iptables-restore`: whatever the system's alternatives point to.
     #[default]
     System,
-    /// `iptables-nft` / `iptables-nft-restore` (nf_tables kernel API).
+    /// `iptables-nft` / `iptables-nft-restore` (`nf_tables` kernel API).
     Nft,
-    /// `iptables-legacy` / `iptables-legacy-restore` (x_tables kernel API).
+    /// `iptables-legacy` / `iptables-legacy-restore` (`x_tables` kernel API).
     Legacy,
 }
 
@@ -103,7 +103,9 @@ fn new_session<T: ipset::types::SetType>(set: &str) -> Session<T> {
     // libipset registers its set types in a process-wide list on first use; keep two
     // threads (two actors, parallel tests) from doing that at once.
     static LIBIPSET_INIT: Mutex<()> = Mutex::new(());
-    let guard = LIBIPSET_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = LIBIPSET_INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut session = Session::new(set.to_owned());
     drop(guard);
     session.set_option(EnvOption::Exist);
