@@ -1,6 +1,10 @@
 //! Fixtures shared by this crate's unit tests and the integration tests of the crates above it
 //! (compiled only for tests or with the `testing` feature): the guest network every firewall
 //! test uses, `172.31.240.0/24` behind the bridge `hearth0` with guests on `hth<n>` TAPs.
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test fixtures: a set-up that fails panics, failing the test that asked for it"
+)]
 
 use std::net::Ipv4Addr;
 

@@ -122,6 +122,10 @@ impl Store {
     }
 
     /// Records a new VM in `Creating`. Fails with `Exists` if the name is taken.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: a `CreateVm` (strings, numbers, a string map) always serialises.
     pub fn insert_vm(&self, spec: &CreateVm) -> Result<(), StoreError> {
         let spec_json = serde_json::to_string(spec).expect("CreateVm serialises");
         let res = self.conn.execute(

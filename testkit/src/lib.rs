@@ -11,6 +11,10 @@
 //!   (feature `actors`) a sink for a `FirecrackerActor`'s events;
 //! - [`vmlinux`] (feature `sim`): the smallest guest kernel Firecracker's loader accepts.
 #![expect(
+    clippy::missing_panics_doc,
+    reason = "test support: a set-up that fails panics, failing the test that asked for it"
+)]
+#![expect(
     clippy::disallowed_methods,
     reason = "test support: it runs ip, dnsmasq and the simulator, and removes what it made"
 )]
