@@ -12,8 +12,9 @@
 //!   must create TAPs: how long those creates take while the deletions are still running.
 //!
 //! Run: `cargo run --release --example bench_tap_pool [-- <iterations> [mass]]` (default 300;
-//! `mass` runs only the batch delete and the mass releases: the acquire phase keeps a pool of
-//! N free TAPs plus N/2 leased on one bridge, which exceeds a bridge's 1024 ports at N=1000).
+//! `mass` runs only the batch delete and the mass releases). One bridge holds at most 1023
+//! ports: the pool stays below its size rather than exceed that, and a mass release with N
+//! over 1023 stops at the first acquire refused with `BridgeFull`.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,11 +25,12 @@ use std::net::Ipv4Addr;
 
 use futures::future::{join_all, LocalBoxFuture};
 use hearth_actors::host::links::{
-    BridgeSpec, LinkEntry, Links, LinksError, LinksFuture, PortSpec, TapSpec,
+    BridgeSpec, LinkEntry, Links, LinksError, LinksFuture, PortSpec, TapSpec, BRIDGE_MAX_PORTS,
 };
 use hearth_actors::lease::MacAddr;
 use hearth_actors::tap_pool::{
-    AcquireTap, GetStatus, Initialize, ReleaseTap, TapPoolActor, TapPoolConfig, Teardown,
+    AcquireTap, GetStatus, Initialize, PoolStatus, ReleaseTap, TapPoolActor, TapPoolConfig,
+    TapPoolError, Teardown,
 };
 
 fn main() {
@@ -153,6 +155,8 @@ async fn make_taps(links: &LinuxLinks, bridge: &str, prefix: &str, n: usize) {
 /// `n` attached TAPs deleted in one `delete_links` batch (compare with `n` × the per-TAP
 /// delete above).
 async fn batch_delete(n: usize) {
+    // All on one bridge.
+    let n = n.min(BRIDGE_MAX_PORTS);
     let links = LinuxLinks::new().expect("netlink");
     make_taps(&links, "hbench2", "hbd", n).await;
     let names: Vec<String> = (0..n).map(|i| format!("hbd{i}")).collect();
@@ -169,9 +173,10 @@ async fn batch_delete(n: usize) {
     );
 }
 
-/// A pool of 16 with `n` leases out (most TAPs made on demand); all `n` released back to
-/// back (all but 16 deleted in the background), then 100 acquires right away, each of which
-/// has to create a TAP once the 16 warm ones are gone.
+/// A pool of 16 with `n` leases out (most TAPs made on demand, at most a bridge's 1023); all
+/// released back to back (all but 16 deleted in the background), then 100 acquires right away:
+/// past the 16 warm TAPs, each takes back a TAP still queued for deletion, or creates one
+/// (waiting for a running deletion to free ports if the bridge is full).
 async fn mass_release(n: usize, one_by_one: bool) {
     let config = TapPoolConfig {
         bridge: "hbench3".into(),
@@ -200,16 +205,26 @@ async fn mass_release(n: usize, one_by_one: bool) {
         .await
         .unwrap()
         .expect("initialize");
-    // A bridge holds at most 1023 ports: the leases, the 16 free TAPs and the extra ones a
-    // refill racing on-demand creates makes.
-    let n = n.min(900);
+    // A bridge holds at most 1023 ports: past that many leases the pool is empty and the
+    // next acquire is refused with `BridgeFull` (the free TAPs made way for leases before).
     let mut leases = Vec::new();
     for _ in 0..n {
-        leases.push(addr.send(AcquireTap {}).await.unwrap().expect("acquire"));
+        match addr.send(AcquireTap {}).await.unwrap() {
+            Ok(lease) => leases.push(lease),
+            Err(e @ TapPoolError::BridgeFull { .. }) => {
+                println!("  acquire {} refused: {e}", leases.len() + 1);
+                break;
+            }
+            Err(e) => panic!("acquire: {e}"),
+        }
     }
-    wait_idle(&addr).await;
+    let n = leases.len();
+    let s = wait_idle(&addr).await;
     let taps = lister.list_links("hbm").await.expect("list").len();
-    println!("  {n} leases out, {taps} TAPs on the bridge");
+    println!(
+        "  {n} leases out, {} free, {taps} TAPs on the bridge (at most {BRIDGE_MAX_PORTS})",
+        s.free_taps
+    );
 
     let t0 = Instant::now();
     for lease in leases {
@@ -239,7 +254,7 @@ async fn mass_release(n: usize, one_by_one: bool) {
         drained.as_secs_f64() * 1e3
     );
     println!(
-        "{:<34} {after} acquires in {:.1} ms ({:.0}/s; past the 16 warm TAPs, each creates one)",
+        "{:<34} {after} acquires in {:.1} ms ({:.0}/s; past the 16 warm TAPs: one queued for deletion, or a new one)",
         "  acquire right after",
         acquired.as_secs_f64() * 1e3,
         after as f64 / acquired.as_secs_f64()
@@ -400,11 +415,11 @@ async fn acquire(n: usize) {
     );
 }
 
-async fn wait_idle(addr: &Addr<TapPoolActor>) {
+async fn wait_idle(addr: &Addr<TapPoolActor>) -> PoolStatus {
     loop {
         let s = addr.send(GetStatus {}).await.unwrap();
         if s.pending == 0 && s.refill_failures == 0 {
-            return;
+            return s;
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

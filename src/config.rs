@@ -80,6 +80,11 @@ pub struct NetworkConfig {
     pub tap_group: Option<u32>,
     /// Interface NATed traffic leaves by. Default: the interface of the default route.
     pub egress_interface: Option<String>,
+    /// Set by [`Config::resolve_host_defaults`] when `egress_interface` was not configured: the
+    /// default route's interface is then used, and followed as the route moves or goes away.
+    /// Not a setting (never read from or written to the file).
+    #[serde(skip)]
+    pub egress_follows_route: bool,
     /// Make every TAP an isolated bridge port, so guests cannot reach each other.
     pub isolate_guests: bool,
     /// Drop traffic from guests to the host itself, except DNS to the gateway.
@@ -101,6 +106,7 @@ impl Default for NetworkConfig {
             tap_owner: None,
             tap_group: None,
             egress_interface: None,
+            egress_follows_route: false,
             isolate_guests: true,
             block_guest_to_host: true,
             anti_spoofing: true,
@@ -339,10 +345,11 @@ impl Config {
     }
 
     /// Fills the defaults that come from the host: the egress interface from the default
-    /// route and the upstream resolvers from resolv.conf. Missing sources are not errors:
+    /// route (marked as following it) and the upstream resolvers from resolv.conf. Missing sources are not errors:
     /// the field stays empty and the caller decides (NAT without egress is refused later).
     pub fn resolve_host_defaults(&mut self) {
         if self.network.egress_interface.is_none() {
+            self.network.egress_follows_route = true;
             if let Ok(routes) = hearth_actors::host::procfs::read_to_string("net/route") {
                 self.network.egress_interface = default_route_interface(&routes);
             }

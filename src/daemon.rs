@@ -134,8 +134,14 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
         log.clone(),
     )?
     .start();
-    // Without an egress interface hearthd serves without NAT and picks one up later.
-    crate::egress::follow(nat.clone(), net.egress_interface.clone(), log.clone());
+    // Without an egress interface hearthd serves without NAT and picks one up later; one that
+    // came from the default route follows the route.
+    let configured_egress = if net.egress_follows_route {
+        None
+    } else {
+        net.egress_interface.clone()
+    };
+    crate::egress::follow(nat.clone(), configured_egress, log.clone());
     let mut dns_options = DnsOptions::new(config.dns.zone.clone(), config.dns.upstreams.clone());
     dns_options.guest_subnet = Some(net.cidr);
     let dns = DnsActor::new(dns_options, log.clone())?.start();

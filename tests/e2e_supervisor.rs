@@ -4,7 +4,8 @@
 //! - after a `kill -9` in the middle of a stop, the restarted hearthd serves at once while the
 //!   interrupted stop finishes in the background (and an exit meanwhile is its outcome);
 //! - VMs repaired at restart lose the sockets and FIFO of their dead process;
-//! - a stray VMM using a leaked run directory is killed at restart and the directory removed.
+//! - a stray VMM using a leaked run directory is killed at restart and the directory removed;
+//! - a delete by a hearthd with no Firecracker binary still removes the VM's run directory.
 #![expect(
     clippy::disallowed_methods,
     reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
@@ -234,6 +235,42 @@ fn a_stray_vmm_and_its_leaked_run_directory_are_swept_at_restart() {
     assert!(alive(pid), "the adopted VMM is not a stray");
     h.ctl_ok(&["vm", "rm", "a"]);
     // The released TAP goes back to the pool in the background.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || h.leaks() == Leaks::none()),
+        "leaks: {:?}",
+        h.leaks()
+    );
+}
+
+/// A stopped VM deleted by a hearthd restarted without a usable Firecracker binary: no process
+/// actor can be made then, but removing files needs none, so the run directory goes with the
+/// VM. It used to stay until a later hearthd with a binary swept it.
+#[test]
+fn a_delete_without_a_firecracker_binary_removes_the_run_directory() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[], "");
+    h.ctl_ok(&[
+        "vm", "create", "a", "--kernel", "vmlinux", "--rootfs", "base",
+    ]);
+    h.ctl_ok(&["vm", "stop", "a"]);
+    let run = h.path("run/a");
+    assert!(
+        run.join("console.log").exists(),
+        "a stopped VM keeps its logs"
+    );
+    assert!(h.terminate(), "hearthd exits cleanly");
+
+    let sim = format!("firecracker_bin = \"{}\"", fc_sim::sim_binary().display());
+    edit_config(&h, &sim, "firecracker_bin = \"/nonexistent/firecracker\"");
+    h.launch();
+    assert!(
+        h.log().contains("no usable Firecracker binary"),
+        "{}",
+        h.log()
+    );
+    assert_eq!(h.state("a").as_deref(), Some("stopped"));
+    h.ctl_ok(&["vm", "rm", "a"]);
+    assert!(!run.exists(), "{} is left:\n{}", run.display(), h.log());
     assert!(
         common::wait_until(Duration::from_secs(5), || h.leaks() == Leaks::none()),
         "leaks: {:?}",

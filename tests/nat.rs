@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use actix::{Actor, Addr};
 use common::NetNs;
 use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
-use hearth_actors::host::firewall::{Firewall, SetEntry, Table};
+use hearth_actors::host::firewall::{Firewall, LeaseChange, PortLease, SetEntry, Table};
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_actors::nat::rules::{self, HOOKS};
 use hearth_actors::nat::{
@@ -561,4 +561,172 @@ fn backend_errors_name_the_command_or_operation_and_the_tool_text() {
             fw.destroy_set("hearth-absent").unwrap();
         });
     }
+}
+
+/// The elements of hearth's bridge lease set as `nft` prints them, one per entry.
+fn port_leases(ns: &NetNs) -> BTreeSet<String> {
+    let out = ns.exec_ok(&["nft", "list", "set", "bridge", "hearth", "leases"]);
+    let Some(start) = out.find("elements = {") else {
+        return BTreeSet::new();
+    };
+    let list = &out[start + "elements = {".len()..];
+    let list = &list[..list.find('}').unwrap()];
+    list.split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+#[test]
+fn lease_elements_go_in_and_out_over_netlink_in_one_transaction() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    ns.block_on(move || async move {
+        let nat = start(config(), IptablesFlavor::Nft);
+        nat.send(Reconcile {
+            desired: vec![guest(2, false)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let two = "\"hth2\" . 06:00:ac:1f:f0:02 . 172.31.240.2";
+        assert_eq!(port_leases(ns), strings([two]));
+
+        // In: the element is in the kernel when the answer comes (nft reads the same key
+        // back, so the key layout is nft's).
+        nat.send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
+        let six = "\"hth6\" . 06:00:ac:1f:f0:06 . 172.31.240.6";
+        assert_eq!(port_leases(ns), strings([two, six]));
+
+        // Moved to another port and MAC: the old element goes in the same transaction.
+        let other = MacAddr([0x06, 0, 0, 0, 0, 0x42]);
+        let mut moved = NetLease {
+            mac: other,
+            ..lease(6)
+        };
+        moved.tap = "hth9".into();
+        nat.send(RegisterGuest {
+            lease: moved.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let nine = "\"hth9\" . 06:00:00:00:00:42 . 172.31.240.6";
+        assert_eq!(port_leases(ns), strings([two, nine]));
+
+        // Out, twice (the second finds nothing and is fine).
+        for _ in 0..2 {
+            nat.send(UnregisterGuest {
+                lease: moved.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        assert_eq!(port_leases(ns), strings([two]));
+
+        // A restart's reconcile replaces the elements with the known guests.
+        nat.send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
+        nat.send(Reconcile {
+            desired: vec![guest(3, false)],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            port_leases(ns),
+            strings(["\"hth3\" . 06:00:ac:1f:f0:03 . 172.31.240.3"])
+        );
+        nat.send(Teardown).await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn lease_update_failures_name_the_set_and_apply_nothing() {
+    require_privileged!();
+    let owner = namespace();
+    let ns = &owner;
+    // A set that holds one element: the second add of a batch is refused by the kernel.
+    ns.exec_ok(&["nft", "add", "table", "bridge", "hearth"]);
+    ns.exec_ok(&[
+        "nft",
+        "add set bridge hearth leases { type ifname . ether_addr . ipv4_addr; size 1; }",
+    ]);
+    ns.run(|| {
+        let mut fw = LinuxFirewall::new(IptablesFlavor::Nft);
+        let element = |n: u8| PortLease {
+            port: format!("hth{n}"),
+            mac: MacAddr::for_guest(ip(n)),
+            ip: ip(n),
+        };
+        let err = fw
+            .update_port_leases(
+                "hearth",
+                "leases",
+                &[LeaseChange::Add(element(2)), LeaseChange::Add(element(3))],
+            )
+            .unwrap_err();
+        let text = error_chain(&err);
+        assert!(text.contains("bridge hearth leases"), "{text}");
+        assert!(text.contains("add \"hth3\""), "{text}");
+        // All or nothing: the first element is not there either.
+        assert!(port_leases(ns).is_empty());
+
+        // A table that does not exist: named, with the kernel's reason.
+        let err = fw
+            .update_port_leases("hearth-absent", "leases", &[LeaseChange::Add(element(2))])
+            .unwrap_err();
+        let text = error_chain(&err);
+        assert!(
+            text.contains("bridge hearth-absent leases") && text.contains("No such file"),
+            "{text}"
+        );
+
+        // A port name no interface can have: refused before anything is sent.
+        let bad = PortLease {
+            port: "a-name-of-16-byt".into(),
+            ..element(2)
+        };
+        let err = fw
+            .update_port_leases(
+                "hearth",
+                "leases",
+                &[LeaseChange::Add(element(2)), LeaseChange::Add(bad)],
+            )
+            .unwrap_err();
+        assert!(error_chain(&err).contains("1-15 bytes"), "{err}");
+        assert!(port_leases(ns).is_empty());
+
+        // The socket still works after the refusals; removing an absent element is fine
+        // (the set has room for it: a removal adds the element first).
+        fw.update_port_leases("hearth", "leases", &[LeaseChange::Add(element(2))])
+            .unwrap();
+        assert_eq!(
+            port_leases(ns),
+            strings(["\"hth2\" . 06:00:ac:1f:f0:02 . 172.31.240.2"])
+        );
+        for _ in 0..2 {
+            fw.update_port_leases("hearth", "leases", &[LeaseChange::Remove(element(2))])
+                .unwrap();
+            assert!(port_leases(ns).is_empty());
+        }
+    });
+}
+
+/// An error and its sources, joined.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 use actix::{Actor, Addr};
@@ -382,4 +383,125 @@ fn empty_pool_makes_taps_on_demand() {
             "pool of 0 keeps nothing"
         );
     });
+}
+
+/// The ports of bridge `hbr0` (TAPs enslaved to it), as the kernel lists them.
+fn bridge_ports(ns: &NetNs) -> usize {
+    ns.exec_ok(&["ip", "-o", "link", "show", "master", "hbr0"])
+        .lines()
+        .count()
+}
+
+#[test]
+fn a_22_fills_its_bridge_without_the_pool_overflowing_it() {
+    require_privileged!();
+    // A /22 (the widest subnet the configuration takes) has 1021 guest addresses; the bridge
+    // holds at most 1023 ports. With every address leased, the pool of 16 must shrink to what
+    // is left (2) instead of the refill hitting the kernel's limit (EXFULL) over and over.
+    let ns = NetNs::new("tp-full");
+    ns.block_on(|| async {
+        let addr = start(TapPoolConfig {
+            cidr: "10.76.0.0/22".parse().unwrap(),
+            ..config(16)
+        });
+        initialize(&addr, vec![]).await;
+        let mut leases = Vec::new();
+        for i in 0..1021 {
+            match addr.send(AcquireTap {}).await.unwrap() {
+                Ok(lease) => leases.push(lease),
+                Err(e) => panic!(
+                    "acquire {i} failed: {e} ({:?})",
+                    std::error::Error::source(&e)
+                ),
+            }
+        }
+        let s = wait_idle(&addr, 2).await;
+        assert_eq!((s.leased, s.refill_failures), (1021, 0), "{s:?}");
+        assert_eq!(bridge_ports(&ns), 1023);
+        // Every address is out: the next acquire is refused for that, cleanly.
+        let err = addr.send(AcquireTap {}).await.unwrap().unwrap_err();
+        assert!(matches!(err, TapPoolError::IpsExhausted { .. }), "{err}");
+
+        // All released at once (most TAPs queued for deletion, the ports still taken) and
+        // leased again right away: the acquires reuse queued TAPs or wait for the ports a
+        // deletion frees, none is refused.
+        for lease in leases.drain(..) {
+            addr.send(ReleaseTap { lease }).await.unwrap().unwrap();
+        }
+        for i in 0..1021 {
+            match addr.send(AcquireTap {}).await.unwrap() {
+                Ok(lease) => leases.push(lease),
+                Err(e) => panic!("acquire {i} after the mass release failed: {e}"),
+            }
+        }
+        let s = wait_idle(&addr, 2).await;
+        assert_eq!((s.leased, s.refill_failures), (1021, 0), "{s:?}");
+        assert_eq!(bridge_ports(&ns), 1023);
+
+        // Releases bring the pool back to its size.
+        for lease in leases.drain(..100) {
+            addr.send(ReleaseTap { lease }).await.unwrap().unwrap();
+        }
+        let s = wait_idle(&addr, 16).await;
+        assert_eq!((s.leased, s.refill_failures), (921, 0), "{s:?}");
+        assert_eq!(bridge_ports(&ns), 921 + 16);
+        for lease in leases {
+            addr.send(ReleaseTap { lease }).await.unwrap().unwrap();
+        }
+        addr.send(Teardown {
+            remove_bridge: true,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(links_named(&ns, "hth").is_empty());
+    });
+}
+
+#[test]
+fn a_bridge_out_of_ports_is_named_as_such() {
+    require_privileged!();
+    // 1023 other links (TAPs made with `ip`) fill bridge hbr0: the kernel refuses one more port with
+    // EXFULL, which the backend reports as `BridgeFull`, and the pool as a failed acquire
+    // that leaves nothing behind.
+    let ns = NetNs::new("tp-exfull");
+    ns.exec_ok(&["ip", "link", "add", "hbr0", "type", "bridge"]);
+    let mut batch = String::new();
+    for i in 0..hearth_actors::host::links::BRIDGE_MAX_PORTS {
+        writeln!(
+            batch,
+            "tuntap add dev full{i} mode tap\nlink set full{i} master hbr0"
+        )
+        .unwrap();
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    ns.exec_ok(&["ip", "-batch", &file.path().display().to_string()]);
+    assert_eq!(bridge_ports(&ns), 1023);
+    ns.block_on(|| async {
+        let addr = start(config(0));
+        initialize(&addr, vec![]).await;
+        let err = addr.send(AcquireTap {}).await.unwrap().unwrap_err();
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            matches!(
+                &err,
+                TapPoolError::Host {
+                    source: LinksError::BridgeFull { .. },
+                    ..
+                }
+            ),
+            "{err}: {source:?}"
+        );
+        assert_eq!(
+            source.as_deref(),
+            Some("Bridge has no port left for hth0 (a Linux bridge takes at most 1023 ports)")
+        );
+        assert!(links_named(&ns, "hth").is_empty(), "the TAP was undone");
+        assert_eq!(status_of(&addr).await.free_ips, 253);
+    });
+}
+
+async fn status_of(addr: &Addr<TapPoolActor>) -> PoolStatus {
+    addr.send(GetStatus {}).await.unwrap()
 }

@@ -5,31 +5,46 @@ use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use hearth_proto::agent::{
-    codes, decode_request, encode_error, encode_ok, read_line, AgentProtoError, ErrorBody,
-    PingReply, Request,
+    codes, decode_envelope, encode_error, encode_error_in, encode_ok_in, read_line,
+    AgentProtoError, ErrorBody, PingReply, Request,
 };
 
 use crate::{net, sysinfo};
 
-/// Answers one request line with one response line (`\n` included).
+/// Answers one request line with one response line (`\n` included), in the request's version.
 pub fn handle_request(line: &[u8]) -> Vec<u8> {
-    match decode_request(line) {
-        Ok(Request::Ping) => match ping() {
-            Ok(reply) => encode_ok(&reply),
-            Err(e) => encode_error(&ErrorBody {
-                code: codes::INTERNAL.into(),
-                message: e.to_string(),
-            }),
+    let envelope = match decode_envelope(line) {
+        Ok(e) => e,
+        Err(e) => return encode_error(&e.to_error_body()),
+    };
+    let v = envelope.v;
+    match envelope.request {
+        Request::Ping => match ping() {
+            Ok(reply) => encode_ok_in(v, &reply),
+            Err(e) => encode_error_in(
+                v,
+                &ErrorBody {
+                    code: codes::INTERNAL.into(),
+                    message: e.to_string(),
+                },
+            ),
         },
-        Ok(Request::Resolve(r)) => match net::resolve(&r) {
-            Ok(reply) => encode_ok(&reply),
-            Err(e) => encode_error(&e),
+        Request::Resolve(r) => match net::resolve(&r) {
+            Ok(reply) => encode_ok_in(v, &reply),
+            Err(e) => encode_error_in(v, &e),
         },
-        Ok(Request::Connect(c)) => match net::connect(&c) {
-            Ok(reply) => encode_ok(&reply),
-            Err(e) => encode_error(&e),
+        Request::Connect(c) => match net::connect(&c) {
+            Ok(reply) => encode_ok_in(v, &reply),
+            Err(e) => encode_error_in(v, &e),
         },
-        Err(e) => encode_error(&e.to_error_body()),
+        // Sessions and files: not served by this build yet (issue 11 in progress).
+        other => encode_error_in(
+            v,
+            &ErrorBody::new(
+                codes::UNKNOWN_OP,
+                format!("op {:?} is not served by this agent", other.op()),
+            ),
+        ),
     }
 }
 

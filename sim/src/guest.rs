@@ -171,15 +171,26 @@ pub fn to_error_body(e: NetstackError) -> ErrorBody {
     ErrorBody::new(code, e.to_string())
 }
 
-/// Answers one decoded request.
-fn answer(guest: &Guest, request: Result<Request, AgentProtoError>) -> Vec<u8> {
-    let result = match request {
-        Ok(Request::Ping) => return agent::encode_ok(&guest.ping_reply()),
-        Ok(Request::Resolve(r)) => guest.resolve(&r).map(|r| agent::encode_ok(&r)),
-        Ok(Request::Connect(c)) => guest.connect(&c).map(|c| agent::encode_ok(&c)),
-        Err(e) => Err(e.to_error_body()),
+/// Answers one decoded request, in the version it was asked in. The built-in agent answers the
+/// probe and the diagnostic ops; sessions and files need the real agent (`FC_SIM_AGENT`).
+fn answer(guest: &Guest, request: Result<agent::Envelope, AgentProtoError>) -> Vec<u8> {
+    let (v, request) = match request {
+        Ok(e) => (e.v, e.request),
+        Err(e) => return agent::encode_error(&e.to_error_body()),
     };
-    result.unwrap_or_else(|e| agent::encode_error(&e))
+    let result = match request {
+        Request::Ping => return agent::encode_ok_in(v, &guest.ping_reply()),
+        Request::Resolve(r) => guest.resolve(&r).map(|r| agent::encode_ok_in(v, &r)),
+        Request::Connect(c) => guest.connect(&c).map(|c| agent::encode_ok_in(v, &c)),
+        other => Err(ErrorBody::new(
+            codes::UNKNOWN_OP,
+            format!(
+                "op {:?} needs the real agent (FC_SIM_AGENT_BIN); the simulator's own agent answers only ping, resolve and connect",
+                other.op()
+            ),
+        )),
+    };
+    result.unwrap_or_else(|e| agent::encode_error_in(v, &e))
 }
 
 /// Parses `CONNECT <port>` (case-insensitive keyword), without the newline.
@@ -266,7 +277,7 @@ fn serve_agent(stream: UnixStream, guest: &Guest, knobs: &Knobs) {
         }
         // A paused guest answers once it runs again.
         guest.wait_running(Duration::MAX);
-        let out = answer(guest, agent::decode_request(&line));
+        let out = answer(guest, agent::decode_envelope(&line));
         if writer.write_all(&out).is_err() {
             return;
         }

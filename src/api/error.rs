@@ -180,6 +180,7 @@ fn step_status(cause: &StepCause) -> (StatusCode, &'static str) {
         StepCause::ActorGone(_) => UNAVAILABLE,
         StepCause::Pool(e) => match **e {
             TapPoolError::IpsExhausted { .. }
+            | TapPoolError::BridgeFull { .. }
             | TapPoolError::NamesExhausted { .. }
             | TapPoolError::NotInitialized
             | TapPoolError::TornDown => UNAVAILABLE,

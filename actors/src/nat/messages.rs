@@ -17,7 +17,7 @@ pub struct GuestSpec {
     pub ip: Ipv4Addr,
     /// The guest's leased MAC (the only source MAC accepted from `ip` under anti-spoofing).
     pub mac: MacAddr,
-    /// Whether the guest's traffic is NATed out of the egress interface.
+    /// Whether the guest's traffic is masqueraded out of the egress interface.
     pub nat: bool,
 }
 
@@ -71,7 +71,7 @@ pub struct UnregisterGuest {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), NatError>")]
 pub struct SetEgress {
-    /// The interface NATed traffic leaves by, or `None` to refuse NAT.
+    /// The interface masqueraded traffic leaves by, or `None` to refuse NAT.
     pub interface: Option<String>,
 }
 
@@ -81,7 +81,7 @@ pub struct SetEgress {
 #[rtype(result = "Result<(), NatError>")]
 pub struct Teardown;
 
-/// Asks what the actor has put on the host: whether it is set up, which guests are NATed and
+/// Asks what the actor has put on the host: whether it is set up, which guests have NAT and
 /// which leases are registered.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<NatStatus, NatError>")]

@@ -14,9 +14,10 @@
 //!
 //! The iptables rules are static: they depend only on the configuration and match the sets,
 //! so per-guest messages ([`EnsureNat`], [`RegisterGuest`], [`UnregisterGuest`]) are
-//! in-process set updates over netlink and a cost independent of the number of guests; the
-//! bridge table's per-guest elements are one `nft` run each (~10 ms). [`Reconcile`] rewrites everything atomically (`iptables-restore --noflush`, set
-//! rebuild + swap); [`Teardown`] removes it all.
+//! in-process set updates over netlink and a cost independent of the number of guests; so are
+//! the bridge table's per-guest elements (one `nf_tables` netlink transaction each, no `nft`
+//! process). [`Reconcile`] rewrites everything atomically (`iptables-restore --noflush`, set
+//! rebuild + swap, the bridge table replaced by one `nft -f`); [`Teardown`] removes it all.
 //!
 //! What the rules give guests: NAT guests reach the egress interface (and get replies);
 //! other guests reach nothing beyond the bridge; nothing unasked enters the guest subnet by
@@ -37,8 +38,9 @@
 //! not ebtables: the `bridge` family works the same on hosts whose iptables is the legacy or
 //! the nft flavour (ebtables-legacy needs the `x_tables` ebtables modules, ebtables-nft is nft
 //! underneath anyway), and a table is replaced or removed as one transaction. Per-lease
-//! updates spawn `nft` (a few ms per guest registration). Not covered: inbound port
-//! forwarding to guests.
+//! updates are in-process netlink transactions (`host::firewall::nft_netlink`, tens of
+//! microseconds), answered only once the kernel has committed the element. Not covered:
+//! inbound port forwarding to guests.
 //!
 //! Without an egress interface (none configured and no default route, or the configured one
 //! missing), everything but NAT is installed: `EnsureNat` enabling NAT answers
@@ -50,7 +52,7 @@
 //! adds in between is not seen (but is never removed either). [`GetStatus`] tells what this
 //! actor put on the host.
 //!
-//! Handlers are synchronous: per-guest ones take ~10 microseconds; `Reconcile` and
+//! Handlers are synchronous: per-guest ones take tens of microseconds; `Reconcile` and
 //! `Teardown` spawn `iptables`/`ipset` (tens of milliseconds), so start the actor on its own
 //! `Arbiter` when that matters to neighbours.
 
@@ -61,9 +63,9 @@ use actix::{Actor, Context};
 use ipnet::Ipv4Net;
 use slog::{debug, info, warn, Logger};
 
-use crate::host::firewall::{Firewall, FirewallError, SetEntry, Table};
+use crate::host::firewall::{Firewall, FirewallError, LeaseChange, PortLease, SetEntry, Table};
 use crate::lease::MacAddr;
-use rules::{Listings, GUEST_SET, NAT_SET};
+use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 
 mod handlers;
 mod messages;
@@ -122,6 +124,7 @@ pub enum NatError {
 impl NatError {
     /// True when the request is fine but the host cannot serve it now (no egress interface):
     /// the API's 503 `unavailable`.
+    #[must_use]
     pub fn is_unavailable(&self) -> bool {
         matches!(self, NatError::NoEgress | NatError::EgressMissing { .. })
     }
@@ -141,7 +144,7 @@ pub struct NatConfig {
     pub cidr: Ipv4Net,
     /// The bridge's own address (guests' gateway and DNS server).
     pub gateway: Ipv4Addr,
-    /// The interface NATed traffic leaves by; without one (or while it does not exist) NAT
+    /// The interface masqueraded traffic leaves by; without one (or while it does not exist) NAT
     /// is refused and everything else works.
     pub egress: Option<String>,
     /// The name prefix of guests' TAPs (the bridge ports the bridge-family filter applies to).
@@ -165,6 +168,9 @@ fn check_ifname(field: &'static str, name: &str) -> Result<(), NatError> {
 
 impl NatConfig {
     /// Checks every field; the actor refuses a config that fails.
+    ///
+    /// # Errors
+    /// [`NatError::InvalidConfig`] naming the first field that is wrong.
     pub fn validate(&self) -> Result<(), NatError> {
         check_ifname("bridge", &self.bridge)?;
         check_ifname("guest_ports", &self.guest_ports)?;
@@ -233,6 +239,9 @@ impl NatConfig {
 }
 
 /// Checks a desired state as a whole: every address a guest address, no address twice.
+///
+/// # Errors
+/// [`NatError::InvalidGuest`] naming the first address that is wrong.
 pub fn validate_desired(config: &NatConfig, desired: &[GuestSpec]) -> Result<(), NatError> {
     let mut seen = BTreeSet::new();
     for g in desired {
@@ -266,6 +275,9 @@ pub struct NatActor {
 
 impl NatActor {
     /// A NAT actor over `firewall`. Validates the config; touches nothing on the host.
+    ///
+    /// # Errors
+    /// The config's problem ([`NatConfig::validate`]).
     pub fn new(
         config: NatConfig,
         firewall: Box<dyn Firewall>,
@@ -448,17 +460,28 @@ impl NatActor {
             self.firewall
                 .add_to_set(GUEST_SET, SetEntry::IpMac(ip, mac))
                 .map_err(step(format!("register guest {ip} ({mac})")))?;
-            // A guest registered again on another TAP or MAC: its old element goes.
+            // A guest registered again on another TAP or MAC: its old element goes, in the
+            // same transaction as the new one comes.
             let old = self.guests.get(&ip).cloned();
-            let element = rules::lease_element(tap, mac, ip);
-            let mut text = String::new();
+            let mut changes = Vec::with_capacity(2);
             if let Some((old_mac, old_tap)) =
                 old.as_ref().filter(|(m, t)| (*m, t.as_str()) != (mac, tap))
             {
-                text += &rules::remove_lease_text(&rules::lease_element(old_tap, *old_mac, ip));
+                changes.push(LeaseChange::Remove(PortLease {
+                    port: old_tap.clone(),
+                    mac: *old_mac,
+                    ip,
+                }));
             }
-            text += &rules::add_lease_text(&element);
-            if let Err(e) = self.firewall.apply_nft(&text) {
+            changes.push(LeaseChange::Add(PortLease {
+                port: tap.to_owned(),
+                mac,
+                ip,
+            }));
+            if let Err(e) = self
+                .firewall
+                .update_port_leases(BRIDGE_TABLE, LEASE_SET, &changes)
+            {
                 // Undo the set entry: the guest stays as registered as it was before.
                 let undo = match old {
                     Some((old_mac, _)) => self
@@ -502,11 +525,17 @@ impl NatActor {
                 .map(|(m, t)| (*m, t.clone()))
                 .unwrap_or((mac, tap.to_owned()));
             if crate::host::links::check_ifname(&tap).is_ok() {
+                let element = PortLease { port: tap, mac, ip };
                 self.firewall
-                    .apply_nft(&rules::remove_lease_text(&rules::lease_element(
-                        &tap, mac, ip,
-                    )))
-                    .map_err(step(format!("unregister guest {ip} from port {tap}")))?;
+                    .update_port_leases(
+                        BRIDGE_TABLE,
+                        LEASE_SET,
+                        &[LeaseChange::Remove(element.clone())],
+                    )
+                    .map_err(step(format!(
+                        "unregister guest {ip} from port {}",
+                        element.port
+                    )))?;
             }
         }
         self.guests.remove(&ip);

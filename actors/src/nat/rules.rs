@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::{GuestSpec, NatConfig};
-use crate::host::firewall::{SetEntry, Table};
+use crate::host::firewall::{PortLease, SetEntry, Table};
 
 /// hearth's chain in the nat table, jumped to from `POSTROUTING`.
 pub const CHAIN_POSTROUTING: &str = "HEARTH-POSTROUTING";
@@ -18,7 +18,7 @@ pub const CHAIN_POSTROUTING: &str = "HEARTH-POSTROUTING";
 pub const CHAIN_FORWARD: &str = "HEARTH-FORWARD";
 /// hearth's chain in the filter table, jumped to from `INPUT`.
 pub const CHAIN_INPUT: &str = "HEARTH-INPUT";
-/// The `hash:ip` set of guests whose traffic is NATed out.
+/// The `hash:ip` set of guests whose traffic is masqueraded out.
 pub const NAT_SET: &str = "hearth-nat";
 /// The `bitmap:ip,mac` set of (lease IP, lease MAC) pairs, for anti-spoofing.
 pub const GUEST_SET: &str = "hearth-guests";
@@ -31,6 +31,7 @@ pub const HOOKS: [(Table, &str, &str); 3] = [
 ];
 
 /// The name of the scratch set a rebuild of `set` fills before swapping it in.
+#[must_use]
 pub fn temp_set(set: &str) -> String {
     format!("{set}-tmp")
 }
@@ -54,8 +55,9 @@ impl Listings {
 }
 
 /// The rules of hearth's chain `chain`, as `iptables -S <chain>` prints them (without the
-/// `-N` line). `egress` is the interface NATed traffic leaves by; without one, no guest
+/// `-N` line). `egress` is the interface masqueraded traffic leaves by; without one, no guest
 /// traffic is masqueraded or forwarded out (everything else is the same).
+#[must_use]
 pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec<String> {
     let br = &config.bridge;
     let cidr = config.cidr.trunc();
@@ -139,6 +141,7 @@ fn has_chain(listing: &str, chain: &str) -> bool {
 /// The `iptables-restore --noflush` text that makes hearth's chains hold exactly
 /// [`chain_rules`] and each built-in chain jump to its hearth chain exactly once, first.
 /// Rules hearth did not make are not touched.
+#[must_use]
 pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings) -> String {
     let mut text = String::new();
     for table in [Table::Nat, Table::Filter] {
@@ -164,6 +167,7 @@ pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings
 
 /// The `iptables-restore --noflush` text that removes every jump to hearth's chains and the
 /// chains themselves, or `None` when nothing of hearth's is left.
+#[must_use]
 pub fn teardown_text(current: &Listings) -> Option<String> {
     let mut text = String::new();
     for table in [Table::Nat, Table::Filter] {
@@ -191,6 +195,7 @@ pub fn teardown_text(current: &Listings) -> Option<String> {
 }
 
 /// The members the NAT set and the guest set must hold for `desired`.
+#[must_use]
 pub fn set_members(desired: &[GuestSpec]) -> (BTreeSet<SetEntry>, BTreeSet<SetEntry>) {
     let nat = desired
         .iter()
@@ -208,6 +213,7 @@ pub fn set_members(desired: &[GuestSpec]) -> (BTreeSet<SetEntry>, BTreeSet<SetEn
 /// it is not among `existing`, fill a fresh scratch set (destroying one a crash left behind),
 /// swap it in atomically (rules referencing the set see the old or the new members, never a
 /// mix; a swap keeps working when the bitmap's range changed) and destroy the scratch.
+#[must_use]
 pub fn set_rebuild_text(
     set: &str,
     kind: &str,
@@ -238,9 +244,14 @@ pub const BRIDGE_TABLE: &str = "hearth";
 /// The set of leases in [`BRIDGE_TABLE`]: (TAP, MAC, IPv4) each guest port may send from.
 pub const LEASE_SET: &str = "leases";
 
-/// One element of [`LEASE_SET`]: `"<tap>" . <mac> . <ip>`.
-pub fn lease_element(tap: &str, mac: crate::lease::MacAddr, ip: std::net::Ipv4Addr) -> String {
-    format!("\"{tap}\" . {mac} . {ip}")
+/// One element of [`LEASE_SET`]: the guest's TAP, MAC and IP.
+#[must_use]
+pub fn lease_element(guest: &GuestSpec) -> PortLease {
+    PortLease {
+        port: guest.tap.clone(),
+        mac: guest.mac,
+        ip: guest.ip,
+    }
 }
 
 /// The `nft -f` text that replaces hearth's bridge table as one transaction (creating it
@@ -252,6 +263,7 @@ pub fn lease_element(tap: &str, mac: crate::lease::MacAddr, ip: std::net::Ipv4Ad
 ///   are not the port's lease is dropped, and so is an IPv4 frame whose Ethernet source and
 ///   source IP are not (which also keeps a guest from moving another guest's MAC to its port
 ///   in the bridge's forwarding table).
+#[must_use]
 pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
     let ports = &config.guest_ports;
     let mut text = format!(
@@ -262,7 +274,7 @@ pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
     if config.anti_spoofing && !desired.is_empty() {
         let elements: Vec<String> = desired
             .iter()
-            .map(|g| lease_element(&g.tap, g.mac, g.ip))
+            .map(|g| lease_element(g).to_string())
             .collect();
         let _ = writeln!(text, "\t\telements = {{ {} }}", elements.join(", "));
     }
@@ -283,32 +295,21 @@ pub fn bridge_table_text(config: &NatConfig, desired: &[GuestSpec]) -> String {
     text
 }
 
-/// The `nft -f` text that adds a lease to [`LEASE_SET`] (adding a present one is a no-op).
-pub fn add_lease_text(element: &str) -> String {
-    format!("add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n")
-}
-
-/// The `nft -f` text that removes a lease from [`LEASE_SET`]; adding it first makes the
-/// removal valid when it is absent (nft 1.0.6 has no `destroy`).
-pub fn remove_lease_text(element: &str) -> String {
-    format!(
-        "add element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n\
-         delete element bridge {BRIDGE_TABLE} {LEASE_SET} {{ {element} }}\n"
-    )
-}
-
 /// The `nft -f` text that removes hearth's bridge table, present or not.
+#[must_use]
 pub fn bridge_teardown_text() -> String {
     format!("table bridge {BRIDGE_TABLE}\ndelete table bridge {BRIDGE_TABLE}\n")
 }
 
 /// The ipset type (with creation options) of the NAT set.
+#[must_use]
 pub fn nat_set_kind() -> String {
     "hash:ip family inet".to_owned()
 }
 
 /// The ipset type (with creation options) of the guest set: a bitmap over the bridge subnet
 /// (this kernel family also lacks `hash:ip,mac`; a bitmap is also faster and bounded).
+#[must_use]
 pub fn guest_set_kind(config: &NatConfig) -> String {
     format!("bitmap:ip,mac range {}", config.cidr.trunc())
 }
@@ -408,11 +409,6 @@ mod tests {
         assert!(
             !text.contains("@leases") && !text.contains("elements"),
             "{text}"
-        );
-        assert_eq!(
-            remove_lease_text("\"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7"),
-            "add element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n\
-             delete element bridge hearth leases { \"hth3\" . 06:00:ac:1f:f0:07 . 172.31.240.7 }\n"
         );
     }
 

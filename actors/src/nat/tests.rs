@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::host::firewall::fake::{FakeCall, FakeFirewall, FakeOp};
+use crate::host::firewall::{LeaseChange, PortLease};
 use crate::testing::{guest, ip, lease, nat_config};
 use actix::Addr;
 
@@ -79,7 +80,7 @@ async fn reconcile_replaces_stale_members() {
         .set(GUEST_SET)
         .unwrap()
         .iter()
-        .map(super::super::host::firewall::SetEntry::ip)
+        .map(SetEntry::ip)
         .collect();
     assert_eq!(guests, [ip(3), ip(4)]);
 }
@@ -224,6 +225,19 @@ async fn set_egress_turns_nat_on_and_keeps_guests() {
     );
 }
 
+fn port_lease(n: u8, tap: &str, mac: MacAddr) -> PortLease {
+    PortLease {
+        port: tap.into(),
+        mac,
+        ip: ip(n),
+    }
+}
+
+fn leases(fake: &FakeFirewall) -> BTreeSet<PortLease> {
+    fake.port_leases(rules::BRIDGE_TABLE, rules::LEASE_SET)
+        .unwrap()
+}
+
 #[actix::test]
 async fn bridge_table_follows_registrations_and_goes_at_teardown() {
     let (addr, fake) = ready(config(), vec![guest(2, false)]).await;
@@ -232,39 +246,108 @@ async fn bridge_table_follows_registrations_and_goes_at_teardown() {
         table,
         rules::bridge_table_text(&config(), &[guest(2, false)])
     );
-    assert!(table.contains(&rules::lease_element(
-        "hth2",
-        MacAddr::for_guest(ip(2)),
-        ip(2)
-    )));
+    let two = port_lease(2, "hth2", MacAddr::for_guest(ip(2)));
+    assert!(table.contains(&two.to_string()));
+    assert_eq!(leases(&fake), BTreeSet::from([two.clone()]));
     addr.send(RegisterGuest { lease: lease(6) })
         .await
         .unwrap()
         .unwrap();
-    let element = rules::lease_element("hth6", MacAddr::for_guest(ip(6)), ip(6));
+    // The element goes in over netlink, no `nft` text per guest.
+    let six = port_lease(6, "hth6", MacAddr::for_guest(ip(6)));
+    assert_eq!(fake.applied_nft().len(), 1);
     assert_eq!(
-        fake.applied_nft().pop().unwrap(),
-        rules::add_lease_text(&element)
+        fake.lease_updates().pop().unwrap(),
+        [LeaseChange::Add(six.clone())]
     );
+    assert_eq!(leases(&fake), BTreeSet::from([two.clone(), six.clone()]));
     addr.send(UnregisterGuest { lease: lease(6) })
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        fake.applied_nft().pop().unwrap(),
-        rules::remove_lease_text(&element)
+        fake.lease_updates().pop().unwrap(),
+        [LeaseChange::Remove(six)]
     );
+    assert_eq!(leases(&fake), BTreeSet::from([two]));
     addr.send(Teardown).await.unwrap().unwrap();
     assert_eq!(
         fake.applied_nft().pop().unwrap(),
         rules::bridge_teardown_text()
+    );
+    assert_eq!(
+        fake.port_leases(rules::BRIDGE_TABLE, rules::LEASE_SET),
+        None
+    );
+}
+
+#[actix::test]
+async fn reregistering_on_another_port_swaps_the_element_in_one_transaction() {
+    let (addr, fake) = ready(config(), vec![]).await;
+    addr.send(RegisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut moved = lease(6);
+    moved.tap = "hth9".into();
+    moved.mac = MacAddr([6, 0, 0, 0, 0, 0x42]);
+    addr.send(RegisterGuest {
+        lease: moved.clone(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let old = port_lease(6, "hth6", MacAddr::for_guest(ip(6)));
+    let new = port_lease(6, "hth9", moved.mac);
+    assert_eq!(
+        fake.lease_updates().pop().unwrap(),
+        [LeaseChange::Remove(old), LeaseChange::Add(new.clone())]
+    );
+    assert_eq!(leases(&fake), BTreeSet::from([new.clone()]));
+    // The same lease again changes nothing but re-adds its own element.
+    addr.send(RegisterGuest { lease: moved })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fake.lease_updates().pop().unwrap(),
+        [LeaseChange::Add(new.clone())]
+    );
+    assert_eq!(leases(&fake), BTreeSet::from([new]));
+}
+
+#[actix::test]
+async fn reconcile_after_a_restart_keeps_known_leases_and_drops_stale_ones() {
+    let (addr, fake) = ready(config(), vec![guest(2, false)]).await;
+    addr.send(RegisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap();
+    // A new actor (hearthd restarted) whose store knows guests 2 and 3, not 6.
+    drop(addr);
+    let log = Logger::root(slog::Discard, slog::o!());
+    let addr = NatActor::new(config(), Box::new(fake.clone()), log)
+        .unwrap()
+        .start();
+    addr.send(Reconcile {
+        desired: vec![guest(2, false), guest(3, true)],
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        leases(&fake),
+        BTreeSet::from([
+            port_lease(2, "hth2", MacAddr::for_guest(ip(2))),
+            port_lease(3, "hth3", MacAddr::for_guest(ip(3))),
+        ])
     );
 }
 
 #[actix::test]
 async fn failed_port_binding_undoes_the_registration() {
     let (addr, fake) = ready(config(), vec![]).await;
-    fake.fail(FakeOp::ApplyNft, "Could not process rule");
+    fake.fail(FakeOp::UpdatePortLeases, "No such file or directory");
     let err = addr
         .send(RegisterGuest { lease: lease(6) })
         .await
@@ -272,6 +355,7 @@ async fn failed_port_binding_undoes_the_registration() {
         .unwrap_err();
     assert!(err.to_string().contains("port hth6"), "{err}");
     assert!(fake.set(GUEST_SET).unwrap().is_empty());
+    assert!(leases(&fake).is_empty());
     assert!(addr
         .send(GetStatus)
         .await
@@ -279,6 +363,53 @@ async fn failed_port_binding_undoes_the_registration() {
         .unwrap()
         .guests
         .is_empty());
+
+    // A failed move to another port keeps the guest as it was: old MAC, old element.
+    fake.heal();
+    addr.send(RegisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap();
+    fake.fail(FakeOp::UpdatePortLeases, "No such file or directory");
+    let mut moved = lease(6);
+    moved.tap = "hth9".into();
+    moved.mac = MacAddr([6, 0, 0, 0, 0, 0x42]);
+    addr.send(RegisterGuest { lease: moved })
+        .await
+        .unwrap()
+        .unwrap_err();
+    let mac = MacAddr::for_guest(ip(6));
+    assert_eq!(
+        fake.set(GUEST_SET).unwrap(),
+        BTreeSet::from([SetEntry::IpMac(ip(6), mac)])
+    );
+    assert_eq!(leases(&fake), BTreeSet::from([port_lease(6, "hth6", mac)]));
+    let status = addr.send(GetStatus).await.unwrap().unwrap();
+    assert_eq!(status.guests, BTreeMap::from([(ip(6), mac)]));
+}
+
+#[actix::test]
+async fn failed_unbinding_keeps_the_guest_registered() {
+    let (addr, fake) = ready(config(), vec![]).await;
+    addr.send(RegisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap();
+    fake.fail(FakeOp::UpdatePortLeases, "Device or resource busy");
+    let err = addr
+        .send(UnregisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("from port hth6"), "{err}");
+    // Still registered: a retry of the delete finds it and removes the element then.
+    assert_eq!(addr.send(GetStatus).await.unwrap().unwrap().guests.len(), 1);
+    fake.heal();
+    addr.send(UnregisterGuest { lease: lease(6) })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(leases(&fake).is_empty());
 }
 
 #[actix::test]

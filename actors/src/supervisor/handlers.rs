@@ -15,9 +15,10 @@ use super::open::{execute, plan_repairs, Adoption};
 use super::saga::{self, BootPlan, Ports};
 use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
-    Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns, RunAction,
-    RunDirOwner, SetNat, Subscribe, SupervisorError, SupervisorMetrics, VmAction, VmEntry,
-    VmSupervisor, VmmProcessRecord, WaitForState, Waiter,
+    Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns,
+    RemoveUnownedRunDir, RunAction, RunDirOwner, SetNat, Subscribe, SupervisorError,
+    SupervisorMetrics, UnownedRunDir, VmAction, VmEntry, VmSupervisor, VmmProcessRecord,
+    WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
@@ -646,6 +647,40 @@ impl Handler<RunDirOwner> for VmSupervisor {
             Some(addr) => Ok(addr),
             None => self.new_vmm(&msg.vm, ctx),
         }
+    }
+}
+
+impl Handler<RemoveUnownedRunDir> for VmSupervisor {
+    type Result = Result<UnownedRunDir, SupervisorError>;
+
+    fn handle(&mut self, msg: RemoveUnownedRunDir, _ctx: &mut Context<Self>) -> Self::Result {
+        let has_actor = self.vms.get(&msg.vm).is_some_and(|e| e.vmm.is_some());
+        if self.vmm.binary.is_some() || has_actor {
+            return Ok(UnownedRunDir::HasOwner);
+        }
+        // In the mailbox: no `RunDirOwner` (the only way an actor for it is made) interleaves.
+        let base = self.vmm.settings.run_base.to_string_lossy().into_owned();
+        let pids = match self.vmm.processes.list() {
+            Ok(pids) => pids,
+            Err(e) => {
+                return Ok(UnownedRunDir::Unchecked {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let user = pids.into_iter().find(|pid| {
+            // A process that exits meanwhile has no identity: it uses nothing any more.
+            self.vmm.processes.identity(*pid).is_ok_and(|id| {
+                super::open::owner_vm(&id.cmdline, &base).as_deref() == Some(msg.vm.as_str())
+            })
+        });
+        if let Some(pid) = user {
+            return Ok(UnownedRunDir::InUse { pid });
+        }
+        RunDir::new(&self.vmm.settings.run_base, &msg.vm)
+            .and_then(|dir| dir.remove_unowned())
+            .map_err(|e| SupervisorError::step("remove run directory", e))?;
+        Ok(UnownedRunDir::Removed)
     }
 }
 

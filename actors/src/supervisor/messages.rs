@@ -227,6 +227,33 @@ pub(crate) struct RunDirOwner {
     pub(super) vm: String,
 }
 
+/// Internal: removes `vm`'s run directory when no process actor can own it (no Firecracker
+/// binary), unless a process still uses it. Sent by a delete whose `RunDirOwner` failed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<UnownedRunDir, SupervisorError>")]
+pub(crate) struct RemoveUnownedRunDir {
+    pub(super) vm: String,
+}
+
+/// What [`RemoveUnownedRunDir`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UnownedRunDir {
+    /// The directory is gone.
+    Removed,
+    /// A process actor owns it, or could: only that actor may remove it.
+    HasOwner,
+    /// A process (a VMM nobody adopted) uses it: left for an `Open` with a binary to sweep.
+    InUse {
+        /// The process.
+        pid: u32,
+    },
+    /// The processes could not be listed, so it is not known to be unused: left.
+    Unchecked {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Internal: records a phase duration for the metrics.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -20,8 +20,10 @@
 //! internal [`RunDirOwner`] message: made from the same factory, not kept, and stopped once the
 //! answer is dropped. The shared `Processes` backend is only read here, to attribute VMM
 //! command lines to run directories; every signal goes through the owning actor. Without a
-//! Firecracker binary no such actor can be made: run directories and strays are then left alone
-//! (with a warning) until an `Open` with a binary sweeps them.
+//! Firecracker binary no such actor can be made: strays and leaked run directories are then
+//! left alone (with a warning) until an `Open` with a binary sweeps them, but a delete removes
+//! its VM's run directory through the supervisor itself ([`RemoveUnownedRunDir`]: removing
+//! files needs no binary), unless a process nobody adopted still uses it.
 
 pub mod catalog;
 mod error;

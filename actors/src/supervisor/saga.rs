@@ -621,6 +621,37 @@ pub(super) async fn delete(
     Ok(())
 }
 
+/// The run directory of a VM for which no process actor could be made (`why`): removed by
+/// the supervisor unless a process uses it or an actor could own it after all; what is left is
+/// swept as leaked by the next `Open` that has a Firecracker binary.
+async fn remove_unowned_run_dir(
+    p: &Ports,
+    vm: &str,
+    why: &SupervisorError,
+) -> Result<(), SupervisorError> {
+    let outcome =
+        p.me.send(super::RemoveUnownedRunDir { vm: vm.to_owned() })
+            .await
+            .map_err(mailbox("remove run directory"))??;
+    match outcome {
+        super::UnownedRunDir::Removed => {
+            info!(p.log, "run directory removed without a process actor"; "vm" => vm, "why" => %why);
+        }
+        super::UnownedRunDir::HasOwner => {
+            warn!(p.log, "run directory left in place"; "vm" => vm, "error" => %why);
+        }
+        super::UnownedRunDir::InUse { pid } => {
+            warn!(p.log, "run directory left in place: a process nobody adopted uses it";
+                "vm" => vm, "pid" => pid);
+        }
+        super::UnownedRunDir::Unchecked { reason } => {
+            warn!(p.log, "run directory left in place: cannot tell whether a process uses it";
+                "vm" => vm, "error" => reason);
+        }
+    }
+    Ok(())
+}
+
 /// Network, disk and run directory of a VM whose process is gone.
 async fn free_resources(
     p: &Ports,
@@ -634,12 +665,8 @@ async fn free_resources(
     }
     let owner = match p.run_dir_owner(vm).await {
         Ok(owner) => owner,
-        // No actor can be made (no Firecracker binary): the directory holds no live process's
-        // files and is swept as leaked by the next `Open` that has a binary.
-        Err(e) => {
-            warn!(p.log, "run directory left in place"; "vm" => vm, "error" => %e);
-            return Ok(());
-        }
+        // No actor can be made (no Firecracker binary); removing files needs none.
+        Err(why) => return remove_unowned_run_dir(p, vm, &why).await,
     };
     owner
         .send(RemoveRunDir {})

@@ -622,3 +622,61 @@ async fn open_sweeps_strays_and_run_directories_through_their_owners() {
     assert!(!base.join("a").exists());
     assert!(base.exists());
 }
+
+/// Without a Firecracker binary no process actor can own a run directory, yet a delete needs
+/// none to remove files: `a`'s directory goes with it. `b`'s directory is still used by a VMM
+/// nobody adopted (an earlier hearthd's): it stays, and that process is not touched.
+#[actix::test]
+async fn delete_without_a_binary_removes_the_run_directory_unless_a_process_uses_it() {
+    use crate::host::processes::{fake::FakeCall, FakeProcesses, ProcessIdentity};
+    let run = tempfile::tempdir().unwrap();
+    let base = run.path().join("vms");
+    for dir in ["a", "b"] {
+        std::fs::create_dir_all(base.join(dir)).unwrap();
+        std::fs::write(base.join(dir).join("console.log"), b"words").unwrap();
+    }
+    let fake = FakeProcesses::new();
+    let api_b = base.join("b").join("api.sock").display().to_string();
+    fake.set_identity(
+        73,
+        ProcessIdentity {
+            start_time: 1,
+            cmdline: vec!["/usr/bin/firecracker".into(), "--api-sock".into(), api_b],
+        },
+    );
+    let mut store = store_with_stopped("a");
+    store.insert_vm(&spec("b")).unwrap();
+    store.set_state("b", VmState::Stopped, None).unwrap();
+    let (sup, _, _) = super::testing::supervisor_with(
+        false,
+        store,
+        crate::tap_pool::TapPoolConfig::default(),
+        fake.clone(),
+        base.clone(),
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+
+    sup.send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!base.join("a").exists(), "a's run directory is removed");
+
+    sup.send(DeleteVm { name: "b".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        base.join("b/console.log").exists(),
+        "a directory a process uses stays"
+    );
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, FakeCall::Signal { .. })),
+        "{:?}",
+        fake.calls()
+    );
+    assert!(base.exists());
+}

@@ -12,7 +12,7 @@ use super::{
     pin, provision, AcquireTap, GetStatus, Initialize, Phase, PoolStatus, ReleaseTap, TapPoolActor,
     TapPoolConfig, TapPoolError, Teardown, TeardownReport,
 };
-use crate::host::links::{BridgeSpec, Links};
+use crate::host::links::{BridgeSpec, Links, BRIDGE_MAX_PORTS};
 use crate::lease::NetLease;
 
 /// Why an on-demand TAP could not be leased.
@@ -88,6 +88,16 @@ impl Handler<AcquireTap> for TapPoolActor {
     type Result = ResponseActFuture<Self, Result<NetLease, TapPoolError>>;
 
     fn handle(&mut self, _msg: AcquireTap, ctx: &mut Context<Self>) -> Self::Result {
+        self.acquire(ctx)
+    }
+}
+
+impl TapPoolActor {
+    /// `AcquireTap`; called again when it had to wait for ports a deletion frees.
+    fn acquire(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<NetLease, TapPoolError>> {
         match self.phase {
             Phase::New => return Box::pin(fut::ready(Err(TapPoolError::NotInitialized))),
             Phase::TornDown => return Box::pin(fut::ready(Err(TapPoolError::TornDown))),
@@ -99,6 +109,11 @@ impl Handler<AcquireTap> for TapPoolActor {
                 leased: self.ips.leased_count(),
             })));
         };
+        // A TAP queued for deletion (not yet handed to the kernel) is as good as a free one,
+        // and costs neither a creation nor a port.
+        if self.free.is_empty() {
+            self.reprieve_doomed();
+        }
         if let Some(tap) = self.free.pop_front() {
             // Warm pool: one netlink message (the neighbour pin); TAP and IP stay reserved
             // (neither free nor leased) until it is done.
@@ -122,6 +137,17 @@ impl Handler<AcquireTap> for TapPoolActor {
         }
         // Empty pool: make a TAP on demand; IP and name are reserved now, committed or given
         // back when the TAP is ready or has failed.
+        if self.bridge_full() {
+            self.ips.release(ip);
+            if self.deleting {
+                // Ports are on their way back (a mass release is being deleted): wait for
+                // that batch, then try again.
+                let (tx, rx) = oneshot::channel();
+                self.deleted_waiters.push(tx);
+                return Box::pin(rx.into_actor(self).then(|_, act, ctx| act.acquire(ctx)));
+            }
+            return Box::pin(fut::ready(Err(self.bridge_full_error())));
+        }
         let Some(name) = self.names.reserve_next() else {
             self.ips.release(ip);
             return Box::pin(fut::ready(Err(TapPoolError::NamesExhausted {
@@ -367,7 +393,8 @@ async fn initialize_host(
         }
     }
     let target = usize::try_from(config.pool_size).unwrap_or(usize::MAX);
-    while free.len() < target {
+    // Never past the bridge's port limit (see `TapPoolActor::bridge_full`).
+    while free.len() < target && names.len() < BRIDGE_MAX_PORTS {
         let Some(tap) = names.reserve_next() else {
             break;
         };

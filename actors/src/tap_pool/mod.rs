@@ -14,6 +14,11 @@
 //! before `AcquireTap` answers, removed before a released address can be leased again, and
 //! made to match the leases in use by `Initialize`.
 //!
+//! A Linux bridge takes at most [`BRIDGE_MAX_PORTS`] ports, shared by leased TAPs, free ones
+//! and those being made or deleted: the pool stays below its size rather than exceed it, an
+//! acquire with the pool empty takes back a TAP queued for deletion or waits for a running
+//! deletion to free ports, and is otherwise refused with [`TapPoolError::BridgeFull`].
+//!
 //! All host effects go through [`Links`]; the pure decisions (IPs, names, start-up plan) live
 //! in `ips` and `plan` and are tested on their own.
 
@@ -40,7 +45,7 @@ pub use self::messages::{
     AcquireTap, GetStatus, Initialize, PoolStatus, ReleaseTap, Teardown, TeardownReport,
 };
 use self::plan::{tap_number, TapNames};
-use crate::host::links::{check_ifname, Links, LinksError, PortSpec, TapSpec};
+use crate::host::links::{check_ifname, Links, LinksError, PortSpec, TapSpec, BRIDGE_MAX_PORTS};
 use crate::lease::NetLease;
 
 /// What the pool is configured with (the daemon fills it from `NetworkConfig`).
@@ -181,6 +186,17 @@ pub enum TapPoolError {
         /// How many addresses are leased.
         leased: usize,
     },
+    /// The bridge holds as many ports as a Linux bridge takes: every one is a leased TAP, a
+    /// free one, or one being made or deleted.
+    #[error("Bridge {bridge} is full: a Linux bridge takes at most {max} ports ({leased} leased)")]
+    BridgeFull {
+        /// The bridge.
+        bridge: String,
+        /// The kernel's limit, [`BRIDGE_MAX_PORTS`].
+        max: usize,
+        /// How many TAPs are leased.
+        leased: usize,
+    },
     /// No TAP name fits in 15 bytes any more.
     #[error("No free TAP name with prefix {prefix:?}")]
     NamesExhausted {
@@ -274,6 +290,8 @@ pub struct TapPoolActor {
     doomed: Vec<String>,
     /// A batch deletion is running.
     deleting: bool,
+    /// Acquires waiting for a batch deletion to free ports of a full bridge.
+    deleted_waiters: Vec<oneshot::Sender<()>>,
     /// `Teardown`s waiting for `in_flight` to reach 0.
     idle_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -302,6 +320,7 @@ impl TapPoolActor {
             in_flight: 0,
             doomed: Vec::new(),
             deleting: false,
+            deleted_waiters: Vec::new(),
             idle_waiters: Vec::new(),
         })
     }
@@ -332,6 +351,21 @@ impl TapPoolActor {
         usize::try_from(self.config.pool_size).unwrap_or(usize::MAX)
     }
 
+    /// True when one more TAP would not fit on the bridge: every name taken is a port (or
+    /// about to be one, or on its way out). The pool then stays below its size rather than
+    /// run into the kernel's limit; it refills as ports are freed.
+    fn bridge_full(&self) -> bool {
+        self.names.len() >= BRIDGE_MAX_PORTS
+    }
+
+    fn bridge_full_error(&self) -> TapPoolError {
+        TapPoolError::BridgeFull {
+            bridge: self.config.bridge.clone(),
+            max: BRIDGE_MAX_PORTS,
+            leased: self.leased.len(),
+        }
+    }
+
     /// Starts creating one TAP in the background if the pool is short and nothing is being
     /// made; the completion commits it and calls `refill` again until the pool is full.
     fn refill(&mut self, ctx: &mut Context<Self>) {
@@ -339,6 +373,7 @@ impl TapPoolActor {
             || self.refilling
             || self.retry_scheduled
             || self.free.len() >= self.target()
+            || self.bridge_full()
         {
             return;
         }
@@ -406,6 +441,16 @@ impl TapPoolActor {
         self.delete_doomed(ctx);
     }
 
+    /// Takes the newest TAP queued for deletion back into the pool, if one is queued (those
+    /// already handed to the kernel are past saving).
+    fn reprieve_doomed(&mut self) {
+        if let Some(tap) = self.doomed.pop() {
+            self.in_flight -= 1;
+            self.free.push_back(tap);
+            self.notify_if_idle();
+        }
+    }
+
     /// Starts deleting the queued TAPs as one batch, unless a batch is running.
     fn delete_doomed(&mut self, ctx: &mut Context<Self>) {
         if self.deleting || self.doomed.is_empty() {
@@ -433,7 +478,16 @@ impl TapPoolActor {
                         warn!(act.log, "cannot delete TAP; left in place"; "tap" => &name, "error" => %err);
                     }
                 }
+                // Ports were freed: acquires waiting for them take them (each retry refills
+                // after itself); else a pool held below its size by a full bridge refills.
+                let waiting = !act.deleted_waiters.is_empty();
+                for waiter in act.deleted_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
                 act.delete_doomed(ctx);
+                if !waiting {
+                    act.refill(ctx);
+                }
                 act.notify_if_idle();
             }),
         );

@@ -71,6 +71,19 @@ impl TapNames {
     pub fn is_taken(&self, name: &str) -> bool {
         self.taken.contains(name)
     }
+
+    /// How many names are taken: every TAP of the pool that is, or is about to be, a port of
+    /// the bridge (and foreign links with the prefix, so never fewer).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// True if no name is taken.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
 }
 
 /// Checks the leases live VMs hold before anything is touched: each must be a lease this pool

@@ -695,3 +695,45 @@ fn bad_configs_name_their_field() {
     }
     assert!(config(5).validate().is_ok());
 }
+
+#[actix::test]
+async fn acquire_on_a_full_bridge_is_refused_naming_the_limit() {
+    let fake = FakeLinks::new();
+    // Links with the prefix that are not pool TAPs: counted as the bridge's ports (the pool
+    // cannot tell where they are attached), so the bridge has room for one more TAP.
+    for i in 0..BRIDGE_MAX_PORTS - 1 {
+        fake.plant(&format!("hthx{i}"), LinkKind::Other);
+    }
+    let addr = started(3, &fake).await;
+    let s = wait_status(&addr, |s| s.pending == 0).await;
+    assert_eq!(
+        s.free_taps, 1,
+        "the pool stops at the bridge's limit: {s:?}"
+    );
+    assert_eq!(s.refill_failures, 0, "{s:?}");
+    let a = acquire(&addr).await.unwrap();
+    // Pool empty, bridge full: refused before any host work, the address given back.
+    fake.clear_calls();
+    let err = acquire(&addr).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TapPoolError::BridgeFull {
+                max: 1023,
+                leased: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "Bridge hbr0 is full: a Linux bridge takes at most 1023 ports (1 leased)"
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert_eq!(status(&addr).await.free_ips, 4);
+    // A release frees a port: the TAP goes back to the pool and is leased again.
+    addr.send(ReleaseTap { lease: a }).await.unwrap().unwrap();
+    wait_status(&addr, |s| s.pending == 0 && s.free_taps == 1).await;
+    acquire(&addr).await.unwrap();
+}

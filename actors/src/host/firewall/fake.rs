@@ -1,13 +1,14 @@
 //! An in-memory [`Firewall`] for unit tests: records every call, keeps set membership (it
-//! understands the `ipset restore` lines hearth writes), serves canned `iptables -S` listings,
-//! and fails chosen operations on demand. Clones share one state, so a test keeps a clone to
+//! understands the `ipset restore` lines hearth writes, and the bridge table's lease elements
+//! of the `nft` texts hearth writes), serves canned `iptables -S` listings, and fails chosen
+//! operations on demand. Clones share one state, so a test keeps a clone to
 //! inspect what the actor did.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Firewall, FirewallError, SetEntry, Table};
+use super::{Firewall, FirewallError, LeaseChange, PortLease, SetEntry, Table};
 use crate::mac::MacAddr;
 
 /// The operations of the trait, to choose which one fails.
@@ -33,6 +34,8 @@ pub enum FakeOp {
     DestroySet,
     /// [`Firewall::apply_nft`].
     ApplyNft,
+    /// [`Firewall::update_port_leases`].
+    UpdatePortLeases,
 }
 
 /// One recorded call.
@@ -58,6 +61,15 @@ pub enum FakeCall {
     DestroySet(String),
     /// `apply_nft(text)`.
     ApplyNft(String),
+    /// `update_port_leases(table, set, changes)`.
+    UpdatePortLeases {
+        /// The bridge-family table.
+        table: String,
+        /// The set.
+        set: String,
+        /// The changes, in order.
+        changes: Vec<LeaseChange>,
+    },
 }
 
 /// What the fake holds.
@@ -73,6 +85,8 @@ pub struct FakeState {
     pub listings: HashMap<Table, String>,
     /// Sets and their members.
     pub sets: BTreeMap<String, BTreeSet<SetEntry>>,
+    /// The elements of the bridge-family nftables sets, by (table, set).
+    pub port_leases: BTreeMap<(String, String), BTreeSet<PortLease>>,
     /// Operations that fail, with the error text they report.
     pub failures: HashMap<FakeOp, String>,
 }
@@ -85,6 +99,7 @@ pub struct FakeFirewall {
 
 impl FakeFirewall {
     /// An empty fake: no interfaces, no sets, forwarding off.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -113,11 +128,13 @@ impl FakeFirewall {
     }
 
     /// The members of a set, or `None` when it does not exist.
+    #[must_use]
     pub fn set(&self, name: &str) -> Option<BTreeSet<SetEntry>> {
         self.state().sets.get(name).cloned()
     }
 
     /// The texts given to `apply_nft`, in order.
+    #[must_use]
     pub fn applied_nft(&self) -> Vec<String> {
         self.state()
             .calls
@@ -129,7 +146,30 @@ impl FakeFirewall {
             .collect()
     }
 
+    /// The elements of a bridge-family nftables set, or `None` when it does not exist.
+    #[must_use]
+    pub fn port_leases(&self, table: &str, set: &str) -> Option<BTreeSet<PortLease>> {
+        self.state()
+            .port_leases
+            .get(&(table.to_owned(), set.to_owned()))
+            .cloned()
+    }
+
+    /// The change lists given to `update_port_leases`, in order.
+    #[must_use]
+    pub fn lease_updates(&self) -> Vec<Vec<LeaseChange>> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::UpdatePortLeases { changes, .. } => Some(changes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The texts given to `restore_rules`, in order.
+    #[must_use]
     pub fn restored_rules(&self) -> Vec<String> {
         self.state()
             .calls
@@ -142,6 +182,7 @@ impl FakeFirewall {
     }
 
     /// How many calls were recorded.
+    #[must_use]
     pub fn call_count(&self) -> usize {
         self.state().calls.len()
     }
@@ -228,6 +269,43 @@ fn apply_set_line(state: &mut FakeState, line: &str) -> Result<(), String> {
             Ok(())
         }
         _ => Err(format!("Unknown ipset line {line:?}")),
+    }
+}
+
+/// Parses an element as `nft` writes it: `"<port>" . <mac> . <ip>`.
+fn parse_port_lease(text: &str) -> Option<PortLease> {
+    let mut parts = text.split(" . ");
+    let port = parts.next()?.trim().strip_prefix('"')?.strip_suffix('"')?;
+    let mac = parts.next()?.trim().parse().ok()?;
+    let ip = parts.next()?.trim().parse().ok()?;
+    Some(PortLease {
+        port: port.to_owned(),
+        mac,
+        ip,
+    })
+}
+
+/// Applies what the fake understands of an `nft -f` text: `delete table bridge T` drops T's
+/// sets; `table bridge T {` ... `set S {` ... `elements = { .. }` declares S with those
+/// elements (a set declared without elements is empty).
+fn apply_nft_text(state: &mut FakeState, text: &str) {
+    let mut table = None;
+    let mut set = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("delete table bridge ") {
+            state.port_leases.retain(|(owner, _), _| owner != t.trim());
+        } else if let Some(t) = line.strip_prefix("table bridge ") {
+            table = t.strip_suffix('{').map(|t| t.trim().to_owned());
+        } else if let (Some(t), Some(s)) = (&table, line.strip_prefix("set ")) {
+            let key = (t.clone(), s.trim_end_matches('{').trim().to_owned());
+            state.port_leases.insert(key.clone(), BTreeSet::new());
+            set = Some(key);
+        } else if let (Some(key), Some(list)) = (&set, line.strip_prefix("elements = {")) {
+            let elements = list.trim_end_matches('}').split(", ");
+            if let Some(members) = state.port_leases.get_mut(key) {
+                members.extend(elements.filter_map(parse_port_lease));
+            }
+        }
     }
 }
 
@@ -322,8 +400,43 @@ impl Firewall for FakeFirewall {
     }
 
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
-        self.enter(FakeOp::ApplyNft, FakeCall::ApplyNft(text.into()))
-            .map(drop)
+        let mut state = self.enter(FakeOp::ApplyNft, FakeCall::ApplyNft(text.into()))?;
+        apply_nft_text(&mut state, text);
+        Ok(())
+    }
+
+    fn update_port_leases(
+        &mut self,
+        table: &str,
+        set: &str,
+        changes: &[LeaseChange],
+    ) -> Result<(), FirewallError> {
+        let mut state = self.enter(
+            FakeOp::UpdatePortLeases,
+            FakeCall::UpdatePortLeases {
+                table: table.into(),
+                set: set.into(),
+                changes: changes.to_vec(),
+            },
+        )?;
+        // Like the kernel: a missing set fails the whole transaction, nothing is applied.
+        let members = state
+            .port_leases
+            .get_mut(&(table.to_owned(), set.to_owned()))
+            .ok_or_else(|| FirewallError::Nftables {
+                set: format!("bridge {table} {set}"),
+                source: super::nft_netlink::NftError::Refused {
+                    what: "find the set".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                },
+            })?;
+        for change in changes {
+            match change {
+                LeaseChange::Add(lease) => members.insert(lease.clone()),
+                LeaseChange::Remove(lease) => members.remove(lease),
+            };
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The real firewall backend: `iptables-restore`/`iptables -S` (nft or legacy flavour) for the
 //! static rules, `ipset restore` for atomic set rebuilds, libipset (the `ipset` crate)
-//! in-process for per-guest set membership, and `nft -f -` for the bridge-family table.
+//! in-process for per-guest set membership, `nft -f -` for the bridge-family table as a whole
+//! and `nf_tables` netlink ([`super::nft_netlink`]) in-process for its per-guest elements.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,7 +11,8 @@ use std::sync::Mutex;
 use ipset::types::{BitmapIpMac, EnvOption, HashIp, IpDataType, MacDataType};
 use ipset::Session;
 
-use super::{Firewall, FirewallError, SetEntry, Table};
+use super::nft_netlink::{NftError, NftSocket};
+use super::{Firewall, FirewallError, LeaseChange, SetEntry, Table};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -31,6 +33,7 @@ pub enum IptablesFlavor {
 
 impl IptablesFlavor {
     /// The `iptables` binary.
+    #[must_use]
     pub fn iptables(self) -> &'static str {
         match self {
             IptablesFlavor::System => "iptables",
@@ -40,6 +43,7 @@ impl IptablesFlavor {
     }
 
     /// The `iptables-restore` binary.
+    #[must_use]
     pub fn iptables_restore(self) -> &'static str {
         match self {
             IptablesFlavor::System => "iptables-restore",
@@ -50,36 +54,42 @@ impl IptablesFlavor {
 }
 
 /// Arguments of `iptables` that print a table's rules (waiting for the xtables lock).
+#[must_use]
 pub fn list_args(table: Table) -> Vec<&'static str> {
     vec!["-w", XTABLES_WAIT_SECS, "-t", table.name(), "-S"]
 }
 
 /// Arguments of `iptables-restore` that apply a text without flushing the tables (waiting
 /// for the xtables lock).
+#[must_use]
 pub fn restore_args() -> Vec<&'static str> {
     vec!["-w", XTABLES_WAIT_SECS, "--noflush"]
 }
 
 /// The firewall of the calling thread's network namespace. The libipset sessions (one per
-/// set, kept for speed) bind their netlink socket to the namespace of the thread that first
-/// uses them: keep one `LinuxFirewall` on one thread (the actor's).
+/// set, kept for speed) and the `nf_tables` socket bind their netlink socket to the namespace of
+/// the thread that first uses them: keep one `LinuxFirewall` on one thread (the actor's).
 pub struct LinuxFirewall {
     flavor: IptablesFlavor,
     ip_sets: HashMap<String, Session<HashIp>>,
     ip_mac_sets: HashMap<String, Session<BitmapIpMac>>,
+    nft: Option<NftSocket>,
 }
 
 impl LinuxFirewall {
     /// A backend running the given iptables flavour. Nothing is touched until a call.
+    #[must_use]
     pub fn new(flavor: IptablesFlavor) -> Self {
         Self {
             flavor,
             ip_sets: HashMap::new(),
             ip_mac_sets: HashMap::new(),
+            nft: None,
         }
     }
 
     /// The iptables flavour in use.
+    #[must_use]
     pub fn flavor(&self) -> IptablesFlavor {
         self.flavor
     }
@@ -241,6 +251,36 @@ impl Firewall for LinuxFirewall {
 
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
         run("nft", &["-f", "-"], Some(text)).map(drop)
+    }
+
+    fn update_port_leases(
+        &mut self,
+        table: &str,
+        set: &str,
+        changes: &[LeaseChange],
+    ) -> Result<(), FirewallError> {
+        let err = |source| FirewallError::Nftables {
+            set: format!("bridge {table} {set}"),
+            source,
+        };
+        if self.nft.is_none() {
+            let socket = NftSocket::open().map_err(|source| {
+                err(NftError::Io {
+                    what: "open a netlink socket to nf_tables".into(),
+                    source,
+                })
+            })?;
+            self.nft = Some(socket);
+        }
+        let Some(socket) = self.nft.as_mut() else {
+            unreachable!("opened just above");
+        };
+        let result = socket.apply(table, set, changes);
+        if let Err(NftError::Io { .. }) = result {
+            // A socket in an unknown state: the next call opens a fresh one.
+            self.nft = None;
+        }
+        result.map_err(err)
     }
 
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {

@@ -8,8 +8,11 @@
 //!   [`Firewall::remove_from_set`] talk to the kernel in-process over netlink (libipset), so
 //!   enabling NAT for a guest costs no process and no rule, whatever the number of guests.
 //!
-//! Below IP, [`Firewall::apply_nft`] feeds `nft -f -` (one atomic transaction) for hearth's
-//! `bridge`-family table, which filters what guests' ports send (ARP, non-IPv4 frames).
+//! Below IP, hearth's `bridge`-family nftables table filters what guests' ports send (ARP,
+//! non-IPv4 frames). The same split holds there: [`Firewall::apply_nft`] feeds a whole table to
+//! `nft -f -` (one atomic transaction; setup, reconcile, teardown), while a guest's lease
+//! element is added or removed by [`Firewall::update_port_leases`] in-process over netlink
+//! (one transaction, one socket round trip, no process).
 //!
 //! [`linux::LinuxFirewall`] is the real backend, [`fake::FakeFirewall`] the recording fake.
 
@@ -21,6 +24,7 @@ use crate::mac::MacAddr;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
+pub mod nft_netlink;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
 /// carries the tool's or kernel's own error text.
@@ -61,6 +65,14 @@ pub enum FirewallError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// An in-process change to an nftables set failed; none of it was applied.
+    #[error("Cannot update nftables set {set}")]
+    Nftables {
+        /// The set, e.g. `bridge hearth leases`.
+        set: String,
+        /// What failed (names the refused element and carries the kernel's errno).
+        source: nft_netlink::NftError,
+    },
     /// Looking up a network interface failed for another reason than its absence.
     #[error("Cannot look up interface {name}")]
     Interface {
@@ -82,6 +94,7 @@ pub enum Table {
 
 impl Table {
     /// The table's name as iptables spells it.
+    #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Table::Nat => "nat",
@@ -107,6 +120,7 @@ pub enum SetEntry {
 
 impl SetEntry {
     /// The entry's IP address.
+    #[must_use]
     pub fn ip(&self) -> Ipv4Addr {
         match *self {
             SetEntry::Ip(ip) | SetEntry::IpMac(ip, _) => ip,
@@ -124,42 +138,116 @@ impl fmt::Display for SetEntry {
     }
 }
 
+/// An element of a `bridge`-family nftables set of type `ifname . ether_addr . ipv4_addr`:
+/// the bridge port a guest sends from, with the MAC and IPv4 address it may send from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortLease {
+    /// The bridge port (the guest's TAP), 1-15 bytes.
+    pub port: String,
+    /// The guest's MAC.
+    pub mac: MacAddr,
+    /// The guest's IPv4 address.
+    pub ip: Ipv4Addr,
+}
+
+impl fmt::Display for PortLease {
+    /// The element as `nft` writes it: `"<port>" . <mac> . <ip>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\" . {} . {}", self.port, self.mac, self.ip)
+    }
+}
+
+/// One change to a set of [`PortLease`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LeaseChange {
+    /// Add the element (adding a present one is a no-op).
+    Add(PortLease),
+    /// Remove the element (removing an absent one is a no-op).
+    Remove(PortLease),
+}
+
 /// The host side of the firewall. Implementations act on the network namespace of the
 /// calling thread.
 pub trait Firewall {
     /// Whether a network interface of that name exists.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError>;
 
     /// Whether IPv4 forwarding is on (`/proc/sys/net/ipv4/ip_forward`, per namespace).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn ip_forward(&mut self) -> Result<bool, FirewallError>;
 
     /// Turns IPv4 forwarding on or off.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError>;
 
     /// The rules of a table as `iptables -S` prints them.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn list_rules(&mut self, table: Table) -> Result<String, FirewallError>;
 
     /// Applies an `iptables-restore` text with `--noflush`, atomically per table.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError>;
 
     /// The names of the existing sets (`ipset list -n`).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn list_sets(&mut self) -> Result<Vec<String>, FirewallError>;
 
     /// Applies an `ipset restore` text.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn restore_sets(&mut self, text: &str) -> Result<(), FirewallError>;
 
     /// Adds an entry to a set, in-process. Adding a present entry succeeds; for an
     /// `ip,mac` entry whose IP is present with another MAC, the MAC is replaced.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn add_to_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
 
     /// Removes an entry from a set, in-process. Removing an absent entry succeeds.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn remove_from_set(&mut self, set: &str, entry: SetEntry) -> Result<(), FirewallError>;
 
     /// Destroys a set, in-process. Destroying an absent set succeeds.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError>;
 
     /// Applies an `nft -f` text as one transaction (all of it or nothing).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError>;
+
+    /// Applies `changes`, in order, to the set `set` of the `bridge`-family nftables table
+    /// `table`, in-process, as one transaction (all of them or none). Returns once the
+    /// kernel has committed them.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
+    fn update_port_leases(
+        &mut self,
+        table: &str,
+        set: &str,
+        changes: &[LeaseChange],
+    ) -> Result<(), FirewallError>;
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -195,5 +283,13 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
         (**self).apply_nft(text)
+    }
+    fn update_port_leases(
+        &mut self,
+        table: &str,
+        set: &str,
+        changes: &[LeaseChange],
+    ) -> Result<(), FirewallError> {
+        (**self).update_port_leases(table, set, changes)
     }
 }

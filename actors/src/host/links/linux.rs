@@ -329,10 +329,13 @@ impl Links for LinuxLinks {
                 )
                 .execute()
                 .await
-                .map_err(|source| LinksError::Netlink {
-                    op: "attach to bridge",
-                    link: name.clone(),
-                    source: Box::new(source),
+                .map_err(|source| match errno(&source) {
+                    libc::EXFULL => LinksError::BridgeFull { name: name.clone() },
+                    _ => LinksError::Netlink {
+                        op: "attach to bridge",
+                        link: name.clone(),
+                        source: Box::new(source),
+                    },
                 })?;
             // Port attributes need the port enslaved first: the kernel hands them to the
             // current master's slave_changelink.

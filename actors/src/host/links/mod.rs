@@ -84,6 +84,10 @@ pub struct LinkEntry {
     pub master: Option<u32>,
 }
 
+/// The most ports one Linux bridge takes: the kernel numbers ports in `BR_MAX_PORTS` (1024)
+/// with number 0 reserved, and refuses the next port with `EXFULL`.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 /// Errors of the link backends.
 #[derive(Debug, thiserror::Error)]
 pub enum LinksError {
@@ -113,6 +117,13 @@ pub enum LinksError {
     #[error("Link {name} already exists")]
     Exists {
         /// The interface name.
+        name: String,
+    },
+    /// The bridge has no port number left for the link (the kernel's `EXFULL`: a Linux bridge
+    /// takes at most [`BRIDGE_MAX_PORTS`] ports).
+    #[error("Bridge has no port left for {name} (a Linux bridge takes at most {BRIDGE_MAX_PORTS} ports)")]
+    BridgeFull {
+        /// The link that could not be attached.
         name: String,
     },
     /// The interface does not exist.

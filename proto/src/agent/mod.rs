@@ -28,6 +28,14 @@
 //! version it does not speak answers with the error code [`codes::UNSUPPORTED_VERSION`] and
 //! keeps the connection open. Both ends use the `encode_*`/`decode_*` helpers below, so the
 //! wire format lives in exactly one place.
+//!
+//! # Version 2: sessions and files
+//!
+//! Version 2 adds exec sessions and file transfer ([`exec`], [`files`]). Each op is sent with the
+//! lowest version that has it ([`Request::version`]), and an agent answers in the version it
+//! was asked in, so a v1 probe still gets a v1 `ping` answer and a v2 host can probe a v1 agent.
+//! `exec` (with `attach`), `attach`, `put_archive` and `get_archive` switch their connection from
+//! lines to binary [`frame`]s after the `ok` line; the others stay request/response lines.
 
 use std::io::{self, BufRead};
 use std::net::Ipv4Addr;
@@ -36,15 +44,28 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub mod exec;
+pub mod files;
+pub mod frame;
+
+pub use exec::{
+    AttachRequest, ExecInfo, ExecList, ExecRequest, ExecStarted, ExitStatus, SessionId,
+    SignalRequest, WindowSize,
+};
+pub use files::{ArchiveRequest, ArchiveSummary, PathKind, PathStat, StatRequest};
+
+/// The newest protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest protocol version this crate still speaks (v1: `ping`, `resolve`, `connect`).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The vsock port the agent listens on unless told otherwise (`--port`).
 pub const DEFAULT_PORT: u32 = 52;
 
-/// The longest request line an agent accepts, including the `\n` (and the longest response
-/// line the ping probe needs).
-pub const MAX_LINE: usize = 4096;
+/// The longest request line an agent accepts, including the `\n` (an `exec` request carries its
+/// argv and environment), and the longest response line the ping probe needs.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// The most bytes of a `connect` exchange an agent returns in [`ConnectReply::received`].
 pub const MAX_RECEIVED: usize = 64 * 1024;
@@ -79,6 +100,21 @@ pub mod codes {
     pub const TIMEOUT: &str = "timeout";
     /// `resolve` or `connect`: the guest has no network to use.
     pub const NO_NETWORK: &str = "no_network";
+    /// `attach`, `signal`, `exec_info`: no session has this id.
+    pub const NO_SUCH_SESSION: &str = "no_such_session";
+    /// `exec`: the agent already runs as many sessions as it allows.
+    pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
+    /// `stat`, `get_archive`, `put_archive`: the path does not exist.
+    pub const NOT_FOUND: &str = "not_found";
+    /// `put_archive`: the target is not a directory.
+    pub const NOT_A_DIRECTORY: &str = "not_a_directory";
+    /// `put_archive`, `get_archive`: the archive is malformed, too large, or could not be
+    /// written or read.
+    pub const ARCHIVE: &str = "archive";
+    /// The peer broke the framing rules of a session or archive stream.
+    pub const BAD_FRAME: &str = "bad_frame";
+    /// The agent refused an operation on a path (permissions, read-only file system...).
+    pub const PERMISSION_DENIED: &str = "permission_denied";
 }
 
 /// A request from the host to the agent.
@@ -90,6 +126,23 @@ pub enum Request {
     Resolve(ResolveRequest),
     /// Diagnostic: a TCP exchange from the guest; answered with a [`ConnectReply`].
     Connect(ConnectRequest),
+    /// v2: starts a session; answered with an [`ExecStarted`], then frames when it attaches.
+    Exec(ExecRequest),
+    /// v2: attaches to a session; answered with its [`ExecInfo`], then frames.
+    Attach(AttachRequest),
+    /// v2: the agent's sessions; answered with an [`ExecList`].
+    Execs,
+    /// v2: one session; answered with its [`ExecInfo`].
+    ExecInfo(SessionRef),
+    /// v2: sends a signal to a session's process group; answered with `{}`.
+    Signal(SignalRequest),
+    /// v2: what is at a path; answered with a [`PathStat`].
+    Stat(StatRequest),
+    /// v2: extracts a tar stream the host sends into a directory; answered with `{}`, then
+    /// frames ([`files`]).
+    PutArchive(ArchiveRequest),
+    /// v2: sends a path as a tar stream; answered with its [`PathStat`], then frames.
+    GetArchive(ArchiveRequest),
 }
 
 impl Request {
@@ -99,8 +152,41 @@ impl Request {
             Request::Ping => "ping",
             Request::Resolve(_) => "resolve",
             Request::Connect(_) => "connect",
+            Request::Exec(_) => "exec",
+            Request::Attach(_) => "attach",
+            Request::Execs => "execs",
+            Request::ExecInfo(_) => "exec_info",
+            Request::Signal(_) => "signal",
+            Request::Stat(_) => "stat",
+            Request::PutArchive(_) => "put_archive",
+            Request::GetArchive(_) => "get_archive",
         }
     }
+
+    /// The lowest protocol version that has this op: the version it is sent with.
+    pub fn version(&self) -> u32 {
+        match self {
+            Request::Ping | Request::Resolve(_) | Request::Connect(_) => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether the connection carries [`frame`]s after the `ok` line of this request.
+    pub fn switches_to_frames(&self) -> bool {
+        match self {
+            Request::Exec(e) => e.attach,
+            Request::Attach(_) | Request::PutArchive(_) | Request::GetArchive(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The arguments of ops that name one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRef {
+    /// The session's id.
+    pub id: SessionId,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -232,7 +318,9 @@ pub enum AgentProtoError {
         source: serde_json::Error,
     },
     /// The peer speaks another protocol version.
-    #[error("Unsupported protocol version {got} (this end speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "Unsupported protocol version {got} (this end speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version the peer sent.
         got: u32,
@@ -262,6 +350,22 @@ pub enum AgentProtoError {
         /// The agent's message.
         message: String,
     },
+    /// The op needs a newer protocol version than the request carries.
+    #[error("Op {op:?} needs protocol version {needs}, the request carries {got}")]
+    OpNeedsVersion {
+        /// The op.
+        op: &'static str,
+        /// The version the op needs.
+        needs: u32,
+        /// The version the request carries.
+        got: u32,
+    },
+    /// A binary frame broke the framing rules ([`frame`]).
+    #[error("Bad frame: {reason}")]
+    BadFrame {
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading the line failed.
     #[error("Reading a line failed")]
     Io {
@@ -275,7 +379,10 @@ impl AgentProtoError {
     /// The error body an agent answers with when decoding a request failed this way.
     pub fn to_error_body(&self) -> ErrorBody {
         let code = match self {
-            AgentProtoError::UnsupportedVersion { .. } => codes::UNSUPPORTED_VERSION,
+            AgentProtoError::UnsupportedVersion { .. } | AgentProtoError::OpNeedsVersion { .. } => {
+                codes::UNSUPPORTED_VERSION
+            }
+            AgentProtoError::BadFrame { .. } => codes::BAD_FRAME,
             AgentProtoError::UnknownOp { .. } => codes::UNKNOWN_OP,
             AgentProtoError::Remote { code, .. } => code.as_str(),
             AgentProtoError::Io { .. } => codes::INTERNAL,
@@ -335,19 +442,26 @@ fn trim_line(line: &[u8], max: usize) -> Result<&[u8], AgentProtoError> {
     Ok(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-/// Encodes a request as one line, `\n` included.
+/// Encodes a request as one line, `\n` included, with the lowest version that has its op
+/// ([`Request::version`]).
 pub fn encode_request(req: &Request) -> Vec<u8> {
-    fn out<T: Serialize>(op: &str, args: T) -> Vec<u8> {
+    fn out<T: Serialize>(req: &Request, args: T) -> Vec<u8> {
         to_line(&RawRequestOut {
-            v: PROTOCOL_VERSION,
-            op,
+            v: req.version(),
+            op: req.op(),
             args,
         })
     }
     match req {
-        Request::Ping => out(req.op(), NoArgs {}),
-        Request::Resolve(r) => out(req.op(), r),
-        Request::Connect(c) => out(req.op(), c),
+        Request::Ping | Request::Execs => out(req, NoArgs {}),
+        Request::Resolve(r) => out(req, r),
+        Request::Connect(c) => out(req, c),
+        Request::Exec(e) => out(req, e),
+        Request::Attach(a) => out(req, a),
+        Request::ExecInfo(r) => out(req, r),
+        Request::Signal(s) => out(req, s),
+        Request::Stat(s) => out(req, s),
+        Request::PutArchive(a) | Request::GetArchive(a) => out(req, a),
     }
 }
 
@@ -373,18 +487,47 @@ fn args<T: DeserializeOwned>(
     })
 }
 
+/// A decoded request with the version it was sent in (the agent answers in that version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The request's `v`, in [`MIN_PROTOCOL_VERSION`]..=[`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The request.
+    pub request: Request,
+}
+
 /// Decodes one request line (with or without its `\n`).
 pub fn decode_request(line: &[u8]) -> Result<Request, AgentProtoError> {
+    decode_envelope(line).map(|e| e.request)
+}
+
+/// Decodes one request line (with or without its `\n`), keeping its version.
+pub fn decode_envelope(line: &[u8]) -> Result<Envelope, AgentProtoError> {
     let raw: RawRequest<'_> = serde_json::from_slice(trim_line(line, MAX_LINE)?)
         .map_err(|source| AgentProtoError::Malformed { source })?;
-    if raw.v != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&raw.v) {
         return Err(AgentProtoError::UnsupportedVersion { got: raw.v });
     }
-    match raw.op.as_ref() {
+    let request = decode_op(raw.op.as_ref(), raw.args)?;
+    if raw.v < request.version() {
+        return Err(AgentProtoError::OpNeedsVersion {
+            op: request.op(),
+            needs: request.version(),
+            got: raw.v,
+        });
+    }
+    Ok(Envelope { v: raw.v, request })
+}
+
+fn decode_op(
+    op: &str,
+    raw: serde_json::Map<String, serde_json::Value>,
+) -> Result<Request, AgentProtoError> {
+    match op {
         // Extra fields on ping were always ignored; keep it that way.
         "ping" => Ok(Request::Ping),
         "resolve" => {
-            let r: ResolveRequest = args("resolve", raw.args)?;
+            let r: ResolveRequest = args("resolve", raw)?;
             check_timeout("resolve", r.timeout_ms)?;
             if r.name.is_empty() || r.name.len() > 253 {
                 return Err(AgentProtoError::InvalidArguments {
@@ -395,7 +538,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, AgentProtoError> {
             Ok(Request::Resolve(r))
         }
         "connect" => {
-            let c: ConnectRequest = args("connect", raw.args)?;
+            let c: ConnectRequest = args("connect", raw)?;
             check_timeout("connect", c.timeout_ms)?;
             if c.port == 0 {
                 return Err(AgentProtoError::InvalidArguments {
@@ -405,27 +548,88 @@ pub fn decode_request(line: &[u8]) -> Result<Request, AgentProtoError> {
             }
             Ok(Request::Connect(c))
         }
+        "exec" => {
+            let e: ExecRequest = args("exec", raw)?;
+            e.validate()
+                .map_err(|reason| AgentProtoError::InvalidArguments { op: "exec", reason })?;
+            Ok(Request::Exec(e))
+        }
+        "attach" => Ok(Request::Attach(args("attach", raw)?)),
+        "execs" => {
+            let _: NoArgsIn = args("execs", raw)?;
+            Ok(Request::Execs)
+        }
+        "exec_info" => Ok(Request::ExecInfo(args("exec_info", raw)?)),
+        "signal" => {
+            let s: SignalRequest = args("signal", raw)?;
+            s.validate()
+                .map_err(|reason| AgentProtoError::InvalidArguments {
+                    op: "signal",
+                    reason,
+                })?;
+            Ok(Request::Signal(s))
+        }
+        "stat" => {
+            let s: StatRequest = args("stat", raw)?;
+            files::check_guest_path(&s.path)
+                .map_err(|reason| AgentProtoError::InvalidArguments { op: "stat", reason })?;
+            Ok(Request::Stat(s))
+        }
+        "put_archive" | "get_archive" => {
+            let op = if op == "put_archive" {
+                "put_archive"
+            } else {
+                "get_archive"
+            };
+            let a: ArchiveRequest = args(op, raw)?;
+            files::check_guest_path(&a.path)
+                .map_err(|reason| AgentProtoError::InvalidArguments { op, reason })?;
+            Ok(if op == "put_archive" {
+                Request::PutArchive(a)
+            } else {
+                Request::GetArchive(a)
+            })
+        }
         other => Err(AgentProtoError::UnknownOp { op: other.into() }),
     }
 }
 
-/// Encodes a successful response line carrying `ok`.
+/// Ops without arguments that refuse unknown ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgsIn {}
+
+/// Encodes a successful response line carrying `ok`, in the newest version.
 pub fn encode_ok<T: Serialize>(ok: &T) -> Vec<u8> {
+    encode_ok_in(PROTOCOL_VERSION, ok)
+}
+
+/// Encodes a successful response line carrying `ok`, in version `v` (the request's).
+pub fn encode_ok_in<T: Serialize>(v: u32, ok: &T) -> Vec<u8> {
     to_line(&RawResponse {
-        v: PROTOCOL_VERSION,
+        v,
         ok: Some(ok),
         error: None,
     })
 }
 
-/// Encodes an error response line.
+/// Encodes an error response line, in the newest version.
 pub fn encode_error(error: &ErrorBody) -> Vec<u8> {
+    encode_error_in(PROTOCOL_VERSION, error)
+}
+
+/// Encodes an error response line, in version `v` (the request's).
+pub fn encode_error_in(v: u32, error: &ErrorBody) -> Vec<u8> {
     to_line(&RawResponse::<()> {
-        v: PROTOCOL_VERSION,
+        v,
         ok: None,
         error: Some(error.clone()),
     })
 }
+
+/// The empty `ok` of ops that answer nothing but success (`signal`, `put_archive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
 
 /// Decodes a response line: the `ok` payload, or [`AgentProtoError::Remote`] for an error.
 pub fn decode_response<T: DeserializeOwned>(line: &[u8]) -> Result<T, AgentProtoError> {
@@ -434,7 +638,7 @@ pub fn decode_response<T: DeserializeOwned>(line: &[u8]) -> Result<T, AgentProto
     let raw: RawResponse<serde_json::Value> =
         serde_json::from_slice(trim_line(line, MAX_RESPONSE_LINE)?)
             .map_err(|source| AgentProtoError::Malformed { source })?;
-    if raw.v != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&raw.v) {
         return Err(AgentProtoError::UnsupportedVersion { got: raw.v });
     }
     match (raw.ok, raw.error) {
@@ -509,9 +713,17 @@ mod tests {
     }
 
     #[test]
+    fn requests_keep_their_version() {
+        let e = decode_envelope(b"{\"v\":1,\"op\":\"ping\"}").unwrap();
+        assert_eq!((e.v, e.request), (1, Request::Ping));
+        let e = decode_envelope(b"{\"v\":2,\"op\":\"ping\"}").unwrap();
+        assert_eq!(e.v, 2);
+    }
+
+    #[test]
     fn bad_requests_are_classified() {
-        let e = decode_request(b"{\"v\":2,\"op\":\"ping\"}").unwrap_err();
-        assert!(matches!(e, AgentProtoError::UnsupportedVersion { got: 2 }));
+        let e = decode_request(b"{\"v\":3,\"op\":\"ping\"}").unwrap_err();
+        assert!(matches!(e, AgentProtoError::UnsupportedVersion { got: 3 }));
         assert_eq!(e.to_error_body().code, codes::UNSUPPORTED_VERSION);
         let e = decode_request(b"{\"v\":1,\"op\":\"pong\"}").unwrap_err();
         assert!(matches!(e, AgentProtoError::UnknownOp { ref op } if op == "pong"));
@@ -532,18 +744,26 @@ mod tests {
             boot_id: "6f1c0b5e-0000-4000-8000-000000000000".into(),
             uptime_ms: 1234,
         };
-        let line = encode_ok(&reply);
+        let line = encode_ok_in(1, &reply);
         assert!(line.starts_with(b"{\"v\":1,\"ok\":{"));
+        assert!(encode_ok(&reply).starts_with(b"{\"v\":2,\"ok\":{"));
+        assert_eq!(
+            decode_response::<PingReply>(&encode_ok(&reply)).unwrap(),
+            reply
+        );
         assert_eq!(*line.last().unwrap(), b'\n');
         assert_eq!(decode_response::<PingReply>(&line).unwrap(), reply);
     }
 
     #[test]
     fn error_response_decodes_to_remote() {
-        let line = encode_error(&ErrorBody {
-            code: codes::UNKNOWN_OP.into(),
-            message: "Unknown op \"x\"".into(),
-        });
+        let line = encode_error_in(
+            1,
+            &ErrorBody {
+                code: codes::UNKNOWN_OP.into(),
+                message: "Unknown op \"x\"".into(),
+            },
+        );
         assert_eq!(
             line,
             b"{\"v\":1,\"error\":{\"code\":\"unknown_op\",\"message\":\"Unknown op \\\"x\\\"\"}}\n"
@@ -668,7 +888,7 @@ mod tests {
         let r = ResolveReply {
             addrs: vec![Ipv4Addr::new(172, 31, 240, 3)],
         };
-        let line = encode_ok(&r);
+        let line = encode_ok_in(1, &r);
         assert_eq!(line, b"{\"v\":1,\"ok\":{\"addrs\":[\"172.31.240.3\"]}}\n");
         assert_eq!(decode_response::<ResolveReply>(&line).unwrap(), r);
         let c = ConnectReply::from_bytes(b"10.98.0.1:40000\xff");
