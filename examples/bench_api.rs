@@ -111,7 +111,7 @@ fn main() {
     println!(
         "SSE replay of {n} events              {:.1} ms  {:.0} events/s",
         took.as_secs_f64() * 1e3,
-        n as f64 / took.as_secs_f64()
+        f64::from(n) / took.as_secs_f64()
     );
 
     let t = Instant::now();

@@ -10,7 +10,7 @@
 //! Runs inside a network namespace it creates, with one TAP leased from `TapPoolActor`. The
 //! simulator's guest boot delay is set to 0 (`--sim-boot-delay-ms`) so the agent phase
 //! measures the probe itself. The kernel defaults to the generated minimal `vmlinux` of
-//! `tests/common/vmlinux.rs` (the real loader accepts it; no guest boots), the root disk to a
+//! `hearth_testkit::vmlinux` (the real loader accepts it; no guest boots), the root disk to a
 //! 1 MiB file. Needs root.
 //!
 //! ```text
@@ -19,12 +19,14 @@
 //! cargo run --release --example bench_boot -- --boots 200 --no-probe \
 //!     --firecracker ../shared/firecracker/bin/firecracker
 //! ```
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vmlinux.rs"]
-mod vmlinux;
+use hearth_testkit::fc_sim;
+use hearth_testkit::vmlinux;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -122,7 +124,7 @@ struct BootTimings {
     api_ready: Duration,
     /// machine-config, boot-source, drive, network, vsock.
     configured: Duration,
-    /// InstanceStart until `GET /` says Running.
+    /// `InstanceStart` until `GET /` says Running.
     started: Duration,
     /// Until the guest agent answered (None when the probe is skipped).
     agent_ready: Option<Duration>,
@@ -236,13 +238,11 @@ fn raw_boot(fc: &Path, rd: &RunDir, bodies: &ApiBodies, probe: bool) -> anyhow::
     let t1 = Instant::now();
     let mut delay = api_client::SOCKET_BACKOFF_FIRST;
     let stream = loop {
-        match UnixStream::connect(rd.api_socket()) {
-            Ok(s) => break s,
-            Err(_) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(api_client::SOCKET_BACKOFF_MAX);
-            }
+        if let Ok(s) = UnixStream::connect(rd.api_socket()) {
+            break s;
         }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(api_client::SOCKET_BACKOFF_MAX);
     };
     t.api_ready = t1.elapsed();
     let mut conn = BufReader::new(stream);
@@ -342,6 +342,10 @@ fn row(name: &str, actor: Vec<Duration>, raw: Option<Vec<Duration>>) {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark run, read top to bottom: set-up, the timed loop, the report"
+)]
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
@@ -355,25 +359,21 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("bb")
         .tempdir_in(&args.work_dir)?;
-    let kernel = match &args.kernel {
-        Some(k) => k
-            .canonicalize()
-            .with_context(|| format!("--kernel {}", k.display()))?,
-        None => {
-            let k = work.path().join("vmlinux");
-            vmlinux::write_minimal_vmlinux(&k);
-            k
-        }
+    let kernel = if let Some(k) = &args.kernel {
+        k.canonicalize()
+            .with_context(|| format!("--kernel {}", k.display()))?
+    } else {
+        let k = work.path().join("vmlinux");
+        vmlinux::write_minimal_vmlinux(&k);
+        k
     };
-    let rootfs = match &args.rootfs {
-        Some(r) => r
-            .canonicalize()
-            .with_context(|| format!("--rootfs {}", r.display()))?,
-        None => {
-            let r = work.path().join("rootfs.ext4");
-            std::fs::write(&r, vec![0u8; 1 << 20])?;
-            r
-        }
+    let rootfs = if let Some(r) = &args.rootfs {
+        r.canonicalize()
+            .with_context(|| format!("--rootfs {}", r.display()))?
+    } else {
+        let r = work.path().join("rootfs.ext4");
+        std::fs::write(&r, vec![0u8; 1 << 20])?;
+        r
     };
     let probe = !args.no_probe;
     let fc = args.firecracker.clone().unwrap_or_else(fc_sim::sim_binary);

@@ -12,6 +12,10 @@
 //! (default: a temporary directory under the current one). `--xfs` (root, `mkfs.xfs` from
 //! xfsprogs) also runs the same rounds on a loop-mounted XFS made with `-m reflink=1`, where
 //! both sides reflink; it is unmounted and removed afterwards.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -65,7 +69,7 @@ fn make_base(dir: &Path) -> PathBuf {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..10 {
         let mut data = vec![0u8; 10 * MIB as usize];
-        for b in data.iter_mut() {
+        for b in &mut data {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

@@ -4,6 +4,10 @@
 //! Run as root: `cargo run --release --example bench_dns [-- SECONDS [ROUNDS [WORKERS [RATE]]]]`
 //! (defaults: 10 s per dnsperf run, 3 rounds, 2 hearth workers, latency measured at 20000
 //! qps). Needs `dnsperf`, `dnsmasq` and `dig` on PATH. See docs/bench/dns.md.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use hearth_testkit as common;
 
@@ -171,10 +175,13 @@ fn answers(server: &str, name: &str) -> bool {
     Command::new("dig")
         .args(["+short", "+time=1", "+tries=1", &format!("@{server}"), name])
         .output()
-        .map(|o| !o.stdout.is_empty())
-        .unwrap_or(false)
+        .is_ok_and(|o| !o.stdout.is_empty())
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark run, read top to bottom: set-up, the timed loop, the report"
+)]
 fn main() {
     if !common::privileged("bench_dns") {
         std::process::exit(1);
@@ -210,7 +217,7 @@ fn main() {
     println!(
         "bench_dns: {NAMES} names, dnsperf -c 4 -q 200, {rounds} alternating rounds of {seconds} s, \
          hearth with {workers} worker(s), {} CPUs, load average {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()

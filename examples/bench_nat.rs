@@ -6,6 +6,10 @@
 //! here; the host's firewall is never touched), and removes it at the end.
 //! `cargo run --release --example bench_nat [-- <iterations> [nft|legacy]]` (default: 2000
 //! iterations, the system's `iptables`); described in docs/bench/nat.md.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use hearth_testkit as common;
 
@@ -56,11 +60,10 @@ fn report(what: &str, guests: usize, samples: &mut [Duration]) {
 }
 
 fn iptables_version() -> String {
-    Command::new("iptables")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|e| format!("iptables -V failed: {e}"))
+    Command::new("iptables").arg("-V").output().map_or_else(
+        |e| format!("iptables -V failed: {e}"),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+    )
 }
 
 fn main() {
@@ -164,8 +167,7 @@ fn main() {
             let ok = Command::new("ipset")
                 .args(["add", "-exist", NAT_SET, &probe.to_string()])
                 .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+                .is_ok_and(|s| s.success());
             assert!(ok, "ipset add process failed");
             spawned.push(t.elapsed());
         }

@@ -21,12 +21,12 @@
 //! cargo build --release -p firecracker-sim
 //! sudo cargo run --release --example bench_restart -- 1000 --stops 50
 //! ```
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
-use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
+use hearth::vm_host;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -210,7 +210,7 @@ fn main() -> anyhow::Result<()> {
     host.config.network.pool_size = pool as u32;
     host.config.vm.disk_backend = "copy".into();
     host.config.vm.shutdown_grace_secs = args.grace_secs;
-    host.config.api.socket = socket.clone();
+    host.config.api.socket.clone_from(&socket);
     host.config.validate()?;
     let config_path = host.dir.path().join("hearthd.toml");
     std::fs::write(&config_path, toml::to_string(&host.config)?)?;

@@ -15,7 +15,7 @@
 //!    trips, RSS and threads in this second round; then all are deleted again.
 //!
 //! "hearth's own share" of a create = its round trip minus the phases spent waiting on the
-//! VMM process (spawn + api_ready + configure + start + ready). See docs/bench/supervisor.md.
+//! VMM process (spawn + `api_ready` + configure + start + ready). See docs/bench/supervisor.md.
 //!
 //! Needs root. Build the simulator in release first:
 //!
@@ -25,11 +25,8 @@
 //! sudo cargo run --release --example bench_supervisor -- 1000
 //! ```
 
+use hearth::vm_host;
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,7 +99,7 @@ fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) };
     if rc != 0 {
         return Duration::ZERO;
     }
@@ -116,7 +113,7 @@ fn children_cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru) };
     if rc != 0 {
         return Duration::ZERO;
     }
@@ -335,9 +332,7 @@ fn rss_after(what: &str) {
 
 /// Open file descriptors of this process.
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map_or(0, std::iter::Iterator::count)
 }
 
 /// TAP devices in the namespace, counted with `ip` (the pool's own view is not reachable
@@ -449,8 +444,7 @@ fn main() -> anyhow::Result<()> {
         pool_size,
         args.cidr,
         args.boot_delay_ms
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "50 (sim default)".into()),
+            .map_or_else(|| "50 (sim default)".into(), |d| d.to_string()),
         config.data_dir.display()
     );
     println!(
@@ -483,6 +477,10 @@ async fn run(args: &Args, config: &Config, ns: &NetNs, pool: usize) -> anyhow::R
     cleanup.map(|_| ())
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the benchmark's stages in order, each measured and reported where it runs"
+)]
 async fn stages(
     args: &Args,
     sup: &Addr<VmSupervisor>,
@@ -521,11 +519,11 @@ async fn stages(
         let t = Instant::now();
         create_one(sup, &vm_name(i), &mut seq, "").await?;
         seq_wall += t.elapsed();
-        seq_cpu += cpu_time() - c;
+        seq_cpu += cpu_time().checked_sub(c).unwrap();
     }
     let running = sup.send(ListVms { label: None }).await?.len();
     probe(sup, &format!("at {running}: "), &mut probes).await?;
-    let cpu_stage = cpu_time() - cpu0;
+    let cpu_stage = cpu_time().checked_sub(cpu0).unwrap();
     let rss_n = status_kib("VmRSS");
     let hwm_n = status_kib("VmHWM");
 
@@ -595,7 +593,7 @@ async fn stages(
         args.delete_concurrency,
         ms(pct(&took, 50.0)),
         ms(pct(&took, 99.0)),
-        ms(cpu_time() - cpu_d) / deleted.max(1) as f64
+        ms(cpu_time().checked_sub(cpu_d).unwrap()) / deleted.max(1) as f64
     );
     rss_after("deleting all");
 
@@ -632,7 +630,7 @@ async fn stages(
     let children0 = children_cpu_time();
     let before = sup.send(GetMetrics {}).await?;
     let (wall, took) = create_concurrently(sup, (0..n).map(vm_name).collect(), k).await?;
-    let cpu = cpu_time() - cpu0;
+    let cpu = cpu_time().checked_sub(cpu0).unwrap();
     let after = sup.send(GetMetrics {}).await?;
     println!(
         "  throughput: {:.1} creates/s ({n} in {:.2} s)",
@@ -650,8 +648,7 @@ async fn stages(
         let h = vm_host::histogram_delta(&before, &after, phase);
         let bound = |p| {
             vm_host::bucket_percentile(&h, p)
-                .map(|d| format!("<= {:.1}", ms(d)))
-                .unwrap_or_else(|| "> 5000".into())
+                .map_or_else(|| "> 5000".into(), |d| format!("<= {:.1}", ms(d)))
         };
         println!(
             "    {phase:10} n {:5} mean {:9.3} ms  p50 {:>10} ms  p99 {:>10} ms",
@@ -680,7 +677,7 @@ async fn stages(
     );
     println!(
         "  VMM processes' CPU time (reaped children, create to exit): {:.3} ms per VM",
-        ms(children_cpu_time() - children0) / n as f64
+        ms(children_cpu_time().checked_sub(children0).unwrap()) / n as f64
     );
     rss_after("deleting all");
     settle_taps(ns, pool).await;

@@ -13,8 +13,7 @@
 //! ```
 
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -36,6 +35,10 @@ use hearth_actors::tap_pool::{
 use slog::Drain;
 
 #[derive(Parser, Debug)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "`boot_args` is the `--boot-args` flag, named as hearth names it everywhere"
+)]
 struct Args {
     /// A real Firecracker binary (default: firecracker-sim from the target directory).
     #[arg(long)]
@@ -119,21 +122,19 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("bootvm")
         .tempdir_in("/tmp")?;
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
-            let k = work.path().join("vmlinux");
-            std::fs::write(&k, firecracker_sim::kernel::minimal_vmlinux())?;
-            k
-        }
+    let kernel = if let Some(k) = &args.kernel {
+        k.clone()
+    } else {
+        let k = work.path().join("vmlinux");
+        std::fs::write(&k, firecracker_sim::kernel::minimal_vmlinux())?;
+        k
     };
-    let rootfs = match &args.rootfs {
-        Some(r) => r.clone(),
-        None => {
-            let r = work.path().join("rootfs.ext4");
-            std::fs::write(&r, vec![0u8; 1 << 20])?;
-            r
-        }
+    let rootfs = if let Some(r) = &args.rootfs {
+        r.clone()
+    } else {
+        let r = work.path().join("rootfs.ext4");
+        std::fs::write(&r, vec![0u8; 1 << 20])?;
+        r
     };
     let fc = args.firecracker.clone().unwrap_or_else(fc_sim::sim_binary);
     let ns = common::NetNs::new("hearth-bootvm");
@@ -200,7 +201,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         let console = work.path().join("vms/boot-vm/console.log");
-        let bytes = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        let bytes = std::fs::metadata(&console).map_or(0, |m| m.len());
         println!("console log  {bytes} bytes (removed with the work directory)");
         pool.send(ReleaseTap { lease }).await??;
         pool.send(Teardown {

@@ -12,6 +12,10 @@
 //! ```text
 //! sudo cargo run --example host_network
 //! ```
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use hearth_testkit as common;
 
@@ -188,6 +192,10 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "a walk-through of the host network, step by step"
+)]
 async fn demo(ns: &NetNs) -> anyhow::Result<()> {
     let log = logger();
     let cidr: Ipv4Net = "172.31.240.0/24".parse()?;

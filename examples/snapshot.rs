@@ -8,6 +8,10 @@
 //!
 //! DIR (default: a temporary directory) receives `base.ext4` and `disks/`; everything made is
 //! removed at the end.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "examples drive real tools and binaries directly and clean up their own directories"
+)]
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -34,7 +38,7 @@ fn make_base(dir: &Path) -> PathBuf {
     fs::create_dir_all(&content).unwrap();
     let mut data = vec![0u8; 32 * MIB as usize];
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for b in data.iter_mut() {
+    for b in &mut data {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

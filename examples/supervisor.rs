@@ -15,11 +15,8 @@
 //! sudo cargo run --example supervisor
 //! ```
 
+use hearth::vm_host;
 use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -70,11 +67,9 @@ fn row(vm: &VmInfo) -> String {
         "{:6} {:8} ip {:15} tap {:6} pid {:>7} nat {:3}{}",
         vm.name,
         vm.state.to_string(),
-        vm.guest_ip
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into()),
+        vm.guest_ip.map_or_else(|| "-".into(), |i| i.to_string()),
         vm.tap.as_deref().unwrap_or("-"),
-        vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        vm.pid.map_or_else(|| "-".into(), |p| p.to_string()),
         if vm.nat { "on" } else { "off" },
         vm.last_error
             .as_deref()
@@ -155,6 +150,10 @@ async fn run(ns: &NetNs, config: &Config) -> anyhow::Result<()> {
     cleanup
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the scenario the example shows, step by step"
+)]
 async fn scenario(ns: &NetNs, daemon: &Daemon) -> anyhow::Result<()> {
     let sup = &daemon.supervisor;
     println!("--- create (phase times from the supervisor's histograms, ms)");

@@ -111,6 +111,7 @@ impl ApiPath {
     }
 
     /// Appends `/` and `segment`, encoded.
+    #[must_use]
     pub fn segment(mut self, segment: &str) -> Self {
         self.0.push('/');
         self.0.push_str(&encode(segment));
@@ -118,6 +119,7 @@ impl ApiPath {
     }
 
     /// Appends the query pair `key=value`, both encoded.
+    #[must_use]
     pub fn query(mut self, key: &str, value: impl Display) -> Self {
         self.0.push(if self.0.contains('?') { '&' } else { '?' });
         self.0.push_str(&encode(key));

@@ -59,12 +59,50 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("Cannot create directory {}", dir.display()))?;
     }
-    let net = &config.network;
-    let gateway = config.gateway();
-
     let store = Store::open_with(&config.data_dir.join("state.db"), config.store.synchronous)?;
     let image_store = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+    let deps = start_host_actors(config, log)?;
+    let dns = deps.dns.clone();
+    let supervisor = VmSupervisor::new(
+        deps,
+        vmm_factory(config, log),
+        supervisor_settings(config),
+        Box::new(store),
+        Box::new(image_store.clone()),
+        log.clone(),
+    )
+    .start();
 
+    let report = supervisor
+        .send(supervisor::Open {})
+        .await
+        .context("The supervisor stopped")??;
+    info!(log, "reconciled"; "adopted" => report.adopted.len(), "dead" => report.dead.len(),
+        "repaired" => report.repaired.len(), "swept" => report.swept.len());
+
+    // The bridge (and so the gateway address) exists once `Open` initialised the pool.
+    let dns_addr = dns
+        .send(dns::Start {
+            listen: SocketAddr::new(config.gateway().into(), config.dns.port),
+        })
+        .await
+        .context("The DNS actor stopped")??;
+    info!(log, "DNS serving"; "addr" => %dns_addr, "zone" => &config.dns.zone);
+
+    Ok(Daemon {
+        supervisor,
+        dns,
+        report,
+        dns_addr,
+        images: image_store,
+    })
+}
+
+/// The actors that own the host's resources, on the Linux backends: the TAP pool, the
+/// firewall (and the task that follows the egress interface), DNS (not yet serving) and the
+/// disks.
+fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<SupervisorDeps> {
+    let net = &config.network;
     let links = LinuxLinks::new().context("Cannot open a netlink socket")?;
     let tap_pool = TapPoolActor::new(
         TapPoolConfig {
@@ -85,7 +123,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         NatConfig {
             bridge: net.bridge.clone(),
             cidr: net.cidr,
-            gateway,
+            gateway: config.gateway(),
             egress: net.egress_interface.clone(),
             guest_ports: net.tap_prefix.clone(),
             isolate_guests: net.isolate_guests,
@@ -115,7 +153,17 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Disk copies block for up to ~100 ms: on its own thread they never stall the others.
     let snapshot = SnapshotActor::open(choice, &config.data_dir, log.clone())?.start_dedicated();
+    Ok(SupervisorDeps {
+        tap_pool,
+        nat,
+        dns,
+        snapshot,
+    })
+}
 
+/// What makes one `FirecrackerActor` per VM: the binary (none when no usable one is found:
+/// hearthd serves, creates say why they cannot boot), the process backend, the run directory.
+fn vmm_factory(config: &Config, log: &Logger) -> VmmFactory {
     let processes = Arc::new(LinuxProcesses::new());
     let binary = match firecracker::binary::resolve(config.firecracker_bin.as_deref(), &*processes)
     {
@@ -129,59 +177,26 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
             None
         }
     };
-
-    let supervisor = VmSupervisor::new(
-        SupervisorDeps {
-            tap_pool,
-            nat,
-            dns: dns.clone(),
-            snapshot,
+    VmmFactory {
+        binary,
+        processes,
+        settings: FirecrackerSettings {
+            socket_group: config.vm.socket_group,
+            ..FirecrackerSettings::new(&config.run_dir)
         },
-        VmmFactory {
-            binary,
-            processes,
-            settings: FirecrackerSettings {
-                socket_group: config.vm.socket_group,
-                ..FirecrackerSettings::new(&config.run_dir)
-            },
+    }
+}
+
+/// The `[vm]` section's lifecycle settings, as the supervisor takes them.
+fn supervisor_settings(config: &Config) -> SupervisorSettings {
+    SupervisorSettings {
+        stop_plan: StopPlan {
+            ctrl_alt_del_grace: Some(Duration::from_secs(config.vm.shutdown_grace_secs)),
+            term_grace: Some(Duration::from_secs(config.vm.term_grace_secs)),
         },
-        SupervisorSettings {
-            stop_plan: StopPlan {
-                ctrl_alt_del_grace: Some(Duration::from_secs(config.vm.shutdown_grace_secs)),
-                term_grace: Some(Duration::from_secs(config.vm.term_grace_secs)),
-            },
-            ready_timeout: Duration::from_secs(config.vm.ready_timeout_secs),
-            agent_port: config.vm.agent_port,
-        },
-        Box::new(store),
-        Box::new(image_store.clone()),
-        log.clone(),
-    )
-    .start();
-
-    let report = supervisor
-        .send(supervisor::Open {})
-        .await
-        .context("The supervisor stopped")??;
-    info!(log, "reconciled"; "adopted" => report.adopted.len(), "dead" => report.dead.len(),
-        "repaired" => report.repaired.len(), "swept" => report.swept.len());
-
-    // The bridge (and so the gateway address) exists once `Open` initialised the pool.
-    let dns_addr = dns
-        .send(dns::Start {
-            listen: SocketAddr::new(gateway.into(), config.dns.port),
-        })
-        .await
-        .context("The DNS actor stopped")??;
-    info!(log, "DNS serving"; "addr" => %dns_addr, "zone" => &config.dns.zone);
-
-    Ok(Daemon {
-        supervisor,
-        dns,
-        report,
-        dns_addr,
-        images: image_store,
-    })
+        ready_timeout: Duration::from_secs(config.vm.ready_timeout_secs),
+        agent_port: config.vm.agent_port,
+    }
 }
 
 /// Stops taking work, lets in-flight operations finish, stops VMs if configured, stops DNS.

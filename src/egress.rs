@@ -27,7 +27,9 @@ struct Sight {
 impl Sight {
     /// Reads this thread's network namespace (thread-self: the namespace the actors run in).
     fn look(fixed: Option<&str>) -> Self {
-        let read = |what: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{what}"));
+        let read = |what: &str| {
+            hearth_actors::host::procfs::read_to_string(&format!("thread-self/net/{what}"))
+        };
         let target = match fixed {
             Some(name) => Some(name.to_owned()),
             None => read("route")

@@ -12,3 +12,5 @@ pub mod images;
 pub mod logging;
 pub mod preflight;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod vm_host;

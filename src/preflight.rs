@@ -117,8 +117,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| {
             p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
 

@@ -5,9 +5,8 @@
 //! NAT is enabled for it.
 
 mod common;
+use common::hearth_net;
 use hearth_testkit::guest;
-#[path = "common/hearth_net.rs"]
-mod hearth_net;
 
 use std::net::SocketAddrV4;
 use std::time::Duration;

@@ -1,6 +1,10 @@
 //! Privileged tests of `DnsActor` with real namespaces: serving on a gateway address,
 //! forwarding to an upstream resolver (dnsmasq) in another namespace over a veth link, SERVFAIL
 //! when that upstream is down, and Stop freeing port 53.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
 

@@ -2,12 +2,13 @@
 //! all inside private network namespaces. Lifecycles, DNS, NAT switching, zero leaks after
 //! delete, VMs surviving a daemon restart and a `kill -9`, a `kill -9` in the middle of a
 //! create and of a delete, and the same-name create race.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
 
 use std::time::Duration;
 

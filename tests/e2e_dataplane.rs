@@ -6,10 +6,7 @@
 //! other guest (isolated).
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

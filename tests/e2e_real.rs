@@ -6,16 +6,12 @@
 //! and zero leaks. Without the variable the test prints
 //! a SKIP line; under `HEARTH_REQUIRE_REAL_FIRECRACKER=1` that is a failure.
 //!
-//! The guest kernel is the generated minimal `vmlinux` (`tests/common/vmlinux.rs`), which the
+//! The guest kernel is the generated minimal `vmlinux` (`hearth_testkit::vmlinux`), which the
 //! real loader accepts: no download, works offline.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
-#[path = "common/vmm.rs"]
-mod vmm;
+use common::daemon;
+use common::vmm;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -6,12 +6,14 @@
 //! - VMs repaired at restart lose the sockets and FIFO of their dead process;
 //! - a stray VMM using a leaked run directory is killed at restart and the directory removed;
 //! - a delete by a hearthd with no Firecracker binary still removes the VM's run directory.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
+use hearth_testkit::fc_sim;
 
 use std::time::Duration;
 

@@ -7,10 +7,8 @@
 //! configured egress interface stays put; hearth's rules name only the egress in use.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
+use hearth_testkit::fc_sim;
 
 use std::time::Duration;
 

@@ -2,114 +2,36 @@
 //! answers, guest reboots, crashes and ignored signals on demand (the `FC_SIM_*` knobs), and
 //! the actor's own refusals. Behaviour both VMMs share is tested against both in
 //! `tests/vmm.rs`. Build the simulator first: `cargo build -p firecracker-sim` (see
-//! `tests/common/fc_sim.rs`). Tests that put a TAP on the VM need root and run in their own
+//! `hearth_testkit::fc_sim`). Tests that put a TAP on the VM need root and run in their own
 //! network namespace; the others run unprivileged in a temporary run directory.
 //!
 //! The VM is brought up as the supervisor's saga does (`SpawnProcess`, `ConfigureVm`,
 //! `StartVm`, `ProbeReady`): that is the only boot pipeline.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
 use hearth_actors::firecracker::binary::{self, FirecrackerBinary};
 use hearth_actors::firecracker::{
-    cid_for_guest_ip, AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerError,
-    FirecrackerSettings, GetVmmProcess, KillStray, KillVm, NetConfig, ProbeOutcome, ProbeReady,
-    RemoveRunDir, SpawnProcess, StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent,
-    VmmProcess,
+    AdoptProcess, ConfigureVm, FirecrackerActor, FirecrackerError, FirecrackerSettings,
+    GetVmmProcess, KillStray, KillVm, ProbeOutcome, ProbeReady, RemoveRunDir, SpawnProcess,
+    StartVm, StopPlan, StopRung, StopVm, VmConfig, VmProcessEvent, VmmProcess,
 };
 use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
 use hearth_actors::lease::{MacAddr, NetLease};
-use tokio::sync::mpsc::UnboundedReceiver;
 
-use common::actor::{alive, next_event};
+use common::actor::{alive, next_event, Fixture};
 
 const MS: Duration = Duration::from_millis(1);
-
-/// A temporary run base with a kernel and rootfs file for the simulator.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fc")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::write(
-            dir.path().join("vmlinux"),
-            firecracker_sim::kernel::minimal_vmlinux(),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
-        Fixture { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn settings(&self) -> FirecrackerSettings {
-        FirecrackerSettings::new(self.path().join("vms"))
-    }
-
-    fn binary(&self, path: PathBuf) -> FirecrackerBinary {
-        binary::resolve(Some(&path), &LinuxProcesses).unwrap()
-    }
-
-    fn wrapper(&self, name: &str, env: &[(&str, &str)], ignore_sigterm: bool) -> FirecrackerBinary {
-        self.binary(fc_sim::sim_wrapper(self.path(), name, env, ignore_sigterm))
-    }
-
-    fn config(&self, net: Option<NetLease>) -> VmConfig {
-        let ip = Ipv4Addr::new(172, 31, 240, 5);
-        VmConfig {
-            vcpu_count: 1,
-            mem_size_mib: 128,
-            kernel: self.path().join("vmlinux"),
-            initrd: None,
-            extra_boot_args: String::new(),
-            rootfs: self.path().join("rootfs.ext4"),
-            rootfs_read_only: false,
-            rootfs_rate_limiter: None,
-            net: net.map(|lease| NetConfig {
-                lease,
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
-            }),
-            vsock_cid: cid_for_guest_ip(ip),
-        }
-    }
-
-    fn actor(
-        &self,
-        vm: &str,
-        bin: FirecrackerBinary,
-    ) -> (
-        actix::Addr<FirecrackerActor>,
-        UnboundedReceiver<VmProcessEvent>,
-    ) {
-        let (events, rx) = fc_sim::event_sink();
-        let actor = FirecrackerActor::new(
-            vm,
-            bin,
-            Arc::new(LinuxProcesses),
-            self.settings(),
-            events,
-            common::test_logger(),
-        )
-        .unwrap();
-        (actor.start(), rx)
-    }
-}
 
 fn lease(tap: &str) -> NetLease {
     let ip = Ipv4Addr::new(172, 31, 240, 5);
@@ -122,16 +44,14 @@ fn lease(tap: &str) -> NetLease {
     }
 }
 
-/// Brings the VM up as the saga does: spawn, configure, start, and probe the agent on port 52
-/// for up to `probe` when given.
+/// Brings the VM up as the saga does (see [`common::actor::bring_up`]), then probes the
+/// agent on port 52 for up to `probe` when given.
 async fn bring_up(
     vm: &actix::Addr<FirecrackerActor>,
     config: VmConfig,
     probe: Option<Duration>,
 ) -> (VmmProcess, Option<ProbeOutcome>) {
-    let record = vm.send(SpawnProcess {}).await.unwrap().unwrap().record;
-    vm.send(ConfigureVm { config }).await.unwrap().unwrap();
-    vm.send(StartVm {}).await.unwrap().unwrap();
+    let record = common::actor::bring_up(vm, config).await;
     let outcome = match probe {
         Some(timeout) => Some(
             vm.send(ProbeReady { port: 52, timeout })
@@ -149,7 +69,7 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
     require_privileged!();
     let ns = common::NetNs::new("fc-boot");
     ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     ns.block_on(|| async {
         let (vm, mut events) = fx.actor("vm-1", fx.binary(fc_sim::sim_binary()));
         let cfg = fx.config(Some(lease("hth0")));
@@ -198,7 +118,7 @@ fn boots_to_agent_ready_and_stops_by_ctrl_alt_del() {
 
 #[actix::test]
 async fn ignored_sigterm_escalates_to_sigkill() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let bin = fx.wrapper("fc-stubborn", &[("FC_SIM_IGNORE_CTRL_ALT_DEL", "1")], true);
     let (vm, mut events) = fx.actor("vm-kill", bin);
     bring_up(&vm, fx.config(None), None).await;
@@ -222,7 +142,7 @@ async fn ignored_sigterm_escalates_to_sigkill() {
 
 #[actix::test]
 async fn unexpected_exit_is_reported() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let bin = fx.wrapper(
         "fc-crash",
         &[("FC_SIM_CRASH_AFTER_MS", "100"), ("FC_SIM_CRASH_CODE", "2")],
@@ -253,7 +173,7 @@ async fn unexpected_exit_is_reported() {
 /// directory; a process that does not use that run directory is refused and left running.
 #[actix::test]
 async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let bin = fx.binary(fc_sim::sim_binary());
     let (vm, _events) = fx.actor("vm-stray", bin.clone());
     let (record, _) = bring_up(&vm, fx.config(None), None).await;
@@ -278,7 +198,7 @@ async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
         .unwrap()
     {
         Err(FirecrackerError::NotAStray { reason, .. }) => {
-            assert!(reason.contains("does not use"), "{reason}")
+            assert!(reason.contains("does not use"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -302,7 +222,7 @@ async fn a_stray_vmm_is_killed_by_the_actor_owning_its_run_directory() {
 
 #[actix::test]
 async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let bin = fx.binary(fc_sim::sim_binary());
     let (vm, _events) = fx.actor("vm-adopt", bin.clone());
     let (record, _) = bring_up(&vm, fx.config(None), None).await;
@@ -319,7 +239,7 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
     wrong.start_time += 1;
     match vm2.send(AdoptProcess { record: wrong }).await.unwrap() {
         Err(FirecrackerError::AdoptMismatch { reason, .. }) => {
-            assert!(reason.contains("start time"), "{reason}")
+            assert!(reason.contains("start time"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -363,7 +283,7 @@ async fn adopts_after_the_actor_is_recreated_and_refuses_a_reused_pid() {
 #[actix::test]
 async fn sockets_are_given_to_the_configured_group() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     // Root can hand the sockets to any group (1 = daemon); others only to their own.
     let gid = if nix::unistd::geteuid().is_root() {
         1
@@ -397,7 +317,7 @@ async fn sockets_are_given_to_the_configured_group() {
 
 #[actix::test]
 async fn socket_path_too_long_is_refused_up_front() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let base = fx.path().join("x".repeat(90));
     let (events, _rx) = fc_sim::event_sink();
     let err = FirecrackerActor::new(
@@ -419,7 +339,7 @@ async fn socket_path_too_long_is_refused_up_front() {
 
 #[actix::test]
 async fn missing_binary_is_a_clear_error() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let err = binary::resolve(Some(&fx.path().join("firecracker")), &LinuxProcesses).unwrap_err();
     assert!(
         matches!(err, FirecrackerError::BinaryNotExecutable { .. }),
@@ -433,7 +353,7 @@ async fn missing_binary_is_a_clear_error() {
     let (vm, _events) = fx.actor("vm-gone", gone);
     match vm.send(SpawnProcess {}).await.unwrap() {
         Err(FirecrackerError::Process { source }) => {
-            assert!(source.to_string().contains("gone"), "{source}")
+            assert!(source.to_string().contains("gone"), "{source}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -449,7 +369,7 @@ async fn missing_binary_is_a_clear_error() {
 
 #[actix::test]
 async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fc");
     let bin = fx.wrapper("fc-silent", &[("FC_SIM_AGENT_SILENT", "1")], false);
     let (vm, _events) = fx.actor("vm-silent", bin);
     vm.send(SpawnProcess {}).await.unwrap().unwrap();
@@ -491,7 +411,7 @@ async fn readiness_timeout_is_clean_and_leaves_the_vm_running() {
         .unwrap_err();
     match err {
         FirecrackerError::ReadinessTimeout { last_error, .. } => {
-            assert!(last_error.contains("no OK"), "{last_error}")
+            assert!(last_error.contains("no OK"), "{last_error}");
         }
         e => panic!("unexpected {e}"),
     }

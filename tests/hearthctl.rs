@@ -1,5 +1,9 @@
 //! hearthctl end to end: the real binary against the API over the fake supervisor, and
 //! without a daemon. Checks output and exit codes (0 ok, 1 API error, 2 usage, 3 unreachable).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,6 +105,7 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one CLI session, read top to bottom")]
 fn images_and_vms_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), |_| {}).unwrap();

@@ -1,6 +1,10 @@
 //! The image store on a real filesystem (a temporary data directory; no root needed): import,
 //! list and remove of kernels and `mkfs.ext4` root filesystems, every validation error, and
 //! that a failed import leaves nothing behind.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ fn mkfs(kind: &str, path: &Path, size: &str) {
     );
 }
 
-/// An x86_64 ELF header (what `vmlinux` starts with), padded to `len`.
+/// An `x86_64` ELF header (what `vmlinux` starts with), padded to `len`.
 fn vmlinux(path: &Path, machine: u16, class: u8, len: usize) {
     let mut b = vec![0u8; len];
     b[..4].copy_from_slice(b"\x7fELF");
@@ -102,7 +106,7 @@ fn import_list_remove() {
     let root = s
         .store
         .import("ubuntu-22.04", ImageKind::Rootfs, &rootfs, |c, t| {
-            seen.push((c, t))
+            seen.push((c, t));
         })
         .unwrap();
     assert_eq!(root.kind, ImageKind::Rootfs);
@@ -176,6 +180,10 @@ fn import_list_remove() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of invalid imports, each checked to leave nothing"
+)]
 fn every_validation_error_leaves_nothing() {
     let s = setup();
     let good_root = s.src("good.ext4");

@@ -7,9 +7,8 @@
 //! the firewall is the real `NatActor`; DNS the real `DnsActor` (see `common/hearth_net.rs`).
 
 mod common;
+use common::hearth_net;
 use hearth_testkit::guest;
-#[path = "common/hearth_net.rs"]
-mod hearth_net;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -90,7 +89,10 @@ fn guest_to_guest(switches: Switches) -> (bool, bool, bool) {
             .expect("capture");
         if switches.isolate_guests {
             // Nothing at all from A reached B.
-            let seen = b.call(|g| g.captured()).await.expect("capture");
+            let seen = b
+                .call(firecracker_sim::netstack::GuestStack::captured)
+                .await
+                .expect("capture");
             assert!(seen.iter().all(|p| p.src_ip != a_ip), "{seen:?}");
         }
         (ping.is_ok(), tcp.is_ok(), routed.is_some())
@@ -145,7 +147,7 @@ fn guest_to_host(switches: Switches) -> (bool, bool, bool, bool) {
                     assert!(
                         server.peers().is_empty(),
                         "a blocked connection reached the host"
-                    )
+                    );
                 }
                 Err(e) => panic!("{e}"),
             }

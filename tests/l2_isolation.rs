@@ -9,8 +9,7 @@
 //!   get the host's traffic for that address: the victim still does.
 
 mod common;
-#[path = "common/hearth_net.rs"]
-mod hearth_net;
+use common::hearth_net;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -89,8 +88,7 @@ fn ipv6_udp_frame(
 /// Reads `/proc/sys/net/ipv6/conf/<dev>/disable_ipv6` from this thread (its namespace).
 fn ipv6_off(dev: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"))
-        .map(|v| v.trim() == "1")
-        .unwrap_or(false)
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// Waits up to `timeout` for a datagram with `payload` on `socket`.
@@ -172,7 +170,7 @@ async fn host_to_guest(to: &Guest, other: &Guest, payload: &'static [u8]) -> (bo
         .expect("capture")
         .is_some();
     let reached_other = other
-        .call(move |g| g.captured())
+        .call(firecracker_sim::netstack::GuestStack::captured)
         .await
         .expect("capture")
         .iter()

@@ -2,6 +2,10 @@
 //! namespace with a veth "egress" interface and a bridge made here. They assert the rule and
 //! set state (`iptables -S`, `ipset list`), for both iptables flavours; real packets through
 //! these rules are tested elsewhere.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
+)]
 
 mod common;
 
@@ -18,43 +22,12 @@ use hearth_actors::nat::{
     EnsureNat, GetStatus, GuestSpec, NatActor, NatConfig, NatError, Reconcile, RegisterGuest,
     SetEgress, Teardown, UnregisterGuest,
 };
+use hearth_actors::testing::{guest, ip, lease, nat_config};
 
 const FLAVORS: [IptablesFlavor; 2] = [IptablesFlavor::Nft, IptablesFlavor::Legacy];
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(172, 31, 240, n)
-}
-
 fn config() -> NatConfig {
-    NatConfig {
-        bridge: "hearth0".into(),
-        cidr: "172.31.240.0/24".parse().unwrap(),
-        gateway: ip(1),
-        egress: Some("wan0".into()),
-        guest_ports: "hth".into(),
-        isolate_guests: true,
-        block_guest_to_host: true,
-        anti_spoofing: true,
-    }
-}
-
-fn guest(n: u8, nat: bool) -> GuestSpec {
-    GuestSpec {
-        tap: format!("hth{n}"),
-        ip: ip(n),
-        mac: MacAddr::for_guest(ip(n)),
-        nat,
-    }
-}
-
-fn lease(n: u8, mac: MacAddr) -> NetLease {
-    NetLease {
-        tap: format!("hth{n}"),
-        mac,
-        guest_ip: ip(n),
-        gateway: ip(1),
-        prefix_len: 24,
-    }
+    nat_config("wan0")
 }
 
 /// A namespace with a `wan0` (the egress) and the bridge `hearth0` at the gateway.
@@ -184,14 +157,15 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
 
             // Anti-spoofing pairs: registering again with another MAC replaces it.
             let other = MacAddr([0x06, 0, 0, 0, 0, 0x42]);
+            nat.send(RegisterGuest { lease: lease(6) })
+                .await
+                .unwrap()
+                .unwrap();
             nat.send(RegisterGuest {
-                lease: lease(6, MacAddr::for_guest(ip(6))),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-            nat.send(RegisterGuest {
-                lease: lease(6, other),
+                lease: NetLease {
+                    mac: other,
+                    ..lease(6)
+                },
             })
             .await
             .unwrap()
@@ -202,7 +176,10 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
             );
             for _ in 0..2 {
                 nat.send(UnregisterGuest {
-                    lease: lease(6, other),
+                    lease: NetLease {
+                        mac: other,
+                        ..lease(6)
+                    },
                 })
                 .await
                 .unwrap()
@@ -231,6 +208,10 @@ fn set_membership_is_exact_after_repeated_ensure_and_disable() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one crash-and-restart scenario, read top to bottom"
+)]
 fn reconcile_after_a_crash_removes_stale_state_and_keeps_foreign_rules() {
     require_privileged!();
     for flavor in FLAVORS {
@@ -614,18 +595,19 @@ fn lease_elements_go_in_and_out_over_netlink_in_one_transaction() {
 
         // In: the element is in the kernel when the answer comes (nft reads the same key
         // back, so the key layout is nft's).
-        nat.send(RegisterGuest {
-            lease: lease(6, MacAddr::for_guest(ip(6))),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        nat.send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
         let six = "\"hth6\" . 06:00:ac:1f:f0:06 . 172.31.240.6";
         assert_eq!(port_leases(ns), strings([two, six]));
 
         // Moved to another port and MAC: the old element goes in the same transaction.
         let other = MacAddr([0x06, 0, 0, 0, 0, 0x42]);
-        let mut moved = lease(6, other);
+        let mut moved = NetLease {
+            mac: other,
+            ..lease(6)
+        };
         moved.tap = "hth9".into();
         nat.send(RegisterGuest {
             lease: moved.clone(),
@@ -648,12 +630,10 @@ fn lease_elements_go_in_and_out_over_netlink_in_one_transaction() {
         assert_eq!(port_leases(ns), strings([two]));
 
         // A restart's reconcile replaces the elements with the known guests.
-        nat.send(RegisterGuest {
-            lease: lease(6, MacAddr::for_guest(ip(6))),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        nat.send(RegisterGuest { lease: lease(6) })
+            .await
+            .unwrap()
+            .unwrap();
         nat.send(Reconcile {
             desired: vec![guest(3, false)],
         })

@@ -9,97 +9,29 @@
 //! simulator runs. Unprivileged.
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use hearth_testkit::fc_sim;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Actor;
-use hearth_actors::firecracker::{
-    binary, cid_for_guest_ip, AdoptProcess, FirecrackerActor, FirecrackerSettings, KillVm,
-    StopRung, VmConfig, VmProcessEvent,
-};
-use hearth_actors::host::processes::{ExitStatus, LinuxProcesses};
-use tokio::sync::mpsc::UnboundedReceiver;
+use hearth_actors::firecracker::{AdoptProcess, KillVm, StopRung, VmProcessEvent};
+use hearth_actors::host::processes::ExitStatus;
 
-use common::actor::{alive, bring_up, next_event};
+use common::actor::{alive, bring_up, next_event, Fixture};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fcc")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::write(
-            dir.path().join("vmlinux"),
-            firecracker_sim::kernel::minimal_vmlinux(),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
-        Fixture { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A script that answers `--version` as the simulator, otherwise runs `body` (with
-    /// `$SIM` the simulator).
-    fn script(&self, name: &str, body: &str) -> PathBuf {
-        let path = self.path().join(name);
-        let text = format!(
-            "#!/bin/sh\nSIM='{}'\ncase \"$1\" in --version) exec \"$SIM\" \"$@\";; esac\n{body}\n",
-            fc_sim::sim_binary().display()
-        );
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    fn actor(
-        &self,
-        vm: &str,
-        program: &Path,
-    ) -> (
-        actix::Addr<FirecrackerActor>,
-        UnboundedReceiver<VmProcessEvent>,
-    ) {
-        let bin = binary::resolve(Some(program), &LinuxProcesses).unwrap();
-        let (events, rx) = fc_sim::event_sink();
-        let actor = FirecrackerActor::new(
-            vm,
-            bin,
-            Arc::new(LinuxProcesses),
-            FirecrackerSettings::new(self.path().join("vms")),
-            events,
-            common::test_logger(),
-        )
-        .unwrap();
-        (actor.start(), rx)
-    }
-
-    fn config(&self) -> VmConfig {
-        VmConfig {
-            vcpu_count: 1,
-            mem_size_mib: 128,
-            kernel: self.path().join("vmlinux"),
-            initrd: None,
-            extra_boot_args: String::new(),
-            rootfs: self.path().join("rootfs.ext4"),
-            rootfs_read_only: false,
-            rootfs_rate_limiter: None,
-            net: None,
-            vsock_cid: cid_for_guest_ip(std::net::Ipv4Addr::new(172, 31, 240, 5)),
-        }
-    }
+/// A script that answers `--version` as the simulator, otherwise runs `body` (with `$SIM`
+/// the simulator).
+fn script(fx: &Fixture, name: &str, body: &str) -> PathBuf {
+    let path = fx.path().join(name);
+    let text = format!(
+        "#!/bin/sh\nSIM='{}'\ncase \"$1\" in --version) exec \"$SIM\" \"$@\";; esac\n{body}\n",
+        fc_sim::sim_binary().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Waits (without blocking the runtime, which runs the pump) until `log` contains `needle`.
@@ -120,10 +52,11 @@ async fn log_contains(log: &Path, needle: &str, timeout: Duration) -> bool {
 
 #[actix::test]
 async fn console_is_logged_while_the_vmm_runs_and_drained_after_it_exits() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fcc");
     // The simulator crashes 1.5 s after InstanceStart with code 7; the script then writes its
     // last words and exits 3, which is the status the actor reports (the script is the VMM).
-    let vmm = fx.script(
+    let vmm = script(
+        &fx,
         "fc-console",
         "echo 'console: early words'\n\
          FC_SIM_CRASH_AFTER_MS=1500 FC_SIM_CRASH_CODE=7 \"$SIM\" \"$@\"\n\
@@ -131,8 +64,8 @@ async fn console_is_logged_while_the_vmm_runs_and_drained_after_it_exits() {
          echo \"console: last words after exit $rc\" >&2\n\
          exit 3",
     );
-    let (vm, mut events) = fx.actor("vm-con", &vmm);
-    let record = bring_up(&vm, fx.config()).await;
+    let (vm, mut events) = fx.actor("vm-con", fx.binary(vmm.clone()));
+    let record = bring_up(&vm, fx.config(None)).await;
     let log = fx.path().join("vms/vm-con/console.log");
     assert!(
         log_contains(&log, "console: early words", Duration::from_secs(5)).await,
@@ -158,11 +91,11 @@ async fn console_is_logged_while_the_vmm_runs_and_drained_after_it_exits() {
 
 #[actix::test]
 async fn adopting_actor_resumes_the_console_pump() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("fcc");
     // The simulator itself: adoption checks the command line against the binary.
     let vmm = fc_sim::sim_binary();
-    let (vm, _events) = fx.actor("vm-ado", &vmm);
-    let record = bring_up(&vm, fx.config()).await;
+    let (vm, _events) = fx.actor("vm-ado", fx.binary(vmm.clone()));
+    let record = bring_up(&vm, fx.config(None)).await;
     drop(vm);
     // Let the old actor stop: its pump stops with it, the VM keeps running.
     for _ in 0..10 {
@@ -185,7 +118,7 @@ async fn adopting_actor_resumes_the_console_pump() {
         "the old pump stopped with its actor"
     );
 
-    let (vm2, mut events2) = fx.actor("vm-ado", &vmm);
+    let (vm2, mut events2) = fx.actor("vm-ado", fx.binary(vmm.clone()));
     let info = vm2
         .send(AdoptProcess {
             record: record.clone(),

@@ -17,10 +17,8 @@
 //! The tests of this file take one lock: the checks read this whole process's descriptor table.
 
 mod common;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
-#[path = "common/vm_host.rs"]
-mod vm_host;
+use hearth::vm_host;
+use hearth_testkit::fc_sim;
 
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -175,7 +173,9 @@ impl HearthdLike {
 /// Spawns `program` with a `FirecrackerActor` (as hearthd does) while hearthd-like
 /// descriptors are open, and checks the VMM's descriptor table once its API answers.
 fn spawned_vmm_holds_nothing_of_ours(program: PathBuf) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::Builder::new()
         .prefix("fd")
         .tempdir_in("/tmp")
@@ -244,7 +244,9 @@ fn real_vmm_holds_only_stdio_and_its_own_descriptors() {
 #[test]
 fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
     require_privileged!();
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut host = vm_host::VmHost::new("hvfd", 16).expect("host");
     host.config.network.pool_size = 1;
     host.config.vm.disk_backend = "copy".into();
@@ -265,7 +267,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             // NAT and the guest set: libipset sessions and their netlink sockets.
             nat: true,
             ready_probe: true,
-            labels: Default::default(),
+            labels: std::collections::BTreeMap::default(),
         };
         let created = d
             .supervisor

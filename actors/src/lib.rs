@@ -5,6 +5,10 @@
 
 pub mod dns;
 pub mod firecracker;
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the host backends are where processes are spawned and trees removed (clippy.toml)"
+)]
 pub mod host;
 pub mod lease;
 pub mod mac;
@@ -12,3 +16,5 @@ pub mod nat;
 pub mod snapshot;
 pub mod supervisor;
 pub mod tap_pool;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

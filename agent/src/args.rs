@@ -6,7 +6,7 @@ use hearth_proto::agent::DEFAULT_PORT;
 /// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// AF_VSOCK on any CID, this port.
+    /// `AF_VSOCK` on any CID, this port.
     Vsock {
         /// The vsock port.
         port: u32,
@@ -72,7 +72,7 @@ mod tests {
     use super::*;
 
     fn parse(v: &[&str]) -> Result<Args, String> {
-        parse_args(v.iter().map(|s| s.to_string()))
+        parse_args(v.iter().map(std::string::ToString::to_string))
     }
 
     #[test]

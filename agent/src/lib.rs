@@ -1,4 +1,4 @@
-//! hearth-agent: the guest agent. It listens on AF_VSOCK (port
+//! hearth-agent: the guest agent. It listens on `AF_VSOCK` (port
 //! [`hearth_proto::agent::DEFAULT_PORT`] unless told otherwise) and answers the agent protocol
 //! of [`hearth_proto::agent`]: `ping` -> agent version, guest boot id and uptime; the
 //! diagnostic `resolve` and `connect` ([`net`]) let a test drive the guest's network. The host's

@@ -19,7 +19,11 @@ pub fn resolve(req: &ResolveRequest) -> Result<ResolveReply, ErrorBody> {
     std::thread::Builder::new()
         .name("resolve".into())
         .spawn(move || {
-            let _ = tx.send((name.as_str(), 0).to_socket_addrs().map(|a| a.collect()));
+            let _ = tx.send(
+                (name.as_str(), 0)
+                    .to_socket_addrs()
+                    .map(std::iter::Iterator::collect),
+            );
         })
         .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("Cannot start a resolver: {e}")))?;
     let found: Vec<SocketAddr> = match rx.recv_timeout(req.timeout()) {

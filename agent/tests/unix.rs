@@ -1,5 +1,9 @@
 //! The agent binary in `--unix` mode answers pings, errors and the diagnostic `resolve` and
 //! `connect` ops (against a local TCP server on 127.0.0.1) over one connection.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive the agent binary directly"
+)]
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;

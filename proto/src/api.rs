@@ -207,10 +207,15 @@ mod whole {
 
     /// The largest value of `T`, for messages.
     fn max<T: TryFrom<u64>>() -> Option<u64> {
-        [u8::MAX as u64, u16::MAX as u64, u32::MAX as u64, u64::MAX]
-            .into_iter()
-            .take_while(|m| T::try_from(*m).is_ok())
-            .last()
+        [
+            u64::from(u8::MAX),
+            u64::from(u16::MAX),
+            u64::from(u32::MAX),
+            u64::MAX,
+        ]
+        .into_iter()
+        .take_while(|m| T::try_from(*m).is_ok())
+        .last()
     }
 
     pub fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {

@@ -203,7 +203,7 @@ pub fn parse_user(user: &str) -> Result<(u32, Option<u32>), String> {
     }
 }
 
-/// The signals [`parse_signal`] knows by name (Linux x86_64 and aarch64 numbering).
+/// The signals [`parse_signal`] knows by name (Linux `x86_64` and `aarch64` numbering).
 const SIGNALS: &[(&str, i32)] = &[
     ("HUP", 1),
     ("INT", 2),

@@ -44,7 +44,7 @@ impl std::str::FromStr for ImageKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
-    /// An x86_64 ELF `vmlinux`.
+    /// An `x86_64` ELF `vmlinux`.
     Elf,
     /// A `bzImage`.
     BzImage,

@@ -26,19 +26,18 @@ const SPEC_VAR: &str = "HEARTH_FIRECRACKER_SPEC";
 
 /// The spec's path, or `None` (after a SKIP line naming the calling test) when unset.
 fn spec_path() -> Option<PathBuf> {
-    match std::env::var_os(SPEC_VAR).filter(|p| !p.is_empty()) {
-        Some(p) => Some(p.into()),
-        None => {
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("spec test")
-                .to_owned();
-            hearth_testkit::skip!(
-                "SKIP: {test}: set {SPEC_VAR}=/path/to/firecracker.yaml (Firecracker's OpenAPI \
-                 spec) to check the API types against it"
-            );
-            None
-        }
+    if let Some(p) = std::env::var_os(SPEC_VAR).filter(|p| !p.is_empty()) {
+        Some(p.into())
+    } else {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("spec test")
+            .to_owned();
+        hearth_testkit::skip!(
+            "SKIP: {test}: set {SPEC_VAR}=/path/to/firecracker.yaml (Firecracker's OpenAPI \
+             spec) to check the API types against it"
+        );
+        None
     }
 }
 
@@ -87,7 +86,7 @@ impl Spec {
     /// The spec, or `None` (the test skips) when it is not configured.
     fn load() -> Option<Spec> {
         let mut defs = definitions()?;
-        for (_, d) in defs.iter_mut() {
+        for (_, d) in &mut defs {
             close_objects(d);
         }
         Some(Spec { defs })
@@ -179,6 +178,10 @@ fn rl() -> RateLimiter {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the table of request bodies checked against the spec"
+)]
 fn cases() -> Vec<Case> {
     fn v<T: Serialize>(t: T) -> Value {
         serde_json::to_value(t).unwrap()

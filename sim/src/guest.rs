@@ -25,7 +25,7 @@ use crate::netstack::{GuestStack, NetstackError};
 /// The first host-side port the muxer hands out.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 /// How long a host may take to send `CONNECT`, and how long the muxer waits for the guest.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest `CONNECT` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
 
@@ -154,7 +154,7 @@ impl Guest {
         let uptime = self
             .booted_at
             .get()
-            .map(|t| t.elapsed())
+            .map(std::time::Instant::elapsed)
             .unwrap_or_default();
         PingReply {
             version: env!("CARGO_PKG_VERSION").to_owned(),

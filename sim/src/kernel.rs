@@ -28,7 +28,7 @@ const NOTE_HEADER_SIZE: u64 = 12;
 pub fn check(file: &File, mem_size_mib: u64) -> Result<(), String> {
     check_loadable(file, mem_size_mib).map_err(|why| {
         if why == NO_64BIT_ENTRY {
-            why.to_owned()
+            why.clone()
         } else {
             format!(
                 "Cannot load kernel due to invalid memory configuration or invalid kernel \

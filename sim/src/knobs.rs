@@ -88,7 +88,7 @@ impl Knobs {
         };
         let flag = |name: &'static str| -> Result<bool, KnobError> {
             match get(name).as_deref().map(str::trim) {
-                None | Some("") | Some("0") => Ok(false),
+                None | Some("" | "0") => Ok(false),
                 Some("1") => Ok(true),
                 Some(v) => Err(KnobError {
                     name,

@@ -154,9 +154,8 @@ fn run(args: Args, knobs: Knobs) -> ExitCode {
         }
     }
     if let Some(path) = &args.config_file {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(_) => abort("Unable to open or read from the configuration file"),
+        let Ok(text) = fs::read_to_string(path) else {
+            abort("Unable to open or read from the configuration file")
         };
         if let Err(msg) = boot_from_config(&mut vmm, &text) {
             return fail(

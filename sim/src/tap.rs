@@ -2,7 +2,7 @@
 //! `open("/dev/net/tun", O_RDWR|O_NONBLOCK|O_CLOEXEC)`, `TUNSETIFF` with
 //! `IFF_TAP|IFF_NO_PI|IFF_VNET_HDR` (single queue), then `TUNSETVNETHDRSZ`. So a TAP already
 //! attached to another fd fails with EBUSY, and a missing TAP is created (down) when the
-//! process has CAP_NET_ADMIN, exactly as with the real VMM.
+//! process has `CAP_NET_ADMIN`, exactly as with the real VMM.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -37,7 +37,7 @@ pub enum TapError {
     /// Opening `/dev/net/tun` failed.
     #[error("Error while opening the tun device: {0}")]
     OpenTun(io::Error),
-    /// `TUNSETIFF` failed (EBUSY: the TAP is attached elsewhere; EPERM: no CAP_NET_ADMIN).
+    /// `TUNSETIFF` failed (EBUSY: the TAP is attached elsewhere; EPERM: no `CAP_NET_ADMIN`).
     #[error("Error while creating ifreq structure: {0}. Invalid TUN/TAP Backend provided by {1}. Check our documentation on setting up the network devices.")]
     IfreqExecuteError(io::Error, String),
     /// `TUNSETVNETHDRSZ` failed.
@@ -73,7 +73,7 @@ pub fn open_tap(name: &str) -> Result<Tap, TapError> {
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: `file` is an open tun fd and `req` is a properly sized, initialised ifreq that
     // outlives the call; TUNSETIFF only reads and writes within it.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &raw mut req) };
     if rc < 0 {
         return Err(TapError::IfreqExecuteError(
             io::Error::last_os_error(),
@@ -82,13 +82,7 @@ pub fn open_tap(name: &str) -> Result<Tap, TapError> {
     }
     let size: libc::c_int = VNET_HDR_LEN;
     // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            TUNSETVNETHDRSZ as _,
-            &size as *const libc::c_int,
-        )
-    };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &raw const size) };
     if rc < 0 {
         return Err(TapError::SetSizeOfVnetHdr(io::Error::last_os_error()));
     }

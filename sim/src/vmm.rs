@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use hearth_proto::firecracker::{
     net::parse_mac, ActionType, BootSource, Drive, FirecrackerVersion, HugePages, InstanceInfo,
-    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, VmPauseState, Vsock,
-    DEFAULT_BOOT_ARGS,
+    InstanceState, Logger, MachineConfig, Metrics, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, Vm, VmPauseState, Vsock, DEFAULT_BOOT_ARGS,
 };
 
 use crate::api::Action;
@@ -210,6 +210,86 @@ impl Vmm {
         Ok(())
     }
 
+    /// `PATCH /drives/{id}`: after boot, a new backing file or rate limiter.
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "`_file` only holds the backing file open; replacing it is its one use"
+    )]
+    fn patch_drive(&mut self, p: PartialDrive) -> Result<Option<String>, VmmError> {
+        self.post_boot()?;
+        p.validate()
+            .map_err(|source| VmmError::DriveConfig { source })?;
+        let idx = self
+            .drives
+            .iter()
+            .position(|d| d.config.drive_id == p.drive_id)
+            .ok_or_else(|| VmmError::DriveNotFound {
+                drive_id: p.drive_id.clone(),
+            })?;
+        if let Some(path) = &p.path_on_host {
+            let read_only = self.drives[idx].config.is_read_only.unwrap_or(false);
+            let file =
+                open_backing(path, read_only).map_err(|source| VmmError::DrivePatchFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.drives[idx]._file = file;
+            self.drives[idx].config.path_on_host = Some(path.clone());
+        }
+        if p.rate_limiter.is_some() {
+            self.drives[idx].config.rate_limiter = p.rate_limiter;
+        }
+        Ok(None)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: after boot, new rate limiters.
+    fn patch_net(&mut self, p: PartialNetworkInterface) -> Result<Option<String>, VmmError> {
+        self.post_boot()?;
+        p.validate()
+            .map_err(|source| VmmError::NetConfig { source })?;
+        let dev = self
+            .nets
+            .iter_mut()
+            .find(|d| d.config.iface_id == p.iface_id)
+            .ok_or_else(|| VmmError::NetNotFound {
+                iface_id: p.iface_id.clone(),
+            })?;
+        if p.rx_rate_limiter.is_some() {
+            dev.config.rx_rate_limiter = p.rx_rate_limiter;
+        }
+        if p.tx_rate_limiter.is_some() {
+            dev.config.tx_rate_limiter = p.tx_rate_limiter;
+        }
+        Ok(None)
+    }
+
+    /// `PATCH /vm`: pause or resume the guest.
+    fn patch_vm(&mut self, vm: Vm) -> Result<Option<String>, VmmError> {
+        self.post_boot()?;
+        match vm.state {
+            VmPauseState::Paused => {
+                self.state = InstanceState::Paused;
+                self.guest.set_paused(true);
+            }
+            VmPauseState::Resumed => {
+                self.state = InstanceState::Running;
+                self.guest.set_paused(false);
+                self.maybe_schedule_reboot();
+            }
+        }
+        Ok(None)
+    }
+
+    /// `PUT /logger`: before boot, where and what to log.
+    fn put_logger(&mut self, l: Logger) -> Result<Option<String>, VmmError> {
+        self.pre_boot()?;
+        self.log
+            .configure(l.log_path.as_deref(), l.level, l.show_level)
+            .map_err(|source| VmmError::LoggerFile { source })?;
+        self.logger = Some(l);
+        Ok(None)
+    }
+
     fn dispatch(&mut self, action: Action) -> Result<Option<String>, VmmError> {
         let json = |v: &dyn erased::Ser| Ok(Some(v.to_json()));
         match action {
@@ -247,78 +327,13 @@ impl Vmm {
             }
             Action::PutBootSource(b) => self.put_boot_source(b),
             Action::PutDrive(d) => self.put_drive(d),
-            Action::PatchDrive(p) => {
-                self.post_boot()?;
-                p.validate()
-                    .map_err(|source| VmmError::DriveConfig { source })?;
-                let idx = self
-                    .drives
-                    .iter()
-                    .position(|d| d.config.drive_id == p.drive_id)
-                    .ok_or_else(|| VmmError::DriveNotFound {
-                        drive_id: p.drive_id.clone(),
-                    })?;
-                if let Some(path) = &p.path_on_host {
-                    let read_only = self.drives[idx].config.is_read_only.unwrap_or(false);
-                    let file = open_backing(path, read_only).map_err(|source| {
-                        VmmError::DrivePatchFile {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
-                    self.drives[idx]._file = file;
-                    self.drives[idx].config.path_on_host = Some(path.clone());
-                }
-                if p.rate_limiter.is_some() {
-                    self.drives[idx].config.rate_limiter = p.rate_limiter;
-                }
-                Ok(None)
-            }
+            Action::PatchDrive(p) => self.patch_drive(p),
             Action::PutNet(n) => self.put_net(n),
-            Action::PatchNet(p) => {
-                self.post_boot()?;
-                p.validate()
-                    .map_err(|source| VmmError::NetConfig { source })?;
-                let dev = self
-                    .nets
-                    .iter_mut()
-                    .find(|d| d.config.iface_id == p.iface_id)
-                    .ok_or_else(|| VmmError::NetNotFound {
-                        iface_id: p.iface_id.clone(),
-                    })?;
-                if p.rx_rate_limiter.is_some() {
-                    dev.config.rx_rate_limiter = p.rx_rate_limiter;
-                }
-                if p.tx_rate_limiter.is_some() {
-                    dev.config.tx_rate_limiter = p.tx_rate_limiter;
-                }
-                Ok(None)
-            }
+            Action::PatchNet(p) => self.patch_net(p),
             Action::PutVsock(v) => self.put_vsock(v),
             Action::Action(a) => self.action(a.action_type),
-            Action::PatchVm(vm) => {
-                self.post_boot()?;
-                match vm.state {
-                    VmPauseState::Paused => {
-                        self.state = InstanceState::Paused;
-                        self.guest.set_paused(true);
-                    }
-                    VmPauseState::Resumed => {
-                        self.state = InstanceState::Running;
-                        self.guest.set_paused(false);
-                        self.maybe_schedule_reboot();
-                    }
-                }
-                Ok(None)
-            }
-            Action::PutLogger(l) => {
-                self.pre_boot()?;
-                self.log
-                    .configure(l.log_path.as_deref(), l.level, l.show_level)
-                    .map_err(|source| VmmError::LoggerFile { source })?;
-                self.logger = Some(l);
-                Ok(None)
-            }
+            Action::PatchVm(vm) => self.patch_vm(vm),
+            Action::PutLogger(l) => self.put_logger(l),
             Action::PutMetrics(m) => {
                 self.pre_boot()?;
                 self.init_metrics(m)?;
@@ -552,10 +567,7 @@ impl Vmm {
     fn boot_done(&mut self) {
         self.guest.set_booted();
         if self.opts.boot_timer {
-            let us = self
-                .started_at
-                .map(|t| t.elapsed().as_micros())
-                .unwrap_or(0);
+            let us = self.started_at.map_or(0, |t| t.elapsed().as_micros());
             self.log.info(&format!(
                 "Guest-boot-time = {us:>6} us {} ms, {:>6} CPU us {} CPU ms",
                 us / 1000,
@@ -583,13 +595,12 @@ impl Vmm {
     fn start_guest_net(&mut self) -> Result<(), String> {
         let dev = self.nets.first().ok_or("no network interface configured")?;
         let cmdline = self.kernel_cmdline().unwrap_or_default();
-        let mac = match dev.config.guest_mac.as_deref() {
-            Some(m) => parse_mac(m).map_err(|e| e.to_string())?,
-            None => {
-                let mut m: [u8; 6] = rand::random();
-                m[0] = (m[0] & 0xfe) | 0x02;
-                m
-            }
+        let mac = if let Some(m) = dev.config.guest_mac.as_deref() {
+            parse_mac(m).map_err(|e| e.to_string())?
+        } else {
+            let mut m: [u8; 6] = rand::random();
+            m[0] = (m[0] & 0xfe) | 0x02;
+            m
         };
         let mut config =
             NetConfig::from_kernel_cmdline(mac, &cmdline).map_err(|e| e.to_string())?;

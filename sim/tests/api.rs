@@ -141,6 +141,10 @@ fn post_boot_only_calls_fail_before_start() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of requests and Firecracker's wording for each"
+)]
 fn request_validation_errors_use_firecracker_wording() {
     let sim = Sim::start(&[], &[]);
     let d = dir(&sim);

@@ -1,6 +1,10 @@
 //! The simulator as a process: command line, exit codes, the API socket rules, guest reboot
 //! on Ctrl+Alt+Del, the crash knob, `--config-file`/`--no-api`, and hybrid vsock with the
 //! agent protocol.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive the simulator binary and real tools directly"
+)]
 
 use hearth_testkit::bodies;
 mod support;

@@ -244,6 +244,7 @@ mod tests {
     use hearth_proto::api::{FieldError, VmState};
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one case per error variant, a table")]
     fn supervisor_errors_map_to_their_status() {
         let cases: Vec<(SupervisorError, u16, &str)> = vec![
             (

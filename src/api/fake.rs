@@ -75,7 +75,7 @@ impl FakeSupervisor {
             detail: None,
         };
         self.events.push(event.clone());
-        self.subscribers.retain(|s| s.connected());
+        self.subscribers.retain(actix::Recipient::connected);
         for s in &self.subscribers {
             s.do_send(sup::EventPublished {
                 event: event.clone(),
@@ -104,8 +104,8 @@ impl FakeSupervisor {
     }
 
     /// The stored answer of a keyed request, a conflict, or `None` to go ahead.
-    fn replay(&self, key: &Option<Idempotency>) -> Option<Result<VmInfo, SupervisorError>> {
-        let key = key.as_ref()?;
+    fn replay(&self, key: Option<&Idempotency>) -> Option<Result<VmInfo, SupervisorError>> {
+        let key = key?;
         let (hash, info) = self.keys.get(&key.key)?;
         Some(if *hash == key.request_hash {
             Ok(info.clone())
@@ -154,7 +154,7 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
     type Result = Result<VmInfo, SupervisorError>;
 
     fn handle(&mut self, msg: sup::CreateVm, _: &mut Self::Context) -> Self::Result {
-        if let Some(res) = self.replay(&msg.idempotency) {
+        if let Some(res) = self.replay(msg.idempotency.as_ref()) {
             return res;
         }
         self.take_failure()?;
@@ -191,7 +191,7 @@ impl Handler<sup::RunAction> for FakeSupervisor {
     type Result = Result<VmInfo, SupervisorError>;
 
     fn handle(&mut self, msg: sup::RunAction, _: &mut Self::Context) -> Self::Result {
-        if let Some(res) = self.replay(&msg.idempotency) {
+        if let Some(res) = self.replay(msg.idempotency.as_ref()) {
             return res;
         }
         self.take_failure()?;

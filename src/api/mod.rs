@@ -70,6 +70,7 @@ impl ApiState {
     }
 
     /// The same state, logging requests to `log`.
+    #[must_use]
     pub fn with_logger(mut self, log: slog::Logger) -> Self {
         self.log = log.new(slog::o!("component" => "api"));
         self

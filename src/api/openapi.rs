@@ -130,226 +130,318 @@ fn action(verb: &str, summary: &str) -> Value {
 
 /// The document served at `GET /v1/openapi.json`.
 pub fn document() -> Value {
-    let vm = schema("VmInfo");
-    let mut vm_created = json_response("The VM", vm.clone());
-    vm_created["links"] = vm_links();
-    let mut image_created = json_response("The image", schema("ImageInfo"));
-    image_created["links"] = json!({"deleteImage": {"operationId": "deleteImage",
-        "parameters": {"name": "$response.body#/name"}}});
     json!({
         "openapi": "3.1.0",
-        "info": {
-            "title": "hearthd control API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": format!("Every error has the body {{\"error\":{{\"code\",\"message\"}}}}. \
-                            JSON bodies are objects, limited to 64 KiB, must be sent as \
-                            application/json (else 415) within {}s of the headers (else \
-                            408), and unknown fields are refused (400). Unknown or repeated \
-                            query parameters are refused (400). A method a path does not \
-                            have answers 405 with an Allow header. On the Unix socket no \
-                            token is needed; on the TCP listener every request needs the \
-                            bearer token (else 401).", super::DEFAULT_BODY_TIMEOUT.as_secs())
-        },
+        "info": info(),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                 "description": "Required on the TCP listener only."}},
             "schemas": schemas(),
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/v1/vms": {
-                "post": {
-                    "operationId": "createVm",
-                    "summary": "Create and boot a VM; answers once it is running, unready or failed",
-                    "parameters": [idempotency_param()],
-                    "requestBody": json_body("CreateVm"),
-                    "responses": responses(&[("201", vm_created)], &[
-                        ("400", "Invalid body, field, query parameter or Idempotency-Key"),
-                        ("409", "Name taken, or idempotency key reused"),
-                        ("422", "Unknown image"),
-                        ("500", "A step failed and was undone"),
-                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
-                },
-                "get": {
-                    "operationId": "listVms",
-                    "summary": "List VMs, ordered by name",
-                    "parameters": [{"name": "label", "in": "query", "required": false,
-                        "description": "Only VMs carrying this label, as key=value",
-                        "schema": {"type": "string", "pattern": "^[^=]+=.*$"}}],
-                    "responses": responses(
-                        &[("200", json_response("The VMs", json!({"type": "array", "items": vm})))],
-                        &[]),
-                }
-            },
-            "/v1/vms/{name}": {
-                "get": {
-                    "operationId": "getVm",
-                    "summary": "One VM",
-                    "parameters": [vm_name_param()],
-                    "responses": responses(&[("200", json_response("The VM", vm.clone()))],
-                        &[("404", "No such VM")]),
-                },
-                "delete": {
-                    "operationId": "deleteVm",
-                    "summary": "Stop the VM if needed and free everything it holds",
-                    "parameters": [vm_name_param()],
-                    "responses": responses(&[("204", json!({"description": "Deleted"}))], &[
-                        ("404", "No such VM"),
-                        ("409", "A lifecycle step is in flight"),
-                        ("500", "A step failed; the VM is left to retry the delete"),
-                    ]),
-                }
-            },
-            "/v1/vms/{name}/start": action("start", "Start a stopped, crashed or failed VM"),
-            "/v1/vms/{name}/stop": action("stop", "Stop: Ctrl+Alt+Del, then SIGTERM, then SIGKILL"),
-            "/v1/vms/{name}/kill": action("kill", "SIGKILL the VMM at once"),
-            "/v1/vms/{name}/restart": action("restart", "Stop (if running), then start"),
-            "/v1/vms/{name}/nat": {
-                "put": {
-                    "operationId": "setNat",
-                    "summary": "Switch outbound NAT",
-                    "parameters": [vm_name_param()],
-                    "requestBody": json_body("SetNat"),
-                    "responses": responses(&[("200", json_response("The VM", vm.clone()))], &[
-                        ("400", "Invalid body or query parameter"),
-                        ("404", "No such VM"),
-                        ("409", "The VM holds no network lease in its state"),
-                        ("500", "The firewall change failed"),
-                        ("503", "NAT is unavailable (no egress interface), or hearthd is \
-                                 shutting down"),
-                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
-                }
-            },
-            "/v1/vms/{name}/wait": {
-                "get": {
-                    "operationId": "waitVm",
-                    "summary": "Long poll until the VM is in a state",
-                    "parameters": [
-                        vm_name_param(),
-                        {"name": "state", "in": "query", "required": true,
-                         "schema": schema("VmState")},
-                        {"name": "timeout", "in": "query", "required": false,
-                         "description": "Like 500ms, 30s or 2m (a bare number is seconds); \
-                                         default 30s, at most 10m",
-                         "schema": {"type": "string", "pattern": WAIT_TIMEOUT}},
-                    ],
-                    "responses": responses(&[("200", json_response("The VM, in the state", vm))], &[
-                        ("400", "Invalid or missing parameter"),
-                        ("404", "No such VM"),
-                        ("408", "Timed out"),
-                        ("409", "The state can no longer come"),
-                    ]),
-                }
-            },
-            "/v1/images": {
-                "post": {
-                    "operationId": "importImage",
-                    "summary": "Import a file on hearthd's host into the image store",
-                    "description": "With `Accept: application/x-ndjson` the answer is 200 at \
-                                    once and streams ImportUpdate lines: progress, then the \
-                                    image or the error. Only regular files are imported: a \
-                                    FIFO, device, socket, directory or symlink is 422.",
-                    "requestBody": json_body("ImportImage"),
-                    "responses": responses(&[
-                        ("200", json!({"description": "Streamed import (Accept: application/x-ndjson)",
-                            "content": {"application/x-ndjson":
-                                {"schema": schema("ImportUpdate")}}})),
-                        ("201", image_created),
-                    ], &[
-                        ("400", "Invalid name, relative path or unknown field"),
-                        ("409", "An image of that name exists, or the source changed"),
-                        ("422", "The path cannot be read or is not a regular file (invalid_source), or \
-                                 the file is not a kernel or ext4 image (invalid_image)"),
-                        ("500", "The store failed to write"),
-                        ("503", "No image store is configured"),
-                    ].into_iter().chain(BODY).collect::<Vec<_>>()),
-                },
-                "get": {
-                    "operationId": "listImages",
-                    "summary": "List images, sorted by name",
-                    "responses": responses(&[("200", json_response("The images",
-                        json!({"type": "array", "items": schema("ImageInfo")})))],
-                        &[("500", "The store failed to read"),
-                          ("503", "No image store is configured")]),
-                }
-            },
-            "/v1/images/{name}": {
-                "delete": {
-                    "operationId": "deleteImage",
-                    "summary": "Remove an image no VM uses",
-                    "parameters": [image_name_param()],
-                    "responses": responses(&[("204", json!({"description": "Removed"}))], &[
-                        ("400", "Invalid image name or query parameter"),
-                        ("404", "No such image"),
-                        ("409", "A VM uses it"),
-                        ("500", "The store failed to remove it"),
-                        ("503", "No image store is configured, or hearthd is shutting down"),
-                    ]),
-                }
-            },
-            "/v1/events": {
-                "get": {
-                    "operationId": "listEvents",
-                    "summary": "Persisted lifecycle events after a sequence number",
-                    "parameters": [
-                        {"name": "since", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
-                        {"name": "limit", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
-                    ],
-                    "responses": responses(&[("200", json_response("The events",
-                        json!({"type": "array", "items": schema("Event")})))],
-                        &[("400", "Invalid since or limit, or unknown parameter"),
-                          ("500", "The event log cannot be read")]),
-                }
-            },
-            "/v1/events/stream": {
-                "get": {
-                    "operationId": "streamEvents",
-                    "summary": "Server-sent events: persisted events after `since` (or \
-                                Last-Event-ID), then live ones; each frame has `id: <seq>` \
-                                and one `data:` line holding an Event",
-                    "parameters": [
-                        {"name": "since", "in": "query", "required": false,
-                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
-                        {"name": "Last-Event-ID", "in": "header", "required": false,
-                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
-                    ],
-                    "responses": responses(&[("200", json!({"description": "The stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}))],
-                        &[("400", "Invalid since or Last-Event-ID, or unknown parameter")]),
-                }
-            },
-            "/v1/health": {
-                "get": {
-                    "operationId": "health",
-                    "summary": "hearthd is up and its supervisor answers",
-                    "responses": responses(&[("200", json_response("Healthy", schema("Health")))],
-                        &[("503", "The supervisor is not answering")]),
-                }
-            },
-            "/v1/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {
-                        "200": {"description": "The OpenAPI document",
-                            "content": {"application/json": {"schema": {"type": "object"}}}},
-                        "401": error_response("Missing or wrong bearer token (TCP listener only)"),
-                    }
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics: VMs by state, create-phase latency \
-                                histograms, errors by operation, dropped log records",
-                    "responses": responses(&[("200", json!({"description": "Text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}))], &[]),
-                }
-            }
+        "paths": paths(),
+    })
+}
+
+/// The `info` object: title, version and the rules every operation shares.
+fn info() -> Value {
+    json!({
+        "title": "hearthd control API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": format!("Every error has the body {{\"error\":{{\"code\",\"message\"}}}}. \
+                        JSON bodies are objects, limited to 64 KiB, must be sent as \
+                        application/json (else 415) within {}s of the headers (else \
+                        408), and unknown fields are refused (400). Unknown or repeated \
+                        query parameters are refused (400). A method a path does not \
+                        have answers 405 with an Allow header. On the Unix socket no \
+                        token is needed; on the TCP listener every request needs the \
+                        bearer token (else 401).", super::DEFAULT_BODY_TIMEOUT.as_secs())
+    })
+}
+
+/// The named entries of one group: path items under their path, or schemas under their name.
+type Entries = Vec<(&'static str, Value)>;
+
+/// One JSON object holding the entries of every group.
+fn object(groups: impl IntoIterator<Item = Entries>) -> Value {
+    Value::Object(
+        groups
+            .into_iter()
+            .flatten()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+    )
+}
+
+/// The `paths` object: every group of paths; a new group is one more entry here.
+fn paths() -> Value {
+    object([vm_paths(), image_paths(), event_paths(), service_paths()])
+}
+
+/// `/v1/vms` and everything under it.
+fn vm_paths() -> Entries {
+    vec![
+        ("/v1/vms", vm_collection()),
+        ("/v1/vms/{name}", vm_item()),
+        (
+            "/v1/vms/{name}/start",
+            action("start", "Start a stopped, crashed or failed VM"),
+        ),
+        (
+            "/v1/vms/{name}/stop",
+            action("stop", "Stop: Ctrl+Alt+Del, then SIGTERM, then SIGKILL"),
+        ),
+        (
+            "/v1/vms/{name}/kill",
+            action("kill", "SIGKILL the VMM at once"),
+        ),
+        (
+            "/v1/vms/{name}/restart",
+            action("restart", "Stop (if running), then start"),
+        ),
+        ("/v1/vms/{name}/nat", vm_nat()),
+        ("/v1/vms/{name}/wait", vm_wait()),
+    ]
+}
+
+/// `/v1/vms`: create and list.
+fn vm_collection() -> Value {
+    let mut vm_created = json_response("The VM", schema("VmInfo"));
+    vm_created["links"] = vm_links();
+    json!({
+        "post": {
+            "operationId": "createVm",
+            "summary": "Create and boot a VM; answers once it is running, unready or failed",
+            "parameters": [idempotency_param()],
+            "requestBody": json_body("CreateVm"),
+            "responses": responses(&[("201", vm_created)], &[
+                ("400", "Invalid body, field, query parameter or Idempotency-Key"),
+                ("409", "Name taken, or idempotency key reused"),
+                ("422", "Unknown image"),
+                ("500", "A step failed and was undone"),
+            ].into_iter().chain(BODY).collect::<Vec<_>>()),
+        },
+        "get": {
+            "operationId": "listVms",
+            "summary": "List VMs, ordered by name",
+            "parameters": [{"name": "label", "in": "query", "required": false,
+                "description": "Only VMs carrying this label, as key=value",
+                "schema": {"type": "string", "pattern": "^[^=]+=.*$"}}],
+            "responses": responses(
+                &[("200", json_response("The VMs",
+                    json!({"type": "array", "items": schema("VmInfo")})))],
+                &[]),
         }
     })
+}
+
+/// `/v1/vms/{name}`: get and delete.
+fn vm_item() -> Value {
+    json!({
+        "get": {
+            "operationId": "getVm",
+            "summary": "One VM",
+            "parameters": [vm_name_param()],
+            "responses": responses(&[("200", json_response("The VM", schema("VmInfo")))],
+                &[("404", "No such VM")]),
+        },
+        "delete": {
+            "operationId": "deleteVm",
+            "summary": "Stop the VM if needed and free everything it holds",
+            "parameters": [vm_name_param()],
+            "responses": responses(&[("204", json!({"description": "Deleted"}))], &[
+                ("404", "No such VM"),
+                ("409", "A lifecycle step is in flight"),
+                ("500", "A step failed; the VM is left to retry the delete"),
+            ]),
+        }
+    })
+}
+
+/// `/v1/vms/{name}/nat`: switch outbound NAT.
+fn vm_nat() -> Value {
+    json!({
+        "put": {
+            "operationId": "setNat",
+            "summary": "Switch outbound NAT",
+            "parameters": [vm_name_param()],
+            "requestBody": json_body("SetNat"),
+            "responses": responses(&[("200", json_response("The VM", schema("VmInfo")))], &[
+                ("400", "Invalid body or query parameter"),
+                ("404", "No such VM"),
+                ("409", "The VM holds no network lease in its state"),
+                ("500", "The firewall change failed"),
+                ("503", "NAT is unavailable (no egress interface), or hearthd is \
+                         shutting down"),
+            ].into_iter().chain(BODY).collect::<Vec<_>>()),
+        }
+    })
+}
+
+/// `/v1/vms/{name}/wait`: long poll for a state.
+fn vm_wait() -> Value {
+    json!({
+        "get": {
+            "operationId": "waitVm",
+            "summary": "Long poll until the VM is in a state",
+            "parameters": [
+                vm_name_param(),
+                {"name": "state", "in": "query", "required": true,
+                 "schema": schema("VmState")},
+                {"name": "timeout", "in": "query", "required": false,
+                 "description": "Like 500ms, 30s or 2m (a bare number is seconds); \
+                                 default 30s, at most 10m",
+                 "schema": {"type": "string", "pattern": WAIT_TIMEOUT}},
+            ],
+            "responses": responses(
+                &[("200", json_response("The VM, in the state", schema("VmInfo")))], &[
+                ("400", "Invalid or missing parameter"),
+                ("404", "No such VM"),
+                ("408", "Timed out"),
+                ("409", "The state can no longer come"),
+            ]),
+        }
+    })
+}
+
+/// `/v1/images` and `/v1/images/{name}`.
+fn image_paths() -> Entries {
+    vec![
+        ("/v1/images", image_collection()),
+        ("/v1/images/{name}", image_item()),
+    ]
+}
+
+/// `/v1/images`: import and list.
+fn image_collection() -> Value {
+    let mut image_created = json_response("The image", schema("ImageInfo"));
+    image_created["links"] = json!({"deleteImage": {"operationId": "deleteImage",
+        "parameters": {"name": "$response.body#/name"}}});
+    json!({
+        "post": {
+            "operationId": "importImage",
+            "summary": "Import a file on hearthd's host into the image store",
+            "description": "With `Accept: application/x-ndjson` the answer is 200 at \
+                            once and streams ImportUpdate lines: progress, then the \
+                            image or the error. Only regular files are imported: a \
+                            FIFO, device, socket, directory or symlink is 422.",
+            "requestBody": json_body("ImportImage"),
+            "responses": responses(&[
+                ("200", json!({"description": "Streamed import (Accept: application/x-ndjson)",
+                    "content": {"application/x-ndjson":
+                        {"schema": schema("ImportUpdate")}}})),
+                ("201", image_created),
+            ], &[
+                ("400", "Invalid name, relative path or unknown field"),
+                ("409", "An image of that name exists, or the source changed"),
+                ("422", "The path cannot be read or is not a regular file (invalid_source), or \
+                         the file is not a kernel or ext4 image (invalid_image)"),
+                ("500", "The store failed to write"),
+                ("503", "No image store is configured"),
+            ].into_iter().chain(BODY).collect::<Vec<_>>()),
+        },
+        "get": {
+            "operationId": "listImages",
+            "summary": "List images, sorted by name",
+            "responses": responses(&[("200", json_response("The images",
+                json!({"type": "array", "items": schema("ImageInfo")})))],
+                &[("500", "The store failed to read"),
+                  ("503", "No image store is configured")]),
+        }
+    })
+}
+
+/// `/v1/images/{name}`: remove.
+fn image_item() -> Value {
+    json!({
+        "delete": {
+            "operationId": "deleteImage",
+            "summary": "Remove an image no VM uses",
+            "parameters": [image_name_param()],
+            "responses": responses(&[("204", json!({"description": "Removed"}))], &[
+                ("400", "Invalid image name or query parameter"),
+                ("404", "No such image"),
+                ("409", "A VM uses it"),
+                ("500", "The store failed to remove it"),
+                ("503", "No image store is configured, or hearthd is shutting down"),
+            ]),
+        }
+    })
+}
+
+/// `/v1/events` and its server-sent-event stream.
+fn event_paths() -> Entries {
+    let list = json!({
+        "get": {
+            "operationId": "listEvents",
+            "summary": "Persisted lifecycle events after a sequence number",
+            "parameters": [
+                {"name": "since", "in": "query", "required": false,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
+                {"name": "limit", "in": "query", "required": false,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+            ],
+            "responses": responses(&[("200", json_response("The events",
+                json!({"type": "array", "items": schema("Event")})))],
+                &[("400", "Invalid since or limit, or unknown parameter"),
+                  ("500", "The event log cannot be read")]),
+        }
+    });
+    let stream = json!({
+        "get": {
+            "operationId": "streamEvents",
+            "summary": "Server-sent events: persisted events after `since` (or \
+                        Last-Event-ID), then live ones; each frame has `id: <seq>` \
+                        and one `data:` line holding an Event",
+            "parameters": [
+                {"name": "since", "in": "query", "required": false,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
+                {"name": "Last-Event-ID", "in": "header", "required": false,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
+            ],
+            "responses": responses(&[("200", json!({"description": "The stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}))],
+                &[("400", "Invalid since or Last-Event-ID, or unknown parameter")]),
+        }
+    });
+    vec![("/v1/events", list), ("/v1/events/stream", stream)]
+}
+
+/// The service's own paths: health, this document, metrics.
+fn service_paths() -> Entries {
+    let health = json!({
+        "get": {
+            "operationId": "health",
+            "summary": "hearthd is up and its supervisor answers",
+            "responses": responses(&[("200", json_response("Healthy", schema("Health")))],
+                &[("503", "The supervisor is not answering")]),
+        }
+    });
+    let openapi = json!({
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {
+                "200": {"description": "The OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+                "401": error_response("Missing or wrong bearer token (TCP listener only)"),
+            }
+        }
+    });
+    let metrics = json!({
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics: VMs by state, create-phase latency \
+                        histograms, errors by operation, dropped log records",
+            "responses": responses(&[("200", json!({"description": "Text exposition format 0.0.4",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}))], &[]),
+        }
+    });
+    vec![
+        ("/v1/health", health),
+        ("/v1/openapi.json", openapi),
+        ("/metrics", metrics),
+    ]
 }
 
 /// The `wait` timeout as a pattern: only values up to [`super::query::MAX_WAIT`] (10m)
@@ -357,124 +449,158 @@ pub fn document() -> Value {
 /// sends one the server refuses for its length.
 const WAIT_TIMEOUT: &str = "^([0-9]{1,5}ms|[0-5]?[0-9]{1,2}s?|600s?|[0-9]m|10m)$";
 
+/// The `components.schemas` object: every group of schemas.
 fn schemas() -> Value {
+    object([vm_schemas(), image_schemas(), service_schemas()])
+}
+
+/// The schemas of VMs and their events.
+fn vm_schemas() -> Entries {
     let states: Vec<&str> = hearth_proto::api::VmState::ALL
         .iter()
         .map(|s| s.as_str())
         .collect();
+    vec![
+        ("VmState", json!({"type": "string", "enum": states})),
+        ("CreateVm", create_vm_schema()),
+        (
+            "VmInfo",
+            json!({
+                "type": "object",
+                "required": ["name", "state", "spec", "nat"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "state": schema("VmState"),
+                    "spec": schema("CreateVm"),
+                    "guest_ip": {"type": "string", "format": "ipv4"},
+                    "tap": {"type": "string"},
+                    "pid": {"type": "integer"},
+                    "nat": {"type": "boolean"},
+                    "last_error": {"type": "string"},
+                }
+            }),
+        ),
+        (
+            "SetNat",
+            json!({
+                "type": "object", "additionalProperties": false, "required": ["enabled"],
+                "properties": {"enabled": {"type": "boolean"}}
+            }),
+        ),
+        (
+            "Event",
+            json!({
+                "type": "object",
+                "required": ["seq", "at_ms", "vm", "state", "reason"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "at_ms": {"type": "integer"},
+                    "vm": {"type": "string"},
+                    "state": schema("VmState"),
+                    "reason": {"type": "string",
+                        "enum": ["user", "crash", "restart", "readiness_timeout", "error"]},
+                    "detail": {"type": "string"},
+                }
+            }),
+        ),
+    ]
+}
+
+/// The `CreateVm` body, with the limits `hearth_proto::api` enforces.
+fn create_vm_schema() -> Value {
     json!({
-        "VmState": {"type": "string", "enum": states},
-        "CreateVm": {
-            "type": "object", "additionalProperties": false,
-            "required": ["name", "kernel", "rootfs"],
-            "properties": {
-                "name": {"type": "string", "pattern": VM_NAME},
-                "kernel": {"type": "string", "pattern": IMAGE_NAME,
-                    "description": "Kernel image name"},
-                "rootfs": {"type": "string", "pattern": IMAGE_NAME,
-                    "description": "Root filesystem image name"},
-                "vcpus": {"type": "integer", "minimum": 1, "maximum": api::MAX_VCPUS,
-                    "default": 1},
-                "memory_mib": {"type": "integer", "minimum": api::MIN_MEMORY_MIB,
-                    "maximum": api::MAX_MEMORY_MIB, "default": 128},
-                "disk_size": {"type": "integer", "minimum": api::SECTOR,
-                    "maximum": api::MAX_DISK_SIZE, "multipleOf": api::SECTOR,
-                    "description": "Root disk size in bytes, whole 512-byte sectors, at least \
-                                    the root filesystem image's size (else 400); default: \
-                                    the image's size"},
-                "boot_args": {"type": "string", "maxLength": api::MAX_BOOT_ARGS,
-                    "pattern": "^[ -~]*$",
-                    "description": "Extra kernel arguments, printable ASCII"},
-                "nat": {"type": "boolean", "default": false},
-                "ready_probe": {"type": "boolean", "default": true},
-                "labels": {"type": "object",
-                    "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": "^[^=]*$"},
-                    "additionalProperties": {"type": "string", "maxLength": 255}},
-            }
-        },
-        "VmInfo": {
-            "type": "object",
-            "required": ["name", "state", "spec", "nat"],
-            "properties": {
-                "name": {"type": "string"},
-                "state": schema("VmState"),
-                "spec": schema("CreateVm"),
-                "guest_ip": {"type": "string", "format": "ipv4"},
-                "tap": {"type": "string"},
-                "pid": {"type": "integer"},
-                "nat": {"type": "boolean"},
-                "last_error": {"type": "string"},
-            }
-        },
-        "SetNat": {
-            "type": "object", "additionalProperties": false, "required": ["enabled"],
-            "properties": {"enabled": {"type": "boolean"}}
-        },
-        "Event": {
-            "type": "object",
-            "required": ["seq", "at_ms", "vm", "state", "reason"],
-            "properties": {
-                "seq": {"type": "integer"},
-                "at_ms": {"type": "integer"},
-                "vm": {"type": "string"},
-                "state": schema("VmState"),
-                "reason": {"type": "string",
-                    "enum": ["user", "crash", "restart", "readiness_timeout", "error"]},
-                "detail": {"type": "string"},
-            }
-        },
-        "ImportImage": {
-            "type": "object", "additionalProperties": false,
-            "required": ["name", "kind", "path"],
-            "properties": {
-                "name": {"type": "string", "pattern": IMAGE_NAME},
-                "kind": {"type": "string", "enum": ["kernel", "rootfs"]},
-                "path": {"type": "string", "pattern": "^/",
-                    "description": "Absolute path of a regular file on hearthd's host"},
-            }
-        },
-        "ImageInfo": {
-            "type": "object",
-            "required": ["name", "kind", "format", "size", "sha256", "source", "imported_unix"],
-            "properties": {
-                "name": {"type": "string"},
-                "kind": {"type": "string", "enum": ["kernel", "rootfs"]},
-                "format": {"type": "string", "enum": ["elf", "bzimage", "ext4"]},
-                "size": {"type": "integer"},
-                "sha256": {"type": "string"},
-                "source": {"type": "string"},
-                "imported_unix": {"type": "integer"},
-            }
-        },
-        "ImportUpdate": {
-            "description": "One line of a streamed import",
-            "oneOf": [
-                {"type": "object", "required": ["progress"], "properties": {"progress": {
-                    "type": "object", "required": ["copied", "total"],
-                    "properties": {"copied": {"type": "integer"}, "total": {"type": "integer"}}}}},
-                {"type": "object", "required": ["image"],
-                 "properties": {"image": schema("ImageInfo")}},
-                {"type": "object", "required": ["error"],
-                 "properties": {"error": {"type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-            ]
-        },
-        "Health": {
-            "type": "object", "required": ["status", "version", "vms"],
-            "properties": {
-                "status": {"type": "string"},
-                "version": {"type": "string"},
-                "vms": {"type": "integer"},
-            }
-        },
-        "ErrorBody": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
-            }}
+        "type": "object", "additionalProperties": false,
+        "required": ["name", "kernel", "rootfs"],
+        "properties": {
+            "name": {"type": "string", "pattern": VM_NAME},
+            "kernel": {"type": "string", "pattern": IMAGE_NAME,
+                "description": "Kernel image name"},
+            "rootfs": {"type": "string", "pattern": IMAGE_NAME,
+                "description": "Root filesystem image name"},
+            "vcpus": {"type": "integer", "minimum": 1, "maximum": api::MAX_VCPUS,
+                "default": 1},
+            "memory_mib": {"type": "integer", "minimum": api::MIN_MEMORY_MIB,
+                "maximum": api::MAX_MEMORY_MIB, "default": 128},
+            "disk_size": {"type": "integer", "minimum": api::SECTOR,
+                "maximum": api::MAX_DISK_SIZE, "multipleOf": api::SECTOR,
+                "description": "Root disk size in bytes, whole 512-byte sectors, at least \
+                                the root filesystem image's size (else 400); default: \
+                                the image's size"},
+            "boot_args": {"type": "string", "maxLength": api::MAX_BOOT_ARGS,
+                "pattern": "^[ -~]*$",
+                "description": "Extra kernel arguments, printable ASCII"},
+            "nat": {"type": "boolean", "default": false},
+            "ready_probe": {"type": "boolean", "default": true},
+            "labels": {"type": "object",
+                "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": "^[^=]*$"},
+                "additionalProperties": {"type": "string", "maxLength": 255}},
         }
     })
+}
+
+/// The schemas of the image store.
+fn image_schemas() -> Entries {
+    let import = json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["name", "kind", "path"],
+        "properties": {
+            "name": {"type": "string", "pattern": IMAGE_NAME},
+            "kind": {"type": "string", "enum": ["kernel", "rootfs"]},
+            "path": {"type": "string", "pattern": "^/",
+                "description": "Absolute path of a regular file on hearthd's host"},
+        }
+    });
+    let info = json!({
+        "type": "object",
+        "required": ["name", "kind", "format", "size", "sha256", "source", "imported_unix"],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["kernel", "rootfs"]},
+            "format": {"type": "string", "enum": ["elf", "bzimage", "ext4"]},
+            "size": {"type": "integer"},
+            "sha256": {"type": "string"},
+            "source": {"type": "string"},
+            "imported_unix": {"type": "integer"},
+        }
+    });
+    let update = json!({
+        "description": "One line of a streamed import",
+        "oneOf": [
+            {"type": "object", "required": ["progress"], "properties": {"progress": {
+                "type": "object", "required": ["copied", "total"],
+                "properties": {"copied": {"type": "integer"}, "total": {"type": "integer"}}}}},
+            {"type": "object", "required": ["image"],
+             "properties": {"image": schema("ImageInfo")}},
+            {"type": "object", "required": ["error"],
+             "properties": {"error": {"type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        ]
+    });
+    vec![
+        ("ImportImage", import),
+        ("ImageInfo", info),
+        ("ImportUpdate", update),
+    ]
+}
+
+/// The schemas every part of the API shares: health and the error body.
+fn service_schemas() -> Entries {
+    let health = json!({
+        "type": "object", "required": ["status", "version", "vms"],
+        "properties": {
+            "status": {"type": "string"},
+            "version": {"type": "string"},
+            "vms": {"type": "integer"},
+        }
+    });
+    let error = json!({
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
+        }}
+    });
+    vec![("Health", health), ("ErrorBody", error)]
 }
 
 /// Every (method, path) the document describes, methods upper-case.

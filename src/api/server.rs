@@ -114,7 +114,7 @@ pub fn clear_socket_path(path: &Path) -> Result<(), ApiServerError> {
             Ok(_) => return Err(ApiServerError::SocketInUse { path: path.into() }),
             // Nobody listens: a dead hearthd's socket.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(io_err("remove", path.display()))?
+                std::fs::remove_file(path).map_err(io_err("remove", path.display()))?;
             }
             Err(e) => return Err(io_err("probe", path.display())(e)),
         },
@@ -215,7 +215,10 @@ async fn access_log(
     let res = next.call(req).await;
     if let Some(log) = log {
         let (status, error) = match &res {
-            Ok(r) => (r.status(), r.response().error().map(|e| e.to_string())),
+            Ok(r) => (
+                r.status(),
+                r.response().error().map(std::string::ToString::to_string),
+            ),
             Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
         };
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -263,7 +266,7 @@ impl ApiServer {
         };
         let tcp = tcp_listener
             .as_ref()
-            .map(|l| l.local_addr())
+            .map(std::net::TcpListener::local_addr)
             .transpose()
             .map_err(io_err("inspect", "the TCP listener"))?;
         let uds = bind_socket(config)?;

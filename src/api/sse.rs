@@ -165,7 +165,7 @@ async fn next_frame(mut st: StreamState) -> Option<(Result<Bytes, ApiError>, Str
             _ = st.keepalive.tick() => {
                 return Some((Ok(Bytes::from_static(b": keepalive\n\n")), st));
             }
-            _ = stopped(&mut st.shutdown) => return None,
+            () = stopped(&mut st.shutdown) => return None,
         }
     }
 }

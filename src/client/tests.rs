@@ -217,7 +217,7 @@ fn error_bodies_become_api_errors() {
     };
     match r.ok().unwrap_err() {
         ClientError::Api { status, code, .. } => {
-            assert_eq!((status, code.as_str()), (404, "not_found"))
+            assert_eq!((status, code.as_str()), (404, "not_found"));
         }
         e => panic!("{e}"),
     }

@@ -1,5 +1,5 @@
 //! Pure checks on image names and image headers: is this a kernel Firecracker can boot (an
-//! x86_64 ELF `vmlinux`, or a `bzImage`), is this an ext4 root filesystem, is this name safe
+//! `x86_64` ELF `vmlinux`, or a `bzImage`), is this an ext4 root filesystem, is this name safe
 //! as a file name. Tested on crafted bytes.
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelFormat {
-    /// An uncompressed x86_64 ELF `vmlinux`.
+    /// An uncompressed `x86_64` ELF `vmlinux`.
     Elf,
     /// A `bzImage` (Linux x86 boot protocol).
     BzImage,

@@ -13,7 +13,7 @@
 //! [`ImageStore::open`].
 //!
 //! Checks on import: a safe name ([`detect::name_problem`]), a regular file, and for a kernel
-//! an x86_64 ELF `vmlinux` or a `bzImage`, for a root filesystem an ext4 image that is a whole
+//! an `x86_64` ELF `vmlinux` or a `bzImage`, for a root filesystem an ext4 image that is a whole
 //! number of 512-byte sectors and holds its whole filesystem ([`detect`]).
 
 pub mod detect;
@@ -172,6 +172,10 @@ impl ImageStore {
     /// Opens (creating if needed) `<data_dir>/images/`, removing temporaries left by a crash:
     /// those whose process (the pid in their name) is gone, so another process importing into
     /// the same store at the same time keeps its own.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the image store is the one owner of its directory tree"
+    )]
     pub fn open(data_dir: &Path) -> Result<Self, ImagesError> {
         let dir = data_dir.join("images");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
@@ -192,7 +196,9 @@ impl ImageStore {
 
     fn guard(&self) -> MutexGuard<'_, Guard> {
         // The guard holds counters only: a panic elsewhere cannot leave them half-updated.
-        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+        self.guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The data file of image `name` if it exists and is of `kind`: what a create (or a
@@ -275,6 +281,10 @@ impl ImageStore {
     /// the copy, records its sha256, and makes it visible atomically. `progress(copied, total)`
     /// is called after every MiB copied (and once at the end). On any error nothing is left in
     /// the store.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the image store is the one owner of its directory tree"
+    )]
     pub fn import(
         &self,
         name: &str,
@@ -319,7 +329,7 @@ impl ImageStore {
         result
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one private step of import")]
+    #[expect(clippy::too_many_arguments, reason = "one private step of import")]
     fn fill(
         &self,
         tmp: &Path,
@@ -398,6 +408,10 @@ impl Removal {
     /// Removes the image unless `in_use(name)` says a VM uses it, or a resolution of it
     /// happened since the removal began. The image disappears atomically (renamed away under
     /// the guard, so no resolution sees it half-removed, then deleted).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the image store is the one owner of its directory tree"
+    )]
     pub fn finish(self, in_use: impl Fn(&str) -> bool) -> Result<(), ImagesError> {
         let name = &self.name;
         let trash = {
@@ -494,7 +508,7 @@ fn temp_owner_alive(name: &str) -> bool {
     let mut parts = name.rsplitn(3, '-');
     let (_n, pid) = (parts.next(), parts.next());
     match pid.and_then(|p| p.parse::<u32>().ok()) {
-        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        Some(pid) => hearth_actors::host::procfs::exists(&pid.to_string()),
         None => false,
     }
 }
@@ -686,7 +700,7 @@ mod tests {
                 .expect("an import of a special file hangs");
             match r {
                 Err(e @ ImagesError::NotAFile { .. }) => {
-                    assert!(e.to_string().contains(what), "{}: {e}", path.display())
+                    assert!(e.to_string().contains(what), "{}: {e}", path.display());
                 }
                 other => panic!("{}: {other:?}", path.display()),
             }

@@ -14,7 +14,7 @@ use hearth_actors::lease::NetLease;
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use hearth_actors::supervisor::{DiskRecord, ProcessRecord, VmRecord};
+pub use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
 use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
@@ -79,8 +79,7 @@ pub struct Store {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Store {
@@ -123,6 +122,10 @@ impl Store {
     }
 
     /// Records a new VM in `Creating`. Fails with `Exists` if the name is taken.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: a `CreateVm` (strings, numbers, a string map) always serialises.
     pub fn insert_vm(&self, spec: &CreateVm) -> Result<(), StoreError> {
         let spec_json = serde_json::to_string(spec).expect("CreateVm serialises");
         let res = self.conn.execute(
@@ -216,7 +219,7 @@ impl Store {
     }
 
     /// Records a VM's VMM process: paths before spawn, pid and start time right after.
-    pub fn put_process(&self, vm: &str, p: &ProcessRecord) -> Result<(), StoreError> {
+    pub fn put_process(&self, vm: &str, p: &VmmProcessRecord) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO processes (vm, pid, start_time, api_socket, binary, vsock_cid)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -366,7 +369,7 @@ impl VmStore for Store {
     fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_disk(self, vm)?)
     }
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError> {
+    fn put_process(&mut self, vm: &str, process: &VmmProcessRecord) -> Result<(), VmStoreError> {
         Ok(Store::put_process(self, vm, process)?)
     }
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {

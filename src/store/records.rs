@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use hearth_actors::lease::NetLease;
-use hearth_actors::supervisor::{DiskRecord, ProcessRecord, VmRecord};
+use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection};
 
@@ -109,7 +109,7 @@ impl RawRow {
             _ => None,
         };
         let process = match (&self.api_socket, &self.binary, self.vsock_cid) {
-            (Some(api), Some(binary), Some(cid)) => Some(ProcessRecord {
+            (Some(api), Some(binary), Some(cid)) => Some(VmmProcessRecord {
                 pid: self.pid,
                 start_time: self.start_time.map(|t| t as u64),
                 api_socket: PathBuf::from(api),

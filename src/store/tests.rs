@@ -24,8 +24,8 @@ fn lease(n: u8) -> NetLease {
     }
 }
 
-fn process() -> ProcessRecord {
-    ProcessRecord {
+fn process() -> VmmProcessRecord {
+    VmmProcessRecord {
         pid: Some(4242),
         start_time: Some(123_456),
         api_socket: PathBuf::from("/run/hearth/vms/a/api.sock"),

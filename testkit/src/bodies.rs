@@ -83,8 +83,10 @@ pub fn valid(def: &str, nth: usize, dir: &str) -> String {
         .iter()
         .filter(|(d, _)| *d == def)
         .nth(nth)
-        .map(|(_, b)| b.replace("@DIR@", dir))
-        .unwrap_or_else(|| panic!("no body {def}#{nth}"))
+        .map_or_else(
+            || panic!("no body {def}#{nth}"),
+            |(_, b)| b.replace("@DIR@", dir),
+        )
 }
 
 /// Like [`valid`], from [`SCHEMA_INVALID`].
@@ -93,6 +95,8 @@ pub fn invalid(def: &str, nth: usize, dir: &str) -> String {
         .iter()
         .filter(|(d, _)| *d == def)
         .nth(nth)
-        .map(|(_, b)| b.replace("@DIR@", dir))
-        .unwrap_or_else(|| panic!("no body {def}#{nth}"))
+        .map_or_else(
+            || panic!("no body {def}#{nth}"),
+            |(_, b)| b.replace("@DIR@", dir),
+        )
 }

@@ -54,7 +54,7 @@ impl Dnsmasq {
             "--pid-file=",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         args.push(format!("--listen-address={listen}"));
         for (domain, addr) in records {

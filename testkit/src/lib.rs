@@ -6,13 +6,27 @@
 //! - [`bodies`]: every Firecracker request body the simulator's tests send, also validated
 //!   against the spec by `hearth-proto`'s tests;
 //! - [`guest`] (feature `sim`): a simulated guest's config and the servers data-plane tests
-//!   talk to.
+//!   talk to;
+//! - [`fc_sim`]: the `firecracker-sim` binary for tests and examples that spawn it, and
+//!   (feature `actors`) a sink for a `FirecrackerActor`'s events;
+//! - [`vmlinux`] (feature `sim`): the smallest guest kernel Firecracker's loader accepts.
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test support: a set-up that fails panics, failing the test that asked for it"
+)]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "test support: it runs ip, dnsmasq and the simulator, and removes what it made"
+)]
 
 pub mod bodies;
+pub mod fc_sim;
 #[cfg(feature = "sim")]
 pub mod guest;
 mod netns;
 pub mod skip;
+#[cfg(feature = "sim")]
+pub mod vmlinux;
 mod wait;
 
 pub use netns::{privileged, test_logger, veth, NetNs};

@@ -17,9 +17,10 @@ pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    if std::env::var("HEARTH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: needs root, and HEARTH_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
+    assert!(
+        std::env::var("HEARTH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test}: needs root, and HEARTH_REQUIRE_PRIVILEGED=1 forbids skipping"
+    );
     crate::skip!(
         "SKIP {test}: needs root (set HEARTH_REQUIRE_PRIVILEGED=1 to make this a failure)"
     );

@@ -225,6 +225,10 @@ fn every_supervisor_error_has_its_status() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of bad bodies and their answers"
+)]
 fn bodies_are_checked() {
     let (_d, s, c) = server();
     // Unknown field: 400 naming it; nothing created.
@@ -677,7 +681,7 @@ fn socket_group_by_name_or_gid() {
         assert_eq!(std::fs::metadata(&s.socket).unwrap().gid(), gid);
     }
     let err = TestServer::start(dir.path(), |c| {
-        c.socket_group = Some("no-such-group-hearth".into())
+        c.socket_group = Some("no-such-group-hearth".into());
     })
     .err()
     .unwrap();

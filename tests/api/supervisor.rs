@@ -12,6 +12,10 @@ use serde_json::json;
 use super::{error_of, post};
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario against the real supervisor, read top to bottom"
+)]
 fn real_supervisor_answers_map_as_documented() {
     let mut store = MemoryVmStore::default();
     let spec: CreateVm =

@@ -3,11 +3,10 @@
 //! `firecracker-sim` as the VMM, and `hearthctl` to drive it. Also counts everything hearth
 //! could leak (processes, run directories, disks, TAPs, set members).
 //!
-//! Include with `mod common; #[path = "common/fc_sim.rs"] mod fc_sim;
-//! #[path = "common/daemon.rs"] mod daemon;`.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
+//! Use with `mod common; use common::daemon;`.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
 )]
 
 use std::path::{Path, PathBuf};
@@ -16,11 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{self, NetNs};
-use crate::fc_sim;
-
-#[path = "vmlinux.rs"]
-mod vmlinux;
+use hearth_testkit::{self as common, fc_sim, vmlinux, NetNs};
 
 /// TAPs kept warm by the test daemons.
 pub const POOL: usize = 2;
@@ -308,7 +303,7 @@ fn lease_elements(ns: &NetNs) -> usize {
 }
 
 fn count_entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
 
 fn set_members(ns: &NetNs, set: &str) -> usize {
@@ -330,8 +325,7 @@ pub fn vmm_pids(run: &Path) -> Vec<u32> {
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|pid| {
                     std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                        .unwrap_or(false)
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 })
                 .collect()
         })

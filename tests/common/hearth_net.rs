@@ -3,12 +3,12 @@
 //! stands for the outside world (the host's egress side), and guests (the simulated guest
 //! stack of `firecracker-sim`) on leased TAPs.
 //!
-//! Include it with `mod common; #[path = "common/hearth_net.rs"] mod hearth_net;`. Run [`Hearth::start`] and
+//! Use it with `mod common; use common::hearth_net;`. Run [`Hearth::start`] and
 //! [`Hearth::add_guest`] inside `net.host.block_on(..)`; guests' blocking calls go through
 //! [`blocking`] so the actors keep running meanwhile.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
 )]
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use hearth_actors::nat::{EnsureNat, NatActor, NatConfig, Reconcile, RegisterGues
 use hearth_actors::tap_pool::{AcquireTap, Initialize, TapPoolActor, TapPoolConfig};
 use std::time::Duration;
 
-use crate::common::{self, NetNs};
+use hearth_testkit::{self as common, NetNs};
 
 /// hearth's bridge in the host namespace.
 pub const BRIDGE: &str = "hearth0";

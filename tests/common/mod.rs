@@ -1,6 +1,11 @@
 //! The test harness for privileged tests: the network-namespace harness and polling from
 //! `hearth-testkit`, re-exported so tests say `common::NetNs`, plus a
-//! `require_privileged!` in scope for every test file that declares `mod common;`.
+//! `require_privileged!` in scope for every test file that declares `mod common;`, and the
+//! fixtures hearth's own integration tests share: [`actor`] (a `FirecrackerActor` in a test),
+//! [`daemon`] (a whole `hearthd` host), [`hearth_net`] (the network actors and simulated
+//! guests), [`tuntap`] (holding a TAP busy) and [`vmm`] (simulator or real Firecracker).
+// `allow`, not `expect` (the house rule elsewhere): whether anything here goes unused depends
+// on the test binary that includes this module, so an `expect` would fail in some of them.
 #![allow(
     dead_code,
     unused_imports,
@@ -8,6 +13,10 @@
 )]
 
 pub mod actor;
+pub mod daemon;
+pub mod hearth_net;
+pub mod tuntap;
+pub mod vmm;
 
 pub use hearth_testkit::{privileged, test_logger, veth, wait_until, NetNs};
 

@@ -1,8 +1,4 @@
 //! Opening a TAP the way Firecracker does, to hold it busy in tests.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
 

@@ -6,15 +6,11 @@
 //! binary is a failure instead. The real binary needs `/dev/kvm`, so its cases are also
 //! privileged (root).
 //!
-//! Include with `#[path = "common/vmm.rs"] mod vmm;` next to `fc_sim` and `vmlinux`.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
+//! Use with `mod common; use common::vmm;`.
 
 use std::path::{Path, PathBuf};
 
-use crate::fc_sim;
+use hearth_testkit::fc_sim;
 
 /// Names the real Firecracker binary.
 pub const REAL_VAR: &str = "HEARTH_FIRECRACKER_REAL";
@@ -73,9 +69,10 @@ impl Vmm {
 pub fn real_firecracker(test: &str) -> Option<PathBuf> {
     let required = std::env::var(REQUIRE_REAL_VAR).as_deref() == Ok("1");
     let Some(path) = std::env::var_os(REAL_VAR).filter(|p| !p.is_empty()) else {
-        if required {
-            panic!("{test}: {REQUIRE_REAL_VAR}=1 but {REAL_VAR} is not set");
-        }
+        assert!(
+            !required,
+            "{test}: {REQUIRE_REAL_VAR}=1 but {REAL_VAR} is not set"
+        );
         hearth_testkit::skip!(
             "SKIP: {test}: no real Firecracker binary; set {REAL_VAR}=/path/to/firecracker \
              to run against the real binary"
@@ -84,15 +81,13 @@ pub fn real_firecracker(test: &str) -> Option<PathBuf> {
     };
     let path = PathBuf::from(path);
     let executable = std::fs::metadata(&path)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-        .unwrap_or(false);
+        .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
-        if required {
-            panic!(
-                "{test}: {REAL_VAR}={} is not an executable file",
-                path.display()
-            );
-        }
+        assert!(
+            !required,
+            "{test}: {REAL_VAR}={} is not an executable file",
+            path.display()
+        );
         hearth_testkit::skip!(
             "SKIP: {test}: {REAL_VAR}={} is not an executable file; set \
              {REAL_VAR}=/path/to/firecracker to run against the real binary",
@@ -115,16 +110,16 @@ macro_rules! vmm_test {
 
             #[test]
             fn sim() {
-                actix::System::new().block_on($body($crate::vmm::Vmm::Sim));
+                actix::System::new().block_on($body($crate::common::vmm::Vmm::Sim));
             }
 
             #[test]
             fn real() {
-                let Some(bin) = $crate::vmm::real_firecracker(module_path!()) else {
+                let Some(bin) = $crate::common::vmm::real_firecracker(module_path!()) else {
                     return;
                 };
                 $crate::require_privileged!();
-                actix::System::new().block_on($body($crate::vmm::Vmm::Real(bin)));
+                actix::System::new().block_on($body($crate::common::vmm::Vmm::Real(bin)));
             }
         }
     };
@@ -136,17 +131,17 @@ macro_rules! vmm_test {
             fn sim() {
                 $crate::require_privileged!();
                 let ns = $crate::common::NetNs::new("vmm");
-                ns.block_on(|| $body($crate::vmm::Vmm::Sim, &ns));
+                ns.block_on(|| $body($crate::common::vmm::Vmm::Sim, &ns));
             }
 
             #[test]
             fn real() {
-                let Some(bin) = $crate::vmm::real_firecracker(module_path!()) else {
+                let Some(bin) = $crate::common::vmm::real_firecracker(module_path!()) else {
                     return;
                 };
                 $crate::require_privileged!();
                 let ns = $crate::common::NetNs::new("vmm");
-                ns.block_on(|| $body($crate::vmm::Vmm::Real(bin), &ns));
+                ns.block_on(|| $body($crate::common::vmm::Vmm::Real(bin), &ns));
             }
         }
     };

@@ -118,12 +118,9 @@ impl DnsRequestHandler {
         if header.metadata.message_type != MessageType::Query {
             return UdpAnswer::Ignore;
         }
-        let request = match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
-            Ok(request) => request,
-            Err(_) => {
-                encode_header_only(&header.metadata, ResponseCode::FormErr, out);
-                return UdpAnswer::Reply;
-            }
+        let Ok(request) = Request::from_bytes(raw.to_vec(), src, Protocol::Udp) else {
+            encode_header_only(&header.metadata, ResponseCode::FormErr, out);
+            return UdpAnswer::Reply;
         };
         let edns = reply_edns(&request);
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
@@ -201,6 +198,10 @@ impl DnsRequestHandler {
 impl DnsRequestHandler {
     /// Encodes a bare error reply (e.g. SERVFAIL when too many queries are being forwarded)
     /// to a request [`answer_udp`](Self::answer_udp) handed back.
+    #[expect(
+        clippy::unused_self,
+        reason = "a method like `answer_udp`, whose reply it replaces"
+    )]
     pub fn fail_udp(&self, request: &Request, code: ResponseCode, out: &mut Vec<u8>) {
         let edns = reply_edns(request);
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
@@ -329,19 +330,18 @@ impl RequestHandler for DnsRequestHandler {
         // Not held while waiting for upstreams: a replaced table is freed promptly.
         drop(table);
 
-        let upstream: Message = match self
+        let upstream: Message = if let Ok(reply) = self
             .forwarder
             .forward(request.as_slice(), query.name())
             .await
         {
-            Ok(reply) => reply,
-            Err(_) => {
-                let reply = builder.error_msg(meta, ResponseCode::ServFail);
-                return response
-                    .send_response(reply)
-                    .await
-                    .unwrap_or_else(|_| serve_failed(request));
-            }
+            reply
+        } else {
+            let reply = builder.error_msg(meta, ResponseCode::ServFail);
+            return response
+                .send_response(reply)
+                .await
+                .unwrap_or_else(|_| serve_failed(request));
         };
         let reply = builder.build(
             forwarded_metadata(meta, &upstream),
@@ -387,7 +387,11 @@ mod tests {
         let reply = |name: &str, qtype| {
             let resolution = table.resolve(&lower(name), qtype, DNSClass::IN);
             let (code, answers, soa) = zone_reply(&resolution, &[]);
-            (code, answers.len(), soa.map(|r| r.record_type()))
+            (
+                code,
+                answers.len(),
+                soa.map(hickory_proto::rr::Record::record_type),
+            )
         };
         assert_eq!(
             reply("web.vm.internal.", RecordType::A),

@@ -7,10 +7,11 @@
 //! worker's receive loop (no task, no channel); forwarded ones become tasks. Worker 0 also
 //! serves TCP through hickory's [`Server`], with the same [`RequestHandler`] logic.
 //!
-//! [`RequestHandler`]: hickory_server::server::RequestHandler Threads are spawned from the
-//! actor's thread, so they inherit its network namespace. Sockets are bound synchronously by
-//! [`bind`] (so a bind error is returned to the caller); [`RunningServer::stop`] ends the
-//! workers and resolves once every socket is closed.
+//! Threads are spawned from the actor's thread, so they inherit its network namespace. Sockets
+//! are bound synchronously by [`bind`] (so a bind error is returned to the caller);
+//! [`RunningServer::stop`] ends the workers and resolves once every socket is closed.
+//!
+//! [`RequestHandler`]: hickory_server::server::RequestHandler
 
 use std::io;
 use std::net::SocketAddr;

@@ -53,12 +53,11 @@ impl ZoneConfig {
             })?;
             labels.push(label);
         }
-        let mut name = Name::from_labels(labels.iter().map(|l| l.as_bytes())).map_err(|e| {
-            DnsError::InvalidZone {
+        let mut name = Name::from_labels(labels.iter().map(std::string::String::as_bytes))
+            .map_err(|e| DnsError::InvalidZone {
                 zone: zone.to_owned(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         name.set_fqdn(true);
         Ok(Self {
             zone: name,
@@ -135,12 +134,12 @@ pub fn reverse_zone_name(net: Ipv4Net) -> Name {
     let mut labels: Vec<String> = octets[..whole_octets]
         .iter()
         .rev()
-        .map(|o| o.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     labels.push("in-addr".into());
     labels.push("arpa".into());
-    let mut name =
-        Name::from_labels(labels.iter().map(|l| l.as_bytes())).unwrap_or_else(|_| Name::root());
+    let mut name = Name::from_labels(labels.iter().map(std::string::String::as_bytes))
+        .unwrap_or_else(|_| Name::root());
     name.set_fqdn(true);
     name
 }
@@ -297,7 +296,7 @@ impl RecordTable {
         }
         for names in ptrs.values_mut() {
             if let PtrNames::Many(names) = names {
-                names.sort_unstable_by(|a, b| a.cmp_case(b));
+                names.sort_unstable_by(hickory_proto::rr::Name::cmp_case);
             }
         }
 

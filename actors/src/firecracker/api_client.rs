@@ -34,7 +34,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub enum Endpoint<'a> {
     /// `/`: the instance's state.
     Instance,
-    /// `/actions`: InstanceStart, SendCtrlAltDel.
+    /// `/actions`: `InstanceStart`, `SendCtrlAltDel`.
     Actions,
     /// `/machine-config`.
     MachineConfig,
@@ -378,9 +378,10 @@ pub fn check_status(method: &Method, path: &str, resp: &Response) -> Result<(), 
     if StatusCode::from_u16(resp.status).is_ok_and(|s| s.is_success()) {
         return Ok(());
     }
-    let fault_message = serde_json::from_slice::<FaultBody>(&resp.body)
-        .map(|f| f.fault_message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).trim().to_string());
+    let fault_message = serde_json::from_slice::<FaultBody>(&resp.body).map_or_else(
+        |_| String::from_utf8_lossy(&resp.body).trim().to_string(),
+        |f| f.fault_message,
+    );
     Err(FirecrackerError::Api {
         method: method.clone(),
         uri: path.into(),

@@ -67,7 +67,7 @@ impl Backoff {
             });
             match done {
                 Ok(res) => return res,
-                Err(_would_block) => continue,
+                Err(_would_block) => {}
             }
         }
     }
@@ -102,11 +102,13 @@ fn arm(fd: &OwnedFd, d: Duration) -> std::io::Result<()> {
         },
         it_value: libc::timespec {
             tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
+            tv_nsec: libc::c_long::from(d.subsec_nanos()),
         },
     };
     // SAFETY: valid fd and a fully initialised itimerspec; the old value is not requested.
-    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &raw const spec, std::ptr::null_mut()) }
+        < 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

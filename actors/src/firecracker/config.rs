@@ -78,7 +78,7 @@ pub fn boot_args(lease: Option<&NetLease>, extra: &str) -> String {
 
 /// A guest CID that is unique per guest IP without an allocation table: the IP as a u32.
 /// Hybrid vsock CIDs only need to be unique per host for tools that address guests by CID;
-/// deriving it from the lease keeps it stable across restarts. Reserved CIDs (0-2, u32::MAX)
+/// deriving it from the lease keeps it stable across restarts. Reserved CIDs (0-2, `u32::MAX`)
 /// are refused.
 pub fn cid_for_guest_ip(ip: Ipv4Addr) -> Option<u32> {
     let cid = u32::from(ip);
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn cids_skip_reserved() {
         assert_eq!(cid_for_guest_ip(Ipv4Addr::new(0, 0, 0, 2)), None);
-        assert_eq!(cid_for_guest_ip(Ipv4Addr::new(255, 255, 255, 255)), None);
+        assert_eq!(cid_for_guest_ip(Ipv4Addr::BROADCAST), None);
         assert_eq!(
             cid_for_guest_ip(Ipv4Addr::new(10, 0, 0, 3)),
             Some(0x0a00_0003)

@@ -5,7 +5,7 @@
 //! Why a FIFO and not a pipe to hearthd or a plain file:
 //! - a pipe dies with hearthd; Firecracker's next console write would then get SIGPIPE, which
 //!   Firecracker handles by exiting (code 155), so a daemon restart would kill every VM;
-//! - a plain file cannot be capped without a helper process or RLIMIT_FSIZE (SIGXFSZ, exit 151);
+//! - a plain file cannot be capped without a helper process or `RLIMIT_FSIZE` (SIGXFSZ, exit 151);
 //! - the child's end of the FIFO is opened read-write and non-blocking: holding a read end
 //!   itself, it never sees EPIPE, and when nobody drains the FIFO (hearthd down) writes fail
 //!   with EAGAIN and console output is dropped rather than stalling the VMM. A restarted
@@ -293,7 +293,7 @@ mod tests {
                 match vmm.write(rest) {
                     Ok(n) => rest = &rest[n..],
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        tokio::time::sleep(Duration::from_millis(1)).await
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err(e) => panic!("{e}"),
                 }

@@ -159,7 +159,7 @@ pub enum FirecrackerError {
         /// The attempted operation.
         op: &'static str,
     },
-    /// After InstanceStart the VM did not report Running.
+    /// After `InstanceStart` the VM did not report Running.
     #[error("VM state is {state:?} after InstanceStart, not Running (waited {waited:?})")]
     NotRunning {
         /// The last reported state.

@@ -18,7 +18,11 @@ use super::backoff::Backoff;
 use super::command::LaunchArgs;
 use super::config::ApiBodies;
 use super::console::ConsoleCapture;
-use super::messages::*;
+use super::messages::{
+    AdoptInfo, AdoptProcess, ConfigureVm, GetVmmProcess, KillStray, KillVm, ProbeReady,
+    ProcessExited, RemoveRunDir, RemoveStaleSockets, SendCtrlAltDel, SpawnInfo, SpawnProcess,
+    StartVm, StopVm, VmProcessEvent, VmmProcess,
+};
 use super::readiness::{self, ProbeOutcome};
 use super::run_dir::set_socket_access;
 use super::stop::{run_ladder, rungs, StopOutcome, StopPlan, StopRung};
@@ -54,8 +58,8 @@ async fn configure_api(
     Ok(())
 }
 
-/// InstanceStart, then `GET /` with a short backoff (20 µs doubling to 1 ms) until Running.
-/// Firecracker answers InstanceStart after the VM is built, so the first GET usually succeeds.
+/// `InstanceStart`, then `GET /` with a short backoff (20 µs doubling to 1 ms) until Running.
+/// Firecracker answers `InstanceStart` after the VM is built, so the first GET usually succeeds.
 async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), FirecrackerError> {
     api.put(
         Endpoint::Actions,

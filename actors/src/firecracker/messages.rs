@@ -14,8 +14,8 @@ use super::stop::{StopOutcome, StopPlan, StopRung};
 use super::FirecrackerError;
 
 /// A spawned VMM process as its `FirecrackerActor` knows it: enough to recognise it again after
-/// a restart and adopt it. The supervisor stores it (with the guest's CID) as its own
-/// `supervisor::ProcessRecord`, whose pid is unknown before the spawn.
+/// a restart and adopt it. The supervisor stores it (with the guest's CID) in a
+/// `supervisor::VmmProcessRecord`, written before the spawn, when the pid is not yet known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmmProcess {
     /// The process id.
@@ -79,7 +79,7 @@ pub struct ConfigureVm {
     pub config: VmConfig,
 }
 
-/// InstanceStart, then waits for `GET /` to report Running.
+/// `InstanceStart`, then waits for `GET /` to report Running.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Duration, FirecrackerError>")]
 pub struct StartVm {}

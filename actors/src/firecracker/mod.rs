@@ -67,7 +67,7 @@ pub enum VmmState {
     Spawned,
     /// Configured; not started.
     Configured,
-    /// InstanceStart succeeded.
+    /// `InstanceStart` succeeded.
     Running,
     /// A stop is in progress.
     Stopping,
@@ -126,7 +126,7 @@ pub struct FirecrackerSettings {
     pub console_cap: u64,
     /// How long to wait for the API socket after spawning.
     pub api_timeout: Duration,
-    /// How long to wait for `Running` after InstanceStart.
+    /// How long to wait for `Running` after `InstanceStart`.
     pub start_timeout: Duration,
     /// Firecracker's log level.
     pub log_level: LogLevel,

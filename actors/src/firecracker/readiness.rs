@@ -185,7 +185,7 @@ mod tests {
         tokio::spawn(fake_muxer(listener, 0, true));
         match probe(&uds, 52, Duration::from_millis(100)).await {
             Err(FirecrackerError::ReadinessTimeout { last_error, .. }) => {
-                assert!(last_error.contains("timed out"), "{last_error}")
+                assert!(last_error.contains("timed out"), "{last_error}");
             }
             other => panic!("unexpected {other:?}"),
         }

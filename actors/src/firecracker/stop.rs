@@ -1,4 +1,4 @@
-//! The stop ladder: SendCtrlAltDel -> grace -> SIGTERM -> grace -> SIGKILL. Which rungs apply
+//! The stop ladder: `SendCtrlAltDel` -> grace -> SIGTERM -> grace -> SIGKILL. Which rungs apply
 //! is decided by the pure [`rungs`]; [`run_ladder`] climbs them against a [`Process`] (signals
 //! go through its pidfd) and an exit watch, and reports the rung that ended the process.
 
@@ -42,7 +42,7 @@ impl fmt::Display for StopRung {
 /// How to stop: the grace after each polite rung; `None` skips the rung.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StopPlan {
-    /// Grace after SendCtrlAltDel.
+    /// Grace after `SendCtrlAltDel`.
     pub ctrl_alt_del_grace: Option<Duration>,
     /// Grace after SIGTERM.
     pub term_grace: Option<Duration>,
@@ -75,7 +75,7 @@ pub struct StopOutcome {
     pub status: ExitStatus,
     /// How long the stop took.
     pub elapsed: Duration,
-    /// Rungs that could not be attempted, and why (e.g. the API refused SendCtrlAltDel).
+    /// Rungs that could not be attempted, and why (e.g. the API refused `SendCtrlAltDel`).
     pub notes: Vec<String>,
 }
 

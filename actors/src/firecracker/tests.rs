@@ -190,7 +190,7 @@ async fn adoption_refuses_mismatches_without_signalling() {
     ] {
         match s.vm.send(AdoptProcess { record: rec }).await.unwrap() {
             Err(FirecrackerError::AdoptMismatch { reason, .. }) => {
-                assert!(reason.contains(why), "{reason} lacks {why}")
+                assert!(reason.contains(why), "{reason} lacks {why}");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -229,7 +229,7 @@ async fn only_a_vmm_using_this_run_directory_is_killed_as_a_stray() {
     for (pid, why) in [(78, "does not use"), (79, "No process")] {
         match s.vm.send(kill(pid)).await.unwrap() {
             Err(FirecrackerError::NotAStray { reason, .. }) => {
-                assert!(reason.contains(why), "{reason} lacks {why}")
+                assert!(reason.contains(why), "{reason} lacks {why}");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -5,3 +5,4 @@ pub mod disks;
 pub mod firewall;
 pub mod links;
 pub mod processes;
+pub mod procfs;

@@ -3,43 +3,11 @@
 use super::*;
 use crate::host::firewall::fake::{FakeCall, FakeFirewall, FakeOp};
 use crate::host::firewall::{LeaseChange, PortLease};
-use crate::lease::NetLease;
+use crate::testing::{guest, ip, lease, nat_config};
 use actix::Addr;
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(172, 31, 240, n)
-}
-
 fn config() -> NatConfig {
-    NatConfig {
-        bridge: "hearth0".into(),
-        cidr: "172.31.240.0/24".parse().unwrap(),
-        gateway: ip(1),
-        egress: Some("eth0".into()),
-        guest_ports: "hth".into(),
-        isolate_guests: true,
-        block_guest_to_host: true,
-        anti_spoofing: true,
-    }
-}
-
-fn guest(n: u8, nat: bool) -> GuestSpec {
-    GuestSpec {
-        tap: format!("hth{n}"),
-        ip: ip(n),
-        mac: MacAddr::for_guest(ip(n)),
-        nat,
-    }
-}
-
-fn lease(n: u8) -> NetLease {
-    NetLease {
-        tap: format!("hth{n}"),
-        mac: MacAddr::for_guest(ip(n)),
-        guest_ip: ip(n),
-        gateway: ip(1),
-        prefix_len: 24,
-    }
+    nat_config("eth0")
 }
 
 fn start(config: NatConfig) -> (Addr<NatActor>, FakeFirewall) {

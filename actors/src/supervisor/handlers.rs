@@ -17,7 +17,8 @@ use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
     Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns,
     RemoveUnownedRunDir, RunAction, RunDirOwner, SetNat, Subscribe, SupervisorError,
-    SupervisorMetrics, UnownedRunDir, VmAction, VmEntry, VmSupervisor, WaitForState, Waiter,
+    SupervisorMetrics, UnownedRunDir, VmAction, VmEntry, VmSupervisor, VmmProcessRecord,
+    WaitForState, Waiter,
 };
 use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
@@ -132,7 +133,7 @@ impl VmSupervisor {
     /// seen with another or is still running; `None` when it is new (now marked in flight).
     fn idempotent_replay(
         &mut self,
-        key: &Option<Idempotency>,
+        key: Option<&Idempotency>,
     ) -> Result<Option<VmInfo>, SupervisorError> {
         let Some(k) = key else { return Ok(None) };
         if self.keys_in_flight.contains(&k.key) {
@@ -192,7 +193,7 @@ impl Handler<CreateVm> for VmSupervisor {
         let prepared = (|| {
             self.check_open()?;
             msg.spec.validate()?;
-            if let Some(info) = self.idempotent_replay(&key)? {
+            if let Some(info) = self.idempotent_replay(key.as_ref())? {
                 return Ok(Err(info));
             }
             Ok(Ok(()))
@@ -269,7 +270,7 @@ impl Handler<RunAction> for VmSupervisor {
         let key = msg.idempotency;
         let replay = self
             .check_open()
-            .and_then(|()| self.idempotent_replay(&key));
+            .and_then(|()| self.idempotent_replay(key.as_ref()));
         match replay {
             Err(e) => return fail(e),
             Ok(Some(info)) => return Box::pin(ready(Ok(info))),
@@ -514,7 +515,7 @@ impl Handler<GetMetrics> for VmSupervisor {
         let mut phase_seconds: Vec<_> = self.phases.iter().map(|(k, v)| (*k, v.clone())).collect();
         phase_seconds.sort_by_key(|(k, _)| *k);
         let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
-        errors.sort();
+        errors.sort_unstable();
         let mut metrics = SupervisorMetrics {
             vms_by_state: VmState::ALL
                 .into_iter()
@@ -703,21 +704,11 @@ impl Handler<Open> for VmSupervisor {
         for r in &records {
             self.vms
                 .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
-            let Some(p) = &r.process else { continue };
-            let (Some(pid), Some(start_time)) = (p.pid, p.start_time) else {
+            let Some(process) = r.process.as_ref().and_then(VmmProcessRecord::spawned) else {
                 continue;
             };
             match self.vmm_for(&r.spec.name, ctx) {
-                Ok(addr) => candidates.push((
-                    r.spec.name.clone(),
-                    addr,
-                    VmmProcess {
-                        pid,
-                        start_time,
-                        api_socket: p.api_socket.clone(),
-                        binary: p.binary.clone(),
-                    },
-                )),
+                Ok(addr) => candidates.push((r.spec.name.clone(), addr, process)),
                 Err(e) => warn!(self.log, "cannot adopt"; "vm" => &r.spec.name, "error" => %e),
             }
         }

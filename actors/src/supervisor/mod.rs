@@ -57,7 +57,7 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
-pub use store::{DiskRecord, MemoryVmStore, ProcessRecord, VmRecord, VmStore, VmStoreError};
+pub use store::{DiskRecord, MemoryVmStore, VmRecord, VmStore, VmStoreError, VmmProcessRecord};
 
 /// The actors the supervisor drives.
 #[derive(Clone)]
@@ -242,7 +242,7 @@ impl VmSupervisor {
         match &change {
             Change::Insert(spec) => self.store.insert_vm(spec)?,
             Change::State { state, error, .. } => {
-                self.store.set_state(vm, *state, error.as_deref())?
+                self.store.set_state(vm, *state, error.as_deref())?;
             }
             Change::Nat(on) => self.store.set_nat(vm, *on)?,
             Change::Lease(Some(l)) => self.store.put_lease(vm, l)?,
@@ -274,7 +274,7 @@ impl VmSupervisor {
             } => {
                 if let Some(e) = self.vms.get_mut(vm) {
                     e.record.state = state;
-                    e.record.last_error = error.clone();
+                    e.record.last_error.clone_from(&error);
                 }
                 self.publish(vm, state, reason, error.as_deref());
             }
@@ -363,7 +363,7 @@ impl VmSupervisor {
 
 /// Whether a VM that just entered `now` can reach `wanted` without a new user action.
 fn unreachable_from(now: VmState, wanted: VmState) -> bool {
-    use VmState::*;
+    use VmState::{Crashed, Creating, Failed, Running, Stopped, Unready};
     match wanted {
         Running | Unready => matches!(now, Stopped | Crashed | Failed),
         Stopped => matches!(now, Failed | Crashed),
@@ -389,7 +389,7 @@ pub(crate) enum Change {
     Nat(bool),
     Lease(Option<NetLease>),
     Disk(Option<DiskRecord>),
-    Process(Option<ProcessRecord>),
+    Process(Option<VmmProcessRecord>),
     Remove,
 }
 

@@ -83,115 +83,151 @@ pub(super) fn plan_repairs(
 ) -> RepairPlan {
     let mut plan = RepairPlan::default();
     for r in records {
-        let name = r.spec.name.clone();
-        let adopted = match adoptions.get(&name) {
+        let adopted = match adoptions.get(&r.spec.name) {
             Some(Adoption::Adopted { vmm_state }) => Some(*vmm_state),
             _ => None,
         };
-        let had_process = r.process.is_some();
-        let mut alive = false;
-        match r.state {
+        let alive = match r.state {
             VmState::Creating | VmState::Deleting => {
-                if adopted.is_some() {
-                    plan.kill.push(name.clone());
-                }
-                if r.disk.is_some() || r.state == VmState::Creating {
-                    // A create cut short may have made the disk before recording it.
-                    plan.remove_disk.push(name.clone());
-                }
-                if r.state == VmState::Deleting {
-                    plan.forget.push(name.clone());
-                } else {
-                    plan.changes.push((
-                        name.clone(),
-                        state(VmState::Failed, Some("interrupted by a hearthd restart")),
-                    ));
-                }
-                plan.report.repaired.push(name.clone());
+                plan.interrupted_create_or_delete(r, adopted.is_some());
+                false
             }
-            VmState::Stopping => {
-                if adopted.is_some() {
-                    // Finished in the background once hearthd serves (the ladder can take
-                    // the whole grace): until then the VM is `stopping` and keeps its process
-                    // and network, like any VM being stopped.
-                    plan.stop.push(name.clone());
-                    alive = true;
-                } else {
-                    plan.changes
-                        .push((name.clone(), state(VmState::Stopped, None)));
-                }
-                plan.report.repaired.push(name.clone());
-            }
+            VmState::Stopping => plan.interrupted_stop(r, adopted.is_some()),
             VmState::Starting => {
-                // A boot (create or start) was cut short before it was confirmed: end it and
-                // let the user start again, rather than guess how far it got.
+                plan.interrupted_boot(r, adopted.is_some());
+                false
+            }
+            VmState::Running | VmState::Unready => plan.running(r, adopted),
+            VmState::Stopped | VmState::Crashed | VmState::Failed => {
                 if adopted.is_some() {
-                    plan.kill.push(name.clone());
+                    plan.kill.push(r.spec.name.clone());
                 }
-                plan.changes.push((
+                false
+            }
+        };
+        plan.keep_or_forget_resources(r, alive);
+    }
+    plan
+}
+
+impl RepairPlan {
+    /// A create or delete cut short: its process killed, its disk removed; a delete is
+    /// finished (the VM forgotten), a create fails.
+    fn interrupted_create_or_delete(&mut self, r: &VmRecord, adopted: bool) {
+        let name = &r.spec.name;
+        if adopted {
+            self.kill.push(name.clone());
+        }
+        if r.disk.is_some() || r.state == VmState::Creating {
+            // A create cut short may have made the disk before recording it.
+            self.remove_disk.push(name.clone());
+        }
+        if r.state == VmState::Deleting {
+            self.forget.push(name.clone());
+        } else {
+            self.changes.push((
+                name.clone(),
+                state(VmState::Failed, Some("interrupted by a hearthd restart")),
+            ));
+        }
+        self.report.repaired.push(name.clone());
+    }
+
+    /// A stop cut short: finished by the ladder if the process lives, else recorded.
+    /// Answers whether the VM keeps its process for now.
+    fn interrupted_stop(&mut self, r: &VmRecord, adopted: bool) -> bool {
+        let name = &r.spec.name;
+        self.report.repaired.push(name.clone());
+        if adopted {
+            // Finished in the background once hearthd serves (the ladder can take the whole
+            // grace): until then the VM is `stopping` and keeps its process and network,
+            // like any VM being stopped.
+            self.stop.push(name.clone());
+            true
+        } else {
+            self.changes
+                .push((name.clone(), state(VmState::Stopped, None)));
+            false
+        }
+    }
+
+    /// A boot (create or start) cut short before it was confirmed: ended, and the VM
+    /// failed, so the user starts again rather than hearthd guessing how far it got.
+    fn interrupted_boot(&mut self, r: &VmRecord, adopted: bool) {
+        let name = &r.spec.name;
+        if adopted {
+            self.kill.push(name.clone());
+        }
+        self.changes.push((
+            name.clone(),
+            state(
+                VmState::Failed,
+                Some("boot interrupted by a hearthd restart"),
+            ),
+        ));
+        self.report.repaired.push(name.clone());
+    }
+
+    /// A VM recorded running (or unready): adopted if its VMM runs a guest, failed if the
+    /// VMM lives without one, crashed if it is gone. Answers whether the VM lives on.
+    fn running(&mut self, r: &VmRecord, adopted: Option<InstanceState>) -> bool {
+        let name = &r.spec.name;
+        match adopted {
+            Some(InstanceState::Running) => {
+                self.report.adopted.push(name.clone());
+                true
+            }
+            Some(_) => {
+                // Alive but not running a guest: nothing to keep.
+                self.kill.push(name.clone());
+                self.changes.push((
                     name.clone(),
                     state(
                         VmState::Failed,
-                        Some("boot interrupted by a hearthd restart"),
+                        Some("the VMM was not running a guest at restart"),
                     ),
                 ));
-                plan.report.repaired.push(name.clone());
+                self.report.repaired.push(name.clone());
+                false
             }
-            VmState::Running | VmState::Unready => match adopted {
-                Some(InstanceState::Running) => {
-                    alive = true;
-                    plan.report.adopted.push(name.clone());
-                }
-                Some(_) => {
-                    // Alive but not running a guest: nothing to keep.
-                    plan.kill.push(name.clone());
-                    plan.changes.push((
-                        name.clone(),
-                        state(
-                            VmState::Failed,
-                            Some("the VMM was not running a guest at restart"),
-                        ),
-                    ));
-                    plan.report.repaired.push(name.clone());
-                }
-                None => {
-                    plan.changes.push((
-                        name.clone(),
-                        state(
-                            VmState::Crashed,
-                            Some("the VMM process was gone at restart"),
-                        ),
-                    ));
-                    plan.report.dead.push(name.clone());
-                }
-            },
-            VmState::Stopped | VmState::Crashed | VmState::Failed => {
-                if adopted.is_some() {
-                    plan.kill.push(name.clone());
-                }
+            None => {
+                self.changes.push((
+                    name.clone(),
+                    state(
+                        VmState::Crashed,
+                        Some("the VMM process was gone at restart"),
+                    ),
+                ));
+                self.report.dead.push(name.clone());
+                false
             }
         }
+    }
+
+    /// A VM that lives keeps its lease (for the pool) and firewall state; any other loses
+    /// the records of its lease and process.
+    fn keep_or_forget_resources(&mut self, r: &VmRecord, alive: bool) {
+        let name = &r.spec.name;
         if alive {
-            plan.alive.insert(name.clone());
+            self.alive.insert(name.clone());
             if let Some(lease) = &r.lease {
-                plan.used.push(lease.clone());
-                plan.guests.push(GuestSpec {
+                self.used.push(lease.clone());
+                self.guests.push(GuestSpec {
                     tap: lease.tap.clone(),
                     ip: lease.guest_ip,
                     mac: lease.mac,
                     nat: r.nat,
                 });
             }
-        } else {
-            if r.lease.is_some() {
-                plan.changes.push((name.clone(), Change::Lease(None)));
-            }
-            if had_process {
-                plan.changes.push((name.clone(), Change::Process(None)));
-            }
+            return;
+        }
+        if r.lease.is_some() {
+            self.changes.push((name.clone(), Change::Lease(None)));
+        }
+        if r.process.is_some() {
+            self.changes.push((name.clone(), Change::Process(None)));
         }
     }
-    plan
 }
 
 impl VmSupervisor {
@@ -241,97 +277,14 @@ pub(super) async fn execute(
     run_base: std::path::PathBuf,
     processes: Arc<dyn Processes>,
 ) -> Result<(OpenReport, Vec<String>), SupervisorError> {
-    // Processes first, so the TAPs they held are free before the pool reclaims them. SIGKILL
-    // takes no grace: all at once.
-    futures::future::join_all(
-        plan.kill
-            .iter()
-            .filter_map(|name| vmms.get(name))
-            .map(|vmm| vmm.send(KillVm {})),
-    )
-    .await;
-    for (name, change) in std::mem::take(&mut plan.changes) {
-        p.commit(&name, change).await?;
-    }
-    for name in &plan.remove_disk {
-        match p.deps.snapshot.send(RemoveDisk { vm: name.clone() }).await {
-            Ok(Ok(_)) => p.commit(name, Change::Disk(None)).await?,
-            Ok(Err(e)) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
-            Err(e) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
-        }
-    }
-    for name in &plan.forget {
-        if let Err(e) = clean_run_dir(&p, name, RemoveRunDir {}).await {
-            warn!(p.log, "run directory not removed"; "vm" => name.as_str(), "error" => %e);
-        }
-        p.commit(name, Change::Remove).await?;
-    }
+    repair(&p, &mut plan, &vmms).await?;
     let live: BTreeSet<&String> = known.iter().filter(|n| !plan.forget.contains(n)).collect();
 
     // Leaks: disks, run directories and VMM processes that belong to no VM.
-    match p.deps.snapshot.send(ListDisks {}).await {
-        Ok(Ok(disks)) => {
-            for d in disks.into_iter().filter(|d| !live.contains(&d.vm)) {
-                if let Ok(Ok(_)) = p.deps.snapshot.send(RemoveDisk { vm: d.vm.clone() }).await {
-                    plan.report.swept.push(format!("disk {}", d.vm));
-                }
-            }
-        }
-        Ok(Err(e)) => warn!(p.log, "cannot list disks"; "error" => %e),
-        Err(e) => warn!(p.log, "cannot list disks"; "error" => %e),
-    }
-    // Processes: only those of VMs whose process was adopted may run; e.g. one spawned but
-    // never recorded, or one that failed verification yet carries our marker, is a stray.
-    // The actor owning its run directory kills it and waits for it to die, so the TAP it
-    // held is free before the pool reclaims it.
+    sweep_disks(&p, &live, &mut plan.report).await;
     let alive: BTreeSet<&String> = plan.alive.iter().collect();
-    let strays = stray_processes(&*processes, &run_base, &alive).unwrap_or_else(|e| {
-        warn!(p.log, "cannot look for stray VMM processes"; "error" => %e);
-        Vec::new()
-    });
-    for (vm, pid) in strays {
-        let killed = async {
-            let owner = p.run_dir_owner(&vm).await?;
-            owner
-                .send(KillStray {
-                    pid,
-                    wait: STRAY_KILL_WAIT,
-                })
-                .await
-                .map_err(|e| step("kill stray", e))?
-                .map_err(|e| step("kill stray", e))
-        };
-        match killed.await {
-            Ok(()) => plan.report.swept.push(format!("process {pid}")),
-            Err(e) => warn!(p.log, "stray not killed"; "vm" => &vm, "pid" => pid, "error" => %e),
-        }
-    }
-    // VMs left without a process keep their run directory (logs) but not the sockets and
-    // FIFO of the process that is gone, as a normal stop leaves them.
-    // Only directories that still hold them: asking an owner means starting an actor.
-    let holds_process_files =
-        |name: &str| run_dir::RunDir::new(&run_base, name).is_ok_and(|d| d.has_process_files());
-    for name in live
-        .iter()
-        .filter(|n| !plan.alive.contains(**n) && holds_process_files(n))
-    {
-        if let Err(e) = clean_run_dir(&p, name, RemoveStaleSockets {}).await {
-            warn!(p.log, "stale sockets not removed"; "vm" => name.as_str(), "error" => %e);
-        }
-    }
-    match run_dir::list(&run_base) {
-        Ok(names) => {
-            for name in names.into_iter().filter(|n| !live.contains(n)) {
-                match clean_run_dir(&p, &name, RemoveRunDir {}).await {
-                    Ok(()) => plan.report.swept.push(format!("run directory {name}")),
-                    Err(e) => {
-                        warn!(p.log, "leaked run directory left"; "name" => &name, "error" => %e)
-                    }
-                }
-            }
-        }
-        Err(e) => warn!(p.log, "cannot list run directories"; "error" => %e),
-    }
+    sweep_strays(&p, &*processes, &run_base, &alive, &mut plan.report).await;
+    sweep_run_dirs(&p, &run_base, &live, &alive, &mut plan.report).await;
 
     // Rebuild the network around the VMs that live.
     let pool = p
@@ -352,6 +305,125 @@ pub(super) async fn execute(
         .map_err(|e| step("firewall", e))?;
     p.rebuild_dns().await;
     Ok((plan.report, plan.stop))
+}
+
+/// The repairs proper: kills, recorded changes, disk removals, forgotten VMs.
+async fn repair(
+    p: &Ports,
+    plan: &mut RepairPlan,
+    vmms: &BTreeMap<String, Addr<FirecrackerActor>>,
+) -> Result<(), SupervisorError> {
+    // Processes first, so the TAPs they held are free before the pool reclaims them. SIGKILL
+    // takes no grace: all at once.
+    futures::future::join_all(
+        plan.kill
+            .iter()
+            .filter_map(|name| vmms.get(name))
+            .map(|vmm| vmm.send(KillVm {})),
+    )
+    .await;
+    for (name, change) in std::mem::take(&mut plan.changes) {
+        p.commit(&name, change).await?;
+    }
+    for name in &plan.remove_disk {
+        match p.deps.snapshot.send(RemoveDisk { vm: name.clone() }).await {
+            Ok(Ok(_)) => p.commit(name, Change::Disk(None)).await?,
+            Ok(Err(e)) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
+            Err(e) => warn!(p.log, "disk not removed"; "vm" => name, "error" => %e),
+        }
+    }
+    for name in &plan.forget {
+        if let Err(e) = clean_run_dir(p, name, RemoveRunDir {}).await {
+            warn!(p.log, "run directory not removed"; "vm" => name.as_str(), "error" => %e);
+        }
+        p.commit(name, Change::Remove).await?;
+    }
+    Ok(())
+}
+
+/// Removes the disks of VMs not in `live`.
+async fn sweep_disks(p: &Ports, live: &BTreeSet<&String>, report: &mut OpenReport) {
+    match p.deps.snapshot.send(ListDisks {}).await {
+        Ok(Ok(disks)) => {
+            for d in disks.into_iter().filter(|d| !live.contains(&d.vm)) {
+                if let Ok(Ok(_)) = p.deps.snapshot.send(RemoveDisk { vm: d.vm.clone() }).await {
+                    report.swept.push(format!("disk {}", d.vm));
+                }
+            }
+        }
+        Ok(Err(e)) => warn!(p.log, "cannot list disks"; "error" => %e),
+        Err(e) => warn!(p.log, "cannot list disks"; "error" => %e),
+    }
+}
+
+/// Kills stray VMM processes. Only those of VMs whose process was adopted (`alive`) may
+/// run; e.g. one spawned but never recorded, or one that failed verification yet carries
+/// our marker, is a stray. The actor owning its run directory kills it and waits for it to
+/// die, so the TAP it held is free before the pool reclaims it.
+async fn sweep_strays(
+    p: &Ports,
+    processes: &dyn Processes,
+    run_base: &Path,
+    alive: &BTreeSet<&String>,
+    report: &mut OpenReport,
+) {
+    let strays = stray_processes(processes, run_base, alive).unwrap_or_else(|e| {
+        warn!(p.log, "cannot look for stray VMM processes"; "error" => %e);
+        Vec::new()
+    });
+    for (vm, pid) in strays {
+        let killed = async {
+            let owner = p.run_dir_owner(&vm).await?;
+            owner
+                .send(KillStray {
+                    pid,
+                    wait: STRAY_KILL_WAIT,
+                })
+                .await
+                .map_err(|e| step("kill stray", e))?
+                .map_err(|e| step("kill stray", e))
+        };
+        match killed.await {
+            Ok(()) => report.swept.push(format!("process {pid}")),
+            Err(e) => warn!(p.log, "stray not killed"; "vm" => &vm, "pid" => pid, "error" => %e),
+        }
+    }
+}
+
+/// Run directories: those of `live` VMs left without a process (not in `alive`) lose the
+/// sockets and FIFO of the process that is gone, as a normal stop leaves them (they keep
+/// their logs); those of no VM are removed.
+async fn sweep_run_dirs(
+    p: &Ports,
+    run_base: &Path,
+    live: &BTreeSet<&String>,
+    alive: &BTreeSet<&String>,
+    report: &mut OpenReport,
+) {
+    // Only directories that still hold them: asking an owner means starting an actor.
+    let holds_process_files =
+        |name: &str| run_dir::RunDir::new(run_base, name).is_ok_and(|d| d.has_process_files());
+    for name in live
+        .iter()
+        .filter(|n| !alive.contains(**n) && holds_process_files(n))
+    {
+        if let Err(e) = clean_run_dir(p, name, RemoveStaleSockets {}).await {
+            warn!(p.log, "stale sockets not removed"; "vm" => name.as_str(), "error" => %e);
+        }
+    }
+    match run_dir::list(run_base) {
+        Ok(names) => {
+            for name in names.into_iter().filter(|n| !live.contains(n)) {
+                match clean_run_dir(p, &name, RemoveRunDir {}).await {
+                    Ok(()) => report.swept.push(format!("run directory {name}")),
+                    Err(e) => {
+                        warn!(p.log, "leaked run directory left"; "name" => &name, "error" => %e);
+                    }
+                }
+            }
+        }
+        Err(e) => warn!(p.log, "cannot list run directories"; "error" => %e),
+    }
 }
 
 /// Has the actor owning `vm`'s run directory carry out `msg` (a removal) on it.

@@ -10,8 +10,8 @@ use hearth_proto::api::{CreateVm, EventReason, VmState};
 use slog::{info, warn, Logger};
 
 use super::{
-    Change, Commit, DiskRecord, ObservePhase, ProcessRecord, StepCause, SupervisorDeps,
-    SupervisorError, SupervisorSettings, VmSupervisor,
+    Change, Commit, DiskRecord, ObservePhase, StepCause, SupervisorDeps, SupervisorError,
+    SupervisorSettings, VmSupervisor, VmmProcessRecord,
 };
 use crate::firecracker::{
     cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerError, KillVm, NetConfig,
@@ -224,9 +224,15 @@ pub(super) struct BootPlan {
 /// undone in reverse and the VM is left `failed` with the cause.
 pub(super) async fn boot(p: Ports, plan: BootPlan) -> Result<VmState, SupervisorError> {
     let vm = plan.spec.name.clone();
-    let mut undo = Vec::new();
     let started = Instant::now();
-    let result = boot_steps(&p, &plan, &mut undo).await;
+    let mut boot = Boot {
+        p: &p,
+        plan: &plan,
+        undo: Vec::new(),
+        lap: started,
+    };
+    let result = boot.run().await;
+    let undo = boot.undo;
     match result {
         Ok(state) => {
             p.observe("total", started.elapsed()).await;
@@ -250,105 +256,227 @@ pub(super) async fn boot(p: Ports, plan: BootPlan) -> Result<VmState, Supervisor
     }
 }
 
-async fn boot_steps(
-    p: &Ports,
-    plan: &BootPlan,
-    undo: &mut Vec<Undo>,
-) -> Result<VmState, SupervisorError> {
-    let vm = plan.spec.name.as_str();
-    let mut t = Instant::now();
-    let lap = |t: &mut Instant| {
-        let d = t.elapsed();
-        *t = Instant::now();
-        d
-    };
+/// One boot in progress: one method per step, each pushing its undo onto `undo` the moment
+/// its effect exists (rather than returning it), so that a step failing after its effect
+/// (e.g. when recording it in the store) is undone too.
+struct Boot<'a> {
+    p: &'a Ports,
+    plan: &'a BootPlan,
+    /// The undos of the effects so far, in the order they happened.
+    undo: Vec<Undo>,
+    /// When the current phase began (for the phase latency histograms).
+    lap: Instant,
+}
 
-    let disk_path = match &plan.disk {
-        Some(path) => path.clone(),
-        None => {
-            let disk = p
-                .deps
-                .snapshot
-                .send(CreateDisk {
-                    vm: vm.to_owned(),
-                    image: plan.rootfs_base.clone(),
-                    size: plan.spec.disk_size,
-                })
-                .await
-                .map_err(mailbox("disk"))?
-                .map_err(step("disk"))?;
-            undo.push(Undo::Disk);
-            p.commit(
-                vm,
-                Change::Disk(Some(DiskRecord {
-                    path: disk.path.clone(),
-                    backend: disk.backend,
-                })),
-            )
-            .await?;
-            p.observe("disk", lap(&mut t)).await;
-            disk.path
-        }
-    };
-
-    release_network(p, vm, plan.stale_lease.clone()).await?;
-    let lease = p
-        .deps
-        .tap_pool
-        .send(AcquireTap {})
-        .await
-        .map_err(mailbox("network lease"))?
-        .map_err(step("network lease"))?;
-    undo.push(Undo::Lease(lease.clone()));
-    p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
-    p.deps
-        .nat
-        .send(RegisterGuest {
-            lease: lease.clone(),
-        })
-        .await
-        .map_err(mailbox("guest firewall"))?
-        .map_err(step("guest firewall"))?;
-    undo.push(Undo::Guest(lease.clone()));
-    p.observe("lease", lap(&mut t)).await;
-
-    let vsock_cid = cid_for_guest_ip(lease.guest_ip)
-        .ok_or_else(|| SupervisorError::step("vsock", StepCause::NoVsockCid(lease.guest_ip)))?;
-    let mut record = ProcessRecord {
-        pid: None,
-        start_time: None,
-        api_socket: plan.api_socket.clone(),
-        binary: plan.binary.clone(),
-        vsock_cid,
-    };
-    // Recorded before the spawn, so a crash mid-spawn leaves a trace to sweep.
-    p.commit(vm, Change::Process(Some(record.clone()))).await?;
-    undo.push(Undo::Process(plan.vmm.clone()));
-    if !plan.creating {
-        p.set_state(vm, VmState::Starting, None, EventReason::User)
-            .await?;
+impl Boot<'_> {
+    /// The steps in order.
+    async fn run(&mut self) -> Result<VmState, SupervisorError> {
+        let disk = self.disk().await?;
+        let lease = self.network().await?;
+        let vsock_cid = self.spawn(&lease).await?;
+        self.configure_and_start(disk, &lease, vsock_cid).await?;
+        self.nat_and_dns(&lease).await?;
+        self.readiness().await
     }
 
-    let spawned = plan
-        .vmm
-        .send(SpawnProcess {})
-        .await
-        .map_err(mailbox("spawn"))?
-        .map_err(step("spawn"))?;
-    record.pid = Some(spawned.record.pid);
-    record.start_time = Some(spawned.record.start_time);
-    p.commit(vm, Change::Process(Some(record))).await?;
-    lap(&mut t);
-    p.observe("spawn", spawned.spawn).await;
-    p.observe("api_ready", spawned.api_ready).await;
+    /// The time since the last lap, starting a new one.
+    fn lap(&mut self) -> Duration {
+        let took = self.lap.elapsed();
+        self.lap = Instant::now();
+        took
+    }
 
-    let config = VmConfig {
+    /// The root disk: the VM's own, or a new copy-on-write disk of the base image, recorded.
+    /// Undo: remove it (and its record).
+    async fn disk(&mut self) -> Result<PathBuf, SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        if let Some(path) = &plan.disk {
+            return Ok(path.clone());
+        }
+        let vm = plan.spec.name.as_str();
+        let disk = p
+            .deps
+            .snapshot
+            .send(CreateDisk {
+                vm: vm.to_owned(),
+                image: plan.rootfs_base.clone(),
+                size: plan.spec.disk_size,
+            })
+            .await
+            .map_err(mailbox("disk"))?
+            .map_err(step("disk"))?;
+        self.undo.push(Undo::Disk);
+        p.commit(
+            vm,
+            Change::Disk(Some(DiskRecord {
+                path: disk.path.clone(),
+                backend: disk.backend,
+            })),
+        )
+        .await?;
+        p.observe("disk", self.lap()).await;
+        Ok(disk.path)
+    }
+
+    /// The network: a stale lease given back, a new one taken and recorded, the guest
+    /// registered with the firewall. Undo: unregister the guest, release the lease.
+    async fn network(&mut self) -> Result<NetLease, SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        let vm = plan.spec.name.as_str();
+        release_network(p, vm, plan.stale_lease.clone()).await?;
+        let lease = p
+            .deps
+            .tap_pool
+            .send(AcquireTap {})
+            .await
+            .map_err(mailbox("network lease"))?
+            .map_err(step("network lease"))?;
+        self.undo.push(Undo::Lease(lease.clone()));
+        p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
+        p.deps
+            .nat
+            .send(RegisterGuest {
+                lease: lease.clone(),
+            })
+            .await
+            .map_err(mailbox("guest firewall"))?
+            .map_err(step("guest firewall"))?;
+        self.undo.push(Undo::Guest(lease.clone()));
+        p.observe("lease", self.lap()).await;
+        Ok(lease)
+    }
+
+    /// The VMM process: recorded before the spawn, so a crash mid-spawn leaves a trace to
+    /// sweep, then spawned and its pid recorded. Answers the guest's vsock CID.
+    /// Undo: kill the process, forget its record.
+    async fn spawn(&mut self, lease: &NetLease) -> Result<u32, SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        let vm = plan.spec.name.as_str();
+        let vsock_cid = cid_for_guest_ip(lease.guest_ip)
+            .ok_or_else(|| SupervisorError::step("vsock", StepCause::NoVsockCid(lease.guest_ip)))?;
+        let mut record = VmmProcessRecord {
+            pid: None,
+            start_time: None,
+            api_socket: plan.api_socket.clone(),
+            binary: plan.binary.clone(),
+            vsock_cid,
+        };
+        p.commit(vm, Change::Process(Some(record.clone()))).await?;
+        self.undo.push(Undo::Process(plan.vmm.clone()));
+        if !plan.creating {
+            p.set_state(vm, VmState::Starting, None, EventReason::User)
+                .await?;
+        }
+        let spawned = plan
+            .vmm
+            .send(SpawnProcess {})
+            .await
+            .map_err(mailbox("spawn"))?
+            .map_err(step("spawn"))?;
+        record.set_spawned(&spawned.record);
+        p.commit(vm, Change::Process(Some(record))).await?;
+        self.lap();
+        p.observe("spawn", spawned.spawn).await;
+        p.observe("api_ready", spawned.api_ready).await;
+        Ok(vsock_cid)
+    }
+
+    /// The machine configured over the API socket, then started. No undo of its own: the
+    /// spawn's undo (killing the process) ends both.
+    async fn configure_and_start(
+        &mut self,
+        disk: PathBuf,
+        lease: &NetLease,
+        vsock_cid: u32,
+    ) -> Result<(), SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        let config = machine_config(plan, disk, lease, vsock_cid);
+        let took = plan
+            .vmm
+            .send(ConfigureVm { config })
+            .await
+            .map_err(mailbox("configure"))?
+            .map_err(step("configure"))?;
+        p.observe("configure", took).await;
+        let took = plan
+            .vmm
+            .send(StartVm {})
+            .await
+            .map_err(mailbox("start"))?
+            .map_err(step("start"))?;
+        p.observe("start", took).await;
+        self.lap();
+        Ok(())
+    }
+
+    /// NAT when the spec asks for it, and DNS for a start (a create is published once it is
+    /// confirmed, by [`Boot::readiness`]). Undo: switch NAT off.
+    async fn nat_and_dns(&mut self, lease: &NetLease) -> Result<(), SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        if plan.spec.nat {
+            nat_switch(p, lease, true).await?;
+            self.undo.push(Undo::Nat(lease.clone()));
+        }
+        if !plan.creating {
+            // A start is alive (`starting`) from here on.
+            p.rebuild_dns().await;
+        }
+        p.observe("nat_dns", self.lap()).await;
+        Ok(())
+    }
+
+    /// The final state: `running` at once without a probe, else `running` when the guest
+    /// agent answers, `unready` when it does not (the VM runs; nothing is undone). The name
+    /// resolves from the final state on.
+    async fn readiness(&mut self) -> Result<VmState, SupervisorError> {
+        let (p, plan) = (self.p, self.plan);
+        let vm = plan.spec.name.as_str();
+        if !plan.spec.ready_probe {
+            p.set_state(vm, VmState::Running, None, EventReason::User)
+                .await?;
+            p.rebuild_dns().await;
+            return Ok(VmState::Running);
+        }
+        let probe = plan
+            .vmm
+            .send(ProbeReady {
+                port: p.settings.agent_port,
+                timeout: p.settings.ready_timeout,
+            })
+            .await
+            .map_err(mailbox("readiness"))?;
+        p.observe("ready", self.lap()).await;
+        let state = match probe {
+            Ok(_) => {
+                p.set_state(vm, VmState::Running, None, EventReason::User)
+                    .await?;
+                VmState::Running
+            }
+            Err(e) => {
+                p.set_state(
+                    vm,
+                    VmState::Unready,
+                    Some(e.to_string()),
+                    EventReason::ReadinessTimeout,
+                )
+                .await?;
+                VmState::Unready
+            }
+        };
+        p.rebuild_dns().await;
+        Ok(state)
+    }
+}
+
+/// The Firecracker machine a plan describes, on `disk`, with `lease`'s network and a vsock.
+fn machine_config(plan: &BootPlan, disk: PathBuf, lease: &NetLease, vsock_cid: u32) -> VmConfig {
+    VmConfig {
         vcpu_count: plan.spec.vcpus,
         mem_size_mib: u64::from(plan.spec.memory_mib),
         kernel: plan.kernel.clone(),
         initrd: None,
         extra_boot_args: plan.spec.boot_args.clone().unwrap_or_default(),
-        rootfs: disk_path,
+        rootfs: disk,
         rootfs_read_only: false,
         rootfs_rate_limiter: None,
         net: Some(NetConfig {
@@ -357,70 +485,7 @@ async fn boot_steps(
             tx_rate_limiter: None,
         }),
         vsock_cid: Some(vsock_cid),
-    };
-    let took = plan
-        .vmm
-        .send(ConfigureVm { config })
-        .await
-        .map_err(mailbox("configure"))?
-        .map_err(step("configure"))?;
-    p.observe("configure", took).await;
-    let took = plan
-        .vmm
-        .send(StartVm {})
-        .await
-        .map_err(mailbox("start"))?
-        .map_err(step("start"))?;
-    p.observe("start", took).await;
-    lap(&mut t);
-
-    if plan.spec.nat {
-        nat_switch(p, &lease, true).await?;
-        undo.push(Undo::Nat(lease.clone()));
     }
-    if !plan.creating {
-        // A start is alive (`starting`) from here on; a create only once it is confirmed,
-        // where the final rebuild below publishes it.
-        p.rebuild_dns().await;
-    }
-    p.observe("nat_dns", lap(&mut t)).await;
-
-    if !plan.spec.ready_probe {
-        p.set_state(vm, VmState::Running, None, EventReason::User)
-            .await?;
-        p.rebuild_dns().await;
-        return Ok(VmState::Running);
-    }
-    let probe = plan
-        .vmm
-        .send(ProbeReady {
-            port: p.settings.agent_port,
-            timeout: p.settings.ready_timeout,
-        })
-        .await
-        .map_err(mailbox("readiness"))?;
-    p.observe("ready", lap(&mut t)).await;
-    let state = match probe {
-        Ok(_) => {
-            p.set_state(vm, VmState::Running, None, EventReason::User)
-                .await?;
-            VmState::Running
-        }
-        Err(e) => {
-            // The VM runs; only its agent is silent. Not a failure: nothing is undone.
-            p.set_state(
-                vm,
-                VmState::Unready,
-                Some(e.to_string()),
-                EventReason::ReadinessTimeout,
-            )
-            .await?;
-            VmState::Unready
-        }
-    };
-    // The name resolves from the final state on (a create was not yet alive before).
-    p.rebuild_dns().await;
-    Ok(state)
 }
 
 /// Ends a VM's process by the ladder (or SIGKILL); answers how it ended, for the log. Only

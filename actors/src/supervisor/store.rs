@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 
+use crate::firecracker::VmmProcess;
 use crate::lease::NetLease;
 
 /// A failed store operation.
@@ -33,9 +34,10 @@ pub struct DiskRecord {
     pub backend: crate::host::disks::BackendKind,
 }
 
-/// A VM's VMM process as recorded: paths and CID before spawn, pid and start time after.
+/// The store's record of a VM's [`VmmProcess`]: written before the spawn (paths and the
+/// guest's CID, so a crash mid-spawn leaves a trace), completed after it (pid, start time).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRecord {
+pub struct VmmProcessRecord {
     /// Its pid, once spawned.
     pub pid: Option<u32>,
     /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), once spawned.
@@ -46,6 +48,24 @@ pub struct ProcessRecord {
     pub binary: PathBuf,
     /// The guest's vsock CID.
     pub vsock_cid: u32,
+}
+
+impl VmmProcessRecord {
+    /// The process, once spawned (pid and start time known): what adopting it checks.
+    pub fn spawned(&self) -> Option<VmmProcess> {
+        Some(VmmProcess {
+            pid: self.pid?,
+            start_time: self.start_time?,
+            api_socket: self.api_socket.clone(),
+            binary: self.binary.clone(),
+        })
+    }
+
+    /// Completes the record with the spawned process's pid and start time.
+    pub fn set_spawned(&mut self, process: &VmmProcess) {
+        self.pid = Some(process.pid);
+        self.start_time = Some(process.start_time);
+    }
 }
 
 /// One VM with its resource rows.
@@ -64,7 +84,7 @@ pub struct VmRecord {
     /// Its root disk, if recorded.
     pub disk: Option<DiskRecord>,
     /// Its VMM process, if recorded.
-    pub process: Option<ProcessRecord>,
+    pub process: Option<VmmProcessRecord>,
 }
 
 /// The persistence port. Writes are durable when they return.
@@ -89,7 +109,7 @@ pub trait VmStore {
     /// Forgets a VM's disk.
     fn clear_disk(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Records a VM's process.
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError>;
+    fn put_process(&mut self, vm: &str, process: &VmmProcessRecord) -> Result<(), VmStoreError>;
     /// Forgets a VM's process.
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Removes a VM and its rows.
@@ -201,7 +221,7 @@ impl VmStore for MemoryVmStore {
         Ok(())
     }
 
-    fn put_process(&mut self, vm: &str, process: &ProcessRecord) -> Result<(), VmStoreError> {
+    fn put_process(&mut self, vm: &str, process: &VmmProcessRecord) -> Result<(), VmStoreError> {
         self.vm(vm)?.process = Some(process.clone());
         Ok(())
     }

@@ -42,7 +42,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
             path: format!("/d/{name}.img").into(),
             backend: crate::host::disks::BackendKind::Copy,
         }),
-        process: pid.map(|pid| ProcessRecord {
+        process: pid.map(|pid| VmmProcessRecord {
             pid: Some(pid),
             start_time: Some(1),
             api_socket: format!("/run/hearth/vms/{name}/api.sock").into(),
@@ -193,7 +193,11 @@ fn stopped_vm_is_left_alone() {
 
 #[test]
 fn vmm_command_lines_are_attributed_to_their_vm() {
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let args = |v: &[&str]| {
+        v.iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>()
+    };
     let base = "/run/hearth/vms";
     assert_eq!(
         owner_vm(

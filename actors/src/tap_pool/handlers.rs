@@ -352,8 +352,12 @@ async fn initialize_host(
     let port = config.port_spec(bridge_index);
 
     let mut names = TapNames::new(&config.tap_prefix);
-    existing.iter().for_each(|link| names.take(&link.name));
-    used.iter().for_each(|lease| names.take(&lease.tap));
+    for link in &existing {
+        names.take(&link.name);
+    }
+    for lease in &used {
+        names.take(&lease.tap);
+    }
 
     for (tap, index) in &plan.reattach {
         links

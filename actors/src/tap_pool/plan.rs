@@ -40,6 +40,10 @@ impl TapNames {
     }
 
     /// Takes the lowest-numbered free name; `None` if no name fits in 15 bytes.
+    #[expect(
+        clippy::maybe_infinite_iter,
+        reason = "take_while ends it: names grow longer than an interface name can be"
+    )]
     pub fn reserve_next(&mut self) -> Option<String> {
         let (n, name) = (self.hint..)
             .map(|n| (n, format!("{}{n}", self.prefix)))
@@ -162,7 +166,7 @@ pub fn plan_initialize(
     for lease in used {
         match by_name.get(lease.tap.as_str()) {
             Some(link) if link.kind == LinkKind::Tap => {
-                plan.reattach.push((link.name.clone(), link.index))
+                plan.reattach.push((link.name.clone(), link.index));
             }
             Some(_) => {
                 return Err(TapPoolError::InvalidUsedLease {

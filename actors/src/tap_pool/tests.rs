@@ -648,7 +648,7 @@ fn bad_configs_name_their_field() {
     for (c, field) in [
         (
             TapPoolConfig {
-                bridge: "".into(),
+                bridge: String::new(),
                 ..config(1)
             },
             "bridge",

@@ -9,7 +9,7 @@ pub enum ActionType {
     FlushMetrics,
     /// Boot the microVM. Succeeds only once.
     InstanceStart,
-    /// Queue Ctrl+Alt+Del in the emulated i8042 keyboard (x86_64; after boot only).
+    /// Queue Ctrl+Alt+Del in the emulated i8042 keyboard (`x86_64`; after boot only).
     SendCtrlAltDel,
 }
 

@@ -22,7 +22,7 @@ pub enum IoEngine {
     /// Synchronous IO (default).
     #[default]
     Sync,
-    /// io_uring based IO.
+    /// `io_uring` based IO.
     Async,
 }
 
@@ -36,7 +36,7 @@ pub struct Drive {
     /// Whether this is the root device. Only one drive may be.
     pub is_root_device: bool,
     /// Represents the unique id of the boot partition of this device. It is optional and it
-    /// will be taken into account only if the is_root_device field is true.
+    /// will be taken into account only if the `is_root_device` field is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
     /// Represents the caching strategy for the block device. Default `Unsafe`.

@@ -106,6 +106,7 @@ impl MachineConfig {
     }
 
     /// Applies a PATCH: fields set in `update` replace ours. Validate the result.
+    #[must_use]
     pub fn apply(&self, update: &MachineConfigUpdate) -> MachineConfig {
         MachineConfig {
             vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),

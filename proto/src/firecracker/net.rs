@@ -37,8 +37,8 @@ pub struct NetworkInterface {
         skip_serializing_if = "Option::is_none"
     )]
     pub guest_mac: Option<String>,
-    /// MTU to advertise to the guest via VIRTIO_NET_F_MTU. When set, a compatible guest
-    /// driver will configure the interface with this MTU. When absent, VIRTIO_NET_F_MTU is
+    /// MTU to advertise to the guest via `VIRTIO_NET_F_MTU`. When set, a compatible guest
+    /// driver will configure the interface with this MTU. When absent, `VIRTIO_NET_F_MTU` is
     /// not advertised and the guest uses its default MTU. Range 68..=65535.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -108,7 +108,7 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], ValidationError> {
     };
     let mut out = [0u8; 6];
     let mut parts = text.split(':');
-    for byte in out.iter_mut() {
+    for byte in &mut out {
         let part = parts.next().ok_or_else(bad)?;
         if part.len() != 2 {
             return Err(bad());

@@ -266,7 +266,7 @@ mod tests {
         ] {
             match parse_kernel_ip_arg(arg) {
                 Err(NetstackError::InvalidKernelIpArg { reason: r, .. }) => {
-                    assert!(r.contains(reason), "{arg}: {r}")
+                    assert!(r.contains(reason), "{arg}: {r}");
                 }
                 other => panic!("{arg}: {other:?}"),
             }

@@ -54,7 +54,7 @@ impl TapDevice {
         loop {
             match self.file.read(&mut self.rx_buf) {
                 Ok(0) => return None,
-                Ok(n) if n <= self.vnet.len() => continue, // runt: skip it
+                Ok(n) if n <= self.vnet.len() => {} // runt: skip it
                 Ok(n) => {
                     let (hdr, frame) = self.rx_buf[..n].split_at_mut(self.vnet.len());
                     complete_checksum(hdr, frame);
@@ -63,7 +63,7 @@ impl TapDevice {
                     capture::record(&mut self.captured, &frame);
                     return Some(frame);
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return None, // WouldBlock, or the TAP went away: nothing to read
             }
         }

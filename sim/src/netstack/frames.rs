@@ -36,7 +36,7 @@ pub fn udp_frame(addrs: FrameAddrs, src_port: u16, dst_port: u16, payload: &[u8]
             payload.len(),
             |p| p.copy_from_slice(payload),
             &ChecksumCapabilities::default(),
-        )
+        );
     })
 }
 
@@ -62,7 +62,7 @@ pub fn tcp_syn_frame(addrs: FrameAddrs, src_port: u16, dst_port: u16, seq: u32) 
             &IpAddress::Ipv4(addrs.src_ip),
             &IpAddress::Ipv4(addrs.dst_ip),
             &ChecksumCapabilities::default(),
-        )
+        );
     })
 }
 
@@ -77,7 +77,7 @@ pub fn icmp_echo_frame(addrs: FrameAddrs, ident: u16, seq_no: u16, data: &[u8]) 
         icmp.emit(
             &mut Icmpv4Packet::new_unchecked(buf),
             &ChecksumCapabilities::default(),
-        )
+        );
     })
 }
 

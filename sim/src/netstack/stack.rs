@@ -214,8 +214,7 @@ impl Stack {
             let delay = self
                 .iface
                 .poll_delay(SmolInstant::now(), &self.sockets)
-                .map(|d| Duration::from_micros(d.total_micros()))
-                .unwrap_or(MAX_SLEEP)
+                .map_or(MAX_SLEEP, |d| Duration::from_micros(d.total_micros()))
                 .min(MAX_SLEEP);
             self.sleep(delay);
         }
@@ -276,90 +275,25 @@ impl Stack {
                 server,
                 timeout,
                 reply,
-            } => {
-                let deadline = Deadline::after(now, timeout);
-                let mut socket = udp::Socket::new(
-                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8 * 1500]),
-                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4 * 600]),
-                );
-                let port = self.ephemeral_port();
-                if let Err(e) = socket.bind(port) {
-                    let _ = reply.send(Err(socket_error("bind", e)));
-                    return;
-                }
-                let id = rand::random();
-                self.ops.push(Op::Resolve(ResolveOp {
-                    socket: self.sockets.add(socket),
-                    query: dns::build_query(id, &name),
-                    name,
-                    server,
-                    id,
-                    next_send: now,
-                    deadline,
-                    reply,
-                }));
-            }
+            } => self.start_resolve(now, name, server, timeout, reply),
             Command::TcpConnect {
                 peer,
                 payload,
                 timeout,
                 reply,
-            } => {
-                let deadline = Deadline::after(now, timeout);
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-                    tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-                );
-                let port = self.ephemeral_port();
-                let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
-                if let Err(e) = socket.connect(self.iface.context(), remote, port) {
-                    let _ = reply.send(Err(socket_error("connect", e)));
-                    return;
-                }
-                self.ops.push(Op::Tcp(TcpOp {
-                    socket: self.sockets.add(socket),
-                    peer,
-                    payload,
-                    sent: 0,
-                    established: false,
-                    peer_fin: false,
-                    received: Vec::new(),
-                    deadline,
-                    reply,
-                }));
-            }
+            } => self.start_tcp_connect(now, peer, payload, timeout, reply),
             Command::Ping {
                 addr,
                 timeout,
                 reply,
-            } => {
-                let deadline = Deadline::after(now, timeout);
-                let mut socket = icmp::Socket::new(
-                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 256]),
-                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
-                );
-                let ident = rand::random();
-                if let Err(e) = socket.bind(icmp::Endpoint::Ident(ident)) {
-                    let _ = reply.send(Err(socket_error("bind", e)));
-                    return;
-                }
-                self.ops.push(Op::Ping(PingOp {
-                    socket: self.sockets.add(socket),
-                    addr,
-                    ident,
-                    sent: Vec::new(),
-                    next_send: now,
-                    deadline,
-                    reply,
-                }));
-            }
+            } => self.start_ping(now, addr, timeout, reply),
             Command::NeighborMac { ip, timeout, reply } => {
                 self.ops.push(Op::Neighbor(NeighborOp {
                     ip,
                     next_send: now,
                     deadline: Deadline::after(now, timeout),
                     reply,
-                }))
+                }));
             }
             Command::ServeTcp {
                 port,
@@ -371,11 +305,105 @@ impl Stack {
                         socket,
                         port,
                         response,
-                    })
+                    });
                 });
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// A DNS query for `name` to `server`, retried until an answer or the deadline.
+    fn start_resolve(
+        &mut self,
+        now: Instant,
+        name: String,
+        server: Ipv4Addr,
+        timeout: Duration,
+        reply: Reply<Ipv4Addr>,
+    ) {
+        let deadline = Deadline::after(now, timeout);
+        let mut socket = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8 * 1500]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4 * 600]),
+        );
+        let port = self.ephemeral_port();
+        if let Err(e) = socket.bind(port) {
+            let _ = reply.send(Err(socket_error("bind", e)));
+            return;
+        }
+        let id = rand::random();
+        self.ops.push(Op::Resolve(ResolveOp {
+            socket: self.sockets.add(socket),
+            query: dns::build_query(id, &name),
+            name,
+            server,
+            id,
+            next_send: now,
+            deadline,
+            reply,
+        }));
+    }
+
+    /// A TCP connection to `peer` that sends `payload` and reads the answer until the peer closes.
+    fn start_tcp_connect(
+        &mut self,
+        now: Instant,
+        peer: SocketAddrV4,
+        payload: Vec<u8>,
+        timeout: Duration,
+        reply: Reply<Vec<u8>>,
+    ) {
+        let deadline = Deadline::after(now, timeout);
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+        );
+        let port = self.ephemeral_port();
+        let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
+        if let Err(e) = socket.connect(self.iface.context(), remote, port) {
+            let _ = reply.send(Err(socket_error("connect", e)));
+            return;
+        }
+        self.ops.push(Op::Tcp(TcpOp {
+            socket: self.sockets.add(socket),
+            peer,
+            payload,
+            sent: 0,
+            established: false,
+            peer_fin: false,
+            received: Vec::new(),
+            deadline,
+            reply,
+        }));
+    }
+
+    /// ICMP echo requests to `addr` until one is answered or the deadline.
+    fn start_ping(
+        &mut self,
+        now: Instant,
+        addr: Ipv4Addr,
+        timeout: Duration,
+        reply: Reply<Duration>,
+    ) {
+        let deadline = Deadline::after(now, timeout);
+        let mut socket = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 256]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
+        );
+        let ident = rand::random();
+        if let Err(e) = socket.bind(icmp::Endpoint::Ident(ident)) {
+            let _ = reply.send(Err(socket_error("bind", e)));
+            return;
+        }
+        self.ops.push(Op::Ping(PingOp {
+            socket: self.sockets.add(socket),
+            addr,
+            ident,
+            sent: Vec::new(),
+            next_send: now,
+            deadline,
+            reply,
+        }));
     }
 
     fn listen(&mut self, port: u16) -> Result<SocketHandle, NetstackError> {

@@ -185,7 +185,7 @@ fn ping_and_arp_time_out_when_nobody_answers() {
     let started = Instant::now();
     match guest.ping_within(HOST_IP, Duration::from_millis(300)) {
         Err(NetstackError::Timeout { after, .. }) => {
-            assert_eq!(after, Duration::from_millis(300))
+            assert_eq!(after, Duration::from_millis(300));
         }
         other => panic!("expected a timeout, got {other:?}"),
     }

@@ -346,7 +346,7 @@ fn metrics_only_once_and_logger_pre_boot_only() {
     v.handle(boot_source(dir.path()));
     v.handle(start());
     assert_eq!(
-        fault(v.handle(Action::PutLogger(Default::default()))),
+        fault(v.handle(Action::PutLogger(Logger::default()))),
         NOT_AFTER_BOOT
     );
     assert_eq!(

@@ -1,6 +1,12 @@
 //! Helpers for the simulator's integration tests: spawn the built `firecracker-sim` binary in
 //! a temporary directory, wait for its API socket, and speak HTTP/1.1 to it over the Unix
 //! socket (keep-alive), plus the hybrid-vsock handshake.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive the simulator binary and real tools directly"
+)]
+// `allow`, not `expect` (the house rule elsewhere): whether anything here goes unused depends
+// on the test binary that includes this module, so an `expect` would fail in some of them.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the helpers"

@@ -49,9 +49,7 @@ pub trait BlockOps: Send {
 /// ioctl. The error names what is missing.
 pub fn probe_dm() -> Result<(), String> {
     let dm = DM::new().map_err(|e| {
-        let in_kernel = fs::read_to_string("/proc/misc")
-            .map(|m| m.contains("device-mapper"))
-            .unwrap_or(false);
+        let in_kernel = fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper"));
         if in_kernel {
             format!("cannot open /dev/mapper/control: {e}")
         } else {

@@ -75,9 +75,9 @@ fn copy_range(src: &File, dst: &File, off: i64, len: i64) -> io::Result<()> {
         let n = unsafe {
             libc::copy_file_range(
                 src.as_raw_fd(),
-                &mut off_in,
+                &raw mut off_in,
                 dst.as_raw_fd(),
-                &mut off_out,
+                &raw mut off_out,
                 want,
                 0,
             )
@@ -260,9 +260,9 @@ mod tests {
     fn sparse_base(dir: &Path) -> PathBuf {
         let path = dir.join("base.img");
         let mut f = File::create(&path).unwrap();
-        f.write_all(&[0xAB; 65536]).unwrap();
+        f.write_all(&vec![0xAB; 65536]).unwrap();
         f.seek(SeekFrom::Start(2 << 20)).unwrap();
-        f.write_all(&[0xCD; 65536]).unwrap();
+        f.write_all(&vec![0xCD; 65536]).unwrap();
         f.set_len(4 << 20).unwrap();
         path
     }

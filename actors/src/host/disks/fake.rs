@@ -194,7 +194,10 @@ impl FakeDisks {
 
     /// Runs `f` on the shared state.
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeDisksState) -> R) -> R {
-        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The calls so far.

@@ -241,7 +241,7 @@ impl DisksDir {
             };
             out.entry(vm).or_default().files.insert(role, entry.path());
         }
-        for (vm, found) in out.iter_mut() {
+        for (vm, found) in &mut out {
             if found.files.contains_key(&FileRole::Manifest) {
                 found.manifest = self.read(vm).ok().flatten();
             }

@@ -167,7 +167,7 @@ impl FakeLinks {
         // A panicking test thread must not hide the table from the others.
         self.state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every call so far, in order.

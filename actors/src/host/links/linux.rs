@@ -34,7 +34,7 @@ pub struct LinuxLinks {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The backend's own thread. The kernel does its work inside our system calls: registering a
-/// TAP (TUNSETIFF) or deleting a link (RTM_DELLINK, which waits for an RCU grace period)
+/// TAP (TUNSETIFF) or deleting a link (`RTM_DELLINK`, which waits for an RCU grace period)
 /// blocks the calling thread for up to tens of milliseconds. So the netlink socket and its
 /// connection task, and the TUN ioctls, all live on this thread, never on the actor's. It is
 /// spawned by the thread creating [`LinuxLinks`] and so shares its network namespace; it

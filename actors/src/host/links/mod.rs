@@ -55,7 +55,7 @@ pub struct PortSpec {
     pub bridge_index: u32,
     /// MTU of the port.
     pub mtu: u32,
-    /// Whether the port is an isolated bridge port (IFLA_BRPORT_ISOLATED): isolated ports
+    /// Whether the port is an isolated bridge port (`IFLA_BRPORT_ISOLATED`): isolated ports
     /// cannot exchange frames with each other, only with non-isolated ports (the bridge itself).
     pub isolated: bool,
 }

@@ -43,9 +43,9 @@ pub(super) fn create_persistent_tap(spec: &TapSpec) -> Result<(), LinksError> {
     req.ifr_ifru.ifru_flags = CREATE_FLAGS as libc::c_short;
 
     // SAFETY: fd is an open /dev/net/tun descriptor and req a valid ifreq that outlives the call.
-    match unsafe { tun_set_iff(fd.as_raw_fd(), &req) } {
+    match unsafe { tun_set_iff(fd.as_raw_fd(), &raw const req) } {
         Ok(_) => {}
-        Err(nix::Error::EBUSY) | Err(nix::Error::EEXIST) => {
+        Err(nix::Error::EBUSY | nix::Error::EEXIST) => {
             return Err(LinksError::Exists {
                 name: spec.name.clone(),
             })

@@ -70,7 +70,9 @@ impl FakeProcesses {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes `signal` do nothing (e.g. a VMM that ignores SIGTERM).

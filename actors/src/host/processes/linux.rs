@@ -129,7 +129,7 @@ impl Process for LinuxProcess {
             revents: 0,
         };
         // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        let n = unsafe { libc::poll(&raw mut pfd, 1, 0) };
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 }

@@ -51,7 +51,7 @@ impl FileActions {
         // SAFETY: the struct is plain data that posix_spawn_file_actions_init initialises.
         let mut fa: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
         // SAFETY: `fa` is a valid, writable posix_spawn_file_actions_t.
-        check(unsafe { libc::posix_spawn_file_actions_init(&mut fa) })?;
+        check(unsafe { libc::posix_spawn_file_actions_init(&raw mut fa) })?;
         Ok(FileActions(fa))
     }
 }
@@ -59,7 +59,7 @@ impl FileActions {
 impl Drop for FileActions {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+        unsafe { libc::posix_spawn_file_actions_destroy(&raw mut self.0) };
     }
 }
 
@@ -71,7 +71,7 @@ impl Attr {
         // SAFETY: the struct is plain data that posix_spawnattr_init initialises.
         let mut attr: libc::posix_spawnattr_t = unsafe { std::mem::zeroed() };
         // SAFETY: `attr` is a valid, writable posix_spawnattr_t.
-        check(unsafe { libc::posix_spawnattr_init(&mut attr) })?;
+        check(unsafe { libc::posix_spawnattr_init(&raw mut attr) })?;
         Ok(Attr(attr))
     }
 }
@@ -79,7 +79,7 @@ impl Attr {
 impl Drop for Attr {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, destroyed once.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+        unsafe { libc::posix_spawnattr_destroy(&raw mut self.0) };
     }
 }
 
@@ -126,37 +126,54 @@ pub fn spawn_closed(
     // library copies what it keeps.
     unsafe {
         check(libc::posix_spawn_file_actions_addopen(
-            &mut fa.0,
+            &raw mut fa.0,
             0,
             devnull.as_ptr(),
             libc::O_RDONLY,
             0,
         ))?;
-        check(libc::posix_spawn_file_actions_adddup2(&mut fa.0, out, 1))?;
-        check(libc::posix_spawn_file_actions_adddup2(&mut fa.0, out, 2))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &raw mut fa.0,
+            out,
+            1,
+        ))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &raw mut fa.0,
+            out,
+            2,
+        ))?;
         check(libc::posix_spawn_file_actions_addchdir_np(
-            &mut fa.0,
+            &raw mut fa.0,
             cwd.as_ptr(),
         ))?;
         // Last: closes `out` itself (>= 3) and everything else hearthd has open.
-        check(libc::posix_spawn_file_actions_addclosefrom_np(&mut fa.0, 3))?;
+        check(libc::posix_spawn_file_actions_addclosefrom_np(
+            &raw mut fa.0,
+            3,
+        ))?;
     }
 
     let mut attr = Attr::new()?;
     // SAFETY: see above; the sigsets are initialised by sigfillset/sigemptyset first.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
+        libc::sigfillset(&raw mut all);
         let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
+        libc::sigemptyset(&raw mut none);
         // Rust ignores SIGPIPE and a runtime may block signals: the VMM starts clean.
-        check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all))?;
-        check(libc::posix_spawnattr_setsigmask(&mut attr.0, &none))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            &raw mut attr.0,
+            &raw const all,
+        ))?;
+        check(libc::posix_spawnattr_setsigmask(
+            &raw mut attr.0,
+            &raw const none,
+        ))?;
         // Its own process group: a Ctrl-C or `kill -- -<pgid>` aimed at hearthd's group
         // never reaches the VM. No parent-death signal: the VM must outlive hearthd.
-        check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
+        check(libc::posix_spawnattr_setpgroup(&raw mut attr.0, 0))?;
         check(libc::posix_spawnattr_setflags(
-            &mut attr.0,
+            &raw mut attr.0,
             (libc::POSIX_SPAWN_SETPGROUP
                 | libc::POSIX_SPAWN_SETSIGDEF
                 | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
@@ -168,10 +185,10 @@ pub fn spawn_closed(
     // the return value.
     check(unsafe {
         libc::posix_spawnp(
-            &mut pid,
+            &raw mut pid,
             prog.as_ptr(),
-            &fa.0,
-            &attr.0,
+            &raw const fa.0,
+            &raw const attr.0,
             argv.as_ptr(),
             envp.as_ptr(),
         )
@@ -211,7 +228,7 @@ mod tests {
         v
     }
 
-    /// A pipe without O_CLOEXEC, as a careless C library would open it.
+    /// A pipe without `O_CLOEXEC`, as a careless C library would open it.
     fn inheritable_pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two fds into the array.
@@ -245,9 +262,7 @@ mod tests {
                 (1, out_path.clone()),
                 (2, out_path)
             ],
-            "pipe {:?}/{:?} leaked",
-            r,
-            w
+            "pipe {r:?}/{w:?} leaked"
         );
     }
 

@@ -1,18 +1,18 @@
 //! An in-process hearth host for examples and benchmarks that drive `VmSupervisor` directly
 //! (the calling process plays hearthd): a private "host" namespace with an "upstream"
 //! namespace behind its egress veth `wan0` and a default route, a short temporary directory
-//! with the data and run directories, an image store holding a kernel (`vmlinux`, an x86_64
+//! with the data and run directories, an image store holding a kernel (`vmlinux`, an `x86_64`
 //! ELF header: the simulator boots anything) and a real ext4 root filesystem (`base`), and a
 //! [`Config`] pointing at `firecracker-sim`. Dropping the host SIGKILLs every VMM process
 //! whose API socket lies under its run directory (they run in their own process groups and
 //! would outlive this process), then deletes both namespaces and the directory, so nothing is
 //! left behind on failure either.
 //!
-//! Include with `mod common; #[path = "common/fc_sim.rs"] mod fc_sim;
-//! #[path = "common/vm_host.rs"] mod vm_host;` (paths relative to the including file).
-#![allow(
-    dead_code,
-    reason = "each example uses a different part of the helpers"
+//! Test support: only with the `testing` feature, which the crate's own tests and examples
+//! get through its dev-dependency on itself, so release binaries do not carry it.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "test support: it runs mkfs.ext4 and removes the host directory it made"
 )]
 
 use std::path::{Path, PathBuf};
@@ -20,14 +20,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use hearth::config::Config;
-use hearth::images::ImageStore;
 use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
 use hearth_actors::supervisor::SupervisorMetrics;
 use hearth_proto::api_images::ImageKind;
+use hearth_testkit::{self as common, fc_sim, NetNs};
 
-use crate::common::{self, NetNs};
-use crate::fc_sim;
+use crate::config::Config;
+use crate::images::ImageStore;
 
 /// Name of the kernel image in the store.
 pub const KERNEL: &str = "vmlinux";
@@ -88,9 +87,7 @@ impl VmHost {
         ns.exec_ok(&["ip", "route", "add", "default", "via", UPSTREAM_ADDR]);
 
         let mut config = Config::new();
-        config.data_dir = data_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.path().join("data"));
+        config.data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         config.run_dir = dir.path().join("run");
         config.firecracker_bin = Some(fc_sim::sim_binary());
         config.network.egress_interface = Some("wan0".into());
@@ -116,7 +113,7 @@ impl VmHost {
         // A kernel the image store and Firecracker's loader (and so the simulator) accept.
         std::fs::write(
             src.join("vmlinux"),
-            firecracker_sim::kernel::minimal_vmlinux(),
+            hearth_testkit::vmlinux::minimal_vmlinux(),
         )?;
         let rootfs = src.join("rootfs.ext4");
         std::fs::File::create(&rootfs)?.set_len(rootfs_mib << 20)?;
@@ -219,7 +216,7 @@ impl std::fmt::Display for Leaks {
 }
 
 fn count_entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }
 
 /// Pids of processes with `<run>/` on their command line.
@@ -233,8 +230,7 @@ pub fn vmm_pids(run: &Path) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
         })
         .collect()
 }
@@ -263,8 +259,7 @@ pub fn phase_delta(
         m.phase_seconds
             .iter()
             .find(|(p, _)| *p == phase)
-            .map(|(_, h)| (h.count(), h.sum))
-            .unwrap_or((0, 0.0))
+            .map_or((0, 0.0), |(_, h)| (h.count(), h.sum))
     };
     PHASES
         .iter()

@@ -1,21 +1,16 @@
 //! Helpers for tests and examples that run `firecracker-sim` under `FirecrackerActor`:
-//! locating the simulator binary, wrapping it with per-VM knobs, collecting VM events.
+//! locating the simulator binary, wrapping it with per-VM knobs, and (feature `actors`)
+//! collecting VM events.
 //!
 //! The simulator is found at `$HEARTH_FC_SIM` if set, else next to the running test or example
 //! binary (`target/<profile>/firecracker-sim`, two levels above `target/<profile>/deps/..` or
 //! one above `target/<profile>/examples/..`). Build it first with
 //! `cargo build -p firecracker-sim` (add `--release` for release-profile runs).
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the harness"
-)]
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use actix::{Actor, Context, Handler};
-use hearth_actors::firecracker::VmProcessEvent;
-use tokio::sync::mpsc;
+#[cfg(feature = "actors")]
+pub use sink::{event_sink, EventSink};
 
 /// The path of the `firecracker-sim` binary; panics with instructions when it is missing.
 pub fn sim_binary() -> PathBuf {
@@ -58,25 +53,33 @@ pub fn sim_wrapper(dir: &Path, name: &str, env: &[(&str, &str)], ignore_sigterm:
     path
 }
 
-/// An actor that forwards `VmProcessEvent`s into a channel.
-pub struct EventSink(pub mpsc::UnboundedSender<VmProcessEvent>);
+/// The event sink, which needs `hearth-actors`.
+#[cfg(feature = "actors")]
+mod sink {
+    use actix::{Actor, Context, Handler};
+    use hearth_actors::firecracker::VmProcessEvent;
+    use tokio::sync::mpsc;
 
-impl Actor for EventSink {
-    type Context = Context<Self>;
-}
+    /// An actor that forwards `VmProcessEvent`s into a channel.
+    pub struct EventSink(pub mpsc::UnboundedSender<VmProcessEvent>);
 
-impl Handler<VmProcessEvent> for EventSink {
-    type Result = ();
-    fn handle(&mut self, ev: VmProcessEvent, _: &mut Context<Self>) {
-        let _ = self.0.send(ev);
+    impl Actor for EventSink {
+        type Context = Context<Self>;
     }
-}
 
-/// A started sink and the receiving end of its events.
-pub fn event_sink() -> (
-    actix::Recipient<VmProcessEvent>,
-    mpsc::UnboundedReceiver<VmProcessEvent>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (EventSink(tx).start().recipient(), rx)
+    impl Handler<VmProcessEvent> for EventSink {
+        type Result = ();
+        fn handle(&mut self, ev: VmProcessEvent, _: &mut Context<Self>) {
+            let _ = self.0.send(ev);
+        }
+    }
+
+    /// A started sink and the receiving end of its events.
+    pub fn event_sink() -> (
+        actix::Recipient<VmProcessEvent>,
+        mpsc::UnboundedReceiver<VmProcessEvent>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink(tx).start().recipient(), rx)
+    }
 }

@@ -9,10 +9,8 @@
 //! download; and a kernel that provably does nothing (it halts with interrupts masked, so the
 //! vCPU sleeps inside KVM and never reacts to the i8042 Ctrl+Alt+Del interrupt) makes "the
 //! guest ignores Ctrl+Alt+Del" a fact of the test rather than of the machine.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
+//!
+//! Only with the `sim` feature (the bytes come from `firecracker-sim`).
 
 use std::path::Path;
 

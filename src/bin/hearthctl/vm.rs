@@ -1,0 +1,311 @@
+//! `hearthctl vm ...`: microVMs. [`VmCmd`] lists the subcommands and [`run`] sends each to its
+//! own function; a new subcommand is a variant and a function (or, when it brings much code of
+//! its own, a file beside this one holding its arguments and its function).
+
+use clap::{Args, Subcommand, ValueEnum};
+use hearth::client::{ApiPath, Client, Method};
+use hearth_proto::api::{parse_label, CreateVm, SetNat, VmInfo, VmState};
+
+use crate::output::{labels, on_off, print_json, table};
+use crate::{usage, Out};
+
+/// The `vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum VmCmd {
+    /// Create and boot a VM.
+    Create(CreateArgs),
+    /// List VMs.
+    #[command(alias = "ls")]
+    List {
+        /// Only VMs carrying this label `key=value`.
+        #[arg(long, value_parser = parse_label)]
+        label: Option<(String, String)>,
+    },
+    /// Show one VM.
+    Get {
+        /// The VM.
+        name: String,
+    },
+    /// Start a stopped, crashed or failed VM.
+    Start {
+        /// The VM.
+        name: String,
+    },
+    /// Stop a VM (Ctrl+Alt+Del, then SIGTERM, then SIGKILL).
+    Stop {
+        /// The VM.
+        name: String,
+    },
+    /// Kill a VM's VMM at once.
+    Kill {
+        /// The VM.
+        name: String,
+    },
+    /// Stop (if running), then start.
+    Restart {
+        /// The VM.
+        name: String,
+    },
+    /// Delete a VM and everything it holds.
+    #[command(alias = "delete")]
+    Rm {
+        /// The VM.
+        name: String,
+    },
+    /// Switch a VM's outbound NAT.
+    Nat {
+        /// The VM.
+        name: String,
+        /// On or off.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Wait until a VM is in a state.
+    Wait {
+        /// The VM.
+        name: String,
+        /// The state to wait for.
+        #[arg(long, value_parser = parse_state)]
+        state: VmState,
+        /// How long to wait (500ms, 30s, 2m; at most 10m).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+}
+
+/// The arguments of `vm create`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// The VM's name (a DNS label).
+    name: String,
+    /// Kernel image.
+    #[arg(long)]
+    kernel: String,
+    /// Root filesystem image.
+    #[arg(long)]
+    rootfs: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Give the guest outbound access through NAT.
+    #[arg(long)]
+    nat: bool,
+    /// Call the VM running without waiting for its agent.
+    #[arg(long)]
+    no_ready_probe: bool,
+    /// A label `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Extra kernel command-line arguments.
+    #[arg(long)]
+    boot_args: Option<String>,
+    /// Makes a retried create a no-op (sent as `Idempotency-Key`).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// `on` or `off`, for `vm nat`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
+}
+
+fn parse_state(s: &str) -> Result<VmState, String> {
+    s.parse()
+}
+
+/// Runs one `vm` subcommand.
+pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
+    match cmd {
+        VmCmd::Create(args) => create(c, json, args),
+        VmCmd::List { label } => list(c, json, label),
+        VmCmd::Get { name } => get(c, json, &name),
+        VmCmd::Start { name } => action(c, json, &name, "start"),
+        VmCmd::Stop { name } => action(c, json, &name, "stop"),
+        VmCmd::Kill { name } => action(c, json, &name, "kill"),
+        VmCmd::Restart { name } => action(c, json, &name, "restart"),
+        VmCmd::Rm { name } => remove(c, json, &name),
+        VmCmd::Nat { name, state } => nat(c, json, &name, state),
+        VmCmd::Wait {
+            name,
+            state,
+            timeout,
+        } => wait(c, json, &name, state, &timeout),
+    }
+}
+
+/// `hearthctl vm create`: checks the spec here first (bad input is exit 2, nothing sent).
+fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
+    let spec = CreateVm {
+        name: args.name,
+        kernel: args.kernel,
+        rootfs: args.rootfs,
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        disk_size: None,
+        boot_args: args.boot_args,
+        nat: args.nat,
+        ready_probe: !args.no_ready_probe,
+        labels: args.labels.into_iter().collect(),
+    };
+    spec.validate().map_err(|e| usage(e.to_string()))?;
+    let headers: Vec<(&str, &str)> = args
+        .idempotency_key
+        .as_deref()
+        .map(|k| ("Idempotency-Key", k))
+        .into_iter()
+        .collect();
+    let vm: VmInfo = c.send_json(Method::POST, ApiPath::new("/v1/vms"), &headers, &spec)?;
+    show_vm(json, &vm);
+    Ok(())
+}
+
+/// `hearthctl vm list [--label k=v]`.
+fn list(c: &Client, json: bool, label: Option<(String, String)>) -> Out {
+    let path = match label {
+        Some((k, v)) => ApiPath::new("/v1/vms").query("label", format!("{k}={v}")),
+        None => ApiPath::new("/v1/vms"),
+    };
+    let vms: Vec<VmInfo> = c.get(path)?;
+    if json {
+        print_json(&vms);
+        return Ok(());
+    }
+    table(
+        &[
+            "NAME", "STATE", "IP", "NAT", "VCPUS", "MEMORY", "PID", "LABELS",
+        ],
+        vms.iter()
+            .map(|vm| {
+                vec![
+                    vm.name.clone(),
+                    vm.state.to_string(),
+                    vm.guest_ip.map_or("-".into(), |i| i.to_string()),
+                    on_off(vm.nat).into(),
+                    vm.spec.vcpus.to_string(),
+                    format!("{} MiB", vm.spec.memory_mib),
+                    vm.pid.map_or("-".into(), |p| p.to_string()),
+                    labels(&vm.spec.labels),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+/// `hearthctl vm get NAME`.
+fn get(c: &Client, json: bool, name: &str) -> Out {
+    let vm: VmInfo = c.get(ApiPath::new("/v1/vms").segment(name))?;
+    show_vm(json, &vm);
+    Ok(())
+}
+
+/// `hearthctl vm start|stop|kill|restart NAME`: `POST /v1/vms/NAME/VERB`.
+fn action(c: &Client, json: bool, name: &str, verb: &str) -> Out {
+    let vm: VmInfo = c
+        .request(
+            Method::POST,
+            ApiPath::new("/v1/vms").segment(name).segment(verb),
+            &[],
+            None,
+        )?
+        .ok()?
+        .json()?;
+    show_state(json, &vm);
+    Ok(())
+}
+
+/// `hearthctl vm rm NAME`.
+fn remove(c: &Client, json: bool, name: &str) -> Out {
+    c.request(
+        Method::DELETE,
+        ApiPath::new("/v1/vms").segment(name),
+        &[],
+        None,
+    )?
+    .ok()?;
+    if !json {
+        println!("Deleted {name}");
+    }
+    Ok(())
+}
+
+/// `hearthctl vm nat NAME on|off`.
+fn nat(c: &Client, json: bool, name: &str, state: OnOff) -> Out {
+    let enabled = matches!(state, OnOff::On);
+    let vm: VmInfo = c.send_json(
+        Method::PUT,
+        ApiPath::new("/v1/vms").segment(name).segment("nat"),
+        &[],
+        &SetNat { enabled },
+    )?;
+    if json {
+        print_json(&vm);
+    } else {
+        println!("{}: NAT {}", vm.name, on_off(vm.nat));
+    }
+    Ok(())
+}
+
+/// `hearthctl vm wait NAME --state STATE [--timeout T]`.
+fn wait(c: &Client, json: bool, name: &str, state: VmState, timeout: &str) -> Out {
+    let vm: VmInfo = c.get(
+        ApiPath::new("/v1/vms")
+            .segment(name)
+            .segment("wait")
+            .query("state", state)
+            .query("timeout", timeout),
+    )?;
+    show_state(json, &vm);
+    Ok(())
+}
+
+/// A VM as JSON, or `name: state`.
+fn show_state(json: bool, vm: &VmInfo) {
+    if json {
+        print_json(vm);
+    } else {
+        println!("{}: {}", vm.name, vm.state);
+    }
+}
+
+/// A VM as JSON, or one `key: value` line per field it has.
+fn show_vm(json: bool, vm: &VmInfo) {
+    if json {
+        print_json(vm);
+        return;
+    }
+    let s = &vm.spec;
+    let mut rows = vec![
+        ("name", vm.name.clone()),
+        ("state", vm.state.to_string()),
+        ("kernel", s.kernel.clone()),
+        ("rootfs", s.rootfs.clone()),
+        ("vcpus", s.vcpus.to_string()),
+        ("memory", format!("{} MiB", s.memory_mib)),
+        ("nat", on_off(vm.nat).into()),
+        ("ready probe", on_off(s.ready_probe).into()),
+    ];
+    if let Some(ip) = vm.guest_ip {
+        rows.push(("guest ip", ip.to_string()));
+    }
+    if let Some(tap) = &vm.tap {
+        rows.push(("tap", tap.clone()));
+    }
+    if let Some(pid) = vm.pid {
+        rows.push(("pid", pid.to_string()));
+    }
+    if !s.labels.is_empty() {
+        rows.push(("labels", labels(&s.labels)));
+    }
+    if let Some(e) = &vm.last_error {
+        rows.push(("last error", e.clone()));
+    }
+    for (k, v) in rows {
+        println!("{:<12} {v}", format!("{k}:"));
+    }
+}
