@@ -26,6 +26,8 @@ use tokio::runtime::Runtime;
 
 pub use http::Method;
 
+pub mod untar;
+
 /// The largest answer [`Client::request`] reads (event pages and VM lists are far smaller).
 pub const MAX_BODY: usize = 16 << 20;
 /// The longest line of a streamed answer (one event, one progress update).
