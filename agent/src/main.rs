@@ -3,7 +3,9 @@
 use std::os::unix::net::UnixListener;
 
 use anyhow::Context;
-use hearth_agent::{parse_args, serve_connection, Listen};
+use std::sync::Arc;
+
+use hearth_agent::{parse_args, serve_connection, Conn, Listen, Table};
 
 fn main() -> anyhow::Result<()> {
     let args = match parse_args(std::env::args().skip(1)) {
@@ -16,6 +18,12 @@ fn main() -> anyhow::Result<()> {
     // A peer that vanishes mid-write must not kill the agent.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    ensure_std_fds();
+    // Orphans of session processes become ours, as they would if we ran as PID 1: the reaper
+    // reaps them, and this path is exercised outside a guest too.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let table = Arc::new(Table::new());
     match args.listen {
         Listen::Vsock { port } => {
             let listener = vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, port)
@@ -26,7 +34,7 @@ fn main() -> anyhow::Result<()> {
             );
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => spawn_serve(stream),
+                    Ok(stream) => spawn_serve(stream, table.clone()),
                     Err(e) => eprintln!("hearth-agent: accept failed: {e}"),
                 }
             }
@@ -46,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             );
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => spawn_serve(stream),
+                    Ok(stream) => spawn_serve(stream, table.clone()),
                     Err(e) => eprintln!("hearth-agent: accept failed: {e}"),
                 }
             }
@@ -55,9 +63,22 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_serve<S: std::io::Read + std::io::Write + Send + 'static>(stream: S) {
+/// Opens /dev/null on any of fds 0..=2 that is closed (an init may start the agent so), so
+/// pipes made for sessions never land there.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries; open returns a new fd we deliberately leak.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+}
+
+fn spawn_serve<S: Conn>(stream: S, table: Arc<Table>) {
     std::thread::spawn(move || {
-        if let Err(e) = serve_connection(stream) {
+        if let Err(e) = serve_connection(stream, &table) {
             eprintln!("hearth-agent: connection ended: {e}");
         }
     });

@@ -1,48 +1,66 @@
 //! Serving one connection: read a request line, answer one response line, until the peer
 //! closes. Malformed lines get an error response; an over-long line closes the connection.
+//! `exec` (attached), `attach`, `get_archive` and `put_archive` switch the connection to
+//! frames after their `ok` line ([`crate::exec::stream`], [`crate::files`]); it ends with them.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use hearth_proto::agent::{
     codes, decode_envelope, encode_error, encode_error_in, encode_ok_in, read_line,
-    AgentProtoError, ErrorBody, PingReply, Request,
+    AgentProtoError, Empty, ErrorBody, ExecList, ExecStarted, PingReply, Request,
 };
 
-use crate::{net, sysinfo};
+use crate::conn::Conn;
+use crate::exec::{stream, Table};
+use crate::{files, net, sysinfo};
 
-/// Answers one request line with one response line (`\n` included), in the request's version.
-pub fn handle_request(line: &[u8]) -> Vec<u8> {
+/// Answers one request line that stays a request/response exchange, in the request's version.
+/// Ops that switch to frames are answered `bad_request` here (they need a connection).
+pub fn handle_request(line: &[u8], table: &Table) -> Vec<u8> {
     let envelope = match decode_envelope(line) {
         Ok(e) => e,
         Err(e) => return encode_error(&e.to_error_body()),
     };
-    let v = envelope.v;
-    match envelope.request {
-        Request::Ping => match ping() {
-            Ok(reply) => encode_ok_in(v, &reply),
-            Err(e) => encode_error_in(
-                v,
-                &ErrorBody {
-                    code: codes::INTERNAL.into(),
-                    message: e.to_string(),
-                },
-            ),
-        },
-        Request::Resolve(r) => match net::resolve(&r) {
-            Ok(reply) => encode_ok_in(v, &reply),
+    answer_line(envelope.v, envelope.request, table)
+}
+
+fn answer_line(v: u32, request: Request, table: &Table) -> Vec<u8> {
+    fn reply<T: serde::Serialize>(v: u32, r: Result<T, ErrorBody>) -> Vec<u8> {
+        match r {
+            Ok(ok) => encode_ok_in(v, &ok),
             Err(e) => encode_error_in(v, &e),
-        },
-        Request::Connect(c) => match net::connect(&c) {
-            Ok(reply) => encode_ok_in(v, &reply),
-            Err(e) => encode_error_in(v, &e),
-        },
-        // Sessions and files: not served by this build yet (issue 11 in progress).
+        }
+    }
+    match request {
+        Request::Ping => reply(
+            v,
+            ping().map_err(|e| ErrorBody::new(codes::INTERNAL, e.to_string())),
+        ),
+        Request::Resolve(r) => reply(v, net::resolve(&r)),
+        Request::Connect(c) => reply(v, net::connect(&c)),
+        Request::Execs => reply(
+            v,
+            Ok(ExecList {
+                execs: table.list(),
+            }),
+        ),
+        Request::ExecInfo(r) => reply(v, table.get(&r.id).map(|s| s.info())),
+        Request::Signal(s) => reply(v, table.signal(&s.id, s.signal).map(|()| Empty {})),
+        Request::Stat(s) => reply(v, files::stat(Path::new(&s.path))),
+        Request::Exec(e) => reply(
+            v,
+            table.exec(&e, false).map(|s| ExecStarted {
+                id: s.id.clone(),
+                pid: s.pid().unsigned_abs(),
+            }),
+        ),
         other => encode_error_in(
             v,
             &ErrorBody::new(
-                codes::UNKNOWN_OP,
-                format!("op {:?} is not served by this agent", other.op()),
+                codes::BAD_REQUEST,
+                format!("op {:?} needs a connection of its own", other.op()),
             ),
         ),
     }
@@ -56,17 +74,21 @@ fn ping() -> std::io::Result<PingReply> {
     })
 }
 
-/// Serves requests on `stream` until the peer closes it or an I/O error happens.
-pub fn serve_connection<S: Read + Write>(stream: S) -> Result<(), AgentProtoError> {
+fn io_err(source: std::io::Error) -> AgentProtoError {
+    AgentProtoError::Io { source }
+}
+
+/// Serves requests on `stream` until the peer closes it, an I/O error happens, or a request
+/// switched it to frames and that stream ended.
+pub fn serve_connection<S: Conn>(stream: S, table: &Arc<Table>) -> Result<(), AgentProtoError> {
+    let mut writer = stream.try_clone_conn().map_err(io_err)?;
     let mut reader = BufReader::new(stream);
     loop {
         let line = match read_line(&mut reader) {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(()),
             Err(e @ AgentProtoError::LineTooLong { .. }) => {
-                let _ = reader
-                    .get_mut()
-                    .write_all(&encode_error(&e.to_error_body()));
+                let _ = writer.write_all(&encode_error(&e.to_error_body()));
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -74,12 +96,113 @@ pub fn serve_connection<S: Read + Write>(stream: S) -> Result<(), AgentProtoErro
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let reply = handle_request(&line);
-        reader
-            .get_mut()
+        let envelope = match decode_envelope(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                writer
+                    .write_all(&encode_error(&e.to_error_body()))
+                    .map_err(io_err)?;
+                continue;
+            }
+        };
+        let v = envelope.v;
+        if envelope.request.switches_to_frames() {
+            return serve_frames(v, envelope.request, table, writer, reader);
+        }
+        let reply = answer_line(v, envelope.request, table);
+        writer
             .write_all(&reply)
-            .and_then(|()| reader.get_mut().flush())
-            .map_err(|source| AgentProtoError::Io { source })?;
+            .and_then(|()| writer.flush())
+            .map_err(io_err)?;
+    }
+}
+
+/// The ops that answer a line and then carry frames until their stream ends.
+fn serve_frames<S: Conn, R: Read>(
+    v: u32,
+    request: Request,
+    table: &Arc<Table>,
+    mut writer: S,
+    reader: R,
+) -> Result<(), AgentProtoError> {
+    let refuse = |writer: &mut S, e: &ErrorBody| writer.write_all(&encode_error_in(v, e));
+    match request {
+        Request::Exec(e) => {
+            let session = match table.exec(&e, true) {
+                Ok(s) => s,
+                Err(err) => return refuse(&mut writer, &err).map_err(io_err),
+            };
+            let started = ExecStarted {
+                id: session.id.clone(),
+                pid: session.pid().unsigned_abs(),
+            };
+            if let Err(err) = writer.write_all(&encode_ok_in(v, &started)) {
+                // Nobody to stream to: the session goes on, detached.
+                session.lock().attach = None;
+                session.notify();
+                return Err(io_err(err));
+            }
+            stream::run(&session, 0, writer, reader, e.stdin);
+            Ok(())
+        }
+        Request::Attach(a) => {
+            let session = match table.get(&a.id) {
+                Ok(s) => s,
+                Err(err) => return refuse(&mut writer, &err).map_err(io_err),
+            };
+            let gen = stream::attach(&session);
+            // The info after the attach, so it says `attached`.
+            let info = session.info();
+            if let Err(err) = writer.write_all(&encode_ok_in(v, &info)) {
+                let mut st = session.lock();
+                if st.attach.as_ref().is_some_and(|x| x.gen == gen) {
+                    st.attach = None;
+                }
+                drop(st);
+                session.notify();
+                return Err(io_err(err));
+            }
+            stream::run(&session, gen, writer, reader, a.stdin);
+            Ok(())
+        }
+        Request::GetArchive(a) => {
+            let path = Path::new(&a.path);
+            let stat = match files::stat(path) {
+                Ok(s) => s,
+                Err(err) => return refuse(&mut writer, &err).map_err(io_err),
+            };
+            writer.write_all(&encode_ok_in(v, &stat)).map_err(io_err)?;
+            files::get::send(path, &stat, &mut writer);
+            Ok(())
+        }
+        Request::PutArchive(a) => {
+            let path = Path::new(&a.path);
+            // Follows a symlink at the target itself, as `cd` would: it names the directory.
+            let check = match std::fs::metadata(path) {
+                Ok(md) if md.is_dir() => Ok(()),
+                Ok(_) => Err(ErrorBody::new(
+                    codes::NOT_A_DIRECTORY,
+                    format!("{} is not a directory", path.display()),
+                )),
+                Err(e) => Err(files::io_error(path, &e)),
+            };
+            if let Err(err) = check {
+                return refuse(&mut writer, &err).map_err(io_err);
+            }
+            writer
+                .write_all(&encode_ok_in(v, &Empty {}))
+                .map_err(io_err)?;
+            files::put::receive(path, reader, &mut writer);
+            Ok(())
+        }
+        other => refuse(
+            &mut writer,
+            &ErrorBody::new(
+                codes::INTERNAL,
+                format!("op {:?} has no stream", other.op()),
+            ),
+        )
+        .map_err(io_err),
     }
 }
 
@@ -87,12 +210,16 @@ pub fn serve_connection<S: Read + Write>(stream: S) -> Result<(), AgentProtoErro
 mod tests {
     use super::*;
     use hearth_proto::agent::{decode_response, encode_request};
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     #[test]
     fn ping_is_answered_with_boot_id_and_uptime() {
-        let reply: PingReply =
-            decode_response(&handle_request(&encode_request(&Request::Ping))).unwrap();
+        let reply: PingReply = decode_response(&handle_request(
+            &encode_request(&Request::Ping),
+            &Table::new(),
+        ))
+        .unwrap();
         assert_eq!(reply.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(reply.boot_id.len(), 36);
         assert!(reply.uptime_ms > 0);
@@ -100,8 +227,11 @@ mod tests {
 
     #[test]
     fn errors_are_answered_not_dropped() {
-        let err = decode_response::<PingReply>(&handle_request(b"{\"v\":1,\"op\":\"nope\"}\n"))
-            .unwrap_err();
+        let err = decode_response::<PingReply>(&handle_request(
+            b"{\"v\":1,\"op\":\"nope\"}\n",
+            &Table::new(),
+        ))
+        .unwrap_err();
         assert!(
             matches!(err, AgentProtoError::Remote { ref code, .. } if code == codes::UNKNOWN_OP)
         );
@@ -110,7 +240,7 @@ mod tests {
     #[test]
     fn serves_several_requests_on_one_connection() {
         let (mut client, server) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || serve_connection(server));
+        let t = std::thread::spawn(move || serve_connection(server, &Arc::new(Table::new())));
         let mut reader = BufReader::new(client.try_clone().unwrap());
         for _ in 0..3 {
             client.write_all(&encode_request(&Request::Ping)).unwrap();

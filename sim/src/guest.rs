@@ -8,6 +8,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -39,6 +40,8 @@ pub struct Guest {
     boot_id: String,
     /// The guest's network stack, once it runs.
     net: OnceLock<GuestNet>,
+    /// The real agent's socket (`FC_SIM_AGENT_BIN`), once it was started.
+    real_agent: OnceLock<PathBuf>,
 }
 
 /// The guest network stack as the agent uses it.
@@ -74,6 +77,7 @@ impl Guest {
             paused: AtomicBool::new(false),
             boot_id,
             net: OnceLock::new(),
+            real_agent: OnceLock::new(),
         }
     }
 
@@ -85,6 +89,11 @@ impl Guest {
     /// Whether the guest has booted.
     pub fn booted(&self) -> bool {
         self.booted_at.get().is_some()
+    }
+
+    /// Routes the agent port to a real agent listening on `socket` (once).
+    pub fn set_real_agent(&self, socket: PathBuf) {
+        let _ = self.real_agent.set(socket);
     }
 
     /// Gives the agent the guest's network stack (once; later calls are ignored).
@@ -246,6 +255,14 @@ fn serve_connection(mut stream: UnixStream, guest: &Guest, knobs: &Knobs, next_p
     if knobs.no_agent || port != knobs.agent_port || !guest.wait_running(CONNECT_TIMEOUT) {
         return;
     }
+    // The real agent: connect first, so a dead agent looks like nothing listening.
+    let real = match guest.real_agent.get() {
+        Some(socket) => match crate::real_agent::connect(socket, CONNECT_TIMEOUT) {
+            Ok(s) => Some(s),
+            Err(_) => return,
+        },
+        None => None,
+    };
     let host_port = next_port.fetch_add(1, Ordering::SeqCst);
     if stream
         .write_all(format!("OK {host_port}\n").as_bytes())
@@ -254,7 +271,10 @@ fn serve_connection(mut stream: UnixStream, guest: &Guest, knobs: &Knobs, next_p
     {
         return;
     }
-    serve_agent(stream, guest, knobs);
+    match real {
+        Some(agent) => crate::real_agent::splice(stream, agent),
+        None => serve_agent(stream, guest, knobs),
+    }
 }
 
 /// hearth's agent protocol, one request line and one response line at a time.

@@ -33,6 +33,9 @@ pub struct Knobs {
     pub agent_silent: bool,
     /// `FC_SIM_NETSTACK=1`: run the userspace guest network stack on the first TAP after boot.
     pub netstack: bool,
+    /// `FC_SIM_AGENT_BIN=<path>`: run this real `hearth-agent` as the guest's agent (started
+    /// at `InstanceStart` on a Unix socket; `CONNECT <agent port>` is copied to it).
+    pub agent_bin: Option<std::path::PathBuf>,
 }
 
 impl Default for Knobs {
@@ -49,6 +52,7 @@ impl Default for Knobs {
             no_agent: false,
             agent_silent: false,
             netstack: false,
+            agent_bin: None,
         }
     }
 }
@@ -122,6 +126,17 @@ impl Knobs {
         k.no_agent = flag("FC_SIM_NO_AGENT")?;
         k.agent_silent = flag("FC_SIM_AGENT_SILENT")?;
         k.netstack = flag("FC_SIM_NETSTACK")?;
+        match get("FC_SIM_AGENT_BIN") {
+            None => {}
+            Some(v) if v.trim().is_empty() => {}
+            Some(v) if v.contains('\0') || !std::path::Path::new(&v).is_absolute() => {
+                return Err(KnobError {
+                    name: "FC_SIM_AGENT_BIN",
+                    value: v,
+                })
+            }
+            Some(v) => k.agent_bin = Some(v.into()),
+        }
         Ok(k)
     }
 }
@@ -161,5 +176,13 @@ mod tests {
         assert_eq!(k.agent_port, 1024);
         assert!(knobs(&[("FC_SIM_BOOT_DELAY_MS", "soon")]).is_err());
         assert!(knobs(&[("FC_SIM_NO_AGENT", "yes")]).is_err());
+        // The agent binary must be an absolute path (the simulator may run in a jail's cwd).
+        assert!(knobs(&[("FC_SIM_AGENT_BIN", "hearth-agent")]).is_err());
+        assert_eq!(
+            knobs(&[("FC_SIM_AGENT_BIN", "/bin/agent")])
+                .unwrap()
+                .agent_bin,
+            Some("/bin/agent".into())
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod knobs;
 pub mod log;
 pub mod netstack;
+pub mod real_agent;
 pub mod server;
 pub mod tap;
 pub mod vmm;

@@ -228,6 +228,7 @@ fn event_loop(
                     "Firecracker exiting successfully. exit_code=0",
                 );
             }
+            vmm.shutdown_guest();
             let _ = std::io::stdout().flush();
             process::exit(code);
         }

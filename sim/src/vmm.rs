@@ -20,6 +20,7 @@ use crate::http::Response;
 use crate::knobs::Knobs;
 use crate::log::{Log, MetricsSink};
 use crate::netstack::{GuestStack, NetConfig, VnetHdr};
+use crate::real_agent::RealAgent;
 use crate::tap::{open_tap, Tap};
 
 mod error;
@@ -92,6 +93,8 @@ pub struct Vmm {
     pub log: Log,
     guest: Arc<Guest>,
     guest_net: Option<GuestNet>,
+    /// The real agent (`FC_SIM_AGENT_BIN`), from `InstanceStart` on.
+    real_agent: Option<RealAgent>,
     started_at: Option<Instant>,
     ctrl_alt_del_pending: bool,
     timers: Vec<(Instant, Timer)>,
@@ -127,6 +130,7 @@ impl Vmm {
             log,
             guest: Arc::new(Guest::new()),
             guest_net: None,
+            real_agent: None,
             started_at: None,
             ctrl_alt_del_pending: false,
             timers: Vec::new(),
@@ -463,6 +467,14 @@ impl Vmm {
                 // Refused as the real loader refuses it; the VM stays "Not started".
                 crate::kernel::check(kernel, self.machine.mem_size_mib)
                     .map_err(|why| VmmError::KernelRefused { why })?;
+                if let Some(bin) = &self.knobs.agent_bin {
+                    let agent = RealAgent::spawn(bin).map_err(|source| VmmError::AgentSpawn {
+                        path: bin.display().to_string(),
+                        source,
+                    })?;
+                    self.guest.set_real_agent(agent.socket().to_path_buf());
+                    self.real_agent = Some(agent);
+                }
                 let now = Instant::now();
                 self.state = InstanceState::Running;
                 self.started_at = Some(now);
@@ -501,6 +513,13 @@ impl Vmm {
         if self.ctrl_alt_del_pending && self.guest.booted() && !self.guest.paused() && !scheduled {
             self.timers
                 .push((Instant::now() + self.knobs.reboot_delay, Timer::Reboot));
+        }
+    }
+
+    /// Stops what runs beside the VMM (the real agent) before the process exits.
+    pub fn shutdown_guest(&mut self) {
+        if let Some(mut agent) = self.real_agent.take() {
+            agent.stop();
         }
     }
 

@@ -113,6 +113,8 @@ pub mod codes {
     pub const ARCHIVE: &str = "archive";
     /// The peer broke the framing rules of a session or archive stream.
     pub const BAD_FRAME: &str = "bad_frame";
+    /// `attach`: another host attached to the session; this stream ends (its `ERROR` frame).
+    pub const TAKEN_OVER: &str = "taken_over";
     /// The agent refused an operation on a path (permissions, read-only file system...).
     pub const PERMISSION_DENIED: &str = "permission_denied";
 }

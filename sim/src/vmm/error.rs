@@ -123,6 +123,14 @@ pub enum VmmError {
         /// The bind error.
         source: io::Error,
     },
+    /// `FC_SIM_AGENT_BIN` names an agent that cannot be started (a simulator-only error).
+    #[error("Simulator error: Cannot start the guest agent {path}: {source}")]
+    AgentSpawn {
+        /// The agent binary.
+        path: String,
+        /// The spawn error.
+        source: io::Error,
+    },
     /// The log target cannot be opened.
     #[error("Logger error: Failed to open target file: {source}")]
     LoggerFile {

@@ -1,0 +1,131 @@
+//! Exec sessions: the agent's table of them and the ops that reach it (`exec`, `attach`,
+//! `execs`, `exec_info`, `signal`). A session lives in the table, not in a connection: it keeps
+//! running when its host goes away, and the next `attach` replays its kept output.
+//!
+//! The table is bounded: at most [`MAX_RUNNING`] running sessions (`exec` answers
+//! `too_many_sessions` beyond), and the newest [`MAX_EXITED`] exited ones are kept.
+
+pub mod reaper;
+pub mod ring;
+pub mod session;
+pub mod spawn;
+pub mod stream;
+
+use std::sync::{Arc, Mutex};
+
+use hearth_proto::agent::{codes, ErrorBody, ExecInfo, ExecRequest, SessionId};
+
+pub use session::Session;
+
+/// The most sessions running at once.
+pub const MAX_RUNNING: usize = 256;
+/// The most exited sessions kept (the newest).
+pub const MAX_EXITED: usize = 64;
+
+/// The agent's sessions, oldest first.
+#[derive(Debug, Default)]
+pub struct Table {
+    sessions: Mutex<Vec<Arc<Session>>>,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a session for `req`; with `attach`, its first attachment (generation 0) is
+    /// reserved for the caller.
+    pub fn exec(&self, req: &ExecRequest, attach: bool) -> Result<Arc<Session>, ErrorBody> {
+        let session = {
+            let mut all = self.lock();
+            prune(&mut all);
+            let running = all.iter().filter(|s| !s.has_exited()).count();
+            if running >= MAX_RUNNING {
+                return Err(ErrorBody::new(
+                    codes::TOO_MANY_SESSIONS,
+                    format!("{running} sessions already run (at most {MAX_RUNNING})"),
+                ));
+            }
+            let session = Session::new(new_id(), req, attach);
+            all.push(session.clone());
+            session
+        };
+        if let Err(e) = session.start(req) {
+            self.lock().retain(|s| !Arc::ptr_eq(s, &session));
+            return Err(ErrorBody::new(
+                codes::INTERNAL,
+                format!("Cannot start {:?}: {e}", req.argv[0]),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// The session with this id.
+    pub fn get(&self, id: &SessionId) -> Result<Arc<Session>, ErrorBody> {
+        self.lock()
+            .iter()
+            .find(|s| &s.id == id)
+            .cloned()
+            .ok_or_else(|| ErrorBody::new(codes::NO_SUCH_SESSION, format!("No session {id}")))
+    }
+
+    /// Every kept session, oldest first.
+    pub fn list(&self) -> Vec<ExecInfo> {
+        let all: Vec<Arc<Session>> = {
+            let mut all = self.lock();
+            prune(&mut all);
+            all.clone()
+        };
+        all.iter().map(|s| s.info()).collect()
+    }
+
+    /// Signals a session's process group.
+    pub fn signal(&self, id: &SessionId, signal: i32) -> Result<(), ErrorBody> {
+        if self.get(id)?.signal(signal) {
+            Ok(())
+        } else {
+            Err(ErrorBody::new(
+                codes::NO_SUCH_SESSION,
+                format!("Session {id} has exited"),
+            ))
+        }
+    }
+}
+
+/// Drops the oldest exited sessions beyond [`MAX_EXITED`].
+fn prune(all: &mut Vec<Arc<Session>>) {
+    let exited = all.iter().filter(|s| s.has_exited()).count();
+    let mut extra = exited.saturating_sub(MAX_EXITED);
+    all.retain(|s| {
+        if extra > 0 && s.has_exited() {
+            extra -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// A fresh random id: `x` and 16 hex digits.
+fn new_id() -> SessionId {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        // No entropy (very early boot): time and a counter are unique enough for ids.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b = (t as u64 ^ c.rotate_left(32)).to_be_bytes();
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    SessionId::parse(&format!("x{hex}")).unwrap_or_else(|_| unreachable!("hex ids are valid"))
+}

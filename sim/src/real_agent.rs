@@ -1,0 +1,132 @@
+//! The real `hearth-agent` as the simulated guest's agent (`FC_SIM_AGENT_BIN`): started at
+//! `InstanceStart` on a Unix socket of its own, killed when the VMM exits (and by
+//! `PR_SET_PDEATHSIG` when the simulator dies without a chance to), and reached by the vsock
+//! muxer, which copies a host's `CONNECT <agent port>` stream to it byte for byte.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A running real agent and the private directory holding its socket.
+#[derive(Debug)]
+pub struct RealAgent {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl RealAgent {
+    /// Starts `bin --unix <private tmp dir>/agent.sock`; its stderr goes to the simulator's.
+    pub fn spawn(bin: &Path) -> io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "fc-sim-agent-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&dir)?;
+        let socket = dir.join("agent.sock");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--unix")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The agent dies with the thread that spawned it (the VMM thread, which lives
+                // as long as the process): a SIGKILLed simulator leaves no agent behind.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => Ok(Self { child, dir, socket }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// The agent's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Kills the agent (and waits for it) and removes its directory.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects to the agent's socket, retrying until `timeout` (it may still be starting).
+pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Copies bytes both ways between the host's stream and the agent's until both directions
+/// ended; each direction's end is passed on as a half-close, so a peer that shuts down its
+/// writing side still receives the rest.
+pub fn splice(host: UnixStream, agent: UnixStream) {
+    let (Ok(host2), Ok(agent2)) = (host.try_clone(), agent.try_clone()) else {
+        return;
+    };
+    let up = thread::spawn(move || copy_then_half_close(host2, agent2));
+    copy_then_half_close(agent, host);
+    let _ = up.join();
+}
+
+fn copy_then_half_close(mut from: UnixStream, mut to: UnixStream) {
+    let _ = io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+    // The other direction's reader learns nothing more from us either.
+    let _ = from.shutdown(Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn splice_passes_half_closes_both_ways() {
+        let (host_outer, host_inner) = UnixStream::pair().unwrap();
+        let (agent_inner, mut agent_outer) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || splice(host_inner, agent_inner));
+        let mut host = host_outer;
+        host.write_all(b"request").unwrap();
+        host.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        agent_outer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request");
+        // The agent still answers after the host's half-close.
+        agent_outer.write_all(b"answer").unwrap();
+        drop(agent_outer);
+        let mut back = Vec::new();
+        host.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"answer");
+        t.join().unwrap();
+    }
+}

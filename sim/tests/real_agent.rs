@@ -1,0 +1,171 @@
+//! `FC_SIM_AGENT_BIN`: the simulator runs the real `hearth-agent` as its guest agent, routes
+//! `CONNECT <agent port>` to it through the hybrid vsock socket, and kills it when the VMM
+//! exits (or when the simulator is SIGKILLed).
+
+use hearth_testkit::bodies;
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use hearth_proto::agent::frame::{read_frame, write_frame, Frame, FrameKind};
+use hearth_proto::agent::{self, ExecRequest, ExecStarted, PingReply, Request};
+use support::{vsock_connect, wait_until, Sim, SIM};
+
+/// The agent binary of this build, (re)built so the test never runs a stale one.
+fn agent_bin() -> PathBuf {
+    let sim = PathBuf::from(SIM);
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "hearth-agent"]);
+    if sim.components().any(|c| c.as_os_str() == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building hearth-agent failed"
+    );
+    let bin = sim.with_file_name("hearth-agent");
+    assert!(bin.exists(), "{} is missing", bin.display());
+    bin
+}
+
+/// The pids of processes running `bin` whose parent is `parent`.
+fn agents_of(parent: u32, bin: &std::path::Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(e.path().join("exe")).ok();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // The fields after the command's closing parenthesis: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if exe.as_deref() == Some(bin) && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_real_agent_serves_exec_through_hybrid_vsock() {
+    let bin = agent_bin();
+    let mut sim = Sim::start(&[], &[("FC_SIM_AGENT_BIN", bin.to_str().unwrap())]);
+    let d = sim.dir.path().to_str().unwrap().to_owned();
+    sim.ok("PUT", "/vsock", &bodies::valid("Vsock", 0, &d));
+    sim.boot();
+    let uds = sim.path("v.sock");
+    let (mut r, ok) = vsock_connect(&uds, 52);
+    assert!(ok.unwrap().starts_with("OK "));
+    r.get_mut()
+        .write_all(&agent::encode_request(&Request::Ping))
+        .unwrap();
+    let reply: PingReply =
+        agent::decode_response(&agent::read_line(&mut r).unwrap().unwrap()).unwrap();
+    // The real agent reports the host's boot id (it runs on the host), not a simulated one.
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(reply.boot_id, host_boot_id.trim());
+
+    // An attached exec with stdin: frames pass both ways, and a half-close is passed on.
+    let mut req = ExecRequest::new(vec!["cat".into()]);
+    req.stdin = true;
+    req.attach = true;
+    let (mut r, ok) = vsock_connect(&uds, 52);
+    assert!(ok.is_some());
+    r.get_mut()
+        .write_all(&agent::encode_request(&Request::Exec(req)))
+        .unwrap();
+    let _: ExecStarted =
+        agent::decode_response(&agent::read_line(&mut r).unwrap().unwrap()).unwrap();
+    write_frame(
+        r.get_mut(),
+        &Frame::new(FrameKind::Stdin, b"through vsock\n".to_vec()),
+    )
+    .unwrap();
+    write_frame(r.get_mut(), &Frame::empty(FrameKind::StdinEof)).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let f = read_frame(&mut r)
+            .unwrap()
+            .expect("stream ended before EXIT");
+        match f.kind {
+            FrameKind::Stdout => out.extend_from_slice(&f.payload),
+            FrameKind::Exit => {
+                assert_eq!(f.as_exit().unwrap().code, 0);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(out, b"through vsock\n");
+    assert!(read_frame(&mut r).unwrap().is_none());
+    // Other ports still have nobody listening.
+    assert_eq!(vsock_connect(&uds, 1234).1, None);
+
+    // SIGKILL the simulator: PR_SET_PDEATHSIG takes the agent with it.
+    let sim_pid = sim.child.id();
+    assert_eq!(agents_of(sim_pid, &bin).len(), 1);
+    let agent_pid = agents_of(sim_pid, &bin)[0];
+    sim.child.kill().unwrap();
+    let _ = sim.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || gone(agent_pid)),
+        "the agent outlived a SIGKILLed simulator"
+    );
+}
+
+/// Whether `pid` no longer runs (gone, or a zombie waiting for its reaper).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn the_agent_is_stopped_when_the_vmm_exits() {
+    let bin = agent_bin();
+    let mut sim = Sim::start(
+        &[],
+        &[
+            ("FC_SIM_AGENT_BIN", bin.to_str().unwrap()),
+            ("FC_SIM_CRASH_AFTER_MS", "400"),
+        ],
+    );
+    let d = sim.dir.path().to_str().unwrap().to_owned();
+    sim.ok("PUT", "/vsock", &bodies::valid("Vsock", 0, &d));
+    sim.boot();
+    let agents = agents_of(sim.child.id(), &bin);
+    assert_eq!(agents.len(), 1);
+    let status = sim
+        .wait_exit(Duration::from_secs(10))
+        .expect("the crash knob");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        wait_until(Duration::from_secs(5), || gone(agents[0])),
+        "the agent outlived the VMM"
+    );
+}
+
+#[test]
+fn a_missing_agent_binary_fails_instance_start() {
+    let sim = Sim::start(&[], &[("FC_SIM_AGENT_BIN", "/nonexistent/hearth-agent")]);
+    let d = sim.dir.path().to_str().unwrap().to_owned();
+    sim.ok("PUT", "/vsock", &bodies::valid("Vsock", 0, &d));
+    sim.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{}"}}"#, sim.kernel()),
+    );
+    let fault = sim.fault(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert!(fault.contains("Cannot start the guest agent"), "{fault}");
+}
