@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod firecracker;
+pub mod guest;
 pub mod host;
 pub mod lease;
 pub mod mac;

@@ -25,6 +25,7 @@
 
 pub mod catalog;
 mod error;
+mod guest;
 mod handlers;
 mod messages;
 pub mod metrics;
