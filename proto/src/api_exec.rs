@@ -14,6 +14,9 @@
 //!   into the existing guest directory `DIR` ([`ArchiveSummary`] back);
 //!   `GET /v1/vms/{name}/archive?path=P` answers `P` as a tar stream whose top entry is `P`'s
 //!   last component, with its [`PathStat`] in the [`PATH_STAT_HEADER`] header (JSON).
+//! - `HEAD /v1/vms/{name}/archive?path=P` answers `200` with only that header (Docker's stat
+//!   of a container path), `404` when nothing is at `P`: `hearthctl vm cp` decides from it
+//!   whether a copy goes into an existing directory or becomes a new path.
 
 use serde::{Deserialize, Serialize};
 

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hearth::client::{ApiPath, BoundedLines, Client, ClientError, Method, SseReader};
+use hearth::client::{cli, ApiPath, BoundedLines, Client, ClientError, Method, SseReader};
 use hearth_proto::api::{parse_label, CreateVm, Event, SetNat, VmInfo, VmState};
 use hearth_proto::api_health::Health;
 use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
@@ -182,6 +182,10 @@ enum VmCmd {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Run a command in a VM (NAME -- CMD...), or list, attach to and signal its sessions.
+    Exec(hearth::client::cli::ExecArgs),
+    /// Copy files between this host and a VM (one side NAME:PATH).
+    Cp(hearth::client::cli::CpArgs),
 }
 
 fn parse_state(s: &str) -> Result<VmState, String> {
@@ -393,6 +397,10 @@ fn vm(c: &Client, json: bool, cmd: VmCmd) -> Out {
         Ok(())
     };
     match cmd {
+        // These end the process with their own codes (a remote command's exit code); their
+        // terminal and connections are released before they return.
+        VmCmd::Exec(a) => std::process::exit(cli::exec(c, json, a).into()),
+        VmCmd::Cp(a) => std::process::exit(cli::cp(c, json, &a).into()),
         VmCmd::Create {
             name,
             kernel,
