@@ -1,5 +1,6 @@
 //! `PUT` and `GET /v1/vms/{name}/archive?path=`: tar streams into and out of the guest, as
-//! Docker's archive API does them, proxied to the agent's `put_archive`/`get_archive` frames.
+//! Docker's archive API does them, proxied to the agent's `put_archive`/`get_archive` frames;
+//! `HEAD` answers the path's stat alone (the agent's `stat`).
 //!
 //! Both directions stream: the request body goes to the agent as `DATA` frames as it arrives,
 //! the agent's `DATA` frames go out as the response body as the client reads it, so memory
@@ -13,10 +14,12 @@ use actix_web::web::{Bytes, Data, Path, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use futures::future::{select, Either};
 use futures::StreamExt;
-use hearth_actors::guest::{FrameReader, FrameWriter, GuestError, OpenStream, Opened};
+use hearth_actors::guest::{AgentCall, FrameReader, FrameWriter, GuestError, OpenStream, Opened};
 use hearth_proto::agent::files::check_guest_path;
 use hearth_proto::agent::frame::{Frame, FrameKind};
-use hearth_proto::agent::{codes, ArchiveRequest, Empty, ErrorBody, PathStat, Request};
+use hearth_proto::agent::{
+    codes, ArchiveRequest, Empty, ErrorBody, PathStat, Request, StatRequest,
+};
 use hearth_proto::api_exec::PATH_STAT_HEADER;
 use slog::warn;
 
@@ -179,6 +182,28 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
         }
     }
     out
+}
+
+/// `HEAD /v1/vms/{name}/archive?path=P`: only `P`'s `PathStat` in the `X-Hearth-Path-Stat`
+/// header (404 when nothing is there), as Docker's stat of a container path.
+pub async fn stat(
+    exec: Data<ExecApi>,
+    req: HttpRequest,
+    name: Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let path = guest_path(&req)?;
+    let stat: PathStat = exec
+        .guest
+        .send(AgentCall::new(
+            name.into_inner(),
+            Request::Stat(StatRequest { path }),
+        ))
+        .await??;
+    let stat = HeaderValue::from_str(&ascii_json(&stat))
+        .map_err(|e| GuestError::protocol(format!("path stat: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((PATH_STAT_HEADER, stat))
+        .finish())
 }
 
 /// `GET /v1/vms/{name}/archive?path=P`: `P` as a tar stream, its `PathStat` in the
