@@ -46,14 +46,17 @@ fn guest_path(req: &HttpRequest) -> Result<String, ApiError> {
 /// Why an upload stopped before `END`.
 enum UploadEnd {
     TooLarge,
+    Stalled,
     Client(String),
     Agent(GuestError),
 }
 
 /// `PUT /v1/vms/{name}/archive?path=DIR`: extracts the tar body into the guest directory
-/// `DIR`; 200 with the agent's `ArchiveSummary`.
+/// `DIR`; 200 with the agent's `ArchiveSummary`. The body may take as long as it needs but
+/// may not stall: 408 when no bytes come for the body deadline.
 pub async fn put(
     exec: Data<ExecApi>,
+    state: Data<ApiState>,
     req: HttpRequest,
     name: Path<String>,
     mut body: Payload,
@@ -86,9 +89,16 @@ pub async fn put(
         ))
         .await??;
     let (mut reader, mut writer) = opened.stream.into_split();
+    // A body may take long in all, but not stall: each chunk has the body deadline.
+    let stall = state.body_timeout;
     let upload = Box::pin(async {
         let mut sent: u64 = 0;
-        while let Some(chunk) = body.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
+                abort(&mut writer, "the client's upload stalled").await;
+                return Err(UploadEnd::Stalled);
+            };
+            let Some(chunk) = next else { break };
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -117,6 +127,11 @@ pub async fn put(
     let frame = match select(upload, answer).await {
         Either::Left((Ok(()), answer)) => answer.await?,
         Either::Left((Err(UploadEnd::TooLarge), _)) => return Err(too_large(limit)),
+        Either::Left((Err(UploadEnd::Stalled), _)) => {
+            return Err(ApiError::BodyTimeout {
+                secs: stall.as_secs_f64(),
+            })
+        }
         Either::Left((Err(UploadEnd::Client(message)), _)) => {
             return Err(ApiError::InvalidBody { message })
         }

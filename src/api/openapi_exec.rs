@@ -167,6 +167,7 @@ pub fn paths() -> Map<String, Value> {
                     ("403", "The guest refused to write there (permission_denied)"),
                     ("413", "The archive is larger than the configured maximum"),
                     ("415", "Content-Type is not application/x-tar"),
+                    ("408", "The body stalled: no bytes within the body deadline"),
                 ])),
         },
         "get": {
