@@ -656,3 +656,57 @@ fn a_hostile_agent_ends_its_request_never_hearthd() {
     let out = follow(&mut attach(&g.server.socket, "web", &id, false));
     assert_eq!(out.status.unwrap().exit_code(), Some(0));
 }
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+#[test]
+fn a_hundred_mib_each_way_keeps_every_byte() {
+    const SIZE: usize = 100 << 20;
+    let g = guest(1 << 30);
+    // Not compressible, not periodic at any frame size.
+    let mut data = vec![0u8; SIZE];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let src = g.dir.path().join("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    let want = sha256(&data);
+
+    // Binary stdout through the agent, hearthd's WebSocket and the client.
+    let id = exec(
+        &g.client,
+        "web",
+        json!({"command": ["cat", src.to_str().unwrap()]}),
+    );
+    let out = follow(&mut attach(&g.server.socket, "web", &id, false));
+    assert_eq!(out.stdout.len(), SIZE);
+    assert_eq!(sha256(&out.stdout), want);
+    assert_eq!(out.status.unwrap().exit_code(), Some(0));
+
+    // A file in, then out again.
+    let r = put(&g.client, "web", &g.work, &tar_of(&[("in.bin", &data)]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(sha256(&std::fs::read(g.work.join("in.bin")).unwrap()), want);
+    let r = g
+        .client
+        .stream(
+            Method::GET,
+            format!("/v1/vms/web/archive?path={}/in.bin", g.work.display()),
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let mut archive = tar::Archive::new(r.body);
+    let mut e = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut got = Vec::with_capacity(SIZE);
+    e.read_to_end(&mut got).unwrap();
+    assert_eq!(sha256(&got), want);
+}
