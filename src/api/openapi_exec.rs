@@ -157,8 +157,13 @@ pub fn paths() -> Map<String, Value> {
             "operationId": "putArchive",
             "summary": "Extract a tar stream into an existing guest directory",
             "parameters": [vm_name_param(), path_param("The guest directory (absolute)")],
-            "requestBody": {"required": true, "content": {
-                "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+            // Declared as octet-stream, which generic clients can send; `application/x-tar`
+            // (what hearthctl sends) and no type at all are accepted too.
+            "requestBody": {"required": true,
+                "description": "A tar stream (Content-Type application/x-tar or \
+                                application/octet-stream)",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": responses(&[("200", json_response("What was written",
                     schema("ArchiveSummary")))],
                 &guest(&[
@@ -166,7 +171,7 @@ pub fn paths() -> Map<String, Value> {
                              (not_a_directory), or the archive is refused (archive)"),
                     ("403", "The guest refused to write there (permission_denied)"),
                     ("413", "The archive is larger than the configured maximum"),
-                    ("415", "Content-Type is not application/x-tar"),
+                    ("415", "Content-Type is neither application/x-tar nor application/octet-stream"),
                     ("408", "The body stalled: no bytes within the body deadline"),
                 ])),
         },
