@@ -9,6 +9,10 @@ use std::os::unix::net::UnixStream;
 /// A host connection (a Unix socket in tests and the simulator, vsock in a guest).
 pub trait Conn: Read + Write + Send + Sized + 'static {
     /// Another handle to the same connection.
+    ///
+    /// # Errors
+    ///
+    /// The duplication's (out of fds).
     fn try_clone_conn(&self) -> io::Result<Self>;
     /// Shuts both directions down (errors ignored: the peer may be gone already).
     fn shutdown_conn(&self);

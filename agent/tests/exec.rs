@@ -140,10 +140,11 @@ fn pty_has_a_terminal_and_follows_resizes() {
 }
 
 fn numbers(n: u32) -> Vec<u8> {
-    (0..n)
-        .map(|i| format!("{i}\n"))
-        .collect::<String>()
-        .into_bytes()
+    let mut out = Vec::new();
+    for i in 0..n {
+        std::io::Write::write_fmt(&mut out, format_args!("{i}\n")).unwrap();
+    }
+    out
 }
 
 fn counting(n: u32, pause_every: u32) -> ExecRequest {

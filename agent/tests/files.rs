@@ -180,15 +180,16 @@ fn a_100_mib_file_goes_in_and_out_intact() {
         .unwrap();
     assert_eq!((stat.kind, stat.size), (PathKind::File, 100 << 20));
     let mut ar = tar::Archive::new(Data(&mut c, Vec::new(), 0));
-    let mut entries = ar.entries().unwrap();
-    let mut e = entries.next().unwrap().unwrap();
-    assert_eq!(e.path().unwrap(), Path::new("big.bin"));
-    let mut got = Vec::new();
-    e.read_to_end(&mut got).unwrap();
-    assert_eq!(sha256(&got), want);
-    drop(e);
-    assert!(entries.next().is_none());
-    drop(entries);
+    {
+        let mut entries = ar.entries().unwrap();
+        let mut e = entries.next().unwrap().unwrap();
+        assert_eq!(e.path().unwrap(), Path::new("big.bin"));
+        let mut got = Vec::new();
+        e.read_to_end(&mut got).unwrap();
+        assert_eq!(sha256(&got), want);
+        drop(e);
+        assert!(entries.next().is_none());
+    }
     // The tar end marker, then END, then the agent closes.
     io::copy(&mut ar.into_inner(), &mut io::sink()).unwrap();
     assert!(c.frame().is_none(), "END is the last frame");
@@ -344,7 +345,17 @@ fn hostile_archives_are_refused() {
     names.sort();
     assert_eq!(names, ["victim"]);
     assert!(!root.path().join("new").exists());
+}
 
+#[test]
+fn archive_streams_and_targets_are_checked() {
+    let agent = Agent::start();
+    let root = tempfile::tempdir().unwrap();
+    let dst = root.path().join("dst");
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"original").unwrap();
     // A frame that does not belong in an archive stream.
     let mut c = agent.connect();
     let _: Empty = c

@@ -1,7 +1,8 @@
 //! The real `hearth-agent` as the simulated guest's agent (`FC_SIM_AGENT_BIN`): started at
 //! `InstanceStart` on a Unix socket of its own, killed when the VMM exits (and by
 //! `PR_SET_PDEATHSIG` when the simulator dies without a chance to), and reached by the vsock
-//! muxer, which copies a host's `CONNECT <agent port>` stream to it byte for byte.
+//! muxer, which copies a host's `CONNECT <agent port>` stream to it byte for byte, closing as
+//! Firecracker's vsock does.
 
 use std::io;
 use std::net::Shutdown;
@@ -22,6 +23,10 @@ pub struct RealAgent {
 
 impl RealAgent {
     /// Starts `bin --unix <private tmp dir>/agent.sock`; its stderr goes to the simulator's.
+    ///
+    /// # Errors
+    ///
+    /// Creating its directory or spawning it failed.
     pub fn spawn(bin: &Path) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "fc-sim-agent-{}-{:08x}",
@@ -56,6 +61,7 @@ impl RealAgent {
     }
 
     /// The agent's socket.
+    #[must_use]
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -75,6 +81,10 @@ impl Drop for RealAgent {
 }
 
 /// Connects to the agent's socket, retrying until `timeout` (it may still be starting).
+///
+/// # Errors
+///
+/// The last connection error once `timeout` passed.
 pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -86,23 +96,25 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
     }
 }
 
-/// Copies bytes both ways between the host's stream and the agent's until both directions
-/// ended; each direction's end is passed on as a half-close, so a peer that shuts down its
-/// writing side still receives the rest.
+/// Copies bytes both ways between the host's stream and the agent's until either side closes
+/// its sending direction, then closes both streams in both directions, as Firecracker's vsock
+/// connection does: a host EOF (a half-close included) becomes a guest `SHUTDOWN` with both
+/// flags (the guest reads EOF and can no longer send), and a guest shutdown ends the host stream
+/// once what the guest sent before it was delivered.
 pub fn splice(host: UnixStream, agent: UnixStream) {
     let (Ok(host2), Ok(agent2)) = (host.try_clone(), agent.try_clone()) else {
         return;
     };
-    let up = thread::spawn(move || copy_then_half_close(host2, agent2));
-    copy_then_half_close(agent, host);
+    let up = thread::spawn(move || copy_then_close(host2, agent2));
+    copy_then_close(agent, host);
     let _ = up.join();
 }
 
-fn copy_then_half_close(mut from: UnixStream, mut to: UnixStream) {
+fn copy_then_close(mut from: UnixStream, mut to: UnixStream) {
     let _ = io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Write);
-    // The other direction's reader learns nothing more from us either.
-    let _ = from.shutdown(Shutdown::Read);
+    // Bytes already written stay readable by the receiver; then it reads EOF.
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -111,22 +123,36 @@ mod tests {
     use std::io::{Read, Write};
 
     #[test]
-    fn splice_passes_half_closes_both_ways() {
-        let (host_outer, host_inner) = UnixStream::pair().unwrap();
-        let (agent_inner, mut agent_outer) = UnixStream::pair().unwrap();
+    fn a_host_half_close_ends_the_connection_as_in_firecracker() {
+        let (mut host, host_inner) = UnixStream::pair().unwrap();
+        let (agent_inner, mut agent) = UnixStream::pair().unwrap();
         let t = thread::spawn(move || splice(host_inner, agent_inner));
-        let mut host = host_outer;
         host.write_all(b"request").unwrap();
         host.shutdown(Shutdown::Write).unwrap();
+        // The agent gets what was sent, then EOF, and can no longer answer.
         let mut got = Vec::new();
-        agent_outer.read_to_end(&mut got).unwrap();
+        agent.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"request");
-        // The agent still answers after the host's half-close.
-        agent_outer.write_all(b"answer").unwrap();
-        drop(agent_outer);
+        t.join().unwrap();
+        let _ = agent.write_all(b"late");
         let mut back = Vec::new();
         host.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b"answer");
+        assert!(back.is_empty(), "{back:?}");
+    }
+
+    #[test]
+    fn what_the_agent_sent_before_closing_reaches_the_host() {
+        let (mut host, host_inner) = UnixStream::pair().unwrap();
+        let (agent_inner, mut agent) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || splice(host_inner, agent_inner));
+        host.write_all(b"ping").unwrap();
+        let mut req = [0u8; 4];
+        agent.read_exact(&mut req).unwrap();
+        let writer = thread::spawn(move || agent.write_all(&vec![7u8; 1 << 20]).unwrap());
+        let mut back = Vec::new();
+        host.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 1 << 20);
+        writer.join().unwrap();
         t.join().unwrap();
     }
 }

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hearth_proto::agent::{ErrorBody, ExecInfo, ExecRequest, ExitStatus, SessionId, WindowSize};
@@ -83,6 +83,7 @@ pub struct Session {
 impl Session {
     /// A session not started yet; `attach` reserves the first attachment for the `exec`'s own
     /// connection, so no output is dropped before it starts reading.
+    #[must_use]
     pub fn new(id: SessionId, req: &ExecRequest, attach: bool) -> Arc<Self> {
         let cap = usize::try_from(
             req.ring_bytes
@@ -121,12 +122,14 @@ impl Session {
 
     /// Locks the state.
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits for a change of the state.
     pub fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wakes every waiter after a change.
@@ -140,6 +143,10 @@ impl Session {
     }
 
     /// Starts the process, its pumps and its timeout.
+    ///
+    /// # Errors
+    ///
+    /// The spawn's ([`spawn::spawn`]).
     pub fn start(self: &Arc<Self>, req: &ExecRequest) -> io::Result<()> {
         let me = self.clone();
         let spawned = spawn::spawn(req, Box::new(move |status| me.exited(status)))?;
@@ -147,7 +154,7 @@ impl Session {
         if let Some(pty) = spawned.pty {
             let _ = self.pty.set(pty);
         }
-        *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.stdin.lock().unwrap_or_else(PoisonError::into_inner) =
             spawned.stdin.map(|fd| Arc::new(File::from(fd)));
         if let Some(msg) = spawned.exec_error {
             let stream = if self.tty { STDOUT } else { STDERR };
@@ -264,7 +271,7 @@ impl Session {
             st = self
                 .changed
                 .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
@@ -298,7 +305,7 @@ impl Session {
         let stdin_open = self
             .stdin
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .is_some();
         let st = self.lock();
         ExecInfo {
@@ -315,7 +322,12 @@ impl Session {
 
     /// Writes host bytes to stdin; `false` when stdin is closed (or never was open).
     pub fn write_stdin(&self, data: &[u8]) -> bool {
-        let Some(f) = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(f) = self
+            .stdin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
             return false;
         };
         // A process that closed its stdin or exited: the bytes are lost, as in a pipe.
@@ -325,7 +337,11 @@ impl Session {
 
     /// Closes stdin (a PTY gets the EOF character instead: it cannot be half-closed).
     pub fn close_stdin(&self) {
-        let f = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let f = self
+            .stdin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let (Some(f), true) = (f, self.tty) {
             let _ = (&*f).write_all(&[4]);
         }

@@ -52,6 +52,7 @@ struct Prepared {
 }
 
 /// The environment of a session: defaults, then the request's entries (later ones win).
+#[must_use]
 pub fn environment(req: &ExecRequest) -> Vec<String> {
     let uid = req.uid.unwrap_or_else(|| {
         // SAFETY: getuid has no preconditions.
@@ -170,6 +171,10 @@ fn open_pty(size: WindowSize) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sets a PTY's window size.
+///
+/// # Errors
+///
+/// The ioctl's.
 pub fn set_window_size(master: RawFd, size: WindowSize) -> io::Result<()> {
     let ws = libc::winsize {
         ws_row: size.rows,
@@ -182,6 +187,11 @@ pub fn set_window_size(master: RawFd, size: WindowSize) -> io::Result<()> {
 }
 
 /// Starts `req`'s process; `on_exit` gets its wait status from the reaper.
+///
+/// # Errors
+///
+/// Making pipes or the PTY, or forking, failed (the exec's own failure is in
+/// [`Spawned::exec_error`]).
 pub fn spawn(req: &ExecRequest, on_exit: OnExit) -> io::Result<Spawned> {
     let prep = prepare(req)?;
     // Holding the reaper's lock from the first fd to the fork: no other session forks while

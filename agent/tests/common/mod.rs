@@ -144,7 +144,7 @@ impl Conn {
 }
 
 pub fn argv(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    v.iter().map(ToString::to_string).collect()
 }
 
 pub fn sh(script: &str) -> ExecRequest {
@@ -152,7 +152,7 @@ pub fn sh(script: &str) -> ExecRequest {
 }
 
 /// Whether privileged tests may run: root, or a skip (a failure under
-/// HEARTH_REQUIRE_PRIVILEGED=1).
+/// `HEARTH_REQUIRE_PRIVILEGED=1`).
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
