@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+mod exec;
+pub use exec::ExecConfig;
+
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +61,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The DNS server on the bridge gateway.
     pub dns: DnsConfig,
+    /// Exec sessions and file transfer through the guest agent.
+    pub exec: ExecConfig,
 }
 
 /// Host networking settings.
@@ -293,6 +298,7 @@ impl Config {
 
     /// Checks every field and cross-field rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.exec.validate()?;
         let n = &self.network;
         validate_ifname("network.bridge", &n.bridge)?;
         if n.tap_prefix.is_empty() || n.tap_prefix.len() > 8 {

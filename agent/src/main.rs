@@ -63,14 +63,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens /dev/null on any of fds 0..=2 that is closed (an init may start the agent so), so
-/// pipes made for sessions never land there.
+/// Fills any of fds 0..=2 that is closed (an init may start the agent so) with /dev/null, or a
+/// pipe where there is no /dev/null, so pipes made for sessions never land there.
 fn ensure_std_fds() {
     for fd in 0..3 {
-        // SAFETY: F_GETFD only queries; open returns a new fd we deliberately leak.
+        // SAFETY: F_GETFD only queries; open and pipe return new fds we deliberately leak.
         unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if libc::fcntl(fd, libc::F_GETFD) < 0
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) < 0
+            {
+                let mut p = [0; 2];
+                libc::pipe(p.as_mut_ptr());
             }
         }
     }

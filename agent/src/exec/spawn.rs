@@ -140,11 +140,17 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn dev_null() -> io::Result<OwnedFd> {
+/// What a session without stdin reads: /dev/null, or an empty pipe where a minimal root has
+/// no /dev/null (EOF either way).
+fn empty_stdin() -> io::Result<OwnedFd> {
     // SAFETY: a constant C string; the result is checked.
-    let fd = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-    // SAFETY: a fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        // SAFETY: a fresh fd.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let (r, _w) = pipe()?;
+    Ok(r)
 }
 
 /// A PTY pair, both ends close-on-exec, at `size`.
@@ -204,7 +210,7 @@ pub fn spawn(req: &ExecRequest, on_exit: OnExit) -> io::Result<Spawned> {
             child_in = r;
         } else {
             stdin_w = None;
-            child_in = dev_null()?;
+            child_in = empty_stdin()?;
         }
         let (r, w) = pipe()?;
         out_r = r;
