@@ -38,8 +38,14 @@ pub fn agent_bin() -> PathBuf {
 
 /// Starts hearthd whose VMs run `agent` as their agent, and creates the running VM `web`.
 pub fn start_with_agent(agent: &Path) -> HearthHost {
+    start_configured(agent, "")
+}
+
+/// [`start_with_agent`] with extra config text after the `[vm]` section (it may open other
+/// sections, e.g. `[exec]`).
+pub fn start_configured(agent: &Path, config: &str) -> HearthHost {
     let agent = agent.display().to_string();
-    let h = HearthHost::start(&[("FC_SIM_AGENT_BIN", agent.as_str())], "");
+    let h = HearthHost::start(&[("FC_SIM_AGENT_BIN", agent.as_str())], config);
     let web = h.ctl_ok(&[
         "vm", "create", "web", "--kernel", "vmlinux", "--rootfs", "base",
     ]);
