@@ -111,9 +111,13 @@ pub enum UntarError {
         /// The limit.
         max: u64,
     },
-    /// The stream ended before tar's end-of-archive block.
-    #[error("Archive truncated: the stream ended before its end-of-archive block")]
-    Truncated,
+    /// The stream ended before tar's end-of-archive block, or broke off (hearthd cut it at
+    /// its limit, the connection failed).
+    #[error("Archive truncated: {reason}")]
+    Truncated {
+        /// How it ended.
+        reason: String,
+    },
     /// Non-zero bytes after the end-of-archive block.
     #[error("Archive has data after its end-of-archive block")]
     TrailingData,
@@ -301,9 +305,11 @@ pub fn extract_into(
                 max: opts.max_bytes,
             }
         } else if state.eof.get() || e.kind() == io::ErrorKind::UnexpectedEof {
-            UntarError::Truncated
+            ended_early()
         } else {
-            io_err("Reading the archive failed", e)
+            UntarError::Truncated {
+                reason: format!("the stream broke off ({e})"),
+            }
         }
     };
     let entries = archive.entries().map_err(map_read)?;
@@ -364,15 +370,9 @@ pub fn extract_into(
                 )
                 .map_err(|e| io_err(format!("Creating {name} failed"), e))?;
                 let mut file = File::from(fd);
-                let n = io::copy(&mut entry, &mut file).map_err(|e| {
-                    if state.over.get() || state.eof.get() {
-                        map_read(e)
-                    } else {
-                        io_err(format!("Writing {name} failed"), e)
-                    }
-                })?;
+                let n = copy_entry(&mut entry, &mut file, &name, &map_read)?;
                 if n != entry.size() {
-                    return Err(UntarError::Truncated);
+                    return Err(ended_early());
                 }
                 sum.bytes += n;
                 fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
@@ -435,7 +435,7 @@ pub fn extract_into(
         sum.entries += 1;
     }
     if state.eof.get() {
-        return Err(UntarError::Truncated);
+        return Err(ended_early());
     }
     let mut rest = archive.into_inner();
     drain_trailer(&mut rest, &state)?;
@@ -455,6 +455,36 @@ pub fn extract_into(
     Ok((top, sum))
 }
 
+fn ended_early() -> UntarError {
+    UntarError::Truncated {
+        reason: "the stream ended before its end-of-archive block".into(),
+    }
+}
+
+/// Copies an entry's content into `file`, telling the stream's failures (mapped by
+/// `map_read`) from the file's.
+fn copy_entry(
+    entry: &mut impl Read,
+    file: &mut File,
+    name: &str,
+    map_read: &impl Fn(io::Error) -> UntarError,
+) -> Result<u64, UntarError> {
+    use std::io::Write as _;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let got = match entry.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(map_read(e)),
+        };
+        file.write_all(&buf[..got])
+            .map_err(|e| io_err(format!("Writing {name} failed"), e))?;
+        n += got as u64;
+    }
+}
+
 /// Reads what follows the end-of-archive block: zero padding only, and the stream must end
 /// cleanly (a body cut off by hearthd fails here).
 fn drain_trailer<R: Read>(r: &mut Counted<R>, state: &CountState) -> Result<(), UntarError> {
@@ -468,7 +498,11 @@ fn drain_trailer<R: Read>(r: &mut Counted<R>, state: &CountState) -> Result<(), 
                     max: state.max.get(),
                 })
             }
-            Err(_) => return Err(UntarError::Truncated),
+            Err(e) => {
+                return Err(UntarError::Truncated {
+                    reason: format!("the stream broke off ({e})"),
+                })
+            }
         };
         if n == 0 {
             return Ok(());

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::io::{self, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -53,6 +55,9 @@ impl Body for ChannelBody {
 /// The producer's writer: each `write` sends one chunk, waiting while the channel is full.
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
+    /// Set when the request stopped taking the body (hearthd answered early, or the
+    /// connection failed): the exchange's outcome says why, not the producer's error.
+    cut: Arc<AtomicBool>,
 }
 
 impl Write for ChannelWriter {
@@ -62,7 +67,10 @@ impl Write for ChannelWriter {
         }
         self.tx
             .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload ended"))?;
+            .map_err(|_| {
+                self.cut.store(true, Ordering::Relaxed);
+                io::Error::new(io::ErrorKind::BrokenPipe, "upload ended")
+            })?;
         Ok(buf.len())
     }
 
@@ -101,9 +109,17 @@ where
         .header(header::CONTENT_TYPE, content_type)
         .body(ChannelBody { rx })
         .map_err(|e| ClientError::InvalidRequest(e.to_string()))?;
+    let cut = Arc::new(AtomicBool::new(false));
+    let writer_cut = cut.clone();
     let producer = std::thread::spawn(move || {
         let err_tx = tx.clone();
-        let mut w = io::BufWriter::with_capacity(CHUNK, ChannelWriter { tx });
+        let mut w = io::BufWriter::with_capacity(
+            CHUNK,
+            ChannelWriter {
+                tx,
+                cut: writer_cut,
+            },
+        );
         let r = produce(&mut w).and_then(|()| w.flush());
         if let Err(e) = &r {
             // Fails the body, so the request is aborted instead of ending cleanly.
@@ -118,8 +134,8 @@ where
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the producer panicked")));
     match (produced, sent) {
-        (Err(e), _) => Err(UploadError::Produce(e)),
-        (Ok(()), r) => Ok(r?),
+        (Err(e), _) if !cut.load(Ordering::Relaxed) => Err(UploadError::Produce(e)),
+        (_, r) => Ok(r?),
     }
 }
 

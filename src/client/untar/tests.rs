@@ -370,7 +370,10 @@ fn truncated_streams_are_errors() {
     let b_header = 512 + 512 + 2048;
     for cut in [b_header, 512 + 512 + 1000, tar.len() - 1024, 700] {
         let e = extract(&s, &tar[..cut], UntarOptions::default()).unwrap_err();
-        assert!(matches!(e, UntarError::Truncated), "cut at {cut}: {e}");
+        assert!(
+            matches!(e, UntarError::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
         assert_untouched(&s);
     }
 }
@@ -397,7 +400,7 @@ fn a_stream_that_fails_after_the_end_block_is_an_error() {
         UntarOptions::default(),
     )
     .unwrap_err();
-    assert!(matches!(e, UntarError::Truncated), "{e}");
+    assert!(matches!(e, UntarError::Truncated { .. }), "{e}");
     assert_untouched(&s);
 }
 
