@@ -52,6 +52,11 @@ PORT=7070
 #  6. VMs here run the simulator's own agent, which has no exec or file ops: those
 #     operations answer 409 agent_unsupported (declared), never running anything. The
 #     fuzzer must not drive a real agent: with the simulator that agent runs on this host.
+#  7. The check ensure_resource_availability is off: the two workers run stateful scenarios
+#     against the same VM table and generated names collide (e.g. "2"), so one worker's
+#     DELETE can land between the other's create and its next call: a right 404, reported as
+#     "created resource not found" (seed 20261129; hearthd's log shows the delete in
+#     between). A 404 after a real delete is tested in tests/api.
 EXCLUDE_PATHS=("/v1/events/stream" "/v1/vms/{name}/execs/{id}/attach")
 #  2. The `timeout` of GET /v1/vms/{name}/wait is fixed to 1s: a long poll legitimately
 #     lasts its timeout (up to 10m), which the request timeout would call a hang. The
@@ -231,6 +236,7 @@ cd "$WORK" # schemathesis keeps its example database in the current directory
 timeout --kill-after=10 "$BUDGET" ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
     "http://127.0.0.1:$PORT/v1/openapi.json" \
     --checks all \
+    --exclude-checks ensure_resource_availability \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
