@@ -102,18 +102,20 @@ fn exec_and_cp_through_hearthd_the_simulator_and_the_real_agent() {
     // Files in and out, through the same vsock path.
     let dir = h.path("guest");
     std::fs::create_dir(&dir).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut hd = tar::Header::new_gnu();
-    hd.set_size(5);
-    hd.set_mode(0o644);
-    hd.set_cksum();
-    b.append_data(&mut hd, "f.txt", &b"hello"[..]).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "f.txt", &b"hello"[..])
+        .unwrap();
     let r = c
         .request(
             Method::PUT,
             format!("/v1/vms/web/archive?path={}", dir.display()),
             &[("Content-Type", "application/x-tar")],
-            Some(&b.into_inner().unwrap()),
+            Some(&builder.into_inner().unwrap()),
         )
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -127,8 +129,8 @@ fn exec_and_cp_through_hearthd_the_simulator_and_the_real_agent() {
         )
         .unwrap();
     assert_eq!(r.status, 200);
-    let mut a = tar::Archive::new(&r.body[..]);
-    assert_eq!(a.entries().unwrap().count(), 1);
+    let mut archive = tar::Archive::new(&r.body[..]);
+    assert_eq!(archive.entries().unwrap().count(), 1);
 
     // Sessions live in the agent: a hearthd killed mid-session finds it again, with the
     // output it wrote meanwhile.

@@ -54,6 +54,10 @@ enum UploadEnd {
 /// `PUT /v1/vms/{name}/archive?path=DIR`: extracts the tar body into the guest directory
 /// `DIR`; 200 with the agent's `ArchiveSummary`. The body may take as long as it needs but
 /// may not stall: 408 when no bytes come for the body deadline.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn put(
     exec: Data<ExecApi>,
     state: Data<ApiState>,
@@ -192,7 +196,9 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
         } else {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
+                use std::fmt::Write as _;
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{u:04x}");
             }
         }
     }
@@ -201,6 +207,10 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
 
 /// `HEAD /v1/vms/{name}/archive?path=P`: only `P`'s `PathStat` in the `X-Hearth-Path-Stat`
 /// header (404 when nothing is there), as Docker's stat of a container path.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn stat(
     exec: Data<ExecApi>,
     req: HttpRequest,
@@ -222,7 +232,11 @@ pub async fn stat(
 }
 
 /// `GET /v1/vms/{name}/archive?path=P`: `P` as a tar stream, its `PathStat` in the
-/// `X-Hearth-Path-Stat` header.
+/// `X-Hearth-Path-Stat` header. Failures after the headers abort the body instead.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn get(
     exec: Data<ExecApi>,
     state: Data<ApiState>,

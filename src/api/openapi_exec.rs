@@ -1,5 +1,6 @@
-//! The exec and archive part of the OpenAPI document ([`super::openapi`]): paths and schemas,
-//! with the same constraints the handlers enforce (`hearth_proto::agent::exec` and `files`).
+//! The exec and archive part of the `OpenAPI` document ([`super::openapi`]): paths and
+//! schemas, with the same constraints the handlers enforce (`hearth_proto::agent::exec` and
+//! `files`).
 
 use serde_json::{json, Map, Value};
 
@@ -62,14 +63,19 @@ const SIGNAL_NAMES: [&str; 30] = [
 
 /// `[Hh][Uu][Pp]`: case-insensitive without inline flags (JSON Schema regexes have none).
 fn any_case(name: &str) -> String {
-    name.chars()
-        .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
-        .collect()
+    let mut out = String::with_capacity(name.len() * 4);
+    for c in name.chars() {
+        out.push('[');
+        out.push(c.to_ascii_uppercase());
+        out.push(c.to_ascii_lowercase());
+        out.push(']');
+    }
+    out
 }
 
 /// The pattern of `ExecSignal.signal`: 1..=64 or a known name.
 fn signal_pattern() -> String {
-    let names: Vec<String> = SIGNAL_NAMES.iter().map(|n| any_case(n)).collect();
+    let names: Vec<String> = SIGNAL_NAMES.iter().copied().map(any_case).collect();
     format!(
         "^([1-9]|[1-5][0-9]|6[0-4]|({})?({}))$",
         any_case("SIG"),
@@ -78,7 +84,14 @@ fn signal_pattern() -> String {
 }
 
 /// The exec and archive paths.
+#[must_use]
 pub fn paths() -> Map<String, Value> {
+    let mut out = exec_paths();
+    out.insert("/v1/vms/{name}/archive".into(), archive_path());
+    out
+}
+
+fn exec_paths() -> Map<String, Value> {
     let with_body = |extra: &[(&'static str, &'static str)]| {
         let mut v = guest(extra);
         v.extend(BODY);
@@ -146,13 +159,17 @@ pub fn paths() -> Map<String, Value> {
             &guest(&[("400", "Not a WebSocket upgrade offering the subprotocol, or an invalid \
                               session id or query parameter")])),
     }}));
+    out
+}
+
+fn archive_path() -> Value {
     let mut ok_get = json!({"description": "The path as a tar stream (cut short, not ended, \
         when it passes the configured maximum or the agent fails)",
         "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}});
     ok_get["headers"] = stat_header();
     let mut ok_head = json!({"description": "The path exists"});
     ok_head["headers"] = stat_header();
-    out.insert("/v1/vms/{name}/archive".into(), json!({
+    json!({
         "put": {
             "operationId": "putArchive",
             "summary": "Extract a tar stream into an existing guest directory",
@@ -190,11 +207,11 @@ pub fn paths() -> Map<String, Value> {
             "responses": responses(&[("200", ok_head)],
                 &guest(&[("400", "Invalid path or query parameter")])),
         },
-    }));
-    out
+    })
 }
 
 /// The exec and archive schemas.
+#[must_use]
 pub fn schemas() -> Map<String, Value> {
     let window = json!({"type": "object", "additionalProperties": false,
         "required": ["rows", "cols"],

@@ -1,7 +1,7 @@
 //! Exec sessions and file transfer through the HTTP API: a real server over the fake
 //! supervisor, whose VM "web" has the REAL `hearth-agent` (`--unix` mode) behind a
 //! hybrid-vsock stand-in (`CONNECT <port>` -> `OK`, then spliced to the agent), so real
-//! commands run through hearthd's GuestActor, its WebSocket and archive proxies. The "guest"
+//! commands run through hearthd's `GuestActor`, its WebSocket and archive proxies. The "guest"
 //! is this host: commands and files stay inside a temporary directory. A scripted hostile
 //! agent stands behind a second VM. Privileged end-to-end runs through firecracker-sim are
 //! in the hearthctl tests.
@@ -636,7 +636,7 @@ fn a_hostile_agent_ends_its_request_never_hearthd() {
                 &[],
                 None,
             );
-            assert!(r.map(|r| r.status >= 400).unwrap_or(true), "{what}");
+            assert!(!r.is_ok_and(|r| r.status < 400), "{what}");
         } else {
             let r = post(
                 &g.client,
