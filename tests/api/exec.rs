@@ -710,3 +710,23 @@ fn a_hundred_mib_each_way_keeps_every_byte() {
     e.read_to_end(&mut got).unwrap();
     assert_eq!(sha256(&got), want);
 }
+
+#[test]
+fn a_stalled_upload_is_408_and_frees_its_agent_connection() {
+    let g = guest(1 << 20);
+    let mut s = UnixStream::connect(&g.server.socket).unwrap();
+    write!(
+        s,
+        "PUT /v1/vms/web/archive?path={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+        g.work.display()
+    )
+    .unwrap();
+    // Nothing more: the server's body deadline (5 s) ends it.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("body_timeout"), "{out}");
+    // The VM's agent still answers.
+    exec(&g.client, "web", json!({"command": ["true"]}));
+}
