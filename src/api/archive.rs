@@ -273,21 +273,35 @@ fn download(
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     // The writer stays open for the whole download: closing it would tell the agent the host
     // went away.
-    futures::stream::unfold(Some((reader, writer, 0u64)), move |state| {
+    futures::stream::unfold(Download::Going(reader, writer, 0), move |state| {
         let log = log.clone();
         async move {
-            let (mut reader, writer, sent) = state?;
             let fail = |why: String| {
                 warn!(log, "archive download cut"; "error" => &why);
-                Some((Err(std::io::Error::other(why)), None))
+                Some((Err(std::io::Error::other(why)), Download::Done))
+            };
+            let (mut reader, writer, sent) = match state {
+                Download::Going(r, w, sent) => (r, w, sent),
+                Download::FailNext(why) => return fail(why),
+                Download::Done => return None,
             };
             match reader.next().await {
                 Ok(Some(f)) if f.kind == FrameKind::Data => {
-                    let sent = sent + f.payload.len() as u64;
-                    if sent > limit {
-                        return fail(format!("the archive is over {limit} bytes"));
+                    let len = f.payload.len() as u64;
+                    if sent + len > limit {
+                        // Up to the limit first, so the client gets the headers and a body
+                        // that is visibly cut, then the error that aborts it.
+                        let keep = usize::try_from(limit - sent).unwrap_or(0);
+                        let why = format!("the archive is over {limit} bytes");
+                        return Some((
+                            Ok(Bytes::copy_from_slice(&f.payload[..keep])),
+                            Download::FailNext(why),
+                        ));
                     }
-                    Some((Ok(Bytes::from(f.payload)), Some((reader, writer, sent))))
+                    Some((
+                        Ok(Bytes::from(f.payload)),
+                        Download::Going(reader, writer, sent + len),
+                    ))
                 }
                 Ok(Some(f)) if f.kind == FrameKind::End => None,
                 Ok(Some(f)) if f.kind == FrameKind::Error => fail(agent_error(&f).to_string()),
@@ -300,6 +314,16 @@ fn download(
             }
         }
     })
+}
+
+/// Where a download is.
+enum Download {
+    /// Streaming: the agent's stream and the bytes sent so far.
+    Going(FrameReader, FrameWriter, u64),
+    /// The limit was reached: the next poll ends the body with this error.
+    FailNext(String),
+    /// Ended (with an error already sent).
+    Done,
 }
 
 #[cfg(test)]

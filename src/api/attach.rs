@@ -15,7 +15,8 @@
 //!   running in the agent, its output kept for the next attach.
 //!
 //! Backpressure both ways: each send is awaited before the next frame or message is read, and
-//! incoming messages are bounded ([`MAX_MESSAGE`]).
+//! incoming messages are bounded ([`MAX_MESSAGE`]). When hearthd stops, open sessions are
+//! closed with 1001 (going away) and detached, so they do not hold up the shutdown.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{Data, Path, Payload};
@@ -30,6 +31,7 @@ use slog::{debug, warn};
 
 use super::exec::{session_id, ExecApi};
 use super::query::Params;
+use super::sse::StreamShutdown;
 use super::{ApiError, ApiState};
 
 /// The largest WebSocket message accepted from a client (1 MiB; stdin is forwarded in
@@ -89,8 +91,30 @@ pub async fn attach(
         .log
         .new(slog::o!("vm" => name, "session" => id.to_string()));
     let (reader, writer) = opened.stream.into_split();
-    actix_web::rt::spawn(pump(reader, writer, session, messages, log));
+    let shutdown = req.app_data::<StreamShutdown>().map(|s| s.0.clone());
+    actix_web::rt::spawn(async move {
+        let session_end = Box::pin(pump(reader, writer, session.clone(), messages, log));
+        if let Either::Right(((), _)) = select(session_end, Box::pin(stopping(shutdown))).await {
+            // The agent stream is dropped with the pump: the session detaches.
+            let _ = session
+                .close(Some(CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("hearthd is stopping; the session keeps running".into()),
+                }))
+                .await;
+        }
+    });
     Ok(response)
+}
+
+/// Resolves once the server stops; never without a shutdown signal.
+async fn stopping(shutdown: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut rx) = shutdown {
+        if rx.wait_for(|stop| *stop).await.is_ok() {
+            return;
+        }
+    }
+    futures::future::pending::<()>().await;
 }
 
 fn bad_upgrade(reason: &str) -> ApiError {
