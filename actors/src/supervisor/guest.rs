@@ -28,3 +28,53 @@ impl Handler<GuestEndpoint> for VmSupervisor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::testing::supervisor_over_fakes;
+    use crate::supervisor::{MemoryVmStore, Open, VmStore};
+
+    /// The running case (a socket under the run directory) is covered end to end in
+    /// `tests/exec_e2e.rs`, where a VMM really runs.
+    #[actix::test]
+    async fn unknown_and_stopped_vms_have_no_agent_endpoint() {
+        let mut store = MemoryVmStore::default();
+        let spec = serde_json::from_value(
+            serde_json::json!({"name": "off", "kernel": "vmlinux", "rootfs": "base"}),
+        )
+        .unwrap();
+        store.insert_vm(&spec).unwrap();
+        store.set_state("off", VmState::Stopped, None).unwrap();
+        let (sup, _disks) = supervisor_over_fakes(false, store);
+        sup.send(Open {}).await.unwrap().unwrap();
+        let e = sup
+            .send(GuestEndpoint { name: "off".into() })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SupervisorError::InvalidState {
+                    state: VmState::Stopped,
+                    op: "reach the agent of",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "Cannot reach the agent of VM \"off\" while it is stopped"
+        );
+        let e = sup
+            .send(GuestEndpoint {
+                name: "nope".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, SupervisorError::NotFound { .. }), "{e:?}");
+    }
+}
