@@ -26,6 +26,14 @@ use tokio::runtime::Runtime;
 
 pub use http::Method;
 
+pub mod cli;
+pub mod cp;
+pub mod exec;
+pub mod term;
+pub mod untar;
+pub mod upload;
+pub mod ws;
+
 /// The largest answer [`Client::request`] reads (event pages and VM lists are far smaller).
 pub const MAX_BODY: usize = 16 << 20;
 /// The longest line of a streamed answer (one event, one progress update).
@@ -252,7 +260,7 @@ impl StreamResponse {
 
 /// The runtime every client's I/O runs on: one per process, current-thread, driven only
 /// while a caller blocks on it; nothing is spawned on it.
-fn runtime() -> Result<&'static Runtime, ClientError> {
+pub(crate) fn runtime() -> Result<&'static Runtime, ClientError> {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
@@ -276,7 +284,7 @@ impl Client {
         &self.socket
     }
 
-    fn connect_error(&self, e: io::Error) -> ClientError {
+    pub(crate) fn connect_error(&self, e: io::Error) -> ClientError {
         match e.kind() {
             io::ErrorKind::NotFound => ClientError::NotRunning {
                 socket: self.socket.clone(),

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+mod exec;
+pub use exec::ExecConfig;
+
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +61,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The DNS server on the bridge gateway.
     pub dns: DnsConfig,
+    /// Exec sessions and file transfer through the guest agent.
+    pub exec: ExecConfig,
 }
 
 /// Host networking settings.
@@ -302,6 +307,7 @@ impl Config {
     /// is reported).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.network.validate()?;
+        self.exec.validate()?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod firecracker;
+pub mod guest;
 #[expect(
     clippy::disallowed_methods,
     reason = "the host backends are where processes are spawned and trees removed (clippy.toml)"

@@ -14,6 +14,9 @@
 //!   into the existing guest directory `DIR` ([`ArchiveSummary`] back);
 //!   `GET /v1/vms/{name}/archive?path=P` answers `P` as a tar stream whose top entry is `P`'s
 //!   last component, with its [`PathStat`] in the [`PATH_STAT_HEADER`] header (JSON).
+//! - `HEAD /v1/vms/{name}/archive?path=P` answers `200` with only that header (Docker's stat
+//!   of a container path), `404` when nothing is at `P`: `hearthctl vm cp` decides from it
+//!   whether a copy goes into an existing directory or becomes a new path.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +72,11 @@ pub struct ExecCreate {
     #[serde(default)]
     pub stdin: bool,
     /// Kill the session after this many seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::whole::optional"
+    )]
     pub timeout_secs: Option<u64>,
 }
 
@@ -258,6 +265,31 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON Schema's integers include `80.0`; a generated client sends them.
+    #[test]
+    fn whole_floats_are_integers_in_exec_bodies() {
+        let c: ExecCreate = serde_json::from_str(
+            r#"{"command":["x"],"size":{"rows":24.0,"cols":65535.0},"timeout_secs":5.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.size,
+            Some(WindowSize {
+                rows: 24,
+                cols: 65535
+            })
+        );
+        assert_eq!(c.timeout_secs, Some(5));
+        assert!(serde_json::from_str::<ExecCreate>(
+            r#"{"command":["x"],"size":{"rows":24.5,"cols":80}}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<ExecCreate>(
+            r#"{"command":["x"],"size":{"rows":65536,"cols":80}}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn status_follows_kubectl() {

@@ -5,6 +5,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use hearth_actors::firecracker::FirecrackerError;
+use hearth_actors::guest::GuestError;
 use hearth_actors::host::disks::DisksError;
 use hearth_actors::nat::NatError;
 use hearth_actors::snapshot::SnapshotError;
@@ -23,6 +24,9 @@ pub enum ApiError {
     /// The image store refused or failed the operation.
     #[error(transparent)]
     Images(#[from] ImagesError),
+    /// Talking to the guest agent failed (its own error, unreachable, protocol violation).
+    #[error(transparent)]
+    Guest(GuestError),
     /// A query parameter, path segment or header is invalid.
     #[error("Invalid `{param}`: {reason}")]
     InvalidParam {
@@ -52,6 +56,9 @@ pub enum ApiError {
     /// The body is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// An archive upload declares a type other than a tar stream.
+    #[error("Content-Type must be application/x-tar")]
+    NotTar,
     /// The TCP listener needs a bearer token and the request lacks the right one.
     #[error("Missing or wrong bearer token")]
     Unauthorized,
@@ -83,6 +90,16 @@ pub enum ApiError {
         /// What failed.
         what: String,
     },
+}
+
+impl From<GuestError> for ApiError {
+    /// The supervisor's part of a guest error (unknown VM, not running) maps as its own.
+    fn from(e: GuestError) -> Self {
+        match e {
+            GuestError::Vm(e) => ApiError::Supervisor(e),
+            other => ApiError::Guest(other),
+        }
+    }
 }
 
 impl From<actix::MailboxError> for ApiError {
@@ -127,11 +144,12 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "storage")
                 }
             },
+            ApiError::Guest(e) => guest_status(e),
             ApiError::InvalidParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            ApiError::UnsupportedMediaType => {
+            ApiError::UnsupportedMediaType | ApiError::NotTar => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -167,6 +185,38 @@ impl ApiError {
                 message: self.message(),
             },
         }
+    }
+}
+
+/// The status of a guest agent failure: the agent's own error codes map to what they mean
+/// for the request (no such session or path 404, refused 403, bad archive 400); an agent that
+/// cannot be reached, fails, or breaks the protocol is an upstream failure (502).
+fn guest_status(e: &GuestError) -> (StatusCode, &'static str) {
+    use hearth_proto::agent::codes;
+    match e {
+        GuestError::Vm(_) | GuestError::WrongOp { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+        GuestError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "agent_unreachable"),
+        GuestError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "agent_protocol"),
+        GuestError::Stream { .. } => (StatusCode::BAD_GATEWAY, "agent_stream"),
+        GuestError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+        GuestError::Gone => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        GuestError::Agent { code, .. } => match code.as_str() {
+            codes::NO_SUCH_SESSION => (StatusCode::NOT_FOUND, "no_such_session"),
+            codes::NOT_FOUND => (StatusCode::NOT_FOUND, "not_found"),
+            codes::NOT_A_DIRECTORY => (StatusCode::BAD_REQUEST, "not_a_directory"),
+            codes::ARCHIVE => (StatusCode::BAD_REQUEST, "archive"),
+            codes::BAD_REQUEST => (StatusCode::BAD_REQUEST, "bad_request"),
+            codes::PERMISSION_DENIED => (StatusCode::FORBIDDEN, "permission_denied"),
+            codes::TOO_MANY_SESSIONS => (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"),
+            // The guest's agent predates the op (e.g. a v1 agent): the VM, not hearthd, lacks
+            // it, and a retry will not help until the guest's agent is updated.
+            codes::UNKNOWN_OP | codes::UNSUPPORTED_VERSION => {
+                (StatusCode::CONFLICT, "agent_unsupported")
+            }
+            _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+        },
     }
 }
 

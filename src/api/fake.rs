@@ -31,6 +31,17 @@ pub struct ForceState {
     pub state: VmState,
 }
 
+/// Points a VM's agent at `uds` (a hybrid-vsock stand-in the test runs): `GuestEndpoint`
+/// answers it while the VM is running (port 52).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetAgentSocket {
+    /// The VM.
+    pub name: String,
+    /// The socket.
+    pub uds: std::path::PathBuf,
+}
+
 /// How many `WaitForState` requests have arrived so far (lets a test wait until a long
 /// poll is really waiting, instead of sleeping).
 #[derive(Debug, Message)]
@@ -48,6 +59,7 @@ pub struct FakeSupervisor {
     fail_next: Option<SupervisorError>,
     creates: Histogram,
     errors: u64,
+    agent_sockets: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Actor for FakeSupervisor {
@@ -254,6 +266,39 @@ impl Handler<sup::GetVm> for FakeSupervisor {
     fn handle(&mut self, msg: sup::GetVm, _: &mut Self::Context) -> Self::Result {
         self.take_failure()?;
         self.vm(&msg.name).cloned()
+    }
+}
+
+impl Handler<SetAgentSocket> for FakeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetAgentSocket, _: &mut Self::Context) {
+        self.agent_sockets.insert(msg.name, msg.uds);
+    }
+}
+
+impl Handler<sup::GuestEndpoint> for FakeSupervisor {
+    type Result = Result<sup::AgentEndpoint, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::GuestEndpoint, _: &mut Self::Context) -> Self::Result {
+        let state = self.vm(&msg.name)?.state;
+        if state != VmState::Running {
+            return Err(SupervisorError::InvalidState {
+                name: msg.name,
+                state,
+                op: "reach the agent of",
+            });
+        }
+        // Without a socket set, a path where nothing listens: the agent is unreachable.
+        let uds = self
+            .agent_sockets
+            .get(&msg.name)
+            .cloned()
+            .unwrap_or_else(|| std::path::PathBuf::from("/nonexistent/hearth-agent.sock"));
+        Ok(sup::AgentEndpoint {
+            uds,
+            port: hearth_proto::agent::DEFAULT_PORT,
+        })
     }
 }
 

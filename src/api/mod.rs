@@ -12,14 +12,18 @@
 //! ready-made server over it, for the tests of this API and of hearthctl (only with the
 //! `testing` feature, so release binaries carry no fake).
 
+pub mod archive;
+pub mod attach;
 pub mod body;
 pub mod error;
 pub mod events;
+pub mod exec;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod images;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_exec;
 pub mod ports;
 pub mod query;
 pub mod routes;

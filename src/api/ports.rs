@@ -29,6 +29,8 @@ pub struct SupervisorPorts {
     pub subscribe: Recipient<sup::Subscribe>,
     /// `GET /metrics`.
     pub metrics: Recipient<sup::GetMetrics>,
+    /// Where a running VM's agent is (exec and archive endpoints, through `GuestActor`).
+    pub guest: Recipient<sup::GuestEndpoint>,
 }
 
 impl SupervisorPorts {
@@ -45,7 +47,8 @@ impl SupervisorPorts {
             + Handler<sup::WaitForState>
             + Handler<sup::EventsSince>
             + Handler<sup::Subscribe>
-            + Handler<sup::GetMetrics>,
+            + Handler<sup::GetMetrics>
+            + Handler<sup::GuestEndpoint>,
         A::Context: ToEnvelope<A, sup::CreateVm>
             + ToEnvelope<A, sup::RunAction>
             + ToEnvelope<A, sup::DeleteVm>
@@ -55,7 +58,8 @@ impl SupervisorPorts {
             + ToEnvelope<A, sup::WaitForState>
             + ToEnvelope<A, sup::EventsSince>
             + ToEnvelope<A, sup::Subscribe>
-            + ToEnvelope<A, sup::GetMetrics>,
+            + ToEnvelope<A, sup::GetMetrics>
+            + ToEnvelope<A, sup::GuestEndpoint>,
     {
         SupervisorPorts {
             create: addr.clone().recipient(),
@@ -68,6 +72,7 @@ impl SupervisorPorts {
             events: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
             metrics: addr.clone().recipient(),
+            guest: addr.clone().recipient(),
         }
     }
 }

@@ -10,7 +10,7 @@ use hearth_actors::supervisor as sup;
 use hearth_proto::api_health::Health;
 
 use super::query::Params;
-use super::{events, images, metrics, openapi, vms, ApiError, ApiState};
+use super::{archive, attach, events, exec, images, metrics, openapi, vms, ApiError, ApiState};
 
 /// Routes being registered, grouped by path in registration order.
 #[derive(Default)]
@@ -74,6 +74,22 @@ pub fn api_routes() -> Routes {
         .add(Method::POST, "/v1/vms/{name}/restart", vms::restart)
         .add(Method::PUT, "/v1/vms/{name}/nat", vms::set_nat)
         .add(Method::GET, "/v1/vms/{name}/wait", vms::wait)
+        .add(Method::POST, "/v1/vms/{name}/exec", exec::create)
+        .add(Method::GET, "/v1/vms/{name}/execs", exec::list)
+        .add(Method::GET, "/v1/vms/{name}/execs/{id}", exec::get)
+        .add(
+            Method::POST,
+            "/v1/vms/{name}/execs/{id}/signal",
+            exec::signal,
+        )
+        .add(
+            Method::GET,
+            "/v1/vms/{name}/execs/{id}/attach",
+            attach::attach,
+        )
+        .add(Method::PUT, "/v1/vms/{name}/archive", archive::put)
+        .add(Method::GET, "/v1/vms/{name}/archive", archive::get)
+        .add(Method::HEAD, "/v1/vms/{name}/archive", archive::stat)
         .add(Method::POST, "/v1/images", images::import)
         .add(Method::GET, "/v1/images", images::list)
         .add(Method::DELETE, "/v1/images/{name}", images::delete)

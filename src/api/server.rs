@@ -42,6 +42,8 @@ pub struct ApiSettings {
     pub token: Option<String>,
     /// Worker threads.
     pub workers: usize,
+    /// The exec and archive endpoints' settings (`[exec]`).
+    pub exec: super::exec::ExecSettings,
 }
 
 impl Default for ApiSettings {
@@ -53,6 +55,7 @@ impl Default for ApiSettings {
             tcp: None,
             token: None,
             workers: 2,
+            exec: super::exec::ExecSettings::default(),
         }
     }
 }
@@ -270,11 +273,17 @@ impl ApiServer {
             .transpose()
             .map_err(io_err("inspect", "the TCP listener"))?;
         let uds = bind_socket(config)?;
+        let exec = Data::new(super::exec::ExecApi::start(
+            config.exec,
+            state.ports.guest.clone(),
+            &state.log,
+        ));
         let data = Data::new(state);
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(data.clone())
+                .app_data(exec.clone())
                 .app_data(StreamShutdown(shutdown_rx.clone()))
                 .wrap(from_fn(authenticate))
                 .wrap(from_fn(access_log));

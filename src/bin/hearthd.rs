@@ -113,6 +113,7 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
             .token
             .clone()
             .or_else(|| std::env::var("HEARTH_API_TOKEN").ok()),
+        exec: config.exec.settings(),
         ..api::ApiSettings::default()
     };
     if let Some(parent) = api_settings.socket.parent() {

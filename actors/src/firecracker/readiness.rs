@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hearth_proto::agent::{decode_response, encode_request, PingReply, Request, MAX_LINE};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tokio::io::AsyncWriteExt;
 
 use super::backoff::Backoff;
 use super::FirecrackerError;
+use crate::guest::vsock::{self, VsockError};
 
 /// Firecracker gives up on a host-initiated connection after 2 s; one attempt waits a bit
 /// longer for the `OK`, so a slow guest is not cut off early.
@@ -35,57 +35,35 @@ pub struct ProbeOutcome {
     pub elapsed: Duration,
 }
 
-/// Parses Firecracker's `OK <host port>` acknowledgement.
-pub fn parse_ok_line(line: &str) -> Option<u32> {
-    line.trim_end().strip_prefix("OK ")?.parse().ok()
-}
+pub use crate::guest::vsock::parse_ok_line;
 
-async fn read_bounded_line(reader: &mut BufReader<UnixStream>) -> Result<String, String> {
-    let mut line = Vec::new();
-    let n = (&mut *reader)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    if n == 0 {
-        return Err("connection closed".into());
-    }
-    if !line.ends_with(b"\n") {
-        return Err("line too long or truncated".into());
-    }
-    String::from_utf8(line).map_err(|_| "reply is not UTF-8".into())
-}
-
-/// One probe attempt; `Err` carries why it failed (for the final timeout error).
+/// One probe attempt.
+///
+/// # Errors
+///
+/// Why the attempt failed, as text for the final timeout error.
 pub async fn attempt(uds: &Path, port: u32) -> Result<PingReply, String> {
-    let stream = UnixStream::connect(uds)
-        .await
-        .map_err(|e| format!("connect {}: {e}", uds.display()))?;
-    let mut reader = BufReader::new(stream);
-    // One write: Firecracker reads the CONNECT line from a single packet.
-    reader
-        .get_mut()
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .await
-        .map_err(|e| format!("write CONNECT: {e}"))?;
-    let ok = read_bounded_line(&mut reader)
-        .await
-        .map_err(|e| format!("no OK for port {port} ({e}): is the agent listening?"))?;
-    if parse_ok_line(&ok).is_none() {
-        return Err(format!("expected \"OK <port>\", got {:?}", ok.trim_end()));
-    }
+    let mut reader = vsock::connect(uds, port).await.map_err(|e| match e {
+        VsockError::Connect { source, .. } => format!("connect {}: {source}", uds.display()),
+        VsockError::BadAck { .. } => e.to_string(),
+        other => format!("no OK for port {port} ({other}): is the agent listening?"),
+    })?;
     reader
         .get_mut()
         .write_all(&encode_request(&Request::Ping))
         .await
         .map_err(|e| format!("write ping: {e}"))?;
-    let line = read_bounded_line(&mut reader)
+    let line = vsock::read_line(&mut reader, MAX_LINE, "the ping reply")
         .await
         .map_err(|e| format!("ping reply: {e}"))?;
-    decode_response::<PingReply>(line.as_bytes()).map_err(|e| format!("ping reply: {e}"))
+    decode_response::<PingReply>(&line).map_err(|e| format!("ping reply: {e}"))
 }
 
 /// Probes until the agent answers or `timeout` passes.
+///
+/// # Errors
+///
+/// [`FirecrackerError::ReadinessTimeout`] with the last attempt's error.
 pub async fn probe(
     uds: &Path,
     port: u32,
@@ -129,6 +107,7 @@ pub async fn probe(
 mod tests {
     use super::*;
     use hearth_proto::agent::encode_ok;
+    use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UnixListener;
 
     #[test]

@@ -266,3 +266,21 @@ pub(crate) struct ObservePhase {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), SupervisorError>")]
 pub(super) struct RebuildDns {}
+
+/// Where a running VM's guest agent is reached: its hybrid vsock socket and the agent's port.
+/// `NotFound` for an unknown VM, `InvalidState` (HTTP 409) for one that is not `running`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AgentEndpoint, SupervisorError>")]
+pub struct GuestEndpoint {
+    /// The VM.
+    pub name: String,
+}
+
+/// The answer to [`GuestEndpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEndpoint {
+    /// The VM's hybrid vsock Unix socket (`CONNECT <port>` goes there).
+    pub uds: std::path::PathBuf,
+    /// The guest vsock port the agent listens on.
+    pub port: u32,
+}

@@ -27,6 +27,7 @@
 
 pub mod catalog;
 mod error;
+mod guest;
 mod handlers;
 mod messages;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //! its own, a file beside this one holding its arguments and its function).
 
 use clap::{Args, Subcommand, ValueEnum};
-use hearth::client::{ApiPath, Client, Method};
+use hearth::client::{cli, ApiPath, Client, Method};
 use hearth_proto::api::{parse_label, CreateVm, SetNat, VmInfo, VmState};
 
 use crate::output::{labels, on_off, print_json, table};
@@ -71,6 +71,10 @@ pub(crate) enum VmCmd {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Run a command in a VM (NAME -- CMD...), or list, attach to and signal its sessions.
+    Exec(hearth::client::cli::ExecArgs),
+    /// Copy files between this host and a VM (one side NAME:PATH).
+    Cp(hearth::client::cli::CpArgs),
 }
 
 /// The arguments of `vm create`.
@@ -121,6 +125,10 @@ fn parse_state(s: &str) -> Result<VmState, String> {
 /// Runs one `vm` subcommand.
 pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
     match cmd {
+        // These end the process with their own codes (a remote command's exit code); their
+        // terminal and connections are released before they return.
+        VmCmd::Exec(a) => std::process::exit(cli::exec(c, json, a).into()),
+        VmCmd::Cp(a) => std::process::exit(cli::cp(c, json, &a).into()),
         VmCmd::Create(args) => create(c, json, args),
         VmCmd::List { label } => list(c, json, label),
         VmCmd::Get { name } => get(c, json, &name),
