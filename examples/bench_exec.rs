@@ -19,11 +19,6 @@
 //! sudo cargo run --release --example bench_exec -- --rounds 200 --mib 256 --sessions 100
 //! ```
 
-use hearth_testkit as common;
-#[path = "../tests/common/fc_sim.rs"]
-mod fc_sim;
-#[path = "../tests/common/vm_host.rs"]
-mod vm_host;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,7 +34,7 @@ use hearth_proto::agent::{
     encode_request, ArchiveRequest, ExecList, ExecRequest, Request, DEFAULT_PORT,
 };
 use hearth_proto::api::VmInfo;
-use vm_host::VmHost;
+use hearth::vm_host::{self, VmHost};
 
 #[derive(Parser, Debug)]
 struct Args {

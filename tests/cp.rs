@@ -4,12 +4,7 @@
 //! binary doubles as a fake agent (see [`fake_agent_entry`]) that answers `get_archive` with
 //! a crafted tar stream, which goes through the real hearthd to the real hearthctl.
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/exec_host.rs"]
-mod exec_host;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::exec_host;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -4,12 +4,7 @@
 //! terminal restored after the end and after a signal), a hearthd `kill -9` mid-session, and
 //! 100 MiB of binary stdout.
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/exec_host.rs"]
-mod exec_host;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::exec_host;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

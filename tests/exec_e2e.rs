@@ -5,10 +5,7 @@
 //! hearthd's private network namespace; files go to the test's directory only.
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
-#[path = "common/fc_sim.rs"]
-mod fc_sim;
+use common::daemon;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

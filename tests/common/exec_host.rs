@@ -3,21 +3,14 @@
 //! hearthctl. The simulated guest's agent runs on this machine, so a guest path is a path
 //! here too (tests check the guest side directly).
 //!
-//! Include after `mod common;`, `#[path = "common/fc_sim.rs"] mod fc_sim;` and
-//! `#[path = "common/daemon.rs"] mod daemon;` with `#[path = "common/exec_host.rs"] mod
-//! exec_host;`.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the helpers"
-)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-use crate::daemon::HearthHost;
-use crate::fc_sim;
+use super::daemon::HearthHost;
+use hearth_testkit::fc_sim;
 
 /// The agent binary of this build, (re)built so a test never runs a stale one.
 pub fn agent_bin() -> PathBuf {
