@@ -74,6 +74,12 @@ fn sibling(name: &str, env: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "an index from a fraction of a small count"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -83,8 +89,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+#[allow(clippy::cast_precision_loss, reason = "a printed figure")]
 fn mibps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+    bytes as f64 / f64::from(1u32 << 20) / d.as_secs_f64()
 }
 
 /// Connects to the agent through the VM's hybrid vsock socket (`CONNECT`, `OK`).
@@ -223,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     let agent = sibling("hearth-agent", "HEARTH_AGENT")?;
     let mut host = VmHost::new("hbex", 16)?;
     let socket = host.dir.path().join("hearthd.sock");
-    host.config.api.socket = socket.clone();
+    host.config.api.socket.clone_from(&socket);
     host.config.network.pool_size = 2;
     host.config.validate()?;
     let config_path = host.dir.path().join("hearthd.toml");
@@ -285,13 +292,36 @@ fn run(
         .map(|e| e.path().join("v.sock"))
         .find(|p| p.exists())
         .context("no v.sock under the run directory")?;
-    let ctl = |a: &[&str]| {
-        let mut c = Command::new(hearthctl);
-        c.arg("--socket").arg(socket).args(a);
-        c
+    let b = Bench {
+        hearthctl,
+        socket,
+        vsock,
     };
+    latency(args, &b)?;
+    throughput(args, &b, &host.dir.path().join("xfer"))?;
+    memory(args, &b, &client, hearthd_pid)
+}
 
-    // 1. Round trips.
+/// What the three parts share.
+struct Bench<'a> {
+    hearthctl: &'a Path,
+    socket: &'a Path,
+    vsock: PathBuf,
+}
+
+impl Bench<'_> {
+    /// `hearthctl --socket S <args>`, not run yet.
+    fn ctl(&self, a: &[&str]) -> Command {
+        let mut c = Command::new(self.hearthctl);
+        c.arg("--socket").arg(self.socket).args(a);
+        c
+    }
+}
+
+/// 1. `exec true` round trips against raw vsock handshakes.
+fn latency(args: &Args, b: &Bench<'_>) -> anyhow::Result<()> {
+    let ctl = |a: &[&str]| b.ctl(a);
+    let vsock = &b.vsock;
     let mut exec = Vec::new();
     let mut raw = Vec::new();
     let mut health = Vec::new();
@@ -303,7 +333,7 @@ fn run(
             bail!("exec true failed: {st}");
         }
         let t = Instant::now();
-        drop(raw_connect(&vsock)?);
+        drop(raw_connect(vsock)?);
         raw.push(t.elapsed());
         let t = Instant::now();
         ctl(&["health"]).stdout(Stdio::null()).status()?;
@@ -328,9 +358,14 @@ fn run(
         if over <= 5.0 { "met" } else { "MISSED" }
     );
 
-    // 2. Throughput.
+    Ok(())
+}
+
+/// 2. Throughput of exec stdout and cp each way against the same transfers raw.
+fn throughput(args: &Args, b: &Bench<'_>, dir: &Path) -> anyhow::Result<()> {
+    let ctl = |a: &[&str]| b.ctl(a);
+    let vsock = &b.vsock;
     let bytes = (args.mib as u64) << 20;
-    let dir = host.dir.path().join("xfer");
     std::fs::create_dir_all(dir.join("guest"))?;
     let file = dir.join("big.bin");
     {
@@ -371,7 +406,7 @@ fn run(
         bail!("exec cat gave {got} bytes, not {bytes}");
     }
     let t = Instant::now();
-    let got = raw_exec_cat(&vsock, &file)?;
+    let got = raw_exec_cat(vsock, &file)?;
     let rawd = t.elapsed();
     if got != bytes {
         bail!("raw exec cat gave {got} bytes, not {bytes}");
@@ -393,7 +428,7 @@ fn run(
     }
     std::fs::remove_file(&dest)?;
     let t = Instant::now();
-    raw_get_archive(&vsock, &file, &dest)?;
+    raw_get_archive(vsock, &file, &dest)?;
     std::fs::remove_file(&dest)?;
     report("cp from guest", hearth, t.elapsed());
 
@@ -412,11 +447,17 @@ fn run(
     }
     std::fs::remove_file(guest.join("big.bin"))?;
     let t = Instant::now();
-    raw_put_archive(&vsock, &file, &guest, "raw.bin")?;
+    raw_put_archive(vsock, &file, &guest, "raw.bin")?;
     report("cp to guest", hearth, t.elapsed());
     std::fs::remove_file(&file)?;
 
-    // 3. Memory with concurrent streaming sessions.
+    Ok(())
+}
+
+/// 3. hearthd's memory with concurrent streaming sessions.
+#[allow(clippy::cast_precision_loss, reason = "printed figures")]
+fn memory(args: &Args, b: &Bench<'_>, client: &Client, hearthd_pid: u32) -> anyhow::Result<()> {
+    let ctl = |a: &[&str]| b.ctl(a);
     let idle = rss_kib(hearthd_pid);
     let mut clients = Vec::new();
     for _ in 0..args.sessions {

@@ -21,6 +21,7 @@ use hearth_proto::agent::frame::{write_frame, Frame, FrameKind, MAX_PAYLOAD};
 use hearth_proto::agent::{
     decode_envelope, encode_error_in, encode_ok_in, ErrorBody, PathKind, PathStat, PingReply,
 };
+use tar::EntryType::{Block, Directory, Fifo, Regular, Symlink};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -390,10 +391,24 @@ fn raw_entry(
     b.append(&hd, data).unwrap();
 }
 
-#[test]
-fn hostile_archives_from_the_guest_are_refused_without_writing_outside() {
-    require_privileged!();
-    use tar::EntryType::{Block, Directory, Fifo, Regular, Symlink};
+/// One refused archive: what it tries, its entries, a word of the error.
+type Case<'a> = (
+    &'a str,
+    Vec<(&'a str, tar::EntryType, u32, &'a [u8], &'a str)>,
+    &'a str,
+);
+
+/// A host whose agent is the fake one, serving `archive`; `work` is where copies go and
+/// `outside` must never be written.
+struct Hostile {
+    h: daemon::HearthHost,
+    _dir: tempfile::TempDir,
+    archive: PathBuf,
+    work: PathBuf,
+    outside: PathBuf,
+}
+
+fn hostile() -> Hostile {
     let dir = tempfile::Builder::new()
         .prefix("hcp")
         .tempdir_in("/tmp")
@@ -405,14 +420,27 @@ fn hostile_archives_from_the_guest_are_refused_without_writing_outside() {
     let outside = h.path("outside");
     fs::create_dir_all(&work).unwrap();
     fs::create_dir_all(&outside).unwrap();
+    Hostile {
+        h,
+        _dir: dir,
+        archive,
+        work,
+        outside,
+    }
+}
+
+#[test]
+fn hostile_archives_from_the_guest_are_refused_without_writing_outside() {
+    require_privileged!();
+    let Hostile {
+        h,
+        archive,
+        work,
+        outside,
+        _dir,
+    } = hostile();
     let out_s = outside.display().to_string();
     let evil_abs = format!("{out_s}/abs");
-
-    type Case<'a> = (
-        &'a str,
-        Vec<(&'a str, tar::EntryType, u32, &'a [u8], &'a str)>,
-        &'a str,
-    );
     let cases: Vec<Case<'_>> = vec![
         (
             "dot-dot",
@@ -473,7 +501,18 @@ fn hostile_archives_from_the_guest_are_refused_without_writing_outside() {
             "{what}: wrote outside"
         );
     }
+}
 
+#[test]
+fn a_guest_archive_without_its_end_is_truncated_and_devices_and_setuid_are_not_kept() {
+    require_privileged!();
+    let Hostile {
+        h,
+        archive,
+        work,
+        outside,
+        _dir,
+    } = hostile();
     // Truncated: no end-of-archive blocks.
     let mut b = tar::Builder::new(Vec::new());
     raw_entry(&mut b, "top/", Directory, 0o755, b"", "");

@@ -34,6 +34,7 @@ pub enum Side {
 
 /// Reads `NAME:PATH` as a guest side when `NAME` is a plausible VM name (no `/`, not empty)
 /// and anything else as a local path (write `./a:b` for a local name with a colon).
+#[must_use]
 pub fn parse_side(s: &str) -> Side {
     match s.split_once(':') {
         Some((vm, path)) if !vm.is_empty() && !vm.contains('/') && !vm.starts_with('.') => {
@@ -187,7 +188,7 @@ fn local_name(src: &Path) -> Result<OsString, CpError> {
         source: e,
     })?;
     abs.file_name()
-        .map(|n| n.to_os_string())
+        .map(std::ffi::OsStr::to_os_string)
         .ok_or_else(|| CpError::Usage(format!("cannot copy {} (no name)", src.display())))
 }
 
