@@ -4,11 +4,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 /// A host connection (a Unix socket in tests and the simulator, vsock in a guest).
-pub trait Conn: Read + Write + Send + Sized + 'static {
+pub trait Conn: Read + Write + AsFd + Send + Sized + 'static {
     /// Another handle to the same connection.
+    ///
+    /// # Errors
+    ///
+    /// The duplication's (out of fds).
     fn try_clone_conn(&self) -> io::Result<Self>;
     /// Shuts both directions down (errors ignored: the peer may be gone already).
     fn shutdown_conn(&self);

@@ -80,6 +80,10 @@ fn io_err(source: std::io::Error) -> AgentProtoError {
 
 /// Serves requests on `stream` until the peer closes it, an I/O error happens, or a request
 /// switched it to frames and that stream ended.
+///
+/// # Errors
+///
+/// An over-long line (answered, then the connection is closed) or an I/O failure.
 pub fn serve_connection<S: Conn>(stream: S, table: &Arc<Table>) -> Result<(), AgentProtoError> {
     let mut writer = stream.try_clone_conn().map_err(io_err)?;
     let mut reader = BufReader::new(stream);

@@ -180,15 +180,16 @@ fn a_100_mib_file_goes_in_and_out_intact() {
         .unwrap();
     assert_eq!((stat.kind, stat.size), (PathKind::File, 100 << 20));
     let mut ar = tar::Archive::new(Data(&mut c, Vec::new(), 0));
-    let mut entries = ar.entries().unwrap();
-    let mut e = entries.next().unwrap().unwrap();
-    assert_eq!(e.path().unwrap(), Path::new("big.bin"));
-    let mut got = Vec::new();
-    e.read_to_end(&mut got).unwrap();
-    assert_eq!(sha256(&got), want);
-    drop(e);
-    assert!(entries.next().is_none());
-    drop(entries);
+    {
+        let mut entries = ar.entries().unwrap();
+        let mut e = entries.next().unwrap().unwrap();
+        assert_eq!(e.path().unwrap(), Path::new("big.bin"));
+        let mut got = Vec::new();
+        e.read_to_end(&mut got).unwrap();
+        assert_eq!(sha256(&got), want);
+        drop(e);
+        assert!(entries.next().is_none());
+    }
     // The tar end marker, then END, then the agent closes.
     io::copy(&mut ar.into_inner(), &mut io::sink()).unwrap();
     assert!(c.frame().is_none(), "END is the last frame");
@@ -344,7 +345,24 @@ fn hostile_archives_are_refused() {
     names.sort();
     assert_eq!(names, ["victim"]);
     assert!(!root.path().join("new").exists());
+    // Refused archives were undone: only what the test put there and the one good archive.
+    let mut left: Vec<String> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["over", "pre"]);
+}
 
+#[test]
+fn archive_streams_and_targets_are_checked() {
+    let agent = Agent::start();
+    let root = tempfile::tempdir().unwrap();
+    let dst = root.path().join("dst");
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"original").unwrap();
     // A frame that does not belong in an archive stream.
     let mut c = agent.connect();
     let _: Empty = c
@@ -369,4 +387,122 @@ fn hostile_archives_are_refused() {
             "{e:?}"
         );
     }
+}
+
+/// Names and content digests below `d`, sorted (hidden files included). Paths that vanish
+/// while it reads (the agent may be undoing meanwhile) show as `<gone>`.
+fn snapshot(d: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(d) else {
+        return vec![(d.to_string_lossy().into_owned(), "<gone>".into())];
+    };
+    for e in entries {
+        let Ok(e) = e else { continue };
+        let name = e.path().to_string_lossy().into_owned();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            out.push((name, "<dir>".into()));
+            out.extend(snapshot(&e.path()));
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(e.path())
+                .map_or("<gone>".into(), |t| format!("-> {}", t.display()));
+            out.push((name, target));
+        } else {
+            let digest = std::fs::read(e.path()).map_or("<gone>".into(), |c| sha256(&c));
+            out.push((name, digest));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_aborted_or_refused_archive_is_undone() {
+    use tar::EntryType as T;
+    let agent = Agent::start();
+    let root = tempfile::tempdir().unwrap();
+    let dst = root.path().join("dst");
+    std::fs::create_dir_all(dst.join("sub")).unwrap();
+    std::fs::write(dst.join("keep"), b"original").unwrap();
+    symlink("keep", dst.join("sub/link")).unwrap();
+    let before = snapshot(&dst);
+    let good = [
+        raw_entry("newdir/", T::Directory, "", b""),
+        raw_entry("newdir/a", T::Regular, "", &vec![1u8; 100_000]),
+        raw_entry("keep", T::Regular, "", b"replaced"),
+        raw_entry("sub/link", T::Regular, "", b"no longer a link"),
+        raw_entry("sub/deeper/b", T::Regular, "", b"b"),
+    ]
+    .concat();
+    let big = raw_entry("big", T::Regular, "", &vec![2u8; 1 << 20]);
+
+    // The host aborts part way through "big" with an ERROR frame (as hearthd does at its
+    // size limit).
+    let mut c = agent.connect();
+    let _: Empty = c
+        .call(&Request::PutArchive(ArchiveRequest {
+            path: dst.to_str().unwrap().into(),
+        }))
+        .unwrap();
+    let mut partial = good.clone();
+    partial.extend_from_slice(&big[..600_000]);
+    for chunk in partial.chunks(MAX_PAYLOAD) {
+        c.send(&Frame::new(FrameKind::Data, chunk.to_vec()));
+    }
+    c.send(&Frame::error(&hearth_proto::agent::ErrorBody::new(
+        codes::ARCHIVE,
+        "over the limit",
+    )));
+    let last = c.frame().unwrap();
+    assert_refused(&last, codes::ARCHIVE, "aborted by the host");
+    assert!(
+        last.as_error().unwrap().message.contains("aborted"),
+        "{last:?}"
+    );
+    assert_eq!(snapshot(&dst), before, "the aborted archive was not undone");
+
+    // A refused entry after good ones: the good ones go too.
+    let mut t = good.clone();
+    t.extend(raw_entry("../escape", T::Regular, "", b"x"));
+    let last = put_raw(&agent, &dst, &tar_of(&[t]));
+    assert_refused(&last, codes::ARCHIVE, "refused late");
+    assert_eq!(snapshot(&dst), before, "the refused archive was not undone");
+
+    // The host vanishes mid-stream: nobody to answer, but the directory is restored.
+    let mut c = agent.connect();
+    let _: Empty = c
+        .call(&Request::PutArchive(ArchiveRequest {
+            path: dst.to_str().unwrap().into(),
+        }))
+        .unwrap();
+    for chunk in partial.chunks(MAX_PAYLOAD) {
+        c.send(&Frame::new(FrameKind::Data, chunk.to_vec()));
+    }
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while snapshot(&dst) != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never undone: {:?}",
+            snapshot(&dst)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // The same archive complete: applied, no moved-aside file left behind.
+    let mut t = good;
+    t.extend(big);
+    let last = put_raw(&agent, &dst, &tar_of(&[t]));
+    assert_eq!(last.kind, FrameKind::Done, "{last:?}");
+    assert_eq!(std::fs::read(dst.join("keep")).unwrap(), b"replaced");
+    assert_eq!(
+        std::fs::read(dst.join("sub/link")).unwrap(),
+        b"no longer a link"
+    );
+    assert_eq!(std::fs::metadata(dst.join("big")).unwrap().len(), 1 << 20);
+    let hidden: Vec<_> = snapshot(&dst)
+        .into_iter()
+        .filter(|(n, _)| n.contains(".hearth-put-"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
 }

@@ -1,4 +1,4 @@
-//! The static agent (`scripts/build-agent-static.sh`): no PT_INTERP and no DT_NEEDED, and in
+//! The static agent (`scripts/build-agent-static.sh`): no `PT_INTERP` and no `DT_NEEDED`, and in
 //! an empty root file system (nothing but the binary and two files in /etc, inside its own
 //! mount and network namespaces) it answers ping, resolves from /etc/hosts and over DNS (a
 //! responder on the namespace's loopback), and runs commands.
@@ -51,7 +51,7 @@ fn the_static_binary_has_no_interpreter_nor_needed_libraries() {
 }
 
 /// Answers every A query with 10.9.8.7 and anything else with no answer.
-fn dns_responder(sock: UdpSocket) {
+fn dns_responder(sock: &UdpSocket) {
     let mut buf = [0u8; 512];
     while let Ok((n, peer)) = sock.recv_from(&mut buf) {
         let q = &buf[..n];
@@ -100,7 +100,7 @@ fn start_jailed(root: &Path) -> Jailed {
             .unwrap();
         assert!(up.success());
         let sock = UdpSocket::bind("127.0.0.1:53").unwrap();
-        std::thread::spawn(move || dns_responder(sock));
+        std::thread::spawn(move || dns_responder(&sock));
         let script = format!(
             "mount -t proc proc {0}/proc && exec chroot {0} /hearth-agent --unix /tmp/agent.sock",
             root.display()

@@ -1,6 +1,6 @@
 //! `FC_SIM_AGENT_BIN`: the simulator runs the real `hearth-agent` as its guest agent, routes
 //! `CONNECT <agent port>` to it through the hybrid vsock socket, and kills it when the VMM
-//! exits (or when the simulator is SIGKILLed).
+//! exits (or when the simulator is `SIGKILL`ed).
 
 use hearth_testkit::bodies;
 mod support;
@@ -41,11 +41,11 @@ fn agents_of(parent: u32, bin: &std::path::Path) -> Vec<u32> {
         let exe = std::fs::read_link(e.path().join("exe")).ok();
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
         // The fields after the command's closing parenthesis: state, ppid, ...
-        let ppid = stat
+        let their_parent = stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
-        if exe.as_deref() == Some(bin) && ppid == Some(parent) {
+        if exe.as_deref() == Some(bin) && their_parent == Some(parent) {
             found.push(pid);
         }
     }
@@ -71,7 +71,7 @@ fn the_real_agent_serves_exec_through_hybrid_vsock() {
     let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(reply.boot_id, host_boot_id.trim());
 
-    // An attached exec with stdin: frames pass both ways, and a half-close is passed on.
+    // An attached exec with stdin: frames pass both ways until the agent closes after EXIT.
     let mut req = ExecRequest::new(vec!["cat".into()]);
     req.stdin = true;
     req.attach = true;
@@ -134,7 +134,7 @@ fn the_agent_is_stopped_when_the_vmm_exits() {
         &[],
         &[
             ("FC_SIM_AGENT_BIN", bin.to_str().unwrap()),
-            ("FC_SIM_CRASH_AFTER_MS", "400"),
+            ("FC_SIM_CRASH_AFTER_MS", "2000"),
         ],
     );
     let d = sim.dir.path().to_str().unwrap().to_owned();

@@ -11,7 +11,7 @@ pub mod session;
 pub mod spawn;
 pub mod stream;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hearth_proto::agent::{codes, ErrorBody, ExecInfo, ExecRequest, SessionId};
 
@@ -30,16 +30,23 @@ pub struct Table {
 
 impl Table {
     /// An empty table.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a session for `req`; with `attach`, its first attachment (generation 0) is
     /// reserved for the caller.
+    ///
+    /// # Errors
+    ///
+    /// `too_many_sessions` when [`MAX_RUNNING`] run already; `internal` when the process
+    /// cannot be started (pipes, PTY, fork). An exec failure is not an error: the session
+    /// exits 126 or 127.
     pub fn exec(&self, req: &ExecRequest, attach: bool) -> Result<Arc<Session>, ErrorBody> {
         let session = {
             let mut all = self.lock();
@@ -66,6 +73,10 @@ impl Table {
     }
 
     /// The session with this id.
+    ///
+    /// # Errors
+    ///
+    /// `no_such_session`.
     pub fn get(&self, id: &SessionId) -> Result<Arc<Session>, ErrorBody> {
         self.lock()
             .iter()
@@ -85,6 +96,10 @@ impl Table {
     }
 
     /// Signals a session's process group.
+    ///
+    /// # Errors
+    ///
+    /// `no_such_session` when there is no such session or it has exited.
     pub fn signal(&self, id: &SessionId, signal: i32) -> Result<(), ErrorBody> {
         if self.get(id)?.signal(signal) {
             Ok(())
@@ -121,11 +136,17 @@ fn new_id() -> SessionId {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_nanos());
         let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        b = (t as u64 ^ c.rotate_left(32)).to_be_bytes();
+        // Only the low bits vary between calls; the truncation is the point.
+        #[expect(clippy::cast_possible_truncation, reason = "low 64 bits of the time")]
+        let t = t as u64;
+        b = (t ^ c.rotate_left(32)).to_be_bytes();
     }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex: String = b.iter().fold(String::new(), |mut h, x| {
+        use std::fmt::Write as _;
+        let _ = write!(h, "{x:02x}");
+        h
+    });
     SessionId::parse(&format!("x{hex}")).unwrap_or_else(|_| unreachable!("hex ids are valid"))
 }

@@ -5,7 +5,7 @@
 //! arrive before its pid is known.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// What gets a child's raw wait status.
@@ -19,6 +19,10 @@ pub struct Reaper {
 }
 
 /// The agent's reaper, its thread started on first use.
+///
+/// # Panics
+///
+/// When the reaper thread cannot be started: no session could ever end without it.
 pub fn reaper() -> &'static Reaper {
     static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
     REAPER.get_or_init(|| {
@@ -55,7 +59,7 @@ impl Reaper {
     pub fn lock_for_fork(&self) -> ForkGuard<'_> {
         ForkGuard {
             reaper: self,
-            waiting: self.waiting.lock().unwrap_or_else(|e| e.into_inner()),
+            waiting: self.waiting.lock().unwrap_or_else(PoisonError::into_inner),
         }
     }
 
@@ -68,7 +72,7 @@ impl Reaper {
                 let cb = self
                     .waiting
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .remove(&pid);
                 // A pid nobody registered is an orphan the agent inherited: reaped, done.
                 if let Some(cb) = cb {
@@ -82,7 +86,7 @@ impl Reaper {
             }
             // ECHILD: no child at all. Sleep until one is registered; the timeout picks up
             // orphans that become our children without a registration.
-            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if waiting.is_empty() {
                 let _ = self
                     .spawned

@@ -14,6 +14,7 @@ pub struct Ring {
 
 impl Ring {
     /// An empty ring keeping at most `cap` bytes.
+    #[must_use]
     pub fn new(cap: usize) -> Self {
         Ring {
             buf: VecDeque::new(),
@@ -23,16 +24,19 @@ impl Ring {
     }
 
     /// The absolute offset of the oldest kept byte.
+    #[must_use]
     pub fn start(&self) -> u64 {
         self.start
     }
 
     /// The absolute offset just past the newest byte (bytes ever written).
+    #[must_use]
     pub fn end(&self) -> u64 {
         self.start + self.buf.len() as u64
     }
 
     /// Room left before the ring is full.
+    #[must_use]
     pub fn room(&self) -> usize {
         self.cap - self.buf.len()
     }
@@ -61,8 +65,8 @@ impl Ring {
 
     /// Drops the bytes before absolute offset `upto` (no further than the end).
     pub fn drop_until(&mut self, upto: u64) {
-        let n = upto.saturating_sub(self.start).min(self.buf.len() as u64);
-        self.drop_front(n as usize);
+        let n = usize::try_from(upto.saturating_sub(self.start)).unwrap_or(usize::MAX);
+        self.drop_front(n.min(self.buf.len()));
     }
 
     fn drop_front(&mut self, n: usize) {
@@ -71,6 +75,7 @@ impl Ring {
     }
 
     /// Copies up to `max` bytes starting at absolute offset `from` (clamped to what is kept).
+    #[must_use]
     pub fn read_at(&self, from: u64, max: usize) -> Vec<u8> {
         let from = from.max(self.start);
         let skip = usize::try_from(from - self.start).unwrap_or(usize::MAX);
@@ -131,7 +136,8 @@ mod tests {
             let from = r.start() + 2;
             assert_eq!(
                 r.read_at(from, 3),
-                &all[(from as usize).min(all.len())..][..kept.len().saturating_sub(2).min(3)]
+                &all[usize::try_from(from).unwrap().min(all.len())..]
+                    [..kept.len().saturating_sub(2).min(3)]
             );
         }
     }

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hearth_proto::agent::{ErrorBody, ExecInfo, ExecRequest, ExitStatus, SessionId, WindowSize};
@@ -23,6 +23,12 @@ pub const MIN_RING: usize = hearth_proto::agent::frame::MAX_PAYLOAD;
 /// child) keeps its pipe or PTY open.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a session started without a host keeps every byte for its first attach (the
+/// process blocks on a full ring meanwhile): hosts create a session, then attach to it, and
+/// output in between must not be dropped. After that, with nobody attached, the rings drop
+/// their oldest bytes.
+pub const FIRST_ATTACH_HOLD: Duration = Duration::from_secs(2);
+
 /// Stdout's index in the per-stream arrays.
 pub const STDOUT: usize = 0;
 /// Stderr's index in the per-stream arrays.
@@ -37,6 +43,11 @@ pub struct Attachment {
     pub sent: [u64; 2],
     /// Set when the stream must end with this error (a bad host frame).
     pub end: Option<ErrorBody>,
+    /// A handle on the host's connection, to close it when a takeover finds its sender stuck
+    /// on a host that stopped reading.
+    pub closer: Option<OwnedFd>,
+    /// No host yet: the place is held for the first attach ([`FIRST_ATTACH_HOLD`]).
+    pub held: bool,
 }
 
 /// The mutable part of a session.
@@ -82,7 +93,9 @@ pub struct Session {
 
 impl Session {
     /// A session not started yet; `attach` reserves the first attachment for the `exec`'s own
-    /// connection, so no output is dropped before it starts reading.
+    /// connection, so no output is dropped before it starts reading. Without it, the place is
+    /// held for the first `attach` for [`FIRST_ATTACH_HOLD`].
+    #[must_use]
     pub fn new(id: SessionId, req: &ExecRequest, attach: bool) -> Arc<Self> {
         let cap = usize::try_from(
             req.ring_bytes
@@ -90,10 +103,12 @@ impl Session {
         )
         .unwrap_or(usize::MAX)
         .max(MIN_RING);
-        let attach = attach.then_some(Attachment {
+        let attach = Some(Attachment {
             gen: 0,
             sent: [0, 0],
             end: None,
+            closer: None,
+            held: !attach,
         });
         Arc::new(Session {
             id,
@@ -121,12 +136,14 @@ impl Session {
 
     /// Locks the state.
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits for a change of the state.
     pub fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wakes every waiter after a change.
@@ -140,6 +157,10 @@ impl Session {
     }
 
     /// Starts the process, its pumps and its timeout.
+    ///
+    /// # Errors
+    ///
+    /// The spawn's ([`spawn::spawn`]).
     pub fn start(self: &Arc<Self>, req: &ExecRequest) -> io::Result<()> {
         let me = self.clone();
         let spawned = spawn::spawn(req, Box::new(move |status| me.exited(status)))?;
@@ -147,7 +168,7 @@ impl Session {
         if let Some(pty) = spawned.pty {
             let _ = self.pty.set(pty);
         }
-        *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.stdin.lock().unwrap_or_else(PoisonError::into_inner) =
             spawned.stdin.map(|fd| Arc::new(File::from(fd)));
         if let Some(msg) = spawned.exec_error {
             let stream = if self.tty { STDOUT } else { STDERR };
@@ -156,6 +177,10 @@ impl Session {
         self.spawn_pump(STDOUT, spawned.stdout);
         if let Some(err) = spawned.stderr {
             self.spawn_pump(STDERR, err);
+        }
+        if self.lock().attach.as_ref().is_some_and(|a| a.held) {
+            let me = self.clone();
+            std::thread::spawn(move || me.release_hold());
         }
         if let Some(ms) = req.timeout_ms {
             let me = self.clone();
@@ -185,6 +210,13 @@ impl Session {
             };
             // SAFETY: one pollfd.
             let r = unsafe { libc::poll(&raw mut pfd, 1, 200) };
+            if r < 0 {
+                // EINTR; anything else would repeat forever, so give up on the stream.
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
             if r == 0 {
                 let st = self.lock();
                 if st.exited_at.is_some_and(|t| t.elapsed() >= DRAIN_GRACE) {
@@ -251,6 +283,26 @@ impl Session {
         self.notify();
     }
 
+    /// Ends the hold for the first attach, if no host came within [`FIRST_ATTACH_HOLD`].
+    fn release_hold(&self) {
+        let deadline = Instant::now() + FIRST_ATTACH_HOLD;
+        let mut st = self.lock();
+        while st.attach.as_ref().is_some_and(|a| a.held) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.attach = None;
+                drop(st);
+                self.notify();
+                return;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     fn enforce_timeout(&self, after: Duration) {
         let deadline = Instant::now() + after;
         let mut st = self.lock();
@@ -264,7 +316,7 @@ impl Session {
             st = self
                 .changed
                 .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
@@ -298,7 +350,7 @@ impl Session {
         let stdin_open = self
             .stdin
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .is_some();
         let st = self.lock();
         ExecInfo {
@@ -308,14 +360,19 @@ impl Session {
             stdin_open,
             pid: self.pid().unsigned_abs(),
             started_uptime_ms: self.started_uptime_ms,
-            attached: st.attach.is_some(),
+            attached: st.attach.as_ref().is_some_and(|a| !a.held),
             exit: st.exit,
         }
     }
 
     /// Writes host bytes to stdin; `false` when stdin is closed (or never was open).
     pub fn write_stdin(&self, data: &[u8]) -> bool {
-        let Some(f) = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(f) = self
+            .stdin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
             return false;
         };
         // A process that closed its stdin or exited: the bytes are lost, as in a pipe.
@@ -325,7 +382,11 @@ impl Session {
 
     /// Closes stdin (a PTY gets the EOF character instead: it cannot be half-closed).
     pub fn close_stdin(&self) {
-        let f = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let f = self
+            .stdin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let (Some(f), true) = (f, self.tty) {
             let _ = (&*f).write_all(&[4]);
         }

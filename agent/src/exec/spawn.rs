@@ -52,6 +52,7 @@ struct Prepared {
 }
 
 /// The environment of a session: defaults, then the request's entries (later ones win).
+#[must_use]
 pub fn environment(req: &ExecRequest) -> Vec<String> {
     let uid = req.uid.unwrap_or_else(|| {
         // SAFETY: getuid has no preconditions.
@@ -170,6 +171,10 @@ fn open_pty(size: WindowSize) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sets a PTY's window size.
+///
+/// # Errors
+///
+/// The ioctl's.
 pub fn set_window_size(master: RawFd, size: WindowSize) -> io::Result<()> {
     let ws = libc::winsize {
         ws_row: size.rows,
@@ -182,6 +187,11 @@ pub fn set_window_size(master: RawFd, size: WindowSize) -> io::Result<()> {
 }
 
 /// Starts `req`'s process; `on_exit` gets its wait status from the reaper.
+///
+/// # Errors
+///
+/// Making pipes or the PTY, or forking, failed (the exec's own failure is in
+/// [`Spawned::exec_error`]).
 pub fn spawn(req: &ExecRequest, on_exit: OnExit) -> io::Result<Spawned> {
     let prep = prepare(req)?;
     // Holding the reaper's lock from the first fd to the fork: no other session forks while
@@ -359,5 +369,51 @@ unsafe fn child(
         }
         *libc::__errno_location() = first_error;
         fail(STAGE_EXEC, 126)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(argv: &[&str]) -> ExecRequest {
+        ExecRequest::new(argv.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn environment_defaults_then_overrides() {
+        let mut r = req(&["ls"]);
+        let env = environment(&r);
+        assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
+        assert!(env.iter().any(|e| e.starts_with("HOME=")));
+        assert!(
+            !env.iter().any(|e| e.starts_with("TERM=")),
+            "TERM only with a PTY"
+        );
+        r.tty = true;
+        r.env = vec!["PATH=/x".into(), "A=1".into(), "A=2".into(), "E=".into()];
+        let env = environment(&r);
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"PATH=/x".to_string()));
+        assert!(env.contains(&"A=2".to_string()) && !env.contains(&"A=1".to_string()));
+        assert!(env.contains(&"E=".to_string()));
+    }
+
+    #[test]
+    fn commands_are_looked_up_in_the_requests_path() {
+        let mut r = req(&["tool"]);
+        r.env = vec!["PATH=/a::/b/".into()];
+        let p = prepare(&r).unwrap();
+        let c: Vec<&str> = p.candidates.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(c, ["/a/tool", "./tool", "/b/tool"]);
+        // A name with a slash is used as it is.
+        let p = prepare(&req(&["./run.sh"])).unwrap();
+        assert_eq!(p.candidates.len(), 1);
+        assert_eq!(p.workdir.to_str().unwrap(), "/");
+        // gid defaults to uid.
+        let mut r = req(&["id"]);
+        r.uid = Some(65534);
+        let p = prepare(&r).unwrap();
+        assert_eq!((p.uid, p.gid), (Some(65534), Some(65534)));
     }
 }

@@ -5,7 +5,9 @@
 //! nothing else.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hearth_proto::agent::frame::{read_frame, write_frame, Frame, FrameKind, MAX_PAYLOAD};
 use hearth_proto::agent::{codes, AgentProtoError, ErrorBody};
@@ -19,14 +21,33 @@ pub fn attach(session: &Session) -> u64 {
     let gen = st.next_gen;
     st.next_gen += 1;
     let sent = [st.rings[0].start(), st.rings[1].start()];
-    st.attach = Some(Attachment {
+    let old = st.attach.replace(Attachment {
         gen,
         sent,
         end: None,
+        closer: None,
+        held: false,
     });
     drop(st);
     session.notify();
+    if let Some(fd) = old.and_then(|a| a.closer) {
+        close_later(fd);
+    }
     gen
+}
+
+/// How long a taken-over stream's sender gets to send its `ERROR` frame before its connection
+/// is shut down under it (it may be blocked on a host that stopped reading).
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// Shuts a taken-over host's connection down after [`TAKEOVER_GRACE`], so its sender cannot
+/// stay blocked on it.
+fn close_later(fd: OwnedFd) {
+    std::thread::spawn(move || {
+        std::thread::sleep(TAKEOVER_GRACE);
+        // SAFETY: shutdown on an fd we own; no memory effects.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    });
 }
 
 /// Detaches `gen` if it is still the attachment.
@@ -43,6 +64,14 @@ fn detach(session: &Session, gen: u64) {
 /// already buffered after the request line), until the session's `EXIT`, an error, a
 /// takeover, or the host closing.
 pub fn run<C: Conn, R: Read>(session: &Arc<Session>, gen: u64, conn: C, reader: R, stdin: bool) {
+    if let Ok(fd) = conn.as_fd().try_clone_to_owned() {
+        let mut st = session.lock();
+        match st.attach.as_mut().filter(|a| a.gen == gen) {
+            Some(a) => a.closer = Some(fd),
+            // Already taken over: this stream only sends its ERROR.
+            None => close_later(fd),
+        }
+    }
     let s = session.clone();
     let sender = std::thread::spawn(move || send(&s, gen, conn));
     receive(session, gen, reader, stdin);
@@ -57,6 +86,8 @@ enum Next {
 }
 
 fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
+    // Streams take turns, so a busy stdout cannot starve stderr.
+    let mut turn = 0;
     loop {
         let mut st = session.lock();
         let next = loop {
@@ -75,7 +106,7 @@ fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
             if let Some(e) = a.end.take() {
                 break Next::Fail(e);
             }
-            if let Some(i) = (0..2).find(|&i| a.sent[i] < ends[i]) {
+            if let Some(i) = [turn, 1 - turn].into_iter().find(|&i| a.sent[i] < ends[i]) {
                 let from = a.sent[i];
                 break Next::Data(i, from, st.rings[i].read_at(from, MAX_PAYLOAD));
             }
@@ -87,6 +118,7 @@ fn send<C: Conn>(session: &Session, gen: u64, mut conn: C) {
         drop(st);
         match next {
             Next::Data(i, from, chunk) => {
+                turn = 1 - i;
                 let kind = if i == 0 {
                     FrameKind::Stdout
                 } else {

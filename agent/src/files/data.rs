@@ -30,6 +30,10 @@ impl<W: Write> DataWriter<W> {
     }
 
     /// Flushes what is buffered and returns the inner writer.
+    ///
+    /// # Errors
+    ///
+    /// The inner writer's.
     pub fn finish(mut self) -> io::Result<W> {
         self.emit()?;
         self.inner.flush()?;

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod get;
+pub mod journal;
 pub mod put;
 
 use std::io;
@@ -12,6 +13,10 @@ use hearth_proto::agent::{codes, ErrorBody, PathKind, PathStat};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// What is at `path`, without following a symlink there.
+///
+/// # Errors
+///
+/// `not_found`, `permission_denied`, or `archive` for other I/O failures.
 pub fn stat(path: &Path) -> Result<PathStat, ErrorBody> {
     let md = std::fs::symlink_metadata(path).map_err(|e| io_error(path, &e))?;
     let ft = md.file_type();
@@ -47,12 +52,14 @@ pub fn stat(path: &Path) -> Result<PathStat, ErrorBody> {
 }
 
 /// The path's last component (`/` for the root).
+#[must_use]
 pub fn top_name(path: &Path) -> String {
     path.file_name()
         .map_or_else(|| "/".to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The protocol error for an I/O failure on `path`.
+#[must_use]
 pub fn io_error(path: &Path, e: &io::Error) -> ErrorBody {
     let code = match e.kind() {
         io::ErrorKind::NotFound => codes::NOT_FOUND,

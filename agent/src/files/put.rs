@@ -1,8 +1,8 @@
 //! `put_archive`: extracts the host's tar stream into an existing directory. Entries whose
 //! names are absolute or hold `..`, hard links naming such a target, and entries that would be
 //! written through a symlink (one already in the directory or made by an earlier entry) are
-//! refused: the stream ends with an `ERROR` frame. Entries extracted before the refused one
-//! stay (the stream is not spooled).
+//! refused: the stream ends with an `ERROR` frame. A refused, malformed or aborted archive is
+//! undone ([`Journal`]): what it created is removed, what it replaced is put back.
 
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -11,12 +11,14 @@ use hearth_proto::agent::frame::{write_frame, Frame};
 use hearth_proto::agent::{codes, ArchiveSummary, ErrorBody};
 
 use super::data::DataReader;
+use super::journal::Journal;
 
 /// Reads the host's frames from `reader` and extracts them into `dir`; answers `DONE` or
 /// `ERROR` on `conn` (after an `ERROR`, the rest of the host's stream is read and dropped).
 pub fn receive<R: Read, W: Write>(dir: &Path, reader: R, conn: &mut W) {
     let mut data = DataReader::new(reader);
-    let result = extract(dir, &mut data).and_then(|summary| {
+    let mut journal = Journal::new();
+    let result = extract(dir, &mut data, &mut journal).and_then(|summary| {
         // The tar end marker may come before the host's END: read up to it.
         let mut rest = [0u8; 4096];
         loop {
@@ -27,11 +29,14 @@ pub fn receive<R: Read, W: Write>(dir: &Path, reader: R, conn: &mut W) {
             }
         }
     });
+    // Undone before the answer, so a host that saw ERROR finds the directory as it was.
     match result {
         Ok(summary) => {
+            journal.commit();
             let _ = write_frame(conn, &Frame::done(&summary)).and_then(|()| conn.flush());
         }
         Err(e) => {
+            journal.undo();
             // A framing or host failure says so rather than the tar error it caused.
             let broken = data.failure.take();
             let stream_ok = broken.is_none();
@@ -96,7 +101,11 @@ fn no_symlink_on_the_way(dir: &Path, rel: &Path) -> Result<(), ErrorBody> {
     Ok(())
 }
 
-fn extract<R: Read>(dir: &Path, data: R) -> Result<ArchiveSummary, ErrorBody> {
+fn extract<R: Read>(
+    dir: &Path,
+    data: R,
+    journal: &mut Journal,
+) -> Result<ArchiveSummary, ErrorBody> {
     let io_fail = |what: &str, e: std::io::Error| archive_error(&format!("{what}: {e}"));
     let mut archive = tar::Archive::new(data);
     archive.set_preserve_permissions(true);
@@ -126,16 +135,20 @@ fn extract<R: Read>(dir: &Path, data: R) -> Result<ArchiveSummary, ErrorBody> {
         }
         no_symlink_on_the_way(dir, &rel)?;
         let target = dir.join(&rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io_fail(&format!("Creating {}", parent.display()), e))?;
+        if let Some(parent) = rel.parent() {
+            journal.create_dirs(dir, parent).map_err(|e| {
+                io_fail(
+                    &format!("Creating the directories of {}", name.display()),
+                    e,
+                )
+            })?;
         }
-        // An existing symlink at the name is replaced, never written through.
-        if let Ok(md) = std::fs::symlink_metadata(&target) {
-            if md.file_type().is_symlink() {
-                std::fs::remove_file(&target)
-                    .map_err(|e| io_fail(&format!("Replacing {}", target.display()), e))?;
-            }
+        // Whatever is at the name (a symlink included) is moved aside, never written through.
+        let exists = journal
+            .make_room(&target, kind.is_dir())
+            .map_err(|e| io_fail(&format!("Making room for {}", name.display()), e))?;
+        if !exists {
+            journal.created(&target);
         }
         if kind.is_hard_link() {
             let link = entry
@@ -155,7 +168,6 @@ fn extract<R: Read>(dir: &Path, data: R) -> Result<ArchiveSummary, ErrorBody> {
                     link.display()
                 )));
             }
-            let _ = std::fs::remove_file(&target);
             std::fs::hard_link(&src, &target)
                 .map_err(|e| io_fail(&format!("Linking {}", target.display()), e))?;
         } else {

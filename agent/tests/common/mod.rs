@@ -32,11 +32,12 @@ impl Agent {
     pub fn start() -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_hearth-agent"))
-            .arg("--unix")
-            .arg(&sock)
-            .spawn()
-            .unwrap();
+        // HEARTH_AGENT_BIN runs the tests against another build (e.g. the static release one).
+        let bin = std::env::var_os("HEARTH_AGENT_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_hearth-agent")),
+            PathBuf::from,
+        );
+        let child = Command::new(bin).arg("--unix").arg(&sock).spawn().unwrap();
         let a = Agent {
             child,
             sock,
@@ -144,7 +145,7 @@ impl Conn {
 }
 
 pub fn argv(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    v.iter().map(ToString::to_string).collect()
 }
 
 pub fn sh(script: &str) -> ExecRequest {
@@ -152,7 +153,7 @@ pub fn sh(script: &str) -> ExecRequest {
 }
 
 /// Whether privileged tests may run: root, or a skip (a failure under
-/// HEARTH_REQUIRE_PRIVILEGED=1).
+/// `HEARTH_REQUIRE_PRIVILEGED=1`).
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
