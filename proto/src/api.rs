@@ -168,7 +168,7 @@ pub struct CreateVm {
 /// Integer fields as JSON Schema defines integers: any number with no fractional part, so
 /// `2.0` is 2 (a generated client may send it), while `2.5`, negatives and values beyond the
 /// field's type are refused naming what was expected.
-mod whole {
+pub(crate) mod whole {
     use serde::de::{self, Deserializer, Visitor};
     use std::fmt;
     use std::marker::PhantomData;

@@ -72,7 +72,11 @@ pub struct ExecCreate {
     #[serde(default)]
     pub stdin: bool,
     /// Kill the session after this many seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::whole::optional"
+    )]
     pub timeout_secs: Option<u64>,
 }
 
@@ -261,6 +265,31 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON Schema's integers include `80.0`; a generated client sends them.
+    #[test]
+    fn whole_floats_are_integers_in_exec_bodies() {
+        let c: ExecCreate = serde_json::from_str(
+            r#"{"command":["x"],"size":{"rows":24.0,"cols":65535.0},"timeout_secs":5.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.size,
+            Some(WindowSize {
+                rows: 24,
+                cols: 65535
+            })
+        );
+        assert_eq!(c.timeout_secs, Some(5));
+        assert!(serde_json::from_str::<ExecCreate>(
+            r#"{"command":["x"],"size":{"rows":24.5,"cols":80}}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<ExecCreate>(
+            r#"{"command":["x"],"size":{"rows":65536,"cols":80}}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn status_follows_kubectl() {

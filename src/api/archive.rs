@@ -1,5 +1,6 @@
 //! `PUT` and `GET /v1/vms/{name}/archive?path=`: tar streams into and out of the guest, as
-//! Docker's archive API does them, proxied to the agent's `put_archive`/`get_archive` frames.
+//! Docker's archive API does them, proxied to the agent's `put_archive`/`get_archive` frames;
+//! `HEAD` answers the path's stat alone (the agent's `stat`).
 //!
 //! Both directions stream: the request body goes to the agent as `DATA` frames as it arrives,
 //! the agent's `DATA` frames go out as the response body as the client reads it, so memory
@@ -13,10 +14,12 @@ use actix_web::web::{Bytes, Data, Path, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use futures::future::{select, Either};
 use futures::StreamExt;
-use hearth_actors::guest::{FrameReader, FrameWriter, GuestError, OpenStream, Opened};
+use hearth_actors::guest::{AgentCall, FrameReader, FrameWriter, GuestError, OpenStream, Opened};
 use hearth_proto::agent::files::check_guest_path;
 use hearth_proto::agent::frame::{Frame, FrameKind};
-use hearth_proto::agent::{codes, ArchiveRequest, Empty, ErrorBody, PathStat, Request};
+use hearth_proto::agent::{
+    codes, ArchiveRequest, Empty, ErrorBody, PathStat, Request, StatRequest,
+};
 use hearth_proto::api_exec::PATH_STAT_HEADER;
 use slog::warn;
 
@@ -43,14 +46,21 @@ fn guest_path(req: &HttpRequest) -> Result<String, ApiError> {
 /// Why an upload stopped before `END`.
 enum UploadEnd {
     TooLarge,
+    Stalled,
     Client(String),
     Agent(GuestError),
 }
 
 /// `PUT /v1/vms/{name}/archive?path=DIR`: extracts the tar body into the guest directory
-/// `DIR`; 200 with the agent's `ArchiveSummary`.
+/// `DIR`; 200 with the agent's `ArchiveSummary`. The body may take as long as it needs but
+/// may not stall: 408 when no bytes come for the body deadline.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn put(
     exec: Data<ExecApi>,
+    state: Data<ApiState>,
     req: HttpRequest,
     name: Path<String>,
     mut body: Payload,
@@ -83,9 +93,16 @@ pub async fn put(
         ))
         .await??;
     let (mut reader, mut writer) = opened.stream.into_split();
+    // A body may take long in all, but not stall: each chunk has the body deadline.
+    let stall = state.body_timeout;
     let upload = Box::pin(async {
         let mut sent: u64 = 0;
-        while let Some(chunk) = body.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(stall, body.next()).await else {
+                abort(&mut writer, "the client's upload stalled").await;
+                return Err(UploadEnd::Stalled);
+            };
+            let Some(chunk) = next else { break };
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -114,6 +131,11 @@ pub async fn put(
     let frame = match select(upload, answer).await {
         Either::Left((Ok(()), answer)) => answer.await?,
         Either::Left((Err(UploadEnd::TooLarge), _)) => return Err(too_large(limit)),
+        Either::Left((Err(UploadEnd::Stalled), _)) => {
+            return Err(ApiError::BodyTimeout {
+                secs: stall.as_secs_f64(),
+            })
+        }
         Either::Left((Err(UploadEnd::Client(message)), _)) => {
             return Err(ApiError::InvalidBody { message })
         }
@@ -174,15 +196,47 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
         } else {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
+                use std::fmt::Write as _;
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{u:04x}");
             }
         }
     }
     out
 }
 
+/// `HEAD /v1/vms/{name}/archive?path=P`: only `P`'s `PathStat` in the `X-Hearth-Path-Stat`
+/// header (404 when nothing is there), as Docker's stat of a container path.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
+pub async fn stat(
+    exec: Data<ExecApi>,
+    req: HttpRequest,
+    name: Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let path = guest_path(&req)?;
+    let stat: PathStat = exec
+        .guest
+        .send(AgentCall::new(
+            name.into_inner(),
+            Request::Stat(StatRequest { path }),
+        ))
+        .await??;
+    let stat = HeaderValue::from_str(&ascii_json(&stat))
+        .map_err(|e| GuestError::protocol(format!("path stat: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((PATH_STAT_HEADER, stat))
+        .finish())
+}
+
 /// `GET /v1/vms/{name}/archive?path=P`: `P` as a tar stream, its `PathStat` in the
-/// `X-Hearth-Path-Stat` header.
+/// `X-Hearth-Path-Stat` header. Failures after the headers abort the body instead.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn get(
     exec: Data<ExecApi>,
     state: Data<ApiState>,

@@ -37,6 +37,10 @@ use super::{ApiError, ApiState};
 pub const MAX_MESSAGE: usize = 1 << 20;
 
 /// `GET .../execs/{id}/attach?stdin=true|false`.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn attach(
     exec: Data<ExecApi>,
     state: Data<ApiState>,

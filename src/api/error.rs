@@ -210,6 +210,11 @@ fn guest_status(e: &GuestError) -> (StatusCode, &'static str) {
             codes::BAD_REQUEST => (StatusCode::BAD_REQUEST, "bad_request"),
             codes::PERMISSION_DENIED => (StatusCode::FORBIDDEN, "permission_denied"),
             codes::TOO_MANY_SESSIONS => (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"),
+            // The guest's agent predates the op (e.g. a v1 agent): the VM, not hearthd, lacks
+            // it, and a retry will not help until the guest's agent is updated.
+            codes::UNKNOWN_OP | codes::UNSUPPORTED_VERSION => {
+                (StatusCode::CONFLICT, "agent_unsupported")
+            }
             _ => (StatusCode::BAD_GATEWAY, "agent_error"),
         },
     }

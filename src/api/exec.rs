@@ -57,6 +57,7 @@ pub struct ExecApi {
 impl ExecApi {
     /// Starts a `GuestActor` asking `endpoints` (the supervisor) where agents are. Must run
     /// inside the actix system.
+    #[must_use]
     pub fn start(
         settings: ExecSettings,
         endpoints: Recipient<GuestEndpoint>,
@@ -80,6 +81,10 @@ fn invalid(field: &'static str, reason: String) -> ApiError {
 }
 
 /// The agent's `exec` request for an API body: always detached, with the configured ring.
+///
+/// # Errors
+///
+/// 400 naming the bad field (`user`, `timeout_secs`) or the body's problem.
 pub fn agent_exec(body: &ExecCreate, ring_bytes: u64) -> Result<ExecRequest, ApiError> {
     let (uid, gid) = match &body.user {
         Some(u) => {
@@ -117,6 +122,10 @@ pub fn agent_exec(body: &ExecCreate, ring_bytes: u64) -> Result<ExecRequest, Api
 }
 
 /// Parses a session id path segment.
+///
+/// # Errors
+///
+/// 400 `invalid_parameter` naming `id`.
 pub fn session_id(id: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(id).map_err(|reason| ApiError::InvalidParam {
         param: "id".into(),
@@ -125,6 +134,10 @@ pub fn session_id(id: &str) -> Result<SessionId, ApiError> {
 }
 
 /// `POST /v1/vms/{name}/exec`: starts a detached session; 201 with its id.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn create(
     exec: Data<ExecApi>,
     req: HttpRequest,
@@ -141,6 +154,10 @@ pub async fn create(
 }
 
 /// `GET /v1/vms/{name}/execs`: the agent's sessions.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn list(
     exec: Data<ExecApi>,
     req: HttpRequest,
@@ -155,6 +172,10 @@ pub async fn list(
 }
 
 /// `GET /v1/vms/{name}/execs/{id}`: one session.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn get(
     exec: Data<ExecApi>,
     req: HttpRequest,
@@ -171,6 +192,10 @@ pub async fn get(
 }
 
 /// `POST /v1/vms/{name}/execs/{id}/signal`: signals the session's process group; 204.
+///
+/// # Errors
+///
+/// The request's [`ApiError`], rendered as its status and JSON body.
 pub async fn signal(
     exec: Data<ExecApi>,
     req: HttpRequest,

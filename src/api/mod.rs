@@ -23,6 +23,7 @@ pub mod fake;
 pub mod images;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_exec;
 pub mod ports;
 pub mod query;
 pub mod routes;

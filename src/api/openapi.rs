@@ -8,22 +8,22 @@ use super::events::MAX_LIMIT;
 use super::query::MAX_SEQ;
 use hearth_proto::api;
 
-fn error_response(description: &str) -> Value {
+pub(super) fn error_response(description: &str) -> Value {
     json!({
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     })
 }
 
-fn json_response(description: &str, schema: Value) -> Value {
+pub(super) fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-fn schema(name: &str) -> Value {
+pub(super) fn schema(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn json_body(name: &str) -> Value {
+pub(super) fn json_body(name: &str) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": schema(name)}}})
 }
 
@@ -32,7 +32,7 @@ const VM_NAME: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// The pattern of an image name; `crate::images::detect::name_problem` enforces it.
 const IMAGE_NAME: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
 
-fn vm_name_param() -> Value {
+pub(super) fn vm_name_param() -> Value {
     json!({"name": "name", "in": "path", "required": true,
            "schema": {"type": "string", "pattern": VM_NAME}})
 }
@@ -69,7 +69,7 @@ const COMMON: [(&str, &str); 3] = [
 
 /// Statuses of an operation that reads a JSON body: 408 when the body does not arrive in
 /// time, 413 above the size limit, 415 when it is not application/json.
-const BODY: [(&str, &str); 3] = [
+pub(super) const BODY: [(&str, &str); 3] = [
     ("408", "The body did not arrive within the deadline"),
     ("413", "Body too large"),
     ("415", "Not application/json"),
@@ -77,7 +77,7 @@ const BODY: [(&str, &str); 3] = [
 
 /// A responses object: `ok` as given, [`COMMON`] errors, then `errors` (which win over
 /// [`COMMON`] descriptions).
-fn responses(ok: &[(&str, Value)], errors: &[(&str, &str)]) -> Value {
+pub(super) fn responses(ok: &[(&str, Value)], errors: &[(&str, &str)]) -> Value {
     let mut out = serde_json::Map::new();
     for (code, v) in ok {
         out.insert((*code).to_owned(), v.clone());
@@ -130,6 +130,17 @@ fn action(verb: &str, summary: &str) -> Value {
 
 /// The document served at `GET /v1/openapi.json`.
 pub fn document() -> Value {
+    let mut doc = core_document();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(super::openapi_exec::paths());
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(super::openapi_exec::schemas());
+    }
+    doc
+}
+
+fn core_document() -> Value {
     let vm = schema("VmInfo");
     let mut vm_created = json_response("The VM", vm.clone());
     vm_created["links"] = vm_links();

@@ -89,6 +89,7 @@ pub fn api_routes() -> Routes {
         )
         .add(Method::PUT, "/v1/vms/{name}/archive", archive::put)
         .add(Method::GET, "/v1/vms/{name}/archive", archive::get)
+        .add(Method::HEAD, "/v1/vms/{name}/archive", archive::stat)
         .add(Method::POST, "/v1/images", images::import)
         .add(Method::GET, "/v1/images", images::list)
         .add(Method::DELETE, "/v1/images/{name}", images::delete)

@@ -39,7 +39,11 @@ impl Default for ExecConfig {
 }
 
 impl ExecConfig {
-    /// Checks every field; the error names the first bad one.
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first bad field and its range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
         if self.ring_bytes == 0 || self.ring_bytes > MAX_RING_BYTES {
@@ -70,6 +74,7 @@ impl ExecConfig {
     }
 
     /// The API's settings from this section.
+    #[must_use]
     pub fn settings(&self) -> ExecSettings {
         ExecSettings {
             ring_bytes: self.ring_bytes,

@@ -2,6 +2,7 @@
 //! over the fake supervisor, driven with hearth's client and with raw HTTP. Image endpoints
 //! are in `images.rs`; the same server over the real `VmSupervisor` in `supervisor.rs`.
 
+mod exec;
 mod hostile;
 mod images;
 mod supervisor;
@@ -567,7 +568,8 @@ fn openapi_lists_exactly_the_served_routes() {
         let path = path.replace("{name}", "nope");
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         let r = c.request(m, &path, &[], None).unwrap();
-        let code = if r.status >= 400 {
+        // HEAD answers carry no body to read a code from.
+        let code = if r.status >= 400 && method != "HEAD" {
             error_of(&r).error.code
         } else {
             String::new()

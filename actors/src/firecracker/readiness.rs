@@ -37,7 +37,11 @@ pub struct ProbeOutcome {
 
 pub use crate::guest::vsock::parse_ok_line;
 
-/// One probe attempt; `Err` carries why it failed (for the final timeout error).
+/// One probe attempt.
+///
+/// # Errors
+///
+/// Why the attempt failed, as text for the final timeout error.
 pub async fn attempt(uds: &Path, port: u32) -> Result<PingReply, String> {
     let mut reader = vsock::connect(uds, port).await.map_err(|e| match e {
         VsockError::Connect { source, .. } => format!("connect {}: {source}", uds.display()),
@@ -56,6 +60,10 @@ pub async fn attempt(uds: &Path, port: u32) -> Result<PingReply, String> {
 }
 
 /// Probes until the agent answers or `timeout` passes.
+///
+/// # Errors
+///
+/// [`FirecrackerError::ReadinessTimeout`] with the last attempt's error.
 pub async fn probe(
     uds: &Path,
     port: u32,

@@ -111,6 +111,7 @@ pub enum GuestError {
 
 impl GuestError {
     /// A protocol violation.
+    #[must_use]
     pub fn protocol(reason: impl Into<String>) -> Self {
         GuestError::Protocol {
             reason: reason.into(),
@@ -118,6 +119,7 @@ impl GuestError {
     }
 
     /// A failed stream.
+    #[must_use]
     pub fn stream(reason: impl Into<String>) -> Self {
         GuestError::Stream {
             reason: reason.into(),
@@ -125,6 +127,7 @@ impl GuestError {
     }
 
     /// Classifies a decode error of the agent's answer: its own error, or a violation.
+    #[must_use]
     pub fn from_answer(e: AgentProtoError) -> Self {
         match e {
             AgentProtoError::Remote { code, message } => GuestError::Agent { code, message },
@@ -144,6 +147,7 @@ pub struct GuestActor {
 
 impl GuestActor {
     /// An actor that asks `endpoints` (the supervisor) where each VM's agent is.
+    #[must_use]
     pub fn new(endpoints: Recipient<GuestEndpoint>, settings: GuestSettings, log: &Logger) -> Self {
         GuestActor {
             endpoints,

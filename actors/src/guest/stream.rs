@@ -74,6 +74,7 @@ impl AgentStream {
     }
 
     /// The two halves, to drive each way from its own task or future.
+    #[must_use]
     pub fn into_split(self) -> (FrameReader, FrameWriter) {
         (self.reader, self.writer)
     }
@@ -83,12 +84,20 @@ impl FrameReader {
     /// The next frame; `Ok(None)` when the agent closed the connection between frames. A
     /// bad header, an oversized length or a stream cut inside a frame is
     /// [`GuestError::Protocol`].
+    ///
+    /// # Errors
+    ///
+    /// [`GuestError::Protocol`] for a broken frame, [`GuestError::Stream`] for a failed read.
     pub async fn next(&mut self) -> Result<Option<Frame>, GuestError> {
         read_frame(&mut self.inner).await
     }
 }
 
 /// Reads one frame from `r` (see [`FrameReader::next`]).
+///
+/// # Errors
+///
+/// As [`FrameReader::next`].
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, GuestError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -115,12 +124,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
 
 impl FrameWriter {
     /// Sends one frame (its payload at most `MAX_PAYLOAD` bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`GuestError::Stream`] when the write fails (the agent went away).
     pub async fn send(&mut self, frame: &Frame) -> Result<(), GuestError> {
         self.send_raw(frame.kind, &frame.payload).await
     }
 
     /// Sends `bytes` as frames of `kind`, split into payloads of at most `MAX_PAYLOAD`.
     /// Each write is awaited, so a slow agent slows the caller down (backpressure).
+    ///
+    /// # Errors
+    ///
+    /// [`GuestError::Stream`] when a write fails.
     pub async fn send_chunked(&mut self, kind: FrameKind, bytes: &[u8]) -> Result<(), GuestError> {
         for chunk in bytes.chunks(MAX_PAYLOAD) {
             self.send_raw(kind, chunk).await?;
@@ -143,6 +160,10 @@ impl FrameWriter {
     }
 
     /// Half-closes the connection (no more frames from the host).
+    ///
+    /// # Errors
+    ///
+    /// [`GuestError::Stream`] when the shutdown fails.
     pub async fn shutdown(&mut self) -> Result<(), GuestError> {
         self.inner
             .shutdown()

@@ -62,12 +62,18 @@ pub enum VsockError {
 }
 
 /// Parses Firecracker's `OK <host port>` acknowledgement.
+#[must_use]
 pub fn parse_ok_line(line: &str) -> Option<u32> {
     line.trim_end().strip_prefix("OK ")?.parse().ok()
 }
 
 /// Reads one `\n`-terminated line of at most `max` bytes (the `\n` included). Nothing past the
 /// `\n` is consumed from `reader`'s buffer, so frames that follow stay readable.
+///
+/// # Errors
+///
+/// [`VsockError::Read`], [`VsockError::Closed`] before a whole line,
+/// [`VsockError::LineTooLong`] past `max`.
 pub async fn read_line<R>(
     reader: &mut BufReader<R>,
     max: usize,
@@ -97,6 +103,11 @@ where
 
 /// Connects to guest port `port` through the hybrid vsock socket `uds`: the connection is
 /// ready for the agent protocol when this returns. No timeout here: callers bound it.
+///
+/// # Errors
+///
+/// [`VsockError::Connect`] when nothing listens, [`VsockError::Closed`] when the connection is
+/// closed without `OK` (nothing listens on the guest port), [`VsockError::BadAck`].
 pub async fn connect(uds: &Path, port: u32) -> Result<BufReader<UnixStream>, VsockError> {
     let stream = UnixStream::connect(uds)
         .await
@@ -143,7 +154,7 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"next");
-        let long = vec![b'a'; 100];
+        let long = [b'a'; 100];
         let mut r = BufReader::new(&long[..]);
         assert!(matches!(
             read_line(&mut r, 16, "x").await,

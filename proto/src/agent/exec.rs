@@ -85,8 +85,10 @@ impl std::fmt::Display for SessionId {
 #[serde(deny_unknown_fields)]
 pub struct WindowSize {
     /// Rows (1..).
+    #[serde(deserialize_with = "crate::api::whole::number")]
     pub rows: u16,
     /// Columns (1..).
+    #[serde(deserialize_with = "crate::api::whole::number")]
     pub cols: u16,
 }
 
