@@ -219,18 +219,16 @@ fn hundred_mib_of_binary_stdout_arrive_intact() {
     let data = binary_data(100 << 20);
     let file = h.path("big.bin");
     std::fs::write(&file, &data).unwrap();
-    // The command waits for a line on stdin, which hearthctl sends only once attached: a
-    // session's output before the first attach goes to the agent's ring (1 MiB, oldest bytes
-    // dropped), so a fast writer started by the create would lose its head before the attach
-    // (a known gap, see the report). After the attach, backpressure holds end to end.
-    let script = format!("read go; cat '{}'", file.display());
-    let mut child = ctl(&h, &["vm", "exec", "-i", "web", "--", "sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    // Output from the first byte: the agent holds a new session's output for its first
+    // attach (a bounded ring would otherwise drop the head before hearthctl attaches).
+    let mut child = ctl(
+        &h,
+        &["vm", "exec", "web", "--", "cat", file.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     expect_code(&h, &out, 0);
     assert_eq!(out.stdout.len(), data.len());

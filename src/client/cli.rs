@@ -121,6 +121,7 @@ fn client_code(e: &ClientError) -> u8 {
 }
 
 /// Runs `vm exec`; returns hearthctl's exit code.
+#[must_use]
 pub fn exec(c: &Client, json: bool, args: ExecArgs) -> u8 {
     match args.action {
         Some(ExecAction::Ls { name }) => match exec::list(c, &name) {
@@ -277,6 +278,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> u8 {
 }
 
 /// Runs `vm cp`; returns hearthctl's exit code.
+#[must_use]
 pub fn cp(c: &Client, json: bool, args: &CpArgs) -> u8 {
     let opts = UntarOptions {
         max_bytes: args.max_bytes,

@@ -5,7 +5,7 @@
 //! To the guest, a tar stream of the local path (modes kept, symlinks kept as symlinks, never
 //! followed) is built while it is sent (`PUT .../archive?path=DIR`); where it goes is decided
 //! from the guest path's stat ([`stat`]: the `X-Hearth-Path-Stat` header of
-//! `HEAD .../archive?path=`, or of a `GET` when hearthd has no `HEAD` there). From the guest, `GET .../archive?path=` is extracted by the
+//! `HEAD .../archive?path=`). From the guest, `GET .../archive?path=` is extracted by the
 //! hostile-safe [`super::untar`].
 
 use std::ffi::OsString;
@@ -34,6 +34,7 @@ pub enum Side {
 
 /// Reads `NAME:PATH` as a guest side when `NAME` is a plausible VM name (no `/`, not empty)
 /// and anything else as a local path (write `./a:b` for a local name with a colon).
+#[must_use]
 pub fn parse_side(s: &str) -> Side {
     match s.split_once(':') {
         Some((vm, path)) if !vm.is_empty() && !vm.contains('/') && !vm.starts_with('.') => {
@@ -116,51 +117,20 @@ fn archive_path(vm: &str, path: &str) -> ApiPath {
         .query("path", path)
 }
 
-/// What is at a guest path; `None` when nothing is. Asked with `HEAD .../archive`; a hearthd
-/// that does not serve `HEAD` there (405) is asked with a `GET` whose body is not read (the
-/// connection is closed at once, which stops the agent's stream).
+/// What is at a guest path (`HEAD .../archive`'s stat header); `None` when nothing is.
 ///
 /// # Errors
 /// hearthd's answer, or no answer.
 pub fn stat(client: &Client, vm: &str, path: &str) -> Result<Option<PathStat>, ClientError> {
     let resp = client.request(Method::HEAD, archive_path(vm, path), &[], None)?;
-    let (status, header) = match resp.status {
-        405 => {
-            let resp = client.stream(
-                Method::GET,
-                archive_path(vm, path),
-                &[("accept", "application/x-tar")],
-                None,
-            )?;
-            if resp.status == 404 {
-                return Ok(None);
-            }
-            if !(200..300).contains(&resp.status) {
-                resp.into_response()?.ok()?;
-                return Err(ClientError::Protocol(
-                    "error answer without an error".into(),
-                ));
-            }
-            let header = resp
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(PATH_STAT_HEADER))
-                .map(|(_, v)| v.clone());
-            (resp.status, header)
-        }
-        404 => return Ok(None),
-        _ => {
-            let resp = resp.ok()?;
-            let header = resp
-                .header(&PATH_STAT_HEADER.to_ascii_lowercase())
-                .map(str::to_owned);
-            (resp.status, header)
-        }
-    };
-    let header = header.ok_or_else(|| {
-        ClientError::Protocol(format!("stat answer {status} without {PATH_STAT_HEADER}"))
-    })?;
-    Ok(Some(serde_json::from_str(&header)?))
+    if resp.status == 404 {
+        return Ok(None);
+    }
+    let resp = resp.ok()?;
+    let header = resp
+        .header(&PATH_STAT_HEADER.to_ascii_lowercase())
+        .ok_or_else(|| ClientError::Protocol(format!("stat answer without {PATH_STAT_HEADER}")))?;
+    Ok(Some(serde_json::from_str(header)?))
 }
 
 /// The guest path's parent and last component.
@@ -187,7 +157,7 @@ fn local_name(src: &Path) -> Result<OsString, CpError> {
         source: e,
     })?;
     abs.file_name()
-        .map(|n| n.to_os_string())
+        .map(std::ffi::OsStr::to_os_string)
         .ok_or_else(|| CpError::Usage(format!("cannot copy {} (no name)", src.display())))
 }
 

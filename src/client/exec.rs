@@ -57,6 +57,7 @@ pub enum ExecError {
 
 impl ExecError {
     /// The exit code hearthctl ends with.
+    #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
             ExecError::Signalled(s) => u8::try_from(128 + s).unwrap_or(EXIT_EXEC_FAILED),
@@ -117,6 +118,7 @@ pub fn kill(client: &Client, vm: &str, id: &str, signal: &str) -> Result<(), Cli
 }
 
 /// Whether raw mode can be used: stdin is a terminal.
+#[must_use]
 pub fn stdin_is_terminal() -> bool {
     io::stdin().is_terminal()
 }
@@ -181,13 +183,14 @@ async fn follow(
                     Incoming::Ignored => {}
                 }
             }
-            chunk = recv(&mut stdin_rx) => match chunk {
-                Some(data) => send(&mut sock, ws::stdin(&data)).await?,
-                None => {
+            chunk = recv(&mut stdin_rx) => {
+                if let Some(data) = chunk {
+                    send(&mut sock, ws::stdin(&data)).await?;
+                } else {
                     stdin_rx = None;
                     send(&mut sock, ws::stdin_eof()).await?;
                 }
-            },
+            }
             Some(()) = winch.recv(), if opts.tty => {
                 if let Some(size) = window_size(io::stdin()).or_else(|| window_size(io::stdout())) {
                     send(&mut sock, ws::resize(size)).await?;
@@ -244,6 +247,7 @@ fn dup_file(f: &impl AsFd) -> Result<File, ExecError> {
 
 /// The exit code for a session's end: its command's code (as Docker reports it, 0..=255) or
 /// [`EXIT_EXEC_FAILED`] for a failure without one.
+#[must_use]
 pub fn status_exit_code(status: &Status) -> u8 {
     status
         .exit_code()

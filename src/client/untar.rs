@@ -299,19 +299,7 @@ pub fn extract_into(
     let mut top: Option<OsString> = None;
     let mut sum = Extracted::default();
     let mut dirs: Vec<(Vec<OsString>, u32, u64)> = Vec::new();
-    let map_read = |e: io::Error| {
-        if state.over.get() {
-            UntarError::TooLarge {
-                max: opts.max_bytes,
-            }
-        } else if state.eof.get() || e.kind() == io::ErrorKind::UnexpectedEof {
-            ended_early()
-        } else {
-            UntarError::Truncated {
-                reason: format!("the stream broke off ({e})"),
-            }
-        }
-    };
+    let map_read = |e: io::Error| stream_error(&state, &e);
     let entries = archive.entries().map_err(map_read)?;
     for entry in entries {
         let mut entry = entry.map_err(map_read)?;
@@ -342,45 +330,22 @@ pub fn extract_into(
             mode &= !0o6000;
         }
         let mtime = entry.header().mtime().unwrap_or(0);
-        let (leaf, parents) = comps.split_last().expect("components are never empty");
+        let Some((leaf, parents)) = comps.split_last() else {
+            continue; // `components` never answers an empty list
+        };
         match kind {
             EntryType::Directory => {
-                let parent = open_dir(root, parents, true, &name)?;
-                match mkdirat(&parent, leaf.as_os_str(), Mode::from_bits_truncate(0o700)) {
-                    Ok(()) => {}
-                    // An existing directory is reused; anything else in the way is refused
-                    // by opening it as a directory without following it.
-                    Err(Errno::EEXIST) => drop(open_dir(root, &comps, false, &name)?),
-                    Err(e) => return Err(io_err(format!("Creating {name} failed"), e)),
-                }
+                write_dir(root, &comps, &name)?;
                 dirs.push((comps.clone(), mode, mtime));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let parent = open_dir(root, parents, true, &name)?;
-                clear_slot(&parent, leaf, &name)?;
-                let fd = openat(
-                    &parent,
-                    leaf.as_os_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| io_err(format!("Creating {name} failed"), e))?;
-                let mut file = File::from(fd);
-                let n = copy_entry(&mut entry, &mut file, &name, &map_read)?;
-                if n != entry.size() {
+                let size = entry.size();
+                let n = write_file(&parent, leaf, &name, &mut entry, mode, mtime, &map_read)?;
+                if n != size {
                     return Err(ended_early());
                 }
                 sum.bytes += n;
-                fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
-                    .map_err(|e| io_err(format!("Setting the mode of {name} failed"), e))?;
-                let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
-                // Best effort, as tar does: a time the file system refuses is not worth failing
-                // the copy for.
-                let _ = futimens(file.as_fd(), &t, &t);
             }
             EntryType::Symlink => {
                 let target = entry
@@ -395,31 +360,9 @@ pub fn extract_into(
                     .map_err(|e| io_err(format!("Creating symlink {name} failed"), e))?;
             }
             EntryType::Link => {
-                let target_bytes = entry.link_name_bytes().unwrap_or_default().into_owned();
-                let target = String::from_utf8_lossy(&target_bytes).into_owned();
-                let bad = || UntarError::BadLink {
-                    entry: name.clone(),
-                    target: target.clone(),
-                };
-                let tcomps = components(&target_bytes).map_err(|_| bad())?;
-                if Some(&tcomps[0]) != top.as_ref() {
-                    return Err(bad());
-                }
-                let (tleaf, tparents) = tcomps.split_last().expect("components are never empty");
-                let tparent = open_dir(root, tparents, false, &name).map_err(|_| bad())?;
-                let parent = open_dir(root, parents, true, &name)?;
-                clear_slot(&parent, leaf, &name)?;
-                linkat(
-                    &tparent,
-                    tleaf.as_os_str(),
-                    &parent,
-                    leaf.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| match e {
-                    Errno::ENOENT => bad(),
-                    e => io_err(format!("Creating hard link {name} failed"), e),
-                })?;
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let top = top.as_ref().unwrap_or(&comps[0]);
+                write_hard_link(root, &comps, &name, &target, top)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 sum.skipped
@@ -440,8 +383,80 @@ pub fn extract_into(
     let mut rest = archive.into_inner();
     drain_trailer(&mut rest, &state)?;
     let top = top.ok_or(UntarError::Empty)?;
-    // Directory modes last and deepest first, so a read-only directory did not stop its
-    // children from being written.
+    apply_dir_modes(root, &dirs)?;
+    Ok((top, sum))
+}
+
+/// Creates the regular file `leaf` in `parent` (replacing a non-directory, never following a
+/// symlink) with `entry`'s content; answers the bytes written.
+fn write_file(
+    parent: &OwnedFd,
+    leaf: &OsStr,
+    name: &str,
+    entry: &mut impl Read,
+    mode: u32,
+    mtime: u64,
+    map_read: &impl Fn(io::Error) -> UntarError,
+) -> Result<u64, UntarError> {
+    clear_slot(parent, leaf, name)?;
+    let fd = openat(
+        parent,
+        leaf,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| io_err(format!("Creating {name} failed"), e))?;
+    let mut file = File::from(fd);
+    let n = copy_entry(entry, &mut file, name, map_read)?;
+    fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+        .map_err(|e| io_err(format!("Setting the mode of {name} failed"), e))?;
+    let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+    // Best effort, as tar does: a time the file system refuses is not worth failing the copy.
+    let _ = futimens(file.as_fd(), &t, &t);
+    Ok(n)
+}
+
+/// Creates the hard link `comps` to `target`, which must name an entry already extracted
+/// under `top` (reached without following symlinks).
+fn write_hard_link(
+    root: &OwnedFd,
+    comps: &[OsString],
+    name: &str,
+    target_bytes: &[u8],
+    top: &OsString,
+) -> Result<(), UntarError> {
+    let bad = || UntarError::BadLink {
+        entry: name.to_owned(),
+        target: String::from_utf8_lossy(target_bytes).into_owned(),
+    };
+    let tcomps = components(target_bytes).map_err(|_| bad())?;
+    if tcomps[0] != *top {
+        return Err(bad());
+    }
+    let (Some((tleaf, tparents)), Some((leaf, parents))) =
+        (tcomps.split_last(), comps.split_last())
+    else {
+        return Err(bad());
+    };
+    let tparent = open_dir(root, tparents, false, name).map_err(|_| bad())?;
+    let parent = open_dir(root, parents, true, name)?;
+    clear_slot(&parent, leaf, name)?;
+    linkat(
+        &tparent,
+        tleaf.as_os_str(),
+        &parent,
+        leaf.as_os_str(),
+        AtFlags::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ENOENT => bad(),
+        e => io_err(format!("Creating hard link {name} failed"), e),
+    })
+}
+
+/// Sets the directories' modes, last and deepest first, so a read-only directory did not stop
+/// its children from being written.
+fn apply_dir_modes(root: &OwnedFd, dirs: &[(Vec<OsString>, u32, u64)]) -> Result<(), UntarError> {
     for (comps, mode, _) in dirs.iter().rev() {
         let name = comps
             .iter()
@@ -452,7 +467,36 @@ pub fn extract_into(
         fchmod(fd.as_fd(), Mode::from_bits_truncate(*mode))
             .map_err(|e| io_err(format!("Setting the mode of {name} failed"), e))?;
     }
-    Ok((top, sum))
+    Ok(())
+}
+
+/// What a failed read of the stream means: over the limit, cut short, or broken off.
+fn stream_error(state: &CountState, e: &io::Error) -> UntarError {
+    if state.over.get() {
+        UntarError::TooLarge {
+            max: state.max.get(),
+        }
+    } else if state.eof.get() || e.kind() == io::ErrorKind::UnexpectedEof {
+        ended_early()
+    } else {
+        UntarError::Truncated {
+            reason: format!("the stream broke off ({e})"),
+        }
+    }
+}
+
+/// Creates the directory `comps`; an existing directory is reused, anything else in the way
+/// is refused (it is opened as a directory without following it).
+fn write_dir(root: &OwnedFd, comps: &[OsString], name: &str) -> Result<(), UntarError> {
+    let Some((leaf, parents)) = comps.split_last() else {
+        return Ok(());
+    };
+    let parent = open_dir(root, parents, true, name)?;
+    match mkdirat(&parent, leaf.as_os_str(), Mode::from_bits_truncate(0o700)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) => open_dir(root, comps, false, name).map(drop),
+        Err(e) => Err(io_err(format!("Creating {name} failed"), e)),
+    }
 }
 
 fn ended_early() -> UntarError {

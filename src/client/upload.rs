@@ -130,10 +130,10 @@ where
     let sent = runtime()
         .map_err(UploadError::Client)?
         .block_on(exchange(client, req));
-    let produced = producer
+    let outcome = producer
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the producer panicked")));
-    match (produced, sent) {
+    match (outcome, sent) {
         (Err(e), _) if !cut.load(Ordering::Relaxed) => Err(UploadError::Produce(e)),
         (_, r) => Ok(r?),
     }

@@ -62,6 +62,7 @@ pub fn decode(msg: Message) -> Result<Incoming, ClientError> {
 }
 
 /// A `STDIN` message carrying `data`.
+#[must_use]
 pub fn stdin(data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel::STDIN);
@@ -70,11 +71,13 @@ pub fn stdin(data: &[u8]) -> Message {
 }
 
 /// The `CLOSE` message for stdin: the process sees end of file.
+#[must_use]
 pub fn stdin_eof() -> Message {
     Message::Binary(vec![channel::CLOSE, channel::STDIN].into())
 }
 
 /// A `RESIZE` message.
+#[must_use]
 pub fn resize(size: WindowSize) -> Message {
     let body = TerminalSize {
         width: size.cols,
@@ -86,6 +89,7 @@ pub fn resize(size: WindowSize) -> Message {
 }
 
 /// The `attach` target of session `id` of VM `vm`.
+#[must_use]
 pub fn attach_path(vm: &str, id: &str, with_stdin: bool) -> ApiPath {
     ApiPath::new("/v1/vms")
         .segment(vm)
@@ -130,6 +134,7 @@ pub async fn connect(client: &Client, path: &ApiPath) -> Result<Socket, ClientEr
 }
 
 /// Maps a WebSocket failure, turning a refused upgrade into hearthd's API error.
+#[must_use]
 pub fn ws_error(e: tungstenite::Error) -> ClientError {
     match e {
         tungstenite::Error::Http(resp) => {

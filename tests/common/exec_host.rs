@@ -77,10 +77,13 @@ pub fn expect_code(h: &HearthHost, out: &Output, code: i32) {
 
 /// The SHA-256 of `data`, hex.
 pub fn sha256(data: &[u8]) -> String {
+    use std::fmt::Write as _;
     Sha256::digest(data)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// `len` bytes that are not all alike and not text (every byte value occurs).
