@@ -4,7 +4,7 @@
 //! binary doubles as a fake agent (see [`fake_agent_entry`]) that answers `get_archive` with
 //! a crafted tar stream, which goes through the real hearthd to the real hearthctl.
 mod common;
-use common::exec_host;
+use common::{daemon, exec_host};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

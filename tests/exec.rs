@@ -221,7 +221,7 @@ fn hundred_mib_of_binary_stdout_arrive_intact() {
     std::fs::write(&file, &data).unwrap();
     // Output from the first byte: the agent holds a new session's output for its first
     // attach (a bounded ring would otherwise drop the head before hearthctl attaches).
-    let mut child = ctl(
+    let child = ctl(
         &h,
         &["vm", "exec", "web", "--", "cat", file.to_str().unwrap()],
     )
