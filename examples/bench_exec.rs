@@ -18,7 +18,10 @@
 //! cargo build --release --bin hearthd --bin hearthctl -p hearth-agent -p firecracker-sim
 //! sudo cargo run --release --example bench_exec -- --rounds 200 --mib 256 --sessions 100
 //! ```
-
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -29,12 +32,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use hearth::client::{Client, Method};
+use hearth::vm_host::{self, VmHost};
 use hearth_proto::agent::frame::{read_frame, write_frame, Frame, FrameKind, MAX_PAYLOAD};
 use hearth_proto::agent::{
     encode_request, ArchiveRequest, ExecList, ExecRequest, Request, DEFAULT_PORT,
 };
 use hearth_proto::api::VmInfo;
-use hearth::vm_host::{self, VmHost};
 
 #[derive(Parser, Debug)]
 struct Args {

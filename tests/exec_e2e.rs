@@ -3,6 +3,10 @@
 //! `hearth-agent` as its guest (`FC_SIM_AGENT_BIN`), the API driven directly (hearthctl's own
 //! end-to-end tests are in `hearthctl.rs`). The sim runs the agent on this host, inside
 //! hearthd's private network namespace; files go to the test's directory only.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 
 mod common;
 use common::daemon;

@@ -2,6 +2,10 @@
 //! an empty root file system (nothing but the binary and two files in /etc, inside its own
 //! mount and network namespaces) it answers ping, resolves from /etc/hosts and over DNS (a
 //! responder on the namespace's loopback), and runs commands.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! `FC_SIM_AGENT_BIN`: the simulator runs the real `hearth-agent` as its guest agent, routes
 //! `CONNECT <agent port>` to it through the hybrid vsock socket, and kills it when the VMM
 //! exits (or when the simulator is `SIGKILL`ed).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 
 use hearth_testkit::bodies;
 mod support;

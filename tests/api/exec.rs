@@ -5,6 +5,10 @@
 //! is this host: commands and files stay inside a temporary directory. A scripted hostile
 //! agent stands behind a second VM. Privileged end-to-end runs through firecracker-sim are
 //! in the hearthctl tests.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -2,7 +2,10 @@
 //! `vm exec` and `vm cp` end-to-end tests: real hearthd, firecracker-sim, real agent, real
 //! hearthctl. The simulated guest's agent runs on this machine, so a guest path is a path
 //! here too (tests check the guest side directly).
-//!
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real binaries (cargo, hearthctl) and clean up their own directories"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

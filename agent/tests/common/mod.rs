@@ -1,4 +1,8 @@
 //! A real `hearth-agent` on a Unix socket, and a small host-side client for its v2 ops.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
+)]
 #![allow(dead_code, reason = "each test file uses a part")]
 
 use std::io::{BufReader, Write};
