@@ -11,7 +11,7 @@ set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
   iptables ipset iproute2 nftables
-  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs curl
+  dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs curl binutils
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -541,9 +541,11 @@ fn a_takeover_closes_a_host_that_stopped_reading() {
 #[test]
 fn output_before_the_first_attach_is_kept() {
     let agent = Agent::start();
-    // Create, then attach a moment later, as hosts do: 6.9 MB of output, far more than the
-    // 1 MiB ring, and none of it may be lost in between.
-    let started: ExecStarted = agent.call(&Request::Exec(sh("seq 0 999999"))).unwrap();
+    // Create, then attach a moment later, as hosts do (asking for a hold): 6.9 MB of output,
+    // far more than the 1 MiB ring, and none of it may be lost in between.
+    let mut req = sh("seq 0 999999");
+    req.hold_ms = Some(30_000);
+    let started: ExecStarted = agent.call(&Request::Exec(req)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let info: ExecInfo = agent
         .call(&Request::ExecInfo(hearth_proto::agent::SessionRef {

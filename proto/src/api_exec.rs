@@ -1,9 +1,9 @@
 //! hearth's HTTP bodies for exec sessions and file transfer, shared by hearthd and hearthctl.
 //!
 //! - `POST /v1/vms/{name}/exec` with an [`ExecCreate`] starts a session in the guest's agent
-//!   and answers `201` with an [`ExecCreated`]. Every session starts detached: its output is
-//!   kept in the agent's ring buffers until a client attaches, so nothing is lost between the
-//!   two calls.
+//!   and answers `201` with an [`ExecCreated`]. The session runs in the agent whether or not
+//!   a client is attached; unless the body says `detach`, every byte of its output is kept for
+//!   the first attach (for up to [`ATTACH_HOLD_MS`]), so nothing is lost between the two calls.
 //! - `GET /v1/vms/{name}/execs` answers an [`ExecList`]; `GET .../execs/{id}` an [`ExecInfo`].
 //! - `GET .../execs/{id}/attach` upgrades to a WebSocket speaking Kubernetes' exec framing
 //!   ([`SUBPROTOCOL`]): every message is binary, its first byte a [`channel`], the rest the
@@ -78,7 +78,16 @@ pub struct ExecCreate {
         deserialize_with = "crate::api::whole::optional"
     )]
     pub timeout_secs: Option<u64>,
+    /// The client will not attach right away (`hearthctl vm exec -d`): the session's output
+    /// goes to its ring buffers from the start, the oldest bytes dropped when one is full.
+    /// Without it, every byte is kept for the first attach for up to [`ATTACH_HOLD_MS`] (the
+    /// process waits on a full buffer meanwhile), so create-then-attach loses nothing.
+    #[serde(default)]
+    pub detach: bool,
 }
+
+/// How long a session created without `detach` keeps all its output for its first attach.
+pub const ATTACH_HOLD_MS: u64 = 30_000;
 
 /// The answer to `POST /v1/vms/{name}/exec`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

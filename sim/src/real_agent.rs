@@ -106,7 +106,12 @@ fn remove_stale_dirs(tmp: &Path) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        // Signal 0 only checks that the process exists (ESRCH: it is gone).
+        let gone = i32::try_from(pid).is_ok_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+        });
+        if gone {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

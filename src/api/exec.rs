@@ -16,7 +16,9 @@ use hearth_proto::agent::{
     Empty, ExecInfo, ExecList, ExecRequest, ExecStarted, Request, SessionRef, SignalRequest,
 };
 use hearth_proto::api::FieldError;
-use hearth_proto::api_exec::{parse_signal, parse_user, ExecCreate, ExecCreated, ExecSignal};
+use hearth_proto::api_exec::{
+    parse_signal, parse_user, ExecCreate, ExecCreated, ExecSignal, ATTACH_HOLD_MS,
+};
 
 use super::body::JsonBody;
 use super::query::Params;
@@ -112,6 +114,8 @@ pub fn agent_exec(body: &ExecCreate, ring_bytes: u64) -> Result<ExecRequest, Api
         timeout_ms,
         ring_bytes: Some(ring_bytes),
         attach: false,
+        // A client that will attach next gets every byte; a detached one the ring's newest.
+        hold_ms: (!body.detach).then_some(ATTACH_HOLD_MS),
     };
     request.validate().map_err(|reason| ApiError::InvalidBody {
         message: reason

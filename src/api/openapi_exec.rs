@@ -253,6 +253,10 @@ pub fn schemas() -> Map<String, Value> {
                 "stdin": {"type": "boolean", "default": false},
                 "timeout_secs": {"type": "integer", "minimum": 1,
                     "maximum": MAX_EXEC_TIMEOUT_MS / 1000},
+                "detach": {"type": "boolean", "default": false,
+                    "description": "The client will not attach right away: output goes to the \
+                        ring buffers from the start (oldest bytes dropped when full). Without \
+                        it, all output is kept for the first attach for up to 30 s."},
             }
         },
         "ExecCreated": {"type": "object", "required": ["id"],

@@ -157,18 +157,10 @@ pub fn exec(c: &Client, json: bool, args: ExecArgs) -> u8 {
 }
 
 fn run(c: &Client, a: RunArgs) -> u8 {
-    let Some(name) = a.name else {
+    let Some(name) = a.name.clone() else {
         return fail(2, "vm exec needs a VM name");
     };
-    let body = match create_body(
-        &a.command,
-        a.env,
-        a.workdir,
-        a.user,
-        a.timeout,
-        a.tty,
-        a.interactive,
-    ) {
+    let body = match create_body(&a) {
         Ok(b) => b,
         Err(e) => return fail(2, e),
     };
@@ -187,41 +179,34 @@ fn run(c: &Client, a: RunArgs) -> u8 {
 }
 
 /// The create body, checked here so bad input is refused before anything starts.
-fn create_body(
-    command: &[String],
-    env: Vec<String>,
-    workdir: Option<String>,
-    user: Option<String>,
-    timeout: Option<u64>,
-    tty: bool,
-    stdin: bool,
-) -> Result<ExecCreate, String> {
-    if command.first().is_none_or(String::is_empty) {
+fn create_body(a: &RunArgs) -> Result<ExecCreate, String> {
+    if a.command.first().is_none_or(String::is_empty) {
         return Err("vm exec needs a command after --".into());
     }
-    for e in &env {
+    for e in &a.env {
         check_env_entry(e)?;
     }
-    if let Some(u) = &user {
+    if let Some(u) = &a.user {
         parse_user(u)?;
     }
-    if let Some(w) = &workdir {
+    if let Some(w) = &a.workdir {
         if !w.starts_with('/') {
             return Err(format!("--workdir {w:?} is not an absolute path"));
         }
     }
-    if timeout == Some(0) {
+    if a.timeout == Some(0) {
         return Err("--timeout must be at least 1 second".into());
     }
     Ok(ExecCreate {
-        command: command.to_vec(),
-        env,
-        workdir,
-        user,
-        tty,
+        command: a.command.clone(),
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
         size: None,
-        stdin,
-        timeout_secs: timeout,
+        stdin: a.interactive,
+        timeout_secs: a.timeout,
+        detach: a.detach,
     })
 }
 
@@ -317,41 +302,66 @@ pub fn cp(c: &Client, json: bool, args: &CpArgs) -> u8 {
 mod tests {
     use super::*;
 
-    fn body(cmd: &[&str]) -> Result<ExecCreate, String> {
-        let cmd: Vec<String> = cmd.iter().map(|s| (*s).to_owned()).collect();
-        create_body(&cmd, vec![], None, None, None, false, false)
+    fn args(cmd: &[&str]) -> RunArgs {
+        RunArgs {
+            interactive: false,
+            tty: false,
+            detach: false,
+            env: vec![],
+            workdir: None,
+            user: None,
+            timeout: None,
+            name: Some("web".into()),
+            command: cmd.iter().map(|s| (*s).to_owned()).collect(),
+        }
     }
 
     #[test]
     fn bad_exec_input_is_refused_before_any_request() {
-        assert!(body(&[]).is_err());
-        assert!(body(&[""]).is_err());
-        assert_eq!(body(&["ls", "-l"]).unwrap().command, ["ls", "-l"]);
-        let cmd = vec!["ls".to_owned()];
-        assert!(create_body(
-            &cmd,
-            vec!["NOEQUALS".into()],
-            None,
-            None,
-            None,
-            false,
-            false
-        )
-        .is_err());
-        assert!(create_body(&cmd, vec![], Some("rel".into()), None, None, false, false).is_err());
-        assert!(create_body(&cmd, vec![], None, Some("root".into()), None, false, false).is_err());
-        assert!(create_body(&cmd, vec![], None, None, Some(0), false, false).is_err());
-        let b = create_body(
-            &cmd,
-            vec!["A=1".into()],
-            Some("/tmp".into()),
-            Some("1000:1000".into()),
-            Some(5),
-            true,
-            true,
-        )
+        assert!(create_body(&args(&[])).is_err());
+        assert!(create_body(&args(&[""])).is_err());
+        assert_eq!(
+            create_body(&args(&["ls", "-l"])).unwrap().command,
+            ["ls", "-l"]
+        );
+        let bad = [
+            RunArgs {
+                env: vec!["NOEQUALS".into()],
+                ..args(&["ls"])
+            },
+            RunArgs {
+                workdir: Some("rel".into()),
+                ..args(&["ls"])
+            },
+            RunArgs {
+                user: Some("root".into()),
+                ..args(&["ls"])
+            },
+            RunArgs {
+                timeout: Some(0),
+                ..args(&["ls"])
+            },
+        ];
+        for a in &bad {
+            assert!(create_body(a).is_err(), "{a:?}");
+        }
+        let b = create_body(&RunArgs {
+            env: vec!["A=1".into()],
+            workdir: Some("/tmp".into()),
+            user: Some("1000:1000".into()),
+            timeout: Some(5),
+            tty: true,
+            interactive: true,
+            ..args(&["ls"])
+        })
         .unwrap();
-        assert!(b.tty && b.stdin);
+        assert!(b.tty && b.stdin && !b.detach);
         assert_eq!(b.timeout_secs, Some(5));
+        let d = create_body(&RunArgs {
+            detach: true,
+            ..args(&["ls"])
+        })
+        .unwrap();
+        assert!(d.detach, "-d asks hearthd for a detached start");
     }
 }

@@ -23,12 +23,6 @@ pub const MIN_RING: usize = hearth_proto::agent::frame::MAX_PAYLOAD;
 /// child) keeps its pipe or PTY open.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// How long a session started without a host keeps every byte for its first attach (the
-/// process blocks on a full ring meanwhile): hosts create a session, then attach to it, and
-/// output in between must not be dropped. After that, with nobody attached, the rings drop
-/// their oldest bytes.
-pub const FIRST_ATTACH_HOLD: Duration = Duration::from_secs(2);
-
 /// Stdout's index in the per-stream arrays.
 pub const STDOUT: usize = 0;
 /// Stderr's index in the per-stream arrays.
@@ -46,7 +40,7 @@ pub struct Attachment {
     /// A handle on the host's connection, to close it when a takeover finds its sender stuck
     /// on a host that stopped reading.
     pub closer: Option<OwnedFd>,
-    /// No host yet: the place is held for the first attach ([`FIRST_ATTACH_HOLD`]).
+    /// No host yet: the place is held for the first attach (`ExecRequest::hold_ms`).
     pub held: bool,
 }
 
@@ -94,7 +88,7 @@ pub struct Session {
 impl Session {
     /// A session not started yet; `attach` reserves the first attachment for the `exec`'s own
     /// connection, so no output is dropped before it starts reading. Without it, the place is
-    /// held for the first `attach` for [`FIRST_ATTACH_HOLD`].
+    /// held for the first `attach` for the request's `hold_ms`, if it has one.
     #[must_use]
     pub fn new(id: SessionId, req: &ExecRequest, attach: bool) -> Arc<Self> {
         let cap = usize::try_from(
@@ -103,12 +97,13 @@ impl Session {
         )
         .unwrap_or(usize::MAX)
         .max(MIN_RING);
-        let attach = Some(Attachment {
+        let held = !attach && req.hold_ms.is_some();
+        let attach = (attach || held).then_some(Attachment {
             gen: 0,
             sent: [0, 0],
             end: None,
             closer: None,
-            held: !attach,
+            held,
         });
         Arc::new(Session {
             id,
@@ -178,9 +173,11 @@ impl Session {
         if let Some(err) = spawned.stderr {
             self.spawn_pump(STDERR, err);
         }
-        if self.lock().attach.as_ref().is_some_and(|a| a.held) {
-            let me = self.clone();
-            std::thread::spawn(move || me.release_hold());
+        if let Some(ms) = req.hold_ms {
+            if self.lock().attach.as_ref().is_some_and(|a| a.held) {
+                let me = self.clone();
+                std::thread::spawn(move || me.release_hold(Duration::from_millis(ms)));
+            }
         }
         if let Some(ms) = req.timeout_ms {
             let me = self.clone();
@@ -283,9 +280,9 @@ impl Session {
         self.notify();
     }
 
-    /// Ends the hold for the first attach, if no host came within [`FIRST_ATTACH_HOLD`].
-    fn release_hold(&self) {
-        let deadline = Instant::now() + FIRST_ATTACH_HOLD;
+    /// Ends the hold for the first attach, if no host came within `hold`.
+    fn release_hold(&self, hold: Duration) {
+        let deadline = Instant::now() + hold;
         let mut st = self.lock();
         while st.attach.as_ref().is_some_and(|a| a.held) {
             let left = deadline.saturating_duration_since(Instant::now());

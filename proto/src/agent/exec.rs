@@ -31,6 +31,8 @@ pub const MAX_ENV: usize = 4096;
 pub const DEFAULT_RING_BYTES: u64 = 1 << 20;
 /// The largest ring buffer per output stream an `exec` may ask for (64 MiB).
 pub const MAX_RING_BYTES: u64 = 64 << 20;
+/// The longest first-attach hold an `exec` may ask for ([`ExecRequest::hold_ms`], one minute).
+pub const MAX_HOLD_MS: u64 = 60_000;
 /// The longest session timeout an `exec` may ask for (one week, in milliseconds).
 pub const MAX_EXEC_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -132,6 +134,12 @@ pub struct ExecRequest {
     /// the agent answers the id and the session starts detached.
     #[serde(default)]
     pub attach: bool,
+    /// Detached start only: keep every byte of output for the first `attach` for up to this
+    /// many milliseconds (1..=[`MAX_HOLD_MS`]); the process blocks on a full ring meanwhile.
+    /// For hosts that create a session and attach to it next, so nothing is dropped in
+    /// between. Without it, a detached session's rings drop their oldest bytes from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<u64>,
 }
 
 impl ExecRequest {
@@ -149,6 +157,7 @@ impl ExecRequest {
             timeout_ms: None,
             ring_bytes: None,
             attach: false,
+            hold_ms: None,
         }
     }
 
@@ -184,6 +193,14 @@ impl ExecRequest {
                 return Err(format!(
                     "timeout_ms {t} is not in 1..={MAX_EXEC_TIMEOUT_MS}"
                 ));
+            }
+        }
+        if let Some(h) = self.hold_ms {
+            if h == 0 || h > MAX_HOLD_MS {
+                return Err(format!("hold_ms {h} is not in 1..={MAX_HOLD_MS}"));
+            }
+            if self.attach {
+                return Err("hold_ms is for a detached start (attach false)".into());
             }
         }
         if let Some(r) = self.ring_bytes {
@@ -370,6 +387,9 @@ mod tests {
             r#"{"v":2,"op":"exec","argv":["ls"],"timeout_ms":0}"#,
             r#"{"v":2,"op":"exec","argv":["ls"],"ring_bytes":999999999999}"#,
             r#"{"v":2,"op":"exec","argv":["ls"],"bogus":1}"#,
+            r#"{"v":2,"op":"exec","argv":["ls"],"hold_ms":0}"#,
+            r#"{"v":2,"op":"exec","argv":["ls"],"hold_ms":60001}"#,
+            r#"{"v":2,"op":"exec","argv":["ls"],"hold_ms":10,"attach":true}"#,
             r#"{"v":2,"op":"attach","id":"../x"}"#,
             r#"{"v":2,"op":"attach","id":""}"#,
             r#"{"v":2,"op":"signal","id":"x1","signal":0}"#,
