@@ -3,17 +3,12 @@
 //! `hearth-agent` as its guest (`FC_SIM_AGENT_BIN`), the API driven directly (hearthctl's own
 //! end-to-end tests are in `hearthctl.rs`). The sim runs the agent on this host, inside
 //! hearthd's private network namespace; files go to the test's directory only.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
-)]
 
 mod common;
 use common::daemon;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use daemon::HearthHost;
@@ -24,13 +19,9 @@ use serde_json::json;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
+/// The agent binary of this build, (re)built so the test never runs a stale one.
 fn agent_bin() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "hearth-agent"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building hearth-agent failed");
-    PathBuf::from(env!("CARGO_BIN_EXE_hearthd")).with_file_name("hearth-agent")
+    hearth_testkit::fc_sim::agent_binary()
 }
 
 fn exec(c: &Client, vm: &str, command: &[&str]) -> Result<String, (u16, String)> {

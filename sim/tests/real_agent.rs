@@ -1,38 +1,21 @@
 //! `FC_SIM_AGENT_BIN`: the simulator runs the real `hearth-agent` as its guest agent, routes
 //! `CONNECT <agent port>` to it through the hybrid vsock socket, and kills it when the VMM
 //! exits (or when the simulator is `SIGKILL`ed).
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests and benchmarks drive real binaries and tools and clean up their own directories"
-)]
 
 use hearth_testkit::bodies;
 mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use hearth_proto::agent::frame::{read_frame, write_frame, Frame, FrameKind};
 use hearth_proto::agent::{self, ExecRequest, ExecStarted, PingReply, Request};
-use support::{vsock_connect, wait_until, Sim, SIM};
+use support::{vsock_connect, wait_until, Sim};
 
 /// The agent binary of this build, (re)built so the test never runs a stale one.
 fn agent_bin() -> PathBuf {
-    let sim = PathBuf::from(SIM);
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "hearth-agent"]);
-    if sim.components().any(|c| c.as_os_str() == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building hearth-agent failed"
-    );
-    let bin = sim.with_file_name("hearth-agent");
-    assert!(bin.exists(), "{} is missing", bin.display());
-    bin
+    hearth_testkit::fc_sim::agent_binary()
 }
 
 /// The pids of processes running `bin` whose parent is `parent`.

@@ -35,6 +35,34 @@ pub fn sim_binary() -> PathBuf {
     sim
 }
 
+/// The `hearth-agent` binary beside [`sim_binary`] (debug or release, as the simulator is),
+/// built first with `cargo build -p hearth-agent`, so a test never runs a stale agent. For
+/// `FC_SIM_AGENT_BIN` and the tests that run the real agent.
+///
+/// # Panics
+///
+/// When the build fails or leaves no binary (a test fixture: failing loudly is its job).
+#[must_use]
+pub fn agent_binary() -> PathBuf {
+    let sim = sim_binary();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test support builds the agent with cargo"
+    )]
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "hearth-agent"]);
+    if sim.components().any(|c| c.as_os_str() == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("running cargo").success(),
+        "building hearth-agent failed"
+    );
+    let bin = sim.with_file_name("hearth-agent");
+    assert!(bin.exists(), "{} is missing", bin.display());
+    bin
+}
+
 /// Writes an executable wrapper `dir/<name>` that sets `env` (the simulator's `FC_SIM_*`
 /// knobs) and execs the simulator, optionally with SIGTERM ignored (inherited across exec).
 /// Same pid, no extra process: what the actor spawns is the simulator itself.

@@ -31,14 +31,7 @@ use super::{create, error_of, post};
 
 /// The agent binary of this build, (re)built so the test never runs a stale one.
 fn agent_bin() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "hearth-agent"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building hearth-agent failed");
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_hearthd")).with_file_name("hearth-agent");
-    assert!(bin.exists(), "{} is missing", bin.display());
-    bin
+    hearth_testkit::fc_sim::agent_binary()
 }
 
 /// Reads the `CONNECT <port>\n` line byte by byte (nothing past it is consumed).

@@ -17,19 +17,7 @@ use hearth_testkit::fc_sim;
 
 /// The agent binary of this build, (re)built so a test never runs a stale one.
 pub fn agent_bin() -> PathBuf {
-    let sim = fc_sim::sim_binary();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "hearth-agent"]);
-    if sim.components().any(|c| c.as_os_str() == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().expect("cargo").success(),
-        "building hearth-agent failed"
-    );
-    let bin = sim.with_file_name("hearth-agent");
-    assert!(bin.exists(), "{} is missing", bin.display());
-    bin
+    fc_sim::agent_binary()
 }
 
 /// Starts hearthd whose VMs run `agent` as their agent, and creates the running VM `web`.
