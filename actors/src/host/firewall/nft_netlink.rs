@@ -10,6 +10,12 @@
 //! Only what hearth needs is encoded here: `NEWSETELEM`/`DELSETELEM` of
 //! `ifname . ether_addr . ipv4_addr` keys in a `bridge`-family table. Whole tables are still
 //! written by `nft -f` (rare: reconcile, teardown).
+//!
+//! Why not a crate: `rustables` (the pure-Rust nf_tables library) is GPL-3.0, which an
+//! Apache-2.0 hearth cannot take on, and calls itself rough-edged; `nftnl` binds the GPL C
+//! library libnftnl; the `nftables` crate drives the `nft` binary (a process per change, the
+//! cost this module removes). Two message types over a socket `nix` already gives us are small
+//! enough to own, with the kernel's answer checked by the tests in `tests/nat.rs`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
