@@ -418,7 +418,8 @@ impl Client {
     }
 }
 
-fn head(resp: &http::Response<Incoming>) -> (u16, Vec<(String, String)>) {
+/// The status and headers of a response.
+pub(crate) fn head(resp: &http::Response<Incoming>) -> (u16, Vec<(String, String)>) {
     let headers = resp
         .headers()
         .iter()

@@ -147,17 +147,7 @@ async fn exchange(client: &Client, req: Request<ChannelBody>) -> Result<Response
     let mut conn = Some(Box::pin(conn));
     let work = async move {
         let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).trim().to_owned(),
-                )
-            })
-            .collect();
+        let (status, headers) = super::head(&resp);
         let body = match Limited::new(resp.into_body(), MAX_BODY).collect().await {
             Ok(c) => c.to_bytes().to_vec(),
             Err(e) => match e.downcast::<hyper::Error>() {

@@ -110,13 +110,6 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UnixListener;
 
-    #[test]
-    fn ok_lines() {
-        assert_eq!(parse_ok_line("OK 1073741824\n"), Some(1_073_741_824));
-        assert_eq!(parse_ok_line("OK x\n"), None);
-        assert_eq!(parse_ok_line("NOPE\n"), None);
-    }
-
     /// A hybrid-vsock stand-in: the first `refuse` connections are closed without OK.
     async fn fake_muxer(listener: UnixListener, refuse: usize, silent: bool) {
         let mut n = 0;

@@ -11,7 +11,7 @@
 //! `ifname . ether_addr . ipv4_addr` keys in a `bridge`-family table. Whole tables are still
 //! written by `nft -f` (rare: reconcile, teardown).
 //!
-//! Why not a crate: `rustables` (the pure-Rust nf_tables library) is GPL-3.0, which an
+//! Why not a crate: `rustables` (the pure-Rust `nf_tables` library) is GPL-3.0, which an
 //! Apache-2.0 hearth cannot take on, and calls itself rough-edged; `nftnl` binds the GPL C
 //! library libnftnl; the `nftables` crate drives the `nft` binary (a process per change, the
 //! cost this module removes). Two message types over a socket `nix` already gives us are small
