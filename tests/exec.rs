@@ -149,7 +149,7 @@ fn detach_then_attach_replays_and_kill_signals() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_attached(&h, &id);
     let out = run(&h, &["vm", "exec", "kill", "web", &id, "--signal", "TERM"]);
     expect_code(&h, &out, 0);
     let out = attach.wait_with_output().unwrap();
@@ -199,7 +199,7 @@ fn hearthd_killed_mid_session_then_attach_finds_and_replays_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    wait_attached(&h, &id);
     h.kill9();
     // The attached client loses hearthd: a failure of its own (125), not the command's.
     let out = first.wait_with_output().unwrap();
@@ -233,6 +233,16 @@ fn hundred_mib_of_binary_stdout_arrive_intact() {
     expect_code(&h, &out, 0);
     assert_eq!(out.stdout.len(), data.len());
     assert_eq!(sha256(&out.stdout), sha256(&data));
+}
+
+/// Waits until a client is attached to session `id` of VM `web` (as `vm exec ls` reports it).
+fn wait_attached(h: &common::daemon::HearthHost, id: &str) {
+    let attached = common::wait_until(Duration::from_secs(10), || {
+        h.ctl_ok(&["vm", "exec", "ls", "web"])["execs"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["id"] == id && e["attached"] == true))
+    });
+    assert!(attached, "no client attached to {id}\n{}", h.log());
 }
 
 /// A pty whose slave is hearthctl's controlling terminal (so it gets SIGWINCH).

@@ -291,7 +291,6 @@ fn ring_overflow_while_detached_keeps_the_newest_bytes() {
     req.ring_bytes = Some(65536);
     let started: ExecStarted = agent.call(&Request::Exec(req)).unwrap();
     agent.wait_exit(&started.id);
-    std::thread::sleep(Duration::from_millis(300));
     let mut c = agent.connect();
     let _: ExecInfo = c
         .call(&Request::Attach(AttachRequest {
@@ -302,9 +301,8 @@ fn ring_overflow_while_detached_keeps_the_newest_bytes() {
     let (out, _, exit) = c.collect();
     assert_eq!(exit.code, 0);
     let all = numbers(100_000);
-    // The newest bytes, contiguous, to the end: the front was dropped. Exactly the ring's
-    // 64 KiB when the pipe was drained before the attach (it is, unless the machine is
-    // very busy: output read after the attach is appended, never dropped).
+    // The newest bytes, contiguous, to the end: the front was dropped. At least the ring's
+    // 64 KiB (output the pump reads after the attach is appended, never dropped).
     assert!(all.ends_with(&out), "not the stream's tail");
     assert!(
         out.len() >= 65536 && out.len() < all.len(),

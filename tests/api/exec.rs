@@ -235,8 +235,15 @@ fn exec_output_is_kept_until_attach_and_the_exit_code_is_the_status() {
         "web",
         json!({"command": ["sh", "-c", "echo out; echo err >&2; exit 3"]}),
     );
-    // Detached: the process has run (and may have exited) before anyone attaches.
-    std::thread::sleep(Duration::from_millis(200));
+    // The process runs to its end before anyone attaches.
+    assert!(
+        hearth_testkit::wait_until(Duration::from_secs(10), || {
+            g.client
+                .get::<ExecInfo>(format!("/v1/vms/web/execs/{id}").as_str())
+                .is_ok_and(|i| i.exit.is_some())
+        }),
+        "session {id} never exited"
+    );
     let mut ws = attach(&g.srv().socket, "web", &id, false);
     let out = follow(&mut ws);
     assert_eq!(out.stdout, b"out\n");
