@@ -44,6 +44,12 @@ pub fn sim_binary() -> PathBuf {
 /// When the build fails or leaves no binary (a test fixture: failing loudly is its job).
 #[must_use]
 pub fn agent_binary() -> PathBuf {
+    // Built once per test binary: a no-op `cargo build` still costs a few hundred ms.
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT.get_or_init(build_agent).clone()
+}
+
+fn build_agent() -> PathBuf {
     let sim = sim_binary();
     #[expect(
         clippy::disallowed_methods,
