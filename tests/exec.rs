@@ -353,7 +353,10 @@ fn tty_session_is_raw_follows_resizes_and_restores_the_terminal() {
             "--",
             "sh",
             "-c",
-            "stty size; read x; stty size; echo \"got $x\"; exit 5",
+            // After the input, wait for the resize to reach the PTY (the test's wait_for
+            // bounds it), then report the size.
+            "stty size; read x; until [ \"$(stty size)\" = '40 120' ]; do sleep 0.05; done; \
+             stty size; echo \"got $x\"; exit 5",
         ],
     ));
     assert!(
@@ -367,7 +370,6 @@ fn tty_session_is_raw_follows_resizes_and_restores_the_terminal() {
         "the local terminal is not raw during the session"
     );
     p.resize(40, 120);
-    std::thread::sleep(Duration::from_millis(500));
     std::fs::File::from(p.master.try_clone().unwrap())
         .write_all(b"go\r")
         .unwrap();
