@@ -32,6 +32,7 @@ mod handlers;
 mod messages;
 pub mod metrics;
 mod open;
+pub mod policy;
 mod saga;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
