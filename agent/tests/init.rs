@@ -271,7 +271,7 @@ fn init_forwards_sigterm_serves_the_agent_and_reaps_orphans() {
     // An orphan: the inner shell exits at once, its background sleep is reparented to init.
     let script = "sh -c 'sleep 0.2 & exit 0'; sleep 1; \
                   echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); \
-                  trap 'echo got-TERM; exit 7' TERM; echo ready; \
+                  trap 'echo got-USR1' USR1; trap 'echo got-TERM; exit 7' TERM; echo ready; \
                   while true; do sleep 0.05; done";
     let mut g = Guest::start(tree(Some(&spec(script, ""))), true);
     g.wait_for("ready");
@@ -287,6 +287,9 @@ fn init_forwards_sigterm_serves_the_agent_and_reaps_orphans() {
     assert_eq!(exit.code, 0);
     assert!(String::from_utf8_lossy(&out).starts_with("from-exec\n/sbin/hearth-init"));
     // SAFETY: signalling the namespace's init, our grandchild.
+    assert_eq!(unsafe { libc::kill(g.init_pid(), libc::SIGUSR1) }, 0);
+    g.wait_for("got-USR1");
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(g.init_pid(), libc::SIGTERM) }, 0);
     assert_eq!(g.wait_end(), Some(libc::SIGHUP));
     let console = g.console();
@@ -295,20 +298,20 @@ fn init_forwards_sigterm_serves_the_agent_and_reaps_orphans() {
 }
 
 #[test]
-fn a_command_killed_by_a_signal_is_reported_as_such() {
-    if !privileged("a_command_killed_by_a_signal_is_reported_as_such") {
+fn ctrl_alt_del_terminates_the_command_and_its_death_by_signal_is_reported() {
+    if !privileged("ctrl_alt_del_terminates_the_command_and_its_death_by_signal_is_reported") {
         return;
     }
     let mut g = Guest::start(tree(Some(&spec("echo ready; exec sleep 100", ""))), true);
     g.wait_for("ready");
-    // SIGUSR1 is forwarded; sleep dies of it.
+    // The kernel turns Ctrl-Alt-Del into SIGINT for init; the command gets SIGTERM.
     // SAFETY: signalling the namespace's init, our grandchild.
-    assert_eq!(unsafe { libc::kill(g.init_pid(), libc::SIGUSR1) }, 0);
+    assert_eq!(unsafe { libc::kill(g.init_pid(), libc::SIGINT) }, 0);
     assert_eq!(g.wait_end(), Some(libc::SIGHUP));
     assert_eq!(
         g.exit_report(),
         Some(ExitReport::Signaled {
-            signal: libc::SIGUSR1
+            signal: libc::SIGTERM
         })
     );
 }

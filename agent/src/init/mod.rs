@@ -6,7 +6,8 @@
 //! closed, configure `lo` and the interface of the kernel `ip=` argument, `/etc/resolv.conf`
 //! (the `ip=` DNS server, else the gateway: hearth's DNS listens there) and the hostname
 //! (`hearth.hostname=`), start the agent's server on a thread, then run the command of
-//! [`INIT_SPEC_PATH`] as a supervised child ([`child`]). Signals are forwarded to it; every
+//! [`INIT_SPEC_PATH`] as a supervised child ([`child`]). Signals are forwarded to it
+//! ([`signals::to_forward`]: Ctrl-Alt-Del's `SIGINT` becomes `SIGTERM`); every
 //! process that ends is reaped by the agent's one reaper ([`crate::exec::reaper`]). When the
 //! command exits, init prints [`exit_line`] on the console and powers off ([`shutdown`]).
 //!
@@ -225,7 +226,7 @@ fn supervise(prep: &child::Prepared, forwarded: signals::Forwarded) -> Option<Ex
     loop {
         if let Some(sig) = forwarded.wait(Duration::from_millis(100)) {
             // SAFETY: kill with a pid we started (not yet reaped: its status has not arrived).
-            unsafe { libc::kill(pid, sig) };
+            unsafe { libc::kill(pid, signals::to_forward(sig)) };
         }
         match rx.try_recv() {
             Ok(status) => return Some(report(status)),

@@ -16,6 +16,17 @@ pub const FORWARDED: [libc::c_int; 5] = [
     libc::SIGUSR2,
 ];
 
+/// The signal the command gets for one init received. The kernel turns Ctrl-Alt-Del, which is
+/// how hearth asks a guest to stop gracefully, into `SIGINT` for init: the command gets
+/// `SIGTERM` for it, as `docker stop` sends. Every other signal is passed on as it is.
+pub fn to_forward(received: libc::c_int) -> libc::c_int {
+    if received == libc::SIGINT {
+        libc::SIGTERM
+    } else {
+        received
+    }
+}
+
 extern "C" fn ignore(_: libc::c_int) {}
 
 /// The blocked set, to wait on.
