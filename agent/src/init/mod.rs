@@ -109,6 +109,7 @@ fn listen_args(args: Vec<String>) -> Args {
             listen: Listen::Vsock {
                 port: hearth_proto::agent::DEFAULT_PORT,
             },
+            sim_identity_file: None,
         }
     })
 }

@@ -3,6 +3,7 @@
 //! its `timeout_ms`; and its configuration ([`iface`]: addresses, MAC, routes, hostname,
 //! resolv.conf), shared by init (from the kernel `ip=` argument) and the `reconfigure` op.
 
+pub mod identity;
 pub mod iface;
 
 use std::io::{self, ErrorKind, Read, Write};
