@@ -58,7 +58,7 @@ impl Forwarded {
     pub fn wait(&self, timeout: Duration) -> Option<libc::c_int> {
         let ts = libc::timespec {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos().cast_signed()),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
         };
         // SAFETY: valid set and timespec; no siginfo wanted.
         let sig =

@@ -58,7 +58,7 @@ fn ifreq(device: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(device.bytes()) {
-        *dst = src.cast_signed();
+        *dst = src as libc::c_char;
     }
     Ok(req)
 }
@@ -118,7 +118,7 @@ pub fn set_mac(device: &str, mac: [u8; 6]) -> io::Result<()> {
     let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
     hw.sa_family = libc::ARPHRD_ETHER;
     for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
-        *dst = src.cast_signed();
+        *dst = src as libc::c_char;
     }
     req.ifr_ifru.ifru_hwaddr = hw;
     ioctl(&sock, libc::SIOCSIFHWADDR, &mut req)
@@ -155,6 +155,7 @@ pub fn set_ipv4(device: &str, addr: Ipv4Addr, prefix_len: u8) -> io::Result<()> 
 
 /// The kernel's `struct rtentry` (`SIOCADDRT`); glibc's libc bindings do not carry it.
 #[repr(C)]
+#[expect(clippy::struct_field_names, reason = "the kernel's field names")]
 struct RtEntry {
     rt_pad1: libc::c_ulong,
     rt_dst: libc::sockaddr,

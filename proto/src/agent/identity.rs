@@ -191,7 +191,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: Vec<(fn(&mut Reconfigure), &str)> = vec![
+        type Breaker = fn(&mut Reconfigure);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|r| r.ip_cidr = "172.31.240.9".into(), "ip_cidr"),
             (|r| r.ip_cidr = "x/24".into(), "ip_cidr"),
             (|r| r.ip_cidr = "172.31.240.9/33".into(), "ip_cidr"),
