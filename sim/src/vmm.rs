@@ -311,6 +311,9 @@ impl Vmm {
                 self.maybe_schedule_reboot();
             }
         }
+        if let Some(net) = &self.guest_net {
+            net.0.set_frozen(self.guest.paused());
+        }
         Ok(None)
     }
 
@@ -648,6 +651,8 @@ impl Vmm {
             dev.tap.name,
             stack.config().ip
         ));
+        // A guest restored paused starts frozen.
+        stack.set_frozen(self.guest.paused());
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())
