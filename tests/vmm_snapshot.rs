@@ -550,3 +550,85 @@ fn restored_sim_guest_keeps_its_identity_and_freezes_when_paused() {
         src.send(KillVm {}).await.unwrap().unwrap();
     });
 }
+
+/// Simulator only: the guest adopts the identity the agent's `reconfigure` writes to its
+/// identity file (`FC_SIM_IDENTITY_FILE=1`: `sim-identity.json` in the run directory; written
+/// here directly, as `hearth-agent --sim-identity-file` writes it): the restored copy stops
+/// answering as its source and answers with the new IP and MAC.
+#[test]
+fn sim_guest_adopts_the_identity_the_agent_writes() {
+    hearth_testkit::require_privileged!();
+    let ns = NetNs::new("vmm");
+    ns.block_on(|| async {
+        let fx = Fixture::new("snp");
+        let _reaper = Reaper(fx.path().to_path_buf());
+        let bin = fx.wrapper(
+            "fc-id",
+            &[("FC_SIM_NETSTACK", "1"), ("FC_SIM_IDENTITY_FILE", "1")],
+            false,
+        );
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+        let (src, _events) = fx.actor("src", bin.clone());
+        bring_up(&src, fx.config(Some(net("hth0")))).await;
+        let snaps = fx.path().join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+        src.send(PauseVm {}).await.unwrap().unwrap();
+        let info = src
+            .send(CreateVmSnapshot {
+                snapshot_path: snaps.join("state"),
+                mem_path: snaps.join("mem"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+        ns.exec_ok(&["ip", "addr", "add", "172.31.240.1/24", "dev", "hth1"]);
+        ns.exec_ok(&["ip", "link", "set", "hth1", "up"]);
+        let (copy, _events) = fx.actor("copy", bin);
+        copy.send(RestoreVm {
+            vsock_uds_path: None,
+            ..restore_msg(
+                &Source {
+                    vm: src.clone(),
+                    api: PathBuf::new(),
+                    snap: snaps.join("state"),
+                    mem: snaps.join("mem"),
+                },
+                &info,
+                "hth1",
+            )
+        })
+        .await
+        .unwrap()
+        .expect("restore");
+        let ping = |ip: &str| {
+            ns.exec(&["ping", "-c", "1", "-W", "1", ip])
+                .status
+                .success()
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(5), || ping("172.31.240.5")),
+            "the copy first answers as its source"
+        );
+        let new_mac = MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 9)).to_string();
+        let file = run_dir(&fx, "copy").path().join("sim-identity.json");
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"ip_cidr":"172.31.240.9/24","gateway":"172.31.240.1","mac":"{new_mac}","hostname":"copy","dns":"172.31.240.1","rng_seed":"{}"}}"#,
+                "0".repeat(64)
+            ),
+        )
+        .unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(5), || ping("172.31.240.9")),
+            "the copy answers with its new address"
+        );
+        let neigh = ns.exec_ok(&["ip", "neigh", "show", "172.31.240.9", "dev", "hth1"]);
+        assert!(neigh.contains(&new_mac), "and its new MAC: {neigh}");
+        ns.exec_ok(&["ip", "neigh", "flush", "dev", "hth1"]);
+        assert!(!ping("172.31.240.5"), "the old address is gone");
+        copy.send(KillVm {}).await.unwrap().unwrap();
+        src.send(KillVm {}).await.unwrap().unwrap();
+    });
+}

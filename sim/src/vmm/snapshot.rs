@@ -275,6 +275,7 @@ impl Vmm {
         };
         let uptime = image.guest.uptime_ms.map(Duration::from_millis);
         let guest = Arc::new(Guest::restored(image.guest.boot_id.clone(), uptime));
+        self.watch_identity();
         if let Some(bin) = self.knobs.agent_bin.clone() {
             self.start_real_agent(&bin, &guest)
                 .map_err(|e| e.to_string())?;
