@@ -70,7 +70,7 @@ struct Args {
     /// Where run directories go (tmpfs, like hearth's /run/hearth).
     #[arg(long, default_value = "/dev/shm")]
     work_dir: PathBuf,
-    /// Where snapshot files go (a disk, like hearth's data_dir/snapshots).
+    /// Where snapshot files go (a disk, like hearth's `data_dir/snapshots`).
     #[arg(long, default_value = "/var/tmp")]
     snap_dir: PathBuf,
     /// Also print fork end-to-end figures (needs the supervisor's fork saga).
@@ -234,7 +234,7 @@ async fn creates(
 
 fn allocated_mib(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).map_or(0, |m| m.blocks() * 512 >> 20)
+    std::fs::metadata(p).map_or(0, |m| (m.blocks() * 512) >> 20)
 }
 
 async fn restores(

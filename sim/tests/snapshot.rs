@@ -3,10 +3,6 @@
 //! snapshot resets the guest's vsock connections, and a loaded VM serves the overridden vsock
 //! socket with the same guest (boot id). Texts are checked in `sim/src/api.rs` and, against the
 //! real binary too, in `tests/vmm_snapshot.rs`.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests drive the simulator binary and real tools directly"
-)]
 
 mod support;
 
