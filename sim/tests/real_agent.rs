@@ -165,7 +165,7 @@ fn the_real_agents_reconfigure_lands_in_the_sims_identity_file() {
     let bin = agent_bin();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("identity.json");
-    let mut sim = Sim::start(
+    let sim = Sim::start(
         &[],
         &[
             ("FC_SIM_AGENT_BIN", bin.to_str().unwrap()),
