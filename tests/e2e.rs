@@ -334,3 +334,44 @@ fn the_commands_exit_status_reaches_the_stopped_event_and_vm_get() {
         "{events:?}"
     );
 }
+
+/// `vm stop` of a guest run by hearth's init (Ctrl+Alt+Del, the command ends, init prints its
+/// line and reboots): the `stopped` event and `vm get` carry the command's exit status.
+#[test]
+fn a_stopped_inits_exit_status_reaches_the_event_and_vm_get() {
+    require_privileged!();
+    let h = HearthHost::start(
+        &[(
+            "FC_SIM_CONSOLE_AT_EXIT",
+            "hearth-init: command exited signal=15",
+        )],
+        "",
+    );
+    h.ctl_ok(&[
+        "vm",
+        "create",
+        "t",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    h.ctl_ok(&["vm", "stop", "t"]);
+    assert_eq!(h.state("t").as_deref(), Some("stopped"));
+    let want = serde_json::json!({"signaled": {"signal": 15}});
+    let vm = h.ctl_ok(&["vm", "get", "t"]);
+    assert_eq!(vm["exit_status"], want, "{vm}");
+    let out = h.ctl(&["events"]);
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["vm"] == "t" && e["state"] == "stopped" && e["exit_status"] == want),
+        "{events:?}"
+    );
+}

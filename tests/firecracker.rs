@@ -212,6 +212,38 @@ async fn the_guest_inits_exit_line_is_reported_with_the_exit() {
     }
 }
 
+/// A requested stop of a guest run by hearth's init: Ctrl+Alt+Del, the command ends, init
+/// prints its line and reboots; the stop's outcome carries the report. Without the line (any
+/// other guest) there is none.
+#[actix::test]
+async fn a_ctrl_alt_del_stop_reports_the_guest_inits_exit_line() {
+    let fx = Fixture::new("fc");
+    for (line, want) in [
+        (
+            "hearth-init: command exited signal=15",
+            Some(hearth_proto::init::ExitReport::Signaled { signal: 15 }),
+        ),
+        ("reboot: Restarting system", None),
+    ] {
+        let bin = fx.wrapper("fc-init-stop", &[("FC_SIM_CONSOLE_AT_EXIT", line)], false);
+        let (vm, _events) = fx.actor("vm-init-stop", bin);
+        bring_up(&vm, fx.config(None), None).await;
+        let out = vm
+            .send(StopVm {
+                plan: StopPlan::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (out.rung, out.status, out.guest_exit),
+            (StopRung::CtrlAltDel, ExitStatus::Code(0), want),
+            "{line}"
+        );
+        vm.send(RemoveRunDir {}).await.unwrap().unwrap();
+    }
+}
+
 /// A VMM whose actor is gone (the process runs on, as after a crash of hearthd between spawn
 /// and record) is killed as a stray by a new actor for the same VM, which then removes the run
 /// directory; a process that does not use that run directory is refused and left running.

@@ -237,13 +237,34 @@ impl FirecrackerActor {
             .await;
             (client, res)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            move |(client, res), act, _| {
-                // Give back the connection if the ladder borrowed it.
-                if client.is_some() {
-                    act.api = client;
-                }
-                match res {
+        AtomicResponse::new(Box::pin(
+            fut.into_actor(self)
+                .then(|(client, res), act, _| {
+                    // Give back the connection if the ladder borrowed it.
+                    if client.is_some() {
+                        act.api = client;
+                    }
+                    // The process is gone: let the console's last lines (init's exit line,
+                    // printed before the guest shut down) be copied, bounded, and read the
+                    // report. An exit seen before the ladder is `ProcessExited`'s to report.
+                    let console = match &res {
+                        Ok(o) if o.rung != StopRung::AlreadyExited => act.console.take(),
+                        _ => None,
+                    };
+                    async move {
+                        let Some(console) = console else {
+                            return res;
+                        };
+                        let exit = console.guest_exit();
+                        let _ = tokio::time::timeout(CONSOLE_DRAIN, console.finish()).await;
+                        res.map(|o| StopOutcome {
+                            guest_exit: super::exit_watch::seen(&exit),
+                            ..o
+                        })
+                    }
+                    .into_actor(act)
+                })
+                .map(move |res, act, _| match res {
                     Ok(outcome) => {
                         slog::info!(act.log, "stopped"; "rung" => %outcome.rung, "status" => %outcome.status, "ms" => outcome.elapsed.as_millis());
                         act.stop_rung = Some(outcome.rung);
@@ -253,9 +274,8 @@ impl FirecrackerActor {
                         act.state = previous;
                         Err(e)
                     }
-                }
-            },
-        )))
+                }),
+        ))
     }
 }
 
