@@ -63,7 +63,13 @@ fn main() -> anyhow::Result<()> {
     config.resolve_host_defaults();
     config.validate().context("Invalid configuration")?;
 
-    let findings = preflight::check_host(config.firecracker_bin.as_deref());
+    let mut findings = preflight::check_host(config.firecracker_bin.as_deref());
+    // Jailing (issue 16): whether it is possible here, and why not.
+    findings.extend(preflight::check_jailing(
+        &config.jailer,
+        config.firecracker_bin.as_deref(),
+        &config.data_dir,
+    ));
     if args.check {
         for f in &findings {
             println!("{f}");
