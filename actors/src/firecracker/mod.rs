@@ -29,6 +29,8 @@ pub mod config;
 pub mod console;
 mod error;
 mod handlers;
+pub mod jailed;
+pub mod jailer;
 pub mod messages;
 pub mod readiness;
 pub mod run_dir;
@@ -49,6 +51,7 @@ pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
 pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
 pub use error::FirecrackerError;
+pub use jailed::VmJail;
 pub use messages::*;
 pub use readiness::ProbeOutcome;
 pub use run_dir::RunDir;
@@ -172,6 +175,8 @@ pub struct FirecrackerActor {
     console: Option<console::ConsoleCapture>,
     /// Set when hearth ended the process, so its exit is reported as `Stopped`.
     stop_rung: Option<StopRung>,
+    /// Jailed (issue 16): how; `None` runs Firecracker as hearthd's user (less isolated).
+    jail: Option<VmJail>,
 }
 
 impl FirecrackerActor {
@@ -199,6 +204,7 @@ impl FirecrackerActor {
             api: None,
             console: None,
             stop_rung: None,
+            jail: None,
         })
     }
 

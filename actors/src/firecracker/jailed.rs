@@ -1,0 +1,358 @@
+//! A jailed VMM: what [`FirecrackerActor`] does differently when its VM runs through
+//! Firecracker's jailer ([`VmJail`], set with [`FirecrackerActor::jailed`]).
+//!
+//! - Spawn: the [`Jails`] backend makes the jail and puts the VM's files in it, the jailer runs
+//!   with the console FIFO as its stdio (the VMM keeps it), exits once the VMM runs in its new
+//!   pid namespace, and the VMM's pid comes from the jail's pid file. The VMM is pinned by a
+//!   pidfd and recognised by its start time, its command line and its root being the jail,
+//!   as for an unjailed VMM, so adoption after a restart works the same.
+//! - Configure: host paths of files put in the jail become `/<name>`; any other path is left
+//!   as it is, which the VMM cannot see from its chroot, so Firecracker refuses it. The TAP
+//!   is given to the VM's uid first.
+//! - Remove: the jail (mounts, directory, cgroups) goes with the run directory, and the TAP
+//!   goes back to root.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{ActorFutureExt, AtomicResponse, Context, WrapFuture};
+
+use crate::host::jails::{JailError, JailFile, JailPlan, Jails};
+use crate::host::processes::{ExitStatus, Process, ProcessIdentity, Signal, SpawnSpec};
+
+use super::backoff::Backoff;
+use super::config::VmConfig;
+use super::console::ConsoleCapture;
+use super::jailer::{is_jailed_vmm, CgroupVersion, JailLayout, JailLimits, JailerArgs};
+use super::messages::SpawnInfo;
+use super::{FirecrackerActor, FirecrackerError, VmmState};
+
+type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
+
+/// How one VM is jailed.
+pub struct VmJail {
+    /// The jailer binary.
+    pub jailer: PathBuf,
+    /// The host side of jails.
+    pub jails: Arc<dyn Jails>,
+    /// The jail's paths (its id is `JailLayout::id_for_uid(uid)`).
+    pub layout: JailLayout,
+    /// The VM's uid (leased).
+    pub uid: u32,
+    /// The VM's gid.
+    pub gid: u32,
+    /// The cgroup hierarchy of this host.
+    pub cgroup_version: CgroupVersion,
+    /// The VM's limits.
+    pub limits: JailLimits,
+    /// The files the VMM opens (kernel, initrd, disks).
+    pub files: Vec<JailFile>,
+    /// The TAP given to the uid, to give back on removal.
+    pub(super) tap: Option<String>,
+}
+
+impl std::fmt::Debug for VmJail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmJail")
+            .field("layout", &self.layout)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmJail {
+    /// A jail description; nothing is made until the spawn.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one plain constructor of a settings record"
+    )]
+    pub fn new(
+        jailer: PathBuf,
+        jails: Arc<dyn Jails>,
+        layout: JailLayout,
+        uid: u32,
+        gid: u32,
+        cgroup_version: CgroupVersion,
+        limits: JailLimits,
+        files: Vec<JailFile>,
+    ) -> Self {
+        VmJail {
+            jailer,
+            jails,
+            layout,
+            uid,
+            gid,
+            cgroup_version,
+            limits,
+            files,
+            tap: None,
+        }
+    }
+
+    /// `config` with the host paths of files in the jail replaced by their paths inside.
+    pub fn translate(&self, config: &VmConfig) -> VmConfig {
+        let inside = |p: &Path| -> PathBuf {
+            self.files
+                .iter()
+                .find(|f| f.source == p)
+                .map_or_else(|| p.to_path_buf(), |f| Path::new("/").join(&f.name))
+        };
+        let mut c = config.clone();
+        c.kernel = inside(&config.kernel);
+        c.initrd = config.initrd.as_deref().map(inside);
+        c.rootfs = inside(&config.rootfs);
+        c
+    }
+
+    /// Checks that the process described by `id` (pid `pid`) is this jail's VMM.
+    pub fn check_identity(&self, pid: u32, id: &ProcessIdentity) -> Result<(), String> {
+        check_jailed_identity(&self.layout, pid, id)
+    }
+
+    fn plan(&self) -> JailPlan {
+        JailPlan {
+            layout: self.layout.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            files: self.files.clone(),
+        }
+    }
+}
+
+fn jail_err(e: JailError) -> FirecrackerError {
+    FirecrackerError::Jail { source: e }
+}
+
+impl FirecrackerActor {
+    /// Runs this VM jailed (see the module docs). Settings are checked; nothing is made yet.
+    pub fn jailed(mut self, jail: VmJail) -> Self {
+        self.run_dir = self
+            .run_dir
+            .clone()
+            .with_socket_dir(jail.layout.root().join("run"));
+        self.jail = Some(jail);
+        self
+    }
+
+    /// The jailed spawn: jail, console, jailer; then, asynchronously, the jailer's exit, the
+    /// pid file and the VMM's identity; then the API socket.
+    pub(super) fn spawn_jailed(&mut self, ctx: &mut Context<Self>) -> Atomic<SpawnInfo> {
+        let fail = |e| AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        if !self.state.can_spawn() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "spawn",
+            });
+        }
+        let Some(jail) = self.jail.as_ref() else {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "spawn jailed",
+            });
+        };
+        let t0 = Instant::now();
+        let jails = jail.jails.clone();
+        let layout = jail.layout.clone();
+        if let Err(e) = jails.prepare(&jail.plan()) {
+            return fail(jail_err(e));
+        }
+        let undo = |e: FirecrackerError| {
+            if let Err(err) = jails.remove(&layout) {
+                slog::warn!(self.log, "cannot remove the jail after a failed spawn"; "error" => %err);
+            }
+            fail(e)
+        };
+        if let Err(e) = self.run_dir.prepare() {
+            return undo(e);
+        }
+        let fifo = self.run_dir.console_fifo();
+        let console = match ConsoleCapture::start(
+            &fifo,
+            &self.run_dir.console_log(),
+            self.settings.console_cap,
+        ) {
+            Ok(c) => c,
+            Err(source) => return undo(FirecrackerError::RunDir { path: fifo, source }),
+        };
+        let args = JailerArgs::for_vm(
+            &jail.layout,
+            &self.binary.path,
+            jail.uid,
+            jail.gid,
+            jail.cgroup_version,
+            jail.limits,
+            self.settings.log_level,
+        );
+        let spec = SpawnSpec {
+            program: jail.jailer.clone(),
+            args: args.args(),
+            cwd: self.run_dir.path().to_path_buf(),
+            stdio: fifo,
+        };
+        let jailer = match self.processes.spawn(&spec) {
+            Ok(p) => p,
+            Err(e) => return undo(e.into()),
+        };
+        self.console = Some(console);
+        self.state = VmmState::Spawning;
+        self.stop_rung = None;
+        let processes = self.processes.clone();
+        let console_log = self.run_dir.console_log();
+        let log = self.log.clone();
+        let timeout = self.settings.api_timeout;
+        let find_vmm = async move {
+            let status = jailer.wait().await?;
+            if status != ExitStatus::Code(0) {
+                return Err(FirecrackerError::ExitedEarly {
+                    phase: "the jailer started it",
+                    status,
+                    console: console_log,
+                });
+            }
+            let pid = jails.read_pid(&layout).map_err(jail_err)?;
+            let process = processes.open(pid)?;
+            // The jailer writes the pid file before its child execs Firecracker: until then
+            // the child still shows the jailer's command line.
+            let deadline = Instant::now() + timeout;
+            let mut backoff = Backoff::new(Duration::from_micros(20), Duration::from_millis(1));
+            loop {
+                let id = processes.identity(pid)?;
+                let reason = match check_jailed_identity(&layout, pid, &id) {
+                    Ok(()) => return Ok::<_, FirecrackerError>((process, id.start_time)),
+                    Err(reason) => reason,
+                };
+                if Instant::now() >= deadline || process.has_exited() {
+                    // Still the jailer's child for this jail (pinned by the pidfd): not left
+                    // running unowned.
+                    let ours = id
+                        .cmdline
+                        .windows(2)
+                        .any(|w| w[0] == "--id" && w[1] == layout.id());
+                    if ours {
+                        let _ = process.signal(Signal::Kill);
+                    }
+                    return Err(FirecrackerError::AdoptMismatch { pid, reason });
+                }
+                backoff.wait().await;
+            }
+        };
+        let _ = ctx;
+        AtomicResponse::new(Box::pin(
+            find_vmm
+                .into_actor(self)
+                .then(move |res, act, ctx| {
+                    let res = res.map(|(process, start_time): (Arc<dyn Process>, u64)| {
+                        slog::info!(log, "spawned jailed firecracker"; "pid" => process.pid());
+                        act.watch_exit(ctx, process, start_time);
+                        t0.elapsed()
+                    });
+                    let ready = act.api_ready();
+                    async move {
+                        let spawn = res?;
+                        ready
+                            .await
+                            .map(|(client, api_ready)| (client, spawn, api_ready))
+                    }
+                    .into_actor(act)
+                })
+                .map(|res, act, _| match res {
+                    Ok((client, spawn, api_ready)) => {
+                        act.api = Some(client);
+                        act.state = VmmState::Spawned;
+                        let record = act.record().ok_or(FirecrackerError::InvalidState {
+                            state: act.state,
+                            op: "record",
+                        })?;
+                        Ok(SpawnInfo {
+                            record,
+                            spawn,
+                            api_ready,
+                        })
+                    }
+                    Err(e) => {
+                        if act.owned.is_some() {
+                            act.kill_after_failure(&e);
+                        } else {
+                            // No VMM was found: nothing will report an exit.
+                            act.state = VmmState::Exited;
+                            act.console = None;
+                            if let Some(j) = &act.jail {
+                                if let Err(err) = j.jails.remove(&j.layout) {
+                                    slog::warn!(act.log, "cannot remove the jail"; "error" => %err);
+                                }
+                            }
+                        }
+                        Err(e)
+                    }
+                }),
+        ))
+    }
+
+    /// Before configuring a jailed VM: the TAP to the VM's uid, paths into the jail.
+    pub(super) fn jail_config(&mut self, config: &VmConfig) -> Result<VmConfig, FirecrackerError> {
+        let Some(jail) = self.jail.as_mut() else {
+            return Ok(config.clone());
+        };
+        if let Some(net) = &config.net {
+            jail.jails
+                .set_tap_owner(&net.lease.tap, Some((jail.uid, jail.gid)))
+                .map_err(jail_err)?;
+            jail.tap = Some(net.lease.tap.clone());
+        }
+        Ok(jail.translate(config))
+    }
+
+    /// With the run directory: the jail, and the TAP back to root.
+    pub(super) fn remove_jail(&mut self) -> Result<(), FirecrackerError> {
+        let Some(jail) = self.jail.as_mut() else {
+            return Ok(());
+        };
+        if let Some(tap) = jail.tap.take() {
+            if let Err(e) = jail.jails.set_tap_owner(&tap, None) {
+                // The TAP may be gone already (deleted with the VM).
+                slog::warn!(self.log, "cannot give the TAP back to root"; "tap" => tap, "error" => %e);
+            }
+        }
+        jail.jails.remove(&jail.layout).map_err(jail_err)?;
+        slog::info!(self.log, "jail removed"; "path" => %jail.layout.jail_dir().display());
+        Ok(())
+    }
+
+    /// For adoption and stray checks: whether `id` is this VM's jailed VMM (`None` when the
+    /// VM is not jailed).
+    pub(super) fn jail_identity(
+        &self,
+        pid: u32,
+        id: &ProcessIdentity,
+    ) -> Option<Result<(), String>> {
+        self.jail.as_ref().map(|j| j.check_identity(pid, id))
+    }
+}
+
+/// Whether the process described by `id` (pid `pid`) is the VMM of the jail `layout`: its
+/// command line, and its root directory being the jail (same device and inode).
+pub fn check_jailed_identity(
+    layout: &JailLayout,
+    pid: u32,
+    id: &ProcessIdentity,
+) -> Result<(), String> {
+    if !is_jailed_vmm(&id.cmdline, layout) {
+        return Err(format!(
+            "command line {:?} is not jail {}'s VMM",
+            id.cmdline,
+            layout.id()
+        ));
+    }
+    let root = layout.root();
+    let theirs = std::fs::metadata(format!("/proc/{pid}/root/"))
+        .map_err(|e| format!("cannot read its root: {e}"))?;
+    let ours =
+        std::fs::metadata(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    if (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()) {
+        return Err(format!("its root is not the jail {}", root.display()));
+    }
+    Ok(())
+}
