@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,11 +29,14 @@ use hearth_actors::firecracker::{
 use hearth_actors::host::jails::cgroups::{detect_host, CgroupHost};
 use hearth_actors::host::jails::{JailFile, LinuxJails};
 use hearth_actors::host::processes::LinuxProcesses;
-use hearth_testkit::{fc_sim, vmlinux};
+use hearth_actors::lease::{MacAddr, NetLease};
+use hearth_testkit::{fc_sim, vmlinux, NetNs};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::actor::{alive, next_event, Fixture};
 use common::vmm::{real_firecracker, REAL_VAR, REQUIRE_REAL_VAR};
+
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 240, 5);
 
 /// Names the jailer binary (else `jailer` beside the real Firecracker is used).
 const JAILER_VAR: &str = "HEARTH_JAILER_REAL";
@@ -398,6 +402,49 @@ async fn adopts_a_jailed_vmm(fc: PathBuf, jailer: PathBuf) {
     assert!(kernel.exists());
 }
 
+/// `ip -d link show <tap>` in `ns`.
+fn tap_details(ns: &NetNs, tap: &str) -> String {
+    ns.exec_ok(&["ip", "-d", "link", "show", tap])
+}
+
+async fn gives_the_tap_to_the_vm(fc: PathBuf, jailer: PathBuf, ns: &NetNs) {
+    let j = Jailed::new("jl4", fc, jailer, 940_004);
+    let kernel = j.fx.path().join("vmlinux");
+    // A TAP owned by another user: the unprivileged VMM could not attach to it as it is.
+    ns.exec_ok(&[
+        "ip", "tuntap", "add", "dev", "hjt0", "mode", "tap", "user", "1",
+    ]);
+    let (vm, _events) = j.actor("jvm4", &kernel);
+    vm.send(SpawnProcess {})
+        .await
+        .unwrap()
+        .expect("jailed spawn");
+    let lease = NetLease {
+        tap: "hjt0".into(),
+        mac: MacAddr::for_guest(GUEST_IP),
+        guest_ip: GUEST_IP,
+        gateway: Ipv4Addr::new(172, 31, 240, 1),
+        prefix_len: 24,
+    };
+    vm.send(ConfigureVm {
+        config: j.fx.config(Some(lease)),
+    })
+    .await
+    .unwrap()
+    .expect("the jailed VMM attaches to the TAP given to its uid");
+    let details = tap_details(ns, "hjt0");
+    assert!(details.contains(" user 940004 "), "{details}");
+    assert!(details.contains(" group 940004 "), "{details}");
+    vm.send(KillVm {}).await.unwrap().expect("kill");
+    vm.send(RemoveRunDir {}).await.unwrap().expect("remove");
+    let details = tap_details(ns, "hjt0");
+    assert!(
+        details.contains(" user root ") && details.contains(" group root "),
+        "TAP not back to root: {details}"
+    );
+    j.assert_nothing_left("jvm4");
+}
+
 macro_rules! jailer_test {
     ($name:ident, $body:path) => {
         #[test]
@@ -407,6 +454,17 @@ macro_rules! jailer_test {
             };
             hearth_testkit::require_privileged!();
             actix::System::new().block_on($body(fc, jailer));
+        }
+    };
+    ($name:ident, $body:path, net) => {
+        #[test]
+        fn $name() {
+            let Some((fc, jailer)) = real_binaries(stringify!($name)) else {
+                return;
+            };
+            hearth_testkit::require_privileged!();
+            let ns = NetNs::new("jail");
+            ns.block_on(|| $body(fc, jailer, &ns));
         }
     };
 }
@@ -420,3 +478,4 @@ jailer_test!(
     refuses_a_drive_outside_the_jail
 );
 jailer_test!(jailed_vmm_is_adopted_after_a_restart, adopts_a_jailed_vmm);
+jailer_test!(jailed_vmm_gets_its_tap, gives_the_tap_to_the_vm, net);

@@ -196,10 +196,10 @@ impl Jails for LinuxJails {
         req.ifr_ifru.ifru_flags = ATTACH_FLAGS as libc::c_short;
         // SAFETY: fd is an open /dev/net/tun descriptor and req a valid ifreq.
         unsafe { tun_set_iff(fd.as_raw_fd(), &raw const req) }.map_err(tap_err("TUNSETIFF"))?;
-        // -1 is the kernel's "no owner" (INVALID_UID/GID).
-        let (uid, gid) = owner.map_or((libc::c_ulong::MAX, libc::c_ulong::MAX), |(u, g)| {
-            (libc::c_ulong::from(u), libc::c_ulong::from(g))
-        });
+        // The kernel refuses to set "no owner" again (EINVAL for uid -1): back to root means
+        // owned by root, which only root (or CAP_NET_ADMIN) may attach to.
+        let (uid, gid) = owner.unwrap_or((0, 0));
+        let (uid, gid) = (libc::c_ulong::from(uid), libc::c_ulong::from(gid));
         // SAFETY: integer-argument ioctls on our open tun descriptor.
         unsafe { tun_set_owner(fd.as_raw_fd(), uid) }.map_err(tap_err("TUNSETOWNER"))?;
         // SAFETY: as above.
