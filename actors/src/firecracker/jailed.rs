@@ -204,7 +204,14 @@ impl FirecrackerActor {
         let log = self.log.clone();
         let timeout = self.settings.api_timeout;
         let find_vmm = async move {
-            let status = jailer.wait().await?;
+            // The jailer only sets up and forks: bounded like the API socket's appearance.
+            let status = match tokio::time::timeout(timeout, jailer.wait()).await {
+                Ok(status) => status?,
+                Err(_) => {
+                    let _ = jailer.signal(Signal::Kill);
+                    return Err(jail_err(JailError::JailerHung { waited: timeout }));
+                }
+            };
             if status != ExitStatus::Code(0) {
                 return Err(FirecrackerError::ExitedEarly {
                     phase: "the jailer started it",
@@ -355,4 +362,199 @@ pub fn check_jailed_identity(
         return Err(format!("its root is not the jail {}", root.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firecracker::binary::{self, FirecrackerBinary};
+    use crate::firecracker::jailer::LimitPolicy;
+    use crate::firecracker::{FirecrackerSettings, SpawnProcess, VmProcessEvent};
+    use crate::host::jails::FakeJails;
+    use crate::host::processes::fake::FakeCall;
+    use crate::host::processes::FakeProcesses;
+    use actix::{Actor, Addr, Handler};
+    use std::time::Duration;
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<VmProcessEvent> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: VmProcessEvent, _: &mut Context<Self>) {}
+    }
+
+    fn jail(jails: Arc<FakeJails>, dir: &Path) -> VmJail {
+        let layout =
+            JailLayout::new(&dir.join("j"), Path::new("/fc/firecracker"), "900001").unwrap();
+        VmJail::new(
+            "/usr/bin/jailer".into(),
+            jails,
+            layout,
+            900_001,
+            900_001,
+            CgroupVersion::V1,
+            JailLimits::for_vm(1, 128, &LimitPolicy::default()),
+            vec![
+                JailFile {
+                    source: "/images/vmlinux".into(),
+                    name: "vmlinux".into(),
+                    writable: false,
+                },
+                JailFile {
+                    source: "/disks/a.ext4".into(),
+                    name: "rootfs.ext4".into(),
+                    writable: true,
+                },
+            ],
+        )
+    }
+
+    fn actor(fake: &FakeProcesses, jails: Arc<FakeJails>, dir: &Path) -> Addr<FirecrackerActor> {
+        let mut settings = FirecrackerSettings::new(dir.join("vms"));
+        settings.api_timeout = Duration::from_millis(30);
+        let binary = FirecrackerBinary {
+            path: "/fc/firecracker".into(),
+            version: binary::MIN_VERSION,
+        };
+        FirecrackerActor::new(
+            "vm-1",
+            binary,
+            Arc::new(fake.clone()),
+            settings,
+            Sink.start().recipient(),
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )
+        .unwrap()
+        .jailed(jail(jails, dir))
+        .start()
+    }
+
+    fn spawned(fake: &FakeProcesses) -> Vec<PathBuf> {
+        fake.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                FakeCall::Spawn(spec) => Some(spec.program),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn translate_maps_only_the_files_in_the_jail() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = jail(Arc::new(FakeJails::new()), dir.path());
+        let config = VmConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: "/images/vmlinux".into(),
+            initrd: Some("/images/initrd".into()),
+            extra_boot_args: String::new(),
+            rootfs: "/disks/a.ext4".into(),
+            rootfs_read_only: false,
+            rootfs_rate_limiter: None,
+            net: None,
+            vsock_cid: None,
+        };
+        let t = j.translate(&config);
+        assert_eq!(t.kernel, Path::new("/vmlinux"));
+        assert_eq!(t.rootfs, Path::new("/rootfs.ext4"));
+        // Not in the jail: left as it is, so the VMM cannot open it.
+        assert_eq!(t.initrd.as_deref(), Some(Path::new("/images/initrd")));
+    }
+
+    #[actix::test]
+    async fn a_failed_prepare_spawns_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeProcesses::new();
+        let jails = Arc::new(FakeJails::new());
+        jails.fail_next("prepare");
+        let vm = actor(&fake, jails.clone(), dir.path());
+        let err = vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
+        assert!(matches!(err, FirecrackerError::Jail { .. }), "{err:?}");
+        assert!(spawned(&fake).is_empty());
+        assert!(jails.jails().is_empty());
+    }
+
+    #[actix::test]
+    async fn a_failed_jailer_leaves_no_jail() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeProcesses::new();
+        let jails = Arc::new(FakeJails::new());
+        let vm = actor(&fake, jails.clone(), dir.path());
+        let exit = async {
+            // The jailer (the fake's first pid) fails, e.g. on an unavailable controller.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            fake.exit(1001, ExitStatus::Code(1));
+        };
+        let (res, ()) = tokio::join!(vm.send(SpawnProcess {}), exit);
+        let err = res.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FirecrackerError::ExitedEarly {
+                    status: ExitStatus::Code(1),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(spawned(&fake), [PathBuf::from("/usr/bin/jailer")]);
+        assert_eq!(jails.calls(), ["prepare 900001", "remove 900001"]);
+        assert!(jails.jails().is_empty());
+        assert!(fake.signals().is_empty(), "nothing to kill");
+    }
+
+    #[actix::test]
+    async fn a_pid_file_naming_another_process_is_refused_and_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeProcesses::new();
+        let jails = Arc::new(FakeJails::new());
+        jails.write_pid("900001", 4242);
+        // Whatever runs as 4242 is not this jail's Firecracker.
+        fake.set_identity(
+            4242,
+            ProcessIdentity {
+                start_time: 7,
+                cmdline: vec!["/usr/sbin/sshd".into()],
+            },
+        );
+        let vm = actor(&fake, jails.clone(), dir.path());
+        let exit = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The fake prepare cleared the pid file: the jailer "writes" it, then exits 0.
+            jails.write_pid("900001", 4242);
+            fake.exit(1001, ExitStatus::Code(0));
+        };
+        let (res, ()) = tokio::join!(vm.send(SpawnProcess {}), exit);
+        let err = res.unwrap().unwrap_err();
+        assert!(
+            matches!(err, FirecrackerError::AdoptMismatch { pid: 4242, .. }),
+            "{err:?}"
+        );
+        // Not ours: not signalled; the jail is gone.
+        assert!(fake.signals().is_empty());
+        assert!(jails.jails().is_empty());
+    }
+
+    #[actix::test]
+    async fn a_hung_jailer_is_killed_and_its_jail_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeProcesses::new();
+        let jails = Arc::new(FakeJails::new());
+        let vm = actor(&fake, jails.clone(), dir.path());
+        let err = vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FirecrackerError::Jail {
+                    source: JailError::JailerHung { .. }
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(fake.signals(), [Signal::Kill]);
+        assert!(jails.jails().is_empty());
+    }
 }

@@ -86,6 +86,12 @@ pub enum JailError {
         #[source]
         source: nix::Error,
     },
+    /// The jailer did not exit in time (it was killed).
+    #[error("The jailer did not finish within {waited:?}")]
+    JailerHung {
+        /// How long it was given.
+        waited: std::time::Duration,
+    },
     /// An injected failure (fake backend only).
     #[error("Injected failure: {0}")]
     Injected(String),
