@@ -27,7 +27,7 @@ use hearth_actors::firecracker::{
     VmProcessEvent,
 };
 use hearth_actors::host::jails::cgroups::{detect_host, CgroupHost};
-use hearth_actors::host::jails::{JailFile, LinuxJails};
+use hearth_actors::host::jails::{JailFile, Jails, LinuxJails};
 use hearth_actors::host::processes::LinuxProcesses;
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_testkit::{fc_sim, vmlinux, NetNs};
@@ -185,6 +185,10 @@ impl Jailed {
         }
         let run = self.fx.path().join("vms").join(vm);
         assert!(!run.exists(), "{} left", run.display());
+        let listed = LinuxJails::new(self.base.path(), self.cgroups.clone())
+            .list("firecracker")
+            .unwrap();
+        assert!(listed.is_empty(), "jails left: {listed:?}");
     }
 }
 

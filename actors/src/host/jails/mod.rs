@@ -12,6 +12,7 @@ pub mod cgroups;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
+pub mod sweep;
 pub mod uids;
 
 use std::path::PathBuf;
