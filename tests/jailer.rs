@@ -192,6 +192,34 @@ impl Jailed {
     }
 }
 
+impl Drop for Jailed {
+    /// After a failed assertion: the test's VMM (found in its cgroups) is killed and its jail
+    /// removed, so the next run with the same uid starts clean.
+    fn drop(&mut self) {
+        let mut pids = Vec::new();
+        for dir in self.cgroup_dirs() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(procs.lines().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let jails = LinuxJails::new(self.base.path(), self.cgroups.clone());
+        for _ in 0..100 {
+            if jails.remove(&self.layout()).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// `/proc/<pid>/status` field `name`, e.g. `Uid`.
 fn status_field(pid: u32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
