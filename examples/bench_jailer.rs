@@ -15,10 +15,6 @@
 //! cargo run --release --example bench_jailer -- \
 //!     --firecracker ../shared/firecracker/bin/firecracker --jailer ../shared/firecracker/bin/jailer
 //! ```
-#![expect(
-    clippy::disallowed_methods,
-    reason = "examples drive real tools and binaries directly and clean up their own directories"
-)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

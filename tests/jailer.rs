@@ -100,7 +100,7 @@ impl Jailed {
         .unwrap()
     }
 
-    fn limits(&self) -> JailLimits {
+    fn limits() -> JailLimits {
         JailLimits::for_vm(
             1,
             128,
@@ -137,7 +137,7 @@ impl Jailed {
             self.uid,
             self.uid,
             self.cgroups.version,
-            self.limits(),
+            Self::limits(),
             self.files(kernel),
         )
     }
@@ -269,7 +269,7 @@ async fn runs_jailed_and_leaves_nothing(fc: PathBuf, jailer: PathBuf) {
         std::fs::read_link("/proc/self/ns/pid").unwrap()
     );
     // Its cgroups hold the limits.
-    let limits = j.limits();
+    let limits = Jailed::limits();
     let dirs = j.cgroup_dirs();
     let procs = cgroup_value(&dirs, "cgroup.procs");
     assert!(

@@ -187,7 +187,7 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert!(c.enabled);
-        assert_eq!(c.limit_policy().cpu_per_vcpu, 0.5);
+        assert!((c.limit_policy().cpu_per_vcpu - 0.5).abs() < f64::EPSILON);
         assert_eq!(c.limit_policy().fsize, Some(1 << 30));
         assert!(toml::from_str::<JailerConfig>("nope = 1").is_err());
     }

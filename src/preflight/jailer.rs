@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn dynamic_and_static_binaries_are_told_apart() {
         // /bin/sh is dynamically linked on every distribution hearth runs on.
-        assert_eq!(is_static_elf(Path::new("/bin/sh")).unwrap(), false);
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
         assert_eq!(elf_is_static(b"#!/bin/sh\n"), None);
         assert_eq!(elf_is_static(b"\x7fELF"), None);
         if let Some(fc) = std::env::var_os("HEARTH_FIRECRACKER_REAL") {

@@ -263,7 +263,7 @@ impl Handler<SpawnProcess> for FirecrackerActor {
 
     fn handle(&mut self, _msg: SpawnProcess, ctx: &mut Context<Self>) -> Self::Result {
         if self.jail.is_some() {
-            return self.spawn_jailed(ctx);
+            return self.spawn_jailed();
         }
         let spawn = match self.spawn_now(ctx) {
             Ok(d) => d,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{ActorFutureExt, AtomicResponse, Context, WrapFuture};
+use actix::{ActorFutureExt, AtomicResponse, WrapFuture};
 
 use crate::host::jails::{JailError, JailFile, JailPlan, Jails};
 use crate::host::processes::{ExitStatus, Process, ProcessIdentity, Signal, SpawnSpec};
@@ -30,6 +30,9 @@ use super::messages::SpawnInfo;
 use super::{FirecrackerActor, FirecrackerError, VmmState};
 
 type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
+
+/// The jailer just started, with what the rest of the spawn needs to find its VMM.
+type StartedJailer = (Arc<dyn Process>, Arc<dyn Jails>, JailLayout);
 
 /// How one VM is jailed.
 pub struct VmJail {
@@ -128,6 +131,7 @@ fn jail_err(e: JailError) -> FirecrackerError {
 
 impl FirecrackerActor {
     /// Runs this VM jailed (see the module docs). Settings are checked; nothing is made yet.
+    #[must_use]
     pub fn jailed(mut self, jail: VmJail) -> Self {
         self.run_dir = self
             .run_dir
@@ -137,116 +141,86 @@ impl FirecrackerActor {
         self
     }
 
-    /// The jailed spawn: jail, console, jailer; then, asynchronously, the jailer's exit, the
-    /// pid file and the VMM's identity; then the API socket.
-    pub(super) fn spawn_jailed(&mut self, ctx: &mut Context<Self>) -> Atomic<SpawnInfo> {
-        let fail = |e| AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+    /// The synchronous part of a jailed spawn: jail, run directory, console, jailer. On
+    /// failure the jail is removed again.
+    fn start_jailer(&mut self) -> Result<StartedJailer, FirecrackerError> {
         if !self.state.can_spawn() {
-            return fail(FirecrackerError::InvalidState {
+            return Err(FirecrackerError::InvalidState {
                 state: self.state,
                 op: "spawn",
             });
         }
         let Some(jail) = self.jail.as_ref() else {
-            return fail(FirecrackerError::InvalidState {
+            return Err(FirecrackerError::InvalidState {
                 state: self.state,
                 op: "spawn jailed",
             });
         };
-        let t0 = Instant::now();
-        let jails = jail.jails.clone();
-        let layout = jail.layout.clone();
-        if let Err(e) = jails.prepare(&jail.plan()) {
-            return fail(jail_err(e));
-        }
-        let undo = |e: FirecrackerError| {
-            if let Err(err) = jails.remove(&layout) {
-                slog::warn!(self.log, "cannot remove the jail after a failed spawn"; "error" => %err);
-            }
-            fail(e)
-        };
-        if let Err(e) = self.run_dir.prepare() {
-            return undo(e);
-        }
-        let fifo = self.run_dir.console_fifo();
-        let console = match ConsoleCapture::start(
-            &fifo,
-            &self.run_dir.console_log(),
-            self.settings.console_cap,
-        ) {
-            Ok(c) => c,
-            Err(source) => return undo(FirecrackerError::RunDir { path: fifo, source }),
-        };
-        let args = JailerArgs::for_vm(
-            &jail.layout,
-            &self.binary.path,
-            jail.uid,
-            jail.gid,
-            jail.cgroup_version,
-            jail.limits,
-            self.settings.log_level,
-        );
-        let spec = SpawnSpec {
-            program: jail.jailer.clone(),
-            args: args.args(),
-            cwd: self.run_dir.path().to_path_buf(),
-            stdio: fifo,
-        };
-        let jailer = match self.processes.spawn(&spec) {
-            Ok(p) => p,
-            Err(e) => return undo(e.into()),
-        };
-        self.console = Some(console);
-        self.state = VmmState::Spawning;
-        self.stop_rung = None;
-        let processes = self.processes.clone();
-        let console_log = self.run_dir.console_log();
-        let log = self.log.clone();
-        let timeout = self.settings.api_timeout;
-        let find_vmm = async move {
-            // The jailer only sets up and forks: bounded like the API socket's appearance.
-            let status = match tokio::time::timeout(timeout, jailer.wait()).await {
-                Ok(status) => status?,
-                Err(_) => {
-                    let _ = jailer.signal(Signal::Kill);
-                    return Err(jail_err(JailError::JailerHung { waited: timeout }));
-                }
+        jail.jails.prepare(&jail.plan()).map_err(jail_err)?;
+        let started = (|| {
+            self.run_dir.prepare()?;
+            let fifo = self.run_dir.console_fifo();
+            let console = ConsoleCapture::start(
+                &fifo,
+                &self.run_dir.console_log(),
+                self.settings.console_cap,
+            )
+            .map_err(|source| FirecrackerError::RunDir {
+                path: fifo.clone(),
+                source,
+            })?;
+            let args = JailerArgs::for_vm(
+                &jail.layout,
+                &self.binary.path,
+                jail.uid,
+                jail.gid,
+                jail.cgroup_version,
+                jail.limits,
+                self.settings.log_level,
+            );
+            let spec = SpawnSpec {
+                program: jail.jailer.clone(),
+                args: args.args(),
+                cwd: self.run_dir.path().to_path_buf(),
+                stdio: fifo,
             };
-            if status != ExitStatus::Code(0) {
-                return Err(FirecrackerError::ExitedEarly {
-                    phase: "the jailer started it",
-                    status,
-                    console: console_log,
-                });
+            let jailer = self.processes.spawn(&spec)?;
+            Ok::<_, FirecrackerError>((jailer, console))
+        })();
+        match started {
+            Ok((jailer, console)) => {
+                self.console = Some(console);
+                self.state = VmmState::Spawning;
+                self.stop_rung = None;
+                Ok((jailer, jail.jails.clone(), jail.layout.clone()))
             }
-            let pid = jails.read_pid(&layout).map_err(jail_err)?;
-            let process = processes.open(pid)?;
-            // The jailer writes the pid file before its child execs Firecracker: until then
-            // the child still shows the jailer's command line.
-            let deadline = Instant::now() + timeout;
-            let mut backoff = Backoff::new(Duration::from_micros(20), Duration::from_millis(1));
-            loop {
-                let id = processes.identity(pid)?;
-                let reason = match check_jailed_identity(&layout, pid, &id) {
-                    Ok(()) => return Ok::<_, FirecrackerError>((process, id.start_time)),
-                    Err(reason) => reason,
-                };
-                if Instant::now() >= deadline || process.has_exited() {
-                    // Still the jailer's child for this jail (pinned by the pidfd): not left
-                    // running unowned.
-                    let ours = id
-                        .cmdline
-                        .windows(2)
-                        .any(|w| w[0] == "--id" && w[1] == layout.id());
-                    if ours {
-                        let _ = process.signal(Signal::Kill);
-                    }
-                    return Err(FirecrackerError::AdoptMismatch { pid, reason });
+            Err(e) => {
+                if let Err(err) = jail.jails.remove(&jail.layout) {
+                    slog::warn!(self.log, "cannot remove the jail after a failed spawn"; "error" => %err);
                 }
-                backoff.wait().await;
+                Err(e)
             }
+        }
+    }
+
+    /// The jailed spawn: [`FirecrackerActor::start_jailer`]; then, asynchronously, the
+    /// jailer's exit, the pid file and the VMM's identity ([`find_jailed_vmm`]); then the API
+    /// socket.
+    pub(super) fn spawn_jailed(&mut self) -> Atomic<SpawnInfo> {
+        let t0 = Instant::now();
+        let (jailer, jails, layout) = match self.start_jailer() {
+            Ok(started) => started,
+            Err(e) => return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e)))),
         };
-        let _ = ctx;
+        let find_vmm = find_jailed_vmm(
+            jailer,
+            jails,
+            layout,
+            self.processes.clone(),
+            self.settings.api_timeout,
+            self.run_dir.console_log(),
+        );
+        let log = self.log.clone();
         AtomicResponse::new(Box::pin(
             find_vmm
                 .into_actor(self)
@@ -339,6 +313,56 @@ impl FirecrackerActor {
     }
 }
 
+/// After the jailer was started: waits (at most `timeout`) for it to exit 0, reads the VMM's
+/// pid from the jail's pid file, pins the VMM and waits (at most `timeout` again) for it to
+/// have exec'd Firecracker: the jailer writes the pid file before its child execs, and until
+/// then the child shows the jailer's command line. Answers the VMM and its start time.
+async fn find_jailed_vmm(
+    jailer: Arc<dyn Process>,
+    jails: Arc<dyn Jails>,
+    layout: JailLayout,
+    processes: Arc<dyn crate::host::processes::Processes>,
+    timeout: Duration,
+    console: PathBuf,
+) -> Result<(Arc<dyn Process>, u64), FirecrackerError> {
+    let Ok(status) = tokio::time::timeout(timeout, jailer.wait()).await else {
+        let _ = jailer.signal(Signal::Kill);
+        return Err(jail_err(JailError::JailerHung { waited: timeout }));
+    };
+    let status = status?;
+    if status != ExitStatus::Code(0) {
+        return Err(FirecrackerError::ExitedEarly {
+            phase: "the jailer started it",
+            status,
+            console,
+        });
+    }
+    let pid = jails.read_pid(&layout).map_err(jail_err)?;
+    let process = processes.open(pid)?;
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(Duration::from_micros(20), Duration::from_millis(1));
+    loop {
+        let id = processes.identity(pid)?;
+        let reason = match check_jailed_identity(&layout, pid, &id) {
+            Ok(()) => return Ok((process, id.start_time)),
+            Err(reason) => reason,
+        };
+        if Instant::now() >= deadline || process.has_exited() {
+            // Still the jailer's child for this jail (pinned by the pidfd): not left running
+            // unowned. Anything else is not ours to signal.
+            let ours = id
+                .cmdline
+                .windows(2)
+                .any(|w| w[0] == "--id" && w[1] == layout.id());
+            if ours {
+                let _ = process.signal(Signal::Kill);
+            }
+            return Err(FirecrackerError::AdoptMismatch { pid, reason });
+        }
+        backoff.wait().await;
+    }
+}
+
 /// Whether the process described by `id` (pid `pid`) is the VMM of the jail `layout`: its
 /// command line, and its root directory being the jail (same device and inode).
 pub fn check_jailed_identity(
@@ -373,7 +397,7 @@ mod tests {
     use crate::host::jails::FakeJails;
     use crate::host::processes::fake::FakeCall;
     use crate::host::processes::FakeProcesses;
-    use actix::{Actor, Addr, Handler};
+    use actix::{Actor, Addr, Context, Handler};
     use std::time::Duration;
 
     struct Sink;

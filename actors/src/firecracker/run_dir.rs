@@ -66,6 +66,7 @@ impl RunDir {
 
     /// The same directory with the sockets in `sockets` (a jail's `run/`, whose socket
     /// lengths `firecracker::jailer::JailLayout::new` has checked); the console and logs stay.
+    #[must_use]
     pub fn with_socket_dir(mut self, sockets: PathBuf) -> Self {
         self.sockets = sockets;
         self

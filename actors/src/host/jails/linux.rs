@@ -57,7 +57,7 @@ impl LinuxJails {
         &self.cgroups
     }
 
-    fn put_file(&self, plan: &JailPlan, file: &super::JailFile) -> Result<(), JailError> {
+    fn put_file(plan: &JailPlan, file: &super::JailFile) -> Result<(), JailError> {
         check_name(&file.name)?;
         let target = plan.layout.root().join(&file.name);
         let meta = fs::metadata(&file.source).map_err(io_err("stat", &file.source))?;
@@ -93,7 +93,7 @@ impl LinuxJails {
         Ok(())
     }
 
-    fn prepare_inner(&self, plan: &JailPlan) -> Result<(), JailError> {
+    fn prepare_inner(plan: &JailPlan) -> Result<(), JailError> {
         let root = plan.layout.root();
         fs::DirBuilder::new()
             .recursive(true)
@@ -105,7 +105,7 @@ impl LinuxJails {
             .create(&root)
             .map_err(io_err("create", &root))?;
         for file in &plan.files {
-            self.put_file(plan, file)?;
+            Self::put_file(plan, file)?;
         }
         Ok(())
     }
@@ -159,7 +159,7 @@ impl Jails for LinuxJails {
     fn prepare(&self, plan: &JailPlan) -> Result<(), JailError> {
         // A stale jail of the same id makes the jailer fail (mknod EEXIST).
         self.remove(&plan.layout)?;
-        self.prepare_inner(plan).inspect_err(|_| {
+        Self::prepare_inner(plan).inspect_err(|_| {
             let _ = self.remove(&plan.layout);
         })
     }
