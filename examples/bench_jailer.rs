@@ -88,6 +88,11 @@ impl Bench {
 
     /// One VM: spawn → Running timed, then killed and removed (jail included).
     async fn boot(&self, jailed: bool, n: u32) -> anyhow::Result<Duration> {
+        Ok(self.boot_phases(jailed, n).await?.total)
+    }
+
+    /// One VM, with its phases.
+    async fn boot_phases(&self, jailed: bool, n: u32) -> anyhow::Result<Phases> {
         let name = format!("b{n}");
         let disk = self.dir.path().join(format!("{name}.ext4"));
         std::fs::write(&disk, vec![0u8; 1 << 20])?;
@@ -131,18 +136,25 @@ impl Bench {
         }
         let vm = actor.start();
         let t0 = Instant::now();
-        vm.send(SpawnProcess {}).await?.context("spawn")?;
+        let spawned = vm.send(SpawnProcess {}).await?.context("spawn")?;
         vm.send(ConfigureVm {
             config: self.config(&disk),
         })
         .await?
         .context("configure")?;
         vm.send(StartVm {}).await?.context("start")?;
-        let took = t0.elapsed();
+        let total = t0.elapsed();
         vm.send(KillVm {}).await?.context("kill")?;
+        let t1 = Instant::now();
         vm.send(RemoveRunDir {}).await?.context("remove")?;
+        let remove = t1.elapsed();
         std::fs::remove_file(&disk)?;
-        Ok(took)
+        Ok(Phases {
+            total,
+            spawn: spawned.spawn,
+            api_ready: spawned.api_ready,
+            remove,
+        })
     }
 
     /// `count` boots one after the other, alternating jailed and unjailed so both see the same
@@ -151,8 +163,12 @@ impl Bench {
         let mut s = Samples::default();
         for i in 0..count {
             let n = first + i as u32;
-            s.plain.push(self.boot(false, n).await?);
-            s.jailed.push(self.boot(true, n).await?);
+            let p = self.boot_phases(false, n).await?;
+            s.plain.push(p.total);
+            s.plain_phases.push(p);
+            let j = self.boot_phases(true, n).await?;
+            s.jailed.push(j.total);
+            s.jailed_phases.push(j);
         }
         Ok(s)
     }
@@ -174,10 +190,34 @@ impl Bench {
     }
 }
 
+/// One boot's times.
+struct Phases {
+    /// Spawn → Running.
+    total: Duration,
+    /// Until the VMM process exists (jailed: jail made, jailer run, VMM exec'd).
+    spawn: Duration,
+    /// Then until its API socket accepts.
+    api_ready: Duration,
+    /// Removing the run directory (jailed: and the jail, cgroups).
+    remove: Duration,
+}
+
 #[derive(Default)]
 struct Samples {
     plain: Vec<Duration>,
     jailed: Vec<Duration>,
+    plain_phases: Vec<Phases>,
+    jailed_phases: Vec<Phases>,
+}
+
+fn phase_p50s(v: &[Phases]) -> String {
+    let of = |f: fn(&Phases) -> Duration| pct(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
+    format!(
+        "spawn {:.1} ms, api_ready {:.1} ms, remove {:.1} ms",
+        of(|p| p.spawn),
+        of(|p| p.api_ready),
+        of(|p| p.remove)
+    )
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -196,6 +236,8 @@ fn report(what: &str, s: &Samples) {
         pct(&s.jailed, 0.9),
         j - p
     );
+    println!("  p50 phases unjailed: {}", phase_p50s(&s.plain_phases));
+    println!("  p50 phases jailed:   {}", phase_p50s(&s.jailed_phases));
 }
 
 async fn report_parallel(b: &Bench, what: &str, count: usize, first: u32) -> anyhow::Result<()> {
