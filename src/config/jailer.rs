@@ -21,7 +21,9 @@ const MAX_JAIL_ID: usize = 10;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct JailerConfig {
-    /// Run every VMM through the jailer.
+    /// Run every VMM through the jailer. Checked by `hearthd --check`, but not yet acted on:
+    /// the supervisor does not build jails yet (docs/jailer.md), and hearthd logs that VMMs
+    /// run unjailed.
     pub enabled: bool,
     /// The jailer binary. Default: `jailer` in `PATH`.
     pub jailer_bin: Option<PathBuf>,
