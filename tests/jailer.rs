@@ -336,6 +336,24 @@ async fn runs_jailed_and_leaves_nothing(fc: PathBuf, jailer: PathBuf) {
         }
     ));
     assert!(!alive(pid));
+
+    // Restart: the same VM, uid and jail id again (the jailer refuses a jail it already made,
+    // so the spawn must clear the old one), then kill.
+    let again = vm.send(SpawnProcess {}).await.unwrap().expect("respawn");
+    assert_ne!(again.record.pid, pid);
+    vm.send(ConfigureVm {
+        config: j.fx.config(None),
+    })
+    .await
+    .unwrap()
+    .expect("configure again");
+    vm.send(StartVm {}).await.unwrap().expect("start again");
+    let out = vm.send(KillVm {}).await.unwrap().expect("kill");
+    assert_eq!(out.rung, StopRung::Sigkill);
+    assert!(matches!(
+        next_event(&mut events).await,
+        VmProcessEvent::Stopped { .. }
+    ));
     vm.send(RemoveRunDir {}).await.unwrap().expect("remove");
     j.assert_nothing_left("jvm1");
 }
