@@ -240,6 +240,46 @@ fn cgroup_value(dirs: &[PathBuf], file: &str) -> String {
         .to_string()
 }
 
+/// The VMM `pid` is in its cgroups, which hold the limits asked for, and has its rlimits.
+fn assert_limits(j: &Jailed, pid: u32) {
+    let limits = Jailed::limits();
+    let dirs = j.cgroup_dirs();
+    let procs = cgroup_value(&dirs, "cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p == pid.to_string()),
+        "{pid} not in {procs}"
+    );
+    assert_eq!(cgroup_value(&dirs, "pids.max"), "40");
+    match j.cgroups.version {
+        hearth_actors::firecracker::jailer::CgroupVersion::V1 => {
+            assert_eq!(
+                cgroup_value(&dirs, "memory.limit_in_bytes"),
+                limits.memory_bytes.to_string()
+            );
+            assert_eq!(cgroup_value(&dirs, "cpu.cfs_quota_us"), "50000");
+            assert_eq!(
+                cgroup_value(&dirs, "cpu.cfs_period_us"),
+                CPU_PERIOD_US.to_string()
+            );
+        }
+        hearth_actors::firecracker::jailer::CgroupVersion::V2 => {
+            assert_eq!(
+                cgroup_value(&dirs, "memory.max"),
+                limits.memory_bytes.to_string()
+            );
+            assert_eq!(cgroup_value(&dirs, "cpu.max"), "50000 100000");
+        }
+    }
+    // Resource limits.
+    let limits_txt = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits_txt
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 512 ")),
+        "{limits_txt}"
+    );
+}
+
 async fn runs_jailed_and_leaves_nothing(fc: PathBuf, jailer: PathBuf) {
     let j = Jailed::new("jl1", fc, jailer, 940_001);
     let kernel = j.fx.path().join("vmlinux");
@@ -268,44 +308,7 @@ async fn runs_jailed_and_leaves_nothing(fc: PathBuf, jailer: PathBuf) {
         std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
         std::fs::read_link("/proc/self/ns/pid").unwrap()
     );
-    // Its cgroups hold the limits.
-    let limits = Jailed::limits();
-    let dirs = j.cgroup_dirs();
-    let procs = cgroup_value(&dirs, "cgroup.procs");
-    assert!(
-        procs.lines().any(|p| p == pid.to_string()),
-        "{pid} not in {procs}"
-    );
-    assert_eq!(cgroup_value(&dirs, "pids.max"), "40");
-    match j.cgroups.version {
-        hearth_actors::firecracker::jailer::CgroupVersion::V1 => {
-            // The kernel rounds the memory limit down to a page.
-            assert_eq!(
-                cgroup_value(&dirs, "memory.limit_in_bytes"),
-                limits.memory_bytes.to_string()
-            );
-            assert_eq!(cgroup_value(&dirs, "cpu.cfs_quota_us"), "50000");
-            assert_eq!(
-                cgroup_value(&dirs, "cpu.cfs_period_us"),
-                CPU_PERIOD_US.to_string()
-            );
-        }
-        hearth_actors::firecracker::jailer::CgroupVersion::V2 => {
-            assert_eq!(
-                cgroup_value(&dirs, "memory.max"),
-                limits.memory_bytes.to_string()
-            );
-            assert_eq!(cgroup_value(&dirs, "cpu.max"), "50000 100000");
-        }
-    }
-    // Resource limits.
-    let limits_txt = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    assert!(
-        limits_txt
-            .lines()
-            .any(|l| l.starts_with("Max open files") && l.contains(" 512 ")),
-        "{limits_txt}"
-    );
+    assert_limits(&j, pid);
     // Files: the disk is the VM's, the kernel root's.
     let disk = std::fs::metadata(layout.root().join("rootfs.ext4")).unwrap();
     assert_eq!((disk.uid(), disk.gid()), (j.uid, j.uid));
