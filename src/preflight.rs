@@ -1,6 +1,9 @@
 //! Host prerequisites, checked before hearthd touches anything, so a missing piece is reported
 //! plainly ("no /dev/kvm", "iptables not found") instead of as an obscure failure later.
 
+mod jailer;
+pub use jailer::{check_jailing, is_static_elf};
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

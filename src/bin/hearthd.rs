@@ -63,7 +63,13 @@ fn main() -> anyhow::Result<()> {
     config.resolve_host_defaults();
     config.validate().context("Invalid configuration")?;
 
-    let findings = preflight::check_host(config.firecracker_bin.as_deref());
+    let mut findings = preflight::check_host(config.firecracker_bin.as_deref());
+    // Jailing (issue 16): whether it is possible here, and why not.
+    findings.extend(preflight::check_jailing(
+        &config.jailer,
+        config.firecracker_bin.as_deref(),
+        &config.data_dir,
+    ));
     if args.check {
         for f in &findings {
             println!("{f}");
@@ -74,6 +80,10 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Issue 16: the supervisor does not build jails yet, whatever `jailer.enabled` says.
+    warn!(log, "VMMs run unjailed: as root, with the host's filesystem in view (less isolated)";
+        "jailer.enabled" => config.jailer.enabled,
+        "note" => "jailed VMMs are not wired into the supervisor yet (docs/jailer.md)");
     for f in &findings {
         if let Some((severity, why)) = &f.problem {
             warn!(log, "host prerequisite"; "what" => &f.what, "problem" => why,

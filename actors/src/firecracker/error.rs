@@ -67,6 +67,13 @@ pub enum FirecrackerError {
         /// The limit.
         max: usize,
     },
+    /// Making, using or removing the VM's jail failed.
+    #[error("Jail failure")]
+    Jail {
+        /// What failed.
+        #[source]
+        source: crate::host::jails::JailError,
+    },
     /// Preparing the run directory or its files failed.
     #[error("Cannot prepare {path}")]
     RunDir {

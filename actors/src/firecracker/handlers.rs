@@ -136,7 +136,12 @@ impl FirecrackerActor {
     }
 
     /// Starts the task that waits on the pidfd and reports the exit to this actor.
-    fn watch_exit(&mut self, ctx: &mut Context<Self>, process: Arc<dyn Process>, start_time: u64) {
+    pub(super) fn watch_exit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        process: Arc<dyn Process>,
+        start_time: u64,
+    ) {
         let (tx, rx) = watch::channel(None);
         let wait = process.wait();
         let me = ctx.address().downgrade();
@@ -283,6 +288,9 @@ impl Handler<SpawnProcess> for FirecrackerActor {
     type Result = Atomic<SpawnInfo>;
 
     fn handle(&mut self, _msg: SpawnProcess, ctx: &mut Context<Self>) -> Self::Result {
+        if self.jail.is_some() {
+            return self.spawn_jailed();
+        }
         let spawn = match self.spawn_now(ctx) {
             Ok(d) => d,
             Err(e) => return fail(e),
@@ -322,7 +330,13 @@ impl Handler<ConfigureVm> for FirecrackerActor {
             });
         }
         let vsock = self.run_dir.vsock_socket();
-        let bodies = match msg.config.api_bodies(&vsock) {
+        // Jailed: paths as the VMM sees them from its chroot, and its TAP given to its uid.
+        let (config, uds) = match self.jail_config(&msg.config) {
+            Ok(c) if self.jail.is_some() => (c, PathBuf::from(super::jailer::VSOCK_INSIDE)),
+            Ok(c) => (c, vsock.clone()),
+            Err(e) => return fail(e),
+        };
+        let bodies = match config.api_bodies(&uds) {
             Ok(b) => b,
             Err(e) => return fail(e),
         };
@@ -473,6 +487,13 @@ impl FirecrackerActor {
                 id.start_time, record.start_time
             )));
         }
+        if let Some(jailed) = self.jail_identity(pid, &id) {
+            jailed.map_err(mismatch)?;
+            if process.has_exited() {
+                return Err(mismatch("it exited during verification".into()));
+            }
+            return Ok(process);
+        }
         let api_str = api.to_string_lossy();
         if !id.cmdline.iter().any(|a| *a == api_str) {
             return Err(mismatch(format!(
@@ -575,10 +596,13 @@ impl FirecrackerActor {
             .map_err(|e| refuse(e.to_string()))?;
         let api = self.run_dir.api_socket();
         let api = api.to_string_lossy();
-        let uses_api = id
-            .cmdline
-            .iter()
-            .any(|a| *a == api || a.strip_prefix("--api-sock=") == Some(&*api));
+        let uses_api = match self.jail_identity(pid, &id) {
+            Some(jailed) => jailed.is_ok(),
+            None => id
+                .cmdline
+                .iter()
+                .any(|a| *a == api || a.strip_prefix("--api-sock=") == Some(&*api)),
+        };
         if !uses_api {
             return Err(refuse(format!(
                 "its command line {:?} does not use {api}",
@@ -647,6 +671,7 @@ impl Handler<RemoveRunDir> for FirecrackerActor {
             });
         }
         self.console = None;
+        self.remove_jail()?;
         self.run_dir
             .remove()
             .map_err(|source| FirecrackerError::RunDirRemoval {

@@ -30,6 +30,8 @@ pub mod console;
 mod error;
 pub mod exit_watch;
 mod handlers;
+pub mod jailed;
+pub mod jailer;
 pub mod messages;
 pub mod readiness;
 pub mod run_dir;
@@ -52,6 +54,7 @@ pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
 pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
 pub use error::FirecrackerError;
+pub use jailed::VmJail;
 pub use messages::*;
 pub use readiness::ProbeOutcome;
 pub use run_dir::RunDir;
@@ -176,6 +179,8 @@ pub struct FirecrackerActor {
     console: Option<console::ConsoleCapture>,
     /// Set when hearth ended the process, so its exit is reported as `Stopped`.
     stop_rung: Option<StopRung>,
+    /// Jailed (issue 16): how; `None` runs Firecracker as hearthd's user (less isolated).
+    jail: Option<VmJail>,
 }
 
 impl FirecrackerActor {
@@ -203,6 +208,7 @@ impl FirecrackerActor {
             api: None,
             console: None,
             stop_rung: None,
+            jail: None,
         })
     }
 

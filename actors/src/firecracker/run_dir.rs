@@ -42,6 +42,9 @@ pub fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
     dir: PathBuf,
+    /// Where the API and vsock sockets are: the directory itself, or the jail's `run/`
+    /// for a jailed VMM ([`RunDir::with_socket_dir`]).
+    sockets: PathBuf,
 }
 
 impl RunDir {
@@ -52,12 +55,21 @@ impl RunDir {
         validate_vm_id(vm_id)?;
         let rd = RunDir {
             dir: base.join(vm_id),
+            sockets: base.join(vm_id),
         };
         check_socket_path(&rd.api_socket())?;
         let mut longest = rd.vsock_socket().into_os_string();
         longest.push(MAX_PORT_SUFFIX);
         check_socket_path(Path::new(&longest))?;
         Ok(rd)
+    }
+
+    /// The same directory with the sockets in `sockets` (a jail's `run/`, whose socket
+    /// lengths `firecracker::jailer::JailLayout::new` has checked); the console and logs stay.
+    #[must_use]
+    pub fn with_socket_dir(mut self, sockets: PathBuf) -> Self {
+        self.sockets = sockets;
+        self
     }
 
     /// The directory.
@@ -67,12 +79,12 @@ impl RunDir {
 
     /// Firecracker's API socket (`--api-sock`).
     pub fn api_socket(&self) -> PathBuf {
-        self.dir.join("api.sock")
+        self.sockets.join("api.sock")
     }
 
     /// The hybrid vsock socket (`uds_path`).
     pub fn vsock_socket(&self) -> PathBuf {
-        self.dir.join("v.sock")
+        self.sockets.join("v.sock")
     }
 
     /// The socket Firecracker connects to for a guest-initiated connection to host port `port`.
@@ -128,10 +140,18 @@ impl RunDir {
     pub fn stale_sockets(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut out = vec![self.api_socket(), self.vsock_socket()];
         let prefix = "v.sock_";
-        for entry in std::fs::read_dir(&self.dir)? {
+        let entries = match std::fs::read_dir(&self.sockets) {
+            // A jail not made yet (or removed) holds no sockets; a missing run directory
+            // stays an error for the callers that check it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.sockets != self.dir => {
+                return Ok(out)
+            }
+            other => other?,
+        };
+        for entry in entries {
             let name = entry?.file_name();
             if name.to_str().is_some_and(|n| n.starts_with(prefix)) {
-                out.push(self.dir.join(name));
+                out.push(self.sockets.join(name));
             }
         }
         Ok(out)

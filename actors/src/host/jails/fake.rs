@@ -1,0 +1,126 @@
+//! A recording [`Jails`] for unit tests: keeps the jails and TAP owners in memory, records every
+//! call, and can fail a chosen operation once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use super::{JailError, JailPlan, Jails};
+use crate::firecracker::jailer::JailLayout;
+
+/// What the fake holds.
+#[derive(Debug, Default)]
+struct State {
+    /// Jail ids present, with the plan that made them.
+    jails: BTreeMap<String, JailPlan>,
+    /// Pid files written by [`FakeJails::write_pid`].
+    pids: BTreeMap<String, u32>,
+    /// TAP owners.
+    taps: BTreeMap<String, (u32, u32)>,
+    /// Calls, e.g. `prepare vm-1`.
+    calls: Vec<String>,
+    /// Operations to fail once (`prepare`, `read_pid`, `set_tap_owner`, `remove`, `list`).
+    fail: BTreeSet<&'static str>,
+}
+
+/// The fake backend.
+#[derive(Debug, Default)]
+pub struct FakeJails {
+    state: Mutex<State>,
+}
+
+impl FakeJails {
+    /// An empty fake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn enter(&self, op: &'static str, what: &str) -> Result<(), JailError> {
+        self.with(|s| {
+            s.calls.push(format!("{op} {what}"));
+            if s.fail.remove(op) {
+                Err(JailError::Injected(format!("{op} {what}")))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Makes the next call of `op` fail.
+    pub fn fail_next(&self, op: &'static str) {
+        self.with(|s| s.fail.insert(op));
+    }
+
+    /// Plays the jailer: writes the pid file of jail `id`.
+    pub fn write_pid(&self, id: &str, pid: u32) {
+        self.with(|s| s.pids.insert(id.to_string(), pid));
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    /// The ids of the jails present.
+    pub fn jails(&self) -> Vec<String> {
+        self.with(|s| s.jails.keys().cloned().collect())
+    }
+
+    /// The owner of TAP `name`.
+    pub fn tap_owner(&self, name: &str) -> Option<(u32, u32)> {
+        self.with(|s| s.taps.get(name).copied())
+    }
+}
+
+impl Jails for FakeJails {
+    fn prepare(&self, plan: &JailPlan) -> Result<(), JailError> {
+        self.enter("prepare", plan.layout.id())?;
+        for f in &plan.files {
+            super::check_name(&f.name)?;
+        }
+        self.with(|s| {
+            s.pids.remove(plan.layout.id());
+            s.jails.insert(plan.layout.id().to_string(), plan.clone())
+        });
+        Ok(())
+    }
+
+    fn read_pid(&self, layout: &JailLayout) -> Result<u32, JailError> {
+        self.enter("read_pid", layout.id())?;
+        self.with(|s| s.pids.get(layout.id()).copied())
+            .ok_or_else(|| JailError::Io {
+                op: "read",
+                path: layout.pid_file(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+    }
+
+    fn set_tap_owner(&self, name: &str, owner: Option<(u32, u32)>) -> Result<(), JailError> {
+        self.enter("set_tap_owner", name)?;
+        self.with(|s| match owner {
+            Some(o) => s.taps.insert(name.to_string(), o),
+            None => s.taps.remove(name),
+        });
+        Ok(())
+    }
+
+    fn remove(&self, layout: &JailLayout) -> Result<(), JailError> {
+        self.enter("remove", layout.id())?;
+        self.with(|s| {
+            s.jails.remove(layout.id());
+            s.pids.remove(layout.id());
+        });
+        Ok(())
+    }
+
+    fn list(&self, exec_name: &str) -> Result<Vec<String>, JailError> {
+        self.enter("list", exec_name)?;
+        Ok(self.jails())
+    }
+}

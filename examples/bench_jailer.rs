@@ -1,0 +1,360 @@
+//! What the jail costs: spawn → `Running` of a jailed VMM (Firecracker's jailer, own uid,
+//! chroot, new pid namespace, cgroups with limits) next to an unjailed one, same run, real
+//! binaries, driven through `FirecrackerActor` as the saga drives it (`SpawnProcess`,
+//! `ConfigureVm`, `StartVm`). Then 20 VMs at once, jailed and unjailed, to see whether jailed
+//! spawns serialize; then the same again with 500 other jails present, each holding a
+//! read-only bind mount of the kernel (500 extra mounts in hearthd's mount namespace, the
+//! pessimistic case of a kernel on another filesystem; the jailer's doc warns that its
+//! `pivot_root` slows down with many mounts).
+//!
+//! Target (issue 16): the jail costs ≤ 10 ms per VM at p50, and 20 parallel jailed spawns
+//! do not serialize. The kernel is the generated minimal `vmlinux` (no guest boots here),
+//! no network device. Needs root, `/dev/kvm`, the real binaries:
+//!
+//! ```text
+//! cargo run --release --example bench_jailer -- \
+//!     --firecracker ../shared/firecracker/bin/firecracker --jailer ../shared/firecracker/bin/jailer
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use anyhow::{bail, Context};
+use clap::Parser;
+use hearth_actors::firecracker::jailer::{JailLayout, JailLimits, LimitPolicy};
+use hearth_actors::firecracker::{
+    binary, cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerBinary,
+    FirecrackerSettings, KillVm, RemoveRunDir, SpawnProcess, StartVm, VmConfig, VmJail,
+};
+use hearth_actors::host::jails::cgroups::{detect_host, CgroupHost};
+use hearth_actors::host::jails::{JailFile, JailPlan, Jails, LinuxJails};
+use hearth_actors::host::processes::LinuxProcesses;
+use hearth_testkit::{fc_sim, vmlinux};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The real Firecracker (statically linked). Default: `HEARTH_FIRECRACKER_REAL`.
+    #[arg(long)]
+    firecracker: Option<PathBuf>,
+    /// The jailer. Default: `jailer` beside the Firecracker binary.
+    #[arg(long)]
+    jailer: Option<PathBuf>,
+    /// Sequential boots per variant.
+    #[arg(long, default_value_t = 30)]
+    boots: usize,
+    /// VMs spawned at once in the parallel phase.
+    #[arg(long, default_value_t = 20)]
+    parallel: usize,
+    /// Other jails present in the last phase.
+    #[arg(long, default_value_t = 500)]
+    present: usize,
+}
+
+/// Everything the boots share.
+struct Bench {
+    dir: tempfile::TempDir,
+    fc: FirecrackerBinary,
+    jailer: PathBuf,
+    cgroups: CgroupHost,
+    jails: Arc<LinuxJails>,
+}
+
+/// The chroot base, short for the socket paths.
+fn base(dir: &Path) -> PathBuf {
+    dir.join("j")
+}
+
+impl Bench {
+    fn kernel(&self) -> PathBuf {
+        self.dir.path().join("vmlinux")
+    }
+
+    fn config(&self, disk: &Path) -> VmConfig {
+        VmConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: self.kernel(),
+            initrd: None,
+            extra_boot_args: String::new(),
+            rootfs: disk.to_path_buf(),
+            rootfs_read_only: false,
+            rootfs_rate_limiter: None,
+            net: None,
+            vsock_cid: cid_for_guest_ip(std::net::Ipv4Addr::new(172, 31, 0, 5)),
+        }
+    }
+
+    /// One VM: spawn → Running timed, then killed and removed (jail included).
+    async fn boot(&self, jailed: bool, n: u32) -> anyhow::Result<Duration> {
+        Ok(self.boot_phases(jailed, n).await?.total)
+    }
+
+    /// One VM, with its phases.
+    async fn boot_phases(&self, jailed: bool, n: u32) -> anyhow::Result<Phases> {
+        let name = format!("b{n}");
+        let disk = self.dir.path().join(format!("{name}.ext4"));
+        std::fs::write(&disk, vec![0u8; 1 << 20])?;
+        let (events, _rx) = fc_sim::event_sink();
+        let mut actor = FirecrackerActor::new(
+            &name,
+            self.fc.clone(),
+            Arc::new(LinuxProcesses),
+            FirecrackerSettings::new(self.dir.path().join("vms")),
+            events,
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )?;
+        if jailed {
+            let uid = 950_000 + n;
+            let layout = JailLayout::new(
+                &base(self.dir.path()),
+                &self.fc.path,
+                &JailLayout::id_for_uid(uid),
+            )?;
+            actor = actor.jailed(VmJail::new(
+                self.jailer.clone(),
+                self.jails.clone(),
+                layout,
+                uid,
+                uid,
+                self.cgroups.version,
+                JailLimits::for_vm(1, 128, &LimitPolicy::default()),
+                vec![
+                    JailFile {
+                        source: self.kernel(),
+                        name: "vmlinux".into(),
+                        writable: false,
+                    },
+                    JailFile {
+                        source: disk.clone(),
+                        name: "rootfs.ext4".into(),
+                        writable: true,
+                    },
+                ],
+            ));
+        }
+        let vm = actor.start();
+        let t0 = Instant::now();
+        let spawned = vm.send(SpawnProcess {}).await?.context("spawn")?;
+        vm.send(ConfigureVm {
+            config: self.config(&disk),
+        })
+        .await?
+        .context("configure")?;
+        vm.send(StartVm {}).await?.context("start")?;
+        let total = t0.elapsed();
+        vm.send(KillVm {}).await?.context("kill")?;
+        let t1 = Instant::now();
+        vm.send(RemoveRunDir {}).await?.context("remove")?;
+        let remove = t1.elapsed();
+        std::fs::remove_file(&disk)?;
+        Ok(Phases {
+            total,
+            spawn: spawned.spawn,
+            api_ready: spawned.api_ready,
+            remove,
+        })
+    }
+
+    /// `count` boots one after the other, alternating jailed and unjailed so both see the same
+    /// machine load; answers (unjailed, jailed) samples.
+    async fn sequential(&self, count: usize, first: u32) -> anyhow::Result<Samples> {
+        let mut s = Samples::default();
+        for i in 0..count {
+            let n = first + i as u32;
+            let p = self.boot_phases(false, n).await?;
+            s.plain.push(p.total);
+            s.plain_phases.push(p);
+            let j = self.boot_phases(true, n).await?;
+            s.jailed.push(j.total);
+            s.jailed_phases.push(j);
+        }
+        Ok(s)
+    }
+
+    /// `count` boots at once, per variant; answers each VM's time and the wall time.
+    async fn parallel(
+        &self,
+        jailed: bool,
+        count: usize,
+        first: u32,
+    ) -> anyhow::Result<(Vec<Duration>, Duration)> {
+        let t0 = Instant::now();
+        let boots = (0..count).map(|i| self.boot(jailed, first + i as u32));
+        let each = futures::future::join_all(boots)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((each, t0.elapsed()))
+    }
+}
+
+/// One boot's times.
+struct Phases {
+    /// Spawn → Running.
+    total: Duration,
+    /// Until the VMM process exists (jailed: jail made, jailer run, VMM exec'd).
+    spawn: Duration,
+    /// Then until its API socket accepts.
+    api_ready: Duration,
+    /// Removing the run directory (jailed: and the jail, cgroups).
+    remove: Duration,
+}
+
+#[derive(Default)]
+struct Samples {
+    plain: Vec<Duration>,
+    jailed: Vec<Duration>,
+    plain_phases: Vec<Phases>,
+    jailed_phases: Vec<Phases>,
+}
+
+fn phase_p50s(v: &[Phases]) -> String {
+    let of = |f: fn(&Phases) -> Duration| pct(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
+    format!(
+        "spawn {:.1} ms, api_ready {:.1} ms, remove {:.1} ms",
+        of(|p| p.spawn),
+        of(|p| p.api_ready),
+        of(|p| p.remove)
+    )
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+fn report(what: &str, s: &Samples) {
+    let (p, j) = (pct(&s.plain, 0.5), pct(&s.jailed, 0.5));
+    println!(
+        "{what}: spawn→Running p50 unjailed {p:.1} ms, jailed {j:.1} ms (p90 {:.1} / {:.1}); \
+         jail cost {:.1} ms per VM",
+        pct(&s.plain, 0.9),
+        pct(&s.jailed, 0.9),
+        j - p
+    );
+    println!("  p50 phases unjailed: {}", phase_p50s(&s.plain_phases));
+    println!("  p50 phases jailed:   {}", phase_p50s(&s.jailed_phases));
+}
+
+async fn report_parallel(b: &Bench, what: &str, count: usize, first: u32) -> anyhow::Result<()> {
+    let (plain, plain_wall) = b.parallel(false, count, first).await?;
+    let (jailed, jailed_wall) = b.parallel(true, count, first).await?;
+    println!(
+        "{what}: {count} at once: unjailed p50 {:.1} ms, max {:.1} ms, wall {:.1} ms; \
+         jailed p50 {:.1} ms, max {:.1} ms, wall {:.1} ms",
+        pct(&plain, 0.5),
+        pct(&plain, 1.0),
+        plain_wall.as_secs_f64() * 1e3,
+        pct(&jailed, 0.5),
+        pct(&jailed, 1.0),
+        jailed_wall.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// `count` idle jails, each with the kernel bind-mounted read-only from tmpfs.
+fn make_present(b: &Bench, count: usize) -> anyhow::Result<(tempfile::TempDir, Vec<JailLayout>)> {
+    let shm = tempfile::Builder::new()
+        .prefix("bj")
+        .tempdir_in("/dev/shm")?;
+    let kernel = shm.path().join("vmlinux");
+    vmlinux::write_minimal_vmlinux(&kernel);
+    let mut made = Vec::new();
+    for i in 0..count {
+        let uid = 960_000 + i as u32;
+        let layout = JailLayout::new(
+            &base(b.dir.path()),
+            &b.fc.path,
+            &JailLayout::id_for_uid(uid),
+        )?;
+        b.jails.prepare(&JailPlan {
+            layout: layout.clone(),
+            uid,
+            gid: uid,
+            files: vec![JailFile {
+                source: kernel.clone(),
+                name: "vmlinux".into(),
+                writable: false,
+            }],
+        })?;
+        made.push(layout);
+    }
+    Ok((shm, made))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let fc_path = args
+        .firecracker
+        .or_else(|| std::env::var_os("HEARTH_FIRECRACKER_REAL").map(PathBuf::from))
+        .context("give --firecracker or set HEARTH_FIRECRACKER_REAL")?;
+    let jailer = match args.jailer {
+        Some(j) => j,
+        None => fc_path
+            .parent()
+            .map(|d| d.join("jailer"))
+            .context("no directory for the jailer")?,
+    };
+    if !jailer.is_file() {
+        bail!("no jailer at {}", jailer.display());
+    }
+    let fc = binary::resolve(Some(&fc_path), &LinuxProcesses)?;
+    let cgroups = detect_host().map_err(anyhow::Error::msg)?;
+    let dir = tempfile::Builder::new().prefix("bj").tempdir_in("/tmp")?;
+    vmlinux::write_minimal_vmlinux(&dir.path().join("vmlinux"));
+    let jails = Arc::new(LinuxJails::new(base(dir.path()), cgroups.clone()));
+    let b = Bench {
+        dir,
+        fc,
+        jailer,
+        cgroups,
+        jails,
+    };
+    println!(
+        "cgroup v{}, {} sequential boots per variant, {} in parallel, {} jails present",
+        b.cgroups.version.as_arg(),
+        args.boots,
+        args.parallel,
+        args.present
+    );
+    // Warm-up (page cache, the binary's first copy into a jail).
+    b.sequential(2, 0).await?;
+    report("no other jails", &b.sequential(args.boots, 100).await?);
+    report_parallel(&b, "no other jails", args.parallel, 200).await?;
+
+    let t0 = Instant::now();
+    let (_shm, present) = make_present(&b, args.present)?;
+    println!(
+        "made {} jails with a bind-mounted kernel in {:.0} ms",
+        present.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let res = async {
+        report(
+            &format!("{} jails present", args.present),
+            &b.sequential(args.boots, 300).await?,
+        );
+        report_parallel(
+            &b,
+            &format!("{} jails present", args.present),
+            args.parallel,
+            400,
+        )
+        .await
+    }
+    .await;
+    let t0 = Instant::now();
+    for layout in &present {
+        b.jails.remove(layout)?;
+    }
+    println!("removed them in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    res
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    actix::System::new().block_on(run(args))
+}

@@ -1,0 +1,278 @@
+//! The `[jailer]` section: running each VM's Firecracker through Firecracker's jailer, as its
+//! own uid/gid, in a chroot, a new pid namespace and cgroups with limits derived from its size.
+//!
+//! Off by default this session: the simulator (`firecracker-sim`) is not statically linked, so
+//! it cannot run inside the jailer's empty chroot, and the default flips once jailed VMs are
+//! proven in CI with the real binaries. Without it VMMs run as root with the host's filesystem
+//! in view (hearthd logs that they are less isolated).
+
+use std::path::PathBuf;
+
+use hearth_actors::firecracker::jailer::{JailLayout, LimitPolicy};
+use hearth_actors::host::jails::uids::MIN_VM_UID;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// The longest jail id: a uid in decimal (`JailLayout::id_for_uid`).
+const MAX_JAIL_ID: usize = 10;
+
+/// Jailing settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JailerConfig {
+    /// Run every VMM through the jailer. Checked by `hearthd --check`, but not yet acted on:
+    /// the supervisor does not build jails yet (docs/jailer.md), and hearthd logs that VMMs
+    /// run unjailed.
+    pub enabled: bool,
+    /// The jailer binary. Default: `jailer` in `PATH`.
+    pub jailer_bin: Option<PathBuf>,
+    /// The uids (and gids of the same numbers) VMs get, one each, inclusive: `[first, last]`.
+    pub uid_range: [u32; 2],
+    /// The jailer's `--chroot-base-dir`. Keep it short: the VM's sockets live in its jail and
+    /// must fit in 108 bytes.
+    pub chroot_base_dir: PathBuf,
+    /// `auto` (v2 when its controllers are available, else v1), `1` or `2`.
+    pub cgroup_version: String,
+    /// MiB the VMM may use beyond the guest's memory.
+    pub mem_overhead_mib: u64,
+    /// CPU quota per vCPU, in CPUs (e.g. 0.5 = half a core per vCPU).
+    pub cpu_per_vcpu: f64,
+    /// Tasks (threads) allowed per VMM.
+    pub pids_max: u64,
+    /// Largest file the VMM may write, bytes (`RLIMIT_FSIZE`); none by default (snapshots).
+    pub fsize: Option<u64>,
+    /// Open files per VMM (`RLIMIT_NOFILE`).
+    pub no_file: u64,
+}
+
+impl Default for JailerConfig {
+    fn default() -> Self {
+        let limits = LimitPolicy::default();
+        JailerConfig {
+            enabled: false,
+            jailer_bin: None,
+            uid_range: [900_000, 965_535],
+            chroot_base_dir: "/srv/hearth".into(),
+            cgroup_version: "auto".into(),
+            mem_overhead_mib: limits.mem_overhead_mib,
+            cpu_per_vcpu: limits.cpu_per_vcpu,
+            pids_max: limits.pids_max,
+            fsize: limits.fsize,
+            no_file: 2048,
+        }
+    }
+}
+
+impl JailerConfig {
+    /// Checks every field, whether or not jailing is enabled (a bad value is a mistake
+    /// either way).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
+        let [first, last] = self.uid_range;
+        if first < MIN_VM_UID || first > last {
+            return invalid(
+                "jailer.uid_range",
+                format!("[{first}, {last}] must be ascending and start at {MIN_VM_UID} or above"),
+            );
+        }
+        if first == u32::MAX || last == u32::MAX {
+            return invalid(
+                "jailer.uid_range",
+                "must not include 4294967295 (the kernel's invalid uid)".into(),
+            );
+        }
+        if let Some(bin) = &self.jailer_bin {
+            if !bin.is_absolute() {
+                return invalid(
+                    "jailer.jailer_bin",
+                    format!("{} must be an absolute path", bin.display()),
+                );
+            }
+        }
+        if !self.chroot_base_dir.is_absolute() {
+            return invalid(
+                "jailer.chroot_base_dir",
+                format!(
+                    "{} must be an absolute path",
+                    self.chroot_base_dir.display()
+                ),
+            );
+        }
+        // The exec file is copied in under its own name; `firecracker` is the usual one.
+        let max = JailLayout::max_base_len("firecracker", MAX_JAIL_ID);
+        let len = self.chroot_base_dir.as_os_str().len();
+        if len > max {
+            return invalid(
+                "jailer.chroot_base_dir",
+                format!(
+                    "{} is {len} bytes; at most {max} keep a VM's jailed sockets \
+                     (<base>/firecracker/<uid>/root/run/v.sock_<port>) within 107 bytes",
+                    self.chroot_base_dir.display()
+                ),
+            );
+        }
+        if !["auto", "1", "2"].contains(&self.cgroup_version.as_str()) {
+            return invalid(
+                "jailer.cgroup_version",
+                format!("{:?} is not one of auto, 1, 2", self.cgroup_version),
+            );
+        }
+        if !(self.cpu_per_vcpu.is_finite() && self.cpu_per_vcpu > 0.0 && self.cpu_per_vcpu <= 64.0)
+        {
+            return invalid(
+                "jailer.cpu_per_vcpu",
+                format!("{} is not in (0, 64]", self.cpu_per_vcpu),
+            );
+        }
+        if self.pids_max < 8 {
+            return invalid(
+                "jailer.pids_max",
+                format!(
+                    "{} is too few for a VMM's threads (at least 8)",
+                    self.pids_max
+                ),
+            );
+        }
+        if self.no_file < 64 {
+            return invalid(
+                "jailer.no_file",
+                format!("{} is too few for a VMM (at least 64)", self.no_file),
+            );
+        }
+        if self.fsize == Some(0) {
+            return invalid("jailer.fsize", "must not be 0".into());
+        }
+        Ok(())
+    }
+
+    /// The limit policy for `hearth_actors::firecracker::jailer::JailLimits::for_vm`.
+    pub fn limit_policy(&self) -> LimitPolicy {
+        LimitPolicy {
+            mem_overhead_mib: self.mem_overhead_mib,
+            cpu_per_vcpu: self.cpu_per_vcpu,
+            pids_max: self.pids_max,
+            fsize: self.fsize,
+            no_file: Some(self.no_file),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(c: &JailerConfig) -> &'static str {
+        match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_is_off_and_valid() {
+        let c = JailerConfig::default();
+        assert!(!c.enabled);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_from_toml() {
+        let c: JailerConfig = toml::from_str(
+            "enabled = true\nuid_range = [200000, 200999]\nchroot_base_dir = \"/srv/j\"\n\
+             cgroup_version = \"1\"\ncpu_per_vcpu = 0.5\nfsize = 1073741824\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.enabled);
+        assert!((c.limit_policy().cpu_per_vcpu - 0.5).abs() < f64::EPSILON);
+        assert_eq!(c.limit_policy().fsize, Some(1 << 30));
+        assert!(toml::from_str::<JailerConfig>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let d = JailerConfig::default;
+        let cases: Vec<(JailerConfig, &str)> = vec![
+            (
+                JailerConfig {
+                    uid_range: [10, 20],
+                    ..d()
+                },
+                "jailer.uid_range",
+            ),
+            (
+                JailerConfig {
+                    uid_range: [5000, 4000],
+                    ..d()
+                },
+                "jailer.uid_range",
+            ),
+            (
+                JailerConfig {
+                    uid_range: [5000, u32::MAX],
+                    ..d()
+                },
+                "jailer.uid_range",
+            ),
+            (
+                JailerConfig {
+                    jailer_bin: Some("jailer".into()),
+                    ..d()
+                },
+                "jailer.jailer_bin",
+            ),
+            (
+                JailerConfig {
+                    chroot_base_dir: "srv".into(),
+                    ..d()
+                },
+                "jailer.chroot_base_dir",
+            ),
+            (
+                JailerConfig {
+                    chroot_base_dir: format!("/{}", "x".repeat(60)).into(),
+                    ..d()
+                },
+                "jailer.chroot_base_dir",
+            ),
+            (
+                JailerConfig {
+                    cgroup_version: "3".into(),
+                    ..d()
+                },
+                "jailer.cgroup_version",
+            ),
+            (
+                JailerConfig {
+                    cpu_per_vcpu: 0.0,
+                    ..d()
+                },
+                "jailer.cpu_per_vcpu",
+            ),
+            (
+                JailerConfig {
+                    cpu_per_vcpu: f64::NAN,
+                    ..d()
+                },
+                "jailer.cpu_per_vcpu",
+            ),
+            (JailerConfig { pids_max: 2, ..d() }, "jailer.pids_max"),
+            (JailerConfig { no_file: 3, ..d() }, "jailer.no_file"),
+            (
+                JailerConfig {
+                    fsize: Some(0),
+                    ..d()
+                },
+                "jailer.fsize",
+            ),
+        ];
+        for (c, field) in cases {
+            assert_eq!(field_of(&c), field, "{c:?}");
+        }
+    }
+}
