@@ -8,4 +8,5 @@ pub mod api;
 pub mod api_exec;
 pub mod api_health;
 pub mod api_images;
+pub mod api_snapshot;
 pub mod firecracker;

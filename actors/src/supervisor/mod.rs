@@ -33,6 +33,7 @@ mod messages;
 pub mod metrics;
 mod open;
 mod saga;
+mod snapshot_record;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -58,6 +59,7 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
+pub use snapshot_record::SnapshotRecord;
 pub use store::{DiskRecord, MemoryVmStore, VmRecord, VmStore, VmStoreError, VmmProcessRecord};
 
 /// The actors the supervisor drives.

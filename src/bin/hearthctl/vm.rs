@@ -159,6 +159,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         nat: args.nat,
         ready_probe: !args.no_ready_probe,
         labels: args.labels.into_iter().collect(),
+        from_snapshot: None,
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args
