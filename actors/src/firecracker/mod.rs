@@ -32,6 +32,7 @@ mod handlers;
 pub mod messages;
 pub mod readiness;
 pub mod run_dir;
+pub mod snapshot_messages;
 pub mod stop;
 
 use std::fmt;
@@ -52,6 +53,7 @@ pub use error::FirecrackerError;
 pub use messages::*;
 pub use readiness::ProbeOutcome;
 pub use run_dir::RunDir;
+pub use snapshot_messages::*;
 pub use stop::{StopOutcome, StopPlan, StopRung};
 
 /// Where a VM's VMM process is in its life, as its `FirecrackerActor` tracks it. Not the VM's
