@@ -177,11 +177,10 @@ mod tests {
         let c: SnapshotCreate = serde_json::from_str(r#"{"name":"web-ready"}"#).unwrap();
         assert_eq!(c.leave, SnapshotLeave::Running);
         c.validate().unwrap();
-        let c: SnapshotCreate =
-            serde_json::from_str(r#"{"name":"a","leave":"stopped"}"#).unwrap();
+        let c: SnapshotCreate = serde_json::from_str(r#"{"name":"a","leave":"stopped"}"#).unwrap();
         assert_eq!(c.leave, SnapshotLeave::Stopped);
-        let e = serde_json::from_str::<SnapshotCreate>(r#"{"name":"a","leave":"gone"}"#)
-            .unwrap_err();
+        let e =
+            serde_json::from_str::<SnapshotCreate>(r#"{"name":"a","leave":"gone"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown variant"), "{e}");
         let e = serde_json::from_str::<SnapshotCreate>(r#"{"name":"a","mem":"x"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
@@ -204,7 +203,11 @@ mod tests {
                 .field,
             "from_snapshot"
         );
-        ForkVm { name: "web-2".into() }.validate().unwrap();
+        ForkVm {
+            name: "web-2".into(),
+        }
+        .validate()
+        .unwrap();
         assert!(ForkVm { name: "Web".into() }.validate().is_err());
     }
 

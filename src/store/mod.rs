@@ -417,7 +417,8 @@ impl VmStore for Store {
             request_hash,
             response,
         )?)
-    }    fn insert_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
+    }
+    fn insert_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
         Ok(Store::insert_snapshot(self, snapshot)?)
     }
     fn put_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {

@@ -252,6 +252,7 @@ fn snapshot(name: &str) -> SnapshotRecord {
         cpu_template: hearth_proto::firecracker::CpuTemplate::None,
         vcpus: 1,
         mem_size_mib: 128,
+        vsock_cid: 3,
         disk_bytes: 0,
         mem_file_bytes: 0,
     }

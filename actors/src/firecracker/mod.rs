@@ -33,6 +33,7 @@ pub mod messages;
 pub mod readiness;
 pub mod run_dir;
 pub mod snapshot_messages;
+mod snapshot_standin;
 pub mod stop;
 
 use std::fmt;
@@ -48,7 +49,7 @@ use crate::host::processes::{ExitStatus, Process, Processes};
 
 pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
-pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
+pub use config::{cid_for_guest_ip, NetConfig, VmConfig, IFACE_ID};
 pub use error::FirecrackerError;
 pub use messages::*;
 pub use readiness::ProbeOutcome;

@@ -156,7 +156,10 @@ async fn checkpoint_then_disk_from_the_checkpoint_with_the_copy_backend() {
         .unwrap()
         .start();
     let disk = addr.send(create_from("web", &base)).await.unwrap().unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.path)
+        .unwrap();
     f.write_all_at(b"state at snapshot", 4096).unwrap();
     let dest = dir.path().join("snap-disk.img");
     addr.send(CheckpointDisk {
@@ -168,7 +171,11 @@ async fn checkpoint_then_disk_from_the_checkpoint_with_the_copy_backend() {
     .unwrap();
     // The source goes on writing; the checkpoint and disks made from it do not see it.
     f.write_all_at(b"after the snapshot", 4096).unwrap();
-    let restored = addr.send(create_from("web2", &dest)).await.unwrap().unwrap();
+    let restored = addr
+        .send(create_from("web2", &dest))
+        .await
+        .unwrap()
+        .unwrap();
     let mut buf = [0u8; 17];
     std::fs::File::open(&restored.path)
         .unwrap()

@@ -40,6 +40,8 @@ pub struct SnapshotRecord {
     pub vcpus: u8,
     /// Guest memory, MiB.
     pub mem_size_mib: u64,
+    /// The guest's vsock CID (part of the guest state: a restored guest keeps it).
+    pub vsock_cid: u32,
     /// Bytes the disk checkpoint occupies.
     pub disk_bytes: u64,
     /// Bytes the memory file occupies.

@@ -24,7 +24,10 @@ pub fn copy_disk(src: &Path, dest: &Path) -> Result<u64, DisksError> {
         move |source| DisksError::Io { op, path, source }
     };
     let from = File::open(src).map_err(io("open disk", src))?;
-    let kind = from.metadata().map_err(io("inspect disk", src))?.file_type();
+    let kind = from
+        .metadata()
+        .map_err(io("inspect disk", src))?
+        .file_type();
     let to = DisksDir::create_new(dest)?;
     let copied = if kind.is_block_device() {
         copy_device(&from, &to).map_err(io("copy disk into", dest))
@@ -88,7 +91,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("c.img");
         let e = copy_disk(&dir.path().join("nope"), &dest).unwrap_err();
-        assert!(matches!(e, DisksError::Io { op: "open disk", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DisksError::Io {
+                    op: "open disk",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(!dest.exists());
     }
 }
