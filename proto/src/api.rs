@@ -659,6 +659,25 @@ mod tests {
         s.validate().unwrap();
     }
 
+    /// A restore names its snapshot and leaves the images out (they are the snapshot's); a
+    /// boot names both images. Each mistake names its field.
+    #[test]
+    fn from_snapshot_replaces_the_images() {
+        let restore: CreateVm =
+            serde_json::from_str(r#"{"name":"b","from_snapshot":"web-ready"}"#).unwrap();
+        restore.validate().unwrap();
+        let both: CreateVm = serde_json::from_str(
+            r#"{"name":"b","kernel":"k","rootfs":"r","from_snapshot":"web-ready"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.validate().unwrap_err().field, "kernel");
+        let bad: CreateVm =
+            serde_json::from_str(r#"{"name":"b","from_snapshot":"../x"}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "from_snapshot");
+        let neither: CreateVm = serde_json::from_str(r#"{"name":"b","rootfs":"r"}"#).unwrap();
+        assert_eq!(neither.validate().unwrap_err().field, "kernel");
+    }
+
     #[test]
     fn each_state_has_its_allowed_operations() {
         use VmState::*;
@@ -666,7 +685,7 @@ mod tests {
             assert_eq!(st.as_str().parse::<VmState>().unwrap(), st);
             let expect_start = matches!(st, Stopped | Crashed | Failed);
             assert_eq!(st.can_start(), expect_start, "{st}");
-            let expect_stop = matches!(st, Starting | Running | Unready);
+            let expect_stop = matches!(st, Starting | Running | Unready | Paused);
             assert_eq!(st.can_stop(), expect_stop, "{st}");
             assert_eq!(
                 st.can_delete(),
@@ -674,6 +693,18 @@ mod tests {
                 "{st}"
             );
             assert_eq!(st.is_alive(), expect_stop, "{st}");
+            assert_eq!(st.can_pause(), matches!(st, Running | Unready), "{st}");
+            assert_eq!(st.can_resume(), st == Paused, "{st}");
+            assert_eq!(
+                st.can_snapshot(),
+                matches!(st, Running | Unready | Paused),
+                "{st}"
+            );
+            assert_eq!(
+                st.has_process(),
+                matches!(st, Starting | Running | Unready | Stopping | Paused),
+                "{st}"
+            );
         }
         assert!("zombie".parse::<VmState>().is_err());
     }

@@ -33,7 +33,6 @@ pub mod messages;
 pub mod readiness;
 pub mod run_dir;
 pub mod snapshot_messages;
-mod snapshot_standin;
 pub mod stop;
 
 use std::fmt;
