@@ -253,6 +253,10 @@ fn event_loop(
             );
             let resp = vmm.handle(call.action);
             let _ = call.reply.send(resp);
+            if vmm.exit_code().is_some() {
+                // The request ended the VMM (a failed snapshot load): answer before exiting.
+                let _ = call.written.recv_timeout(std::time::Duration::from_secs(1));
+            }
         }
     }
 }

@@ -85,7 +85,10 @@ async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), Fi
 
 impl FirecrackerActor {
     /// The synchronous part of a spawn: run dir, console, fork/exec, exit watch.
-    fn spawn_now(&mut self, ctx: &mut Context<Self>) -> Result<Duration, FirecrackerError> {
+    pub(super) fn spawn_now(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Result<Duration, FirecrackerError> {
         if !self.state.can_spawn() {
             return Err(FirecrackerError::InvalidState {
                 state: self.state,
@@ -154,7 +157,7 @@ impl FirecrackerActor {
     }
 
     /// The future that waits for the API socket and connects to it.
-    fn api_ready(
+    pub(super) fn api_ready(
         &self,
     ) -> impl std::future::Future<Output = Result<(ApiClient, Duration), FirecrackerError>> + 'static
     {
@@ -182,7 +185,7 @@ impl FirecrackerActor {
     }
 
     /// After a failed spawn or boot: SIGKILL the process; its exit is reported as `Stopped`.
-    fn kill_after_failure(&mut self, e: &FirecrackerError) {
+    pub(super) fn kill_after_failure(&mut self, e: &FirecrackerError) {
         // A process that already died is reported as such, not as stopped by us.
         if let Some(o) = self.owned.as_ref().filter(|o| o.exit.borrow().is_none()) {
             slog::warn!(self.log, "killing firecracker after failure"; "pid" => o.process.pid(), "error" => %e);
@@ -193,7 +196,7 @@ impl FirecrackerActor {
         }
     }
 
-    fn take_api(&mut self, op: &'static str) -> Result<ApiClient, FirecrackerError> {
+    pub(super) fn take_api(&mut self, op: &'static str) -> Result<ApiClient, FirecrackerError> {
         self.api.take().ok_or(FirecrackerError::InvalidState {
             state: self.state,
             op,
@@ -524,7 +527,7 @@ impl Handler<AdoptProcess> for FirecrackerActor {
 
 impl FirecrackerActor {
     /// Whether a process of this actor may still run (spawned or adopted, exit not seen).
-    fn has_live_process(&self) -> bool {
+    pub(super) fn has_live_process(&self) -> bool {
         self.owned
             .as_ref()
             .is_some_and(|o| o.exit.borrow().is_none())

@@ -32,6 +32,7 @@ mod handlers;
 pub mod messages;
 pub mod readiness;
 pub mod run_dir;
+pub mod snapshot_handlers;
 pub mod snapshot_messages;
 pub mod stop;
 

@@ -79,9 +79,12 @@ pub struct NetworkOverride {
 /// and loads a snapshot into it (`PUT /snapshot/load`, File memory backend). The actor must
 /// have no process (idle or exited). Before spawning, `compat` is checked against this actor's
 /// binary: a mismatch is [`FirecrackerError::IncompatibleSnapshot`] and nothing is started.
-/// A failed load makes Firecracker exit; the actor then reaps the process and removes what it
-/// left in the run directory, and answers the load's error. On success the process is owned
-/// like a booted one (running, or paused when `resume` is false).
+/// A failed load makes Firecracker exit (the actor SIGKILLs it when it does not); the actor
+/// waits for the exit, removes the sockets and FIFO it left in the run directory (logs stay),
+/// then answers the load's error (Firecracker's own text); the exit is reported as
+/// [`super::VmProcessEvent::Stopped`] with rung SIGKILL, never as unexpected. On success the
+/// process is owned like a booted one (state running, whether or not `resume` is set: stop,
+/// kill, pause, snapshot, adopt after a restart all apply).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<RestoreInfo, FirecrackerError>")]
 pub struct RestoreVm {

@@ -119,12 +119,13 @@ pub struct SnapshotLoadParams {
     pub huge_pages: Option<LoadHugePages>,
 }
 
-/// Firecracker's text when both memory fields are given.
+/// Firecracker's text when both memory fields are given (its body-error wrapper adds the
+/// final full stop).
 pub const TOO_MANY_MEM_FIELDS: &str =
-    "too many fields: either `mem_backend` or `mem_file_path` exclusively is required.";
-/// Firecracker's text when neither memory field is given.
+    "too many fields: either `mem_backend` or `mem_file_path` exclusively is required";
+/// Firecracker's text when neither memory field is given (the wrapper adds the full stop).
 pub const MISSING_MEM_FIELD: &str =
-    "missing field: either `mem_backend` or `mem_file_path` is required.";
+    "missing field: either `mem_backend` or `mem_file_path` is required";
 
 impl SnapshotLoadParams {
     /// A load of `snapshot_path` with memory from the file `mem_path`.
