@@ -671,8 +671,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.validate().unwrap_err().field, "kernel");
-        let bad: CreateVm =
-            serde_json::from_str(r#"{"name":"b","from_snapshot":"../x"}"#).unwrap();
+        let bad: CreateVm = serde_json::from_str(r#"{"name":"b","from_snapshot":"../x"}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().field, "from_snapshot");
         let neither: CreateVm = serde_json::from_str(r#"{"name":"b","rootfs":"r"}"#).unwrap();
         assert_eq!(neither.validate().unwrap_err().field, "kernel");
