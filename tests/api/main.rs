@@ -5,6 +5,7 @@
 mod exec;
 mod hostile;
 mod images;
+mod snapshots;
 mod supervisor;
 
 use std::io::{BufRead, Read, Write};

@@ -115,10 +115,10 @@ impl VmSupervisor {
                     message: format!("A VM named {name:?} already exists"),
                 });
             }
+            let (full, snap) = self.restore_spec(&spec)?;
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
-            let (full, snap) = self.restore_spec(&spec)?;
             self.apply(&name, Change::Insert(full))?;
             Ok(snap)
         })();
