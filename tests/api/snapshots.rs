@@ -50,7 +50,7 @@ fn record(name: &str, state: SnapshotState, base: &std::path::Path) -> SnapshotR
 fn snapshot_endpoints_over_the_real_supervisor() {
     let dir = tempfile::tempdir().unwrap();
     let snaps: PathBuf = dir.path().join("snapshots");
-    for name in ["s1", "half", "gone", "leak"] {
+    for name in ["s1", "half", "gone", "leak", "x.fork"] {
         std::fs::create_dir_all(snaps.join(name)).unwrap();
         std::fs::write(snaps.join(name).join("memory"), b"x").unwrap();
     }
@@ -65,6 +65,10 @@ fn snapshot_endpoints_over_the_real_supervisor() {
     store
         .insert_snapshot(&record("gone", SnapshotState::Deleting, &snaps))
         .unwrap();
+    // A fork cut short after its snapshot, before its VM was recorded.
+    let mut orphan = record("x.fork", SnapshotState::Ready, &snaps);
+    orphan.internal = true;
+    store.insert_snapshot(&orphan).unwrap();
     // A stopped VM restored from s1, and a stopped plain VM.
     store
         .insert_vm(&spec(
@@ -109,7 +113,8 @@ fn snapshot_endpoints_over_the_real_supervisor() {
         .unwrap();
     assert!(
         report.repaired.contains(&"snapshot half".to_owned())
-            && report.repaired.contains(&"snapshot gone".to_owned()),
+            && report.repaired.contains(&"snapshot gone".to_owned())
+            && report.repaired.contains(&"snapshot x.fork".to_owned()),
         "{report:?}"
     );
     assert_eq!(report.swept, ["snapshot files leak"], "{report:?}");

@@ -405,8 +405,9 @@ pub(super) struct SnapshotRepairs {
 impl VmSupervisor {
     /// After the VMs are reconciled: snapshots a crash left `creating` are undone (their
     /// source resumed if it ran before and is still paused, their files and record removed),
-    /// those left `deleting` are finished, and directories under the snapshot directory that
-    /// no record names are removed.
+    /// those left `deleting` are finished, a fork's snapshot no VM uses (the fork was cut
+    /// short before its VM was recorded) is removed, and directories under the snapshot
+    /// directory that no record names are removed.
     pub(super) fn repair_snapshots(
         &mut self,
         ctx: &mut Context<Self>,
@@ -414,7 +415,10 @@ impl VmSupervisor {
         let p = self.ports(ctx);
         let mut work = Vec::new();
         for rec in self.snapshots.values() {
-            if rec.state == SnapshotState::Ready {
+            // A fork cut short between its snapshot and its restore left a snapshot only it
+            // would have used: it goes too.
+            let orphan_fork = rec.internal && self.in_use_by(&rec.name).is_empty();
+            if rec.state == SnapshotState::Ready && !orphan_fork {
                 continue;
             }
             let resume = (rec.state == SnapshotState::Creating
