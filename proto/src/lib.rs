@@ -10,3 +10,4 @@ pub mod api_health;
 pub mod api_images;
 pub mod api_snapshot;
 pub mod firecracker;
+pub mod init;

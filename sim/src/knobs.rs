@@ -36,6 +36,10 @@ pub struct Knobs {
     /// `FC_SIM_AGENT_BIN=<path>`: run this real `hearth-agent` as the guest's agent (started
     /// at `InstanceStart` on a Unix socket; `CONNECT <agent port>` is copied to it).
     pub agent_bin: Option<std::path::PathBuf>,
+    /// `FC_SIM_CONSOLE_AT_EXIT=<line>`: the guest prints this line on the serial console
+    /// (stdout) just before the VMM exits on its own (guest reboot or crash), as hearth's
+    /// init prints its exit line before rebooting.
+    pub console_at_exit: Option<String>,
 }
 
 impl Default for Knobs {
@@ -53,6 +57,7 @@ impl Default for Knobs {
             agent_silent: false,
             netstack: false,
             agent_bin: None,
+            console_at_exit: None,
         }
     }
 }
@@ -137,6 +142,7 @@ impl Knobs {
             }
             Some(v) => k.agent_bin = Some(v.into()),
         }
+        k.console_at_exit = get("FC_SIM_CONSOLE_AT_EXIT").filter(|v| !v.is_empty());
         Ok(k)
     }
 }

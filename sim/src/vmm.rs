@@ -593,10 +593,12 @@ impl Vmm {
                     if self.guest.paused() {
                         continue;
                     }
+                    self.print_console_at_exit();
                     self.log.info("Vmm is stopping.");
                     self.exit.get_or_insert(0);
                 }
                 Timer::Crash => {
+                    self.print_console_at_exit();
                     self.log.error(&format!(
                         "Firecracker exiting with error. exit_code={}",
                         self.knobs.crash_code
@@ -604,6 +606,16 @@ impl Vmm {
                     self.exit.get_or_insert(self.knobs.crash_code);
                 }
             }
+        }
+    }
+
+    /// The guest's last console line (`FC_SIM_CONSOLE_AT_EXIT`), on stdout like ttyS0.
+    fn print_console_at_exit(&self) {
+        if let Some(line) = &self.knobs.console_at_exit {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(format!("{line}\r\n").as_bytes());
+            let _ = out.flush();
         }
     }
 

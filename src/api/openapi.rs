@@ -490,6 +490,7 @@ fn vm_schemas() -> Entries {
                     "pid": {"type": "integer"},
                     "nat": {"type": "boolean"},
                     "last_error": {"type": "string"},
+                    "exit_status": schema("ExitReport"),
                 }
             }),
         ),
@@ -514,7 +515,22 @@ fn vm_schemas() -> Entries {
                         "enum": ["user", "crash", "restart", "readiness_timeout", "error",
                                  "snapshot"]},
                     "detail": {"type": "string"},
+                    "exit_status": schema("ExitReport"),
                 }
+            }),
+        ),
+        (
+            "ExitReport",
+            json!({
+                "description": "How the image's command ended (hearth's init): exited with a code, or killed by a signal",
+                "oneOf": [
+                    {"type": "object", "additionalProperties": false, "required": ["exited"],
+                     "properties": {"exited": {"type": "object", "additionalProperties": false,
+                        "required": ["code"], "properties": {"code": {"type": "integer"}}}}},
+                    {"type": "object", "additionalProperties": false, "required": ["signaled"],
+                     "properties": {"signaled": {"type": "object", "additionalProperties": false,
+                        "required": ["signal"], "properties": {"signal": {"type": "integer"}}}}}
+                ]
             }),
         ),
     ]

@@ -28,6 +28,9 @@ use super::run_dir::set_socket_access;
 use super::stop::{run_ladder, rungs, StopOutcome, StopPlan, StopRung};
 use super::{FirecrackerActor, FirecrackerError, Owned, VmmState};
 
+/// How long an unexpected exit's event waits for the console's last lines to be copied.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
 type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
 
 fn fail<T: 'static>(e: FirecrackerError) -> Atomic<T> {
@@ -653,29 +656,47 @@ impl Handler<ProcessExited> for FirecrackerActor {
         self.owned = None;
         self.api = None;
         self.state = VmmState::Exited;
-        if let Some(console) = self.console.take() {
-            // The writer is gone: the pump task copies the last output and ends.
-            console.drain();
-        }
+        let console = self.console.take();
         if let Err(e) = self.run_dir.remove_sockets() {
             slog::warn!(self.log, "cannot remove sockets"; "error" => %e);
         }
-        let event = match self.stop_rung.take() {
-            Some(rung) if rung != StopRung::AlreadyExited => VmProcessEvent::Stopped {
-                vm_id: self.vm_id.clone(),
-                pid: msg.pid,
-                rung,
-                status: msg.status,
-            },
-            _ => {
-                slog::warn!(self.log, "firecracker exited unexpectedly"; "pid" => msg.pid, "status" => %msg.status);
-                VmProcessEvent::ExitedUnexpectedly {
+        match self.stop_rung.take() {
+            Some(rung) if rung != StopRung::AlreadyExited => {
+                if let Some(console) = console {
+                    // The writer is gone: the pump task copies the last output and ends.
+                    console.drain();
+                }
+                self.events.do_send(VmProcessEvent::Stopped {
                     vm_id: self.vm_id.clone(),
                     pid: msg.pid,
+                    rung,
                     status: msg.status,
-                }
+                });
             }
-        };
-        self.events.do_send(event);
+            _ => {
+                slog::warn!(self.log, "firecracker exited unexpectedly"; "pid" => msg.pid, "status" => %msg.status);
+                let (vm_id, pid, status) = (self.vm_id.clone(), msg.pid, msg.status);
+                let events = self.events.clone();
+                // The console's last lines may still be in the FIFO: let the pump copy them
+                // (bounded) so init's exit line, printed just before the reboot, is seen. Not
+                // tied to the actor: the owner must hear of the exit even if it stops.
+                actix::spawn(async move {
+                    let guest_exit = match console {
+                        Some(console) => {
+                            let exit = console.guest_exit();
+                            let _ = tokio::time::timeout(CONSOLE_DRAIN, console.finish()).await;
+                            super::exit_watch::seen(&exit)
+                        }
+                        None => None,
+                    };
+                    events.do_send(VmProcessEvent::ExitedUnexpectedly {
+                        vm_id,
+                        pid,
+                        status,
+                        guest_exit,
+                    });
+                });
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod command;
 pub mod config;
 pub mod console;
 mod error;
+pub mod exit_watch;
 mod handlers;
 pub mod messages;
 pub mod readiness;

@@ -475,7 +475,10 @@ fn machine_config(plan: &BootPlan, disk: PathBuf, lease: &NetLease, vsock_cid: u
         mem_size_mib: u64::from(plan.spec.memory_mib),
         kernel: plan.kernel.clone(),
         initrd: None,
-        extra_boot_args: plan.spec.boot_args.clone().unwrap_or_default(),
+        extra_boot_args: crate::firecracker::config::with_hostname_arg(
+            &plan.spec.name,
+            plan.spec.boot_args.as_deref().unwrap_or_default(),
+        ),
         rootfs: disk,
         rootfs_read_only: false,
         rootfs_rate_limiter: None,
