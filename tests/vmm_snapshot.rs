@@ -483,3 +483,152 @@ fn restored_sim_guest_answers_on_the_new_vsock() {
         src.vm.send(KillVm {}).await.unwrap().unwrap();
     });
 }
+
+/// Simulator only, with its userspace guest stack (`FC_SIM_NETSTACK=1`): a guest restored on a
+/// new TAP answers with its source's identity (IP and MAC), and only while it runs: restored
+/// paused, or paused again, it answers nothing. Traffic is a ping inside the test's namespace.
+#[test]
+fn restored_sim_guest_keeps_its_identity_and_freezes_when_paused() {
+    hearth_testkit::require_privileged!();
+    let ns = NetNs::new("vmm");
+    ns.block_on(|| async {
+        let fx = Fixture::new("snp");
+        let _reaper = Reaper(fx.path().to_path_buf());
+        let bin = fx.wrapper("fc-net", &[("FC_SIM_NETSTACK", "1")], false);
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+        let (src, _events) = fx.actor("src", bin.clone());
+        bring_up(&src, fx.config(Some(net("hth0")))).await;
+        let snaps = fx.path().join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+        src.send(PauseVm {}).await.unwrap().unwrap();
+        let info = src
+            .send(CreateVmSnapshot {
+                snapshot_path: snaps.join("state"),
+                mem_path: snaps.join("mem"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+        ns.exec_ok(&["ip", "addr", "add", "172.31.240.1/24", "dev", "hth1"]);
+        ns.exec_ok(&["ip", "link", "set", "hth1", "up"]);
+        let (copy, _events) = fx.actor("copy", bin);
+        copy.send(RestoreVm {
+            snapshot_path: snaps.join("state"),
+            mem_path: snaps.join("mem"),
+            compat: info.compat,
+            network_overrides: vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "hth1".into(),
+            }],
+            vsock_uds_path: None,
+            resume: false,
+            clock_realtime: false,
+        })
+        .await
+        .unwrap()
+        .expect("restore paused");
+        let ping = || {
+            ns.exec(&["ping", "-c", "1", "-W", "1", "172.31.240.5"])
+                .status
+                .success()
+        };
+        assert!(!ping(), "a guest restored paused answers nothing");
+        copy.send(ResumeVm {}).await.unwrap().unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(5), ping),
+            "the running copy answers as 172.31.240.5"
+        );
+        let neigh = ns.exec_ok(&["ip", "neigh", "show", "172.31.240.5", "dev", "hth1"]);
+        assert!(
+            neigh.contains(&MacAddr::for_guest(GUEST_IP).to_string()),
+            "with the source's MAC: {neigh}"
+        );
+        copy.send(PauseVm {}).await.unwrap().unwrap();
+        assert!(!ping(), "paused again, it answers nothing");
+        copy.send(KillVm {}).await.unwrap().unwrap();
+        src.send(KillVm {}).await.unwrap().unwrap();
+    });
+}
+
+/// Simulator only: the guest adopts the identity the agent's `reconfigure` writes to its
+/// identity file (`FC_SIM_IDENTITY_FILE=1`: `sim-identity.json` in the run directory; written
+/// here directly, as `hearth-agent --sim-identity-file` writes it): the restored copy stops
+/// answering as its source and answers with the new IP and MAC.
+#[test]
+fn sim_guest_adopts_the_identity_the_agent_writes() {
+    hearth_testkit::require_privileged!();
+    let ns = NetNs::new("vmm");
+    ns.block_on(|| async {
+        let fx = Fixture::new("snp");
+        let _reaper = Reaper(fx.path().to_path_buf());
+        let bin = fx.wrapper(
+            "fc-id",
+            &[("FC_SIM_NETSTACK", "1"), ("FC_SIM_IDENTITY_FILE", "1")],
+            false,
+        );
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+        let (src, _events) = fx.actor("src", bin.clone());
+        bring_up(&src, fx.config(Some(net("hth0")))).await;
+        let snaps = fx.path().join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+        src.send(PauseVm {}).await.unwrap().unwrap();
+        let info = src
+            .send(CreateVmSnapshot {
+                snapshot_path: snaps.join("state"),
+                mem_path: snaps.join("mem"),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+        ns.exec_ok(&["ip", "addr", "add", "172.31.240.1/24", "dev", "hth1"]);
+        ns.exec_ok(&["ip", "link", "set", "hth1", "up"]);
+        let (copy, _events) = fx.actor("copy", bin);
+        copy.send(RestoreVm {
+            vsock_uds_path: None,
+            ..restore_msg(
+                &Source {
+                    vm: src.clone(),
+                    api: PathBuf::new(),
+                    snap: snaps.join("state"),
+                    mem: snaps.join("mem"),
+                },
+                &info,
+                "hth1",
+            )
+        })
+        .await
+        .unwrap()
+        .expect("restore");
+        let ping = |ip: &str| {
+            ns.exec(&["ping", "-c", "1", "-W", "1", ip])
+                .status
+                .success()
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(5), || ping("172.31.240.5")),
+            "the copy first answers as its source"
+        );
+        let new_mac = MacAddr::for_guest(Ipv4Addr::new(172, 31, 240, 9)).to_string();
+        let file = run_dir(&fx, "copy").path().join("sim-identity.json");
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"ip_cidr":"172.31.240.9/24","gateway":"172.31.240.1","mac":"{new_mac}","hostname":"copy","dns":"172.31.240.1","rng_seed":"{}"}}"#,
+                "0".repeat(64)
+            ),
+        )
+        .unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(5), || ping("172.31.240.9")),
+            "the copy answers with its new address"
+        );
+        let neigh = ns.exec_ok(&["ip", "neigh", "show", "172.31.240.9", "dev", "hth1"]);
+        assert!(neigh.contains(&new_mac), "and its new MAC: {neigh}");
+        ns.exec_ok(&["ip", "neigh", "flush", "dev", "hth1"]);
+        assert!(!ping("172.31.240.5"), "the old address is gone");
+        copy.send(KillVm {}).await.unwrap().unwrap();
+        src.send(KillVm {}).await.unwrap().unwrap();
+    });
+}

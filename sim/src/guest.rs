@@ -11,7 +11,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ pub struct Guest {
     /// A fresh boot id, as `/proc/sys/kernel/random/boot_id` would give.
     boot_id: String,
     /// The guest's network stack, once it runs.
-    net: OnceLock<GuestNet>,
+    net: RwLock<Option<GuestNet>>,
     /// The real agent's socket (`FC_SIM_AGENT_BIN`), once it was started.
     real_agent: OnceLock<PathBuf>,
     /// Host-side streams of the vsock connections the muxer accepted, so a snapshot can
@@ -135,7 +135,7 @@ impl Guest {
             booted_at: OnceLock::new(),
             paused: AtomicBool::new(false),
             boot_id,
-            net: OnceLock::new(),
+            net: RwLock::new(None),
             real_agent: OnceLock::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -174,9 +174,13 @@ impl Guest {
         let _ = self.real_agent.set(socket);
     }
 
-    /// Gives the agent the guest's network stack (once; later calls are ignored).
+    /// Gives the agent the guest's network stack, replacing any earlier one (a guest that
+    /// adopted a new identity runs a new stack).
     pub fn set_net(&self, stack: Arc<GuestStack>) {
-        let _ = self.net.set(GuestNet(stack));
+        *self
+            .net
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(GuestNet(stack));
     }
 
     /// `resolve` through the guest stack's DNS client.
@@ -197,8 +201,12 @@ impl Guest {
         Ok(ConnectReply::from_bytes(&received))
     }
 
-    fn network(&self) -> Result<&GuestStack, ErrorBody> {
-        self.net.get().map(|n| &*n.0).ok_or_else(|| {
+    fn network(&self) -> Result<Arc<GuestStack>, ErrorBody> {
+        let net = self
+            .net
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        net.as_ref().map(|n| n.0.clone()).ok_or_else(|| {
             ErrorBody::new(
                 codes::NO_NETWORK,
                 "The guest has no network (set FC_SIM_NETSTACK=1 and configure an interface)",

@@ -40,6 +40,20 @@ pub struct Knobs {
     /// (stdout) just before the VMM exits on its own (guest reboot or crash), as hearth's
     /// init prints its exit line before rebooting.
     pub console_at_exit: Option<String>,
+    /// `FC_SIM_IDENTITY_FILE=1|<absolute path>`: the guest adopts the network identity (a
+    /// `reconfigure` request's JSON: `ip_cidr`, `gateway`, `mac`, `dns`) written to this file
+    /// (`1`: `sim-identity.json` beside the API socket, one per VM); a real agent
+    /// (`FC_SIM_AGENT_BIN`) is started with `--sim-identity-file` naming it.
+    pub identity_file: Option<IdentityFile>,
+}
+
+/// Where the guest's identity file is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityFile {
+    /// `sim-identity.json` in the API socket's directory.
+    BesideApiSocket,
+    /// This path.
+    At(std::path::PathBuf),
 }
 
 impl Default for Knobs {
@@ -58,6 +72,7 @@ impl Default for Knobs {
             netstack: false,
             agent_bin: None,
             console_at_exit: None,
+            identity_file: None,
         }
     }
 }
@@ -143,6 +158,18 @@ impl Knobs {
             Some(v) => k.agent_bin = Some(v.into()),
         }
         k.console_at_exit = get("FC_SIM_CONSOLE_AT_EXIT").filter(|v| !v.is_empty());
+        match get("FC_SIM_IDENTITY_FILE") {
+            None => {}
+            Some(v) if matches!(v.trim(), "" | "0") => {}
+            Some(v) if v.trim() == "1" => k.identity_file = Some(IdentityFile::BesideApiSocket),
+            Some(v) if v.contains('\0') || !std::path::Path::new(&v).is_absolute() => {
+                return Err(KnobError {
+                    name: "FC_SIM_IDENTITY_FILE",
+                    value: v,
+                })
+            }
+            Some(v) => k.identity_file = Some(IdentityFile::At(v.into())),
+        }
         Ok(k)
     }
 }
@@ -190,5 +217,18 @@ mod tests {
                 .agent_bin,
             Some("/bin/agent".into())
         );
+        assert_eq!(
+            knobs(&[("FC_SIM_IDENTITY_FILE", "1")])
+                .unwrap()
+                .identity_file,
+            Some(IdentityFile::BesideApiSocket)
+        );
+        assert_eq!(
+            knobs(&[("FC_SIM_IDENTITY_FILE", "/run/id.json")])
+                .unwrap()
+                .identity_file,
+            Some(IdentityFile::At("/run/id.json".into()))
+        );
+        assert!(knobs(&[("FC_SIM_IDENTITY_FILE", "id.json")]).is_err());
     }
 }

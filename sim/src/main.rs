@@ -85,6 +85,7 @@ fn run(args: Args, knobs: Knobs) -> ExitCode {
     let mut vmm = Vmm::new(
         VmmOptions {
             id: args.id.clone(),
+            api_sock: args.api_sock.clone(),
             boot_timer: args.boot_timer,
             enable_pci: args.enable_pci,
         },

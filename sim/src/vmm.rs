@@ -24,6 +24,7 @@ use crate::real_agent::RealAgent;
 use crate::tap::{open_tap, Tap};
 
 mod error;
+pub mod identity;
 pub mod snapshot;
 mod vm_config;
 pub use error::VmmError;
@@ -40,6 +41,8 @@ enum Timer {
     Reboot,
     /// The VMM dies (`FC_SIM_CRASH_AFTER_MS`).
     Crash,
+    /// Check the guest's identity file (`FC_SIM_IDENTITY_FILE`).
+    IdentityPoll,
 }
 
 /// Startup options from the command line that the VMM needs.
@@ -47,6 +50,8 @@ enum Timer {
 pub struct VmmOptions {
     /// `--id`.
     pub id: String,
+    /// `--api-sock`.
+    pub api_sock: String,
     /// `--boot-timer`.
     pub boot_timer: bool,
     /// `--enable-pci`.
@@ -108,6 +113,8 @@ pub struct Vmm {
     /// The guest's network identity when it is not the kernel command line's (a restored
     /// guest keeps its source's).
     guest_identity: Option<snapshot::GuestIdentity>,
+    /// The identity file's content last acted on.
+    identity_seen: Option<Vec<u8>>,
     timers: Vec<(Instant, Timer)>,
     api_requests: u64,
     exit: Option<i32>,
@@ -148,6 +155,7 @@ impl Vmm {
             restored_boot: None,
             mem_file: None,
             guest_identity: None,
+            identity_seen: None,
             timers: Vec::new(),
             api_requests: 0,
             exit: None,
@@ -310,6 +318,9 @@ impl Vmm {
                 self.guest.set_paused(false);
                 self.maybe_schedule_reboot();
             }
+        }
+        if let Some(net) = &self.guest_net {
+            net.0.set_frozen(self.guest.paused());
         }
         Ok(None)
     }
@@ -518,6 +529,7 @@ impl Vmm {
                 // Refused as the real loader refuses it; the VM stays "Not started".
                 crate::kernel::check(kernel, self.machine.mem_size_mib)
                     .map_err(|why| VmmError::KernelRefused { why })?;
+                self.watch_identity();
                 if let Some(bin) = self.knobs.agent_bin.clone() {
                     let guest = self.guest.clone();
                     self.start_real_agent(&bin, &guest)?;
@@ -556,10 +568,12 @@ impl Vmm {
 
     /// Starts the real agent (`FC_SIM_AGENT_BIN`) for `guest`.
     fn start_real_agent(&mut self, bin: &std::path::Path, guest: &Guest) -> Result<(), VmmError> {
-        let agent = RealAgent::spawn(bin).map_err(|source| VmmError::AgentSpawn {
-            path: bin.display().to_string(),
-            source,
-        })?;
+        let identity = self.identity_path();
+        let agent =
+            RealAgent::spawn(bin, identity.as_deref()).map_err(|source| VmmError::AgentSpawn {
+                path: bin.display().to_string(),
+                source,
+            })?;
         guest.set_real_agent(agent.socket().to_path_buf());
         self.real_agent = Some(agent);
         Ok(())
@@ -597,6 +611,7 @@ impl Vmm {
                     self.log.info("Vmm is stopping.");
                     self.exit.get_or_insert(0);
                 }
+                Timer::IdentityPoll => self.poll_identity(),
                 Timer::Crash => {
                     self.print_console_at_exit();
                     self.log.error(&format!(
@@ -660,6 +675,8 @@ impl Vmm {
             dev.tap.name,
             stack.config().ip
         ));
+        // A guest restored paused starts frozen.
+        stack.set_frozen(self.guest.paused());
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())

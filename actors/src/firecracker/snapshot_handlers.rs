@@ -5,7 +5,7 @@
 //! running VM, a load on a configured process), so those errors carry its own texts; hearth
 //! checks beforehand only what Firecracker cannot know (paths, compatibility).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AtomicResponse, Context, Handler, WrapFuture};
@@ -99,9 +99,9 @@ pub fn check_compat(
         Some(mismatch) => Err(FirecrackerError::IncompatibleSnapshot {
             snapshot: snapshot.to_path_buf(),
             snapshot_version: compat.fc_version.clone(),
-            snapshot_template: format!("{:?}", compat.cpu_template),
-            vmm_version: binary.version.to_string(),
-            vmm_template: format!("{HEARTH_CPU_TEMPLATE:?}"),
+            snapshot_template: compat.cpu_template,
+            vmm_version: binary.version,
+            vmm_template: HEARTH_CPU_TEMPLATE,
             mismatch,
         }),
     }
@@ -265,18 +265,21 @@ impl Handler<CreateVmSnapshot> for FirecrackerActor {
     }
 }
 
-impl Handler<RestoreVm> for FirecrackerActor {
-    type Result = Atomic<RestoreInfo>;
-
-    fn handle(&mut self, msg: RestoreVm, ctx: &mut Context<Self>) -> Self::Result {
+impl FirecrackerActor {
+    /// What a restore checks before spawning anything (state, version, compatibility, paths),
+    /// and the load body with the vsock socket it names.
+    fn restore_body(
+        &self,
+        msg: &RestoreVm,
+    ) -> Result<(SnapshotLoadParams, PathBuf), FirecrackerError> {
         if !self.state.can_spawn() {
-            return fail(FirecrackerError::InvalidState {
+            return Err(FirecrackerError::InvalidState {
                 state: self.state,
                 op: "restore into",
             });
         }
         if self.binary.version < MIN_RESTORE_VERSION {
-            return fail(FirecrackerError::InvalidConfig {
+            return Err(FirecrackerError::InvalidConfig {
                 what: "restore",
                 detail: format!(
                     "Firecracker {} cannot override the vsock socket on load; hearth needs {} \
@@ -285,21 +288,28 @@ impl Handler<RestoreVm> for FirecrackerActor {
                 ),
             });
         }
-        if let Err(e) = check_compat(&msg.compat, &self.binary, &msg.snapshot_path) {
-            return fail(e);
-        }
+        check_compat(&msg.compat, &self.binary, &msg.snapshot_path)?;
         let vsock = msg
             .vsock_uds_path
             .clone()
             .unwrap_or_else(|| self.run_dir.vsock_socket());
-        let body = match load_body(
+        let body = load_body(
             &msg.snapshot_path,
             &msg.mem_path,
             &msg.network_overrides,
             &vsock,
             msg.resume,
             msg.clock_realtime,
-        ) {
+        )?;
+        Ok((body, vsock))
+    }
+}
+
+impl Handler<RestoreVm> for FirecrackerActor {
+    type Result = Atomic<RestoreInfo>;
+
+    fn handle(&mut self, msg: RestoreVm, ctx: &mut Context<Self>) -> Self::Result {
+        let (body, vsock) = match self.restore_body(&msg) {
             Ok(b) => b,
             Err(e) => return fail(e),
         };

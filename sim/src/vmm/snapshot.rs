@@ -217,64 +217,11 @@ impl Vmm {
         if p.vsock_override.is_some() && image.vsock.is_none() {
             return Err("Failed to get snapshot state from file: Unknown Vsock Device.".into());
         }
-        let mem_prefix = "Failed to load guest memory: Error creating guest memory from file:";
-        let mem_file = File::open(&mem.backend_path)
-            .map_err(|e| format!("{mem_prefix} Failed to load guest memory: {e}"))?;
-        let len = mem_file
-            .metadata()
-            .map_err(|e| format!("{mem_prefix} Failed to load guest memory: {e}"))?
-            .len();
-        if len < image.machine.mem_size_mib << 20 {
-            return Err(format!(
-                "{mem_prefix} Failed to restore guest memory: Total sum of memory regions \
-                 exceeds largest possible file offset"
-            ));
-        }
-        let dev = "Failed to build microVM from snapshot: Failed to restore devices: Error \
-                   restoring MMIO devices:";
-        let mut drives = Vec::new();
-        for d in &image.drives {
-            let path = d.path_on_host.clone().unwrap_or_default();
-            let file = open_backing(&path, d.is_read_only.unwrap_or(false)).map_err(|e| {
-                format!(
-                    "{dev} Block: Virtio backend error: Error manipulating the backing file: \
-                     {e} {path}"
-                )
-            })?;
-            drives.push(DriveDev {
-                config: d.clone(),
-                _file: file,
-            });
-        }
-        let mut nets = Vec::new();
-        for n in &image.nets {
-            let mut config = n.clone();
-            // Firecracker applies every matching override in turn; the last one wins.
-            for o in overrides.iter().filter(|o| o.iface_id == n.iface_id) {
-                config.host_dev_name.clone_from(&o.host_dev_name);
-            }
-            let tap = open_tap(&config.host_dev_name).map_err(|e| {
-                format!("{dev} Net: Failed to create a network device: Open tap device failed: {e}")
-            })?;
-            nets.push(NetDev { config, tap });
-        }
-        let vsock = match &image.vsock {
-            Some(v) => {
-                let mut v = v.clone();
-                if let Some(o) = &p.vsock_override {
-                    v.uds_path.clone_from(&o.uds_path);
-                }
-                let l = UnixListener::bind(&v.uds_path).map_err(|e| {
-                    format!(
-                        "{dev} VsockUnixBackend: Error binding to the host-side Unix socket: {e}"
-                    )
-                })?;
-                Some((v, l))
-            }
-            None => None,
-        };
+        let mem_file = open_memory(&mem.backend_path, image.machine.mem_size_mib)?;
+        let (drives, nets, vsock) = restore_devices(&image, p)?;
         let uptime = image.guest.uptime_ms.map(Duration::from_millis);
         let guest = Arc::new(Guest::restored(image.guest.boot_id.clone(), uptime));
+        self.watch_identity();
         if let Some(bin) = self.knobs.agent_bin.clone() {
             self.start_real_agent(&bin, &guest)
                 .map_err(|e| e.to_string())?;
@@ -314,6 +261,74 @@ impl Vmm {
         ));
         Ok(())
     }
+}
+
+/// Opens the memory file and checks it covers guest memory; the error is Firecracker's text.
+fn open_memory(path: &str, mem_size_mib: u64) -> Result<File, String> {
+    let mem_prefix = "Failed to load guest memory: Error creating guest memory from file:";
+    let mem_file =
+        File::open(path).map_err(|e| format!("{mem_prefix} Failed to load guest memory: {e}"))?;
+    let len = mem_file
+        .metadata()
+        .map_err(|e| format!("{mem_prefix} Failed to load guest memory: {e}"))?
+        .len();
+    if len < mem_size_mib << 20 {
+        return Err(format!(
+            "{mem_prefix} Failed to restore guest memory: Total sum of memory regions \
+                 exceeds largest possible file offset"
+        ));
+    }
+    Ok(mem_file)
+}
+
+type Devices = (Vec<DriveDev>, Vec<NetDev>, Option<(Vsock, UnixListener)>);
+
+/// Opens the drives' files and the TAPs and binds the vsock socket, with the overrides; the
+/// error is Firecracker's text.
+fn restore_devices(image: &SimSnapshot, p: &SnapshotLoadParams) -> Result<Devices, String> {
+    let overrides = p.network_overrides.as_deref().unwrap_or_default();
+    let dev = "Failed to build microVM from snapshot: Failed to restore devices: Error \
+                   restoring MMIO devices:";
+    let mut drives = Vec::new();
+    for d in &image.drives {
+        let path = d.path_on_host.clone().unwrap_or_default();
+        let file = open_backing(&path, d.is_read_only.unwrap_or(false)).map_err(|e| {
+            format!(
+                "{dev} Block: Virtio backend error: Error manipulating the backing file: \
+                     {e} {path}"
+            )
+        })?;
+        drives.push(DriveDev {
+            config: d.clone(),
+            _file: file,
+        });
+    }
+    let mut nets = Vec::new();
+    for n in &image.nets {
+        let mut config = n.clone();
+        // Firecracker applies every matching override in turn; the last one wins.
+        for o in overrides.iter().filter(|o| o.iface_id == n.iface_id) {
+            config.host_dev_name.clone_from(&o.host_dev_name);
+        }
+        let tap = open_tap(&config.host_dev_name).map_err(|e| {
+            format!("{dev} Net: Failed to create a network device: Open tap device failed: {e}")
+        })?;
+        nets.push(NetDev { config, tap });
+    }
+    let vsock = match &image.vsock {
+        Some(v) => {
+            let mut v = v.clone();
+            if let Some(o) = &p.vsock_override {
+                v.uds_path.clone_from(&o.uds_path);
+            }
+            let l = UnixListener::bind(&v.uds_path).map_err(|e| {
+                format!("{dev} VsockUnixBackend: Error binding to the host-side Unix socket: {e}")
+            })?;
+            Some((v, l))
+        }
+        None => None,
+    };
+    Ok((drives, nets, vsock))
 }
 
 fn create_err(why: &str) -> VmmError {
