@@ -127,10 +127,32 @@ fn pause_resume_and_stop_a_paused_vm() {
     assert_eq!(h.leaks(), Leaks::none());
 }
 
+/// The simulator with the real `hearth-agent` as its guests' agent, writing the identity a
+/// `reconfigure` asks for to `run/<vm>/sim-identity.json` (and the simulated guest adopting it).
+fn with_real_agent() -> HearthHost {
+    let agent = hearth_testkit::fc_sim::agent_binary();
+    HearthHost::start(
+        &[
+            ("FC_SIM_AGENT_BIN", agent.to_str().unwrap()),
+            ("FC_SIM_IDENTITY_FILE", "1"),
+        ],
+        "",
+    )
+}
+
+/// The identity `vm`'s agent was told (the simulator's identity file).
+fn identity_of(h: &HearthHost, vm: &str) -> Value {
+    let path = h.path(&format!("run/{vm}/sim-identity.json"));
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), h.log())),
+    )
+    .unwrap()
+}
+
 #[test]
 fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     require_privileged!();
-    let h = HearthHost::start(&[], "");
+    let h = with_real_agent();
     let a = create(&h, "a");
     let snaps = h.path("data/snapshots");
 
@@ -160,14 +182,7 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     );
 
     // A restore is a new VM: its own lease, TAP, process and disk.
-    let b = h.ctl_ok(&[
-        "vm",
-        "create",
-        "b",
-        "--from-snapshot",
-        "s1",
-        "--no-ready-probe",
-    ]);
+    let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1"]);
     assert_eq!(b["state"], "running", "{b}");
     assert_eq!(b["spec"]["from_snapshot"], "s1");
     assert_eq!(b["spec"]["kernel"], "vmlinux", "the source's machine");
@@ -175,6 +190,20 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     assert_ne!(b["tap"], a["tap"]);
     assert_ne!(b["pid"], a["pid"]);
     assert!(alive(b["pid"].as_u64().unwrap()));
+    // Running only once its agent took the new identity: its own address and name.
+    let id = identity_of(&h, "b");
+    assert_eq!(
+        (id["ip_cidr"].as_str(), id["hostname"].as_str()),
+        (
+            Some(format!("{}/24", b["guest_ip"].as_str().unwrap()).as_str()),
+            Some("b")
+        ),
+        "{id}"
+    );
+    assert!(
+        !h.path("run/a/sim-identity.json").exists(),
+        "the source was never reconfigured"
+    );
     assert_eq!(
         entries(&h.path("data/disks")).len(),
         2 * 2,
@@ -214,6 +243,8 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     // Fork: the source keeps running; the fork's own snapshot goes with the forked VM.
     let c = h.ctl_ok(&["vm", "fork", "a", "c"]);
     assert_eq!(c["state"], "running", "{c}");
+    assert_eq!(identity_of(&h, "c")["hostname"], "c");
+    assert_ne!(identity_of(&h, "c")["mac"], identity_of(&h, "b")["mac"]);
     assert_eq!(h.state("a").as_deref(), Some("running"));
     assert_eq!(entries(&snaps), ["c.fork", "s1"]);
     h.ctl_ok(&["vm", "rm", "c"]);
@@ -237,6 +268,26 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     assert_eq!(h.leaks(), Leaks::none());
     let metrics = h.ctl_ok(&["snapshot", "list"]);
     assert_eq!(metrics, serde_json::json!([]));
+}
+
+/// A restored guest whose agent cannot take a new identity (here the simulator's own agent,
+/// which has no `reconfigure`) runs, but is `unready` with the reason: its network identity
+/// is still its source's.
+#[test]
+fn a_restore_whose_guest_keeps_the_old_identity_is_unready() {
+    require_privileged!();
+    let h = HearthHost::start(&[], "");
+    create(&h, "a");
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
+    let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1"]);
+    assert_eq!(b["state"], "unready", "{b}");
+    let why = b["last_error"].as_str().unwrap();
+    assert!(why.contains("guest identity not applied"), "{why}");
+    assert!(alive(b["pid"].as_u64().unwrap()), "it runs");
+    h.ctl_ok(&["vm", "rm", "b"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    assert_eq!(h.leaks(), Leaks::none());
 }
 
 /// `kill -9` of hearthd while a snapshot waits on a slow VMM: the restarted hearthd resumes

@@ -2,7 +2,8 @@
 //! `firecracker_bin` set to the binary named by `HEARTH_FIRECRACKER_REAL`), inside private
 //! network namespaces. No guest boots here, but the VM runs its vCPUs, so the real binary
 //! pauses, writes and loads snapshots. Restored and forked VMs are real Firecracker processes
-//! that hearthd adopts after a `kill -9`. Without the variable the test prints a SKIP line;
+//! that hearthd adopts after a `kill -9`; with no guest (so no agent to take a new identity)
+//! they are `unready`, naming why. Without the variable the test prints a SKIP line;
 //! under `HEARTH_REQUIRE_REAL_FIRECRACKER=1` that is a failure.
 
 mod common;
@@ -78,13 +79,20 @@ fn snapshots_restores_and_forks_with_the_real_binary() {
         "s1",
         "--no-ready-probe",
     ]);
-    assert_eq!(b["state"], "running", "{b}");
+    assert_eq!(b["state"], "unready", "no agent to reconfigure: {b}");
+    assert!(
+        b["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("guest identity not applied"),
+        "{b}"
+    );
     let b_pid = b["pid"].as_u64().unwrap();
     assert_eq!(exe(b_pid), real, "a real Firecracker loaded the snapshot");
     assert_eq!(vmm_state(&h, "b"), "Running");
 
     let c = h.ctl_ok(&["vm", "fork", "a", "c"]);
-    assert_eq!(c["state"], "running", "{c}");
+    assert_eq!(c["state"], "unready", "{c}");
     let c_pid = c["pid"].as_u64().unwrap();
     assert_eq!(vmm_state(&h, "a"), "Running", "the source keeps running");
 
@@ -98,7 +106,7 @@ fn snapshots_restores_and_forks_with_the_real_binary() {
         let v = h.ctl_ok(&["vm", "get", vm]);
         assert_eq!(
             (v["state"].as_str(), v["pid"].as_u64()),
-            (Some("running"), Some(pid)),
+            (Some("unready"), Some(pid)),
             "{v}"
         );
     }

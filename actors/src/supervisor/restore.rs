@@ -11,15 +11,17 @@
 //! disk removed, lease given back).
 //!
 //! Until the guest takes its new identity it still carries the source's IP and MAC, which
-//! the firewall's anti-spoofing drops (the lease's are registered). The guest identity step
-//! needs the agent's `reconfigure` operation (helper `init`'s `ReconfigureGuest`), not yet in
-//! this tree: see [`Restore::identity`].
+//! the firewall's anti-spoofing drops (the lease's are registered). The identity step sends
+//! the agent `reconfigure` (address, MAC, hostname, route, DNS, clock, a fresh RNG seed)
+//! through a `GuestActor`; only once the agent has applied it does the VM count as `running`.
+//! A guest whose agent does not answer (or has no `reconfigure`) is left `unready` with the
+//! reason: it runs, but its network identity is still the source's.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::fut::{ready, ActorFutureExt};
-use actix::{Addr, Context, Handler, ResponseActFuture};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
 use hearth_proto::api_snapshot::SnapshotState;
@@ -31,12 +33,17 @@ use super::{
     VmSupervisor, VmmProcessRecord,
 };
 use crate::firecracker::{
-    FirecrackerActor, NetworkOverride, ProbeReady, RestoreVm, RunDir, SnapshotCompat, IFACE_ID,
+    FirecrackerActor, NetworkOverride, RestoreVm, RunDir, SnapshotCompat, IFACE_ID,
 };
+use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest};
 use crate::lease::NetLease;
 use crate::nat::RegisterGuest;
 use crate::snapshot::CreateDisk;
 use crate::tap_pool::AcquireTap;
+use hearth_proto::agent::identity::{Reconfigure, RngSeed};
+
+/// Between tries of the identity step while the agent is not reachable yet.
+const IDENTITY_RETRY: Duration = Duration::from_millis(50);
 
 fn step<E: Into<super::StepCause>>(name: &'static str) -> impl FnOnce(E) -> SupervisorError {
     move |e| SupervisorError::step(name, e)
@@ -47,6 +54,8 @@ pub(super) struct RestorePlan {
     spec: CreateVm,
     snapshot: SnapshotRecord,
     vmm: Addr<FirecrackerActor>,
+    /// Talks to the restored guest's agent (asking this supervisor where it is).
+    guest: Addr<GuestActor>,
     api_socket: PathBuf,
     binary: PathBuf,
 }
@@ -184,10 +193,18 @@ impl VmSupervisor {
             .map_err(|e| SupervisorError::step("run directory", e))?
             .api_socket();
         let vmm = self.vmm_for(name, ctx)?;
+        // Its own, stopped with the saga: the API's GuestActor lives in the HTTP layer.
+        let guest = GuestActor::new(
+            ctx.address().recipient(),
+            GuestSettings::default(),
+            &self.log,
+        )
+        .start();
         Ok(RestorePlan {
             spec,
             snapshot,
             vmm,
+            guest,
             api_socket,
             binary,
         })
@@ -255,8 +272,8 @@ impl Restore<'_> {
             saga::nat_switch(self.p, &lease, true).await?;
             self.undo.push(Undo::Nat(lease.clone()));
         }
-        self.identity(&lease);
-        self.readiness().await
+        let identity = self.identity(&lease).await?;
+        self.readiness(identity).await
     }
 
     async fn observe(&mut self, phase: &'static str) {
@@ -369,48 +386,83 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// The guest's new identity (IP, MAC, hostname, route, RNG seed, clock).
-    ///
-    /// NOT DONE YET: needs `ReconfigureGuest` (helper `init`); until it is merged the
-    /// restored guest keeps the source's IP and MAC, which the firewall's anti-spoofing
-    /// drops, so a restored VM has no working network (its agent, over vsock, works).
-    fn identity(&self, lease: &NetLease) {
-        warn!(self.p.log, "restored guest keeps the source's network identity: the agent's reconfigure step is not available yet";
-            "vm" => &self.plan.spec.name, "new_ip" => %lease.guest_ip);
-    }
-
-    /// `running` at once without a probe, else when the agent answers (`unready` if not).
-    async fn readiness(&mut self) -> Result<VmState, SupervisorError> {
+    /// The guest's new identity (address, MAC, hostname, route, DNS, RNG seed, clock), sent
+    /// to its agent; retried while the agent cannot be reached yet, within the readiness
+    /// timeout (one try without the probe). Answers `Err(reason)` when it was not applied.
+    async fn identity(&mut self, lease: &NetLease) -> Result<Result<(), String>, SupervisorError> {
         let (p, plan) = (self.p, self.plan);
         let vm = plan.spec.name.as_str();
-        let state = if plan.spec.ready_probe {
-            let probe = plan
-                .vmm
-                .send(ProbeReady {
-                    port: p.settings.agent_port,
-                    timeout: p.settings.ready_timeout,
+        let identity = Reconfigure {
+            ip_cidr: format!("{}/{}", lease.guest_ip, lease.prefix_len),
+            gateway: lease.gateway,
+            mac: lease.mac.to_string(),
+            hostname: vm.to_owned(),
+            dns: lease.gateway,
+            clock_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_nanos()).ok()),
+            rng_seed: RngSeed(rand::random()),
+        };
+        let deadline = Instant::now()
+            + if plan.spec.ready_probe {
+                p.settings.ready_timeout
+            } else {
+                Duration::ZERO
+            };
+        let applied = loop {
+            let answer = plan
+                .guest
+                .send(ReconfigureGuest {
+                    vm: vm.to_owned(),
+                    identity: identity.clone(),
                 })
                 .await
-                .map_err(step("readiness"))?;
-            self.observe("restore:ready").await;
-            match probe {
-                Ok(_) => VmState::Running,
-                Err(e) => {
-                    p.set_state(
-                        vm,
-                        VmState::Unready,
-                        Some(e.to_string()),
-                        EventReason::ReadinessTimeout,
-                    )
-                    .await?;
-                    p.rebuild_dns().await;
-                    return Ok(VmState::Unready);
+                .map_err(step("guest identity"))?;
+            match answer {
+                Ok(()) => break Ok(()),
+                // Not listening yet (or busy): the agent comes back with its vCPUs.
+                Err(GuestError::Unreachable { .. } | GuestError::Busy { .. })
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(IDENTITY_RETRY).await;
                 }
+                Err(e) => break Err(format!("guest identity not applied: {e}")),
             }
-        } else {
-            VmState::Running
         };
-        p.set_state(vm, state, None, EventReason::Snapshot).await?;
+        self.observe("restore:identity").await;
+        if let Err(e) = &applied {
+            warn!(p.log, "restored guest keeps the source's network identity"; "vm" => vm,
+                "error" => e.as_str());
+        }
+        Ok(applied)
+    }
+
+    /// `running` once the agent applied the new identity (it answered, so no probe is
+    /// needed), else `unready` with the reason. The name resolves from here on.
+    async fn readiness(
+        &mut self,
+        identity: Result<(), String>,
+    ) -> Result<VmState, SupervisorError> {
+        let p = self.p;
+        let vm = self.plan.spec.name.as_str();
+        let state = match identity {
+            Ok(()) => {
+                p.set_state(vm, VmState::Running, None, EventReason::Snapshot)
+                    .await?;
+                VmState::Running
+            }
+            Err(reason) => {
+                p.set_state(
+                    vm,
+                    VmState::Unready,
+                    Some(reason),
+                    EventReason::ReadinessTimeout,
+                )
+                .await?;
+                VmState::Unready
+            }
+        };
         p.rebuild_dns().await;
         Ok(state)
     }
