@@ -150,6 +150,10 @@ fn identity_of(h: &HearthHost, vm: &str) -> Value {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario from snapshot to the last delete, read top to bottom"
+)]
 fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     require_privileged!();
     let h = with_real_agent();

@@ -236,7 +236,7 @@ fn snapshot_endpoints_over_the_real_supervisor() {
     // Pause and resume answer 409 for a stopped VM.
     for verb in ["pause", "resume"] {
         let r = c
-            .request(Method::POST, &format!("/v1/vms/old/{verb}"), &[], None)
+            .request(Method::POST, format!("/v1/vms/old/{verb}"), &[], None)
             .unwrap();
         assert_eq!(
             (r.status, error_of(&r).error.code.as_str()),

@@ -58,13 +58,12 @@ pub(super) async fn resume(
 /// (its ladder ends the process by signal anyway).
 pub(super) async fn resume_before_stop(p: &Ports, vm: &str, vmm: Option<&Addr<FirecrackerActor>>) {
     let Some(vmm) = vmm else { return };
-    match vmm.send(ResumeVm {}).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            warn!(p.log, "paused VM not resumed before its stop"; "vm" => vm, "error" => %e)
-        }
-        Err(e) => warn!(p.log, "paused VM not resumed before its stop"; "vm" => vm, "error" => %e),
-    }
+    let failed = match vmm.send(ResumeVm {}).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    warn!(p.log, "paused VM not resumed before its stop"; "vm" => vm, "error" => failed);
 }
 
 /// The saga of a pause or resume action (`None` for other actions). Runs under the VM's lock,
