@@ -7,7 +7,9 @@
 //! (`FirecrackerActor`) -> the record becomes `ready` with what the snapshot was taken with ->
 //! the source is left running, paused or stopped as asked. A failure before `ready` resumes a
 //! source that ran, removes the directory and forgets the record; `Open` does the same for a
-//! snapshot a crash left `creating`, and finishes removing one left `deleting`.
+//! snapshot a crash left `creating`, and finishes removing one left `deleting`. A crash after
+//! `ready` but before the source is left as asked leaves a complete snapshot and the source
+//! `paused` (recorded, adopted as paused): `vm resume` continues it.
 //!
 //! The guest's filesystem is not frozen: hearth's agent has no freeze operation yet. The disk
 //! checkpoint and the memory are taken at the same paused instant, so a VM restored from both
