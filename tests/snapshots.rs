@@ -283,11 +283,14 @@ fn a_restore_whose_guest_keeps_the_old_identity_is_unready() {
     let h = HearthHost::start(&[], "");
     create(&h, "a");
     h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
-    let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1"]);
+    let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1", "--nat"]);
     assert_eq!(b["state"], "unready", "{b}");
     let why = b["last_error"].as_str().unwrap();
     assert!(why.contains("guest identity not applied"), "{why}");
     assert!(alive(b["pid"].as_u64().unwrap()), "it runs");
+    // Its own NAT setting: its new address is in the NAT set, the source's is not.
+    assert_eq!(b["nat"], true);
+    assert_eq!(h.leaks().nat_set, 1);
     h.ctl_ok(&["vm", "rm", "b"]);
     h.ctl_ok(&["vm", "rm", "a"]);
     h.ctl_ok(&["snapshot", "rm", "s1"]);
