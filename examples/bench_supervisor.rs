@@ -203,6 +203,7 @@ fn spec(name: &str) -> api::CreateVm {
         nat: false,
         ready_probe: true,
         labels: BTreeMap::new(),
+        from_snapshot: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         nat,
         ready_probe: true,
         labels: BTreeMap::from([("example".to_owned(), "supervisor".to_owned())]),
+        from_snapshot: None,
     }
 }
 

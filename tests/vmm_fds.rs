@@ -268,6 +268,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             nat: true,
             ready_probe: true,
             labels: std::collections::BTreeMap::default(),
+            from_snapshot: None,
         };
         let created = d
             .supervisor

@@ -29,11 +29,14 @@ pub enum VmState {
     Failed,
     /// Delete is running.
     Deleting,
+    /// The guest's vCPUs are paused (`PATCH /vm`): it keeps its process, memory, disk and
+    /// network lease but runs no code; its agent does not answer.
+    Paused,
 }
 
 impl VmState {
     /// Every state, for tests and metrics.
-    pub const ALL: [VmState; 9] = [
+    pub const ALL: [VmState; 10] = [
         VmState::Creating,
         VmState::Starting,
         VmState::Running,
@@ -43,6 +46,7 @@ impl VmState {
         VmState::Crashed,
         VmState::Failed,
         VmState::Deleting,
+        VmState::Paused,
     ];
 
     /// The name used on the wire and in metrics labels.
@@ -57,6 +61,7 @@ impl VmState {
             VmState::Crashed => "crashed",
             VmState::Failed => "failed",
             VmState::Deleting => "deleting",
+            VmState::Paused => "paused",
         }
     }
 
@@ -64,7 +69,11 @@ impl VmState {
     pub fn has_process(self) -> bool {
         matches!(
             self,
-            VmState::Starting | VmState::Running | VmState::Unready | VmState::Stopping
+            VmState::Starting
+                | VmState::Running
+                | VmState::Unready
+                | VmState::Stopping
+                | VmState::Paused
         )
     }
 
@@ -73,12 +82,28 @@ impl VmState {
         matches!(self, VmState::Stopped | VmState::Crashed | VmState::Failed)
     }
 
-    /// `stop` (and `kill`) is allowed: a process is up and not already being stopped.
+    /// `stop` (and `kill`) is allowed: a process is up and not already being stopped. A
+    /// paused VM is resumed first, so its guest can shut down cleanly.
     pub fn can_stop(self) -> bool {
         matches!(
             self,
-            VmState::Starting | VmState::Running | VmState::Unready
+            VmState::Starting | VmState::Running | VmState::Unready | VmState::Paused
         )
+    }
+
+    /// `pause` is allowed: the guest runs (ready or not).
+    pub fn can_pause(self) -> bool {
+        matches!(self, VmState::Running | VmState::Unready)
+    }
+
+    /// `resume` is allowed: the VM is paused.
+    pub fn can_resume(self) -> bool {
+        self == VmState::Paused
+    }
+
+    /// A snapshot can be taken: the guest runs, or is paused.
+    pub fn can_snapshot(self) -> bool {
+        matches!(self, VmState::Running | VmState::Unready | VmState::Paused)
     }
 
     /// `restart` is allowed.
@@ -98,15 +123,20 @@ impl VmState {
     pub fn can_set_nat(self) -> bool {
         matches!(
             self,
-            VmState::Starting | VmState::Running | VmState::Unready | VmState::Stopped
+            VmState::Starting
+                | VmState::Running
+                | VmState::Unready
+                | VmState::Stopped
+                | VmState::Paused
         )
     }
 
-    /// The VM counts as alive for DNS (its name resolves).
+    /// The VM counts as alive for DNS (its name resolves). A paused VM keeps its name: it
+    /// answers again once resumed.
     pub fn is_alive(self) -> bool {
         matches!(
             self,
-            VmState::Starting | VmState::Running | VmState::Unready
+            VmState::Starting | VmState::Running | VmState::Unready | VmState::Paused
         )
     }
 }
@@ -134,9 +164,13 @@ impl std::str::FromStr for VmState {
 pub struct CreateVm {
     /// The VM's name: a DNS label (1-63 of `a-z`, `0-9`, `-`), unique on the host.
     pub name: String,
-    /// Name of a kernel image in the image store.
+    /// Name of a kernel image in the image store. Required, unless `from_snapshot` is given
+    /// (the snapshot's source VM's is used).
+    #[serde(default)]
     pub kernel: String,
-    /// Name of a root filesystem image in the image store.
+    /// Name of a root filesystem image in the image store. Required, unless `from_snapshot`
+    /// is given (the snapshot's source VM's is used).
+    #[serde(default)]
     pub rootfs: String,
     /// Number of vCPUs (1-32).
     #[serde(default = "default_vcpus", deserialize_with = "whole::number")]
@@ -163,6 +197,12 @@ pub struct CreateVm {
     /// Free-form labels, filterable on list.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Restore this snapshot (see `GET /v1/snapshots`) as a new VM instead of booting: the
+    /// machine (kernel, root filesystem, vCPUs, memory, disk size, boot arguments) is the
+    /// snapshot's source VM's, so `kernel` and `rootfs` must be left out; the VM gets its
+    /// own network lease, vsock, disk (copy-on-write from the snapshot's) and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
 }
 
 /// Integer fields as JSON Schema defines integers: any number with no fractional part, so
@@ -287,12 +327,25 @@ impl CreateVm {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_vm_name(&self.name)?;
+        if let Some(snapshot) = &self.from_snapshot {
+            crate::api_snapshot::validate_snapshot_name(snapshot, "from_snapshot")?;
+        }
         for (field, image) in [("kernel", &self.kernel), ("rootfs", &self.rootfs)] {
-            if image.is_empty() {
-                return Err(FieldError {
-                    field,
-                    reason: "must name an image".into(),
-                });
+            match (image.is_empty(), self.from_snapshot.is_some()) {
+                (true, false) => {
+                    return Err(FieldError {
+                        field,
+                        reason: "must name an image".into(),
+                    })
+                }
+                (false, true) => {
+                    return Err(FieldError {
+                        field,
+                        reason: "must be left out with `from_snapshot`: the snapshot's is used"
+                            .into(),
+                    })
+                }
+                _ => {}
             }
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
@@ -444,6 +497,8 @@ pub enum EventReason {
     ReadinessTimeout,
     /// A step of a lifecycle operation failed.
     Error,
+    /// A snapshot (or fork) paused or resumed the VM, or the VM was restored from one.
+    Snapshot,
 }
 
 /// One lifecycle event, persisted with a sequence number.
@@ -623,6 +678,24 @@ mod tests {
         s.validate().unwrap();
     }
 
+    /// A restore names its snapshot and leaves the images out (they are the snapshot's); a
+    /// boot names both images. Each mistake names its field.
+    #[test]
+    fn from_snapshot_replaces_the_images() {
+        let restore: CreateVm =
+            serde_json::from_str(r#"{"name":"b","from_snapshot":"web-ready"}"#).unwrap();
+        restore.validate().unwrap();
+        let both: CreateVm = serde_json::from_str(
+            r#"{"name":"b","kernel":"k","rootfs":"r","from_snapshot":"web-ready"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.validate().unwrap_err().field, "kernel");
+        let bad: CreateVm = serde_json::from_str(r#"{"name":"b","from_snapshot":"../x"}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "from_snapshot");
+        let neither: CreateVm = serde_json::from_str(r#"{"name":"b","rootfs":"r"}"#).unwrap();
+        assert_eq!(neither.validate().unwrap_err().field, "kernel");
+    }
+
     #[test]
     fn each_state_has_its_allowed_operations() {
         use VmState::*;
@@ -630,7 +703,7 @@ mod tests {
             assert_eq!(st.as_str().parse::<VmState>().unwrap(), st);
             let expect_start = matches!(st, Stopped | Crashed | Failed);
             assert_eq!(st.can_start(), expect_start, "{st}");
-            let expect_stop = matches!(st, Starting | Running | Unready);
+            let expect_stop = matches!(st, Starting | Running | Unready | Paused);
             assert_eq!(st.can_stop(), expect_stop, "{st}");
             assert_eq!(
                 st.can_delete(),
@@ -638,6 +711,18 @@ mod tests {
                 "{st}"
             );
             assert_eq!(st.is_alive(), expect_stop, "{st}");
+            assert_eq!(st.can_pause(), matches!(st, Running | Unready), "{st}");
+            assert_eq!(st.can_resume(), st == Paused, "{st}");
+            assert_eq!(
+                st.can_snapshot(),
+                matches!(st, Running | Unready | Paused),
+                "{st}"
+            );
+            assert_eq!(
+                st.has_process(),
+                matches!(st, Starting | Running | Unready | Stopping | Paused),
+                "{st}"
+            );
         }
         assert!("zombie".parse::<VmState>().is_err());
     }

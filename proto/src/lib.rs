@@ -9,5 +9,6 @@ pub mod api_exec;
 pub mod api_health;
 pub mod api_images;
 pub mod api_policy;
+pub mod api_snapshot;
 pub mod firecracker;
 pub mod init;

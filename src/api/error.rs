@@ -124,6 +124,8 @@ impl ApiError {
                 S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
                 S::Step { source, .. } => step_status(source),
                 S::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+                S::SnapshotNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                S::SnapshotInUse { .. } => (StatusCode::CONFLICT, "in_use"),
             },
             ApiError::Images(e) => match e {
                 ImagesError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
@@ -245,6 +247,10 @@ fn step_status(cause: &StepCause) -> (StatusCode, &'static str) {
         StepCause::Vmm(e) => match **e {
             FirecrackerError::BinaryNotFound { .. }
             | FirecrackerError::BinaryNotExecutable { .. } => UNAVAILABLE,
+            // The snapshot needs another Firecracker than this host's: not hearth's failure.
+            FirecrackerError::IncompatibleSnapshot { .. } => {
+                (StatusCode::CONFLICT, "incompatible_snapshot")
+            }
             _ => FAILED,
         },
         StepCause::Disk(e) => match &**e {
@@ -259,7 +265,11 @@ fn step_status(cause: &StepCause) -> (StatusCode, &'static str) {
             },
             _ => FAILED,
         },
-        StepCause::Dns(_) | StepCause::NoVsockCid(_) | StepCause::Replay(_) => FAILED,
+        StepCause::Dns(_)
+        | StepCause::NoVsockCid(_)
+        | StepCause::Replay(_)
+        | StepCause::Files { .. }
+        | StepCause::Guest(_) => FAILED,
     }
 }
 

@@ -214,6 +214,8 @@ impl Handler<sup::RunAction> for FakeSupervisor {
             VmAction::Start => state.can_start(),
             VmAction::Stop | VmAction::Kill => state.can_stop(),
             VmAction::Restart => state.can_restart(),
+            VmAction::Pause => state.can_pause(),
+            VmAction::Resume => state.can_resume(),
         };
         if !allowed {
             return Err(SupervisorError::InvalidState {
@@ -225,6 +227,8 @@ impl Handler<sup::RunAction> for FakeSupervisor {
         let res = match msg.action {
             VmAction::Start | VmAction::Restart => self.set_state(&msg.name, VmState::Running),
             VmAction::Stop | VmAction::Kill => self.set_state(&msg.name, VmState::Stopped),
+            VmAction::Pause => self.set_state(&msg.name, VmState::Paused),
+            VmAction::Resume => self.set_state(&msg.name, VmState::Running),
         };
         self.remember(msg.idempotency, &res);
         res
@@ -390,6 +394,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             vms_by_state: by_state.into_values().collect(),
             phase_seconds: vec![("create", self.creates.clone())],
             errors: vec![("create", self.errors)],
+            snapshots: Vec::new(),
             pool: None,
         })
     }

@@ -17,13 +17,13 @@ use super::{ApiError, ApiState};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Escapes a label value (`\`, `"` and newlines).
-fn escape(v: &str) -> String {
+pub(super) fn escape(v: &str) -> String {
     v.replace('\\', r"\\")
         .replace('"', "\\\"")
         .replace('\n', r"\n")
 }
 
-fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
+pub(super) fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
     let value = escape(value);
     let mut cumulative = 0;
     for (bound, count) in BUCKETS.iter().zip(h.counts) {
@@ -60,8 +60,11 @@ pub fn render(m: &SupervisorMetrics) -> String {
          # TYPE hearth_create_phase_seconds histogram\n",
     );
     for (phase, h) in &m.phase_seconds {
-        histogram(&mut out, "hearth_create_phase_seconds", "phase", phase, h);
+        if !phase.contains(':') {
+            histogram(&mut out, "hearth_create_phase_seconds", "phase", phase, h);
+        }
     }
+    super::metrics_snapshot::render(&mut out, m);
     out.push_str(
         "# HELP hearth_errors_total Failed supervisor operations, by operation.\n\
          # TYPE hearth_errors_total counter\n",
@@ -121,6 +124,7 @@ mod tests {
             vms_by_state: vec![(VmState::Running, 3), (VmState::Failed, 1)],
             phase_seconds: vec![("disk", h)],
             errors: vec![("create", 2)],
+            snapshots: Vec::new(),
             pool: Some(hearth_actors::supervisor::PoolOccupancy {
                 free_taps: 16,
                 leased: 3,

@@ -22,12 +22,15 @@ pub mod exec;
 pub mod fake;
 pub mod images;
 pub mod metrics;
+mod metrics_snapshot;
 pub mod openapi;
 pub mod openapi_exec;
+pub mod openapi_snapshot;
 pub mod ports;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod snapshots;
 pub mod sse;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod testing;
@@ -36,6 +39,7 @@ pub mod vms;
 pub use error::ApiError;
 pub use ports::SupervisorPorts;
 pub use server::{ApiServer, ApiServerError, ApiSettings};
+pub use snapshots::SnapshotPorts;
 
 use crate::images::ImageStore;
 
@@ -52,6 +56,9 @@ pub struct ApiState {
     pub ports: SupervisorPorts,
     /// The image store; `None` makes the image endpoints answer 503.
     pub images: Option<ImageStore>,
+    /// The supervisor's snapshot mailboxes; `None` makes the snapshot endpoints (pause and
+    /// resume excepted) answer 503.
+    pub snapshots: Option<SnapshotPorts>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
     /// Time a client has to send a whole request body ([`DEFAULT_BODY_TIMEOUT`]).
@@ -67,10 +74,18 @@ impl ApiState {
         ApiState {
             ports,
             images,
+            snapshots: None,
             body_limit: DEFAULT_BODY_LIMIT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             log: slog::Logger::root(slog::Discard, slog::o!()),
         }
+    }
+
+    /// The same state, serving the snapshot endpoints through `ports`.
+    #[must_use]
+    pub fn with_snapshots(mut self, ports: SnapshotPorts) -> Self {
+        self.snapshots = Some(ports);
+        self
     }
 
     /// The same state, logging requests to `log`.

@@ -28,7 +28,7 @@ pub(super) fn json_body(name: &str) -> Value {
 }
 
 /// The pattern of a VM name (a DNS label); `hearth_proto::api::validate_vm_name` enforces it.
-const VM_NAME: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+pub(super) const VM_NAME: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// The pattern of an image name; `crate::images::detect::name_problem` enforces it.
 const IMAGE_NAME: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
 
@@ -111,7 +111,7 @@ fn vm_links() -> Value {
     Value::Object(links)
 }
 
-fn action(verb: &str, summary: &str) -> Value {
+pub(super) fn action(verb: &str, summary: &str) -> Value {
     let mut ok = json_response("The VM after the action", schema("VmInfo"));
     ok["links"] = vm_links();
     json!({"post": {
@@ -133,9 +133,11 @@ pub fn document() -> Value {
     let mut doc = core_document();
     if let Some(paths) = doc["paths"].as_object_mut() {
         paths.extend(super::openapi_exec::paths());
+        paths.extend(super::openapi_snapshot::paths());
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
         schemas.extend(super::openapi_exec::schemas());
+        schemas.extend(super::openapi_snapshot::schemas());
     }
     doc
 }
@@ -510,7 +512,8 @@ fn vm_schemas() -> Entries {
                     "vm": {"type": "string"},
                     "state": schema("VmState"),
                     "reason": {"type": "string",
-                        "enum": ["user", "crash", "restart", "readiness_timeout", "error"]},
+                        "enum": ["user", "crash", "restart", "readiness_timeout", "error",
+                                 "snapshot"]},
                     "detail": {"type": "string"},
                     "exit_status": schema("ExitReport"),
                 }
@@ -537,13 +540,19 @@ fn vm_schemas() -> Entries {
 fn create_vm_schema() -> Value {
     json!({
         "type": "object", "additionalProperties": false,
-        "required": ["name", "kernel", "rootfs"],
+        "required": ["name"],
         "properties": {
             "name": {"type": "string", "pattern": VM_NAME},
             "kernel": {"type": "string", "pattern": IMAGE_NAME,
-                "description": "Kernel image name"},
+                "description": "Kernel image name; required unless from_snapshot is given \
+                                (then it must be left out)"},
             "rootfs": {"type": "string", "pattern": IMAGE_NAME,
-                "description": "Root filesystem image name"},
+                "description": "Root filesystem image name; required unless from_snapshot \
+                                is given (then it must be left out)"},
+            "from_snapshot": {"type": "string", "pattern": VM_NAME,
+                "description": "Restore this snapshot as the new VM: its machine is the \
+                                snapshot's source's; the VM gets its own lease, vsock, disk \
+                                and name"},
             "vcpus": {"type": "integer", "minimum": 1, "maximum": api::MAX_VCPUS,
                 "default": 1},
             "memory_mib": {"type": "integer", "minimum": api::MIN_MEMORY_MIB,

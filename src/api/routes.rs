@@ -10,7 +10,9 @@ use hearth_actors::supervisor as sup;
 use hearth_proto::api_health::Health;
 
 use super::query::Params;
-use super::{archive, attach, events, exec, images, metrics, openapi, vms, ApiError, ApiState};
+use super::{
+    archive, attach, events, exec, images, metrics, openapi, snapshots, vms, ApiError, ApiState,
+};
 
 /// Routes being registered, grouped by path in registration order.
 #[derive(Default)]
@@ -72,6 +74,13 @@ pub fn api_routes() -> Routes {
         .add(Method::POST, "/v1/vms/{name}/stop", vms::stop)
         .add(Method::POST, "/v1/vms/{name}/kill", vms::kill)
         .add(Method::POST, "/v1/vms/{name}/restart", vms::restart)
+        .add(Method::POST, "/v1/vms/{name}/pause", snapshots::pause)
+        .add(Method::POST, "/v1/vms/{name}/resume", snapshots::resume)
+        .add(Method::POST, "/v1/vms/{name}/snapshots", snapshots::create)
+        .add(Method::POST, "/v1/vms/{name}/fork", snapshots::fork)
+        .add(Method::GET, "/v1/snapshots", snapshots::list)
+        .add(Method::GET, "/v1/snapshots/{name}", snapshots::get)
+        .add(Method::DELETE, "/v1/snapshots/{name}", snapshots::delete)
         .add(Method::PUT, "/v1/vms/{name}/nat", vms::set_nat)
         .add(Method::GET, "/v1/vms/{name}/wait", vms::wait)
         .add(Method::POST, "/v1/vms/{name}/exec", exec::create)

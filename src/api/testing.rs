@@ -10,7 +10,7 @@ use actix::{Actor, Addr};
 use futures::channel::oneshot;
 
 use super::fake::FakeSupervisor;
-use super::{ApiServer, ApiServerError, ApiSettings, ApiState, SupervisorPorts};
+use super::{ApiServer, ApiServerError, ApiSettings, ApiState, SnapshotPorts, SupervisorPorts};
 use crate::images::ImageStore;
 
 /// A running API; stopped (socket removed) on drop. `T` is what the test keeps of the
@@ -50,6 +50,19 @@ impl<T: Send + 'static> TestServer<T> {
         adjust: impl FnOnce(&mut ApiSettings),
         make: impl FnOnce() -> (SupervisorPorts, T) + Send + 'static,
     ) -> Result<TestServer<T>, ApiServerError> {
+        Self::start_with_snapshots(dir, adjust, move || {
+            let (ports, handle) = make();
+            (ports, None, handle)
+        })
+    }
+
+    /// Like [`TestServer::start_with`], also serving the snapshot endpoints through the
+    /// ports `make` returns (without them they answer 503).
+    pub fn start_with_snapshots(
+        dir: &Path,
+        adjust: impl FnOnce(&mut ApiSettings),
+        make: impl FnOnce() -> (SupervisorPorts, Option<SnapshotPorts>, T) + Send + 'static,
+    ) -> Result<TestServer<T>, ApiServerError> {
         let mut config = ApiSettings {
             socket: dir.join("hearthd.sock"),
             workers: 1,
@@ -64,8 +77,9 @@ impl<T: Send + 'static> TestServer<T> {
         let thread = std::thread::spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
-                let (ports, handle) = make();
-                let state = ApiState::new(ports, store);
+                let (ports, snapshots, handle) = make();
+                let mut state = ApiState::new(ports, store);
+                state.snapshots = snapshots;
                 match ApiServer::start(&config, state) {
                     Ok((api, server)) => {
                         actix::spawn(server);

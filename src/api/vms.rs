@@ -93,7 +93,7 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(info))
 }
 
-async fn run(
+pub(super) async fn run(
     state: Data<ApiState>,
     req: HttpRequest,
     name: Path<String>,

@@ -113,6 +113,7 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
 
     let images = daemon.images.clone();
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
+        .with_snapshots(api::SnapshotPorts::new(&daemon.supervisor))
         .with_logger(log.clone());
     let api_settings = api::ApiSettings {
         socket: config.api.socket.clone(),

@@ -50,6 +50,14 @@ const MIGRATIONS: &[&str] = &[
         response TEXT NOT NULL,
         at_ms INTEGER NOT NULL
     );",
+    // 2: VM snapshots, recorded before their files are written. The record (what the
+    // snapshot was taken with and of) is JSON; name, state and source are columns to query.
+    "CREATE TABLE snapshots (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        source_vm TEXT NOT NULL,
+        record TEXT NOT NULL
+    );",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

@@ -6,6 +6,7 @@
 
 mod migrations;
 mod records;
+mod snapshots;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +15,7 @@ use hearth_actors::lease::NetLease;
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
+pub use hearth_actors::supervisor::{DiskRecord, SnapshotRecord, VmRecord, VmmProcessRecord};
 use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
@@ -42,6 +43,12 @@ pub enum StoreError {
     /// No VM with that name.
     #[error("No VM named {0:?}")]
     NotFound(String),
+    /// A snapshot with that name exists already.
+    #[error("A snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+    /// No snapshot with that name.
+    #[error("No snapshot named {0:?}")]
+    SnapshotNotFound(String),
     /// A stored row does not decode (hand-edited or corrupt database).
     #[error("Corrupt row for VM {vm:?}: {reason}")]
     Corrupt {
@@ -337,6 +344,8 @@ impl From<StoreError> for VmStoreError {
         match e {
             StoreError::Exists(name) => VmStoreError::Exists(name),
             StoreError::NotFound(name) => VmStoreError::NotFound(name),
+            StoreError::SnapshotExists(name) => VmStoreError::SnapshotExists(name),
+            StoreError::SnapshotNotFound(name) => VmStoreError::SnapshotNotFound(name),
             other => VmStoreError::Storage(other.to_string()),
         }
     }
@@ -409,6 +418,18 @@ impl VmStore for Store {
             request_hash,
             response,
         )?)
+    }
+    fn insert_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
+        Ok(Store::insert_snapshot(self, snapshot)?)
+    }
+    fn put_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
+        Ok(Store::put_snapshot(self, snapshot)?)
+    }
+    fn delete_snapshot(&mut self, name: &str) -> Result<(), VmStoreError> {
+        Ok(Store::delete_snapshot(self, name)?)
+    }
+    fn load_snapshots(&mut self) -> Result<Vec<SnapshotRecord>, VmStoreError> {
+        Ok(Store::load_snapshots(self)?)
     }
 }
 

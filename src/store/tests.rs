@@ -236,3 +236,69 @@ fn corrupt_rows_are_reported_not_panicked_on() {
     let err = s.load_all().unwrap_err().to_string();
     assert!(err.contains("zombie") && err.contains("\"a\""), "{err}");
 }
+
+fn snapshot(name: &str) -> SnapshotRecord {
+    SnapshotRecord {
+        name: name.into(),
+        state: hearth_proto::api_snapshot::SnapshotState::Creating,
+        source_vm: "a".into(),
+        source_spec: spec("a"),
+        source_was: VmState::Running,
+        leave: hearth_proto::api_snapshot::SnapshotLeave::Running,
+        dir: std::path::PathBuf::from("/data/snapshots").join(name),
+        created_at_ms: 1,
+        internal: false,
+        fc_version: String::new(),
+        cpu_template: hearth_proto::firecracker::CpuTemplate::None,
+        vcpus: 1,
+        mem_size_mib: 128,
+        vsock_cid: 3,
+        disk_bytes: 0,
+        mem_file_bytes: 0,
+    }
+}
+
+/// Snapshot records: recorded before their files, updated when ready, names unique, kept
+/// across a reopen (migration 2 applies to a database made by migration 1 alone).
+#[test]
+fn snapshots_are_recorded_updated_unique_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        // A database of the first schema, as an older hearthd left it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE vms (name TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, nat INTEGER NOT NULL, last_error TEXT, created_ms INTEGER NOT NULL); CREATE TABLE leases (vm TEXT PRIMARY KEY); CREATE TABLE disks (vm TEXT PRIMARY KEY); CREATE TABLE processes (vm TEXT PRIMARY KEY); CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT); CREATE TABLE idempotency (key TEXT PRIMARY KEY);").unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_snapshot(&snapshot("b")).unwrap();
+        s.insert_snapshot(&snapshot("a")).unwrap();
+        assert!(matches!(
+            s.insert_snapshot(&snapshot("a")),
+            Err(StoreError::SnapshotExists(n)) if n == "a"
+        ));
+        let mut ready = snapshot("a");
+        ready.state = hearth_proto::api_snapshot::SnapshotState::Ready;
+        ready.fc_version = "1.17.0".into();
+        s.put_snapshot(&ready).unwrap();
+        assert!(matches!(
+            s.put_snapshot(&snapshot("zz")),
+            Err(StoreError::SnapshotNotFound(_))
+        ));
+    }
+    let s = Store::open(&path).unwrap();
+    let all = s.load_snapshots().unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(all[0].fc_version, "1.17.0");
+    assert_eq!(all[1], snapshot("b"));
+    s.delete_snapshot("a").unwrap();
+    assert!(matches!(
+        s.delete_snapshot("a"),
+        Err(StoreError::SnapshotNotFound(_))
+    ));
+    assert_eq!(s.load_snapshots().unwrap().len(), 1);
+}

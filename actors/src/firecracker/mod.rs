@@ -52,7 +52,7 @@ use crate::host::processes::{ExitStatus, Process, Processes};
 
 pub use api_client::ApiClient;
 pub use binary::{FirecrackerBinary, VmmVersion};
-pub use config::{cid_for_guest_ip, NetConfig, VmConfig};
+pub use config::{cid_for_guest_ip, NetConfig, VmConfig, IFACE_ID};
 pub use error::FirecrackerError;
 pub use jailed::VmJail;
 pub use messages::*;

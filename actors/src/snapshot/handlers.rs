@@ -2,7 +2,7 @@
 
 use actix::{Context, Handler};
 
-use super::{CreateDisk, ListDisks, RemoveDisk, SnapshotActor, SnapshotError};
+use super::{CheckpointDisk, CreateDisk, ListDisks, RemoveDisk, SnapshotActor, SnapshotError};
 use crate::host::disks::{DiskEntry, DiskSpec, DisksError, VmDisk};
 
 impl Handler<CreateDisk> for SnapshotActor {
@@ -61,5 +61,24 @@ impl Handler<ListDisks> for SnapshotActor {
         self.backend
             .list()
             .map_err(|source| SnapshotError::List { source })
+    }
+}
+
+impl Handler<CheckpointDisk> for SnapshotActor {
+    type Result = Result<u64, SnapshotError>;
+
+    fn handle(&mut self, msg: CheckpointDisk, _: &mut Context<Self>) -> Self::Result {
+        let started = std::time::Instant::now();
+        let bytes = self
+            .backend
+            .checkpoint(&msg.vm, &msg.dest)
+            .map_err(|source| SnapshotError::Checkpoint {
+                vm: msg.vm.clone(),
+                source,
+            })?;
+        slog::info!(self.log, "disk checkpointed"; "vm" => &msg.vm,
+            "dest" => %msg.dest.display(), "bytes" => bytes,
+            "ms" => started.elapsed().as_secs_f64() * 1e3);
+        Ok(bytes)
     }
 }

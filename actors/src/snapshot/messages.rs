@@ -42,3 +42,17 @@ pub struct RemoveDisk {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<DiskEntry>, SnapshotError>")]
 pub struct ListDisks {}
+
+/// Copies `vm`'s root disk as it is now into the new file `dest` (a snapshot's disk
+/// checkpoint): a reflink or sparse copy of a file disk, a sparse read of a device-mapper
+/// disk. The VM must be paused, so the copy is consistent with its memory snapshot. On error
+/// `dest` is not left behind. Answers the bytes the checkpoint occupies. A disk restored
+/// from it is made with [`CreateDisk`], `image` being the checkpoint.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, SnapshotError>")]
+pub struct CheckpointDisk {
+    /// The VM whose disk to copy.
+    pub vm: String,
+    /// The checkpoint file to create (its directory must exist).
+    pub dest: PathBuf,
+}

@@ -10,9 +10,10 @@
 //! arbiter with [`SnapshotActor::start_dedicated`].
 //!
 //! "Snapshot" here means the device-mapper snapshot (or copy) a VM's root disk is made of.
-//! Firecracker's memory snapshots (`PUT /snapshot/create`, `/snapshot/load`) are a different
-//! thing and are not handled here: they belong with the VMM process, not with its disk (hearth
-//! does not take them yet; when it does, `FirecrackerActor` and the supervisor's sagas will).
+//! Firecracker's memory snapshots (`PUT /snapshot/create`, `/snapshot/load`) belong with the
+//! VMM process (`FirecrackerActor`) and the supervisor's snapshot sagas; this actor's part in
+//! them is the disk: [`CheckpointDisk`] copies a paused VM's disk into the snapshot, and a VM
+//! restored from it gets a [`CreateDisk`] whose base is that checkpoint.
 
 mod handlers;
 mod messages;
@@ -25,7 +26,7 @@ use std::path::Path;
 
 use actix::{Actor, Addr, Arbiter, Context};
 
-pub use self::messages::{CreateDisk, ListDisks, RemoveDisk};
+pub use self::messages::{CheckpointDisk, CreateDisk, ListDisks, RemoveDisk};
 use crate::host::disks::{
     disks_dir, open_backend, BackendChoice, BackendKind, Disks, DisksError, VmDisk,
 };
@@ -58,6 +59,14 @@ pub enum SnapshotError {
     /// Removing the disk failed (it may be in use); what remains is still listed.
     #[error("Cannot remove the disk of VM {vm}")]
     Remove {
+        /// The VM.
+        vm: String,
+        /// Why.
+        source: DisksError,
+    },
+    /// Copying a VM's disk into a snapshot failed; nothing was left at the destination.
+    #[error("Cannot checkpoint the disk of VM {vm}")]
+    Checkpoint {
         /// The VM.
         vm: String,
         /// Why.

@@ -142,3 +142,72 @@ async fn dedicated_arbiter_serves_messages() {
     addr.send(create("a", None)).await.unwrap().unwrap();
     assert_eq!(addr.send(ListDisks {}).await.unwrap().unwrap().len(), 1);
 }
+
+/// A snapshot's disk: the checkpoint holds what the VM's disk held at that instant, and a disk
+/// restored from it starts from that content, independent of the source afterwards.
+#[actix::test]
+async fn checkpoint_then_disk_from_the_checkpoint_with_the_copy_backend() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.ext4");
+    std::fs::File::create(&base).unwrap().set_len(BASE).unwrap();
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let addr = SnapshotActor::open(BackendChoice::Copy, dir.path(), log)
+        .unwrap()
+        .start();
+    let disk = addr.send(create_from("web", &base)).await.unwrap().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.path)
+        .unwrap();
+    f.write_all_at(b"state at snapshot", 4096).unwrap();
+    let dest = dir.path().join("snap-disk.img");
+    addr.send(CheckpointDisk {
+        vm: "web".into(),
+        dest: dest.clone(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The source goes on writing; the checkpoint and disks made from it do not see it.
+    f.write_all_at(b"after the snapshot", 4096).unwrap();
+    let restored = addr
+        .send(create_from("web2", &dest))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 17];
+    std::fs::File::open(&restored.path)
+        .unwrap()
+        .read_exact_at(&mut buf, 4096)
+        .unwrap();
+    assert_eq!(&buf, b"state at snapshot");
+    assert_eq!(std::fs::metadata(&restored.path).unwrap().len(), BASE);
+    // A VM without a disk: an error naming it, and no file left.
+    let missing = dir.path().join("none.img");
+    let err = addr
+        .send(CheckpointDisk {
+            vm: "nope".into(),
+            dest: missing.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SnapshotError::Checkpoint { .. }), "{err}");
+    assert!(
+        std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .contains("nope"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+}
+
+fn create_from(vm: &str, image: &std::path::Path) -> CreateDisk {
+    CreateDisk {
+        vm: vm.into(),
+        image: image.to_path_buf(),
+        size: None,
+    }
+}

@@ -76,6 +76,29 @@ pub enum SupervisorError {
     /// The state store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] VmStoreError),
+    /// No snapshot with that name (HTTP 404).
+    #[error("No snapshot named {name:?}")]
+    SnapshotNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The snapshot is used by VMs restored from it, or is still being taken (HTTP 409
+    /// `in_use`).
+    #[error("Snapshot {name:?} is in use by {}", in_use_list(.vms))]
+    SnapshotInUse {
+        /// The snapshot.
+        name: String,
+        /// The VMs using it (empty while it is being taken or removed).
+        vms: Vec<String>,
+    },
+}
+
+fn in_use_list(vms: &[String]) -> String {
+    if vms.is_empty() {
+        "an operation in progress".into()
+    } else {
+        format!("VMs {}", vms.join(", "))
+    }
 }
 
 impl SupervisorError {
@@ -120,6 +143,19 @@ pub enum StepCause {
     /// A guest address has no vsock CID (outside the range CIDs are derived from).
     #[error("no vsock CID for {0}")]
     NoVsockCid(std::net::Ipv4Addr),
+    /// A file operation on a snapshot's directory.
+    #[error("{what} {path}: {source}")]
+    Files {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The guest agent (e.g. it refused its new identity after a restore).
+    #[error("{0}")]
+    Guest(String),
     /// A stored idempotent answer does not parse.
     #[error("stored answer does not parse")]
     Replay(#[source] Arc<serde_json::Error>),

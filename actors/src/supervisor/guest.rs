@@ -1,5 +1,6 @@
 //! The supervisor's answer to "where is this VM's agent?" ([`GuestEndpoint`]), asked by
-//! `GuestActor` before each agent connection. Only a `running` VM has an agent to talk to.
+//! `GuestActor` before each agent connection. Only a `running` VM has an agent to talk to,
+//! and a VM being restored (for the restore's own identity step).
 
 use actix::{Context, Handler};
 use hearth_proto::api::VmState;
@@ -11,8 +12,14 @@ impl Handler<GuestEndpoint> for VmSupervisor {
     type Result = Result<AgentEndpoint, SupervisorError>;
 
     fn handle(&mut self, msg: GuestEndpoint, _ctx: &mut Context<Self>) -> Self::Result {
-        let state = self.entry(&msg.name)?.record.state;
-        if state != VmState::Running {
+        let record = &self.entry(&msg.name)?.record;
+        let state = record.state;
+        // A VM being restored has a guest (loaded from its snapshot) that the restore must
+        // give its new identity before the VM counts as running.
+        let restoring = state == VmState::Creating
+            && record.spec.from_snapshot.is_some()
+            && record.process.as_ref().is_some_and(|p| p.pid.is_some());
+        if state != VmState::Running && !restoring {
             return Err(SupervisorError::InvalidState {
                 name: msg.name,
                 state,

@@ -72,7 +72,7 @@ impl VmSupervisor {
         )
     }
 
-    fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
+    pub(super) fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
         self.entry(name).map(super::VmEntry::info)
     }
 
@@ -131,7 +131,7 @@ impl VmSupervisor {
 
     /// `Some(answer)` when the key was seen with the same request; a conflict when it was
     /// seen with another or is still running; `None` when it is new (now marked in flight).
-    fn idempotent_replay(
+    pub(super) fn idempotent_replay(
         &mut self,
         key: Option<&Idempotency>,
     ) -> Result<Option<VmInfo>, SupervisorError> {
@@ -156,7 +156,7 @@ impl VmSupervisor {
     }
 
     /// Stores the answer to a keyed request (success only: a failed request may be retried).
-    fn idempotent_store(
+    pub(super) fn idempotent_store(
         &mut self,
         key: Option<Idempotency>,
         answer: &Result<VmInfo, SupervisorError>,
@@ -174,7 +174,7 @@ impl VmSupervisor {
         }
     }
 
-    fn check_open(&self) -> Result<(), SupervisorError> {
+    pub(super) fn check_open(&self) -> Result<(), SupervisorError> {
         if self.closing {
             return Err(SupervisorError::Unavailable {
                 what: "hearthd is shutting down".into(),
@@ -188,6 +188,9 @@ impl Handler<CreateVm> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: CreateVm, _ctx: &mut Context<Self>) -> Self::Result {
+        if msg.spec.from_snapshot.is_some() {
+            return self.restore(msg.spec, msg.idempotency, true);
+        }
         let name = msg.spec.name.clone();
         let key = msg.idempotency;
         let prepared = (|| {
@@ -311,6 +314,8 @@ impl VmSupervisor {
             VmAction::Start => state.can_start(),
             VmAction::Stop | VmAction::Kill => state.can_stop(),
             VmAction::Restart => state.can_restart(),
+            VmAction::Pause => state.can_pause(),
+            VmAction::Resume => state.can_resume(),
         };
         if !allowed {
             return Err(SupervisorError::InvalidState {
@@ -324,6 +329,12 @@ impl VmSupervisor {
         let vmm = entry.vmm.clone();
         let pid = entry.record.process.as_ref().and_then(|p| p.pid);
         let n = name.to_owned();
+        if let Some(saga) = super::pause::action_saga(&ports, name, action, state, vmm.clone())? {
+            return Ok(saga);
+        }
+        // A paused VM is resumed first, so its guest can shut down cleanly.
+        let resume_first = (state == VmState::Paused && action != VmAction::Kill)
+            .then(|| (ports.clone(), n.clone(), vmm.clone()));
         let stop_first = matches!(action, VmAction::Stop | VmAction::Kill)
             || (action == VmAction::Restart && state.can_stop());
         let kill = action == VmAction::Kill;
@@ -341,6 +352,9 @@ impl VmSupervisor {
             _ => None,
         };
         Ok(async move {
+            if let Some((ports, n, vmm)) = resume_first {
+                super::pause::resume_before_stop(&ports, &n, vmm.as_ref()).await;
+            }
             if let Some(stop) = stop_saga {
                 stop.await?;
             }
@@ -381,7 +395,21 @@ impl Handler<DeleteVm> for VmSupervisor {
                 let running = state.has_process();
                 let pid = entry.record.process.as_ref().and_then(|p| p.pid);
                 let vmm = if running { vmm } else { None };
-                Ok(saga::delete(ports, n.clone(), vmm, pid, lease, has_disk, state).boxed_local())
+                let fork_snapshot = act.internal_snapshot_of(&n);
+                let me = ctx.address();
+                let n = n.clone();
+                Ok(async move {
+                    if state == VmState::Paused {
+                        super::pause::resume_before_stop(&ports, &n, vmm.as_ref()).await;
+                    }
+                    saga::delete(ports, n, vmm, pid, lease, has_disk, state).await?;
+                    // A fork's own snapshot goes with the last VM restored from it.
+                    if let Some(name) = fork_snapshot {
+                        let _ = me.send(super::DeleteSnapshot { name }).await;
+                    }
+                    Ok(())
+                }
+                .boxed_local())
             },
             |_| Ok(()),
         )
@@ -523,6 +551,11 @@ impl Handler<GetMetrics> for VmSupervisor {
                 .collect(),
             phase_seconds,
             errors,
+            snapshots: self
+                .snapshots
+                .values()
+                .map(|r| (r.name.clone(), r.disk_bytes, r.mem_file_bytes))
+                .collect(),
             pool: None,
         };
         let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
@@ -711,6 +744,12 @@ impl Handler<Open> for VmSupervisor {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         };
+        match self.store.load_snapshots() {
+            Ok(snaps) => {
+                self.snapshots = snaps.into_iter().map(|s| (s.name.clone(), s)).collect();
+            }
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        }
         let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
         for r in &records {
             self.vms
@@ -761,7 +800,18 @@ impl Handler<Open> for VmSupervisor {
             execute(ports, plan, vmms, known, run_base, processes)
                 .boxed_local()
                 .into_actor(act)
-                .map(|res, act, ctx| {
+                .then(|res, act, ctx| {
+                    let snapshots = act.repair_snapshots(ctx);
+                    async move {
+                        let (mut report, stops) = res?;
+                        let fixed = snapshots.await;
+                        report.repaired.extend(fixed.repaired);
+                        report.swept.extend(fixed.swept);
+                        Ok((report, stops))
+                    }
+                    .into_actor(act)
+                })
+                .map(|res: Result<_, SupervisorError>, act, ctx| {
                     let (report, stops) = res?;
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);

@@ -44,6 +44,10 @@ pub enum VmAction {
     Kill,
     /// Stop (if running), then start.
     Restart,
+    /// Pause the guest's vCPUs (`running` or `unready` -> `paused`).
+    Pause,
+    /// Resume a paused VM (-> `running`).
+    Resume,
 }
 
 impl VmAction {
@@ -54,6 +58,8 @@ impl VmAction {
             VmAction::Stop => "stop",
             VmAction::Kill => "kill",
             VmAction::Restart => "restart",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
         }
     }
 }
@@ -186,6 +192,8 @@ pub struct SupervisorMetrics {
     pub phase_seconds: Vec<(&'static str, Histogram)>,
     /// Errors by operation.
     pub errors: Vec<(&'static str, u64)>,
+    /// Bytes each snapshot occupies on the host: (name, disk checkpoint, memory file).
+    pub snapshots: Vec<(String, u64, u64)>,
     /// The TAP pool's occupancy, when the pool answered.
     pub pool: Option<PoolOccupancy>,
 }

@@ -27,13 +27,19 @@
 
 pub mod catalog;
 mod error;
+mod fork;
 mod guest;
 mod handlers;
 mod messages;
 pub mod metrics;
 mod open;
+mod pause;
 pub mod policy;
+mod restore;
 mod saga;
+mod snapshot_messages;
+mod snapshot_record;
+mod snapshots;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -59,6 +65,9 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
+pub(crate) use snapshot_messages::{CommitSnapshot, RestoreSnapshot, SnapshotChange};
+pub use snapshot_messages::{CreateSnapshot, DeleteSnapshot, ForkVm, GetSnapshot, ListSnapshots};
+pub use snapshot_record::SnapshotRecord;
 pub use store::{DiskRecord, MemoryVmStore, VmRecord, VmStore, VmStoreError, VmmProcessRecord};
 
 /// The actors the supervisor drives.
@@ -94,6 +103,9 @@ pub struct SupervisorSettings {
     pub ready_timeout: Duration,
     /// The agent's vsock port.
     pub agent_port: u32,
+    /// Where snapshots are kept, one directory each (`<data_dir>/snapshots`); empty (the
+    /// default) when this supervisor keeps none: snapshots are then refused with 503.
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 impl Default for SupervisorSettings {
@@ -102,6 +114,7 @@ impl Default for SupervisorSettings {
             stop_plan: StopPlan::default(),
             ready_timeout: Duration::from_secs(30),
             agent_port: hearth_proto::agent::DEFAULT_PORT,
+            snapshot_dir: std::path::PathBuf::new(),
         }
     }
 }
@@ -159,6 +172,8 @@ pub struct VmSupervisor {
     catalog: Box<dyn ImageCatalog>,
     log: Logger,
     vms: BTreeMap<String, VmEntry>,
+    /// The snapshots, as recorded (loaded by `Open`).
+    snapshots: BTreeMap<String, SnapshotRecord>,
     /// Idempotency keys whose request is still running.
     keys_in_flight: BTreeSet<String>,
     subscribers: Vec<Recipient<EventPublished>>,
@@ -186,6 +201,7 @@ impl VmSupervisor {
             catalog,
             log: log.new(slog::o!("actor" => "supervisor")),
             vms: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             keys_in_flight: BTreeSet::new(),
             subscribers: Vec::new(),
             waiters: Vec::new(),

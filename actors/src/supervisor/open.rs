@@ -98,6 +98,7 @@ pub(super) fn plan_repairs(
                 false
             }
             VmState::Running | VmState::Unready => plan.running(r, adopted),
+            VmState::Paused => plan.paused(r, adopted),
             VmState::Stopped | VmState::Crashed | VmState::Failed => {
                 if adopted.is_some() {
                     plan.kill.push(r.spec.name.clone());
@@ -201,6 +202,27 @@ impl RepairPlan {
                 self.report.dead.push(name.clone());
                 false
             }
+        }
+    }
+
+    /// A VM recorded paused: adopted as paused if its VMM is; `running` if its VMM runs (a
+    /// resume was cut short after the VMM call, before it was recorded); else as
+    /// [`RepairPlan::running`] decides. A snapshot cut short that paused it is finished by
+    /// the snapshot repairs, which resume it if it ran before.
+    fn paused(&mut self, r: &VmRecord, adopted: Option<InstanceState>) -> bool {
+        let name = &r.spec.name;
+        match adopted {
+            Some(InstanceState::Paused) => {
+                self.report.adopted.push(name.clone());
+                true
+            }
+            Some(InstanceState::Running) => {
+                self.report.adopted.push(name.clone());
+                self.changes
+                    .push((name.clone(), state(VmState::Running, None)));
+                true
+            }
+            other => self.running(r, other),
         }
     }
 

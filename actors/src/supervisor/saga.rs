@@ -88,7 +88,7 @@ impl Ports {
             .map_err(mailbox("run directory"))?
     }
 
-    async fn observe(&self, phase: &'static str, took: Duration) {
+    pub(super) async fn observe(&self, phase: &'static str, took: Duration) {
         let _ = self.me.send(ObservePhase { phase, took }).await;
     }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 
+use super::snapshot_record::SnapshotRecord;
 use crate::firecracker::VmmProcess;
 use crate::lease::NetLease;
 
@@ -23,6 +24,12 @@ pub enum VmStoreError {
     /// The storage failed.
     #[error("State storage failed: {0}")]
     Storage(String),
+    /// A snapshot with that name exists already.
+    #[error("A snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+    /// No snapshot with that name.
+    #[error("No snapshot named {0:?}")]
+    SnapshotNotFound(String),
 }
 
 /// A VM's root disk as recorded.
@@ -135,12 +142,22 @@ pub trait VmStore {
         request_hash: &str,
         response: &str,
     ) -> Result<(), VmStoreError>;
+    /// Records a new snapshot (before any of its files exist); `SnapshotExists` if the name
+    /// is taken.
+    fn insert_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError>;
+    /// Replaces a snapshot's record (state, what it was taken with, sizes).
+    fn put_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError>;
+    /// Forgets a snapshot (its files are gone).
+    fn delete_snapshot(&mut self, name: &str) -> Result<(), VmStoreError>;
+    /// Every snapshot, ordered by name.
+    fn load_snapshots(&mut self) -> Result<Vec<SnapshotRecord>, VmStoreError>;
 }
 
 /// An in-memory store for tests and examples; can be told to fail writes.
 #[derive(Debug, Default)]
 pub struct MemoryVmStore {
     vms: BTreeMap<String, VmRecord>,
+    snapshots: BTreeMap<String, SnapshotRecord>,
     events: Vec<Event>,
     keys: BTreeMap<String, (String, String)>,
     /// When set, every write fails with this message.
@@ -290,5 +307,38 @@ impl VmStore for MemoryVmStore {
             (request_hash.to_owned(), response.to_owned()),
         );
         Ok(())
+    }
+
+    fn insert_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
+        self.check()?;
+        if self.snapshots.contains_key(&snapshot.name) {
+            return Err(VmStoreError::SnapshotExists(snapshot.name.clone()));
+        }
+        self.snapshots
+            .insert(snapshot.name.clone(), snapshot.clone());
+        Ok(())
+    }
+
+    fn put_snapshot(&mut self, snapshot: &SnapshotRecord) -> Result<(), VmStoreError> {
+        self.check()?;
+        match self.snapshots.get_mut(&snapshot.name) {
+            Some(r) => {
+                *r = snapshot.clone();
+                Ok(())
+            }
+            None => Err(VmStoreError::SnapshotNotFound(snapshot.name.clone())),
+        }
+    }
+
+    fn delete_snapshot(&mut self, name: &str) -> Result<(), VmStoreError> {
+        self.check()?;
+        self.snapshots
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| VmStoreError::SnapshotNotFound(name.to_owned()))
+    }
+
+    fn load_snapshots(&mut self) -> Result<Vec<SnapshotRecord>, VmStoreError> {
+        Ok(self.snapshots.values().cloned().collect())
     }
 }

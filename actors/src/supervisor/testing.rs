@@ -68,6 +68,25 @@ pub fn supervisor_with(
     processes: FakeProcesses,
     run_base: PathBuf,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
+    supervisor_with_settings(
+        with_binary,
+        store,
+        pool,
+        processes,
+        run_base,
+        SupervisorSettings::default(),
+    )
+}
+
+/// [`supervisor_with`] with the given lifecycle settings (e.g. a snapshot directory).
+pub fn supervisor_with_settings(
+    with_binary: bool,
+    store: MemoryVmStore,
+    pool: TapPoolConfig,
+    processes: FakeProcesses,
+    run_base: PathBuf,
+    settings: SupervisorSettings,
+) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
         .unwrap()
         .start();
@@ -125,7 +144,7 @@ pub fn supervisor_with(
             snapshot,
         },
         vmm,
-        SupervisorSettings::default(),
+        settings,
         Box::new(store),
         Box::new(images),
         log(),

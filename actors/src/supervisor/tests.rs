@@ -556,6 +556,48 @@ fn a_running_vm_is_kept_only_if_its_vmm_runs_a_guest() {
     }
 }
 
+/// A VM recorded `paused` (a pause records it before the VMM call, a resume after): kept
+/// paused if its VMM is, recorded `running` if its VMM runs (the pause never reached it, or
+/// the resume did), crashed if its VMM is gone; never killed for being paused.
+#[test]
+fn a_paused_vm_is_kept_as_its_vmm_is() {
+    let records = vec![record("a", VmState::Paused, Some(5), Some(100))];
+    for (vmm_state, change) in [
+        (InstanceState::Paused, None),
+        (InstanceState::Running, Some(VmState::Running)),
+    ] {
+        let plan = plan_repairs(
+            &records,
+            &BTreeMap::from([("a".into(), adopted(vmm_state))]),
+        );
+        assert!(plan.kill.is_empty(), "{vmm_state:?}");
+        assert!(plan.alive.contains("a"), "{vmm_state:?}");
+        assert_eq!(plan.used.len(), 1, "{vmm_state:?}: keeps its lease");
+        let states: Vec<VmState> = plan
+            .changes
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Change::State { state, .. } => Some(*state),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            states,
+            change.into_iter().collect::<Vec<_>>(),
+            "{vmm_state:?}"
+        );
+    }
+    let plan = plan_repairs(&records, &BTreeMap::new());
+    assert!(plan.alive.is_empty());
+    assert!(plan.changes.iter().any(|(_, c)| matches!(
+        c,
+        Change::State {
+            state: VmState::Crashed,
+            ..
+        }
+    )));
+}
+
 /// `Open` with a stopped VM `a` (its run directory still holding a dead process's socket, and
 /// a log), a leaked run directory `ghost` of no VM, and a VMM nobody adopted using each: every
 /// stray is killed by the actor owning its run directory, `ghost`'s directory is removed, `a`

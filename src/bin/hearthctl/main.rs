@@ -2,7 +2,7 @@
 //! `HEARTH_SOCKET`, default `/run/hearth/hearthd.sock`); prints tables, or the API's JSON with
 //! `--json`.
 //!
-//! One file per command group ([`vm`], [`image`], [`events`]); each holds its subcommand
+//! One file per command group ([`vm`], [`image`], [`snapshot`], [`events`]); each holds its subcommand
 //! enum and one function per subcommand, so adding a subcommand is a variant and a function in
 //! its group's file. [`output`] formats tables, sizes and times.
 //!
@@ -13,6 +13,7 @@
 mod events;
 mod image;
 mod output;
+mod snapshot;
 mod vm;
 
 use std::io::Write;
@@ -56,6 +57,9 @@ enum Command {
     /// MicroVMs.
     #[command(subcommand)]
     Vm(vm::VmCmd),
+    /// VM snapshots (take one with `vm snapshot`, restore with `vm create --from-snapshot`).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Lifecycle events.
     Events {
         /// Keep printing new events as they happen.
@@ -114,6 +118,7 @@ fn run(c: &Client, json: bool, command: Command) -> Out {
     match command {
         Command::Image(cmd) => image::run(c, json, cmd),
         Command::Vm(cmd) => vm::run(c, json, cmd),
+        Command::Snapshot(cmd) => snapshot::run(c, json, cmd),
         Command::Events { follow, since } => events::run(c, json, follow, since),
         Command::Health => health(c, json),
     }

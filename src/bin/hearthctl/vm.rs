@@ -46,6 +46,25 @@ pub(crate) enum VmCmd {
         /// The VM.
         name: String,
     },
+    /// Pause a running VM's vCPUs.
+    Pause {
+        /// The VM.
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// The VM.
+        name: String,
+    },
+    /// Snapshot a running or paused VM (memory, VMM state and root disk).
+    Snapshot(crate::snapshot::SnapshotArgs),
+    /// Snapshot a running VM and restore it as a new VM; the source keeps running.
+    Fork {
+        /// The VM to fork.
+        name: String,
+        /// The new VM's name.
+        new_name: String,
+    },
     /// Delete a VM and everything it holds.
     #[command(alias = "delete")]
     Rm {
@@ -82,12 +101,15 @@ pub(crate) enum VmCmd {
 pub(crate) struct CreateArgs {
     /// The VM's name (a DNS label).
     name: String,
-    /// Kernel image.
-    #[arg(long)]
-    kernel: String,
-    /// Root filesystem image.
-    #[arg(long)]
-    rootfs: String,
+    /// Kernel image (not with --from-snapshot).
+    #[arg(long, required_unless_present = "from_snapshot")]
+    kernel: Option<String>,
+    /// Root filesystem image (not with --from-snapshot).
+    #[arg(long, required_unless_present = "from_snapshot")]
+    rootfs: Option<String>,
+    /// Restore this snapshot as the new VM (its machine is the snapshot's).
+    #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
+    from_snapshot: Option<String>,
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -136,6 +158,14 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
         VmCmd::Stop { name } => action(c, json, &name, "stop"),
         VmCmd::Kill { name } => action(c, json, &name, "kill"),
         VmCmd::Restart { name } => action(c, json, &name, "restart"),
+        VmCmd::Pause { name } => action(c, json, &name, "pause"),
+        VmCmd::Resume { name } => action(c, json, &name, "resume"),
+        VmCmd::Snapshot(args) => crate::snapshot::create(c, json, args),
+        VmCmd::Fork { name, new_name } => {
+            let vm = crate::snapshot::fork(c, &name, &new_name)?;
+            show_vm(json, &vm);
+            Ok(())
+        }
         VmCmd::Rm { name } => remove(c, json, &name),
         VmCmd::Nat { name, state } => nat(c, json, &name, state),
         VmCmd::Wait {
@@ -150,8 +180,8 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
 fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
     let spec = CreateVm {
         name: args.name,
-        kernel: args.kernel,
-        rootfs: args.rootfs,
+        kernel: args.kernel.unwrap_or_default(),
+        rootfs: args.rootfs.unwrap_or_default(),
         vcpus: args.vcpus,
         memory_mib: args.memory,
         disk_size: None,
@@ -159,6 +189,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         nat: args.nat,
         ready_probe: !args.no_ready_probe,
         labels: args.labels.into_iter().collect(),
+        from_snapshot: args.from_snapshot,
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args
@@ -212,7 +243,7 @@ fn get(c: &Client, json: bool, name: &str) -> Out {
     Ok(())
 }
 
-/// `hearthctl vm start|stop|kill|restart NAME`: `POST /v1/vms/NAME/VERB`.
+/// `hearthctl vm start|stop|kill|restart|pause|resume NAME`: `POST /v1/vms/NAME/VERB`.
 fn action(c: &Client, json: bool, name: &str, verb: &str) -> Out {
     let vm: VmInfo = c
         .request(
@@ -282,7 +313,7 @@ fn show_state(json: bool, vm: &VmInfo) {
 }
 
 /// A VM as JSON, or one `key: value` line per field it has.
-fn show_vm(json: bool, vm: &VmInfo) {
+pub(crate) fn show_vm(json: bool, vm: &VmInfo) {
     if json {
         print_json(vm);
         return;
@@ -309,6 +340,9 @@ fn show_vm(json: bool, vm: &VmInfo) {
     }
     if !s.labels.is_empty() {
         rows.push(("labels", labels(&s.labels)));
+    }
+    if let Some(snapshot) = &s.from_snapshot {
+        rows.push(("snapshot", snapshot.clone()));
     }
     if let Some(e) = &vm.last_error {
         rows.push(("last error", e.clone()));

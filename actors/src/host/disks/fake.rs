@@ -282,4 +282,26 @@ impl Disks for FakeDisks {
             Ok(s.disks.values().cloned().collect())
         })
     }
+
+    /// Records the call and writes `dest` as a sparse file of the disk's size (the fake's
+    /// disks have no content), so what is built on the checkpoint finds a file.
+    fn checkpoint(&mut self, vm: &str, dest: &Path) -> Result<u64, DisksError> {
+        let size = self.with(|s| {
+            s.calls.push(format!("checkpoint {vm}"));
+            s.inject.check("checkpoint")?;
+            s.disks
+                .get(vm)
+                .filter(|d| d.state == DiskState::Ready)
+                .and_then(|d| d.size)
+                .ok_or_else(|| DisksError::NoDisk { vm: vm.to_owned() })
+        })?;
+        super::layout::DisksDir::create_new(dest)?
+            .set_len(size)
+            .map_err(|source| DisksError::Io {
+                op: "resize",
+                path: dest.to_path_buf(),
+                source,
+            })?;
+        Ok(0)
+    }
 }

@@ -16,6 +16,7 @@
 //! ones. [`open_backend`] picks `dm` when device-mapper works and `copy` otherwise.
 
 pub mod block;
+pub mod checkpoint;
 pub mod copy;
 pub mod dm;
 #[cfg(any(test, doc, feature = "testing"))]
@@ -241,6 +242,12 @@ pub enum DisksError {
         /// Why (names the missing kernel feature or device).
         reason: String,
     },
+    /// The VM has no complete disk to checkpoint.
+    #[error("VM {vm} has no complete disk")]
+    NoDisk {
+        /// The VM.
+        vm: String,
+    },
     /// An error injected by a fake.
     #[error("Injected failure in {op}")]
     Injected {
@@ -266,6 +273,19 @@ pub trait Disks: Send {
     /// The disks that exist on the host, complete or half-made, found from the manifests, the
     /// files and devices (not from memory), sorted by VM.
     fn list(&mut self) -> Result<Vec<DiskEntry>, DisksError>;
+
+    /// Copies `vm`'s complete disk as it is now into the new file `dest` (a snapshot's disk
+    /// checkpoint; see [`checkpoint`]); the VM must not write it meanwhile (it is paused).
+    /// On error `dest` is not left behind. Answers the bytes the copy occupies.
+    fn checkpoint(&mut self, vm: &str, dest: &Path) -> Result<u64, DisksError> {
+        let path = self
+            .list()?
+            .into_iter()
+            .find(|d| d.vm == vm && d.state == DiskState::Ready)
+            .and_then(|d| d.path)
+            .ok_or_else(|| DisksError::NoDisk { vm: vm.to_owned() })?;
+        checkpoint::copy_disk(&path, dest)
+    }
 }
 
 /// The disks directory of a data directory: `<data_dir>/disks`.

@@ -1,0 +1,80 @@
+//! Fork: a snapshot of a running VM (left running) under an internal name, restored as a new
+//! VM, in one call. The internal snapshot (`<new VM>.fork`, a name no user can give) lives as
+//! long as the new VM does: deleting that VM removes it. If the restore fails, the new VM is
+//! left `failed` (like a failed create) and still holds the snapshot until it is deleted.
+
+use actix::{AsyncContext, Context, Handler, ResponseFuture};
+use hearth_proto::api::{CreateVm, VmInfo};
+use hearth_proto::api_snapshot::SnapshotLeave;
+
+use super::{ForkVm, RestoreSnapshot, SupervisorError, VmSupervisor};
+
+/// Internal: takes a snapshot with a name the API would refuse (a fork's own).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<hearth_proto::api_snapshot::SnapshotInfo, SupervisorError>")]
+pub(super) struct TakeForkSnapshot {
+    vm: String,
+    name: String,
+}
+
+impl Handler<TakeForkSnapshot> for VmSupervisor {
+    type Result = actix::ResponseActFuture<
+        Self,
+        Result<hearth_proto::api_snapshot::SnapshotInfo, SupervisorError>,
+    >;
+
+    fn handle(&mut self, msg: TakeForkSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        self.take_snapshot(msg.vm, msg.name, SnapshotLeave::Running, true)
+    }
+}
+
+impl Handler<ForkVm> for VmSupervisor {
+    type Result = ResponseFuture<Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: ForkVm, ctx: &mut Context<Self>) -> Self::Result {
+        let checked = (|| {
+            self.check_open()?;
+            msg.spec.validate()?;
+            let source = self.entry(&msg.source)?;
+            if self.vms.contains_key(&msg.spec.name) {
+                return Err(SupervisorError::Conflict {
+                    message: format!("A VM named {:?} already exists", msg.spec.name),
+                });
+            }
+            Ok(source.record.spec.clone())
+        })();
+        let source_spec = match checked {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let me = ctx.address();
+        let snapshot = format!("{}.fork", msg.spec.name);
+        Box::pin(async move {
+            let mailbox = |e| SupervisorError::step("fork", e);
+            me.send(TakeForkSnapshot {
+                vm: msg.source,
+                name: snapshot.clone(),
+            })
+            .await
+            .map_err(mailbox)??;
+            // The machine is the snapshot's (filled in by the restore); NAT, the probe and
+            // the labels are the source's.
+            let spec = CreateVm {
+                name: msg.spec.name,
+                kernel: String::new(),
+                rootfs: String::new(),
+                disk_size: None,
+                boot_args: None,
+                from_snapshot: Some(snapshot.clone()),
+                ..source_spec
+            };
+            let restored = me.send(RestoreSnapshot { spec }).await.map_err(mailbox)?;
+            if restored.is_err() {
+                // Refused before a VM was recorded (e.g. the name was taken meanwhile): the
+                // snapshot has no user and goes; a failed VM keeps it until deleted.
+                let _ = me.send(super::DeleteSnapshot { name: snapshot }).await;
+            }
+            restored
+        })
+    }
+}

@@ -1,0 +1,505 @@
+//! The snapshot saga and the snapshot table's handlers.
+//!
+//! A snapshot is recorded (`creating`, with the source VM's state before it) before its
+//! directory `<snapshot_dir>/<name>/` or any file in it exists. Then: the source is paused
+//! (recorded `paused` first, see `pause.rs`) -> its root disk is checkpointed into the
+//! directory (`SnapshotActor`) -> Firecracker writes its state and memory files
+//! (`FirecrackerActor`) -> the record becomes `ready` with what the snapshot was taken with ->
+//! the source is left running, paused or stopped as asked. A failure before `ready` resumes a
+//! source that ran, removes the directory and forgets the record; `Open` does the same for a
+//! snapshot a crash left `creating`, and finishes removing one left `deleting`. A crash after
+//! `ready` but before the source is left as asked leaves a complete snapshot and the source
+//! `paused` (recorded, adopted as paused): `vm resume` continues it.
+//!
+//! The guest's filesystem is not frozen: hearth's agent has no freeze operation yet. The disk
+//! checkpoint and the memory are taken at the same paused instant, so a VM restored from both
+//! sees its disk exactly as its page cache left it; only a reader of the checkpoint alone
+//! (not restored with its memory) would see what a power cut leaves.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use actix::fut::{ready, ActorFutureExt, WrapFuture};
+use actix::{Addr, Context, Handler, ResponseActFuture};
+use futures::FutureExt;
+use hearth_proto::api::{EventReason, VmState};
+use hearth_proto::api_snapshot::{SnapshotInfo, SnapshotLeave, SnapshotState};
+use slog::{info, warn};
+
+use super::saga::{self, Ports};
+use super::{
+    CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
+    SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
+};
+use crate::firecracker::{CreateVmSnapshot, FirecrackerActor};
+use crate::lease::NetLease;
+use crate::snapshot::CheckpointDisk;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn files_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    let path = path.to_path_buf();
+    move |e| {
+        SupervisorError::step(
+            "snapshot files",
+            StepCause::Files {
+                what,
+                path,
+                source: std::sync::Arc::new(e),
+            },
+        )
+    }
+}
+
+/// Bytes a file occupies on the host (its allocated blocks; memory files are sparse).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// Removes a snapshot's directory; a missing one is fine. The supervisor owns the snapshot
+/// directories (it records each before making it), and removes them only through this call.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the owner of the snapshot directories removes them, through this one call"
+)]
+pub(super) fn remove_dir(dir: &Path) -> Result<(), SupervisorError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(files_error("remove", dir)(e)),
+    }
+}
+
+/// The source VM as the snapshot saga needs it.
+pub(super) struct Source {
+    pub name: String,
+    pub state: VmState,
+    pub vmm: Addr<FirecrackerActor>,
+    pub pid: Option<u32>,
+    pub lease: Option<NetLease>,
+}
+
+impl VmSupervisor {
+    /// Store first, then memory.
+    pub(super) fn apply_snapshot(&mut self, change: SnapshotChange) -> Result<(), SupervisorError> {
+        match change {
+            SnapshotChange::Insert(r) => {
+                self.store.insert_snapshot(&r)?;
+                self.snapshots.insert(r.name.clone(), r);
+            }
+            SnapshotChange::Put(r) => {
+                self.store.put_snapshot(&r)?;
+                self.snapshots.insert(r.name.clone(), r);
+            }
+            SnapshotChange::Remove(name) => {
+                self.store.delete_snapshot(&name)?;
+                self.snapshots.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The VMs restored from snapshot `name` that still exist.
+    pub(super) fn in_use_by(&self, name: &str) -> Vec<String> {
+        self.vms
+            .values()
+            .filter(|e| e.record.spec.from_snapshot.as_deref() == Some(name))
+            .map(|e| e.record.spec.name.clone())
+            .collect()
+    }
+
+    /// The fork snapshot VM `vm` was restored from, if it was made for a fork.
+    pub(super) fn internal_snapshot_of(&self, vm: &str) -> Option<String> {
+        let name = self.vms.get(vm)?.record.spec.from_snapshot.clone()?;
+        self.snapshots
+            .get(&name)
+            .is_some_and(|r| r.internal)
+            .then_some(name)
+    }
+
+    pub(super) fn snapshot_info(&self, name: &str) -> Result<SnapshotInfo, SupervisorError> {
+        self.snapshots
+            .get(name)
+            .map(|r| r.info(self.in_use_by(name)))
+            .ok_or_else(|| SupervisorError::SnapshotNotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Takes snapshot `name` of `vm` under the VM's lock (see the module docs); answers it.
+    pub(super) fn take_snapshot(
+        &mut self,
+        vm: String,
+        name: String,
+        leave: SnapshotLeave,
+        internal: bool,
+    ) -> ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>> {
+        if self.settings.snapshot_dir.as_os_str().is_empty() {
+            return Box::pin(ready(Err(SupervisorError::Unavailable {
+                what: "This hearthd keeps no snapshots (no snapshot directory)".into(),
+            })));
+        }
+        let snap = name.clone();
+        let v = vm.clone();
+        self.locked(
+            &vm,
+            move |act, ctx| {
+                let entry = act.entry(&v)?;
+                let state = entry.record.state;
+                if !state.can_snapshot() {
+                    return Err(SupervisorError::InvalidState {
+                        name: v.clone(),
+                        state,
+                        op: "snapshot",
+                    });
+                }
+                if act.snapshots.contains_key(&name) {
+                    return Err(SupervisorError::Conflict {
+                        message: format!("A snapshot named {name:?} already exists"),
+                    });
+                }
+                let vmm = entry.vmm.clone().ok_or(SupervisorError::InvalidState {
+                    name: v.clone(),
+                    state,
+                    op: "snapshot",
+                })?;
+                let source = Source {
+                    name: v.clone(),
+                    state,
+                    vmm,
+                    pid: entry.record.process.as_ref().and_then(|p| p.pid),
+                    lease: entry.record.lease.clone(),
+                };
+                let record = SnapshotRecord {
+                    name: name.clone(),
+                    state: SnapshotState::Creating,
+                    source_vm: v.clone(),
+                    source_spec: entry.record.spec.clone(),
+                    source_was: state,
+                    leave,
+                    dir: SnapshotRecord::dir_for(&act.settings.snapshot_dir, &name),
+                    created_at_ms: now_ms(),
+                    internal,
+                    fc_version: String::new(),
+                    cpu_template: hearth_proto::firecracker::CpuTemplate::None,
+                    vcpus: entry.record.spec.vcpus,
+                    mem_size_mib: u64::from(entry.record.spec.memory_mib),
+                    vsock_cid: entry.record.process.as_ref().map_or(0, |p| p.vsock_cid),
+                    disk_bytes: 0,
+                    mem_file_bytes: 0,
+                };
+                // Recorded before anything is made, so a crash leaves a record to repair.
+                act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
+                Ok(take(act.ports(ctx), record, source).boxed_local())
+            },
+            move |act| act.snapshot_info(&snap),
+        )
+    }
+}
+
+/// The snapshot saga proper; the record is already `creating`.
+async fn take(p: Ports, mut rec: SnapshotRecord, src: Source) -> Result<(), SupervisorError> {
+    let started = Instant::now();
+    let was_paused = src.state == VmState::Paused;
+    if let Err(e) = capture(&p, &mut rec, &src).await {
+        warn!(p.log, "snapshot failed, undoing"; "snapshot" => &rec.name, "vm" => &src.name,
+            "error" => %e);
+        undo(&p, &rec, &src).await;
+        return Err(e);
+    }
+    rec.state = SnapshotState::Ready;
+    commit(&p, SnapshotChange::Put(rec.clone())).await?;
+    p.observe("snapshot:total", started.elapsed()).await;
+    info!(p.log, "snapshot taken"; "snapshot" => &rec.name, "vm" => &src.name,
+        "ms" => started.elapsed().as_secs_f64() * 1e3, "memory_bytes" => rec.mem_file_bytes,
+        "disk_bytes" => rec.disk_bytes);
+    // The snapshot is complete: a failure from here on leaves it, and the VM as it is.
+    match rec.leave {
+        SnapshotLeave::Paused => Ok(()),
+        SnapshotLeave::Running => {
+            let state = if was_paused {
+                VmState::Running
+            } else {
+                src.state
+            };
+            super::pause::resume(&p, &src.name, &src.vmm, state, EventReason::Snapshot).await
+        }
+        SnapshotLeave::Stopped => {
+            super::pause::resume_before_stop(&p, &src.name, Some(&src.vmm)).await;
+            saga::stop(
+                p.clone(),
+                src.name.clone(),
+                Some(src.vmm.clone()),
+                src.pid,
+                src.lease.clone(),
+                false,
+                VmState::Paused,
+            )
+            .await
+        }
+    }
+}
+
+/// Pause, directory, disk checkpoint, VMM snapshot; fills in what the snapshot was taken with.
+async fn capture(p: &Ports, rec: &mut SnapshotRecord, src: &Source) -> Result<(), SupervisorError> {
+    let mut lap = Instant::now();
+    if src.state != VmState::Paused {
+        super::pause::pause(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await?;
+    }
+    p.observe("snapshot:pause", lap.elapsed()).await;
+    lap = Instant::now();
+    std::fs::create_dir_all(&rec.dir).map_err(files_error("create", &rec.dir))?;
+    rec.disk_bytes = p
+        .deps
+        .snapshot
+        .send(CheckpointDisk {
+            vm: src.name.clone(),
+            dest: rec.disk_path(),
+        })
+        .await
+        .map_err(|e| SupervisorError::step("disk checkpoint", e))?
+        .map_err(|e| SupervisorError::step("disk checkpoint", e))?;
+    p.observe("snapshot:disk", lap.elapsed()).await;
+    lap = Instant::now();
+    let info = src
+        .vmm
+        .send(CreateVmSnapshot {
+            snapshot_path: rec.state_path(),
+            mem_path: rec.mem_path(),
+        })
+        .await
+        .map_err(|e| SupervisorError::step("VMM snapshot", e))?
+        .map_err(|e| SupervisorError::step("VMM snapshot", e))?;
+    p.observe("snapshot:vmm", lap.elapsed()).await;
+    p.observe("snapshot:firecracker", info.create).await;
+    rec.fc_version = info.compat.fc_version;
+    rec.cpu_template = info.compat.cpu_template;
+    rec.vcpus = info.vcpus;
+    rec.mem_size_mib = info.mem_size_mib;
+    rec.mem_file_bytes = allocated(&rec.mem_path());
+    Ok(())
+}
+
+/// Undoes a snapshot that did not complete: the source back as it was, files and record gone.
+async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source) {
+    if src.state != VmState::Paused {
+        if let Err(e) =
+            super::pause::resume(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await
+        {
+            warn!(p.log, "VM not resumed after a failed snapshot"; "vm" => &src.name,
+                "error" => %e);
+        }
+    }
+    if let Err(e) = remove_dir(&rec.dir) {
+        warn!(p.log, "snapshot files not removed"; "snapshot" => &rec.name, "error" => %e);
+        return;
+    }
+    if let Err(e) = commit(p, SnapshotChange::Remove(rec.name.clone())).await {
+        warn!(p.log, "snapshot record not removed"; "snapshot" => &rec.name, "error" => %e);
+    }
+}
+
+pub(super) async fn commit(p: &Ports, change: SnapshotChange) -> Result<(), SupervisorError> {
+    p.me.send(CommitSnapshot { change })
+        .await
+        .map_err(|e| SupervisorError::step("record snapshot", e))?
+}
+
+impl Handler<CreateSnapshot> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: CreateSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self
+            .check_open()
+            .and_then(|()| msg.spec.validate().map_err(SupervisorError::from))
+        {
+            return Box::pin(ready(Err(e)));
+        }
+        Box::pin(
+            self.take_snapshot(msg.vm, msg.spec.name, msg.spec.leave, false)
+                .map(|res, act, _| {
+                    if res.is_err() {
+                        act.count_error("snapshot");
+                    }
+                    res
+                }),
+        )
+    }
+}
+
+impl Handler<ListSnapshots> for VmSupervisor {
+    type Result = actix::MessageResult<ListSnapshots>;
+
+    fn handle(&mut self, _msg: ListSnapshots, _ctx: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(
+            self.snapshots
+                .values()
+                .map(|r| r.info(self.in_use_by(&r.name)))
+                .collect(),
+        )
+    }
+}
+
+impl Handler<GetSnapshot> for VmSupervisor {
+    type Result = Result<SnapshotInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: GetSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        self.snapshot_info(&msg.name)
+    }
+}
+
+impl Handler<DeleteSnapshot> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
+
+    fn handle(&mut self, msg: DeleteSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        // Checked and marked in the mailbox: a restore (which needs `ready`) cannot slip in.
+        let marked = (|| {
+            let mut rec = self.snapshots.get(&msg.name).cloned().ok_or_else(|| {
+                SupervisorError::SnapshotNotFound {
+                    name: msg.name.clone(),
+                }
+            })?;
+            let users = self.in_use_by(&msg.name);
+            if rec.state == SnapshotState::Creating || !users.is_empty() {
+                return Err(SupervisorError::SnapshotInUse {
+                    name: msg.name.clone(),
+                    vms: users,
+                });
+            }
+            rec.state = SnapshotState::Deleting;
+            self.apply_snapshot(SnapshotChange::Put(rec.clone()))?;
+            Ok(rec)
+        })();
+        let rec = match marked {
+            Ok(rec) => rec,
+            Err(e) => return Box::pin(ready(Err(e))),
+        };
+        let p = self.ports(ctx);
+        Box::pin(
+            async move {
+                // Left `deleting` on failure: a retry (or the next `Open`) finishes it.
+                remove_dir(&rec.dir)?;
+                commit(&p, SnapshotChange::Remove(rec.name.clone())).await?;
+                info!(p.log, "snapshot removed"; "snapshot" => &rec.name);
+                Ok(())
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<CommitSnapshot> for VmSupervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, msg: CommitSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        self.apply_snapshot(msg.change)
+    }
+}
+
+/// What `Open` did about snapshots.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotRepairs {
+    pub repaired: Vec<String>,
+    pub swept: Vec<String>,
+}
+
+impl VmSupervisor {
+    /// After the VMs are reconciled: snapshots a crash left `creating` are undone (their
+    /// source resumed if it ran before and is still paused, their files and record removed),
+    /// those left `deleting` are finished, a fork's snapshot no VM uses (the fork was cut
+    /// short before its VM was recorded) is removed, and directories under the snapshot
+    /// directory that no record names are removed.
+    pub(super) fn repair_snapshots(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
+        let p = self.ports(ctx);
+        let mut work = Vec::new();
+        for rec in self.snapshots.values() {
+            // A fork cut short between its snapshot and its restore left a snapshot only it
+            // would have used: it goes too.
+            let orphan_fork = rec.internal && self.in_use_by(&rec.name).is_empty();
+            if rec.state == SnapshotState::Ready && !orphan_fork {
+                continue;
+            }
+            let resume = (rec.state == SnapshotState::Creating
+                && rec.source_was != VmState::Paused)
+                .then(|| self.vms.get(&rec.source_vm))
+                .flatten()
+                .filter(|e| e.record.state == VmState::Paused)
+                .and_then(|e| e.vmm.clone())
+                .map(|vmm| (vmm, rec.source_was));
+            work.push((rec.clone(), resume));
+        }
+        let known: Vec<String> = self.snapshots.keys().cloned().collect();
+        let base = self.settings.snapshot_dir.clone();
+        async move {
+            let mut out = SnapshotRepairs::default();
+            for (rec, resume) in work {
+                if let Some((vmm, was)) = resume {
+                    let state = if was == VmState::Unready {
+                        was
+                    } else {
+                        VmState::Running
+                    };
+                    if let Err(e) =
+                        super::pause::resume(&p, &rec.source_vm, &vmm, state, EventReason::Restart)
+                            .await
+                    {
+                        warn!(p.log, "VM paused by an interrupted snapshot not resumed";
+                            "vm" => &rec.source_vm, "error" => %e);
+                    }
+                }
+                let removed = remove_dir(&rec.dir);
+                match removed {
+                    Ok(()) => match commit(&p, SnapshotChange::Remove(rec.name.clone())).await {
+                        Ok(()) => out.repaired.push(format!("snapshot {}", rec.name)),
+                        Err(e) => warn!(p.log, "snapshot record not removed";
+                            "snapshot" => &rec.name, "error" => %e),
+                    },
+                    Err(e) => warn!(p.log, "snapshot files not removed";
+                        "snapshot" => &rec.name, "error" => %e),
+                }
+            }
+            out.swept = sweep_dirs(&p, &base, &known);
+            out
+        }
+        .boxed_local()
+    }
+}
+
+/// Removes directories under `base` that no snapshot record names (made, then the record
+/// lost: e.g. a store restored from a backup).
+fn sweep_dirs(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
+    if base.as_os_str().is_empty() {
+        return Vec::new();
+    }
+    let entries = match std::fs::read_dir(base) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(p.log, "cannot list snapshots"; "dir" => %base.display(), "error" => %e);
+            return Vec::new();
+        }
+    };
+    let mut swept = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if known.contains(&name) {
+            continue;
+        }
+        let path: PathBuf = entry.path();
+        match remove_dir(&path) {
+            Ok(()) => swept.push(format!("snapshot files {name}")),
+            Err(e) => warn!(p.log, "leaked snapshot files left"; "dir" => %path.display(),
+                "error" => %e),
+        }
+    }
+    swept
+}
