@@ -9,3 +9,4 @@ pub mod api_exec;
 pub mod api_health;
 pub mod api_images;
 pub mod firecracker;
+pub mod image_config;
