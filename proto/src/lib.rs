@@ -10,3 +10,4 @@ pub mod api_health;
 pub mod api_images;
 pub mod firecracker;
 pub mod image_config;
+pub mod init;
