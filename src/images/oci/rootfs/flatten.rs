@@ -419,10 +419,10 @@ impl Flattener<'_> {
     /// The entry's owner, mode, mtime and extended attributes (pax `SCHILY.xattr.*`), bounded.
     fn meta<R: Read>(&self, at: &At<'_>, entry: &mut Entry<'_, R>) -> Result<Meta, RootfsError> {
         let h = entry.header();
+        // An empty (unparsable) id field is 0, as Go's archive/tar (umoci, Docker) reads it.
         let id = |v: io::Result<u64>, what| {
-            v.ok()
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| at.refuse(format!("{what} is not a 32-bit id")))
+            u32::try_from(v.unwrap_or(0))
+                .map_err(|_| at.refuse(format!("{what} is not a 32-bit id")))
         };
         let uid = id(h.uid(), "owner")?;
         let gid = id(h.gid(), "group")?;
