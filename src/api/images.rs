@@ -33,7 +33,7 @@ pub fn info(meta: ImageMeta) -> ImageInfo {
         sha256: meta.sha256,
         source: meta.source,
         imported_unix: meta.imported_unix,
-        oci: meta.oci,
+        oci: meta.oci.map(Box::new),
     }
 }
 

@@ -21,9 +21,7 @@ pub fn boot_args_for(
 ) -> Result<Option<String>, FieldError> {
     let built = image.oci.as_ref().map(|o| o.init);
     let init = match (requested, built) {
-        (Some(InitMode::Hearth), Some(InitMode::Hearth)) | (None, Some(InitMode::Hearth)) => {
-            InitMode::Hearth
-        }
+        (Some(InitMode::Hearth) | None, Some(InitMode::Hearth)) => InitMode::Hearth,
         (Some(InitMode::Hearth), _) => {
             return Err(FieldError {
                 field: "init",

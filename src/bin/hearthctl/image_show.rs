@@ -94,7 +94,7 @@ mod tests {
             sha256: "ab".into(),
             source: "docker.io/library/nginx:1".into(),
             imported_unix: 0,
-            oci: Some(OciSource {
+            oci: Some(Box::new(OciSource {
                 reference: "docker.io/library/nginx:1".into(),
                 manifest_digest: "sha256:cd".into(),
                 config: ImageConfig {
@@ -106,7 +106,7 @@ mod tests {
                     ..ImageConfig::default()
                 },
                 init: InitMode::Hearth,
-            }),
+            })),
         };
         let text = describe(&i);
         for want in [

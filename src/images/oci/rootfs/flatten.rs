@@ -188,7 +188,6 @@ impl Flattener<'_> {
             let rest = self.copy_content(layer, &mut entry, &mut io::sink(), &state, budget)?;
             self.sum.bytes += rest;
         }
-        drop(entries);
         if state.eof.get() {
             return Err(malformed(
                 layer,
@@ -352,18 +351,17 @@ impl Flattener<'_> {
                 self.hard_link(&at, &parent, &comps, &target)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (sflag, dev) = match kind {
-                    EntryType::Fifo => (SFlag::S_IFIFO, 0),
-                    _ => {
-                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                        let flag = if kind == EntryType::Char {
-                            SFlag::S_IFCHR
-                        } else {
-                            SFlag::S_IFBLK
-                        };
-                        (flag, libc::makedev(major, minor))
-                    }
+                let (sflag, dev) = if kind == EntryType::Fifo {
+                    (SFlag::S_IFIFO, 0)
+                } else {
+                    let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                    let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                    let flag = if kind == EntryType::Char {
+                        SFlag::S_IFCHR
+                    } else {
+                        SFlag::S_IFBLK
+                    };
+                    (flag, libc::makedev(major, minor))
                 };
                 tree::clear(&parent, leaf, false).map_err(at.fs("replace"))?;
                 mknodat(&parent, leaf, sflag, Mode::from_bits_truncate(0o600), dev)
@@ -473,7 +471,7 @@ impl Flattener<'_> {
     /// Sets the directories' mtimes, deepest first; ones removed by a later layer are skipped.
     fn finish_dir_times(&mut self) {
         let mut dirs: Vec<_> = self.dir_times.drain().collect();
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
         for (comps, mtime) in dirs {
             // Best effort, as tar does: a time is not worth failing the image for.
             let Some((leaf, parents)) = comps.split_last() else {
