@@ -2,7 +2,7 @@
 //! the gzip layers, then `mkfs.ext4 -d`) against the reference path, `umoci unpack` of the
 //! same image then `mkfs.ext4 -d` of its rootfs at the same size, in the same run. The image
 //! is made here: `--layers` layers (default 5) of incompressible files, `--mib` MiB in all
-//! (default 100), plus a layer of whiteouts, each added with `umoci raw add-layer` (gzip).
+//! (default 100) in files of `--file-kib` KiB (default 256), plus a layer of whiteouts, each added with `umoci raw add-layer` (gzip).
 //! Prints both times and their ratio (target, issue 13: hearth / reference ≤ 1.0; the pull
 //! itself is measured by `bench_pull`). Needs root (owners) and umoci; scratch under /tmp.
 //!
@@ -78,7 +78,7 @@ fn main() {
         .args(["init", "--layout"])
         .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
-    let file_size = 256 << 10;
+    let file_size = arg("--file-kib", 256) << 10;
     let files = (mib << 20) / file_size / layers;
     for l in 0..layers {
         let tar = w.join(format!("l{l}.tar"));
