@@ -64,21 +64,15 @@ fn layer_tar(path: &Path, layer: usize, files: usize, size: usize) {
     b.finish().unwrap();
 }
 
-fn main() {
-    let mib = arg("--mib", 100);
-    let layers = arg("--layers", 5).max(1);
-    let work = tempfile::Builder::new()
-        .prefix("bench-rootfs")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let w = work.path();
+/// Makes the OCI layout `w/oci` with image tag `b`: `layers` layers of `mib` MiB of
+/// `file_size`-byte random files in all, then a layer of whiteouts. Answers the image URI.
+fn make_image(w: &Path, mib: usize, layers: usize, file_size: usize) -> String {
     let layout = w.join("oci");
     let image = format!("{}:b", layout.display());
     run(Command::new("umoci")
         .args(["init", "--layout"])
         .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
-    let file_size = arg("--file-kib", 256) << 10;
     let files = (mib << 20) / file_size / layers;
     for l in 0..layers {
         let tar = w.join(format!("l{l}.tar"));
@@ -102,7 +96,11 @@ fn main() {
     run(Command::new("umoci")
         .args(["raw", "add-layer", "--image", &image])
         .arg(&wh));
+    image
+}
 
+/// The layers of the one image in the layout `layout`.
+fn layer_blobs(layout: &Path) -> Vec<LayerBlob> {
     let blob = |d: &str| {
         layout
             .join("blobs/sha256")
@@ -114,7 +112,7 @@ fn main() {
         &fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
     )
     .unwrap();
-    let blobs: Vec<LayerBlob> = manifest["layers"]
+    manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
@@ -124,7 +122,20 @@ fn main() {
             digest: l["digest"].as_str().unwrap().into(),
             size: l["size"].as_u64().unwrap(),
         })
-        .collect();
+        .collect()
+}
+
+fn main() {
+    let mib = arg("--mib", 100);
+    let layers = arg("--layers", 5).max(1);
+    let file_size = arg("--file-kib", 256) << 10;
+    let work = tempfile::Builder::new()
+        .prefix("bench-rootfs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let w = work.path();
+    let image = make_image(w, mib, layers, file_size);
+    let blobs = layer_blobs(&w.join("oci"));
     let compressed: u64 = blobs.iter().map(|b| b.size).sum();
 
     let opts = RootfsOptions {
