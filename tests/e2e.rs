@@ -282,3 +282,96 @@ fn crash_is_reported_and_cleaned_up() {
         "{events:?}"
     );
 }
+
+/// A guest whose init (hearth's) reports the command's exit and reboots: the VM is `stopped`,
+/// not `crashed`, and both `vm get` and the `stopped` event carry the command's exit status.
+#[test]
+fn the_commands_exit_status_reaches_the_stopped_event_and_vm_get() {
+    require_privileged!();
+    let h = HearthHost::start(
+        &[
+            ("FC_SIM_CRASH_AFTER_MS", "300"),
+            ("FC_SIM_CRASH_CODE", "0"),
+            (
+                "FC_SIM_CONSOLE_AT_EXIT",
+                "hearth-init: command exited status=3",
+            ),
+        ],
+        "",
+    );
+    h.ctl_ok(&[
+        "vm",
+        "create",
+        "s",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || h.state("s").as_deref()
+            == Some("stopped")),
+        "state: {:?}",
+        h.state("s")
+    );
+    let vm = h.ctl_ok(&["vm", "get", "s"]);
+    assert_eq!(
+        vm["exit_status"],
+        serde_json::json!({"exited": {"code": 3}}),
+        "{vm}"
+    );
+    let out = h.ctl(&["events"]);
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["vm"] == "s"
+            && e["state"] == "stopped"
+            && e["exit_status"] == serde_json::json!({"exited": {"code": 3}})),
+        "{events:?}"
+    );
+}
+
+/// `vm stop` of a guest run by hearth's init (Ctrl+Alt+Del, the command ends, init prints its
+/// line and reboots): the `stopped` event and `vm get` carry the command's exit status.
+#[test]
+fn a_stopped_inits_exit_status_reaches_the_event_and_vm_get() {
+    require_privileged!();
+    let h = HearthHost::start(
+        &[(
+            "FC_SIM_CONSOLE_AT_EXIT",
+            "hearth-init: command exited signal=15",
+        )],
+        "",
+    );
+    h.ctl_ok(&[
+        "vm",
+        "create",
+        "t",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    h.ctl_ok(&["vm", "stop", "t"]);
+    assert_eq!(h.state("t").as_deref(), Some("stopped"));
+    let want = serde_json::json!({"signaled": {"signal": 15}});
+    let vm = h.ctl_ok(&["vm", "get", "t"]);
+    assert_eq!(vm["exit_status"], want, "{vm}");
+    let out = h.ctl(&["events"]);
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["vm"] == "t" && e["state"] == "stopped" && e["exit_status"] == want),
+        "{events:?}"
+    );
+}

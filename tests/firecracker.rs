@@ -151,10 +151,15 @@ async fn unexpected_exit_is_reported() {
     let (vm, mut events) = fx.actor("vm-crash", bin);
     let (record, _) = bring_up(&vm, fx.config(None), None).await;
     match next_event(&mut events).await {
-        VmProcessEvent::ExitedUnexpectedly { pid, status, vm_id } => {
+        VmProcessEvent::ExitedUnexpectedly {
+            pid,
+            status,
+            vm_id,
+            guest_exit,
+        } => {
             assert_eq!(
-                (pid, status, vm_id.as_str()),
-                (record.pid, ExitStatus::Code(2), "vm-crash")
+                (pid, status, vm_id.as_str(), guest_exit),
+                (record.pid, ExitStatus::Code(2), "vm-crash", None)
             );
         }
         e => panic!("unexpected {e:?}"),
@@ -166,6 +171,77 @@ async fn unexpected_exit_is_reported() {
     ));
     vm.send(SpawnProcess {}).await.unwrap().unwrap();
     vm.send(KillVm {}).await.unwrap().unwrap();
+}
+
+/// hearth's init prints how the image's command ended, then reboots the guest (the VMM exits
+/// 0): the event carries that report, read from the console as the pump copied it.
+#[actix::test]
+async fn the_guest_inits_exit_line_is_reported_with_the_exit() {
+    let fx = Fixture::new("fc");
+    let bin = fx.wrapper(
+        "fc-init-exit",
+        &[
+            ("FC_SIM_CRASH_AFTER_MS", "100"),
+            ("FC_SIM_CRASH_CODE", "0"),
+            (
+                "FC_SIM_CONSOLE_AT_EXIT",
+                "hearth-init: command exited status=3",
+            ),
+        ],
+        false,
+    );
+    let (vm, mut events) = fx.actor("vm-init-exit", bin);
+    let (record, _) = bring_up(&vm, fx.config(None), None).await;
+    match next_event(&mut events).await {
+        VmProcessEvent::ExitedUnexpectedly {
+            pid,
+            status,
+            guest_exit,
+            ..
+        } => {
+            assert_eq!(
+                (pid, status, guest_exit),
+                (
+                    record.pid,
+                    ExitStatus::Code(0),
+                    Some(hearth_proto::init::ExitReport::Exited { code: 3 })
+                )
+            );
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+/// A requested stop of a guest run by hearth's init: Ctrl+Alt+Del, the command ends, init
+/// prints its line and reboots; the stop's outcome carries the report. Without the line (any
+/// other guest) there is none.
+#[actix::test]
+async fn a_ctrl_alt_del_stop_reports_the_guest_inits_exit_line() {
+    let fx = Fixture::new("fc");
+    for (line, want) in [
+        (
+            "hearth-init: command exited signal=15",
+            Some(hearth_proto::init::ExitReport::Signaled { signal: 15 }),
+        ),
+        ("reboot: Restarting system", None),
+    ] {
+        let bin = fx.wrapper("fc-init-stop", &[("FC_SIM_CONSOLE_AT_EXIT", line)], false);
+        let (vm, _events) = fx.actor("vm-init-stop", bin);
+        bring_up(&vm, fx.config(None), None).await;
+        let out = vm
+            .send(StopVm {
+                plan: StopPlan::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (out.rung, out.status, out.guest_exit),
+            (StopRung::CtrlAltDel, ExitStatus::Code(0), want),
+            "{line}"
+        );
+        vm.send(RemoveRunDir {}).await.unwrap().unwrap();
+    }
 }
 
 /// A VMM whose actor is gone (the process runs on, as after a crash of hearthd between spawn

@@ -672,6 +672,7 @@ async fn exit_status_of_an_unexpected_exit(vmm: Vmm) {
             pid: p,
             status,
             vm_id,
+            ..
         } => assert_eq!(
             (p, status, vm_id.as_str()),
             (pid, ExitStatus::Signal(libc::SIGTERM), "vm-exit")

@@ -23,17 +23,23 @@ pub enum Listen {
 pub struct Args {
     /// Where to listen.
     pub listen: Listen,
+    /// `--sim-identity-file PATH`: `reconfigure` writes the identity there instead of changing
+    /// the network (an agent the simulator runs on the host).
+    pub sim_identity_file: Option<std::path::PathBuf>,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: hearth-agent [--port N | --unix PATH]\n  \
+pub const USAGE: &str =
+    "usage: hearth-agent [--port N | --unix PATH] [--sim-identity-file PATH]\n  \
     --port N     listen on AF_VSOCK port N (default 52)\n  \
-    --unix PATH  listen on a Unix socket instead (for local testing)";
+    --unix PATH  listen on a Unix socket instead (for local testing)\n  \
+    --sim-identity-file PATH  reconfigure writes the identity to PATH, changing nothing else";
 
 /// Parses the arguments after the program name. `Err` carries a message for the user.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut port = None;
     let mut unix = None;
+    let mut sim_identity_file = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -53,6 +59,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
                 port = Some(p);
             }
             "--unix" => unix = Some(std::path::PathBuf::from(value("--unix")?)),
+            "--sim-identity-file" => {
+                sim_identity_file = Some(std::path::PathBuf::from(value("--sim-identity-file")?));
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("Unknown argument {other:?}\n{USAGE}")),
         }
@@ -64,7 +73,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
             port: port.unwrap_or(DEFAULT_PORT),
         },
     };
-    Ok(Args { listen })
+    Ok(Args {
+        listen,
+        sim_identity_file,
+    })
 }
 
 #[cfg(test)]
@@ -104,5 +116,13 @@ mod tests {
         assert!(parse(&["--port", "x"]).is_err());
         assert!(parse(&["--port", "1", "--unix", "/a"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--sim-identity-file"]).is_err());
+        assert_eq!(
+            parse(&["--unix", "/a", "--sim-identity-file", "/id.json"])
+                .unwrap()
+                .sim_identity_file,
+            Some("/id.json".into())
+        );
+        assert_eq!(parse(&[]).unwrap().sim_identity_file, None);
     }
 }

@@ -7,6 +7,8 @@
 //! Version 2 adds exec sessions ([`exec`]: a table of sessions with pipes or a PTY, ring
 //! buffers, attach/detach, one reaper) and file transfer ([`files`]: tar streams both ways).
 //!
+//! Started as `/sbin/hearth-init` or as PID 1 it is the guest's init ([`init`]).
+//!
 //! The connection handling ([`serve_connection`]) is generic over the stream, so the same code
 //! serves vsock in the guest and a Unix socket (`--unix PATH`) for local tests.
 #![warn(missing_docs)]
@@ -15,6 +17,8 @@ pub mod args;
 pub mod conn;
 pub mod exec;
 pub mod files;
+pub mod init;
+pub mod listen;
 pub mod net;
 pub mod serve;
 pub mod sysinfo;

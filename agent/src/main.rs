@@ -1,14 +1,26 @@
 //! hearth-agent: the guest agent binary. See the library docs and `docs/agent.md`.
 
-use std::os::unix::net::UnixListener;
-
-use anyhow::Context;
 use std::sync::Arc;
 
-use hearth_agent::{parse_args, serve_connection, Conn, Listen, Table};
+use hearth_agent::net::identity::SimIdentityFile;
+use hearth_agent::{parse_args, Table};
 
 fn main() -> anyhow::Result<()> {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let mut raw = std::env::args();
+    let argv0 = raw.next().unwrap_or_default();
+    let pid = std::process::id();
+    if hearth_proto::init::runs_as_init(&argv0, pid) {
+        if pid != 1 {
+            // Init mounts, configures interfaces, kills every process and reboots: never on
+            // a machine it was merely started on by name.
+            eprintln!(
+                "{argv0}: hearth-init must run as PID 1 (the guest's init); it is pid {pid}, refusing"
+            );
+            std::process::exit(2);
+        }
+        hearth_agent::init::run(raw.collect());
+    }
+    let args = match parse_args(raw) {
         Ok(a) => a,
         Err(msg) => {
             eprintln!("{msg}");
@@ -23,43 +35,11 @@ fn main() -> anyhow::Result<()> {
     // reaps them, and this path is exercised outside a guest too.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let table = Arc::new(Table::new());
-    match args.listen {
-        Listen::Vsock { port } => {
-            let listener = vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, port)
-                .with_context(|| format!("Binding vsock port {port}"))?;
-            eprintln!(
-                "hearth-agent {} listening on vsock port {port}",
-                env!("CARGO_PKG_VERSION")
-            );
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => spawn_serve(stream, table.clone()),
-                    Err(e) => eprintln!("hearth-agent: accept failed: {e}"),
-                }
-            }
-        }
-        Listen::Unix { path } => {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("Removing {}", path.display())),
-            }
-            let listener =
-                UnixListener::bind(&path).with_context(|| format!("Binding {}", path.display()))?;
-            eprintln!(
-                "hearth-agent {} listening on {}",
-                env!("CARGO_PKG_VERSION"),
-                path.display()
-            );
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => spawn_serve(stream, table.clone()),
-                    Err(e) => eprintln!("hearth-agent: accept failed: {e}"),
-                }
-            }
-        }
-    }
+    let table = Arc::new(match &args.sim_identity_file {
+        Some(path) => Table::with_identity(Box::new(SimIdentityFile { path: path.clone() })),
+        None => Table::new(),
+    });
+    hearth_agent::listen::serve_forever(&args.listen, &table)?;
     Ok(())
 }
 
@@ -77,12 +57,4 @@ fn ensure_std_fds() {
             }
         }
     }
-}
-
-fn spawn_serve<S: Conn>(stream: S, table: Arc<Table>) {
-    std::thread::spawn(move || {
-        if let Err(e) = serve_connection(stream, &table) {
-            eprintln!("hearth-agent: connection ended: {e}");
-        }
-    });
 }

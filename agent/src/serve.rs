@@ -49,6 +49,7 @@ fn answer_line(v: u32, request: Request, table: &Table) -> Vec<u8> {
         Request::ExecInfo(r) => reply(v, table.get(&r.id).map(|s| s.info())),
         Request::Signal(s) => reply(v, table.signal(&s.id, s.signal).map(|()| Empty {})),
         Request::Stat(s) => reply(v, files::stat(Path::new(&s.path))),
+        Request::Reconfigure(r) => reply(v, table.identity().apply(&r).map(|()| Empty {})),
         Request::Exec(e) => reply(
             v,
             table.exec(&e, false).map(|s| ExecStarted {

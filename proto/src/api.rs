@@ -421,6 +421,10 @@ pub struct VmInfo {
     /// Why the VM is failed/crashed/unready, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How the image's command ended, when the VM stopped because hearth's init reported it
+    /// and powered off ([`exit_status_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<crate::init::ExitReport>,
 }
 
 /// `PUT /v1/vms/{name}/nat`.
@@ -463,6 +467,21 @@ pub struct Event {
     /// Detail, e.g. an error message or an exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// On a `stopped` event after hearth's init powered the guest off: how the image's
+    /// command ended ([`exit_status_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<crate::init::ExitReport>,
+}
+
+/// The command's exit status a `stopped` state carries: hearth records init's console line
+/// ([`crate::init::exit_line`]) in the event's detail and the VM's `last_error`, and both
+/// ends parse it back from there, so no store column is needed. `None` for other states.
+pub fn exit_status_of(state: VmState, detail: Option<&str>) -> Option<crate::init::ExitReport> {
+    if state == VmState::Stopped {
+        detail.and_then(crate::init::parse_exit_line)
+    } else {
+        None
+    }
 }
 
 /// The error body of every non-2xx response: `{"error": {"code", "message"}}`.

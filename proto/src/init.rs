@@ -252,7 +252,7 @@ pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|w| w.split_once('='))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 fn opt_addr(field: &str, s: &str) -> Result<Option<Ipv4Addr>, String> {

@@ -6,11 +6,12 @@
 //! without `OK`. The diagnostic `resolve` and `connect` ops use the userspace guest network
 //! stack (`FC_SIM_NETSTACK=1`, [`Guest::set_net`]); without it they answer `no_network`.
 
+use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,31 @@ pub struct Guest {
     /// A fresh boot id, as `/proc/sys/kernel/random/boot_id` would give.
     boot_id: String,
     /// The guest's network stack, once it runs.
-    net: OnceLock<GuestNet>,
+    net: RwLock<Option<GuestNet>>,
     /// The real agent's socket (`FC_SIM_AGENT_BIN`), once it was started.
     real_agent: OnceLock<PathBuf>,
+    /// Host-side streams of the vsock connections the muxer accepted, so a snapshot can
+    /// reset them.
+    conns: Mutex<HashMap<u64, UnixStream>>,
+    /// The next key of [`Guest::conns`].
+    next_conn: AtomicU64,
+}
+
+/// A tracked vsock connection; untracked (its clone closed) when dropped, so tracking never
+/// keeps a finished connection open.
+struct Tracked<'a> {
+    guest: &'a Guest,
+    key: u64,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.guest
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 /// The guest network stack as the agent uses it.
@@ -62,25 +85,80 @@ impl Default for Guest {
 impl Guest {
     /// A guest that has not booted.
     pub fn new() -> Self {
+        Self::with_boot_id(random_boot_id())
+    }
+
+    /// The guest of a loaded snapshot: the same boot (its boot id), booted `uptime` ago
+    /// when it had booted at the snapshot.
+    pub fn restored(boot_id: String, uptime: Option<Duration>) -> Self {
+        let g = Self::with_boot_id(boot_id);
+        if let Some(at) = uptime.and_then(|u| Instant::now().checked_sub(u)) {
+            let _ = g.booted_at.set(at);
+        }
+        g
+    }
+
+    /// The boot id (`/proc/sys/kernel/random/boot_id`).
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// How long ago the guest booted, if it has.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.booted_at.get().map(Instant::elapsed)
+    }
+
+    /// Resets every vsock connection (the transport reset Firecracker sends at a snapshot):
+    /// the host side sees its stream closed.
+    pub fn reset_vsock(&self) {
+        let conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for c in conns.values() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn track(&self, stream: &UnixStream) -> Option<Tracked<'_>> {
+        let clone = stream.try_clone().ok()?;
+        let key = self.next_conn.fetch_add(1, Ordering::SeqCst);
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, clone);
+        Some(Tracked { guest: self, key })
+    }
+
+    fn with_boot_id(boot_id: String) -> Self {
+        Self {
+            booted_at: OnceLock::new(),
+            paused: AtomicBool::new(false),
+            boot_id,
+            net: RwLock::new(None),
+            real_agent: OnceLock::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        }
+    }
+}
+
+fn random_boot_id() -> String {
+    {
         let r: [u8; 16] = rand::random();
         let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let boot_id = format!(
+        format!(
             "{}-{}-{}-{}-{}",
             &hex[0..8],
             &hex[8..12],
             &hex[12..16],
             &hex[16..20],
             &hex[20..32]
-        );
-        Self {
-            booted_at: OnceLock::new(),
-            paused: AtomicBool::new(false),
-            boot_id,
-            net: OnceLock::new(),
-            real_agent: OnceLock::new(),
-        }
+        )
     }
+}
 
+impl Guest {
     /// Marks the guest booted (once).
     pub fn set_booted(&self) {
         let _ = self.booted_at.set(Instant::now());
@@ -96,9 +174,13 @@ impl Guest {
         let _ = self.real_agent.set(socket);
     }
 
-    /// Gives the agent the guest's network stack (once; later calls are ignored).
+    /// Gives the agent the guest's network stack, replacing any earlier one (a guest that
+    /// adopted a new identity runs a new stack).
     pub fn set_net(&self, stack: Arc<GuestStack>) {
-        let _ = self.net.set(GuestNet(stack));
+        *self
+            .net
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(GuestNet(stack));
     }
 
     /// `resolve` through the guest stack's DNS client.
@@ -119,8 +201,12 @@ impl Guest {
         Ok(ConnectReply::from_bytes(&received))
     }
 
-    fn network(&self) -> Result<&GuestStack, ErrorBody> {
-        self.net.get().map(|n| &*n.0).ok_or_else(|| {
+    fn network(&self) -> Result<Arc<GuestStack>, ErrorBody> {
+        let net = self
+            .net
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        net.as_ref().map(|n| n.0.clone()).ok_or_else(|| {
             ErrorBody::new(
                 codes::NO_NETWORK,
                 "The guest has no network (set FC_SIM_NETSTACK=1 and configure an interface)",
@@ -264,6 +350,7 @@ fn serve_connection(mut stream: UnixStream, guest: &Guest, knobs: &Knobs, next_p
         None => None,
     };
     let host_port = next_port.fetch_add(1, Ordering::SeqCst);
+    let _tracked = guest.track(&stream);
     if stream
         .write_all(format!("OK {host_port}\n").as_bytes())
         .is_err()

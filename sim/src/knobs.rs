@@ -36,6 +36,24 @@ pub struct Knobs {
     /// `FC_SIM_AGENT_BIN=<path>`: run this real `hearth-agent` as the guest's agent (started
     /// at `InstanceStart` on a Unix socket; `CONNECT <agent port>` is copied to it).
     pub agent_bin: Option<std::path::PathBuf>,
+    /// `FC_SIM_CONSOLE_AT_EXIT=<line>`: the guest prints this line on the serial console
+    /// (stdout) just before the VMM exits on its own (guest reboot or crash), as hearth's
+    /// init prints its exit line before rebooting.
+    pub console_at_exit: Option<String>,
+    /// `FC_SIM_IDENTITY_FILE=1|<absolute path>`: the guest adopts the network identity (a
+    /// `reconfigure` request's JSON: `ip_cidr`, `gateway`, `mac`, `dns`) written to this file
+    /// (`1`: `sim-identity.json` beside the API socket, one per VM); a real agent
+    /// (`FC_SIM_AGENT_BIN`) is started with `--sim-identity-file` naming it.
+    pub identity_file: Option<IdentityFile>,
+}
+
+/// Where the guest's identity file is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityFile {
+    /// `sim-identity.json` in the API socket's directory.
+    BesideApiSocket,
+    /// This path.
+    At(std::path::PathBuf),
 }
 
 impl Default for Knobs {
@@ -53,6 +71,8 @@ impl Default for Knobs {
             agent_silent: false,
             netstack: false,
             agent_bin: None,
+            console_at_exit: None,
+            identity_file: None,
         }
     }
 }
@@ -137,6 +157,19 @@ impl Knobs {
             }
             Some(v) => k.agent_bin = Some(v.into()),
         }
+        k.console_at_exit = get("FC_SIM_CONSOLE_AT_EXIT").filter(|v| !v.is_empty());
+        match get("FC_SIM_IDENTITY_FILE") {
+            None => {}
+            Some(v) if matches!(v.trim(), "" | "0") => {}
+            Some(v) if v.trim() == "1" => k.identity_file = Some(IdentityFile::BesideApiSocket),
+            Some(v) if v.contains('\0') || !std::path::Path::new(&v).is_absolute() => {
+                return Err(KnobError {
+                    name: "FC_SIM_IDENTITY_FILE",
+                    value: v,
+                })
+            }
+            Some(v) => k.identity_file = Some(IdentityFile::At(v.into())),
+        }
         Ok(k)
     }
 }
@@ -184,5 +217,18 @@ mod tests {
                 .agent_bin,
             Some("/bin/agent".into())
         );
+        assert_eq!(
+            knobs(&[("FC_SIM_IDENTITY_FILE", "1")])
+                .unwrap()
+                .identity_file,
+            Some(IdentityFile::BesideApiSocket)
+        );
+        assert_eq!(
+            knobs(&[("FC_SIM_IDENTITY_FILE", "/run/id.json")])
+                .unwrap()
+                .identity_file,
+            Some(IdentityFile::At("/run/id.json".into()))
+        );
+        assert!(knobs(&[("FC_SIM_IDENTITY_FILE", "id.json")]).is_err());
     }
 }

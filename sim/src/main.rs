@@ -85,6 +85,7 @@ fn run(args: Args, knobs: Knobs) -> ExitCode {
     let mut vmm = Vmm::new(
         VmmOptions {
             id: args.id.clone(),
+            api_sock: args.api_sock.clone(),
             boot_timer: args.boot_timer,
             enable_pci: args.enable_pci,
         },
@@ -253,6 +254,10 @@ fn event_loop(
             );
             let resp = vmm.handle(call.action);
             let _ = call.reply.send(resp);
+            if vmm.exit_code().is_some() {
+                // The request ended the VMM (a failed snapshot load): answer before exiting.
+                let _ = call.written.recv_timeout(std::time::Duration::from_secs(1));
+            }
         }
     }
 }

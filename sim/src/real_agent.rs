@@ -26,12 +26,14 @@ pub struct RealAgent {
 }
 
 impl RealAgent {
-    /// Starts `bin --unix <private tmp dir>/agent.sock`; its stderr goes to the simulator's.
+    /// Starts `bin --unix <private tmp dir>/agent.sock` (and `--sim-identity-file <file>` when
+    /// given: its `reconfigure` writes there instead of touching the host); its stderr goes to
+    /// the simulator's.
     ///
     /// # Errors
     ///
     /// Creating its directory or spawning it failed.
-    pub fn spawn(bin: &Path) -> io::Result<Self> {
+    pub fn spawn(bin: &Path, identity_file: Option<&Path>) -> io::Result<Self> {
         remove_stale_dirs(&std::env::temp_dir());
         let dir = std::env::temp_dir().join(format!(
             "fc-sim-agent-{}-{:08x}",
@@ -41,10 +43,11 @@ impl RealAgent {
         std::fs::create_dir(&dir)?;
         let socket = dir.join("agent.sock");
         let mut cmd = Command::new(bin);
-        cmd.arg("--unix")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.arg("--unix").arg(&socket);
+        if let Some(f) = identity_file {
+            cmd.arg("--sim-identity-file").arg(f);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
         // SAFETY: prctl and getppid are async-signal-safe; the closure only copies a pid.
         unsafe {

@@ -25,6 +25,10 @@ pub struct VmmRequest {
     pub describe: String,
     /// Where to send the response.
     pub reply: mpsc::Sender<Response>,
+    /// Ends (a message or a hang-up) once the response was written or the connection is gone:
+    /// a VMM about to exit (a failed snapshot load) waits on it, so the client gets the
+    /// answer first, as from Firecracker.
+    pub written: mpsc::Receiver<()>,
 }
 
 /// Firecracker's description of a request for its log (`parsed_request.rs` `describe`).
@@ -105,16 +109,20 @@ fn serve_connection(stream: UnixStream, vmm: &mpsc::Sender<VmmRequest>, api_dela
         // Rejected requests go to the VMM thread too, which owns the log.
         let action = api::parse(&req).unwrap_or_else(Action::Rejected);
         let (reply, rx) = mpsc::channel();
+        let (written_tx, written) = mpsc::channel();
         let call = VmmRequest {
             action,
             describe: describe(&req),
             reply,
+            written,
         };
         if vmm.send(call).is_err() {
             return;
         }
         let Ok(resp) = rx.recv() else { return };
-        if write_response(&mut writer, &resp).is_err() || req.close {
+        let ok = write_response(&mut writer, &resp).is_ok();
+        let _ = written_tx.send(());
+        if !ok || req.close {
             return;
         }
     }

@@ -24,6 +24,8 @@ use crate::real_agent::RealAgent;
 use crate::tap::{open_tap, Tap};
 
 mod error;
+pub mod identity;
+pub mod snapshot;
 mod vm_config;
 pub use error::VmmError;
 
@@ -39,6 +41,8 @@ enum Timer {
     Reboot,
     /// The VMM dies (`FC_SIM_CRASH_AFTER_MS`).
     Crash,
+    /// Check the guest's identity file (`FC_SIM_IDENTITY_FILE`).
+    IdentityPoll,
 }
 
 /// Startup options from the command line that the VMM needs.
@@ -46,6 +50,8 @@ enum Timer {
 pub struct VmmOptions {
     /// `--id`.
     pub id: String,
+    /// `--api-sock`.
+    pub api_sock: String,
     /// `--boot-timer`.
     pub boot_timer: bool,
     /// `--enable-pci`.
@@ -97,6 +103,18 @@ pub struct Vmm {
     real_agent: Option<RealAgent>,
     started_at: Option<Instant>,
     ctrl_alt_del_pending: bool,
+    /// A boot resource (machine config, boot source, drive, interface, vsock) was set: a
+    /// snapshot can no longer be loaded.
+    boot_configured: bool,
+    /// The boot source a loaded snapshot recorded (its kernel is not opened again).
+    restored_boot: Option<BootSource>,
+    /// The guest memory file of a loaded snapshot, held open as Firecracker maps it.
+    mem_file: Option<File>,
+    /// The guest's network identity when it is not the kernel command line's (a restored
+    /// guest keeps its source's).
+    guest_identity: Option<snapshot::GuestIdentity>,
+    /// The identity file's content last acted on.
+    identity_seen: Option<Vec<u8>>,
     timers: Vec<(Instant, Timer)>,
     api_requests: u64,
     exit: Option<i32>,
@@ -133,6 +151,11 @@ impl Vmm {
             real_agent: None,
             started_at: None,
             ctrl_alt_del_pending: false,
+            boot_configured: false,
+            restored_boot: None,
+            mem_file: None,
+            guest_identity: None,
+            identity_seen: None,
             timers: Vec::new(),
             api_requests: 0,
             exit: None,
@@ -158,9 +181,8 @@ impl Vmm {
     /// added unless `--enable-pci`.
     pub fn kernel_cmdline(&self) -> Option<String> {
         let args = self
-            .boot
-            .as_ref()
-            .map(|(b, _, _)| b.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))?;
+            .boot_source()
+            .map(|b| b.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))?;
         Some(
             if self.opts.enable_pci || args.split(' ').any(|a| a == "pci=off") {
                 args.to_owned()
@@ -168,6 +190,14 @@ impl Vmm {
                 format!("{args} pci=off")
             },
         )
+    }
+
+    /// The boot source: the one configured, or the one a loaded snapshot recorded.
+    fn boot_source(&self) -> Option<&BootSource> {
+        self.boot
+            .as_ref()
+            .map(|(b, _, _)| b)
+            .or(self.restored_boot.as_ref())
     }
 
     /// The TAP file descriptors and names, in configuration order (for a guest netstack).
@@ -178,7 +208,19 @@ impl Vmm {
     /// Handles one API action; the response is what Firecracker would answer.
     pub fn handle(&mut self, action: Action) -> Response {
         self.api_requests += 1;
+        let boot_resource = matches!(
+            action,
+            Action::PutMachineConfig(_)
+                | Action::PatchMachineConfig(_)
+                | Action::PutBootSource(_)
+                | Action::PutDrive(_)
+                | Action::PutNet(_)
+                | Action::PutVsock(_)
+        );
         let result = self.dispatch(action);
+        if boot_resource && result.is_ok() {
+            self.boot_configured = true;
+        }
         match result {
             Ok(None) => Response::no_content(),
             Ok(Some(body)) => Response::ok(body),
@@ -277,6 +319,9 @@ impl Vmm {
                 self.maybe_schedule_reboot();
             }
         }
+        if let Some(net) = &self.guest_net {
+            net.0.set_frozen(self.guest.paused());
+        }
         Ok(None)
     }
 
@@ -304,7 +349,7 @@ impl Vmm {
             }),
             Action::GetMachineConfig => json(&self.machine),
             Action::GetVmConfig => json(&vm_config::FullVmConfig::new(
-                self.boot.as_ref().map(|(b, _, _)| b),
+                self.boot_source(),
                 self.drives.iter().map(|d| &d.config),
                 &self.machine,
                 self.nets.iter().map(|n| &n.config),
@@ -333,6 +378,8 @@ impl Vmm {
             Action::PutVsock(v) => self.put_vsock(v),
             Action::Action(a) => self.action(a.action_type),
             Action::PatchVm(vm) => self.patch_vm(vm),
+            Action::CreateSnapshot(p) => self.create_snapshot(&p),
+            Action::LoadSnapshot(p, mem) => self.load_snapshot(&p, &mem),
             Action::PutLogger(l) => self.put_logger(l),
             Action::PutMetrics(m) => {
                 self.pre_boot()?;
@@ -482,13 +529,10 @@ impl Vmm {
                 // Refused as the real loader refuses it; the VM stays "Not started".
                 crate::kernel::check(kernel, self.machine.mem_size_mib)
                     .map_err(|why| VmmError::KernelRefused { why })?;
-                if let Some(bin) = &self.knobs.agent_bin {
-                    let agent = RealAgent::spawn(bin).map_err(|source| VmmError::AgentSpawn {
-                        path: bin.display().to_string(),
-                        source,
-                    })?;
-                    self.guest.set_real_agent(agent.socket().to_path_buf());
-                    self.real_agent = Some(agent);
+                self.watch_identity();
+                if let Some(bin) = self.knobs.agent_bin.clone() {
+                    let guest = self.guest.clone();
+                    self.start_real_agent(&bin, &guest)?;
                 }
                 let now = Instant::now();
                 self.state = InstanceState::Running;
@@ -522,6 +566,19 @@ impl Vmm {
         }
     }
 
+    /// Starts the real agent (`FC_SIM_AGENT_BIN`) for `guest`.
+    fn start_real_agent(&mut self, bin: &std::path::Path, guest: &Guest) -> Result<(), VmmError> {
+        let identity = self.identity_path();
+        let agent =
+            RealAgent::spawn(bin, identity.as_deref()).map_err(|source| VmmError::AgentSpawn {
+                path: bin.display().to_string(),
+                source,
+            })?;
+        guest.set_real_agent(agent.socket().to_path_buf());
+        self.real_agent = Some(agent);
+        Ok(())
+    }
+
     /// Schedules the reboot once a pending Ctrl+Alt+Del can reach a running guest.
     fn maybe_schedule_reboot(&mut self) {
         let scheduled = self.timers.iter().any(|(_, t)| *t == Timer::Reboot);
@@ -550,10 +607,13 @@ impl Vmm {
                     if self.guest.paused() {
                         continue;
                     }
+                    self.print_console_at_exit();
                     self.log.info("Vmm is stopping.");
                     self.exit.get_or_insert(0);
                 }
+                Timer::IdentityPoll => self.poll_identity(),
                 Timer::Crash => {
+                    self.print_console_at_exit();
                     self.log.error(&format!(
                         "Firecracker exiting with error. exit_code={}",
                         self.knobs.crash_code
@@ -561,6 +621,16 @@ impl Vmm {
                     self.exit.get_or_insert(self.knobs.crash_code);
                 }
             }
+        }
+    }
+
+    /// The guest's last console line (`FC_SIM_CONSOLE_AT_EXIT`), on stdout like ttyS0.
+    fn print_console_at_exit(&self) {
+        if let Some(line) = &self.knobs.console_at_exit {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(format!("{line}\r\n").as_bytes());
+            let _ = out.flush();
         }
     }
 
@@ -594,6 +664,27 @@ impl Vmm {
     /// `ip=` argument and the interface's guest MAC (random when not given, as a guest would).
     fn start_guest_net(&mut self) -> Result<(), String> {
         let dev = self.nets.first().ok_or("no network interface configured")?;
+        let config = match &self.guest_identity {
+            Some(id) => id.net_config()?,
+            None => self.boot_identity(dev)?,
+        };
+        let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
+        let stack = Arc::new(GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?);
+        self.log.info(&format!(
+            "Guest network stack up on {} as {}",
+            dev.tap.name,
+            stack.config().ip
+        ));
+        // A guest restored paused starts frozen.
+        stack.set_frozen(self.guest.paused());
+        self.guest.set_net(stack.clone());
+        self.guest_net = Some(GuestNet(stack));
+        Ok(())
+    }
+
+    /// The guest's network identity at boot: the kernel's `ip=` argument and the interface's
+    /// guest MAC (random when not given, as a guest would pick one).
+    fn boot_identity(&self, dev: &NetDev) -> Result<NetConfig, String> {
         let cmdline = self.kernel_cmdline().unwrap_or_default();
         let mac = if let Some(m) = dev.config.guest_mac.as_deref() {
             parse_mac(m).map_err(|e| e.to_string())?
@@ -605,16 +696,7 @@ impl Vmm {
         let mut config =
             NetConfig::from_kernel_cmdline(mac, &cmdline).map_err(|e| e.to_string())?;
         config.vnet_hdr = VnetHdr::V1Len12;
-        let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
-        let stack = Arc::new(GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?);
-        self.log.info(&format!(
-            "Guest network stack up on {} as {}",
-            dev.tap.name,
-            stack.config().ip
-        ));
-        self.guest.set_net(stack.clone());
-        self.guest_net = Some(GuestNet(stack));
-        Ok(())
+        Ok(config)
     }
 }
 

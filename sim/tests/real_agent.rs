@@ -156,3 +156,50 @@ fn a_missing_agent_binary_fails_instance_start() {
     );
     assert!(fault.contains("Cannot start the guest agent"), "{fault}");
 }
+
+/// `reconfigure` through the simulator reaches the real agent, which (started with
+/// `--sim-identity-file`) writes the identity where the simulated guest reads it, and changes
+/// nothing on the host it runs on.
+#[test]
+fn the_real_agents_reconfigure_lands_in_the_sims_identity_file() {
+    let bin = agent_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("identity.json");
+    let sim = Sim::start(
+        &[],
+        &[
+            ("FC_SIM_AGENT_BIN", bin.to_str().unwrap()),
+            ("FC_SIM_IDENTITY_FILE", file.to_str().unwrap()),
+        ],
+    );
+    let d = sim.dir.path().to_str().unwrap().to_owned();
+    sim.ok("PUT", "/vsock", &bodies::valid("Vsock", 0, &d));
+    sim.boot();
+    let identity = agent::Reconfigure {
+        ip_cidr: "172.31.240.9/24".into(),
+        gateway: "172.31.240.1".parse().unwrap(),
+        mac: "06:00:ac:1f:f0:09".into(),
+        hostname: "fork-1".into(),
+        dns: "172.31.240.1".parse().unwrap(),
+        clock_unix_ns: None,
+        rng_seed: agent::RngSeed([3; 32]),
+    };
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (mut r, ok) = vsock_connect(&sim.path("v.sock"), 52);
+    assert!(ok.unwrap().starts_with("OK "));
+    r.get_mut()
+        .write_all(&agent::encode_request(&Request::Reconfigure(
+            identity.clone(),
+        )))
+        .unwrap();
+    let _: agent::Empty =
+        agent::decode_response(&agent::read_line(&mut r).unwrap().unwrap()).unwrap();
+    let written: agent::Reconfigure =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written, identity);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name,
+        "the host's hostname changed"
+    );
+}

@@ -85,6 +85,7 @@ impl FakeSupervisor {
             state,
             reason: EventReason::User,
             detail: None,
+            exit_status: None,
         };
         self.events.push(event.clone());
         self.subscribers.retain(actix::Recipient::connected);
@@ -189,6 +190,7 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
                 tap: Some(format!("hth{n}")),
                 pid: None,
                 last_error: None,
+                exit_status: None,
             },
         );
         self.publish(&name, VmState::Creating);

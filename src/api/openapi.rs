@@ -499,6 +499,7 @@ fn vm_schemas() -> Entries {
                     "pid": {"type": "integer"},
                     "nat": {"type": "boolean"},
                     "last_error": {"type": "string"},
+                    "exit_status": schema("ExitReport"),
                 }
             }),
         ),
@@ -522,7 +523,22 @@ fn vm_schemas() -> Entries {
                     "reason": {"type": "string",
                         "enum": ["user", "crash", "restart", "readiness_timeout", "error"]},
                     "detail": {"type": "string"},
+                    "exit_status": schema("ExitReport"),
                 }
+            }),
+        ),
+        (
+            "ExitReport",
+            json!({
+                "description": "How the image's command ended (hearth's init): exited with a code, or killed by a signal",
+                "oneOf": [
+                    {"type": "object", "additionalProperties": false, "required": ["exited"],
+                     "properties": {"exited": {"type": "object", "additionalProperties": false,
+                        "required": ["code"], "properties": {"code": {"type": "integer"}}}}},
+                    {"type": "object", "additionalProperties": false, "required": ["signaled"],
+                     "properties": {"signaled": {"type": "object", "additionalProperties": false,
+                        "required": ["signal"], "properties": {"signal": {"type": "integer"}}}}}
+                ]
             }),
         ),
     ]

@@ -183,6 +183,7 @@ mod tests {
             state: VmState::Running,
             reason: EventReason::User,
             detail: None,
+            exit_status: None,
         }
     }
 
@@ -204,6 +205,7 @@ mod tests {
             state: VmState::Running,
             reason: EventReason::User,
             detail: None,
+            exit_status: None,
         };
         let f = String::from_utf8(frame(&e).to_vec()).unwrap();
         assert!(f.starts_with("id: 42\ndata: {"), "{f}");

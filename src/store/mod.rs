@@ -288,6 +288,7 @@ impl Store {
             state,
             reason,
             detail: detail.map(str::to_owned),
+            exit_status: hearth_proto::api::exit_status_of(state, detail),
         })
     }
 

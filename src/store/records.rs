@@ -170,6 +170,7 @@ pub(super) fn events_since(
             vm,
             state,
             reason,
+            exit_status: hearth_proto::api::exit_status_of(state, detail.as_deref()),
             detail,
         });
     }

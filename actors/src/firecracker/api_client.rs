@@ -54,6 +54,12 @@ pub enum Endpoint<'a> {
     Vm,
     /// `/vm/config`: the whole configuration.
     VmConfig,
+    /// `/version`: the VMM's version.
+    Version,
+    /// `/snapshot/create`.
+    SnapshotCreate,
+    /// `/snapshot/load`.
+    SnapshotLoad,
 }
 
 impl Endpoint<'_> {
@@ -86,6 +92,9 @@ impl Endpoint<'_> {
             Endpoint::Metrics => Ok("/metrics".into()),
             Endpoint::Vm => Ok("/vm".into()),
             Endpoint::VmConfig => Ok("/vm/config".into()),
+            Endpoint::Version => Ok("/version".into()),
+            Endpoint::SnapshotCreate => Ok("/snapshot/create".into()),
+            Endpoint::SnapshotLoad => Ok("/snapshot/load".into()),
         }
     }
 }

@@ -76,6 +76,19 @@ pub fn boot_args(lease: Option<&NetLease>, extra: &str) -> String {
     args
 }
 
+/// The user's kernel arguments after the one naming the guest (`hearth.hostname=<vm>`, which
+/// hearth's init makes the hostname; other kernels and inits ignore it). A user's own
+/// `hearth.hostname=` comes later and wins.
+pub fn with_hostname_arg(vm: &str, user: &str) -> String {
+    let user = user.trim();
+    let named = format!("{}={vm}", hearth_proto::init::HOSTNAME_ARG);
+    if user.is_empty() {
+        named
+    } else {
+        format!("{named} {user}")
+    }
+}
+
 /// A guest CID that is unique per guest IP without an allocation table: the IP as a u32.
 /// Hybrid vsock CIDs only need to be unique per host for tools that address guests by CID;
 /// deriving it from the lease keeps it stable across restarts. Reserved CIDs (0-2, `u32::MAX`)
@@ -224,6 +237,24 @@ mod tests {
             }),
             vsock_cid: cid_for_guest_ip(Ipv4Addr::new(172, 31, 240, 5)),
         }
+    }
+
+    #[test]
+    fn the_guest_is_named_before_the_users_arguments() {
+        assert_eq!(with_hostname_arg("web", ""), "hearth.hostname=web");
+        let extra = with_hostname_arg("web", " quiet hearth.hostname=other ");
+        assert_eq!(extra, "hearth.hostname=web quiet hearth.hostname=other");
+        let args = boot_args(Some(&lease()), &extra);
+        assert_eq!(
+            hearth_proto::init::cmdline_value(&args, hearth_proto::init::HOSTNAME_ARG),
+            Some("other")
+        );
+        // What init parses from the line hearth builds.
+        let ip = hearth_proto::init::parse_kernel_ip(&args).unwrap().unwrap();
+        assert_eq!(ip.client, lease().guest_ip);
+        assert_eq!(ip.gateway, Some(lease().gateway));
+        assert_eq!(ip.prefix_len, lease().prefix_len);
+        assert_eq!(ip.dns, Some(lease().gateway));
     }
 
     #[test]

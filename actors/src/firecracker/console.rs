@@ -32,6 +32,8 @@ use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
+use super::exit_watch::{ExitLineWatch, GuestExit};
+
 /// The default console log cap: 4 MiB (plus one rotated file).
 pub const DEFAULT_CAP: u64 = 4 << 20;
 
@@ -53,6 +55,8 @@ pub struct ConsoleCapture {
     /// Set by [`ConsoleCapture::close`]: the VMM is gone, so once the FIFO is empty the pump
     /// is done even if a writer remains (the next VMM's capture may already hold the FIFO).
     closed: Arc<AtomicBool>,
+    /// The exit line of hearth's init, when the pump has copied one ([`super::exit_watch`]).
+    guest_exit: GuestExit,
 }
 
 /// Creates the FIFO if it is not there yet (mode 0600).
@@ -85,13 +89,21 @@ impl ConsoleCapture {
             unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?;
         let sink = LogSink::new(log, cap);
+        let guest_exit = sink.watch.handle();
         let closed = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(pump(reader, sink, closed.clone()));
         Ok(ConsoleCapture {
             keepalive: Some(keepalive),
             task: Some(task),
             closed,
+            guest_exit,
         })
+    }
+
+    /// How the image's command ended, if hearth's init has reported it on the console so
+    /// far (read it after [`ConsoleCapture::finish`] to see everything the VMM wrote).
+    pub fn guest_exit(&self) -> GuestExit {
+        self.guest_exit.clone()
     }
 
     /// Lets the pump finish (call once the VMM has exited): it drains what is buffered and
@@ -182,6 +194,8 @@ struct LogSink {
     cap: u64,
     /// The open log and its length; `None` after an error (re-opened on the next write).
     out: Option<(File, u64)>,
+    /// Looks for init's exit line in what is copied.
+    watch: ExitLineWatch,
 }
 
 impl LogSink {
@@ -190,6 +204,7 @@ impl LogSink {
             path: path.to_path_buf(),
             cap,
             out: open_log(path).ok(),
+            watch: ExitLineWatch::new(),
         }
     }
 
@@ -207,6 +222,7 @@ impl LogSink {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Copied::Empty),
                 Err(e) => return Err(e),
             };
+            self.watch.feed(&buf[..n]);
             self.write(&buf[..n]);
             copied += n;
         }

@@ -211,6 +211,26 @@ pub enum FirecrackerError {
         /// How long we waited.
         waited: Duration,
     },
+    /// A snapshot taken by another VMM than this actor's would run it; nothing was started.
+    #[error(
+        "Snapshot {snapshot} was taken with Firecracker {snapshot_version} (CPU template \
+         {snapshot_template:?}); this VMM is Firecracker {vmm_version} (CPU template \
+         {vmm_template:?}): {mismatch} differs"
+    )]
+    IncompatibleSnapshot {
+        /// The snapshot's state file.
+        snapshot: PathBuf,
+        /// The version the snapshot records (as `GET /version` said).
+        snapshot_version: String,
+        /// The CPU template the snapshot records.
+        snapshot_template: hearth_proto::firecracker::CpuTemplate,
+        /// This actor's binary's version.
+        vmm_version: VmmVersion,
+        /// The CPU template the restore would use.
+        vmm_template: hearth_proto::firecracker::CpuTemplate,
+        /// What differs: `version` or `CPU template`.
+        mismatch: &'static str,
+    },
 }
 
 impl From<ProcessError> for FirecrackerError {

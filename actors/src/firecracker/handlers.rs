@@ -28,6 +28,9 @@ use super::run_dir::set_socket_access;
 use super::stop::{run_ladder, rungs, StopOutcome, StopPlan, StopRung};
 use super::{FirecrackerActor, FirecrackerError, Owned, VmmState};
 
+/// How long an unexpected exit's event waits for the console's last lines to be copied.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
 type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
 
 fn fail<T: 'static>(e: FirecrackerError) -> Atomic<T> {
@@ -85,7 +88,10 @@ async fn start_instance(api: &mut ApiClient, timeout: Duration) -> Result<(), Fi
 
 impl FirecrackerActor {
     /// The synchronous part of a spawn: run dir, console, fork/exec, exit watch.
-    fn spawn_now(&mut self, ctx: &mut Context<Self>) -> Result<Duration, FirecrackerError> {
+    pub(super) fn spawn_now(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Result<Duration, FirecrackerError> {
         if !self.state.can_spawn() {
             return Err(FirecrackerError::InvalidState {
                 state: self.state,
@@ -154,7 +160,7 @@ impl FirecrackerActor {
     }
 
     /// The future that waits for the API socket and connects to it.
-    fn api_ready(
+    pub(super) fn api_ready(
         &self,
     ) -> impl std::future::Future<Output = Result<(ApiClient, Duration), FirecrackerError>> + 'static
     {
@@ -182,7 +188,7 @@ impl FirecrackerActor {
     }
 
     /// After a failed spawn or boot: SIGKILL the process; its exit is reported as `Stopped`.
-    fn kill_after_failure(&mut self, e: &FirecrackerError) {
+    pub(super) fn kill_after_failure(&mut self, e: &FirecrackerError) {
         // A process that already died is reported as such, not as stopped by us.
         if let Some(o) = self.owned.as_ref().filter(|o| o.exit.borrow().is_none()) {
             slog::warn!(self.log, "killing firecracker after failure"; "pid" => o.process.pid(), "error" => %e);
@@ -193,7 +199,7 @@ impl FirecrackerActor {
         }
     }
 
-    fn take_api(&mut self, op: &'static str) -> Result<ApiClient, FirecrackerError> {
+    pub(super) fn take_api(&mut self, op: &'static str) -> Result<ApiClient, FirecrackerError> {
         self.api.take().ok_or(FirecrackerError::InvalidState {
             state: self.state,
             op,
@@ -231,13 +237,34 @@ impl FirecrackerActor {
             .await;
             (client, res)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            move |(client, res), act, _| {
-                // Give back the connection if the ladder borrowed it.
-                if client.is_some() {
-                    act.api = client;
-                }
-                match res {
+        AtomicResponse::new(Box::pin(
+            fut.into_actor(self)
+                .then(|(client, res), act, _| {
+                    // Give back the connection if the ladder borrowed it.
+                    if client.is_some() {
+                        act.api = client;
+                    }
+                    // The process is gone: let the console's last lines (init's exit line,
+                    // printed before the guest shut down) be copied, bounded, and read the
+                    // report. An exit seen before the ladder is `ProcessExited`'s to report.
+                    let console = match &res {
+                        Ok(o) if o.rung != StopRung::AlreadyExited => act.console.take(),
+                        _ => None,
+                    };
+                    async move {
+                        let Some(console) = console else {
+                            return res;
+                        };
+                        let exit = console.guest_exit();
+                        let _ = tokio::time::timeout(CONSOLE_DRAIN, console.finish()).await;
+                        res.map(|o| StopOutcome {
+                            guest_exit: super::exit_watch::seen(&exit),
+                            ..o
+                        })
+                    }
+                    .into_actor(act)
+                })
+                .map(move |res, act, _| match res {
                     Ok(outcome) => {
                         slog::info!(act.log, "stopped"; "rung" => %outcome.rung, "status" => %outcome.status, "ms" => outcome.elapsed.as_millis());
                         act.stop_rung = Some(outcome.rung);
@@ -247,9 +274,8 @@ impl FirecrackerActor {
                         act.state = previous;
                         Err(e)
                     }
-                }
-            },
-        )))
+                }),
+        ))
     }
 }
 
@@ -524,7 +550,7 @@ impl Handler<AdoptProcess> for FirecrackerActor {
 
 impl FirecrackerActor {
     /// Whether a process of this actor may still run (spawned or adopted, exit not seen).
-    fn has_live_process(&self) -> bool {
+    pub(super) fn has_live_process(&self) -> bool {
         self.owned
             .as_ref()
             .is_some_and(|o| o.exit.borrow().is_none())
@@ -650,29 +676,47 @@ impl Handler<ProcessExited> for FirecrackerActor {
         self.owned = None;
         self.api = None;
         self.state = VmmState::Exited;
-        if let Some(console) = self.console.take() {
-            // The writer is gone: the pump task copies the last output and ends.
-            console.drain();
-        }
+        let console = self.console.take();
         if let Err(e) = self.run_dir.remove_sockets() {
             slog::warn!(self.log, "cannot remove sockets"; "error" => %e);
         }
-        let event = match self.stop_rung.take() {
-            Some(rung) if rung != StopRung::AlreadyExited => VmProcessEvent::Stopped {
-                vm_id: self.vm_id.clone(),
-                pid: msg.pid,
-                rung,
-                status: msg.status,
-            },
-            _ => {
-                slog::warn!(self.log, "firecracker exited unexpectedly"; "pid" => msg.pid, "status" => %msg.status);
-                VmProcessEvent::ExitedUnexpectedly {
+        match self.stop_rung.take() {
+            Some(rung) if rung != StopRung::AlreadyExited => {
+                if let Some(console) = console {
+                    // The writer is gone: the pump task copies the last output and ends.
+                    console.drain();
+                }
+                self.events.do_send(VmProcessEvent::Stopped {
                     vm_id: self.vm_id.clone(),
                     pid: msg.pid,
+                    rung,
                     status: msg.status,
-                }
+                });
             }
-        };
-        self.events.do_send(event);
+            _ => {
+                slog::warn!(self.log, "firecracker exited unexpectedly"; "pid" => msg.pid, "status" => %msg.status);
+                let (vm_id, pid, status) = (self.vm_id.clone(), msg.pid, msg.status);
+                let events = self.events.clone();
+                // The console's last lines may still be in the FIFO: let the pump copy them
+                // (bounded) so init's exit line, printed just before the reboot, is seen. Not
+                // tied to the actor: the owner must hear of the exit even if it stops.
+                actix::spawn(async move {
+                    let guest_exit = match console {
+                        Some(console) => {
+                            let exit = console.guest_exit();
+                            let _ = tokio::time::timeout(CONSOLE_DRAIN, console.finish()).await;
+                            super::exit_watch::seen(&exit)
+                        }
+                        None => None,
+                    };
+                    events.do_send(VmProcessEvent::ExitedUnexpectedly {
+                        vm_id,
+                        pid,
+                        status,
+                        guest_exit,
+                    });
+                });
+            }
+        }
     }
 }

@@ -62,6 +62,9 @@ pub enum VmProcessEvent {
         pid: u32,
         /// Its exit status (`Unknown` for an adopted process).
         status: ExitStatus,
+        /// How the image's command ended, when hearth's init reported it on the console
+        /// before the guest rebooted ([`hearth_proto::init::exit_line`]).
+        guest_exit: Option<hearth_proto::init::ExitReport>,
     },
 }
 

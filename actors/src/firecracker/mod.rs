@@ -28,10 +28,13 @@ pub mod command;
 pub mod config;
 pub mod console;
 mod error;
+pub mod exit_watch;
 mod handlers;
 pub mod messages;
 pub mod readiness;
 pub mod run_dir;
+pub mod snapshot_handlers;
+pub mod snapshot_messages;
 pub mod stop;
 
 use std::fmt;
@@ -52,6 +55,7 @@ pub use error::FirecrackerError;
 pub use messages::*;
 pub use readiness::ProbeOutcome;
 pub use run_dir::RunDir;
+pub use snapshot_messages::*;
 pub use stop::{StopOutcome, StopPlan, StopRung};
 
 /// Where a VM's VMM process is in its life, as its `FirecrackerActor` tracks it. Not the VM's

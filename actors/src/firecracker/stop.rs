@@ -77,6 +77,9 @@ pub struct StopOutcome {
     pub elapsed: Duration,
     /// Rungs that could not be attempted, and why (e.g. the API refused `SendCtrlAltDel`).
     pub notes: Vec<String>,
+    /// How the image's command ended, when hearth's init reported it on the console before
+    /// the guest shut down ([`hearth_proto::init::exit_line`]).
+    pub guest_exit: Option<hearth_proto::init::ExitReport>,
 }
 
 /// The rungs to climb, each with how long to wait for an exit after it. Ctrl+Alt+Del needs a
@@ -124,6 +127,7 @@ where
         status,
         elapsed: start.elapsed(),
         notes,
+        guest_exit: None,
     };
     if let Some(status) = *exit.borrow() {
         return Ok(done(StopRung::AlreadyExited, status, notes));

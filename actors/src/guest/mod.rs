@@ -1,7 +1,8 @@
 //! `GuestActor`: owns hearthd's connections to the guest agents, over each VM's hybrid vsock
 //! socket. Callers (the HTTP API) send [`AgentCall`] for request/response ops (`exec`
 //! detached, `execs`, `exec_info`, `signal`, `stat`) and [`OpenStream`] for streaming ones
-//! (`attach`, `get_archive`, `put_archive`).
+//! (`attach`, `get_archive`, `put_archive`); [`ReconfigureGuest`] gives a restored guest its
+//! new identity (`reconfigure`).
 //!
 //! Flow of one message: the handler reserves one of the VM's connection slots (state owned
 //! here), then a future asks the supervisor where the VM's agent is ([`GuestEndpoint`]: 404
@@ -18,6 +19,7 @@
 //! owner of that map needs no per-VM lifecycle of its own to start, stop and forget.
 
 mod handlers;
+mod identity;
 mod messages;
 pub mod stream;
 pub mod vsock;
@@ -32,6 +34,7 @@ use actix::{Actor, Context, Recipient};
 use hearth_proto::agent::AgentProtoError;
 use slog::Logger;
 
+pub use identity::ReconfigureGuest;
 pub use messages::{AgentCall, OpenConnections, OpenStream, Opened};
 pub use stream::{AgentStream, FrameReader, FrameWriter};
 

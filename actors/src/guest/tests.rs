@@ -380,3 +380,59 @@ async fn connections_per_vm_are_bounded_and_given_back() {
         .unwrap()
         .unwrap();
 }
+
+fn identity() -> hearth_proto::agent::Reconfigure {
+    hearth_proto::agent::Reconfigure {
+        ip_cidr: "172.31.240.9/24".into(),
+        gateway: std::net::Ipv4Addr::new(172, 31, 240, 1),
+        mac: "06:00:ac:1f:f0:09".into(),
+        hostname: "fork-1".into(),
+        dns: std::net::Ipv4Addr::new(172, 31, 240, 1),
+        clock_unix_ns: None,
+        rng_seed: hearth_proto::agent::RngSeed([9; 32]),
+    }
+}
+
+#[actix::test]
+async fn reconfigure_sends_the_identity_and_refuses_a_bad_one_without_calling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guest, uds) = actor(
+        dir.path(),
+        &[("web", VmState::Running)],
+        GuestSettings::default(),
+    );
+    // The agent answers {} only to the identity the test sent.
+    spawn_agent(&uds, true, |req| match decode_request(req).unwrap() {
+        Request::Reconfigure(r) if r == identity() => encode_ok(&Empty {}),
+        other => encode_error(&ErrorBody::new("bad_request", format!("{other:?}"))),
+    });
+    guest
+        .send(ReconfigureGuest {
+            vm: "web".into(),
+            identity: identity(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut bad = identity();
+    bad.gateway = std::net::Ipv4Addr::new(10, 0, 0, 1);
+    let err = guest
+        .send(ReconfigureGuest {
+            vm: "web".into(),
+            identity: bad,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, GuestError::Agent { ref code, ref message } if code == "bad_request" && message.contains("gateway")),
+        "{err:?}"
+    );
+    assert_eq!(
+        guest
+            .send(OpenConnections { vm: "web".into() })
+            .await
+            .unwrap(),
+        0
+    );
+}

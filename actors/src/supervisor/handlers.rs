@@ -558,7 +558,13 @@ impl Handler<VmProcessEvent> for VmSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: VmProcessEvent, ctx: &mut Context<Self>) {
-        let VmProcessEvent::ExitedUnexpectedly { vm_id, pid, status } = msg else {
+        let VmProcessEvent::ExitedUnexpectedly {
+            vm_id,
+            pid,
+            status,
+            guest_exit,
+        } = msg
+        else {
             // A requested stop: its saga records the outcome.
             return;
         };
@@ -585,6 +591,11 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                 // The guest shut itself down (reboot=k), or a VM being stopped ended: a stop,
                 // not a crash.
                 let stopped = match (status, entry.record.state) {
+                    // hearth's init reported the command's end, then rebooted: the event's
+                    // detail carries its line, which `exit_status` is parsed from.
+                    (_, _) if guest_exit.is_some() => guest_exit.map(|r| {
+                        format!("the guest shut down: {}", hearth_proto::init::exit_line(r))
+                    }),
                     (ExitStatus::Code(0), _) => Some("the guest shut down".to_owned()),
                     (status, VmState::Stopping) => {
                         Some(format!("the VMM exited while stopping: {status}"))

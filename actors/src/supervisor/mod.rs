@@ -32,6 +32,7 @@ mod handlers;
 mod messages;
 pub mod metrics;
 mod open;
+pub mod policy;
 mod saga;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -138,6 +139,7 @@ impl VmEntry {
             pid: r.process.as_ref().and_then(|p| p.pid),
             nat: r.nat,
             last_error: r.last_error.clone(),
+            exit_status: hearth_proto::api::exit_status_of(r.state, r.last_error.as_deref()),
         }
     }
 }

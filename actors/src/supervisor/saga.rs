@@ -475,7 +475,10 @@ fn machine_config(plan: &BootPlan, disk: PathBuf, lease: &NetLease, vsock_cid: u
         mem_size_mib: u64::from(plan.spec.memory_mib),
         kernel: plan.kernel.clone(),
         initrd: None,
-        extra_boot_args: plan.spec.boot_args.clone().unwrap_or_default(),
+        extra_boot_args: crate::firecracker::config::with_hostname_arg(
+            &plan.spec.name,
+            plan.spec.boot_args.as_deref().unwrap_or_default(),
+        ),
         rootfs: disk,
         rootfs_read_only: false,
         rootfs_rate_limiter: None,
@@ -512,7 +515,16 @@ async fn end_process(
     };
     p.expect_exit(vm, None).await;
     match outcome.map_err(mailbox("stop"))? {
-        Ok(o) => Ok(Some(format!("ended by {} ({})", o.rung, o.status))),
+        // The guest's init line, when there is one, stays last: `stop` records it.
+        Ok(o) => Ok(Some(match o.guest_exit {
+            Some(r) => format!(
+                "ended by {} ({}); {}",
+                o.rung,
+                o.status,
+                hearth_proto::init::exit_line(r)
+            ),
+            None => format!("ended by {} ({})", o.rung, o.status),
+        })),
         // It exited meanwhile (or never ran): stopped all the same.
         Err(e @ FirecrackerError::InvalidState { .. }) => {
             Ok(Some(format!("no process to stop: {e}")))
@@ -545,7 +557,7 @@ pub(super) async fn stop(
         }
     };
     p.commit(&vm, Change::Process(None)).await?;
-    if let Some(how) = how {
+    if let Some(how) = &how {
         info!(p.log, "VM stopped"; "vm" => &vm, "how" => how);
     }
     let released = release_network(&p, &vm, lease).await;
@@ -553,8 +565,18 @@ pub(super) async fn stop(
         .as_ref()
         .err()
         .map(|e| format!("network not released: {e}"));
-    p.set_state(&vm, VmState::Stopped, error, EventReason::User)
-        .await?;
+    // How hearth's init said the command ended, kept in the detail `exit_status` is read from.
+    let guest_exit = how
+        .as_deref()
+        .and_then(hearth_proto::init::parse_exit_line)
+        .map(|r| format!("the guest shut down: {}", hearth_proto::init::exit_line(r)));
+    p.set_state(
+        &vm,
+        VmState::Stopped,
+        error.or(guest_exit),
+        EventReason::User,
+    )
+    .await?;
     p.rebuild_dns().await;
     released
 }

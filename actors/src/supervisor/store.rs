@@ -258,6 +258,7 @@ impl VmStore for MemoryVmStore {
             state,
             reason,
             detail: detail.map(str::to_owned),
+            exit_status: hearth_proto::api::exit_status_of(state, detail),
         };
         self.events.push(event.clone());
         Ok(event)

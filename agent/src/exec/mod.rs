@@ -17,22 +17,46 @@ use hearth_proto::agent::{codes, ErrorBody, ExecInfo, ExecRequest, SessionId};
 
 pub use session::Session;
 
+use crate::net::identity::{GuestIdentity, IdentityBackend};
+
 /// The most sessions running at once.
 pub const MAX_RUNNING: usize = 256;
 /// The most exited sessions kept (the newest).
 pub const MAX_EXITED: usize = 64;
 
-/// The agent's sessions, oldest first.
-#[derive(Debug, Default)]
+/// The agent's sessions, oldest first, and the backend `reconfigure` applies identities with
+/// (chosen at launch: the guest's own network, or the simulator's file).
+#[derive(Debug)]
 pub struct Table {
     sessions: Mutex<Vec<Arc<Session>>>,
+    identity: Box<dyn IdentityBackend>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self::with_identity(Box::new(GuestIdentity::default()))
+    }
 }
 
 impl Table {
-    /// An empty table.
+    /// An empty table; `reconfigure` changes this guest ([`GuestIdentity`]).
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table whose `reconfigure` goes to `identity`.
+    #[must_use]
+    pub fn with_identity(identity: Box<dyn IdentityBackend>) -> Self {
+        Table {
+            sessions: Mutex::new(Vec::new()),
+            identity,
+        }
+    }
+
+    /// The backend `reconfigure` uses.
+    pub fn identity(&self) -> &dyn IdentityBackend {
+        self.identity.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {

@@ -47,12 +47,14 @@ use serde::{Deserialize, Serialize};
 pub mod exec;
 pub mod files;
 pub mod frame;
+pub mod identity;
 
 pub use exec::{
     AttachRequest, ExecInfo, ExecList, ExecRequest, ExecStarted, ExitStatus, SessionId,
     SignalRequest, WindowSize,
 };
 pub use files::{ArchiveRequest, ArchiveSummary, PathKind, PathStat, StatRequest};
+pub use identity::{Reconfigure, RngSeed};
 
 /// The newest protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -117,6 +119,8 @@ pub mod codes {
     pub const TAKEN_OVER: &str = "taken_over";
     /// The agent refused an operation on a path (permissions, read-only file system...).
     pub const PERMISSION_DENIED: &str = "permission_denied";
+    /// `reconfigure`: a step of applying the new identity failed (the message names it).
+    pub const RECONFIGURE_FAILED: &str = "reconfigure_failed";
 }
 
 /// A request from the host to the agent.
@@ -145,6 +149,9 @@ pub enum Request {
     PutArchive(ArchiveRequest),
     /// v2: sends a path as a tar stream; answered with its [`PathStat`], then frames.
     GetArchive(ArchiveRequest),
+    /// v2: gives the guest a new identity after a snapshot restore ([`identity`]); answered
+    /// with `{}`.
+    Reconfigure(Reconfigure),
 }
 
 impl Request {
@@ -162,6 +169,7 @@ impl Request {
             Request::Stat(_) => "stat",
             Request::PutArchive(_) => "put_archive",
             Request::GetArchive(_) => "get_archive",
+            Request::Reconfigure(_) => "reconfigure",
         }
     }
 
@@ -464,6 +472,7 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::Signal(s) => out(req, s),
         Request::Stat(s) => out(req, s),
         Request::PutArchive(a) | Request::GetArchive(a) => out(req, a),
+        Request::Reconfigure(r) => out(req, r),
     }
 }
 
@@ -591,6 +600,15 @@ fn decode_op(
             } else {
                 Request::GetArchive(a)
             })
+        }
+        "reconfigure" => {
+            let r: Reconfigure = args("reconfigure", raw)?;
+            r.validate()
+                .map_err(|reason| AgentProtoError::InvalidArguments {
+                    op: "reconfigure",
+                    reason,
+                })?;
+            Ok(Request::Reconfigure(r))
         }
         other => Err(AgentProtoError::UnknownOp { op: other.into() }),
     }

@@ -19,6 +19,7 @@ pub mod machine_config;
 pub mod metrics;
 pub mod net;
 pub mod rate_limiter;
+pub mod snapshot;
 pub mod vm;
 pub mod vsock;
 
@@ -33,6 +34,10 @@ pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpd
 pub use metrics::Metrics;
 pub use net::{NetworkInterface, PartialNetworkInterface};
 pub use rate_limiter::{RateLimiter, TokenBucket};
+pub use snapshot::{
+    LoadHugePages, MemBackendType, MemoryBackend, NetworkOverride, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, VsockOverride,
+};
 pub use vm::{Vm, VmPauseState};
 pub use vsock::Vsock;
 

@@ -39,7 +39,9 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -165,6 +167,7 @@ pub struct GuestStack {
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
     config: NetConfig,
+    frozen: Arc<AtomicBool>,
 }
 
 impl GuestStack {
@@ -179,7 +182,8 @@ impl GuestStack {
             .set_nonblocking(true)
             .map_err(|source| NetstackError::Spawn { source })?;
         let (commands, rx) = mpsc::channel();
-        let stack = Stack::new(File::from(tap), config.clone(), rx, wake_rx);
+        let frozen = Arc::new(AtomicBool::new(false));
+        let stack = Stack::new(File::from(tap), config.clone(), rx, wake_rx, frozen.clone());
         let thread = std::thread::Builder::new()
             .name(format!("guest-{}", config.ip))
             .spawn(move || stack.run())
@@ -189,7 +193,15 @@ impl GuestStack {
             wake,
             thread: Some(thread),
             config,
+            frozen,
         })
+    }
+
+    /// Freezes (the VM is paused: the guest reads and sends nothing, requests wait) or thaws
+    /// the guest.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+        let _ = (&self.wake).write(&[1]);
     }
 
     /// The configuration the stack runs with.

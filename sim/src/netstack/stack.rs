@@ -10,7 +10,9 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -155,6 +157,9 @@ pub(crate) struct Stack {
     /// Closed TCP sockets finishing their FIN handshake, dropped when done or at the instant.
     lingering: Vec<(SocketHandle, Instant)>,
     next_port: u16,
+    /// Set while the VM is paused: the guest does nothing (no frames read or sent, no
+    /// operation advances); commands wait until it runs again.
+    frozen: Arc<AtomicBool>,
 }
 
 impl Stack {
@@ -163,6 +168,7 @@ impl Stack {
         config: NetConfig,
         commands: Receiver<Command>,
         wake: UnixStream,
+        frozen: Arc<AtomicBool>,
     ) -> Self {
         let mut device = TapDevice::new(tap, config.vnet_hdr);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
@@ -187,12 +193,36 @@ impl Stack {
             listeners: Vec::new(),
             lingering: Vec::new(),
             next_port: 49_152 + rand::random::<u16>() % 16_000,
+            frozen,
         }
+    }
+
+    /// While frozen: keep what is asked for until the guest runs again, and stop when told.
+    /// Returns false when the stack must stop.
+    fn wait_thawed(&mut self) -> bool {
+        let mut deferred = Vec::new();
+        while self.frozen.load(Ordering::SeqCst) {
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                    Ok(command) => deferred.push(command),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            std::thread::sleep(MAX_SLEEP);
+        }
+        for command in deferred {
+            self.start(command);
+        }
+        true
     }
 
     /// Runs until told to stop or the handle is gone.
     pub(crate) fn run(mut self) {
         loop {
+            if !self.wait_thawed() {
+                return;
+            }
             self.poll_iface();
             loop {
                 match self.commands.try_recv() {

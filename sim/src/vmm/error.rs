@@ -146,6 +146,21 @@ pub enum VmmError {
         /// The rejected MTU.
         mtu: u32,
     },
+    /// `PUT /snapshot/create` failed (the VM runs, a file cannot be written...).
+    #[error("Create snapshot error: {why}")]
+    CreateSnapshot {
+        /// Firecracker's reason.
+        why: String,
+    },
+    /// `PUT /snapshot/load` on a process that already has boot resources (the process lives).
+    #[error("Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadAfterConfig,
+    /// `PUT /snapshot/load` failed; the process then exits.
+    #[error("Load snapshot error: Failed to restore from snapshot: {why}")]
+    LoadSnapshot {
+        /// Firecracker's reason.
+        why: String,
+    },
     /// A drive or network interface added after boot: a hot-plug, which needs `--enable-pci`.
     #[error("PCI is not enabled")]
     PciNotEnabled,

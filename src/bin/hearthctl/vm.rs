@@ -323,6 +323,9 @@ fn show_vm(json: bool, vm: &VmInfo) {
     if let Some(e) = &vm.last_error {
         rows.push(("last error", e.clone()));
     }
+    if let Some(x) = vm.exit_status {
+        rows.push(("exit status", x.to_string()));
+    }
     for (k, v) in rows {
         println!("{:<12} {v}", format!("{k}:"));
     }

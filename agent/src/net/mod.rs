@@ -1,5 +1,10 @@
-//! The diagnostic ops: `resolve` (the guest's own resolver, `getaddrinfo` through
-//! [`ToSocketAddrs`]) and `connect` (one TCP exchange), each bounded by its `timeout_ms`.
+//! The guest's network: the diagnostic ops `resolve` (the guest's own resolver,
+//! `getaddrinfo` through [`ToSocketAddrs`]) and `connect` (one TCP exchange), each bounded by
+//! its `timeout_ms`; and its configuration ([`iface`]: addresses, MAC, routes, hostname,
+//! resolv.conf), shared by init (from the kernel `ip=` argument) and the `reconfigure` op.
+
+pub mod identity;
+pub mod iface;
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
