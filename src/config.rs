@@ -9,8 +9,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 mod exec;
+mod images;
 mod jailer;
 pub use exec::ExecConfig;
+pub use images::ImagesConfig;
 pub use jailer::JailerConfig;
 
 /// Errors in reading or validating the configuration.
@@ -67,6 +69,8 @@ pub struct Config {
     pub exec: ExecConfig,
     /// Running VMMs through Firecracker's jailer (off by default; see [`JailerConfig`]).
     pub jailer: JailerConfig,
+    /// Root filesystems built from OCI images.
+    pub images: ImagesConfig,
 }
 
 /// Host networking settings.
@@ -313,6 +317,7 @@ impl Config {
         self.network.validate()?;
         self.exec.validate()?;
         self.jailer.validate()?;
+        self.images.validate()?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

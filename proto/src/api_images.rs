@@ -98,6 +98,9 @@ pub struct ImageInfo {
     pub source: PathBuf,
     /// When it was imported, seconds since the Unix epoch.
     pub imported_unix: u64,
+    /// For a root filesystem built from an OCI image: its reference, digest, config and init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<Box<crate::image_config::OciSource>>,
 }
 
 /// The media type of a streamed import: one JSON [`ImportUpdate`] per line.

@@ -11,4 +11,5 @@ pub mod api_images;
 pub mod api_policy;
 pub mod api_snapshot;
 pub mod firecracker;
+pub mod image_config;
 pub mod init;

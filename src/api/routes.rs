@@ -101,6 +101,7 @@ pub fn api_routes() -> Routes {
         .add(Method::HEAD, "/v1/vms/{name}/archive", archive::stat)
         .add(Method::POST, "/v1/images", images::import)
         .add(Method::GET, "/v1/images", images::list)
+        .add(Method::GET, "/v1/images/{name}", images::get)
         .add(Method::DELETE, "/v1/images/{name}", images::delete)
         .add(Method::GET, "/v1/events", events::list)
         .add(Method::GET, "/v1/events/stream", events::stream)

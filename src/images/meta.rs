@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use hearth_proto::api_images::{ImageFormat, ImageKind};
+pub use hearth_proto::image_config::OciSource;
 
 use super::{io_err, ImagesError};
 
@@ -34,6 +35,10 @@ pub struct ImageMeta {
     pub source: PathBuf,
     /// When it was imported, seconds since the Unix epoch.
     pub imported_unix: u64,
+    /// For a root filesystem built from an OCI image: where from, its config, its init.
+    /// Absent in images imported from a file (and in `meta.json` files older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciSource>,
 }
 
 /// Writes `meta` into the image directory `dir` atomically.
@@ -95,6 +100,7 @@ mod tests {
             sha256: "ab".into(),
             source: "/src/vmlinux".into(),
             imported_unix: 1,
+            oci: None,
         };
         write(dir.path(), &m).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(m));

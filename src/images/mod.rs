@@ -16,8 +16,11 @@
 //! an `x86_64` ELF `vmlinux` or a `bzImage`, for a root filesystem an ext4 image that is a whole
 //! number of 512-byte sectors and holds its whole filesystem ([`detect`]).
 
+pub mod boot;
+mod built;
 pub mod detect;
 pub mod meta;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -363,10 +366,21 @@ impl ImageStore {
             size: total,
             sha256,
             source: src.into(),
-            imported_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            imported_unix: now_unix(),
+            oci: None,
         };
+        self.publish(tmp, final_dir, meta)
+    }
+
+    /// Writes `meta` into the filled temporary directory `tmp` and renames it to `final_dir`
+    /// (refused if that exists), syncing both so the image survives a crash whole or not at all.
+    fn publish(
+        &self,
+        tmp: &Path,
+        final_dir: &Path,
+        meta: ImageMeta,
+    ) -> Result<ImageMeta, ImagesError> {
+        let name = meta.name.as_str();
         meta::write(tmp, &meta)?;
         File::open(tmp)
             .and_then(|d| d.sync_all())
@@ -445,6 +459,13 @@ impl Drop for Removal {
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What a file type is, for [`ImagesError::NotAFile`]; `None` for a regular file.

@@ -5,6 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use hearth::client::{cli, ApiPath, Client, Method};
 use hearth_proto::api::{parse_label, CreateVm, SetNat, VmInfo, VmState};
+use hearth_proto::image_config::InitMode;
 
 use crate::output::{labels, on_off, print_json, table};
 use crate::{usage, Out};
@@ -104,12 +105,17 @@ pub(crate) struct CreateArgs {
     /// Kernel image (not with --from-snapshot).
     #[arg(long, required_unless_present = "from_snapshot")]
     kernel: Option<String>,
-    /// Root filesystem image (not with --from-snapshot).
-    #[arg(long, required_unless_present = "from_snapshot")]
+    /// Root filesystem image, or `--image` for one built from an OCI image (not with
+    /// --from-snapshot).
+    #[arg(long, alias = "image", required_unless_present = "from_snapshot")]
     rootfs: Option<String>,
     /// Restore this snapshot as the new VM (its machine is the snapshot's).
-    #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
+    #[arg(long, conflicts_with_all = ["kernel", "rootfs", "init"])]
     from_snapshot: Option<String>,
+    /// Which init the guest boots, for an image built from an OCI image: `hearth` (its
+    /// command under hearth's init) or `image` (its own init). Default: what it was built for.
+    #[arg(long, value_parser = parse_init)]
+    init: Option<InitMode>,
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -138,6 +144,10 @@ pub(crate) struct CreateArgs {
 pub(crate) enum OnOff {
     On,
     Off,
+}
+
+fn parse_init(s: &str) -> Result<InitMode, String> {
+    s.parse()
 }
 
 fn parse_state(s: &str) -> Result<VmState, String> {
@@ -186,6 +196,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         memory_mib: args.memory,
         disk_size: None,
         boot_args: args.boot_args,
+        init: args.init,
         nat: args.nat,
         ready_probe: !args.no_ready_probe,
         labels: args.labels.into_iter().collect(),
