@@ -175,6 +175,9 @@ pub struct FirecrackerActor {
     console: Option<console::ConsoleCapture>,
     /// Set when hearth ended the process, so its exit is reported as `Stopped`.
     stop_rung: Option<StopRung>,
+    /// The vCPUs are paused (`PauseVm`, a restore without resume, or adopted paused): a
+    /// stop skips Ctrl+Alt+Del, which a paused guest cannot act on.
+    paused: bool,
 }
 
 impl FirecrackerActor {
@@ -202,6 +205,7 @@ impl FirecrackerActor {
             api: None,
             console: None,
             stop_rung: None,
+            paused: false,
         })
     }
 
