@@ -235,7 +235,7 @@ pub enum FirecrackerError {
 
 impl FirecrackerError {
     /// Whether a restore failed only because the snapshot has no realtime clock reference for
-    /// `clock_realtime` (Firecracker: "clock_realtime requested but not present in the
+    /// `clock_realtime` (Firecracker: "`clock_realtime` requested but not present in the
     /// snapshot state", which depends on the host's KVM clock when the snapshot was taken).
     /// The restore can be retried without `clock_realtime`, setting the guest clock through
     /// the agent instead.
