@@ -23,7 +23,7 @@ use hearth_actors::firecracker::api_client::Endpoint;
 use hearth_actors::firecracker::{
     AdoptProcess, ApiClient, CreateVmSnapshot, FirecrackerActor, FirecrackerError, GetVmmProcess,
     KillVm, NetworkOverride, PauseVm, ProbeReady, RestoreInfo, RestoreVm, ResumeVm, RunDir,
-    SnapshotCompat, SpawnProcess, StopRung, VmProcessEvent, VmmSnapshotInfo,
+    SnapshotCompat, SpawnProcess, StopPlan, StopRung, StopVm, VmProcessEvent, VmmSnapshotInfo,
 };
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_proto::firecracker::{CpuTemplate, FirecrackerVersion};
@@ -146,7 +146,8 @@ fn restore_msg(src: &Source, info: &VmmSnapshotInfo, tap: &str) -> RestoreVm {
         }],
         vsock_uds_path: None,
         resume: true,
-        clock_realtime: true,
+        // The real binary refuses it intermittently here (see `clock_realtime_unavailable`).
+        clock_realtime: false,
     }
 }
 
@@ -533,7 +534,14 @@ fn restored_sim_guest_keeps_its_identity_and_freezes_when_paused() {
                 .status
                 .success()
         };
-        assert!(!ping(), "a guest restored paused answers nothing");
+        if ping() {
+            let rd = run_dir(&fx, "copy");
+            panic!(
+                "a guest restored paused answers nothing; state {}; log: {}",
+                vm_state(&rd.api_socket()).await,
+                std::fs::read_to_string(rd.firecracker_log()).unwrap_or_default()
+            );
+        }
         copy.send(ResumeVm {}).await.unwrap().unwrap();
         assert!(
             common::wait_until(Duration::from_secs(5), ping),
@@ -630,5 +638,109 @@ fn sim_guest_adopts_the_identity_the_agent_writes() {
         assert!(!ping("172.31.240.5"), "the old address is gone");
         copy.send(KillVm {}).await.unwrap().unwrap();
         src.send(KillVm {}).await.unwrap().unwrap();
+    });
+}
+
+/// Stopping a paused VM skips Ctrl+Alt+Del (a paused guest cannot act on it, so its grace
+/// would only be waited out): Firecracker's own log shows the pause and no `SendCtrlAltDel`.
+/// The same holds for a copy restored paused.
+async fn stopping_a_paused_vm_skips_ctrl_alt_del(vmm: Vmm, ns: &NetNs) {
+    let fx = Fixture::new("snp");
+    let _reaper = Reaper(fx.path().to_path_buf());
+    let src = boot_source(&fx, &vmm, ns).await;
+    let info = snapshot(&src).await;
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+    let mut settings = fx.settings();
+    settings.log_level = hearth_proto::firecracker::LogLevel::Info;
+    let (events, _rx) = hearth_testkit::fc_sim::event_sink();
+    let copy = actix::Actor::start(
+        FirecrackerActor::new(
+            "copy",
+            fx.binary(vmm.binary()),
+            std::sync::Arc::new(hearth_actors::host::processes::LinuxProcesses),
+            settings,
+            events,
+            hearth_testkit::test_logger(),
+        )
+        .unwrap(),
+    );
+    copy.send(RestoreVm {
+        resume: false,
+        ..restore_msg(&src, &info, "hth1")
+    })
+    .await
+    .unwrap()
+    .expect("restore paused");
+    let rd = run_dir(&fx, "copy");
+    assert_eq!(vm_state(&rd.api_socket()).await, "Paused");
+    let plan = StopPlan {
+        ctrl_alt_del_grace: Some(Duration::from_secs(30)),
+        term_grace: Some(Duration::from_secs(5)),
+    };
+    let stopped = copy.send(StopVm { plan }).await.unwrap().expect("stop");
+    assert_ne!(stopped.rung, StopRung::CtrlAltDel);
+    let log = std::fs::read_to_string(rd.firecracker_log()).unwrap();
+    assert!(
+        log.contains("/snapshot/load"),
+        "the log records requests: {log}"
+    );
+    assert!(!log.contains("SendCtrlAltDel"), "{log}");
+    // The source was paused by PauseVm: the same.
+    let stopped = src.vm.send(StopVm { plan }).await.unwrap().expect("stop");
+    assert_ne!(stopped.rung, StopRung::CtrlAltDel);
+}
+vmm_test!(
+    stopping_a_paused_vm_skips_ctrl_alt_del,
+    stopping_a_paused_vm_skips_ctrl_alt_del,
+    net
+);
+
+/// Simulator only (the real binary's refusal depends on the host's KVM clock, seen here now
+/// and then): a load with `clock_realtime` on a snapshot without a realtime clock reference
+/// fails with Firecracker's text, the error says so (`is_clock_realtime_unavailable`), and a
+/// restore without it works.
+#[test]
+fn clock_realtime_unavailable_is_recognised_and_a_retry_without_it_works() {
+    hearth_testkit::require_privileged!();
+    let ns = NetNs::new("vmm");
+    ns.block_on(|| async {
+        let fx = Fixture::new("snp");
+        let _reaper = Reaper(fx.path().to_path_buf());
+        let bin = fx.wrapper("fc-clk", &[("FC_SIM_NO_CLOCK_REALTIME", "1")], false);
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth0", "mode", "tap"]);
+        ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+        let (vm, _events) = fx.actor("src", bin.clone());
+        bring_up(&vm, fx.config(Some(net("hth0")))).await;
+        let snaps = fx.path().join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+        let src = Source {
+            vm,
+            api: run_dir(&fx, "src").api_socket(),
+            snap: snaps.join("state"),
+            mem: snaps.join("mem"),
+        };
+        let info = snapshot(&src).await;
+        let (copy, _events) = fx.actor("copy", bin);
+        let err = copy
+            .send(RestoreVm {
+                clock_realtime: true,
+                ..restore_msg(&src, &info, "hth1")
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.is_clock_realtime_unavailable(), "{err}");
+        assert_eq!(
+            fault::<()>(Err(err)).1,
+            "Load snapshot error: Failed to restore from snapshot: Failed to build microVM from \
+             snapshot: Failed to restore microVM state: clock_realtime requested but not present \
+             in the snapshot state"
+        );
+        copy.send(restore_msg(&src, &info, "hth1"))
+            .await
+            .unwrap()
+            .expect("restore without clock_realtime");
+        copy.send(KillVm {}).await.unwrap().unwrap();
+        src.vm.send(KillVm {}).await.unwrap().unwrap();
     });
 }

@@ -45,6 +45,10 @@ pub struct Knobs {
     /// (`1`: `sim-identity.json` beside the API socket, one per VM); a real agent
     /// (`FC_SIM_AGENT_BIN`) is started with `--sim-identity-file` naming it.
     pub identity_file: Option<IdentityFile>,
+    /// `FC_SIM_NO_CLOCK_REALTIME=1`: snapshots carry no realtime clock reference, so a load
+    /// with `clock_realtime` fails as the real binary's sometimes does (its KVM clock had
+    /// none when the snapshot was taken).
+    pub no_clock_realtime: bool,
 }
 
 /// Where the guest's identity file is.
@@ -73,6 +77,7 @@ impl Default for Knobs {
             agent_bin: None,
             console_at_exit: None,
             identity_file: None,
+            no_clock_realtime: false,
         }
     }
 }
@@ -146,6 +151,7 @@ impl Knobs {
         k.no_agent = flag("FC_SIM_NO_AGENT")?;
         k.agent_silent = flag("FC_SIM_AGENT_SILENT")?;
         k.netstack = flag("FC_SIM_NETSTACK")?;
+        k.no_clock_realtime = flag("FC_SIM_NO_CLOCK_REALTIME")?;
         match get("FC_SIM_AGENT_BIN") {
             None => {}
             Some(v) if v.trim().is_empty() => {}

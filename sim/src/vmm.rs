@@ -669,14 +669,16 @@ impl Vmm {
             None => self.boot_identity(dev)?,
         };
         let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
-        let stack = Arc::new(GuestStack::spawn(fd.into(), config).map_err(|e| e.to_string())?);
+        // A paused guest's stack starts frozen: it must not answer a single frame.
+        let stack = Arc::new(
+            GuestStack::spawn_frozen(fd.into(), config, self.guest.paused())
+                .map_err(|e| e.to_string())?,
+        );
         self.log.info(&format!(
             "Guest network stack up on {} as {}",
             dev.tap.name,
             stack.config().ip
         ));
-        // A guest restored paused starts frozen.
-        stack.set_frozen(self.guest.paused());
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())

@@ -240,6 +240,18 @@ pub enum FirecrackerError {
     },
 }
 
+impl FirecrackerError {
+    /// Whether a restore failed only because the snapshot has no realtime clock reference for
+    /// `clock_realtime` (Firecracker: "`clock_realtime` requested but not present in the
+    /// snapshot state", which depends on the host's KVM clock when the snapshot was taken).
+    /// The restore can be retried without `clock_realtime`, setting the guest clock through
+    /// the agent instead.
+    pub fn is_clock_realtime_unavailable(&self) -> bool {
+        matches!(self, FirecrackerError::Api { fault_message, .. }
+            if fault_message.contains("clock_realtime requested but not present"))
+    }
+}
+
 impl From<ProcessError> for FirecrackerError {
     fn from(source: ProcessError) -> Self {
         FirecrackerError::Process { source }

@@ -132,6 +132,7 @@ impl FirecrackerActor {
         self.watch_exit(ctx, process, start_time);
         self.state = VmmState::Spawning;
         self.stop_rung = None;
+        self.paused = false;
         Ok(t0.elapsed())
     }
 
@@ -220,7 +221,8 @@ impl FirecrackerActor {
         };
         let process = owned.process.clone();
         let exit = owned.exit.clone();
-        let guest_started = self.state == VmmState::Running && self.api.is_some();
+        // A paused guest cannot act on Ctrl+Alt+Del: go straight to the signals.
+        let guest_started = self.state == VmmState::Running && self.api.is_some() && !self.paused;
         let steps = rungs(&plan, guest_started);
         let mut client = if guest_started { self.api.take() } else { None };
         let previous = self.state;
@@ -550,6 +552,7 @@ impl Handler<AdoptProcess> for FirecrackerActor {
                 act.watch_exit(ctx, process, start_time);
                 act.api = Some(client);
                 act.stop_rung = None;
+                act.paused = info.state == InstanceState::Paused;
                 act.state = match info.state {
                     InstanceState::NotStarted => VmmState::Spawned,
                     InstanceState::Running | InstanceState::Paused => VmmState::Running,

@@ -181,6 +181,9 @@ pub struct FirecrackerActor {
     stop_rung: Option<StopRung>,
     /// Jailed (issue 16): how; `None` runs Firecracker as hearthd's user (less isolated).
     jail: Option<VmJail>,
+    /// The vCPUs are paused (`PauseVm`, a restore without resume, or adopted paused): a
+    /// stop skips Ctrl+Alt+Del, which a paused guest cannot act on.
+    paused: bool,
 }
 
 impl FirecrackerActor {
@@ -209,6 +212,7 @@ impl FirecrackerActor {
             console: None,
             stop_rung: None,
             jail: None,
+            paused: false,
         })
     }
 

@@ -169,8 +169,11 @@ impl FirecrackerActor {
             (client, res)
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |(client, res), act, _| {
+            move |(client, res), act, _| {
                 act.api = Some(client);
+                if res.is_ok() {
+                    act.paused = state == VmPauseState::Paused;
+                }
                 res
             },
         )))
@@ -309,6 +312,7 @@ impl Handler<RestoreVm> for FirecrackerActor {
     type Result = Atomic<RestoreInfo>;
 
     fn handle(&mut self, msg: RestoreVm, ctx: &mut Context<Self>) -> Self::Result {
+        let resume = msg.resume;
         let (body, vsock) = match self.restore_body(&msg) {
             Ok(b) => b,
             Err(e) => return fail(e),
@@ -361,6 +365,7 @@ impl Handler<RestoreVm> for FirecrackerActor {
                         }
                         act.api = Some(client);
                         act.state = VmmState::Running;
+                        act.paused = !resume;
                         let record = act.record().ok_or(FirecrackerError::InvalidState {
                             state: act.state,
                             op: "record",

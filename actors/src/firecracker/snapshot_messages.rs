@@ -101,7 +101,11 @@ pub struct RestoreVm {
     pub vsock_uds_path: Option<PathBuf>,
     /// Resume the vCPUs after the load (`resume_vm`).
     pub resume: bool,
-    /// Ask Firecracker to set the guest's realtime clock to the host's (`clock_realtime`).
+    /// Ask Firecracker to advance the guest's clock by the wall time since the snapshot
+    /// (`clock_realtime`). The real binary refuses it (and the load fails) when the snapshot's
+    /// KVM clock state has no realtime reference, which happens on some hosts some of the time:
+    /// see [`FirecrackerError::is_clock_realtime_unavailable`]; restore again without it and
+    /// set the guest clock through the agent.
     pub clock_realtime: bool,
 }
 

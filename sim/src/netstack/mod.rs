@@ -174,6 +174,16 @@ impl GuestStack {
     /// Validates `config`, makes `tap` non-blocking and starts the stack thread on it. The
     /// stack owns the fd from now on and closes it when stopped.
     pub fn spawn(tap: OwnedFd, config: NetConfig) -> Result<Self, NetstackError> {
+        Self::spawn_frozen(tap, config, false)
+    }
+
+    /// Like [`GuestStack::spawn`], frozen from the start when `frozen` (a guest whose VM is
+    /// paused: not one frame is read before [`GuestStack::set_frozen`] thaws it).
+    pub fn spawn_frozen(
+        tap: OwnedFd,
+        config: NetConfig,
+        frozen: bool,
+    ) -> Result<Self, NetstackError> {
         config.validate()?;
         set_nonblocking(&tap)?;
         let (wake, wake_rx) =
@@ -182,7 +192,7 @@ impl GuestStack {
             .set_nonblocking(true)
             .map_err(|source| NetstackError::Spawn { source })?;
         let (commands, rx) = mpsc::channel();
-        let frozen = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(frozen));
         let stack = Stack::new(File::from(tap), config.clone(), rx, wake_rx, frozen.clone());
         let thread = std::thread::Builder::new()
             .name(format!("guest-{}", config.ip))
