@@ -8,6 +8,7 @@ pub mod api;
 pub mod api_exec;
 pub mod api_health;
 pub mod api_images;
+pub mod api_pull;
 pub mod firecracker;
 pub mod image_config;
 pub mod init;
