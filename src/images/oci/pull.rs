@@ -73,6 +73,23 @@ pub enum PullError {
 }
 
 impl PullError {
+    /// The message with its causes (`outer: cause: cause`), for users: the API's error line,
+    /// hearthctl.
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            let text = e.to_string();
+            // `transparent` variants repeat their source's message.
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = e.source();
+        }
+        out
+    }
+
     /// A stable machine-readable code for the API's error line.
     pub fn code(&self) -> &'static str {
         match self {
@@ -128,7 +145,7 @@ pub struct Puller {
 
 /// An image whose blobs are all in the cache, verified: what the build needs.
 #[derive(Debug, Clone)]
-pub(crate) struct Fetched {
+pub struct Fetched {
     /// The reference (or archive path) it came from.
     pub source: String,
     /// The image manifest's digest.
@@ -180,9 +197,31 @@ impl Puller {
         opts: &PullOptions,
         progress: Sink<'_>,
     ) -> Result<ImageMeta, PullError> {
-        let reference = ImageRef::parse(reference)?;
         self.check_name(name)?;
         let _shared = self.cache.shared();
+        let fetched = self.fetch_unlocked(reference, opts, progress).await?;
+        self.build(name, &fetched, opts, progress)
+    }
+
+    /// The first half of a pull: resolves `reference` and brings its config and layers into
+    /// the blob cache, verified (downloading only those not cached yet).
+    pub async fn fetch(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: Sink<'_>,
+    ) -> Result<Fetched, PullError> {
+        let _shared = self.cache.shared();
+        self.fetch_unlocked(reference, opts, progress).await
+    }
+
+    async fn fetch_unlocked(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: Sink<'_>,
+    ) -> Result<Fetched, PullError> {
+        let reference = ImageRef::parse(reference)?;
         let credentials = match &self.settings.credentials {
             Some(path) => auth::lookup(path, &reference.registry)?,
             None => None,
@@ -219,12 +258,11 @@ impl Puller {
                 })
                 .await?;
         }
-        let fetched = Fetched {
+        Ok(Fetched {
             source: reference.to_string(),
             manifest_digest: resolved.manifest_digest,
             manifest,
-        };
-        self.build(name, &fetched, opts, progress)
+        })
     }
 
     /// Imports the `docker save` / OCI archive or OCI layout directory at `path` as root
