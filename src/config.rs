@@ -9,7 +9,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 mod exec;
+mod images;
 pub use exec::ExecConfig;
+pub use images::ImagesConfig;
 
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Exec sessions and file transfer through the guest agent.
     pub exec: ExecConfig,
+    /// OCI images: registries, credentials, bounds.
+    pub images: ImagesConfig,
 }
 
 /// Host networking settings.
@@ -308,6 +312,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.network.validate()?;
         self.exec.validate()?;
+        self.images.validate()?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

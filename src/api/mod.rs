@@ -20,10 +20,12 @@ pub mod events;
 pub mod exec;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
+pub mod image_pull;
 pub mod images;
 pub mod metrics;
 pub mod openapi;
 pub mod openapi_exec;
+pub mod openapi_oci;
 pub mod ports;
 pub mod query;
 pub mod routes;
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub ports: SupervisorPorts,
     /// The image store; `None` makes the image endpoints answer 503.
     pub images: Option<ImageStore>,
+    /// OCI pulls and archive imports into that store; `None` makes them answer 503.
+    pub oci: Option<crate::images::oci::Puller>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
     /// Time a client has to send a whole request body ([`DEFAULT_BODY_TIMEOUT`]).
@@ -67,10 +71,18 @@ impl ApiState {
         ApiState {
             ports,
             images,
+            oci: None,
             body_limit: DEFAULT_BODY_LIMIT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             log: slog::Logger::root(slog::Discard, slog::o!()),
         }
+    }
+
+    /// The same state, with OCI pulls and imports through `puller`.
+    #[must_use]
+    pub fn with_oci(mut self, puller: crate::images::oci::Puller) -> Self {
+        self.oci = Some(puller);
+        self
     }
 
     /// The same state, logging requests to `log`.
