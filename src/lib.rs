@@ -11,6 +11,7 @@ pub mod egress;
 pub mod images;
 pub mod logging;
 pub mod preflight;
+pub mod safe_path;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod vm_host;

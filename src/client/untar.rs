@@ -35,6 +35,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 use tar::EntryType;
 
+use crate::safe_path::{self, WalkError};
+
 /// The default bound on a copied stream's size (4 GiB).
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
@@ -188,37 +190,13 @@ impl<R: Read> Read for Counted<R> {
 
 /// Splits an entry name into checked components (`.` and empty ones dropped).
 fn components(name: &[u8]) -> Result<Vec<OsString>, UntarError> {
-    let shown = || String::from_utf8_lossy(name).into_owned();
-    if name.first() == Some(&b'/') {
-        return Err(UntarError::UnsafeName {
-            entry: shown(),
-            reason: "absolute name",
-        });
-    }
-    let mut out = Vec::new();
-    for c in name.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                return Err(UntarError::UnsafeName {
-                    entry: shown(),
-                    reason: "name holds ..",
-                })
-            }
-            c if c.contains(&0) => {
-                return Err(UntarError::UnsafeName {
-                    entry: shown(),
-                    reason: "name holds a NUL byte",
-                })
-            }
-            c => out.push(OsStr::from_bytes(c).to_os_string()),
-        }
-    }
+    let refuse = |reason| UntarError::UnsafeName {
+        entry: String::from_utf8_lossy(name).into_owned(),
+        reason,
+    };
+    let out = safe_path::split_name(name).map_err(refuse)?;
     if out.is_empty() {
-        return Err(UntarError::UnsafeName {
-            entry: shown(),
-            reason: "empty name",
-        });
+        return Err(refuse("empty name"));
     }
     Ok(out)
 }
@@ -231,36 +209,13 @@ fn open_dir(
     create: bool,
     entry: &str,
 ) -> Result<OwnedFd, UntarError> {
-    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-    let mut cur = openat(root, ".", flags, Mode::empty())
-        .map_err(|e| io_err("Opening the extraction directory failed", e))?;
-    for c in comps {
-        let next = match openat(&cur, c.as_os_str(), flags, Mode::empty()) {
-            Err(Errno::ENOENT) if create => {
-                match mkdirat(&cur, c.as_os_str(), Mode::from_bits_truncate(0o700)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(io_err(
-                            format!("Creating a directory for {entry} failed"),
-                            e,
-                        ))
-                    }
-                }
-                openat(&cur, c.as_os_str(), flags, Mode::empty())
-            }
-            r => r,
-        };
-        cur = match next {
-            Ok(fd) => fd,
-            Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                return Err(UntarError::ThroughSymlink {
-                    entry: entry.to_owned(),
-                })
-            }
-            Err(e) => return Err(io_err(format!("Opening a directory for {entry} failed"), e)),
-        };
-    }
-    Ok(cur)
+    let mode = create.then(|| Mode::from_bits_truncate(0o700));
+    safe_path::open_dir(root, comps, mode).map_err(|e| match e {
+        WalkError::ThroughSymlink => UntarError::ThroughSymlink {
+            entry: entry.to_owned(),
+        },
+        WalkError::Io(e) => io_err(format!("Opening a directory for {entry} failed"), e),
+    })
 }
 
 /// Removes what sits at `name` in `dir` unless it is a directory, so a new entry replaces it
