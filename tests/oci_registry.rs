@@ -369,3 +369,93 @@ fn an_index_with_two_platforms_serves_the_one_asked_for() {
     .unwrap();
     assert_eq!(fetched.manifest_digest.to_string(), arm);
 }
+
+fn pull(
+    ns: &NetNs,
+    puller: &Puller,
+    reference: &str,
+    name: &str,
+) -> Result<hearth::images::ImageMeta, PullError> {
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(puller.pull(reference, name, &PullOptions::default(), &mut |_| {}))
+    })
+}
+
+/// `debugfs -R "stat <path>"` on an ext4 image: whether the path exists in it.
+fn ext4_has(image: &Path, path: &str) -> bool {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&out.stderr).contains("File not found")
+        && String::from_utf8_lossy(&out.stdout).contains("Inode:")
+}
+
+/// Names in the image store's directory that are not images (temporaries, the cache).
+fn store_leftovers(store: &ImageStore) -> Vec<String> {
+    fs::read_dir(store.dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".blobs")
+        .collect()
+}
+
+#[test]
+fn pull_builds_images_sharing_blobs_and_gc_removes_unused_ones() {
+    let Some((ns, reg, _work, layout)) = setup("pull_builds_images", None) else {
+        return;
+    };
+    reg.push(&layout, "v1", "test/bb");
+    reg.push(&layout, "v2", "test/bb");
+    // busybox is a static x86_64 ELF: it stands in for the agent the builder injects (what
+    // the agent does as init is tested elsewhere).
+    let h = host(None, "/bin/busybox".into());
+    let store = h.puller.store().clone();
+
+    let one = pull(&ns, &h.puller, &format!("{ADDR}/test/bb:v1"), "one").unwrap();
+    let oci = one.oci.as_ref().expect("an OCI image records its source");
+    assert_eq!(oci.reference, format!("{ADDR}/test/bb:v1"));
+    assert_eq!(oci.config.cmd, ["/bin/sh", "-c", "echo v1"]);
+    let one_file = store.path("one").unwrap();
+    assert!(ext4_has(&one_file, "/bin/busybox"));
+    assert!(!ext4_has(&one_file, "/hello"));
+
+    let before = reg.blob_gets().len();
+    let two = pull(&ns, &h.puller, &format!("{ADDR}/test/bb:v2"), "two").unwrap();
+    assert_eq!(
+        reg.blob_gets().len() - before,
+        2,
+        "v2 fetched its config and new layer only"
+    );
+    let two_file = store.path("two").unwrap();
+    assert!(ext4_has(&two_file, "/hello") && ext4_has(&two_file, "/bin/busybox"));
+    assert_ne!(one.sha256, two.sha256);
+
+    // A taken name is refused before anything is fetched.
+    let before = reg.log().lines().count();
+    let err = pull(&ns, &h.puller, &format!("{ADDR}/test/bb:v2"), "one").unwrap_err();
+    assert_eq!(err.code(), "conflict", "{err}");
+    assert_eq!(reg.log().lines().count(), before, "the registry was asked");
+    // A missing tag: an error, no image, no temporaries.
+    let err = pull(&ns, &h.puller, &format!("{ADDR}/test/bb:nope"), "three").unwrap_err();
+    assert_eq!(err.code(), "not_found", "{}", err.full_message());
+    assert!(store.get("three").is_err());
+    assert_eq!(store_leftovers(&store), Vec::<String>::new());
+
+    // Blobs: v1 = config1 + L1, v2 = config2 + L1 + L2: four.
+    assert_eq!(h.puller.cache().list().unwrap().len(), 4);
+    assert_eq!(h.puller.collect_garbage().unwrap().blobs, 0);
+    store.remove("one", |_| false).unwrap();
+    let report = h.puller.collect_garbage().unwrap();
+    assert_eq!((report.blobs, report.kept), (1, 3), "only v1's config goes");
+    store.remove("two", |_| false).unwrap();
+    let report = h.puller.collect_garbage().unwrap();
+    assert_eq!((report.blobs, report.kept), (3, 0));
+    assert!(h.puller.cache().list().unwrap().is_empty());
+}

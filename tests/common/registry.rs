@@ -177,7 +177,7 @@ pub fn umoci(args: &[&str]) {
 
 /// An OCI layout at `<dir>/layout` with two tags sharing their first layer: `v1` = busybox
 /// (`/bin/busybox`, `/bin/sh` -> busybox) and `v2` = v1 + `/hello` (`hi`) + `extra` bytes
-/// in `/extra.bin`; `v1` runs `/bin/sh -c "echo v1"`.
+/// in `/extra.bin`; `v1` runs `/bin/sh -c "echo v1"`, `v2` `/bin/cat /hello`.
 pub fn build_layout(dir: &Path, extra: usize) -> PathBuf {
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
@@ -217,6 +217,15 @@ pub fn build_layout(dir: &Path, extra: usize) -> PathBuf {
         "--image",
         &format!("{l}:v2"),
         b,
+    ]);
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{l}:v2"),
+        "--config.cmd",
+        "/bin/cat",
+        "--config.cmd",
+        "/hello",
     ]);
     layout
 }
