@@ -52,6 +52,10 @@ pub struct ImportArchive {
     pub kind: ArchiveKind,
     /// Absolute path of the archive file or layout directory, as hearthd sees it.
     pub path: PathBuf,
+    /// Which image of several in it: an OCI layout's ref name (`v1`), a `docker save`
+    /// `RepoTags` entry (`repo:tag`) or tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// The filesystem's size in bytes; default: content plus headroom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,

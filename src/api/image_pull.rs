@@ -117,7 +117,13 @@ pub async fn import(
     };
     let log = state.log.clone();
     Ok(streamed(move |sink| {
-        let r = puller.import_archive(&request.path, &request.name, &opts, sink);
+        let r = puller.import_archive(
+            &request.path,
+            request.tag.as_deref(),
+            &request.name,
+            &opts,
+            sink,
+        );
         let source = request.path.display().to_string();
         log_outcome(&log, "import", &source, &request.name, &r);
         r

@@ -119,6 +119,7 @@ struct Archive<'a> {
 /// `platform`.
 pub fn read(
     path: &Path,
+    tag: Option<&str>,
     cache: &BlobCache,
     limits: &OciLimits,
     platform: &Platform,
@@ -153,7 +154,7 @@ pub fn read(
         cache,
         limits: *limits,
     };
-    archive.resolve(platform)
+    archive.resolve(tag, platform)
 }
 
 /// A reader that reports how far it got.
@@ -297,6 +298,8 @@ fn stream_tar(
 struct DockerEntry {
     config: String,
     layers: Vec<String>,
+    #[serde(default)]
+    repo_tags: Vec<String>,
 }
 
 impl Archive<'_> {
@@ -418,12 +421,12 @@ impl Archive<'_> {
         })
     }
 
-    fn resolve(&self, platform: &Platform) -> Result<Resolved, ArchiveError> {
+    fn resolve(&self, tag: Option<&str>, platform: &Platform) -> Result<Resolved, ArchiveError> {
         if let Some(index) = self.metadata("index.json")? {
-            return self.resolve_oci(&index, platform);
+            return self.resolve_oci(&index, tag, platform);
         }
         if let Some(list) = self.metadata("manifest.json")? {
-            return self.resolve_docker(&list);
+            return self.resolve_docker(&list, tag);
         }
         Err(ArchiveError::NotAnArchive {
             path: self.path.clone(),
@@ -432,13 +435,32 @@ impl Archive<'_> {
     }
 
     /// An OCI layout: `index.json` -> (an index ->) a manifest.
-    fn resolve_oci(&self, index: &[u8], platform: &Platform) -> Result<Resolved, ArchiveError> {
+    fn resolve_oci(
+        &self,
+        index: &[u8],
+        tag: Option<&str>,
+        platform: &Platform,
+    ) -> Result<Resolved, ArchiveError> {
         let mut entries = match self.parse(index)? {
             Parsed::Index(entries) => entries,
             Parsed::Manifest(_) => {
                 return Err(self.malformed("index.json is a manifest, not an index"))
             }
         };
+        let ref_name = |e: &Descriptor| e.annotations.get(manifest::REF_NAME).cloned();
+        if let Some(tag) = tag {
+            entries.retain(|e| ref_name(e).as_deref() == Some(tag));
+            if entries.is_empty() {
+                return Err(self.missing(format!("an image tagged {tag:?} in index.json")));
+            }
+        } else if entries.len() > 1 && entries.iter().all(|e| e.platform.is_none()) {
+            let names: Vec<String> = entries.iter().filter_map(ref_name).collect();
+            return Err(self.malformed(format!(
+                "index.json holds {} images ({}); choose one with a tag",
+                entries.len(),
+                names.join(", ")
+            )));
+        }
         // Two levels at most: index.json may point at an image's own index.
         for _ in 0..2 {
             let entry = match entries.as_slice() {
@@ -479,12 +501,23 @@ impl Archive<'_> {
     }
 
     /// A `docker save` archive: `manifest.json`, one image.
-    fn resolve_docker(&self, list: &[u8]) -> Result<Resolved, ArchiveError> {
-        let images: Vec<DockerEntry> = serde_json::from_slice(list)
+    fn resolve_docker(&self, list: &[u8], tag: Option<&str>) -> Result<Resolved, ArchiveError> {
+        let mut images: Vec<DockerEntry> = serde_json::from_slice(list)
             .map_err(|e| self.malformed(format!("manifest.json: {e}")))?;
+        if let Some(tag) = tag {
+            // RepoTags are `repo:tag`; a bare tag matches any repository's.
+            images.retain(|i| {
+                i.repo_tags
+                    .iter()
+                    .any(|t| t == tag || t.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+            });
+            if images.is_empty() {
+                return Err(self.missing(format!("an image tagged {tag:?} in manifest.json")));
+            }
+        }
         let [image] = images.as_slice() else {
             return Err(self.malformed(format!(
-                "manifest.json lists {} images; import archives of exactly one",
+                "manifest.json lists {} images; choose one with a tag",
                 images.len()
             )));
         };
@@ -494,6 +527,7 @@ impl Archive<'_> {
             digest: config_digest.clone(),
             size: config_size,
             platform: None,
+            annotations: std::collections::BTreeMap::new(),
         };
         let mut layers = Vec::new();
         for layer in &image.layers {
@@ -504,6 +538,7 @@ impl Archive<'_> {
                 digest,
                 size,
                 platform: None,
+                annotations: std::collections::BTreeMap::new(),
             });
         }
         manifest::check_image(&config, &layers, &self.limits).map_err(|source| {

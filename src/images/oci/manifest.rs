@@ -146,7 +146,13 @@ pub struct Descriptor {
     /// For an index entry: the platform it is for.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Annotations (an OCI layout names its images with `org.opencontainers.image.ref.name`).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
+
+/// The annotation naming an image in an OCI layout's `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// An image manifest: the config blob and the layers, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -266,10 +266,12 @@ impl Puller {
     }
 
     /// Imports the `docker save` / OCI archive or OCI layout directory at `path` as root
-    /// filesystem image `name`.
+    /// filesystem image `name`; `tag` chooses among several images in it (an OCI layout's
+    /// `org.opencontainers.image.ref.name`, a `docker save` `RepoTags` entry or its tag).
     pub fn import_archive(
         &self,
         path: &Path,
+        tag: Option<&str>,
         name: &str,
         opts: &PullOptions,
         progress: Sink<'_>,
@@ -278,6 +280,7 @@ impl Puller {
         let _shared = self.cache.shared();
         let resolved = archive::read(
             path,
+            tag,
             &self.cache,
             &self.settings.limits,
             &opts.platform,
