@@ -13,6 +13,7 @@
 mod events;
 mod image;
 mod output;
+mod pull;
 mod vm;
 
 use std::io::Write;
