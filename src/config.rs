@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 mod exec;
 mod images;
 pub use exec::ExecConfig;
-pub use images::ImagesConfig;
+pub use images::{ImagesConfig, RegistryConfig, AGENT_NAME};
 
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Exec sessions and file transfer through the guest agent.
     pub exec: ExecConfig,
-    /// OCI images: registries, credentials, bounds.
+    /// Root filesystems built from OCI images.
     pub images: ImagesConfig,
 }
 

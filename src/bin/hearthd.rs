@@ -104,7 +104,17 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let images = daemon.images.clone();
     let puller = hearth::images::oci::Puller::new(
         images.clone(),
-        config.images.oci_settings(rootfs_options()),
+        config.images.oci_settings(
+            config.images.rootfs_options(
+                None,
+                hearth::images::oci::rootfs::InitMode::Hearth,
+                // No agent found: builds for hearth's init fail naming what they looked for.
+                config
+                    .images
+                    .resolve_agent_bin(std::env::current_exe().ok().as_deref())
+                    .unwrap_or_else(|| hearth::config::AGENT_NAME.into()),
+            ),
+        ),
     )
     .context("Cannot open the OCI blob cache")?;
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
@@ -151,23 +161,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-/// How pulled images' root filesystems are built. Stand-in defaults until the builder's own
-/// `[images]` keys (agent binary, headroom) are wired here: the static `hearth-agent` next to
-/// hearthd's executable (else `hearth-agent`), 20% / 64 MiB headroom.
-fn rootfs_options() -> hearth::images::oci::rootfs::RootfsOptions {
-    use hearth::images::oci::rootfs::{FlattenLimits, InitMode, RootfsOptions};
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("hearth-agent")))
-        .filter(|p| p.is_file());
-    RootfsOptions {
-        size: None,
-        headroom_percent: 20,
-        min_headroom_bytes: 64 << 20,
-        init: InitMode::Hearth,
-        agent_bin: beside.unwrap_or_else(|| "hearth-agent".into()),
-        limits: FlattenLimits::default(),
-    }
 }

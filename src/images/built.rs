@@ -139,3 +139,89 @@ fn hash_file(file: &File, total: u64, path: &Path) -> Result<String, ImagesError
     }
     Ok(format!("{:x}", hasher.finalize()))
 }
+
+#[cfg(test)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the tests make their ext4 with mkfs and remove their build directory"
+)]
+mod tests {
+    use super::*;
+    use crate::images::meta::META_FILE;
+    use hearth_proto::image_config::{ImageConfig, InitMode};
+
+    fn mkfs(path: &Path) {
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(path)
+            .arg("8M")
+            .output()
+            .expect("run mkfs.ext4");
+        assert!(out.status.success());
+    }
+
+    fn source() -> OciSource {
+        OciSource {
+            reference: "docker.io/library/alpine:3.20".into(),
+            manifest_digest: "sha256:abc".into(),
+            config: ImageConfig {
+                cmd: vec!["/bin/sh".into()],
+                ..ImageConfig::default()
+            },
+            init: InitMode::Hearth,
+        }
+    }
+
+    #[test]
+    fn commit_built_moves_the_file_in_with_its_origin() {
+        let data = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(data.path()).unwrap();
+        let work = store.build_dir("alpine").unwrap();
+        assert!(work.starts_with(store.dir()));
+        let built = work.join("out.ext4");
+        mkfs(&built);
+        let meta = store.commit_built("alpine", &built, source()).unwrap();
+        assert!(!built.exists());
+        assert_eq!(meta.kind, ImageKind::Rootfs);
+        assert_eq!(meta.format, ImageFormat::Ext4);
+        assert_eq!(meta.size, 8 << 20);
+        assert_eq!(meta.oci, Some(source()));
+        assert_eq!(store.get("alpine").unwrap(), meta);
+        assert!(store.resolve(ImageKind::Rootfs, "alpine").is_some());
+        // A second image of that name is refused, and the file stays with the caller.
+        mkfs(&built);
+        assert!(matches!(
+            store.commit_built("alpine", &built, source()),
+            Err(ImagesError::Exists { .. })
+        ));
+        assert!(built.exists());
+        // Not ext4: refused, nothing stored, the file left where it was.
+        fs::write(&built, vec![0u8; 1 << 20]).unwrap();
+        assert!(matches!(
+            store.commit_built("other", &built, source()),
+            Err(ImagesError::NotExt4 { .. })
+        ));
+        assert!(built.exists());
+        fs::remove_dir_all(&work).unwrap();
+        let names: Vec<_> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["alpine"]);
+    }
+
+    #[test]
+    fn metadata_without_an_oci_source_still_reads() {
+        let data = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(data.path()).unwrap();
+        let dir = store.dir().join("old");
+        fs::create_dir(&dir).unwrap();
+        fs::write(
+            dir.join(META_FILE),
+            br#"{"name":"old","kind":"rootfs","format":"ext4","size":512,"sha256":"ab","source":"/x","imported_unix":1}"#,
+        )
+        .unwrap();
+        let m = store.get("old").unwrap();
+        assert_eq!((m.name.as_str(), m.oci), ("old", None));
+    }
+}
