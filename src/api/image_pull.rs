@@ -130,6 +130,18 @@ pub async fn import(
     }))
 }
 
+/// Removes the cached blobs no image uses any more (after an image is removed). A failure
+/// is logged, not reported: the removal itself succeeded, and the next one collects again.
+pub async fn collect_garbage(puller: Puller, log: slog::Logger) {
+    match actix_web::web::block(move || puller.collect_garbage()).await {
+        Ok(Ok(r)) if r.blobs > 0 => slog::info!(log, "blobs collected";
+            "blobs" => r.blobs, "bytes" => r.bytes, "kept" => r.kept),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => slog::warn!(log, "blob collection failed"; "error" => %e),
+        Err(e) => slog::warn!(log, "blob collection failed"; "error" => %e),
+    }
+}
+
 fn log_outcome(
     log: &slog::Logger,
     op: &str,
