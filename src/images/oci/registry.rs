@@ -113,6 +113,10 @@ impl std::fmt::Debug for Registry {
 }
 
 static CRYPTO: Once = Once::new();
+/// How long connecting to a registry may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a registry may leave a response without a byte.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Registry {
     /// A client for `reference`'s registry.
@@ -131,7 +135,9 @@ impl Registry {
             .collect();
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
-            // Only the loopback-free system proxy settings matter here; reqwest reads them.
+            // A registry that stops answering fails the pull instead of hanging it.
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         };
         let client = oci_client::Client::try_from(config).map_err(|e| RegistryError::Request {
