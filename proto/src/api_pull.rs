@@ -110,8 +110,8 @@ pub enum PullUpdate {
     },
     /// Every blob is verified; the root filesystem is being built.
     Building,
-    /// Done: the image.
-    Image(ImageInfo),
+    /// Done: the image (boxed: it is much larger than the progress lines).
+    Image(Box<ImageInfo>),
     /// Failed; no image was stored.
     Error(ErrorDetail),
 }

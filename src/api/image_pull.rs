@@ -174,7 +174,7 @@ where
                 let _ = progress.try_send(u);
             };
             let update = match work(&mut sink) {
-                Ok(meta) => PullUpdate::Image(info(meta)),
+                Ok(meta) => PullUpdate::Image(Box::new(info(meta))),
                 Err(e) => PullUpdate::Error(ErrorDetail {
                     code: e.code().into(),
                     message: e.full_message(),

@@ -21,7 +21,9 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 2GiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 2GiB"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kib" => 10,
@@ -110,7 +112,7 @@ fn run(c: &Client, path: &'static str, body: &[u8], json: bool) -> Result<ImageI
         }
         let update: PullUpdate = serde_json::from_str(&line).map_err(ClientError::Decode)?;
         match update {
-            PullUpdate::Image(img) => result = Some(Ok(img)),
+            PullUpdate::Image(img) => result = Some(Ok(*img)),
             PullUpdate::Error(e) => result = Some(Err(e)),
             other if !json => bars.show(&other),
             _ => {}

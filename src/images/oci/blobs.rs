@@ -346,10 +346,10 @@ impl BlobWriter {
                 actual,
             });
         }
-        let file = self
-            .file
-            .take()
-            .expect("a writer is finished once")
+        let Some(buffered) = self.file.take() else {
+            return Err(io_err("write", &self.tmp)(io::ErrorKind::BrokenPipe.into()));
+        };
+        let file = buffered
             .into_inner()
             .map_err(|e| io_err("write", &self.tmp)(e.into_error()))?;
         file.sync_all().map_err(io_err("sync", &self.tmp))?;

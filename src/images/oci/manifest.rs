@@ -66,8 +66,8 @@ pub enum ManifestError {
     /// No entry of the index is for the platform wanted.
     #[error("The image has no {wanted} variant (it has: {available})")]
     NoPlatform {
-        /// The platform asked for.
-        wanted: Platform,
+        /// The platform asked for (`os/arch[/variant]`).
+        wanted: String,
         /// What the index offers.
         available: String,
     },
@@ -279,7 +279,7 @@ pub fn choose<'a>(
         .iter()
         .find(|d| d.platform.as_ref().is_some_and(|p| wanted.accepts(p)))
         .ok_or_else(|| ManifestError::NoPlatform {
-            wanted: wanted.clone(),
+            wanted: wanted.to_string(),
             available: {
                 let list: Vec<String> = index
                     .iter()

@@ -59,8 +59,8 @@ pub enum PullError {
     /// The image is for another platform than the one wanted.
     #[error("The image is for {found}, not {wanted}")]
     WrongPlatform {
-        /// The platform asked for.
-        wanted: Platform,
+        /// The platform asked for (`os/arch[/variant]`).
+        wanted: String,
         /// What the image's config says.
         found: String,
     },
@@ -190,6 +190,11 @@ impl Puller {
     }
 
     /// Pulls `reference` from its registry and stores it as root filesystem image `name`.
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "a pull runs on a thread and runtime of its own; only garbage collection, on \
+                  other threads, takes the cache's lock exclusively, and it must wait for the pull"
+    )]
     pub async fn pull(
         &self,
         reference: &str,
@@ -205,6 +210,10 @@ impl Puller {
 
     /// The first half of a pull: resolves `reference` and brings its config and layers into
     /// the blob cache, verified (downloading only those not cached yet).
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "as in pull: a thread and runtime of its own, only GC takes the lock exclusively"
+    )]
     pub async fn fetch(
         &self,
         reference: &str,
@@ -346,7 +355,7 @@ impl Puller {
         let wanted = &opts.platform;
         if platform.os != wanted.os || platform.architecture != wanted.architecture {
             return Err(PullError::WrongPlatform {
-                wanted: wanted.clone(),
+                wanted: wanted.to_string(),
                 found: format!("{}/{}", platform.os, platform.architecture),
             });
         }

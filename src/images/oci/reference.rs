@@ -116,6 +116,7 @@ impl ImageRef {
     }
 
     /// The same repository pinned to `digest` (an index entry, say).
+    #[must_use]
     pub fn with_digest(&self, digest: &Digest) -> ImageRef {
         ImageRef {
             digest: Some(digest.clone()),

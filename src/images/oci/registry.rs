@@ -66,8 +66,8 @@ pub enum RegistryError {
     NestedIndex {
         /// The entry.
         digest: Digest,
-        /// The platform chosen.
-        platform: Platform,
+        /// The platform chosen (`os/arch[/variant]`).
+        platform: String,
     },
     /// A blob failed verification, or could not be stored.
     #[error(transparent)]
@@ -283,7 +283,7 @@ impl Registry {
                     }),
                     Parsed::Index(_) => Err(RegistryError::NestedIndex {
                         digest: entry.digest.clone(),
-                        platform: platform.clone(),
+                        platform: platform.to_string(),
                     }),
                 }
             }
