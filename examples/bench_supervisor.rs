@@ -200,6 +200,7 @@ fn spec(name: &str) -> api::CreateVm {
         memory_mib: 128,
         disk_size: None,
         boot_args: None,
+        init: None,
         nat: false,
         ready_probe: true,
         labels: BTreeMap::new(),

@@ -56,6 +56,7 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         memory_mib: 128,
         disk_size: None,
         boot_args: None,
+        init: None,
         nat,
         ready_probe: true,
         labels: BTreeMap::from([("example".to_owned(), "supervisor".to_owned())]),

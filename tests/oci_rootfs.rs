@@ -149,6 +149,10 @@ fn base() -> Tar {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of hostile cases, read top to bottom"
+)]
 fn hostile_layers_are_refused_and_leave_nothing_behind() {
     require_privileged!();
     let mut w = Work::new();
@@ -334,6 +338,10 @@ fn hostile_layers_are_refused_and_leave_nothing_behind() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of limits, read top to bottom"
+)]
 fn every_limit_is_enforced() {
     require_privileged!();
     let mut w = Work::new();
@@ -536,6 +544,10 @@ fn malformed_streams_are_clear_errors() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "three layers, then every check on the built image"
+)]
 fn layers_flatten_with_whiteouts_links_owners_devices_and_xattrs() {
     require_privileged!();
     let mut w = Work::new();
@@ -662,7 +674,7 @@ fn init_modes_and_sizes() {
     // --init image: nothing injected.
     let (img, rep) = w
         .build(
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &ImageConfig::default(),
             &w.opts(InitMode::Image),
             "image.ext4",
@@ -673,7 +685,7 @@ fn init_modes_and_sizes() {
     // hearth's init needs a command, and a static agent.
     let err = w
         .build(
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &ImageConfig::default(),
             &w.opts(InitMode::Hearth),
             "nocmd.ext4",
@@ -683,19 +695,34 @@ fn init_modes_and_sizes() {
     let mut dynamic = w.opts(InitMode::Hearth);
     dynamic.agent_bin = std::env::current_exe().unwrap();
     let err = w
-        .build(&[layer.clone()], &cmd_config(), &dynamic, "dyn.ext4")
+        .build(
+            std::slice::from_ref(&layer),
+            &cmd_config(),
+            &dynamic,
+            "dyn.ext4",
+        )
         .unwrap_err();
     assert!(err.to_string().contains("dynamically linked"), "{err}");
     let mut missing = w.opts(InitMode::Hearth);
     missing.agent_bin = w.path("no-agent");
     assert!(w
-        .build(&[layer.clone()], &cmd_config(), &missing, "miss.ext4")
+        .build(
+            std::slice::from_ref(&layer),
+            &cmd_config(),
+            &missing,
+            "miss.ext4"
+        )
         .is_err());
     // An explicit size: used as given, refused when too small.
     let mut sized = w.opts(InitMode::Hearth);
     sized.size = Some(64 << 20);
     let (img, rep) = w
-        .build(&[layer.clone()], &cmd_config(), &sized, "sized.ext4")
+        .build(
+            std::slice::from_ref(&layer),
+            &cmd_config(),
+            &sized,
+            "sized.ext4",
+        )
         .unwrap();
     assert_eq!(
         (rep.fs_bytes, fs::metadata(&img).unwrap().len()),
@@ -703,7 +730,12 @@ fn init_modes_and_sizes() {
     );
     sized.size = Some(1 << 20);
     let err = w
-        .build(&[layer.clone()], &cmd_config(), &sized, "small.ext4")
+        .build(
+            std::slice::from_ref(&layer),
+            &cmd_config(),
+            &sized,
+            "small.ext4",
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -720,7 +752,7 @@ fn init_modes_and_sizes() {
     fs::create_dir(&scratch).unwrap();
     fs::write(scratch.join("x"), b"").unwrap();
     let r = build_rootfs(
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         &cmd_config(),
         &w.opts(InitMode::Image),
         &scratch,

@@ -264,6 +264,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             memory_mib: 128,
             disk_size: None,
             boot_args: None,
+            init: None,
             // NAT and the guest set: libipset sessions and their netlink sockets.
             nat: true,
             ready_probe: true,

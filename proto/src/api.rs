@@ -154,6 +154,11 @@ pub struct CreateVm {
     /// Extra kernel command-line arguments (hearth always adds `reboot=k panic=1` and `ip=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
+    /// For a root filesystem built from an OCI image: which init the guest boots. Default: the
+    /// one the image was built for; `hearth` adds `init=/sbin/hearth-init` before
+    /// `boot_args` (so `init=` there still wins), `image` boots the image's own init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::image_config::InitMode>,
     /// Give the guest outbound access through NAT.
     #[serde(default)]
     pub nat: bool,

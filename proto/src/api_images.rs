@@ -100,7 +100,7 @@ pub struct ImageInfo {
     pub imported_unix: u64,
     /// For a root filesystem built from an OCI image: its reference, digest, config and init.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oci: Option<crate::image_config::OciSource>,
+    pub oci: Option<Box<crate::image_config::OciSource>>,
 }
 
 /// The media type of a streamed import: one JSON [`ImportUpdate`] per line.

@@ -33,7 +33,7 @@ pub fn info(meta: ImageMeta) -> ImageInfo {
         sha256: meta.sha256,
         source: meta.source,
         imported_unix: meta.imported_unix,
-        oci: meta.oci,
+        oci: meta.oci.map(Box::new),
     }
 }
 
@@ -136,6 +136,20 @@ pub async fn list(state: Data<ApiState>, req: HttpRequest) -> Result<HttpRespons
     let list = blocking(move || store.list()).await?;
     let list: Vec<ImageInfo> = list.into_iter().map(info).collect();
     Ok(HttpResponse::Ok().json(list))
+}
+
+/// `GET /v1/images/{name}`: one image, with its OCI source and config when it was built from
+/// an OCI image.
+pub async fn get(
+    state: Data<ApiState>,
+    req: HttpRequest,
+    name: Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let store = store(&state)?;
+    let name = name.into_inner();
+    let meta = blocking(move || store.get(&name)).await?;
+    Ok(HttpResponse::Ok().json(info(meta)))
 }
 
 /// `DELETE /v1/images/{name}`: 204, or 409 while a VM was made from it.

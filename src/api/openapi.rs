@@ -364,9 +364,20 @@ fn image_collection() -> Value {
     })
 }
 
-/// `/v1/images/{name}`: remove.
+/// `/v1/images/{name}`: get and remove.
 fn image_item() -> Value {
     json!({
+        "get": {
+            "operationId": "getImage",
+            "summary": "One image, with its OCI source and config when built from an OCI image",
+            "parameters": [image_name_param()],
+            "responses": responses(&[("200", json_response("The image", schema("ImageInfo")))], &[
+                ("400", "Invalid image name or query parameter"),
+                ("404", "No such image"),
+                ("500", "The store failed to read"),
+                ("503", "No image store is configured"),
+            ]),
+        },
         "delete": {
             "operationId": "deleteImage",
             "summary": "Remove an image no VM uses",
@@ -542,6 +553,11 @@ fn create_vm_schema() -> Value {
             "boot_args": {"type": "string", "maxLength": api::MAX_BOOT_ARGS,
                 "pattern": "^[ -~]*$",
                 "description": "Extra kernel arguments, printable ASCII"},
+            "init": {"type": "string", "enum": ["hearth", "image"],
+                "description": "For a root filesystem built from an OCI image: hearth's \
+                                init (adds init=/sbin/hearth-init) or the image's own; \
+                                default: what the image was built for (422 for hearth on \
+                                an image built without it)"},
             "nat": {"type": "boolean", "default": false},
             "ready_probe": {"type": "boolean", "default": true},
             "labels": {"type": "object",
@@ -574,6 +590,23 @@ fn image_schemas() -> Entries {
             "sha256": {"type": "string"},
             "source": {"type": "string"},
             "imported_unix": {"type": "integer"},
+            "oci": {"type": "object", "required": ["reference", "manifest_digest"],
+                "description": "Set when the image was built from an OCI image",
+                "properties": {
+                    "reference": {"type": "string"},
+                    "manifest_digest": {"type": "string"},
+                    "init": {"type": "string", "enum": ["hearth", "image"]},
+                    "config": {"type": "object", "properties": {
+                        "entrypoint": {"type": "array", "items": {"type": "string"}},
+                        "cmd": {"type": "array", "items": {"type": "string"}},
+                        "env": {"type": "array", "items": {"type": "string"}},
+                        "working_dir": {"type": ["string", "null"]},
+                        "user": {"type": ["string", "null"]},
+                        "exposed_ports": {"type": "array", "items": {"type": "string"}},
+                        "labels": {"type": "object",
+                            "additionalProperties": {"type": "string"}},
+                    }},
+                }},
         }
     });
     let update = json!({

@@ -97,6 +97,7 @@ pub fn api_routes() -> Routes {
         // Before `/v1/images/{name}`, which would otherwise take these paths.
         .add(Method::POST, "/v1/images/pull", image_pull::pull)
         .add(Method::POST, "/v1/images/import", image_pull::import)
+        .add(Method::GET, "/v1/images/{name}", images::get)
         .add(Method::DELETE, "/v1/images/{name}", images::delete)
         .add(Method::GET, "/v1/events", events::list)
         .add(Method::GET, "/v1/events/stream", events::stream)

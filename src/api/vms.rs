@@ -20,15 +20,37 @@ pub async fn create(
     body.value.validate().map_err(sup::SupervisorError::from)?;
     check_disk_fits(&state, &body.value).await?;
     let idempotency = idempotency(&req, &body.raw)?;
+    let spec = apply_image_init(&state, body.value).await?;
     let info = state
         .ports
         .create
-        .send(sup::CreateVm {
-            spec: body.value,
-            idempotency,
-        })
+        .send(sup::CreateVm { spec, idempotency })
         .await??;
     Ok(HttpResponse::Created().json(info))
+}
+
+/// Adds `init=/sbin/hearth-init` to the boot arguments when the root filesystem image was
+/// built with hearth's init ([`crate::images::boot::boot_args_for`]). An unknown image is left
+/// to the supervisor, which answers 422 for it.
+async fn apply_image_init(
+    state: &ApiState,
+    mut spec: api::CreateVm,
+) -> Result<api::CreateVm, ApiError> {
+    let Some(store) = state.images.clone() else {
+        return Ok(spec);
+    };
+    let rootfs = spec.rootfs.clone();
+    let meta = actix_web::web::block(move || store.get(&rootfs).ok())
+        .await
+        .map_err(|e| ApiError::Internal {
+            what: format!("image task: {e}"),
+        })?;
+    if let Some(meta) = meta {
+        spec.boot_args =
+            crate::images::boot::boot_args_for(&meta, spec.init, spec.boot_args.as_deref())
+                .map_err(sup::SupervisorError::from)?;
+    }
+    Ok(spec)
 }
 
 /// Refuses a `disk_size` smaller than the root filesystem image (the disk is a copy of it).

@@ -262,17 +262,23 @@ mod tests {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         };
-        let mut c = ImagesConfig::default();
-        c.agent_bin = Some("relative/agent".into());
+        let c = ImagesConfig {
+            agent_bin: Some("relative/agent".into()),
+            ..ImagesConfig::default()
+        };
         assert_eq!(field_of(c), "images.agent_bin");
-        let mut c = ImagesConfig::default();
-        c.headroom_percent = 1001;
+        let c = ImagesConfig {
+            headroom_percent: 1001,
+            ..ImagesConfig::default()
+        };
         assert_eq!(field_of(c), "images.headroom_percent");
         let mut c = ImagesConfig::default();
         c.limits.max_entries = 0;
         assert_eq!(field_of(c), "images.limits.max_entries");
-        let mut c = ImagesConfig::default();
-        c.min_headroom_mib = MAX_MIN_HEADROOM_MIB + 1;
+        let c = ImagesConfig {
+            min_headroom_mib: MAX_MIN_HEADROOM_MIB + 1,
+            ..ImagesConfig::default()
+        };
         assert_eq!(field_of(c), "images.min_headroom_mib");
     }
 

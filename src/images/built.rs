@@ -85,20 +85,19 @@ impl ImageStore {
                 source,
             })?
             .len();
-        let sha256 = match fs::hard_link(built, &data) {
-            // Same filesystem: the data is the built file itself; hash it in place.
-            Ok(()) => hash_file(&input, total, built)?,
-            Err(_) => {
-                let out = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&data)
-                    .map_err(io_err("create", &data))?;
-                let sha = copy_sparse_hashing(&input, &out, total, built, &data, &mut |_, _| {})?;
-                out.sync_all().map_err(io_err("sync", &data))?;
-                sha
-            }
+        // Same filesystem: the data is the built file itself (a hard link); hash it in place.
+        let sha256 = if fs::hard_link(built, &data).is_ok() {
+            hash_file(&input, total, built)?
+        } else {
+            let out = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&data)
+                .map_err(io_err("create", &data))?;
+            let sha = copy_sparse_hashing(&input, &out, total, built, &data, &mut |_, _| {})?;
+            out.sync_all().map_err(io_err("sync", &data))?;
+            sha
         };
         let mut header = vec![0u8; super::detect::HEADER_LEN.min(total as usize)];
         File::open(&data)

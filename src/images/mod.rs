@@ -16,6 +16,7 @@
 //! an `x86_64` ELF `vmlinux` or a `bzImage`, for a root filesystem an ext4 image that is a whole
 //! number of 512-byte sectors and holds its whole filesystem ([`detect`]).
 
+pub mod boot;
 mod built;
 pub mod detect;
 pub mod meta;

@@ -216,3 +216,97 @@ fn special_files_are_refused_with_422() {
     let list: Vec<ImageInfo> = c.get("/v1/images").unwrap();
     assert!(list.is_empty());
 }
+
+/// An ext4 file built "from an OCI image" (mkfs stands in for the builder) committed to the
+/// server's store as `name`, built for `init`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test makes its ext4 with mkfs"
+)]
+fn oci_image(dir: &std::path::Path, name: &str, init: hearth_proto::image_config::InitMode) {
+    use hearth_proto::image_config::{ImageConfig, OciSource};
+    let store = hearth::images::ImageStore::open(dir).unwrap();
+    let built = dir.join(format!("{name}.ext4"));
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&built)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let source = OciSource {
+        reference: format!("registry.example/{name}:1"),
+        manifest_digest: "sha256:0123".into(),
+        config: ImageConfig {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--port".into(), "80".into()],
+            env: vec!["PATH=/bin".into()],
+            exposed_ports: vec!["80/tcp".into()],
+            ..ImageConfig::default()
+        },
+        init,
+    };
+    store.commit_built(name, &built, source).unwrap();
+}
+
+#[test]
+fn oci_images_show_their_config_and_boot_with_hearths_init() {
+    use hearth_proto::api::VmInfo;
+    use hearth_proto::image_config::InitMode;
+    let (d, _s, c) = server();
+    oci_image(d.path(), "web", InitMode::Hearth);
+    oci_image(d.path(), "sysd", InitMode::Image);
+    let img: ImageInfo = c.get("/v1/images/web").unwrap();
+    let oci = img.oci.expect("the OCI source");
+    assert_eq!(
+        (oci.reference.as_str(), oci.init, oci.config.cmd.len()),
+        ("registry.example/web:1", InitMode::Hearth, 2)
+    );
+    assert_eq!(oci.config.exposed_ports, ["80/tcp"]);
+    let r = c
+        .request(Method::GET, "/v1/images/nope", &[], None)
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let create = |body: serde_json::Value| {
+        let r = post(&c, "/v1/vms", &[], body);
+        (r.status, r)
+    };
+    let boot = |name: &str, extra: serde_json::Value| {
+        let mut body = json!({"name": name, "kernel": "k", "rootfs": "web"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, r) = create(body);
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json::<VmInfo>().unwrap().spec.boot_args
+    };
+    assert_eq!(
+        boot("a", json!({})).as_deref(),
+        Some("init=/sbin/hearth-init")
+    );
+    assert_eq!(
+        boot("b", json!({"init": "hearth", "boot_args": "quiet"})).as_deref(),
+        Some("init=/sbin/hearth-init quiet")
+    );
+    assert_eq!(boot("c", json!({"init": "image"})), None);
+    assert_eq!(
+        boot("d", json!({"init": "image", "boot_args": "quiet"})).as_deref(),
+        Some("quiet")
+    );
+    // An image built for its own init: left alone, and hearth's init refused.
+    let (status, r) = create(json!({"name": "e", "kernel": "k", "rootfs": "sysd"}));
+    assert_eq!(status, 201);
+    assert_eq!(r.json::<VmInfo>().unwrap().spec.boot_args, None);
+    let (status, r) =
+        create(json!({"name": "f", "kernel": "k", "rootfs": "sysd", "init": "hearth"}));
+    let e = error_of(&r).error;
+    assert_eq!(status, 400, "{}", e.message);
+    assert!(
+        e.message.contains("`init`") && e.message.contains("sysd"),
+        "{}",
+        e.message
+    );
+    let (status, _) =
+        create(json!({"name": "g", "kernel": "k", "rootfs": "web", "init": "systemd"}));
+    assert_eq!(status, 400);
+}

@@ -48,6 +48,12 @@ pub(crate) enum ImageCmd {
     /// List images.
     #[command(alias = "ls")]
     List,
+    /// Show one image: kind, size, digest, and for an OCI image its source and config.
+    #[command(alias = "show")]
+    Get {
+        /// The image.
+        name: String,
+    },
     /// Remove an image no VM uses.
     #[command(alias = "remove")]
     Rm {
@@ -110,6 +116,15 @@ pub(crate) fn run(c: &Client, json: bool, cmd: ImageCmd) -> Out {
             },
         ),
         ImageCmd::List => list(c, json),
+        ImageCmd::Get { name } => {
+            let img: ImageInfo = c.get(ApiPath::new("/v1/images").segment(&name))?;
+            if json {
+                print_json(&img);
+            } else {
+                print!("{}", crate::image_show::describe(&img));
+            }
+            Ok(())
+        }
         ImageCmd::Rm { name } => remove(c, json, &name),
     }
 }

@@ -12,6 +12,7 @@
 
 mod events;
 mod image;
+mod image_show;
 mod output;
 mod pull;
 mod vm;

@@ -5,6 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use hearth::client::{cli, ApiPath, Client, Method};
 use hearth_proto::api::{parse_label, CreateVm, SetNat, VmInfo, VmState};
+use hearth_proto::image_config::InitMode;
 
 use crate::output::{labels, on_off, print_json, table};
 use crate::{usage, Out};
@@ -85,9 +86,13 @@ pub(crate) struct CreateArgs {
     /// Kernel image.
     #[arg(long)]
     kernel: String,
-    /// Root filesystem image.
-    #[arg(long)]
+    /// Root filesystem image (`--image` for one built from an OCI image).
+    #[arg(long, alias = "image")]
     rootfs: String,
+    /// Which init the guest boots, for an image built from an OCI image: `hearth` (its
+    /// command under hearth's init) or `image` (its own init). Default: what it was built for.
+    #[arg(long, value_parser = parse_init)]
+    init: Option<InitMode>,
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -116,6 +121,10 @@ pub(crate) struct CreateArgs {
 pub(crate) enum OnOff {
     On,
     Off,
+}
+
+fn parse_init(s: &str) -> Result<InitMode, String> {
+    s.parse()
 }
 
 fn parse_state(s: &str) -> Result<VmState, String> {
@@ -156,6 +165,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         memory_mib: args.memory,
         disk_size: None,
         boot_args: args.boot_args,
+        init: args.init,
         nat: args.nat,
         ready_probe: !args.no_ready_probe,
         labels: args.labels.into_iter().collect(),

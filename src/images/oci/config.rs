@@ -1,5 +1,5 @@
 //! The OCI image configuration (the "config" blob a manifest points at): what hearth keeps
-//! of it (Entrypoint, Cmd, Env, WorkingDir, User, ExposedPorts, Labels) and the platform it
+//! of it (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`, `ExposedPorts`, `Labels`) and the platform it
 //! was built for. The blob is untrusted: its size is bounded before parsing and every field is
 //! bounded after.
 
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The largest config blob accepted, bytes (real ones are a few KiB; history can grow them).
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;
-/// The most strings in one list (Entrypoint + Cmd, Env, ExposedPorts) or labels.
+/// The most strings in one list (`Entrypoint` + `Cmd`, `Env`, `ExposedPorts`) or labels.
 pub const MAX_CONFIG_ITEMS: usize = 4096;
 /// The longest single string (an argument, a variable, a label value), bytes.
 pub const MAX_CONFIG_STRING: usize = 128 << 10;

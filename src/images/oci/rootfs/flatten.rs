@@ -32,6 +32,9 @@ use crate::safe_path::{self, WalkError};
 const MAX_TRAILER: u64 = 1 << 20;
 /// Header bytes allowed per entry besides long names and extended attributes.
 const HEADER_SLACK: u64 = 64 << 10;
+/// The most bytes of paths remembered while flattening (which paths the current layer made,
+/// for whiteouts; directory times): bounds memory whatever the layers hold.
+pub const MAX_TRACKED_PATH_BYTES: u64 = 256 << 20;
 /// Mode of directories an entry implies without listing them.
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
@@ -68,6 +71,7 @@ pub fn flatten(
         limits,
         sum: Flattened::default(),
         dir_times: HashMap::new(),
+        dir_bytes: 0,
     };
     for layer in layers {
         f.layer(layer)?;
@@ -81,7 +85,9 @@ struct Flattener<'a> {
     limits: &'a FlattenLimits,
     sum: Flattened,
     /// Directory mtimes, set last (creating children changes them), deepest first.
-    dir_times: HashMap<Vec<OsString>, i64>,
+    dir_times: HashMap<Vec<u8>, i64>,
+    /// Bytes of the keys of `dir_times`.
+    dir_bytes: u64,
 }
 
 /// One entry being applied, for error messages.
@@ -166,6 +172,7 @@ impl Flattener<'_> {
         let budget = self.header_budget();
         let mut archive = tar::Archive::new(Meter::new(layer::open(layer)?, state.clone()));
         let mut ours = LayerPaths::default();
+        let mut ours_bytes = 0u64;
         state.headers(budget);
         let mut entries = archive
             .entries()
@@ -183,12 +190,18 @@ impl Flattener<'_> {
                     max: self.limits.max_entries,
                 });
             }
-            self.entry(layer, &mut entry, &mut ours, &state, budget)?;
+            ours_bytes += self.entry(layer, &mut entry, &mut ours, &state, budget)?;
+            if ours_bytes + self.dir_bytes > MAX_TRACKED_PATH_BYTES {
+                return Err(RootfsError::Limit {
+                    digest: layer.digest.clone(),
+                    what: "bytes of paths remembered while flattening",
+                    max: MAX_TRACKED_PATH_BYTES,
+                });
+            }
             // Data an entry carries but does not use (e.g. on a symlink) still counts.
             let rest = self.copy_content(layer, &mut entry, &mut io::sink(), &state, budget)?;
             self.sum.bytes += rest;
         }
-        drop(entries);
         if state.eof.get() {
             return Err(malformed(
                 layer,
@@ -242,10 +255,10 @@ impl Flattener<'_> {
         ours: &mut LayerPaths,
         state: &MeterState,
         budget: u64,
-    ) -> Result<(), RootfsError> {
+    ) -> Result<u64, RootfsError> {
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
-            return Ok(());
+            return Ok(0);
         }
         let name = entry.path_bytes().into_owned();
         let at = At {
@@ -268,16 +281,18 @@ impl Flattener<'_> {
             tree::set_meta(&self.root, OsStr::new("."), &meta, false)
                 .map_err(at.fs("set the metadata of"))?;
             self.dir_times.insert(Vec::new(), meta.mtime);
-            return Ok(());
+            return Ok(0);
         };
         if let Some(w) = whiteout::parse(leaf) {
             let w = w.map_err(|r| at.refuse(r))?;
-            return whiteout::apply(&self.root, parents, &w, ours).map_err(|e| match e {
-                whiteout::WhiteoutError::ThroughSymlink => {
-                    at.refuse("its path goes through a symlink or a non-directory")
-                }
-                whiteout::WhiteoutError::Io(e) => at.fs("apply the whiteout")(e),
-            });
+            return whiteout::apply(&self.root, parents, &w, ours)
+                .map(|()| 0)
+                .map_err(|e| match e {
+                    whiteout::WhiteoutError::ThroughSymlink => {
+                        at.refuse("its path goes through a symlink or a non-directory")
+                    }
+                    whiteout::WhiteoutError::Io(e) => at.fs("apply the whiteout")(e),
+                });
         }
         let meta = self.meta(&at, entry)?;
         let parent = safe_path::open_dir(
@@ -286,7 +301,7 @@ impl Flattener<'_> {
             Some(Mode::from_bits_truncate(IMPLIED_DIR_MODE)),
         )
         .map_err(|e| at.walk(e))?;
-        ours.add(&comps);
+        let remembered = ours.add(&comps);
         let leaf = leaf.as_os_str();
         match kind {
             EntryType::Directory => {
@@ -297,7 +312,11 @@ impl Flattener<'_> {
                 }
                 tree::set_meta(&parent, leaf, &meta, false)
                     .map_err(at.fs("set the metadata of"))?;
-                self.dir_times.insert(comps.clone(), meta.mtime);
+                let k = whiteout::key(&comps);
+                let len = k.len() as u64;
+                if self.dir_times.insert(k, meta.mtime).is_none() {
+                    self.dir_bytes += len;
+                }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = entry.size();
@@ -352,18 +371,17 @@ impl Flattener<'_> {
                 self.hard_link(&at, &parent, &comps, &target)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (sflag, dev) = match kind {
-                    EntryType::Fifo => (SFlag::S_IFIFO, 0),
-                    _ => {
-                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                        let flag = if kind == EntryType::Char {
-                            SFlag::S_IFCHR
-                        } else {
-                            SFlag::S_IFBLK
-                        };
-                        (flag, libc::makedev(major, minor))
-                    }
+                let (sflag, dev) = if kind == EntryType::Fifo {
+                    (SFlag::S_IFIFO, 0)
+                } else {
+                    let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                    let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                    let flag = if kind == EntryType::Char {
+                        SFlag::S_IFCHR
+                    } else {
+                        SFlag::S_IFBLK
+                    };
+                    (flag, libc::makedev(major, minor))
                 };
                 tree::clear(&parent, leaf, false).map_err(at.fs("replace"))?;
                 mknodat(&parent, leaf, sflag, Mode::from_bits_truncate(0o600), dev)
@@ -373,7 +391,7 @@ impl Flattener<'_> {
             }
             other => return Err(at.refuse(format!("unsupported entry type {other:?}"))),
         }
-        Ok(())
+        Ok(remembered)
     }
 
     /// Links `comps` (in `parent`) to `target`, which must be a non-directory in the tree.
@@ -419,10 +437,10 @@ impl Flattener<'_> {
     /// The entry's owner, mode, mtime and extended attributes (pax `SCHILY.xattr.*`), bounded.
     fn meta<R: Read>(&self, at: &At<'_>, entry: &mut Entry<'_, R>) -> Result<Meta, RootfsError> {
         let h = entry.header();
+        // An empty (unparsable) id field is 0, as Go's archive/tar (umoci, Docker) reads it.
         let id = |v: io::Result<u64>, what| {
-            v.ok()
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| at.refuse(format!("{what} is not a 32-bit id")))
+            u32::try_from(v.unwrap_or(0))
+                .map_err(|_| at.refuse(format!("{what} is not a 32-bit id")))
         };
         let uid = id(h.uid(), "owner")?;
         let gid = id(h.gid(), "group")?;
@@ -473,8 +491,15 @@ impl Flattener<'_> {
     /// Sets the directories' mtimes, deepest first; ones removed by a later layer are skipped.
     fn finish_dir_times(&mut self) {
         let mut dirs: Vec<_> = self.dir_times.drain().collect();
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        for (comps, mtime) in dirs {
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
+        for (k, mtime) in dirs {
+            let comps: Vec<OsString> = if k.is_empty() {
+                Vec::new()
+            } else {
+                k.split(|b| *b == b'/')
+                    .map(|c| OsStr::from_bytes(c).to_os_string())
+                    .collect()
+            };
             // Best effort, as tar does: a time is not worth failing the image for.
             let Some((leaf, parents)) = comps.split_last() else {
                 let _ = tree::set_mtime(&self.root, OsStr::new("."), mtime);

@@ -238,10 +238,6 @@ const TREE: &str = "rootfs";
 /// flattens them into `scratch` (an empty directory this uses and empties again), injects
 /// the agent per `opts.init`, and runs `mkfs.ext4 -d`. On error `out` does not exist and
 /// `scratch` is empty. Blocking: run it on a blocking thread.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the builder owns the file it creates and removes it on failure"
-)]
 pub fn build_rootfs(
     layers: &[LayerBlob],
     config: &ImageConfig,

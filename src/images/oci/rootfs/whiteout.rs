@@ -21,22 +21,46 @@ pub const OPAQUE: &str = ".wh..wh..opq";
 /// The prefix of AUFS's own bookkeeping names (`.wh..wh.plnk`, ...), ignored like Docker does.
 const AUFS_META: &str = ".wh..wh.";
 
+/// A path's components joined by `/`: the compact form paths are remembered in.
+pub fn key(comps: &[OsString]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for (n, c) in comps.iter().enumerate() {
+        if n > 0 {
+            k.push(b'/');
+        }
+        k.extend_from_slice(c.as_bytes());
+    }
+    k
+}
+
 /// The paths the current layer created, with every ancestor of each.
 #[derive(Debug, Default)]
-pub struct LayerPaths(HashSet<Vec<OsString>>);
+pub struct LayerPaths(HashSet<Box<[u8]>>);
 
 impl LayerPaths {
-    /// Notes that the layer created `comps` (and so touched each of its ancestors).
-    pub fn add(&mut self, comps: &[OsString]) {
-        for n in 1..=comps.len() {
-            if !self.0.contains(&comps[..n]) {
-                self.0.insert(comps[..n].to_vec());
+    /// Notes that the layer created `comps` (and so touched each of its ancestors); answers
+    /// the bytes newly remembered. Longest prefix first: once one is known, so are the rest.
+    pub fn add(&mut self, comps: &[OsString]) -> u64 {
+        let full = key(comps);
+        let mut ends: Vec<usize> = full
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(|(i, _)| i)
+            .collect();
+        ends.push(full.len());
+        let mut added = 0;
+        for &end in ends.iter().rev() {
+            if !self.0.insert(full[..end].into()) {
+                break;
             }
+            added += end as u64;
         }
+        added
     }
 
     fn contains(&self, comps: &[OsString]) -> bool {
-        self.0.contains(comps)
+        self.0.contains(key(comps).as_slice())
     }
 }
 
@@ -146,6 +170,17 @@ fn opaque(root: &OwnedFd, top: &[OsString], ours: &LayerPaths) -> Result<(), Whi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_paths_remember_ancestors_once() {
+        let comps = |s: &str| s.split('/').map(OsString::from).collect::<Vec<_>>();
+        let mut p = LayerPaths::default();
+        assert_eq!(p.add(&comps("a/b/c")), 5 + 3 + 1);
+        assert!(p.contains(&comps("a/b")) && p.contains(&comps("a")));
+        assert_eq!(p.add(&comps("a/b/d")), 5);
+        assert_eq!(p.add(&comps("a/b")), 0);
+        assert!(!p.contains(&comps("a/x")));
+    }
 
     #[test]
     fn names() {
