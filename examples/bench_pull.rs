@@ -206,7 +206,34 @@ fn baseline(ns: &NetNs, dir: &Path, reference: &str, fs_bytes: u64) -> (Duration
     let _ = fs::remove_dir_all(&layout);
     let _ = fs::remove_dir_all(&bundle);
     let _ = fs::remove_file(&out);
-    (total, [copied, unpacked - copied, total - unpacked])
+    (
+        total,
+        [
+            copied,
+            unpacked.saturating_sub(copied),
+            total.saturating_sub(unpacked),
+        ],
+    )
+}
+
+/// A puller over a fresh data directory (kept alive by the returned guard).
+fn fresh_puller() -> (tempfile::TempDir, Puller) {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = ImageStore::open(data.path()).unwrap();
+    let settings = OciSettings {
+        insecure_registries: vec![ADDR.into()],
+        credentials: None,
+        limits: OciLimits::default(),
+        rootfs: RootfsOptions {
+            size: None,
+            headroom_percent: 25,
+            min_headroom_bytes: 64 << 20,
+            init: InitMode::Image,
+            agent_bin: "/bin/busybox".into(),
+            limits: FlattenLimits::default(),
+        },
+    };
+    (data, Puller::new(store, settings).unwrap())
 }
 
 fn main() {
@@ -237,22 +264,7 @@ fn main() {
     let mut fs_bytes = 0;
     for round in 0..args.rounds {
         // A fresh data directory each round: the first pull downloads everything.
-        let data = tempfile::tempdir_in("/var/tmp").unwrap();
-        let store = ImageStore::open(data.path()).unwrap();
-        let settings = OciSettings {
-            insecure_registries: vec![ADDR.into()],
-            credentials: None,
-            limits: OciLimits::default(),
-            rootfs: RootfsOptions {
-                size: None,
-                headroom_percent: 25,
-                min_headroom_bytes: 64 << 20,
-                init: InitMode::Image,
-                agent_bin: "/bin/busybox".into(),
-                limits: FlattenLimits::default(),
-            },
-        };
-        let puller = Puller::new(store, settings).unwrap();
+        let (_data, puller) = fresh_puller();
         reset_peak_rss();
         let before = peak_rss_kib();
         let first = hearth_pull(&ns, &puller, &reference, "first");

@@ -285,7 +285,8 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     let mid = bad_layer.len() / 2;
     bad_layer[mid] ^= 0xff;
 
-    let cases: Vec<(&str, Vec<(&str, &[u8])>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "escape",
             vec![("../escape", b"x"), ("index.json", one_index.as_bytes())],

@@ -212,7 +212,7 @@ fn corrupted_and_truncated_blobs_are_refused_and_leave_nothing() {
 
     // Longer than declared: cut off at the declared size and refused.
     tamper(&reg, &big, |b| {
-        b.resize(good.manifest.layers[1].size as usize + 4096, 0)
+        b.resize(good.manifest.layers[1].size as usize + 4096, 0);
     });
     let err = fetch(&ns, &h.puller, &reference, &opts).0.unwrap_err();
     assert_eq!(err.code(), "bad_blob", "{err}");

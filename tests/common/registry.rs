@@ -3,6 +3,10 @@
 //! temporary directory, optionally behind htpasswd basic auth; test images built with
 //! `umoci` from `busybox-static` and files the test writes, pushed with `skopeo`. The
 //! registry's access log tells which blobs were fetched.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the fixture runs real tools (docker-registry, skopeo, umoci, htpasswd)"
+)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

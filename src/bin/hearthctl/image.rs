@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Subcommand;
 use hearth::client::{ApiPath, BoundedLines, Client, ClientError, Method};
 use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
-use hearth_proto::api_pull::PullImage;
+use hearth_proto::api_pull::{ArchiveKind, ImportArchive, PullImage};
 use hearth_proto::image_config::InitMode;
 
 use crate::output::{bar, human_size, print_json, table, utc};
@@ -93,7 +93,19 @@ pub(crate) fn run(c: &Client, json: bool, cmd: ImageCmd) -> Out {
                     platform,
                     init,
                 } = build;
-                return crate::pull::import(c, json, name, path, tag, size, platform, init);
+                return crate::pull::import(
+                    c,
+                    json,
+                    &ImportArchive {
+                        name,
+                        kind: ArchiveKind::Oci,
+                        path,
+                        tag,
+                        size,
+                        platform,
+                        init,
+                    },
+                );
             }
             let kind = kind.parse::<ImageKind>().map_err(usage)?;
             import(c, json, name, &path, kind)

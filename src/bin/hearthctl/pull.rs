@@ -4,13 +4,11 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hearth::client::{ApiPath, BoundedLines, Client, ClientError, Method};
 use hearth_proto::api_images::{ImageInfo, NDJSON};
-use hearth_proto::api_pull::{ArchiveKind, ImportArchive, PullImage, PullUpdate};
-use hearth_proto::image_config::InitMode;
+use hearth_proto::api_pull::{ImportArchive, PullImage, PullUpdate};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::output::human_size;
@@ -53,26 +51,8 @@ pub(crate) fn pull(c: &Client, json: bool, request: &PullImage) -> Out {
 }
 
 /// `hearthctl image import N PATH --kind oci [--tag T] ...`.
-pub(crate) fn import(
-    c: &Client,
-    json: bool,
-    name: String,
-    path: PathBuf,
-    tag: Option<String>,
-    size: Option<u64>,
-    platform: Option<String>,
-    init: InitMode,
-) -> Out {
-    let request = ImportArchive {
-        name,
-        kind: ArchiveKind::Oci,
-        path,
-        tag,
-        size,
-        platform,
-        init,
-    };
-    let body = serde_json::to_vec(&request).map_err(ClientError::from)?;
+pub(crate) fn import(c: &Client, json: bool, request: &ImportArchive) -> Out {
+    let body = serde_json::to_vec(request).map_err(ClientError::from)?;
     let img = run(c, "/v1/images/import", &body, json)?;
     if !json {
         println!(
