@@ -30,6 +30,8 @@ fn pull_and_import_through_hearthd() {
     }
     // busybox (a static x86_64 ELF) stands in for the injected agent.
     let host = HearthHost::start(&[], "\n[images]\nagent_bin = \"/bin/busybox\"\n");
+    // hearthd collected the (empty) blob cache at startup.
+    assert!(host.log().contains("blob cache"), "{}", host.log());
     let reg = TestRegistry::start(&host.ns, None);
     let work = tempfile::tempdir().unwrap();
     let layout = registry::build_layout(work.path(), 300_000);

@@ -117,6 +117,13 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
         ),
     )
     .context("Cannot open the OCI blob cache")?;
+    // Blobs of pulls that failed, or of images removed while hearthd was down, go now.
+    match puller.collect_garbage() {
+        Ok(r) => {
+            info!(log, "blob cache"; "removed" => r.blobs, "bytes" => r.bytes, "kept" => r.kept)
+        }
+        Err(e) => warn!(log, "blob cache collection failed"; "error" => %e),
+    }
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
         .with_oci(puller)
         .with_logger(log.clone());
