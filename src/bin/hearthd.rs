@@ -120,7 +120,7 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     // Blobs of pulls that failed, or of images removed while hearthd was down, go now.
     match puller.collect_garbage() {
         Ok(r) => {
-            info!(log, "blob cache"; "removed" => r.blobs, "bytes" => r.bytes, "kept" => r.kept)
+            info!(log, "blob cache"; "removed" => r.blobs, "bytes" => r.bytes, "kept" => r.kept);
         }
         Err(e) => warn!(log, "blob cache collection failed"; "error" => %e),
     }
