@@ -6,12 +6,15 @@
 #            ARP and non-IPv4 frames from guest ports)
 #   tests:   dnsutils (dig), dnsperf + dnsmasq-base (DNS benchmark and upstream server in tests),
 #            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images), xfsprogs (a reflink-capable
-#            filesystem for the copy backend's reflink test), curl (scripts/fuzz-api.sh)
+#            filesystem for the copy backend's reflink test), curl (scripts/fuzz-api.sh),
+#            docker-registry + skopeo + umoci + apache2-utils (htpasswd) + busybox-static (OCI
+#            registry/archive tests and bench_pull: a local registry and test images)
 set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
   iptables ipset iproute2 nftables
   dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs curl binutils
+  docker-registry skopeo umoci apache2-utils busybox-static
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -12,7 +12,7 @@ mod exec;
 mod images;
 mod jailer;
 pub use exec::ExecConfig;
-pub use images::ImagesConfig;
+pub use images::{ImagesConfig, RegistryConfig, AGENT_NAME};
 pub use jailer::JailerConfig;
 
 /// Errors in reading or validating the configuration.

@@ -170,5 +170,8 @@ pub async fn delete(
         .flat_map(|vm| [vm.spec.kernel, vm.spec.rootfs])
         .collect();
     blocking(move || removal.finish(|n| used.contains(n))).await?;
+    if let Some(puller) = state.oci.clone() {
+        super::image_pull::collect_garbage(puller, state.log.clone()).await;
+    }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -20,11 +20,13 @@ pub mod events;
 pub mod exec;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
+pub mod image_pull;
 pub mod images;
 pub mod metrics;
 mod metrics_snapshot;
 pub mod openapi;
 pub mod openapi_exec;
+pub mod openapi_oci;
 pub mod openapi_snapshot;
 pub mod ports;
 pub mod query;
@@ -59,6 +61,8 @@ pub struct ApiState {
     /// The supervisor's snapshot mailboxes; `None` makes the snapshot endpoints (pause and
     /// resume excepted) answer 503.
     pub snapshots: Option<SnapshotPorts>,
+    /// OCI pulls and archive imports into that store; `None` makes them answer 503.
+    pub oci: Option<crate::images::oci::Puller>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
     /// Time a client has to send a whole request body ([`DEFAULT_BODY_TIMEOUT`]).
@@ -75,6 +79,7 @@ impl ApiState {
             ports,
             images,
             snapshots: None,
+            oci: None,
             body_limit: DEFAULT_BODY_LIMIT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             log: slog::Logger::root(slog::Discard, slog::o!()),
@@ -85,6 +90,13 @@ impl ApiState {
     #[must_use]
     pub fn with_snapshots(mut self, ports: SnapshotPorts) -> Self {
         self.snapshots = Some(ports);
+        self
+    }
+
+    /// The same state, with OCI pulls and imports through `puller`.
+    #[must_use]
+    pub fn with_oci(mut self, puller: crate::images::oci::Puller) -> Self {
+        self.oci = Some(puller);
         self
     }
 

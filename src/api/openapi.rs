@@ -134,10 +134,12 @@ pub fn document() -> Value {
     if let Some(paths) = doc["paths"].as_object_mut() {
         paths.extend(super::openapi_exec::paths());
         paths.extend(super::openapi_snapshot::paths());
+        paths.extend(super::openapi_oci::paths());
     }
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
         schemas.extend(super::openapi_exec::schemas());
         schemas.extend(super::openapi_snapshot::schemas());
+        schemas.extend(super::openapi_oci::schemas());
     }
     doc
 }

@@ -11,7 +11,8 @@ use hearth_proto::api_health::Health;
 
 use super::query::Params;
 use super::{
-    archive, attach, events, exec, images, metrics, openapi, snapshots, vms, ApiError, ApiState,
+    archive, attach, events, exec, image_pull, images, metrics, openapi, snapshots, vms, ApiError,
+    ApiState,
 };
 
 /// Routes being registered, grouped by path in registration order.
@@ -101,6 +102,9 @@ pub fn api_routes() -> Routes {
         .add(Method::HEAD, "/v1/vms/{name}/archive", archive::stat)
         .add(Method::POST, "/v1/images", images::import)
         .add(Method::GET, "/v1/images", images::list)
+        // Before `/v1/images/{name}`, which would otherwise take these paths.
+        .add(Method::POST, "/v1/images/pull", image_pull::pull)
+        .add(Method::POST, "/v1/images/import", image_pull::import)
         .add(Method::GET, "/v1/images/{name}", images::get)
         .add(Method::DELETE, "/v1/images/{name}", images::delete)
         .add(Method::GET, "/v1/events", events::list)

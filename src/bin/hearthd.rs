@@ -112,8 +112,31 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let daemon = hearth::daemon::start(&config, &log).await?;
 
     let images = daemon.images.clone();
+    let puller = hearth::images::oci::Puller::new(
+        images.clone(),
+        config.images.oci_settings(
+            config.images.rootfs_options(
+                None,
+                hearth::images::oci::rootfs::InitMode::Hearth,
+                // No agent found: builds for hearth's init fail naming what they looked for.
+                config
+                    .images
+                    .resolve_agent_bin(std::env::current_exe().ok().as_deref())
+                    .unwrap_or_else(|| hearth::config::AGENT_NAME.into()),
+            ),
+        ),
+    )
+    .context("Cannot open the OCI blob cache")?;
+    // Blobs of pulls that failed, or of images removed while hearthd was down, go now.
+    match puller.collect_garbage() {
+        Ok(r) => {
+            info!(log, "blob cache"; "removed" => r.blobs, "bytes" => r.bytes, "kept" => r.kept);
+        }
+        Err(e) => warn!(log, "blob cache collection failed"; "error" => %e),
+    }
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
         .with_snapshots(api::SnapshotPorts::new(&daemon.supervisor))
+        .with_oci(puller)
         .with_logger(log.clone());
     let api_settings = api::ApiSettings {
         socket: config.api.socket.clone(),

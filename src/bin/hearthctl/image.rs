@@ -7,6 +7,8 @@ use std::time::Instant;
 use clap::Subcommand;
 use hearth::client::{ApiPath, BoundedLines, Client, ClientError, Method};
 use hearth_proto::api_images::{ImageInfo, ImageKind, ImportImage, ImportUpdate, NDJSON};
+use hearth_proto::api_pull::{ArchiveKind, ImportArchive, PullImage};
+use hearth_proto::image_config::InitMode;
 
 use crate::output::{bar, human_size, print_json, table, utc};
 use crate::{usage, Failure, Out};
@@ -14,15 +16,34 @@ use crate::{usage, Failure, Out};
 /// The `image` subcommands; each has one function below.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCmd {
-    /// Import a file on hearthd's host into the image store (hearthd copies it).
+    /// Import a file on hearthd's host into the image store (hearthd copies it); with
+    /// `--kind oci`, build a root filesystem from a docker-save / OCI archive or OCI layout.
     Import {
         /// The image's name.
         name: String,
         /// The file (made absolute here; hearthd reads it).
         path: PathBuf,
-        /// What the image is.
-        #[arg(long, value_parser = image_kind_parser())]
-        kind: ImageKind,
+        /// What the image is: kernel, rootfs, or oci (an archive to build a rootfs from).
+        #[arg(long, value_parser = ["kernel", "rootfs", "oci"])]
+        kind: String,
+        /// With `--kind oci`: which image of several in the archive (tag or repo:tag).
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Pull an image from an OCI registry and build a root filesystem image from it.
+    Pull {
+        /// The reference, e.g. `alpine:3.20` or `ghcr.io/org/app@sha256:...`.
+        reference: String,
+        /// The image's name in the store.
+        #[arg(long)]
+        name: String,
+        /// Plain HTTP to this reference's registry (a local registry).
+        #[arg(long)]
+        insecure: bool,
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// List images.
     #[command(alias = "ls")]
@@ -41,19 +62,71 @@ pub(crate) enum ImageCmd {
     },
 }
 
-/// `--kind`: proto's [`ImageKind`], spelled as on the wire, its values listed in `--help`.
-fn image_kind_parser() -> impl clap::builder::TypedValueParser<Value = ImageKind> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(
-        [ImageKind::Kernel, ImageKind::Rootfs].map(ImageKind::as_str),
-    )
-    .try_map(|s| s.parse::<ImageKind>())
+/// How an OCI image's root filesystem is built.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BuildArgs {
+    /// The filesystem's size (e.g. 2GiB); default: content plus headroom.
+    #[arg(long, value_parser = crate::pull::parse_size)]
+    size: Option<u64>,
+    /// os/arch[/variant] to choose from a multi-platform image (default linux/amd64).
+    #[arg(long)]
+    platform: Option<String>,
+    /// hearth (the agent is init and runs the image's command) or image (its own init).
+    #[arg(long, default_value = "hearth")]
+    init: InitMode,
 }
 
 /// Runs one `image` subcommand.
 pub(crate) fn run(c: &Client, json: bool, cmd: ImageCmd) -> Out {
     match cmd {
-        ImageCmd::Import { name, path, kind } => import(c, json, name, &path, kind),
+        ImageCmd::Import {
+            name,
+            path,
+            kind,
+            tag,
+            build,
+        } => {
+            if kind == "oci" {
+                let path = absolute(&path)?;
+                let BuildArgs {
+                    size,
+                    platform,
+                    init,
+                } = build;
+                return crate::pull::import(
+                    c,
+                    json,
+                    &ImportArchive {
+                        name,
+                        kind: ArchiveKind::Oci,
+                        path,
+                        tag,
+                        size,
+                        platform,
+                        init,
+                    },
+                );
+            }
+            let kind = kind.parse::<ImageKind>().map_err(usage)?;
+            import(c, json, name, &path, kind)
+        }
+        ImageCmd::Pull {
+            reference,
+            name,
+            insecure,
+            build,
+        } => crate::pull::pull(
+            c,
+            json,
+            &PullImage {
+                reference,
+                name,
+                size: build.size,
+                platform: build.platform,
+                insecure,
+                init: build.init,
+            },
+        ),
         ImageCmd::List => list(c, json),
         ImageCmd::Get { name } => {
             let img: ImageInfo = c.get(ApiPath::new("/v1/images").segment(&name))?;

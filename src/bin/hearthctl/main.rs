@@ -14,6 +14,7 @@ mod events;
 mod image;
 mod image_show;
 mod output;
+mod pull;
 mod snapshot;
 mod vm;
 
