@@ -11,8 +11,12 @@ pub const HEADER_LEN: usize = 4096;
 /// Longest image name.
 pub const MAX_NAME: usize = 64;
 
+/// Names `/v1/images/{name}` cannot reach: the API's own paths under `/v1/images/`.
+const RESERVED_NAMES: [&str; 2] = ["pull", "import"];
+
 /// Why `name` cannot name an image, or `None` when it can: 1-64 of `[A-Za-z0-9._-]`, not
-/// starting with `.` (so never `.`, `..`, a hidden or temporary file, nor a path).
+/// starting with `.` (so never `.`, `..`, a hidden or temporary file, nor a path), and not
+/// one of the API's paths (`pull`, `import`).
 pub fn name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("empty")
@@ -20,6 +24,9 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
         Some("longer than 64 characters")
     } else if name.starts_with('.') {
         Some("starts with '.'")
+    } else if RESERVED_NAMES.contains(&name) {
+        // `/v1/images/pull` and `/v1/images/import` are the API's, not an image's.
+        Some("reserved: 'pull' and 'import' name API paths")
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -189,6 +196,8 @@ pub(crate) mod tests {
             "a b",
             "ü",
             &"a".repeat(65),
+            "pull",
+            "import",
         ] {
             assert!(name_problem(bad).is_some(), "{bad:?} accepted");
         }

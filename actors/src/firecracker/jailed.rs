@@ -378,7 +378,7 @@ pub fn check_jailed_identity(
         ));
     }
     let root = layout.root();
-    let theirs = std::fs::metadata(format!("/proc/{pid}/root/"))
+    let theirs = crate::host::procfs::metadata(&format!("{pid}/root/"))
         .map_err(|e| format!("cannot read its root: {e}"))?;
     let ours =
         std::fs::metadata(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;

@@ -16,6 +16,23 @@ pub fn read_to_string(relative: &str) -> io::Result<String> {
     std::fs::read_to_string(path(relative))
 }
 
+/// The metadata of `/proc/<relative>`, following its last link: e.g. `<pid>/root/` is the
+/// root directory that process sees (a jailed VMM's chroot).
+pub fn metadata(relative: &str) -> io::Result<std::fs::Metadata> {
+    std::fs::metadata(path(relative))
+}
+
+/// The path that names `name` inside the directory this process holds open as `fd`,
+/// through `/proc/self/fd`: how calls without an `*at` form (`lsetxattr`, `read_dir`) reach a
+/// file relative to an open directory without resolving any other path.
+pub fn fd_path(fd: std::os::fd::RawFd, name: Option<&std::ffi::OsStr>) -> PathBuf {
+    let mut p = path(&format!("self/fd/{fd}"));
+    if let Some(name) = name {
+        p.push(name);
+    }
+    p
+}
+
 /// Whether `/proc/<relative>` exists, e.g. `1234` for a process that has not been reaped.
 pub fn exists(relative: &str) -> bool {
     path(relative).exists()
@@ -32,5 +49,12 @@ mod tests {
             .unwrap()
             .starts_with(&format!("{} (", std::process::id())));
         assert!(!exists("not-a-proc-entry"));
+        let dir = std::fs::File::open("/").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        let p = fd_path(fd, Some(std::ffi::OsStr::new("etc")));
+        assert_eq!(p, PathBuf::from(format!("/proc/self/fd/{fd}/etc")));
+        assert!(metadata(&format!("{}/root/", std::process::id()))
+            .unwrap()
+            .is_dir());
     }
 }

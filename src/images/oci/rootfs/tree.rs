@@ -68,11 +68,7 @@ pub fn clear(dir: &OwnedFd, name: &OsStr, keep_dir: bool) -> Result<bool, Errno>
 /// The path through `/proc/self/fd` naming `name` in the open directory `dir`: how the calls
 /// that have no `*at` form (`lsetxattr`, `read_dir`) reach it without resolving any path.
 pub fn proc_path(dir: &OwnedFd, name: Option<&OsStr>) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if let Some(name) = name {
-        p.push(name);
-    }
-    p
+    hearth_actors::host::procfs::fd_path(dir.as_raw_fd(), name)
 }
 
 fn open_subdir(dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
