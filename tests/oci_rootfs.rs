@@ -921,22 +921,13 @@ fn the_ext4_tree_equals_umoci_unpack() {
     assert_eq!(theirs["dev/null"].kind, 'c');
 }
 
-/// The agent `scripts/build-agent-static.sh` makes (or `HEARTH_STATIC_AGENT`) passes the static
+/// The agent `scripts/build-agent-static.sh` makes (built here, or `HEARTH_STATIC_AGENT`) passes the static
 /// check and lands byte for byte as `/sbin/hearth-init`; the ordinary (dynamic) test build of
 /// the agent is refused.
 #[test]
 fn the_static_agent_is_injected_and_a_dynamic_one_refused() {
     require_privileged!();
-    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/x86_64-unknown-linux-gnu/release/hearth-agent");
-    let agent = std::env::var_os("HEARTH_STATIC_AGENT").map_or(built, PathBuf::from);
-    if !agent.exists() {
-        hearth_testkit::skip!(
-            "SKIP the_static_agent_is_injected_and_a_dynamic_one_refused: no {} (run scripts/build-agent-static.sh or set HEARTH_STATIC_AGENT)",
-            agent.display()
-        );
-        return;
-    }
+    let agent = hearth_testkit::fc_sim::static_agent_binary();
     let mut w = Work::new();
     let layer = w.layer(&base().finish(), GZIP);
     let mut opts = w.opts(InitMode::Hearth);

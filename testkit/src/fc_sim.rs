@@ -69,6 +69,43 @@ fn build_agent() -> PathBuf {
     bin
 }
 
+/// The static `hearth-agent` (`scripts/build-agent-static.sh`, built once per test binary), or
+/// `HEARTH_STATIC_AGENT` when set: what a guest root filesystem gets as `/sbin/hearth-init`.
+///
+/// # Panics
+///
+/// When the build fails (a test fixture: failing loudly is its job).
+#[must_use]
+pub fn static_agent_binary() -> PathBuf {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("HEARTH_STATIC_AGENT") {
+                return PathBuf::from(p);
+            }
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-agent-static.sh");
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "test support builds the static agent with its script"
+            )]
+            let out = std::process::Command::new(script)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("running scripts/build-agent-static.sh");
+            assert!(out.status.success(), "the static agent build failed");
+            let stdout = String::from_utf8(out.stdout).expect("a path");
+            PathBuf::from(
+                stdout
+                    .lines()
+                    .last()
+                    .expect("the script prints a path")
+                    .trim(),
+            )
+        })
+        .clone()
+}
+
 /// Writes an executable wrapper `dir/<name>` that sets `env` (the simulator's `FC_SIM_*`
 /// knobs) and execs the simulator, optionally with SIGTERM ignored (inherited across exec).
 /// Same pid, no extra process: what the actor spawns is the simulator itself.
