@@ -71,6 +71,7 @@ fn commit_image(work: &Path, data: &Path, name: &str) {
         manifest_digest: "sha256:0123".into(),
         config,
         init: InitMode::Hearth,
+        build_key: None,
     };
     store.commit_built(name, &out, source).unwrap();
     std::fs::remove_dir_all(&scratch).unwrap();

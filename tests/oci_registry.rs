@@ -448,6 +448,37 @@ fn pull_builds_images_sharing_blobs_and_gc_removes_unused_ones() {
     assert!(store.get("three").is_err());
     assert_eq!(store_leftovers(&store), Vec::<String>::new());
 
+    // The same image under another name, built from the same inputs: no blob request and no
+    // build, the file is the first one's (a hard link), its record names its own source.
+    let before = reg.blob_gets().len();
+    let again = pull(&ns, &h.puller, &format!("{ADDR}/test/bb:v2"), "two-again").unwrap();
+    assert_eq!(
+        reg.blob_gets().len(),
+        before,
+        "a re-pull made blob requests"
+    );
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).unwrap();
+        (m.dev(), m.ino())
+    };
+    let again_file = store.path("two-again").unwrap();
+    assert_eq!(
+        inode(&again_file),
+        inode(&two_file),
+        "the build was not reused"
+    );
+    assert_eq!(again.sha256, two.sha256);
+    let key = two.oci.as_ref().unwrap().build_key.clone();
+    assert!(
+        key.as_deref().is_some_and(|k| k.starts_with("sha256:")),
+        "{key:?}"
+    );
+    assert_eq!(again.oci.as_ref().unwrap().build_key, key);
+    // Removing one name leaves the other whole.
+    store.remove("two-again", |_| false).unwrap();
+    assert!(ext4_has(&two_file, "/hello"));
+
     // Blobs: v1 = config1 + L1, v2 = config2 + L1 + L2: four.
     assert_eq!(h.puller.cache().list().unwrap().len(), 4);
     assert_eq!(h.puller.collect_garbage().unwrap().blobs, 0);

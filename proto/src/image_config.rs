@@ -74,4 +74,9 @@ pub struct OciSource {
     /// The init the filesystem was built for.
     #[serde(default)]
     pub init: InitMode,
+    /// A digest of everything the filesystem was built from (manifest, init, size, headroom,
+    /// the injected agent): another pull with the same key reuses this image's file instead of
+    /// building it again. Absent on images recorded before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_key: Option<String>,
 }

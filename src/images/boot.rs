@@ -65,6 +65,7 @@ mod tests {
                 manifest_digest: "sha256:0".into(),
                 config: ImageConfig::default(),
                 init,
+                build_key: None,
             }),
         }
     }

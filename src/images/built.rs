@@ -68,6 +68,65 @@ impl ImageStore {
         result
     }
 
+    /// Records image `name`, built from `source`, as a second name for image `from`'s file,
+    /// which was built from the same inputs (the same `build_key`): a hard link, since an
+    /// image's file is never written once it is made (VM disks are copies of it). The data is
+    /// not read again: `from`'s size, format and digest carry over, after checking the linked
+    /// file still has `from`'s size. On any error nothing is left in the store.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the image store is the one owner of its directory tree"
+    )]
+    pub fn commit_reused(
+        &self,
+        name: &str,
+        from: &ImageMeta,
+        source: OciSource,
+    ) -> Result<ImageMeta, ImagesError> {
+        let final_dir = self.checked_dir(name)?;
+        if final_dir.symlink_metadata().is_ok() {
+            return Err(ImagesError::Exists { name: name.into() });
+        }
+        let original = self.path(&from.name)?;
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}{name}-{}-{n}", std::process::id()));
+        fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
+        let result = (|| {
+            let data = tmp.join(DATA_FILE);
+            fs::hard_link(&original, &data).map_err(io_err("link", &original))?;
+            let len = fs::symlink_metadata(&data)
+                .map_err(io_err("read", &data))?
+                .len();
+            if len != from.size {
+                return Err(ImagesError::Io {
+                    op: "reuse",
+                    path: original.clone(),
+                    source: std::io::Error::other(format!(
+                        "it holds {len} bytes, its record says {}",
+                        from.size
+                    )),
+                });
+            }
+            let meta = ImageMeta {
+                name: name.into(),
+                kind: ImageKind::Rootfs,
+                format: from.format,
+                size: from.size,
+                sha256: from.sha256.clone(),
+                source: PathBuf::from(&source.reference),
+                imported_unix: now_unix(),
+                oci: Some(source),
+            };
+            self.publish(&tmp, &final_dir, meta)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
     fn fill_built(
         &self,
         tmp: &Path,
@@ -168,6 +227,7 @@ mod tests {
                 ..ImageConfig::default()
             },
             init: InitMode::Hearth,
+            build_key: None,
         }
     }
 

@@ -245,6 +245,7 @@ fn oci_image(dir: &std::path::Path, name: &str, init: hearth_proto::image_config
             ..ImageConfig::default()
         },
         init,
+        build_key: None,
     };
     store.commit_built(name, &built, source).unwrap();
 }

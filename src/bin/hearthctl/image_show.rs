@@ -106,6 +106,7 @@ mod tests {
                     ..ImageConfig::default()
                 },
                 init: InitMode::Hearth,
+                build_key: None,
             })),
         };
         let text = describe(&i);

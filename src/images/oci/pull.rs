@@ -373,6 +373,24 @@ impl Puller {
         let mut rootfs_opts = self.settings.rootfs.clone();
         rootfs_opts.size = opts.size;
         rootfs_opts.init = opts.init;
+        let source = OciSource {
+            reference: fetched.source.clone(),
+            manifest_digest: fetched.manifest_digest.to_string(),
+            config: image_config.clone(),
+            init: opts.init,
+            build_key: build_key(&fetched.manifest_digest.to_string(), &rootfs_opts),
+        };
+        let refs = ImageRefs {
+            manifest: fetched.manifest_digest.clone(),
+            blobs: std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .map(|d| d.digest.clone())
+                .collect(),
+        };
+        if let Some(meta) = self.reuse(name, &source) {
+            let _ = gc::record(&self.cache, name, &refs);
+            return Ok(meta);
+        }
         let work = self.store.build_dir(name)?;
         let result = (|| {
             let scratch = work.join("tree");
@@ -383,31 +401,49 @@ impl Puller {
             })?;
             let out = work.join("rootfs.ext4");
             rootfs::build_rootfs(&layers, &image_config, &rootfs_opts, &scratch, &out)?;
-            let meta = self.store.commit_built(
-                name,
-                &out,
-                OciSource {
-                    reference: fetched.source.clone(),
-                    manifest_digest: fetched.manifest_digest.to_string(),
-                    config: image_config.clone(),
-                    init: opts.init,
-                },
-            )?;
+            let meta = self.store.commit_built(name, &out, source)?;
             Ok::<_, PullError>(meta)
         })();
         remove_tree(&work);
         let meta = result?;
-        let refs = ImageRefs {
-            manifest: fetched.manifest_digest.clone(),
-            blobs: std::iter::once(&manifest.config)
-                .chain(&manifest.layers)
-                .map(|d| d.digest.clone())
-                .collect(),
-        };
         // The image exists now; without its refs only its cached blobs are at risk.
         let _ = gc::record(&self.cache, name, &refs);
         Ok(meta)
     }
+}
+
+impl Puller {
+    /// Image `name` as a second name for an image already built from the same inputs
+    /// (`source.build_key`), when there is one; `None` means build it.
+    fn reuse(&self, name: &str, source: &OciSource) -> Option<ImageMeta> {
+        let key = source.build_key.as_deref()?;
+        let twin = self.store.list().ok()?.into_iter().find(|m| {
+            m.oci
+                .as_ref()
+                .is_some_and(|o| o.build_key.as_deref() == Some(key))
+        })?;
+        // Any failure (the twin removed meanwhile, another filesystem) falls back to a build.
+        self.store.commit_reused(name, &twin, source.clone()).ok()
+    }
+}
+
+/// A digest of everything a root filesystem is built from: the manifest (hence every layer
+/// and the config), the init mode, the size asked for, the headroom, and the agent injected
+/// (its content's digest). `None` when the agent cannot be read: such a build is never reused.
+fn build_key(manifest_digest: &str, opts: &RootfsOptions) -> Option<String> {
+    use sha2::{Digest as _, Sha256};
+    let agent = match opts.init {
+        InitMode::Hearth => {
+            let bytes = std::fs::read(&opts.agent_bin).ok()?;
+            format!("{:x}", Sha256::digest(&bytes))
+        }
+        InitMode::Image => String::new(),
+    };
+    let inputs = format!(
+        "hearth-rootfs-v1\n{manifest_digest}\n{:?}\n{:?}\n{}\n{}\n{agent}\n",
+        opts.init, opts.size, opts.headroom_percent, opts.min_headroom_bytes
+    );
+    Some(format!("sha256:{:x}", Sha256::digest(inputs.as_bytes())))
 }
 
 /// Removes the build directory (the store's temporary, inside its own tree).
@@ -417,4 +453,51 @@ impl Puller {
 )]
 fn remove_tree(dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::oci::rootfs::FlattenLimits;
+
+    fn opts(agent: &Path, init: InitMode, size: Option<u64>) -> RootfsOptions {
+        RootfsOptions {
+            size,
+            headroom_percent: 20,
+            min_headroom_bytes: 16 << 20,
+            init,
+            agent_bin: agent.to_path_buf(),
+            limits: FlattenLimits::default(),
+        }
+    }
+
+    #[test]
+    fn the_build_key_changes_with_every_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent v1").unwrap();
+        let m1 = "sha256:11";
+        let base = build_key(m1, &opts(&agent, InitMode::Hearth, None)).unwrap();
+        assert_eq!(
+            build_key(m1, &opts(&agent, InitMode::Hearth, None)).as_ref(),
+            Some(&base)
+        );
+        let mut others = vec![
+            build_key("sha256:22", &opts(&agent, InitMode::Hearth, None)),
+            build_key(m1, &opts(&agent, InitMode::Image, None)),
+            build_key(m1, &opts(&agent, InitMode::Hearth, Some(1 << 30))),
+        ];
+        let mut more = opts(&agent, InitMode::Hearth, None);
+        more.headroom_percent = 50;
+        others.push(build_key(m1, &more));
+        std::fs::write(&agent, b"agent v2").unwrap();
+        others.push(build_key(m1, &opts(&agent, InitMode::Hearth, None)));
+        for k in &others {
+            assert_ne!(k.as_ref(), Some(&base));
+        }
+        // An image with its own init does not depend on the agent, even an unreadable one.
+        let gone = dir.path().join("gone");
+        assert!(build_key(m1, &opts(&gone, InitMode::Image, None)).is_some());
+        assert_eq!(build_key(m1, &opts(&gone, InitMode::Hearth, None)), None);
+    }
 }
