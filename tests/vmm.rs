@@ -535,10 +535,10 @@ async fn post_boot_answers_match_the_real_binary(vmm: Vmm) {
         (
             Method::PATCH,
             Endpoint::Drive("rootfs"),
-            br#"{"drive_id":"rootfs","path_on_host":"/nonexistent"}"#,
+            br#"{"drive_id":"rootfs","path_on_host":"/nonexistent/no-such-drive"}"#,
             "Drive config error: Unable to patch the block device: Block: Virtio backend error: \
              Error manipulating the backing file: No such file or directory (os error 2) \
-             /nonexistent Please verify the request arguments.",
+             /nonexistent/no-such-drive Please verify the request arguments.",
         ),
         (
             Method::PATCH,

@@ -244,8 +244,8 @@ fn patch_and_block_config_errors_use_firecrackers_texts() {
         "Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments."
     );
     assert_eq!(
-        fault(v.handle(patch("d2", Some("/nonexistent")))),
-        "Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent Please verify the request arguments."
+        fault(v.handle(patch("d2", Some("/nonexistent/no-such-drive")))),
+        "Drive config error: Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent/no-such-drive Please verify the request arguments."
     );
     let net_patch =
         Action::PatchNet(serde_json::from_value(serde_json::json!({"iface_id": "nope"})).unwrap());
