@@ -203,6 +203,9 @@ fn spec(name: &str) -> api::CreateVm {
         nat: false,
         ready_probe: true,
         labels: BTreeMap::new(),
+        restart: hearth_proto::api_policy::RestartPolicy::No,
+        ttl: None,
+        on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
     }
 }
 

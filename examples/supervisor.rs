@@ -59,6 +59,9 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         nat,
         ready_probe: true,
         labels: BTreeMap::from([("example".to_owned(), "supervisor".to_owned())]),
+        restart: hearth_proto::api_policy::RestartPolicy::No,
+        ttl: None,
+        on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
     }
 }
 

@@ -9,7 +9,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 mod exec;
+mod policy;
 pub use exec::ExecConfig;
+pub use policy::PolicyConfig;
 
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Exec sessions and file transfer through the guest agent.
     pub exec: ExecConfig,
+    /// Lifecycle policies: restart checks, autostart after a host reboot.
+    pub policy: PolicyConfig,
 }
 
 /// Host networking settings.
@@ -308,6 +312,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.network.validate()?;
         self.exec.validate()?;
+        self.policy.validate()?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

@@ -268,6 +268,9 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             nat: true,
             ready_probe: true,
             labels: std::collections::BTreeMap::default(),
+            restart: hearth_proto::api_policy::RestartPolicy::No,
+            ttl: None,
+            on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
         };
         let created = d
             .supervisor

@@ -50,6 +50,14 @@ pub enum PolicyParseError {
     DurationRange(String),
 }
 
+impl RestartPolicy {
+    /// The default, `no` (lets serde leave it out).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    pub fn is_no(&self) -> bool {
+        *self == Self::No
+    }
+}
+
 impl FromStr for RestartPolicy {
     type Err = PolicyParseError;
 
@@ -109,6 +117,14 @@ pub enum OnExpiry {
     Stop,
     /// Delete it with everything it owns.
     Delete,
+}
+
+impl OnExpiry {
+    /// The default, `stop` (lets serde leave it out).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    pub fn is_stop(&self) -> bool {
+        *self == Self::Stop
+    }
 }
 
 /// A time limit as given by a user: a duration from now, or an extension of the current one

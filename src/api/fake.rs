@@ -191,6 +191,10 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
                 pid: None,
                 last_error: None,
                 exit_status: None,
+                restart_attempts: 0,
+                restart_in_secs: None,
+                expires_at: None,
+                time_left_secs: None,
             },
         );
         self.publish(&name, VmState::Creating);

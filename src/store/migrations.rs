@@ -50,6 +50,15 @@ const MIGRATIONS: &[&str] = &[
         response TEXT NOT NULL,
         at_ms INTEGER NOT NULL
     );",
+    // 3 (after the snapshots table, merged separately): lifecycle-policy bookkeeping, one row
+    // per VM that has any: restart history and the time limit's deadline (wall clock, ms).
+    "CREATE TABLE vm_policy (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        attempts INTEGER NOT NULL,
+        last_start_ms INTEGER,
+        deadline_ms INTEGER,
+        created_ms INTEGER
+    );",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

@@ -14,7 +14,7 @@ use hearth_actors::lease::NetLease;
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
+pub use hearth_actors::supervisor::{DiskRecord, PolicyState, VmRecord, VmmProcessRecord};
 use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
@@ -245,10 +245,51 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a VM's spec.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: a `CreateVm` always serialises.
+    pub fn put_spec(&self, vm: &str, spec: &CreateVm) -> Result<(), StoreError> {
+        let spec_json = serde_json::to_string(spec).expect("CreateVm serialises");
+        self.update(
+            vm,
+            "UPDATE vms SET spec = ?2 WHERE name = ?1",
+            params![vm, spec_json],
+        )
+    }
+
+    /// Records a VM's lifecycle-policy bookkeeping.
+    pub fn put_policy(&self, vm: &str, policy: &PolicyState) -> Result<(), StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM vms WHERE name = ?1", params![vm], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(vm.to_owned()));
+        }
+        self.conn.execute(
+            "INSERT INTO vm_policy (vm, attempts, last_start_ms, deadline_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(vm) DO UPDATE
+             SET attempts = ?2, last_start_ms = ?3, deadline_ms = ?4, created_ms = ?5",
+            params![
+                vm,
+                policy.attempts,
+                policy.last_start.map(records::to_ms),
+                policy.deadline.map(records::to_ms),
+                policy.created.map(records::to_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        for table in ["leases", "disks", "processes"] {
+        for table in ["leases", "disks", "processes", "vm_policy"] {
             tx.execute(&format!("DELETE FROM {table} WHERE vm = ?1"), params![vm])?;
         }
         let n = tx.execute("DELETE FROM vms WHERE name = ?1", params![vm])?;
@@ -375,6 +416,12 @@ impl VmStore for Store {
     }
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_process(self, vm)?)
+    }
+    fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError> {
+        Ok(Store::put_spec(self, vm, spec)?)
+    }
+    fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
+        Ok(Store::put_policy(self, vm, policy)?)
     }
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::delete_vm(self, vm)?)

@@ -12,6 +12,7 @@ use hearth_proto::api_images::ImageKind;
 use slog::{info, warn};
 
 use super::open::{execute, plan_repairs, Adoption};
+use super::policy::ExitCause;
 use super::saga::{self, BootPlan, Ports};
 use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
@@ -24,7 +25,7 @@ use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
 use crate::host::processes::ExitStatus;
 
-type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
+pub(super) type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
 
 fn fail<T: 'static>(
     e: SupervisorError,
@@ -72,8 +73,10 @@ impl VmSupervisor {
         )
     }
 
-    fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
-        self.entry(name).map(super::VmEntry::info)
+    pub(super) fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
+        self.entry(name)
+            .map(super::VmEntry::info)
+            .map(|i| self.with_policy(i))
     }
 
     /// The boot plan of `name` as it stands (images resolved, a fresh process actor).
@@ -174,7 +177,7 @@ impl VmSupervisor {
         }
     }
 
-    fn check_open(&self) -> Result<(), SupervisorError> {
+    pub(super) fn check_open(&self) -> Result<(), SupervisorError> {
         if self.closing {
             return Err(SupervisorError::Unavailable {
                 what: "hearthd is shutting down".into(),
@@ -215,7 +218,9 @@ impl Handler<CreateVm> for VmSupervisor {
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
-            self.apply(&name, Change::Insert(msg.spec.clone()))
+            self.apply(&name, Change::Insert(msg.spec.clone()))?;
+            let policy = self.policy_at_create(&msg.spec);
+            self.apply(&name, Change::Policy(policy))
         })();
         if let Err(e) = started {
             self.idempotent_store(key, &Err(e.clone()));
@@ -283,7 +288,16 @@ impl Handler<RunAction> for VmSupervisor {
         Box::pin(
             self.locked(
                 &name.clone(),
-                move |act, ctx| act.start_action(&n, action, ctx),
+                move |act, ctx| {
+                    if let Some(cancelled) = act.cancel_restart(&n, Some(action)) {
+                        return cancelled;
+                    }
+                    let saga = act.start_action(&n, action, ctx)?;
+                    if matches!(action, VmAction::Start | VmAction::Restart) {
+                        act.user_started(&n);
+                    }
+                    Ok(saga)
+                },
                 move |act| act.info_of(&name),
             )
             .map(move |res, act, _| {
@@ -299,7 +313,7 @@ impl Handler<RunAction> for VmSupervisor {
 
 impl VmSupervisor {
     /// Checks that `action` is allowed now and returns its saga. Runs under the VM's lock.
-    fn start_action(
+    pub(super) fn start_action(
         &mut self,
         name: &str,
         action: VmAction,
@@ -374,6 +388,8 @@ impl Handler<DeleteVm> for VmSupervisor {
                         op: "delete",
                     });
                 }
+                act.policy_rt.pending.remove(&n);
+                let entry = act.entry(&n)?;
                 let ports = act.ports(ctx);
                 let lease = entry.record.lease.clone();
                 let has_disk = entry.record.disk.is_some();
@@ -442,6 +458,7 @@ impl Handler<ListVms> for VmSupervisor {
                 None => true,
             })
             .map(super::VmEntry::info)
+            .map(|i| self.with_policy(i))
             .collect();
         actix::MessageResult(list)
     }
@@ -576,6 +593,9 @@ impl Handler<VmProcessEvent> for VmSupervisor {
         }
         slog::warn!(self.log, "VMM exited unexpectedly"; "vm" => &vm_id, "pid" => pid, "status" => %status);
         let n = vm_id.clone();
+        // What the restart policy is told once the exit is recorded.
+        let cause = std::rc::Rc::new(std::cell::Cell::new(None));
+        let cause_out = cause.clone();
         let fut = self.locked(
             &vm_id,
             move |act, ctx| {
@@ -602,6 +622,11 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                     }
                     _ => None,
                 };
+                cause.set(Some(match (&stopped, entry.record.state) {
+                    (_, VmState::Stopping) => ExitCause::Requested,
+                    (Some(_), _) => ExitCause::GuestShutdown,
+                    (None, _) => ExitCause::Crash,
+                }));
                 Ok(async move {
                     if let Some(detail) = stopped {
                         saga::release_network(&ports, &n, lease).await?;
@@ -624,9 +649,14 @@ impl Handler<VmProcessEvent> for VmSupervisor {
             },
             |_| Ok(()),
         );
-        ctx.spawn(fut.map(move |res, act, _| {
-            if let Err(e) = res {
+        ctx.spawn(fut.map(move |res, act, ctx| match res {
+            Err(e) => {
                 slog::error!(act.log, "crash handling failed"; "vm" => &vm_id, "error" => %e);
+            }
+            Ok(()) => {
+                if let Some(cause) = cause_out.get() {
+                    act.after_exit(&vm_id, cause, ctx);
+                }
             }
         }));
     }
@@ -766,6 +796,7 @@ impl Handler<Open> for VmSupervisor {
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }
+                    act.start_policies(ctx);
                     Ok(report)
                 })
         }))

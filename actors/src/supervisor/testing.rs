@@ -68,6 +68,51 @@ pub fn supervisor_with(
     processes: FakeProcesses,
     run_base: PathBuf,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
+    let (sup, disks, pool) = build(
+        with_binary,
+        store,
+        pool,
+        processes,
+        run_base,
+        SupervisorSettings::default(),
+    );
+    (sup.start(), disks, pool)
+}
+
+/// A supervisor over fakes (with a binary) whose policies read `clock` and check only when
+/// sent a `PolicyTick` (no periodic tick), with `autostart_parallelism`.
+pub fn supervisor_with_clock(
+    store: MemoryVmStore,
+    processes: FakeProcesses,
+    clock: Arc<dyn super::policy::Clock>,
+    autostart_parallelism: usize,
+) -> Addr<VmSupervisor> {
+    let settings = SupervisorSettings {
+        policy: super::PolicySettings {
+            tick: std::time::Duration::ZERO,
+            autostart_parallelism,
+        },
+        ..SupervisorSettings::default()
+    };
+    let (sup, _, _) = build(
+        true,
+        store,
+        TapPoolConfig::default(),
+        processes,
+        PathBuf::from("/nonexistent/hearth-test/vms"),
+        settings,
+    );
+    sup.with_clock(clock).start()
+}
+
+fn build(
+    with_binary: bool,
+    store: MemoryVmStore,
+    pool: TapPoolConfig,
+    processes: FakeProcesses,
+    run_base: PathBuf,
+    settings: SupervisorSettings,
+) -> (VmSupervisor, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
         .unwrap()
         .start();
@@ -125,11 +170,10 @@ pub fn supervisor_with(
             snapshot,
         },
         vmm,
-        SupervisorSettings::default(),
+        settings,
         Box::new(store),
         Box::new(images),
         log(),
-    )
-    .start();
+    );
     (sup, disks, tap_pool)
 }
