@@ -159,6 +159,24 @@ pub fn parse_ttl(s: &str) -> Result<Duration, PolicyParseError> {
     Ok(d)
 }
 
+/// `PATCH /v1/vms/{name}`: what can change on a live VM; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVm {
+    /// The new labels (replacing the whole set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The new restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// A new time limit from now (`30m`) or an extension of the current one (`+15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// What happens at the time limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expiry: Option<OnExpiry>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -266,6 +266,37 @@ impl Handler<sup::SetNat> for FakeSupervisor {
     }
 }
 
+impl Handler<sup::UpdateVm> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::UpdateVm, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        let mut spec = vm.spec.clone();
+        if let Some(labels) = msg.labels {
+            spec.labels = labels;
+        }
+        if let Some(restart) = msg.restart {
+            spec.restart = restart;
+        }
+        if let Some(on_expiry) = msg.on_expiry {
+            spec.on_expiry = on_expiry;
+        }
+        spec.validate()?;
+        vm.spec = spec;
+        // The fake keeps no clock: a time limit shows as its full length.
+        if let Some(
+            hearth_proto::api_policy::TtlChange::Set(d)
+            | hearth_proto::api_policy::TtlChange::Extend(d),
+        ) = msg.ttl
+        {
+            vm.time_left_secs = Some(d.as_secs());
+        }
+        Ok(vm.clone())
+    }
+}
+
 impl Handler<sup::GetVm> for FakeSupervisor {
     type Result = Result<VmInfo, SupervisorError>;
 

@@ -24,6 +24,8 @@ pub mod images;
 pub mod metrics;
 pub mod openapi;
 pub mod openapi_exec;
+pub mod openapi_policy;
+pub mod policy;
 pub mod ports;
 pub mod query;
 pub mod routes;

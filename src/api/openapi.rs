@@ -137,6 +137,7 @@ pub fn document() -> Value {
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
         schemas.extend(super::openapi_exec::schemas());
     }
+    super::openapi_policy::extend(&mut doc);
     doc
 }
 

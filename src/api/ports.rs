@@ -31,6 +31,8 @@ pub struct SupervisorPorts {
     pub metrics: Recipient<sup::GetMetrics>,
     /// Where a running VM's agent is (exec and archive endpoints, through `GuestActor`).
     pub guest: Recipient<sup::GuestEndpoint>,
+    /// `PATCH /v1/vms/{name}`.
+    pub update: Recipient<sup::UpdateVm>,
 }
 
 impl SupervisorPorts {
@@ -48,7 +50,8 @@ impl SupervisorPorts {
             + Handler<sup::EventsSince>
             + Handler<sup::Subscribe>
             + Handler<sup::GetMetrics>
-            + Handler<sup::GuestEndpoint>,
+            + Handler<sup::GuestEndpoint>
+            + Handler<sup::UpdateVm>,
         A::Context: ToEnvelope<A, sup::CreateVm>
             + ToEnvelope<A, sup::RunAction>
             + ToEnvelope<A, sup::DeleteVm>
@@ -59,7 +62,8 @@ impl SupervisorPorts {
             + ToEnvelope<A, sup::EventsSince>
             + ToEnvelope<A, sup::Subscribe>
             + ToEnvelope<A, sup::GetMetrics>
-            + ToEnvelope<A, sup::GuestEndpoint>,
+            + ToEnvelope<A, sup::GuestEndpoint>
+            + ToEnvelope<A, sup::UpdateVm>,
     {
         SupervisorPorts {
             create: addr.clone().recipient(),
@@ -73,6 +77,7 @@ impl SupervisorPorts {
             subscribe: addr.clone().recipient(),
             metrics: addr.clone().recipient(),
             guest: addr.clone().recipient(),
+            update: addr.clone().recipient(),
         }
     }
 }

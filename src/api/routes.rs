@@ -68,6 +68,7 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/v1/vms", vms::list)
         .add(Method::GET, "/v1/vms/{name}", vms::get)
         .add(Method::DELETE, "/v1/vms/{name}", vms::delete)
+        .add(Method::PATCH, "/v1/vms/{name}", super::policy::update)
         .add(Method::POST, "/v1/vms/{name}/start", vms::start)
         .add(Method::POST, "/v1/vms/{name}/stop", vms::stop)
         .add(Method::POST, "/v1/vms/{name}/kill", vms::kill)
