@@ -14,6 +14,7 @@ mod events;
 mod image;
 mod output;
 mod vm;
+mod vm_update;
 
 use std::io::Write;
 use std::path::PathBuf;

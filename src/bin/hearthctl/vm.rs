@@ -53,6 +53,8 @@ pub(crate) enum VmCmd {
         /// The VM.
         name: String,
     },
+    /// Change a VM's restart policy, time limit or labels.
+    Update(crate::vm_update::UpdateArgs),
     /// Switch a VM's outbound NAT.
     Nat {
         /// The VM.
@@ -164,6 +166,7 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
         VmCmd::Restart { name } => action(c, json, &name, "restart"),
         VmCmd::Rm { name } => remove(c, json, &name),
         VmCmd::Nat { name, state } => nat(c, json, &name, state),
+        VmCmd::Update(args) => crate::vm_update::update(c, json, args),
         VmCmd::Wait {
             name,
             state,
@@ -324,7 +327,7 @@ fn restart_line(vm: &VmInfo) -> String {
     line
 }
 
-fn show_vm(json: bool, vm: &VmInfo) {
+pub(crate) fn show_vm(json: bool, vm: &VmInfo) {
     if json {
         print_json(vm);
         return;
