@@ -286,6 +286,31 @@ impl Store {
         Ok(())
     }
 
+    /// The host's cordon reason, when it is cordoned.
+    pub fn cordon(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM node WHERE key = 'cordon'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Cordons the host with `reason`, or with `None` uncordons it.
+    pub fn put_cordon(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(r) => self.conn.execute(
+                "INSERT INTO node (key, value) VALUES ('cordon', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = ?1",
+                params![r],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM node WHERE key = 'cordon'", [])?,
+        };
+        Ok(())
+    }
+
     /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
@@ -422,6 +447,12 @@ impl VmStore for Store {
     }
     fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
         Ok(Store::put_policy(self, vm, policy)?)
+    }
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError> {
+        Ok(Store::cordon(self)?)
+    }
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
+        Ok(Store::put_cordon(self, reason)?)
     }
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::delete_vm(self, vm)?)

@@ -277,3 +277,19 @@ fn policy_state_and_spec_survive_reopening_and_go_with_the_vm() {
         .unwrap();
     assert_eq!(rows, 0);
 }
+
+#[test]
+fn the_cordon_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.cordon().unwrap(), None);
+        s.put_cordon(Some("first")).unwrap();
+        s.put_cordon(Some("kernel upgrade")).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.cordon().unwrap().as_deref(), Some("kernel upgrade"));
+    s.put_cordon(None).unwrap();
+    assert_eq!(s.cordon().unwrap(), None);
+}

@@ -195,6 +195,7 @@ impl Handler<CreateVm> for VmSupervisor {
         let key = msg.idempotency;
         let prepared = (|| {
             self.check_open()?;
+            self.check_cordon()?;
             msg.spec.validate()?;
             if let Some(info) = self.idempotent_replay(key.as_ref())? {
                 return Ok(Err(info));
@@ -741,6 +742,10 @@ impl Handler<Open> for VmSupervisor {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         };
+        match self.store.cordon() {
+            Ok(c) => self.cordon = c,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        }
         let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
         for r in &records {
             self.vms

@@ -32,6 +32,7 @@ mod guest;
 mod handlers;
 mod messages;
 pub mod metrics;
+pub mod node;
 mod open;
 pub mod policy;
 mod policy_msgs;
@@ -63,6 +64,7 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
+pub use node::{Drain, DrainProgress, GetNode, NodeStatus, SetCordon};
 use policy::{Clock, SystemClock};
 pub use policy_msgs::{PolicyTick, UpdateVm};
 pub use store::{
@@ -208,6 +210,10 @@ pub struct VmSupervisor {
     /// The time policies read (a manual clock in tests).
     clock: Arc<dyn Clock>,
     policy_rt: restart::PolicyRuntime,
+    /// Why the host is cordoned, when it is (loaded on `Open`).
+    cordon: Option<String>,
+    /// The running or last drain.
+    drain: Option<node::DrainProgress>,
 }
 
 impl VmSupervisor {
@@ -236,6 +242,8 @@ impl VmSupervisor {
             closing: false,
             clock: Arc::new(SystemClock),
             policy_rt: restart::PolicyRuntime::default(),
+            cordon: None,
+            drain: None,
         }
     }
 

@@ -143,6 +143,10 @@ pub trait VmStore {
     fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError>;
     /// Records a VM's lifecycle-policy bookkeeping.
     fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError>;
+    /// The host's cordon reason, when it is cordoned.
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError>;
+    /// Cordons the host with `reason`, or with `None` uncordons it.
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError>;
     /// Removes a VM and its rows.
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Every VM, ordered by name.
@@ -174,6 +178,7 @@ pub struct MemoryVmStore {
     vms: BTreeMap<String, VmRecord>,
     events: Vec<Event>,
     keys: BTreeMap<String, (String, String)>,
+    cordon: Option<String>,
     /// When set, every write fails with this message.
     pub fail_writes: Option<String>,
 }
@@ -223,6 +228,16 @@ impl VmStore for MemoryVmStore {
 
     fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
         self.vm(vm)?.policy = *policy;
+        Ok(())
+    }
+
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError> {
+        Ok(self.cordon.clone())
+    }
+
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
+        self.check()?;
+        self.cordon = reason.map(str::to_owned);
         Ok(())
     }
 

@@ -365,3 +365,61 @@ async fn update_changes_policy_labels_and_ttl_and_refuses_bad_input_whole() {
         Err(SupervisorError::NotFound { .. })
     ));
 }
+
+#[actix::test]
+async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Crashed, "always"), &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+
+    let node = sup
+        .send(SetCordon {
+            reason: Some("kernel upgrade".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(node.cordoned);
+    let err = sup
+        .send(CreateVm {
+            spec: spec("b", "no"),
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::Cordoned { reason } if reason == "kernel upgrade"),
+        "{err}"
+    );
+    assert!(sup.send(GetVm { name: "b".into() }).await.unwrap().is_err());
+
+    // The drain stops `a`, whose restart was pending: it stays stopped.
+    let node = sup
+        .send(Drain {
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let drain = node.drain.unwrap();
+    assert_eq!((drain.total, drain.stopped, drain.done), (1, 1, true));
+    assert_eq!(node.reason.as_deref(), Some("maintenance"));
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+    clock.advance(Duration::from_secs(60));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+
+    let node = sup.send(SetCordon { reason: None }).await.unwrap().unwrap();
+    assert!(!node.cordoned && node.reason.is_none());
+    assert!(!matches!(
+        sup.send(CreateVm {
+            spec: spec("b", "no"),
+            idempotency: None,
+        })
+        .await
+        .unwrap(),
+        Err(SupervisorError::Cordoned { .. })
+    ));
+}
