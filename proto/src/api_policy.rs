@@ -159,6 +159,15 @@ pub fn parse_ttl(s: &str) -> Result<Duration, PolicyParseError> {
     Ok(d)
 }
 
+/// `POST /v1/node/cordon` and `POST /v1/node/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CordonRequest {
+    /// Why (shown in refusals, `/v1/health` and `hearthctl node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `PATCH /v1/vms/{name}`: what can change on a live VM; absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -344,6 +344,13 @@ mod tests {
                 "unavailable",
             ),
             (
+                SupervisorError::Cordoned {
+                    reason: "kernel upgrade".into(),
+                },
+                503,
+                "cordoned",
+            ),
+            (
                 SupervisorError::Timeout {
                     name: "a".into(),
                     state: VmState::Running,

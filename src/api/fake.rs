@@ -60,6 +60,7 @@ pub struct FakeSupervisor {
     creates: Histogram,
     errors: u64,
     agent_sockets: BTreeMap<String, std::path::PathBuf>,
+    cordon: Option<String>,
 }
 
 impl Actor for FakeSupervisor {
@@ -171,6 +172,11 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
             return res;
         }
         self.take_failure()?;
+        if let Some(reason) = &self.cordon {
+            return Err(SupervisorError::Cordoned {
+                reason: reason.clone(),
+            });
+        }
         msg.spec.validate()?;
         let name = msg.spec.name.clone();
         if self.vms.contains_key(&name) {
@@ -294,6 +300,60 @@ impl Handler<sup::UpdateVm> for FakeSupervisor {
             vm.time_left_secs = Some(d.as_secs());
         }
         Ok(vm.clone())
+    }
+}
+
+impl Handler<sup::SetCordon> for FakeSupervisor {
+    type Result = Result<sup::NodeStatus, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::SetCordon, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.cordon = msg.reason;
+        Ok(self.node())
+    }
+}
+
+impl Handler<sup::GetNode> for FakeSupervisor {
+    type Result = MessageResult<sup::GetNode>;
+
+    fn handle(&mut self, _: sup::GetNode, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.node())
+    }
+}
+
+impl Handler<sup::Drain> for FakeSupervisor {
+    type Result = Result<sup::NodeStatus, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::Drain, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.cordon = Some(msg.reason);
+        let running: Vec<String> = self
+            .vms
+            .values()
+            .filter(|v| v.state.can_stop())
+            .map(|v| v.name.clone())
+            .collect();
+        for name in &running {
+            let _ = self.set_state(name, VmState::Stopped);
+        }
+        let mut node = self.node();
+        node.drain = Some(sup::DrainProgress {
+            total: running.len(),
+            stopped: running.len(),
+            failed: Vec::new(),
+            done: true,
+        });
+        Ok(node)
+    }
+}
+
+impl FakeSupervisor {
+    fn node(&self) -> sup::NodeStatus {
+        sup::NodeStatus {
+            cordoned: self.cordon.is_some(),
+            reason: self.cordon.clone(),
+            drain: None,
+        }
     }
 }
 
@@ -426,6 +486,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             phase_seconds: vec![("create", self.creates.clone())],
             errors: vec![("create", self.errors)],
             pool: None,
+            cordoned: self.cordon.is_some(),
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod fake;
 pub mod images;
 pub mod metrics;
+pub mod node;
 pub mod openapi;
 pub mod openapi_exec;
 pub mod openapi_policy;

@@ -35,7 +35,32 @@ pub fn extend(doc: &mut Value) {
         "requestBody": json_body("UpdateVm"),
         "responses": responses(&[("200", json_response("The VM", schema("VmInfo")))], &with_body),
     });
+    node_paths(doc);
     let schemas = &mut doc["components"]["schemas"];
+    schemas["CordonRequest"] = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {"reason": {"type": "string", "maxLength": 1024}}
+    });
+    schemas["NodeStatus"] = json!({
+        "type": "object", "required": ["cordoned"],
+        "properties": {
+            "cordoned": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "drain": {"type": "object", "required": ["total", "stopped", "failed", "done"],
+                "properties": {
+                    "total": {"type": "integer", "minimum": 0},
+                    "stopped": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "array", "description": "[VM name, why] pairs",
+                        "items": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2}},
+                    "done": {"type": "boolean"},
+                }},
+        }
+    });
+    if let Some(health) = schemas["Health"]["properties"].as_object_mut() {
+        health.insert("cordoned".into(), json!({"type": "boolean"}));
+        health.insert("cordon_reason".into(), json!({"type": "string"}));
+    }
     schemas["UpdateVm"] = json!({
         "type": "object", "additionalProperties": false,
         "properties": {
@@ -66,4 +91,41 @@ pub fn extend(doc: &mut Value) {
     if let Some(reasons) = schemas["Event"]["properties"]["reason"]["enum"].as_array_mut() {
         reasons.extend([json!("policy"), json!("expired")]);
     }
+}
+
+/// `/v1/node` and its cordon, uncordon and drain.
+fn node_paths(doc: &mut Value) {
+    let ok = || json_response("The host's state", schema("NodeStatus"));
+    let mut with_body: Vec<(&str, &str)> = vec![
+        ("400", "Invalid body, field or query parameter"),
+        ("500", "Internal error"),
+    ];
+    with_body.extend(BODY);
+    let paths = &mut doc["paths"];
+    paths["/v1/node"] = json!({"get": {
+        "operationId": "getNode",
+        "summary": "Whether the host is cordoned, and the running or last drain's progress",
+        "responses": responses(&[("200", ok())], &[]),
+    }});
+    paths["/v1/node/cordon"] = json!({"post": {
+        "operationId": "cordonNode",
+        "summary": "Refuse new VMs (503 cordoned) until uncordoned; kept across restarts",
+        "requestBody": json_body("CordonRequest"),
+        "responses": responses(&[("200", ok())], &with_body),
+    }});
+    paths["/v1/node/uncordon"] = json!({"post": {
+        "operationId": "uncordonNode",
+        "summary": "Take new VMs again",
+        "responses": responses(&[("200", ok())], &[("500", "Internal error")]),
+    }});
+    paths["/v1/node/drain"] = json!({"post": {
+        "operationId": "drainNode",
+        "summary": "Cordon, then stop every running VM (four at a time); answers when done",
+        "requestBody": json_body("CordonRequest"),
+        "responses": responses(&[("200", ok())], &{
+            let mut v = with_body.clone();
+            v.push(("409", "A drain is already running"));
+            v
+        }),
+    }});
 }

@@ -81,3 +81,68 @@ fn bad_policy_input_is_refused_naming_it_and_changes_nothing() {
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
+
+#[test]
+fn cordon_refuses_creates_shows_in_health_and_metrics_and_drain_stops_vms() {
+    let (_d, _s, c) = server();
+    create(&c, "web");
+    let r = post(
+        &c,
+        "/v1/node/cordon",
+        &[],
+        json!({"reason": "kernel upgrade"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(
+        &c,
+        "/v1/vms",
+        &[],
+        json!({"name": "x", "kernel": "k", "rootfs": "r"}),
+    );
+    assert_eq!(r.status, 503);
+    let e = error_of(&r);
+    assert_eq!(e.error.code, "cordoned");
+    assert!(
+        e.error.message.contains("kernel upgrade"),
+        "{}",
+        e.error.message
+    );
+
+    let health: serde_json::Value = c
+        .request(Method::GET, "/v1/health", &[], None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (
+            health["cordoned"].as_bool(),
+            health["cordon_reason"].as_str()
+        ),
+        (Some(true), Some("kernel upgrade"))
+    );
+    let metrics = c.request(Method::GET, "/metrics", &[], None).unwrap();
+    assert!(String::from_utf8_lossy(&metrics.body).contains("hearth_node_cordoned 1"));
+    assert_eq!(
+        post(&c, "/v1/node/cordon", &[], json!({"why": "x"})).status,
+        400
+    );
+
+    let r = post(&c, "/v1/node/drain", &[], json!({}));
+    assert_eq!(r.status, 200);
+    let node: serde_json::Value = r.json().unwrap();
+    assert_eq!(node["drain"]["stopped"], 1, "{node}");
+    let vm: VmInfo = c
+        .request(Method::GET, "/v1/vms/web", &[], None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(vm.state, hearth_proto::api::VmState::Stopped);
+
+    assert_eq!(post(&c, "/v1/node/uncordon", &[], json!({})).status, 200);
+    let node: serde_json::Value = c
+        .request(Method::GET, "/v1/node", &[], None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(node["cordoned"], false);
+}

@@ -542,6 +542,7 @@ impl Handler<GetMetrics> for VmSupervisor {
             phase_seconds,
             errors,
             pool: None,
+            cordoned: self.cordon.is_some(),
         };
         let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
         Box::pin(async move {

@@ -188,6 +188,8 @@ pub struct SupervisorMetrics {
     pub errors: Vec<(&'static str, u64)>,
     /// The TAP pool's occupancy, when the pool answered.
     pub pool: Option<PoolOccupancy>,
+    /// Whether the host is cordoned.
+    pub cordoned: bool,
 }
 
 /// The TAP pool's occupancy, for the metrics endpoint.
