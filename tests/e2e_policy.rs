@@ -146,3 +146,46 @@ fn a_time_limit_is_enforced_across_a_restart_of_hearthd() {
     );
     h.ctl_ok(&["vm", "rm", "keep"]);
 }
+
+#[test]
+fn a_cordon_outlives_a_restart_and_a_drain_stops_every_vm() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[], "");
+    create(&h, "a", &["--restart", "always"]);
+    create(&h, "b", &[]);
+    h.ctl_ok(&["node", "cordon", "kernel upgrade"]);
+    h.kill9();
+    h.launch();
+    let out = h.ctl(&[
+        "vm", "create", "c", "--kernel", "vmlinux", "--rootfs", "base",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cordoned") && err.contains("kernel upgrade"),
+        "{err}"
+    );
+    assert_eq!(h.ctl_ok(&["health"])["cordoned"], true);
+
+    let node = h.ctl_ok(&["node", "drain", "maintenance"]);
+    assert_eq!(
+        (
+            node["drain"]["total"].as_u64(),
+            node["drain"]["stopped"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{node}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        h.state("a").as_deref(),
+        Some("stopped"),
+        "always does not undo a drain"
+    );
+    assert_eq!(h.state("b").as_deref(), Some("stopped"));
+    h.ctl_ok(&["node", "uncordon"]);
+    assert_eq!(h.ctl_ok(&["node"])["cordoned"], false);
+    for vm in ["a", "b"] {
+        h.ctl_ok(&["vm", "rm", vm]);
+    }
+}

@@ -12,6 +12,7 @@
 
 mod events;
 mod image;
+mod node;
 mod output;
 mod vm;
 mod vm_update;
@@ -68,6 +69,11 @@ enum Command {
     },
     /// Whether hearthd is up.
     Health,
+    /// The host: its state, or cordon, uncordon, drain.
+    Node {
+        #[command(subcommand)]
+        cmd: Option<node::NodeCmd>,
+    },
 }
 
 /// A failure and the exit code it maps to.
@@ -117,6 +123,7 @@ fn run(c: &Client, json: bool, command: Command) -> Out {
         Command::Vm(cmd) => vm::run(c, json, cmd),
         Command::Events { follow, since } => events::run(c, json, follow, since),
         Command::Health => health(c, json),
+        Command::Node { cmd } => node::run(c, json, cmd),
     }
 }
 
@@ -127,6 +134,9 @@ fn health(c: &Client, json: bool) -> Out {
         print_json(&h);
     } else {
         println!("hearthd {} is {} ({} VMs)", h.version, h.status, h.vms);
+        if let Some(reason) = h.cordon_reason.filter(|_| h.cordoned) {
+            println!("cordoned: {reason}");
+        }
     }
     Ok(())
 }
