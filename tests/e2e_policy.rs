@@ -5,10 +5,6 @@
 //! - a user stop is never undone by `always`;
 //! - after a "host reboot" (every VMM and hearthd killed), `always` VMs come back;
 //! - a time limit is enforced across a restart of hearthd (the deadline is stored).
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests drive real tools and binaries (ip, mkfs, hearthd, hearthctl) and clean up their own directories"
-)]
 
 mod common;
 use common::daemon;

@@ -58,7 +58,7 @@ impl VmSupervisor {
         let n = name.clone();
         let done = async move {
             match on_expiry {
-                OnExpiry::Delete => me.send(DeleteVm { name: n }).await.map(|r| r.err()),
+                OnExpiry::Delete => me.send(DeleteVm { name: n }).await.map(Result::err),
                 OnExpiry::Stop => me
                     .send(RunAction {
                         name: n,
@@ -66,7 +66,7 @@ impl VmSupervisor {
                         idempotency: None,
                     })
                     .await
-                    .map(|r| r.err()),
+                    .map(Result::err),
             }
         };
         ctx.spawn(done.into_actor(self).map(move |res, act, _| {

@@ -81,7 +81,7 @@ impl VmSupervisor {
                         launched: false,
                     },
                 );
-                ctx.run_later(delay, |act, ctx| act.run_due_restarts(ctx));
+                ctx.run_later(delay, Self::run_due_restarts);
             }
             RestartDecision::GiveUp { attempts } => {
                 let detail = format!(

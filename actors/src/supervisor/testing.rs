@@ -1,10 +1,7 @@
 //! Test support (feature `testing`, and this crate's own tests): a `VmSupervisor` wired to
 //! the fake host backends, so the supervisor and the layers above it (hearthd's HTTP API) can
 //! be tested without root, a kernel or a VMM.
-#![expect(
-    clippy::missing_panics_doc,
-    reason = "test support: a set-up that fails panics, failing the test that asked for it"
-)]
+// Test support: a set-up that fails panics (in `build`), failing the test that asked for it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
