@@ -205,6 +205,9 @@ fn spec(name: &str) -> api::CreateVm {
         ready_probe: true,
         labels: BTreeMap::new(),
         from_snapshot: None,
+        restart: hearth_proto::api_policy::RestartPolicy::No,
+        ttl: None,
+        on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
     }
 }
 

@@ -61,6 +61,9 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         ready_probe: true,
         labels: BTreeMap::from([("example".to_owned(), "supervisor".to_owned())]),
         from_snapshot: None,
+        restart: hearth_proto::api_policy::RestartPolicy::No,
+        ttl: None,
+        on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
     }
 }
 

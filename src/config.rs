@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 mod exec;
 mod images;
 mod jailer;
+mod policy;
 pub use exec::ExecConfig;
 pub use images::{ImagesConfig, RegistryConfig, AGENT_NAME};
 pub use jailer::JailerConfig;
+pub use policy::PolicyConfig;
 
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub struct Config {
     pub jailer: JailerConfig,
     /// Root filesystems built from OCI images.
     pub images: ImagesConfig,
+    /// Lifecycle policies: restart checks, autostart after a host reboot.
+    pub policy: PolicyConfig,
 }
 
 /// Host networking settings.
@@ -318,6 +322,7 @@ impl Config {
         self.exec.validate()?;
         self.jailer.validate()?;
         self.images.validate()?;
+        self.policy.validate()?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

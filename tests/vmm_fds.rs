@@ -270,6 +270,9 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             ready_probe: true,
             labels: std::collections::BTreeMap::default(),
             from_snapshot: None,
+            restart: hearth_proto::api_policy::RestartPolicy::No,
+            ttl: None,
+            on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
         };
         let created = d
             .supervisor

@@ -208,6 +208,19 @@ pub struct CreateVm {
     /// own network lease, vsock, disk (copy-on-write from the snapshot's) and name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// What hearthd does when the VMM exits without being asked to: `no` (default),
+    /// `on-failure`, `on-failure:N`, `always`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::api_policy::RestartPolicy::is_no"
+    )]
+    pub restart: crate::api_policy::RestartPolicy,
+    /// A time limit from creation (`30m`, `1h30m`); at expiry `on_expiry` happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// What happens at the time limit: `stop` (default) or `delete`.
+    #[serde(default, skip_serializing_if = "crate::api_policy::OnExpiry::is_stop")]
+    pub on_expiry: crate::api_policy::OnExpiry,
 }
 
 /// Integer fields as JSON Schema defines integers: any number with no fractional part, so
@@ -393,6 +406,12 @@ impl CreateVm {
                 });
             }
         }
+        if let Some(ttl) = &self.ttl {
+            crate::api_policy::parse_ttl(ttl).map_err(|e| FieldError {
+                field: "ttl",
+                reason: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 }
@@ -478,6 +497,23 @@ pub struct VmInfo {
     /// and powered off ([`exit_status_of`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<crate::init::ExitReport>,
+    /// Restarts the policy made since the VM last ran stably.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_attempts: u32,
+    /// When a restart is scheduled: seconds until it (rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_in_secs: Option<u64>,
+    /// With a time limit: its deadline, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// With a time limit: seconds left (0 once reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_left_secs: Option<u64>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `PUT /v1/vms/{name}/nat`.
@@ -504,6 +540,10 @@ pub enum EventReason {
     Error,
     /// A snapshot (or fork) paused or resumed the VM, or the VM was restored from one.
     Snapshot,
+    /// The VM's restart policy acted (a restart scheduled or made, or given up).
+    Policy,
+    /// The VM's time limit was reached.
+    Expired,
 }
 
 /// One lifecycle event, persisted with a sequence number.

@@ -11,4 +11,10 @@ pub struct Health {
     pub version: String,
     /// How many VMs the supervisor knows.
     pub vms: u64,
+    /// Whether the host is cordoned (refuses new VMs).
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Why, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordon_reason: Option<String>,
 }

@@ -50,6 +50,14 @@ pub enum PolicyParseError {
     DurationRange(String),
 }
 
+impl RestartPolicy {
+    /// The default, `no` (lets serde leave it out).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    pub fn is_no(&self) -> bool {
+        *self == Self::No
+    }
+}
+
 impl FromStr for RestartPolicy {
     type Err = PolicyParseError;
 
@@ -111,6 +119,14 @@ pub enum OnExpiry {
     Delete,
 }
 
+impl OnExpiry {
+    /// The default, `stop` (lets serde leave it out).
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    pub fn is_stop(&self) -> bool {
+        *self == Self::Stop
+    }
+}
+
 /// A time limit as given by a user: a duration from now, or an extension of the current one
 /// (`+15m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +157,33 @@ pub fn parse_ttl(s: &str) -> Result<Duration, PolicyParseError> {
         return Err(PolicyParseError::DurationRange(s.to_owned()));
     }
     Ok(d)
+}
+
+/// `POST /v1/node/cordon` and `POST /v1/node/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CordonRequest {
+    /// Why (shown in refusals, `/v1/health` and `hearthctl node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `PATCH /v1/vms/{name}`: what can change on a live VM; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVm {
+    /// The new labels (replacing the whole set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The new restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// A new time limit from now (`30m`) or an extension of the current one (`+15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// What happens at the time limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expiry: Option<OnExpiry>,
 }
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ impl ApiError {
                 S::InvalidState { .. } => (StatusCode::CONFLICT, "invalid_state"),
                 S::UnknownImage { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_image"),
                 S::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                S::Cordoned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cordoned"),
                 S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
                 S::Step { source, .. } => step_status(source),
                 S::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
@@ -351,6 +352,13 @@ mod tests {
                 },
                 503,
                 "unavailable",
+            ),
+            (
+                SupervisorError::Cordoned {
+                    reason: "kernel upgrade".into(),
+                },
+                503,
+                "cordoned",
             ),
             (
                 SupervisorError::Timeout {

@@ -60,6 +60,7 @@ pub struct FakeSupervisor {
     creates: Histogram,
     errors: u64,
     agent_sockets: BTreeMap<String, std::path::PathBuf>,
+    cordon: Option<String>,
 }
 
 impl Actor for FakeSupervisor {
@@ -171,6 +172,11 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
             return res;
         }
         self.take_failure()?;
+        if let Some(reason) = &self.cordon {
+            return Err(SupervisorError::Cordoned {
+                reason: reason.clone(),
+            });
+        }
         msg.spec.validate()?;
         let name = msg.spec.name.clone();
         if self.vms.contains_key(&name) {
@@ -191,6 +197,10 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
                 pid: None,
                 last_error: None,
                 exit_status: None,
+                restart_attempts: 0,
+                restart_in_secs: None,
+                expires_at: None,
+                time_left_secs: None,
             },
         );
         self.publish(&name, VmState::Creating);
@@ -263,6 +273,91 @@ impl Handler<sup::SetNat> for FakeSupervisor {
         let vm = self.vms.get_mut(&msg.name).expect("checked above");
         vm.nat = msg.enabled;
         Ok(vm.clone())
+    }
+}
+
+impl Handler<sup::UpdateVm> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::UpdateVm, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        let mut spec = vm.spec.clone();
+        if let Some(labels) = msg.labels {
+            spec.labels = labels;
+        }
+        if let Some(restart) = msg.restart {
+            spec.restart = restart;
+        }
+        if let Some(on_expiry) = msg.on_expiry {
+            spec.on_expiry = on_expiry;
+        }
+        spec.validate()?;
+        vm.spec = spec;
+        // The fake keeps no clock: a time limit shows as its full length.
+        if let Some(
+            hearth_proto::api_policy::TtlChange::Set(d)
+            | hearth_proto::api_policy::TtlChange::Extend(d),
+        ) = msg.ttl
+        {
+            vm.time_left_secs = Some(d.as_secs());
+        }
+        Ok(vm.clone())
+    }
+}
+
+impl Handler<sup::SetCordon> for FakeSupervisor {
+    type Result = Result<sup::NodeStatus, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::SetCordon, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.cordon = msg.reason;
+        Ok(self.node())
+    }
+}
+
+impl Handler<sup::GetNode> for FakeSupervisor {
+    type Result = MessageResult<sup::GetNode>;
+
+    fn handle(&mut self, _: sup::GetNode, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.node())
+    }
+}
+
+impl Handler<sup::Drain> for FakeSupervisor {
+    type Result = Result<sup::NodeStatus, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::Drain, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.cordon = Some(msg.reason);
+        let running: Vec<String> = self
+            .vms
+            .values()
+            .filter(|v| v.state.can_stop())
+            .map(|v| v.name.clone())
+            .collect();
+        for name in &running {
+            let _ = self.set_state(name, VmState::Stopped);
+        }
+        let mut node = self.node();
+        node.drain = Some(sup::DrainProgress {
+            total: running.len(),
+            stopped: running.len(),
+            failed: Vec::new(),
+            done: true,
+        });
+        Ok(node)
+    }
+}
+
+impl FakeSupervisor {
+    fn node(&self) -> sup::NodeStatus {
+        sup::NodeStatus {
+            cordoned: self.cordon.is_some(),
+            reason: self.cordon.clone(),
+            drain: None,
+        }
     }
 }
 
@@ -396,6 +491,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             errors: vec![("create", self.errors)],
             snapshots: Vec::new(),
             pool: None,
+            cordoned: self.cordon.is_some(),
         })
     }
 }

@@ -55,6 +55,12 @@ pub fn render(m: &SupervisorMetrics) -> String {
             .sum::<u64>();
         let _ = writeln!(out, "hearth_vms{{state=\"{state}\"}} {n}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP hearth_node_cordoned 1 while the host refuses new VMs.\n\
+         # TYPE hearth_node_cordoned gauge\nhearth_node_cordoned {}",
+        u8::from(m.cordoned)
+    );
     out.push_str(
         "# HELP hearth_create_phase_seconds Latency of each phase of VM creation.\n\
          # TYPE hearth_create_phase_seconds histogram\n",
@@ -130,6 +136,7 @@ mod tests {
                 leased: 3,
                 free_ips: 250,
             }),
+            cordoned: true,
         };
         let text = render(&m);
         assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");

@@ -141,6 +141,7 @@ pub fn document() -> Value {
         schemas.extend(super::openapi_snapshot::schemas());
         schemas.extend(super::openapi_oci::schemas());
     }
+    super::openapi_policy::extend(&mut doc);
     doc
 }
 

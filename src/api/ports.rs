@@ -31,6 +31,14 @@ pub struct SupervisorPorts {
     pub metrics: Recipient<sup::GetMetrics>,
     /// Where a running VM's agent is (exec and archive endpoints, through `GuestActor`).
     pub guest: Recipient<sup::GuestEndpoint>,
+    /// `PATCH /v1/vms/{name}`.
+    pub update: Recipient<sup::UpdateVm>,
+    /// `POST /v1/node/cordon|uncordon`.
+    pub cordon: Recipient<sup::SetCordon>,
+    /// `GET /v1/node`, `/v1/health`.
+    pub node: Recipient<sup::GetNode>,
+    /// `POST /v1/node/drain`.
+    pub drain: Recipient<sup::Drain>,
 }
 
 impl SupervisorPorts {
@@ -48,7 +56,11 @@ impl SupervisorPorts {
             + Handler<sup::EventsSince>
             + Handler<sup::Subscribe>
             + Handler<sup::GetMetrics>
-            + Handler<sup::GuestEndpoint>,
+            + Handler<sup::GuestEndpoint>
+            + Handler<sup::UpdateVm>
+            + Handler<sup::SetCordon>
+            + Handler<sup::GetNode>
+            + Handler<sup::Drain>,
         A::Context: ToEnvelope<A, sup::CreateVm>
             + ToEnvelope<A, sup::RunAction>
             + ToEnvelope<A, sup::DeleteVm>
@@ -59,7 +71,11 @@ impl SupervisorPorts {
             + ToEnvelope<A, sup::EventsSince>
             + ToEnvelope<A, sup::Subscribe>
             + ToEnvelope<A, sup::GetMetrics>
-            + ToEnvelope<A, sup::GuestEndpoint>,
+            + ToEnvelope<A, sup::GuestEndpoint>
+            + ToEnvelope<A, sup::UpdateVm>
+            + ToEnvelope<A, sup::SetCordon>
+            + ToEnvelope<A, sup::GetNode>
+            + ToEnvelope<A, sup::Drain>,
     {
         SupervisorPorts {
             create: addr.clone().recipient(),
@@ -73,6 +89,10 @@ impl SupervisorPorts {
             subscribe: addr.clone().recipient(),
             metrics: addr.clone().recipient(),
             guest: addr.clone().recipient(),
+            update: addr.clone().recipient(),
+            cordon: addr.clone().recipient(),
+            node: addr.clone().recipient(),
+            drain: addr.clone().recipient(),
         }
     }
 }

@@ -71,6 +71,7 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/v1/vms", vms::list)
         .add(Method::GET, "/v1/vms/{name}", vms::get)
         .add(Method::DELETE, "/v1/vms/{name}", vms::delete)
+        .add(Method::PATCH, "/v1/vms/{name}", super::policy::update)
         .add(Method::POST, "/v1/vms/{name}/start", vms::start)
         .add(Method::POST, "/v1/vms/{name}/stop", vms::stop)
         .add(Method::POST, "/v1/vms/{name}/kill", vms::kill)
@@ -109,6 +110,10 @@ pub fn api_routes() -> Routes {
         .add(Method::DELETE, "/v1/images/{name}", images::delete)
         .add(Method::GET, "/v1/events", events::list)
         .add(Method::GET, "/v1/events/stream", events::stream)
+        .add(Method::GET, "/v1/node", super::node::get)
+        .add(Method::POST, "/v1/node/cordon", super::node::cordon)
+        .add(Method::POST, "/v1/node/uncordon", super::node::uncordon)
+        .add(Method::POST, "/v1/node/drain", super::node::drain)
         .add(Method::GET, "/v1/health", health)
         .add(Method::GET, "/v1/openapi.json", openapi_json)
         .add(Method::GET, "/metrics", metrics::metrics);
@@ -129,10 +134,13 @@ pub fn configure(cfg: &mut ServiceConfig) {
 pub async fn health(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let vms = state.ports.list.send(sup::ListVms { label: None }).await?;
+    let node = state.ports.node.send(sup::GetNode).await?;
     Ok(HttpResponse::Ok().json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         vms: vms.len() as u64,
+        cordoned: node.cordoned,
+        cordon_reason: node.reason,
     }))
 }
 

@@ -58,6 +58,20 @@ const MIGRATIONS: &[&str] = &[
         source_vm TEXT NOT NULL,
         record TEXT NOT NULL
     );",
+    // 3: lifecycle-policy bookkeeping, one row
+    // per VM that has any: restart history and the time limit's deadline (wall clock, ms); the
+    // host's own settings (`cordon` = its reason while cordoned).
+    "CREATE TABLE vm_policy (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        attempts INTEGER NOT NULL,
+        last_start_ms INTEGER,
+        deadline_ms INTEGER,
+        created_ms INTEGER
+    );
+    CREATE TABLE node (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

@@ -15,7 +15,9 @@ use hearth_actors::lease::NetLease;
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use hearth_actors::supervisor::{DiskRecord, SnapshotRecord, VmRecord, VmmProcessRecord};
+pub use hearth_actors::supervisor::{
+    DiskRecord, PolicyState, SnapshotRecord, VmRecord, VmmProcessRecord,
+};
 use hearth_actors::supervisor::{VmStore, VmStoreError};
 
 /// Errors of the store.
@@ -252,10 +254,76 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a VM's spec.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: a `CreateVm` always serialises.
+    pub fn put_spec(&self, vm: &str, spec: &CreateVm) -> Result<(), StoreError> {
+        let spec_json = serde_json::to_string(spec).expect("CreateVm serialises");
+        self.update(
+            vm,
+            "UPDATE vms SET spec = ?2 WHERE name = ?1",
+            params![vm, spec_json],
+        )
+    }
+
+    /// Records a VM's lifecycle-policy bookkeeping.
+    pub fn put_policy(&self, vm: &str, policy: &PolicyState) -> Result<(), StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM vms WHERE name = ?1", params![vm], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(vm.to_owned()));
+        }
+        self.conn.execute(
+            "INSERT INTO vm_policy (vm, attempts, last_start_ms, deadline_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(vm) DO UPDATE
+             SET attempts = ?2, last_start_ms = ?3, deadline_ms = ?4, created_ms = ?5",
+            params![
+                vm,
+                policy.attempts,
+                policy.last_start.map(records::to_ms),
+                policy.deadline.map(records::to_ms),
+                policy.created.map(records::to_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The host's cordon reason, when it is cordoned.
+    pub fn cordon(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM node WHERE key = 'cordon'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Cordons the host with `reason`, or with `None` uncordons it.
+    pub fn put_cordon(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(r) => self.conn.execute(
+                "INSERT INTO node (key, value) VALUES ('cordon', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = ?1",
+                params![r],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM node WHERE key = 'cordon'", [])?,
+        };
+        Ok(())
+    }
+
     /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        for table in ["leases", "disks", "processes"] {
+        for table in ["leases", "disks", "processes", "vm_policy"] {
             tx.execute(&format!("DELETE FROM {table} WHERE vm = ?1"), params![vm])?;
         }
         let n = tx.execute("DELETE FROM vms WHERE name = ?1", params![vm])?;
@@ -384,6 +452,18 @@ impl VmStore for Store {
     }
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::clear_process(self, vm)?)
+    }
+    fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError> {
+        Ok(Store::put_spec(self, vm, spec)?)
+    }
+    fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
+        Ok(Store::put_policy(self, vm, policy)?)
+    }
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError> {
+        Ok(Store::cordon(self)?)
+    }
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
+        Ok(Store::put_cordon(self, reason)?)
     }
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::delete_vm(self, vm)?)

@@ -2,9 +2,10 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_actors::lease::NetLease;
-use hearth_actors::supervisor::{DiskRecord, VmRecord, VmmProcessRecord};
+use hearth_actors::supervisor::{DiskRecord, PolicyState, VmRecord, VmmProcessRecord};
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 use rusqlite::{params, Connection};
 
@@ -47,7 +48,36 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
     for row in rows {
         out.push(row?.decode()?);
     }
+    let mut stmt =
+        conn.prepare("SELECT vm, attempts, last_start_ms, deadline_ms, created_ms FROM vm_policy")?;
+    let policies = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            PolicyState {
+                attempts: r.get(1)?,
+                last_start: r.get::<_, Option<i64>>(2)?.map(from_ms),
+                deadline: r.get::<_, Option<i64>>(3)?.map(from_ms),
+                created: r.get::<_, Option<i64>>(4)?.map(from_ms),
+            },
+        ))
+    })?;
+    for row in policies {
+        let (vm, policy) = row?;
+        if let Some(rec) = out.iter_mut().find(|r| r.spec.name == vm) {
+            rec.policy = policy;
+        }
+    }
     Ok(out)
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as stored (times before it store as 0).
+pub(super) fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 struct RawRow {
@@ -126,6 +156,7 @@ impl RawRow {
             lease,
             disk,
             process,
+            policy: PolicyState::default(),
         })
     }
 }

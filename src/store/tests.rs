@@ -302,3 +302,60 @@ fn snapshots_are_recorded_updated_unique_and_survive_reopen() {
     ));
     assert_eq!(s.load_snapshots().unwrap().len(), 1);
 }
+
+/// The policy bookkeeping (a time limit's deadline above all) survives reopening the file,
+/// a changed spec (restart policy) too, and a delete removes the row with the VM.
+#[test]
+fn policy_state_and_spec_survive_reopening_and_go_with_the_vm() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let at = |s: u64| UNIX_EPOCH + Duration::from_millis(s);
+    let policy = PolicyState {
+        attempts: 3,
+        last_start: Some(at(1_700_000_000_123)),
+        deadline: Some(at(1_700_000_900_000)),
+        created: Some(at(1_600_000_000_000)),
+    };
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_vm(&spec("a")).unwrap();
+        s.insert_vm(&spec("b")).unwrap();
+        s.put_policy("a", &PolicyState::default()).unwrap();
+        s.put_policy("a", &policy).unwrap();
+        let mut changed = spec("a");
+        changed.restart = "on-failure:5".parse().unwrap();
+        s.put_spec("a", &changed).unwrap();
+        assert!(matches!(
+            s.put_policy("nope", &policy),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    let s = Store::open(&path).unwrap();
+    let all = s.load_all().unwrap();
+    assert_eq!(all[0].policy, policy);
+    assert_eq!(all[0].spec.restart.to_string(), "on-failure:5");
+    assert_eq!(all[1].policy, PolicyState::default());
+    s.delete_vm("a").unwrap();
+    let rows: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM vm_policy", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn the_cordon_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.cordon().unwrap(), None);
+        s.put_cordon(Some("first")).unwrap();
+        s.put_cordon(Some("kernel upgrade")).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.cordon().unwrap().as_deref(), Some("kernel upgrade"));
+    s.put_cordon(None).unwrap();
+    assert_eq!(s.cordon().unwrap(), None);
+}

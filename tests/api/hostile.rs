@@ -208,7 +208,7 @@ fn method_not_allowed_says_what_is() {
     let (_d, s, c) = server();
     for (method, path, allow) in [
         (Method::PATCH, "/v1/vms", "POST, GET"),
-        (Method::PUT, "/v1/vms/x", "GET, DELETE"),
+        (Method::PUT, "/v1/vms/x", "GET, DELETE, PATCH"),
         (Method::DELETE, "/v1/health", "GET"),
         (Method::GET, "/v1/vms/x/start", "POST"),
     ] {

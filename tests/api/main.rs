@@ -5,6 +5,7 @@
 mod exec;
 mod hostile;
 mod images;
+mod policy;
 mod snapshots;
 mod supervisor;
 

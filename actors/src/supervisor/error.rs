@@ -56,6 +56,12 @@ pub enum SupervisorError {
         /// What is missing.
         what: String,
     },
+    /// The host is cordoned: it takes no new VMs (HTTP 503, `cordoned`).
+    #[error("This host is cordoned and takes no new VMs: {reason}")]
+    Cordoned {
+        /// Why, as given to `cordon`.
+        reason: String,
+    },
     /// A long poll ran out (HTTP 408).
     #[error("VM {name:?} did not reach {state} in time")]
     Timeout {

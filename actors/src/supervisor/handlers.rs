@@ -12,6 +12,7 @@ use hearth_proto::api_images::ImageKind;
 use slog::{info, warn};
 
 use super::open::{execute, plan_repairs, Adoption};
+use super::policy::ExitCause;
 use super::saga::{self, BootPlan, Ports};
 use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
@@ -24,7 +25,7 @@ use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
 use crate::host::processes::ExitStatus;
 
-type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
+pub(super) type Saga = LocalBoxFuture<'static, Result<(), SupervisorError>>;
 
 fn fail<T: 'static>(
     e: SupervisorError,
@@ -73,7 +74,9 @@ impl VmSupervisor {
     }
 
     pub(super) fn info_of(&self, name: &str) -> Result<VmInfo, SupervisorError> {
-        self.entry(name).map(super::VmEntry::info)
+        self.entry(name)
+            .map(super::VmEntry::info)
+            .map(|i| self.with_policy(i))
     }
 
     /// The boot plan of `name` as it stands (images resolved, a fresh process actor).
@@ -195,6 +198,7 @@ impl Handler<CreateVm> for VmSupervisor {
         let key = msg.idempotency;
         let prepared = (|| {
             self.check_open()?;
+            self.check_cordon()?;
             msg.spec.validate()?;
             if let Some(info) = self.idempotent_replay(key.as_ref())? {
                 return Ok(Err(info));
@@ -218,7 +222,9 @@ impl Handler<CreateVm> for VmSupervisor {
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
-            self.apply(&name, Change::Insert(msg.spec.clone()))
+            self.apply(&name, Change::Insert(msg.spec.clone()))?;
+            let policy = self.policy_at_create(&msg.spec);
+            self.apply(&name, Change::Policy(policy))
         })();
         if let Err(e) = started {
             self.idempotent_store(key, &Err(e.clone()));
@@ -286,7 +292,16 @@ impl Handler<RunAction> for VmSupervisor {
         Box::pin(
             self.locked(
                 &name.clone(),
-                move |act, ctx| act.start_action(&n, action, ctx),
+                move |act, ctx| {
+                    if let Some(cancelled) = act.cancel_restart(&n, Some(action)) {
+                        return cancelled;
+                    }
+                    let saga = act.start_action(&n, action, ctx)?;
+                    if matches!(action, VmAction::Start | VmAction::Restart) {
+                        act.user_started(&n);
+                    }
+                    Ok(saga)
+                },
                 move |act| act.info_of(&name),
             )
             .map(move |res, act, _| {
@@ -302,7 +317,7 @@ impl Handler<RunAction> for VmSupervisor {
 
 impl VmSupervisor {
     /// Checks that `action` is allowed now and returns its saga. Runs under the VM's lock.
-    fn start_action(
+    pub(super) fn start_action(
         &mut self,
         name: &str,
         action: VmAction,
@@ -388,6 +403,8 @@ impl Handler<DeleteVm> for VmSupervisor {
                         op: "delete",
                     });
                 }
+                act.policy_rt.pending.remove(&n);
+                let entry = act.entry(&n)?;
                 let ports = act.ports(ctx);
                 let lease = entry.record.lease.clone();
                 let has_disk = entry.record.disk.is_some();
@@ -470,6 +487,7 @@ impl Handler<ListVms> for VmSupervisor {
                 None => true,
             })
             .map(super::VmEntry::info)
+            .map(|i| self.with_policy(i))
             .collect();
         actix::MessageResult(list)
     }
@@ -557,6 +575,7 @@ impl Handler<GetMetrics> for VmSupervisor {
                 .map(|r| (r.name.clone(), r.disk_bytes, r.mem_file_bytes))
                 .collect(),
             pool: None,
+            cordoned: self.cordon.is_some(),
         };
         let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
         Box::pin(async move {
@@ -609,6 +628,9 @@ impl Handler<VmProcessEvent> for VmSupervisor {
         }
         slog::warn!(self.log, "VMM exited unexpectedly"; "vm" => &vm_id, "pid" => pid, "status" => %status);
         let n = vm_id.clone();
+        // What the restart policy is told once the exit is recorded.
+        let cause = std::rc::Rc::new(std::cell::Cell::new(None));
+        let cause_out = cause.clone();
         let fut = self.locked(
             &vm_id,
             move |act, ctx| {
@@ -635,6 +657,11 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                     }
                     _ => None,
                 };
+                cause.set(Some(match (&stopped, entry.record.state) {
+                    (_, VmState::Stopping) => ExitCause::Requested,
+                    (Some(_), _) => ExitCause::GuestShutdown,
+                    (None, _) => ExitCause::Crash,
+                }));
                 Ok(async move {
                     if let Some(detail) = stopped {
                         saga::release_network(&ports, &n, lease).await?;
@@ -657,9 +684,14 @@ impl Handler<VmProcessEvent> for VmSupervisor {
             },
             |_| Ok(()),
         );
-        ctx.spawn(fut.map(move |res, act, _| {
-            if let Err(e) = res {
+        ctx.spawn(fut.map(move |res, act, ctx| match res {
+            Err(e) => {
                 slog::error!(act.log, "crash handling failed"; "vm" => &vm_id, "error" => %e);
+            }
+            Ok(()) => {
+                if let Some(cause) = cause_out.get() {
+                    act.after_exit(&vm_id, cause, ctx);
+                }
             }
         }));
     }
@@ -750,6 +782,10 @@ impl Handler<Open> for VmSupervisor {
             }
             Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
         }
+        match self.store.cordon() {
+            Ok(c) => self.cordon = c,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        }
         let mut candidates: Vec<(String, Addr<FirecrackerActor>, VmmProcess)> = Vec::new();
         for r in &records {
             self.vms
@@ -816,6 +852,7 @@ impl Handler<Open> for VmSupervisor {
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }
+                    act.start_policies(ctx);
                     Ok(report)
                 })
         }))

@@ -196,6 +196,8 @@ pub struct SupervisorMetrics {
     pub snapshots: Vec<(String, u64, u64)>,
     /// The TAP pool's occupancy, when the pool answered.
     pub pool: Option<PoolOccupancy>,
+    /// Whether the host is cordoned.
+    pub cordoned: bool,
 }
 
 /// The TAP pool's occupancy, for the metrics endpoint.

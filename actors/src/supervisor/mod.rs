@@ -27,14 +27,18 @@
 
 pub mod catalog;
 mod error;
+mod expiry;
 mod fork;
 mod guest;
 mod handlers;
 mod messages;
 pub mod metrics;
+pub mod node;
 mod open;
 mod pause;
 pub mod policy;
+mod policy_msgs;
+mod restart;
 mod restore;
 mod saga;
 mod snapshot_messages;
@@ -43,6 +47,7 @@ mod snapshots;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod update;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -65,10 +70,15 @@ pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
 pub use messages::*;
 use metrics::Histogram;
+pub use node::{Drain, DrainProgress, GetNode, NodeStatus, SetCordon};
+use policy::{Clock, SystemClock};
+pub use policy_msgs::{PolicyTick, UpdateVm};
 pub(crate) use snapshot_messages::{CommitSnapshot, RestoreSnapshot, SnapshotChange};
 pub use snapshot_messages::{CreateSnapshot, DeleteSnapshot, ForkVm, GetSnapshot, ListSnapshots};
 pub use snapshot_record::SnapshotRecord;
-pub use store::{DiskRecord, MemoryVmStore, VmRecord, VmStore, VmStoreError, VmmProcessRecord};
+pub use store::{
+    DiskRecord, MemoryVmStore, PolicyState, VmRecord, VmStore, VmStoreError, VmmProcessRecord,
+};
 
 /// The actors the supervisor drives.
 #[derive(Clone)]
@@ -106,6 +116,27 @@ pub struct SupervisorSettings {
     /// Where snapshots are kept, one directory each (`<data_dir>/snapshots`); empty (the
     /// default) when this supervisor keeps none: snapshots are then refused with 503.
     pub snapshot_dir: std::path::PathBuf,
+    /// The lifecycle policies' tunables.
+    pub policy: PolicySettings,
+}
+
+/// The lifecycle policies' tunables (`[policy]` in hearthd's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// How often due restarts and time limits are checked; zero for never (tests send
+    /// [`PolicyTick`] themselves).
+    pub tick: Duration,
+    /// How many VMs found crashed on `Open` are started at once.
+    pub autostart_parallelism: usize,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            autostart_parallelism: 4,
+        }
+    }
 }
 
 impl Default for SupervisorSettings {
@@ -115,6 +146,7 @@ impl Default for SupervisorSettings {
             ready_timeout: Duration::from_secs(30),
             agent_port: hearth_proto::agent::DEFAULT_PORT,
             snapshot_dir: std::path::PathBuf::new(),
+            policy: PolicySettings::default(),
         }
     }
 }
@@ -153,6 +185,15 @@ impl VmEntry {
             nat: r.nat,
             last_error: r.last_error.clone(),
             exit_status: hearth_proto::api::exit_status_of(r.state, r.last_error.as_deref()),
+            restart_attempts: r.policy.attempts,
+            // Filled in with the clock by `VmSupervisor::with_policy`.
+            restart_in_secs: None,
+            expires_at: r.policy.deadline.and_then(|d| {
+                d.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+            time_left_secs: None,
         }
     }
 }
@@ -181,6 +222,13 @@ pub struct VmSupervisor {
     phases: HashMap<&'static str, Histogram>,
     errors: HashMap<&'static str, u64>,
     closing: bool,
+    /// The time policies read (a manual clock in tests).
+    clock: Arc<dyn Clock>,
+    policy_rt: restart::PolicyRuntime,
+    /// Why the host is cordoned, when it is (loaded on `Open`).
+    cordon: Option<String>,
+    /// The running or last drain.
+    drain: Option<node::DrainProgress>,
 }
 
 impl VmSupervisor {
@@ -208,7 +256,18 @@ impl VmSupervisor {
             phases: HashMap::new(),
             errors: HashMap::new(),
             closing: false,
+            clock: Arc::new(SystemClock),
+            policy_rt: restart::PolicyRuntime::default(),
+            cordon: None,
+            drain: None,
         }
+    }
+
+    /// The same supervisor reading time from `clock` (tests move a manual clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn entry(&self, name: &str) -> Result<&VmEntry, SupervisorError> {
@@ -270,6 +329,8 @@ impl VmSupervisor {
             Change::Disk(None) => self.store.clear_disk(vm)?,
             Change::Process(Some(p)) => self.store.put_process(vm, p)?,
             Change::Process(None) => self.store.clear_process(vm)?,
+            Change::Spec(spec) => self.store.put_spec(vm, spec)?,
+            Change::Policy(p) => self.store.put_policy(vm, p)?,
             Change::Remove => self.store.delete_vm(vm)?,
         }
         match change {
@@ -282,6 +343,7 @@ impl VmSupervisor {
                     lease: None,
                     disk: None,
                     process: None,
+                    policy: PolicyState::default(),
                 };
                 self.vms.insert(vm.to_owned(), VmEntry::new(record));
                 self.publish(vm, VmState::Creating, EventReason::User, None);
@@ -301,8 +363,11 @@ impl VmSupervisor {
             Change::Lease(l) => self.with_record(vm, |r| r.lease = l),
             Change::Disk(d) => self.with_record(vm, |r| r.disk = d),
             Change::Process(p) => self.with_record(vm, |r| r.process = p),
+            Change::Spec(spec) => self.with_record(vm, |r| r.spec = *spec),
+            Change::Policy(p) => self.with_record(vm, |r| r.policy = p),
             Change::Remove => {
                 self.vms.remove(vm);
+                self.policy_rt.pending.remove(vm);
                 self.publish(vm, VmState::Deleting, EventReason::User, Some("deleted"));
                 for w in std::mem::take(&mut self.waiters) {
                     if w.name == vm {
@@ -409,8 +474,12 @@ pub(crate) enum Change {
     Lease(Option<NetLease>),
     Disk(Option<DiskRecord>),
     Process(Option<VmmProcessRecord>),
+    Spec(Box<hearth_proto::api::CreateVm>),
+    Policy(PolicyState),
     Remove,
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_policy;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use hearth_proto::api::{CreateVm, Event, EventReason, VmState};
 
@@ -92,6 +93,32 @@ pub struct VmRecord {
     pub disk: Option<DiskRecord>,
     /// Its VMM process, if recorded.
     pub process: Option<VmmProcessRecord>,
+    /// Its lifecycle-policy bookkeeping.
+    pub policy: PolicyState,
+}
+
+/// What the lifecycle policies remember about a VM (restart history, time limit), stored so
+/// that a restart of hearthd neither forgets a deadline nor resets a crash loop's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// Restarts the policy made since the VM last ran stably.
+    pub attempts: u32,
+    /// When its VMM was last started (boot, user start or policy restart).
+    pub last_start: Option<SystemTime>,
+    /// When its time limit is reached, if it has one.
+    pub deadline: Option<SystemTime>,
+    /// When it was created (autostarts go oldest first).
+    pub created: Option<SystemTime>,
+}
+
+impl PolicyState {
+    /// The restart history [`super::policy::decide_restart`] reads.
+    pub fn history(&self) -> super::policy::RestartHistory {
+        super::policy::RestartHistory {
+            attempts: self.attempts,
+            last_start: self.last_start,
+        }
+    }
 }
 
 /// The persistence port. Writes are durable when they return.
@@ -119,6 +146,14 @@ pub trait VmStore {
     fn put_process(&mut self, vm: &str, process: &VmmProcessRecord) -> Result<(), VmStoreError>;
     /// Forgets a VM's process.
     fn clear_process(&mut self, vm: &str) -> Result<(), VmStoreError>;
+    /// Replaces a VM's spec (a `PATCH` of what can change on a live VM).
+    fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError>;
+    /// Records a VM's lifecycle-policy bookkeeping.
+    fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError>;
+    /// The host's cordon reason, when it is cordoned.
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError>;
+    /// Cordons the host with `reason`, or with `None` uncordons it.
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError>;
     /// Removes a VM and its rows.
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Every VM, ordered by name.
@@ -160,6 +195,7 @@ pub struct MemoryVmStore {
     snapshots: BTreeMap<String, SnapshotRecord>,
     events: Vec<Event>,
     keys: BTreeMap<String, (String, String)>,
+    cordon: Option<String>,
     /// When set, every write fails with this message.
     pub fail_writes: Option<String>,
 }
@@ -196,8 +232,29 @@ impl VmStore for MemoryVmStore {
                 lease: None,
                 disk: None,
                 process: None,
+                policy: PolicyState::default(),
             },
         );
+        Ok(())
+    }
+
+    fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError> {
+        self.vm(vm)?.spec = spec.clone();
+        Ok(())
+    }
+
+    fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
+        self.vm(vm)?.policy = *policy;
+        Ok(())
+    }
+
+    fn cordon(&mut self) -> Result<Option<String>, VmStoreError> {
+        Ok(self.cordon.clone())
+    }
+
+    fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
+        self.check()?;
+        self.cordon = reason.map(str::to_owned);
         Ok(())
     }
 

@@ -1,10 +1,7 @@
 //! Test support (feature `testing`, and this crate's own tests): a `VmSupervisor` wired to
 //! the fake host backends, so the supervisor and the layers above it (hearthd's HTTP API) can
 //! be tested without root, a kernel or a VMM.
-#![expect(
-    clippy::missing_panics_doc,
-    reason = "test support: a set-up that fails panics, failing the test that asked for it"
-)]
+// Test support: a set-up that fails panics (in `build`), failing the test that asked for it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -87,6 +84,46 @@ pub fn supervisor_with_settings(
     run_base: PathBuf,
     settings: SupervisorSettings,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
+    let (sup, disks, pool) = build(with_binary, store, pool, processes, run_base, settings);
+    (sup.start(), disks, pool)
+}
+
+/// A supervisor over fakes (with a binary) whose policies read `clock` and check only when
+/// sent a `PolicyTick` (no periodic tick), with `autostart_parallelism`, and run directories
+/// under `run_base` (restarts spawn: give it a temporary directory).
+pub fn supervisor_with_clock(
+    store: MemoryVmStore,
+    processes: FakeProcesses,
+    clock: Arc<dyn super::policy::Clock>,
+    autostart_parallelism: usize,
+    run_base: PathBuf,
+) -> Addr<VmSupervisor> {
+    let settings = SupervisorSettings {
+        policy: super::PolicySettings {
+            tick: std::time::Duration::ZERO,
+            autostart_parallelism,
+        },
+        ..SupervisorSettings::default()
+    };
+    let (sup, _, _) = build(
+        true,
+        store,
+        TapPoolConfig::default(),
+        processes,
+        run_base,
+        settings,
+    );
+    sup.with_clock(clock).start()
+}
+
+fn build(
+    with_binary: bool,
+    store: MemoryVmStore,
+    pool: TapPoolConfig,
+    processes: FakeProcesses,
+    run_base: PathBuf,
+    settings: SupervisorSettings,
+) -> (VmSupervisor, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
         .unwrap()
         .start();
@@ -148,7 +185,6 @@ pub fn supervisor_with_settings(
         Box::new(store),
         Box::new(images),
         log(),
-    )
-    .start();
+    );
     (sup, disks, tap_pool)
 }

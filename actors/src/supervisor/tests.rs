@@ -49,6 +49,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
             binary: "/usr/bin/firecracker".into(),
             vsock_cid: 3,
         }),
+        policy: PolicyState::default(),
     }
 }
 

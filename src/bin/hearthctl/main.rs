@@ -13,10 +13,12 @@
 mod events;
 mod image;
 mod image_show;
+mod node;
 mod output;
 mod pull;
 mod snapshot;
 mod vm;
+mod vm_update;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +75,11 @@ enum Command {
     },
     /// Whether hearthd is up.
     Health,
+    /// The host: its state, or cordon, uncordon, drain.
+    Node {
+        #[command(subcommand)]
+        cmd: Option<node::NodeCmd>,
+    },
 }
 
 /// A failure and the exit code it maps to.
@@ -123,6 +130,7 @@ fn run(c: &Client, json: bool, command: Command) -> Out {
         Command::Snapshot(cmd) => snapshot::run(c, json, cmd),
         Command::Events { follow, since } => events::run(c, json, follow, since),
         Command::Health => health(c, json),
+        Command::Node { cmd } => node::run(c, json, cmd),
     }
 }
 
@@ -133,6 +141,9 @@ fn health(c: &Client, json: bool) -> Out {
         print_json(&h);
     } else {
         println!("hearthd {} is {} ({} VMs)", h.version, h.status, h.vms);
+        if let Some(reason) = h.cordon_reason.filter(|_| h.cordoned) {
+            println!("cordoned: {reason}");
+        }
     }
     Ok(())
 }

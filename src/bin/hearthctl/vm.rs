@@ -5,6 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use hearth::client::{cli, ApiPath, Client, Method};
 use hearth_proto::api::{parse_label, CreateVm, SetNat, VmInfo, VmState};
+use hearth_proto::api_policy::{OnExpiry, RestartPolicy};
 use hearth_proto::image_config::InitMode;
 
 use crate::output::{labels, on_off, print_json, table};
@@ -72,6 +73,8 @@ pub(crate) enum VmCmd {
         /// The VM.
         name: String,
     },
+    /// Change a VM's restart policy, time limit or labels.
+    Update(crate::vm_update::UpdateArgs),
     /// Switch a VM's outbound NAT.
     Nat {
         /// The VM.
@@ -134,9 +137,34 @@ pub(crate) struct CreateArgs {
     /// Extra kernel command-line arguments.
     #[arg(long)]
     boot_args: Option<String>,
+    /// Restart policy: no (default), on-failure, on-failure:N, always.
+    #[arg(long, default_value = "no")]
+    restart: RestartPolicy,
+    /// Time limit from now (`30m`, `1h30m`); `vm get` shows the time left.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// What happens at the time limit: stop (default) or delete.
+    #[arg(long, value_enum, default_value = "stop")]
+    on_expiry: ExpiryArg,
     /// Makes a retried create a no-op (sent as `Idempotency-Key`).
     #[arg(long)]
     idempotency_key: Option<String>,
+}
+
+/// `--on-expiry`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ExpiryArg {
+    Stop,
+    Delete,
+}
+
+impl From<ExpiryArg> for OnExpiry {
+    fn from(a: ExpiryArg) -> Self {
+        match a {
+            ExpiryArg::Stop => OnExpiry::Stop,
+            ExpiryArg::Delete => OnExpiry::Delete,
+        }
+    }
 }
 
 /// `on` or `off`, for `vm nat`.
@@ -178,6 +206,7 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
         }
         VmCmd::Rm { name } => remove(c, json, &name),
         VmCmd::Nat { name, state } => nat(c, json, &name, state),
+        VmCmd::Update(args) => crate::vm_update::update(c, json, args),
         VmCmd::Wait {
             name,
             state,
@@ -201,6 +230,9 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         ready_probe: !args.no_ready_probe,
         labels: args.labels.into_iter().collect(),
         from_snapshot: args.from_snapshot,
+        restart: args.restart,
+        ttl: args.ttl,
+        on_expiry: args.on_expiry.into(),
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args
@@ -324,6 +356,19 @@ fn show_state(json: bool, vm: &VmInfo) {
 }
 
 /// A VM as JSON, or one `key: value` line per field it has.
+/// The restart policy with its attempts and a pending restart, e.g.
+/// `on-failure:3, 2 attempts, next in 4s`.
+fn restart_line(vm: &VmInfo) -> String {
+    let mut line = vm.spec.restart.to_string();
+    if vm.restart_attempts > 0 {
+        line.push_str(&format!(", {} attempts", vm.restart_attempts));
+    }
+    if let Some(secs) = vm.restart_in_secs {
+        line.push_str(&format!(", next in {secs}s"));
+    }
+    line
+}
+
 pub(crate) fn show_vm(json: bool, vm: &VmInfo) {
     if json {
         print_json(vm);
@@ -360,6 +405,15 @@ pub(crate) fn show_vm(json: bool, vm: &VmInfo) {
     }
     if let Some(x) = vm.exit_status {
         rows.push(("exit status", x.to_string()));
+    }
+    rows.push(("restart", restart_line(vm)));
+    if let Some(left) = vm.time_left_secs {
+        let on = match s.on_expiry {
+            OnExpiry::Stop => "stop",
+            OnExpiry::Delete => "delete",
+        };
+        let left = format!("{}h{:02}m{:02}s", left / 3600, left / 60 % 60, left % 60);
+        rows.push(("time left", format!("{left} (then {on})")));
     }
     for (k, v) in rows {
         println!("{:<12} {v}", format!("{k}:"));

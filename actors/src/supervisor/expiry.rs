@@ -1,0 +1,97 @@
+//! Time limits: each [`super::PolicyTick`] compares the stored deadlines with the supervisor's
+//! clock. An expired VM gets an `expired` event, then is stopped or deleted through the same
+//! messages a user sends. Its deadline is cleared only once the stop is done (a delete removes
+//! it with the VM), so a hearthd killed in between acts again on its next start — on a VM
+//! that is by then stopped, which only clears the deadline: the action is never made twice.
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::{AsyncContext, Context};
+use hearth_proto::api::EventReason;
+use hearth_proto::api_policy::OnExpiry;
+use slog::{info, warn};
+
+use super::{Change, DeleteVm, RunAction, VmAction, VmSupervisor};
+
+impl VmSupervisor {
+    /// Acts on every deadline that has passed and is not already being acted on.
+    pub(super) fn check_expiries(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        let due: Vec<(String, OnExpiry)> = self
+            .vms
+            .values()
+            .filter(|e| e.record.policy.deadline.is_some_and(|d| d <= now))
+            .filter(|e| !self.policy_rt.expiring.contains(&e.record.spec.name))
+            .map(|e| (e.record.spec.name.clone(), e.record.spec.on_expiry))
+            .collect();
+        for (name, on_expiry) in due {
+            self.expire(name, on_expiry, ctx);
+        }
+    }
+
+    fn expire(&mut self, name: String, on_expiry: OnExpiry, ctx: &mut Context<Self>) {
+        let Some(entry) = self.vms.get(&name) else {
+            return;
+        };
+        let state = entry.record.state;
+        let pending_restart = self.policy_rt.pending.contains_key(&name);
+        let act = match on_expiry {
+            // A VM in the middle of a create or another delete: next tick.
+            OnExpiry::Delete if !state.can_delete() => return,
+            OnExpiry::Delete => "deleting it",
+            OnExpiry::Stop if state.can_stop() || pending_restart => "stopping it",
+            // Already not running: nothing to stop.
+            OnExpiry::Stop => "it was not running",
+        };
+        info!(self.log, "time limit reached"; "vm" => &name, "action" => act);
+        self.publish(
+            &name,
+            state,
+            EventReason::Expired,
+            Some(&format!("time limit reached: {act}")),
+        );
+        if act == "it was not running" {
+            self.clear_deadline(&name);
+            return;
+        }
+        self.policy_rt.expiring.insert(name.clone());
+        let me = ctx.address();
+        let n = name.clone();
+        let done = async move {
+            match on_expiry {
+                OnExpiry::Delete => me.send(DeleteVm { name: n }).await.map(Result::err),
+                OnExpiry::Stop => me
+                    .send(RunAction {
+                        name: n,
+                        action: VmAction::Stop,
+                        idempotency: None,
+                    })
+                    .await
+                    .map(Result::err),
+            }
+        };
+        ctx.spawn(done.into_actor(self).map(move |res, act, _| {
+            act.policy_rt.expiring.remove(&name);
+            match res {
+                Ok(None) => {
+                    if on_expiry == OnExpiry::Stop {
+                        act.clear_deadline(&name);
+                    }
+                }
+                // Tried again at the next tick.
+                Ok(Some(e)) => warn!(act.log, "expiry action failed"; "vm" => &name, "error" => %e),
+                Err(e) => warn!(act.log, "expiry action failed"; "vm" => &name, "error" => %e),
+            }
+        }));
+    }
+
+    fn clear_deadline(&mut self, name: &str) {
+        let Some(entry) = self.vms.get(name) else {
+            return;
+        };
+        let mut record = entry.record.policy;
+        record.deadline = None;
+        if let Err(e) = self.apply(name, Change::Policy(record)) {
+            warn!(self.log, "deadline not cleared"; "vm" => name, "error" => %e);
+        }
+    }
+}

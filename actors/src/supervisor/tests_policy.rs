@@ -1,0 +1,436 @@
+//! Lifecycle policies against fake backends and a manual clock: the restart loop (backoff,
+//! give-up, cancel by a user stop), autostart on `Open`, time limits and live updates. Every
+//! start fails at the spawn (fake processes), which is a crash loop without a VMM. The clock
+//! is moved by hand and the check is sent as a `PolicyTick`: no test sleeps a backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::Addr;
+use hearth_proto::api::{self, EventReason, VmState};
+use hearth_proto::api_policy::{OnExpiry, RestartPolicy, TtlChange};
+
+use super::policy::ManualClock;
+use super::testing::supervisor_with_clock;
+use super::*;
+use crate::host::processes::FakeProcesses;
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn spec(name: &str, restart: &str) -> api::CreateVm {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "kernel": "vmlinux", "rootfs": "base", "restart": restart
+    }))
+    .unwrap()
+}
+
+/// A store with `name` in `state` (no process, no lease) under `restart`.
+fn store_with(name: &str, state: VmState, restart: &str) -> MemoryVmStore {
+    let mut s = MemoryVmStore::default();
+    s.insert_vm(&spec(name, restart)).unwrap();
+    s.set_state(name, state, Some("VMM exited: killed by signal 9"))
+        .unwrap();
+    s
+}
+
+/// A supervisor whose every VMM spawn fails, opened over `store`.
+/// Run directories of these tests' supervisors: restarts spawn (and fail), which prepares a
+/// run directory first, so it must be somewhere the tests own, never a fixed host path. One
+/// temporary directory per test process; a static is never dropped, so it stays in the
+/// system's temporary directory (a few empty run directories, no VMM ever runs).
+fn run_base() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .join("vms")
+}
+
+async fn opened(store: MemoryVmStore, clock: &ManualClock) -> Addr<VmSupervisor> {
+    let processes = FakeProcesses::new();
+    processes.fail_spawn("no VMM in unit tests");
+    let sup = supervisor_with_clock(store, processes, Arc::new(clock.clone()), 4, run_base());
+    sup.send(Open {}).await.unwrap().unwrap();
+    sup
+}
+
+async fn policy_events(sup: &Addr<VmSupervisor>) -> Vec<String> {
+    sup.send(EventsSince {
+        since: 0,
+        limit: 1000,
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .into_iter()
+    .filter(|e| matches!(e.reason, EventReason::Policy | EventReason::Expired))
+    .filter_map(|e| e.detail)
+    .collect()
+}
+
+/// Waits (for the sagas, never for a backoff: the clock does not move) until the last
+/// policy event contains `text`.
+async fn until_last_event(sup: &Addr<VmSupervisor>, text: &str) -> Vec<String> {
+    for _ in 0..500 {
+        let events = policy_events(sup).await;
+        if events.last().is_some_and(|e| e.contains(text)) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no event {text:?}; got {:?}", policy_events(sup).await);
+}
+
+async fn info(sup: &Addr<VmSupervisor>, name: &str) -> api::VmInfo {
+    sup.send(GetVm { name: name.into() })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[actix::test]
+async fn a_crash_loop_backs_off_on_the_clock_and_gives_up_after_max() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Crashed, "on-failure:2"), &clock).await;
+
+    // Found crashed on Open: started at once (autostart), which fails, so attempt 1 waits 1 s.
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+    let vm = info(&sup, "a").await;
+    assert_eq!(vm.state, VmState::Failed);
+    assert_eq!((vm.restart_attempts, vm.restart_in_secs), (1, Some(1)));
+
+    // The clock has not moved: a check restarts nothing.
+    clock.advance(Duration::from_millis(999));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!policy_events(&sup)
+        .await
+        .iter()
+        .any(|e| e.contains("restart attempt 1")));
+
+    clock.advance(Duration::from_millis(1));
+    sup.send(PolicyTick).await.unwrap();
+    until_last_event(&sup, "restarting in 2s (attempt 2)").await;
+    clock.advance(Duration::from_secs(2));
+    sup.send(PolicyTick).await.unwrap();
+    let events = until_last_event(&sup, "gave up after 2 restarts").await;
+    assert_eq!(
+        events,
+        [
+            "autostart: its process was gone when hearthd started",
+            "restarting in 1s (attempt 1)",
+            "restart attempt 1",
+            "restarting in 2s (attempt 2)",
+            "restart attempt 2",
+            "restart policy on-failure:2 gave up after 2 restarts",
+        ]
+    );
+    let vm = info(&sup, "a").await;
+    assert_eq!((vm.restart_attempts, vm.restart_in_secs), (2, None));
+
+    // Given up: nothing more however long it waits.
+    clock.advance(Duration::from_secs(3600));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(policy_events(&sup).await.len(), events.len());
+
+    // A user start resets the history.
+    let err = sup
+        .send(RunAction {
+            name: "a".into(),
+            action: VmAction::Start,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    assert!(err.is_err(), "the spawn fails");
+    assert_eq!(info(&sup, "a").await.restart_attempts, 0);
+}
+
+#[actix::test]
+async fn a_user_stop_cancels_a_pending_restart() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Crashed, "always"), &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+
+    let vm = sup
+        .send(RunAction {
+            name: "a".into(),
+            action: VmAction::Stop,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vm.state, VmState::Stopped);
+    assert_eq!(vm.restart_in_secs, None);
+
+    clock.advance(Duration::from_secs(60));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let events = policy_events(&sup).await;
+    assert!(
+        !events.iter().any(|e| e.contains("restart attempt")),
+        "{events:?}"
+    );
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+}
+
+#[actix::test]
+async fn without_a_policy_or_after_a_user_stop_nothing_is_started_on_open() {
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("crashed-no", VmState::Crashed, "no");
+    store.insert_vm(&spec("stopped-always", "always")).unwrap();
+    store
+        .set_state("stopped-always", VmState::Stopped, None)
+        .unwrap();
+    let sup = opened(store, &clock).await;
+    clock.advance(Duration::from_secs(600));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(policy_events(&sup).await, Vec::<String>::new());
+    assert_eq!(info(&sup, "crashed-no").await.state, VmState::Crashed);
+    assert_eq!(info(&sup, "stopped-always").await.state, VmState::Stopped);
+}
+
+#[actix::test]
+async fn autostart_goes_oldest_first() {
+    let clock = ManualClock::new(t0());
+    let mut store = MemoryVmStore::default();
+    // Names in reverse of age, so name order would be wrong.
+    for (name, age) in [("a", 1), ("b", 3), ("c", 2)] {
+        store.insert_vm(&spec(name, "always")).unwrap();
+        store.set_state(name, VmState::Crashed, None).unwrap();
+        store
+            .put_policy(
+                name,
+                &PolicyState {
+                    created: Some(t0() - Duration::from_secs(age)),
+                    ..PolicyState::default()
+                },
+            )
+            .unwrap();
+    }
+    let processes = FakeProcesses::new();
+    processes.fail_spawn("no VMM in unit tests");
+    let sup = supervisor_with_clock(store, processes, Arc::new(clock.clone()), 1, run_base());
+    sup.send(Open {}).await.unwrap().unwrap();
+    for _ in 0..500 {
+        let n = sup
+            .send(EventsSince {
+                since: 0,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e.detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("autostart"))
+            })
+            .count();
+        if n == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let order: Vec<String> = sup
+        .send(EventsSince {
+            since: 0,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("autostart"))
+        })
+        .map(|e| e.vm)
+        .collect();
+    assert_eq!(order, ["b", "c", "a"]);
+}
+
+#[actix::test]
+async fn a_stored_deadline_expires_on_the_clock_stop_or_delete() {
+    let clock = ManualClock::new(t0());
+    let mut store = MemoryVmStore::default();
+    for (name, on_expiry) in [("keep", OnExpiry::Stop), ("gone", OnExpiry::Delete)] {
+        let mut s = spec(name, "no");
+        s.on_expiry = on_expiry;
+        store.insert_vm(&s).unwrap();
+        store.set_state(name, VmState::Stopped, None).unwrap();
+        store
+            .put_policy(
+                name,
+                &PolicyState {
+                    deadline: Some(t0() + Duration::from_secs(30)),
+                    ..PolicyState::default()
+                },
+            )
+            .unwrap();
+    }
+    // As after a restart of hearthd: the deadline comes from the store.
+    let sup = opened(store, &clock).await;
+    assert_eq!(info(&sup, "gone").await.time_left_secs, Some(30));
+    clock.advance(Duration::from_secs(29));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(policy_events(&sup).await, Vec::<String>::new());
+
+    clock.advance(Duration::from_secs(1));
+    sup.send(PolicyTick).await.unwrap();
+    for _ in 0..500 {
+        if sup
+            .send(GetVm {
+                name: "gone".into(),
+            })
+            .await
+            .unwrap()
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        sup.send(GetVm {
+            name: "gone".into()
+        })
+        .await
+        .unwrap(),
+        Err(SupervisorError::NotFound { .. })
+    ));
+    // `keep` was not running: the expiry only clears its deadline, once.
+    let keep = info(&sup, "keep").await;
+    assert_eq!((keep.state, keep.time_left_secs), (VmState::Stopped, None));
+    clock.advance(Duration::from_secs(60));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut events = policy_events(&sup).await;
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "time limit reached: deleting it",
+            "time limit reached: it was not running"
+        ]
+    );
+}
+
+#[actix::test]
+async fn update_changes_policy_labels_and_ttl_and_refuses_bad_input_whole() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Stopped, "no"), &clock).await;
+    let vm = sup
+        .send(UpdateVm {
+            name: "a".into(),
+            restart: Some(RestartPolicy::Always),
+            ttl: Some(TtlChange::Set(Duration::from_secs(600))),
+            ..UpdateVm::default()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vm.spec.restart, RestartPolicy::Always);
+    assert_eq!(vm.time_left_secs, Some(600));
+    clock.advance(Duration::from_secs(100));
+    let vm = sup
+        .send(UpdateVm {
+            name: "a".into(),
+            ttl: Some(TtlChange::Extend(Duration::from_secs(900))),
+            ..UpdateVm::default()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vm.time_left_secs, Some(1400));
+
+    // A bad label refuses the whole update: the policy given with it is not applied.
+    let err = sup
+        .send(UpdateVm {
+            name: "a".into(),
+            labels: Some([("bad=key".to_owned(), "v".to_owned())].into()),
+            restart: Some(RestartPolicy::No),
+            ..UpdateVm::default()
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("labels"), "{err}");
+    let vm = info(&sup, "a").await;
+    assert_eq!(vm.spec.restart, RestartPolicy::Always);
+    assert!(vm.spec.labels.is_empty());
+    assert!(matches!(
+        sup.send(UpdateVm {
+            name: "nope".into(),
+            ..UpdateVm::default()
+        })
+        .await
+        .unwrap(),
+        Err(SupervisorError::NotFound { .. })
+    ));
+}
+
+#[actix::test]
+async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Crashed, "always"), &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+
+    let node = sup
+        .send(SetCordon {
+            reason: Some("kernel upgrade".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(node.cordoned);
+    let err = sup
+        .send(CreateVm {
+            spec: spec("b", "no"),
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::Cordoned { reason } if reason == "kernel upgrade"),
+        "{err}"
+    );
+    assert!(sup.send(GetVm { name: "b".into() }).await.unwrap().is_err());
+
+    // The drain stops `a`, whose restart was pending: it stays stopped.
+    let node = sup
+        .send(Drain {
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let drain = node.drain.unwrap();
+    assert_eq!((drain.total, drain.stopped, drain.done), (1, 1, true));
+    assert_eq!(node.reason.as_deref(), Some("maintenance"));
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+    clock.advance(Duration::from_secs(60));
+    sup.send(PolicyTick).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+
+    let node = sup.send(SetCordon { reason: None }).await.unwrap().unwrap();
+    assert!(!node.cordoned && node.reason.is_none());
+    assert!(!matches!(
+        sup.send(CreateVm {
+            spec: spec("b", "no"),
+            idempotency: None,
+        })
+        .await
+        .unwrap(),
+        Err(SupervisorError::Cordoned { .. })
+    ));
+}

@@ -1,0 +1,63 @@
+//! `/v1/node`: the host's cordon and drain.
+
+use actix_web::web::Data;
+use actix_web::{HttpRequest, HttpResponse};
+use hearth_actors::supervisor as sup;
+use hearth_proto::api_policy::CordonRequest;
+
+use super::body::JsonBody;
+use super::query::Params;
+use super::{ApiError, ApiState};
+
+/// The reason used when a cordon or drain gives none.
+const NO_REASON: &str = "cordoned by an operator";
+
+/// `GET /v1/node`: cordoned or not, and the running or last drain's progress.
+pub async fn get(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let node = state.ports.node.send(sup::GetNode).await?;
+    Ok(HttpResponse::Ok().json(node))
+}
+
+/// `POST /v1/node/cordon {"reason"?}`: refuse new VMs from now on (persisted).
+pub async fn cordon(
+    state: Data<ApiState>,
+    req: HttpRequest,
+    body: JsonBody<CordonRequest>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let reason = body.value.reason.unwrap_or_else(|| NO_REASON.into());
+    let node = state
+        .ports
+        .cordon
+        .send(sup::SetCordon {
+            reason: Some(reason),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(node))
+}
+
+/// `POST /v1/node/uncordon`: take new VMs again.
+pub async fn uncordon(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let node = state
+        .ports
+        .cordon
+        .send(sup::SetCordon { reason: None })
+        .await??;
+    Ok(HttpResponse::Ok().json(node))
+}
+
+/// `POST /v1/node/drain {"reason"?}`: cordon, then stop every running VM (a few at a time);
+/// answers when all stops are done, with the outcome. `GET /v1/node` shows the progress
+/// meanwhile.
+pub async fn drain(
+    state: Data<ApiState>,
+    req: HttpRequest,
+    body: JsonBody<CordonRequest>,
+) -> Result<HttpResponse, ApiError> {
+    Params::parse(req.query_string(), &[])?;
+    let reason = body.value.reason.unwrap_or_else(|| NO_REASON.into());
+    let node = state.ports.drain.send(sup::Drain { reason }).await??;
+    Ok(HttpResponse::Ok().json(node))
+}

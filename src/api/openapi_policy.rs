@@ -1,0 +1,131 @@
+//! The lifecycle-policy part of the `OpenAPI` document ([`super::openapi`]): `PATCH
+//! /v1/vms/{name}`, the policy fields of `CreateVm` and `VmInfo`, and the event reasons.
+
+use serde_json::{json, Value};
+
+use super::openapi::{json_body, json_response, responses, schema, vm_name_param, BODY};
+
+const RESTART: &str = "^(no|always|on-failure(:[1-9][0-9]{0,4})?)$";
+
+/// `no`, `on-failure`, `on-failure:N` (1-10000) or `always`.
+fn restart_schema() -> Value {
+    json!({"type": "string", "pattern": RESTART,
+        "description": "What hearthd does when the VMM exits unasked: no (default), \
+                        on-failure[:N] (crashes, at most N in a row), always (also a guest \
+                        shutdown). Backoff 1 s doubling to 5 min; reset after 10 stable minutes"})
+}
+
+fn on_expiry_schema() -> Value {
+    json!({"type": "string", "enum": ["stop", "delete"], "default": "stop"})
+}
+
+/// Adds the policy parts to the core document `doc`.
+pub fn extend(doc: &mut Value) {
+    let mut with_body: Vec<(&str, &str)> = vec![
+        ("400", "Invalid body, field or query parameter"),
+        ("404", "No such VM"),
+        ("409", "The VM is being deleted"),
+        ("500", "Internal error"),
+    ];
+    with_body.extend(BODY);
+    doc["paths"]["/v1/vms/{name}"]["patch"] = json!({
+        "operationId": "updateVm",
+        "summary": "Change a VM's labels, restart policy or time limit (running or not)",
+        "parameters": [vm_name_param()],
+        "requestBody": json_body("UpdateVm"),
+        "responses": responses(&[("200", json_response("The VM", schema("VmInfo")))], &with_body),
+    });
+    node_paths(doc);
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["CordonRequest"] = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {"reason": {"type": "string", "maxLength": 1024}}
+    });
+    schemas["NodeStatus"] = json!({
+        "type": "object", "required": ["cordoned"],
+        "properties": {
+            "cordoned": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "drain": {"type": "object", "required": ["total", "stopped", "failed", "done"],
+                "properties": {
+                    "total": {"type": "integer", "minimum": 0},
+                    "stopped": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "array", "description": "[VM name, why] pairs",
+                        "items": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2}},
+                    "done": {"type": "boolean"},
+                }},
+        }
+    });
+    if let Some(health) = schemas["Health"]["properties"].as_object_mut() {
+        health.insert("cordoned".into(), json!({"type": "boolean"}));
+        health.insert("cordon_reason".into(), json!({"type": "string"}));
+    }
+    schemas["UpdateVm"] = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {
+            "labels": {"type": "object",
+                "propertyNames": {"minLength": 1, "maxLength": 63, "pattern": "^[^=]*$"},
+                "additionalProperties": {"type": "string", "maxLength": 255},
+                "description": "Replaces the whole set"},
+            "restart": restart_schema(),
+            "ttl": {"type": "string",
+                "description": "A time limit from now (30m, 1h30m) or, with a leading +, an \
+                                extension of the current one; more than 0, at most 365 days"},
+            "on_expiry": on_expiry_schema(),
+        }
+    });
+    let create = &mut schemas["CreateVm"]["properties"];
+    create["restart"] = restart_schema();
+    create["ttl"] = json!({"type": "string",
+        "description": "A time limit from creation (30m, 1h30m), at most 365 days"});
+    create["on_expiry"] = on_expiry_schema();
+    let info = &mut schemas["VmInfo"]["properties"];
+    info["restart_attempts"] = json!({"type": "integer", "minimum": 0,
+        "description": "Restarts made since the VM last ran stably"});
+    info["restart_in_secs"] = json!({"type": "integer", "minimum": 0,
+        "description": "Seconds until a scheduled restart"});
+    info["expires_at"] = json!({"type": "integer",
+        "description": "The time limit's deadline, Unix seconds"});
+    info["time_left_secs"] = json!({"type": "integer", "minimum": 0});
+    if let Some(reasons) = schemas["Event"]["properties"]["reason"]["enum"].as_array_mut() {
+        reasons.extend([json!("policy"), json!("expired")]);
+    }
+}
+
+/// `/v1/node` and its cordon, uncordon and drain.
+fn node_paths(doc: &mut Value) {
+    let ok = || json_response("The host's state", schema("NodeStatus"));
+    let mut with_body: Vec<(&str, &str)> = vec![
+        ("400", "Invalid body, field or query parameter"),
+        ("500", "Internal error"),
+    ];
+    with_body.extend(BODY);
+    let paths = &mut doc["paths"];
+    paths["/v1/node"] = json!({"get": {
+        "operationId": "getNode",
+        "summary": "Whether the host is cordoned, and the running or last drain's progress",
+        "responses": responses(&[("200", ok())], &[]),
+    }});
+    paths["/v1/node/cordon"] = json!({"post": {
+        "operationId": "cordonNode",
+        "summary": "Refuse new VMs (503 cordoned) until uncordoned; kept across restarts",
+        "requestBody": json_body("CordonRequest"),
+        "responses": responses(&[("200", ok())], &with_body),
+    }});
+    paths["/v1/node/uncordon"] = json!({"post": {
+        "operationId": "uncordonNode",
+        "summary": "Take new VMs again",
+        "responses": responses(&[("200", ok())], &[("500", "Internal error")]),
+    }});
+    paths["/v1/node/drain"] = json!({"post": {
+        "operationId": "drainNode",
+        "summary": "Cordon, then stop every running VM (four at a time); answers when done",
+        "requestBody": json_body("CordonRequest"),
+        "responses": responses(&[("200", ok())], &{
+            let mut v = with_body.clone();
+            v.push(("409", "A drain is already running"));
+            v
+        }),
+    }});
+}
