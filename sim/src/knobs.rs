@@ -49,7 +49,16 @@ pub struct Knobs {
     /// with `clock_realtime` fails as the real binary's sometimes does (its KVM clock had
     /// none when the snapshot was taken).
     pub no_clock_realtime: bool,
+    /// `FC_SIM_ANNOUNCE=1`: each time the guest network stack starts (boot, snapshot load,
+    /// new identity) the guest announces itself once with the identity it has then: a
+    /// gratuitous ARP and a broadcast UDP datagram to port [`ANNOUNCE_PORT`] whose payload is
+    /// `announce pid=<VMM pid>`, as a restored guest's own traffic would carry its old
+    /// identity until the agent changes it.
+    pub announce: bool,
 }
+
+/// The UDP port of `FC_SIM_ANNOUNCE`'s broadcast datagram.
+pub const ANNOUNCE_PORT: u16 = 9997;
 
 /// Where the guest's identity file is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +87,7 @@ impl Default for Knobs {
             console_at_exit: None,
             identity_file: None,
             no_clock_realtime: false,
+            announce: false,
         }
     }
 }
@@ -152,6 +162,7 @@ impl Knobs {
         k.agent_silent = flag("FC_SIM_AGENT_SILENT")?;
         k.netstack = flag("FC_SIM_NETSTACK")?;
         k.no_clock_realtime = flag("FC_SIM_NO_CLOCK_REALTIME")?;
+        k.announce = flag("FC_SIM_ANNOUNCE")?;
         match get("FC_SIM_AGENT_BIN") {
             None => {}
             Some(v) if v.trim().is_empty() => {}
@@ -236,5 +247,7 @@ mod tests {
             Some(IdentityFile::At("/run/id.json".into()))
         );
         assert!(knobs(&[("FC_SIM_IDENTITY_FILE", "id.json")]).is_err());
+        assert!(knobs(&[("FC_SIM_ANNOUNCE", "1")]).unwrap().announce);
+        assert!(knobs(&[("FC_SIM_ANNOUNCE", "on")]).is_err());
     }
 }

@@ -23,6 +23,7 @@ use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::real_agent::RealAgent;
 use crate::tap::{open_tap, Tap};
 
+mod announce;
 mod error;
 pub mod identity;
 pub mod snapshot;
@@ -679,6 +680,9 @@ impl Vmm {
             dev.tap.name,
             stack.config().ip
         ));
+        if self.knobs.announce {
+            announce::spawn(stack.clone());
+        }
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())
