@@ -116,6 +116,9 @@ pub struct Vmm {
     guest_identity: Option<snapshot::GuestIdentity>,
     /// The identity file's content last acted on.
     identity_seen: Option<Vec<u8>>,
+    /// New identity file content and when it was first seen, while
+    /// `FC_SIM_IDENTITY_DELAY_MS` holds it back.
+    identity_pending: Option<(Vec<u8>, Instant)>,
     timers: Vec<(Instant, Timer)>,
     api_requests: u64,
     exit: Option<i32>,
@@ -157,6 +160,7 @@ impl Vmm {
             mem_file: None,
             guest_identity: None,
             identity_seen: None,
+            identity_pending: None,
             timers: Vec::new(),
             api_requests: 0,
             exit: None,
@@ -681,7 +685,7 @@ impl Vmm {
             stack.config().ip
         ));
         if self.knobs.announce {
-            announce::spawn(stack.clone());
+            announce::spawn(&stack);
         }
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));

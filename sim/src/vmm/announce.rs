@@ -3,9 +3,9 @@
 //! source's until the agent's `reconfigure` lands).
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use crate::knobs::ANNOUNCE_PORT;
+use crate::knobs::{ANNOUNCE_EVERY, ANNOUNCE_PORT, ANNOUNCE_TIMES};
 use crate::netstack::{frames, GuestStack};
 
 /// The two frames of one announce: a gratuitous ARP (sender and target are the guest's own
@@ -24,20 +24,27 @@ pub(super) fn frames_for(mac: [u8; 6], ip: Ipv4Addr, pid: u32) -> [Vec<u8>; 2] {
     ]
 }
 
-/// Sends the announce from its own thread: a stack that starts frozen (a paused VM) holds the
-/// frames until it is thawed, and the VMM thread must not wait for that.
-pub(super) fn spawn(stack: Arc<GuestStack>) {
+/// Sends the announces from their own thread: a stack that starts frozen (a paused VM) holds
+/// the frames until it is thawed, and the VMM thread must not wait for that. The thread keeps
+/// only a weak reference, so it stops once the VMM replaces the stack (a new identity) or
+/// exits: a guest's old identity is on the wire exactly as long as it has it.
+pub(super) fn spawn(stack: &Arc<GuestStack>) {
     let config = stack.config();
     let frames = frames_for(config.mac, config.ip, std::process::id());
+    let stack: Weak<GuestStack> = Arc::downgrade(stack);
     let _ = std::thread::Builder::new()
         .name("guest-announce".into())
         .spawn(move || {
-            for frame in frames {
-                // A stack stopped meanwhile (a new identity, the VMM exiting) sends nothing,
-                // which is what a guest going away does.
-                if stack.send_raw_frame(&frame).is_err() {
-                    break;
+            for _ in 0..ANNOUNCE_TIMES {
+                for frame in &frames {
+                    let Some(stack) = stack.upgrade() else {
+                        return;
+                    };
+                    if stack.send_raw_frame(frame).is_err() {
+                        return;
+                    }
                 }
+                std::thread::sleep(ANNOUNCE_EVERY);
             }
         });
 }
