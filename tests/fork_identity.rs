@@ -16,10 +16,6 @@
 //! - the same scenario with `network.anti_spoofing = false` (and isolation off) does see the
 //!   source's identity coming from the forks on the host side and at the third guest, which
 //!   shows the first test's observation can fail.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests drive real tools and binaries (ip, ping, hearthd, hearthctl)"
-)]
 
 mod common;
 use common::daemon;
@@ -175,13 +171,13 @@ impl Sniffer {
                         buf.len(),
                         0,
                         std::ptr::from_mut(&mut from).cast(),
-                        &mut len,
+                        std::ptr::from_mut(&mut len),
                     )
                 };
                 if let Ok(n) = usize::try_from(n) {
                     log.lock().unwrap().push(Seen {
                         ifindex: from.sll_ifindex,
-                        outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+                        outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
                         frame: buf[..n].to_vec(),
                     });
                 }
@@ -465,10 +461,6 @@ fn scenario(sw: Switches) -> Scenario {
 }
 
 /// Checks the claims on `sw`'s scenario (anti-spoofing on).
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario's assertions, read top to bottom"
-)]
 fn forks_old_identity_is_dropped(sw: Switches) {
     assert!(sw.anti_spoofing);
     let Scenario {
