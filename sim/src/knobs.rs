@@ -49,7 +49,24 @@ pub struct Knobs {
     /// with `clock_realtime` fails as the real binary's sometimes does (its KVM clock had
     /// none when the snapshot was taken).
     pub no_clock_realtime: bool,
+    /// `FC_SIM_ANNOUNCE=1`: each time the guest network stack starts (boot, snapshot load,
+    /// new identity) the guest announces itself once with the identity it has then: a
+    /// gratuitous ARP and a broadcast UDP datagram to port [`ANNOUNCE_PORT`] whose payload is
+    /// `announce pid=<VMM pid>`, repeated every [`ANNOUNCE_EVERY`] while that stack lives (at
+    /// most [`ANNOUNCE_TIMES`] times), as a restored guest's own traffic would carry its old
+    /// identity until the agent changes it.
+    pub announce: bool,
+    /// `FC_SIM_IDENTITY_DELAY_MS`: the guest adopts a new identity file's content only once it
+    /// has stood this long (a slow guest), so its old identity stays on the wire meanwhile.
+    pub identity_delay: Duration,
 }
+
+/// The UDP port of `FC_SIM_ANNOUNCE`'s broadcast datagram.
+pub const ANNOUNCE_PORT: u16 = 9997;
+/// Between two announces of one stack.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+/// The most announces one stack sends.
+pub const ANNOUNCE_TIMES: u32 = 20;
 
 /// Where the guest's identity file is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +95,8 @@ impl Default for Knobs {
             console_at_exit: None,
             identity_file: None,
             no_clock_realtime: false,
+            announce: false,
+            identity_delay: Duration::ZERO,
         }
     }
 }
@@ -131,6 +150,9 @@ impl Knobs {
         if let Some(v) = num("FC_SIM_BOOT_DELAY_MS")? {
             k.boot_delay = ms(v);
         }
+        if let Some(v) = num("FC_SIM_IDENTITY_DELAY_MS")? {
+            k.identity_delay = ms(v);
+        }
         if let Some(v) = num("FC_SIM_REBOOT_DELAY_MS")? {
             k.reboot_delay = ms(v);
         }
@@ -152,6 +174,7 @@ impl Knobs {
         k.agent_silent = flag("FC_SIM_AGENT_SILENT")?;
         k.netstack = flag("FC_SIM_NETSTACK")?;
         k.no_clock_realtime = flag("FC_SIM_NO_CLOCK_REALTIME")?;
+        k.announce = flag("FC_SIM_ANNOUNCE")?;
         match get("FC_SIM_AGENT_BIN") {
             None => {}
             Some(v) if v.trim().is_empty() => {}
@@ -236,5 +259,14 @@ mod tests {
             Some(IdentityFile::At("/run/id.json".into()))
         );
         assert!(knobs(&[("FC_SIM_IDENTITY_FILE", "id.json")]).is_err());
+        assert!(knobs(&[("FC_SIM_ANNOUNCE", "1")]).unwrap().announce);
+        assert!(knobs(&[("FC_SIM_ANNOUNCE", "on")]).is_err());
+        assert_eq!(
+            knobs(&[("FC_SIM_IDENTITY_DELAY_MS", "700")])
+                .unwrap()
+                .identity_delay,
+            Duration::from_millis(700)
+        );
+        assert!(knobs(&[("FC_SIM_IDENTITY_DELAY_MS", "-1")]).is_err());
     }
 }

@@ -23,6 +23,7 @@ use crate::netstack::{GuestStack, NetConfig, VnetHdr};
 use crate::real_agent::RealAgent;
 use crate::tap::{open_tap, Tap};
 
+mod announce;
 mod error;
 pub mod identity;
 pub mod snapshot;
@@ -115,6 +116,9 @@ pub struct Vmm {
     guest_identity: Option<snapshot::GuestIdentity>,
     /// The identity file's content last acted on.
     identity_seen: Option<Vec<u8>>,
+    /// New identity file content and when it was first seen, while
+    /// `FC_SIM_IDENTITY_DELAY_MS` holds it back.
+    identity_pending: Option<(Vec<u8>, Instant)>,
     timers: Vec<(Instant, Timer)>,
     api_requests: u64,
     exit: Option<i32>,
@@ -156,6 +160,7 @@ impl Vmm {
             mem_file: None,
             guest_identity: None,
             identity_seen: None,
+            identity_pending: None,
             timers: Vec::new(),
             api_requests: 0,
             exit: None,
@@ -679,6 +684,9 @@ impl Vmm {
             dev.tap.name,
             stack.config().ip
         ));
+        if self.knobs.announce {
+            announce::spawn(&stack);
+        }
         self.guest.set_net(stack.clone());
         self.guest_net = Some(GuestNet(stack));
         Ok(())

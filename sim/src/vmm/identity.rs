@@ -75,6 +75,7 @@ impl Vmm {
         if let Some(path) = self.identity_path() {
             let _ = std::fs::remove_file(path);
             self.identity_seen = None;
+            self.identity_pending = None;
             self.timers
                 .push((Instant::now() + POLL, Timer::IdentityPoll));
         }
@@ -93,6 +94,21 @@ impl Vmm {
         if read.is_err() || self.identity_seen.as_deref() == Some(&raw[..]) {
             return;
         }
+        if !self.knobs.identity_delay.is_zero() {
+            // A slow guest: the new content is acted on once it has stood this long.
+            match &self.identity_pending {
+                Some((pending, since)) if *pending == raw => {
+                    if since.elapsed() < self.knobs.identity_delay {
+                        return;
+                    }
+                }
+                _ => {
+                    self.identity_pending = Some((raw, Instant::now()));
+                    return;
+                }
+            }
+        }
+        self.identity_pending = None;
         self.identity_seen = Some(raw.clone());
         match parse(&raw) {
             Ok(id) => {
