@@ -35,6 +35,7 @@ pub mod metrics;
 mod open;
 mod pause;
 pub mod policy;
+mod quiesce;
 mod restore;
 mod saga;
 mod snapshot_messages;
