@@ -10,15 +10,44 @@
 
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Actor, Addr, Recipient};
+use hearth_proto::agent::{PingReply, Request};
 use hearth_proto::api::VmState;
-use slog::{info, warn};
+use slog::{info, warn, Logger};
 
 use super::saga::Ports;
-use crate::guest::{FreezeGuest, GuestActor, GuestError, ThawGuest};
+use super::GuestEndpoint;
+use crate::guest::{AgentCall, FreezeGuest, GuestActor, GuestSettings, ThawGuest};
 
 /// How long a guest stays frozen if no thaw comes (the agent thaws on its own then).
 pub(super) const THAW_AFTER: Duration = Duration::from_secs(10);
+
+/// How long the agent has to answer a `ping` before the freeze is tried: a VM without a
+/// live agent (no guest, or one without hearth's agent) costs the snapshot this much, not a
+/// whole freeze timeout (the freeze itself may take longer: it syncs).
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The snapshot saga's connections to the VM's agent: its own, stopped with the saga.
+pub(super) struct Guest {
+    /// Short-timeout calls: is an agent there at all?
+    probe: Addr<GuestActor>,
+    /// Freeze and thaw, with the default timeout.
+    calls: Addr<GuestActor>,
+}
+
+impl Guest {
+    /// Actors asking `endpoints` (the supervisor) where the agent is.
+    pub(super) fn start(endpoints: &Recipient<GuestEndpoint>, log: &Logger) -> Self {
+        let probe = GuestSettings {
+            connect_timeout: PROBE_TIMEOUT,
+            ..GuestSettings::default()
+        };
+        Guest {
+            probe: GuestActor::new(endpoints.clone(), probe, log).start(),
+            calls: GuestActor::new(endpoints.clone(), GuestSettings::default(), log).start(),
+        }
+    }
+}
 
 /// Whether the guest's root filesystem was frozen for the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,34 +69,36 @@ impl Quiesced {
 }
 
 /// Asks `vm`'s agent to sync and freeze its root filesystem (a running VM only).
-pub(super) async fn freeze(
-    p: &Ports,
-    guest: &Addr<GuestActor>,
-    vm: &str,
-    state: VmState,
-) -> Quiesced {
+pub(super) async fn freeze(p: &Ports, guest: &Guest, vm: &str, state: VmState) -> Quiesced {
     if state != VmState::Running {
         return Quiesced::Not(format!("the VM was {state}"));
     }
-    let answer = guest
-        .send(FreezeGuest {
-            vm: vm.to_owned(),
-            thaw_after: THAW_AFTER,
-        })
+    let ping = guest
+        .probe
+        .send(AgentCall::<PingReply>::new(vm, Request::Ping))
         .await;
+    let answer = match ping {
+        Ok(Ok(_)) => {
+            guest
+                .calls
+                .send(FreezeGuest {
+                    vm: vm.to_owned(),
+                    thaw_after: THAW_AFTER,
+                })
+                .await
+        }
+        Ok(Err(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    };
     let why = match answer {
         Ok(Ok(())) => {
             info!(p.log, "guest root filesystem frozen for the snapshot"; "vm" => vm);
             return Quiesced::Frozen;
         }
-        // The agent answered that it did not freeze (e.g. an older agent without the op).
-        Ok(Err(e @ (GuestError::Agent { .. } | GuestError::Vm(_)))) => e.to_string(),
-        Ok(Err(e)) => {
-            // No answer: the freeze may still have happened; take it back now rather than
-            // leave the guest's writers waiting for the agent's deadline.
-            let _ = guest.send(ThawGuest { vm: vm.to_owned() }).await;
-            e.to_string()
-        }
+        // An answer without a freeze (e.g. an older agent without the op), or none in time. In
+        // the second case the agent may still freeze; its deadline thaws it (a thaw here would
+        // cost a guest without a live agent one more timeout).
+        Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
     warn!(p.log, "snapshot goes on without freezing the guest's root filesystem"; "vm" => vm,
@@ -77,11 +108,11 @@ pub(super) async fn freeze(
 
 /// Thaws what [`freeze`] froze (the VM running again); a failure is logged: the agent thaws
 /// on its own at its deadline.
-pub(super) async fn thaw(p: &Ports, guest: &Addr<GuestActor>, vm: &str, q: &Quiesced) {
+pub(super) async fn thaw(p: &Ports, guest: &Guest, vm: &str, q: &Quiesced) {
     if *q != Quiesced::Frozen {
         return;
     }
-    match guest.send(ThawGuest { vm: vm.to_owned() }).await {
+    match guest.calls.send(ThawGuest { vm: vm.to_owned() }).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             warn!(p.log, "guest root filesystem not thawed; its agent will at its deadline";

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseActFuture};
+use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmState};
 use hearth_proto::api_snapshot::{SnapshotInfo, SnapshotLeave, SnapshotState};
@@ -36,7 +36,6 @@ use super::{
     SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
 };
 use crate::firecracker::{CreateVmSnapshot, FirecrackerActor};
-use crate::guest::{GuestActor, GuestSettings};
 use crate::lease::NetLease;
 use crate::snapshot::CheckpointDisk;
 
@@ -202,12 +201,7 @@ impl VmSupervisor {
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
                 // Its own, stopped with the saga (as a restore's): it freezes and thaws.
-                let guest = GuestActor::new(
-                    ctx.address().recipient(),
-                    GuestSettings::default(),
-                    &act.log,
-                )
-                .start();
+                let guest = quiesce::Guest::start(&ctx.address().recipient(), &act.log);
                 Ok(take(act.ports(ctx), record, source, guest).boxed_local())
             },
             move |act| act.snapshot_info(&snap),
@@ -220,7 +214,7 @@ async fn take(
     p: Ports,
     mut rec: SnapshotRecord,
     src: Source,
-    guest: Addr<GuestActor>,
+    guest: quiesce::Guest,
 ) -> Result<(), SupervisorError> {
     let started = Instant::now();
     let was_paused = src.state == VmState::Paused;
