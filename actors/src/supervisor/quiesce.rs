@@ -112,13 +112,11 @@ pub(super) async fn thaw(p: &Ports, guest: &Guest, vm: &str, q: &Quiesced) {
     if *q != Quiesced::Frozen {
         return;
     }
-    match guest.calls.send(ThawGuest { vm: vm.to_owned() }).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!(p.log, "guest root filesystem not thawed; its agent will at its deadline";
-            "vm" => vm, "error" => %e)
-        }
-        Err(e) => warn!(p.log, "guest root filesystem not thawed; its agent will at its deadline";
-            "vm" => vm, "error" => %e),
-    }
+    let failed = match guest.calls.send(ThawGuest { vm: vm.to_owned() }).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    warn!(p.log, "guest root filesystem not thawed; its agent will at its deadline";
+        "vm" => vm, "error" => failed);
 }
