@@ -274,6 +274,96 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     assert_eq!(metrics, serde_json::json!([]));
 }
 
+/// The `detail` of `vm`'s events in `state` with reason `snapshot`, oldest first.
+fn snapshot_details(h: &HearthHost, vm: &str, state: &str) -> Vec<Option<String>> {
+    let out = h.ctl(&["events"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["vm"] == vm && e["state"] == state && e["reason"] == "snapshot")
+        .map(|e| e["detail"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The `freeze`/`thaw` requests `vm`'s real agent got (the simulator has it record them in
+/// `run/<vm>/sim-freeze.log` instead of freezing the host's root).
+fn freezes_of(h: &HearthHost, vm: &str) -> Vec<Value> {
+    std::fs::read_to_string(h.path(&format!("run/{vm}/sim-freeze.log")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A snapshot of a VM whose agent can freeze: its root filesystem is flushed and frozen for
+/// the snapshot and thawed after the resume; a restored copy (frozen as its snapshot was) is
+/// thawed before it is given its identity.
+#[test]
+fn a_snapshot_freezes_and_thaws_the_guest_root_through_its_agent() {
+    require_privileged!();
+    let h = with_real_agent();
+    create(&h, "a");
+    assert!(freezes_of(&h, "a").is_empty());
+    let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
+    assert_eq!(s["state"], "ready", "{s}");
+    let rec = freezes_of(&h, "a");
+    let ops: Vec<_> = rec.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["freeze", "thaw"], "{rec:?}\n{}", h.log());
+    assert_eq!(rec[0]["path"], "/");
+    assert_eq!(
+        rec[0]["thaw_after_ms"], 10_000,
+        "the deadline is always set"
+    );
+    assert_eq!(
+        rec[1]["cause"], "request",
+        "thawed by hearthd, not the deadline"
+    );
+    assert_eq!(
+        snapshot_details(&h, "a", "paused"),
+        [None],
+        "a frozen snapshot has nothing to excuse"
+    );
+    assert_eq!(h.state("a").as_deref(), Some("running"));
+    // The restored copy: thawed first (its agent knows of no freeze here, so says so).
+    let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1"]);
+    assert_eq!(b["state"], "running", "{b}");
+    let rec_b = freezes_of(&h, "b");
+    assert_eq!(rec_b.len(), 1, "{rec_b:?}");
+    assert_eq!(rec_b[0]["op"], "thaw");
+    h.ctl_ok(&["vm", "rm", "b"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    assert_eq!(h.leaks(), Leaks::none());
+}
+
+/// A VM whose agent cannot freeze (the simulator's own agent has no `freeze`) or that has no
+/// agent at all is snapshotted all the same; its paused event says the root was not frozen.
+#[test]
+fn a_vm_that_cannot_freeze_still_snapshots_and_says_so() {
+    require_privileged!();
+    for knobs in [&[][..], &[("FC_SIM_NO_AGENT", "1")][..]] {
+        let h = HearthHost::start(knobs, "");
+        create(&h, "a");
+        let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
+        assert_eq!(s["state"], "ready", "{knobs:?}: {s}");
+        assert_eq!(h.state("a").as_deref(), Some("running"), "{knobs:?}");
+        let details = snapshot_details(&h, "a", "paused");
+        assert_eq!(details.len(), 1, "{knobs:?}: {details:?}");
+        let why = details[0].as_deref().unwrap_or_default();
+        assert!(
+            why.contains("root filesystem not frozen"),
+            "{knobs:?}: {why:?}"
+        );
+        // Running again: the note went with the pause.
+        let a = h.ctl_ok(&["vm", "get", "a"]);
+        assert!(a["last_error"].is_null(), "{knobs:?}: {a}");
+        h.ctl_ok(&["vm", "rm", "a"]);
+        h.ctl_ok(&["snapshot", "rm", "s1"]);
+        assert_eq!(h.leaks(), Leaks::none());
+    }
+}
+
 /// A restored guest whose agent cannot take a new identity (here the simulator's own agent,
 /// which has no `reconfigure`) runs, but is `unready` with the reason: its network identity
 /// is still its source's.

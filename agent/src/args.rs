@@ -26,20 +26,25 @@ pub struct Args {
     /// `--sim-identity-file PATH`: `reconfigure` writes the identity there instead of changing
     /// the network (an agent the simulator runs on the host).
     pub sim_identity_file: Option<std::path::PathBuf>,
+    /// `--sim-freeze-file PATH`: `freeze` and `thaw` append to this file instead of freezing
+    /// a filesystem (an agent the simulator runs on the host must never freeze its root).
+    pub sim_freeze_file: Option<std::path::PathBuf>,
 }
 
 /// The usage text.
 pub const USAGE: &str =
-    "usage: hearth-agent [--port N | --unix PATH] [--sim-identity-file PATH]\n  \
+    "usage: hearth-agent [--port N | --unix PATH] [--sim-identity-file PATH] [--sim-freeze-file PATH]\n  \
     --port N     listen on AF_VSOCK port N (default 52)\n  \
     --unix PATH  listen on a Unix socket instead (for local testing)\n  \
-    --sim-identity-file PATH  reconfigure writes the identity to PATH, changing nothing else";
+    --sim-identity-file PATH  reconfigure writes the identity to PATH, changing nothing else\n  \
+    --sim-freeze-file PATH    freeze/thaw are recorded in PATH, freezing nothing";
 
 /// Parses the arguments after the program name. `Err` carries a message for the user.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut port = None;
     let mut unix = None;
     let mut sim_identity_file = None;
+    let mut sim_freeze_file = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -62,6 +67,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
             "--sim-identity-file" => {
                 sim_identity_file = Some(std::path::PathBuf::from(value("--sim-identity-file")?));
             }
+            "--sim-freeze-file" => {
+                sim_freeze_file = Some(std::path::PathBuf::from(value("--sim-freeze-file")?));
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("Unknown argument {other:?}\n{USAGE}")),
         }
@@ -76,6 +84,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
     Ok(Args {
         listen,
         sim_identity_file,
+        sim_freeze_file,
     })
 }
 
@@ -124,5 +133,13 @@ mod tests {
             Some("/id.json".into())
         );
         assert_eq!(parse(&[]).unwrap().sim_identity_file, None);
+        assert!(parse(&["--sim-freeze-file"]).is_err());
+        assert_eq!(
+            parse(&["--sim-freeze-file=/f.log"])
+                .unwrap()
+                .sim_freeze_file,
+            Some("/f.log".into())
+        );
+        assert_eq!(parse(&[]).unwrap().sim_freeze_file, None);
     }
 }

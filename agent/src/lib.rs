@@ -17,6 +17,7 @@ pub mod args;
 pub mod conn;
 pub mod exec;
 pub mod files;
+pub mod freeze;
 pub mod init;
 pub mod listen;
 pub mod net;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use hearth_agent::freeze::SimFreezeFile;
 use hearth_agent::net::identity::SimIdentityFile;
 use hearth_agent::{parse_args, Table};
 
@@ -35,10 +36,14 @@ fn main() -> anyhow::Result<()> {
     // reaps them, and this path is exercised outside a guest too.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let table = Arc::new(match &args.sim_identity_file {
+    let mut table = match &args.sim_identity_file {
         Some(path) => Table::with_identity(Box::new(SimIdentityFile { path: path.clone() })),
         None => Table::new(),
-    });
+    };
+    if let Some(path) = &args.sim_freeze_file {
+        table = table.with_freeze_backend(Box::new(SimFreezeFile::new(path.clone())));
+    }
+    let table = Arc::new(table);
     hearth_agent::listen::serve_forever(&args.listen, &table)?;
     Ok(())
 }

@@ -50,6 +50,8 @@ fn answer_line(v: u32, request: Request, table: &Table) -> Vec<u8> {
         Request::Signal(s) => reply(v, table.signal(&s.id, s.signal).map(|()| Empty {})),
         Request::Stat(s) => reply(v, files::stat(Path::new(&s.path))),
         Request::Reconfigure(r) => reply(v, table.identity().apply(&r).map(|()| Empty {})),
+        Request::Freeze(f) => reply(v, table.freezer().freeze(&f).map(|()| Empty {})),
+        Request::Thaw(t) => reply(v, table.freezer().thaw(&t)),
         Request::Exec(e) => reply(
             v,
             table.exec(&e, false).map(|s| ExecStarted {

@@ -26,14 +26,15 @@ pub struct RealAgent {
 }
 
 impl RealAgent {
-    /// Starts `bin --unix <private tmp dir>/agent.sock` (and `--sim-identity-file <file>` when
-    /// given: its `reconfigure` writes there instead of touching the host); its stderr goes to
-    /// the simulator's.
+    /// Starts `bin --unix <private tmp dir>/agent.sock --sim-freeze-file <freeze_file>` (and
+    /// `--sim-identity-file <file>` when given: its `reconfigure` writes there instead of
+    /// touching the host); its stderr goes to the simulator's. The freeze file is never
+    /// optional: an agent on the host must record `freeze`, never freeze the host's root.
     ///
     /// # Errors
     ///
     /// Creating its directory or spawning it failed.
-    pub fn spawn(bin: &Path, identity_file: Option<&Path>) -> io::Result<Self> {
+    pub fn spawn(bin: &Path, identity_file: Option<&Path>, freeze_file: &Path) -> io::Result<Self> {
         remove_stale_dirs(&std::env::temp_dir());
         let dir = std::env::temp_dir().join(format!(
             "fc-sim-agent-{}-{:08x}",
@@ -44,6 +45,7 @@ impl RealAgent {
         let socket = dir.join("agent.sock");
         let mut cmd = Command::new(bin);
         cmd.arg("--unix").arg(&socket);
+        cmd.arg("--sim-freeze-file").arg(freeze_file);
         if let Some(f) = identity_file {
             cmd.arg("--sim-identity-file").arg(f);
         }

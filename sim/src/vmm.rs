@@ -33,6 +33,10 @@ pub use error::VmmError;
 /// The version the simulator reports (`GET /version`, `GET /`, `--version`).
 pub const SIM_VERSION: &str = "1.17.0-sim";
 
+/// The file beside the API socket where a real agent (`FC_SIM_AGENT_BIN`) records the
+/// `freeze`/`thaw` requests it gets (`--sim-freeze-file`): on the host it freezes nothing.
+pub const SIM_FREEZE_FILE: &str = "sim-freeze.log";
+
 /// Something scheduled on the VMM thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
@@ -574,11 +578,17 @@ impl Vmm {
     /// Starts the real agent (`FC_SIM_AGENT_BIN`) for `guest`.
     fn start_real_agent(&mut self, bin: &std::path::Path, guest: &Guest) -> Result<(), VmmError> {
         let identity = self.identity_path();
-        let agent =
-            RealAgent::spawn(bin, identity.as_deref()).map_err(|source| VmmError::AgentSpawn {
+        // Where the agent records `freeze`/`thaw` (one file per VM, beside the API socket).
+        let freeze = std::path::Path::new(&self.opts.api_sock)
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(SIM_FREEZE_FILE);
+        let agent = RealAgent::spawn(bin, identity.as_deref(), &freeze).map_err(|source| {
+            VmmError::AgentSpawn {
                 path: bin.display().to_string(),
                 source,
-            })?;
+            }
+        })?;
         guest.set_real_agent(agent.socket().to_path_buf());
         self.real_agent = Some(agent);
         Ok(())

@@ -203,3 +203,32 @@ fn the_real_agents_reconfigure_lands_in_the_sims_identity_file() {
         "the host's hostname changed"
     );
 }
+
+/// `freeze` through the simulator reaches the real agent, which (always started with
+/// `--sim-freeze-file`) records it beside the API socket and never freezes the host's root.
+#[test]
+fn the_real_agents_freeze_is_recorded_never_applied() {
+    let bin = agent_bin();
+    let sim = Sim::start(&[], &[("FC_SIM_AGENT_BIN", bin.to_str().unwrap())]);
+    let d = sim.dir.path().to_str().unwrap().to_owned();
+    sim.ok("PUT", "/vsock", &bodies::valid("Vsock", 0, &d));
+    sim.boot();
+    let (mut r, ok) = vsock_connect(&sim.path("v.sock"), 52);
+    assert!(ok.unwrap().starts_with("OK "));
+    for req in [
+        Request::Freeze(agent::FreezeRequest::root()),
+        Request::Thaw(agent::ThawRequest::root()),
+    ] {
+        r.get_mut().write_all(&agent::encode_request(&req)).unwrap();
+        let line = agent::read_line(&mut r).unwrap().unwrap();
+        let _: serde_json::Value = agent::decode_response(&line).unwrap();
+        // The host's root is still writable between the two.
+        std::fs::write(sim.path("probe"), b"x").unwrap();
+    }
+    let record = std::fs::read_to_string(sim.path("sim-freeze.log")).unwrap();
+    let ops: Vec<String> = record
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["op"].to_string())
+        .collect();
+    assert_eq!(ops, ["\"freeze\"", "\"thaw\""], "{record}");
+}

@@ -2,7 +2,8 @@
 //! socket. Callers (the HTTP API) send [`AgentCall`] for request/response ops (`exec`
 //! detached, `execs`, `exec_info`, `signal`, `stat`) and [`OpenStream`] for streaming ones
 //! (`attach`, `get_archive`, `put_archive`); [`ReconfigureGuest`] gives a restored guest its
-//! new identity (`reconfigure`).
+//! new identity (`reconfigure`); [`FreezeGuest`] and [`ThawGuest`] quiesce its root
+//! filesystem around a snapshot (`freeze`, `thaw`).
 //!
 //! Flow of one message: the handler reserves one of the VM's connection slots (state owned
 //! here), then a future asks the supervisor where the VM's agent is ([`GuestEndpoint`]: 404
@@ -18,6 +19,7 @@
 //! exhaust Firecracker's per-device connection limit or its own file descriptors). A single
 //! owner of that map needs no per-VM lifecycle of its own to start, stop and forget.
 
+mod freeze;
 mod handlers;
 mod identity;
 mod messages;
@@ -34,6 +36,7 @@ use actix::{Actor, Context, Recipient};
 use hearth_proto::agent::AgentProtoError;
 use slog::Logger;
 
+pub use freeze::{FreezeGuest, ThawGuest};
 pub use identity::ReconfigureGuest;
 pub use messages::{AgentCall, OpenConnections, OpenStream, Opened};
 pub use stream::{AgentStream, FrameReader, FrameWriter};

@@ -436,3 +436,48 @@ async fn reconfigure_sends_the_identity_and_refuses_a_bad_one_without_calling() 
         0
     );
 }
+
+#[actix::test]
+async fn freeze_carries_its_deadline_thaw_answers_was_frozen_and_a_bad_deadline_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guest, uds) = actor(
+        dir.path(),
+        &[("web", VmState::Running)],
+        GuestSettings::default(),
+    );
+    // The agent answers a root freeze with a 7 s deadline, and any root thaw.
+    spawn_agent(&uds, true, |req| match decode_request(req).unwrap() {
+        Request::Freeze(f) if f.path == "/" && f.thaw_after_ms == 7_000 => encode_ok(&Empty {}),
+        Request::Thaw(t) if t.path == "/" => {
+            encode_ok(&hearth_proto::agent::ThawReply { was_frozen: true })
+        }
+        other => encode_error(&ErrorBody::new("bad_request", format!("{other:?}"))),
+    });
+    guest
+        .send(FreezeGuest {
+            vm: "web".into(),
+            thaw_after: Duration::from_secs(7),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guest
+        .send(ThawGuest { vm: "web".into() })
+        .await
+        .unwrap()
+        .unwrap());
+    for bad in [Duration::ZERO, Duration::from_secs(61)] {
+        let err = guest
+            .send(FreezeGuest {
+                vm: "web".into(),
+                thaw_after: bad,
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, GuestError::Agent { ref code, ref message } if code == "bad_request" && message.contains("thaw_after_ms")),
+            "{err:?}"
+        );
+    }
+}

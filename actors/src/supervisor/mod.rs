@@ -38,6 +38,7 @@ mod open;
 mod pause;
 pub mod policy;
 mod policy_msgs;
+mod quiesce;
 mod restart;
 mod restore;
 mod saga;

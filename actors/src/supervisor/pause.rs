@@ -16,15 +16,17 @@ use super::SupervisorError;
 use crate::firecracker::{FirecrackerActor, PauseVm, ResumeVm};
 
 /// Pauses `vm` (recorded `paused` first, see the module docs); on failure the VM goes back
-/// to `previous`. `reason` says who asked (the user, or a snapshot).
+/// to `previous`. `reason` says who asked (the user, or a snapshot); `detail` goes with the
+/// paused event (e.g. a snapshot taken without freezing the guest's filesystem).
 pub(super) async fn pause(
     p: &Ports,
     vm: &str,
     vmm: &Addr<FirecrackerActor>,
     previous: VmState,
     reason: EventReason,
+    detail: Option<String>,
 ) -> Result<(), SupervisorError> {
-    p.set_state(vm, VmState::Paused, None, reason).await?;
+    p.set_state(vm, VmState::Paused, detail, reason).await?;
     let paused = vmm
         .send(PauseVm {})
         .await
@@ -92,7 +94,7 @@ pub(super) fn action_saga(
     Ok(Some(
         async move {
             if action == super::VmAction::Pause {
-                pause(&p, &vm, &vmm, state, EventReason::User).await
+                pause(&p, &vm, &vmm, state, EventReason::User, None).await
             } else {
                 resume(&p, &vm, &vmm, VmState::Running, EventReason::User).await
             }

@@ -35,7 +35,7 @@ use super::{
 use crate::firecracker::{
     FirecrackerActor, NetworkOverride, RestoreVm, RunDir, SnapshotCompat, IFACE_ID,
 };
-use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest};
+use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest, ThawGuest};
 use crate::lease::NetLease;
 use crate::nat::RegisterGuest;
 use crate::snapshot::CreateDisk;
@@ -411,14 +411,26 @@ impl Restore<'_> {
                 Duration::ZERO
             };
         let applied = loop {
-            let answer = plan
+            // The snapshot froze the guest's root (see `quiesce.rs`), so the copy starts
+            // frozen: thawed first, or the identity's writes to /etc would wait for the
+            // agent's deadline. Any answer but "unreachable" lets the identity go on (an
+            // agent without `thaw` never froze anything).
+            let thawed = plan
                 .guest
-                .send(ReconfigureGuest {
-                    vm: vm.to_owned(),
-                    identity: identity.clone(),
-                })
+                .send(ThawGuest { vm: vm.to_owned() })
                 .await
-                .map_err(step("guest identity"))?;
+                .map_err(step("guest thaw"))?;
+            let answer = match thawed {
+                Err(e @ (GuestError::Unreachable { .. } | GuestError::Busy { .. })) => Err(e),
+                _ => plan
+                    .guest
+                    .send(ReconfigureGuest {
+                        vm: vm.to_owned(),
+                        identity: identity.clone(),
+                    })
+                    .await
+                    .map_err(step("guest identity"))?,
+            };
             match answer {
                 Ok(()) => break Ok(()),
                 // Not listening yet (or busy): the agent comes back with its vCPUs.

@@ -11,21 +11,25 @@
 //! `ready` but before the source is left as asked leaves a complete snapshot and the source
 //! `paused` (recorded, adopted as paused): `vm resume` continues it.
 //!
-//! The guest's filesystem is not frozen: hearth's agent has no freeze operation yet. The disk
-//! checkpoint and the memory are taken at the same paused instant, so a VM restored from both
-//! sees its disk exactly as its page cache left it; only a reader of the checkpoint alone
-//! (not restored with its memory) would see what a power cut leaves.
+//! Before the pause, the guest's agent syncs and freezes its root filesystem (`quiesce.rs`),
+//! thawed after the resume or on the undo path: the disk checkpoint and the memory are taken
+//! at the same paused instant, and the checkpoint alone is also a clean filesystem. A guest
+//! that cannot freeze (no agent, an older one, a paused or unready VM) is snapshotted all the
+//! same, the paused event saying it was not frozen; a restore from it sees its disk exactly as
+//! its page cache left it, and only a reader of the checkpoint alone sees what a power cut
+//! leaves. A restored guest starts frozen as its snapshot was: the restore thaws it first.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{Addr, Context, Handler, ResponseActFuture};
+use actix::{Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmState};
 use hearth_proto::api_snapshot::{SnapshotInfo, SnapshotLeave, SnapshotState};
 use slog::{info, warn};
 
+use super::quiesce;
 use super::saga::{self, Ports};
 use super::{
     CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
@@ -196,7 +200,9 @@ impl VmSupervisor {
                 };
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
-                Ok(take(act.ports(ctx), record, source).boxed_local())
+                // Its own, stopped with the saga (as a restore's): it freezes and thaws.
+                let guest = quiesce::Guest::start(&ctx.address().recipient(), &act.log);
+                Ok(take(act.ports(ctx), record, source, guest).boxed_local())
             },
             move |act| act.snapshot_info(&snap),
         )
@@ -204,13 +210,22 @@ impl VmSupervisor {
 }
 
 /// The snapshot saga proper; the record is already `creating`.
-async fn take(p: Ports, mut rec: SnapshotRecord, src: Source) -> Result<(), SupervisorError> {
+async fn take(
+    p: Ports,
+    mut rec: SnapshotRecord,
+    src: Source,
+    guest: quiesce::Guest,
+) -> Result<(), SupervisorError> {
     let started = Instant::now();
     let was_paused = src.state == VmState::Paused;
-    if let Err(e) = capture(&p, &mut rec, &src).await {
+    // Flushed and frozen before the pause; thawed once the VM runs again, whatever happens.
+    let quiesced = quiesce::freeze(&p, &guest, &src.name, src.state).await;
+    p.observe("snapshot:freeze", started.elapsed()).await;
+    if let Err(e) = capture(&p, &mut rec, &src, quiesced.detail()).await {
         warn!(p.log, "snapshot failed, undoing"; "snapshot" => &rec.name, "vm" => &src.name,
             "error" => %e);
         undo(&p, &rec, &src).await;
+        quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
         return Err(e);
     }
     rec.state = SnapshotState::Ready;
@@ -228,7 +243,10 @@ async fn take(p: Ports, mut rec: SnapshotRecord, src: Source) -> Result<(), Supe
             } else {
                 src.state
             };
-            super::pause::resume(&p, &src.name, &src.vmm, state, EventReason::Snapshot).await
+            let resumed =
+                super::pause::resume(&p, &src.name, &src.vmm, state, EventReason::Snapshot).await;
+            quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
+            resumed
         }
         SnapshotLeave::Stopped => {
             super::pause::resume_before_stop(&p, &src.name, Some(&src.vmm)).await;
@@ -247,10 +265,23 @@ async fn take(p: Ports, mut rec: SnapshotRecord, src: Source) -> Result<(), Supe
 }
 
 /// Pause, directory, disk checkpoint, VMM snapshot; fills in what the snapshot was taken with.
-async fn capture(p: &Ports, rec: &mut SnapshotRecord, src: &Source) -> Result<(), SupervisorError> {
+async fn capture(
+    p: &Ports,
+    rec: &mut SnapshotRecord,
+    src: &Source,
+    detail: Option<String>,
+) -> Result<(), SupervisorError> {
     let mut lap = Instant::now();
     if src.state != VmState::Paused {
-        super::pause::pause(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await?;
+        super::pause::pause(
+            p,
+            &src.name,
+            &src.vmm,
+            src.state,
+            EventReason::Snapshot,
+            detail,
+        )
+        .await?;
     }
     p.observe("snapshot:pause", lap.elapsed()).await;
     lap = Instant::now();

@@ -17,6 +17,7 @@ use hearth_proto::agent::{codes, ErrorBody, ExecInfo, ExecRequest, SessionId};
 
 pub use session::Session;
 
+use crate::freeze::{FreezeBackend, Freezer};
 use crate::net::identity::{GuestIdentity, IdentityBackend};
 
 /// The most sessions running at once.
@@ -30,6 +31,7 @@ pub const MAX_EXITED: usize = 64;
 pub struct Table {
     sessions: Mutex<Vec<Arc<Session>>>,
     identity: Box<dyn IdentityBackend>,
+    freezer: Freezer,
 }
 
 impl Default for Table {
@@ -51,7 +53,21 @@ impl Table {
         Table {
             sessions: Mutex::new(Vec::new()),
             identity,
+            freezer: Freezer::default(),
         }
+    }
+
+    /// This table with `freeze`/`thaw` going to `backend` (the simulator's file) instead of
+    /// this guest's filesystems.
+    #[must_use]
+    pub fn with_freeze_backend(mut self, backend: Box<dyn FreezeBackend>) -> Self {
+        self.freezer = Freezer::new(backend);
+        self
+    }
+
+    /// The filesystems `freeze` froze, and their deadlines.
+    pub fn freezer(&self) -> &Freezer {
+        &self.freezer
     }
 
     /// The backend `reconfigure` uses.

@@ -110,6 +110,7 @@ fn listen_args(args: Vec<String>) -> Args {
                 port: hearth_proto::agent::DEFAULT_PORT,
             },
             sim_identity_file: None,
+            sim_freeze_file: None,
         }
     })
 }

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 pub mod exec;
 pub mod files;
 pub mod frame;
+pub mod freeze;
 pub mod identity;
 
 pub use exec::{
@@ -54,6 +55,7 @@ pub use exec::{
     SignalRequest, WindowSize,
 };
 pub use files::{ArchiveRequest, ArchiveSummary, PathKind, PathStat, StatRequest};
+pub use freeze::{FreezeRequest, ThawReply, ThawRequest};
 pub use identity::{Reconfigure, RngSeed};
 
 /// The newest protocol version this crate speaks.
@@ -121,6 +123,9 @@ pub mod codes {
     pub const PERMISSION_DENIED: &str = "permission_denied";
     /// `reconfigure`: a step of applying the new identity failed (the message names it).
     pub const RECONFIGURE_FAILED: &str = "reconfigure_failed";
+    /// `freeze`, `thaw`: the filesystem could not be frozen or thawed (the message says why;
+    /// e.g. it does not support freezing).
+    pub const FREEZE_FAILED: &str = "freeze_failed";
 }
 
 /// A request from the host to the agent.
@@ -152,6 +157,11 @@ pub enum Request {
     /// v2: gives the guest a new identity after a snapshot restore ([`identity`]); answered
     /// with `{}`.
     Reconfigure(Reconfigure),
+    /// v2: syncs and freezes a filesystem until `thaw` or its deadline ([`freeze`]); answered
+    /// with `{}`.
+    Freeze(FreezeRequest),
+    /// v2: thaws a filesystem ([`freeze`]); answered with a [`ThawReply`].
+    Thaw(ThawRequest),
 }
 
 impl Request {
@@ -170,6 +180,8 @@ impl Request {
             Request::PutArchive(_) => "put_archive",
             Request::GetArchive(_) => "get_archive",
             Request::Reconfigure(_) => "reconfigure",
+            Request::Freeze(_) => "freeze",
+            Request::Thaw(_) => "thaw",
         }
     }
 
@@ -473,6 +485,8 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::Stat(s) => out(req, s),
         Request::PutArchive(a) | Request::GetArchive(a) => out(req, a),
         Request::Reconfigure(r) => out(req, r),
+        Request::Freeze(f) => out(req, f),
+        Request::Thaw(t) => out(req, t),
     }
 }
 
@@ -609,6 +623,21 @@ fn decode_op(
                     reason,
                 })?;
             Ok(Request::Reconfigure(r))
+        }
+        "freeze" => {
+            let f: FreezeRequest = args("freeze", raw)?;
+            f.validate()
+                .map_err(|reason| AgentProtoError::InvalidArguments {
+                    op: "freeze",
+                    reason,
+                })?;
+            Ok(Request::Freeze(f))
+        }
+        "thaw" => {
+            let t: ThawRequest = args("thaw", raw)?;
+            files::check_guest_path(&t.path)
+                .map_err(|reason| AgentProtoError::InvalidArguments { op: "thaw", reason })?;
+            Ok(Request::Thaw(t))
         }
         other => Err(AgentProtoError::UnknownOp { op: other.into() }),
     }
