@@ -238,19 +238,7 @@ async fn restore(p: Ports, plan: RestorePlan) -> Result<(), SupervisorError> {
                 "state" => %state, "ms" => started.elapsed().as_secs_f64() * 1e3);
             Ok(())
         }
-        Err(e) => {
-            warn!(p.log, "restore failed, undoing"; "vm" => &vm, "error" => %e);
-            saga::run_undo(&p, &vm, undo).await;
-            p.set_state(
-                &vm,
-                VmState::Failed,
-                Some(e.to_string()),
-                EventReason::Error,
-            )
-            .await?;
-            p.rebuild_dns().await;
-            Err(e)
-        }
+        Err(e) => Err(saga::undo_and_fail(&p, &vm, undo, "restore", e).await),
     }
 }
 

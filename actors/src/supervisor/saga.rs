@@ -113,6 +113,28 @@ pub(super) enum Undo {
 }
 
 /// Runs undos in reverse order; each failure is logged and the rest still run.
+/// A saga (`what`: boot, restore) failed with `e`: undoes its effects, newest first, marks
+/// the VM `failed` naming the cause, and rebuilds DNS. Answers `e`, or the error of recording
+/// the failure when that failed too.
+pub(super) async fn undo_and_fail(
+    p: &Ports,
+    vm: &str,
+    undo: Vec<Undo>,
+    what: &str,
+    e: SupervisorError,
+) -> SupervisorError {
+    warn!(p.log, "saga failed, undoing"; "vm" => vm, "saga" => what, "error" => %e);
+    run_undo(p, vm, undo).await;
+    if let Err(recording) = p
+        .set_state(vm, VmState::Failed, Some(e.to_string()), EventReason::Error)
+        .await
+    {
+        return recording;
+    }
+    p.rebuild_dns().await;
+    e
+}
+
 pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
     for u in undo.into_iter().rev() {
         let (what, res) = match u {
@@ -240,19 +262,7 @@ pub(super) async fn boot(p: Ports, plan: BootPlan) -> Result<VmState, Supervisor
                 "ms" => started.elapsed().as_secs_f64() * 1e3);
             Ok(state)
         }
-        Err(e) => {
-            warn!(p.log, "boot failed, undoing"; "vm" => &vm, "error" => %e);
-            run_undo(&p, &vm, undo).await;
-            p.set_state(
-                &vm,
-                VmState::Failed,
-                Some(e.to_string()),
-                EventReason::Error,
-            )
-            .await?;
-            p.rebuild_dns().await;
-            Err(e)
-        }
+        Err(e) => Err(undo_and_fail(&p, &vm, undo, "boot", e).await),
     }
 }
 
