@@ -88,6 +88,16 @@ fn home_of(uid: u32) -> String {
     listed.unwrap_or_else(|| if uid == 0 { "/root" } else { "/" }.to_string())
 }
 
+/// The NULL-terminated array of pointers `execve` takes for `strings` (which must outlive it),
+/// built before a fork so that the child allocates nothing.
+pub fn c_ptrs(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
 }
@@ -230,18 +240,8 @@ pub fn spawn(req: &ExecRequest, on_exit: OnExit) -> io::Result<Spawned> {
         child_err = w;
         pty = None;
     }
-    let argv: Vec<*const libc::c_char> = prep
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = prep
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = c_ptrs(&prep.argv);
+    let envp = c_ptrs(&prep.env);
     let fds = [
         child_in.as_raw_fd(),
         child_out.as_raw_fd(),

@@ -14,7 +14,7 @@ use hearth_proto::init::InitSpec;
 
 use super::user::{self, Credentials};
 use crate::exec::reaper::{reaper, OnExit};
-use crate::exec::spawn::DEFAULT_PATH;
+use crate::exec::spawn::{c_ptrs, DEFAULT_PATH};
 
 /// The command's environment: `PATH` and `HOME` defaults, then the spec's entries (later
 /// ones win), as Docker builds it.
@@ -104,18 +104,8 @@ pub fn prepare(spec: &InitSpec, etc: &Path) -> Result<Prepared, String> {
 ///
 /// The fork failed.
 pub fn spawn(prep: &Prepared, on_exit: OnExit) -> io::Result<libc::pid_t> {
-    let argv: Vec<*const libc::c_char> = prep
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = prep
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = c_ptrs(&prep.argv);
+    let envp = c_ptrs(&prep.env);
     let guard = reaper().lock_for_fork();
     // SAFETY: the child only makes async-signal-safe calls on memory prepared above.
     let pid = unsafe { libc::fork() };
