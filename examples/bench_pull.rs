@@ -316,7 +316,7 @@ fn main() {
     );
     println!(
         "re-pull sharing all layers: {} blob requests (target 0); {} = {:.0}% of the first pull \
-         (its fetch phase {} = {:.1}% of the first's {}; the rest builds the new image's ext4)",
+         (its fetch phase {} = {:.1}% of the first's {}; the rest links the first image's ext4: same build key)",
         repull_blob_gets,
         ms(repull),
         100.0 * repull.as_secs_f64() / first.as_secs_f64(),
