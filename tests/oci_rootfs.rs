@@ -692,8 +692,10 @@ fn init_modes_and_sizes() {
         )
         .unwrap_err();
     assert!(matches!(err, RootfsError::NoCommand), "{err:?}");
+    // The ordinary (dynamically linked) debug build of the agent; not this test binary, whose
+    // debug build can pass the size bound first.
     let mut dynamic = w.opts(InitMode::Hearth);
-    dynamic.agent_bin = std::env::current_exe().unwrap();
+    dynamic.agent_bin = hearth_testkit::fc_sim::agent_binary();
     let err = w
         .build(
             std::slice::from_ref(&layer),
