@@ -19,7 +19,7 @@ use common::daemon;
 use std::path::Path;
 use std::time::Duration;
 
-use daemon::{HearthHost, Leaks};
+use daemon::HearthHost;
 use hearth_testkit::wait_until;
 use serde_json::Value;
 
@@ -124,7 +124,7 @@ fn pause_resume_and_stop_a_paused_vm() {
     h.ctl_ok(&["vm", "start", "a"]);
     h.ctl_ok(&["vm", "pause", "a"]);
     h.ctl_ok(&["vm", "rm", "a"]);
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
 }
 
 /// The simulator with the real `hearth-agent` as its guests' agent, writing the identity a
@@ -269,7 +269,7 @@ fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     h.ctl_ok(&["vm", "rm", "a"]);
     h.ctl_ok(&["snapshot", "rm", "s2"]);
     assert!(entries(&snaps).is_empty());
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
     let metrics = h.ctl_ok(&["snapshot", "list"]);
     assert_eq!(metrics, serde_json::json!([]));
 }
@@ -334,7 +334,7 @@ fn a_snapshot_freezes_and_thaws_the_guest_root_through_its_agent() {
     h.ctl_ok(&["vm", "rm", "b"]);
     h.ctl_ok(&["vm", "rm", "a"]);
     h.ctl_ok(&["snapshot", "rm", "s1"]);
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
 }
 
 /// A VM whose agent cannot freeze (the simulator's own agent has no `freeze`) or that has no
@@ -360,7 +360,7 @@ fn a_vm_that_cannot_freeze_still_snapshots_and_says_so() {
         assert!(a["last_error"].is_null(), "{knobs:?}: {a}");
         h.ctl_ok(&["vm", "rm", "a"]);
         h.ctl_ok(&["snapshot", "rm", "s1"]);
-        assert_eq!(h.leaks(), Leaks::none());
+        daemon::assert_no_leaks(&h);
     }
 }
 
@@ -384,7 +384,7 @@ fn a_restore_whose_guest_keeps_the_old_identity_is_unready() {
     h.ctl_ok(&["vm", "rm", "b"]);
     h.ctl_ok(&["vm", "rm", "a"]);
     h.ctl_ok(&["snapshot", "rm", "s1"]);
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
 }
 
 /// `kill -9` of hearthd while a snapshot waits on a slow VMM: the restarted hearthd resumes
@@ -415,7 +415,7 @@ fn a_snapshot_cut_short_by_a_crash_is_undone_at_restart() {
     h.ctl_ok(&["vm", "pause", "a"]);
     h.ctl_ok(&["vm", "resume", "a"]);
     h.ctl_ok(&["vm", "rm", "a"]);
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
 }
 
 /// `kill -9` of hearthd while a restore waits on a slow VMM: the restarted hearthd fails the
@@ -456,6 +456,6 @@ fn a_restore_cut_short_by_a_crash_is_undone_at_restart() {
     h.ctl_ok(&["vm", "rm", "b"]);
     h.ctl_ok(&["vm", "rm", "a"]);
     h.ctl_ok(&["snapshot", "rm", "s1"]);
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
     assert!(entries(&h.path("data/snapshots")).is_empty());
 }

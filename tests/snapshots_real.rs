@@ -12,7 +12,7 @@ use common::vmm;
 
 use std::path::Path;
 
-use daemon::{HearthHost, Leaks};
+use daemon::HearthHost;
 use hearth_actors::firecracker::api_client::Endpoint;
 use hearth_actors::firecracker::ApiClient;
 use serde_json::Value;
@@ -116,5 +116,5 @@ fn snapshots_restores_and_forks_with_the_real_binary() {
     }
     h.ctl_ok(&["snapshot", "rm", "s1"]);
     assert_eq!(h.ctl_ok(&["snapshot", "list"]), serde_json::json!([]));
-    assert_eq!(h.leaks(), Leaks::none());
+    daemon::assert_no_leaks(&h);
 }

@@ -256,6 +256,15 @@ impl Drop for HearthHost {
     }
 }
 
+/// Waits (up to 5 s) for the host to hold nothing but the warm pool, then asserts it: the pool
+/// trims TAPs given back by removed VMs (or found at a restart) in the background.
+pub fn assert_no_leaks(h: &HearthHost) {
+    crate::common::wait_until(std::time::Duration::from_secs(5), || {
+        h.leaks() == Leaks::none()
+    });
+    assert_eq!(h.leaks(), Leaks::none(), "{}", h.log());
+}
+
 /// What is left on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaks {
