@@ -20,7 +20,11 @@ pub struct PullImage {
     /// The image's name in hearth's store.
     pub name: String,
     /// The filesystem's size in bytes; default: content plus headroom.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::whole::optional"
+    )]
     pub size: Option<u64>,
     /// `os/arch[/variant]` to choose from a multi-platform image; default `linux/amd64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +61,11 @@ pub struct ImportArchive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// The filesystem's size in bytes; default: content plus headroom.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::whole::optional"
+    )]
     pub size: Option<u64>,
     /// `os/arch[/variant]` to choose from a multi-platform image; default `linux/amd64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

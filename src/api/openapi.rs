@@ -29,6 +29,9 @@ pub(super) fn json_body(name: &str) -> Value {
 
 /// The pattern of a VM name (a DNS label); `hearth_proto::api::validate_vm_name` enforces it.
 pub(super) const VM_NAME: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// A snapshot name as a VM's spec records it: a user's (as [`VM_NAME`]), or a fork's own
+/// `<vm>.fork`, which a create cannot name (refused with 400 `invalid_field`).
+const FROM_SNAPSHOT: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.fork)?$";
 /// The pattern of an image name; `crate::images::detect::name_problem` enforces it.
 const IMAGE_NAME: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
 
@@ -232,6 +235,7 @@ fn vm_collection() -> Value {
             "requestBody": json_body("CreateVm"),
             "responses": responses(&[("201", vm_created)], &[
                 ("400", "Invalid body, field, query parameter or Idempotency-Key"),
+                ("404", "No snapshot of the name `from_snapshot` gives"),
                 ("409", "Name taken, or idempotency key reused"),
                 ("422", "Unknown image"),
                 ("500", "A step failed and was undone"),
@@ -563,7 +567,7 @@ fn create_vm_schema() -> Value {
             "rootfs": {"type": "string", "pattern": IMAGE_NAME,
                 "description": "Root filesystem image name; required unless from_snapshot \
                                 is given (then it must be left out)"},
-            "from_snapshot": {"type": "string", "pattern": VM_NAME,
+            "from_snapshot": {"type": "string", "pattern": FROM_SNAPSHOT,
                 "description": "Restore this snapshot as the new VM: its machine is the \
                                 snapshot's source's; the VM gets its own lease, vsock, disk \
                                 and name"},

@@ -65,7 +65,7 @@ pub fn schemas() -> Map<String, Value> {
     let common = |extra: Value| {
         let mut props = json!({
             "name": {"type": "string", "pattern": IMAGE_NAME},
-            "size": {"type": "integer", "minimum": 1,
+            "size": {"type": ["integer", "null"], "minimum": 1,
                 "description": "Filesystem size in bytes; default: content plus headroom"},
             "platform": {"type": "string", "pattern": PLATFORM,
                 "description": "os/arch[/variant]; default linux/amd64"},
@@ -79,7 +79,7 @@ pub fn schemas() -> Map<String, Value> {
     let pull = json!({"type": "object", "additionalProperties": false,
     "required": ["reference", "name"],
     "properties": common(json!({
-        "reference": {"type": "string", "maxLength": 512,
+        "reference": {"type": "string", "minLength": 1, "maxLength": 512,
             "description": "e.g. alpine:3.20, ghcr.io/org/app@sha256:<hex>"},
         "insecure": {"type": "boolean",
             "description": "Plain HTTP to this reference's registry only"},

@@ -5,7 +5,13 @@ use serde_json::{json, Value};
 
 use super::openapi::{json_body, json_response, responses, schema, vm_name_param, BODY};
 
-const RESTART: &str = "^(no|always|on-failure(:[1-9][0-9]{0,4})?)$";
+/// Time limits every value of which the server takes (one unit, at most 365 days): what the
+/// schema promises. The server also takes forms such as `1h 30m`.
+const CREATE_TTL: &str = "^([1-9][0-9]{0,4}[sm]|[1-9][0-9]{0,2}h|[1-9][0-9]?d)$";
+/// [`CREATE_TTL`], or an extension of the current limit with a leading `+`.
+const UPDATE_TTL: &str = "^\\+?([1-9][0-9]{0,4}[sm]|[1-9][0-9]{0,2}h|[1-9][0-9]?d)$";
+
+const RESTART: &str = "^(no|always|on-failure(:([1-9][0-9]{0,3}|10000))?)$";
 
 /// `no`, `on-failure`, `on-failure:N` (1-10000) or `always`.
 fn restart_schema() -> Value {
@@ -39,7 +45,7 @@ pub fn extend(doc: &mut Value) {
     let schemas = &mut doc["components"]["schemas"];
     schemas["CordonRequest"] = json!({
         "type": "object", "additionalProperties": false,
-        "properties": {"reason": {"type": "string", "maxLength": 1024}}
+        "properties": {"reason": {"type": ["string", "null"], "maxLength": 1024}}
     });
     schemas["NodeStatus"] = json!({
         "type": "object", "required": ["cordoned"],
@@ -69,16 +75,18 @@ pub fn extend(doc: &mut Value) {
                 "additionalProperties": {"type": "string", "maxLength": 255},
                 "description": "Replaces the whole set"},
             "restart": restart_schema(),
-            "ttl": {"type": "string",
+            "ttl": {"type": "string", "pattern": UPDATE_TTL,
                 "description": "A time limit from now (30m, 1h30m) or, with a leading +, an \
-                                extension of the current one; more than 0, at most 365 days"},
+                                extension of the current one; more than 0, at most 365 days \
+                                (the pattern is the part of that any value matches)"},
             "on_expiry": on_expiry_schema(),
         }
     });
     let create = &mut schemas["CreateVm"]["properties"];
     create["restart"] = restart_schema();
-    create["ttl"] = json!({"type": "string",
-        "description": "A time limit from creation (30m, 1h30m), at most 365 days"});
+    create["ttl"] = json!({"type": "string", "pattern": CREATE_TTL,
+        "description": "A time limit from creation (30m, 1h30m), at most 365 days (the \
+                        pattern is the part of that any value matches)"});
     create["on_expiry"] = on_expiry_schema();
     let info = &mut schemas["VmInfo"]["properties"];
     info["restart_attempts"] = json!({"type": "integer", "minimum": 0,
