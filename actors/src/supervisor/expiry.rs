@@ -14,7 +14,7 @@ use super::{Change, DeleteVm, RunAction, VmAction, VmSupervisor};
 
 impl VmSupervisor {
     /// Acts on every deadline that has passed and is not already being acted on.
-    pub(super) fn check_expiries(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn check_expiries(&mut self, ctx: &mut Context<Self>) -> Vec<String> {
         let now = self.clock.now();
         let due: Vec<(String, OnExpiry)> = self
             .vms
@@ -23,20 +23,23 @@ impl VmSupervisor {
             .filter(|e| !self.policy_rt.expiring.contains(&e.record.spec.name))
             .map(|e| (e.record.spec.name.clone(), e.record.spec.on_expiry))
             .collect();
-        for (name, on_expiry) in due {
-            self.expire(name, on_expiry, ctx);
-        }
+        due.into_iter()
+            .filter(|(name, on_expiry)| self.expire(name.clone(), *on_expiry, ctx))
+            .map(|(name, _)| name)
+            .collect()
     }
 
-    fn expire(&mut self, name: String, on_expiry: OnExpiry, ctx: &mut Context<Self>) {
+    /// Acts on `name`'s passed deadline; answers whether it did (not: gone, or busy until a
+    /// later tick).
+    fn expire(&mut self, name: String, on_expiry: OnExpiry, ctx: &mut Context<Self>) -> bool {
         let Some(entry) = self.vms.get(&name) else {
-            return;
+            return false;
         };
         let state = entry.record.state;
         let pending_restart = self.policy_rt.pending.contains_key(&name);
         let act = match on_expiry {
             // A VM in the middle of a create or another delete: next tick.
-            OnExpiry::Delete if !state.can_delete() => return,
+            OnExpiry::Delete if !state.can_delete() => return false,
             OnExpiry::Delete => "deleting it",
             OnExpiry::Stop if state.can_stop() || pending_restart => "stopping it",
             // Already not running: nothing to stop.
@@ -51,7 +54,7 @@ impl VmSupervisor {
         );
         if act == "it was not running" {
             self.clear_deadline(&name);
-            return;
+            return true;
         }
         self.policy_rt.expiring.insert(name.clone());
         let me = ctx.address();
@@ -82,6 +85,7 @@ impl VmSupervisor {
                 Err(e) => warn!(act.log, "expiry action failed"; "vm" => &name, "error" => %e),
             }
         }));
+        true
     }
 
     fn clear_deadline(&mut self, name: &str) {

@@ -848,11 +848,11 @@ impl Handler<Open> for VmSupervisor {
                     .into_actor(act)
                 })
                 .map(|res: Result<_, SupervisorError>, act, ctx| {
-                    let (report, stops) = res?;
+                    let (mut report, stops) = res?;
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }
-                    act.start_policies(ctx);
+                    report.autostarts = act.start_policies(ctx);
                     Ok(report)
                 })
         }))

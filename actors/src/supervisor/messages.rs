@@ -167,6 +167,9 @@ pub struct OpenReport {
     pub repaired: Vec<String>,
     /// Leaked resources removed (TAPs, disks, run directories), by name.
     pub swept: Vec<String>,
+    /// VMs queued to start again by their restart policy (their process was gone), oldest
+    /// first.
+    pub autostarts: Vec<String>,
 }
 
 /// Stops accepting work, waits for in-flight operations, and either leaves VMs running

@@ -73,7 +73,7 @@ pub use messages::*;
 use metrics::Histogram;
 pub use node::{Drain, DrainProgress, GetNode, NodeStatus, SetCordon};
 use policy::{Clock, SystemClock};
-pub use policy_msgs::{PolicyTick, UpdateVm};
+pub use policy_msgs::{PolicyTick, TickReport, UpdateVm};
 pub(crate) use snapshot_messages::{CommitSnapshot, RestoreSnapshot, SnapshotChange};
 pub use snapshot_messages::{CreateSnapshot, DeleteSnapshot, ForkVm, GetSnapshot, ListSnapshots};
 pub use snapshot_record::SnapshotRecord;

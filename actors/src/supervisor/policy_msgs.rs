@@ -12,8 +12,17 @@ use super::SupervisorError;
 /// Checks due restarts and expired time limits against the supervisor's clock. hearthd sends
 /// it every `[policy] tick`; tests send it after moving a manual clock.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "TickReport")]
 pub struct PolicyTick;
+
+/// What one [`PolicyTick`] set in motion (each runs on after the answer, under its VM's lock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// VMs whose due restart was started.
+    pub restarts: Vec<String>,
+    /// VMs whose time limit was acted on.
+    pub expiries: Vec<String>,
+}
 
 /// Changes what can change on a live VM (`PATCH /v1/vms/{name}`); `None` leaves a field.
 #[derive(Debug, Clone, Default, Message)]

@@ -11,14 +11,14 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use actix::fut::ActorFutureExt;
-use actix::{AsyncContext, Context, Handler};
+use actix::{AsyncContext, Context, Handler, MessageResult};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmInfo, VmState};
 use slog::{info, warn};
 
 use super::handlers::Saga;
 use super::policy::{decide_restart, ExitCause, RestartDecision};
-use super::{Change, PolicyTick, SupervisorError, VmAction, VmSupervisor};
+use super::{Change, PolicyTick, SupervisorError, TickReport, VmAction, VmSupervisor};
 
 /// A restart the policy decided on and that has not run yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,9 @@ impl VmSupervisor {
                         launched: false,
                     },
                 );
-                ctx.run_later(delay, Self::run_due_restarts);
+                ctx.run_later(delay, |act, ctx| {
+                    act.run_due_restarts(ctx);
+                });
             }
             RestartDecision::GiveUp { attempts } => {
                 let detail = format!(
@@ -95,7 +97,7 @@ impl VmSupervisor {
     }
 
     /// Starts every pending restart whose due time has come on the clock.
-    pub(super) fn run_due_restarts(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn run_due_restarts(&mut self, ctx: &mut Context<Self>) -> Vec<String> {
         let now = self.clock.now();
         let due: Vec<(String, u32)> = self
             .policy_rt
@@ -107,9 +109,12 @@ impl VmSupervisor {
                 (name.clone(), p.attempt)
             })
             .collect();
+        let mut started = Vec::with_capacity(due.len());
         for (name, attempt) in due {
+            started.push(name.clone());
             self.restart_now(name, Some(attempt), ctx);
         }
+        started
     }
 
     /// Runs the start saga for a policy restart (`attempt`) or an autostart (`None`), under
@@ -205,7 +210,7 @@ impl VmSupervisor {
     }
 
     /// After `Open`: queues the VMs found crashed whose policy restarts them, oldest first.
-    pub(super) fn queue_autostarts(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn queue_autostarts(&mut self, ctx: &mut Context<Self>) -> Vec<String> {
         let now = self.clock.now();
         let mut wanted: Vec<(Option<SystemTime>, String)> = self
             .vms
@@ -226,10 +231,10 @@ impl VmSupervisor {
             .collect();
         // `None` (made before policies were recorded) sorts first: those are the oldest.
         wanted.sort();
-        self.policy_rt
-            .autostart_queue
-            .extend(wanted.into_iter().map(|(_, n)| n));
+        let names: Vec<String> = wanted.into_iter().map(|(_, n)| n).collect();
+        self.policy_rt.autostart_queue.extend(names.iter().cloned());
         self.pump_autostarts(ctx);
+        names
     }
 
     /// Starts queued autostarts while fewer than the limit run.
@@ -262,19 +267,22 @@ impl VmSupervisor {
 }
 
 impl Handler<PolicyTick> for VmSupervisor {
-    type Result = ();
+    type Result = MessageResult<PolicyTick>;
 
-    fn handle(&mut self, _msg: PolicyTick, ctx: &mut Context<Self>) {
-        self.run_due_restarts(ctx);
-        self.check_expiries(ctx);
+    fn handle(&mut self, _msg: PolicyTick, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(TickReport {
+            restarts: self.run_due_restarts(ctx),
+            expiries: self.check_expiries(ctx),
+        })
     }
 }
 
 impl VmSupervisor {
     /// After `Open`: autostarts, then the periodic check (deadlines were loaded with the
     /// records, so a time limit runs on across a restart of hearthd).
-    pub(super) fn start_policies(&mut self, ctx: &mut Context<Self>) {
-        self.queue_autostarts(ctx);
+    /// Answers the VMs queued for autostart.
+    pub(super) fn start_policies(&mut self, ctx: &mut Context<Self>) -> Vec<String> {
+        let queued = self.queue_autostarts(ctx);
         let tick = self.settings.policy.tick;
         if !tick.is_zero() {
             ctx.run_interval(tick, |act, ctx| {
@@ -282,6 +290,7 @@ impl VmSupervisor {
                 act.check_expiries(ctx);
             });
         }
+        queued
     }
 
     /// The policy record of a VM being created: its creation time, the start of its restart

@@ -48,11 +48,19 @@ fn run_base() -> std::path::PathBuf {
 }
 
 async fn opened(store: MemoryVmStore, clock: &ManualClock) -> Addr<VmSupervisor> {
+    opened_with_report(store, clock).await.0
+}
+
+/// [`opened`], with what `Open` reported.
+async fn opened_with_report(
+    store: MemoryVmStore,
+    clock: &ManualClock,
+) -> (Addr<VmSupervisor>, OpenReport) {
     let processes = FakeProcesses::new();
     processes.fail_spawn("no VMM in unit tests");
     let sup = supervisor_with_clock(store, processes, Arc::new(clock.clone()), 4, run_base());
-    sup.send(Open {}).await.unwrap().unwrap();
-    sup
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    (sup, report)
 }
 
 async fn policy_events(sup: &Addr<VmSupervisor>) -> Vec<String> {
@@ -102,8 +110,7 @@ async fn a_crash_loop_backs_off_on_the_clock_and_gives_up_after_max() {
 
     // The clock has not moved: a check restarts nothing.
     clock.advance(Duration::from_millis(999));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     assert!(!policy_events(&sup)
         .await
         .iter()
@@ -131,8 +138,7 @@ async fn a_crash_loop_backs_off_on_the_clock_and_gives_up_after_max() {
 
     // Given up: nothing more however long it waits.
     clock.advance(Duration::from_secs(3600));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     assert_eq!(policy_events(&sup).await.len(), events.len());
 
     // A user start resets the history.
@@ -167,8 +173,7 @@ async fn a_user_stop_cancels_a_pending_restart() {
     assert_eq!(vm.restart_in_secs, None);
 
     clock.advance(Duration::from_secs(60));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     let events = policy_events(&sup).await;
     assert!(
         !events.iter().any(|e| e.contains("restart attempt")),
@@ -185,10 +190,10 @@ async fn without_a_policy_or_after_a_user_stop_nothing_is_started_on_open() {
     store
         .set_state("stopped-always", VmState::Stopped, None)
         .unwrap();
-    let sup = opened(store, &clock).await;
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, Vec::<String>::new());
     clock.advance(Duration::from_secs(600));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     assert_eq!(policy_events(&sup).await, Vec::<String>::new());
     assert_eq!(info(&sup, "crashed-no").await.state, VmState::Crashed);
     assert_eq!(info(&sup, "stopped-always").await.state, VmState::Stopped);
@@ -279,8 +284,7 @@ async fn a_stored_deadline_expires_on_the_clock_stop_or_delete() {
     let sup = opened(store, &clock).await;
     assert_eq!(info(&sup, "gone").await.time_left_secs, Some(30));
     clock.advance(Duration::from_secs(29));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     assert_eq!(policy_events(&sup).await, Vec::<String>::new());
 
     clock.advance(Duration::from_secs(1));
@@ -310,8 +314,7 @@ async fn a_stored_deadline_expires_on_the_clock_stop_or_delete() {
     let keep = info(&sup, "keep").await;
     assert_eq!((keep.state, keep.time_left_secs), (VmState::Stopped, None));
     clock.advance(Duration::from_secs(60));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     let mut events = policy_events(&sup).await;
     events.sort();
     assert_eq!(
@@ -418,8 +421,7 @@ async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
     assert_eq!(node.reason.as_deref(), Some("maintenance"));
     assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
     clock.advance(Duration::from_secs(60));
-    sup.send(PolicyTick).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
     assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
 
     let node = sup.send(SetCordon { reason: None }).await.unwrap().unwrap();
