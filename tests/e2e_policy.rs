@@ -86,6 +86,8 @@ fn a_user_stop_is_not_undone_and_a_host_reboot_brings_always_back() {
     let back = create(&h, "back", &["--restart", "always"]);
     create(&h, "never", &[]);
     h.ctl_ok(&["vm", "stop", "stays"]);
+    // A negative check: a restart would come after the first backoff (1 s) at the next
+    // policy tick (1 s); nothing observable says it will not, so wait past both.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(h.state("stays").as_deref(), Some("stopped"));
 
@@ -123,10 +125,19 @@ fn a_time_limit_is_enforced_across_a_restart_of_hearthd() {
     let mut h = HearthHost::start(&[], "");
     create(&h, "job", &["--ttl", "4s", "--on-expiry", "delete"]);
     create(&h, "keep", &["--ttl", "4s"]);
-    let left = h.ctl_ok(&["vm", "get", "job"])["time_left_secs"].as_u64();
+    let job = h.ctl_ok(&["vm", "get", "job"]);
+    let left = job["time_left_secs"].as_u64();
     assert!(matches!(left, Some(1..=4)), "{left:?}");
+    let expires_at = job["expires_at"].as_u64().expect("a deadline");
     h.kill9();
-    std::thread::sleep(Duration::from_secs(5));
+    // The deadlines pass while hearthd is down (the wall clock is the condition).
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            > expires_at
+    }));
     h.launch();
     assert!(
         common::wait_until(Duration::from_secs(20), || h.state("job").is_none()
@@ -172,6 +183,7 @@ fn a_cordon_outlives_a_restart_and_a_drain_stops_every_vm() {
         (Some(2), Some(2)),
         "{node}"
     );
+    // A negative check, as above: past the first backoff and a tick, nothing restarted.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         h.state("a").as_deref(),
