@@ -37,9 +37,7 @@ use crate::firecracker::{
 };
 use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest, ThawGuest};
 use crate::lease::NetLease;
-use crate::nat::RegisterGuest;
 use crate::snapshot::CreateDisk;
-use crate::tap_pool::AcquireTap;
 use hearth_proto::agent::identity::{Reconfigure, RngSeed};
 
 /// Between tries of the identity step while the agent is not reachable yet.
@@ -300,26 +298,7 @@ impl Restore<'_> {
 
     /// A fresh lease, recorded, and the guest registered with the firewall.
     async fn network(&mut self) -> Result<NetLease, SupervisorError> {
-        let p = self.p;
-        let vm = self.plan.spec.name.as_str();
-        let lease = p
-            .deps
-            .tap_pool
-            .send(AcquireTap {})
-            .await
-            .map_err(step("network lease"))?
-            .map_err(step("network lease"))?;
-        self.undo.push(Undo::Lease(lease.clone()));
-        p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
-        p.deps
-            .nat
-            .send(RegisterGuest {
-                lease: lease.clone(),
-            })
-            .await
-            .map_err(step("guest firewall"))?
-            .map_err(step("guest firewall"))?;
-        self.undo.push(Undo::Guest(lease.clone()));
+        let lease = saga::lease_network(self.p, &self.plan.spec.name, &mut self.undo).await?;
         self.observe("restore:lease").await;
         Ok(lease)
     }

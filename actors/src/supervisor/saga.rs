@@ -135,6 +135,34 @@ pub(super) async fn undo_and_fail(
     e
 }
 
+/// Leases a TAP with its address, records the lease, and registers the guest with the
+/// firewall, pushing each effect's undo onto `undo` the moment it exists (boot and restore).
+pub(super) async fn lease_network(
+    p: &Ports,
+    vm: &str,
+    undo: &mut Vec<Undo>,
+) -> Result<NetLease, SupervisorError> {
+    let lease = p
+        .deps
+        .tap_pool
+        .send(AcquireTap {})
+        .await
+        .map_err(mailbox("network lease"))?
+        .map_err(step("network lease"))?;
+    undo.push(Undo::Lease(lease.clone()));
+    p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
+    p.deps
+        .nat
+        .send(RegisterGuest {
+            lease: lease.clone(),
+        })
+        .await
+        .map_err(mailbox("guest firewall"))?
+        .map_err(step("guest firewall"))?;
+    undo.push(Undo::Guest(lease.clone()));
+    Ok(lease)
+}
+
 pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
     for u in undo.into_iter().rev() {
         let (what, res) = match u {
@@ -334,24 +362,7 @@ impl Boot<'_> {
         let (p, plan) = (self.p, self.plan);
         let vm = plan.spec.name.as_str();
         release_network(p, vm, plan.stale_lease.clone()).await?;
-        let lease = p
-            .deps
-            .tap_pool
-            .send(AcquireTap {})
-            .await
-            .map_err(mailbox("network lease"))?
-            .map_err(step("network lease"))?;
-        self.undo.push(Undo::Lease(lease.clone()));
-        p.commit(vm, Change::Lease(Some(lease.clone()))).await?;
-        p.deps
-            .nat
-            .send(RegisterGuest {
-                lease: lease.clone(),
-            })
-            .await
-            .map_err(mailbox("guest firewall"))?
-            .map_err(step("guest firewall"))?;
-        self.undo.push(Undo::Guest(lease.clone()));
+        let lease = lease_network(p, vm, &mut self.undo).await?;
         p.observe("lease", self.lap()).await;
         Ok(lease)
     }
