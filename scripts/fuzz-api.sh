@@ -69,9 +69,12 @@ PORT=7070
 #     tests/e2e_policy.rs; GET /v1/node and uncordon are fuzzed.
 #  11. POST /v1/vms/{name}/fork is not fuzzed yet: with seed 20261129 a fork in the stateful
 #     phase answered 500 (`PUT /snapshot/load`: the restored block device's backing file was
-#     gone), a defect found on 2026-11-30 and open (a fork racing another operation on its
-#     source). Forks are tested in tests/snapshots.rs, tests/fork_identity.rs and
-#     tests/snapshots_real.rs.
+#     gone), a defect found on 2026-11-30 and open. Cause, found on review: `PUT
+#     /snapshot/load` reopens the drive path the snapshot recorded, which is the SOURCE VM's
+#     disk; the restore makes the new VM its own disk but never points the VMM at it (no
+#     `PATCH /drives` before the resume), so a restored VM uses its source's disk, and fails
+#     once the source is deleted. Forks are tested in tests/snapshots.rs,
+#     tests/fork_identity.rs and tests/snapshots_real.rs, none of which checks the drive.
 EXCLUDE_PATHS=("/v1/events/stream" "/v1/vms/{name}/execs/{id}/attach" "/v1/images/pull" "/v1/images/import" "/v1/node/cordon" "/v1/node/drain" "/v1/vms/{name}/fork")
 #  2. The `timeout` of GET /v1/vms/{name}/wait is fixed to 1s: a long poll legitimately
 #     lasts its timeout (up to 10m), which the request timeout would call a hang. The
