@@ -46,19 +46,21 @@ pub struct MicroVmSpec {
     pub rootfs: String,
     /// Number of vCPUs (1-32); also the placeholder Pod's CPU request.
     #[serde(default = "default_vcpus")]
-    #[schemars(range(min = 1, max = 32))]
+    #[schemars(range(min = 1, max = hearth_proto::api::MAX_VCPUS))]
     pub vcpus: u8,
     /// Guest memory in MiB (at least 16); with the VMM's overhead, the placeholder Pod's
     /// memory request.
     #[serde(default = "default_memory")]
-    #[schemars(range(min = 16, max = 1_048_576))]
+    #[schemars(range(min = hearth_proto::api::MIN_MEMORY_MIB, max = hearth_proto::api::MAX_MEMORY_MIB))]
     pub memory_mib: u32,
-    /// Root disk size in bytes; default: the image's size.
+    /// Root disk size in bytes, a multiple of 512; default: the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = hearth_proto::api::SECTOR, max = hearth_proto::api::MAX_DISK_SIZE))]
+    #[schemars(extend("multipleOf" = 512))]
     pub disk_size: Option<u64>,
     /// Extra kernel command-line arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = hearth_proto::api::MAX_BOOT_ARGS))]
     pub boot_args: Option<String>,
     /// Give the guest outbound access through NAT.
     #[serde(default)]
@@ -69,9 +71,10 @@ pub struct MicroVmSpec {
     /// Whether the VM should run (`false`: created and kept stopped).
     #[serde(default = "default_true")]
     pub running: bool,
-    /// hearthd's restart policy: `no`, `on-failure`, `on-failure:N` or `always`.
+    /// hearthd's restart policy: `no`, `on-failure`, `on-failure:N` (N in 1-10000) or
+    /// `always`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(no|always|on-failure(:[0-9]+)?)$"))]
+    #[schemars(regex(pattern = r"^(no|always|on-failure(:([1-9][0-9]{0,3}|10000))?)$"))]
     pub restart: Option<String>,
 }
 
@@ -91,8 +94,10 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MicroVmStatus {
-    /// `Pending` (not placed yet), `Scheduled`, `Creating`, `Running`, `Stopped`, `Failed`,
-    /// `Lost` (the VM vanished from its node), `Deleting` or `Unknown` (hearthd unreachable).
+    /// `Pending` (not placed yet), `Scheduled` (placed, VM not made yet), `Creating`,
+    /// `Running`, `Unready`, `Paused`, `Stopped`, `Crashed`, `Failed` (from hearthd),
+    /// `Invalid` (hearthd would refuse the spec), `Lost` (the VM vanished from its node),
+    /// `Replacing` (spec changed), `Deleting` or `Unknown` (hearthd unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The node kube-scheduler bound the placeholder Pod to.

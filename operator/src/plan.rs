@@ -323,6 +323,16 @@ fn plan_one(
     }
     let want = create_body(d);
     let gen = d.generation;
+    if vm.is_none() {
+        // What the CRD's schema cannot say (label keys, boot argument characters) hearthd
+        // would refuse on every pass: refuse it here, once, in the status.
+        if let Err(e) = want.validate() {
+            let message = Some(format!("{}: {}", e.field, e.reason));
+            let s = status_for(node, d, "Invalid", None, ("False", "InvalidSpec", message));
+            set_status(actions, s);
+            return;
+        }
+    }
     match vm {
         None => {
             let mut status = d.status.clone();

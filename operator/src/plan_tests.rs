@@ -353,3 +353,19 @@ fn every_vm_state_has_a_phase_and_no_state_panics() {
         let _ = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, state)]));
     }
 }
+
+#[test]
+fn spec_hearthd_would_refuse_is_reported_and_not_sent() {
+    let mut d = desired();
+    d.spec.labels.insert("a=b".into(), "x".into());
+    let a = plan(NODE, &[d], &up(vec![]));
+    assert!(effects(&a).is_empty(), "{a:?}");
+    let s = status(&a).unwrap();
+    assert_eq!(s.phase.as_deref(), Some("Invalid"));
+    let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(c.reason.as_deref(), Some("InvalidSpec"));
+    assert!(
+        c.message.as_deref().unwrap().starts_with("labels:"),
+        "{c:?}"
+    );
+}
