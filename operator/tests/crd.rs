@@ -296,7 +296,7 @@ fn kubectl_parses_every_manifest() {
         .output()
         .is_err()
     {
-        println!("SKIP: kubectl is not installed (Debian package kubernetes-client)");
+        hearth_testkit::skip!("SKIP kubectl_parses_every_manifest: kubectl is not installed (Debian package kubernetes-client)");
         return;
     }
     let home = tempfile::tempdir().unwrap();
