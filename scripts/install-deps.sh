@@ -8,7 +8,9 @@
 #            iputils-ping, e2fsprogs (mkfs.ext4 for rootfs images), xfsprogs (a reflink-capable
 #            filesystem for the copy backend's reflink test), curl (scripts/fuzz-api.sh),
 #            docker-registry + skopeo + umoci + apache2-utils (htpasswd) + busybox-static (OCI
-#            registry/archive tests and bench_pull: a local registry and test images)
+#            registry/archive tests and bench_pull: a local registry and test images),
+#            kubernetes-client (kubectl: hearth-operator's manifest checks; skipped when some
+#            other package already provides kubectl, as Debian's conflicts with those)
 set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libipset-dev libdevmapper-dev
@@ -16,6 +18,7 @@ packages=(
   dnsutils dnsperf dnsmasq-base iputils-ping e2fsprogs xfsprogs curl binutils
   docker-registry skopeo umoci apache2-utils busybox-static
 )
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

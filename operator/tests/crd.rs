@@ -296,6 +296,10 @@ fn kubectl_parses_every_manifest() {
         .output()
         .is_err()
     {
+        assert!(
+            std::env::var("HEARTH_REQUIRE_KUBECTL").as_deref() != Ok("1"),
+            "kubectl is missing and HEARTH_REQUIRE_KUBECTL=1 forbids skipping"
+        );
         hearth_testkit::skip!("SKIP kubectl_parses_every_manifest: kubectl is not installed (Debian package kubernetes-client)");
         return;
     }
