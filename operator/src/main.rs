@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the MicroVM CustomResourceDefinition as YAML.
+    /// Print the `MicroVM` custom resource definition as YAML.
     Crd,
     /// Run the controller: one placeholder Pod per MicroVM, placed by kube-scheduler.
     Controller {

@@ -297,16 +297,15 @@ pub fn with_events(
             Action::SetStatus { object, status } if *object == d.object => Some(status),
             _ => None,
         });
-        match existing {
-            Some(status) => status.last_event = Some(event.clone()),
-            None => {
-                let mut status = d.status.clone();
-                status.last_event = Some(event.clone());
-                actions.push(Action::SetStatus {
-                    object: d.object.clone(),
-                    status: Box::new(status),
-                });
-            }
+        if let Some(status) = existing {
+            status.last_event = Some(event.clone());
+        } else {
+            let mut status = d.status.clone();
+            status.last_event = Some(event.clone());
+            actions.push(Action::SetStatus {
+                object: d.object.clone(),
+                status: Box::new(status),
+            });
         }
     }
 }

@@ -37,7 +37,7 @@ pub fn pod_name(uid: &str) -> String {
 
 /// The placeholder Pod for `mvm`, requesting its resources plus `overhead_mib` of memory for
 /// the VMM (Firecracker's own footprint, hearth's per-VM processes). Requests equal limits,
-/// so the Pod is in the Guaranteed QoS class and is evicted last.
+/// so the Pod is in the `Guaranteed` `QoS` class and is evicted last.
 pub fn placeholder_pod(mvm: &MicroVM, overhead_mib: u32) -> Result<Pod, PlacementError> {
     let uid = mvm.uid().ok_or(PlacementError::Unsaved("uid"))?;
     let name = mvm

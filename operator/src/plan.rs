@@ -284,14 +284,6 @@ fn plan_one(
     actions: &mut Vec<Action>,
 ) {
     let obj = &d.object;
-    let set_status = |actions: &mut Vec<Action>, status: MicroVmStatus| {
-        if status != d.status {
-            actions.push(Action::SetStatus {
-                object: obj.clone(),
-                status: Box::new(status),
-            });
-        }
-    };
     if let Observed::Down(why) = observed {
         // Nothing can be checked: no create, no delete, and the finalizer stays.
         if !d.deleting {
@@ -302,7 +294,7 @@ fn plan_one(
                 None,
                 ("Unknown", "HearthdUnreachable", Some(why.clone())),
             );
-            set_status(actions, s);
+            set_status(actions, d, s);
         }
         return;
     }
@@ -321,6 +313,22 @@ fn plan_one(
     if !d.has_finalizer {
         actions.push(Action::AddFinalizer(obj.clone()));
     }
+    plan_vm(node, d, vm, actions);
+}
+
+/// Adds a status update when `status` differs from the stored one (no patch storms).
+fn set_status(actions: &mut Vec<Action>, d: &Desired, status: MicroVmStatus) {
+    if status != d.status {
+        actions.push(Action::SetStatus {
+            object: d.object.clone(),
+            status: Box::new(status),
+        });
+    }
+}
+
+/// The VM's side for an object that stays: create, replace, start, stop, and its status.
+fn plan_vm(node: &str, d: &Desired, vm: Option<&ObservedVm>, actions: &mut Vec<Action>) {
+    let obj = &d.object;
     let want = create_body(d);
     let gen = d.generation;
     if vm.is_none() {
@@ -329,7 +337,7 @@ fn plan_one(
         if let Err(e) = want.validate() {
             let message = Some(format!("{}: {}", e.field, e.reason));
             let s = status_for(node, d, "Invalid", None, ("False", "InvalidSpec", message));
-            set_status(actions, s);
+            set_status(actions, d, s);
             return;
         }
     }
@@ -361,12 +369,14 @@ fn plan_one(
                 lost.then(|| "The VM vanished from hearthd; creating it again".to_owned());
             set_status(
                 actions,
+                d,
                 status_for(node, &base, phase, None, ("False", reason, message)),
             );
         }
         Some(vm) if vm.state == VmState::Deleting => {
             set_status(
                 actions,
+                d,
                 status_for(node, d, "Deleting", Some(vm), ("False", "Deleting", None)),
             );
         }
@@ -379,7 +389,7 @@ fn plan_one(
             let mut s = status_for(node, d, "Replacing", None, ("False", "SpecChanged", None));
             s.vm = None;
             s.guest_ip = None;
-            set_status(actions, s);
+            set_status(actions, d, s);
         }
         Some(vm) => {
             let key = |verb: &str| format!("{}.{gen}.{verb}", obj.uid);
@@ -404,7 +414,7 @@ fn plan_one(
             } else {
                 ("False", phase, None)
             };
-            set_status(actions, status_for(node, d, phase, Some(vm), ready));
+            set_status(actions, d, status_for(node, d, phase, Some(vm), ready));
         }
     }
 }

@@ -84,7 +84,7 @@ fn new_object_gets_finalizer_before_create() {
         has_finalizer: false,
         ..desired()
     };
-    let a = plan(NODE, &[d.clone()], &up(vec![]));
+    let a = plan(NODE, std::slice::from_ref(&d), &up(vec![]));
     let e = effects(&a);
     assert_eq!(e.len(), 2, "{a:?}");
     assert_eq!(e[0], &Action::AddFinalizer(d.object.clone()));
@@ -135,7 +135,7 @@ fn user_labels_cannot_claim_another_objects_vm() {
 fn running_vm_that_matches_needs_nothing_once_status_is_written() {
     let d = desired();
     let observed = up(vec![vm_of(&d, VmState::Running)]);
-    let first = plan(NODE, &[d.clone()], &observed);
+    let first = plan(NODE, std::slice::from_ref(&d), &observed);
     assert!(effects(&first).is_empty(), "{first:?}");
     let s = status(&first)
         .expect("first pass writes the status")
@@ -205,7 +205,11 @@ fn generation_change_of_the_machine_replaces_the_vm() {
 #[test]
 fn stopped_vm_that_should_run_is_started_once_per_generation() {
     let d = desired();
-    let a = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, VmState::Stopped)]));
+    let a = plan(
+        NODE,
+        std::slice::from_ref(&d),
+        &up(vec![vm_of(&d, VmState::Stopped)]),
+    );
     assert_eq!(
         effects(&a),
         vec![&Action::Start {
@@ -219,7 +223,7 @@ fn stopped_vm_that_should_run_is_started_once_per_generation() {
 fn crashed_and_failed_vms_are_left_to_hearthds_policy_and_shown() {
     let d = desired();
     for (state, phase) in [(VmState::Crashed, "Crashed"), (VmState::Failed, "Failed")] {
-        let a = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, state)]));
+        let a = plan(NODE, std::slice::from_ref(&d), &up(vec![vm_of(&d, state)]));
         assert!(effects(&a).is_empty(), "{state:?}: {a:?}");
         let s = status(&a).unwrap();
         assert_eq!(s.phase.as_deref(), Some(phase));
@@ -233,7 +237,11 @@ fn deleting_object_deletes_its_vm_and_keeps_the_finalizer() {
         deleting: true,
         ..desired()
     };
-    let a = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, VmState::Running)]));
+    let a = plan(
+        NODE,
+        std::slice::from_ref(&d),
+        &up(vec![vm_of(&d, VmState::Running)]),
+    );
     assert_eq!(
         a,
         vec![Action::Delete {
@@ -242,7 +250,11 @@ fn deleting_object_deletes_its_vm_and_keeps_the_finalizer() {
         }]
     );
     // While hearthd deletes it: wait.
-    let a = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, VmState::Deleting)]));
+    let a = plan(
+        NODE,
+        std::slice::from_ref(&d),
+        &up(vec![vm_of(&d, VmState::Deleting)]),
+    );
     assert_eq!(a, vec![]);
 }
 
@@ -252,7 +264,7 @@ fn deleting_object_without_vm_loses_its_finalizer() {
         deleting: true,
         ..desired()
     };
-    let a = plan(NODE, &[d.clone()], &up(vec![]));
+    let a = plan(NODE, std::slice::from_ref(&d), &up(vec![]));
     assert_eq!(a, vec![Action::RemoveFinalizer(d.object.clone())]);
     let gone = Desired {
         has_finalizer: false,
@@ -287,7 +299,7 @@ fn hearthd_down_changes_nothing_and_keeps_finalizers() {
 fn vanished_vm_is_created_again_under_a_new_key() {
     let d = desired();
     let observed = up(vec![vm_of(&d, VmState::Running)]);
-    let s = status(&plan(NODE, &[d.clone()], &observed))
+    let s = status(&plan(NODE, std::slice::from_ref(&d), &observed))
         .unwrap()
         .clone();
     let d = Desired { status: s, ..d };
@@ -350,7 +362,7 @@ fn every_vm_state_has_a_phase_and_no_state_panics() {
     let d = desired();
     for state in VmState::ALL {
         assert!(!phase_of(state).is_empty());
-        let _ = plan(NODE, &[d.clone()], &up(vec![vm_of(&d, state)]));
+        let _ = plan(NODE, std::slice::from_ref(&d), &up(vec![vm_of(&d, state)]));
     }
 }
 

@@ -26,28 +26,7 @@ async fn controller_against_a_real_cluster() {
     let client = kube::Client::try_default()
         .await
         .expect("KUBECONFIG names a reachable cluster");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "microvms.hearth.dev",
-        &PatchParams::apply("hearth-operator-e2e").force(),
-        &Patch::Apply(crd()),
-    )
-    .await
-    .expect("the API server accepts the CRD");
-    // Established before use.
-    let mut established = false;
-    for _ in 0..60 {
-        let c = crds.get("microvms.hearth.dev").await.unwrap();
-        established = c.status.and_then(|s| s.conditions).is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(established, "CRD not established");
+    install_crd(&client).await;
 
     let ns_name = format!("hearth-e2e-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -131,4 +110,30 @@ async fn controller_against_a_real_cluster() {
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// Applies the CRD (server-side) and waits until it is established.
+async fn install_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "microvms.hearth.dev",
+        &PatchParams::apply("hearth-operator-e2e").force(),
+        &Patch::Apply(crd()),
+    )
+    .await
+    .expect("the API server accepts the CRD");
+    // Established before use.
+    let mut established = false;
+    for _ in 0..60 {
+        let c = crds.get("microvms.hearth.dev").await.unwrap();
+        established = c.status.and_then(|s| s.conditions).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if established {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(established, "CRD not established");
 }
