@@ -342,3 +342,206 @@ fn kubectl_parses_every_manifest() {
     std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata: [\n").unwrap();
     assert!(!kubectl(&bad).status.success());
 }
+
+/// Resources a stand-in API server advertises: (group/version, plural, kind, namespaced).
+const DISCOVERY: &[(&str, &str, &str, bool)] = &[
+    ("v1", "namespaces", "Namespace", false),
+    ("v1", "serviceaccounts", "ServiceAccount", true),
+    ("v1", "pods", "Pod", true),
+    ("apps/v1", "deployments", "Deployment", true),
+    ("apps/v1", "daemonsets", "DaemonSet", true),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+    ),
+    (
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+    ),
+];
+
+/// The discovery answer for `path`, or `None` (404: no such object, so `apply` creates).
+/// The MicroVM resource is advertised as the generated CRD names it.
+fn discovery(path: &str) -> Option<Value> {
+    let crd = hearth_operator::crd::crd();
+    let gv = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
+    let mut table: Vec<(String, String, String, bool)> = DISCOVERY
+        .iter()
+        .map(|(g, p, k, n)| ((*g).to_owned(), (*p).to_owned(), (*k).to_owned(), *n))
+        .collect();
+    table.push((
+        gv,
+        crd.spec.names.plural.clone(),
+        crd.spec.names.kind.clone(),
+        crd.spec.scope == "Namespaced",
+    ));
+    let resources = |gv: &str| -> Value {
+        let list: Vec<Value> = table
+            .iter()
+            .filter(|t| t.0 == gv)
+            .map(|(_, plural, kind, namespaced)| {
+                serde_json::json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                    "kind": kind, "verbs": ["create", "get", "list", "patch", "delete"]})
+            })
+            .collect();
+        serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+    };
+    match path {
+        "/api" => Some(
+            serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        "/apis" => {
+            let mut groups: Vec<&str> = table
+                .iter()
+                .map(|t| t.0.as_str())
+                .filter(|g| g.contains('/'))
+                .collect();
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|gv| {
+                    let (g, v) = gv.split_once('/').unwrap();
+                    let version = serde_json::json!({"groupVersion": gv, "version": v});
+                    serde_json::json!({"name": g, "versions": [version], "preferredVersion": version})
+                })
+                .collect();
+            Some(serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        "/api/v1" => Some(resources("v1")),
+        p => p
+            .strip_prefix("/apis/")
+            .filter(|gv| table.iter().any(|t| t.0 == *gv))
+            .map(resources),
+    }
+}
+
+/// A stand-in API server on loopback that only answers discovery (and 404 for objects):
+/// enough for `kubectl apply --dry-run=client`, which needs discovery to map kinds to
+/// resources but sends nothing. Any write is answered 500 and recorded, so the test can
+/// check that none came. Returns the address and the recorded requests.
+fn discovery_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut parts = request.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            log.lock().unwrap().push(format!("{method} {target}"));
+            let path = target.split('?').next().unwrap_or("");
+            let (status, body) = match (method, discovery(path)) {
+                ("GET", Some(v)) => ("200 OK", v),
+                ("GET", None) => (
+                    "404 Not Found",
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "NotFound", "code": 404}),
+                ),
+                _ => ("500 Internal Server Error", serde_json::json!({})),
+            };
+            let body = body.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// `kubectl apply --dry-run=client --validate=false` of every manifest, with a stand-in
+/// discovery server on loopback: kubectl decodes each document, maps its kind to a resource
+/// (the MicroVM example through the generated CRD's names) and reports it would create it.
+#[test]
+fn kubectl_apply_dry_run_client_with_discovery_only() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("HEARTH_REQUIRE_KUBECTL").as_deref() != Ok("1"),
+            "kubectl is missing and HEARTH_REQUIRE_KUBECTL=1 forbids skipping"
+        );
+        hearth_testkit::skip!(
+            "SKIP kubectl_apply_dry_run_client_with_discovery_only: kubectl is not installed"
+        );
+        return;
+    }
+    let (addr, seen) = discovery_server();
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: http://{addr}\n\
+             contexts:\n- name: stand-in\n  context: {{cluster: stand-in, namespace: default}}\ncurrent-context: stand-in\n"
+        ),
+    )
+    .unwrap();
+    let apply = |path: &Path| {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &config)
+            .env("HOME", home.path())
+            .args(["apply", "--dry-run=client", "--validate=false", "-f"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = apply(&deploy());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "customresourcedefinition.apiextensions.k8s.io/microvms.hearth.dev created (dry run)",
+        "microvm.hearth.dev/web created (dry run)",
+        "clusterrole.rbac.authorization.k8s.io/hearth-node created (dry run)",
+        "daemonset.apps/hearth-node created (dry run)",
+        "deployment.apps/hearth-controller created (dry run)",
+    ] {
+        assert!(stdout.contains(want), "{want} missing from:\n{stdout}");
+    }
+    assert!(
+        seen.lock().unwrap().iter().all(|r| r.starts_with("GET ")),
+        "a dry run sent a write: {:?}",
+        seen.lock().unwrap()
+    );
+    // A kind nobody serves is refused: the mapping is real.
+    let bad = home.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: hearth.dev/v1alpha1\nkind: MicroVm\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    assert!(!apply(&bad).status.success());
+}
