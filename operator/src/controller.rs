@@ -1,7 +1,8 @@
 //! The controller (`hearth-operator controller`, one per cluster): keeps one placeholder Pod
 //! per MicroVM ([`crate::placement`]), replaces spent ones, and reports the placement in the
 //! MicroVM's status. Deleted MicroVMs' Pods go by Kubernetes' garbage collection (the Pod is
-//! owned by the MicroVM), after the node agent's finalizer let the MicroVM go.
+//! owned by the MicroVM), after the node agent's finalizer let the MicroVM go; a MicroVM
+//! deleted while no node holds it has that finalizer taken off here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,9 +14,12 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use crate::crd::MicroVM;
+use crate::crd::{MicroVM, FINALIZER};
+use crate::finalizer::finalizer_patch;
 use crate::node::status_patch;
-use crate::placement::{is_spent, placeholder_pod, placement_status, PLACEHOLDER_UID_LABEL};
+use crate::placement::{
+    is_spent, may_release, placeholder_pod, placement_status, PLACEHOLDER_UID_LABEL,
+};
 
 /// Why a controller pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,8 @@ pub struct ControllerReport {
     pub replaced: Vec<String>,
     /// MicroVMs whose status was updated.
     pub status_updates: Vec<String>,
+    /// MicroVMs being deleted whose finalizer was taken off (no node held them).
+    pub released: Vec<String>,
     /// Failures, with why.
     pub failed: Vec<String>,
 }
@@ -68,13 +74,15 @@ impl Controller {
             .collect();
         let mut report = ControllerReport::default();
         for m in mvms.list(&ListParams::default()).await?.items {
-            if m.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
             let (Some(uid), Some(ns)) = (m.uid(), m.namespace()) else {
                 continue;
             };
             let id = format!("{ns}/{}", m.name_any());
+            if m.metadata.deletion_timestamp.is_some() {
+                self.release(&m, &ns, placeholders.get(&uid), &mut report)
+                    .await;
+                continue;
+            }
             let ns_pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
             let mut pod = placeholders.get(&uid);
             if let Some(p) = pod.filter(|p| is_spent(p)) {
@@ -119,6 +127,35 @@ impl Controller {
             slog::warn!(self.log, "controller action failed"; "error" => f);
         }
         Ok(report)
+    }
+
+    /// Takes the node agent's finalizer off a MicroVM being deleted that no node holds
+    /// ([`may_release`]): otherwise an object deleted while unplaced would stay forever.
+    async fn release(
+        &self,
+        m: &MicroVM,
+        ns: &str,
+        pod: Option<&Pod>,
+        report: &mut ControllerReport,
+    ) {
+        let status = m.status.clone().unwrap_or_default();
+        if !m.finalizers().iter().any(|f| f == FINALIZER) || !may_release(&status, pod) {
+            return;
+        }
+        let api: Api<MicroVM> = Api::namespaced(self.client.clone(), ns);
+        let id = format!("{ns}/{}", m.name_any());
+        let patch = finalizer_patch(m, false);
+        match api
+            .patch(
+                &m.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => report.released.push(id),
+            Err(e) => report.failed.push(format!("release {id}: {e}")),
+        }
     }
 
     /// Reconciles on every MicroVM or placeholder change, and every `resync` regardless.

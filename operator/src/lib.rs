@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod finalizer;
 pub mod hearthd;
 pub mod node;
 pub mod placement;

@@ -16,6 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::crd::{LastEvent, MicroVM, MicroVmStatus, FINALIZER};
+use crate::finalizer::finalizer_patch;
 use crate::hearthd::{Hearthd, HearthdError};
 use crate::placement::PLACEHOLDER_UID_LABEL;
 use crate::plan::{plan, vm_name, Action, Desired, ObjectRef, Observed};
@@ -179,18 +180,9 @@ impl NodeAgent {
         match action {
             Action::AddFinalizer(o) | Action::RemoveFinalizer(o) => {
                 let add = matches!(action, Action::AddFinalizer(_));
-                // Read, change, write with the resourceVersion read: a concurrent change to
-                // the list makes the write fail (409) instead of dropping someone's finalizer.
+                // Read, then write with the resourceVersion read (see `finalizer`).
                 let current = api(o).get(&o.name).await?;
-                let mut list: Vec<String> = current.finalizers().to_vec();
-                list.retain(|f| f != FINALIZER);
-                if add {
-                    list.push(FINALIZER.to_owned());
-                }
-                let patch = json!({"metadata": {
-                    "finalizers": list,
-                    "resourceVersion": current.resource_version(),
-                }});
+                let patch = finalizer_patch(&current, add);
                 api(o)
                     .patch(&o.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;

@@ -156,6 +156,18 @@ pub fn placement_status(current: &MicroVmStatus, pod: Option<&Pod>) -> Option<Mi
     }
 }
 
+/// Whether the controller may take the node agent's finalizer off a MicroVM being deleted:
+/// no live placeholder is bound (so no agent claims it by binding) and its status names no
+/// node (so no agent claims it by status). A VM left on a node that comes back is an orphan
+/// there and deleted by that node's agent.
+pub fn may_release(status: &MicroVmStatus, pod: Option<&Pod>) -> bool {
+    let bound = pod
+        .filter(|p| !is_spent(p))
+        .and_then(|p| p.spec.as_ref())
+        .is_some_and(|s| s.node_name.is_some());
+    !bound && status.node.is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +275,19 @@ mod tests {
             (evicted.phase.as_deref(), evicted.node),
             (Some("Pending"), None)
         );
+    }
+
+    #[test]
+    fn release_only_when_no_node_can_hold_the_vm() {
+        let unplaced = MicroVmStatus::default();
+        let placed = MicroVmStatus {
+            node: Some("n1".into()),
+            ..MicroVmStatus::default()
+        };
+        assert!(may_release(&unplaced, None));
+        assert!(may_release(&unplaced, Some(&bound(None, "Pending"))));
+        assert!(may_release(&unplaced, Some(&bound(Some("n1"), "Failed"))));
+        assert!(!may_release(&unplaced, Some(&bound(Some("n1"), "Running"))));
+        assert!(!may_release(&placed, None));
     }
 }

@@ -261,7 +261,7 @@ fn rbac_grants_what_the_code_uses_and_no_more() {
         rules("hearth-controller"),
         vec![
             s("", "pods", &["create", "delete", "list", "watch"]),
-            s("hearth.dev", "microvms", &["get", "list", "watch"]),
+            s("hearth.dev", "microvms", &["list", "patch", "watch"]),
             s("hearth.dev", "microvms/finalizers", &["update"]),
             s("hearth.dev", "microvms/status", &["patch"]),
         ]

@@ -442,3 +442,59 @@ async fn node_agent_makes_no_vm_when_the_finalizer_fails() {
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(Hearthd::new(host.socket()).list().await.unwrap().is_empty());
 }
+
+/// A MicroVM deleted while no node holds it (unplaced, no node in its status): the controller
+/// takes the node finalizer off, since no agent would; it creates no placeholder for it.
+#[tokio::test]
+async fn controller_releases_a_deleted_unplaced_microvm() {
+    let (client, handle) = client();
+    let mut mvms = fixture("microvms.json");
+    let db = &mut mvms["items"][1];
+    db["metadata"]["deletionTimestamp"] = json!("2026-11-30T04:30:00Z");
+    db["metadata"]["finalizers"] = json!(["example.com/keep", FINALIZER]);
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step(
+                Method::GET,
+                "/api/v1/pods",
+                &[],
+                200,
+                fixture("all-placeholder-pods.json"),
+            ),
+            step(
+                Method::GET,
+                "/apis/hearth.dev/v1alpha1/microvms",
+                &[],
+                200,
+                mvms.clone(),
+            ),
+            step(
+                Method::PATCH,
+                "/apis/hearth.dev/v1alpha1/namespaces/default/microvms/web/status",
+                &[],
+                200,
+                microvm(&mvms, "web"),
+            ),
+            step(
+                Method::PATCH,
+                "/apis/hearth.dev/v1alpha1/namespaces/team-b/microvms/db",
+                &[],
+                200,
+                microvm(&mvms, "db"),
+            ),
+        ],
+    ));
+    let report = Controller::new(client, 64, log())
+        .reconcile_once()
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(report.released, ["team-b/db"]);
+    assert!(report.created.is_empty(), "{report:?}");
+    assert_eq!(
+        seen[3].body["metadata"]["finalizers"],
+        json!(["example.com/keep"])
+    );
+    assert_eq!(seen[3].body["metadata"]["resourceVersion"], "4691");
+}
