@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -20,6 +19,7 @@ use crate::node::status_patch;
 use crate::placement::{
     is_spent, may_release, placeholder_pod, placement_status, PLACEHOLDER_UID_LABEL,
 };
+use crate::trigger::Trigger;
 
 /// Why a controller pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -162,21 +162,10 @@ impl Controller {
     pub async fn run(self, resync: Duration) -> Result<(), ControllerError> {
         let mvms: Api<MicroVM> = Api::all(self.client.clone());
         let pods: Api<Pod> = Api::all(self.client.clone());
-        let mut changes = futures::stream::select(
-            watcher(mvms, watcher::Config::default()).map(|_| ()),
-            watcher(
-                pods,
-                watcher::Config::default().labels(PLACEHOLDER_UID_LABEL),
-            )
-            .map(|_| ()),
-        )
-        .boxed();
-        let mut tick = tokio::time::interval(resync);
+        let pod_cfg = watcher::Config::default().labels(PLACEHOLDER_UID_LABEL);
+        let mut trigger = Trigger::new(mvms, pods, pod_cfg, resync);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                Some(()) = changes.next() => {}
-            }
+            trigger.next().await;
             if let Err(e) = self.reconcile_once().await {
                 slog::warn!(self.log, "controller pass failed"; "error" => %e);
             }

@@ -11,3 +11,4 @@ pub mod hearthd;
 pub mod node;
 pub mod placement;
 pub mod plan;
+pub mod trigger;

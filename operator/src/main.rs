@@ -1,12 +1,14 @@
 //! `hearth-operator`: `crd` prints the CRD, `controller` runs the cluster-wide controller,
 //! `node --node NAME` runs the agent next to one node's hearthd.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slog::Drain;
+use tokio::signal::unix::{signal, SignalKind};
 
 use hearth_operator::controller::Controller;
 use hearth_operator::hearthd::Hearthd;
@@ -54,6 +56,17 @@ fn logger() -> slog::Logger {
     slog::Logger::root(drain, slog::o!())
 }
 
+/// Runs `f` until it ends or SIGTERM/SIGINT arrives. Stopping mid-pass is safe: every pass
+/// starts from what both sides hold, and hearthd requests carry idempotency keys.
+async fn until_terminated(f: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = f => r,
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -72,10 +85,9 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-            Controller::new(client, vmm_overhead_mib, logger())
-                .run(Duration::from_secs(resync_secs))
-                .await
-                .context("controller")
+            let run = Controller::new(client, vmm_overhead_mib, logger())
+                .run(Duration::from_secs(resync_secs));
+            until_terminated(Box::pin(async { run.await.context("controller") })).await
         }
         Command::Node {
             node,
@@ -88,10 +100,9 @@ async fn main() -> anyhow::Result<()> {
                 .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
             let log = logger();
             let log = log.new(slog::o!("node" => node.clone()));
-            NodeAgent::new(client, Hearthd::new(socket), node, log)
-                .run(Duration::from_secs(resync_secs))
-                .await
-                .context("node agent")
+            let run = NodeAgent::new(client, Hearthd::new(socket), node, log)
+                .run(Duration::from_secs(resync_secs));
+            until_terminated(Box::pin(async { run.await.context("node agent") })).await
         }
     }
 }

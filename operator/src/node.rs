@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -20,6 +19,7 @@ use crate::finalizer::finalizer_patch;
 use crate::hearthd::{Hearthd, HearthdError};
 use crate::placement::PLACEHOLDER_UID_LABEL;
 use crate::plan::{plan, vm_name, Action, Desired, ObjectRef, Observed};
+use crate::trigger::Trigger;
 
 /// Why a reconcile pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -219,17 +219,9 @@ impl NodeAgent {
         let pod_cfg = watcher::Config::default()
             .fields(&format!("spec.nodeName={}", self.node))
             .labels(PLACEHOLDER_UID_LABEL);
-        let mut changes = futures::stream::select(
-            watcher(mvms, watcher::Config::default()).map(|_| ()),
-            watcher(pods, pod_cfg).map(|_| ()),
-        )
-        .boxed();
-        let mut tick = tokio::time::interval(resync);
+        let mut trigger = Trigger::new(mvms, pods, pod_cfg, resync);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                Some(()) = changes.next() => {}
-            }
+            trigger.next().await;
             match self.reconcile_once().await {
                 Ok(r) if !r.planned.is_empty() => {
                     slog::debug!(self.log, "pass"; "actions" => r.planned.len(), "failed" => r.failed.len());
