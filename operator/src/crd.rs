@@ -68,6 +68,15 @@ pub struct MicroVmSpec {
     /// Labels given to the VM on hearthd (besides the operator's own `hearth.dev/*` ones).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Wait for the guest agent before calling the VM running.
+    #[serde(default = "default_true")]
+    pub ready_probe: bool,
+    /// For a root filesystem built from an OCI image, which init the guest boots: `hearth`
+    /// (hearth's agent runs the image's command) or `image` (the image's own init); default:
+    /// the one the image was built for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "init_schema")]
+    pub init: Option<GuestInit>,
     /// Whether the VM should run (`false`: created and kept stopped).
     #[serde(default = "default_true")]
     pub running: bool,
@@ -76,6 +85,37 @@ pub struct MicroVmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(no|always|on-failure(:([1-9][0-9]{0,3}|10000))?)$"))]
     pub restart: Option<String>,
+}
+
+/// Which init a guest boots (hearthd's `init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestInit {
+    /// hearth's agent as PID 1, running the image's command.
+    Hearth,
+    /// The image's own init.
+    Image,
+}
+
+impl GuestInit {
+    /// hearthd's value.
+    pub fn mode(self) -> hearth_proto::image_config::InitMode {
+        match self {
+            GuestInit::Hearth => hearth_proto::image_config::InitMode::Hearth,
+            GuestInit::Image => hearth_proto::image_config::InitMode::Image,
+        }
+    }
+}
+
+/// `init`'s schema written out: the generated one for an optional enum is an `anyOf` with
+/// types inside, which a structural schema may not have.
+fn init_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "For a root filesystem built from an OCI image, which init the guest boots: `hearth` (hearth's agent runs the image's command) or `image` (the image's own init); default: the one the image was built for.",
+        "type": "string",
+        "enum": ["hearth", "image"],
+        "nullable": true,
+    })
 }
 
 fn default_vcpus() -> u8 {

@@ -186,6 +186,8 @@ mod tests {
                 boot_args: None,
                 nat: false,
                 labels: BTreeMap::new(),
+                ready_probe: true,
+                init: None,
                 running: true,
                 restart: None,
             },

@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use hearth_proto::api::{CreateVm, VmState};
 use hearth_proto::api_policy::{OnExpiry, RestartPolicy};
 
-use crate::crd::{MicroVmCondition, MicroVmSpec, MicroVmStatus};
+use crate::crd::{GuestInit, MicroVmCondition, MicroVmSpec, MicroVmStatus};
 
 /// hearthd label holding the MicroVM's uid.
 pub const UID_LABEL: &str = "hearth.dev/microvm-uid";
 /// hearthd label holding the generation the VM was created from.
 pub const GENERATION_LABEL: &str = "hearth.dev/generation";
+/// hearthd label holding the digest of the machine the VM was created as.
+pub const SPEC_LABEL: &str = "hearth.dev/spec";
 
 /// One MicroVM bound to this node.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,12 +154,13 @@ pub fn create_body(d: &Desired) -> CreateVm {
     let mut labels = d.spec.labels.clone();
     labels.retain(|k, _| !k.starts_with("hearth.dev/"));
     labels.insert(UID_LABEL.into(), d.object.uid.clone());
-    labels.insert(GENERATION_LABEL.into(), d.generation.to_string());
-    labels.insert(
-        "hearth.dev/microvm".into(),
-        format!("{}.{}", d.object.namespace, d.object.name),
-    );
-    CreateVm {
+    // For people reading hearthd's VM list; hearthd caps label values at 255 characters.
+    let object: String = format!("{}.{}", d.object.namespace, d.object.name)
+        .chars()
+        .take(255)
+        .collect();
+    labels.insert("hearth.dev/microvm".into(), object);
+    let mut body = CreateVm {
         name: vm_name(&d.object.uid),
         kernel: d.spec.kernel.clone(),
         rootfs: d.spec.rootfs.clone(),
@@ -165,9 +168,9 @@ pub fn create_body(d: &Desired) -> CreateVm {
         memory_mib: d.spec.memory_mib,
         disk_size: d.spec.disk_size,
         boot_args: d.spec.boot_args.clone(),
-        init: None,
+        init: d.spec.init.map(GuestInit::mode),
         nat: d.spec.nat,
-        ready_probe: true,
+        ready_probe: d.spec.ready_probe,
         labels,
         from_snapshot: None,
         restart: d
@@ -178,26 +181,33 @@ pub fn create_body(d: &Desired) -> CreateVm {
             .unwrap_or_default(),
         ttl: None,
         on_expiry: OnExpiry::default(),
-    }
+    };
+    let digest = machine_digest(&body);
+    body.labels.insert(SPEC_LABEL.into(), digest);
+    body.labels
+        .insert(GENERATION_LABEL.into(), d.generation.to_string());
+    body
 }
 
-/// Whether the VM hearthd runs was made from the spec `want` (its generation label aside:
-/// a spec change that leaves the machine alone, such as `running`, keeps the VM).
+/// A digest of everything a VM is made from (before the two labels that carry it and the
+/// generation): FNV-1a (64 bits) of the body's JSON, whose field order is fixed by the struct.
+/// hearthd records a normalised spec (e.g. `init=` added to the boot arguments of an OCI
+/// image), so the VM's own fields cannot be compared with the spec; this label can.
+fn machine_digest(body: &CreateVm) -> String {
+    let json = serde_json::to_vec(body).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Whether the VM hearthd runs was made from the spec `want`: same machine digest (a spec
+/// change that leaves the machine alone, such as `running`, keeps the VM).
 fn same_machine(have: &CreateVm, want: &CreateVm) -> bool {
-    let strip = |labels: &BTreeMap<String, String>| {
-        let mut l = labels.clone();
-        l.remove(GENERATION_LABEL);
-        l
-    };
-    have.kernel == want.kernel
-        && have.rootfs == want.rootfs
-        && have.vcpus == want.vcpus
-        && have.memory_mib == want.memory_mib
-        && have.disk_size == want.disk_size
-        && have.boot_args == want.boot_args
-        && have.nat == want.nat
-        && have.restart == want.restart
-        && strip(&have.labels) == strip(&want.labels)
+    have.labels.contains_key(SPEC_LABEL)
+        && have.labels.get(SPEC_LABEL) == want.labels.get(SPEC_LABEL)
 }
 
 /// The status phase for a VM state.

@@ -21,6 +21,8 @@ fn spec() -> MicroVmSpec {
         boot_args: None,
         nat: false,
         labels: [("team".to_owned(), "a".to_owned())].into(),
+        ready_probe: true,
+        init: None,
         running: true,
         restart: Some("on-failure:3".into()),
     }
@@ -379,5 +381,62 @@ fn spec_hearthd_would_refuse_is_reported_and_not_sent() {
     assert!(
         c.message.as_deref().unwrap().starts_with("labels:"),
         "{c:?}"
+    );
+}
+
+#[test]
+fn hearthds_normalised_spec_does_not_replace_the_vm() {
+    let d = desired();
+    let mut vm = vm_of(&d, VmState::Running);
+    // hearthd adds `init=` for an OCI image's init and may fill other defaults.
+    vm.spec.boot_args = Some("init=/sbin/hearth-init".into());
+    vm.spec.init = Some(hearth_proto::image_config::InitMode::Hearth);
+    let a = plan(NODE, std::slice::from_ref(&d), &up(vec![vm]));
+    assert!(effects(&a).is_empty(), "{a:?}");
+}
+
+#[test]
+fn every_machine_field_changes_the_digest_and_running_does_not() {
+    let base = create_body(&desired());
+    let digest = |d: &Desired| create_body(d).labels[SPEC_LABEL].clone();
+    let d0 = desired();
+    type Change = Box<dyn Fn(&mut MicroVmSpec)>;
+    let changes: Vec<Change> = vec![
+        Box::new(|s| s.kernel = "k2".into()),
+        Box::new(|s| s.rootfs = "r2".into()),
+        Box::new(|s| s.vcpus = 3),
+        Box::new(|s| s.memory_mib = 512),
+        Box::new(|s| s.disk_size = Some(1 << 30)),
+        Box::new(|s| s.boot_args = Some("quiet".into())),
+        Box::new(|s| s.nat = true),
+        Box::new(|s| s.ready_probe = false),
+        Box::new(|s| s.init = Some(crate::crd::GuestInit::Image)),
+        Box::new(|s| s.restart = Some("always".into())),
+        Box::new(|s| {
+            s.labels.insert("x".into(), "y".into());
+        }),
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        let mut d = d0.clone();
+        change(&mut d.spec);
+        assert_ne!(digest(&d), base.labels[SPEC_LABEL], "change {i}");
+    }
+    let mut d = d0.clone();
+    d.spec.running = false;
+    d.generation = 7;
+    assert_eq!(digest(&d), base.labels[SPEC_LABEL]);
+    // A VM made without the digest (by hand, or an older operator) is not taken as current.
+    let mut vm = vm_of(&d0, VmState::Running);
+    vm.spec.labels.remove(SPEC_LABEL);
+    let a = plan(NODE, std::slice::from_ref(&d0), &up(vec![vm]));
+    assert!(
+        matches!(
+            effects(&a)[..],
+            [Action::Delete {
+                reason: DeleteReason::Replaced,
+                ..
+            }]
+        ),
+        "{a:?}"
     );
 }

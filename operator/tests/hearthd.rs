@@ -32,6 +32,8 @@ fn desired(uid: &str) -> Desired {
             boot_args: None,
             nat: false,
             labels: [("app".to_owned(), "web".to_owned())].into(),
+            ready_probe: true,
+            init: None,
             running: true,
             restart: None,
         },
