@@ -159,6 +159,10 @@ pub struct MicroVmStatus {
     /// `Scheduled` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<MicroVmCondition>,
+    /// The last request hearthd refused for this MicroVM, with its reason (cleared by the
+    /// next one it accepts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// The last lifecycle event hearthd reported for the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,

@@ -158,18 +158,47 @@ impl NodeAgent {
             planned: planned.clone(),
             failed: Vec::new(),
         };
-        // After a failure, later actions on the same object wait for the next pass (a create
-        // must not run when its finalizer could not be added).
+        // After a failure, later actions on the same object but status updates wait for the
+        // next pass (a create must not run when its finalizer could not be added).
         let mut blocked: Vec<String> = Vec::new();
+        // The outcome of each object's last hearthd request, for `status.lastError`.
+        let mut outcomes: BTreeMap<String, Option<String>> = BTreeMap::new();
         for action in planned {
             let uid = action_uid(&action);
-            if uid.as_ref().is_some_and(|u| blocked.contains(u)) {
+            let is_status = matches!(action, Action::SetStatus { .. });
+            if !is_status && uid.as_ref().is_some_and(|u| blocked.contains(u)) {
                 continue;
             }
-            if let Err(e) = self.apply(&action).await {
+            let result = self.apply(&action).await;
+            if let Some(d) = hearthd_request_for(&action, &desired) {
+                let outcome = result.as_ref().err().map(ToString::to_string);
+                outcomes.insert(d.object.uid.clone(), outcome);
+            }
+            if let Err(e) = result {
                 slog::warn!(self.log, "action failed"; "action" => ?action, "error" => %e);
                 report.failed.push(format!("{action:?}: {e}"));
                 blocked.extend(uid);
+            }
+        }
+        for d in &desired {
+            let Some(outcome) = outcomes.get(&d.object.uid) else {
+                continue;
+            };
+            if d.status.last_error != *outcome && !d.deleting {
+                let patch = json!({ "status": { "lastError": outcome } });
+                let api = Api::<MicroVM>::namespaced(self.client.clone(), &d.object.namespace);
+                if let Err(e) = api
+                    .patch_status(
+                        &d.object.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    report
+                        .failed
+                        .push(format!("lastError of {}: {e}", d.object.name));
+                }
             }
         }
         Ok(report)
@@ -231,6 +260,18 @@ impl NodeAgent {
             }
         }
     }
+}
+
+/// The object a hearthd request is made for (`None` for orphans and Kubernetes writes).
+fn hearthd_request_for<'a>(a: &Action, desired: &'a [Desired]) -> Option<&'a Desired> {
+    let vm = match a {
+        Action::Create { object, .. } => return desired.iter().find(|d| d.object == *object),
+        Action::Start { vm, .. } | Action::Stop { vm, .. } | Action::Delete { vm, .. } => vm,
+        Action::AddFinalizer(_) | Action::RemoveFinalizer(_) | Action::SetStatus { .. } => {
+            return None
+        }
+    };
+    desired.iter().find(|d| vm_name(&d.object.uid) == *vm)
 }
 
 fn action_uid(a: &Action) -> Option<String> {

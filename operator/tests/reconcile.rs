@@ -432,12 +432,19 @@ async fn node_agent_makes_no_vm_when_the_finalizer_fails() {
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
                        "message": "Operation cannot be fulfilled on microvms.hearth.dev \"web\": the object has been modified"}),
             ),
+            // The status is still written; the create is not attempted.
+            step(
+                Method::PATCH,
+                "/apis/hearth.dev/v1alpha1/namespaces/default/microvms/web/status",
+                &[],
+                200,
+                microvm(&mvms, "web"),
+            ),
         ],
     ));
     let mut agent = NodeAgent::new(client, Hearthd::new(host.socket()), "n1".into(), log());
     let report = agent.reconcile_once().await.unwrap();
     drop(agent);
-    // No status patch, nothing else: the script ends at the refused finalizer.
     server.await.unwrap();
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(Hearthd::new(host.socket()).list().await.unwrap().is_empty());
@@ -497,4 +504,93 @@ async fn controller_releases_a_deleted_unplaced_microvm() {
         json!(["example.com/keep"])
     );
     assert_eq!(seen[3].body["metadata"]["resourceVersion"], "4691");
+}
+
+/// hearthd refuses the create (an image this node does not have): the refusal, with
+/// hearthd's reason, goes into `status.lastError`; once stored, it is not written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_agent_reports_hearthds_refusal_in_the_status() {
+    if !hearth_testkit::privileged("node_agent_reports_hearthds_refusal_in_the_status") {
+        return;
+    }
+    let host = common::Host::start();
+    let mut mvms = fixture("microvms.json");
+    mvms["items"][0]["metadata"]["finalizers"] = json!([FINALIZER]);
+    mvms["items"][0]["spec"]["rootfs"] = json!("not-imported");
+    let web = microvm(&mvms, "web");
+    let (kube, handle) = client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step(
+                Method::GET,
+                "/api/v1/pods",
+                &[],
+                200,
+                fixture("placeholder-pods-n1.json"),
+            ),
+            step(
+                Method::GET,
+                "/apis/hearth.dev/v1alpha1/microvms",
+                &[],
+                200,
+                mvms.clone(),
+            ),
+            step(
+                Method::PATCH,
+                "/apis/hearth.dev/v1alpha1/namespaces/default/microvms/web/status",
+                &[],
+                200,
+                web.clone(),
+            ),
+            step(
+                Method::PATCH,
+                "/apis/hearth.dev/v1alpha1/namespaces/default/microvms/web/status",
+                &[],
+                200,
+                web.clone(),
+            ),
+        ],
+    ));
+    let mut agent = NodeAgent::new(kube, Hearthd::new(host.socket()), "n1".into(), log());
+    let report = agent.reconcile_once().await.unwrap();
+    drop(agent);
+    let seen = server.await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(seen[2].body["status"]["phase"], "Creating");
+    let error = seen[3].body["status"]["lastError"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("not-imported"), "{error}");
+    assert!(Hearthd::new(host.socket()).list().await.unwrap().is_empty());
+
+    // Next pass, with both patches stored: the create is tried again, no status is written.
+    mvms["items"][0]["status"] = seen[2].body["status"].clone();
+    mvms["items"][0]["status"]["lastError"] = json!(error);
+    let (kube, handle) = client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step(
+                Method::GET,
+                "/api/v1/pods",
+                &[],
+                200,
+                fixture("placeholder-pods-n1.json"),
+            ),
+            step(
+                Method::GET,
+                "/apis/hearth.dev/v1alpha1/microvms",
+                &[],
+                200,
+                mvms.clone(),
+            ),
+        ],
+    ));
+    let mut agent = NodeAgent::new(kube, Hearthd::new(host.socket()), "n1".into(), log());
+    let report = agent.reconcile_once().await.unwrap();
+    drop(agent);
+    server.await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
 }
