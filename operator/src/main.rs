@@ -94,7 +94,17 @@ async fn main() -> anyhow::Result<()> {
             socket,
             resync_secs,
         } => {
-            anyhow::ensure!(!node.is_empty(), "--node must name this node");
+            // A node name is a DNS subdomain; anything else could add terms to the field
+            // selector it goes into.
+            let valid = !node.is_empty()
+                && node.len() <= 253
+                && node.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            anyhow::ensure!(
+                valid,
+                "--node {node:?} is not a node name (1-253 of a-z, 0-9, '-', '.')"
+            );
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
