@@ -203,6 +203,17 @@ fn machine_digest(body: &CreateVm) -> String {
     format!("{h:016x}")
 }
 
+/// The idempotency key of a create: the object's uid and generation, the machine's digest
+/// (an operator upgrade that changes the body at the same generation must not meet the
+/// earlier create's key, which hearthd would refuse as used with another request), and how
+/// many times the VM was lost (a VM made again must not replay the earlier answer).
+pub fn create_key(body: &CreateVm, lost: u32) -> String {
+    let uid = body.labels.get(UID_LABEL).map_or("", String::as_str);
+    let generation = body.labels.get(GENERATION_LABEL).map_or("", String::as_str);
+    let digest = body.labels.get(SPEC_LABEL).map_or("", String::as_str);
+    format!("{uid}.{generation}.{digest}.create.{lost}")
+}
+
 /// Whether the VM hearthd runs was made from the spec `want`: same machine digest (a spec
 /// change that leaves the machine alone, such as `running`, keeps the VM).
 fn same_machine(have: &CreateVm, want: &CreateVm) -> bool {
@@ -363,8 +374,8 @@ fn plan_vm(node: &str, d: &Desired, vm: Option<&ObservedVm>, actions: &mut Vec<A
             }
             actions.push(Action::Create {
                 object: obj.clone(),
+                key: create_key(&want, status.lost),
                 spec: Box::new(want),
-                key: format!("{}.{gen}.create.{}", obj.uid, status.lost),
             });
             let base = Desired {
                 status,

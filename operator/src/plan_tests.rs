@@ -52,6 +52,26 @@ fn vm_of(d: &Desired, state: VmState) -> ObservedVm {
     }
 }
 
+/// The create key for `d`, checked to be uid, generation, digest and lost count.
+fn key_for(d: &Desired, lost: u32) -> String {
+    let body = create_body(d);
+    let key = create_key(&body, lost);
+    let want = format!(
+        "{}.{}.{}.create.{lost}",
+        d.object.uid, d.generation, body.labels[SPEC_LABEL]
+    );
+    assert_eq!(key, want);
+    key
+}
+
+/// Generation 2 of [`desired`] with 4 vCPUs.
+fn d2_for_key() -> Desired {
+    let mut d = desired();
+    d.generation = 2;
+    d.spec.vcpus = 4;
+    d
+}
+
 fn up(vms: Vec<ObservedVm>) -> Observed {
     Observed::Up(vms)
 }
@@ -93,7 +113,7 @@ fn new_object_gets_finalizer_before_create() {
     match e[1] {
         Action::Create { object, spec, key } => {
             assert_eq!(object, &d.object);
-            assert_eq!(key, &format!("{UID}.1.create.0"));
+            assert_eq!(key, &key_for(&desired(), 0));
             assert_eq!(spec.name, vm_name(UID));
             assert_eq!((spec.vcpus, spec.memory_mib), (2, 256));
             assert_eq!(spec.labels.get(UID_LABEL).map(String::as_str), Some(UID));
@@ -197,7 +217,7 @@ fn generation_change_of_the_machine_replaces_the_vm() {
                 spec.labels.get(GENERATION_LABEL).map(String::as_str),
                 Some("2")
             );
-            assert_eq!(key, &format!("{UID}.2.create.0"));
+            assert_eq!(key, &key_for(&d2_for_key(), 0));
         }
         ref other => panic!("expected one create, got {other:?}"),
     }
@@ -307,7 +327,7 @@ fn vanished_vm_is_created_again_under_a_new_key() {
     let d = Desired { status: s, ..d };
     let a = plan(NODE, &[d], &up(vec![]));
     match effects(&a)[..] {
-        [Action::Create { key, .. }] => assert_eq!(key, &format!("{UID}.1.create.1")),
+        [Action::Create { key, .. }] => assert_eq!(key, &key_for(&desired(), 1)),
         ref other => panic!("expected one create, got {other:?}"),
     }
     let s = status(&a).unwrap();
@@ -323,7 +343,7 @@ fn status_from_another_node_is_not_a_lost_vm() {
     d.status.vm = Some(vm_name(UID));
     let a = plan(NODE, &[d], &up(vec![]));
     match effects(&a)[..] {
-        [Action::Create { key, .. }] => assert_eq!(key, &format!("{UID}.1.create.0")),
+        [Action::Create { key, .. }] => assert_eq!(key, &key_for(&desired(), 0)),
         ref other => panic!("expected one create, got {other:?}"),
     }
     assert_eq!(status(&a).unwrap().phase.as_deref(), Some("Creating"));
@@ -439,4 +459,28 @@ fn every_machine_field_changes_the_digest_and_running_does_not() {
         ),
         "{a:?}"
     );
+}
+
+#[test]
+fn a_replaced_vm_is_created_under_a_key_never_used_for_another_machine() {
+    // Same generation, different machine (as after an operator upgrade changing the body):
+    // the key differs, so hearthd neither replays nor refuses it.
+    let d = desired();
+    let mut old = vm_of(&d, VmState::Running);
+    old.spec
+        .labels
+        .insert(SPEC_LABEL.into(), "0000000000000000".into());
+    let a = plan(NODE, std::slice::from_ref(&d), &up(vec![old]));
+    assert!(matches!(
+        effects(&a)[..],
+        [Action::Delete {
+            reason: DeleteReason::Replaced,
+            ..
+        }]
+    ));
+    let mut previous = create_body(&d);
+    previous
+        .labels
+        .insert(SPEC_LABEL.into(), "0000000000000000".into());
+    assert_ne!(create_key(&previous, 0), key_for(&d, 0));
 }

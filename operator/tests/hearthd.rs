@@ -74,7 +74,7 @@ async fn adapter_against_real_hearthd() {
     let d = desired("5e0c9a52-0b8e-4e0f-8f55-1b2a3c4d5e6f");
     let body = hearth_operator::plan::create_body(&d);
     let vm = vm_name(&d.object.uid);
-    let key = "5e0c9a52.1.create.0".to_owned();
+    let key = hearth_operator::plan::create_key(&body, 0);
     let first = h.create(body.clone(), key.clone()).await.expect("create");
     assert_eq!(first.name, vm);
     // The same key again: the recorded answer, not a second VM nor a name conflict.
