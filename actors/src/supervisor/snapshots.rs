@@ -348,6 +348,7 @@ impl Handler<CreateSnapshot> for VmSupervisor {
     fn handle(&mut self, msg: CreateSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self
             .check_open()
+            .and_then(|()| self.refuse_if_jailed("Taking a snapshot"))
             .and_then(|()| msg.spec.validate().map_err(SupervisorError::from))
         {
             return Box::pin(ready(Err(e)));

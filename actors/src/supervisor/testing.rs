@@ -162,6 +162,7 @@ fn build(
         }),
         processes: Arc::new(processes),
         settings: FirecrackerSettings::new(run_base),
+        jail: None,
     };
     let images = StaticImages(BTreeMap::from([
         (
