@@ -505,4 +505,6 @@ pub(crate) enum Change {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_jail;
+#[cfg(test)]
 mod tests_policy;
