@@ -222,6 +222,20 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_none_when_off_and_name_a_missing_jailer() {
+        assert!(JailerConfig::default().settings().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("jailer");
+        let c = JailerConfig {
+            enabled: true,
+            jailer_bin: Some(missing.clone()),
+            ..JailerConfig::default()
+        };
+        let err = c.settings().unwrap_err();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+
+    #[test]
     fn parses_from_toml() {
         let c: JailerConfig = toml::from_str(
             "enabled = true\nuid_range = [200000, 200999]\nchroot_base_dir = \"/srv/j\"\n\
