@@ -175,10 +175,7 @@ impl VmSupervisor {
     pub(super) fn refuse_if_jailed(&self, what: &str) -> Result<(), SupervisorError> {
         if self.vmm.jail.is_some() {
             return Err(SupervisorError::Unavailable {
-                what: format!(
-                    "{what} is not supported with [jailer] enabled yet (docs/jailer.md): \
-                     a restored VMM would run unjailed"
-                ),
+                what: format!("{what} is not supported with [jailer] enabled yet (docs/jailer.md)"),
             });
         }
         Ok(())

@@ -254,9 +254,10 @@ async fn open_sweeps_jails_of_no_live_vm() {
     assert!(fake.signals().is_empty(), "not a VMM: not signalled");
 }
 
-/// Restoring a snapshot is refused when jailing is on (it would run unjailed).
+/// Restoring and taking snapshots (forks too) are refused when jailing is on, rather than
+/// run a VMM unjailed or have a jailed one write outside its jail.
 #[actix::test]
-async fn a_restore_is_refused_when_jailed() {
+async fn snapshots_restores_and_forks_are_refused_when_jailed() {
     let dir = tempfile::tempdir().unwrap();
     let (sup, _) = jailed(
         MemoryVmStore::default(),
@@ -282,4 +283,34 @@ async fn a_restore_is_refused_when_jailed() {
     );
     assert!(err.to_string().contains("[jailer]"), "{err}");
     assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.set_state("a", VmState::Running, None).unwrap();
+    let (sup, _) = jailed(
+        store,
+        FakeProcesses::new(),
+        dir.path(),
+        Arc::new(FakeJails::new()),
+        UID,
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = sup
+        .send(CreateSnapshot {
+            vm: "a".into(),
+            spec: serde_json::from_value(serde_json::json!({"name": "s1"})).unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("[jailer]"), "{err}");
+    let err = sup
+        .send(ForkVm {
+            source: "a".into(),
+            spec: hearth_proto::api_snapshot::ForkVm { name: "f".into() },
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("[jailer]"), "{err}");
 }
