@@ -855,17 +855,13 @@ impl Handler<Open> for VmSupervisor {
             let known: BTreeSet<String> = act.vms.keys().cloned().collect();
             let run_base = act.vmm.settings.run_base.clone();
             let processes = act.vmm.processes.clone();
-            execute(ports, plan, vmms, known, run_base, processes)
+            execute(ports, plan, vmms, known, run_base, processes, jail_sweep)
                 .boxed_local()
                 .into_actor(act)
                 .then(|res, act, ctx| {
                     let snapshots = act.repair_snapshots(ctx);
-                    let log = act.log.clone();
                     async move {
                         let (mut report, stops) = res?;
-                        if let Some(sweep) = jail_sweep {
-                            report.swept.extend(sweep.run(&log).await);
-                        }
                         let fixed = snapshots.await;
                         report.repaired.extend(fixed.repaired);
                         report.swept.extend(fixed.swept);
