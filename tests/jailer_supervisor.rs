@@ -119,6 +119,82 @@ fn assert_jail_gone(base: &Path, uid: u32) {
     }
 }
 
+/// Runs the jailer by hand: a jailed Firecracker in jail `uid` that no VM knows. Answers its
+/// pid once it runs Firecracker.
+fn start_stray(jailer: &Path, fc: &Path, base: &Path, uid: u32) -> u64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test plays a VMM hearth lost track of"
+    )]
+    let out = std::process::Command::new(jailer)
+        .args(["--id", &uid.to_string(), "--exec-file"])
+        .arg(fc)
+        .args(["--uid", &uid.to_string(), "--gid", &uid.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(base)
+        .args(["--new-pid-ns", "--", "--api-sock", "/run/api.sock"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("jailer");
+    assert!(out.success(), "jailer: {out}");
+    let pid_file = base.join(format!("firecracker/{uid}/root/firecracker.pid"));
+    let pid: u64 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"/firecracker"))
+    }));
+    pid
+}
+
+/// On the way out (a failed assertion included): SIGKILLs the test's jailed VMMs (uid and
+/// `--id` in the test's range; `HearthHost` only knows unjailed ones) and removes their
+/// cgroups, so a failure leaks nothing.
+struct JailedVmms;
+
+impl Drop for JailedVmms {
+    fn drop(&mut self) {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let ours = args.first().is_some_and(|a| a == "/firecracker")
+                && args.windows(2).any(|w| {
+                    w[0] == "--id"
+                        && w[1]
+                            .parse::<u32>()
+                            .is_ok_and(|id| (FIRST_UID..=LAST_UID).contains(&id))
+                });
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for uid in FIRST_UID..=LAST_UID {
+            for cg in cgroup_dirs(uid) {
+                let _ = std::fs::remove_dir(cg);
+            }
+        }
+    }
+}
+
 fn create(h: &HearthHost, name: &str) -> serde_json::Value {
     let v = h.ctl_ok(&[
         "vm",
@@ -145,6 +221,8 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
         .prefix("hj")
         .tempdir_in("/tmp")
         .unwrap();
+    // Dropped after hearthd, before the chroot base: strays killed before their jails go.
+    let _cleanup = JailedVmms;
     let jail_cfg = format!(
         "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
          uid_range = [{FIRST_UID}, {LAST_UID}]\n",
@@ -197,9 +275,10 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     let pid_b3 = again["pid"].as_u64().unwrap();
     assert_jailed(&base, pid_b3, FIRST_UID + 1, mem);
 
-    // hearthd killed; meanwhile b's VMM dies too and a stale jail of no VM appears. The
-    // restarted hearthd adopts a (same pid, still jailed), records b crashed, and sweeps b's
-    // jail and cgroups and the stale jail.
+    // hearthd killed; meanwhile b's VMM dies too, and a jailed VMM of no VM starts (as if
+    // spawned just before the crash, never recorded). The restarted hearthd adopts a (same
+    // pid, still jailed), records b crashed, sweeps b's jail and cgroups, and kills the stray
+    // and sweeps its jail.
     h.kill9();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid_b3 as i32),
@@ -210,7 +289,8 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
         pid_b3
     )));
     let stale = base.join(format!("firecracker/{LAST_UID}/root"));
-    std::fs::create_dir_all(&stale).unwrap();
+    let stray = start_stray(&jailer, &fc, &base, LAST_UID);
+    assert!(alive(stray));
     assert!(base.join(format!("firecracker/{}", FIRST_UID + 1)).exists());
     h.launch();
     let after = h.ctl_ok(&["vm", "get", "a"]);
@@ -224,7 +304,8 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     assert_jailed(&base, pid2, FIRST_UID, mem);
     assert_eq!(h.state("b").as_deref(), Some("crashed"));
     assert_jail_gone(&base, FIRST_UID + 1);
-    assert!(!stale.exists(), "the stale jail was swept");
+    assert!(!alive(stray), "the stray jailed VMM was killed");
+    assert!(!stale.exists(), "the stray's jail was swept");
 
     // The adopted VM stops by the ladder too, and b starts again on its own uid.
     let stopped = h.ctl_ok(&["vm", "stop", "a"]);
