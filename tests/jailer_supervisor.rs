@@ -210,6 +210,46 @@ fn create(h: &HearthHost, name: &str) -> serde_json::Value {
     v
 }
 
+/// hearthd killed; meanwhile b's VMM (`pids.1`) dies too, and a jailed VMM of no VM starts
+/// (as if spawned just before the crash, never recorded). The restarted hearthd adopts a
+/// (`pids.0`, still jailed), records b crashed, sweeps b's jail and cgroups, kills the stray
+/// and sweeps its jail.
+fn crash_and_readopt(
+    h: &mut HearthHost,
+    base: &Path,
+    (fc, jailer): (&Path, &Path),
+    (pid2, pid_b3): (u64, u64),
+    mem: u64,
+) {
+    h.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_b3 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(common::wait_until(Duration::from_secs(5), || !alive(
+        pid_b3
+    )));
+    let stale = base.join(format!("firecracker/{LAST_UID}/root"));
+    let stray = start_stray(jailer, fc, base, LAST_UID);
+    assert!(alive(stray));
+    assert!(base.join(format!("firecracker/{}", FIRST_UID + 1)).exists());
+    h.launch();
+    let after = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (after["state"].as_str(), after["pid"].as_u64()),
+        (Some("running"), Some(pid2)),
+        "{after}\n{}",
+        h.log()
+    );
+    assert!(alive(pid2));
+    assert_jailed(base, pid2, FIRST_UID, mem);
+    assert_eq!(h.state("b").as_deref(), Some("crashed"));
+    assert_jail_gone(base, FIRST_UID + 1);
+    assert!(!alive(stray), "the stray jailed VMM was killed");
+    assert!(!stale.exists(), "the stray's jail was swept");
+}
+
 #[test]
 fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     let Some((fc, jailer)) = real_binaries(module_path!()) else {
@@ -275,37 +315,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     let pid_b3 = again["pid"].as_u64().unwrap();
     assert_jailed(&base, pid_b3, FIRST_UID + 1, mem);
 
-    // hearthd killed; meanwhile b's VMM dies too, and a jailed VMM of no VM starts (as if
-    // spawned just before the crash, never recorded). The restarted hearthd adopts a (same
-    // pid, still jailed), records b crashed, sweeps b's jail and cgroups, and kills the stray
-    // and sweeps its jail.
-    h.kill9();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_b3 as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert!(common::wait_until(Duration::from_secs(5), || !alive(
-        pid_b3
-    )));
-    let stale = base.join(format!("firecracker/{LAST_UID}/root"));
-    let stray = start_stray(&jailer, &fc, &base, LAST_UID);
-    assert!(alive(stray));
-    assert!(base.join(format!("firecracker/{}", FIRST_UID + 1)).exists());
-    h.launch();
-    let after = h.ctl_ok(&["vm", "get", "a"]);
-    assert_eq!(
-        (after["state"].as_str(), after["pid"].as_u64()),
-        (Some("running"), Some(pid2)),
-        "{after}\n{}",
-        h.log()
-    );
-    assert!(alive(pid2));
-    assert_jailed(&base, pid2, FIRST_UID, mem);
-    assert_eq!(h.state("b").as_deref(), Some("crashed"));
-    assert_jail_gone(&base, FIRST_UID + 1);
-    assert!(!alive(stray), "the stray jailed VMM was killed");
-    assert!(!stale.exists(), "the stray's jail was swept");
+    crash_and_readopt(&mut h, &base, (&fc, &jailer), (pid2, pid_b3), mem);
 
     // The adopted VM stops by the ladder too, and b starts again on its own uid.
     let stopped = h.ctl_ok(&["vm", "stop", "a"]);
