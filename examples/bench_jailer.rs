@@ -50,6 +50,60 @@ struct Args {
     /// Other jails present in the last phase.
     #[arg(long, default_value_t = 500)]
     present: usize,
+    /// Only the cgroup attach probe (no VMs).
+    #[arg(long)]
+    attach_only: bool,
+}
+
+/// Where the jailer's cgroup time goes: per VM, `mkdir` of its cgroup under the (existing)
+/// `hearth` parent in each hierarchy, then the first and the further writes of a pid into
+/// `cgroup.procs`, `rounds` times with 200 ms idle between (as between creates). Shows
+/// whether pre-creating cgroups would save anything: only the first attach is slow.
+fn attach_probe(cgroups: &CgroupHost, rounds: usize) -> anyhow::Result<()> {
+    let (mut mkdirs, mut first, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let dirs: Vec<PathBuf> = cgroups
+            .mounts
+            .iter()
+            .map(|m| m.join("hearth").join(format!("bench-attach-{i}")))
+            .collect();
+        let t0 = Instant::now();
+        for d in &dirs {
+            std::fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+        }
+        mkdirs.push(t0.elapsed());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a bare process to move between cgroups"
+        )]
+        let mut child = std::process::Command::new("sleep").arg("5").spawn()?;
+        let pid = child.id().to_string();
+        for (n, d) in dirs.iter().enumerate() {
+            let t0 = Instant::now();
+            std::fs::write(d.join("cgroup.procs"), &pid)?;
+            if n == 0 {
+                first.push(t0.elapsed());
+            } else {
+                rest.push(t0.elapsed());
+            }
+        }
+        child.kill()?;
+        child.wait()?;
+        for d in &dirs {
+            std::fs::remove_dir(d)?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "cgroup attach probe ({rounds} rounds, {} hierarchies): mkdir of a VM's cgroups p50 \
+         {:.2} ms; first pid write p50 {:.2} ms (p90 {:.2}); further writes p50 {:.3} ms",
+        cgroups.mounts.len(),
+        pct(&mkdirs, 0.5),
+        pct(&first, 0.5),
+        pct(&first, 0.9),
+        pct(&rest, 0.5)
+    );
+    Ok(())
 }
 
 /// Everything the boots share.
@@ -303,6 +357,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let fc = binary::resolve(Some(&fc_path), &LinuxProcesses)?;
     let cgroups = detect_host().map_err(anyhow::Error::msg)?;
+    attach_probe(&cgroups, args.boots)?;
+    if args.attach_only {
+        return Ok(());
+    }
     let dir = tempfile::Builder::new().prefix("bj").tempdir_in("/tmp")?;
     vmlinux::write_minimal_vmlinux(&dir.path().join("vmlinux"));
     let jails = Arc::new(LinuxJails::new(base(dir.path()), cgroups.clone()));

@@ -65,7 +65,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
     let dns = deps.dns.clone();
     let supervisor = VmSupervisor::new(
         deps,
-        vmm_factory(config, log),
+        vmm_factory(config, log)?,
         supervisor_settings(config),
         Box::new(store),
         Box::new(image_store.clone()),
@@ -163,7 +163,7 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
 
 /// What makes one `FirecrackerActor` per VM: the binary (none when no usable one is found:
 /// hearthd serves, creates say why they cannot boot), the process backend, the run directory.
-fn vmm_factory(config: &Config, log: &Logger) -> VmmFactory {
+fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<VmmFactory> {
     let processes = Arc::new(LinuxProcesses::new());
     let binary = match firecracker::binary::resolve(config.firecracker_bin.as_deref(), &*processes)
     {
@@ -177,14 +177,33 @@ fn vmm_factory(config: &Config, log: &Logger) -> VmmFactory {
             None
         }
     };
-    VmmFactory {
+    // Issue 16: jailed when asked for, and then nothing runs unjailed (a host that cannot
+    // jail is an error, not a silent fallback).
+    let jail = config
+        .jailer
+        .settings()
+        .map_err(anyhow::Error::msg)
+        .context("[jailer] enabled = true, but VMMs cannot be jailed here")?;
+    match &jail {
+        Some(j) => info!(log, "VMMs run jailed"; "jailer" => %j.jailer.display(),
+            "chroot_base_dir" => %j.chroot_base.display(),
+            "cgroup_version" => j.cgroup_version.as_arg(),
+            "uid_range" => format!("{:?}", j.uid_range)),
+        None => warn!(
+            log,
+            "VMMs run unjailed: as root, with the host's filesystem in view \
+            (less isolated; set [jailer] enabled = true, docs/jailer.md)"
+        ),
+    }
+    Ok(VmmFactory {
         binary,
         processes,
         settings: FirecrackerSettings {
             socket_group: config.vm.socket_group,
             ..FirecrackerSettings::new(&config.run_dir)
         },
-    }
+        jail,
+    })
 }
 
 /// The `[vm]` section's lifecycle settings, as the supervisor takes them.

@@ -80,10 +80,6 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // Issue 16: the supervisor does not build jails yet, whatever `jailer.enabled` says.
-    warn!(log, "VMMs run unjailed: as root, with the host's filesystem in view (less isolated)";
-        "jailer.enabled" => config.jailer.enabled,
-        "note" => "jailed VMMs are not wired into the supervisor yet (docs/jailer.md)");
     for f in &findings {
         if let Some((severity, why)) = &f.problem {
             warn!(log, "host prerequisite"; "what" => &f.what, "problem" => why,

@@ -9,7 +9,11 @@
 use std::path::PathBuf;
 
 use hearth_actors::firecracker::jailer::{JailLayout, LimitPolicy};
+use std::sync::Arc;
+
 use hearth_actors::host::jails::uids::MIN_VM_UID;
+use hearth_actors::host::jails::{cgroups, LinuxJails};
+use hearth_actors::supervisor::JailSettings;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
@@ -21,9 +25,9 @@ const MAX_JAIL_ID: usize = 10;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct JailerConfig {
-    /// Run every VMM through the jailer. Checked by `hearthd --check`, but not yet acted on:
-    /// the supervisor does not build jails yet (docs/jailer.md), and hearthd logs that VMMs
-    /// run unjailed.
+    /// Run every VMM through the jailer (each VM its own uid, chroot, pid namespace and
+    /// cgroups). Off by default: see the module docs. `hearthd --check` says whether the
+    /// host can.
     pub enabled: bool,
     /// The jailer binary. Default: `jailer` in `PATH`.
     pub jailer_bin: Option<PathBuf>,
@@ -150,6 +154,43 @@ impl JailerConfig {
         Ok(())
     }
 
+    /// What the supervisor needs to jail every VMM, read from this host (the jailer binary,
+    /// the cgroup hierarchy); `None` when jailing is off.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is missing: no jailer binary, or no usable cgroup hierarchy
+    /// (or not the version asked for).
+    pub fn settings(&self) -> Result<Option<JailSettings>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let jailer = match &self.jailer_bin {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => return Err(format!("jailer.jailer_bin {} is not a file", p.display())),
+            None => crate::preflight::find_in_path("jailer")
+                .ok_or("no `jailer` in PATH (set jailer.jailer_bin)")?,
+        };
+        let host = cgroups::detect_host()?;
+        if self.cgroup_version != "auto" && host.version.as_arg() != self.cgroup_version {
+            return Err(format!(
+                "jailer.cgroup_version = {}, but this host offers memory, cpu and pids only \
+                 in cgroup v{}",
+                self.cgroup_version,
+                host.version.as_arg()
+            ));
+        }
+        let [first, last] = self.uid_range;
+        Ok(Some(JailSettings {
+            jailer,
+            cgroup_version: host.version,
+            jails: Arc::new(LinuxJails::new(&self.chroot_base_dir, host)),
+            chroot_base: self.chroot_base_dir.clone(),
+            limits: self.limit_policy(),
+            uid_range: first..=last,
+        }))
+    }
+
     /// The limit policy for `hearth_actors::firecracker::jailer::JailLimits::for_vm`.
     pub fn limit_policy(&self) -> LimitPolicy {
         LimitPolicy {
@@ -178,6 +219,20 @@ mod tests {
         let c = JailerConfig::default();
         assert!(!c.enabled);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn settings_are_none_when_off_and_name_a_missing_jailer() {
+        assert!(JailerConfig::default().settings().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("jailer");
+        let c = JailerConfig {
+            enabled: true,
+            jailer_bin: Some(missing.clone()),
+            ..JailerConfig::default()
+        };
+        let err = c.settings().unwrap_err();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
     }
 
     #[test]

@@ -72,6 +72,12 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // jailer: the uid (and gid of the same number) each jailed VM runs as, leased for the
+    // VM's life; UNIQUE so that no two VMs ever hold one uid.
+    "CREATE TABLE jail_uids (
+        vm TEXT PRIMARY KEY REFERENCES vms(name),
+        uid INTEGER NOT NULL UNIQUE
+    );",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

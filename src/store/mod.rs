@@ -7,6 +7,7 @@
 mod migrations;
 mod records;
 mod snapshots;
+mod uids;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -323,7 +324,7 @@ impl Store {
     /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        for table in ["leases", "disks", "processes", "vm_policy"] {
+        for table in ["leases", "disks", "processes", "vm_policy", "jail_uids"] {
             tx.execute(&format!("DELETE FROM {table} WHERE vm = ?1"), params![vm])?;
         }
         let n = tx.execute("DELETE FROM vms WHERE name = ?1", params![vm])?;
@@ -458,6 +459,9 @@ impl VmStore for Store {
     }
     fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError> {
         Ok(Store::put_policy(self, vm, policy)?)
+    }
+    fn put_uid(&mut self, vm: &str, uid: Option<u32>) -> Result<(), VmStoreError> {
+        Ok(Store::put_uid(self, vm, uid)?)
     }
     fn cordon(&mut self) -> Result<Option<String>, VmStoreError> {
         Ok(Store::cordon(self)?)

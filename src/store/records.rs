@@ -67,6 +67,7 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
             rec.policy = policy;
         }
     }
+    super::uids::load_into(conn, &mut out)?;
     Ok(out)
 }
 
@@ -157,6 +158,7 @@ impl RawRow {
             disk,
             process,
             policy: PolicyState::default(),
+            uid: None,
         })
     }
 }

@@ -359,3 +359,32 @@ fn the_cordon_survives_reopening() {
     s.put_cordon(None).unwrap();
     assert_eq!(s.cordon().unwrap(), None);
 }
+
+/// Jailed VMs' uids (issue 16): recorded per VM, never two VMs on one uid, gone with the VM,
+/// kept across a reopen; an unknown VM is named.
+#[test]
+fn jail_uids_are_unique_per_vm_and_go_with_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_vm(&spec("a")).unwrap();
+        s.insert_vm(&spec("b")).unwrap();
+        s.put_uid("a", Some(900_000)).unwrap();
+        assert!(s.put_uid("b", Some(900_000)).is_err(), "one uid, one VM");
+        assert!(matches!(
+            s.put_uid("nope", Some(900_001)),
+            Err(StoreError::NotFound(n)) if n == "nope"
+        ));
+        s.put_uid("b", Some(900_001)).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let uids: Vec<_> = s.load_all().unwrap().iter().map(|r| r.uid).collect();
+    assert_eq!(uids, [Some(900_000), Some(900_001)]);
+    s.put_uid("b", None).unwrap();
+    s.delete_vm("a").unwrap();
+    assert_eq!(s.load_all().unwrap()[0].uid, None);
+    // a's uid is free with a gone.
+    s.insert_vm(&spec("c")).unwrap();
+    s.put_uid("c", Some(900_000)).unwrap();
+}

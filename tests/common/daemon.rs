@@ -31,6 +31,9 @@ pub struct HearthHost {
     /// `FC_SIM_*` variables given to hearthd (and so to every VMM it spawns).
     knobs: Vec<(String, String)>,
     daemon: Option<Child>,
+    /// Launch hearthd with `nsenter --net` rather than `ip netns exec`, which remounts `/sys`
+    /// and so hides the host's cgroup hierarchies (the jailer needs them).
+    host_mounts: bool,
 }
 
 impl HearthHost {
@@ -54,6 +57,22 @@ impl HearthHost {
         knobs: &[(&str, &str)],
         vm_config: &str,
         default_route: bool,
+    ) -> Self {
+        Self::start_opts(fc, knobs, vm_config, default_route, false)
+    }
+
+    /// Like [`HearthHost::start_with_vmm`], hearthd seeing the host's mounts (its cgroups):
+    /// for jailed VMMs.
+    pub fn start_jailed(fc: &Path, vm_config: &str) -> Self {
+        Self::start_opts(fc, &[], vm_config, true, true)
+    }
+
+    fn start_opts(
+        fc: &Path,
+        knobs: &[(&str, &str)],
+        vm_config: &str,
+        default_route: bool,
+        host_mounts: bool,
     ) -> Self {
         // A short path: socket paths under the run directory must fit in 108 bytes.
         let dir = tempfile::Builder::new()
@@ -95,6 +114,7 @@ impl HearthHost {
             dir,
             knobs,
             daemon: None,
+            host_mounts,
         };
         host.launch();
         host.ctl_ok(&[
@@ -124,9 +144,17 @@ impl HearthHost {
             .append(true)
             .open(self.path("hearthd.log"))
             .expect("log file");
-        // `ip netns exec` execs hearthd: the child's pid is hearthd's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.ns.name()])
+        // `ip netns exec` (and `nsenter`) exec hearthd: the child's pid is hearthd's.
+        let mut cmd = if self.host_mounts {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", self.ns.name()));
+            c
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", self.ns.name()]);
+            c
+        };
+        let child = cmd
             .arg(env!("CARGO_BIN_EXE_hearthd"))
             .arg("--config")
             .arg(self.path("hearthd.toml"))

@@ -708,6 +708,8 @@ impl Handler<ProcessExited> for FirecrackerActor {
         if let Err(e) = self.run_dir.remove_sockets() {
             slog::warn!(self.log, "cannot remove sockets"; "error" => %e);
         }
+        // Jailed (issue 16): the jail and cgroups of the exited VMM go now.
+        self.jail_after_exit();
         match self.stop_rung.take() {
             Some(rung) if rung != StopRung::AlreadyExited => {
                 if let Some(console) = console {

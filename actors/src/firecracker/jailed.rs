@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{ActorFutureExt, AtomicResponse, WrapFuture};
+use actix::{ActorFutureExt, AtomicResponse, Context, Handler, Message, WrapFuture};
 
 use crate::host::jails::{JailError, JailFile, JailPlan, Jails};
 use crate::host::processes::{ExitStatus, Process, ProcessIdentity, Signal, SpawnSpec};
@@ -310,6 +310,53 @@ impl FirecrackerActor {
         id: &ProcessIdentity,
     ) -> Option<Result<(), String>> {
         self.jail.as_ref().map(|j| j.check_identity(pid, id))
+    }
+}
+
+/// The files the jailed VMM will open (kernel, disk), set before its spawn: a create makes
+/// the disk after the actor exists. Refused for an unjailed actor or while a VMM runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct SetJailFiles {
+    /// The files, replacing any set before.
+    pub files: Vec<JailFile>,
+}
+
+impl Handler<SetJailFiles> for FirecrackerActor {
+    type Result = Result<(), FirecrackerError>;
+
+    fn handle(&mut self, msg: SetJailFiles, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.can_spawn() {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "set the jail files of",
+            });
+        }
+        let Some(jail) = self.jail.as_mut() else {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "set jail files (the VM is not jailed)",
+            });
+        };
+        for f in &msg.files {
+            crate::host::jails::check_name(&f.name).map_err(jail_err)?;
+        }
+        jail.files = msg.files;
+        Ok(())
+    }
+}
+
+impl FirecrackerActor {
+    /// After the jailed VMM exited: its jail and cgroups go at once (a new spawn makes them
+    /// again), so a stopped or crashed VM leaves no jail behind. A failure is logged: the
+    /// jail is removed again with the run directory, or swept at the next `Open`.
+    pub(super) fn jail_after_exit(&mut self) {
+        if self.jail.is_none() {
+            return;
+        }
+        if let Err(e) = self.remove_jail() {
+            slog::warn!(self.log, "cannot remove the jail after the VMM exited"; "error" => %e);
+        }
     }
 }
 

@@ -98,15 +98,31 @@ impl VmSupervisor {
             .as_ref()
             .map(|b| b.path.clone())
             .ok_or_else(SupervisorError::no_firecracker_binary)?;
-        let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
-            .map_err(|e| SupervisorError::step("run directory", e))?
-            .api_socket();
-        // A fresh process actor per boot: the previous one may still be winding down.
-        if let Some(e) = self.vms.get_mut(name) {
-            e.vmm = None;
-        }
-        let vmm = self.vmm_for(name, ctx)?;
+        // Jailed (issue 16): the VM's uid, leased at its first boot; it names the jail.
+        let jail = self.lease_uid(name)?;
+        let made = self
+            .api_socket_of(name, jail.map(|(uid, _)| uid))
+            .and_then(|api_socket| {
+                // A fresh process actor per boot: the previous one may still be winding down.
+                if let Some(e) = self.vms.get_mut(name) {
+                    e.vmm = None;
+                }
+                Ok((api_socket, self.vmm_for(name, ctx)?))
+            });
+        let (api_socket, vmm) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                if let Some((_, true)) = jail {
+                    if let Err(undo) = self.apply(name, super::Change::Uid(None)) {
+                        slog::warn!(self.log, "uid lease not given back"; "vm" => name, "error" => %undo);
+                    }
+                }
+                return Err(e);
+            }
+        };
         Ok(BootPlan {
+            jail_uid: jail.map(|(uid, _)| uid),
+            uid_fresh: jail.is_some_and(|(_, fresh)| fresh),
             spec,
             kernel,
             rootfs_base,
@@ -790,6 +806,10 @@ impl Handler<Open> for VmSupervisor {
         for r in &records {
             self.vms
                 .insert(r.spec.name.clone(), VmEntry::new(r.clone()));
+        }
+        // Before any actor is made: a VM's recorded uid names its jail.
+        self.restore_uids();
+        for r in &records {
             let Some(process) = r.process.as_ref().and_then(VmmProcessRecord::spawned) else {
                 continue;
             };
@@ -824,6 +844,8 @@ impl Handler<Open> for VmSupervisor {
             .map(|found| found.into_iter().collect::<BTreeMap<_, _>>());
         Box::pin(adopt.into_actor(self).then(move |adoptions, act, ctx| {
             let plan = plan_repairs(&records, &adoptions);
+            // Jails (issue 16): only those of VMs whose VMM lives on are kept.
+            let jail_sweep = act.jail_sweep_plan(&plan.alive);
             let ports = act.ports(ctx);
             let vmms: BTreeMap<String, Addr<FirecrackerActor>> = act
                 .vms
@@ -833,7 +855,7 @@ impl Handler<Open> for VmSupervisor {
             let known: BTreeSet<String> = act.vms.keys().cloned().collect();
             let run_base = act.vmm.settings.run_base.clone();
             let processes = act.vmm.processes.clone();
-            execute(ports, plan, vmms, known, run_base, processes)
+            execute(ports, plan, vmms, known, run_base, processes, jail_sweep)
                 .boxed_local()
                 .into_actor(act)
                 .then(|res, act, ctx| {

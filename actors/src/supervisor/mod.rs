@@ -31,6 +31,7 @@ mod expiry;
 mod fork;
 mod guest;
 mod handlers;
+mod jailing;
 mod messages;
 pub mod metrics;
 pub mod node;
@@ -69,6 +70,7 @@ use crate::tap_pool::TapPoolActor;
 
 pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
+pub use jailing::JailSettings;
 pub use messages::*;
 use metrics::Histogram;
 pub use node::{Drain, DrainProgress, GetNode, NodeStatus, SetCordon};
@@ -103,6 +105,8 @@ pub struct VmmFactory {
     pub processes: Arc<dyn Processes>,
     /// Run directories, timeouts, console cap.
     pub settings: FirecrackerSettings,
+    /// How VMMs are jailed; `None` runs them unjailed, as root (issue 16).
+    pub jail: Option<JailSettings>,
 }
 
 /// Lifecycle tunables.
@@ -230,6 +234,8 @@ pub struct VmSupervisor {
     cordon: Option<String>,
     /// The running or last drain.
     drain: Option<node::DrainProgress>,
+    /// The uid leases of jailed VMs (empty when jailing is off).
+    uids: crate::host::jails::uids::UidPool,
 }
 
 impl VmSupervisor {
@@ -242,6 +248,9 @@ impl VmSupervisor {
         catalog: Box<dyn ImageCatalog>,
         log: Logger,
     ) -> Self {
+        // An empty range when jailing is off: nothing is ever leased.
+        #[expect(clippy::reversed_empty_ranges, reason = "deliberately empty")]
+        let uid_range = vmm.jail.as_ref().map_or(1..=0, |j| j.uid_range.clone());
         Self {
             deps,
             vmm,
@@ -261,6 +270,7 @@ impl VmSupervisor {
             policy_rt: restart::PolicyRuntime::default(),
             cordon: None,
             drain: None,
+            uids: crate::host::jails::uids::UidPool::new(uid_range),
         }
     }
 
@@ -313,7 +323,7 @@ impl VmSupervisor {
             self.log.clone(),
         )
         .map_err(|e| SupervisorError::step("prepare the VMM", e))?;
-        Ok(actor.start())
+        Ok(self.jail_actor(name, actor)?.start())
     }
 
     /// Applies one change: store first (durable), then memory, then events and waiters.
@@ -332,6 +342,7 @@ impl VmSupervisor {
             Change::Process(None) => self.store.clear_process(vm)?,
             Change::Spec(spec) => self.store.put_spec(vm, spec)?,
             Change::Policy(p) => self.store.put_policy(vm, p)?,
+            Change::Uid(u) => self.store.put_uid(vm, *u)?,
             Change::Remove => self.store.delete_vm(vm)?,
         }
         match change {
@@ -345,6 +356,7 @@ impl VmSupervisor {
                     disk: None,
                     process: None,
                     policy: PolicyState::default(),
+                    uid: None,
                 };
                 self.vms.insert(vm.to_owned(), VmEntry::new(record));
                 self.publish(vm, VmState::Creating, EventReason::User, None);
@@ -366,8 +378,16 @@ impl VmSupervisor {
             Change::Process(p) => self.with_record(vm, |r| r.process = p),
             Change::Spec(spec) => self.with_record(vm, |r| r.spec = *spec),
             Change::Policy(p) => self.with_record(vm, |r| r.policy = p),
+            Change::Uid(u) => {
+                if u.is_none() {
+                    self.uids.release(vm);
+                }
+                self.with_record(vm, |r| r.uid = u);
+            }
             Change::Remove => {
                 self.vms.remove(vm);
+                // The VM's uid goes with it (its row was deleted with the VM's).
+                self.uids.release(vm);
                 self.policy_rt.pending.remove(vm);
                 self.publish(vm, VmState::Deleting, EventReason::User, Some("deleted"));
                 for w in std::mem::take(&mut self.waiters) {
@@ -477,10 +497,14 @@ pub(crate) enum Change {
     Process(Option<VmmProcessRecord>),
     Spec(Box<hearth_proto::api::CreateVm>),
     Policy(PolicyState),
+    /// The uid a jailed VM runs as (`None`: given back).
+    Uid(Option<u32>),
     Remove,
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_jail;
 #[cfg(test)]
 mod tests_policy;

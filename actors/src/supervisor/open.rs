@@ -298,6 +298,7 @@ pub(super) async fn execute(
     known: BTreeSet<String>,
     run_base: std::path::PathBuf,
     processes: Arc<dyn Processes>,
+    jail_sweep: Option<super::jailing::JailSweep>,
 ) -> Result<(OpenReport, Vec<String>), SupervisorError> {
     repair(&p, &mut plan, &vmms).await?;
     let live: BTreeSet<&String> = known.iter().filter(|n| !plan.forget.contains(n)).collect();
@@ -307,6 +308,10 @@ pub(super) async fn execute(
     let alive: BTreeSet<&String> = plan.alive.iter().collect();
     sweep_strays(&p, &*processes, &run_base, &alive, &mut plan.report).await;
     sweep_run_dirs(&p, &run_base, &live, &alive, &mut plan.report).await;
+    // Jailed VMMs of no live VM, and their jails (issue 16): before the pool takes TAPs back.
+    if let Some(sweep) = jail_sweep {
+        plan.report.swept.extend(sweep.run(&p.log).await);
+    }
 
     // Rebuild the network around the VMs that live.
     let pool = p

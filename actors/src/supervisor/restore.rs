@@ -103,6 +103,8 @@ impl VmSupervisor {
         let name = spec.name.clone();
         let prepared = (|| {
             self.check_open()?;
+            // Issue 16: a restored VMM is not jailed yet; refused rather than run unjailed.
+            self.refuse_if_jailed("Restoring a snapshot")?;
             if validate_name {
                 spec.validate()?;
             }

@@ -110,6 +110,8 @@ pub(super) enum Undo {
     Guest(NetLease),
     Nat(NetLease),
     Process(Addr<FirecrackerActor>),
+    /// A uid leased for this boot (jailed): given back.
+    Uid,
 }
 
 /// Runs undos in reverse order; each failure is logged and the rest still run.
@@ -175,6 +177,7 @@ pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
             Undo::Guest(lease) => ("guest registration", unregister(p, &lease).await),
             Undo::Lease(lease) => ("lease", release_lease(p, vm, lease).await),
             Undo::Disk => ("disk", remove_disk(p, vm).await),
+            Undo::Uid => ("uid", p.commit(vm, Change::Uid(None)).await),
         };
         if let Err(e) = res {
             warn!(p.log, "undo step failed"; "vm" => vm, "step" => what, "error" => %e);
@@ -267,6 +270,10 @@ pub(super) struct BootPlan {
     pub vmm: Addr<FirecrackerActor>,
     pub api_socket: PathBuf,
     pub binary: PathBuf,
+    /// The uid the VM runs as when jailed (it names the jail).
+    pub jail_uid: Option<u32>,
+    /// The uid was leased for this boot: given back if it fails.
+    pub uid_fresh: bool,
 }
 
 /// Disk (if needed) -> lease -> guest registration -> spawn -> configure -> start -> NAT ->
@@ -309,8 +316,12 @@ struct Boot<'a> {
 impl Boot<'_> {
     /// The steps in order.
     async fn run(&mut self) -> Result<VmState, SupervisorError> {
+        if self.plan.uid_fresh {
+            self.undo.push(Undo::Uid);
+        }
         let disk = self.disk().await?;
         let lease = self.network().await?;
+        self.jail_files(&disk).await?;
         let vsock_cid = self.spawn(&lease).await?;
         self.configure_and_start(disk, &lease, vsock_cid).await?;
         self.nat_and_dns(&lease).await?;
@@ -365,6 +376,22 @@ impl Boot<'_> {
         let lease = lease_network(p, vm, &mut self.undo).await?;
         p.observe("lease", self.lap()).await;
         Ok(lease)
+    }
+
+    /// Jailed: the files the VMM opens (kernel, the disk just made) handed to its actor,
+    /// which puts them in the jail at the spawn. No undo: the jail goes when the VMM does.
+    async fn jail_files(&mut self, disk: &std::path::Path) -> Result<(), SupervisorError> {
+        let plan = self.plan;
+        if plan.jail_uid.is_none() {
+            return Ok(());
+        }
+        plan.vmm
+            .send(super::jailing::SetJailFiles {
+                files: super::jailing::boot_files(plan.kernel.clone(), disk.to_path_buf()),
+            })
+            .await
+            .map_err(mailbox("jail"))?
+            .map_err(step("jail"))
     }
 
     /// The VMM process: recorded before the spawn, so a crash mid-spawn leaves a trace to

@@ -144,6 +144,10 @@ impl VmSupervisor {
         leave: SnapshotLeave,
         internal: bool,
     ) -> ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>> {
+        // Issue 16: a jailed VMM writes only inside its jail; not supported yet (forks too).
+        if let Err(e) = self.refuse_if_jailed("Taking a snapshot") {
+            return Box::pin(ready(Err(e)));
+        }
         if self.settings.snapshot_dir.as_os_str().is_empty() {
             return Box::pin(ready(Err(SupervisorError::Unavailable {
                 what: "This hearthd keeps no snapshots (no snapshot directory)".into(),

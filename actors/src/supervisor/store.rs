@@ -95,6 +95,8 @@ pub struct VmRecord {
     pub process: Option<VmmProcessRecord>,
     /// Its lifecycle-policy bookkeeping.
     pub policy: PolicyState,
+    /// The uid (and gid) it runs as when jailed, leased for its life (issue 16).
+    pub uid: Option<u32>,
 }
 
 /// What the lifecycle policies remember about a VM (restart history, time limit), stored so
@@ -150,6 +152,8 @@ pub trait VmStore {
     fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError>;
     /// Records a VM's lifecycle-policy bookkeeping.
     fn put_policy(&mut self, vm: &str, policy: &PolicyState) -> Result<(), VmStoreError>;
+    /// Records the uid a jailed VM runs as, or with `None` forgets it (released).
+    fn put_uid(&mut self, vm: &str, uid: Option<u32>) -> Result<(), VmStoreError>;
     /// The host's cordon reason, when it is cordoned.
     fn cordon(&mut self) -> Result<Option<String>, VmStoreError>;
     /// Cordons the host with `reason`, or with `None` uncordons it.
@@ -233,6 +237,7 @@ impl VmStore for MemoryVmStore {
                 disk: None,
                 process: None,
                 policy: PolicyState::default(),
+                uid: None,
             },
         );
         Ok(())
@@ -240,6 +245,24 @@ impl VmStore for MemoryVmStore {
 
     fn put_spec(&mut self, vm: &str, spec: &CreateVm) -> Result<(), VmStoreError> {
         self.vm(vm)?.spec = spec.clone();
+        Ok(())
+    }
+
+    fn put_uid(&mut self, vm: &str, uid: Option<u32>) -> Result<(), VmStoreError> {
+        self.check()?;
+        if let Some(u) = uid {
+            if let Some(other) = self
+                .vms
+                .values()
+                .find(|r| r.uid == Some(u) && r.spec.name != vm)
+            {
+                return Err(VmStoreError::Storage(format!(
+                    "uid {u} is recorded for {} already",
+                    other.spec.name
+                )));
+            }
+        }
+        self.vm(vm)?.uid = uid;
         Ok(())
     }
 

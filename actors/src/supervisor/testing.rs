@@ -84,8 +84,36 @@ pub fn supervisor_with_settings(
     run_base: PathBuf,
     settings: SupervisorSettings,
 ) -> (Addr<VmSupervisor>, FakeDisks, Addr<TapPoolActor>) {
-    let (sup, disks, pool) = build(with_binary, store, pool, processes, run_base, settings);
+    let (sup, disks, pool) = build(
+        with_binary,
+        store,
+        pool,
+        processes,
+        run_base,
+        settings,
+        None,
+    );
     (sup.start(), disks, pool)
+}
+
+/// A supervisor over fakes (with a binary) whose VMMs are jailed by `jail` (e.g. over
+/// `FakeJails`), with run directories under `run_base`.
+pub fn supervisor_jailed(
+    store: MemoryVmStore,
+    processes: FakeProcesses,
+    run_base: PathBuf,
+    jail: super::JailSettings,
+) -> (Addr<VmSupervisor>, FakeDisks) {
+    let (sup, disks, _) = build(
+        true,
+        store,
+        TapPoolConfig::default(),
+        processes,
+        run_base,
+        SupervisorSettings::default(),
+        Some(jail),
+    );
+    (sup.start(), disks)
 }
 
 /// A supervisor over fakes (with a binary) whose policies read `clock` and check only when
@@ -112,6 +140,7 @@ pub fn supervisor_with_clock(
         processes,
         run_base,
         settings,
+        None,
     );
     sup.with_clock(clock).start()
 }
@@ -123,6 +152,7 @@ fn build(
     processes: FakeProcesses,
     run_base: PathBuf,
     settings: SupervisorSettings,
+    jail: Option<super::JailSettings>,
 ) -> (VmSupervisor, FakeDisks, Addr<TapPoolActor>) {
     let tap_pool = TapPoolActor::new(pool, std::rc::Rc::new(FakeLinks::new()), log())
         .unwrap()
@@ -162,6 +192,7 @@ fn build(
         }),
         processes: Arc::new(processes),
         settings: FirecrackerSettings::new(run_base),
+        jail,
     };
     let images = StaticImages(BTreeMap::from([
         (

@@ -50,6 +50,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
             vsock_cid: 3,
         }),
         policy: PolicyState::default(),
+        uid: None,
     }
 }
 

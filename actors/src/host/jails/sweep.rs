@@ -3,9 +3,62 @@
 //! (the store's uid leases of VMs whose VMM was adopted); this only lists and removes.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::{JailError, Jails};
+use crate::firecracker::jailed::check_jailed_identity;
 use crate::firecracker::jailer::JailLayout;
+use crate::host::processes::{Processes, Signal};
+
+/// How long a stray jailed VMM has to exit after SIGKILL.
+const STRAY_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Before a [`sweep`]: SIGKILLs the VMM still running in each jail `keep` rejects (a VMM
+/// spawned but never recorded, or one that failed adoption), so its jail and cgroups can
+/// go. A pid is signalled only through a pidfd and only when it is that jail's VMM (command
+/// line and root checked); answers the pids killed.
+pub async fn kill_strays(
+    jails: &dyn Jails,
+    processes: &dyn Processes,
+    base: &Path,
+    exec_file: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<u32> {
+    let exec_name = exec_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut killed = Vec::new();
+    for id in jails.list(exec_name).unwrap_or_default() {
+        if keep(&id) {
+            continue;
+        }
+        let Ok(layout) = JailLayout::new(base, exec_file, &id) else {
+            continue;
+        };
+        // No pid file: the jailer never got that far, nothing runs.
+        let Ok(pid) = jails.read_pid(&layout) else {
+            continue;
+        };
+        let Ok(process) = processes.open(pid) else {
+            continue;
+        };
+        let ours = processes
+            .identity(pid)
+            .is_ok_and(|id| check_jailed_identity(&layout, pid, &id).is_ok());
+        if !ours || process.has_exited() {
+            continue;
+        }
+        if process.signal(Signal::Kill).is_ok()
+            && tokio::time::timeout(STRAY_KILL_WAIT, process.wait())
+                .await
+                .is_ok()
+        {
+            killed.push(pid);
+        }
+    }
+    killed
+}
 
 /// What a sweep did.
 #[derive(Debug, Default)]

@@ -1,0 +1,238 @@
+//! Jailed VMMs in the supervisor (issue 16): each VM's uid lease (taken at its first boot,
+//! recorded in the store, given back when the VM is deleted or its first boot fails), the
+//! [`VmJail`] its `FirecrackerActor` is made with, and the sweep of jails no live VM uses.
+//!
+//! A VM's jail id is its uid, so the lease alone names its jail, cgroups and sockets; the
+//! files its VMM opens are handed to the actor just before the spawn ([`SetJailFiles`]),
+//! because a create makes the disk after the actor exists.
+
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use slog::{info, warn};
+
+use super::{Change, SupervisorError, VmSupervisor};
+use crate::firecracker::jailer::{CgroupVersion, JailLayout, JailLimits, LimitPolicy};
+use crate::firecracker::{FirecrackerActor, RunDir, VmJail};
+use crate::host::jails::{sweep, JailFile, Jails};
+use crate::host::processes::Processes;
+
+pub use crate::firecracker::jailed::SetJailFiles;
+
+/// How every VMM of this supervisor is jailed (`VmmFactory::jail`; `None` runs them
+/// unjailed, as root).
+#[derive(Clone)]
+pub struct JailSettings {
+    /// The jailer binary.
+    pub jailer: PathBuf,
+    /// The host side of jails.
+    pub jails: Arc<dyn Jails>,
+    /// The jailer's `--chroot-base-dir`.
+    pub chroot_base: PathBuf,
+    /// The host's cgroup hierarchy.
+    pub cgroup_version: CgroupVersion,
+    /// How a VM's limits follow from its size.
+    pub limits: LimitPolicy,
+    /// The uids (and gids) VMs get, one each.
+    pub uid_range: RangeInclusive<u32>,
+}
+
+impl std::fmt::Debug for JailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JailSettings")
+            .field("jailer", &self.jailer)
+            .field("chroot_base", &self.chroot_base)
+            .field("uid_range", &self.uid_range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names the VM's files get inside its jail.
+const KERNEL_IN_JAIL: &str = "vmlinux";
+const ROOTFS_IN_JAIL: &str = "rootfs";
+
+/// The files a booting VM's VMM opens, for [`SetJailFiles`]: its kernel (read-only, shared
+/// by VMs) and its own disk (given to its uid).
+pub(super) fn boot_files(kernel: PathBuf, disk: PathBuf) -> Vec<JailFile> {
+    vec![
+        JailFile {
+            source: kernel,
+            name: KERNEL_IN_JAIL.into(),
+            writable: false,
+        },
+        JailFile {
+            source: disk,
+            name: ROOTFS_IN_JAIL.into(),
+            writable: true,
+        },
+    ]
+}
+
+impl VmSupervisor {
+    /// The jail of the VM holding `uid`.
+    fn jail_layout(&self, js: &JailSettings, uid: u32) -> Result<JailLayout, SupervisorError> {
+        let binary = self
+            .vmm
+            .binary
+            .as_ref()
+            .ok_or_else(SupervisorError::no_firecracker_binary)?;
+        JailLayout::new(&js.chroot_base, &binary.path, &JailLayout::id_for_uid(uid))
+            .map_err(|e| SupervisorError::step("jail", e))
+    }
+
+    /// `actor` jailed as `name`'s recorded uid says, or as it is when the VM holds none (or
+    /// jailing is off).
+    pub(super) fn jail_actor(
+        &self,
+        name: &str,
+        actor: FirecrackerActor,
+    ) -> Result<FirecrackerActor, SupervisorError> {
+        let Some(js) = &self.vmm.jail else {
+            return Ok(actor);
+        };
+        let Some(record) = self.vms.get(name).map(|e| &e.record) else {
+            return Ok(actor);
+        };
+        let Some(uid) = record.uid else {
+            return Ok(actor);
+        };
+        let limits = JailLimits::for_vm(
+            record.spec.vcpus,
+            u64::from(record.spec.memory_mib),
+            &js.limits,
+        );
+        let jail = VmJail::new(
+            js.jailer.clone(),
+            js.jails.clone(),
+            self.jail_layout(js, uid)?,
+            uid,
+            uid,
+            js.cgroup_version,
+            limits,
+            Vec::new(),
+        );
+        Ok(actor.jailed(jail))
+    }
+
+    /// Before a boot of `name` with jailing on: its uid, leased now (and recorded) if it holds
+    /// none yet. Answers `None` when jailing is off, else the uid and whether it is new (a new
+    /// lease is given back if the boot fails).
+    pub(super) fn lease_uid(&mut self, name: &str) -> Result<Option<(u32, bool)>, SupervisorError> {
+        if self.vmm.jail.is_none() {
+            return Ok(None);
+        }
+        let recorded = self.entry(name)?.record.uid;
+        if let Some(uid) = recorded {
+            return Ok(Some((uid, false)));
+        }
+        let uid = self
+            .uids
+            .acquire(name)
+            .map_err(|e| SupervisorError::Unavailable {
+                what: format!("Cannot jail VM {name}: {e}"),
+            })?;
+        if let Err(e) = self.apply(name, Change::Uid(Some(uid))) {
+            self.uids.release(name);
+            return Err(e);
+        }
+        info!(self.log, "uid leased"; "vm" => name, "uid" => uid);
+        Ok(Some((uid, true)))
+    }
+
+    /// The API socket of `name`'s VMM as recorded in its process record: in its jail when it
+    /// holds a uid.
+    pub(super) fn api_socket_of(
+        &self,
+        name: &str,
+        uid: Option<u32>,
+    ) -> Result<PathBuf, SupervisorError> {
+        let dir = RunDir::new(&self.vmm.settings.run_base, name)
+            .map_err(|e| SupervisorError::step("run directory", e))?;
+        match (uid, &self.vmm.jail) {
+            (Some(uid), Some(js)) => Ok(self.jail_layout(js, uid)?.api_socket()),
+            _ => Ok(dir.api_socket()),
+        }
+    }
+
+    /// At `Open`: the recorded leases back into the pool. A lease the pool refuses (the range
+    /// was changed) stays recorded and is logged; the pool never hands out that uid.
+    pub(super) fn restore_uids(&mut self) {
+        let leases: Vec<(String, u32)> = self
+            .vms
+            .iter()
+            .filter_map(|(n, e)| e.record.uid.map(|u| (n.clone(), u)))
+            .collect();
+        for (vm, uid) in leases {
+            if let Err(e) = self.uids.restore(uid, &vm) {
+                warn!(self.log, "recorded uid not taken back"; "vm" => &vm, "error" => %e);
+            }
+        }
+    }
+
+    /// A refusal for operations not supported on jailed VMMs yet.
+    pub(super) fn refuse_if_jailed(&self, what: &str) -> Result<(), SupervisorError> {
+        if self.vmm.jail.is_some() {
+            return Err(SupervisorError::Unavailable {
+                what: format!("{what} is not supported with [jailer] enabled yet (docs/jailer.md)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// What `Open`'s jail sweep needs, if jailing is on: the settings, the exec file, the
+    /// process backend and the jail ids to keep (those of VMs in `alive`).
+    pub(super) fn jail_sweep_plan(&self, alive: &BTreeSet<String>) -> Option<JailSweep> {
+        let js = self.vmm.jail.clone()?;
+        let exec = self.vmm.binary.as_ref()?.path.clone();
+        let keep = self
+            .vms
+            .iter()
+            .filter(|(n, _)| alive.contains(*n))
+            .filter_map(|(_, e)| e.record.uid.map(JailLayout::id_for_uid))
+            .collect();
+        Some(JailSweep {
+            js,
+            exec,
+            processes: self.vmm.processes.clone(),
+            keep,
+        })
+    }
+}
+
+/// One sweep of jails at `Open` (see [`VmSupervisor::jail_sweep_plan`]).
+pub(super) struct JailSweep {
+    js: JailSettings,
+    exec: PathBuf,
+    processes: Arc<dyn Processes>,
+    keep: BTreeSet<String>,
+}
+
+impl JailSweep {
+    /// Kills the VMM still running in a jail no live VM uses (its identity checked), then
+    /// removes those jails; answers what it swept, for the report.
+    pub(super) async fn run(self, log: &slog::Logger) -> Vec<String> {
+        let JailSweep {
+            js,
+            exec,
+            processes,
+            keep,
+        } = self;
+        let killed = sweep::kill_strays(&*js.jails, &*processes, &js.chroot_base, &exec, |id| {
+            keep.contains(id)
+        })
+        .await;
+        let mut swept: Vec<String> = killed.iter().map(|pid| format!("process {pid}")).collect();
+        match sweep::sweep(&*js.jails, &js.chroot_base, &exec, |id| keep.contains(id)) {
+            Ok(r) => {
+                for (id, e) in &r.failed {
+                    warn!(log, "jail not removed"; "id" => id, "error" => %e);
+                }
+                swept.extend(r.removed.into_iter().map(|id| format!("jail {id}")));
+            }
+            Err(e) => warn!(log, "cannot list jails"; "error" => %e),
+        }
+        swept
+    }
+}

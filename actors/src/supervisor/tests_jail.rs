@@ -1,0 +1,316 @@
+//! The supervisor with jailed VMMs over fakes (issue 16): uid leases and the undo paths of a
+//! failing jail step. The success path runs against the real jailer in `tests/jailer_supervisor.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use hearth_proto::api::{self, VmState};
+
+use super::*;
+use crate::firecracker::jailer::{CgroupVersion, LimitPolicy};
+use crate::host::disks::fake::FakeDisks;
+use crate::host::jails::FakeJails;
+use crate::host::processes::fake::{FakeCall, FakeProcesses};
+use crate::host::processes::ExitStatus;
+
+const UID: u32 = 900_000;
+
+fn spec(name: &str) -> api::CreateVm {
+    serde_json::from_value(serde_json::json!({"name": name, "kernel": "vmlinux", "rootfs": "base"}))
+        .unwrap()
+}
+
+/// A supervisor jailing over `jails` with the uids `UID..=last`.
+fn jailed(
+    store: MemoryVmStore,
+    processes: FakeProcesses,
+    dir: &Path,
+    jails: Arc<FakeJails>,
+    last: u32,
+) -> (Addr<VmSupervisor>, FakeDisks) {
+    let js = JailSettings {
+        jailer: "/usr/bin/jailer".into(),
+        jails,
+        chroot_base: dir.join("j"),
+        cgroup_version: CgroupVersion::V1,
+        limits: LimitPolicy::default(),
+        uid_range: UID..=last,
+    };
+    testing::supervisor_jailed(store, processes, dir.join("vms"), js)
+}
+
+async fn create(sup: &Addr<VmSupervisor>, name: &str) -> Result<api::VmInfo, SupervisorError> {
+    sup.send(CreateVm {
+        spec: spec(name),
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// The jail calls other than the sweep's listings.
+fn jail_calls(jails: &FakeJails) -> Vec<String> {
+    jails
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("list "))
+        .collect()
+}
+
+fn spawned(fake: &FakeProcesses) -> Vec<PathBuf> {
+    fake.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Spawn(s) => Some(s.program),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A jail that cannot be made fails the create before anything is spawned, and leaves
+/// nothing: no jail, the disk removed, the uid given back (the next VM gets the same one).
+#[actix::test]
+async fn a_failing_jail_leaves_nothing_and_gives_the_uid_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let (sup, disks) = jailed(
+        MemoryVmStore::default(),
+        fake.clone(),
+        dir.path(),
+        jails.clone(),
+        UID, // one uid only
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+    jails.fail_next("prepare");
+    let err = create(&sup, "a").await.unwrap_err();
+    assert!(err.to_string().contains("Injected failure"), "{err}");
+    let info = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed);
+    assert!(spawned(&fake).is_empty(), "nothing spawned");
+    assert!(jails.jails().is_empty(), "no jail left");
+    assert!(
+        disks.calls().iter().any(|c| c.contains("remove")),
+        "the disk was undone: {:?}",
+        disks.calls()
+    );
+    // The only uid is free again: the next VM's jail is made with it.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jail_calls(&jails), ["prepare 900000", "prepare 900000"]);
+}
+
+/// The jailer failing (e.g. an unavailable cgroup controller) fails the create; the jail it
+/// was given is removed and the uid given back.
+#[actix::test]
+async fn a_failing_jailer_leaves_no_jail() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let (sup, _) = jailed(
+        MemoryVmStore::default(),
+        fake.clone(),
+        dir.path(),
+        jails.clone(),
+        UID,
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+    let exit = async {
+        // The jailer (the fake's first pid) exits 1.
+        while spawned(&fake).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fake.exit(1001, ExitStatus::Code(1));
+    };
+    let (res, ()) = tokio::join!(create(&sup, "a"), exit);
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("spawn"), "{err}");
+    assert_eq!(spawned(&fake), [PathBuf::from("/usr/bin/jailer")]);
+    // The jailer was handed the VM's kernel and disk, and ran as the leased uid.
+    let spec = fake
+        .calls()
+        .into_iter()
+        .find_map(|c| match c {
+            FakeCall::Spawn(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let args: Vec<String> = spec
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args = args.join(" ");
+    assert!(args.contains("--uid 900000 --gid 900000"), "{args}");
+    assert!(args.contains("--id 900000"), "{args}");
+    assert!(jails.jails().is_empty(), "{:?}", jails.calls());
+    assert!(jails.calls().contains(&"remove 900000".to_string()));
+}
+
+/// A recorded uid is taken back at `Open` (so a second VM cannot get it), kept through a
+/// failed start, and given back when its VM is deleted.
+#[actix::test]
+async fn uids_are_leased_once_and_given_back_on_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.set_state("a", VmState::Stopped, None).unwrap();
+    store.put_uid("a", Some(UID)).unwrap();
+    // The store refuses a second VM on the same uid.
+    store.insert_vm(&spec("x")).unwrap();
+    assert!(store.put_uid("x", Some(UID)).is_err());
+    store.delete_vm("x").unwrap();
+    let jails = Arc::new(FakeJails::new());
+    let (sup, _) = jailed(store, FakeProcesses::new(), dir.path(), jails.clone(), UID);
+    sup.send(Open {}).await.unwrap().unwrap();
+
+    // The one uid is a's: b cannot be jailed, and says why (503), with nothing made.
+    let err = create(&sup, "b").await.unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("No free uid"), "{err}");
+    assert!(jail_calls(&jails).is_empty(), "{:?}", jails.calls());
+
+    // A failed start of a keeps its uid (it is a's for life).
+    jails.fail_next("prepare");
+    sup.send(RunAction {
+        name: "a".into(),
+        action: VmAction::Start,
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+    sup.send(DeleteVm { name: "b".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    let err = create(&sup, "c").await.unwrap_err();
+    assert!(err.to_string().contains("No free uid"), "{err}");
+
+    // Deleted, a gives its uid back: c's next try gets it.
+    sup.send(DeleteVm { name: "a".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    jails.fail_next("prepare");
+    sup.send(RunAction {
+        name: "c".into(),
+        action: VmAction::Start,
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
+
+/// `Open` sweeps jails of no live VM: a stopped VM's and one of no VM at all. A pid in a
+/// jail's pid file that is not that jail's VMM is not signalled.
+#[actix::test]
+async fn open_sweeps_jails_of_no_live_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.set_state("a", VmState::Stopped, None).unwrap();
+    store.put_uid("a", Some(UID)).unwrap();
+    let jails = Arc::new(FakeJails::new());
+    for id in ["900000", "900007"] {
+        let layout = crate::firecracker::jailer::JailLayout::new(
+            &dir.path().join("j"),
+            Path::new("/usr/bin/firecracker"),
+            id,
+        )
+        .unwrap();
+        crate::host::jails::Jails::prepare(
+            &*jails,
+            &crate::host::jails::JailPlan {
+                layout,
+                uid: 1000,
+                gid: 1000,
+                files: vec![],
+            },
+        )
+        .unwrap();
+    }
+    jails.write_pid("900007", std::process::id());
+    let fake = FakeProcesses::new();
+    let (sup, _) = jailed(store, fake.clone(), dir.path(), jails.clone(), UID + 9);
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert!(jails.jails().is_empty(), "{:?}", jails.calls());
+    assert!(
+        report.swept.contains(&"jail 900000".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        report.swept.contains(&"jail 900007".to_string()),
+        "{report:?}"
+    );
+    assert!(fake.signals().is_empty(), "not a VMM: not signalled");
+}
+
+/// Restoring and taking snapshots (forks too) are refused when jailing is on, rather than
+/// run a VMM unjailed or have a jailed one write outside its jail.
+#[actix::test]
+async fn snapshots_restores_and_forks_are_refused_when_jailed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, _) = jailed(
+        MemoryVmStore::default(),
+        FakeProcesses::new(),
+        dir.path(),
+        Arc::new(FakeJails::new()),
+        UID,
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+    let mut s = spec("r");
+    s.from_snapshot = Some("snap".into());
+    let err = sup
+        .send(CreateVm {
+            spec: s,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("[jailer]"), "{err}");
+    assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.set_state("a", VmState::Running, None).unwrap();
+    let (sup, _) = jailed(
+        store,
+        FakeProcesses::new(),
+        dir.path(),
+        Arc::new(FakeJails::new()),
+        UID,
+    );
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = sup
+        .send(CreateSnapshot {
+            vm: "a".into(),
+            spec: serde_json::from_value(serde_json::json!({"name": "s1"})).unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("[jailer]"), "{err}");
+    let err = sup
+        .send(ForkVm {
+            source: "a".into(),
+            spec: hearth_proto::api_snapshot::ForkVm { name: "f".into() },
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("[jailer]"), "{err}");
+}
