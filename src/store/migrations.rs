@@ -72,6 +72,9 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // policy: when a pending restart is due (wall clock, ms), so its backoff survives a
+    // restart of hearthd.
+    "ALTER TABLE vm_policy ADD COLUMN restart_due_ms INTEGER;",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

@@ -436,3 +436,64 @@ async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
         Err(SupervisorError::Cordoned { .. })
     ));
 }
+
+/// A restart pending when hearthd was killed keeps its backoff: the next `Open` waits for the
+/// stored due time instead of starting the VM at once, and counts on from the stored attempt.
+#[actix::test]
+async fn a_pending_restart_keeps_its_due_time_across_a_restart_of_hearthd() {
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Crashed, "on-failure:5");
+    // As left by a hearthd killed 1 s after it decided attempt 3 (due 4 s after the crash).
+    store
+        .put_policy(
+            "a",
+            &PolicyState {
+                attempts: 3,
+                last_start: Some(t0() - Duration::from_secs(2)),
+                restart_due: Some(t0() + Duration::from_secs(3)),
+                ..PolicyState::default()
+            },
+        )
+        .unwrap();
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, Vec::<String>::new());
+    let vm = info(&sup, "a").await;
+    assert_eq!((vm.state, vm.restart_in_secs), (VmState::Crashed, Some(3)));
+    assert_eq!(vm.restart_attempts, 3);
+
+    clock.advance(Duration::from_millis(2999));
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
+    clock.advance(Duration::from_millis(1));
+    let tick = sup.send(PolicyTick).await.unwrap();
+    assert_eq!(tick.restarts, ["a"]);
+    // The spawn fails: the loop goes on at attempt 4 (8 s), not from 1.
+    let events = until_last_event(&sup, "restarting in 8s (attempt 4)").await;
+    assert_eq!(
+        events,
+        ["restart attempt 3", "restarting in 8s (attempt 4)"]
+    );
+}
+
+/// A restart overdue when hearthd starts is made at once (with the autostarts), even if its
+/// count is at the maximum: the stored decision is kept, not made again.
+#[actix::test]
+async fn an_overdue_restart_from_before_is_made_on_open() {
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Failed, "on-failure:2");
+    store
+        .put_policy(
+            "a",
+            &PolicyState {
+                attempts: 2,
+                last_start: Some(t0() - Duration::from_secs(60)),
+                restart_due: Some(t0() - Duration::from_secs(50)),
+                ..PolicyState::default()
+            },
+        )
+        .unwrap();
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, ["a"]);
+    // Its start fails: the count is at the maximum, so the policy gives up.
+    until_last_event(&sup, "gave up after 2 restarts").await;
+    assert_eq!(info(&sup, "a").await.restart_in_secs, None);
+}
