@@ -35,6 +35,7 @@ mod messages;
 pub mod metrics;
 pub mod node;
 mod open;
+mod park;
 mod pause;
 pub mod policy;
 mod policy_msgs;
@@ -195,6 +196,7 @@ impl VmEntry {
                     .map(|d| d.as_secs())
             }),
             time_left_secs: None,
+            parked_snapshot: None,
         }
     }
 }

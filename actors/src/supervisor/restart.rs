@@ -15,6 +15,7 @@ use actix::{AsyncContext, Context, Handler, MessageResult};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmInfo, VmState};
 use hearth_proto::api_policy::RestartPolicy;
+use hearth_proto::api_snapshot::SnapshotState;
 use slog::{info, warn};
 
 use super::handlers::Saga;
@@ -314,6 +315,13 @@ impl VmSupervisor {
         {
             info.time_left_secs = Some(secs_ceil(super::policy::time_left(deadline, now)));
         }
+        info.parked_snapshot = self
+            .snapshots
+            .values()
+            .filter(|r| r.source_vm == info.name && r.state == SnapshotState::Ready)
+            .filter(|r| super::policy::is_policy_snapshot_name(&r.name))
+            .max_by_key(|r| r.created_at_ms)
+            .map(|r| r.name.clone());
         info
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::Addr;
 use hearth_proto::api::{self, EventReason, VmState};
-use hearth_proto::api_policy::{OnExpiry, RestartPolicy, TtlChange};
+use hearth_proto::api_policy::{DrainMode, OnExpiry, RestartPolicy, TtlChange};
 
 use super::policy::ManualClock;
 use super::testing::supervisor_with_clock;
@@ -412,6 +412,8 @@ async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
     let node = sup
         .send(Drain {
             reason: "maintenance".into(),
+            mode: DrainMode::Stop,
+            wait: true,
         })
         .await
         .unwrap()
