@@ -5,6 +5,7 @@
 //! - a user stop is never undone by `always`;
 //! - after a "host reboot" (every VMM and hearthd killed), `always` VMs come back;
 //! - a time limit is enforced across a restart of hearthd (the deadline is stored);
+//! - a restart pending at a `kill -9` of hearthd keeps its backoff (the due time is stored);
 //! - `always` brings back a guest that powered itself off (`FC_SIM_CRASH_CODE=0`: the VMM
 //!   exits 0, as Firecracker does when the guest reboots, e.g. hearth's init after its
 //!   command ended), `on-failure` leaves it stopped;
@@ -407,4 +408,77 @@ fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
         h.ctl_ok(&["snapshot", "rm", &snap]);
     }
     h.ctl_ok(&["node", "uncordon"]);
+}
+
+/// `(at_ms, detail)` of `vm`'s `policy` events, oldest first.
+fn policy_times(h: &HearthHost, vm: &str) -> Vec<(u64, String)> {
+    let out = h.ctl(&["events"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| match v {
+            Value::Array(a) => a,
+            one => vec![one],
+        })
+        .filter(|e| e["vm"] == vm && e["reason"] == "policy")
+        .map(|e| {
+            let at = e["at_ms"].as_u64().unwrap_or_default();
+            (at, e["detail"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// A restart pending when hearthd is killed keeps its backoff: the restarted hearthd makes it
+/// at its stored due time (4 s after the third crash), not at once as an autostart.
+#[test]
+fn a_pending_restart_keeps_its_backoff_across_a_kill_9_of_hearthd() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_CRASH_AFTER_MS", "300")], "");
+    create(&h, "a", &["--restart", "on-failure:3"]);
+    let decided = |h: &HearthHost| {
+        policy_times(h, "a")
+            .into_iter()
+            .find(|(_, d)| d == "restarting in 4s (attempt 3)")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || decided(&h).is_some()),
+        "{:?}\n{}",
+        policy_times(&h, "a"),
+        h.log()
+    );
+    h.kill9();
+    h.launch();
+    let (at_decision, _) = decided(&h).unwrap();
+    let made = |h: &HearthHost| {
+        policy_times(h, "a")
+            .into_iter()
+            .find(|(_, d)| d == "restart attempt 3")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || made(&h).is_some()),
+        "{:?}\n{}",
+        policy_times(&h, "a"),
+        h.log()
+    );
+    let (at_restart, _) = made(&h).unwrap();
+    // The stored due time is the decision's time + 4 s, on the wall clock (ms in the store).
+    assert!(
+        at_restart >= at_decision + 3_990,
+        "restarted {} ms after the decision: {:?}",
+        at_restart - at_decision,
+        policy_times(&h, "a")
+    );
+    let details: Vec<String> = policy_times(&h, "a").into_iter().map(|(_, d)| d).collect();
+    assert!(
+        !details.iter().any(|d| d.starts_with("autostart")),
+        "{details:?}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(20), || policy_times(&h, "a")
+            .iter()
+            .any(|(_, d)| d.contains("gave up after 3 restarts"))),
+        "{:?}",
+        policy_times(&h, "a")
+    );
+    h.ctl_ok(&["vm", "rm", "a"]);
 }
