@@ -6,6 +6,7 @@
 //! - after a "host reboot" (every VMM and hearthd killed), `always` VMs come back;
 //! - a time limit is enforced across a restart of hearthd (the deadline is stored);
 //! - a restart pending at a `kill -9` of hearthd keeps its backoff (the due time is stored);
+//! - a `kill -9` between an expiry's snapshot and its stop: the snapshot is found, not retaken;
 //! - `always` brings back a guest that powered itself off (`FC_SIM_CRASH_CODE=0`: the VMM
 //!   exits 0, as Firecracker does when the guest reboots, e.g. hearth's init after its
 //!   command ended), `on-failure` leaves it stopped;
@@ -481,4 +482,67 @@ fn a_pending_restart_keeps_its_backoff_across_a_kill_9_of_hearthd() {
         policy_times(&h, "a")
     );
     h.ctl_ok(&["vm", "rm", "a"]);
+}
+
+/// `kill -9` of hearthd after an expiry's snapshot is complete but before the VM is stopped
+/// (the VMM answers slowly, so the stop takes a while): the restarted hearthd acts on the
+/// deadline again, finds the snapshot taken, and only stops the VM; one snapshot, not two.
+#[test]
+fn an_expiry_snapshot_cut_short_by_a_kill_9_is_not_taken_twice() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "400")], "");
+    create(&h, "job", &["--ttl", "4s", "--on-expiry", "snapshot"]);
+    let ready = |h: &HearthHost| {
+        let list = h.ctl_ok(&["snapshot", "list"]);
+        list.as_array()
+            .and_then(|l| l.first().cloned())
+            .filter(|s| s["state"] == "ready")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || ready(&h).is_some()),
+        "{}",
+        h.log()
+    );
+    let snap = ready(&h).unwrap();
+    let state_at_kill = h.state("job");
+    h.kill9();
+    let snap_name = snap["name"].as_str().unwrap_or_default().to_owned();
+    h.launch();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || h.ctl_ok(&["vm", "get", "job"])
+            ["time_left_secs"]
+            .is_null()),
+        "{}",
+        h.log()
+    );
+    let vm = h.ctl_ok(&["vm", "get", "job"]);
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    assert_eq!(vm["parked_snapshot"], snap_name.as_str(), "{vm}");
+    let list = h.ctl_ok(&["snapshot", "list"]);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "one snapshot: {list}"
+    );
+    assert_eq!(
+        list[0]["created_at"], snap["created_at"],
+        "the same one: {list}"
+    );
+    let expired = events(&h, "job", "expired");
+    // Before the kill: the announcement; after it, the second announcement and the outcome
+    // (or, had the stop finished just before the kill, only the cleared deadline).
+    assert_eq!(
+        expired[0], "time limit reached: snapshotting it",
+        "{expired:?}"
+    );
+    let last = expired.last().unwrap();
+    assert!(
+        last == &format!("time limit reached: snapshot {snap_name} taken, stopped")
+            || (state_at_kill.as_deref() == Some("stopped")
+                && last == "time limit reached: it was not running"),
+        "state at kill {state_at_kill:?}: {expired:?}"
+    );
+    eprintln!("state at the kill: {state_at_kill:?}; expired events: {expired:?}");
+    h.ctl_ok(&["vm", "rm", "job"]);
+    h.ctl_ok(&["snapshot", "rm", &snap_name]);
 }
