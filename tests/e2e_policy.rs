@@ -409,6 +409,22 @@ fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
         h.ctl_ok(&["snapshot", "rm", &snap]);
     }
     h.ctl_ok(&["node", "uncordon"]);
+
+    // For a person: `node drain` waits, then prints the outcome.
+    create(&h, "last", &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearthctl"))
+        .arg("--socket")
+        .arg(h.path("hearthd.sock"))
+        .args(["node", "drain", "done for today"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cordoned: done for today"), "{text}");
+    assert!(text.contains("drain (stop) done: 1 of 1 stopped"), "{text}");
+    assert_eq!(h.state("last").as_deref(), Some("stopped"));
+    h.ctl_ok(&["vm", "rm", "last"]);
+    h.ctl_ok(&["node", "uncordon"]);
 }
 
 /// `(at_ms, detail)` of `vm`'s `policy` events, oldest first.
