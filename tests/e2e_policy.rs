@@ -329,6 +329,10 @@ fn expiry_snapshots_then_stops_and_the_snapshot_restores() {
 }
 
 #[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "runs hearthctl without --json, to read what a person sees"
+)]
 fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
     require_privileged!();
     let h = HearthHost::start(&[], "");
