@@ -4,7 +4,15 @@
 //! - `on-failure:2` restarts a crashing VM twice (1 s, then 2 s later), then gives up;
 //! - a user stop is never undone by `always`;
 //! - after a "host reboot" (every VMM and hearthd killed), `always` VMs come back;
-//! - a time limit is enforced across a restart of hearthd (the deadline is stored).
+//! - a time limit is enforced across a restart of hearthd (the deadline is stored);
+//! - a restart pending at a `kill -9` of hearthd keeps its backoff (the due time is stored);
+//! - a `kill -9` between an expiry's snapshot and its stop: the snapshot is found, not retaken;
+//! - `always` brings back a guest that powered itself off (`FC_SIM_CRASH_CODE=0`: the VMM
+//!   exits 0, as Firecracker does when the guest reboots, e.g. hearth's init after its
+//!   command ended), `on-failure` leaves it stopped;
+//! - `--on-expiry snapshot` snapshots then stops, the snapshot restorable; a `--snapshot`
+//!   drain does the same to every running VM, and one whose snapshot fails is stopped all
+//!   the same, the reason in its `drain` event.
 
 mod common;
 use common::daemon;
@@ -196,4 +204,365 @@ fn a_cordon_outlives_a_restart_and_a_drain_stops_every_vm() {
     for vm in ["a", "b"] {
         h.ctl_ok(&["vm", "rm", vm]);
     }
+}
+
+/// Every event of `vm` as (state, reason, detail), oldest first.
+fn all_events(h: &HearthHost, vm: &str) -> Vec<(String, String, String)> {
+    let out = h.ctl(&["events"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| match v {
+            Value::Array(a) => a,
+            one => vec![one],
+        })
+        .filter(|e| e["vm"] == vm)
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("state"), s("reason"), s("detail"))
+        })
+        .collect()
+}
+
+#[test]
+fn always_brings_back_a_guest_that_powered_itself_off() {
+    require_privileged!();
+    // Every guest powers off 1.5 s after it starts: the VMM exits with status 0.
+    let h = HearthHost::start(
+        &[
+            ("FC_SIM_CRASH_AFTER_MS", "1500"),
+            ("FC_SIM_CRASH_CODE", "0"),
+        ],
+        "",
+    );
+    create(&h, "back", &["--restart", "always"]);
+    create(&h, "stays", &["--restart", "on-failure"]);
+    // `back` shuts down, is restarted after 1 s, and runs again.
+    let came_back = |h: &HearthHost| {
+        let ev = all_events(h, "back");
+        ev.iter()
+            .position(|(_, r, d)| r == "policy" && d == "restart attempt 1")
+            .is_some_and(|i| ev[i..].iter().any(|(s, _, _)| s == "running"))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || came_back(&h)),
+        "{:?}\n{}",
+        all_events(&h, "back"),
+        h.log()
+    );
+    let back = all_events(&h, "back");
+    assert!(
+        back.iter()
+            .any(|(s, _, d)| s == "stopped" && d == "the guest shut down"),
+        "{back:?}"
+    );
+    // `on-failure` does not restart a guest that shut itself down.
+    assert!(common::wait_until(Duration::from_secs(10), || h
+        .state("stays")
+        .as_deref()
+        == Some("stopped")));
+    assert_eq!(events(&h, "stays", "policy"), Vec::<String>::new());
+    for vm in ["back", "stays"] {
+        let _ = h.ctl(&["vm", "stop", vm]);
+        h.ctl_ok(&["vm", "rm", vm]);
+    }
+}
+
+#[test]
+fn expiry_snapshots_then_stops_and_the_snapshot_restores() {
+    require_privileged!();
+    // The real agent in the simulated guest, which a restore's `reconfigure` needs.
+    let agent = hearth_testkit::fc_sim::agent_binary();
+    let h = HearthHost::start(
+        &[
+            ("FC_SIM_AGENT_BIN", agent.to_str().unwrap()),
+            ("FC_SIM_IDENTITY_FILE", "1"),
+        ],
+        "",
+    );
+    create(&h, "job", &["--ttl", "3s", "--on-expiry", "snapshot"]);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || events(&h, "job", "expired")
+            .len()
+            == 2),
+        "{:?}\n{}",
+        all_events(&h, "job"),
+        h.log()
+    );
+    let ev = events(&h, "job", "expired");
+    assert_eq!(ev[0], "time limit reached: snapshotting it");
+    let vm = h.ctl_ok(&["vm", "get", "job"]);
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    assert!(vm["time_left_secs"].is_null(), "deadline cleared: {vm}");
+    let snap = vm["parked_snapshot"]
+        .as_str()
+        .expect("parked_snapshot")
+        .to_owned();
+    assert!(snap.starts_with("job-expired-"), "{snap}");
+    assert_eq!(
+        ev[1],
+        format!("time limit reached: snapshot {snap} taken, stopped")
+    );
+    let info = h.ctl_ok(&["snapshot", "get", &snap]);
+    assert_eq!(
+        (info["state"].as_str(), info["source_vm"].as_str()),
+        (Some("ready"), Some("job"))
+    );
+
+    // Restorable; and the stopped VM itself boots cold from its disk.
+    let restored = h.ctl_ok(&[
+        "vm",
+        "create",
+        "job2",
+        "--from-snapshot",
+        &snap,
+        "--no-ready-probe",
+    ]);
+    assert_eq!(restored["state"], "running", "{restored}");
+    h.ctl_ok(&["vm", "start", "job"]);
+    assert_eq!(h.state("job").as_deref(), Some("running"));
+    for vm in ["job2", "job"] {
+        h.ctl_ok(&["vm", "stop", vm]);
+        h.ctl_ok(&["vm", "rm", vm]);
+    }
+    h.ctl_ok(&["snapshot", "rm", &snap]);
+}
+
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "runs hearthctl without --json, to read what a person sees"
+)]
+fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
+    require_privileged!();
+    let h = HearthHost::start(&[], "");
+    create(&h, "web", &[]);
+    // Snapshots cannot be written (their directory is a dangling link): the drain stops
+    // `web` all the same and says why.
+    let snapshots = h.path("data/snapshots");
+    let _ = std::fs::remove_dir(&snapshots);
+    std::os::unix::fs::symlink(h.path("missing"), &snapshots).unwrap();
+    let node = h.ctl_ok(&["node", "drain", "disk swap", "--snapshot"]);
+    let d = &node["drain"];
+    assert_eq!(
+        (d["done"].as_bool(), d["stopped"].as_u64()),
+        (Some(true), Some(1)),
+        "{node}"
+    );
+    assert_eq!(d["mode"], "snapshot");
+    assert_eq!(d["failed"][0][0], "web", "{node}");
+    assert!(
+        d["failed"][0][1]
+            .as_str()
+            .unwrap()
+            .starts_with("snapshot failed"),
+        "{node}"
+    );
+    assert_eq!(h.state("web").as_deref(), Some("stopped"));
+    let drained = events(&h, "web", "drain");
+    assert_eq!(drained.len(), 2, "{drained:?}");
+    assert_eq!(drained[0], "drain: snapshotting it");
+    assert!(
+        drained[1].starts_with("drain: snapshot failed ("),
+        "{drained:?}"
+    );
+    assert!(drained[1].ends_with("), stopped instead"), "{drained:?}");
+    let left = h.ctl_ok(&["snapshot", "ls"]);
+    assert!(left.as_array().is_some_and(Vec::is_empty), "{left}");
+
+    // With somewhere to write them: snapshotted, then stopped; `--no-wait` answers at once.
+    std::fs::remove_file(&snapshots).unwrap();
+    h.ctl_ok(&["node", "uncordon"]);
+    h.ctl_ok(&["vm", "start", "web"]);
+    create(&h, "api", &[]);
+    let started = h.ctl_ok(&["node", "drain", "--snapshot", "--no-wait"]);
+    assert_eq!(started["drain"]["total"], 2, "{started}");
+    assert!(
+        common::wait_until(Duration::from_secs(20), || h.ctl_ok(&["node"])["drain"]
+            ["done"]
+            == true),
+        "{}",
+        h.log()
+    );
+    let d = h.ctl_ok(&["node"])["drain"].clone();
+    assert_eq!(
+        (d["stopped"].as_u64(), d["failed"].as_array().map(Vec::len)),
+        (Some(2), Some(0)),
+        "{d}"
+    );
+    let mut snaps: Vec<String> = d["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}={}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    snaps.sort();
+    assert_eq!(snaps.len(), 2, "{d}");
+    assert!(
+        snaps[0].starts_with("api=api-drained-") && snaps[1].starts_with("web=web-drained-"),
+        "{snaps:?}"
+    );
+    for vm in ["api", "web"] {
+        let info = h.ctl_ok(&["vm", "get", vm]);
+        assert_eq!(info["state"], "stopped", "{info}");
+        let snap = info["parked_snapshot"].as_str().expect("parked").to_owned();
+        assert!(events(&h, vm, "drain")
+            .last()
+            .is_some_and(|e| e == &format!("drain: snapshot {snap} taken, stopped")));
+        h.ctl_ok(&["vm", "rm", vm]);
+        h.ctl_ok(&["snapshot", "rm", &snap]);
+    }
+    h.ctl_ok(&["node", "uncordon"]);
+
+    // For a person: `node drain` waits, then prints the outcome.
+    create(&h, "last", &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearthctl"))
+        .arg("--socket")
+        .arg(h.path("hearthd.sock"))
+        .args(["node", "drain", "done for today"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cordoned: done for today"), "{text}");
+    assert!(text.contains("drain (stop) done: 1 of 1 stopped"), "{text}");
+    assert_eq!(h.state("last").as_deref(), Some("stopped"));
+    h.ctl_ok(&["vm", "rm", "last"]);
+    h.ctl_ok(&["node", "uncordon"]);
+}
+
+/// `(at_ms, detail)` of `vm`'s `policy` events, oldest first.
+fn policy_times(h: &HearthHost, vm: &str) -> Vec<(u64, String)> {
+    let out = h.ctl(&["events"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| match v {
+            Value::Array(a) => a,
+            one => vec![one],
+        })
+        .filter(|e| e["vm"] == vm && e["reason"] == "policy")
+        .map(|e| {
+            let at = e["at_ms"].as_u64().unwrap_or_default();
+            (at, e["detail"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// A restart pending when hearthd is killed keeps its backoff: the restarted hearthd makes it
+/// at its stored due time (4 s after the third crash), not at once as an autostart.
+#[test]
+fn a_pending_restart_keeps_its_backoff_across_a_kill_9_of_hearthd() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_CRASH_AFTER_MS", "300")], "");
+    create(&h, "a", &["--restart", "on-failure:3"]);
+    let decided = |h: &HearthHost| {
+        policy_times(h, "a")
+            .into_iter()
+            .find(|(_, d)| d == "restarting in 4s (attempt 3)")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || decided(&h).is_some()),
+        "{:?}\n{}",
+        policy_times(&h, "a"),
+        h.log()
+    );
+    h.kill9();
+    h.launch();
+    let (at_decision, _) = decided(&h).unwrap();
+    let made = |h: &HearthHost| {
+        policy_times(h, "a")
+            .into_iter()
+            .find(|(_, d)| d == "restart attempt 3")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), || made(&h).is_some()),
+        "{:?}\n{}",
+        policy_times(&h, "a"),
+        h.log()
+    );
+    let (at_restart, _) = made(&h).unwrap();
+    // The stored due time is the decision's time + 4 s, on the wall clock (ms in the store).
+    assert!(
+        at_restart >= at_decision + 3_990,
+        "restarted {} ms after the decision: {:?}",
+        at_restart - at_decision,
+        policy_times(&h, "a")
+    );
+    let details: Vec<String> = policy_times(&h, "a").into_iter().map(|(_, d)| d).collect();
+    assert!(
+        !details.iter().any(|d| d.starts_with("autostart")),
+        "{details:?}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(20), || policy_times(&h, "a")
+            .iter()
+            .any(|(_, d)| d.contains("gave up after 3 restarts"))),
+        "{:?}",
+        policy_times(&h, "a")
+    );
+    h.ctl_ok(&["vm", "rm", "a"]);
+}
+
+/// `kill -9` of hearthd after an expiry's snapshot is complete but before the VM is stopped
+/// (the VMM answers slowly, so the stop takes a while): the restarted hearthd acts on the
+/// deadline again, finds the snapshot taken, and only stops the VM; one snapshot, not two.
+#[test]
+fn an_expiry_snapshot_cut_short_by_a_kill_9_is_not_taken_twice() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "400")], "");
+    create(&h, "job", &["--ttl", "4s", "--on-expiry", "snapshot"]);
+    let ready = |h: &HearthHost| {
+        let list = h.ctl_ok(&["snapshot", "list"]);
+        list.as_array()
+            .and_then(|l| l.first().cloned())
+            .filter(|s| s["state"] == "ready")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || ready(&h).is_some()),
+        "{}",
+        h.log()
+    );
+    let snap = ready(&h).unwrap();
+    let state_at_kill = h.state("job");
+    h.kill9();
+    let snap_name = snap["name"].as_str().unwrap_or_default().to_owned();
+    h.launch();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || h.ctl_ok(&["vm", "get", "job"])
+            ["time_left_secs"]
+            .is_null()),
+        "{}",
+        h.log()
+    );
+    let vm = h.ctl_ok(&["vm", "get", "job"]);
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    assert_eq!(vm["parked_snapshot"], snap_name.as_str(), "{vm}");
+    let list = h.ctl_ok(&["snapshot", "list"]);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "one snapshot: {list}"
+    );
+    assert_eq!(
+        list[0]["created_at"], snap["created_at"],
+        "the same one: {list}"
+    );
+    let expired = events(&h, "job", "expired");
+    // Before the kill: the announcement; after it, the second announcement and the outcome
+    // (or, had the stop finished just before the kill, only the cleared deadline).
+    assert_eq!(
+        expired[0], "time limit reached: snapshotting it",
+        "{expired:?}"
+    );
+    let last = expired.last().unwrap();
+    assert!(
+        last == &format!("time limit reached: snapshot {snap_name} taken, stopped")
+            || (state_at_kill.as_deref() == Some("stopped")
+                && last == "time limit reached: it was not running"),
+        "state at kill {state_at_kill:?}: {expired:?}"
+    );
+    eprintln!("state at the kill: {state_at_kill:?}; expired events: {expired:?}");
+    h.ctl_ok(&["vm", "rm", "job"]);
+    h.ctl_ok(&["snapshot", "rm", &snap_name]);
 }

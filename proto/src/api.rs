@@ -509,6 +509,10 @@ pub struct VmInfo {
     /// With a time limit: seconds left (0 once reached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_left_secs: Option<u64>,
+    /// The newest snapshot an expiry (`on_expiry: snapshot`) or a drain (`mode: snapshot`)
+    /// took of it, while that snapshot exists: `vm create --from-snapshot` resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_snapshot: Option<String>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -544,6 +548,8 @@ pub enum EventReason {
     Policy,
     /// The VM's time limit was reached.
     Expired,
+    /// A drain of the host stopped or snapshotted it.
+    Drain,
 }
 
 /// One lifecycle event, persisted with a sequence number.

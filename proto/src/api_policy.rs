@@ -117,6 +117,11 @@ pub enum OnExpiry {
     Stop,
     /// Delete it with everything it owns.
     Delete,
+    /// Pause it to disk: snapshot it (memory, VMM state and disk) as
+    /// `<vm>-expired-<deadline, Unix ms>`, then stop it. `vm create --from-snapshot` resumes
+    /// it where it was; `vm start` boots it cold from its disk. If the snapshot fails, it is
+    /// stopped all the same and the event says why.
+    Snapshot,
 }
 
 impl OnExpiry {
@@ -166,6 +171,30 @@ pub struct CordonRequest {
     /// Why (shown in refusals, `/v1/health` and `hearthctl node`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What a drain does to each running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainMode {
+    /// Stop it (the default).
+    #[default]
+    Stop,
+    /// Snapshot it as `<vm>-drained-<its last start, Unix ms>`, then stop it (stopped only,
+    /// with the reason in its event, if the snapshot fails).
+    Snapshot,
+}
+
+/// `POST /v1/node/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Why (the cordon's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Stop or snapshot each running VM; absent or `null`: stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DrainMode>,
 }
 
 /// `PATCH /v1/vms/{name}`: what can change on a live VM; absent fields stay as they are.
@@ -228,6 +257,21 @@ mod tests {
             Err(PolicyParseError::Retries(_))
         ));
         assert!(serde_json::from_str::<RestartPolicy>("\"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn drain_takes_old_bodies_and_a_mode() {
+        let old: DrainRequest = serde_json::from_str(r#"{"reason":"x"}"#).unwrap();
+        assert_eq!(old.mode, None);
+        let empty: DrainRequest = serde_json::from_str(r#"{"mode":null}"#).unwrap();
+        assert_eq!(empty, DrainRequest::default());
+        let snap: DrainRequest = serde_json::from_str(r#"{"mode":"snapshot"}"#).unwrap();
+        assert_eq!(snap.mode, Some(DrainMode::Snapshot));
+        for bad in [r#"{"mode":"pause"}"#, r#"{"mode":1}"#, r#"{"x":1}"#] {
+            assert!(serde_json::from_str::<DrainRequest>(bad).is_err(), "{bad}");
+        }
+        let e: OnExpiry = serde_json::from_str(r#""snapshot""#).unwrap();
+        assert_eq!(e, OnExpiry::Snapshot);
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl Handler<sup::CreateVm> for FakeSupervisor {
                 restart_in_secs: None,
                 expires_at: None,
                 time_left_secs: None,
+                parked_snapshot: None,
             },
         );
         self.publish(&name, VmState::Creating);
@@ -341,9 +342,23 @@ impl Handler<sup::Drain> for FakeSupervisor {
             let _ = self.set_state(name, VmState::Stopped);
         }
         let mut node = self.node();
+        // The fake's snapshots are names only: what a `snapshot` drain would report.
+        let snapshots = match msg.mode {
+            hearth_proto::api_policy::DrainMode::Stop => Vec::new(),
+            hearth_proto::api_policy::DrainMode::Snapshot => running
+                .iter()
+                .map(|n| {
+                    let at = std::time::SystemTime::now();
+                    let snap = sup::policy::policy_snapshot_name(n, sup::policy::DRAINED_TAG, at);
+                    (n.clone(), snap)
+                })
+                .collect(),
+        };
         node.drain = Some(sup::DrainProgress {
+            mode: msg.mode,
             total: running.len(),
             stopped: running.len(),
+            snapshots,
             failed: Vec::new(),
             done: true,
         });

@@ -3,7 +3,7 @@
 use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use hearth_actors::supervisor as sup;
-use hearth_proto::api_policy::CordonRequest;
+use hearth_proto::api_policy::{CordonRequest, DrainRequest};
 
 use super::body::JsonBody;
 use super::query::Params;
@@ -48,16 +48,39 @@ pub async fn uncordon(state: Data<ApiState>, req: HttpRequest) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(node))
 }
 
-/// `POST /v1/node/drain {"reason"?}`: cordon, then stop every running VM (a few at a time);
-/// answers when all stops are done, with the outcome. `GET /v1/node` shows the progress
-/// meanwhile.
+/// `POST /v1/node/drain[?wait=false] {"reason"?, "mode"?: "stop"|"snapshot"}`: cordon, then
+/// stop (or snapshot and stop) every running VM, a few at a time. Answers when all are done,
+/// with the outcome, or with `wait=false` as soon as it has started (`202`); `GET /v1/node`
+/// shows the progress meanwhile.
 pub async fn drain(
     state: Data<ApiState>,
     req: HttpRequest,
-    body: JsonBody<CordonRequest>,
+    body: JsonBody<DrainRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    Params::parse(req.query_string(), &[])?;
+    let params = Params::parse(req.query_string(), &["wait"])?;
+    let wait = match params.get("wait") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(ApiError::InvalidParam {
+                param: "wait".into(),
+                reason: format!("{v:?} is not true or false"),
+            })
+        }
+    };
     let reason = body.value.reason.unwrap_or_else(|| NO_REASON.into());
-    let node = state.ports.drain.send(sup::Drain { reason }).await??;
-    Ok(HttpResponse::Ok().json(node))
+    let node = state
+        .ports
+        .drain
+        .send(sup::Drain {
+            reason,
+            mode: body.value.mode.unwrap_or_default(),
+            wait,
+        })
+        .await??;
+    Ok(if wait {
+        HttpResponse::Ok().json(node)
+    } else {
+        HttpResponse::Accepted().json(node)
+    })
 }

@@ -22,7 +22,10 @@ fn restart_schema() -> Value {
 }
 
 fn on_expiry_schema() -> Value {
-    json!({"type": "string", "enum": ["stop", "delete"], "default": "stop"})
+    json!({"type": "string", "enum": ["stop", "delete", "snapshot"], "default": "stop",
+        "description": "At the time limit: stop, delete, or snapshot (as \
+                        <vm>-expired-<deadline ms>) then stop; a failed snapshot stops it all \
+                        the same"})
 }
 
 /// Adds the policy parts to the core document `doc`.
@@ -47,15 +50,30 @@ pub fn extend(doc: &mut Value) {
         "type": "object", "additionalProperties": false,
         "properties": {"reason": {"type": ["string", "null"], "maxLength": 1024}}
     });
+    schemas["DrainRequest"] = json!({
+        "type": "object", "additionalProperties": false,
+        "properties": {
+            "reason": {"type": ["string", "null"], "maxLength": 1024},
+            "mode": {"type": ["string", "null"], "enum": ["stop", "snapshot", null],
+                "default": "stop",
+                "description": "stop each running VM, or snapshot it (as \
+                                <vm>-drained-<its last start, ms>) then stop it"},
+        }
+    });
     schemas["NodeStatus"] = json!({
         "type": "object", "required": ["cordoned"],
         "properties": {
             "cordoned": {"type": "boolean"},
             "reason": {"type": "string"},
-            "drain": {"type": "object", "required": ["total", "stopped", "failed", "done"],
+            "drain": {"type": "object",
+                "required": ["mode", "total", "stopped", "snapshots", "failed", "done"],
                 "properties": {
+                    "mode": {"type": "string", "enum": ["stop", "snapshot"]},
                     "total": {"type": "integer", "minimum": 0},
                     "stopped": {"type": "integer", "minimum": 0},
+                    "snapshots": {"type": "array", "description": "[VM name, snapshot] pairs",
+                        "items": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2}},
                     "failed": {"type": "array", "description": "[VM name, why] pairs",
                         "items": {"type": "array", "items": {"type": "string"},
                                   "minItems": 2, "maxItems": 2}},
@@ -96,8 +114,10 @@ pub fn extend(doc: &mut Value) {
     info["expires_at"] = json!({"type": "integer",
         "description": "The time limit's deadline, Unix seconds"});
     info["time_left_secs"] = json!({"type": "integer", "minimum": 0});
+    info["parked_snapshot"] = json!({"type": "string",
+        "description": "The newest snapshot an expiry or drain took of it (while it exists)"});
     if let Some(reasons) = schemas["Event"]["properties"]["reason"]["enum"].as_array_mut() {
-        reasons.extend([json!("policy"), json!("expired")]);
+        reasons.extend([json!("policy"), json!("expired"), json!("drain")]);
     }
 }
 
@@ -128,9 +148,15 @@ fn node_paths(doc: &mut Value) {
     }});
     paths["/v1/node/drain"] = json!({"post": {
         "operationId": "drainNode",
-        "summary": "Cordon, then stop every running VM (four at a time); answers when done",
-        "requestBody": json_body("CordonRequest"),
-        "responses": responses(&[("200", ok())], &{
+        "summary": "Cordon, then stop (or snapshot and stop) every running VM, four at a \
+                    time; answers when done, or at once with wait=false",
+        "parameters": [{"name": "wait", "in": "query", "required": false,
+            "schema": {"type": "boolean", "default": true},
+            "description": "false: answer 202 as soon as the drain has started; GET /v1/node \
+                            shows its progress"}],
+        "requestBody": json_body("DrainRequest"),
+        "responses": responses(&[("200", ok()), ("202", json_response("The drain started",
+            schema("NodeStatus")))], &{
             let mut v = with_body.clone();
             v.push(("409", "A drain is already running"));
             v

@@ -72,12 +72,15 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
-    // jailer: the uid (and gid of the same number) each jailed VM runs as, leased for the
+    // 4, jailer: the uid (and gid of the same number) each jailed VM runs as, leased for the
     // VM's life; UNIQUE so that no two VMs ever hold one uid.
     "CREATE TABLE jail_uids (
         vm TEXT PRIMARY KEY REFERENCES vms(name),
         uid INTEGER NOT NULL UNIQUE
     );",
+    // 5, policy: when a pending restart is due (wall clock, ms), so its backoff survives a
+    // restart of hearthd.
+    "ALTER TABLE vm_policy ADD COLUMN restart_due_ms INTEGER;",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

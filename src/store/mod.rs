@@ -281,16 +281,19 @@ impl Store {
             return Err(StoreError::NotFound(vm.to_owned()));
         }
         self.conn.execute(
-            "INSERT INTO vm_policy (vm, attempts, last_start_ms, deadline_ms, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO vm_policy
+               (vm, attempts, last_start_ms, deadline_ms, created_ms, restart_due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(vm) DO UPDATE
-             SET attempts = ?2, last_start_ms = ?3, deadline_ms = ?4, created_ms = ?5",
+             SET attempts = ?2, last_start_ms = ?3, deadline_ms = ?4, created_ms = ?5,
+                 restart_due_ms = ?6",
             params![
                 vm,
                 policy.attempts,
                 policy.last_start.map(records::to_ms),
                 policy.deadline.map(records::to_ms),
-                policy.created.map(records::to_ms)
+                policy.created.map(records::to_ms),
+                policy.restart_due.map(records::to_ms)
             ],
         )?;
         Ok(())

@@ -49,7 +49,9 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
         out.push(row?.decode()?);
     }
     let mut stmt =
-        conn.prepare("SELECT vm, attempts, last_start_ms, deadline_ms, created_ms FROM vm_policy")?;
+        conn.prepare(
+        "SELECT vm, attempts, last_start_ms, deadline_ms, created_ms, restart_due_ms FROM vm_policy",
+    )?;
     let policies = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -58,6 +60,7 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
                 last_start: r.get::<_, Option<i64>>(2)?.map(from_ms),
                 deadline: r.get::<_, Option<i64>>(3)?.map(from_ms),
                 created: r.get::<_, Option<i64>>(4)?.map(from_ms),
+                restart_due: r.get::<_, Option<i64>>(5)?.map(from_ms),
             },
         ))
     })?;

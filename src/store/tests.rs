@@ -316,6 +316,7 @@ fn policy_state_and_spec_survive_reopening_and_go_with_the_vm() {
         last_start: Some(at(1_700_000_000_123)),
         deadline: Some(at(1_700_000_900_000)),
         created: Some(at(1_600_000_000_000)),
+        restart_due: Some(at(1_700_000_000_456)),
     };
     {
         let s = Store::open(&path).unwrap();

@@ -146,3 +146,44 @@ fn cordon_refuses_creates_shows_in_health_and_metrics_and_drain_stops_vms() {
         .unwrap();
     assert_eq!(node["cordoned"], false);
 }
+
+#[test]
+fn drain_takes_a_mode_and_can_answer_at_once() {
+    let (_d, _s, c) = server();
+    create(&c, "web");
+    for (path, body, names) in [
+        ("/v1/node/drain", json!({"mode": "pause"}), "pause"),
+        ("/v1/node/drain", json!({"mode": "Stop"}), "Stop"),
+        ("/v1/node/drain?wait=maybe", json!({}), "wait"),
+        ("/v1/node/drain?later=1", json!({}), "later"),
+    ] {
+        let r = post(&c, path, &[], body.clone());
+        assert_eq!(r.status, 400, "{path} {body}");
+        let e = error_of(&r);
+        assert!(
+            e.error.message.contains(names),
+            "{body}: {}",
+            e.error.message
+        );
+    }
+    // Refused whole: nothing cordoned, nothing stopped.
+    let node: serde_json::Value = c
+        .request(Method::GET, "/v1/node", &[], None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(node["cordoned"], false, "{node}");
+
+    let r = post(
+        &c,
+        "/v1/node/drain?wait=false",
+        &[],
+        json!({"reason": "swap disks", "mode": "snapshot"}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let node: serde_json::Value = r.json().unwrap();
+    assert_eq!(node["reason"], "swap disks");
+    assert_eq!(node["drain"]["mode"], "snapshot", "{node}");
+    let snap = node["drain"]["snapshots"][0][1].as_str().unwrap();
+    assert!(snap.starts_with("web-drained-"), "{node}");
+}

@@ -1,8 +1,10 @@
 //! Time limits: each [`super::PolicyTick`] compares the stored deadlines with the supervisor's
-//! clock. An expired VM gets an `expired` event, then is stopped or deleted through the same
-//! messages a user sends. Its deadline is cleared only once the stop is done (a delete removes
-//! it with the VM), so a hearthd killed in between acts again on its next start — on a VM
-//! that is by then stopped, which only clears the deadline: the action is never made twice.
+//! clock. An expired VM gets an `expired` event, then is stopped, deleted or paused to disk
+//! (snapshot, then stop: `park.rs`) through the same messages a user sends. Its deadline is
+//! cleared only once the action is done (a delete removes it with the VM), so a hearthd
+//! killed in between acts again on its next start — on a VM that is by then stopped, which
+//! only clears the deadline, or whose snapshot (named after the deadline) is found taken,
+//! which only stops it: the action is never made twice.
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{AsyncContext, Context};
@@ -10,7 +12,11 @@ use hearth_proto::api::EventReason;
 use hearth_proto::api_policy::OnExpiry;
 use slog::{info, warn};
 
-use super::{Change, DeleteVm, RunAction, VmAction, VmSupervisor};
+use std::time::UNIX_EPOCH;
+
+use super::park::park;
+use super::policy::{policy_snapshot_name, EXPIRED_TAG};
+use super::{Change, DeleteVm, RunAction, SupervisorError, VmAction, VmSupervisor};
 
 impl VmSupervisor {
     /// Acts on every deadline that has passed and is not already being acted on.
@@ -36,14 +42,18 @@ impl VmSupervisor {
             return false;
         };
         let state = entry.record.state;
+        let deadline = entry.record.policy.deadline;
         let pending_restart = self.policy_rt.pending.contains_key(&name);
         let act = match on_expiry {
             // A VM in the middle of a create or another delete: next tick.
             OnExpiry::Delete if !state.can_delete() => return false,
             OnExpiry::Delete => "deleting it",
-            OnExpiry::Stop if state.can_stop() || pending_restart => "stopping it",
+            OnExpiry::Snapshot if state.can_snapshot() => "snapshotting it",
+            OnExpiry::Stop | OnExpiry::Snapshot if state.can_stop() || pending_restart => {
+                "stopping it"
+            }
             // Already not running: nothing to stop.
-            OnExpiry::Stop => "it was not running",
+            OnExpiry::Stop | OnExpiry::Snapshot => "it was not running",
         };
         info!(self.log, "time limit reached"; "vm" => &name, "action" => act);
         self.publish(
@@ -59,29 +69,50 @@ impl VmSupervisor {
         self.policy_rt.expiring.insert(name.clone());
         let me = ctx.address();
         let n = name.clone();
+        let snapshot = (act == "snapshotting it").then(|| {
+            // Named after the deadline, stored until the action is done: the same name if
+            // a hearthd killed mid-way acts again.
+            policy_snapshot_name(&n, EXPIRED_TAG, deadline.unwrap_or(UNIX_EPOCH))
+        });
         let done = async move {
-            match on_expiry {
-                OnExpiry::Delete => me.send(DeleteVm { name: n }).await.map(Result::err),
-                OnExpiry::Stop => me
+            let mailbox = |e| SupervisorError::step("expiry", e);
+            match (on_expiry, snapshot) {
+                (OnExpiry::Delete, _) => me
+                    .send(DeleteVm { name: n })
+                    .await
+                    .map_err(mailbox)?
+                    .map(|()| None),
+                (_, Some(snapshot)) => park(me, n, snapshot).await.map(Some),
+                (_, None) => me
                     .send(RunAction {
                         name: n,
                         action: VmAction::Stop,
                         idempotency: None,
                     })
                     .await
-                    .map(Result::err),
+                    .map_err(mailbox)?
+                    .map(|_| None),
             }
         };
         ctx.spawn(done.into_actor(self).map(move |res, act, _| {
             act.policy_rt.expiring.remove(&name);
             match res {
-                Ok(None) => {
-                    if on_expiry == OnExpiry::Stop {
+                Ok(parked) => {
+                    if let Some(parked) = parked {
+                        let state = act.vms.get(&name).map(|e| e.record.state);
+                        let detail = format!("time limit reached: {}", parked.detail());
+                        act.publish(
+                            &name,
+                            state.unwrap_or(hearth_proto::api::VmState::Stopped),
+                            EventReason::Expired,
+                            Some(&detail),
+                        );
+                    }
+                    if on_expiry != OnExpiry::Delete {
                         act.clear_deadline(&name);
                     }
                 }
                 // Tried again at the next tick.
-                Ok(Some(e)) => warn!(act.log, "expiry action failed"; "vm" => &name, "error" => %e),
                 Err(e) => warn!(act.log, "expiry action failed"; "vm" => &name, "error" => %e),
             }
         }));

@@ -36,6 +36,7 @@ mod messages;
 pub mod metrics;
 pub mod node;
 mod open;
+mod park;
 mod pause;
 pub mod policy;
 mod policy_msgs;
@@ -199,6 +200,7 @@ impl VmEntry {
                     .map(|d| d.as_secs())
             }),
             time_left_secs: None,
+            parked_snapshot: None,
         }
     }
 }

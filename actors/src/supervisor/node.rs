@@ -1,12 +1,21 @@
 //! The host as a whole: cordon (refuse new VMs, with a reason, persisted so a restart of
 //! hearthd keeps it) and drain (cordon, then stop every running VM, a few at a time, through
-//! the same stop as `vm stop`; its progress is readable while it runs).
+//! the same stop as `vm stop`, or first snapshot it (`park.rs`); its progress is readable
+//! while it runs, and each VM gets `drain` events: when its turn comes, and its outcome).
+//! A drain itself is not persisted: after a restart of hearthd (still cordoned), drain
+//! again; VMs already stopped are skipped, and a snapshot already taken (named after the
+//! VM's last start) is found, not taken twice.
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture};
 use futures::StreamExt;
 
-use super::{RunAction, SupervisorError, VmAction, VmSupervisor};
+use hearth_proto::api::EventReason;
+use hearth_proto::api_policy::DrainMode;
+
+use super::park::{park, stop_if_running, Parked};
+use super::policy::{policy_snapshot_name, DRAINED_TAG};
+use super::{SupervisorError, VmSupervisor};
 
 /// How many VMs a drain stops at once.
 pub const DRAIN_PARALLELISM: usize = 4;
@@ -27,11 +36,16 @@ pub struct NodeStatus {
 /// How far a drain got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainProgress {
+    /// What it does to each VM.
+    pub mode: DrainMode,
     /// VMs it set out to stop.
     pub total: usize,
-    /// Stopped so far.
+    /// Stopped so far (snapshotted first or not).
     pub stopped: usize,
-    /// Whose stop failed, with why.
+    /// `[VM, snapshot]` for each VM a `snapshot` drain snapshotted.
+    pub snapshots: Vec<(String, String)>,
+    /// Whose stop failed, or (a `snapshot` drain) whose snapshot failed before its stop,
+    /// with why.
     pub failed: Vec<(String, String)>,
     /// Whether it has finished.
     pub done: bool,
@@ -50,12 +64,17 @@ pub struct SetCordon {
 #[rtype(result = "NodeStatus")]
 pub struct GetNode;
 
-/// Cordons the host, then stops every VM that runs; answers when all stops are done.
+/// Cordons the host, then stops (or snapshots and stops) every VM that runs.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<NodeStatus, SupervisorError>")]
 pub struct Drain {
     /// The cordon's reason.
     pub reason: String,
+    /// Stop, or snapshot then stop.
+    pub mode: DrainMode,
+    /// Answer when every VM is done (`true`), or as soon as the drain has started, its
+    /// progress then readable with [`GetNode`].
+    pub wait: bool,
 }
 
 impl VmSupervisor {
@@ -125,82 +144,129 @@ impl Handler<Drain> for VmSupervisor {
         {
             return Box::pin(actix::fut::ready(Err(e)));
         }
-        let names: Vec<String> = self
+        let now = self.clock.now();
+        let work: Vec<(String, Option<String>)> = self
             .vms
             .values()
             .filter(|e| {
                 e.record.state.can_stop()
                     || self.policy_rt.pending.contains_key(&e.record.spec.name)
             })
-            .map(|e| e.record.spec.name.clone())
+            .map(|e| {
+                let name = e.record.spec.name.clone();
+                // Named after the run's start: the same name if a drain cut short by a
+                // restart of hearthd is made again.
+                let snapshot = (msg.mode == DrainMode::Snapshot && e.record.state.can_snapshot())
+                    .then(|| {
+                        let run = e.record.policy.last_start.or(e.record.policy.created);
+                        policy_snapshot_name(&name, DRAINED_TAG, run.unwrap_or(now))
+                    });
+                (name, snapshot)
+            })
             .collect();
         self.drain = Some(DrainProgress {
-            total: names.len(),
+            mode: msg.mode,
+            total: work.len(),
             ..DrainProgress::default()
         });
         let me = ctx.address();
-        let stops = futures::stream::iter(names.into_iter().map(move |name| {
+        let steps = futures::stream::iter(work.into_iter().map(move |(name, snapshot)| {
             let me = me.clone();
             async move {
-                let res = match me
-                    .send(RunAction {
-                        name: name.clone(),
-                        action: VmAction::Stop,
-                        idempotency: None,
-                    })
-                    .await
-                {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                me.do_send(DrainStep {
+                    name: name.clone(),
+                    outcome: None,
+                    snapshotting: snapshot.is_some(),
+                });
+                let res = match snapshot {
+                    Some(snapshot) => park(me.clone(), name.clone(), snapshot).await,
+                    None => stop_if_running(&me, &name)
+                        .await
+                        .map(|()| Parked::StoppedOnly(String::new())),
                 };
+                let res = res.map_err(|e| e.to_string());
                 // Counted as it comes, so `GetNode` shows the progress.
                 me.do_send(DrainStep {
                     name: name.clone(),
-                    res: res.clone(),
+                    outcome: Some(res.clone()),
+                    snapshotting: false,
                 });
                 (name, res)
             }
         }))
         .buffer_unordered(DRAIN_PARALLELISM)
         .collect::<Vec<_>>();
-        Box::pin(stops.into_actor(self).map(|outcomes, act, _| {
+        let finish = steps.into_actor(self).map(|outcomes, act, _| {
             // The whole outcome, whatever progress steps are still in the mailbox.
-            let total = act.drain.as_ref().map_or(outcomes.len(), |d| d.total);
+            let (mode, total) = act
+                .drain
+                .as_ref()
+                .map_or((DrainMode::Stop, outcomes.len()), |d| (d.mode, d.total));
             let mut progress = DrainProgress {
+                mode,
                 total,
                 done: true,
                 ..DrainProgress::default()
             };
             for (name, res) in outcomes {
-                match res {
-                    Ok(()) => progress.stopped += 1,
-                    Err(e) => progress.failed.push((name, e)),
-                }
+                progress.count(name, res);
             }
             act.drain = Some(progress);
-            Ok(act.node_status())
-        }))
+            act.node_status()
+        });
+        if msg.wait {
+            return Box::pin(finish.map(|status, _, _| Ok(status)));
+        }
+        ctx.spawn(finish.map(|_, _, _| ()));
+        Box::pin(actix::fut::ready(Ok(self.node_status())))
     }
 }
 
-/// Internal: one drained VM's outcome.
+impl DrainProgress {
+    /// Counts one VM's outcome.
+    fn count(&mut self, name: String, res: Result<Parked, String>) {
+        match res {
+            Ok(Parked::Snapshot(snapshot)) => {
+                self.stopped += 1;
+                self.snapshots.push((name, snapshot));
+            }
+            Ok(Parked::StoppedOnly(why)) => {
+                self.stopped += 1;
+                if !why.is_empty() {
+                    self.failed.push((name, format!("snapshot failed: {why}")));
+                }
+            }
+            Err(e) => self.failed.push((name, e)),
+        }
+    }
+}
+
+/// Internal: a drained VM's turn (`outcome: None`) or outcome.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct DrainStep {
     name: String,
-    res: Result<(), String>,
+    outcome: Option<Result<Parked, String>>,
+    snapshotting: bool,
 }
 
 impl Handler<DrainStep> for VmSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainStep, _ctx: &mut Context<Self>) {
-        if let Some(d) = self.drain.as_mut().filter(|d| !d.done) {
-            match msg.res {
-                Ok(()) => d.stopped += 1,
-                Err(e) => d.failed.push((msg.name, e)),
-            }
+        let state = self.vms.get(&msg.name).map(|e| e.record.state);
+        let detail = match &msg.outcome {
+            None if msg.snapshotting => "drain: snapshotting it".to_owned(),
+            None => "drain: stopping it".to_owned(),
+            Some(Ok(Parked::StoppedOnly(why))) if why.is_empty() => "drain: stopped".to_owned(),
+            Some(Ok(parked)) => format!("drain: {}", parked.detail()),
+            Some(Err(e)) => format!("drain: not stopped: {e}"),
+        };
+        if let Some(state) = state {
+            self.publish(&msg.name, state, EventReason::Drain, Some(&detail));
+        }
+        if let (Some(d), Some(res)) = (self.drain.as_mut().filter(|d| !d.done), msg.outcome) {
+            d.count(msg.name, res);
         }
     }
 }

@@ -113,6 +113,37 @@ pub fn time_left(deadline: SystemTime, now: SystemTime) -> Duration {
     deadline.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
+/// The tag in the name of a snapshot an expiry takes.
+pub const EXPIRED_TAG: &str = "expired";
+/// The tag in the name of a snapshot a drain takes.
+pub const DRAINED_TAG: &str = "drained";
+
+/// The name of the snapshot a policy takes of `vm`: `<vm>-<tag>-<at, Unix ms>`, the VM's name
+/// shortened if needed to keep it a valid snapshot name (at most 63 characters). `at` is a
+/// stored time (the expiry's deadline, the run's start), so a hearthd killed mid-way and
+/// acting again names the same snapshot, and finds it taken instead of taking it twice.
+pub fn policy_snapshot_name(vm: &str, tag: &str, at: SystemTime) -> String {
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let suffix = format!("-{tag}-{ms}");
+    let keep = 63usize.saturating_sub(suffix.len()).min(vm.len());
+    // VM names are ASCII: any cut is on a character boundary.
+    let prefix = vm.get(..keep).unwrap_or(vm).trim_end_matches('-');
+    format!("{prefix}{suffix}")
+}
+
+/// Whether `name` has the form of [`policy_snapshot_name`].
+pub fn is_policy_snapshot_name(name: &str) -> bool {
+    [EXPIRED_TAG, DRAINED_TAG].iter().any(|tag| {
+        name.rsplit_once('-').is_some_and(|(head, ms)| {
+            !ms.is_empty()
+                && ms.bytes().all(|b| b.is_ascii_digit())
+                && head.ends_with(&format!("-{tag}"))
+        })
+    })
+}
+
 /// The supervisor's source of time, so that tests move it by hand.
 pub trait Clock: Send + Sync + 'static {
     /// The current wall-clock time (deadlines are stored as wall-clock times, since they must
@@ -277,6 +308,27 @@ mod tests {
             decide_restart(policy, ExitCause::Crash, from_future, at(0)),
             RestartDecision::GiveUp { attempts: 3 }
         );
+    }
+
+    #[test]
+    fn policy_snapshot_names_are_valid_deterministic_and_distinct() {
+        let name = policy_snapshot_name("job", EXPIRED_TAG, at(5));
+        assert_eq!(name, "job-expired-1800000005000");
+        assert_eq!(name, policy_snapshot_name("job", EXPIRED_TAG, at(5)));
+        assert_ne!(name, policy_snapshot_name("job", EXPIRED_TAG, at(6)));
+        assert_ne!(name, policy_snapshot_name("job", DRAINED_TAG, at(5)));
+        assert!(is_policy_snapshot_name(&name));
+        assert!(!is_policy_snapshot_name("job-expired-"));
+        assert!(!is_policy_snapshot_name("job-backup-1"));
+        // The longest VM name (and one whose cut would end in '-') still makes a valid name.
+        for vm in [
+            "a".repeat(63),
+            format!("{}-{}", "a".repeat(40), "b".repeat(22)),
+        ] {
+            let n = policy_snapshot_name(&vm, DRAINED_TAG, at(1));
+            hearth_proto::api_snapshot::validate_snapshot_name(&n, "name").unwrap();
+            assert!(is_policy_snapshot_name(&n), "{n}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use actix::fut::ActorFutureExt;
 use actix::{AsyncContext, Context, Handler, MessageResult};
 use futures::FutureExt;
 use hearth_proto::api::{EventReason, VmInfo, VmState};
+use hearth_proto::api_policy::RestartPolicy;
+use hearth_proto::api_snapshot::SnapshotState;
 use slog::{info, warn};
 
 use super::handlers::Saga;
@@ -64,6 +66,7 @@ impl VmSupervisor {
             RestartDecision::Leave => {}
             RestartDecision::Restart { delay, attempt } => {
                 record.attempts = attempt;
+                record.restart_due = Some(now + delay);
                 // The store first: a hearthd killed now finds the count (and the VM crashed,
                 // which its next `Open` restarts).
                 if let Err(e) = self.apply(name, Change::Policy(record)) {
@@ -135,6 +138,7 @@ impl VmSupervisor {
                 let state = entry.record.state;
                 let mut record = entry.record.policy;
                 record.last_start = Some(act.clock.now());
+                record.restart_due = None;
                 act.apply(&n, Change::Policy(record))?;
                 let detail = match attempt {
                     Some(k) => format!("restart attempt {k}"),
@@ -173,6 +177,9 @@ impl VmSupervisor {
         action: Option<VmAction>,
     ) -> Option<Result<Saga, SupervisorError>> {
         let cancelled = self.policy_rt.pending.remove(name).is_some();
+        if cancelled {
+            self.forget_restart_due(name);
+        }
         let action = action?;
         let state = self.vms.get(name)?.record.state;
         let stop = matches!(action, VmAction::Stop | VmAction::Kill);
@@ -204,28 +211,74 @@ impl VmSupervisor {
         let mut record = entry.record.policy;
         record.attempts = 0;
         record.last_start = Some(self.clock.now());
+        record.restart_due = None;
         if let Err(e) = self.apply(name, Change::Policy(record)) {
             warn!(self.log, "restart history not reset"; "vm" => name, "error" => %e);
         }
     }
 
-    /// After `Open`: queues the VMs found crashed whose policy restarts them, oldest first.
+    /// Removes the stored due time of a cancelled restart (a later `Open` must not make it).
+    fn forget_restart_due(&mut self, name: &str) {
+        let Some(entry) = self.vms.get(name) else {
+            return;
+        };
+        let mut record = entry.record.policy;
+        if record.restart_due.take().is_some() {
+            if let Err(e) = self.apply(name, Change::Policy(record)) {
+                warn!(self.log, "cancelled restart not recorded"; "vm" => name, "error" => %e);
+            }
+        }
+    }
+
+    /// After `Open`: a restart that was pending when hearthd stopped and is not due yet waits
+    /// for its stored due time (the backoff goes on where it was); the other VMs found
+    /// crashed whose policy restarts them are queued, oldest first.
     pub(super) fn queue_autostarts(&mut self, ctx: &mut Context<Self>) -> Vec<String> {
         let now = self.clock.now();
+        let waiting: Vec<(String, SystemTime, u32)> = self
+            .vms
+            .values()
+            .filter(|e| e.record.state.can_start() && e.record.spec.restart != RestartPolicy::No)
+            .filter_map(|e| {
+                let due = e.record.policy.restart_due.filter(|d| *d > now)?;
+                Some((e.record.spec.name.clone(), due, e.record.policy.attempts))
+            })
+            .collect();
+        for (name, due, attempt) in waiting {
+            info!(self.log, "restart still pending from before"; "vm" => &name, "attempt" => attempt);
+            self.policy_rt.pending.insert(
+                name,
+                PendingRestart {
+                    due,
+                    attempt,
+                    launched: false,
+                },
+            );
+            ctx.run_later(super::policy::time_left(due, now), |act, ctx| {
+                act.run_due_restarts(ctx);
+            });
+        }
         let mut wanted: Vec<(Option<SystemTime>, String)> = self
             .vms
             .values()
-            .filter(|e| e.record.state == VmState::Crashed)
+            .filter(|e| !self.policy_rt.pending.contains_key(&e.record.spec.name))
             .filter(|e| {
-                matches!(
-                    decide_restart(
-                        e.record.spec.restart,
-                        ExitCause::Crash,
-                        e.record.policy.history(),
-                        now
-                    ),
-                    RestartDecision::Restart { .. }
-                )
+                // A restart decided before hearthd stopped and overdue now is made, whatever
+                // the count says (it counted this attempt already).
+                let overdue = e.record.policy.restart_due.is_some()
+                    && e.record.state.can_start()
+                    && e.record.spec.restart != RestartPolicy::No;
+                overdue
+                    || (e.record.state == VmState::Crashed
+                        && matches!(
+                            decide_restart(
+                                e.record.spec.restart,
+                                ExitCause::Crash,
+                                e.record.policy.history(),
+                                now
+                            ),
+                            RestartDecision::Restart { .. }
+                        ))
             })
             .map(|e| (e.record.policy.created, e.record.spec.name.clone()))
             .collect();
@@ -262,6 +315,13 @@ impl VmSupervisor {
         {
             info.time_left_secs = Some(secs_ceil(super::policy::time_left(deadline, now)));
         }
+        info.parked_snapshot = self
+            .snapshots
+            .values()
+            .filter(|r| r.source_vm == info.name && r.state == SnapshotState::Ready)
+            .filter(|r| super::policy::is_policy_snapshot_name(&r.name))
+            .max_by_key(|r| r.created_at_ms)
+            .map(|r| r.name.clone());
         info
     }
 }
@@ -310,6 +370,7 @@ impl VmSupervisor {
                 .and_then(|t| hearth_proto::api_policy::parse_ttl(t).ok())
                 .map(|d| now + d),
             created: Some(now),
+            restart_due: None,
         }
     }
 }

@@ -111,6 +111,9 @@ pub struct PolicyState {
     pub deadline: Option<SystemTime>,
     /// When it was created (autostarts go oldest first).
     pub created: Option<SystemTime>,
+    /// When the restart the policy decided on is due, while one is pending (stored so that
+    /// the backoff survives a restart of hearthd).
+    pub restart_due: Option<SystemTime>,
 }
 
 impl PolicyState {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::Addr;
 use hearth_proto::api::{self, EventReason, VmState};
-use hearth_proto::api_policy::{OnExpiry, RestartPolicy, TtlChange};
+use hearth_proto::api_policy::{DrainMode, OnExpiry, RestartPolicy, TtlChange};
 
 use super::policy::ManualClock;
 use super::testing::supervisor_with_clock;
@@ -412,6 +412,8 @@ async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
     let node = sup
         .send(Drain {
             reason: "maintenance".into(),
+            mode: DrainMode::Stop,
+            wait: true,
         })
         .await
         .unwrap()
@@ -435,4 +437,175 @@ async fn a_cordoned_host_refuses_creates_and_a_drain_stops_what_would_run() {
         .unwrap(),
         Err(SupervisorError::Cordoned { .. })
     ));
+}
+
+/// A restart pending when hearthd was killed keeps its backoff: the next `Open` waits for the
+/// stored due time instead of starting the VM at once, and counts on from the stored attempt.
+#[actix::test]
+async fn a_pending_restart_keeps_its_due_time_across_a_restart_of_hearthd() {
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Crashed, "on-failure:5");
+    // As left by a hearthd killed 1 s after it decided attempt 3 (due 4 s after the crash).
+    store
+        .put_policy(
+            "a",
+            &PolicyState {
+                attempts: 3,
+                last_start: Some(t0() - Duration::from_secs(2)),
+                restart_due: Some(t0() + Duration::from_secs(3)),
+                ..PolicyState::default()
+            },
+        )
+        .unwrap();
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, Vec::<String>::new());
+    let vm = info(&sup, "a").await;
+    assert_eq!((vm.state, vm.restart_in_secs), (VmState::Crashed, Some(3)));
+    assert_eq!(vm.restart_attempts, 3);
+
+    clock.advance(Duration::from_millis(2999));
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
+    clock.advance(Duration::from_millis(1));
+    let tick = sup.send(PolicyTick).await.unwrap();
+    assert_eq!(tick.restarts, ["a"]);
+    // The spawn fails: the loop goes on at attempt 4 (8 s), not from 1.
+    let events = until_last_event(&sup, "restarting in 8s (attempt 4)").await;
+    assert_eq!(
+        events,
+        ["restart attempt 3", "restarting in 8s (attempt 4)"]
+    );
+}
+
+/// A restart overdue when hearthd starts is made at once (with the autostarts), even if its
+/// count is at the maximum: the stored decision is kept, not made again.
+#[actix::test]
+async fn an_overdue_restart_from_before_is_made_on_open() {
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Failed, "on-failure:2");
+    store
+        .put_policy(
+            "a",
+            &PolicyState {
+                attempts: 2,
+                last_start: Some(t0() - Duration::from_secs(60)),
+                restart_due: Some(t0() - Duration::from_secs(50)),
+                ..PolicyState::default()
+            },
+        )
+        .unwrap();
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, ["a"]);
+    // Its start fails: the count is at the maximum, so the policy gives up.
+    until_last_event(&sup, "gave up after 2 restarts").await;
+    assert_eq!(info(&sup, "a").await.restart_in_secs, None);
+}
+
+async fn drain_events(sup: &Addr<VmSupervisor>, vm: &str) -> Vec<String> {
+    sup.send(EventsSince {
+        since: 0,
+        limit: 1000,
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .into_iter()
+    .filter(|e| e.reason == EventReason::Drain && e.vm == vm)
+    .filter_map(|e| e.detail)
+    .collect()
+}
+
+/// A drain asked not to wait answers as soon as it has started (a second one is refused
+/// meanwhile), its progress readable with `GetNode`; each VM gets `drain` events. A VM that
+/// does not run (its restart pending) is only stopped, even by a `snapshot` drain.
+#[actix::test]
+async fn a_drain_can_answer_at_once_and_tells_each_vm_why() {
+    let clock = ManualClock::new(t0());
+    let sup = opened(store_with("a", VmState::Crashed, "always"), &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+    let drain = |wait| Drain {
+        reason: "maintenance".into(),
+        mode: DrainMode::Snapshot,
+        wait,
+    };
+    // Both queued before the first is handled: the second finds the first running (its
+    // stops are queued behind it).
+    let (first, second) = (sup.send(drain(false)), sup.send(drain(true)));
+    let d = first.await.unwrap().unwrap().drain.unwrap();
+    assert_eq!((d.mode, d.total, d.done), (DrainMode::Snapshot, 1, false));
+    assert!(matches!(
+        second.await.unwrap(),
+        Err(SupervisorError::Conflict { .. })
+    ));
+    let mut node = sup.send(GetNode).await.unwrap();
+    for _ in 0..500 {
+        if node.drain.as_ref().is_some_and(|d| d.done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        node = sup.send(GetNode).await.unwrap();
+    }
+    let d = node.drain.unwrap();
+    assert_eq!((d.stopped, d.done), (1, true), "{d:?}");
+    assert!(d.snapshots.is_empty() && d.failed.is_empty(), "{d:?}");
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+    assert_eq!(
+        drain_events(&sup, "a").await,
+        ["drain: stopping it", "drain: stopped"]
+    );
+}
+
+/// `on_expiry: snapshot` of a VM that does not run: nothing to snapshot. One whose restart is
+/// pending is stopped (the restart cancelled), one already stopped only loses its deadline.
+#[actix::test]
+async fn an_expiry_to_snapshot_of_a_vm_that_does_not_run_stops_it_or_clears_the_deadline() {
+    let clock = ManualClock::new(t0());
+    let mut store = MemoryVmStore::default();
+    for (name, state, restart) in [
+        ("idle", VmState::Stopped, "no"),
+        ("looping", VmState::Crashed, "always"),
+    ] {
+        let mut s = spec(name, restart);
+        s.on_expiry = OnExpiry::Snapshot;
+        store.insert_vm(&s).unwrap();
+        store.set_state(name, state, None).unwrap();
+        store
+            .put_policy(
+                name,
+                &PolicyState {
+                    deadline: Some(t0() + Duration::from_secs(30)),
+                    ..PolicyState::default()
+                },
+            )
+            .unwrap();
+    }
+    let sup = opened(store, &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+    clock.advance(Duration::from_millis(500));
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
+    clock.advance(Duration::from_secs(30));
+    let tick = sup.send(PolicyTick).await.unwrap();
+    let mut expired = tick.expiries.clone();
+    expired.sort();
+    assert_eq!(expired, ["idle", "looping"]);
+    for _ in 0..500 {
+        if info(&sup, "looping").await.time_left_secs.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for name in ["idle", "looping"] {
+        let vm = info(&sup, name).await;
+        assert_eq!(
+            (vm.state, vm.time_left_secs, vm.restart_in_secs),
+            (VmState::Stopped, None, None),
+            "{name}"
+        );
+        assert_eq!(vm.parked_snapshot, None);
+    }
+    let events = policy_events(&sup).await;
+    assert!(events.contains(&"time limit reached: it was not running".to_owned()));
+    assert!(events.contains(&"time limit reached: stopping it".to_owned()));
+    // The restart the expiry cancelled does not come back.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
 }

@@ -1,13 +1,18 @@
-//! `hearthctl node [cordon [REASON] | uncordon | drain [REASON]]`: the host's cordon and
-//! drain; without a subcommand, its state.
+//! `hearthctl node [cordon [REASON] | uncordon | drain [REASON] [--snapshot] [--no-wait]]`:
+//! the host's cordon and drain; without a subcommand, its state.
+
+use std::time::Duration;
 
 use clap::Subcommand;
 use hearth::client::{ApiPath, Client, Method};
-use hearth_proto::api_policy::CordonRequest;
+use hearth_proto::api_policy::{CordonRequest, DrainMode, DrainRequest};
 use serde_json::Value;
 
 use crate::output::print_json;
 use crate::Out;
+
+/// How often a waiting drain asks for its progress.
+const POLL: Duration = Duration::from_millis(500);
 
 /// The `node` subcommands.
 #[derive(Debug, Subcommand)]
@@ -19,10 +24,20 @@ pub(crate) enum NodeCmd {
     },
     /// Take new VMs again.
     Uncordon,
-    /// Cordon, then stop every running VM; prints the outcome.
+    /// Cordon, then stop every running VM; prints the progress until done.
     Drain {
         /// Why.
         reason: Option<String>,
+        /// Snapshot each running VM (as `<vm>-drained-<ms>`) before stopping it; a VM whose
+        /// snapshot fails is stopped all the same.
+        #[arg(long, conflicts_with = "stop")]
+        snapshot: bool,
+        /// Only stop each running VM (the default).
+        #[arg(long)]
+        stop: bool,
+        /// Return once the drain has started (`hearthctl node` shows its progress).
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -42,17 +57,66 @@ pub(crate) fn run(c: &Client, json: bool, cmd: Option<NodeCmd>) -> Out {
             &[],
             &serde_json::json!({}),
         )?,
-        Some(NodeCmd::Drain { reason }) => c.send_json(
-            Method::POST,
-            ApiPath::new("/v1/node/drain"),
-            &[],
-            &CordonRequest { reason },
-        )?,
+        Some(NodeCmd::Drain {
+            reason,
+            snapshot,
+            stop: _,
+            no_wait,
+        }) => {
+            let mode = if snapshot {
+                DrainMode::Snapshot
+            } else {
+                DrainMode::Stop
+            };
+            let started: Value = c.send_json(
+                Method::POST,
+                ApiPath::new("/v1/node/drain").query("wait", false),
+                &[],
+                &DrainRequest {
+                    reason,
+                    mode: Some(mode),
+                },
+            )?;
+            if no_wait {
+                started
+            } else {
+                wait_for_drain(c, json, started)?
+            }
+        }
     };
     if json {
         print_json(&node);
         return Ok(());
     }
+    print_node(&node);
+    Ok(())
+}
+
+/// Polls `GET /v1/node` until the drain is done, printing each change of its progress
+/// (unless the output is JSON); answers the final state.
+fn wait_for_drain(c: &Client, json: bool, mut node: Value) -> Result<Value, crate::Failure> {
+    let mut shown = None;
+    loop {
+        let d = &node["drain"];
+        if !d.is_object() || d["done"] == true {
+            return Ok(node);
+        }
+        let now = (d["stopped"].clone(), d["failed"].clone());
+        if !json && shown.as_ref() != Some(&now) {
+            println!(
+                "draining: {} of {} stopped, {} failed",
+                d["stopped"],
+                d["total"],
+                d["failed"].as_array().map_or(0, Vec::len)
+            );
+            shown = Some(now);
+        }
+        std::thread::sleep(POLL);
+        node = c.get(ApiPath::new("/v1/node"))?;
+    }
+}
+
+fn print_node(node: &Value) {
     match node["reason"].as_str() {
         Some(reason) if node["cordoned"] == true => println!("cordoned: {reason}"),
         _ => println!("schedulable"),
@@ -60,7 +124,19 @@ pub(crate) fn run(c: &Client, json: bool, cmd: Option<NodeCmd>) -> Out {
     let d = &node["drain"];
     if d.is_object() {
         let state = if d["done"] == true { "done" } else { "running" };
-        println!("drain {state}: {} of {} stopped", d["stopped"], d["total"]);
+        println!(
+            "drain ({}) {state}: {} of {} stopped",
+            d["mode"].as_str().unwrap_or("stop"),
+            d["stopped"],
+            d["total"]
+        );
+        for s in d["snapshots"].as_array().into_iter().flatten() {
+            println!(
+                "  {} snapshotted as {}",
+                s[0].as_str().unwrap_or("?"),
+                s[1].as_str().unwrap_or("?")
+            );
+        }
         for f in d["failed"].as_array().into_iter().flatten() {
             println!(
                 "  {} failed: {}",
@@ -69,5 +145,4 @@ pub(crate) fn run(c: &Client, json: bool, cmd: Option<NodeCmd>) -> Out {
             );
         }
     }
-    Ok(())
 }

@@ -143,7 +143,7 @@ pub(crate) struct CreateArgs {
     /// Time limit from now (`30m`, `1h30m`); `vm get` shows the time left.
     #[arg(long)]
     ttl: Option<String>,
-    /// What happens at the time limit: stop (default) or delete.
+    /// What happens at the time limit: stop (default), delete, or snapshot then stop.
     #[arg(long, value_enum, default_value = "stop")]
     on_expiry: ExpiryArg,
     /// Makes a retried create a no-op (sent as `Idempotency-Key`).
@@ -156,6 +156,8 @@ pub(crate) struct CreateArgs {
 pub(crate) enum ExpiryArg {
     Stop,
     Delete,
+    /// Snapshot (as `<vm>-expired-<deadline ms>`), then stop.
+    Snapshot,
 }
 
 impl From<ExpiryArg> for OnExpiry {
@@ -163,6 +165,7 @@ impl From<ExpiryArg> for OnExpiry {
         match a {
             ExpiryArg::Stop => OnExpiry::Stop,
             ExpiryArg::Delete => OnExpiry::Delete,
+            ExpiryArg::Snapshot => OnExpiry::Snapshot,
         }
     }
 }
@@ -411,9 +414,16 @@ pub(crate) fn show_vm(json: bool, vm: &VmInfo) {
         let on = match s.on_expiry {
             OnExpiry::Stop => "stop",
             OnExpiry::Delete => "delete",
+            OnExpiry::Snapshot => "snapshot, stop",
         };
         let left = format!("{}h{:02}m{:02}s", left / 3600, left / 60 % 60, left % 60);
         rows.push(("time left", format!("{left} (then {on})")));
+    }
+    if let Some(snap) = &vm.parked_snapshot {
+        rows.push((
+            "parked as",
+            format!("{snap} (vm create --from-snapshot {snap})"),
+        ));
     }
     for (k, v) in rows {
         println!("{:<12} {v}", format!("{k}:"));

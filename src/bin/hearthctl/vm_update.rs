@@ -1,4 +1,4 @@
-//! `hearthctl vm update NAME [--restart P] [--ttl [+]D] [--on-expiry stop|delete] [--label k=v]...`:
+//! `hearthctl vm update NAME [--restart P] [--ttl [+]D] [--on-expiry stop|delete|snapshot] [--label k=v]...`:
 //! `PATCH /v1/vms/{name}`. The input is checked here first (exit 2, nothing sent).
 
 use clap::Args;
