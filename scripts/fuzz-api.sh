@@ -229,10 +229,10 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 include-operation-id = "createVm"
 # Mostly name the imported images, so creates succeed and the stateful phase has VMs.
 parameters = { "body.kernel" = { dictionary = "kernels", probability = 0.8 }, "body.rootfs" = { dictionary = "rootfs", probability = 0.8 }, "body.disk_size" = { dictionary = "disks", probability = 1.0 } }
-# (9) 400 is accepted here: `from_snapshot` excludes `kernel` and `rootfs`, and `init`
-# depends on how the image was built; the CreateVm schema is also VmInfo's `spec` (where a
+# (9) 400 is accepted here: 'from_snapshot' excludes 'kernel' and 'rootfs', and 'init'
+# depends on how the image was built; the CreateVm schema is also VmInfo's 'spec' (where a
 # restored VM has all three), so it does not encode the exclusion. Those refusals are 400
-# `invalid_field` naming the field, tested in tests/api. Negative data is still checked.
+# 'invalid_field' naming the field, tested in tests/api. Negative data is still checked.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "422"]
 
 [[operations]]
