@@ -34,10 +34,12 @@ use crate::tap_pool::TapPoolError;
 mod dns_name;
 mod host;
 mod nat_switch;
+mod publish;
 
 pub use dns_name::DnsName;
 pub use host::CapabilityHost;
 pub use nat_switch::NatSwitch;
+pub use publish::Publish;
 
 /// What a hook's future answers. Boxed and local (not `Send`): hooks run on the supervisor's
 /// arbiter, and a boxed future keeps the trait object-safe.
@@ -208,7 +210,7 @@ pub trait Capability {
 #[must_use]
 pub fn for_spec(spec: &CreateVm) -> Vec<Box<dyn Capability>> {
     let _ = spec;
-    vec![Box::new(NatSwitch), Box::new(DnsName)]
+    vec![Box::new(NatSwitch), Box::new(Publish), Box::new(DnsName)]
 }
 
 #[cfg(test)]
