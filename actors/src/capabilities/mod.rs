@@ -107,6 +107,14 @@ pub enum CapabilityError {
         /// What collides, naming the other owner.
         message: String,
     },
+    /// The configuration cannot be used (HTTP 400); nothing was changed.
+    #[error("{reason}")]
+    Invalid {
+        /// The capability (its spec field).
+        capability: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The hook needs the VM's lease and it has none.
     #[error("{capability}: VM {vm:?} has no network lease")]
     NoLease {
@@ -133,6 +141,12 @@ impl From<CapabilityError> for SupervisorError {
             }
             CapabilityError::TapPool { source, .. } => {
                 SupervisorError::step("capability", StepCause::Pool(Arc::new(source)))
+            }
+            CapabilityError::Invalid { capability, reason } => {
+                SupervisorError::InvalidField(hearth_proto::api::FieldError {
+                    field: capability,
+                    reason,
+                })
             }
             e @ CapabilityError::Conflict { .. } => SupervisorError::Conflict {
                 message: e.to_string(),

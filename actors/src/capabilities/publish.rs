@@ -30,6 +30,10 @@ fn nat_error(source: NatError) -> CapabilityError {
             capability: NAME,
             message: source.to_string(),
         },
+        NatError::InvalidPublish { .. } => CapabilityError::Invalid {
+            capability: NAME,
+            reason: source.to_string(),
+        },
         source => CapabilityError::Nat {
             capability: NAME,
             source,
