@@ -7,11 +7,6 @@
 //! here; the host's firewall is never touched), and removes it at the end.
 //! `cargo run --release --example bench_publish [-- <iterations> [nft|legacy]]` (default: 200
 //! iterations, the system's `iptables`).
-#![expect(
-    clippy::disallowed_methods,
-    reason = "examples drive real tools and binaries directly and clean up their own directories"
-)]
-
 use hearth_testkit as common;
 
 use std::net::Ipv4Addr;
@@ -50,6 +45,18 @@ fn port(host_port: u16) -> PortMapping {
         guest_port: 80,
         protocol: Protocol::Tcp,
     }
+}
+
+/// Guests `0..population`, NAT on.
+fn desired(population: u32) -> Vec<GuestSpec> {
+    (0..population)
+        .map(|n| GuestSpec {
+            tap: format!("hth{n}"),
+            ip: guest_ip(n),
+            mac: MacAddr::for_guest(guest_ip(n)),
+            nat: true,
+        })
+        .collect()
 }
 
 /// p50 and p99 of samples, in milliseconds.
@@ -103,15 +110,7 @@ fn main() {
         let probe = guest_ip(1500);
         let mut p50s = Vec::new();
         for population in [10u32, 1000] {
-            let desired: Vec<GuestSpec> = (0..population)
-                .map(|n| GuestSpec {
-                    tap: format!("hth{n}"),
-                    ip: guest_ip(n),
-                    mac: MacAddr::for_guest(guest_ip(n)),
-                    nat: true,
-                })
-                .collect();
-            nat.send(Reconcile { desired }).await.expect("mailbox").expect("reconcile");
+            nat.send(Reconcile { desired: desired(population) }).await.expect("mailbox").expect("reconcile");
             // The population: VM n publishes host port 20000 + n.
             let start = Instant::now();
             for n in 0..population {
@@ -128,15 +127,7 @@ fn main() {
                 start.elapsed().as_secs_f64() * 1e3
             );
             let start = Instant::now();
-            let desired: Vec<GuestSpec> = (0..population)
-                .map(|n| GuestSpec {
-                    tap: format!("hth{n}"),
-                    ip: guest_ip(n),
-                    mac: MacAddr::for_guest(guest_ip(n)),
-                    nat: true,
-                })
-                .collect();
-            nat.send(Reconcile { desired }).await.expect("mailbox").expect("reconcile");
+            nat.send(Reconcile { desired: desired(population) }).await.expect("mailbox").expect("reconcile");
             println!(
                 "{:<28} {population:>5} publishing VMs  {:>9.1} ms (chains and all ports rewritten)",
                 "Reconcile",

@@ -3,10 +3,6 @@
 //! `unpublish` at run time, a conflict naming the other VM, the rules kept across a `kill -9`
 //! of hearthd (re-applied from the store by `Open`), and nothing left in the kernel once the
 //! VMs are deleted. Packets through these rules: tests/publish.rs.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests drive real tools and binaries (ip, iptables, hearthd, hearthctl)"
-)]
 
 mod common;
 use common::daemon;

@@ -6,10 +6,6 @@
 //! from the other guest through the host's address (hairpin, masqueraded); nothing else of the
 //! guest is reachable; a host socket's port is refused naming it; a `Reconcile` keeps the
 //! ports; unpublishing and teardown leave no rule behind.
-#![expect(
-    clippy::disallowed_methods,
-    reason = "tests drive real tools (ip, iptables) in namespaces they create"
-)]
 
 mod common;
 

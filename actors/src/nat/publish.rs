@@ -3,7 +3,7 @@
 //! Static part (rebuilt by every `Reconcile`, see `rules.rs`): `HEARTH-PREROUTING` (traffic
 //! arriving from outside, and from guests: hairpin) and `HEARTH-OUTPUT` (traffic the host
 //! itself originates) jump to `HEARTH-PUBLISH` for packets addressed to one of the host's own
-//! addresses; `HEARTH-FORWARD` accepts connections hearth DNATed (both directions) before its
+//! addresses; `HEARTH-FORWARD` accepts connections hearth translated (DNAT, both directions) before its
 //! drops, so a published port is the only way into a guest; `HEARTH-POSTROUTING` masquerades
 //! guest-to-guest hairpin connections, so the answer comes back through the host.
 //!
@@ -49,7 +49,7 @@ pub fn hairpin_rule(config: &NatConfig) -> String {
     )
 }
 
-/// The forward rules letting connections hearth DNATed to a guest (and their replies) pass
+/// The forward rules letting connections hearth translated (DNAT) to a guest (and their replies) pass
 /// before `HEARTH-FORWARD`'s drops.
 #[must_use]
 pub fn forward_rules(config: &NatConfig) -> [String; 2] {
