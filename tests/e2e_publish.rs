@@ -74,6 +74,14 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("\"web\""), "{err}");
     assert!(ports(&h, "db").is_empty());
+    // An address the host does not have: refused (409, the host's state), nothing recorded.
+    let out = h.ctl(&["vm", "publish", "db", "10.99.0.1:8081:81"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not an address of this host"),
+        "{err}"
+    );
+    assert!(ports(&h, "db").is_empty());
     assert_eq!(publish_rules(&h).len(), 3);
 
     // hearthd killed and started again: Open rebuilds the chains and re-publishes.

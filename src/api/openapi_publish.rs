@@ -18,7 +18,8 @@ pub fn extend(doc: &mut Value) {
         (
             "409",
             "The host port is taken (the message names the owner: another VM's \
-                 port, hearth's DNS, or a socket on the host), or the VM is being deleted",
+                 port, hearth's DNS, or a socket on the host), the host address is not one \
+                 of this host's, or the VM is being deleted",
         ),
         ("500", "The firewall change failed"),
         ("503", "hearthd is shutting down"),
@@ -50,6 +51,20 @@ pub fn extend(doc: &mut Value) {
             "responses": responses(&[("200", json_response("The VM's ports", list))], &change),
         },
     });
+    // Creating or starting a VM publishes its ports: they can collide too.
+    for (path, method) in [
+        ("/v1/vms", "post"),
+        ("/v1/vms/{name}/start", "post"),
+        ("/v1/vms/{name}/restart", "post"),
+    ] {
+        let description = &mut doc["paths"][path][method]["responses"]["409"]["description"];
+        if let Some(text) = description.as_str() {
+            *description = Value::from(format!(
+                "{text}; or a published port's host port is taken or its host address is \
+                 not one of this host's"
+            ));
+        }
+    }
     let schemas = &mut doc["components"]["schemas"];
     schemas["PortMapping"] = json!({
         "type": "object", "additionalProperties": false,

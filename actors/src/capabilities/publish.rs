@@ -26,10 +26,13 @@ fn gone(_: MailboxError) -> CapabilityError {
 
 fn nat_error(source: NatError) -> CapabilityError {
     match source {
-        NatError::PortConflict { .. } => CapabilityError::Conflict {
-            capability: NAME,
-            message: source.to_string(),
-        },
+        // The host's state, not the request, is in the way (an address may come later): 409.
+        NatError::PortConflict { .. } | NatError::AddressNotLocal { .. } => {
+            CapabilityError::Conflict {
+                capability: NAME,
+                message: source.to_string(),
+            }
+        }
         NatError::InvalidPublish { .. } => CapabilityError::Invalid {
             capability: NAME,
             reason: source.to_string(),

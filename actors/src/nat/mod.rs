@@ -122,6 +122,14 @@ pub enum NatError {
         /// socket on the host.
         owner: String,
     },
+    /// A published port's host address is not one of the host's (now); nothing was changed.
+    #[error("Cannot publish {mapping}: {addr} is not an address of this host")]
+    AddressNotLocal {
+        /// The mapping refused.
+        mapping: String,
+        /// Its host address.
+        addr: std::net::Ipv4Addr,
+    },
     /// A published port that cannot be used; nothing was changed.
     #[error("Cannot publish {mapping}: {reason}")]
     InvalidPublish {

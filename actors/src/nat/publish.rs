@@ -173,9 +173,9 @@ impl NatActor {
         {
             PortProbe::Free => Ok(None),
             PortProbe::Bound => Ok(Some("a socket already bound on the host".into())),
-            PortProbe::NotLocal => Err(NatError::InvalidPublish {
+            PortProbe::NotLocal => Err(NatError::AddressNotLocal {
                 mapping: m.to_string(),
-                reason: "the host address is not one of this host's".into(),
+                addr: m.host_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
             }),
         }
     }
