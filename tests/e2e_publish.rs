@@ -74,8 +74,9 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("\"web\""), "{err}");
     assert!(ports(&h, "db").is_empty());
-    // A create whose port collides fails, and the capabilities set up before the refusal are
-    // undone: its NAT switch (set up first) leaves the NAT set as it was.
+    // A create whose port collides fails and leaves nothing: not its NAT entry (the NAT
+    // switch ran before the refusal; the guest's unregistration would also clear it, so this
+    // does not single out the capability's own undo), not a rule.
     let out = h.ctl(&[
         "vm",
         "create",
@@ -92,6 +93,7 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     assert!(!out.status.success() && err.contains("\"web\""), "{err}");
     assert_eq!(h.state("clash").as_deref(), Some("failed"));
     assert_eq!(h.leaks().nat_set, 0, "the NAT switch was undone");
+    assert_eq!(publish_rules(&h).len(), 3);
     h.ctl_ok(&["vm", "rm", "clash"]);
     // An address the host does not have: refused (409, the host's state), nothing recorded.
     let out = h.ctl(&["vm", "publish", "db", "10.99.0.1:8081:81"]);
