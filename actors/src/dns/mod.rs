@@ -22,6 +22,7 @@
 mod forward;
 mod handlers;
 mod messages;
+mod names;
 mod request;
 mod server;
 pub mod table;
@@ -40,6 +41,7 @@ use slog::{info, Logger};
 
 pub use self::forward::ForwardError;
 pub use self::messages::{ReplaceRecords, Start, Stop};
+pub use self::names::{RemoveName, SetName};
 
 use self::forward::Forwarder;
 use self::request::DnsRequestHandler;
@@ -148,6 +150,8 @@ pub struct DnsActor {
     /// Incremented per table, the SOA serial.
     serial: u32,
     server: Option<RunningServer>,
+    /// The map the table was last built from (lower-cased names), for per-name updates.
+    names: std::collections::HashMap<String, Ipv4Addr>,
     logger: Logger,
 }
 
@@ -169,6 +173,7 @@ impl DnsActor {
             max_forwards: options.max_forwards.max(1),
             serial: 0,
             server: None,
+            names: std::collections::HashMap::new(),
             logger,
         })
     }

@@ -69,12 +69,14 @@ use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 
 mod handlers;
 mod messages;
+pub mod publish;
 pub mod rules;
 
 pub use messages::{
     EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown,
     UnregisterGuest,
 };
+pub use publish::{ListPublished, PublishPorts, PublishedPort, UnpublishPorts};
 
 /// Errors of `NatActor`.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,31 @@ pub enum NatError {
     NotReady {
         /// The operation refused.
         op: &'static str,
+    },
+    /// A published port's host port is held by another owner; nothing was changed.
+    #[error("Host port {mapping} is taken by {owner}")]
+    PortConflict {
+        /// The mapping refused.
+        mapping: String,
+        /// Who holds the port: another VM (naming it and its mapping), hearth's DNS, or a
+        /// socket on the host.
+        owner: String,
+    },
+    /// A published port's host address is not one of the host's (now); nothing was changed.
+    #[error("Cannot publish {mapping}: {addr} is not an address of this host")]
+    AddressNotLocal {
+        /// The mapping refused.
+        mapping: String,
+        /// Its host address.
+        addr: std::net::Ipv4Addr,
+    },
+    /// A published port that cannot be used; nothing was changed.
+    #[error("Cannot publish {mapping}: {reason}")]
+    InvalidPublish {
+        /// The mapping(s).
+        mapping: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The host refused a change.
     #[error("Cannot {step}")]
@@ -271,6 +298,8 @@ pub struct NatActor {
     egress: Option<String>,
     /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
     enabled_forwarding: bool,
+    /// Published ports (see `publish.rs`).
+    published: publish::PublishTable,
 }
 
 impl NatActor {
@@ -293,6 +322,7 @@ impl NatActor {
             guests: BTreeMap::new(),
             egress: None,
             enabled_forwarding: false,
+            published: publish::PublishTable::new(),
         })
     }
 
@@ -367,7 +397,9 @@ impl NatActor {
             .map_err(step("rebuild hearth's ipsets"))?;
 
         let installed = self.listings().and_then(|current| {
-            let text = rules::restore_text(&self.config, egress.as_deref(), &current);
+            let published = publish::all_rules(&self.published);
+            let text =
+                rules::restore_text_with(&self.config, egress.as_deref(), &current, &published);
             self.firewall
                 .restore_rules(&text)
                 .map_err(step("install hearth's iptables chains"))
@@ -590,6 +622,7 @@ impl NatActor {
             self.enabled_forwarding = false;
         }
         self.ready = false;
+        self.published.clear();
         self.nat.clear();
         self.guests.clear();
         self.egress = None;

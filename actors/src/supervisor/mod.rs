@@ -31,6 +31,7 @@ mod expiry;
 mod fork;
 mod guest;
 mod handlers;
+mod hooks;
 mod jailing;
 mod messages;
 pub mod metrics;
@@ -40,6 +41,7 @@ mod park;
 mod pause;
 pub mod policy;
 mod policy_msgs;
+mod publish;
 mod quiesce;
 mod restart;
 mod restore;
@@ -77,6 +79,7 @@ use metrics::Histogram;
 pub use node::{Drain, DrainProgress, GetNode, NodeStatus, SetCordon};
 use policy::{Clock, SystemClock};
 pub use policy_msgs::{PolicyTick, TickReport, UpdateVm};
+pub use publish::{PublishPort, UnpublishPort};
 pub(crate) use snapshot_messages::{CommitSnapshot, RestoreSnapshot, SnapshotChange};
 pub use snapshot_messages::{CreateSnapshot, DeleteSnapshot, ForkVm, GetSnapshot, ListSnapshots};
 pub use snapshot_record::SnapshotRecord;
@@ -443,20 +446,6 @@ impl VmSupervisor {
                 _ => self.waiters.push(w),
             }
         }
-    }
-
-    /// The name table DNS should serve: every VM that is alive and holds a lease.
-    fn dns_records(&self) -> HashMap<String, std::net::Ipv4Addr> {
-        self.vms
-            .values()
-            .filter(|e| e.record.state.is_alive())
-            .filter_map(|e| {
-                e.record
-                    .lease
-                    .as_ref()
-                    .map(|l| (e.record.spec.name.clone(), l.guest_ip))
-            })
-            .collect()
     }
 
     fn observe(&mut self, phase: &'static str, d: Duration) {

@@ -25,6 +25,9 @@ use crate::mac::MacAddr;
 pub mod fake;
 pub mod linux;
 pub mod nft_netlink;
+pub mod port_probe;
+
+pub use port_probe::PortProbe;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
 /// carries the tool's or kernel's own error text.
@@ -63,6 +66,14 @@ pub enum FirewallError {
         /// The /proc/sys path.
         path: &'static str,
         /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Probing a host port by binding it failed for another reason than its being taken.
+    #[error("Cannot probe host port {what}")]
+    PortProbe {
+        /// The address, port and protocol.
+        what: String,
+        /// The bind error.
         source: std::io::Error,
     },
     /// An in-process change to an nftables set failed; none of it was applied.
@@ -248,6 +259,18 @@ pub trait Firewall {
         set: &str,
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError>;
+
+    /// Whether a socket on the host holds `addr:port` (any address when `None`) for
+    /// `protocol`, or the address is not the host's.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`] when it cannot tell.
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+    ) -> Result<PortProbe, FirewallError>;
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -291,5 +314,13 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError> {
         (**self).update_port_leases(table, set, changes)
+    }
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+    ) -> Result<PortProbe, FirewallError> {
+        (**self).probe_port(protocol, addr, port)
     }
 }
