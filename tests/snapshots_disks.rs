@@ -99,6 +99,10 @@ fn restored_vms_hold_their_own_disks(h: &HearthHost, ready: &str) {
         a_disk,
         "the source is back on its disk"
     );
+    // A fork's spec names its own snapshot (`c.fork`, no name a user could give) and the
+    // source's images: an update of it is checked without them (found by the API fuzz).
+    let c = h.ctl_ok(&["vm", "update", "c", "--label", "k=v"]);
+    assert_eq!(c["spec"]["labels"]["k"], "v", "{c}");
 
     // The source goes (its disk with it); its snapshot still restores.
     h.ctl_ok(&["vm", "rm", "a"]);
