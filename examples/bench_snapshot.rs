@@ -416,6 +416,55 @@ fn sibling(name: &str, env: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The p50 of the snapshot and restore totals hearthd logged (JSON lines, `ms` fields).
+fn print_logged(log: &Path) {
+    // The split, from hearthd's own log lines (JSON, `ms` fields), warm-up included.
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for (what, msg) in [
+        ("snapshot (pause..ready)", "snapshot taken"),
+        ("restore (disk..running)", "VM restored"),
+    ] {
+        let mut v: Vec<Duration> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["msg"] == msg)
+            .filter_map(|l| l["ms"].as_f64())
+            .map(|m| Duration::from_secs_f64(m / 1e3))
+            .collect();
+        println!(
+            "  of which {what}: p50 {:.1} ms ({} logged)",
+            ms(p50(&mut v)),
+            v.len()
+        );
+    }
+}
+
+/// The mean of each snapshot and restore phase over every fork, from hearthd's histograms.
+fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
+    // Mean of each phase over every fork (warm-up included), from hearthd's histograms.
+    let metrics = client.request(http::Method::GET, "/metrics", &[], None)?;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for family in ["snapshot", "restore"] {
+        let prefix = format!("hearth_{family}_phase_seconds_sum{{phase=\"");
+        let phases: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (phase, sum) = rest.split_once("\"} ")?;
+                let count_key =
+                    format!("hearth_{family}_phase_seconds_count{{phase=\"{phase}\"}} ");
+                let count: f64 = text
+                    .lines()
+                    .find_map(|c| c.strip_prefix(&count_key)?.parse().ok())?;
+                let sum: f64 = sum.parse().ok()?;
+                (count > 0.0).then(|| format!("{phase} {:.1}", sum / count * 1e3))
+            })
+            .collect();
+        println!("  {family} phases, mean ms: {}", phases.join(", "));
+    }
+    Ok(())
+}
+
 /// Fork end to end through the API: hearthd (the sibling binary) in a private network
 /// namespace (`VmHost`), `vmm` as its Firecracker, the copy disk backend, its data directory
 /// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
@@ -503,46 +552,8 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
             ms(min),
             ms(max)
         );
-        // The split, from hearthd's own log lines (JSON, `ms` fields), warm-up included.
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        for (what, msg) in [
-            ("snapshot (pause..ready)", "snapshot taken"),
-            ("restore (disk..running)", "VM restored"),
-        ] {
-            let mut v: Vec<Duration> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|l| l["msg"] == msg)
-                .filter_map(|l| l["ms"].as_f64())
-                .map(|m| Duration::from_secs_f64(m / 1e3))
-                .collect();
-            println!(
-                "  of which {what}: p50 {:.1} ms ({} logged)",
-                ms(p50(&mut v)),
-                v.len()
-            );
-        }
-        // Mean of each phase over every fork (warm-up included), from hearthd's histograms.
-        let metrics = client.request(Method::GET, "/metrics", &[], None)?;
-        let text = String::from_utf8_lossy(&metrics.body).into_owned();
-        for family in ["snapshot", "restore"] {
-            let prefix = format!("hearth_{family}_phase_seconds_sum{{phase=\"");
-            let phases: Vec<String> = text
-                .lines()
-                .filter_map(|l| {
-                    let rest = l.strip_prefix(&prefix)?;
-                    let (phase, sum) = rest.split_once("\"} ")?;
-                    let count_key =
-                        format!("hearth_{family}_phase_seconds_count{{phase=\"{phase}\"}} ");
-                    let count: f64 = text
-                        .lines()
-                        .find_map(|c| c.strip_prefix(&count_key)?.parse().ok())?;
-                    let sum: f64 = sum.parse().ok()?;
-                    (count > 0.0).then(|| format!("{phase} {:.1}", sum / count * 1e3))
-                })
-                .collect();
-            println!("  {family} phases, mean ms: {}", phases.join(", "));
-        }
+        print_logged(&log);
+        print_phase_means(&client)?;
         client.request(Method::DELETE, "/v1/vms/src", &[], None)?;
         Ok(())
     };

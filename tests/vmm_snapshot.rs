@@ -779,21 +779,12 @@ fn move_root(path: &Path) -> UpdateDrivePath {
     }
 }
 
-/// `PATCH /drives/{id}` (`UpdateDrivePath`), the way hearth snapshots and restores a disk: the
-/// VMM opens the new file and lets the old one go (seen in `/proc/<pid>/fd`), paused or not;
-/// a snapshot records the file the drive has at that moment, so a load opens that file (and
-/// nothing of the source's), even once the source's disk is gone; a loaded VMM moved to its
-/// own disk before it resumes never holds the checkpoint again. Refusals (before start, an
-/// unknown drive, a missing file) have the same texts in both VMMs and leave the drive as it
-/// was.
-async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
-    let fx = Fixture::new("snp");
-    let _reaper = Reaper(fx.path().to_path_buf());
-    let own = fx.path().join("rootfs.ext4");
-
+/// Before `InstanceStart` the actor refuses a drive update without a call, and Firecracker's
+/// own refusal has the same text in both VMMs.
+async fn refused_before_start(fx: &Fixture, vmm: &Vmm, own: &Path) {
     let (fresh, _fresh_events) = fx.actor("fresh", fx.binary(vmm.binary()));
     fresh.send(SpawnProcess {}).await.unwrap().unwrap();
-    let err = fresh.send(move_root(&own)).await.unwrap().unwrap_err();
+    let err = fresh.send(move_root(own)).await.unwrap().unwrap_err();
     assert!(
         matches!(
             err,
@@ -804,7 +795,7 @@ async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
         ),
         "{err}"
     );
-    let raw = ApiClient::new(&run_dir(&fx, "fresh").api_socket())
+    let raw = ApiClient::new(&run_dir(fx, "fresh").api_socket())
         .patch(
             Endpoint::Drive(ROOT_DRIVE_ID),
             &serde_json::json!({"drive_id": ROOT_DRIVE_ID, "path_on_host": own}),
@@ -818,16 +809,16 @@ async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
         )
     );
     fresh.send(KillVm {}).await.unwrap().unwrap();
+}
 
-    let src = boot_source(&fx, &vmm, ns).await;
-    let pid = pid_of(&src.api);
-    assert!(open_files(pid).contains(&own));
-    let checkpoint = fx.path().join("snaps/disk");
+/// An unknown drive and a missing file: Firecracker's 400 with the same texts in both VMMs,
+/// and the drive keeps its file.
+async fn refused_on_a_started_vm(src: &Source, own: &Path, checkpoint: &Path, pid: u32) {
     let unknown = src
         .vm
         .send(UpdateDrivePath {
             drive_id: "nodrive".into(),
-            path: own.clone(),
+            path: own.to_path_buf(),
         })
         .await
         .unwrap();
@@ -840,7 +831,7 @@ async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
                 .into()
         )
     );
-    let missing = src.vm.send(move_root(&checkpoint)).await.unwrap();
+    let missing = src.vm.send(move_root(checkpoint)).await.unwrap();
     assert_eq!(
         fault(missing),
         (
@@ -853,7 +844,31 @@ async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
             )
         )
     );
-    assert!(open_files(pid).contains(&own), "the drive kept its file");
+    assert!(
+        open_files(pid).contains(&own.to_path_buf()),
+        "the drive kept its file"
+    );
+}
+
+/// `PATCH /drives/{id}` (`UpdateDrivePath`), the way hearth snapshots and restores a disk: the
+/// VMM opens the new file and lets the old one go (seen in `/proc/<pid>/fd`), paused or not;
+/// a snapshot records the file the drive has at that moment, so a load opens that file (and
+/// nothing of the source's), even once the source's disk is gone; a loaded VMM moved to its
+/// own disk before it resumes never holds the checkpoint again. Refusals (before start, an
+/// unknown drive, a missing file) have the same texts in both VMMs and leave the drive as it
+/// was.
+async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
+    let fx = Fixture::new("snp");
+    let _reaper = Reaper(fx.path().to_path_buf());
+    let own = fx.path().join("rootfs.ext4");
+
+    refused_before_start(&fx, &vmm, &own).await;
+
+    let src = boot_source(&fx, &vmm, ns).await;
+    let pid = pid_of(&src.api);
+    assert!(open_files(pid).contains(&own));
+    let checkpoint = fx.path().join("snaps/disk");
+    refused_on_a_started_vm(&src, &own, &checkpoint, pid).await;
 
     // The snapshot as hearth takes it: paused, the drive on the checkpoint, then back.
     src.vm.send(PauseVm {}).await.unwrap().expect("pause");
