@@ -5,6 +5,10 @@
 //! (`/proc/<pid>/fd`), against `firecracker-sim` and the real Firecracker named by
 //! `HEARTH_FIRECRACKER_REAL` (a SKIP line without it; a failure under
 //! `HEARTH_REQUIRE_REAL_FIRECRACKER=1`), each hearthd in private network namespaces.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a test runs hearthctl in the background to cut a snapshot short"
+)]
 
 mod common;
 use common::daemon;
@@ -147,4 +151,52 @@ fn restored_vms_hold_their_own_disks_real() {
     let h = HearthHost::start_with_vmm(&real, &[], "");
     // No guest boots here, so no agent takes the new identity.
     restored_vms_hold_their_own_disks(&h, "unready");
+}
+
+/// `kill -9` of hearthd while the source's drive is on the checkpoint (the simulator answers
+/// each API call after 400 ms, so the saga is caught between its two `PATCH /drives`): the
+/// restarted hearthd moves the drive back onto the VM's own disk before it resumes it, and
+/// removes the half-made snapshot.
+#[test]
+fn a_crash_with_the_drive_on_the_checkpoint_moves_it_back_at_restart() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "400")], "");
+    let data = h.path("data").canonicalize().unwrap();
+    let a = h.ctl_ok(&[
+        "vm",
+        "create",
+        "a",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    let a_disk = drive_of(&h, pid(&a));
+    let checkpoint = data.join("snapshots/s1/disk.img");
+    let mut snap = std::process::Command::new(env!("CARGO_BIN_EXE_hearthctl"))
+        .arg("--socket")
+        .arg(h.path("hearthd.sock"))
+        .args(["vm", "snapshot", "a", "--name", "s1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        hearth_testkit::wait_until(std::time::Duration::from_secs(20), || {
+            open_under(pid(&a), &data).contains(&checkpoint)
+        }),
+        "the source's drive never reached the checkpoint: {}",
+        h.log()
+    );
+    h.kill9();
+    let _ = snap.kill();
+    let _ = snap.wait();
+    h.launch();
+    assert_eq!(h.state("a").as_deref(), Some("running"), "{}", h.log());
+    assert_eq!(drive_of(&h, pid(&a)), a_disk, "back on its own disk");
+    assert!(!checkpoint.exists());
+    assert_eq!(h.ctl_ok(&["snapshot", "list"]), serde_json::json!([]));
+    h.ctl_ok(&["vm", "rm", "a"]);
+    daemon::assert_no_leaks(&h);
 }
