@@ -5,7 +5,7 @@
 //! both iptables flavours: the published port answers from outside, from the host itself and
 //! from the other guest through the host's address (hairpin, masqueraded); nothing else of the
 //! guest is reachable; a host socket's port is refused naming it; a `Reconcile` keeps the
-//! ports; unpublishing and teardown leave no rule behind.
+//! ports; unpublishing and teardown leave no rule or map element behind.
 
 mod common;
 
@@ -139,13 +139,25 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
-fn publish_rules(ns: &NetNs, flavor: IptablesFlavor) -> Vec<String> {
-    let out = ns.exec(&[flavor.iptables(), "-w", "-t", "nat", "-S", "HEARTH-PUBLISH"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_owned)
-        .collect()
+/// The elements of hearth's nftables publish maps, as `nft` lists them
+/// (`tcp . 8080 : 172.31.240.5 . 80`); none when the table is absent.
+fn published_elements(ns: &NetNs) -> Vec<String> {
+    let out = ns.exec(&["nft", "list", "table", "ip", "hearth-publish"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut elements = Vec::new();
+    let mut rest = listing.as_str();
+    while let Some(at) = rest.find("elements = {") {
+        rest = &rest[at + "elements = {".len()..];
+        let end = rest.find('}').expect("an element list ends");
+        elements.extend(
+            rest[..end]
+                .split(',')
+                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|e| !e.is_empty()),
+        );
+        rest = &rest[end..];
+    }
+    elements
 }
 
 fn start(flavor: IptablesFlavor) -> Addr<NatActor> {
@@ -238,14 +250,14 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
                 "{err}"
             );
             drop(held);
-            assert_eq!(publish_rules(&w.host, flavor).len(), 1);
+            assert_eq!(published_elements(&w.host).len(), 1);
 
             // A Reconcile (hearthd's set-up) keeps the published port.
             nat.send(Reconcile { desired: desired() })
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(publish_rules(&w.host, flavor).len(), 1);
+            assert_eq!(published_elements(&w.host).len(), 1);
             ask(&w.outside, at(HOST_IP, 8080)).expect("after reconcile");
 
             // Unpublished: gone from the kernel, and the port no longer answers.
@@ -256,7 +268,7 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
             .await
             .unwrap()
             .unwrap();
-            assert!(publish_rules(&w.host, flavor).is_empty());
+            assert!(published_elements(&w.host).is_empty());
             assert!(ask(&w.outside, at(HOST_IP, 8080)).is_err());
 
             nat.send(Teardown).await.unwrap().unwrap();
@@ -264,6 +276,8 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
                 .host
                 .exec_ok(&[flavor.iptables(), "-w", "-t", "nat", "-S"]);
             assert!(!nat_table.contains("HEARTH"), "{flavor:?}: {nat_table}");
+            let tables = w.host.exec_ok(&["nft", "list", "tables"]);
+            assert!(!tables.contains("hearth-publish"), "{flavor:?}: {tables}");
         });
         drop(web);
     }
