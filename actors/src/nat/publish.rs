@@ -24,7 +24,7 @@
 //! from outside the host's loopback (the kernel does not route 127/8 to the bridge without
 //! `route_localnet`, which hearth does not set).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use actix::{Context, Handler, Message};
@@ -72,16 +72,81 @@ pub struct PublishedPort {
     pub mapping: PortMapping,
 }
 
-/// The published ports, by (protocol, host port): the ones that can collide.
-pub(super) type PublishTable = BTreeMap<(Protocol, u16), Vec<PublishedPort>>;
+/// Where a published port can collide with another: its protocol and host port.
+type PortKey = (Protocol, u16);
+
+/// The published ports, by (protocol, host port), with each VM's keys so that withdrawing a
+/// VM's ports looks at those only (a cost that does not grow with other VMs' ports).
+#[derive(Debug, Default)]
+pub(super) struct PublishTable {
+    by_port: BTreeMap<PortKey, Vec<PublishedPort>>,
+    by_vm: BTreeMap<String, BTreeSet<PortKey>>,
+}
+
+impl PublishTable {
+    /// An empty table.
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every port.
+    pub(super) fn clear(&mut self) {
+        self.by_port.clear();
+        self.by_vm.clear();
+    }
+
+    /// The ports holding `key`.
+    fn holders(&self, key: PortKey) -> &[PublishedPort] {
+        self.by_port.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every published port, in (protocol, host port) order.
+    fn all(&self) -> impl Iterator<Item = &PublishedPort> {
+        self.by_port.values().flatten()
+    }
+
+    /// `vm`'s ports.
+    fn of_vm<'a>(&'a self, vm: &'a str) -> impl Iterator<Item = &'a PublishedPort> {
+        self.by_vm
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .flat_map(|key| self.holders(*key))
+            .filter(move |p| p.vm == vm)
+    }
+
+    fn insert(&mut self, port: PublishedPort) {
+        let key = (port.mapping.protocol, port.mapping.host_port);
+        self.by_vm.entry(port.vm.clone()).or_default().insert(key);
+        self.by_port.entry(key).or_default().push(port);
+    }
+
+    /// Removes `vm`'s ports for which `going` holds.
+    fn remove(&mut self, vm: &str, going: impl Fn(&PublishedPort) -> bool) {
+        let Some(keys) = self.by_vm.remove(vm) else {
+            return;
+        };
+        let mut kept = BTreeSet::new();
+        for key in keys {
+            if let Some(list) = self.by_port.get_mut(&key) {
+                list.retain(|p| p.vm != vm || !going(p));
+                if list.iter().any(|p| p.vm == vm) {
+                    kept.insert(key);
+                }
+                if list.is_empty() {
+                    self.by_port.remove(&key);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            self.by_vm.insert(vm.to_owned(), kept);
+        }
+    }
+}
 
 /// The map element of every published port (for `Reconcile`).
 pub(super) fn all_elements(table: &PublishTable) -> Vec<PublishElement> {
-    table
-        .values()
-        .flatten()
-        .map(PublishedPort::element)
-        .collect()
+    table.all().map(PublishedPort::element).collect()
 }
 
 impl PublishedPort {
@@ -128,9 +193,8 @@ impl NatActor {
     fn port_owner(&mut self, vm: &str, m: &PortMapping) -> Result<Option<String>, NatError> {
         if let Some(other) = self
             .published
-            .get(&(m.protocol, m.host_port))
-            .into_iter()
-            .flatten()
+            .holders((m.protocol, m.host_port))
+            .iter()
             .find(|p| p.mapping.overlaps(m) && !(p.vm == vm && p.mapping == *m))
         {
             return Ok(Some(format!("VM {:?} ({})", other.vm, other.mapping)));
@@ -141,8 +205,9 @@ impl NatActor {
         }
         let mine = self
             .published
-            .get(&(m.protocol, m.host_port))
-            .is_some_and(|v| v.iter().any(|p| p.vm == vm && p.mapping == *m));
+            .holders((m.protocol, m.host_port))
+            .iter()
+            .any(|p| p.vm == vm && p.mapping == *m);
         if mine {
             return Ok(None);
         }
@@ -184,8 +249,8 @@ impl NatActor {
                     owner,
                 });
             }
-            let held = self.published.get(&(m.protocol, m.host_port));
-            let same = held.and_then(|v| v.iter().find(|p| p.vm == msg.vm && p.mapping == *m));
+            let held = self.published.holders((m.protocol, m.host_port));
+            let same = held.iter().find(|p| p.vm == msg.vm && p.mapping == *m);
             match same {
                 Some(p) if p.guest_ip == msg.guest_ip => {}
                 // Published before with another address (an older lease): replaced.
@@ -214,14 +279,11 @@ impl NatActor {
             .update_published(&changes)
             .map_err(step(format!("publish ports of VM {}", msg.vm)))?;
         for m in added {
-            self.published
-                .entry((m.protocol, m.host_port))
-                .or_default()
-                .push(PublishedPort {
-                    vm: msg.vm.clone(),
-                    guest_ip: msg.guest_ip,
-                    mapping: m,
-                });
+            self.published.insert(PublishedPort {
+                vm: msg.vm.clone(),
+                guest_ip: msg.guest_ip,
+                mapping: m,
+            });
         }
         debug!(self.log, "ports published"; "vm" => &msg.vm, "guest" => %msg.guest_ip);
         Ok(())
@@ -237,8 +299,7 @@ impl NatActor {
         };
         let going: Vec<PublishedPort> = self
             .published
-            .values()
-            .flatten()
+            .of_vm(&msg.vm)
             .filter(|p| wanted(p))
             .cloned()
             .collect();
@@ -254,10 +315,7 @@ impl NatActor {
                 .update_published(&changes)
                 .map_err(step(format!("unpublish ports of VM {}", msg.vm)))?;
         }
-        for list in self.published.values_mut() {
-            list.retain(|p| !wanted(p));
-        }
-        self.published.retain(|_, v| !v.is_empty());
+        self.published.remove(&msg.vm, wanted);
         debug!(self.log, "ports unpublished"; "vm" => &msg.vm, "count" => going.len());
         Ok(())
     }
@@ -283,7 +341,7 @@ impl Handler<ListPublished> for NatActor {
     type Result = Vec<PublishedPort>;
 
     fn handle(&mut self, _: ListPublished, _: &mut Context<Self>) -> Self::Result {
-        self.published.values().flatten().cloned().collect()
+        self.published.all().cloned().collect()
     }
 }
 
@@ -479,6 +537,44 @@ mod tests {
             fw.applied_nft().last().unwrap(),
             "table ip hearth-publish {}\ndelete table ip hearth-publish\n"
         );
+    }
+
+    #[test]
+    fn the_table_withdraws_one_vms_ports_and_keeps_others_on_the_same_port() {
+        let port = |vm: &str, mapping: &str| PublishedPort {
+            vm: vm.into(),
+            guest_ip: ip(5),
+            mapping: m(mapping),
+        };
+        let mut table = PublishTable::new();
+        for p in [
+            port("a", "10.0.0.1:8080:80"),
+            port("b", "10.0.0.2:8080:80"),
+            port("a", "10.0.0.3:8080:81"),
+            port("a", "9000:90"),
+        ] {
+            table.insert(p);
+        }
+        let a = |t: &PublishTable| {
+            t.of_vm("a")
+                .map(|p| p.mapping.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(a(&table).len(), 3);
+        // One of a's two on port 8080: the key stays a's, b's port stays.
+        table.remove("a", |p| p.mapping == m("10.0.0.1:8080:80"));
+        assert_eq!(a(&table), ["10.0.0.3:8080:81/tcp", "9000:90/tcp"]);
+        assert_eq!(table.holders((Protocol::Tcp, 8080)).len(), 2);
+        table.remove("a", |_| true);
+        assert!(a(&table).is_empty() && !table.by_vm.contains_key("a"));
+        assert!(table.holders((Protocol::Tcp, 9000)).is_empty());
+        assert_eq!(
+            table.all().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Removing what is not there changes nothing.
+        table.remove("zz", |_| true);
+        assert_eq!(table.all().count(), 1);
     }
 
     #[test]
