@@ -350,7 +350,7 @@ mod tests {
     use actix::{Actor, Addr};
 
     use super::*;
-    use crate::host::firewall::fake::{FakeCall, FakeFirewall};
+    use crate::host::firewall::fake::{FakeCall, FakeFirewall, FakeOp};
     use crate::nat::{Reconcile, Teardown};
 
     fn config() -> NatConfig {
@@ -592,6 +592,39 @@ mod tests {
             "{text}"
         );
         assert!(pre < publish, "{text}");
+    }
+
+    #[actix::test]
+    async fn a_refused_transaction_publishes_nothing_and_a_failed_withdrawal_keeps_the_port() {
+        let (nat, fw) = actor().await;
+        fw.fail(FakeOp::UpdatePublished, "kernel says no");
+        let err = nat
+            .send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("publish ports of VM web"), "{err}");
+        assert!(nat.send(ListPublished).await.unwrap().is_empty());
+        fw.heal();
+        nat.send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap();
+        fw.fail(FakeOp::UpdatePublished, "kernel says no");
+        let unpublish = UnpublishPorts {
+            vm: "web".into(),
+            mappings: None,
+        };
+        assert!(nat.send(unpublish).await.unwrap().is_err());
+        // Still published (the kernel still has it), so still refused to others.
+        assert_eq!(nat.send(ListPublished).await.unwrap().len(), 1);
+        fw.heal();
+        let err = nat
+            .send(publish("db", 6, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, NatError::PortConflict { .. }), "{err}");
     }
 
     #[actix::test]
