@@ -158,8 +158,9 @@ pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings
     restore_text_with(config, egress, current, &[])
 }
 
-/// [`restore_text`] with hearth's published-port chain holding exactly `publish` (its `-A`
-/// lines, see `publish::dnat_rule`), in the same nat transaction.
+/// [`restore_text`] with hearth's former published-port chain holding exactly `publish` (its
+/// `-A` lines), in the same nat transaction. hearth itself passes none: published ports are
+/// nftables map elements now (`publish.rs`), and the chain is only declared so it is emptied.
 #[must_use]
 pub fn restore_text_with(
     config: &NatConfig,
