@@ -129,7 +129,7 @@ fn main() {
             let start = Instant::now();
             nat.send(Reconcile { desired: desired(population) }).await.expect("mailbox").expect("reconcile");
             println!(
-                "{:<28} {population:>5} publishing VMs  {:>9.1} ms (chains and all ports rewritten)",
+                "{:<28} {population:>5} publishing VMs  {:>9.1} ms (chains, tables, all ports rewritten)",
                 "Reconcile",
                 start.elapsed().as_secs_f64() * 1e3
             );
@@ -170,5 +170,10 @@ fn main() {
     });
     let left = ns.exec_ok(&[flavor.iptables(), "-t", "nat", "-S"]);
     assert!(!left.contains("HEARTH"), "teardown left rules: {left}");
-    println!("teardown: no hearth chain left");
+    let tables = ns.exec_ok(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("hearth-publish"),
+        "teardown left the publish table: {tables}"
+    );
+    println!("teardown: no hearth chain or publish table left");
 }

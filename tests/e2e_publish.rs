@@ -9,19 +9,25 @@ use common::daemon;
 
 use daemon::HearthHost;
 
-/// The `-A` lines of hearth's publish chain, whichever iptables flavour hearthd uses.
-fn publish_rules(h: &HearthHost) -> Vec<String> {
-    ["iptables-nft", "iptables-legacy"]
-        .iter()
-        .flat_map(|ipt| {
-            let out = h.ns.exec(&[ipt, "-w", "-t", "nat", "-S", "HEARTH-PUBLISH"]);
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.starts_with("-A "))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// The elements of hearth's nftables publish maps, as `nft` lists them
+/// (`tcp . 8080 : 172.31.240.5 . 80`); none when the table is absent.
+fn published_elements(ns: &common::NetNs) -> Vec<String> {
+    let out = ns.exec(&["nft", "list", "table", "ip", "hearth-publish"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut elements = Vec::new();
+    let mut rest = listing.as_str();
+    while let Some(at) = rest.find("elements = {") {
+        rest = &rest[at + "elements = {".len()..];
+        let end = rest.find('}').expect("an element list ends");
+        elements.extend(
+            rest[..end]
+                .split(',')
+                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|e| !e.is_empty()),
+        );
+        rest = &rest[end..];
+    }
+    elements
 }
 
 fn ports(h: &HearthHost, vm: &str) -> Vec<String> {
@@ -57,11 +63,10 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     assert_eq!(vm["state"], "running", "{vm}");
     let ip = vm["guest_ip"].as_str().unwrap().to_owned();
     assert_eq!(ports(&h, "web"), ["8080:80/tcp", "10.98.0.1:5353:53/udp"]);
-    let rules = publish_rules(&h);
+    let rules = published_elements(&h.ns);
     assert_eq!(rules.len(), 2, "{rules:?}\n{}", h.log());
     assert!(
-        rules.iter().any(|r| r.contains("--dport 8080")
-            && r.contains(&format!("--to-destination {ip}:80"))),
+        rules.contains(&format!("tcp . 8080 : {ip} . 80")),
         "{rules:?}"
     );
 
@@ -93,7 +98,7 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     assert!(!out.status.success() && err.contains("\"web\""), "{err}");
     assert_eq!(h.state("clash").as_deref(), Some("failed"));
     assert_eq!(h.leaks().nat_set, 0, "the NAT switch was undone");
-    assert_eq!(publish_rules(&h).len(), 3);
+    assert_eq!(published_elements(&h.ns).len(), 3);
     h.ctl_ok(&["vm", "rm", "clash"]);
     // An address the host does not have: refused (409, the host's state), nothing recorded.
     let out = h.ctl(&["vm", "publish", "db", "10.99.0.1:8081:81"]);
@@ -103,28 +108,28 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
         "{err}"
     );
     assert!(ports(&h, "db").is_empty());
-    assert_eq!(publish_rules(&h).len(), 3);
+    assert_eq!(published_elements(&h.ns).len(), 3);
 
     // hearthd killed and started again: Open rebuilds the chains and re-publishes.
     h.kill9();
     h.launch();
     assert_eq!(h.ctl_ok(&["vm", "get", "web"])["state"], "running");
-    let rules = publish_rules(&h);
+    let rules = published_elements(&h.ns);
     assert_eq!(rules.len(), 3, "{rules:?}\n{}", h.log());
 
     h.ctl_ok(&["vm", "unpublish", "web", "8443:443"]);
-    assert_eq!(publish_rules(&h).len(), 2);
+    assert_eq!(published_elements(&h.ns).len(), 2);
     let out = h.ctl(&["vm", "unpublish", "web", "8443:443"]);
     assert!(!out.status.success(), "not published any more");
 
     // A stopped VM holds no port; starting it publishes again.
     h.ctl_ok(&["vm", "stop", "web"]);
-    assert!(publish_rules(&h).is_empty());
+    assert!(published_elements(&h.ns).is_empty());
     h.ctl_ok(&["vm", "start", "web"]);
-    assert_eq!(publish_rules(&h).len(), 2);
+    assert_eq!(published_elements(&h.ns).len(), 2);
 
     h.ctl_ok(&["vm", "rm", "web"]);
     h.ctl_ok(&["vm", "rm", "db"]);
-    assert!(publish_rules(&h).is_empty());
+    assert!(published_elements(&h.ns).is_empty());
     daemon::assert_no_leaks(&h);
 }

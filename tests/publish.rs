@@ -5,7 +5,7 @@
 //! both iptables flavours: the published port answers from outside, from the host itself and
 //! from the other guest through the host's address (hairpin, masqueraded); nothing else of the
 //! guest is reachable; a host socket's port is refused naming it; a `Reconcile` keeps the
-//! ports; unpublishing and teardown leave no rule behind.
+//! ports; unpublishing and teardown leave no rule or map element behind.
 
 mod common;
 
@@ -16,6 +16,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use common::NetNs;
 use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
+use hearth_actors::host::firewall::{nft_publish, Firewall, PublishChange, PublishElement};
 use hearth_actors::lease::MacAddr;
 use hearth_actors::nat::{
     GuestSpec, NatActor, NatConfig, NatError, PublishPorts, Reconcile, Teardown, UnpublishPorts,
@@ -139,13 +140,25 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
-fn publish_rules(ns: &NetNs, flavor: IptablesFlavor) -> Vec<String> {
-    let out = ns.exec(&[flavor.iptables(), "-w", "-t", "nat", "-S", "HEARTH-PUBLISH"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_owned)
-        .collect()
+/// The elements of hearth's nftables publish maps, as `nft` lists them
+/// (`tcp . 8080 : 172.31.240.5 . 80`); none when the table is absent.
+fn published_elements(ns: &NetNs) -> Vec<String> {
+    let out = ns.exec(&["nft", "list", "table", "ip", "hearth-publish"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut elements = Vec::new();
+    let mut rest = listing.as_str();
+    while let Some(at) = rest.find("elements = {") {
+        rest = &rest[at + "elements = {".len()..];
+        let end = rest.find('}').expect("an element list ends");
+        elements.extend(
+            rest[..end]
+                .split(',')
+                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|e| !e.is_empty()),
+        );
+        rest = &rest[end..];
+    }
+    elements
 }
 
 fn start(flavor: IptablesFlavor) -> Addr<NatActor> {
@@ -238,14 +251,14 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
                 "{err}"
             );
             drop(held);
-            assert_eq!(publish_rules(&w.host, flavor).len(), 1);
+            assert_eq!(published_elements(&w.host).len(), 1);
 
             // A Reconcile (hearthd's set-up) keeps the published port.
             nat.send(Reconcile { desired: desired() })
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(publish_rules(&w.host, flavor).len(), 1);
+            assert_eq!(published_elements(&w.host).len(), 1);
             ask(&w.outside, at(HOST_IP, 8080)).expect("after reconcile");
 
             // Unpublished: gone from the kernel, and the port no longer answers.
@@ -256,7 +269,7 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
             .await
             .unwrap()
             .unwrap();
-            assert!(publish_rules(&w.host, flavor).is_empty());
+            assert!(published_elements(&w.host).is_empty());
             assert!(ask(&w.outside, at(HOST_IP, 8080)).is_err());
 
             nat.send(Teardown).await.unwrap().unwrap();
@@ -264,7 +277,81 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
                 .host
                 .exec_ok(&[flavor.iptables(), "-w", "-t", "nat", "-S"]);
             assert!(!nat_table.contains("HEARTH"), "{flavor:?}: {nat_table}");
+            let tables = w.host.exec_ok(&["nft", "list", "tables"]);
+            assert!(!tables.contains("hearth-publish"), "{flavor:?}: {tables}");
         });
         drop(web);
     }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The netlink encoding of map elements, checked against the kernel and `nft`'s own reading
+/// of them: added and removed as one transaction each, removing an absent one is fine, a
+/// refused batch applies nothing, and a missing table is named with the kernel's reason.
+#[test]
+fn map_elements_go_in_and_out_over_netlink_all_or_nothing() {
+    require_privileged!();
+    let owner = NetNs::new("hpubm");
+    let ns = &owner;
+    ns.run(|| {
+        let mut fw = LinuxFirewall::new(IptablesFlavor::Nft);
+        let element = |m: &str, n: u8| PublishElement {
+            mapping: mapping(m),
+            guest_ip: guest_ip(n),
+        };
+        // No table yet: named, with the kernel's reason, nothing half-done.
+        let err = fw
+            .update_published(&[PublishChange::Add(element("8080:80", 5))])
+            .unwrap_err();
+        let text = error_chain(&err);
+        assert!(
+            text.contains("ip hearth-publish") && text.contains("No such file"),
+            "{text}"
+        );
+        fw.apply_nft(&nft_publish::table_text(&[])).unwrap();
+        let (any, addr) = (element("8080:80", 5), element("10.0.0.1:5353:53/udp", 6));
+        fw.update_published(&[PublishChange::Add(any), PublishChange::Add(addr)])
+            .unwrap();
+        let mut listed = published_elements(ns);
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                "10.0.0.1 . udp . 5353 : 172.31.240.6 . 53",
+                "tcp . 8080 : 172.31.240.5 . 80"
+            ]
+        );
+        // The same key to another guest in one batch with a new element: refused, and the
+        // new element is not there either.
+        let err = fw
+            .update_published(&[
+                PublishChange::Add(element("9000:90", 5)),
+                PublishChange::Add(element("8080:81", 7)),
+            ])
+            .unwrap_err();
+        assert!(error_chain(&err).contains("add tcp . 8080"), "{err}");
+        assert_eq!(published_elements(ns).len(), 2);
+        // Removing one present and one absent element.
+        fw.update_published(&[
+            PublishChange::Remove(any),
+            PublishChange::Remove(element("7000:70", 5)),
+        ])
+        .unwrap();
+        assert_eq!(
+            published_elements(ns),
+            ["10.0.0.1 . udp . 5353 : 172.31.240.6 . 53"]
+        );
+        fw.apply_nft(&nft_publish::teardown_text()).unwrap();
+        let tables = ns.exec_ok(&["nft", "list", "tables"]);
+        assert!(!tables.contains("hearth-publish"), "{tables}");
+    });
 }

@@ -63,7 +63,9 @@ use actix::{Actor, Context};
 use ipnet::Ipv4Net;
 use slog::{debug, info, warn, Logger};
 
-use crate::host::firewall::{Firewall, FirewallError, LeaseChange, PortLease, SetEntry, Table};
+use crate::host::firewall::{
+    nft_publish, Firewall, FirewallError, LeaseChange, PortLease, SetEntry, Table,
+};
 use crate::lease::MacAddr;
 use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 
@@ -397,9 +399,7 @@ impl NatActor {
             .map_err(step("rebuild hearth's ipsets"))?;
 
         let installed = self.listings().and_then(|current| {
-            let published = publish::all_rules(&self.published);
-            let text =
-                rules::restore_text_with(&self.config, egress.as_deref(), &current, &published);
+            let text = rules::restore_text(&self.config, egress.as_deref(), &current);
             self.firewall
                 .restore_rules(&text)
                 .map_err(step("install hearth's iptables chains"))
@@ -428,6 +428,10 @@ impl NatActor {
         self.firewall
             .apply_nft(&rules::bridge_table_text(&self.config, desired))
             .map_err(step("install hearth's nftables bridge table"))?;
+        let published = publish::all_elements(&self.published);
+        self.firewall
+            .apply_nft(&nft_publish::table_text(&published))
+            .map_err(step("install hearth's nftables publish table"))?;
 
         // Forwarding last: guests' packets are never routed before the rules guard them.
         let forwarding = self
@@ -608,6 +612,9 @@ impl NatActor {
         self.firewall
             .apply_nft(&rules::bridge_teardown_text())
             .map_err(step("remove hearth's nftables bridge table"))?;
+        self.firewall
+            .apply_nft(&nft_publish::teardown_text())
+            .map_err(step("remove hearth's nftables publish table"))?;
         for set in [NAT_SET, GUEST_SET] {
             for name in [set.to_owned(), rules::temp_set(set)] {
                 self.firewall

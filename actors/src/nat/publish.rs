@@ -1,23 +1,30 @@
 //! Published ports: `NatActor`'s DNAT of a host port to a guest port.
 //!
-//! Static part (rebuilt by every `Reconcile`, see `rules.rs`): `HEARTH-PREROUTING` (traffic
-//! arriving from outside, and from guests: hairpin) and `HEARTH-OUTPUT` (traffic the host
-//! itself originates) jump to `HEARTH-PUBLISH` for packets addressed to one of the host's own
-//! addresses; `HEARTH-FORWARD` accepts connections hearth translated (DNAT, both directions) before its
-//! drops, so a published port is the only way into a guest; `HEARTH-POSTROUTING` masquerades
-//! guest-to-guest hairpin connections, so the answer comes back through the host.
+//! The translation itself lives in hearth's nftables table `ip hearth-publish`
+//! (`host::firewall::nft_publish`): two maps from the destination asked for (host address or
+//! any of the host's, protocol, port) to the guest address and port, looked up at the nat
+//! hooks for prerouting (from outside, and from guests: hairpin) and output (from the host
+//! itself), for packets addressed to one of the host's own addresses. `Reconcile` writes the
+//! table whole with every published port, atomically (`nft -f`); `Teardown` removes it.
 //!
-//! Per-mapping part: one `DNAT` rule in `HEARTH-PUBLISH` per published port, added and removed
-//! by one `iptables-restore --noflush` of only those lines (a cost that does not depend on
-//! the number of VMs), and written again whole, atomically with the static rules, by
-//! `Reconcile`. The actor keeps the table of published ports (by protocol and host port) and
-//! refuses a port another VM holds or a socket on the host holds, naming that owner.
+//! Per mapping: one map element, added or removed in-process by one `nf_tables` netlink
+//! transaction, a cost that does not depend on the number of VMs or ports (an
+//! `iptables-restore` of even one line rewrites the whole nat table, whose size grows with them).
+//!
+//! Still iptables rules, in hearth's static ruleset (`rules.rs`): `HEARTH-FORWARD` accepts
+//! connections that were translated (conntrack's DNAT state, whichever table did it), both
+//! directions, before its drops, so a published port is the only way into a guest;
+//! `HEARTH-POSTROUTING` masquerades guest-to-guest hairpin connections, so the answer comes
+//! back through the host. The iptables chain `HEARTH-PUBLISH` of earlier versions is still
+//! declared (so emptied) by every reconcile and removed by teardown, but nothing jumps to it.
+//!
+//! The actor keeps the table of published ports (by protocol and host port) and refuses a
+//! port another VM holds or a socket on the host holds, naming that owner.
 //! Not covered: publishing on a loopback address (`127.0.0.1:...`) reaches the guest only
 //! from outside the host's loopback (the kernel does not route 127/8 to the bridge without
 //! `route_localnet`, which hearth does not set).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use actix::{Context, Handler, Message};
@@ -25,17 +32,11 @@ use hearth_proto::api_publish::{validate_publish, PortMapping, Protocol};
 use slog::debug;
 
 use super::{step, NatActor, NatConfig, NatError};
-use crate::host::firewall::PortProbe;
+use crate::host::firewall::{PortProbe, PublishChange, PublishElement};
 
-/// hearth's chain in the nat table holding one DNAT rule per published port.
+/// hearth's iptables nat chain of earlier versions' published ports: declared empty (so
+/// flushed) by every reconcile, removed by teardown, jumped to by nothing.
 pub const CHAIN_PUBLISH: &str = "HEARTH-PUBLISH";
-
-/// The jump from a hook chain (`HEARTH-PREROUTING`, `HEARTH-OUTPUT`) into the published
-/// ports, for packets to one of the host's own addresses.
-#[must_use]
-pub fn jump_rule(chain: &str) -> String {
-    format!("-A {chain} -m addrtype --dst-type LOCAL -j {CHAIN_PUBLISH}")
-}
 
 /// Hairpin: a guest reaching a published port through a host address is masqueraded to the
 /// gateway, so the guest that answers sends its reply back through the host.
@@ -60,37 +61,6 @@ pub fn forward_rules(config: &NatConfig) -> [String; 2] {
     ]
 }
 
-/// The rule spec (without `-A`/`-D` and chain) of one published port.
-fn rule_spec(m: &PortMapping, guest_ip: Ipv4Addr) -> String {
-    let mut spec = String::new();
-    if let Some(addr) = m.host_addr {
-        let _ = write!(spec, "-d {addr}/32 ");
-    }
-    let proto = m.protocol.as_str();
-    let _ = write!(
-        spec,
-        "-p {proto} -m {proto} --dport {} -j DNAT --to-destination {guest_ip}:{}",
-        m.host_port, m.guest_port
-    );
-    spec
-}
-
-/// The `-A` line that publishes `m` to `guest_ip`.
-#[must_use]
-pub fn dnat_rule(m: &PortMapping, guest_ip: Ipv4Addr) -> String {
-    format!("-A {CHAIN_PUBLISH} {}", rule_spec(m, guest_ip))
-}
-
-/// An `iptables-restore --noflush` text of `op` (`-A` or `-D`) lines in the nat table.
-fn nat_text<'a>(op: &str, rules: impl Iterator<Item = (&'a PortMapping, Ipv4Addr)>) -> String {
-    let mut text = String::from("*nat\n");
-    for (m, ip) in rules {
-        let _ = writeln!(text, "{op} {CHAIN_PUBLISH} {}", rule_spec(m, ip));
-    }
-    text.push_str("COMMIT\n");
-    text
-}
-
 /// One published port and who holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedPort {
@@ -102,16 +72,91 @@ pub struct PublishedPort {
     pub mapping: PortMapping,
 }
 
-/// The published ports, by (protocol, host port): the ones that can collide.
-pub(super) type PublishTable = BTreeMap<(Protocol, u16), Vec<PublishedPort>>;
+/// Where a published port can collide with another: its protocol and host port.
+type PortKey = (Protocol, u16);
 
-/// The `-A` lines of every published port (for `Reconcile`).
-pub(super) fn all_rules(table: &PublishTable) -> Vec<String> {
-    table
-        .values()
-        .flatten()
-        .map(|p| dnat_rule(&p.mapping, p.guest_ip))
-        .collect()
+/// The published ports, by (protocol, host port), with each VM's keys so that withdrawing a
+/// VM's ports looks at those only (a cost that does not grow with other VMs' ports).
+#[derive(Debug, Default)]
+pub(super) struct PublishTable {
+    by_port: BTreeMap<PortKey, Vec<PublishedPort>>,
+    by_vm: BTreeMap<String, BTreeSet<PortKey>>,
+}
+
+impl PublishTable {
+    /// An empty table.
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every port.
+    pub(super) fn clear(&mut self) {
+        self.by_port.clear();
+        self.by_vm.clear();
+    }
+
+    /// The ports holding `key`.
+    fn holders(&self, key: PortKey) -> &[PublishedPort] {
+        self.by_port.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every published port, in (protocol, host port) order.
+    fn all(&self) -> impl Iterator<Item = &PublishedPort> {
+        self.by_port.values().flatten()
+    }
+
+    /// `vm`'s ports.
+    fn of_vm<'a>(&'a self, vm: &'a str) -> impl Iterator<Item = &'a PublishedPort> {
+        self.by_vm
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .flat_map(|key| self.holders(*key))
+            .filter(move |p| p.vm == vm)
+    }
+
+    fn insert(&mut self, port: PublishedPort) {
+        let key = (port.mapping.protocol, port.mapping.host_port);
+        self.by_vm.entry(port.vm.clone()).or_default().insert(key);
+        self.by_port.entry(key).or_default().push(port);
+    }
+
+    /// Removes `vm`'s ports for which `going` holds.
+    fn remove(&mut self, vm: &str, going: impl Fn(&PublishedPort) -> bool) {
+        let Some(keys) = self.by_vm.remove(vm) else {
+            return;
+        };
+        let mut kept = BTreeSet::new();
+        for key in keys {
+            if let Some(list) = self.by_port.get_mut(&key) {
+                list.retain(|p| p.vm != vm || !going(p));
+                if list.iter().any(|p| p.vm == vm) {
+                    kept.insert(key);
+                }
+                if list.is_empty() {
+                    self.by_port.remove(&key);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            self.by_vm.insert(vm.to_owned(), kept);
+        }
+    }
+}
+
+/// The map element of every published port (for `Reconcile`).
+pub(super) fn all_elements(table: &PublishTable) -> Vec<PublishElement> {
+    table.all().map(PublishedPort::element).collect()
+}
+
+impl PublishedPort {
+    /// Its element of hearth's publish maps.
+    fn element(&self) -> PublishElement {
+        PublishElement {
+            mapping: self.mapping,
+            guest_ip: self.guest_ip,
+        }
+    }
 }
 
 /// Publishes `mappings` of `vm` (guest address `guest_ip`): all of them or none. A mapping the
@@ -148,9 +193,8 @@ impl NatActor {
     fn port_owner(&mut self, vm: &str, m: &PortMapping) -> Result<Option<String>, NatError> {
         if let Some(other) = self
             .published
-            .get(&(m.protocol, m.host_port))
-            .into_iter()
-            .flatten()
+            .holders((m.protocol, m.host_port))
+            .iter()
             .find(|p| p.mapping.overlaps(m) && !(p.vm == vm && p.mapping == *m))
         {
             return Ok(Some(format!("VM {:?} ({})", other.vm, other.mapping)));
@@ -161,8 +205,9 @@ impl NatActor {
         }
         let mine = self
             .published
-            .get(&(m.protocol, m.host_port))
-            .is_some_and(|v| v.iter().any(|p| p.vm == vm && p.mapping == *m));
+            .holders((m.protocol, m.host_port))
+            .iter()
+            .any(|p| p.vm == vm && p.mapping == *m);
         if mine {
             return Ok(None);
         }
@@ -204,8 +249,8 @@ impl NatActor {
                     owner,
                 });
             }
-            let held = self.published.get(&(m.protocol, m.host_port));
-            let same = held.and_then(|v| v.iter().find(|p| p.vm == msg.vm && p.mapping == *m));
+            let held = self.published.holders((m.protocol, m.host_port));
+            let same = held.iter().find(|p| p.vm == msg.vm && p.mapping == *m);
             match same {
                 Some(p) if p.guest_ip == msg.guest_ip => {}
                 // Published before with another address (an older lease): replaced.
@@ -221,19 +266,24 @@ impl NatActor {
         if added.is_empty() {
             return Ok(());
         }
-        let text = nat_text("-A", added.iter().map(|m| (m, msg.guest_ip)));
+        let changes: Vec<PublishChange> = added
+            .iter()
+            .map(|m| {
+                PublishChange::Add(PublishElement {
+                    mapping: *m,
+                    guest_ip: msg.guest_ip,
+                })
+            })
+            .collect();
         self.firewall
-            .restore_rules(&text)
+            .update_published(&changes)
             .map_err(step(format!("publish ports of VM {}", msg.vm)))?;
         for m in added {
-            self.published
-                .entry((m.protocol, m.host_port))
-                .or_default()
-                .push(PublishedPort {
-                    vm: msg.vm.clone(),
-                    guest_ip: msg.guest_ip,
-                    mapping: m,
-                });
+            self.published.insert(PublishedPort {
+                vm: msg.vm.clone(),
+                guest_ip: msg.guest_ip,
+                mapping: m,
+            });
         }
         debug!(self.log, "ports published"; "vm" => &msg.vm, "guest" => %msg.guest_ip);
         Ok(())
@@ -249,8 +299,7 @@ impl NatActor {
         };
         let going: Vec<PublishedPort> = self
             .published
-            .values()
-            .flatten()
+            .of_vm(&msg.vm)
             .filter(|p| wanted(p))
             .cloned()
             .collect();
@@ -258,15 +307,15 @@ impl NatActor {
             return Ok(());
         }
         if self.ready {
-            let text = nat_text("-D", going.iter().map(|p| (&p.mapping, p.guest_ip)));
+            let changes: Vec<PublishChange> = going
+                .iter()
+                .map(|p| PublishChange::Remove(p.element()))
+                .collect();
             self.firewall
-                .restore_rules(&text)
+                .update_published(&changes)
                 .map_err(step(format!("unpublish ports of VM {}", msg.vm)))?;
         }
-        for list in self.published.values_mut() {
-            list.retain(|p| !wanted(p));
-        }
-        self.published.retain(|_, v| !v.is_empty());
+        self.published.remove(&msg.vm, wanted);
         debug!(self.log, "ports unpublished"; "vm" => &msg.vm, "count" => going.len());
         Ok(())
     }
@@ -292,7 +341,7 @@ impl Handler<ListPublished> for NatActor {
     type Result = Vec<PublishedPort>;
 
     fn handle(&mut self, _: ListPublished, _: &mut Context<Self>) -> Self::Result {
-        self.published.values().flatten().cloned().collect()
+        self.published.all().cloned().collect()
     }
 }
 
@@ -301,7 +350,7 @@ mod tests {
     use actix::{Actor, Addr};
 
     use super::*;
-    use crate::host::firewall::fake::{FakeCall, FakeFirewall};
+    use crate::host::firewall::fake::{FakeCall, FakeFirewall, FakeOp};
     use crate::nat::{Reconcile, Teardown};
 
     fn config() -> NatConfig {
@@ -347,33 +396,33 @@ mod tests {
         }
     }
 
-    fn restores(fw: &FakeFirewall) -> Vec<String> {
-        fw.restored_rules()
+    fn add(mapping: &str, last: u8) -> PublishChange {
+        PublishChange::Add(PublishElement {
+            mapping: m(mapping),
+            guest_ip: ip(last),
+        })
     }
 
     #[actix::test]
-    async fn publishing_adds_one_dnat_rule_per_port_and_is_idempotent() {
+    async fn publishing_adds_one_map_element_per_port_and_is_idempotent() {
         let (nat, fw) = actor().await;
-        let before = restores(&fw).len();
+        let restores = fw.restored_rules().len();
         nat.send(publish("web", 5, &["8080:80", "127.0.0.1:5353:53/udp"]))
             .await
             .unwrap()
             .unwrap();
-        let texts = restores(&fw);
-        assert_eq!(texts.len(), before + 1, "one restore for both ports");
-        let text = texts.last().unwrap();
-        assert!(text.contains(
-            "-A HEARTH-PUBLISH -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.31.240.5:80"
-        ), "{text}");
-        assert!(text.contains(
-            "-A HEARTH-PUBLISH -d 127.0.0.1/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 172.31.240.5:53"
-        ), "{text}");
+        assert_eq!(
+            fw.publish_updates(),
+            [vec![add("8080:80", 5), add("127.0.0.1:5353:53/udp", 5)]],
+            "one transaction for both ports"
+        );
+        assert_eq!(fw.restored_rules().len(), restores, "no iptables-restore");
         // Again: nothing new on the host.
         nat.send(publish("web", 5, &["8080:80"]))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(restores(&fw).len(), before + 1);
+        assert_eq!(fw.publish_updates().len(), 1);
         let listed = nat.send(ListPublished).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|p| p.vm == "web" && p.guest_ip == ip(5)));
@@ -409,7 +458,7 @@ mod tests {
         assert!(
             !fw.state().calls[calls..]
                 .iter()
-                .any(|c| matches!(c, FakeCall::RestoreRules(_))),
+                .any(|c| matches!(c, FakeCall::UpdatePublished(_))),
             "a refused publish changes no rule"
         );
         // Another protocol or another address of the same port is free.
@@ -420,7 +469,7 @@ mod tests {
     }
 
     #[actix::test]
-    async fn unpublish_removes_the_rules_and_reconcile_and_teardown_keep_the_table() {
+    async fn unpublish_removes_elements_and_reconcile_rewrites_the_table_and_teardown_drops_it() {
         let (nat, fw) = actor().await;
         nat.send(publish("web", 5, &["8080:80", "8443:443"]))
             .await
@@ -437,25 +486,31 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        let text = restores(&fw).last().unwrap().clone();
+        let remove = |mapping: &str, last: u8| {
+            PublishChange::Remove(PublishElement {
+                mapping: m(mapping),
+                guest_ip: ip(last),
+            })
+        };
         assert_eq!(
-            text,
-            "*nat\n-D HEARTH-PUBLISH -p tcp -m tcp --dport 8443 -j DNAT --to-destination 172.31.240.5:443\nCOMMIT\n"
+            fw.publish_updates().last().unwrap(),
+            &[remove("8443:443", 5)]
         );
-        // Reconcile writes the chain whole, with what is still published.
+        // Reconcile writes the publish table whole, with what is still published, and no
+        // iptables rule translates or jumps to the old chain.
         nat.send(Reconcile { desired: vec![] })
             .await
             .unwrap()
             .unwrap();
-        let full = restores(&fw).last().unwrap().clone();
-        assert!(full.contains(":HEARTH-PUBLISH - [0:0]\n"), "{full}");
-        assert!(full.contains("--dport 8080 -j DNAT"), "{full}");
-        assert!(full.contains("--dport 5432 -j DNAT"), "{full}");
-        assert!(!full.contains("--dport 8443"), "{full}");
-        assert!(
-            full.contains("-A HEARTH-PREROUTING -m addrtype --dst-type LOCAL -j HEARTH-PUBLISH")
-        );
-        assert!(full.contains("-A HEARTH-OUTPUT -m addrtype --dst-type LOCAL -j HEARTH-PUBLISH"));
+        let full = fw.applied_nft().last().unwrap().clone();
+        assert!(full.contains("table ip hearth-publish {\n"), "{full}");
+        assert!(full.contains("tcp . 8080 : 172.31.240.5 . 80"), "{full}");
+        assert!(full.contains("tcp . 5432 : 172.31.240.6 . 5432"), "{full}");
+        assert!(!full.contains("8443"), "{full}");
+        let rules = fw.restored_rules().last().unwrap().clone();
+        assert!(rules.contains(":HEARTH-PUBLISH - [0:0]\n"), "{rules}");
+        assert!(!rules.contains("-j HEARTH-PUBLISH"), "{rules}");
+        assert!(!rules.contains("DNAT --to"), "{rules}");
         // All of a VM's, then idempotent.
         for _ in 0..2 {
             nat.send(UnpublishPorts {
@@ -471,8 +526,55 @@ mod tests {
             left.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
             ["db"]
         );
+        // A withdrawal touches only the VM's own elements.
+        assert_eq!(
+            fw.publish_updates().last().unwrap(),
+            &[remove("8080:80", 5)]
+        );
         nat.send(Teardown).await.unwrap().unwrap();
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
+        assert_eq!(
+            fw.applied_nft().last().unwrap(),
+            "table ip hearth-publish {}\ndelete table ip hearth-publish\n"
+        );
+    }
+
+    #[test]
+    fn the_table_withdraws_one_vms_ports_and_keeps_others_on_the_same_port() {
+        let port = |vm: &str, mapping: &str| PublishedPort {
+            vm: vm.into(),
+            guest_ip: ip(5),
+            mapping: m(mapping),
+        };
+        let mut table = PublishTable::new();
+        for p in [
+            port("a", "10.0.0.1:8080:80"),
+            port("b", "10.0.0.2:8080:80"),
+            port("a", "10.0.0.3:8080:81"),
+            port("a", "9000:90"),
+        ] {
+            table.insert(p);
+        }
+        let a = |t: &PublishTable| {
+            t.of_vm("a")
+                .map(|p| p.mapping.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(a(&table).len(), 3);
+        // One of a's two on port 8080: the key stays a's, b's port stays.
+        table.remove("a", |p| p.mapping == m("10.0.0.1:8080:80"));
+        assert_eq!(a(&table), ["10.0.0.3:8080:81/tcp", "9000:90/tcp"]);
+        assert_eq!(table.holders((Protocol::Tcp, 8080)).len(), 2);
+        table.remove("a", |_| true);
+        assert!(a(&table).is_empty() && !table.by_vm.contains_key("a"));
+        assert!(table.holders((Protocol::Tcp, 9000)).is_empty());
+        assert_eq!(
+            table.all().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Removing what is not there changes nothing.
+        table.remove("zz", |_| true);
+        assert_eq!(table.all().count(), 1);
     }
 
     #[test]
@@ -490,6 +592,39 @@ mod tests {
             "{text}"
         );
         assert!(pre < publish, "{text}");
+    }
+
+    #[actix::test]
+    async fn a_refused_transaction_publishes_nothing_and_a_failed_withdrawal_keeps_the_port() {
+        let (nat, fw) = actor().await;
+        fw.fail(FakeOp::UpdatePublished, "kernel says no");
+        let err = nat
+            .send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("publish ports of VM web"), "{err}");
+        assert!(nat.send(ListPublished).await.unwrap().is_empty());
+        fw.heal();
+        nat.send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap();
+        fw.fail(FakeOp::UpdatePublished, "kernel says no");
+        let unpublish = UnpublishPorts {
+            vm: "web".into(),
+            mappings: None,
+        };
+        assert!(nat.send(unpublish).await.unwrap().is_err());
+        // Still published (the kernel still has it), so still refused to others.
+        assert_eq!(nat.send(ListPublished).await.unwrap().len(), 1);
+        fw.heal();
+        let err = nat
+            .send(publish("db", 6, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, NatError::PortConflict { .. }), "{err}");
     }
 
     #[actix::test]

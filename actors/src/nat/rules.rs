@@ -72,7 +72,6 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
     let anti_spoof = format!("-A {chain} -i {br} -m set ! --match-set {GUEST_SET} src,src -j DROP");
     let mut rules = Vec::new();
     match chain {
-        CHAIN_PREROUTING | CHAIN_OUTPUT => rules.push(super::publish::jump_rule(chain)),
         CHAIN_POSTROUTING => {
             rules.extend(egress.map(|egress| {
                 format!(
@@ -124,6 +123,7 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
                 rules.push(format!("-A {chain} -i {br} -j DROP"));
             }
         }
+        // HEARTH-PREROUTING/OUTPUT: published ports are translated in nftables (`publish.rs`).
         _ => {}
     }
     rules
@@ -158,8 +158,9 @@ pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings
     restore_text_with(config, egress, current, &[])
 }
 
-/// [`restore_text`] with hearth's published-port chain holding exactly `publish` (its `-A`
-/// lines, see `publish::dnat_rule`), in the same nat transaction.
+/// [`restore_text`] with hearth's former published-port chain holding exactly `publish` (its
+/// `-A` lines), in the same nat transaction. hearth itself passes none: published ports are
+/// nftables map elements now (`publish.rs`), and the chain is only declared so it is emptied.
 #[must_use]
 pub fn restore_text_with(
     config: &NatConfig,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Firewall, FirewallError, LeaseChange, PortLease, SetEntry, Table};
+use super::{Firewall, FirewallError, LeaseChange, PortLease, PublishChange, SetEntry, Table};
 use crate::mac::MacAddr;
 
 /// The operations of the trait, to choose which one fails.
@@ -36,6 +36,8 @@ pub enum FakeOp {
     ApplyNft,
     /// [`Firewall::update_port_leases`].
     UpdatePortLeases,
+    /// [`Firewall::update_published`].
+    UpdatePublished,
 }
 
 /// One recorded call.
@@ -70,6 +72,8 @@ pub enum FakeCall {
         /// The changes, in order.
         changes: Vec<LeaseChange>,
     },
+    /// `update_published(changes)`.
+    UpdatePublished(Vec<PublishChange>),
 }
 
 /// What the fake holds.
@@ -155,6 +159,19 @@ impl FakeFirewall {
             .port_leases
             .get(&(table.to_owned(), set.to_owned()))
             .cloned()
+    }
+
+    /// The change lists given to `update_published`, in order.
+    #[must_use]
+    pub fn publish_updates(&self) -> Vec<Vec<PublishChange>> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::UpdatePublished(changes) => Some(changes.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The change lists given to `update_port_leases`, in order.
@@ -418,6 +435,14 @@ impl Firewall for FakeFirewall {
         let mut state = self.enter(FakeOp::ApplyNft, FakeCall::ApplyNft(text.into()))?;
         apply_nft_text(&mut state, text);
         Ok(())
+    }
+
+    fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError> {
+        self.enter(
+            FakeOp::UpdatePublished,
+            FakeCall::UpdatePublished(changes.to_vec()),
+        )
+        .map(drop)
     }
 
     fn update_port_leases(

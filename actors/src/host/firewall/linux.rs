@@ -12,7 +12,7 @@ use ipset::types::{BitmapIpMac, EnvOption, HashIp, IpDataType, MacDataType};
 use ipset::Session;
 
 use super::nft_netlink::{NftError, NftSocket};
-use super::{Firewall, FirewallError, LeaseChange, SetEntry, Table};
+use super::{Firewall, FirewallError, LeaseChange, PublishChange, SetEntry, Table};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -92,6 +92,18 @@ impl LinuxFirewall {
     #[must_use]
     pub fn flavor(&self) -> IptablesFlavor {
         self.flavor
+    }
+
+    /// The `nf_tables` netlink socket, opened on first use.
+    fn nft_socket(&mut self) -> Result<&mut NftSocket, NftError> {
+        let socket = match self.nft.take() {
+            Some(socket) => socket,
+            None => NftSocket::open().map_err(|source| NftError::Io {
+                what: "open a netlink socket to nf_tables".into(),
+                source,
+            })?,
+        };
+        Ok(self.nft.insert(socket))
     }
 
     fn ip_session(&mut self, set: &str) -> &mut Session<HashIp> {
@@ -272,19 +284,26 @@ impl Firewall for LinuxFirewall {
             set: format!("bridge {table} {set}"),
             source,
         };
-        if self.nft.is_none() {
-            let socket = NftSocket::open().map_err(|source| {
-                err(NftError::Io {
-                    what: "open a netlink socket to nf_tables".into(),
-                    source,
-                })
-            })?;
-            self.nft = Some(socket);
-        }
-        let Some(socket) = self.nft.as_mut() else {
-            unreachable!("opened just above");
-        };
+        let socket = self.nft_socket().map_err(err)?;
         let result = socket.apply(table, set, changes);
+        if let Err(NftError::Io { .. }) = result {
+            // A socket in an unknown state: the next call opens a fresh one.
+            self.nft = None;
+        }
+        result.map_err(err)
+    }
+
+    fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError> {
+        let err = |source| FirewallError::Nftables {
+            set: format!("ip {}", super::nft_publish::TABLE),
+            source,
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let socket = self.nft_socket().map_err(err)?;
+        let (buf, steps) = super::nft_publish::batch(changes, socket.next_seq());
+        let result = socket.send_batch(&buf, &steps);
         if let Err(NftError::Io { .. }) = result {
             // A socket in an unknown state: the next call opens a fresh one.
             self.nft = None;

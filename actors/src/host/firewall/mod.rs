@@ -25,8 +25,10 @@ use crate::mac::MacAddr;
 pub mod fake;
 pub mod linux;
 pub mod nft_netlink;
+pub mod nft_publish;
 pub mod port_probe;
 
+pub use nft_publish::{PublishChange, PublishElement};
 pub use port_probe::PortProbe;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
@@ -260,6 +262,13 @@ pub trait Firewall {
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError>;
 
+    /// Applies `changes`, in order, to the maps of hearth's `ip hearth-publish` nftables
+    /// table ([`nft_publish`]), in-process, as one transaction (all of them or none).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
+    fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError>;
+
     /// Whether a socket on the host holds `addr:port` (any address when `None`) for
     /// `protocol`, or the address is not the host's.
     ///
@@ -314,6 +323,9 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError> {
         (**self).update_port_leases(table, set, changes)
+    }
+    fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError> {
+        (**self).update_published(changes)
     }
     fn probe_port(
         &mut self,

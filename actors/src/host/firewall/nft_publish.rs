@@ -1,0 +1,313 @@
+//! hearth's published ports as nftables maps, so that publishing or withdrawing a port is one
+//! in-process netlink transaction whose cost does not depend on how many ports or VMs there
+//! are (an `iptables-restore` of even one line re-reads and rewrites the whole nat table).
+//!
+//! The table `ip hearth-publish` holds two maps from the destination a packet asks for to the
+//! guest address and port it is translated to: `addr` (`ip daddr . l4proto . dport`, for
+//! ports published on one host address) and `any` (`l4proto . dport`, for every address of
+//! the host). Two base chains at the nat hooks (`prerouting`: from outside and hairpin from
+//! guests; `output`: from the host itself) look a packet to one of the host's own addresses
+//! up in `addr`, then in `any`; a miss leaves the packet alone. The table is written whole
+//! by `nft -f` ([`table_text`], setup and reconcile, atomically with its elements) and removed
+//! by [`teardown_text`]; its elements change through [`batch`] over [`super::nft_netlink`].
+//!
+//! Priority -100 (`dstnat`) is the nat tables' own, for both iptables flavours: the kernel
+//! runs nat chains of one hook in turn until one binds the connection, and hearth's iptables
+//! nat chains no longer translate destinations, so the order between them does not matter.
+
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+
+use hearth_proto::api_publish::{PortMapping, Protocol};
+
+use super::nft_netlink::{
+    put_attr, put_message, put_nested, put_str, Step, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
+    NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
+    NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
+};
+
+/// hearth's `ip`-family table of published ports.
+pub const TABLE: &str = "hearth-publish";
+/// The map of ports published on one host address.
+pub const MAP_ADDR: &str = "addr";
+/// The map of ports published on every host address.
+pub const MAP_ANY: &str = "any";
+
+/// `NFPROTO_IPV4`.
+const NFPROTO_IPV4: u8 = 2;
+/// `enum nft_set_elem_attributes`: `NFTA_SET_ELEM_DATA`.
+const NFTA_SET_ELEM_DATA: u16 = 2;
+
+/// One published port as a map element: the mapping and the guest address it leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublishElement {
+    /// The mapping (host address, host port, guest port, protocol).
+    pub mapping: PortMapping,
+    /// The guest address (the DNAT target).
+    pub guest_ip: Ipv4Addr,
+}
+
+impl PublishElement {
+    /// The map the element belongs to.
+    #[must_use]
+    pub fn map(&self) -> &'static str {
+        if self.mapping.host_addr.is_some() {
+            MAP_ADDR
+        } else {
+            MAP_ANY
+        }
+    }
+
+    /// The key, as the kernel lays out a concatenation: each part padded to a 4-byte
+    /// register (`ipv4_addr` 4, `inet_proto` 1 + 3, `inet_service` 2 + 2, big-endian).
+    #[must_use]
+    pub fn key(&self) -> Vec<u8> {
+        let m = &self.mapping;
+        let mut key = Vec::with_capacity(12);
+        if let Some(addr) = m.host_addr {
+            key.extend_from_slice(&addr.octets());
+        }
+        key.extend_from_slice(&[proto_number(m.protocol), 0, 0, 0]);
+        key.extend_from_slice(&m.host_port.to_be_bytes());
+        key.extend_from_slice(&[0, 0]);
+        key
+    }
+
+    /// The data: `ipv4_addr . inet_service`, laid out like the key.
+    #[must_use]
+    pub fn data(&self) -> [u8; 8] {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&self.guest_ip.octets());
+        data[4..6].copy_from_slice(&self.mapping.guest_port.to_be_bytes());
+        data
+    }
+}
+
+impl fmt::Display for PublishElement {
+    /// The element as `nft` writes it, e.g. `10.0.0.1 . tcp . 8080 : 172.31.240.5 . 80`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.mapping;
+        if let Some(addr) = m.host_addr {
+            write!(f, "{addr} . ")?;
+        }
+        write!(
+            f,
+            "{} . {} : {} . {}",
+            m.protocol.as_str(),
+            m.host_port,
+            self.guest_ip,
+            m.guest_port
+        )
+    }
+}
+
+/// The IP protocol number.
+fn proto_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+    }
+}
+
+/// One change to the published ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PublishChange {
+    /// Publish the port (adding a present, identical element is a no-op).
+    Add(PublishElement),
+    /// Withdraw it (withdrawing an absent one is a no-op).
+    Remove(PublishElement),
+}
+
+/// The `nft -f` text that replaces hearth's publish table with one holding exactly
+/// `elements`, as one transaction (creating the table first, so deleting it cannot fail).
+#[must_use]
+pub fn table_text<'a>(elements: impl IntoIterator<Item = &'a PublishElement>) -> String {
+    let (mut addr, mut any) = (Vec::new(), Vec::new());
+    for e in elements {
+        if e.mapping.host_addr.is_some() {
+            addr.push(e.to_string());
+        } else {
+            any.push(e.to_string());
+        }
+    }
+    let map = |name: &str, key: &str, elements: &[String]| {
+        let mut text = format!("  map {name} {{\n    type {key} : ipv4_addr . inet_service\n");
+        if !elements.is_empty() {
+            let _ = writeln!(text, "    elements = {{ {} }}", elements.join(", "));
+        }
+        text.push_str("  }\n");
+        text
+    };
+    // A packet to one of the host's addresses: first the port on that address, then the
+    // port on every address. A miss in a map lookup ends the rule, not the chain.
+    let lookups =
+        "    fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @addr\n    \
+                   fib daddr type local dnat ip to meta l4proto . th dport map @any\n";
+    let chain = |name: &str, hook: &str| {
+        format!(
+            "  chain {name} {{\n    type nat hook {hook} priority -100; policy accept;\n{lookups}  }}\n"
+        )
+    };
+    let mut text = format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+    text += &map(MAP_ADDR, "ipv4_addr . inet_proto . inet_service", &addr);
+    text += &map(MAP_ANY, "inet_proto . inet_service", &any);
+    text += &chain("prerouting", "prerouting");
+    text += &chain("output", "output");
+    text.push_str("}\n");
+    text
+}
+
+/// The `nft -f` text that removes hearth's publish table, present or not.
+#[must_use]
+pub fn teardown_text() -> String {
+    format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")
+}
+
+/// A batch applying `changes` in order to hearth's publish maps, numbered from `seq` (its
+/// `BATCH_BEGIN`): the bytes to send and the element messages the kernel will answer. A
+/// removal first adds the element (with the same data), so that removing an absent one is
+/// valid on kernels without `DESTROYSETELEM`.
+#[must_use]
+pub fn batch(changes: &[PublishChange], seq: u32) -> (Vec<u8>, Vec<Step>) {
+    let mut buf = Vec::with_capacity(64 + changes.len() * 200);
+    let mut steps = Vec::new();
+    let mut seq = seq;
+    let nftables = (0u8, NFNL_SUBSYS_NFTABLES);
+    put_message(
+        &mut buf,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        nftables,
+        |_| {},
+    );
+    let mut element =
+        |buf: &mut Vec<u8>, kind: u16, flags: u16, e: &PublishElement, what: String| {
+            seq = seq.wrapping_add(1);
+            let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+            let with_data = kind & 0xff == NFT_MSG_NEWSETELEM;
+            put_message(buf, kind, flags, seq, (NFPROTO_IPV4, 0), |b| {
+                put_str(b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                put_str(b, NFTA_SET_ELEM_LIST_SET, e.map());
+                put_nested(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                    put_nested(b, NFTA_LIST_ELEM, |b| {
+                        put_nested(b, NFTA_SET_ELEM_KEY, |b| {
+                            put_attr(b, NFTA_DATA_VALUE, &e.key());
+                        });
+                        if with_data {
+                            put_nested(b, NFTA_SET_ELEM_DATA, |b| {
+                                put_attr(b, NFTA_DATA_VALUE, &e.data());
+                            });
+                        }
+                    });
+                });
+            });
+            steps.push(Step { seq, what });
+        };
+    // Without NLM_F_EXCL, adding an identical present element is not an error.
+    let add = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+    let del = NLM_F_REQUEST | NLM_F_ACK;
+    for change in changes {
+        match change {
+            PublishChange::Add(e) => {
+                element(&mut buf, NFT_MSG_NEWSETELEM, add, e, format!("add {e}"));
+            }
+            PublishChange::Remove(e) => {
+                let what = format!("remove {e}");
+                element(&mut buf, NFT_MSG_NEWSETELEM, add, e, what.clone());
+                element(&mut buf, NFT_MSG_DELSETELEM, del, e, what);
+            }
+        }
+    }
+    seq = seq.wrapping_add(1);
+    put_message(
+        &mut buf,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        nftables,
+        |_| {},
+    );
+    (buf, steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(mapping: &str, last: u8) -> PublishElement {
+        PublishElement {
+            mapping: mapping.parse().unwrap(),
+            guest_ip: Ipv4Addr::new(172, 31, 240, last),
+        }
+    }
+
+    #[test]
+    fn keys_and_data_are_laid_out_in_registers() {
+        // As `nft --debug=netlink add element ...` shows them.
+        let any = element("8081:81", 6);
+        assert_eq!(any.map(), MAP_ANY);
+        assert_eq!(any.key(), [6, 0, 0, 0, 0x1f, 0x91, 0, 0]);
+        assert_eq!(any.data(), [172, 31, 240, 6, 0, 81, 0, 0]);
+        let addr = element("127.0.0.1:5353:53/udp", 5);
+        assert_eq!(addr.map(), MAP_ADDR);
+        assert_eq!(addr.key(), [127, 0, 0, 1, 17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
+        assert_eq!(
+            addr.to_string(),
+            "127.0.0.1 . udp . 5353 : 172.31.240.5 . 53"
+        );
+    }
+
+    #[test]
+    fn the_table_text_holds_each_element_in_its_map() {
+        let text = table_text(&[element("8080:80", 5), element("10.0.0.1:53:53/udp", 6)]);
+        assert!(text.starts_with(
+            "table ip hearth-publish {}\ndelete table ip hearth-publish\ntable ip hearth-publish {\n"
+        ));
+        assert!(
+            text.contains("elements = { 10.0.0.1 . udp . 53 : 172.31.240.6 . 53 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("elements = { tcp . 8080 : 172.31.240.5 . 80 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("type nat hook output priority -100;"),
+            "{text}"
+        );
+        // Without elements, the maps are declared empty.
+        assert!(!table_text(&[]).contains("elements"));
+    }
+
+    #[test]
+    fn a_batch_adds_with_data_and_removes_after_adding() {
+        let e = element("8080:80", 5);
+        let (buf, steps) = batch(&[PublishChange::Remove(e), PublishChange::Add(e)], 40);
+        assert_eq!(
+            steps.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            [41, 42, 43]
+        );
+        assert_eq!(steps[0].what, "remove tcp . 8080 : 172.31.240.5 . 80");
+        // Walk the messages: begin, new, del, new, end; family IPv4 for the elements.
+        let mut kinds = Vec::new();
+        let mut data = &buf[..];
+        while !data.is_empty() {
+            let len = u32::from_ne_bytes(data[..4].try_into().unwrap()) as usize;
+            kinds.push((u16::from_ne_bytes([data[4], data[5]]), data[16]));
+            let body = &data[20..len];
+            let has_data = body.windows(8).any(|w| w == e.data());
+            if kinds.last().unwrap().0 == 0x0a0e {
+                assert!(!has_data, "a deletion carries only the key");
+            } else if kinds.last().unwrap().0 == 0x0a0c {
+                assert!(has_data && body.windows(8).any(|w| w == e.key()));
+            }
+            data = &data[len..];
+        }
+        assert_eq!(
+            kinds,
+            [(0x10, 0), (0x0a0c, 2), (0x0a0e, 2), (0x0a0c, 2), (0x11, 0)]
+        );
+    }
+}
