@@ -67,6 +67,7 @@ use crate::host::firewall::{Firewall, FirewallError, LeaseChange, PortLease, Set
 use crate::lease::MacAddr;
 use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 
+pub mod egress;
 mod handlers;
 mod messages;
 pub mod rules;
@@ -271,6 +272,8 @@ pub struct NatActor {
     egress: Option<String>,
     /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
     enabled_forwarding: bool,
+    /// Egress policies (`egress.rs`).
+    egress_policy: egress::EgressState,
 }
 
 impl NatActor {
@@ -293,6 +296,7 @@ impl NatActor {
             guests: BTreeMap::new(),
             egress: None,
             enabled_forwarding: false,
+            egress_policy: egress::EgressState::default(),
         })
     }
 
@@ -514,6 +518,8 @@ impl NatActor {
             .remove_from_set(NAT_SET, SetEntry::Ip(ip))
             .map_err(step(format!("disable NAT for {ip}")))?;
         self.nat.remove(&ip);
+        // A forgotten guest keeps no egress element (its address goes to the next VM).
+        self.forget_egress(ip)?;
         if self.config.anti_spoofing {
             self.firewall
                 .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
@@ -573,6 +579,7 @@ impl NatActor {
                 .restore_rules(&text)
                 .map_err(step("remove hearth's iptables chains"))?;
         }
+        self.teardown_egress()?;
         self.firewall
             .apply_nft(&rules::bridge_teardown_text())
             .map_err(step("remove hearth's nftables bridge table"))?;

@@ -100,6 +100,20 @@ impl LinuxFirewall {
             .or_insert_with(|| new_session(set))
     }
 
+    /// The `nf_tables` socket, opened on first use.
+    fn nft_socket(&mut self) -> Result<&mut NftSocket, NftError> {
+        if self.nft.is_none() {
+            let socket = NftSocket::open().map_err(|source| NftError::Io {
+                what: "open a netlink socket to nf_tables".into(),
+                source,
+            })?;
+            self.nft = Some(socket);
+        }
+        Ok(self
+            .nft
+            .get_or_insert_with(|| unreachable!("opened just above")))
+    }
+
     fn ip_mac_session(&mut self, set: &str) -> &mut Session<BitmapIpMac> {
         self.ip_mac_sets
             .entry(set.to_owned())
@@ -281,6 +295,37 @@ impl Firewall for LinuxFirewall {
             self.nft = None;
         }
         result.map_err(err)
+    }
+
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[super::nft_egress::EgressChange],
+    ) -> Result<(), FirewallError> {
+        let err = |source| FirewallError::Nftables {
+            set: format!("ip {table}"),
+            source,
+        };
+        let socket = self.nft_socket().map_err(err)?;
+        let result = super::nft_egress::apply(socket, table, changes);
+        if let Err(NftError::Io { .. }) = result {
+            self.nft = None;
+        }
+        result.map_err(err)
+    }
+
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
+        let mut args = vec!["-j", "list"];
+        args.extend(object.split_whitespace());
+        match run("nft", &args, None) {
+            Ok(out) => Ok(Some(out)),
+            Err(FirewallError::Command { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {

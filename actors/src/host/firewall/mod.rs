@@ -24,6 +24,7 @@ use crate::mac::MacAddr;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
+pub mod nft_egress;
 pub mod nft_netlink;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
@@ -248,6 +249,24 @@ pub trait Firewall {
         set: &str,
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError>;
+
+    /// Applies `changes` to the sets of the `ip`-family nftables table `table` (hearth's
+    /// egress policy), in-process, as one transaction (all of them or none).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the set and the refused element.
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[nft_egress::EgressChange],
+    ) -> Result<(), FirewallError>;
+
+    /// `nft -j list <object>` (e.g. `table ip hearth-egress`): the JSON listing, or `None`
+    /// when the object does not exist.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command.
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError>;
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -291,5 +310,15 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
         changes: &[LeaseChange],
     ) -> Result<(), FirewallError> {
         (**self).update_port_leases(table, set, changes)
+    }
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[nft_egress::EgressChange],
+    ) -> Result<(), FirewallError> {
+        (**self).update_egress(table, changes)
+    }
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
+        (**self).list_nft(object)
     }
 }

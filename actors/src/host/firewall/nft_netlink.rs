@@ -28,18 +28,18 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use super::{LeaseChange, PortLease};
 
 /// The nfnetlink subsystem of `nf_tables` (`NFNL_SUBSYS_NFTABLES`).
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFNL_MSG_BATCH_BEGIN` / `_END` (`NLMSG_MIN_TYPE` and the next).
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(super) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(super) const NFNL_MSG_BATCH_END: u16 = 0x11;
 /// `enum nf_tables_msg_types`.
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
 
 const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_HDRLEN: usize = 16;
 
@@ -48,18 +48,28 @@ const NFPROTO_BRIDGE: u8 = 7;
 
 /// `enum nft_set_elem_list_attributes`, `nft_list_attributes`, `nft_set_elem_attributes`,
 /// `nft_data_attributes`.
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
 
 /// An interface name in a key: `IFNAMSIZ` bytes, NUL-padded.
 const IFNAMSIZ: usize = 16;
 /// A concatenated key: each part padded to a 4-byte register (`ifname` 16, `ether_addr`
 /// 6 + 2, `ipv4_addr` 4), as nft lays out `ifname . ether_addr . ipv4_addr`.
 pub const LEASE_KEY_LEN: usize = IFNAMSIZ + 8 + 4;
+
+/// The protocol constants the egress encoder ([`super::nft_egress`]) shares.
+pub(super) mod pub_attrs {
+    pub(in crate::host::firewall) use super::{
+        NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE,
+        NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+        NFTA_SET_ELEM_LIST_TABLE, NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, NLM_F_ACK, NLM_F_CREATE,
+        NLM_F_REQUEST,
+    };
+}
 
 /// How long a call waits for the kernel's answers before giving up, in seconds.
 const ANSWER_SECS: i64 = 5;
@@ -84,7 +94,7 @@ pub fn lease_key(lease: &PortLease) -> Result<[u8; LEASE_KEY_LEN], String> {
 }
 
 /// Appends one attribute (header, payload, padding to 4 bytes).
-fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(super) fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = u16::try_from(4 + payload.len()).expect("netlink attribute payloads are small");
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -93,7 +103,7 @@ fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 }
 
 /// Appends a nested attribute whose content `fill` writes.
-fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
     fill(buf);
@@ -103,7 +113,7 @@ fn put_nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
 }
 
 /// A NUL-terminated string attribute.
-fn put_str(buf: &mut Vec<u8>, kind: u16, text: &str) {
+pub(super) fn put_str(buf: &mut Vec<u8>, kind: u16, text: &str) {
     let mut payload = Vec::with_capacity(text.len() + 1);
     payload.extend_from_slice(text.as_bytes());
     payload.push(0);
@@ -118,7 +128,7 @@ fn pad(buf: &mut Vec<u8>) {
 
 /// Appends one netlink message with an nfgenmsg header (`family`, version 0, `res_id`);
 /// `fill` writes the attributes.
-fn put_message(
+pub(super) fn put_message(
     buf: &mut Vec<u8>,
     kind: u16,
     flags: u16,
@@ -302,6 +312,17 @@ impl NftSocket {
             return Ok(());
         }
         let (buf, steps) = batch(table, set, changes, self.seq).map_err(NftError::BadElement)?;
+        self.send_batch(&buf, &steps)
+    }
+
+    /// The sequence number the next batch starts from (see [`NftSocket::send_batch`]).
+    pub(super) fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Sends a batch encoded from [`NftSocket::next_seq`] (begin, `steps`, end) and waits for
+    /// the kernel's answer to each step.
+    pub(super) fn send_batch(&mut self, buf: &[u8], steps: &[Step]) -> Result<(), NftError> {
         // Begin, the steps, end.
         let first = self.seq;
         self.seq = self
@@ -309,7 +330,7 @@ impl NftSocket {
             .wrapping_add(u32::try_from(steps.len()).unwrap_or(u32::MAX))
             .wrapping_add(2);
         let written =
-            socket::send(self.fd.as_raw_fd(), &buf, MsgFlags::empty()).map_err(io::Error::from);
+            socket::send(self.fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from);
         match written {
             Ok(n) if n == buf.len() => {}
             Ok(n) => {
@@ -325,7 +346,7 @@ impl NftSocket {
                 })
             }
         }
-        self.collect(first, &steps)
+        self.collect(first, steps)
     }
 
     /// Reads answers until every step has one (or the batch itself was refused).
