@@ -64,6 +64,7 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         restart: hearth_proto::api_policy::RestartPolicy::No,
         ttl: None,
         on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
+        publish: Vec::new(),
     }
 }
 

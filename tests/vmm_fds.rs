@@ -273,6 +273,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             restart: hearth_proto::api_policy::RestartPolicy::No,
             ttl: None,
             on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
+            publish: Vec::new(),
         };
         let created = d
             .supervisor

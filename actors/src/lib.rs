@@ -3,6 +3,7 @@
 //! small traits in [`host`], with a real (Linux) and an in-memory (fake) implementation each.
 #![warn(missing_docs)]
 
+pub mod capabilities;
 pub mod dns;
 pub mod firecracker;
 pub mod guest;

@@ -221,6 +221,10 @@ pub struct CreateVm {
     /// What happens at the time limit: `stop` (default) or `delete`.
     #[serde(default, skip_serializing_if = "crate::api_policy::OnExpiry::is_stop")]
     pub on_expiry: crate::api_policy::OnExpiry,
+    /// Guest ports published on the host (`[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]` in
+    /// hearthctl), at most 64, no two on the same host port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::api_publish::PortMapping>,
 }
 
 /// Integer fields as JSON Schema defines integers: any number with no fractional part, so
@@ -412,6 +416,7 @@ impl CreateVm {
                 reason: e.to_string(),
             })?;
         }
+        crate::api_publish::validate_publish("publish", &self.publish)?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod api_exec;
 pub mod api_health;
 pub mod api_images;
 pub mod api_policy;
+pub mod api_publish;
 pub mod api_pull;
 pub mod api_snapshot;
 pub mod firecracker;

@@ -1,13 +1,11 @@
 //! `DnsActor`'s message handlers (the actor in `mod.rs`, messages in `messages.rs`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use actix::prelude::*;
 use slog::info;
 
-use super::table::RecordTable;
-use super::{DnsActor, DnsError, ReplaceRecords, Start, Stop};
+use super::{DnsActor, DnsError, Start, Stop};
 
 impl Handler<Start> for DnsActor {
     type Result = AtomicResponse<Self, Result<SocketAddr, DnsError>>;
@@ -51,22 +49,5 @@ impl Handler<Stop> for DnsActor {
             }
             .into_actor(self),
         ))
-    }
-}
-
-impl Handler<ReplaceRecords> for DnsActor {
-    type Result = Result<(), DnsError>;
-
-    fn handle(&mut self, msg: ReplaceRecords, ctx: &mut Self::Context) -> Self::Result {
-        let serial = self.serial.wrapping_add(1);
-        let table = RecordTable::build(&self.zone, &msg.records, serial)?;
-        let names = table.len();
-        let old = self.table.swap(Arc::new(table));
-        // Freeing 1000 names takes a while: do it after the reply has gone out (unless a
-        // request handler still answering from the old table frees it last).
-        ctx.spawn(fut::wrap_future(async move { drop(old) }));
-        self.serial = serial;
-        slog::debug!(self.logger, "DNS records replaced"; "names" => names, "serial" => serial);
-        Ok(())
     }
 }

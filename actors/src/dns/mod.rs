@@ -23,6 +23,7 @@ pub mod egress;
 mod forward;
 mod handlers;
 mod messages;
+mod names;
 mod request;
 mod server;
 pub mod table;
@@ -42,6 +43,7 @@ use slog::{info, Logger};
 pub use self::egress::{SetEgressDomains, SetEgressLearner};
 pub use self::forward::ForwardError;
 pub use self::messages::{ReplaceRecords, Start, Stop};
+pub use self::names::{RemoveName, SetName};
 
 use self::egress::EgressGuests;
 use self::forward::Forwarder;
@@ -156,6 +158,8 @@ pub struct DnsActor {
     server: Option<RunningServer>,
     /// Egress domain patterns per guest and their learner, read by the request handlers.
     egress: Arc<EgressGuests>,
+    /// The map the table was last built from (lower-cased names), for per-name updates.
+    names: std::collections::HashMap<String, Ipv4Addr>,
     logger: Logger,
 }
 
@@ -178,6 +182,7 @@ impl DnsActor {
             serial: 0,
             server: None,
             egress: Arc::default(),
+            names: std::collections::HashMap::new(),
             logger,
         })
     }

@@ -16,12 +16,10 @@ use super::policy::ExitCause;
 use super::saga::{self, BootPlan, Ports};
 use super::{
     Change, Close, Commit, CreateVm, DeleteVm, EventsSince, ExpectExit, GetMetrics, GetVm,
-    Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RebuildDns,
-    RemoveUnownedRunDir, RunAction, RunDirOwner, SetNat, Subscribe, SupervisorError,
-    SupervisorMetrics, UnownedRunDir, VmAction, VmEntry, VmSupervisor, VmmProcessRecord,
-    WaitForState, Waiter,
+    Idempotency, ListVms, ObservePhase, Open, OpenReport, PoolOccupancy, RemoveUnownedRunDir,
+    RunAction, RunDirOwner, SetNat, Subscribe, SupervisorError, SupervisorMetrics, UnownedRunDir,
+    VmAction, VmEntry, VmSupervisor, VmmProcessRecord, WaitForState, Waiter,
 };
-use crate::dns::ReplaceRecords;
 use crate::firecracker::{AdoptProcess, FirecrackerActor, RunDir, VmProcessEvent, VmmProcess};
 use crate::host::processes::ExitStatus;
 
@@ -452,12 +450,12 @@ impl Handler<SetNat> for VmSupervisor {
                     });
                 }
                 let lease = entry.record.lease.clone();
+                let previous = super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat);
+                let spec = super::hooks::spec_with_nat(&entry.record.spec, enabled);
                 let ports = act.ports(ctx);
                 let n = n.clone();
                 Ok(async move {
-                    if let Some(lease) = lease {
-                        saga::nat_switch(&ports, &lease, enabled).await?;
-                    }
+                    super::hooks::reconfigure(&ports, &n, lease.as_ref(), &previous, &spec).await?;
                     ports.commit(&n, Change::Nat(enabled)).await
                 }
                 .boxed_local())
@@ -590,22 +588,6 @@ impl Handler<GetMetrics> for VmSupervisor {
     }
 }
 
-impl Handler<RebuildDns> for VmSupervisor {
-    type Result = ResponseFuture<Result<(), SupervisorError>>;
-
-    fn handle(&mut self, _msg: RebuildDns, _ctx: &mut Context<Self>) -> Self::Result {
-        // Sent now, so tables reach DNS in the order they were computed.
-        let sent = self.deps.dns.send(ReplaceRecords {
-            records: self.dns_records(),
-        });
-        Box::pin(async move {
-            sent.await
-                .map_err(|e| SupervisorError::step("dns", e))?
-                .map_err(|e| SupervisorError::step("dns", e))
-        })
-    }
-}
-
 impl Handler<VmProcessEvent> for VmSupervisor {
     type Result = ();
 
@@ -664,7 +646,7 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                 }));
                 Ok(async move {
                     if let Some(detail) = stopped {
-                        saga::release_network(&ports, &n, lease).await?;
+                        saga::stopped_network(&ports, &n, lease).await?;
                         ports.commit(&n, Change::Process(None)).await?;
                         ports
                             .set_state(
@@ -674,7 +656,6 @@ impl Handler<VmProcessEvent> for VmSupervisor {
                                 hearth_proto::api::EventReason::Crash,
                             )
                             .await?;
-                        ports.rebuild_dns().await;
                         Ok(())
                     } else {
                         saga::crashed(ports, n, lease, format!("VMM exited: {status}")).await

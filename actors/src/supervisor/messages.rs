@@ -275,11 +275,6 @@ pub(crate) struct ObservePhase {
     pub(super) took: Duration,
 }
 
-/// Internal: hands DNS the table of live VMs.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-pub(super) struct RebuildDns {}
-
 /// Where a running VM's guest agent is reached: its hybrid vsock socket and the agent's port.
 /// `NotFound` for an unknown VM, `InvalidState` (HTTP 409) for one that is not `running`.
 #[derive(Debug, Message)]

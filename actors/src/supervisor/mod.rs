@@ -31,6 +31,7 @@ mod expiry;
 mod fork;
 mod guest;
 mod handlers;
+mod hooks;
 mod messages;
 pub mod metrics;
 pub mod node;
@@ -421,20 +422,6 @@ impl VmSupervisor {
                 _ => self.waiters.push(w),
             }
         }
-    }
-
-    /// The name table DNS should serve: every VM that is alive and holds a lease.
-    fn dns_records(&self) -> HashMap<String, std::net::Ipv4Addr> {
-        self.vms
-            .values()
-            .filter(|e| e.record.state.is_alive())
-            .filter_map(|e| {
-                e.record
-                    .lease
-                    .as_ref()
-                    .map(|l| (e.record.spec.name.clone(), l.guest_ip))
-            })
-            .collect()
     }
 
     fn observe(&mut self, phase: &'static str, d: Duration) {

@@ -325,7 +325,8 @@ pub(super) async fn execute(
         .await
         .map_err(|e| step("firewall", e))?
         .map_err(|e| step("firewall", e))?;
-    p.rebuild_dns().await;
+    // Runtime state beyond the static rules (names, published ports, ...) from the store.
+    super::hooks::adopt_all(&p, &plan.alive).await;
     Ok((plan.report, plan.stop))
 }
 

@@ -27,6 +27,7 @@ use hearth_proto::api::{CreateVm, EventReason, VmInfo, VmState};
 use hearth_proto::api_snapshot::SnapshotState;
 use slog::{info, warn};
 
+use super::hooks::{self, Hook};
 use super::saga::{self, Ports, Undo};
 use super::{
     Change, DiskRecord, Idempotency, RestoreSnapshot, SnapshotRecord, SupervisorError,
@@ -254,10 +255,8 @@ impl Restore<'_> {
         self.disk().await?;
         let lease = self.network().await?;
         self.load(&lease).await?;
-        if self.plan.spec.nat {
-            saga::nat_switch(self.p, &lease, true).await?;
-            self.undo.push(Undo::Nat(lease.clone()));
-        }
+        let (p, spec) = (self.p, &self.plan.spec);
+        hooks::setup(p, Hook::Restored, &spec.name, spec, &lease, &mut self.undo).await?;
         let identity = self.identity(&lease).await?;
         self.readiness(identity).await
     }
@@ -442,7 +441,7 @@ impl Restore<'_> {
                 VmState::Unready
             }
         };
-        p.rebuild_dns().await;
+        hooks::running(p, vm).await?;
         Ok(state)
     }
 }

@@ -9,6 +9,7 @@ use actix::{Addr, MailboxError};
 use hearth_proto::api::{CreateVm, EventReason, VmState};
 use slog::{info, warn, Logger};
 
+use super::hooks::{self, Hook};
 use super::{
     Change, Commit, DiskRecord, ObservePhase, StepCause, SupervisorDeps, SupervisorError,
     SupervisorSettings, VmSupervisor, VmmProcessRecord,
@@ -18,7 +19,7 @@ use crate::firecracker::{
     ProbeReady, RemoveRunDir, SpawnProcess, StartVm, StopVm, VmConfig,
 };
 use crate::lease::NetLease;
-use crate::nat::{EnsureNat, RegisterGuest, UnregisterGuest};
+use crate::nat::{RegisterGuest, UnregisterGuest};
 use crate::snapshot::{CreateDisk, RemoveDisk};
 use crate::tap_pool::{AcquireTap, ReleaseTap};
 
@@ -91,16 +92,6 @@ impl Ports {
     pub(super) async fn observe(&self, phase: &'static str, took: Duration) {
         let _ = self.me.send(ObservePhase { phase, took }).await;
     }
-
-    /// Hands DNS the table of live VMs. A DNS failure is logged, not fatal: names are
-    /// rebuilt whole on the next change.
-    pub async fn rebuild_dns(&self) {
-        match self.me.send(super::RebuildDns {}).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(self.log, "DNS table not updated"; "error" => %e),
-            Err(e) => warn!(self.log, "DNS table not updated"; "error" => %e),
-        }
-    }
 }
 
 /// The undo of one saga step.
@@ -108,13 +99,18 @@ pub(super) enum Undo {
     Disk,
     Lease(NetLease),
     Guest(NetLease),
-    Nat(NetLease),
+    /// A capability's setup hook succeeded: its `stopped` takes it back.
+    Capability {
+        index: usize,
+        spec: Box<CreateVm>,
+        lease: NetLease,
+    },
     Process(Addr<FirecrackerActor>),
 }
 
 /// Runs undos in reverse order; each failure is logged and the rest still run.
 /// A saga (`what`: boot, restore) failed with `e`: undoes its effects, newest first, marks
-/// the VM `failed` naming the cause, and rebuilds DNS. Answers `e`, or the error of recording
+/// the VM `failed` naming the cause (the capabilities' undos withdrew its name). Answers `e`, or the error of recording
 /// the failure when that failed too.
 pub(super) async fn undo_and_fail(
     p: &Ports,
@@ -131,7 +127,6 @@ pub(super) async fn undo_and_fail(
     {
         return recording;
     }
-    p.rebuild_dns().await;
     e
 }
 
@@ -171,7 +166,10 @@ pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
                 let _ = vmm.send(KillVm {}).await;
                 ("process", p.commit(vm, Change::Process(None)).await)
             }
-            Undo::Nat(lease) => ("nat", nat_switch(p, &lease, false).await),
+            Undo::Capability { index, spec, lease } => (
+                "capability",
+                hooks::undo_one(p, vm, index, &spec, &lease).await,
+            ),
             Undo::Guest(lease) => ("guest registration", unregister(p, &lease).await),
             Undo::Lease(lease) => ("lease", release_lease(p, vm, lease).await),
             Undo::Disk => ("disk", remove_disk(p, vm).await),
@@ -180,32 +178,6 @@ pub(super) async fn run_undo(p: &Ports, vm: &str, undo: Vec<Undo>) {
             warn!(p.log, "undo step failed"; "vm" => vm, "step" => what, "error" => %e);
         }
     }
-}
-
-pub(super) async fn nat_switch(
-    p: &Ports,
-    lease: &NetLease,
-    enable: bool,
-) -> Result<(), SupervisorError> {
-    p.deps
-        .nat
-        .send(EnsureNat {
-            guest_ip: lease.guest_ip,
-            tap: lease.tap.clone(),
-            enable,
-        })
-        .await
-        .map_err(mailbox("nat"))?
-        .map_err(|e| {
-            // No egress interface: the request is fine, the host cannot serve it now (503).
-            if e.is_unavailable() {
-                SupervisorError::Unavailable {
-                    what: e.to_string(),
-                }
-            } else {
-                step("nat")(e)
-            }
-        })
 }
 
 async fn unregister(p: &Ports, lease: &NetLease) -> Result<(), SupervisorError> {
@@ -251,6 +223,18 @@ pub(super) async fn release_network(
     release_lease(p, vm, lease).await
 }
 
+/// The process is gone: the capabilities' `stopped` (each runs, even after another failed),
+/// then the network given back, unless a hook failed (the lease stays recorded, so a retry
+/// runs them again).
+pub(super) async fn stopped_network(
+    p: &Ports,
+    vm: &str,
+    lease: Option<NetLease>,
+) -> Result<(), SupervisorError> {
+    hooks::teardown(p, Hook::Stopped, vm, lease.as_ref()).await?;
+    release_network(p, vm, lease).await
+}
+
 /// What booting a VM needs.
 pub(super) struct BootPlan {
     pub spec: CreateVm,
@@ -269,8 +253,8 @@ pub(super) struct BootPlan {
     pub binary: PathBuf,
 }
 
-/// Disk (if needed) -> lease -> guest registration -> spawn -> configure -> start -> NAT ->
-/// DNS -> readiness. Answers the final state (running or unready); on failure every step is
+/// Disk (if needed) -> lease -> guest registration -> spawn -> configure -> start ->
+/// capabilities' `booted` -> readiness -> capabilities' `running`. Answers the final state (running or unready); on failure every step is
 /// undone in reverse and the VM is left `failed` with the cause.
 pub(super) async fn boot(p: Ports, plan: BootPlan) -> Result<VmState, SupervisorError> {
     let vm = plan.spec.name.clone();
@@ -313,8 +297,10 @@ impl Boot<'_> {
         let lease = self.network().await?;
         let vsock_cid = self.spawn(&lease).await?;
         self.configure_and_start(disk, &lease, vsock_cid).await?;
-        self.nat_and_dns(&lease).await?;
-        self.readiness().await
+        self.capabilities(&lease).await?;
+        let state = self.readiness().await?;
+        hooks::running(self.p, &self.plan.spec.name).await?;
+        Ok(state)
     }
 
     /// The time since the last lap, starting a new one.
@@ -430,32 +416,29 @@ impl Boot<'_> {
         Ok(())
     }
 
-    /// NAT when the spec asks for it, and DNS for a start (a create is published once it is
-    /// confirmed, by [`Boot::readiness`]). Undo: switch NAT off.
-    async fn nat_and_dns(&mut self, lease: &NetLease) -> Result<(), SupervisorError> {
+    /// The VM's capabilities (NAT switch, published ports, ...) set up for the started
+    /// machine, with the NAT flag as last switched. Undo: each capability's `stopped`.
+    async fn capabilities(&mut self, lease: &NetLease) -> Result<(), SupervisorError> {
         let (p, plan) = (self.p, self.plan);
-        if plan.spec.nat {
-            nat_switch(p, lease, true).await?;
-            self.undo.push(Undo::Nat(lease.clone()));
-        }
-        if !plan.creating {
-            // A start is alive (`starting`) from here on.
-            p.rebuild_dns().await;
-        }
+        let vm = plan.spec.name.as_str();
+        let spec = p
+            .hook_subject(vm)
+            .await
+            .map_or_else(|| plan.spec.clone(), |s| s.spec);
+        hooks::setup(p, Hook::Booted, vm, &spec, lease, &mut self.undo).await?;
         p.observe("nat_dns", self.lap()).await;
         Ok(())
     }
 
     /// The final state: `running` at once without a probe, else `running` when the guest
-    /// agent answers, `unready` when it does not (the VM runs; nothing is undone). The name
-    /// resolves from the final state on.
+    /// agent answers, `unready` when it does not (the VM runs; nothing is undone). The
+    /// capabilities' `running` follows (the name resolves from then on).
     async fn readiness(&mut self) -> Result<VmState, SupervisorError> {
         let (p, plan) = (self.p, self.plan);
         let vm = plan.spec.name.as_str();
         if !plan.spec.ready_probe {
             p.set_state(vm, VmState::Running, None, EventReason::User)
                 .await?;
-            p.rebuild_dns().await;
             return Ok(VmState::Running);
         }
         let probe = plan
@@ -484,7 +467,6 @@ impl Boot<'_> {
                 VmState::Unready
             }
         };
-        p.rebuild_dns().await;
         Ok(state)
     }
 }
@@ -569,6 +551,8 @@ pub(super) async fn stop(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Stopping, None, EventReason::User)
         .await?;
+    // Failures are logged by the hooks and do not keep the VM from stopping.
+    let _ = hooks::teardown(&p, Hook::Stopping, &vm, lease.as_ref()).await;
     let how = match end_process(&p, &vm, vmm, pid, kill).await {
         Ok(how) => how,
         Err(e) => {
@@ -581,7 +565,7 @@ pub(super) async fn stop(
     if let Some(how) = &how {
         info!(p.log, "VM stopped"; "vm" => &vm, "how" => how);
     }
-    let released = release_network(&p, &vm, lease).await;
+    let released = stopped_network(&p, &vm, lease).await;
     let error = released
         .as_ref()
         .err()
@@ -598,7 +582,6 @@ pub(super) async fn stop(
         EventReason::User,
     )
     .await?;
-    p.rebuild_dns().await;
     released
 }
 
@@ -609,13 +592,12 @@ pub(super) async fn crashed(
     lease: Option<NetLease>,
     detail: String,
 ) -> Result<(), SupervisorError> {
-    if let Err(e) = release_network(&p, &vm, lease).await {
+    if let Err(e) = stopped_network(&p, &vm, lease).await {
         warn!(p.log, "network not released after crash"; "vm" => &vm, "error" => %e);
     }
     p.commit(&vm, Change::Process(None)).await?;
     p.set_state(&vm, VmState::Crashed, Some(detail), EventReason::Crash)
         .await?;
-    p.rebuild_dns().await;
     Ok(())
 }
 
@@ -636,6 +618,9 @@ pub(super) async fn delete(
 ) -> Result<(), SupervisorError> {
     p.set_state(&vm, VmState::Deleting, None, EventReason::User)
         .await?;
+    if previous.is_alive() {
+        let _ = hooks::teardown(&p, Hook::Stopping, &vm, lease.as_ref()).await;
+    }
     match end_process(&p, &vm, vmm, pid, false).await {
         Ok(Some(how)) => {
             info!(p.log, "VM stopped for delete"; "vm" => &vm, "how" => how);
@@ -656,11 +641,9 @@ pub(super) async fn delete(
             EventReason::Error,
         )
         .await?;
-        p.rebuild_dns().await;
         return Err(e);
     }
     p.commit(&vm, Change::Remove).await?;
-    p.rebuild_dns().await;
     Ok(())
 }
 
@@ -702,7 +685,8 @@ async fn free_resources(
     lease: Option<NetLease>,
     has_disk: bool,
 ) -> Result<(), SupervisorError> {
-    release_network(p, vm, lease).await?;
+    stopped_network(p, vm, lease).await?;
+    hooks::teardown(p, Hook::Deleted, vm, None).await?;
     if has_disk {
         remove_disk(p, vm).await?;
     }

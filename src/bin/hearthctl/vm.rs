@@ -233,6 +233,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         restart: args.restart,
         ttl: args.ttl,
         on_expiry: args.on_expiry.into(),
+        publish: Vec::new(),
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args
