@@ -32,10 +32,12 @@ use crate::supervisor::{StepCause, SupervisorError};
 use crate::tap_pool::TapPoolError;
 
 mod dns_name;
+mod egress;
 mod host;
 mod nat_switch;
 
 pub use dns_name::DnsName;
+pub use egress::Egress;
 pub use host::CapabilityHost;
 pub use nat_switch::NatSwitch;
 
@@ -208,7 +210,7 @@ pub trait Capability {
 #[must_use]
 pub fn for_spec(spec: &CreateVm) -> Vec<Box<dyn Capability>> {
     let _ = spec;
-    vec![Box::new(NatSwitch), Box::new(DnsName)]
+    vec![Box::new(NatSwitch), Box::new(DnsName), Box::new(Egress)]
 }
 
 #[cfg(test)]

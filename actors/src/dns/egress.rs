@@ -43,38 +43,15 @@ fn normal(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Checks a pattern: a domain name (letters, digits, `-`, dots between labels of 1-63 bytes,
-/// at most 253 bytes), optionally prefixed by `*.`.
+/// Checks a pattern (the API's rule: `hearth_proto::api_egress::check_domain`).
 ///
 /// # Errors
 /// [`PatternError`] naming what is wrong.
 pub fn check_pattern(pattern: &str) -> Result<(), PatternError> {
-    let err = |reason: &str| PatternError {
+    hearth_proto::api_egress::check_domain(pattern).map_err(|reason| PatternError {
         pattern: pattern.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let domain = pattern.strip_prefix("*.").unwrap_or(pattern);
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    if domain.is_empty() || domain.len() > 253 {
-        return Err(err("must be a domain name of 1-253 bytes"));
-    }
-    for label in domain.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(err("each label must be 1-63 bytes"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(err(
-                "labels hold letters, digits, '-' and '_' ('*.' only as a prefix)",
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(err("labels must not start or end with '-'"));
-        }
-    }
-    Ok(())
+        reason,
+    })
 }
 
 /// The patterns of one guest.

@@ -269,6 +269,26 @@ pub struct Listed {
     pub denied: BTreeMap<Ipv4Addr, u64>,
     /// Learned (guest, address, seconds left).
     pub learned: Vec<(Ipv4Addr, Ipv4Addr, u64)>,
+    /// The deny-mode guests with the CIDR and port allowances the kernel holds for them
+    /// (domains are not in the kernel: empty).
+    pub policies: BTreeMap<Ipv4Addr, EgressRules>,
+}
+
+/// An address or `{"prefix": {"addr": .., "len": ..}}` of an `nft -j` listing.
+fn json_net(v: &serde_json::Value) -> Option<Ipv4Net> {
+    if let Some(s) = v.as_str() {
+        return Ipv4Net::new(s.parse().ok()?, 32).ok();
+    }
+    let p = v.get("prefix")?;
+    let addr = p.get("addr")?.as_str()?.parse().ok()?;
+    let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+    Ipv4Net::new(addr, len).ok()
+}
+
+/// The parts of a concatenated element (bare, or under `elem.val`).
+fn json_concat(elem: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
+    let val = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(elem);
+    val.get("concat")?.as_array()
 }
 
 /// Reads the denied counters and learned elements from an `nft -j list` output; elements
@@ -276,6 +296,7 @@ pub struct Listed {
 #[must_use]
 pub fn parse_listing(json: &str) -> Listed {
     let mut listed = Listed::default();
+    let (mut nets, mut ports) = (Vec::new(), Vec::new());
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
         return listed;
     };
@@ -311,6 +332,30 @@ pub fn parse_listing(json: &str) -> Listed {
                         listed.denied.insert(ip, packets);
                     }
                 }
+                Some(DENY_SET) => {
+                    let val = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(&elem);
+                    if let Some(ip) = val.as_str().and_then(|s| s.parse().ok()) {
+                        listed.policies.entry(ip).or_default();
+                    }
+                }
+                Some(NETS_SET) => {
+                    if let Some([guest, net]) = json_concat(&elem).map(Vec::as_slice) {
+                        if let (Some(g), Some(net)) =
+                            (guest.as_str().and_then(|s| s.parse().ok()), json_net(net))
+                        {
+                            nets.push((g, net));
+                        }
+                    }
+                }
+                Some(PORTS_SET) => {
+                    if let Some([guest, _, port, net]) = json_concat(&elem).map(Vec::as_slice) {
+                        let g = guest.as_str().and_then(|s| s.parse().ok());
+                        let port = port.as_u64().and_then(|p| u16::try_from(p).ok());
+                        if let (Some(g), Some(port), Some(net)) = (g, port, json_net(net)) {
+                            ports.push((g, net, port));
+                        }
+                    }
+                }
                 Some(LEARNED_SET) => {
                     let Some(inner) = elem.get("elem") else {
                         continue;
@@ -332,6 +377,16 @@ pub fn parse_listing(json: &str) -> Listed {
                 }
                 _ => {}
             }
+        }
+    }
+    for (g, net) in nets {
+        if let Some(rules) = listed.policies.get_mut(&g) {
+            rules.nets.insert(net);
+        }
+    }
+    for (g, net, port) in ports {
+        if let Some(rules) = listed.policies.get_mut(&g) {
+            rules.ports.insert((net, port));
         }
     }
     listed
@@ -366,6 +421,14 @@ impl NatActor {
                 op: "set up egress policy",
             });
         }
+        self.install_egress(policies)
+    }
+
+    /// Rewrites the egress table for `policies` (see [`ReconcileEgress`]).
+    fn install_egress(
+        &mut self,
+        policies: BTreeMap<Ipv4Addr, EgressRules>,
+    ) -> Result<(), NatError> {
         for (guest, rules) in &policies {
             self.config.check_guest(*guest)?;
             check_rules(*guest, rules)?;
@@ -397,6 +460,27 @@ impl NatActor {
         info!(self.log, "egress policy reconciled"; "deny_guests" => state.policies.len(),
             "kept_counters" => state.policies.keys().filter(|g| current.denied.contains_key(g)).count());
         Ok(())
+    }
+
+    /// `Reconcile`'s part: the egress table installed, keeping the kernel's policies of
+    /// the guests in `guests` (re-applied in full by their capability's `adopted` hook after a
+    /// restart) and dropping everyone else's.
+    pub(super) fn reconcile_egress_keeping(
+        &mut self,
+        guests: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), NatError> {
+        let mut policies = match self
+            .firewall
+            .list_nft(&format!("table ip {EGRESS_TABLE}"))
+            .map_err(step("list hearth's egress table"))?
+        {
+            Some(json) => parse_listing(&json).policies,
+            None => BTreeMap::new(),
+        };
+        policies.retain(|g, _| guests.contains(g));
+        // Rules the kernel held for a guest but the actor cannot re-validate are dropped.
+        policies.retain(|g, r| check_rules(*g, r).is_ok() && self.config.check_guest(*g).is_ok());
+        self.install_egress(policies)
     }
 
     fn set_egress_policy(

@@ -219,6 +219,7 @@ fn reconcile_keeps_counters_and_learned_of_guests_that_stay() {
     let current = Listed {
         denied: BTreeMap::from([(stays, 7), (leaves, 3)]),
         learned: vec![(stays, ip(200), 20), (leaves, ip(201), 20)],
+        policies: BTreeMap::new(),
     };
     let policies = BTreeMap::from([(stays, rules(&["10.0.0.0/8"], &[], &[]))]);
     let text = table_text(&config, &policies, &current);
@@ -241,9 +242,21 @@ fn listing_is_parsed_from_nft_json() {
       {"set": {"family": "ip", "name": "denied", "table": "hearth-egress",
         "elem": [{"elem": {"val": "172.31.240.5", "counter": {"packets": 4, "bytes": 240}}}]}},
       {"set": {"family": "ip", "name": "learned", "table": "hearth-egress",
-        "elem": [{"elem": {"val": {"concat": ["172.31.240.5", "1.2.3.4"]}, "timeout": 30, "expires": 29}}]}}]}"#;
+        "elem": [{"elem": {"val": {"concat": ["172.31.240.5", "1.2.3.4"]}, "timeout": 30, "expires": 29}}]}},
+      {"set": {"family": "ip", "name": "deny", "table": "hearth-egress", "elem": ["172.31.240.5"]}},
+      {"set": {"family": "ip", "name": "nets", "table": "hearth-egress",
+        "elem": [{"concat": ["172.31.240.5", {"prefix": {"addr": "10.20.0.0", "len": 16}}]},
+                 {"concat": ["172.31.240.9", "1.2.3.4"]}]}},
+      {"set": {"family": "ip", "name": "ports", "table": "hearth-egress",
+        "elem": [{"concat": ["172.31.240.5", "tcp", 443, "9.9.9.9"]},
+                 {"concat": ["172.31.240.5", "udp", 443, "9.9.9.9"]}]}}]}"#;
     let listed = parse_listing(json);
     assert_eq!(listed.denied, BTreeMap::from([(ip(5), 4)]));
     assert_eq!(listed.learned, [(ip(5), "1.2.3.4".parse().unwrap(), 29)]);
+    // Policies come back for deny-mode guests only (172.31.240.9 is not in `deny`).
+    assert_eq!(
+        listed.policies,
+        BTreeMap::from([(ip(5), rules(&["10.20.0.0/16"], &[("9.9.9.9/32", 443)], &[]))])
+    );
     assert_eq!(parse_listing("not json"), Listed::default());
 }

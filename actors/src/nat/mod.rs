@@ -400,6 +400,9 @@ impl NatActor {
         self.firewall
             .apply_nft(&rules::bridge_table_text(&self.config, desired))
             .map_err(step("install hearth's nftables bridge table"))?;
+        // Egress policy: its table is part of the firewall; guests in `desired` keep theirs.
+        let guests: BTreeSet<Ipv4Addr> = desired.iter().map(|g| g.ip).collect();
+        self.reconcile_egress_keeping(&guests)?;
 
         // Forwarding last: guests' packets are never routed before the rules guard them.
         let forwarding = self

@@ -234,6 +234,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         ttl: args.ttl,
         on_expiry: args.on_expiry.into(),
         publish: Vec::new(),
+        egress: None,
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args
