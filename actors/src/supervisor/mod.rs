@@ -26,6 +26,7 @@
 //! files needs no binary), unless a process nobody adopted still uses it.
 
 pub mod catalog;
+mod egress;
 mod error;
 mod expiry;
 mod fork;
