@@ -53,8 +53,10 @@ pub struct PortMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_addr: Option<Ipv4Addr>,
     /// The host port (1-65535).
+    #[serde(deserialize_with = "crate::api::whole::number")]
     pub host_port: u16,
     /// The guest port (1-65535).
+    #[serde(deserialize_with = "crate::api::whole::number")]
     pub guest_port: u16,
     /// `tcp` (default) or `udp`.
     #[serde(default)]
@@ -269,6 +271,13 @@ mod tests {
     fn serde_form_defaults_to_tcp_and_refuses_unknown_fields() {
         let v: PortMapping = serde_json::from_str(r#"{"host_port":8080,"guest_port":80}"#).unwrap();
         assert_eq!(v, m("8080:80"));
+        // Integral floats are integers (as JSON Schema has them); fractions are not.
+        let v: PortMapping =
+            serde_json::from_str(r#"{"host_port":8080.0,"guest_port":80}"#).unwrap();
+        assert_eq!(v, m("8080:80"));
+        assert!(
+            serde_json::from_str::<PortMapping>(r#"{"host_port":80.5,"guest_port":80}"#).is_err()
+        );
         assert!(
             serde_json::from_str::<PortMapping>(r#"{"host_port":8080,"guest_port":80,"x":1}"#)
                 .is_err()

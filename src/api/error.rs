@@ -125,7 +125,9 @@ impl ApiError {
                 S::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "timeout"),
                 S::Step { source, .. } => step_status(source),
                 S::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-                S::SnapshotNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                S::SnapshotNotFound { .. } | S::NotPublished { .. } => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
                 S::SnapshotInUse { .. } => (StatusCode::CONFLICT, "in_use"),
             },
             ApiError::Images(e) => match e {

@@ -276,6 +276,41 @@ impl Handler<sup::SetNat> for FakeSupervisor {
     }
 }
 
+impl Handler<sup::PublishPort> for FakeSupervisor {
+    type Result = Result<Vec<hearth_proto::api_publish::PortMapping>, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::PublishPort, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        let mut publish = vm.spec.publish.clone();
+        if !publish.contains(&msg.mapping) {
+            publish.push(msg.mapping);
+        }
+        hearth_proto::api_publish::validate_publish("publish", &publish)?;
+        vm.spec.publish.clone_from(&publish);
+        Ok(publish)
+    }
+}
+
+impl Handler<sup::UnpublishPort> for FakeSupervisor {
+    type Result = Result<Vec<hearth_proto::api_publish::PortMapping>, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::UnpublishPort, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        if !vm.spec.publish.contains(&msg.mapping) {
+            return Err(SupervisorError::NotPublished {
+                name: msg.name,
+                mapping: msg.mapping.to_string(),
+            });
+        }
+        vm.spec.publish.retain(|m| *m != msg.mapping);
+        Ok(vm.spec.publish.clone())
+    }
+}
+
 impl Handler<sup::UpdateVm> for FakeSupervisor {
     type Result = Result<VmInfo, SupervisorError>;
 

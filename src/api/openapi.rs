@@ -145,6 +145,7 @@ pub fn document() -> Value {
         schemas.extend(super::openapi_oci::schemas());
     }
     super::openapi_policy::extend(&mut doc);
+    super::openapi_publish::extend(&mut doc);
     doc
 }
 

@@ -39,6 +39,10 @@ pub struct SupervisorPorts {
     pub node: Recipient<sup::GetNode>,
     /// `POST /v1/node/drain`.
     pub drain: Recipient<sup::Drain>,
+    /// `POST /v1/vms/{name}/ports`.
+    pub publish: Recipient<sup::PublishPort>,
+    /// `DELETE /v1/vms/{name}/ports`.
+    pub unpublish: Recipient<sup::UnpublishPort>,
 }
 
 impl SupervisorPorts {
@@ -60,7 +64,9 @@ impl SupervisorPorts {
             + Handler<sup::UpdateVm>
             + Handler<sup::SetCordon>
             + Handler<sup::GetNode>
-            + Handler<sup::Drain>,
+            + Handler<sup::Drain>
+            + Handler<sup::PublishPort>
+            + Handler<sup::UnpublishPort>,
         A::Context: ToEnvelope<A, sup::CreateVm>
             + ToEnvelope<A, sup::RunAction>
             + ToEnvelope<A, sup::DeleteVm>
@@ -75,7 +81,9 @@ impl SupervisorPorts {
             + ToEnvelope<A, sup::UpdateVm>
             + ToEnvelope<A, sup::SetCordon>
             + ToEnvelope<A, sup::GetNode>
-            + ToEnvelope<A, sup::Drain>,
+            + ToEnvelope<A, sup::Drain>
+            + ToEnvelope<A, sup::PublishPort>
+            + ToEnvelope<A, sup::UnpublishPort>,
     {
         SupervisorPorts {
             create: addr.clone().recipient(),
@@ -93,6 +101,8 @@ impl SupervisorPorts {
             cordon: addr.clone().recipient(),
             node: addr.clone().recipient(),
             drain: addr.clone().recipient(),
+            publish: addr.clone().recipient(),
+            unpublish: addr.clone().recipient(),
         }
     }
 }

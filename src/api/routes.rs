@@ -84,6 +84,17 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/v1/snapshots/{name}", snapshots::get)
         .add(Method::DELETE, "/v1/snapshots/{name}", snapshots::delete)
         .add(Method::PUT, "/v1/vms/{name}/nat", vms::set_nat)
+        .add(Method::GET, "/v1/vms/{name}/ports", super::publish::list)
+        .add(
+            Method::POST,
+            "/v1/vms/{name}/ports",
+            super::publish::publish,
+        )
+        .add(
+            Method::DELETE,
+            "/v1/vms/{name}/ports",
+            super::publish::unpublish,
+        )
         .add(Method::GET, "/v1/vms/{name}/wait", vms::wait)
         .add(Method::POST, "/v1/vms/{name}/exec", exec::create)
         .add(Method::GET, "/v1/vms/{name}/execs", exec::list)

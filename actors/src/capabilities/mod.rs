@@ -35,11 +35,13 @@ mod dns_name;
 mod egress;
 mod host;
 mod nat_switch;
+mod publish;
 
 pub use dns_name::DnsName;
 pub use egress::Egress;
 pub use host::CapabilityHost;
 pub use nat_switch::NatSwitch;
+pub use publish::Publish;
 
 /// What a hook's future answers. Boxed and local (not `Send`): hooks run on the supervisor's
 /// arbiter, and a boxed future keeps the trait object-safe.
@@ -107,6 +109,14 @@ pub enum CapabilityError {
         /// What collides, naming the other owner.
         message: String,
     },
+    /// The configuration cannot be used (HTTP 400); nothing was changed.
+    #[error("{reason}")]
+    Invalid {
+        /// The capability (its spec field).
+        capability: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The hook needs the VM's lease and it has none.
     #[error("{capability}: VM {vm:?} has no network lease")]
     NoLease {
@@ -133,6 +143,12 @@ impl From<CapabilityError> for SupervisorError {
             }
             CapabilityError::TapPool { source, .. } => {
                 SupervisorError::step("capability", StepCause::Pool(Arc::new(source)))
+            }
+            CapabilityError::Invalid { capability, reason } => {
+                SupervisorError::InvalidField(hearth_proto::api::FieldError {
+                    field: capability,
+                    reason,
+                })
             }
             e @ CapabilityError::Conflict { .. } => SupervisorError::Conflict {
                 message: e.to_string(),
@@ -210,7 +226,12 @@ pub trait Capability {
 #[must_use]
 pub fn for_spec(spec: &CreateVm) -> Vec<Box<dyn Capability>> {
     let _ = spec;
-    vec![Box::new(NatSwitch), Box::new(DnsName), Box::new(Egress)]
+    vec![
+        Box::new(NatSwitch),
+        Box::new(Publish),
+        Box::new(DnsName),
+        Box::new(Egress),
+    ]
 }
 
 #[cfg(test)]

@@ -70,12 +70,14 @@ use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 pub mod egress;
 mod handlers;
 mod messages;
+pub mod publish;
 pub mod rules;
 
 pub use messages::{
     EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown,
     UnregisterGuest,
 };
+pub use publish::{ListPublished, PublishPorts, PublishedPort, UnpublishPorts};
 
 /// Errors of `NatActor`.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,23 @@ pub enum NatError {
     NotReady {
         /// The operation refused.
         op: &'static str,
+    },
+    /// A published port's host port is held by another owner; nothing was changed.
+    #[error("Host port {mapping} is taken by {owner}")]
+    PortConflict {
+        /// The mapping refused.
+        mapping: String,
+        /// Who holds the port: another VM (naming it and its mapping), hearth's DNS, or a
+        /// socket on the host.
+        owner: String,
+    },
+    /// A published port that cannot be used; nothing was changed.
+    #[error("Cannot publish {mapping}: {reason}")]
+    InvalidPublish {
+        /// The mapping(s).
+        mapping: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The host refused a change.
     #[error("Cannot {step}")]
@@ -274,6 +293,8 @@ pub struct NatActor {
     enabled_forwarding: bool,
     /// Egress policies (`egress.rs`).
     egress_policy: egress::EgressState,
+    /// Published ports (see `publish.rs`).
+    published: publish::PublishTable,
 }
 
 impl NatActor {
@@ -297,6 +318,7 @@ impl NatActor {
             egress: None,
             enabled_forwarding: false,
             egress_policy: egress::EgressState::default(),
+            published: publish::PublishTable::new(),
         })
     }
 
@@ -371,7 +393,9 @@ impl NatActor {
             .map_err(step("rebuild hearth's ipsets"))?;
 
         let installed = self.listings().and_then(|current| {
-            let text = rules::restore_text(&self.config, egress.as_deref(), &current);
+            let published = publish::all_rules(&self.published);
+            let text =
+                rules::restore_text_with(&self.config, egress.as_deref(), &current, &published);
             self.firewall
                 .restore_rules(&text)
                 .map_err(step("install hearth's iptables chains"))
@@ -600,6 +624,7 @@ impl NatActor {
             self.enabled_forwarding = false;
         }
         self.ready = false;
+        self.published.clear();
         self.nat.clear();
         self.guests.clear();
         self.egress = None;

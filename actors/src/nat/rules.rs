@@ -23,8 +23,15 @@ pub const NAT_SET: &str = "hearth-nat";
 /// The `bitmap:ip,mac` set of (lease IP, lease MAC) pairs, for anti-spoofing.
 pub const GUEST_SET: &str = "hearth-guests";
 
+/// hearth's chain in the nat table, jumped to from `PREROUTING` (published ports).
+pub const CHAIN_PREROUTING: &str = "HEARTH-PREROUTING";
+/// hearth's chain in the nat table, jumped to from `OUTPUT` (published ports, from the host).
+pub const CHAIN_OUTPUT: &str = "HEARTH-OUTPUT";
+
 /// Each of hearth's chains with its table and the built-in chain that jumps to it.
-pub const HOOKS: [(Table, &str, &str); 3] = [
+pub const HOOKS: [(Table, &str, &str); 5] = [
+    (Table::Nat, "PREROUTING", CHAIN_PREROUTING),
+    (Table::Nat, "OUTPUT", CHAIN_OUTPUT),
     (Table::Nat, "POSTROUTING", CHAIN_POSTROUTING),
     (Table::Filter, "FORWARD", CHAIN_FORWARD),
     (Table::Filter, "INPUT", CHAIN_INPUT),
@@ -65,15 +72,20 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
     let anti_spoof = format!("-A {chain} -i {br} -m set ! --match-set {GUEST_SET} src,src -j DROP");
     let mut rules = Vec::new();
     match chain {
-        CHAIN_POSTROUTING => rules.extend(egress.map(|egress| {
-            format!(
-                "-A {chain} -s {cidr} -o {egress} -m set --match-set {NAT_SET} src -j MASQUERADE"
-            )
-        })),
+        CHAIN_PREROUTING | CHAIN_OUTPUT => rules.push(super::publish::jump_rule(chain)),
+        CHAIN_POSTROUTING => {
+            rules.extend(egress.map(|egress| {
+                format!(
+                    "-A {chain} -s {cidr} -o {egress} -m set --match-set {NAT_SET} src -j MASQUERADE"
+                )
+            }));
+            rules.push(super::publish::hairpin_rule(config));
+        }
         CHAIN_FORWARD => {
             if config.anti_spoofing {
                 rules.push(anti_spoof);
             }
+            rules.extend(super::publish::forward_rules(config));
             if let Some(egress) = egress {
                 // Replies to NAT guests' connections.
                 rules.push(format!(
@@ -143,10 +155,29 @@ fn has_chain(listing: &str, chain: &str) -> bool {
 /// Rules hearth did not make are not touched.
 #[must_use]
 pub fn restore_text(config: &NatConfig, egress: Option<&str>, current: &Listings) -> String {
+    restore_text_with(config, egress, current, &[])
+}
+
+/// [`restore_text`] with hearth's published-port chain holding exactly `publish` (its `-A`
+/// lines, see `publish::dnat_rule`), in the same nat transaction.
+#[must_use]
+pub fn restore_text_with(
+    config: &NatConfig,
+    egress: Option<&str>,
+    current: &Listings,
+    publish: &[String],
+) -> String {
     let mut text = String::new();
     for table in [Table::Nat, Table::Filter] {
         let hooks = HOOKS.iter().filter(|(t, _, _)| *t == table);
         let _ = writeln!(text, "*{table}");
+        if table == Table::Nat {
+            // Declared (so flushed) first: the hook chains jump to it.
+            let _ = writeln!(text, ":{} - [0:0]", super::publish::CHAIN_PUBLISH);
+            for rule in publish {
+                let _ = writeln!(text, "{rule}");
+            }
+        }
         for (_, _, chain) in hooks.clone() {
             // Declaring a user chain with --noflush creates it, or flushes it if it exists.
             let _ = writeln!(text, ":{chain} - [0:0]");
@@ -182,6 +213,12 @@ pub fn teardown_text(current: &Listings) -> Option<String> {
                 lines.push(format!("-F {chain}"));
                 lines.push(format!("-X {chain}"));
             }
+        }
+        // Only hearth's hook chains jump to it: it goes once they are gone.
+        let publish = super::publish::CHAIN_PUBLISH;
+        if table == Table::Nat && has_chain(listing, publish) {
+            lines.push(format!("-F {publish}"));
+            lines.push(format!("-X {publish}"));
         }
         if !lines.is_empty() {
             let _ = writeln!(text, "*{table}");
@@ -339,6 +376,8 @@ mod tests {
             chain_rules(&config(), Some("eth0"), CHAIN_FORWARD),
             [
                 "-A HEARTH-FORWARD -i hearth0 -m set ! --match-set hearth-guests src,src -j DROP",
+                "-A HEARTH-FORWARD -o hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A HEARTH-FORWARD -i hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
                 "-A HEARTH-FORWARD -i eth0 -o hearth0 -m set --match-set hearth-nat dst -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                 "-A HEARTH-FORWARD -i hearth0 -o eth0 -m set --match-set hearth-nat src -j ACCEPT",
                 "-A HEARTH-FORWARD -i hearth0 -o hearth0 -j DROP",
@@ -414,9 +453,19 @@ mod tests {
 
     #[test]
     fn without_egress_nothing_is_masqueraded_or_forwarded_out() {
-        assert!(chain_rules(&config(), None, CHAIN_POSTROUTING).is_empty());
+        // Only published ports' hairpin connections are masqueraded (onto the bridge).
+        let post = chain_rules(&config(), None, CHAIN_POSTROUTING);
+        assert!(
+            post.iter()
+                .all(|r| r.contains("-o hearth0 -m conntrack --ctstate DNAT")),
+            "{post:?}"
+        );
         let fwd = chain_rules(&config(), None, CHAIN_FORWARD);
-        assert!(fwd.iter().all(|r| !r.contains("ACCEPT")), "{fwd:?}");
+        let accepts = fwd.iter().filter(|r| r.contains("ACCEPT"));
+        assert!(
+            accepts.clone().all(|r| r.contains("--ctstate DNAT")),
+            "{fwd:?}"
+        );
         assert!(fwd.contains(&"-A HEARTH-FORWARD -i hearth0 -j DROP".to_owned()));
     }
 
@@ -424,7 +473,10 @@ mod tests {
     fn masquerade_only_for_nat_set_out_of_egress() {
         assert_eq!(
             chain_rules(&config(), Some("eth0"), CHAIN_POSTROUTING),
-            ["-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o eth0 -m set --match-set hearth-nat src -j MASQUERADE"]
+            [
+                "-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o eth0 -m set --match-set hearth-nat src -j MASQUERADE",
+                "-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o hearth0 -m conntrack --ctstate DNAT -j MASQUERADE",
+            ]
         );
     }
 
@@ -432,7 +484,10 @@ mod tests {
     fn restore_text_declares_chains_and_one_jump_each() {
         let text = restore_text(&config(), Some("eth0"), &Listings::default());
         assert!(
-            text.starts_with("*nat\n:HEARTH-POSTROUTING - [0:0]\n"),
+            text.starts_with(
+                "*nat\n:HEARTH-PUBLISH - [0:0]\n:HEARTH-PREROUTING - [0:0]\n\
+                 :HEARTH-OUTPUT - [0:0]\n:HEARTH-POSTROUTING - [0:0]\n"
+            ),
             "{text}"
         );
         assert!(text.contains("*filter\n:HEARTH-FORWARD - [0:0]\n:HEARTH-INPUT - [0:0]\n"));

@@ -156,7 +156,7 @@ async fn without_egress_everything_but_nat_is_installed() {
         rules::restore_text(&config(), None, &Listings::default())
     );
     assert!(
-        !rules.contains("MASQUERADE") && rules.contains("-j DROP"),
+        !rules.contains("hearth-nat src -j MASQUERADE") && rules.contains("-j DROP"),
         "{rules}"
     );
     assert_eq!(bridge_texts(&fake).len(), 1);

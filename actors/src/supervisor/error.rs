@@ -82,6 +82,14 @@ pub enum SupervisorError {
     /// The state store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] VmStoreError),
+    /// The VM has no such published port (HTTP 404).
+    #[error("VM {name:?} does not publish {mapping}")]
+    NotPublished {
+        /// The VM.
+        name: String,
+        /// The port asked for.
+        mapping: String,
+    },
     /// No snapshot with that name (HTTP 404).
     #[error("No snapshot named {name:?}")]
     SnapshotNotFound {

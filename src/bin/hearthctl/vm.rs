@@ -83,6 +83,27 @@ pub(crate) enum VmCmd {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// List a VM's published ports.
+    Port {
+        /// The VM.
+        name: String,
+    },
+    /// Publish a guest port on the host: `[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]`.
+    Publish {
+        /// The VM.
+        name: String,
+        /// The port, e.g. `8443:443` or `127.0.0.1:5353:53/udp`.
+        #[arg(value_parser = crate::vm_ports::parse_mapping)]
+        mapping: hearth_proto::api_publish::PortMapping,
+    },
+    /// Withdraw a published port.
+    Unpublish {
+        /// The VM.
+        name: String,
+        /// The port, as published.
+        #[arg(value_parser = crate::vm_ports::parse_mapping)]
+        mapping: hearth_proto::api_publish::PortMapping,
+    },
     /// Wait until a VM is in a state.
     Wait {
         /// The VM.
@@ -128,6 +149,10 @@ pub(crate) struct CreateArgs {
     /// Give the guest outbound access through NAT.
     #[arg(long)]
     nat: bool,
+    /// Publish a guest port on the host: `[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]`
+    /// (repeatable).
+    #[arg(long = "publish", value_parser = crate::vm_ports::parse_mapping)]
+    publish: Vec<hearth_proto::api_publish::PortMapping>,
     /// Call the VM running without waiting for its agent.
     #[arg(long)]
     no_ready_probe: bool,
@@ -206,6 +231,11 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
         }
         VmCmd::Rm { name } => remove(c, json, &name),
         VmCmd::Nat { name, state } => nat(c, json, &name, state),
+        VmCmd::Port { name } => crate::vm_ports::list(c, json, &name),
+        VmCmd::Publish { name, mapping } => crate::vm_ports::change(c, json, &name, mapping, true),
+        VmCmd::Unpublish { name, mapping } => {
+            crate::vm_ports::change(c, json, &name, mapping, false)
+        }
         VmCmd::Update(args) => crate::vm_update::update(c, json, args),
         VmCmd::Wait {
             name,
@@ -233,7 +263,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         restart: args.restart,
         ttl: args.ttl,
         on_expiry: args.on_expiry.into(),
-        publish: Vec::new(),
+        publish: args.publish,
         egress: None,
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;

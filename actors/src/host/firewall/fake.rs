@@ -99,6 +99,8 @@ pub struct FakeState {
     pub egress: BTreeMap<String, BTreeSet<super::nft_egress::EgressElement>>,
     /// Operations that fail, with the error text they report.
     pub failures: HashMap<FakeOp, String>,
+    /// Host ports a socket holds, for `probe_port` (any address).
+    pub bound_ports: BTreeSet<(hearth_proto::api_publish::Protocol, u16)>,
 }
 
 /// The fake backend; clones share state.
@@ -431,6 +433,19 @@ impl Firewall for FakeFirewall {
         let mut state = self.enter(FakeOp::DestroySet, FakeCall::DestroySet(set.into()))?;
         state.sets.remove(set);
         Ok(())
+    }
+
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        _addr: Option<std::net::Ipv4Addr>,
+        port: u16,
+    ) -> Result<super::PortProbe, FirewallError> {
+        Ok(if self.state().bound_ports.contains(&(protocol, port)) {
+            super::PortProbe::Bound
+        } else {
+            super::PortProbe::Free
+        })
     }
 
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {

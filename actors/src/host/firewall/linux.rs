@@ -222,6 +222,15 @@ impl Firewall for LinuxFirewall {
         run(self.flavor.iptables(), &list_args(table), None)
     }
 
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        addr: Option<std::net::Ipv4Addr>,
+        port: u16,
+    ) -> Result<super::PortProbe, FirewallError> {
+        super::port_probe::probe(protocol, addr, port)
+    }
+
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {
         run(self.flavor.iptables_restore(), &restore_args(), Some(text)).map(drop)
     }

@@ -26,6 +26,9 @@ pub mod fake;
 pub mod linux;
 pub mod nft_egress;
 pub mod nft_netlink;
+pub mod port_probe;
+
+pub use port_probe::PortProbe;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
 /// carries the tool's or kernel's own error text.
@@ -64,6 +67,14 @@ pub enum FirewallError {
         /// The /proc/sys path.
         path: &'static str,
         /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Probing a host port by binding it failed for another reason than its being taken.
+    #[error("Cannot probe host port {what}")]
+    PortProbe {
+        /// The address, port and protocol.
+        what: String,
+        /// The bind error.
         source: std::io::Error,
     },
     /// An in-process change to an nftables set failed; none of it was applied.
@@ -267,6 +278,18 @@ pub trait Firewall {
     /// # Errors
     /// The backend's [`FirewallError`], naming the command.
     fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError>;
+
+    /// Whether a socket on the host holds `addr:port` (any address when `None`) for
+    /// `protocol`, or the address is not the host's.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`] when it cannot tell.
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+    ) -> Result<PortProbe, FirewallError>;
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -320,5 +343,13 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
         (**self).list_nft(object)
+    }
+    fn probe_port(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+    ) -> Result<PortProbe, FirewallError> {
+        (**self).probe_port(protocol, addr, port)
     }
 }
