@@ -83,6 +83,18 @@ impl EgressPolicy {
     }
 }
 
+/// A VM's egress policy as `GET /v1/vms/{name}/egress` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EgressStatus {
+    /// The policy (allow mode when the VM has none).
+    #[serde(flatten)]
+    pub policy: EgressPolicy,
+    /// Packets dropped for the guest since its deny policy was applied (deny mode, while the
+    /// VM holds a network lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_packets: Option<u64>,
+}
+
 /// One `allow` entry: a CIDR, optionally one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AllowRule {

@@ -6,7 +6,10 @@ use actix::{Context, Handler, ResponseActFuture};
 use futures::FutureExt;
 use hearth_proto::api::{VmInfo, VmState};
 
-use super::{Change, SetEgress, SupervisorError, VmSupervisor};
+use hearth_proto::api_egress::EgressStatus;
+
+use super::{Change, GetEgress, SetEgress, SupervisorError, VmSupervisor};
+use crate::nat::egress::GetEgressDenied;
 
 impl Handler<SetEgress> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
@@ -45,6 +48,41 @@ impl Handler<SetEgress> for VmSupervisor {
                 .boxed_local())
             },
             move |act| act.info_of(&name),
+        )
+    }
+}
+
+impl Handler<GetEgress> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<EgressStatus, SupervisorError>>;
+
+    fn handle(&mut self, msg: GetEgress, _ctx: &mut Context<Self>) -> Self::Result {
+        use actix::fut::WrapFuture;
+        let found = self.entry(&msg.name).map(|entry| {
+            let policy = entry.record.spec.egress.clone().unwrap_or_default();
+            let guest = entry.record.lease.as_ref().map(|l| l.guest_ip);
+            (policy, guest)
+        });
+        let nat = self.deps.nat.clone();
+        Box::pin(
+            async move {
+                let (policy, guest) = found?;
+                let denied_packets = match guest {
+                    Some(ip) if policy.is_deny() => {
+                        // A counter that cannot be read is left out rather than failing
+                        // the read of the policy.
+                        match nat.send(GetEgressDenied).await {
+                            Ok(Ok(counts)) => Some(counts.get(&ip).copied().unwrap_or(0)),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                Ok(EgressStatus {
+                    policy,
+                    denied_packets,
+                })
+            }
+            .into_actor(self),
         )
     }
 }

@@ -303,3 +303,11 @@ pub struct SetEgress {
     /// The new policy.
     pub policy: Option<hearth_proto::api_egress::EgressPolicy>,
 }
+
+/// A VM's egress policy and, in deny mode while it holds a lease, the packets dropped for it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<hearth_proto::api_egress::EgressStatus, SupervisorError>")]
+pub struct GetEgress {
+    /// The VM.
+    pub name: String,
+}
