@@ -5,13 +5,22 @@
 mod common;
 use common::daemon::{self, HearthHost};
 
-/// The lines of hearth's egress table that hold elements (for one guest: its address).
+/// The element lines of hearth's egress table holding one guest's address, each prefixed by
+/// its set's name (a CIDR is its network address in the set of its prefix length).
 fn elements_of(h: &HearthHost, ip: &str) -> String {
-    h.ns.exec_ok(&["nft", "list", "table", "ip", "hearth-egress"])
-        .lines()
-        .filter(|l| l.contains("elements") && l.contains(ip))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut set = String::new();
+    let mut out = Vec::new();
+    for line in
+        h.ns.exec_ok(&["nft", "list", "table", "ip", "hearth-egress"])
+            .lines()
+    {
+        if let Some(name) = line.trim().strip_prefix("set ") {
+            set = name.trim_end_matches(" {").to_owned();
+        } else if line.contains("elements") && line.contains(ip) {
+            out.push(format!("{set}: {}", line.trim()));
+        }
+    }
+    out.join("\n")
 }
 
 #[test]
@@ -41,9 +50,10 @@ fn egress_policy_follows_the_vm_through_changes_restart_and_delete() {
     let ip = vm["guest_ip"].as_str().unwrap().to_owned();
     let held = elements_of(&h, &ip);
     assert!(
-        held.contains("10.20.0.0/16") && held.contains("443"),
+        held.contains(&format!("nets16: elements = {{ {ip} . 10.20.0.0 }}")),
         "{held}"
     );
+    assert!(held.contains(". tcp . 443 . 10.30.0.0"), "{held}");
 
     // Shown, with the denied-packet counter of a live deny-mode guest.
     let shown = h.ctl_ok(&["vm", "egress", "job"]);
@@ -55,7 +65,7 @@ fn egress_policy_follows_the_vm_through_changes_restart_and_delete() {
     assert_eq!(changed["allow"][0], "10.21.0.0/16", "{changed}");
     let held = elements_of(&h, &ip);
     assert!(
-        held.contains("10.21.0.0/16") && !held.contains("10.20.0.0/16"),
+        held.contains(". 10.21.0.0") && !held.contains(". 10.20.0.0"),
         "{held}"
     );
     // Bad input changes nothing (refused by hearthctl before sending, exit 2).

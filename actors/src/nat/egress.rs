@@ -6,14 +6,18 @@
 //! isolation, anti-spoofing), so a policy can only take connectivity away. Why nftables and
 //! not ipsets: the pairs (guest, destination) need `hash:ip,ip`/`hash:net,net`, which the
 //! kernels hearth runs on may lack (this development kernel has neither), while nftables'
-//! concatenated sets give (guest . range) intervals and per-element timeouts everywhere
+//! concatenated sets give (guest . network) keys and per-element timeouts everywhere
 //! `nf_tables` runs; the bridge table already needs `nf_tables`.
 //!
 //! The rules are static and shared by every guest; a guest's policy is set elements only, so
 //! a per-VM change is one in-process netlink transaction whatever the number of VMs:
 //! - `deny`: guests in deny mode (everyone else returns at once);
 //! - `denied`: the same guests, with a counter: the last rule counts what it drops per guest;
-//! - `nets` (`guest . range`) and `ports` (`guest . proto . port . range`): allowed CIDRs;
+//! - `nets<P>` (`guest . network`) and `ports<P>` (`guest . proto . port . network`), one of
+//!   each per prefix length P: allowed CIDRs. Hash sets, not one interval set: nftables
+//!   rebuilds an interval set of concatenations whole on every change (measured: 3.8 ms per
+//!   change at 1000 guests against 0.1 ms at 10), a hash set changes in constant time. The
+//!   price is one lookup per prefix length for a deny-mode guest's new connections;
 //! - `learned` (`guest . address`, timeout): addresses hearth's DNS answered to that guest
 //!   for an allowed domain, expiring with the record's TTL.
 //!
@@ -44,9 +48,9 @@ pub const EGRESS_TABLE: &str = "hearth-egress";
 pub const DENY_SET: &str = "deny";
 /// Guests in deny mode, each with a counter of the packets dropped for it.
 pub const DENIED_SET: &str = "denied";
-/// (guest . destination range) allowed.
+/// (guest . destination network) allowed: the family of sets `nets0`..`nets32`.
 pub const NETS_SET: &str = "nets";
-/// (guest . protocol . port . destination range) allowed.
+/// (guest . protocol . port . destination network) allowed: `ports0`..`ports32`.
 pub const PORTS_SET: &str = "ports";
 /// (guest . address) learned from DNS, with timeouts.
 pub const LEARNED_SET: &str = "learned";
@@ -170,15 +174,20 @@ pub fn table_text(
     let sets = [
         (DENY_SET, "type ipv4_addr;"),
         (DENIED_SET, "type ipv4_addr; counter;"),
-        (NETS_SET, "type ipv4_addr . ipv4_addr; flags interval;"),
-        (
-            PORTS_SET,
-            "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval;",
-        ),
         (LEARNED_SET, "type ipv4_addr . ipv4_addr; flags timeout;"),
     ];
     for (set, def) in sets {
         let _ = writeln!(text, "add set {t} {set} {{ {def} }}");
+    }
+    for p in 0..=32 {
+        let _ = writeln!(
+            text,
+            "add set {t} {NETS_SET}{p} {{ type ipv4_addr . ipv4_addr; }}"
+        );
+        let _ = writeln!(
+            text,
+            "add set {t} {PORTS_SET}{p} {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; }}"
+        );
     }
     for hook in ["forward", "input"] {
         let _ = writeln!(
@@ -187,22 +196,35 @@ pub fn table_text(
         );
         let _ = writeln!(text, "flush chain {t} {hook}");
     }
-    for set in [DENY_SET, NETS_SET, PORTS_SET] {
-        let _ = writeln!(text, "flush set {t} {set}");
+    let _ = writeln!(text, "flush set {t} {DENY_SET}");
+    for p in 0..=32 {
+        let _ = writeln!(text, "flush set {t} {NETS_SET}{p}");
+        let _ = writeln!(text, "flush set {t} {PORTS_SET}{p}");
     }
     let head = [
         format!("iifname != \"{br}\" return"),
         format!("ip saddr != @{DENY_SET} return"),
     ];
-    let forward = [
+    // One hash lookup per prefix length (a CIDR is its network address in the set of its
+    // length), only for new connections of deny-mode guests.
+    let mut forward = vec![
         "ct state established,related return".to_owned(),
         format!("meta l4proto {{ tcp, udp }} th dport 53 ip saddr @{DENIED_SET} drop"),
-        format!("ip saddr . ip daddr @{NETS_SET} return"),
-        format!("ip saddr . meta l4proto . th dport . ip daddr @{PORTS_SET} return"),
+    ];
+    for p in (0..=32u8).rev() {
+        let mask = prefix_mask(p);
+        forward.push(format!(
+            "ip saddr . ip daddr & {mask} @{NETS_SET}{p} return"
+        ));
+        forward.push(format!(
+            "ip saddr . meta l4proto . th dport . ip daddr & {mask} @{PORTS_SET}{p} return"
+        ));
+    }
+    forward.extend([
         format!("ip saddr . ip daddr @{LEARNED_SET} return"),
         format!("ip saddr @{DENIED_SET} drop"),
         "drop".to_owned(),
-    ];
+    ]);
     let input = [
         format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 return"),
         "ct state established,related return".to_owned(),
@@ -236,8 +258,16 @@ pub fn table_text(
             leavers.join(", ")
         );
     }
-    for (set, elements) in &wanted {
-        let list: Vec<String> = elements.iter().map(ToString::to_string).collect();
+    let mut by_set: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (base, elements) in &wanted {
+        for e in elements {
+            by_set
+                .entry(e.set_for(base))
+                .or_default()
+                .push(e.to_string());
+        }
+    }
+    for (set, list) in &by_set {
         let _ = writeln!(text, "add element {t} {set} {{ {} }}", list.join(", "));
     }
     let stale: Vec<String> = current
@@ -254,6 +284,17 @@ pub fn table_text(
         );
     }
     text
+}
+
+/// The netmask of a prefix length, as nft writes it.
+fn prefix_mask(prefix: u8) -> Ipv4Addr {
+    let bits = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Ipv4Addr::from(bits)
+}
+
+/// The prefix length of a per-prefix set `<base><p>`.
+fn prefix_of(name: &str, base: &str) -> Option<u8> {
+    name.strip_prefix(base)?.parse().ok().filter(|p| *p <= 32)
 }
 
 /// The `nft -f` text that removes the egress table, present or not.
@@ -285,6 +326,13 @@ fn json_net(v: &serde_json::Value) -> Option<Ipv4Net> {
     Ipv4Net::new(addr, len).ok()
 }
 
+/// A network read from a per-prefix set: the set's prefix length, not the address's /32.
+fn with_prefix(net: Ipv4Net, prefix: Option<u8>) -> Ipv4Net {
+    prefix
+        .and_then(|p| Ipv4Net::new(net.addr(), p).ok())
+        .map_or(net, |n| n.trunc())
+}
+
 /// The parts of a concatenated element (bare, or under `elem.val`).
 fn json_concat(elem: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
     let val = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(elem);
@@ -314,6 +362,13 @@ pub fn parse_listing(json: &str) -> Listed {
             .cloned()
             .unwrap_or_default();
         for elem in elems {
+            let nets_prefix = name.and_then(|n| prefix_of(n, NETS_SET));
+            let ports_prefix = name.and_then(|n| prefix_of(n, PORTS_SET));
+            let name = match (nets_prefix, ports_prefix) {
+                (Some(_), _) => Some(NETS_SET),
+                (_, Some(_)) => Some(PORTS_SET),
+                _ => name,
+            };
             match name {
                 Some(DENIED_SET) => {
                     // `{"elem": {"val": "1.2.3.4", "counter": {"packets": n, ..}}}`
@@ -343,7 +398,7 @@ pub fn parse_listing(json: &str) -> Listed {
                         if let (Some(g), Some(net)) =
                             (guest.as_str().and_then(|s| s.parse().ok()), json_net(net))
                         {
-                            nets.push((g, net));
+                            nets.push((g, with_prefix(net, nets_prefix)));
                         }
                     }
                 }
@@ -352,7 +407,7 @@ pub fn parse_listing(json: &str) -> Listed {
                         let g = guest.as_str().and_then(|s| s.parse().ok());
                         let port = port.as_u64().and_then(|p| u16::try_from(p).ok());
                         if let (Some(g), Some(port), Some(net)) = (g, port, json_net(net)) {
-                            ports.push((g, net, port));
+                            ports.push((g, with_prefix(net, ports_prefix), port));
                         }
                     }
                 }

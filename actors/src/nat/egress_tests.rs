@@ -233,7 +233,10 @@ fn reconcile_keeps_counters_and_learned_of_guests_that_stay() {
     assert!(!text.contains(&format!("{stays} . {}", ip(200))), "{text}");
     // The counter set is never flushed; the policy sets are.
     assert!(!text.contains(&format!("flush set ip {EGRESS_TABLE} {DENIED_SET}")));
-    assert!(text.contains(&format!("flush set ip {EGRESS_TABLE} {NETS_SET}")));
+    assert!(text.contains(&format!("flush set ip {EGRESS_TABLE} {NETS_SET}8")));
+    assert!(text.contains(&format!(
+        "add element ip {EGRESS_TABLE} {NETS_SET}8 {{ {stays} . 10.0.0.0 }}"
+    )));
 }
 
 #[test]
@@ -244,10 +247,11 @@ fn listing_is_parsed_from_nft_json() {
       {"set": {"family": "ip", "name": "learned", "table": "hearth-egress",
         "elem": [{"elem": {"val": {"concat": ["172.31.240.5", "1.2.3.4"]}, "timeout": 30, "expires": 29}}]}},
       {"set": {"family": "ip", "name": "deny", "table": "hearth-egress", "elem": ["172.31.240.5"]}},
-      {"set": {"family": "ip", "name": "nets", "table": "hearth-egress",
-        "elem": [{"concat": ["172.31.240.5", {"prefix": {"addr": "10.20.0.0", "len": 16}}]},
-                 {"concat": ["172.31.240.9", "1.2.3.4"]}]}},
-      {"set": {"family": "ip", "name": "ports", "table": "hearth-egress",
+      {"set": {"family": "ip", "name": "nets16", "table": "hearth-egress",
+        "elem": [{"concat": ["172.31.240.5", "10.20.0.0"]}]}},
+      {"set": {"family": "ip", "name": "nets32", "table": "hearth-egress",
+        "elem": [{"concat": ["172.31.240.9", "1.2.3.4"]}]}},
+      {"set": {"family": "ip", "name": "ports32", "table": "hearth-egress",
         "elem": [{"concat": ["172.31.240.5", "tcp", 443, "9.9.9.9"]},
                  {"concat": ["172.31.240.5", "udp", 443, "9.9.9.9"]}]}}]}"#;
     let listed = parse_listing(json);

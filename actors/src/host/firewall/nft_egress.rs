@@ -4,7 +4,7 @@
 //! ranges, protocols and ports, with an optional per-element timeout.
 //!
 //! Keys are laid out as nft lays out the concatenations hearth declares: each part padded to a
-//! 4-byte register. Interval sets (a CIDR part) carry the range's last key as `KEY_END`.
+//! 4-byte register. A CIDR is its network address in the set of its prefix length.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -17,49 +17,55 @@ use super::nft_netlink::{
 
 /// `NFPROTO_IPV4`: the family of the egress table.
 const NFPROTO_IPV4: u8 = 2;
-/// `NFTA_SET_ELEM_TIMEOUT` (u64, milliseconds, big endian) and `NFTA_SET_ELEM_KEY_END`.
+/// `NFTA_SET_ELEM_TIMEOUT` (u64, milliseconds, big endian).
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
-const NFTA_SET_ELEM_KEY_END: u16 = 10;
 
 /// One element of an egress set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EgressElement {
     /// A guest (`ipv4_addr`): membership of the deny-mode and the denied-counter sets.
     Guest(Ipv4Addr),
-    /// A guest and a destination range (`ipv4_addr . ipv4_addr`, interval).
+    /// A guest and a destination network (`ipv4_addr . ipv4_addr`, in the set of its prefix).
     Net(Ipv4Addr, Ipv4Net),
     /// A guest, a protocol (6 or 17), a destination port and range
-    /// (`ipv4_addr . inet_proto . inet_service . ipv4_addr`, interval).
+    /// (`ipv4_addr . inet_proto . inet_service . ipv4_addr`, in the set of its prefix).
     Port(Ipv4Addr, u8, u16, Ipv4Net),
-    /// A guest and one destination address (`ipv4_addr . ipv4_addr`, no interval).
+    /// A guest and one destination address (`ipv4_addr . ipv4_addr`).
     Addr(Ipv4Addr, Ipv4Addr),
 }
 
 impl EgressElement {
-    /// The element's key and, for interval sets, its last key.
+    /// The element's key. A range is keyed by its network address in the set of its prefix
+    /// length (see [`EgressElement::set_for`]): hash sets, so a change costs the same whatever
+    /// the number of elements (interval sets of concatenations are rebuilt whole per change).
     #[must_use]
-    pub fn keys(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    pub fn key(&self) -> Vec<u8> {
         let cat = |parts: &[[u8; 4]]| parts.concat();
         match *self {
-            EgressElement::Guest(g) => (g.octets().to_vec(), None),
-            EgressElement::Addr(g, d) => (cat(&[g.octets(), d.octets()]), None),
-            EgressElement::Net(g, net) => {
-                let net = net.trunc();
-                (
-                    cat(&[g.octets(), net.network().octets()]),
-                    Some(cat(&[g.octets(), net.broadcast().octets()])),
-                )
-            }
+            EgressElement::Guest(g) => g.octets().to_vec(),
+            EgressElement::Addr(g, d) => cat(&[g.octets(), d.octets()]),
+            EgressElement::Net(g, net) => cat(&[g.octets(), net.trunc().network().octets()]),
             EgressElement::Port(g, proto, port, net) => {
-                let net = net.trunc();
-                let proto = [proto, 0, 0, 0];
                 let [hi, lo] = port.to_be_bytes();
-                let port = [hi, lo, 0, 0];
-                (
-                    cat(&[g.octets(), proto, port, net.network().octets()]),
-                    Some(cat(&[g.octets(), proto, port, net.broadcast().octets()])),
-                )
+                cat(&[
+                    g.octets(),
+                    [proto, 0, 0, 0],
+                    [hi, lo, 0, 0],
+                    net.trunc().network().octets(),
+                ])
             }
+        }
+    }
+
+    /// The set the element lives in, from the set family `base`: ranges go to
+    /// `<base><prefix length>` (e.g. `nets16`), everything else to `base`.
+    #[must_use]
+    pub fn set_for(&self, base: &str) -> String {
+        match self {
+            EgressElement::Net(_, net) | EgressElement::Port(_, _, _, net) => {
+                format!("{base}{}", net.prefix_len())
+            }
+            EgressElement::Guest(_) | EgressElement::Addr(..) => base.to_owned(),
         }
     }
 }
@@ -70,14 +76,14 @@ impl fmt::Display for EgressElement {
         match self {
             EgressElement::Guest(g) => write!(f, "{g}"),
             EgressElement::Addr(g, d) => write!(f, "{g} . {d}"),
-            EgressElement::Net(g, n) => write!(f, "{g} . {}", n.trunc()),
+            EgressElement::Net(g, n) => write!(f, "{g} . {}", n.trunc().network()),
             EgressElement::Port(g, p, port, n) => {
                 let proto = match p {
                     6 => "tcp".to_owned(),
                     17 => "udp".to_owned(),
                     other => other.to_string(),
                 };
-                write!(f, "{g} . {proto} . {port} . {}", n.trunc())
+                write!(f, "{g} . {proto} . {port} . {}", n.trunc().network())
             }
         }
     }
@@ -124,27 +130,23 @@ pub fn batch(table: &str, changes: &[EgressChange], seq: u32) -> (Vec<u8>, Vec<S
     let add_flags = a::NLM_F_REQUEST | a::NLM_F_CREATE | a::NLM_F_ACK;
     let del_flags = a::NLM_F_REQUEST | a::NLM_F_ACK;
     for change in changes {
-        let (key, key_end) = change.element.keys();
+        let key = change.element.key();
+        let set = change.element.set_for(change.set);
         let what = match change.op {
-            EgressOp::Add(_) => format!("add {} to {}", change.element, change.set),
-            EgressOp::Remove => format!("remove {} from {}", change.element, change.set),
+            EgressOp::Add(_) => format!("add {} to {set}", change.element),
+            EgressOp::Remove => format!("remove {} from {set}", change.element),
         };
         let mut message = |buf: &mut Vec<u8>, kind: u16, flags: u16, timeout: Option<u32>| {
             seq = seq.wrapping_add(1);
             let kind = (a::NFNL_SUBSYS_NFTABLES << 8) | kind;
             put_message(buf, kind, flags, seq, (NFPROTO_IPV4, 0), |b| {
                 put_str(b, a::NFTA_SET_ELEM_LIST_TABLE, table);
-                put_str(b, a::NFTA_SET_ELEM_LIST_SET, change.set);
+                put_str(b, a::NFTA_SET_ELEM_LIST_SET, &set);
                 put_nested(b, a::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                     put_nested(b, a::NFTA_LIST_ELEM, |b| {
                         put_nested(b, a::NFTA_SET_ELEM_KEY, |b| {
                             put_attr(b, a::NFTA_DATA_VALUE, &key);
                         });
-                        if let Some(end) = &key_end {
-                            put_nested(b, NFTA_SET_ELEM_KEY_END, |b| {
-                                put_attr(b, a::NFTA_DATA_VALUE, end);
-                            });
-                        }
                         if let Some(secs) = timeout {
                             let ms = u64::from(secs) * 1000;
                             put_attr(b, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
@@ -203,23 +205,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_pad_each_part_to_a_register_and_ranges_carry_their_end() {
+    fn keys_pad_each_part_to_a_register_and_ranges_go_to_their_prefix_set() {
         let g = Ipv4Addr::new(172, 31, 240, 5);
-        let (key, end) = EgressElement::Port(g, 6, 443, "10.20.0.0/16".parse().unwrap()).keys();
+        let port = EgressElement::Port(g, 6, 443, "10.20.0.0/16".parse().unwrap());
         assert_eq!(
-            key,
+            port.key(),
             [172, 31, 240, 5, 6, 0, 0, 0, 1, 187, 0, 0, 10, 20, 0, 0]
         );
-        assert_eq!(
-            end.unwrap(),
-            [172, 31, 240, 5, 6, 0, 0, 0, 1, 187, 0, 0, 10, 20, 255, 255]
-        );
-        let (key, end) = EgressElement::Addr(g, Ipv4Addr::new(1, 2, 3, 4)).keys();
-        assert_eq!((key, end), (vec![172, 31, 240, 5, 1, 2, 3, 4], None));
-        // A host route given with host bits set is the network it names.
-        let (key, end) = EgressElement::Net(g, "10.0.0.9/24".parse().unwrap()).keys();
-        assert_eq!(key[4..], [10, 0, 0, 0]);
-        assert_eq!(end.unwrap()[4..], [10, 0, 0, 255]);
+        assert_eq!(port.set_for("ports"), "ports16");
+        let addr = EgressElement::Addr(g, Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(addr.key(), [172, 31, 240, 5, 1, 2, 3, 4]);
+        assert_eq!(addr.set_for("learned"), "learned");
+        // A range given with host bits set is the network it names.
+        let net = EgressElement::Net(g, "10.0.0.9/24".parse().unwrap());
+        assert_eq!(net.key()[4..], [10, 0, 0, 0]);
+        assert_eq!(net.set_for("nets"), "nets24");
+        assert_eq!(net.to_string(), "172.31.240.5 . 10.0.0.0");
     }
 
     #[test]
