@@ -18,6 +18,11 @@ const DOMAIN: &str = "^(\\*\\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)
 fn policy_schema() -> Value {
     json!({
         "type": "object", "additionalProperties": false,
+        // The lists need mode deny: either mode is deny, or both lists are empty or absent.
+        "anyOf": [
+            {"required": ["mode"], "properties": {"mode": {"const": "deny"}}},
+            {"properties": {"allow": {"maxItems": 0}, "allow_domains": {"maxItems": 0}}},
+        ],
         "properties": {
             "mode": {"type": "string", "enum": ["allow", "deny"], "default": "allow",
                 "description": "allow: no restriction; deny: only hearth's DNS, allow and \
