@@ -15,7 +15,7 @@ fn elements_of(h: &HearthHost, ip: &str) -> String {
             .lines()
     {
         if let Some(name) = line.trim().strip_prefix("set ") {
-            set = name.trim_end_matches(" {").to_owned();
+            name.trim_end_matches(" {").clone_into(&mut set);
         } else if line.contains("elements") && line.contains(ip) {
             out.push(format!("{set}: {}", line.trim()));
         }

@@ -134,6 +134,10 @@ fn egress_elements(net: &Net) -> Option<String> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one guest's story (allow, deny, learn, expire, restart, allow, delete), read top to bottom"
+)]
 fn deny_mode_reaches_only_allowed_nets_and_names_resolved_through_hearth() {
     require_privileged!();
     let net = Net::new("hegr");

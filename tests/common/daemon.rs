@@ -320,16 +320,13 @@ fn lease_elements(ns: &NetNs) -> usize {
 pub fn egress_elements(ns: &NetNs) -> usize {
     let out = ns.exec(&["nft", "-j", "list", "table", "ip", "hearth-egress"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json["nftables"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i["set"]["elem"].as_array())
-                .map(Vec::len)
-                .sum()
-        })
-        .unwrap_or(0)
+    json["nftables"].as_array().map_or(0, |items| {
+        items
+            .iter()
+            .filter_map(|i| i["set"]["elem"].as_array())
+            .map(Vec::len)
+            .sum()
+    })
 }
 
 fn count_entries(dir: &Path) -> usize {

@@ -168,8 +168,6 @@ pub fn table_text(
     current: &Listed,
 ) -> String {
     let t = format!("ip {EGRESS_TABLE}");
-    let br = &config.bridge;
-    let gw = config.gateway;
     let mut text = format!("add table {t}\n");
     let sets = [
         (DENY_SET, "type ipv4_addr;"),
@@ -201,42 +199,7 @@ pub fn table_text(
         let _ = writeln!(text, "flush set {t} {NETS_SET}{p}");
         let _ = writeln!(text, "flush set {t} {PORTS_SET}{p}");
     }
-    let head = [
-        format!("iifname != \"{br}\" return"),
-        format!("ip saddr != @{DENY_SET} return"),
-    ];
-    // One hash lookup per prefix length (a CIDR is its network address in the set of its
-    // length), only for new connections of deny-mode guests.
-    let mut forward = vec![
-        "ct state established,related return".to_owned(),
-        format!("meta l4proto {{ tcp, udp }} th dport 53 ip saddr @{DENIED_SET} drop"),
-    ];
-    for p in (0..=32u8).rev() {
-        let mask = prefix_mask(p);
-        forward.push(format!(
-            "ip saddr . ip daddr & {mask} @{NETS_SET}{p} return"
-        ));
-        forward.push(format!(
-            "ip saddr . meta l4proto . th dport . ip daddr & {mask} @{PORTS_SET}{p} return"
-        ));
-    }
-    forward.extend([
-        format!("ip saddr . ip daddr @{LEARNED_SET} return"),
-        format!("ip saddr @{DENIED_SET} drop"),
-        "drop".to_owned(),
-    ]);
-    let input = [
-        format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 return"),
-        "ct state established,related return".to_owned(),
-        format!("ip saddr @{DENIED_SET} drop"),
-        "drop".to_owned(),
-    ];
-    for rule in head.iter().chain(&forward) {
-        let _ = writeln!(text, "add rule {t} forward {rule}");
-    }
-    for rule in head.iter().chain(&input) {
-        let _ = writeln!(text, "add rule {t} input {rule}");
-    }
+    rules_text(&mut text, config);
     let mut wanted: BTreeMap<&'static str, BTreeSet<EgressElement>> = BTreeMap::new();
     for (guest, rules) in policies {
         for (set, elements) in rules.elements(*guest) {
@@ -284,6 +247,49 @@ pub fn table_text(
         );
     }
     text
+}
+
+/// The static rules of the egress table's two chains, appended to `text`.
+fn rules_text(text: &mut String, config: &NatConfig) {
+    let t = format!("ip {EGRESS_TABLE}");
+    let br = &config.bridge;
+    let gw = config.gateway;
+    let head = [
+        format!("iifname != \"{br}\" return"),
+        format!("ip saddr != @{DENY_SET} return"),
+    ];
+    // One hash lookup per prefix length (a CIDR is its network address in the set of its
+    // length), only for new connections of deny-mode guests.
+    let mut forward = vec![
+        "ct state established,related return".to_owned(),
+        format!("meta l4proto {{ tcp, udp }} th dport 53 ip saddr @{DENIED_SET} drop"),
+    ];
+    for p in (0..=32u8).rev() {
+        let mask = prefix_mask(p);
+        forward.push(format!(
+            "ip saddr . ip daddr & {mask} @{NETS_SET}{p} return"
+        ));
+        forward.push(format!(
+            "ip saddr . meta l4proto . th dport . ip daddr & {mask} @{PORTS_SET}{p} return"
+        ));
+    }
+    forward.extend([
+        format!("ip saddr . ip daddr @{LEARNED_SET} return"),
+        format!("ip saddr @{DENIED_SET} drop"),
+        "drop".to_owned(),
+    ]);
+    let input = [
+        format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 return"),
+        "ct state established,related return".to_owned(),
+        format!("ip saddr @{DENIED_SET} drop"),
+        "drop".to_owned(),
+    ];
+    for rule in head.iter().chain(&forward) {
+        let _ = writeln!(text, "add rule {t} forward {rule}");
+    }
+    for rule in head.iter().chain(&input) {
+        let _ = writeln!(text, "add rule {t} input {rule}");
+    }
 }
 
 /// The netmask of a prefix length, as nft writes it.
@@ -339,6 +345,36 @@ fn json_concat(elem: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
     val.get("concat")?.as_array()
 }
 
+/// A `denied` element: `{"elem": {"val": "1.2.3.4", "counter": {"packets": n, ..}}}`.
+fn denied_element(elem: &serde_json::Value) -> Option<(Ipv4Addr, u64)> {
+    let inner = elem.get("elem").unwrap_or(elem);
+    let ip = inner.get("val").unwrap_or(inner).as_str()?.parse().ok()?;
+    let packets = inner
+        .get("counter")
+        .and_then(|c| c.get("packets"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    Some((ip, packets))
+}
+
+/// A `learned` element: `{"elem": {"val": {"concat": [guest, addr]}, "expires": secs}}`.
+fn learned_element(elem: &serde_json::Value) -> Option<(Ipv4Addr, Ipv4Addr, u64)> {
+    let inner = elem.get("elem")?;
+    let pair = inner.get("val")?.get("concat")?.as_array()?;
+    let addrs: Vec<Ipv4Addr> = pair
+        .iter()
+        .filter_map(|v| v.as_str()?.parse().ok())
+        .collect();
+    let left = inner
+        .get("expires")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    match addrs[..] {
+        [guest, addr] => Some((guest, addr, left)),
+        _ => None,
+    }
+}
+
 /// Reads the denied counters and learned elements from an `nft -j list` output; elements
 /// it does not understand are skipped (they are not hearth's).
 #[must_use]
@@ -371,19 +407,7 @@ pub fn parse_listing(json: &str) -> Listed {
             };
             match name {
                 Some(DENIED_SET) => {
-                    // `{"elem": {"val": "1.2.3.4", "counter": {"packets": n, ..}}}`
-                    let inner = elem.get("elem").unwrap_or(&elem);
-                    let ip = inner
-                        .get("val")
-                        .unwrap_or(inner)
-                        .as_str()
-                        .and_then(|s| s.parse().ok());
-                    let packets = inner
-                        .get("counter")
-                        .and_then(|c| c.get("packets"))
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    if let Some(ip) = ip {
+                    if let Some((ip, packets)) = denied_element(&elem) {
                         listed.denied.insert(ip, packets);
                     }
                 }
@@ -411,25 +435,7 @@ pub fn parse_listing(json: &str) -> Listed {
                         }
                     }
                 }
-                Some(LEARNED_SET) => {
-                    let Some(inner) = elem.get("elem") else {
-                        continue;
-                    };
-                    let pair = inner
-                        .get("val")
-                        .and_then(|v| v.get("concat"))
-                        .and_then(serde_json::Value::as_array);
-                    let addrs: Vec<Ipv4Addr> = pair
-                        .map(|p| p.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
-                        .unwrap_or_default();
-                    let left = inner
-                        .get("expires")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    if let [guest, addr] = addrs[..] {
-                        listed.learned.push((guest, addr, left));
-                    }
-                }
+                Some(LEARNED_SET) => listed.learned.extend(learned_element(&elem)),
                 _ => {}
             }
         }
@@ -604,17 +610,14 @@ impl NatActor {
         self.firewall
             .update_egress(EGRESS_TABLE, &changes)
             .map_err(step(format!("change the egress policy of {guest}")))?;
-        match rules {
-            Some(rules) => {
-                self.egress_policy.policies.insert(guest, rules);
-                if let Some(learned) = self.egress_policy.learned.get_mut(&guest) {
-                    learned.retain(|addr, (expiry, _)| *expiry > now && !forgotten.contains(addr));
-                }
+        if let Some(rules) = rules {
+            self.egress_policy.policies.insert(guest, rules);
+            if let Some(learned) = self.egress_policy.learned.get_mut(&guest) {
+                learned.retain(|addr, (expiry, _)| *expiry > now && !forgotten.contains(addr));
             }
-            None => {
-                self.egress_policy.policies.remove(&guest);
-                self.egress_policy.learned.remove(&guest);
-            }
+        } else {
+            self.egress_policy.policies.remove(&guest);
+            self.egress_policy.learned.remove(&guest);
         }
         debug!(self.log, "egress policy changed"; "guest" => %guest, "changes" => changes.len());
         Ok(())

@@ -342,7 +342,7 @@ impl VmSupervisor {
             Change::Insert(spec) => {
                 let record = VmRecord {
                     nat: spec.nat,
-                    spec,
+                    spec: *spec,
                     state: VmState::Creating,
                     last_error: None,
                     lease: None,
@@ -455,7 +455,7 @@ impl Actor for VmSupervisor {
 /// A change to one VM's record. Sagas send these as [`Commit`]s.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Change {
-    Insert(hearth_proto::api::CreateVm),
+    Insert(Box<hearth_proto::api::CreateVm>),
     State {
         state: VmState,
         error: Option<String>,
