@@ -209,6 +209,7 @@ fn spec(name: &str) -> api::CreateVm {
         ttl: None,
         on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
         publish: Vec::new(),
+        egress: None,
     }
 }
 

@@ -65,6 +65,7 @@ fn spec(name: &str, nat: bool) -> api::CreateVm {
         ttl: None,
         on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
         publish: Vec::new(),
+        egress: None,
     }
 }
 

@@ -145,6 +145,10 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
     let mut dns_options = DnsOptions::new(config.dns.zone.clone(), config.dns.upstreams.clone());
     dns_options.guest_subnet = Some(net.cidr);
     let dns = DnsActor::new(dns_options, log.clone())?.start();
+    // Addresses DNS answers deny-mode guests for allowed domains go to the firewall.
+    dns.do_send(dns::SetEgressLearner {
+        learner: Some(nat.clone().recipient()),
+    });
 
     let choice: BackendChoice = config
         .vm

@@ -274,6 +274,7 @@ fn hearthd_opens_nothing_inheritable_and_its_vmms_get_nothing_of_it() {
             ttl: None,
             on_expiry: hearth_proto::api_policy::OnExpiry::Stop,
             publish: Vec::new(),
+            egress: None,
         };
         let created = d
             .supervisor

@@ -184,6 +184,8 @@ pub fn create_body(d: &Desired) -> CreateVm {
         // Host ports are a node's resource the scheduler does not see: not offered in the
         // MicroVM spec until placement accounts for them (docs/multi-host.md).
         publish: Vec::new(),
+        // Not in the MicroVM spec yet (v1alpha1 predates it): hearthd's default, allow.
+        egress: None,
     };
     let digest = machine_digest(&body);
     body.labels.insert(SPEC_LABEL.into(), digest);

@@ -225,6 +225,10 @@ pub struct CreateVm {
     /// hearthctl), at most 64, no two on the same host port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<crate::api_publish::PortMapping>,
+    /// Where the guest may connect (`mode` `allow`, the default, or `deny` with `allow` CIDRs
+    /// and `allow_domains`); left out: allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::api_egress::EgressPolicy>,
 }
 
 /// Integer fields as JSON Schema defines integers: any number with no fractional part, so
@@ -417,6 +421,9 @@ impl CreateVm {
             })?;
         }
         crate::api_publish::validate_publish("publish", &self.publish)?;
+        if let Some(egress) = &self.egress {
+            crate::api_egress::validate_egress("egress", egress)?;
+        }
         Ok(())
     }
 }

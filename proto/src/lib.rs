@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod api_egress;
 pub mod api_exec;
 pub mod api_health;
 pub mod api_images;

@@ -294,6 +294,34 @@ impl Handler<sup::PublishPort> for FakeSupervisor {
     }
 }
 
+impl Handler<sup::SetEgress> for FakeSupervisor {
+    type Result = Result<VmInfo, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::SetEgress, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        self.vm(&msg.name)?;
+        let vm = self.vms.get_mut(&msg.name).expect("checked above");
+        let mut spec = vm.spec.clone();
+        spec.egress = msg.policy;
+        spec.validate()?;
+        vm.spec = spec;
+        Ok(vm.clone())
+    }
+}
+
+impl Handler<sup::GetEgress> for FakeSupervisor {
+    type Result = Result<hearth_proto::api_egress::EgressStatus, SupervisorError>;
+
+    fn handle(&mut self, msg: sup::GetEgress, _: &mut Self::Context) -> Self::Result {
+        self.take_failure()?;
+        let vm = self.vm(&msg.name)?;
+        Ok(hearth_proto::api_egress::EgressStatus {
+            policy: vm.spec.egress.clone().unwrap_or_default(),
+            denied_packets: None,
+        })
+    }
+}
+
 impl Handler<sup::UnpublishPort> for FakeSupervisor {
     type Result = Result<Vec<hearth_proto::api_publish::PortMapping>, SupervisorError>;
 

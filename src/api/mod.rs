@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod attach;
 pub mod body;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod exec;
@@ -26,6 +27,7 @@ pub mod metrics;
 mod metrics_snapshot;
 pub mod node;
 pub mod openapi;
+pub mod openapi_egress;
 pub mod openapi_exec;
 pub mod openapi_oci;
 pub mod openapi_policy;

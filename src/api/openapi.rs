@@ -146,6 +146,7 @@ pub fn document() -> Value {
     }
     super::openapi_policy::extend(&mut doc);
     super::openapi_publish::extend(&mut doc);
+    super::openapi_egress::extend(&mut doc);
     doc
 }
 

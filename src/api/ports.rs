@@ -43,6 +43,10 @@ pub struct SupervisorPorts {
     pub publish: Recipient<sup::PublishPort>,
     /// `DELETE /v1/vms/{name}/ports`.
     pub unpublish: Recipient<sup::UnpublishPort>,
+    /// `PUT /v1/vms/{name}/egress`.
+    pub egress: Recipient<sup::SetEgress>,
+    /// `GET /v1/vms/{name}/egress`.
+    pub get_egress: Recipient<sup::GetEgress>,
 }
 
 impl SupervisorPorts {
@@ -66,7 +70,9 @@ impl SupervisorPorts {
             + Handler<sup::GetNode>
             + Handler<sup::Drain>
             + Handler<sup::PublishPort>
-            + Handler<sup::UnpublishPort>,
+            + Handler<sup::UnpublishPort>
+            + Handler<sup::SetEgress>
+            + Handler<sup::GetEgress>,
         A::Context: ToEnvelope<A, sup::CreateVm>
             + ToEnvelope<A, sup::RunAction>
             + ToEnvelope<A, sup::DeleteVm>
@@ -83,7 +89,9 @@ impl SupervisorPorts {
             + ToEnvelope<A, sup::GetNode>
             + ToEnvelope<A, sup::Drain>
             + ToEnvelope<A, sup::PublishPort>
-            + ToEnvelope<A, sup::UnpublishPort>,
+            + ToEnvelope<A, sup::UnpublishPort>
+            + ToEnvelope<A, sup::SetEgress>
+            + ToEnvelope<A, sup::GetEgress>,
     {
         SupervisorPorts {
             create: addr.clone().recipient(),
@@ -103,6 +111,8 @@ impl SupervisorPorts {
             drain: addr.clone().recipient(),
             publish: addr.clone().recipient(),
             unpublish: addr.clone().recipient(),
+            egress: addr.clone().recipient(),
+            get_egress: addr.clone().recipient(),
         }
     }
 }

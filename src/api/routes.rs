@@ -84,6 +84,8 @@ pub fn api_routes() -> Routes {
         .add(Method::GET, "/v1/snapshots/{name}", snapshots::get)
         .add(Method::DELETE, "/v1/snapshots/{name}", snapshots::delete)
         .add(Method::PUT, "/v1/vms/{name}/nat", vms::set_nat)
+        .add(Method::GET, "/v1/vms/{name}/egress", super::egress::get)
+        .add(Method::PUT, "/v1/vms/{name}/egress", super::egress::put)
         .add(Method::GET, "/v1/vms/{name}/ports", super::publish::list)
         .add(
             Method::POST,

@@ -260,6 +260,7 @@ impl HearthHost {
             guest_set: set_members(&self.ns, "hearth-guests"),
             nat_set: set_members(&self.ns, "hearth-nat"),
             port_bindings: lease_elements(&self.ns),
+            egress_elements: egress_elements(&self.ns),
             pinned_neighbours: self
                 .ns
                 .exec_ok(&["ip", "-4", "neigh", "show", "nud", "permanent"])
@@ -310,6 +311,8 @@ pub struct Leaks {
     pub nat_set: usize,
     /// Leases in hearth's nftables bridge table (port, MAC, IP bound together).
     pub port_bindings: usize,
+    /// Elements of the sets of hearth's egress-policy table (any guest's).
+    pub egress_elements: usize,
     /// Permanent (pinned) IPv4 neighbour entries.
     pub pinned_neighbours: usize,
 }
@@ -325,6 +328,7 @@ impl Leaks {
             guest_set: 0,
             nat_set: 0,
             port_bindings: 0,
+            egress_elements: 0,
             pinned_neighbours: 0,
         }
     }
@@ -337,6 +341,20 @@ fn lease_elements(ns: &NetNs) -> usize {
     String::from_utf8_lossy(&out.stdout)
         .matches("\" . ")
         .count()
+}
+
+/// Elements in the sets of hearth's `ip hearth-egress` table (the JSON listing's `elem`
+/// arrays); 0 when the table does not exist.
+pub fn egress_elements(ns: &NetNs) -> usize {
+    let out = ns.exec(&["nft", "-j", "list", "table", "ip", "hearth-egress"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    json["nftables"].as_array().map_or(0, |items| {
+        items
+            .iter()
+            .filter_map(|i| i["set"]["elem"].as_array())
+            .map(Vec::len)
+            .sum()
+    })
 }
 
 fn count_entries(dir: &Path) -> usize {

@@ -132,6 +132,11 @@ impl Hearth {
     /// its MAC set by the pool), the firewall reconciled with no guests, DNS serving on the
     /// gateway.
     pub async fn start(switches: Switches) -> Hearth {
+        Self::start_with_upstreams(switches, vec![]).await
+    }
+
+    /// [`Hearth::start`] with DNS forwarding other names to `upstreams`.
+    pub async fn start_with_upstreams(switches: Switches, upstreams: Vec<SocketAddr>) -> Hearth {
         let log = common::test_logger();
         let cidr = CIDR.parse().expect("CIDR");
         let links = Rc::new(LinuxLinks::new().expect("netlink"));
@@ -167,7 +172,7 @@ impl Hearth {
             .await
             .expect("NAT mailbox")
             .expect("Reconcile");
-        let mut options = DnsOptions::new(ZONE, vec![]);
+        let mut options = DnsOptions::new(ZONE, upstreams);
         options.guest_subnet = Some(cidr);
         let dns = DnsActor::new(options, log).expect("DNS options").start();
         dns.send(Start {

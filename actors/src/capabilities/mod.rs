@@ -32,11 +32,13 @@ use crate::supervisor::{StepCause, SupervisorError};
 use crate::tap_pool::TapPoolError;
 
 mod dns_name;
+mod egress;
 mod host;
 mod nat_switch;
 mod publish;
 
 pub use dns_name::DnsName;
+pub use egress::Egress;
 pub use host::CapabilityHost;
 pub use nat_switch::NatSwitch;
 pub use publish::Publish;
@@ -224,7 +226,12 @@ pub trait Capability {
 #[must_use]
 pub fn for_spec(spec: &CreateVm) -> Vec<Box<dyn Capability>> {
     let _ = spec;
-    vec![Box::new(NatSwitch), Box::new(Publish), Box::new(DnsName)]
+    vec![
+        Box::new(NatSwitch),
+        Box::new(Publish),
+        Box::new(DnsName),
+        Box::new(Egress),
+    ]
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ fn every_vm_gets_nat_switch_publish_and_dns_name() {
         .iter()
         .map(|c| c.name())
         .collect();
-    assert_eq!(names, ["nat", "publish", "dns-name"]);
+    assert_eq!(names, ["nat", "publish", "dns-name", "egress"]);
 }
 
 #[test]

@@ -19,6 +19,7 @@
 //! The sockets are the only host effect and need no privilege on loopback, so the actor is
 //! tested against the real thing (`tests.rs`) rather than behind a fake.
 
+pub mod egress;
 mod forward;
 mod handlers;
 mod messages;
@@ -39,10 +40,12 @@ use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use slog::{info, Logger};
 
+pub use self::egress::{SetEgressDomains, SetEgressLearner};
 pub use self::forward::ForwardError;
 pub use self::messages::{ReplaceRecords, Start, Stop};
 pub use self::names::{RemoveName, SetName};
 
+use self::egress::EgressGuests;
 use self::forward::Forwarder;
 use self::request::DnsRequestHandler;
 use self::server::RunningServer;
@@ -91,6 +94,9 @@ pub enum DnsError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An egress domain pattern is invalid; nothing was changed.
+    #[error(transparent)]
+    InvalidEgressDomain(#[from] egress::PatternError),
     /// A worker thread or its runtime could not be started.
     #[error("Cannot start DNS worker thread")]
     Spawn {
@@ -150,6 +156,8 @@ pub struct DnsActor {
     /// Incremented per table, the SOA serial.
     serial: u32,
     server: Option<RunningServer>,
+    /// Egress domain patterns per guest and their learner, read by the request handlers.
+    egress: Arc<EgressGuests>,
     /// The map the table was last built from (lower-cased names), for per-name updates.
     names: std::collections::HashMap<String, Ipv4Addr>,
     logger: Logger,
@@ -173,6 +181,7 @@ impl DnsActor {
             max_forwards: options.max_forwards.max(1),
             serial: 0,
             server: None,
+            egress: Arc::default(),
             names: std::collections::HashMap::new(),
             logger,
         })
@@ -189,7 +198,8 @@ impl DnsActor {
             self.table.clone(),
             self.forwarder.clone(),
             self.max_forwards,
-        );
+        )
+        .with_egress(self.egress.clone());
         let running = RunningServer::spawn(sockets, handler, &self.logger)?;
         info!(self.logger, "DNS serving"; "listen" => %local, "workers" => self.workers);
         Ok((local, self.server.replace(running)))

@@ -21,6 +21,7 @@ use hickory_server::proto::serialize::binary::{
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
+use super::egress::EgressGuests;
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
 
@@ -33,6 +34,7 @@ pub struct DnsRequestHandler {
     table: Arc<ArcSwap<RecordTable>>,
     forwarder: Arc<Forwarder>,
     max_forwards: usize,
+    egress: Arc<EgressGuests>,
 }
 
 impl DnsRequestHandler {
@@ -47,7 +49,15 @@ impl DnsRequestHandler {
             table,
             forwarder,
             max_forwards,
+            egress: Arc::default(),
         }
+    }
+
+    /// The same handler learning egress allowances through `egress` (see `egress.rs`).
+    #[must_use]
+    pub fn with_egress(mut self, egress: Arc<EgressGuests>) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// How many forwarded UDP queries one worker keeps in flight; beyond, SERVFAIL at once.
@@ -176,6 +186,24 @@ impl DnsRequestHandler {
             .await
         {
             Ok(upstream) => {
+                // The guest's allowlist holds the answer before the answer leaves.
+                let learned = self
+                    .egress
+                    .learn(
+                        request.src().ip(),
+                        &Name::from(query.name()),
+                        &upstream.answers,
+                    )
+                    .await;
+                if learned.is_err() {
+                    encode(
+                        builder.error_msg(meta, ResponseCode::ServFail),
+                        max_size,
+                        meta,
+                        out,
+                    );
+                    return;
+                }
                 let reply = builder.build(
                     forwarded_metadata(meta, &upstream),
                     upstream.answers.iter(),
@@ -343,6 +371,20 @@ impl RequestHandler for DnsRequestHandler {
                 .await
                 .unwrap_or_else(|_| serve_failed(request));
         };
+        let learned = self
+            .egress
+            .learn(
+                request.src().ip(),
+                &Name::from(query.name()),
+                &upstream.answers,
+            )
+            .await;
+        if learned.is_err() {
+            return response
+                .send_response(builder.error_msg(meta, ResponseCode::ServFail))
+                .await
+                .unwrap_or_else(|_| serve_failed(request));
+        }
         let reply = builder.build(
             forwarded_metadata(meta, &upstream),
             upstream.answers.iter(),

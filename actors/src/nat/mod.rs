@@ -69,6 +69,7 @@ use crate::host::firewall::{
 use crate::lease::MacAddr;
 use rules::{Listings, BRIDGE_TABLE, GUEST_SET, LEASE_SET, NAT_SET};
 
+pub mod egress;
 mod handlers;
 mod messages;
 pub mod publish;
@@ -300,6 +301,8 @@ pub struct NatActor {
     egress: Option<String>,
     /// This actor turned IPv4 forwarding on (so `Teardown` turns it back off).
     enabled_forwarding: bool,
+    /// Egress policies (`egress.rs`).
+    egress_policy: egress::EgressState,
     /// Published ports (see `publish.rs`).
     published: publish::PublishTable,
 }
@@ -324,6 +327,7 @@ impl NatActor {
             guests: BTreeMap::new(),
             egress: None,
             enabled_forwarding: false,
+            egress_policy: egress::EgressState::default(),
             published: publish::PublishTable::new(),
         })
     }
@@ -432,6 +436,9 @@ impl NatActor {
         self.firewall
             .apply_nft(&nft_publish::table_text(&published))
             .map_err(step("install hearth's nftables publish table"))?;
+        // Egress policy: its table is part of the firewall; guests in `desired` keep theirs.
+        let guests: BTreeSet<Ipv4Addr> = desired.iter().map(|g| g.ip).collect();
+        self.reconcile_egress_keeping(&guests)?;
 
         // Forwarding last: guests' packets are never routed before the rules guard them.
         let forwarding = self
@@ -550,6 +557,8 @@ impl NatActor {
             .remove_from_set(NAT_SET, SetEntry::Ip(ip))
             .map_err(step(format!("disable NAT for {ip}")))?;
         self.nat.remove(&ip);
+        // A forgotten guest keeps no egress element (its address goes to the next VM).
+        self.forget_egress(ip)?;
         if self.config.anti_spoofing {
             self.firewall
                 .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
@@ -609,6 +618,7 @@ impl NatActor {
                 .restore_rules(&text)
                 .map_err(step("remove hearth's iptables chains"))?;
         }
+        self.teardown_egress()?;
         self.firewall
             .apply_nft(&rules::bridge_teardown_text())
             .map_err(step("remove hearth's nftables bridge table"))?;

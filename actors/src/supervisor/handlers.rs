@@ -236,7 +236,7 @@ impl Handler<CreateVm> for VmSupervisor {
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
-            self.apply(&name, Change::Insert(msg.spec.clone()))?;
+            self.apply(&name, Change::Insert(Box::new(msg.spec.clone())))?;
             let policy = self.policy_at_create(&msg.spec);
             self.apply(&name, Change::Policy(policy))
         })();

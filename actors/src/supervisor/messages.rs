@@ -292,3 +292,22 @@ pub struct AgentEndpoint {
     /// The guest vsock port the agent listens on.
     pub port: u32,
 }
+
+/// Sets a VM's egress policy (running or stopped; applied to the firewall and DNS at once
+/// while it holds a lease, for new connections). `None` is the default, allow mode.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<VmInfo, SupervisorError>")]
+pub struct SetEgress {
+    /// The VM.
+    pub name: String,
+    /// The new policy.
+    pub policy: Option<hearth_proto::api_egress::EgressPolicy>,
+}
+
+/// A VM's egress policy and, in deny mode while it holds a lease, the packets dropped for it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<hearth_proto::api_egress::EgressStatus, SupervisorError>")]
+pub struct GetEgress {
+    /// The VM.
+    pub name: String,
+}

@@ -26,6 +26,7 @@
 //! files needs no binary), unless a process nobody adopted still uses it.
 
 pub mod catalog;
+mod egress;
 mod error;
 mod expiry;
 mod fork;
@@ -354,7 +355,7 @@ impl VmSupervisor {
             Change::Insert(spec) => {
                 let record = VmRecord {
                     nat: spec.nat,
-                    spec,
+                    spec: *spec,
                     state: VmState::Creating,
                     last_error: None,
                     lease: None,
@@ -476,7 +477,7 @@ impl Actor for VmSupervisor {
 /// A change to one VM's record. Sagas send these as [`Commit`]s.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Change {
-    Insert(hearth_proto::api::CreateVm),
+    Insert(Box<hearth_proto::api::CreateVm>),
     State {
         state: VmState,
         error: Option<String>,

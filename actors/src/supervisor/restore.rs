@@ -131,7 +131,7 @@ impl VmSupervisor {
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
-            self.apply(&name, Change::Insert(full))?;
+            self.apply(&name, Change::Insert(Box::new(full)))?;
             Ok(snap)
         })();
         let snap = match started {

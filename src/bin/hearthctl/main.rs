@@ -18,6 +18,7 @@ mod output;
 mod pull;
 mod snapshot;
 mod vm;
+mod vm_egress;
 mod vm_ports;
 mod vm_update;
 

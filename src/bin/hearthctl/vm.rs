@@ -104,6 +104,13 @@ pub(crate) enum VmCmd {
         #[arg(value_parser = crate::vm_ports::parse_mapping)]
         mapping: hearth_proto::api_publish::PortMapping,
     },
+    /// Show a VM's egress policy, or replace it with the flags given (running or not).
+    Egress {
+        /// The VM.
+        name: String,
+        #[command(flatten)]
+        args: crate::vm_egress::EgressArgs,
+    },
     /// Wait until a VM is in a state.
     Wait {
         /// The VM.
@@ -153,6 +160,8 @@ pub(crate) struct CreateArgs {
     /// (repeatable).
     #[arg(long = "publish", value_parser = crate::vm_ports::parse_mapping)]
     publish: Vec<hearth_proto::api_publish::PortMapping>,
+    #[command(flatten)]
+    egress: crate::vm_egress::EgressArgs,
     /// Call the VM running without waiting for its agent.
     #[arg(long)]
     no_ready_probe: bool,
@@ -240,6 +249,7 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
             crate::vm_ports::change(c, json, &name, mapping, false)
         }
         VmCmd::Update(args) => crate::vm_update::update(c, json, args),
+        VmCmd::Egress { name, args } => crate::vm_egress::run(c, json, &name, &args),
         VmCmd::Wait {
             name,
             state,
@@ -267,6 +277,7 @@ fn create(c: &Client, json: bool, args: CreateArgs) -> Out {
         ttl: args.ttl,
         on_expiry: args.on_expiry.into(),
         publish: args.publish,
+        egress: args.egress.for_create(),
     };
     spec.validate().map_err(|e| usage(e.to_string()))?;
     let headers: Vec<(&str, &str)> = args

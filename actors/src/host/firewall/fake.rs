@@ -38,6 +38,10 @@ pub enum FakeOp {
     UpdatePortLeases,
     /// [`Firewall::update_published`].
     UpdatePublished,
+    /// [`Firewall::update_egress`].
+    UpdateEgress,
+    /// [`Firewall::list_nft`].
+    ListNft,
 }
 
 /// One recorded call.
@@ -63,6 +67,10 @@ pub enum FakeCall {
     DestroySet(String),
     /// `apply_nft(text)`.
     ApplyNft(String),
+    /// `update_egress(table, changes)`.
+    UpdateEgress(String, Vec<super::nft_egress::EgressChange>),
+    /// `list_nft(object)`.
+    ListNft(String),
     /// `update_port_leases(table, set, changes)`.
     UpdatePortLeases {
         /// The bridge-family table.
@@ -91,6 +99,8 @@ pub struct FakeState {
     pub sets: BTreeMap<String, BTreeSet<SetEntry>>,
     /// The elements of the bridge-family nftables sets, by (table, set).
     pub port_leases: BTreeMap<(String, String), BTreeSet<PortLease>>,
+    /// The elements of the egress table's sets, by set name (timeouts not modelled).
+    pub egress: BTreeMap<String, BTreeSet<super::nft_egress::EgressElement>>,
     /// Operations that fail, with the error text they report.
     pub failures: HashMap<FakeOp, String>,
     /// Host ports a socket holds, for `probe_port` (any address).
@@ -329,6 +339,30 @@ fn apply_nft_text(state: &mut FakeState, text: &str) {
 }
 
 impl Firewall for FakeFirewall {
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[super::nft_egress::EgressChange],
+    ) -> Result<(), FirewallError> {
+        let mut state = self.enter(
+            FakeOp::UpdateEgress,
+            FakeCall::UpdateEgress(table.into(), changes.to_vec()),
+        )?;
+        for change in changes {
+            let members = state.egress.entry(change.set.to_owned()).or_default();
+            match change.op {
+                super::nft_egress::EgressOp::Add(_) => members.insert(change.element),
+                super::nft_egress::EgressOp::Remove => members.remove(&change.element),
+            };
+        }
+        Ok(())
+    }
+
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
+        drop(self.enter(FakeOp::ListNft, FakeCall::ListNft(object.into()))?);
+        Ok(None)
+    }
+
     fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError> {
         let state = self.enter(
             FakeOp::InterfaceExists,

@@ -311,6 +311,37 @@ impl Firewall for LinuxFirewall {
         result.map_err(err)
     }
 
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[super::nft_egress::EgressChange],
+    ) -> Result<(), FirewallError> {
+        let err = |source| FirewallError::Nftables {
+            set: format!("ip {table}"),
+            source,
+        };
+        let socket = self.nft_socket().map_err(err)?;
+        let result = super::nft_egress::apply(socket, table, changes);
+        if let Err(NftError::Io { .. }) = result {
+            self.nft = None;
+        }
+        result.map_err(err)
+    }
+
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
+        let mut args = vec!["-j", "list"];
+        args.extend(object.split_whitespace());
+        match run("nft", &args, None) {
+            Ok(out) => Ok(Some(out)),
+            Err(FirewallError::Command { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn destroy_set(&mut self, set: &str) -> Result<(), FirewallError> {
         let result = self.ip_session(set).destroy();
         cloexec_libipset_socket();

@@ -24,6 +24,7 @@ use crate::mac::MacAddr;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
 pub mod linux;
+pub mod nft_egress;
 pub mod nft_netlink;
 pub mod nft_publish;
 pub mod port_probe;
@@ -268,6 +269,23 @@ pub trait Firewall {
     /// # Errors
     /// The backend's [`FirewallError`], naming the command or operation.
     fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError>;
+    /// Applies `changes` to the sets of the `ip`-family nftables table `table` (hearth's
+    /// egress policy), in-process, as one transaction (all of them or none).
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the set and the refused element.
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[nft_egress::EgressChange],
+    ) -> Result<(), FirewallError>;
+
+    /// `nft -j list <object>` (e.g. `table ip hearth-egress`): the JSON listing, or `None`
+    /// when the object does not exist.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command.
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError>;
 
     /// Whether a socket on the host holds `addr:port` (any address when `None`) for
     /// `protocol`, or the address is not the host's.
@@ -326,6 +344,16 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn update_published(&mut self, changes: &[PublishChange]) -> Result<(), FirewallError> {
         (**self).update_published(changes)
+    }
+    fn update_egress(
+        &mut self,
+        table: &str,
+        changes: &[nft_egress::EgressChange],
+    ) -> Result<(), FirewallError> {
+        (**self).update_egress(table, changes)
+    }
+    fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
+        (**self).list_nft(object)
     }
     fn probe_port(
         &mut self,

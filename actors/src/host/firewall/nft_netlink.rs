@@ -61,6 +61,16 @@ const IFNAMSIZ: usize = 16;
 /// 6 + 2, `ipv4_addr` 4), as nft lays out `ifname . ether_addr . ipv4_addr`.
 pub const LEASE_KEY_LEN: usize = IFNAMSIZ + 8 + 4;
 
+/// The protocol constants the egress encoder ([`super::nft_egress`]) shares.
+pub(super) mod pub_attrs {
+    pub(in crate::host::firewall) use super::{
+        NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE,
+        NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+        NFTA_SET_ELEM_LIST_TABLE, NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, NLM_F_ACK, NLM_F_CREATE,
+        NLM_F_REQUEST,
+    };
+}
+
 /// How long a call waits for the kernel's answers before giving up, in seconds.
 const ANSWER_SECS: i64 = 5;
 

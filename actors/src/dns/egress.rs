@@ -1,0 +1,362 @@
+//! The DNS side of egress policy: per guest source address, the domain patterns it may reach,
+//! and the learner (`NatActor`) that allows the addresses answered for them.
+//!
+//! When a guest in deny mode asks for a name matching one of its patterns (`api.github.com`
+//! exactly, or `*.pypi.org`: subdomains only, not `pypi.org` itself), every A record of the
+//! answer reachable from the name asked through the answer's CNAME chain is sent to the
+//! learner, and the reply leaves only once the learner has put them in the guest's allowlist
+//! (so the guest's first connect is not raced). If the learner fails, the guest gets SERVFAIL
+//! rather than an address it could not reach. Names of hearth's own zone are not learned:
+//! allow the guest subnet as a CIDR instead.
+//!
+//! Lookups take a read lock on a map keyed by guest address; a per-guest change replaces one
+//! entry (O(1) in the number of guests).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use actix::{Handler, Message, Recipient};
+use hickory_proto::rr::{Name, RData, Record};
+
+use super::{DnsActor, DnsError};
+use crate::nat::egress::AllowLearned;
+
+/// How long a reply waits for the learner before the guest gets SERVFAIL.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
+/// CNAME hops followed from the name asked (loops and absurd chains end here).
+const MAX_CNAME_HOPS: usize = 16;
+
+/// Why a domain pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid egress domain {pattern:?}: {reason}")]
+pub struct PatternError {
+    /// The pattern as given.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Normalises a name for matching: ASCII lower case, no trailing dot.
+fn normal(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Checks a pattern (the API's rule: `hearth_proto::api_egress::check_domain`).
+///
+/// # Errors
+/// [`PatternError`] naming what is wrong.
+pub fn check_pattern(pattern: &str) -> Result<(), PatternError> {
+    hearth_proto::api_egress::check_domain(pattern).map_err(|reason| PatternError {
+        pattern: pattern.to_owned(),
+        reason,
+    })
+}
+
+/// The patterns of one guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainPatterns {
+    /// Names allowed exactly (normalised) -> the pattern as given.
+    exact: HashMap<String, String>,
+    /// Suffixes `.x` whose subdomains are allowed (normalised) -> the pattern as given.
+    wildcards: Vec<(String, String)>,
+}
+
+impl DomainPatterns {
+    /// Parses patterns (see [`check_pattern`]).
+    ///
+    /// # Errors
+    /// The first pattern that is invalid.
+    pub fn new(patterns: &[String]) -> Result<Self, PatternError> {
+        let mut out = Self::default();
+        for p in patterns {
+            check_pattern(p)?;
+            match p.strip_prefix("*.") {
+                Some(domain) => out
+                    .wildcards
+                    .push((format!(".{}", normal(domain)), p.clone())),
+                None => {
+                    out.exact.insert(normal(p), p.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pattern `name` matches, if any (exact names first).
+    #[must_use]
+    pub fn matching(&self, name: &str) -> Option<&str> {
+        let name = normal(name);
+        if let Some(p) = self.exact.get(&name) {
+            return Some(p);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, p)| p.as_str())
+    }
+}
+
+/// The A records of `answers` that answer `qname`: owned by it or by a name its CNAME chain
+/// (in `answers`) leads to. Returns (address, TTL).
+#[must_use]
+pub fn chain_addresses(qname: &Name, answers: &[Record]) -> Vec<(Ipv4Addr, u32)> {
+    let mut chain: HashSet<String> = HashSet::new();
+    let mut current = normal(&qname.to_ascii());
+    for _ in 0..MAX_CNAME_HOPS {
+        if !chain.insert(current.clone()) {
+            break;
+        }
+        let next = answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if normal(&r.name.to_ascii()) == current => {
+                Some(normal(&target.0.to_ascii()))
+            }
+            _ => None,
+        });
+        match next {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) if chain.contains(&normal(&r.name.to_ascii())) => Some((a.0, r.ttl)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why learned addresses could not be allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    /// No learner is set although the guest has a policy.
+    #[error("No egress learner set")]
+    NoLearner,
+    /// The learner did not answer in time or its mailbox is gone.
+    #[error("Egress learner unavailable: {0}")]
+    Unavailable(String),
+    /// The learner refused (the firewall failed).
+    #[error("Egress learner failed: {0}")]
+    Failed(String),
+}
+
+/// Per-guest patterns and the learner, shared by the actor (writes) and the request handlers
+/// (reads).
+#[derive(Default)]
+pub struct EgressGuests {
+    guests: RwLock<HashMap<Ipv4Addr, Arc<DomainPatterns>>>,
+    learner: RwLock<Option<Recipient<AllowLearned>>>,
+}
+
+impl EgressGuests {
+    /// Sets (`Some`) or clears (`None`) a guest's patterns.
+    pub fn set(&self, guest: Ipv4Addr, patterns: Option<DomainPatterns>) {
+        let mut guests = self.guests.write().unwrap_or_else(PoisonError::into_inner);
+        match patterns {
+            Some(p) => guests.insert(guest, Arc::new(p)),
+            None => guests.remove(&guest),
+        };
+    }
+
+    /// Sets the learner.
+    pub fn set_learner(&self, learner: Option<Recipient<AllowLearned>>) {
+        *self.learner.write().unwrap_or_else(PoisonError::into_inner) = learner;
+    }
+
+    /// Whether any guest has patterns (a cheap early out for the hot path).
+    pub fn patterns_of(&self, src: IpAddr) -> Option<Arc<DomainPatterns>> {
+        let IpAddr::V4(ip) = src else { return None };
+        let guests = self.guests.read().unwrap_or_else(PoisonError::into_inner);
+        guests.get(&ip).cloned()
+    }
+
+    /// How many guests have patterns.
+    pub fn len(&self) -> usize {
+        self.guests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no guest has patterns.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// If `src` is a guest with a pattern matching `qname`, allows the addresses `answers`
+    /// give for it and waits until they are allowed. Nothing to do is `Ok`.
+    ///
+    /// # Errors
+    /// [`LearnError`] when the addresses could not be allowed.
+    pub async fn learn(
+        &self,
+        src: IpAddr,
+        qname: &Name,
+        answers: &[Record],
+    ) -> Result<(), LearnError> {
+        let Some(patterns) = self.patterns_of(src) else {
+            return Ok(());
+        };
+        let IpAddr::V4(guest) = src else {
+            return Ok(());
+        };
+        let Some(pattern) = patterns.matching(&qname.to_ascii()) else {
+            return Ok(());
+        };
+        let addrs = chain_addresses(qname, answers);
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let learner = self
+            .learner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(LearnError::NoLearner)?;
+        let msg = AllowLearned {
+            guest,
+            pattern: pattern.to_owned(),
+            addrs,
+        };
+        match tokio::time::timeout(LEARN_TIMEOUT, learner.send(msg)).await {
+            Err(_) => Err(LearnError::Unavailable("timed out".into())),
+            Ok(Err(e)) => Err(LearnError::Unavailable(e.to_string())),
+            Ok(Ok(Err(e))) => Err(LearnError::Failed(e.to_string())),
+            Ok(Ok(Ok(_))) => Ok(()),
+        }
+    }
+}
+
+/// Sets (`Some`) or clears (`None`) the domain patterns of a guest in deny mode: its queries
+/// for a matching name allow the answered addresses (see the module docs). One map entry,
+/// whatever the number of guests. A bad pattern changes nothing.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DnsError>")]
+pub struct SetEgressDomains {
+    /// The guest's IPv4 address (the source of its queries).
+    pub guest: Ipv4Addr,
+    /// The patterns (`api.github.com`, `*.pypi.org`), or `None` when the guest has no policy.
+    pub domains: Option<Vec<String>>,
+}
+
+/// Sets who allows learned addresses (hearthd: the `NatActor`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetEgressLearner {
+    /// The learner, or `None` (then a guest with patterns gets SERVFAIL for matching names).
+    pub learner: Option<Recipient<AllowLearned>>,
+}
+
+impl Handler<SetEgressDomains> for DnsActor {
+    type Result = Result<(), DnsError>;
+
+    fn handle(&mut self, msg: SetEgressDomains, _: &mut Self::Context) -> Self::Result {
+        let patterns = msg
+            .domains
+            .as_deref()
+            .map(DomainPatterns::new)
+            .transpose()?;
+        self.egress.set(msg.guest, patterns);
+        slog::debug!(self.logger, "egress domains set"; "guest" => %msg.guest,
+            "domains" => msg.domains.as_ref().map_or(0, Vec::len));
+        Ok(())
+    }
+}
+
+impl Handler<SetEgressLearner> for DnsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetEgressLearner, _: &mut Self::Context) {
+        self.egress.set_learner(msg.learner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, CNAME};
+
+    fn patterns(p: &[&str]) -> DomainPatterns {
+        DomainPatterns::new(&p.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only_and_names_exactly() {
+        let p = patterns(&["api.github.com", "*.pypi.org"]);
+        assert_eq!(p.matching("api.github.com."), Some("api.github.com"));
+        assert_eq!(p.matching("API.GitHub.com"), Some("api.github.com"));
+        assert_eq!(p.matching("x.api.github.com"), None);
+        assert_eq!(p.matching("files.pypi.org."), Some("*.pypi.org"));
+        assert_eq!(p.matching("a.b.pypi.org"), Some("*.pypi.org"));
+        assert_eq!(p.matching("pypi.org"), None);
+        assert_eq!(p.matching("evilpypi.org"), None);
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a..b",
+            "a.*.b",
+            "-a.b",
+            "a b",
+            "**.x",
+            &"a".repeat(64),
+        ] {
+            let err = check_pattern(bad).unwrap_err();
+            assert_eq!(err.pattern, bad);
+        }
+        assert!(check_pattern("*.pypi.org").is_ok());
+        assert!(check_pattern("example.com.").is_ok());
+    }
+
+    fn rec(name: &str, ttl: u32, data: RData) -> Record {
+        Record::from_rdata(Name::from_ascii(name).unwrap(), ttl, data)
+    }
+
+    #[test]
+    fn cname_chains_count_for_the_name_asked_and_strangers_do_not() {
+        let q = Name::from_ascii("api.example.com.").unwrap();
+        let answers = [
+            rec(
+                "api.example.com.",
+                300,
+                RData::CNAME(CNAME(Name::from_ascii("edge.cdn.net.").unwrap())),
+            ),
+            rec(
+                "edge.cdn.net.",
+                60,
+                RData::CNAME(CNAME(Name::from_ascii("a1.cdn.net.").unwrap())),
+            ),
+            rec("a1.cdn.net.", 20, RData::A(A::new(192, 0, 2, 1))),
+            rec("a1.cdn.net.", 20, RData::A(A::new(192, 0, 2, 2))),
+            // Not on the chain: an upstream's stray additional-style answer.
+            rec("other.net.", 20, RData::A(A::new(192, 0, 2, 99))),
+        ];
+        assert_eq!(
+            chain_addresses(&q, &answers),
+            [
+                (Ipv4Addr::new(192, 0, 2, 1), 20),
+                (Ipv4Addr::new(192, 0, 2, 2), 20)
+            ]
+        );
+        // A CNAME loop ends.
+        let looped = [
+            rec(
+                "api.example.com.",
+                5,
+                RData::CNAME(CNAME(Name::from_ascii("b.example.com.").unwrap())),
+            ),
+            rec(
+                "b.example.com.",
+                5,
+                RData::CNAME(CNAME(Name::from_ascii("api.example.com.").unwrap())),
+            ),
+        ];
+        assert!(chain_addresses(&q, &looped).is_empty());
+    }
+}

@@ -1,0 +1,88 @@
+//! `SetEgress`: a live change of a VM's egress policy. Under the VM's lock: the spec is
+//! validated whole, the capabilities reconfigured (the egress one changes the firewall and
+//! DNS; on failure nothing changed), then the spec is committed to the store and memory.
+
+use actix::{Context, Handler, ResponseActFuture};
+use futures::FutureExt;
+use hearth_proto::api::{VmInfo, VmState};
+
+use hearth_proto::api_egress::EgressStatus;
+
+use super::{Change, GetEgress, SetEgress, SupervisorError, VmSupervisor};
+use crate::nat::egress::GetEgressDenied;
+
+impl Handler<SetEgress> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
+
+    fn handle(&mut self, msg: SetEgress, _ctx: &mut Context<Self>) -> Self::Result {
+        let name = msg.name;
+        let n = name.clone();
+        let policy = msg.policy;
+        self.locked(
+            &name.clone(),
+            move |act, ctx| {
+                let entry = act.entry(&n)?;
+                if entry.record.state == VmState::Deleting {
+                    return Err(SupervisorError::InvalidState {
+                        name: n.clone(),
+                        state: entry.record.state,
+                        op: "set egress policy",
+                    });
+                }
+                let lease = entry.record.lease.clone();
+                let previous = super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat);
+                let mut spec = previous.clone();
+                spec.egress = policy;
+                // Checked whole before anything changes: a bad pattern changes nothing.
+                spec.validate()?;
+                let stored = Box::new(hearth_proto::api::CreateVm {
+                    nat: entry.record.spec.nat,
+                    ..spec.clone()
+                });
+                let ports = act.ports(ctx);
+                let n = n.clone();
+                Ok(async move {
+                    super::hooks::reconfigure(&ports, &n, lease.as_ref(), &previous, &spec).await?;
+                    ports.commit(&n, Change::Spec(stored)).await
+                }
+                .boxed_local())
+            },
+            move |act| act.info_of(&name),
+        )
+    }
+}
+
+impl Handler<GetEgress> for VmSupervisor {
+    type Result = ResponseActFuture<Self, Result<EgressStatus, SupervisorError>>;
+
+    fn handle(&mut self, msg: GetEgress, _ctx: &mut Context<Self>) -> Self::Result {
+        use actix::fut::WrapFuture;
+        let found = self.entry(&msg.name).map(|entry| {
+            let policy = entry.record.spec.egress.clone().unwrap_or_default();
+            let guest = entry.record.lease.as_ref().map(|l| l.guest_ip);
+            (policy, guest)
+        });
+        let nat = self.deps.nat.clone();
+        Box::pin(
+            async move {
+                let (policy, guest) = found?;
+                let denied_packets = match guest {
+                    Some(ip) if policy.is_deny() => {
+                        // A counter that cannot be read is left out rather than failing
+                        // the read of the policy.
+                        match nat.send(GetEgressDenied).await {
+                            Ok(Ok(counts)) => Some(counts.get(&ip).copied().unwrap_or(0)),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                Ok(EgressStatus {
+                    policy,
+                    denied_packets,
+                })
+            }
+            .into_actor(self),
+        )
+    }
+}
