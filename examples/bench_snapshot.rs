@@ -11,8 +11,10 @@
 //!   loop retrying every 50 µs, one raw `PUT /snapshot/load` on a blocking socket), and their
 //!   ratio (issue 12's target: ≤ 1.2×).
 //!
-//! Fork end to end needs the supervisor's saga (helper `snapsaga`); `--fork` says so until it
-//! lands (the hook is [`fork_figures`]).
+//! - `--fork`: fork end to end through the API ([`fork_figures`]): hearthd (the `hearthd`
+//!   binary of the same profile) in a private network namespace with this VMM, the copy disk
+//!   backend on a loop-mounted XFS with reflink, `POST /v1/vms/src/fork` of a 128 MiB VM until
+//!   it answers (issue 12's target: <= 150 ms).
 //!
 //! The VMs have no network interface (no TAP, nothing touches the host's network) and a
 //! vsock. The kernel is the generated minimal `vmlinux` (no guest boots under the real
@@ -21,6 +23,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_snapshot -- --iterations 20
+//! cargo build --release --bin hearthd && cargo run --release --example bench_snapshot -- --fork
 //! ```
 #![expect(
     clippy::disallowed_methods,
@@ -73,9 +76,13 @@ struct Args {
     /// Where snapshot files go (a disk, like hearth's `data_dir/snapshots`).
     #[arg(long, default_value = "/var/tmp")]
     snap_dir: PathBuf,
-    /// Also print fork end-to-end figures (needs the supervisor's fork saga).
+    /// Also measure fork end to end through hearthd's API (root; needs the `hearthd` binary
+    /// of the same profile and `mkfs.xfs`; the XFS image goes under `--snap-dir`).
     #[arg(long)]
     fork: bool,
+    /// Forks measured (after one warm-up fork).
+    #[arg(long, default_value_t = 20)]
+    fork_rounds: usize,
 }
 
 fn logger() -> slog::Logger {
@@ -343,10 +350,224 @@ fn bare_restore(bin: &Path, rd: &RunDir, state: &Path, memf: &Path) -> anyhow::R
     Ok(took)
 }
 
-/// Fork end to end (snapshot + disk checkpoint + restore + new identity, through the
-/// supervisor) belongs here once the supervisor's fork saga exists.
-fn fork_figures() {
-    println!("fork end to end: not measured (needs the supervisor's fork saga, helper snapsaga)");
+/// A loop-mounted XFS made with `reflink=1` in a temporary directory under `parent`: the
+/// data directory of the fork benchmark, so the copy disk backend reflinks. Unmounted (and
+/// its image removed) on drop.
+struct XfsMount {
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl XfsMount {
+    fn new(parent: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir_in(parent)?;
+        let img = dir.path().join("xfs.img");
+        std::fs::File::create(&img)?.set_len(2 << 30)?;
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt)?;
+        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+        if !ok(Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img))
+        {
+            bail!("mkfs.xfs -m reflink=1 failed (Debian package xfsprogs)");
+        }
+        if !ok(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))
+        {
+            bail!("mount -o loop of {} failed", img.display());
+        }
+        Ok(XfsMount { _dir: dir, mnt })
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// hearthd, killed on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `name`'s binary next to this example's (`target/<profile>/<name>`), or `$env`.
+fn sibling(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.file_name().and_then(|n| n.to_str()) == Some("examples") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!("{} not found: build it or set {env}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The p50 of the snapshot and restore totals hearthd logged (JSON lines, `ms` fields).
+fn print_logged(log: &Path) {
+    // The split, from hearthd's own log lines (JSON, `ms` fields), warm-up included.
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for (what, msg) in [
+        ("snapshot (pause..ready)", "snapshot taken"),
+        ("restore (disk..running)", "VM restored"),
+    ] {
+        let mut v: Vec<Duration> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["msg"] == msg)
+            .filter_map(|l| l["ms"].as_f64())
+            .map(|m| Duration::from_secs_f64(m / 1e3))
+            .collect();
+        println!(
+            "  of which {what}: p50 {:.1} ms ({} logged)",
+            ms(p50(&mut v)),
+            v.len()
+        );
+    }
+}
+
+/// The mean of each snapshot and restore phase over every fork, from hearthd's histograms.
+fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
+    // Mean of each phase over every fork (warm-up included), from hearthd's histograms.
+    let metrics = client.request(http::Method::GET, "/metrics", &[], None)?;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for family in ["snapshot", "restore"] {
+        let prefix = format!("hearth_{family}_phase_seconds_sum{{phase=\"");
+        let phases: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (phase, sum) = rest.split_once("\"} ")?;
+                let count_key =
+                    format!("hearth_{family}_phase_seconds_count{{phase=\"{phase}\"}} ");
+                let count: f64 = text
+                    .lines()
+                    .find_map(|c| c.strip_prefix(&count_key)?.parse().ok())?;
+                let sum: f64 = sum.parse().ok()?;
+                (count > 0.0).then(|| format!("{phase} {:.1}", sum / count * 1e3))
+            })
+            .collect();
+        println!("  {family} phases, mean ms: {}", phases.join(", "));
+    }
+    Ok(())
+}
+
+/// Fork end to end through the API: hearthd (the sibling binary) in a private network
+/// namespace (`VmHost`), `vmm` as its Firecracker, the copy disk backend, its data directory
+/// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
+/// probe), then each round times `POST /v1/vms/src/fork` until it answers (the fork
+/// `running`, or `unready` where no guest boots) and deletes the fork. Prints p50, min, max
+/// and the snapshot/restore split hearthd logs.
+fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> {
+    use hearth::client::Client;
+    use http::Method;
+
+    let hearthd = sibling("hearthd", "HEARTHD")?;
+    let xfs = XfsMount::new(parent)?;
+    let data = xfs.mnt.join("data");
+    let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
+    let socket = host.dir.path().join("hearthd.sock");
+    host.config.api.socket.clone_from(&socket);
+    host.config.network.pool_size = 2;
+    host.config.firecracker_bin = Some(vmm.to_path_buf());
+    host.config.vm.disk_backend = "copy".into();
+    host.config.validate()?;
+    let config_path = host.dir.path().join("hearthd.toml");
+    std::fs::write(&config_path, toml::to_string(&host.config)?)?;
+    let log = host.dir.path().join("hearthd.log");
+    let daemon = Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", host.ns.name()])
+            .arg(&hearthd)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn hearthd")?,
+    );
+    let client = Client::new(&socket);
+    let run = || -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .request(Method::GET, "/v1/health", &[], None)
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("hearthd did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let spec = serde_json::json!({"name": "src", "kernel": hearth::vm_host::KERNEL,
+            "rootfs": hearth::vm_host::ROOTFS, "memory_mib": 128, "ready_probe": false});
+        let vm: serde_json::Value = client.send_json(Method::POST, "/v1/vms", &[], &spec)?;
+        println!(
+            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy",
+            vm["name"],
+            vm["state"],
+            xfs.mnt.display()
+        );
+        let mut took = Vec::with_capacity(rounds);
+        // One warm-up round (first reflink, page cache), not counted.
+        for i in 0..=rounds {
+            let name = format!("f{i}");
+            let t0 = Instant::now();
+            let fork: serde_json::Value = client.send_json(
+                Method::POST,
+                "/v1/vms/src/fork",
+                &[],
+                &serde_json::json!({ "name": name }),
+            )?;
+            let elapsed = t0.elapsed();
+            let state = fork["state"].as_str().unwrap_or_default();
+            if state != "running" && state != "unready" {
+                bail!("fork {name} is {state}: {fork}");
+            }
+            if i > 0 {
+                took.push(elapsed);
+            }
+            client.request(Method::DELETE, format!("/v1/vms/{name}"), &[], None)?;
+        }
+        let (min, max) = (
+            took.iter().min().copied().unwrap_or_default(),
+            took.iter().max().copied().unwrap_or_default(),
+        );
+        println!(
+            "fork end to end (API, to running/unready), {rounds} rounds: p50 {:.1} ms, min {:.1} ms, max {:.1} ms (target <= 150 ms)",
+            ms(p50(&mut took)),
+            ms(min),
+            ms(max)
+        );
+        print_logged(&log);
+        print_phase_means(&client)?;
+        client.request(Method::DELETE, "/v1/vms/src", &[], None)?;
+        Ok(())
+    };
+    let result = run();
+    if result.is_err() {
+        eprintln!(
+            "--- hearthd log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    drop(daemon);
+    drop(host);
+    drop(xfs);
+    result
 }
 
 fn main() -> anyhow::Result<()> {
@@ -391,7 +612,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     if args.fork {
-        fork_figures();
+        fork_figures(&path, &args.snap_dir, args.fork_rounds)?;
     }
     Ok(())
 }

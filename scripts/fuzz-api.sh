@@ -67,15 +67,12 @@ PORT=7070
 #     create of the run answer 503 `cordoned` and a drain stops every VM, which would leave the
 #     other operations nothing to reach. Both are tested in tests/api/policy.rs and
 #     tests/e2e_policy.rs; GET /v1/node and uncordon are fuzzed.
-#  11. POST /v1/vms/{name}/fork is not fuzzed yet: with seed 20261129 a fork in the stateful
-#     phase answered 500 (`PUT /snapshot/load`: the restored block device's backing file was
-#     gone), a defect found on 2026-11-30 and open. Cause, found on review: `PUT
-#     /snapshot/load` reopens the drive path the snapshot recorded, which is the SOURCE VM's
-#     disk; the restore makes the new VM its own disk but never points the VMM at it (no
-#     `PATCH /drives` before the resume), so a restored VM uses its source's disk, and fails
-#     once the source is deleted. Forks are tested in tests/snapshots.rs,
-#     tests/fork_identity.rs and tests/snapshots_real.rs, none of which checks the drive.
-EXCLUDE_PATHS=("/v1/events/stream" "/v1/vms/{name}/execs/{id}/attach" "/v1/images/pull" "/v1/images/import" "/v1/node/cordon" "/v1/node/drain" "/v1/vms/{name}/fork")
+#  11. POST /v1/vms/{name}/fork is fuzzed again (it was excluded from 2026-11-30: with seed
+#     20261129 a fork answered 500 in `PUT /snapshot/load`, the restored drive's backing file
+#     gone). Cause: the snapshot's state named the source VM's disk, which the load reopened.
+#     Fixed in the snapshot and restore sagas (snapshots name their own disk checkpoint;
+#     restores move onto their own disk before they run); tests/snapshots_disks.rs checks it.
+EXCLUDE_PATHS=("/v1/events/stream" "/v1/vms/{name}/execs/{id}/attach" "/v1/images/pull" "/v1/images/import" "/v1/node/cordon" "/v1/node/drain")
 #  2. The `timeout` of GET /v1/vms/{name}/wait is fixed to 1s: a long poll legitimately
 #     lasts its timeout (up to 10m), which the request timeout would call a hang. The
 #     timeout's parsing and bounds are unit-tested (src/api/query.rs).

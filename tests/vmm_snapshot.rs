@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use actix::Addr;
 use hearth_actors::firecracker::api_client::Endpoint;
+use hearth_actors::firecracker::config::ROOT_DRIVE_ID;
 use hearth_actors::firecracker::{
     AdoptProcess, ApiClient, CreateVmSnapshot, FirecrackerActor, FirecrackerError, GetVmmProcess,
     KillVm, NetworkOverride, PauseVm, ProbeReady, RestoreInfo, RestoreVm, ResumeVm, RunDir,
-    SnapshotCompat, SpawnProcess, StopPlan, StopRung, StopVm, VmProcessEvent, VmmSnapshotInfo,
+    SnapshotCompat, SpawnProcess, StopPlan, StopRung, StopVm, UpdateDrivePath, VmProcessEvent,
+    VmmSnapshotInfo,
 };
 use hearth_actors::lease::{MacAddr, NetLease};
 use hearth_proto::firecracker::{CpuTemplate, FirecrackerVersion};
@@ -744,3 +746,201 @@ fn clock_realtime_unavailable_is_recognised_and_a_retry_without_it_works() {
         src.vm.send(KillVm {}).await.unwrap().unwrap();
     });
 }
+
+/// The regular files process `pid` holds open (`/proc/<pid>/fd`).
+fn open_files(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pid_of(api: &Path) -> u32 {
+    let needle = api.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(&needle)
+        })
+        .expect("the VMM's pid")
+}
+
+fn move_root(path: &Path) -> UpdateDrivePath {
+    UpdateDrivePath {
+        drive_id: ROOT_DRIVE_ID.into(),
+        path: path.to_path_buf(),
+    }
+}
+
+/// Before `InstanceStart` the actor refuses a drive update without a call, and Firecracker's
+/// own refusal has the same text in both VMMs.
+async fn refused_before_start(fx: &Fixture, vmm: &Vmm, own: &Path) {
+    let (fresh, _fresh_events) = fx.actor("fresh", fx.binary(vmm.binary()));
+    fresh.send(SpawnProcess {}).await.unwrap().unwrap();
+    let err = fresh.send(move_root(own)).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FirecrackerError::InvalidState {
+                op: "update a drive of",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let raw = ApiClient::new(&run_dir(fx, "fresh").api_socket())
+        .patch(
+            Endpoint::Drive(ROOT_DRIVE_ID),
+            &serde_json::json!({"drive_id": ROOT_DRIVE_ID, "path_on_host": own}),
+        )
+        .await;
+    assert_eq!(
+        fault(raw),
+        (
+            400,
+            "The requested operation is not supported before starting the microVM.".into()
+        )
+    );
+    fresh.send(KillVm {}).await.unwrap().unwrap();
+}
+
+/// An unknown drive and a missing file: Firecracker's 400 with the same texts in both VMMs,
+/// and the drive keeps its file.
+async fn refused_on_a_started_vm(src: &Source, own: &Path, checkpoint: &Path, pid: u32) {
+    let unknown = src
+        .vm
+        .send(UpdateDrivePath {
+            drive_id: "nodrive".into(),
+            path: own.to_path_buf(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fault(unknown),
+        (
+            400,
+            "Drive config error: Unable to patch the block device: Failed perform action on \
+             device: Device not found Please verify the request arguments."
+                .into()
+        )
+    );
+    let missing = src.vm.send(move_root(checkpoint)).await.unwrap();
+    assert_eq!(
+        fault(missing),
+        (
+            400,
+            format!(
+                "Drive config error: Unable to patch the block device: Block: Virtio backend \
+                 error: Error manipulating the backing file: No such file or directory (os \
+                 error 2) {} Please verify the request arguments.",
+                checkpoint.display()
+            )
+        )
+    );
+    assert!(
+        open_files(pid).contains(&own.to_path_buf()),
+        "the drive kept its file"
+    );
+}
+
+/// `PATCH /drives/{id}` (`UpdateDrivePath`), the way hearth snapshots and restores a disk: the
+/// VMM opens the new file and lets the old one go (seen in `/proc/<pid>/fd`), paused or not;
+/// a snapshot records the file the drive has at that moment, so a load opens that file (and
+/// nothing of the source's), even once the source's disk is gone; a loaded VMM moved to its
+/// own disk before it resumes never holds the checkpoint again. Refusals (before start, an
+/// unknown drive, a missing file) have the same texts in both VMMs and leave the drive as it
+/// was.
+async fn drive_follows_update_drive_path(vmm: Vmm, ns: &NetNs) {
+    let fx = Fixture::new("snp");
+    let _reaper = Reaper(fx.path().to_path_buf());
+    let own = fx.path().join("rootfs.ext4");
+
+    refused_before_start(&fx, &vmm, &own).await;
+
+    let src = boot_source(&fx, &vmm, ns).await;
+    let pid = pid_of(&src.api);
+    assert!(open_files(pid).contains(&own));
+    let checkpoint = fx.path().join("snaps/disk");
+    refused_on_a_started_vm(&src, &own, &checkpoint, pid).await;
+
+    // The snapshot as hearth takes it: paused, the drive on the checkpoint, then back.
+    src.vm.send(PauseVm {}).await.unwrap().expect("pause");
+    std::fs::copy(&own, &checkpoint).unwrap();
+    src.vm
+        .send(move_root(&checkpoint))
+        .await
+        .unwrap()
+        .expect("to the checkpoint, paused");
+    let files = open_files(pid);
+    assert!(
+        files.contains(&checkpoint) && !files.contains(&own),
+        "{files:?}"
+    );
+    let info = src
+        .vm
+        .send(CreateVmSnapshot {
+            snapshot_path: src.snap.clone(),
+            mem_path: src.mem.clone(),
+        })
+        .await
+        .unwrap()
+        .expect("snapshot");
+    src.vm.send(move_root(&own)).await.unwrap().expect("back");
+    let files = open_files(pid);
+    assert!(
+        files.contains(&own) && !files.contains(&checkpoint),
+        "{files:?}"
+    );
+    src.vm.send(ResumeVm {}).await.unwrap().unwrap();
+    assert_eq!(vm_state(&src.api).await, "Running");
+
+    // The source and its disk go; the snapshot still loads, on the checkpoint.
+    src.vm.send(KillVm {}).await.unwrap().unwrap();
+    std::fs::remove_file(&own).unwrap();
+    ns.exec_ok(&["ip", "tuntap", "add", "dev", "hth1", "mode", "tap"]);
+    let (copy, _events) = fx.actor("copy", fx.binary(vmm.binary()));
+    let restored = copy
+        .send(RestoreVm {
+            resume: false,
+            ..restore_msg(&src, &info, "hth1")
+        })
+        .await
+        .unwrap()
+        .expect("load with the source's disk gone");
+    let pid = restored.spawn.record.pid;
+    let files = open_files(pid);
+    assert!(files.contains(&checkpoint), "{files:?}");
+    let copy_disk = fx.path().join("copy.ext4");
+    std::fs::copy(&checkpoint, &copy_disk).unwrap();
+    copy.send(move_root(&copy_disk))
+        .await
+        .unwrap()
+        .expect("to its own disk, paused after the load");
+    let files = open_files(pid);
+    assert!(
+        files.contains(&copy_disk) && !files.contains(&checkpoint),
+        "{files:?}"
+    );
+    copy.send(ResumeVm {}).await.unwrap().expect("resume");
+    let rd = run_dir(&fx, "copy");
+    assert_eq!(vm_state(&rd.api_socket()).await, "Running");
+    let config = get(&rd.api_socket(), Endpoint::VmConfig).await;
+    assert_eq!(
+        config["drives"][0]["path_on_host"],
+        copy_disk.display().to_string(),
+        "{config}"
+    );
+    copy.send(KillVm {}).await.unwrap().unwrap();
+}
+vmm_test!(
+    drive_follows_update_drive_path,
+    drive_follows_update_drive_path,
+    net
+);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AtomicResponse, Context, Handler, WrapFuture};
 use hearth_proto::firecracker::{
-    CpuTemplate, FirecrackerVersion, NetworkOverride as FcNetworkOverride, SnapshotCreateParams,
-    SnapshotLoadParams, SnapshotType, Vm, VmPauseState, VsockOverride,
+    CpuTemplate, FirecrackerVersion, NetworkOverride as FcNetworkOverride, PartialDrive,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, Vm, VmPauseState, VsockOverride,
 };
 use serde::Deserialize;
 
@@ -21,7 +21,7 @@ use super::messages::SpawnInfo;
 use super::run_dir::set_socket_access;
 use super::snapshot_messages::{
     CreateVmSnapshot, NetworkOverride, PauseVm, RestoreInfo, RestoreVm, ResumeVm, SnapshotCompat,
-    VmmSnapshotInfo,
+    UpdateDrivePath, VmmSnapshotInfo,
 };
 use super::stop::StopRung;
 use super::{FirecrackerActor, FirecrackerError, VmmState};
@@ -193,6 +193,52 @@ impl Handler<ResumeVm> for FirecrackerActor {
 
     fn handle(&mut self, _msg: ResumeVm, _ctx: &mut Context<Self>) -> Self::Result {
         self.patch_vm(VmPauseState::Resumed, "resume")
+    }
+}
+
+/// The `PATCH /drives/{id}` body pointing drive `drive_id` at `path`, after checking both.
+pub fn drive_path_body(drive_id: &str, path: &Path) -> Result<PartialDrive, FirecrackerError> {
+    Endpoint::Drive(drive_id).path()?;
+    Ok(PartialDrive {
+        drive_id: drive_id.to_owned(),
+        path_on_host: Some(json_path("drive path", path)?.to_owned()),
+        rate_limiter: None,
+    })
+}
+
+impl Handler<UpdateDrivePath> for FirecrackerActor {
+    type Result = Atomic<()>;
+
+    fn handle(&mut self, msg: UpdateDrivePath, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.state.is_running() {
+            return fail(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "update a drive of",
+            });
+        }
+        let body = match drive_path_body(&msg.drive_id, &msg.path) {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let mut client = match self.take_api("update a drive of") {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let log = self.log.clone();
+        let fut = async move {
+            let t0 = Instant::now();
+            let res = client.patch(Endpoint::Drive(&body.drive_id), &body).await;
+            slog::info!(log, "drive file changed"; "drive" => &body.drive_id,
+                "path" => body.path_on_host.as_deref().unwrap_or_default(),
+                "us" => t0.elapsed().as_micros(), "ok" => res.is_ok());
+            (client, res)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            |(client, res), act, _| {
+                act.api = Some(client);
+                res
+            },
+        )))
     }
 }
 
@@ -430,6 +476,19 @@ mod tests {
         let e = check_compat(&compat("1.17.0", CpuTemplate::T2), &b, s).unwrap_err();
         assert!(e.to_string().ends_with("CPU template differs"), "{e}");
         assert!(check_compat(&compat("garbage", CpuTemplate::None), &b, s).is_err());
+    }
+
+    #[test]
+    fn drive_path_body_checks_id_and_path() {
+        let body = drive_path_body("rootfs", Path::new("/d/disk")).unwrap();
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"drive_id":"rootfs","path_on_host":"/d/disk"}"#
+        );
+        let rel = drive_path_body("rootfs", Path::new("disk")).unwrap_err();
+        assert!(rel.to_string().contains("not an absolute path"), "{rel}");
+        assert!(drive_path_body("../vm", Path::new("/d/disk")).is_err());
+        assert!(drive_path_body("", Path::new("/d/disk")).is_err());
     }
 
     #[test]

@@ -41,6 +41,22 @@ pub struct CreateVmSnapshot {
     pub mem_path: PathBuf,
 }
 
+/// Points drive `drive_id` of the started VM at another backing file (`PATCH /drives/{id}`
+/// with `path_on_host`), paused or not: Firecracker opens the new file, closes the old one and
+/// records the new path (a later snapshot names it, and a load reopens it). Hearth uses it
+/// around a snapshot (the state must name the snapshot's own disk checkpoint, which lives as
+/// long as the snapshot, not the source VM's disk) and after a load (the restored VM writes its
+/// own copy-on-write disk). Refused by the actor before any call unless the VM is started; a
+/// missing file or an unknown drive is Firecracker's 400, and the drive keeps its old file.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FirecrackerError>")]
+pub struct UpdateDrivePath {
+    /// The drive's id (hearth's root drive is [`super::config::ROOT_DRIVE_ID`]).
+    pub drive_id: String,
+    /// The new backing file (absolute, UTF-8).
+    pub path: PathBuf,
+}
+
 /// What a snapshot was taken with: the source VMM's version and machine configuration, to
 /// record with the snapshot and to check a restore against ([`RestoreVm::compat`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 //! The VM is recorded (`creating`, its spec the snapshot's source machine) before anything is
 //! made, then: its own copy-on-write disk from the snapshot's checkpoint (`SnapshotActor`) ->
 //! a fresh lease (`TapPoolActor`) and firewall registration -> the process recorded, then a
-//! fresh Firecracker process loads the snapshot with the new TAP (`network_overrides`) and
-//! the VM's own vsock socket (`vsock_override`) -> NAT as asked -> the guest told its new
+//! fresh Firecracker process loads the snapshot paused with the new TAP (`network_overrides`)
+//! and the VM's own vsock socket (`vsock_override`), its root drive is moved from the
+//! snapshot's checkpoint (which the state names, see `snapshots.rs`) onto the VM's own disk
+//! (`PATCH /drives`), and only then it resumes -> NAT as asked -> the guest told its new
 //! identity -> readiness -> `running`, its name in DNS. Each step registers its undo, as in a
 //! create (`saga.rs`); a failure undoes them in reverse and leaves the VM `failed`. A crash
 //! leaves a VM `creating`, which `Open` repairs like any interrupted create (process killed,
@@ -17,7 +19,7 @@
 //! A guest whose agent does not answer (or has no `reconfigure`) is left `unready` with the
 //! reason: it runs, but its network identity is still the source's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::fut::{ready, ActorFutureExt};
@@ -34,7 +36,7 @@ use super::{
     VmSupervisor, VmmProcessRecord,
 };
 use crate::firecracker::{
-    FirecrackerActor, NetworkOverride, RestoreVm, RunDir, SnapshotCompat, IFACE_ID,
+    FirecrackerActor, NetworkOverride, RestoreVm, ResumeVm, RunDir, SnapshotCompat, IFACE_ID,
 };
 use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest, ThawGuest};
 use crate::lease::NetLease;
@@ -254,9 +256,9 @@ struct Restore<'a> {
 
 impl Restore<'_> {
     async fn run(&mut self) -> Result<VmState, SupervisorError> {
-        self.disk().await?;
+        let disk = self.disk().await?;
         let lease = self.network().await?;
-        self.load(&lease).await?;
+        self.load(&lease, &disk).await?;
         let (p, spec) = (self.p, &self.plan.spec);
         hooks::setup(p, Hook::Restored, &spec.name, spec, &lease, &mut self.undo).await?;
         let identity = self.identity(&lease).await?;
@@ -270,7 +272,7 @@ impl Restore<'_> {
     }
 
     /// The VM's own disk, copy-on-write from the snapshot's checkpoint.
-    async fn disk(&mut self) -> Result<(), SupervisorError> {
+    async fn disk(&mut self) -> Result<PathBuf, SupervisorError> {
         let (p, plan) = (self.p, self.plan);
         let vm = plan.spec.name.as_str();
         let disk = p
@@ -288,13 +290,13 @@ impl Restore<'_> {
         p.commit(
             vm,
             Change::Disk(Some(DiskRecord {
-                path: disk.path,
+                path: disk.path.clone(),
                 backend: disk.backend,
             })),
         )
         .await?;
         self.observe("restore:disk").await;
-        Ok(())
+        Ok(disk.path)
     }
 
     /// A fresh lease, recorded, and the guest registered with the firewall.
@@ -305,8 +307,10 @@ impl Restore<'_> {
     }
 
     /// The process recorded before it exists, then a fresh Firecracker loading the snapshot
-    /// with the new TAP and this VM's vsock socket; its pid recorded.
-    async fn load(&mut self, lease: &NetLease) -> Result<(), SupervisorError> {
+    /// paused with the new TAP and this VM's vsock socket; its pid recorded; its root drive
+    /// moved onto the VM's own disk before its vCPUs run (a restored VM never writes to the
+    /// checkpoint, which other restores share).
+    async fn load(&mut self, lease: &NetLease, disk: &Path) -> Result<(), SupervisorError> {
         let (p, plan) = (self.p, self.plan);
         let vm = plan.spec.name.as_str();
         let snap = &plan.snapshot;
@@ -334,7 +338,7 @@ impl Restore<'_> {
                 }],
                 // The VM's own run directory's socket, where its agent is probed.
                 vsock_uds_path: None,
-                resume: true,
+                resume: false,
                 // The agent sets the clock with the new identity; Firecracker's own
                 // `clock_realtime` is x86-only and from v1.16.
                 clock_realtime: false,
@@ -344,6 +348,14 @@ impl Restore<'_> {
             .map_err(step("restore"))?;
         record.set_spawned(&restored.spawn.record);
         p.commit(vm, Change::Process(Some(record))).await?;
+        let resumed = Instant::now();
+        super::snapshots::move_root_drive(&plan.vmm, disk).await?;
+        plan.vmm
+            .send(ResumeVm {})
+            .await
+            .map_err(step("resume"))?
+            .map_err(step("resume"))?;
+        p.observe("restore:drive", resumed.elapsed()).await;
         self.lap = Instant::now();
         p.observe(
             "restore:spawn",

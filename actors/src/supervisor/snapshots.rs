@@ -3,8 +3,10 @@
 //! A snapshot is recorded (`creating`, with the source VM's state before it) before its
 //! directory `<snapshot_dir>/<name>/` or any file in it exists. Then: the source is paused
 //! (recorded `paused` first, see `pause.rs`) -> its root disk is checkpointed into the
-//! directory (`SnapshotActor`) -> Firecracker writes its state and memory files
-//! (`FirecrackerActor`) -> the record becomes `ready` with what the snapshot was taken with ->
+//! directory (`SnapshotActor`) -> the VMM's root drive is moved onto that checkpoint
+//! (`PATCH /drives`) -> Firecracker writes its state and memory files (`FirecrackerActor`) ->
+//! the root drive is moved back onto the VM's own disk -> the record becomes `ready` with what
+//! the snapshot was taken with ->
 //! the source is left running, paused or stopped as asked. A failure before `ready` resumes a
 //! source that ran, removes the directory and forgets the record; `Open` does the same for a
 //! snapshot a crash left `creating`, and finishes removing one left `deleting`. A crash after
@@ -18,6 +20,17 @@
 //! same, the paused event saying it was not frozen; a restore from it sees its disk exactly as
 //! its page cache left it, and only a reader of the checkpoint alone sees what a power cut
 //! leaves. A restored guest starts frozen as its snapshot was: the restore thaws it first.
+//!
+//! Why the drive moves: Firecracker's state file records the path of each drive's backing
+//! file and `PUT /snapshot/load` reopens that path (it has no drive override). Taken on the
+//! VM's own disk, every restore would open the source's disk (writing to it, and failing once
+//! the source is deleted). Taken on the checkpoint, the state names a file that lives exactly
+//! as long as the snapshot; a restore loads paused and moves its drive to its own copy before
+//! it resumes (`restore.rs`). The guest is paused (and its root frozen) while the source's
+//! drive is on the checkpoint, so nothing is written to either file meanwhile; the drive goes
+//! back before anything resumes the source, on failure too (`undo`), and `Open` moves it back
+//! for a snapshot a crash left `creating`. Should moving it back fail, the source is left
+//! paused rather than resumed on a file the undo removes.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,7 +48,8 @@ use super::{
     CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
     SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
 };
-use crate::firecracker::{CreateVmSnapshot, FirecrackerActor};
+use crate::firecracker::config::ROOT_DRIVE_ID;
+use crate::firecracker::{CreateVmSnapshot, FirecrackerActor, UpdateDrivePath};
 use crate::lease::NetLease;
 use crate::snapshot::CheckpointDisk;
 
@@ -87,6 +101,22 @@ pub(super) struct Source {
     pub vmm: Addr<FirecrackerActor>,
     pub pid: Option<u32>,
     pub lease: Option<NetLease>,
+    /// The VM's own root disk, which its VMM's root drive is moved back onto.
+    pub disk: PathBuf,
+}
+
+/// Moves `vm`'s root drive onto `path` (see the module docs).
+pub(super) async fn move_root_drive(
+    vmm: &Addr<FirecrackerActor>,
+    path: &Path,
+) -> Result<(), SupervisorError> {
+    vmm.send(UpdateDrivePath {
+        drive_id: ROOT_DRIVE_ID.into(),
+        path: path.to_path_buf(),
+    })
+    .await
+    .map_err(|e| SupervisorError::step("root drive", e))?
+    .map_err(|e| SupervisorError::step("root drive", e))
 }
 
 impl VmSupervisor {
@@ -177,7 +207,16 @@ impl VmSupervisor {
                     state,
                     op: "snapshot",
                 })?;
+                // Every VM with a process has its disk recorded (created before the boot).
+                let disk = entry.record.disk.as_ref().map(|d| d.path.clone()).ok_or(
+                    SupervisorError::InvalidState {
+                        name: v.clone(),
+                        state,
+                        op: "snapshot (it has no disk of its own)",
+                    },
+                )?;
                 let source = Source {
+                    disk,
                     name: v.clone(),
                     state,
                     vmm,
@@ -225,10 +264,11 @@ async fn take(
     // Flushed and frozen before the pause; thawed once the VM runs again, whatever happens.
     let quiesced = quiesce::freeze(&p, &guest, &src.name, src.state).await;
     p.observe("snapshot:freeze", started.elapsed()).await;
-    if let Err(e) = capture(&p, &mut rec, &src, quiesced.detail()).await {
+    let mut moved = false;
+    if let Err(e) = capture(&p, &mut rec, &src, quiesced.detail(), &mut moved).await {
         warn!(p.log, "snapshot failed, undoing"; "snapshot" => &rec.name, "vm" => &src.name,
             "error" => %e);
-        undo(&p, &rec, &src).await;
+        undo(&p, &rec, &src, moved).await;
         quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
         return Err(e);
     }
@@ -268,12 +308,14 @@ async fn take(
     }
 }
 
-/// Pause, directory, disk checkpoint, VMM snapshot; fills in what the snapshot was taken with.
+/// Pause, directory, disk checkpoint, VMM snapshot on the checkpoint; fills in what the
+/// snapshot was taken with. `moved` says whether the root drive may be off the VM's own disk.
 async fn capture(
     p: &Ports,
     rec: &mut SnapshotRecord,
     src: &Source,
     detail: Option<String>,
+    moved: &mut bool,
 ) -> Result<(), SupervisorError> {
     let mut lap = Instant::now();
     if src.state != VmState::Paused {
@@ -302,6 +344,9 @@ async fn capture(
         .map_err(|e| SupervisorError::step("disk checkpoint", e))?;
     p.observe("snapshot:disk", lap.elapsed()).await;
     lap = Instant::now();
+    // The state must name the checkpoint, not the VM's own disk (see the module docs).
+    *moved = true;
+    move_root_drive(&src.vmm, &rec.disk_path()).await?;
     let info = src
         .vmm
         .send(CreateVmSnapshot {
@@ -311,6 +356,8 @@ async fn capture(
         .await
         .map_err(|e| SupervisorError::step("VMM snapshot", e))?
         .map_err(|e| SupervisorError::step("VMM snapshot", e))?;
+    move_root_drive(&src.vmm, &src.disk).await?;
+    *moved = false;
     p.observe("snapshot:vmm", lap.elapsed()).await;
     p.observe("snapshot:firecracker", info.create).await;
     rec.fc_version = info.compat.fc_version;
@@ -321,9 +368,18 @@ async fn capture(
     Ok(())
 }
 
-/// Undoes a snapshot that did not complete: the source back as it was, files and record gone.
-async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source) {
-    if src.state != VmState::Paused {
+/// Undoes a snapshot that did not complete: the source back on its own disk and running as it
+/// was (left paused if its drive cannot be moved back), files and record gone.
+async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source, moved: bool) {
+    let mut on_own_disk = true;
+    if moved {
+        if let Err(e) = move_root_drive(&src.vmm, &src.disk).await {
+            warn!(p.log, "VM left paused: its root drive is not back on its own disk";
+                "vm" => &src.name, "disk" => %src.disk.display(), "error" => %e);
+            on_own_disk = false;
+        }
+    }
+    if src.state != VmState::Paused && on_own_disk {
         if let Err(e) =
             super::pause::resume(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await
         {
@@ -463,20 +519,33 @@ impl VmSupervisor {
             if rec.state == SnapshotState::Ready && !orphan_fork {
                 continue;
             }
-            let resume = (rec.state == SnapshotState::Creating
-                && rec.source_was != VmState::Paused)
+            // Its drive may have been left on the checkpoint: moved back first, paused or not.
+            let source = (rec.state == SnapshotState::Creating)
                 .then(|| self.vms.get(&rec.source_vm))
                 .flatten()
-                .filter(|e| e.record.state == VmState::Paused)
-                .and_then(|e| e.vmm.clone())
-                .map(|vmm| (vmm, rec.source_was));
-            work.push((rec.clone(), resume));
+                .and_then(|e| Some((e.vmm.clone()?, e.record.disk.as_ref()?.path.clone(), e)));
+            let drive_back = source
+                .as_ref()
+                .map(|(vmm, disk, _)| (vmm.clone(), disk.clone()));
+            let resume = source
+                .filter(|(_, _, e)| {
+                    rec.source_was != VmState::Paused && e.record.state == VmState::Paused
+                })
+                .map(|(vmm, _, _)| (vmm, rec.source_was));
+            work.push((rec.clone(), drive_back, resume));
         }
         let known: Vec<String> = self.snapshots.keys().cloned().collect();
         let base = self.settings.snapshot_dir.clone();
         async move {
             let mut out = SnapshotRepairs::default();
-            for (rec, resume) in work {
+            for (rec, drive_back, mut resume) in work {
+                if let Some((vmm, disk)) = drive_back {
+                    if let Err(e) = move_root_drive(&vmm, &disk).await {
+                        warn!(p.log, "VM left paused: its root drive is not back on its own disk";
+                            "vm" => &rec.source_vm, "error" => %e);
+                        resume = None;
+                    }
+                }
                 if let Some((vmm, was)) = resume {
                     let state = if was == VmState::Unready {
                         was

@@ -35,8 +35,15 @@ impl Handler<UpdateVm> for VmSupervisor {
         if let Some(change) = msg.ttl {
             policy.deadline = Some(apply_ttl(change, policy.deadline, self.clock.now()));
         }
-        // Checked whole before anything is written: a bad label changes nothing.
-        spec.validate()?;
+        // Checked whole before anything is written: a bad label changes nothing. A restored
+        // VM's spec names its snapshot (a fork's `<vm>.fork` is no name a user could give)
+        // next to the machine copied from it, which no PATCH changes: checked as the restore
+        // checked it, without that name.
+        hearth_proto::api::CreateVm {
+            from_snapshot: None,
+            ..spec.clone()
+        }
+        .validate()?;
         if spec != old_spec {
             self.apply(&msg.name, Change::Spec(Box::new(spec)))?;
         }
