@@ -57,15 +57,17 @@ fn inode(p: &Path) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// The files of jail `uid`'s root.
+/// The files of jail `uid`'s root, sorted.
 fn jail_files(base: &Path, uid: u32) -> Vec<String> {
-    std::fs::read_dir(base.join(format!("firecracker/{uid}/root")))
+    let mut names: Vec<String> = std::fs::read_dir(base.join(format!("firecracker/{uid}/root")))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// On the way out: SIGKILLs jailed VMMs of the test's uid range left by a failed assertion.
@@ -209,6 +211,24 @@ fn a_jailed_vm_is_snapshotted_in_its_jail_and_restores_are_refused() {
     assert_eq!(s2["state"], "ready", "{s2}\n{}", h.log());
     assert_eq!(jail_files(&base, FIRST_UID), before);
     h.ctl_ok(&["vm", "resume", "a"]);
+
+    // A failing snapshot is undone: Firecracker (the VM's uid) cannot write a memory file
+    // root holds in its jail; the checkpoint is taken back, the half-made files removed, the
+    // source runs on its own disk.
+    let trap = base.join(format!("firecracker/{FIRST_UID}/root/snapshot-s3.memory"));
+    std::fs::write(&trap, b"").unwrap();
+    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let out = h.ctl(&["vm", "snapshot", "a", "--name", "s3"]);
+    assert!(!out.status.success(), "{}", h.log());
+    assert_eq!(jail_files(&base, FIRST_UID), before, "{}", h.log());
+    assert!(!h.path("data/snapshots/s3").exists());
+    let a3 = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (a3["state"].as_str(), a3["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "{a3}"
+    );
+    assert!(open_inodes(pid).contains(&own), "back on its own disk");
 
     // Deletes: nothing left.
     h.ctl_ok(&["snapshot", "rm", "s1"]);

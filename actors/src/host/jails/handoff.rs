@@ -89,3 +89,76 @@ pub fn discard(layout: &JailLayout, name: &str) -> Result<(), JailError> {
         Err(e) => Err(io_err("remove", &path)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn layout(dir: &Path) -> JailLayout {
+        let l = JailLayout::new(dir, Path::new("/usr/bin/firecracker"), "900001").unwrap();
+        fs::create_dir_all(l.root()).unwrap();
+        l
+    }
+
+    fn owner(p: &Path) -> (u32, u32, u32) {
+        let m = fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o777)
+    }
+
+    /// Lent: the same inode in the jail, the VM's uid's; given back: gone from the jail,
+    /// root's only. Bad names are refused before anything changes.
+    #[test]
+    fn lend_and_unlend_hand_a_file_over_and_back() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let src = dir.path().join("disk.img");
+        fs::write(&src, b"disk").unwrap();
+        assert!(lend(&l, &src, "../x", (900_001, 900_001)).is_err());
+        assert!(lend(&l, &src, "a/b", (900_001, 900_001)).is_err());
+        let inside = lend(&l, &src, "snapshot-s.disk", (900_001, 900_001)).unwrap();
+        assert_eq!(inside, Path::new("/snapshot-s.disk"));
+        let link = l.root().join("snapshot-s.disk");
+        assert_eq!(
+            fs::metadata(&link).unwrap().ino(),
+            fs::metadata(&src).unwrap().ino()
+        );
+        assert_eq!(owner(&src).0, 900_001);
+        // Lent again (a retry after a crash): replaced, not an error.
+        lend(&l, &src, "snapshot-s.disk", (900_001, 900_001)).unwrap();
+        unlend(&l, &src, "snapshot-s.disk").unwrap();
+        assert!(!link.exists());
+        assert_eq!(owner(&src), (0, 0, 0o600));
+        // Done already is fine.
+        unlend(&l, &src, "snapshot-s.disk").unwrap();
+    }
+
+    /// Taken out: moved beside the snapshot, root's only; the jail keeps nothing.
+    #[test]
+    fn take_out_moves_and_seals() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let written = l.root().join("snapshot-s.memory");
+        fs::write(&written, b"mem").unwrap();
+        std::os::unix::fs::chown(&written, Some(900_001), Some(900_001)).unwrap();
+        fs::set_permissions(&written, fs::Permissions::from_mode(0o666)).unwrap();
+        let dest = dir.path().join("memory");
+        take_out(&l, "snapshot-s.memory", &dest).unwrap();
+        assert!(!written.exists());
+        assert_eq!(owner(&dest), (0, 0, 0o600));
+        assert_eq!(fs::read(&dest).unwrap(), b"mem");
+        // Nothing to take out: an error naming the file.
+        let err = take_out(&l, "snapshot-s.memory", &dest).unwrap_err();
+        assert!(err.to_string().contains("snapshot-s.memory"), "{err}");
+        discard(&l, "snapshot-s.memory").unwrap();
+    }
+}
