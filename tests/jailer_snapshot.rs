@@ -106,6 +106,56 @@ impl Drop for JailedVmms {
     }
 }
 
+/// Restores and forks of jailed VMs: refused clearly (503 naming `[jailer]`), the source
+/// (VMM `pid`) untouched.
+fn refused(h: &HearthHost, pid: u64) {
+    // Restores and forks of jailed VMs: refused clearly, the source untouched.
+    for args in [
+        &["vm", "create", "b", "--from-snapshot", "s1"][..],
+        &["vm", "fork", "a", "c"][..],
+    ] {
+        let out = h.ctl(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("[jailer]"), "{args:?}: {text}");
+    }
+    let names: Vec<_> = h
+        .ctl_ok(&["snapshot", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["s1"], "the refused fork took no snapshot");
+    assert_eq!(h.ctl_ok(&["vm", "get", "a"])["pid"].as_u64(), Some(pid));
+}
+
+/// A failing snapshot of `a` (VMM `pid`, jail files `before`) is undone.
+fn undone(h: &HearthHost, base: &Path, pid: u64, before: &[String]) {
+    // A failing snapshot is undone: Firecracker (the VM's uid) cannot write a memory file
+    // root holds in its jail; the checkpoint is taken back, the half-made files removed, the
+    // source runs on its own disk.
+    let trap = base.join(format!("firecracker/{FIRST_UID}/root/snapshot-s3.memory"));
+    std::fs::write(&trap, b"").unwrap();
+    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let out = h.ctl(&["vm", "snapshot", "a", "--name", "s3"]);
+    assert!(!out.status.success(), "{}", h.log());
+    assert_eq!(jail_files(base, FIRST_UID), before, "{}", h.log());
+    assert!(!h.path("data/snapshots/s3").exists());
+    let a3 = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (a3["state"].as_str(), a3["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "{a3}"
+    );
+    let own = inode(&base.join(format!("firecracker/{FIRST_UID}/root/rootfs")));
+    assert!(open_inodes(pid).contains(&own), "back on its own disk");
+}
+
 #[test]
 fn a_jailed_vm_is_snapshotted_in_its_jail_and_restores_are_refused() {
     let Some((fc, jailer)) = real_binaries(module_path!()) else {
@@ -181,29 +231,7 @@ fn a_jailed_vm_is_snapshotted_in_its_jail_and_restores_are_refused() {
     let own = inode(&base.join(format!("firecracker/{FIRST_UID}/root/rootfs")));
     assert!(fds.contains(&own), "the VMM holds its own disk");
 
-    // Restores and forks of jailed VMs: refused clearly, the source untouched.
-    for args in [
-        &["vm", "create", "b", "--from-snapshot", "s1"][..],
-        &["vm", "fork", "a", "c"][..],
-    ] {
-        let out = h.ctl(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{args:?}: {text}");
-        assert!(text.contains("[jailer]"), "{args:?}: {text}");
-    }
-    let names: Vec<_> = h
-        .ctl_ok(&["snapshot", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["s1"], "the refused fork took no snapshot");
-    assert_eq!(h.ctl_ok(&["vm", "get", "a"])["pid"].as_u64(), Some(pid));
+    refused(&h, pid);
 
     // A second snapshot of the same VM, while paused and left paused: the same handoff.
     h.ctl_ok(&["vm", "pause", "a"]);
@@ -212,23 +240,7 @@ fn a_jailed_vm_is_snapshotted_in_its_jail_and_restores_are_refused() {
     assert_eq!(jail_files(&base, FIRST_UID), before);
     h.ctl_ok(&["vm", "resume", "a"]);
 
-    // A failing snapshot is undone: Firecracker (the VM's uid) cannot write a memory file
-    // root holds in its jail; the checkpoint is taken back, the half-made files removed, the
-    // source runs on its own disk.
-    let trap = base.join(format!("firecracker/{FIRST_UID}/root/snapshot-s3.memory"));
-    std::fs::write(&trap, b"").unwrap();
-    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
-    let out = h.ctl(&["vm", "snapshot", "a", "--name", "s3"]);
-    assert!(!out.status.success(), "{}", h.log());
-    assert_eq!(jail_files(&base, FIRST_UID), before, "{}", h.log());
-    assert!(!h.path("data/snapshots/s3").exists());
-    let a3 = h.ctl_ok(&["vm", "get", "a"]);
-    assert_eq!(
-        (a3["state"].as_str(), a3["pid"].as_u64()),
-        (Some("running"), Some(pid)),
-        "{a3}"
-    );
-    assert!(open_inodes(pid).contains(&own), "back on its own disk");
+    undone(&h, &base, pid, &before);
 
     // Deletes: nothing left.
     h.ctl_ok(&["snapshot", "rm", "s1"]);
