@@ -47,9 +47,11 @@ pub fn lend(
             io_err("hard-link", &target)(e)
         }
     })?;
-    if let Err(e) = std::os::unix::fs::chown(&target, Some(owner.0), Some(owner.1)) {
+    // Through the source (the same inode, in a directory only root writes): the jail's name
+    // could be swapped for a symlink by the VM's uid meanwhile.
+    if let Err(e) = std::os::unix::fs::chown(source, Some(owner.0), Some(owner.1)) {
         let _ = fs::remove_file(&target);
-        return Err(io_err("chown", &target)(e));
+        return Err(io_err("chown", source)(e));
     }
     Ok(Path::new("/").join(name))
 }
@@ -63,21 +65,54 @@ pub fn unlend(layout: &JailLayout, source: &Path, name: &str) -> Result<(), Jail
     }
 }
 
-/// See [`super::Jails::take_out`].
+/// See [`super::Jails::take_out`]. The jail root is the VM's uid's: a VMM that got out of its
+/// guest could have put a symlink or a hard link to another file there, which root must not
+/// chown or move. The file is opened without following links, must be a regular file with one
+/// link, is sealed through that descriptor, and must still be the same inode once moved.
 pub fn take_out(layout: &JailLayout, name: &str, dest: &Path) -> Result<(), JailError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let from = in_jail(layout, name)?;
-    // Sealed before it leaves: at no point is `dest` a file the VM's uid may change.
-    seal(&from)?;
-    match fs::rename(&from, dest) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            // Another filesystem: copied (not sparse), then the jail's copy removed.
-            fs::copy(&from, dest).map_err(io_err("copy", dest))?;
-            seal(dest)?;
-            fs::remove_file(&from).map_err(io_err("remove", &from))
-        }
-        Err(e) => Err(io_err("move", &from)(e)),
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&from)
+        .map_err(io_err("open", &from))?;
+    let meta = file.metadata().map_err(io_err("stat", &from))?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(io_err("take out", &from)(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file with a single link",
+        )));
     }
+    // Sealed before it leaves: at no point is `dest` a file the VM's uid may change.
+    std::os::unix::fs::fchown(&file, Some(0), Some(0)).map_err(io_err("chown", &from))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod", &from))?;
+    match fs::rename(&from, dest) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            // Another filesystem: copied from the checked descriptor (not sparse).
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+                .map_err(io_err("create", dest))?;
+            io::copy(&mut &file, &mut out).map_err(io_err("copy", dest))?;
+            return fs::remove_file(&from).map_err(io_err("remove", &from));
+        }
+        Err(e) => return Err(io_err("move", &from)(e)),
+    }
+    // Swapped between the check and the move: what was moved is not what was checked.
+    let moved = fs::symlink_metadata(dest).map_err(io_err("stat", dest))?;
+    if (moved.dev(), moved.ino()) != (meta.dev(), meta.ino()) {
+        let _ = fs::remove_file(dest);
+        return Err(io_err("take out", &from)(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file changed while it was taken out",
+        )));
+    }
+    Ok(())
 }
 
 /// See [`super::Jails::discard`].
@@ -160,5 +195,25 @@ mod tests {
         let err = take_out(&l, "snapshot-s.memory", &dest).unwrap_err();
         assert!(err.to_string().contains("snapshot-s.memory"), "{err}");
         discard(&l, "snapshot-s.memory").unwrap();
+    }
+
+    /// A link the VM's uid put in its jail is refused: the file it names keeps its owner and
+    /// mode, nothing is moved.
+    #[test]
+    fn take_out_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let host = dir.path().join("host-file");
+        fs::write(&host, b"secret").unwrap();
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o640)).unwrap();
+        let before = owner(&host);
+        let dest = dir.path().join("memory");
+        std::os::unix::fs::symlink(&host, l.root().join("snapshot-s.memory")).unwrap();
+        assert!(take_out(&l, "snapshot-s.memory", &dest).is_err());
+        discard(&l, "snapshot-s.memory").unwrap();
+        fs::hard_link(&host, l.root().join("snapshot-s.memory")).unwrap();
+        assert!(take_out(&l, "snapshot-s.memory", &dest).is_err());
+        assert_eq!(owner(&host), before);
+        assert!(!dest.exists());
     }
 }
