@@ -445,11 +445,16 @@ fn jail_error(e: crate::host::jails::JailError) -> SupervisorError {
 /// Removes what a snapshot put in its source's jail (half-written state and memory files, the
 /// lent checkpoint); done already is fine. Only once the drive is off the checkpoint.
 fn clear_jail(j: &SourceJail, rec: &SnapshotRecord) -> Result<(), SupervisorError> {
-    let (jails, l, n) = (&j.jails, &j.layout, &rec.name);
+    clear_jail_of(j, &rec.name, &rec.disk_path())
+}
+
+/// [`clear_jail`] for snapshot `n` whose checkpoint is `checkpoint`.
+fn clear_jail_of(j: &SourceJail, n: &str, checkpoint: &Path) -> Result<(), SupervisorError> {
+    let (jails, l) = (&j.jails, &j.layout);
     jails
         .discard(l, &SourceJail::state_name(n))
         .and_then(|()| jails.discard(l, &SourceJail::mem_name(n)))
-        .and_then(|()| jails.unlend(l, &rec.disk_path(), &SourceJail::disk_name(n)))
+        .and_then(|()| jails.unlend(l, checkpoint, &SourceJail::disk_name(n)))
         .map_err(jail_error)
 }
 
@@ -682,4 +687,63 @@ fn sweep_dirs(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
         }
     }
     swept
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::firecracker::jailer::JailLayout;
+    use crate::host::jails::{FakeJails, Jails};
+
+    /// The undo's jail clean-up takes the lent checkpoint back and removes the half-written
+    /// files; a failing step answers an error (the undo then keeps the record, so `Open`
+    /// retries) and leaves the checkpoint lent rather than pretend it is back.
+    #[test]
+    fn clearing_the_jail_takes_everything_back_or_says_it_did_not() {
+        let fake = Arc::new(FakeJails::new());
+        let layout = JailLayout::new(
+            Path::new("/tmp/j"),
+            Path::new("/usr/bin/firecracker"),
+            "900001",
+        )
+        .unwrap();
+        let j = SourceJail {
+            jails: fake.clone(),
+            layout: layout.clone(),
+            uid: 900_001,
+        };
+        let checkpoint = Path::new("/data/snapshots/s/disk.img");
+        let lend = || {
+            fake.lend(
+                &layout,
+                checkpoint,
+                &SourceJail::disk_name("s"),
+                (900_001, 900_001),
+            )
+            .unwrap()
+        };
+        assert_eq!(lend(), Path::new("/snapshot-s.disk"));
+        fake.fail_next("discard");
+        assert!(clear_jail_of(&j, "s", checkpoint).is_err());
+        assert_eq!(fake.files_in("900001"), ["snapshot-s.disk"]);
+        clear_jail_of(&j, "s", checkpoint).unwrap();
+        assert!(fake.files_in("900001").is_empty());
+        let calls = fake.calls();
+        assert!(
+            calls.ends_with(&[
+                "discard 900001 snapshot-s.vmstate".to_string(),
+                "discard 900001 snapshot-s.memory".to_string(),
+                "unlend 900001 snapshot-s.disk".to_string(),
+            ]),
+            "{calls:?}"
+        );
+        // Done already: nothing to do is fine.
+        clear_jail_of(&j, "s", checkpoint).unwrap();
+        lend();
+        fake.fail_next("unlend");
+        assert!(clear_jail_of(&j, "s", checkpoint).is_err());
+        assert_eq!(fake.files_in("900001"), ["snapshot-s.disk"]);
+    }
 }
