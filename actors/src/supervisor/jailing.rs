@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slog::{info, warn};
@@ -53,6 +53,41 @@ impl std::fmt::Debug for JailSettings {
 const KERNEL_IN_JAIL: &str = "vmlinux";
 const ROOTFS_IN_JAIL: &str = "rootfs";
 
+/// The path the VMM of a jailed VM opens its own root disk at.
+pub(super) fn own_disk_in_jail() -> PathBuf {
+    Path::new("/").join(ROOTFS_IN_JAIL)
+}
+
+/// The jail of a VM being snapshotted: where its VMM reads the disk checkpoint and writes the
+/// state and memory files (the names are the snapshot's, so a state file names its
+/// checkpoint at the same in-jail path in every jail it is loaded into).
+#[derive(Clone)]
+pub(super) struct SourceJail {
+    /// The host side of jails.
+    pub jails: Arc<dyn Jails>,
+    /// The source's jail.
+    pub layout: JailLayout,
+    /// The source's uid (and gid).
+    pub uid: u32,
+}
+
+impl SourceJail {
+    /// The in-jail name of snapshot `snap`'s disk checkpoint.
+    pub fn disk_name(snap: &str) -> String {
+        format!("snapshot-{snap}.disk")
+    }
+
+    /// The in-jail name of snapshot `snap`'s state file while the VMM writes it.
+    pub fn state_name(snap: &str) -> String {
+        format!("snapshot-{snap}.vmstate")
+    }
+
+    /// The in-jail name of snapshot `snap`'s memory file while the VMM writes it.
+    pub fn mem_name(snap: &str) -> String {
+        format!("snapshot-{snap}.memory")
+    }
+}
+
 /// The files a booting VM's VMM opens, for [`SetJailFiles`]: its kernel (read-only, shared
 /// by VMs) and its own disk (given to its uid).
 pub(super) fn boot_files(kernel: PathBuf, disk: PathBuf) -> Vec<JailFile> {
@@ -71,6 +106,21 @@ pub(super) fn boot_files(kernel: PathBuf, disk: PathBuf) -> Vec<JailFile> {
 }
 
 impl VmSupervisor {
+    /// The jail of `name`'s VMM, if it runs jailed (it holds a uid and jailing is on).
+    pub(super) fn source_jail(&self, name: &str) -> Result<Option<SourceJail>, SupervisorError> {
+        let (Some(js), Some(uid)) = (
+            &self.vmm.jail,
+            self.vms.get(name).and_then(|e| e.record.uid),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(SourceJail {
+            jails: js.jails.clone(),
+            layout: self.jail_layout(js, uid)?,
+            uid,
+        }))
+    }
+
     /// The jail of the VM holding `uid`.
     fn jail_layout(&self, js: &JailSettings, uid: u32) -> Result<JailLayout, SupervisorError> {
         let binary = self

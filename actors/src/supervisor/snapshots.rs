@@ -42,6 +42,7 @@ use hearth_proto::api::{EventReason, VmState};
 use hearth_proto::api_snapshot::{SnapshotInfo, SnapshotLeave, SnapshotState};
 use slog::{info, warn};
 
+use super::jailing::{own_disk_in_jail, SourceJail};
 use super::quiesce;
 use super::saga::{self, Ports};
 use super::{
@@ -101,8 +102,11 @@ pub(super) struct Source {
     pub vmm: Addr<FirecrackerActor>,
     pub pid: Option<u32>,
     pub lease: Option<NetLease>,
-    /// The VM's own root disk, which its VMM's root drive is moved back onto.
+    /// The VM's own root disk as its VMM opens it (in its jail when jailed), which its root
+    /// drive is moved back onto.
     pub disk: PathBuf,
+    /// Its jail, when its VMM runs jailed.
+    pub jail: Option<SourceJail>,
 }
 
 /// Moves `vm`'s root drive onto `path` (see the module docs).
@@ -174,10 +178,6 @@ impl VmSupervisor {
         leave: SnapshotLeave,
         internal: bool,
     ) -> ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>> {
-        // Issue 16: a jailed VMM writes only inside its jail; not supported yet (forks too).
-        if let Err(e) = self.refuse_if_jailed("Taking a snapshot") {
-            return Box::pin(ready(Err(e)));
-        }
         if self.settings.snapshot_dir.as_os_str().is_empty() {
             return Box::pin(ready(Err(SupervisorError::Unavailable {
                 what: "This hearthd keeps no snapshots (no snapshot directory)".into(),
@@ -215,8 +215,15 @@ impl VmSupervisor {
                         op: "snapshot (it has no disk of its own)",
                     },
                 )?;
+                let jail = act.source_jail(&v)?;
+                let disk = if jail.is_some() {
+                    own_disk_in_jail()
+                } else {
+                    disk
+                };
                 let source = Source {
                     disk,
+                    jail,
                     name: v.clone(),
                     state,
                     vmm,
@@ -344,20 +351,45 @@ async fn capture(
         .map_err(|e| SupervisorError::step("disk checkpoint", e))?;
     p.observe("snapshot:disk", lap.elapsed()).await;
     lap = Instant::now();
+    // Jailed, the VMM sees only its jail: the checkpoint is lent into it, the files written
+    // there and taken out below.
+    let (disk, state, mem) = match &src.jail {
+        None => (rec.disk_path(), rec.state_path(), rec.mem_path()),
+        Some(j) => (
+            j.jails
+                .lend(
+                    &j.layout,
+                    &rec.disk_path(),
+                    &SourceJail::disk_name(&rec.name),
+                    (j.uid, j.uid),
+                )
+                .map_err(jail_error)?,
+            Path::new("/").join(SourceJail::state_name(&rec.name)),
+            Path::new("/").join(SourceJail::mem_name(&rec.name)),
+        ),
+    };
     // The state must name the checkpoint, not the VM's own disk (see the module docs).
     *moved = true;
-    move_root_drive(&src.vmm, &rec.disk_path()).await?;
+    move_root_drive(&src.vmm, &disk).await?;
     let info = src
         .vmm
         .send(CreateVmSnapshot {
-            snapshot_path: rec.state_path(),
-            mem_path: rec.mem_path(),
+            snapshot_path: state,
+            mem_path: mem,
         })
         .await
         .map_err(|e| SupervisorError::step("VMM snapshot", e))?
         .map_err(|e| SupervisorError::step("VMM snapshot", e))?;
     move_root_drive(&src.vmm, &src.disk).await?;
     *moved = false;
+    if let Some(j) = &src.jail {
+        let (jails, l, n) = (&j.jails, &j.layout, &rec.name);
+        jails
+            .take_out(l, &SourceJail::state_name(n), &rec.state_path())
+            .and_then(|()| jails.take_out(l, &SourceJail::mem_name(n), &rec.mem_path()))
+            .and_then(|()| jails.unlend(l, &rec.disk_path(), &SourceJail::disk_name(n)))
+            .map_err(jail_error)?;
+    }
     p.observe("snapshot:vmm", lap.elapsed()).await;
     p.observe("snapshot:firecracker", info.create).await;
     rec.fc_version = info.compat.fc_version;
@@ -387,6 +419,13 @@ async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source, moved: bool) {
                 "error" => %e);
         }
     }
+    if let Some(j) = src.jail.as_ref().filter(|_| on_own_disk) {
+        if let Err(e) = clear_jail(j, rec) {
+            warn!(p.log, "snapshot files left in the jail"; "snapshot" => &rec.name,
+                "error" => %e);
+            return;
+        }
+    }
     if let Err(e) = remove_dir(&rec.dir) {
         warn!(p.log, "snapshot files not removed"; "snapshot" => &rec.name, "error" => %e);
         return;
@@ -394,6 +433,29 @@ async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source, moved: bool) {
     if let Err(e) = commit(p, SnapshotChange::Remove(rec.name.clone())).await {
         warn!(p.log, "snapshot record not removed"; "snapshot" => &rec.name, "error" => %e);
     }
+}
+
+fn jail_error(e: crate::host::jails::JailError) -> SupervisorError {
+    SupervisorError::step(
+        "snapshot files in the jail",
+        crate::firecracker::FirecrackerError::Jail { source: e },
+    )
+}
+
+/// Removes what a snapshot put in its source's jail (half-written state and memory files, the
+/// lent checkpoint); done already is fine. Only once the drive is off the checkpoint.
+fn clear_jail(j: &SourceJail, rec: &SnapshotRecord) -> Result<(), SupervisorError> {
+    clear_jail_of(j, &rec.name, &rec.disk_path())
+}
+
+/// [`clear_jail`] for snapshot `n` whose checkpoint is `checkpoint`.
+fn clear_jail_of(j: &SourceJail, n: &str, checkpoint: &Path) -> Result<(), SupervisorError> {
+    let (jails, l) = (&j.jails, &j.layout);
+    jails
+        .discard(l, &SourceJail::state_name(n))
+        .and_then(|()| jails.discard(l, &SourceJail::mem_name(n)))
+        .and_then(|()| jails.unlend(l, checkpoint, &SourceJail::disk_name(n)))
+        .map_err(jail_error)
 }
 
 pub(super) async fn commit(p: &Ports, change: SnapshotChange) -> Result<(), SupervisorError> {
@@ -524,9 +586,23 @@ impl VmSupervisor {
                 .then(|| self.vms.get(&rec.source_vm))
                 .flatten()
                 .and_then(|e| Some((e.vmm.clone()?, e.record.disk.as_ref()?.path.clone(), e)));
-            let drive_back = source
-                .as_ref()
-                .map(|(vmm, disk, _)| (vmm.clone(), disk.clone()));
+            // Jailed, its VMM opens its own disk in its jail, where the snapshot's files are.
+            let jail = match source.as_ref() {
+                Some(_) => self.source_jail(&rec.source_vm).unwrap_or_else(|e| {
+                    warn!(self.log, "jail of an interrupted snapshot's VM unknown";
+                        "vm" => &rec.source_vm, "error" => %e);
+                    None
+                }),
+                None => None,
+            };
+            let drive_back = source.as_ref().map(|(vmm, disk, _)| {
+                let disk = if jail.is_some() {
+                    own_disk_in_jail()
+                } else {
+                    disk.clone()
+                };
+                (vmm.clone(), disk, jail.clone())
+            });
             let resume = source
                 .filter(|(_, _, e)| {
                     rec.source_was != VmState::Paused && e.record.state == VmState::Paused
@@ -539,11 +615,16 @@ impl VmSupervisor {
         async move {
             let mut out = SnapshotRepairs::default();
             for (rec, drive_back, mut resume) in work {
-                if let Some((vmm, disk)) = drive_back {
+                if let Some((vmm, disk, jail)) = drive_back {
                     if let Err(e) = move_root_drive(&vmm, &disk).await {
                         warn!(p.log, "VM left paused: its root drive is not back on its own disk";
                             "vm" => &rec.source_vm, "error" => %e);
                         resume = None;
+                    } else if let Some(j) = jail {
+                        if let Err(e) = clear_jail(&j, &rec) {
+                            warn!(p.log, "snapshot files left in the jail";
+                                "snapshot" => &rec.name, "error" => %e);
+                        }
                     }
                 }
                 if let Some((vmm, was)) = resume {
@@ -606,4 +687,63 @@ fn sweep_dirs(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
         }
     }
     swept
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::firecracker::jailer::JailLayout;
+    use crate::host::jails::{FakeJails, Jails};
+
+    /// The undo's jail clean-up takes the lent checkpoint back and removes the half-written
+    /// files; a failing step answers an error (the undo then keeps the record, so `Open`
+    /// retries) and leaves the checkpoint lent rather than pretend it is back.
+    #[test]
+    fn clearing_the_jail_takes_everything_back_or_says_it_did_not() {
+        let fake = Arc::new(FakeJails::new());
+        let layout = JailLayout::new(
+            Path::new("/tmp/j"),
+            Path::new("/usr/bin/firecracker"),
+            "900001",
+        )
+        .unwrap();
+        let j = SourceJail {
+            jails: fake.clone(),
+            layout: layout.clone(),
+            uid: 900_001,
+        };
+        let checkpoint = Path::new("/data/snapshots/s/disk.img");
+        let lend = || {
+            fake.lend(
+                &layout,
+                checkpoint,
+                &SourceJail::disk_name("s"),
+                (900_001, 900_001),
+            )
+            .unwrap()
+        };
+        assert_eq!(lend(), Path::new("/snapshot-s.disk"));
+        fake.fail_next("discard");
+        assert!(clear_jail_of(&j, "s", checkpoint).is_err());
+        assert_eq!(fake.files_in("900001"), ["snapshot-s.disk"]);
+        clear_jail_of(&j, "s", checkpoint).unwrap();
+        assert!(fake.files_in("900001").is_empty());
+        let calls = fake.calls();
+        assert!(
+            calls.ends_with(&[
+                "discard 900001 snapshot-s.vmstate".to_string(),
+                "discard 900001 snapshot-s.memory".to_string(),
+                "unlend 900001 snapshot-s.disk".to_string(),
+            ]),
+            "{calls:?}"
+        );
+        // Done already: nothing to do is fine.
+        clear_jail_of(&j, "s", checkpoint).unwrap();
+        lend();
+        fake.fail_next("unlend");
+        assert!(clear_jail_of(&j, "s", checkpoint).is_err());
+        assert_eq!(fake.files_in("900001"), ["snapshot-s.disk"]);
+    }
 }

@@ -2,6 +2,7 @@
 //! call, and can fail a chosen operation once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{JailError, JailPlan, Jails};
@@ -16,9 +17,12 @@ struct State {
     pids: BTreeMap<String, u32>,
     /// TAP owners.
     taps: BTreeMap<String, (u32, u32)>,
+    /// Files handed into each jail (by id) and not taken out yet.
+    files: BTreeMap<String, BTreeSet<String>>,
     /// Calls, e.g. `prepare vm-1`.
     calls: Vec<String>,
-    /// Operations to fail once (`prepare`, `read_pid`, `set_tap_owner`, `remove`, `list`).
+    /// Operations to fail once (`prepare`, `read_pid`, `set_tap_owner`, `remove`, `list`,
+    /// `lend`, `unlend`, `take_out`, `discard`).
     fail: BTreeSet<&'static str>,
 }
 
@@ -72,6 +76,25 @@ impl FakeJails {
         self.with(|s| s.jails.keys().cloned().collect())
     }
 
+    /// The names of the files handed into jail `id` by [`Jails::lend`] and not removed (the
+    /// fake has no VMM writing files: `take_out` and `discard` remove a lent name or none).
+    pub fn files_in(&self, id: &str) -> Vec<String> {
+        self.with(|s| {
+            s.files
+                .get(id)
+                .map(|f| f.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn drop_file(&self, layout: &JailLayout, name: &str) {
+        self.with(|s| {
+            if let Some(f) = s.files.get_mut(layout.id()) {
+                f.remove(name);
+            }
+        });
+    }
+
     /// The owner of TAP `name`.
     pub fn tap_owner(&self, name: &str) -> Option<(u32, u32)> {
         self.with(|s| s.taps.get(name).copied())
@@ -115,6 +138,7 @@ impl Jails for FakeJails {
         self.with(|s| {
             s.jails.remove(layout.id());
             s.pids.remove(layout.id());
+            s.files.remove(layout.id());
         });
         Ok(())
     }
@@ -122,5 +146,41 @@ impl Jails for FakeJails {
     fn list(&self, exec_name: &str) -> Result<Vec<String>, JailError> {
         self.enter("list", exec_name)?;
         Ok(self.jails())
+    }
+
+    fn lend(
+        &self,
+        layout: &JailLayout,
+        _source: &Path,
+        name: &str,
+        _owner: (u32, u32),
+    ) -> Result<PathBuf, JailError> {
+        self.enter("lend", &format!("{} {name}", layout.id()))?;
+        super::check_name(name)?;
+        self.with(|s| {
+            s.files
+                .entry(layout.id().to_string())
+                .or_default()
+                .insert(name.to_string())
+        });
+        Ok(Path::new("/").join(name))
+    }
+
+    fn unlend(&self, layout: &JailLayout, _source: &Path, name: &str) -> Result<(), JailError> {
+        self.enter("unlend", &format!("{} {name}", layout.id()))?;
+        self.drop_file(layout, name);
+        Ok(())
+    }
+
+    fn take_out(&self, layout: &JailLayout, name: &str, _dest: &Path) -> Result<(), JailError> {
+        self.enter("take_out", &format!("{} {name}", layout.id()))?;
+        self.drop_file(layout, name);
+        Ok(())
+    }
+
+    fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError> {
+        self.enter("discard", &format!("{} {name}", layout.id()))?;
+        self.drop_file(layout, name);
+        Ok(())
     }
 }

@@ -249,4 +249,26 @@ impl Jails for LinuxJails {
         ids.sort();
         Ok(ids)
     }
+
+    fn lend(
+        &self,
+        layout: &JailLayout,
+        source: &Path,
+        name: &str,
+        owner: (u32, u32),
+    ) -> Result<PathBuf, JailError> {
+        super::handoff::lend(layout, source, name, owner)
+    }
+
+    fn unlend(&self, layout: &JailLayout, source: &Path, name: &str) -> Result<(), JailError> {
+        super::handoff::unlend(layout, source, name)
+    }
+
+    fn take_out(&self, layout: &JailLayout, name: &str, dest: &Path) -> Result<(), JailError> {
+        super::handoff::take_out(layout, name, dest)
+    }
+
+    fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError> {
+        super::handoff::discard(layout, name)
+    }
 }

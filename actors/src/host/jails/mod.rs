@@ -11,11 +11,12 @@
 pub mod cgroups;
 #[cfg(any(test, doc, feature = "testing"))]
 pub mod fake;
+pub mod handoff;
 pub mod linux;
 pub mod sweep;
 pub mod uids;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[cfg(any(test, doc, feature = "testing"))]
 pub use fake::FakeJails;
@@ -114,6 +115,23 @@ pub trait Jails: Send + Sync {
     fn remove(&self, layout: &JailLayout) -> Result<(), JailError>;
     /// The ids of the jails present for `exec_name` (for the sweep after a crash).
     fn list(&self, exec_name: &str) -> Result<Vec<String>, JailError>;
+    /// Hard-links host file `source` into the jail as `/<name>` and gives it to `owner` (the
+    /// inode is shared: the VMM may open it read-write) until [`Jails::unlend`]; answers the
+    /// path the VMM sees. Both must be on one filesystem.
+    fn lend(
+        &self,
+        layout: &JailLayout,
+        source: &Path,
+        name: &str,
+        owner: (u32, u32),
+    ) -> Result<PathBuf, JailError>;
+    /// Removes `/<name>` from the jail and gives `source` back to root (mode 0600); a missing
+    /// link or source is fine.
+    fn unlend(&self, layout: &JailLayout, source: &Path, name: &str) -> Result<(), JailError>;
+    /// Moves `/<name>`, written by the VMM, out of the jail to `dest`, root-owned, mode 0600.
+    fn take_out(&self, layout: &JailLayout, name: &str, dest: &Path) -> Result<(), JailError>;
+    /// Removes `/<name>` from the jail; a missing one is fine.
+    fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError>;
 }
 
 /// Checks that `name` is one plain path component.

@@ -1,0 +1,260 @@
+//! Snapshots of jailed VMMs (issues 12 and 16) against the real Firecracker and jailer: the
+//! checkpoint is lent into the source's jail, Firecracker writes the state and memory files
+//! there, hearth takes them out to `data_dir/snapshots/<name>/` (root-owned, mode 0600), the
+//! source runs on in its jail on its own disk, and nothing of the snapshot stays in the jail.
+//! Restores and forks of jailed VMs are still refused (503 naming `[jailer]`), a fork before
+//! it touches the source.
+//!
+//! Needs `HEARTH_FIRECRACKER_REAL` and the jailer (`HEARTH_JAILER_REAL`, or `jailer` beside
+//! that Firecracker); without them it prints a SKIP line. Root only
+//! (`HEARTH_REQUIRE_PRIVILEGED=1`).
+
+mod common;
+use common::daemon;
+use common::vmm;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use daemon::{HearthHost, Leaks};
+
+/// A range of its own: the test may run beside `jailer_supervisor`.
+const FIRST_UID: u32 = 940_100;
+const LAST_UID: u32 = 940_109;
+
+/// The jailer beside (or named for) the real Firecracker, or `None` after a SKIP line.
+fn real_binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let fc = vmm::real_firecracker(test)?;
+    let jailer = std::env::var_os("HEARTH_JAILER_REAL")
+        .map(PathBuf::from)
+        .or_else(|| Some(fc.parent()?.join("jailer")))
+        .filter(|p| p.is_file());
+    let Some(jailer) = jailer else {
+        assert!(
+            std::env::var(vmm::REQUIRE_REAL_VAR).as_deref() != Ok("1"),
+            "{test}: no jailer: set HEARTH_JAILER_REAL"
+        );
+        hearth_testkit::skip!("SKIP: {test}: no jailer; set HEARTH_JAILER_REAL=/path/to/jailer");
+        return None;
+    };
+    Some((fc, jailer))
+}
+
+/// The (device, inode) of each file open in `pid` (paths read through `/proc/<pid>/fd` are
+/// relative to the VMM's chroot, so files are compared by inode).
+fn open_inodes(pid: u64) -> Vec<(u64, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+fn inode(p: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.dev(), m.ino())
+}
+
+/// The files of jail `uid`'s root, sorted.
+fn jail_files(base: &Path, uid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(base.join(format!("firecracker/{uid}/root")))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// On the way out: SIGKILLs jailed VMMs of the test's uid range left by a failed assertion.
+struct JailedVmms;
+
+impl Drop for JailedVmms {
+    fn drop(&mut self) {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let ours = args.first().is_some_and(|a| a == "/firecracker")
+                && args.windows(2).any(|w| {
+                    w[0] == "--id"
+                        && w[1]
+                            .parse::<u32>()
+                            .is_ok_and(|id| (FIRST_UID..=LAST_UID).contains(&id))
+                });
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Restores and forks of jailed VMs: refused clearly (503 naming `[jailer]`), the source
+/// (VMM `pid`) untouched.
+fn refused(h: &HearthHost, pid: u64) {
+    // Restores and forks of jailed VMs: refused clearly, the source untouched.
+    for args in [
+        &["vm", "create", "b", "--from-snapshot", "s1"][..],
+        &["vm", "fork", "a", "c"][..],
+    ] {
+        let out = h.ctl(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("[jailer]"), "{args:?}: {text}");
+    }
+    let names: Vec<_> = h
+        .ctl_ok(&["snapshot", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["s1"], "the refused fork took no snapshot");
+    assert_eq!(h.ctl_ok(&["vm", "get", "a"])["pid"].as_u64(), Some(pid));
+}
+
+/// A failing snapshot of `a` (VMM `pid`, jail files `before`) is undone.
+fn undone(h: &HearthHost, base: &Path, pid: u64, before: &[String]) {
+    // A failing snapshot is undone: Firecracker (the VM's uid) cannot write a memory file
+    // root holds in its jail; the checkpoint is taken back, the half-made files removed, the
+    // source runs on its own disk.
+    let trap = base.join(format!("firecracker/{FIRST_UID}/root/snapshot-s3.memory"));
+    std::fs::write(&trap, b"").unwrap();
+    std::fs::set_permissions(&trap, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let out = h.ctl(&["vm", "snapshot", "a", "--name", "s3"]);
+    assert!(!out.status.success(), "{}", h.log());
+    assert_eq!(jail_files(base, FIRST_UID), before, "{}", h.log());
+    assert!(!h.path("data/snapshots/s3").exists());
+    let a3 = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (a3["state"].as_str(), a3["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "{a3}"
+    );
+    let own = inode(&base.join(format!("firecracker/{FIRST_UID}/root/rootfs")));
+    assert!(open_inodes(pid).contains(&own), "back on its own disk");
+}
+
+#[test]
+fn a_jailed_vm_is_snapshotted_in_its_jail_and_restores_are_refused() {
+    let Some((fc, jailer)) = real_binaries(module_path!()) else {
+        return;
+    };
+    require_privileged!();
+    let base = tempfile::Builder::new()
+        .prefix("hs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let _cleanup = JailedVmms;
+    let jail_cfg = format!(
+        "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
+         uid_range = [{FIRST_UID}, {LAST_UID}]\n",
+        jailer.display(),
+        base.path().display()
+    );
+    let h = HearthHost::start_jailed(&fc, &jail_cfg);
+    let base = base.path().to_path_buf();
+    let a = h.ctl_ok(&[
+        "vm",
+        "create",
+        "a",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    assert_eq!(a["state"], "running", "{a}\n{}", h.log());
+    let pid = a["pid"].as_u64().expect("pid");
+    let before = jail_files(&base, FIRST_UID);
+
+    let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
+    assert_eq!(s["state"], "ready", "{s}\n{}", h.log());
+    let a2 = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (a2["state"].as_str(), a2["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "the source runs on in its jail: {a2}"
+    );
+    // The files are out of the jail, root's alone: the VM's uid can neither change nor read them.
+    for f in ["vmstate", "memory", "disk.img"] {
+        let p = h.path(&format!("data/snapshots/s1/{f}"));
+        let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{f} root-owned");
+        assert_eq!(m.mode() & 0o077, 0, "{f} mode {:o}", m.mode());
+    }
+    assert!(
+        std::fs::metadata(h.path("data/snapshots/s1/memory"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert_eq!(
+        jail_files(&base, FIRST_UID),
+        before,
+        "nothing of the snapshot left in the jail"
+    );
+    // The state names the checkpoint at its in-jail path (where a restore's jail will put it).
+    let state = std::fs::read(h.path("data/snapshots/s1/vmstate")).unwrap();
+    let needle = b"/snapshot-s1.disk";
+    assert!(
+        state.windows(needle.len()).any(|w| w == needle),
+        "the state file names the lent checkpoint"
+    );
+    // The VMM holds its own disk again, nothing of the snapshot.
+    let fds = open_inodes(pid);
+    for f in ["vmstate", "memory", "disk.img"] {
+        let snap = inode(&h.path(&format!("data/snapshots/s1/{f}")));
+        assert!(!fds.contains(&snap), "the VMM holds the snapshot's {f}");
+    }
+    let own = inode(&base.join(format!("firecracker/{FIRST_UID}/root/rootfs")));
+    assert!(fds.contains(&own), "the VMM holds its own disk");
+
+    refused(&h, pid);
+
+    // A second snapshot of the same VM, while paused and left paused: the same handoff.
+    h.ctl_ok(&["vm", "pause", "a"]);
+    let s2 = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s2", "--leave", "paused"]);
+    assert_eq!(s2["state"], "ready", "{s2}\n{}", h.log());
+    assert_eq!(jail_files(&base, FIRST_UID), before);
+    h.ctl_ok(&["vm", "resume", "a"]);
+
+    undone(&h, &base, pid, &before);
+
+    // Deletes: nothing left.
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    h.ctl_ok(&["snapshot", "rm", "s2"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    assert!(!base.join(format!("firecracker/{FIRST_UID}")).exists());
+    let left: Vec<_> = std::fs::read_dir(h.path("data/snapshots"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "snapshot files left: {left:?}");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || h.leaks() == Leaks::none()),
+        "leaks: {:?}\n{}",
+        h.leaks(),
+        h.log()
+    );
+}
