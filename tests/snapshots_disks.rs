@@ -107,6 +107,18 @@ fn restored_vms_hold_their_own_disks(h: &HearthHost, ready: &str) {
     // source's images: an update of it is checked without them (found by the API fuzz).
     let c = h.ctl_ok(&["vm", "update", "c", "--label", "k=v"]);
     assert_eq!(c["spec"]["labels"]["k"], "v", "{c}");
+    // So is a change of its egress policy (the API fuzz found it answering 400 too).
+    h.ctl_ok(&[
+        "vm",
+        "egress",
+        "c",
+        "--egress",
+        "deny",
+        "--allow",
+        "10.21.0.0/16",
+    ]);
+    let c = h.ctl_ok(&["vm", "get", "c"]);
+    assert_eq!(c["spec"]["egress"]["mode"], "deny", "{c}");
 
     // The source goes (its disk with it); its snapshot still restores.
     h.ctl_ok(&["vm", "rm", "a"]);

@@ -33,8 +33,15 @@ impl Handler<SetEgress> for VmSupervisor {
                 let previous = super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat);
                 let mut spec = previous.clone();
                 spec.egress = policy;
-                // Checked whole before anything changes: a bad pattern changes nothing.
-                spec.validate()?;
+                // Checked whole before anything changes: a bad pattern changes nothing. A
+                // restored VM's spec names its snapshot (a fork's `<vm>.fork` is no name a
+                // user could give), which this does not change: checked as the restore
+                // checked it, without that name (as `update.rs` does).
+                hearth_proto::api::CreateVm {
+                    from_snapshot: None,
+                    ..spec.clone()
+                }
+                .validate()?;
                 let stored = Box::new(hearth_proto::api::CreateVm {
                     nat: entry.record.spec.nat,
                     ..spec.clone()
