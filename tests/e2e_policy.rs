@@ -13,8 +13,8 @@
 //! - `--on-expiry snapshot` snapshots then stops, the snapshot restorable; a `--snapshot`
 //!   drain does the same to every running VM, and one whose snapshot fails is stopped all
 //!   the same, the reason in its `drain` event;
-//! - a drain cut short by a `kill -9` of hearthd is resumed by the next hearthd, and no VM
-//!   is stopped twice.
+//! - a drain cut short by a `kill -9` of hearthd is resumed by the next hearthd: no VM is
+//!   stopped twice, and a `--snapshot` drain takes each VM's snapshot once.
 
 mod common;
 use common::daemon;
@@ -654,6 +654,75 @@ fn a_drain_cut_short_by_a_kill_9_is_resumed_and_stops_each_vm_once() {
     eprintln!("at the kill: {at_kill}; after the resume: {node}");
     for name in &names {
         h.ctl_ok(&["vm", "rm", name]);
+    }
+    h.ctl_ok(&["node", "uncordon"]);
+}
+
+/// A `--snapshot` drain cut short by a `kill -9` (the VMM answers slowly, so snapshots take a
+/// while): the resumed drain finds the snapshots already taken by their names and only stops
+/// those VMs; one snapshot per VM, every VM stopped.
+#[test]
+fn a_snapshot_drain_cut_short_by_a_kill_9_takes_each_snapshot_once() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "300")], "");
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        create(&h, name, &[]);
+    }
+    h.ctl_ok(&["node", "drain", "--snapshot", "--no-wait"]);
+    let ready = |h: &HearthHost| {
+        h.ctl_ok(&["snapshot", "list"])
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s["state"] == "ready"))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(60), || ready(&h)),
+        "{}",
+        h.log()
+    );
+    let at_kill = h.ctl_ok(&["node"]);
+    h.kill9();
+    assert_eq!(at_kill["drain"]["done"], false, "too late: {at_kill}");
+
+    h.launch();
+    let done = |h: &HearthHost| h.ctl_ok(&["node"])["drain"]["done"] == true;
+    assert!(
+        common::wait_until(Duration::from_secs(90), || done(&h)),
+        "{}\n{}",
+        h.ctl_ok(&["node"]),
+        h.log()
+    );
+    let node = h.ctl_ok(&["node"]);
+    let d = &node["drain"];
+    assert_eq!(
+        (&d["resumed"], &d["mode"]),
+        (&Value::Bool(true), &Value::from("snapshot"))
+    );
+    assert_eq!(d["failed"], serde_json::json!([]), "{node}");
+    let list = h.ctl_ok(&["snapshot", "list"]);
+    let snaps = list.as_array().cloned().unwrap_or_default();
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("stopped"), "{name}");
+        let own: Vec<&Value> = snaps
+            .iter()
+            .filter(|s| s["source_vm"] == name.as_str())
+            .collect();
+        assert_eq!(own.len(), 1, "{name}: one snapshot: {list}");
+        assert_eq!(own[0]["state"], "ready", "{name}: {list}");
+        let snap = own[0]["name"].as_str().unwrap_or_default();
+        assert!(snap.starts_with(&format!("{name}-drained-")), "{snap}");
+        assert_eq!(
+            h.ctl_ok(&["vm", "get", name])["parked_snapshot"],
+            snap,
+            "{name}"
+        );
+    }
+    eprintln!("at the kill: {at_kill}; after the resume: {node}");
+    for name in &names {
+        h.ctl_ok(&["vm", "rm", name]);
+    }
+    for s in &snaps {
+        h.ctl_ok(&["snapshot", "rm", s["name"].as_str().unwrap_or_default()]);
     }
     h.ctl_ok(&["node", "uncordon"]);
 }
