@@ -12,7 +12,9 @@
 //!   command ended), `on-failure` leaves it stopped;
 //! - `--on-expiry snapshot` snapshots then stops, the snapshot restorable; a `--snapshot`
 //!   drain does the same to every running VM, and one whose snapshot fails is stopped all
-//!   the same, the reason in its `drain` event.
+//!   the same, the reason in its `drain` event;
+//! - a drain cut short by a `kill -9` of hearthd is resumed by the next hearthd: no VM is
+//!   stopped twice, and a `--snapshot` drain takes each VM's snapshot once.
 
 mod common;
 use common::daemon;
@@ -565,4 +567,162 @@ fn an_expiry_snapshot_cut_short_by_a_kill_9_is_not_taken_twice() {
     eprintln!("state at the kill: {state_at_kill:?}; expired events: {expired:?}");
     h.ctl_ok(&["vm", "rm", "job"]);
     h.ctl_ok(&["snapshot", "rm", &snap_name]);
+}
+
+/// Every VM's state, by name (`vm list`).
+fn states(h: &HearthHost) -> Vec<(String, String)> {
+    let list = h.ctl_ok(&["vm", "list"]);
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .map(|v| {
+                    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                    (s("name"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A drain cut short by a `kill -9` of hearthd (every guest takes 1.5 s to power off after
+/// Ctrl+Alt+Del, so the first four stops are under way at the kill): the next hearthd resumes
+/// it, still cordoned; every VM ends stopped, each stopped once, and `node` says the drain
+/// was resumed and is done.
+#[test]
+fn a_drain_cut_short_by_a_kill_9_is_resumed_and_stops_each_vm_once() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_REBOOT_DELAY_MS", "1500")], "");
+    let names: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    for name in &names {
+        create(&h, name, &["--restart", "always"]);
+    }
+    let started = h.ctl_ok(&["node", "drain", "before reboot", "--no-wait"]);
+    assert_eq!(started["drain"]["total"], 8, "{started}");
+    let stopping = |h: &HearthHost| states(h).iter().any(|(_, s)| s == "stopping");
+    assert!(
+        common::wait_until(Duration::from_secs(20), || stopping(&h)),
+        "{:?}",
+        states(&h)
+    );
+    let at_kill = h.ctl_ok(&["node"]);
+    h.kill9();
+    assert_eq!(at_kill["drain"]["done"], false, "too late: {at_kill}");
+
+    h.launch();
+    let done = |h: &HearthHost| h.ctl_ok(&["node"])["drain"]["done"] == true;
+    assert!(
+        common::wait_until(Duration::from_secs(60), || done(&h)),
+        "{}\n{}",
+        h.ctl_ok(&["node"]),
+        h.log()
+    );
+    let node = h.ctl_ok(&["node"]);
+    let d = &node["drain"];
+    assert_eq!(
+        (&node["cordoned"], &node["reason"]),
+        (&Value::Bool(true), &Value::from("before reboot")),
+        "{node}"
+    );
+    assert_eq!(
+        (&d["resumed"], &d["mode"]),
+        (&Value::Bool(true), &Value::from("stop"))
+    );
+    // Only what still ran at the resume: the stops under way at the kill were finished by
+    // the restart's own repair, not by the drain again.
+    let total = d["total"].as_u64().unwrap_or_default();
+    assert!((1..8).contains(&total), "{node}");
+    assert_eq!(d["stopped"].as_u64(), Some(total), "{node}");
+    assert_eq!(d["failed"], serde_json::json!([]), "{node}");
+    assert!(h.log().contains("resuming an unfinished drain"));
+    // `always` does not undo the drain, nothing autostarted.
+    std::thread::sleep(Duration::from_secs(2));
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("stopped"), "{name}");
+        let stopped: Vec<_> = all_events(&h, name)
+            .into_iter()
+            // The stop's own transition; `drain` events only report on it.
+            .filter(|(state, reason, _)| state == "stopped" && reason != "drain")
+            .collect();
+        assert_eq!(stopped.len(), 1, "{name} stopped once: {stopped:?}");
+        assert!(
+            !events(&h, name, "policy")
+                .iter()
+                .any(|e| e.starts_with("autostart")),
+            "{name}"
+        );
+    }
+    eprintln!("at the kill: {at_kill}; after the resume: {node}");
+    for name in &names {
+        h.ctl_ok(&["vm", "rm", name]);
+    }
+    h.ctl_ok(&["node", "uncordon"]);
+}
+
+/// A `--snapshot` drain cut short by a `kill -9` (the VMM answers slowly, so snapshots take a
+/// while): the resumed drain finds the snapshots already taken by their names and only stops
+/// those VMs; one snapshot per VM, every VM stopped.
+#[test]
+fn a_snapshot_drain_cut_short_by_a_kill_9_takes_each_snapshot_once() {
+    require_privileged!();
+    let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "300")], "");
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        create(&h, name, &[]);
+    }
+    h.ctl_ok(&["node", "drain", "--snapshot", "--no-wait"]);
+    let ready = |h: &HearthHost| {
+        h.ctl_ok(&["snapshot", "list"])
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s["state"] == "ready"))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(60), || ready(&h)),
+        "{}",
+        h.log()
+    );
+    let at_kill = h.ctl_ok(&["node"]);
+    h.kill9();
+    assert_eq!(at_kill["drain"]["done"], false, "too late: {at_kill}");
+
+    h.launch();
+    let done = |h: &HearthHost| h.ctl_ok(&["node"])["drain"]["done"] == true;
+    assert!(
+        common::wait_until(Duration::from_secs(90), || done(&h)),
+        "{}\n{}",
+        h.ctl_ok(&["node"]),
+        h.log()
+    );
+    let node = h.ctl_ok(&["node"]);
+    let d = &node["drain"];
+    assert_eq!(
+        (&d["resumed"], &d["mode"]),
+        (&Value::Bool(true), &Value::from("snapshot"))
+    );
+    assert_eq!(d["failed"], serde_json::json!([]), "{node}");
+    let list = h.ctl_ok(&["snapshot", "list"]);
+    let snaps = list.as_array().cloned().unwrap_or_default();
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("stopped"), "{name}");
+        let own: Vec<&Value> = snaps
+            .iter()
+            .filter(|s| s["source_vm"] == name.as_str())
+            .collect();
+        assert_eq!(own.len(), 1, "{name}: one snapshot: {list}");
+        assert_eq!(own[0]["state"], "ready", "{name}: {list}");
+        let snap = own[0]["name"].as_str().unwrap_or_default();
+        assert!(snap.starts_with(&format!("{name}-drained-")), "{snap}");
+        assert_eq!(
+            h.ctl_ok(&["vm", "get", name])["parked_snapshot"],
+            snap,
+            "{name}"
+        );
+    }
+    eprintln!("at the kill: {at_kill}; after the resume: {node}");
+    for name in &names {
+        h.ctl_ok(&["vm", "rm", name]);
+    }
+    for s in &snaps {
+        h.ctl_ok(&["snapshot", "rm", s["name"].as_str().unwrap_or_default()]);
+    }
+    h.ctl_ok(&["node", "uncordon"]);
 }

@@ -424,6 +424,7 @@ impl Handler<sup::Drain> for FakeSupervisor {
             snapshots,
             failed: Vec::new(),
             done: true,
+            resumed: false,
         });
         Ok(node)
     }

@@ -78,6 +78,9 @@ pub fn extend(doc: &mut Value) {
                         "items": {"type": "array", "items": {"type": "string"},
                                   "minItems": 2, "maxItems": 2}},
                     "done": {"type": "boolean"},
+                    "resumed": {"type": "boolean",
+                        "description": "resumed by a start of hearthd after the one that \
+                                        began it stopped; total counts the VMs still running then"},
                 }},
         }
     });

@@ -324,6 +324,31 @@ impl Store {
         Ok(())
     }
 
+    /// The value stored under `key` in the host's own settings (`node` table).
+    pub fn node_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM node WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Stores `value` under `key` in the host's own settings, or with `None` removes it.
+    pub fn put_node_value(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO node (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![key, v],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM node WHERE key = ?1", params![key])?,
+        };
+        Ok(())
+    }
+
     /// Removes a VM and its resource rows.
     pub fn delete_vm(&self, vm: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
@@ -471,6 +496,12 @@ impl VmStore for Store {
     }
     fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
         Ok(Store::put_cordon(self, reason)?)
+    }
+    fn node_value(&mut self, key: &str) -> Result<Option<String>, VmStoreError> {
+        Ok(Store::node_value(self, key)?)
+    }
+    fn put_node_value(&mut self, key: &str, value: Option<&str>) -> Result<(), VmStoreError> {
+        Ok(Store::put_node_value(self, key, value)?)
     }
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError> {
         Ok(Store::delete_vm(self, vm)?)

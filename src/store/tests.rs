@@ -361,6 +361,34 @@ fn the_cordon_survives_reopening() {
     assert_eq!(s.cordon().unwrap(), None);
 }
 
+/// The host's settings by key (a running drain's record): kept across a reopen, replaced,
+/// removed, and independent of the cordon stored in the same table.
+#[test]
+fn node_values_survive_reopening_and_are_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.node_value("drain").unwrap(), None);
+        s.put_node_value("drain", Some("first")).unwrap();
+        s.put_node_value("drain", Some(r#"{"mode":"stop"}"#))
+            .unwrap();
+        s.put_cordon(Some("maintenance")).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(
+        s.node_value("drain").unwrap().as_deref(),
+        Some(r#"{"mode":"stop"}"#)
+    );
+    s.put_node_value("drain", None).unwrap();
+    assert_eq!(s.node_value("drain").unwrap(), None);
+    assert_eq!(s.cordon().unwrap().as_deref(), Some("maintenance"));
+    assert_eq!(
+        s.node_value("cordon").unwrap().as_deref(),
+        Some("maintenance")
+    );
+}
+
 /// Jailed VMs' uids (issue 16): recorded per VM, never two VMs on one uid, gone with the VM,
 /// kept across a reopen; an unknown VM is named.
 #[test]

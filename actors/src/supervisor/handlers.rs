@@ -855,7 +855,12 @@ impl Handler<Open> for VmSupervisor {
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }
+                    // Before the autostarts, which a drain being resumed prevents.
+                    let drain = act.unfinished_drain();
                     report.autostarts = act.start_policies(ctx);
+                    if let Some(mode) = drain {
+                        act.resume_drain(mode, ctx);
+                    }
                     Ok(report)
                 })
         }))

@@ -2,13 +2,15 @@
 //! hearthd keeps it) and drain (cordon, then stop every running VM, a few at a time, through
 //! the same stop as `vm stop`, or first snapshot it (`park.rs`); its progress is readable
 //! while it runs, and each VM gets `drain` events: when its turn comes, and its outcome).
-//! A drain itself is not persisted: after a restart of hearthd (still cordoned), drain
-//! again; VMs already stopped are skipped, and a snapshot already taken (named after the
-//! VM's last start) is found, not taken twice.
+//! A drain is recorded in the store (`node` key `drain`: mode, reason, start) before its
+//! first stop and forgotten when it is done, so a hearthd killed mid-way resumes it on `Open`
+//! (still cordoned): VMs already stopped are skipped, and a snapshot already taken (named
+//! after the VM's last start) is found, not taken twice.
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{AsyncContext, Context, Handler, Message, ResponseActFuture};
 use futures::StreamExt;
+use slog::{info, warn};
 
 use hearth_proto::api::EventReason;
 use hearth_proto::api_policy::DrainMode;
@@ -19,6 +21,18 @@ use super::{SupervisorError, VmSupervisor};
 
 /// How many VMs a drain stops at once.
 pub const DRAIN_PARALLELISM: usize = 4;
+
+/// The store key (`node` table) of the drain that runs.
+const DRAIN_KEY: &str = "drain";
+
+/// What is stored of a running drain, so that a hearthd killed mid-way resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct DrainRecord {
+    mode: DrainMode,
+    reason: String,
+    /// When it was asked for, Unix ms.
+    started_ms: u64,
+}
 
 /// The host's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -49,6 +63,9 @@ pub struct DrainProgress {
     pub failed: Vec<(String, String)>,
     /// Whether it has finished.
     pub done: bool,
+    /// Whether it was resumed by a start of hearthd after the one that began it had stopped
+    /// (then `total` counts the VMs that still ran).
+    pub resumed: bool,
 }
 
 /// Cordons the host (`Some` reason) or uncordons it (`None`); answers with its state.
@@ -138,12 +155,98 @@ impl Handler<Drain> for VmSupervisor {
                 message: "A drain is already running".into(),
             })));
         }
-        if let Err(e) = self
-            .check_open()
-            .and_then(|()| self.set_cordon(Some(msg.reason)))
-        {
+        if let Err(e) = self.check_open() {
             return Box::pin(actix::fut::ready(Err(e)));
         }
+        let previous = self.cordon.clone();
+        if let Err(e) = self.set_cordon(Some(msg.reason.clone())) {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        // Recorded before any VM is touched: a hearthd killed from here on resumes it.
+        let started_ms = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = DrainRecord {
+            mode: msg.mode,
+            reason: msg.reason,
+            started_ms,
+        };
+        if let Err(e) = self.put_drain_record(Some(&record)) {
+            if let Err(undo) = self.set_cordon(previous) {
+                warn!(self.log, "cordon not put back after a failed drain"; "error" => %undo);
+            }
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        let finish = self.run_drain(msg.mode, false, ctx);
+        if msg.wait {
+            return Box::pin(finish.map(|status, _, _| Ok(status)));
+        }
+        ctx.spawn(finish.map(|_, _, _| ()));
+        Box::pin(actix::fut::ready(Ok(self.node_status())))
+    }
+}
+
+impl VmSupervisor {
+    /// Records the drain that runs, or with `None` that none does.
+    fn put_drain_record(&mut self, record: Option<&DrainRecord>) -> Result<(), SupervisorError> {
+        let text = record
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| super::VmStoreError::Storage(format!("drain record: {e}")))?;
+        self.store.put_node_value(DRAIN_KEY, text.as_deref())?;
+        Ok(())
+    }
+
+    /// On `Open`, before the autostarts: the mode of the drain a killed hearthd left
+    /// unfinished, now marked running (so that no autostart is made: a host being drained
+    /// starts nothing); [`VmSupervisor::resume_drain`] then carries it on.
+    pub(super) fn unfinished_drain(&mut self) -> Option<DrainMode> {
+        let text = match self.store.node_value(DRAIN_KEY) {
+            Ok(text) => text?,
+            Err(e) => {
+                warn!(self.log, "cannot read the drain record"; "error" => %e);
+                return None;
+            }
+        };
+        let record: DrainRecord = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing can be done with it: dropped so that it does not come back.
+                warn!(self.log, "unreadable drain record dropped"; "record" => &text, "error" => %e);
+                if let Err(e) = self.store.put_node_value(DRAIN_KEY, None) {
+                    warn!(self.log, "drain record not cleared"; "error" => %e);
+                }
+                return None;
+            }
+        };
+        info!(self.log, "resuming an unfinished drain";
+            "mode" => ?record.mode, "reason" => &record.reason, "started_ms" => record.started_ms);
+        self.drain = Some(DrainProgress {
+            mode: record.mode,
+            resumed: true,
+            ..DrainProgress::default()
+        });
+        Some(record.mode)
+    }
+
+    /// After `Open` (pending restarts loaded): resumes an unfinished drain in `mode` on the
+    /// VMs that still run, in the background.
+    pub(super) fn resume_drain(&mut self, mode: DrainMode, ctx: &mut Context<Self>) {
+        let finish = self.run_drain(mode, true, ctx);
+        ctx.spawn(finish.map(|_, _, _| ()));
+    }
+
+    /// Stops (or snapshots and stops) every VM that runs, [`DRAIN_PARALLELISM`] at a time,
+    /// its progress in `self.drain`; when all are done, forgets the drain's record. Resolves
+    /// to the host's state then.
+    fn run_drain(
+        &mut self,
+        mode: DrainMode,
+        resumed: bool,
+        ctx: &mut Context<Self>,
+    ) -> impl actix::ActorFuture<Self, Output = NodeStatus> + 'static {
         let now = self.clock.now();
         let work: Vec<(String, Option<String>)> = self
             .vms
@@ -155,9 +258,9 @@ impl Handler<Drain> for VmSupervisor {
             .map(|e| {
                 let name = e.record.spec.name.clone();
                 // Named after the run's start: the same name if a drain cut short by a
-                // restart of hearthd is made again.
-                let snapshot = (msg.mode == DrainMode::Snapshot && e.record.state.can_snapshot())
-                    .then(|| {
+                // restart of hearthd is resumed.
+                let snapshot =
+                    (mode == DrainMode::Snapshot && e.record.state.can_snapshot()).then(|| {
                         let run = e.record.policy.last_start.or(e.record.policy.created);
                         policy_snapshot_name(&name, DRAINED_TAG, run.unwrap_or(now))
                     });
@@ -165,8 +268,9 @@ impl Handler<Drain> for VmSupervisor {
             })
             .collect();
         self.drain = Some(DrainProgress {
-            mode: msg.mode,
+            mode,
             total: work.len(),
+            resumed,
             ..DrainProgress::default()
         });
         let me = ctx.address();
@@ -196,29 +300,26 @@ impl Handler<Drain> for VmSupervisor {
         }))
         .buffer_unordered(DRAIN_PARALLELISM)
         .collect::<Vec<_>>();
-        let finish = steps.into_actor(self).map(|outcomes, act, _| {
+        steps.into_actor(self).map(move |outcomes, act, _| {
             // The whole outcome, whatever progress steps are still in the mailbox.
-            let (mode, total) = act
-                .drain
-                .as_ref()
-                .map_or((DrainMode::Stop, outcomes.len()), |d| (d.mode, d.total));
+            let total = act.drain.as_ref().map_or(outcomes.len(), |d| d.total);
             let mut progress = DrainProgress {
                 mode,
                 total,
                 done: true,
+                resumed,
                 ..DrainProgress::default()
             };
             for (name, res) in outcomes {
                 progress.count(name, res);
             }
             act.drain = Some(progress);
+            // Done (VMs whose stop failed are in `failed`): nothing left to resume.
+            if let Err(e) = act.put_drain_record(None) {
+                warn!(act.log, "drain record not cleared: the next start resumes it"; "error" => %e);
+            }
             act.node_status()
-        });
-        if msg.wait {
-            return Box::pin(finish.map(|status, _, _| Ok(status)));
-        }
-        ctx.spawn(finish.map(|_, _, _| ()));
-        Box::pin(actix::fut::ready(Ok(self.node_status())))
+        })
     }
 }
 
@@ -268,5 +369,20 @@ impl Handler<DrainStep> for VmSupervisor {
         if let (Some(d), Some(res)) = (self.drain.as_mut().filter(|d| !d.done), msg.outcome) {
             d.count(msg.name, res);
         }
+    }
+}
+
+/// Tests: the drain record as stored.
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "Option<String>")]
+pub(super) struct StoredDrain;
+
+#[cfg(test)]
+impl Handler<StoredDrain> for VmSupervisor {
+    type Result = Option<String>;
+
+    fn handle(&mut self, _msg: StoredDrain, _ctx: &mut Context<Self>) -> Option<String> {
+        self.store.node_value(DRAIN_KEY).unwrap()
     }
 }

@@ -258,6 +258,22 @@ impl VmSupervisor {
                 act.run_due_restarts(ctx);
             });
         }
+        if self.drain.as_ref().is_some_and(|d| !d.done) {
+            // A drain cut short by a restart of hearthd is resumed: nothing is started (it
+            // would be stopped again), and an overdue restart is cancelled, as the drain
+            // cancels the pending ones.
+            let overdue: Vec<String> = self
+                .vms
+                .values()
+                .filter(|e| e.record.policy.restart_due.is_some())
+                .filter(|e| !self.policy_rt.pending.contains_key(&e.record.spec.name))
+                .map(|e| e.record.spec.name.clone())
+                .collect();
+            for name in overdue {
+                self.forget_restart_due(&name);
+            }
+            return Vec::new();
+        }
         let mut wanted: Vec<(Option<SystemTime>, String)> = self
             .vms
             .values()

@@ -161,6 +161,10 @@ pub trait VmStore {
     fn cordon(&mut self) -> Result<Option<String>, VmStoreError>;
     /// Cordons the host with `reason`, or with `None` uncordons it.
     fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError>;
+    /// The value under `key` in the host's own settings (e.g. `drain`, an unfinished drain).
+    fn node_value(&mut self, key: &str) -> Result<Option<String>, VmStoreError>;
+    /// Stores `value` under `key` in the host's own settings, or with `None` removes it.
+    fn put_node_value(&mut self, key: &str, value: Option<&str>) -> Result<(), VmStoreError>;
     /// Removes a VM and its rows.
     fn delete_vm(&mut self, vm: &str) -> Result<(), VmStoreError>;
     /// Every VM, ordered by name.
@@ -203,8 +207,11 @@ pub struct MemoryVmStore {
     events: Vec<Event>,
     keys: BTreeMap<String, (String, String)>,
     cordon: Option<String>,
+    node: BTreeMap<String, String>,
     /// When set, every write fails with this message.
     pub fail_writes: Option<String>,
+    /// When set, writes of this key of the host's settings fail (and nothing else does).
+    pub fail_node_key: Option<String>,
 }
 
 impl MemoryVmStore {
@@ -281,6 +288,22 @@ impl VmStore for MemoryVmStore {
     fn put_cordon(&mut self, reason: Option<&str>) -> Result<(), VmStoreError> {
         self.check()?;
         self.cordon = reason.map(str::to_owned);
+        Ok(())
+    }
+
+    fn node_value(&mut self, key: &str) -> Result<Option<String>, VmStoreError> {
+        Ok(self.node.get(key).cloned())
+    }
+
+    fn put_node_value(&mut self, key: &str, value: Option<&str>) -> Result<(), VmStoreError> {
+        self.check()?;
+        if self.fail_node_key.as_deref() == Some(key) {
+            return Err(VmStoreError::Storage(format!("cannot write {key}")));
+        }
+        match value {
+            Some(v) => self.node.insert(key.to_owned(), v.to_owned()),
+            None => self.node.remove(key),
+        };
         Ok(())
     }
 

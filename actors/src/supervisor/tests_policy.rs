@@ -609,3 +609,155 @@ async fn an_expiry_to_snapshot_of_a_vm_that_does_not_run_stops_it_or_clears_the_
     clock.advance(Duration::from_secs(60));
     assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
 }
+
+async fn drain_done(sup: &Addr<VmSupervisor>) -> NodeStatus {
+    for _ in 0..500 {
+        let node = sup.send(GetNode).await.unwrap();
+        if node.drain.as_ref().is_some_and(|d| d.done) {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("drain not done: {:?}", sup.send(GetNode).await.unwrap());
+}
+
+/// A drain is recorded before it touches any VM and forgotten when done; one that cannot be
+/// recorded is refused, with nothing stopped and the cordon as it was.
+#[actix::test]
+async fn a_drain_is_recorded_before_its_first_stop_and_forgotten_when_done() {
+    use super::node::StoredDrain;
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Crashed, "always");
+    store.fail_node_key = Some("drain".into());
+    let sup = opened(store, &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+    let drain = |wait| Drain {
+        reason: "maintenance".into(),
+        mode: DrainMode::Stop,
+        wait,
+    };
+    let err = sup.send(drain(true)).await.unwrap().unwrap_err();
+    assert!(matches!(err, SupervisorError::Store(_)), "{err}");
+    let node = sup.send(GetNode).await.unwrap();
+    assert_eq!((node.cordoned, node.drain), (false, None));
+    assert_eq!(info(&sup, "a").await.restart_in_secs, Some(1));
+    assert!(drain_events(&sup, "a").await.is_empty());
+
+    let sup = opened(store_with("a", VmState::Crashed, "always"), &clock).await;
+    until_last_event(&sup, "restarting in 1s (attempt 1)").await;
+    // Queued right behind the drain: handled before any message its stops send.
+    let (started, stored, before) = (
+        sup.send(drain(false)),
+        sup.send(StoredDrain),
+        sup.send(GetVm { name: "a".into() }),
+    );
+    assert!(!started.await.unwrap().unwrap().drain.unwrap().done);
+    let stored: serde_json::Value = serde_json::from_str(&stored.await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (&stored["mode"], &stored["reason"], &stored["started_ms"]),
+        (
+            &serde_json::json!("stop"),
+            &serde_json::json!("maintenance"),
+            &serde_json::json!(1_800_000_000_000u64)
+        )
+    );
+    let before = before.await.unwrap().unwrap();
+    // Not stopped yet: its restart still pending (its failed start left it `failed`).
+    assert_eq!(
+        (before.state, before.restart_in_secs),
+        (VmState::Failed, Some(1))
+    );
+    let d = drain_done(&sup).await.drain.unwrap();
+    assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+    assert_eq!((d.total, d.stopped, d.resumed), (1, 1, false));
+    assert_eq!(sup.send(StoredDrain).await.unwrap(), None);
+}
+
+/// A drain a killed hearthd left recorded is resumed by the next `Open`: still cordoned, it
+/// stops what still runs (a pending restart here), skips what is stopped, makes no autostart
+/// (an overdue restart is cancelled), says it was resumed, and is forgotten when done.
+#[actix::test]
+async fn a_drain_cut_short_is_resumed_by_the_next_open() {
+    use super::node::StoredDrain;
+    let clock = ManualClock::new(t0());
+    let mut store = MemoryVmStore::default();
+    for (name, state, restart, due) in [
+        (
+            "pending",
+            VmState::Crashed,
+            "always",
+            Some(t0() + Duration::from_secs(30)),
+        ),
+        (
+            "overdue",
+            VmState::Crashed,
+            "always",
+            Some(t0() - Duration::from_secs(5)),
+        ),
+        ("crashed", VmState::Crashed, "on-failure", None),
+        ("done", VmState::Stopped, "always", None),
+    ] {
+        store.insert_vm(&spec(name, restart)).unwrap();
+        store.set_state(name, state, None).unwrap();
+        let policy = PolicyState {
+            attempts: 1,
+            restart_due: due,
+            ..PolicyState::default()
+        };
+        store.put_policy(name, &policy).unwrap();
+    }
+    store.put_cordon(Some("kernel upgrade")).unwrap();
+    let record = r#"{"mode":"stop","reason":"kernel upgrade","started_ms":1799999990000}"#;
+    store.put_node_value("drain", Some(record)).unwrap();
+
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, Vec::<String>::new());
+    let node = drain_done(&sup).await;
+    assert_eq!(node.reason.as_deref(), Some("kernel upgrade"));
+    let d = node.drain.unwrap();
+    assert_eq!(
+        (d.mode, d.total, d.stopped, d.resumed),
+        (DrainMode::Stop, 1, 1, true),
+        "{d:?}"
+    );
+    assert!(d.failed.is_empty(), "{d:?}");
+    assert_eq!(sup.send(StoredDrain).await.unwrap(), None);
+    let states = [
+        ("pending", VmState::Stopped),
+        ("overdue", VmState::Crashed),
+        ("crashed", VmState::Crashed),
+        ("done", VmState::Stopped),
+    ];
+    for (name, state) in states {
+        let vm = info(&sup, name).await;
+        assert_eq!((vm.state, vm.restart_in_secs), (state, None), "{name}");
+    }
+    assert_eq!(
+        drain_events(&sup, "pending").await,
+        ["drain: stopping it", "drain: stopped"]
+    );
+    for name in ["overdue", "crashed", "done"] {
+        assert!(drain_events(&sup, name).await.is_empty(), "{name}");
+    }
+    // No restart comes back later: the pending one was cancelled, the overdue one forgotten.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
+    assert!(
+        policy_events(&sup).await.is_empty(),
+        "{:?}",
+        policy_events(&sup).await
+    );
+}
+
+/// A drain record that cannot be read is dropped with a warning; `Open` goes on as usual.
+#[actix::test]
+async fn an_unreadable_drain_record_is_dropped() {
+    use super::node::StoredDrain;
+    let clock = ManualClock::new(t0());
+    let mut store = store_with("a", VmState::Crashed, "always");
+    store.put_node_value("drain", Some("{not json")).unwrap();
+    let (sup, report) = opened_with_report(store, &clock).await;
+    assert_eq!(report.autostarts, ["a"]);
+    assert_eq!(sup.send(GetNode).await.unwrap().drain, None);
+    assert_eq!(sup.send(StoredDrain).await.unwrap(), None);
+}
