@@ -502,8 +502,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let full = fw.applied_nft().last().unwrap().clone();
-        assert!(full.contains("table ip hearth-publish {\n"), "{full}");
+        // Reconcile applies the bridge, publish and egress tables: the publish one is checked.
+        let full = fw
+            .applied_nft()
+            .into_iter()
+            .rev()
+            .find(|t| t.contains("table ip hearth-publish {\n"))
+            .expect("Reconcile writes the publish table");
         assert!(full.contains("tcp . 8080 : 172.31.240.5 . 80"), "{full}");
         assert!(full.contains("tcp . 5432 : 172.31.240.6 . 5432"), "{full}");
         assert!(!full.contains("8443"), "{full}");
@@ -533,9 +538,12 @@ mod tests {
         );
         nat.send(Teardown).await.unwrap().unwrap();
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
-        assert_eq!(
-            fw.applied_nft().last().unwrap(),
-            "table ip hearth-publish {}\ndelete table ip hearth-publish\n"
+        let applied = fw.applied_nft();
+        assert!(
+            applied
+                .iter()
+                .any(|t| t == "table ip hearth-publish {}\ndelete table ip hearth-publish\n"),
+            "{applied:?}"
         );
     }
 

@@ -466,7 +466,12 @@ impl Handler<SetNat> for VmSupervisor {
                     });
                 }
                 let lease = entry.record.lease.clone();
-                let previous = super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat);
+                // Switching on what is already on still asks NatActor (idempotently), so that
+                // a host that lost its egress interface answers 503 rather than "on": the NAT
+                // switch acts on a change of the flag, so the previous spec says off. Only that
+                // capability looks at `nat`.
+                let previous =
+                    super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat && !enabled);
                 let spec = super::hooks::spec_with_nat(&entry.record.spec, enabled);
                 let ports = act.ports(ctx);
                 let n = n.clone();
