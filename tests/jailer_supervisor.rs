@@ -186,10 +186,17 @@ impl Drop for JailedVmms {
                 );
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // A killed VMM leaves its cgroups once the kernel has reaped it: each removal is
+        // retried until it succeeds or the directory is gone, within a bound.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
         for uid in FIRST_UID..=LAST_UID {
             for cg in cgroup_dirs(uid) {
-                let _ = std::fs::remove_dir(cg);
+                while std::fs::remove_dir(&cg).is_err()
+                    && cg.exists()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         }
     }
