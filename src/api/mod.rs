@@ -29,6 +29,8 @@ pub mod node;
 pub mod openapi;
 pub mod openapi_egress;
 pub mod openapi_exec;
+#[cfg(test)]
+mod openapi_nulls;
 pub mod openapi_oci;
 pub mod openapi_policy;
 pub mod openapi_publish;

@@ -147,7 +147,70 @@ pub fn document() -> Value {
     super::openapi_policy::extend(&mut doc);
     super::openapi_publish::extend(&mut doc);
     super::openapi_egress::extend(&mut doc);
+    nullable_options(&mut doc["components"]["schemas"]);
     doc
+}
+
+/// The optional body properties that are `Option`s in Rust: serde takes `null` for them as
+/// "left out", so the document says they may be `null` (`openapi_nulls` checks this list
+/// against the parsers, both ways).
+const NULL_AS_ABSENT: &[(&str, &[&str])] = &[
+    (
+        "CreateVm",
+        &[
+            "boot_args",
+            "disk_size",
+            "egress",
+            "from_snapshot",
+            "init",
+            "ttl",
+        ],
+    ),
+    ("PullImage", &["platform"]),
+    ("ImportArchive", &["platform"]),
+    ("ExecCreate", &["size", "timeout_secs", "user", "workdir"]),
+    ("UpdateVm", &["labels", "on_expiry", "restart", "ttl"]),
+    ("PortMapping", &["host_addr"]),
+];
+
+fn nullable_options(schemas: &mut Value) {
+    for (schema, properties) in NULL_AS_ABSENT {
+        for property in *properties {
+            let slot = &mut schemas[*schema]["properties"][*property];
+            *slot = nullable(slot.take());
+        }
+    }
+}
+
+/// `schema`, also admitting `null`.
+fn nullable(mut schema: Value) -> Value {
+    let Some(object) = schema.as_object_mut() else {
+        return json!({"anyOf": [schema, {"type": "null"}]});
+    };
+    let types = match object.get("type") {
+        Some(Value::String(t)) => vec![json!(t)],
+        Some(Value::Array(types)) => types.clone(),
+        // A `$ref`, or a schema without a type: a union, its description kept outside.
+        _ => {
+            let description = object.remove("description");
+            let mut out = json!({"anyOf": [schema, {"type": "null"}]});
+            if let Some(d) = description {
+                out["description"] = d;
+            }
+            return out;
+        }
+    };
+    let mut types = types;
+    if !types.contains(&json!("null")) {
+        types.push(json!("null"));
+    }
+    object.insert("type".into(), Value::Array(types));
+    if let Some(Value::Array(values)) = object.get_mut("enum") {
+        if !values.contains(&Value::Null) {
+            values.push(Value::Null);
+        }
+    }
+    schema
 }
 
 fn core_document() -> Value {
@@ -733,6 +796,34 @@ mod tests {
         let create = &doc["components"]["schemas"]["CreateVm"]["properties"];
         assert_eq!(create["disk_size"]["maximum"], json!(api::MAX_DISK_SIZE));
         assert_eq!(create["boot_args"]["maxLength"], json!(api::MAX_BOOT_ARGS));
+    }
+
+    /// Every `type` is a name or a list of names and every `enum` a list: a `null` there
+    /// (an `IndexMut` on a missing key inserts one) makes the whole document unusable.
+    #[test]
+    fn keywords_have_their_shapes() {
+        fn walk(v: &Value, at: &str) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(t) = o.get("type") {
+                        assert!(t.is_string() || t.is_array(), "{at}/type: {t}");
+                    }
+                    if let Some(e) = o.get("enum") {
+                        assert!(e.is_array(), "{at}/enum: {e}");
+                    }
+                    for (k, sub) in o {
+                        walk(sub, &format!("{at}/{k}"));
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, sub) in items.iter().enumerate() {
+                        walk(sub, &format!("{at}/{i}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(&document(), "");
     }
 
     #[test]
