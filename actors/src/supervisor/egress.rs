@@ -1,60 +1,35 @@
-//! `SetEgress`: a live change of a VM's egress policy. Under the VM's lock: the spec is
-//! validated whole, the capabilities reconfigured (the egress one changes the firewall and
-//! DNS; on failure nothing changed), then the spec is committed to the store and memory.
+//! `SetEgress`: a live change of a VM's egress policy ([`super::live_change`]: the egress
+//! capability changes the firewall and DNS), and `GetEgress`, the policy with its drop count.
 
 use actix::{Context, Handler, ResponseActFuture};
-use futures::FutureExt;
-use hearth_proto::api::{VmInfo, VmState};
+use hearth_proto::api::{CreateVm, VmInfo};
 
 use hearth_proto::api_egress::EgressStatus;
 
-use super::{Change, GetEgress, SetEgress, SupervisorError, VmSupervisor};
+use super::live_change::{LiveChange, Record};
+use super::{GetEgress, SetEgress, SupervisorError, VmSupervisor};
 use crate::nat::egress::GetEgressDenied;
 
 impl Handler<SetEgress> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: SetEgress, _ctx: &mut Context<Self>) -> Self::Result {
-        let name = msg.name;
-        let n = name.clone();
         let policy = msg.policy;
-        self.locked(
-            &name.clone(),
-            move |act, ctx| {
-                let entry = act.entry(&n)?;
-                if entry.record.state == VmState::Deleting {
-                    return Err(SupervisorError::InvalidState {
-                        name: n.clone(),
-                        state: entry.record.state,
-                        op: "set egress policy",
-                    });
-                }
-                let lease = entry.record.lease.clone();
-                let previous = super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat);
-                let mut spec = previous.clone();
-                spec.egress = policy;
-                // Checked whole before anything changes: a bad pattern changes nothing. A
-                // restored VM's spec names its snapshot (a fork's `<vm>.fork` is no name a
-                // user could give), which this does not change: checked as the restore
-                // checked it, without that name (as `update.rs` does).
-                hearth_proto::api::CreateVm {
-                    from_snapshot: None,
-                    ..spec.clone()
-                }
-                .validate()?;
-                let stored = Box::new(hearth_proto::api::CreateVm {
-                    nat: entry.record.spec.nat,
-                    ..spec.clone()
-                });
-                let ports = act.ports(ctx);
-                let n = n.clone();
-                Ok(async move {
-                    super::hooks::reconfigure(&ports, &n, lease.as_ref(), &previous, &spec).await?;
-                    ports.commit(&n, Change::Spec(stored)).await
-                }
-                .boxed_local())
+        self.change_live(
+            msg.name,
+            "set egress policy",
+            move |recorded| {
+                let next = CreateVm {
+                    egress: policy.clone(),
+                    ..recorded.clone()
+                };
+                Ok(LiveChange {
+                    next,
+                    from: None,
+                    record: Record::Spec(Box::new(move |spec| spec.egress = policy)),
+                })
             },
-            move |act| act.info_of(&name),
+            VmSupervisor::info_of,
         )
     }
 }

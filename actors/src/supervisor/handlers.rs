@@ -451,37 +451,24 @@ impl Handler<SetNat> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: SetNat, _ctx: &mut Context<Self>) -> Self::Result {
-        let name = msg.name;
-        let n = name.clone();
         let enabled = msg.enabled;
-        self.locked(
-            &name.clone(),
-            move |act, ctx| {
-                let entry = act.entry(&n)?;
-                if entry.record.state == VmState::Deleting {
-                    return Err(SupervisorError::InvalidState {
-                        name: n.clone(),
-                        state: entry.record.state,
-                        op: "set NAT",
-                    });
-                }
-                let lease = entry.record.lease.clone();
+        self.change_live(
+            msg.name,
+            "set NAT",
+            move |recorded| {
                 // Switching on what is already on still asks NatActor (idempotently), so that
                 // a host that lost its egress interface answers 503 rather than "on": the NAT
-                // switch acts on a change of the flag, so the previous spec says off. Only that
+                // switch acts on a change of the flag, so it is told it was off. Only that
                 // capability looks at `nat`.
-                let previous =
-                    super::hooks::spec_with_nat(&entry.record.spec, entry.record.nat && !enabled);
-                let spec = super::hooks::spec_with_nat(&entry.record.spec, enabled);
-                let ports = act.ports(ctx);
-                let n = n.clone();
-                Ok(async move {
-                    super::hooks::reconfigure(&ports, &n, lease.as_ref(), &previous, &spec).await?;
-                    ports.commit(&n, Change::Nat(enabled)).await
-                }
-                .boxed_local())
+                let from =
+                    (recorded.nat && enabled).then(|| super::hooks::spec_with_nat(recorded, false));
+                Ok(super::live_change::LiveChange {
+                    next: super::hooks::spec_with_nat(recorded, enabled),
+                    from,
+                    record: super::live_change::Record::Nat(enabled),
+                })
             },
-            move |act| act.info_of(&name),
+            VmSupervisor::info_of,
         )
     }
 }

@@ -34,6 +34,7 @@ mod guest;
 mod handlers;
 mod hooks;
 mod jailing;
+mod live_change;
 mod messages;
 pub mod metrics;
 pub mod node;
