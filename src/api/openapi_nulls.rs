@@ -16,9 +16,12 @@ fn parses<T: DeserializeOwned>(body: &Value) -> bool {
     parse::<T>(body.to_string().as_bytes()).is_ok()
 }
 
+/// A request body schema's name, whether its parser accepts a body, and a body it accepts.
+type Body = (&'static str, fn(&Value) -> bool, Value);
+
 /// The parser of each request body schema, and a body it accepts that holds every nested
 /// object whose properties are to be checked too.
-fn bodies() -> Vec<(&'static str, fn(&Value) -> bool, Value)> {
+fn bodies() -> Vec<Body> {
     vec![
         (
             "CreateVm",
