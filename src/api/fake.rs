@@ -572,7 +572,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             snapshots: Vec::new(),
             pool: None,
             cordoned: self.cordon.is_some(),
-            policy: Default::default(),
+            policy: hearth_actors::supervisor::metrics::PolicyCounters::default(),
         })
     }
 }
