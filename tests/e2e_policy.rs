@@ -15,6 +15,10 @@
 //!   the same, the reason in its `drain` event;
 //! - a drain cut short by a `kill -9` of hearthd is resumed by the next hearthd: no VM is
 //!   stopped twice, and a `--snapshot` drain takes each VM's snapshot once.
+//!
+//! A check that something did NOT happen (no restart after a user stop or a drain) waits,
+//! within a bound, until the policy loop has made a few passes after the event (its
+//! `policy_ticks` in `GET /v1/node`), rather than sleeping a guessed while.
 
 mod common;
 use common::daemon;
@@ -54,6 +58,33 @@ fn events(h: &HearthHost, vm: &str, reason: &str) -> Vec<String> {
         .filter(|e| e["vm"] == vm && e["reason"] == reason)
         .filter_map(|e| e["detail"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Passes the policy loop has made since hearthd started.
+fn policy_ticks(h: &HearthHost) -> u64 {
+    let node = h.ctl_ok(&["node"]);
+    node["policy_ticks"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no policy_ticks in {node}"))
+}
+
+/// Passes of the policy loop (1 s apart, the default `[policy] tick_ms`) after which anything
+/// the restart policy would do after an event has been done: a restart decided at the event
+/// is due one backoff (1 s) later and made by the first pass after that; three passes after
+/// the event span at least two seconds.
+const WINDOW_TICKS: u64 = 3;
+
+/// The negative window: waits (at most 30 s, which only a stalled loop exceeds) until the
+/// policy loop has made [`WINDOW_TICKS`] passes after now.
+fn let_the_policy_loop_run(h: &HearthHost) {
+    let from = policy_ticks(h);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || policy_ticks(h)
+            >= from + WINDOW_TICKS),
+        "the policy loop made {} passes since {from}\n{}",
+        policy_ticks(h),
+        h.log()
+    );
 }
 
 #[test]
@@ -96,10 +127,9 @@ fn a_user_stop_is_not_undone_and_a_host_reboot_brings_always_back() {
     let back = create(&h, "back", &["--restart", "always"]);
     create(&h, "never", &[]);
     h.ctl_ok(&["vm", "stop", "stays"]);
-    // A negative check: a restart would come after the first backoff (1 s) at the next
-    // policy tick (1 s); nothing observable says it will not, so wait past both.
-    std::thread::sleep(Duration::from_secs(2));
+    let_the_policy_loop_run(&h);
     assert_eq!(h.state("stays").as_deref(), Some("stopped"));
+    assert_eq!(events(&h, "stays", "policy"), Vec::<String>::new());
 
     // The "host reboot": hearthd and every VMM die.
     h.kill9();
@@ -161,6 +191,8 @@ fn a_time_limit_is_enforced_across_a_restart_of_hearthd() {
         events(&h, "keep", "expired"),
         ["time limit reached: stopping it"]
     );
+    // The stop is the expiry's, not a user's.
+    assert_eq!(stop_reasons(&h, "keep"), ["expired", "expired"]);
     h.ctl_ok(&["vm", "rm", "keep"]);
 }
 
@@ -193,19 +225,34 @@ fn a_cordon_outlives_a_restart_and_a_drain_stops_every_vm() {
         (Some(2), Some(2)),
         "{node}"
     );
-    // A negative check, as above: past the first backoff and a tick, nothing restarted.
-    std::thread::sleep(Duration::from_secs(2));
+    let_the_policy_loop_run(&h);
     assert_eq!(
         h.state("a").as_deref(),
         Some("stopped"),
         "always does not undo a drain"
     );
+    assert_eq!(events(&h, "a", "policy"), Vec::<String>::new());
     assert_eq!(h.state("b").as_deref(), Some("stopped"));
+    // The drain's stops are the drain's, not a user's.
+    for vm in ["a", "b"] {
+        assert_eq!(stop_reasons(&h, vm), ["drain", "drain"], "{vm}");
+    }
     h.ctl_ok(&["node", "uncordon"]);
     assert_eq!(h.ctl_ok(&["node"])["cordoned"], false);
     for vm in ["a", "b"] {
         h.ctl_ok(&["vm", "rm", vm]);
     }
+}
+
+/// The reasons of `vm`'s transitions into `stopping` and `stopped`, oldest first (the
+/// `drain: ...` and `time limit reached: ...` reports left out).
+fn stop_reasons(h: &HearthHost, vm: &str) -> Vec<String> {
+    all_events(h, vm)
+        .into_iter()
+        .filter(|(state, _, _)| state == "stopping" || state == "stopped")
+        .filter(|(_, _, d)| !d.starts_with("drain: ") && !d.starts_with("time limit reached"))
+        .map(|(_, reason, _)| reason)
+        .collect()
 }
 
 /// Every event of `vm` as (state, reason, detail), oldest first.
@@ -635,13 +682,14 @@ fn a_drain_cut_short_by_a_kill_9_is_resumed_and_stops_each_vm_once() {
     assert_eq!(d["failed"], serde_json::json!([]), "{node}");
     assert!(h.log().contains("resuming an unfinished drain"));
     // `always` does not undo the drain, nothing autostarted.
-    std::thread::sleep(Duration::from_secs(2));
+    let_the_policy_loop_run(&h);
     for name in &names {
         assert_eq!(h.state(name).as_deref(), Some("stopped"), "{name}");
         let stopped: Vec<_> = all_events(&h, name)
             .into_iter()
-            // The stop's own transition; `drain` events only report on it.
-            .filter(|(state, reason, _)| state == "stopped" && reason != "drain")
+            // The stop's own transition (the drain's, or the repair's of a stop under way at
+            // the kill); the drain's `drain: ...` events only report on it.
+            .filter(|(state, _, detail)| state == "stopped" && !detail.starts_with("drain: "))
             .collect();
         assert_eq!(stopped.len(), 1, "{name} stopped once: {stopped:?}");
         assert!(

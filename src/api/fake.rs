@@ -436,6 +436,7 @@ impl FakeSupervisor {
             cordoned: self.cordon.is_some(),
             reason: self.cordon.clone(),
             drain: None,
+            policy_ticks: 0,
         }
     }
 }
@@ -571,6 +572,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             snapshots: Vec::new(),
             pool: None,
             cordoned: self.cordon.is_some(),
+            policy: hearth_actors::supervisor::metrics::PolicyCounters::default(),
         })
     }
 }

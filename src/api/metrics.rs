@@ -1,12 +1,13 @@
 //! `GET /metrics`: the supervisor's counters in the Prometheus text exposition format (0.0.4):
-//! VMs by state, create-phase latency histograms, errors by operation, and TAP pool occupancy.
+//! VMs by state, create-phase latency histograms, errors by operation, TAP pool occupancy, and
+//! the lifecycle policies' loop passes and decisions.
 
 use std::fmt::Write;
 
 use actix_web::http::header;
 use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
-use hearth_actors::supervisor::metrics::{Histogram, BUCKETS};
+use hearth_actors::supervisor::metrics::{Histogram, PolicyCounters, BUCKETS};
 use hearth_actors::supervisor::{GetMetrics, SupervisorMetrics};
 use hearth_proto::api::VmState;
 
@@ -95,7 +96,28 @@ pub fn render(m: &SupervisorMetrics) -> String {
         );
         let _ = writeln!(out, "hearth_pool_free_ips {}", pool.free_ips);
     }
+    render_policy(&mut out, &m.policy);
     out
+}
+
+/// The lifecycle policies' counters: passes of the policy loop, and decisions by kind.
+fn render_policy(out: &mut String, p: &PolicyCounters) {
+    let _ = writeln!(
+        out,
+        "# HELP hearth_policy_ticks_total Passes of the policy loop (due restarts, time limits).\n\
+         # TYPE hearth_policy_ticks_total counter\nhearth_policy_ticks_total {}",
+        p.ticks
+    );
+    out.push_str(
+        "# HELP hearth_policy_decisions_total Lifecycle policy decisions, by kind.\n\
+         # TYPE hearth_policy_decisions_total counter\n",
+    );
+    for (decision, n) in p.decisions() {
+        let _ = writeln!(
+            out,
+            "hearth_policy_decisions_total{{decision=\"{decision}\"}} {n}"
+        );
+    }
 }
 
 /// `GET /metrics`.
@@ -137,6 +159,12 @@ mod tests {
                 free_ips: 250,
             }),
             cordoned: true,
+            policy: PolicyCounters {
+                ticks: 12,
+                restarts: 3,
+                give_ups: 1,
+                ..PolicyCounters::default()
+            },
         };
         let text = render(&m);
         assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");
@@ -158,6 +186,12 @@ mod tests {
         );
         assert!(text.contains("hearth_pool_taps{leased=\"true\"} 3\n"));
         assert!(text.contains("hearth_pool_free_ips 250\n"));
+        assert!(text
+            .contains("# TYPE hearth_policy_ticks_total counter\nhearth_policy_ticks_total 12\n"));
+        assert!(text.contains("hearth_policy_decisions_total{decision=\"restart\"} 3\n"));
+        assert!(text.contains("hearth_policy_decisions_total{decision=\"give_up\"} 1\n"));
+        // Every kind appears, with 0 when it never happened.
+        assert!(text.contains("hearth_policy_decisions_total{decision=\"expire\"} 0\n"));
         // Every sample line is `name{labels} value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

@@ -61,9 +61,14 @@ pub fn extend(doc: &mut Value) {
         }
     });
     schemas["NodeStatus"] = json!({
-        "type": "object", "required": ["cordoned"],
+        "type": "object", "required": ["cordoned", "policy_ticks"],
         "properties": {
             "cordoned": {"type": "boolean"},
+            "policy_ticks": {"type": "integer", "minimum": 0,
+                "description": "passes the policy loop made since hearthd started (each checks \
+                                due restarts and time limits; also hearth_policy_ticks_total): \
+                                once it has grown by a few after an event, the policies had \
+                                their chance to act on it"},
             "reason": {"type": "string"},
             "drain": {"type": "object",
                 "required": ["mode", "total", "stopped", "snapshots", "failed", "done"],

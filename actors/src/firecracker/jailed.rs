@@ -447,6 +447,19 @@ mod tests {
     use actix::{Actor, Addr, Context, Handler};
     use std::time::Duration;
 
+    /// Waits (at most 10 s) until the fake has spawned the jailer: an exit of a pid not yet
+    /// spawned would be lost.
+    async fn jailer_spawned(fake: &FakeProcesses) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fake.calls().iter().any(|c| matches!(c, FakeCall::Spawn(_))) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the jailer was never spawned"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     struct Sink;
     impl Actor for Sink {
         type Context = Context<Self>;
@@ -556,7 +569,7 @@ mod tests {
         let vm = actor(&fake, jails.clone(), dir.path());
         let exit = async {
             // The jailer (the fake's first pid) fails, e.g. on an unavailable controller.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            jailer_spawned(&fake).await;
             fake.exit(1001, ExitStatus::Code(1));
         };
         let (res, ()) = tokio::join!(vm.send(SpawnProcess {}), exit);
@@ -593,7 +606,7 @@ mod tests {
         );
         let vm = actor(&fake, jails.clone(), dir.path());
         let exit = async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            jailer_spawned(&fake).await;
             // The fake prepare cleared the pid file: the jailer "writes" it, then exits 0.
             jails.write_pid("900001", 4242);
             fake.exit(1001, ExitStatus::Code(0));

@@ -29,10 +29,13 @@ impl VmSupervisor {
             .filter(|e| !self.policy_rt.expiring.contains(&e.record.spec.name))
             .map(|e| (e.record.spec.name.clone(), e.record.spec.on_expiry))
             .collect();
-        due.into_iter()
+        let acted: Vec<String> = due
+            .into_iter()
             .filter(|(name, on_expiry)| self.expire(name.clone(), *on_expiry, ctx))
             .map(|(name, _)| name)
-            .collect()
+            .collect();
+        self.policy_rt.counters.expiries += acted.len() as u64;
+        acted
     }
 
     /// Acts on `name`'s passed deadline; answers whether it did (not: gone, or busy until a
@@ -67,6 +70,10 @@ impl VmSupervisor {
             return true;
         }
         self.policy_rt.expiring.insert(name.clone());
+        if on_expiry != OnExpiry::Delete {
+            // Its stop is recorded as the expiry's, not a user's.
+            self.act_for(&name, EventReason::Expired);
+        }
         let me = ctx.address();
         let n = name.clone();
         let snapshot = (act == "snapshotting it").then(|| {
@@ -96,6 +103,7 @@ impl VmSupervisor {
         };
         ctx.spawn(done.into_actor(self).map(move |res, act, _| {
             act.policy_rt.expiring.remove(&name);
+            act.done_for(&name, EventReason::Expired);
             match res {
                 Ok(parked) => {
                     if let Some(parked) = parked {

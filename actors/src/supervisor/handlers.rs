@@ -582,6 +582,7 @@ impl Handler<GetMetrics> for VmSupervisor {
                 .collect(),
             pool: None,
             cordoned: self.cordon.is_some(),
+            policy: self.policy_rt.counters,
         };
         let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
         Box::pin(async move {

@@ -201,6 +201,8 @@ pub struct SupervisorMetrics {
     pub pool: Option<PoolOccupancy>,
     /// Whether the host is cordoned.
     pub cordoned: bool,
+    /// The lifecycle policies' loop passes and decisions.
+    pub policy: super::metrics::PolicyCounters,
 }
 
 /// The TAP pool's occupancy, for the metrics endpoint.

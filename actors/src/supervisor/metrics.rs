@@ -1,5 +1,5 @@
 //! Fixed-bucket latency histograms (Prometheus style): constant memory whatever the number of
-//! observations.
+//! observations; and the lifecycle policies' counters.
 
 use std::time::Duration;
 
@@ -33,6 +33,39 @@ impl Histogram {
     /// Number of observations.
     pub fn count(&self) -> u64 {
         self.counts.iter().sum::<u64>() + self.overflow
+    }
+}
+
+/// How often the policy loop ran and what the policies decided, since hearthd started. A
+/// tick is one pass of the loop (due restarts, then time limits); that it advances is what
+/// lets a client (or a test) know the loop had its chance to act after some event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Passes of the policy loop (the periodic check and each `PolicyTick`).
+    pub ticks: u64,
+    /// Restarts the restart policy decided on (each one is scheduled with its backoff).
+    pub restarts: u64,
+    /// Crash loops the restart policy gave up on.
+    pub give_ups: u64,
+    /// Unexpected exits the restart policy left alone (policy `no`, or a guest shutdown
+    /// under `on-failure`).
+    pub left: u64,
+    /// VMs queued for autostart by a start of hearthd.
+    pub autostarts: u64,
+    /// Time limits acted on.
+    pub expiries: u64,
+}
+
+impl PolicyCounters {
+    /// The decision counters by the label they carry in `/metrics`.
+    pub fn decisions(&self) -> [(&'static str, u64); 5] {
+        [
+            ("restart", self.restarts),
+            ("give_up", self.give_ups),
+            ("leave", self.left),
+            ("autostart", self.autostarts),
+            ("expire", self.expiries),
+        ]
     }
 }
 

@@ -377,6 +377,7 @@ impl VmSupervisor {
                     e.record.state = state;
                     e.record.last_error.clone_from(&error);
                 }
+                let reason = self.stop_reason(vm, state, reason);
                 self.publish(vm, state, reason, error.as_deref());
             }
             Change::Nat(on) => self.with_record(vm, |r| r.nat = on),
@@ -501,3 +502,5 @@ mod tests;
 mod tests_jail;
 #[cfg(test)]
 mod tests_policy;
+#[cfg(test)]
+mod tests_policy_loop;

@@ -45,6 +45,10 @@ pub struct NodeStatus {
     /// The running or last drain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainProgress>,
+    /// Passes the policy loop made since hearthd started (each checks due restarts and time
+    /// limits): once it has grown by a few after an event, the policies had their chance to
+    /// act on it.
+    pub policy_ticks: u64,
 }
 
 /// How far a drain got.
@@ -101,6 +105,7 @@ impl VmSupervisor {
             cordoned: self.cordon.is_some(),
             reason: self.cordon.clone(),
             drain: self.drain.clone(),
+            policy_ticks: self.policy_rt.counters.ticks,
         }
     }
 
@@ -314,6 +319,16 @@ impl VmSupervisor {
                 progress.count(name, res);
             }
             act.drain = Some(progress);
+            let marked: Vec<String> = act
+                .policy_rt
+                .acting
+                .iter()
+                .filter(|(_, r)| **r == EventReason::Drain)
+                .map(|(vm, _)| vm.clone())
+                .collect();
+            for vm in marked {
+                act.done_for(&vm, EventReason::Drain);
+            }
             // Done (VMs whose stop failed are in `failed`): nothing left to resume.
             if let Err(e) = act.put_drain_record(None) {
                 warn!(act.log, "drain record not cleared: the next start resumes it"; "error" => %e);
@@ -365,6 +380,11 @@ impl Handler<DrainStep> for VmSupervisor {
         };
         if let Some(state) = state {
             self.publish(&msg.name, state, EventReason::Drain, Some(&detail));
+        }
+        // Sent before its first message to stop the VM, and after its last.
+        match msg.outcome {
+            None => self.act_for(&msg.name, EventReason::Drain),
+            Some(_) => self.done_for(&msg.name, EventReason::Drain),
         }
         if let (Some(d), Some(res)) = (self.drain.as_mut().filter(|d| !d.done), msg.outcome) {
             d.count(msg.name, res);

@@ -4,8 +4,13 @@
 //! from a stored time, so a hearthd killed after the snapshot and acting again finds it taken
 //! and only stops the VM. A snapshot that fails never loses the VM: the snapshot saga puts it
 //! back as it was, and it is stopped all the same, with the reason in the outcome.
+//!
+//! While a drain or an expiry acts on a VM, the VM is marked with that policy's reason, and
+//! the stop's own transitions (`stopping`, `stopped`), made by whichever saga stops it (the
+//! stop, or the snapshot that leaves it stopped), are recorded with it instead of `user`.
 
 use actix::Addr;
+use hearth_proto::api::{EventReason, VmState};
 use hearth_proto::api_snapshot::{SnapshotCreate, SnapshotLeave, SnapshotState};
 
 use super::{
@@ -108,4 +113,29 @@ pub(super) async fn stop_if_running(
     .await
     .map_err(|e| SupervisorError::step("stop", e))?
     .map(|_| ())
+}
+
+impl VmSupervisor {
+    /// Marks `vm` as stopped on behalf of a policy (`reason`) until [`Self::done_for`].
+    pub(super) fn act_for(&mut self, vm: &str, reason: EventReason) {
+        self.policy_rt.acting.insert(vm.to_owned(), reason);
+    }
+
+    /// Ends the mark [`Self::act_for`] set with `reason` (a mark set since by another
+    /// policy is left).
+    pub(super) fn done_for(&mut self, vm: &str, reason: EventReason) {
+        if self.policy_rt.acting.get(vm) == Some(&reason) {
+            self.policy_rt.acting.remove(vm);
+        }
+    }
+
+    /// The reason a transition of `vm` into `state` is recorded with: a stop's `user`
+    /// becomes the reason of the policy acting on the VM, if one is.
+    pub(super) fn stop_reason(&self, vm: &str, state: VmState, reason: EventReason) -> EventReason {
+        let stop = matches!(state, VmState::Stopping | VmState::Stopped);
+        match self.policy_rt.acting.get(vm) {
+            Some(policy) if stop && reason == EventReason::User => *policy,
+            _ => reason,
+        }
+    }
 }

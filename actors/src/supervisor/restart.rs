@@ -45,6 +45,11 @@ pub(super) struct PolicyRuntime {
     pub autostarts_running: usize,
     /// VMs whose time limit is being acted on.
     pub expiring: std::collections::BTreeSet<String>,
+    /// VMs a drain or an expiry is stopping, with the reason their stop is recorded with
+    /// (`park.rs`).
+    pub acting: std::collections::BTreeMap<String, EventReason>,
+    /// How often the loop ran and what it decided (`/metrics`, `GET /v1/node`).
+    pub counters: super::metrics::PolicyCounters,
 }
 
 /// Whole seconds, rounded up (a delay of 300 ms is announced as 1 s, not 0 s).
@@ -63,8 +68,9 @@ impl VmSupervisor {
         let state = entry.record.state;
         let mut record = entry.record.policy;
         match decide_restart(entry.record.spec.restart, cause, record.history(), now) {
-            RestartDecision::Leave => {}
+            RestartDecision::Leave => self.policy_rt.counters.left += 1,
             RestartDecision::Restart { delay, attempt } => {
+                self.policy_rt.counters.restarts += 1;
                 record.attempts = attempt;
                 record.restart_due = Some(now + delay);
                 // The store first: a hearthd killed now finds the count (and the VM crashed,
@@ -89,6 +95,7 @@ impl VmSupervisor {
                 });
             }
             RestartDecision::GiveUp { attempts } => {
+                self.policy_rt.counters.give_ups += 1;
                 let detail = format!(
                     "restart policy {} gave up after {attempts} restarts",
                     entry.record.spec.restart
@@ -186,7 +193,12 @@ impl VmSupervisor {
         if !(cancelled && stop && !state.can_stop()) {
             return None;
         }
-        let detail = "stopped by the user; the pending restart is cancelled".to_owned();
+        let by = match self.policy_rt.acting.get(name) {
+            Some(EventReason::Drain) => "by a drain",
+            Some(EventReason::Expired) => "at its time limit",
+            _ => "by the user",
+        };
+        let detail = format!("stopped {by}; the pending restart is cancelled");
         let error = self
             .apply(
                 name,
@@ -301,6 +313,7 @@ impl VmSupervisor {
         // `None` (made before policies were recorded) sorts first: those are the oldest.
         wanted.sort();
         let names: Vec<String> = wanted.into_iter().map(|(_, n)| n).collect();
+        self.policy_rt.counters.autostarts += names.len() as u64;
         self.policy_rt.autostart_queue.extend(names.iter().cloned());
         self.pump_autostarts(ctx);
         names
@@ -346,14 +359,23 @@ impl Handler<PolicyTick> for VmSupervisor {
     type Result = MessageResult<PolicyTick>;
 
     fn handle(&mut self, _msg: PolicyTick, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(TickReport {
-            restarts: self.run_due_restarts(ctx),
-            expiries: self.check_expiries(ctx),
-        })
+        MessageResult(self.policy_tick(ctx))
     }
 }
 
 impl VmSupervisor {
+    /// One pass of the policy loop: due restarts, then time limits, each set in motion (it
+    /// runs on under its VM's lock), then counted: a count read through the mailbox after it
+    /// means this pass has looked at every VM.
+    fn policy_tick(&mut self, ctx: &mut Context<Self>) -> TickReport {
+        let report = TickReport {
+            restarts: self.run_due_restarts(ctx),
+            expiries: self.check_expiries(ctx),
+        };
+        self.policy_rt.counters.ticks += 1;
+        report
+    }
+
     /// After `Open`: autostarts, then the periodic check (deadlines were loaded with the
     /// records, so a time limit runs on across a restart of hearthd).
     /// Answers the VMs queued for autostart.
@@ -362,8 +384,7 @@ impl VmSupervisor {
         let tick = self.settings.policy.tick;
         if !tick.is_zero() {
             ctx.run_interval(tick, |act, ctx| {
-                act.run_due_restarts(ctx);
-                act.check_expiries(ctx);
+                act.policy_tick(ctx);
             });
         }
         queued

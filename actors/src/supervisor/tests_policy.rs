@@ -12,14 +12,15 @@ use hearth_proto::api_policy::{DrainMode, OnExpiry, RestartPolicy, TtlChange};
 
 use super::policy::ManualClock;
 use super::testing::supervisor_with_clock;
+use super::tests_policy_loop::stop_reasons;
 use super::*;
 use crate::host::processes::FakeProcesses;
 
-fn t0() -> SystemTime {
+pub(super) fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-fn spec(name: &str, restart: &str) -> api::CreateVm {
+pub(super) fn spec(name: &str, restart: &str) -> api::CreateVm {
     serde_json::from_value(serde_json::json!({
         "name": name, "kernel": "vmlinux", "rootfs": "base", "restart": restart
     }))
@@ -27,7 +28,7 @@ fn spec(name: &str, restart: &str) -> api::CreateVm {
 }
 
 /// A store with `name` in `state` (no process, no lease) under `restart`.
-fn store_with(name: &str, state: VmState, restart: &str) -> MemoryVmStore {
+pub(super) fn store_with(name: &str, state: VmState, restart: &str) -> MemoryVmStore {
     let mut s = MemoryVmStore::default();
     s.insert_vm(&spec(name, restart)).unwrap();
     s.set_state(name, state, Some("VMM exited: killed by signal 9"))
@@ -47,7 +48,7 @@ fn run_base() -> std::path::PathBuf {
         .join("vms")
 }
 
-async fn opened(store: MemoryVmStore, clock: &ManualClock) -> Addr<VmSupervisor> {
+pub(super) async fn opened(store: MemoryVmStore, clock: &ManualClock) -> Addr<VmSupervisor> {
     opened_with_report(store, clock).await.0
 }
 
@@ -63,7 +64,7 @@ async fn opened_with_report(
     (sup, report)
 }
 
-async fn policy_events(sup: &Addr<VmSupervisor>) -> Vec<String> {
+pub(super) async fn policy_events(sup: &Addr<VmSupervisor>) -> Vec<String> {
     sup.send(EventsSince {
         since: 0,
         limit: 1000,
@@ -79,7 +80,7 @@ async fn policy_events(sup: &Addr<VmSupervisor>) -> Vec<String> {
 
 /// Waits (for the sagas, never for a backoff: the clock does not move) until the last
 /// policy event contains `text`.
-async fn until_last_event(sup: &Addr<VmSupervisor>, text: &str) -> Vec<String> {
+pub(super) async fn until_last_event(sup: &Addr<VmSupervisor>, text: &str) -> Vec<String> {
     for _ in 0..500 {
         let events = policy_events(sup).await;
         if events.last().is_some_and(|e| e.contains(text)) {
@@ -90,7 +91,7 @@ async fn until_last_event(sup: &Addr<VmSupervisor>, text: &str) -> Vec<String> {
     panic!("no event {text:?}; got {:?}", policy_events(sup).await);
 }
 
-async fn info(sup: &Addr<VmSupervisor>, name: &str) -> api::VmInfo {
+pub(super) async fn info(sup: &Addr<VmSupervisor>, name: &str) -> api::VmInfo {
     sup.send(GetVm { name: name.into() })
         .await
         .unwrap()
@@ -548,9 +549,18 @@ async fn a_drain_can_answer_at_once_and_tells_each_vm_why() {
     assert_eq!((d.stopped, d.done), (1, true), "{d:?}");
     assert!(d.snapshots.is_empty() && d.failed.is_empty(), "{d:?}");
     assert_eq!(info(&sup, "a").await.state, VmState::Stopped);
+    // The stop itself (here the cancel of its pending restart) is the drain's, not a user's.
     assert_eq!(
         drain_events(&sup, "a").await,
-        ["drain: stopping it", "drain: stopped"]
+        [
+            "drain: stopping it",
+            "stopped by a drain; the pending restart is cancelled",
+            "drain: stopped"
+        ]
+    );
+    assert_eq!(
+        stop_reasons(&sup, "a").await,
+        [(VmState::Stopped, EventReason::Drain)]
     );
 }
 
@@ -605,6 +615,14 @@ async fn an_expiry_to_snapshot_of_a_vm_that_does_not_run_stops_it_or_clears_the_
     let events = policy_events(&sup).await;
     assert!(events.contains(&"time limit reached: it was not running".to_owned()));
     assert!(events.contains(&"time limit reached: stopping it".to_owned()));
+    // The stop is the expiry's, not a user's.
+    assert!(
+        events.contains(&"stopped at its time limit; the pending restart is cancelled".to_owned())
+    );
+    assert_eq!(
+        stop_reasons(&sup, "looping").await,
+        [(VmState::Stopped, EventReason::Expired)]
+    );
     // The restart the expiry cancelled does not come back.
     clock.advance(Duration::from_secs(60));
     assert_eq!(sup.send(PolicyTick).await.unwrap(), TickReport::default());
@@ -734,7 +752,15 @@ async fn a_drain_cut_short_is_resumed_by_the_next_open() {
     }
     assert_eq!(
         drain_events(&sup, "pending").await,
-        ["drain: stopping it", "drain: stopped"]
+        [
+            "drain: stopping it",
+            "stopped by a drain; the pending restart is cancelled",
+            "drain: stopped"
+        ]
+    );
+    assert_eq!(
+        stop_reasons(&sup, "pending").await,
+        [(VmState::Stopped, EventReason::Drain)]
     );
     for name in ["overdue", "crashed", "done"] {
         assert!(drain_events(&sup, name).await.is_empty(), "{name}");
