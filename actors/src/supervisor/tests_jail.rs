@@ -410,3 +410,58 @@ async fn a_snapshot_taken_unjailed_is_refused_when_jailed() {
     assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
     assert!(jail_calls(&jails).is_empty(), "{:?}", jails.calls());
 }
+
+/// A restore a crash interrupted (`creating`, its uid recorded, its jail made) is repaired at
+/// `Open` as an interrupted create: the VM `failed`, its jail swept; it keeps its uid until
+/// it is deleted, which gives the uid back.
+#[actix::test]
+async fn open_repairs_an_interrupted_jailed_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_snapshot(&snapshot(dir.path(), true)).unwrap();
+    let r = api::CreateVm {
+        kernel: String::new(),
+        rootfs: String::new(),
+        from_snapshot: Some("snap".into()),
+        ..spec("r")
+    };
+    store.insert_vm(&r).unwrap();
+    store.put_uid("r", Some(UID)).unwrap();
+    let jails = Arc::new(FakeJails::new());
+    let layout = crate::firecracker::jailer::JailLayout::new(
+        &dir.path().join("j"),
+        Path::new("/usr/bin/firecracker"),
+        "900000",
+    )
+    .unwrap();
+    crate::host::jails::Jails::prepare(
+        &*jails,
+        &crate::host::jails::JailPlan {
+            layout,
+            uid: UID,
+            gid: UID,
+            files: vec![],
+        },
+    )
+    .unwrap();
+    let (sup, _) = jailed(store, FakeProcesses::new(), dir.path(), jails.clone(), UID + 1);
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert!(
+        report.swept.contains(&"jail 900000".to_string()),
+        "{report:?}"
+    );
+    assert!(jails.jails().is_empty());
+    let info = sup.send(GetVm { name: "r".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed, "{info:?}");
+    // r still holds its uid: the next VM gets the other one.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
+    sup.send(DeleteVm { name: "r".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    jails.fail_next("prepare");
+    restore(&sup, "r2").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
