@@ -161,6 +161,50 @@ fn assert_restored(h: &HearthHost, base: &Path, v: &serde_json::Value, uid: u32,
         h.ns.exec_ok(&["cat", &format!("/sys/class/net/{tap}/owner")]);
     assert_eq!(owner.trim(), uid.to_string(), "the TAP is the VM's uid's");
     assert_snapshot_read_only(h, snap);
+    // As the VM's uid, in its jail: the shared files read but never written; its disk both.
+    for f in ["vmstate", "memory"] {
+        let name = format!("snapshot-{snap}.{f}");
+        assert!(uid_may_open(&root, &name, uid, false), "{name} unreadable");
+        assert!(
+            !uid_may_open(&root, &name, uid, true),
+            "{name} writable by {uid}"
+        );
+    }
+    assert!(uid_may_open(&root, "rootfs", uid, true), "its own disk");
+}
+
+/// Whether `uid` may open `name` in jail `root` for writing (else for reading), as the
+/// VMM would: from a thread whose filesystem uid and gid are `uid` (which drops root's
+/// file capabilities for that thread only), relative to the jail root opened by root.
+fn uid_may_open(root: &Path, name: &str, uid: u32, write: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(root).expect("jail root");
+    let name = std::ffi::CString::new(name).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setfsgid/setfsuid change this thread's filesystem ids only (raw
+            // syscalls, not glibc's process-wide set*id); the thread ends right after.
+            unsafe {
+                libc::syscall(libc::SYS_setfsgid, uid);
+                libc::syscall(libc::SYS_setfsuid, uid);
+            }
+            let flags = if write {
+                libc::O_WRONLY
+            } else {
+                libc::O_RDONLY
+            };
+            // SAFETY: a valid directory descriptor and NUL-terminated name.
+            let fd =
+                unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: fd was just opened by this thread.
+                unsafe { libc::close(fd) };
+            }
+            fd >= 0
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// The snapshot's state and memory are root's, writable by no other uid, readable through
