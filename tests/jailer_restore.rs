@@ -327,6 +327,51 @@ fn failed_restore_is_undone(h: &HearthHost, base: &Path, free_uid: u32) {
     assert_jail_gone(base, free_uid);
 }
 
+/// Deletes of every VM and snapshot leave nothing: jails, cgroups, snapshot files, TAPs,
+/// firewall entries; the uids are given back (a new VM gets the first one).
+fn deletes_leave_nothing(h: &HearthHost, base: &Path) {
+    // Deletes: nothing left.
+    for vm in ["b", "c", "d"] {
+        h.ctl_ok(&["vm", "rm", vm]);
+    }
+    // No jail links the snapshot's files any more.
+    for f in ["vmstate", "memory"] {
+        let m = std::fs::metadata(h.path(&format!("data/snapshots/s1/{f}"))).unwrap();
+        assert_eq!(m.nlink(), 1, "s1/{f} still linked");
+    }
+    for snap in ["s1", "s2"] {
+        h.ctl_ok(&["snapshot", "rm", snap]);
+    }
+    assert_eq!(h.ctl_ok(&["snapshot", "list"]), serde_json::json!([]));
+    for uid in FIRST_UID..=LAST_UID {
+        assert_jail_gone(base, uid);
+    }
+    let left: Vec<_> = std::fs::read_dir(h.path("data/snapshots"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "snapshot files left: {left:?}");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || h.leaks() == Leaks::none()),
+        "leaks: {:?}\n{}",
+        h.leaks(),
+        h.log()
+    );
+    // The uids were given back: a new VM gets the first one.
+    let g = h.ctl_ok(&[
+        "vm",
+        "create",
+        "g",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "base",
+        "--no-ready-probe",
+    ]);
+    assert_jailed(base, &g, FIRST_UID);
+    h.ctl_ok(&["vm", "rm", "g"]);
+    assert_jail_gone(base, FIRST_UID);
+}
+
 #[test]
 fn jailed_vms_restore_and_fork_into_jails_of_their_own() {
     let Some((fc, jailer)) = real_binaries(module_path!()) else {
@@ -420,39 +465,5 @@ fn jailed_vms_restore_and_fork_into_jails_of_their_own() {
 
     failed_restore_is_undone(&h, &base, FIRST_UID + 3);
 
-    // Deletes: nothing left.
-    for vm in ["b", "c", "d"] {
-        h.ctl_ok(&["vm", "rm", vm]);
-    }
-    for snap in ["s1", "s2"] {
-        h.ctl_ok(&["snapshot", "rm", snap]);
-    }
-    assert_eq!(h.ctl_ok(&["snapshot", "list"]), serde_json::json!([]));
-    for uid in FIRST_UID..=LAST_UID {
-        assert_jail_gone(&base, uid);
-    }
-    let left: Vec<_> = std::fs::read_dir(h.path("data/snapshots"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "snapshot files left: {left:?}");
-    assert!(
-        common::wait_until(Duration::from_secs(10), || h.leaks() == Leaks::none()),
-        "leaks: {:?}\n{}",
-        h.leaks(),
-        h.log()
-    );
-    // The uids were given back: a new VM gets the first one.
-    let g = h.ctl_ok(&[
-        "vm",
-        "create",
-        "g",
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_jailed(&base, &g, FIRST_UID);
-    h.ctl_ok(&["vm", "rm", "g"]);
-    assert_jail_gone(&base, FIRST_UID);
+    deletes_leave_nothing(&h, &base);
 }
