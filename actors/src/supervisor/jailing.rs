@@ -1,6 +1,7 @@
 //! Jailed VMMs in the supervisor (issue 16): each VM's uid lease (taken at its first boot,
 //! recorded in the store, given back when the VM is deleted or its first boot fails), the
-//! [`VmJail`] its `FirecrackerActor` is made with, and the sweep of jails no live VM uses.
+//! [`VmJail`] its `FirecrackerActor` is made with, the jails of snapshots ([`SourceJail`]) and
+//! restores ([`RestoreJail`]), and the sweep of jails no live VM uses.
 //!
 //! A VM's jail id is its uid, so the lease alone names its jail, cgroups and sockets; the
 //! files its VMM opens are handed to the actor just before the spawn ([`SetJailFiles`]),

@@ -12,6 +12,12 @@
 //! leaves a VM `creating`, which `Open` repairs like any interrupted create (process killed,
 //! disk removed, lease given back).
 //!
+//! With jailing on (issue 16), the VM leases a uid of its own before its actor is made, and
+//! after its disk exists its actor is handed the jail's files: the snapshot's state and memory
+//! (made readable, never writable, by VMs' uids) and its own disk as `/rootfs` and at the path
+//! the state records for the root drive (`RestoreJail::files`); the load names them inside the
+//! jail, and the drive moves to `/rootfs`. A fresh uid is given back by the undo.
+//!
 //! Until the guest takes its new identity it still carries the source's IP and MAC, which
 //! the firewall's anti-spoofing drops (the lease's are registered). The identity step sends
 //! the agent `reconfigure` (address, MAC, hostname, route, DNS, clock, a fresh RNG seed)
