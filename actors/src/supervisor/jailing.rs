@@ -277,36 +277,52 @@ impl VmSupervisor {
         }
     }
 
-    /// With jailing on, checks that `snap` can be restored into a jail: its state must name
-    /// its disk at the in-jail path a jailed source's snapshot records
-    /// (`/snapshot-<name>.disk`). A snapshot taken of an unjailed VMM names the checkpoint's
-    /// host path, which no jail holds: refused before anything is made.
-    pub(super) fn check_jailed_restore(
+    /// Checks that `snap` was taken as restores run now, jailed or not: a jailed source's
+    /// state names its root drive at the in-jail path `/snapshot-<name>.disk`, an unjailed
+    /// one's at the checkpoint's host path, and Firecracker's load reopens that path. Either
+    /// kind restored the other way would name a file the new VMM cannot open: refused
+    /// before anything is made. With jailing off, a state file that cannot be read is left
+    /// to the load to report.
+    pub(super) fn check_restore_jailing(
         &self,
         snap: &SnapshotRecord,
     ) -> Result<(), SupervisorError> {
-        if self.vmm.jail.is_none() {
-            return Ok(());
-        }
+        let jailed = self.vmm.jail.is_some();
         let state = snap.state_path();
-        let bytes = std::fs::read(&state).map_err(|e| {
-            SupervisorError::step(
-                "restore",
-                super::StepCause::Files {
-                    what: "read",
-                    path: state.clone(),
-                    source: Arc::new(e),
-                },
-            )
-        })?;
+        let bytes = match std::fs::read(&state) {
+            Ok(b) => b,
+            Err(_) if !jailed => return Ok(()),
+            Err(e) => {
+                return Err(SupervisorError::step(
+                    "restore",
+                    super::StepCause::Files {
+                        what: "read",
+                        path: state.clone(),
+                        source: Arc::new(e),
+                    },
+                ))
+            }
+        };
         let needle = format!("/{}", SourceJail::disk_name(&snap.name));
-        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        let taken_jailed = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        if taken_jailed == jailed {
             return Ok(());
         }
+        let (taken, off_on) = if jailed {
+            (
+                "an unjailed VM: its state names the disk at a host path no jail holds",
+                "enabled",
+            )
+        } else {
+            (
+                "a jailed VM: its state names the disk at a path inside a jail",
+                "disabled",
+            )
+        };
         Err(SupervisorError::Conflict {
             message: format!(
-                "Snapshot {:?} was taken of an unjailed VM: its state names the disk at a host \
-                 path no jail holds, so it cannot be restored with [jailer] enabled",
+                "Snapshot {:?} was taken of {taken}, so it cannot be restored with [jailer] \
+                 {off_on}",
                 snap.name
             ),
         })

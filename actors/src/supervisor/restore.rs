@@ -135,7 +135,7 @@ impl VmSupervisor {
                 });
             }
             let (full, snap) = self.restore_spec(&spec)?;
-            self.check_jailed_restore(&snap)?;
+            self.check_restore_jailing(&snap)?;
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }

@@ -444,7 +444,13 @@ async fn open_repairs_an_interrupted_jailed_restore() {
         },
     )
     .unwrap();
-    let (sup, _) = jailed(store, FakeProcesses::new(), dir.path(), jails.clone(), UID + 1);
+    let (sup, _) = jailed(
+        store,
+        FakeProcesses::new(),
+        dir.path(),
+        jails.clone(),
+        UID + 1,
+    );
     let report = sup.send(Open {}).await.unwrap().unwrap();
     assert!(
         report.swept.contains(&"jail 900000".to_string()),
@@ -464,4 +470,21 @@ async fn open_repairs_an_interrupted_jailed_restore() {
     jails.fail_next("prepare");
     restore(&sup, "r2").await.unwrap_err();
     assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
+
+/// With jailing off, a snapshot taken of a jailed VMM (its state names the drive inside a
+/// jail) is refused before anything is made, naming why.
+#[actix::test]
+async fn a_snapshot_taken_jailed_is_refused_unjailed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_snapshot(&snapshot(dir.path(), true)).unwrap();
+    let (sup, disks) = testing::supervisor_over_fakes(true, store);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = restore(&sup, "r").await.unwrap_err();
+    assert!(matches!(err, SupervisorError::Conflict { .. }), "{err:?}");
+    assert!(err.to_string().contains("[jailer] disabled"), "{err}");
+    assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+    let made: Vec<String> = disks.calls().into_iter().filter(|c| c != "list").collect();
+    assert!(made.is_empty(), "no disk made: {made:?}");
 }
