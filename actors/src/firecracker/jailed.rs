@@ -17,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{ActorFutureExt, AtomicResponse, Context, Handler, Message, WrapFuture};
+use actix::{
+    ActorFutureExt, AtomicResponse, Context, Handler, Message, ResponseActFuture, WrapFuture,
+};
 
 use crate::host::jails::{JailError, JailFile, JailPlan, Jails};
 use crate::host::processes::{ExitStatus, Process, ProcessIdentity, Signal, SpawnSpec};
 
+use super::api_client::ApiClient;
 use super::backoff::Backoff;
 use super::config::VmConfig;
 use super::console::ConsoleCapture;
@@ -52,8 +55,9 @@ pub struct VmJail {
     pub limits: JailLimits,
     /// The files the VMM opens (kernel, initrd, disks).
     pub files: Vec<JailFile>,
-    /// The TAP given to the uid, to give back on removal.
-    pub(super) tap: Option<String>,
+    /// The TAPs given to the uid (the configured one, or a restore's overrides), to give
+    /// back on removal.
+    pub(super) taps: Vec<String>,
 }
 
 impl std::fmt::Debug for VmJail {
@@ -91,18 +95,21 @@ impl VmJail {
             cgroup_version,
             limits,
             files,
-            tap: None,
+            taps: Vec::new(),
         }
+    }
+
+    /// The path the VMM sees host file `p` at, if it is one of the jail's files.
+    pub fn inside(&self, p: &Path) -> Option<PathBuf> {
+        self.files
+            .iter()
+            .find(|f| f.source == p)
+            .map(|f| Path::new("/").join(&f.name))
     }
 
     /// `config` with the host paths of files in the jail replaced by their paths inside.
     pub fn translate(&self, config: &VmConfig) -> VmConfig {
-        let inside = |p: &Path| -> PathBuf {
-            self.files
-                .iter()
-                .find(|f| f.source == p)
-                .map_or_else(|| p.to_path_buf(), |f| Path::new("/").join(&f.name))
-        };
+        let inside = |p: &Path| -> PathBuf { self.inside(p).unwrap_or_else(|| p.to_path_buf()) };
         let mut c = config.clone();
         c.kernel = inside(&config.kernel);
         c.initrd = config.initrd.as_deref().map(inside);
@@ -207,10 +214,15 @@ impl FirecrackerActor {
     /// jailer's exit, the pid file and the VMM's identity ([`find_jailed_vmm`]); then the API
     /// socket.
     pub(super) fn spawn_jailed(&mut self) -> Atomic<SpawnInfo> {
+        AtomicResponse::new(self.spawn_jailed_fut())
+    }
+
+    /// [`FirecrackerActor::spawn_jailed`] as a future a restore goes on from.
+    fn spawn_jailed_fut(&mut self) -> ResponseActFuture<Self, Result<SpawnInfo, FirecrackerError>> {
         let t0 = Instant::now();
         let (jailer, jails, layout) = match self.start_jailer() {
             Ok(started) => started,
-            Err(e) => return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e)))),
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
         let find_vmm = find_jailed_vmm(
             jailer,
@@ -221,7 +233,7 @@ impl FirecrackerActor {
             self.run_dir.console_log(),
         );
         let log = self.log.clone();
-        AtomicResponse::new(Box::pin(
+        Box::pin(
             find_vmm
                 .into_actor(self)
                 .then(move |res, act, ctx| {
@@ -269,7 +281,7 @@ impl FirecrackerActor {
                         Err(e)
                     }
                 }),
-        ))
+        )
     }
 
     /// Before configuring a jailed VM: the TAP to the VM's uid, paths into the jail.
@@ -281,7 +293,7 @@ impl FirecrackerActor {
             jail.jails
                 .set_tap_owner(&net.lease.tap, Some((jail.uid, jail.gid)))
                 .map_err(jail_err)?;
-            jail.tap = Some(net.lease.tap.clone());
+            jail.taps.push(net.lease.tap.clone());
         }
         Ok(jail.translate(config))
     }
@@ -291,7 +303,7 @@ impl FirecrackerActor {
         let Some(jail) = self.jail.as_mut() else {
             return Ok(());
         };
-        if let Some(tap) = jail.tap.take() {
+        for tap in std::mem::take(&mut jail.taps) {
             if let Err(e) = jail.jails.set_tap_owner(&tap, None) {
                 // The TAP may be gone already (deleted with the VM).
                 slog::warn!(self.log, "cannot give the TAP back to root"; "tap" => tap, "error" => %e);
@@ -357,6 +369,76 @@ impl FirecrackerActor {
         if let Err(e) = self.remove_jail() {
             slog::warn!(self.log, "cannot remove the jail after the VMM exited"; "error" => %e);
         }
+    }
+}
+
+/// A restore into a jail (issue 16 with issue 12): the snapshot's files are among the jail's
+/// files ([`SetJailFiles`]), so the load names them at their paths inside; the vsock socket
+/// is the jail's; the TAPs of `network_overrides` go to the VM's uid between the spawn and
+/// the load (and back to root with the jail).
+impl FirecrackerActor {
+    /// The in-jail paths of a restore's state and memory files and its vsock socket, or
+    /// `None` when this VM is not jailed. A file not put in the jail, or a vsock socket other
+    /// than this VM's, is refused here rather than by the VMM.
+    pub(super) fn jail_restore_paths(
+        &self,
+        snapshot: &Path,
+        mem: &Path,
+        vsock: Option<&Path>,
+    ) -> Option<Result<(PathBuf, PathBuf, PathBuf), FirecrackerError>> {
+        let jail = self.jail.as_ref()?;
+        let inside = |what: &'static str, p: &Path| {
+            jail.inside(p)
+                .ok_or_else(|| FirecrackerError::InvalidConfig {
+                    what: "restore",
+                    detail: format!("the {what} {} is not in the jail", p.display()),
+                })
+        };
+        Some((|| {
+            let own = self.run_dir.vsock_socket();
+            if vsock.is_some_and(|v| v != own) {
+                return Err(FirecrackerError::InvalidConfig {
+                    what: "restore",
+                    detail: format!(
+                        "a jailed VMM binds its vsock socket in its jail ({}), not elsewhere",
+                        own.display()
+                    ),
+                });
+            }
+            Ok((
+                inside("state file", snapshot)?,
+                inside("memory file", mem)?,
+                PathBuf::from(super::jailer::VSOCK_INSIDE),
+            ))
+        })())
+    }
+
+    /// Spawns this VM's jailed VMM for a restore, then gives `taps` to its uid. Answers its
+    /// API client and how long the spawn and the API took.
+    pub(super) fn spawn_jailed_for_restore(
+        &mut self,
+        taps: Vec<String>,
+    ) -> ResponseActFuture<Self, Result<(ApiClient, Duration, Duration), FirecrackerError>> {
+        Box::pin(self.spawn_jailed_fut().map(move |res, act, _| {
+            let info = res?;
+            act.give_taps(&taps)?;
+            let client = act.take_api("restore")?;
+            Ok((client, info.spawn, info.api_ready))
+        }))
+    }
+
+    /// `taps` to the VM's uid, each remembered to be given back with the jail.
+    fn give_taps(&mut self, taps: &[String]) -> Result<(), FirecrackerError> {
+        let Some(jail) = self.jail.as_mut() else {
+            return Ok(());
+        };
+        for tap in taps {
+            jail.jails
+                .set_tap_owner(tap, Some((jail.uid, jail.gid)))
+                .map_err(jail_err)?;
+            jail.taps.push(tap.clone());
+        }
+        Ok(())
     }
 }
 

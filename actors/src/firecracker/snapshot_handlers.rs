@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use actix::{ActorFutureExt, AtomicResponse, Context, Handler, WrapFuture};
+use actix::{ActorFutureExt, AtomicResponse, Context, Handler, ResponseActFuture, WrapFuture};
 use hearth_proto::firecracker::{
     CpuTemplate, FirecrackerVersion, NetworkOverride as FcNetworkOverride, PartialDrive,
     SnapshotCreateParams, SnapshotLoadParams, SnapshotType, Vm, VmPauseState, VsockOverride,
@@ -342,11 +342,24 @@ impl FirecrackerActor {
             .vsock_uds_path
             .clone()
             .unwrap_or_else(|| self.run_dir.vsock_socket());
-        let body = load_body(
+        // Jailed (issue 16): the VMM sees the files and its socket at their paths in the jail.
+        let (snapshot, mem, vsock_inside) = match self.jail_restore_paths(
             &msg.snapshot_path,
             &msg.mem_path,
+            msg.vsock_uds_path.as_deref(),
+        ) {
+            Some(paths) => paths?,
+            None => (
+                msg.snapshot_path.clone(),
+                msg.mem_path.clone(),
+                vsock.clone(),
+            ),
+        };
+        let body = load_body(
+            &snapshot,
+            &mem,
             &msg.network_overrides,
-            &vsock,
+            &vsock_inside,
             msg.resume,
             msg.clock_realtime,
         )?;
@@ -363,26 +376,43 @@ impl Handler<RestoreVm> for FirecrackerActor {
             Ok(b) => b,
             Err(e) => return fail(e),
         };
-        let spawn = match self.spawn_now(ctx) {
-            Ok(d) => d,
-            Err(e) => return fail(e),
-        };
-        let ready = self.api_ready();
+        let spawned: ResponseActFuture<Self, Result<(ApiClient, Duration, Duration), _>> =
+            if self.jail.is_some() {
+                // Jailed (issue 16): the jailer's spawn, then the TAPs to the VM's uid.
+                let taps = msg.network_overrides.iter();
+                self.spawn_jailed_for_restore(taps.map(|o| o.host_dev_name.clone()).collect())
+            } else {
+                let spawn = match self.spawn_now(ctx) {
+                    Ok(d) => d,
+                    Err(e) => return fail(e),
+                };
+                let ready = self.api_ready();
+                Box::pin(
+                    async move {
+                        let (client, api_ready) = ready.await?;
+                        Ok((client, spawn, api_ready))
+                    }
+                    .into_actor(self),
+                )
+            };
         let group = self.settings.socket_group;
-        let exit = self.owned.as_ref().map(|o| o.exit.clone());
-        let fut = async move {
-            let (mut client, api_ready) = ready.await?;
-            let t0 = Instant::now();
-            let loaded = client.put(Endpoint::SnapshotLoad, &body).await;
-            let load = t0.elapsed();
-            loaded.map(|()| (client, api_ready, load))
-        };
+        let fut = spawned.then(move |res, act, _| {
+            async move {
+                let (mut client, spawn, api_ready) = res?;
+                let t0 = Instant::now();
+                let loaded = client.put(Endpoint::SnapshotLoad, &body).await;
+                let load = t0.elapsed();
+                loaded.map(|()| (client, spawn, api_ready, load))
+            }
+            .into_actor(act)
+        });
         let log = self.log.clone();
         let vsock_for_access = vsock.clone();
         AtomicResponse::new(Box::pin(
-            fut.into_actor(self)
-                .then(move |res, act, _| {
+            fut.then(move |res, act, _| {
                     let failed = res.is_err();
+                    // Read now: a jailed VMM is owned only once the jailer found it.
+                    let exit = act.owned.as_ref().map(|o| o.exit.clone());
                     if let Err(e) = &res {
                         // Firecracker exits after most failed loads; make sure of it either
                         // way, then wait for the exit so no process is left when we answer.
@@ -391,7 +421,6 @@ impl Handler<RestoreVm> for FirecrackerActor {
                         // SIGKILL to it: the load hearth asked for ended it, not a crash.
                         act.stop_rung = Some(StopRung::Sigkill);
                     }
-                    let exit = exit.clone();
                     async move {
                         if failed {
                             if let Some(mut rx) = exit {
@@ -405,7 +434,7 @@ impl Handler<RestoreVm> for FirecrackerActor {
                     .into_actor(act)
                 })
                 .map(move |res, act, _| match res {
-                    Ok((client, api_ready, load)) => {
+                    Ok((client, spawn, api_ready, load)) => {
                         if let Some(gid) = group {
                             set_socket_access(&vsock_for_access, gid)?;
                         }

@@ -1,6 +1,7 @@
 //! Jailed VMMs in the supervisor (issue 16): each VM's uid lease (taken at its first boot,
 //! recorded in the store, given back when the VM is deleted or its first boot fails), the
-//! [`VmJail`] its `FirecrackerActor` is made with, and the sweep of jails no live VM uses.
+//! [`VmJail`] its `FirecrackerActor` is made with, the jails of snapshots ([`SourceJail`]) and
+//! restores ([`RestoreJail`]), and the sweep of jails no live VM uses.
 //!
 //! A VM's jail id is its uid, so the lease alone names its jail, cgroups and sockets; the
 //! files its VMM opens are handed to the actor just before the spawn ([`SetJailFiles`]),
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use slog::{info, warn};
 
-use super::{Change, SupervisorError, VmSupervisor};
+use super::{Change, SnapshotRecord, SupervisorError, VmSupervisor};
 use crate::firecracker::jailer::{CgroupVersion, JailLayout, JailLimits, LimitPolicy};
 use crate::firecracker::{FirecrackerActor, RunDir, VmJail};
 use crate::host::jails::{sweep, JailFile, Jails};
@@ -103,6 +104,61 @@ pub(super) fn boot_files(kernel: PathBuf, disk: PathBuf) -> Vec<JailFile> {
             writable: true,
         },
     ]
+}
+
+/// The jail a snapshot is restored into: a new VM's, its uid leased for it.
+#[derive(Clone)]
+pub(super) struct RestoreJail {
+    /// The host side of jails.
+    pub jails: Arc<dyn Jails>,
+    /// The new VM's uid (and gid).
+    pub uid: u32,
+    /// Leased for this restore: given back if it fails.
+    pub fresh: bool,
+}
+
+impl RestoreJail {
+    /// Makes the snapshot's state and memory files readable (never writable) by the VM's uid
+    /// and answers the files the restored VMM opens, for [`SetJailFiles`]: those two,
+    /// read-only at the names the snapshot's VMM wrote them under, and the VM's own disk
+    /// twice, as `/rootfs` and at the path the state records for the root drive
+    /// (`/snapshot-<name>.disk`), so the load opens the VM's own disk, never the checkpoint
+    /// other restores share. (Firecracker maps the memory file `MAP_PRIVATE`: guest writes
+    /// never reach it.)
+    pub fn files(
+        &self,
+        snap: &SnapshotRecord,
+        disk: &Path,
+    ) -> Result<Vec<JailFile>, SupervisorError> {
+        let (state, mem) = (snap.state_path(), snap.mem_path());
+        self.jails
+            .share_read_only(&snap.dir, &[state.clone(), mem.clone()])
+            .map_err(|e| {
+                SupervisorError::step(
+                    "jail",
+                    crate::firecracker::FirecrackerError::Jail { source: e },
+                )
+            })?;
+        let own = |name: String| JailFile {
+            source: disk.to_path_buf(),
+            name,
+            writable: true,
+        };
+        Ok(vec![
+            JailFile {
+                source: state,
+                name: SourceJail::state_name(&snap.name),
+                writable: false,
+            },
+            JailFile {
+                source: mem,
+                name: SourceJail::mem_name(&snap.name),
+                writable: false,
+            },
+            own(ROOTFS_IN_JAIL.into()),
+            own(SourceJail::disk_name(&snap.name)),
+        ])
+    }
 }
 
 impl VmSupervisor {
@@ -221,14 +277,71 @@ impl VmSupervisor {
         }
     }
 
-    /// A refusal for operations not supported on jailed VMMs yet.
-    pub(super) fn refuse_if_jailed(&self, what: &str) -> Result<(), SupervisorError> {
-        if self.vmm.jail.is_some() {
-            return Err(SupervisorError::Unavailable {
-                what: format!("{what} is not supported with [jailer] enabled yet (docs/jailer.md)"),
-            });
+    /// Checks that `snap` was taken as restores run now, jailed or not: a jailed source's
+    /// state names its root drive at the in-jail path `/snapshot-<name>.disk`, an unjailed
+    /// one's at the checkpoint's host path, and Firecracker's load reopens that path. Either
+    /// kind restored the other way would name a file the new VMM cannot open: refused
+    /// before anything is made. With jailing off, a state file that cannot be read is left
+    /// to the load to report.
+    pub(super) fn check_restore_jailing(
+        &self,
+        snap: &SnapshotRecord,
+    ) -> Result<(), SupervisorError> {
+        let jailed = self.vmm.jail.is_some();
+        let state = snap.state_path();
+        let bytes = match std::fs::read(&state) {
+            Ok(b) => b,
+            Err(_) if !jailed => return Ok(()),
+            Err(e) => {
+                return Err(SupervisorError::step(
+                    "restore",
+                    super::StepCause::Files {
+                        what: "read",
+                        path: state.clone(),
+                        source: Arc::new(e),
+                    },
+                ))
+            }
+        };
+        let needle = format!("/{}", SourceJail::disk_name(&snap.name));
+        let taken_jailed = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        if taken_jailed == jailed {
+            return Ok(());
         }
-        Ok(())
+        let (taken, off_on) = if jailed {
+            (
+                "an unjailed VM: its state names the disk at a host path no jail holds",
+                "enabled",
+            )
+        } else {
+            (
+                "a jailed VM: its state names the disk at a path inside a jail",
+                "disabled",
+            )
+        };
+        Err(SupervisorError::Conflict {
+            message: format!(
+                "Snapshot {:?} was taken of {taken}, so it cannot be restored with [jailer] \
+                 {off_on}",
+                snap.name
+            ),
+        })
+    }
+
+    /// Before a restore of `name` with jailing on: a fresh uid lease, as for a create
+    /// (`None` when jailing is off).
+    pub(super) fn restore_jail(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<RestoreJail>, SupervisorError> {
+        let Some(js) = self.vmm.jail.clone() else {
+            return Ok(None);
+        };
+        Ok(self.lease_uid(name)?.map(|(uid, fresh)| RestoreJail {
+            jails: js.jails,
+            uid,
+            fresh,
+        }))
     }
 
     /// What `Open`'s jail sweep needs, if jailing is on: the settings, the exec file, the

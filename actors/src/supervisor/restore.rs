@@ -12,6 +12,12 @@
 //! leaves a VM `creating`, which `Open` repairs like any interrupted create (process killed,
 //! disk removed, lease given back).
 //!
+//! With jailing on (issue 16), the VM leases a uid of its own before its actor is made, and
+//! after its disk exists its actor is handed the jail's files: the snapshot's state and memory
+//! (made readable, never writable, by VMs' uids) and its own disk as `/rootfs` and at the path
+//! the state records for the root drive (`RestoreJail::files`); the load names them inside the
+//! jail, and the drive moves to `/rootfs`. A fresh uid is given back by the undo.
+//!
 //! Until the guest takes its new identity it still carries the source's IP and MAC, which
 //! the firewall's anti-spoofing drops (the lease's are registered). The identity step sends
 //! the agent `reconfigure` (address, MAC, hostname, route, DNS, clock, a fresh RNG seed)
@@ -30,13 +36,14 @@ use hearth_proto::api_snapshot::SnapshotState;
 use slog::{info, warn};
 
 use super::hooks::{self, Hook};
+use super::jailing::{own_disk_in_jail, RestoreJail, SetJailFiles};
 use super::saga::{self, Ports, Undo};
 use super::{
     Change, DiskRecord, Idempotency, RestoreSnapshot, SnapshotRecord, SupervisorError,
     VmSupervisor, VmmProcessRecord,
 };
 use crate::firecracker::{
-    FirecrackerActor, NetworkOverride, RestoreVm, ResumeVm, RunDir, SnapshotCompat, IFACE_ID,
+    FirecrackerActor, NetworkOverride, RestoreVm, ResumeVm, SnapshotCompat, IFACE_ID,
 };
 use crate::guest::{GuestActor, GuestError, GuestSettings, ReconfigureGuest, ThawGuest};
 use crate::lease::NetLease;
@@ -59,6 +66,8 @@ pub(super) struct RestorePlan {
     guest: Addr<GuestActor>,
     api_socket: PathBuf,
     binary: PathBuf,
+    /// The new VM's jail, when VMMs run jailed.
+    jail: Option<RestoreJail>,
 }
 
 impl VmSupervisor {
@@ -106,8 +115,6 @@ impl VmSupervisor {
         let name = spec.name.clone();
         let prepared = (|| {
             self.check_open()?;
-            // Issue 16: a restored VMM is not jailed yet; refused rather than run unjailed.
-            self.refuse_if_jailed("Restoring a snapshot")?;
             if validate_name {
                 spec.validate()?;
             }
@@ -128,6 +135,7 @@ impl VmSupervisor {
                 });
             }
             let (full, snap) = self.restore_spec(&spec)?;
+            self.check_restore_jailing(&snap)?;
             if self.vmm.binary.is_none() {
                 return Err(SupervisorError::no_firecracker_binary());
             }
@@ -192,10 +200,22 @@ impl VmSupervisor {
             .as_ref()
             .map(|b| b.path.clone())
             .ok_or_else(SupervisorError::no_firecracker_binary)?;
-        let api_socket = RunDir::new(&self.vmm.settings.run_base, name)
-            .map_err(|e| SupervisorError::step("run directory", e))?
-            .api_socket();
-        let vmm = self.vmm_for(name, ctx)?;
+        // Jailed (issue 16): a uid of its own, leased before its actor is made jailed with it.
+        let jail = self.restore_jail(name)?;
+        let made = self
+            .api_socket_of(name, jail.as_ref().map(|j| j.uid))
+            .and_then(|api_socket| Ok((api_socket, self.vmm_for(name, ctx)?)));
+        let (api_socket, vmm) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                if jail.as_ref().is_some_and(|j| j.fresh) {
+                    if let Err(undo) = self.apply(name, Change::Uid(None)) {
+                        warn!(self.log, "uid lease not given back"; "vm" => name, "error" => %undo);
+                    }
+                }
+                return Err(e);
+            }
+        };
         // Its own, stopped with the saga: the API's GuestActor lives in the HTTP layer.
         let guest = GuestActor::new(
             ctx.address().recipient(),
@@ -210,6 +230,7 @@ impl VmSupervisor {
             guest,
             api_socket,
             binary,
+            jail,
         })
     }
 }
@@ -256,7 +277,11 @@ struct Restore<'a> {
 
 impl Restore<'_> {
     async fn run(&mut self) -> Result<VmState, SupervisorError> {
+        if self.plan.jail.as_ref().is_some_and(|j| j.fresh) {
+            self.undo.push(Undo::Uid);
+        }
         let disk = self.disk().await?;
+        self.jail_files(&disk).await?;
         let lease = self.network().await?;
         self.load(&lease, &disk).await?;
         let (p, spec) = (self.p, &self.plan.spec);
@@ -297,6 +322,22 @@ impl Restore<'_> {
         .await?;
         self.observe("restore:disk").await;
         Ok(disk.path)
+    }
+
+    /// Jailed: the snapshot's state and memory (readable, never writable, by the VM's uid)
+    /// and the VM's own disk handed to its actor, which links them into the jail at the
+    /// spawn. No undo: the jail goes when the VMM does.
+    async fn jail_files(&mut self, disk: &Path) -> Result<(), SupervisorError> {
+        let plan = self.plan;
+        let Some(jail) = &plan.jail else {
+            return Ok(());
+        };
+        let files = jail.files(&plan.snapshot, disk)?;
+        plan.vmm
+            .send(SetJailFiles { files })
+            .await
+            .map_err(step("jail"))?
+            .map_err(step("jail"))
     }
 
     /// A fresh lease, recorded, and the guest registered with the firewall.
@@ -349,7 +390,12 @@ impl Restore<'_> {
         record.set_spawned(&restored.spawn.record);
         p.commit(vm, Change::Process(Some(record))).await?;
         let resumed = Instant::now();
-        super::snapshots::move_root_drive(&plan.vmm, disk).await?;
+        // Jailed, its own disk is `/rootfs` in its jail (the state's path is the same inode).
+        let own = match plan.jail {
+            Some(_) => own_disk_in_jail(),
+            None => disk.to_path_buf(),
+        };
+        super::snapshots::move_root_drive(&plan.vmm, &own).await?;
         plan.vmm
             .send(ResumeVm {})
             .await

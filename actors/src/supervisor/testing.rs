@@ -96,15 +96,16 @@ pub fn supervisor_with_settings(
     (sup.start(), disks, pool)
 }
 
-/// A supervisor over fakes (with a binary) whose VMMs are jailed by `jail` (e.g. over
-/// `FakeJails`), with run directories under `run_base`.
+/// A supervisor over fakes (with a Firecracker v1.16.0 binary, which restores snapshots)
+/// whose VMMs are jailed by `jail` (e.g. over `FakeJails`), with run directories under
+/// `run_base`.
 pub fn supervisor_jailed(
     store: MemoryVmStore,
     processes: FakeProcesses,
     run_base: PathBuf,
     jail: super::JailSettings,
 ) -> (Addr<VmSupervisor>, FakeDisks) {
-    let (sup, disks, _) = build(
+    let (mut sup, disks, _) = build(
         true,
         store,
         TapPoolConfig::default(),
@@ -113,6 +114,10 @@ pub fn supervisor_jailed(
         SupervisorSettings::default(),
         Some(jail),
     );
+    // A jailer-compatible VMM recent enough to restore snapshots (`vsock_override`).
+    if let Some(b) = sup.vmm.binary.as_mut() {
+        b.version = crate::firecracker::snapshot_handlers::MIN_RESTORE_VERSION;
+    }
     (sup.start(), disks)
 }
 

@@ -254,54 +254,237 @@ async fn open_sweeps_jails_of_no_live_vm() {
     assert!(fake.signals().is_empty(), "not a VMM: not signalled");
 }
 
-/// Restoring and forking are refused when jailing is on, rather than run a VMM unjailed
-/// (snapshots of jailed VMs are taken: `tests/jailer_snapshot.rs`).
-#[actix::test]
-async fn restores_and_forks_are_refused_when_jailed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (sup, _) = jailed(
-        MemoryVmStore::default(),
-        FakeProcesses::new(),
-        dir.path(),
-        Arc::new(FakeJails::new()),
-        UID,
-    );
-    sup.send(Open {}).await.unwrap().unwrap();
-    let mut s = spec("r");
-    s.from_snapshot = Some("snap".into());
-    let err = sup
-        .send(CreateVm {
-            spec: s,
-            idempotency: None,
-        })
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(err, SupervisorError::Unavailable { .. }),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("[jailer]"), "{err}");
-    assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+/// A ready snapshot `snap` of VM `a`, taken jailed or not (what its state file names as the
+/// root drive's path), its files in `dir/snap/`.
+fn snapshot(dir: &Path, jailed: bool) -> SnapshotRecord {
+    let sdir = dir.join("snap");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let drive = if jailed {
+        "/snapshot-snap.disk".to_string()
+    } else {
+        sdir.join("disk.img").display().to_string()
+    };
+    std::fs::write(sdir.join("vmstate"), format!("..state..{drive}..")).unwrap();
+    std::fs::write(sdir.join("memory"), b"mem").unwrap();
+    std::fs::write(sdir.join("disk.img"), b"disk").unwrap();
+    let v = crate::firecracker::snapshot_handlers::MIN_RESTORE_VERSION;
+    SnapshotRecord {
+        name: "snap".into(),
+        state: hearth_proto::api_snapshot::SnapshotState::Ready,
+        source_vm: "a".into(),
+        source_spec: spec("a"),
+        source_was: VmState::Running,
+        leave: hearth_proto::api_snapshot::SnapshotLeave::Running,
+        dir: sdir,
+        created_at_ms: 1,
+        internal: false,
+        fc_version: format!("{}.{}.{}", v.major, v.minor, v.patch),
+        cpu_template: hearth_proto::firecracker::CpuTemplate::None,
+        vcpus: 1,
+        mem_size_mib: 128,
+        vsock_cid: 3,
+        disk_bytes: 4,
+        mem_file_bytes: 3,
+    }
+}
 
+async fn restore(sup: &Addr<VmSupervisor>, name: &str) -> Result<api::VmInfo, SupervisorError> {
+    let s = api::CreateVm {
+        kernel: String::new(),
+        rootfs: String::new(),
+        from_snapshot: Some("snap".into()),
+        ..spec(name)
+    };
+    sup.send(CreateVm {
+        spec: s,
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// A jailed restore leases a uid and makes a jail as a create does, holding the snapshot's
+/// state and memory read-only (made readable, never writable, first) and the VM's own new
+/// disk (not the checkpoint) as `/rootfs` and at the path the state names; the jailer runs
+/// as the uid. When the jailer fails, everything is undone: no jail, the disk removed, the
+/// uid given back (the next restore gets the same one), the VM `failed`.
+#[actix::test]
+async fn a_jailed_restore_links_the_snapshot_and_its_own_disk_and_undoes_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
     let mut store = MemoryVmStore::default();
-    store.insert_vm(&spec("a")).unwrap();
-    store.set_state("a", VmState::Running, None).unwrap();
+    let snap = snapshot(dir.path(), true);
+    store.insert_snapshot(&snap).unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let (sup, disks) = jailed(store, fake.clone(), dir.path(), jails.clone(), UID);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let plan = async {
+        // Bounded: a restore failing before the spawn fails the test rather than hang it.
+        for _ in 0..1000 {
+            if !spawned(&fake).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let plan = jails
+            .plan("900000")
+            .expect("the jail is made before the jailer runs");
+        fake.exit(1001, ExitStatus::Code(1));
+        plan
+    };
+    let (res, plan) = tokio::join!(restore(&sup, "r"), plan);
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("jailer"), "{err}");
+    assert_eq!(plan.uid, UID);
+    let files: Vec<(&str, &Path, bool)> = plan
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.source.as_path(), f.writable))
+        .collect();
+    let own = files[2].1.to_path_buf();
+    assert_ne!(
+        own,
+        snap.disk_path(),
+        "the VM's own disk, not the checkpoint"
+    );
+    assert_eq!(
+        files,
+        [
+            ("snapshot-snap.vmstate", snap.state_path().as_path(), false),
+            ("snapshot-snap.memory", snap.mem_path().as_path(), false),
+            ("rootfs", own.as_path(), true),
+            ("snapshot-snap.disk", own.as_path(), true),
+        ]
+    );
+    let args: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .find_map(|c| match c {
+            FakeCall::Spawn(s) => Some(s.args),
+            _ => None,
+        })
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        args.join(" ").contains("--uid 900000 --gid 900000"),
+        "{args:?}"
+    );
+    assert_eq!(
+        jail_calls(&jails)[..3],
+        [
+            "share_read_only snap vmstate memory",
+            "prepare 900000",
+            "remove 900000"
+        ]
+    );
+    assert!(jails.jails().is_empty(), "no jail left");
+    assert!(
+        disks.calls().iter().any(|c| c.contains("remove")),
+        "the disk was undone: {:?}",
+        disks.calls()
+    );
+    let info = sup.send(GetVm { name: "r".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed);
+    // The only uid was given back: a second restore is jailed with it again.
+    jails.fail_next("prepare");
+    restore(&sup, "r2").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
+
+/// With jailing on, a snapshot taken of an unjailed VMM (its state names the checkpoint's
+/// host path, which no jail holds) is refused before anything is made: no VM, no uid, no
+/// jail.
+#[actix::test]
+async fn a_snapshot_taken_unjailed_is_refused_when_jailed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_snapshot(&snapshot(dir.path(), false)).unwrap();
+    let jails = Arc::new(FakeJails::new());
+    let (sup, _) = jailed(store, FakeProcesses::new(), dir.path(), jails.clone(), UID);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = restore(&sup, "r").await.unwrap_err();
+    assert!(matches!(err, SupervisorError::Conflict { .. }), "{err:?}");
+    assert!(err.to_string().contains("unjailed"), "{err}");
+    assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+    assert!(jail_calls(&jails).is_empty(), "{:?}", jails.calls());
+}
+
+/// A restore a crash interrupted (`creating`, its uid recorded, its jail made) is repaired at
+/// `Open` as an interrupted create: the VM `failed`, its jail swept; it keeps its uid until
+/// it is deleted, which gives the uid back.
+#[actix::test]
+async fn open_repairs_an_interrupted_jailed_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_snapshot(&snapshot(dir.path(), true)).unwrap();
+    let r = api::CreateVm {
+        kernel: String::new(),
+        rootfs: String::new(),
+        from_snapshot: Some("snap".into()),
+        ..spec("r")
+    };
+    store.insert_vm(&r).unwrap();
+    store.put_uid("r", Some(UID)).unwrap();
+    let jails = Arc::new(FakeJails::new());
+    let layout = crate::firecracker::jailer::JailLayout::new(
+        &dir.path().join("j"),
+        Path::new("/usr/bin/firecracker"),
+        "900000",
+    )
+    .unwrap();
+    crate::host::jails::Jails::prepare(
+        &*jails,
+        &crate::host::jails::JailPlan {
+            layout,
+            uid: UID,
+            gid: UID,
+            files: vec![],
+        },
+    )
+    .unwrap();
     let (sup, _) = jailed(
         store,
         FakeProcesses::new(),
         dir.path(),
-        Arc::new(FakeJails::new()),
-        UID,
+        jails.clone(),
+        UID + 1,
     );
-    sup.send(Open {}).await.unwrap().unwrap();
-    let err = sup
-        .send(ForkVm {
-            source: "a".into(),
-            spec: hearth_proto::api_snapshot::ForkVm { name: "f".into() },
-        })
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert!(
+        report.swept.contains(&"jail 900000".to_string()),
+        "{report:?}"
+    );
+    assert!(jails.jails().is_empty());
+    let info = sup.send(GetVm { name: "r".into() }).await.unwrap().unwrap();
+    assert_eq!(info.state, VmState::Failed, "{info:?}");
+    // r still holds its uid: the next VM gets the other one.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
+    sup.send(DeleteVm { name: "r".into() })
         .await
         .unwrap()
-        .unwrap_err();
-    assert!(err.to_string().contains("[jailer]"), "{err}");
+        .unwrap();
+    jails.fail_next("prepare");
+    restore(&sup, "r2").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
+
+/// With jailing off, a snapshot taken of a jailed VMM (its state names the drive inside a
+/// jail) is refused before anything is made, naming why.
+#[actix::test]
+async fn a_snapshot_taken_jailed_is_refused_unjailed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_snapshot(&snapshot(dir.path(), true)).unwrap();
+    let (sup, disks) = testing::supervisor_over_fakes(true, store);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let err = restore(&sup, "r").await.unwrap_err();
+    assert!(matches!(err, SupervisorError::Conflict { .. }), "{err:?}");
+    assert!(err.to_string().contains("[jailer] disabled"), "{err}");
+    assert!(sup.send(GetVm { name: "r".into() }).await.unwrap().is_err());
+    let made: Vec<String> = disks.calls().into_iter().filter(|c| c != "list").collect();
+    assert!(made.is_empty(), "no disk made: {made:?}");
 }

@@ -95,6 +95,11 @@ impl FakeJails {
         });
     }
 
+    /// What jail `id` was prepared with, while it is present.
+    pub fn plan(&self, id: &str) -> Option<JailPlan> {
+        self.with(|s| s.jails.get(id).cloned())
+    }
+
     /// The owner of TAP `name`.
     pub fn tap_owner(&self, name: &str) -> Option<(u32, u32)> {
         self.with(|s| s.taps.get(name).copied())
@@ -182,5 +187,17 @@ impl Jails for FakeJails {
         self.enter("discard", &format!("{} {name}", layout.id()))?;
         self.drop_file(layout, name);
         Ok(())
+    }
+
+    fn share_read_only(&self, dir: &Path, files: &[PathBuf]) -> Result<(), JailError> {
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|f| Some(f.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        let dir = dir.file_name().map(|d| d.to_string_lossy().into_owned());
+        self.enter(
+            "share_read_only",
+            &format!("{} {}", dir.unwrap_or_default(), names.join(" ")),
+        )
     }
 }

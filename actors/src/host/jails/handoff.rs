@@ -115,6 +115,18 @@ pub fn take_out(layout: &JailLayout, name: &str, dest: &Path) -> Result<(), Jail
     Ok(())
 }
 
+/// See [`super::Jails::share_read_only`]. Through the paths: `dir` is a snapshot's
+/// directory, which only root writes.
+pub fn share_read_only(dir: &Path, files: &[PathBuf]) -> Result<(), JailError> {
+    std::os::unix::fs::chown(dir, Some(0), Some(0)).map_err(io_err("chown", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+    for f in files {
+        std::os::unix::fs::chown(f, Some(0), Some(0)).map_err(io_err("chown", f))?;
+        fs::set_permissions(f, fs::Permissions::from_mode(0o444)).map_err(io_err("chmod", f))?;
+    }
+    Ok(())
+}
+
 /// See [`super::Jails::discard`].
 pub fn discard(layout: &JailLayout, name: &str) -> Result<(), JailError> {
     let path = in_jail(layout, name)?;
@@ -195,6 +207,28 @@ mod tests {
         let err = take_out(&l, "snapshot-s.memory", &dest).unwrap_err();
         assert!(err.to_string().contains("snapshot-s.memory"), "{err}");
         discard(&l, "snapshot-s.memory").unwrap();
+    }
+
+    /// Shared: root's, readable by all and writable by none, in a directory only root enters;
+    /// a missing file is an error naming it.
+    #[test]
+    fn share_read_only_opens_reading_only() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("s");
+        fs::create_dir(&snap).unwrap();
+        fs::set_permissions(&snap, fs::Permissions::from_mode(0o755)).unwrap();
+        let mem = snap.join("memory");
+        fs::write(&mem, b"mem").unwrap();
+        fs::set_permissions(&mem, fs::Permissions::from_mode(0o600)).unwrap();
+        share_read_only(&snap, std::slice::from_ref(&mem)).unwrap();
+        assert_eq!(owner(&snap), (0, 0, 0o700));
+        assert_eq!(owner(&mem), (0, 0, 0o444));
+        let err = share_read_only(&snap, &[snap.join("vmstate")]).unwrap_err();
+        assert!(err.to_string().contains("vmstate"), "{err}");
     }
 
     /// A link the VM's uid put in its jail is refused: the file it names keeps its owner and

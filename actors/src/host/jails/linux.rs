@@ -271,4 +271,8 @@ impl Jails for LinuxJails {
     fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError> {
         super::handoff::discard(layout, name)
     }
+
+    fn share_read_only(&self, dir: &Path, files: &[PathBuf]) -> Result<(), JailError> {
+        super::handoff::share_read_only(dir, files)
+    }
 }

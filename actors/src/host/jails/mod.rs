@@ -132,6 +132,10 @@ pub trait Jails: Send + Sync {
     fn take_out(&self, layout: &JailLayout, name: &str, dest: &Path) -> Result<(), JailError>;
     /// Removes `/<name>` from the jail; a missing one is fine.
     fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError>;
+    /// Makes a snapshot's `files` readable and never writable by VMs' uids (root-owned, mode
+    /// 0444), so a restore can hard-link them into a jail, and their directory `dir` root's
+    /// alone (mode 0700), so no uid reaches them but through a jail they are linked into.
+    fn share_read_only(&self, dir: &Path, files: &[PathBuf]) -> Result<(), JailError>;
 }
 
 /// Checks that `name` is one plain path component.
