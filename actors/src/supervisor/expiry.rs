@@ -70,10 +70,8 @@ impl VmSupervisor {
             return true;
         }
         self.policy_rt.expiring.insert(name.clone());
-        if on_expiry != OnExpiry::Delete {
-            // Its stop is recorded as the expiry's, not a user's.
-            self.act_for(&name, EventReason::Expired);
-        }
+        // Its stop or delete is recorded as the expiry's, not a user's.
+        self.act_for(&name, EventReason::Expired);
         let me = ctx.address();
         let n = name.clone();
         let snapshot = (act == "snapshotting it").then(|| {

@@ -397,7 +397,8 @@ impl VmSupervisor {
                 // The VM's uid goes with it (its row was deleted with the VM's).
                 self.uids.release(vm);
                 self.policy_rt.pending.remove(vm);
-                self.publish(vm, VmState::Deleting, EventReason::User, Some("deleted"));
+                let reason = self.stop_reason(vm, VmState::Deleting, EventReason::User);
+                self.publish(vm, VmState::Deleting, reason, Some("deleted"));
                 for w in std::mem::take(&mut self.waiters) {
                     if w.name == vm {
                         let _ =

@@ -129,10 +129,13 @@ impl VmSupervisor {
         }
     }
 
-    /// The reason a transition of `vm` into `state` is recorded with: a stop's `user`
-    /// becomes the reason of the policy acting on the VM, if one is.
+    /// The reason a transition of `vm` into `state` is recorded with: a stop's or a delete's
+    /// `user` becomes the reason of the policy acting on the VM, if one is.
     pub(super) fn stop_reason(&self, vm: &str, state: VmState, reason: EventReason) -> EventReason {
-        let stop = matches!(state, VmState::Stopping | VmState::Stopped);
+        let stop = matches!(
+            state,
+            VmState::Stopping | VmState::Stopped | VmState::Deleting
+        );
         match self.policy_rt.acting.get(vm) {
             Some(policy) if stop && reason == EventReason::User => *policy,
             _ => reason,

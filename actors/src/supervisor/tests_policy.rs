@@ -311,6 +311,24 @@ async fn a_stored_deadline_expires_on_the_clock_stop_or_delete() {
         .unwrap(),
         Err(SupervisorError::NotFound { .. })
     ));
+    // Its deletion is recorded as the expiry's, not a user's.
+    let deletes: Vec<EventReason> = sup
+        .send(EventsSince {
+            since: 0,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.vm == "gone" && e.state == VmState::Deleting)
+        .map(|e| e.reason)
+        .collect();
+    assert!(!deletes.is_empty());
+    assert!(
+        deletes.iter().all(|r| *r == EventReason::Expired),
+        "{deletes:?}"
+    );
     // `keep` was not running: the expiry only clears its deadline, once.
     let keep = info(&sup, "keep").await;
     assert_eq!((keep.state, keep.time_left_secs), (VmState::Stopped, None));
@@ -321,6 +339,7 @@ async fn a_stored_deadline_expires_on_the_clock_stop_or_delete() {
     assert_eq!(
         events,
         [
+            "deleted",
             "time limit reached: deleting it",
             "time limit reached: it was not running"
         ]
