@@ -278,7 +278,9 @@ impl Jails for LinuxJails {
         let dir = layout.jail_dir();
         // Nothing can be mounted under a directory that does not exist: the mount table
         // (long with many jails present) is read only when there is a jail to remove.
-        if fs::symlink_metadata(&dir).is_ok() {
+        let absent =
+            matches!(fs::symlink_metadata(&dir), Err(e) if e.kind() == io::ErrorKind::NotFound);
+        if !absent {
             for m in mounts_under(&dir)? {
                 match umount2(&m, MntFlags::MNT_DETACH) {
                     Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
