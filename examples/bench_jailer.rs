@@ -7,6 +7,13 @@
 //! pessimistic case of a kernel on another filesystem; the jailer's doc warns that its
 //! `pivot_root` slows down with many mounts).
 //!
+//! Jailed spawns run twice, alternating: with hearth's attach warm-up (the default: the
+//! cgroup-v1 attach grace period started while the jail is made, see
+//! `LinuxJails::start_attach_grace_period`) and without it ("cold"). A direct breakdown
+//! (no actor) then times each step on its own: hearth's `prepare`, the jailer process from
+//! spawn to exit (the jailer's own work: binary copy, cgroups, namespaces, chroot, mknod,
+//! fork), the VMM's API socket after that, and `remove`.
+//!
 //! Target (issue 16): the jail costs ≤ 10 ms per VM at p50, and 20 parallel jailed spawns
 //! do not serialize. The kernel is the generated minimal `vmlinux` (no guest boots here),
 //! no network device. Needs root, `/dev/kvm`, the real binaries:
@@ -23,7 +30,7 @@ use std::time::{Duration, Instant};
 use actix::Actor;
 use anyhow::{bail, Context};
 use clap::Parser;
-use hearth_actors::firecracker::jailer::{JailLayout, JailLimits, LimitPolicy};
+use hearth_actors::firecracker::jailer::{JailLayout, JailLimits, JailerArgs, LimitPolicy};
 use hearth_actors::firecracker::{
     binary, cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerBinary,
     FirecrackerSettings, KillVm, RemoveRunDir, SpawnProcess, StartVm, VmConfig, VmJail,
@@ -113,6 +120,17 @@ struct Bench {
     jailer: PathBuf,
     cgroups: CgroupHost,
     jails: Arc<LinuxJails>,
+    /// The same without the attach warm-up.
+    cold: Arc<LinuxJails>,
+}
+
+/// How one VM is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Jailed,
+    /// Jailed without the attach warm-up.
+    Cold,
 }
 
 /// The chroot base, short for the socket paths.
@@ -141,12 +159,12 @@ impl Bench {
     }
 
     /// One VM: spawn → Running timed, then killed and removed (jail included).
-    async fn boot(&self, jailed: bool, n: u32) -> anyhow::Result<Duration> {
-        Ok(self.boot_phases(jailed, n).await?.total)
+    async fn boot(&self, v: Variant, n: u32) -> anyhow::Result<Duration> {
+        Ok(self.boot_phases(v, n).await?.total)
     }
 
     /// One VM, with its phases.
-    async fn boot_phases(&self, jailed: bool, n: u32) -> anyhow::Result<Phases> {
+    async fn boot_phases(&self, v: Variant, n: u32) -> anyhow::Result<Phases> {
         let name = format!("b{n}");
         let disk = self.dir.path().join(format!("{name}.ext4"));
         std::fs::write(&disk, vec![0u8; 1 << 20])?;
@@ -159,8 +177,13 @@ impl Bench {
             events,
             slog::Logger::root(slog::Discard, slog::o!()),
         )?;
-        if jailed {
+        if v != Variant::Plain {
             let uid = 950_000 + n;
+            let jails = if v == Variant::Cold {
+                self.cold.clone()
+            } else {
+                self.jails.clone()
+            };
             let layout = JailLayout::new(
                 &base(self.dir.path()),
                 &self.fc.path,
@@ -168,7 +191,7 @@ impl Bench {
             )?;
             actor = actor.jailed(VmJail::new(
                 self.jailer.clone(),
-                self.jails.clone(),
+                jails,
                 layout,
                 uid,
                 uid,
@@ -211,31 +234,124 @@ impl Bench {
         })
     }
 
-    /// `count` boots one after the other, alternating jailed and unjailed so both see the same
-    /// machine load; answers (unjailed, jailed) samples.
+    /// `count` boots one after the other, alternating unjailed, jailed and jailed cold so all
+    /// see the same machine load.
     async fn sequential(&self, count: usize, first: u32) -> anyhow::Result<Samples> {
         let mut s = Samples::default();
         for i in 0..count {
             let n = first + i as u32;
-            let p = self.boot_phases(false, n).await?;
+            let p = self.boot_phases(Variant::Plain, n).await?;
             s.plain.push(p.total);
             s.plain_phases.push(p);
-            let j = self.boot_phases(true, n).await?;
+            let j = self.boot_phases(Variant::Jailed, n).await?;
             s.jailed.push(j.total);
             s.jailed_phases.push(j);
+            let c = self.boot_phases(Variant::Cold, n).await?;
+            s.cold.push(c.total);
+            s.cold_phases.push(c);
         }
         Ok(s)
+    }
+
+    /// The steps of one jailed spawn timed on their own, without the actor: hearth's
+    /// `prepare`, the jailer from spawn to exit, then the VMM's API socket, and `remove`.
+    fn breakdown(&self, v: Variant, n: u32) -> anyhow::Result<[Duration; 4]> {
+        let uid = 970_000 + n;
+        let jails = if v == Variant::Cold {
+            &self.cold
+        } else {
+            &self.jails
+        };
+        let layout = JailLayout::new(
+            &base(self.dir.path()),
+            &self.fc.path,
+            &JailLayout::id_for_uid(uid),
+        )?;
+        let plan = JailPlan {
+            layout: layout.clone(),
+            uid,
+            gid: uid,
+            files: vec![JailFile {
+                source: self.kernel(),
+                name: "vmlinux".into(),
+                writable: false,
+            }],
+        };
+        let args = JailerArgs::for_vm(
+            &layout,
+            &self.fc.path,
+            uid,
+            uid,
+            self.cgroups.version,
+            JailLimits::for_vm(1, 128, &LimitPolicy::default()),
+            hearth_proto::firecracker::LogLevel::Warning,
+        );
+        let t0 = Instant::now();
+        jails.prepare(&plan)?;
+        let prepare = t0.elapsed();
+        let t1 = Instant::now();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the jailer alone, timed from spawn to exit"
+        )]
+        let status = std::process::Command::new(&self.jailer)
+            .args(args.args())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        let jailer = t1.elapsed();
+        if !status.success() {
+            jails.remove(&layout)?;
+            bail!("jailer failed: {status}");
+        }
+        let pid = jails.read_pid(&layout)?;
+        let t2 = Instant::now();
+        let socket = layout.api_socket();
+        let connected = loop {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break true;
+            }
+            if t2.elapsed() > Duration::from_secs(2) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let api = t2.elapsed();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Not our child (the jailer forked it into its pid namespace): wait until it is gone
+        // so its cgroups can be removed.
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t3 = Instant::now();
+        let mut removed = jails.remove(&layout);
+        for _ in 0..100 {
+            if removed.is_ok() {
+                break;
+            }
+            // A cgroup stays busy for a moment after its last task died.
+            std::thread::sleep(Duration::from_millis(5));
+            removed = jails.remove(&layout);
+        }
+        removed?;
+        let remove = t3.elapsed();
+        if !connected {
+            bail!("no API socket at {}", socket.display());
+        }
+        Ok([prepare, jailer, api, remove])
     }
 
     /// `count` boots at once, per variant; answers each VM's time and the wall time.
     async fn parallel(
         &self,
-        jailed: bool,
+        v: Variant,
         count: usize,
         first: u32,
     ) -> anyhow::Result<(Vec<Duration>, Duration)> {
         let t0 = Instant::now();
-        let boots = (0..count).map(|i| self.boot(jailed, first + i as u32));
+        let boots = (0..count).map(|i| self.boot(v, first + i as u32));
         let each = futures::future::join_all(boots)
             .await
             .into_iter()
@@ -260,8 +376,10 @@ struct Phases {
 struct Samples {
     plain: Vec<Duration>,
     jailed: Vec<Duration>,
+    cold: Vec<Duration>,
     plain_phases: Vec<Phases>,
     jailed_phases: Vec<Phases>,
+    cold_phases: Vec<Phases>,
 }
 
 fn phase_p50s(v: &[Phases]) -> String {
@@ -282,31 +400,58 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 }
 
 fn report(what: &str, s: &Samples) {
-    let (p, j) = (pct(&s.plain, 0.5), pct(&s.jailed, 0.5));
+    let (p, j, c) = (pct(&s.plain, 0.5), pct(&s.jailed, 0.5), pct(&s.cold, 0.5));
     println!(
-        "{what}: spawn→Running p50 unjailed {p:.1} ms, jailed {j:.1} ms (p90 {:.1} / {:.1}); \
-         jail cost {:.1} ms per VM",
+        "{what}: spawn→Running p50 unjailed {p:.1} ms, jailed {j:.1} ms, jailed cold {c:.1} ms \
+         (p90 {:.1} / {:.1} / {:.1}); jail cost {:.1} ms per VM ({:.1} cold)",
         pct(&s.plain, 0.9),
         pct(&s.jailed, 0.9),
-        j - p
+        pct(&s.cold, 0.9),
+        j - p,
+        c - p
     );
-    println!("  p50 phases unjailed: {}", phase_p50s(&s.plain_phases));
-    println!("  p50 phases jailed:   {}", phase_p50s(&s.jailed_phases));
+    println!("  p50 phases unjailed:    {}", phase_p50s(&s.plain_phases));
+    println!("  p50 phases jailed:      {}", phase_p50s(&s.jailed_phases));
+    println!("  p50 phases jailed cold: {}", phase_p50s(&s.cold_phases));
+}
+
+/// `rounds` direct breakdowns per variant, alternating, 200 ms idle between (as between
+/// creates, so each cold attach waits its own grace period).
+fn report_breakdown(b: &Bench, what: &str, rounds: usize) -> anyhow::Result<()> {
+    for v in [Variant::Jailed, Variant::Cold] {
+        let mut steps: [Vec<Duration>; 4] = Default::default();
+        for i in 0..rounds {
+            let r = b.breakdown(v, i as u32)?;
+            for (k, d) in r.into_iter().enumerate() {
+                steps[k].push(d);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!(
+            "{what}: breakdown {v:?} ({rounds} rounds), p50: hearth prepare {:.2} ms, jailer \
+             spawn→exit {:.1} ms (p90 {:.1}), then API socket {:.2} ms; remove {:.1} ms",
+            pct(&steps[0], 0.5),
+            pct(&steps[1], 0.5),
+            pct(&steps[1], 0.9),
+            pct(&steps[2], 0.5),
+            pct(&steps[3], 0.5)
+        );
+    }
+    Ok(())
 }
 
 async fn report_parallel(b: &Bench, what: &str, count: usize, first: u32) -> anyhow::Result<()> {
-    let (plain, plain_wall) = b.parallel(false, count, first).await?;
-    let (jailed, jailed_wall) = b.parallel(true, count, first).await?;
-    println!(
-        "{what}: {count} at once: unjailed p50 {:.1} ms, max {:.1} ms, wall {:.1} ms; \
-         jailed p50 {:.1} ms, max {:.1} ms, wall {:.1} ms",
-        pct(&plain, 0.5),
-        pct(&plain, 1.0),
-        plain_wall.as_secs_f64() * 1e3,
-        pct(&jailed, 0.5),
-        pct(&jailed, 1.0),
-        jailed_wall.as_secs_f64() * 1e3,
-    );
+    let mut line = format!("{what}: {count} at once:");
+    for v in [Variant::Plain, Variant::Jailed, Variant::Cold] {
+        let (each, wall) = b.parallel(v, count, first).await?;
+        line.push_str(&format!(
+            " {v:?} p50 {:.1} ms, max {:.1} ms, wall {:.1} ms;",
+            pct(&each, 0.5),
+            pct(&each, 1.0),
+            wall.as_secs_f64() * 1e3,
+        ));
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -363,13 +508,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("bj").tempdir_in("/tmp")?;
     vmlinux::write_minimal_vmlinux(&dir.path().join("vmlinux"));
-    let jails = Arc::new(LinuxJails::new(base(dir.path()), cgroups.clone()));
+    let jails = LinuxJails::new(base(dir.path()), cgroups.clone());
+    let cold = Arc::new(jails.clone().without_attach_warmup());
     let b = Bench {
         dir,
         fc,
         jailer,
         cgroups,
-        jails,
+        jails: Arc::new(jails),
+        cold,
     };
     println!(
         "cgroup v{}, {} sequential boots per variant, {} in parallel, {} jails present",
@@ -380,6 +527,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     // Warm-up (page cache, the binary's first copy into a jail).
     b.sequential(2, 0).await?;
+    report_breakdown(&b, "no other jails", args.boots)?;
     report("no other jails", &b.sequential(args.boots, 100).await?);
     report_parallel(&b, "no other jails", args.parallel, 200).await?;
 
@@ -391,6 +539,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64() * 1e3
     );
     let res = async {
+        report_breakdown(&b, &format!("{} jails present", args.present), args.boots)?;
         report(
             &format!("{} jails present", args.present),
             &b.sequential(args.boots, 300).await?,

@@ -1,6 +1,7 @@
 //! Which cgroup hierarchy the jailer can use here, read from the mount table: cgroup v2 when
 //! the unified hierarchy offers every controller hearth limits, else v1 when each of them has
-//! its own mount. The parsing is pure ([`detect`]); [`detect_host`] reads the host's files.
+//! its own mount. The parsing is pure ([`detect`], [`own_cgroup`]); [`detect_host`] reads the
+//! host's files.
 
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,19 @@ pub fn detect_host() -> Result<CgroupHost, String> {
     })
 }
 
+/// The cgroup a task is in within the v1 hierarchy of `controller`, from the text of its
+/// `/proc/<pid>/cgroup` (`<id>:<controllers>:<path>` lines); `None` when no line names it.
+pub fn own_cgroup<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then_some(path)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +144,18 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
                  cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n";
         let host = detect(m, |_| None).unwrap();
         assert_eq!(host.mounts[1], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+    }
+
+    #[test]
+    fn own_cgroup_reads_the_line_of_the_controller() {
+        let text = "9:name=systemd:/\n8:pids:/a/b\n2:cpu,cpuacct:/c:d\n0::/\n";
+        assert_eq!(own_cgroup(text, "pids"), Some("/a/b"));
+        // A path may hold ':'; a controller is matched whole in a combined mount.
+        assert_eq!(own_cgroup(text, "cpuacct"), Some("/c:d"));
+        assert_eq!(own_cgroup(text, "cpu"), Some("/c:d"));
+        assert_eq!(own_cgroup(text, "memory"), None);
+        assert_eq!(own_cgroup(text, "systemd"), None);
+        assert_eq!(own_cgroup("garbage\n", "pids"), None);
     }
 
     #[test]
