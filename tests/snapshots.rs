@@ -459,3 +459,74 @@ fn a_restore_cut_short_by_a_crash_is_undone_at_restart() {
     daemon::assert_no_leaks(&h);
     assert!(entries(&h.path("data/snapshots")).is_empty());
 }
+
+/// `Idempotency-Key` on snapshots and forks: a retry (same key, same request) answers the
+/// first result and makes nothing more, across a `kill -9` and restart of hearthd too; the
+/// key with another request is refused (409) and changes nothing.
+#[test]
+fn a_retried_snapshot_or_fork_with_its_key_happens_once() {
+    require_privileged!();
+    let mut h = with_real_agent();
+    create(&h, "a");
+    let snaps = h.path("data/snapshots");
+    let snap = [
+        "vm",
+        "snapshot",
+        "a",
+        "--name",
+        "s1",
+        "--idempotency-key",
+        "snap-1",
+    ];
+    let s = h.ctl_ok(&snap);
+    assert_eq!(s["state"], "ready", "{s}");
+    assert_eq!(h.ctl_ok(&snap), s, "the first answer, not `name taken`");
+    assert_eq!(snapshot_details(&h, "a", "paused").len(), 1, "paused once");
+    // The key with another request: refused, nothing made.
+    let out = h.ctl(&[
+        "vm",
+        "snapshot",
+        "a",
+        "--name",
+        "s2",
+        "--idempotency-key",
+        "snap-1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Idempotency-Key"), "{err}");
+    assert_eq!(entries(&snaps), ["s1"]);
+
+    let fork = ["vm", "fork", "a", "c", "--idempotency-key", "fork-1"];
+    let c = h.ctl_ok(&fork);
+    assert_eq!(c["state"], "running", "{c}");
+    // The VMMs (and, here, their simulated guests' agents).
+    let processes = daemon::vmm_pids(&h.path("run")).len();
+    assert_eq!(h.ctl_ok(&fork), c, "the first fork's VM, not a second");
+    assert_eq!(
+        daemon::vmm_pids(&h.path("run")).len(),
+        processes,
+        "no new process"
+    );
+    assert_eq!(entries(&snaps), ["c.fork", "s1"]);
+    let out = h.ctl(&["vm", "fork", "a", "d", "--idempotency-key", "fork-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(h.state("d"), None);
+
+    // Kept across a restart of hearthd, as a create's key is.
+    h.kill9();
+    h.launch();
+    assert_eq!(h.ctl_ok(&fork), c);
+    assert_eq!(h.ctl_ok(&snap), s);
+    assert_eq!(daemon::vmm_pids(&h.path("run")).len(), processes);
+    assert_eq!(entries(&snaps), ["c.fork", "s1"]);
+    assert_eq!(
+        h.ctl_ok(&["vm", "list"]).as_array().map(Vec::len),
+        Some(2),
+        "a and c"
+    );
+    h.ctl_ok(&["vm", "rm", "c"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    daemon::assert_no_leaks(&h);
+}

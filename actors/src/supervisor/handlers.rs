@@ -152,6 +152,14 @@ impl VmSupervisor {
         &mut self,
         key: Option<&Idempotency>,
     ) -> Result<Option<VmInfo>, SupervisorError> {
+        self.idempotent_replay_as(key)
+    }
+
+    /// [`Self::idempotent_replay`] of a request whose answer is a `T` (a snapshot's).
+    pub(super) fn idempotent_replay_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: Option<&Idempotency>,
+    ) -> Result<Option<T>, SupervisorError> {
         let Some(k) = key else { return Ok(None) };
         if self.keys_in_flight.contains(&k.key) {
             return Err(SupervisorError::Conflict {
@@ -178,10 +186,19 @@ impl VmSupervisor {
         key: Option<Idempotency>,
         answer: &Result<VmInfo, SupervisorError>,
     ) {
+        self.idempotent_store_as(key, answer);
+    }
+
+    /// [`Self::idempotent_store`] of a request whose answer is a `T` (a snapshot's).
+    pub(super) fn idempotent_store_as<T: serde::Serialize>(
+        &mut self,
+        key: Option<Idempotency>,
+        answer: &Result<T, SupervisorError>,
+    ) {
         let Some(k) = key else { return };
         self.keys_in_flight.remove(&k.key);
         if let Ok(info) = answer {
-            let json = serde_json::to_string(info).expect("VmInfo serialises");
+            let json = serde_json::to_string(info).expect("API answers serialise");
             if let Err(e) = self
                 .store
                 .put_idempotent_response(&k.key, &k.request_hash, &json)

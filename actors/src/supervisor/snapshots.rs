@@ -468,18 +468,24 @@ impl Handler<CreateSnapshot> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: CreateSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self
+        let key = msg.idempotency;
+        let replay = self
             .check_open()
             .and_then(|()| msg.spec.validate().map_err(SupervisorError::from))
-        {
-            return Box::pin(ready(Err(e)));
+            .and_then(|()| self.idempotent_replay_as::<SnapshotInfo>(key.as_ref()));
+        match replay {
+            Err(e) => return Box::pin(ready(Err(e))),
+            // The first answer again, not a second snapshot (nor "name taken").
+            Ok(Some(info)) => return Box::pin(ready(Ok(info))),
+            Ok(None) => {}
         }
         Box::pin(
             self.take_snapshot(msg.vm, msg.spec.name, msg.spec.leave, false)
-                .map(|res, act, _| {
+                .map(move |res, act, _| {
                     if res.is_err() {
                         act.count_error("snapshot");
                     }
+                    act.idempotent_store_as(key, &res);
                     res
                 }),
         )

@@ -299,6 +299,7 @@ async fn restores_and_forks_are_refused_when_jailed() {
         .send(ForkVm {
             source: "a".into(),
             spec: hearth_proto::api_snapshot::ForkVm { name: "f".into() },
+            idempotency: None,
         })
         .await
         .unwrap()
