@@ -39,6 +39,7 @@ fn record(name: &str, state: SnapshotState, base: &std::path::Path) -> SnapshotR
         vsock_cid: 3,
         disk_bytes: 4096,
         mem_file_bytes: 8192,
+        left_frozen: None,
     }
 }
 

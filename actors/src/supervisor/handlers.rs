@@ -375,7 +375,10 @@ impl VmSupervisor {
         let vmm = entry.vmm.clone();
         let pid = entry.record.process.as_ref().and_then(|p| p.pid);
         let n = name.to_owned();
-        if let Some(saga) = super::pause::action_saga(&ports, name, action, state, vmm.clone())? {
+        let frozen = action == VmAction::Resume && self.left_frozen(name);
+        if let Some(saga) =
+            super::pause::action_saga(&ports, name, action, state, vmm.clone(), frozen)?
+        {
             return Ok(saga);
         }
         // A paused VM is resumed first, so its guest can shut down cleanly.

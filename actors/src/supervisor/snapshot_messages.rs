@@ -77,6 +77,8 @@ pub(crate) enum SnapshotChange {
     Put(SnapshotRecord),
     /// A record forgotten.
     Remove(String),
+    /// The named VM was resumed and its guest thawed: no record says it was left frozen.
+    Thawed(String),
 }
 
 /// Internal: restores a snapshot (internal ones included) as a new VM; sent by a fork once
