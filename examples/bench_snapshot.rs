@@ -83,6 +83,11 @@ struct Args {
     /// Forks measured (after one warm-up fork).
     #[arg(long, default_value_t = 20)]
     fork_rounds: usize,
+    /// With `--fork`: mount a tmpfs on hearthd's `data_dir/snapshots` (memory files, state
+    /// files and disk checkpoints in RAM; the VMs' disks stay on the XFS), to show what the
+    /// disk costs a fork.
+    #[arg(long)]
+    fork_snapshots_on_tmpfs: bool,
 }
 
 fn logger() -> slog::Logger {
@@ -389,6 +394,30 @@ impl Drop for XfsMount {
     }
 }
 
+/// A tmpfs mounted on a directory of the bench's own XFS, unmounted on drop.
+struct TmpfsMount(PathBuf);
+
+impl TmpfsMount {
+    fn new(at: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!("mount -t tmpfs on {} failed", at.display());
+        }
+        Ok(TmpfsMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// hearthd, killed on drop.
 struct Daemon(std::process::Child);
 
@@ -471,7 +500,12 @@ fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
 /// probe), then each round times `POST /v1/vms/src/fork` until it answers (the fork
 /// `running`, or `unready` where no guest boots) and deletes the fork. Prints p50, min, max
 /// and the snapshot/restore split hearthd logs.
-fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> {
+fn fork_figures(
+    vmm: &Path,
+    parent: &Path,
+    rounds: usize,
+    snapshots_on_tmpfs: bool,
+) -> anyhow::Result<()> {
     use hearth::client::Client;
     use http::Method;
 
@@ -479,6 +513,11 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
     let xfs = XfsMount::new(parent)?;
     let data = xfs.mnt.join("data");
     let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
+    let tmpfs = if snapshots_on_tmpfs {
+        Some(TmpfsMount::new(&data.join("snapshots"))?)
+    } else {
+        None
+    };
     let socket = host.dir.path().join("hearthd.sock");
     host.config.api.socket.clone_from(&socket);
     host.config.network.pool_size = 2;
@@ -516,10 +555,15 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
             "rootfs": hearth::vm_host::ROOTFS, "memory_mib": 128, "ready_probe": false});
         let vm: serde_json::Value = client.send_json(Method::POST, "/v1/vms", &[], &spec)?;
         println!(
-            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy",
+            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy{}",
             vm["name"],
             vm["state"],
-            xfs.mnt.display()
+            xfs.mnt.display(),
+            if snapshots_on_tmpfs {
+                "; data_dir/snapshots on a tmpfs"
+            } else {
+                ""
+            }
         );
         let mut took = Vec::with_capacity(rounds);
         // One warm-up round (first reflink, page cache), not counted.
@@ -566,6 +610,7 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
     }
     drop(daemon);
     drop(host);
+    drop(tmpfs);
     drop(xfs);
     result
 }
@@ -612,7 +657,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     if args.fork {
-        fork_figures(&path, &args.snap_dir, args.fork_rounds)?;
+        fork_figures(
+            &path,
+            &args.snap_dir,
+            args.fork_rounds,
+            args.fork_snapshots_on_tmpfs,
+        )?;
     }
     Ok(())
 }
