@@ -398,6 +398,11 @@ impl Drop for XfsMount {
 struct TmpfsMount(PathBuf);
 
 impl TmpfsMount {
+    /// Mounted at `at` if `wanted`.
+    fn when(wanted: bool, at: &Path) -> anyhow::Result<Option<Self>> {
+        wanted.then(|| Self::new(at)).transpose()
+    }
+
     fn new(at: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(at)?;
         let ok = Command::new("mount")
@@ -499,13 +504,8 @@ fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
 /// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
 /// probe), then each round times `POST /v1/vms/src/fork` until it answers (the fork
 /// `running`, or `unready` where no guest boots) and deletes the fork. Prints p50, min, max
-/// and the snapshot/restore split hearthd logs.
-fn fork_figures(
-    vmm: &Path,
-    parent: &Path,
-    rounds: usize,
-    snapshots_on_tmpfs: bool,
-) -> anyhow::Result<()> {
+/// and the snapshot/restore split hearthd logs. `on_tmpfs`: a tmpfs on `data_dir/snapshots`.
+fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> anyhow::Result<()> {
     use hearth::client::Client;
     use http::Method;
 
@@ -513,11 +513,7 @@ fn fork_figures(
     let xfs = XfsMount::new(parent)?;
     let data = xfs.mnt.join("data");
     let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
-    let tmpfs = if snapshots_on_tmpfs {
-        Some(TmpfsMount::new(&data.join("snapshots"))?)
-    } else {
-        None
-    };
+    let tmpfs = TmpfsMount::when(on_tmpfs, &data.join("snapshots"))?;
     let socket = host.dir.path().join("hearthd.sock");
     host.config.api.socket.clone_from(&socket);
     host.config.network.pool_size = 2;
@@ -559,11 +555,9 @@ fn fork_figures(
             vm["name"],
             vm["state"],
             xfs.mnt.display(),
-            if snapshots_on_tmpfs {
-                "; data_dir/snapshots on a tmpfs"
-            } else {
-                ""
-            }
+            tmpfs
+                .as_ref()
+                .map_or("", |_| "; data_dir/snapshots on a tmpfs")
         );
         let mut took = Vec::with_capacity(rounds);
         // One warm-up round (first reflink, page cache), not counted.
