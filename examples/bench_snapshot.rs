@@ -83,6 +83,11 @@ struct Args {
     /// Forks measured (after one warm-up fork).
     #[arg(long, default_value_t = 20)]
     fork_rounds: usize,
+    /// With `--fork`: mount a tmpfs on hearthd's `data_dir/snapshots` (memory files, state
+    /// files and disk checkpoints in RAM; the VMs' disks stay on the XFS), to show what the
+    /// disk costs a fork.
+    #[arg(long)]
+    fork_snapshots_on_tmpfs: bool,
 }
 
 fn logger() -> slog::Logger {
@@ -389,6 +394,35 @@ impl Drop for XfsMount {
     }
 }
 
+/// A tmpfs mounted on a directory of the bench's own XFS, unmounted on drop.
+struct TmpfsMount(PathBuf);
+
+impl TmpfsMount {
+    /// Mounted at `at` if `wanted`.
+    fn when(wanted: bool, at: &Path) -> anyhow::Result<Option<Self>> {
+        wanted.then(|| Self::new(at)).transpose()
+    }
+
+    fn new(at: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!("mount -t tmpfs on {} failed", at.display());
+        }
+        Ok(TmpfsMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// hearthd, killed on drop.
 struct Daemon(std::process::Child);
 
@@ -470,8 +504,8 @@ fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
 /// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
 /// probe), then each round times `POST /v1/vms/src/fork` until it answers (the fork
 /// `running`, or `unready` where no guest boots) and deletes the fork. Prints p50, min, max
-/// and the snapshot/restore split hearthd logs.
-fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> {
+/// and the snapshot/restore split hearthd logs. `on_tmpfs`: a tmpfs on `data_dir/snapshots`.
+fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> anyhow::Result<()> {
     use hearth::client::Client;
     use http::Method;
 
@@ -479,6 +513,7 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
     let xfs = XfsMount::new(parent)?;
     let data = xfs.mnt.join("data");
     let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
+    let tmpfs = TmpfsMount::when(on_tmpfs, &data.join("snapshots"))?;
     let socket = host.dir.path().join("hearthd.sock");
     host.config.api.socket.clone_from(&socket);
     host.config.network.pool_size = 2;
@@ -516,10 +551,13 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
             "rootfs": hearth::vm_host::ROOTFS, "memory_mib": 128, "ready_probe": false});
         let vm: serde_json::Value = client.send_json(Method::POST, "/v1/vms", &[], &spec)?;
         println!(
-            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy",
+            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy{}",
             vm["name"],
             vm["state"],
-            xfs.mnt.display()
+            xfs.mnt.display(),
+            tmpfs
+                .as_ref()
+                .map_or("", |_| "; data_dir/snapshots on a tmpfs")
         );
         let mut took = Vec::with_capacity(rounds);
         // One warm-up round (first reflink, page cache), not counted.
@@ -566,6 +604,7 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize) -> anyhow::Result<()> 
     }
     drop(daemon);
     drop(host);
+    drop(tmpfs);
     drop(xfs);
     result
 }
@@ -612,7 +651,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     if args.fork {
-        fork_figures(&path, &args.snap_dir, args.fork_rounds)?;
+        fork_figures(
+            &path,
+            &args.snap_dir,
+            args.fork_rounds,
+            args.fork_snapshots_on_tmpfs,
+        )?;
     }
     Ok(())
 }

@@ -459,3 +459,139 @@ fn a_restore_cut_short_by_a_crash_is_undone_at_restart() {
     daemon::assert_no_leaks(&h);
     assert!(entries(&h.path("data/snapshots")).is_empty());
 }
+
+/// `Idempotency-Key` on snapshots and forks: a retry (same key, same request) answers the
+/// first result and makes nothing more, across a `kill -9` and restart of hearthd too; the
+/// key with another request is refused (409) and changes nothing.
+#[test]
+fn a_retried_snapshot_or_fork_with_its_key_happens_once() {
+    require_privileged!();
+    let mut h = with_real_agent();
+    create(&h, "a");
+    let snaps = h.path("data/snapshots");
+    let snap = [
+        "vm",
+        "snapshot",
+        "a",
+        "--name",
+        "s1",
+        "--idempotency-key",
+        "snap-1",
+    ];
+    let s = h.ctl_ok(&snap);
+    assert_eq!(s["state"], "ready", "{s}");
+    assert_eq!(h.ctl_ok(&snap), s, "the first answer, not `name taken`");
+    assert_eq!(snapshot_details(&h, "a", "paused").len(), 1, "paused once");
+    // The key with another request: refused, nothing made.
+    let out = h.ctl(&[
+        "vm",
+        "snapshot",
+        "a",
+        "--name",
+        "s2",
+        "--idempotency-key",
+        "snap-1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Idempotency-Key"), "{err}");
+    assert_eq!(entries(&snaps), ["s1"]);
+
+    let fork = ["vm", "fork", "a", "c", "--idempotency-key", "fork-1"];
+    let c = h.ctl_ok(&fork);
+    assert_eq!(c["state"], "running", "{c}");
+    // The VMMs (and, here, their simulated guests' agents).
+    let processes = daemon::vmm_pids(&h.path("run")).len();
+    assert_eq!(h.ctl_ok(&fork), c, "the first fork's VM, not a second");
+    assert_eq!(
+        daemon::vmm_pids(&h.path("run")).len(),
+        processes,
+        "no new process"
+    );
+    assert_eq!(entries(&snaps), ["c.fork", "s1"]);
+    let out = h.ctl(&["vm", "fork", "a", "d", "--idempotency-key", "fork-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(h.state("d"), None);
+
+    // Kept across a restart of hearthd, as a create's key is.
+    h.kill9();
+    h.launch();
+    assert_eq!(h.ctl_ok(&fork), c);
+    assert_eq!(h.ctl_ok(&snap), s);
+    assert_eq!(daemon::vmm_pids(&h.path("run")).len(), processes);
+    assert_eq!(entries(&snaps), ["c.fork", "s1"]);
+    assert_eq!(
+        h.ctl_ok(&["vm", "list"]).as_array().map(Vec::len),
+        Some(2),
+        "a and c"
+    );
+    h.ctl_ok(&["vm", "rm", "c"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    daemon::assert_no_leaks(&h);
+}
+
+/// A snapshot that leaves its VM paused leaves the guest's root frozen (nothing can thaw a
+/// paused guest); `vm resume` thaws it right after the resume, also when hearthd was
+/// restarted in between, and only once: a later pause and resume asks for no thaw, nor does
+/// a resume of a later process of the VM.
+#[test]
+fn a_snapshot_left_paused_is_thawed_by_the_resume_even_after_a_restart() {
+    require_privileged!();
+    let mut h = with_real_agent();
+    create(&h, "a");
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1", "--leave", "paused"]);
+    assert_eq!(h.state("a").as_deref(), Some("paused"));
+    let ops = |h: &HearthHost| -> Vec<(String, String)> {
+        freezes_of(h, "a")
+            .iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                (s("op"), s("cause"))
+            })
+            .collect()
+    };
+    assert_eq!(ops(&h), [("freeze".into(), String::new())], "still frozen");
+    h.kill9();
+    h.launch();
+    assert_eq!(h.state("a").as_deref(), Some("paused"), "{}", h.log());
+    assert_eq!(h.ctl_ok(&["vm", "resume", "a"])["state"], "running");
+    // Thawed on hearthd's request, well before the agent's own deadline (10 s).
+    assert_eq!(
+        ops(&h),
+        [
+            ("freeze".into(), String::new()),
+            ("thaw".into(), "request".into())
+        ],
+        "{}",
+        h.log()
+    );
+    h.ctl_ok(&["vm", "pause", "a"]);
+    h.ctl_ok(&["vm", "resume", "a"]);
+    assert_eq!(ops(&h).len(), 2, "once: {:?}", ops(&h));
+    // A later process of the VM was never frozen: its resume asks nothing either.
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s2", "--leave", "paused"]);
+    h.ctl_ok(&["vm", "stop", "a"]);
+    h.ctl_ok(&["vm", "start", "a"]);
+    h.ctl_ok(&["vm", "pause", "a"]);
+    let before = ops(&h).len();
+    h.ctl_ok(&["vm", "resume", "a"]);
+    assert_eq!(ops(&h).len(), before, "{:?}", ops(&h));
+    // A snapshot of the paused, frozen VM that leaves it running thaws it too.
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s3", "--leave", "paused"]);
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s4"]);
+    assert_eq!(h.state("a").as_deref(), Some("running"));
+    let tail: Vec<_> = ops(&h).split_off(before);
+    assert_eq!(
+        tail,
+        [
+            ("freeze".into(), String::new()),
+            ("thaw".into(), "request".into())
+        ]
+    );
+    h.ctl_ok(&["vm", "rm", "a"]);
+    for s in ["s1", "s2", "s3", "s4"] {
+        h.ctl_ok(&["snapshot", "rm", s]);
+    }
+    daemon::assert_no_leaks(&h);
+}

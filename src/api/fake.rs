@@ -13,6 +13,8 @@ use hearth_actors::supervisor::metrics::Histogram;
 use hearth_actors::supervisor::{self as sup, Idempotency, SupervisorError, VmAction};
 use hearth_proto::api::{Event, EventReason, VmInfo, VmState};
 
+mod snapshots;
+
 /// The next lifecycle message (create, action, delete, nat, get) fails with `error`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -54,7 +56,9 @@ pub struct FakeSupervisor {
     waits: u64,
     vms: BTreeMap<String, VmInfo>,
     events: Vec<Event>,
-    keys: BTreeMap<String, (String, VmInfo)>,
+    /// Idempotency key -> (request hash, the answer as JSON: a VM or a snapshot).
+    keys: BTreeMap<String, (String, String)>,
+    snapshots: BTreeMap<String, hearth_proto::api_snapshot::SnapshotInfo>,
     subscribers: Vec<Recipient<sup::EventPublished>>,
     fail_next: Option<SupervisorError>,
     creates: Histogram,
@@ -119,10 +123,18 @@ impl FakeSupervisor {
 
     /// The stored answer of a keyed request, a conflict, or `None` to go ahead.
     fn replay(&self, key: Option<&Idempotency>) -> Option<Result<VmInfo, SupervisorError>> {
+        self.replay_as(key)
+    }
+
+    /// [`Self::replay`] of a request answering a `T`.
+    fn replay_as<T: serde::de::DeserializeOwned>(
+        &self,
+        key: Option<&Idempotency>,
+    ) -> Option<Result<T, SupervisorError>> {
         let key = key?;
         let (hash, info) = self.keys.get(&key.key)?;
         Some(if *hash == key.request_hash {
-            Ok(info.clone())
+            serde_json::from_str(info).map_err(|e| SupervisorError::step("idempotent replay", e))
         } else {
             Err(SupervisorError::Conflict {
                 message: format!(
@@ -133,9 +145,14 @@ impl FakeSupervisor {
         })
     }
 
-    fn remember(&mut self, key: Option<Idempotency>, res: &Result<VmInfo, SupervisorError>) {
+    fn remember<T: serde::Serialize>(
+        &mut self,
+        key: Option<Idempotency>,
+        res: &Result<T, SupervisorError>,
+    ) {
         if let (Some(key), Ok(info)) = (key, res) {
-            self.keys.insert(key.key, (key.request_hash, info.clone()));
+            let json = serde_json::to_string(info).expect("API answers serialise");
+            self.keys.insert(key.key, (key.request_hash, json));
         }
     }
 }

@@ -45,7 +45,7 @@ fn image_name_param() -> Value {
            "schema": {"type": "string", "pattern": IMAGE_NAME}})
 }
 
-fn idempotency_param() -> Value {
+pub(super) fn idempotency_param() -> Value {
     json!({
         "name": "Idempotency-Key", "in": "header", "required": false,
         "description": "Makes a retried request a no-op: the same key with the same request \

@@ -4,7 +4,9 @@
 use serde_json::{json, Map, Value};
 
 use super::openapi::VM_NAME;
-use super::openapi::{action, json_body, json_response, responses, schema, vm_name_param, BODY};
+use super::openapi::{
+    action, idempotency_param, json_body, json_response, responses, schema, vm_name_param, BODY,
+};
 
 fn snapshot_name_param() -> Value {
     json!({"name": "name", "in": "path", "required": true,
@@ -32,15 +34,16 @@ pub fn paths() -> Map<String, Value> {
             "operationId": "createSnapshot",
             "summary": "Snapshot a running or paused VM: memory, VMM state and root disk at one \
                         paused instant; the VM is then left as `leave` asks",
-            "parameters": [vm_name_param()],
+            "parameters": [vm_name_param(), idempotency_param()],
             "requestBody": json_body("SnapshotCreate"),
             "responses": responses(
                 &[("201", json_response("The snapshot", schema("SnapshotInfo")))],
                 &with_body(&[
-                    ("400", "Invalid body, field or query parameter"),
+                    ("400", "Invalid body, field, query parameter or Idempotency-Key"),
                     ("404", "No such VM"),
-                    ("409", "The VM is not running or paused (invalid_state), or the name \
-                             is taken (conflict)"),
+                    ("409", "The VM is not running or paused (invalid_state), the name is \
+                             taken, or the idempotency key was used for another request or \
+                             is in progress (conflict)"),
                     ("500", "A step failed; the files were removed and the VM put back"),
                 ])),
         }}),
@@ -50,15 +53,16 @@ pub fn paths() -> Map<String, Value> {
         json!({"post": {
             "operationId": "forkVm",
             "summary": "Snapshot the VM (it keeps running) and restore the snapshot as a new VM",
-            "parameters": [vm_name_param()],
+            "parameters": [vm_name_param(), idempotency_param()],
             "requestBody": json_body("ForkVm"),
             "responses": responses(
                 &[("201", json_response("The new VM", schema("VmInfo")))],
                 &with_body(&[
-                    ("400", "Invalid body, field or query parameter"),
+                    ("400", "Invalid body, field, query parameter or Idempotency-Key"),
                     ("404", "No such VM"),
-                    ("409", "The VM cannot be snapshotted in its state, or the new name is \
-                             taken"),
+                    ("409", "The VM cannot be snapshotted in its state, the new name is \
+                             taken, or the idempotency key was used for another request or \
+                             is in progress"),
                     ("500", "A step failed and was undone"),
                 ])),
         }}),

@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use hearth_actors::supervisor::{self as sup, VmAction};
 use hearth_proto::api_snapshot;
 
-use super::body::JsonBody;
+use super::body::{idempotency, JsonBody};
 use super::query::Params;
 use super::{ApiError, ApiState};
 
@@ -81,7 +81,8 @@ pub async fn resume(
     super::vms::run(state, req, name, VmAction::Resume).await
 }
 
-/// `POST /v1/vms/{name}/snapshots`: 201 with the snapshot once it is complete.
+/// `POST /v1/vms/{name}/snapshots`: 201 with the snapshot once it is complete. With an
+/// `Idempotency-Key`, a retry answers the first snapshot again.
 pub async fn create(
     state: Data<ApiState>,
     req: HttpRequest,
@@ -89,18 +90,21 @@ pub async fn create(
     body: JsonBody<api_snapshot::SnapshotCreate>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
+    let idempotency = idempotency(&req, &body.raw)?;
     body.value.validate().map_err(sup::SupervisorError::from)?;
     let info = ports(&state)?
         .create
         .send(sup::CreateSnapshot {
             vm: name.into_inner(),
             spec: body.value,
+            idempotency,
         })
         .await??;
     Ok(HttpResponse::Created().json(info))
 }
 
-/// `POST /v1/vms/{name}/fork`: 201 with the new VM once it runs.
+/// `POST /v1/vms/{name}/fork`: 201 with the new VM once it runs. With an `Idempotency-Key`,
+/// a retry answers the first fork's VM again.
 pub async fn fork(
     state: Data<ApiState>,
     req: HttpRequest,
@@ -108,12 +112,14 @@ pub async fn fork(
     body: JsonBody<api_snapshot::ForkVm>,
 ) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
+    let idempotency = idempotency(&req, &body.raw)?;
     body.value.validate().map_err(sup::SupervisorError::from)?;
     let info = ports(&state)?
         .fork
         .send(sup::ForkVm {
             source: name.into_inner(),
             spec: body.value,
+            idempotency,
         })
         .await??;
     Ok(HttpResponse::Created().json(info))

@@ -35,9 +35,13 @@ impl TestServer {
         dir: &Path,
         adjust: impl FnOnce(&mut ApiSettings),
     ) -> Result<TestServer, ApiServerError> {
-        Self::start_with(dir, adjust, || {
+        Self::start_with_snapshots(dir, adjust, || {
             let fake = FakeSupervisor::default().start();
-            (SupervisorPorts::new(&fake), fake)
+            (
+                SupervisorPorts::new(&fake),
+                Some(SnapshotPorts::new(&fake)),
+                fake,
+            )
         })
     }
 }

@@ -255,6 +255,7 @@ fn snapshot(name: &str) -> SnapshotRecord {
         vsock_cid: 3,
         disk_bytes: 0,
         mem_file_bytes: 0,
+        left_frozen: None,
     }
 }
 

@@ -403,6 +403,57 @@ fn idempotent_create_and_actions() {
     drop(s);
 }
 
+/// `Idempotency-Key` on `POST /v1/vms/{name}/snapshots` and `/fork`, as on create: the
+/// retry answers the first result and makes nothing more; the key with another request (or
+/// on another endpoint) is 409.
+#[test]
+fn idempotent_snapshots_and_forks() {
+    let (_d, s, c) = server();
+    create(&c, "a");
+    let key = [("Idempotency-Key", "snap-1")];
+    let body = json!({"name": "s1"});
+    let first = post(&c, "/v1/vms/a/snapshots", &key, body.clone());
+    assert_eq!(first.status, 201);
+    let again = post(&c, "/v1/vms/a/snapshots", &key, body);
+    assert_eq!(again.status, 201, "not `name taken`");
+    assert_eq!(again.body, first.body);
+    let other = post(&c, "/v1/vms/a/snapshots", &key, json!({"name": "s2"}));
+    assert_eq!(
+        (other.status, error_of(&other).error.code.as_str()),
+        (409, "conflict")
+    );
+    let all: Vec<serde_json::Value> = c.get("/v1/snapshots").unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+
+    let key = [("Idempotency-Key", "fork-1")];
+    let first = post(&c, "/v1/vms/a/fork", &key, json!({"name": "b"}));
+    assert_eq!(first.status, 201);
+    let again = post(&c, "/v1/vms/a/fork", &key, json!({"name": "b"}));
+    assert_eq!(again.status, 201, "not `name taken`");
+    assert_eq!(
+        again.json::<VmInfo>().unwrap(),
+        first.json::<VmInfo>().unwrap()
+    );
+    let vms: Vec<VmInfo> = c.get("/v1/vms").unwrap();
+    assert_eq!(vms.len(), 2, "one fork");
+    for (path, body) in [
+        ("/v1/vms/a/fork", json!({"name": "c"})),
+        ("/v1/vms/b/fork", json!({"name": "b"})),
+        ("/v1/vms/a/snapshots", json!({"name": "b"})),
+    ] {
+        let r = post(&c, path, &key, body);
+        assert_eq!(
+            (r.status, error_of(&r).error.code.as_str()),
+            (409, "conflict"),
+            "{path}"
+        );
+    }
+    // Without a key, a second fork of the same name is refused.
+    let dup = post(&c, "/v1/vms/a/fork", &[], json!({"name": "b"}));
+    assert_eq!(dup.status, 409);
+    drop(s);
+}
+
 #[test]
 fn wait_answers_or_times_out() {
     let (_d, s, c) = server();

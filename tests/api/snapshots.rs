@@ -39,6 +39,7 @@ fn record(name: &str, state: SnapshotState, base: &std::path::Path) -> SnapshotR
         vsock_cid: 3,
         disk_bytes: 4096,
         mem_file_bytes: 8192,
+        left_frozen: None,
     }
 }
 
@@ -220,6 +221,51 @@ fn snapshot_endpoints_over_the_real_supervisor() {
             "{path} {body}"
         );
     }
+    // Idempotency-Key: a malformed key is refused first, naming the header.
+    for path in ["/v1/vms/old/snapshots", "/v1/vms/old/fork"] {
+        let r = post(
+            &c,
+            path,
+            &[("Idempotency-Key", "bad key")],
+            json!({"name": "k"}),
+        );
+        let e = error_of(&r).error;
+        assert_eq!(
+            (r.status, e.code.as_str()),
+            (400, "invalid_parameter"),
+            "{path}"
+        );
+        assert!(e.message.contains("Idempotency-Key"), "{}", e.message);
+    }
+    // A keyed request that fails is neither remembered nor left in progress: the same key
+    // serves the next request, which gets its own answer (not a replay, not a conflict).
+    let key = [("Idempotency-Key", "k-1")];
+    let r = post(&c, "/v1/vms/old/fork", &key, json!({"name": "b"}));
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "conflict")
+    );
+    assert!(error_of(&r).error.message.contains("\"b\""));
+    for _ in 0..2 {
+        let r = post(&c, "/v1/vms/old/snapshots", &key, json!({"name": "x"}));
+        assert_eq!(
+            (r.status, error_of(&r).error.code.as_str()),
+            (409, "invalid_state")
+        );
+    }
+    let r = post(&c, "/v1/vms/old/fork", &key, json!({"name": "f"}));
+    assert_eq!(
+        (r.status, error_of(&r).error.code.as_str()),
+        (409, "invalid_state"),
+        "a stopped VM cannot be forked"
+    );
+    assert_eq!(
+        c.request(Method::GET, "/v1/vms/f", &[], None)
+            .unwrap()
+            .status,
+        404
+    );
+
     // No binary: a restore of a ready snapshot is refused before anything is recorded.
     let r = post(
         &c,

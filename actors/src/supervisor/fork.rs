@@ -3,7 +3,8 @@
 //! long as the new VM does: deleting that VM removes it. If the restore fails, the new VM is
 //! left `failed` (like a failed create) and still holds the snapshot until it is deleted.
 
-use actix::{AsyncContext, Context, Handler, ResponseFuture};
+use actix::fut::{ready, ActorFutureExt, WrapFuture};
+use actix::{AsyncContext, Context, Handler, ResponseActFuture};
 use hearth_proto::api::{CreateVm, VmInfo};
 use hearth_proto::api_snapshot::SnapshotLeave;
 
@@ -29,12 +30,21 @@ impl Handler<TakeForkSnapshot> for VmSupervisor {
 }
 
 impl Handler<ForkVm> for VmSupervisor {
-    type Result = ResponseFuture<Result<VmInfo, SupervisorError>>;
+    type Result = ResponseActFuture<Self, Result<VmInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: ForkVm, ctx: &mut Context<Self>) -> Self::Result {
+        let key = msg.idempotency;
+        let replay = self
+            .check_open()
+            .and_then(|()| msg.spec.validate().map_err(SupervisorError::from))
+            .and_then(|()| self.idempotent_replay(key.as_ref()));
+        match replay {
+            Err(e) => return Box::pin(ready(Err(e))),
+            // The first fork's VM again, not a second one (nor "name taken").
+            Ok(Some(info)) => return Box::pin(ready(Ok(info))),
+            Ok(None) => {}
+        }
         let checked = (|| {
-            self.check_open()?;
-            msg.spec.validate()?;
             let source = self.entry(&msg.source)?;
             if self.vms.contains_key(&msg.spec.name) {
                 return Err(SupervisorError::Conflict {
@@ -45,36 +55,46 @@ impl Handler<ForkVm> for VmSupervisor {
         })();
         let source_spec = match checked {
             Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
+            Err(e) => {
+                self.idempotent_store(key, &Err(e.clone()));
+                return Box::pin(ready(Err(e)));
+            }
         };
         let me = ctx.address();
         let snapshot = format!("{}.fork", msg.spec.name);
-        Box::pin(async move {
-            let mailbox = |e| SupervisorError::step("fork", e);
-            me.send(TakeForkSnapshot {
-                vm: msg.source,
-                name: snapshot.clone(),
-            })
-            .await
-            .map_err(mailbox)??;
-            // The machine is the snapshot's (filled in by the restore); NAT, the probe and
-            // the labels are the source's.
-            let spec = CreateVm {
-                name: msg.spec.name,
-                kernel: String::new(),
-                rootfs: String::new(),
-                disk_size: None,
-                boot_args: None,
-                from_snapshot: Some(snapshot.clone()),
-                ..source_spec
-            };
-            let restored = me.send(RestoreSnapshot { spec }).await.map_err(mailbox)?;
-            if restored.is_err() {
-                // Refused before a VM was recorded (e.g. the name was taken meanwhile): the
-                // snapshot has no user and goes; a failed VM keeps it until deleted.
-                let _ = me.send(super::DeleteSnapshot { name: snapshot }).await;
+        Box::pin(
+            async move {
+                let mailbox = |e| SupervisorError::step("fork", e);
+                me.send(TakeForkSnapshot {
+                    vm: msg.source,
+                    name: snapshot.clone(),
+                })
+                .await
+                .map_err(mailbox)??;
+                // The machine is the snapshot's (filled in by the restore); NAT, the probe and
+                // the labels are the source's.
+                let spec = CreateVm {
+                    name: msg.spec.name,
+                    kernel: String::new(),
+                    rootfs: String::new(),
+                    disk_size: None,
+                    boot_args: None,
+                    from_snapshot: Some(snapshot.clone()),
+                    ..source_spec
+                };
+                let restored = me.send(RestoreSnapshot { spec }).await.map_err(mailbox)?;
+                if restored.is_err() {
+                    // Refused before a VM was recorded (e.g. the name was taken meanwhile): the
+                    // snapshot has no user and goes; a failed VM keeps it until deleted.
+                    let _ = me.send(super::DeleteSnapshot { name: snapshot }).await;
+                }
+                restored
             }
-            restored
-        })
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.idempotent_store(key, &res);
+                res
+            }),
+        )
     }
 }

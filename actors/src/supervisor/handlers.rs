@@ -152,6 +152,14 @@ impl VmSupervisor {
         &mut self,
         key: Option<&Idempotency>,
     ) -> Result<Option<VmInfo>, SupervisorError> {
+        self.idempotent_replay_as(key)
+    }
+
+    /// [`Self::idempotent_replay`] of a request whose answer is a `T` (a snapshot's).
+    pub(super) fn idempotent_replay_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: Option<&Idempotency>,
+    ) -> Result<Option<T>, SupervisorError> {
         let Some(k) = key else { return Ok(None) };
         if self.keys_in_flight.contains(&k.key) {
             return Err(SupervisorError::Conflict {
@@ -178,10 +186,19 @@ impl VmSupervisor {
         key: Option<Idempotency>,
         answer: &Result<VmInfo, SupervisorError>,
     ) {
+        self.idempotent_store_as(key, answer);
+    }
+
+    /// [`Self::idempotent_store`] of a request whose answer is a `T` (a snapshot's).
+    pub(super) fn idempotent_store_as<T: serde::Serialize>(
+        &mut self,
+        key: Option<Idempotency>,
+        answer: &Result<T, SupervisorError>,
+    ) {
         let Some(k) = key else { return };
         self.keys_in_flight.remove(&k.key);
         if let Ok(info) = answer {
-            let json = serde_json::to_string(info).expect("VmInfo serialises");
+            let json = serde_json::to_string(info).expect("API answers serialise");
             if let Err(e) = self
                 .store
                 .put_idempotent_response(&k.key, &k.request_hash, &json)
@@ -358,7 +375,10 @@ impl VmSupervisor {
         let vmm = entry.vmm.clone();
         let pid = entry.record.process.as_ref().and_then(|p| p.pid);
         let n = name.to_owned();
-        if let Some(saga) = super::pause::action_saga(&ports, name, action, state, vmm.clone())? {
+        let frozen = action == VmAction::Resume && self.left_frozen(name);
+        if let Some(saga) =
+            super::pause::action_saga(&ports, name, action, state, vmm.clone(), frozen)?
+        {
             return Ok(saga);
         }
         // A paused VM is resumed first, so its guest can shut down cleanly.

@@ -84,7 +84,7 @@ pub use policy_msgs::{PolicyTick, TickReport, UpdateVm};
 pub use publish::{PublishPort, UnpublishPort};
 pub(crate) use snapshot_messages::{CommitSnapshot, RestoreSnapshot, SnapshotChange};
 pub use snapshot_messages::{CreateSnapshot, DeleteSnapshot, ForkVm, GetSnapshot, ListSnapshots};
-pub use snapshot_record::SnapshotRecord;
+pub use snapshot_record::{FrozenVmm, SnapshotRecord};
 pub use store::{
     DiskRecord, MemoryVmStore, PolicyState, VmRecord, VmStore, VmStoreError, VmmProcessRecord,
 };

@@ -74,6 +74,7 @@ pub(super) async fn park(
                         name: snapshot.clone(),
                         leave: SnapshotLeave::Stopped,
                     },
+                    idempotency: None,
                 })
                 .await;
             match res {

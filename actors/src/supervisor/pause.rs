@@ -69,13 +69,15 @@ pub(super) async fn resume_before_stop(p: &Ports, vm: &str, vmm: Option<&Addr<Fi
 }
 
 /// The saga of a pause or resume action (`None` for other actions). Runs under the VM's lock,
-/// its state already checked.
+/// its state already checked. `left_frozen`: a snapshot left the paused guest frozen, so the
+/// resume thaws it (see `quiesce.rs`).
 pub(super) fn action_saga(
     p: &Ports,
     vm: &str,
     action: super::VmAction,
     state: VmState,
     vmm: Option<Addr<FirecrackerActor>>,
+    left_frozen: bool,
 ) -> Result<
     Option<futures::future::LocalBoxFuture<'static, Result<(), SupervisorError>>>,
     SupervisorError,
@@ -96,7 +98,12 @@ pub(super) fn action_saga(
             if action == super::VmAction::Pause {
                 pause(&p, &vm, &vmm, state, EventReason::User, None).await
             } else {
-                resume(&p, &vm, &vmm, VmState::Running, EventReason::User).await
+                resume(&p, &vm, &vmm, VmState::Running, EventReason::User).await?;
+                if left_frozen {
+                    let guest = super::quiesce::Guest::start(&p.me.clone().recipient(), &p.log);
+                    super::quiesce::thaw_left_frozen(&p, &guest, &vm).await;
+                }
+                Ok(())
             }
         }
         .boxed_local(),

@@ -7,6 +7,11 @@
 //! `freeze` is snapshotted unfrozen, and the paused event says so. Every freeze carries the
 //! agent's own deadline ([`THAW_AFTER`]), so a hearthd that dies before its thaw leaves no
 //! guest frozen for good.
+//!
+//! A snapshot that leaves its source paused leaves it frozen too (nothing runs in a paused
+//! guest, a thaw included): the record says so (`SnapshotRecord::left_frozen`) and the next
+//! resume thaws it ([`thaw_left_frozen`]), after a restart of hearthd too. A stop or delete
+//! needs nothing: the frozen filesystem goes with the guest.
 
 use std::time::Duration;
 
@@ -119,4 +124,15 @@ pub(super) async fn thaw(p: &Ports, guest: &Guest, vm: &str, q: &Quiesced) {
     };
     warn!(p.log, "guest root filesystem not thawed; its agent will at its deadline";
         "vm" => vm, "error" => failed);
+}
+
+/// Thaws a guest a snapshot left paused and frozen, right after its resume, then clears the
+/// records that said so. A failed thaw is logged (the agent thaws at its deadline) and the
+/// records cleared all the same: no later resume of this process has anything to thaw.
+pub(super) async fn thaw_left_frozen(p: &Ports, guest: &Guest, vm: &str) {
+    thaw(p, guest, vm, &Quiesced::Frozen).await;
+    if let Err(e) = super::snapshots::commit(p, super::SnapshotChange::Thawed(vm.to_owned())).await
+    {
+        warn!(p.log, "snapshot records still say the guest is frozen"; "vm" => vm, "error" => %e);
+    }
 }

@@ -7,7 +7,7 @@ use actix::Message;
 use hearth_proto::api::VmInfo;
 use hearth_proto::api_snapshot::{self, SnapshotInfo};
 
-use super::{SnapshotRecord, SupervisorError};
+use super::{Idempotency, SnapshotRecord, SupervisorError};
 
 /// Takes a snapshot of a running or paused VM: recorded (`creating`) -> pause -> disk
 /// checkpoint + VMM snapshot (memory to a file) -> the VM left as `spec.leave` asks ->
@@ -20,6 +20,8 @@ pub struct CreateSnapshot {
     pub vm: String,
     /// The snapshot's name and what to leave the VM in.
     pub spec: api_snapshot::SnapshotCreate,
+    /// Makes a retried request answer the first snapshot instead of taking a second.
+    pub idempotency: Option<Idempotency>,
 }
 
 /// Every snapshot, ordered by name.
@@ -55,6 +57,8 @@ pub struct ForkVm {
     pub source: String,
     /// The new VM.
     pub spec: api_snapshot::ForkVm,
+    /// Makes a retried fork answer the first new VM instead of making a second.
+    pub idempotency: Option<Idempotency>,
 }
 
 /// Internal: a change to the snapshot table (store first, then memory).
@@ -73,6 +77,8 @@ pub(crate) enum SnapshotChange {
     Put(SnapshotRecord),
     /// A record forgotten.
     Remove(String),
+    /// The named VM was resumed and its guest thawed: no record says it was left frozen.
+    Thawed(String),
 }
 
 /// Internal: restores a snapshot (internal ones included) as a new VM; sent by a fork once

@@ -46,6 +46,22 @@ pub struct SnapshotRecord {
     pub disk_bytes: u64,
     /// Bytes the memory file occupies.
     pub mem_file_bytes: u64,
+    /// Set when the snapshot left its source paused with the guest's root filesystem frozen:
+    /// the source's VMM then (a later process of the same VM is not frozen). Nothing can
+    /// thaw a paused guest, so the source's next resume does, and clears this. Recorded so a
+    /// restart of hearthd in between still thaws. Absent in records made before it existed.
+    #[serde(default)]
+    pub left_frozen: Option<FrozenVmm>,
+}
+
+/// The VMM process a guest was left frozen in: pid and start time (clock ticks since boot),
+/// so a pid reused by a later process does not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenVmm {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
 }
 
 impl SnapshotRecord {
@@ -83,5 +99,38 @@ impl SnapshotRecord {
             mem_file_bytes: self.mem_file_bytes,
             in_use_by,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records stored before `left_frozen` existed load, as not frozen; a frozen one
+    /// round-trips.
+    #[test]
+    fn left_frozen_is_optional_in_stored_records() {
+        let mut v = serde_json::json!({
+            "name": "s", "state": "ready", "source_vm": "a",
+            "source_spec": {"name": "a", "kernel": "k", "rootfs": "r"},
+            "source_was": "running", "leave": "paused", "dir": "/d/s",
+            "created_at_ms": 1, "internal": false, "fc_version": "1.17.0-dev",
+            "cpu_template": "None", "vcpus": 1, "mem_size_mib": 128, "vsock_cid": 3,
+            "disk_bytes": 0, "mem_file_bytes": 0,
+        });
+        let old: SnapshotRecord = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(old.left_frozen, None);
+        v["left_frozen"] = serde_json::json!({"pid": 7, "start_time": 99});
+        let new: SnapshotRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            new.left_frozen,
+            Some(FrozenVmm {
+                pid: 7,
+                start_time: 99
+            })
+        );
+        let again: SnapshotRecord =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(again, new);
     }
 }

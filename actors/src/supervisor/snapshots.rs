@@ -14,7 +14,8 @@
 //! `paused` (recorded, adopted as paused): `vm resume` continues it.
 //!
 //! Before the pause, the guest's agent syncs and freezes its root filesystem (`quiesce.rs`),
-//! thawed after the resume or on the undo path: the disk checkpoint and the memory are taken
+//! thawed after the resume or on the undo path (left `paused`, by the VM's next resume:
+//! recorded in `SnapshotRecord::left_frozen`): the disk checkpoint and the memory are taken
 //! at the same paused instant, and the checkpoint alone is also a clean filesystem. A guest
 //! that cannot freeze (no agent, an older one, a paused or unready VM) is snapshotted all the
 //! same, the paused event saying it was not frozen; a restore from it sees its disk exactly as
@@ -45,6 +46,7 @@ use slog::{info, warn};
 use super::jailing::{own_disk_in_jail, SourceJail};
 use super::quiesce;
 use super::saga::{self, Ports};
+use super::snapshot_record::FrozenVmm;
 use super::{
     CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
     SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
@@ -107,6 +109,10 @@ pub(super) struct Source {
     pub disk: PathBuf,
     /// Its jail, when its VMM runs jailed.
     pub jail: Option<SourceJail>,
+    /// Its VMM process, as a snapshot that leaves it frozen records it.
+    pub process: Option<FrozenVmm>,
+    /// An earlier snapshot left its guest frozen (and it is still paused).
+    pub frozen_before: bool,
 }
 
 /// Moves `vm`'s root drive onto `path` (see the module docs).
@@ -139,8 +145,41 @@ impl VmSupervisor {
                 self.store.delete_snapshot(&name)?;
                 self.snapshots.remove(&name);
             }
+            SnapshotChange::Thawed(vm) => {
+                let frozen: Vec<SnapshotRecord> = self
+                    .snapshots
+                    .values()
+                    .filter(|r| r.source_vm == vm && r.left_frozen.is_some())
+                    .cloned()
+                    .collect();
+                for mut r in frozen {
+                    r.left_frozen = None;
+                    self.store.put_snapshot(&r)?;
+                    self.snapshots.insert(r.name.clone(), r);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `vm`'s VMM process as a [`FrozenVmm`], once spawned.
+    fn frozen_vmm(&self, vm: &str) -> Option<FrozenVmm> {
+        let p = self.vms.get(vm)?.record.process.as_ref()?;
+        Some(FrozenVmm {
+            pid: p.pid?,
+            start_time: p.start_time?,
+        })
+    }
+
+    /// Whether a snapshot left `vm`'s guest frozen in the VMM process it runs now, so that
+    /// its resume must thaw it (see [`SnapshotRecord::left_frozen`]).
+    pub(super) fn left_frozen(&self, vm: &str) -> bool {
+        let Some(now) = self.frozen_vmm(vm) else {
+            return false;
+        };
+        self.snapshots
+            .values()
+            .any(|r| r.source_vm == vm && r.left_frozen == Some(now))
     }
 
     /// The VMs restored from snapshot `name` that still exist.
@@ -224,6 +263,8 @@ impl VmSupervisor {
                 let source = Source {
                     disk,
                     jail,
+                    process: act.frozen_vmm(&v),
+                    frozen_before: state == VmState::Paused && act.left_frozen(&v),
                     name: v.clone(),
                     state,
                     vmm,
@@ -247,6 +288,7 @@ impl VmSupervisor {
                     vsock_cid: entry.record.process.as_ref().map_or(0, |p| p.vsock_cid),
                     disk_bytes: 0,
                     mem_file_bytes: 0,
+                    left_frozen: None,
                 };
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
@@ -280,6 +322,10 @@ async fn take(
         return Err(e);
     }
     rec.state = SnapshotState::Ready;
+    if rec.leave == SnapshotLeave::Paused && quiesced == quiesce::Quiesced::Frozen {
+        // Recorded with `ready` (one write): nothing can thaw it until it is resumed.
+        rec.left_frozen = src.process;
+    }
     commit(&p, SnapshotChange::Put(rec.clone())).await?;
     p.observe("snapshot:total", started.elapsed()).await;
     info!(p.log, "snapshot taken"; "snapshot" => &rec.name, "vm" => &src.name,
@@ -296,7 +342,12 @@ async fn take(
             };
             let resumed =
                 super::pause::resume(&p, &src.name, &src.vmm, state, EventReason::Snapshot).await;
-            quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
+            if src.frozen_before && resumed.is_ok() {
+                // Paused and frozen by an earlier snapshot: this resume is the one to thaw.
+                quiesce::thaw_left_frozen(&p, &guest, &src.name).await;
+            } else {
+                quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
+            }
             resumed
         }
         SnapshotLeave::Stopped => {
@@ -468,18 +519,24 @@ impl Handler<CreateSnapshot> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<SnapshotInfo, SupervisorError>>;
 
     fn handle(&mut self, msg: CreateSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self
+        let key = msg.idempotency;
+        let replay = self
             .check_open()
             .and_then(|()| msg.spec.validate().map_err(SupervisorError::from))
-        {
-            return Box::pin(ready(Err(e)));
+            .and_then(|()| self.idempotent_replay_as::<SnapshotInfo>(key.as_ref()));
+        match replay {
+            Err(e) => return Box::pin(ready(Err(e))),
+            // The first answer again, not a second snapshot (nor "name taken").
+            Ok(Some(info)) => return Box::pin(ready(Ok(info))),
+            Ok(None) => {}
         }
         Box::pin(
             self.take_snapshot(msg.vm, msg.spec.name, msg.spec.leave, false)
-                .map(|res, act, _| {
+                .map(move |res, act, _| {
                     if res.is_err() {
                         act.count_error("snapshot");
                     }
+                    act.idempotent_store_as(key, &res);
                     res
                 }),
         )

@@ -285,6 +285,7 @@ fn snapshot(dir: &Path, jailed: bool) -> SnapshotRecord {
         vsock_cid: 3,
         disk_bytes: 4,
         mem_file_bytes: 3,
+        left_frozen: None,
     }
 }
 

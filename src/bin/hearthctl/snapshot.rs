@@ -39,6 +39,14 @@ pub(crate) struct SnapshotArgs {
     /// What to leave the VM in afterwards: paused, running or stopped.
     #[arg(long, default_value = "running", value_parser = parse_leave)]
     leave: SnapshotLeave,
+    /// Makes a retried snapshot answer the first one (sent as `Idempotency-Key`).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// The `Idempotency-Key` header for `key`, if given.
+fn key_header(key: Option<&str>) -> Vec<(&str, &str)> {
+    key.map(|k| ("Idempotency-Key", k)).into_iter().collect()
 }
 
 fn parse_leave(s: &str) -> Result<SnapshotLeave, String> {
@@ -82,15 +90,20 @@ pub(crate) fn create(c: &Client, json: bool, args: SnapshotArgs) -> Out {
         ApiPath::new("/v1/vms")
             .segment(&args.vm)
             .segment("snapshots"),
-        &[],
+        &key_header(args.idempotency_key.as_deref()),
         &body,
     )?;
     show(json, &s);
     Ok(())
 }
 
-/// `hearthctl vm fork VM NEW`: answers the new VM.
-pub(crate) fn fork(c: &Client, vm: &str, new_name: &str) -> Result<VmInfo, crate::Failure> {
+/// `hearthctl vm fork VM NEW [--idempotency-key KEY]`: answers the new VM.
+pub(crate) fn fork(
+    c: &Client,
+    vm: &str,
+    new_name: &str,
+    idempotency_key: Option<&str>,
+) -> Result<VmInfo, crate::Failure> {
     let body = ForkVm {
         name: new_name.to_owned(),
     };
@@ -98,7 +111,7 @@ pub(crate) fn fork(c: &Client, vm: &str, new_name: &str) -> Result<VmInfo, crate
     Ok(c.send_json(
         Method::POST,
         ApiPath::new("/v1/vms").segment(vm).segment("fork"),
-        &[],
+        &key_header(idempotency_key),
         &body,
     )?)
 }

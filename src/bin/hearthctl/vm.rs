@@ -66,6 +66,9 @@ pub(crate) enum VmCmd {
         name: String,
         /// The new VM's name.
         new_name: String,
+        /// Makes a retried fork answer the first new VM (sent as `Idempotency-Key`).
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Delete a VM and everything it holds.
     #[command(alias = "delete")]
@@ -236,8 +239,12 @@ pub(crate) fn run(c: &Client, json: bool, cmd: VmCmd) -> Out {
         VmCmd::Pause { name } => action(c, json, &name, "pause"),
         VmCmd::Resume { name } => action(c, json, &name, "resume"),
         VmCmd::Snapshot(args) => crate::snapshot::create(c, json, args),
-        VmCmd::Fork { name, new_name } => {
-            let vm = crate::snapshot::fork(c, &name, &new_name)?;
+        VmCmd::Fork {
+            name,
+            new_name,
+            idempotency_key,
+        } => {
+            let vm = crate::snapshot::fork(c, &name, &new_name, idempotency_key.as_deref())?;
             show_vm(json, &vm);
             Ok(())
         }
