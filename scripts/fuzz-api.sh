@@ -52,7 +52,8 @@ PORT=7070
 #  6. VMs here run the simulator's own agent, which has no exec or file ops: those
 #     operations answer 409 agent_unsupported (declared), never running anything. The
 #     fuzzer must not drive a real agent: with the simulator that agent runs on this host.
-#  7. The check ensure_resource_availability is off: the two workers run stateful scenarios
+#  7. The check ensure_resource_availability is off (turned off when two workers ran; one runs
+#     now, see below, and turning it back on is untried): two workers ran stateful scenarios
 #     against the same VM table and generated names collide (e.g. "2"), so one worker's
 #     DELETE can land between the other's create and its next call: a right 404, reported as
 #     "created resource not found" (seed 20261129; hearthd's log shows the delete in
@@ -262,6 +263,9 @@ for p in "${EXCLUDE_PATHS[@]}"; do EXCLUDES+=(--exclude-path "$p"); done
 
 rc=0
 cd "$WORK" # schemathesis keeps its example database in the current directory
+# One worker: with two threads, hypothesis's concurrent `ast.parse` calls trip a CPython 3.11
+# bug ("AST constructor recursion depth mismatch", a SystemError schemathesis reports as a
+# runtime error and a failed run), seen twice on this machine kind's Python 3.11.7.
 timeout --kill-after=10 "$BUDGET" ip netns exec "$NS" "$ST" --config-file "$WORK/schemathesis.toml" run \
     "http://127.0.0.1:$PORT/v1/openapi.json" \
     --checks all \
@@ -269,7 +273,7 @@ timeout --kill-after=10 "$BUDGET" ip netns exec "$NS" "$ST" --config-file "$WORK
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
-    --workers 2 \
+    --workers 1 \
     --no-color \
     --report junit --report-dir "$WORK/report" \
     "${EXCLUDES[@]}" || rc=$?
