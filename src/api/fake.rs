@@ -571,6 +571,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             snapshots: Vec::new(),
             pool: None,
             cordoned: self.cordon.is_some(),
+            egress_denied: Vec::new(),
         })
     }
 }

@@ -201,6 +201,9 @@ pub struct SupervisorMetrics {
     pub pool: Option<PoolOccupancy>,
     /// Whether the host is cordoned.
     pub cordoned: bool,
+    /// Packets each deny-mode VM's egress policy dropped, by VM name (empty when the
+    /// firewall's counters could not be read).
+    pub egress_denied: Vec<(String, u64)>,
 }
 
 /// The TAP pool's occupancy, for the metrics endpoint.
