@@ -104,7 +104,13 @@ impl VmSupervisor {
         let guests: Vec<(String, std::net::Ipv4Addr)> = self
             .vms
             .iter()
-            .filter(|(_, e)| e.record.spec.egress.as_ref().is_some_and(|p| p.is_deny()))
+            .filter(|(_, e)| {
+                e.record
+                    .spec
+                    .egress
+                    .as_ref()
+                    .is_some_and(hearth_proto::api_egress::EgressPolicy::is_deny)
+            })
             .filter_map(|(name, e)| e.record.lease.as_ref().map(|l| (name.clone(), l.guest_ip)))
             .collect();
         if guests.is_empty() {
