@@ -5,12 +5,18 @@
 //! both iptables flavours: the published port answers from outside, from the host itself and
 //! from the other guest through the host's address (hairpin, masqueraded); nothing else of the
 //! guest is reachable; a host socket's port is refused naming it; a `Reconcile` keeps the
-//! ports; unpublishing and teardown leave no rule or map element behind.
+//! ports; unpublishing and teardown leave no rule or map element behind. The same for UDP
+//! (a guest echo answering with the peer it saw, so the answer's way back is checked too).
+//! Ports on 127.0.0.1 (and every-address ports asked for at 127.0.0.1) answer from the host
+//! only, and no guest reaches the host's loopback through the bridge.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
@@ -123,6 +129,61 @@ fn ask(ns: &NetNs, to: SocketAddr) -> Result<String, String> {
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
     })
+}
+
+/// Sends a datagram from `ns` to `to` and answers the reply (the peer the server saw), or the
+/// error (a timeout when nothing came back).
+fn ask_udp(ns: &NetNs, to: SocketAddr) -> Result<String, String> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"hello", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// A UDP server in a namespace answering each datagram with `peer=<source> got=<payload>`.
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
+        let socket = ns
+            .run(move || UdpSocket::bind(addr))
+            .expect("bind UDP echo");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !halt.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let answer = format!("peer={from} got={}", String::from_utf8_lossy(&buf[..n]));
+                    let _ = socket.send_to(answer.as_bytes(), from);
+                }
+            }
+        });
+        UdpEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn peer_ip(answer: &str) -> Ipv4Addr {
@@ -317,7 +378,8 @@ fn map_elements_go_in_and_out_over_netlink_all_or_nothing() {
             text.contains("ip hearth-publish") && text.contains("No such file"),
             "{text}"
         );
-        fw.apply_nft(&nft_publish::table_text(&[])).unwrap();
+        fw.apply_nft(&nft_publish::table_text("hearth0", &[]))
+            .unwrap();
         let (any, addr) = (element("8080:80", 5), element("10.0.0.1:5353:53/udp", 6));
         fw.update_published(&[PublishChange::Add(any), PublishChange::Add(addr)])
             .unwrap();
@@ -354,4 +416,192 @@ fn map_elements_go_in_and_out_over_netlink_all_or_nothing() {
         let tables = ns.exec_ok(&["nft", "list", "tables"]);
         assert!(!tables.contains("hearth-publish"), "{tables}");
     });
+}
+
+#[test]
+fn a_published_udp_port_answers_from_outside_the_host_and_other_guests_and_nothing_else_does() {
+    require_privileged!();
+    for flavor in FLAVORS {
+        let w = world();
+        let _dns = UdpEcho::start(&w.guests[0], SocketAddrV4::new(guest_ip(5), 53));
+        let _other = UdpEcho::start(&w.guests[0], SocketAddrV4::new(guest_ip(5), 54));
+        let w = &w;
+        w.host.block_on(move || async move {
+            let nat = start(flavor);
+            nat.send(Reconcile { desired: desired() })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                ask_udp(&w.outside, at(HOST_IP, 5353)).is_err(),
+                "{flavor:?}"
+            );
+
+            nat.send(PublishPorts {
+                vm: "web".into(),
+                guest_ip: guest_ip(5),
+                mappings: vec![mapping("5353:53/udp"), mapping("10.98.0.1:5354:53/udp")],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+
+            // From outside, on every address and on the one named: the client's own address
+            // seen, and the answer comes back.
+            for port in [5353, 5354] {
+                let answer = ask_udp(&w.outside, at(HOST_IP, port))
+                    .unwrap_or_else(|e| panic!("{flavor:?}: from outside to {port}: {e}"));
+                assert_eq!(peer_ip(&answer), OUTSIDE_IP, "{answer}");
+                assert!(answer.ends_with("got=hello"), "{answer}");
+            }
+            // From the host itself, to its own address.
+            let answer = ask_udp(&w.host, at(HOST_IP, 5353)).expect("from the host");
+            assert_eq!(peer_ip(&answer), HOST_IP, "{answer}");
+            // From the other guest through the host's address: hairpin, masqueraded.
+            let answer = ask_udp(&w.guests[1], at(HOST_IP, 5353)).expect("hairpin");
+            assert_eq!(peer_ip(&answer), GATEWAY, "{answer}");
+            // Nothing else: not the guest's other port, not the guest directly, not the
+            // same port over TCP, not another host port.
+            assert!(ask_udp(&w.outside, at(guest_ip(5), 54)).is_err());
+            assert!(ask_udp(&w.outside, at(guest_ip(5), 53)).is_err());
+            assert!(ask_udp(&w.outside, at(HOST_IP, 5355)).is_err());
+            assert!(ask(&w.outside, at(HOST_IP, 5353)).is_err());
+            assert!(
+                ask_udp(&w.guests[1], at(guest_ip(5), 53)).is_err(),
+                "isolation stays"
+            );
+
+            // Unpublished: gone from the kernel, and the port no longer answers.
+            nat.send(UnpublishPorts {
+                vm: "web".into(),
+                mappings: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(published_elements(&w.host).is_empty());
+            assert!(ask_udp(&w.outside, at(HOST_IP, 5353)).is_err());
+            nat.send(Teardown).await.unwrap().unwrap();
+        });
+    }
+}
+
+/// Guest 6 sends to the host's 127.0.0.1 through the bridge, as a hostile guest could: its
+/// own loopback route is replaced by one through the gateway, and its `eth0` may carry
+/// loopback destinations.
+fn route_loopback_through_the_gateway(guest: &NetNs) {
+    guest.exec_ok(&["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"]);
+    guest.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "127.0.0.1/32",
+        "via",
+        "172.31.240.1",
+        "table",
+        "100",
+    ]);
+    guest.exec_ok(&[
+        "ip",
+        "rule",
+        "add",
+        "to",
+        "127.0.0.1",
+        "lookup",
+        "100",
+        "pref",
+        "10",
+    ]);
+    guest.exec_ok(&["ip", "rule", "del", "pref", "0"]);
+    guest.exec_ok(&["ip", "rule", "add", "lookup", "local", "pref", "100"]);
+}
+
+fn route_localnet(ns: &NetNs, dev: &str) -> String {
+    ns.exec_ok(&[
+        "sysctl",
+        "-n",
+        &format!("net.ipv4.conf.{dev}.route_localnet"),
+    ])
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn ports_on_the_loopback_answer_from_the_host_only_and_guests_never_reach_its_loopback() {
+    require_privileged!();
+    for flavor in FLAVORS {
+        let w = world();
+        let _web = PeerEchoServer::start(&w.guests[0], SocketAddrV4::new(guest_ip(5), 80));
+        let _dns = UdpEcho::start(&w.guests[0], SocketAddrV4::new(guest_ip(5), 53));
+        // A service on the host's loopback, which no guest may reach.
+        let _local = PeerEchoServer::start(&w.host, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
+        route_loopback_through_the_gateway(&w.guests[1]);
+        let w = &w;
+        w.host.block_on(move || async move {
+            // With guests allowed to reach the host, so only the martian drop stands between
+            // guest 6 and the host's loopback.
+            let open = NatConfig {
+                block_guest_to_host: false,
+                ..config()
+            };
+            let nat = NatActor::new(
+                open,
+                Box::new(LinuxFirewall::new(flavor)),
+                common::test_logger(),
+            )
+            .unwrap()
+            .start();
+            nat.send(Reconcile { desired: desired() })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(route_localnet(&w.host, "hearth0"), "1", "{flavor:?}");
+            nat.send(PublishPorts {
+                vm: "web".into(),
+                guest_ip: guest_ip(5),
+                mappings: vec![
+                    mapping("127.0.0.1:8080:80"),
+                    mapping("127.0.0.1:5353:53/udp"),
+                    mapping("8081:80"),
+                ],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+
+            // From the host: the loopback ports (TCP and UDP), and a port on every address
+            // asked for at 127.0.0.1, masqueraded to the gateway so the guest can answer.
+            for port in [8080, 8081] {
+                let answer = ask(&w.host, at(Ipv4Addr::LOCALHOST, port))
+                    .unwrap_or_else(|e| panic!("{flavor:?}: host -> 127.0.0.1:{port}: {e}"));
+                assert_eq!(peer_ip(&answer), GATEWAY, "{answer}");
+                assert!(answer.ends_with("got=hello"), "{answer}");
+            }
+            let answer =
+                ask_udp(&w.host, at(Ipv4Addr::LOCALHOST, 5353)).expect("UDP from the host");
+            assert_eq!(peer_ip(&answer), GATEWAY, "{answer}");
+            // A loopback port is the host's only: not from outside, not from a guest.
+            assert!(ask(&w.outside, at(HOST_IP, 8080)).is_err());
+            assert!(ask_udp(&w.outside, at(HOST_IP, 5353)).is_err());
+            assert!(ask(&w.guests[1], at(HOST_IP, 8080)).is_err());
+            ask(&w.outside, at(HOST_IP, 8081)).expect("the every-address port from outside");
+
+            // Guest 6 aims at the host's loopback through the bridge: dropped.
+            assert!(
+                ask(&w.guests[1], at(Ipv4Addr::LOCALHOST, 7000)).is_err(),
+                "{flavor:?}: a guest reached the host's loopback"
+            );
+            // Control: without hearth's drop, the same connection does get through (so the
+            // check above can fail).
+            w.host
+                .exec_ok(&["nft", "delete", "chain", "ip", "hearth-publish", "localnet"]);
+            ask(&w.guests[1], at(Ipv4Addr::LOCALHOST, 7000)).expect("control");
+
+            // Teardown turns route_localnet off again and leaves no table.
+            nat.send(Teardown).await.unwrap().unwrap();
+            assert_eq!(route_localnet(&w.host, "hearth0"), "0", "{flavor:?}");
+            let tables = w.host.exec_ok(&["nft", "list", "tables"]);
+            assert!(!tables.contains("hearth-publish"), "{flavor:?}: {tables}");
+        });
+    }
 }

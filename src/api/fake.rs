@@ -590,6 +590,7 @@ impl Handler<sup::GetMetrics> for FakeSupervisor {
             pool: None,
             cordoned: self.cordon.is_some(),
             policy: hearth_actors::supervisor::metrics::PolicyCounters::default(),
+            egress_denied: Vec::new(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /metrics`: the supervisor's counters in the Prometheus text exposition format (0.0.4):
 //! VMs by state, create-phase latency histograms, errors by operation, TAP pool occupancy, and
-//! the lifecycle policies' loop passes and decisions.
+//! the lifecycle policies' loop passes and decisions, and packets dropped by egress policies
+//! (`metrics_egress`).
 
 use std::fmt::Write;
 
@@ -72,6 +73,7 @@ pub fn render(m: &SupervisorMetrics) -> String {
         }
     }
     super::metrics_snapshot::render(&mut out, m);
+    super::metrics_egress::render(&mut out, m);
     out.push_str(
         "# HELP hearth_errors_total Failed supervisor operations, by operation.\n\
          # TYPE hearth_errors_total counter\n",
@@ -165,6 +167,7 @@ mod tests {
                 give_ups: 1,
                 ..PolicyCounters::default()
             },
+            egress_denied: Vec::new(),
         };
         let text = render(&m);
         assert!(text.contains("hearth_vms{state=\"running\"} 3\n"), "{text}");

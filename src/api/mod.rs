@@ -24,6 +24,7 @@ pub mod fake;
 pub mod image_pull;
 pub mod images;
 pub mod metrics;
+mod metrics_egress;
 mod metrics_snapshot;
 pub mod node;
 pub mod openapi;

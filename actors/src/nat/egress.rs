@@ -587,10 +587,21 @@ impl NatActor {
         }
         // Learned addresses go with the pattern they were learned for (all of them when the
         // guest leaves deny mode; those of unknown pattern, read back after a restart, stay
-        // until they expire while the guest stays in deny mode).
-        let now = Instant::now();
-        let mut forgotten = Vec::new();
-        if let Some(learned) = self.egress_policy.learned.get(&guest) {
+        // until they expire while the guest stays in deny mode). Each address kept so far has
+        // a pattern among the old domains (or none), so a change that keeps every old domain
+        // keeps them all: only a change dropping a domain looks at them (a scan of the guest's
+        // learned addresses, which otherwise made each change cost with their number).
+        let drops_a_domain = match (old, &rules) {
+            (Some(old), Some(new)) => !old.domains.is_subset(&new.domains),
+            _ => true,
+        };
+        let mut forgotten = BTreeSet::new();
+        let learned = if drops_a_domain {
+            self.egress_policy.learned.get(&guest)
+        } else {
+            None
+        };
+        if let Some(learned) = learned {
             for (addr, (_, patterns)) in learned {
                 let gone = match &rules {
                     None => true,
@@ -598,7 +609,7 @@ impl NatActor {
                 };
                 // Also when it looks expired: the kernel's clock for it may run a little later.
                 if gone {
-                    forgotten.push(*addr);
+                    forgotten.insert(*addr);
                     changes.push(EgressChange {
                         set: LEARNED_SET,
                         element: EgressElement::Addr(guest, *addr),
@@ -613,7 +624,10 @@ impl NatActor {
         if let Some(rules) = rules {
             self.egress_policy.policies.insert(guest, rules);
             if let Some(learned) = self.egress_policy.learned.get_mut(&guest) {
-                learned.retain(|addr, (expiry, _)| *expiry > now && !forgotten.contains(addr));
+                // Expired ones are dropped by `allow_learned`, which adds them.
+                for addr in &forgotten {
+                    learned.remove(addr);
+                }
             }
         } else {
             self.egress_policy.policies.remove(&guest);

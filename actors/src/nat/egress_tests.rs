@@ -167,6 +167,61 @@ async fn learned_addresses_need_deny_mode_and_a_listed_pattern_and_are_clamped()
 }
 
 #[actix::test]
+async fn a_change_keeping_every_domain_keeps_learned_addresses_and_dropping_one_forgets_its_own() {
+    let (addr, fake) = ready().await;
+    let g = ip(5);
+    let set = |domains: &'static [&'static str], net: &'static str| SetEgressPolicy {
+        guest: g,
+        rules: Some(rules(&[net], &[], domains)),
+    };
+    addr.send(set(&["a.example", "b.example"], "10.1.0.0/16"))
+        .await
+        .unwrap()
+        .unwrap();
+    for (pattern, last) in [("a.example", 200), ("b.example", 201), ("a.example", 202)] {
+        let learn = AllowLearned {
+            guest: g,
+            pattern: pattern.to_owned(),
+            addrs: vec![(ip(last), 300)],
+        };
+        assert_eq!(addr.send(learn).await.unwrap().unwrap(), 1);
+    }
+    let learned = |fake: &FakeFirewall| elements(fake).get(LEARNED_SET).cloned();
+    let all = learned(&fake).unwrap();
+    assert_eq!(all.len(), 3);
+    // Same domains (and one more), another CIDR: only the CIDR changes.
+    addr.send(set(&["a.example", "b.example", "c.example"], "10.2.0.0/16"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(egress_updates(&fake)
+        .pop()
+        .unwrap()
+        .iter()
+        .all(|c| c.set != LEARNED_SET));
+    assert_eq!(learned(&fake).unwrap(), all);
+    // `a.example` dropped: its two addresses go, `b.example`'s stays.
+    addr.send(set(&["b.example"], "10.2.0.0/16"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        learned(&fake).unwrap(),
+        BTreeSet::from([EgressElement::Addr(g, ip(201))])
+    );
+    // And they stay forgotten: dropping `b.example` later removes only its own.
+    addr.send(set(&[], "10.2.0.0/16")).await.unwrap().unwrap();
+    assert_eq!(
+        egress_updates(&fake).pop().unwrap(),
+        [EgressChange {
+            set: LEARNED_SET,
+            element: EgressElement::Addr(g, ip(201)),
+            op: EgressOp::Remove,
+        }]
+    );
+}
+
+#[actix::test]
 async fn bad_policies_and_early_calls_change_nothing() {
     let fake = FakeFirewall::new();
     fake.add_interface("eth0");

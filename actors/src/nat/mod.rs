@@ -434,8 +434,11 @@ impl NatActor {
             .map_err(step("install hearth's nftables bridge table"))?;
         let published = publish::all_elements(&self.published);
         self.firewall
-            .apply_nft(&nft_publish::table_text(&published))
+            .apply_nft(&nft_publish::table_text(&self.config.bridge, &published))
             .map_err(step("install hearth's nftables publish table"))?;
+        // After the table that drops the bridge's martian 127/8 packets: ports published on
+        // the loopback reach guests from the host.
+        self.set_route_localnet(true)?;
         // Egress policy: its table is part of the firewall; guests in `desired` keep theirs.
         let guests: BTreeSet<Ipv4Addr> = desired.iter().map(|g| g.ip).collect();
         self.reconcile_egress_keeping(&guests)?;
@@ -611,6 +614,22 @@ impl NatActor {
         Ok(())
     }
 
+    /// Sets `route_localnet` on the bridge, if the bridge exists (without it there is no
+    /// guest to reach; the next reconcile after it appears sets it).
+    fn set_route_localnet(&mut self, on: bool) -> Result<(), NatError> {
+        let bridge = self.config.bridge.clone();
+        let exists = self
+            .firewall
+            .interface_exists(&bridge)
+            .map_err(step(format!("look up bridge {bridge}")))?;
+        if exists {
+            self.firewall
+                .set_route_localnet(&bridge, on)
+                .map_err(step(format!("set route_localnet on {bridge}")))?;
+        }
+        Ok(())
+    }
+
     fn teardown(&mut self) -> Result<(), NatError> {
         let current = self.listings()?;
         if let Some(text) = rules::teardown_text(&current) {
@@ -622,6 +641,8 @@ impl NatActor {
         self.firewall
             .apply_nft(&rules::bridge_teardown_text())
             .map_err(step("remove hearth's nftables bridge table"))?;
+        // Before the table guarding it goes.
+        self.set_route_localnet(false)?;
         self.firewall
             .apply_nft(&nft_publish::teardown_text())
             .map_err(step("remove hearth's nftables publish table"))?;

@@ -20,9 +20,11 @@
 //!
 //! The actor keeps the table of published ports (by protocol and host port) and refuses a
 //! port another VM holds or a socket on the host holds, naming that owner.
-//! Not covered: publishing on a loopback address (`127.0.0.1:...`) reaches the guest only
-//! from outside the host's loopback (the kernel does not route 127/8 to the bridge without
-//! `route_localnet`, which hearth does not set).
+//! Ports published on a loopback address (`127.0.0.1:...`, reachable from the host only,
+//! as with Docker), and ports on every address asked for at `127.0.0.1`, reach the guest:
+//! `Reconcile` turns `route_localnet` on for the bridge once the publish table guards it
+//! (dropping packets from guests to or from 127/8, masquerading the host's to the gateway);
+//! `Teardown` turns it off again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -600,6 +602,51 @@ mod tests {
             "{text}"
         );
         assert!(pre < publish, "{text}");
+    }
+
+    #[actix::test]
+    async fn the_bridge_routes_loopback_only_after_the_guarding_table_and_until_teardown() {
+        let fw = FakeFirewall::new();
+        fw.add_interface("eth0");
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let nat = NatActor::new(config(), Box::new(fw.clone()), log)
+            .unwrap()
+            .start();
+        // No bridge yet: nothing to set, and the reconcile still succeeds.
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fw.state().route_localnet.is_empty());
+        fw.add_interface("hearth0");
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        let calls = fw.state().calls.clone();
+        let on = calls
+            .iter()
+            .position(|c| *c == FakeCall::SetRouteLocalnet("hearth0".into(), true))
+            .expect("route_localnet set");
+        let guard = calls
+            .iter()
+            .position(
+                |c| matches!(c, FakeCall::ApplyNft(t) if t.contains("ip daddr 127.0.0.0/8 drop")),
+            )
+            .expect("the publish table applied");
+        assert!(guard < on, "{calls:?}");
+        // A failure to set it fails the reconcile, naming the step.
+        fw.fail(FakeOp::RouteLocalnet, "read-only /proc");
+        let err = nat
+            .send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("route_localnet"), "{err}");
+        fw.state().failures.clear();
+
+        nat.send(Teardown).await.unwrap().unwrap();
+        assert!(fw.state().route_localnet.is_empty());
     }
 
     #[actix::test]

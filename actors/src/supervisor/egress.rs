@@ -2,6 +2,7 @@
 //! capability changes the firewall and DNS), and `GetEgress`, the policy with its drop count.
 
 use actix::{Context, Handler, ResponseActFuture};
+use futures::FutureExt;
 use hearth_proto::api::{CreateVm, VmInfo};
 
 use hearth_proto::api_egress::EgressStatus;
@@ -66,5 +67,44 @@ impl Handler<GetEgress> for VmSupervisor {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl VmSupervisor {
+    /// The denied-packet counters of the VMs in deny mode with a lease, by VM name, for
+    /// `/metrics`: one read of the firewall for all of them. Counters that cannot be read
+    /// leave the list empty rather than failing the whole metrics read.
+    pub(super) fn egress_denied_counters(
+        &self,
+    ) -> futures::future::LocalBoxFuture<'static, Vec<(String, u64)>> {
+        let guests: Vec<(String, std::net::Ipv4Addr)> = self
+            .vms
+            .iter()
+            .filter(|(_, e)| {
+                e.record
+                    .spec
+                    .egress
+                    .as_ref()
+                    .is_some_and(hearth_proto::api_egress::EgressPolicy::is_deny)
+            })
+            .filter_map(|(name, e)| e.record.lease.as_ref().map(|l| (name.clone(), l.guest_ip)))
+            .collect();
+        if guests.is_empty() {
+            return futures::future::ready(Vec::new()).boxed_local();
+        }
+        let counters = self.deps.nat.send(GetEgressDenied);
+        async move {
+            match counters.await {
+                Ok(Ok(counts)) => guests
+                    .into_iter()
+                    .map(|(name, ip)| {
+                        let n = counts.get(&ip).copied().unwrap_or(0);
+                        (name, n)
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            }
+        }
+        .boxed_local()
     }
 }

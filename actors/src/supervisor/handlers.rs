@@ -603,9 +603,12 @@ impl Handler<GetMetrics> for VmSupervisor {
             pool: None,
             cordoned: self.cordon.is_some(),
             policy: self.policy_rt.counters,
+            egress_denied: Vec::new(),
         };
         let pool = self.deps.tap_pool.send(crate::tap_pool::GetStatus {});
+        let egress = self.egress_denied_counters();
         Box::pin(async move {
+            metrics.egress_denied = egress.await;
             // The pool's status is a memory read; a pool that is gone just leaves it out.
             metrics.pool = pool.await.ok().map(|s| PoolOccupancy {
                 free_taps: s.free_taps as u64,

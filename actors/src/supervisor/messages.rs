@@ -203,6 +203,9 @@ pub struct SupervisorMetrics {
     pub cordoned: bool,
     /// The lifecycle policies' loop passes and decisions.
     pub policy: super::metrics::PolicyCounters,
+    /// Packets each deny-mode VM's egress policy dropped, by VM name (empty when the
+    /// firewall's counters could not be read).
+    pub egress_denied: Vec<(String, u64)>,
 }
 
 /// The TAP pool's occupancy, for the metrics endpoint.

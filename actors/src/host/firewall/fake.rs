@@ -18,6 +18,8 @@ pub enum FakeOp {
     InterfaceExists,
     /// [`Firewall::ip_forward`] and [`Firewall::set_ip_forward`].
     IpForward,
+    /// [`Firewall::set_route_localnet`].
+    RouteLocalnet,
     /// [`Firewall::list_rules`].
     ListRules,
     /// [`Firewall::restore_rules`].
@@ -51,6 +53,8 @@ pub enum FakeCall {
     InterfaceExists(String),
     /// `set_ip_forward(on)`.
     SetIpForward(bool),
+    /// `set_route_localnet(interface, on)`.
+    SetRouteLocalnet(String, bool),
     /// `list_rules(table)`.
     ListRules(Table),
     /// `restore_rules(text)`.
@@ -93,6 +97,8 @@ pub struct FakeState {
     pub interfaces: HashSet<String>,
     /// IPv4 forwarding.
     pub ip_forward: bool,
+    /// Interfaces with `route_localnet` on.
+    pub route_localnet: BTreeSet<String>,
     /// What `list_rules` returns per table (empty when unset).
     pub listings: HashMap<Table, String>,
     /// Sets and their members.
@@ -386,6 +392,17 @@ impl Firewall for FakeFirewall {
     fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError> {
         let mut state = self.enter(FakeOp::IpForward, FakeCall::SetIpForward(on))?;
         state.ip_forward = on;
+        Ok(())
+    }
+
+    fn set_route_localnet(&mut self, interface: &str, on: bool) -> Result<(), FirewallError> {
+        let call = FakeCall::SetRouteLocalnet(interface.to_owned(), on);
+        let mut state = self.enter(FakeOp::RouteLocalnet, call)?;
+        if on {
+            state.route_localnet.insert(interface.to_owned());
+        } else {
+            state.route_localnet.remove(interface);
+        }
         Ok(())
     }
 

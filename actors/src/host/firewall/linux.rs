@@ -216,6 +216,19 @@ impl Firewall for LinuxFirewall {
         })
     }
 
+    fn set_route_localnet(&mut self, interface: &str, on: bool) -> Result<(), FirewallError> {
+        // An interface name never holds `/` (the kernel refuses it): the path stays in `conf/`.
+        let path = format!("/proc/sys/net/ipv4/conf/{interface}/route_localnet");
+        if interface.is_empty() || interface.contains('/') || interface.starts_with('.') {
+            return Err(FirewallError::InterfaceSysctl {
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        std::fs::write(&path, if on { "1\n" } else { "0\n" })
+            .map_err(|source| FirewallError::InterfaceSysctl { path, source })
+    }
+
     fn list_rules(&mut self, table: Table) -> Result<String, FirewallError> {
         run(self.flavor.iptables(), &list_args(table), None)
     }

@@ -63,6 +63,14 @@ pub enum FirewallError {
         /// libipset's message.
         message: String,
     },
+    /// Writing an interface's sysctl failed.
+    #[error("Cannot write {path}")]
+    InterfaceSysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Reading or writing a sysctl failed.
     #[error("Cannot access {path}")]
     Sysctl {
@@ -201,6 +209,14 @@ pub trait Firewall {
     /// The backend's [`FirewallError`], naming the command or operation.
     fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError>;
 
+    /// Lets `interface` route packets with loopback addresses, or stops it
+    /// (`/proc/sys/net/ipv4/conf/<interface>/route_localnet`): a port published on 127.0.0.1
+    /// then reaches a guest from the host.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`], naming the command or operation.
+    fn set_route_localnet(&mut self, interface: &str, on: bool) -> Result<(), FirewallError>;
+
     /// The rules of a table as `iptables -S` prints them.
     ///
     /// # Errors
@@ -309,6 +325,9 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     }
     fn set_ip_forward(&mut self, on: bool) -> Result<(), FirewallError> {
         (**self).set_ip_forward(on)
+    }
+    fn set_route_localnet(&mut self, interface: &str, on: bool) -> Result<(), FirewallError> {
+        (**self).set_route_localnet(interface, on)
     }
     fn list_rules(&mut self, table: Table) -> Result<String, FirewallError> {
         (**self).list_rules(table)

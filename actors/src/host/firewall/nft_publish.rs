@@ -7,7 +7,14 @@
 //! ports published on one host address) and `any` (`l4proto . dport`, for every address of
 //! the host). Two base chains at the nat hooks (`prerouting`: from outside and hairpin from
 //! guests; `output`: from the host itself) look a packet to one of the host's own addresses
-//! up in `addr`, then in `any`; a miss leaves the packet alone. The table is written whole
+//! up in `addr`, then in `any`; a miss leaves the packet alone.
+//!
+//! Ports on the loopback (`127.0.0.1:...`, or any address asked for as `localhost`) reach a
+//! guest from the host because the bridge routes loopback addresses (`route_localnet`, which
+//! `NatActor` sets): `postrouting` masquerades packets leaving on the bridge from 127/8 to the
+//! gateway, so the guest's answer comes back through the host, and `localnet` (before
+//! conntrack) drops what `route_localnet` would otherwise let in: packets arriving on the
+//! bridge to or from 127/8, so no guest reaches the host's loopback services. The table is written whole
 //! by `nft -f` ([`table_text`], setup and reconcile, atomically with its elements) and removed
 //! by [`teardown_text`]; its elements change through [`batch`] over [`super::nft_netlink`].
 //!
@@ -120,9 +127,13 @@ pub enum PublishChange {
 }
 
 /// The `nft -f` text that replaces hearth's publish table with one holding exactly
-/// `elements`, as one transaction (creating the table first, so deleting it cannot fail).
+/// `elements`, as one transaction (creating the table first, so deleting it cannot fail);
+/// `bridge` is the guests' bridge, whose loopback traffic the table guards and masquerades.
 #[must_use]
-pub fn table_text<'a>(elements: impl IntoIterator<Item = &'a PublishElement>) -> String {
+pub fn table_text<'a>(
+    bridge: &str,
+    elements: impl IntoIterator<Item = &'a PublishElement>,
+) -> String {
     let (mut addr, mut any) = (Vec::new(), Vec::new());
     for e in elements {
         if e.mapping.host_addr.is_some() {
@@ -154,6 +165,15 @@ pub fn table_text<'a>(elements: impl IntoIterator<Item = &'a PublishElement>) ->
     text += &map(MAP_ANY, "inet_proto . inet_service", &any);
     text += &chain("prerouting", "prerouting");
     text += &chain("output", "output");
+    // Priority -300 (raw): before conntrack, so a dropped packet leaves no entry.
+    let _ = write!(
+        text,
+        "  chain localnet {{\n    type filter hook prerouting priority -300; policy accept;\n    \
+         iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n    \
+         iifname \"{bridge}\" ip saddr 127.0.0.0/8 drop\n  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    \
+         oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n  }}\n"
+    );
     text.push_str("}\n");
     text
 }
@@ -261,7 +281,10 @@ mod tests {
 
     #[test]
     fn the_table_text_holds_each_element_in_its_map() {
-        let text = table_text(&[element("8080:80", 5), element("10.0.0.1:53:53/udp", 6)]);
+        let text = table_text(
+            "hearth0",
+            &[element("8080:80", 5), element("10.0.0.1:53:53/udp", 6)],
+        );
         assert!(text.starts_with(
             "table ip hearth-publish {}\ndelete table ip hearth-publish\ntable ip hearth-publish {\n"
         ));
@@ -277,8 +300,22 @@ mod tests {
             text.contains("type nat hook output priority -100;"),
             "{text}"
         );
+        // Loopback traffic of the bridge: martians dropped before conntrack, the host's own
+        // masqueraded to the gateway.
+        assert!(
+            text.contains("iifname \"hearth0\" ip daddr 127.0.0.0/8 drop\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iifname \"hearth0\" ip saddr 127.0.0.0/8 drop\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oifname \"hearth0\" ip saddr 127.0.0.0/8 masquerade\n"),
+            "{text}"
+        );
         // Without elements, the maps are declared empty.
-        assert!(!table_text(&[]).contains("elements"));
+        assert!(!table_text("hearth0", &[]).contains("elements"));
     }
 
     #[test]
