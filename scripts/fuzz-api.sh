@@ -32,7 +32,7 @@ HEARTHCTL=${HEARTHCTL:-$BIN/hearthctl}
 FC_SIM=${HEARTH_FC_SIM:-$BIN/firecracker-sim}
 ST=${SCHEMATHESIS:-st}
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-200}
-BUDGET=${FUZZ_BUDGET:-400}
+BUDGET=${FUZZ_BUDGET:-900} # one worker: ~2-6 min here, depending on the load
 SEED=${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}
 # Longer than any answer but a long poll (whose timeout the config below bounds): a request
 # still open after this is a hang.
