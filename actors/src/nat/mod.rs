@@ -79,7 +79,7 @@ pub use messages::{
     EnsureNat, GetStatus, GuestSpec, NatStatus, Reconcile, RegisterGuest, SetEgress, Teardown,
     UnregisterGuest,
 };
-pub use publish::{ListPublished, PublishPorts, PublishedPort, UnpublishPorts};
+pub use publish::{ListPublished, PublishPorts, PublishedPort, SeedPublished, UnpublishPorts};
 
 /// Errors of `NatActor`.
 #[derive(Debug, thiserror::Error)]

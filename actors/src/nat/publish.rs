@@ -185,6 +185,18 @@ pub struct UnpublishPorts {
     pub mappings: Option<Vec<PortMapping>>,
 }
 
+/// The ports the VMs of a restarted hearthd hold (from its store), given before `Reconcile`:
+/// they become the actor's table, so the publish table `Reconcile` writes holds them from the
+/// start and a published port never goes missing across a restart (the `adopted` hooks that
+/// publish them again then find them there). Changes nothing on the host; ports whose guest
+/// address is outside the subnet are left out.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SeedPublished {
+    /// The ports, with their VMs and guest addresses.
+    pub ports: Vec<PublishedPort>,
+}
+
 /// Lists every published port (all VMs), in (protocol, host port) order.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<PublishedPort>")]
@@ -336,6 +348,19 @@ impl Handler<UnpublishPorts> for NatActor {
 
     fn handle(&mut self, msg: UnpublishPorts, _: &mut Context<Self>) -> Self::Result {
         self.unpublish(&msg)
+    }
+}
+
+impl Handler<SeedPublished> for NatActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SeedPublished, _: &mut Context<Self>) -> Self::Result {
+        self.published.clear();
+        for port in msg.ports {
+            if self.config.check_guest(port.guest_ip).is_ok() {
+                self.published.insert(port);
+            }
+        }
     }
 }
 
@@ -602,6 +627,65 @@ mod tests {
             "{text}"
         );
         assert!(pre < publish, "{text}");
+    }
+
+    /// After a restart of hearthd: the ports seeded from the store are in the very table
+    /// `Reconcile` writes (never a table without them), the `adopted` hook's publish of the
+    /// same port changes nothing, and another VM is refused the port at once.
+    #[actix::test]
+    async fn seeded_ports_are_written_by_the_reconcile_itself() {
+        let fw = FakeFirewall::new();
+        fw.add_interface("eth0");
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let nat = NatActor::new(config(), Box::new(fw.clone()), log)
+            .unwrap()
+            .start();
+        let seeded = PublishedPort {
+            vm: "web".into(),
+            guest_ip: ip(5),
+            mapping: m("8080:80"),
+        };
+        let outside = PublishedPort {
+            vm: "odd".into(),
+            guest_ip: Ipv4Addr::new(10, 9, 9, 9),
+            mapping: m("9090:90"),
+        };
+        nat.send(SeedPublished {
+            ports: vec![seeded.clone(), outside],
+        })
+        .await
+        .unwrap();
+        assert!(fw.state().calls.is_empty(), "seeding changes nothing on the host");
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        let tables: Vec<String> = fw
+            .state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::ApplyNft(t) if t.contains("hearth-publish") => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tables.len(), 1, "{tables:?}");
+        assert!(tables[0].contains("172.31.240.5"), "{}", tables[0]);
+        assert!(!tables[0].contains("10.9.9.9"), "{}", tables[0]);
+        assert_eq!(nat.send(ListPublished).await.unwrap(), vec![seeded]);
+
+        let before = fw.state().calls.len();
+        nat.send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fw.state().calls.len(), before, "already there");
+        let err = nat
+            .send(publish("db", 6, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("\"web\""), "{err}");
     }
 
     #[actix::test]

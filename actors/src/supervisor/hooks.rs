@@ -236,6 +236,36 @@ pub(super) async fn adopt_all<'a>(p: &Ports, vms: impl IntoIterator<Item = &'a S
     failed
 }
 
+/// The published ports of `vms` that are alive with a lease, as their stored specs say: what
+/// `Open` seeds `NatActor` with before `Reconcile`, so the publish table is never written
+/// without them after a restart.
+pub(super) async fn published_ports<'a>(
+    p: &Ports,
+    vms: impl IntoIterator<Item = &'a String>,
+) -> Vec<crate::nat::PublishedPort> {
+    let mut ports = Vec::new();
+    for vm in vms {
+        let Some(subject) = p.hook_subject(vm).await else {
+            continue;
+        };
+        let Some(lease) = subject.lease.as_ref().filter(|_| subject.state.is_alive()) else {
+            continue;
+        };
+        ports.extend(
+            subject
+                .spec
+                .publish
+                .iter()
+                .map(|m| crate::nat::PublishedPort {
+                    vm: vm.clone(),
+                    guest_ip: lease.guest_ip,
+                    mapping: *m,
+                }),
+        );
+    }
+    ports
+}
+
 /// Runs `reconfigure` on every capability for a live VM whose spec changed from `previous`
 /// to `spec`. On a failure, the capabilities already reconfigured are put back (reconfigured
 /// from `spec` to `previous`), so nothing has changed.

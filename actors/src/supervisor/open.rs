@@ -29,7 +29,7 @@ use crate::firecracker::{
 };
 use crate::host::processes::Processes;
 use crate::lease::NetLease;
-use crate::nat::{GuestSpec, Reconcile};
+use crate::nat::{GuestSpec, Reconcile, SeedPublished};
 use crate::snapshot::{ListDisks, RemoveDisk};
 use crate::tap_pool::Initialize;
 
@@ -322,6 +322,14 @@ pub(super) async fn execute(
         .map_err(|e| step("tap pool", e))?
         .map_err(|e| step("tap pool", e))?;
     info!(p.log, "tap pool ready"; "free" => pool.free_taps, "leased" => pool.leased);
+    // Published ports are in the table Reconcile writes, not added after it: a port never
+    // goes missing across a restart of hearthd.
+    let ports = super::hooks::published_ports(&p, &plan.alive).await;
+    p.deps
+        .nat
+        .send(SeedPublished { ports })
+        .await
+        .map_err(|e| step("firewall", e))?;
     p.deps
         .nat
         .send(Reconcile {
@@ -330,7 +338,8 @@ pub(super) async fn execute(
         .await
         .map_err(|e| step("firewall", e))?
         .map_err(|e| step("firewall", e))?;
-    // Runtime state beyond the static rules (names, published ports, ...) from the store.
+    // Runtime state beyond the static rules (names, egress, ...) from the store; published
+    // ports are there already and their hook finds them so.
     super::hooks::adopt_all(&p, &plan.alive).await;
     Ok((plan.report, plan.stop))
 }
