@@ -15,88 +15,17 @@
 
 mod common;
 use common::daemon;
-use common::vmm;
+use common::jails::*;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use daemon::{HearthHost, Leaks};
-use hearth_actors::host::jails::cgroups::detect_host;
 
 /// A range of its own: the test may run beside the other jailer tests.
 const FIRST_UID: u32 = 940_200;
 const LAST_UID: u32 = 940_209;
-
-/// The jailer beside (or named for) the real Firecracker, or `None` after a SKIP line.
-fn real_binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let fc = vmm::real_firecracker(test)?;
-    let jailer = std::env::var_os("HEARTH_JAILER_REAL")
-        .map(PathBuf::from)
-        .or_else(|| Some(fc.parent()?.join("jailer")))
-        .filter(|p| p.is_file());
-    let Some(jailer) = jailer else {
-        assert!(
-            std::env::var(vmm::REQUIRE_REAL_VAR).as_deref() != Ok("1"),
-            "{test}: no jailer: set HEARTH_JAILER_REAL"
-        );
-        hearth_testkit::skip!("SKIP: {test}: no jailer; set HEARTH_JAILER_REAL=/path/to/jailer");
-        return None;
-    };
-    Some((fc, jailer))
-}
-
-fn status_field(pid: u64, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && !status_field(pid, "State").starts_with('Z')
-}
-
-/// The (device, inode) of each file open in `pid` (paths read through `/proc/<pid>/fd` are
-/// relative to the VMM's chroot, so files are compared by inode).
-fn open_inodes(pid: u64) -> Vec<(u64, u64)> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .flatten()
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| (m.dev(), m.ino()))
-        .collect()
-}
-
-fn inode(p: &Path) -> (u64, u64) {
-    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    (m.dev(), m.ino())
-}
-
-fn jail_root(base: &Path, uid: u32) -> PathBuf {
-    base.join(format!("firecracker/{uid}/root"))
-}
-
-/// The host's cgroup directories of jail `uid`.
-fn cgroup_dirs(uid: u32) -> Vec<PathBuf> {
-    detect_host()
-        .expect("cgroups")
-        .mounts
-        .iter()
-        .map(|m| m.join("hearth").join(uid.to_string()))
-        .collect()
-}
-
-/// Nothing of jail `uid` is left: directory, cgroups.
-fn assert_jail_gone(base: &Path, uid: u32) {
-    let dir = base.join(format!("firecracker/{uid}"));
-    assert!(!dir.exists(), "{} left", dir.display());
-    for cg in cgroup_dirs(uid) {
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
-    }
-}
 
 /// `vm`'s VMM (`v`, as `vm get` shows it) runs as `uid`, pid 1 of its own pid namespace,
 /// chrooted in jail `uid`, in that jail's cgroups.
@@ -219,67 +148,6 @@ fn assert_snapshot_read_only(h: &HearthHost, snap: &str) {
     }
 }
 
-/// The files of jail `uid`'s root, sorted.
-fn jail_files(base: &Path, uid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(jail_root(base, uid))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// On the way out: SIGKILLs jailed VMMs of the test's uid range left by a failed assertion,
-/// and removes their cgroups.
-struct JailedVmms;
-
-impl Drop for JailedVmms {
-    fn drop(&mut self) {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let ours = args.first().is_some_and(|a| a == "/firecracker")
-                && args.windows(2).any(|w| {
-                    w[0] == "--id"
-                        && w[1]
-                            .parse::<u32>()
-                            .is_ok_and(|id| (FIRST_UID..=LAST_UID).contains(&id))
-                });
-            if ours {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        for uid in FIRST_UID..=LAST_UID {
-            for cg in cgroup_dirs(uid) {
-                while std::fs::remove_dir(&cg).is_err()
-                    && cg.exists()
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-}
-
 /// A failed restore (a state file Firecracker refuses) is undone: the VM `failed`, its VMM gone, no jail or cgroup, its uid given back.
 fn failed_restore_is_undone(h: &HearthHost, base: &Path, free_uid: u32) {
     let s2 = h.ctl_ok(&["vm", "snapshot", "b", "--name", "s2"]);
@@ -382,7 +250,9 @@ fn jailed_vms_restore_and_fork_into_jails_of_their_own() {
         .prefix("hr")
         .tempdir_in("/tmp")
         .unwrap();
-    let _cleanup = JailedVmms;
+    let _cleanup = JailedVmms {
+        uids: FIRST_UID..=LAST_UID,
+    };
     let jail_cfg = format!(
         "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
          uid_range = [{FIRST_UID}, {LAST_UID}]\n",

@@ -10,10 +10,10 @@
 
 mod common;
 use common::daemon;
-use common::vmm;
+use common::jails::*;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use daemon::{HearthHost, Leaks};
@@ -21,89 +21,6 @@ use daemon::{HearthHost, Leaks};
 /// A range of its own: the test may run beside `jailer_supervisor`.
 const FIRST_UID: u32 = 940_100;
 const LAST_UID: u32 = 940_109;
-
-/// The jailer beside (or named for) the real Firecracker, or `None` after a SKIP line.
-fn real_binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let fc = vmm::real_firecracker(test)?;
-    let jailer = std::env::var_os("HEARTH_JAILER_REAL")
-        .map(PathBuf::from)
-        .or_else(|| Some(fc.parent()?.join("jailer")))
-        .filter(|p| p.is_file());
-    let Some(jailer) = jailer else {
-        assert!(
-            std::env::var(vmm::REQUIRE_REAL_VAR).as_deref() != Ok("1"),
-            "{test}: no jailer: set HEARTH_JAILER_REAL"
-        );
-        hearth_testkit::skip!("SKIP: {test}: no jailer; set HEARTH_JAILER_REAL=/path/to/jailer");
-        return None;
-    };
-    Some((fc, jailer))
-}
-
-/// The (device, inode) of each file open in `pid` (paths read through `/proc/<pid>/fd` are
-/// relative to the VMM's chroot, so files are compared by inode).
-fn open_inodes(pid: u64) -> Vec<(u64, u64)> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .flatten()
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| (m.dev(), m.ino()))
-        .collect()
-}
-
-fn inode(p: &Path) -> (u64, u64) {
-    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    (m.dev(), m.ino())
-}
-
-/// The files of jail `uid`'s root, sorted.
-fn jail_files(base: &Path, uid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(base.join(format!("firecracker/{uid}/root")))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// On the way out: SIGKILLs jailed VMMs of the test's uid range left by a failed assertion.
-struct JailedVmms;
-
-impl Drop for JailedVmms {
-    fn drop(&mut self) {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let ours = args.first().is_some_and(|a| a == "/firecracker")
-                && args.windows(2).any(|w| {
-                    w[0] == "--id"
-                        && w[1]
-                            .parse::<u32>()
-                            .is_ok_and(|id| (FIRST_UID..=LAST_UID).contains(&id))
-                });
-            if ours {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
 
 /// A failing snapshot of `a` (VMM `pid`, jail files `before`) is undone.
 fn undone(h: &HearthHost, base: &Path, pid: u64, before: &[String]) {
@@ -137,7 +54,9 @@ fn a_jailed_vm_is_snapshotted_in_its_jail() {
         .prefix("hs")
         .tempdir_in("/tmp")
         .unwrap();
-    let _cleanup = JailedVmms;
+    let _cleanup = JailedVmms {
+        uids: FIRST_UID..=LAST_UID,
+    };
     let jail_cfg = format!(
         "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
          uid_range = [{FIRST_UID}, {LAST_UID}]\n",

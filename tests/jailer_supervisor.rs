@@ -12,10 +12,10 @@
 
 mod common;
 use common::daemon;
-use common::vmm;
+use common::jails::*;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use daemon::{HearthHost, Leaks};
@@ -23,46 +23,6 @@ use hearth_actors::host::jails::cgroups::detect_host;
 
 const FIRST_UID: u32 = 940_000;
 const LAST_UID: u32 = 940_009;
-
-/// The jailer beside (or named for) the real Firecracker, or `None` after a SKIP line.
-fn real_binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let fc = vmm::real_firecracker(test)?;
-    let jailer = std::env::var_os("HEARTH_JAILER_REAL")
-        .map(PathBuf::from)
-        .or_else(|| Some(fc.parent()?.join("jailer")))
-        .filter(|p| p.is_file());
-    let Some(jailer) = jailer else {
-        assert!(
-            std::env::var(vmm::REQUIRE_REAL_VAR).as_deref() != Ok("1"),
-            "{test}: no jailer: set HEARTH_JAILER_REAL"
-        );
-        hearth_testkit::skip!("SKIP: {test}: no jailer; set HEARTH_JAILER_REAL=/path/to/jailer");
-        return None;
-    };
-    Some((fc, jailer))
-}
-
-fn status_field(pid: u64, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && !status_field(pid, "State").starts_with('Z')
-}
-
-/// The host's cgroup directories of jail `uid` (one per v1 controller, or the v2 one).
-fn cgroup_dirs(uid: u32) -> Vec<PathBuf> {
-    let host = detect_host().expect("cgroups");
-    host.mounts
-        .iter()
-        .map(|m| m.join("hearth").join(uid.to_string()))
-        .collect()
-}
 
 /// Checks that `pid` is VM `uid`'s jailed VMM with the limits of `memory_mib` MiB.
 fn assert_jailed(base: &Path, pid: u64, uid: u32, memory_mib: u64) {
@@ -110,15 +70,6 @@ fn assert_jailed(base: &Path, pid: u64, uid: u32, memory_mib: u64) {
     assert_eq!(limit.trim(), want.to_string(), "memory limit");
 }
 
-/// Nothing of jail `uid` is left: directory, cgroups.
-fn assert_jail_gone(base: &Path, uid: u32) {
-    let dir = base.join("firecracker").join(uid.to_string());
-    assert!(!dir.exists(), "{} left", dir.display());
-    for cg in cgroup_dirs(uid) {
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
-    }
-}
-
 /// Runs the jailer by hand: a jailed Firecracker in jail `uid` that no VM knows. Answers its
 /// pid once it runs Firecracker.
 fn start_stray(jailer: &Path, fc: &Path, base: &Path, uid: u32) -> u64 {
@@ -149,57 +100,6 @@ fn start_stray(jailer: &Path, fc: &Path, base: &Path, uid: u32) -> u64 {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"/firecracker"))
     }));
     pid
-}
-
-/// On the way out (a failed assertion included): SIGKILLs the test's jailed VMMs (uid and
-/// `--id` in the test's range; `HearthHost` only knows unjailed ones) and removes their
-/// cgroups, so a failure leaks nothing.
-struct JailedVmms;
-
-impl Drop for JailedVmms {
-    fn drop(&mut self) {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let ours = args.first().is_some_and(|a| a == "/firecracker")
-                && args.windows(2).any(|w| {
-                    w[0] == "--id"
-                        && w[1]
-                            .parse::<u32>()
-                            .is_ok_and(|id| (FIRST_UID..=LAST_UID).contains(&id))
-                });
-            if ours {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        // A killed VMM leaves its cgroups once the kernel has reaped it: each removal is
-        // retried until it succeeds or the directory is gone, within a bound.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        for uid in FIRST_UID..=LAST_UID {
-            for cg in cgroup_dirs(uid) {
-                while std::fs::remove_dir(&cg).is_err()
-                    && cg.exists()
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
 }
 
 fn create(h: &HearthHost, name: &str) -> serde_json::Value {
@@ -269,7 +169,9 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
         .tempdir_in("/tmp")
         .unwrap();
     // Dropped after hearthd, before the chroot base: strays killed before their jails go.
-    let _cleanup = JailedVmms;
+    let _cleanup = JailedVmms {
+        uids: FIRST_UID..=LAST_UID,
+    };
     let jail_cfg = format!(
         "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
          uid_range = [{FIRST_UID}, {LAST_UID}]\n",

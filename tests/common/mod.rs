@@ -16,6 +16,7 @@ pub mod actor;
 pub mod daemon;
 pub mod exec_host;
 pub mod hearth_net;
+pub mod jails;
 pub mod registry;
 pub mod tuntap;
 pub mod vmm;

@@ -655,7 +655,10 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(fw.state().calls.is_empty(), "seeding changes nothing on the host");
+        assert!(
+            fw.state().calls.is_empty(),
+            "seeding changes nothing on the host"
+        );
         nat.send(Reconcile { desired: vec![] })
             .await
             .unwrap()
