@@ -451,8 +451,7 @@ fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         while let Ok((len, from)) = udp.recv_from(&mut buf) {
             count.fetch_add(1, Ordering::SeqCst);
             let query = Message::from_vec(&buf[..len]).unwrap();
-            let mut reply =
-                Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
             reply.metadata.recursion_available = true;
             reply.add_queries(query.queries.clone());
             let name = query.queries[0].name().clone();
@@ -567,7 +566,11 @@ impl Actor for RecordingLearner {
 impl Handler<crate::nat::egress::AllowLearned> for RecordingLearner {
     type Result = Result<usize, crate::nat::NatError>;
 
-    fn handle(&mut self, msg: crate::nat::egress::AllowLearned, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        msg: crate::nat::egress::AllowLearned,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
         let n = msg.addrs.len();
         self.0.lock().unwrap().push(msg);
         Ok(n)
@@ -630,4 +633,19 @@ async fn a_cache_hit_teaches_the_asking_guest_only() {
     assert_eq!(after_b[1].0, guest_b);
     assert_eq!(after_b[1].1, [(nine, reply.answers[0].ttl)]);
     assert!(reply.answers[0].ttl <= 60);
+    // After a change of B's patterns, B's next hit is learned again (never skipped on the
+    // strength of a confirmation from before the change).
+    actor
+        .send(SetEgressDomains {
+            guest: guest_b,
+            domains: Some(vec!["api.example.test".into(), "other.test".into()]),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    blocking(move || query_udp_from(guest_b, server, "api.example.test.", 4)).await;
+    let after_change = seen(&learned);
+    assert_eq!(after_change.len(), 3);
+    assert_eq!(after_change[2].0, guest_b);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
