@@ -284,7 +284,9 @@ mod tests {
         assert_eq!(ttls, [27, 7]);
         // The smallest TTL (10 s) bounds the entry: at 9 s one second is left; just after,
         // it counts as 10 s held and is gone (a TTL 0 record is never handed out).
-        assert!(cache.get(&key("a.test."), t0 + Duration::from_secs(9)).is_some());
+        assert!(cache
+            .get(&key("a.test."), t0 + Duration::from_secs(9))
+            .is_some());
         assert!(cache
             .get(&key("a.test."), t0 + Duration::from_millis(9001))
             .is_none());
@@ -302,7 +304,14 @@ mod tests {
             CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, true, false),
             CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, false, true),
             CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, false, false, false),
-            CacheKey::new(n.clone(), RecordType::AAAA, DNSClass::IN, true, false, false),
+            CacheKey::new(
+                n.clone(),
+                RecordType::AAAA,
+                DNSClass::IN,
+                true,
+                false,
+                false,
+            ),
             CacheKey::new(n, RecordType::A, DNSClass::CH, true, false, false),
         ] {
             assert!(cache.get(&other, t0).is_none(), "{other:?}");
@@ -315,15 +324,21 @@ mod tests {
         let t0 = Instant::now();
         let nx = with_soa(reply("nx.test.", ResponseCode::NXDomain, &[]), 900, 20);
         assert!(cache.insert(key("nx.test."), &nx, 100, t0));
-        let hit = cache.get(&key("nx.test."), t0 + Duration::from_secs(5)).unwrap();
+        let hit = cache
+            .get(&key("nx.test."), t0 + Duration::from_secs(5))
+            .unwrap();
         assert_eq!(hit.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(hit.authorities[0].ttl, 895);
-        assert!(cache.get(&key("nx.test."), t0 + Duration::from_secs(20)).is_none());
+        assert!(cache
+            .get(&key("nx.test."), t0 + Duration::from_secs(20))
+            .is_none());
         // NODATA, with a huge minimum: capped.
         let nodata = with_soa(reply("nd.test.", ResponseCode::NoError, &[]), 86400, 86400);
         assert!(cache.insert(key("nd.test."), &nodata, 100, t0));
         let late = t0 + Duration::from_secs(u64::from(MAX_NEGATIVE_TTL));
-        assert!(cache.get(&key("nd.test."), late - Duration::from_secs(1)).is_some());
+        assert!(cache
+            .get(&key("nd.test."), late - Duration::from_secs(1))
+            .is_some());
         assert!(cache.get(&key("nd.test."), late).is_none());
         // Without an SOA a negative answer is not kept.
         let bare = reply("b.test.", ResponseCode::NXDomain, &[]);

@@ -199,7 +199,14 @@ mod tests {
 
     fn key_for(name: &LowerName) -> CacheKey {
         use hickory_proto::rr::DNSClass;
-        CacheKey::new(name.clone(), RecordType::A, DNSClass::IN, false, false, false)
+        CacheKey::new(
+            name.clone(),
+            RecordType::A,
+            DNSClass::IN,
+            false,
+            false,
+            false,
+        )
     }
 
     #[test]

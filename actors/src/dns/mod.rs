@@ -172,12 +172,14 @@ impl DnsActor {
     pub fn new(options: DnsOptions, logger: Logger) -> Result<Self, DnsError> {
         let zone = ZoneConfig::new(&options.zone, options.ttl, options.guest_subnet)?;
         let table = Arc::new(ArcSwap::from_pointee(RecordTable::empty(&zone)));
-        let forwarder = Arc::new(Forwarder::new(
-            options.upstreams,
-            options.upstream_timeout,
-            options.upstream_rounds,
-        )
-        .with_cache(options.cache_entries));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                options.upstreams,
+                options.upstream_timeout,
+                options.upstream_rounds,
+            )
+            .with_cache(options.cache_entries),
+        );
         Ok(Self {
             zone,
             table,
