@@ -10,8 +10,13 @@
 //! both alike. A third series queries hearth from an address with no policy (`10.53.0.4`):
 //! forwarding alone, to tell the learning path's cost from the upstream hop's.
 //!
-//! Run as root: `cargo run --release --example bench_dns_egress [-- SECONDS [ROUNDS]]`
-//! (defaults 10 s, 3 rounds). Skips with a message when dnsmasq or dnsperf is missing.
+//! Both dnsmasqs answer with a TTL of `TTL` seconds (`--local-ttl`; dnsmasq's own default is
+//! 0, which no resolver caches, real names rarely have, and which would measure forwarding
+//! only): hearth caches the upstream's answers for that long, so after the first round most
+//! queries are cache hits, and a deny-mode guest's hits still go through the learning path.
+//!
+//! Run as root: `cargo run --release --example bench_dns_egress [-- SECONDS [ROUNDS [TTL]]]`
+//! (defaults 10 s, 3 rounds, TTL 300 s; TTL 0 measures forwarding without the cache). Skips with a message when dnsmasq or dnsperf is missing.
 //! dnsmasq is started with `--no-resolv --no-hosts --conf-file=/dev/null`: it neither reads
 //! nor writes the host's resolv.conf.
 #![expect(
@@ -74,7 +79,7 @@ fn on_path(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn spawn_dnsmasq(listen: &str, hosts: &Path) -> Child {
+fn spawn_dnsmasq(listen: &str, hosts: &Path, ttl: u32) -> Child {
     Command::new("dnsmasq")
         .args([
             "--keep-in-foreground",
@@ -88,6 +93,7 @@ fn spawn_dnsmasq(listen: &str, hosts: &Path) -> Child {
         ])
         .arg(format!("--listen-address={listen}"))
         .arg(format!("--addn-hosts={}", hosts.display()))
+        .arg(format!("--local-ttl={ttl}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -145,6 +151,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let ttl: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(300);
 
     let mut queries = tempfile::NamedTempFile::new().expect("temp file");
     let mut hosts = tempfile::NamedTempFile::new().expect("temp file");
@@ -179,7 +186,7 @@ fn main() {
     println!(
         "bench_dns_egress: {NAMES} names forwarded by hearth to an upstream dnsmasq, {GUESTS} deny-mode \
          guests ({PATTERN}), queries from guest 0; dnsmasq serving the same names; dnsperf -c 4 -q 200, \
-         {rounds} alternating rounds of {seconds} s; load average {}",
+         {rounds} alternating rounds of {seconds} s; answers' TTL {ttl} s; load average {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
@@ -242,8 +249,8 @@ fn main() {
             .expect("mailbox")
             .expect("bind");
 
-        let mut upstream_dnsmasq = spawn_dnsmasq(UPSTREAM_IP, &hosts_path);
-        let mut reference = spawn_dnsmasq(DNSMASQ_IP, &hosts_path);
+        let mut upstream_dnsmasq = spawn_dnsmasq(UPSTREAM_IP, &hosts_path, ttl);
+        let mut reference = spawn_dnsmasq(DNSMASQ_IP, &hosts_path, ttl);
         let c = client.clone();
         let ready = tokio::task::spawn_blocking(move || {
             common::wait_until(Duration::from_secs(5), || {

@@ -143,7 +143,14 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// Port to serve on (the gateway address, UDP and TCP).
     pub port: u16,
+    /// Upstream answers kept in the forwarder's cache (0 disables it; at most
+    /// [`MAX_DNS_CACHE_ENTRIES`]). Each entry is one answer of at most 4 KiB on the wire.
+    pub cache_entries: usize,
 }
+
+/// Largest `dns.cache_entries`: bounds the cache's memory (each entry at most 4 KiB on the
+/// wire, a few times that parsed).
+pub const MAX_DNS_CACHE_ENTRIES: usize = 1_000_000;
 
 /// Parses one upstream resolver: `ip:port`, `[v6]:port`, or a bare address on port 53 (what
 /// a resolv.conf `nameserver` line holds).
@@ -175,6 +182,7 @@ impl Default for DnsConfig {
             zone: "vm.internal".into(),
             upstreams: Vec::new(),
             port: 53,
+            cache_entries: 10_000,
         }
     }
 }
@@ -479,6 +487,15 @@ impl DnsConfig {
         if self.port == 0 {
             return Err(invalid("dns.port", "must not be 0".into()));
         }
+        if self.cache_entries > MAX_DNS_CACHE_ENTRIES {
+            return Err(invalid(
+                "dns.cache_entries",
+                format!(
+                    "{} is more than {MAX_DNS_CACHE_ENTRIES}",
+                    self.cache_entries
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -743,6 +760,7 @@ mod tests {
             ("[dns]\nzone = \"bad_zone\"", "dns.zone"),
             ("[dns]\nzone = \"-a.b\"", "dns.zone"),
             ("[dns]\nport = 0", "dns.port"),
+            ("[dns]\ncache_entries = 1000001", "dns.cache_entries"),
             ("data_dir = \"relative\"", "data_dir"),
             (
                 "run_dir = \"/a/very/long/run/directory/path/that/goes/on/and/on\"",

@@ -144,6 +144,7 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
     crate::egress::follow(nat.clone(), configured_egress, log.clone());
     let mut dns_options = DnsOptions::new(config.dns.zone.clone(), config.dns.upstreams.clone());
     dns_options.guest_subnet = Some(net.cidr);
+    dns_options.cache_entries = config.dns.cache_entries;
     let dns = DnsActor::new(dns_options, log.clone())?.start();
     // Addresses DNS answers deny-mode guests for allowed domains go to the firewall.
     dns.do_send(dns::SetEgressLearner {

@@ -11,17 +11,26 @@
 //!
 //! Lookups take a read lock on a map keyed by guest address; a per-guest change replaces one
 //! entry (O(1) in the number of guests).
+//!
+//! The learner's confirmations are remembered per guest (address -> until when it is surely
+//! allowed), so a repeated answer (e.g. from the cache) whose addresses the guest already has
+//! for at least their remaining TTL skips the round trip. Skipping never allows anything: at
+//! worst a stale memory withholds an allowance. It is forgotten for a guest whenever its
+//! patterns change (the learner drops learned addresses only on a policy change, which comes
+//! with one), and for everyone when the learner changes; a confirmation that raced with such
+//! a change is not remembered.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Handler, Message, Recipient};
 use hickory_proto::rr::{Name, RData, Record};
 
 use super::{DnsActor, DnsError};
-use crate::nat::egress::AllowLearned;
+use crate::nat::egress::{AllowLearned, MAX_LEARNED_SECS};
 
 /// How long a reply waits for the learner before the guest gets SERVFAIL.
 const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -148,6 +157,11 @@ pub enum LearnError {
 pub struct EgressGuests {
     guests: RwLock<HashMap<Ipv4Addr, Arc<DomainPatterns>>>,
     learner: RwLock<Option<Recipient<AllowLearned>>>,
+    /// Per guest: addresses the learner confirmed, and until when (see the module docs).
+    confirmed: RwLock<HashMap<Ipv4Addr, HashMap<Ipv4Addr, Instant>>>,
+    /// Bumped by every change that forgets confirmations; a confirmation that answers a
+    /// request sent under an older value is not remembered.
+    epoch: AtomicU64,
 }
 
 impl EgressGuests {
@@ -158,11 +172,57 @@ impl EgressGuests {
             Some(p) => guests.insert(guest, Arc::new(p)),
             None => guests.remove(&guest),
         };
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.confirmed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&guest);
     }
 
     /// Sets the learner.
     pub fn set_learner(&self, learner: Option<Recipient<AllowLearned>>) {
         *self.learner.write().unwrap_or_else(PoisonError::into_inner) = learner;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.confirmed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Whether the learner confirmed each of `addrs` for `guest` for at least its TTL from `now`.
+    fn already_allowed(&self, guest: Ipv4Addr, addrs: &[(Ipv4Addr, u32)], now: Instant) -> bool {
+        let confirmed = self
+            .confirmed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(known) = confirmed.get(&guest) else {
+            return false;
+        };
+        addrs.iter().all(|(addr, ttl)| {
+            known
+                .get(addr)
+                .is_some_and(|until| *until >= now + Duration::from_secs(u64::from(*ttl)))
+        })
+    }
+
+    /// Remembers that `addrs` were allowed for `guest` by a request sent at `sent` under
+    /// `epoch` (the learner keeps each for its TTL, at most [`MAX_LEARNED_SECS`]).
+    fn remember(&self, guest: Ipv4Addr, addrs: &[(Ipv4Addr, u32)], sent: Instant, epoch: u64) {
+        let mut confirmed = self
+            .confirmed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        let known = confirmed.entry(guest).or_default();
+        for (addr, ttl) in addrs {
+            let until = sent + Duration::from_secs(u64::from((*ttl).min(MAX_LEARNED_SECS)));
+            let entry = known.entry(*addr).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+        // Expired ones go here, so the memory stays as small as the guest's learned set.
+        known.retain(|_, until| *until > sent);
     }
 
     /// Whether any guest has patterns (a cheap early out for the hot path).
@@ -209,6 +269,11 @@ impl EgressGuests {
         if addrs.is_empty() {
             return Ok(());
         }
+        let sent = Instant::now();
+        if self.already_allowed(guest, &addrs, sent) {
+            return Ok(());
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let learner = self
             .learner
             .read()
@@ -218,13 +283,19 @@ impl EgressGuests {
         let msg = AllowLearned {
             guest,
             pattern: pattern.to_owned(),
-            addrs,
+            addrs: addrs.clone(),
         };
         match tokio::time::timeout(LEARN_TIMEOUT, learner.send(msg)).await {
             Err(_) => Err(LearnError::Unavailable("timed out".into())),
             Ok(Err(e)) => Err(LearnError::Unavailable(e.to_string())),
             Ok(Ok(Err(e))) => Err(LearnError::Failed(e.to_string())),
-            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Ok(allowed))) => {
+                // Fewer means the learner's policy no longer has the pattern: nothing to keep.
+                if allowed == addrs.len() {
+                    self.remember(guest, &addrs, sent, epoch);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -312,6 +383,38 @@ mod tests {
         }
         assert!(check_pattern("*.pypi.org").is_ok());
         assert!(check_pattern("example.com.").is_ok());
+    }
+
+    #[test]
+    fn confirmations_skip_only_what_is_allowed_long_enough_and_are_forgotten_on_change() {
+        let guests = EgressGuests::default();
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        let x = Ipv4Addr::new(192, 0, 2, 1);
+        let y = Ipv4Addr::new(192, 0, 2, 2);
+        let t0 = Instant::now();
+        let epoch = guests.epoch.load(Ordering::SeqCst);
+        guests.remember(a, &[(x, 60)], t0, epoch);
+        // Within what was confirmed, for that guest only.
+        assert!(guests.already_allowed(a, &[(x, 60)], t0));
+        assert!(guests.already_allowed(a, &[(x, 30)], t0 + Duration::from_secs(30)));
+        assert!(!guests.already_allowed(a, &[(x, 31)], t0 + Duration::from_secs(30)));
+        assert!(!guests.already_allowed(a, &[(x, 10), (y, 10)], t0));
+        assert!(!guests.already_allowed(b, &[(x, 1)], t0));
+        // The learner keeps an address at most MAX_LEARNED_SECS.
+        guests.remember(b, &[(x, u32::MAX)], t0, epoch);
+        let max = u64::from(MAX_LEARNED_SECS);
+        assert!(guests.already_allowed(b, &[(x, MAX_LEARNED_SECS)], t0));
+        assert!(!guests.already_allowed(b, &[(x, 1)], t0 + Duration::from_secs(max)));
+        // A pattern change forgets the guest's confirmations, and a confirmation answering a
+        // request sent before it is not remembered.
+        guests.set(a, Some(patterns(&["api.github.com"])));
+        assert!(!guests.already_allowed(a, &[(x, 1)], t0));
+        assert!(guests.already_allowed(b, &[(x, 1)], t0));
+        guests.remember(a, &[(x, 60)], t0, epoch);
+        assert!(!guests.already_allowed(a, &[(x, 1)], t0));
+        // A new learner forgets everyone's.
+        guests.set_learner(None);
+        assert!(!guests.already_allowed(b, &[(x, 1)], t0));
     }
 
     fn rec(name: &str, ttl: u32, data: RData) -> Record {

@@ -2,7 +2,8 @@
 //! sent as is (with a fresh random ID) over UDP from a fresh socket with a random source port,
 //! one upstream after the other, for a number of rounds; a truncated UDP answer is retried over
 //! TCP with the same upstream. An upstream that answers SERVFAIL or REFUSED is skipped for the
-//! next one; when nobody gives a usable answer the caller answers SERVFAIL.
+//! next one; when nobody gives a usable answer the caller answers SERVFAIL. Clean answers are
+//! kept in an [`AnswerCache`] and handed out from it until their TTL runs out.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use hickory_proto::rr::LowerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{timeout, timeout_at, Instant};
+
+use super::cache::{AnswerCache, CacheKey};
 
 /// Why a forwarded query got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +42,51 @@ enum ExchangeError {
 }
 
 /// Forwards queries to a fixed list of upstream resolvers.
-#[derive(Debug, Clone)]
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     attempt_timeout: Duration,
     rounds: u32,
+    cache: AnswerCache,
 }
 
 impl Forwarder {
     /// A forwarder trying each of `upstreams` in order, `rounds` times over, waiting
-    /// `attempt_timeout` for each answer.
+    /// `attempt_timeout` for each answer, without a cache.
     pub fn new(upstreams: Vec<SocketAddr>, attempt_timeout: Duration, rounds: u32) -> Self {
         Self {
             upstreams,
             attempt_timeout,
             rounds: rounds.max(1),
+            cache: AnswerCache::new(0),
         }
     }
 
-    /// Sends the raw `query` (whose question is `qname`) upstream and returns the first usable
-    /// answer. The answer's ID is the one sent upstream; the caller answers with its own.
-    pub async fn forward(&self, query: &[u8], qname: &LowerName) -> Result<Message, ForwardError> {
+    /// The same forwarder keeping up to `entries` answers (0: none).
+    #[must_use]
+    pub fn with_cache(mut self, entries: usize) -> Self {
+        self.cache = AnswerCache::new(entries);
+        self
+    }
+
+    /// Answers the raw `query` (whose question and flags are `key`) from the cache, or sends
+    /// it upstream and returns the first usable answer. The answer's ID is not the asker's:
+    /// the caller answers with its own.
+    pub async fn forward(&self, query: &[u8], key: &CacheKey) -> Result<Message, ForwardError> {
+        if let Some(cached) = self.cache.get(key, std::time::Instant::now()) {
+            return Ok(cached);
+        }
+        let (reply, wire_len) = self.ask_upstreams(query, key.name()).await?;
+        self.cache
+            .insert(key.clone(), &reply, wire_len, std::time::Instant::now());
+        Ok(reply)
+    }
+
+    /// The first usable upstream answer to `query` and its length on the wire.
+    async fn ask_upstreams(
+        &self,
+        query: &[u8],
+        qname: &LowerName,
+    ) -> Result<(Message, usize), ForwardError> {
         if self.upstreams.is_empty() {
             return Err(ForwardError::NoUpstreams);
         }
@@ -73,7 +100,7 @@ impl Forwarder {
                 let id: u16 = rand::random();
                 packet[..2].copy_from_slice(&id.to_be_bytes());
                 let reply = match self.udp_exchange(*upstream, &packet, id, qname).await {
-                    Ok(reply) if reply.metadata.truncation => {
+                    Ok(reply) if reply.0.metadata.truncation => {
                         match self.tcp_exchange(*upstream, &packet, id, qname).await {
                             Ok(full) => full,
                             Err(_) => reply,
@@ -82,7 +109,7 @@ impl Forwarder {
                     Ok(reply) => reply,
                     Err(_) => continue,
                 };
-                match reply.metadata.response_code {
+                match reply.0.metadata.response_code {
                     ResponseCode::ServFail | ResponseCode::Refused => fallback = Some(reply),
                     _ => return Ok(reply),
                 }
@@ -97,7 +124,7 @@ impl Forwarder {
         packet: &[u8],
         id: u16,
         qname: &LowerName,
-    ) -> Result<Message, ExchangeError> {
+    ) -> Result<(Message, usize), ExchangeError> {
         let local: SocketAddr = match upstream {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -115,7 +142,7 @@ impl Forwarder {
                 .map_err(|_| ExchangeError::Timeout)??;
             // Stray or spoofed datagrams (wrong ID, wrong question) are ignored.
             if let Some(reply) = parse_reply(&buf[..len], id, qname) {
-                return Ok(reply);
+                return Ok((reply, len));
             }
         }
     }
@@ -126,7 +153,7 @@ impl Forwarder {
         packet: &[u8],
         id: u16,
         qname: &LowerName,
-    ) -> Result<Message, ExchangeError> {
+    ) -> Result<(Message, usize), ExchangeError> {
         let exchange = async {
             let mut stream = TcpStream::connect(upstream).await?;
             let len = u16::try_from(packet.len()).map_err(|_| ExchangeError::Malformed)?;
@@ -137,7 +164,8 @@ impl Forwarder {
             let len = usize::from(stream.read_u16().await?);
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
-            parse_reply(&buf, id, qname).ok_or(ExchangeError::Malformed)
+            let reply = parse_reply(&buf, id, qname).ok_or(ExchangeError::Malformed)?;
+            Ok((reply, len))
         };
         timeout(self.attempt_timeout, exchange)
             .await
@@ -169,6 +197,18 @@ mod tests {
         (msg.to_vec().unwrap(), LowerName::new(&name))
     }
 
+    fn key_for(name: &LowerName) -> CacheKey {
+        use hickory_proto::rr::DNSClass;
+        CacheKey::new(
+            name.clone(),
+            RecordType::A,
+            DNSClass::IN,
+            false,
+            false,
+            false,
+        )
+    }
+
     #[test]
     fn replies_must_match_id_and_question() {
         let (_, qname) = query_for("example.test.");
@@ -190,7 +230,7 @@ mod tests {
         let (q, name) = query_for("example.test.");
         let fwd = Forwarder::new(vec![], Duration::from_millis(50), 1);
         assert!(matches!(
-            fwd.forward(&q, &name).await,
+            fwd.forward(&q, &key_for(&name)).await,
             Err(ForwardError::NoUpstreams)
         ));
     }
@@ -209,7 +249,7 @@ mod tests {
             2,
         );
         assert!(matches!(
-            fwd.forward(&q, &name).await,
+            fwd.forward(&q, &key_for(&name)).await,
             Err(ForwardError::NoAnswer)
         ));
     }

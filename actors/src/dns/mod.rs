@@ -14,11 +14,12 @@
 //! Files: `messages.rs` (the messages), this file (options, errors, the actor),
 //! `handlers.rs` (its message handlers), `table.rs` (the pure table: validation, building,
 //! resolution), `request.rs` (turning a resolution into a reply; hickory's `RequestHandler`), `forward.rs` (upstream
-//! forwarding), `server.rs` (sockets and worker threads), `tests.rs` (actor tests).
+//! forwarding), `cache.rs` (the bounded cache of upstream answers), `server.rs` (sockets and worker threads), `tests.rs` (actor tests).
 //!
 //! The sockets are the only host effect and need no privilege on loopback, so the actor is
 //! tested against the real thing (`tests.rs`) rather than behind a fake.
 
+mod cache;
 pub mod egress;
 mod forward;
 mod handlers;
@@ -126,11 +127,13 @@ pub struct DnsOptions {
     /// Forwarded UDP queries each worker keeps in flight (each holds a socket); beyond
     /// that, SERVFAIL at once.
     pub max_forwards: usize,
+    /// Upstream answers kept (see `cache.rs`); 0 disables the cache.
+    pub cache_entries: usize,
 }
 
 impl DnsOptions {
     /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers, 256
-    /// forwarded queries in flight per worker.
+    /// forwarded queries in flight per worker, 10 000 cached upstream answers.
     pub fn new(zone: impl Into<String>, upstreams: Vec<SocketAddr>) -> Self {
         Self {
             zone: zone.into(),
@@ -141,6 +144,7 @@ impl DnsOptions {
             upstream_rounds: 2,
             workers: 2,
             max_forwards: 256,
+            cache_entries: cache::DEFAULT_CAPACITY,
         }
     }
 }
@@ -168,11 +172,14 @@ impl DnsActor {
     pub fn new(options: DnsOptions, logger: Logger) -> Result<Self, DnsError> {
         let zone = ZoneConfig::new(&options.zone, options.ttl, options.guest_subnet)?;
         let table = Arc::new(ArcSwap::from_pointee(RecordTable::empty(&zone)));
-        let forwarder = Arc::new(Forwarder::new(
-            options.upstreams,
-            options.upstream_timeout,
-            options.upstream_rounds,
-        ));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                options.upstreams,
+                options.upstream_timeout,
+                options.upstream_rounds,
+            )
+            .with_cache(options.cache_entries),
+        );
         Ok(Self {
             zone,
             table,

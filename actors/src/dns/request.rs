@@ -21,6 +21,7 @@ use hickory_server::proto::serialize::binary::{
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
+use super::cache::CacheKey;
 use super::egress::EgressGuests;
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
@@ -182,7 +183,7 @@ impl DnsRequestHandler {
         };
         match self
             .forwarder
-            .forward(request.as_slice(), query.name())
+            .forward(request.as_slice(), &cache_key(request, query))
             .await
         {
             Ok(upstream) => {
@@ -252,6 +253,18 @@ fn single_query(request: &Request) -> Result<&LowerQuery, ResponseCode> {
         [query] => Ok(query),
         _ => Err(ResponseCode::FormErr),
     }
+}
+
+/// What a forwarded answer to `query` depends on: the question and the bits forwarded with it.
+fn cache_key(request: &Request, query: &LowerQuery) -> CacheKey {
+    CacheKey::new(
+        query.name().clone(),
+        query.query_type(),
+        query.query_class(),
+        request.metadata.recursion_desired,
+        request.metadata.checking_disabled,
+        request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+    )
 }
 
 /// Header of a reply from hearth's own zones.
@@ -360,7 +373,7 @@ impl RequestHandler for DnsRequestHandler {
 
         let upstream: Message = if let Ok(reply) = self
             .forwarder
-            .forward(request.as_slice(), query.name())
+            .forward(request.as_slice(), &cache_key(request, query))
             .await
         {
             reply

@@ -437,3 +437,215 @@ async fn forwards_in_flight_are_bounded() {
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
 }
+
+/// A fake upstream counting the queries it gets: `nx*` names are NXDOMAIN (with an SOA of
+/// minimum 30 s), `fail*` names SERVFAIL, every other A query 10.9.9.9 with TTL 60.
+fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use hickory_proto::rr::rdata::SOA;
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((len, from)) = udp.recv_from(&mut buf) {
+            count.fetch_add(1, Ordering::SeqCst);
+            let query = Message::from_vec(&buf[..len]).unwrap();
+            let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            reply.metadata.recursion_available = true;
+            reply.add_queries(query.queries.clone());
+            let name = query.queries[0].name().clone();
+            let label = name.to_ascii();
+            if label.starts_with("nx") {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                let soa = SOA::new(
+                    Name::from_ascii("ns.test.").unwrap(),
+                    Name::from_ascii("h.test.").unwrap(),
+                    1,
+                    60,
+                    60,
+                    600,
+                    30,
+                );
+                reply.add_authority(Record::from_rdata(
+                    Name::from_ascii("test.").unwrap(),
+                    300,
+                    RData::SOA(soa),
+                ));
+            } else if label.starts_with("fail") {
+                reply.metadata.response_code = ResponseCode::ServFail;
+            } else {
+                reply.add_answer(Record::from_rdata(
+                    name,
+                    60,
+                    RData::A(A(Ipv4Addr::new(10, 9, 9, 9))),
+                ));
+            }
+            let _ = udp.send_to(&reply.to_vec().unwrap(), from);
+        }
+    });
+    (addr, asked)
+}
+
+/// `query_udp` from a chosen loopback source address (a "guest").
+fn query_udp_from(src: Ipv4Addr, server: SocketAddr, name: &str, id: u16) -> Message {
+    let mut msg = request(name, RecordType::A);
+    msg.metadata.id = id;
+    let socket = UdpSocket::bind((src, 0)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(&msg.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 4096];
+    let (len, _) = socket.recv_from(&mut buf).expect("DNS reply within 5 s");
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+#[actix::test]
+async fn upstream_answers_are_cached_with_the_askers_id() {
+    let (upstream, asked) = counting_upstream();
+    let (_actor, server) = start(vec![upstream]).await;
+    let local = Ipv4Addr::LOCALHOST;
+    let (first, second, upper) = blocking(move || {
+        (
+            query_udp_from(local, server, "cached.test.", 1111),
+            query_udp_from(local, server, "cached.test.", 2222),
+            query_udp_from(local, server, "CACHED.Test.", 3333),
+        )
+    })
+    .await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "upstream asked once");
+    for (reply, id) in [(&first, 1111), (&second, 2222), (&upper, 3333)] {
+        assert_eq!(reply.metadata.id, id);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a_answers(reply), [Ipv4Addr::new(10, 9, 9, 9)]);
+        assert!(reply.answers[0].ttl <= 60);
+    }
+    // Over TCP, the same cache.
+    let tcp = blocking(move || query_tcp(server, "cached.test.", RecordType::A)).await;
+    assert_eq!(a_answers(&tcp), [Ipv4Addr::new(10, 9, 9, 9)]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+#[actix::test]
+async fn nxdomain_is_cached_and_servfail_is_not() {
+    let (upstream, asked) = counting_upstream();
+    let (_actor, server) = start(vec![upstream]).await;
+    let local = Ipv4Addr::LOCALHOST;
+    let (nx1, nx2) = blocking(move || {
+        (
+            query_udp_from(local, server, "nx.test.", 1),
+            query_udp_from(local, server, "nx.test.", 2),
+        )
+    })
+    .await;
+    assert_eq!(nx1.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx2.metadata.response_code, ResponseCode::NXDomain);
+    assert!(soa_in_authority(&nx2));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // SERVFAIL: asked again each time (2 rounds per query, one upstream).
+    let (f1, f2) = blocking(move || {
+        (
+            query_udp_from(local, server, "fail.test.", 3),
+            query_udp_from(local, server, "fail.test.", 4),
+        )
+    })
+    .await;
+    assert_eq!(f1.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(f2.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(asked.load(Ordering::SeqCst), 1 + 2 + 2);
+}
+
+/// A learner recording what it is asked to allow.
+struct RecordingLearner(Arc<std::sync::Mutex<Vec<crate::nat::egress::AllowLearned>>>);
+
+impl Actor for RecordingLearner {
+    type Context = Context<Self>;
+}
+
+impl Handler<crate::nat::egress::AllowLearned> for RecordingLearner {
+    type Result = Result<usize, crate::nat::NatError>;
+
+    fn handle(
+        &mut self,
+        msg: crate::nat::egress::AllowLearned,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let n = msg.addrs.len();
+        self.0.lock().unwrap().push(msg);
+        Ok(n)
+    }
+}
+
+#[actix::test]
+async fn a_cache_hit_teaches_the_asking_guest_only() {
+    let (upstream, asked) = counting_upstream();
+    let (actor, server) = start(vec![upstream]).await;
+    let learned = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let learner = RecordingLearner(learned.clone()).start();
+    actor
+        .send(SetEgressLearner {
+            learner: Some(learner.recipient()),
+        })
+        .await
+        .unwrap();
+    let (guest_a, guest_b, free) = (
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+        Ipv4Addr::new(127, 0, 0, 4),
+    );
+    for guest in [guest_a, guest_b] {
+        actor
+            .send(SetEgressDomains {
+                guest,
+                domains: Some(vec!["api.example.test".into()]),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let seen = |learned: &Arc<std::sync::Mutex<Vec<crate::nat::egress::AllowLearned>>>| {
+        learned
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| (m.guest, m.addrs.clone()))
+            .collect::<Vec<_>>()
+    };
+    let nine = Ipv4Addr::new(10, 9, 9, 9);
+    // Guest A asks: forwarded, learned for A only.
+    blocking(move || query_udp_from(guest_a, server, "api.example.test.", 1)).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let after_a = seen(&learned);
+    assert_eq!(after_a.len(), 1);
+    assert_eq!(after_a[0].0, guest_a);
+    assert_eq!(after_a[0].1[0].0, nine);
+    // A source without a policy gets the cached answer and teaches nobody.
+    let reply = blocking(move || query_udp_from(free, server, "api.example.test.", 2)).await;
+    assert_eq!(a_answers(&reply), [nine]);
+    assert_eq!(seen(&learned).len(), 1);
+    // Guest B asks: a cache hit, learned for B, with the remaining TTL, before the reply.
+    let reply = blocking(move || query_udp_from(guest_b, server, "api.example.test.", 3)).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "served from the cache");
+    assert_eq!(a_answers(&reply), [nine]);
+    let after_b = seen(&learned);
+    assert_eq!(after_b.len(), 2);
+    assert_eq!(after_b[1].0, guest_b);
+    assert_eq!(after_b[1].1, [(nine, reply.answers[0].ttl)]);
+    assert!(reply.answers[0].ttl <= 60);
+    // After a change of B's patterns, B's next hit is learned again (never skipped on the
+    // strength of a confirmation from before the change).
+    actor
+        .send(SetEgressDomains {
+            guest: guest_b,
+            domains: Some(vec!["api.example.test".into(), "other.test".into()]),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    blocking(move || query_udp_from(guest_b, server, "api.example.test.", 4)).await;
+    let after_change = seen(&learned);
+    assert_eq!(after_change.len(), 3);
+    assert_eq!(after_change[2].0, guest_b);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
