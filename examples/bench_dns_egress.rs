@@ -15,8 +15,9 @@
 //! only): hearth caches the upstream's answers for that long, so after the first round most
 //! queries are cache hits, and a deny-mode guest's hits still go through the learning path.
 //!
-//! Run as root: `cargo run --release --example bench_dns_egress [-- SECONDS [ROUNDS [TTL]]]`
-//! (defaults 10 s, 3 rounds, TTL 300 s; TTL 0 measures forwarding without the cache). Skips with a message when dnsmasq or dnsperf is missing.
+//! Run as root: `cargo run --release --example bench_dns_egress [-- SECONDS [ROUNDS [TTL [pin]]]]`
+//! (defaults 10 s, 3 rounds, TTL 300 s; TTL 0 measures forwarding without the cache; `pin` gives
+//! the servers CPU 1 and dnsperf CPU 0). Skips with a message when dnsmasq or dnsperf is missing.
 //! dnsmasq is started with `--no-resolv --no-hosts --conf-file=/dev/null`: it neither reads
 //! nor writes the host's resolv.conf.
 #![expect(
@@ -111,7 +112,15 @@ fn answers(server: &str, source: &str, name: &str) -> bool {
 
 /// One dnsperf run from `source`: (queries per second, the summary's response codes line).
 fn dnsperf(server: &str, source: &str, queries: &Path, seconds: u64) -> (f64, String) {
-    let out = Command::new("dnsperf")
+    // With `pin`, the servers (this process and its dnsmasqs) have CPU 1 and dnsperf CPU 0.
+    let mut command = if PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", "dnsperf"]);
+        c
+    } else {
+        Command::new("dnsperf")
+    };
+    let out = command
         .args(["-s", server, "-a", source, "-d"])
         .arg(queries)
         .args(["-l", &seconds.to_string(), "-c", "4", "-q", "200"])
@@ -138,6 +147,24 @@ fn median(mut values: Vec<f64>) -> f64 {
     clippy::too_many_lines,
     reason = "one benchmark run, read top to bottom"
 )]
+/// Whether the servers and the load generator were given a CPU each (`pin`).
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Pins this process (every thread made from now on, and the dnsmasqs it spawns) to CPU 1, so
+/// dnsperf, on CPU 0, does not compete with the servers it measures (on a 2-core machine it
+/// takes ~45 % of the CPU otherwise). Both servers get the same one CPU.
+fn pin_servers() {
+    let mut one = nix::sched::CpuSet::new();
+    let pinned = one
+        .set(1)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one));
+    match pinned {
+        Ok(()) if on_path("taskset") => PINNED.store(true, std::sync::atomic::Ordering::Relaxed),
+        Ok(()) => println!("bench_dns_egress: no taskset: dnsperf shares CPU 1"),
+        Err(e) => println!("bench_dns_egress: not pinned ({e}): CPUs shared"),
+    }
+}
+
 fn main() {
     if !common::privileged("bench_dns_egress") {
         return;
@@ -152,6 +179,9 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let ttl: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(300);
+    if args.next().as_deref() == Some("pin") {
+        pin_servers();
+    }
 
     let mut queries = tempfile::NamedTempFile::new().expect("temp file");
     let mut hosts = tempfile::NamedTempFile::new().expect("temp file");
