@@ -143,10 +143,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one benchmark run, read top to bottom"
-)]
 /// Whether the servers and the load generator were given a CPU each (`pin`).
 static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -165,6 +161,10 @@ fn pin_servers() {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark run, read top to bottom"
+)]
 fn main() {
     if !common::privileged("bench_dns_egress") {
         return;
