@@ -475,6 +475,7 @@ fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("cordoned: done for today"), "{text}");
     assert!(text.contains("drain (stop) done: 1 of 1 stopped"), "{text}");
+    assert!(text.contains("policy loop: "), "{text}");
     assert_eq!(h.state("last").as_deref(), Some("stopped"));
     h.ctl_ok(&["vm", "rm", "last"]);
     h.ctl_ok(&["node", "uncordon"]);

@@ -121,6 +121,9 @@ fn print_node(node: &Value) {
         Some(reason) if node["cordoned"] == true => println!("cordoned: {reason}"),
         _ => println!("schedulable"),
     }
+    if let Some(ticks) = node["policy_ticks"].as_u64() {
+        println!("policy loop: {ticks} passes");
+    }
     let d = &node["drain"];
     if d.is_object() {
         let state = if d["done"] == true { "done" } else { "running" };
