@@ -253,12 +253,7 @@ fn jailed_vms_restore_and_fork_into_jails_of_their_own() {
     let _cleanup = JailedVmms {
         uids: FIRST_UID..=LAST_UID,
     };
-    let jail_cfg = format!(
-        "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
-         uid_range = [{FIRST_UID}, {LAST_UID}]\n",
-        jailer.display(),
-        base.path().display()
-    );
+    let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let mut h = HearthHost::start_jailed(&fc, &jail_cfg);
     let base = base.path().to_path_buf();
     let a = h.ctl_ok(&[

@@ -57,12 +57,7 @@ fn a_jailed_vm_is_snapshotted_in_its_jail() {
     let _cleanup = JailedVmms {
         uids: FIRST_UID..=LAST_UID,
     };
-    let jail_cfg = format!(
-        "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
-         uid_range = [{FIRST_UID}, {LAST_UID}]\n",
-        jailer.display(),
-        base.path().display()
-    );
+    let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let h = HearthHost::start_jailed(&fc, &jail_cfg);
     let base = base.path().to_path_buf();
     let a = h.ctl_ok(&[

@@ -172,12 +172,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     let _cleanup = JailedVmms {
         uids: FIRST_UID..=LAST_UID,
     };
-    let jail_cfg = format!(
-        "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
-         uid_range = [{FIRST_UID}, {LAST_UID}]\n",
-        jailer.display(),
-        base.path().display()
-    );
+    let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let mut h = HearthHost::start_jailed(&fc, &jail_cfg);
     assert!(h.log().contains("VMMs run jailed"), "{}", h.log());
     let base = base.path().to_path_buf();

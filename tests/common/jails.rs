@@ -147,3 +147,16 @@ impl Drop for JailedVmms {
         }
     }
 }
+
+/// hearthd's `[jailer]` section: jailing on with `jailer`, jails under `base`, VMs given uids
+/// from `uids`.
+pub fn jail_config(jailer: &Path, base: &Path, uids: &RangeInclusive<u32>) -> String {
+    format!(
+        "\n[jailer]\nenabled = true\njailer_bin = \"{}\"\nchroot_base_dir = \"{}\"\n\
+         uid_range = [{}, {}]\n",
+        jailer.display(),
+        base.display(),
+        uids.start(),
+        uids.end()
+    )
+}
