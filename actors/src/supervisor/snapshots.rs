@@ -317,8 +317,10 @@ async fn take(
     if let Err(e) = capture(&p, &mut rec, &src, quiesced.detail(), &mut moved).await {
         warn!(p.log, "snapshot failed, undoing"; "snapshot" => &rec.name, "vm" => &src.name,
             "error" => %e);
-        undo(&p, &rec, &src, moved).await;
-        quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
+        // A guest left paused cannot thaw (its agent does at its deadline).
+        if undo(&p, &rec, &src, moved).await {
+            quiesce::thaw(&p, &guest, &src.name, &quiesced).await;
+        }
         return Err(e);
     }
     rec.state = SnapshotState::Ready;
@@ -452,25 +454,32 @@ async fn capture(
 }
 
 /// Undoes a snapshot that did not complete: the source back on its own disk and running as it
-/// was (left paused if its drive cannot be moved back), files and record gone.
-async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source, moved: bool) {
-    let mut on_own_disk = true;
+/// was, files and record gone. Answers whether the source runs again. If its drive cannot be
+/// moved back it is left paused on the checkpoint, which stays with the `creating` record (so
+/// `Open` can move the drive back): removing it would leave the VM writing to a deleted file.
+async fn undo(p: &Ports, rec: &SnapshotRecord, src: &Source, moved: bool) -> bool {
     if moved {
         if let Err(e) = move_root_drive(&src.vmm, &src.disk).await {
             warn!(p.log, "VM left paused: its root drive is not back on its own disk";
                 "vm" => &src.name, "disk" => %src.disk.display(), "error" => %e);
-            on_own_disk = false;
+            return false;
         }
     }
-    if src.state != VmState::Paused && on_own_disk {
-        if let Err(e) =
-            super::pause::resume(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await
-        {
-            warn!(p.log, "VM not resumed after a failed snapshot"; "vm" => &src.name,
-                "error" => %e);
+    let mut running = false;
+    if src.state != VmState::Paused {
+        match super::pause::resume(p, &src.name, &src.vmm, src.state, EventReason::Snapshot).await {
+            Ok(()) => running = true,
+            Err(e) => warn!(p.log, "VM not resumed after a failed snapshot"; "vm" => &src.name,
+                "error" => %e),
         }
     }
-    if let Some(j) = src.jail.as_ref().filter(|_| on_own_disk) {
+    undo_files(p, rec, src).await;
+    running
+}
+
+/// The files and record of a snapshot undone while its source is on its own disk.
+async fn undo_files(p: &Ports, rec: &SnapshotRecord, src: &Source) {
+    if let Some(j) = src.jail.as_ref() {
         if let Err(e) = clear_jail(j, rec) {
             warn!(p.log, "snapshot files left in the jail"; "snapshot" => &rec.name,
                 "error" => %e);
@@ -672,15 +681,20 @@ impl VmSupervisor {
         async move {
             let mut out = SnapshotRepairs::default();
             for (rec, drive_back, mut resume) in work {
+                // A drive that cannot be moved back keeps the VM paused on the checkpoint,
+                // and the checkpoint with its record (the next Open tries again).
+                let mut keep = false;
                 if let Some((vmm, disk, jail)) = drive_back {
                     if let Err(e) = move_root_drive(&vmm, &disk).await {
                         warn!(p.log, "VM left paused: its root drive is not back on its own disk";
                             "vm" => &rec.source_vm, "error" => %e);
                         resume = None;
+                        keep = true;
                     } else if let Some(j) = jail {
                         if let Err(e) = clear_jail(&j, &rec) {
                             warn!(p.log, "snapshot files left in the jail";
                                 "snapshot" => &rec.name, "error" => %e);
+                            keep = true;
                         }
                     }
                 }
@@ -697,6 +711,9 @@ impl VmSupervisor {
                         warn!(p.log, "VM paused by an interrupted snapshot not resumed";
                             "vm" => &rec.source_vm, "error" => %e);
                     }
+                }
+                if keep {
+                    continue;
                 }
                 let removed = remove_dir(&rec.dir);
                 match removed {
