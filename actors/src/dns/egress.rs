@@ -172,6 +172,11 @@ impl EgressGuests {
             Some(p) => guests.insert(guest, Arc::new(p)),
             None => guests.remove(&guest),
         };
+        self.forget(guest);
+    }
+
+    /// Forgets what the learner confirmed for `guest` (its firewall side may have changed).
+    pub fn forget(&self, guest: Ipv4Addr) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.confirmed
             .write()
@@ -324,6 +329,9 @@ impl Handler<SetEgressDomains> for DnsActor {
     type Result = Result<(), DnsError>;
 
     fn handle(&mut self, msg: SetEgressDomains, _: &mut Self::Context) -> Self::Result {
+        // Even when refused: the learner's side may have changed and been put back (the egress
+        // capability's undo), dropping addresses the confirmations still vouch for.
+        self.egress.forget(msg.guest);
         let patterns = msg
             .domains
             .as_deref()
