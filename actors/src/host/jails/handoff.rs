@@ -98,7 +98,11 @@ pub fn take_out(layout: &JailLayout, name: &str, dest: &Path) -> Result<(), Jail
                 .mode(0o600)
                 .open(dest)
                 .map_err(io_err("create", dest))?;
-            io::copy(&mut &file, &mut out).map_err(io_err("copy", dest))?;
+            if let Err(e) = io::copy(&mut &file, &mut out) {
+                // A partial copy is no snapshot file.
+                let _ = fs::remove_file(dest);
+                return Err(io_err("copy", dest)(e));
+            }
             return fs::remove_file(&from).map_err(io_err("remove", &from));
         }
         Err(e) => return Err(io_err("move", &from)(e)),
