@@ -12,7 +12,7 @@
 //!
 //! `db` reaching `web`'s port through the host's address (hairpin) is its own test, ignored
 //! while hearthd fails it (see there). The rules themselves (without packets):
-//! tests/e2e_publish.rs; at the `NatActor` level, with UDP hairpin too: tests/publish.rs.
+//! `tests/e2e_publish.rs`; at the `NatActor` level, with UDP hairpin too: `tests/publish.rs`.
 
 mod common;
 use common::{daemon, guest_agent};
@@ -303,7 +303,7 @@ fn published_ports_answer_with_packets_through_hearthd_across_a_restart_until_re
 /// the kernel forwards a DNAT whose new destination sits on the same bridge at L2
 /// ("bridged DNAT"), where port isolation drops it: the SYN never reaches the iptables
 /// FORWARD chain and the exchange times out. With `bridge link set dev hth0 isolated off`
-/// (and hth1) the same exchange answers `peer=172.31.240.1:<port>`. tests/publish.rs
+/// (and hth1) the same exchange answers `peer=172.31.240.1:<port>`. `tests/publish.rs`
 /// passes because its guests' veth ports are not isolated.
 #[test]
 #[ignore = "hearthd bug: hairpin to a published port is dropped by bridge port isolation (bridged DNAT)"]
