@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::netstack::ServePort;
+
 /// Everything the environment can tune. `Default` is a well-behaved guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Knobs {
@@ -59,6 +61,11 @@ pub struct Knobs {
     /// `FC_SIM_IDENTITY_DELAY_MS`: the guest adopts a new identity file's content only once it
     /// has stood this long (a slow guest), so its old identity stays on the wire meanwhile.
     pub identity_delay: Duration,
+    /// `FC_SIM_SERVE=tcp:80,udp:53` (with `FC_SIM_NETSTACK=1`): ports the guest serves itself
+    /// each time its network stack starts (boot, snapshot load, new identity), answering every
+    /// TCP connection and UDP datagram with the peer address it saw
+    /// (`peer=<ip>:<port> got=<request>`). Empty: none.
+    pub serve: Vec<ServePort>,
 }
 
 /// The UDP port of `FC_SIM_ANNOUNCE`'s broadcast datagram.
@@ -97,18 +104,31 @@ impl Default for Knobs {
             no_clock_realtime: false,
             announce: false,
             identity_delay: Duration::ZERO,
+            serve: Vec::new(),
         }
     }
 }
 
 /// A knob whose value does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("Invalid value {value:?} for {name}")]
+#[error("Invalid value {value:?} for {name}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
 pub struct KnobError {
     /// The variable's name.
     pub name: &'static str,
     /// Its value.
     pub value: String,
+    /// What is wrong with it, when more can be said than that it does not parse.
+    pub reason: Option<String>,
+}
+
+impl KnobError {
+    fn new(name: &'static str, value: impl Into<String>) -> Self {
+        KnobError {
+            name,
+            value: value.into(),
+            reason: None,
+        }
+    }
 }
 
 impl Knobs {
@@ -127,17 +147,14 @@ impl Knobs {
                     .trim()
                     .parse()
                     .map(Some)
-                    .map_err(|_| KnobError { name, value: v }),
+                    .map_err(|_| KnobError::new(name, v)),
             }
         };
         let flag = |name: &'static str| -> Result<bool, KnobError> {
             match get(name).as_deref().map(str::trim) {
                 None | Some("" | "0") => Ok(false),
                 Some("1") => Ok(true),
-                Some(v) => Err(KnobError {
-                    name,
-                    value: v.to_owned(),
-                }),
+                Some(v) => Err(KnobError::new(name, v)),
             }
         };
         let ms = Duration::from_millis;
@@ -158,16 +175,12 @@ impl Knobs {
         }
         k.crash_after = num("FC_SIM_CRASH_AFTER_MS")?.map(ms);
         if let Some(v) = num("FC_SIM_CRASH_CODE")? {
-            k.crash_code = i32::try_from(v).map_err(|_| KnobError {
-                name: "FC_SIM_CRASH_CODE",
-                value: v.to_string(),
-            })?;
+            k.crash_code =
+                i32::try_from(v).map_err(|_| KnobError::new("FC_SIM_CRASH_CODE", v.to_string()))?;
         }
         if let Some(v) = num("FC_SIM_AGENT_PORT")? {
-            k.agent_port = u32::try_from(v).map_err(|_| KnobError {
-                name: "FC_SIM_AGENT_PORT",
-                value: v.to_string(),
-            })?;
+            k.agent_port =
+                u32::try_from(v).map_err(|_| KnobError::new("FC_SIM_AGENT_PORT", v.to_string()))?;
         }
         k.ignore_ctrl_alt_del = flag("FC_SIM_IGNORE_CTRL_ALT_DEL")?;
         k.no_agent = flag("FC_SIM_NO_AGENT")?;
@@ -179,10 +192,7 @@ impl Knobs {
             None => {}
             Some(v) if v.trim().is_empty() => {}
             Some(v) if v.contains('\0') || !std::path::Path::new(&v).is_absolute() => {
-                return Err(KnobError {
-                    name: "FC_SIM_AGENT_BIN",
-                    value: v,
-                })
+                return Err(KnobError::new("FC_SIM_AGENT_BIN", v))
             }
             Some(v) => k.agent_bin = Some(v.into()),
         }
@@ -192,15 +202,34 @@ impl Knobs {
             Some(v) if matches!(v.trim(), "" | "0") => {}
             Some(v) if v.trim() == "1" => k.identity_file = Some(IdentityFile::BesideApiSocket),
             Some(v) if v.contains('\0') || !std::path::Path::new(&v).is_absolute() => {
-                return Err(KnobError {
-                    name: "FC_SIM_IDENTITY_FILE",
-                    value: v,
-                })
+                return Err(KnobError::new("FC_SIM_IDENTITY_FILE", v))
             }
             Some(v) => k.identity_file = Some(IdentityFile::At(v.into())),
         }
+        if let Some(v) = get("FC_SIM_SERVE") {
+            k.serve = parse_serve(&v, k.netstack)?;
+        }
         Ok(k)
     }
+}
+
+/// `FC_SIM_SERVE`: empty serves nothing; anything else must be a valid port list, and the
+/// guest needs its network stack to serve it.
+fn parse_serve(value: &str, netstack: bool) -> Result<Vec<ServePort>, KnobError> {
+    let bad = |reason: String| KnobError {
+        reason: Some(reason),
+        ..KnobError::new("FC_SIM_SERVE", value)
+    };
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ports = ServePort::parse_list(value).map_err(bad)?;
+    if !netstack {
+        return Err(bad(
+            "the guest serves ports only with FC_SIM_NETSTACK=1".into()
+        ));
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]
@@ -268,5 +297,46 @@ mod tests {
             Duration::from_millis(700)
         );
         assert!(knobs(&[("FC_SIM_IDENTITY_DELAY_MS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn serve_lists_ports_and_bad_lists_name_the_knob_and_the_problem() {
+        let net = ("FC_SIM_NETSTACK", "1");
+        assert!(knobs(&[net]).unwrap().serve.is_empty());
+        assert!(knobs(&[net, ("FC_SIM_SERVE", "")])
+            .unwrap()
+            .serve
+            .is_empty());
+        assert_eq!(
+            knobs(&[net, ("FC_SIM_SERVE", "tcp:80,udp:53,tcp:22")])
+                .unwrap()
+                .serve,
+            [ServePort::Tcp(80), ServePort::Udp(53), ServePort::Tcp(22)]
+        );
+        for (value, reason) in [
+            ("tcp:80,,udp:53", "not tcp:<port> or udp:<port>"),
+            (" tcp:80", "not tcp or udp"),
+            ("udp:0", "not in 1..=65535"),
+            ("tcp:http", "not in 1..=65535"),
+            ("icmp:1", "not tcp or udp"),
+            ("tcp:80,tcp:80", "listed twice"),
+        ] {
+            let e = knobs(&[net, ("FC_SIM_SERVE", value)]).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains("FC_SIM_SERVE") && text.contains(reason),
+                "{value:?}: {text}"
+            );
+        }
+        // Without the guest stack there is nothing to serve with: an error, not a no-op.
+        let e = knobs(&[("FC_SIM_SERVE", "tcp:80")]).unwrap_err();
+        assert!(e.to_string().contains("FC_SIM_NETSTACK=1"), "{e}");
+        // Other knobs' errors keep their text.
+        assert_eq!(
+            knobs(&[("FC_SIM_NO_AGENT", "yes")])
+                .unwrap_err()
+                .to_string(),
+            "Invalid value \"yes\" for FC_SIM_NO_AGENT"
+        );
     }
 }

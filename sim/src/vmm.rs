@@ -686,13 +686,19 @@ impl Vmm {
         let fd = dev.tap.file.try_clone().map_err(|e| e.to_string())?;
         // A paused guest's stack starts frozen: it must not answer a single frame.
         let stack = Arc::new(
-            GuestStack::spawn_frozen(fd.into(), config, self.guest.paused())
+            GuestStack::spawn_serving(fd.into(), config, self.guest.paused(), &self.knobs.serve)
                 .map_err(|e| e.to_string())?,
         );
+        let serving: Vec<String> = self.knobs.serve.iter().map(ToString::to_string).collect();
         self.log.info(&format!(
-            "Guest network stack up on {} as {}",
+            "Guest network stack up on {} as {}{}",
             dev.tap.name,
-            stack.config().ip
+            stack.config().ip,
+            if serving.is_empty() {
+                String::new()
+            } else {
+                format!(", serving {}", serving.join(","))
+            }
         ));
         if self.knobs.announce {
             announce::spawn(&stack);

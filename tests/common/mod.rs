@@ -2,8 +2,9 @@
 //! `hearth-testkit`, re-exported so tests say `common::NetNs`, plus a
 //! `require_privileged!` in scope for every test file that declares `mod common;`, and the
 //! fixtures hearth's own integration tests share: [`actor`] (a `FirecrackerActor` in a test),
-//! [`daemon`] (a whole `hearthd` host), [`hearth_net`] (the network actors and simulated
-//! guests), [`tuntap`] (holding a TAP busy) and [`vmm`] (simulator or real Firecracker).
+//! [`daemon`] (a whole `hearthd` host), [`guest_agent`] (a simulated guest's agent as a
+//! client), [`hearth_net`] (the network actors and simulated guests), [`tuntap`] (holding a
+//! TAP busy) and [`vmm`] (simulator or real Firecracker).
 // `allow`, not `expect` (the house rule elsewhere): whether anything here goes unused depends
 // on the test binary that includes this module, so an `expect` would fail in some of them.
 #![allow(
@@ -15,6 +16,7 @@
 pub mod actor;
 pub mod daemon;
 pub mod exec_host;
+pub mod guest_agent;
 pub mod hearth_net;
 pub mod jails;
 pub mod registry;

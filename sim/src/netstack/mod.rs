@@ -7,7 +7,9 @@
 //! [`NetConfig::from_kernel_cmdline`] for the `ip=` boot argument). The stack runs on its own
 //! thread: it answers ARP and ICMP echo like any host, and serves the blocking helpers on
 //! [`GuestStack`] (resolve a name, open a TCP connection, ping, listen, send a forged frame),
-//! each bounded by a timeout. Commands travel over a channel to the stack thread, which owns
+//! each bounded by a timeout. [`GuestStack::spawn_serving`] also has the guest serve TCP and
+//! UDP ports itself, answering every client with the peer address it saw (`FC_SIM_SERVE`).
+//! Commands travel over a channel to the stack thread, which owns
 //! every socket; dropping the handle stops the thread and closes the fd.
 //!
 //! ```no_run
@@ -29,6 +31,7 @@ mod config;
 mod device;
 mod dns;
 pub mod frames;
+mod serve;
 mod stack;
 mod tap;
 #[cfg(test)]
@@ -48,6 +51,7 @@ use std::time::Duration;
 pub use capture::{CapturedPacket, CAPTURE_PAYLOAD};
 pub use config::{parse_kernel_ip_arg, KernelIpConfig, NetConfig, VnetHdr};
 pub use frames::FrameAddrs;
+pub use serve::ServePort;
 pub use tap::open_tap;
 
 use stack::{Command, Stack};
@@ -184,6 +188,19 @@ impl GuestStack {
         config: NetConfig,
         frozen: bool,
     ) -> Result<Self, NetstackError> {
+        Self::spawn_serving(tap, config, frozen, &[])
+    }
+
+    /// Like [`GuestStack::spawn_frozen`], the guest serving `serve` itself from the start:
+    /// each TCP connection and UDP datagram is answered with the peer address the guest saw
+    /// (`peer=<ip>:<port> got=<request>`, a newline after it on TCP). An empty list serves
+    /// nothing; a port listed twice, or more than 16, is refused.
+    pub fn spawn_serving(
+        tap: OwnedFd,
+        config: NetConfig,
+        frozen: bool,
+        serve: &[ServePort],
+    ) -> Result<Self, NetstackError> {
         config.validate()?;
         set_nonblocking(&tap)?;
         let (wake, wake_rx) =
@@ -193,7 +210,8 @@ impl GuestStack {
             .map_err(|source| NetstackError::Spawn { source })?;
         let (commands, rx) = mpsc::channel();
         let frozen = Arc::new(AtomicBool::new(frozen));
-        let stack = Stack::new(File::from(tap), config.clone(), rx, wake_rx, frozen.clone());
+        let mut stack = Stack::new(File::from(tap), config.clone(), rx, wake_rx, frozen.clone());
+        stack.serve(serve)?;
         let thread = std::thread::Builder::new()
             .name(format!("guest-{}", config.ip))
             .spawn(move || stack.run())

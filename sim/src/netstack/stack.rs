@@ -27,6 +27,7 @@ use super::capture::CapturedPacket;
 use super::device::TapDevice;
 use super::dns::{self, AnswerError};
 use super::frames::arp_request;
+use super::serve::{PeerEcho, ServePort};
 use super::{NetConfig, NetstackError};
 
 /// Longest sleep between two turns of the loop; also the granularity of deadlines.
@@ -154,6 +155,8 @@ pub(crate) struct Stack {
     wake: UnixStream,
     ops: Vec<Op>,
     listeners: Vec<Listener>,
+    /// The ports the guest serves itself (`FC_SIM_SERVE`).
+    peer_echo: PeerEcho,
     /// Closed TCP sockets finishing their FIN handshake, dropped when done or at the instant.
     lingering: Vec<(SocketHandle, Instant)>,
     next_port: u16,
@@ -191,10 +194,17 @@ impl Stack {
             wake,
             ops: Vec::new(),
             listeners: Vec::new(),
+            peer_echo: PeerEcho::default(),
             lingering: Vec::new(),
             next_port: 49_152 + rand::random::<u16>() % 16_000,
             frozen,
         }
+    }
+
+    /// Serves `ports` from now on (see [`PeerEcho`]); called once, before the thread runs.
+    pub(crate) fn serve(&mut self, ports: &[ServePort]) -> Result<(), NetstackError> {
+        self.peer_echo = PeerEcho::start(&mut self.sockets, ports)?;
+        Ok(())
     }
 
     /// While frozen: keep what is asked for until the guest runs again, and stop when told.
@@ -239,6 +249,8 @@ impl Stack {
                 }
             }
             self.serve_listeners();
+            self.peer_echo
+                .turn(&mut self.sockets, now, &mut self.lingering);
             self.reap_lingering(now);
             self.poll_iface();
             let delay = self

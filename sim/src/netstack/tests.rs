@@ -1,6 +1,6 @@
 //! The stack thread driven over a datagram socketpair standing in for the TAP (one message
 //! per frame, like a TAP fd): ARP, ping, DNS, raw frames, capture and shutdown, with every
-//! virtio-net header framing, and no root needed.
+//! virtio-net header framing, the guest's own servers (`FC_SIM_SERVE`), and no root needed.
 
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixDatagram;
@@ -13,7 +13,7 @@ use smoltcp::wire::{
 };
 
 use super::frames::{arp_reply, arp_request, icmp_echo_frame, udp_frame, FrameAddrs};
-use super::{dns, GuestStack, NetConfig, NetstackError, VnetHdr};
+use super::{dns, GuestStack, NetConfig, NetstackError, ServePort, VnetHdr};
 
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -56,6 +56,10 @@ impl Wire {
 }
 
 fn start(vnet: VnetHdr) -> (GuestStack, Wire) {
+    start_serving(vnet, &[])
+}
+
+fn start_serving(vnet: VnetHdr, serve: &[ServePort]) -> (GuestStack, Wire) {
     let (guest_end, host_end) = UnixDatagram::pair().expect("socketpair");
     host_end
         .set_read_timeout(Some(Duration::from_millis(50)))
@@ -65,7 +69,7 @@ fn start(vnet: VnetHdr) -> (GuestStack, Wire) {
     config.dns = Some(HOST_IP);
     config.vnet_hdr = vnet;
     config.timeout = Duration::from_secs(3);
-    let guest = GuestStack::spawn(guest_end.into(), config).expect("spawn");
+    let guest = GuestStack::spawn_serving(guest_end.into(), config, false, serve).expect("spawn");
     let wire = Wire {
         sock: host_end,
         vnet: vnet.len(),
@@ -253,4 +257,128 @@ fn calls_after_bad_input_fail_without_reaching_the_thread() {
         guest.serve_tcp(80, &vec![0u8; 70_000]),
         Err(NetstackError::InvalidConfig { .. })
     ));
+}
+
+/// The UDP payload of `frame` when it is a datagram from `src_port`.
+fn udp_payload_from(frame: &[u8], src_port: u16) -> Option<(u16, Vec<u8>)> {
+    let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
+    if ip.next_header() != IpProtocol::Udp {
+        return None;
+    }
+    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+    (udp.src_port() == src_port).then(|| (udp.dst_port(), udp.payload().to_vec()))
+}
+
+#[test]
+fn a_served_udp_port_answers_each_datagram_with_its_sender() {
+    let (_guest, wire) = start_serving(VnetHdr::V1Len12, &[ServePort::Udp(53)]);
+    for (src_port, payload) in [(5000u16, &b"first"[..]), (5001, &b"second"[..])] {
+        wire.send(&udp_frame(to_guest(), src_port, 53, payload));
+        // The guest asks for the host's MAC (once) before it can answer: reply as a host would.
+        let reply = wire
+            .recv_until(Duration::from_secs(3), |f| {
+                if is_arp_request_for(f, HOST_IP) {
+                    wire.send(&arp_reply(HOST_MAC, HOST_IP, GUEST_MAC, GUEST_IP));
+                }
+                udp_payload_from(f, 53).is_some()
+            })
+            .and_then(|f| udp_payload_from(&f, 53));
+        let (dst_port, got) = reply.unwrap_or_else(|| panic!("no answer to {src_port}"));
+        assert_eq!(dst_port, src_port, "answered to the sender's port");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!(
+                "peer={HOST_IP}:{src_port} got={}",
+                String::from_utf8_lossy(payload)
+            )
+        );
+    }
+    // A port not served stays silent (smoltcp answers ICMP port unreachable, never UDP).
+    wire.send(&udp_frame(to_guest(), 5002, 54, b"nobody"));
+    assert!(wire
+        .recv_until(Duration::from_millis(300), |f| udp_payload_from(f, 54)
+            .is_some())
+        .is_none());
+}
+
+#[test]
+fn a_served_udp_port_echoes_at_most_1_kib() {
+    let (_guest, wire) = start_serving(VnetHdr::None, &[ServePort::Udp(7)]);
+    wire.send(&arp_reply(HOST_MAC, HOST_IP, GUEST_MAC, GUEST_IP));
+    let big = vec![b'x'; 1400];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut reply = None;
+    while reply.is_none() && Instant::now() < deadline {
+        wire.send(&udp_frame(to_guest(), 6000, 7, &big));
+        reply = wire
+            .recv_until(Duration::from_millis(300), |f| {
+                udp_payload_from(f, 7).is_some()
+            })
+            .and_then(|f| udp_payload_from(&f, 7));
+    }
+    let (_, got) = reply.expect("no answer");
+    let expected = format!("peer={HOST_IP}:6000 got={}", "x".repeat(1024));
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[test]
+fn a_served_tcp_port_answers_each_connection_with_its_peer() {
+    // Two guests on one wire: the second connects to the first's served port.
+    let (a_end, b_end) = UnixDatagram::pair().expect("socketpair");
+    let mut server = NetConfig::new(GUEST_MAC, GUEST_IP, 24);
+    server.timeout = Duration::from_secs(3);
+    let mut client = NetConfig::new(HOST_MAC, HOST_IP, 24);
+    client.timeout = Duration::from_secs(3);
+    let _server = GuestStack::spawn_serving(a_end.into(), server, false, &[ServePort::Tcp(80)])
+        .expect("server");
+    let client = GuestStack::spawn(b_end.into(), client).expect("client");
+    // Ended by a half-close, by a newline, and twice at once (the port keeps listening).
+    let reply = client
+        .tcp_connect(GUEST_IP, 80, b"hello")
+        .expect("first connection");
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert!(
+        text.starts_with(&format!("peer={HOST_IP}:")) && text.ends_with(" got=hello\n"),
+        "{text:?}"
+    );
+    let reply = client
+        .tcp_connect(GUEST_IP, 80, b"line\nignored")
+        .expect("second connection");
+    assert!(
+        String::from_utf8_lossy(&reply).ends_with(" got=line\n"),
+        "{reply:?}"
+    );
+    std::thread::scope(|s| {
+        let both = [
+            s.spawn(|| client.tcp_connect(GUEST_IP, 80, b"one")),
+            s.spawn(|| client.tcp_connect(GUEST_IP, 80, b"two")),
+        ];
+        for (h, want) in both.into_iter().zip(["one", "two"]) {
+            let reply = h.join().unwrap().expect("concurrent connection");
+            assert!(
+                String::from_utf8_lossy(&reply).ends_with(&format!(" got={want}\n")),
+                "{reply:?}"
+            );
+        }
+    });
+    // A port not served refuses.
+    assert!(matches!(
+        client.tcp_connect(GUEST_IP, 81, b"x"),
+        Err(NetstackError::ConnectionRefused { .. })
+    ));
+}
+
+#[test]
+fn serving_a_port_twice_is_refused() {
+    let (guest_end, _host_end) = UnixDatagram::pair().expect("socketpair");
+    let config = NetConfig::new(GUEST_MAC, GUEST_IP, 24);
+    let err = GuestStack::spawn_serving(
+        guest_end.into(),
+        config,
+        false,
+        &[ServePort::Tcp(80), ServePort::Tcp(80)],
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("tcp:80 is listed twice"), "{err}");
 }
