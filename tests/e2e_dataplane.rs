@@ -7,20 +7,17 @@
 
 mod common;
 use common::daemon;
+use common::guest_agent::{ask, connect};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use daemon::HearthHost;
-use hearth_proto::agent::{
-    codes, decode_response, encode_request, read_response_line, AgentProtoError, ConnectReply,
-    ConnectRequest, Request, ResolveReply, ResolveRequest, DEFAULT_PORT,
-};
+use hearth_proto::agent::{codes, Request, ResolveReply, ResolveRequest};
 
 /// The upstream end of the egress veth, where the test server listens.
 const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
@@ -31,61 +28,12 @@ const NEGATIVE_MS: u64 = 1500;
 /// How long a guest tries a connection that must get through.
 const POSITIVE_MS: u64 = 5000;
 
-/// A request to a VM's agent, through the hybrid vsock socket in its run directory. `Err`
-/// carries the agent's error code and message.
-fn ask<T: serde::de::DeserializeOwned>(
-    h: &HearthHost,
-    vm: &str,
-    req: &Request,
-) -> Result<T, (String, String)> {
-    let uds = h.path(&format!("run/{vm}/v.sock"));
-    let mut stream =
-        UnixStream::connect(&uds).unwrap_or_else(|e| panic!("connect {}: {e}", uds.display()));
-    // Longer than any request's own timeout: the agent always answers first.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .write_all(format!("CONNECT {DEFAULT_PORT}\n").as_bytes())
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK "), "{vm}: no OK from the muxer: {ok:?}");
-    stream.write_all(&encode_request(req)).unwrap();
-    let line = read_response_line(&mut reader)
-        .unwrap()
-        .unwrap_or_else(|| panic!("{vm}: the agent closed without answering {req:?}"));
-    match decode_response::<T>(&line) {
-        Ok(reply) => Ok(reply),
-        Err(AgentProtoError::Remote { code, message }) => Err((code, message)),
-        Err(e) => panic!("{vm}: bad reply {:?}: {e}", String::from_utf8_lossy(&line)),
-    }
-}
-
 fn resolve(h: &HearthHost, vm: &str, name: &str) -> Result<Vec<Ipv4Addr>, (String, String)> {
     let req = Request::Resolve(ResolveRequest {
         name: name.into(),
         timeout_ms: POSITIVE_MS,
     });
     ask::<ResolveReply>(h, vm, &req).map(|r| r.addrs)
-}
-
-fn connect(
-    h: &HearthHost,
-    vm: &str,
-    addr: Ipv4Addr,
-    port: u16,
-    send: &str,
-    timeout_ms: u64,
-) -> Result<String, (String, String)> {
-    let req = Request::Connect(ConnectRequest {
-        addr,
-        port,
-        send: send.into(),
-        timeout_ms,
-    });
-    ask::<ConnectReply>(h, vm, &req).map(|r| r.received)
 }
 
 /// A TCP server in the upstream namespace answering each connection with
