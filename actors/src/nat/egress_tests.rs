@@ -317,3 +317,32 @@ fn listing_is_parsed_from_nft_json() {
     );
     assert_eq!(parse_listing("not json"), Listed::default());
 }
+
+#[actix::test]
+async fn a_reconcile_lists_the_egress_table_once() {
+    let (addr, fake) = ready().await;
+    let egress_listings = |fake: &FakeFirewall| {
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| **c == FakeCall::ListNft(format!("table ip {EGRESS_TABLE}")))
+            .count()
+    };
+    let before = egress_listings(&fake);
+    addr.send(Reconcile {
+        desired: vec![crate::testing::guest(5, true)],
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The kept policies and the rewrite's counters/learned come from one listing.
+    assert_eq!(egress_listings(&fake) - before, 1);
+    let before = egress_listings(&fake);
+    addr.send(ReconcileEgress {
+        policies: BTreeMap::from([(ip(5), rules(&["10.0.0.0/8"], &[], &[]))]),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(egress_listings(&fake) - before, 1);
+}
