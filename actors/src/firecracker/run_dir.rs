@@ -225,15 +225,58 @@ pub fn list(base: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// Gives a socket to group `gid` with mode 0660, so members of that group can use it.
+///
+/// A jailed VMM's uid owns the directory its sockets are in and could put a symlink (or any
+/// other file) in a socket's place: the path's last component is opened without following
+/// it, checked to be a socket, and changed through that descriptor, so hearth never changes a
+/// file the path merely points at.
+///
+/// # Errors
+/// [`FirecrackerError::SocketAccess`]: the path is missing, is not a socket (a symlink is
+/// refused, not followed), or its group or mode cannot be changed. Nothing is changed when
+/// it is not a socket.
 pub fn set_socket_access(path: &Path, gid: u32) -> Result<(), FirecrackerError> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
     let err = |source| FirecrackerError::SocketAccess {
         path: path.into(),
         source,
     };
-    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-        .map_err(|e| err(e.into()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)
+    // O_PATH: a socket cannot be opened for reading; with O_NOFOLLOW a symlink is opened itself.
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
+    let kind = nix::sys::stat::fstat(&fd)
+        .map_err(|e| err(e.into()))?
+        .st_mode
+        & SFlag::S_IFMT.bits();
+    if kind != SFlag::S_IFSOCK.bits() {
+        let what = if kind == SFlag::S_IFLNK.bits() {
+            "a symbolic link"
+        } else {
+            "another kind of file"
+        };
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a socket: {what} is in its place"),
+        )));
+    }
+    nix::unistd::fchownat(
+        &fd,
+        "",
+        None,
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| err(e.into()))?;
+    // fchmod refuses an O_PATH descriptor; its /proc link names the same inode.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(0o660)).map_err(err)
 }
 
 /// Removes a file; a missing file is fine.
@@ -326,11 +369,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let gid = nix::unistd::getegid().as_raw();
+        // As root, a group the socket does not have, so the change shows.
+        let gid = if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
         set_socket_access(&sock, gid).unwrap();
         let md = std::fs::metadata(&sock).unwrap();
         assert_eq!(md.gid(), gid);
         assert_eq!(md.permissions().mode() & 0o777, 0o660);
         assert!(set_socket_access(&dir.path().join("missing"), gid).is_err());
+    }
+
+    #[test]
+    fn socket_access_refuses_a_symlink_or_file_in_the_sockets_place() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        // A "host file" and a socket elsewhere, each with what must stay as it is.
+        let host_file = dir.path().join("host-file");
+        std::fs::write(&host_file, b"secret").unwrap();
+        std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let other_sock = dir.path().join("other.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&other_sock).unwrap();
+        std::fs::set_permissions(&other_sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // As root any group will do, so a change would show; otherwise only the mode can.
+        let gid = if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let owner = |p: &Path| {
+            let md = std::fs::metadata(p).unwrap();
+            (md.uid(), md.gid(), md.permissions().mode() & 0o7777)
+        };
+        let before = (owner(&host_file), owner(&other_sock));
+        for (name, target) in [("to-file.sock", &host_file), ("to-sock.sock", &other_sock)] {
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let err = set_socket_access(&link, gid).unwrap_err();
+            let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(text.contains("symbolic link"), "{text}");
+        }
+        // A regular file in the socket's place is refused too, and left as it is.
+        let plain = dir.path().join("plain.sock");
+        std::fs::write(&plain, b"").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain_before = owner(&plain);
+        let err = set_socket_access(&plain, gid).unwrap_err();
+        assert!(
+            matches!(err, FirecrackerError::SocketAccess { .. }),
+            "{err}"
+        );
+        assert_eq!(owner(&plain), plain_before);
+        assert_eq!((owner(&host_file), owner(&other_sock)), before);
     }
 }
