@@ -152,3 +152,61 @@ async fn a_pattern_dns_refuses_puts_the_firewall_back() {
     assert!(matches!(err, CapabilityError::Dns { .. }), "{err}");
     assert_eq!(guest_elements(&fw), 0, "firewall put back");
 }
+
+/// Whether the guest has NAT or a published port while the firewall holds no deny policy
+/// for it: the moment a deny-mode guest must never have.
+async fn open_without_policy(host: &CapabilityHost, fw: &FakeFirewall, guest: Ipv4Addr) -> bool {
+    let nat = fw
+        .set(crate::nat::rules::NAT_SET)
+        .unwrap_or_default()
+        .contains(&crate::host::firewall::SetEntry::Ip(guest));
+    let published = host
+        .nat()
+        .send(crate::nat::ListPublished)
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.guest_ip == guest);
+    let denied = fw
+        .state()
+        .egress
+        .get(crate::nat::egress::DENY_SET)
+        .is_some_and(|s| s.contains(&EgressElement::Guest(guest)));
+    (nat || published) && !denied
+}
+
+#[actix::test]
+async fn a_deny_mode_guest_never_has_nat_or_ports_without_its_policy() {
+    let (host, fw) = host().await;
+    let lease = lease();
+    let mut deny = spec(serde_json::json!({"mode": "deny", "allow": ["10.20.0.0/16"]}));
+    deny.nat = true;
+    deny.publish = vec!["18080:80".parse().unwrap()];
+    let view = VmView {
+        name: "job",
+        lease: Some(&lease),
+        spec: &deny,
+    };
+    let caps = crate::capabilities::for_spec(&deny);
+    // Setup in registry order (the sagas' `booted`/`restored`/`adopted`)...
+    for cap in &caps {
+        cap.booted(&host, view).await.unwrap();
+        assert!(
+            !open_without_policy(&host, &fw, lease.guest_ip).await,
+            "after {} booted",
+            cap.name()
+        );
+    }
+    assert!(guest_elements(&fw) > 0 && fw.set(crate::nat::rules::NAT_SET).is_some());
+    // ...teardown and undo in reverse (`supervisor::hooks::teardown`, the saga's undo stack).
+    for cap in caps.iter().rev() {
+        cap.stopping(&host, view).await.unwrap();
+        cap.stopped(&host, view).await.unwrap();
+        assert!(
+            !open_without_policy(&host, &fw, lease.guest_ip).await,
+            "after {} stopped",
+            cap.name()
+        );
+    }
+    assert_eq!(guest_elements(&fw), 0);
+}

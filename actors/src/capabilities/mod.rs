@@ -223,14 +223,18 @@ pub trait Capability {
 
 /// The capabilities of a VM with this spec, in the order their setup hooks run (teardown
 /// runs in reverse). A new capability adds one line here.
+///
+/// The egress policy comes first: it is in place before NAT or a published port opens
+/// anything for the guest (which already runs when `booted` and `restored` are called) and
+/// goes last, after them, so a deny-mode guest is never reachable or routed without it.
 #[must_use]
 pub fn for_spec(spec: &CreateVm) -> Vec<Box<dyn Capability>> {
     let _ = spec;
     vec![
+        Box::new(Egress),
         Box::new(NatSwitch),
         Box::new(Publish),
         Box::new(DnsName),
-        Box::new(Egress),
     ]
 }
 

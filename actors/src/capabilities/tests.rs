@@ -226,12 +226,12 @@ async fn dns_name_registers_one_vm_without_touching_the_others() {
 }
 
 #[test]
-fn every_vm_gets_nat_switch_publish_and_dns_name() {
+fn every_vm_gets_egress_nat_switch_publish_and_dns_name() {
     let names: Vec<_> = for_spec(&spec("a", false))
         .iter()
         .map(|c| c.name())
         .collect();
-    assert_eq!(names, ["nat", "publish", "dns-name", "egress"]);
+    assert_eq!(names, ["egress", "nat", "publish", "dns-name"]);
 }
 
 #[test]

@@ -225,15 +225,79 @@ pub fn list(base: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// Gives a socket to group `gid` with mode 0660, so members of that group can use it.
+///
+/// A jailed VMM's uid owns the jail's root and its `run/` (the jailer gives them to it), so it
+/// could put a symlink in place of the socket or of the directory holding it. Neither is
+/// followed: the directory is opened without following it, the socket beneath that
+/// descriptor likewise, each checked to be what it must be, and the group and mode are
+/// changed through the socket's descriptor, so hearth never changes a file a path merely
+/// points at.
+///
+/// # Errors
+/// [`FirecrackerError::SocketAccess`]: the path is missing, it or its directory is not what
+/// it must be (a symlink is refused, not followed), or the group or mode cannot be changed.
+/// Nothing is changed unless the socket was found.
 pub fn set_socket_access(path: &Path, gid: u32) -> Result<(), FirecrackerError> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::fs::PermissionsExt;
     let err = |source| FirecrackerError::SocketAccess {
         path: path.into(),
         source,
     };
-    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-        .map_err(|e| err(e.into()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)
+    let refuse = |what: String| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    // O_PATH: a socket cannot be opened for reading; with O_NOFOLLOW a symlink is opened
+    // itself, and the file type says what is there.
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let kind_of = |fd: &OwnedFd| -> Result<u32, FirecrackerError> {
+        Ok(nix::sys::stat::fstat(fd)
+            .map_err(|e| err(e.into()))?
+            .st_mode
+            & SFlag::S_IFMT.bits())
+    };
+    let named = |kind: u32| {
+        if kind == SFlag::S_IFLNK.bits() {
+            "a symbolic link"
+        } else {
+            "another kind of file"
+        }
+    };
+    let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
+        return Err(refuse("not a socket path".into()));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = nix::fcntl::open(parent, flags, Mode::empty()).map_err(|e| err(e.into()))?;
+    let kind = kind_of(&dir)?;
+    if kind != SFlag::S_IFDIR.bits() {
+        return Err(refuse(format!(
+            "its directory is not a directory: {} is in its place",
+            named(kind)
+        )));
+    }
+    let fd = nix::fcntl::openat(&dir, name, flags, Mode::empty()).map_err(|e| err(e.into()))?;
+    let kind = kind_of(&fd)?;
+    if kind != SFlag::S_IFSOCK.bits() {
+        return Err(refuse(format!(
+            "not a socket: {} is in its place",
+            named(kind)
+        )));
+    }
+    nix::unistd::fchownat(
+        &fd,
+        "",
+        None,
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| err(e.into()))?;
+    // fchmod refuses an O_PATH descriptor; its /proc link names the same inode.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(0o660)).map_err(err)
 }
 
 /// Removes a file; a missing file is fine.
@@ -326,11 +390,94 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let gid = nix::unistd::getegid().as_raw();
+        // As root, a group the socket does not have, so the change shows.
+        let gid = if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
         set_socket_access(&sock, gid).unwrap();
         let md = std::fs::metadata(&sock).unwrap();
         assert_eq!(md.gid(), gid);
         assert_eq!(md.permissions().mode() & 0o777, 0o660);
         assert!(set_socket_access(&dir.path().join("missing"), gid).is_err());
+    }
+
+    #[test]
+    fn socket_access_refuses_a_symlink_or_file_in_the_sockets_place() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        // A "host file" and a socket elsewhere, each with what must stay as it is.
+        let host_file = dir.path().join("host-file");
+        std::fs::write(&host_file, b"secret").unwrap();
+        std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let other_sock = dir.path().join("other.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&other_sock).unwrap();
+        std::fs::set_permissions(&other_sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // As root any group will do, so a change would show; otherwise only the mode can.
+        let gid = if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let owner = |p: &Path| {
+            let md = std::fs::metadata(p).unwrap();
+            (md.uid(), md.gid(), md.permissions().mode() & 0o7777)
+        };
+        let before = (owner(&host_file), owner(&other_sock));
+        for (name, target) in [("to-file.sock", &host_file), ("to-sock.sock", &other_sock)] {
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let err = set_socket_access(&link, gid).unwrap_err();
+            let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(text.contains("symbolic link"), "{text}");
+        }
+        // A regular file in the socket's place is refused too, and left as it is.
+        let plain = dir.path().join("plain.sock");
+        std::fs::write(&plain, b"").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain_before = owner(&plain);
+        let err = set_socket_access(&plain, gid).unwrap_err();
+        assert!(
+            matches!(err, FirecrackerError::SocketAccess { .. }),
+            "{err}"
+        );
+        assert_eq!(owner(&plain), plain_before);
+        assert_eq!((owner(&host_file), owner(&other_sock)), before);
+    }
+
+    #[test]
+    fn socket_access_refuses_a_symlink_in_place_of_the_sockets_directory() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        // A host directory holding a socket of the same name as the jail's.
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        let host_sock = host.join("api.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&host_sock).unwrap();
+        std::fs::set_permissions(&host_sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The jail's root, where the VMM's uid may swap `run` for a symlink.
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("run")).unwrap();
+        let gid = if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let owner = |p: &Path| {
+            let md = std::fs::metadata(p).unwrap();
+            (md.gid(), md.permissions().mode() & 0o7777)
+        };
+        let before = owner(&host_sock);
+        let err = set_socket_access(&root.join("run").join("api.sock"), gid).unwrap_err();
+        let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            text.contains("its directory") && text.contains("symbolic link"),
+            "{text}"
+        );
+        assert_eq!(owner(&host_sock), before);
+        // A path that names no file is refused.
+        assert!(set_socket_access(Path::new(""), gid).is_err());
     }
 }

@@ -482,25 +482,32 @@ impl NatActor {
                 op: "set up egress policy",
             });
         }
-        self.install_egress(policies)
-    }
-
-    /// Rewrites the egress table for `policies` (see [`ReconcileEgress`]).
-    fn install_egress(
-        &mut self,
-        policies: BTreeMap<Ipv4Addr, EgressRules>,
-    ) -> Result<(), NatError> {
         for (guest, rules) in &policies {
             self.config.check_guest(*guest)?;
             check_rules(*guest, rules)?;
         }
-        let current = self
+        let current = self.list_egress()?;
+        self.install_egress(policies, &current)
+    }
+
+    /// What the kernel's egress table holds now (empty when there is none).
+    fn list_egress(&mut self) -> Result<Listed, NatError> {
+        Ok(self
             .firewall
             .list_nft(&format!("table ip {EGRESS_TABLE}"))
             .map_err(step("list hearth's egress table"))?
             .map(|json| parse_listing(&json))
-            .unwrap_or_default();
-        let text = table_text(&self.config, &policies, &current);
+            .unwrap_or_default())
+    }
+
+    /// Rewrites the egress table for `policies` (see [`ReconcileEgress`]), already checked,
+    /// over `current`, the kernel's table as just listed (one listing per rewrite).
+    fn install_egress(
+        &mut self,
+        policies: BTreeMap<Ipv4Addr, EgressRules>,
+        current: &Listed,
+    ) -> Result<(), NatError> {
+        let text = table_text(&self.config, &policies, current);
         self.firewall
             .apply_nft(&text)
             .map_err(step("install hearth's egress table"))?;
@@ -530,18 +537,12 @@ impl NatActor {
         &mut self,
         guests: &BTreeSet<Ipv4Addr>,
     ) -> Result<(), NatError> {
-        let mut policies = match self
-            .firewall
-            .list_nft(&format!("table ip {EGRESS_TABLE}"))
-            .map_err(step("list hearth's egress table"))?
-        {
-            Some(json) => parse_listing(&json).policies,
-            None => BTreeMap::new(),
-        };
+        let current = self.list_egress()?;
+        let mut policies = current.policies.clone();
         policies.retain(|g, _| guests.contains(g));
         // Rules the kernel held for a guest but the actor cannot re-validate are dropped.
         policies.retain(|g, r| check_rules(*g, r).is_ok() && self.config.check_guest(*g).is_ok());
-        self.install_egress(policies)
+        self.install_egress(policies, &current)
     }
 
     fn set_egress_policy(

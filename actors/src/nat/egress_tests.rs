@@ -317,3 +317,71 @@ fn listing_is_parsed_from_nft_json() {
     );
     assert_eq!(parse_listing("not json"), Listed::default());
 }
+
+#[actix::test]
+async fn a_reconcile_lists_the_egress_table_once() {
+    let (addr, fake) = ready().await;
+    let egress_listings = |fake: &FakeFirewall| {
+        fake.state()
+            .calls
+            .iter()
+            .filter(|c| **c == FakeCall::ListNft(format!("table ip {EGRESS_TABLE}")))
+            .count()
+    };
+    let before = egress_listings(&fake);
+    addr.send(Reconcile {
+        desired: vec![crate::testing::guest(5, true)],
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The kept policies and the rewrite's counters/learned come from one listing.
+    assert_eq!(egress_listings(&fake) - before, 1);
+    let before = egress_listings(&fake);
+    addr.send(ReconcileEgress {
+        policies: BTreeMap::from([(ip(5), rules(&["10.0.0.0/8"], &[], &[]))]),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(egress_listings(&fake) - before, 1);
+}
+
+#[actix::test]
+async fn unregistering_a_guest_drops_its_policy_last() {
+    let (addr, fake) = ready().await;
+    let lease = crate::testing::lease(5);
+    let g = lease.guest_ip;
+    addr.send(crate::nat::RegisterGuest {
+        lease: lease.clone(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    addr.send(SetEgressPolicy {
+        guest: g,
+        rules: Some(rules(&["10.0.0.0/8"], &[], &[])),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let from = fake.state().calls.len();
+    addr.send(crate::nat::UnregisterGuest { lease })
+        .await
+        .unwrap()
+        .unwrap();
+    let calls = fake.state().calls[from..].to_vec();
+    let at = |want: &dyn Fn(&FakeCall) -> bool| calls.iter().position(want).unwrap();
+    let policy_gone = at(&|c| {
+        matches!(c, FakeCall::UpdateEgress(_, changes)
+            if changes.iter().any(|ch| ch.set == DENY_SET && ch.op == EgressOp::Remove))
+    });
+    let nat_gone =
+        at(&|c| matches!(c, FakeCall::RemoveFromSet(s, _) if s == crate::nat::rules::NAT_SET));
+    let lease_gone = at(&|c| matches!(c, FakeCall::UpdatePortLeases { .. }));
+    assert!(
+        nat_gone < policy_gone && lease_gone < policy_gone,
+        "{calls:?}"
+    );
+    assert!(elements(&fake).is_empty(), "{:?}", elements(&fake));
+}

@@ -560,8 +560,6 @@ impl NatActor {
             .remove_from_set(NAT_SET, SetEntry::Ip(ip))
             .map_err(step(format!("disable NAT for {ip}")))?;
         self.nat.remove(&ip);
-        // A forgotten guest keeps no egress element (its address goes to the next VM).
-        self.forget_egress(ip)?;
         if self.config.anti_spoofing {
             self.firewall
                 .remove_from_set(GUEST_SET, SetEntry::IpMac(ip, mac))
@@ -586,6 +584,9 @@ impl NatActor {
                     )))?;
             }
         }
+        // A forgotten guest keeps no egress element (its address goes to the next VM). Last,
+        // so its policy holds until nothing else lets it send.
+        self.forget_egress(ip)?;
         self.guests.remove(&ip);
         debug!(self.log, "guest unregistered"; "guest" => %ip);
         Ok(())

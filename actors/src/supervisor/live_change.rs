@@ -17,7 +17,9 @@ pub(super) enum Record {
     /// The NAT flag (kept apart from the spec in the store).
     Nat(bool),
     /// An edit of the spec, applied to the spec as it is when recorded, so that a change the
-    /// mailbox made meanwhile (`UpdateVm`'s labels, which take no lock) is kept.
+    /// mailbox made meanwhile (`UpdateVm`'s labels, which take no lock) is kept. `Send`
+    /// because it travels in `CommitLive` through `Addr::send`, which actix requires of
+    /// every message.
     Spec(Box<dyn FnOnce(&mut CreateVm) + Send>),
 }
 
