@@ -67,7 +67,7 @@ impl std::fmt::Debug for MemberSpec {
 }
 
 /// One idle jailed VMM. Dropped without [`WarmMember::discard`] or a take, its VMM is
-/// SIGKILLed (its jail is left for the next prepare of that id or `Open`'s sweep).
+/// killed with `SIGKILL` (its jail is left for the next prepare of that id or `Open`'s sweep).
 pub struct WarmMember {
     uid: u32,
     layout: JailLayout,
