@@ -97,7 +97,9 @@ impl VmSupervisor {
             .map(|b| b.path.clone())
             .ok_or_else(SupervisorError::no_firecracker_binary)?;
         // Jailed (issue 16): the VM's uid, leased at its first boot; it names the jail.
-        // A create takes a warm VMM's uid (and the VMM) when the pool has one.
+        // A create takes a warm VMM's uid (and the VMM) when the pool has one. Only a create
+        // (`CreateVm` settles the uid's lease when it ends: `warm_create_ended`); a VM in
+        // `creating` cannot be started otherwise.
         let warm = if creating {
             self.warm_take(name, ctx)
         } else {

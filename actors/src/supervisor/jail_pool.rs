@@ -224,7 +224,9 @@ impl VmSupervisor {
         info!(self.log, "uid leased from the warm pool"; "vm" => name, "uid" => uid);
         *self.warm.handing.borrow_mut() = Some((name.to_string(), member));
         self.warm.taken.insert(name.to_string(), (lease, uid));
-        self.warm_refill(ctx);
+        // After this handler: a member's start (jail, FIFO, `posix_spawn` of the jailer)
+        // stays out of this create's own steps.
+        ctx.run_later(Duration::ZERO, |act, ctx| act.warm_refill(ctx));
         Some(uid)
     }
 

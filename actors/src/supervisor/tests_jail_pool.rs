@@ -233,10 +233,22 @@ async fn a_failed_take_falls_back_to_the_jailer() {
     pool_ready(&sup, 1).await;
     jails.fail_next("add_files");
     let fail_cold_jailer = async {
-        // Spawn 2 is the refill (uid 900001), spawn 3 the fallback's jailer: it fails.
-        let (s, jailer) = nth_spawn(&fake, 3).await;
-        fake.exit(jailer, ExitStatus::Code(1));
-        s
+        // After the member's (spawn 1): the refill's jailer (uid 900001) and the fallback's
+        // (uid 900000), in either order. The fallback's fails.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = spawns(&fake)
+                .into_iter()
+                .enumerate()
+                .skip(1)
+                .find(|(_, s)| args_of(s).contains("--id 900000 "));
+            if let Some((i, s)) = found {
+                fake.exit(1001 + u32::try_from(i).unwrap(), ExitStatus::Code(1));
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no fallback jailer");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     };
     let (res, cold) = tokio::join!(create(&sup, "a"), fail_cold_jailer);
     let err = res.unwrap_err();
