@@ -226,7 +226,7 @@ impl VmSupervisor {
         self.warm.taken.insert(name.to_string(), (lease, uid));
         // After this handler: a member's start (jail, FIFO, `posix_spawn` of the jailer)
         // stays out of this create's own steps.
-        ctx.run_later(Duration::ZERO, |act, ctx| act.warm_refill(ctx));
+        ctx.run_later(Duration::ZERO, Self::warm_refill);
         Some(uid)
     }
 
