@@ -14,6 +14,14 @@
 //! spawn to exit (the jailer's own work: binary copy, cgroups, namespaces, chroot, mknod,
 //! fork), the VMM's API socket after that, and `remove`.
 //!
+//! The warm pool (`[jailer] warm_pool`): a fourth variant takes a member, a VMM the jailer
+//! started beforehand (untimed, as hearthd's pool does in the background), so the timed part
+//! is the take (the VM's files linked into its jail, its limits written into its cgroups,
+//! the console FIFO moved) and configure/start. Bursts run with a pool as large as the burst
+//! and with a smaller one (`--small-pool`; the rest run the jailer), and the idle members'
+//! resident memory is read from `/proc`. The pool moves the jailer's work off the create
+//! path; it does not make the jailer faster.
+//!
 //! Target (issue 16): the jail costs ≤ 10 ms per VM at p50, and 20 parallel jailed spawns
 //! do not serialize. The kernel is the generated minimal `vmlinux` (no guest boots here),
 //! no network device. Needs root, `/dev/kvm`, the real binaries:
@@ -31,6 +39,7 @@ use actix::Actor;
 use anyhow::{bail, Context};
 use clap::Parser;
 use hearth_actors::firecracker::jailer::{JailLayout, JailLimits, JailerArgs, LimitPolicy};
+use hearth_actors::firecracker::warm_pool::{finish_member, start_member, MemberSpec, WarmMember};
 use hearth_actors::firecracker::{
     binary, cid_for_guest_ip, ConfigureVm, FirecrackerActor, FirecrackerBinary,
     FirecrackerSettings, KillVm, RemoveRunDir, SpawnProcess, StartVm, VmConfig, VmJail,
@@ -57,6 +66,9 @@ struct Args {
     /// Other jails present in the last phase.
     #[arg(long, default_value_t = 500)]
     present: usize,
+    /// The pool smaller than the burst (its other VMs run the jailer).
+    #[arg(long, default_value_t = 5)]
+    small_pool: usize,
     /// Only the cgroup attach probe (no VMs).
     #[arg(long)]
     attach_only: bool,
@@ -131,6 +143,8 @@ enum Variant {
     Jailed,
     /// Jailed without the attach warm-up.
     Cold,
+    /// Jailed by taking a warm pool member (started by the jailer beforehand, untimed).
+    Warm,
 }
 
 /// The chroot base, short for the socket paths.
@@ -158,13 +172,76 @@ impl Bench {
         }
     }
 
-    /// One VM: spawn → Running timed, then killed and removed (jail included).
-    async fn boot(&self, v: Variant, n: u32) -> anyhow::Result<Duration> {
-        Ok(self.boot_phases(v, n).await?.total)
+    /// The uid (and jail id) of VM `n`.
+    fn uid(n: u32) -> u32 {
+        950_000 + n
     }
 
-    /// One VM, with its phases.
+    /// A warm pool member for VM `n`, as hearthd's pool starts one: the jailer run with the
+    /// warm limits, then its VMM's API socket up (so it is idle when taken).
+    async fn member(&self, n: u32) -> anyhow::Result<WarmMember> {
+        let uid = Self::uid(n);
+        let spec = MemberSpec {
+            jailer: self.jailer.clone(),
+            exec_file: self.fc.path.clone(),
+            jails: self.jails.clone(),
+            processes: Arc::new(LinuxProcesses),
+            cgroup_version: self.cgroups.version,
+            limits: JailLimits::for_warm(&LimitPolicy::default()),
+            log_level: hearth_proto::firecracker::LogLevel::Warning,
+            timeout: Duration::from_secs(5),
+        };
+        let layout = JailLayout::new(
+            &base(self.dir.path()),
+            &self.fc.path,
+            &JailLayout::id_for_uid(uid),
+        )?;
+        let jailer = start_member(&spec, &layout, uid)?;
+        let m = finish_member(spec, layout.clone(), uid, jailer).await?;
+        let t0 = Instant::now();
+        while !layout.api_socket().exists() {
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!("member {uid}: no API socket");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(m)
+    }
+
+    /// `count` members for VMs `first..`, started at once.
+    async fn members(&self, count: usize, first: u32) -> anyhow::Result<Vec<WarmMember>> {
+        futures::future::join_all((0..count).map(|i| self.member(first + i as u32)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// One VM: spawn → Running timed, then killed and removed (jail included).
+    async fn boot(
+        &self,
+        v: Variant,
+        n: u32,
+        member: Option<WarmMember>,
+    ) -> anyhow::Result<Duration> {
+        Ok(self.boot_with(v, n, member).await?.total)
+    }
+
+    /// One VM, with its phases; a `Warm` one starts its member first (untimed).
     async fn boot_phases(&self, v: Variant, n: u32) -> anyhow::Result<Phases> {
+        let member = match v {
+            Variant::Warm => Some(self.member(n).await?),
+            _ => None,
+        };
+        self.boot_with(v, n, member).await
+    }
+
+    /// One VM, with its phases, taking `member` if given.
+    async fn boot_with(
+        &self,
+        v: Variant,
+        n: u32,
+        member: Option<WarmMember>,
+    ) -> anyhow::Result<Phases> {
         let name = format!("b{n}");
         let disk = self.dir.path().join(format!("{name}.ext4"));
         std::fs::write(&disk, vec![0u8; 1 << 20])?;
@@ -178,7 +255,7 @@ impl Bench {
             slog::Logger::root(slog::Discard, slog::o!()),
         )?;
         if v != Variant::Plain {
-            let uid = 950_000 + n;
+            let uid = Self::uid(n);
             let jails = if v == Variant::Cold {
                 self.cold.clone()
             } else {
@@ -189,7 +266,7 @@ impl Bench {
                 &self.fc.path,
                 &JailLayout::id_for_uid(uid),
             )?;
-            actor = actor.jailed(VmJail::new(
+            let jail = VmJail::new(
                 self.jailer.clone(),
                 jails,
                 layout,
@@ -209,7 +286,11 @@ impl Bench {
                         writable: true,
                     },
                 ],
-            ));
+            );
+            actor = actor.jailed(match member {
+                Some(m) => jail.with_member(m),
+                None => jail,
+            });
         }
         let vm = actor.start();
         let t0 = Instant::now();
@@ -249,6 +330,9 @@ impl Bench {
             let c = self.boot_phases(Variant::Cold, n).await?;
             s.cold.push(c.total);
             s.cold_phases.push(c);
+            let w = self.boot_phases(Variant::Warm, n).await?;
+            s.warm.push(w.total);
+            s.warm_phases.push(w);
         }
         Ok(s)
     }
@@ -343,15 +427,31 @@ impl Bench {
         Ok([prepare, jailer, api, remove])
     }
 
-    /// `count` boots at once, per variant; answers each VM's time and the wall time.
+    /// `count` boots at once, per variant; answers each VM's time and the wall time. `Warm`:
+    /// the first `pool` VMs take members started (untimed) before the burst, the others run
+    /// the jailer (as a create finding the pool empty does).
     async fn parallel(
         &self,
         v: Variant,
         count: usize,
         first: u32,
+        pool: usize,
     ) -> anyhow::Result<(Vec<Duration>, Duration)> {
+        let mut members = match v {
+            Variant::Warm => self.members(pool.min(count), first).await?,
+            _ => Vec::new(),
+        }
+        .into_iter();
         let t0 = Instant::now();
-        let boots = (0..count).map(|i| self.boot(v, first + i as u32));
+        let boots = (0..count).map(|i| {
+            let m = members.next();
+            let v = if v == Variant::Warm && m.is_none() {
+                Variant::Jailed
+            } else {
+                v
+            };
+            self.boot(v, first + i as u32, m)
+        });
         let each = futures::future::join_all(boots)
             .await
             .into_iter()
@@ -377,9 +477,11 @@ struct Samples {
     plain: Vec<Duration>,
     jailed: Vec<Duration>,
     cold: Vec<Duration>,
+    warm: Vec<Duration>,
     plain_phases: Vec<Phases>,
     jailed_phases: Vec<Phases>,
     cold_phases: Vec<Phases>,
+    warm_phases: Vec<Phases>,
 }
 
 fn phase_p50s(v: &[Phases]) -> String {
@@ -413,6 +515,14 @@ fn report(what: &str, s: &Samples) {
     println!("  p50 phases unjailed:    {}", phase_p50s(&s.plain_phases));
     println!("  p50 phases jailed:      {}", phase_p50s(&s.jailed_phases));
     println!("  p50 phases jailed cold: {}", phase_p50s(&s.cold_phases));
+    let w = pct(&s.warm, 0.5);
+    println!(
+        "  jailed from the warm pool: p50 {w:.1} ms (p90 {:.1}); jail cost {:.1} ms per VM; \
+         phases: {}",
+        pct(&s.warm, 0.9),
+        w - p,
+        phase_p50s(&s.warm_phases)
+    );
 }
 
 /// `rounds` direct breakdowns per variant, alternating, 200 ms idle between (as between
@@ -440,18 +550,64 @@ fn report_breakdown(b: &Bench, what: &str, rounds: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn report_parallel(b: &Bench, what: &str, count: usize, first: u32) -> anyhow::Result<()> {
+async fn report_parallel(
+    b: &Bench,
+    what: &str,
+    count: usize,
+    first: u32,
+    small_pool: usize,
+) -> anyhow::Result<()> {
     let mut line = format!("{what}: {count} at once:");
-    for v in [Variant::Plain, Variant::Jailed, Variant::Cold] {
-        let (each, wall) = b.parallel(v, count, first).await?;
+    let runs = [
+        (Variant::Plain, 0, "Plain".to_string()),
+        (Variant::Jailed, 0, "Jailed".to_string()),
+        (Variant::Cold, 0, "Cold".to_string()),
+        (Variant::Warm, count, format!("Warm (pool {count})")),
+        (
+            Variant::Warm,
+            small_pool,
+            format!("Warm (pool {small_pool})"),
+        ),
+    ];
+    for (v, pool, label) in runs {
+        let (each, wall) = b.parallel(v, count, first, pool).await?;
         line.push_str(&format!(
-            " {v:?} p50 {:.1} ms, max {:.1} ms, wall {:.1} ms;",
+            "\n  {label} p50 {:.1} ms, max {:.1} ms, wall {:.1} ms;",
             pct(&each, 0.5),
             pct(&each, 1.0),
             wall.as_secs_f64() * 1e3,
         ));
     }
     println!("{line}");
+    Ok(())
+}
+
+/// What idle members cost: the resident memory of `count` of them (`VmRSS` of each VMM).
+async fn report_member_rss(b: &Bench, count: usize, first: u32) -> anyhow::Result<()> {
+    let members = b.members(count, first).await?;
+    // Let them settle as idle members would.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut kib = Vec::new();
+    for m in &members {
+        let pid = m.pid().context("member without a pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS")?;
+        kib.push(rss);
+    }
+    for m in members {
+        m.discard().await?;
+    }
+    kib.sort_unstable();
+    println!(
+        "{count} idle warm members: VmRSS p50 {:.1} MiB, max {:.1} MiB, total {:.1} MiB",
+        kib[kib.len() / 2] as f64 / 1024.0,
+        *kib.last().unwrap_or(&0) as f64 / 1024.0,
+        kib.iter().sum::<u64>() as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -529,7 +685,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     b.sequential(2, 0).await?;
     report_breakdown(&b, "no other jails", args.boots)?;
     report("no other jails", &b.sequential(args.boots, 100).await?);
-    report_parallel(&b, "no other jails", args.parallel, 200).await?;
+    report_parallel(&b, "no other jails", args.parallel, 200, args.small_pool).await?;
+    report_member_rss(&b, args.parallel, 500).await?;
 
     let t0 = Instant::now();
     let (_shm, present) = make_present(&b, args.present)?;
@@ -549,6 +706,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &format!("{} jails present", args.present),
             args.parallel,
             400,
+            args.small_pool,
         )
         .await
     }

@@ -48,7 +48,14 @@ pub struct JailerConfig {
     pub fsize: Option<u64>,
     /// Open files per VMM (`RLIMIT_NOFILE`).
     pub no_file: u64,
+    /// Idle jailed VMMs kept ready, each in its own jail with its own uid from `uid_range`:
+    /// a create takes one instead of running the jailer (docs/jailer.md). 0 (the default):
+    /// none. At most [`MAX_WARM_POOL`].
+    pub warm_pool: usize,
 }
+
+/// The largest `warm_pool`: each member is an idle VMM (a few MiB of RSS) and a jail.
+pub const MAX_WARM_POOL: usize = 64;
 
 impl Default for JailerConfig {
     fn default() -> Self {
@@ -64,6 +71,7 @@ impl Default for JailerConfig {
             pids_max: limits.pids_max,
             fsize: limits.fsize,
             no_file: 2048,
+            warm_pool: 0,
         }
     }
 }
@@ -151,6 +159,16 @@ impl JailerConfig {
         if self.fsize == Some(0) {
             return invalid("jailer.fsize", "must not be 0".into());
         }
+        let uids = u64::from(last - first) + 1;
+        if self.warm_pool > MAX_WARM_POOL || self.warm_pool as u64 > uids {
+            return invalid(
+                "jailer.warm_pool",
+                format!(
+                    "{} is more than {MAX_WARM_POOL} or than the {uids} uids of uid_range",
+                    self.warm_pool
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -188,6 +206,7 @@ impl JailerConfig {
             chroot_base: self.chroot_base_dir.clone(),
             limits: self.limit_policy(),
             uid_range: first..=last,
+            warm_pool: self.warm_pool,
         }))
     }
 
@@ -239,10 +258,11 @@ mod tests {
     fn parses_from_toml() {
         let c: JailerConfig = toml::from_str(
             "enabled = true\nuid_range = [200000, 200999]\nchroot_base_dir = \"/srv/j\"\n\
-             cgroup_version = \"1\"\ncpu_per_vcpu = 0.5\nfsize = 1073741824\n",
+             cgroup_version = \"1\"\ncpu_per_vcpu = 0.5\nfsize = 1073741824\nwarm_pool = 64\n",
         )
         .unwrap();
         c.validate().unwrap();
+        assert_eq!(c.warm_pool, MAX_WARM_POOL);
         assert!(c.enabled);
         assert!((c.limit_policy().cpu_per_vcpu - 0.5).abs() < f64::EPSILON);
         assert_eq!(c.limit_policy().fsize, Some(1 << 30));
@@ -324,6 +344,21 @@ mod tests {
                     ..d()
                 },
                 "jailer.fsize",
+            ),
+            (
+                JailerConfig {
+                    warm_pool: MAX_WARM_POOL + 1,
+                    ..d()
+                },
+                "jailer.warm_pool",
+            ),
+            (
+                JailerConfig {
+                    uid_range: [MIN_VM_UID, MIN_VM_UID + 1],
+                    warm_pool: 3,
+                    ..d()
+                },
+                "jailer.warm_pool",
             ),
         ];
         for (c, field) in cases {

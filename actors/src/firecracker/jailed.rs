@@ -30,6 +30,7 @@ use super::config::VmConfig;
 use super::console::ConsoleCapture;
 use super::jailer::{is_jailed_vmm, CgroupVersion, JailLayout, JailLimits, JailerArgs};
 use super::messages::SpawnInfo;
+use super::warm_pool::WarmMember;
 use super::{FirecrackerActor, FirecrackerError, VmmState};
 
 type Atomic<T> = AtomicResponse<FirecrackerActor, Result<T, FirecrackerError>>;
@@ -58,6 +59,9 @@ pub struct VmJail {
     /// The TAPs given to the uid (the configured one, or a restore's overrides), to give
     /// back on removal.
     pub(super) taps: Vec<String>,
+    /// A warm VMM already running in this jail, taken by the next spawn instead of running
+    /// the jailer ([`VmJail::with_member`]).
+    member: Option<WarmMember>,
 }
 
 impl std::fmt::Debug for VmJail {
@@ -96,7 +100,16 @@ impl VmJail {
             limits,
             files,
             taps: Vec::new(),
+            member: None,
         }
+    }
+
+    /// The same jail with `member` (a warm VMM whose uid and jail are this VM's) for the
+    /// next spawn to take instead of running the jailer.
+    #[must_use]
+    pub fn with_member(mut self, member: WarmMember) -> Self {
+        self.member = Some(member);
+        self
     }
 
     /// The path the VMM sees host file `p` at, if it is one of the jail's files.
@@ -219,6 +232,9 @@ impl FirecrackerActor {
 
     /// [`FirecrackerActor::spawn_jailed`] as a future a restore goes on from.
     fn spawn_jailed_fut(&mut self) -> ResponseActFuture<Self, Result<SpawnInfo, FirecrackerError>> {
+        if let Some(member) = self.jail.as_mut().and_then(|j| j.member.take()) {
+            return self.take_member(member);
+        }
         let t0 = Instant::now();
         let (jailer, jails, layout) = match self.start_jailer() {
             Ok(started) => started,
@@ -232,6 +248,112 @@ impl FirecrackerActor {
             self.settings.api_timeout,
             self.run_dir.console_log(),
         );
+        self.finish_jailed_spawn(t0, find_vmm)
+    }
+
+    /// A spawn from the warm pool: the member's VMM checked as an adoption would, the VM's
+    /// files and limits put into its jail, its console FIFO moved into the run directory,
+    /// then the API socket as for a fresh spawn. A member that cannot be taken (it died, a
+    /// file would need a bind mount, the FIFO is on another filesystem...) is killed and its
+    /// jail removed, and the spawn goes through the jailer instead.
+    fn take_member(
+        &mut self,
+        member: WarmMember,
+    ) -> ResponseActFuture<Self, Result<SpawnInfo, FirecrackerError>> {
+        let t0 = Instant::now();
+        if !self.state.can_spawn() {
+            let e = FirecrackerError::InvalidState {
+                state: self.state,
+                op: "spawn",
+            };
+            return Box::pin(member.discard().into_actor(self).map(|_, _, _| Err(e)));
+        }
+        if let Err(e) = self.put_in_member(&member) {
+            slog::warn!(self.log, "warm VMM not taken: spawning through the jailer";
+                "uid" => member.uid(), "error" => %e);
+            return Box::pin(member.discard().into_actor(self).then(|res, act, _| {
+                if let Err(e) = res {
+                    slog::warn!(act.log, "cannot remove the warm VMM's jail"; "error" => %e);
+                }
+                act.spawn_jailed_fut()
+            }));
+        }
+        let uid = member.uid();
+        let Some(found) = member.take_process() else {
+            return Box::pin(actix::fut::ready(Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "take a spent warm VMM for",
+            })));
+        };
+        slog::info!(self.log, "took a warm jailed VMM"; "uid" => uid, "pid" => found.0.pid());
+        self.finish_jailed_spawn(t0, std::future::ready(Ok(found)))
+    }
+
+    /// The synchronous part of [`FirecrackerActor::take_member`]. On failure, what it did is
+    /// undone by removing the member's jail (the files and limits are in it) and the console
+    /// capture is not started.
+    fn put_in_member(&mut self, member: &WarmMember) -> Result<(), FirecrackerError> {
+        let Some(jail) = self.jail.as_ref() else {
+            return Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "take a warm VMM for (the VM is not jailed)",
+            });
+        };
+        if member.uid() != jail.uid || member.layout() != &jail.layout {
+            return Err(FirecrackerError::InvalidConfig {
+                what: "warm VMM",
+                detail: format!("its jail {} is not this VM's", member.layout().id()),
+            });
+        }
+        let pid = member.pid().unwrap_or_default();
+        let mismatch = |reason: String| FirecrackerError::AdoptMismatch { pid, reason };
+        if member.has_exited() {
+            return Err(mismatch("the warm VMM has exited".into()));
+        }
+        // The same checks as for a fresh jailed spawn or an adoption: the start time pins
+        // this very process, the command line and root make it this jail's VMM.
+        let id = self.processes.identity(pid)?;
+        if id.start_time != member.start_time() {
+            return Err(mismatch("its start time changed".into()));
+        }
+        check_jailed_identity(&jail.layout, pid, &id).map_err(mismatch)?;
+        jail.jails.add_files(&jail.plan()).map_err(jail_err)?;
+        jail.jails
+            .set_limits(&jail.layout, &jail.limits)
+            .map_err(jail_err)?;
+        // Not `RunDir::prepare`: it would remove the live API socket in the jail's `run/`.
+        let dir = self.run_dir.path();
+        std::fs::create_dir_all(dir).map_err(|source| FirecrackerError::RunDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let fifo = self.run_dir.console_fifo();
+        let fifo_err = |source| FirecrackerError::RunDir {
+            path: fifo.clone(),
+            source,
+        };
+        // A rename keeps the FIFO the VMM writes to; across filesystems it fails (EXDEV).
+        std::fs::rename(member.fifo(), &fifo).map_err(fifo_err)?;
+        let console = ConsoleCapture::start(
+            &fifo,
+            &self.run_dir.console_log(),
+            self.settings.console_cap,
+        )
+        .map_err(fifo_err)?;
+        self.console = Some(console);
+        self.state = VmmState::Spawning;
+        self.stop_rung = None;
+        Ok(())
+    }
+
+    /// The rest of a jailed spawn once `find_vmm` has found the VMM: its exit watched, then
+    /// its API socket.
+    fn finish_jailed_spawn(
+        &mut self,
+        t0: Instant,
+        find_vmm: impl std::future::Future<Output = Result<(Arc<dyn Process>, u64), FirecrackerError>>
+            + 'static,
+    ) -> ResponseActFuture<Self, Result<SpawnInfo, FirecrackerError>> {
         let log = self.log.clone();
         Box::pin(
             find_vmm
@@ -358,6 +480,27 @@ impl Handler<SetJailFiles> for FirecrackerActor {
     }
 }
 
+/// Kills the warm VMM this VM's jail was given and no spawn took (a create that failed
+/// before its spawn), and removes its jail. Nothing to do otherwise.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DiscardWarmMember {}
+
+impl Handler<DiscardWarmMember> for FirecrackerActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: DiscardWarmMember, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(member) = self.jail.as_mut().and_then(|j| j.member.take()) else {
+            return Box::pin(actix::fut::ready(()));
+        };
+        Box::pin(member.discard().into_actor(self).map(|res, act, _| {
+            if let Err(e) = res {
+                slog::warn!(act.log, "cannot remove the unused warm VMM's jail"; "error" => %e);
+            }
+        }))
+    }
+}
+
 impl FirecrackerActor {
     /// After the jailed VMM exited: its jail and cgroups go at once (a new spawn makes them
     /// again), so a stopped or crashed VM leaves no jail behind. A failure is logged: the
@@ -446,7 +589,7 @@ impl FirecrackerActor {
 /// pid from the jail's pid file, pins the VMM and waits (at most `timeout` again) for it to
 /// have exec'd Firecracker: the jailer writes the pid file before its child execs, and until
 /// then the child shows the jailer's command line. Answers the VMM and its start time.
-async fn find_jailed_vmm(
+pub(super) async fn find_jailed_vmm(
     jailer: Arc<dyn Process>,
     jails: Arc<dyn Jails>,
     layout: JailLayout,

@@ -128,6 +128,15 @@ impl JailLimits {
         }
     }
 
+    /// The limits a warm pool member starts with, before any VM takes it: those of a
+    /// 1-vCPU VM with no guest memory (the VMM's overhead alone, ample for an unconfigured
+    /// Firecracker). The jailer needs some value per controller to create each cgroup; a
+    /// take writes the VM's own values into them (`Jails::set_limits`). The rlimits do not
+    /// depend on the VM and are final.
+    pub fn for_warm(policy: &LimitPolicy) -> Self {
+        Self::for_vm(1, 0, policy)
+    }
+
     /// The `--cgroup <file>=<value>` settings for `version`, period before quota (cgroup v1
     /// checks a quota against the current period).
     pub fn cgroup_settings(&self, version: CgroupVersion) -> Vec<(String, String)> {

@@ -38,6 +38,7 @@ pub mod run_dir;
 pub mod snapshot_handlers;
 pub mod snapshot_messages;
 pub mod stop;
+pub mod warm_pool;
 
 use std::fmt;
 use std::path::PathBuf;

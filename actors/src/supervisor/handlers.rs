@@ -97,7 +97,18 @@ impl VmSupervisor {
             .map(|b| b.path.clone())
             .ok_or_else(SupervisorError::no_firecracker_binary)?;
         // Jailed (issue 16): the VM's uid, leased at its first boot; it names the jail.
-        let jail = self.lease_uid(name)?;
+        // A create takes a warm VMM's uid (and the VMM) when the pool has one. Only a create
+        // (`CreateVm` settles the uid's lease when it ends: `warm_create_ended`); a VM in
+        // `creating` cannot be started otherwise.
+        let warm = if creating {
+            self.warm_take(name, ctx)
+        } else {
+            None
+        };
+        let jail = match warm {
+            Some(uid) => Some((uid, true)),
+            None => self.lease_uid(name)?,
+        };
         let made = self
             .api_socket_of(name, jail.map(|(uid, _)| uid))
             .and_then(|api_socket| {
@@ -263,6 +274,7 @@ impl Handler<CreateVm> for VmSupervisor {
             return fail(e);
         }
         let n = name.clone();
+        let info_name = name.clone();
         Box::pin(
             self.locked(
                 &name.clone(),
@@ -292,7 +304,8 @@ impl Handler<CreateVm> for VmSupervisor {
                 },
                 move |act| act.info_of(&name),
             )
-            .map(move |res, act, _| {
+            .map(move |res, act, ctx| {
+                act.warm_create_ended(&info_name, ctx);
                 if res.is_err() {
                     act.count_error("create");
                 }
@@ -877,6 +890,8 @@ impl Handler<Open> for VmSupervisor {
                     if let Some(mode) = drain {
                         act.resume_drain(mode, ctx);
                     }
+                    // After the sweep, which would kill them: the warm pool fills.
+                    act.warm_open(ctx);
                     Ok(report)
                 })
         }))
@@ -907,8 +922,13 @@ impl Handler<Close> for VmSupervisor {
             Vec::new()
         };
         let ports = self.ports(ctx);
+        // The idle warm VMMs go with hearthd (killed, their jails removed).
+        let warm = self.warm_close();
         Box::pin(
             async move {
+                for member in warm {
+                    let _ = member.discard().await;
+                }
                 // In-flight operations finish first.
                 for lock in locks {
                     drop(lock.lock_owned().await);

@@ -38,6 +38,9 @@ pub struct JailSettings {
     pub limits: LimitPolicy,
     /// The uids (and gids) VMs get, one each.
     pub uid_range: RangeInclusive<u32>,
+    /// How many idle jailed VMMs to keep ready for creates (0: none, every create runs the
+    /// jailer). Their uids come from `uid_range`.
+    pub warm_pool: usize,
 }
 
 impl std::fmt::Debug for JailSettings {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for JailSettings {
             .field("jailer", &self.jailer)
             .field("chroot_base", &self.chroot_base)
             .field("uid_range", &self.uid_range)
+            .field("warm_pool", &self.warm_pool)
             .finish_non_exhaustive()
     }
 }
@@ -219,6 +223,11 @@ impl VmSupervisor {
             limits,
             Vec::new(),
         );
+        // A create that took a warm VMM (`warm_take`): its spawn takes it.
+        let jail = match self.warm.take_handing(name) {
+            Some(member) => jail.with_member(member),
+            None => jail,
+        };
         Ok(actor.jailed(jail))
     }
 

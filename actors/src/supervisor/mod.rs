@@ -33,6 +33,7 @@ mod fork;
 mod guest;
 mod handlers;
 mod hooks;
+mod jail_pool;
 mod jailing;
 mod live_change;
 mod messages;
@@ -75,6 +76,7 @@ use crate::tap_pool::TapPoolActor;
 
 pub use catalog::{ImageCatalog, StaticImages};
 pub use error::{StepCause, SupervisorError};
+pub use jail_pool::{GetWarmPool, WarmPoolStatus};
 pub use jailing::JailSettings;
 pub use messages::*;
 use metrics::Histogram;
@@ -243,6 +245,8 @@ pub struct VmSupervisor {
     drain: Option<node::DrainProgress>,
     /// The uid leases of jailed VMs (empty when jailing is off).
     uids: crate::host::jails::uids::UidPool,
+    /// The warm pool of jailed VMMs (`[jailer] warm_pool`; idle when 0).
+    warm: jail_pool::WarmPool,
 }
 
 impl VmSupervisor {
@@ -278,6 +282,7 @@ impl VmSupervisor {
             cordon: None,
             drain: None,
             uids: crate::host::jails::uids::UidPool::new(uid_range),
+            warm: jail_pool::WarmPool::default(),
         }
     }
 
@@ -501,6 +506,8 @@ pub(crate) enum Change {
 mod tests;
 #[cfg(test)]
 mod tests_jail;
+#[cfg(test)]
+mod tests_jail_pool;
 #[cfg(test)]
 mod tests_policy;
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn jailed(
         cgroup_version: CgroupVersion::V1,
         limits: LimitPolicy::default(),
         uid_range: UID..=last,
+        warm_pool: 0,
     };
     testing::supervisor_jailed(store, processes, dir.join("vms"), js)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{JailError, JailPlan, Jails};
-use crate::firecracker::jailer::JailLayout;
+use crate::firecracker::jailer::{JailLayout, JailLimits};
 
 /// What the fake holds.
 #[derive(Debug, Default)]
@@ -19,10 +19,12 @@ struct State {
     taps: BTreeMap<String, (u32, u32)>,
     /// Files handed into each jail (by id) and not taken out yet.
     files: BTreeMap<String, BTreeSet<String>>,
+    /// Limits written by [`Jails::set_limits`], by jail id.
+    limits: BTreeMap<String, JailLimits>,
     /// Calls, e.g. `prepare vm-1`.
     calls: Vec<String>,
     /// Operations to fail once (`prepare`, `read_pid`, `set_tap_owner`, `remove`, `list`,
-    /// `lend`, `unlend`, `take_out`, `discard`).
+    /// `lend`, `unlend`, `take_out`, `discard`, `add_files`, `set_limits`).
     fail: BTreeSet<&'static str>,
 }
 
@@ -98,6 +100,12 @@ impl FakeJails {
     /// What jail `id` was prepared with, while it is present.
     pub fn plan(&self, id: &str) -> Option<JailPlan> {
         self.with(|s| s.jails.get(id).cloned())
+    }
+
+    /// The limits last written into jail `id`'s cgroups by [`Jails::set_limits`] (kept
+    /// after the jail is removed, for tests to read).
+    pub fn limits_of(&self, id: &str) -> Option<JailLimits> {
+        self.with(|s| s.limits.get(id).copied())
     }
 
     /// The owner of TAP `name`.
@@ -186,6 +194,24 @@ impl Jails for FakeJails {
     fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError> {
         self.enter("discard", &format!("{} {name}", layout.id()))?;
         self.drop_file(layout, name);
+        Ok(())
+    }
+
+    fn add_files(&self, plan: &JailPlan) -> Result<(), JailError> {
+        self.enter("add_files", plan.layout.id())?;
+        for f in &plan.files {
+            super::check_name(&f.name)?;
+        }
+        self.with(|s| {
+            let have = s.files.entry(plan.layout.id().to_string()).or_default();
+            have.extend(plan.files.iter().map(|f| f.name.clone()));
+        });
+        Ok(())
+    }
+
+    fn set_limits(&self, layout: &JailLayout, limits: &JailLimits) -> Result<(), JailError> {
+        self.enter("set_limits", layout.id())?;
+        self.with(|s| s.limits.insert(layout.id().to_string(), *limits));
         Ok(())
     }
 

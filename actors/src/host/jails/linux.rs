@@ -72,7 +72,9 @@ impl LinuxJails {
         &self.cgroups
     }
 
-    fn put_file(plan: &JailPlan, file: &super::JailFile) -> Result<(), JailError> {
+    /// Puts one file in the jail root: a device node, a hard link, or (when `bind` allows
+    /// and the source is on another filesystem) a bind mount.
+    fn put_file(plan: &JailPlan, file: &super::JailFile, bind: bool) -> Result<(), JailError> {
         check_name(&file.name)?;
         let target = plan.layout.root().join(&file.name);
         let meta = fs::metadata(&file.source).map_err(io_err("stat", &file.source))?;
@@ -96,7 +98,7 @@ impl LinuxJails {
         }
         match fs::hard_link(&file.source, &target) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            Err(e) if bind && e.raw_os_error() == Some(libc::EXDEV) => {
                 bind_read_only(&file.source, &target, file.writable)?;
             }
             Err(e) => return Err(io_err("hard-link", &target)(e)),
@@ -120,9 +122,28 @@ impl LinuxJails {
             .create(&root)
             .map_err(io_err("create", &root))?;
         for file in &plan.files {
-            Self::put_file(plan, file)?;
+            Self::put_file(plan, file, true)?;
         }
         Ok(())
+    }
+
+    /// The cgroup file `file` (e.g. `memory.limit_in_bytes`) of jail `layout`: in its
+    /// controller's hierarchy on v1, in the unified one on v2.
+    fn cgroup_file(&self, layout: &JailLayout, file: &str) -> Option<PathBuf> {
+        let mount = match self.cgroups.version {
+            CgroupVersion::V2 => self.cgroups.mounts.first()?,
+            CgroupVersion::V1 => {
+                let controller = file.split('.').next()?;
+                let i = CONTROLLERS.iter().position(|c| *c == controller)?;
+                self.cgroups.mounts.get(i)?
+            }
+        };
+        Some(
+            layout
+                .cgroup_dirs(std::slice::from_ref(mount))
+                .pop()?
+                .join(file),
+        )
     }
 
     fn cgroup_dirs(&self, layout: &JailLayout) -> Vec<PathBuf> {
@@ -342,6 +363,48 @@ impl Jails for LinuxJails {
 
     fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError> {
         super::handoff::discard(layout, name)
+    }
+
+    fn add_files(&self, plan: &JailPlan) -> Result<(), JailError> {
+        let root = plan.layout.root();
+        // The jail already holds the jailer's files (the binary, `dev/`, `run/`, the pid
+        // file): a name taken is refused before anything is made, so the undo below only
+        // ever removes what this call made.
+        for file in &plan.files {
+            check_name(&file.name)?;
+            let target = root.join(&file.name);
+            if fs::symlink_metadata(&target).is_ok() {
+                return Err(io_err("add", &target)(io::Error::from(
+                    io::ErrorKind::AlreadyExists,
+                )));
+            }
+        }
+        for (i, file) in plan.files.iter().enumerate() {
+            if let Err(e) = Self::put_file(plan, file, false) {
+                for made in &plan.files[..=i] {
+                    let _ = fs::remove_file(root.join(&made.name));
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_limits(
+        &self,
+        layout: &JailLayout,
+        limits: &crate::firecracker::jailer::JailLimits,
+    ) -> Result<(), JailError> {
+        for (file, value) in limits.cgroup_settings(self.cgroups.version) {
+            let path = self.cgroup_file(layout, &file).ok_or_else(|| {
+                io_err("find the cgroup of", Path::new(&file))(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no hierarchy for this controller",
+                ))
+            })?;
+            fs::write(&path, value).map_err(io_err("write", &path))?;
+        }
+        Ok(())
     }
 
     fn share_read_only(&self, dir: &Path, files: &[PathBuf]) -> Result<(), JailError> {

@@ -132,6 +132,18 @@ pub trait Jails: Send + Sync {
     fn take_out(&self, layout: &JailLayout, name: &str, dest: &Path) -> Result<(), JailError>;
     /// Removes `/<name>` from the jail; a missing one is fine.
     fn discard(&self, layout: &JailLayout, name: &str) -> Result<(), JailError>;
+    /// Puts `plan.files` into the jail of a VMM that already runs (a warm pool member,
+    /// `firecracker::warm_pool`): hard links and device nodes only. A file on another
+    /// filesystem is refused (`op` `hard-link`, `EXDEV`): a bind mount made now would not
+    /// reach the VMM's own mount namespace. On failure, removes what it added.
+    fn add_files(&self, plan: &JailPlan) -> Result<(), JailError>;
+    /// Writes `limits` into the cgroups the jailer made for the jail (a warm pool member
+    /// started with placeholder limits gets its VM's).
+    fn set_limits(
+        &self,
+        layout: &JailLayout,
+        limits: &crate::firecracker::jailer::JailLimits,
+    ) -> Result<(), JailError>;
     /// Makes a snapshot's `files` readable and never writable by VMs' uids (root-owned, mode
     /// 0444), so a restore can hard-link them into a jail, and their directory `dir` root's
     /// alone (mode 0700), so no uid reaches them but through a jail they are linked into.

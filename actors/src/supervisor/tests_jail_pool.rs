@@ -1,0 +1,273 @@
+//! The warm pool of jailed VMMs over fakes: filling after `Open`, a create taking a member
+//! (its uid, its jail, the VM's files and limits, no jailer run), the fallback to the jailer
+//! when a take fails, and `Close` discarding idle members. A fake VMM is a real pid rooted at
+//! `/` and each jail's root a symlink to `/`, so the identity checks run for real; a fake
+//! VMM has no API socket, so a create that took a member fails at the API: that is the
+//! "member fails configuration" path. The whole success path runs against the real jailer in
+//! `tests/jailer_pool.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use hearth_proto::api;
+
+use super::*;
+use crate::firecracker::jailer::{CgroupVersion, JailLayout, JailLimits, LimitPolicy};
+use crate::firecracker::warm_pool::tests::{play_jailer, real_pids, root_at_slash};
+use crate::host::jails::FakeJails;
+use crate::host::processes::fake::{FakeCall, FakeProcesses};
+use crate::host::processes::{ExitStatus, Signal, SpawnSpec};
+
+const UID: u32 = 900_000;
+
+fn spec(name: &str) -> api::CreateVm {
+    serde_json::from_value(serde_json::json!({"name": name, "kernel": "vmlinux", "rootfs": "base"}))
+        .unwrap()
+}
+
+fn layout(dir: &Path, uid: u32) -> JailLayout {
+    JailLayout::new(
+        &dir.join("j"),
+        Path::new("/usr/bin/firecracker"),
+        &uid.to_string(),
+    )
+    .unwrap()
+}
+
+/// A jailed supervisor keeping `warm` members, uids `UID..=UID+2`, each jail's root a
+/// symlink to `/`.
+fn pooled(
+    fake: &FakeProcesses,
+    dir: &Path,
+    jails: Arc<FakeJails>,
+    warm: usize,
+) -> Addr<VmSupervisor> {
+    for uid in UID..=UID + 2 {
+        root_at_slash(&layout(dir, uid));
+    }
+    let js = JailSettings {
+        jailer: "/usr/bin/jailer".into(),
+        jails,
+        chroot_base: dir.join("j"),
+        cgroup_version: CgroupVersion::V1,
+        limits: LimitPolicy::default(),
+        uid_range: UID..=UID + 2,
+        warm_pool: warm,
+    };
+    testing::supervisor_jailed(MemoryVmStore::default(), fake.clone(), dir.join("vms"), js).0
+}
+
+fn spawns(fake: &FakeProcesses) -> Vec<SpawnSpec> {
+    fake.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Spawn(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn args_of(s: &SpawnSpec) -> String {
+    let a: Vec<String> = s
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    a.join(" ")
+}
+
+/// Waits (at most 10 s) for spawn number `n` (1-based) and answers it with its pid.
+async fn nth_spawn(fake: &FakeProcesses, n: usize) -> (SpawnSpec, u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = spawns(fake).get(n - 1) {
+            // The fake's pids count from 1001 in spawn order.
+            return (s.clone(), 1000 + u32::try_from(n).unwrap());
+        }
+        assert!(Instant::now() < deadline, "spawn {n} never came");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Plays the jailer of spawn `n` (the member of uid `uid`), its VMM being real pid `pid`.
+async fn member_up(
+    fake: &FakeProcesses,
+    jails: &FakeJails,
+    dir: &Path,
+    n: usize,
+    uid: u32,
+    pid: u32,
+) {
+    let (s, jailer) = nth_spawn(fake, n).await;
+    assert!(
+        args_of(&s).contains(&format!("--id {uid} ")),
+        "{}",
+        args_of(&s)
+    );
+    play_jailer(fake, jails, &layout(dir, uid), jailer, pid);
+}
+
+/// Waits (at most 10 s) until `ready` members are ready.
+async fn pool_ready(sup: &Addr<VmSupervisor>, ready: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sup.send(GetWarmPool {}).await.unwrap().ready != ready {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never had {ready} ready"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn create(sup: &Addr<VmSupervisor>, name: &str) -> Result<api::VmInfo, SupervisorError> {
+    sup.send(CreateVm {
+        spec: spec(name),
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Nothing starts before `Open` (its sweep would kill it); after it, the pool fills with
+/// members that hold their own uids and jails, started with the warm limits; `Close` kills
+/// them and removes their jails.
+#[actix::test]
+async fn the_pool_fills_after_open_and_close_discards_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(spawns(&fake).is_empty(), "nothing before Open");
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pids = real_pids(2);
+    member_up(&fake, &jails, dir.path(), 1, UID, pids[0]).await;
+    member_up(&fake, &jails, dir.path(), 2, UID + 1, pids[1]).await;
+    pool_ready(&sup, 2).await;
+    let status = sup.send(GetWarmPool {}).await.unwrap();
+    assert_eq!((status.target, status.starting), (2, 0));
+    let warm = JailLimits::for_warm(&LimitPolicy::default());
+    let (first, _) = nth_spawn(&fake, 1).await;
+    assert!(
+        args_of(&first).contains(&format!("memory.limit_in_bytes={}", warm.memory_bytes)),
+        "{}",
+        args_of(&first)
+    );
+    assert_eq!(
+        first.stdio,
+        layout(dir.path(), UID).jail_dir().join("console.fifo")
+    );
+    assert_eq!(jails.jails(), ["900000", "900001"]);
+    sup.send(Close { stop_vms: false }).await.unwrap().unwrap();
+    assert_eq!(fake.signals(), [Signal::Kill, Signal::Kill]);
+    assert!(jails.jails().is_empty(), "{:?}", jails.calls());
+    assert_eq!(spawns(&fake).len(), 2, "no refill after Close");
+}
+
+/// A create takes the member: its uid is the VM's, no jailer runs for it, the VM's files and
+/// limits go into the member's jail, and the pool refills. The fake VMM has no API socket, so
+/// the create then fails: the member is killed, its jail removed, and its uid is free again.
+#[actix::test]
+async fn a_create_takes_a_member_and_a_failed_one_gives_everything_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 1);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
+    pool_ready(&sup, 1).await;
+
+    let err = create(&sup, "a").await.unwrap_err();
+    assert!(err.to_string().contains("api.sock"), "{err}");
+    let calls = jails.calls();
+    assert!(calls.contains(&"add_files 900000".to_string()), "{calls:?}");
+    assert!(
+        calls.contains(&"set_limits 900000".to_string()),
+        "{calls:?}"
+    );
+    let vm = JailLimits::for_vm(1, 128, &LimitPolicy::default());
+    assert_eq!(
+        jails.limits_of("900000"),
+        Some(vm),
+        "the VM's limits, not the warm ones"
+    );
+    // The refill's jailer (uid 900001) is the only spawn after the member's: none for `a`.
+    let programs: Vec<String> = spawns(&fake).iter().map(args_of).collect();
+    assert_eq!(programs.len(), 2, "{programs:?}");
+    assert!(programs[1].contains("--id 900001 "), "{programs:?}");
+    // The member's VMM was killed (through its pidfd) and its jail removed.
+    let to_member: Vec<Signal> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Signal { pid: p, signal } if p == pid => Some(signal),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !to_member.is_empty() && to_member.iter().all(|s| *s == Signal::Kill),
+        "{to_member:?}"
+    );
+    assert!(!jails.jails().contains(&"900000".to_string()), "{calls:?}");
+    // Its uid is free again: the next create (the pool is empty) leases it.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+}
+
+/// The VM's limits are written into the member's cgroups, and the VM's files (kernel, disk)
+/// are added to its jail; a take that fails there (here: the files) kills the member,
+/// removes its jail and spawns through the jailer in the same jail, as without a pool.
+#[actix::test]
+async fn a_failed_take_falls_back_to_the_jailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 1);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
+    pool_ready(&sup, 1).await;
+    jails.fail_next("add_files");
+    let fail_cold_jailer = async {
+        // After the member's (spawn 1): the refill's jailer (uid 900001) and the fallback's
+        // (uid 900000), in either order. The fallback's fails.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = spawns(&fake)
+                .into_iter()
+                .enumerate()
+                .skip(1)
+                .find(|(_, s)| args_of(s).contains("--id 900000 "));
+            if let Some((i, s)) = found {
+                fake.exit(1001 + u32::try_from(i).unwrap(), ExitStatus::Code(1));
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no fallback jailer");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (res, cold) = tokio::join!(create(&sup, "a"), fail_cold_jailer);
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("spawn"), "{err}");
+    assert_eq!(cold.program, PathBuf::from("/usr/bin/jailer"));
+    let args = args_of(&cold);
+    assert!(args.contains("--id 900000 --exec-file"), "{args}");
+    // The VM's own limits (1 vCPU, 128 MiB: the spec's defaults) on the fallback.
+    let vm = JailLimits::for_vm(1, 128, &LimitPolicy::default());
+    assert!(
+        args.contains(&format!("memory.limit_in_bytes={}", vm.memory_bytes)),
+        "{args}"
+    );
+    let calls = jails.calls();
+    let at = |c: &str| calls.iter().position(|x| x == c).unwrap_or(usize::MAX);
+    assert!(at("add_files 900000") < at("remove 900000"), "{calls:?}");
+    assert!(
+        calls.iter().rposition(|x| x == "prepare 900000") > Some(at("remove 900000")),
+        "the member's jail goes before the jailer's: {calls:?}"
+    );
+    assert_eq!(fake.signals(), [Signal::Kill], "the member was killed");
+}
