@@ -1,7 +1,8 @@
 //! A bounded cache of upstream answers, shared by the worker threads of one DNS server.
 //!
 //! Keyed by what changes an upstream's answer: the question (name lower-cased, type, class)
-//! and the query's RD, CD and DO bits. Only clean answers are kept: NOERROR with records
+//! and the query's RD, AD, CD and DO bits (each forwarded as is; an upstream may answer
+//! differently for each, e.g. AD=1 asks a validating resolver to report authenticity). Only clean answers are kept: NOERROR with records
 //! (for the smallest TTL among them), and NXDOMAIN or NODATA that carry an SOA (negatively,
 //! for the SOA's TTL and minimum, whichever is smaller, RFC 2308). SERVFAIL, REFUSED,
 //! truncated or signed replies, replies with a TTL of 0, and replies larger than
@@ -20,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, Metadata, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 
 /// Longest time a positive answer is kept, seconds.
@@ -38,23 +39,24 @@ pub struct CacheKey {
     name: LowerName,
     qtype: RecordType,
     qclass: DNSClass,
-    /// RD, CD and DO bits of the query (the query is forwarded with them as is).
+    /// RD, AD, CD and DO bits of the query (the query is forwarded with them as is).
     flags: u8,
 }
 
 impl CacheKey {
-    /// The key of a query for `name`/`qtype`/`qclass` with the given header and EDNS bits.
+    /// The key of a query for `name`/`qtype`/`qclass` with the header `query` (its RD, AD
+    /// and CD bits) and the EDNS DO bit `dnssec_ok`.
     pub fn new(
         name: LowerName,
         qtype: RecordType,
         qclass: DNSClass,
-        recursion_desired: bool,
-        checking_disabled: bool,
+        query: &Metadata,
         dnssec_ok: bool,
     ) -> Self {
-        let flags = u8::from(recursion_desired)
-            | u8::from(checking_disabled) << 1
-            | u8::from(dnssec_ok) << 2;
+        let flags = u8::from(query.recursion_desired)
+            | u8::from(query.checking_disabled) << 1
+            | u8::from(dnssec_ok) << 2
+            | u8::from(query.authentic_data) << 3;
         Self {
             name,
             qtype,
@@ -233,13 +235,21 @@ mod tests {
         Name::from_ascii(n).unwrap()
     }
 
+    /// The header bits a key depends on: RD, AD, CD.
+    fn bits(rd: bool, ad: bool, cd: bool) -> Metadata {
+        let mut m = Metadata::new(1, MessageType::Query, OpCode::Query);
+        m.recursion_desired = rd;
+        m.authentic_data = ad;
+        m.checking_disabled = cd;
+        m
+    }
+
     fn key(n: &str) -> CacheKey {
         CacheKey::new(
             LowerName::new(&name(n)),
             RecordType::A,
             DNSClass::IN,
-            true,
-            false,
+            &bits(true, false, false),
             false,
         )
     }
@@ -300,19 +310,22 @@ mod tests {
         let r = reply("a.test.", ResponseCode::NoError, &[(30, [192, 0, 2, 1])]);
         assert!(cache.insert(key("a.test."), &r, 100, t0));
         let n = LowerName::new(&name("a.test."));
+        let (a, aaaa, ch) = (RecordType::A, RecordType::AAAA, DNSClass::CH);
+        let rd = bits(true, false, false);
         for other in [
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, true, false),
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, false, true),
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, false, false, false),
+            // CD, DO, AD, no RD.
+            CacheKey::new(n.clone(), a, DNSClass::IN, &bits(true, false, true), false),
+            CacheKey::new(n.clone(), a, DNSClass::IN, &rd, true),
+            CacheKey::new(n.clone(), a, DNSClass::IN, &bits(true, true, false), false),
             CacheKey::new(
                 n.clone(),
-                RecordType::AAAA,
+                a,
                 DNSClass::IN,
-                true,
-                false,
+                &bits(false, false, false),
                 false,
             ),
-            CacheKey::new(n, RecordType::A, DNSClass::CH, true, false, false),
+            CacheKey::new(n.clone(), aaaa, DNSClass::IN, &rd, false),
+            CacheKey::new(n, a, ch, &rd, false),
         ] {
             assert!(cache.get(&other, t0).is_none(), "{other:?}");
         }

@@ -199,14 +199,8 @@ mod tests {
 
     fn key_for(name: &LowerName) -> CacheKey {
         use hickory_proto::rr::DNSClass;
-        CacheKey::new(
-            name.clone(),
-            RecordType::A,
-            DNSClass::IN,
-            false,
-            false,
-            false,
-        )
+        let header = Message::new(1, MessageType::Query, OpCode::Query).metadata;
+        CacheKey::new(name.clone(), RecordType::A, DNSClass::IN, &header, false)
     }
 
     #[test]

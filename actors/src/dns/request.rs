@@ -261,8 +261,7 @@ fn cache_key(request: &Request, query: &LowerQuery) -> CacheKey {
         query.name().clone(),
         query.query_type(),
         query.query_class(),
-        request.metadata.recursion_desired,
-        request.metadata.checking_disabled,
+        &request.metadata,
         request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
     )
 }
