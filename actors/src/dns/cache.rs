@@ -18,7 +18,7 @@
 //! The clock is passed in (`now`), so tests control time without sleeping.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Metadata, ResponseCode};
@@ -72,7 +72,8 @@ impl CacheKey {
 }
 
 struct Entry {
-    message: Message,
+    /// Shared, so a hit clones a pointer under the lock, not the message.
+    message: Arc<Message>,
     stored: Instant,
     ttl: u32,
     /// Insertion number, to tell this entry from an older one of the same key in `order`.
@@ -112,9 +113,9 @@ impl AnswerCache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached answer for `key` at `now`, with TTLs lowered by the time it was held.
-    /// The message ID is whatever upstream used: the caller answers with the asker's.
-    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
+    /// The cached answer for `key` at `now` ([`Cached::message`] gives it with its TTLs
+    /// lowered by the time it was held). Only a pointer is copied under the lock.
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Cached> {
         if self.capacity == 0 {
             return None;
         }
@@ -127,17 +128,10 @@ impl AnswerCache {
         }
         // `held` < ttl <= u32::MAX.
         let held = u32::try_from(held).unwrap_or(u32::MAX);
-        let mut message = entry.message.clone();
-        drop(inner);
-        for record in message
-            .answers
-            .iter_mut()
-            .chain(message.authorities.iter_mut())
-            .chain(message.additionals.iter_mut())
-        {
-            record.ttl = record.ttl.saturating_sub(held);
-        }
-        Some(message)
+        Some(Cached {
+            shared: Arc::clone(&entry.message),
+            held,
+        })
     }
 
     /// Keeps `reply` (of `wire_len` bytes) for `key` when it may be cached (see the module
@@ -153,7 +147,7 @@ impl AnswerCache {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let entry = Entry {
-            message: reply.clone(),
+            message: Arc::new(reply.clone()),
             stored: now,
             ttl,
             seq,
@@ -174,6 +168,30 @@ impl AnswerCache {
             order.retain(|(k, s)| entries.get(k).is_some_and(|e| e.seq == *s));
         }
         true
+    }
+}
+
+/// A cache hit: the shared answer and the whole seconds (rounded up) it was held.
+pub struct Cached {
+    shared: Arc<Message>,
+    held: u32,
+}
+
+impl Cached {
+    /// The answer with every record's TTL lowered by the time it was held (a copy, made
+    /// outside the cache's lock). The message ID is whatever upstream used: the caller
+    /// answers with the asker's.
+    pub fn message(&self) -> Message {
+        let mut message = Message::clone(&self.shared);
+        for record in message
+            .answers
+            .iter_mut()
+            .chain(message.authorities.iter_mut())
+            .chain(message.additionals.iter_mut())
+        {
+            record.ttl = record.ttl.saturating_sub(self.held);
+        }
+        message
     }
 }
 
@@ -288,7 +306,8 @@ mod tests {
         // Case-insensitive on the name.
         let hit = cache
             .get(&key("A.Test."), t0 + Duration::from_millis(2500))
-            .unwrap();
+            .unwrap()
+            .message();
         // 2.5 s held counts as 3: never overstated.
         let ttls: Vec<u32> = hit.answers.iter().map(|r| r.ttl).collect();
         assert_eq!(ttls, [27, 7]);
@@ -301,6 +320,26 @@ mod tests {
             .get(&key("a.test."), t0 + Duration::from_millis(9001))
             .is_none());
         assert_eq!(cache.len(), 0, "an expired entry is dropped when asked for");
+    }
+
+    #[test]
+    fn hits_share_the_cached_answer() {
+        let cache = AnswerCache::new(10);
+        let t0 = Instant::now();
+        let r = reply("a.test.", ResponseCode::NoError, &[(30, [192, 0, 2, 1])]);
+        assert!(cache.insert(key("a.test."), &r, 100, t0));
+        let first = cache.get(&key("a.test."), t0).unwrap();
+        let second = cache
+            .get(&key("a.test."), t0 + Duration::from_secs(2))
+            .unwrap();
+        // One answer in memory, whatever the number of hits; each copy made has its own TTLs.
+        assert!(Arc::ptr_eq(&first.shared, &second.shared));
+        assert_eq!(first.message().answers[0].ttl, 30);
+        assert_eq!(second.message().answers[0].ttl, 28);
+        assert_eq!(
+            first.shared.answers[0].ttl, 30,
+            "the shared answer is never lowered"
+        );
     }
 
     #[test]
@@ -339,7 +378,8 @@ mod tests {
         assert!(cache.insert(key("nx.test."), &nx, 100, t0));
         let hit = cache
             .get(&key("nx.test."), t0 + Duration::from_secs(5))
-            .unwrap();
+            .unwrap()
+            .message();
         assert_eq!(hit.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(hit.authorities[0].ttl, 895);
         assert!(cache
