@@ -22,7 +22,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use super::cache::CacheKey;
-use super::egress::EgressGuests;
+use super::egress::{cap_learned_ttls, EgressGuests};
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
 
@@ -181,46 +181,45 @@ impl DnsRequestHandler {
             );
             return;
         };
-        match self
-            .forwarder
-            .forward(request.as_slice(), &cache_key(request, query))
-            .await
-        {
-            Ok(upstream) => {
-                // The guest's allowlist holds the answer before the answer leaves.
-                let learned = self
-                    .egress
-                    .learn(
-                        request.src().ip(),
-                        &Name::from(query.name()),
-                        &upstream.answers,
-                    )
-                    .await;
-                if learned.is_err() {
-                    encode(
-                        builder.error_msg(meta, ResponseCode::ServFail),
-                        max_size,
-                        meta,
-                        out,
-                    );
-                    return;
-                }
-                let reply = builder.build(
-                    forwarded_metadata(meta, &upstream),
-                    upstream.answers.iter(),
-                    upstream.authorities.iter(),
-                    std::iter::empty(),
-                    upstream.additionals.iter(),
-                );
-                encode(reply, max_size, meta, out);
-            }
-            Err(_) => encode(
+        if let Some(upstream) = self.forwarded(request, query).await {
+            let reply = builder.build(
+                forwarded_metadata(meta, &upstream),
+                upstream.answers.iter(),
+                upstream.authorities.iter(),
+                std::iter::empty(),
+                upstream.additionals.iter(),
+            );
+            encode(reply, max_size, meta, out);
+        } else {
+            encode(
                 builder.error_msg(meta, ResponseCode::ServFail),
                 max_size,
                 meta,
                 out,
-            ),
+            );
         }
+    }
+
+    /// The upstream's (or the cache's) answer to `query`, its addresses allowed first for a
+    /// deny-mode guest whose pattern the name matches (and its TTLs then capped at what the
+    /// allowlist keeps); `None` when the reply must be SERVFAIL (no upstream answer, or the
+    /// guest's allowlist could not take the addresses).
+    async fn forwarded(&self, request: &Request, query: &LowerQuery) -> Option<Message> {
+        let mut upstream = self
+            .forwarder
+            .forward(request.as_slice(), &cache_key(request, query))
+            .await
+            .ok()?;
+        // The guest's allowlist holds the answer before the answer leaves.
+        let learned = self
+            .egress
+            .learn(request.src().ip(), query.name(), &upstream.answers)
+            .await
+            .ok()?;
+        if let Some(secs) = learned {
+            cap_learned_ttls(&mut upstream.answers, secs);
+        }
+        Some(upstream)
     }
 }
 
@@ -370,33 +369,12 @@ impl RequestHandler for DnsRequestHandler {
         // Not held while waiting for upstreams: a replaced table is freed promptly.
         drop(table);
 
-        let upstream: Message = if let Ok(reply) = self
-            .forwarder
-            .forward(request.as_slice(), &cache_key(request, query))
-            .await
-        {
-            reply
-        } else {
-            let reply = builder.error_msg(meta, ResponseCode::ServFail);
-            return response
-                .send_response(reply)
-                .await
-                .unwrap_or_else(|_| serve_failed(request));
-        };
-        let learned = self
-            .egress
-            .learn(
-                request.src().ip(),
-                &Name::from(query.name()),
-                &upstream.answers,
-            )
-            .await;
-        if learned.is_err() {
+        let Some(upstream) = self.forwarded(request, query).await else {
             return response
                 .send_response(builder.error_msg(meta, ResponseCode::ServFail))
                 .await
                 .unwrap_or_else(|_| serve_failed(request));
-        }
+        };
         let reply = builder.build(
             forwarded_metadata(meta, &upstream),
             upstream.answers.iter(),
