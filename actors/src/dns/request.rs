@@ -22,7 +22,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use super::cache::CacheKey;
-use super::egress::{cap_learned_ttls, EgressGuests};
+use super::egress::{cap_learned_ttls, EgressGuests, LearnPlan};
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
 
@@ -121,7 +121,9 @@ pub enum UdpAnswer {
 
 impl DnsRequestHandler {
     /// The UDP fast path: parses `raw` and, unless it must be forwarded, encodes the reply
-    /// into `out` synchronously, without a task, a lock or a reference count.
+    /// into `out` synchronously, without a task: hearth's names from the table snapshot (no
+    /// lock), other names from the answer cache when the asker need not wait for the egress
+    /// learner (one short lock).
     pub fn answer_udp(&self, raw: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> UdpAnswer {
         let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
             return UdpAnswer::Ignore;
@@ -147,6 +149,17 @@ impl DnsRequestHandler {
         let table = self.table.load();
         let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
         if resolution == Resolution::Forward {
+            if let Some(upstream) = self.cached_for(&request, query) {
+                let reply = builder.build(
+                    forwarded_metadata(meta, &upstream),
+                    upstream.answers.iter(),
+                    upstream.authorities.iter(),
+                    std::iter::empty(),
+                    upstream.additionals.iter(),
+                );
+                encode(reply, max_size, meta, out);
+                return UdpAnswer::Reply;
+            }
             return UdpAnswer::Forward(Box::new(request));
         }
         let ptrs = match &resolution {
@@ -163,6 +176,22 @@ impl DnsRequestHandler {
         );
         encode(reply, max_size, meta, out);
         UdpAnswer::Reply
+    }
+
+    /// A cached answer to `query` that may leave at once: the asker has no pattern for the
+    /// name, or its allowlist already holds the answer's addresses (TTLs then capped). `None`
+    /// when the answer is not cached or the learner must be asked first (a task does that).
+    fn cached_for(&self, request: &Request, query: &LowerQuery) -> Option<Message> {
+        let mut upstream = self.forwarder.cached(&cache_key(request, query))?;
+        match self
+            .egress
+            .plan(request.src().ip(), query.name(), &upstream.answers)
+        {
+            LearnPlan::Nothing => {}
+            LearnPlan::Known(secs) => cap_learned_ttls(&mut upstream.answers, secs),
+            LearnPlan::Ask(_) => return None,
+        }
+        Some(upstream)
     }
 
     /// Forwards a request [`answer_udp`](Self::answer_udp) handed back and encodes the reply

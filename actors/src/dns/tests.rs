@@ -706,3 +706,84 @@ async fn learned_answers_carry_ttls_no_longer_than_the_allowlist_keeps_them() {
         ttls(&reply)
     );
 }
+
+#[actix::test]
+async fn a_burst_of_queries_is_answered_in_full_past_a_malformed_one() {
+    let (upstream, _asked) = counting_upstream();
+    let (actor, server) = start(vec![upstream]).await;
+    let (web, db, nine) = (
+        Ipv4Addr::new(10, 0, 0, 2),
+        Ipv4Addr::new(10, 0, 0, 3),
+        Ipv4Addr::new(10, 9, 9, 9),
+    );
+    actor
+        .send(records(&[("web", web), ("db", db)]))
+        .await
+        .unwrap()
+        .unwrap();
+    const QUERIES: u16 = 200;
+    const MALFORMED: u16 = 100;
+    // What each ID must be answered with: hearth's names, forwarded names (a few upstream
+    // asks, the rest cache hits), NXDOMAIN; `MALFORMED` is cut short (FORMERR with its ID),
+    // and a runt right after it gets no reply at all.
+    let expected = |id: u16| -> (ResponseCode, Vec<Ipv4Addr>) {
+        match id % 4 {
+            _ if id == MALFORMED => (ResponseCode::FormErr, vec![]),
+            0 => (ResponseCode::NoError, vec![web]),
+            1 => (ResponseCode::NoError, vec![db]),
+            2 => (ResponseCode::NoError, vec![nine]),
+            _ => (ResponseCode::NXDomain, vec![]),
+        }
+    };
+    let name = |id: u16| match id % 4 {
+        0 => "web.vm.internal.".to_owned(),
+        1 => "db.vm.internal.".to_owned(),
+        2 => format!("fwd{}.test.", id % 5),
+        _ => "nope.vm.internal.".to_owned(),
+    };
+    let replies = blocking(move || {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // Sent back to back, before reading anything: the server takes them in batches.
+        for id in 0..QUERIES {
+            let mut msg = request(&name(id), RecordType::A);
+            msg.metadata.id = id;
+            let mut bytes = msg.to_vec().unwrap();
+            if id == MALFORMED {
+                bytes.truncate(15);
+                socket.send_to(&bytes, server).unwrap();
+                socket.send_to(&[1, 2, 3], server).unwrap();
+                continue;
+            }
+            socket.send_to(&bytes, server).unwrap();
+        }
+        let mut replies = HashMap::new();
+        let mut buf = [0u8; 4096];
+        while replies.len() < usize::from(QUERIES) {
+            let Ok((len, _)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            let reply = Message::from_vec(&buf[..len]).unwrap();
+            let id = reply.metadata.id;
+            assert!(replies.insert(id, reply).is_none(), "two replies for {id}");
+        }
+        replies
+    })
+    .await;
+    assert_eq!(replies.len(), usize::from(QUERIES), "every query answered");
+    for (id, reply) in &replies {
+        let (code, addrs) = expected(*id);
+        assert_eq!(reply.metadata.response_code, code, "id {id}");
+        assert_eq!(a_answers(reply), addrs, "id {id}");
+        if *id != MALFORMED {
+            assert_eq!(
+                reply.queries[0].name().to_ascii(),
+                name(*id),
+                "id {id} answers its own question"
+            );
+        }
+    }
+    actor.send(Stop).await.unwrap().unwrap();
+}
