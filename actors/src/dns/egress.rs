@@ -42,6 +42,9 @@ const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
 /// A confirmation of an address whose TTL the learner caps is used until this many seconds
 /// of it are left (see `allowed_for`).
 const REFRESH_SLACK_SECS: u32 = 60;
+/// How much shorter than an answer's TTL a confirmation may be and still be used (the
+/// answer's TTLs are then lowered to it).
+const ROUNDING_SECS: u32 = 1;
 /// CNAME hops followed from the name asked (loops and absurd chains end here).
 const MAX_CNAME_HOPS: usize = 16;
 
@@ -220,8 +223,12 @@ impl EgressGuests {
                 .unwrap_or(u32::MAX)
                 .min(MAX_LEARNED_SECS);
             // A TTL the learner caps would otherwise never be covered by a confirmation made
-            // earlier: it is re-learned once per slack instead of on every answer.
-            if secs < (*ttl).min(MAX_LEARNED_SECS - REFRESH_SLACK_SECS) {
+            // earlier: it is re-learned once per slack instead of on every answer. One second
+            // of tolerance, because the TTL and the confirmation round to whole seconds
+            // differently: without it about every other second's hits took a round trip. The
+            // answer's TTLs are capped at `left`, so the guest never trusts it for longer.
+            let needed = (*ttl).min(MAX_LEARNED_SECS - REFRESH_SLACK_SECS);
+            if secs == 0 || secs.saturating_add(ROUNDING_SECS) < needed {
                 return None;
             }
             left = left.min(secs);
@@ -470,7 +477,12 @@ mod tests {
         // Within what was confirmed, for that guest only.
         assert!(guests.already_allowed(a, &[(x, 60)], t0));
         assert!(guests.already_allowed(a, &[(x, 30)], t0 + Duration::from_secs(30)));
-        assert!(!guests.already_allowed(a, &[(x, 31)], t0 + Duration::from_secs(30)));
+        // One second of rounding tolerance (the answer's TTLs are then capped at 30).
+        assert_eq!(
+            guests.allowed_for(a, &[(x, 31)], t0 + Duration::from_secs(30)),
+            Some(30)
+        );
+        assert!(!guests.already_allowed(a, &[(x, 32)], t0 + Duration::from_secs(30)));
         assert!(!guests.already_allowed(a, &[(x, 10), (y, 10)], t0));
         assert!(!guests.already_allowed(b, &[(x, 1)], t0));
         // The learner keeps an address at most MAX_LEARNED_SECS.
@@ -487,7 +499,11 @@ mod tests {
             guests.allowed_for(b, &[(x, 86400)], later(slack)),
             Some(3540)
         );
-        assert_eq!(guests.allowed_for(b, &[(x, 86400)], later(slack + 1)), None);
+        assert_eq!(
+            guests.allowed_for(b, &[(x, 86400)], later(slack + 1)),
+            Some(3539)
+        );
+        assert_eq!(guests.allowed_for(b, &[(x, 86400)], later(slack + 2)), None);
         // A pattern change forgets the guest's confirmations, and a confirmation answering a
         // request sent before it is not remembered.
         guests.set(a, Some(patterns(&["api.github.com"])));
