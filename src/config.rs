@@ -149,8 +149,9 @@ pub struct DnsConfig {
 }
 
 /// Largest `dns.cache_entries`: bounds the cache's memory (each entry at most 4 KiB on the
-/// wire, a few times that parsed).
-pub const MAX_DNS_CACHE_ENTRIES: usize = 1_000_000;
+/// wire, a few times that parsed: at most a few hundred MB at this bound, typical answers
+/// far less).
+pub const MAX_DNS_CACHE_ENTRIES: usize = 100_000;
 
 /// Parses one upstream resolver: `ip:port`, `[v6]:port`, or a bare address on port 53 (what
 /// a resolv.conf `nameserver` line holds).
@@ -760,7 +761,7 @@ mod tests {
             ("[dns]\nzone = \"bad_zone\"", "dns.zone"),
             ("[dns]\nzone = \"-a.b\"", "dns.zone"),
             ("[dns]\nport = 0", "dns.port"),
-            ("[dns]\ncache_entries = 1000001", "dns.cache_entries"),
+            ("[dns]\ncache_entries = 100001", "dns.cache_entries"),
             ("data_dir = \"relative\"", "data_dir"),
             (
                 "run_dir = \"/a/very/long/run/directory/path/that/goes/on/and/on\"",

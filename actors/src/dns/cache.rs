@@ -1,7 +1,8 @@
 //! A bounded cache of upstream answers, shared by the worker threads of one DNS server.
 //!
 //! Keyed by what changes an upstream's answer: the question (name lower-cased, type, class)
-//! and the query's RD, CD and DO bits. Only clean answers are kept: NOERROR with records
+//! and the query's RD, AD, CD and DO bits (each forwarded as is; an upstream may answer
+//! differently for each, e.g. AD=1 asks a validating resolver to report authenticity). Only clean answers are kept: NOERROR with records
 //! (for the smallest TTL among them), and NXDOMAIN or NODATA that carry an SOA (negatively,
 //! for the SOA's TTL and minimum, whichever is smaller, RFC 2308). SERVFAIL, REFUSED,
 //! truncated or signed replies, replies with a TTL of 0, and replies larger than
@@ -17,10 +18,10 @@
 //! The clock is passed in (`now`), so tests control time without sleeping.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, Metadata, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 
 /// Longest time a positive answer is kept, seconds.
@@ -38,23 +39,24 @@ pub struct CacheKey {
     name: LowerName,
     qtype: RecordType,
     qclass: DNSClass,
-    /// RD, CD and DO bits of the query (the query is forwarded with them as is).
+    /// RD, AD, CD and DO bits of the query (the query is forwarded with them as is).
     flags: u8,
 }
 
 impl CacheKey {
-    /// The key of a query for `name`/`qtype`/`qclass` with the given header and EDNS bits.
+    /// The key of a query for `name`/`qtype`/`qclass` with the header `query` (its RD, AD
+    /// and CD bits) and the EDNS DO bit `dnssec_ok`.
     pub fn new(
         name: LowerName,
         qtype: RecordType,
         qclass: DNSClass,
-        recursion_desired: bool,
-        checking_disabled: bool,
+        query: &Metadata,
         dnssec_ok: bool,
     ) -> Self {
-        let flags = u8::from(recursion_desired)
-            | u8::from(checking_disabled) << 1
-            | u8::from(dnssec_ok) << 2;
+        let flags = u8::from(query.recursion_desired)
+            | u8::from(query.checking_disabled) << 1
+            | u8::from(dnssec_ok) << 2
+            | u8::from(query.authentic_data) << 3;
         Self {
             name,
             qtype,
@@ -70,7 +72,8 @@ impl CacheKey {
 }
 
 struct Entry {
-    message: Message,
+    /// Shared, so a hit clones a pointer under the lock, not the message.
+    message: Arc<Message>,
     stored: Instant,
     ttl: u32,
     /// Insertion number, to tell this entry from an older one of the same key in `order`.
@@ -110,9 +113,9 @@ impl AnswerCache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached answer for `key` at `now`, with TTLs lowered by the time it was held.
-    /// The message ID is whatever upstream used: the caller answers with the asker's.
-    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
+    /// The cached answer for `key` at `now` ([`Cached::message`] gives it with its TTLs
+    /// lowered by the time it was held). Only a pointer is copied under the lock.
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Cached> {
         if self.capacity == 0 {
             return None;
         }
@@ -125,17 +128,10 @@ impl AnswerCache {
         }
         // `held` < ttl <= u32::MAX.
         let held = u32::try_from(held).unwrap_or(u32::MAX);
-        let mut message = entry.message.clone();
-        drop(inner);
-        for record in message
-            .answers
-            .iter_mut()
-            .chain(message.authorities.iter_mut())
-            .chain(message.additionals.iter_mut())
-        {
-            record.ttl = record.ttl.saturating_sub(held);
-        }
-        Some(message)
+        Some(Cached {
+            shared: Arc::clone(&entry.message),
+            held,
+        })
     }
 
     /// Keeps `reply` (of `wire_len` bytes) for `key` when it may be cached (see the module
@@ -151,7 +147,7 @@ impl AnswerCache {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let entry = Entry {
-            message: reply.clone(),
+            message: Arc::new(reply.clone()),
             stored: now,
             ttl,
             seq,
@@ -172,6 +168,30 @@ impl AnswerCache {
             order.retain(|(k, s)| entries.get(k).is_some_and(|e| e.seq == *s));
         }
         true
+    }
+}
+
+/// A cache hit: the shared answer and the whole seconds (rounded up) it was held.
+pub struct Cached {
+    shared: Arc<Message>,
+    held: u32,
+}
+
+impl Cached {
+    /// The answer with every record's TTL lowered by the time it was held (a copy, made
+    /// outside the cache's lock). The message ID is whatever upstream used: the caller
+    /// answers with the asker's.
+    pub fn message(&self) -> Message {
+        let mut message = Message::clone(&self.shared);
+        for record in message
+            .answers
+            .iter_mut()
+            .chain(message.authorities.iter_mut())
+            .chain(message.additionals.iter_mut())
+        {
+            record.ttl = record.ttl.saturating_sub(self.held);
+        }
+        message
     }
 }
 
@@ -233,13 +253,21 @@ mod tests {
         Name::from_ascii(n).unwrap()
     }
 
+    /// The header bits a key depends on: RD, AD, CD.
+    fn bits(rd: bool, ad: bool, cd: bool) -> Metadata {
+        let mut m = Metadata::new(1, MessageType::Query, OpCode::Query);
+        m.recursion_desired = rd;
+        m.authentic_data = ad;
+        m.checking_disabled = cd;
+        m
+    }
+
     fn key(n: &str) -> CacheKey {
         CacheKey::new(
             LowerName::new(&name(n)),
             RecordType::A,
             DNSClass::IN,
-            true,
-            false,
+            &bits(true, false, false),
             false,
         )
     }
@@ -278,7 +306,8 @@ mod tests {
         // Case-insensitive on the name.
         let hit = cache
             .get(&key("A.Test."), t0 + Duration::from_millis(2500))
-            .unwrap();
+            .unwrap()
+            .message();
         // 2.5 s held counts as 3: never overstated.
         let ttls: Vec<u32> = hit.answers.iter().map(|r| r.ttl).collect();
         assert_eq!(ttls, [27, 7]);
@@ -294,25 +323,48 @@ mod tests {
     }
 
     #[test]
+    fn hits_share_the_cached_answer() {
+        let cache = AnswerCache::new(10);
+        let t0 = Instant::now();
+        let r = reply("a.test.", ResponseCode::NoError, &[(30, [192, 0, 2, 1])]);
+        assert!(cache.insert(key("a.test."), &r, 100, t0));
+        let first = cache.get(&key("a.test."), t0).unwrap();
+        let second = cache
+            .get(&key("a.test."), t0 + Duration::from_secs(2))
+            .unwrap();
+        // One answer in memory, whatever the number of hits; each copy made has its own TTLs.
+        assert!(Arc::ptr_eq(&first.shared, &second.shared));
+        assert_eq!(first.message().answers[0].ttl, 30);
+        assert_eq!(second.message().answers[0].ttl, 28);
+        assert_eq!(
+            first.shared.answers[0].ttl, 30,
+            "the shared answer is never lowered"
+        );
+    }
+
+    #[test]
     fn other_flags_type_or_class_miss() {
         let cache = AnswerCache::new(10);
         let t0 = Instant::now();
         let r = reply("a.test.", ResponseCode::NoError, &[(30, [192, 0, 2, 1])]);
         assert!(cache.insert(key("a.test."), &r, 100, t0));
         let n = LowerName::new(&name("a.test."));
+        let (a, aaaa, ch) = (RecordType::A, RecordType::AAAA, DNSClass::CH);
+        let rd = bits(true, false, false);
         for other in [
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, true, false),
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, true, false, true),
-            CacheKey::new(n.clone(), RecordType::A, DNSClass::IN, false, false, false),
+            // CD, DO, AD, no RD.
+            CacheKey::new(n.clone(), a, DNSClass::IN, &bits(true, false, true), false),
+            CacheKey::new(n.clone(), a, DNSClass::IN, &rd, true),
+            CacheKey::new(n.clone(), a, DNSClass::IN, &bits(true, true, false), false),
             CacheKey::new(
                 n.clone(),
-                RecordType::AAAA,
+                a,
                 DNSClass::IN,
-                true,
-                false,
+                &bits(false, false, false),
                 false,
             ),
-            CacheKey::new(n, RecordType::A, DNSClass::CH, true, false, false),
+            CacheKey::new(n.clone(), aaaa, DNSClass::IN, &rd, false),
+            CacheKey::new(n, a, ch, &rd, false),
         ] {
             assert!(cache.get(&other, t0).is_none(), "{other:?}");
         }
@@ -326,7 +378,8 @@ mod tests {
         assert!(cache.insert(key("nx.test."), &nx, 100, t0));
         let hit = cache
             .get(&key("nx.test."), t0 + Duration::from_secs(5))
-            .unwrap();
+            .unwrap()
+            .message();
         assert_eq!(hit.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(hit.authorities[0].ttl, 895);
         assert!(cache

@@ -12,6 +12,11 @@
 //! Lookups take a read lock on a map keyed by guest address; a per-guest change replaces one
 //! entry (O(1) in the number of guests).
 //!
+//! The TTLs of such an answer are capped at what the learner keeps (at most
+//! [`MAX_LEARNED_SECS`]): a guest caching the answer longer would lose the address while it
+//! still trusts the name. A guest without a policy costs one map lookup per answer, nothing
+//! more (no name is converted or lower-cased for it).
+//!
 //! The learner's confirmations are remembered per guest (address -> until when it is surely
 //! allowed), so a repeated answer (e.g. from the cache) whose addresses the guest already has
 //! for at least their remaining TTL skips the round trip. Skipping never allows anything: at
@@ -27,13 +32,19 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::{Handler, Message, Recipient};
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
 
 use super::{DnsActor, DnsError};
 use crate::nat::egress::{AllowLearned, MAX_LEARNED_SECS};
 
 /// How long a reply waits for the learner before the guest gets SERVFAIL.
 const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A confirmation of an address whose TTL the learner caps is used until this many seconds
+/// of it are left (see `allowed_for`).
+const REFRESH_SLACK_SECS: u32 = 60;
+/// How much shorter than an answer's TTL a confirmation may be and still be used (the
+/// answer's TTLs are then lowered to it).
+const ROUNDING_SECS: u32 = 1;
 /// CNAME hops followed from the name asked (loops and absurd chains end here).
 const MAX_CNAME_HOPS: usize = 16;
 
@@ -194,20 +205,40 @@ impl EgressGuests {
             .clear();
     }
 
-    /// Whether the learner confirmed each of `addrs` for `guest` for at least its TTL from `now`.
-    fn already_allowed(&self, guest: Ipv4Addr, addrs: &[(Ipv4Addr, u32)], now: Instant) -> bool {
+    /// Whether the learner confirmed each of `addrs` for `guest` long enough from `now`: for
+    /// its TTL, or for a TTL beyond what the learner keeps, for all but [`REFRESH_SLACK_SECS`]
+    /// of [`MAX_LEARNED_SECS`]. Returns the whole seconds left of the shortest confirmation
+    /// (what the answer's TTLs must then be capped at).
+    fn allowed_for(&self, guest: Ipv4Addr, addrs: &[(Ipv4Addr, u32)], now: Instant) -> Option<u32> {
         let confirmed = self
             .confirmed
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(known) = confirmed.get(&guest) else {
-            return false;
-        };
-        addrs.iter().all(|(addr, ttl)| {
-            known
-                .get(addr)
-                .is_some_and(|until| *until >= now + Duration::from_secs(u64::from(*ttl)))
-        })
+        let known = confirmed.get(&guest)?;
+        let mut left = MAX_LEARNED_SECS;
+        for (addr, ttl) in addrs {
+            let until = known.get(addr)?;
+            let secs = until.saturating_duration_since(now).as_secs();
+            let secs = u32::try_from(secs)
+                .unwrap_or(u32::MAX)
+                .min(MAX_LEARNED_SECS);
+            // A TTL the learner caps would otherwise never be covered by a confirmation made
+            // earlier: it is re-learned once per slack instead of on every answer. One second
+            // of tolerance, because the TTL and the confirmation round to whole seconds
+            // differently: without it about every other second's hits took a round trip. The
+            // answer's TTLs are capped at `left`, so the guest never trusts it for longer.
+            let needed = (*ttl).min(MAX_LEARNED_SECS - REFRESH_SLACK_SECS);
+            if secs == 0 || secs.saturating_add(ROUNDING_SECS) < needed {
+                return None;
+            }
+            left = left.min(secs);
+        }
+        Some(left)
+    }
+
+    #[cfg(test)]
+    fn already_allowed(&self, guest: Ipv4Addr, addrs: &[(Ipv4Addr, u32)], now: Instant) -> bool {
+        self.allowed_for(guest, addrs, now).is_some()
     }
 
     /// Remembers that `addrs` were allowed for `guest` by a request sent at `sent` under
@@ -230,66 +261,59 @@ impl EgressGuests {
         known.retain(|_, until| *until > sent);
     }
 
-    /// Whether any guest has patterns (a cheap early out for the hot path).
+    /// The patterns of the guest at `src`, if it has a policy (one map lookup: the only egress
+    /// work an answer to a guest without a policy costs).
     pub fn patterns_of(&self, src: IpAddr) -> Option<Arc<DomainPatterns>> {
         let IpAddr::V4(ip) = src else { return None };
         let guests = self.guests.read().unwrap_or_else(PoisonError::into_inner);
         guests.get(&ip).cloned()
     }
 
-    /// How many guests have patterns.
-    pub fn len(&self) -> usize {
-        self.guests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether no guest has patterns.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// If `src` is a guest with a pattern matching `qname`, allows the addresses `answers`
-    /// give for it and waits until they are allowed. Nothing to do is `Ok`.
-    ///
-    /// # Errors
-    /// [`LearnError`] when the addresses could not be allowed.
-    pub async fn learn(
-        &self,
-        src: IpAddr,
-        qname: &Name,
-        answers: &[Record],
-    ) -> Result<(), LearnError> {
+    /// What `answers` to `src`'s question for `qname` mean for its allowlist, without waiting:
+    /// nothing, already allowed, or a round trip to the learner ([`Self::allow`]).
+    pub fn plan(&self, src: IpAddr, qname: &LowerName, answers: &[Record]) -> LearnPlan {
+        // Checked first: a guest without a policy costs no name conversion at all.
         let Some(patterns) = self.patterns_of(src) else {
-            return Ok(());
+            return LearnPlan::Nothing;
         };
         let IpAddr::V4(guest) = src else {
-            return Ok(());
+            return LearnPlan::Nothing;
         };
         let Some(pattern) = patterns.matching(&qname.to_ascii()) else {
-            return Ok(());
+            return LearnPlan::Nothing;
         };
         let addrs = chain_addresses(qname, answers);
         if addrs.is_empty() {
-            return Ok(());
+            return LearnPlan::Nothing;
         }
         let sent = Instant::now();
-        if self.already_allowed(guest, &addrs, sent) {
-            return Ok(());
+        if let Some(left) = self.allowed_for(guest, &addrs, sent) {
+            return LearnPlan::Known(left);
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        LearnPlan::Ask(PendingLearn {
+            msg: AllowLearned {
+                guest,
+                pattern: pattern.to_owned(),
+                addrs,
+            },
+            sent,
+            epoch: self.epoch.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Sends a [`LearnPlan::Ask`] to the learner and waits until the addresses are allowed.
+    ///
+    /// # Errors
+    /// [`LearnError`] when the addresses could not be allowed.
+    pub async fn allow(&self, pending: PendingLearn) -> Result<(), LearnError> {
+        let PendingLearn { msg, sent, epoch } = pending;
         let learner = self
             .learner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or(LearnError::NoLearner)?;
-        let msg = AllowLearned {
-            guest,
-            pattern: pattern.to_owned(),
-            addrs: addrs.clone(),
-        };
+        let (guest, addrs) = (msg.guest, msg.addrs.clone());
         match tokio::time::timeout(LEARN_TIMEOUT, learner.send(msg)).await {
             Err(_) => Err(LearnError::Unavailable("timed out".into())),
             Ok(Err(e)) => Err(LearnError::Unavailable(e.to_string())),
@@ -302,6 +326,54 @@ impl EgressGuests {
                 Ok(())
             }
         }
+    }
+
+    /// If `src` is a guest with a pattern matching `qname`, allows the addresses `answers`
+    /// give for it and waits until they are allowed. Returns for how long they are surely
+    /// allowed, in seconds (the answer's TTLs must then be capped at it, see
+    /// [`cap_learned_ttls`]); nothing to do is `Ok(None)`.
+    ///
+    /// # Errors
+    /// [`LearnError`] when the addresses could not be allowed.
+    pub async fn learn(
+        &self,
+        src: IpAddr,
+        qname: &LowerName,
+        answers: &[Record],
+    ) -> Result<Option<u32>, LearnError> {
+        match self.plan(src, qname, answers) {
+            LearnPlan::Nothing => Ok(None),
+            LearnPlan::Known(left) => Ok(Some(left)),
+            LearnPlan::Ask(pending) => self.allow(pending).await.map(|()| Some(MAX_LEARNED_SECS)),
+        }
+    }
+}
+
+/// What an answer means for the asking guest's allowlist ([`EgressGuests::plan`]).
+pub enum LearnPlan {
+    /// Nothing to learn: no policy, no matching pattern, or no address for the name asked.
+    Nothing,
+    /// The addresses are allowed long enough already: answer at once, with the TTLs capped
+    /// at these seconds ([`cap_learned_ttls`]).
+    Known(u32),
+    /// The learner must allow them before the answer leaves ([`EgressGuests::allow`]).
+    Ask(PendingLearn),
+}
+
+/// A request to the learner, made by [`EgressGuests::plan`].
+pub struct PendingLearn {
+    msg: AllowLearned,
+    sent: Instant,
+    epoch: u64,
+}
+
+/// Caps the TTLs of an answer whose addresses were learned at `secs`, how long the learner
+/// surely keeps them (at most [`MAX_LEARNED_SECS`]): a guest trusting an answer longer would
+/// lose the address while it still uses it. Every answer record is capped, CNAMEs included
+/// (the chain's TTL bounds the guest's cache of the name too).
+pub fn cap_learned_ttls(answers: &mut [Record], secs: u32) {
+    for record in answers {
+        record.ttl = record.ttl.min(secs);
     }
 }
 
@@ -405,7 +477,12 @@ mod tests {
         // Within what was confirmed, for that guest only.
         assert!(guests.already_allowed(a, &[(x, 60)], t0));
         assert!(guests.already_allowed(a, &[(x, 30)], t0 + Duration::from_secs(30)));
-        assert!(!guests.already_allowed(a, &[(x, 31)], t0 + Duration::from_secs(30)));
+        // One second of rounding tolerance (the answer's TTLs are then capped at 30).
+        assert_eq!(
+            guests.allowed_for(a, &[(x, 31)], t0 + Duration::from_secs(30)),
+            Some(30)
+        );
+        assert!(!guests.already_allowed(a, &[(x, 32)], t0 + Duration::from_secs(30)));
         assert!(!guests.already_allowed(a, &[(x, 10), (y, 10)], t0));
         assert!(!guests.already_allowed(b, &[(x, 1)], t0));
         // The learner keeps an address at most MAX_LEARNED_SECS.
@@ -413,6 +490,20 @@ mod tests {
         let max = u64::from(MAX_LEARNED_SECS);
         assert!(guests.already_allowed(b, &[(x, MAX_LEARNED_SECS)], t0));
         assert!(!guests.already_allowed(b, &[(x, 1)], t0 + Duration::from_secs(max)));
+        // A TTL beyond what the learner keeps is covered until the slack is reached, and what
+        // is left of the confirmation is the cap for the answer's TTLs.
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(guests.allowed_for(b, &[(x, 86400)], later(30)), Some(3570));
+        let slack = u64::from(REFRESH_SLACK_SECS);
+        assert_eq!(
+            guests.allowed_for(b, &[(x, 86400)], later(slack)),
+            Some(3540)
+        );
+        assert_eq!(
+            guests.allowed_for(b, &[(x, 86400)], later(slack + 1)),
+            Some(3539)
+        );
+        assert_eq!(guests.allowed_for(b, &[(x, 86400)], later(slack + 2)), None);
         // A pattern change forgets the guest's confirmations, and a confirmation answering a
         // request sent before it is not remembered.
         guests.set(a, Some(patterns(&["api.github.com"])));

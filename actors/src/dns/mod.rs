@@ -19,6 +19,7 @@
 //! The sockets are the only host effect and need no privilege on loopback, so the actor is
 //! tested against the real thing (`tests.rs`) rather than behind a fake.
 
+mod batch;
 mod cache;
 pub mod egress;
 mod forward;

@@ -22,7 +22,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use super::cache::CacheKey;
-use super::egress::EgressGuests;
+use super::egress::{cap_learned_ttls, EgressGuests, LearnPlan};
 use super::forward::Forwarder;
 use super::table::{RecordTable, Resolution};
 
@@ -121,7 +121,9 @@ pub enum UdpAnswer {
 
 impl DnsRequestHandler {
     /// The UDP fast path: parses `raw` and, unless it must be forwarded, encodes the reply
-    /// into `out` synchronously, without a task, a lock or a reference count.
+    /// into `out` synchronously, without a task: hearth's names from the table snapshot (no
+    /// lock), other names from the answer cache when the asker need not wait for the egress
+    /// learner (one short lock).
     pub fn answer_udp(&self, raw: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> UdpAnswer {
         let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
             return UdpAnswer::Ignore;
@@ -147,6 +149,17 @@ impl DnsRequestHandler {
         let table = self.table.load();
         let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
         if resolution == Resolution::Forward {
+            if let Some(upstream) = self.cached_for(&request, query) {
+                let reply = builder.build(
+                    forwarded_metadata(meta, &upstream),
+                    upstream.answers.iter(),
+                    upstream.authorities.iter(),
+                    std::iter::empty(),
+                    upstream.additionals.iter(),
+                );
+                encode(reply, max_size, meta, out);
+                return UdpAnswer::Reply;
+            }
             return UdpAnswer::Forward(Box::new(request));
         }
         let ptrs = match &resolution {
@@ -165,6 +178,22 @@ impl DnsRequestHandler {
         UdpAnswer::Reply
     }
 
+    /// A cached answer to `query` that may leave at once: the asker has no pattern for the
+    /// name, or its allowlist already holds the answer's addresses (TTLs then capped). `None`
+    /// when the answer is not cached or the learner must be asked first (a task does that).
+    fn cached_for(&self, request: &Request, query: &LowerQuery) -> Option<Message> {
+        let mut upstream = self.forwarder.cached(&cache_key(request, query))?;
+        match self
+            .egress
+            .plan(request.src().ip(), query.name(), &upstream.answers)
+        {
+            LearnPlan::Nothing => {}
+            LearnPlan::Known(secs) => cap_learned_ttls(&mut upstream.answers, secs),
+            LearnPlan::Ask(_) => return None,
+        }
+        Some(upstream)
+    }
+
     /// Forwards a request [`answer_udp`](Self::answer_udp) handed back and encodes the reply
     /// (the upstream's answer, or SERVFAIL) into `out`.
     pub async fn forward_udp(&self, request: &Request, out: &mut Vec<u8>) {
@@ -181,46 +210,45 @@ impl DnsRequestHandler {
             );
             return;
         };
-        match self
-            .forwarder
-            .forward(request.as_slice(), &cache_key(request, query))
-            .await
-        {
-            Ok(upstream) => {
-                // The guest's allowlist holds the answer before the answer leaves.
-                let learned = self
-                    .egress
-                    .learn(
-                        request.src().ip(),
-                        &Name::from(query.name()),
-                        &upstream.answers,
-                    )
-                    .await;
-                if learned.is_err() {
-                    encode(
-                        builder.error_msg(meta, ResponseCode::ServFail),
-                        max_size,
-                        meta,
-                        out,
-                    );
-                    return;
-                }
-                let reply = builder.build(
-                    forwarded_metadata(meta, &upstream),
-                    upstream.answers.iter(),
-                    upstream.authorities.iter(),
-                    std::iter::empty(),
-                    upstream.additionals.iter(),
-                );
-                encode(reply, max_size, meta, out);
-            }
-            Err(_) => encode(
+        if let Some(upstream) = self.forwarded(request, query).await {
+            let reply = builder.build(
+                forwarded_metadata(meta, &upstream),
+                upstream.answers.iter(),
+                upstream.authorities.iter(),
+                std::iter::empty(),
+                upstream.additionals.iter(),
+            );
+            encode(reply, max_size, meta, out);
+        } else {
+            encode(
                 builder.error_msg(meta, ResponseCode::ServFail),
                 max_size,
                 meta,
                 out,
-            ),
+            );
         }
+    }
+
+    /// The upstream's (or the cache's) answer to `query`, its addresses allowed first for a
+    /// deny-mode guest whose pattern the name matches (and its TTLs then capped at what the
+    /// allowlist keeps); `None` when the reply must be SERVFAIL (no upstream answer, or the
+    /// guest's allowlist could not take the addresses).
+    async fn forwarded(&self, request: &Request, query: &LowerQuery) -> Option<Message> {
+        let mut upstream = self
+            .forwarder
+            .forward(request.as_slice(), &cache_key(request, query))
+            .await
+            .ok()?;
+        // The guest's allowlist holds the answer before the answer leaves.
+        let learned = self
+            .egress
+            .learn(request.src().ip(), query.name(), &upstream.answers)
+            .await
+            .ok()?;
+        if let Some(secs) = learned {
+            cap_learned_ttls(&mut upstream.answers, secs);
+        }
+        Some(upstream)
     }
 }
 
@@ -261,8 +289,7 @@ fn cache_key(request: &Request, query: &LowerQuery) -> CacheKey {
         query.name().clone(),
         query.query_type(),
         query.query_class(),
-        request.metadata.recursion_desired,
-        request.metadata.checking_disabled,
+        &request.metadata,
         request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
     )
 }
@@ -371,33 +398,12 @@ impl RequestHandler for DnsRequestHandler {
         // Not held while waiting for upstreams: a replaced table is freed promptly.
         drop(table);
 
-        let upstream: Message = if let Ok(reply) = self
-            .forwarder
-            .forward(request.as_slice(), &cache_key(request, query))
-            .await
-        {
-            reply
-        } else {
-            let reply = builder.error_msg(meta, ResponseCode::ServFail);
-            return response
-                .send_response(reply)
-                .await
-                .unwrap_or_else(|_| serve_failed(request));
-        };
-        let learned = self
-            .egress
-            .learn(
-                request.src().ip(),
-                &Name::from(query.name()),
-                &upstream.answers,
-            )
-            .await;
-        if learned.is_err() {
+        let Some(upstream) = self.forwarded(request, query).await else {
             return response
                 .send_response(builder.error_msg(meta, ResponseCode::ServFail))
                 .await
                 .unwrap_or_else(|_| serve_failed(request));
-        }
+        };
         let reply = builder.build(
             forwarded_metadata(meta, &upstream),
             upstream.answers.iter(),

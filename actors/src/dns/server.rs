@@ -3,8 +3,10 @@
 //!
 //! Each worker thread has its own current-thread tokio runtime and its own UDP socket; the
 //! sockets share the port through `SO_REUSEPORT`, so the kernel spreads queries over the
-//! workers without any shared queue. UDP queries for hearth's names are answered inline by the
-//! worker's receive loop (no task, no channel); forwarded ones become tasks. Worker 0 also
+//! workers without any shared queue. UDP queries are taken in batches (`recvmmsg`, see
+//! `batch.rs`); hearth's names, and cached answers that need no wait for the egress learner,
+//! are answered inline by the worker's loop (no task, no channel) and leave together
+//! (`sendmmsg`); other forwarded queries become tasks. Worker 0 also
 //! serves TCP through hickory's [`Server`], with the same [`RequestHandler`] logic.
 //!
 //! Threads are spawned from the actor's thread, so they inherit its network namespace. Sockets
@@ -24,6 +26,7 @@ use slog::{error, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{oneshot, Semaphore};
 
+use super::batch::Batch;
 use super::request::{DnsRequestHandler, UdpAnswer};
 use super::DnsError;
 
@@ -31,8 +34,6 @@ use super::DnsError;
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
-/// Queries larger than this are cut (and then fail to parse): real queries are far smaller.
-const MAX_QUERY_SIZE: usize = 4096;
 /// Attempts at finding a port free for both UDP and TCP when port 0 is asked for.
 const EPHEMERAL_ATTEMPTS: usize = 16;
 
@@ -222,18 +223,18 @@ impl Worker {
     }
 }
 
-/// The UDP loop of one worker: local names are answered inline, one datagram after the
-/// other; forwarded queries become tasks, so a slow upstream never holds up local answers.
+/// The UDP loop of one worker: each batch of queries (see `batch.rs`) is answered inline,
+/// one datagram after the other, and the replies leave together; forwarded queries that must
+/// wait for an upstream or the egress learner become tasks, so they never hold up the rest.
 async fn serve_udp(
     socket: Arc<tokio::net::UdpSocket>,
     handler: DnsRequestHandler,
     logger: &Logger,
 ) {
-    let mut buf = vec![0u8; MAX_QUERY_SIZE];
-    let mut out = Vec::with_capacity(512);
+    let mut batch = Batch::new();
     let forwards = Arc::new(Semaphore::new(handler.max_forwards().max(1)));
     loop {
-        let (len, src) = match socket.recv_from(&mut buf).await {
+        let received = match batch.receive(&socket).await {
             Ok(received) => received,
             Err(e) => {
                 // ICMP errors from earlier replies surface here; they concern one client.
@@ -241,29 +242,34 @@ async fn serve_udp(
                 continue;
             }
         };
-        if src.port() == 0 {
-            continue;
-        }
-        match handler.answer_udp(&buf[..len], src, &mut out) {
-            UdpAnswer::Ignore => {}
-            UdpAnswer::Reply => send(&socket, &out, src, logger).await,
-            UdpAnswer::Forward(request) => {
-                // Each forwarded query holds a socket until answered: bound them, so a
-                // flood from a guest costs SERVFAILs, not the process's file descriptors.
-                let Ok(permit) = forwards.clone().try_acquire_owned() else {
-                    handler.fail_udp(&request, ResponseCode::ServFail, &mut out);
-                    send(&socket, &out, src, logger).await;
-                    continue;
-                };
-                let (socket, handler, logger) = (socket.clone(), handler.clone(), logger.clone());
-                tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    handler.forward_udp(&request, &mut out).await;
-                    send(&socket, &out, src, &logger).await;
-                    drop(permit);
-                });
+        for i in 0..received {
+            let (query, src, out) = batch.query_and_reply(i);
+            let Some(src) = src.filter(|src| src.port() != 0) else {
+                continue;
+            };
+            match handler.answer_udp(query, src, out) {
+                UdpAnswer::Ignore => {}
+                UdpAnswer::Reply => batch.queue(src),
+                UdpAnswer::Forward(request) => {
+                    // Each forwarded query holds a socket until answered: bound them, so a
+                    // flood from a guest costs SERVFAILs, not the process's file descriptors.
+                    let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                        handler.fail_udp(&request, ResponseCode::ServFail, out);
+                        batch.queue(src);
+                        continue;
+                    };
+                    let (socket, handler, logger) =
+                        (socket.clone(), handler.clone(), logger.clone());
+                    tokio::spawn(async move {
+                        let mut out = Vec::with_capacity(512);
+                        handler.forward_udp(&request, &mut out).await;
+                        send(&socket, &out, src, &logger).await;
+                        drop(permit);
+                    });
+                }
             }
         }
+        batch.flush(&socket, logger).await;
     }
 }
 

@@ -439,7 +439,8 @@ async fn forwards_in_flight_are_bounded() {
 }
 
 /// A fake upstream counting the queries it gets: `nx*` names are NXDOMAIN (with an SOA of
-/// minimum 30 s), `fail*` names SERVFAIL, every other A query 10.9.9.9 with TTL 60.
+/// minimum 30 s), `fail*` names SERVFAIL, `long*` names a CNAME to `edge.cdn.test.` whose A
+/// record is 10.9.9.9, both with TTL one day; every other A query 10.9.9.9 with TTL 60.
 fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use hickory_proto::rr::rdata::SOA;
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -474,6 +475,18 @@ fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
                 ));
             } else if label.starts_with("fail") {
                 reply.metadata.response_code = ResponseCode::ServFail;
+            } else if label.starts_with("long") {
+                let edge = Name::from_ascii("edge.cdn.test.").unwrap();
+                reply.add_answer(Record::from_rdata(
+                    name,
+                    86400,
+                    RData::CNAME(hickory_proto::rr::rdata::CNAME(edge.clone())),
+                ));
+                reply.add_answer(Record::from_rdata(
+                    edge,
+                    86400,
+                    RData::A(A(Ipv4Addr::new(10, 9, 9, 9))),
+                ));
             } else {
                 reply.add_answer(Record::from_rdata(
                     name,
@@ -648,4 +661,129 @@ async fn a_cache_hit_teaches_the_asking_guest_only() {
     assert_eq!(after_change.len(), 3);
     assert_eq!(after_change[2].0, guest_b);
     assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+#[actix::test]
+async fn learned_answers_carry_ttls_no_longer_than_the_allowlist_keeps_them() {
+    use crate::nat::egress::MAX_LEARNED_SECS;
+    let (upstream, _asked) = counting_upstream();
+    let (actor, server) = start(vec![upstream]).await;
+    let learned = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let learner = RecordingLearner(learned.clone()).start();
+    actor
+        .send(SetEgressLearner {
+            learner: Some(learner.recipient()),
+        })
+        .await
+        .unwrap();
+    let (guest, free) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4));
+    actor
+        .send(SetEgressDomains {
+            guest,
+            domains: Some(vec!["long.example.test".into()]),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let ttls = |reply: &Message| reply.answers.iter().map(|r| r.ttl).collect::<Vec<_>>();
+    // First asked by the guest (forwarded), then again (a cache hit, already confirmed).
+    for id in [1, 2] {
+        let reply = blocking(move || query_udp_from(guest, server, "long.example.test.", id)).await;
+        assert_eq!(a_answers(&reply), [Ipv4Addr::new(10, 9, 9, 9)]);
+        assert_eq!(ttls(&reply).len(), 2, "the CNAME and the A record");
+        assert!(
+            ttls(&reply).iter().all(|ttl| *ttl <= MAX_LEARNED_SECS),
+            "{:?}",
+            ttls(&reply)
+        );
+    }
+    assert_eq!(learned.lock().unwrap().len(), 1);
+    // A source without a policy learns nothing and gets the upstream's TTLs.
+    let reply = blocking(move || query_udp_from(free, server, "long.example.test.", 3)).await;
+    assert!(
+        ttls(&reply).iter().all(|ttl| *ttl > MAX_LEARNED_SECS),
+        "{:?}",
+        ttls(&reply)
+    );
+}
+
+#[actix::test]
+async fn a_burst_of_queries_is_answered_in_full_past_a_malformed_one() {
+    let (upstream, _asked) = counting_upstream();
+    let (actor, server) = start(vec![upstream]).await;
+    let (web, db, nine) = (
+        Ipv4Addr::new(10, 0, 0, 2),
+        Ipv4Addr::new(10, 0, 0, 3),
+        Ipv4Addr::new(10, 9, 9, 9),
+    );
+    actor
+        .send(records(&[("web", web), ("db", db)]))
+        .await
+        .unwrap()
+        .unwrap();
+    const QUERIES: u16 = 200;
+    const MALFORMED: u16 = 100;
+    // What each ID must be answered with: hearth's names, forwarded names (a few upstream
+    // asks, the rest cache hits), NXDOMAIN; `MALFORMED` is cut short (FORMERR with its ID),
+    // and a runt right after it gets no reply at all.
+    let expected = |id: u16| -> (ResponseCode, Vec<Ipv4Addr>) {
+        match id % 4 {
+            _ if id == MALFORMED => (ResponseCode::FormErr, vec![]),
+            0 => (ResponseCode::NoError, vec![web]),
+            1 => (ResponseCode::NoError, vec![db]),
+            2 => (ResponseCode::NoError, vec![nine]),
+            _ => (ResponseCode::NXDomain, vec![]),
+        }
+    };
+    let name = |id: u16| match id % 4 {
+        0 => "web.vm.internal.".to_owned(),
+        1 => "db.vm.internal.".to_owned(),
+        2 => format!("fwd{}.test.", id % 5),
+        _ => "nope.vm.internal.".to_owned(),
+    };
+    let replies = blocking(move || {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // Sent back to back, before reading anything: the server takes them in batches.
+        for id in 0..QUERIES {
+            let mut msg = request(&name(id), RecordType::A);
+            msg.metadata.id = id;
+            let mut bytes = msg.to_vec().unwrap();
+            if id == MALFORMED {
+                bytes.truncate(15);
+                socket.send_to(&bytes, server).unwrap();
+                socket.send_to(&[1, 2, 3], server).unwrap();
+                continue;
+            }
+            socket.send_to(&bytes, server).unwrap();
+        }
+        let mut replies = HashMap::new();
+        let mut buf = [0u8; 4096];
+        while replies.len() < usize::from(QUERIES) {
+            let Ok((len, _)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            let reply = Message::from_vec(&buf[..len]).unwrap();
+            let id = reply.metadata.id;
+            assert!(replies.insert(id, reply).is_none(), "two replies for {id}");
+        }
+        replies
+    })
+    .await;
+    assert_eq!(replies.len(), usize::from(QUERIES), "every query answered");
+    for (id, reply) in &replies {
+        let (code, addrs) = expected(*id);
+        assert_eq!(reply.metadata.response_code, code, "id {id}");
+        assert_eq!(a_answers(reply), addrs, "id {id}");
+        if *id != MALFORMED {
+            assert_eq!(
+                reply.queries[0].name().to_ascii(),
+                name(*id),
+                "id {id} answers its own question"
+            );
+        }
+    }
+    actor.send(Stop).await.unwrap().unwrap();
 }
