@@ -256,6 +256,7 @@ fn snapshot(name: &str) -> SnapshotRecord {
         disk_bytes: 0,
         mem_file_bytes: 0,
         left_frozen: None,
+        mem_file: None,
     }
 }
 

@@ -46,7 +46,7 @@ use slog::{info, warn};
 use super::jailing::{own_disk_in_jail, SourceJail};
 use super::quiesce;
 use super::saga::{self, Ports};
-use super::snapshot_record::FrozenVmm;
+use super::snapshot_record::{FrozenVmm, MEM_FILE_SUFFIX};
 use super::{
     CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
     SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
@@ -95,6 +95,37 @@ pub(super) fn remove_dir(dir: &Path) -> Result<(), SupervisorError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(files_error("remove", dir)(e)),
     }
+}
+
+/// Removes a snapshot's files: its memory file where it is kept outside the directory (a
+/// fork's, see [`SnapshotRecord::mem_file`]), then the directory; missing ones are fine.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the owner of the snapshot files removes them, through this one call"
+)]
+pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> {
+    if let Some(mem) = &rec.mem_file {
+        match std::fs::remove_file(mem) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(files_error("remove", mem)(e)),
+        }
+    }
+    remove_dir(&rec.dir)
+}
+
+/// Makes the directory a memory file kept outside its snapshot's directory goes to: root's
+/// only (a jailed VM's uid must not reach other forks' memory).
+fn make_mem_dir(mem: &Path) -> Result<(), SupervisorError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = mem.parent() else {
+        return Ok(());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(files_error("create", dir))
 }
 
 /// The source VM as the snapshot saga needs it.
@@ -289,6 +320,13 @@ impl VmSupervisor {
                     disk_bytes: 0,
                     mem_file_bytes: 0,
                     left_frozen: None,
+                    // A fork's memory lives as long as its VM: where it was configured to go.
+                    mem_file: act
+                        .settings
+                        .fork_memory_dir
+                        .as_deref()
+                        .filter(|_| internal)
+                        .map(|d| SnapshotRecord::mem_file_in(d, &name)),
                 };
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
@@ -392,6 +430,9 @@ async fn capture(
     p.observe("snapshot:pause", lap.elapsed()).await;
     lap = Instant::now();
     std::fs::create_dir_all(&rec.dir).map_err(files_error("create", &rec.dir))?;
+    if rec.mem_file.is_some() {
+        make_mem_dir(&rec.mem_path())?;
+    }
     rec.disk_bytes = p
         .deps
         .snapshot
@@ -486,7 +527,7 @@ async fn undo_files(p: &Ports, rec: &SnapshotRecord, src: &Source) {
             return;
         }
     }
-    if let Err(e) = remove_dir(&rec.dir) {
+    if let Err(e) = remove_files(rec) {
         warn!(p.log, "snapshot files not removed"; "snapshot" => &rec.name, "error" => %e);
         return;
     }
@@ -603,7 +644,7 @@ impl Handler<DeleteSnapshot> for VmSupervisor {
         Box::pin(
             async move {
                 // Left `deleting` on failure: a retry (or the next `Open`) finishes it.
-                remove_dir(&rec.dir)?;
+                remove_files(&rec)?;
                 commit(&p, SnapshotChange::Remove(rec.name.clone())).await?;
                 info!(p.log, "snapshot removed"; "snapshot" => &rec.name);
                 Ok(())
@@ -638,13 +679,15 @@ impl VmSupervisor {
         &mut self,
         ctx: &mut Context<Self>,
     ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
+        let lost = self.mark_lost_snapshots();
         let p = self.ports(ctx);
         let mut work = Vec::new();
         for rec in self.snapshots.values() {
             // A fork cut short between its snapshot and its restore left a snapshot only it
             // would have used: it goes too.
             let orphan_fork = rec.internal && self.in_use_by(&rec.name).is_empty();
-            if rec.state == SnapshotState::Ready && !orphan_fork {
+            let complete = matches!(rec.state, SnapshotState::Ready | SnapshotState::Lost);
+            if complete && !orphan_fork {
                 continue;
             }
             // Its drive may have been left on the checkpoint: moved back first, paused or not.
@@ -678,8 +721,12 @@ impl VmSupervisor {
         }
         let known: Vec<String> = self.snapshots.keys().cloned().collect();
         let base = self.settings.snapshot_dir.clone();
+        let mem_base = self.settings.fork_memory_dir.clone();
         async move {
-            let mut out = SnapshotRepairs::default();
+            let mut out = SnapshotRepairs {
+                repaired: lost,
+                ..SnapshotRepairs::default()
+            };
             for (rec, drive_back, mut resume) in work {
                 // A drive that cannot be moved back keeps the VM paused on the checkpoint,
                 // and the checkpoint with its record (the next Open tries again).
@@ -715,7 +762,7 @@ impl VmSupervisor {
                 if keep {
                     continue;
                 }
-                let removed = remove_dir(&rec.dir);
+                let removed = remove_files(&rec);
                 match removed {
                     Ok(()) => match commit(&p, SnapshotChange::Remove(rec.name.clone())).await {
                         Ok(()) => out.repaired.push(format!("snapshot {}", rec.name)),
@@ -727,10 +774,95 @@ impl VmSupervisor {
                 }
             }
             out.swept = sweep_dirs(&p, &base, &known);
+            if let Some(mem_base) = mem_base {
+                out.swept.extend(sweep_mem_files(&p, &mem_base, &known));
+            }
             out
         }
         .boxed_local()
     }
+}
+
+impl VmSupervisor {
+    /// Marks `lost` each `ready` snapshot whose memory file, kept outside its directory (in
+    /// RAM: a fork's), is gone (the host rebooted), with an event on the VMs restored from it
+    /// (or its source): it cannot be restored any more, only removed. Answers what it marked.
+    fn mark_lost_snapshots(&mut self) -> Vec<String> {
+        let lost: Vec<SnapshotRecord> = self
+            .snapshots
+            .values()
+            .filter(|r| r.state == SnapshotState::Ready)
+            .filter(|r| r.mem_file.as_deref().is_some_and(|m| !m.exists()))
+            .cloned()
+            .collect();
+        let mut marked = Vec::new();
+        for mut rec in lost {
+            rec.state = SnapshotState::Lost;
+            if let Err(e) = self.apply_snapshot(SnapshotChange::Put(rec.clone())) {
+                warn!(self.log, "lost snapshot not marked"; "snapshot" => &rec.name,
+                    "error" => %e);
+                continue;
+            }
+            let detail = lost_detail(&rec);
+            warn!(self.log, "snapshot lost its memory file"; "snapshot" => &rec.name,
+                "memory" => %rec.mem_path().display());
+            let mut told = self.in_use_by(&rec.name);
+            if told.is_empty() && self.vms.contains_key(&rec.source_vm) {
+                told.push(rec.source_vm.clone());
+            }
+            for vm in told {
+                if let Some(state) = self.vms.get(&vm).map(|e| e.record.state) {
+                    self.publish(&vm, state, EventReason::Restart, Some(&detail));
+                }
+            }
+            marked.push(format!("snapshot {} (lost)", rec.name));
+        }
+        marked
+    }
+}
+
+/// Why snapshot `rec` is `lost`, for events and refused restores.
+pub(super) fn lost_detail(rec: &SnapshotRecord) -> String {
+    format!(
+        "Snapshot {:?} lost its memory file {} (kept in RAM, gone after a host reboot): it \
+         cannot be restored, only removed; a VM forked from it starts cold from its own disk",
+        rec.name,
+        rec.mem_path().display()
+    )
+}
+
+/// Removes memory files under `base` (the fork memory directory) that no snapshot record
+/// names (made, then the record lost). Only `<name>.memory` files: nothing else is hearth's.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the owner of the snapshot files removes leaked ones"
+)]
+fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
+    let entries = match std::fs::read_dir(base) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(p.log, "cannot list fork memory files"; "dir" => %base.display(),
+                "error" => %e);
+            return Vec::new();
+        }
+    };
+    let mut swept = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(MEM_FILE_SUFFIX) else {
+            continue;
+        };
+        if known.iter().any(|k| k == name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => swept.push(format!("snapshot memory {name}")),
+            Err(e) => warn!(p.log, "leaked snapshot memory left";
+                "file" => %entry.path().display(), "error" => %e),
+        }
+    }
+    swept
 }
 
 /// Removes directories under `base` that no snapshot record names (made, then the record
