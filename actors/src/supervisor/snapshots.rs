@@ -188,6 +188,11 @@ impl VmSupervisor {
                     self.store.put_snapshot(&r)?;
                     self.snapshots.insert(r.name.clone(), r);
                 }
+                // The marker a removed snapshot handed to the process (`keep_thaw_marker`).
+                if let Some(mut process) = self.frozen_process(&vm).cloned() {
+                    process.left_frozen = false;
+                    self.apply(&vm, super::Change::Process(Some(process)))?;
+                }
             }
         }
         Ok(())
@@ -202,9 +207,34 @@ impl VmSupervisor {
         })
     }
 
+    /// `vm`'s process record if it carries the thaw marker of a removed snapshot.
+    fn frozen_process(&self, vm: &str) -> Option<&super::VmmProcessRecord> {
+        let p = self.vms.get(vm)?.record.process.as_ref()?;
+        p.left_frozen.then_some(p)
+    }
+
+    /// Before snapshot `rec` is removed: if it left its source frozen in the process the
+    /// source runs now (not resumed since), the marker moves to that process's record, so
+    /// the resume still thaws the guest.
+    fn keep_thaw_marker(&mut self, rec: &SnapshotRecord) -> Result<(), SupervisorError> {
+        let vm = &rec.source_vm;
+        if rec.left_frozen.is_none() || rec.left_frozen != self.frozen_vmm(vm) {
+            return Ok(());
+        }
+        let Some(mut process) = self.vms.get(vm).and_then(|e| e.record.process.clone()) else {
+            return Ok(());
+        };
+        process.left_frozen = true;
+        self.apply(vm, super::Change::Process(Some(process)))
+    }
+
     /// Whether a snapshot left `vm`'s guest frozen in the VMM process it runs now, so that
-    /// its resume must thaw it (see [`SnapshotRecord::left_frozen`]).
+    /// its resume must thaw it (see [`SnapshotRecord::left_frozen`]; a removed snapshot's
+    /// marker is on the process record).
     pub(super) fn left_frozen(&self, vm: &str) -> bool {
+        if self.frozen_process(vm).is_some() {
+            return true;
+        }
         let Some(now) = self.frozen_vmm(vm) else {
             return false;
         };
@@ -614,28 +644,40 @@ impl Handler<GetSnapshot> for VmSupervisor {
     }
 }
 
+impl VmSupervisor {
+    /// Checks snapshot `name` can be removed (not being made, no VM restored from it) and
+    /// records it `deleting`, keeping its thaw marker with its source (see
+    /// [`Self::left_frozen`]). Answers the record as marked.
+    pub(super) fn mark_deleting(&mut self, name: &str) -> Result<SnapshotRecord, SupervisorError> {
+        let mut rec =
+            self.snapshots
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SupervisorError::SnapshotNotFound {
+                    name: name.to_owned(),
+                })?;
+        let users = self.in_use_by(name);
+        if rec.state == SnapshotState::Creating || !users.is_empty() {
+            return Err(SupervisorError::SnapshotInUse {
+                name: name.to_owned(),
+                vms: users,
+            });
+        }
+        // Stored before the record says `deleting`: a crash after it keeps the marker.
+        self.keep_thaw_marker(&rec)?;
+        rec.state = SnapshotState::Deleting;
+        rec.left_frozen = None;
+        self.apply_snapshot(SnapshotChange::Put(rec.clone()))?;
+        Ok(rec)
+    }
+}
+
 impl Handler<DeleteSnapshot> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
 
     fn handle(&mut self, msg: DeleteSnapshot, ctx: &mut Context<Self>) -> Self::Result {
         // Checked and marked in the mailbox: a restore (which needs `ready`) cannot slip in.
-        let marked = (|| {
-            let mut rec = self.snapshots.get(&msg.name).cloned().ok_or_else(|| {
-                SupervisorError::SnapshotNotFound {
-                    name: msg.name.clone(),
-                }
-            })?;
-            let users = self.in_use_by(&msg.name);
-            if rec.state == SnapshotState::Creating || !users.is_empty() {
-                return Err(SupervisorError::SnapshotInUse {
-                    name: msg.name.clone(),
-                    vms: users,
-                });
-            }
-            rec.state = SnapshotState::Deleting;
-            self.apply_snapshot(SnapshotChange::Put(rec.clone()))?;
-            Ok(rec)
-        })();
+        let marked = self.mark_deleting(&msg.name);
         let rec = match marked {
             Ok(rec) => rec,
             Err(e) => return Box::pin(ready(Err(e))),
@@ -902,6 +944,87 @@ mod tests {
     use super::*;
     use crate::firecracker::jailer::JailLayout;
     use crate::host::jails::{FakeJails, Jails};
+
+    fn process(pid: u32) -> super::super::VmmProcessRecord {
+        super::super::VmmProcessRecord {
+            pid: Some(pid),
+            start_time: Some(99),
+            api_socket: "/run/a/api.sock".into(),
+            binary: "/usr/bin/firecracker".into(),
+            vsock_cid: 3,
+            left_frozen: false,
+        }
+    }
+
+    fn frozen_snapshot(name: &str, pid: u32) -> SnapshotRecord {
+        let spec: hearth_proto::api::CreateVm =
+            serde_json::from_value(serde_json::json!({"name": "a", "kernel": "k", "rootfs": "r"}))
+                .unwrap();
+        SnapshotRecord {
+            name: name.into(),
+            state: SnapshotState::Ready,
+            source_vm: "a".into(),
+            source_spec: spec,
+            source_was: VmState::Running,
+            leave: SnapshotLeave::Paused,
+            dir: std::env::temp_dir()
+                .join("hearth-no-such-snapshot")
+                .join(name),
+            created_at_ms: 1,
+            internal: false,
+            fc_version: "1.17.0".into(),
+            cpu_template: hearth_proto::firecracker::CpuTemplate::None,
+            vcpus: 1,
+            mem_size_mib: 128,
+            vsock_cid: 3,
+            disk_bytes: 0,
+            mem_file_bytes: 0,
+            left_frozen: Some(FrozenVmm {
+                pid,
+                start_time: 99,
+            }),
+            mem_file: None,
+        }
+    }
+
+    /// A snapshot that left VM `a` paused and frozen, then removed before `a` is resumed:
+    /// the resume must still thaw (the marker moves to `a`'s process record, in the store
+    /// too), once; a stale marker (an earlier process's) moves nowhere.
+    #[actix::test]
+    async fn removing_the_snapshot_that_left_a_vm_frozen_keeps_its_thaw() {
+        use super::super::{testing, Change, MemoryVmStore, SupervisorSettings};
+        let mut sup = testing::unstarted(MemoryVmStore::default(), SupervisorSettings::default());
+        let spec = frozen_snapshot("s1", 7).source_spec;
+        sup.apply("a", Change::Insert(Box::new(spec))).unwrap();
+        sup.apply("a", Change::Process(Some(process(7)))).unwrap();
+        for (name, pid) in [("s1", 7), ("old", 6)] {
+            sup.apply_snapshot(SnapshotChange::Insert(frozen_snapshot(name, pid)))
+                .unwrap();
+        }
+        assert!(sup.left_frozen("a"));
+
+        // The stale marker first: nothing to keep.
+        sup.mark_deleting("old").unwrap();
+        sup.apply_snapshot(SnapshotChange::Remove("old".into()))
+            .unwrap();
+        assert!(!sup.vms["a"].record.process.as_ref().unwrap().left_frozen);
+
+        let marked = sup.mark_deleting("s1").unwrap();
+        assert_eq!(marked.left_frozen, None, "the marker left the record");
+        sup.apply_snapshot(SnapshotChange::Remove("s1".into()))
+            .unwrap();
+        assert!(sup.snapshots.is_empty());
+        assert!(sup.left_frozen("a"), "the resume still thaws");
+        let stored = sup.store.load_all().unwrap();
+        assert!(stored[0].process.as_ref().unwrap().left_frozen);
+
+        // The resume's thaw clears it: a later resume thaws nothing.
+        sup.apply_snapshot(SnapshotChange::Thawed("a".into()))
+            .unwrap();
+        assert!(!sup.left_frozen("a"));
+        let stored = sup.store.load_all().unwrap();
+        assert!(!stored[0].process.as_ref().unwrap().left_frozen);
+    }
 
     /// The undo's jail clean-up takes the lent checkpoint back and removes the half-written
     /// files; a failing step answers an error (the undo then keeps the record, so `Open`
