@@ -24,6 +24,7 @@
 //! ```text
 //! cargo run --release --example bench_snapshot -- --iterations 20
 //! cargo build --release --bin hearthd && cargo run --release --example bench_snapshot -- --fork
+//! cargo run --release --example bench_snapshot -- --fork-only --fork-memory disk,tmpfs,tmpfs-huge
 //! ```
 #![expect(
     clippy::disallowed_methods,
@@ -88,6 +89,37 @@ struct Args {
     /// disk costs a fork.
     #[arg(long)]
     fork_snapshots_on_tmpfs: bool,
+    /// With `--fork`: where forks' memory files go, one hearthd per setting, in this order
+    /// (comma-separated): `disk` (default: with the snapshot on the XFS), `tmpfs`
+    /// (`[snapshots] fork_memory_dir` on a tmpfs mounted under a temporary directory),
+    /// `tmpfs-huge` (the same, mounted `huge=always`). Repeat a setting to alternate runs.
+    #[arg(long, value_delimiter = ',', default_value = "disk")]
+    fork_memory: Vec<ForkMemory>,
+    /// Only the fork benchmark (skip pause, create and restore).
+    #[arg(long)]
+    fork_only: bool,
+}
+
+/// Where the fork benchmark's hearthd keeps forks' memory files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ForkMemory {
+    /// With the snapshot's other files, on the XFS data dir.
+    Disk,
+    /// `fork_memory_dir` on a tmpfs.
+    Tmpfs,
+    /// `fork_memory_dir` on a tmpfs mounted `huge=always`.
+    TmpfsHuge,
+}
+
+impl ForkMemory {
+    /// The tmpfs mount options, if on a tmpfs.
+    fn tmpfs_options(self) -> Option<&'static str> {
+        match self {
+            ForkMemory::Disk => None,
+            ForkMemory::Tmpfs => Some("size=1g,mode=0700"),
+            ForkMemory::TmpfsHuge => Some("size=1g,mode=0700,huge=always"),
+        }
+    }
 }
 
 fn logger() -> slog::Logger {
@@ -400,13 +432,13 @@ struct TmpfsMount(PathBuf);
 impl TmpfsMount {
     /// Mounted at `at` if `wanted`.
     fn when(wanted: bool, at: &Path) -> anyhow::Result<Option<Self>> {
-        wanted.then(|| Self::new(at)).transpose()
+        wanted.then(|| Self::new(at, "size=2g")).transpose()
     }
 
-    fn new(at: &Path) -> anyhow::Result<Self> {
+    fn new(at: &Path, options: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(at)?;
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(at)
             .status()
             .is_ok_and(|s| s.success());
@@ -504,8 +536,15 @@ fn print_phase_means(client: &hearth::client::Client) -> anyhow::Result<()> {
 /// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
 /// probe), then each round times `POST /v1/vms/src/fork` until it answers (the fork
 /// `running`, or `unready` where no guest boots) and deletes the fork. Prints p50, min, max
-/// and the snapshot/restore split hearthd logs. `on_tmpfs`: a tmpfs on `data_dir/snapshots`.
-fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> anyhow::Result<()> {
+/// and the snapshot/restore split hearthd logs. `on_tmpfs`: a tmpfs on `data_dir/snapshots`;
+/// `memory`: where forks' memory files go (a tmpfs mounted under a temporary directory).
+fn fork_figures(
+    vmm: &Path,
+    parent: &Path,
+    rounds: usize,
+    on_tmpfs: bool,
+    memory: ForkMemory,
+) -> anyhow::Result<()> {
     use hearth::client::Client;
     use http::Method;
 
@@ -514,6 +553,14 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> any
     let data = xfs.mnt.join("data");
     let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
     let tmpfs = TmpfsMount::when(on_tmpfs, &data.join("snapshots"))?;
+    let mem_dir = tempfile::Builder::new().prefix("bfm").tempdir_in("/tmp")?;
+    let mem_mount = memory
+        .tmpfs_options()
+        .map(|o| TmpfsMount::new(mem_dir.path(), o))
+        .transpose()?;
+    if mem_mount.is_some() {
+        host.config.snapshots.fork_memory_dir = Some(mem_dir.path().join("forks"));
+    }
     let socket = host.dir.path().join("hearthd.sock");
     host.config.api.socket.clone_from(&socket);
     host.config.network.pool_size = 2;
@@ -551,13 +598,18 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> any
             "rootfs": hearth::vm_host::ROOTFS, "memory_mib": 128, "ready_probe": false});
         let vm: serde_json::Value = client.send_json(Method::POST, "/v1/vms", &[], &spec)?;
         println!(
-            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy{}",
+            "fork: source {} {} (128 MiB), data dir on {} (XFS, reflink=1), disk backend copy{}; fork memory: {}",
             vm["name"],
             vm["state"],
             xfs.mnt.display(),
             tmpfs
                 .as_ref()
-                .map_or("", |_| "; data_dir/snapshots on a tmpfs")
+                .map_or("", |_| "; data_dir/snapshots on a tmpfs"),
+            memory
+                .tmpfs_options()
+                .map_or("with the snapshot".to_string(), |o| format!(
+                    "fork_memory_dir on a tmpfs ({o})"
+                ))
         );
         let mut took = Vec::with_capacity(rounds);
         // One warm-up round (first reflink, page cache), not counted.
@@ -605,8 +657,16 @@ fn fork_figures(vmm: &Path, parent: &Path, rounds: usize, on_tmpfs: bool) -> any
     drop(daemon);
     drop(host);
     drop(tmpfs);
+    drop(mem_mount);
     drop(xfs);
     result
+}
+
+/// `/proc/loadavg`'s three averages (other work on the machine skews the figures).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -641,22 +701,29 @@ fn main() -> anyhow::Result<()> {
         bin,
         log: logger(),
     };
-    actix::System::new().block_on(async {
-        pause_resume(&b, args.iterations).await?;
-        let (state, memf, info) = creates(&b, 128, args.creates_small).await?;
-        restores(&b, &state, &memf, &info, args.iterations).await?;
-        let (_s, big, _i) = creates(&b, 1024, args.creates_large).await?;
-        // Free the disk at once: a GiB per run adds up.
-        let _ = std::fs::remove_file(big);
-        anyhow::Ok(())
-    })?;
-    if args.fork {
-        fork_figures(
-            &path,
-            &args.snap_dir,
-            args.fork_rounds,
-            args.fork_snapshots_on_tmpfs,
-        )?;
+    if !args.fork_only {
+        actix::System::new().block_on(async {
+            pause_resume(&b, args.iterations).await?;
+            let (state, memf, info) = creates(&b, 128, args.creates_small).await?;
+            restores(&b, &state, &memf, &info, args.iterations).await?;
+            let (_s, big, _i) = creates(&b, 1024, args.creates_large).await?;
+            // Free the disk at once: a GiB per run adds up.
+            let _ = std::fs::remove_file(big);
+            anyhow::Ok(())
+        })?;
+    }
+    if args.fork || args.fork_only {
+        for memory in &args.fork_memory {
+            println!("load average: {}", load_average());
+            fork_figures(
+                &path,
+                &args.snap_dir,
+                args.fork_rounds,
+                args.fork_snapshots_on_tmpfs,
+                *memory,
+            )?;
+        }
+        println!("load average: {}", load_average());
     }
     Ok(())
 }

@@ -151,6 +151,7 @@ pub fn supervisor_with_clock(
 }
 
 /// A supervisor over fakes, not started: tests call its bookkeeping directly.
+#[cfg(test)]
 pub(super) fn unstarted(store: MemoryVmStore, settings: SupervisorSettings) -> VmSupervisor {
     let run_base = std::env::temp_dir().join("hearth-unstarted-supervisor");
     build(
