@@ -120,6 +120,24 @@ impl ForkMemory {
             ForkMemory::TmpfsHuge => Some("size=1g,mode=0700,huge=always"),
         }
     }
+
+    /// A temporary directory, with this setting's tmpfs mounted on it if any.
+    fn mount(self) -> anyhow::Result<(tempfile::TempDir, Option<TmpfsMount>)> {
+        let dir = tempfile::Builder::new().prefix("bfm").tempdir_in("/tmp")?;
+        let mount = self
+            .tmpfs_options()
+            .map(|o| TmpfsMount::new(dir.path(), o))
+            .transpose()?;
+        Ok((dir, mount))
+    }
+
+    /// As the figures' heading says it.
+    fn describe(self) -> String {
+        self.tmpfs_options()
+            .map_or("with the snapshot".to_string(), |o| {
+                format!("fork_memory_dir on a tmpfs ({o})")
+            })
+    }
 }
 
 fn logger() -> slog::Logger {
@@ -566,6 +584,40 @@ fn print_phase_means(before: &str, after: &str, p50_ms: f64) {
     );
 }
 
+/// `rounds` forks of VM `src` after one warm-up (first reflink, page cache), each deleted
+/// after it answered: their times, and hearthd's metrics before the first counted one.
+fn fork_rounds(
+    client: &hearth::client::Client,
+    rounds: usize,
+) -> anyhow::Result<(Vec<Duration>, String)> {
+    use http::Method;
+    let mut took = Vec::with_capacity(rounds);
+    let mut before = String::new();
+    for i in 0..=rounds {
+        if i == 1 {
+            before = metrics_text(client)?;
+        }
+        let name = format!("f{i}");
+        let t0 = Instant::now();
+        let fork: serde_json::Value = client.send_json(
+            Method::POST,
+            "/v1/vms/src/fork",
+            &[],
+            &serde_json::json!({ "name": name }),
+        )?;
+        let elapsed = t0.elapsed();
+        let state = fork["state"].as_str().unwrap_or_default();
+        if state != "running" && state != "unready" {
+            bail!("fork {name} is {state}: {fork}");
+        }
+        if i > 0 {
+            took.push(elapsed);
+        }
+        client.request(Method::DELETE, format!("/v1/vms/{name}"), &[], None)?;
+    }
+    Ok((took, before))
+}
+
 /// Fork end to end through the API: hearthd (the sibling binary) in a private network
 /// namespace (`VmHost`), `vmm` as its Firecracker, the copy disk backend, its data directory
 /// on a loop-mounted XFS with reflink under `parent`. A 128 MiB VM `src` is booted (no ready
@@ -588,11 +640,7 @@ fn fork_figures(
     let data = xfs.mnt.join("data");
     let mut host = hearth::vm_host::VmHost::with_data_dir("hbfk", 64, Some(&data))?;
     let tmpfs = TmpfsMount::when(on_tmpfs, &data.join("snapshots"))?;
-    let mem_dir = tempfile::Builder::new().prefix("bfm").tempdir_in("/tmp")?;
-    let mem_mount = memory
-        .tmpfs_options()
-        .map(|o| TmpfsMount::new(mem_dir.path(), o))
-        .transpose()?;
+    let (mem_dir, mem_mount) = memory.mount()?;
     if mem_mount.is_some() {
         host.config.snapshots.fork_memory_dir = Some(mem_dir.path().join("forks"));
     }
@@ -640,37 +688,9 @@ fn fork_figures(
             tmpfs
                 .as_ref()
                 .map_or("", |_| "; data_dir/snapshots on a tmpfs"),
-            memory
-                .tmpfs_options()
-                .map_or("with the snapshot".to_string(), |o| format!(
-                    "fork_memory_dir on a tmpfs ({o})"
-                ))
+            memory.describe()
         );
-        let mut took = Vec::with_capacity(rounds);
-        let mut before = String::new();
-        // One warm-up round (first reflink, page cache), not counted.
-        for i in 0..=rounds {
-            if i == 1 {
-                before = metrics_text(&client)?;
-            }
-            let name = format!("f{i}");
-            let t0 = Instant::now();
-            let fork: serde_json::Value = client.send_json(
-                Method::POST,
-                "/v1/vms/src/fork",
-                &[],
-                &serde_json::json!({ "name": name }),
-            )?;
-            let elapsed = t0.elapsed();
-            let state = fork["state"].as_str().unwrap_or_default();
-            if state != "running" && state != "unready" {
-                bail!("fork {name} is {state}: {fork}");
-            }
-            if i > 0 {
-                took.push(elapsed);
-            }
-            client.request(Method::DELETE, format!("/v1/vms/{name}"), &[], None)?;
-        }
+        let (mut took, before) = fork_rounds(&client, rounds)?;
         let (min, max) = (
             took.iter().min().copied().unwrap_or_default(),
             took.iter().max().copied().unwrap_or_default(),

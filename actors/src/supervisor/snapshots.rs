@@ -99,10 +99,6 @@ pub(super) fn remove_dir(dir: &Path) -> Result<(), SupervisorError> {
 
 /// Removes a snapshot's files: its memory file where it is kept outside the directory (a
 /// fork's, see [`SnapshotRecord::mem_file`]), then the directory; missing ones are fine.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the owner of the snapshot files removes them, through this one call"
-)]
 pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> {
     if let Some(mem) = &rec.mem_file {
         match std::fs::remove_file(mem) {
@@ -875,10 +871,6 @@ pub(super) fn lost_detail(rec: &SnapshotRecord) -> String {
 
 /// Removes memory files under `base` (the fork memory directory) that no snapshot record
 /// names (made, then the record lost). Only `<name>.memory` files: nothing else is hearth's.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the owner of the snapshot files removes leaked ones"
-)]
 fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
     let entries = match std::fs::read_dir(base) {
         Ok(e) => e,

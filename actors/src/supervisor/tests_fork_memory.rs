@@ -67,12 +67,7 @@ fn the_memory_file_is_where_the_record_says() {
     assert_eq!(old.mem_path(), snaps.path().join("f.fork/memory"));
 }
 
-async fn supervisor(
-    store: MemoryVmStore,
-    snaps: &Path,
-    mem: &Path,
-    run: &Path,
-) -> Addr<VmSupervisor> {
+fn supervisor(store: MemoryVmStore, snaps: &Path, mem: &Path, run: &Path) -> Addr<VmSupervisor> {
     let settings = SupervisorSettings {
         snapshot_dir: snaps.to_path_buf(),
         fork_memory_dir: Some(mem.to_path_buf()),
@@ -110,7 +105,7 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
     store.set_state("f", VmState::Stopped, None).unwrap();
     std::fs::write(mem.path().join("ghost.fork.memory"), b"leaked").unwrap();
     std::fs::write(mem.path().join("notes.txt"), b"not hearth's").unwrap();
-    let sup = supervisor(store, snaps.path(), mem.path(), run.path()).await;
+    let sup = supervisor(store, snaps.path(), mem.path(), run.path());
 
     let report = sup.send(Open {}).await.unwrap().unwrap();
     assert!(
@@ -216,7 +211,7 @@ async fn a_surviving_memory_file_keeps_the_snapshot_and_goes_with_it() {
         ..snap
     };
     store.insert_snapshot(&snap).unwrap();
-    let sup = supervisor(store, snaps.path(), mem.path(), run.path()).await;
+    let sup = supervisor(store, snaps.path(), mem.path(), run.path());
     let report = sup.send(Open {}).await.unwrap().unwrap();
     assert!(
         report.repaired.is_empty() && report.swept.is_empty(),
