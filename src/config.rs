@@ -12,10 +12,12 @@ mod exec;
 mod images;
 mod jailer;
 mod policy;
+mod snapshots;
 pub use exec::ExecConfig;
 pub use images::{ImagesConfig, RegistryConfig, AGENT_NAME};
 pub use jailer::JailerConfig;
 pub use policy::PolicyConfig;
+pub use snapshots::SnapshotsConfig;
 
 /// Errors in reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,8 @@ pub struct Config {
     pub images: ImagesConfig,
     /// Lifecycle policies: restart checks, autostart after a host reboot.
     pub policy: PolicyConfig,
+    /// Snapshots and forks.
+    pub snapshots: SnapshotsConfig,
 }
 
 /// Host networking settings.
@@ -332,6 +336,7 @@ impl Config {
         self.jailer.validate()?;
         self.images.validate()?;
         self.policy.validate()?;
+        self.snapshots.validate(&self.data_dir)?;
         self.dns.validate()?;
         self.validate_paths()?;
         self.vm.validate()?;

@@ -221,6 +221,7 @@ fn supervisor_settings(config: &Config) -> SupervisorSettings {
         ready_timeout: Duration::from_secs(config.vm.ready_timeout_secs),
         agent_port: config.vm.agent_port,
         snapshot_dir: config.data_dir.join("snapshots"),
+        fork_memory_dir: config.snapshots.fork_memory_dir.clone(),
         policy: config.policy.settings(),
     }
 }

@@ -595,3 +595,39 @@ fn a_snapshot_left_paused_is_thawed_by_the_resume_even_after_a_restart() {
     }
     daemon::assert_no_leaks(&h);
 }
+
+/// The snapshot that left a VM paused and frozen is removed before the VM is resumed (also
+/// across a restart of hearthd): the resume still thaws the guest, once.
+#[test]
+fn removing_the_snapshot_that_left_a_vm_frozen_keeps_the_thaw() {
+    require_privileged!();
+    let mut h = with_real_agent();
+    create(&h, "a");
+    h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1", "--leave", "paused"]);
+    h.ctl_ok(&["snapshot", "rm", "s1"]);
+    h.kill9();
+    h.launch();
+    assert_eq!(h.state("a").as_deref(), Some("paused"), "{}", h.log());
+    assert_eq!(h.ctl_ok(&["vm", "resume", "a"])["state"], "running");
+    let ops: Vec<(String, String)> = freezes_of(&h, "a")
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (s("op"), s("cause"))
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("freeze".into(), String::new()),
+            ("thaw".into(), "request".into())
+        ],
+        "{}",
+        h.log()
+    );
+    h.ctl_ok(&["vm", "pause", "a"]);
+    h.ctl_ok(&["vm", "resume", "a"]);
+    assert_eq!(freezes_of(&h, "a").len(), 2, "once");
+    h.ctl_ok(&["vm", "rm", "a"]);
+    daemon::assert_no_leaks(&h);
+}

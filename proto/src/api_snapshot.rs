@@ -100,6 +100,9 @@ pub enum SnapshotState {
     Ready,
     /// Being removed.
     Deleting,
+    /// Its memory file is gone (a fork's, kept in RAM, after a host reboot): it cannot be
+    /// restored, only removed (with the VM forked from it).
+    Lost,
 }
 
 impl SnapshotState {
@@ -109,6 +112,7 @@ impl SnapshotState {
             SnapshotState::Creating => "creating",
             SnapshotState::Ready => "ready",
             SnapshotState::Deleting => "deleting",
+            SnapshotState::Lost => "lost",
         }
     }
 }
@@ -127,6 +131,7 @@ impl FromStr for SnapshotState {
             SnapshotState::Creating,
             SnapshotState::Ready,
             SnapshotState::Deleting,
+            SnapshotState::Lost,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -224,6 +229,7 @@ mod tests {
             SnapshotState::Creating,
             SnapshotState::Ready,
             SnapshotState::Deleting,
+            SnapshotState::Lost,
         ] {
             assert_eq!(s.as_str().parse::<SnapshotState>(), Ok(s));
         }

@@ -135,7 +135,7 @@ pub fn schemas() -> Map<String, Value> {
                          "fc_version", "disk_bytes", "mem_file_bytes", "in_use_by"],
             "properties": {
                 "name": {"type": "string"},
-                "state": {"type": "string", "enum": ["creating", "ready", "deleting"]},
+                "state": {"type": "string", "enum": ["creating", "ready", "deleting", "lost"]},
                 "source_vm": {"type": "string"},
                 "created_at": {"type": "integer", "description": "Unix milliseconds"},
                 "mem_size_mib": {"type": "integer"},

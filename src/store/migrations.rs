@@ -81,6 +81,9 @@ const MIGRATIONS: &[&str] = &[
     // 5, policy: when a pending restart is due (wall clock, ms), so its backoff survives a
     // restart of hearthd.
     "ALTER TABLE vm_policy ADD COLUMN restart_due_ms INTEGER;",
+    // 6, snapshots: a VMM process a snapshot left paused with its guest's root filesystem
+    // frozen, whose snapshot was then removed: its next resume still thaws (1).
+    "ALTER TABLE processes ADD COLUMN left_frozen INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the schema to the newest version, each step in its own transaction.

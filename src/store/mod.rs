@@ -231,18 +231,20 @@ impl Store {
     /// Records a VM's VMM process: paths before spawn, pid and start time right after.
     pub fn put_process(&self, vm: &str, p: &VmmProcessRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO processes (vm, pid, start_time, api_socket, binary, vsock_cid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO processes (vm, pid, start_time, api_socket, binary, vsock_cid,
+               left_frozen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(vm) DO UPDATE SET pid = excluded.pid, start_time = excluded.start_time,
                api_socket = excluded.api_socket, binary = excluded.binary,
-               vsock_cid = excluded.vsock_cid",
+               vsock_cid = excluded.vsock_cid, left_frozen = excluded.left_frozen",
             params![
                 vm,
                 p.pid,
                 p.start_time.map(|t| t as i64),
                 p.api_socket.to_string_lossy(),
                 p.binary.to_string_lossy(),
-                p.vsock_cid
+                p.vsock_cid,
+                p.left_frozen
             ],
         )?;
         Ok(())

@@ -16,7 +16,7 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
         "SELECT v.name, v.spec, v.state, v.nat, v.last_error,
                 l.tap, l.mac, l.guest_ip, l.gateway, l.prefix_len,
                 d.path, d.backend,
-                p.pid, p.start_time, p.api_socket, p.binary, p.vsock_cid
+                p.pid, p.start_time, p.api_socket, p.binary, p.vsock_cid, p.left_frozen
          FROM vms v
          LEFT JOIN leases l ON l.vm = v.name
          LEFT JOIN disks d ON d.vm = v.name
@@ -42,6 +42,7 @@ pub(super) fn load_all(conn: &Connection) -> Result<Vec<VmRecord>, StoreError> {
             api_socket: r.get(14)?,
             binary: r.get(15)?,
             vsock_cid: r.get(16)?,
+            left_frozen: r.get(17)?,
         })
     })?;
     let mut out = Vec::new();
@@ -102,6 +103,7 @@ struct RawRow {
     api_socket: Option<String>,
     binary: Option<String>,
     vsock_cid: Option<u32>,
+    left_frozen: Option<bool>,
 }
 
 impl RawRow {
@@ -149,6 +151,7 @@ impl RawRow {
                 api_socket: PathBuf::from(api),
                 binary: PathBuf::from(binary),
                 vsock_cid: cid,
+                left_frozen: self.left_frozen.unwrap_or(false),
             }),
             _ => None,
         };

@@ -31,6 +31,7 @@ fn process() -> VmmProcessRecord {
         api_socket: PathBuf::from("/run/hearth/vms/a/api.sock"),
         binary: PathBuf::from("/usr/bin/firecracker"),
         vsock_cid: 3,
+        left_frozen: false,
     }
 }
 
@@ -91,6 +92,13 @@ fn resource_rows_round_trip() {
         hearth_actors::host::disks::BackendKind::Copy
     );
     assert_eq!(vm.process.as_ref(), Some(&process()));
+    // A removed snapshot's thaw marker, kept on the process record.
+    let frozen = VmmProcessRecord {
+        left_frozen: true,
+        ..process()
+    };
+    s.put_process("a", &frozen).unwrap();
+    assert_eq!(s.load_all().unwrap()[0].process.as_ref(), Some(&frozen));
 
     s.clear_lease("a").unwrap();
     s.clear_process("a").unwrap();
@@ -256,6 +264,7 @@ fn snapshot(name: &str) -> SnapshotRecord {
         disk_bytes: 0,
         mem_file_bytes: 0,
         left_frozen: None,
+        mem_file: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn record(name: &str, state: SnapshotState, base: &std::path::Path) -> SnapshotR
         disk_bytes: 4096,
         mem_file_bytes: 8192,
         left_frozen: None,
+        mem_file: None,
     }
 }
 

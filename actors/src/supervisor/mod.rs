@@ -129,6 +129,10 @@ pub struct SupervisorSettings {
     /// Where snapshots are kept, one directory each (`<data_dir>/snapshots`); empty (the
     /// default) when this supervisor keeps none: snapshots are then refused with 503.
     pub snapshot_dir: std::path::PathBuf,
+    /// Where a fork's snapshot writes its memory file instead of `snapshot_dir` (e.g. a
+    /// tmpfs: the fork's VM cannot outlive a reboot anyway); `None` (the default) keeps it
+    /// with the snapshot's other files.
+    pub fork_memory_dir: Option<std::path::PathBuf>,
     /// The lifecycle policies' tunables.
     pub policy: PolicySettings,
 }
@@ -159,6 +163,7 @@ impl Default for SupervisorSettings {
             ready_timeout: Duration::from_secs(30),
             agent_port: hearth_proto::agent::DEFAULT_PORT,
             snapshot_dir: std::path::PathBuf::new(),
+            fork_memory_dir: None,
             policy: PolicySettings::default(),
         }
     }
@@ -504,6 +509,8 @@ pub(crate) enum Change {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fork_memory;
 #[cfg(test)]
 mod tests_jail;
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //!
 //! A snapshot that leaves its source paused leaves it frozen too (nothing runs in a paused
 //! guest, a thaw included): the record says so (`SnapshotRecord::left_frozen`) and the next
-//! resume thaws it ([`thaw_left_frozen`]), after a restart of hearthd too. A stop or delete
+//! resume thaws it ([`thaw_left_frozen`]), after a restart of hearthd too, and after that
+//! snapshot is removed (its marker then moves to the VM's process record). A stop or delete
 //! needs nothing: the frozen filesystem goes with the guest.
 
 use std::time::Duration;

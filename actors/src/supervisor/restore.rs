@@ -80,6 +80,14 @@ impl VmSupervisor {
             .get(&name)
             .cloned()
             .ok_or_else(|| SupervisorError::SnapshotNotFound { name: name.clone() })?;
+        // A memory file kept in RAM (a fork's) that is gone cannot be loaded: said plainly
+        // rather than as the VMM's failed load.
+        let gone = snap.mem_file.as_deref().is_some_and(|m| !m.exists());
+        if snap.state == SnapshotState::Lost || (snap.state == SnapshotState::Ready && gone) {
+            return Err(SupervisorError::Conflict {
+                message: super::snapshots::lost_detail(&snap),
+            });
+        }
         if snap.state != SnapshotState::Ready {
             return Err(SupervisorError::Conflict {
                 message: format!("Snapshot {name:?} is {}, not ready", snap.state),
@@ -361,6 +369,7 @@ impl Restore<'_> {
             api_socket: plan.api_socket.clone(),
             binary: plan.binary.clone(),
             vsock_cid: snap.vsock_cid,
+            left_frozen: false,
         };
         p.commit(vm, Change::Process(Some(record.clone()))).await?;
         self.undo.push(Undo::Process(plan.vmm.clone()));

@@ -394,6 +394,7 @@ impl Boot<'_> {
             api_socket: plan.api_socket.clone(),
             binary: plan.binary.clone(),
             vsock_cid,
+            left_frozen: false,
         };
         p.commit(vm, Change::Process(Some(record.clone()))).await?;
         self.undo.push(Undo::Process(plan.vmm.clone()));

@@ -1,7 +1,9 @@
 //! The store's record of a VM snapshot: written (`creating`) before any of its files exist, so
 //! a crash at any instant leaves a record naming what to sweep; `ready` once complete;
-//! `deleting` while its files are removed. Its files live in one directory per snapshot,
-//! `<data_dir>/snapshots/<name>/`.
+//! `deleting` while its files are removed; `lost` when its memory file, kept in RAM (a fork's,
+//! see [`SnapshotRecord::mem_file`]), is gone after a reboot. Its files live in one directory
+//! per snapshot, `<data_dir>/snapshots/<name>/`, except a fork's memory file when
+//! `[snapshots] fork_memory_dir` is set: `<fork_memory_dir>/<name>.memory`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,10 @@ use hearth_proto::api::{CreateVm, VmState};
 use hearth_proto::api_snapshot::{SnapshotInfo, SnapshotLeave, SnapshotState};
 use hearth_proto::firecracker::CpuTemplate;
 use serde::{Deserialize, Serialize};
+
+/// The suffix of memory files kept outside their snapshot's directory (a fork memory
+/// directory holds only these, named after their snapshot).
+pub const MEM_FILE_SUFFIX: &str = ".memory";
 
 /// One snapshot as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +58,11 @@ pub struct SnapshotRecord {
     /// restart of hearthd in between still thaws. Absent in records made before it existed.
     #[serde(default)]
     pub left_frozen: Option<FrozenVmm>,
+    /// Where the guest memory file is when it is not in [`Self::dir`] (a fork's, with
+    /// `fork_memory_dir` set): recorded with the rest before it is written, so sweeps and
+    /// removals find it whatever the configuration says later. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file: Option<PathBuf>,
 }
 
 /// The VMM process a guest was left frozen in: pid and start time (clock ticks since boot),
@@ -75,9 +86,16 @@ impl SnapshotRecord {
         self.dir.join("vmstate")
     }
 
-    /// The guest memory file.
+    /// The memory file of snapshot `name` in a fork memory directory `dir`.
+    pub fn mem_file_in(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}{MEM_FILE_SUFFIX}"))
+    }
+
+    /// The guest memory file: [`Self::mem_file`] if set, else in [`Self::dir`].
     pub fn mem_path(&self) -> PathBuf {
-        self.dir.join("memory")
+        self.mem_file
+            .clone()
+            .unwrap_or_else(|| self.dir.join("memory"))
     }
 
     /// The root disk checkpoint.

@@ -46,7 +46,7 @@ use slog::{info, warn};
 use super::jailing::{own_disk_in_jail, SourceJail};
 use super::quiesce;
 use super::saga::{self, Ports};
-use super::snapshot_record::FrozenVmm;
+use super::snapshot_record::{FrozenVmm, MEM_FILE_SUFFIX};
 use super::{
     CommitSnapshot, CreateSnapshot, DeleteSnapshot, GetSnapshot, ListSnapshots, SnapshotChange,
     SnapshotRecord, StepCause, SupervisorError, VmSupervisor,
@@ -95,6 +95,33 @@ pub(super) fn remove_dir(dir: &Path) -> Result<(), SupervisorError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(files_error("remove", dir)(e)),
     }
+}
+
+/// Removes a snapshot's files: its memory file where it is kept outside the directory (a
+/// fork's, see [`SnapshotRecord::mem_file`]), then the directory; missing ones are fine.
+pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> {
+    if let Some(mem) = &rec.mem_file {
+        match std::fs::remove_file(mem) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(files_error("remove", mem)(e)),
+        }
+    }
+    remove_dir(&rec.dir)
+}
+
+/// Makes the directory a memory file kept outside its snapshot's directory goes to: root's
+/// only (a jailed VM's uid must not reach other forks' memory).
+fn make_mem_dir(mem: &Path) -> Result<(), SupervisorError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = mem.parent() else {
+        return Ok(());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(files_error("create", dir))
 }
 
 /// The source VM as the snapshot saga needs it.
@@ -157,6 +184,11 @@ impl VmSupervisor {
                     self.store.put_snapshot(&r)?;
                     self.snapshots.insert(r.name.clone(), r);
                 }
+                // The marker a removed snapshot handed to the process (`keep_thaw_marker`).
+                if let Some(mut process) = self.frozen_process(&vm).cloned() {
+                    process.left_frozen = false;
+                    self.apply(&vm, super::Change::Process(Some(process)))?;
+                }
             }
         }
         Ok(())
@@ -171,9 +203,34 @@ impl VmSupervisor {
         })
     }
 
+    /// `vm`'s process record if it carries the thaw marker of a removed snapshot.
+    fn frozen_process(&self, vm: &str) -> Option<&super::VmmProcessRecord> {
+        let p = self.vms.get(vm)?.record.process.as_ref()?;
+        p.left_frozen.then_some(p)
+    }
+
+    /// Before snapshot `rec` is removed: if it left its source frozen in the process the
+    /// source runs now (not resumed since), the marker moves to that process's record, so
+    /// the resume still thaws the guest.
+    fn keep_thaw_marker(&mut self, rec: &SnapshotRecord) -> Result<(), SupervisorError> {
+        let vm = &rec.source_vm;
+        if rec.left_frozen.is_none() || rec.left_frozen != self.frozen_vmm(vm) {
+            return Ok(());
+        }
+        let Some(mut process) = self.vms.get(vm).and_then(|e| e.record.process.clone()) else {
+            return Ok(());
+        };
+        process.left_frozen = true;
+        self.apply(vm, super::Change::Process(Some(process)))
+    }
+
     /// Whether a snapshot left `vm`'s guest frozen in the VMM process it runs now, so that
-    /// its resume must thaw it (see [`SnapshotRecord::left_frozen`]).
+    /// its resume must thaw it (see [`SnapshotRecord::left_frozen`]; a removed snapshot's
+    /// marker is on the process record).
     pub(super) fn left_frozen(&self, vm: &str) -> bool {
+        if self.frozen_process(vm).is_some() {
+            return true;
+        }
         let Some(now) = self.frozen_vmm(vm) else {
             return false;
         };
@@ -289,6 +346,13 @@ impl VmSupervisor {
                     disk_bytes: 0,
                     mem_file_bytes: 0,
                     left_frozen: None,
+                    // A fork's memory lives as long as its VM: where it was configured to go.
+                    mem_file: act
+                        .settings
+                        .fork_memory_dir
+                        .as_deref()
+                        .filter(|_| internal)
+                        .map(|d| SnapshotRecord::mem_file_in(d, &name)),
                 };
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
@@ -392,6 +456,9 @@ async fn capture(
     p.observe("snapshot:pause", lap.elapsed()).await;
     lap = Instant::now();
     std::fs::create_dir_all(&rec.dir).map_err(files_error("create", &rec.dir))?;
+    if rec.mem_file.is_some() {
+        make_mem_dir(&rec.mem_path())?;
+    }
     rec.disk_bytes = p
         .deps
         .snapshot
@@ -486,7 +553,7 @@ async fn undo_files(p: &Ports, rec: &SnapshotRecord, src: &Source) {
             return;
         }
     }
-    if let Err(e) = remove_dir(&rec.dir) {
+    if let Err(e) = remove_files(rec) {
         warn!(p.log, "snapshot files not removed"; "snapshot" => &rec.name, "error" => %e);
         return;
     }
@@ -573,28 +640,40 @@ impl Handler<GetSnapshot> for VmSupervisor {
     }
 }
 
+impl VmSupervisor {
+    /// Checks snapshot `name` can be removed (not being made, no VM restored from it) and
+    /// records it `deleting`, keeping its thaw marker with its source (see
+    /// [`Self::left_frozen`]). Answers the record as marked.
+    pub(super) fn mark_deleting(&mut self, name: &str) -> Result<SnapshotRecord, SupervisorError> {
+        let mut rec =
+            self.snapshots
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SupervisorError::SnapshotNotFound {
+                    name: name.to_owned(),
+                })?;
+        let users = self.in_use_by(name);
+        if rec.state == SnapshotState::Creating || !users.is_empty() {
+            return Err(SupervisorError::SnapshotInUse {
+                name: name.to_owned(),
+                vms: users,
+            });
+        }
+        // Stored before the record says `deleting`: a crash after it keeps the marker.
+        self.keep_thaw_marker(&rec)?;
+        rec.state = SnapshotState::Deleting;
+        rec.left_frozen = None;
+        self.apply_snapshot(SnapshotChange::Put(rec.clone()))?;
+        Ok(rec)
+    }
+}
+
 impl Handler<DeleteSnapshot> for VmSupervisor {
     type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
 
     fn handle(&mut self, msg: DeleteSnapshot, ctx: &mut Context<Self>) -> Self::Result {
         // Checked and marked in the mailbox: a restore (which needs `ready`) cannot slip in.
-        let marked = (|| {
-            let mut rec = self.snapshots.get(&msg.name).cloned().ok_or_else(|| {
-                SupervisorError::SnapshotNotFound {
-                    name: msg.name.clone(),
-                }
-            })?;
-            let users = self.in_use_by(&msg.name);
-            if rec.state == SnapshotState::Creating || !users.is_empty() {
-                return Err(SupervisorError::SnapshotInUse {
-                    name: msg.name.clone(),
-                    vms: users,
-                });
-            }
-            rec.state = SnapshotState::Deleting;
-            self.apply_snapshot(SnapshotChange::Put(rec.clone()))?;
-            Ok(rec)
-        })();
+        let marked = self.mark_deleting(&msg.name);
         let rec = match marked {
             Ok(rec) => rec,
             Err(e) => return Box::pin(ready(Err(e))),
@@ -603,7 +682,7 @@ impl Handler<DeleteSnapshot> for VmSupervisor {
         Box::pin(
             async move {
                 // Left `deleting` on failure: a retry (or the next `Open`) finishes it.
-                remove_dir(&rec.dir)?;
+                remove_files(&rec)?;
                 commit(&p, SnapshotChange::Remove(rec.name.clone())).await?;
                 info!(p.log, "snapshot removed"; "snapshot" => &rec.name);
                 Ok(())
@@ -638,13 +717,15 @@ impl VmSupervisor {
         &mut self,
         ctx: &mut Context<Self>,
     ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
+        let lost = self.mark_lost_snapshots();
         let p = self.ports(ctx);
         let mut work = Vec::new();
         for rec in self.snapshots.values() {
             // A fork cut short between its snapshot and its restore left a snapshot only it
             // would have used: it goes too.
             let orphan_fork = rec.internal && self.in_use_by(&rec.name).is_empty();
-            if rec.state == SnapshotState::Ready && !orphan_fork {
+            let complete = matches!(rec.state, SnapshotState::Ready | SnapshotState::Lost);
+            if complete && !orphan_fork {
                 continue;
             }
             // Its drive may have been left on the checkpoint: moved back first, paused or not.
@@ -678,8 +759,12 @@ impl VmSupervisor {
         }
         let known: Vec<String> = self.snapshots.keys().cloned().collect();
         let base = self.settings.snapshot_dir.clone();
+        let mem_base = self.settings.fork_memory_dir.clone();
         async move {
-            let mut out = SnapshotRepairs::default();
+            let mut out = SnapshotRepairs {
+                repaired: lost,
+                ..SnapshotRepairs::default()
+            };
             for (rec, drive_back, mut resume) in work {
                 // A drive that cannot be moved back keeps the VM paused on the checkpoint,
                 // and the checkpoint with its record (the next Open tries again).
@@ -715,7 +800,7 @@ impl VmSupervisor {
                 if keep {
                     continue;
                 }
-                let removed = remove_dir(&rec.dir);
+                let removed = remove_files(&rec);
                 match removed {
                     Ok(()) => match commit(&p, SnapshotChange::Remove(rec.name.clone())).await {
                         Ok(()) => out.repaired.push(format!("snapshot {}", rec.name)),
@@ -727,10 +812,91 @@ impl VmSupervisor {
                 }
             }
             out.swept = sweep_dirs(&p, &base, &known);
+            if let Some(mem_base) = mem_base {
+                out.swept.extend(sweep_mem_files(&p, &mem_base, &known));
+            }
             out
         }
         .boxed_local()
     }
+}
+
+impl VmSupervisor {
+    /// Marks `lost` each `ready` snapshot whose memory file, kept outside its directory (in
+    /// RAM: a fork's), is gone (the host rebooted), with an event on the VMs restored from it
+    /// (or its source): it cannot be restored any more, only removed. Answers what it marked.
+    fn mark_lost_snapshots(&mut self) -> Vec<String> {
+        let lost: Vec<SnapshotRecord> = self
+            .snapshots
+            .values()
+            .filter(|r| r.state == SnapshotState::Ready)
+            .filter(|r| r.mem_file.as_deref().is_some_and(|m| !m.exists()))
+            .cloned()
+            .collect();
+        let mut marked = Vec::new();
+        for mut rec in lost {
+            rec.state = SnapshotState::Lost;
+            if let Err(e) = self.apply_snapshot(SnapshotChange::Put(rec.clone())) {
+                warn!(self.log, "lost snapshot not marked"; "snapshot" => &rec.name,
+                    "error" => %e);
+                continue;
+            }
+            let detail = lost_detail(&rec);
+            warn!(self.log, "snapshot lost its memory file"; "snapshot" => &rec.name,
+                "memory" => %rec.mem_path().display());
+            let mut told = self.in_use_by(&rec.name);
+            if told.is_empty() && self.vms.contains_key(&rec.source_vm) {
+                told.push(rec.source_vm.clone());
+            }
+            for vm in told {
+                if let Some(state) = self.vms.get(&vm).map(|e| e.record.state) {
+                    self.publish(&vm, state, EventReason::Restart, Some(&detail));
+                }
+            }
+            marked.push(format!("snapshot {} (lost)", rec.name));
+        }
+        marked
+    }
+}
+
+/// Why snapshot `rec` is `lost`, for events and refused restores.
+pub(super) fn lost_detail(rec: &SnapshotRecord) -> String {
+    format!(
+        "Snapshot {:?} lost its memory file {} (kept in RAM, gone after a host reboot): it \
+         cannot be restored, only removed; a VM forked from it starts cold from its own disk",
+        rec.name,
+        rec.mem_path().display()
+    )
+}
+
+/// Removes memory files under `base` (the fork memory directory) that no snapshot record
+/// names (made, then the record lost). Only `<name>.memory` files: nothing else is hearth's.
+fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
+    let entries = match std::fs::read_dir(base) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(p.log, "cannot list fork memory files"; "dir" => %base.display(),
+                "error" => %e);
+            return Vec::new();
+        }
+    };
+    let mut swept = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(MEM_FILE_SUFFIX) else {
+            continue;
+        };
+        if known.iter().any(|k| k == name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => swept.push(format!("snapshot memory {name}")),
+            Err(e) => warn!(p.log, "leaked snapshot memory left";
+                "file" => %entry.path().display(), "error" => %e),
+        }
+    }
+    swept
 }
 
 /// Removes directories under `base` that no snapshot record names (made, then the record
@@ -770,6 +936,87 @@ mod tests {
     use super::*;
     use crate::firecracker::jailer::JailLayout;
     use crate::host::jails::{FakeJails, Jails};
+
+    fn process(pid: u32) -> super::super::VmmProcessRecord {
+        super::super::VmmProcessRecord {
+            pid: Some(pid),
+            start_time: Some(99),
+            api_socket: "/run/a/api.sock".into(),
+            binary: "/usr/bin/firecracker".into(),
+            vsock_cid: 3,
+            left_frozen: false,
+        }
+    }
+
+    fn frozen_snapshot(name: &str, pid: u32) -> SnapshotRecord {
+        let spec: hearth_proto::api::CreateVm =
+            serde_json::from_value(serde_json::json!({"name": "a", "kernel": "k", "rootfs": "r"}))
+                .unwrap();
+        SnapshotRecord {
+            name: name.into(),
+            state: SnapshotState::Ready,
+            source_vm: "a".into(),
+            source_spec: spec,
+            source_was: VmState::Running,
+            leave: SnapshotLeave::Paused,
+            dir: std::env::temp_dir()
+                .join("hearth-no-such-snapshot")
+                .join(name),
+            created_at_ms: 1,
+            internal: false,
+            fc_version: "1.17.0".into(),
+            cpu_template: hearth_proto::firecracker::CpuTemplate::None,
+            vcpus: 1,
+            mem_size_mib: 128,
+            vsock_cid: 3,
+            disk_bytes: 0,
+            mem_file_bytes: 0,
+            left_frozen: Some(FrozenVmm {
+                pid,
+                start_time: 99,
+            }),
+            mem_file: None,
+        }
+    }
+
+    /// A snapshot that left VM `a` paused and frozen, then removed before `a` is resumed:
+    /// the resume must still thaw (the marker moves to `a`'s process record, in the store
+    /// too), once; a stale marker (an earlier process's) moves nowhere.
+    #[actix::test]
+    async fn removing_the_snapshot_that_left_a_vm_frozen_keeps_its_thaw() {
+        use super::super::{testing, Change, MemoryVmStore, SupervisorSettings};
+        let mut sup = testing::unstarted(MemoryVmStore::default(), SupervisorSettings::default());
+        let spec = frozen_snapshot("s1", 7).source_spec;
+        sup.apply("a", Change::Insert(Box::new(spec))).unwrap();
+        sup.apply("a", Change::Process(Some(process(7)))).unwrap();
+        for (name, pid) in [("s1", 7), ("old", 6)] {
+            sup.apply_snapshot(SnapshotChange::Insert(frozen_snapshot(name, pid)))
+                .unwrap();
+        }
+        assert!(sup.left_frozen("a"));
+
+        // The stale marker first: nothing to keep.
+        sup.mark_deleting("old").unwrap();
+        sup.apply_snapshot(SnapshotChange::Remove("old".into()))
+            .unwrap();
+        assert!(!sup.vms["a"].record.process.as_ref().unwrap().left_frozen);
+
+        let marked = sup.mark_deleting("s1").unwrap();
+        assert_eq!(marked.left_frozen, None, "the marker left the record");
+        sup.apply_snapshot(SnapshotChange::Remove("s1".into()))
+            .unwrap();
+        assert!(sup.snapshots.is_empty());
+        assert!(sup.left_frozen("a"), "the resume still thaws");
+        let stored = sup.store.load_all().unwrap();
+        assert!(stored[0].process.as_ref().unwrap().left_frozen);
+
+        // The resume's thaw clears it: a later resume thaws nothing.
+        sup.apply_snapshot(SnapshotChange::Thawed("a".into()))
+            .unwrap();
+        assert!(!sup.left_frozen("a"));
+        let stored = sup.store.load_all().unwrap();
+        assert!(!stored[0].process.as_ref().unwrap().left_frozen);
+    }
 
     /// The undo's jail clean-up takes the lent checkpoint back and removes the half-written
     /// files; a failing step answers an error (the undo then keeps the record, so `Open`

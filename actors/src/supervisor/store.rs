@@ -56,6 +56,10 @@ pub struct VmmProcessRecord {
     pub binary: PathBuf,
     /// The guest's vsock CID.
     pub vsock_cid: u32,
+    /// A snapshot left this process paused with its guest's root filesystem frozen, and was
+    /// removed since (the marker was its, [`super::SnapshotRecord::left_frozen`]): the next
+    /// resume still thaws. A later process of the VM is a new record, never frozen.
+    pub left_frozen: bool,
 }
 
 impl VmmProcessRecord {

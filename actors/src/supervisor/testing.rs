@@ -150,6 +150,22 @@ pub fn supervisor_with_clock(
     sup.with_clock(clock).start()
 }
 
+/// A supervisor over fakes, not started: tests call its bookkeeping directly.
+#[cfg(test)]
+pub(super) fn unstarted(store: MemoryVmStore, settings: SupervisorSettings) -> VmSupervisor {
+    let run_base = std::env::temp_dir().join("hearth-unstarted-supervisor");
+    build(
+        true,
+        store,
+        TapPoolConfig::default(),
+        FakeProcesses::new(),
+        run_base,
+        settings,
+        None,
+    )
+    .0
+}
+
 fn build(
     with_binary: bool,
     store: MemoryVmStore,

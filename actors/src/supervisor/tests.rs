@@ -48,6 +48,7 @@ fn record(name: &str, state: VmState, lease_n: Option<u8>, pid: Option<u32>) -> 
             api_socket: format!("/run/hearth/vms/{name}/api.sock").into(),
             binary: "/usr/bin/firecracker".into(),
             vsock_cid: 3,
+            left_frozen: false,
         }),
         policy: PolicyState::default(),
         uid: None,

@@ -287,6 +287,7 @@ fn snapshot(dir: &Path, jailed: bool) -> SnapshotRecord {
         disk_bytes: 4,
         mem_file_bytes: 3,
         left_frozen: None,
+        mem_file: None,
     }
 }
 
