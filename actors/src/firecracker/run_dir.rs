@@ -3,6 +3,9 @@
 //! Firecracker's log and metrics files. Names are short on purpose: every socket path must fit
 //! in `sun_path` (108 bytes with the NUL), which is checked before anything is created.
 
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -127,56 +130,90 @@ impl RunDir {
             .mode(0o750)
             .create(&self.dir)
             .map_err(err(&self.dir))?;
-        for stale in self.stale_sockets().map_err(err(&self.dir))? {
-            remove_if_exists(&stale).map_err(err(&stale))?;
-        }
+        self.remove_socket_files().map_err(err(&self.sockets))?;
         // A fresh console FIFO too: an old one may hold a dead VM's unread output, or may
         // not even be a FIFO any more.
         let fifo = self.console_fifo();
         remove_if_exists(&fifo).map_err(err(&fifo))
     }
 
-    /// The API socket, the vsock socket and any `v.sock_<port>` socket present now.
-    pub fn stale_sockets(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut out = vec![self.api_socket(), self.vsock_socket()];
-        let prefix = "v.sock_";
-        let entries = match std::fs::read_dir(&self.sockets) {
-            // A jail not made yet (or removed) holds no sockets; a missing run directory
-            // stays an error for the callers that check it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.sockets != self.dir => {
-                return Ok(out)
+    /// The names of the sockets a process may have left in the sockets directory: the API
+    /// socket, the vsock socket and any `v.sock_<port>` socket present now, with the
+    /// directory opened without following a symlink in its place (a jailed VMM's uid owns a
+    /// jail's `run/` and could swap it for a link to another VM's directory). `None` when
+    /// the directory does not exist.
+    fn socket_names(&self) -> std::io::Result<Option<(OwnedFd, Vec<OsString>)>> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::open(&self.sockets, flags, Mode::empty()) {
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            // ELOOP: a symlink in the directory's place; ENOTDIR: something else there.
+            Err(e @ (nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is not a directory (a symlink or another file is in its place): {e}",
+                        self.sockets.display()
+                    ),
+                ))
             }
             other => other?,
         };
-        for entry in entries {
-            let name = entry?.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with(prefix)) {
-                out.push(self.sockets.join(name));
+        let mut names: Vec<OsString> = vec!["api.sock".into(), "v.sock".into()];
+        let mut dir = nix::dir::Dir::from_fd(fd.try_clone()?)?;
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name.as_bytes().starts_with(b"v.sock_") {
+                names.push(name.to_owned());
             }
         }
-        Ok(out)
+        Ok(Some((fd, names)))
     }
 
     /// Whether a socket or the console FIFO of a process is still here (a read, no change):
     /// lets `Open` ask the directory's owner to clean only directories that need it.
     pub fn has_process_files(&self) -> bool {
-        let present = |p: &Path| p.symlink_metadata().is_ok();
-        present(&self.console_fifo())
-            || self
-                .stale_sockets()
-                .is_ok_and(|sockets| sockets.iter().any(|p| present(p)))
+        if self.console_fifo().symlink_metadata().is_ok() {
+            return true;
+        }
+        let Ok(Some((dir, names))) = self.socket_names() else {
+            return false;
+        };
+        names.iter().any(|name| {
+            nix::sys::stat::fstatat(
+                &dir,
+                name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Unlinks the sockets beneath the directory's descriptor (never through a symlink in the
+    /// directory's place); a missing directory or socket is fine.
+    fn remove_socket_files(&self) -> std::io::Result<()> {
+        let Some((dir, names)) = self.socket_names()? else {
+            return Ok(());
+        };
+        for name in names {
+            match nix::unistd::unlinkat(
+                &dir,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Removes the sockets and the console FIFO after the process is gone (logs stay); a
     /// missing directory is fine. Only the directory's `FirecrackerActor` calls this.
     pub(super) fn remove_sockets(&self) -> std::io::Result<()> {
-        let stale = match self.stale_sockets() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => other?,
-        };
-        for path in stale {
-            remove_if_exists(&path)?;
-        }
+        self.remove_socket_files()?;
         remove_if_exists(&self.console_fifo())
     }
 
@@ -382,6 +419,39 @@ mod tests {
         rd.remove().unwrap();
         assert!(!rd.path().exists());
         assert!(base.path().exists(), "only the VM's directory goes");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_jails_run_directory_is_never_followed() {
+        let base = tempfile::tempdir().unwrap();
+        // Another VM's directory, with its sockets.
+        let other = base.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let theirs = [
+            other.join("api.sock"),
+            other.join("v.sock"),
+            other.join("v.sock_52"),
+        ];
+        let _listeners: Vec<_> = theirs
+            .iter()
+            .map(|p| std::os::unix::net::UnixListener::bind(p).unwrap())
+            .collect();
+        // This VM's jail, whose VMM swapped `run` for a link to the other directory.
+        let root = base.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&other, root.join("run")).unwrap();
+        let rd = RunDir::new(base.path(), "vm-1")
+            .unwrap()
+            .with_socket_dir(root.join("run"));
+        std::fs::create_dir(rd.path()).unwrap();
+        assert!(!rd.has_process_files(), "nothing of this VM's is there");
+        let err = rd.remove_sockets().unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = rd.prepare().unwrap_err();
+        assert!(format!("{err:?}").contains("not a directory"), "{err:?}");
+        for p in &theirs {
+            assert!(p.exists(), "{} was removed through the link", p.display());
+        }
     }
 
     #[test]
