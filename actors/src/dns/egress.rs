@@ -35,7 +35,7 @@ use actix::{Handler, Message, Recipient};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 
 use super::{DnsActor, DnsError};
-use crate::nat::egress::{AllowLearned, MAX_LEARNED_SECS};
+use crate::nat::egress::{AllowLearned, MAX_LEARNED_SECS, MIN_LEARNED_SECS};
 
 /// How long a reply waits for the learner before the guest gets SERVFAIL.
 const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -369,11 +369,21 @@ pub struct PendingLearn {
 
 /// Caps the TTLs of an answer whose addresses were learned at `secs`, how long the learner
 /// surely keeps them (at most [`MAX_LEARNED_SECS`]): a guest trusting an answer longer would
-/// lose the address while it still uses it. Every answer record is capped, CNAMEs included
-/// (the chain's TTL bounds the guest's cache of the name too).
+/// lose the address while it still uses it. Every answer record is capped, CNAMEs included,
+/// and no record outlives the shortest-kept address: the learner keeps each address for its
+/// own TTL (at least [`MIN_LEARNED_SECS`]), and a guest still trusting a CNAME after its
+/// target's address expired would ask for the target name, which matches no pattern, so its
+/// address would not be learned again.
 pub fn cap_learned_ttls(answers: &mut [Record], secs: u32) {
+    let shortest_address = answers
+        .iter()
+        .filter(|r| matches!(r.data, RData::A(_)))
+        .map(|r| r.ttl.clamp(MIN_LEARNED_SECS, MAX_LEARNED_SECS))
+        .min()
+        .unwrap_or(secs);
+    let bound = secs.min(shortest_address);
     for record in answers {
-        record.ttl = record.ttl.min(secs);
+        record.ttl = record.ttl.min(bound);
     }
 }
 
@@ -518,6 +528,33 @@ mod tests {
 
     fn rec(name: &str, ttl: u32, data: RData) -> Record {
         Record::from_rdata(Name::from_ascii(name).unwrap(), ttl, data)
+    }
+
+    #[test]
+    fn no_capped_record_outlives_the_shortest_kept_address() {
+        let cname = || RData::CNAME(CNAME(Name::from_ascii("edge.cdn.net.").unwrap()));
+        let a = || RData::A(A(Ipv4Addr::new(10, 0, 0, 1)));
+        // A long CNAME before a short A: the CNAME goes no further than the A.
+        let mut answers = [
+            rec("api.example.com.", 86_400, cname()),
+            rec("edge.cdn.net.", 60, a()),
+        ];
+        cap_learned_ttls(&mut answers, MAX_LEARNED_SECS);
+        assert_eq!(answers.map(|r| r.ttl), [60, 60]);
+        // Long records: capped at what the learner keeps.
+        let mut answers = [
+            rec("api.example.com.", 86_400, cname()),
+            rec("edge.cdn.net.", 86_400, a()),
+        ];
+        cap_learned_ttls(&mut answers, 1000);
+        assert_eq!(answers.map(|r| r.ttl), [1000, 1000]);
+        // An address kept at least MIN_LEARNED_SECS bounds the chain there, not below.
+        let mut answers = [
+            rec("api.example.com.", 300, cname()),
+            rec("edge.cdn.net.", 0, a()),
+        ];
+        cap_learned_ttls(&mut answers, MAX_LEARNED_SECS);
+        assert_eq!(answers.map(|r| r.ttl), [MIN_LEARNED_SECS, 0]);
     }
 
     #[test]
