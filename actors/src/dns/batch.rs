@@ -4,9 +4,10 @@
 //!
 //! Both calls are non-blocking and run through tokio's readiness ([`UdpSocket::async_io`]):
 //! a worker sleeps in epoll only when its socket is empty (or its send buffer full). The
-//! buffers are allocated once per worker and bounded: [`BATCH`] queries of at most
+//! datagram buffers are allocated once per worker and bounded: [`BATCH`] queries of at most
 //! [`MAX_QUERY_SIZE`] bytes each (a longer datagram is cut and then fails to parse), and
-//! [`BATCH`] replies of at most the largest UDP payload hearth answers with.
+//! [`BATCH`] replies of at most the largest UDP payload hearth answers with. Only the small
+//! vectors of pointers a `recvmmsg`/`sendmmsg` call takes are made per call.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;

@@ -746,6 +746,12 @@ async fn a_burst_of_queries_is_answered_in_full_past_a_malformed_one() {
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
+        // Room for every reply before the first is read (the default buffer is close to
+        // 200 replies' kernel overhead): past rmem_max where allowed (root), else its maximum.
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&socket, sockopt::RcvBufForce, &(4 << 20)).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &(4 << 20));
+        }
         // Sent back to back, before reading anything: the server takes them in batches.
         for id in 0..QUERIES {
             let mut msg = request(&name(id), RecordType::A);
