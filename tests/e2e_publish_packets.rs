@@ -278,8 +278,7 @@ fn published_ports_answer_with_packets_through_hearthd_across_a_restart_until_re
         r.is_err(),
         "8080 still answers the host after unpublish: {r:?}"
     );
-    let r = guest_agent::connect(&h, "db", HOST_IP, 8080, "", NEGATIVE.as_millis() as u64);
-    assert!(r.is_err(), "8080 still answers db after unpublish: {r:?}");
+    // (From `db` it answers not even while published: see the ignored hairpin test.)
     ask_udp(&h.upstream, at(HOST_IP, 5353)).expect("5353/udp after unpublishing 8080");
     ask_tcp(&h.ns, at(Ipv4Addr::LOCALHOST, 9090)).expect("9090 after unpublishing 8080");
 

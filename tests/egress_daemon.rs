@@ -29,31 +29,9 @@ fn connect(
     port: u16,
     timeout_ms: u64,
 ) -> Result<(), String> {
-    let uds = h.path(&format!("run/{vm}/v.sock"));
-    let mut stream = UnixStream::connect(&uds).expect("connect to the VM's vsock socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .write_all(format!("CONNECT {DEFAULT_PORT}\n").as_bytes())
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK "), "no OK from the muxer: {ok:?}");
-    let req = Request::Connect(ConnectRequest {
-        addr,
-        port,
-        send: String::new(),
-        timeout_ms,
-    });
-    stream.write_all(&encode_request(&req)).unwrap();
-    let line = read_response_line(&mut reader).unwrap().expect("an answer");
-    match decode_response::<ConnectReply>(&line) {
-        Ok(_) => Ok(()),
-        Err(AgentProtoError::Remote { code, .. }) => Err(code),
-        Err(e) => panic!("bad reply: {e}"),
-    }
+    common::guest_agent::connect(h, vm, addr, port, "", timeout_ms)
+        .map(|_| ())
+        .map_err(|(code, _)| code)
 }
 
 /// hearthd's `/metrics` text, read over its Unix socket.
