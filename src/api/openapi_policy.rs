@@ -87,6 +87,13 @@ pub fn extend(doc: &mut Value) {
                         "description": "resumed by a start of hearthd after the one that \
                                         began it stopped; total counts the VMs still running then"},
                 }},
+            "jailed": {"type": "boolean",
+                "description": "whether every VMM runs through Firecracker's jailer, decided at \
+                                hearthd's start from [jailer] enabled (true, false or \"auto\": \
+                                jailed where this host can); always given by hearthd"},
+            "unjailed_reasons": {"type": "array", "items": {"type": "string"},
+                "description": "when jailed is false: why, one line each (a blocker \"auto\" \
+                                found, with its fix, or [jailer] enabled = false)"},
         }
     });
     if let Some(health) = schemas["Health"]["properties"].as_object_mut() {
