@@ -28,8 +28,8 @@ use slog::{info, warn, Logger};
 
 use crate::api::node::JailStatus;
 use crate::config::{Config, JailerMode};
-use crate::preflight::{self, JailDecision};
 use crate::images::ImageStore;
+use crate::preflight::{self, JailDecision};
 use crate::store::Store;
 
 /// The running daemon's handles.

@@ -115,7 +115,9 @@ pub fn jailing_findings(mode: JailerMode, checks: &[JailCheck]) -> Vec<Finding> 
         .iter()
         .map(|c| match &c.problem {
             None => check(&c.what, true, severity, ""),
-            Some(why) if c.blocks => check(&c.what, false, severity, &format!("{why}{consequence}")),
+            Some(why) if c.blocks => {
+                check(&c.what, false, severity, &format!("{why}{consequence}"))
+            }
             Some(why) => check(&c.what, false, Severity::Degraded, why),
         })
         .collect()
@@ -135,10 +137,14 @@ pub fn probe_jailing(
     };
     let jailer_problem = match &cfg.jailer_bin {
         Some(p) => format!("{} is not a file (fix jailer.jailer_bin)", p.display()),
-        None => "no `jailer` in PATH (install Firecracker's jailer or set jailer.jailer_bin)"
-            .into(),
+        None => {
+            "no `jailer` in PATH (install Firecracker's jailer or set jailer.jailer_bin)".into()
+        }
     };
-    out.push(blocker("jailer binary", jailer.is_none().then_some(jailer_problem)));
+    out.push(blocker(
+        "jailer binary",
+        jailer.is_none().then_some(jailer_problem),
+    ));
     let fc: Option<PathBuf> = match firecracker {
         Some(p) => p.is_file().then(|| p.to_owned()),
         None => find_in_path("firecracker"),
@@ -316,7 +322,11 @@ mod tests {
         ]);
         let blocked = checks(&[
             ("jailer binary", Some("no `jailer` in PATH"), true),
-            ("firecracker statically linked", Some("dynamically linked"), true),
+            (
+                "firecracker statically linked",
+                Some("dynamically linked"),
+                true,
+            ),
             ("cgroups", None, true),
             ("hard links", Some("bind mounts instead"), false),
         ]);
@@ -325,7 +335,10 @@ mod tests {
             "firecracker statically linked: dynamically linked".to_owned(),
         ];
         // A non-blocking problem never stops jailing.
-        assert_eq!(decide_jailing(JailerMode::Auto, &fine), JailDecision::Jailed);
+        assert_eq!(
+            decide_jailing(JailerMode::Auto, &fine),
+            JailDecision::Jailed
+        );
         assert_eq!(decide_jailing(JailerMode::On, &fine), JailDecision::Jailed);
         assert_eq!(
             decide_jailing(JailerMode::Auto, &blocked),
