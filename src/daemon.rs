@@ -65,9 +65,11 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
     }
     let store = Store::open_with(&config.data_dir.join("state.db"), config.store.synchronous)?;
     let image_store = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+    // Decided before any host resource is made: a refusal leaves the host as it was.
+    let jailed_vmms = jailed_vmms(&store.load_all()?);
+    let (factory, jailing) = vmm_factory(config, &jailed_vmms, log)?;
     let deps = start_host_actors(config, log)?;
     let dns = deps.dns.clone();
-    let (factory, jailing) = vmm_factory(config, log)?;
     let supervisor = VmSupervisor::new(
         deps,
         factory,
@@ -175,7 +177,11 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
 /// What makes one `FirecrackerActor` per VM: the binary (none when no usable one is found:
 /// hearthd serves, creates say why they cannot boot), the process backend, the run directory,
 /// and whether VMMs run jailed.
-fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<(VmmFactory, JailStatus)> {
+fn vmm_factory(
+    config: &Config,
+    jailed_vmms: &[String],
+    log: &Logger,
+) -> anyhow::Result<(VmmFactory, JailStatus)> {
     let processes = Arc::new(LinuxProcesses::new());
     let binary = match firecracker::binary::resolve(config.firecracker_bin.as_deref(), &*processes)
     {
@@ -193,7 +199,7 @@ fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<(VmmFactory, Jai
         .as_ref()
         .map(|b| b.path.as_path())
         .or(config.firecracker_bin.as_deref());
-    let (jail, status) = decide_jailing(config, fc, log)?;
+    let (jail, status) = decide_jailing(config, fc, jailed_vmms, log)?;
     Ok((
         VmmFactory {
             binary,
@@ -210,10 +216,12 @@ fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<(VmmFactory, Jai
 
 /// Issue 16: jailed or not, decided once from `[jailer] enabled` and what this host offers
 /// (`firecracker`: the binary VMMs run). `true` on a host that cannot jail is an error, never
-/// a silent fallback; `"auto"` falls back with a warning per reason.
+/// a silent fallback; `"auto"` falls back with a warning per reason, unless `jailed_vmms` (VMs
+/// whose VMMs were started jailed) would be left running unadopted.
 fn decide_jailing(
     config: &Config,
     firecracker: Option<&std::path::Path>,
+    jailed_vmms: &[String],
     log: &Logger,
 ) -> anyhow::Result<(Option<supervisor::JailSettings>, JailStatus)> {
     let mode = config.jailer.enabled;
@@ -230,6 +238,7 @@ fn decide_jailing(
             Err(e) => decision = JailDecision::Refused { reasons: vec![e] },
         }
     }
+    let decision = preflight::keep_jailed_vmms(mode, decision, jailed_vmms);
     match decision {
         JailDecision::Jailed => {
             let j = jail
@@ -276,11 +285,19 @@ fn decide_jailing(
             ))
         }
         JailDecision::Refused { reasons } => anyhow::bail!(
-            "[jailer] enabled = true, but VMMs cannot be jailed here: {} \
-             (fix them, or set [jailer] enabled = \"auto\" or false)",
+            "[jailer] enabled = {mode}, but VMMs cannot be jailed here: {}",
             reasons.join("; ")
         ),
     }
+}
+
+/// The VMs whose VMMs were started jailed and may still run (a uid and a process recorded).
+fn jailed_vmms(records: &[supervisor::VmRecord]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.uid.is_some() && r.process.is_some())
+        .map(|r| r.spec.name.clone())
+        .collect()
 }
 
 /// The `[vm]` section's lifecycle settings, as the supervisor takes them.

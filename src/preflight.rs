@@ -3,8 +3,8 @@
 
 mod jailer;
 pub use jailer::{
-    check_jailing, decide_jailing, is_static_elf, jailing_findings, probe_jailing, JailCheck,
-    JailDecision, OFF_REASON,
+    check_jailing, decide_jailing, is_static_elf, jailing_findings, keep_jailed_vmms,
+    probe_jailing, JailCheck, JailDecision, OFF_REASON,
 };
 
 use std::fmt;

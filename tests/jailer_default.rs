@@ -205,7 +205,7 @@ fn the_default_config_jails_the_real_firecracker() {
         jailer.display(),
         base.path().display()
     );
-    let h = HearthHost::start_jailed(&fc, &cfg);
+    let mut h = HearthHost::start_jailed(&fc, &cfg);
     assert!(h.log().contains("VMMs run jailed"), "{}", h.log());
     let node = h.ctl_ok(&["node"]);
     assert_eq!(node["jailed"], true, "{node}");
@@ -239,7 +239,43 @@ fn the_default_config_jails_the_real_firecracker() {
         "its root is its jail"
     );
 
+    // hearthd crashes, and comes back where it cannot jail (its jailer gone): "auto" must not
+    // fall back under a jailed VMM it could not adopt. It refuses, naming the VM and the way
+    // out, and leaves the VMM alone.
+    h.kill9();
+    let config = h.path("hearthd.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let gone = base.path().join("no-jailer");
+    std::fs::write(
+        &config,
+        good.replace(&jailer.display().to_string(), &gone.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("nsenter")
+        .arg(format!("--net=/run/netns/{}", h.ns.name()))
+        .arg(env!("CARGO_BIN_EXE_hearthd"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run hearthd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "hearthd started unjailed: {err}");
+    assert!(
+        err.contains("VMs started jailed may still run (a)") && err.contains("no-jailer"),
+        "{err}"
+    );
+    assert!(alive(pid), "the jailed VMM was left alone");
+    // Its jailer back, hearthd adopts the jailed VMM.
+    std::fs::write(&config, good).unwrap();
+    h.launch();
+    let adopted = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(adopted["state"], "running", "{adopted}\n{}", h.log());
+    assert_eq!(adopted["pid"].as_u64(), Some(pid), "the same VMM, adopted");
+
     h.ctl_ok(&["vm", "rm", "a"]);
+    assert!(!alive(pid));
     assert_jail_gone(base.path(), first);
     assert!(
         common::wait_until(Duration::from_secs(10), || h.leaks() == Leaks::none()),

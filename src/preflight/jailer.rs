@@ -88,6 +88,31 @@ pub fn decide_jailing(mode: JailerMode, checks: &[JailCheck]) -> JailDecision {
     }
 }
 
+/// `"auto"` must not fall back while VMs whose VMMs were started jailed (`jailed_vmms`) may
+/// still run: unjailed, hearthd could not adopt them (it checks unjailed identities) and would
+/// record them crashed, leaving them running. Such a fallback becomes a refusal naming them
+/// and the way out; every other decision is kept.
+pub fn keep_jailed_vmms(
+    mode: JailerMode,
+    decision: JailDecision,
+    jailed_vmms: &[String],
+) -> JailDecision {
+    match decision {
+        JailDecision::Unjailed { mut reasons }
+            if mode == JailerMode::Auto && !jailed_vmms.is_empty() =>
+        {
+            reasons.push(format!(
+                "VMs started jailed may still run ({}): unjailed, hearthd could not adopt \
+                 them; fix the reasons above, or set [jailer] enabled = false to start \
+                 unjailed anyway (those VMMs are then left running, unadopted)",
+                jailed_vmms.join(", ")
+            ));
+            JailDecision::Refused { reasons }
+        }
+        other => other,
+    }
+}
+
 /// The jailing checks as `hearthd --check` prints them: a blocker is fatal when jailing is
 /// required (`enabled = true`), and otherwise degraded with what hearthd does instead.
 pub fn check_jailing(
@@ -359,6 +384,35 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn auto_never_falls_back_under_jailed_vmms() {
+        let unjailed = || JailDecision::Unjailed {
+            reasons: vec!["jailer binary: gone".into()],
+        };
+        let vms = ["a".to_owned(), "b".to_owned()];
+        match keep_jailed_vmms(JailerMode::Auto, unjailed(), &vms) {
+            JailDecision::Refused { reasons } => {
+                assert_eq!(reasons[0], "jailer binary: gone");
+                assert!(reasons[1].contains("(a, b)"), "{reasons:?}");
+                assert!(reasons[1].contains("enabled = false"), "{reasons:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // No such VMs, or jailing off on purpose, or jailed anyway: unchanged.
+        assert_eq!(
+            keep_jailed_vmms(JailerMode::Auto, unjailed(), &[]),
+            unjailed()
+        );
+        let off = JailDecision::Unjailed {
+            reasons: vec![OFF_REASON.into()],
+        };
+        assert_eq!(keep_jailed_vmms(JailerMode::Off, off.clone(), &vms), off);
+        assert_eq!(
+            keep_jailed_vmms(JailerMode::Auto, JailDecision::Jailed, &vms),
+            JailDecision::Jailed
+        );
     }
 
     #[test]
