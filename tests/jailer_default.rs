@@ -11,6 +11,10 @@
 //!   as the first uid of the default range, in its jail.
 //!
 //! Root only (`HEARTH_REQUIRE_PRIVILEGED=1`).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests drive real binaries (hearthd, hearthctl, nsenter, timeout)"
+)]
 
 mod common;
 use common::daemon;
