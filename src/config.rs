@@ -15,7 +15,7 @@ mod policy;
 mod snapshots;
 pub use exec::ExecConfig;
 pub use images::{ImagesConfig, RegistryConfig, AGENT_NAME};
-pub use jailer::JailerConfig;
+pub use jailer::{JailerConfig, JailerMode};
 pub use policy::PolicyConfig;
 pub use snapshots::SnapshotsConfig;
 
@@ -71,7 +71,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Exec sessions and file transfer through the guest agent.
     pub exec: ExecConfig,
-    /// Running VMMs through Firecracker's jailer (off by default; see [`JailerConfig`]).
+    /// Running VMMs through Firecracker's jailer (jailed where possible by default; see
+    /// [`JailerConfig`]).
     pub jailer: JailerConfig,
     /// Root filesystems built from OCI images.
     pub images: ImagesConfig,

@@ -26,8 +26,10 @@ use hearth_actors::tap_pool::{TapPoolActor, TapPoolConfig};
 use hearth_proto::api_images::ImageKind;
 use slog::{info, warn, Logger};
 
-use crate::config::Config;
+use crate::api::node::JailStatus;
+use crate::config::{Config, JailerMode};
 use crate::images::ImageStore;
+use crate::preflight::{self, JailDecision};
 use crate::store::Store;
 
 /// The running daemon's handles.
@@ -43,6 +45,8 @@ pub struct Daemon {
     /// The image store the supervisor resolves images in; the API must use this one (its
     /// removals are serialized with those resolutions).
     pub images: ImageStore,
+    /// Whether VMMs run jailed, and why not (decided once, here).
+    pub jailing: JailStatus,
 }
 
 /// The image store is the supervisor's image catalog (kind checked).
@@ -61,11 +65,14 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
     }
     let store = Store::open_with(&config.data_dir.join("state.db"), config.store.synchronous)?;
     let image_store = ImageStore::open(&config.data_dir).context("Cannot open the image store")?;
+    // Decided before any host resource is made: a refusal leaves the host as it was.
+    let jailed_vmms = jailed_vmms(&store.load_all()?);
+    let (factory, jailing) = vmm_factory(config, &jailed_vmms, log)?;
     let deps = start_host_actors(config, log)?;
     let dns = deps.dns.clone();
     let supervisor = VmSupervisor::new(
         deps,
-        vmm_factory(config, log)?,
+        factory,
         supervisor_settings(config),
         Box::new(store),
         Box::new(image_store.clone()),
@@ -95,6 +102,7 @@ pub async fn start(config: &Config, log: &Logger) -> anyhow::Result<Daemon> {
         report,
         dns_addr,
         images: image_store,
+        jailing,
     })
 }
 
@@ -167,8 +175,13 @@ fn start_host_actors(config: &Config, log: &Logger) -> anyhow::Result<Supervisor
 }
 
 /// What makes one `FirecrackerActor` per VM: the binary (none when no usable one is found:
-/// hearthd serves, creates say why they cannot boot), the process backend, the run directory.
-fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<VmmFactory> {
+/// hearthd serves, creates say why they cannot boot), the process backend, the run directory,
+/// and whether VMMs run jailed.
+fn vmm_factory(
+    config: &Config,
+    jailed_vmms: &[String],
+    log: &Logger,
+) -> anyhow::Result<(VmmFactory, JailStatus)> {
     let processes = Arc::new(LinuxProcesses::new());
     let binary = match firecracker::binary::resolve(config.firecracker_bin.as_deref(), &*processes)
     {
@@ -182,33 +195,109 @@ fn vmm_factory(config: &Config, log: &Logger) -> anyhow::Result<VmmFactory> {
             None
         }
     };
-    // Issue 16: jailed when asked for, and then nothing runs unjailed (a host that cannot
-    // jail is an error, not a silent fallback).
-    let jail = config
-        .jailer
-        .settings()
-        .map_err(anyhow::Error::msg)
-        .context("[jailer] enabled = true, but VMMs cannot be jailed here")?;
-    match &jail {
-        Some(j) => info!(log, "VMMs run jailed"; "jailer" => %j.jailer.display(),
-            "chroot_base_dir" => %j.chroot_base.display(),
-            "cgroup_version" => j.cgroup_version.as_arg(),
-            "uid_range" => format!("{:?}", j.uid_range)),
-        None => warn!(
-            log,
-            "VMMs run unjailed: as root, with the host's filesystem in view \
-            (less isolated; set [jailer] enabled = true, docs/jailer.md)"
+    let fc = binary
+        .as_ref()
+        .map(|b| b.path.as_path())
+        .or(config.firecracker_bin.as_deref());
+    let (jail, status) = decide_jailing(config, fc, jailed_vmms, log)?;
+    Ok((
+        VmmFactory {
+            binary,
+            processes,
+            settings: FirecrackerSettings {
+                socket_group: config.vm.socket_group,
+                ..FirecrackerSettings::new(&config.run_dir)
+            },
+            jail,
+        },
+        status,
+    ))
+}
+
+/// Issue 16: jailed or not, decided once from `[jailer] enabled` and what this host offers
+/// (`firecracker`: the binary VMMs run). `true` on a host that cannot jail is an error, never
+/// a silent fallback; `"auto"` falls back with a warning per reason, unless `jailed_vmms` (VMs
+/// whose VMMs were started jailed) would be left running unadopted.
+fn decide_jailing(
+    config: &Config,
+    firecracker: Option<&std::path::Path>,
+    jailed_vmms: &[String],
+    log: &Logger,
+) -> anyhow::Result<(Option<supervisor::JailSettings>, JailStatus)> {
+    let mode = config.jailer.enabled;
+    let checks = preflight::probe_jailing(&config.jailer, firecracker, &config.data_dir);
+    let mut decision = preflight::decide_jailing(mode, &checks);
+    let mut jail = None;
+    if decision == JailDecision::Jailed {
+        // The checks passed; reading the host again could still fail (a binary removed since).
+        match config.jailer.settings() {
+            Ok(s) => jail = Some(s),
+            Err(e) if mode == JailerMode::Auto => {
+                decision = JailDecision::Unjailed { reasons: vec![e] };
+            }
+            Err(e) => decision = JailDecision::Refused { reasons: vec![e] },
+        }
+    }
+    let decision = preflight::keep_jailed_vmms(mode, decision, jailed_vmms);
+    match decision {
+        JailDecision::Jailed => {
+            let j = jail
+                .as_ref()
+                .context("jailing decided without its settings")?;
+            info!(log, "VMMs run jailed"; "jailer" => %j.jailer.display(),
+                "enabled" => %mode,
+                "chroot_base_dir" => %j.chroot_base.display(),
+                "cgroup_version" => j.cgroup_version.as_arg(),
+                "uid_range" => format!("{:?}", j.uid_range));
+            Ok((
+                jail,
+                JailStatus {
+                    jailed: true,
+                    reasons: Vec::new(),
+                },
+            ))
+        }
+        JailDecision::Unjailed { reasons } => {
+            if mode == JailerMode::Off {
+                info!(
+                    log,
+                    "VMMs run unjailed: as root, with the host's filesystem in view \
+                    (less isolated; [jailer] enabled = false, docs/jailer.md)"
+                );
+            } else {
+                for r in &reasons {
+                    warn!(log, "VMMs cannot be jailed here"; "reason" => r);
+                }
+                warn!(
+                    log,
+                    "VMMs run unjailed: as root, with the host's filesystem in view \
+                    (less isolated; [jailer] enabled = \"auto\" found jailing impossible here, \
+                    see the reasons above and docs/jailer.md)";
+                    "reasons" => reasons.join("; ")
+                );
+            }
+            Ok((
+                None,
+                JailStatus {
+                    jailed: false,
+                    reasons,
+                },
+            ))
+        }
+        JailDecision::Refused { reasons } => anyhow::bail!(
+            "[jailer] enabled = {mode}, but VMMs cannot be jailed here: {}",
+            reasons.join("; ")
         ),
     }
-    Ok(VmmFactory {
-        binary,
-        processes,
-        settings: FirecrackerSettings {
-            socket_group: config.vm.socket_group,
-            ..FirecrackerSettings::new(&config.run_dir)
-        },
-        jail,
-    })
+}
+
+/// The VMs whose VMMs were started jailed and may still run (a uid and a process recorded).
+fn jailed_vmms(records: &[supervisor::VmRecord]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.uid.is_some() && r.process.is_some())
+        .map(|r| r.spec.name.clone())
+        .collect()
 }
 
 /// The `[vm]` section's lifecycle settings, as the supervisor takes them.

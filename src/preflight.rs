@@ -2,7 +2,10 @@
 //! plainly ("no /dev/kvm", "iptables not found") instead of as an obscure failure later.
 
 mod jailer;
-pub use jailer::{check_jailing, is_static_elf};
+pub use jailer::{
+    check_jailing, decide_jailing, is_static_elf, jailing_findings, keep_jailed_vmms,
+    probe_jailing, JailCheck, JailDecision, OFF_REASON,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -73,6 +73,9 @@ pub struct ApiState {
     pub snapshots: Option<SnapshotPorts>,
     /// OCI pulls and archive imports into that store; `None` makes them answer 503.
     pub oci: Option<crate::images::oci::Puller>,
+    /// Whether hearthd's VMMs run jailed, shown by `/v1/node`; `None` leaves it out (test
+    /// servers, which decide nothing).
+    pub jailing: Option<node::JailStatus>,
     /// Maximum size of a JSON request body, bytes.
     pub body_limit: usize,
     /// Time a client has to send a whole request body ([`DEFAULT_BODY_TIMEOUT`]).
@@ -90,6 +93,7 @@ impl ApiState {
             images,
             snapshots: None,
             oci: None,
+            jailing: None,
             body_limit: DEFAULT_BODY_LIMIT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             log: slog::Logger::root(slog::Discard, slog::o!()),
@@ -107,6 +111,13 @@ impl ApiState {
     #[must_use]
     pub fn with_oci(mut self, puller: crate::images::oci::Puller) -> Self {
         self.oci = Some(puller);
+        self
+    }
+
+    /// The same state, reporting `jailing` in `/v1/node`.
+    #[must_use]
+    pub fn with_jailing(mut self, jailing: node::JailStatus) -> Self {
+        self.jailing = Some(jailing);
         self
     }
 

@@ -1,9 +1,10 @@
-//! `/v1/node`: the host's cordon and drain.
+//! `/v1/node`: the host's cordon and drain, and whether its VMMs run jailed.
 
 use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use hearth_actors::supervisor as sup;
 use hearth_proto::api_policy::{CordonRequest, DrainRequest};
+use serde_json::Value;
 
 use super::body::JsonBody;
 use super::query::Params;
@@ -12,11 +13,36 @@ use super::{ApiError, ApiState};
 /// The reason used when a cordon or drain gives none.
 const NO_REASON: &str = "cordoned by an operator";
 
-/// `GET /v1/node`: cordoned or not, and the running or last drain's progress.
+/// Whether hearthd runs its VMMs jailed (decided once at start, `crate::daemon`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailStatus {
+    /// Every VMM runs through Firecracker's jailer.
+    pub jailed: bool,
+    /// When not: why, one line each (the blockers `[jailer] enabled = "auto"` found, or that
+    /// jailing is off).
+    pub reasons: Vec<String>,
+}
+
+/// The supervisor's `node` with hearthd's jailing added (`jailed`, and `unjailed_reasons`
+/// when not jailed); as it is when the server was given none (test servers).
+fn render(state: &ApiState, node: &sup::NodeStatus) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(node).map_err(|e| ApiError::Internal {
+        what: e.to_string(),
+    })?;
+    if let (Some(j), Some(obj)) = (&state.jailing, v.as_object_mut()) {
+        obj.insert("jailed".into(), j.jailed.into());
+        if !j.jailed {
+            obj.insert("unjailed_reasons".into(), j.reasons.clone().into());
+        }
+    }
+    Ok(v)
+}
+
+/// `GET /v1/node`: cordoned or not, the running or last drain's progress, jailed or not.
 pub async fn get(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let node = state.ports.node.send(sup::GetNode).await?;
-    Ok(HttpResponse::Ok().json(node))
+    Ok(HttpResponse::Ok().json(render(&state, &node)?))
 }
 
 /// `POST /v1/node/cordon {"reason"?}`: refuse new VMs from now on (persisted).
@@ -34,7 +60,7 @@ pub async fn cordon(
             reason: Some(reason),
         })
         .await??;
-    Ok(HttpResponse::Ok().json(node))
+    Ok(HttpResponse::Ok().json(render(&state, &node)?))
 }
 
 /// `POST /v1/node/uncordon`: take new VMs again.
@@ -45,7 +71,7 @@ pub async fn uncordon(state: Data<ApiState>, req: HttpRequest) -> Result<HttpRes
         .cordon
         .send(sup::SetCordon { reason: None })
         .await??;
-    Ok(HttpResponse::Ok().json(node))
+    Ok(HttpResponse::Ok().json(render(&state, &node)?))
 }
 
 /// `POST /v1/node/drain[?wait=false] {"reason"?, "mode"?: "stop"|"snapshot"}`: cordon, then
@@ -78,6 +104,7 @@ pub async fn drain(
             wait,
         })
         .await??;
+    let node = render(&state, &node)?;
     Ok(if wait {
         HttpResponse::Ok().json(node)
     } else {

@@ -60,35 +60,7 @@ pub fn extend(doc: &mut Value) {
                                 <vm>-drained-<its last start, ms>) then stop it"},
         }
     });
-    schemas["NodeStatus"] = json!({
-        "type": "object", "required": ["cordoned", "policy_ticks"],
-        "properties": {
-            "cordoned": {"type": "boolean"},
-            "policy_ticks": {"type": "integer", "minimum": 0,
-                "description": "passes the policy loop made since hearthd started (each checks \
-                                due restarts and time limits; also hearth_policy_ticks_total): \
-                                once it has grown by a few after an event, the policies had \
-                                their chance to act on it"},
-            "reason": {"type": "string"},
-            "drain": {"type": "object",
-                "required": ["mode", "total", "stopped", "snapshots", "failed", "done"],
-                "properties": {
-                    "mode": {"type": "string", "enum": ["stop", "snapshot"]},
-                    "total": {"type": "integer", "minimum": 0},
-                    "stopped": {"type": "integer", "minimum": 0},
-                    "snapshots": {"type": "array", "description": "[VM name, snapshot] pairs",
-                        "items": {"type": "array", "items": {"type": "string"},
-                                  "minItems": 2, "maxItems": 2}},
-                    "failed": {"type": "array", "description": "[VM name, why] pairs",
-                        "items": {"type": "array", "items": {"type": "string"},
-                                  "minItems": 2, "maxItems": 2}},
-                    "done": {"type": "boolean"},
-                    "resumed": {"type": "boolean",
-                        "description": "resumed by a start of hearthd after the one that \
-                                        began it stopped; total counts the VMs still running then"},
-                }},
-        }
-    });
+    schemas["NodeStatus"] = node_status();
     if let Some(health) = schemas["Health"]["properties"].as_object_mut() {
         health.insert("cordoned".into(), json!({"type": "boolean"}));
         health.insert("cordon_reason".into(), json!({"type": "string"}));
@@ -127,6 +99,46 @@ pub fn extend(doc: &mut Value) {
     if let Some(reasons) = schemas["Event"]["properties"]["reason"]["enum"].as_array_mut() {
         reasons.extend([json!("policy"), json!("expired"), json!("drain")]);
     }
+}
+
+/// `GET /v1/node`'s answer (and cordon's, uncordon's and drain's).
+fn node_status() -> Value {
+    json!({
+        "type": "object", "required": ["cordoned", "policy_ticks"],
+        "properties": {
+            "cordoned": {"type": "boolean"},
+            "policy_ticks": {"type": "integer", "minimum": 0,
+                "description": "passes the policy loop made since hearthd started (each checks \
+                                due restarts and time limits; also hearth_policy_ticks_total): \
+                                once it has grown by a few after an event, the policies had \
+                                their chance to act on it"},
+            "reason": {"type": "string"},
+            "drain": {"type": "object",
+                "required": ["mode", "total", "stopped", "snapshots", "failed", "done"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["stop", "snapshot"]},
+                    "total": {"type": "integer", "minimum": 0},
+                    "stopped": {"type": "integer", "minimum": 0},
+                    "snapshots": {"type": "array", "description": "[VM name, snapshot] pairs",
+                        "items": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2}},
+                    "failed": {"type": "array", "description": "[VM name, why] pairs",
+                        "items": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2}},
+                    "done": {"type": "boolean"},
+                    "resumed": {"type": "boolean",
+                        "description": "resumed by a start of hearthd after the one that \
+                                        began it stopped; total counts the VMs still running then"},
+                }},
+            "jailed": {"type": "boolean",
+                "description": "whether every VMM runs through Firecracker's jailer, decided at \
+                                hearthd's start from [jailer] enabled (true, false or \"auto\": \
+                                jailed where this host can); always given by hearthd"},
+            "unjailed_reasons": {"type": "array", "items": {"type": "string"},
+                "description": "when jailed is false: why, one line each (a blocker \"auto\" \
+                                found, with its fix, or [jailer] enabled = false)"},
+        }
+    })
 }
 
 /// `/v1/node` and its cordon, uncordon and drain.

@@ -64,16 +64,27 @@ fn main() -> anyhow::Result<()> {
     config.validate().context("Invalid configuration")?;
 
     let mut findings = preflight::check_host(config.firecracker_bin.as_deref());
-    // Jailing (issue 16): whether it is possible here, and why not.
-    findings.extend(preflight::check_jailing(
+    // Jailing (issue 16): whether it is possible here, and why not; hearthd decides the same
+    // way at start (`daemon::start`).
+    let jail_checks = preflight::probe_jailing(
         &config.jailer,
         config.firecracker_bin.as_deref(),
         &config.data_dir,
+    );
+    findings.extend(preflight::jailing_findings(
+        config.jailer.enabled,
+        &jail_checks,
     ));
     if args.check {
         for f in &findings {
             println!("{f}");
         }
+        let decision = preflight::decide_jailing(config.jailer.enabled, &jail_checks);
+        println!(
+            "\n# jailing ([jailer] enabled = {})\n{}",
+            config.jailer.enabled,
+            decision.summary()
+        );
         println!(
             "\n# effective configuration\n{}",
             toml::to_string_pretty(&config)?
@@ -133,6 +144,7 @@ async fn run(config: Config, log: slog::Logger) -> anyhow::Result<()> {
     let state = ApiState::new(SupervisorPorts::new(&daemon.supervisor), Some(images))
         .with_snapshots(api::SnapshotPorts::new(&daemon.supervisor))
         .with_oci(puller)
+        .with_jailing(daemon.jailing.clone())
         .with_logger(log.clone());
     let api_settings = api::ApiSettings {
         socket: config.api.socket.clone(),

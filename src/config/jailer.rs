@@ -1,11 +1,14 @@
 //! The `[jailer]` section: running each VM's Firecracker through Firecracker's jailer, as its
 //! own uid/gid, in a chroot, a new pid namespace and cgroups with limits derived from its size.
 //!
-//! Off by default this session: the simulator (`firecracker-sim`) is not statically linked, so
-//! it cannot run inside the jailer's empty chroot, and the default flips once jailed VMs are
-//! proven in CI with the real binaries. Without it VMMs run as root with the host's filesystem
-//! in view (hearthd logs that they are less isolated).
+//! `enabled` is `"auto"` by default: hearthd jails every VMM when this host can (a jailer
+//! binary, a statically linked Firecracker, usable cgroups: `crate::preflight::check_jailing`)
+//! and otherwise runs them unjailed, warning at start with each reason and its fix. The
+//! simulator (`firecracker-sim`) is not statically linked, so hosts that only have it fall back.
+//! `true` refuses to start where jailing is impossible; `false` runs unjailed on purpose. Unjailed
+//! VMMs run as root with the host's filesystem in view (hearthd logs that they are less isolated).
 
+use std::fmt;
 use std::path::PathBuf;
 
 use hearth_actors::firecracker::jailer::{JailLayout, LimitPolicy};
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use hearth_actors::host::jails::uids::MIN_VM_UID;
 use hearth_actors::host::jails::{cgroups, LinuxJails};
 use hearth_actors::supervisor::JailSettings;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ConfigError;
 
@@ -26,9 +29,9 @@ const MAX_JAIL_ID: usize = 10;
 #[serde(default, deny_unknown_fields)]
 pub struct JailerConfig {
     /// Run every VMM through the jailer (each VM its own uid, chroot, pid namespace and
-    /// cgroups). Off by default: see the module docs. `hearthd --check` says whether the
-    /// host can.
-    pub enabled: bool,
+    /// cgroups): `true`, `false` or `"auto"` (the default: jailed when this host can, see the
+    /// module docs). `hearthd --check` says whether the host can.
+    pub enabled: JailerMode,
     /// The jailer binary. Default: `jailer` in `PATH`.
     pub jailer_bin: Option<PathBuf>,
     /// The uids (and gids of the same numbers) VMs get, one each, inclusive: `[first, last]`.
@@ -54,6 +57,72 @@ pub struct JailerConfig {
     pub warm_pool: usize,
 }
 
+/// `[jailer] enabled`: whether VMMs run jailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JailerMode {
+    /// `true`: jailed; hearthd refuses to start where jailing is impossible.
+    On,
+    /// `false`: unjailed on purpose.
+    Off,
+    /// `"auto"` (the default): jailed where possible, else unjailed with a warning naming why.
+    #[default]
+    Auto,
+}
+
+/// The values `jailer.enabled` takes, for error messages.
+const MODES: &str = "true, false or \"auto\"";
+
+impl fmt::Display for JailerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JailerMode::On => "true",
+            JailerMode::Off => "false",
+            JailerMode::Auto => "\"auto\"",
+        })
+    }
+}
+
+impl Serialize for JailerMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            JailerMode::On => s.serialize_bool(true),
+            JailerMode::Off => s.serialize_bool(false),
+            JailerMode::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JailerMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ModeVisitor)
+    }
+}
+
+/// Takes a boolean or the string `"auto"`; anything else names the key and what it takes.
+struct ModeVisitor;
+
+impl serde::de::Visitor<'_> for ModeVisitor {
+    type Value = JailerMode;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "jailer.enabled: {MODES}")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<JailerMode, E> {
+        Ok(if v { JailerMode::On } else { JailerMode::Off })
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JailerMode, E> {
+        if v == "auto" {
+            Ok(JailerMode::Auto)
+        } else {
+            Err(E::custom(format!(
+                "jailer.enabled: {v:?} is not one of {MODES}"
+            )))
+        }
+    }
+}
+
 /// The largest `warm_pool`: each member is an idle VMM (a few MiB of RSS) and a jail.
 pub const MAX_WARM_POOL: usize = 64;
 
@@ -61,7 +130,7 @@ impl Default for JailerConfig {
     fn default() -> Self {
         let limits = LimitPolicy::default();
         JailerConfig {
-            enabled: false,
+            enabled: JailerMode::Auto,
             jailer_bin: None,
             uid_range: [900_000, 965_535],
             chroot_base_dir: "/srv/hearth".into(),
@@ -173,16 +242,14 @@ impl JailerConfig {
     }
 
     /// What the supervisor needs to jail every VMM, read from this host (the jailer binary,
-    /// the cgroup hierarchy); `None` when jailing is off.
+    /// the cgroup hierarchy), whatever `enabled` says: the caller decided to jail
+    /// (`crate::preflight::decide_jailing`).
     ///
     /// # Errors
     ///
     /// A message naming what is missing: no jailer binary, or no usable cgroup hierarchy
     /// (or not the version asked for).
-    pub fn settings(&self) -> Result<Option<JailSettings>, String> {
-        if !self.enabled {
-            return Ok(None);
-        }
+    pub fn settings(&self) -> Result<JailSettings, String> {
         let jailer = match &self.jailer_bin {
             Some(p) if p.is_file() => p.clone(),
             Some(p) => return Err(format!("jailer.jailer_bin {} is not a file", p.display())),
@@ -199,7 +266,7 @@ impl JailerConfig {
             ));
         }
         let [first, last] = self.uid_range;
-        Ok(Some(JailSettings {
+        Ok(JailSettings {
             jailer,
             cgroup_version: host.version,
             jails: Arc::new(LinuxJails::new(&self.chroot_base_dir, host)),
@@ -207,7 +274,7 @@ impl JailerConfig {
             limits: self.limit_policy(),
             uid_range: first..=last,
             warm_pool: self.warm_pool,
-        }))
+        })
     }
 
     /// The limit policy for `hearth_actors::firecracker::jailer::JailLimits::for_vm`.
@@ -234,19 +301,48 @@ mod tests {
     }
 
     #[test]
-    fn default_is_off_and_valid() {
+    fn default_is_auto_and_valid() {
         let c = JailerConfig::default();
-        assert!(!c.enabled);
+        assert_eq!(c.enabled, JailerMode::Auto);
         c.validate().unwrap();
+        let parsed: JailerConfig = toml::from_str("").unwrap();
+        assert_eq!(parsed.enabled, JailerMode::Auto);
     }
 
     #[test]
-    fn settings_are_none_when_off_and_name_a_missing_jailer() {
-        assert!(JailerConfig::default().settings().unwrap().is_none());
+    fn enabled_takes_true_false_and_auto() {
+        for (text, want) in [
+            ("enabled = true", JailerMode::On),
+            ("enabled = false", JailerMode::Off),
+            ("enabled = \"auto\"", JailerMode::Auto),
+        ] {
+            let c: JailerConfig = toml::from_str(text).unwrap();
+            assert_eq!(c.enabled, want, "{text}");
+            // Written back as it was read (`hearthd --check` prints the effective config).
+            let again: JailerConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+            assert_eq!(again.enabled, want);
+        }
+    }
+
+    #[test]
+    fn other_enabled_values_name_the_key_and_the_choices() {
+        for bad in ["\"yes\"", "\"Auto\"", "\"true\"", "1", "[]", "\"\""] {
+            let err = toml::from_str::<JailerConfig>(&format!("enabled = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("jailer.enabled") && err.contains("true, false or \"auto\""),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_name_a_missing_jailer() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("jailer");
         let c = JailerConfig {
-            enabled: true,
+            enabled: JailerMode::On,
             jailer_bin: Some(missing.clone()),
             ..JailerConfig::default()
         };
@@ -263,7 +359,7 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.warm_pool, MAX_WARM_POOL);
-        assert!(c.enabled);
+        assert_eq!(c.enabled, JailerMode::On);
         assert!((c.limit_policy().cpu_per_vcpu - 0.5).abs() < f64::EPSILON);
         assert_eq!(c.limit_policy().fsize, Some(1 << 30));
         assert!(toml::from_str::<JailerConfig>("nope = 1").is_err());

@@ -124,6 +124,9 @@ fn print_node(node: &Value) {
     if let Some(ticks) = node["policy_ticks"].as_u64() {
         println!("policy loop: {ticks} passes");
     }
+    for line in jailing_lines(node) {
+        println!("{line}");
+    }
     let d = &node["drain"];
     if d.is_object() {
         let state = if d["done"] == true { "done" } else { "running" };
@@ -147,5 +150,43 @@ fn print_node(node: &Value) {
                 f[1].as_str().unwrap_or("?")
             );
         }
+    }
+}
+
+/// Whether VMMs run jailed, and why not (nothing from a server that does not say).
+fn jailing_lines(node: &Value) -> Vec<String> {
+    match node["jailed"].as_bool() {
+        Some(true) => vec!["VMMs: jailed".into()],
+        Some(false) => std::iter::once("VMMs: unjailed (as root, less isolated)".to_owned())
+            .chain(
+                node["unjailed_reasons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(|r| format!("  because {r}")),
+            )
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jailing_lines;
+    use serde_json::json;
+
+    #[test]
+    fn jailing_is_printed_with_its_reasons() {
+        assert_eq!(jailing_lines(&json!({"jailed": true})), ["VMMs: jailed"]);
+        assert_eq!(
+            jailing_lines(&json!({"jailed": false, "unjailed_reasons": ["a: b", "c: d"]})),
+            [
+                "VMMs: unjailed (as root, less isolated)",
+                "  because a: b",
+                "  because c: d"
+            ]
+        );
+        assert!(jailing_lines(&json!({"cordoned": false})).is_empty());
     }
 }
