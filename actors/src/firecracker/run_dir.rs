@@ -333,7 +333,7 @@ pub fn set_socket_access(path: &Path, gid: u32) -> Result<(), FirecrackerError> 
     )
     .map_err(|e| err(e.into()))?;
     // fchmod refuses an O_PATH descriptor; its /proc link names the same inode.
-    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let by_fd = crate::host::procfs::fd_path(fd.as_raw_fd(), None);
     std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(0o660)).map_err(err)
 }
 
