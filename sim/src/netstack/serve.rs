@@ -32,7 +32,7 @@ pub const MAX_CONNS: usize = 8;
 /// Most ports one guest serves.
 pub const MAX_PORTS: usize = 16;
 /// TCP buffer size, each way: an answer is at most `peer=` + an endpoint + ` got=` + the
-/// request with each byte possibly replaced by U+FFFD (3 bytes), which fits.
+/// request's first [`MAX_REQUEST`] bytes, which fits.
 const TCP_BUF: usize = 4 * 1024;
 /// Datagrams buffered each way on a UDP port.
 const UDP_PACKETS: usize = 8;
@@ -100,10 +100,13 @@ impl fmt::Display for ServePort {
     }
 }
 
-/// The answer to a request from `peer`.
+/// The answer to a request from `peer`: no longer than the request's first [`MAX_REQUEST`]
+/// bytes plus the peer, so a UDP answer fits one 1500-byte frame (an invalid byte becomes
+/// `?`, not the three bytes of U+FFFD).
 fn answer(peer: IpEndpoint, request: &[u8]) -> String {
     let request = &request[..request.len().min(MAX_REQUEST)];
-    format!("peer={peer} got={}", String::from_utf8_lossy(request))
+    let text = String::from_utf8_lossy(request).replace(char::REPLACEMENT_CHARACTER, "?");
+    format!("peer={peer} got={text}")
 }
 
 /// The servers of one guest stack.
@@ -387,5 +390,7 @@ mod tests {
         assert_eq!(answer(peer, b"hello"), "peer=10.98.0.2:40000 got=hello");
         let long = answer(peer, &[0xff; 3 * MAX_REQUEST]);
         assert!(long.len() < TCP_BUF, "{}", long.len());
+        // Invalid bytes do not grow the answer past one frame.
+        assert!(long.len() <= MAX_REQUEST + 64, "{}", long.len());
     }
 }
