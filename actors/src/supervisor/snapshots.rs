@@ -110,18 +110,16 @@ pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> 
     remove_dir(&rec.dir)
 }
 
-/// Makes the directory a memory file kept outside its snapshot's directory goes to: root's
-/// only (a jailed VM's uid must not reach other forks' memory).
+/// Makes or checks the directory a memory file kept outside its snapshot's directory goes
+/// to (hearthd's only: no other user may read a fork's memory or plant files there), and
+/// clears the file's place so that it is written afresh (see `fork_mem_dir`).
 fn make_mem_dir(mem: &Path) -> Result<(), SupervisorError> {
-    use std::os::unix::fs::DirBuilderExt;
     let Some(dir) = mem.parent() else {
         return Ok(());
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(files_error("create", dir))
+    super::fork_mem_dir::prepare(dir)
+        .and_then(|()| super::fork_mem_dir::clear(mem))
+        .map_err(|e| files_error("use", dir)(std::io::Error::other(e)))
 }
 
 /// The source VM as the snapshot saga needs it.
@@ -354,6 +352,10 @@ impl VmSupervisor {
                         .filter(|_| internal)
                         .map(|d| SnapshotRecord::mem_file_in(d, &name)),
                 };
+                // Refused before anything changes when the directory is not hearthd's own.
+                if let Some(mem) = &record.mem_file {
+                    make_mem_dir(mem)?;
+                }
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
                 // Its own, stopped with the saga (as a restore's): it freezes and thaws.
@@ -457,6 +459,7 @@ async fn capture(
     lap = Instant::now();
     std::fs::create_dir_all(&rec.dir).map_err(files_error("create", &rec.dir))?;
     if rec.mem_file.is_some() {
+        // Checked again right before the write: the directory may have changed meanwhile.
         make_mem_dir(&rec.mem_path())?;
     }
     rec.disk_bytes = p
@@ -717,7 +720,23 @@ impl VmSupervisor {
         &mut self,
         ctx: &mut Context<Self>,
     ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
-        let lost = self.mark_lost_snapshots();
+        // Nothing in a directory that is not hearthd's own is trusted: not marked, not swept.
+        let mem_dir_ok = match self.settings.fork_memory_dir.as_deref() {
+            Some(dir) => super::fork_mem_dir::check(dir).map_or_else(
+                |e| {
+                    warn!(self.log, "fork memory directory not used: lost snapshots not \
+                        marked, leaked memory files not swept"; "error" => %e);
+                    false
+                },
+                |_| true,
+            ),
+            None => true,
+        };
+        let lost = if mem_dir_ok {
+            self.mark_lost_snapshots()
+        } else {
+            Vec::new()
+        };
         let p = self.ports(ctx);
         let mut work = Vec::new();
         for rec in self.snapshots.values() {
@@ -759,7 +778,7 @@ impl VmSupervisor {
         }
         let known: Vec<String> = self.snapshots.keys().cloned().collect();
         let base = self.settings.snapshot_dir.clone();
-        let mem_base = self.settings.fork_memory_dir.clone();
+        let mem_base = self.settings.fork_memory_dir.clone().filter(|_| mem_dir_ok);
         async move {
             let mut out = SnapshotRepairs {
                 repaired: lost,
@@ -830,7 +849,11 @@ impl VmSupervisor {
             .snapshots
             .values()
             .filter(|r| r.state == SnapshotState::Ready)
-            .filter(|r| r.mem_file.as_deref().is_some_and(|m| !m.exists()))
+            .filter(|r| {
+                r.mem_file
+                    .as_deref()
+                    .is_some_and(|m| m.symlink_metadata().is_err())
+            })
             .cloned()
             .collect();
         let mut marked = Vec::new();
