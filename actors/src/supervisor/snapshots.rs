@@ -893,7 +893,8 @@ pub(super) fn lost_detail(rec: &SnapshotRecord) -> String {
 }
 
 /// Removes memory files under `base` (the fork memory directory) that no snapshot record
-/// names (made, then the record lost). Only `<name>.memory` files: nothing else is hearth's.
+/// names (made, then the record lost). Only regular files named as hearth names them,
+/// `<vm>.fork.memory` with a valid VM name: nothing else there is known to be hearth's.
 fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
     let entries = match std::fs::read_dir(base) {
         Ok(e) => e,
@@ -907,10 +908,17 @@ fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
     let mut swept = Vec::new();
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_suffix(MEM_FILE_SUFFIX) else {
+        let Some(vm) = file
+            .strip_suffix(MEM_FILE_SUFFIX)
+            .and_then(|n| n.strip_suffix(".fork"))
+        else {
             continue;
         };
-        if known.iter().any(|k| k == name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+        if hearth_proto::api::validate_vm_name(vm).is_err() {
+            continue;
+        }
+        let name = format!("{vm}.fork");
+        if known.contains(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         match std::fs::remove_file(entry.path()) {

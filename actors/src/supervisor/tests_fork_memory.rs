@@ -94,8 +94,8 @@ fn supervisor(store: MemoryVmStore, snaps: &Path, mem: &Path, run: &Path) -> Add
 
 /// After a reboot the fork's memory file (in RAM) is gone: `Open` marks its snapshot `lost`
 /// (not `ready`), says so in an event on the forked VM, and a restore from it is refused
-/// naming why; leaked memory files no record names are swept (nothing else in that
-/// directory is touched); deleting the forked VM removes the snapshot, leaving both
+/// naming why; leaked memory files no record names are swept (only `<vm>.fork.memory`
+/// names: nothing else in that directory is touched); deleting the forked VM removes the snapshot, leaving both
 /// directories empty.
 #[actix::test]
 async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
@@ -112,7 +112,16 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
     store.insert_vm(&f).unwrap();
     store.set_state("f", VmState::Stopped, None).unwrap();
     std::fs::write(mem.path().join("ghost.fork.memory"), b"leaked").unwrap();
-    std::fs::write(mem.path().join("notes.txt"), b"not hearth's").unwrap();
+    // Not names hearth gives: left alone, as the other file.
+    let others = [
+        "notes.txt",
+        "db.memory",
+        "Bad_Name.fork.memory",
+        "-x.fork.memory",
+    ];
+    for other in others {
+        std::fs::write(mem.path().join(other), b"not hearth's").unwrap();
+    }
     let sup = supervisor(store, snaps.path(), mem.path(), run.path());
 
     let report = sup.send(Open {}).await.unwrap().unwrap();
@@ -200,7 +209,11 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
             .collect()
     };
     assert!(left(snaps.path()).is_empty(), "{:?}", left(snaps.path()));
-    assert_eq!(left(mem.path()), ["notes.txt"]);
+    let mut kept = left(mem.path());
+    kept.sort_unstable();
+    let mut others = others.to_vec();
+    others.sort_unstable();
+    assert_eq!(kept, others);
 }
 
 /// A fork snapshot whose memory file is still there (hearthd restarted, the host did not)
