@@ -844,6 +844,8 @@ impl VmSupervisor {
     /// Marks `lost` each `ready` snapshot whose memory file, kept outside its directory (in
     /// RAM: a fork's), is gone (the host rebooted), with an event on the VMs restored from it
     /// (or its source): it cannot be restored any more, only removed. Answers what it marked.
+    /// A missing file is taken for a reboot without asking the boot id: a directory on a
+    /// mount not made yet loses its snapshots too (the README says to mount it first).
     fn mark_lost_snapshots(&mut self) -> Vec<String> {
         let lost: Vec<SnapshotRecord> = self
             .snapshots
@@ -873,7 +875,8 @@ impl VmSupervisor {
             }
             for vm in told {
                 if let Some(state) = self.vms.get(&vm).map(|e| e.record.state) {
-                    self.publish(&vm, state, EventReason::Restart, Some(&detail));
+                    // About its snapshot (not a restart of the VM, whose state is unchanged).
+                    self.publish(&vm, state, EventReason::Snapshot, Some(&detail));
                 }
             }
             marked.push(format!("snapshot {} (lost)", rec.name));

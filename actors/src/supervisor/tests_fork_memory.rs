@@ -156,6 +156,7 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
         .unwrap();
     assert!(
         events.iter().any(|e| e.vm == "f"
+            && e.reason == api::EventReason::Snapshot
             && e.detail
                 .as_deref()
                 .is_some_and(|d| d.contains("lost its memory file"))),
