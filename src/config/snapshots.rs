@@ -17,16 +17,16 @@ pub struct SnapshotsConfig {
     /// file lives exactly as long as the forked VM, which cannot outlive a host reboot.
     /// Costs RAM: the guest's memory size per live fork. Absolute; made (mode 0700) at the
     /// first fork if missing; an existing one must be a directory (not a symlink) owned by
-    /// hearthd's user with mode 0700, since others could read or plant memory files in it
-    /// (so not `/dev/shm` itself). Default: unset (with the snapshot's other files).
+    /// hearthd's user and closed to group and others, who could read or plant memory files
+    /// in it (so not `/dev/shm` itself). Default: unset (with the snapshot's other files).
     pub fork_memory_dir: Option<PathBuf>,
 }
 
 impl SnapshotsConfig {
     /// Checks `fork_memory_dir`: absolute, hearthd's own private directory (not a symlink,
-    /// owned by its euid, mode 0700) or creatable (its nearest existing ancestor is a
-    /// directory), and not under `data_dir/snapshots` (whose unknown entries are swept).
-    /// Touches nothing.
+    /// owned by its euid, no group or other access) or creatable (its nearest existing
+    /// ancestor is a directory), and not under `data_dir/snapshots` (whose unknown entries
+    /// are swept). Touches nothing.
     ///
     /// # Errors
     ///
