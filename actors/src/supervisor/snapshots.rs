@@ -720,18 +720,7 @@ impl VmSupervisor {
         &mut self,
         ctx: &mut Context<Self>,
     ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
-        // Nothing in a directory that is not hearthd's own is trusted: not marked, not swept.
-        let mem_dir_ok = match self.settings.fork_memory_dir.as_deref() {
-            Some(dir) => super::fork_mem_dir::check(dir).map_or_else(
-                |e| {
-                    warn!(self.log, "fork memory directory not used: lost snapshots not \
-                        marked, leaked memory files not swept"; "error" => %e);
-                    false
-                },
-                |_| true,
-            ),
-            None => true,
-        };
+        let mem_dir_ok = self.mem_dir_trusted();
         let lost = if mem_dir_ok {
             self.mark_lost_snapshots()
         } else {
@@ -841,6 +830,22 @@ impl VmSupervisor {
 }
 
 impl VmSupervisor {
+    /// Whether the fork memory directory (if set) is hearthd's own, or missing: nothing in
+    /// one that is not is trusted at `Open` (no snapshot marked lost, no file swept).
+    fn mem_dir_trusted(&self) -> bool {
+        let Some(dir) = self.settings.fork_memory_dir.as_deref() else {
+            return true;
+        };
+        super::fork_mem_dir::check(dir).map_or_else(
+            |e| {
+                warn!(self.log, "fork memory directory not used: lost snapshots not marked, \
+                    leaked memory files not swept"; "error" => %e);
+                false
+            },
+            |_| true,
+        )
+    }
+
     /// Marks `lost` each `ready` snapshot whose memory file, kept outside its directory (in
     /// RAM: a fork's), is gone (the host rebooted), with an event on the VMs restored from it
     /// (or its source): it cannot be restored any more, only removed. Answers what it marked.
