@@ -135,3 +135,62 @@ fn after_a_reboot_the_fork_snapshot_is_lost_and_the_fork_starts_cold() {
     h.ctl_ok(&["vm", "rm", "a"]);
     daemon::assert_no_leaks(&h);
 }
+
+/// The fork memory directory changed under a running hearthd into one others can reach (a
+/// symlink, mode 0777, another owner): each fork is refused naming
+/// `snapshots.fork_memory_dir`, and nothing changes (no fork, no snapshot, the source runs,
+/// nothing written there). A memory file's name planted as a symlink in hearthd's own
+/// directory is unlinked, never written through.
+#[test]
+fn forks_refuse_a_fork_memory_dir_that_is_not_hearthds_own() {
+    use std::os::unix::fs::PermissionsExt;
+    require_privileged!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = tmp.path().join("forks");
+    let h = start(&mem);
+    create(&h, "a");
+    // hearthd makes its directory at the first fork; this one is a stranger's.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &mem).unwrap();
+    let refused = |why: &str| {
+        let out = h.ctl(&["vm", "fork", "a", "b"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("snapshots.fork_memory_dir") && err.contains(why),
+            "{why}: {err}\n{}",
+            h.log()
+        );
+        assert_eq!(h.state("a").as_deref(), Some("running"));
+        assert_eq!(h.state("b"), None);
+        assert_eq!(h.ctl(&["snapshot", "get", "b.fork"]).status.code(), Some(1));
+        assert!(entries(&h.path("data/snapshots")).is_empty());
+    };
+    refused("symbolic link");
+    assert!(entries(&elsewhere).is_empty());
+    std::fs::remove_file(&mem).unwrap();
+    std::fs::create_dir(&mem).unwrap();
+    std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("mode 0777");
+    std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&mem, Some(900_003), Some(900_003)).unwrap();
+    refused("uid 900003");
+    assert!(entries(&mem).is_empty());
+    std::os::unix::fs::chown(&mem, Some(0), Some(0)).unwrap();
+
+    // Its own again, with the fork's memory file's name planted as a symlink.
+    let precious = tmp.path().join("precious");
+    std::fs::write(&precious, b"keep").unwrap();
+    std::os::unix::fs::symlink(&precious, mem.join("b.fork.memory")).unwrap();
+    let b = h.ctl_ok(&["vm", "fork", "a", "b"]);
+    assert_eq!(b["state"], "running", "{b}\n{}", h.log());
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep");
+    let meta = mem.join("b.fork.memory").symlink_metadata().unwrap();
+    assert!(meta.is_file(), "{meta:?}");
+    h.ctl_ok(&["vm", "rm", "b"]);
+    h.ctl_ok(&["vm", "rm", "a"]);
+    assert!(entries(&mem).is_empty(), "{:?}", entries(&mem));
+    daemon::assert_no_leaks(&h);
+}

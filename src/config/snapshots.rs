@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-const KEY: &str = "snapshots.fork_memory_dir";
+use hearth_actors::supervisor::fork_mem_dir::{self, MemDirError, KEY};
 
 /// Snapshot settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -16,12 +16,15 @@ pub struct SnapshotsConfig {
     /// instead of `data_dir/snapshots`, e.g. a tmpfs such as `/dev/shm/hearth-forks`: the
     /// file lives exactly as long as the forked VM, which cannot outlive a host reboot.
     /// Costs RAM: the guest's memory size per live fork. Absolute; made (mode 0700) at the
-    /// first fork if missing. Default: unset (with the snapshot's other files).
+    /// first fork if missing; an existing one must be a directory (not a symlink) owned by
+    /// hearthd's user and closed to group and others, who could read or plant memory files
+    /// in it (so not `/dev/shm` itself). Default: unset (with the snapshot's other files).
     pub fork_memory_dir: Option<PathBuf>,
 }
 
 impl SnapshotsConfig {
-    /// Checks `fork_memory_dir`: absolute, a directory or creatable (its nearest existing
+    /// Checks `fork_memory_dir`: absolute, hearthd's own private directory (not a symlink,
+    /// owned by its euid, no group or other access) or creatable (its nearest existing
     /// ancestor is a directory), and not under `data_dir/snapshots` (whose unknown entries
     /// are swept). Touches nothing.
     ///
@@ -45,6 +48,17 @@ impl SnapshotsConfig {
                 dir.display()
             )));
         }
+        match fork_mem_dir::check(dir) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            // Said without repeating the key, which the config error names.
+            Err(MemDirError::Untrusted { path, problem }) => {
+                return Err(invalid(format!("{} {problem}", path.display())))
+            }
+            Err(MemDirError::Io { path, what, source }) => {
+                return Err(invalid(format!("{what} {}: {source}", path.display())))
+            }
+        }
         let existing = dir.ancestors().find(|a| a.symlink_metadata().is_ok());
         match existing.map(|a| (a, a.metadata())) {
             Some((_, Ok(m))) if m.is_dir() => Ok(()),
@@ -66,6 +80,7 @@ impl SnapshotsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn check(dir: &str, data_dir: &Path) -> Result<(), String> {
         SnapshotsConfig {
@@ -83,6 +98,7 @@ mod tests {
         let data = tmp.path().join("data");
         SnapshotsConfig::default().validate(&data).unwrap();
         let base = tmp.path().display().to_string();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         check(&base, &data).unwrap();
         check(&format!("{base}/not/yet"), &data).unwrap();
         std::fs::write(tmp.path().join("file"), b"").unwrap();
@@ -94,6 +110,27 @@ mod tests {
         ] {
             let err = check(&bad, &data).unwrap_err();
             assert!(err.contains(KEY) && err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    /// An existing directory hearthd would not be alone in is refused naming the key and the
+    /// problem: a symlink to a private directory, a world-writable one (as `/dev/shm`).
+    #[test]
+    fn fork_memory_dir_must_be_hearthds_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let private = tmp.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        check(&private.display().to_string(), &data).unwrap();
+        for (bad, why) in [(&link, "symbolic link"), (&open, "mode 1777")] {
+            let err = check(&bad.display().to_string(), &data).unwrap_err();
+            assert!(err.contains(KEY) && err.contains(why), "{bad:?}: {err}");
         }
     }
 }

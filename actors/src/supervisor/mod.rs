@@ -30,6 +30,7 @@ mod egress;
 mod error;
 mod expiry;
 mod fork;
+pub mod fork_mem_dir;
 mod guest;
 mod handlers;
 mod hooks;

@@ -110,18 +110,16 @@ pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> 
     remove_dir(&rec.dir)
 }
 
-/// Makes the directory a memory file kept outside its snapshot's directory goes to: root's
-/// only (a jailed VM's uid must not reach other forks' memory).
+/// Makes or checks the directory a memory file kept outside its snapshot's directory goes
+/// to (hearthd's only: no other user may read a fork's memory or plant files there), and
+/// clears the file's place so that it is written afresh (see `fork_mem_dir`).
 fn make_mem_dir(mem: &Path) -> Result<(), SupervisorError> {
-    use std::os::unix::fs::DirBuilderExt;
     let Some(dir) = mem.parent() else {
         return Ok(());
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(files_error("create", dir))
+    super::fork_mem_dir::prepare(dir)
+        .and_then(|()| super::fork_mem_dir::clear(mem))
+        .map_err(|e| files_error("use", dir)(std::io::Error::other(e)))
 }
 
 /// The source VM as the snapshot saga needs it.
@@ -354,6 +352,10 @@ impl VmSupervisor {
                         .filter(|_| internal)
                         .map(|d| SnapshotRecord::mem_file_in(d, &name)),
                 };
+                // Refused before anything changes when the directory is not hearthd's own.
+                if let Some(mem) = &record.mem_file {
+                    make_mem_dir(mem)?;
+                }
                 // Recorded before anything is made, so a crash leaves a record to repair.
                 act.apply_snapshot(SnapshotChange::Insert(record.clone()))?;
                 // Its own, stopped with the saga (as a restore's): it freezes and thaws.
@@ -457,6 +459,7 @@ async fn capture(
     lap = Instant::now();
     std::fs::create_dir_all(&rec.dir).map_err(files_error("create", &rec.dir))?;
     if rec.mem_file.is_some() {
+        // Checked again right before the write: the directory may have changed meanwhile.
         make_mem_dir(&rec.mem_path())?;
     }
     rec.disk_bytes = p
@@ -717,7 +720,12 @@ impl VmSupervisor {
         &mut self,
         ctx: &mut Context<Self>,
     ) -> futures::future::LocalBoxFuture<'static, SnapshotRepairs> {
-        let lost = self.mark_lost_snapshots();
+        let mem_dir_ok = self.mem_dir_trusted();
+        let lost = if mem_dir_ok {
+            self.mark_lost_snapshots()
+        } else {
+            Vec::new()
+        };
         let p = self.ports(ctx);
         let mut work = Vec::new();
         for rec in self.snapshots.values() {
@@ -759,7 +767,7 @@ impl VmSupervisor {
         }
         let known: Vec<String> = self.snapshots.keys().cloned().collect();
         let base = self.settings.snapshot_dir.clone();
-        let mem_base = self.settings.fork_memory_dir.clone();
+        let mem_base = self.settings.fork_memory_dir.clone().filter(|_| mem_dir_ok);
         async move {
             let mut out = SnapshotRepairs {
                 repaired: lost,
@@ -822,15 +830,37 @@ impl VmSupervisor {
 }
 
 impl VmSupervisor {
+    /// Whether the fork memory directory (if set) is hearthd's own, or missing: nothing in
+    /// one that is not is trusted at `Open` (no snapshot marked lost, no file swept).
+    fn mem_dir_trusted(&self) -> bool {
+        let Some(dir) = self.settings.fork_memory_dir.as_deref() else {
+            return true;
+        };
+        super::fork_mem_dir::check(dir).map_or_else(
+            |e| {
+                warn!(self.log, "fork memory directory not used: lost snapshots not marked, \
+                    leaked memory files not swept"; "error" => %e);
+                false
+            },
+            |_| true,
+        )
+    }
+
     /// Marks `lost` each `ready` snapshot whose memory file, kept outside its directory (in
     /// RAM: a fork's), is gone (the host rebooted), with an event on the VMs restored from it
     /// (or its source): it cannot be restored any more, only removed. Answers what it marked.
+    /// A missing file is taken for a reboot without asking the boot id: a directory on a
+    /// mount not made yet loses its snapshots too (the README says to mount it first).
     fn mark_lost_snapshots(&mut self) -> Vec<String> {
         let lost: Vec<SnapshotRecord> = self
             .snapshots
             .values()
             .filter(|r| r.state == SnapshotState::Ready)
-            .filter(|r| r.mem_file.as_deref().is_some_and(|m| !m.exists()))
+            .filter(|r| {
+                r.mem_file
+                    .as_deref()
+                    .is_some_and(|m| m.symlink_metadata().is_err())
+            })
             .cloned()
             .collect();
         let mut marked = Vec::new();
@@ -850,7 +880,8 @@ impl VmSupervisor {
             }
             for vm in told {
                 if let Some(state) = self.vms.get(&vm).map(|e| e.record.state) {
-                    self.publish(&vm, state, EventReason::Restart, Some(&detail));
+                    // About its snapshot (not a restart of the VM, whose state is unchanged).
+                    self.publish(&vm, state, EventReason::Snapshot, Some(&detail));
                 }
             }
             marked.push(format!("snapshot {} (lost)", rec.name));
@@ -870,7 +901,8 @@ pub(super) fn lost_detail(rec: &SnapshotRecord) -> String {
 }
 
 /// Removes memory files under `base` (the fork memory directory) that no snapshot record
-/// names (made, then the record lost). Only `<name>.memory` files: nothing else is hearth's.
+/// names (made, then the record lost). Only regular files named as hearth names them,
+/// `<vm>.fork.memory` with a valid VM name: nothing else there is known to be hearth's.
 fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
     let entries = match std::fs::read_dir(base) {
         Ok(e) => e,
@@ -884,10 +916,17 @@ fn sweep_mem_files(p: &Ports, base: &Path, known: &[String]) -> Vec<String> {
     let mut swept = Vec::new();
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_suffix(MEM_FILE_SUFFIX) else {
+        let Some(vm) = file
+            .strip_suffix(MEM_FILE_SUFFIX)
+            .and_then(|n| n.strip_suffix(".fork"))
+        else {
             continue;
         };
-        if known.iter().any(|k| k == name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+        if hearth_proto::api::validate_vm_name(vm).is_err() {
+            continue;
+        }
+        let name = format!("{vm}.fork");
+        if known.contains(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         match std::fs::remove_file(entry.path()) {

@@ -52,7 +52,7 @@ fn fork_snapshot(snaps: &Path, mem_dir: &Path) -> SnapshotRecord {
 #[test]
 fn the_memory_file_is_where_the_record_says() {
     let snaps = tempfile::tempdir().unwrap();
-    let mem = tempfile::tempdir().unwrap();
+    let mem = mem_dir();
     let mut rec = fork_snapshot(snaps.path(), mem.path());
     assert_eq!(rec.mem_path(), mem.path().join("f.fork.memory"));
     assert_eq!(rec.state_path(), snaps.path().join("f.fork/vmstate"));
@@ -65,6 +65,14 @@ fn the_memory_file_is_where_the_record_says() {
     json.as_object_mut().unwrap().remove("mem_file");
     let old: SnapshotRecord = serde_json::from_value(json).unwrap();
     assert_eq!(old.mem_path(), snaps.path().join("f.fork/memory"));
+}
+
+/// A fork memory directory as hearthd makes it: its own, mode 0700 (a tempdir is 0755).
+fn mem_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 fn supervisor(store: MemoryVmStore, snaps: &Path, mem: &Path, run: &Path) -> Addr<VmSupervisor> {
@@ -86,13 +94,13 @@ fn supervisor(store: MemoryVmStore, snaps: &Path, mem: &Path, run: &Path) -> Add
 
 /// After a reboot the fork's memory file (in RAM) is gone: `Open` marks its snapshot `lost`
 /// (not `ready`), says so in an event on the forked VM, and a restore from it is refused
-/// naming why; leaked memory files no record names are swept (nothing else in that
-/// directory is touched); deleting the forked VM removes the snapshot, leaving both
+/// naming why; leaked memory files no record names are swept (only `<vm>.fork.memory`
+/// names: nothing else in that directory is touched); deleting the forked VM removes the snapshot, leaving both
 /// directories empty.
 #[actix::test]
 async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
     let snaps = tempfile::tempdir().unwrap();
-    let mem = tempfile::tempdir().unwrap();
+    let mem = mem_dir();
     let run = tempfile::tempdir().unwrap();
     let mut store = MemoryVmStore::default();
     let snap = fork_snapshot(snaps.path(), mem.path());
@@ -104,7 +112,16 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
     store.insert_vm(&f).unwrap();
     store.set_state("f", VmState::Stopped, None).unwrap();
     std::fs::write(mem.path().join("ghost.fork.memory"), b"leaked").unwrap();
-    std::fs::write(mem.path().join("notes.txt"), b"not hearth's").unwrap();
+    // Not names hearth gives: left alone, as the other file.
+    let others = [
+        "notes.txt",
+        "db.memory",
+        "Bad_Name.fork.memory",
+        "-x.fork.memory",
+    ];
+    for other in others {
+        std::fs::write(mem.path().join(other), b"not hearth's").unwrap();
+    }
     let sup = supervisor(store, snaps.path(), mem.path(), run.path());
 
     let report = sup.send(Open {}).await.unwrap().unwrap();
@@ -139,6 +156,7 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
         .unwrap();
     assert!(
         events.iter().any(|e| e.vm == "f"
+            && e.reason == api::EventReason::Snapshot
             && e.detail
                 .as_deref()
                 .is_some_and(|d| d.contains("lost its memory file"))),
@@ -192,7 +210,11 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
             .collect()
     };
     assert!(left(snaps.path()).is_empty(), "{:?}", left(snaps.path()));
-    assert_eq!(left(mem.path()), ["notes.txt"]);
+    let mut kept = left(mem.path());
+    kept.sort_unstable();
+    let mut others = others.to_vec();
+    others.sort_unstable();
+    assert_eq!(kept, others);
 }
 
 /// A fork snapshot whose memory file is still there (hearthd restarted, the host did not)
@@ -200,7 +222,7 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
 #[actix::test]
 async fn a_surviving_memory_file_keeps_the_snapshot_and_goes_with_it() {
     let snaps = tempfile::tempdir().unwrap();
-    let mem = tempfile::tempdir().unwrap();
+    let mem = mem_dir();
     let run = tempfile::tempdir().unwrap();
     let mut store = MemoryVmStore::default();
     let snap = fork_snapshot(snaps.path(), mem.path());
@@ -227,4 +249,37 @@ async fn a_surviving_memory_file_keeps_the_snapshot_and_goes_with_it() {
     sup.send(DeleteSnapshot { name }).await.unwrap().unwrap();
     assert!(!snap.mem_path().exists());
     assert!(!snap.dir.exists());
+}
+
+/// A fork memory directory that is not hearthd's alone (here mode 0777, as `/dev/shm`) is
+/// not trusted at `Open`: its snapshot is not marked lost and no file in it is removed.
+#[actix::test]
+async fn open_trusts_nothing_in_a_directory_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let snaps = tempfile::tempdir().unwrap();
+    let mem = mem_dir();
+    let run = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(mem.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut store = MemoryVmStore::default();
+    let snap = SnapshotRecord {
+        internal: false,
+        ..fork_snapshot(snaps.path(), mem.path())
+    };
+    store.insert_snapshot(&snap).unwrap();
+    std::fs::write(mem.path().join("ghost.fork.memory"), b"someone's").unwrap();
+    let sup = supervisor(store, snaps.path(), mem.path(), run.path());
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert!(
+        report.repaired.is_empty() && report.swept.is_empty(),
+        "{report:?}"
+    );
+    let info = sup
+        .send(GetSnapshot {
+            name: "f.fork".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.state, SnapshotState::Ready);
+    assert!(mem.path().join("ghost.fork.memory").exists());
 }

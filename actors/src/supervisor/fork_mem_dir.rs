@@ -1,0 +1,233 @@
+//! The fork memory directory (`[snapshots] fork_memory_dir`): hearthd's own, or refused.
+//!
+//! It is meant to sit on a tmpfs such as `/dev/shm`, which every local user may write to. A
+//! directory someone else made there (or a symlink to one) would let them read the forks'
+//! guest memory, or plant `<fork>.memory` as a symlink that Firecracker (root, unjailed)
+//! truncates and writes through. So the directory is checked without following links before
+//! each fork and at `Open`: a real directory, owned by hearthd's euid, reachable by no one
+//! else. Only a directory hearth has just made has its mode set; an existing one is never
+//! "fixed" (its contents may already have been read), only refused.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The setting every refusal names.
+pub const KEY: &str = "snapshots.fork_memory_dir";
+
+/// Why the fork memory directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MemDirError {
+    /// It exists but is not hearthd's alone.
+    #[error("{KEY} {}: {problem}", path.display())]
+    Untrusted {
+        /// The directory (or the entry in its place).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A file operation on it failed.
+    #[error("{KEY} {}: {what}: {source}", path.display())]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MemDirError {
+    let path = path.to_path_buf();
+    move |source| MemDirError::Io { path, what, source }
+}
+
+/// Checks `dir` without following it: answers `false` if nothing is there, `true` if it is a
+/// directory owned by hearthd's euid with no group or other permission bits.
+///
+/// # Errors
+///
+/// [`MemDirError::Untrusted`] for a symlink, a non-directory, another owner, or a mode that
+/// lets others in (e.g. `/dev/shm` itself, mode 1777); [`MemDirError::Io`] if it cannot be
+/// examined.
+pub fn check(dir: &Path) -> Result<bool, MemDirError> {
+    let meta = match dir.symlink_metadata() {
+        Ok(m) => m,
+        // Missing, or an ancestor is not a directory: nothing there (making it will fail).
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(io_err("stat", dir)(e)),
+    };
+    let untrusted = |problem: String| MemDirError::Untrusted {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return Err(untrusted(
+            "is a symbolic link; it must be a directory of hearthd's own".into(),
+        ));
+    }
+    if !ft.is_dir() {
+        return Err(untrusted("is not a directory".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(untrusted(format!(
+            "is owned by uid {}, not by hearthd (euid {euid}); remove it or give it to hearthd",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(untrusted(format!(
+            "has mode {mode:04o}: others may reach the forks' memory; it must be mode 0700 \
+             (a directory of its own, e.g. /dev/shm/hearth-forks, not /dev/shm itself)"
+        )));
+    }
+    Ok(true)
+}
+
+/// Makes `dir` (mode 0700, its missing ancestors too) if it is missing, then checks it as
+/// [`check`] does: before each fork writes a memory file into it.
+///
+/// # Errors
+///
+/// As [`check`], or [`MemDirError::Io`] if it cannot be made.
+pub fn prepare(dir: &Path) -> Result<(), MemDirError> {
+    if check(dir)? {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("create", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // Made just now: its mode is set exactly (the umask may have taken owner bits),
+            // through a descriptor that did not follow a link put in its place meanwhile.
+            let made = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(dir)
+                .map_err(io_err("open", dir))?;
+            made.set_permissions(std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err("chmod", dir))?;
+        }
+        // Someone made it between the check and here: the check below judges it.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create", dir)(e)),
+    }
+    if check(dir)? {
+        Ok(())
+    } else {
+        Err(io_err("create", dir)(io::ErrorKind::NotFound.into()))
+    }
+}
+
+/// Clears the place of a memory file about to be written: whatever is at `file` (a stale
+/// file, or a symlink planted there) is unlinked, never followed, so the writer creates it
+/// afresh. A missing one is fine.
+///
+/// # Errors
+///
+/// [`MemDirError::Io`] if the entry cannot be removed (e.g. a directory in its place).
+pub fn clear(file: &Path) -> Result<(), MemDirError> {
+    match std::fs::remove_file(file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove stale", file)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        p.symlink_metadata().unwrap().mode() & 0o7777
+    }
+
+    /// Missing: made 0700 (ancestors too); an existing 0700 directory of hearthd's passes.
+    #[test]
+    fn a_missing_directory_is_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/forks");
+        assert!(!check(&dir).unwrap());
+        prepare(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+        assert!(check(&dir).unwrap());
+        prepare(&dir).unwrap();
+    }
+
+    /// A symlink to a private directory, a world-writable directory (as `/dev/shm`) and a
+    /// file are refused naming the setting, and left as they were.
+    #[test]
+    fn symlinks_open_modes_and_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        for (bad, why) in [
+            (&link, "symbolic link"),
+            (&open, "mode 1777"),
+            (&file, "not a directory"),
+        ] {
+            let err = prepare(bad).unwrap_err().to_string();
+            assert!(err.contains(KEY) && err.contains(why), "{err}");
+        }
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(mode(&open), 0o1777);
+        assert_eq!(mode(&real), 0o700);
+    }
+
+    /// A directory owned by another uid (chowned, as root) is refused, not taken over.
+    #[test]
+    fn another_owners_directory_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (chown)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("forks");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(900_002), Some(900_002)).unwrap();
+        let err = prepare(&dir).unwrap_err().to_string();
+        assert!(err.contains(KEY) && err.contains("uid 900002"), "{err}");
+        assert_eq!(dir.symlink_metadata().unwrap().uid(), 900_002);
+    }
+
+    /// A symlink planted in a memory file's place is removed, its target untouched; a stale
+    /// file goes too; nothing there is fine.
+    #[test]
+    fn clear_unlinks_without_following() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("precious");
+        std::fs::write(&target, b"keep").unwrap();
+        let planted = tmp.path().join("f.fork.memory");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        clear(&planted).unwrap();
+        assert!(planted.symlink_metadata().is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::write(&planted, b"stale").unwrap();
+        clear(&planted).unwrap();
+        assert!(planted.symlink_metadata().is_err());
+        clear(&planted).unwrap();
+    }
+}
