@@ -23,7 +23,9 @@ use slog::{info, warn};
 use super::{Change, VmSupervisor};
 use crate::firecracker::jailed::DiscardWarmMember;
 use crate::firecracker::jailer::{JailLayout, JailLimits};
-use crate::firecracker::warm_pool::{finish_member, start_member, MemberSpec, WarmMember};
+use crate::firecracker::warm_pool::{
+    finish_member, remove_fifo_dir, start_member, MemberSpec, WarmMember, FIFO_DIR,
+};
 
 /// How long the pool waits before trying again after a member failed to start.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -99,6 +101,7 @@ impl VmSupervisor {
         Some(MemberSpec {
             jailer: js.jailer.clone(),
             exec_file: binary.path.clone(),
+            fifo_dir: self.vmm.settings.run_base.join(FIFO_DIR),
             jails: js.jails.clone(),
             processes: self.vmm.processes.clone(),
             cgroup_version: js.cgroup_version,
@@ -275,15 +278,23 @@ impl VmSupervisor {
         }));
     }
 
-    /// At `Close`: the idle members, their uids freed; the caller discards them.
-    pub(super) fn warm_close(&mut self) -> Vec<WarmMember> {
+    /// At `Close`: the idle members, their uids freed. The answer discards them, then
+    /// removes the FIFO directory if that left it empty.
+    pub(super) fn warm_close(&mut self) -> impl std::future::Future<Output = ()> {
         let members: Vec<(String, WarmMember)> = self.warm.ready.drain(..).collect();
-        members
+        let members: Vec<WarmMember> = members
             .into_iter()
             .map(|(lease, m)| {
                 self.uids.release(&lease);
                 m
             })
-            .collect()
+            .collect();
+        let fifo_dir = self.vmm.settings.run_base.join(FIFO_DIR);
+        async move {
+            for member in members {
+                let _ = member.discard().await;
+            }
+            remove_fifo_dir(&fifo_dir);
+        }
     }
 }

@@ -16,6 +16,7 @@ use slog::{info, warn};
 
 use super::{Change, SnapshotRecord, SupervisorError, VmSupervisor};
 use crate::firecracker::jailer::{CgroupVersion, JailLayout, JailLimits, LimitPolicy};
+use crate::firecracker::warm_pool::{sweep_fifos, FIFO_DIR};
 use crate::firecracker::{FirecrackerActor, RunDir, VmJail};
 use crate::host::jails::{sweep, JailFile, Jails};
 use crate::host::processes::Processes;
@@ -358,6 +359,7 @@ impl VmSupervisor {
     pub(super) fn jail_sweep_plan(&self, alive: &BTreeSet<String>) -> Option<JailSweep> {
         let js = self.vmm.jail.clone()?;
         let exec = self.vmm.binary.as_ref()?.path.clone();
+        let fifo_dir = self.vmm.settings.run_base.join(FIFO_DIR);
         let keep = self
             .vms
             .iter()
@@ -367,6 +369,7 @@ impl VmSupervisor {
         Some(JailSweep {
             js,
             exec,
+            fifo_dir,
             processes: self.vmm.processes.clone(),
             keep,
         })
@@ -377,6 +380,7 @@ impl VmSupervisor {
 pub(super) struct JailSweep {
     js: JailSettings,
     exec: PathBuf,
+    fifo_dir: PathBuf,
     processes: Arc<dyn Processes>,
     keep: BTreeSet<String>,
 }
@@ -388,6 +392,7 @@ impl JailSweep {
         let JailSweep {
             js,
             exec,
+            fifo_dir,
             processes,
             keep,
         } = self;
@@ -404,6 +409,11 @@ impl JailSweep {
                 swept.extend(r.removed.into_iter().map(|id| format!("jail {id}")));
             }
             Err(e) => warn!(log, "cannot list jails"; "error" => %e),
+        }
+        // The warm members' FIFOs: no member runs yet (they start after `Open`).
+        match sweep_fifos(&fifo_dir) {
+            Ok(r) => swept.extend(r.iter().map(|p| format!("warm FIFO {}", p.display()))),
+            Err(e) => warn!(log, "warm FIFOs not swept"; "error" => %e),
         }
         swept
     }

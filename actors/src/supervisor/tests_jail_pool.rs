@@ -155,10 +155,7 @@ async fn the_pool_fills_after_open_and_close_discards_it() {
         "{}",
         args_of(&first)
     );
-    assert_eq!(
-        first.stdio,
-        layout(dir.path(), UID).jail_dir().join("console.fifo")
-    );
+    assert_eq!(first.stdio, dir.path().join("vms/.warm/900000.fifo"));
     assert_eq!(jails.jails(), ["900000", "900001"]);
     sup.send(Close { stop_vms: false }).await.unwrap().unwrap();
     assert_eq!(fake.signals(), [Signal::Kill, Signal::Kill]);
@@ -180,8 +177,12 @@ async fn a_create_takes_a_member_and_a_failed_one_gives_everything_back() {
     member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
     pool_ready(&sup, 1).await;
 
+    let member_fifo = dir.path().join("vms/.warm/900000.fifo");
+    assert!(member_fifo.exists());
     let err = create(&sup, "a").await.unwrap_err();
     assert!(err.to_string().contains("api.sock"), "{err}");
+    // The take moved the member's FIFO out of the run base's own area (one filesystem).
+    assert!(!member_fifo.exists(), "the FIFO was not moved");
     let calls = jails.calls();
     assert!(calls.contains(&"add_files 900000".to_string()), "{calls:?}");
     assert!(
