@@ -180,6 +180,22 @@ impl WarmMember {
     }
 }
 
+impl WarmMember {
+    /// Gives the member up at once, for a VM that needs its uid now: `SIGKILL` to its VMM
+    /// (not waited for), then its FIFO, jail and cgroups removed. A removal failing while
+    /// the VMM is still exiting (its cgroups busy) is answered; the jail of that uid is
+    /// removed again by the next prepare of that id (every jailed spawn's first step).
+    pub fn discard_now(mut self) -> Result<(), JailError> {
+        if let Some(p) = self.process.take() {
+            if !p.has_exited() {
+                let _ = p.signal(Signal::Kill);
+            }
+        }
+        let _ = remove_fifo(&self.fifo);
+        self.jails.remove(&self.layout)
+    }
+}
+
 impl Drop for WarmMember {
     fn drop(&mut self) {
         if let Some(p) = self.process.take() {

@@ -48,6 +48,8 @@ pub(super) struct WarmPool {
     opened: bool,
     /// A retry is scheduled.
     retrying: bool,
+    /// The last start found no free uid (said once, until one is free again).
+    starved: bool,
 }
 
 impl WarmPool {
@@ -151,11 +153,17 @@ impl VmSupervisor {
         let lease = format!("warm pool member {}", self.warm.next);
         let uid = match self.uids.acquire(&lease) {
             Ok(uid) => uid,
+            // VMs hold every uid the pool does not: it waits (one line, not one a retry).
             Err(e) => {
-                warn!(self.log, "warm pool not filled"; "error" => %e);
+                if !std::mem::replace(&mut self.warm.starved, true) {
+                    info!(self.log, "warm pool paused: no free uid"; "error" => %e);
+                }
                 return false;
             }
         };
+        if std::mem::take(&mut self.warm.starved) {
+            info!(self.log, "warm pool refilling: a uid is free again");
+        }
         let started = JailLayout::new(
             &self
                 .vmm
@@ -231,6 +239,24 @@ impl VmSupervisor {
         // stays out of this create's own steps.
         ctx.run_later(Duration::ZERO, Self::warm_refill);
         Some(uid)
+    }
+
+    /// For a VM that needs a uid when none is free: the newest idle member is given up (its
+    /// VMM killed, its jail removed) and its uid freed for the VM. `false` when the pool has
+    /// no idle member. Its uid is freed even if the jail could not be removed yet (its VMM
+    /// still exiting): the VM's own jail is prepared under that uid, which removes a jail of
+    /// that id first and fails the VM's boot cleanly if it cannot.
+    pub(super) fn warm_yield_uid(&mut self) -> bool {
+        let Some((lease, member)) = self.warm.ready.pop_back() else {
+            return false;
+        };
+        let uid = member.uid();
+        if let Err(e) = member.discard_now() {
+            warn!(self.log, "warm VMM's jail not removed yet"; "uid" => uid, "error" => %e);
+        }
+        self.uids.release(&lease);
+        info!(self.log, "warm VMM given up: no other uid free"; "uid" => uid);
+        true
     }
 
     /// Kills `member`, removes its jail, then frees its uid.

@@ -234,7 +234,8 @@ impl VmSupervisor {
 
     /// Before a boot of `name` with jailing on: its uid, leased now (and recorded) if it holds
     /// none yet. Answers `None` when jailing is off, else the uid and whether it is new (a new
-    /// lease is given back if the boot fails).
+    /// lease is given back if the boot fails). When no uid is free, an idle warm VMM gives
+    /// its up ([`VmSupervisor::warm_yield_uid`]).
     pub(super) fn lease_uid(&mut self, name: &str) -> Result<Option<(u32, bool)>, SupervisorError> {
         if self.vmm.jail.is_none() {
             return Ok(None);
@@ -243,12 +244,14 @@ impl VmSupervisor {
         if let Some(uid) = recorded {
             return Ok(Some((uid, false)));
         }
-        let uid = self
-            .uids
-            .acquire(name)
-            .map_err(|e| SupervisorError::Unavailable {
-                what: format!("Cannot jail VM {name}: {e}"),
-            })?;
+        let mut acquired = self.uids.acquire(name);
+        // Idle warm VMMs yield to VMs: one gives its uid up when none is free.
+        if acquired.is_err() && self.warm_yield_uid() {
+            acquired = self.uids.acquire(name);
+        }
+        let uid = acquired.map_err(|e| SupervisorError::Unavailable {
+            what: format!("Cannot jail VM {name}: {e}"),
+        })?;
         if let Err(e) = self.apply(name, Change::Uid(Some(uid))) {
             self.uids.release(name);
             return Err(e);

@@ -44,6 +44,17 @@ fn pooled(
     jails: Arc<FakeJails>,
     warm: usize,
 ) -> Addr<VmSupervisor> {
+    pooled_with(MemoryVmStore::default(), fake, dir, jails, warm)
+}
+
+/// [`pooled`] over `store`.
+fn pooled_with(
+    store: MemoryVmStore,
+    fake: &FakeProcesses,
+    dir: &Path,
+    jails: Arc<FakeJails>,
+    warm: usize,
+) -> Addr<VmSupervisor> {
     for uid in UID..=UID + 2 {
         root_at_slash(&layout(dir, uid));
     }
@@ -56,7 +67,7 @@ fn pooled(
         uid_range: UID..=UID + 2,
         warm_pool: warm,
     };
-    testing::supervisor_jailed(MemoryVmStore::default(), fake.clone(), dir.join("vms"), js).0
+    testing::supervisor_jailed(store, fake.clone(), dir.join("vms"), js).0
 }
 
 fn spawns(fake: &FakeProcesses) -> Vec<SpawnSpec> {
@@ -271,4 +282,74 @@ async fn a_failed_take_falls_back_to_the_jailer() {
         "the member's jail goes before the jailer's: {calls:?}"
     );
     assert_eq!(fake.signals(), [Signal::Kill], "the member was killed");
+}
+
+/// Idle members holding every uid yield to a VM: the start of a VM that holds no uid gives
+/// the newest member up (its VMM killed, its jail removed) and gets its uid, where it used
+/// to fail "Cannot jail VM". The pool, out of uids, starts nothing more.
+#[actix::test]
+async fn idle_members_give_their_uid_up_to_a_vm_that_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("s")).unwrap();
+    store.set_state("s", api::VmState::Stopped, None).unwrap();
+    let sup = pooled_with(store, &fake, dir.path(), jails.clone(), 3);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pids = real_pids(3);
+    for (i, pid) in pids.iter().enumerate() {
+        member_up(
+            &fake,
+            &jails,
+            dir.path(),
+            i + 1,
+            UID + u32::try_from(i).unwrap(),
+            *pid,
+        )
+        .await;
+    }
+    pool_ready(&sup, 3).await;
+
+    // The VM's own jail is prepared under the member's uid (and made to fail there, as the
+    // fake VMM could go no further).
+    jails.fail_next("prepare");
+    let err = sup
+        .send(RunAction {
+            name: "s".into(),
+            action: VmAction::Start,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(!err.to_string().contains("Cannot jail"), "{err}");
+    // The newest ready member (ready in any order) gave its uid up.
+    let calls = jails.calls();
+    let removed: Vec<&String> = calls.iter().filter(|c| c.starts_with("remove ")).collect();
+    assert_eq!(removed.len(), 1, "{calls:?}");
+    let yielded: u32 = removed[0]["remove ".len()..].parse().unwrap();
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("prepare {yielded}"),
+        "{calls:?}"
+    );
+    let killed: Vec<u32> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Signal { pid, signal } if signal == Signal::Kill => Some(pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        killed,
+        [pids[usize::try_from(yielded - UID).unwrap()]],
+        "that member, only"
+    );
+    let status = sup.send(GetWarmPool {}).await.unwrap();
+    assert_eq!((status.ready, status.starting), (2, 0));
+    // Its uid stays the VM's: no refill can start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(spawns(&fake).len(), 3);
 }
