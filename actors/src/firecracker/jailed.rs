@@ -484,20 +484,22 @@ impl Handler<SetJailFiles> for FirecrackerActor {
 /// Kills the warm VMM this VM's jail was given and no spawn took (a create that failed
 /// before its spawn), and removes its jail. Nothing to do otherwise.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct DiscardWarmMember {}
 
 impl Handler<DiscardWarmMember> for FirecrackerActor {
-    type Result = ResponseActFuture<Self, ()>;
+    /// `false` when the member's jail could not be removed (its uid must not be reused yet).
+    type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, _msg: DiscardWarmMember, _ctx: &mut Context<Self>) -> Self::Result {
         let Some(member) = self.jail.as_mut().and_then(|j| j.member.take()) else {
-            return Box::pin(actix::fut::ready(()));
+            return Box::pin(actix::fut::ready(true));
         };
         Box::pin(member.discard().into_actor(self).map(|res, act, _| {
-            if let Err(e) = res {
+            if let Err(e) = &res {
                 slog::warn!(act.log, "cannot remove the unused warm VMM's jail"; "error" => %e);
             }
+            res.is_ok()
         }))
     }
 }

@@ -190,11 +190,7 @@ impl VmSupervisor {
                 .map(move |res, act, ctx| {
                     act.warm.starting -= 1;
                     match res {
-                        Ok(member) if act.closing => {
-                            ctx.spawn(member.discard().into_actor(act).map(move |_, act, _| {
-                                act.uids.release(&lease);
-                            }));
-                        }
+                        Ok(member) if act.closing => act.warm_discard(lease, member, ctx),
                         Ok(member) => {
                             info!(act.log, "warm VMM ready"; "uid" => uid, "pid" => member.pid());
                             act.warm.ready.push_back((lease, member));
@@ -259,14 +255,25 @@ impl VmSupervisor {
         true
     }
 
-    /// Kills `member`, removes its jail, then frees its uid.
+    /// Kills `member`, removes its jail, then frees its uid ([`Self::warm_free`]).
     fn warm_discard(&mut self, lease: String, member: WarmMember, ctx: &mut Context<Self>) {
+        let uid = member.uid();
         ctx.spawn(member.discard().into_actor(self).map(move |res, act, _| {
-            if let Err(e) = res {
-                warn!(act.log, "warm VMM's jail not removed"; "error" => %e);
-            }
-            act.uids.release(&lease);
+            act.warm_free(&lease, uid, res.is_ok());
         }));
+    }
+
+    /// After a member's discard: its uid is freed if its jail is gone. Otherwise it stays
+    /// leased under the member's name (quarantined): a VM given it would find the old jail
+    /// (and perhaps the old VMM) in the way. The next `Open`'s sweep removes that jail, and
+    /// the lease, never recorded, is gone with the process.
+    fn warm_free(&mut self, lease: &str, uid: u32, removed: bool) {
+        if removed {
+            self.uids.release(lease);
+        } else {
+            warn!(self.log, "warm VMM's jail not removed: its uid is kept out of use until the next Open";
+                "uid" => uid);
+        }
     }
 
     /// When the create of `name` has ended: the uid of the member it took moves to `name` if
@@ -292,15 +299,18 @@ impl VmSupervisor {
         }
         let vmm = self.vms.get(name).and_then(|e| e.vmm.clone());
         let unused = async move {
+            let mut removed = true;
             if let Some(m) = unhanded {
-                let _ = m.discard().await;
+                removed &= m.discard().await.is_ok();
             }
             if let Some(vmm) = vmm {
-                let _ = vmm.send(DiscardWarmMember {}).await;
+                // An actor gone has nothing left to discard.
+                removed &= vmm.send(DiscardWarmMember {}).await.unwrap_or(true);
             }
+            removed
         };
-        ctx.spawn(unused.into_actor(self).map(move |(), act, _| {
-            act.uids.release(&lease);
+        ctx.spawn(unused.into_actor(self).map(move |removed, act, _| {
+            act.warm_free(&lease, uid, removed);
         }));
     }
 

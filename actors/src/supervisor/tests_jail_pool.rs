@@ -353,3 +353,41 @@ async fn idle_members_give_their_uid_up_to_a_vm_that_needs_one() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(spawns(&fake).len(), 3);
 }
+
+/// A member whose jail could not be removed keeps its uid (quarantined until the next
+/// `Open`): the next VM is jailed under another uid, not in the way of the old jail.
+#[actix::test]
+async fn a_member_whose_jail_stays_keeps_its_uid_out_of_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 1);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
+    pool_ready(&sup, 1).await;
+    // The member dies; the create finding it discards it, and that removal fails.
+    fake.exit(pid, ExitStatus::Code(0));
+    jails.fail_next("remove");
+    let fail_jailer = async {
+        let (s, jailer) = nth_spawn(&fake, 2).await;
+        fake.exit(jailer, ExitStatus::Code(1));
+        s
+    };
+    let (res, cold) = tokio::join!(create(&sup, "a"), fail_jailer);
+    res.unwrap_err();
+    assert!(
+        args_of(&cold).contains("--id 900001 "),
+        "{}",
+        args_of(&cold)
+    );
+    assert!(
+        jails.jails().contains(&"900000".to_string()),
+        "{:?}",
+        jails.calls()
+    );
+    // a's uid (900001) is free again; 900000 is not.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
+}
