@@ -391,3 +391,43 @@ async fn a_member_whose_jail_stays_keeps_its_uid_out_of_use() {
     create(&sup, "b").await.unwrap_err();
     assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
 }
+
+/// `Close` discards the idle members together, not one after the other: both VMMs are
+/// killed at once (each discard then waits for its VMM, which here ignores `SIGKILL`, up
+/// to 2 s).
+#[actix::test]
+async fn close_discards_the_members_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 2);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pids = real_pids(2);
+    member_up(&fake, &jails, dir.path(), 1, UID, pids[0]).await;
+    member_up(&fake, &jails, dir.path(), 2, UID + 1, pids[1]).await;
+    pool_ready(&sup, 2).await;
+    // VMMs slow to die: each discard waits its 2 s.
+    fake.ignore(Signal::Kill);
+    let close = sup.send(Close { stop_vms: false });
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // On this one-thread runtime, the first kill is seen before Close yields again:
+            // one after the other, the second is then 2 s away.
+            let killed = fake.signals().len();
+            if killed > 0 {
+                break killed;
+            }
+            assert!(Instant::now() < deadline, "no member killed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (closed, killed_first) = tokio::join!(close, watch);
+    closed.unwrap().unwrap();
+    assert_eq!(killed_first, 2, "both killed at once");
+    assert!(jails.jails().is_empty());
+    assert!(
+        !dir.path().join("vms/.warm").exists(),
+        "the FIFO directory went too"
+    );
+}
