@@ -338,7 +338,10 @@ async fn idle_members_give_their_uid_up_to_a_vm_that_needs_one() {
         .calls()
         .into_iter()
         .filter_map(|c| match c {
-            FakeCall::Signal { pid, signal } if signal == Signal::Kill => Some(pid),
+            FakeCall::Signal {
+                pid,
+                signal: Signal::Kill,
+            } => Some(pid),
             _ => None,
         })
         .collect();
