@@ -172,9 +172,8 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
     for (&uid, &pid) in &members {
         assert_jailed(&base, pid, uid, &warm);
         assert_no_vm_files(&base, uid);
-        assert!(base
-            .join(format!("firecracker/{uid}/console.fifo"))
-            .exists());
+        // Its FIFO is on the run directory's filesystem, not in the jail (a take renames it).
+        assert!(h.path("run").join(format!(".warm/{uid}.fifo")).exists());
     }
 
     // A create takes the member that was ready first: the VM's VMM is that very process,
@@ -201,9 +200,8 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
         files.contains(&"vmlinux".into()) && files.contains(&"rootfs".into()),
         "{files:?}"
     );
-    assert!(!base
-        .join(format!("firecracker/{uid}/console.fifo"))
-        .exists());
+    assert!(!h.path("run").join(format!(".warm/{uid}.fifo")).exists());
+    assert!(h.path("run/a/console.fifo").exists());
     assert!(h.log().contains("took a warm jailed VMM"), "{}", h.log());
     // The pool refills with the lowest free uid.
     let now = wait_for_vmms(&h, &[FIRST_UID, FIRST_UID + 1, FIRST_UID + 2]);

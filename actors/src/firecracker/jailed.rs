@@ -251,10 +251,10 @@ impl FirecrackerActor {
         self.finish_jailed_spawn(t0, find_vmm)
     }
 
-    /// A spawn from the warm pool: the member's VMM checked as an adoption would, the VM's
-    /// files and limits put into its jail, its console FIFO moved into the run directory,
-    /// then the API socket as for a fresh spawn. A member that cannot be taken (it died, a
-    /// file would need a bind mount, the FIFO is on another filesystem...) is killed and its
+    /// A spawn from the warm pool: the member's VMM checked as an adoption would, its console
+    /// FIFO moved into the run directory, the VM's files and limits put into its jail, then
+    /// the API socket as for a fresh spawn. A member that cannot be taken (it died, a file
+    /// would need a bind mount...) is killed and its
     /// jail removed, and the spawn goes through the jailer instead.
     fn take_member(
         &mut self,
@@ -317,10 +317,6 @@ impl FirecrackerActor {
             return Err(mismatch("its start time changed".into()));
         }
         check_jailed_identity(&jail.layout, pid, &id).map_err(mismatch)?;
-        jail.jails.add_files(&jail.plan()).map_err(jail_err)?;
-        jail.jails
-            .set_limits(&jail.layout, &jail.limits)
-            .map_err(jail_err)?;
         // Not `RunDir::prepare`: it would remove the live API socket in the jail's `run/`.
         let dir = self.run_dir.path();
         std::fs::create_dir_all(dir).map_err(|source| FirecrackerError::RunDir {
@@ -332,8 +328,13 @@ impl FirecrackerActor {
             path: fifo.clone(),
             source,
         };
-        // A rename keeps the FIFO the VMM writes to; across filesystems it fails (EXDEV).
+        // First, as the cheapest step that can fail: a rename keeps the FIFO the VMM writes
+        // to. The member's FIFO is under the run base, so this stays on one filesystem.
         std::fs::rename(member.fifo(), &fifo).map_err(fifo_err)?;
+        jail.jails.add_files(&jail.plan()).map_err(jail_err)?;
+        jail.jails
+            .set_limits(&jail.layout, &jail.limits)
+            .map_err(jail_err)?;
         let console = ConsoleCapture::start(
             &fifo,
             &self.run_dir.console_log(),
@@ -483,20 +484,22 @@ impl Handler<SetJailFiles> for FirecrackerActor {
 /// Kills the warm VMM this VM's jail was given and no spawn took (a create that failed
 /// before its spawn), and removes its jail. Nothing to do otherwise.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct DiscardWarmMember {}
 
 impl Handler<DiscardWarmMember> for FirecrackerActor {
-    type Result = ResponseActFuture<Self, ()>;
+    /// `false` when the member's jail could not be removed (its uid must not be reused yet).
+    type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, _msg: DiscardWarmMember, _ctx: &mut Context<Self>) -> Self::Result {
         let Some(member) = self.jail.as_mut().and_then(|j| j.member.take()) else {
-            return Box::pin(actix::fut::ready(()));
+            return Box::pin(actix::fut::ready(true));
         };
         Box::pin(member.discard().into_actor(self).map(|res, act, _| {
-            if let Err(e) = res {
+            if let Err(e) = &res {
                 slog::warn!(act.log, "cannot remove the unused warm VMM's jail"; "error" => %e);
             }
+            res.is_ok()
         }))
     }
 }

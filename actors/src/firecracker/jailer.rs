@@ -98,6 +98,10 @@ impl Default for LimitPolicy {
     }
 }
 
+/// The least memory limit of a warm pool member, MiB: an idle, unconfigured Firecracker
+/// v1.17 has 2.7 MiB resident (its binary is 6.3 MiB), so this leaves room.
+pub const WARM_MEMORY_FLOOR_MIB: u64 = 16;
+
 /// One VM's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JailLimits {
@@ -132,9 +136,13 @@ impl JailLimits {
     /// 1-vCPU VM with no guest memory (the VMM's overhead alone, ample for an unconfigured
     /// Firecracker). The jailer needs some value per controller to create each cgroup; a
     /// take writes the VM's own values into them (`Jails::set_limits`). The rlimits do not
-    /// depend on the VM and are final.
+    /// depend on the VM and are final. The memory limit is at least [`WARM_MEMORY_FLOOR_MIB`]:
+    /// with `mem_overhead_mib = 0` it would otherwise be 0 bytes, and the member could not
+    /// even start.
     pub fn for_warm(policy: &LimitPolicy) -> Self {
-        Self::for_vm(1, 0, policy)
+        let mut limits = Self::for_vm(1, 0, policy);
+        limits.memory_bytes = limits.memory_bytes.max(WARM_MEMORY_FLOOR_MIB << 20);
+        limits
     }
 
     /// The `--cgroup <file>=<value>` settings for `version`, period before quota (cgroup v1
@@ -477,6 +485,20 @@ mod tests {
         assert!(JailLayout::new(&fits, fc, &id).is_ok());
         let over = PathBuf::from(format!("/{}", "b".repeat(max)));
         assert!(JailLayout::new(&over, fc, &id).is_err());
+    }
+
+    #[test]
+    fn warm_limits_have_a_memory_floor() {
+        let none = LimitPolicy {
+            mem_overhead_mib: 0,
+            ..LimitPolicy::default()
+        };
+        assert_eq!(JailLimits::for_warm(&none).memory_bytes, 16 << 20);
+        // Above the floor, the VMM's overhead as configured.
+        assert_eq!(
+            JailLimits::for_warm(&LimitPolicy::default()).memory_bytes,
+            64 << 20
+        );
     }
 
     #[test]

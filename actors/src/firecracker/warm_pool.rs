@@ -7,15 +7,16 @@
 //! A member is what a fresh jailed spawn makes, minus the VM's files and limits: the same
 //! jail id (its uid), the same jailer arguments but the limits of [`JailLimits::for_warm`],
 //! so the jailer creates every cgroup and a take only writes the VM's values into them. Its
-//! console FIFO is `<jail dir>/console.fifo` (outside the chroot; the VMM holds it as its
-//! stdio); a take renames it into the VM's run directory, where the console capture and an
-//! adoption after a restart find it.
+//! console FIFO is `<run base>/.warm/<uid>.fifo` (the VMM holds it as its stdio): on the run
+//! directories' filesystem, so a take's rename into the VM's run directory (where the console
+//! capture and an adoption after a restart find it) never crosses filesystems, as it would
+//! from the jail (the chroot base is usually on disk, the run base on tmpfs: `EXDEV`).
 //!
 //! Nothing records a member: after a crash, `Open`'s sweep finds its jail (an id no VM holds),
-//! kills its VMM (identity checked) and removes the jail and cgroups; its uid was never
-//! recorded, so it is free.
+//! kills its VMM (identity checked) and removes the jail and cgroups, and empties `.warm`;
+//! its uid was never recorded, so it is free.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,46 @@ use super::FirecrackerError;
 use crate::host::jails::{JailError, JailPlan, Jails};
 use crate::host::processes::{Process, Processes, Signal, SpawnSpec};
 
-/// The console FIFO of a member, in its jail directory (outside the chroot).
-pub const MEMBER_FIFO: &str = "console.fifo";
+/// The directory of the members' console FIFOs, under the run base. Never a run directory:
+/// a VM id cannot start with a dot.
+pub const FIFO_DIR: &str = ".warm";
+
+/// The console FIFO of member `uid` in `fifo_dir` ([`FIFO_DIR`] under the run base).
+pub fn member_fifo(fifo_dir: &Path, uid: u32) -> PathBuf {
+    fifo_dir.join(format!("{uid}.fifo"))
+}
+
+/// Empties `fifo_dir` of member FIFOs (at `Open`, before any member starts), then removes it
+/// if nothing else is in it: answers the FIFOs removed. A missing directory is empty.
+pub fn sweep_fifos(fifo_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(fifo_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other?,
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "fifo") {
+            remove_fifo(&path)?;
+            removed.push(path);
+        }
+    }
+    remove_fifo_dir(fifo_dir);
+    Ok(removed)
+}
+
+/// Removes `fifo_dir` if it is empty (at `Close`, once the members are discarded); a
+/// directory still holding something is left, and so is any error (the next sweep retries).
+pub fn remove_fifo_dir(fifo_dir: &Path) {
+    let _ = std::fs::remove_dir(fifo_dir);
+}
+
+fn remove_fifo(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
 
 /// How long a discarded member's VMM has to exit after SIGKILL before its jail is removed
 /// anyway (the cgroups of a VMM still exiting are then left for the next sweep).
@@ -46,6 +85,8 @@ pub struct MemberSpec {
     pub jails: Arc<dyn Jails>,
     /// The process backend.
     pub processes: Arc<dyn Processes>,
+    /// Where members' console FIFOs go: [`FIFO_DIR`] under the run base.
+    pub fifo_dir: PathBuf,
     /// The host's cgroup hierarchy.
     pub cgroup_version: CgroupVersion,
     /// The limits members start with ([`JailLimits::for_warm`]).
@@ -71,6 +112,7 @@ impl std::fmt::Debug for MemberSpec {
 pub struct WarmMember {
     uid: u32,
     layout: JailLayout,
+    fifo: PathBuf,
     process: Option<Arc<dyn Process>>,
     start_time: u64,
     jails: Arc<dyn Jails>,
@@ -106,9 +148,9 @@ impl WarmMember {
         self.start_time
     }
 
-    /// Its console FIFO (the VMM's stdio).
-    pub fn fifo(&self) -> PathBuf {
-        self.layout.jail_dir().join(MEMBER_FIFO)
+    /// Its console FIFO (the VMM's stdio), on the run directories' filesystem.
+    pub fn fifo(&self) -> &Path {
+        &self.fifo
     }
 
     /// Whether its VMM has exited.
@@ -124,7 +166,7 @@ impl WarmMember {
     }
 
     /// Kills the VMM (through its pidfd), waits for it to exit (at most 2 s), then removes
-    /// the jail and its cgroups.
+    /// its FIFO (if no take moved it), the jail and its cgroups.
     pub async fn discard(mut self) -> Result<(), JailError> {
         if let Some(p) = self.process.take() {
             if !p.has_exited() {
@@ -132,6 +174,24 @@ impl WarmMember {
                 let _ = tokio::time::timeout(KILL_WAIT, p.wait()).await;
             }
         }
+        // A FIFO left behind is harmless (the next start of this uid replaces it) and swept.
+        let _ = remove_fifo(&self.fifo);
+        self.jails.remove(&self.layout)
+    }
+}
+
+impl WarmMember {
+    /// Gives the member up at once, for a VM that needs its uid now: `SIGKILL` to its VMM
+    /// (not waited for), then its FIFO, jail and cgroups removed. A removal failing while
+    /// the VMM is still exiting (its cgroups busy) is answered; the jail of that uid is
+    /// removed again by the next prepare of that id (every jailed spawn's first step).
+    pub fn discard_now(mut self) -> Result<(), JailError> {
+        if let Some(p) = self.process.take() {
+            if !p.has_exited() {
+                let _ = p.signal(Signal::Kill);
+            }
+        }
+        let _ = remove_fifo(&self.fifo);
         self.jails.remove(&self.layout)
     }
 }
@@ -163,15 +223,16 @@ pub fn start_member(
             files: Vec::new(),
         })
         .map_err(jail_err)?;
+    let fifo = member_fifo(&spec.fifo_dir, uid);
     let started = (|| {
         let dir = layout.jail_dir();
-        let fifo = dir.join(MEMBER_FIFO);
-        let io = |source| FirecrackerError::RunDir {
-            path: fifo.clone(),
-            source,
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FirecrackerError::RunDir { path, source }
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        ensure_fifo(&fifo).map_err(io)?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::create_dir_all(&spec.fifo_dir).map_err(io(&spec.fifo_dir))?;
+        ensure_fifo(&fifo).map_err(io(&fifo))?;
         let args = JailerArgs::for_vm(
             layout,
             &spec.exec_file,
@@ -185,10 +246,11 @@ pub fn start_member(
             program: spec.jailer.clone(),
             args: args.args(),
             cwd: dir,
-            stdio: fifo,
+            stdio: fifo.clone(),
         })?)
     })();
     started.inspect_err(|_| {
+        let _ = remove_fifo(&fifo);
         let _ = spec.jails.remove(layout);
     })
 }
@@ -201,24 +263,27 @@ pub async fn finish_member(
     uid: u32,
     jailer: Arc<dyn Process>,
 ) -> Result<WarmMember, FirecrackerError> {
+    let fifo = member_fifo(&spec.fifo_dir, uid);
     let found = find_jailed_vmm(
         jailer,
         spec.jails.clone(),
         layout.clone(),
         spec.processes.clone(),
         spec.timeout,
-        layout.jail_dir().join(MEMBER_FIFO),
+        fifo.clone(),
     )
     .await;
     match found {
         Ok((process, start_time)) => Ok(WarmMember {
             uid,
             layout,
+            fifo,
             process: Some(process),
             start_time,
             jails: spec.jails,
         }),
         Err(e) => {
+            let _ = remove_fifo(&fifo);
             let _ = spec.jails.remove(&layout);
             Err(e)
         }
@@ -287,10 +352,11 @@ pub(crate) mod tests {
         fake.exit(jailer_pid, ExitStatus::Code(0));
     }
 
-    fn spec(fake: &FakeProcesses, jails: Arc<FakeJails>) -> MemberSpec {
+    fn spec(fake: &FakeProcesses, jails: Arc<FakeJails>, run_base: &Path) -> MemberSpec {
         MemberSpec {
             jailer: "/usr/bin/jailer".into(),
             exec_file: "/fc/firecracker".into(),
+            fifo_dir: run_base.join(FIFO_DIR),
             jails,
             processes: Arc::new(fake.clone()),
             cgroup_version: CgroupVersion::V1,
@@ -305,15 +371,18 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeProcesses::new();
         let jails = Arc::new(FakeJails::new());
-        let s = spec(&fake, jails.clone());
+        let s = spec(&fake, jails.clone(), &dir.path().join("vms"));
         let layout = JailLayout::new(&dir.path().join("j"), &s.exec_file, "900001").unwrap();
         root_at_slash(&layout);
         let jailer = start_member(&s, &layout, 900_001).unwrap();
-        // The jailer got the member's FIFO as its stdio and the warm (placeholder) limits.
+        // The jailer got the member's FIFO (in the run base, not the jail) as its stdio and
+        // the warm (placeholder) limits.
         let FakeCall::Spawn(spawned) = fake.calls().remove(0) else {
             panic!("no spawn")
         };
-        assert_eq!(spawned.stdio, layout.jail_dir().join(MEMBER_FIFO));
+        let fifo = dir.path().join("vms/.warm/900001.fifo");
+        assert_eq!(spawned.stdio, fifo);
+        assert!(is_fifo(&fifo));
         let args: Vec<String> = spawned
             .args
             .iter()
@@ -334,6 +403,28 @@ pub(crate) mod tests {
         m.discard().await.unwrap();
         assert_eq!(fake.signals(), [Signal::Kill]);
         assert!(jails.jails().is_empty());
+        assert!(!fifo.exists(), "the discard removed its FIFO");
+    }
+
+    fn is_fifo(p: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+    }
+
+    #[test]
+    fn the_sweep_empties_the_fifo_dir_and_tolerates_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifos = dir.path().join(FIFO_DIR);
+        assert!(sweep_fifos(&fifos).unwrap().is_empty());
+        std::fs::create_dir_all(&fifos).unwrap();
+        ensure_fifo(&member_fifo(&fifos, 7)).unwrap();
+        std::fs::write(fifos.join("notes"), b"kept").unwrap();
+        assert_eq!(sweep_fifos(&fifos).unwrap(), [fifos.join("7.fifo")]);
+        assert!(fifos.join("notes").exists(), "only member FIFOs go");
+        std::fs::remove_file(fifos.join("notes")).unwrap();
+        ensure_fifo(&member_fifo(&fifos, 8)).unwrap();
+        assert_eq!(sweep_fifos(&fifos).unwrap(), [fifos.join("8.fifo")]);
+        assert!(!fifos.exists(), "an emptied directory goes too");
     }
 
     #[actix::test]
@@ -341,7 +432,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeProcesses::new();
         let jails = Arc::new(FakeJails::new());
-        let s = spec(&fake, jails.clone());
+        let s = spec(&fake, jails.clone(), &dir.path().join("vms"));
         let layout = JailLayout::new(&dir.path().join("j"), &s.exec_file, "900001").unwrap();
         let jailer = start_member(&s, &layout, 900_001).unwrap();
         fake.exit(jailer.pid(), ExitStatus::Code(1));
@@ -351,6 +442,7 @@ pub(crate) mod tests {
             "{err:?}"
         );
         assert!(jails.jails().is_empty());
+        assert!(!dir.path().join("vms/.warm/900001.fifo").exists());
         assert!(fake.signals().is_empty(), "no VMM to kill");
     }
 
@@ -359,7 +451,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeProcesses::new();
         let jails = Arc::new(FakeJails::new());
-        let s = spec(&fake, jails.clone());
+        let s = spec(&fake, jails.clone(), &dir.path().join("vms"));
         let layout = JailLayout::new(&dir.path().join("j"), &s.exec_file, "900001").unwrap();
         jails.fail_next("prepare");
         assert!(start_member(&s, &layout, 900_001).is_err());
@@ -385,6 +477,7 @@ pub(crate) mod tests {
         drop(WarmMember {
             uid: 900_001,
             layout,
+            fifo: PathBuf::from("/srv/j/900001.fifo"),
             process: Some(process),
             start_time: 1,
             jails: Arc::new(FakeJails::new()),

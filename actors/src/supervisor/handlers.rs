@@ -926,9 +926,7 @@ impl Handler<Close> for VmSupervisor {
         let warm = self.warm_close();
         Box::pin(
             async move {
-                for member in warm {
-                    let _ = member.discard().await;
-                }
+                warm.await;
                 // In-flight operations finish first.
                 for lock in locks {
                     drop(lock.lock_owned().await);

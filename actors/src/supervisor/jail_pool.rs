@@ -23,7 +23,9 @@ use slog::{info, warn};
 use super::{Change, VmSupervisor};
 use crate::firecracker::jailed::DiscardWarmMember;
 use crate::firecracker::jailer::{JailLayout, JailLimits};
-use crate::firecracker::warm_pool::{finish_member, start_member, MemberSpec, WarmMember};
+use crate::firecracker::warm_pool::{
+    finish_member, remove_fifo_dir, start_member, MemberSpec, WarmMember, FIFO_DIR,
+};
 
 /// How long the pool waits before trying again after a member failed to start.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -46,6 +48,8 @@ pub(super) struct WarmPool {
     opened: bool,
     /// A retry is scheduled.
     retrying: bool,
+    /// The last start found no free uid (said once, until one is free again).
+    starved: bool,
 }
 
 impl WarmPool {
@@ -99,6 +103,7 @@ impl VmSupervisor {
         Some(MemberSpec {
             jailer: js.jailer.clone(),
             exec_file: binary.path.clone(),
+            fifo_dir: self.vmm.settings.run_base.join(FIFO_DIR),
             jails: js.jails.clone(),
             processes: self.vmm.processes.clone(),
             cgroup_version: js.cgroup_version,
@@ -148,11 +153,17 @@ impl VmSupervisor {
         let lease = format!("warm pool member {}", self.warm.next);
         let uid = match self.uids.acquire(&lease) {
             Ok(uid) => uid,
+            // VMs hold every uid the pool does not: it waits (one line, not one a retry).
             Err(e) => {
-                warn!(self.log, "warm pool not filled"; "error" => %e);
+                if !std::mem::replace(&mut self.warm.starved, true) {
+                    info!(self.log, "warm pool paused: no free uid"; "error" => %e);
+                }
                 return false;
             }
         };
+        if std::mem::take(&mut self.warm.starved) {
+            info!(self.log, "warm pool refilling: a uid is free again");
+        }
         let started = JailLayout::new(
             &self
                 .vmm
@@ -179,11 +190,7 @@ impl VmSupervisor {
                 .map(move |res, act, ctx| {
                     act.warm.starting -= 1;
                     match res {
-                        Ok(member) if act.closing => {
-                            ctx.spawn(member.discard().into_actor(act).map(move |_, act, _| {
-                                act.uids.release(&lease);
-                            }));
-                        }
+                        Ok(member) if act.closing => act.warm_discard(lease, member, ctx),
                         Ok(member) => {
                             info!(act.log, "warm VMM ready"; "uid" => uid, "pid" => member.pid());
                             act.warm.ready.push_back((lease, member));
@@ -230,14 +237,43 @@ impl VmSupervisor {
         Some(uid)
     }
 
-    /// Kills `member`, removes its jail, then frees its uid.
+    /// For a VM that needs a uid when none is free: the newest idle member is given up (its
+    /// VMM killed, its jail removed) and its uid freed for the VM. `false` when the pool has
+    /// no idle member. Its uid is freed even if the jail could not be removed yet (its VMM
+    /// still exiting): the VM's own jail is prepared under that uid, which removes a jail of
+    /// that id first and fails the VM's boot cleanly if it cannot.
+    pub(super) fn warm_yield_uid(&mut self) -> bool {
+        let Some((lease, member)) = self.warm.ready.pop_back() else {
+            return false;
+        };
+        let uid = member.uid();
+        if let Err(e) = member.discard_now() {
+            warn!(self.log, "warm VMM's jail not removed yet"; "uid" => uid, "error" => %e);
+        }
+        self.uids.release(&lease);
+        info!(self.log, "warm VMM given up: no other uid free"; "uid" => uid);
+        true
+    }
+
+    /// Kills `member`, removes its jail, then frees its uid ([`Self::warm_free`]).
     fn warm_discard(&mut self, lease: String, member: WarmMember, ctx: &mut Context<Self>) {
+        let uid = member.uid();
         ctx.spawn(member.discard().into_actor(self).map(move |res, act, _| {
-            if let Err(e) = res {
-                warn!(act.log, "warm VMM's jail not removed"; "error" => %e);
-            }
-            act.uids.release(&lease);
+            act.warm_free(&lease, uid, res.is_ok());
         }));
+    }
+
+    /// After a member's discard: its uid is freed if its jail is gone. Otherwise it stays
+    /// leased under the member's name (quarantined): a VM given it would find the old jail
+    /// (and perhaps the old VMM) in the way. The next `Open`'s sweep removes that jail, and
+    /// the lease, never recorded, is gone with the process.
+    fn warm_free(&mut self, lease: &str, uid: u32, removed: bool) {
+        if removed {
+            self.uids.release(lease);
+        } else {
+            warn!(self.log, "warm VMM's jail not removed: its uid is kept out of use until the next Open";
+                "uid" => uid);
+        }
     }
 
     /// When the create of `name` has ended: the uid of the member it took moves to `name` if
@@ -263,27 +299,37 @@ impl VmSupervisor {
         }
         let vmm = self.vms.get(name).and_then(|e| e.vmm.clone());
         let unused = async move {
+            let mut removed = true;
             if let Some(m) = unhanded {
-                let _ = m.discard().await;
+                removed &= m.discard().await.is_ok();
             }
             if let Some(vmm) = vmm {
-                let _ = vmm.send(DiscardWarmMember {}).await;
+                // An actor gone has nothing left to discard.
+                removed &= vmm.send(DiscardWarmMember {}).await.unwrap_or(true);
             }
+            removed
         };
-        ctx.spawn(unused.into_actor(self).map(move |(), act, _| {
-            act.uids.release(&lease);
+        ctx.spawn(unused.into_actor(self).map(move |removed, act, _| {
+            act.warm_free(&lease, uid, removed);
         }));
     }
 
-    /// At `Close`: the idle members, their uids freed; the caller discards them.
-    pub(super) fn warm_close(&mut self) -> Vec<WarmMember> {
+    /// At `Close`: the idle members, their uids freed. The answer discards them all at once
+    /// (each may wait up to 2 s for its VMM to exit), then removes the FIFO directory if that
+    /// left it empty.
+    pub(super) fn warm_close(&mut self) -> impl std::future::Future<Output = ()> {
         let members: Vec<(String, WarmMember)> = self.warm.ready.drain(..).collect();
-        members
+        let members: Vec<WarmMember> = members
             .into_iter()
             .map(|(lease, m)| {
                 self.uids.release(&lease);
                 m
             })
-            .collect()
+            .collect();
+        let fifo_dir = self.vmm.settings.run_base.join(FIFO_DIR);
+        async move {
+            futures::future::join_all(members.into_iter().map(WarmMember::discard)).await;
+            remove_fifo_dir(&fifo_dir);
+        }
     }
 }

@@ -16,6 +16,7 @@ use slog::{info, warn};
 
 use super::{Change, SnapshotRecord, SupervisorError, VmSupervisor};
 use crate::firecracker::jailer::{CgroupVersion, JailLayout, JailLimits, LimitPolicy};
+use crate::firecracker::warm_pool::{sweep_fifos, FIFO_DIR};
 use crate::firecracker::{FirecrackerActor, RunDir, VmJail};
 use crate::host::jails::{sweep, JailFile, Jails};
 use crate::host::processes::Processes;
@@ -233,7 +234,8 @@ impl VmSupervisor {
 
     /// Before a boot of `name` with jailing on: its uid, leased now (and recorded) if it holds
     /// none yet. Answers `None` when jailing is off, else the uid and whether it is new (a new
-    /// lease is given back if the boot fails).
+    /// lease is given back if the boot fails). When no uid is free, an idle warm VMM gives
+    /// its up ([`VmSupervisor::warm_yield_uid`]).
     pub(super) fn lease_uid(&mut self, name: &str) -> Result<Option<(u32, bool)>, SupervisorError> {
         if self.vmm.jail.is_none() {
             return Ok(None);
@@ -242,12 +244,14 @@ impl VmSupervisor {
         if let Some(uid) = recorded {
             return Ok(Some((uid, false)));
         }
-        let uid = self
-            .uids
-            .acquire(name)
-            .map_err(|e| SupervisorError::Unavailable {
-                what: format!("Cannot jail VM {name}: {e}"),
-            })?;
+        let mut acquired = self.uids.acquire(name);
+        // Idle warm VMMs yield to VMs: one gives its uid up when none is free.
+        if acquired.is_err() && self.warm_yield_uid() {
+            acquired = self.uids.acquire(name);
+        }
+        let uid = acquired.map_err(|e| SupervisorError::Unavailable {
+            what: format!("Cannot jail VM {name}: {e}"),
+        })?;
         if let Err(e) = self.apply(name, Change::Uid(Some(uid))) {
             self.uids.release(name);
             return Err(e);
@@ -358,6 +362,7 @@ impl VmSupervisor {
     pub(super) fn jail_sweep_plan(&self, alive: &BTreeSet<String>) -> Option<JailSweep> {
         let js = self.vmm.jail.clone()?;
         let exec = self.vmm.binary.as_ref()?.path.clone();
+        let fifo_dir = self.vmm.settings.run_base.join(FIFO_DIR);
         let keep = self
             .vms
             .iter()
@@ -367,6 +372,7 @@ impl VmSupervisor {
         Some(JailSweep {
             js,
             exec,
+            fifo_dir,
             processes: self.vmm.processes.clone(),
             keep,
         })
@@ -377,6 +383,7 @@ impl VmSupervisor {
 pub(super) struct JailSweep {
     js: JailSettings,
     exec: PathBuf,
+    fifo_dir: PathBuf,
     processes: Arc<dyn Processes>,
     keep: BTreeSet<String>,
 }
@@ -388,6 +395,7 @@ impl JailSweep {
         let JailSweep {
             js,
             exec,
+            fifo_dir,
             processes,
             keep,
         } = self;
@@ -404,6 +412,11 @@ impl JailSweep {
                 swept.extend(r.removed.into_iter().map(|id| format!("jail {id}")));
             }
             Err(e) => warn!(log, "cannot list jails"; "error" => %e),
+        }
+        // The warm members' FIFOs: no member runs yet (they start after `Open`).
+        match sweep_fifos(&fifo_dir) {
+            Ok(r) => swept.extend(r.iter().map(|p| format!("warm FIFO {}", p.display()))),
+            Err(e) => warn!(log, "warm FIFOs not swept"; "error" => %e),
         }
         swept
     }

@@ -450,7 +450,9 @@ async fn sweep_run_dirs(
     }
     match run_dir::list(run_base) {
         Ok(names) => {
-            for name in names.into_iter().filter(|n| !live.contains(n)) {
+            // The warm pool's FIFOs are not a run directory (the jail sweep empties them).
+            let warm = crate::firecracker::warm_pool::FIFO_DIR;
+            for name in names.into_iter().filter(|n| !live.contains(n) && n != warm) {
                 match clean_run_dir(p, &name, RemoveRunDir {}).await {
                     Ok(()) => report.swept.push(format!("run directory {name}")),
                     Err(e) => {

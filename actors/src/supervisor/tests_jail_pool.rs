@@ -44,6 +44,17 @@ fn pooled(
     jails: Arc<FakeJails>,
     warm: usize,
 ) -> Addr<VmSupervisor> {
+    pooled_with(MemoryVmStore::default(), fake, dir, jails, warm)
+}
+
+/// [`pooled`] over `store`.
+fn pooled_with(
+    store: MemoryVmStore,
+    fake: &FakeProcesses,
+    dir: &Path,
+    jails: Arc<FakeJails>,
+    warm: usize,
+) -> Addr<VmSupervisor> {
     for uid in UID..=UID + 2 {
         root_at_slash(&layout(dir, uid));
     }
@@ -56,7 +67,7 @@ fn pooled(
         uid_range: UID..=UID + 2,
         warm_pool: warm,
     };
-    testing::supervisor_jailed(MemoryVmStore::default(), fake.clone(), dir.join("vms"), js).0
+    testing::supervisor_jailed(store, fake.clone(), dir.join("vms"), js).0
 }
 
 fn spawns(fake: &FakeProcesses) -> Vec<SpawnSpec> {
@@ -155,10 +166,7 @@ async fn the_pool_fills_after_open_and_close_discards_it() {
         "{}",
         args_of(&first)
     );
-    assert_eq!(
-        first.stdio,
-        layout(dir.path(), UID).jail_dir().join("console.fifo")
-    );
+    assert_eq!(first.stdio, dir.path().join("vms/.warm/900000.fifo"));
     assert_eq!(jails.jails(), ["900000", "900001"]);
     sup.send(Close { stop_vms: false }).await.unwrap().unwrap();
     assert_eq!(fake.signals(), [Signal::Kill, Signal::Kill]);
@@ -180,8 +188,12 @@ async fn a_create_takes_a_member_and_a_failed_one_gives_everything_back() {
     member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
     pool_ready(&sup, 1).await;
 
+    let member_fifo = dir.path().join("vms/.warm/900000.fifo");
+    assert!(member_fifo.exists());
     let err = create(&sup, "a").await.unwrap_err();
     assert!(err.to_string().contains("api.sock"), "{err}");
+    // The take moved the member's FIFO out of the run base's own area (one filesystem).
+    assert!(!member_fifo.exists(), "the FIFO was not moved");
     let calls = jails.calls();
     assert!(calls.contains(&"add_files 900000".to_string()), "{calls:?}");
     assert!(
@@ -270,4 +282,155 @@ async fn a_failed_take_falls_back_to_the_jailer() {
         "the member's jail goes before the jailer's: {calls:?}"
     );
     assert_eq!(fake.signals(), [Signal::Kill], "the member was killed");
+}
+
+/// Idle members holding every uid yield to a VM: the start of a VM that holds no uid gives
+/// the newest member up (its VMM killed, its jail removed) and gets its uid, where it used
+/// to fail "Cannot jail VM". The pool, out of uids, starts nothing more.
+#[actix::test]
+async fn idle_members_give_their_uid_up_to_a_vm_that_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("s")).unwrap();
+    store.set_state("s", api::VmState::Stopped, None).unwrap();
+    let sup = pooled_with(store, &fake, dir.path(), jails.clone(), 3);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pids = real_pids(3);
+    for (i, pid) in pids.iter().enumerate() {
+        member_up(
+            &fake,
+            &jails,
+            dir.path(),
+            i + 1,
+            UID + u32::try_from(i).unwrap(),
+            *pid,
+        )
+        .await;
+    }
+    pool_ready(&sup, 3).await;
+
+    // The VM's own jail is prepared under the member's uid (and made to fail there, as the
+    // fake VMM could go no further).
+    jails.fail_next("prepare");
+    let err = sup
+        .send(RunAction {
+            name: "s".into(),
+            action: VmAction::Start,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(!err.to_string().contains("Cannot jail"), "{err}");
+    // The newest ready member (ready in any order) gave its uid up.
+    let calls = jails.calls();
+    let removed: Vec<&String> = calls.iter().filter(|c| c.starts_with("remove ")).collect();
+    assert_eq!(removed.len(), 1, "{calls:?}");
+    let yielded: u32 = removed[0]["remove ".len()..].parse().unwrap();
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("prepare {yielded}"),
+        "{calls:?}"
+    );
+    let killed: Vec<u32> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Signal {
+                pid,
+                signal: Signal::Kill,
+            } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        killed,
+        [pids[usize::try_from(yielded - UID).unwrap()]],
+        "that member, only"
+    );
+    let status = sup.send(GetWarmPool {}).await.unwrap();
+    assert_eq!((status.ready, status.starting), (2, 0));
+    // Its uid stays the VM's: no refill can start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(spawns(&fake).len(), 3);
+}
+
+/// A member whose jail could not be removed keeps its uid (quarantined until the next
+/// `Open`): the next VM is jailed under another uid, not in the way of the old jail.
+#[actix::test]
+async fn a_member_whose_jail_stays_keeps_its_uid_out_of_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 1);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID, pid).await;
+    pool_ready(&sup, 1).await;
+    // The member dies; the create finding it discards it, and that removal fails.
+    fake.exit(pid, ExitStatus::Code(0));
+    jails.fail_next("remove");
+    let fail_jailer = async {
+        let (s, jailer) = nth_spawn(&fake, 2).await;
+        fake.exit(jailer, ExitStatus::Code(1));
+        s
+    };
+    let (res, cold) = tokio::join!(create(&sup, "a"), fail_jailer);
+    res.unwrap_err();
+    assert!(
+        args_of(&cold).contains("--id 900001 "),
+        "{}",
+        args_of(&cold)
+    );
+    assert!(
+        jails.jails().contains(&"900000".to_string()),
+        "{:?}",
+        jails.calls()
+    );
+    // a's uid (900001) is free again; 900000 is not.
+    jails.fail_next("prepare");
+    create(&sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
+}
+
+/// `Close` discards the idle members together, not one after the other: both VMMs are
+/// killed at once (each discard then waits for its VMM, which here ignores `SIGKILL`, up
+/// to 2 s).
+#[actix::test]
+async fn close_discards_the_members_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled(&fake, dir.path(), jails.clone(), 2);
+    sup.send(Open {}).await.unwrap().unwrap();
+    let pids = real_pids(2);
+    member_up(&fake, &jails, dir.path(), 1, UID, pids[0]).await;
+    member_up(&fake, &jails, dir.path(), 2, UID + 1, pids[1]).await;
+    pool_ready(&sup, 2).await;
+    // VMMs slow to die: each discard waits its 2 s.
+    fake.ignore(Signal::Kill);
+    let close = sup.send(Close { stop_vms: false });
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // On this one-thread runtime, the first kill is seen before Close yields again:
+            // one after the other, the second is then 2 s away.
+            let killed = fake.signals().len();
+            if killed > 0 {
+                break killed;
+            }
+            assert!(Instant::now() < deadline, "no member killed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (closed, killed_first) = tokio::join!(close, watch);
+    closed.unwrap().unwrap();
+    assert_eq!(killed_first, 2, "both killed at once");
+    assert!(jails.jails().is_empty());
+    assert!(
+        !dir.path().join("vms/.warm").exists(),
+        "the FIFO directory went too"
+    );
 }
