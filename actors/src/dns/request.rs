@@ -150,13 +150,7 @@ impl DnsRequestHandler {
         let resolution = table.resolve(query.name(), query.query_type(), query.query_class());
         if resolution == Resolution::Forward {
             if let Some(upstream) = self.cached_for(&request, query) {
-                let reply = builder.build(
-                    forwarded_metadata(meta, &upstream),
-                    upstream.answers.iter(),
-                    upstream.authorities.iter(),
-                    std::iter::empty(),
-                    upstream.additionals.iter(),
-                );
+                let reply = forwarded_reply(builder, meta, &upstream);
                 encode(reply, max_size, meta, out);
                 return UdpAnswer::Reply;
             }
@@ -211,13 +205,7 @@ impl DnsRequestHandler {
             return;
         };
         if let Some(upstream) = self.forwarded(request, query).await {
-            let reply = builder.build(
-                forwarded_metadata(meta, &upstream),
-                upstream.answers.iter(),
-                upstream.authorities.iter(),
-                std::iter::empty(),
-                upstream.additionals.iter(),
-            );
+            let reply = forwarded_reply(builder, meta, &upstream);
             encode(reply, max_size, meta, out);
         } else {
             encode(
@@ -312,6 +300,28 @@ fn forwarded_metadata(request: &Metadata, upstream: &Message) -> Metadata {
     meta
 }
 
+/// A forwarded reply: the upstream's records under [`forwarded_metadata`].
+fn forwarded_reply<'q, 'a>(
+    builder: MessageResponseBuilder<'q>,
+    request: &Metadata,
+    upstream: &'a Message,
+) -> MessageResponse<
+    'q,
+    'a,
+    std::slice::Iter<'a, Record>,
+    std::slice::Iter<'a, Record>,
+    std::iter::Empty<&'a Record>,
+    std::slice::Iter<'a, Record>,
+> {
+    builder.build(
+        forwarded_metadata(request, upstream),
+        upstream.answers.iter(),
+        upstream.authorities.iter(),
+        std::iter::empty(),
+        upstream.additionals.iter(),
+    )
+}
+
 /// The largest UDP reply the client accepts (RFC 6891; 512 without EDNS).
 fn udp_max_size(request: &Request) -> u16 {
     match &request.edns {
@@ -404,13 +414,7 @@ impl RequestHandler for DnsRequestHandler {
                 .await
                 .unwrap_or_else(|_| serve_failed(request));
         };
-        let reply = builder.build(
-            forwarded_metadata(meta, &upstream),
-            upstream.answers.iter(),
-            upstream.authorities.iter(),
-            std::iter::empty(),
-            upstream.additionals.iter(),
-        );
+        let reply = forwarded_reply(builder, meta, &upstream);
         response
             .send_response(reply)
             .await
