@@ -186,6 +186,11 @@ impl Bench {
             exec_file: self.fc.path.clone(),
             jails: self.jails.clone(),
             processes: Arc::new(LinuxProcesses),
+            fifo_dir: self
+                .dir
+                .path()
+                .join("vms")
+                .join(hearth_actors::firecracker::warm_pool::FIFO_DIR),
             cgroup_version: self.cgroups.version,
             limits: JailLimits::for_warm(&LimitPolicy::default()),
             log_level: hearth_proto::firecracker::LogLevel::Warning,

@@ -7,15 +7,12 @@
 mod common;
 use common::daemon::{self, HearthHost};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use hearth_proto::agent::{
-    codes, decode_response, encode_request, read_response_line, AgentProtoError, ConnectReply,
-    ConnectRequest, Request, DEFAULT_PORT,
-};
+use hearth_proto::agent::codes;
 
 /// The upstream end of the egress veth: outside any allowlist of these tests.
 const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
