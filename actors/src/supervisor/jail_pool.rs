@@ -13,7 +13,6 @@
 //! - `Close`: the idle members are killed and their jails removed; one still starting when
 //!   hearthd exits is left to the next `Open`'s sweep.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -41,9 +40,9 @@ pub(super) struct WarmPool {
     next: u64,
     /// Creates in flight that took a member: VM name → (lease name, uid).
     taken: BTreeMap<String, (String, u32)>,
-    /// The member taken by the create being planned, until its actor is made
-    /// (`VmSupervisor::jail_actor` reads it).
-    handing: RefCell<Option<(String, WarmMember)>>,
+    /// Members taken by creates whose actor is not made yet, by VM name
+    /// (`VmSupervisor::jail_actor` hands each to its actor).
+    handing: BTreeMap<String, WarmMember>,
     /// Set by `Open` once done: members start only then (its sweep would kill them).
     opened: bool,
     /// A retry is scheduled.
@@ -54,13 +53,8 @@ pub(super) struct WarmPool {
 
 impl WarmPool {
     /// The member handed to `vm`'s actor being made, if any.
-    pub(super) fn take_handing(&self, vm: &str) -> Option<WarmMember> {
-        let mut h = self.handing.borrow_mut();
-        if h.as_ref().is_some_and(|(n, _)| n == vm) {
-            h.take().map(|(_, m)| m)
-        } else {
-            None
-        }
+    pub(super) fn take_handing(&mut self, vm: &str) -> Option<WarmMember> {
+        self.handing.remove(vm)
     }
 }
 
@@ -229,7 +223,7 @@ impl VmSupervisor {
             return None;
         }
         info!(self.log, "uid leased from the warm pool"; "vm" => name, "uid" => uid);
-        *self.warm.handing.borrow_mut() = Some((name.to_string(), member));
+        self.warm.handing.insert(name.to_string(), member);
         self.warm.taken.insert(name.to_string(), (lease, uid));
         // After this handler: a member's start (jail, FIFO, `posix_spawn` of the jailer)
         // stays out of this create's own steps.

@@ -196,7 +196,7 @@ impl VmSupervisor {
     /// `actor` jailed as `name`'s recorded uid says, or as it is when the VM holds none (or
     /// jailing is off).
     pub(super) fn jail_actor(
-        &self,
+        &mut self,
         name: &str,
         actor: FirecrackerActor,
     ) -> Result<FirecrackerActor, SupervisorError> {

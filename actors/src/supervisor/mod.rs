@@ -323,7 +323,7 @@ impl VmSupervisor {
 
     /// A new process actor for `name` (run directory `<run_base>/<name>/`), not recorded.
     fn new_vmm(
-        &self,
+        &mut self,
         name: &str,
         ctx: &mut Context<Self>,
     ) -> Result<Addr<FirecrackerActor>, SupervisorError> {
