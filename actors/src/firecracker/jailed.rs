@@ -318,11 +318,12 @@ impl FirecrackerActor {
         }
         check_jailed_identity(&jail.layout, pid, &id).map_err(mismatch)?;
         // Not `RunDir::prepare`: it would remove the live API socket in the jail's `run/`.
-        let dir = self.run_dir.path();
-        std::fs::create_dir_all(dir).map_err(|source| FirecrackerError::RunDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        self.run_dir
+            .create()
+            .map_err(|source| FirecrackerError::RunDir {
+                path: self.run_dir.path().to_path_buf(),
+                source,
+            })?;
         let fifo = self.run_dir.console_fifo();
         let fifo_err = |source| FirecrackerError::RunDir {
             path: fifo.clone(),

@@ -117,6 +117,14 @@ impl RunDir {
         self.dir.join("metrics.json")
     }
 
+    /// Creates the directory (mode 0750; parents as needed), touching nothing in it.
+    pub(super) fn create(&self) -> std::io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&self.dir)
+    }
+
     /// Creates the directory (mode 0750) and removes stale sockets left by a previous process
     /// (Firecracker refuses to bind over them and never unlinks them) and the old console FIFO.
     /// Only call this when no live process owns the directory.
@@ -125,11 +133,7 @@ impl RunDir {
             let path = path.to_path_buf();
             move |source| FirecrackerError::RunDir { path, source }
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(&self.dir)
-            .map_err(err(&self.dir))?;
+        self.create().map_err(err(&self.dir))?;
         self.remove_socket_files().map_err(err(&self.sockets))?;
         // A fresh console FIFO too: an old one may hold a dead VM's unread output, or may
         // not even be a FIFO any more.
