@@ -147,12 +147,47 @@ pub fn clear(file: &Path) -> Result<(), MemDirError> {
     }
 }
 
+/// Removes a memory file, after checking its directory as [`check`] does: a directory
+/// swapped for a symlink (or opened to others) since the fork is refused, so no file it
+/// points at is unlinked. A missing directory or file is fine.
+///
+/// # Errors
+///
+/// [`check`]'s errors, or [`clear`]'s.
+pub fn remove(file: &Path) -> Result<(), MemDirError> {
+    match file.parent() {
+        Some(dir) if !check(dir)? => Ok(()),
+        _ => clear(file),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mode(p: &Path) -> u32 {
         p.symlink_metadata().unwrap().mode() & 0o7777
+    }
+
+    /// A removal through a directory swapped for a symlink is refused: the file it points at
+    /// stays; in hearthd's own directory the file goes, and a missing one is fine.
+    #[test]
+    fn remove_checks_the_directory_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("own");
+        prepare(&own).unwrap();
+        std::fs::write(own.join("a.fork.memory"), b"m").unwrap();
+        remove(&own.join("a.fork.memory")).unwrap();
+        assert!(!own.join("a.fork.memory").exists());
+        remove(&own.join("a.fork.memory")).unwrap();
+        remove(&tmp.path().join("gone").join("a.fork.memory")).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("a.fork.memory"), b"theirs").unwrap();
+        let swapped = tmp.path().join("swapped");
+        std::os::unix::fs::symlink(&elsewhere, &swapped).unwrap();
+        assert!(remove(&swapped.join("a.fork.memory")).is_err());
+        assert!(elsewhere.join("a.fork.memory").exists());
     }
 
     /// Missing: made 0700 (ancestors too); an existing 0700 directory of hearthd's passes.

@@ -98,14 +98,12 @@ pub(super) fn remove_dir(dir: &Path) -> Result<(), SupervisorError> {
 }
 
 /// Removes a snapshot's files: its memory file where it is kept outside the directory (a
-/// fork's, see [`SnapshotRecord::mem_file`]), then the directory; missing ones are fine.
+/// fork's, see [`SnapshotRecord::mem_file`]; never through a directory that is no longer
+/// hearthd's own), then the directory; missing ones are fine.
 pub(super) fn remove_files(rec: &SnapshotRecord) -> Result<(), SupervisorError> {
     if let Some(mem) = &rec.mem_file {
-        match std::fs::remove_file(mem) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(files_error("remove", mem)(e)),
-        }
+        super::fork_mem_dir::remove(mem)
+            .map_err(|e| files_error("remove", mem)(std::io::Error::other(e)))?;
     }
     remove_dir(&rec.dir)
 }
