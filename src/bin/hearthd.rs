@@ -64,18 +64,19 @@ fn main() -> anyhow::Result<()> {
     config.validate().context("Invalid configuration")?;
 
     let mut findings = preflight::check_host(config.firecracker_bin.as_deref());
-    // Jailing (issue 16): whether it is possible here, and why not; hearthd decides the same
-    // way at start (`daemon::start`).
-    let jail_checks = preflight::probe_jailing(
-        &config.jailer,
-        config.firecracker_bin.as_deref(),
-        &config.data_dir,
-    );
-    findings.extend(preflight::jailing_findings(
-        config.jailer.enabled,
-        &jail_checks,
-    ));
     if args.check {
+        // Jailing (issue 16): whether it is possible here, and why not. A real start probes
+        // and decides once, in `daemon::start`, which logs each reason and refuses under
+        // `enabled = true`.
+        let jail_checks = preflight::probe_jailing(
+            &config.jailer,
+            config.firecracker_bin.as_deref(),
+            &config.data_dir,
+        );
+        findings.extend(preflight::jailing_findings(
+            config.jailer.enabled,
+            &jail_checks,
+        ));
         for f in &findings {
             println!("{f}");
         }
