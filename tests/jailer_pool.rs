@@ -150,14 +150,7 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
         return;
     };
     require_privileged!();
-    let base = tempfile::Builder::new()
-        .prefix("hp")
-        .tempdir_in("/tmp")
-        .unwrap();
-    // Dropped after hearthd, before the chroot base: strays killed before their jails go.
-    let _cleanup = JailedVmms {
-        uids: FIRST_UID..=LAST_UID,
-    };
+    let (base, _cleanup) = jail_base("hp", FIRST_UID..=LAST_UID);
     let cfg = format!(
         "{}warm_pool = 2\n",
         jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID))

@@ -246,13 +246,7 @@ fn jailed_vms_restore_and_fork_into_jails_of_their_own() {
         return;
     };
     require_privileged!();
-    let base = tempfile::Builder::new()
-        .prefix("hr")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let _cleanup = JailedVmms {
-        uids: FIRST_UID..=LAST_UID,
-    };
+    let (base, _cleanup) = jail_base("hr", FIRST_UID..=LAST_UID);
     let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let mut h = HearthHost::start_jailed(&fc, &jail_cfg);
     let base = base.path().to_path_buf();

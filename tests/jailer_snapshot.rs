@@ -50,13 +50,7 @@ fn a_jailed_vm_is_snapshotted_in_its_jail() {
         return;
     };
     require_privileged!();
-    let base = tempfile::Builder::new()
-        .prefix("hs")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let _cleanup = JailedVmms {
-        uids: FIRST_UID..=LAST_UID,
-    };
+    let (base, _cleanup) = jail_base("hs", FIRST_UID..=LAST_UID);
     let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let h = HearthHost::start_jailed(&fc, &jail_cfg);
     let base = base.path().to_path_buf();

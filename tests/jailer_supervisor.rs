@@ -163,15 +163,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
         return;
     };
     require_privileged!();
-    // A short chroot base (the jailed sockets must fit in 108 bytes), removed by the guard.
-    let base = tempfile::Builder::new()
-        .prefix("hj")
-        .tempdir_in("/tmp")
-        .unwrap();
-    // Dropped after hearthd, before the chroot base: strays killed before their jails go.
-    let _cleanup = JailedVmms {
-        uids: FIRST_UID..=LAST_UID,
-    };
+    let (base, _cleanup) = jail_base("hj", FIRST_UID..=LAST_UID);
     let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let mut h = HearthHost::start_jailed(&fc, &jail_cfg);
     assert!(h.log().contains("VMMs run jailed"), "{}", h.log());

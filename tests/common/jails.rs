@@ -100,6 +100,18 @@ pub fn assert_jail_gone(base: &Path, uid: u32) {
     }
 }
 
+/// A short chroot base under /tmp (the jailed sockets must fit in 108 bytes) and the guard
+/// that kills the jailed VMMs of `uids`. Bind it before hearthd starts, as
+/// `let (base, _cleanup) = jail_base("hj", FIRST..=LAST);`: bindings drop in reverse order, so
+/// the guard goes after hearthd and before the base (strays killed before their jails go).
+pub fn jail_base(prefix: &str, uids: RangeInclusive<u32>) -> (tempfile::TempDir, JailedVmms) {
+    let base = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("chroot base");
+    (base, JailedVmms { uids })
+}
+
 /// On the way out: SIGKILLs the jailed VMMs whose `--id` is in `uids` (a test's own range;
 /// `HearthHost` only knows unjailed ones) and removes their cgroups.
 pub struct JailedVmms {
