@@ -364,8 +364,7 @@ fn fake_agent(dir: &Path, archive: &Path) -> PathBuf {
         exe.display()
     );
     let path = dir.join("fake-agent");
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    hearth_testkit::fc_sim::write_executable(&path, &script);
     path
 }
 

@@ -435,8 +435,7 @@ async fn missing_binary_is_a_clear_error() {
     }
     // A binary printing something else is refused at resolution.
     let liar = fx.path().join("liar");
-    std::fs::write(&liar, "#!/bin/sh\necho 'Firecracker v0.25.0'\n").unwrap();
-    std::fs::set_permissions(&liar, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    hearth_testkit::fc_sim::write_executable(&liar, "#!/bin/sh\necho 'Firecracker v0.25.0'\n");
     assert!(matches!(
         binary::resolve(Some(&liar), &LinuxProcesses),
         Err(FirecrackerError::VersionTooOld { .. })

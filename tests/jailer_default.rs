@@ -20,7 +20,7 @@ mod common;
 use common::daemon;
 use common::jails::*;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -51,8 +51,7 @@ fn root_of(pid: u64) -> (u64, u64) {
 fn fake_jailer_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let jailer = dir.path().join("jailer");
-    std::fs::write(&jailer, "#!/bin/sh\nexit 1\n").unwrap();
-    std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hearth_testkit::fc_sim::write_executable(&jailer, "#!/bin/sh\nexit 1\n");
     dir
 }
 

@@ -12,7 +12,7 @@ mod common;
 use hearth_testkit::fc_sim;
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,7 @@ fn script(fx: &Fixture, name: &str, body: &str) -> PathBuf {
         "#!/bin/sh\nSIM='{}'\ncase \"$1\" in --version) exec \"$SIM\" \"$@\";; esac\n{body}\n",
         fc_sim::sim_binary().display()
     );
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fc_sim::write_executable(&path, &text);
     path
 }
 

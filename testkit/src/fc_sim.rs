@@ -119,9 +119,26 @@ pub fn sim_wrapper(dir: &Path, name: &str, env: &[(&str, &str)], ignore_sigterm:
     }
     script.push_str(&format!("exec '{}' \"$@\"\n", sim_binary().display()));
     let path = dir.join(name);
-    std::fs::write(&path, script).expect("write wrapper");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_executable(&path, &script);
     path
+}
+
+/// Writes an executable file that may be run at once. Not written by this process: a test
+/// thread forking a child at the moment this process held the file open for writing would
+/// pass that descriptor on until the child's exec, and running the file meanwhile fails with
+/// ETXTBSY ("Text file busy", seen in CI). `cp` holds the only writer and has exited.
+pub fn write_executable(path: &Path, contents: &str) {
+    let mut draft = path.as_os_str().to_owned();
+    draft.push(".draft");
+    std::fs::write(&draft, contents).expect("write draft");
+    let copied = std::process::Command::new("cp")
+        .arg(&draft)
+        .arg(path)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp to {} failed", path.display());
+    std::fs::remove_file(&draft).expect("remove draft");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// The event sink, which needs `hearth-actors`.
