@@ -202,7 +202,14 @@ impl Bench {
             &JailLayout::id_for_uid(uid),
         )?;
         let jailer = start_member(&spec, &layout, uid)?;
-        let m = finish_member(spec, layout.clone(), uid, jailer).await?;
+        let m = finish_member(
+            spec,
+            layout.clone(),
+            uid,
+            jailer,
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )
+        .await?;
         let t0 = Instant::now();
         while !layout.api_socket().exists() {
             if t0.elapsed() > Duration::from_secs(5) {

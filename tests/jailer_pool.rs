@@ -24,8 +24,13 @@ use hearth_actors::firecracker::jailer::{JailLimits, LimitPolicy};
 const FIRST_UID: u32 = 941_000;
 const LAST_UID: u32 = 941_009;
 
-/// The jailed VMMs of this test's uids now running: uid → pid.
+/// The jailed VMMs of the first test's uids now running: uid → pid.
 fn vmms() -> BTreeMap<u32, u64> {
+    vmms_in(FIRST_UID..=LAST_UID)
+}
+
+/// The jailed VMMs of `uids` now running: uid → pid.
+fn vmms_in(uids: std::ops::RangeInclusive<u32>) -> BTreeMap<u32, u64> {
     let mut found = BTreeMap::new();
     for pid in std::fs::read_dir("/proc")
         .expect("/proc")
@@ -46,7 +51,7 @@ fn vmms() -> BTreeMap<u32, u64> {
             .windows(2)
             .find(|w| w[0] == "--id")
             .and_then(|w| w[1].parse::<u32>().ok());
-        if let Some(uid) = uid.filter(|u| (FIRST_UID..=LAST_UID).contains(u)) {
+        if let Some(uid) = uid.filter(|u| uids.contains(u)) {
             found.insert(uid, pid);
         }
     }
@@ -120,11 +125,25 @@ fn create(h: &HearthHost, name: &str) -> serde_json::Value {
 
 /// Waits (at most 20 s) until exactly the members (or VMMs) of `uids` run.
 fn wait_for_vmms(h: &HearthHost, uids: &[u32]) -> BTreeMap<u32, u64> {
+    wait_for_vmms_in(h, FIRST_UID..=LAST_UID, uids)
+}
+
+/// [`wait_for_vmms`] among the VMMs of `range`.
+fn wait_for_vmms_in(
+    h: &HearthHost,
+    range: std::ops::RangeInclusive<u32>,
+    uids: &[u32],
+) -> BTreeMap<u32, u64> {
     let ok = common::wait_until(Duration::from_secs(20), || {
-        vmms().keys().copied().collect::<Vec<_>>() == uids
+        vmms_in(range.clone()).keys().copied().collect::<Vec<_>>() == uids
     });
-    assert!(ok, "VMMs {:?}, want uids {uids:?}\n{}", vmms(), h.log());
-    vmms()
+    assert!(
+        ok,
+        "VMMs {:?}, want uids {uids:?}\n{}",
+        vmms_in(range.clone()),
+        h.log()
+    );
+    vmms_in(range)
 }
 
 /// Rewrites hearthd's `warm_pool` (for its next launch).
@@ -253,4 +272,134 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
     for uid in FIRST_UID..=LAST_UID {
         assert_jail_gone(&base, uid);
     }
+}
+
+const ORPHAN_FIRST_UID: u32 = 941_100;
+const ORPHAN_LAST_UID: u32 = 941_109;
+
+/// Waits (at most 10 s) for `child` to end, and answers the signal that ended it.
+fn killed_by(child: &mut std::process::Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = None;
+    common::wait_until(Duration::from_secs(10), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status.and_then(|s| s.signal())
+}
+
+/// What a `kill -9` of hearthd can leave that no pid file tells of is killed by the next
+/// `Open`, before the jails are swept and their uids leased again: a VMM whose jail lost its
+/// pid file, a jailer still building a jail (its own session outlives hearthd), and any
+/// process running as a uid of the range that no live VM holds. The adopted VM's VMM, which
+/// runs as a uid of the range too, lives on.
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "starts the stand-ins of a jailer mid-start and of an orphan of the uid range"
+)]
+fn processes_of_jails_no_vm_holds_are_killed_at_open() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let Some((fc, jailer)) = real_binaries(module_path!()) else {
+        return;
+    };
+    require_privileged!();
+    let range = ORPHAN_FIRST_UID..=ORPHAN_LAST_UID;
+    let (base, _cleanup) = jail_base("ho", range.clone());
+    let cfg = format!(
+        "{}warm_pool = 1\n",
+        jail_config(&jailer, base.path(), &range)
+    );
+    let mut h = HearthHost::start_jailed(&fc, &cfg);
+    let base = base.path().to_path_buf();
+
+    // A VM (it takes the member) and the refilled member: two real jailed VMMs.
+    let first = wait_for_vmms_in(&h, range.clone(), &[ORPHAN_FIRST_UID]);
+    let a = create(&h, "a");
+    let pid_a = a["pid"].as_u64().expect("pid");
+    assert_eq!(first[&ORPHAN_FIRST_UID], pid_a, "a took the member");
+    let member_uid = ORPHAN_FIRST_UID + 1;
+    let both = wait_for_vmms_in(&h, range.clone(), &[ORPHAN_FIRST_UID, member_uid]);
+    let member = both[&member_uid];
+
+    h.kill9();
+    set_warm_pool(&h, 0);
+    // The member's jail loses its pid file: only its uid says whose it is.
+    let pid_file = jail_root(&base, member_uid).join("firecracker.pid");
+    std::fs::remove_file(&pid_file).expect("the member's pid file");
+    // A jailer still at work on a jail no VM holds (a shell blocked on its stdin, under the
+    // jailer's flags), running as root.
+    let mut jailer_mid_start = Command::new("/bin/sh")
+        .args(["-c", "read line", "jailer", "--id"])
+        .arg((ORPHAN_FIRST_UID + 5).to_string())
+        .arg("--exec-file")
+        .arg(&fc)
+        .arg("--chroot-base-dir")
+        .arg(&base)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the stand-in jailer");
+    // A process of a uid of the range no VM holds, with no jail at all.
+    let mut orphan = Command::new("sleep")
+        .arg("600")
+        .uid(ORPHAN_FIRST_UID + 7)
+        .gid(ORPHAN_FIRST_UID + 7)
+        .spawn()
+        .expect("a process of the range");
+    // Not hearth's: the same command line under another chroot base, run as root.
+    let mut elsewhere = Command::new("/bin/sh")
+        .args(["-c", "read line", "jailer", "--id"])
+        .arg((ORPHAN_FIRST_UID + 6).to_string())
+        .arg("--exec-file")
+        .arg(&fc)
+        .args(["--chroot-base-dir", "/nonexistent-base"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("another base's stand-in jailer");
+
+    h.launch();
+    let after = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (after["state"].as_str(), after["pid"].as_u64()),
+        (Some("running"), Some(pid_a)),
+        "{after}\n{}",
+        h.log()
+    );
+    assert!(alive(pid_a), "the adopted VM's VMM lives on");
+    assert!(
+        !alive(member),
+        "the member without a pid file left running\n{}",
+        h.log()
+    );
+    assert_eq!(killed_by(&mut jailer_mid_start), Some(9), "{}", h.log());
+    assert_eq!(killed_by(&mut orphan), Some(9), "{}", h.log());
+    assert!(
+        elsewhere.try_wait().expect("try_wait").is_none(),
+        "another base's process was killed"
+    );
+    let _ = elsewhere.kill();
+    let _ = elsewhere.wait();
+    assert_jail_gone(&base, member_uid);
+    assert_eq!(
+        vmms_in(range.clone()),
+        BTreeMap::from([(ORPHAN_FIRST_UID, pid_a)])
+    );
+
+    // The member's uid is free again: b is jailed as it.
+    let b = create(&h, "b");
+    let pid_b = b["pid"].as_u64().unwrap();
+    assert_eq!(
+        status_field(pid_b, "Uid").split(' ').next(),
+        Some(member_uid.to_string().as_str())
+    );
+    h.ctl_ok(&["vm", "rm", "a"]);
+    h.ctl_ok(&["vm", "rm", "b"]);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || h.leaks() == Leaks::none()),
+        "leaks after delete: {:?}\n{}",
+        h.leaks(),
+        h.log()
+    );
 }

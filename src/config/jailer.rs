@@ -35,6 +35,8 @@ pub struct JailerConfig {
     /// The jailer binary. Default: `jailer` in `PATH`.
     pub jailer_bin: Option<PathBuf>,
     /// The uids (and gids of the same numbers) VMs get, one each, inclusive: `[first, last]`.
+    /// hearth's alone: at `Open`, a process running as one of them that no live VM holds is
+    /// killed (docs/jailer.md).
     pub uid_range: [u32; 2],
     /// The jailer's `--chroot-base-dir`. Keep it short: the VM's sockets live in its jail and
     /// must fit in 108 bytes.

@@ -21,6 +21,7 @@ use actix::{
     ActorFutureExt, AtomicResponse, Context, Handler, Message, ResponseActFuture, WrapFuture,
 };
 
+use crate::host::jails::sweep::{kill_jail_processes, JailProcesses};
 use crate::host::jails::{JailError, JailFile, JailPlan, Jails};
 use crate::host::processes::{ExitStatus, Process, ProcessIdentity, Signal, SpawnSpec};
 
@@ -240,10 +241,16 @@ impl FirecrackerActor {
             Ok(started) => started,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        let find_vmm = find_jailed_vmm(
+        let uid = self.jail.as_ref().map_or(0, |j| j.uid);
+        let run = JailerRun {
             jailer,
             jails,
             layout,
+            uid,
+        };
+        let find_vmm = find_jailed_vmm(
+            run,
+            self.log.clone(),
             self.processes.clone(),
             self.settings.api_timeout,
             self.run_dir.console_log(),
@@ -589,11 +596,66 @@ impl FirecrackerActor {
     }
 }
 
+/// A jailer just started: what [`find_jailed_vmm`] waits on.
+pub(super) struct JailerRun {
+    /// The jailer process.
+    pub jailer: Arc<dyn Process>,
+    /// The host side of jails.
+    pub jails: Arc<dyn Jails>,
+    /// The jail it builds.
+    pub layout: JailLayout,
+    /// The uid (and gid) its VMM runs as.
+    pub uid: u32,
+}
+
 /// After the jailer was started: waits (at most `timeout`) for it to exit 0, reads the VMM's
 /// pid from the jail's pid file, pins the VMM and waits (at most `timeout` again) for it to
 /// have exec'd Firecracker: the jailer writes the pid file before its child execs, and until
 /// then the child shows the jailer's command line. Answers the VMM and its start time.
+///
+/// On failure nothing of the jail runs on: the jailer may have forked its child (and that
+/// child exec'd the VMM as `uid`) before it hung or failed, so every process working on this
+/// jail or running as `uid` is killed ([`kill_jail_processes`]) before the caller removes
+/// the jail and gives the uid back.
 pub(super) async fn find_jailed_vmm(
+    run: JailerRun,
+    log: slog::Logger,
+    processes: Arc<dyn crate::host::processes::Processes>,
+    timeout: Duration,
+    console: PathBuf,
+) -> Result<(Arc<dyn Process>, u64), FirecrackerError> {
+    let JailerRun {
+        jailer,
+        jails,
+        layout,
+        uid,
+    } = run;
+    let found = wait_for_jailed_vmm(
+        jailer,
+        jails,
+        layout.clone(),
+        processes.clone(),
+        timeout,
+        console,
+    )
+    .await;
+    if found.is_err() {
+        let which = JailProcesses {
+            base: layout.base(),
+            exec_name: layout.exec_name(),
+            uids: uid..=uid,
+        };
+        let report = kill_jail_processes(&*processes, &which, |id| id != layout.id()).await;
+        if !report.killed.is_empty() || !report.left.is_empty() {
+            slog::warn!(log, "killed what the failed jailer left running";
+                "jail" => layout.id(), "killed" => ?report.killed, "left" => ?report.left);
+        }
+    }
+    found
+}
+
+/// [`find_jailed_vmm`] without the cleanup of a failure.
+async fn wait_for_jailed_vmm(
     jailer: Arc<dyn Process>,
     jails: Arc<dyn Jails>,
     layout: JailLayout,
@@ -857,6 +919,35 @@ mod tests {
         let fake = FakeProcesses::new();
         let jails = Arc::new(FakeJails::new());
         let vm = actor(&fake, jails.clone(), dir.path());
+        // The jailer (the fake's first pid, 1001) forks its child just as it is killed, and a
+        // VMM of its uid already runs (the jailer hung after its child exec'd): both are
+        // killed too. Another jail's VMM (another uid of the range) is left alone.
+        let base = dir.path().join("j");
+        let jailer_child = ProcessIdentity {
+            start_time: 7,
+            cmdline: [
+                "/usr/bin/jailer",
+                "--id",
+                "900001",
+                "--exec-file",
+                "/fc/firecracker",
+                "--chroot-base-dir",
+                base.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        fake.appear_on_kill(1001, 5000, jailer_child);
+        let vmm = |id: &str| ProcessIdentity {
+            start_time: 8,
+            cmdline: ["/firecracker", "--id", id, "--api-sock", "/run/api.sock"]
+                .map(String::from)
+                .to_vec(),
+        };
+        fake.set_identity(5001, vmm("900001"));
+        fake.set_uid(5001, 900_001);
+        fake.set_identity(5002, vmm("900002"));
+        fake.set_uid(5002, 900_002);
         let err = vm.send(SpawnProcess {}).await.unwrap().unwrap_err();
         assert!(
             matches!(
@@ -867,7 +958,27 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert_eq!(fake.signals(), [Signal::Kill]);
+        let killed: Vec<u32> = fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                FakeCall::Signal {
+                    pid,
+                    signal: Signal::Kill,
+                } => Some(pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            killed,
+            [1001, 5000, 5001],
+            "the jailer, then its child and its VMM"
+        );
+        assert_eq!(fake.signals(), [Signal::Kill; 3]);
+        assert_eq!(
+            crate::host::processes::Processes::list(&fake).unwrap(),
+            [5002]
+        );
         assert!(jails.jails().is_empty());
     }
 }

@@ -222,6 +222,11 @@ impl JailLayout {
         uid.to_string()
     }
 
+    /// The jailer's `--chroot-base-dir`.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
     /// The jail's `--id`.
     pub fn id(&self) -> &str {
         &self.id
@@ -410,6 +415,35 @@ pub fn is_jailed_vmm(cmdline: &[String], layout: &JailLayout) -> bool {
     cmdline.first().is_some_and(|a| *a == argv0)
         && has_pair("--id", layout.id())
         && has_pair("--api-sock", API_SOCKET_INSIDE)
+}
+
+/// The value of `flag` in a command line read from /proc (`--flag value` or `--flag=value`).
+fn flag_value<'a>(cmdline: &'a [String], flag: &str) -> Option<&'a str> {
+    cmdline
+        .windows(2)
+        .find(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .or_else(|| {
+            cmdline
+                .iter()
+                .find_map(|a| a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')))
+        })
+}
+
+/// The jail id a jailer works on, when `cmdline` (as read from /proc) is a jailer's, or the
+/// child it forked before that child execs, building a jail of `exec_name` under `base`
+/// (`--chroot-base-dir <base>`, `--exec-file <..>/<exec_name>`, `--id <id>`). Such a process
+/// is about to become that jail's VMM, whatever its program is called.
+pub fn jailer_target<'a>(cmdline: &'a [String], base: &Path, exec_name: &str) -> Option<&'a str> {
+    let (Some(dir), Some(exec), Some(id)) = (
+        flag_value(cmdline, "--chroot-base-dir"),
+        flag_value(cmdline, "--exec-file"),
+        flag_value(cmdline, "--id"),
+    ) else {
+        return None;
+    };
+    let same_exec = Path::new(exec).file_name().and_then(|n| n.to_str()) == Some(exec_name);
+    (Path::new(dir) == base && same_exec).then_some(id)
 }
 
 #[cfg(test)]
@@ -662,5 +696,27 @@ mod tests {
             &l
         ));
         assert!(!is_jailed_vmm(&cmd("/firecracker --id vm-1"), &l));
+    }
+
+    #[test]
+    fn recognises_a_jailer_and_its_jail() {
+        let cmd = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let base = Path::new("/srv/j");
+        let jailer = cmd(
+            "/usr/bin/jailer --id 900001 --exec-file /opt/fc/firecracker --uid 900001 \
+             --chroot-base-dir /srv/j --new-pid-ns -- --api-sock /run/api.sock",
+        );
+        assert_eq!(jailer_target(&jailer, base, "firecracker"), Some("900001"));
+        let equals = cmd("jailer --id=7 --exec-file=/fc/firecracker --chroot-base-dir=/srv/j");
+        assert_eq!(jailer_target(&equals, base, "firecracker"), Some("7"));
+        // Another base, another exec file, or a missing flag: not a jail of ours.
+        let other_base = cmd("jailer --id 7 --exec-file /fc/firecracker --chroot-base-dir /x");
+        assert_eq!(jailer_target(&other_base, base, "firecracker"), None);
+        assert_eq!(jailer_target(&jailer, base, "firecracker-v2"), None);
+        let no_id = cmd("jailer --exec-file /fc/firecracker --chroot-base-dir /srv/j");
+        assert_eq!(jailer_target(&no_id, base, "firecracker"), None);
+        // A VMM after its exec carries `--id` but neither jailer flag.
+        let vmm = cmd("/firecracker --id 7 --api-sock /run/api.sock");
+        assert_eq!(jailer_target(&vmm, base, "firecracker"), None);
     }
 }

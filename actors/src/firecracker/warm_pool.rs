@@ -23,7 +23,7 @@ use std::time::Duration;
 use hearth_proto::firecracker::LogLevel;
 
 use super::console::ensure_fifo;
-use super::jailed::find_jailed_vmm;
+use super::jailed::{find_jailed_vmm, JailerRun};
 use super::jailer::{CgroupVersion, JailLayout, JailLimits, JailerArgs};
 use super::FirecrackerError;
 use crate::host::jails::{JailError, JailPlan, Jails};
@@ -262,17 +262,16 @@ pub async fn finish_member(
     layout: JailLayout,
     uid: u32,
     jailer: Arc<dyn Process>,
+    log: slog::Logger,
 ) -> Result<WarmMember, FirecrackerError> {
     let fifo = member_fifo(&spec.fifo_dir, uid);
-    let found = find_jailed_vmm(
+    let run = JailerRun {
         jailer,
-        spec.jails.clone(),
-        layout.clone(),
-        spec.processes.clone(),
-        spec.timeout,
-        fifo.clone(),
-    )
-    .await;
+        jails: spec.jails.clone(),
+        layout: layout.clone(),
+        uid,
+    };
+    let found = find_jailed_vmm(run, log, spec.processes.clone(), spec.timeout, fifo.clone()).await;
     match found {
         Ok((process, start_time)) => Ok(WarmMember {
             uid,
@@ -298,6 +297,10 @@ pub(crate) mod tests {
     use crate::host::processes::fake::{FakeCall, FakeProcesses};
     use crate::host::processes::{ExitStatus, ProcessIdentity};
     use std::path::Path;
+
+    fn discard() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
 
     /// Live pids whose root is `/`: a fake VMM needs one, since the jail's root is compared
     /// with `/proc/<pid>/root` for real (the test's jail roots are symlinks to `/`).
@@ -394,7 +397,7 @@ pub(crate) mod tests {
         );
         let pid = real_pids(1)[0];
         play_jailer(&fake, &jails, &layout, jailer.pid(), pid);
-        let m = finish_member(s, layout.clone(), 900_001, jailer)
+        let m = finish_member(s, layout.clone(), 900_001, jailer, discard())
             .await
             .unwrap();
         assert_eq!((m.uid(), m.pid()), (900_001, Some(pid)));
@@ -436,7 +439,9 @@ pub(crate) mod tests {
         let layout = JailLayout::new(&dir.path().join("j"), &s.exec_file, "900001").unwrap();
         let jailer = start_member(&s, &layout, 900_001).unwrap();
         fake.exit(jailer.pid(), ExitStatus::Code(1));
-        let err = finish_member(s, layout, 900_001, jailer).await.unwrap_err();
+        let err = finish_member(s, layout, 900_001, jailer, discard())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, FirecrackerError::ExitedEarly { .. }),
             "{err:?}"

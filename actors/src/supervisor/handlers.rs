@@ -881,6 +881,7 @@ impl Handler<Open> for VmSupervisor {
                 })
                 .map(|res: Result<_, SupervisorError>, act, ctx| {
                     let (mut report, stops) = res?;
+                    act.quarantine_uids(&report.quarantined_uids);
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }

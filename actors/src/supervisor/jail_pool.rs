@@ -179,7 +179,7 @@ impl VmSupervisor {
         };
         self.warm.starting += 1;
         ctx.spawn(
-            finish_member(spec, layout, uid, jailer)
+            finish_member(spec, layout, uid, jailer, self.log.clone())
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.warm.starting -= 1;

@@ -290,6 +290,22 @@ impl VmSupervisor {
         }
     }
 
+    /// After `Open`'s sweep: each uid whose process survived SIGKILL is leased under a name
+    /// no VM can have, so no VM gets it while that process may still run as it. The lease
+    /// is never recorded: the next `Open` looks again.
+    pub(super) fn quarantine_uids(&mut self, uids: &[u32]) {
+        for &uid in uids {
+            let holder = format!("#stuck-{uid}");
+            match self.uids.restore(uid, &holder) {
+                Ok(()) => {
+                    warn!(self.log, "uid kept out of use: a process running as it did not die";
+                    "uid" => uid);
+                }
+                Err(e) => warn!(self.log, "uid not quarantined"; "uid" => uid, "error" => %e),
+            }
+        }
+    }
+
     /// Checks that `snap` was taken as restores run now, jailed or not: a jailed source's
     /// state names its root drive at the in-jail path `/snapshot-<name>.disk`, an unjailed
     /// one's at the checkpoint's host path, and Firecracker's load reopens that path. Either
@@ -389,9 +405,10 @@ pub(super) struct JailSweep {
 }
 
 impl JailSweep {
-    /// Kills the VMM still running in a jail no live VM uses (its identity checked), then
-    /// removes those jails; answers what it swept, for the report.
-    pub(super) async fn run(self, log: &slog::Logger) -> Vec<String> {
+    /// Kills the processes of jails no live VM uses (jailers, their children, VMMs), then
+    /// removes those jails; answers what it swept and the uids of processes that would not
+    /// die, for the report.
+    pub(super) async fn run(self, log: &slog::Logger) -> (Vec<String>, Vec<u32>) {
         let JailSweep {
             js,
             exec,
@@ -399,11 +416,32 @@ impl JailSweep {
             processes,
             keep,
         } = self;
+        // First whatever works on or runs as a jail no live VM holds: jailers mid-start at the
+        // crash and VMMs without a pid file; then VMMs found through their jail's pid file.
+        let exec_name = exec
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let which = sweep::JailProcesses {
+            base: &js.chroot_base,
+            exec_name,
+            uids: js.uid_range.clone(),
+        };
+        let orphans = sweep::kill_jail_processes(&*processes, &which, |id| keep.contains(id)).await;
+        for (pid, uid) in &orphans.left {
+            warn!(log, "process of a swept jail did not die: its uid stays out of use";
+                "pid" => pid, "uid" => uid);
+        }
         let killed = sweep::kill_strays(&*js.jails, &*processes, &js.chroot_base, &exec, |id| {
             keep.contains(id)
         })
         .await;
-        let mut swept: Vec<String> = killed.iter().map(|pid| format!("process {pid}")).collect();
+        let mut swept: Vec<String> = orphans
+            .killed
+            .iter()
+            .chain(&killed)
+            .map(|pid| format!("process {pid}"))
+            .collect();
         match sweep::sweep(&*js.jails, &js.chroot_base, &exec, |id| keep.contains(id)) {
             Ok(r) => {
                 for (id, e) in &r.failed {
@@ -418,6 +456,7 @@ impl JailSweep {
             Ok(r) => swept.extend(r.iter().map(|p| format!("warm FIFO {}", p.display()))),
             Err(e) => warn!(log, "warm FIFOs not swept"; "error" => %e),
         }
-        swept
+        let stuck = orphans.left.iter().filter_map(|(_, uid)| *uid).collect();
+        (swept, stuck)
     }
 }

@@ -170,6 +170,9 @@ pub struct OpenReport {
     /// VMs queued to start again by their restart policy (their process was gone), oldest
     /// first.
     pub autostarts: Vec<String>,
+    /// uids of swept jails whose processes survived SIGKILL: kept out of use (never leased)
+    /// until the next `Open`.
+    pub quarantined_uids: Vec<u32>,
 }
 
 /// Stops accepting work, waits for in-flight operations, and either leaves VMs running

@@ -310,7 +310,9 @@ pub(super) async fn execute(
     sweep_run_dirs(&p, &run_base, &live, &alive, &mut plan.report).await;
     // Jailed VMMs of no live VM, and their jails (issue 16): before the pool takes TAPs back.
     if let Some(sweep) = jail_sweep {
-        plan.report.swept.extend(sweep.run(&p.log).await);
+        let (swept, stuck) = sweep.run(&p.log).await;
+        plan.report.swept.extend(swept);
+        plan.report.quarantined_uids = stuck;
     }
 
     // Rebuild the network around the VMs that live.

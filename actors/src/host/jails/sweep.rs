@@ -2,16 +2,112 @@
 //! like every other leaked resource at `Open`. Which jails to keep is the caller's knowledge
 //! (the store's uid leases of VMs whose VMM was adopted); this only lists and removes.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
 use super::{JailError, Jails};
 use crate::firecracker::jailed::check_jailed_identity;
-use crate::firecracker::jailer::JailLayout;
+use crate::firecracker::jailer::{jailer_target, JailLayout};
 use crate::host::processes::{Processes, Signal};
 
 /// How long a stray jailed VMM has to exit after SIGKILL.
 const STRAY_KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// How many times [`kill_jail_processes`] scans the process list: a jailer killed during one
+/// scan may have forked its child just before, which only the next scan sees.
+const MAX_SCANS: usize = 8;
+
+/// Which processes [`kill_jail_processes`] kills: those working on a jail of `exec_name`
+/// under `base`, or running as a uid of `uids`, unless their jail id is kept.
+#[derive(Debug, Clone)]
+pub struct JailProcesses<'a> {
+    /// The jailer's `--chroot-base-dir`.
+    pub base: &'a Path,
+    /// The exec file's name.
+    pub exec_name: &'a str,
+    /// The uids hearth jails VMs as (a dedicated range: nothing else may run as them).
+    pub uids: RangeInclusive<u32>,
+}
+
+/// What [`kill_jail_processes`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KillReport {
+    /// The pids killed (each seen exit).
+    pub killed: Vec<u32>,
+    /// The processes that did not die in time, or could not be signalled: pid, and the uid
+    /// of the jail they belong to (keep it out of use).
+    pub left: Vec<(u32, Option<u32>)>,
+}
+
+/// Whether process `pid` belongs to a jail that `keep` rejects: a jailer (or its child before
+/// the exec) building such a jail, or any process running as one of `which.uids` whose jail
+/// (its uid's id, [`JailLayout::id_for_uid`]) is not kept. Answers its start time and the
+/// jail's uid.
+fn targets(
+    processes: &dyn Processes,
+    which: &JailProcesses<'_>,
+    keep: &impl Fn(&str) -> bool,
+    pid: u32,
+) -> Option<(u64, Option<u32>)> {
+    let id = processes.identity(pid).ok()?;
+    if let Some(jail) = jailer_target(&id.cmdline, which.base, which.exec_name) {
+        return (!keep(jail)).then(|| (id.start_time, jail.parse().ok()));
+    }
+    let uids = processes.uids(pid).ok()?;
+    let uid = *uids.iter().find(|u| which.uids.contains(u))?;
+    (!keep(&JailLayout::id_for_uid(uid))).then_some((id.start_time, Some(uid)))
+}
+
+/// SIGKILLs every process of a jail `keep` rejects and waits for each to exit: jailers that
+/// were building one when hearthd died (they run in their own session, so they outlive it,
+/// and a jail without a pid file tells nothing of them), their children, and any process
+/// running as such a jail's uid (a VMM exec'd after its jail's pid file was lost). Run before
+/// jails are removed and their uids leased again: a survivor would go on as a uid a new VM
+/// then gets. Scans until a scan finds nothing (at most [`MAX_SCANS`]); each process is
+/// pinned with a pidfd and its start time checked again before the signal, so a recycled pid
+/// is never hit. hearthd itself is never a target.
+pub async fn kill_jail_processes(
+    processes: &dyn Processes,
+    which: &JailProcesses<'_>,
+    keep: impl Fn(&str) -> bool,
+) -> KillReport {
+    let me = std::process::id();
+    let mut report = KillReport::default();
+    for _ in 0..MAX_SCANS {
+        let pids = processes.list().unwrap_or_default();
+        let found: Vec<(u32, (u64, Option<u32>))> = pids
+            .into_iter()
+            .filter(|pid| *pid != me && !report.left.iter().any(|(p, _)| p == pid))
+            .filter_map(|pid| Some((pid, targets(processes, which, &keep, pid)?)))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for (pid, (start_time, uid)) in found {
+            let Ok(process) = processes.open(pid) else {
+                continue; // gone meanwhile
+            };
+            // Pinned: still the process that was read (not a recycled pid)?
+            if processes
+                .identity(pid)
+                .map_or(true, |id| id.start_time != start_time)
+            {
+                continue;
+            }
+            let killed = process.signal(Signal::Kill).is_ok()
+                && tokio::time::timeout(STRAY_KILL_WAIT, process.wait())
+                    .await
+                    .is_ok();
+            if killed {
+                report.killed.push(pid);
+            } else {
+                report.left.push((pid, uid));
+            }
+        }
+    }
+    report
+}
 
 /// Before a [`sweep`]: SIGKILLs the VMM still running in each jail `keep` rejects (a VMM
 /// spawned but never recorded, or one that failed adoption), so its jail and cgroups can
@@ -105,6 +201,101 @@ mod tests {
     use super::*;
     use crate::firecracker::jailer::JailLayout;
     use crate::host::jails::{FakeJails, JailPlan};
+    use crate::host::processes::fake::{FakeCall, FakeProcesses};
+    use crate::host::processes::ProcessIdentity;
+
+    fn proc_id(start_time: u64, cmdline: &str) -> ProcessIdentity {
+        ProcessIdentity {
+            start_time,
+            cmdline: cmdline.split(' ').map(String::from).collect(),
+        }
+    }
+
+    #[actix::test]
+    async fn kills_jailers_their_children_and_uids_of_jails_not_kept() {
+        let fake = FakeProcesses::new();
+        let jailer = |id: &str, base: &str| {
+            format!(
+                "/usr/bin/jailer --id {id} --exec-file /fc/firecracker --uid {id} \
+                 --chroot-base-dir {base} --new-pid-ns -- --api-sock /run/api.sock"
+            )
+        };
+        // A jailer mid-start for a jail no live VM holds (running as root), which forks its
+        // child just as it is killed: the child shows the jailer's command line.
+        fake.set_identity(10, proc_id(1, &jailer("900005", "/srv/j")));
+        fake.appear_on_kill(10, 16, proc_id(2, &jailer("900005", "/srv/j")));
+        // The adopted VM's VMM, running as its kept uid.
+        fake.set_identity(
+            11,
+            proc_id(3, "/firecracker --id 900001 --api-sock /run/api.sock"),
+        );
+        fake.set_uid(11, 900_001);
+        // An orphan VMM of a uid no VM holds, its jail's pid file lost.
+        fake.set_identity(
+            12,
+            proc_id(4, "/firecracker --id 900002 --api-sock /run/api.sock"),
+        );
+        fake.set_uid(12, 900_002);
+        // Not hearth's: a user outside the range, a jailer under another base.
+        fake.set_identity(13, proc_id(5, "/usr/bin/sleep 100"));
+        fake.set_uid(13, 1000);
+        fake.set_identity(14, proc_id(6, &jailer("900006", "/elsewhere")));
+        // A jailer building the kept VM's jail is left (its VM's record says it runs there).
+        fake.set_identity(15, proc_id(7, &jailer("900001", "/srv/j")));
+
+        let which = JailProcesses {
+            base: Path::new("/srv/j"),
+            exec_name: "firecracker",
+            uids: 900_000..=900_099,
+        };
+        let mut r = kill_jail_processes(&fake, &which, |id| id == "900001").await;
+        r.killed.sort_unstable();
+        assert_eq!(
+            r.killed,
+            [10, 12, 16],
+            "the child is found by a second scan"
+        );
+        assert!(r.left.is_empty());
+        let mut signalled: Vec<u32> = fake
+            .calls()
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::Signal { pid, signal } => {
+                    assert_eq!(*signal, Signal::Kill);
+                    Some(*pid)
+                }
+                _ => None,
+            })
+            .collect();
+        signalled.sort_unstable();
+        assert_eq!(signalled, [10, 12, 16], "nothing else was signalled");
+        assert_eq!(fake.list().unwrap(), [11, 13, 14, 15]);
+
+        // Nothing left to kill: one scan, no signal.
+        let again = kill_jail_processes(&fake, &which, |id| id == "900001").await;
+        assert_eq!(again, KillReport::default());
+    }
+
+    #[actix::test]
+    async fn a_process_that_ignores_the_kill_is_reported_left() {
+        let fake = FakeProcesses::new();
+        fake.ignore(Signal::Kill);
+        fake.set_identity(20, proc_id(1, "/firecracker --id 900003"));
+        fake.set_uid(20, 900_003);
+        let which = JailProcesses {
+            base: Path::new("/srv/j"),
+            exec_name: "firecracker",
+            uids: 900_000..=900_099,
+        };
+        let r = kill_jail_processes(&fake, &which, |_| false).await;
+        assert_eq!(
+            r,
+            KillReport {
+                killed: vec![],
+                left: vec![(20, Some(900_003))]
+            }
+        );
+    }
 
     fn make(j: &FakeJails, id: &str) {
         let layout =

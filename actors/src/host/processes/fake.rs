@@ -39,6 +39,10 @@ struct State {
     version: Option<String>,
     fail_spawn: Option<String>,
     processes: HashMap<u32, watch::Sender<Option<ExitStatus>>>,
+    /// `uids(pid)`; a registered process without an entry runs as root.
+    uids: HashMap<u32, u32>,
+    /// A process that appears when another is sent SIGKILL (a child forked just before).
+    appear_on_kill: HashMap<u32, (u32, ProcessIdentity)>,
 }
 
 /// The fake backend; clones share state.
@@ -93,6 +97,17 @@ impl FakeProcesses {
     /// Registers what /proc says about `pid`.
     pub fn set_identity(&self, pid: u32, identity: ProcessIdentity) {
         self.lock().identities.insert(pid, identity);
+    }
+
+    /// Makes `pid` run as `uid` (all four of its user ids).
+    pub fn set_uid(&self, pid: u32, uid: u32) {
+        self.lock().uids.insert(pid, uid);
+    }
+
+    /// Makes process `child` (with `identity`) appear when `pid` is sent SIGKILL: a child it
+    /// forked just before dying, which a single scan of the process list would miss.
+    pub fn appear_on_kill(&self, pid: u32, child: u32, identity: ProcessIdentity) {
+        self.lock().appear_on_kill.insert(pid, (child, identity));
     }
 
     /// Makes `pid` exit now with `status`.
@@ -160,6 +175,11 @@ impl Process for FakeProcess {
                 if tx.borrow().is_none() {
                     tx.send_replace(Some(status));
                 }
+            }
+        }
+        if signal == Signal::Kill {
+            if let Some((child, identity)) = st.appear_on_kill.remove(&self.pid) {
+                st.identities.insert(child, identity);
             }
         }
         Ok(())
@@ -235,6 +255,14 @@ impl Processes for FakeProcesses {
             .collect();
         pids.sort_unstable();
         Ok(pids)
+    }
+
+    fn uids(&self, pid: u32) -> Result<[u32; 4], ProcessError> {
+        let st = self.lock();
+        if !st.identities.contains_key(&pid) {
+            return Err(ProcessError::NoSuchProcess { pid });
+        }
+        Ok([st.uids.get(&pid).copied().unwrap_or(0); 4])
     }
 
     fn version_output(&self, program: &Path) -> Result<String, ProcessError> {

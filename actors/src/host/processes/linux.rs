@@ -221,6 +221,25 @@ impl Processes for LinuxProcesses {
         Ok(pids)
     }
 
+    fn uids(&self, pid: u32) -> Result<[u32; 4], ProcessError> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NoSuchProcess { pid }
+            } else {
+                ProcessError::Sys {
+                    op: "read /proc",
+                    pid,
+                    source,
+                }
+            }
+        })?;
+        parse_status_uids(&status).ok_or_else(|| ProcessError::Sys {
+            op: "parse /proc/<pid>/status",
+            pid,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no Uid: line"),
+        })
+    }
+
     fn version_output(&self, program: &Path) -> Result<String, ProcessError> {
         let mut cmd = Command::new(program);
         cmd.arg("--version").stdin(Stdio::null());
@@ -246,6 +265,17 @@ impl Processes for LinuxProcesses {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// The four ids of the `Uid:` line of `/proc/<pid>/status` (real, effective, saved, fs).
+pub fn parse_status_uids(status: &str) -> Option<[u32; 4]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    let mut out = [0; 4];
+    for slot in &mut out {
+        *slot = ids.next()?.ok()?;
+    }
+    Some(out)
 }
 
 /// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, for numeric fields after `comm`.
@@ -297,6 +327,29 @@ mod tests {
             parse_cmdline(b"/usr/bin/firecracker\0--api-sock\0/run/a.sock\0"),
             vec!["/usr/bin/firecracker", "--api-sock", "/run/a.sock"]
         );
+    }
+
+    #[test]
+    fn uids_of_self_and_parsing() {
+        let me = LinuxProcesses.uids(std::process::id()).unwrap();
+        let real = nix::unistd::getuid().as_raw();
+        let effective = nix::unistd::geteuid().as_raw();
+        assert_eq!((me[0], me[1]), (real, effective));
+        assert_eq!(
+            parse_status_uids("Name:\tx\nUid:\t1\t2\t3\t4\nGid:\t0\t0\t0\t0\n"),
+            Some([1, 2, 3, 4])
+        );
+        assert_eq!(parse_status_uids("Uid:\t1\t2\n"), None, "short line");
+        assert_eq!(
+            parse_status_uids("Uid:\t1\tx\t3\t4\n"),
+            None,
+            "not a number"
+        );
+        assert_eq!(parse_status_uids("Gid:\t1\t2\t3\t4\n"), None, "no Uid line");
+        assert!(matches!(
+            LinuxProcesses.uids(u32::MAX),
+            Err(ProcessError::NoSuchProcess { .. })
+        ));
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub trait Processes: Send + Sync {
     /// The pids of the host's processes now, ascending (a snapshot: any may exit at once, so
     /// read [`Processes::identity`] and pin with [`Processes::open`] before acting on one).
     fn list(&self) -> Result<Vec<u32>, ProcessError>;
+    /// A process's user ids: real, effective, saved and filesystem (`Uid:` in
+    /// `/proc/<pid>/status`).
+    fn uids(&self, pid: u32) -> Result<[u32; 4], ProcessError>;
     /// Runs `program --version` and returns its stdout.
     fn version_output(&self, program: &std::path::Path) -> Result<String, ProcessError>;
 }
