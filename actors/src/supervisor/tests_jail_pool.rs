@@ -434,3 +434,74 @@ async fn close_discards_the_members_together() {
         "the FIFO directory went too"
     );
 }
+
+/// A `kill -9` of hearthd after a create took a member and before its spawn: the store holds
+/// the VM `creating` with the member's uid, the member's VMM runs on in its jail, and no
+/// process is recorded. `Open` fails the create (the VM keeps its uid, as a failed VM does),
+/// kills the member, found as a process of a uid no live VM holds, removes its jail, and
+/// the pool, still on, refills with the next free uid.
+#[actix::test]
+async fn a_crash_between_a_take_and_its_spawn_leaves_no_member_running() {
+    use crate::host::jails::{JailPlan, Jails};
+    use crate::host::processes::ProcessIdentity;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.put_uid("a", Some(UID)).unwrap();
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled_with(store, &fake, dir.path(), jails.clone(), 1);
+    // The member as the crash left it: its jail, and its VMM running as its uid. (Its pid
+    // file names a process whose root is not the jail: only its uid says whose it is.)
+    jails
+        .prepare(&JailPlan {
+            layout: layout(dir.path(), UID),
+            uid: UID,
+            gid: UID,
+            files: vec![],
+        })
+        .unwrap();
+    let member = 5000;
+    fake.set_identity(
+        member,
+        ProcessIdentity {
+            start_time: 1,
+            cmdline: [
+                "/firecracker",
+                "--id",
+                "900000",
+                "--api-sock",
+                "/run/api.sock",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+    );
+    fake.set_uid(member, UID);
+    jails.write_pid("900000", member);
+
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert_eq!(report.repaired, ["a"], "{report:?}");
+    assert!(
+        report.swept.contains(&format!("process {member}"))
+            && report.swept.contains(&"jail 900000".to_string()),
+        "{report:?}"
+    );
+    assert!(report.quarantined_uids.is_empty());
+    assert!(
+        fake.calls().contains(&FakeCall::Signal {
+            pid: member,
+            signal: Signal::Kill
+        }),
+        "{:?}",
+        fake.calls()
+    );
+    let a = sup.send(GetVm { name: "a".into() }).await.unwrap().unwrap();
+    assert_eq!(a.state, api::VmState::Failed);
+    // The pool refills after the sweep, with the lowest uid `a` does not hold.
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID + 1, pid).await;
+    pool_ready(&sup, 1).await;
+    assert_eq!(jails.jails(), ["900001"]);
+}
