@@ -403,3 +403,117 @@ fn processes_of_jails_no_vm_holds_are_killed_at_open() {
         h.log()
     );
 }
+
+const FS_FIRST_UID: u32 = 941_200;
+const FS_LAST_UID: u32 = 941_209;
+
+/// A tmpfs mounted by a test, lazily unmounted on the way out (after hearthd is gone).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Self {
+        use nix::mount::{mount, MsFlags};
+        std::fs::create_dir_all(at).expect("mount point");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=64m,mode=0755"),
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", at.display()));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The run directory on another filesystem than `chroot_base_dir` (here a tmpfs; the data
+/// directory stays beside the jails, so the VM's files are hard-linked): a create still takes
+/// the member, whose console FIFO lives in `<run_dir>/.warm` and is renamed within the run
+/// directory's filesystem, never across; the VM is adopted after `kill -9` and its delete
+/// leaves nothing.
+#[test]
+fn the_pool_works_with_the_run_dir_on_another_filesystem() {
+    let Some((fc, jailer)) = real_binaries(module_path!()) else {
+        return;
+    };
+    require_privileged!();
+    let range = FS_FIRST_UID..=FS_LAST_UID;
+    let (base, _cleanup) = jail_base("hf", range.clone());
+    let cfg = format!(
+        "{}warm_pool = 0\n",
+        jail_config(&jailer, base.path(), &range)
+    );
+    let mut h = HearthHost::start_jailed(&fc, &cfg);
+    let base = base.path().to_path_buf();
+    // Restarted over a tmpfs run directory, with a pool.
+    assert!(h.terminate(), "hearthd exited cleanly\n{}", h.log());
+    let run = h.path("run");
+    let _tmpfs = Tmpfs::mount(&run);
+    let dev = |p: &Path| std::fs::metadata(p).expect("metadata").dev();
+    assert_ne!(
+        dev(&run),
+        dev(&base),
+        "the run directory is on its own filesystem"
+    );
+    set_warm_pool(&h, 1);
+    h.launch();
+
+    let members = wait_for_vmms_in(&h, range.clone(), &[FS_FIRST_UID]);
+    assert!(run.join(format!(".warm/{FS_FIRST_UID}.fifo")).exists());
+    let a = create(&h, "a");
+    let pid = a["pid"].as_u64().expect("pid");
+    assert_eq!(
+        pid,
+        members[&FS_FIRST_UID],
+        "a took the member\n{}",
+        h.log()
+    );
+    assert!(h.log().contains("took a warm jailed VMM"), "{}", h.log());
+    assert!(!h.log().contains("warm VMM not taken"), "{}", h.log());
+    let fifo = run.join("a/console.fifo");
+    assert!(fifo.exists() && dev(&fifo) == dev(&run));
+    assert!(!run.join(format!(".warm/{FS_FIRST_UID}.fifo")).exists());
+    let files = jail_files(&base, FS_FIRST_UID);
+    assert!(
+        files.contains(&"vmlinux".into()) && files.contains(&"rootfs".into()),
+        "{files:?}"
+    );
+
+    h.kill9();
+    h.launch();
+    let after = h.ctl_ok(&["vm", "get", "a"]);
+    assert_eq!(
+        (after["state"].as_str(), after["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "{after}\n{}",
+        h.log()
+    );
+    h.ctl_ok(&["vm", "rm", "a"]);
+    assert!(!alive(pid));
+    assert_jail_gone(&base, FS_FIRST_UID);
+    // Nothing but the refilled member's FIFO directory (`.warm`) in the run directory.
+    let pool_only = Leaks {
+        run_dirs: 1,
+        ..Leaks::none()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || h.leaks() == pool_only),
+        "leaks after delete: {:?}\n{}",
+        h.leaks(),
+        h.log()
+    );
+    assert!(run
+        .join(format!(".warm/{}.fifo", FS_FIRST_UID + 1))
+        .exists());
+    // A clean shutdown discards the member and its FIFO directory.
+    assert!(h.terminate(), "hearthd exited cleanly\n{}", h.log());
+    assert!(vmms_in(range).is_empty());
+    assert!(!run.join(".warm").exists());
+    assert_jail_gone(&base, FS_FIRST_UID + 1);
+}
