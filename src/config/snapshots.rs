@@ -18,7 +18,9 @@ pub struct SnapshotsConfig {
     /// Costs RAM: the guest's memory size per live fork. Absolute; made (mode 0700) at the
     /// first fork if missing; an existing one must be a directory (not a symlink) owned by
     /// hearthd's user and closed to group and others, who could read or plant memory files
-    /// in it (so not `/dev/shm` itself). Default: unset (with the snapshot's other files).
+    /// in it (so not `/dev/shm` itself); every directory above it must be root's or hearthd's
+    /// and writable by others only with the sticky bit (as `/dev/shm`), or it could be renamed
+    /// away. Default: unset (with the snapshot's other files).
     pub fork_memory_dir: Option<PathBuf>,
 }
 

@@ -52,6 +52,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MemDirEr
 /// lets others in (e.g. `/dev/shm` itself, mode 1777); [`MemDirError::Io`] if it cannot be
 /// examined.
 pub fn check(dir: &Path) -> Result<bool, MemDirError> {
+    check_ancestors(dir)?;
     let meta = match dir.symlink_metadata() {
         Ok(m) => m,
         // Missing, or an ancestor is not a directory: nothing there (making it will fail).
@@ -90,6 +91,61 @@ pub fn check(dir: &Path) -> Result<bool, MemDirError> {
         )));
     }
     Ok(true)
+}
+
+/// Checks the directories above `dir`: whoever can rename an entry in one of them can put a
+/// directory (or a symlink) of their own in `dir`'s place between two checks. Each must be
+/// owned by root or hearthd's euid and writable by group or others only with the sticky bit
+/// (as `/tmp` and `/dev/shm` are: there only an entry's owner may rename it). Checked along
+/// the path as written (a symbolic link on the way must be root's or hearthd's; the directory
+/// holding it is the component before) and along the path it resolves to. Ancestors not there
+/// yet are skipped ([`prepare`] makes them, 0700).
+fn check_ancestors(dir: &Path) -> Result<(), MemDirError> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let euid = nix::unistd::geteuid().as_raw();
+    let judge = |p: &Path, meta: &std::fs::Metadata| {
+        let untrusted = |problem: String| MemDirError::Untrusted {
+            path: p.to_path_buf(),
+            problem: format!("{problem}, so {} could be replaced", dir.display()),
+        };
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(untrusted(format!(
+                "above the directory, is owned by uid {} (neither root nor hearthd)",
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if !meta.file_type().is_symlink() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(untrusted(format!(
+                "above the directory, has mode {mode:04o}: writable by others without the \
+                 sticky bit"
+            )));
+        }
+        Ok(())
+    };
+    for p in parent.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        match p.symlink_metadata() {
+            Ok(meta) => judge(p, &meta)?,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+            Err(e) => return Err(io_err("stat", p)(e)),
+        }
+    }
+    // The directories the written path leads through (the first one that exists).
+    let Some(real) = parent
+        .ancestors()
+        .find_map(|p| std::fs::canonicalize(p).ok())
+    else {
+        return Ok(());
+    };
+    for p in real.ancestors() {
+        let meta = p.metadata().map_err(io_err("stat", p))?;
+        judge(p, &meta)?;
+    }
+    Ok(())
 }
 
 /// Makes `dir` (mode 0700, its missing ancestors too) if it is missing, then checks it as
@@ -188,6 +244,44 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, &swapped).unwrap();
         assert!(remove(&swapped.join("a.fork.memory")).is_err());
         assert!(elsewhere.join("a.fork.memory").exists());
+    }
+
+    /// A directory above it that others may write to without the sticky bit, or that belongs to
+    /// another user, is refused naming it, also when reached through a symlink; `/tmp`-like
+    /// (sticky) and root's or hearthd's own directories pass.
+    #[test]
+    fn ancestors_that_others_could_rename_through_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let dir = shared.join("forks");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&shared.display().to_string()) && err.contains("sticky"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "refused before anything is made");
+        // Sticky, as /tmp and /dev/shm: only an entry's owner may rename it.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        prepare(&dir).unwrap();
+        // Reached through a symlink (root's) into an open directory: the resolved path is
+        // judged too.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let err = check(&link.join("forks")).unwrap_err().to_string();
+        assert!(err.contains(&open.display().to_string()), "{err}");
+        // Another user's directory above it.
+        if nix::unistd::geteuid().is_root() {
+            let theirs = tmp.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(12_345), None).unwrap();
+            let err = check(&theirs.join("forks")).unwrap_err().to_string();
+            assert!(err.contains("uid 12345"), "{err}");
+        }
     }
 
     /// Missing: made 0700 (ancestors too); an existing 0700 directory of hearthd's passes.
