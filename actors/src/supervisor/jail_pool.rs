@@ -26,8 +26,14 @@ use crate::firecracker::warm_pool::{
     finish_member, remove_fifo_dir, start_member, MemberSpec, WarmMember, FIFO_DIR,
 };
 
-/// How long the pool waits before trying again after a member failed to start.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long the pool waits before trying again after a member failed to start, or found no
+/// free uid (a uid a VM gives back wakes it at once: [`VmSupervisor::warm_uid_freed`]). An
+/// hour in unit tests, so that a refill they see was not the timer's.
+const RETRY_AFTER: Duration = if cfg!(test) {
+    Duration::from_secs(3600)
+} else {
+    Duration::from_secs(5)
+};
 
 /// The pool's state (empty and idle when jailing is off or `warm_pool` is 0).
 #[derive(Default)]
@@ -49,6 +55,9 @@ pub(super) struct WarmPool {
     retrying: bool,
     /// The last start found no free uid (said once, until one is free again).
     starved: bool,
+    /// The supervisor, for a refill when a VM gives a uid back (set by `Open`; weak, so the
+    /// pool does not keep its own actor alive).
+    me: Option<actix::WeakAddr<VmSupervisor>>,
 }
 
 impl WarmPool {
@@ -86,7 +95,31 @@ impl Handler<GetWarmPool> for VmSupervisor {
     }
 }
 
+/// Refills the pool now (sent by the supervisor to itself when a VM gives a uid back while
+/// the pool waits for one).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct RefillWarmPool {}
+
+impl Handler<RefillWarmPool> for VmSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RefillWarmPool, ctx: &mut Context<Self>) {
+        self.warm_refill(ctx);
+    }
+}
+
 impl VmSupervisor {
+    /// A VM gave its uid back: a pool waiting for one refills now, not at its next retry.
+    pub(super) fn warm_uid_freed(&self) {
+        if !self.warm.starved {
+            return;
+        }
+        if let Some(me) = self.warm.me.as_ref().and_then(actix::WeakAddr::upgrade) {
+            me.do_send(RefillWarmPool {});
+        }
+    }
+
     fn warm_target(&self) -> usize {
         self.vmm.jail.as_ref().map_or(0, |j| j.warm_pool)
     }
@@ -110,6 +143,7 @@ impl VmSupervisor {
     /// Called at the end of `Open`: the pool may start.
     pub(super) fn warm_open(&mut self, ctx: &mut Context<Self>) {
         self.warm.opened = true;
+        self.warm.me = Some(ctx.address().downgrade());
         self.warm_refill(ctx);
     }
 

@@ -398,15 +398,17 @@ impl VmSupervisor {
             Change::Spec(spec) => self.with_record(vm, |r| r.spec = *spec),
             Change::Policy(p) => self.with_record(vm, |r| r.policy = p),
             Change::Uid(u) => {
-                if u.is_none() {
-                    self.uids.release(vm);
+                if u.is_none() && self.uids.release(vm).is_some() {
+                    self.warm_uid_freed();
                 }
                 self.with_record(vm, |r| r.uid = u);
             }
             Change::Remove => {
                 self.vms.remove(vm);
                 // The VM's uid goes with it (its row was deleted with the VM's).
-                self.uids.release(vm);
+                if self.uids.release(vm).is_some() {
+                    self.warm_uid_freed();
+                }
                 self.policy_rt.pending.remove(vm);
                 let reason = self.stop_reason(vm, VmState::Deleting, EventReason::User);
                 self.publish(vm, VmState::Deleting, reason, Some("deleted"));

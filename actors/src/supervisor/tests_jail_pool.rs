@@ -505,3 +505,30 @@ async fn a_crash_between_a_take_and_its_spawn_leaves_no_member_running() {
     pool_ready(&sup, 1).await;
     assert_eq!(jails.jails(), ["900001"]);
 }
+
+/// A pool waiting for a free uid refills as soon as a VM gives one back (here by its
+/// delete), not at its next retry (an hour in unit tests).
+#[actix::test]
+async fn a_uid_given_back_by_a_vm_refills_the_pool_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    for (uid, name) in (UID..).zip(["a", "b", "c"]) {
+        store.insert_vm(&spec(name)).unwrap();
+        store.set_state(name, api::VmState::Stopped, None).unwrap();
+        store.put_uid(name, Some(uid)).unwrap();
+    }
+    let fake = FakeProcesses::new();
+    let jails = Arc::new(FakeJails::new());
+    let sup = pooled_with(store, &fake, dir.path(), jails.clone(), 1);
+    sup.send(Open {}).await.unwrap().unwrap();
+    // Every uid is a VM's: no member starts.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(spawns(&fake).is_empty());
+    sup.send(DeleteVm { name: "b".into() })
+        .await
+        .unwrap()
+        .unwrap();
+    let pid = real_pids(1)[0];
+    member_up(&fake, &jails, dir.path(), 1, UID + 1, pid).await;
+    pool_ready(&sup, 1).await;
+}
