@@ -407,7 +407,8 @@ fn processes_of_jails_no_vm_holds_are_killed_at_open() {
 const FS_FIRST_UID: u32 = 941_200;
 const FS_LAST_UID: u32 = 941_209;
 
-/// A tmpfs mounted by a test, lazily unmounted on the way out (after hearthd is gone).
+/// A tmpfs mounted by a test, lazily unmounted on the way out (`MNT_DETACH`: whatever still
+/// uses it, e.g. a hearthd a failed assertion left running, keeps it until it lets go).
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {

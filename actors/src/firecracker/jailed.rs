@@ -237,11 +237,16 @@ impl FirecrackerActor {
             return self.take_member(member);
         }
         let t0 = Instant::now();
+        let Some(uid) = self.jail.as_ref().map(|j| j.uid) else {
+            return Box::pin(actix::fut::ready(Err(FirecrackerError::InvalidState {
+                state: self.state,
+                op: "spawn jailed (the VM is not jailed)",
+            })));
+        };
         let (jailer, jails, layout) = match self.start_jailer() {
             Ok(started) => started,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        let uid = self.jail.as_ref().map_or(0, |j| j.uid);
         let run = JailerRun {
             jailer,
             jails,
@@ -613,10 +618,11 @@ pub(super) struct JailerRun {
 /// have exec'd Firecracker: the jailer writes the pid file before its child execs, and until
 /// then the child shows the jailer's command line. Answers the VMM and its start time.
 ///
-/// On failure nothing of the jail runs on: the jailer may have forked its child (and that
-/// child exec'd the VMM as `uid`) before it hung or failed, so every process working on this
-/// jail or running as `uid` is killed ([`kill_jail_processes`]) before the caller removes
-/// the jail and gives the uid back.
+/// On failure, what the jailer may have started is killed: it may have forked its child (and
+/// that child exec'd the VMM as `uid`) before it hung or failed, so every process working on
+/// this jail or running as `uid` is sent SIGKILL ([`kill_jail_processes`]) before the caller
+/// removes the jail and gives the uid back. (One still in the kernel after 2 s is logged; its
+/// pending SIGKILL ends it before it runs code of its own again.)
 pub(super) async fn find_jailed_vmm(
     run: JailerRun,
     log: slog::Logger,
@@ -645,10 +651,14 @@ pub(super) async fn find_jailed_vmm(
             exec_name: layout.exec_name(),
             uids: uid..=uid,
         };
-        let report = kill_jail_processes(&*processes, &which, |id| id != layout.id()).await;
-        if !report.killed.is_empty() || !report.left.is_empty() {
-            slog::warn!(log, "killed what the failed jailer left running";
-                "jail" => layout.id(), "killed" => ?report.killed, "left" => ?report.left);
+        match kill_jail_processes(&*processes, &which, |id| id != layout.id()).await {
+            Ok(r) if r.killed.is_empty() && r.left.is_empty() => {}
+            // A process left was sent SIGKILL (it never runs code of its own again) or
+            // appeared after the last scan: said, and the uid goes back as for any failure.
+            Ok(r) => slog::warn!(log, "killed what the failed jailer left running";
+                "jail" => layout.id(), "killed" => ?r.killed, "left" => ?r.left),
+            Err(e) => slog::warn!(log, "cannot look for what the failed jailer left running";
+                "jail" => layout.id(), "error" => %e),
         }
     }
     found

@@ -242,6 +242,14 @@ impl VmSupervisor {
         }
         let recorded = self.entry(name)?.record.uid;
         if let Some(uid) = recorded {
+            if self.uids.is_quarantined(uid) {
+                return Err(SupervisorError::Unavailable {
+                    what: format!(
+                        "Cannot jail VM {name}: a process running as its uid {uid} did not die \
+                         when hearthd started (see its log); restart hearthd once it is gone"
+                    ),
+                });
+            }
             return Ok(Some((uid, false)));
         }
         let mut acquired = self.uids.acquire(name);
@@ -290,19 +298,13 @@ impl VmSupervisor {
         }
     }
 
-    /// After `Open`'s sweep: each uid whose process survived SIGKILL is leased under a name
-    /// no VM can have, so no VM gets it while that process may still run as it. The lease
-    /// is never recorded: the next `Open` looks again.
+    /// After `Open`'s sweep: each uid whose process survived SIGKILL is kept out of use until
+    /// the next `Open` (which looks again): never leased, and a VM that records it cannot
+    /// boot ([`VmSupervisor::lease_uid`]).
     pub(super) fn quarantine_uids(&mut self, uids: &[u32]) {
         for &uid in uids {
-            let holder = format!("#stuck-{uid}");
-            match self.uids.restore(uid, &holder) {
-                Ok(()) => {
-                    warn!(self.log, "uid kept out of use: a process running as it did not die";
-                    "uid" => uid);
-                }
-                Err(e) => warn!(self.log, "uid not quarantined"; "uid" => uid, "error" => %e),
-            }
+            self.uids.quarantine(uid);
+            warn!(self.log, "uid kept out of use: a process running as it did not die"; "uid" => uid);
         }
     }
 
@@ -427,7 +429,15 @@ impl JailSweep {
             exec_name,
             uids: js.uid_range.clone(),
         };
-        let orphans = sweep::kill_jail_processes(&*processes, &which, |id| keep.contains(id)).await;
+        let orphans =
+            match sweep::kill_jail_processes(&*processes, &which, |id| keep.contains(id)).await {
+                Ok(report) => report,
+                Err(e) => {
+                    // Nothing was killed: jails stay (the next `Open` sweeps them).
+                    warn!(log, "cannot list processes: jails not swept"; "error" => %e);
+                    return (Vec::new(), Vec::new());
+                }
+            };
         for (pid, uid) in &orphans.left {
             warn!(log, "process of a swept jail did not die: its uid stays out of use";
                 "pid" => pid, "uid" => uid);

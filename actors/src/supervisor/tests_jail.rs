@@ -255,6 +255,52 @@ async fn open_sweeps_jails_of_no_live_vm() {
     assert!(fake.signals().is_empty(), "not a VMM: not signalled");
 }
 
+/// A process of a stopped VM's uid that does not die of SIGKILL (stuck in the kernel): `Open`
+/// reports its uid quarantined, the VM cannot start as that uid (a clear 503), and no other
+/// VM is given it.
+#[actix::test]
+async fn a_uid_whose_process_would_not_die_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec("a")).unwrap();
+    store.set_state("a", VmState::Stopped, None).unwrap();
+    store.put_uid("a", Some(UID)).unwrap();
+    let fake = FakeProcesses::new();
+    fake.ignore(crate::host::processes::Signal::Kill);
+    fake.set_identity(
+        40,
+        crate::host::processes::ProcessIdentity {
+            start_time: 1,
+            cmdline: vec!["/firecracker".into(), "--id".into(), UID.to_string()],
+        },
+    );
+    fake.set_uid(40, UID);
+    let jails = Arc::new(FakeJails::new());
+    let (sup, _) = jailed(store, fake.clone(), dir.path(), jails.clone(), UID + 1);
+    let report = sup.send(Open {}).await.unwrap().unwrap();
+    assert_eq!(report.quarantined_uids, [UID], "{report:?}");
+    let err = sup
+        .send(RunAction {
+            name: "a".into(),
+            action: VmAction::Start,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::Unavailable { what } if what.contains(&format!("uid {UID} did not die"))),
+        "{err:?}"
+    );
+    // A new VM gets the other uid, never the quarantined one.
+    let _ = create(&sup, "b").await;
+    let jail_ids: Vec<String> = jail_calls(&jails)
+        .into_iter()
+        .filter(|c| c.starts_with("prepare "))
+        .collect();
+    assert_eq!(jail_ids, [format!("prepare {}", UID + 1)]);
+}
+
 /// A ready snapshot `snap` of VM `a`, taken jailed or not (what its state file names as the
 /// root drive's path), its files in `dir/snap/`.
 fn snapshot(dir: &Path, jailed: bool) -> SnapshotRecord {

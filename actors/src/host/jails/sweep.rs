@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{JailError, Jails};
 use crate::firecracker::jailed::check_jailed_identity;
 use crate::firecracker::jailer::{jailer_target, JailLayout};
-use crate::host::processes::{Processes, Signal};
+use crate::host::processes::{ProcessError, Processes, Signal};
 
 /// How long a stray jailed VMM has to exit after SIGKILL.
 const STRAY_KILL_WAIT: Duration = Duration::from_secs(2);
@@ -35,15 +35,18 @@ pub struct JailProcesses<'a> {
 pub struct KillReport {
     /// The pids killed (each seen exit).
     pub killed: Vec<u32>,
-    /// The processes that did not die in time, or could not be signalled: pid, and the uid
-    /// of the jail they belong to (keep it out of use).
+    /// The processes that did not exit within [`STRAY_KILL_WAIT`] of their SIGKILL (stuck in
+    /// the kernel: the pending SIGKILL ends them before they run code of their own again),
+    /// could not be signalled, or were still being found after the last scan: pid, and the
+    /// uid of the jail they belong to.
     pub left: Vec<(u32, Option<u32>)>,
 }
 
-/// Whether process `pid` belongs to a jail that `keep` rejects: a jailer (or its child before
-/// the exec) building such a jail, or any process running as one of `which.uids` whose jail
-/// (its uid's id, [`JailLayout::id_for_uid`]) is not kept. Answers its start time and the
-/// jail's uid.
+/// Whether process `pid` belongs to a jail that `keep` rejects: it runs as one of
+/// `which.uids` whose jail (the uid's id, [`JailLayout::id_for_uid`]) is not kept, or its
+/// command line is a jailer's (or its child's before the exec) building such a jail. The uid
+/// comes first: a command line is the process's to write, so it can only make a process a
+/// target, never spare one. Answers its start time and the jail's uid.
 fn targets(
     processes: &dyn Processes,
     which: &JailProcesses<'_>,
@@ -51,62 +54,84 @@ fn targets(
     pid: u32,
 ) -> Option<(u64, Option<u32>)> {
     let id = processes.identity(pid).ok()?;
-    if let Some(jail) = jailer_target(&id.cmdline, which.base, which.exec_name) {
-        return (!keep(jail)).then(|| (id.start_time, jail.parse().ok()));
-    }
     let uids = processes.uids(pid).ok()?;
-    let uid = *uids.iter().find(|u| which.uids.contains(u))?;
-    (!keep(&JailLayout::id_for_uid(uid))).then_some((id.start_time, Some(uid)))
+    if let Some(uid) = uids.iter().copied().find(|u| which.uids.contains(u)) {
+        if !keep(&JailLayout::id_for_uid(uid)) {
+            return Some((id.start_time, Some(uid)));
+        }
+    }
+    let jail = jailer_target(&id.cmdline, which.base, which.exec_name)?;
+    (!keep(jail)).then(|| (id.start_time, jail.parse().ok()))
 }
 
-/// SIGKILLs every process of a jail `keep` rejects and waits for each to exit: jailers that
-/// were building one when hearthd died (they run in their own session, so they outlive it,
-/// and a jail without a pid file tells nothing of them), their children, and any process
-/// running as such a jail's uid (a VMM exec'd after its jail's pid file was lost). Run before
-/// jails are removed and their uids leased again: a survivor would go on as a uid a new VM
-/// then gets. Scans until a scan finds nothing (at most [`MAX_SCANS`]); each process is
+/// SIGKILLs every process of a jail `keep` rejects and waits for them to exit: jailers that
+/// were building one when hearthd died (a jailer runs in its own process group with no
+/// parent-death signal, so it outlives hearthd, and a jail without a pid file tells nothing
+/// of it), their children, and any process running as such a jail's uid (a VMM exec'd after
+/// its jail's pid file was lost). Run before jails are removed and their uids leased again: a
+/// survivor would go on as a uid a new VM then gets. Scans until a scan signals nothing (at
+/// most [`MAX_SCANS`]; what a last scan still finds is reported `left`); each process is
 /// pinned with a pidfd and its start time checked again before the signal, so a recycled pid
-/// is never hit. hearthd itself is never a target.
+/// is never hit; one that has already exited (a zombie not yet reaped) is not signalled.
+/// hearthd itself is never a target. The kills of one scan are waited for together.
+///
+/// # Errors
+///
+/// The process list cannot be read: nothing was killed, so the caller must not free what
+/// those processes may use.
 pub async fn kill_jail_processes(
     processes: &dyn Processes,
     which: &JailProcesses<'_>,
     keep: impl Fn(&str) -> bool,
-) -> KillReport {
+) -> Result<KillReport, ProcessError> {
     let me = std::process::id();
     let mut report = KillReport::default();
-    for _ in 0..MAX_SCANS {
-        let pids = processes.list().unwrap_or_default();
-        let found: Vec<(u32, (u64, Option<u32>))> = pids
+    for scan in 0..=MAX_SCANS {
+        let found: Vec<(u32, (u64, Option<u32>))> = processes
+            .list()?
             .into_iter()
             .filter(|pid| *pid != me && !report.left.iter().any(|(p, _)| p == pid))
             .filter_map(|pid| Some((pid, targets(processes, which, &keep, pid)?)))
             .collect();
-        if found.is_empty() {
-            break;
-        }
+        let mut signalled = Vec::new();
         for (pid, (start_time, uid)) in found {
             let Ok(process) = processes.open(pid) else {
                 continue; // gone meanwhile
             };
-            // Pinned: still the process that was read (not a recycled pid)?
-            if processes
+            // Pinned: still the process that was read (not a recycled pid), and not a zombie?
+            let same = processes
                 .identity(pid)
-                .map_or(true, |id| id.start_time != start_time)
-            {
+                .is_ok_and(|id| id.start_time == start_time);
+            if !same || process.has_exited() {
                 continue;
             }
-            let killed = process.signal(Signal::Kill).is_ok()
-                && tokio::time::timeout(STRAY_KILL_WAIT, process.wait())
-                    .await
-                    .is_ok();
-            if killed {
+            if scan == MAX_SCANS {
+                // Still being found after every scan (something keeps forking): reported.
+                report.left.push((pid, uid));
+            } else if process.signal(Signal::Kill).is_ok() {
+                signalled.push((pid, uid, process));
+            } else {
+                report.left.push((pid, uid));
+            }
+        }
+        if signalled.is_empty() {
+            break;
+        }
+        let waits = signalled.into_iter().map(|(pid, uid, process)| async move {
+            let exited = tokio::time::timeout(STRAY_KILL_WAIT, process.wait())
+                .await
+                .is_ok();
+            (pid, uid, exited)
+        });
+        for (pid, uid, exited) in futures::future::join_all(waits).await {
+            if exited {
                 report.killed.push(pid);
             } else {
                 report.left.push((pid, uid));
             }
         }
     }
-    report
+    Ok(report)
 }
 
 /// Before a [`sweep`]: SIGKILLs the VMM still running in each jail `keep` rejects (a VMM
@@ -248,7 +273,9 @@ mod tests {
             exec_name: "firecracker",
             uids: 900_000..=900_099,
         };
-        let mut r = kill_jail_processes(&fake, &which, |id| id == "900001").await;
+        let mut r = kill_jail_processes(&fake, &which, |id| id == "900001")
+            .await
+            .unwrap();
         r.killed.sort_unstable();
         assert_eq!(
             r.killed,
@@ -272,8 +299,76 @@ mod tests {
         assert_eq!(fake.list().unwrap(), [11, 13, 14, 15]);
 
         // Nothing left to kill: one scan, no signal.
-        let again = kill_jail_processes(&fake, &which, |id| id == "900001").await;
+        let again = kill_jail_processes(&fake, &which, |id| id == "900001")
+            .await
+            .unwrap();
         assert_eq!(again, KillReport::default());
+    }
+
+    fn which() -> JailProcesses<'static> {
+        JailProcesses {
+            base: Path::new("/srv/j"),
+            exec_name: "firecracker",
+            uids: 900_000..=900_099,
+        }
+    }
+
+    /// A command line is the process's own: one naming a kept jail spares no process that
+    /// runs as a uid no VM holds. A zombie (exited, not reaped) is not signalled, and does
+    /// not keep the scans going.
+    #[actix::test]
+    async fn the_uid_decides_before_the_command_line_and_zombies_are_left_alone() {
+        let fake = FakeProcesses::new();
+        let posing = "jailer --id 900001 --exec-file /fc/firecracker --chroot-base-dir /srv/j";
+        fake.set_identity(30, proc_id(1, posing));
+        fake.set_uid(30, 900_004);
+        fake.set_identity(31, proc_id(2, "/firecracker --id 900005"));
+        fake.set_uid(31, 900_005);
+        fake.set_zombie(31);
+        let r = kill_jail_processes(&fake, &which(), |id| id == "900001")
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            KillReport {
+                killed: vec![30],
+                left: vec![]
+            }
+        );
+        assert_eq!(
+            fake.signals(),
+            [Signal::Kill],
+            "the zombie is not signalled"
+        );
+        let opens = fake
+            .calls()
+            .iter()
+            .filter(|c| **c == FakeCall::Open(31))
+            .count();
+        assert_eq!(
+            opens, 2,
+            "seen by the scan that killed 30 and the one after, no more"
+        );
+    }
+
+    /// Something that forks anew at every kill is chased for [`MAX_SCANS`] scans; what the
+    /// last scan still finds is reported left, with its jail's uid.
+    #[actix::test]
+    async fn a_process_found_after_the_last_scan_is_reported_left() {
+        let fake = FakeProcesses::new();
+        let count = u32::try_from(MAX_SCANS).unwrap();
+        let id = |n: u32| proc_id(u64::from(n), &format!("/firecracker --id {n}"));
+        fake.set_identity(100, id(100));
+        fake.set_uid(100, 900_006);
+        for pid in 100..100 + count {
+            fake.appear_on_kill(pid, pid + 1, id(pid + 1));
+            fake.set_uid(pid + 1, 900_006);
+        }
+        let r = kill_jail_processes(&fake, &which(), |_| false)
+            .await
+            .unwrap();
+        assert_eq!(r.killed, (100..100 + count).collect::<Vec<_>>());
+        assert_eq!(r.left, [(100 + count, Some(900_006))]);
     }
 
     #[actix::test]
@@ -287,7 +382,7 @@ mod tests {
             exec_name: "firecracker",
             uids: 900_000..=900_099,
         };
-        let r = kill_jail_processes(&fake, &which, |_| false).await;
+        let r = kill_jail_processes(&fake, &which, |_| false).await.unwrap();
         assert_eq!(
             r,
             KillReport {

@@ -3,7 +3,7 @@
 //! the store and gives it back on delete; after a restart the recorded leases are
 //! [`UidPool::restore`]d before any new one is handed out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
 /// Errors of the uid pool.
@@ -48,6 +48,8 @@ pub enum UidError {
 pub struct UidPool {
     range: RangeInclusive<u32>,
     leased: BTreeMap<u32, String>,
+    /// uids a process that would not die still runs as: never leased.
+    quarantined: BTreeSet<u32>,
 }
 
 /// The lowest uid a VM may get: below it are system and login users.
@@ -59,6 +61,7 @@ impl UidPool {
         UidPool {
             range,
             leased: BTreeMap::new(),
+            quarantined: BTreeSet::new(),
         }
     }
 
@@ -67,26 +70,33 @@ impl UidPool {
         if let Some(uid) = self.lease_of(vm) {
             return Ok(uid);
         }
-        // Leases are sorted: the first gap from the start is the lowest free uid.
+        let exhausted = || UidError::Exhausted {
+            start: *self.range.start(),
+            end: *self.range.end(),
+            leased: self.leased.len() + self.quarantined.len(),
+        };
+        // The lowest uid neither leased nor quarantined.
         let mut candidate = *self.range.start();
-        for &uid in self.leased.keys() {
-            if uid != candidate {
-                break;
-            }
-            candidate = match candidate.checked_add(1) {
-                Some(c) => c,
-                None => break,
-            };
+        while self.leased.contains_key(&candidate) || self.quarantined.contains(&candidate) {
+            candidate = candidate.checked_add(1).ok_or_else(exhausted)?;
         }
-        if !self.range.contains(&candidate) || self.leased.contains_key(&candidate) {
-            return Err(UidError::Exhausted {
-                start: *self.range.start(),
-                end: *self.range.end(),
-                leased: self.leased.len(),
-            });
+        if !self.range.contains(&candidate) {
+            return Err(exhausted());
         }
         self.leased.insert(candidate, vm.to_string());
         Ok(candidate)
+    }
+
+    /// Keeps `uid` out of use (a process that would not die runs as it): never leased again
+    /// by this pool. A VM that holds it keeps its lease; its boot must check
+    /// [`UidPool::is_quarantined`].
+    pub fn quarantine(&mut self, uid: u32) {
+        self.quarantined.insert(uid);
+    }
+
+    /// Whether `uid` is kept out of use.
+    pub fn is_quarantined(&self, uid: u32) -> bool {
+        self.quarantined.contains(&uid)
     }
 
     /// Records a lease read back from the store.
@@ -136,6 +146,30 @@ impl UidPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quarantined_uid_is_never_leased() {
+        let mut p = UidPool::new(100..=102);
+        p.quarantine(100);
+        assert_eq!(p.acquire("a"), Ok(101));
+        p.restore(102, "b").unwrap();
+        assert!(p.is_quarantined(100) && !p.is_quarantined(101));
+        assert!(
+            matches!(p.acquire("c"), Err(UidError::Exhausted { leased: 3, .. })),
+            "100 quarantined, 101 and 102 leased"
+        );
+        // A VM recorded with a quarantined uid keeps its lease (its boot is refused above).
+        let mut q = UidPool::new(100..=101);
+        q.quarantine(100);
+        q.restore(100, "d").unwrap();
+        assert_eq!(q.lease_of("d"), Some(100));
+        assert_eq!(q.release("d"), Some(100));
+        assert_eq!(
+            q.acquire("e"),
+            Ok(101),
+            "still quarantined after its VM let it go"
+        );
+    }
 
     #[test]
     fn leases_lowest_free_and_reuses_released() {

@@ -43,6 +43,8 @@ struct State {
     uids: HashMap<u32, u32>,
     /// A process that appears when another is sent SIGKILL (a child forked just before).
     appear_on_kill: HashMap<u32, (u32, ProcessIdentity)>,
+    /// Processes that have exited but are not reaped: listed, and exited once opened.
+    zombies: std::collections::HashSet<u32>,
 }
 
 /// The fake backend; clones share state.
@@ -102,6 +104,11 @@ impl FakeProcesses {
     /// Makes `pid` run as `uid` (all four of its user ids).
     pub fn set_uid(&self, pid: u32, uid: u32) {
         self.lock().uids.insert(pid, uid);
+    }
+
+    /// Makes `pid` a zombie: /proc still shows it, and a handle opened on it has exited.
+    pub fn set_zombie(&self, pid: u32) {
+        self.lock().zombies.insert(pid);
     }
 
     /// Makes process `child` (with `identity`) appear when `pid` is sent SIGKILL: a child it
@@ -233,7 +240,11 @@ impl Processes for FakeProcesses {
         if !self.lock().identities.contains_key(&pid) {
             return Err(ProcessError::NoSuchProcess { pid });
         }
-        Ok(self.new_process(pid, false))
+        let process = self.new_process(pid, false);
+        if self.lock().zombies.contains(&pid) {
+            self.exit(pid, ExitStatus::Unknown);
+        }
+        Ok(process)
     }
 
     fn identity(&self, pid: u32) -> Result<ProcessIdentity, ProcessError> {
@@ -246,12 +257,15 @@ impl Processes for FakeProcesses {
 
     fn list(&self) -> Result<Vec<u32>, ProcessError> {
         let st = self.lock();
-        // Every process /proc would show: registered or spawned, and not exited.
+        // Every process /proc would show: registered or spawned, and not exited (or a zombie).
         let mut pids: Vec<u32> = st
             .identities
             .keys()
             .copied()
-            .filter(|pid| st.processes.get(pid).is_none_or(|tx| tx.borrow().is_none()))
+            .filter(|pid| {
+                st.zombies.contains(pid)
+                    || st.processes.get(pid).is_none_or(|tx| tx.borrow().is_none())
+            })
             .collect();
         pids.sort_unstable();
         Ok(pids)
