@@ -17,7 +17,9 @@
 //!
 //! Run as root: `cargo run --release --example bench_dns_egress [-- SECONDS [ROUNDS [TTL [pin]]]]`
 //! (defaults 10 s, 3 rounds, TTL 300 s; TTL 0 measures forwarding without the cache; `pin` gives
-//! the servers CPU 1 and dnsperf CPU 0). Skips with a message when dnsmasq or dnsperf is missing.
+//! the servers CPU 1 and dnsperf CPU 0; hearth's DNS then has one worker, as hearthd pinned to one
+//! CPU would: `BENCH_DNS_WORKERS=2` overrides, for comparison). Skips with a message when dnsmasq
+//! or dnsperf is missing.
 //! dnsmasq is started with `--no-resolv --no-hosts --conf-file=/dev/null`: it neither reads
 //! nor writes the host's resolv.conf.
 #![expect(
@@ -256,9 +258,15 @@ fn main() {
             .expect("reconcile egress");
 
         let upstream: SocketAddr = format!("{UPSTREAM_IP}:53").parse().expect("literal");
-        let dns = DnsActor::new(DnsOptions::new("vm.internal", vec![upstream]), log)
-            .expect("valid zone")
-            .start();
+        let mut options = DnsOptions::new("vm.internal", vec![upstream]);
+        if let Some(n) = std::env::var("BENCH_DNS_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options.workers = n;
+        }
+        println!("bench_dns_egress: hearth DNS workers: {}", options.workers);
+        let dns = DnsActor::new(options, log).expect("valid zone").start();
         dns.send(SetEgressLearner {
             learner: Some(nat.clone().recipient()),
         })

@@ -146,6 +146,19 @@ fn wait_for_vmms_in(
     vmms_in(range)
 }
 
+/// hearthd jailing the real Firecracker under `base` with the uids `range` and a warm pool
+/// of `warm`.
+fn start_pooled(
+    fc: &Path,
+    jailer: &Path,
+    base: &Path,
+    range: &std::ops::RangeInclusive<u32>,
+    warm: usize,
+) -> HearthHost {
+    let cfg = format!("{}warm_pool = {warm}\n", jail_config(jailer, base, range));
+    HearthHost::start_jailed(fc, &cfg)
+}
+
 /// Rewrites hearthd's `warm_pool` (for its next launch).
 fn set_warm_pool(h: &HearthHost, n: usize) {
     let path = h.path("hearthd.toml");
@@ -170,11 +183,7 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
     };
     require_privileged!();
     let (base, _cleanup) = jail_base("hp", FIRST_UID..=LAST_UID);
-    let cfg = format!(
-        "{}warm_pool = 2\n",
-        jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID))
-    );
-    let mut h = HearthHost::start_jailed(&fc, &cfg);
+    let mut h = start_pooled(&fc, &jailer, base.path(), &(FIRST_UID..=LAST_UID), 2);
     let base = base.path().to_path_buf();
     let policy = LimitPolicy::default();
     let warm = JailLimits::for_warm(&policy);
@@ -308,11 +317,7 @@ fn processes_of_jails_no_vm_holds_are_killed_at_open() {
     require_privileged!();
     let range = ORPHAN_FIRST_UID..=ORPHAN_LAST_UID;
     let (base, _cleanup) = jail_base("ho", range.clone());
-    let cfg = format!(
-        "{}warm_pool = 1\n",
-        jail_config(&jailer, base.path(), &range)
-    );
-    let mut h = HearthHost::start_jailed(&fc, &cfg);
+    let mut h = start_pooled(&fc, &jailer, base.path(), &range, 1);
     let base = base.path().to_path_buf();
 
     // A VM (it takes the member) and the refilled member: two real jailed VMMs.
@@ -446,11 +451,7 @@ fn the_pool_works_with_the_run_dir_on_another_filesystem() {
     require_privileged!();
     let range = FS_FIRST_UID..=FS_LAST_UID;
     let (base, _cleanup) = jail_base("hf", range.clone());
-    let cfg = format!(
-        "{}warm_pool = 0\n",
-        jail_config(&jailer, base.path(), &range)
-    );
-    let mut h = HearthHost::start_jailed(&fc, &cfg);
+    let mut h = start_pooled(&fc, &jailer, base.path(), &range, 0);
     let base = base.path().to_path_buf();
     // Restarted over a tmpfs run directory, with a pool.
     assert!(h.terminate(), "hearthd exited cleanly\n{}", h.log());

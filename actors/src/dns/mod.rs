@@ -132,9 +132,18 @@ pub struct DnsOptions {
     pub cache_entries: usize,
 }
 
+/// Two workers, or one where the calling thread may run on a single CPU (its affinity or
+/// cgroup quota, as `available_parallelism` reads them; threads inherit the affinity): two
+/// workers taking turns on one CPU only add switches between them (measured: pinned to one
+/// CPU, two workers served 0.94-0.97x of dnsmasq's single thread; see BENCHMARKS.md).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(2))
+}
+
 impl DnsOptions {
-    /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers, 256
-    /// forwarded queries in flight per worker, 10 000 cached upstream answers.
+    /// Options with defaults: TTL 5 s, 1 s per upstream attempt, 2 rounds, 2 workers (1
+    /// where this thread may run on one CPU only: [`default_workers`]), 256 forwarded queries
+    /// in flight per worker, 10 000 cached upstream answers.
     pub fn new(zone: impl Into<String>, upstreams: Vec<SocketAddr>) -> Self {
         Self {
             zone: zone.into(),
@@ -143,7 +152,7 @@ impl DnsOptions {
             ttl: 5,
             upstream_timeout: Duration::from_secs(1),
             upstream_rounds: 2,
-            workers: 2,
+            workers: default_workers(),
             max_forwards: 256,
             cache_entries: cache::DEFAULT_CAPACITY,
         }

@@ -799,3 +799,24 @@ async fn a_burst_of_queries_is_answered_in_full_past_malformed_and_oversized_one
     }
     actor.send(Stop).await.unwrap().unwrap();
 }
+
+/// One worker where the thread may use one CPU only, else two (this test changes only its own
+/// thread's affinity, and puts it back).
+#[test]
+fn one_worker_on_one_cpu() {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let before = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let first = (0..CpuSet::count())
+        .find(|&c| before.is_set(c).unwrap_or(false))
+        .unwrap();
+    let mut one = CpuSet::new();
+    one.set(first).unwrap();
+    sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+    let pinned = super::default_workers();
+    let options = DnsOptions::new("vm.test", vec![]).workers;
+    sched_setaffinity(Pid::from_raw(0), &before).unwrap();
+    assert_eq!((pinned, options), (1, 1));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(super::default_workers(), cpus.min(2));
+}

@@ -968,17 +968,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        let killed: Vec<u32> = fake
-            .calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                FakeCall::Signal {
-                    pid,
-                    signal: Signal::Kill,
-                } => Some(pid),
-                _ => None,
-            })
-            .collect();
+        let killed: Vec<u32> = fake.killed();
         assert_eq!(
             killed,
             [1001, 5000, 5001],

@@ -42,6 +42,15 @@ fn jailed(
     testing::supervisor_jailed(store, processes, dir.join("vms"), js)
 }
 
+/// A store holding VM `name`, stopped, its uid `uid`.
+fn stopped_holding(name: &str, uid: u32) -> MemoryVmStore {
+    let mut store = MemoryVmStore::default();
+    store.insert_vm(&spec(name)).unwrap();
+    store.set_state(name, VmState::Stopped, None).unwrap();
+    store.put_uid(name, Some(uid)).unwrap();
+    store
+}
+
 async fn create(sup: &Addr<VmSupervisor>, name: &str) -> Result<api::VmInfo, SupervisorError> {
     sup.send(CreateVm {
         spec: spec(name),
@@ -155,10 +164,7 @@ async fn a_failing_jailer_leaves_no_jail() {
 #[actix::test]
 async fn uids_are_leased_once_and_given_back_on_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = MemoryVmStore::default();
-    store.insert_vm(&spec("a")).unwrap();
-    store.set_state("a", VmState::Stopped, None).unwrap();
-    store.put_uid("a", Some(UID)).unwrap();
+    let mut store = stopped_holding("a", UID);
     // The store refuses a second VM on the same uid.
     store.insert_vm(&spec("x")).unwrap();
     assert!(store.put_uid("x", Some(UID)).is_err());
@@ -216,10 +222,7 @@ async fn uids_are_leased_once_and_given_back_on_delete() {
 #[actix::test]
 async fn open_sweeps_jails_of_no_live_vm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = MemoryVmStore::default();
-    store.insert_vm(&spec("a")).unwrap();
-    store.set_state("a", VmState::Stopped, None).unwrap();
-    store.put_uid("a", Some(UID)).unwrap();
+    let store = stopped_holding("a", UID);
     let jails = Arc::new(FakeJails::new());
     for id in ["900000", "900007"] {
         let layout = crate::firecracker::jailer::JailLayout::new(
@@ -261,10 +264,7 @@ async fn open_sweeps_jails_of_no_live_vm() {
 #[actix::test]
 async fn a_uid_whose_process_would_not_die_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = MemoryVmStore::default();
-    store.insert_vm(&spec("a")).unwrap();
-    store.set_state("a", VmState::Stopped, None).unwrap();
-    store.put_uid("a", Some(UID)).unwrap();
+    let store = stopped_holding("a", UID);
     let fake = FakeProcesses::new();
     fake.ignore(crate::host::processes::Signal::Kill);
     fake.set_identity(

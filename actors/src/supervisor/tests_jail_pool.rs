@@ -334,17 +334,7 @@ async fn idle_members_give_their_uid_up_to_a_vm_that_needs_one() {
         &format!("prepare {yielded}"),
         "{calls:?}"
     );
-    let killed: Vec<u32> = fake
-        .calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            FakeCall::Signal {
-                pid,
-                signal: Signal::Kill,
-            } => Some(pid),
-            _ => None,
-        })
-        .collect();
+    let killed: Vec<u32> = fake.killed();
     assert_eq!(
         killed,
         [pids[usize::try_from(yielded - UID).unwrap()]],

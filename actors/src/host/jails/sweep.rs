@@ -283,19 +283,10 @@ mod tests {
             "the child is found by a second scan"
         );
         assert!(r.left.is_empty());
-        let mut signalled: Vec<u32> = fake
-            .calls()
-            .iter()
-            .filter_map(|c| match c {
-                FakeCall::Signal { pid, signal } => {
-                    assert_eq!(*signal, Signal::Kill);
-                    Some(*pid)
-                }
-                _ => None,
-            })
-            .collect();
+        let mut signalled = fake.killed();
         signalled.sort_unstable();
-        assert_eq!(signalled, [10, 12, 16], "nothing else was signalled");
+        assert_eq!(signalled, [10, 12, 16]);
+        assert_eq!(fake.signals().len(), 3, "nothing else was signalled");
         assert_eq!(fake.list().unwrap(), [11, 13, 14, 15]);
 
         // Nothing left to kill: one scan, no signal.

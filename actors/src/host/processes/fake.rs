@@ -141,6 +141,21 @@ impl FakeProcesses {
             .collect()
     }
 
+    /// The pids sent SIGKILL so far, in order.
+    pub fn killed(&self) -> Vec<u32> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                FakeCall::Signal {
+                    pid,
+                    signal: Signal::Kill,
+                } => Some(*pid),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn new_process(&self, pid: u32, child: bool) -> Arc<dyn Process> {
         let (tx, rx) = watch::channel(None);
         self.lock().processes.insert(pid, tx);

@@ -185,19 +185,7 @@ impl Processes for LinuxProcesses {
     }
 
     fn identity(&self, pid: u32) -> Result<ProcessIdentity, ProcessError> {
-        let read = |what: &str| {
-            std::fs::read(format!("/proc/{pid}/{what}")).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    ProcessError::NoSuchProcess { pid }
-                } else {
-                    ProcessError::Sys {
-                        op: "read /proc",
-                        pid,
-                        source,
-                    }
-                }
-            })
-        };
+        let read = |what: &str| read_proc(pid, what);
         let stat = String::from_utf8_lossy(&read("stat")?).into_owned();
         let start_time = parse_stat_field(&stat, 22).ok_or_else(|| ProcessError::Sys {
             op: "parse /proc/<pid>/stat",
@@ -222,17 +210,7 @@ impl Processes for LinuxProcesses {
     }
 
     fn uids(&self, pid: u32) -> Result<[u32; 4], ProcessError> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ProcessError::NoSuchProcess { pid }
-            } else {
-                ProcessError::Sys {
-                    op: "read /proc",
-                    pid,
-                    source,
-                }
-            }
-        })?;
+        let status = String::from_utf8_lossy(&read_proc(pid, "status")?).into_owned();
         parse_status_uids(&status).ok_or_else(|| ProcessError::Sys {
             op: "parse /proc/<pid>/status",
             pid,
@@ -265,6 +243,21 @@ impl Processes for LinuxProcesses {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// `/proc/<pid>/<what>`; a process that is gone is [`ProcessError::NoSuchProcess`].
+fn read_proc(pid: u32, what: &str) -> Result<Vec<u8>, ProcessError> {
+    std::fs::read(format!("/proc/{pid}/{what}")).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ProcessError::NoSuchProcess { pid }
+        } else {
+            ProcessError::Sys {
+                op: "read /proc",
+                pid,
+                source,
+            }
+        }
+    })
 }
 
 /// The four ids of the `Uid:` line of `/proc/<pid>/status` (real, effective, saved, fs).
