@@ -22,6 +22,9 @@
 //! resident memory is read from `/proc`. The pool moves the jailer's work off the create
 //! path; it does not make the jailer faster.
 //!
+//! `--sweep-only` times `Open`'s jail process sweep instead (one scan of every host process,
+//! nothing to kill), over the host's processes and with `--present` idle ones added.
+//!
 //! Target (issue 16): the jail costs ≤ 10 ms per VM at p50, and 20 parallel jailed spawns
 //! do not serialize. The kernel is the generated minimal `vmlinux` (no guest boots here),
 //! no network device. Needs root, `/dev/kvm`, the real binaries:
@@ -72,6 +75,55 @@ struct Args {
     /// Only the cgroup attach probe (no VMs).
     #[arg(long)]
     attach_only: bool,
+    /// Only the time of `Open`'s process scan (`kill_jail_processes` over this host's
+    /// processes, nothing to kill), with `--present` idle processes added.
+    #[arg(long)]
+    sweep_only: bool,
+}
+
+/// `Open`'s jail process sweep when nothing is to be killed: one scan of every process's
+/// identity and uids. Measured over the host's processes as they are, then with `extra`
+/// more (`sleep`s, as a host with many VMs has VMMs), `rounds` times each.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "starts idle stand-in processes for the scan to read"
+)]
+async fn sweep_probe(extra: usize, rounds: usize) -> anyhow::Result<()> {
+    use hearth_actors::host::jails::sweep::{kill_jail_processes, JailProcesses};
+    use hearth_actors::host::processes::Processes;
+    let which = JailProcesses {
+        base: Path::new("/nonexistent-hearth-bench"),
+        exec_name: "firecracker",
+        uids: 4_000_000_000..=4_000_000_009,
+    };
+    let mut children = Vec::new();
+    for (phase, add) in [
+        ("the host's processes", 0),
+        ("with the extra processes", extra),
+    ] {
+        for _ in 0..add {
+            children.push(std::process::Command::new("sleep").arg("600").spawn()?);
+        }
+        let count = LinuxProcesses.list()?.len();
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t0 = Instant::now();
+            let report = kill_jail_processes(&LinuxProcesses, &which, |_| true).await?;
+            times.push(t0.elapsed());
+            anyhow::ensure!(report.killed.is_empty() && report.left.is_empty());
+        }
+        println!(
+            "Open's process scan, {phase} ({count} processes): p50 {:.2} ms, p90 {:.2} ms \
+             ({rounds} scans)",
+            pct(&times, 0.5),
+            pct(&times, 0.9)
+        );
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
 }
 
 /// Where the jailer's cgroup time goes: per VM, `mkdir` of its cgroup under the (existing)
@@ -667,6 +719,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if !jailer.is_file() {
         bail!("no jailer at {}", jailer.display());
+    }
+    if args.sweep_only {
+        return sweep_probe(args.present, args.boots).await;
     }
     let fc = binary::resolve(Some(&fc_path), &LinuxProcesses)?;
     let cgroups = detect_host().map_err(anyhow::Error::msg)?;
