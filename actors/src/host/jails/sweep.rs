@@ -1,6 +1,8 @@
 //! The sweep after a crash: jails whose VM is gone (or whose VMM is not running) are removed,
-//! like every other leaked resource at `Open`. Which jails to keep is the caller's knowledge
-//! (the store's uid leases of VMs whose VMM was adopted); this only lists and removes.
+//! like every other leaked resource at `Open`, after every process that may still work on or
+//! run in them is killed ([`kill_jail_processes`], [`kill_strays`]). Which jails to keep is the
+//! caller's knowledge (the store's uid leases of VMs whose VMM was adopted); this only finds,
+//! kills and removes.
 
 use std::ops::RangeInclusive;
 use std::path::Path;
