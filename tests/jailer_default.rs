@@ -215,17 +215,7 @@ fn the_default_config_jails_the_real_firecracker() {
     assert!(node.get("unjailed_reasons").is_none(), "{node}");
     assert!(node_text(&h).contains("VMMs: jailed"));
 
-    let a = h.ctl_ok(&[
-        "vm",
-        "create",
-        "a",
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_eq!(a["state"], "running", "{a}\n{}", h.log());
+    let a = h.create_running("a");
     let pid = a["pid"].as_u64().expect("pid");
     assert_eq!(
         status_field(pid, "Uid"),

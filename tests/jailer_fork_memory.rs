@@ -46,17 +46,7 @@ fn a_jailed_fork_maps_its_memory_from_fork_memory_dir_on_another_filesystem() {
     );
     let h = HearthHost::start_jailed(&fc, &cfg);
     let base = base.path().to_path_buf();
-    let a = h.ctl_ok(&[
-        "vm",
-        "create",
-        "a",
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_eq!(a["state"], "running", "{a}\n{}", h.log());
+    h.create_running("a");
     let a_files = jail_files(&base, FIRST_UID);
     assert_ne!(
         std::fs::metadata(shm.path()).unwrap().dev(),

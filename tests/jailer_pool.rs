@@ -31,31 +31,7 @@ fn vmms() -> BTreeMap<u32, u64> {
 
 /// The jailed VMMs of `uids` now running: uid → pid.
 fn vmms_in(uids: std::ops::RangeInclusive<u32>) -> BTreeMap<u32, u64> {
-    let mut found = BTreeMap::new();
-    for pid in std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-    {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().map(String::as_str) != Some("/firecracker") || !alive(pid) {
-            continue;
-        }
-        let uid = args
-            .windows(2)
-            .find(|w| w[0] == "--id")
-            .and_then(|w| w[1].parse::<u32>().ok());
-        if let Some(uid) = uid.filter(|u| uids.contains(u)) {
-            found.insert(uid, pid);
-        }
-    }
-    found
+    jailed_vmms(&uids)
 }
 
 /// The value of the first of `files` found in jail `uid`'s cgroups.
@@ -106,21 +82,6 @@ fn assert_jailed(base: &Path, pid: u64, uid: u32, limits: &JailLimits) {
         Some(limits.cpu_quota_us.to_string().as_str()),
         "CPU quota of {uid}"
     );
-}
-
-fn create(h: &HearthHost, name: &str) -> serde_json::Value {
-    let v = h.ctl_ok(&[
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_eq!(v["state"], "running", "{v}\n{}", h.log());
-    v
 }
 
 /// Waits (at most 20 s) until exactly the members (or VMMs) of `uids` run.
@@ -200,7 +161,7 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
     // A create takes the member that was ready first: the VM's VMM is that very process,
     // its files are in the jail, its own limits in the cgroups, its console FIFO moved out of
     // the jail directory.
-    let a = create(&h, "a");
+    let a = h.create_running("a");
     let pid = a["pid"].as_u64().expect("pid");
     let uid = members
         .iter()
@@ -250,7 +211,7 @@ fn vms_from_the_warm_pool_are_jailed_readopted_and_leave_nothing() {
     assert_eq!(vmms(), BTreeMap::from([(uid, pid)]));
     // The members' uids are free: without a pool, b is jailed through the jailer as the
     // lowest one.
-    let b = create(&h, "b");
+    let b = h.create_running("b");
     let pid_b = b["pid"].as_u64().unwrap();
     assert_jailed(&base, pid_b, other.min(FIRST_UID + 2), &limits);
 
@@ -322,7 +283,7 @@ fn processes_of_jails_no_vm_holds_are_killed_at_open() {
 
     // A VM (it takes the member) and the refilled member: two real jailed VMMs.
     let first = wait_for_vmms_in(&h, range.clone(), &[ORPHAN_FIRST_UID]);
-    let a = create(&h, "a");
+    let a = h.create_running("a");
     let pid_a = a["pid"].as_u64().expect("pid");
     assert_eq!(first[&ORPHAN_FIRST_UID], pid_a, "a took the member");
     let member_uid = ORPHAN_FIRST_UID + 1;
@@ -393,7 +354,7 @@ fn processes_of_jails_no_vm_holds_are_killed_at_open() {
     );
 
     // The member's uid is free again: b is jailed as it.
-    let b = create(&h, "b");
+    let b = h.create_running("b");
     let pid_b = b["pid"].as_u64().unwrap();
     assert_eq!(
         status_field(pid_b, "Uid").split(' ').next(),
@@ -468,7 +429,7 @@ fn the_pool_works_with_the_run_dir_on_another_filesystem() {
 
     let members = wait_for_vmms_in(&h, range.clone(), &[FS_FIRST_UID]);
     assert!(run.join(format!(".warm/{FS_FIRST_UID}.fifo")).exists());
-    let a = create(&h, "a");
+    let a = h.create_running("a");
     let pid = a["pid"].as_u64().expect("pid");
     assert_eq!(
         pid,

@@ -54,17 +54,7 @@ fn a_jailed_vm_is_snapshotted_in_its_jail() {
     let jail_cfg = jail_config(&jailer, base.path(), &(FIRST_UID..=LAST_UID));
     let h = HearthHost::start_jailed(&fc, &jail_cfg);
     let base = base.path().to_path_buf();
-    let a = h.ctl_ok(&[
-        "vm",
-        "create",
-        "a",
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_eq!(a["state"], "running", "{a}\n{}", h.log());
+    let a = h.create_running("a");
     let pid = a["pid"].as_u64().expect("pid");
     let before = jail_files(&base, FIRST_UID);
 

@@ -102,21 +102,6 @@ fn start_stray(jailer: &Path, fc: &Path, base: &Path, uid: u32) -> u64 {
     pid
 }
 
-fn create(h: &HearthHost, name: &str) -> serde_json::Value {
-    let v = h.ctl_ok(&[
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ]);
-    assert_eq!(v["state"], "running", "{v}\n{}", h.log());
-    v
-}
-
 /// hearthd killed; meanwhile b's VMM (`pids.1`) dies too, and a jailed VMM of no VM starts
 /// (as if spawned just before the crash, never recorded). The restarted hearthd adopts a
 /// (`pids.0`, still jailed), records b crashed, sweeps b's jail and cgroups, kills the stray
@@ -170,7 +155,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     let base = base.path().to_path_buf();
 
     // Create: jailed as the first uid of the range.
-    let a = create(&h, "a");
+    let a = h.create_running("a");
     let pid = a["pid"].as_u64().expect("pid");
     let mem = a["spec"]["memory_mib"].as_u64().expect("memory_mib");
     assert_jailed(&base, pid, FIRST_UID, mem);
@@ -178,7 +163,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     assert!(api.exists(), "the API socket is in the jail");
 
     // A second VM gets the next uid.
-    let b = create(&h, "b");
+    let b = h.create_running("b");
     let pid_b = b["pid"].as_u64().expect("pid");
     assert_jailed(&base, pid_b, FIRST_UID + 1, mem);
 
@@ -240,7 +225,7 @@ fn hearthd_runs_every_vmm_jailed_and_leaves_nothing() {
     );
 
     // The uids were given back: a new VM gets the first one again.
-    let c = create(&h, "c");
+    let c = h.create_running("c");
     assert_jailed(&base, c["pid"].as_u64().unwrap(), FIRST_UID, mem);
     h.ctl_ok(&["vm", "rm", "c"]);
     assert_jail_gone(&base, FIRST_UID);

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use daemon::HearthHost;
 use hearth_testkit::wait_until;
-use serde_json::Value;
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -44,19 +43,6 @@ fn start(mem: &Path) -> HearthHost {
     )
 }
 
-fn create(h: &HearthHost, name: &str) -> Value {
-    h.ctl_ok(&[
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ])
-}
-
 #[test]
 fn a_fork_keeps_its_memory_in_fork_memory_dir_and_takes_it_away() {
     require_privileged!();
@@ -65,7 +51,7 @@ fn a_fork_keeps_its_memory_in_fork_memory_dir_and_takes_it_away() {
     let mem = tmp.path().join("forks");
     let h = start(&mem);
     let snaps = h.path("data/snapshots");
-    create(&h, "a");
+    h.create_running("a");
     let c = h.ctl_ok(&["vm", "fork", "a", "c"]);
     assert_eq!(c["state"], "running", "{c}\n{}", h.log());
     assert_eq!(h.state("a").as_deref(), Some("running"));
@@ -96,7 +82,7 @@ fn after_a_reboot_the_fork_snapshot_is_lost_and_the_fork_starts_cold() {
     let mem = tmp.path().join("forks");
     let mut h = start(&mem);
     let snaps = h.path("data/snapshots");
-    create(&h, "a");
+    h.create_running("a");
     let d = h.ctl_ok(&["vm", "fork", "a", "d"]);
     let pid = d["pid"].as_u64().expect("the fork runs");
     // A reboot: every process gone, and the tmpfs with them.
@@ -148,7 +134,7 @@ fn forks_refuse_a_fork_memory_dir_that_is_not_hearthds_own() {
     let tmp = tempfile::tempdir().unwrap();
     let mem = tmp.path().join("forks");
     let h = start(&mem);
-    create(&h, "a");
+    h.create_running("a");
     // hearthd makes its directory at the first fork; this one is a stranger's.
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();

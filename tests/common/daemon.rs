@@ -220,6 +220,23 @@ impl HearthHost {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Creates VM `name` from the test images (kernel `vmlinux`, rootfs `base`) without a
+    /// readiness probe, asserts it is `running`, and answers its JSON.
+    pub fn create_running(&self, name: &str) -> Value {
+        let v = self.ctl_ok(&[
+            "vm",
+            "create",
+            name,
+            "--kernel",
+            "vmlinux",
+            "--rootfs",
+            "base",
+            "--no-ready-probe",
+        ]);
+        assert_eq!(v["state"], "running", "{v}\n{}", self.log());
+        v
+    }
+
     /// A VM's state, or `None` when hearthd does not know it.
     pub fn state(&self, vm: &str) -> Option<String> {
         let out = self.ctl(&["vm", "get", vm]);

@@ -3,6 +3,7 @@
 //! a guard that kills a test's jailed VMMs and removes their cgroups on the way out, so a
 //! failed assertion leaks nothing.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -119,27 +120,42 @@ pub struct JailedVmms {
     pub uids: RangeInclusive<u32>,
 }
 
+/// The jailed VMMs now running whose jail id is a uid of `uids`: uid → pid (`/firecracker`
+/// as argv\[0\], as the jailer execs it; zombies left out).
+pub fn jailed_vmms(uids: &RangeInclusive<u32>) -> BTreeMap<u32, u64> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    let mut found = BTreeMap::new();
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+    {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().map(String::as_str) != Some("/firecracker") || !alive(pid) {
+            continue;
+        }
+        let uid = args
+            .windows(2)
+            .find(|w| w[0] == "--id")
+            .and_then(|w| w[1].parse::<u32>().ok());
+        if let Some(uid) = uid.filter(|u| uids.contains(u)) {
+            found.insert(uid, pid);
+        }
+    }
+    found
+}
+
 impl Drop for JailedVmms {
     fn drop(&mut self) {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let ours = args.first().is_some_and(|a| a == "/firecracker")
-                && args.windows(2).any(|w| {
-                    w[0] == "--id" && w[1].parse::<u32>().is_ok_and(|id| self.uids.contains(&id))
-                });
-            if ours {
+        for pid in jailed_vmms(&self.uids).into_values() {
+            if let Ok(pid) = i32::try_from(pid) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

@@ -464,12 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        // As root, a group the socket does not have, so the change shows.
-        let gid = if nix::unistd::geteuid().is_root() {
-            54_321
-        } else {
-            nix::unistd::getegid().as_raw()
-        };
+        let gid = probe_gid();
         set_socket_access(&sock, gid).unwrap();
         let md = std::fs::metadata(&sock).unwrap();
         assert_eq!(md.gid(), gid);
@@ -488,12 +483,7 @@ mod tests {
         let other_sock = dir.path().join("other.sock");
         let _l = std::os::unix::net::UnixListener::bind(&other_sock).unwrap();
         std::fs::set_permissions(&other_sock, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // As root any group will do, so a change would show; otherwise only the mode can.
-        let gid = if nix::unistd::geteuid().is_root() {
-            54_321
-        } else {
-            nix::unistd::getegid().as_raw()
-        };
+        let gid = probe_gid();
         let owner = |p: &Path| {
             let md = std::fs::metadata(p).unwrap();
             (md.uid(), md.gid(), md.permissions().mode() & 0o7777)
@@ -520,6 +510,16 @@ mod tests {
         assert_eq!((owner(&host_file), owner(&other_sock)), before);
     }
 
+    /// A group to give sockets: as root one they do not have, so a change shows; otherwise
+    /// only the mode can.
+    fn probe_gid() -> u32 {
+        if nix::unistd::geteuid().is_root() {
+            54_321
+        } else {
+            nix::unistd::getegid().as_raw()
+        }
+    }
+
     #[test]
     fn socket_access_refuses_a_symlink_in_place_of_the_sockets_directory() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -534,11 +534,7 @@ mod tests {
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&host, root.join("run")).unwrap();
-        let gid = if nix::unistd::geteuid().is_root() {
-            54_321
-        } else {
-            nix::unistd::getegid().as_raw()
-        };
+        let gid = probe_gid();
         let owner = |p: &Path| {
             let md = std::fs::metadata(p).unwrap();
             (md.gid(), md.permissions().mode() & 0o7777)

@@ -75,6 +75,16 @@ fn mem_dir() -> tempfile::TempDir {
     dir
 }
 
+async fn snapshot_info(
+    sup: &Addr<VmSupervisor>,
+    name: &str,
+) -> hearth_proto::api_snapshot::SnapshotInfo {
+    sup.send(GetSnapshot { name: name.into() })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn supervisor(store: MemoryVmStore, snaps: &Path, mem: &Path, run: &Path) -> Addr<VmSupervisor> {
     let settings = SupervisorSettings {
         snapshot_dir: snaps.to_path_buf(),
@@ -137,13 +147,7 @@ async fn open_marks_a_fork_snapshot_whose_memory_vanished_lost() {
             .contains(&"snapshot memory ghost.fork".to_string()),
         "{report:?}"
     );
-    let info = sup
-        .send(GetSnapshot {
-            name: "f.fork".into(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let info = snapshot_info(&sup, "f.fork").await;
     assert_eq!(info.state, SnapshotState::Lost);
     assert_eq!(info.in_use_by, ["f"]);
     let events = sup
@@ -273,13 +277,7 @@ async fn open_trusts_nothing_in_a_directory_others_may_write() {
         report.repaired.is_empty() && report.swept.is_empty(),
         "{report:?}"
     );
-    let info = sup
-        .send(GetSnapshot {
-            name: "f.fork".into(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let info = snapshot_info(&sup, "f.fork").await;
     assert_eq!(info.state, SnapshotState::Ready);
     assert!(mem.path().join("ghost.fork.memory").exists());
 }

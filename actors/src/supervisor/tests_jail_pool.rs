@@ -132,6 +132,14 @@ async fn pool_ready(sup: &Addr<VmSupervisor>, ready: usize) {
     }
 }
 
+/// The uid the next create is given is `uid`: its jail is prepared as that id (the prepare
+/// is made to fail, so the create leaves nothing).
+async fn assert_next_lease(sup: &Addr<VmSupervisor>, jails: &FakeJails, uid: u32) {
+    jails.fail_next("prepare");
+    create(sup, "b").await.unwrap_err();
+    assert_eq!(jails.calls().last().unwrap(), &format!("prepare {uid}"));
+}
+
 async fn create(sup: &Addr<VmSupervisor>, name: &str) -> Result<api::VmInfo, SupervisorError> {
     sup.send(CreateVm {
         spec: spec(name),
@@ -225,9 +233,7 @@ async fn a_create_takes_a_member_and_a_failed_one_gives_everything_back() {
     );
     assert!(!jails.jails().contains(&"900000".to_string()), "{calls:?}");
     // Its uid is free again: the next create (the pool is empty) leases it.
-    jails.fail_next("prepare");
-    create(&sup, "b").await.unwrap_err();
-    assert_eq!(jails.calls().last().unwrap(), "prepare 900000");
+    assert_next_lease(&sup, &jails, UID).await;
 }
 
 /// The VM's limits are written into the member's cgroups, and the VM's files (kernel, disk)
@@ -380,9 +386,7 @@ async fn a_member_whose_jail_stays_keeps_its_uid_out_of_use() {
         jails.calls()
     );
     // a's uid (900001) is free again; 900000 is not.
-    jails.fail_next("prepare");
-    create(&sup, "b").await.unwrap_err();
-    assert_eq!(jails.calls().last().unwrap(), "prepare 900001");
+    assert_next_lease(&sup, &jails, UID + 1).await;
 }
 
 /// `Close` discards the idle members together, not one after the other: both VMMs are
