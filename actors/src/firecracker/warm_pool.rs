@@ -168,11 +168,8 @@ impl WarmMember {
     /// Kills the VMM (through its pidfd), waits for it to exit (at most 2 s), then removes
     /// its FIFO (if no take moved it), the jail and its cgroups.
     pub async fn discard(mut self) -> Result<(), JailError> {
-        if let Some(p) = self.process.take() {
-            if !p.has_exited() {
-                let _ = p.signal(Signal::Kill);
-                let _ = tokio::time::timeout(KILL_WAIT, p.wait()).await;
-            }
+        if let Some(p) = self.kill() {
+            let _ = tokio::time::timeout(KILL_WAIT, p.wait()).await;
         }
         // A FIFO left behind is harmless (the next start of this uid replaces it) and swept.
         let _ = remove_fifo(&self.fifo);
@@ -186,23 +183,25 @@ impl WarmMember {
     /// the VMM is still exiting (its cgroups busy) is answered; the jail of that uid is
     /// removed again by the next prepare of that id (every jailed spawn's first step).
     pub fn discard_now(mut self) -> Result<(), JailError> {
-        if let Some(p) = self.process.take() {
-            if !p.has_exited() {
-                let _ = p.signal(Signal::Kill);
-            }
-        }
+        self.kill();
         let _ = remove_fifo(&self.fifo);
         self.jails.remove(&self.layout)
     }
 }
 
+impl WarmMember {
+    /// Takes the VMM from the member and sends it `SIGKILL` (through its pidfd) if it still
+    /// runs; answers it, to wait for, when it did.
+    fn kill(&mut self) -> Option<Arc<dyn Process>> {
+        let p = self.process.take().filter(|p| !p.has_exited())?;
+        let _ = p.signal(Signal::Kill);
+        Some(p)
+    }
+}
+
 impl Drop for WarmMember {
     fn drop(&mut self) {
-        if let Some(p) = self.process.take() {
-            if !p.has_exited() {
-                let _ = p.signal(Signal::Kill);
-            }
-        }
+        self.kill();
     }
 }
 

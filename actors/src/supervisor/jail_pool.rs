@@ -174,7 +174,10 @@ impl VmSupervisor {
 
     /// Starts one member; `false` when it could not be (logged).
     fn warm_start_one(&mut self, ctx: &mut Context<Self>) -> bool {
-        let Some(spec) = self.member_spec() else {
+        let (Some(spec), Some(base)) = (
+            self.member_spec(),
+            self.vmm.jail.as_ref().map(|j| j.chroot_base.clone()),
+        ) else {
             return false;
         };
         self.warm.next += 1;
@@ -192,17 +195,8 @@ impl VmSupervisor {
         if std::mem::take(&mut self.warm.starved) {
             info!(self.log, "warm pool refilling: a uid is free again");
         }
-        let started = JailLayout::new(
-            &self
-                .vmm
-                .jail
-                .as_ref()
-                .map(|j| j.chroot_base.clone())
-                .unwrap_or_default(),
-            &spec.exec_file,
-            &JailLayout::id_for_uid(uid),
-        )
-        .and_then(|layout| Ok((start_member(&spec, &layout, uid)?, layout)));
+        let started = JailLayout::new(&base, &spec.exec_file, &JailLayout::id_for_uid(uid))
+            .and_then(|layout| Ok((start_member(&spec, &layout, uid)?, layout)));
         let (jailer, layout) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -291,14 +285,14 @@ impl VmSupervisor {
         }));
     }
 
-    /// After a member's discard: its uid is freed if its jail is gone. Otherwise it stays
-    /// leased under the member's name (quarantined): a VM given it would find the old jail
-    /// (and perhaps the old VMM) in the way. The next `Open`'s sweep removes that jail, and
-    /// the lease, never recorded, is gone with the process.
+    /// After a member's discard: its uid is freed if its jail is gone. Otherwise it is
+    /// quarantined ([`UidPool::quarantine`](crate::host::jails::uids::UidPool::quarantine)):
+    /// a VM given it would find the old jail (and perhaps the old VMM) in the way. The next
+    /// `Open`'s sweep removes that jail, and the quarantine ends with the process.
     fn warm_free(&mut self, lease: &str, uid: u32, removed: bool) {
-        if removed {
-            self.uids.release(lease);
-        } else {
+        self.uids.release(lease);
+        if !removed {
+            self.uids.quarantine(uid);
             warn!(self.log, "warm VMM's jail not removed: its uid is kept out of use until the next Open";
                 "uid" => uid);
         }
@@ -320,8 +314,12 @@ impl VmSupervisor {
             }
             if let Some(m) = unhanded {
                 // Recorded but never handed to an actor: the next boot spawns through the
-                // jailer in the same jail, so this VMM must go now.
-                ctx.spawn(m.discard().into_actor(self).map(|_, _, _| ()));
+                // jailer in the same jail, so this VMM must go now, and at once: a removal
+                // finishing later could take the jail that boot made. One that fails (the
+                // VMM still exiting) is done again by that boot's prepare of the jail.
+                if let Err(e) = m.discard_now() {
+                    warn!(self.log, "warm VMM's jail not removed yet"; "vm" => name, "error" => %e);
+                }
             }
             return;
         }
