@@ -301,7 +301,7 @@ fn vm_collection() -> Value {
             "responses": responses(&[("201", vm_created)], &[
                 ("400", "Invalid body, field, query parameter or Idempotency-Key"),
                 ("404", "No snapshot of the name `from_snapshot` gives"),
-                ("409", "Name taken, idempotency key reused, or the snapshot `from_snapshot` names is not ready or was taken with [jailer] otherwise than now"),
+                ("409", "Name taken, idempotency key reused, or the snapshot `from_snapshot` names is not ready, is lost (its memory file is gone), or was taken with [jailer] otherwise than now"),
                 ("422", "Unknown image"),
                 ("500", "A step failed and was undone"),
             ].into_iter().chain(BODY).collect::<Vec<_>>()),

@@ -152,7 +152,7 @@ fn node_paths(doc: &mut Value) {
     let paths = &mut doc["paths"];
     paths["/v1/node"] = json!({"get": {
         "operationId": "getNode",
-        "summary": "Whether the host is cordoned, and the running or last drain's progress",
+        "summary": "Whether the host is cordoned, the running or last drain's progress, and whether its VMMs run jailed (and if not, why)",
         "responses": responses(&[("200", ok())], &[]),
     }});
     paths["/v1/node/cordon"] = json!({"post": {

@@ -35,7 +35,7 @@ use actix::{Handler, Message, Recipient};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 
 use super::{DnsActor, DnsError};
-use crate::nat::egress::{AllowLearned, MAX_LEARNED_SECS, MIN_LEARNED_SECS};
+use crate::nat::egress::{learned_secs, AllowLearned, MAX_LEARNED_SECS};
 
 /// How long a reply waits for the learner before the guest gets SERVFAIL.
 const LEARN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -371,14 +371,14 @@ pub struct PendingLearn {
 /// surely keeps them (at most [`MAX_LEARNED_SECS`]): a guest trusting an answer longer would
 /// lose the address while it still uses it. Every answer record is capped, CNAMEs included,
 /// and no record outlives the shortest-kept address: the learner keeps each address for its
-/// own TTL (at least [`MIN_LEARNED_SECS`]), and a guest still trusting a CNAME after its
+/// own TTL ([`learned_secs`] of it), and a guest still trusting a CNAME after its
 /// target's address expired would ask for the target name, which matches no pattern, so its
 /// address would not be learned again.
 pub fn cap_learned_ttls(answers: &mut [Record], secs: u32) {
     let shortest_address = answers
         .iter()
         .filter(|r| matches!(r.data, RData::A(_)))
-        .map(|r| r.ttl.clamp(MIN_LEARNED_SECS, MAX_LEARNED_SECS))
+        .map(|r| learned_secs(r.ttl))
         .min()
         .unwrap_or(secs);
     let bound = secs.min(shortest_address);
@@ -554,7 +554,10 @@ mod tests {
             rec("edge.cdn.net.", 0, a()),
         ];
         cap_learned_ttls(&mut answers, MAX_LEARNED_SECS);
-        assert_eq!(answers.map(|r| r.ttl), [MIN_LEARNED_SECS, 0]);
+        assert_eq!(
+            answers.map(|r| r.ttl),
+            [crate::nat::egress::MIN_LEARNED_SECS, 0]
+        );
     }
 
     #[test]

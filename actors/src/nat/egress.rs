@@ -62,6 +62,12 @@ pub const MIN_LEARNED_SECS: u32 = 2;
 /// for days after the name moved).
 pub const MAX_LEARNED_SECS: u32 = 3600;
 
+/// How long an address answered with record TTL `ttl` stays learned:
+/// [`MIN_LEARNED_SECS`]..=[`MAX_LEARNED_SECS`].
+pub fn learned_secs(ttl: u32) -> u32 {
+    ttl.clamp(MIN_LEARNED_SECS, MAX_LEARNED_SECS)
+}
+
 /// IP protocol numbers of the transports a port allowance covers.
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -651,7 +657,7 @@ impl NatActor {
         let mut changes = Vec::new();
         let mut updates = Vec::new();
         for (addr, ttl) in &msg.addrs {
-            let secs = (*ttl).clamp(MIN_LEARNED_SECS, MAX_LEARNED_SECS);
+            let secs = learned_secs(*ttl);
             let expiry = now + Duration::from_secs(u64::from(secs));
             // An address already allowed for longer needs no kernel round trip.
             match learned.get(addr) {

@@ -134,13 +134,17 @@ fn check_ancestors(dir: &Path) -> Result<(), MemDirError> {
             Err(e) => return Err(io_err("stat", p)(e)),
         }
     }
-    // The directories the written path leads through (the first one that exists).
+    // The directories the written path leads through (the first one that exists), when they
+    // are others than those just checked (a symlink on the way).
     let Some(real) = parent
         .ancestors()
         .find_map(|p| std::fs::canonicalize(p).ok())
     else {
         return Ok(());
     };
+    if parent.ancestors().any(|p| p == real) {
+        return Ok(());
+    }
     for p in real.ancestors() {
         let meta = p.metadata().map_err(io_err("stat", p))?;
         judge(p, &meta)?;

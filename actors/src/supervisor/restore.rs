@@ -82,7 +82,7 @@ impl VmSupervisor {
             .ok_or_else(|| SupervisorError::SnapshotNotFound { name: name.clone() })?;
         // A memory file kept in RAM (a fork's) that is gone cannot be loaded: said plainly
         // rather than as the VMM's failed load.
-        let gone = snap.mem_file.as_deref().is_some_and(|m| !m.exists());
+        let gone = snap.mem_file_missing();
         if snap.state == SnapshotState::Lost || (snap.state == SnapshotState::Ready && gone) {
             return Err(SupervisorError::Conflict {
                 message: super::snapshots::lost_detail(&snap),

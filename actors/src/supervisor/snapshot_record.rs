@@ -98,6 +98,14 @@ impl SnapshotRecord {
             .unwrap_or_else(|| self.dir.join("memory"))
     }
 
+    /// Whether the memory file is kept outside the snapshot's directory (in RAM: a fork's)
+    /// and is gone (the host rebooted); the entry itself is looked at, never followed.
+    pub fn mem_file_missing(&self) -> bool {
+        self.mem_file
+            .as_deref()
+            .is_some_and(|m| m.symlink_metadata().is_err())
+    }
+
     /// The root disk checkpoint.
     pub fn disk_path(&self) -> PathBuf {
         self.dir.join("disk.img")

@@ -853,12 +853,7 @@ impl VmSupervisor {
         let lost: Vec<SnapshotRecord> = self
             .snapshots
             .values()
-            .filter(|r| r.state == SnapshotState::Ready)
-            .filter(|r| {
-                r.mem_file
-                    .as_deref()
-                    .is_some_and(|m| m.symlink_metadata().is_err())
-            })
+            .filter(|r| r.state == SnapshotState::Ready && r.mem_file_missing())
             .cloned()
             .collect();
         let mut marked = Vec::new();
