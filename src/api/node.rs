@@ -4,7 +4,6 @@ use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use hearth_actors::supervisor as sup;
 use hearth_proto::api_policy::{CordonRequest, DrainRequest};
-use serde_json::Value;
 
 use super::body::JsonBody;
 use super::query::Params;
@@ -25,24 +24,30 @@ pub struct JailStatus {
 
 /// The supervisor's `node` with hearthd's jailing added (`jailed`, and `unjailed_reasons`
 /// when not jailed); as it is when the server was given none (test servers).
-fn render(state: &ApiState, node: &sup::NodeStatus) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(node).map_err(|e| ApiError::Internal {
-        what: e.to_string(),
-    })?;
-    if let (Some(j), Some(obj)) = (&state.jailing, v.as_object_mut()) {
-        obj.insert("jailed".into(), j.jailed.into());
-        if !j.jailed {
-            obj.insert("unjailed_reasons".into(), j.reasons.clone().into());
-        }
+#[derive(serde::Serialize)]
+struct NodeView<'a> {
+    #[serde(flatten)]
+    node: &'a sup::NodeStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jailed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unjailed_reasons: Option<&'a [String]>,
+}
+
+fn render<'a>(state: &'a ApiState, node: &'a sup::NodeStatus) -> NodeView<'a> {
+    let jailing = state.jailing.as_ref();
+    NodeView {
+        node,
+        jailed: jailing.map(|j| j.jailed),
+        unjailed_reasons: jailing.filter(|j| !j.jailed).map(|j| j.reasons.as_slice()),
     }
-    Ok(v)
 }
 
 /// `GET /v1/node`: cordoned or not, the running or last drain's progress, jailed or not.
 pub async fn get(state: Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Params::parse(req.query_string(), &[])?;
     let node = state.ports.node.send(sup::GetNode).await?;
-    Ok(HttpResponse::Ok().json(render(&state, &node)?))
+    Ok(HttpResponse::Ok().json(render(&state, &node)))
 }
 
 /// `POST /v1/node/cordon {"reason"?}`: refuse new VMs from now on (persisted).
@@ -60,7 +65,7 @@ pub async fn cordon(
             reason: Some(reason),
         })
         .await??;
-    Ok(HttpResponse::Ok().json(render(&state, &node)?))
+    Ok(HttpResponse::Ok().json(render(&state, &node)))
 }
 
 /// `POST /v1/node/uncordon`: take new VMs again.
@@ -71,7 +76,7 @@ pub async fn uncordon(state: Data<ApiState>, req: HttpRequest) -> Result<HttpRes
         .cordon
         .send(sup::SetCordon { reason: None })
         .await??;
-    Ok(HttpResponse::Ok().json(render(&state, &node)?))
+    Ok(HttpResponse::Ok().json(render(&state, &node)))
 }
 
 /// `POST /v1/node/drain[?wait=false] {"reason"?, "mode"?: "stop"|"snapshot"}`: cordon, then
@@ -104,7 +109,7 @@ pub async fn drain(
             wait,
         })
         .await??;
-    let node = render(&state, &node)?;
+    let node = render(&state, &node);
     Ok(if wait {
         HttpResponse::Ok().json(node)
     } else {
