@@ -21,6 +21,7 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::IpEndpoint;
 
+use super::stack::{listen, socket_error};
 use super::NetstackError;
 
 /// Most bytes of a request (TCP) or datagram (UDP) read and echoed back.
@@ -227,7 +228,7 @@ impl TcpPort {
     /// Opens listening sockets until the port has [`MAX_CONNS`].
     fn listen(&mut self, sockets: &mut SocketSet<'static>) -> Result<(), NetstackError> {
         while self.listeners.len() + self.conns.len() < MAX_CONNS {
-            self.listeners.push(listen(sockets, self.port)?);
+            self.listeners.push(listen(sockets, self.port, TCP_BUF)?);
         }
         Ok(())
     }
@@ -316,27 +317,11 @@ fn echo_datagrams(s: &mut udp::Socket<'static>) {
     }
 }
 
-fn listen(sockets: &mut SocketSet<'static>, port: u16) -> Result<SocketHandle, NetstackError> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-    );
-    socket.listen(port).map_err(|e| socket_error("listen", e))?;
-    Ok(sockets.add(socket))
-}
-
 fn udp_buffer() -> udp::PacketBuffer<'static> {
     udp::PacketBuffer::new(
         vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
         vec![0; UDP_PACKETS * UDP_PAYLOAD],
     )
-}
-
-fn socket_error(op: &'static str, e: impl fmt::Display) -> NetstackError {
-    NetstackError::Socket {
-        op,
-        reason: e.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -449,12 +449,7 @@ impl Stack {
     }
 
     fn listen(&mut self, port: u16) -> Result<SocketHandle, NetstackError> {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-        );
-        socket.listen(port).map_err(|e| socket_error("listen", e))?;
-        Ok(self.sockets.add(socket))
+        listen(&mut self.sockets, port, TCP_BUF)
     }
 
     /// Moves `op` on; returns it while pending, or drops it once it has replied.
@@ -704,7 +699,21 @@ impl Deadline {
     }
 }
 
-fn socket_error(op: &'static str, e: impl std::fmt::Display) -> NetstackError {
+/// A TCP socket listening on `port` with `buf` bytes each way, added to `sockets`.
+pub(super) fn listen(
+    sockets: &mut SocketSet<'static>,
+    port: u16,
+    buf: usize,
+) -> Result<SocketHandle, NetstackError> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buf]),
+        tcp::SocketBuffer::new(vec![0; buf]),
+    );
+    socket.listen(port).map_err(|e| socket_error("listen", e))?;
+    Ok(sockets.add(socket))
+}
+
+pub(super) fn socket_error(op: &'static str, e: impl std::fmt::Display) -> NetstackError {
     NetstackError::Socket {
         op,
         reason: e.to_string(),
