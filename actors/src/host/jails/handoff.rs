@@ -91,14 +91,15 @@ pub fn take_out(layout: &JailLayout, name: &str, dest: &Path) -> Result<(), Jail
     match fs::rename(&from, dest) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            // Another filesystem: copied from the checked descriptor (not sparse).
-            let mut out = fs::OpenOptions::new()
+            // Another filesystem: copied from the checked descriptor, holes kept (a guest's
+            // memory is mostly holes; a dense copy would take its whole size on a tmpfs).
+            let out = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(dest)
                 .map_err(io_err("create", dest))?;
-            if let Err(e) = io::copy(&mut &file, &mut out) {
+            if let Err(e) = crate::host::disks::copy::sparse_copy(&file, &out) {
                 // A partial copy is no snapshot file.
                 let _ = fs::remove_file(dest);
                 return Err(io_err("copy", dest)(e));
@@ -211,6 +212,48 @@ mod tests {
         let err = take_out(&l, "snapshot-s.memory", &dest).unwrap_err();
         assert!(err.to_string().contains("snapshot-s.memory"), "{err}");
         discard(&l, "snapshot-s.memory").unwrap();
+    }
+
+    /// Taken out to another filesystem (a tmpfs, as `fork_memory_dir`): copied with its holes
+    /// kept, so a guest memory that is mostly holes takes only its data there.
+    #[test]
+    fn take_out_across_filesystems_keeps_holes() {
+        use std::os::unix::fs::FileExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIP: no /dev/shm");
+            return;
+        };
+        if fs::metadata(dir.path()).unwrap().dev() == fs::metadata(shm.path()).unwrap().dev() {
+            eprintln!("SKIP: /dev/shm is on the same filesystem as the temporary directory");
+            return;
+        }
+        let l = layout(dir.path());
+        let written = l.root().join("snapshot-s.memory");
+        let f = fs::File::create(&written).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"guest page", 1 << 20).unwrap();
+        drop(f);
+        let dest = shm.path().join("s.memory");
+        take_out(&l, "snapshot-s.memory", &dest).unwrap();
+        let m = fs::metadata(&dest).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{} bytes allocated",
+            m.blocks() * 512
+        );
+        let mut page = [0u8; 10];
+        fs::File::open(&dest)
+            .unwrap()
+            .read_exact_at(&mut page, 1 << 20)
+            .unwrap();
+        assert_eq!(&page, b"guest page");
+        assert!(!written.exists());
     }
 
     /// Shared: root's, readable by all and writable by none, in a directory only root enters;
