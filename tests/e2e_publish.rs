@@ -6,29 +6,9 @@
 
 mod common;
 use common::daemon;
+use common::publish_maps::{hairpin_elements, published_elements};
 
 use daemon::HearthHost;
-
-/// The elements of hearth's nftables publish maps, as `nft` lists them
-/// (`tcp . 8080 : 172.31.240.5 . 80`); none when the table is absent.
-fn published_elements(ns: &common::NetNs) -> Vec<String> {
-    let out = ns.exec(&["nft", "list", "table", "ip", "hearth-publish"]);
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut elements = Vec::new();
-    let mut rest = listing.as_str();
-    while let Some(at) = rest.find("elements = {") {
-        rest = &rest[at + "elements = {".len()..];
-        let end = rest.find('}').expect("an element list ends");
-        elements.extend(
-            rest[..end]
-                .split(',')
-                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-                .filter(|e| !e.is_empty()),
-        );
-        rest = &rest[end..];
-    }
-    elements
-}
 
 fn ports(h: &HearthHost, vm: &str) -> Vec<String> {
     let v = h.ctl_ok(&["vm", "port", vm]);
@@ -68,6 +48,15 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     assert!(
         rules.contains(&format!("tcp . 8080 : {ip} . 80")),
         "{rules:?}"
+    );
+    // Each port has its hairpin proxy on the gateway.
+    let hairpins = hairpin_elements(&h.ns);
+    assert_eq!(hairpins.len(), 2, "{hairpins:?}");
+    assert!(
+        hairpins
+            .iter()
+            .any(|e| e.starts_with("tcp . 8080 : 172.31.240.1 . ")),
+        "{hairpins:?}"
     );
 
     // At run time; another VM asking for a taken port is refused naming the owner.
@@ -116,6 +105,11 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     assert_eq!(h.ctl_ok(&["vm", "get", "web"])["state"], "running");
     let rules = published_elements(&h.ns);
     assert_eq!(rules.len(), 3, "{rules:?}\n{}", h.log());
+    assert_eq!(
+        hairpin_elements(&h.ns).len(),
+        3,
+        "new proxies after the restart"
+    );
 
     h.ctl_ok(&["vm", "unpublish", "web", "8443:443"]);
     assert_eq!(published_elements(&h.ns).len(), 2);
@@ -125,11 +119,13 @@ fn published_ports_follow_the_vm_across_changes_restarts_and_delete() {
     // A stopped VM holds no port; starting it publishes again.
     h.ctl_ok(&["vm", "stop", "web"]);
     assert!(published_elements(&h.ns).is_empty());
+    assert!(hairpin_elements(&h.ns).is_empty());
     h.ctl_ok(&["vm", "start", "web"]);
     assert_eq!(published_elements(&h.ns).len(), 2);
 
     h.ctl_ok(&["vm", "rm", "web"]);
     h.ctl_ok(&["vm", "rm", "db"]);
     assert!(published_elements(&h.ns).is_empty());
+    assert!(hairpin_elements(&h.ns).is_empty());
     daemon::assert_no_leaks(&h);
 }

@@ -3,7 +3,7 @@
 //! on the uplink, and two guests on the bridge (each its own namespace on a veth port, as a
 //! TAP would be). A TCP server in guest 5 answers with the peer address it saw. Checked for
 //! both iptables flavours: the published port answers from outside, from the host itself and
-//! from the other guest through the host's address (hairpin, masqueraded); nothing else of the
+//! from the other guest through the host's address (hairpin, via hearth's proxy); nothing else of the
 //! guest is reachable; a host socket's port is refused naming it; a `Reconcile` keeps the
 //! ports; unpublishing and teardown leave no rule or map element behind. The same for UDP
 //! (a guest echo answering with the peer it saw, so the answer's way back is checked too).
@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
+use common::publish_maps::{hairpin_elements, published_elements};
 use common::NetNs;
 use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
 use hearth_actors::host::firewall::{nft_publish, Firewall, PublishChange, PublishElement};
@@ -201,27 +202,6 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
-/// The elements of hearth's nftables publish maps, as `nft` lists them
-/// (`tcp . 8080 : 172.31.240.5 . 80`); none when the table is absent.
-fn published_elements(ns: &NetNs) -> Vec<String> {
-    let out = ns.exec(&["nft", "list", "table", "ip", "hearth-publish"]);
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut elements = Vec::new();
-    let mut rest = listing.as_str();
-    while let Some(at) = rest.find("elements = {") {
-        rest = &rest[at + "elements = {".len()..];
-        let end = rest.find('}').expect("an element list ends");
-        elements.extend(
-            rest[..end]
-                .split(',')
-                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-                .filter(|e| !e.is_empty()),
-        );
-        rest = &rest[end..];
-    }
-    elements
-}
-
 fn start(flavor: IptablesFlavor) -> Addr<NatActor> {
     NatActor::new(
         config(),
@@ -282,8 +262,8 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
             // From the host itself, to its own address.
             let answer = ask(&w.host, at(HOST_IP, 8080)).expect("from the host");
             assert_eq!(peer_ip(&answer), HOST_IP, "{answer}");
-            // From the other guest through the host's address: hairpin, masqueraded to the
-            // gateway so the answer comes back through the host.
+            // From the other guest through the host's address: hairpin, through hearth's
+            // proxy on the gateway.
             let answer = ask(&w.guests[1], at(HOST_IP, 8080)).expect("hairpin");
             assert_eq!(peer_ip(&answer), GATEWAY, "{answer}");
             // Nothing else of the guest: not its other port, not the guest address directly,
@@ -313,6 +293,7 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
             );
             drop(held);
             assert_eq!(published_elements(&w.host).len(), 1);
+            assert_eq!(hairpin_elements(&w.host).len(), 1, "8080's hairpin proxy");
 
             // A Reconcile (hearthd's set-up) keeps the published port.
             nat.send(Reconcile { desired: desired() })
@@ -331,7 +312,12 @@ fn a_published_port_answers_from_outside_the_host_and_other_guests_and_nothing_e
             .unwrap()
             .unwrap();
             assert!(published_elements(&w.host).is_empty());
+            assert!(hairpin_elements(&w.host).is_empty());
             assert!(ask(&w.outside, at(HOST_IP, 8080)).is_err());
+            assert!(
+                ask(&w.guests[1], at(HOST_IP, 8080)).is_err(),
+                "hairpin after unpublish"
+            );
 
             nat.send(Teardown).await.unwrap().unwrap();
             let nat_table = w
@@ -378,7 +364,7 @@ fn map_elements_go_in_and_out_over_netlink_all_or_nothing() {
             text.contains("ip hearth-publish") && text.contains("No such file"),
             "{text}"
         );
-        fw.apply_nft(&nft_publish::table_text("hearth0", &[]))
+        fw.apply_nft(&nft_publish::table_text("hearth0", &[], &[]))
             .unwrap();
         let (any, addr) = (element("8080:80", 5), element("10.0.0.1:5353:53/udp", 6));
         fw.update_published(&[PublishChange::Add(any), PublishChange::Add(addr)])
@@ -457,7 +443,8 @@ fn a_published_udp_port_answers_from_outside_the_host_and_other_guests_and_nothi
             // From the host itself, to its own address.
             let answer = ask_udp(&w.host, at(HOST_IP, 5353)).expect("from the host");
             assert_eq!(peer_ip(&answer), HOST_IP, "{answer}");
-            // From the other guest through the host's address: hairpin, masqueraded.
+            // From the other guest through the host's address: hairpin, through hearth's
+            // proxy on the gateway; the answer comes from the address asked.
             let answer = ask_udp(&w.guests[1], at(HOST_IP, 5353)).expect("hairpin");
             assert_eq!(peer_ip(&answer), GATEWAY, "{answer}");
             // Nothing else: not the guest's other port, not the guest directly, not the
@@ -480,7 +467,12 @@ fn a_published_udp_port_answers_from_outside_the_host_and_other_guests_and_nothi
             .unwrap()
             .unwrap();
             assert!(published_elements(&w.host).is_empty());
+            assert!(hairpin_elements(&w.host).is_empty());
             assert!(ask_udp(&w.outside, at(HOST_IP, 5353)).is_err());
+            assert!(
+                ask_udp(&w.guests[1], at(HOST_IP, 5353)).is_err(),
+                "hairpin after unpublish"
+            );
             nat.send(Teardown).await.unwrap().unwrap();
         });
     }

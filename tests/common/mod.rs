@@ -19,6 +19,7 @@ pub mod exec_host;
 pub mod guest_agent;
 pub mod hearth_net;
 pub mod jails;
+pub mod publish_maps;
 pub mod registry;
 pub mod tuntap;
 pub mod vmm;

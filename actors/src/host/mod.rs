@@ -3,6 +3,7 @@
 
 pub mod disks;
 pub mod firewall;
+pub mod hairpin;
 pub mod jails;
 pub mod links;
 pub mod processes;

@@ -1,9 +1,11 @@
 //! Egress policy: which destinations a guest in `deny` mode may reach.
 //!
 //! Where: an `ip`-family nftables table `hearth-egress`, beside hearth's iptables chains. Its
-//! base chains hook `forward` and `input` at priority `filter - 1` and only ever drop or
-//! return: a packet they let through still meets `HEARTH-FORWARD`/`HEARTH-INPUT` (NAT,
-//! isolation, anti-spoofing), so a policy can only take connectivity away. Why nftables and
+//! base chains hook `forward` and `input` at priority `filter - 1`, and `prerouting` just
+//! before destination NAT (for connections to the host's own addresses, judged by the address
+//! and port asked for before hearth's publish table sends them to a hairpin proxy); they only
+//! ever drop or return: a packet they let through still meets `HEARTH-FORWARD`/`HEARTH-INPUT`
+//! (NAT, isolation, anti-spoofing), so a policy can only take connectivity away. Why nftables and
 //! not ipsets: the pairs (guest, destination) need `hash:ip,ip`/`hash:net,net`, which the
 //! kernels hearth runs on may lack (this development kernel has neither), while nftables'
 //! concatenated sets give (guest . network) keys and per-element timeouts everywhere
@@ -24,7 +26,8 @@
 //! A deny-mode guest reaches: hearth's DNS on the gateway (TCP and UDP 53), replies of
 //! connections already established, its allowed CIDRs and learned addresses. DNS (port 53)
 //! to anyone else is dropped even inside an allowed CIDR, so names resolve only through
-//! hearth (which is what keeps `learned` honest).
+//! hearth (which is what keeps `learned` honest). Of the host's own addresses it reaches only
+//! DNS on the gateway and, when the address and port are allowed, published ports (hairpin).
 //!
 //! Reconcile rewrites the table in one `nft -f` transaction and keeps runtime state: learned
 //! addresses of guests still in deny mode stay (with their expiry) and the denied counters of
@@ -193,10 +196,16 @@ pub fn table_text(
             "add set {t} {PORTS_SET}{p} {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; }}"
         );
     }
-    for hook in ["forward", "input"] {
+    // `prerouting` before the publish table's translations (`dstnat`), the others before
+    // hearth's iptables filter chains.
+    for (hook, priority) in [
+        ("prerouting", "dstnat - 1"),
+        ("forward", "filter - 1"),
+        ("input", "filter - 1"),
+    ] {
         let _ = writeln!(
             text,
-            "add chain {t} {hook} {{ type filter hook {hook} priority filter - 1; policy accept; }}"
+            "add chain {t} {hook} {{ type filter hook {hook} priority {priority}; policy accept; }}"
         );
         let _ = writeln!(text, "flush chain {t} {hook}");
     }
@@ -284,12 +293,24 @@ fn rules_text(text: &mut String, config: &NatConfig) {
         format!("ip saddr @{DENIED_SET} drop"),
         "drop".to_owned(),
     ]);
+    // New connections to the host's own addresses are judged before the publish table
+    // translates them (to hairpin proxies), by the address and port the guest asked for: a
+    // published port through a host address is reachable when that address is allowed.
+    let dns = format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 return");
+    let prerouting = ["fib daddr type != local return".to_owned(), dns.clone()]
+        .into_iter()
+        .chain(forward.iter().cloned());
     let input = [
-        format!("ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 return"),
+        dns,
         "ct state established,related return".to_owned(),
+        // Judged at `prerouting`, before the translation.
+        "ct status dnat return".to_owned(),
         format!("ip saddr @{DENIED_SET} drop"),
         "drop".to_owned(),
     ];
+    for rule in head.iter().cloned().chain(prerouting) {
+        let _ = writeln!(text, "add rule {t} prerouting {rule}");
+    }
     for rule in head.iter().chain(&forward) {
         let _ = writeln!(text, "add rule {t} forward {rule}");
     }

@@ -305,6 +305,8 @@ pub struct NatActor {
     egress_policy: egress::EgressState,
     /// Published ports (see `publish.rs`).
     published: publish::PublishTable,
+    /// The hairpin proxy of each published port guests can reach (see `publish.rs`).
+    hairpins: publish::Hairpins,
 }
 
 impl NatActor {
@@ -329,6 +331,7 @@ impl NatActor {
             enabled_forwarding: false,
             egress_policy: egress::EgressState::default(),
             published: publish::PublishTable::new(),
+            hairpins: publish::Hairpins::new(),
         })
     }
 
@@ -433,8 +436,13 @@ impl NatActor {
             .apply_nft(&rules::bridge_table_text(&self.config, desired))
             .map_err(step("install hearth's nftables bridge table"))?;
         let published = publish::all_elements(&self.published);
+        let hairpins = self.sync_hairpins();
         self.firewall
-            .apply_nft(&nft_publish::table_text(&self.config.bridge, &published))
+            .apply_nft(&nft_publish::table_text(
+                &self.config.bridge,
+                &published,
+                &hairpins,
+            ))
             .map_err(step("install hearth's nftables publish table"))?;
         // After the table that drops the bridge's martian 127/8 packets: ports published on
         // the loopback reach guests from the host.
@@ -662,6 +670,7 @@ impl NatActor {
         }
         self.ready = false;
         self.published.clear();
+        self.close_hairpins();
         self.nat.clear();
         self.guests.clear();
         self.egress = None;

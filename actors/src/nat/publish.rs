@@ -27,30 +27,19 @@
 //! `Teardown` turns it off again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use actix::{Context, Handler, Message};
 use hearth_proto::api_publish::{validate_publish, PortMapping, Protocol};
-use slog::debug;
+use slog::{debug, info, warn};
 
 use super::{step, NatActor, NatConfig, NatError};
-use crate::host::firewall::{PortProbe, PublishChange, PublishElement};
+use crate::host::firewall::{HairpinElement, PortProbe, PublishChange, PublishElement};
+use crate::host::hairpin::{HairpinLimits, HairpinSpec};
 
 /// hearth's iptables nat chain of earlier versions' published ports: declared empty (so
 /// flushed) by every reconcile, removed by teardown, jumped to by nothing.
 pub const CHAIN_PUBLISH: &str = "HEARTH-PUBLISH";
-
-/// Hairpin: a guest reaching a published port through a host address is masqueraded to the
-/// gateway, so the guest that answers sends its reply back through the host.
-#[must_use]
-pub fn hairpin_rule(config: &NatConfig) -> String {
-    format!(
-        "-A {} -s {} -o {} -m conntrack --ctstate DNAT -j MASQUERADE",
-        super::rules::CHAIN_POSTROUTING,
-        config.cidr.trunc(),
-        config.bridge
-    )
-}
 
 /// The forward rules letting connections hearth translated (DNAT) to a guest (and their replies) pass
 /// before `HEARTH-FORWARD`'s drops.
@@ -146,6 +135,43 @@ impl PublishTable {
     }
 }
 
+/// A running hairpin proxy: its element of the hairpin maps and where it leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proxy {
+    element: HairpinElement,
+    target: SocketAddrV4,
+}
+
+/// The hairpin proxies of published ports, by mapping (a mapping is one VM's).
+#[derive(Debug, Default)]
+pub(super) struct Hairpins {
+    by_mapping: BTreeMap<PortMapping, Proxy>,
+}
+
+impl Hairpins {
+    /// No proxy.
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&mut self, proxy: Proxy) {
+        self.by_mapping.insert(proxy.element.mapping, proxy);
+    }
+
+    /// The mapping whose proxy listens on `port` of `protocol`.
+    fn holding(&self, protocol: Protocol, port: u16) -> Option<Proxy> {
+        self.by_mapping
+            .values()
+            .find(|p| p.element.mapping.protocol == protocol && p.element.proxy.port() == port)
+            .copied()
+    }
+
+    /// Every proxy's map element.
+    fn elements(&self) -> Vec<HairpinElement> {
+        self.by_mapping.values().map(|p| p.element).collect()
+    }
+}
+
 /// The map element of every published port (for `Reconcile`).
 pub(super) fn all_elements(table: &PublishTable) -> Vec<PublishElement> {
     table.all().map(PublishedPort::element).collect()
@@ -225,11 +251,13 @@ impl NatActor {
         if mine {
             return Ok(None);
         }
-        match self
-            .firewall
-            .probe_port(m.protocol, m.host_addr, m.host_port)
-            .map_err(step(format!("probe host port {m}")))?
-        {
+        let mut probe = self.probe(m)?;
+        // The socket may be one of hearth's own hairpin proxies, on a port the kernel chose:
+        // that proxy moves to another port, and the port is probed again.
+        if probe == PortProbe::Bound && self.move_hairpin_off(m)? {
+            probe = self.probe(m)?;
+        }
+        match probe {
             PortProbe::Free => Ok(None),
             PortProbe::Bound => Ok(Some("a socket already bound on the host".into())),
             PortProbe::NotLocal => Err(NatError::AddressNotLocal {
@@ -237,6 +265,147 @@ impl NatActor {
                 addr: m.host_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
             }),
         }
+    }
+
+    fn probe(&mut self, m: &PortMapping) -> Result<PortProbe, NatError> {
+        self.firewall
+            .probe_port(m.protocol, m.host_addr, m.host_port)
+            .map_err(step(format!("probe host port {m}")))
+    }
+
+    /// The hairpin proxy a published port needs: none for a port on a loopback address,
+    /// which guests cannot reach.
+    fn hairpin_spec(&self, port: &PublishedPort) -> Option<HairpinSpec> {
+        if port.mapping.host_addr.is_some_and(|a| a.is_loopback()) {
+            return None;
+        }
+        Some(HairpinSpec {
+            protocol: port.mapping.protocol,
+            bind: self.config.gateway,
+            target: SocketAddrV4::new(port.guest_ip, port.mapping.guest_port),
+            peers: self.config.cidr.trunc(),
+            limits: HairpinLimits::default(),
+        })
+    }
+
+    /// Starts the proxy of `spec` for `mapping`.
+    fn open_proxy(&mut self, mapping: PortMapping, spec: &HairpinSpec) -> Result<Proxy, NatError> {
+        let port = self
+            .firewall
+            .open_hairpin(spec)
+            .map_err(step(format!("start the hairpin proxy of {mapping}")))?;
+        Ok(Proxy {
+            element: HairpinElement {
+                mapping,
+                proxy: SocketAddrV4::new(spec.bind, port),
+            },
+            target: spec.target,
+        })
+    }
+
+    /// Starts the proxies `ports` need: all of them or none.
+    fn open_proxies(&mut self, ports: &[PublishedPort]) -> Result<Vec<Proxy>, NatError> {
+        let mut opened = Vec::new();
+        for port in ports {
+            let Some(spec) = self.hairpin_spec(port) else {
+                continue;
+            };
+            match self.open_proxy(port.mapping, &spec) {
+                Ok(proxy) => opened.push(proxy),
+                Err(e) => {
+                    self.close_proxies(&opened);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    fn close_proxies(&mut self, proxies: &[Proxy]) {
+        for p in proxies {
+            self.firewall
+                .close_hairpin(p.element.mapping.protocol, p.element.proxy.port());
+        }
+    }
+
+    /// Stops every hairpin proxy (teardown).
+    pub(super) fn close_hairpins(&mut self) {
+        let all: Vec<Proxy> = self.hairpins.by_mapping.values().copied().collect();
+        self.close_proxies(&all);
+        self.hairpins.by_mapping.clear();
+    }
+
+    /// For `Reconcile`: a proxy for every published port that needs one and none else;
+    /// answers the hairpin maps' elements. A proxy that cannot start is logged and left out
+    /// (the port still answers from outside and from the host).
+    pub(super) fn sync_hairpins(&mut self) -> Vec<HairpinElement> {
+        let wanted: BTreeMap<PortMapping, HairpinSpec> = self
+            .published
+            .all()
+            .filter_map(|p| Some((p.mapping, self.hairpin_spec(p)?)))
+            .collect();
+        let stale: Vec<Proxy> = self
+            .hairpins
+            .by_mapping
+            .values()
+            .filter(|p| {
+                wanted
+                    .get(&p.element.mapping)
+                    .is_none_or(|spec| spec.target != p.target)
+            })
+            .copied()
+            .collect();
+        self.close_proxies(&stale);
+        for p in &stale {
+            self.hairpins.by_mapping.remove(&p.element.mapping);
+        }
+        for (mapping, spec) in wanted {
+            if self.hairpins.by_mapping.contains_key(&mapping) {
+                continue;
+            }
+            match self.open_proxy(mapping, &spec) {
+                Ok(proxy) => self.hairpins.insert(proxy),
+                Err(e) => {
+                    warn!(self.log, "guests will not reach a published port through the host"; "mapping" => %mapping, "error" => %e);
+                }
+            }
+        }
+        self.hairpins.elements()
+    }
+
+    /// When `m` asks for a port one of hearth's hairpin proxies listens on (on the gateway),
+    /// moves that proxy to another port, its connections ended; answers whether one moved.
+    fn move_hairpin_off(&mut self, m: &PortMapping) -> Result<bool, NatError> {
+        if m.host_addr.is_some_and(|a| a != self.config.gateway) {
+            return Ok(false);
+        }
+        let Some(old) = self.hairpins.holding(m.protocol, m.host_port) else {
+            return Ok(false);
+        };
+        let spec = HairpinSpec {
+            protocol: m.protocol,
+            bind: self.config.gateway,
+            target: old.target,
+            peers: self.config.cidr.trunc(),
+            limits: HairpinLimits::default(),
+        };
+        let new = self.open_proxy(old.element.mapping, &spec)?;
+        let changes = [
+            PublishChange::RemoveHairpin(old.element),
+            PublishChange::AddHairpin(new.element),
+        ];
+        if let Err(e) = self.firewall.update_published(&changes) {
+            self.close_proxies(&[new]);
+            return Err(step(format!(
+                "move the hairpin proxy of {}",
+                old.element.mapping
+            ))(e));
+        }
+        self.close_proxies(&[old]);
+        self.hairpins.insert(new);
+        info!(self.log, "hairpin proxy moved off a port being published";
+            "mapping" => %old.element.mapping, "from" => old.element.proxy.port(), "to" => new.element.proxy.port());
+        Ok(true)
     }
 
     pub(super) fn publish(&mut self, msg: PublishPorts) -> Result<(), NatError> {
@@ -280,24 +449,29 @@ impl NatActor {
         if added.is_empty() {
             return Ok(());
         }
-        let changes: Vec<PublishChange> = added
-            .iter()
-            .map(|m| {
-                PublishChange::Add(PublishElement {
-                    mapping: *m,
-                    guest_ip: msg.guest_ip,
-                })
-            })
-            .collect();
-        self.firewall
-            .update_published(&changes)
-            .map_err(step(format!("publish ports of VM {}", msg.vm)))?;
-        for m in added {
-            self.published.insert(PublishedPort {
+        let added: Vec<PublishedPort> = added
+            .into_iter()
+            .map(|mapping| PublishedPort {
                 vm: msg.vm.clone(),
                 guest_ip: msg.guest_ip,
-                mapping: m,
-            });
+                mapping,
+            })
+            .collect();
+        let proxies = self.open_proxies(&added)?;
+        let changes: Vec<PublishChange> = added
+            .iter()
+            .map(|p| PublishChange::Add(p.element()))
+            .chain(proxies.iter().map(|p| PublishChange::AddHairpin(p.element)))
+            .collect();
+        if let Err(e) = self.firewall.update_published(&changes) {
+            self.close_proxies(&proxies);
+            return Err(step(format!("publish ports of VM {}", msg.vm))(e));
+        }
+        for port in added {
+            self.published.insert(port);
+        }
+        for proxy in proxies {
+            self.hairpins.insert(proxy);
         }
         debug!(self.log, "ports published"; "vm" => &msg.vm, "guest" => %msg.guest_ip);
         Ok(())
@@ -320,16 +494,30 @@ impl NatActor {
         if going.is_empty() {
             return Ok(());
         }
+        let proxies: Vec<Proxy> = going
+            .iter()
+            .filter_map(|p| self.hairpins.by_mapping.get(&p.mapping).copied())
+            .collect();
         if self.ready {
             let changes: Vec<PublishChange> = going
                 .iter()
                 .map(|p| PublishChange::Remove(p.element()))
+                .chain(
+                    proxies
+                        .iter()
+                        .map(|p| PublishChange::RemoveHairpin(p.element)),
+                )
                 .collect();
             self.firewall
                 .update_published(&changes)
                 .map_err(step(format!("unpublish ports of VM {}", msg.vm)))?;
         }
         self.published.remove(&msg.vm, wanted);
+        // After the translations to them are gone: their connections end.
+        self.close_proxies(&proxies);
+        for p in &proxies {
+            self.hairpins.by_mapping.remove(&p.element.mapping);
+        }
         debug!(self.log, "ports unpublished"; "vm" => &msg.vm, "count" => going.len());
         Ok(())
     }
@@ -430,6 +618,23 @@ mod tests {
         })
     }
 
+    /// A hairpin element of `mapping` to the proxy on the gateway's `port`.
+    fn hairpin(mapping: &str, port: u16) -> HairpinElement {
+        HairpinElement {
+            mapping: m(mapping),
+            proxy: SocketAddrV4::new(ip(1), port),
+        }
+    }
+
+    /// The running fake proxies: (protocol, port) and target.
+    fn proxies(fw: &FakeFirewall) -> Vec<((Protocol, u16), SocketAddrV4)> {
+        fw.state()
+            .hairpins
+            .iter()
+            .map(|(k, spec)| (*k, spec.target))
+            .collect()
+    }
+
     #[actix::test]
     async fn publishing_adds_one_map_element_per_port_and_is_idempotent() {
         let (nat, fw) = actor().await;
@@ -438,10 +643,25 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        // The port guests can reach through the host gets a hairpin proxy (the loopback one
+        // does not), its translation in the same transaction.
         assert_eq!(
             fw.publish_updates(),
-            [vec![add("8080:80", 5), add("127.0.0.1:5353:53/udp", 5)]],
+            [vec![
+                add("8080:80", 5),
+                add("127.0.0.1:5353:53/udp", 5),
+                PublishChange::AddHairpin(hairpin("8080:80", 40000)),
+            ]],
             "one transaction for both ports"
+        );
+        let spec = fw.state().hairpins[&(Protocol::Tcp, 40000)];
+        assert_eq!(
+            (spec.bind, spec.target, spec.peers),
+            (
+                ip(1),
+                SocketAddrV4::new(ip(5), 80),
+                "172.31.240.0/24".parse().unwrap()
+            )
         );
         assert_eq!(fw.restored_rules().len(), restores, "no iptables-restore");
         // Again: nothing new on the host.
@@ -519,9 +739,19 @@ mod tests {
                 guest_ip: ip(last),
             })
         };
+        // web's two ports and db's: proxies 40000-40002.
         assert_eq!(
             fw.publish_updates().last().unwrap(),
-            &[remove("8443:443", 5)]
+            &[
+                remove("8443:443", 5),
+                PublishChange::RemoveHairpin(hairpin("8443:443", 40001))
+            ]
+        );
+        let last = FakeCall::UpdatePublished(fw.publish_updates().last().unwrap().clone());
+        let closed = FakeCall::CloseHairpin(Protocol::Tcp, 40001);
+        assert!(
+            fw.state().calls.ends_with(&[last, closed]),
+            "the proxy stops after its translation is gone"
         );
         // Reconcile writes the publish table whole, with what is still published, and no
         // iptables rule translates or jumps to the old chain.
@@ -539,6 +769,12 @@ mod tests {
         assert!(full.contains("tcp . 8080 : 172.31.240.5 . 80"), "{full}");
         assert!(full.contains("tcp . 5432 : 172.31.240.6 . 5432"), "{full}");
         assert!(!full.contains("8443"), "{full}");
+        // The running proxies are kept, and written.
+        assert!(
+            full.contains("tcp . 5432 : 172.31.240.1 . 40002, tcp . 8080 : 172.31.240.1 . 40000"),
+            "{full}"
+        );
+        assert_eq!(proxies(&fw).len(), 2);
         let rules = fw.restored_rules().last().unwrap().clone();
         assert!(rules.contains(":HEARTH-PUBLISH - [0:0]\n"), "{rules}");
         assert!(!rules.contains("-j HEARTH-PUBLISH"), "{rules}");
@@ -561,10 +797,14 @@ mod tests {
         // A withdrawal touches only the VM's own elements.
         assert_eq!(
             fw.publish_updates().last().unwrap(),
-            &[remove("8080:80", 5)]
+            &[
+                remove("8080:80", 5),
+                PublishChange::RemoveHairpin(hairpin("8080:80", 40000))
+            ]
         );
         nat.send(Teardown).await.unwrap().unwrap();
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
+        assert!(proxies(&fw).is_empty(), "teardown stops every proxy");
         let applied = fw.applied_nft();
         assert!(
             applied
@@ -789,5 +1029,133 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, NatError::InvalidGuest { .. }), "{err}");
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
+    }
+
+    #[actix::test]
+    async fn a_proxy_that_cannot_start_or_a_refused_transaction_leaves_no_proxy() {
+        let (nat, fw) = actor().await;
+        fw.fail(FakeOp::OpenHairpin, "no descriptors");
+        let err = nat
+            .send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("hairpin proxy of 8080:80"),
+            "{err}"
+        );
+        assert!(fw.publish_updates().is_empty(), "nothing translated");
+        fw.heal();
+        // The second proxy fails: the first one opened is stopped again.
+        fw.fail(FakeOp::UpdatePublished, "kernel says no");
+        let err = nat
+            .send(publish("web", 5, &["8080:80", "8081:81/udp"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("publish ports of VM web"), "{err}");
+        assert!(proxies(&fw).is_empty(), "{:?}", fw.state().calls);
+        assert!(nat.send(ListPublished).await.unwrap().is_empty());
+    }
+
+    /// After a restart: the seeded ports get new proxies at the reconcile, in the very table it
+    /// writes; a reconcile without the port (it was unpublished while hearthd was down)
+    /// stops the proxy.
+    #[actix::test]
+    async fn reconcile_starts_the_proxies_of_seeded_ports_and_stops_stale_ones() {
+        let fw = FakeFirewall::new();
+        fw.add_interface("eth0");
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let nat = NatActor::new(config(), Box::new(fw.clone()), log)
+            .unwrap()
+            .start();
+        let seeded = |mapping: &str| PublishedPort {
+            vm: "web".into(),
+            guest_ip: ip(5),
+            mapping: m(mapping),
+        };
+        nat.send(SeedPublished {
+            ports: vec![seeded("8080:80"), seeded("127.0.0.1:9090:90")],
+        })
+        .await
+        .unwrap();
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            proxies(&fw),
+            [((Protocol::Tcp, 40000), SocketAddrV4::new(ip(5), 80))]
+        );
+        let table = fw
+            .applied_nft()
+            .into_iter()
+            .rev()
+            .find(|t| t.contains("hairpin_any"))
+            .unwrap();
+        assert!(
+            table.contains("tcp . 8080 : 172.31.240.1 . 40000"),
+            "{table}"
+        );
+        // Again: the same proxy.
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(proxies(&fw).len(), 1);
+        nat.send(SeedPublished { ports: vec![] }).await.unwrap();
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(proxies(&fw).is_empty());
+        assert!(fw
+            .state()
+            .calls
+            .contains(&FakeCall::CloseHairpin(Protocol::Tcp, 40000)));
+    }
+
+    /// A port the kernel gave one of hearth's proxies is still free for a VM to publish: the
+    /// proxy moves to another port (in one transaction) and the port is probed again.
+    #[actix::test]
+    async fn publishing_a_port_a_hairpin_proxy_holds_moves_the_proxy() {
+        let (nat, fw) = actor().await;
+        nat.send(publish("web", 5, &["8080:80"]))
+            .await
+            .unwrap()
+            .unwrap();
+        // The proxy's socket is what the probe sees on 40000.
+        fw.state().bound_ports.insert((Protocol::Tcp, 40000));
+        let before = fw.state().calls.len();
+        let err = nat
+            .send(publish("db", 6, &["40000:4000"]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        // The fake's socket stays bound (as if it were another program's): refused, after
+        // the move, which is kept.
+        assert!(matches!(err, NatError::PortConflict { .. }), "{err}");
+        let calls = fw.state().calls[before..].to_vec();
+        assert!(
+            calls.contains(&FakeCall::UpdatePublished(vec![
+                PublishChange::RemoveHairpin(hairpin("8080:80", 40000)),
+                PublishChange::AddHairpin(hairpin("8080:80", 40001)),
+            ])),
+            "{calls:?}"
+        );
+        assert_eq!(
+            proxies(&fw),
+            [((Protocol::Tcp, 40001), SocketAddrV4::new(ip(5), 80))]
+        );
+        // With the socket gone (it was the proxy's), the port is published.
+        fw.state().bound_ports.clear();
+        nat.send(publish("db", 6, &["40001:4000/udp", "10.0.0.1:40001:4001"]))
+            .await
+            .unwrap()
+            .unwrap();
+        // Another protocol, or another address than the gateway: no proxy moves.
+        assert!(proxies(&fw)
+            .iter()
+            .any(|(k, _)| *k == (Protocol::Tcp, 40001)));
     }
 }

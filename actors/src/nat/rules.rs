@@ -78,7 +78,6 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
                     "-A {chain} -s {cidr} -o {egress} -m set --match-set {NAT_SET} src -j MASQUERADE"
                 )
             }));
-            rules.push(super::publish::hairpin_rule(config));
         }
         CHAIN_FORWARD => {
             if config.anti_spoofing {
@@ -119,6 +118,12 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
                 }
                 rules.push(format!(
                     "-A {chain} -i {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                ));
+                // Guests to published ports through a host address, which hearth's publish
+                // table translated to its hairpin proxies; that table's `input` chain drops
+                // such a packet to any other socket.
+                rules.push(format!(
+                    "-A {chain} -i {br} -m conntrack --ctstate DNAT -j ACCEPT"
                 ));
                 rules.push(format!("-A {chain} -i {br} -j DROP"));
             }
@@ -389,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn input_chain_allows_only_dns_to_the_gateway() {
+    fn input_chain_allows_dns_to_the_gateway_and_translated_hairpins() {
         assert_eq!(
             chain_rules(&config(), Some("eth0"), CHAIN_INPUT),
             [
@@ -397,6 +402,7 @@ mod tests {
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p udp -m udp --dport 53 -j ACCEPT",
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p tcp -m tcp --dport 53 -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -j DROP",
             ]
         );
@@ -454,13 +460,10 @@ mod tests {
 
     #[test]
     fn without_egress_nothing_is_masqueraded_or_forwarded_out() {
-        // Only published ports' hairpin connections are masqueraded (onto the bridge).
+        // Nothing is masqueraded (guests reach published ports through hairpin proxies, not
+        // through a translation between guests).
         let post = chain_rules(&config(), None, CHAIN_POSTROUTING);
-        assert!(
-            post.iter()
-                .all(|r| r.contains("-o hearth0 -m conntrack --ctstate DNAT")),
-            "{post:?}"
-        );
+        assert!(post.is_empty(), "{post:?}");
         let fwd = chain_rules(&config(), None, CHAIN_FORWARD);
         let accepts = fwd.iter().filter(|r| r.contains("ACCEPT"));
         assert!(
@@ -476,7 +479,6 @@ mod tests {
             chain_rules(&config(), Some("eth0"), CHAIN_POSTROUTING),
             [
                 "-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o eth0 -m set --match-set hearth-nat src -j MASQUERADE",
-                "-A HEARTH-POSTROUTING -s 172.31.240.0/24 -o hearth0 -m conntrack --ctstate DNAT -j MASQUERADE",
             ]
         );
     }

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Firewall, FirewallError, LeaseChange, PortLease, PublishChange, SetEntry, Table};
+use crate::host::hairpin::HairpinSpec;
 use crate::mac::MacAddr;
 
 /// The operations of the trait, to choose which one fails.
@@ -44,6 +45,8 @@ pub enum FakeOp {
     UpdateEgress,
     /// [`Firewall::list_nft`].
     ListNft,
+    /// [`Firewall::open_hairpin`].
+    OpenHairpin,
 }
 
 /// One recorded call.
@@ -86,6 +89,10 @@ pub enum FakeCall {
     },
     /// `update_published(changes)`.
     UpdatePublished(Vec<PublishChange>),
+    /// `open_hairpin(spec)`.
+    OpenHairpin(HairpinSpec),
+    /// `close_hairpin(protocol, port)`.
+    CloseHairpin(hearth_proto::api_publish::Protocol, u16),
 }
 
 /// What the fake holds.
@@ -111,6 +118,10 @@ pub struct FakeState {
     pub failures: HashMap<FakeOp, String>,
     /// Host ports a socket holds, for `probe_port` (any address).
     pub bound_ports: BTreeSet<(hearth_proto::api_publish::Protocol, u16)>,
+    /// Running hairpin proxies by (protocol, port); ports are handed out from 40000 up.
+    pub hairpins: BTreeMap<(hearth_proto::api_publish::Protocol, u16), HairpinSpec>,
+    /// The last hairpin port handed out (0: none yet).
+    pub last_hairpin_port: u16,
 }
 
 /// The fake backend; clones share state.
@@ -494,6 +505,20 @@ impl Firewall for FakeFirewall {
             FakeCall::UpdatePublished(changes.to_vec()),
         )
         .map(drop)
+    }
+
+    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
+        let mut state = self.enter(FakeOp::OpenHairpin, FakeCall::OpenHairpin(*spec))?;
+        let port = state.last_hairpin_port.max(39_999) + 1;
+        state.last_hairpin_port = port;
+        state.hairpins.insert((spec.protocol, port), *spec);
+        Ok(port)
+    }
+
+    fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16) {
+        let mut state = self.state();
+        state.calls.push(FakeCall::CloseHairpin(protocol, port));
+        state.hairpins.remove(&(protocol, port));
     }
 
     fn update_port_leases(

@@ -13,6 +13,7 @@ use ipset::Session;
 
 use super::nft_netlink::{NftError, NftSocket};
 use super::{Firewall, FirewallError, LeaseChange, PublishChange, SetEntry, Table};
+use crate::host::hairpin::{HairpinSpec, Proxies};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -74,6 +75,8 @@ pub struct LinuxFirewall {
     ip_sets: HashMap<String, Session<HashIp>>,
     ip_mac_sets: HashMap<String, Session<BitmapIpMac>>,
     nft: Option<NftSocket>,
+    /// The hairpin proxies of published ports (their sockets are this thread's namespace's).
+    hairpin: Proxies,
 }
 
 impl LinuxFirewall {
@@ -85,6 +88,7 @@ impl LinuxFirewall {
             ip_sets: HashMap::new(),
             ip_mac_sets: HashMap::new(),
             nft: None,
+            hairpin: Proxies::new(),
         }
     }
 
@@ -240,6 +244,19 @@ impl Firewall for LinuxFirewall {
         port: u16,
     ) -> Result<super::PortProbe, FirewallError> {
         super::port_probe::probe(protocol, addr, port)
+    }
+
+    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
+        self.hairpin
+            .open(spec)
+            .map_err(|source| FirewallError::Hairpin {
+                what: format!("{}/{} on {}", spec.target, spec.protocol, spec.bind),
+                source,
+            })
+    }
+
+    fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16) {
+        self.hairpin.close(protocol, port);
     }
 
     fn restore_rules(&mut self, text: &str) -> Result<(), FirewallError> {

@@ -19,6 +19,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::host::hairpin::HairpinSpec;
 use crate::mac::MacAddr;
 
 #[cfg(any(test, doc, feature = "testing"))]
@@ -29,7 +30,7 @@ pub mod nft_netlink;
 pub mod nft_publish;
 pub mod port_probe;
 
-pub use nft_publish::{PublishChange, PublishElement};
+pub use nft_publish::{HairpinElement, PublishChange, PublishElement};
 pub use port_probe::PortProbe;
 
 /// Errors of the firewall backend. Each names the command or operation that failed and
@@ -94,6 +95,14 @@ pub enum FirewallError {
         set: String,
         /// What failed (names the refused element and carries the kernel's errno).
         source: nft_netlink::NftError,
+    },
+    /// A hairpin proxy could not be started (`host::hairpin`).
+    #[error("Cannot start the hairpin proxy {what}")]
+    Hairpin {
+        /// The protocol and target.
+        what: String,
+        /// The socket or thread error.
+        source: std::io::Error,
     },
     /// Looking up a network interface failed for another reason than its absence.
     #[error("Cannot look up interface {name}")]
@@ -314,6 +323,15 @@ pub trait Firewall {
         addr: Option<Ipv4Addr>,
         port: u16,
     ) -> Result<PortProbe, FirewallError>;
+
+    /// Starts a hairpin proxy (`host::hairpin`) for `spec`; answers the port it listens on.
+    ///
+    /// # Errors
+    /// [`FirewallError::Hairpin`] when its socket cannot be made.
+    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError>;
+
+    /// Stops the hairpin proxy on `port` of `protocol`, with its connections. Idempotent.
+    fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16);
 }
 
 impl<F: Firewall + ?Sized> Firewall for Box<F> {
@@ -381,5 +399,11 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
         port: u16,
     ) -> Result<PortProbe, FirewallError> {
         (**self).probe_port(protocol, addr, port)
+    }
+    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
+        (**self).open_hairpin(spec)
+    }
+    fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16) {
+        (**self).close_hairpin(protocol, port);
     }
 }

@@ -23,7 +23,7 @@
 //! nat chains no longer translate destinations, so the order between them does not matter.
 
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hearth_proto::api_publish::{PortMapping, Protocol};
 
@@ -40,6 +40,10 @@ pub const TABLE: &str = "hearth-publish";
 pub const MAP_ADDR: &str = "addr";
 /// The map of ports published on every host address.
 pub const MAP_ANY: &str = "any";
+/// The map of ports published on one host address, for guests: to their hairpin proxies.
+pub const MAP_HAIRPIN_ADDR: &str = "hairpin_addr";
+/// The map of ports published on every host address, for guests: to their hairpin proxies.
+pub const MAP_HAIRPIN_ANY: &str = "hairpin_any";
 
 /// `NFPROTO_IPV4`.
 const NFPROTO_IPV4: u8 = 2;
@@ -70,25 +74,74 @@ impl PublishElement {
     /// register (`ipv4_addr` 4, `inet_proto` 1 + 3, `inet_service` 2 + 2, big-endian).
     #[must_use]
     pub fn key(&self) -> Vec<u8> {
-        let m = &self.mapping;
-        let mut key = Vec::with_capacity(12);
-        if let Some(addr) = m.host_addr {
-            key.extend_from_slice(&addr.octets());
-        }
-        key.extend_from_slice(&[proto_number(m.protocol), 0, 0, 0]);
-        key.extend_from_slice(&m.host_port.to_be_bytes());
-        key.extend_from_slice(&[0, 0]);
-        key
+        mapping_key(&self.mapping)
     }
 
     /// The data: `ipv4_addr . inet_service`, laid out like the key.
     #[must_use]
     pub fn data(&self) -> [u8; 8] {
-        let mut data = [0u8; 8];
-        data[..4].copy_from_slice(&self.guest_ip.octets());
-        data[4..6].copy_from_slice(&self.mapping.guest_port.to_be_bytes());
-        data
+        address_data(SocketAddrV4::new(self.guest_ip, self.mapping.guest_port))
     }
+}
+
+/// One published port as an element of the hairpin maps: the mapping and the hairpin proxy
+/// (`host::hairpin`) that guests' packets to it are translated to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HairpinElement {
+    /// The mapping.
+    pub mapping: PortMapping,
+    /// The proxy's address (the gateway) and port.
+    pub proxy: SocketAddrV4,
+}
+
+impl HairpinElement {
+    /// The map the element belongs to.
+    #[must_use]
+    pub fn map(&self) -> &'static str {
+        if self.mapping.host_addr.is_some() {
+            MAP_HAIRPIN_ADDR
+        } else {
+            MAP_HAIRPIN_ANY
+        }
+    }
+}
+
+impl fmt::Display for HairpinElement {
+    /// The element as `nft` writes it, e.g. `tcp . 8080 : 172.31.240.1 . 40001`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.mapping;
+        if let Some(addr) = m.host_addr {
+            write!(f, "{addr} . ")?;
+        }
+        write!(
+            f,
+            "{} . {} : {} . {}",
+            m.protocol.as_str(),
+            m.host_port,
+            self.proxy.ip(),
+            self.proxy.port()
+        )
+    }
+}
+
+/// A mapping's key in the maps: see [`PublishElement::key`].
+fn mapping_key(m: &PortMapping) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12);
+    if let Some(addr) = m.host_addr {
+        key.extend_from_slice(&addr.octets());
+    }
+    key.extend_from_slice(&[proto_number(m.protocol), 0, 0, 0]);
+    key.extend_from_slice(&m.host_port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
+}
+
+/// An address and port as map data: see [`PublishElement::data`].
+fn address_data(to: SocketAddrV4) -> [u8; 8] {
+    let mut data = [0u8; 8];
+    data[..4].copy_from_slice(&to.ip().octets());
+    data[4..6].copy_from_slice(&to.port().to_be_bytes());
+    data
 }
 
 impl fmt::Display for PublishElement {
@@ -124,23 +177,72 @@ pub enum PublishChange {
     Add(PublishElement),
     /// Withdraw it (withdrawing an absent one is a no-op).
     Remove(PublishElement),
+    /// Send guests' packets to the port to its hairpin proxy.
+    AddHairpin(HairpinElement),
+    /// Stop doing so.
+    RemoveHairpin(HairpinElement),
+}
+
+/// What a batch needs of a change.
+struct ElementParts {
+    adds: bool,
+    map: &'static str,
+    key: Vec<u8>,
+    data: [u8; 8],
+    /// The step's text, e.g. `add tcp . 8080 : 172.31.240.5 . 80`.
+    what: String,
+}
+
+impl PublishChange {
+    fn parts(&self) -> ElementParts {
+        let adds = matches!(self, PublishChange::Add(_) | PublishChange::AddHairpin(_));
+        let verb = if adds { "add" } else { "remove" };
+        match self {
+            PublishChange::Add(e) | PublishChange::Remove(e) => ElementParts {
+                adds,
+                map: e.map(),
+                key: e.key(),
+                data: e.data(),
+                what: format!("{verb} {e}"),
+            },
+            PublishChange::AddHairpin(e) | PublishChange::RemoveHairpin(e) => ElementParts {
+                adds,
+                map: e.map(),
+                key: mapping_key(&e.mapping),
+                data: address_data(e.proxy),
+                what: format!("{verb} hairpin {e}"),
+            },
+        }
+    }
 }
 
 /// The `nft -f` text that replaces hearth's publish table with one holding exactly
-/// `elements`, as one transaction (creating the table first, so deleting it cannot fail);
-/// `bridge` is the guests' bridge, whose loopback traffic the table guards and masquerades.
+/// `elements` and `hairpins`, as one transaction (creating the table first, so deleting it
+/// cannot fail); `bridge` is the guests' bridge, whose loopback traffic the table guards and
+/// masquerades and whose packets to published ports go to hairpin proxies.
 #[must_use]
 pub fn table_text<'a>(
     bridge: &str,
     elements: impl IntoIterator<Item = &'a PublishElement>,
+    hairpins: impl IntoIterator<Item = &'a HairpinElement>,
 ) -> String {
     let (mut addr, mut any) = (Vec::new(), Vec::new());
     for e in elements {
-        if e.mapping.host_addr.is_some() {
-            addr.push(e.to_string());
+        let list = if e.mapping.host_addr.is_some() {
+            &mut addr
         } else {
-            any.push(e.to_string());
-        }
+            &mut any
+        };
+        list.push(e.to_string());
+    }
+    let (mut hairpin_addr, mut hairpin_any) = (Vec::new(), Vec::new());
+    for e in hairpins {
+        let list = if e.mapping.host_addr.is_some() {
+            &mut hairpin_addr
+        } else {
+            &mut hairpin_any
+        };
+        list.push(e.to_string());
     }
     let map = |name: &str, key: &str, elements: &[String]| {
         let mut text = format!("  map {name} {{\n    type {key} : ipv4_addr . inet_service\n");
@@ -152,19 +254,37 @@ pub fn table_text<'a>(
     };
     // A packet to one of the host's addresses: first the port on that address, then the
     // port on every address. A miss in a map lookup ends the rule, not the chain.
-    let lookups =
-        "    fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @addr\n    \
-                   fib daddr type local dnat ip to meta l4proto . th dport map @any\n";
-    let chain = |name: &str, hook: &str| {
+    let lookups = |only: &str, addr: &str, any: &str| {
         format!(
-            "  chain {name} {{\n    type nat hook {hook} priority -100; policy accept;\n{lookups}  }}\n"
+            "    {only}fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @{addr}\n    \
+             {only}fib daddr type local dnat ip to meta l4proto . th dport map @{any}\n"
         )
     };
+    let chain = |name: &str, hook: &str, first: &str| {
+        format!(
+            "  chain {name} {{\n    type nat hook {hook} priority -100; policy accept;\n{first}{}  }}\n",
+            lookups("", MAP_ADDR, MAP_ANY)
+        )
+    };
+    // Guests' packets go to the ports' hairpin proxies, never to the guests behind them (see
+    // `host::hairpin` for why), and nothing else here translates them.
+    let from_guests = format!(
+        "{}    iifname \"{bridge}\" return\n",
+        lookups(
+            &format!("iifname \"{bridge}\" "),
+            MAP_HAIRPIN_ADDR,
+            MAP_HAIRPIN_ANY
+        )
+    );
+    let addr_key = "ipv4_addr . inet_proto . inet_service";
+    let any_key = "inet_proto . inet_service";
     let mut text = format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
-    text += &map(MAP_ADDR, "ipv4_addr . inet_proto . inet_service", &addr);
-    text += &map(MAP_ANY, "inet_proto . inet_service", &any);
-    text += &chain("prerouting", "prerouting");
-    text += &chain("output", "output");
+    text += &map(MAP_ADDR, addr_key, &addr);
+    text += &map(MAP_ANY, any_key, &any);
+    text += &map(MAP_HAIRPIN_ADDR, addr_key, &hairpin_addr);
+    text += &map(MAP_HAIRPIN_ANY, any_key, &hairpin_any);
+    text += &chain("prerouting", "prerouting", &from_guests);
+    text += &chain("output", "output", "");
     // Priority -300 (raw): before conntrack, so a dropped packet leaves no entry.
     let _ = write!(
         text,
@@ -173,6 +293,18 @@ pub fn table_text<'a>(
          iifname \"{bridge}\" ip saddr 127.0.0.0/8 drop\n  }}\n  \
          chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    \
          oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n  }}\n"
+    );
+    // A guest's translated packet reaches a hairpin proxy's socket or nothing: also after
+    // hearthd died (its translations stay, its proxies are gone), no program that took a
+    // proxy's port since is reachable. Without a socket the rule does not match, and the
+    // kernel refuses the packet itself. Only the original direction: a guest's answers to
+    // the host's own connections to published ports (translated in `output`) go to the
+    // host's client sockets.
+    let _ = write!(
+        text,
+        "  chain input {{\n    type filter hook input priority filter - 1; policy accept;\n    \
+         iifname \"{bridge}\" ct direction original ct status dnat socket mark != {mark:#x} drop\n  }}\n",
+        mark = crate::host::hairpin::SOCKET_MARK
     );
     text.push_str("}\n");
     text
@@ -202,42 +334,39 @@ pub fn batch(changes: &[PublishChange], seq: u32) -> (Vec<u8>, Vec<Step>) {
         nftables,
         |_| {},
     );
-    let mut element =
-        |buf: &mut Vec<u8>, kind: u16, flags: u16, e: &PublishElement, what: String| {
-            seq = seq.wrapping_add(1);
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
-            let with_data = kind & 0xff == NFT_MSG_NEWSETELEM;
-            put_message(buf, kind, flags, seq, (NFPROTO_IPV4, 0), |b| {
-                put_str(b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
-                put_str(b, NFTA_SET_ELEM_LIST_SET, e.map());
-                put_nested(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-                    put_nested(b, NFTA_LIST_ELEM, |b| {
-                        put_nested(b, NFTA_SET_ELEM_KEY, |b| {
-                            put_attr(b, NFTA_DATA_VALUE, &e.key());
-                        });
-                        if with_data {
-                            put_nested(b, NFTA_SET_ELEM_DATA, |b| {
-                                put_attr(b, NFTA_DATA_VALUE, &e.data());
-                            });
-                        }
+    let mut element = |buf: &mut Vec<u8>, kind: u16, flags: u16, parts: &ElementParts| {
+        seq = seq.wrapping_add(1);
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        let with_data = kind & 0xff == NFT_MSG_NEWSETELEM;
+        put_message(buf, kind, flags, seq, (NFPROTO_IPV4, 0), |b| {
+            put_str(b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            put_str(b, NFTA_SET_ELEM_LIST_SET, parts.map);
+            put_nested(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                put_nested(b, NFTA_LIST_ELEM, |b| {
+                    put_nested(b, NFTA_SET_ELEM_KEY, |b| {
+                        put_attr(b, NFTA_DATA_VALUE, &parts.key);
                     });
+                    if with_data {
+                        put_nested(b, NFTA_SET_ELEM_DATA, |b| {
+                            put_attr(b, NFTA_DATA_VALUE, &parts.data);
+                        });
+                    }
                 });
             });
-            steps.push(Step { seq, what });
-        };
+        });
+        steps.push(Step {
+            seq,
+            what: parts.what.clone(),
+        });
+    };
     // Without NLM_F_EXCL, adding an identical present element is not an error.
     let add = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
     let del = NLM_F_REQUEST | NLM_F_ACK;
     for change in changes {
-        match change {
-            PublishChange::Add(e) => {
-                element(&mut buf, NFT_MSG_NEWSETELEM, add, e, format!("add {e}"));
-            }
-            PublishChange::Remove(e) => {
-                let what = format!("remove {e}");
-                element(&mut buf, NFT_MSG_NEWSETELEM, add, e, what.clone());
-                element(&mut buf, NFT_MSG_DELSETELEM, del, e, what);
-            }
+        let parts = change.parts();
+        element(&mut buf, NFT_MSG_NEWSETELEM, add, &parts);
+        if !parts.adds {
+            element(&mut buf, NFT_MSG_DELSETELEM, del, &parts);
         }
     }
     seq = seq.wrapping_add(1);
@@ -281,9 +410,14 @@ mod tests {
 
     #[test]
     fn the_table_text_holds_each_element_in_its_map() {
+        let hairpin = HairpinElement {
+            mapping: "8080:80".parse().unwrap(),
+            proxy: "172.31.240.1:40001".parse().unwrap(),
+        };
         let text = table_text(
             "hearth0",
             &[element("8080:80", 5), element("10.0.0.1:53:53/udp", 6)],
+            &[hairpin],
         );
         assert!(text.starts_with(
             "table ip hearth-publish {}\ndelete table ip hearth-publish\ntable ip hearth-publish {\n"
@@ -314,8 +448,46 @@ mod tests {
             text.contains("oifname \"hearth0\" ip saddr 127.0.0.0/8 masquerade\n"),
             "{text}"
         );
+        // Guests' packets go to hairpin proxies, before and instead of the translations to
+        // guests; only sockets of hearth's proxies receive them.
+        assert!(
+            text.contains("map hairpin_any {\n    type inet_proto . inet_service : ipv4_addr . inet_service\n    elements = { tcp . 8080 : 172.31.240.1 . 40001 }"),
+            "{text}"
+        );
+        let prerouting = text
+            .split("chain prerouting {")
+            .nth(1)
+            .and_then(|c| c.split("  }\n").next())
+            .unwrap();
+        let rules: Vec<&str> = prerouting.lines().skip(2).map(str::trim).collect();
+        assert_eq!(
+            rules,
+            [
+                "iifname \"hearth0\" fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hairpin_addr",
+                "iifname \"hearth0\" fib daddr type local dnat ip to meta l4proto . th dport map @hairpin_any",
+                "iifname \"hearth0\" return",
+                "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @addr",
+                "fib daddr type local dnat ip to meta l4proto . th dport map @any",
+            ],
+            "{text}"
+        );
+        assert!(
+            !text
+                .split("chain output {")
+                .nth(1)
+                .unwrap()
+                .split("  }\n")
+                .next()
+                .unwrap()
+                .contains("hairpin"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iifname \"hearth0\" ct direction original ct status dnat socket mark != 0x68650000 drop\n"),
+            "{text}"
+        );
         // Without elements, the maps are declared empty.
-        assert!(!table_text("hearth0", &[]).contains("elements"));
+        assert!(!table_text("hearth0", &[], &[]).contains("elements"));
     }
 
     #[test]

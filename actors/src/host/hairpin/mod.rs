@@ -1,0 +1,193 @@
+//! Hairpin proxies: how a guest reaches a published port through one of the host's addresses.
+//!
+//! Why a proxy and not a second DNAT: where the kernel passes bridged frames through iptables
+//! (`br_netfilter`, as on hosts running Docker), a DNAT at `prerouting` whose new destination
+//! is on the bridge the packet came from is carried out at layer 2 ("bridged DNAT"): the frame
+//! is forwarded as if the sender's bridge port had sent it, and the TAP pool's isolated ports
+//! drop it. So hearth's publish table translates a guest's packet to a published port into a
+//! packet to a proxy on the gateway address instead (a local destination, which the kernel
+//! delivers up the stack), and the proxy opens its own connection to the guest behind the
+//! port. The guest behind the port sees the gateway as its peer, as with Docker's
+//! `userland-proxy`.
+//!
+//! One proxy per published port (and protocol), bound to the gateway on a port the kernel
+//! chooses, its socket marked with [`SOCKET_MARK`]: hearth's `input` rule drops a guest's
+//! translated packet that would reach any socket without that mark, so even after a `kill -9`
+//! of hearthd (its translations stay, its proxies are gone) a guest cannot reach a program that
+//! took the port since.
+//!
+//! Guests are untrusted, so everything is bounded ([`HairpinLimits`]): peers outside the guest
+//! subnet are refused, each proxy holds a bounded number of connections or flows, a UDP flow
+//! ends after an idle time and queues at most [`UDP_QUEUE`] datagrams, and a connection to the
+//! guest behind the port must open within [`CONNECT_TIMEOUT`]. Closing a proxy ends its
+//! connections and flows.
+//!
+//! The proxies run on one worker thread of their own (a busy hairpin does not delay the actor
+//! that opens them), started by the first proxy. Sockets belong to the network namespace of
+//! the thread that creates them: a proxy's socket is bound by the caller, and the worker
+//! (which opens the connections to guests) is spawned from the first caller's thread, so keep
+//! one [`Proxies`] on one thread, as `LinuxFirewall` is.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use hearth_proto::api_publish::Protocol;
+use ipnet::Ipv4Net;
+use socket2::{Domain, Socket, Type};
+use tokio::runtime::Runtime;
+use tokio::task::AbortHandle;
+
+/// The mark of every proxy's socket, which hearth's publish table checks. Outside the low
+/// bits that kube-proxy and flannel give packets (`0x4000`, `0x8000`): the mark also travels
+/// on the proxy's answers to guests.
+pub const SOCKET_MARK: u32 = 0x6865_0000;
+
+/// Datagrams a UDP flow queues towards the guest behind the port; more are dropped.
+pub const UDP_QUEUE: usize = 4;
+/// How long a connection to the guest behind the port may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one proxy holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HairpinLimits {
+    /// TCP connections at once; more are closed at once.
+    pub tcp_connections: usize,
+    /// UDP flows (guest address and port) at once; datagrams of more are dropped.
+    pub udp_flows: usize,
+    /// A UDP flow without a datagram either way for this long ends.
+    pub udp_idle: Duration,
+}
+
+impl Default for HairpinLimits {
+    /// 256 connections and 128 flows (at most about 4 MiB of buffers for TCP, 40 MiB for UDP
+    /// if every flow's queue is full of the largest datagrams), flows idle for a minute.
+    fn default() -> Self {
+        Self {
+            tcp_connections: 256,
+            udp_flows: 128,
+            udp_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One proxy: which traffic, from whom, to where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HairpinSpec {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The address the proxy listens on (the gateway); the port is the kernel's choice.
+    pub bind: Ipv4Addr,
+    /// The guest address and port behind the published port.
+    pub target: SocketAddrV4,
+    /// Who may use the proxy (the guest subnet); others are refused.
+    pub peers: Ipv4Net,
+    /// Its bounds.
+    pub limits: HairpinLimits,
+}
+
+/// The running proxies, by protocol and port.
+#[derive(Default)]
+pub struct Proxies {
+    runtime: Option<Runtime>,
+    running: HashMap<(Protocol, u16), AbortHandle>,
+}
+
+impl Proxies {
+    /// No proxy yet; no thread either.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a proxy for `spec`; answers the port it listens on.
+    ///
+    /// # Errors
+    /// The socket or worker thread could not be created.
+    pub fn open(&mut self, spec: &HairpinSpec) -> io::Result<u16> {
+        let socket = marked_socket(spec.protocol)?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.bind, 0)).into())?;
+        let port = socket
+            .local_addr()?
+            .as_socket_ipv4()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("a proxy socket without an IPv4 address"))?;
+        let runtime = match &mut self.runtime {
+            Some(rt) => rt,
+            slot => slot.insert(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("hearth-hairpin")
+                    .enable_all()
+                    .build()?,
+            ),
+        };
+        let task = match spec.protocol {
+            Protocol::Tcp => {
+                socket.listen(1024)?;
+                runtime.spawn(tcp::serve(socket.into(), *spec))
+            }
+            Protocol::Udp => runtime.spawn(udp::serve(socket.into(), *spec)),
+        };
+        if let Some(old) = self
+            .running
+            .insert((spec.protocol, port), task.abort_handle())
+        {
+            old.abort();
+        }
+        Ok(port)
+    }
+
+    /// Stops the proxy on `port`, with its connections and flows. Idempotent.
+    pub fn close(&mut self, protocol: Protocol, port: u16) {
+        if let Some(task) = self.running.remove(&(protocol, port)) {
+            task.abort();
+        }
+    }
+
+    /// How many proxies run.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// No proxy runs.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        // The owner may be dropped inside another runtime, where a blocking shutdown panics.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A non-blocking socket for a proxy, marked, and allowed to bind the gateway before the
+/// bridge has its address (hearthd may reconcile before the TAP pool is up).
+fn marked_socket(protocol: Protocol) -> io::Result<Socket> {
+    let kind = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let socket = Socket::new(Domain::IPV4, kind.nonblocking().cloexec(), None)?;
+    socket.set_mark(SOCKET_MARK)?;
+    socket.set_freebind_v4(true)?;
+    Ok(socket)
+}
+
+/// The IPv4 address of `addr` if it is one of `peers`.
+fn allowed_peer(addr: SocketAddr, peers: Ipv4Net) -> Option<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) if peers.contains(a.ip()) => Some(a),
+        _ => None,
+    }
+}
