@@ -27,8 +27,10 @@ use firecracker_sim::netstack::frames::{self, FrameAddrs};
 use hearth_actors::dns::{SetEgressDomains, SetEgressLearner};
 use hearth_actors::host::firewall::linux::{IptablesFlavor, LinuxFirewall};
 use hearth_actors::nat::egress::{EgressRules, GetEgressDenied, ReconcileEgress, SetEgressPolicy};
-use hearth_actors::nat::{GuestSpec, NatActor, NatConfig, Reconcile, Teardown, UnregisterGuest};
-use hearth_net::{Guest, Hearth, Net, Switches, BRIDGE, CIDR, EGRESS_IF, GATEWAY};
+use hearth_actors::nat::{
+    GuestSpec, NatActor, NatConfig, PublishPorts, Reconcile, Teardown, UnregisterGuest,
+};
+use hearth_net::{Guest, Hearth, Net, Switches, BRIDGE, CIDR, EGRESS_IF, EGRESS_IP, GATEWAY};
 
 /// How long a check waits for traffic that must not get through.
 const NEGATIVE: Duration = Duration::from_secs(2);
@@ -343,4 +345,93 @@ fn deny_mode_reaches_only_allowed_nets_and_names_resolved_through_hearth() {
         assert!(egress_elements(&net).is_none(), "table left after teardown");
     });
     drop(servers);
+}
+
+/// A published port reached through a host address (hairpin) counts as a connection to that
+/// address and port: a deny-mode guest reaches it only when its allowlist has them, judged
+/// before hearth's publish table sends the connection to the port's hairpin proxy.
+#[test]
+fn deny_mode_reaches_a_published_port_through_the_host_only_when_the_address_is_allowed() {
+    require_privileged!();
+    let net = Net::new("hegh");
+    net.host.block_on(|| async {
+        let hearth = Hearth::start(Switches::DEFAULTS).await;
+        hearth
+            .nat
+            .send(ReconcileEgress {
+                policies: BTreeMap::new(),
+            })
+            .await
+            .unwrap()
+            .expect("ReconcileEgress");
+        let (a, web) = (hearth.add_guest(false).await, hearth.add_guest(false).await);
+        web.call(|s| s.serve_tcp(80, b"web")).await.expect("serve");
+        hearth
+            .nat
+            .send(PublishPorts {
+                vm: "web".into(),
+                guest_ip: web.ip(),
+                mappings: vec!["8080:80".parse().unwrap()],
+            })
+            .await
+            .unwrap()
+            .expect("publish");
+        let answer = |a: &Guest| {
+            let g = a.stack.clone();
+            hearth_net::blocking(move || g.tcp_connect_within(EGRESS_IP, 8080, b"hi", NEGATIVE))
+        };
+        // Allow mode: the hairpin answers (the control for the refusals below).
+        assert_eq!(answer(&a).await.expect("allow mode"), b"web");
+
+        let deny = |rules: EgressRules| SetEgressPolicy {
+            guest: a.ip(),
+            rules: Some(rules),
+        };
+        let host = |s: &str| -> ipnet::Ipv4Net { s.parse().unwrap() };
+        for (rules, reached, what) in [
+            (EgressRules::default(), false, "an empty allowlist"),
+            (
+                EgressRules {
+                    ports: BTreeSet::from([(host(&format!("{EGRESS_IP}/32")), 8081)]),
+                    ..EgressRules::default()
+                },
+                false,
+                "another port of the host's address",
+            ),
+            (
+                EgressRules {
+                    nets: BTreeSet::from([host("172.31.240.0/24")]),
+                    ..EgressRules::default()
+                },
+                false,
+                "the guests' subnet (web's own address)",
+            ),
+            (
+                EgressRules {
+                    ports: BTreeSet::from([(host(&format!("{EGRESS_IP}/32")), 8080)]),
+                    ..EgressRules::default()
+                },
+                true,
+                "the host's address and the port",
+            ),
+            (
+                EgressRules {
+                    nets: BTreeSet::from([host("198.51.100.0/24")]),
+                    ..EgressRules::default()
+                },
+                true,
+                "a range holding the host's address",
+            ),
+        ] {
+            hearth
+                .nat
+                .send(deny(rules))
+                .await
+                .unwrap()
+                .expect("SetEgressPolicy");
+            let r = answer(&a).await;
+            assert_eq!(r.is_ok(), reached, "{what}: {r:?}");
+        }
+        hearth.nat.send(Teardown).await.unwrap().expect("Teardown");
+    });
 }
