@@ -39,8 +39,8 @@
 //! the nft flavour (ebtables-legacy needs the `x_tables` ebtables modules, ebtables-nft is nft
 //! underneath anyway), and a table is replaced or removed as one transaction. Per-lease
 //! updates are in-process netlink transactions (`host::firewall::nft_netlink`, tens of
-//! microseconds), answered only once the kernel has committed the element. Not covered:
-//! inbound port forwarding to guests.
+//! microseconds), answered only once the kernel has committed the element. Inbound port
+//! forwarding to guests (published ports, with hairpin proxies for guests): `publish.rs`.
 //!
 //! Without an egress interface (none configured and no default route, or the configured one
 //! missing), everything but NAT is installed: `EnsureNat` enabling NAT answers

@@ -3,20 +3,29 @@
 //! The translation itself lives in hearth's nftables table `ip hearth-publish`
 //! (`host::firewall::nft_publish`): two maps from the destination asked for (host address or
 //! any of the host's, protocol, port) to the guest address and port, looked up at the nat
-//! hooks for prerouting (from outside, and from guests: hairpin) and output (from the host
-//! itself), for packets addressed to one of the host's own addresses. `Reconcile` writes the
-//! table whole with every published port, atomically (`nft -f`); `Teardown` removes it.
+//! hooks for prerouting (from outside) and output (from the host itself), for packets
+//! addressed to one of the host's own addresses. `Reconcile` writes the table whole with every
+//! published port, atomically (`nft -f`); `Teardown` removes it.
 //!
-//! Per mapping: one map element, added or removed in-process by one `nf_tables` netlink
-//! transaction, a cost that does not depend on the number of VMs or ports (an
-//! `iptables-restore` of even one line rewrites the whole nat table, whose size grows with them).
+//! Guests reaching a published port through a host address (hairpin) are translated to the
+//! port's hairpin proxy instead (`host::hairpin`, which says why): two more maps of the same
+//! keys lead to a proxy on the gateway, which hearthd runs for each port guests can reach and
+//! which opens its own connection to the guest behind the port. The actor starts a port's
+//! proxy before its translations and stops it after they are gone; `Reconcile` starts the
+//! proxies of ports that have none (after a restart, all of them) and writes their elements.
+//!
+//! Per mapping: one map element (and one hairpin element), added or removed in-process by one
+//! `nf_tables` netlink transaction, a cost that does not depend on the number of VMs or ports
+//! (an `iptables-restore` of even one line rewrites the whole nat table, whose size grows with
+//! them).
 //!
 //! Still iptables rules, in hearth's static ruleset (`rules.rs`): `HEARTH-FORWARD` accepts
 //! connections that were translated (conntrack's DNAT state, whichever table did it), both
 //! directions, before its drops, so a published port is the only way into a guest;
-//! `HEARTH-POSTROUTING` masquerades guest-to-guest hairpin connections, so the answer comes
-//! back through the host. The iptables chain `HEARTH-PUBLISH` of earlier versions is still
-//! declared (so emptied) by every reconcile and removed by teardown, but nothing jumps to it.
+//! `HEARTH-INPUT` accepts guests' translated packets (to the hairpin proxies; the publish
+//! table's `input` chain drops them before any other socket). The iptables chain
+//! `HEARTH-PUBLISH` of earlier versions is still declared (so emptied) by every reconcile and
+//! removed by teardown, but nothing jumps to it.
 //!
 //! The actor keeps the table of published ports (by protocol and host port) and refuses a
 //! port another VM holds or a socket on the host holds, naming that owner.

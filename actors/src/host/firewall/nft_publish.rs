@@ -5,9 +5,14 @@
 //! The table `ip hearth-publish` holds two maps from the destination a packet asks for to the
 //! guest address and port it is translated to: `addr` (`ip daddr . l4proto . dport`, for
 //! ports published on one host address) and `any` (`l4proto . dport`, for every address of
-//! the host). Two base chains at the nat hooks (`prerouting`: from outside and hairpin from
-//! guests; `output`: from the host itself) look a packet to one of the host's own addresses
-//! up in `addr`, then in `any`; a miss leaves the packet alone.
+//! the host). Two base chains at the nat hooks (`prerouting`: from outside; `output`: from
+//! the host itself) look a packet to one of the host's own addresses up in `addr`, then in
+//! `any`; a miss leaves the packet alone.
+//!
+//! Packets from guests (arriving on the bridge) are looked up instead in `hairpin_addr` and
+//! `hairpin_any`, whose elements lead to the ports' hairpin proxies on the gateway
+//! (`host::hairpin`), and are never translated to a guest. The `input` chain drops such a
+//! translated packet unless the socket it reaches carries [`crate::host::hairpin::SOCKET_MARK`].
 //!
 //! Ports on the loopback (`127.0.0.1:...`, or any address asked for as `localhost`) reach a
 //! guest from the host because the bridge routes loopback addresses (`route_localnet`, which
