@@ -150,6 +150,7 @@ fn tcp_connections_beyond_the_limit_are_closed_and_closing_the_proxy_ends_them()
         let target = tcp_target();
         let limits = HairpinLimits {
             tcp_connections: 3,
+            tcp_per_guest: 3,
             ..HairpinLimits::default()
         };
         let mut proxies = Proxies::new();
@@ -223,6 +224,7 @@ fn udp_answers_come_from_the_proxy_and_flows_are_bounded_and_expire() {
         let target = udp_target();
         let limits = HairpinLimits {
             udp_flows: 2,
+            udp_per_guest: 2,
             // Longer than a refused client's wait ([`NEGATIVE`]), so the first two flows are
             // alive while the third is refused.
             udp_idle: Duration::from_millis(1500),
@@ -266,6 +268,63 @@ fn udp_answers_come_from_the_proxy_and_flows_are_bounded_and_expire() {
         assert!(
             d.recv_from(&mut buf).is_err(),
             "a peer outside the subnet was served"
+        );
+    });
+}
+
+/// A TCP connection from `from` to the proxy on `port`, held open.
+fn connect_from(from: Ipv4Addr, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from((PROXY_IP, port)).into())
+        .unwrap();
+    socket.into()
+}
+
+/// One guest takes only its share of a proxy, and all proxies together only the budget: a
+/// guest that holds its share does not keep another guest out, and one that opens
+/// connections on many ports meets the budget.
+#[test]
+fn one_guest_gets_a_share_and_all_proxies_a_budget() {
+    require_privileged!();
+    let ns = common::NetNs::new("hairpin");
+    ns.run(|| {
+        let target = tcp_target();
+        let limits = HairpinLimits {
+            tcp_connections: 4,
+            tcp_per_guest: 2,
+            ..HairpinLimits::default()
+        };
+        let (greedy, other) = (Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 4));
+        let mut proxies = Proxies::with_budget(5, 8);
+        let one = proxies.open(&spec(Protocol::Tcp, target, limits)).unwrap();
+        let _held: Vec<TcpStream> = (0..2).map(|_| connect_from(greedy, one)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut third = connect_from(greedy, one);
+        assert!(
+            is_closed_at_once(&mut third),
+            "a guest got more than its share"
+        );
+        let _other: Vec<TcpStream> = (0..2).map(|_| connect_from(other, one)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // 4 held of a budget of 5: a second proxy serves one more, then no more.
+        let two = proxies.open(&spec(Protocol::Tcp, target, limits)).unwrap();
+        let mut fifth = connect_from(Ipv4Addr::new(127, 0, 0, 5), two);
+        fifth.write_all(b"x").unwrap();
+        fifth.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        fifth.set_read_timeout(Some(WAIT)).unwrap();
+        fifth.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with(" got=x"), "{answer}");
+        let _fifth_held = connect_from(Ipv4Addr::new(127, 0, 0, 6), two);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut sixth = connect_from(Ipv4Addr::new(127, 0, 0, 7), two);
+        assert!(
+            is_closed_at_once(&mut sixth),
+            "the budget of all proxies was passed"
         );
     });
 }

@@ -303,8 +303,12 @@ fn rules_text(text: &mut String, config: &NatConfig) {
     let input = [
         dns,
         "ct state established,related return".to_owned(),
-        // Judged at `prerouting`, before the translation.
-        "ct status dnat return".to_owned(),
+        // Judged at `prerouting`, before the translation to a hairpin proxy (only those: a
+        // translation by another table to another socket is not let through).
+        format!(
+            "ct direction original ct status dnat socket mark {:#x} return",
+            crate::host::hairpin::SOCKET_MARK
+        ),
         format!("ip saddr @{DENIED_SET} drop"),
         "drop".to_owned(),
     ];

@@ -22,7 +22,8 @@
 //! What the rules give guests: NAT guests reach the egress interface (and get replies);
 //! other guests reach nothing beyond the bridge; nothing unasked enters the guest subnet by
 //! forwarding; with `isolate_guests`, guests cannot route to each other via the gateway;
-//! with `block_guest_to_host`, guests reach the host only for DNS on the gateway; with
+//! with `block_guest_to_host`, guests reach the host only for DNS on the gateway and for
+//! published ports (through hairpin proxies, whose marked sockets alone are let in); with
 //! `anti_spoofing`, IP packets whose (source IP, source MAC) is not a registered lease are
 //! dropped (a guest must be registered before it sends anything). When the kernel passes
 //! bridged frames through iptables (`br_netfilter`, `bridge-nf-call-iptables=1`, as on the
@@ -444,6 +445,7 @@ impl NatActor {
                 &hairpins,
             ))
             .map_err(step("install hearth's nftables publish table"))?;
+        self.close_retired();
         // After the table that drops the bridge's martian 127/8 packets: ports published on
         // the loopback reach guests from the host.
         self.set_route_localnet(true)?;

@@ -40,7 +40,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use actix::{Context, Handler, Message};
 use hearth_proto::api_publish::{validate_publish, PortMapping, Protocol};
-use slog::{debug, info, warn};
+use slog::{debug, warn};
 
 use super::{step, NatActor, NatConfig, NatError};
 use crate::host::firewall::{HairpinElement, PortProbe, PublishChange, PublishElement};
@@ -50,14 +50,16 @@ use crate::host::hairpin::{HairpinLimits, HairpinSpec};
 /// flushed) by every reconcile, removed by teardown, jumped to by nothing.
 pub const CHAIN_PUBLISH: &str = "HEARTH-PUBLISH";
 
-/// The forward rules letting connections hearth translated (DNAT) to a guest (and their replies) pass
-/// before `HEARTH-FORWARD`'s drops.
+/// The forward rules letting connections translated (DNAT) to a guest, and their replies,
+/// pass before `HEARTH-FORWARD`'s drops: from outside the bridge into it, and replies back. A
+/// guest's own connection that another table translated is not forwarded for it (hearth's
+/// own translations never lead a guest to a guest: see `host::hairpin`).
 #[must_use]
 pub fn forward_rules(config: &NatConfig) -> [String; 2] {
     let (chain, br) = (super::rules::CHAIN_FORWARD, &config.bridge);
     [
-        format!("-A {chain} -o {br} -m conntrack --ctstate DNAT -j ACCEPT"),
-        format!("-A {chain} -i {br} -m conntrack --ctstate DNAT -j ACCEPT"),
+        format!("-A {chain} ! -i {br} -o {br} -m conntrack --ctstate DNAT -j ACCEPT"),
+        format!("-A {chain} -i {br} -m conntrack --ctstate DNAT --ctdir REPLY -j ACCEPT"),
     ]
 }
 
@@ -155,6 +157,9 @@ struct Proxy {
 #[derive(Debug, Default)]
 pub(super) struct Hairpins {
     by_mapping: BTreeMap<PortMapping, Proxy>,
+    /// Proxies no port needs any more, which the kernel's table may still lead guests to:
+    /// stopped once a table without them is written.
+    retired: Vec<Proxy>,
 }
 
 impl Hairpins {
@@ -261,10 +266,20 @@ impl NatActor {
             return Ok(None);
         }
         let mut probe = self.probe(m)?;
-        // The socket may be one of hearth's own hairpin proxies, on a port the kernel chose:
-        // that proxy moves to another port, and the port is probed again.
-        if probe == PortProbe::Bound && self.move_hairpin_off(m)? {
-            probe = self.probe(m)?;
+        // The socket may be one of hearth's own hairpin proxies, on the gateway and a port
+        // the kernel chose. It stands in no one's way (guests reach it only through its own
+        // translation, which a published port's does not change): only other sockets count.
+        if probe == PortProbe::Bound
+            && m.host_addr.is_none_or(|a| a == self.config.gateway)
+            && self.hairpins.holding(m.protocol, m.host_port).is_some()
+        {
+            probe = match m.host_addr {
+                Some(_) => PortProbe::Free,
+                None => self
+                    .firewall
+                    .probe_port_beside(m.protocol, m.host_port, self.config.gateway)
+                    .map_err(step(format!("probe host port {m}")))?,
+            };
         }
         match probe {
             PortProbe::Free => Ok(None),
@@ -342,11 +357,15 @@ impl NatActor {
         let all: Vec<Proxy> = self.hairpins.by_mapping.values().copied().collect();
         self.close_proxies(&all);
         self.hairpins.by_mapping.clear();
+        self.close_retired();
     }
 
-    /// For `Reconcile`: a proxy for every published port that needs one and none else;
-    /// answers the hairpin maps' elements. A proxy that cannot start is logged and left out
-    /// (the port still answers from outside and from the host).
+    /// For `Reconcile`: starts a proxy for every published port that needs one and has none,
+    /// retires the proxies no port needs any more, and answers the hairpin maps' elements to
+    /// write. Retired proxies are stopped only once the table without them is written
+    /// ([`NatActor::close_retired`]): until then the kernel still sends guests to them, and a
+    /// port of theirs must not be handed to another proxy. A proxy that cannot start is logged
+    /// and left out (the port still answers from outside and from the host).
     pub(super) fn sync_hairpins(&mut self) -> Vec<HairpinElement> {
         let wanted: BTreeMap<PortMapping, HairpinSpec> = self
             .published
@@ -364,9 +383,9 @@ impl NatActor {
             })
             .copied()
             .collect();
-        self.close_proxies(&stale);
-        for p in &stale {
+        for p in stale {
             self.hairpins.by_mapping.remove(&p.element.mapping);
+            self.hairpins.retired.push(p);
         }
         for (mapping, spec) in wanted {
             if self.hairpins.by_mapping.contains_key(&mapping) {
@@ -382,39 +401,10 @@ impl NatActor {
         self.hairpins.elements()
     }
 
-    /// When `m` asks for a port one of hearth's hairpin proxies listens on (on the gateway),
-    /// moves that proxy to another port, its connections ended; answers whether one moved.
-    fn move_hairpin_off(&mut self, m: &PortMapping) -> Result<bool, NatError> {
-        if m.host_addr.is_some_and(|a| a != self.config.gateway) {
-            return Ok(false);
-        }
-        let Some(old) = self.hairpins.holding(m.protocol, m.host_port) else {
-            return Ok(false);
-        };
-        let spec = HairpinSpec {
-            protocol: m.protocol,
-            bind: self.config.gateway,
-            target: old.target,
-            peers: self.config.cidr.trunc(),
-            limits: HairpinLimits::default(),
-        };
-        let new = self.open_proxy(old.element.mapping, &spec)?;
-        let changes = [
-            PublishChange::RemoveHairpin(old.element),
-            PublishChange::AddHairpin(new.element),
-        ];
-        if let Err(e) = self.firewall.update_published(&changes) {
-            self.close_proxies(&[new]);
-            return Err(step(format!(
-                "move the hairpin proxy of {}",
-                old.element.mapping
-            ))(e));
-        }
-        self.close_proxies(&[old]);
-        self.hairpins.insert(new);
-        info!(self.log, "hairpin proxy moved off a port being published";
-            "mapping" => %old.element.mapping, "from" => old.element.proxy.port(), "to" => new.element.proxy.port());
-        Ok(true)
+    /// Stops the retired proxies, once a table without them is written.
+    pub(super) fn close_retired(&mut self) {
+        let retired = std::mem::take(&mut self.hairpins.retired);
+        self.close_proxies(&retired);
     }
 
     pub(super) fn publish(&mut self, msg: PublishPorts) -> Result<(), NatError> {
@@ -1069,7 +1059,7 @@ mod tests {
 
     /// After a restart: the seeded ports get new proxies at the reconcile, in the very table it
     /// writes; a reconcile without the port (it was unpublished while hearthd was down)
-    /// stops the proxy.
+    /// stops the proxy, once the table without it is written.
     #[actix::test]
     async fn reconcile_starts_the_proxies_of_seeded_ports_and_stops_stale_ones() {
         let fw = FakeFirewall::new();
@@ -1113,6 +1103,17 @@ mod tests {
             .unwrap();
         assert_eq!(proxies(&fw).len(), 1);
         nat.send(SeedPublished { ports: vec![] }).await.unwrap();
+        // The table cannot be written: the kernel still leads guests to the proxy, which
+        // keeps running (and its port stays its own).
+        fw.state().refuse_nft_with = Some("table ip hearth-publish {\n".into());
+        let err = nat
+            .send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("publish table"), "{err}");
+        assert_eq!(proxies(&fw).len(), 1);
+        fw.state().refuse_nft_with = None;
         nat.send(Reconcile { desired: vec![] })
             .await
             .unwrap()
@@ -1124,47 +1125,41 @@ mod tests {
             .contains(&FakeCall::CloseHairpin(Protocol::Tcp, 40000)));
     }
 
-    /// A port the kernel gave one of hearth's proxies is still free for a VM to publish: the
-    /// proxy moves to another port (in one transaction) and the port is probed again.
+    /// A port the kernel gave one of hearth's proxies (on the gateway) is still free for a VM
+    /// to publish, on every address or on the gateway: the proxy stays, and only other
+    /// programs' sockets count.
     #[actix::test]
-    async fn publishing_a_port_a_hairpin_proxy_holds_moves_the_proxy() {
+    async fn a_port_a_hairpin_proxy_holds_is_still_free_to_publish() {
         let (nat, fw) = actor().await;
         nat.send(publish("web", 5, &["8080:80"]))
             .await
             .unwrap()
             .unwrap();
-        // The proxy's socket is what the probe sees on 40000.
-        fw.state().bound_ports.insert((Protocol::Tcp, 40000));
-        let before = fw.state().calls.len();
+        assert_eq!(proxies(&fw)[0].0, (Protocol::Tcp, 40000));
+        nat.send(publish(
+            "db",
+            6,
+            &["40000:4000", "172.31.240.1:40000:4001/udp"],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        let listed = nat.send(ListPublished).await.unwrap();
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        assert!(
+            proxies(&fw).contains(&((Protocol::Tcp, 40000), SocketAddrV4::new(ip(5), 80))),
+            "the proxy stays where it was"
+        );
+        // Another program's socket on the port still refuses it.
+        fw.state().bound_ports.insert((Protocol::Tcp, 40001));
         let err = nat
-            .send(publish("db", 6, &["40000:4000"]))
+            .send(publish("db", 6, &["40001:4002"]))
             .await
             .unwrap()
             .unwrap_err();
-        // The fake's socket stays bound (as if it were another program's): refused, after
-        // the move, which is kept.
-        assert!(matches!(err, NatError::PortConflict { .. }), "{err}");
-        let calls = fw.state().calls[before..].to_vec();
         assert!(
-            calls.contains(&FakeCall::UpdatePublished(vec![
-                PublishChange::RemoveHairpin(hairpin("8080:80", 40000)),
-                PublishChange::AddHairpin(hairpin("8080:80", 40001)),
-            ])),
-            "{calls:?}"
+            matches!(&err, NatError::PortConflict { owner, .. } if owner.contains("socket")),
+            "{err}"
         );
-        assert_eq!(
-            proxies(&fw),
-            [((Protocol::Tcp, 40001), SocketAddrV4::new(ip(5), 80))]
-        );
-        // With the socket gone (it was the proxy's), the port is published.
-        fw.state().bound_ports.clear();
-        nat.send(publish("db", 6, &["40001:4000/udp", "10.0.0.1:40001:4001"]))
-            .await
-            .unwrap()
-            .unwrap();
-        // Another protocol, or another address than the gateway: no proxy moves.
-        assert!(proxies(&fw)
-            .iter()
-            .any(|(k, _)| *k == (Protocol::Tcp, 40001)));
     }
 }

@@ -120,10 +120,13 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
                     "-A {chain} -i {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
                 ));
                 // Guests to published ports through a host address, which hearth's publish
-                // table translated to its hairpin proxies; that table's `input` chain drops
-                // such a packet to any other socket.
+                // table translated to its hairpin proxies: only when the socket reached is a
+                // proxy's (marked), so no other translation of guests' packets to the host
+                // (nor a program on a dead proxy's port) is let in.
                 rules.push(format!(
-                    "-A {chain} -i {br} -m conntrack --ctstate DNAT -j ACCEPT"
+                    "-A {chain} -i {br} -m conntrack --ctstate DNAT --ctdir ORIGINAL \
+                     -m socket --restore-skmark -m mark --mark {:#x} -j ACCEPT",
+                    crate::host::hairpin::SOCKET_MARK
                 ));
                 rules.push(format!("-A {chain} -i {br} -j DROP"));
             }
@@ -382,8 +385,8 @@ mod tests {
             chain_rules(&config(), Some("eth0"), CHAIN_FORWARD),
             [
                 "-A HEARTH-FORWARD -i hearth0 -m set ! --match-set hearth-guests src,src -j DROP",
-                "-A HEARTH-FORWARD -o hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
-                "-A HEARTH-FORWARD -i hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A HEARTH-FORWARD ! -i hearth0 -o hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A HEARTH-FORWARD -i hearth0 -m conntrack --ctstate DNAT --ctdir REPLY -j ACCEPT",
                 "-A HEARTH-FORWARD -i eth0 -o hearth0 -m set --match-set hearth-nat dst -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                 "-A HEARTH-FORWARD -i hearth0 -o eth0 -m set --match-set hearth-nat src -j ACCEPT",
                 "-A HEARTH-FORWARD -i hearth0 -o hearth0 -j DROP",
@@ -402,7 +405,7 @@ mod tests {
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p udp -m udp --dport 53 -j ACCEPT",
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p tcp -m tcp --dport 53 -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m socket --restore-skmark -m mark --mark 0x2068 -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -j DROP",
             ]
         );

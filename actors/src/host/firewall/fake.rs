@@ -116,10 +116,12 @@ pub struct FakeState {
     pub egress: BTreeMap<String, BTreeSet<super::nft_egress::EgressElement>>,
     /// Operations that fail, with the error text they report.
     pub failures: HashMap<FakeOp, String>,
-    /// Host ports a socket holds, for `probe_port` (any address).
+    /// Host ports a socket other than a hairpin proxy holds, for `probe_port` (any address).
     pub bound_ports: BTreeSet<(hearth_proto::api_publish::Protocol, u16)>,
     /// Running hairpin proxies by (protocol, port); ports are handed out from 40000 up.
     pub hairpins: BTreeMap<(hearth_proto::api_publish::Protocol, u16), HairpinSpec>,
+    /// `apply_nft` fails for a text containing this (to fail one table of several).
+    pub refuse_nft_with: Option<String>,
     /// The last hairpin port handed out (0: none yet).
     pub last_hairpin_port: u16,
 }
@@ -486,6 +488,26 @@ impl Firewall for FakeFirewall {
         _addr: Option<std::net::Ipv4Addr>,
         port: u16,
     ) -> Result<super::PortProbe, FirewallError> {
+        // Like a bind: the fake's own hairpin proxies hold their ports too.
+        let state = self.state();
+        Ok(
+            if state.bound_ports.contains(&(protocol, port))
+                || state.hairpins.contains_key(&(protocol, port))
+            {
+                super::PortProbe::Bound
+            } else {
+                super::PortProbe::Free
+            },
+        )
+    }
+
+    fn probe_port_beside(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        port: u16,
+        _beside: std::net::Ipv4Addr,
+    ) -> Result<super::PortProbe, FirewallError> {
+        // The proxies stand on the gateway (`beside`); `bound_ports` are other programs'.
         Ok(if self.state().bound_ports.contains(&(protocol, port)) {
             super::PortProbe::Bound
         } else {
@@ -495,6 +517,13 @@ impl Firewall for FakeFirewall {
 
     fn apply_nft(&mut self, text: &str) -> Result<(), FirewallError> {
         let mut state = self.enter(FakeOp::ApplyNft, FakeCall::ApplyNft(text.into()))?;
+        if let Some(needle) = state.refuse_nft_with.as_ref().filter(|n| text.contains(*n)) {
+            return Err(FirewallError::Command {
+                command: "fake nft -f".into(),
+                status: "exit status: 1".into(),
+                stderr: format!("refused: holds {needle:?}"),
+            });
+        }
         apply_nft_text(&mut state, text);
         Ok(())
     }

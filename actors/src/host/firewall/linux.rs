@@ -246,6 +246,15 @@ impl Firewall for LinuxFirewall {
         super::port_probe::probe(protocol, addr, port)
     }
 
+    fn probe_port_beside(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        port: u16,
+        beside: std::net::Ipv4Addr,
+    ) -> Result<super::PortProbe, FirewallError> {
+        super::port_probe::probe_beside(protocol, port, beside)
+    }
+
     fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
         self.hairpin
             .open(spec)

@@ -324,6 +324,18 @@ pub trait Firewall {
         port: u16,
     ) -> Result<PortProbe, FirewallError>;
 
+    /// Whether a socket holds `port` of `protocol` on one of the host's addresses other than
+    /// `beside` (where hearth's own hairpin proxies listen), or on every address.
+    ///
+    /// # Errors
+    /// The backend's [`FirewallError`] when it cannot tell.
+    fn probe_port_beside(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        port: u16,
+        beside: Ipv4Addr,
+    ) -> Result<PortProbe, FirewallError>;
+
     /// Starts a hairpin proxy (`host::hairpin`) for `spec`; answers the port it listens on.
     ///
     /// # Errors
@@ -399,6 +411,14 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
         port: u16,
     ) -> Result<PortProbe, FirewallError> {
         (**self).probe_port(protocol, addr, port)
+    }
+    fn probe_port_beside(
+        &mut self,
+        protocol: hearth_proto::api_publish::Protocol,
+        port: u16,
+        beside: Ipv4Addr,
+    ) -> Result<PortProbe, FirewallError> {
+        (**self).probe_port_beside(protocol, port, beside)
     }
     fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
         (**self).open_hairpin(spec)

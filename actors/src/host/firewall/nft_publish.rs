@@ -3,7 +3,7 @@
 //! are (an `iptables-restore` of even one line re-reads and rewrites the whole nat table).
 //!
 //! The table `ip hearth-publish` holds two maps from the destination a packet asks for to the
-//! guest address and port it is translated to: `addr` (`ip daddr . l4proto . dport`, for
+//! guest address and port it is translated to (and two for guests, below): `addr` (`ip daddr . l4proto . dport`, for
 //! ports published on one host address) and `any` (`l4proto . dport`, for every address of
 //! the host). Two base chains at the nat hooks (`prerouting`: from outside; `output`: from
 //! the host itself) look a packet to one of the host's own addresses up in `addr`, then in
@@ -11,8 +11,8 @@
 //!
 //! Packets from guests (arriving on the bridge) are looked up instead in `hairpin_addr` and
 //! `hairpin_any`, whose elements lead to the ports' hairpin proxies on the gateway
-//! (`host::hairpin`), and are never translated to a guest. The `input` chain drops such a
-//! translated packet unless the socket it reaches carries [`crate::host::hairpin::SOCKET_MARK`].
+//! (`host::hairpin`), and are never translated to a guest (`HEARTH-INPUT` lets such a
+//! translated packet in only to a socket carrying [`crate::host::hairpin::SOCKET_MARK`]).
 //!
 //! Ports on the loopback (`127.0.0.1:...`, or any address asked for as `localhost`) reach a
 //! guest from the host because the bridge routes loopback addresses (`route_localnet`, which
@@ -299,18 +299,6 @@ pub fn table_text<'a>(
          chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    \
          oifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n  }}\n"
     );
-    // A guest's translated packet reaches a hairpin proxy's socket or nothing: also after
-    // hearthd died (its translations stay, its proxies are gone), no program that took a
-    // proxy's port since is reachable. Without a socket the rule does not match, and the
-    // kernel refuses the packet itself. Only the original direction: a guest's answers to
-    // the host's own connections to published ports (translated in `output`) go to the
-    // host's client sockets.
-    let _ = write!(
-        text,
-        "  chain input {{\n    type filter hook input priority filter - 1; policy accept;\n    \
-         iifname \"{bridge}\" ct direction original ct status dnat socket mark != {mark:#x} drop\n  }}\n",
-        mark = crate::host::hairpin::SOCKET_MARK
-    );
     text.push_str("}\n");
     text
 }
@@ -485,10 +473,6 @@ mod tests {
                 .next()
                 .unwrap()
                 .contains("hairpin"),
-            "{text}"
-        );
-        assert!(
-            text.contains("iifname \"hearth0\" ct direction original ct status dnat socket mark != 0x68650000 drop\n"),
             "{text}"
         );
         // Without elements, the maps are declared empty.

@@ -46,6 +46,39 @@ pub fn probe(
     }
 }
 
+/// Whether `port` of `protocol` is taken on any of the host's IPv4 addresses but `beside`
+/// (each bound in turn, in the calling thread's network namespace): for a port that a socket
+/// on `beside` holds, whether anything else does. A socket on every address could not share
+/// the port with the one on `beside`, so the addresses one by one tell it all.
+///
+/// # Errors
+/// [`FirewallError::PortProbe`] when the addresses cannot be listed or a bind fails for
+/// another reason than the port being taken.
+pub fn probe_beside(
+    protocol: Protocol,
+    port: u16,
+    beside: Ipv4Addr,
+) -> Result<PortProbe, FirewallError> {
+    let addresses = nix::ifaddrs::getifaddrs().map_err(|e| FirewallError::PortProbe {
+        what: format!("{port}/{protocol} beside {beside}"),
+        source: e.into(),
+    })?;
+    let mut seen = std::collections::BTreeSet::new();
+    for addr in addresses
+        .filter_map(|i| {
+            i.address?
+                .as_sockaddr_in()
+                .map(nix::sys::socket::SockaddrIn::ip)
+        })
+        .filter(|a| *a != beside)
+    {
+        if seen.insert(addr) && probe(protocol, Some(addr), port)? == PortProbe::Bound {
+            return Ok(PortProbe::Bound);
+        }
+    }
+    Ok(PortProbe::Free)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +97,22 @@ mod tests {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
         assert_eq!(probe(Protocol::Udp, lo, port).unwrap(), PortProbe::Bound);
+    }
+
+    #[test]
+    fn beside_one_address_only_the_other_addresses_count() {
+        // 127.0.0.1 is the loopback's: a socket there is seen beside any other address.
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let other = Ipv4Addr::new(203, 0, 113, 9);
+        assert_eq!(
+            probe_beside(Protocol::Tcp, port, other).unwrap(),
+            PortProbe::Bound
+        );
+        assert_eq!(
+            probe_beside(Protocol::Tcp, port, Ipv4Addr::LOCALHOST).unwrap(),
+            PortProbe::Free
+        );
     }
 
     #[test]

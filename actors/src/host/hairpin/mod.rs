@@ -11,16 +11,18 @@
 //! `userland-proxy`.
 //!
 //! One proxy per published port (and protocol), bound to the gateway on a port the kernel
-//! chooses, its socket marked with [`SOCKET_MARK`]: hearth's `input` rule drops a guest's
-//! translated packet that would reach any socket without that mark, so even after a `kill -9`
-//! of hearthd (its translations stay, its proxies are gone) a guest cannot reach a program that
-//! took the port since.
+//! chooses, its socket marked with [`SOCKET_MARK`]: `HEARTH-INPUT` accepts a guest's translated
+//! packet only when the socket it reaches carries that mark, so even after a `kill -9` of
+//! hearthd (its translations stay, its proxies are gone) a guest cannot reach a program that
+//! took the port since, and no other program's translation of guests' packets to the host is
+//! let in by hearth's rule.
 //!
-//! Guests are untrusted, so everything is bounded ([`HairpinLimits`]): peers outside the guest
-//! subnet are refused, each proxy holds a bounded number of connections or flows, a UDP flow
-//! ends after an idle time and queues at most [`UDP_QUEUE`] datagrams, and a connection to the
-//! guest behind the port must open within [`CONNECT_TIMEOUT`]. Closing a proxy ends its
-//! connections and flows.
+//! Guests are untrusted, so everything is bounded ([`HairpinLimits`] per proxy, a budget for
+//! all proxies together): peers outside the guest subnet are refused; a proxy holds a bounded
+//! number of connections or flows, and one guest only a share of them; a UDP flow ends after an
+//! idle time and queues at most [`UDP_QUEUE`] datagrams; a connection to the guest behind the
+//! port must open within [`CONNECT_TIMEOUT`]; receive buffers exist only while a datagram is
+//! read. Closing a proxy ends its connections and flows.
 //!
 //! The proxies run on one worker thread of their own (a busy hairpin does not delay the actor
 //! that opens them), started by the first proxy. Sockets belong to the network namespace of
@@ -34,45 +36,64 @@ mod udp;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_proto::api_publish::Protocol;
 use ipnet::Ipv4Net;
 use socket2::{Domain, Socket, Type};
 use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
-/// The mark of every proxy's socket, which hearth's publish table checks. Outside the low
-/// bits that kube-proxy and flannel give packets (`0x4000`, `0x8000`): the mark also travels
-/// on the proxy's answers to guests.
-pub const SOCKET_MARK: u32 = 0x6865_0000;
+/// The mark of every proxy's socket, which `HEARTH-INPUT` checks. It also travels on the
+/// proxies' answers to guests, so it avoids the bits other firewalls give packets: kube-proxy's
+/// and flannel's `0xc000`, Cilium's `0x0f00`, Calico's and Tailscale's upper half.
+pub const SOCKET_MARK: u32 = 0x2068;
 
 /// Datagrams a UDP flow queues towards the guest behind the port; more are dropped.
-pub const UDP_QUEUE: usize = 4;
+pub const UDP_QUEUE: usize = 2;
 /// How long a connection to the guest behind the port may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connections all proxies hold together (each is two descriptors and two 8 KiB buffers).
+pub const TOTAL_TCP_CONNECTIONS: usize = 1024;
+/// UDP flows all proxies hold together (each a descriptor and at most [`UDP_QUEUE`] queued
+/// datagrams).
+pub const TOTAL_UDP_FLOWS: usize = 512;
 
 /// What one proxy holds at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HairpinLimits {
     /// TCP connections at once; more are closed at once.
     pub tcp_connections: usize,
+    /// TCP connections of one guest (source address) at once.
+    pub tcp_per_guest: usize,
     /// UDP flows (guest address and port) at once; datagrams of more are dropped.
     pub udp_flows: usize,
+    /// UDP flows of one guest (source address) at once.
+    pub udp_per_guest: usize,
     /// A UDP flow without a datagram either way for this long ends.
     pub udp_idle: Duration,
 }
 
 impl Default for HairpinLimits {
-    /// 256 connections and 128 flows (at most about 4 MiB of buffers for TCP, 40 MiB for UDP
-    /// if every flow's queue is full of the largest datagrams), flows idle for a minute.
+    /// 256 connections (64 per guest) and 128 flows (32 per guest), flows idle for a minute.
     fn default() -> Self {
         Self {
             tcp_connections: 256,
+            tcp_per_guest: 64,
             udp_flows: 128,
+            udp_per_guest: 32,
             udp_idle: Duration::from_secs(60),
         }
     }
+}
+
+/// The connections and flows all proxies may still open.
+#[derive(Debug, Clone)]
+struct Budget {
+    tcp: Arc<Semaphore>,
+    udp: Arc<Semaphore>,
 }
 
 /// One proxy: which traffic, from whom, to where.
@@ -91,10 +112,16 @@ pub struct HairpinSpec {
 }
 
 /// The running proxies, by protocol and port.
-#[derive(Default)]
 pub struct Proxies {
     runtime: Option<Runtime>,
     running: HashMap<(Protocol, u16), AbortHandle>,
+    budget: Budget,
+}
+
+impl Default for Proxies {
+    fn default() -> Self {
+        Self::with_budget(TOTAL_TCP_CONNECTIONS, TOTAL_UDP_FLOWS)
+    }
 }
 
 impl Proxies {
@@ -102,6 +129,19 @@ impl Proxies {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Proxies that hold at most `tcp` connections and `udp` flows together.
+    #[must_use]
+    pub fn with_budget(tcp: usize, udp: usize) -> Self {
+        Self {
+            runtime: None,
+            running: HashMap::new(),
+            budget: Budget {
+                tcp: Arc::new(Semaphore::new(tcp)),
+                udp: Arc::new(Semaphore::new(udp)),
+            },
+        }
     }
 
     /// Starts a proxy for `spec`; answers the port it listens on.
@@ -126,12 +166,19 @@ impl Proxies {
                     .build()?,
             ),
         };
+        // Registered with the runtime here, so that a failure is this call's error.
+        let _entered = runtime.enter();
+        let budget = self.budget.clone();
         let task = match spec.protocol {
             Protocol::Tcp => {
                 socket.listen(1024)?;
-                runtime.spawn(tcp::serve(socket.into(), *spec))
+                let listener = tokio::net::TcpListener::from_std(socket.into())?;
+                runtime.spawn(tcp::serve(listener, *spec, budget.tcp))
             }
-            Protocol::Udp => runtime.spawn(udp::serve(socket.into(), *spec)),
+            Protocol::Udp => {
+                let socket = tokio::net::UdpSocket::from_std(socket.into())?;
+                runtime.spawn(udp::serve(socket, *spec, budget.udp))
+            }
         };
         if let Some(old) = self
             .running
@@ -142,7 +189,8 @@ impl Proxies {
         Ok(port)
     }
 
-    /// Stops the proxy on `port`, with its connections and flows. Idempotent.
+    /// Stops the proxy on `port`, with its connections and flows (on the proxies' thread,
+    /// right after). Idempotent.
     pub fn close(&mut self, protocol: Protocol, port: u16) {
         if let Some(task) = self.running.remove(&(protocol, port)) {
             task.abort();
@@ -182,6 +230,32 @@ fn marked_socket(protocol: Protocol) -> io::Result<Socket> {
     socket.set_mark(SOCKET_MARK)?;
     socket.set_freebind_v4(true)?;
     Ok(socket)
+}
+
+/// Counts of something per guest address, for the per-guest shares.
+#[derive(Debug, Default)]
+struct PerGuest(HashMap<Ipv4Addr, usize>);
+
+impl PerGuest {
+    /// Counts one more for `guest` if it has fewer than `max`; answers whether it did.
+    fn take(&mut self, guest: Ipv4Addr, max: usize) -> bool {
+        let n = self.0.entry(guest).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts one less for `guest`.
+    fn give(&mut self, guest: Ipv4Addr) {
+        if let Some(n) = self.0.get_mut(&guest) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&guest);
+            }
+        }
+    }
 }
 
 /// The IPv4 address of `addr` if it is one of `peers`.
