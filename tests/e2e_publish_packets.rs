@@ -327,8 +327,8 @@ fn hairpin_proxy_port(ns: &common::NetNs, port: u16) -> u16 {
 
 /// After a `kill -9` of hearthd its translations stay and its hairpin proxies are gone: a
 /// program that binds a proxy's port on the gateway meanwhile must not receive guests'
-/// connections to the published port (the publish table lets a translated packet reach only
-/// a socket of hearth's proxies). After the restart the hairpin works again.
+/// connections to the published port (`HEARTH-INPUT` lets a guest's translated packet reach
+/// only a socket of hearth's proxies). After the restart the hairpin works again.
 #[test]
 fn a_program_on_a_dead_proxys_port_is_not_reached_by_guests() {
     require_privileged!();

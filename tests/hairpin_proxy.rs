@@ -9,6 +9,8 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_actors::host::hairpin::{HairpinLimits, HairpinSpec, Proxies};
@@ -32,15 +34,19 @@ fn spec(protocol: Protocol, target: SocketAddrV4, limits: HairpinLimits) -> Hair
 }
 
 /// A TCP server on [`TARGET_IP`] answering each connection, once the client half-closed,
-/// with `peer=<addr> got=<what it read>`; answers its address.
-fn tcp_target() -> SocketAddrV4 {
+/// with `peer=<addr> got=<what it read>`; answers its address and the count of connections
+/// it accepted (each one the proxy holds).
+fn tcp_target() -> (SocketAddrV4, Arc<AtomicUsize>) {
     let listener = TcpListener::bind((TARGET_IP, 0)).expect("bind the target");
     let addr = match listener.local_addr().unwrap() {
         std::net::SocketAddr::V4(a) => a,
         other => panic!("{other}"),
     };
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 let mut s = stream;
                 let peer = s.peer_addr().unwrap();
@@ -50,7 +56,17 @@ fn tcp_target() -> SocketAddrV4 {
             });
         }
     });
-    addr
+    (addr, accepted)
+}
+
+/// Waits until the target accepted `n` connections in all: the proxy holds them.
+fn wait_accepted(accepted: &AtomicUsize, n: usize) {
+    let reached = common::wait_until(WAIT, || accepted.load(Ordering::SeqCst) >= n);
+    assert!(
+        reached,
+        "the target accepted {} of {n}",
+        accepted.load(Ordering::SeqCst)
+    );
 }
 
 /// A UDP server on [`TARGET_IP`] answering each datagram with `peer=<addr> got=<datagram>`.
@@ -82,8 +98,8 @@ fn exchange(port: u16) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// A connection that reads nothing back within [`NEGATIVE`] and is then closed (EOF or
-/// reset) rather than held: what a refused client sees.
+/// A connection that is closed (EOF or reset) without an answer, well before [`WAIT`], rather
+/// than held: what a refused client sees.
 fn is_closed_at_once(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(WAIT)).unwrap();
     let started = Instant::now();
@@ -101,10 +117,10 @@ fn tcp_is_spliced_both_ways_and_peers_outside_the_subnet_are_refused() {
     require_privileged!();
     let ns = common::NetNs::new("hairpin");
     ns.run(|| {
-        let target = tcp_target();
+        let (target, _) = tcp_target();
         let mut proxies = Proxies::new();
         let port = proxies
-            .open(&spec(Protocol::Tcp, target, HairpinLimits::default()))
+            .open(&spec(Protocol::Tcp, target, HairpinLimits::default()), 0)
             .expect("open the proxy");
         // The half-close travels through: the target answers only after it.
         let answer = exchange(port).expect("through the proxy");
@@ -132,7 +148,7 @@ fn tcp_is_spliced_both_ways_and_peers_outside_the_subnet_are_refused() {
         // Only the guest subnet: a proxy for 10.0.0.0/8 closes the loopback client at once.
         let mut narrow = spec(Protocol::Tcp, target, HairpinLimits::default());
         narrow.peers = "10.0.0.0/8".parse().unwrap();
-        let port = proxies.open(&narrow).unwrap();
+        let port = proxies.open(&narrow, 0).unwrap();
         let mut s = TcpStream::connect((PROXY_IP, port)).unwrap();
         assert!(
             is_closed_at_once(&mut s),
@@ -147,20 +163,21 @@ fn tcp_connections_beyond_the_limit_are_closed_and_closing_the_proxy_ends_them()
     require_privileged!();
     let ns = common::NetNs::new("hairpin");
     ns.run(|| {
-        let target = tcp_target();
+        let (target, accepted) = tcp_target();
         let limits = HairpinLimits {
             tcp_connections: 3,
             tcp_per_guest: 3,
             ..HairpinLimits::default()
         };
         let mut proxies = Proxies::new();
-        let port = proxies.open(&spec(Protocol::Tcp, target, limits)).unwrap();
+        let port = proxies
+            .open(&spec(Protocol::Tcp, target, limits), 0)
+            .unwrap();
         // Three held open (the target answers only after a half-close).
         let mut held: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect((PROXY_IP, port)).unwrap())
             .collect();
-        // Each is spliced (the proxy holds them) before the fourth comes.
-        std::thread::sleep(Duration::from_millis(200));
+        wait_accepted(&accepted, 3);
         let mut fourth = TcpStream::connect((PROXY_IP, port)).unwrap();
         assert!(
             is_closed_at_once(&mut fourth),
@@ -206,9 +223,12 @@ fn a_target_that_does_not_answer_resets_the_client() {
         drop(free);
         let mut proxies = Proxies::new();
         let port = proxies
-            .open(&spec(Protocol::Tcp, target, HairpinLimits::default()))
+            .open(&spec(Protocol::Tcp, target, HairpinLimits::default()), 0)
             .unwrap();
-        let r = exchange(port);
+        // Only read: a write could meet the reset first and fail otherwise.
+        let mut s = TcpStream::connect((PROXY_IP, port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let r = s.read(&mut [0u8; 16]);
         assert!(
             matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
             "{r:?}"
@@ -231,38 +251,45 @@ fn udp_answers_come_from_the_proxy_and_flows_are_bounded_and_expire() {
             ..HairpinLimits::default()
         };
         let mut proxies = Proxies::new();
-        let port = proxies.open(&spec(Protocol::Udp, target, limits)).unwrap();
+        let port = proxies
+            .open(&spec(Protocol::Udp, target, limits), 0)
+            .unwrap();
         let proxy = std::net::SocketAddr::from((PROXY_IP, port));
-        let client = || {
-            let s = UdpSocket::bind((PROXY_IP, 0)).unwrap();
-            s.set_read_timeout(Some(NEGATIVE)).unwrap();
-            s
-        };
-        let ask = |s: &UdpSocket| -> Option<String> {
+        let client = || UdpSocket::bind((PROXY_IP, 0)).unwrap();
+        // An answer that must come is waited for [`WAIT`], one that must not [`NEGATIVE`].
+        let ask_within = |s: &UdpSocket, wait: Duration| -> Option<String> {
+            s.set_read_timeout(Some(wait)).unwrap();
             s.send_to(b"hello", proxy).unwrap();
             let mut buf = [0u8; 2048];
             let (n, from) = s.recv_from(&mut buf).ok()?;
             assert_eq!(from, proxy, "the answer must come from the address asked");
             Some(String::from_utf8_lossy(&buf[..n]).into_owned())
         };
+        let ask = |s: &UdpSocket| ask_within(s, WAIT);
         let (a, b, c) = (client(), client(), client());
         let answer = ask(&a).expect("first flow");
         assert!(answer.ends_with(" got=hello"), "{answer}");
         assert!(ask(&b).is_some(), "second flow");
         assert!(
-            ask(&c).is_none(),
+            ask_within(&c, NEGATIVE).is_none(),
             "a third flow beyond the limit was served"
         );
         // The flows still open keep answering; once idle they end and make room.
         assert!(ask(&a).is_some());
-        std::thread::sleep(Duration::from_secs(2));
-        let answer = ask(&c).expect("a new flow after the others expired");
+        let mut answer = None;
+        let served = common::wait_until(WAIT, || {
+            answer = ask_within(&c, Duration::from_millis(300));
+            answer.is_some()
+        });
+        assert!(served, "no new flow after the others expired");
+        let answer = answer.unwrap();
         assert!(answer.ends_with(" got=hello"), "{answer}");
         // Datagrams from outside the subnet are ignored.
         let mut narrow = spec(Protocol::Udp, target, limits);
         narrow.peers = "10.0.0.0/8".parse().unwrap();
-        let narrow = proxies.open(&narrow).unwrap();
+        let narrow = proxies.open(&narrow, 0).unwrap();
         let d = client();
+        d.set_read_timeout(Some(NEGATIVE)).unwrap();
         d.send_to(b"hello", (PROXY_IP, narrow)).unwrap();
         let mut buf = [0u8; 64];
         assert!(
@@ -284,44 +311,66 @@ fn connect_from(from: Ipv4Addr, port: u16) -> TcpStream {
     socket.into()
 }
 
-/// One guest takes only its share of a proxy, and all proxies together only the budget: a
-/// guest that holds its share does not keep another guest out, and one that opens
-/// connections on many ports meets the budget.
+/// One guest takes only its share of a proxy and of all proxies, and all proxies together
+/// only the budget: a guest that holds its share does not keep another guest out, and one that
+/// opens connections on many ports meets its share of the budget.
 #[test]
 fn one_guest_gets_a_share_and_all_proxies_a_budget() {
     require_privileged!();
     let ns = common::NetNs::new("hairpin");
     ns.run(|| {
-        let target = tcp_target();
+        let (target, accepted) = tcp_target();
         let limits = HairpinLimits {
             tcp_connections: 4,
             tcp_per_guest: 2,
             ..HairpinLimits::default()
         };
-        let (greedy, other) = (Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 4));
+        let guest = |n: u8| Ipv4Addr::new(127, 0, 0, n);
+        // Five in all, two for a guest whatever the port (a quarter of five, rounded up).
         let mut proxies = Proxies::with_budget(5, 8);
-        let one = proxies.open(&spec(Protocol::Tcp, target, limits)).unwrap();
-        let _held: Vec<TcpStream> = (0..2).map(|_| connect_from(greedy, one)).collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let mut third = connect_from(greedy, one);
+        let one = proxies
+            .open(&spec(Protocol::Tcp, target, limits), 0)
+            .unwrap();
+        let two = proxies
+            .open(&spec(Protocol::Tcp, target, limits), 0)
+            .unwrap();
+        let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from(guest(3), one)).collect();
+        wait_accepted(&accepted, 2);
+        let mut third = connect_from(guest(3), one);
         assert!(
             is_closed_at_once(&mut third),
-            "a guest got more than its share"
+            "a guest got more than its share of a proxy"
         );
-        let _other: Vec<TcpStream> = (0..2).map(|_| connect_from(other, one)).collect();
-        std::thread::sleep(Duration::from_millis(200));
-        // 4 held of a budget of 5: a second proxy serves one more, then no more.
-        let two = proxies.open(&spec(Protocol::Tcp, target, limits)).unwrap();
-        let mut fifth = connect_from(Ipv4Addr::new(127, 0, 0, 5), two);
-        fifth.write_all(b"x").unwrap();
-        fifth.shutdown(Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        fifth.set_read_timeout(Some(WAIT)).unwrap();
-        fifth.read_to_string(&mut answer).unwrap();
-        assert!(answer.ends_with(" got=x"), "{answer}");
-        let _fifth_held = connect_from(Ipv4Addr::new(127, 0, 0, 6), two);
-        std::thread::sleep(Duration::from_millis(200));
-        let mut sixth = connect_from(Ipv4Addr::new(127, 0, 0, 7), two);
+        let mut elsewhere = connect_from(guest(3), two);
+        assert!(
+            is_closed_at_once(&mut elsewhere),
+            "a guest got more than its share of all"
+        );
+        held.extend((0..2).map(|_| connect_from(guest(4), one)));
+        wait_accepted(&accepted, 4);
+        // Four held of a budget of five: a second proxy serves one more, and its end gives
+        // its place back.
+        let exchange_from = |from: Ipv4Addr| {
+            let mut s = connect_from(from, two);
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut answer = String::new();
+            s.write_all(b"x").is_ok()
+                && s.shutdown(Shutdown::Write).is_ok()
+                && s.read_to_string(&mut answer).is_ok()
+                && answer.ends_with(" got=x")
+        };
+        assert!(
+            exchange_from(guest(5)),
+            "the fifth connection was not served"
+        );
+        let served = common::wait_until(WAIT, || exchange_from(guest(6)));
+        assert!(
+            served,
+            "the place of an ended connection was not given back"
+        );
+        held.push(connect_from(guest(6), two));
+        wait_accepted(&accepted, 7);
+        let mut sixth = connect_from(guest(7), two);
         assert!(
             is_closed_at_once(&mut sixth),
             "the budget of all proxies was passed"

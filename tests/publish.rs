@@ -597,3 +597,78 @@ fn ports_on_the_loopback_answer_from_the_host_only_and_guests_never_reach_its_lo
         });
     }
 }
+
+/// A guest's UDP flow to a published port outlives hearthd's proxy in the kernel's conntrack:
+/// after the actor is gone without a teardown (as after a `kill -9`; its translations stay), a
+/// program that binds the dead proxy's port on the gateway must get none of the guest's
+/// datagrams, also those of the flow conntrack still tracks.
+#[test]
+fn a_program_on_a_dead_udp_proxys_port_gets_no_guest_datagram() {
+    require_privileged!();
+    let w = world();
+    let _dns = UdpEcho::start(&w.guests[0], SocketAddrV4::new(guest_ip(5), 53));
+    let w = &w;
+    let client = w.guests[1]
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("bind the guest's socket");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let proxy_port = w.host.block_on(|| async {
+        let nat = start(IptablesFlavor::System);
+        nat.send(Reconcile { desired: desired() })
+            .await
+            .unwrap()
+            .unwrap();
+        nat.send(PublishPorts {
+            vm: "web".into(),
+            guest_ip: guest_ip(5),
+            mappings: vec![mapping("5353:53/udp")],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        // The flow through the proxy works.
+        client.send_to(b"hello", at(HOST_IP, 5353)).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = client.recv_from(&mut buf).expect("hairpin answer");
+        assert_eq!(from, at(HOST_IP, 5353));
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("got=hello"));
+        let elements = hairpin_elements(&w.host);
+        let port = elements
+            .iter()
+            .find_map(|e| e.strip_prefix("udp . 5353 : 172.31.240.1 . "))
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no hairpin element for 5353/udp: {elements:?}"));
+        // The actor goes without a teardown, and its proxies with it.
+        drop(nat);
+        port
+    });
+    let mut rogue = None;
+    let bound = common::wait_until(Duration::from_secs(5), || {
+        rogue = w.host.run(|| UdpSocket::bind(at(GATEWAY, proxy_port))).ok();
+        rogue.is_some()
+    });
+    assert!(bound, "the dead proxy's port stays taken");
+    let rogue = rogue.unwrap();
+    rogue
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    // The same flow again, and a new one.
+    client.send_to(b"again", at(HOST_IP, 5353)).unwrap();
+    w.guests[1]
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.send_to(b"new", at(HOST_IP, 5353))
+        })
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let got = rogue.recv_from(&mut buf);
+    assert!(got.is_err(), "the program got a guest's datagram: {got:?}");
+    // Control: the program does receive (from the host itself).
+    w.host
+        .run(|| UdpSocket::bind("0.0.0.0:0")?.send_to(b"host", at(GATEWAY, proxy_port)))
+        .unwrap();
+    let (n, _) = rogue.recv_from(&mut buf).expect("the program receives");
+    assert_eq!(&buf[..n], b"host");
+}

@@ -309,6 +309,10 @@ fn rules_text(text: &mut String, config: &NatConfig) {
             "ct direction original ct status dnat socket mark {:#x} return",
             crate::host::hairpin::SOCKET_MARK
         ),
+        // A SYN meeting a proxy connection's TIME_WAIT remnant (see `rules.rs`).
+        "ct direction original ct status dnat tcp flags & (fin | syn | rst | ack) == syn \
+         socket transparent 1 return"
+            .to_owned(),
         format!("ip saddr @{DENIED_SET} drop"),
         "drop".to_owned(),
     ];

@@ -437,6 +437,7 @@ impl NatActor {
             .apply_nft(&rules::bridge_table_text(&self.config, desired))
             .map_err(step("install hearth's nftables bridge table"))?;
         let published = publish::all_elements(&self.published);
+        self.read_earlier_hairpins();
         let hairpins = self.sync_hairpins();
         self.firewall
             .apply_nft(&nft_publish::table_text(
@@ -657,6 +658,8 @@ impl NatActor {
         self.firewall
             .apply_nft(&nft_publish::teardown_text())
             .map_err(step("remove hearth's nftables publish table"))?;
+        // Nothing leads guests to them any more.
+        self.close_hairpins();
         for set in [NAT_SET, GUEST_SET] {
             for name in [set.to_owned(), rules::temp_set(set)] {
                 self.firewall
@@ -672,7 +675,6 @@ impl NatActor {
         }
         self.ready = false;
         self.published.clear();
-        self.close_hairpins();
         self.nat.clear();
         self.guests.clear();
         self.egress = None;

@@ -20,10 +20,10 @@
 //! them).
 //!
 //! Still iptables rules, in hearth's static ruleset (`rules.rs`): `HEARTH-FORWARD` accepts
-//! connections that were translated (conntrack's DNAT state, whichever table did it), both
-//! directions, before its drops, so a published port is the only way into a guest;
-//! `HEARTH-INPUT` accepts guests' translated packets (to the hairpin proxies; the publish
-//! table's `input` chain drops them before any other socket). The iptables chain
+//! connections translated into the bridge from outside it (conntrack's DNAT state, whichever
+//! table did it) and their replies, before its drops, so a published port is the only way
+//! into a guest; `HEARTH-INPUT` accepts guests' translated packets only to a socket of the
+//! hairpin proxies (marked; see `host::hairpin`). The iptables chain
 //! `HEARTH-PUBLISH` of earlier versions is still declared (so emptied) by every reconcile and
 //! removed by teardown, but nothing jumps to it.
 //!
@@ -160,6 +160,15 @@ pub(super) struct Hairpins {
     /// Proxies no port needs any more, which the kernel's table may still lead guests to:
     /// stopped once a table without them is written.
     retired: Vec<Proxy>,
+    /// The kernel's table was read for the ports of a previous hearthd's proxies.
+    read_earlier: bool,
+    /// Those ports, by key (protocol, host address, host port): a port's new proxy takes its
+    /// old one, so that the UDP flows conntrack still sends there go on to the same port.
+    earlier: BTreeMap<(Protocol, Option<Ipv4Addr>, u16), u16>,
+    /// Ports of a previous hearthd's proxies that no proxy of the same key took: the flows
+    /// conntrack still sends there must not reach another port's proxy, so no new proxy
+    /// takes them.
+    avoid: BTreeSet<(Protocol, u16)>,
 }
 
 impl Hairpins {
@@ -168,8 +177,13 @@ impl Hairpins {
         Self::default()
     }
 
+    /// Records `proxy`; one it replaces is retired (the kernel may still lead guests to it).
     fn insert(&mut self, proxy: Proxy) {
-        self.by_mapping.insert(proxy.element.mapping, proxy);
+        if let Some(old) = self.by_mapping.insert(proxy.element.mapping, proxy) {
+            if old != proxy {
+                self.retired.push(old);
+            }
+        }
     }
 
     /// The mapping whose proxy listens on `port` of `protocol`.
@@ -312,19 +326,70 @@ impl NatActor {
         })
     }
 
-    /// Starts the proxy of `spec` for `mapping`.
+    /// Starts the proxy of `spec` for `mapping`: on the port a previous hearthd's proxy of the
+    /// same key had if it can, else on one the kernel chooses that no previous proxy had.
     fn open_proxy(&mut self, mapping: PortMapping, spec: &HairpinSpec) -> Result<Proxy, NatError> {
-        let port = self
-            .firewall
-            .open_hairpin(spec)
-            .map_err(step(format!("start the hairpin proxy of {mapping}")))?;
-        Ok(Proxy {
+        let key = (mapping.protocol, mapping.host_addr, mapping.host_port);
+        let proxy = |port| Proxy {
             element: HairpinElement {
                 mapping,
                 proxy: SocketAddrV4::new(spec.bind, port),
             },
             target: spec.target,
-        })
+        };
+        if let Some(port) = self.hairpins.earlier.remove(&key) {
+            match self.firewall.open_hairpin(spec, port) {
+                Ok(port) => {
+                    self.hairpins.avoid.remove(&(mapping.protocol, port));
+                    return Ok(proxy(port));
+                }
+                Err(e) => {
+                    debug!(self.log, "a hairpin proxy's earlier port is taken"; "mapping" => %mapping, "port" => port, "error" => %e);
+                }
+            }
+        }
+        let mut set_aside = Vec::new();
+        let opened = loop {
+            match self.firewall.open_hairpin(spec, 0) {
+                Ok(port)
+                    if self.hairpins.avoid.contains(&(mapping.protocol, port))
+                        && set_aside.len() < 8 =>
+                {
+                    set_aside.push(port);
+                }
+                other => break other,
+            }
+        };
+        for port in set_aside {
+            self.firewall.close_hairpin(mapping.protocol, port);
+        }
+        let port = opened.map_err(step(format!("start the hairpin proxy of {mapping}")))?;
+        Ok(proxy(port))
+    }
+
+    /// Reads the ports of a previous hearthd's proxies from the kernel's publish table, once
+    /// (before the first `Reconcile` rewrites it). A table that cannot be read is logged: its
+    /// ports are then not kept.
+    pub(super) fn read_earlier_hairpins(&mut self) {
+        if std::mem::replace(&mut self.hairpins.read_earlier, true) {
+            return;
+        }
+        let listed = match self.firewall.list_nft(&format!(
+            "table ip {}",
+            crate::host::firewall::nft_publish::TABLE
+        )) {
+            Ok(json) => json
+                .map(|j| crate::host::firewall::nft_publish::parse_hairpins(&j))
+                .unwrap_or_default(),
+            Err(e) => {
+                warn!(self.log, "cannot read the previous hairpin proxies' ports"; "error" => %e);
+                Vec::new()
+            }
+        };
+        for (key, port) in listed {
+            self.hairpins.earlier.insert(key, port);
+            self.hairpins.avoid.insert((key.0, port));
+        }
     }
 
     /// Starts the proxies `ports` need: all of them or none.
@@ -1161,5 +1226,58 @@ mod tests {
             matches!(&err, NatError::PortConflict { owner, .. } if owner.contains("socket")),
             "{err}"
         );
+    }
+
+    /// After a restart, a port's new proxy takes the port its proxy had before (UDP flows
+    /// conntrack still sends there go on to the same port), and no other port's proxy takes a
+    /// previous proxy's port (those flows must not reach another VM).
+    #[actix::test]
+    async fn a_restarted_actor_keeps_earlier_proxy_ports_and_gives_none_to_another_port() {
+        let fw = FakeFirewall::new();
+        fw.add_interface("eth0");
+        let listing = r#"{"nftables": [{"map": {"family": "ip", "name": "hairpin_any", "table": "hearth-publish", "elem": [
+            [{"concat": ["tcp", 8080]}, {"concat": ["172.31.240.1", 41000]}],
+            [{"concat": ["tcp", 9090]}, {"concat": ["172.31.240.1", 41001]}]]}}]}"#;
+        fw.state()
+            .nft_listings
+            .insert("table ip hearth-publish".into(), listing.into());
+        // The kernel would hand the old 9090 proxy's port to the next proxy asking for any.
+        fw.state().next_hairpin_ports.extend([41001, 45000]);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let nat = NatActor::new(config(), Box::new(fw.clone()), log)
+            .unwrap()
+            .start();
+        nat.send(SeedPublished {
+            ports: vec![PublishedPort {
+                vm: "web".into(),
+                guest_ip: ip(5),
+                mapping: m("8080:80"),
+            }],
+        })
+        .await
+        .unwrap();
+        nat.send(Reconcile { desired: vec![] })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            proxies(&fw),
+            [((Protocol::Tcp, 41000), SocketAddrV4::new(ip(5), 80))]
+        );
+        nat.send(publish("db", 6, &["7070:70"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            proxies(&fw),
+            [
+                ((Protocol::Tcp, 41000), SocketAddrV4::new(ip(5), 80)),
+                ((Protocol::Tcp, 45000), SocketAddrV4::new(ip(6), 70)),
+            ]
+        );
+        assert!(fw
+            .state()
+            .calls
+            .contains(&FakeCall::CloseHairpin(Protocol::Tcp, 41001)));
     }
 }

@@ -116,17 +116,30 @@ pub fn chain_rules(config: &NatConfig, egress: Option<&str>, chain: &str) -> Vec
                         "-A {chain} -d {gw}/32 -i {br} -p {proto} -m {proto} --dport 53 -j ACCEPT"
                     ));
                 }
+                // Guests to published ports through a host address, which hearth's publish
+                // table translated to its hairpin proxies (see `host::hairpin`): only when the
+                // socket reached is a proxy's (marked), so no other translation of guests'
+                // packets to the host, nor a program on a dead proxy's port, is let in. For
+                // UDP every datagram, before the accept of established flows: a flow the
+                // kernel still tracks outlives a dead proxy.
+                let mark = crate::host::hairpin::SOCKET_MARK;
+                let translated = "-m conntrack --ctstate DNAT --ctdir ORIGINAL";
+                let to_a_proxy = format!("-m socket --restore-skmark -m mark --mark {mark:#x}");
+                rules.push(format!(
+                    "-A {chain} -i {br} -p udp {translated} {to_a_proxy} -j ACCEPT"
+                ));
+                rules.push(format!("-A {chain} -i {br} -p udp {translated} -j DROP"));
                 rules.push(format!(
                     "-A {chain} -i {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
                 ));
-                // Guests to published ports through a host address, which hearth's publish
-                // table translated to its hairpin proxies: only when the socket reached is a
-                // proxy's (marked), so no other translation of guests' packets to the host
-                // (nor a program on a dead proxy's port) is let in.
                 rules.push(format!(
-                    "-A {chain} -i {br} -m conntrack --ctstate DNAT --ctdir ORIGINAL \
-                     -m socket --restore-skmark -m mark --mark {:#x} -j ACCEPT",
-                    crate::host::hairpin::SOCKET_MARK
+                    "-A {chain} -i {br} {translated} {to_a_proxy} -j ACCEPT"
+                ));
+                // A SYN that meets a proxy connection's TIME_WAIT remnant (the guest reused
+                // its port): no mark to read there, but the proxies' transparency is kept.
+                rules.push(format!(
+                    "-A {chain} -i {br} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN \
+                     {translated} -m socket --transparent -j ACCEPT"
                 ));
                 rules.push(format!("-A {chain} -i {br} -j DROP"));
             }
@@ -404,8 +417,11 @@ mod tests {
                 "-A HEARTH-INPUT -i hearth0 -m set ! --match-set hearth-guests src,src -j DROP",
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p udp -m udp --dport 53 -j ACCEPT",
                 "-A HEARTH-INPUT -d 172.31.240.1/32 -i hearth0 -p tcp -m tcp --dport 53 -j ACCEPT",
+                "-A HEARTH-INPUT -i hearth0 -p udp -m conntrack --ctstate DNAT --ctdir ORIGINAL -m socket --restore-skmark -m mark --mark 0x2068 -j ACCEPT",
+                "-A HEARTH-INPUT -i hearth0 -p udp -m conntrack --ctstate DNAT --ctdir ORIGINAL -j DROP",
                 "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m socket --restore-skmark -m mark --mark 0x2068 -j ACCEPT",
+                "-A HEARTH-INPUT -i hearth0 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate DNAT --ctdir ORIGINAL -m socket --transparent -j ACCEPT",
                 "-A HEARTH-INPUT -i hearth0 -j DROP",
             ]
         );

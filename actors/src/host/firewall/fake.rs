@@ -89,8 +89,8 @@ pub enum FakeCall {
     },
     /// `update_published(changes)`.
     UpdatePublished(Vec<PublishChange>),
-    /// `open_hairpin(spec)`.
-    OpenHairpin(HairpinSpec),
+    /// `open_hairpin(spec, port)`.
+    OpenHairpin(HairpinSpec, u16),
     /// `close_hairpin(protocol, port)`.
     CloseHairpin(hearth_proto::api_publish::Protocol, u16),
 }
@@ -122,6 +122,10 @@ pub struct FakeState {
     pub hairpins: BTreeMap<(hearth_proto::api_publish::Protocol, u16), HairpinSpec>,
     /// `apply_nft` fails for a text containing this (to fail one table of several).
     pub refuse_nft_with: Option<String>,
+    /// Ports the fake kernel hands out next to hairpin proxies asking for any.
+    pub next_hairpin_ports: std::collections::VecDeque<u16>,
+    /// What `list_nft` answers, by object (`None` for others, as for a missing object).
+    pub nft_listings: BTreeMap<String, String>,
     /// The last hairpin port handed out (0: none yet).
     pub last_hairpin_port: u16,
 }
@@ -378,8 +382,8 @@ impl Firewall for FakeFirewall {
     }
 
     fn list_nft(&mut self, object: &str) -> Result<Option<String>, FirewallError> {
-        drop(self.enter(FakeOp::ListNft, FakeCall::ListNft(object.into()))?);
-        Ok(None)
+        let state = self.enter(FakeOp::ListNft, FakeCall::ListNft(object.into()))?;
+        Ok(state.nft_listings.get(object).cloned())
     }
 
     fn interface_exists(&mut self, name: &str) -> Result<bool, FirewallError> {
@@ -536,10 +540,26 @@ impl Firewall for FakeFirewall {
         .map(drop)
     }
 
-    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
-        let mut state = self.enter(FakeOp::OpenHairpin, FakeCall::OpenHairpin(*spec))?;
-        let port = state.last_hairpin_port.max(39_999) + 1;
-        state.last_hairpin_port = port;
+    fn open_hairpin(&mut self, spec: &HairpinSpec, port: u16) -> Result<u16, FirewallError> {
+        let mut state = self.enter(FakeOp::OpenHairpin, FakeCall::OpenHairpin(*spec, port))?;
+        let port = if port == 0 {
+            // The fake kernel hands out ports from 40000 up, or the ones in `next_hairpin_ports`.
+            if let Some(p) = state.next_hairpin_ports.pop_front() {
+                p
+            } else {
+                let p = state.last_hairpin_port.max(39_999) + 1;
+                state.last_hairpin_port = p;
+                p
+            }
+        } else {
+            port
+        };
+        if state.hairpins.contains_key(&(spec.protocol, port)) {
+            return Err(FirewallError::Hairpin {
+                what: format!("{}/{} on port {port}", spec.target, spec.protocol),
+                source: std::io::ErrorKind::AddrInUse.into(),
+            });
+        }
         state.hairpins.insert((spec.protocol, port), *spec);
         Ok(port)
     }

@@ -255,9 +255,9 @@ impl Firewall for LinuxFirewall {
         super::port_probe::probe_beside(protocol, port, beside)
     }
 
-    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
+    fn open_hairpin(&mut self, spec: &HairpinSpec, port: u16) -> Result<u16, FirewallError> {
         self.hairpin
-            .open(spec)
+            .open(spec, port)
             .map_err(|source| FirewallError::Hairpin {
                 what: format!("{}/{} on {}", spec.target, spec.protocol, spec.bind),
                 source,

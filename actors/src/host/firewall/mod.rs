@@ -336,11 +336,12 @@ pub trait Firewall {
         beside: Ipv4Addr,
     ) -> Result<PortProbe, FirewallError>;
 
-    /// Starts a hairpin proxy (`host::hairpin`) for `spec`; answers the port it listens on.
+    /// Starts a hairpin proxy (`host::hairpin`) for `spec` on `port` (`0`: one the kernel
+    /// chooses); answers the port it listens on.
     ///
     /// # Errors
-    /// [`FirewallError::Hairpin`] when its socket cannot be made.
-    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError>;
+    /// [`FirewallError::Hairpin`] when its socket cannot be made or `port` is taken.
+    fn open_hairpin(&mut self, spec: &HairpinSpec, port: u16) -> Result<u16, FirewallError>;
 
     /// Stops the hairpin proxy on `port` of `protocol`, with its connections. Idempotent.
     fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16);
@@ -420,8 +421,8 @@ impl<F: Firewall + ?Sized> Firewall for Box<F> {
     ) -> Result<PortProbe, FirewallError> {
         (**self).probe_port_beside(protocol, port, beside)
     }
-    fn open_hairpin(&mut self, spec: &HairpinSpec) -> Result<u16, FirewallError> {
-        (**self).open_hairpin(spec)
+    fn open_hairpin(&mut self, spec: &HairpinSpec, port: u16) -> Result<u16, FirewallError> {
+        (**self).open_hairpin(spec, port)
     }
     fn close_hairpin(&mut self, protocol: hearth_proto::api_publish::Protocol, port: u16) {
         (**self).close_hairpin(protocol, port);

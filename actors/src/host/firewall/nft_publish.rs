@@ -303,6 +303,54 @@ pub fn table_text<'a>(
     text
 }
 
+/// Where a hairpin element of the kernel's table leads: its key (protocol, host address if
+/// any, host port) and the proxy's port.
+pub type ListedHairpin = ((Protocol, Option<Ipv4Addr>, u16), u16);
+
+/// The hairpin elements of `nft -j list table ip hearth-publish` output; what cannot be read
+/// is left out (the table is hearth's own, so that is nothing in practice).
+#[must_use]
+pub fn parse_hairpins(json: &str) -> Vec<ListedHairpin> {
+    let Ok(listing) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let items = listing["nftables"].as_array().cloned().unwrap_or_default();
+    let mut found = Vec::new();
+    for item in &items {
+        let map = &item["map"];
+        let with_addr = match map["name"].as_str() {
+            Some(MAP_HAIRPIN_ADDR) => true,
+            Some(MAP_HAIRPIN_ANY) => false,
+            _ => continue,
+        };
+        for elem in map["elem"].as_array().into_iter().flatten() {
+            let (Some(key), Some(data)) =
+                (elem[0]["concat"].as_array(), elem[1]["concat"].as_array())
+            else {
+                continue;
+            };
+            let (addr, rest) = if with_addr {
+                let Some(addr) = key.first().and_then(|a| a.as_str()?.parse().ok()) else {
+                    continue;
+                };
+                (Some(addr), &key[1..])
+            } else {
+                (None, &key[..])
+            };
+            let protocol = match rest.first().and_then(serde_json::Value::as_str) {
+                Some("tcp") => Protocol::Tcp,
+                Some("udp") => Protocol::Udp,
+                _ => continue,
+            };
+            let port = |v: Option<&serde_json::Value>| v?.as_u64()?.try_into().ok();
+            if let (Some(host_port), Some(proxy)) = (port(rest.get(1)), port(data.get(1))) {
+                found.push(((protocol, addr, host_port), proxy));
+            }
+        }
+    }
+    found
+}
+
 /// The `nft -f` text that removes hearth's publish table, present or not.
 #[must_use]
 pub fn teardown_text() -> String {
@@ -477,6 +525,27 @@ mod tests {
         );
         // Without elements, the maps are declared empty.
         assert!(!table_text("hearth0", &[], &[]).contains("elements"));
+    }
+
+    #[test]
+    fn the_kernels_hairpin_elements_are_read_back() {
+        // As `nft -j list table ip hearth-publish` (nft 1.0.6) prints them.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "hearth-publish", "handle": 1}},
+            {"map": {"family": "ip", "name": "any", "table": "hearth-publish", "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["172.31.240.5", 80]}]]}},
+            {"map": {"family": "ip", "name": "hairpin_addr", "table": "hearth-publish", "elem": [[{"concat": ["10.98.0.1", "udp", 5353]}, {"concat": ["172.31.240.1", 40002]}]]}},
+            {"map": {"family": "ip", "name": "hairpin_any", "table": "hearth-publish", "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["172.31.240.1", 40001]}], [{"concat": ["sctp", 1]}, {"concat": ["172.31.240.1", 2]}]]}}]}"#;
+        assert_eq!(
+            parse_hairpins(json),
+            [
+                (
+                    (Protocol::Udp, Some(Ipv4Addr::new(10, 98, 0, 1)), 5353),
+                    40002
+                ),
+                ((Protocol::Tcp, None, 8080), 40001),
+            ]
+        );
+        assert!(parse_hairpins("not json").is_empty());
     }
 
     #[test]

@@ -46,37 +46,51 @@ pub fn probe(
     }
 }
 
-/// Whether `port` of `protocol` is taken on any of the host's IPv4 addresses but `beside`
-/// (each bound in turn, in the calling thread's network namespace): for a port that a socket
-/// on `beside` holds, whether anything else does. A socket on every address could not share
-/// the port with the one on `beside`, so the addresses one by one tell it all.
+/// Whether a socket other than on `beside` holds `port` of `protocol` (on any IPv4 address,
+/// local or not, or on every address): for a port that a socket on `beside` holds, so that
+/// binding it cannot tell. Read from the kernel's socket tables of the calling thread's
+/// network namespace (`/proc/thread-self/net/{tcp,udp}`); a TCP socket in `TIME_WAIT` does not
+/// count (a bind with `SO_REUSEADDR`, as programs do, takes the port).
 ///
 /// # Errors
-/// [`FirewallError::PortProbe`] when the addresses cannot be listed or a bind fails for
-/// another reason than the port being taken.
+/// [`FirewallError::PortProbe`] when the table cannot be read.
 pub fn probe_beside(
     protocol: Protocol,
     port: u16,
     beside: Ipv4Addr,
 ) -> Result<PortProbe, FirewallError> {
-    let addresses = nix::ifaddrs::getifaddrs().map_err(|e| FirewallError::PortProbe {
-        what: format!("{port}/{protocol} beside {beside}"),
-        source: e.into(),
+    let table = format!("/proc/thread-self/net/{}", protocol.as_str());
+    let text = std::fs::read_to_string(&table).map_err(|source| FirewallError::PortProbe {
+        what: format!("{port}/{protocol} beside {beside} ({table})"),
+        source,
     })?;
-    let mut seen = std::collections::BTreeSet::new();
-    for addr in addresses
-        .filter_map(|i| {
-            i.address?
-                .as_sockaddr_in()
-                .map(nix::sys::socket::SockaddrIn::ip)
-        })
-        .filter(|a| *a != beside)
-    {
-        if seen.insert(addr) && probe(protocol, Some(addr), port)? == PortProbe::Bound {
-            return Ok(PortProbe::Bound);
-        }
-    }
-    Ok(PortProbe::Free)
+    let held = sockets(&text).any(|(addr, p, state)| {
+        p == port && addr != beside && !(protocol == Protocol::Tcp && state == TCP_TIME_WAIT)
+    });
+    Ok(if held {
+        PortProbe::Bound
+    } else {
+        PortProbe::Free
+    })
+}
+
+/// `TCP_TIME_WAIT` in the `st` column.
+const TCP_TIME_WAIT: u8 = 0x06;
+
+/// The (local address, local port, state) of each socket of a `/proc/net/{tcp,udp}` table.
+fn sockets(table: &str) -> impl Iterator<Item = (Ipv4Addr, u16, u8)> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (addr, port) = fields.nth(1)?.split_once(':')?;
+        let state = fields.nth(1)?;
+        // The address as the kernel stores it (network order), printed as a native integer.
+        let addr = Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes());
+        Some((
+            addr,
+            u16::from_str_radix(port, 16).ok()?,
+            u8::from_str_radix(state, 16).ok()?,
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -101,8 +115,8 @@ mod tests {
 
     #[test]
     fn beside_one_address_only_the_other_addresses_count() {
-        // 127.0.0.1 is the loopback's: a socket there is seen beside any other address.
-        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        // 127.0.0.2 is no interface's address, but a socket there holds the port too.
+        let held = TcpListener::bind("127.0.0.2:0").unwrap();
         let port = held.local_addr().unwrap().port();
         let other = Ipv4Addr::new(203, 0, 113, 9);
         assert_eq!(
@@ -110,8 +124,29 @@ mod tests {
             PortProbe::Bound
         );
         assert_eq!(
-            probe_beside(Protocol::Tcp, port, Ipv4Addr::LOCALHOST).unwrap(),
+            probe_beside(Protocol::Tcp, port, Ipv4Addr::new(127, 0, 0, 2)).unwrap(),
             PortProbe::Free
+        );
+        let udp = UdpSocket::bind("127.0.0.3:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(
+            probe_beside(Protocol::Udp, port, other).unwrap(),
+            PortProbe::Bound
+        );
+    }
+
+    #[test]
+    fn the_socket_tables_are_read_as_the_kernel_writes_them() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                     0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1\n   \
+                     1: 0101A8C0:0035 0201A8C0:C350 06 00000000:00000000 03:00000F9C 00000000     0        0 0 3\n";
+        let parsed: Vec<_> = sockets(table).collect();
+        assert_eq!(
+            parsed,
+            [
+                (Ipv4Addr::LOCALHOST, 8080, 0x0a),
+                (Ipv4Addr::new(192, 168, 1, 1), 53, TCP_TIME_WAIT)
+            ]
         );
     }
 

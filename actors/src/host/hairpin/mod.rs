@@ -11,18 +11,23 @@
 //! `userland-proxy`.
 //!
 //! One proxy per published port (and protocol), bound to the gateway on a port the kernel
-//! chooses, its socket marked with [`SOCKET_MARK`]: `HEARTH-INPUT` accepts a guest's translated
-//! packet only when the socket it reaches carries that mark, so even after a `kill -9` of
-//! hearthd (its translations stay, its proxies are gone) a guest cannot reach a program that
-//! took the port since, and no other program's translation of guests' packets to the host is
-//! let in by hearth's rule.
+//! chooses (or the one it had before hearthd restarted, see `nat::publish`), its socket marked
+//! with [`SOCKET_MARK`] and transparent (`IP_TRANSPARENT`, which its connections and their
+//! `TIME_WAIT` remnants inherit). Under `block_guest_to_host`, `HEARTH-INPUT` accepts a guest's
+//! translated packet only when the socket it reaches carries that mark (or, for a TCP SYN, is
+//! a transparent socket's `TIME_WAIT` remnant, which has no mark to read), so even after a
+//! `kill -9` of hearthd (its translations stay, its proxies are gone) a guest cannot reach a
+//! program that took the port since, and no other program's translation of guests' packets to
+//! the host is let in by hearth's rule. A program that is itself root and sets
+//! `IP_TRANSPARENT` on a socket on a dead proxy's port would be let in by the SYN rule.
 //!
 //! Guests are untrusted, so everything is bounded ([`HairpinLimits`] per proxy, a budget for
 //! all proxies together): peers outside the guest subnet are refused; a proxy holds a bounded
-//! number of connections or flows, and one guest only a share of them; a UDP flow ends after an
-//! idle time and queues at most [`UDP_QUEUE`] datagrams; a connection to the guest behind the
-//! port must open within [`CONNECT_TIMEOUT`]; receive buffers exist only while a datagram is
-//! read. Closing a proxy ends its connections and flows.
+//! number of connections or flows, one guest a share of them, and one guest a share of all
+//! proxies' budget; a UDP flow ends after an idle time and queues at most [`UDP_QUEUE`]
+//! datagrams of their own size; a TCP connection whose guest went away ends by keepalive; a
+//! connection to the guest behind the port must open within [`CONNECT_TIMEOUT`]. Closing a
+//! proxy ends its connections and flows.
 //!
 //! The proxies run on one worker thread of their own (a busy hairpin does not delay the actor
 //! that opens them), started by the first proxy. Sockets belong to the network namespace of
@@ -36,7 +41,7 @@ mod udp;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearth_proto::api_publish::Protocol;
@@ -60,6 +65,18 @@ pub const TOTAL_TCP_CONNECTIONS: usize = 1024;
 /// UDP flows all proxies hold together (each a descriptor and at most [`UDP_QUEUE`] queued
 /// datagrams).
 pub const TOTAL_UDP_FLOWS: usize = 512;
+/// The share of all proxies' TCP connections one guest may hold, whatever the ports.
+pub const GUEST_TCP_CONNECTIONS: usize = TOTAL_TCP_CONNECTIONS / 4;
+/// The share of all proxies' UDP flows one guest may hold, whatever the ports.
+pub const GUEST_UDP_FLOWS: usize = TOTAL_UDP_FLOWS / 4;
+/// Keepalive of a proxied TCP connection's two sockets: a guest gone silent for this long is
+/// probed, and the connection ends after [`KEEPALIVE_PROBES`] unanswered probes
+/// [`KEEPALIVE_INTERVAL`] apart.
+pub const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// See [`KEEPALIVE_TIME`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_TIME`].
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// What one proxy holds at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,28 +89,57 @@ pub struct HairpinLimits {
     pub udp_flows: usize,
     /// UDP flows of one guest (source address) at once.
     pub udp_per_guest: usize,
-    /// A UDP flow without a datagram either way for this long ends.
+    /// A UDP flow without a datagram either way for this long ends: no longer than the
+    /// kernel's conntrack keeps an unanswered UDP flow (30 s), after which the flow's answers
+    /// would leave untranslated.
     pub udp_idle: Duration,
 }
 
 impl Default for HairpinLimits {
-    /// 256 connections (64 per guest) and 128 flows (32 per guest), flows idle for a minute.
+    /// 256 connections (64 per guest) and 128 flows (32 per guest), flows idle for 30 s.
     fn default() -> Self {
         Self {
             tcp_connections: 256,
             tcp_per_guest: 64,
             udp_flows: 128,
             udp_per_guest: 32,
-            udp_idle: Duration::from_secs(60),
+            udp_idle: Duration::from_secs(30),
         }
     }
 }
 
-/// The connections and flows all proxies may still open.
+/// The connections and flows all proxies may still open, in all and per guest.
 #[derive(Debug, Clone)]
 struct Budget {
     tcp: Arc<Semaphore>,
     udp: Arc<Semaphore>,
+    tcp_guests: Shares,
+    udp_guests: Shares,
+}
+
+/// What one connection or flow holds of the budgets; given back when dropped (also when its
+/// task panics or is aborted).
+struct Held {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    _all_proxies: Share,
+    _this_proxy: Share,
+}
+
+impl Budget {
+    /// Takes one connection (`tcp`) or flow for `guest`, of all proxies' budget, the guest's
+    /// share of it, and the guest's share of one proxy (`proxy`); `None` when any is spent.
+    fn take(&self, tcp: bool, guest: Ipv4Addr, proxy: &Shares) -> Option<Held> {
+        let (total, guests) = if tcp {
+            (&self.tcp, &self.tcp_guests)
+        } else {
+            (&self.udp, &self.udp_guests)
+        };
+        Some(Held {
+            _total: Arc::clone(total).try_acquire_owned().ok()?,
+            _all_proxies: guests.take(guest)?,
+            _this_proxy: proxy.take(guest)?,
+        })
+    }
 }
 
 /// One proxy: which traffic, from whom, to where.
@@ -131,7 +177,8 @@ impl Proxies {
         Self::default()
     }
 
-    /// Proxies that hold at most `tcp` connections and `udp` flows together.
+    /// Proxies that hold at most `tcp` connections and `udp` flows together, and one guest a
+    /// quarter of each.
     #[must_use]
     pub fn with_budget(tcp: usize, udp: usize) -> Self {
         Self {
@@ -140,17 +187,20 @@ impl Proxies {
             budget: Budget {
                 tcp: Arc::new(Semaphore::new(tcp)),
                 udp: Arc::new(Semaphore::new(udp)),
+                tcp_guests: Shares::new(tcp.div_ceil(4)),
+                udp_guests: Shares::new(udp.div_ceil(4)),
             },
         }
     }
 
-    /// Starts a proxy for `spec`; answers the port it listens on.
+    /// Starts a proxy for `spec` on `port` of its address (`0`: one the kernel chooses);
+    /// answers the port it listens on.
     ///
     /// # Errors
-    /// The socket or worker thread could not be created.
-    pub fn open(&mut self, spec: &HairpinSpec) -> io::Result<u16> {
+    /// The socket or worker thread could not be created, or `port` is taken.
+    pub fn open(&mut self, spec: &HairpinSpec, port: u16) -> io::Result<u16> {
         let socket = marked_socket(spec.protocol)?;
-        socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.bind, 0)).into())?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(spec.bind, port)).into())?;
         let port = socket
             .local_addr()?
             .as_socket_ipv4()
@@ -173,11 +223,11 @@ impl Proxies {
             Protocol::Tcp => {
                 socket.listen(1024)?;
                 let listener = tokio::net::TcpListener::from_std(socket.into())?;
-                runtime.spawn(tcp::serve(listener, *spec, budget.tcp))
+                runtime.spawn(tcp::serve(listener, *spec, budget))
             }
             Protocol::Udp => {
                 let socket = tokio::net::UdpSocket::from_std(socket.into())?;
-                runtime.spawn(udp::serve(socket, *spec, budget.udp))
+                runtime.spawn(udp::serve(socket, *spec, budget))
             }
         };
         if let Some(old) = self
@@ -219,8 +269,9 @@ impl Drop for Proxies {
     }
 }
 
-/// A non-blocking socket for a proxy, marked, and allowed to bind the gateway before the
-/// bridge has its address (hearthd may reconcile before the TAP pool is up).
+/// A non-blocking socket for a proxy, marked, transparent (see the module docs), and allowed to
+/// bind the gateway before the bridge has its address (hearthd may reconcile before the TAP
+/// pool is up).
 fn marked_socket(protocol: Protocol) -> io::Result<Socket> {
     let kind = match protocol {
         Protocol::Tcp => Type::STREAM,
@@ -228,31 +279,61 @@ fn marked_socket(protocol: Protocol) -> io::Result<Socket> {
     };
     let socket = Socket::new(Domain::IPV4, kind.nonblocking().cloexec(), None)?;
     socket.set_mark(SOCKET_MARK)?;
+    socket.set_ip_transparent_v4(true)?;
     socket.set_freebind_v4(true)?;
     Ok(socket)
 }
 
-/// Counts of something per guest address, for the per-guest shares.
-#[derive(Debug, Default)]
-struct PerGuest(HashMap<Ipv4Addr, usize>);
+/// Counts per guest address, each at most `max`: a guest's share of something.
+#[derive(Debug, Clone)]
+struct Shares {
+    counts: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
+    max: usize,
+}
 
-impl PerGuest {
-    /// Counts one more for `guest` if it has fewer than `max`; answers whether it did.
-    fn take(&mut self, guest: Ipv4Addr, max: usize) -> bool {
-        let n = self.0.entry(guest).or_default();
-        if *n >= max {
-            return false;
+/// One unit of a guest's share, given back when dropped.
+struct Share {
+    shares: Shares,
+    guest: Ipv4Addr,
+}
+
+impl Shares {
+    fn new(max: usize) -> Self {
+        Self {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+            max,
         }
-        *n += 1;
-        true
     }
 
-    /// Counts one less for `guest`.
-    fn give(&mut self, guest: Ipv4Addr) {
-        if let Some(n) = self.0.get_mut(&guest) {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Ipv4Addr, usize>> {
+        // Nothing panics while holding the lock; a poisoned map is still consistent.
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One unit of `guest`'s share, unless it holds `max` already.
+    fn take(&self, guest: Ipv4Addr) -> Option<Share> {
+        let mut counts = self.counts();
+        let n = counts.entry(guest).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.clone(),
+            guest,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut counts = self.shares.counts();
+        if let Some(n) = counts.get_mut(&self.guest) {
             *n -= 1;
             if *n == 0 {
-                self.0.remove(&guest);
+                counts.remove(&self.guest);
             }
         }
     }

@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{Id, JoinSet};
 
-use super::{allowed_peer, HairpinSpec, PerGuest, UDP_QUEUE};
+use super::{allowed_peer, Budget, HairpinSpec, Held, Shares, UDP_QUEUE};
 
 /// The largest datagram (an IPv4 payload): the size of a receive buffer, which exists only
-/// while a datagram is read.
+/// while a datagram is read (what is kept is a copy of the datagram's own size).
 const MAX_DATAGRAM: usize = 65_535;
 
 /// A flow the proxy holds: where its datagrams go, and which task serves it.
@@ -27,13 +26,13 @@ struct Flow {
 
 /// Serves `socket` until aborted (which ends every flow). Datagrams are dropped when their
 /// sender is outside the guest subnet, or their flow would be one too many for the proxy, its
-/// guest's share or all proxies' `budget`, or their flow's queue is full.
-pub(super) async fn serve(socket: UdpSocket, spec: HairpinSpec, budget: Arc<Semaphore>) {
+/// guest's share or the `budget` of all proxies, or their flow's queue is full.
+pub(super) async fn serve(socket: UdpSocket, spec: HairpinSpec, budget: Budget) {
     let socket = Arc::new(socket);
     let mut flows: HashMap<SocketAddrV4, Flow> = HashMap::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut peers: HashMap<Id, SocketAddrV4> = HashMap::new();
-    let mut per_guest = PerGuest::default();
+    let per_guest = Shares::new(spec.limits.udp_per_guest);
     loop {
         tokio::select! {
             received = receive(&socket) => {
@@ -53,19 +52,15 @@ pub(super) async fn serve(socket: UdpSocket, spec: HairpinSpec, budget: Arc<Sema
                 // No flow, or one that just ended (idle) and is not reaped yet: a new one.
                 if let Some(old) = flows.remove(&peer) {
                     peers.remove(&old.task);
-                    per_guest.give(*peer.ip());
                 }
                 if flows.len() >= spec.limits.udp_flows {
                     continue;
                 }
-                let Ok(permit) = Arc::clone(&budget).try_acquire_owned() else { continue };
-                if !per_guest.take(*peer.ip(), spec.limits.udp_per_guest) {
-                    continue;
-                }
+                let Some(held) = budget.take(false, *peer.ip(), &per_guest) else { continue };
                 let (tx, rx) = mpsc::channel(UDP_QUEUE);
                 let _ = tx.try_send(datagram);
                 let task = tasks
-                    .spawn(flow(Arc::clone(&socket), peer, spec, rx, permit))
+                    .spawn(flow(Arc::clone(&socket), peer, spec, rx, held))
                     .id();
                 flows.insert(peer, Flow { datagrams: tx, task });
                 peers.insert(task, peer);
@@ -79,7 +74,6 @@ pub(super) async fn serve(socket: UdpSocket, spec: HairpinSpec, budget: Arc<Sema
                 if let Some(peer) = peers.remove(&task) {
                     if flows.get(&peer).is_some_and(|f| f.task == task) {
                         flows.remove(&peer);
-                        per_guest.give(*peer.ip());
                     }
                 }
             }
@@ -93,10 +87,7 @@ async fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, std::net::SocketAddr)> 
         socket.readable().await.ok()?;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         match socket.try_recv_from(&mut buf) {
-            Ok((n, from)) => {
-                buf.truncate(n);
-                return Some((buf, from));
-            }
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => return None,
         }
@@ -104,13 +95,13 @@ async fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, std::net::SocketAddr)> 
 }
 
 /// One guest's flow: its datagrams to the target, the target's answers back to it, until
-/// the idle limit passes without either.
+/// the idle limit passes without either. `held` goes back to the budgets when it ends.
 async fn flow(
     proxy: Arc<UdpSocket>,
     peer: SocketAddrV4,
     spec: HairpinSpec,
     mut datagrams: mpsc::Receiver<Vec<u8>>,
-    _permit: OwnedSemaphorePermit,
+    held: Held,
 ) {
     let upstream = match UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await {
         Ok(s) if s.connect(spec.target).await.is_ok() => s,
@@ -136,4 +127,5 @@ async fn flow(
             () = tokio::time::sleep(spec.limits.udp_idle) => break,
         }
     }
+    drop(held);
 }
