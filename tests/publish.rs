@@ -672,3 +672,63 @@ fn a_program_on_a_dead_udp_proxys_port_gets_no_guest_datagram() {
     let (n, _) = rogue.recv_from(&mut buf).expect("the program receives");
     assert_eq!(&buf[..n], b"host");
 }
+
+/// A guest that connects again from the same source port soon after a hairpin connection the
+/// far side closed first meets the proxy's `TIME_WAIT` remnant of the first connection, which
+/// has no mark to read: the SYN must still get through (the proxies' sockets are transparent).
+#[test]
+fn a_guest_reconnecting_from_the_same_port_gets_through_the_proxys_time_wait() {
+    require_privileged!();
+    let w = world();
+    // web answers at once and closes first, so the proxy closes first towards the client.
+    let server = w.guests[0]
+        .run(|| TcpListener::bind(SocketAddrV4::new(guest_ip(5), 80)))
+        .expect("bind web's server");
+    std::thread::spawn(move || {
+        for stream in server.incoming().flatten() {
+            let mut s = stream;
+            let _ = s.write_all(b"hi");
+        }
+    });
+    let w = &w;
+    w.host.block_on(|| async {
+        let nat = start(IptablesFlavor::System);
+        nat.send(Reconcile { desired: desired() })
+            .await
+            .unwrap()
+            .unwrap();
+        nat.send(PublishPorts {
+            vm: "web".into(),
+            guest_ip: guest_ip(5),
+            mappings: vec![mapping("8080:80")],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let exchange = || -> std::io::Result<Vec<u8>> {
+            w.guests[1].run(|| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                s.bind(&SocketAddr::from((guest_ip(6), 41234)).into())?;
+                s.connect_timeout(&at(HOST_IP, 8080).into(), Duration::from_secs(3))?;
+                let mut s: TcpStream = s.into();
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                let mut got = Vec::new();
+                s.read_to_end(&mut got)?;
+                Ok(got)
+            })
+        };
+        assert_eq!(exchange().expect("first connection"), b"hi");
+        let states = w.host.exec_ok(&["ss", "-tanH", "state", "time-wait"]);
+        assert!(
+            states.contains(&format!("{}:41234", guest_ip(6))),
+            "no TIME_WAIT on the proxy's side: {states}"
+        );
+        assert_eq!(
+            exchange().expect("again from the same port"),
+            b"hi",
+            "the SYN meeting the TIME_WAIT was dropped"
+        );
+        nat.send(Teardown).await.unwrap().unwrap();
+    });
+}
