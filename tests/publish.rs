@@ -202,6 +202,24 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
+/// A set-up `NatActor` (the system's iptables) where web (guest 5) publishes `port`.
+async fn web_publishing(port: &str) -> Addr<NatActor> {
+    let nat = start(IptablesFlavor::System);
+    nat.send(Reconcile { desired: desired() })
+        .await
+        .unwrap()
+        .unwrap();
+    nat.send(PublishPorts {
+        vm: "web".into(),
+        guest_ip: guest_ip(5),
+        mappings: vec![mapping(port)],
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    nat
+}
+
 fn start(flavor: IptablesFlavor) -> Addr<NatActor> {
     NatActor::new(
         config(),
@@ -615,19 +633,7 @@ fn a_program_on_a_dead_udp_proxys_port_gets_no_guest_datagram() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let proxy_port = w.host.block_on(|| async {
-        let nat = start(IptablesFlavor::System);
-        nat.send(Reconcile { desired: desired() })
-            .await
-            .unwrap()
-            .unwrap();
-        nat.send(PublishPorts {
-            vm: "web".into(),
-            guest_ip: guest_ip(5),
-            mappings: vec![mapping("5353:53/udp")],
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let nat = web_publishing("5353:53/udp").await;
         // The flow through the proxy works.
         client.send_to(b"hello", at(HOST_IP, 5353)).unwrap();
         let mut buf = [0u8; 512];
@@ -692,19 +698,7 @@ fn a_guest_reconnecting_from_the_same_port_gets_through_the_proxys_time_wait() {
     });
     let w = &w;
     w.host.block_on(|| async {
-        let nat = start(IptablesFlavor::System);
-        nat.send(Reconcile { desired: desired() })
-            .await
-            .unwrap()
-            .unwrap();
-        nat.send(PublishPorts {
-            vm: "web".into(),
-            guest_ip: guest_ip(5),
-            mappings: vec![mapping("8080:80")],
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let nat = web_publishing("8080:80").await;
         let exchange = || -> std::io::Result<Vec<u8>> {
             w.guests[1].run(|| {
                 let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;

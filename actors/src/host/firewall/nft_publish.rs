@@ -68,11 +68,7 @@ impl PublishElement {
     /// The map the element belongs to.
     #[must_use]
     pub fn map(&self) -> &'static str {
-        if self.mapping.host_addr.is_some() {
-            MAP_ADDR
-        } else {
-            MAP_ANY
-        }
+        map_of(&self.mapping, MAP_ADDR, MAP_ANY)
     }
 
     /// The key, as the kernel lays out a concatenation: each part padded to a 4-byte
@@ -103,30 +99,39 @@ impl HairpinElement {
     /// The map the element belongs to.
     #[must_use]
     pub fn map(&self) -> &'static str {
-        if self.mapping.host_addr.is_some() {
-            MAP_HAIRPIN_ADDR
-        } else {
-            MAP_HAIRPIN_ANY
-        }
+        map_of(&self.mapping, MAP_HAIRPIN_ADDR, MAP_HAIRPIN_ANY)
     }
 }
 
 impl fmt::Display for HairpinElement {
     /// The element as `nft` writes it, e.g. `tcp . 8080 : 172.31.240.1 . 40001`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.mapping;
-        if let Some(addr) = m.host_addr {
-            write!(f, "{addr} . ")?;
-        }
-        write!(
-            f,
-            "{} . {} : {} . {}",
-            m.protocol.as_str(),
-            m.host_port,
-            self.proxy.ip(),
-            self.proxy.port()
-        )
+        write_element(f, &self.mapping, self.proxy)
     }
+}
+
+/// `addr` for a mapping on one host address, `any` for one on every address.
+fn map_of(m: &PortMapping, addr: &'static str, any: &'static str) -> &'static str {
+    if m.host_addr.is_some() {
+        addr
+    } else {
+        any
+    }
+}
+
+/// An element as `nft` writes it: `[host address . ]protocol . port : address . port`.
+fn write_element(f: &mut fmt::Formatter<'_>, m: &PortMapping, to: SocketAddrV4) -> fmt::Result {
+    if let Some(addr) = m.host_addr {
+        write!(f, "{addr} . ")?;
+    }
+    write!(
+        f,
+        "{} . {} : {} . {}",
+        m.protocol.as_str(),
+        m.host_port,
+        to.ip(),
+        to.port()
+    )
 }
 
 /// A mapping's key in the maps: see [`PublishElement::key`].
@@ -152,17 +157,10 @@ fn address_data(to: SocketAddrV4) -> [u8; 8] {
 impl fmt::Display for PublishElement {
     /// The element as `nft` writes it, e.g. `10.0.0.1 . tcp . 8080 : 172.31.240.5 . 80`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.mapping;
-        if let Some(addr) = m.host_addr {
-            write!(f, "{addr} . ")?;
-        }
-        write!(
+        write_element(
             f,
-            "{} . {} : {} . {}",
-            m.protocol.as_str(),
-            m.host_port,
-            self.guest_ip,
-            m.guest_port
+            &self.mapping,
+            SocketAddrV4::new(self.guest_ip, self.mapping.guest_port),
         )
     }
 }
