@@ -29,16 +29,10 @@ use hearth_actors::nat::{
     GuestSpec, NatActor, NatConfig, NatError, PublishPorts, Reconcile, Teardown, UnpublishPorts,
 };
 use hearth_proto::api_publish::PortMapping;
+use hearth_testkit::bridge_world::{guest_ip, BridgeWorld, GATEWAY, HOST_IP, OUTSIDE_IP};
 use hearth_testkit::guest::PeerEchoServer;
 
 const FLAVORS: [IptablesFlavor; 2] = [IptablesFlavor::Nft, IptablesFlavor::Legacy];
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
-const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 31, 240, 1);
-
-fn guest_ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(172, 31, 240, n)
-}
 
 fn config() -> NatConfig {
     NatConfig {
@@ -54,65 +48,10 @@ fn config() -> NatConfig {
 }
 
 /// The host, the outside and guests 5 and 6.
-struct World {
-    host: NetNs,
-    outside: NetNs,
-    guests: Vec<NetNs>,
-}
-
-fn world() -> World {
-    let host = NetNs::new("hpub");
-    let outside = NetNs::new("hpubo");
-    common::veth(
-        &host,
-        "wan0",
-        "10.98.0.1/24",
-        &outside,
-        "up0",
-        "10.98.0.2/24",
-    );
-    // So that the outside could address the guests directly, if the host let it.
-    outside.exec_ok(&["ip", "route", "add", "172.31.240.0/24", "via", "10.98.0.1"]);
-    host.exec_ok(&["ip", "link", "add", "hearth0", "type", "bridge"]);
-    host.exec_ok(&["ip", "addr", "add", "172.31.240.1/24", "dev", "hearth0"]);
-    host.exec_ok(&["ip", "link", "set", "hearth0", "up"]);
-    let guests = [5u8, 6]
-        .iter()
-        .map(|n| {
-            let g = NetNs::new("hpubg");
-            let port = format!("hth{n}");
-            host.exec_ok(&[
-                "ip",
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                g.name(),
-            ]);
-            host.exec_ok(&["ip", "link", "set", &port, "master", "hearth0", "up"]);
-            g.exec_ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", guest_ip(*n)),
-                "dev",
-                "eth0",
-            ]);
-            g.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            g.exec_ok(&["ip", "route", "add", "default", "via", "172.31.240.1"]);
-            g
-        })
-        .collect();
-    World {
-        host,
-        outside,
-        guests,
-    }
+/// Guests 5 and 6 on hearth's bridge, not isolated (hearth's TAP pool isolates them; these
+/// tests check the firewall alone, and `tests/e2e_publish_packets.rs` the isolated ports).
+fn world() -> BridgeWorld {
+    BridgeWorld::new("hpub", &[5, 6], false)
 }
 
 /// Connects from `ns` to `to`, sends a line and answers what the server said (the peer it

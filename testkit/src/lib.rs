@@ -3,6 +3,7 @@
 //! - [`NetNs`], [`veth`], [`privileged`]: the harness for privileged tests, which run inside
 //!   network namespaces they create;
 //! - [`wait_until`]: the one polling helper, a condition and a deadline;
+//! - [`bridge_world`]: hearth's bridge with guests and an outside, for published-port tests;
 //! - [`bodies`]: every Firecracker request body the simulator's tests send, also validated
 //!   against the spec by `hearth-proto`'s tests;
 //! - [`guest`] (feature `sim`): a simulated guest's config and the servers data-plane tests
@@ -20,6 +21,7 @@
 )]
 
 pub mod bodies;
+pub mod bridge_world;
 pub mod fc_sim;
 #[cfg(feature = "sim")]
 pub mod guest;
