@@ -60,7 +60,7 @@ pub const SOCKET_MARK: u32 = 0x2068;
 pub const UDP_QUEUE: usize = 2;
 /// How long a connection to the guest behind the port may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP connections all proxies hold together (each is two descriptors and two 8 KiB buffers).
+/// TCP connections all proxies hold together (each is two descriptors and two 32 KiB buffers).
 pub const TOTAL_TCP_CONNECTIONS: usize = 1024;
 /// UDP flows all proxies hold together (each a descriptor and at most [`UDP_QUEUE`] queued
 /// datagrams).
