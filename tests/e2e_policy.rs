@@ -30,21 +30,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-fn create(h: &HearthHost, name: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ];
-    args.extend_from_slice(extra);
-    h.ctl_ok(&args)
-}
-
 /// The details of `vm`'s events with reason `reason`, oldest first.
 fn events(h: &HearthHost, vm: &str, reason: &str) -> Vec<String> {
     let out = h.ctl(&["events"]);
@@ -91,7 +76,7 @@ fn let_the_policy_loop_run(h: &HearthHost) {
 fn on_failure_restarts_a_crashing_vm_then_gives_up() {
     require_privileged!();
     let h = HearthHost::start(&[("FC_SIM_CRASH_AFTER_MS", "300")], "");
-    create(&h, "a", &["--restart", "on-failure:2"]);
+    h.create_test_vm("a", &["--restart", "on-failure:2"]);
     assert!(
         common::wait_until(Duration::from_secs(20), || events(&h, "a", "policy")
             .iter()
@@ -123,9 +108,9 @@ fn on_failure_restarts_a_crashing_vm_then_gives_up() {
 fn a_user_stop_is_not_undone_and_a_host_reboot_brings_always_back() {
     require_privileged!();
     let mut h = HearthHost::start(&[], "");
-    create(&h, "stays", &["--restart", "always"]);
-    let back = create(&h, "back", &["--restart", "always"]);
-    create(&h, "never", &[]);
+    h.create_test_vm("stays", &["--restart", "always"]);
+    let back = h.create_test_vm("back", &["--restart", "always"]);
+    h.create_test_vm("never", &[]);
     h.ctl_ok(&["vm", "stop", "stays"]);
     let_the_policy_loop_run(&h);
     assert_eq!(h.state("stays").as_deref(), Some("stopped"));
@@ -163,8 +148,8 @@ fn a_user_stop_is_not_undone_and_a_host_reboot_brings_always_back() {
 fn a_time_limit_is_enforced_across_a_restart_of_hearthd() {
     require_privileged!();
     let mut h = HearthHost::start(&[], "");
-    create(&h, "job", &["--ttl", "4s", "--on-expiry", "delete"]);
-    create(&h, "keep", &["--ttl", "4s"]);
+    h.create_test_vm("job", &["--ttl", "4s", "--on-expiry", "delete"]);
+    h.create_test_vm("keep", &["--ttl", "4s"]);
     let job = h.ctl_ok(&["vm", "get", "job"]);
     let left = job["time_left_secs"].as_u64();
     assert!(matches!(left, Some(1..=4)), "{left:?}");
@@ -200,8 +185,8 @@ fn a_time_limit_is_enforced_across_a_restart_of_hearthd() {
 fn a_cordon_outlives_a_restart_and_a_drain_stops_every_vm() {
     require_privileged!();
     let mut h = HearthHost::start(&[], "");
-    create(&h, "a", &["--restart", "always"]);
-    create(&h, "b", &[]);
+    h.create_test_vm("a", &["--restart", "always"]);
+    h.create_test_vm("b", &[]);
     h.ctl_ok(&["node", "cordon", "kernel upgrade"]);
     h.kill9();
     h.launch();
@@ -284,8 +269,8 @@ fn always_brings_back_a_guest_that_powered_itself_off() {
         ],
         "",
     );
-    create(&h, "back", &["--restart", "always"]);
-    create(&h, "stays", &["--restart", "on-failure"]);
+    h.create_test_vm("back", &["--restart", "always"]);
+    h.create_test_vm("stays", &["--restart", "on-failure"]);
     // `back` shuts down, is restarted after 1 s, and runs again.
     let came_back = |h: &HearthHost| {
         let ev = all_events(h, "back");
@@ -329,7 +314,7 @@ fn expiry_snapshots_then_stops_and_the_snapshot_restores() {
         ],
         "",
     );
-    create(&h, "job", &["--ttl", "3s", "--on-expiry", "snapshot"]);
+    h.create_test_vm("job", &["--ttl", "3s", "--on-expiry", "snapshot"]);
     assert!(
         common::wait_until(Duration::from_secs(20), || events(&h, "job", "expired")
             .len()
@@ -385,7 +370,7 @@ fn expiry_snapshots_then_stops_and_the_snapshot_restores() {
 fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
     require_privileged!();
     let h = HearthHost::start(&[], "");
-    create(&h, "web", &[]);
+    h.create_test_vm("web", &[]);
     // Snapshots cannot be written (their directory is a dangling link): the drain stops
     // `web` all the same and says why.
     let snapshots = h.path("data/snapshots");
@@ -423,7 +408,7 @@ fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
     std::fs::remove_file(&snapshots).unwrap();
     h.ctl_ok(&["node", "uncordon"]);
     h.ctl_ok(&["vm", "start", "web"]);
-    create(&h, "api", &[]);
+    h.create_test_vm("api", &[]);
     let started = h.ctl_ok(&["node", "drain", "--snapshot", "--no-wait"]);
     assert_eq!(started["drain"]["total"], 2, "{started}");
     assert!(
@@ -464,7 +449,7 @@ fn a_snapshot_drain_snapshots_every_vm_and_a_failed_snapshot_still_stops() {
     h.ctl_ok(&["node", "uncordon"]);
 
     // For a person: `node drain` waits, then prints the outcome.
-    create(&h, "last", &[]);
+    h.create_test_vm("last", &[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearthctl"))
         .arg("--socket")
         .arg(h.path("hearthd.sock"))
@@ -505,7 +490,7 @@ fn policy_times(h: &HearthHost, vm: &str) -> Vec<(u64, String)> {
 fn a_pending_restart_keeps_its_backoff_across_a_kill_9_of_hearthd() {
     require_privileged!();
     let mut h = HearthHost::start(&[("FC_SIM_CRASH_AFTER_MS", "300")], "");
-    create(&h, "a", &["--restart", "on-failure:3"]);
+    h.create_test_vm("a", &["--restart", "on-failure:3"]);
     let decided = |h: &HearthHost| {
         policy_times(h, "a")
             .into_iter()
@@ -561,7 +546,7 @@ fn a_pending_restart_keeps_its_backoff_across_a_kill_9_of_hearthd() {
 fn an_expiry_snapshot_cut_short_by_a_kill_9_is_not_taken_twice() {
     require_privileged!();
     let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "400")], "");
-    create(&h, "job", &["--ttl", "4s", "--on-expiry", "snapshot"]);
+    h.create_test_vm("job", &["--ttl", "4s", "--on-expiry", "snapshot"]);
     let ready = |h: &HearthHost| {
         let list = h.ctl_ok(&["snapshot", "list"]);
         list.as_array()
@@ -642,7 +627,7 @@ fn a_drain_cut_short_by_a_kill_9_is_resumed_and_stops_each_vm_once() {
     let mut h = HearthHost::start(&[("FC_SIM_REBOOT_DELAY_MS", "1500")], "");
     let names: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
     for name in &names {
-        create(&h, name, &["--restart", "always"]);
+        h.create_test_vm(name, &["--restart", "always"]);
     }
     let started = h.ctl_ok(&["node", "drain", "before reboot", "--no-wait"]);
     assert_eq!(started["drain"]["total"], 8, "{started}");
@@ -716,7 +701,7 @@ fn a_snapshot_drain_cut_short_by_a_kill_9_takes_each_snapshot_once() {
     let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "300")], "");
     let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
     for name in &names {
-        create(&h, name, &[]);
+        h.create_test_vm(name, &[]);
     }
     h.ctl_ok(&["node", "drain", "--snapshot", "--no-wait"]);
     let ready = |h: &HearthHost| {

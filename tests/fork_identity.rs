@@ -356,19 +356,6 @@ fn start(sw: Switches) -> HearthHost {
     h
 }
 
-fn create(h: &HearthHost, name: &str) -> Value {
-    h.ctl_ok(&[
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ])
-}
-
 /// Waits until `vm`'s announce with its own (new) identity reached the host side of the
 /// bridge: its stack restarted with the identity the agent was told.
 fn wait_new_identity_on_bridge(
@@ -418,8 +405,8 @@ fn scenario(sw: Switches) -> Scenario {
     let h = start(sw);
     // From before the first VM: every frame the source ever sent is seen on its TAP.
     let sniffer = Sniffer::start(&h.ns);
-    let t = vm(&h, &create(&h, "t"));
-    let a = vm(&h, &create(&h, "a"));
+    let t = vm(&h, &h.create_test_vm("t", &[]));
+    let a = vm(&h, &h.create_test_vm("a", &[]));
     let bridge = ifindex(&h, BRIDGE);
     let b = vm(&h, &h.ctl_ok(&["vm", "fork", "a", "b"]));
     let c = vm(&h, &h.ctl_ok(&["vm", "fork", "a", "c"]));

@@ -23,19 +23,6 @@ use daemon::HearthHost;
 use hearth_testkit::wait_until;
 use serde_json::Value;
 
-fn create(h: &HearthHost, name: &str) -> Value {
-    h.ctl_ok(&[
-        "vm",
-        "create",
-        name,
-        "--kernel",
-        "vmlinux",
-        "--rootfs",
-        "base",
-        "--no-ready-probe",
-    ])
-}
-
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -86,7 +73,7 @@ fn ctl_in_background(h: &HearthHost, args: &[&str]) -> std::process::Child {
 fn pause_resume_and_stop_a_paused_vm() {
     require_privileged!();
     let h = HearthHost::start(&[], "");
-    let vm = create(&h, "a");
+    let vm = h.create_test_vm("a", &[]);
     let pid = vm["pid"].as_u64().unwrap();
     assert_eq!(h.ctl_ok(&["vm", "pause", "a"])["state"], "paused");
     assert_eq!(h.state("a").as_deref(), Some("paused"));
@@ -157,7 +144,7 @@ fn identity_of(h: &HearthHost, vm: &str) -> Value {
 fn snapshot_restore_fork_and_remove_leave_nothing_behind() {
     require_privileged!();
     let h = with_real_agent();
-    let a = create(&h, "a");
+    let a = h.create_test_vm("a", &[]);
     let snaps = h.path("data/snapshots");
 
     let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
@@ -303,7 +290,7 @@ fn freezes_of(h: &HearthHost, vm: &str) -> Vec<Value> {
 fn a_snapshot_freezes_and_thaws_the_guest_root_through_its_agent() {
     require_privileged!();
     let h = with_real_agent();
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     assert!(freezes_of(&h, "a").is_empty());
     let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
     assert_eq!(s["state"], "ready", "{s}");
@@ -344,7 +331,7 @@ fn a_vm_that_cannot_freeze_still_snapshots_and_says_so() {
     require_privileged!();
     for knobs in [&[][..], &[("FC_SIM_NO_AGENT", "1")][..]] {
         let h = HearthHost::start(knobs, "");
-        create(&h, "a");
+        h.create_test_vm("a", &[]);
         let s = h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
         assert_eq!(s["state"], "ready", "{knobs:?}: {s}");
         assert_eq!(h.state("a").as_deref(), Some("running"), "{knobs:?}");
@@ -371,7 +358,7 @@ fn a_vm_that_cannot_freeze_still_snapshots_and_says_so() {
 fn a_restore_whose_guest_keeps_the_old_identity_is_unready() {
     require_privileged!();
     let h = HearthHost::start(&[], "");
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1"]);
     let b = h.ctl_ok(&["vm", "create", "b", "--from-snapshot", "s1", "--nat"]);
     assert_eq!(b["state"], "unready", "{b}");
@@ -393,7 +380,7 @@ fn a_restore_whose_guest_keeps_the_old_identity_is_unready() {
 fn a_snapshot_cut_short_by_a_crash_is_undone_at_restart() {
     require_privileged!();
     let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "400")], "");
-    let a = create(&h, "a");
+    let a = h.create_test_vm("a", &[]);
     let pid = a["pid"].as_u64().unwrap();
     let mut snap = ctl_in_background(&h, &["vm", "snapshot", "a", "--name", "s1"]);
     // The record exists (and the VM is paused) before any file is written.
@@ -424,7 +411,7 @@ fn a_snapshot_cut_short_by_a_crash_is_undone_at_restart() {
 fn a_restore_cut_short_by_a_crash_is_undone_at_restart() {
     require_privileged!();
     let mut h = HearthHost::start(&[("FC_SIM_API_DELAY_MS", "200")], "");
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1", "--leave", "stopped"]);
     let mut restore = ctl_in_background(
         &h,
@@ -467,7 +454,7 @@ fn a_restore_cut_short_by_a_crash_is_undone_at_restart() {
 fn a_retried_snapshot_or_fork_with_its_key_happens_once() {
     require_privileged!();
     let mut h = with_real_agent();
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     let snaps = h.path("data/snapshots");
     let snap = [
         "vm",
@@ -539,7 +526,7 @@ fn a_retried_snapshot_or_fork_with_its_key_happens_once() {
 fn a_snapshot_left_paused_is_thawed_by_the_resume_even_after_a_restart() {
     require_privileged!();
     let mut h = with_real_agent();
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1", "--leave", "paused"]);
     assert_eq!(h.state("a").as_deref(), Some("paused"));
     let ops = |h: &HearthHost| -> Vec<(String, String)> {
@@ -602,7 +589,7 @@ fn a_snapshot_left_paused_is_thawed_by_the_resume_even_after_a_restart() {
 fn removing_the_snapshot_that_left_a_vm_frozen_keeps_the_thaw() {
     require_privileged!();
     let mut h = with_real_agent();
-    create(&h, "a");
+    h.create_test_vm("a", &[]);
     h.ctl_ok(&["vm", "snapshot", "a", "--name", "s1", "--leave", "paused"]);
     h.ctl_ok(&["snapshot", "rm", "s1"]);
     h.kill9();

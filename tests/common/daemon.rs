@@ -221,9 +221,9 @@ impl HearthHost {
     }
 
     /// Creates VM `name` from the test images (kernel `vmlinux`, rootfs `base`) without a
-    /// readiness probe, asserts it is `running`, and answers its JSON.
-    pub fn create_running(&self, name: &str) -> Value {
-        let v = self.ctl_ok(&[
+    /// readiness probe, with `extra` arguments of `vm create`; answers its JSON.
+    pub fn create_test_vm(&self, name: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
             "vm",
             "create",
             name,
@@ -232,7 +232,14 @@ impl HearthHost {
             "--rootfs",
             "base",
             "--no-ready-probe",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.ctl_ok(&args)
+    }
+
+    /// [`HearthHost::create_test_vm`] without extra arguments, asserting the VM is `running`.
+    pub fn create_running(&self, name: &str) -> Value {
+        let v = self.create_test_vm(name, &[]);
         assert_eq!(v["state"], "running", "{v}\n{}", self.log());
         v
     }

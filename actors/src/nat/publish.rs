@@ -675,6 +675,11 @@ mod tests {
         }
     }
 
+    /// The error `msg` is refused with.
+    async fn refused(nat: &Addr<NatActor>, msg: PublishPorts) -> NatError {
+        nat.send(msg).await.unwrap().unwrap_err()
+    }
+
     fn add(mapping: &str, last: u8) -> PublishChange {
         PublishChange::Add(PublishElement {
             mapping: m(mapping),
@@ -987,11 +992,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(fw.state().calls.len(), before, "already there");
-        let err = nat
-            .send(publish("db", 6, &["8080:80"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("db", 6, &["8080:80"])).await;
         assert!(err.to_string().contains("\"web\""), "{err}");
     }
 
@@ -1044,11 +1045,7 @@ mod tests {
     async fn a_refused_transaction_publishes_nothing_and_a_failed_withdrawal_keeps_the_port() {
         let (nat, fw) = actor().await;
         fw.fail(FakeOp::UpdatePublished, "kernel says no");
-        let err = nat
-            .send(publish("web", 5, &["8080:80"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("web", 5, &["8080:80"])).await;
         assert!(err.to_string().contains("publish ports of VM web"), "{err}");
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
         fw.heal();
@@ -1065,22 +1062,14 @@ mod tests {
         // Still published (the kernel still has it), so still refused to others.
         assert_eq!(nat.send(ListPublished).await.unwrap().len(), 1);
         fw.heal();
-        let err = nat
-            .send(publish("db", 6, &["8080:80"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("db", 6, &["8080:80"])).await;
         assert!(matches!(err, NatError::PortConflict { .. }), "{err}");
     }
 
     #[actix::test]
     async fn bad_mappings_and_a_guest_outside_the_subnet_are_refused() {
         let (nat, _fw) = actor().await;
-        let err = nat
-            .send(publish("web", 5, &["8080:80", "8080:81"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("web", 5, &["8080:80", "8080:81"])).await;
         assert!(matches!(err, NatError::InvalidPublish { .. }), "{err}");
         let err = nat
             .send(PublishPorts {
@@ -1099,11 +1088,7 @@ mod tests {
     async fn a_proxy_that_cannot_start_or_a_refused_transaction_leaves_no_proxy() {
         let (nat, fw) = actor().await;
         fw.fail(FakeOp::OpenHairpin, "no descriptors");
-        let err = nat
-            .send(publish("web", 5, &["8080:80"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("web", 5, &["8080:80"])).await;
         assert!(
             err.to_string().contains("hairpin proxy of 8080:80"),
             "{err}"
@@ -1112,11 +1097,7 @@ mod tests {
         fw.heal();
         // The second proxy fails: the first one opened is stopped again.
         fw.fail(FakeOp::UpdatePublished, "kernel says no");
-        let err = nat
-            .send(publish("web", 5, &["8080:80", "8081:81/udp"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("web", 5, &["8080:80", "8081:81/udp"])).await;
         assert!(err.to_string().contains("publish ports of VM web"), "{err}");
         assert!(proxies(&fw).is_empty(), "{:?}", fw.state().calls);
         assert!(nat.send(ListPublished).await.unwrap().is_empty());
@@ -1217,11 +1198,7 @@ mod tests {
         );
         // Another program's socket on the port still refuses it.
         fw.state().bound_ports.insert((Protocol::Tcp, 40001));
-        let err = nat
-            .send(publish("db", 6, &["40001:4002"]))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = refused(&nat, publish("db", 6, &["40001:4002"])).await;
         assert!(
             matches!(&err, NatError::PortConflict { owner, .. } if owner.contains("socket")),
             "{err}"
