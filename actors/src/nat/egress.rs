@@ -44,6 +44,7 @@ use slog::{debug, info};
 
 use super::{step, NatActor, NatConfig, NatError};
 use crate::host::firewall::nft_egress::{EgressChange, EgressElement, EgressOp};
+use crate::host::firewall::nft_json;
 
 /// hearth's `ip`-family table of egress policy.
 pub const EGRESS_TABLE: &str = "hearth-egress";
@@ -374,12 +375,6 @@ fn with_prefix(net: Ipv4Net, prefix: Option<u8>) -> Ipv4Net {
         .map_or(net, |n| n.trunc())
 }
 
-/// The parts of a concatenated element (bare, or under `elem.val`).
-fn json_concat(elem: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
-    let val = elem.get("elem").and_then(|e| e.get("val")).unwrap_or(elem);
-    val.get("concat")?.as_array()
-}
-
 /// A `denied` element: `{"elem": {"val": "1.2.3.4", "counter": {"packets": n, ..}}}`.
 fn denied_element(elem: &serde_json::Value) -> Option<(Ipv4Addr, u64)> {
     let inner = elem.get("elem").unwrap_or(elem);
@@ -416,22 +411,8 @@ fn learned_element(elem: &serde_json::Value) -> Option<(Ipv4Addr, Ipv4Addr, u64)
 pub fn parse_listing(json: &str) -> Listed {
     let mut listed = Listed::default();
     let (mut nets, mut ports) = (Vec::new(), Vec::new());
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-        return listed;
-    };
-    let items = value
-        .get("nftables")
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for item in items {
-        let Some(set) = item.get("set") else { continue };
-        let name = set.get("name").and_then(serde_json::Value::as_str);
-        let elems = set
-            .get("elem")
-            .and_then(serde_json::Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+    for (name, elems) in nft_json::elements(json, "set") {
+        let name = Some(name.as_str());
         for elem in elems {
             let nets_prefix = name.and_then(|n| prefix_of(n, NETS_SET));
             let ports_prefix = name.and_then(|n| prefix_of(n, PORTS_SET));
@@ -453,7 +434,7 @@ pub fn parse_listing(json: &str) -> Listed {
                     }
                 }
                 Some(NETS_SET) => {
-                    if let Some([guest, net]) = json_concat(&elem).map(Vec::as_slice) {
+                    if let Some([guest, net]) = nft_json::concat(&elem).map(Vec::as_slice) {
                         if let (Some(g), Some(net)) =
                             (guest.as_str().and_then(|s| s.parse().ok()), json_net(net))
                         {
@@ -462,7 +443,8 @@ pub fn parse_listing(json: &str) -> Listed {
                     }
                 }
                 Some(PORTS_SET) => {
-                    if let Some([guest, _, port, net]) = json_concat(&elem).map(Vec::as_slice) {
+                    if let Some([guest, _, port, net]) = nft_json::concat(&elem).map(Vec::as_slice)
+                    {
                         let g = guest.as_str().and_then(|s| s.parse().ok());
                         let port = port.as_u64().and_then(|p| u16::try_from(p).ok());
                         if let (Some(g), Some(port), Some(net)) = (g, port, json_net(net)) {

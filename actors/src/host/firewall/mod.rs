@@ -26,6 +26,7 @@ use crate::mac::MacAddr;
 pub mod fake;
 pub mod linux;
 pub mod nft_egress;
+pub mod nft_json;
 pub mod nft_netlink;
 pub mod nft_publish;
 pub mod port_probe;

@@ -309,22 +309,18 @@ pub type ListedHairpin = ((Protocol, Option<Ipv4Addr>, u16), u16);
 /// is left out (the table is hearth's own, so that is nothing in practice).
 #[must_use]
 pub fn parse_hairpins(json: &str) -> Vec<ListedHairpin> {
-    let Ok(listing) = serde_json::from_str::<serde_json::Value>(json) else {
-        return Vec::new();
-    };
-    let items = listing["nftables"].as_array().cloned().unwrap_or_default();
     let mut found = Vec::new();
-    for item in &items {
-        let map = &item["map"];
-        let with_addr = match map["name"].as_str() {
-            Some(MAP_HAIRPIN_ADDR) => true,
-            Some(MAP_HAIRPIN_ANY) => false,
+    for (name, elems) in super::nft_json::elements(json, "map") {
+        let with_addr = match name.as_str() {
+            MAP_HAIRPIN_ADDR => true,
+            MAP_HAIRPIN_ANY => false,
             _ => continue,
         };
-        for elem in map["elem"].as_array().into_iter().flatten() {
-            let (Some(key), Some(data)) =
-                (elem[0]["concat"].as_array(), elem[1]["concat"].as_array())
-            else {
+        for elem in &elems {
+            let (Some(key), Some(data)) = (
+                super::nft_json::concat(&elem[0]),
+                super::nft_json::concat(&elem[1]),
+            ) else {
                 continue;
             };
             let (addr, rest) = if with_addr {
