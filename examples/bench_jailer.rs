@@ -96,13 +96,15 @@ async fn sweep_probe(extra: usize, rounds: usize) -> anyhow::Result<()> {
         exec_name: "firecracker",
         uids: 4_000_000_000..=4_000_000_009,
     };
-    let mut children = Vec::new();
+    let mut children = Sleepers(Vec::new());
     for (phase, add) in [
         ("the host's processes", 0),
         ("with the extra processes", extra),
     ] {
         for _ in 0..add {
-            children.push(std::process::Command::new("sleep").arg("600").spawn()?);
+            children
+                .0
+                .push(std::process::Command::new("sleep").arg("600").spawn()?);
         }
         let count = LinuxProcesses.list()?.len();
         let mut times = Vec::with_capacity(rounds);
@@ -119,11 +121,19 @@ async fn sweep_probe(extra: usize, rounds: usize) -> anyhow::Result<()> {
             pct(&times, 0.9)
         );
     }
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
     Ok(())
+}
+
+/// The stand-in processes, killed and reaped when dropped (also when the probe fails).
+struct Sleepers(Vec<std::process::Child>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Where the jailer's cgroup time goes: per VM, `mkdir` of its cgroup under the (existing)
@@ -706,6 +716,9 @@ fn make_present(b: &Bench, count: usize) -> anyhow::Result<(tempfile::TempDir, V
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.sweep_only {
+        return sweep_probe(args.present, args.boots).await;
+    }
     let fc_path = args
         .firecracker
         .or_else(|| std::env::var_os("HEARTH_FIRECRACKER_REAL").map(PathBuf::from))
@@ -719,9 +732,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if !jailer.is_file() {
         bail!("no jailer at {}", jailer.display());
-    }
-    if args.sweep_only {
-        return sweep_probe(args.present, args.boots).await;
     }
     let fc = binary::resolve(Some(&fc_path), &LinuxProcesses)?;
     let cgroups = detect_host().map_err(anyhow::Error::msg)?;

@@ -869,6 +869,11 @@ impl Handler<Open> for VmSupervisor {
                 .boxed_local()
                 .into_actor(act)
                 .then(|res, act, ctx| {
+                    // At once: handlers running while the snapshots are repaired must not
+                    // lease a uid whose processes survived the sweep.
+                    if let Ok((report, _)) = &res {
+                        act.quarantine_uids(&report.quarantined_uids);
+                    }
                     let snapshots = act.repair_snapshots(ctx);
                     async move {
                         let (mut report, stops) = res?;
@@ -881,7 +886,6 @@ impl Handler<Open> for VmSupervisor {
                 })
                 .map(|res: Result<_, SupervisorError>, act, ctx| {
                     let (mut report, stops) = res?;
-                    act.quarantine_uids(&report.quarantined_uids);
                     for name in stops {
                         act.finish_interrupted_stop(name, ctx);
                     }

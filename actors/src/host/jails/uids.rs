@@ -73,7 +73,13 @@ impl UidPool {
         let exhausted = || UidError::Exhausted {
             start: *self.range.start(),
             end: *self.range.end(),
-            leased: self.leased.len() + self.quarantined.len(),
+            // Once each: a restored lease may be quarantined too.
+            leased: self.leased.len()
+                + self
+                    .quarantined
+                    .iter()
+                    .filter(|u| !self.leased.contains_key(u))
+                    .count(),
         };
         // The lowest uid neither leased nor quarantined.
         let mut candidate = *self.range.start();
