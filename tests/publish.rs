@@ -47,7 +47,6 @@ fn config() -> NatConfig {
     }
 }
 
-/// The host, the outside and guests 5 and 6.
 /// Guests 5 and 6 on hearth's bridge, not isolated (hearth's TAP pool isolates them; these
 /// tests check the firewall alone, and `tests/e2e_publish_packets.rs` the isolated ports).
 fn world() -> BridgeWorld {

@@ -186,12 +186,11 @@ impl Hairpins {
         }
     }
 
-    /// The mapping whose proxy listens on `port` of `protocol`.
-    fn holding(&self, protocol: Protocol, port: u16) -> Option<Proxy> {
+    /// Whether a proxy listens on `port` of `protocol`.
+    fn holds(&self, protocol: Protocol, port: u16) -> bool {
         self.by_mapping
             .values()
-            .find(|p| p.element.mapping.protocol == protocol && p.element.proxy.port() == port)
-            .copied()
+            .any(|p| p.element.mapping.protocol == protocol && p.element.proxy.port() == port)
     }
 
     /// Every proxy's map element.
@@ -285,7 +284,7 @@ impl NatActor {
         // translation, which a published port's does not change): only other sockets count.
         if probe == PortProbe::Bound
             && m.host_addr.is_none_or(|a| a == self.config.gateway)
-            && self.hairpins.holding(m.protocol, m.host_port).is_some()
+            && self.hairpins.holds(m.protocol, m.host_port)
         {
             probe = match m.host_addr {
                 Some(_) => PortProbe::Free,
@@ -348,14 +347,19 @@ impl NatActor {
                 }
             }
         }
+        // A port to avoid is held aside (so the kernel hands out another) and let go after.
+        // After eight in a row the ninth is kept anyway, logged: the avoided ports are the
+        // previous hearthd's few, so that means the kernel has little else to give.
         let mut set_aside = Vec::new();
         let opened = loop {
             match self.firewall.open_hairpin(spec, 0) {
-                Ok(port)
-                    if self.hairpins.avoid.contains(&(mapping.protocol, port))
-                        && set_aside.len() < 8 =>
-                {
-                    set_aside.push(port);
+                Ok(port) if self.hairpins.avoid.contains(&(mapping.protocol, port)) => {
+                    if set_aside.len() < 8 {
+                        set_aside.push(port);
+                        continue;
+                    }
+                    warn!(self.log, "a hairpin proxy took a previous proxy's port"; "mapping" => %mapping, "port" => port);
+                    break Ok(port);
                 }
                 other => break other,
             }

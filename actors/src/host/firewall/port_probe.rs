@@ -59,11 +59,12 @@ pub fn probe_beside(
     port: u16,
     beside: Ipv4Addr,
 ) -> Result<PortProbe, FirewallError> {
-    let table = format!("/proc/thread-self/net/{}", protocol.as_str());
-    let text = std::fs::read_to_string(&table).map_err(|source| FirewallError::PortProbe {
-        what: format!("{port}/{protocol} beside {beside} ({table})"),
-        source,
-    })?;
+    let table = format!("thread-self/net/{}", protocol.as_str());
+    let text =
+        crate::host::procfs::read_to_string(&table).map_err(|source| FirewallError::PortProbe {
+            what: format!("{port}/{protocol} beside {beside} (/proc/{table})"),
+            source,
+        })?;
     let held = sockets(&text).any(|(addr, p, state)| {
         p == port && addr != beside && !(protocol == Protocol::Tcp && state == TCP_TIME_WAIT)
     });

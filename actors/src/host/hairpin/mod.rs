@@ -65,10 +65,6 @@ pub const TOTAL_TCP_CONNECTIONS: usize = 1024;
 /// UDP flows all proxies hold together (each a descriptor and at most [`UDP_QUEUE`] queued
 /// datagrams).
 pub const TOTAL_UDP_FLOWS: usize = 512;
-/// The share of all proxies' TCP connections one guest may hold, whatever the ports.
-pub const GUEST_TCP_CONNECTIONS: usize = TOTAL_TCP_CONNECTIONS / 4;
-/// The share of all proxies' UDP flows one guest may hold, whatever the ports.
-pub const GUEST_UDP_FLOWS: usize = TOTAL_UDP_FLOWS / 4;
 /// Keepalive of a proxied TCP connection's two sockets: a guest gone silent for this long is
 /// probed, and the connection ends after [`KEEPALIVE_PROBES`] unanswered probes
 /// [`KEEPALIVE_INTERVAL`] apart.
